@@ -1,0 +1,59 @@
+//! The admin HTTP endpoint of weir (`[admin] http`): liveness (`/healthz`) and
+//! readiness (`/readyz`) for orchestrators and load-balancer health checks. It is
+//! bound before the data plane starts so a taken port fails the start, and it
+//! stops with the process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+use weir_core::Server;
+
+/// A bound, not yet serving, admin listener.
+#[derive(Debug)]
+pub struct AdminListener {
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+}
+
+impl AdminListener {
+    /// Binds the admin address. Call inside a tokio runtime.
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<AdminListener> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        Ok(AdminListener { listener, addr })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `stop` is cancelled.
+    pub async fn serve(self, server: Arc<Server>, stop: CancellationToken) -> std::io::Result<()> {
+        let app = router(server);
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    }
+}
+
+fn router(server: Arc<Server>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(server)
+}
+
+/// 200 while the data plane accepts traffic; 503 once shutdown has begun, so a
+/// load balancer in front stops sending new connections before the listeners close.
+async fn readyz(State(server): State<Arc<Server>>) -> (StatusCode, &'static str) {
+    if server.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    }
+}

@@ -1,0 +1,175 @@
+//! Stage one: serde types that mirror the TOML file one to one.
+//!
+//! These types only catch what serde can: unknown keys (`deny_unknown_fields`
+//! everywhere), wrong value types and missing required keys. Everything with a
+//! rule beyond its TOML type — enums, durations, addresses, CIDRs, integer
+//! ranges — stays a plain string or `i64` here and is checked in stage two
+//! (`validate.rs`), so that one pass can report every such mistake, each with
+//! a message of ours instead of serde's.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub(crate) admin: RawAdmin,
+    #[serde(default)]
+    pub(crate) runtime: RawRuntime,
+    #[serde(default)]
+    pub(crate) log: RawLog,
+    #[serde(default)]
+    pub(crate) listeners: Vec<RawListener>,
+    #[serde(default)]
+    pub(crate) pools: Vec<RawPool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawAdmin {
+    pub(crate) http: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawRuntime {
+    pub(crate) worker_threads: Option<Int>,
+    pub(crate) zero_copy: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawLog {
+    pub(crate) format: Option<String>,
+    pub(crate) level: Option<String>,
+    pub(crate) access_log: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawListener {
+    pub(crate) name: String,
+    pub(crate) bind: RawBind,
+    pub(crate) protocol: Option<String>,
+    pub(crate) max_connections: Option<Int>,
+    pub(crate) idle_timeout: Option<String>,
+    pub(crate) shutdown_timeout: Option<String>,
+    // Defaulted so that "a listener needs at least one route" is our message,
+    // not serde's "missing field".
+    #[serde(default)]
+    pub(crate) routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawRoute {
+    pub(crate) name: String,
+    #[serde(rename = "match")]
+    pub(crate) matcher: Option<RawMatch>,
+    pub(crate) pool: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawMatch {
+    #[serde(default)]
+    pub(crate) source: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawPool {
+    pub(crate) name: String,
+    pub(crate) balance: Option<String>,
+    pub(crate) hash_key: Option<String>,
+    pub(crate) connect_timeout: Option<String>,
+    pub(crate) retries: Option<Int>,
+    pub(crate) health: Option<RawHealth>,
+    #[serde(default)]
+    pub(crate) backends: Vec<RawBackend>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawHealth {
+    #[serde(rename = "type")]
+    pub(crate) kind: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawBackend {
+    pub(crate) address: String,
+    pub(crate) name: Option<String>,
+    pub(crate) weight: Option<Int>,
+    pub(crate) tier: Option<Int>,
+}
+
+/// `bind`: one address as a string, or a list of them.
+///
+/// Hand-written instead of `#[serde(untagged)]`: untagged buffers the value,
+/// which loses both the key path and serde's precise type error.
+#[derive(Debug)]
+pub(crate) struct RawBind(pub(crate) Vec<String>);
+
+impl<'de> Deserialize<'de> for RawBind {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BindVisitor;
+
+        impl<'de> Visitor<'de> for BindVisitor {
+            type Value = RawBind;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a socket address or a list of socket addresses")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawBind, E> {
+                Ok(RawBind(vec![v.to_owned()]))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawBind, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(addr) = seq.next_element::<String>()? {
+                    out.push(addr);
+                }
+                Ok(RawBind(out))
+            }
+        }
+
+        deserializer.deserialize_any(BindVisitor)
+    }
+}
+
+/// An integer of any size TOML allows. Ranges are checked in stage two; this
+/// type exists so a type error says "an integer" rather than "i64".
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Int(pub(crate) i64);
+
+impl<'de> Deserialize<'de> for Int {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IntVisitor;
+
+        impl Visitor<'_> for IntVisitor {
+            type Value = Int;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer")
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Int, E> {
+                Ok(Int(v))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Int, E> {
+                i64::try_from(v)
+                    .map(Int)
+                    .map_err(|_| E::custom(format!("{v} is too large")))
+            }
+        }
+
+        deserializer.deserialize_i64(IntVisitor)
+    }
+}

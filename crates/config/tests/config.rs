@@ -1,0 +1,744 @@
+//! The config contract end to end: TOML text in, a typed `Config` or key-path
+//! errors out. DNS is replaced by an injected resolver everywhere except the
+//! examples test.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use weir_config::{
+    Balance, Config, ConfigError, HashKey, Health, LogFormat, Problem, Protocol, load_file,
+    load_str, load_str_with,
+};
+
+/// Resolves `*.test` names to fixed loopback addresses; everything else fails.
+fn fake_dns(spec: &str) -> Result<SocketAddr, String> {
+    match spec {
+        "db.test:5432" => Ok(SocketAddr::from(([127, 0, 0, 53], 5432))),
+        "v6.test:5432" => Ok(SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], 5432))),
+        _ => Err("name not known".to_owned()),
+    }
+}
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    load_str_with(text, &fake_dns)
+}
+
+fn problems(text: &str) -> Vec<Problem> {
+    match load(text) {
+        Ok(cfg) => panic!("expected errors, got {cfg:#?}"),
+        Err(e) => e.problems,
+    }
+}
+
+/// Exactly one problem, at `path`, whose message starts with `message`
+/// (stage-one messages end with a line/column we check separately).
+#[track_caller]
+fn assert_one(text: &str, path: &str, message: &str) {
+    let found = problems(text);
+    assert_eq!(found.len(), 1, "expected one problem, got {found:#?}");
+    assert_eq!(found[0].path, path, "{found:#?}");
+    assert!(
+        found[0].message.starts_with(message),
+        "message {:?} does not start with {message:?}",
+        found[0].message
+    );
+}
+
+/// A valid listener + pool to which tests append or which they vary.
+const OK_LISTENER: &str = r#"
+[[listeners]]
+name = "l"
+bind = "127.0.0.1:7000"
+  [[listeners.routes]]
+  name = "r"
+  pool = "p"
+"#;
+
+const OK_POOL: &str = r#"
+[[pools]]
+name = "p"
+  [[pools.backends]]
+  address = "127.0.0.1:9000"
+"#;
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+#[test]
+fn minimal_config_gets_every_default() {
+    let cfg = load(&format!("{OK_LISTENER}{OK_POOL}")).unwrap_or_else(|e| panic!("{e}"));
+
+    assert_eq!(cfg.admin.http, None);
+    assert_eq!(cfg.runtime.worker_threads, 0);
+    assert!(cfg.runtime.zero_copy);
+    assert_eq!(cfg.log.format, LogFormat::Text);
+    assert_eq!(cfg.log.level, "info");
+    assert!(cfg.log.access_log);
+
+    let [l] = cfg.listeners.as_slice() else {
+        panic!("one listener expected")
+    };
+    assert_eq!(l.name, "l");
+    assert_eq!(l.bind, vec![sa("127.0.0.1:7000")]);
+    assert_eq!(l.protocol, Protocol::Tcp);
+    assert_eq!(l.max_connections, 10_000);
+    assert_eq!(l.idle_timeout, Duration::from_secs(3600));
+    assert_eq!(l.shutdown_timeout, Duration::from_secs(30));
+    let [r] = l.routes.as_slice() else {
+        panic!("one route expected")
+    };
+    assert_eq!(r.name, "r");
+    assert!(r.matcher.is_catch_all());
+    assert_eq!((r.pool.as_str(), r.pool_index), ("p", 0));
+
+    let [p] = cfg.pools.as_slice() else {
+        panic!("one pool expected")
+    };
+    assert_eq!(p.name, "p");
+    assert_eq!(p.balance, Balance::RoundRobin);
+    assert_eq!(p.hash_key, HashKey::SourceIp);
+    assert_eq!(p.connect_timeout, Duration::from_secs(2));
+    assert_eq!(p.retries, 2);
+    assert_eq!(p.health, Health::None);
+    let [b] = p.backends.as_slice() else {
+        panic!("one backend expected")
+    };
+    assert_eq!(b.name, "127.0.0.1:9000");
+    assert_eq!(b.address_spec, "127.0.0.1:9000");
+    assert_eq!(b.address, sa("127.0.0.1:9000"));
+    assert_eq!(b.weight, 1);
+    assert_eq!(b.tier, 0);
+}
+
+#[test]
+fn full_config_sets_every_key() {
+    let text = r#"
+[admin]
+http = "127.0.0.1:9900"
+
+[runtime]
+worker_threads = 4
+zero_copy = false
+
+[log]
+format = "json"
+level = "weir=debug,info"
+access_log = false
+
+[[listeners]]
+name = "pg"
+bind = ["127.0.0.1:5433", "[::1]:5433"]
+protocol = "tcp"
+max_connections = 500
+idle_timeout = "15m"
+shutdown_timeout = "250ms"
+
+  [[listeners.routes]]
+  name = "internal"
+  match = { source = ["10.1.2.3/8", "::1/128", "192.0.2.7"] }
+  pool = "replicas"
+
+  [[listeners.routes]]
+  name = "rest"
+  match = {}
+  pool = "primary"
+
+[[pools]]
+name = "primary"
+balance = "first"
+connect_timeout = "100ms"
+retries = 0
+health = { type = "none" }
+
+  [[pools.backends]]
+  address = "db.test:5432"
+
+[[pools]]
+name = "replicas"
+balance = "maglev"
+hash_key = "source_addr"
+retries = 100
+
+  [[pools.backends]]
+  name = "r1"
+  address = "v6.test:5432"
+  weight = 1000
+  tier = 0
+
+  [[pools.backends]]
+  name = "r2"
+  address = "[::1]:5433"
+  weight = 0
+  tier = 3
+"#;
+    let cfg = load(text).unwrap_or_else(|e| panic!("{e}"));
+
+    assert_eq!(cfg.admin.http, Some(sa("127.0.0.1:9900")));
+    assert_eq!(cfg.runtime.worker_threads, 4);
+    assert!(!cfg.runtime.zero_copy);
+    assert_eq!(cfg.log.format, LogFormat::Json);
+    assert_eq!(cfg.log.level, "weir=debug,info");
+    assert!(!cfg.log.access_log);
+
+    let l = &cfg.listeners[0];
+    assert_eq!(l.bind, vec![sa("127.0.0.1:5433"), sa("[::1]:5433")]);
+    assert_eq!(l.max_connections, 500);
+    assert_eq!(l.idle_timeout, Duration::from_secs(15 * 60));
+    assert_eq!(l.shutdown_timeout, Duration::from_millis(250));
+    let sources: Vec<String> = l.routes[0]
+        .matcher
+        .source
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    // Host bits are dropped; a bare IP is a single-host network.
+    assert_eq!(sources, ["10.0.0.0/8", "::1/128", "192.0.2.7/32"]);
+    assert_eq!(l.routes[0].pool_index, 1);
+    assert!(l.routes[1].matcher.is_catch_all());
+    assert_eq!(l.routes[1].pool_index, 0);
+
+    let primary = &cfg.pools[0];
+    assert_eq!(primary.balance, Balance::First);
+    assert_eq!(primary.connect_timeout, Duration::from_millis(100));
+    assert_eq!(primary.retries, 0);
+    assert_eq!(primary.backends[0].name, "db.test:5432");
+    assert_eq!(primary.backends[0].address_spec, "db.test:5432");
+    assert_eq!(primary.backends[0].address, sa("127.0.0.53:5432"));
+
+    let replicas = &cfg.pools[1];
+    assert_eq!(replicas.balance, Balance::Maglev);
+    assert_eq!(replicas.hash_key, HashKey::SourceAddr);
+    assert_eq!(replicas.retries, 100);
+    let b: Vec<_> = replicas
+        .backends
+        .iter()
+        .map(|b| (b.name.as_str(), b.address, b.weight, b.tier))
+        .collect();
+    assert_eq!(
+        b,
+        [
+            ("r1", sa("[::1]:5432"), 1000, 0),
+            ("r2", sa("[::1]:5433"), 0, 3)
+        ]
+    );
+}
+
+#[test]
+fn empty_file_is_a_config_with_nothing_to_serve() {
+    let cfg = load("").unwrap_or_else(|e| panic!("{e}"));
+    assert!(cfg.listeners.is_empty() && cfg.pools.is_empty());
+}
+
+// ---- stage one: syntax, types and unknown keys ----
+
+#[test]
+fn unknown_top_level_key() {
+    assert_one(
+        &format!("listener = 1\n{OK_LISTENER}{OK_POOL}"),
+        "listener",
+        "unknown key `listener`, expected one of `admin`, `runtime`, `log`, `listeners`, `pools` (line 1, column 1)",
+    );
+}
+
+#[test]
+fn unknown_nested_key() {
+    let text = OK_POOL.replace(
+        "address = \"127.0.0.1:9000\"",
+        "address = \"127.0.0.1:9000\"\n  wieght = 5",
+    );
+    assert_one(
+        &format!("{OK_LISTENER}{text}"),
+        "pools[0].backends[0].wieght",
+        "unknown key `wieght`, expected one of `address`, `name`, `weight`, `tier` (line 13, column 3)",
+    );
+}
+
+#[test]
+fn key_of_a_later_feature_is_unknown_until_it_lands() {
+    let text = OK_POOL.replace(
+        "name = \"p\"",
+        "name = \"p\"\nhealth = { type = \"tcp\", interval = \"2s\" }",
+    );
+    assert_one(
+        &format!("{OK_LISTENER}{text}"),
+        "pools[0].health.interval",
+        "unknown key `interval`, expected `type`",
+    );
+}
+
+#[test]
+fn wrong_type() {
+    let text = OK_LISTENER.replace("name = \"l\"", "name = \"l\"\nmax_connections = \"lots\"");
+    assert_one(
+        &format!("{text}{OK_POOL}"),
+        "listeners[0].max_connections",
+        "invalid type: string \"lots\", expected an integer (line 4, column 19)",
+    );
+}
+
+#[test]
+fn wrong_type_inside_bind_list() {
+    let text = OK_LISTENER.replace(
+        "bind = \"127.0.0.1:7000\"",
+        "bind = [\"127.0.0.1:7000\", 7001]",
+    );
+    assert_one(
+        &format!("{text}{OK_POOL}"),
+        "listeners[0].bind[1]",
+        "invalid type: integer `7001`, expected a string",
+    );
+}
+
+#[test]
+fn missing_required_key() {
+    let text = OK_LISTENER.replace("  pool = \"p\"\n", "");
+    assert_one(
+        &format!("{text}{OK_POOL}"),
+        "listeners[0].routes[0].pool",
+        "required key is missing (in the table at line 5, column 3)",
+    );
+}
+
+#[test]
+fn toml_syntax_error_has_line_and_column() {
+    assert_one(
+        "[log]\nlevel = info\n",
+        "line 2, column 9",
+        "TOML syntax error: ",
+    );
+}
+
+// ---- stage two: values and cross-references ----
+
+#[test]
+fn bad_duration() {
+    let text = OK_LISTENER.replace("name = \"l\"", "name = \"l\"\nidle_timeout = \"5 parsecs\"");
+    assert_one(
+        &format!("{text}{OK_POOL}"),
+        "listeners[0].idle_timeout",
+        "\"5 parsecs\" is not a duration (unknown time unit \"parsecs\"",
+    );
+    let text = OK_POOL.replace("name = \"p\"", "name = \"p\"\nconnect_timeout = \"2\"");
+    assert_one(
+        &format!("{OK_LISTENER}{text}"),
+        "pools[0].connect_timeout",
+        "\"2\" is not a duration (time unit needed, for example 2sec or 2ms); \
+         write a number with a unit, e.g. \"250ms\", \"2s\", \"1h\"",
+    );
+}
+
+#[test]
+fn zero_timeout() {
+    let text = OK_LISTENER.replace("name = \"l\"", "name = \"l\"\nshutdown_timeout = \"0s\"");
+    assert_one(
+        &format!("{text}{OK_POOL}"),
+        "listeners[0].shutdown_timeout",
+        "must be greater than 0",
+    );
+}
+
+#[test]
+fn weight_out_of_range() {
+    let text = format!(
+        "{OK_LISTENER}{OK_POOL}{}",
+        r#"
+[[pools]]
+name = "q"
+  [[pools.backends]]
+  address = "127.0.0.1:9001"
+  weight = 1200
+"#
+    );
+    let err = load(&text).err().map(|e| e.to_string());
+    assert_eq!(
+        err.as_deref(),
+        Some("pools[1].backends[0].weight: 1200 is out of range 0..=1000")
+    );
+}
+
+#[test]
+fn other_integer_ranges() {
+    let text = OK_POOL.replace("name = \"p\"", "name = \"p\"\nretries = 101");
+    assert_one(
+        &format!("{OK_LISTENER}{text}"),
+        "pools[0].retries",
+        "101 is out of range 0..=100",
+    );
+    let text = OK_LISTENER.replace("name = \"l\"", "name = \"l\"\nmax_connections = 0");
+    assert_one(
+        &format!("{text}{OK_POOL}"),
+        "listeners[0].max_connections",
+        "0 is out of range; must be at least 1",
+    );
+    let text = OK_POOL.replace("address = ", "tier = -1\n  address = ");
+    assert_one(
+        &format!("{OK_LISTENER}{text}"),
+        "pools[0].backends[0].tier",
+        "-1 is out of range; must be at least 0",
+    );
+}
+
+#[test]
+fn unknown_pool() {
+    let text = format!(
+        "{OK_LISTENER}{}{OK_POOL}",
+        "  [[listeners.routes]]\n  name = \"r2\"\n  pool = \"pg2\"\n"
+    );
+    // Also exercises "catch-all not last": r is before r2. Filter to the pool error.
+    let found = problems(&text);
+    assert!(found.contains(&Problem::new(
+        "listeners[0].routes[1].pool",
+        "unknown pool \"pg2\""
+    )));
+    let text = OK_LISTENER.replace("pool = \"p\"", "pool = \"pg2\"");
+    let err = load(&format!("{text}{OK_POOL}"))
+        .err()
+        .map(|e| e.to_string());
+    assert_eq!(
+        err.as_deref(),
+        Some("listeners[0].routes[0].pool: unknown pool \"pg2\"")
+    );
+}
+
+#[test]
+fn duplicate_listener_name() {
+    let second = OK_LISTENER.replace("127.0.0.1:7000", "127.0.0.1:7001");
+    assert_one(
+        &format!("{OK_LISTENER}{second}{OK_POOL}"),
+        "listeners[1].name",
+        "duplicate listener name \"l\" (also listeners[0])",
+    );
+}
+
+#[test]
+fn duplicate_route_name() {
+    let text = OK_LISTENER.replace(
+        "  [[listeners.routes]]",
+        "  [[listeners.routes]]\n  name = \"r\"\n  match = { source = [\"10.0.0.0/8\"] }\n  pool = \"p\"\n  [[listeners.routes]]",
+    );
+    assert_one(
+        &format!("{text}{OK_POOL}"),
+        "listeners[0].routes[1].name",
+        "duplicate route name \"r\" in this listener (also routes[0])",
+    );
+    // The same route name in two listeners is fine.
+    let second = OK_LISTENER
+        .replace("127.0.0.1:7000", "127.0.0.1:7001")
+        .replace("name = \"l\"", "name = \"l2\"");
+    assert!(load(&format!("{OK_LISTENER}{second}{OK_POOL}")).is_ok());
+}
+
+#[test]
+fn duplicate_pool_name() {
+    assert_one(
+        &format!("{OK_LISTENER}{OK_POOL}{OK_POOL}"),
+        "pools[1].name",
+        "duplicate pool name \"p\" (also pools[0])",
+    );
+}
+
+#[test]
+fn duplicate_backend_name() {
+    let text = format!(
+        "{OK_LISTENER}{OK_POOL}{}",
+        r#"
+[[pools]]
+name = "q"
+  [[pools.backends]]
+  name = "a"
+  address = "127.0.0.1:9001"
+  [[pools.backends]]
+  name = "a"
+  address = "127.0.0.1:9002"
+"#
+    );
+    assert_one(
+        &text,
+        "pools[1].backends[1].name",
+        "duplicate backend name \"a\" in this pool (also backends[0])",
+    );
+}
+
+#[test]
+fn duplicate_backend_address_without_names() {
+    let text = OK_POOL.replace(
+        "  [[pools.backends]]",
+        "  [[pools.backends]]\n  address = \"127.0.0.1:9000\"\n  [[pools.backends]]",
+    );
+    assert_one(
+        &format!("{OK_LISTENER}{text}"),
+        "pools[0].backends[1].address",
+        "duplicate backend name \"127.0.0.1:9000\" in this pool (also backends[0]); \
+         a backend without `name` is named by its address",
+    );
+}
+
+#[test]
+fn empty_pool() {
+    assert_one(
+        &format!("{OK_LISTENER}\n[[pools]]\nname = \"p\"\n"),
+        "pools[0].backends",
+        "a pool needs at least one backend",
+    );
+}
+
+#[test]
+fn listener_without_routes() {
+    assert_one(
+        &format!("[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:7000\"\n{OK_POOL}"),
+        "listeners[0].routes",
+        "a listener needs at least one route",
+    );
+}
+
+#[test]
+fn empty_names() {
+    let text = OK_LISTENER.replace("name = \"r\"", "name = \" \"");
+    assert_one(
+        &format!("{text}{OK_POOL}"),
+        "listeners[0].routes[0].name",
+        "must not be empty",
+    );
+}
+
+#[test]
+fn unresolvable_backend() {
+    let text = OK_POOL.replace("127.0.0.1:9000", "nowhere.test:5432");
+    assert_one(
+        &format!("{OK_LISTENER}{text}"),
+        "pools[0].backends[0].address",
+        "cannot resolve \"nowhere.test:5432\": name not known",
+    );
+}
+
+#[test]
+fn backend_without_port() {
+    let text = OK_POOL.replace("127.0.0.1:9000", "db.test");
+    assert_one(
+        &format!("{OK_LISTENER}{text}"),
+        "pools[0].backends[0].address",
+        "\"db.test\" has no port; write host:port or ip:port",
+    );
+}
+
+#[test]
+fn bind_must_be_ip_and_port() {
+    let text = OK_LISTENER.replace("127.0.0.1:7000", "localhost:7000");
+    assert_one(
+        &format!("{text}{OK_POOL}"),
+        "listeners[0].bind[0]",
+        "\"localhost:7000\" is not a socket address; write IP:port",
+    );
+    let text = OK_LISTENER.replace("\"127.0.0.1:7000\"", "[]");
+    assert_one(
+        &format!("{text}{OK_POOL}"),
+        "listeners[0].bind",
+        "at least one address is needed",
+    );
+}
+
+#[test]
+fn duplicate_bind_across_listeners() {
+    let second = OK_LISTENER.replace("name = \"l\"", "name = \"l2\"");
+    assert_one(
+        &format!("{OK_LISTENER}{second}{OK_POOL}"),
+        "listeners[1].bind[0]",
+        "127.0.0.1:7000 is already bound by listeners[0].bind[0]",
+    );
+}
+
+#[test]
+fn duplicate_bind_within_a_listener() {
+    let text = OK_LISTENER.replace(
+        "bind = \"127.0.0.1:7000\"",
+        "bind = [\"[::1]:7000\", \"[::]:7000\"]",
+    );
+    assert_one(
+        &format!("{text}{OK_POOL}"),
+        "listeners[0].bind[1]",
+        "[::]:7000 overlaps [::1]:7000 bound by listeners[0].bind[0]",
+    );
+}
+
+#[test]
+fn wildcard_bind_overlaps_specific_one() {
+    let second = OK_LISTENER
+        .replace("name = \"l\"", "name = \"l2\"")
+        .replace("127.0.0.1:7000", "0.0.0.0:7000");
+    assert_one(
+        &format!("{OK_LISTENER}{second}{OK_POOL}"),
+        "listeners[1].bind[0]",
+        "0.0.0.0:7000 overlaps 127.0.0.1:7000 bound by listeners[0].bind[0]",
+    );
+}
+
+#[test]
+fn admin_address_counts_as_a_bind() {
+    assert_one(
+        &format!("[admin]\nhttp = \"127.0.0.1:7000\"\n{OK_LISTENER}{OK_POOL}"),
+        "listeners[0].bind[0]",
+        "127.0.0.1:7000 is already bound by admin.http",
+    );
+}
+
+#[test]
+fn binds_that_do_not_collide() {
+    // Dual stack on one port (IPv6 sockets are v6-only), and port 0 twice.
+    let text = OK_LISTENER.replace(
+        "bind = \"127.0.0.1:7000\"",
+        "bind = [\"0.0.0.0:7000\", \"[::]:7000\", \"127.0.0.1:0\", \"127.0.0.1:0\"]",
+    );
+    assert!(load(&format!("{text}{OK_POOL}")).is_ok());
+}
+
+#[test]
+fn bad_cidr() {
+    let text = OK_LISTENER.replace(
+        "  pool = \"p\"",
+        "  pool = \"p\"\n  match = { source = [\"10.0.0.0/8\", \"10.0.0.0/33\"] }",
+    );
+    let text = format!("{text}  [[listeners.routes]]\n  name = \"rest\"\n  pool = \"p\"\n");
+    assert_one(
+        &format!("{text}{OK_POOL}"),
+        "listeners[0].routes[0].match.source[1]",
+        "\"10.0.0.0/33\" is not an IP address or CIDR",
+    );
+}
+
+#[test]
+fn catch_all_not_last() {
+    let text = format!(
+        "{OK_LISTENER}  [[listeners.routes]]\n  name = \"lan\"\n  match = {{ source = [\"10.0.0.0/8\"] }}\n  pool = \"p\"\n"
+    );
+    assert_one(
+        &format!("{text}{OK_POOL}"),
+        "listeners[0].routes[0]",
+        "route \"r\" has no match conditions, so it matches every connection and must be the last route",
+    );
+}
+
+#[test]
+fn bad_enum_values_list_the_accepted_ones() {
+    let text = OK_POOL.replace("name = \"p\"", "name = \"p\"\nbalance = \"roundrobin\"");
+    assert_one(
+        &format!("{OK_LISTENER}{text}"),
+        "pools[0].balance",
+        "unknown value \"roundrobin\"; expected one of: round_robin, least_conn, random, first, maglev",
+    );
+    let text = OK_LISTENER.replace("name = \"l\"", "name = \"l\"\nprotocol = \"udp\"");
+    assert_one(
+        &format!("{text}{OK_POOL}"),
+        "listeners[0].protocol",
+        "unknown value \"udp\"; expected one of: tcp",
+    );
+    assert_one(
+        &format!("[log]\nformat = \"xml\"\n{OK_LISTENER}{OK_POOL}"),
+        "log.format",
+        "unknown value \"xml\"; expected one of: text, json",
+    );
+    let text = OK_POOL.replace("name = \"p\"", "name = \"p\"\nhash_key = \"sni\"");
+    assert_one(
+        &format!("{OK_LISTENER}{text}"),
+        "pools[0].hash_key",
+        "unknown value \"sni\"; expected one of: source_ip, source_addr",
+    );
+    let text = OK_POOL.replace("name = \"p\"", "name = \"p\"\nhealth = { type = \"tcp\" }");
+    assert_one(
+        &format!("{OK_LISTENER}{text}"),
+        "pools[0].health.type",
+        "unknown value \"tcp\"; expected one of: none",
+    );
+}
+
+#[test]
+fn bad_log_level() {
+    assert_one(
+        &format!("[log]\nlevel = \"weir=loud\"\n{OK_LISTENER}{OK_POOL}"),
+        "log.level",
+        "\"weir=loud\" is not a valid log filter: ",
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = r#"
+[[listeners]]
+name = ""
+bind = ["127.0.0.1:7000", "127.0.0.1:7000"]
+idle_timeout = "soon"
+  [[listeners.routes]]
+  name = "r"
+  pool = "missing"
+
+[[pools]]
+name = "p"
+balance = "fastest"
+  [[pools.backends]]
+  address = "127.0.0.1:9000"
+  weight = -3
+"#;
+    let err = load(text).err().map(|e| e.to_string()).unwrap_or_default();
+    let paths: Vec<&str> = err
+        .lines()
+        .map(|line| line.split(": ").next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "listeners[0].name",
+            "listeners[0].idle_timeout",
+            "listeners[0].routes[0].pool",
+            "listeners[0].bind[1]",
+            "pools[0].balance",
+            "pools[0].backends[0].weight",
+        ],
+        "{err}"
+    );
+}
+
+// ---- files ----
+
+#[test]
+fn unreadable_file_names_the_file() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("no-such-file.toml");
+    let err = load_file(&path)
+        .err()
+        .unwrap_or_else(|| panic!("loaded a missing file"));
+    assert_eq!(err.problems.len(), 1);
+    assert_eq!(err.problems[0].path, path.display().to_string());
+    assert!(
+        err.problems[0].message.starts_with("cannot read: "),
+        "{err}"
+    );
+}
+
+#[test]
+fn load_str_uses_the_system_resolver() {
+    let text = OK_POOL.replace("127.0.0.1:9000", "localhost:9000");
+    let cfg = load_str(&format!("{OK_LISTENER}{text}")).unwrap_or_else(|e| panic!("{e}"));
+    let b = &cfg.pools[0].backends[0];
+    assert!(b.address.ip().is_loopback(), "{b:?}");
+    assert_eq!(
+        (b.name.as_str(), b.address.port()),
+        ("localhost:9000", 9000)
+    );
+}
+
+#[test]
+fn every_example_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|ext| ext == "toml"))
+        .collect();
+    entries.sort();
+    assert!(!entries.is_empty(), "no examples in {}", dir.display());
+    for path in entries {
+        if let Err(e) = load_file(&path) {
+            panic!("{}:\n{e}", path.display());
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The life of one accepted connection: route, pick a backend, connect (retrying
+//! other backends on failure), relay, and write one access-log line.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
+use weir_balance::Request;
+use weir_config::HashKey;
+
+use crate::listener::{Listener, Route};
+use crate::pool::Pool;
+use crate::relay::{self, End};
+use crate::stats::{ActiveGuard, ConnectError, RejectReason};
+
+/// How a connection ended, for the access log: either a relay end or a rejection.
+#[derive(Debug, Clone, Copy)]
+enum Termination {
+    Relay(End),
+    Rejected(RejectReason),
+    /// Every connect attempt failed; the last error.
+    ConnectFailed(ConnectError),
+}
+
+impl Termination {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Relay(e) => e.as_str(),
+            Self::Rejected(r) => r.as_str(),
+            Self::ConnectFailed(_) => "connect_failed",
+        }
+    }
+}
+
+/// Handles one accepted client connection. The accept loop has already counted it
+/// as active on the listener; `_slot` gives that back when this returns.
+pub(crate) async fn handle(listener: Arc<Listener>, client: TcpStream, peer: SocketAddr) {
+    let _slot = ActiveGuard(&listener.stats.connections_active);
+    let start = Instant::now();
+    // A failure here only costs latency; the relay works without it.
+    let _ = client.set_nodelay(true);
+    let Some(route) = listener.route_for(peer.ip()) else {
+        listener.stats.reject(RejectReason::NoRoute);
+        log(
+            &listener,
+            None,
+            peer,
+            None,
+            0,
+            0,
+            start,
+            Termination::Rejected(RejectReason::NoRoute),
+        );
+        return;
+    };
+    route.stats.connections_total.fetch_add(1, Relaxed);
+    let pool = &route.pool;
+    let (backend_index, backend) = match connect(pool, peer).await {
+        Ok(ok) => ok,
+        Err(term) => {
+            if let Termination::Rejected(r) = term {
+                listener.stats.reject(r);
+            }
+            log(&listener, Some(route), peer, None, 0, 0, start, term);
+            return;
+        }
+    };
+    let b = &pool.backends[backend_index];
+    b.stats.connections_total.fetch_add(1, Relaxed);
+    // Counted active from the moment it was picked (see `connect`).
+    let _backend_active = ActiveGuard(&b.stats.connections_active);
+    let outcome = relay::relay(
+        &client,
+        &backend,
+        &b.stats,
+        listener.idle_timeout,
+        listener.zero_copy,
+        &listener.kill,
+    )
+    .await;
+    log(
+        &listener,
+        Some(route),
+        peer,
+        Some(b),
+        outcome.sent,
+        outcome.received,
+        start,
+        Termination::Relay(outcome.end),
+    );
+}
+
+/// Picks a backend and connects, trying up to `retries` other backends when a
+/// connect fails. On success the picked backend's active gauge has been
+/// incremented (so concurrent picks by `least_conn` see it at once).
+async fn connect(pool: &Pool, peer: SocketAddr) -> Result<(usize, TcpStream), Termination> {
+    let key = match pool.picker.policy() {
+        weir_balance::Policy::Maglev => affinity_key(pool.hash_key, peer),
+        _ => 0,
+    };
+    // Allocates only once a connect has failed.
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_err = None;
+    for _ in 0..=pool.retries {
+        // Scoped so the type-erased (non-Sync) closure is not held across an await.
+        let picked = {
+            let load = |i: usize| pool.backends.get(i).map_or(u32::MAX, |b| b.stats.load());
+            let req = Request {
+                key,
+                random: fastrand::u64(..),
+                load: &load,
+            };
+            pool.picker.pick(&req, &tried)
+        };
+        let Some(i) = picked else {
+            break;
+        };
+        let Some(b) = pool.backends.get(i) else {
+            break;
+        };
+        b.stats.connections_active.fetch_add(1, Relaxed);
+        match connect_one(b.address, pool.connect_timeout).await {
+            Ok(stream) => return Ok((i, stream)),
+            Err(kind) => {
+                b.stats.connections_active.fetch_sub(1, Relaxed);
+                b.stats.connect_error(kind);
+                tracing::debug!(pool = %pool.name, backend = %b.name, error = kind.as_str(), "connect failed");
+                last_err = Some(kind);
+                tried.push(i);
+            }
+        }
+    }
+    Err(match last_err {
+        Some(kind) => Termination::ConnectFailed(kind),
+        None => Termination::Rejected(RejectReason::NoBackend),
+    })
+}
+
+async fn connect_one(
+    addr: SocketAddr,
+    timeout: std::time::Duration,
+) -> Result<TcpStream, ConnectError> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|e| ConnectError::from_io(&e))?;
+    // Set before connect so the SYN already carries no delay semantics for the data.
+    let _ = socket.set_nodelay(true);
+    match tokio::time::timeout(timeout, socket.connect(addr)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(ConnectError::from_io(&e)),
+        Err(_) => Err(ConnectError::Timeout),
+    }
+}
+
+/// The maglev key of a client: its IP, or its IP and port.
+fn affinity_key(kind: HashKey, peer: SocketAddr) -> u64 {
+    let mut bytes = [0u8; 18];
+    let len = match peer.ip() {
+        IpAddr::V4(ip) => {
+            bytes[..4].copy_from_slice(&ip.octets());
+            4
+        }
+        IpAddr::V6(ip) => {
+            bytes[..16].copy_from_slice(&ip.octets());
+            16
+        }
+    };
+    let len = match kind {
+        HashKey::SourceIp => len,
+        HashKey::SourceAddr => {
+            bytes[len..len + 2].copy_from_slice(&peer.port().to_be_bytes());
+            len + 2
+        }
+    };
+    weir_balance::hash_bytes(&bytes[..len])
+}
+
+#[allow(clippy::too_many_arguments)]
+fn log(
+    listener: &Listener,
+    route: Option<&Route>,
+    client: SocketAddr,
+    backend: Option<&crate::pool::Backend>,
+    sent: u64,
+    received: u64,
+    start: Instant,
+    term: Termination,
+) {
+    if !listener.access_log {
+        return;
+    }
+    let backend_name = backend.map_or("-", |b| b.name.as_str());
+    let error = match term {
+        Termination::ConnectFailed(e) => e.as_str(),
+        _ => "-",
+    };
+    tracing::info!(
+        target: "weir::access",
+        listener = %listener.name,
+        route = route.map_or("-", |r| r.name.as_str()),
+        client = %client,
+        backend = backend_name,
+        bytes_to_backend = sent,
+        bytes_to_client = received,
+        // Microsecond precision is plenty and keeps the field short.
+        duration_ms = start.elapsed().as_micros() as f64 / 1000.0,
+        reason = term.as_str(),
+        error,
+    );
+}

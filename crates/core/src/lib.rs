@@ -1,0 +1,17 @@
+//! The weir runtime: it turns a validated [`weir_config::Config`] into bound
+//! listeners, routes and pools, and runs the life of every connection: accept,
+//! listener limit, route match by source, backend pick with retries on connect
+//! failure, a two-way relay (splice(2) or a pooled buffer, half-close aware, with
+//! an idle timeout), one access-log line, and graceful shutdown.
+//!
+//! Counters live beside the entity they describe ([`stats`]); the per-connection
+//! path does relaxed atomic adds and takes no lock shared across connections.
+
+mod conn;
+pub mod listener;
+pub mod pool;
+pub mod relay;
+pub mod server;
+pub mod stats;
+
+pub use server::{Server, StartError};

@@ -1,0 +1,150 @@
+//! Listeners: binding sockets and the accept loop.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::pool::Pool;
+use crate::stats::{ListenerStats, RejectReason, RouteStats};
+
+/// Pending connections the kernel may queue per socket (capped by somaxconn).
+const BACKLOG: i32 = 4096;
+
+/// A route as the data plane sees it.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub source: Vec<IpNet>,
+    pub pool: Arc<Pool>,
+    pub stats: Arc<RouteStats>,
+}
+
+impl Route {
+    fn matches(&self, ip: IpAddr) -> bool {
+        // IPv4 clients on a dual-stack socket show up as ::ffff:a.b.c.d.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.source.is_empty() || self.source.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// A listener: its settings, routes, counters and the tokens that stop it.
+#[derive(Debug)]
+pub struct Listener {
+    pub name: String,
+    pub max_connections: u32,
+    pub idle_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub routes: Vec<Route>,
+    pub stats: Arc<ListenerStats>,
+    pub(crate) zero_copy: bool,
+    pub(crate) access_log: bool,
+    /// Cancelled when the listener's connections must be closed (end of the
+    /// shutdown grace period).
+    pub(crate) kill: CancellationToken,
+}
+
+impl Listener {
+    pub(crate) fn route_for(&self, ip: IpAddr) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matches(ip))
+    }
+}
+
+/// Creates a listening socket with SO_REUSEADDR and SO_REUSEPORT (so several
+/// processes can share a port during an upgrade) and IPV6_V6ONLY on IPv6
+/// (so `[::]:P` and `0.0.0.0:P` can both be bound).
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.set_cloexec(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Accepts until `stop` is cancelled, spawning one task per connection on `tracker`.
+pub(crate) async fn accept_loop(
+    listener: Arc<Listener>,
+    socket: TcpListener,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            r = socket.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                if is_resource_exhaustion(&e) {
+                    // Out of descriptors or memory: accepting again at once would
+                    // spin; pending clients wait in the backlog meanwhile.
+                    tracing::warn!(listener = %listener.name, error = %e, "accept failed; pausing 50ms");
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                }
+                continue;
+            }
+        };
+        let stats = &listener.stats;
+        stats.connections_total.fetch_add(1, Relaxed);
+        let active = stats.connections_active.fetch_add(1, Relaxed);
+        if active >= i64::from(listener.max_connections) {
+            stats.connections_active.fetch_sub(1, Relaxed);
+            stats.reject(RejectReason::MaxConnections);
+            reject_now(stream);
+            if listener.access_log {
+                tracing::info!(
+                    target: "weir::access",
+                    listener = %listener.name,
+                    route = "-",
+                    client = %peer,
+                    backend = "-",
+                    bytes_to_backend = 0u64,
+                    bytes_to_client = 0u64,
+                    duration_ms = 0.0f64,
+                    reason = RejectReason::MaxConnections.as_str(),
+                    error = "-",
+                );
+            }
+            continue;
+        }
+        tracker.spawn(crate::conn::handle(Arc::clone(&listener), stream, peer));
+    }
+}
+
+/// Closes a refused connection at once with a reset, so the client learns
+/// immediately and no FIN_WAIT/TIME_WAIT state is left behind on our side.
+fn reject_now(stream: tokio::net::TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc_errno) if libc_errno == rustix::io::Errno::MFILE.raw_os_error()
+            || libc_errno == rustix::io::Errno::NFILE.raw_os_error()
+            || libc_errno == rustix::io::Errno::NOBUFS.raw_os_error()
+            || libc_errno == rustix::io::Errno::NOMEM.raw_os_error()
+    )
+}

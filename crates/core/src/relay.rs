@@ -1,0 +1,350 @@
+//! Moving bytes between the client and the backend, both ways, until both sides are
+//! done, one side fails, the connection is idle for too long, or shutdown cuts it.
+//!
+//! Each direction is a pump that waits for readiness and only then borrows a
+//! buffer (copy mode) or a pipe (zero-copy mode, splice(2)) from a small
+//! per-thread pool, and gives it back as soon as the chunk is written. An idle
+//! connection therefore holds no user-space buffer and no pipe: only its two sockets.
+//!
+//! Half-close: when one side sends EOF, the other side's write half is shut down
+//! and the opposite direction keeps flowing until it ends too.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use rustix::pipe::{PipeFlags, SpliceFlags};
+use socket2::SockRef;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::BackendStats;
+
+/// Size of one copy buffer and the most one splice moves at a time (the default
+/// pipe capacity).
+const CHUNK: usize = 64 * 1024;
+/// Buffers or pipes kept per thread for reuse; beyond that they are freed.
+const POOL_CAP: usize = 128;
+
+/// How a relay ended. Each is the `reason` field of the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Both directions reached EOF; the client sent its EOF first.
+    ClientClosed,
+    /// Both directions reached EOF; the backend sent its EOF first.
+    BackendClosed,
+    /// Reading from or writing to the client failed (reset, broken pipe).
+    ClientError,
+    /// Reading from or writing to the backend failed.
+    BackendError,
+    /// No byte moved in either direction for `idle_timeout`.
+    IdleTimeout,
+    /// Closed because the listener's `shutdown_timeout` ran out.
+    Shutdown,
+}
+
+impl End {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientClosed => "client_closed",
+            Self::BackendClosed => "backend_closed",
+            Self::ClientError => "client_error",
+            Self::BackendError => "backend_error",
+            Self::IdleTimeout => "idle_timeout",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Totals of one relay, for the access log.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    pub end: End,
+    /// Bytes from the client to the backend.
+    pub sent: u64,
+    /// Bytes from the backend to the client.
+    pub received: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Backend,
+}
+
+/// Progress shared by the two pumps of one connection: byte totals and the time of
+/// the last activity (milliseconds since `start`), read by the idle timer.
+#[derive(Debug)]
+struct Progress {
+    start: Instant,
+    last_ms: AtomicU64,
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+impl Progress {
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Relaxed);
+    }
+
+    fn last_activity(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Relaxed))
+    }
+}
+
+/// One direction of a connection.
+struct Pump<'a> {
+    from: &'a TcpStream,
+    to: &'a TcpStream,
+    from_side: Side,
+    to_side: Side,
+    progress: &'a Progress,
+    total: &'a AtomicU64,
+    backend_total: &'a AtomicU64,
+}
+
+/// Relays until the connection ends and says how.
+pub(crate) async fn relay(
+    client: &TcpStream,
+    backend: &TcpStream,
+    backend_stats: &BackendStats,
+    idle_timeout: Duration,
+    zero_copy: bool,
+    kill: &CancellationToken,
+) -> Outcome {
+    let progress = Progress {
+        start: Instant::now(),
+        last_ms: AtomicU64::new(0),
+        sent: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+    };
+    let up = Pump {
+        from: client,
+        to: backend,
+        from_side: Side::Client,
+        to_side: Side::Backend,
+        progress: &progress,
+        total: &progress.sent,
+        backend_total: &backend_stats.sent_bytes,
+    };
+    let down = Pump {
+        from: backend,
+        to: client,
+        from_side: Side::Backend,
+        to_side: Side::Client,
+        progress: &progress,
+        total: &progress.received,
+        backend_total: &backend_stats.received_bytes,
+    };
+    let up = up.run(zero_copy);
+    let down = down.run(zero_copy);
+    tokio::pin!(up, down);
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
+    let mut up_done = false;
+    let mut down_done = false;
+    let end = loop {
+        tokio::select! {
+            r = &mut up, if !up_done => match r {
+                Ok(()) if down_done => break End::BackendClosed,
+                Ok(()) => up_done = true,
+                Err(side) => break side_error(side),
+            },
+            r = &mut down, if !down_done => match r {
+                Ok(()) if up_done => break End::ClientClosed,
+                Ok(()) => down_done = true,
+                Err(side) => break side_error(side),
+            },
+            () = &mut idle => {
+                let deadline = progress.last_activity() + idle_timeout;
+                if Instant::now() >= deadline {
+                    break End::IdleTimeout;
+                }
+                idle.as_mut().reset(deadline);
+            }
+            () = kill.cancelled() => break End::Shutdown,
+        }
+    };
+    Outcome {
+        end,
+        sent: progress.sent.load(Relaxed),
+        received: progress.received.load(Relaxed),
+    }
+}
+
+fn side_error(side: Side) -> End {
+    match side {
+        Side::Client => End::ClientError,
+        Side::Backend => End::BackendError,
+    }
+}
+
+impl Pump<'_> {
+    /// Runs until EOF from `from` (then shuts down `to`'s write half), or fails with
+    /// the side whose socket failed.
+    async fn run(self, zero_copy: bool) -> Result<(), Side> {
+        if zero_copy {
+            self.run_splice().await
+        } else {
+            self.run_copy().await
+        }
+    }
+
+    fn moved(&self, n: usize) {
+        let n = n as u64;
+        self.total.fetch_add(n, Relaxed);
+        self.backend_total.fetch_add(n, Relaxed);
+        self.progress.touch();
+    }
+
+    fn eof(&self) -> Result<(), Side> {
+        match SockRef::from(self.to).shutdown(Shutdown::Write) {
+            // The peer may already be gone; the other direction will notice.
+            Ok(()) | Err(_) => Ok(()),
+        }
+    }
+
+    async fn run_copy(self) -> Result<(), Side> {
+        loop {
+            self.from.readable().await.map_err(|_| self.from_side)?;
+            let mut buf = PooledBuf::take();
+            let n = match self.from.try_read(buf.as_mut()) {
+                Ok(0) => return self.eof(),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => return Err(self.from_side),
+            };
+            self.moved(n);
+            let mut chunk = &buf.as_mut()[..n];
+            while !chunk.is_empty() {
+                match self.to.try_write(chunk) {
+                    Ok(m) => chunk = &chunk[m..],
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.to.writable().await.map_err(|_| self.to_side)?;
+                    }
+                    Err(_) => return Err(self.to_side),
+                }
+            }
+        }
+    }
+
+    async fn run_splice(self) -> Result<(), Side> {
+        let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
+        loop {
+            self.from.readable().await.map_err(|_| self.from_side)?;
+            let pipe = match Pipe::take() {
+                Ok(p) => p,
+                // Out of descriptors for a pipe: this chunk goes through a buffer.
+                Err(_) => return self.run_copy().await,
+            };
+            let n = match self.from.try_io(Interest::READABLE, || {
+                rustix::pipe::splice(self.from, None, &pipe.write, None, CHUNK, flags)
+                    .map_err(io::Error::from)
+            }) {
+                Ok(0) => {
+                    pipe.give_back();
+                    return self.eof();
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    pipe.give_back();
+                    continue;
+                }
+                Err(_) => return Err(self.from_side),
+            };
+            self.moved(n);
+            let mut left = n;
+            while left > 0 {
+                match self.to.try_io(Interest::WRITABLE, || {
+                    rustix::pipe::splice(&pipe.read, None, self.to, None, left, flags)
+                        .map_err(io::Error::from)
+                }) {
+                    Ok(m) => left -= m.min(left),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.to.writable().await.map_err(|_| self.to_side)?;
+                    }
+                    // The pipe still holds bytes: it is dropped, not reused.
+                    Err(_) => return Err(self.to_side),
+                }
+            }
+            pipe.give_back();
+        }
+    }
+}
+
+thread_local! {
+    static BUFFERS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    static PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A copy buffer borrowed from the current thread's pool; returned on drop (to the
+/// pool of whichever thread drops it).
+struct PooledBuf(Option<Box<[u8]>>);
+
+impl PooledBuf {
+    fn take() -> Self {
+        let buf = BUFFERS
+            .with(|b| b.borrow_mut().pop())
+            .unwrap_or_else(|| vec![0u8; CHUNK].into_boxed_slice());
+        PooledBuf(Some(buf))
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.0.as_deref_mut().unwrap_or_default()
+    }
+}
+
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        if let Some(buf) = self.0.take() {
+            BUFFERS.with(|b| {
+                let mut b = b.borrow_mut();
+                if b.len() < POOL_CAP {
+                    b.push(buf);
+                }
+            });
+        }
+    }
+}
+
+/// An empty pipe used as the in-kernel buffer of splice(2).
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    fn take() -> io::Result<Pipe> {
+        if let Some(p) = PIPES.with(|p| p.borrow_mut().pop()) {
+            return Ok(p);
+        }
+        let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+        Ok(Pipe { read, write })
+    }
+
+    /// Returns an empty pipe to this thread's pool. Only call when every byte
+    /// spliced in has been spliced out.
+    fn give_back(self) {
+        PIPES.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL_CAP {
+                p.push(self);
+            }
+        });
+    }
+}
+
+impl std::fmt::Debug for Pipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipe")
+            .field("read", &self.read.as_fd())
+            .field("write", &self.write.as_fd())
+            .finish()
+    }
+}

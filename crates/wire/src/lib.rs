@@ -1,0 +1,28 @@
+//! weir-wire: the byte-level protocols weir reads and writes before it relays a
+//! connection — the PROXY protocol v1/v2 ([`proxy`]) and a read-only peek at a TLS
+//! ClientHello for SNI and ALPN ([`tls`]).
+//!
+//! Everything here is pure: `&[u8]` in, values out. No tokio, no sockets, no clocks,
+//! no global state, so every parser can be unit-tested, property-tested and fuzzed
+//! (targets live in the top-level `fuzz/` directory). No input can make a parser
+//! panic, and input never drives an unbounded allocation.
+//!
+//! # Result convention
+//!
+//! Parsers are stateless: the caller's buffer *is* the state. Each parser takes all
+//! the bytes received so far and returns `Result<Outcome, Error>`:
+//!
+//! - `Ok(Complete ..)`: a value, plus how many bytes of the input it covered.
+//! - `Ok(Incomplete { needed })`: the bytes so far are a valid prefix; read more and
+//!   call again with the whole buffer. `needed` is a lower bound on how many more bytes
+//!   are required (`None` when the format cannot tell, e.g. a v1 line without CRLF).
+//! - `Err(e)`: no continuation of these bytes can ever be valid; stop reading and
+//!   reject. Errors are reported as early as the bytes allow.
+//!
+//! The TLS peek has one more outcome, `NotTls`, for a stream that is simply not TLS:
+//! that is a routing fact, not a malformed input.
+
+pub mod proxy;
+pub mod tls;
+
+mod crc32c;
