@@ -21,6 +21,12 @@ METRICS = [
     ("ka_p50_ms", "Keep-alive: latency p50 (ms)", -1),
     ("ka_p99_ms", "Keep-alive: latency p99 (ms)", -1),
     ("idle_bytes_per_conn", "Idle connection: proxy RSS per connection (bytes)", -1),
+    # What the proxy itself spent: meaningful even when the load generators, not the
+    # proxy, are the bottleneck (2-core machines).
+    ("tput_p1_cpu_s_per_gb", "Proxy CPU per GB relayed, iperf3 1 stream (CPU-s/GB)", -1),
+    ("tput_p8_cpu_s_per_gb", "Proxy CPU per GB relayed, iperf3 8 streams (CPU-s/GB)", -1),
+    ("conn_cpu_us", "Proxy CPU per request, `Connection: close` (µs)", -1),
+    ("ka_cpu_us", "Proxy CPU per request, keep-alive (µs)", -1),
 ]
 # Recorded per round and shown in the raw table, but not compared.
 EXTRA = [
@@ -30,6 +36,10 @@ EXTRA = [
     ("idle_reached", "Idle: connections the backend saw established"),
     ("idle_rss_before_kib", "Idle: proxy RSS before (KiB)"),
     ("idle_rss_after_kib", "Idle: proxy RSS with the idle connections (KiB)"),
+    ("tput_p1_cpu_pct", "iperf3 1 stream: proxy CPU use (% of one core)"),
+    ("tput_p8_cpu_pct", "iperf3 8 streams: proxy CPU use (% of one core)"),
+    ("conn_cpu_pct", "Connection: close: proxy CPU use (% of one core)"),
+    ("ka_cpu_pct", "Keep-alive: proxy CPU use (% of one core)"),
 ]
 
 

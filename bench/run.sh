@@ -381,15 +381,58 @@ record() { # round key metric value
 }
 LOAD_TIMEOUT() { echo $((DURATION + 30)); }
 
+CLK_TCK=$(getconf CLK_TCK)
+CUR_PID=""   # the proxy under test in this turn ("" for direct)
+cpu_ticks() { # -> user+system clock ticks of CUR_PID and its descendants, or "null"
+    [[ -n $CUR_PID ]] || { echo null; return; }
+    local total=0 p f
+    for p in "$CUR_PID" $(descendants "$CUR_PID"); do
+        f=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
+        read -r -a fs <<<"$f"
+        # after the command name: state is field 3 of stat, utime 14 and stime 15
+        total=$((total + fs[11] + fs[12]))
+    done
+    echo "$total"
+}
+record_cpu() { # round key prefix ticks_before ticks_after work_units  (units: GB or requests)
+    local r=$1 key=$2 prefix=$3 b=$4 a=$5 units=$6 vals
+    if [[ $b == null || $a == null ]]; then
+        record "$r" "$key" "${prefix}_cpu_pct" null
+        return
+    fi
+    vals=$(python3 -c "
+import sys
+b, a, tck, dur, units = int('$b'), int('$a'), int('$CLK_TCK'), float('$DURATION'), '$units'
+cpu = (a - b) / tck
+pct = 100 * cpu / dur
+try:
+    u = float(units)
+    per = cpu / u if u > 0 else None
+except ValueError:
+    per = None
+print(round(pct, 1), 'null' if per is None else per)
+")
+    local pct per
+    read -r pct per <<<"$vals"
+    record "$r" "$key" "${prefix}_cpu_pct" "$pct"
+    echo "$per"
+}
+
 run_iperf() { # round key port streams
     local r=$1 key=$2 port=$3 n=$4 f=$WORK/r$1-$2-iperf-P$4.json v
     log "  iperf3 -P $n (${DURATION}s)"
+    local t0 t1 gb per
+    t0=$(cpu_ticks)
     timeout -k 5 "$(LOAD_TIMEOUT)" taskset -c 0 \
         iperf3 -c 127.0.0.1 -p "$port" -t "$DURATION" -P "$n" -J --connect-timeout 3000 >"$f" 2>"$f.err" \
         || { warn "iperf3 -P $n through ${LABEL[$key]} failed (exit $?) in round $r"; restart_iperf_server; }
+    t1=$(cpu_ticks)
     v=$(python3 "$BENCH_DIR/report.py" iperf "$f" 2>>"$f.err")
-    log "    -> $v Gbit/s"
+    gb=$(python3 -c "print(float('$v') * $DURATION / 8)" 2>/dev/null || echo null)
+    per=$(record_cpu "$r" "$key" "tput_p${n}" "$t0" "$t1" "$gb")
+    log "    -> $v Gbit/s (proxy CPU ${per:-?} s/GB)"
     record "$r" "$key" "tput_p${n}_gbps" "$v"
+    record "$r" "$key" "tput_p${n}_cpu_s_per_gb" "$per"
 }
 
 run_wrk() { # round key port close|ka
@@ -398,12 +441,19 @@ run_wrk() { # round key port close|ka
     local what="keep-alive"
     [[ $mode == conn ]] && hdr=(-H 'Connection: close') && what="Connection: close"
     log "  wrk -c$WRK_CONNS, $what (${DURATION}s)"
+    local t0 t1 reqs per
+    t0=$(cpu_ticks)
     timeout -k 5 "$(LOAD_TIMEOUT)" taskset -c 0 \
         wrk -t1 -c"$WRK_CONNS" -d"${DURATION}s" --timeout 5s --latency \
         -s "$BENCH_DIR/wrk_report.lua" "${hdr[@]}" "http://127.0.0.1:$port/" >"$f" 2>&1 \
         || warn "wrk ($mode) through ${LABEL[$key]} failed (exit $?) in round $r"
+    t1=$(cpu_ticks)
     read -r rps p50 p99 errs < <(python3 "$BENCH_DIR/report.py" wrk "$f" 2>>"$f.err")
-    log "    -> $rps req/s, p50 $p50 ms, p99 $p99 ms, $errs errors"
+    reqs=$(python3 -c "print(float('$rps') * $DURATION)" 2>/dev/null || echo null)
+    per=$(record_cpu "$r" "$key" "$mode" "$t0" "$t1" "$reqs")
+    [[ $per == null || -z $per ]] || per=$(python3 -c "print(round($per * 1e6, 2))")
+    record "$r" "$key" "${mode}_cpu_us" "$per"
+    log "    -> $rps req/s, p50 $p50 ms, p99 $p99 ms, $errs errors (proxy CPU ${per:-?} µs/request)"
     record "$r" "$key" "${mode}_rps" "$rps"
     record "$r" "$key" "${mode}_p50_ms" "$p50"
     record "$r" "$key" "${mode}_p99_ms" "$p99"
@@ -457,9 +507,11 @@ run_turn() { # round key
     if [[ $key != direct ]]; then
         start_proxy "$r" "$key"
         pid=$PROXY_PID
+        CUR_PID=$pid
         run_idle "$r" "$key" "$fh" "$pid"
         wait_quiet "${ports[@]}"
     else
+        CUR_PID=""
         for m in idle_bytes_per_conn idle_opened idle_reached; do record "$r" "$key" "$m" null; done
     fi
     run_iperf "$r" "$key" "$fi" 1;   wait_quiet "${ports[@]}"

@@ -144,6 +144,16 @@ impl Checker {
                 "log.level",
                 format!("{level:?} is not a valid log filter: {e}"),
             );
+        } else if let Some(word) = bare_non_level(&level) {
+            // EnvFilter reads a bare word as a target name, so a misspelt level
+            // would silently turn logging off; refuse it instead.
+            self.push(
+                "log.level",
+                format!(
+                    "{word:?} is not a level (trace, debug, info, warn, error, off); \
+                     to set the level of one module write \"{word}=debug\""
+                ),
+            );
         }
         Log {
             format,
@@ -636,4 +646,15 @@ mod tests {
         assert!(backend_addr("::1:5432", &fixed).is_err());
         assert!(backend_addr("127.0.0.1:0", &fixed).is_err());
     }
+}
+
+/// The first comma-separated directive of a log filter that is a bare word but not
+/// a level name, if any.
+fn bare_non_level(filter: &str) -> Option<&str> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    filter.split(',').map(str::trim).find(|d| {
+        !d.is_empty()
+            && !d.contains(['=', '[', ':'])
+            && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d))
+    })
 }

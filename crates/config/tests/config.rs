@@ -659,6 +659,11 @@ fn bad_log_level() {
         "log.level",
         "\"weir=loud\" is not a valid log filter: ",
     );
+    assert_one(
+        &format!("[log]\nlevel = \"warn,verbose\"\n{OK_LISTENER}{OK_POOL}"),
+        "log.level",
+        "\"verbose\" is not a level (trace, debug, info, warn, error, off)",
+    );
 }
 
 #[test]

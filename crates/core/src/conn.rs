@@ -39,8 +39,7 @@ impl Termination {
 pub(crate) async fn handle(listener: Arc<Listener>, client: TcpStream, peer: SocketAddr) {
     let _slot = ActiveGuard(&listener.stats.connections_active);
     let start = Instant::now();
-    // A failure here only costs latency; the relay works without it.
-    let _ = client.set_nodelay(true);
+    // TCP_NODELAY is inherited from the listening socket (see `listener::bind`).
     let Some(route) = listener.route_for(peer.ip()) else {
         listener.stats.reject(RejectReason::NoRoute);
         log(

@@ -2,9 +2,11 @@
 //! done, one side fails, the connection is idle for too long, or shutdown cuts it.
 //!
 //! Each direction is a pump that waits for readiness and only then borrows a
-//! buffer (copy mode) or a pipe (zero-copy mode, splice(2)) from a small
-//! per-thread pool, and gives it back as soon as the chunk is written. An idle
-//! connection therefore holds no user-space buffer and no pipe: only its two sockets.
+//! buffer or a pipe (for splice(2)) from a small per-thread pool, and gives it
+//! back as soon as the chunk is written. An idle connection therefore holds no
+//! user-space buffer and no pipe: only its two sockets. In zero-copy mode a
+//! direction moves small messages through the buffer and switches to splice once
+//! a read fills the buffer (a bulk transfer), where avoiding the copy pays.
 //!
 //! Half-close: when one side sends EOF, the other side's write half is shut down
 //! and the opposite direction keeps flowing until it ends too.
@@ -13,7 +15,7 @@ use std::cell::RefCell;
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::time::Duration;
 
 use rustix::pipe::{PipeFlags, SpliceFlags};
@@ -25,9 +27,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::stats::BackendStats;
 
-/// Size of one copy buffer and the most one splice moves at a time (the default
-/// pipe capacity).
-const CHUNK: usize = 64 * 1024;
+/// Size of one pooled copy buffer. A read that fills it marks a bulk transfer,
+/// which switches the direction to splice in zero-copy mode.
+const COPY_CHUNK: usize = 16 * 1024;
+/// The most one splice moves at a time: the default pipe capacity.
+const SPLICE_CHUNK: usize = 64 * 1024;
 /// Buffers or pipes kept per thread for reuse; beyond that they are freed.
 const POOL_CAP: usize = 128;
 
@@ -85,6 +89,8 @@ struct Progress {
     last_ms: AtomicU64,
     sent: AtomicU64,
     received: AtomicU64,
+    /// Directions that have reached EOF (0, 1 or 2).
+    eofs: AtomicU8,
 }
 
 impl Progress {
@@ -123,6 +129,7 @@ pub(crate) async fn relay(
         last_ms: AtomicU64::new(0),
         sent: AtomicU64::new(0),
         received: AtomicU64::new(0),
+        eofs: AtomicU8::new(0),
     };
     let up = Pump {
         from: client,
@@ -146,11 +153,15 @@ pub(crate) async fn relay(
     let down = down.run(zero_copy);
     tokio::pin!(up, down);
     let idle = tokio::time::sleep(idle_timeout);
-    tokio::pin!(idle);
+    let killed = kill.cancelled();
+    tokio::pin!(idle, killed);
     let mut up_done = false;
     let mut down_done = false;
     let end = loop {
         tokio::select! {
+            // Fixed order: no random draw per poll.
+            biased;
+            () = &mut killed => break End::Shutdown,
             r = &mut up, if !up_done => match r {
                 Ok(()) if down_done => break End::BackendClosed,
                 Ok(()) => up_done = true,
@@ -168,7 +179,6 @@ pub(crate) async fn relay(
                 }
                 idle.as_mut().reset(deadline);
             }
-            () = kill.cancelled() => break End::Shutdown,
         }
     };
     Outcome {
@@ -185,14 +195,41 @@ fn side_error(side: Side) -> End {
     }
 }
 
+/// What one read-and-forward step did.
+enum Step {
+    /// Moved this many bytes.
+    Moved(usize),
+    /// The source sent EOF.
+    Eof,
+    /// Nothing to read after all (spurious readiness).
+    Again,
+    /// No pipe could be had (out of descriptors): use the buffer.
+    NoPipe,
+}
+
 impl Pump<'_> {
     /// Runs until EOF from `from` (then shuts down `to`'s write half), or fails with
     /// the side whose socket failed.
+    ///
+    /// With `zero_copy`, a direction starts with buffered copies (cheaper for the
+    /// small messages of request/response protocols) and switches to splice(2)
+    /// once one read fills the whole buffer, i.e. for bulk transfers.
     async fn run(self, zero_copy: bool) -> Result<(), Side> {
-        if zero_copy {
-            self.run_splice().await
-        } else {
-            self.run_copy().await
+        let mut splicing = false;
+        loop {
+            self.from.readable().await.map_err(|_| self.from_side)?;
+            let step = if splicing {
+                self.splice_once().await?
+            } else {
+                self.copy_once().await?
+            };
+            match step {
+                // Once a direction splices it keeps splicing: it is a bulk one.
+                Step::Moved(n) => splicing |= zero_copy && n == COPY_CHUNK,
+                Step::Eof => return self.eof(),
+                Step::Again => {}
+                Step::NoPipe => splicing = false,
+            }
         }
     }
 
@@ -204,77 +241,105 @@ impl Pump<'_> {
     }
 
     fn eof(&self) -> Result<(), Side> {
-        match SockRef::from(self.to).shutdown(Shutdown::Write) {
+        // When the other direction has already ended, both sockets are about to be
+        // closed, and close() sends the FIN: no separate shutdown needed.
+        if self.progress.eofs.fetch_add(1, Relaxed) == 0 {
             // The peer may already be gone; the other direction will notice.
-            Ok(()) | Err(_) => Ok(()),
+            let _ = SockRef::from(self.to).shutdown(Shutdown::Write);
         }
+        Ok(())
     }
 
-    async fn run_copy(self) -> Result<(), Side> {
-        loop {
-            self.from.readable().await.map_err(|_| self.from_side)?;
-            let mut buf = PooledBuf::take();
-            let n = match self.from.try_read(buf.as_mut()) {
-                Ok(0) => return self.eof(),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(_) => return Err(self.from_side),
-            };
-            self.moved(n);
-            let mut chunk = &buf.as_mut()[..n];
-            while !chunk.is_empty() {
-                match self.to.try_write(chunk) {
-                    Ok(m) => chunk = &chunk[m..],
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.to.writable().await.map_err(|_| self.to_side)?;
-                    }
-                    Err(_) => return Err(self.to_side),
+    /// One read into a pooled buffer and the write of what it got.
+    async fn copy_once(&self) -> Result<Step, Side> {
+        let mut buf = PooledBuf::take();
+        let dst = buf.as_mut();
+        let n = match read_draining(self.from, COPY_CHUNK, || {
+            rustix::io::read(self.from, dst).map_err(io::Error::from)
+        }) {
+            Ok(0) => return Ok(Step::Eof),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Again),
+            Err(_) => return Err(self.from_side),
+        };
+        self.moved(n);
+        let mut chunk = &buf.as_mut()[..n];
+        while !chunk.is_empty() {
+            match self.to.try_write(chunk) {
+                Ok(m) => chunk = &chunk[m..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.to.writable().await.map_err(|_| self.to_side)?;
                 }
+                Err(_) => return Err(self.to_side),
             }
         }
+        Ok(Step::Moved(n))
     }
 
-    async fn run_splice(self) -> Result<(), Side> {
+    /// One splice from the source socket into a pooled pipe and out of it into
+    /// the destination socket.
+    async fn splice_once(&self) -> Result<Step, Side> {
         let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
-        loop {
-            self.from.readable().await.map_err(|_| self.from_side)?;
-            let pipe = match Pipe::take() {
-                Ok(p) => p,
-                // Out of descriptors for a pipe: this chunk goes through a buffer.
-                Err(_) => return self.run_copy().await,
-            };
-            let n = match self.from.try_io(Interest::READABLE, || {
-                rustix::pipe::splice(self.from, None, &pipe.write, None, CHUNK, flags)
+        let Ok(pipe) = Pipe::take() else {
+            return Ok(Step::NoPipe);
+        };
+        let n = match read_draining(self.from, SPLICE_CHUNK, || {
+            rustix::pipe::splice(self.from, None, &pipe.write, None, SPLICE_CHUNK, flags)
+                .map_err(io::Error::from)
+        }) {
+            Ok(0) => {
+                pipe.give_back();
+                return Ok(Step::Eof);
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                pipe.give_back();
+                return Ok(Step::Again);
+            }
+            Err(_) => return Err(self.from_side),
+        };
+        self.moved(n);
+        let mut left = n;
+        while left > 0 {
+            match self.to.try_io(Interest::WRITABLE, || {
+                rustix::pipe::splice(&pipe.read, None, self.to, None, left, flags)
                     .map_err(io::Error::from)
             }) {
-                Ok(0) => {
-                    pipe.give_back();
-                    return self.eof();
-                }
-                Ok(n) => n,
+                Ok(m) => left -= m.min(left),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    pipe.give_back();
-                    continue;
+                    self.to.writable().await.map_err(|_| self.to_side)?;
                 }
-                Err(_) => return Err(self.from_side),
-            };
-            self.moved(n);
-            let mut left = n;
-            while left > 0 {
-                match self.to.try_io(Interest::WRITABLE, || {
-                    rustix::pipe::splice(&pipe.read, None, self.to, None, left, flags)
-                        .map_err(io::Error::from)
-                }) {
-                    Ok(m) => left -= m.min(left),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.to.writable().await.map_err(|_| self.to_side)?;
-                    }
-                    // The pipe still holds bytes: it is dropped, not reused.
-                    Err(_) => return Err(self.to_side),
-                }
+                // The pipe still holds bytes: it is dropped, not reused.
+                Err(_) => return Err(self.to_side),
             }
-            pipe.give_back();
         }
+        pipe.give_back();
+        Ok(Step::Moved(n))
+    }
+}
+
+/// Reads once from `from` through `op` (which returns how many bytes it moved, at
+/// most `max`), and when fewer than `max` bytes came the socket is taken as
+/// drained: its readiness is cleared right away. That saves the extra read that
+/// would otherwise only return EAGAIN, one syscall per chunk. It is safe with
+/// tokio's edge-triggered readiness: bytes arriving after the read raise a new
+/// event, and a readiness tick newer than ours is never cleared.
+fn read_draining(
+    from: &TcpStream,
+    max: usize,
+    op: impl FnOnce() -> io::Result<usize>,
+) -> io::Result<usize> {
+    let mut short = None;
+    let r = from.try_io(Interest::READABLE, || match op() {
+        Ok(n) if n > 0 && n < max => {
+            short = Some(n);
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        other => other,
+    });
+    match short {
+        Some(n) => Ok(n),
+        None => r,
     }
 }
 
@@ -291,7 +356,7 @@ impl PooledBuf {
     fn take() -> Self {
         let buf = BUFFERS
             .with(|b| b.borrow_mut().pop())
-            .unwrap_or_else(|| vec![0u8; CHUNK].into_boxed_slice());
+            .unwrap_or_else(|| vec![0u8; COPY_CHUNK].into_boxed_slice());
         PooledBuf(Some(buf))
     }
 

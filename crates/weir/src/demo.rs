@@ -22,9 +22,12 @@ pub(crate) fn run(listen: SocketAddr, admin: SocketAddr) -> Result<()> {
         let config = weir_config::load_str(&toml)
             .map_err(|e| anyhow::anyhow!("demo configuration is invalid:\n{e}"))?;
         crate::init_logging(&config.log)?;
-        crate::serve(config, |_, admin_addr| {
+        crate::serve(config, |server, admin_addr| {
+            // With port 0 the kernel chose: show the address actually bound.
+            let listen = server.local_addrs("web").first().copied().unwrap_or(listen);
             let mut out = String::new();
             let _ = writeln!(out, "\nweir demo is running. The configuration it runs:\n\n{toml}");
+            let _ = writeln!(out, "Proxy: http://{listen}/");
             let _ = writeln!(out, "Try:");
             let _ = writeln!(out, "  curl -s http://{listen}/            # answered by demo-a, demo-b, demo-c in turn (2:1:1)");
             let _ = writeln!(out, "  for i in $(seq 8); do curl -s http://{listen}/; done");

@@ -1,0 +1,362 @@
+//! Tests of the `weir` binary itself: exit codes, messages, signals, the demo.
+//! Each starts the real binary and talks to it over loopback, with deadlines.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(15);
+
+fn weir() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn temp_config(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("weir-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("weir.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Stops a child we started (by its PID) when the test ends, however it ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn signal(child: &Child, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, sig).expect("kill");
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(start.elapsed() < DEADLINE, "weir did not exit within {DEADLINE:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reads stdout lines on a thread and hands them over a channel, so a test can
+/// wait for a line with a deadline.
+fn lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let out = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no line containing {needle:?}: {e}"),
+        }
+    }
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr")
+}
+
+/// An echo backend on a thread.
+fn echo_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let a = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    a
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
+}
+
+#[test]
+fn version_and_help_for_every_command() {
+    let out = weir().arg("--version").output().expect("run");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("weir {}", env!("CARGO_PKG_VERSION")));
+    for args in [&["--help"][..], &["run", "--help"], &["check", "--help"], &["demo", "--help"]] {
+        let out = weir().args(args).output().expect("run");
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Usage: weir"), "{args:?}: {text}");
+    }
+}
+
+#[test]
+fn check_accepts_every_example() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(repo_root().join("examples")).expect("examples") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = weir().args(["check", "--config"]).arg(&path).output().expect("run");
+            assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+            assert!(String::from_utf8_lossy(&out.stdout).contains(": ok ("));
+            n += 1;
+        }
+    }
+    assert!(n >= 4, "examples found: {n}");
+}
+
+#[test]
+fn check_rejects_bad_configs_with_the_key_path() {
+    let cases = [
+        (
+            "[[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"127.0.0.1:1\"\nweight = 1200\n",
+            "pools[0].backends[0].weight",
+        ),
+        ("[admin]\nhtp = \"127.0.0.1:1\"\n", "admin.htp"),
+        (
+            "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:1\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"nope\"\n",
+            "listeners[0].routes[0].pool",
+        ),
+    ];
+    for (i, (text, path)) in cases.iter().enumerate() {
+        let file = temp_config(&format!("bad{i}"), text);
+        let out = weir().args(["check", "--config"]).arg(&file).output().expect("run");
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(path), "expected {path} in: {err}");
+    }
+    let out = weir().args(["check", "--config", "/nonexistent/weir.toml"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/weir.toml"));
+}
+
+#[test]
+fn run_stops_gracefully_on_sigterm_letting_a_connection_finish() {
+    let backend = echo_backend();
+    let front = free_port();
+    let admin = free_port();
+    let file = temp_config(
+        "run",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"l\"\nbind = [\"{front}\"]\nshutdown_timeout = \"10s\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\nname = \"echo\"\naddress = \"{backend}\"\n"
+        ),
+    );
+    let mut child = weir()
+        .args(["run", "--config"])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let out = lines(&mut child);
+    let mut child = Running(child);
+    wait_line(&out, "weir started");
+    assert!(http_get(admin, "/readyz").starts_with("HTTP/1.1 200"));
+    assert!(http_get(admin, "/healthz").starts_with("HTTP/1.1 200"));
+
+    let mut conn = TcpStream::connect(front).expect("connect");
+    conn.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    conn.write_all(b"ping").expect("write");
+    let mut buf = [0u8; 4];
+    conn.read_exact(&mut buf).expect("echo");
+
+    signal(&child.0, rustix::process::Signal::TERM);
+    wait_line(&out, "SIGTERM received");
+    // Still relaying after the signal, then the client ends the connection.
+    conn.write_all(b"pong").expect("write after SIGTERM");
+    conn.read_exact(&mut buf).expect("echo after SIGTERM");
+    assert_eq!(&buf, b"pong");
+    drop(conn);
+    let access = wait_line(&out, "\"reason\":\"client_closed\"");
+    for field in ["\"listener\":\"l\"", "\"route\":\"r\"", "\"backend\":\"echo\"", "\"bytes_to_backend\":8", "\"bytes_to_client\":8", "\"client\":\"127.0.0.1:", "\"duration_ms\":", "\"timestamp\":"] {
+        assert!(access.contains(field), "{field} missing in {access}");
+    }
+    let status = wait_exit(&mut child.0);
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn run_fails_clearly_when_the_port_is_taken() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let file = temp_config(
+        "taken",
+        &format!(
+            "[admin]\nhttp = \"{addr}\"\n[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.2:0\"]\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"127.0.0.1:9\"\n"
+        ),
+    );
+    let out = weir().args(["run", "--config"]).arg(&file).output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("admin.http") && err.contains(&addr.to_string()), "{err}");
+}
+
+#[test]
+fn demo_serves_through_the_proxy_and_stops_on_sigint() {
+    let mut child = weir()
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let out = lines(&mut child);
+    let mut child = Running(child);
+    let line = wait_line(&out, "Proxy: http://");
+    let addr: SocketAddr = line
+        .trim()
+        .trim_start_matches("Proxy: http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("proxy address");
+    let mut names = Vec::new();
+    for _ in 0..4 {
+        let resp = http_get(addr, "/");
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        let body = resp.rsplit("\r\n\r\n").next().unwrap_or_default();
+        names.push(body.split_whitespace().nth(2).unwrap_or_default().to_string());
+    }
+    // Weights 2:1:1, smooth: a, b, c, a.
+    assert_eq!(names, ["demo-a", "demo-b", "demo-c", "demo-a"]);
+    signal(&child.0, rustix::process::Signal::INT);
+    assert_eq!(wait_exit(&mut child.0).code(), Some(0));
+}
+
+/// Runs a real nginx (Debian package) as two HTTP backends and a real curl as the
+/// client, with weir in between: a 3 MiB file arrives intact, and requests follow
+/// the configured weights.
+#[test]
+fn nginx_backends_and_curl_client_through_weir() {
+    let nginx = which("nginx").expect("nginx is not installed: run scripts/test.sh, which installs it");
+    let curl = which("curl").expect("curl is not installed: run scripts/test.sh, which installs it");
+    let dir = std::env::temp_dir().join(format!("weir-cli-{}-nginx", std::process::id()));
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).expect("www");
+    let big: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    std::fs::write(www.join("big.bin"), &big).expect("big file");
+    let (p1, p2) = (free_port(), free_port());
+    let d = dir.display();
+    let conf = format!(
+        "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+         events {{ worker_connections 256; }}\n\
+         http {{ access_log off; client_body_temp_path {d}/t1; proxy_temp_path {d}/t2; fastcgi_temp_path {d}/t3;\n\
+           uwsgi_temp_path {d}/t4; scgi_temp_path {d}/t5;\n\
+           server {{ listen {p1}; root {www}; location = /who {{ return 200 \"nginx-1\\n\"; }} }}\n\
+           server {{ listen {p2}; root {www}; location = /who {{ return 200 \"nginx-2\\n\"; }} }}\n\
+         }}\n",
+        www = www.display()
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).expect("nginx conf");
+    let nginx = Running(
+        Command::new(nginx)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx"),
+    );
+    for p in [p1, p2] {
+        wait_connectable(p);
+    }
+
+    let front = free_port();
+    let file = temp_config(
+        "nginx",
+        &format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = [\"{front}\"]\n\
+             [[listeners.routes]]\nname = \"all\"\npool = \"nginx\"\n\
+             [[pools]]\nname = \"nginx\"\n\
+             [[pools.backends]]\nname = \"n1\"\naddress = \"{p1}\"\nweight = 3\n\
+             [[pools.backends]]\nname = \"n2\"\naddress = \"{p2}\"\nweight = 1\n"
+        ),
+    );
+    let mut child = weir().args(["run", "--config"]).arg(&file).stdout(Stdio::piped()).spawn().expect("spawn");
+    let out = lines(&mut child);
+    let mut child = Running(child);
+    wait_line(&out, "weir started");
+
+    let got = Command::new(&curl)
+        .args(["-sS", "--fail", "--max-time", "15"])
+        .arg(format!("http://{front}/big.bin"))
+        .output()
+        .expect("curl");
+    assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
+    assert_eq!(got.stdout.len(), big.len());
+    assert!(got.stdout == big, "the file changed on the way");
+
+    // curl opens a new connection per URL here (--no-keepalive), so each request is
+    // one pick: weights 3:1 over 8 connections.
+    let mut who = Vec::new();
+    for _ in 0..8 {
+        let r = Command::new(&curl)
+            .args(["-sS", "--fail", "--no-keepalive", "--max-time", "15"])
+            .arg(format!("http://{front}/who"))
+            .output()
+            .expect("curl");
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        who.push(String::from_utf8_lossy(&r.stdout).trim().to_string());
+    }
+    let n1 = who.iter().filter(|w| *w == "nginx-1").count();
+    assert_eq!((n1, who.len() - n1), (6, 2), "{who:?}");
+
+    signal(&child.0, rustix::process::Signal::TERM);
+    assert_eq!(wait_exit(&mut child.0).code(), Some(0));
+    drop(nginx);
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn wait_connectable(addr: SocketAddr) {
+    let start = Instant::now();
+    while TcpStream::connect(addr).is_err() {
+        assert!(start.elapsed() < DEADLINE, "{addr} never accepted connections");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: installs the tools the tests use as real
+# peers, then checks formatting, lints every target, and runs every test
+# (unit, property, real-socket integration) and the doctests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Real peers used by the integration tests (nginx as a real HTTP backend, curl as
+# a real client). Installed only when missing, with one apt-get update.
+packages=()
+command -v nginx >/dev/null 2>&1 || packages+=(nginx)
+command -v curl >/dev/null 2>&1 || packages+=(curl)
+if ((${#packages[@]})); then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "missing ${packages[*]}: install them or run as root" >&2
+        exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}"
+fi
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked --no-fail-fast
+else
+    cargo test --workspace --locked --no-fail-fast --lib --bins --tests
+fi
+cargo test --workspace --locked --doc
