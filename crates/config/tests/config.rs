@@ -72,7 +72,7 @@ fn minimal_config_gets_every_default() {
 
     assert_eq!(cfg.admin.http, None);
     assert_eq!(cfg.runtime.worker_threads, 0);
-    assert!(cfg.runtime.zero_copy);
+    assert!(!cfg.runtime.zero_copy);
     assert_eq!(cfg.log.format, LogFormat::Text);
     assert_eq!(cfg.log.level, "info");
     assert!(cfg.log.access_log);
@@ -120,7 +120,7 @@ http = "127.0.0.1:9900"
 
 [runtime]
 worker_threads = 4
-zero_copy = false
+zero_copy = true
 
 [log]
 format = "json"
@@ -177,7 +177,7 @@ retries = 100
 
     assert_eq!(cfg.admin.http, Some(sa("127.0.0.1:9900")));
     assert_eq!(cfg.runtime.worker_threads, 4);
-    assert!(!cfg.runtime.zero_copy);
+    assert!(cfg.runtime.zero_copy);
     assert_eq!(cfg.log.format, LogFormat::Json);
     assert_eq!(cfg.log.level, "weir=debug,info");
     assert!(!cfg.log.access_log);

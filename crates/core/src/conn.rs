@@ -5,7 +5,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use tokio::net::{TcpSocket, TcpStream};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use weir_balance::Request;
 use weir_config::HashKey;
@@ -141,18 +143,38 @@ async fn connect_one(
     addr: SocketAddr,
     timeout: std::time::Duration,
 ) -> Result<TcpStream, ConnectError> {
-    let socket = match addr {
-        SocketAddr::V4(_) => TcpSocket::new_v4(),
-        SocketAddr::V6(_) => TcpSocket::new_v6(),
-    }
-    .map_err(|e| ConnectError::from_io(&e))?;
-    // Set before connect so the SYN already carries no delay semantics for the data.
-    let _ = socket.set_nodelay(true);
-    match tokio::time::timeout(timeout, socket.connect(addr)).await {
+    match tokio::time::timeout(timeout, connect_nonblocking(addr)).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(e)) => Err(ConnectError::from_io(&e)),
         Err(_) => Err(ConnectError::Timeout),
     }
+}
+
+/// A non-blocking connect whose outcome is read from the readiness flags: a
+/// failed connect reports error or hang-up readiness, so the pending socket
+/// error is fetched (getsockopt SO_ERROR) only on failure, not on every success.
+async fn connect_nonblocking(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    // Small writes leave at once; we relay, we don't coalesce.
+    socket.set_tcp_nodelay(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INPROGRESS.raw_os_error()) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    let ready = stream.ready(Interest::WRITABLE | Interest::ERROR).await?;
+    if ready.is_error() || ready.is_write_closed() {
+        return Err(match stream.take_error()? {
+            Some(e) => e,
+            None => std::io::ErrorKind::ConnectionReset.into(),
+        });
+    }
+    Ok(stream)
 }
 
 /// The maglev key of a client: its IP, or its IP and port.

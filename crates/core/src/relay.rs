@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use rustix::pipe::{PipeFlags, SpliceFlags};
@@ -283,7 +283,9 @@ impl Pump<'_> {
         let Ok(pipe) = Pipe::take() else {
             return Ok(Step::NoPipe);
         };
-        let n = match read_draining(self.from, SPLICE_CHUNK, || {
+        // Not `read_draining`: a pipe's capacity counts page slots, not bytes, so a
+        // short splice does not prove the socket is drained. Only EAGAIN does.
+        let n = match self.from.try_io(Interest::READABLE, || {
             rustix::pipe::splice(self.from, None, &pipe.write, None, SPLICE_CHUNK, flags)
                 .map_err(io::Error::from)
         }) {
@@ -318,12 +320,13 @@ impl Pump<'_> {
     }
 }
 
-/// Reads once from `from` through `op` (which returns how many bytes it moved, at
-/// most `max`), and when fewer than `max` bytes came the socket is taken as
-/// drained: its readiness is cleared right away. That saves the extra read that
-/// would otherwise only return EAGAIN, one syscall per chunk. It is safe with
-/// tokio's edge-triggered readiness: bytes arriving after the read raise a new
-/// event, and a readiness tick newer than ours is never cleared.
+/// Reads once from `from` through `op` (a read(2) of at most `max` bytes), and
+/// when fewer than `max` bytes came the socket is taken as drained: its readiness
+/// is cleared right away. That saves the extra read that would otherwise only
+/// return EAGAIN, one syscall per chunk. Sound because a TCP read copies
+/// everything queued up to the buffer's length, so a short read left the queue
+/// empty; and with tokio's edge-triggered readiness, bytes arriving after the
+/// read raise a new event (a readiness tick newer than ours is never cleared).
 fn read_draining(
     from: &TcpStream,
     max: usize,

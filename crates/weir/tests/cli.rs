@@ -47,7 +47,10 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
         if let Some(status) = child.try_wait().expect("try_wait") {
             return status;
         }
-        assert!(start.elapsed() < DEADLINE, "weir did not exit within {DEADLINE:?}");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "weir did not exit within {DEADLINE:?}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -80,7 +83,10 @@ fn wait_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {
 }
 
 fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr")
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
 }
 
 /// An echo backend on a thread.
@@ -106,7 +112,11 @@ fn echo_backend() -> SocketAddr {
 fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(DEADLINE)).expect("timeout");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("write");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
     let mut out = String::new();
     s.read_to_string(&mut out).expect("read");
     out
@@ -116,8 +126,16 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
 fn version_and_help_for_every_command() {
     let out = weir().arg("--version").output().expect("run");
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("weir {}", env!("CARGO_PKG_VERSION")));
-    for args in [&["--help"][..], &["run", "--help"], &["check", "--help"], &["demo", "--help"]] {
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("weir {}", env!("CARGO_PKG_VERSION"))
+    );
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["check", "--help"],
+        &["demo", "--help"],
+    ] {
         let out = weir().args(args).output().expect("run");
         assert!(out.status.success(), "{args:?}");
         let text = String::from_utf8_lossy(&out.stdout);
@@ -131,8 +149,17 @@ fn check_accepts_every_example() {
     for entry in std::fs::read_dir(repo_root().join("examples")).expect("examples") {
         let path = entry.expect("entry").path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let out = weir().args(["check", "--config"]).arg(&path).output().expect("run");
-            assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+            let out = weir()
+                .args(["check", "--config"])
+                .arg(&path)
+                .output()
+                .expect("run");
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
             assert!(String::from_utf8_lossy(&out.stdout).contains(": ok ("));
             n += 1;
         }
@@ -155,12 +182,19 @@ fn check_rejects_bad_configs_with_the_key_path() {
     ];
     for (i, (text, path)) in cases.iter().enumerate() {
         let file = temp_config(&format!("bad{i}"), text);
-        let out = weir().args(["check", "--config"]).arg(&file).output().expect("run");
+        let out = weir()
+            .args(["check", "--config"])
+            .arg(&file)
+            .output()
+            .expect("run");
         assert_eq!(out.status.code(), Some(1), "{text}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(path), "expected {path} in: {err}");
     }
-    let out = weir().args(["check", "--config", "/nonexistent/weir.toml"]).output().expect("run");
+    let out = weir()
+        .args(["check", "--config", "/nonexistent/weir.toml"])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/weir.toml"));
 }
@@ -205,7 +239,16 @@ fn run_stops_gracefully_on_sigterm_letting_a_connection_finish() {
     assert_eq!(&buf, b"pong");
     drop(conn);
     let access = wait_line(&out, "\"reason\":\"client_closed\"");
-    for field in ["\"listener\":\"l\"", "\"route\":\"r\"", "\"backend\":\"echo\"", "\"bytes_to_backend\":8", "\"bytes_to_client\":8", "\"client\":\"127.0.0.1:", "\"duration_ms\":", "\"timestamp\":"] {
+    for field in [
+        "\"listener\":\"l\"",
+        "\"route\":\"r\"",
+        "\"backend\":\"echo\"",
+        "\"bytes_to_backend\":8",
+        "\"bytes_to_client\":8",
+        "\"client\":\"127.0.0.1:",
+        "\"duration_ms\":",
+        "\"timestamp\":",
+    ] {
         assert!(access.contains(field), "{field} missing in {access}");
     }
     let status = wait_exit(&mut child.0);
@@ -224,10 +267,17 @@ fn run_fails_clearly_when_the_port_is_taken() {
              [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"127.0.0.1:9\"\n"
         ),
     );
-    let out = weir().args(["run", "--config"]).arg(&file).output().expect("run");
+    let out = weir()
+        .args(["run", "--config"])
+        .arg(&file)
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("admin.http") && err.contains(&addr.to_string()), "{err}");
+    assert!(
+        err.contains("admin.http") && err.contains(&addr.to_string()),
+        "{err}"
+    );
 }
 
 #[test]
@@ -251,7 +301,12 @@ fn demo_serves_through_the_proxy_and_stops_on_sigint() {
         let resp = http_get(addr, "/");
         assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
         let body = resp.rsplit("\r\n\r\n").next().unwrap_or_default();
-        names.push(body.split_whitespace().nth(2).unwrap_or_default().to_string());
+        names.push(
+            body.split_whitespace()
+                .nth(2)
+                .unwrap_or_default()
+                .to_string(),
+        );
     }
     // Weights 2:1:1, smooth: a, b, c, a.
     assert_eq!(names, ["demo-a", "demo-b", "demo-c", "demo-a"]);
@@ -264,12 +319,16 @@ fn demo_serves_through_the_proxy_and_stops_on_sigint() {
 /// the configured weights.
 #[test]
 fn nginx_backends_and_curl_client_through_weir() {
-    let nginx = which("nginx").expect("nginx is not installed: run scripts/test.sh, which installs it");
-    let curl = which("curl").expect("curl is not installed: run scripts/test.sh, which installs it");
+    let nginx =
+        which("nginx").expect("nginx is not installed: run scripts/test.sh, which installs it");
+    let curl =
+        which("curl").expect("curl is not installed: run scripts/test.sh, which installs it");
     let dir = std::env::temp_dir().join(format!("weir-cli-{}-nginx", std::process::id()));
     let www = dir.join("www");
     std::fs::create_dir_all(&www).expect("www");
-    let big: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    let big: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
     std::fs::write(www.join("big.bin"), &big).expect("big file");
     let (p1, p2) = (free_port(), free_port());
     let d = dir.display();
@@ -311,7 +370,12 @@ fn nginx_backends_and_curl_client_through_weir() {
              [[pools.backends]]\nname = \"n2\"\naddress = \"{p2}\"\nweight = 1\n"
         ),
     );
-    let mut child = weir().args(["run", "--config"]).arg(&file).stdout(Stdio::piped()).spawn().expect("spawn");
+    let mut child = weir()
+        .args(["run", "--config"])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
     let out = lines(&mut child);
     let mut child = Running(child);
     wait_line(&out, "weir started");
@@ -321,7 +385,11 @@ fn nginx_backends_and_curl_client_through_weir() {
         .arg(format!("http://{front}/big.bin"))
         .output()
         .expect("curl");
-    assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
     assert_eq!(got.stdout.len(), big.len());
     assert!(got.stdout == big, "the file changed on the way");
 
@@ -356,7 +424,10 @@ fn which(name: &str) -> Option<PathBuf> {
 fn wait_connectable(addr: SocketAddr) {
     let start = Instant::now();
     while TcpStream::connect(addr).is_err() {
-        assert!(start.elapsed() < DEADLINE, "{addr} never accepted connections");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{addr} never accepted connections"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
