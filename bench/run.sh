@@ -533,7 +533,8 @@ first_line() { "$@" 2>&1 | head -n 1 || true; }
     echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || echo unknown)"
     echo "mem=$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
     echo "kernel=$(uname -sr)"
-    ((WEIR_USED)) && echo "weir=$(first_line "$WEIR" --version) ($WEIR)"
+    # The version and the git revision, not the binary's path (the report may be published).
+    ((WEIR_USED)) && echo "weir=$(first_line "$WEIR" --version) (git $(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown))"
     echo "haproxy=$(first_line haproxy -v)"
     echo "nginx=$(first_line nginx -v)"
     echo "iperf3=$(first_line iperf3 -v)"

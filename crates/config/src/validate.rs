@@ -576,6 +576,17 @@ fn backend_addr(spec: &str, resolve: Resolve<'_>) -> Result<SocketAddr, String> 
     Ok(addr)
 }
 
+/// The first comma-separated directive of a log filter that is a bare word but not
+/// a level name, if any.
+fn bare_non_level(filter: &str) -> Option<&str> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    filter.split(',').map(str::trim).find(|d| {
+        !d.is_empty()
+            && !d.contains(['=', '[', ':'])
+            && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -647,15 +658,4 @@ mod tests {
         assert!(backend_addr("::1:5432", &fixed).is_err());
         assert!(backend_addr("127.0.0.1:0", &fixed).is_err());
     }
-}
-
-/// The first comma-separated directive of a log filter that is a bare word but not
-/// a level name, if any.
-fn bare_non_level(filter: &str) -> Option<&str> {
-    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
-    filter.split(',').map(str::trim).find(|d| {
-        !d.is_empty()
-            && !d.contains(['=', '[', ':'])
-            && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d))
-    })
 }
