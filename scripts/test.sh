@@ -21,9 +21,10 @@ fi
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Doctests first, so the run ends with the summary of the main test run.
+cargo test --workspace --locked --doc
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast
 else
     cargo test --workspace --locked --no-fail-fast --lib --bins --tests
 fi
-cargo test --workspace --locked --doc

@@ -44,16 +44,7 @@ pub(crate) async fn handle(listener: Arc<Listener>, client: TcpStream, peer: Soc
     // TCP_NODELAY is inherited from the listening socket (see `listener::bind`).
     let Some(route) = listener.route_for(peer.ip()) else {
         listener.stats.reject(RejectReason::NoRoute);
-        log(
-            &listener,
-            None,
-            peer,
-            None,
-            0,
-            0,
-            start,
-            Termination::Rejected(RejectReason::NoRoute),
-        );
+        log_rejected(&listener, peer, RejectReason::NoRoute);
         return;
     };
     route.stats.connections_total.fetch_add(1, Relaxed);
@@ -198,6 +189,20 @@ fn affinity_key(kind: HashKey, peer: SocketAddr) -> u64 {
         }
     };
     weir_balance::hash_bytes(&bytes[..len])
+}
+
+/// The access-log line of a connection refused before routing.
+pub(crate) fn log_rejected(listener: &Listener, client: SocketAddr, reason: RejectReason) {
+    log(
+        listener,
+        None,
+        client,
+        None,
+        0,
+        0,
+        Instant::now(),
+        Termination::Rejected(reason),
+    );
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -118,20 +118,7 @@ pub(crate) async fn accept_loop(
             stats.connections_active.fetch_sub(1, Relaxed);
             stats.reject(RejectReason::MaxConnections);
             reject_now(stream);
-            if listener.access_log {
-                tracing::info!(
-                    target: "weir::access",
-                    listener = %listener.name,
-                    route = "-",
-                    client = %peer,
-                    backend = "-",
-                    bytes_to_backend = 0u64,
-                    bytes_to_client = 0u64,
-                    duration_ms = 0.0f64,
-                    reason = RejectReason::MaxConnections.as_str(),
-                    error = "-",
-                );
-            }
+            crate::conn::log_rejected(&listener, peer, RejectReason::MaxConnections);
             continue;
         }
         tracker.spawn(crate::conn::handle(Arc::clone(&listener), stream, peer));

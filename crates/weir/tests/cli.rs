@@ -109,6 +109,21 @@ fn echo_backend() -> SocketAddr {
     a
 }
 
+/// Starts `weir run` with a config file and waits until it serves; its stdout
+/// lines come through the receiver.
+fn run_weir(config: &Path) -> (Running, mpsc::Receiver<String>) {
+    let mut child = weir()
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn weir");
+    let out = lines(&mut child);
+    let child = Running(child);
+    wait_line(&out, "weir started");
+    (child, out)
+}
+
 fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(DEADLINE)).expect("timeout");
@@ -213,15 +228,7 @@ fn run_stops_gracefully_on_sigterm_letting_a_connection_finish() {
              [[pools]]\nname = \"p\"\n[[pools.backends]]\nname = \"echo\"\naddress = \"{backend}\"\n"
         ),
     );
-    let mut child = weir()
-        .args(["run", "--config"])
-        .arg(&file)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let out = lines(&mut child);
-    let mut child = Running(child);
-    wait_line(&out, "weir started");
+    let (mut child, out) = run_weir(&file);
     assert!(http_get(admin, "/readyz").starts_with("HTTP/1.1 200"));
     assert!(http_get(admin, "/healthz").starts_with("HTTP/1.1 200"));
 
@@ -370,15 +377,7 @@ fn nginx_backends_and_curl_client_through_weir() {
              [[pools.backends]]\nname = \"n2\"\naddress = \"{p2}\"\nweight = 1\n"
         ),
     );
-    let mut child = weir()
-        .args(["run", "--config"])
-        .arg(&file)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let out = lines(&mut child);
-    let mut child = Running(child);
-    wait_line(&out, "weir started");
+    let (mut child, out) = run_weir(&file);
 
     let got = Command::new(&curl)
         .args(["-sS", "--fail", "--max-time", "15"])
