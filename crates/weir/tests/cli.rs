@@ -377,7 +377,8 @@ fn nginx_backends_and_curl_client_through_weir() {
              [[pools.backends]]\nname = \"n2\"\naddress = \"{p2}\"\nweight = 1\n"
         ),
     );
-    let (mut child, out) = run_weir(&file);
+    // Held so the reader thread keeps draining weir's stdout.
+    let (mut child, _out) = run_weir(&file);
 
     let got = Command::new(&curl)
         .args(["-sS", "--fail", "--max-time", "15"])
