@@ -1,9 +1,10 @@
 //! weir's configuration, read in two stages. Stage one deserializes the TOML
 //! file into raw serde types that mirror it key for key and reject unknown
 //! keys; stage two validates those into the typed model re-exported here
-//! ([`Config`] and friends): defaults filled in, durations, addresses and CIDRs
-//! parsed, backend host names resolved, cross-references (routes to pools) and
-//! uniqueness checked. Every mistake is reported as a [`Problem`] that names
+//! ([`Config`] and friends): defaults filled in, durations, addresses, CIDRs and
+//! HTTP status lists parsed, backend host names resolved, health-check CA files
+//! read, keys that belong to another health-check type refused, cross-references
+//! (routes to pools) and uniqueness checked. Every mistake is reported as a [`Problem`] that names
 //! its key path (`pools[1].backends[0].weight: ...`), and stage two reports all
 //! of them at once. The data plane only ever sees the model, never serde types.
 

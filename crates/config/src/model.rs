@@ -99,6 +99,10 @@ pub struct Pool {
     pub connect_timeout: Duration,
     /// Other backends tried when a connect fails.
     pub retries: u32,
+    /// How long connections to a drained or demoted backend may live.
+    pub drain_timeout: Duration,
+    /// Close a backend's established connections when it goes down.
+    pub close_on_down: bool,
     pub health: Health,
     pub backends: Vec<Backend>,
 }
@@ -118,11 +122,129 @@ pub enum HashKey {
     SourceAddr,
 }
 
-/// `[pools.health]`. Only `type = "none"` exists so far.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Health {
-    #[default]
+/// `[pools.health]`: active health checking of the pool's backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub check: Check,
+    /// Time between two probes of a backend whose state is settled.
+    pub interval: Duration,
+    /// Time between probes while a backend is changing state (counting rise or
+    /// fall) or not decided yet (HAProxy `fastinter`).
+    pub fast_interval: Duration,
+    /// A probe that has not answered by then fails.
+    pub timeout: Duration,
+    /// Consecutive successes that bring a backend up.
+    pub rise: u32,
+    /// Consecutive failures that take a backend down.
+    pub fall: u32,
+    /// Probe this port instead of the traffic port (a backend's `check_port` wins).
+    pub port: Option<u16>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            check: Check::None,
+            interval: Duration::from_secs(2),
+            fast_interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            port: None,
+        }
+    }
+}
+
+/// What a probe does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// No active checks: every backend counts as up.
     None,
+    /// A TCP connect.
+    Tcp,
+    /// An HTTP GET (HTTP/1.1, optionally over TLS).
+    Http(HttpCheck),
+    /// grpc.health.v1 Health/Check, over h2c or TLS.
+    Grpc(GrpcCheck),
+}
+
+impl Check {
+    /// The `type` as written in the file (`none`, `tcp`, `http`, `grpc`); also
+    /// the `type` label of the health-check metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Check::None => "none",
+            Check::Tcp => "tcp",
+            Check::Http(_) => "http",
+            Check::Grpc(_) => "grpc",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HttpCheck {
+    /// Request path, starting with `/`.
+    pub path: String,
+    /// Host header; defaults to the probed address.
+    pub host: Option<String>,
+    pub expect_status: StatusMatch,
+    /// The body must contain this substring.
+    pub expect_body: Option<String>,
+    /// `https = true`: probe over TLS.
+    pub tls: Option<ProbeTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GrpcCheck {
+    /// The service name asked about; empty = the server as a whole.
+    pub service: String,
+    /// `https = true`: TLS (with ALPN h2); otherwise h2c.
+    pub tls: Option<ProbeTls>,
+}
+
+/// TLS settings of a probe.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Hash)]
+pub struct ProbeTls {
+    /// Accept any certificate (self-signed backends).
+    pub skip_verify: bool,
+    /// Verify against this CA bundle (PEM) instead of the system roots.
+    pub ca: Option<std::path::PathBuf>,
+    /// SNI / name to verify; defaults to `host`, else the probed IP.
+    pub server_name: Option<String>,
+}
+
+/// `expect_status`: a set of inclusive status ranges ("200", "2xx", "200-299",
+/// "200,204" and combinations).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StatusMatch {
+    pub ranges: Vec<(u16, u16)>,
+}
+
+impl StatusMatch {
+    pub fn matches(&self, status: u16) -> bool {
+        self.ranges
+            .iter()
+            .any(|&(lo, hi)| (lo..=hi).contains(&status))
+    }
+}
+
+/// Written back in the file's syntax: `200`, `2xx`, `200-204`, comma-separated.
+impl std::fmt::Display for StatusMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, &(lo, hi)) in self.ranges.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if lo == hi {
+                write!(f, "{lo}")?;
+            } else if lo % 100 == 0 && hi == lo + 99 {
+                write!(f, "{}xx", lo / 100)?;
+            } else {
+                write!(f, "{lo}-{hi}")?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[[pools.backends]]`.
@@ -138,4 +260,18 @@ pub struct Backend {
     pub weight: u32,
     /// Lower tiers serve first.
     pub tier: u32,
+    /// false: a static backend, never probed, always up.
+    pub health: bool,
+    /// Probe this port on this backend (overrides `health.port`).
+    pub check_port: Option<u16>,
+}
+
+impl Backend {
+    /// The port probes of this backend go to: its own `check_port`, else the
+    /// pool's `health.port`, else the traffic port of `address`.
+    pub fn probe_port(&self, health: &Health) -> u16 {
+        self.check_port
+            .or(health.port)
+            .unwrap_or(self.address.port())
+    }
 }

@@ -87,16 +87,39 @@ pub(crate) struct RawPool {
     pub(crate) hash_key: Option<String>,
     pub(crate) connect_timeout: Option<String>,
     pub(crate) retries: Option<Int>,
+    pub(crate) drain_timeout: Option<String>,
+    pub(crate) close_on_down: Option<bool>,
     pub(crate) health: Option<RawHealth>,
     #[serde(default)]
     pub(crate) backends: Vec<RawBackend>,
 }
 
+/// `[pools.health]`: the keys of every check type side by side; which ones a
+/// given `type` accepts is decided in stage two, so that a key of another
+/// type gets a message saying whose it is rather than "unknown key".
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub(crate) struct RawHealth {
     #[serde(rename = "type")]
     pub(crate) kind: String,
+    pub(crate) interval: Option<String>,
+    pub(crate) fast_interval: Option<String>,
+    pub(crate) timeout: Option<String>,
+    pub(crate) rise: Option<Int>,
+    pub(crate) fall: Option<Int>,
+    pub(crate) port: Option<Int>,
+    // http
+    pub(crate) path: Option<String>,
+    pub(crate) host: Option<String>,
+    pub(crate) expect_status: Option<String>,
+    pub(crate) expect_body: Option<String>,
+    // http and grpc
+    pub(crate) https: Option<bool>,
+    pub(crate) tls_skip_verify: Option<bool>,
+    pub(crate) ca: Option<String>,
+    pub(crate) tls_server_name: Option<String>,
+    // grpc
+    pub(crate) service: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +129,8 @@ pub(crate) struct RawBackend {
     pub(crate) name: Option<String>,
     pub(crate) weight: Option<Int>,
     pub(crate) tier: Option<Int>,
+    pub(crate) health: Option<bool>,
+    pub(crate) check_port: Option<Int>,
 }
 
 /// `bind`: one address as a string, or a list of them.

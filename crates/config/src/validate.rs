@@ -6,17 +6,19 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
 
 use crate::error::{ConfigError, Problem};
 use crate::model::{
-    Admin, Backend, Balance, Config, HashKey, Health, Listener, Log, LogFormat, Match, Pool,
-    Protocol, Route, Runtime,
+    Admin, Backend, Balance, Check, Config, GrpcCheck, HashKey, Health, HttpCheck, Listener, Log,
+    LogFormat, Match, Pool, ProbeTls, Protocol, Route, Runtime, StatusMatch,
 };
 use crate::raw::{
-    Int, RawAdmin, RawBackend, RawConfig, RawListener, RawLog, RawPool, RawRoute, RawRuntime,
+    Int, RawAdmin, RawBackend, RawConfig, RawHealth, RawListener, RawLog, RawPool, RawRoute,
+    RawRuntime,
 };
 
 /// Turns a backend `address` (host:port) into a socket address.
@@ -28,7 +30,12 @@ const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_RETRIES: u32 = 2;
 const MAX_RETRIES: i64 = 100;
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 const DEFAULT_WEIGHT: u32 = 1;
+const MAX_RISE_FALL: i64 = 100;
+const DEFAULT_HTTP_PATH: &str = "/";
+/// `expect_status = "2xx"`.
+const DEFAULT_EXPECT_STATUS: (u16, u16) = (200, 299);
 const MAX_WEIGHT: i64 = 1000;
 const DEFAULT_LOG_LEVEL: &str = "info";
 
@@ -45,7 +52,34 @@ const HASH_KEYS: &[(&str, HashKey)] = &[
     ("source_ip", HashKey::SourceIp),
     ("source_addr", HashKey::SourceAddr),
 ];
-const HEALTH_TYPES: &[(&str, Health)] = &[("none", Health::None)];
+const HEALTH_TYPES: &[(&str, CheckType)] = &[
+    ("none", CheckType::None),
+    ("tcp", CheckType::Tcp),
+    ("http", CheckType::Http),
+    ("grpc", CheckType::Grpc),
+];
+
+/// `[pools.health] type`, before its keys are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CheckType {
+    None,
+    Tcp,
+    Http,
+    Grpc,
+}
+
+impl CheckType {
+    fn name(self) -> &'static str {
+        HEALTH_TYPES
+            .iter()
+            .find(|(_, t)| *t == self)
+            .map_or("?", |(name, _)| name)
+    }
+}
+
+const HTTP: &[CheckType] = &[CheckType::Http];
+const HTTP_GRPC: &[CheckType] = &[CheckType::Http, CheckType::Grpc];
+const GRPC: &[CheckType] = &[CheckType::Grpc];
 
 /// Stands in for a value that failed a check; never reaches a returned Config.
 const PLACEHOLDER_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
@@ -195,12 +229,12 @@ impl Checker {
         );
         let idle_timeout = self.timeout(
             &format!("{path}.idle_timeout"),
-            raw.idle_timeout,
+            raw.idle_timeout.as_deref(),
             DEFAULT_IDLE_TIMEOUT,
         );
         let shutdown_timeout = self.timeout(
             &format!("{path}.shutdown_timeout"),
-            raw.shutdown_timeout,
+            raw.shutdown_timeout.as_deref(),
             DEFAULT_SHUTDOWN_TIMEOUT,
         );
 
@@ -300,7 +334,7 @@ impl Checker {
         );
         let connect_timeout = self.timeout(
             &format!("{path}.connect_timeout"),
-            raw.connect_timeout,
+            raw.connect_timeout.as_deref(),
             DEFAULT_CONNECT_TIMEOUT,
         );
         let retries = self.int(
@@ -310,14 +344,14 @@ impl Checker {
             0,
             Some(MAX_RETRIES),
         );
+        let drain_timeout = self.timeout(
+            &format!("{path}.drain_timeout"),
+            raw.drain_timeout.as_deref(),
+            DEFAULT_DRAIN_TIMEOUT,
+        );
         let health = match raw.health {
-            Some(h) => self.choice(
-                &format!("{path}.health.type"),
-                Some(h.kind),
-                Health::None,
-                HEALTH_TYPES,
-            ),
-            None => Health::None,
+            Some(h) => self.health(&format!("{path}.health"), &h),
+            None => Health::default(),
         };
 
         if raw.backends.is_empty() {
@@ -360,6 +394,8 @@ impl Checker {
             hash_key,
             connect_timeout,
             retries,
+            drain_timeout,
+            close_on_down: raw.close_on_down.unwrap_or(false),
             health,
             backends,
         }
@@ -376,19 +412,274 @@ impl Checker {
         if let Some(name) = &raw.name {
             self.name(&format!("{path}.name"), name);
         }
+        let weight = self.int(
+            &format!("{path}.weight"),
+            raw.weight,
+            DEFAULT_WEIGHT,
+            0,
+            Some(MAX_WEIGHT),
+        );
+        let tier = self.int(&format!("{path}.tier"), raw.tier, 0, 0, None);
+        let health = raw.health.unwrap_or(true);
+        let check_port = raw
+            .check_port
+            .map(|p| self.int(&format!("{path}.check_port"), Some(p), 0, 1, Some(65535)));
+        if check_port.is_some() && !health {
+            self.push(
+                format!("{path}.check_port"),
+                "has no effect: this backend has `health = false`, so it is never probed",
+            );
+        }
         Backend {
             name: raw.name.unwrap_or_else(|| raw.address.clone()),
-            weight: self.int(
-                &format!("{path}.weight"),
-                raw.weight,
-                DEFAULT_WEIGHT,
-                0,
-                Some(MAX_WEIGHT),
-            ),
-            tier: self.int(&format!("{path}.tier"), raw.tier, 0, 0, None),
+            weight,
+            tier,
             address_spec: raw.address,
             address,
+            health,
+            check_port,
         }
+    }
+
+    fn health(&mut self, path: &str, raw: &RawHealth) -> Health {
+        let kind = self.one_of(&format!("{path}.type"), &raw.kind, HEALTH_TYPES);
+
+        let default = Health::default();
+        let parsed_interval =
+            self.timeout_opt(&format!("{path}.interval"), raw.interval.as_deref());
+        let interval_ok = raw.interval.is_none() || parsed_interval.is_some();
+        let interval = parsed_interval.unwrap_or(default.interval);
+        let fast_path = format!("{path}.fast_interval");
+        let fast_interval = match self.timeout_opt(&fast_path, raw.fast_interval.as_deref()) {
+            Some(fast) => {
+                if interval_ok && fast > interval {
+                    let interval_text = match &raw.interval {
+                        Some(text) => format!("{text:?}"),
+                        None => format!("{}, the default", humantime::format_duration(interval)),
+                    };
+                    self.push(
+                        fast_path,
+                        format!(
+                            "{:?} is longer than interval ({interval_text}); fast_interval is \
+                             the quicker pace used while a backend's state is changing, so it \
+                             must not exceed interval",
+                            raw.fast_interval.as_deref().unwrap_or_default(),
+                        ),
+                    );
+                }
+                fast
+            }
+            // Half the interval (an interval of 1ns stays 1ns rather than 0).
+            None => (interval / 2).max(Duration::from_nanos(1)),
+        };
+        let timeout = self
+            .timeout_opt(&format!("{path}.timeout"), raw.timeout.as_deref())
+            .unwrap_or(default.timeout);
+        let rise = self.int(
+            &format!("{path}.rise"),
+            raw.rise,
+            default.rise,
+            1,
+            Some(MAX_RISE_FALL),
+        );
+        let fall = self.int(
+            &format!("{path}.fall"),
+            raw.fall,
+            default.fall,
+            1,
+            Some(MAX_RISE_FALL),
+        );
+        let port = raw
+            .port
+            .map(|p| self.int(&format!("{path}.port"), Some(p), 0, 1, Some(65535)));
+
+        // With an unknown type there is nothing to hold the other keys against.
+        let Some(kind) = kind else {
+            return Health {
+                interval,
+                fast_interval,
+                timeout,
+                rise,
+                fall,
+                port,
+                ..default
+            };
+        };
+        let typed_keys: [(&str, bool, &[CheckType]); 9] = [
+            ("path", raw.path.is_some(), HTTP),
+            ("host", raw.host.is_some(), HTTP),
+            ("expect_status", raw.expect_status.is_some(), HTTP),
+            ("expect_body", raw.expect_body.is_some(), HTTP),
+            ("https", raw.https.is_some(), HTTP_GRPC),
+            ("tls_skip_verify", raw.tls_skip_verify.is_some(), HTTP_GRPC),
+            ("ca", raw.ca.is_some(), HTTP_GRPC),
+            ("tls_server_name", raw.tls_server_name.is_some(), HTTP_GRPC),
+            ("service", raw.service.is_some(), GRPC),
+        ];
+        for (key, present, types) in typed_keys {
+            if present && !types.contains(&kind) {
+                let names: Vec<String> = types.iter().map(|t| format!("{:?}", t.name())).collect();
+                self.push(
+                    format!("{path}.{key}"),
+                    format!(
+                        "only for type = {} (this check is type = {:?})",
+                        names.join(" or "),
+                        kind.name()
+                    ),
+                );
+            }
+        }
+
+        let check = match kind {
+            CheckType::None => Check::None,
+            CheckType::Tcp => Check::Tcp,
+            CheckType::Http => Check::Http(self.http_check(path, raw)),
+            CheckType::Grpc => Check::Grpc(GrpcCheck {
+                service: raw.service.clone().unwrap_or_default(),
+                tls: self.probe_tls(path, raw),
+            }),
+        };
+        Health {
+            check,
+            interval,
+            fast_interval,
+            timeout,
+            rise,
+            fall,
+            port,
+        }
+    }
+
+    fn http_check(&mut self, path: &str, raw: &RawHealth) -> HttpCheck {
+        let request_path = raw
+            .path
+            .clone()
+            .unwrap_or_else(|| DEFAULT_HTTP_PATH.to_owned());
+        let key = format!("{path}.path");
+        if !request_path.starts_with('/') {
+            self.push(
+                key,
+                format!("{request_path:?} must start with \"/\", e.g. \"/health\""),
+            );
+        } else if !is_visible_ascii(&request_path) {
+            self.push(
+                key,
+                format!(
+                    "{request_path:?} must not contain whitespace, control or non-ASCII \
+                     characters; percent-encode them (e.g. %20 for a space)"
+                ),
+            );
+        }
+        if let Some(host) = &raw.host {
+            let key = format!("{path}.host");
+            if host.is_empty() {
+                self.push(
+                    key,
+                    "must not be empty; leave it out to send the probed address",
+                );
+            } else if !is_visible_ascii(host) {
+                self.push(
+                    key,
+                    format!(
+                        "{host:?} must not contain whitespace, control or non-ASCII characters \
+                         (write an internationalised name in its xn-- form)"
+                    ),
+                );
+            }
+        }
+        let expect_status = match &raw.expect_status {
+            Some(s) => parse_status_match(s).unwrap_or_else(|msg| {
+                self.push(format!("{path}.expect_status"), msg);
+                StatusMatch { ranges: Vec::new() }
+            }),
+            None => StatusMatch {
+                ranges: vec![DEFAULT_EXPECT_STATUS],
+            },
+        };
+        if raw.expect_body.as_ref().is_some_and(String::is_empty) {
+            self.push(
+                format!("{path}.expect_body"),
+                "must not be empty; leave it out to accept any body",
+            );
+        }
+        HttpCheck {
+            path: request_path,
+            host: raw.host.clone(),
+            expect_status,
+            expect_body: raw.expect_body.clone(),
+            tls: self.probe_tls(path, raw),
+        }
+    }
+
+    /// `https` and the keys that only make sense with it.
+    fn probe_tls(&mut self, path: &str, raw: &RawHealth) -> Option<ProbeTls> {
+        let skip_verify = raw.tls_skip_verify.unwrap_or(false);
+        if raw.https != Some(true) {
+            // `tls_skip_verify = false` without https says nothing wrong.
+            let stray = [
+                ("tls_skip_verify", skip_verify),
+                ("ca", raw.ca.is_some()),
+                ("tls_server_name", raw.tls_server_name.is_some()),
+            ];
+            for (key, present) in stray {
+                if present {
+                    self.push(
+                        format!("{path}.{key}"),
+                        "only with https = true (the probe does not use TLS)",
+                    );
+                }
+            }
+            return None;
+        }
+        if skip_verify && raw.ca.is_some() {
+            self.push(
+                format!("{path}.tls_skip_verify"),
+                "contradicts `ca`: with tls_skip_verify = true any certificate is accepted, \
+                 so the CA would never be used; keep one of them",
+            );
+        }
+        let ca = raw
+            .ca
+            .as_deref()
+            .map(|ca| self.ca_file(&format!("{path}.ca"), ca));
+        if let Some(name) = &raw.tls_server_name
+            && let Err(msg) = check_server_name(name)
+        {
+            self.push(format!("{path}.tls_server_name"), msg);
+        }
+        Some(ProbeTls {
+            skip_verify,
+            ca,
+            server_name: raw.tls_server_name.clone(),
+        })
+    }
+
+    /// A PEM CA bundle: read now, so that a wrong path fails the load (or the
+    /// reload) rather than every probe.
+    fn ca_file(&mut self, path: &str, ca: &str) -> PathBuf {
+        if ca.is_empty() {
+            self.push(path, "must not be empty");
+            return PathBuf::new();
+        }
+        let file = PathBuf::from(ca);
+        match std::fs::read(&file) {
+            Ok(bytes) => {
+                if !contains(&bytes, b"-----BEGIN CERTIFICATE-----") {
+                    self.push(
+                        path,
+                        format!(
+                            "{ca:?} holds no PEM certificate (no \"-----BEGIN CERTIFICATE-----\" \
+                             line); `ca` takes a PEM bundle of CA certificates"
+                        ),
+                    );
+                }
+            }
+            Err(e) => {
+                let hint = relative_hint(&file);
+                self.push(path, format!("cannot read {ca:?}: {e}{hint}"));
+            }
+        }
+        file
     }
 
     fn name(&mut self, path: &str, name: &str) {
@@ -419,11 +710,16 @@ impl Checker {
         default: T,
         choices: &[(&str, T)],
     ) -> T {
-        let Some(value) = value else {
-            return default;
-        };
+        match value {
+            Some(value) => self.one_of(path, &value, choices).unwrap_or(default),
+            None => default,
+        }
+    }
+
+    /// The value named `value` in `choices`; `None` (and a problem) if none is.
+    fn one_of<T: Clone>(&mut self, path: &str, value: &str, choices: &[(&str, T)]) -> Option<T> {
         if let Some((_, v)) = choices.iter().find(|(name, _)| *name == value) {
-            return v.clone();
+            return Some(v.clone());
         }
         let accepted: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
         self.push(
@@ -433,20 +729,23 @@ impl Checker {
                 accepted.join(", ")
             ),
         );
-        default
+        None
     }
 
-    /// A timeout: a humantime string, greater than zero.
-    fn timeout(&mut self, path: &str, value: Option<String>, default: Duration) -> Duration {
-        let Some(value) = value else {
-            return default;
-        };
-        match humantime::parse_duration(&value) {
+    /// A timeout or an interval: a humantime string, greater than zero.
+    fn timeout(&mut self, path: &str, value: Option<&str>, default: Duration) -> Duration {
+        self.timeout_opt(path, value).unwrap_or(default)
+    }
+
+    /// Like [`Self::timeout`]; `None` when absent or wrong.
+    fn timeout_opt(&mut self, path: &str, value: Option<&str>) -> Option<Duration> {
+        let value = value?;
+        match humantime::parse_duration(value) {
             Ok(d) if d.is_zero() => {
                 self.push(path, "must be greater than 0");
-                default
+                None
             }
-            Ok(d) => d,
+            Ok(d) => Some(d),
             Err(e) => {
                 self.push(
                     path,
@@ -455,7 +754,7 @@ impl Checker {
                          e.g. \"250ms\", \"2s\", \"1h\""
                     ),
                 );
-                default
+                None
             }
         }
     }
@@ -587,6 +886,129 @@ fn bare_non_level(filter: &str) -> Option<&str> {
     })
 }
 
+/// Non-empty or not, only printable ASCII other than space: what can go
+/// into a request line or a header unescaped.
+fn is_visible_ascii(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// For an error about a relative file path: where it was looked for.
+fn relative_hint(file: &Path) -> String {
+    if file.is_absolute() {
+        return String::new();
+    }
+    match std::env::current_dir() {
+        Ok(dir) => format!(
+            "; a relative path is relative to weir's working directory ({})",
+            dir.display()
+        ),
+        Err(_) => "; a relative path is relative to weir's working directory".to_owned(),
+    }
+}
+
+/// `tls_server_name`: a DNS name (SNI, and the name the certificate must
+/// carry) or an IP address (verified, never sent as SNI).
+fn check_server_name(name: &str) -> Result<(), String> {
+    if name.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let dns = name.strip_suffix('.').unwrap_or(name);
+    let valid = !dns.is_empty()
+        && dns.len() <= 253
+        && dns.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a DNS name or an IP address (e.g. \"db.internal\"; write an \
+             internationalised name in its xn-- form)"
+        ))
+    }
+}
+
+/// `expect_status`: comma-separated items, each a status (`200`), a class
+/// (`2xx` = 200..=299) or an inclusive range (`200-299`); spaces around items
+/// are allowed.
+fn parse_status_match(s: &str) -> Result<StatusMatch, String> {
+    if s.trim().is_empty() {
+        return Err(
+            "must not be empty; write a status, class or range, e.g. \"200\", \"2xx\", \
+             \"200-299\""
+                .to_owned(),
+        );
+    }
+    let mut ranges = Vec::new();
+    for item in s.split(',').map(str::trim) {
+        if item.is_empty() {
+            return Err(format!(
+                "{s:?} has an empty item; separate statuses with single commas, e.g. \"200,204\""
+            ));
+        }
+        ranges.push(status_item(item)?);
+    }
+    Ok(StatusMatch { ranges })
+}
+
+fn status_item(item: &str) -> Result<(u16, u16), String> {
+    let not_a_status = || format!("{item:?} is not a status, class (2xx) or range (200-299)");
+    if let Some((lo, hi)) = item.split_once('-') {
+        let lo = status_code(lo.trim()).ok_or_else(not_a_status)?;
+        let hi = status_code(hi.trim()).ok_or_else(not_a_status)?;
+        out_of_range(item, lo)?;
+        out_of_range(item, hi)?;
+        if lo > hi {
+            return Err(format!(
+                "{item:?} is an empty range: its first status is above its last"
+            ));
+        }
+        return Ok((lo, hi));
+    }
+    let bytes = item.as_bytes();
+    if let [class @ b'0'..=b'9', b'x' | b'X', b'x' | b'X'] = bytes {
+        let class = u16::from(class - b'0');
+        if !(1..=5).contains(&class) {
+            return Err(format!(
+                "{item:?} is not a status class; classes are 1xx to 5xx"
+            ));
+        }
+        return Ok((class * 100, class * 100 + 99));
+    }
+    let code = status_code(item).ok_or_else(not_a_status)?;
+    out_of_range(item, code)?;
+    Ok((code, code))
+}
+
+/// Exactly three digits.
+fn status_code(s: &str) -> Option<u16> {
+    if s.len() == 3 && s.bytes().all(|b| b.is_ascii_digit()) {
+        s.parse().ok()
+    } else {
+        None
+    }
+}
+
+fn out_of_range(item: &str, code: u16) -> Result<(), String> {
+    if (100..=599).contains(&code) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{item:?}: {code} is not an HTTP status; statuses are 100..=599"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -624,7 +1046,7 @@ mod tests {
         let mut cx = Checker {
             problems: Vec::new(),
         };
-        let mut t = |s: &str| cx.timeout("t", Some(s.to_owned()), Duration::ZERO);
+        let mut t = |s: &str| cx.timeout("t", Some(s), Duration::ZERO);
         assert_eq!(t("250ms"), Duration::from_millis(250));
         assert_eq!(t("2s"), Duration::from_secs(2));
         assert_eq!(t("2sec"), Duration::from_secs(2));
@@ -657,5 +1079,122 @@ mod tests {
         assert!(backend_addr("db:http", &fixed).is_err());
         assert!(backend_addr("::1:5432", &fixed).is_err());
         assert!(backend_addr("127.0.0.1:0", &fixed).is_err());
+    }
+
+    #[test]
+    fn expect_status_forms() {
+        let ok = |s: &str| parse_status_match(s).map(|m| m.ranges);
+        assert_eq!(ok("200"), Ok(vec![(200, 200)]));
+        assert_eq!(ok("2xx"), Ok(vec![(200, 299)]));
+        assert_eq!(ok("5XX"), Ok(vec![(500, 599)]));
+        assert_eq!(ok("200-299"), Ok(vec![(200, 299)]));
+        assert_eq!(ok("200-200"), Ok(vec![(200, 200)]));
+        assert_eq!(ok("200,204"), Ok(vec![(200, 200), (204, 204)]));
+        assert_eq!(
+            ok("200, 3xx, 404-410"),
+            Ok(vec![(200, 200), (300, 399), (404, 410)])
+        );
+        assert_eq!(ok(" 1xx ,599 "), Ok(vec![(100, 199), (599, 599)]));
+        assert_eq!(ok("100 - 101"), Ok(vec![(100, 101)]));
+    }
+
+    #[test]
+    fn expect_status_mistakes() {
+        let err = |s: &str| parse_status_match(s).err().unwrap_or_default();
+        assert_eq!(
+            err("2xz"),
+            "\"2xz\" is not a status, class (2xx) or range (200-299)"
+        );
+        assert_eq!(
+            err("200,2xz"),
+            "\"2xz\" is not a status, class (2xx) or range (200-299)"
+        );
+        assert_eq!(
+            err("20"),
+            "\"20\" is not a status, class (2xx) or range (200-299)"
+        );
+        assert_eq!(
+            err("2000"),
+            "\"2000\" is not a status, class (2xx) or range (200-299)"
+        );
+        assert_eq!(
+            err("+20"),
+            "\"+20\" is not a status, class (2xx) or range (200-299)"
+        );
+        assert_eq!(
+            err("200-2xx"),
+            "\"200-2xx\" is not a status, class (2xx) or range (200-299)"
+        );
+        assert_eq!(
+            err("600"),
+            "\"600\": 600 is not an HTTP status; statuses are 100..=599"
+        );
+        assert_eq!(
+            err("099"),
+            "\"099\": 99 is not an HTTP status; statuses are 100..=599"
+        );
+        assert_eq!(
+            err("200-600"),
+            "\"200-600\": 600 is not an HTTP status; statuses are 100..=599"
+        );
+        assert_eq!(
+            err("299-200"),
+            "\"299-200\" is an empty range: its first status is above its last"
+        );
+        assert_eq!(
+            err("6xx"),
+            "\"6xx\" is not a status class; classes are 1xx to 5xx"
+        );
+        assert_eq!(
+            err("0xx"),
+            "\"0xx\" is not a status class; classes are 1xx to 5xx"
+        );
+        assert!(err("").starts_with("must not be empty"));
+        assert!(err("  ").starts_with("must not be empty"));
+        assert!(err("200,").starts_with("\"200,\" has an empty item"));
+        assert!(err("200,,204").starts_with("\"200,,204\" has an empty item"));
+    }
+
+    #[test]
+    fn expect_status_displays_as_written() {
+        let shown = |s: &str| {
+            parse_status_match(s)
+                .map(|m| m.to_string())
+                .unwrap_or_else(|e| e)
+        };
+        assert_eq!(shown("200, 3xx, 404-410"), "200,3xx,404-410");
+        assert_eq!(shown("200-299"), "2xx");
+        assert_eq!(shown("200-200"), "200");
+    }
+
+    #[test]
+    fn status_match_matches_inclusive_ranges() {
+        let m = parse_status_match("200, 3xx, 404-410").unwrap_or(StatusMatch { ranges: vec![] });
+        for status in [200, 300, 350, 399, 404, 407, 410] {
+            assert!(m.matches(status), "{status}");
+        }
+        for status in [199, 201, 299, 400, 403, 411, 500] {
+            assert!(!m.matches(status), "{status}");
+        }
+    }
+
+    #[test]
+    fn server_names() {
+        assert_eq!(check_server_name("db.internal"), Ok(()));
+        assert_eq!(check_server_name("db.internal."), Ok(()));
+        assert_eq!(check_server_name("_svc.example-1.com"), Ok(()));
+        assert_eq!(check_server_name("10.0.0.1"), Ok(()));
+        assert_eq!(check_server_name("::1"), Ok(()));
+        for bad in [
+            "",
+            ".",
+            "a..b",
+            "-a.b",
+            "a b",
+            "db.internal:443",
+            "bücher.de",
+        ] {
+            assert!(check_server_name(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use weir_config::{
-    Balance, Config, ConfigError, HashKey, Health, LogFormat, Problem, Protocol, load_file,
-    load_str, load_str_with,
+    Balance, Check, Config, ConfigError, GrpcCheck, HashKey, Health, HttpCheck, LogFormat,
+    ProbeTls, Problem, Protocol, StatusMatch, load_file, load_str, load_str_with,
 };
 
 /// Resolves `*.test` names to fixed loopback addresses; everything else fails.
@@ -66,6 +66,23 @@ fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
 }
 
+/// `OK_LISTENER` and `OK_POOL` with `health` as the pool's `[pools.health]`
+/// body (one `key = value` per line).
+fn with_health(health: &str) -> String {
+    format!("{OK_LISTENER}{OK_POOL}  [pools.health]\n{health}\n")
+}
+
+/// A file holding one (syntactically) PEM certificate, for `ca`.
+fn ca_file(name: &str) -> String {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::write(
+        &path,
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    path.display().to_string()
+}
+
 #[test]
 fn minimal_config_gets_every_default() {
     let cfg = load(&format!("{OK_LISTENER}{OK_POOL}")).unwrap_or_else(|e| panic!("{e}"));
@@ -101,7 +118,15 @@ fn minimal_config_gets_every_default() {
     assert_eq!(p.hash_key, HashKey::SourceIp);
     assert_eq!(p.connect_timeout, Duration::from_secs(2));
     assert_eq!(p.retries, 2);
-    assert_eq!(p.health, Health::None);
+    assert_eq!(p.drain_timeout, Duration::from_secs(300));
+    assert!(!p.close_on_down);
+    assert_eq!(p.health, Health::default());
+    assert_eq!(p.health.check, Check::None);
+    assert_eq!(p.health.interval, Duration::from_secs(2));
+    assert_eq!(p.health.fast_interval, Duration::from_secs(1));
+    assert_eq!(p.health.timeout, Duration::from_secs(1));
+    assert_eq!((p.health.rise, p.health.fall), (2, 3));
+    assert_eq!(p.health.port, None);
     let [b] = p.backends.as_slice() else {
         panic!("one backend expected")
     };
@@ -110,6 +135,70 @@ fn minimal_config_gets_every_default() {
     assert_eq!(b.address, sa("127.0.0.1:9000"));
     assert_eq!(b.weight, 1);
     assert_eq!(b.tier, 0);
+    assert!(b.health);
+    assert_eq!(b.check_port, None);
+    assert_eq!(b.probe_port(&p.health), 9000);
+}
+
+#[test]
+fn every_health_type_gets_its_defaults() {
+    let health = |body: &str| {
+        let cfg = load(&with_health(body)).unwrap_or_else(|e| panic!("{body}: {e}"));
+        cfg.pools[0].health.clone()
+    };
+
+    // `type` alone: the common keys keep the defaults of an absent table.
+    for (kind, check) in [("none", Check::None), ("tcp", Check::Tcp)] {
+        let h = health(&format!("type = \"{kind}\""));
+        assert_eq!(
+            h,
+            Health {
+                check,
+                ..Health::default()
+            }
+        );
+    }
+    let h = health("type = \"http\"");
+    assert_eq!(
+        h.check,
+        Check::Http(HttpCheck {
+            path: "/".to_owned(),
+            host: None,
+            expect_status: StatusMatch {
+                ranges: vec![(200, 299)]
+            },
+            expect_body: None,
+            tls: None,
+        })
+    );
+    assert_eq!(h.check.kind(), "http");
+    let h = health("type = \"grpc\"");
+    assert_eq!(
+        h.check,
+        Check::Grpc(GrpcCheck {
+            service: String::new(),
+            tls: None,
+        })
+    );
+
+    // fast_interval follows interval unless set.
+    let h = health("type = \"tcp\"\ninterval = \"10s\"");
+    assert_eq!(h.fast_interval, Duration::from_secs(5));
+    let h = health("type = \"tcp\"\ninterval = \"1ns\"");
+    assert_eq!(h.fast_interval, Duration::from_nanos(1));
+
+    // https alone: TLS verified against the system roots, default name.
+    let h = health("type = \"grpc\"\nhttps = true");
+    assert_eq!(
+        h.check,
+        Check::Grpc(GrpcCheck {
+            service: String::new(),
+            tls: Some(ProbeTls::default()),
+        })
+    );
+    // https = false and tls_skip_verify = false are allowed and mean no TLS.
+    let h = health("type = \"http\"\nhttps = false\ntls_skip_verify = false");
+    assert!(matches!(h.check, Check::Http(HttpCheck { tls: None, .. })));
 }
 
 #[test]
@@ -150,22 +239,47 @@ name = "primary"
 balance = "first"
 connect_timeout = "100ms"
 retries = 0
-health = { type = "none" }
+drain_timeout = "30s"
+close_on_down = true
+
+  [pools.health]
+  type = "http"
+  interval = "5s"
+  fast_interval = "500ms"
+  timeout = "750ms"
+  rise = 1
+  fall = 100
+  port = 8008
+  path = "/primary?verbose=1"
+  host = "db.internal:8008"
+  expect_status = "200, 3xx, 404-410"
+  expect_body = "running"
+  https = true
+  ca = 'CA_PATH'
+  tls_server_name = "patroni.internal"
 
   [[pools.backends]]
   address = "db.test:5432"
+  check_port = 8009
+
+  [[pools.backends]]
+  name = "static"
+  address = "127.0.0.1:5432"
+  health = false
 
 [[pools]]
 name = "replicas"
 balance = "maglev"
 hash_key = "source_addr"
 retries = 100
+health = { type = "grpc", service = "pg.Replica", https = true, tls_skip_verify = true }
 
   [[pools.backends]]
   name = "r1"
   address = "v6.test:5432"
   weight = 1000
   tier = 0
+  health = true
 
   [[pools.backends]]
   name = "r2"
@@ -173,7 +287,8 @@ retries = 100
   weight = 0
   tier = 3
 "#;
-    let cfg = load(text).unwrap_or_else(|e| panic!("{e}"));
+    let ca = ca_file("full-config-ca.pem");
+    let cfg = load(&text.replace("CA_PATH", &ca)).unwrap_or_else(|e| panic!("{e}"));
 
     assert_eq!(cfg.admin.http, Some(sa("127.0.0.1:9900")));
     assert_eq!(cfg.runtime.worker_threads, 4);
@@ -206,11 +321,56 @@ retries = 100
     assert_eq!(primary.backends[0].name, "db.test:5432");
     assert_eq!(primary.backends[0].address_spec, "db.test:5432");
     assert_eq!(primary.backends[0].address, sa("127.0.0.53:5432"));
+    assert_eq!(primary.drain_timeout, Duration::from_secs(30));
+    assert!(primary.close_on_down);
+    assert_eq!(
+        primary.health,
+        Health {
+            check: Check::Http(HttpCheck {
+                path: "/primary?verbose=1".to_owned(),
+                host: Some("db.internal:8008".to_owned()),
+                expect_status: StatusMatch {
+                    ranges: vec![(200, 200), (300, 399), (404, 410)]
+                },
+                expect_body: Some("running".to_owned()),
+                tls: Some(ProbeTls {
+                    skip_verify: false,
+                    ca: Some(ca.into()),
+                    server_name: Some("patroni.internal".to_owned()),
+                }),
+            }),
+            interval: Duration::from_secs(5),
+            fast_interval: Duration::from_millis(500),
+            timeout: Duration::from_millis(750),
+            rise: 1,
+            fall: 100,
+            port: Some(8008),
+        }
+    );
+    let probed: Vec<_> = primary
+        .backends
+        .iter()
+        .map(|b| (b.health, b.check_port, b.probe_port(&primary.health)))
+        .collect();
+    // check_port beats health.port; the static backend keeps the defaults.
+    assert_eq!(probed, [(true, Some(8009), 8009), (false, None, 8008)]);
 
     let replicas = &cfg.pools[1];
     assert_eq!(replicas.balance, Balance::Maglev);
     assert_eq!(replicas.hash_key, HashKey::SourceAddr);
     assert_eq!(replicas.retries, 100);
+    assert_eq!(
+        replicas.health.check,
+        Check::Grpc(GrpcCheck {
+            service: "pg.Replica".to_owned(),
+            tls: Some(ProbeTls {
+                skip_verify: true,
+                ca: None,
+                server_name: None,
+            }),
+        })
+    );
+    assert!(replicas.backends[0].health);
     let b: Vec<_> = replicas
         .backends
         .iter()
@@ -251,20 +411,28 @@ fn unknown_nested_key() {
     assert_one(
         &format!("{OK_LISTENER}{text}"),
         "pools[0].backends[0].wieght",
-        "unknown key `wieght`, expected one of `address`, `name`, `weight`, `tier` (line 13, column 3)",
+        "unknown key `wieght`, expected one of `address`, `name`, `weight`, `tier`, `health`, \
+         `check_port` (line 13, column 3)",
     );
 }
 
 #[test]
-fn key_of_a_later_feature_is_unknown_until_it_lands() {
-    let text = OK_POOL.replace(
-        "name = \"p\"",
-        "name = \"p\"\nhealth = { type = \"tcp\", interval = \"2s\" }",
-    );
+fn misspelt_health_key() {
     assert_one(
-        &format!("{OK_LISTENER}{text}"),
-        "pools[0].health.interval",
-        "unknown key `interval`, expected `type`",
+        &with_health("type = \"tcp\"\ninter = \"2s\""),
+        "pools[0].health.inter",
+        "unknown key `inter`, expected one of `type`, `interval`, `fast_interval`, `timeout`, \
+         `rise`, `fall`, `port`, `path`, `host`, `expect_status`, `expect_body`, `https`, \
+         `tls_skip_verify`, `ca`, `tls_server_name`, `service` (line 15, column 1)",
+    );
+}
+
+#[test]
+fn health_table_needs_a_type() {
+    assert_one(
+        &with_health("interval = \"2s\""),
+        "pools[0].health.type",
+        "required key is missing (in the table at line 13, column 3)",
     );
 }
 
@@ -644,12 +812,365 @@ fn bad_enum_values_list_the_accepted_ones() {
         "pools[0].hash_key",
         "unknown value \"sni\"; expected one of: source_ip, source_addr",
     );
-    let text = OK_POOL.replace("name = \"p\"", "name = \"p\"\nhealth = { type = \"tcp\" }");
+    let text = OK_POOL.replace("name = \"p\"", "name = \"p\"\nhealth = { type = \"udp\" }");
     assert_one(
         &format!("{OK_LISTENER}{text}"),
         "pools[0].health.type",
-        "unknown value \"tcp\"; expected one of: none",
+        "unknown value \"udp\"; expected one of: none, tcp, http, grpc",
     );
+}
+
+#[test]
+fn design_doc_health_example_validates() {
+    // The `[[pools]]` of DESIGN.md §2, as written there.
+    let text = r#"
+[[pools]]
+name = "p"
+balance = "round_robin"
+hash_key = "source_ip"
+connect_timeout = "2s"
+retries = 2
+drain_timeout = "5m"
+close_on_down = false
+
+  [pools.health]
+  type = "http"
+  interval = "2s"
+  timeout = "1s"
+  rise = 2
+  fall = 3
+  port = 8008
+  path = "/primary"
+  expect_status = "200"
+  expect_body = "running"
+  https = false
+  tls_skip_verify = false
+  # ca = "ca.pem"
+  host = "db.internal"
+  # service = "app"
+
+  [[pools.backends]]
+  address = "127.0.0.1:5432"
+  name = "pg-a"
+  weight = 100
+  tier = 0
+  health = true
+  check_port = 8008
+"#;
+    let cfg = load(&format!("{OK_LISTENER}{text}")).unwrap_or_else(|e| panic!("{e}"));
+    let p = &cfg.pools[0];
+    assert_eq!(p.backends[0].probe_port(&p.health), 8008);
+    let Check::Http(http) = &p.health.check else {
+        panic!("an http check expected")
+    };
+    assert_eq!(http.tls, None);
+}
+
+#[test]
+fn expect_status_in_a_file() {
+    for (written, ranges) in [
+        ("200", vec![(200, 200)]),
+        ("2xx", vec![(200, 299)]),
+        ("200-299", vec![(200, 299)]),
+        ("200,204", vec![(200, 200), (204, 204)]),
+        (
+            "200, 3xx, 404-410",
+            vec![(200, 200), (300, 399), (404, 410)],
+        ),
+    ] {
+        let cfg = load(&with_health(&format!(
+            "type = \"http\"\nexpect_status = \"{written}\""
+        )))
+        .unwrap_or_else(|e| panic!("{written}: {e}"));
+        let Check::Http(http) = &cfg.pools[0].health.check else {
+            panic!("an http check expected")
+        };
+        assert_eq!(http.expect_status.ranges, ranges, "{written}");
+    }
+
+    let bad = |written: &str, message: &str| {
+        assert_one(
+            &with_health(&format!("type = \"http\"\nexpect_status = \"{written}\"")),
+            "pools[0].health.expect_status",
+            message,
+        );
+    };
+    bad(
+        "2xz",
+        "\"2xz\" is not a status, class (2xx) or range (200-299)",
+    );
+    bad(
+        "600",
+        "\"600\": 600 is not an HTTP status; statuses are 100..=599",
+    );
+    bad(
+        "299-200",
+        "\"299-200\" is an empty range: its first status is above its last",
+    );
+    bad("", "must not be empty; write a status, class or range");
+    bad(
+        "20",
+        "\"20\" is not a status, class (2xx) or range (200-299)",
+    );
+    bad("200,,204", "\"200,,204\" has an empty item");
+
+    // The design doc's example, word for word, in the second pool.
+    let second = OK_POOL
+        .replace("name = \"p\"", "name = \"q\"")
+        .replace("9000", "9001");
+    let text = format!(
+        "{OK_LISTENER}{OK_POOL}{second}  [pools.health]\n  type = \"http\"\n  expect_status = \"2xz\"\n"
+    );
+    let err = load(&text).err().map(|e| e.to_string());
+    assert_eq!(
+        err.as_deref(),
+        Some(
+            "pools[1].health.expect_status: \"2xz\" is not a status, class (2xx) or range (200-299)"
+        )
+    );
+}
+
+#[test]
+fn keys_of_another_check_type() {
+    assert_one(
+        &with_health("type = \"tcp\"\npath = \"/health\""),
+        "pools[0].health.path",
+        "only for type = \"http\" (this check is type = \"tcp\")",
+    );
+    assert_one(
+        &with_health("type = \"grpc\"\nexpect_status = \"200\""),
+        "pools[0].health.expect_status",
+        "only for type = \"http\" (this check is type = \"grpc\")",
+    );
+    assert_one(
+        &with_health("type = \"http\"\nservice = \"app\""),
+        "pools[0].health.service",
+        "only for type = \"grpc\" (this check is type = \"http\")",
+    );
+    assert_one(
+        &with_health("type = \"tcp\"\nhttps = true"),
+        "pools[0].health.https",
+        "only for type = \"http\" or \"grpc\" (this check is type = \"tcp\")",
+    );
+    // Every stray key is named, in the order of the table above.
+    let found = problems(&with_health(
+        "type = \"none\"\nservice = \"\"\nhost = \"h\"\nexpect_body = \"ok\"\nca = \"x\"",
+    ));
+    let paths: Vec<&str> = found.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "pools[0].health.host",
+            "pools[0].health.expect_body",
+            "pools[0].health.ca",
+            "pools[0].health.service",
+        ]
+    );
+    // The common keys go with every type, `none` included.
+    assert!(
+        load(&with_health(
+            "type = \"none\"\ninterval = \"5s\"\nport = 1\nrise = 1"
+        ))
+        .is_ok()
+    );
+}
+
+#[test]
+fn tls_keys_need_https() {
+    for (key, value) in [
+        ("tls_skip_verify", "true"),
+        ("ca", "\"ca.pem\""),
+        ("tls_server_name", "\"db.internal\""),
+    ] {
+        for https in ["", "\nhttps = false"] {
+            assert_one(
+                &with_health(&format!("type = \"http\"{https}\n{key} = {value}")),
+                &format!("pools[0].health.{key}"),
+                "only with https = true (the probe does not use TLS)",
+            );
+        }
+    }
+}
+
+#[test]
+fn skip_verify_contradicts_ca() {
+    let ca = ca_file("skip-verify-ca.pem");
+    assert_one(
+        &with_health(&format!(
+            "type = \"grpc\"\nhttps = true\ntls_skip_verify = true\nca = '{ca}'"
+        )),
+        "pools[0].health.tls_skip_verify",
+        "contradicts `ca`: with tls_skip_verify = true any certificate is accepted",
+    );
+    // Either one alone is fine.
+    assert!(
+        load(&with_health(&format!(
+            "type = \"grpc\"\nhttps = true\ntls_skip_verify = false\nca = '{ca}'"
+        )))
+        .is_ok()
+    );
+}
+
+#[test]
+fn ca_must_be_a_readable_pem_file() {
+    let cwd = std::env::current_dir().unwrap_or_else(|e| panic!("{e}"));
+    assert_one(
+        &with_health("type = \"http\"\nhttps = true\nca = \"no-such-ca.pem\""),
+        "pools[0].health.ca",
+        &format!(
+            "cannot read \"no-such-ca.pem\": No such file or directory (os error 2); \
+             a relative path is relative to weir's working directory ({})",
+            cwd.display()
+        ),
+    );
+    let missing = Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-such-ca.pem");
+    let missing = missing.display();
+    assert_one(
+        &with_health(&format!("type = \"http\"\nhttps = true\nca = '{missing}'")),
+        "pools[0].health.ca",
+        &format!("cannot read \"{missing}\": No such file or directory (os error 2)"),
+    );
+    // A directory, and a file that is not PEM (a key, DER, ...).
+    let dir = env!("CARGO_TARGET_TMPDIR");
+    assert_one(
+        &with_health(&format!("type = \"http\"\nhttps = true\nca = '{dir}'")),
+        "pools[0].health.ca",
+        &format!("cannot read \"{dir}\": Is a directory"),
+    );
+    let not_pem = Path::new(env!("CARGO_TARGET_TMPDIR")).join("not-pem-ca.der");
+    std::fs::write(&not_pem, [0x30, 0x82, 0x01, 0x0a])
+        .unwrap_or_else(|e| panic!("{}: {e}", not_pem.display()));
+    let not_pem = not_pem.display();
+    assert_one(
+        &with_health(&format!("type = \"http\"\nhttps = true\nca = '{not_pem}'")),
+        "pools[0].health.ca",
+        &format!("\"{not_pem}\" holds no PEM certificate"),
+    );
+}
+
+#[test]
+fn bad_http_probe_values() {
+    let bad = |body: &str, key: &str, message: &str| {
+        assert_one(
+            &with_health(&format!("type = \"http\"\n{body}")),
+            &format!("pools[0].health.{key}"),
+            message,
+        );
+    };
+    bad(
+        "path = \"primary\"",
+        "path",
+        "\"primary\" must start with \"/\"",
+    );
+    bad(
+        "path = \"/a b\"",
+        "path",
+        "\"/a b\" must not contain whitespace, control or non-ASCII characters",
+    );
+    bad(
+        "path = \"/a\\nb\"",
+        "path",
+        "\"/a\\nb\" must not contain whitespace",
+    );
+    bad(
+        "host = \"db internal\"",
+        "host",
+        "\"db internal\" must not contain whitespace",
+    );
+    bad("host = \"\"", "host", "must not be empty");
+    bad("expect_body = \"\"", "expect_body", "must not be empty");
+    bad(
+        "https = true\ntls_server_name = \"db internal\"",
+        "tls_server_name",
+        "\"db internal\" is not a DNS name or an IP address",
+    );
+}
+
+#[test]
+fn health_ranges_and_intervals() {
+    let bad = |body: &str, key: &str, message: &str| {
+        assert_one(
+            &with_health(&format!("type = \"tcp\"\n{body}")),
+            &format!("pools[0].health.{key}"),
+            message,
+        );
+    };
+    bad("rise = 0", "rise", "0 is out of range 1..=100");
+    bad("rise = 101", "rise", "101 is out of range 1..=100");
+    bad("fall = 0", "fall", "0 is out of range 1..=100");
+    bad("fall = 101", "fall", "101 is out of range 1..=100");
+    bad("port = 0", "port", "0 is out of range 1..=65535");
+    bad("port = 65536", "port", "65536 is out of range 1..=65535");
+    bad("interval = \"0s\"", "interval", "must be greater than 0");
+    bad(
+        "fast_interval = \"0s\"",
+        "fast_interval",
+        "must be greater than 0",
+    );
+    bad("timeout = \"0s\"", "timeout", "must be greater than 0");
+    bad(
+        "interval = \"1s\"\nfast_interval = \"1500ms\"",
+        "fast_interval",
+        "\"1500ms\" is longer than interval (\"1s\")",
+    );
+    bad(
+        "fast_interval = \"3s\"",
+        "fast_interval",
+        "\"3s\" is longer than interval (2s, the default)",
+    );
+    // Equal is fine; a bad interval is reported once, not again through fast_interval.
+    assert!(
+        load(&with_health(
+            "type = \"tcp\"\ninterval = \"1s\"\nfast_interval = \"1s\""
+        ))
+        .is_ok()
+    );
+    bad(
+        "interval = \"soon\"\nfast_interval = \"1h\"",
+        "interval",
+        "\"soon\" is not a duration",
+    );
+    let ok = |body: &str| load(&with_health(&format!("type = \"tcp\"\n{body}"))).is_ok();
+    assert!(ok("rise = 1\nfall = 100\nport = 65535"));
+}
+
+#[test]
+fn pool_drain_and_backend_probe_keys() {
+    let pool = |line: &str| {
+        let text = OK_POOL.replace("name = \"p\"", &format!("name = \"p\"\n{line}"));
+        format!("{OK_LISTENER}{text}")
+    };
+    assert_one(
+        &pool("drain_timeout = \"0s\""),
+        "pools[0].drain_timeout",
+        "must be greater than 0",
+    );
+    assert_one(
+        &pool("close_on_down = \"yes\""),
+        "pools[0].close_on_down",
+        "invalid type: string \"yes\", expected a boolean",
+    );
+    let backend = |lines: &str| {
+        let text = OK_POOL.replace("address = ", &format!("{lines}\n  address = "));
+        format!("{OK_LISTENER}{text}")
+    };
+    assert_one(
+        &backend("check_port = 0"),
+        "pools[0].backends[0].check_port",
+        "0 is out of range 1..=65535",
+    );
+    assert_one(
+        &backend("check_port = 70000"),
+        "pools[0].backends[0].check_port",
+        "70000 is out of range 1..=65535",
+    );
+    assert_one(
+        &backend("health = false\n  check_port = 8008"),
+        "pools[0].backends[0].check_port",
+        "has no effect: this backend has `health = false`, so it is never probed",
+    );
+    let cfg = load(&backend("health = false")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!cfg.pools[0].backends[0].health);
 }
 
 #[test]
@@ -680,9 +1201,15 @@ idle_timeout = "soon"
 [[pools]]
 name = "p"
 balance = "fastest"
+  [pools.health]
+  type = "http"
+  rise = 0
+  path = "health"
+  service = "app"
   [[pools.backends]]
   address = "127.0.0.1:9000"
   weight = -3
+  check_port = 0
 "#;
     let err = load(text).err().map(|e| e.to_string()).unwrap_or_default();
     let paths: Vec<&str> = err
@@ -697,7 +1224,11 @@ balance = "fastest"
             "listeners[0].routes[0].pool",
             "listeners[0].bind[1]",
             "pools[0].balance",
+            "pools[0].health.rise",
+            "pools[0].health.service",
+            "pools[0].health.path",
             "pools[0].backends[0].weight",
+            "pools[0].backends[0].check_port",
         ],
         "{err}"
     );

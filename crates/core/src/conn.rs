@@ -13,7 +13,7 @@ use weir_balance::Request;
 use weir_config::HashKey;
 
 use crate::listener::{Listener, Route};
-use crate::pool::Pool;
+use crate::pool::{Eviction, Pool};
 use crate::relay::{self, End};
 use crate::stats::{ActiveGuard, ConnectError, RejectReason};
 
@@ -63,15 +63,23 @@ pub(crate) async fn handle(listener: Arc<Listener>, client: TcpStream, peer: Soc
     b.stats.connections_total.fetch_add(1, Relaxed);
     // Counted active from the moment it was picked (see `connect`).
     let _backend_active = ActiveGuard(&b.stats.connections_active);
-    let outcome = relay::relay(
+    let evict = b.eviction_token();
+    let mut outcome = relay::relay(
         &client,
         &backend,
         &b.stats,
         listener.idle_timeout,
         listener.zero_copy,
         &listener.kill,
+        &evict,
     )
     .await;
+    if outcome.end == End::Evicted {
+        outcome.end = match b.eviction() {
+            Eviction::BackendDown => End::BackendDown,
+            Eviction::DrainTimeout => End::DrainTimeout,
+        };
+    }
     log(
         &listener,
         Some(route),
@@ -87,8 +95,9 @@ pub(crate) async fn handle(listener: Arc<Listener>, client: TcpStream, peer: Soc
 /// Picks a backend and connects, trying up to `retries` other backends when a
 /// connect fails. On success the picked backend's active gauge has been
 /// incremented (so concurrent picks by `least_conn` see it at once).
-async fn connect(pool: &Pool, peer: SocketAddr) -> Result<(usize, TcpStream), Termination> {
-    let key = match pool.picker.policy() {
+async fn connect(pool: &Arc<Pool>, peer: SocketAddr) -> Result<(usize, TcpStream), Termination> {
+    let picker = pool.picker();
+    let key = match picker.policy() {
         weir_balance::Policy::Maglev => affinity_key(pool.hash_key, peer),
         _ => 0,
     };
@@ -104,7 +113,7 @@ async fn connect(pool: &Pool, peer: SocketAddr) -> Result<(usize, TcpStream), Te
                 random: fastrand::u64(..),
                 load: &load,
             };
-            pool.picker.pick(&req, &tried)
+            picker.pick(&req, &tried)
         };
         let Some(i) = picked else {
             break;
@@ -118,6 +127,7 @@ async fn connect(pool: &Pool, peer: SocketAddr) -> Result<(usize, TcpStream), Te
             Err(kind) => {
                 b.stats.connections_active.fetch_sub(1, Relaxed);
                 b.stats.connect_error(kind);
+                pool.on_connect_failure(i, kind);
                 tracing::debug!(pool = %pool.name, backend = %b.name, error = kind.as_str(), "connect failed");
                 last_err = Some(kind);
                 tried.push(i);

@@ -50,6 +50,12 @@ pub enum End {
     IdleTimeout,
     /// Closed because the listener's `shutdown_timeout` ran out.
     Shutdown,
+    /// Closed because weir evicted the backend's connections (see below).
+    Evicted,
+    /// The backend went down and its pool has `close_on_down`.
+    BackendDown,
+    /// The backend was drained, disabled or demoted, and `drain_timeout` ran out.
+    DrainTimeout,
 }
 
 impl End {
@@ -61,6 +67,9 @@ impl End {
             Self::BackendError => "backend_error",
             Self::IdleTimeout => "idle_timeout",
             Self::Shutdown => "shutdown",
+            Self::Evicted => "evicted",
+            Self::BackendDown => "backend_down",
+            Self::DrainTimeout => "drain_timeout",
         }
     }
 }
@@ -123,6 +132,7 @@ pub(crate) async fn relay(
     idle_timeout: Duration,
     zero_copy: bool,
     kill: &CancellationToken,
+    evict: &CancellationToken,
 ) -> Outcome {
     let progress = Progress {
         start: Instant::now(),
@@ -154,7 +164,8 @@ pub(crate) async fn relay(
     tokio::pin!(up, down);
     let idle = tokio::time::sleep(idle_timeout);
     let killed = kill.cancelled();
-    tokio::pin!(idle, killed);
+    let evicted = evict.cancelled();
+    tokio::pin!(idle, killed, evicted);
     let mut up_done = false;
     let mut down_done = false;
     let end = loop {
@@ -162,6 +173,7 @@ pub(crate) async fn relay(
             // Fixed order: no random draw per poll.
             biased;
             () = &mut killed => break End::Shutdown,
+            () = &mut evicted => break End::Evicted,
             r = &mut up, if !up_done => match r {
                 Ok(()) if down_done => break End::BackendClosed,
                 Ok(()) => up_done = true,

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weir_config::Config;
 
+use crate::health;
 use crate::listener::{self, Listener, Route};
 use crate::pool::Pool;
 
@@ -28,6 +29,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{path}: {what} health checks are not available in this version")]
+    Unsupported { path: String, what: &'static str },
 }
 
 /// The data plane of one configuration.
@@ -39,19 +42,29 @@ pub struct Server {
     stop_accepting: CancellationToken,
     accept_tasks: TaskTracker,
     connections: TaskTracker,
+    stop_health: CancellationToken,
     ready: AtomicBool,
 }
 
 impl Server {
-    /// Binds every listener address and starts accepting. All addresses are bound
-    /// before any accepts, so a bad address fails the start as a whole. Must be
-    /// called inside a tokio runtime.
-    pub fn start(config: &Config) -> Result<Server, StartError> {
-        let pools: Vec<Arc<Pool>> = config
-            .pools
-            .iter()
-            .map(|p| Arc::new(Pool::build(p)))
-            .collect();
+    /// Binds every listener address, runs the first round of health probes, and
+    /// starts accepting. All addresses are bound before any accepts, so a bad
+    /// address fails the start as a whole. Must be called inside a tokio runtime.
+    pub async fn start(config: &Config) -> Result<Server, StartError> {
+        for (index, p) in config.pools.iter().enumerate() {
+            let unsupported = match &p.health.check {
+                weir_config::Check::Grpc(_) => Some("type = \"grpc\""),
+                weir_config::Check::Http(h) if h.tls.is_some() => Some("https = true"),
+                _ => None,
+            };
+            if let Some(what) = unsupported {
+                return Err(StartError::Unsupported {
+                    path: format!("pools[{index}].health"),
+                    what,
+                });
+            }
+        }
+        let pools: Vec<Arc<Pool>> = config.pools.iter().map(Pool::build).collect();
         let mut listeners = Vec::with_capacity(config.listeners.len());
         let mut sockets = Vec::new();
         let mut bound = Vec::new();
@@ -93,6 +106,16 @@ impl Server {
             }
             listeners.push(lst);
         }
+        // Probe every backend at once and open the listeners only when the first
+        // round is done (bounded by one probe timeout), so a restart never sends
+        // traffic to a backend known to be down.
+        let stop_health = CancellationToken::new();
+        let mut checkers = health::checker::start(&pools, &stop_health);
+        checkers.first_round().await;
+        for pool in &pools {
+            pool.settle();
+        }
+        tracing::debug!(probes = checkers.tasks(), "first health round done");
         let stop_accepting = CancellationToken::new();
         let accept_tasks = TaskTracker::new();
         let connections = TaskTracker::new();
@@ -115,6 +138,7 @@ impl Server {
             stop_accepting,
             accept_tasks,
             connections,
+            stop_health,
             ready: AtomicBool::new(true),
         })
     }
@@ -157,6 +181,7 @@ impl Server {
         }
         tracing::info!("shutting down: no longer accepting");
         self.stop_accepting.cancel();
+        self.stop_health.cancel();
         self.connections.close();
         for l in &self.listeners {
             let kill = l.kill.clone();

@@ -168,7 +168,7 @@ pub(crate) async fn serve(
         ),
         None => None,
     };
-    let server = Arc::new(Server::start(&config)?);
+    let server = Arc::new(Server::start(&config).await?);
     let admin_stop = CancellationToken::new();
     let admin_addr = admin.as_ref().map(weir_admin::AdminListener::local_addr);
     if let Some(admin) = admin {

@@ -2,123 +2,16 @@
 //! small backends written here. Every wait has a deadline.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use weir_core::Server;
+use tokio::net::TcpStream;
 use weir_core::stats::{ConnectError, RejectReason};
 
-const DEADLINE: Duration = Duration::from_secs(10);
-
-async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(DEADLINE, f).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what}: no result within {DEADLINE:?}"),
-    }
-}
-
-fn start(toml: &str) -> Server {
-    let config = weir_config::load_str(toml).unwrap_or_else(|e| panic!("config:\n{e}\n{toml}"));
-    Server::start(&config).expect("server starts")
-}
-
-fn addr(server: &Server, listener: &str) -> SocketAddr {
-    server.local_addrs(listener)[0]
-}
-
-/// A backend that writes its name to every connection and closes it.
-async fn named_backend(name: &'static str) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let a = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let _ = s.write_all(name.as_bytes()).await;
-            });
-        }
-    });
-    a
-}
-
-/// A backend that echoes until EOF, then shuts down its write half.
-async fn echo_backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let a = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.into_split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    a
-}
-
-/// A backend that never writes: it reads and discards until EOF, then closes.
-/// Counts the connections it accepted.
-async fn silent_backend() -> (SocketAddr, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let a = l.local_addr().expect("addr");
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = Arc::clone(&accepted);
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut sink = tokio::io::sink();
-                let _ = tokio::io::copy(&mut s, &mut sink).await;
-            });
-        }
-    });
-    (a, accepted)
-}
-
-/// An address where nothing listens: connects to it are refused.
-fn refused_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
-
-/// Connects (optionally from a given loopback source) and reads to EOF.
-async fn fetch(to: SocketAddr, from: Option<IpAddr>) -> String {
-    let socket = TcpSocket::new_v4().expect("socket");
-    if let Some(ip) = from {
-        socket.bind(SocketAddr::new(ip, 0)).expect("bind source");
-    }
-    let mut s = socket.connect(to).await.expect("connect");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
-    out
-}
-
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    within(what, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-}
-
-fn pool_toml(balance: &str, backends: &[(&str, SocketAddr, u32)]) -> String {
-    let mut t = format!(
-        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
-         [[pools]]\nname = \"p\"\nbalance = \"{balance}\"\nconnect_timeout = \"500ms\"\n"
-    );
-    for (name, a, w) in backends {
-        t.push_str(&format!(
-            "[[pools.backends]]\nname = \"{name}\"\naddress = \"{a}\"\nweight = {w}\n"
-        ));
-    }
-    t
-}
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_gives_each_window_exactly_its_weights() {
@@ -128,7 +21,8 @@ async fn round_robin_gives_each_window_exactly_its_weights() {
     let server = start(&pool_toml(
         "round_robin",
         &[("a", a, 3), ("b", b, 2), ("c", c, 1)],
-    ));
+    ))
+    .await;
     let front = addr(&server, "l");
     let mut seq = Vec::new();
     for _ in 0..30 {
@@ -168,7 +62,8 @@ async fn weight_zero_is_never_picked() {
         let server = start(&pool_toml(
             policy,
             &[("zero", z, 0), ("a", a, 1), ("b", b, 2)],
-        ));
+        ))
+        .await;
         let front = addr(&server, "l");
         let mut counts: HashMap<String, usize> = HashMap::new();
         for i in 0..30u8 {
@@ -198,7 +93,8 @@ async fn connect_failures_retry_other_backends_under_every_policy() {
         let server = start(&pool_toml(
             policy,
             &[("dead1", dead1, 1), ("dead2", dead2, 1), ("live", live, 1)],
-        ));
+        ))
+        .await;
         let front = addr(&server, "l");
         for i in 0..20u8 {
             let src = IpAddr::V4(Ipv4Addr::new(127, 0, 2, i + 1));
@@ -248,7 +144,7 @@ async fn connect_timeout_moves_on_to_another_backend() {
     let live = named_backend("live").await;
     let mut toml = pool_toml("first", &[("hole", hole, 1), ("live", live, 1)]);
     toml = toml.replace("connect_timeout = \"500ms\"", "connect_timeout = \"200ms\"");
-    let server = start(&toml);
+    let server = start(&toml).await;
     let front = addr(&server, "l");
     assert_eq!(within("fetch", fetch(front, None)).await, "live");
     let p = server.pool("p").expect("pool");
@@ -269,11 +165,11 @@ async fn two_maglev_instances_agree_on_every_client() {
     for n in names {
         backends.push((n, named_backend(n).await, 1));
     }
-    let a = start(&pool_toml("maglev", &backends));
+    let a = start(&pool_toml("maglev", &backends)).await;
     // The second instance lists the backends in another order: the table depends
     // on the set, not on the order of the file.
     backends.reverse();
-    let b = start(&pool_toml("maglev", &backends));
+    let b = start(&pool_toml("maglev", &backends)).await;
     let (fa, fb) = (addr(&a, "l"), addr(&b, "l"));
     let mut seen: HashMap<String, usize> = HashMap::new();
     for i in 0..200u32 {
@@ -305,7 +201,7 @@ async fn half_close_round_trip(zero_copy: bool) {
     let echo = echo_backend().await;
     let mut toml = pool_toml("round_robin", &[("echo", echo, 1)]);
     toml.insert_str(0, &format!("[runtime]\nzero_copy = {zero_copy}\n"));
-    let server = start(&toml);
+    let server = start(&toml).await;
     let stream = within("connect", TcpStream::connect(addr(&server, "l")))
         .await
         .expect("connect");
@@ -358,7 +254,7 @@ async fn idle_connections_are_closed_after_idle_timeout() {
         "bind = [\"127.0.0.1:0\"]",
         "bind = [\"127.0.0.1:0\"]\nidle_timeout = \"300ms\"",
     );
-    let server = start(&toml);
+    let server = start(&toml).await;
     let mut s = TcpStream::connect(addr(&server, "l"))
         .await
         .expect("connect");
@@ -385,7 +281,7 @@ async fn max_connections_closes_the_excess_at_once() {
         "bind = [\"127.0.0.1:0\"]",
         "bind = [\"127.0.0.1:0\"]\nmax_connections = 2",
     );
-    let server = start(&toml);
+    let server = start(&toml).await;
     let front = addr(&server, "l");
     let c1 = TcpStream::connect(front).await.expect("c1");
     let _c2 = TcpStream::connect(front).await.expect("c2");
@@ -419,7 +315,7 @@ async fn max_connections_closes_the_excess_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_lets_an_inflight_connection_finish() {
     let echo = echo_backend().await;
-    let server = start(&pool_toml("round_robin", &[("echo", echo, 1)]));
+    let server = start(&pool_toml("round_robin", &[("echo", echo, 1)])).await;
     let front = addr(&server, "l");
     let mut s = TcpStream::connect(front).await.expect("connect");
     s.write_all(b"before").await.expect("write");
@@ -454,7 +350,7 @@ async fn shutdown_timeout_closes_remaining_connections() {
         "bind = [\"127.0.0.1:0\"]",
         "bind = [\"127.0.0.1:0\"]\nshutdown_timeout = \"300ms\"",
     );
-    let server = start(&toml);
+    let server = start(&toml).await;
     let mut s = TcpStream::connect(addr(&server, "l"))
         .await
         .expect("connect");
@@ -481,7 +377,7 @@ async fn listens_on_ipv4_and_ipv6_at_once() {
         "bind = [\"127.0.0.1:0\"]",
         "bind = [\"127.0.0.1:0\", \"[::1]:0\"]",
     );
-    let server = start(&toml);
+    let server = start(&toml).await;
     let addrs = server.local_addrs("l");
     assert_eq!(addrs.len(), 2);
     assert!(addrs[1].is_ipv6());
@@ -505,7 +401,7 @@ async fn routes_match_by_source_and_unmatched_clients_are_rejected() {
          [[listeners.routes]]\nname = \"lab\"\nmatch = {{ source = [\"127.0.3.0/24\"] }}\npool = \"p\"\n\
          [[pools]]\nname = \"p\"\n[[pools.backends]]\nname = \"inside\"\naddress = \"{inside}\"\n"
     );
-    let server = start(&toml);
+    let server = start(&toml).await;
     let front = addr(&server, "l");
     let ok = within(
         "matched",
@@ -534,7 +430,8 @@ async fn least_conn_prefers_the_less_loaded_backend() {
     let server = start(&pool_toml(
         "least_conn",
         &[("busy", busy, 1), ("idle", idle, 1)],
-    ));
+    ))
+    .await;
     let front = addr(&server, "l");
     let p = Arc::clone(server.pool("p").expect("pool"));
     let active = |n: &str| {

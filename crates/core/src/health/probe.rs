@@ -1,0 +1,313 @@
+//! One probe of one backend: a TCP connect or an HTTP/1.1 GET. Every probe is
+//! bounded by the check's `timeout` as a whole, and says in a few words what it
+//! saw; that text becomes the cause of a transition.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use weir_config::HttpCheck;
+
+/// Most bytes of an HTTP response read by a probe (status, headers and body).
+const MAX_RESPONSE: usize = 64 * 1024;
+
+/// What to probe.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Probe {
+    Tcp,
+    Http(HttpCheck),
+}
+
+/// The result of one probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Report {
+    pub(crate) ok: bool,
+    pub(crate) reason: String,
+}
+
+impl Report {
+    fn fail(reason: impl Into<String>) -> Report {
+        Report {
+            ok: false,
+            reason: reason.into(),
+        }
+    }
+}
+
+pub(crate) async fn run(probe: &Probe, addr: SocketAddr, timeout: Duration) -> Report {
+    match tokio::time::timeout(timeout, run_inner(probe, addr)).await {
+        Ok(report) => report,
+        Err(_) => Report::fail(format!("timeout after {}", humanize(timeout))),
+    }
+}
+
+async fn run_inner(probe: &Probe, addr: SocketAddr) -> Report {
+    let stream = match TcpStream::connect(addr).await {
+        Ok(s) => s,
+        Err(e) => return Report::fail(connect_reason(&e)),
+    };
+    match probe {
+        Probe::Tcp => Report {
+            ok: true,
+            reason: "connect ok".into(),
+        },
+        Probe::Http(check) => http(stream, addr, check).await,
+    }
+}
+
+async fn http(mut stream: TcpStream, addr: SocketAddr, check: &HttpCheck) -> Report {
+    let host = check.host.clone().unwrap_or_else(|| addr.to_string());
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: weir-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+        check.path
+    );
+    if let Err(e) = stream.write_all(request.as_bytes()).await {
+        return Report::fail(format!("http: cannot send the request: {}", io_reason(&e)));
+    }
+    let mut buf = Vec::with_capacity(4096);
+    let response = loop {
+        match parse_response(&buf) {
+            Ok(Some(r)) => break r,
+            Ok(None) => {}
+            Err(e) => return Report::fail(format!("http: invalid response: {e}")),
+        }
+        if buf.len() >= MAX_RESPONSE {
+            return Report::fail(format!("http: response larger than {MAX_RESPONSE} bytes"));
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) => match parse_response_at_eof(&buf) {
+                Ok(r) => break r,
+                Err(e) => return Report::fail(format!("http: invalid response: {e}")),
+            },
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Report::fail(format!("http: {}", io_reason(&e))),
+        }
+    };
+    if !check.expect_status.matches(response.status) {
+        return Report::fail(format!("http status {}", response.status));
+    }
+    if let Some(needle) = &check.expect_body
+        && !contains(&response.body, needle.as_bytes())
+    {
+        return Report::fail(format!(
+            "http status {}, body does not contain {needle:?}",
+            response.status
+        ));
+    }
+    Report {
+        ok: true,
+        reason: format!("http status {}", response.status),
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn connect_reason(e: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused => "connect refused".into(),
+        ConnectionReset => "connect reset".into(),
+        TimedOut => "connect timeout".into(),
+        _ => format!("connect failed: {e}"),
+    }
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionReset => "connection reset".into(),
+        BrokenPipe => "connection closed".into(),
+        _ => e.to_string(),
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// A parsed HTTP response: status and (decoded) body.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    pub(crate) body: Vec<u8>,
+}
+
+enum Framing {
+    Length(usize),
+    Chunked,
+    UntilClose,
+}
+
+/// Parses a response from the bytes received so far: `Ok(None)` = need more.
+/// Pure, so it is tested on byte strings.
+pub(crate) fn parse_response(buf: &[u8]) -> Result<Option<Response>, String> {
+    let Some((status, framing, body_at)) = head(buf)? else {
+        return Ok(None);
+    };
+    let body = &buf[body_at..];
+    match framing {
+        Framing::Length(n) if body.len() >= n => Ok(Some(Response {
+            status,
+            body: body[..n].to_vec(),
+        })),
+        Framing::Length(_) | Framing::UntilClose => Ok(None),
+        Framing::Chunked => Ok(dechunk(body)?.map(|body| Response { status, body })),
+    }
+}
+
+/// Parses a response when the server has closed the connection.
+pub(crate) fn parse_response_at_eof(buf: &[u8]) -> Result<Response, String> {
+    let Some((status, framing, body_at)) = head(buf)? else {
+        return Err(if buf.is_empty() {
+            "connection closed without a response".into()
+        } else {
+            "connection closed in the middle of the headers".into()
+        });
+    };
+    let body = &buf[body_at..];
+    match framing {
+        Framing::UntilClose => Ok(Response {
+            status,
+            body: body.to_vec(),
+        }),
+        Framing::Length(n) if body.len() >= n => Ok(Response {
+            status,
+            body: body[..n].to_vec(),
+        }),
+        Framing::Chunked => dechunk(body)?
+            .map(|body| Response { status, body })
+            .ok_or_else(|| "truncated chunked body".into()),
+        Framing::Length(_) => Err("body shorter than Content-Length".into()),
+    }
+}
+
+fn head(buf: &[u8]) -> Result<Option<(u16, Framing, usize)>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    let body_at = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let status = resp.code.ok_or("no status code")?;
+    let mut framing = Framing::UntilClose;
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let v = String::from_utf8_lossy(h.value);
+            if v.to_ascii_lowercase().contains("chunked") {
+                framing = Framing::Chunked;
+            }
+        } else if h.name.eq_ignore_ascii_case("content-length")
+            && !matches!(framing, Framing::Chunked)
+        {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or("invalid Content-Length")?;
+            framing = Framing::Length(n);
+        }
+    }
+    // Responses that never have a body.
+    if status == 204 || status == 304 || (100..200).contains(&status) {
+        framing = Framing::Length(0);
+    }
+    Ok(Some((status, framing, body_at)))
+}
+
+/// Decodes a chunked body; `Ok(None)` = incomplete. Trailers are ignored.
+fn dechunk(mut buf: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
+            return Ok(None);
+        };
+        let line = std::str::from_utf8(&buf[..eol]).map_err(|_| "invalid chunk size")?;
+        let size_text = line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16).map_err(|_| "invalid chunk size")?;
+        buf = &buf[eol + 2..];
+        if size == 0 {
+            return Ok(Some(out));
+        }
+        if buf.len() < size + 2 {
+            return Ok(None);
+        }
+        out.extend_from_slice(&buf[..size]);
+        buf = &buf[size + 2..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_length_body() {
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nrunning").expect("ok");
+        assert_eq!(
+            r,
+            Some(Response {
+                status: 200,
+                body: b"running".to_vec()
+            })
+        );
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nrun"),
+            Ok(None)
+        );
+        assert_eq!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Le"), Ok(None));
+    }
+
+    #[test]
+    fn chunked_body() {
+        let raw = b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nrepl\r\n3;x=y\r\nica\r\n0\r\n\r\n";
+        let r = parse_response(raw).expect("ok").expect("complete");
+        assert_eq!((r.status, r.body.as_slice()), (503, &b"replica"[..]));
+        assert_eq!(parse_response(&raw[..raw.len() - 6]), Ok(None));
+        assert!(
+            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err()
+        );
+    }
+
+    #[test]
+    fn body_until_close() {
+        let raw = b"HTTP/1.0 200 OK\r\n\r\nhello";
+        assert_eq!(parse_response(raw), Ok(None));
+        assert_eq!(
+            parse_response_at_eof(raw),
+            Ok(Response {
+                status: 200,
+                body: b"hello".to_vec()
+            })
+        );
+    }
+
+    #[test]
+    fn errors_are_described() {
+        assert!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
+        assert!(parse_response_at_eof(b"").is_err());
+        assert!(
+            parse_response_at_eof(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort").is_err()
+        );
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn no_body_statuses() {
+        let r = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n").expect("ok");
+        assert_eq!(
+            r,
+            Some(Response {
+                status: 204,
+                body: vec![]
+            })
+        );
+    }
+}

@@ -1,0 +1,454 @@
+//! Health checking end to end: real probes against small HTTP servers whose
+//! answers the tests flip, and real traffic following the decisions.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use weir_core::health::state::{Admin, Cause, Change, Health};
+use weir_core::stats::{ConnectError, RejectReason};
+
+use crate::common::*;
+
+/// An HTTP server that answers every request with the current status and body,
+/// and counts the requests (probes) it got.
+#[derive(Clone)]
+struct HealthServer {
+    addr: SocketAddr,
+    status: Arc<AtomicU16>,
+    body: Arc<Mutex<String>>,
+    requests: Arc<AtomicUsize>,
+}
+
+impl HealthServer {
+    async fn start(status: u16, body: &str) -> HealthServer {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let hs = HealthServer {
+            addr: l.local_addr().expect("addr"),
+            status: Arc::new(AtomicU16::new(status)),
+            body: Arc::new(Mutex::new(body.to_owned())),
+            requests: Arc::new(AtomicUsize::new(0)),
+        };
+        let me = hs.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    me.requests.fetch_add(1, Ordering::SeqCst);
+                    let body = me.body.lock().expect("lock").clone();
+                    let status = me.status.load(Ordering::SeqCst);
+                    let resp = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        hs
+    }
+
+    fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    fn set(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+}
+
+/// A listener `l` with one catch-all route to pool `p`, whose health section and
+/// backends are given as TOML.
+fn health_toml(pool_extra: &str, health: &str, backends: &str) -> String {
+    format!(
+        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\nconnect_timeout = \"500ms\"\n{pool_extra}\n[pools.health]\n{health}\n{backends}"
+    )
+}
+
+fn backend_toml(name: &str, addr: SocketAddr, extra: &str) -> String {
+    format!("[[pools.backends]]\nname = \"{name}\"\naddress = \"{addr}\"\n{extra}\n")
+}
+
+const FAST: &str = "type = \"http\"\npath = \"/primary\"\nexpect_status = \"200\"\n\
+                    interval = \"200ms\"\nfast_interval = \"100ms\"\ntimeout = \"300ms\"\nrise = 1\nfall = 2";
+
+/// Reads until EOF or error; true when the connection was closed.
+async fn closed(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 16];
+    matches!(s.read(&mut buf).await, Ok(0) | Err(_))
+}
+
+async fn echo_once(s: &mut TcpStream) {
+    s.write_all(b"ping").await.expect("write");
+    let mut buf = [0u8; 4];
+    within("echo", s.read_exact(&mut buf)).await.expect("echo");
+    assert_eq!(&buf, b"ping");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patroni_failover_is_followed_within_fall_and_rise_intervals() {
+    let a = named_backend("a").await;
+    let b = named_backend("b").await;
+    let ha = HealthServer::start(200, "{\"role\":\"master\"}").await;
+    let hb = HealthServer::start(503, "{\"role\":\"replica\"}").await;
+    let backends = backend_toml("a", a, &format!("check_port = {}", ha.port()))
+        + &backend_toml("b", b, &format!("check_port = {}", hb.port()));
+    let server = start(&health_toml(
+        "balance = \"first\"\nclose_on_down = true",
+        FAST,
+        &backends,
+    ))
+    .await;
+    let front = addr(&server, "l");
+    assert_eq!(within("fetch", fetch(front, None)).await, "a");
+
+    // The leader moves from a to b.
+    let flipped = tokio::time::Instant::now();
+    ha.set(503);
+    hb.set(200);
+    within("traffic follows the leader", async {
+        while fetch(front, None).await != "b" {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // fall (2) x interval + rise (1) x interval = 600 ms, plus jitter and scheduling slack.
+    let took = flipped.elapsed();
+    assert!(took < Duration::from_millis(600 + 400), "took {took:?}");
+    let p = server.pool("p").expect("pool");
+    let va = p.view("a").expect("a");
+    assert_eq!((va.health, va.serving), (Health::Down, false));
+    let last = va.history.last().expect("a transition");
+    assert_eq!(
+        last.change,
+        Change::Health {
+            from: Health::Up,
+            to: Health::Down
+        }
+    );
+    assert_eq!(last.cause, Cause::Probe("http status 503".into()));
+    assert_eq!(p.view("b").expect("b").health, Health::Up);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_expect_status_form_and_expect_body() {
+    let traffic = named_backend("t").await;
+    let cases: [(&str, u16, &str, Option<&str>, Health); 12] = [
+        ("200", 200, "", None, Health::Up),
+        ("200", 204, "", None, Health::Down),
+        ("2xx", 204, "", None, Health::Up),
+        ("2xx", 301, "", None, Health::Down),
+        ("200-299", 299, "", None, Health::Up),
+        ("200-299", 300, "", None, Health::Down),
+        ("200,204", 204, "", None, Health::Up),
+        ("200,204", 202, "", None, Health::Down),
+        ("200, 3xx, 404-410", 405, "", None, Health::Up),
+        ("200, 3xx, 404-410", 500, "", None, Health::Down),
+        ("200", 200, "state: running", Some("running"), Health::Up),
+        ("200", 200, "state: stopped", Some("running"), Health::Down),
+    ];
+    for (expect, status, body, expect_body, want) in cases {
+        let hs = HealthServer::start(status, body).await;
+        let mut health = format!(
+            "type = \"http\"\nexpect_status = \"{expect}\"\ninterval = \"1h\"\ntimeout = \"1s\""
+        );
+        if let Some(b) = expect_body {
+            health.push_str(&format!("\nexpect_body = \"{b}\""));
+        }
+        let backends = backend_toml("t", traffic, &format!("check_port = {}", hs.port()));
+        let server = start(&health_toml("", &health, &backends)).await;
+        let view = server.pool("p").expect("p").view("t").expect("t");
+        assert_eq!(
+            view.health, want,
+            "expect_status {expect:?}, status {status}, body {body:?}"
+        );
+        let probe = view.last_probe.expect("probed during start");
+        assert_eq!(probe.ok, want == Health::Up);
+        if expect_body.is_some() && want == Health::Down {
+            assert!(
+                probe.reason.contains("body does not contain \"running\""),
+                "{}",
+                probe.reason
+            );
+        } else {
+            assert!(
+                probe.reason.contains(&format!("http status {status}")),
+                "{}",
+                probe.reason
+            );
+        }
+        server.shutdown();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_checks_and_probe_reasons() {
+    let live = named_backend("live").await;
+    let dead = refused_addr();
+    let backends = backend_toml("live", live, "") + &backend_toml("dead", dead, "");
+    let server = start(&health_toml(
+        "",
+        "type = \"tcp\"\ninterval = \"1h\"\ntimeout = \"1s\"",
+        &backends,
+    ))
+    .await;
+    let p = server.pool("p").expect("p");
+    assert_eq!(p.view("live").expect("live").health, Health::Up);
+    let d = p.view("dead").expect("dead");
+    assert_eq!(d.health, Health::Down);
+    assert_eq!(d.last_probe.expect("probe").reason, "connect refused");
+    for _ in 0..5 {
+        assert_eq!(
+            within("fetch", fetch(addr(&server, "l"), None)).await,
+            "live"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_never_sends_a_connection_to_a_backend_known_down() {
+    let good = named_backend("good").await;
+    let bad = named_backend("bad").await;
+    let hg = HealthServer::start(200, "").await;
+    let hb = HealthServer::start(503, "").await;
+    // `bad` is listed first: round robin would give it the first connection.
+    let backends = backend_toml("bad", bad, &format!("check_port = {}", hb.port()))
+        + &backend_toml("good", good, &format!("check_port = {}", hg.port()));
+    let server = start(&health_toml(
+        "",
+        "type = \"http\"\ninterval = \"1h\"",
+        &backends,
+    ))
+    .await;
+    let front = addr(&server, "l");
+    for _ in 0..10 {
+        assert_eq!(within("fetch", fetch(front, None)).await, "good");
+    }
+    let l = server.listener("l").expect("l");
+    assert_eq!(l.stats.rejected(RejectReason::NoBackend), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_serving_backend_closes_the_connection_at_once() {
+    let a = named_backend("a").await;
+    let h = HealthServer::start(503, "").await;
+    let backends = backend_toml("a", a, &format!("check_port = {}", h.port()));
+    let server = start(&health_toml(
+        "",
+        "type = \"http\"\ninterval = \"1h\"",
+        &backends,
+    ))
+    .await;
+    assert_eq!(
+        within("rejected", fetch(addr(&server, "l"), None)).await,
+        ""
+    );
+    let l = server.listener("l").expect("l");
+    assert_eq!(l.stats.rejected(RejectReason::NoBackend), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_connects_take_a_backend_out_until_probes_bring_it_back() {
+    let live = named_backend("live").await;
+    // The probe port answers, the traffic port refuses: only passive health can tell.
+    let h = HealthServer::start(200, "").await;
+    let dead = refused_addr();
+    // `live` is a static backend (never probed), `dead` is probed on its check port.
+    let backends = backend_toml("dead", dead, &format!("check_port = {}", h.port()))
+        + &backend_toml("live", live, "health = false");
+    let health = "type = \"http\"\ninterval = \"1h\"\nrise = 1\nfall = 2";
+    let server = start(&health_toml("balance = \"first\"", health, &backends)).await;
+    let front = addr(&server, "l");
+    for _ in 0..10 {
+        assert_eq!(within("fetch", fetch(front, None)).await, "live");
+    }
+    let p = server.pool("p").expect("p");
+    // Exactly `fall` failed connects, then it is out of rotation.
+    assert_eq!(
+        p.backend("dead")
+            .expect("dead")
+            .stats
+            .connect_errors(ConnectError::Refused),
+        2
+    );
+    let v = p.view("dead").expect("dead");
+    assert_eq!(v.health, Health::Down);
+    assert_eq!(
+        v.history.last().map(|t| t.cause.clone()),
+        Some(Cause::Passive("connect refused".into()))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier_failover_and_failback_drain_the_standby() {
+    let primary = named_backend("primary").await;
+    let standby = echo_backend().await;
+    let hp = HealthServer::start(200, "").await;
+    let hs = HealthServer::start(200, "").await;
+    let backends = backend_toml(
+        "primary",
+        primary,
+        &format!("check_port = {}\ntier = 0", hp.port()),
+    ) + &backend_toml(
+        "standby",
+        standby,
+        &format!("check_port = {}\ntier = 1", hs.port()),
+    );
+    let server = start(&health_toml("drain_timeout = \"400ms\"", FAST, &backends)).await;
+    let front = addr(&server, "l");
+    let p = Arc::clone(server.pool("p").expect("p"));
+    assert_eq!(p.active_tier(), Some(0));
+    assert_eq!(within("fetch", fetch(front, None)).await, "primary");
+
+    hp.set(503);
+    wait_until("failover to tier 1", || p.active_tier() == Some(1)).await;
+    let mut held = TcpStream::connect(front).await.expect("connect");
+    echo_once(&mut held).await;
+
+    hp.set(200);
+    wait_until("failback to tier 0", || p.active_tier() == Some(0)).await;
+    let failback = tokio::time::Instant::now();
+    assert_eq!(within("fetch", fetch(front, None)).await, "primary");
+    // The standby's connection keeps working while it drains...
+    echo_once(&mut held).await;
+    // ...and is closed when drain_timeout runs out.
+    assert!(within("drained", closed(&mut held)).await);
+    assert!(
+        failback.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        failback.elapsed()
+    );
+    let tiers: Vec<_> = p
+        .tier_history()
+        .into_iter()
+        .map(|(_, from, to)| (from, to))
+        .collect();
+    assert_eq!(
+        tiers,
+        [(None, Some(0)), (Some(0), Some(1)), (Some(1), Some(0))]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_on_down_closes_established_connections() {
+    for close_on_down in [true, false] {
+        let echo = echo_backend().await;
+        let h = HealthServer::start(200, "").await;
+        let backends = backend_toml("e", echo, &format!("check_port = {}", h.port()));
+        let server = start(&health_toml(
+            &format!("close_on_down = {close_on_down}"),
+            FAST,
+            &backends,
+        ))
+        .await;
+        let mut conn = TcpStream::connect(addr(&server, "l"))
+            .await
+            .expect("connect");
+        echo_once(&mut conn).await;
+        h.set(503);
+        let p = Arc::clone(server.pool("p").expect("p"));
+        wait_until("marked down", || {
+            p.view("e").is_some_and(|v| v.health == Health::Down)
+        })
+        .await;
+        if close_on_down {
+            assert!(within("closed", closed(&mut conn)).await);
+        } else {
+            // Without close_on_down an established connection is left alone.
+            echo_once(&mut conn).await;
+        }
+        server.shutdown();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_drain_stops_new_connections_and_closes_after_drain_timeout() {
+    let a = echo_backend().await;
+    let b = named_backend("b").await;
+    let backends = backend_toml("a", a, "") + &backend_toml("b", b, "");
+    let toml = health_toml(
+        "balance = \"first\"\ndrain_timeout = \"300ms\"",
+        "type = \"none\"",
+        &backends,
+    );
+    let server = start(&toml).await;
+    let front = addr(&server, "l");
+    let p = Arc::clone(server.pool("p").expect("p"));
+    let mut held = TcpStream::connect(front).await.expect("connect");
+    echo_once(&mut held).await;
+
+    assert!(p.set_admin("a", Admin::Drain));
+    assert_eq!(within("fetch", fetch(front, None)).await, "b");
+    echo_once(&mut held).await;
+    assert!(within("drained", closed(&mut held)).await);
+    let v = p.view("a").expect("a");
+    assert_eq!(
+        (v.admin, v.serving, v.effective_weight),
+        (Admin::Drain, false, 0)
+    );
+    assert_eq!(
+        v.history.last().map(|t| t.cause.clone()),
+        Some(Cause::Operator)
+    );
+
+    assert!(p.set_admin("a", Admin::Enabled));
+    let mut again = TcpStream::connect(front).await.expect("connect");
+    echo_once(&mut again).await;
+    assert!(!p.set_admin("nope", Admin::Drain));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_probe_per_distinct_backend_however_many_pools_list_it() {
+    let t = named_backend("t").await;
+    let h = HealthServer::start(200, "").await;
+    let toml = format!(
+        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"p1\"\n\
+         [[pools]]\nname = \"p1\"\n[pools.health]\ntype = \"http\"\ninterval = \"1h\"\n\
+         [[pools.backends]]\nname = \"t\"\naddress = \"{t}\"\ncheck_port = {port}\n\
+         [[pools]]\nname = \"p2\"\n[pools.health]\ntype = \"http\"\ninterval = \"1h\"\n\
+         [[pools.backends]]\nname = \"t\"\naddress = \"{t}\"\ncheck_port = {port}\n",
+        port = h.port()
+    );
+    let server = start(&toml).await;
+    assert_eq!(
+        h.requests.load(Ordering::SeqCst),
+        1,
+        "one probe for both pools"
+    );
+    for p in ["p1", "p2"] {
+        assert_eq!(
+            server.pool(p).expect("pool").view("t").expect("t").health,
+            Health::Up
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weight_override_changes_the_distribution() {
+    let a = named_backend("a").await;
+    let b = named_backend("b").await;
+    let backends = backend_toml("a", a, "") + &backend_toml("b", b, "");
+    let server = start(&health_toml("", "type = \"none\"", &backends)).await;
+    let front = addr(&server, "l");
+    let p = Arc::clone(server.pool("p").expect("p"));
+    assert!(p.set_weight("a", Some(3)));
+    let mut got = Vec::new();
+    for _ in 0..8 {
+        got.push(within("fetch", fetch(front, None)).await);
+    }
+    assert_eq!(got.iter().filter(|s| *s == "a").count(), 6, "{got:?}");
+    assert!(p.set_weight("a", None));
+    assert_eq!(p.view("a").expect("a").effective_weight, 1);
+}

@@ -1,0 +1,5 @@
+//! The integration tests of weir-core, in one binary: real sockets on loopback.
+
+mod common;
+mod health;
+mod proxy;
