@@ -29,8 +29,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("{path}: {what} health checks are not available in this version")]
-    Unsupported { path: String, what: &'static str },
+    #[error("health checks: {0}")]
+    Health(String),
 }
 
 /// The data plane of one configuration.
@@ -51,19 +51,6 @@ impl Server {
     /// starts accepting. All addresses are bound before any accepts, so a bad
     /// address fails the start as a whole. Must be called inside a tokio runtime.
     pub async fn start(config: &Config) -> Result<Server, StartError> {
-        for (index, p) in config.pools.iter().enumerate() {
-            let unsupported = match &p.health.check {
-                weir_config::Check::Grpc(_) => Some("type = \"grpc\""),
-                weir_config::Check::Http(h) if h.tls.is_some() => Some("https = true"),
-                _ => None,
-            };
-            if let Some(what) = unsupported {
-                return Err(StartError::Unsupported {
-                    path: format!("pools[{index}].health"),
-                    what,
-                });
-            }
-        }
         let pools: Vec<Arc<Pool>> = config.pools.iter().map(Pool::build).collect();
         let mut listeners = Vec::with_capacity(config.listeners.len());
         let mut sockets = Vec::new();
@@ -110,7 +97,8 @@ impl Server {
         // round is done (bounded by one probe timeout), so a restart never sends
         // traffic to a backend known to be down.
         let stop_health = CancellationToken::new();
-        let mut checkers = health::checker::start(&pools, &stop_health);
+        let mut checkers =
+            health::checker::start(&pools, &stop_health).map_err(StartError::Health)?;
         checkers.first_round().await;
         for pool in &pools {
             pool.settle();

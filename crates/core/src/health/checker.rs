@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use weir_config::Check;
 
-use super::probe::{self, Probe};
+use super::probe::{Probe, Prober};
 use crate::pool::Pool;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -41,8 +41,9 @@ pub(crate) struct Checkers {
     longest_timeout: Duration,
 }
 
-/// Starts one task per distinct probe target of `pools`.
-pub(crate) fn start(pools: &[Arc<Pool>], stop: &CancellationToken) -> Checkers {
+/// Starts one task per distinct probe target of `pools`. Fails (starting
+/// nothing) when a check's TLS settings cannot be loaded.
+pub(crate) fn start(pools: &[Arc<Pool>], stop: &CancellationToken) -> Result<Checkers, String> {
     let mut targets: HashMap<Target, Vec<Subscriber>> = HashMap::new();
     let mut order = Vec::new();
     for pool in pools {
@@ -50,8 +51,7 @@ pub(crate) fn start(pools: &[Arc<Pool>], stop: &CancellationToken) -> Checkers {
             Check::None => continue,
             Check::Tcp => Probe::Tcp,
             Check::Http(h) => Probe::Http(h.clone()),
-            // gRPC probes are not built yet; such a pool is refused at start.
-            Check::Grpc(_) => continue,
+            Check::Grpc(g) => Probe::Grpc(g.clone()),
         };
         for (index, b) in pool.backends.iter().enumerate() {
             let Some(address) = b.probe_address else {
@@ -77,15 +77,26 @@ pub(crate) fn start(pools: &[Arc<Pool>], stop: &CancellationToken) -> Checkers {
     let (tx, first_round) = mpsc::unbounded_channel();
     let longest_timeout = order.iter().map(|t| t.timeout).max().unwrap_or_default();
     let tasks = order.len();
+    let mut ready = Vec::with_capacity(tasks);
     for target in order {
+        let prober = Prober::new(target.probe.clone(), target.address).map_err(|e| {
+            let pool = targets
+                .get(&target)
+                .and_then(|s| s.first())
+                .map_or("?", |s| s.pool.name.as_str());
+            format!("pool {pool:?}: {e}")
+        })?;
         let subs = targets.remove(&target).unwrap_or_default();
-        tokio::spawn(run(target, subs, stop.clone(), tx.clone()));
+        ready.push((target, prober, subs));
     }
-    Checkers {
+    for (target, prober, subs) in ready {
+        tokio::spawn(run(target, prober, subs, stop.clone(), tx.clone()));
+    }
+    Ok(Checkers {
         first_round,
         tasks,
         longest_timeout,
-    }
+    })
 }
 
 impl Checkers {
@@ -111,6 +122,7 @@ impl Checkers {
 
 async fn run(
     target: Target,
+    prober: Prober,
     subs: Vec<Subscriber>,
     stop: CancellationToken,
     first: mpsc::UnboundedSender<()>,
@@ -120,7 +132,7 @@ async fn run(
         if subs.iter().any(|s| s.pool.probe_wanted(s.index)) {
             let report = tokio::select! {
                 () = stop.cancelled() => return,
-                r = probe::run(&target.probe, target.address, target.timeout) => r,
+                r = prober.run(target.address, target.timeout) => r,
             };
             for s in &subs {
                 s.pool.on_probe(s.index, report.ok, &report.reason);

@@ -5,9 +5,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use weir_config::HttpCheck;
+use tokio_rustls::TlsConnector;
+use weir_config::{GrpcCheck, HttpCheck, ProbeTls};
+
+use super::{grpc, tls};
 
 /// Most bytes of an HTTP response read by a probe (status, headers and body).
 const MAX_RESPONSE: usize = 64 * 1024;
@@ -17,6 +21,84 @@ const MAX_RESPONSE: usize = 64 * 1024;
 pub(crate) enum Probe {
     Tcp,
     Http(HttpCheck),
+    Grpc(GrpcCheck),
+}
+
+/// A probe ready to run against one address: its TLS connector is built once.
+#[derive(Clone)]
+pub(crate) struct Prober {
+    probe: Probe,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+impl std::fmt::Debug for Prober {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prober")
+            .field("probe", &self.probe)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Prober {
+    pub(crate) fn new(probe: Probe, addr: SocketAddr) -> Result<Prober, String> {
+        let tls_of = |t: &ProbeTls, host: Option<&str>, alpn: &[&[u8]]| -> Result<_, String> {
+            let config = tls::client_config(t, alpn)?;
+            Ok((
+                TlsConnector::from(config),
+                tls::server_name(t, host, addr.ip()),
+            ))
+        };
+        let tls = match &probe {
+            Probe::Tcp => None,
+            Probe::Http(h) => h
+                .tls
+                .as_ref()
+                .map(|t| tls_of(t, h.host.as_deref(), &[b"http/1.1"]))
+                .transpose()?,
+            Probe::Grpc(g) => g
+                .tls
+                .as_ref()
+                .map(|t| tls_of(t, None, &[b"h2"]))
+                .transpose()?,
+        };
+        Ok(Prober { probe, tls })
+    }
+
+    /// Runs one probe, bounded by `timeout` as a whole.
+    pub(crate) async fn run(&self, addr: SocketAddr, timeout: Duration) -> Report {
+        match tokio::time::timeout(timeout, self.run_inner(addr)).await {
+            Ok(report) => report,
+            Err(_) => Report::fail(format!("timeout after {}", humanize(timeout))),
+        }
+    }
+
+    async fn run_inner(&self, addr: SocketAddr) -> Report {
+        let stream = match TcpStream::connect(addr).await {
+            Ok(s) => s,
+            Err(e) => return Report::fail(connect_reason(&e)),
+        };
+        let _ = stream.set_nodelay(true);
+        match (&self.probe, &self.tls) {
+            (Probe::Tcp, _) => Report::ok("connect ok"),
+            (Probe::Http(check), None) => http(stream, addr, check).await,
+            (Probe::Http(check), Some((connector, name))) => {
+                match connector.connect(name.clone(), stream).await {
+                    Ok(tls) => http(tls, addr, check).await,
+                    Err(e) => Report::fail(format!("tls: {e}")),
+                }
+            }
+            (Probe::Grpc(check), None) => {
+                grpc::check(stream, &addr.to_string(), false, &check.service).await
+            }
+            (Probe::Grpc(check), Some((connector, name))) => {
+                match connector.connect(name.clone(), stream).await {
+                    Ok(tls) => grpc::check(tls, &addr.to_string(), true, &check.service).await,
+                    Err(e) => Report::fail(format!("tls: {e}")),
+                }
+            }
+        }
+    }
 }
 
 /// The result of one probe.
@@ -27,7 +109,14 @@ pub(crate) struct Report {
 }
 
 impl Report {
-    fn fail(reason: impl Into<String>) -> Report {
+    pub(crate) fn ok(reason: impl Into<String>) -> Report {
+        Report {
+            ok: true,
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn fail(reason: impl Into<String>) -> Report {
         Report {
             ok: false,
             reason: reason.into(),
@@ -35,28 +124,11 @@ impl Report {
     }
 }
 
-pub(crate) async fn run(probe: &Probe, addr: SocketAddr, timeout: Duration) -> Report {
-    match tokio::time::timeout(timeout, run_inner(probe, addr)).await {
-        Ok(report) => report,
-        Err(_) => Report::fail(format!("timeout after {}", humanize(timeout))),
-    }
-}
-
-async fn run_inner(probe: &Probe, addr: SocketAddr) -> Report {
-    let stream = match TcpStream::connect(addr).await {
-        Ok(s) => s,
-        Err(e) => return Report::fail(connect_reason(&e)),
-    };
-    match probe {
-        Probe::Tcp => Report {
-            ok: true,
-            reason: "connect ok".into(),
-        },
-        Probe::Http(check) => http(stream, addr, check).await,
-    }
-}
-
-async fn http(mut stream: TcpStream, addr: SocketAddr, check: &HttpCheck) -> Report {
+async fn http<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    addr: SocketAddr,
+    check: &HttpCheck,
+) -> Report {
     let host = check.host.clone().unwrap_or_else(|| addr.to_string());
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: weir-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n",

@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use weir_core::health::state::{Admin, Cause, Change, Health};
 use weir_core::stats::{ConnectError, RejectReason};
 
@@ -25,6 +26,15 @@ struct HealthServer {
 
 impl HealthServer {
     async fn start(status: u16, body: &str) -> HealthServer {
+        Self::start_with(status, body, None).await
+    }
+
+    /// The same, over TLS.
+    async fn start_tls(status: u16, body: &str, tls: TlsAcceptor) -> HealthServer {
+        Self::start_with(status, body, Some(tls)).await
+    }
+
+    async fn start_with(status: u16, body: &str, tls: Option<TlsAcceptor>) -> HealthServer {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let hs = HealthServer {
             addr: l.local_addr().expect("addr"),
@@ -34,29 +44,42 @@ impl HealthServer {
         };
         let me = hs.clone();
         tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
+            while let Ok((s, _)) = l.accept().await {
                 let me = me.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let mut req = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                    match tls {
+                        None => me.answer(s).await,
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(s).await {
+                                me.answer(s).await;
+                            }
                         }
                     }
-                    me.requests.fetch_add(1, Ordering::SeqCst);
-                    let body = me.body.lock().expect("lock").clone();
-                    let status = me.status.load(Ordering::SeqCst);
-                    let resp = format!(
-                        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = s.write_all(resp.as_bytes()).await;
                 });
             }
         });
         hs
+    }
+
+    async fn answer<S: AsyncRead + AsyncWrite + Unpin>(&self, mut s: S) {
+        let mut req = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => req.extend_from_slice(&buf[..n]),
+            }
+        }
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        let body = self.body.lock().expect("lock").clone();
+        let status = self.status.load(Ordering::SeqCst);
+        let resp = format!(
+            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = s.write_all(resp.as_bytes()).await;
+        let _ = s.shutdown().await;
     }
 
     fn port(&self) -> u16 {
@@ -451,4 +474,136 @@ async fn weight_override_changes_the_distribution() {
     assert_eq!(got.iter().filter(|s| *s == "a").count(), 6, "{got:?}");
     assert!(p.set_weight("a", None));
     assert_eq!(p.view("a").expect("a").effective_weight, 1);
+}
+
+/// A test CA and a server certificate it signed for `localhost` and 127.0.0.1.
+struct Pki {
+    ca_file: std::path::PathBuf,
+    acceptor: TlsAcceptor,
+}
+
+fn pki(tag: &str) -> Pki {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("weir test CA {tag}"));
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
+    let leaf_key = rcgen::KeyPair::generate().expect("key");
+    let leaf_params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("params");
+    let leaf = leaf_params.signed_by(&leaf_key, &ca).expect("leaf");
+    let dir = std::env::temp_dir().join(format!("weir-core-tls-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write ca");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .expect("server config");
+    Pki {
+        ca_file,
+        acceptor: TlsAcceptor::from(Arc::new(config)),
+    }
+}
+
+async fn probe_once(health: &str, check_port: u16) -> (Health, String) {
+    let traffic = named_backend("t").await;
+    let backends = backend_toml("t", traffic, &format!("check_port = {check_port}"));
+    let server = start(&health_toml("", health, &backends)).await;
+    let v = server.pool("p").expect("p").view("t").expect("t");
+    server.shutdown();
+    (v.health, v.last_probe.map(|p| p.reason).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_checks_with_skip_verify_and_with_a_ca() {
+    let good = pki("good");
+    let other = pki("other");
+    let hs = HealthServer::start_tls(200, "ok", good.acceptor.clone()).await;
+    let base = "type = \"http\"\nhttps = true\ninterval = \"1h\"";
+    let ca = |p: &Pki| format!("{base}\nca = \"{}\"", p.ca_file.display());
+
+    let (h, why) = probe_once(&format!("{base}\ntls_skip_verify = true"), hs.port()).await;
+    assert_eq!((h, why.as_str()), (Health::Up, "http status 200"));
+    let (h, why) = probe_once(&ca(&good), hs.port()).await;
+    assert_eq!((h, why.as_str()), (Health::Up, "http status 200"));
+    // A CA that did not sign the server's certificate.
+    let (h, why) = probe_once(&ca(&other), hs.port()).await;
+    assert_eq!(h, Health::Down);
+    assert!(
+        why.starts_with("tls: ") && why.contains("UnknownIssuer"),
+        "{why}"
+    );
+    // The right CA but a name the certificate is not for.
+    let (h, why) = probe_once(
+        &format!("{}\ntls_server_name = \"db.example\"", ca(&good)),
+        hs.port(),
+    )
+    .await;
+    assert_eq!(h, Health::Down);
+    assert!(why.contains("not valid for name \"db.example\""), "{why}");
+    // Plain HTTP against a TLS port fails clearly.
+    let (h, _) = probe_once("type = \"http\"\ninterval = \"1h\"", hs.port()).await;
+    assert_eq!(h, Health::Down);
+}
+
+async fn grpc_health_server() -> (SocketAddr, tonic_health::server::HealthReporter) {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("app", tonic_health::ServingStatus::Serving)
+        .await;
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let a = l.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+    );
+    (a, reporter)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_checks_against_a_real_grpc_health_server() {
+    let (g, reporter) = grpc_health_server().await;
+    let base = "type = \"grpc\"\ninterval = \"1h\"";
+    let (h, why) = probe_once(&format!("{base}\nservice = \"app\""), g.port()).await;
+    assert_eq!((h, why.as_str()), (Health::Up, "grpc SERVING"));
+    let (h, why) = probe_once(base, g.port()).await;
+    assert_eq!(
+        (h, why.as_str()),
+        (Health::Up, "grpc SERVING"),
+        "the server as a whole"
+    );
+    let (h, why) = probe_once(&format!("{base}\nservice = \"nope\""), g.port()).await;
+    assert_eq!(h, Health::Down);
+    assert!(why.starts_with("grpc-status 5 (NOT_FOUND)"), "{why}");
+
+    // A service that stops serving is followed.
+    let traffic = named_backend("t").await;
+    let health = "type = \"grpc\"\nservice = \"app\"\ninterval = \"100ms\"\nfast_interval = \"50ms\"\nrise = 1\nfall = 1";
+    let backends = backend_toml("t", traffic, &format!("check_port = {}", g.port()));
+    let server = start(&health_toml("", health, &backends)).await;
+    let p = Arc::clone(server.pool("p").expect("p"));
+    assert_eq!(p.view("t").expect("t").health, Health::Up);
+    reporter
+        .set_service_status("app", tonic_health::ServingStatus::NotServing)
+        .await;
+    wait_until("not serving", || {
+        p.view("t").is_some_and(|v| v.health == Health::Down)
+    })
+    .await;
+    assert_eq!(
+        p.view("t")
+            .and_then(|v| v.history.last().map(|t| t.cause.clone())),
+        Some(Cause::Probe("grpc NOT_SERVING".into()))
+    );
 }

@@ -1,0 +1,168 @@
+//! TLS for probes (`https = true`): a rustls client configuration per check,
+//! built once when the checks start (so a bad CA file fails the start, not every
+//! probe), verifying against the given CA bundle, the system roots, or — with
+//! `tls_skip_verify` — nothing but the handshake signatures.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use weir_config::ProbeTls;
+
+/// Builds the client configuration of a check; `alpn` lists the protocols to offer.
+pub(crate) fn client_config(tls: &ProbeTls, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?;
+    let mut config = if tls.skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(SkipVerify(
+                provider.signature_verification_algorithms,
+            )))
+            .with_no_client_auth()
+    } else {
+        builder
+            .with_root_certificates(roots(tls)?)
+            .with_no_client_auth()
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+fn roots(tls: &ProbeTls) -> Result<RootCertStore, String> {
+    let mut store = RootCertStore::empty();
+    match &tls.ca {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("ca {}: {e}", path.display()))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| format!("ca {}: {e}", path.display()))?;
+                store
+                    .add(cert)
+                    .map_err(|e| format!("ca {}: {e}", path.display()))?;
+            }
+            if store.is_empty() {
+                return Err(format!("ca {}: no certificate found", path.display()));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = store.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(
+                    "no system CA certificates found; set `ca` or `tls_skip_verify`".into(),
+                );
+            }
+        }
+    }
+    Ok(store)
+}
+
+/// The name to send as SNI and to verify: `tls_server_name`, else the Host
+/// header without its port, else the probed IP.
+pub(crate) fn server_name(
+    tls: &ProbeTls,
+    host: Option<&str>,
+    ip: std::net::IpAddr,
+) -> ServerName<'static> {
+    let from_host = host.map(|h| {
+        let name = match h.rsplit_once(':') {
+            // "name:port" or "[v6]:port"; a bare IPv6 address has more colons.
+            Some((name, port))
+                if port.bytes().all(|b| b.is_ascii_digit()) && !name.contains(':') =>
+            {
+                name
+            }
+            Some((name, port))
+                if port.bytes().all(|b| b.is_ascii_digit()) && name.ends_with(']') =>
+            {
+                name
+            }
+            _ => h,
+        };
+        name.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned()
+    });
+    tls.server_name
+        .clone()
+        .or(from_host)
+        .and_then(|n| ServerName::try_from(n).ok())
+        .unwrap_or(ServerName::IpAddress(ip.into()))
+}
+
+/// `tls_skip_verify`: any certificate is accepted, but the handshake signatures
+/// are still checked so the session itself is sound.
+#[derive(Debug)]
+struct SkipVerify(WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for SkipVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_name_prefers_explicit_then_host_then_ip() {
+        let ip: std::net::IpAddr = "127.0.0.1".parse().expect("ip");
+        let none = ProbeTls::default();
+        assert_eq!(
+            server_name(&none, None, ip),
+            ServerName::IpAddress(ip.into())
+        );
+        assert_eq!(
+            server_name(&none, Some("db.internal:8008"), ip),
+            ServerName::try_from("db.internal").expect("name")
+        );
+        assert_eq!(
+            server_name(&none, Some("db.internal"), ip),
+            ServerName::try_from("db.internal").expect("name")
+        );
+        let explicit = ProbeTls {
+            server_name: Some("api.example.com".into()),
+            ..ProbeTls::default()
+        };
+        assert_eq!(
+            server_name(&explicit, Some("db.internal"), ip),
+            ServerName::try_from("api.example.com").expect("name")
+        );
+    }
+}
