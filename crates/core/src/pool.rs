@@ -290,11 +290,18 @@ impl Pool {
         };
         let changed = {
             let mut s = b.status();
-            s.last_probe = Some(LastProbe {
-                at: SystemTime::now(),
-                ok,
-                reason: reason.to_owned(),
-            });
+            let now = SystemTime::now();
+            // Most probes repeat the previous result: reuse its text.
+            match &mut s.last_probe {
+                Some(last) if last.ok == ok && last.reason == reason => last.at = now,
+                slot => {
+                    *slot = Some(LastProbe {
+                        at: now,
+                        ok,
+                        reason: reason.to_owned(),
+                    })
+                }
+            }
             if s.admin == Admin::Disabled {
                 return;
             }

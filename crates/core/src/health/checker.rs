@@ -122,7 +122,7 @@ impl Checkers {
 
 async fn run(
     target: Target,
-    prober: Prober,
+    mut prober: Prober,
     subs: Vec<Subscriber>,
     stop: CancellationToken,
     first: mpsc::UnboundedSender<()>,

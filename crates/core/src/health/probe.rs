@@ -24,11 +24,22 @@ pub(crate) enum Probe {
     Grpc(GrpcCheck),
 }
 
-/// A probe ready to run against one address: its TLS connector is built once.
-#[derive(Clone)]
+/// A probe ready to run against one address: its TLS connector is built once,
+/// and an HTTP probe keeps its connection open between probes when the server
+/// allows it (as Envoy does by default), so a probe costs one request instead of
+/// a connect, a request and a close.
 pub(crate) struct Prober {
     probe: Probe,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    conn: Option<Conn>,
+    /// The HTTP request, built once.
+    request: Vec<u8>,
+}
+
+/// A probe connection kept for the next probe.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl std::fmt::Debug for Prober {
@@ -62,42 +73,110 @@ impl Prober {
                 .map(|t| tls_of(t, None, &[b"h2"]))
                 .transpose()?,
         };
-        Ok(Prober { probe, tls })
+        let request = match &probe {
+            Probe::Http(check) => {
+                let host = check.host.clone().unwrap_or_else(|| addr.to_string());
+                format!(
+                    "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: weir-health-check\r\nAccept: */*\r\n\r\n",
+                    check.path
+                )
+                .into_bytes()
+            }
+            _ => Vec::new(),
+        };
+        Ok(Prober {
+            probe,
+            tls,
+            conn: None,
+            request,
+        })
     }
 
-    /// Runs one probe, bounded by `timeout` as a whole.
-    pub(crate) async fn run(&self, addr: SocketAddr, timeout: Duration) -> Report {
+    /// Runs one probe, bounded by `timeout` as a whole. A probe cut by the
+    /// timeout drops its connection.
+    pub(crate) async fn run(&mut self, addr: SocketAddr, timeout: Duration) -> Report {
         match tokio::time::timeout(timeout, self.run_inner(addr)).await {
             Ok(report) => report,
             Err(_) => Report::fail(format!("timeout after {}", humanize(timeout))),
         }
     }
 
-    async fn run_inner(&self, addr: SocketAddr) -> Report {
-        let stream = match TcpStream::connect(addr).await {
-            Ok(s) => s,
-            Err(e) => return Report::fail(connect_reason(&e)),
-        };
-        let _ = stream.set_nodelay(true);
-        match (&self.probe, &self.tls) {
-            (Probe::Tcp, _) => Report::ok("connect ok"),
-            (Probe::Http(check), None) => http(stream, addr, check).await,
-            (Probe::Http(check), Some((connector, name))) => {
-                match connector.connect(name.clone(), stream).await {
-                    Ok(tls) => http(tls, addr, check).await,
-                    Err(e) => Report::fail(format!("tls: {e}")),
+    async fn run_inner(&mut self, addr: SocketAddr) -> Report {
+        let Prober {
+            probe,
+            tls,
+            conn,
+            request,
+        } = self;
+        match probe {
+            Probe::Tcp => match connect(addr).await {
+                Ok(_) => Report::ok("connect ok"),
+                Err(report) => report,
+            },
+            Probe::Http(check) => {
+                if let Some(mut c) = conn.take() {
+                    let outcome = http_on(&mut c, request, check).await;
+                    // A kept connection the server has closed meanwhile is not a
+                    // failure of the backend: try again on a fresh one.
+                    if !outcome.io_failure {
+                        if outcome.reusable {
+                            *conn = Some(c);
+                        }
+                        return outcome.report;
+                    }
                 }
-            }
-            (Probe::Grpc(check), None) => {
-                grpc::check(stream, &addr.to_string(), false, &check.service).await
-            }
-            (Probe::Grpc(check), Some((connector, name))) => {
-                match connector.connect(name.clone(), stream).await {
-                    Ok(tls) => grpc::check(tls, &addr.to_string(), true, &check.service).await,
-                    Err(e) => Report::fail(format!("tls: {e}")),
+                let mut c = match open(addr, tls.as_ref()).await {
+                    Ok(c) => c,
+                    Err(report) => return report,
+                };
+                let outcome = http_on(&mut c, request, check).await;
+                if outcome.reusable {
+                    *conn = Some(c);
                 }
+                outcome.report
             }
+            Probe::Grpc(check) => match open(addr, tls.as_ref()).await {
+                Ok(Conn::Plain(s)) => {
+                    grpc::check(s, &addr.to_string(), false, &check.service).await
+                }
+                Ok(Conn::Tls(s)) => grpc::check(*s, &addr.to_string(), true, &check.service).await,
+                Err(report) => report,
+            },
         }
+    }
+}
+
+/// Connects, with the socket options every probe connection gets.
+async fn connect(addr: SocketAddr) -> Result<TcpStream, Report> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| Report::fail(connect_reason(&e)))?;
+    let _ = stream.set_nodelay(true);
+    // Close probe connections with a reset, as HAProxy does: no FIN exchange and
+    // no TIME_WAIT on either side, which matters at thousands of probes a second.
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    Ok(stream)
+}
+
+/// Connects and, when the check uses TLS, completes the handshake.
+async fn open(
+    addr: SocketAddr,
+    tls: Option<&(TlsConnector, ServerName<'static>)>,
+) -> Result<Conn, Report> {
+    let stream = connect(addr).await?;
+    match tls {
+        None => Ok(Conn::Plain(stream)),
+        Some((connector, name)) => match connector.connect(name.clone(), stream).await {
+            Ok(s) => Ok(Conn::Tls(Box::new(s))),
+            Err(e) => Err(Report::fail(format!("tls: {e}"))),
+        },
+    }
+}
+
+async fn http_on(conn: &mut Conn, request: &[u8], check: &HttpCheck) -> HttpOutcome {
+    match conn {
+        Conn::Plain(s) => http(s, request, check).await,
+        Conn::Tls(s) => http(s.as_mut(), request, check).await,
     }
 }
 
@@ -124,53 +203,77 @@ impl Report {
     }
 }
 
-async fn http<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    addr: SocketAddr,
-    check: &HttpCheck,
-) -> Report {
-    let host = check.host.clone().unwrap_or_else(|| addr.to_string());
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: weir-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n",
-        check.path
-    );
-    if let Err(e) = stream.write_all(request.as_bytes()).await {
-        return Report::fail(format!("http: cannot send the request: {}", io_reason(&e)));
+/// What an HTTP probe found, and whether its connection can serve the next one.
+struct HttpOutcome {
+    report: Report,
+    /// The connection is in a clean state and the server keeps it open.
+    reusable: bool,
+    /// Failed at the transport level (write, read, closed early).
+    io_failure: bool,
+}
+
+impl HttpOutcome {
+    fn io(reason: String) -> HttpOutcome {
+        HttpOutcome {
+            report: Report::fail(reason),
+            reusable: false,
+            io_failure: true,
+        }
     }
-    let mut buf = Vec::with_capacity(4096);
+}
+
+async fn http<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    request: &[u8],
+    check: &HttpCheck,
+) -> HttpOutcome {
+    if let Err(e) = stream.write_all(request).await {
+        return HttpOutcome::io(format!("http: cannot send the request: {}", io_reason(&e)));
+    }
+    let mut buf = Vec::with_capacity(1024);
+    let mut closed = false;
     let response = loop {
         match parse_response(&buf) {
             Ok(Some(r)) => break r,
             Ok(None) => {}
-            Err(e) => return Report::fail(format!("http: invalid response: {e}")),
+            Err(e) => return HttpOutcome::io(format!("http: invalid response: {e}")),
         }
         if buf.len() >= MAX_RESPONSE {
-            return Report::fail(format!("http: response larger than {MAX_RESPONSE} bytes"));
+            return HttpOutcome::io(format!("http: response larger than {MAX_RESPONSE} bytes"));
         }
         let mut chunk = [0u8; 4096];
         match stream.read(&mut chunk).await {
-            Ok(0) => match parse_response_at_eof(&buf) {
-                Ok(r) => break r,
-                Err(e) => return Report::fail(format!("http: invalid response: {e}")),
-            },
+            Ok(0) if buf.is_empty() => {
+                return HttpOutcome::io("http: connection closed without a response".into());
+            }
+            Ok(0) => {
+                closed = true;
+                match parse_response_at_eof(&buf) {
+                    Ok(r) => break r,
+                    Err(e) => return HttpOutcome::io(format!("http: invalid response: {e}")),
+                }
+            }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) => return Report::fail(format!("http: {}", io_reason(&e))),
+            Err(e) => return HttpOutcome::io(format!("http: {}", io_reason(&e))),
         }
     };
-    if !check.expect_status.matches(response.status) {
-        return Report::fail(format!("http status {}", response.status));
-    }
-    if let Some(needle) = &check.expect_body
+    let reusable = response.keep_alive && !closed;
+    let report = if !check.expect_status.matches(response.status) {
+        Report::fail(format!("http status {}", response.status))
+    } else if let Some(needle) = &check.expect_body
         && !contains(&response.body, needle.as_bytes())
     {
-        return Report::fail(format!(
+        Report::fail(format!(
             "http status {}, body does not contain {needle:?}",
             response.status
-        ));
-    }
-    Report {
-        ok: true,
-        reason: format!("http status {}", response.status),
+        ))
+    } else {
+        Report::ok(format!("http status {}", response.status))
+    };
+    HttpOutcome {
+        report,
+        reusable,
+        io_failure: false,
     }
 }
 
@@ -210,6 +313,8 @@ fn humanize(d: Duration) -> String {
 pub(crate) struct Response {
     pub(crate) status: u16,
     pub(crate) body: Vec<u8>,
+    /// HTTP/1.1 without `Connection: close`, with a delimited body.
+    pub(crate) keep_alive: bool,
 }
 
 enum Framing {
@@ -221,47 +326,58 @@ enum Framing {
 /// Parses a response from the bytes received so far: `Ok(None)` = need more.
 /// Pure, so it is tested on byte strings.
 pub(crate) fn parse_response(buf: &[u8]) -> Result<Option<Response>, String> {
-    let Some((status, framing, body_at)) = head(buf)? else {
+    let Some(head) = head(buf)? else {
         return Ok(None);
     };
-    let body = &buf[body_at..];
-    match framing {
-        Framing::Length(n) if body.len() >= n => Ok(Some(Response {
-            status,
-            body: body[..n].to_vec(),
-        })),
-        Framing::Length(_) | Framing::UntilClose => Ok(None),
-        Framing::Chunked => Ok(dechunk(body)?.map(|body| Response { status, body })),
-    }
+    let body = &buf[head.body_at..];
+    let body = match head.framing {
+        Framing::Length(n) if body.len() >= n => body[..n].to_vec(),
+        Framing::Length(_) | Framing::UntilClose => return Ok(None),
+        Framing::Chunked => match dechunk(body)? {
+            Some(b) => b,
+            None => return Ok(None),
+        },
+    };
+    Ok(Some(head.response(body)))
 }
 
 /// Parses a response when the server has closed the connection.
 pub(crate) fn parse_response_at_eof(buf: &[u8]) -> Result<Response, String> {
-    let Some((status, framing, body_at)) = head(buf)? else {
+    let Some(head) = head(buf)? else {
         return Err(if buf.is_empty() {
             "connection closed without a response".into()
         } else {
             "connection closed in the middle of the headers".into()
         });
     };
-    let body = &buf[body_at..];
-    match framing {
-        Framing::UntilClose => Ok(Response {
-            status,
-            body: body.to_vec(),
-        }),
-        Framing::Length(n) if body.len() >= n => Ok(Response {
-            status,
-            body: body[..n].to_vec(),
-        }),
-        Framing::Chunked => dechunk(body)?
-            .map(|body| Response { status, body })
-            .ok_or_else(|| "truncated chunked body".into()),
-        Framing::Length(_) => Err("body shorter than Content-Length".into()),
+    let body = &buf[head.body_at..];
+    let body = match head.framing {
+        Framing::UntilClose => body.to_vec(),
+        Framing::Length(n) if body.len() >= n => body[..n].to_vec(),
+        Framing::Length(_) => return Err("body shorter than Content-Length".into()),
+        Framing::Chunked => dechunk(body)?.ok_or("truncated chunked body")?,
+    };
+    Ok(head.response(body))
+}
+
+struct Head {
+    status: u16,
+    framing: Framing,
+    body_at: usize,
+    keep_alive: bool,
+}
+
+impl Head {
+    fn response(&self, body: Vec<u8>) -> Response {
+        Response {
+            status: self.status,
+            body,
+            keep_alive: self.keep_alive && !matches!(self.framing, Framing::UntilClose),
+        }
     }
 }
 
-fn head(buf: &[u8]) -> Result<Option<(u16, Framing, usize)>, String> {
+fn head(buf: &[u8]) -> Result<Option<Head>, String> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut headers);
     let body_at = match resp.parse(buf) {
@@ -270,6 +386,8 @@ fn head(buf: &[u8]) -> Result<Option<(u16, Framing, usize)>, String> {
         Err(e) => return Err(e.to_string()),
     };
     let status = resp.code.ok_or("no status code")?;
+    // HTTP/1.1 keeps the connection unless told otherwise; HTTP/1.0 closes.
+    let mut keep_alive = resp.version == Some(1);
     let mut framing = Framing::UntilClose;
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
@@ -285,13 +403,24 @@ fn head(buf: &[u8]) -> Result<Option<(u16, Framing, usize)>, String> {
                 .and_then(|v| v.trim().parse::<usize>().ok())
                 .ok_or("invalid Content-Length")?;
             framing = Framing::Length(n);
+        } else if h.name.eq_ignore_ascii_case("connection")
+            && String::from_utf8_lossy(h.value)
+                .to_ascii_lowercase()
+                .contains("close")
+        {
+            keep_alive = false;
         }
     }
     // Responses that never have a body.
     if status == 204 || status == 304 || (100..200).contains(&status) {
         framing = Framing::Length(0);
     }
-    Ok(Some((status, framing, body_at)))
+    Ok(Some(Head {
+        status,
+        framing,
+        body_at,
+        keep_alive,
+    }))
 }
 
 /// Decodes a chunked body; `Ok(None)` = incomplete. Trailers are ignored.
@@ -327,7 +456,8 @@ mod tests {
             r,
             Some(Response {
                 status: 200,
-                body: b"running".to_vec()
+                body: b"running".to_vec(),
+                keep_alive: true,
             })
         );
         assert_eq!(
@@ -356,7 +486,8 @@ mod tests {
             parse_response_at_eof(raw),
             Ok(Response {
                 status: 200,
-                body: b"hello".to_vec()
+                body: b"hello".to_vec(),
+                keep_alive: false,
             })
         );
     }
@@ -372,13 +503,29 @@ mod tests {
     }
 
     #[test]
+    fn keep_alive_follows_version_and_connection_header() {
+        let ka = |raw: &[u8]| {
+            parse_response(raw)
+                .expect("ok")
+                .expect("complete")
+                .keep_alive
+        };
+        assert!(ka(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(!ka(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(!ka(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
+    }
+
+    #[test]
     fn no_body_statuses() {
         let r = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n").expect("ok");
         assert_eq!(
             r,
             Some(Response {
                 status: 204,
-                body: vec![]
+                body: vec![],
+                keep_alive: true,
             })
         );
     }

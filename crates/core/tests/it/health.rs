@@ -22,6 +22,10 @@ struct HealthServer {
     status: Arc<AtomicU16>,
     body: Arc<Mutex<String>>,
     requests: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
+    /// Answer several requests per connection (HTTP/1.1 keep-alive); when it is
+    /// `Some(n)`, close each connection after `n` requests.
+    keep_alive: Option<usize>,
 }
 
 impl HealthServer {
@@ -34,17 +38,34 @@ impl HealthServer {
         Self::start_with(status, body, Some(tls)).await
     }
 
+    /// The same, keeping connections open for `per_connection` requests each.
+    async fn start_keep_alive(status: u16, per_connection: usize) -> HealthServer {
+        Self::start_full(status, "", None, Some(per_connection)).await
+    }
+
     async fn start_with(status: u16, body: &str, tls: Option<TlsAcceptor>) -> HealthServer {
+        Self::start_full(status, body, tls, None).await
+    }
+
+    async fn start_full(
+        status: u16,
+        body: &str,
+        tls: Option<TlsAcceptor>,
+        keep_alive: Option<usize>,
+    ) -> HealthServer {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let hs = HealthServer {
             addr: l.local_addr().expect("addr"),
             status: Arc::new(AtomicU16::new(status)),
             body: Arc::new(Mutex::new(body.to_owned())),
             requests: Arc::new(AtomicUsize::new(0)),
+            connections: Arc::new(AtomicUsize::new(0)),
+            keep_alive,
         };
         let me = hs.clone();
         tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {
+                me.connections.fetch_add(1, Ordering::SeqCst);
                 let me = me.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
@@ -63,23 +84,36 @@ impl HealthServer {
     }
 
     async fn answer<S: AsyncRead + AsyncWrite + Unpin>(&self, mut s: S) {
+        let mut answered = 0;
         let mut req = Vec::new();
         let mut buf = [0u8; 1024];
-        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => req.extend_from_slice(&buf[..n]),
+        loop {
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            req.clear();
+            self.requests.fetch_add(1, Ordering::SeqCst);
+            answered += 1;
+            let body = self.body.lock().expect("lock").clone();
+            let status = self.status.load(Ordering::SeqCst);
+            let last = self.keep_alive.is_none_or(|n| answered >= n);
+            let connection = if self.keep_alive.is_some() {
+                "keep-alive"
+            } else {
+                "close"
+            };
+            let resp = format!(
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n{body}",
+                body.len()
+            );
+            if s.write_all(resp.as_bytes()).await.is_err() || last {
+                let _ = s.shutdown().await;
+                return;
             }
         }
-        self.requests.fetch_add(1, Ordering::SeqCst);
-        let body = self.body.lock().expect("lock").clone();
-        let status = self.status.load(Ordering::SeqCst);
-        let resp = format!(
-            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = s.write_all(resp.as_bytes()).await;
-        let _ = s.shutdown().await;
     }
 
     fn port(&self) -> u16 {
@@ -605,5 +639,39 @@ async fn grpc_checks_against_a_real_grpc_health_server() {
         p.view("t")
             .and_then(|v| v.history.last().map(|t| t.cause.clone())),
         Some(Cause::Probe("grpc NOT_SERVING".into()))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_probes_reuse_their_connection_and_survive_a_server_closing_it() {
+    let traffic = named_backend("t").await;
+    // Keeps each connection for 3 requests, then closes it.
+    let h = HealthServer::start_keep_alive(200, 3).await;
+    let health =
+        "type = \"http\"\ninterval = \"50ms\"\nfast_interval = \"50ms\"\nrise = 1\nfall = 1";
+    let backends = backend_toml("t", traffic, &format!("check_port = {}", h.port()));
+    let server = start(&health_toml("", health, &backends)).await;
+    let p = Arc::clone(server.pool("p").expect("p"));
+    wait_until("nine probes", || h.requests.load(Ordering::SeqCst) >= 9).await;
+    // Three requests per connection: the probe reused each connection until the
+    // server closed it, and a closed kept connection was never a failure.
+    let (requests, connections) = (
+        h.requests.load(Ordering::SeqCst),
+        h.connections.load(Ordering::SeqCst),
+    );
+    assert!(
+        connections <= requests.div_ceil(3) + 1,
+        "{requests} requests over {connections} connections"
+    );
+    let v = p.view("t").expect("t");
+    assert_eq!(v.health, Health::Up);
+    assert!(
+        v.history.iter().all(|t| t.change
+            != Change::Health {
+                from: Health::Up,
+                to: Health::Down
+            }),
+        "{:?}",
+        v.history
     );
 }
