@@ -517,6 +517,10 @@ struct Pki {
 }
 
 fn pki(tag: &str) -> Pki {
+    pki_with_alpn(tag, &[])
+}
+
+fn pki_with_alpn(tag: &str, alpn: &[&[u8]]) -> Pki {
     let ca_key = rcgen::KeyPair::generate().expect("key");
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -534,7 +538,7 @@ fn pki(tag: &str) -> Pki {
     let ca_file = dir.join("ca.pem");
     std::fs::write(&ca_file, ca.pem()).expect("write ca");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_no_client_auth()
@@ -543,6 +547,7 @@ fn pki(tag: &str) -> Pki {
             rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
         )
         .expect("server config");
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Pki {
         ca_file,
         acceptor: TlsAcceptor::from(Arc::new(config)),
@@ -674,4 +679,45 @@ async fn http_probes_reuse_their_connection_and_survive_a_server_closing_it() {
         "{:?}",
         v.history
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_checks_over_tls() {
+    let (g, _reporter) = grpc_health_server().await;
+    // A TLS terminator offering ALPN h2 in front of the real gRPC server.
+    let good = pki_with_alpn("grpc", &[b"h2"]);
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let front = l.local_addr().expect("addr");
+    let acceptor = good.acceptor.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let Ok(mut upstream) = TcpStream::connect(g).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+            });
+        }
+    });
+    let base = "type = \"grpc\"\nservice = \"app\"\nhttps = true\ninterval = \"1h\"";
+    let (h, why) = probe_once(
+        &format!("{base}\nca = \"{}\"", good.ca_file.display()),
+        front.port(),
+    )
+    .await;
+    assert_eq!((h, why.as_str()), (Health::Up, "grpc SERVING"));
+    let (h, why) = probe_once(&format!("{base}\ntls_skip_verify = true"), front.port()).await;
+    assert_eq!((h, why.as_str()), (Health::Up, "grpc SERVING"));
+    let other = pki("grpc-other");
+    let (h, why) = probe_once(
+        &format!("{base}\nca = \"{}\"", other.ca_file.display()),
+        front.port(),
+    )
+    .await;
+    assert_eq!(h, Health::Down);
+    assert!(why.starts_with("tls: "), "{why}");
 }
