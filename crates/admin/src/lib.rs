@@ -1,14 +1,18 @@
-//! The admin HTTP endpoint of weir (`[admin] http`): liveness (`/healthz`) and
-//! readiness (`/readyz`) for orchestrators and load-balancer health checks. It is
-//! bound before the data plane starts so a taken port fails the start, and it
-//! stops with the process.
+//! The admin HTTP endpoint of weir (`[admin] http`): Prometheus metrics
+//! (`/metrics`, see [`metrics`]), liveness (`/healthz`) and readiness (`/readyz`)
+//! for orchestrators and load-balancer health checks. It is bound before the data
+//! plane starts so a taken port fails the start, and it stops with the process.
+
+pub mod metrics;
+mod process;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 use weir_core::Server;
@@ -33,25 +37,47 @@ impl AdminListener {
     }
 
     /// Serves until `stop` is cancelled.
-    pub async fn serve(self, server: Arc<Server>, stop: CancellationToken) -> std::io::Result<()> {
-        let app = router(server);
+    pub async fn serve(
+        self,
+        server: Arc<Server>,
+        build: metrics::BuildInfo,
+        stop: CancellationToken,
+    ) -> std::io::Result<()> {
+        let app = router(Arc::new(AppState { server, build }));
         axum::serve(self.listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
     }
 }
 
-fn router(server: Arc<Server>) -> Router {
+#[derive(Debug)]
+struct AppState {
+    server: Arc<Server>,
+    build: metrics::BuildInfo,
+}
+
+fn router(state: Arc<AppState>) -> Router {
     Router::new()
+        .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(server)
+        .with_state(state)
+}
+
+async fn metrics_handler(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = metrics::Format::from_accept(accept);
+    let body = metrics::render(&state.server, &state.build, format);
+    ([(header::CONTENT_TYPE, format.content_type())], body)
 }
 
 /// 200 while the data plane accepts traffic; 503 once shutdown has begun, so a
 /// load balancer in front stops sending new connections before the listeners close.
-async fn readyz(State(server): State<Arc<Server>>) -> (StatusCode, &'static str) {
-    if server.is_ready() {
+async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {
+    if state.server.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")

@@ -55,6 +55,7 @@ pub(crate) async fn handle(listener: Arc<Listener>, client: TcpStream, peer: Soc
             if let Termination::Rejected(r) = term {
                 listener.stats.reject(r);
             }
+            route.stats.connection_duration.observe(start.elapsed());
             log(&listener, Some(route), peer, None, 0, 0, start, term);
             return;
         }
@@ -80,6 +81,7 @@ pub(crate) async fn handle(listener: Arc<Listener>, client: TcpStream, peer: Soc
             Eviction::DrainTimeout => End::DrainTimeout,
         };
     }
+    route.stats.connection_duration.observe(start.elapsed());
     log(
         &listener,
         Some(route),
@@ -122,8 +124,12 @@ async fn connect(pool: &Arc<Pool>, peer: SocketAddr) -> Result<(usize, TcpStream
             break;
         };
         b.stats.connections_active.fetch_add(1, Relaxed);
+        let began = Instant::now();
         match connect_one(b.address, pool.connect_timeout).await {
-            Ok(stream) => return Ok((i, stream)),
+            Ok(stream) => {
+                b.stats.connect_duration.observe(began.elapsed());
+                return Ok((i, stream));
+            }
             Err(kind) => {
                 b.stats.connections_active.fetch_sub(1, Relaxed);
                 b.stats.connect_error(kind);

@@ -23,8 +23,9 @@ use tokio_util::sync::CancellationToken;
 use weir_balance::{Member, Picker, Policy};
 use weir_config as config;
 
+use crate::health::probe::Report;
 use crate::health::state::{self, Admin, Cause, Change, Health, HealthCounter, Transition};
-use crate::stats::{BackendStats, ConnectError};
+use crate::stats::{BackendStats, ConnectError, StateLabel};
 
 /// Why weir closed a backend's connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +115,31 @@ impl Backend {
 
     pub fn health(&self) -> Health {
         self.status().health.state()
+    }
+
+    /// The state metrics show: admin state first, then health.
+    pub fn state_label(&self) -> StateLabel {
+        label(&self.status())
+    }
+
+    /// The weight it gets now: configured or overridden while serving, else 0.
+    pub fn effective_weight(&self) -> u32 {
+        if self.is_serving() {
+            self.eligible_weight(&self.status())
+        } else {
+            0
+        }
+    }
+
+    /// The configured weight, or the operator's override.
+    pub fn current_weight(&self) -> u32 {
+        Self::weight_now(&self.status(), self.weight)
+    }
+
+    fn count_transition(&self, before: StateLabel, after: StateLabel) {
+        if before != after {
+            self.stats.transition(before, after);
+        }
     }
 
     pub fn admin(&self) -> Admin {
@@ -284,10 +310,12 @@ impl Pool {
     }
 
     /// Applies a probe result to backend `i`.
-    pub(crate) fn on_probe(self: &Arc<Self>, i: usize, ok: bool, reason: &str) {
+    pub(crate) fn on_probe(self: &Arc<Self>, i: usize, report: &Report, took: Duration) {
         let Some(b) = self.backends.get(i) else {
             return;
         };
+        let (ok, reason) = (report.ok, report.reason.as_str());
+        b.stats.check(ok, report.kind, took);
         let changed = {
             let mut s = b.status();
             let now = SystemTime::now();
@@ -305,7 +333,9 @@ impl Pool {
             if s.admin == Admin::Disabled {
                 return;
             }
+            let before = label(&s);
             let change = s.health.probe(ok);
+            b.count_transition(before, label(&s));
             if let Some((from, to)) = change {
                 state::record(
                     &mut s.history,
@@ -333,7 +363,9 @@ impl Pool {
         let reason = format!("connect {}", kind.as_str());
         let changed = {
             let mut s = b.status();
+            let before = label(&s);
             let change = s.health.passive_failure();
+            b.count_transition(before, label(&s));
             if let Some((from, to)) = change {
                 state::record(
                     &mut s.history,
@@ -361,12 +393,14 @@ impl Pool {
             if from == admin {
                 return true;
             }
+            let before = label(&s);
             s.admin = admin;
             // Health is stale after a time without probes: decide it afresh.
             if from == Admin::Disabled && b.probe_address.is_some() {
                 let (rise, fall) = (self.health.rise, self.health.fall);
                 s.health = HealthCounter::new(rise, fall, true);
             }
+            b.count_transition(before, label(&s));
             state::record(
                 &mut s.history,
                 Change::Admin { from, to: admin },
@@ -482,6 +516,16 @@ impl Pool {
                 b.evict_now(Eviction::DrainTimeout);
             }
         });
+    }
+}
+
+fn label(s: &Status) -> StateLabel {
+    match (s.admin, s.health.state()) {
+        (Admin::Disabled, _) => StateLabel::Disabled,
+        (Admin::Drain, _) => StateLabel::Drain,
+        (Admin::Enabled, Health::Unknown) => StateLabel::Unknown,
+        (Admin::Enabled, Health::Up) => StateLabel::Up,
+        (Admin::Enabled, Health::Down) => StateLabel::Down,
     }
 }
 

@@ -4,6 +4,7 @@
 //! without locks. There is no global registry.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 /// Why a connection was refused before it reached a backend. Each is a label value
 /// of `weir_listener_connections_rejected_total{reason}`.
@@ -32,17 +33,26 @@ pub enum ConnectError {
     Timeout,
     Refused,
     Reset,
+    /// The TLS handshake with the backend failed (`backend_tls`).
+    Tls,
     Other,
 }
 
 impl ConnectError {
-    pub const ALL: [ConnectError; 4] = [Self::Timeout, Self::Refused, Self::Reset, Self::Other];
+    pub const ALL: [ConnectError; 5] = [
+        Self::Timeout,
+        Self::Refused,
+        Self::Reset,
+        Self::Tls,
+        Self::Other,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Timeout => "timeout",
             Self::Refused => "refused",
             Self::Reset => "reset",
+            Self::Tls => "tls",
             Self::Other => "other",
         }
     }
@@ -79,13 +89,111 @@ impl ListenerStats {
 }
 
 /// Per-route counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RouteStats {
     pub connections_total: AtomicU64,
+    /// From accept to close, of the connections this route took.
+    pub connection_duration: Histogram,
+}
+
+impl Default for RouteStats {
+    fn default() -> Self {
+        RouteStats {
+            connections_total: AtomicU64::new(0),
+            connection_duration: Histogram::new(CONNECTION_SECONDS),
+        }
+    }
+}
+
+/// The state of a backend as metrics show it: admin state first, then health.
+/// Label of `weir_backend_state{state}` and `weir_backend_transitions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StateLabel {
+    Unknown,
+    Up,
+    Down,
+    Drain,
+    Disabled,
+}
+
+impl StateLabel {
+    pub const ALL: [StateLabel; 5] = [
+        Self::Unknown,
+        Self::Up,
+        Self::Down,
+        Self::Drain,
+        Self::Disabled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Up => "up",
+            Self::Down => "down",
+            Self::Drain => "drain",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
+/// What a health probe found: the bounded `reason` label of
+/// `weir_health_checks_total` (the free-text reason goes to the history).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CheckReason {
+    /// Passed.
+    Ok,
+    Timeout,
+    Refused,
+    Reset,
+    /// Another connect error.
+    Connect,
+    Tls,
+    /// HTTP status not in `expect_status`.
+    Status,
+    /// Body without `expect_body`.
+    Body,
+    /// An answer that is not valid HTTP / HTTP/2 / gRPC, or a broken connection.
+    Protocol,
+    /// gRPC answered, but not SERVING.
+    NotServing,
+    /// gRPC answered with an error status.
+    GrpcStatus,
+}
+
+impl CheckReason {
+    pub const ALL: [CheckReason; 11] = [
+        Self::Ok,
+        Self::Timeout,
+        Self::Refused,
+        Self::Reset,
+        Self::Connect,
+        Self::Tls,
+        Self::Status,
+        Self::Body,
+        Self::Protocol,
+        Self::NotServing,
+        Self::GrpcStatus,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Timeout => "timeout",
+            Self::Refused => "refused",
+            Self::Reset => "reset",
+            Self::Connect => "connect_error",
+            Self::Tls => "tls",
+            Self::Status => "status",
+            Self::Body => "body",
+            Self::Protocol => "protocol",
+            Self::NotServing => "not_serving",
+            Self::GrpcStatus => "grpc_status",
+        }
+    }
 }
 
 /// Per-backend counters. `connections_active` also feeds `least_conn` and `random`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BackendStats {
     pub connections_total: AtomicU64,
     pub connections_active: AtomicI64,
@@ -93,7 +201,30 @@ pub struct BackendStats {
     pub sent_bytes: AtomicU64,
     /// Bytes received from the backend (backend -> client).
     pub received_bytes: AtomicU64,
+    /// Successful connects only.
+    pub connect_duration: Histogram,
+    pub check_duration: Histogram,
     connect_errors: [AtomicU64; ConnectError::ALL.len()],
+    /// [passed?][reason]
+    checks: [[AtomicU64; CheckReason::ALL.len()]; 2],
+    /// [from][to]
+    transitions: [[AtomicU64; StateLabel::ALL.len()]; StateLabel::ALL.len()],
+}
+
+impl Default for BackendStats {
+    fn default() -> Self {
+        BackendStats {
+            connections_total: AtomicU64::new(0),
+            connections_active: AtomicI64::new(0),
+            sent_bytes: AtomicU64::new(0),
+            received_bytes: AtomicU64::new(0),
+            connect_duration: Histogram::new(LATENCY_SECONDS),
+            check_duration: Histogram::new(LATENCY_SECONDS),
+            connect_errors: Default::default(),
+            checks: Default::default(),
+            transitions: Default::default(),
+        }
+    }
 }
 
 impl BackendStats {
@@ -103,6 +234,24 @@ impl BackendStats {
 
     pub(crate) fn connect_error(&self, kind: ConnectError) {
         self.connect_errors[kind as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Health checks that passed (`true`) or failed, by reason.
+    pub fn checks(&self, passed: bool, reason: CheckReason) -> u64 {
+        self.checks[usize::from(passed)][reason as usize].load(Relaxed)
+    }
+
+    pub(crate) fn check(&self, passed: bool, reason: CheckReason, took: Duration) {
+        self.checks[usize::from(passed)][reason as usize].fetch_add(1, Relaxed);
+        self.check_duration.observe(took);
+    }
+
+    pub fn transitions(&self, from: StateLabel, to: StateLabel) -> u64 {
+        self.transitions[from as usize][to as usize].load(Relaxed)
+    }
+
+    pub(crate) fn transition(&self, from: StateLabel, to: StateLabel) {
+        self.transitions[from as usize][to as usize].fetch_add(1, Relaxed);
     }
 
     /// Active connections as the balancer sees them (never negative).
@@ -119,5 +268,87 @@ pub(crate) struct ActiveGuard<'a>(pub(crate) &'a AtomicI64);
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Bucket bounds (seconds) of connection lifetimes: from a quick request to an
+/// hour-long database session.
+pub const CONNECTION_SECONDS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+/// Bucket bounds (seconds) of connect and probe latencies.
+pub const LATENCY_SECONDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// A histogram with fixed bucket bounds: one atomic per bucket, so recording is
+/// one search in a short slice and two relaxed adds.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Non-cumulative counts; the last one is the +Inf bucket.
+    buckets: Box<[AtomicU64]>,
+    sum_nanos: AtomicU64,
+}
+
+/// A read of a [`Histogram`], with cumulative bucket counts as Prometheus wants.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    /// (upper bound, cumulative count); the +Inf bucket is `count`.
+    pub buckets: Vec<(f64, u64)>,
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = self.bounds.partition_point(|&b| b < secs);
+        if let Some(bucket) = self.buckets.get(i) {
+            bucket.fetch_add(1, Relaxed);
+        }
+        self.sum_nanos
+            .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut total = 0;
+        let mut buckets = Vec::with_capacity(self.bounds.len());
+        for (i, &bound) in self.bounds.iter().enumerate() {
+            total += self.buckets[i].load(Relaxed);
+            buckets.push((bound, total));
+        }
+        total += self.buckets[self.bounds.len()].load(Relaxed);
+        HistogramSnapshot {
+            buckets,
+            count: total,
+            sum_seconds: self.sum_nanos.load(Relaxed) as f64 / 1e9,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_le() {
+        let h = Histogram::new(&[0.001, 0.01, 0.1]);
+        for ms in [0.5, 1.0, 5.0, 10.0, 50.0, 500.0] {
+            h.observe(Duration::from_secs_f64(ms / 1000.0));
+        }
+        let s = h.snapshot();
+        // A value equal to a bound counts in that bucket (le = "less or equal").
+        assert_eq!(s.buckets, vec![(0.001, 2), (0.01, 4), (0.1, 5)]);
+        assert_eq!(s.count, 6);
+        assert!((s.sum_seconds - 0.5665).abs() < 1e-9, "{}", s.sum_seconds);
     }
 }

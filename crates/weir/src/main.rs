@@ -160,6 +160,10 @@ pub(crate) async fn serve(
     config: Config,
     started: impl FnOnce(&Server, Option<SocketAddr>),
 ) -> Result<()> {
+    // Installed first: a signal that arrives while starting must stop weir
+    // gracefully, not kill it with the default action.
+    let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = signal(tokio::signal::unix::SignalKind::interrupt())?;
     let admin = match config.admin.http {
         Some(addr) => Some(
             weir_admin::AdminListener::bind(addr)
@@ -174,8 +178,12 @@ pub(crate) async fn serve(
     if let Some(admin) = admin {
         let server = Arc::clone(&server);
         let stop = admin_stop.clone();
+        let build = weir_admin::metrics::BuildInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            revision: env!("WEIR_REVISION").to_owned(),
+        };
         tokio::spawn(async move {
-            if let Err(e) = admin.serve(server, stop).await {
+            if let Err(e) = admin.serve(server, build, stop).await {
                 tracing::error!(error = %e, "admin endpoint failed");
             }
         });
@@ -183,8 +191,6 @@ pub(crate) async fn serve(
     started(&server, admin_addr);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "weir started");
 
-    let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut int = signal(tokio::signal::unix::SignalKind::interrupt())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),

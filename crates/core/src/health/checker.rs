@@ -130,12 +130,14 @@ async fn run(
     let mut first = Some(first);
     loop {
         if subs.iter().any(|s| s.pool.probe_wanted(s.index)) {
+            let began = tokio::time::Instant::now();
             let report = tokio::select! {
                 () = stop.cancelled() => return,
                 r = prober.run(target.address, target.timeout) => r,
             };
+            let took = began.elapsed();
             for s in &subs {
-                s.pool.on_probe(s.index, report.ok, &report.reason);
+                s.pool.on_probe(s.index, &report, took);
             }
         }
         if let Some(tx) = first.take() {

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::probe::Report;
+use crate::stats::CheckReason;
 
 const PATH: &str = "/grpc.health.v1.Health/Check";
 /// Largest response message a probe accepts.
@@ -73,7 +74,10 @@ async fn call(
     if let Some(status) = grpc_status(response.headers())
         && status != 0
     {
-        return Report::fail(grpc_error(status, response.headers()));
+        return Report::failed(
+            CheckReason::GrpcStatus,
+            grpc_error(status, response.headers()),
+        );
     }
     let mut stream = response.into_body();
     let mut message = Vec::new();
@@ -91,7 +95,9 @@ async fn call(
     match stream.trailers().await {
         Ok(Some(trailers)) => match grpc_status(&trailers) {
             Some(0) => {}
-            Some(status) => return Report::fail(grpc_error(status, &trailers)),
+            Some(status) => {
+                return Report::failed(CheckReason::GrpcStatus, grpc_error(status, &trailers));
+            }
             None => return Report::fail("grpc: no grpc-status"),
         },
         Ok(None) => return Report::fail("grpc: no grpc-status"),
@@ -99,7 +105,10 @@ async fn call(
     }
     match decode_response(&message) {
         Ok(1) => Report::ok("grpc SERVING"),
-        Ok(status) => Report::fail(format!("grpc {}", serving_status_name(status))),
+        Ok(status) => Report::failed(
+            CheckReason::NotServing,
+            format!("grpc {}", serving_status_name(status)),
+        ),
         Err(e) => Report::fail(format!("grpc: invalid response: {e}")),
     }
 }

@@ -12,6 +12,7 @@ use tokio_rustls::TlsConnector;
 use weir_config::{GrpcCheck, HttpCheck, ProbeTls};
 
 use super::{grpc, tls};
+use crate::stats::CheckReason;
 
 /// Most bytes of an HTTP response read by a probe (status, headers and body).
 const MAX_RESPONSE: usize = 64 * 1024;
@@ -97,7 +98,10 @@ impl Prober {
     pub(crate) async fn run(&mut self, addr: SocketAddr, timeout: Duration) -> Report {
         match tokio::time::timeout(timeout, self.run_inner(addr)).await {
             Ok(report) => report,
-            Err(_) => Report::fail(format!("timeout after {}", humanize(timeout))),
+            Err(_) => Report::failed(
+                CheckReason::Timeout,
+                format!("timeout after {}", humanize(timeout)),
+            ),
         }
     }
 
@@ -150,7 +154,7 @@ impl Prober {
 async fn connect(addr: SocketAddr) -> Result<TcpStream, Report> {
     let stream = TcpStream::connect(addr)
         .await
-        .map_err(|e| Report::fail(connect_reason(&e)))?;
+        .map_err(|e| connect_failure(&e))?;
     let _ = stream.set_nodelay(true);
     // Close probe connections with a reset, as HAProxy does: no FIN exchange and
     // no TIME_WAIT on either side, which matters at thousands of probes a second.
@@ -168,7 +172,7 @@ async fn open(
         None => Ok(Conn::Plain(stream)),
         Some((connector, name)) => match connector.connect(name.clone(), stream).await {
             Ok(s) => Ok(Conn::Tls(Box::new(s))),
-            Err(e) => Err(Report::fail(format!("tls: {e}"))),
+            Err(e) => Err(Report::failed(CheckReason::Tls, format!("tls: {e}"))),
         },
     }
 }
@@ -184,7 +188,10 @@ async fn http_on(conn: &mut Conn, request: &[u8], check: &HttpCheck) -> HttpOutc
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Report {
     pub(crate) ok: bool,
+    /// What it saw, in words (kept in the transition history).
     pub(crate) reason: String,
+    /// The same, as a bounded metrics label.
+    pub(crate) kind: CheckReason,
 }
 
 impl Report {
@@ -192,13 +199,20 @@ impl Report {
         Report {
             ok: true,
             reason: reason.into(),
+            kind: CheckReason::Ok,
         }
     }
 
+    /// A failure of the protocol spoken (invalid or broken answer).
     pub(crate) fn fail(reason: impl Into<String>) -> Report {
+        Report::failed(CheckReason::Protocol, reason)
+    }
+
+    pub(crate) fn failed(kind: CheckReason, reason: impl Into<String>) -> Report {
         Report {
             ok: false,
             reason: reason.into(),
+            kind,
         }
     }
 }
@@ -259,14 +273,20 @@ async fn http<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let reusable = response.keep_alive && !closed;
     let report = if !check.expect_status.matches(response.status) {
-        Report::fail(format!("http status {}", response.status))
+        Report::failed(
+            CheckReason::Status,
+            format!("http status {}", response.status),
+        )
     } else if let Some(needle) = &check.expect_body
         && !contains(&response.body, needle.as_bytes())
     {
-        Report::fail(format!(
-            "http status {}, body does not contain {needle:?}",
-            response.status
-        ))
+        Report::failed(
+            CheckReason::Body,
+            format!(
+                "http status {}, body does not contain {needle:?}",
+                response.status
+            ),
+        )
     } else {
         Report::ok(format!("http status {}", response.status))
     };
@@ -281,13 +301,13 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-fn connect_reason(e: &std::io::Error) -> String {
+fn connect_failure(e: &std::io::Error) -> Report {
     use std::io::ErrorKind::*;
     match e.kind() {
-        ConnectionRefused => "connect refused".into(),
-        ConnectionReset => "connect reset".into(),
-        TimedOut => "connect timeout".into(),
-        _ => format!("connect failed: {e}"),
+        ConnectionRefused => Report::failed(CheckReason::Refused, "connect refused"),
+        ConnectionReset => Report::failed(CheckReason::Reset, "connect reset"),
+        TimedOut => Report::failed(CheckReason::Timeout, "connect timeout"),
+        _ => Report::failed(CheckReason::Connect, format!("connect failed: {e}")),
     }
 }
 
