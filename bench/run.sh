@@ -16,8 +16,11 @@ Usage: bench/run.sh [options]
   --proxies LIST        comma list of weir,haproxy,nginx,direct (default weir,haproxy,nginx;
                         'direct' = no proxy, the load generators' ceiling; env BENCH_PROXIES)
   --weir PATH           weir binary (default target/release/weir in the repo; env BENCH_WEIR)
-  --weir-modes LIST     comma list of default,splice,copy: run weir once per mode with
-                        runtime.zero_copy unset / true / false (default: default)
+  --weir-modes LIST     comma list of default,splice,copy,nometrics: run weir once per mode
+                        with runtime.zero_copy unset / true / false, or (nometrics) the
+                        binary built without the metrics feature (default: default)
+  --weir-nometrics PATH that binary (default target/nometrics/release/weir; build it with
+                        cargo build --release -p weir --no-default-features --target-dir target/nometrics)
   --out FILE            report path (default bench/results/<UTC date>.md; env BENCH_OUT)
   --quick               smoke test: --duration 3 --rounds 1 (explicit flags still win)
   --idle-conns N        connections for the idle-memory test (default 10000, capped by ulimit -n)
@@ -39,6 +42,7 @@ ROUNDS=${BENCH_ROUNDS:-}
 PROXIES=${BENCH_PROXIES:-weir,haproxy,nginx}
 WEIR=${BENCH_WEIR:-$REPO_ROOT/target/release/weir}
 WEIR_MODES=${BENCH_WEIR_MODES:-default}
+WEIR_NOMETRICS=${BENCH_WEIR_NOMETRICS:-target/nometrics/release/weir}
 OUT=${BENCH_OUT:-}
 QUICK=0
 IDLE_CONNS=10000
@@ -50,7 +54,7 @@ KEEP_WORK=0
 while (($#)); do
     if [[ $1 == --*=* ]]; then set -- "${1%%=*}" "${1#*=}" "${@:2}"; fi
     case $1 in
-        --duration|--rounds|--proxies|--weir|--weir-modes|--out|--idle-conns|--wrk-conns|--port-base)
+        --duration|--rounds|--proxies|--weir|--weir-modes|--weir-nometrics|--out|--idle-conns|--wrk-conns|--port-base)
             (($# >= 2)) || die "$1 needs a value"
             case $1 in
                 --duration) DURATION=$2 ;;
@@ -58,6 +62,7 @@ while (($#)); do
                 --proxies) PROXIES=$2 ;;
                 --weir) WEIR=$2 ;;
                 --weir-modes) WEIR_MODES=$2 ;;
+                --weir-nometrics) WEIR_NOMETRICS=$2 ;;
                 --out) OUT=$2 ;;
                 --idle-conns) IDLE_CONNS=$2 ;;
                 --wrk-conns) WRK_CONNS=$2 ;;
@@ -101,7 +106,8 @@ for p in "${_proxies[@]}"; do
                 case $m in
                     default) add_key weir "weir"; WEIR_MODE[weir]=default ;;
                     splice|copy) add_key "weir-$m" "weir ($m)"; WEIR_MODE[weir-$m]=$m ;;
-                    *) die "unknown weir mode '$m' (default, splice, copy)" ;;
+                    nometrics) add_key weir-nometrics "weir (metrics compiled out)"; WEIR_MODE[weir-nometrics]=nometrics ;;
+                    *) die "unknown weir mode '$m' (default, splice, copy, nometrics)" ;;
                 esac
             done ;;
         haproxy) add_key haproxy "HAProxy" ;;
@@ -135,6 +141,10 @@ for k in "${KEYS[@]}"; do [[ $k == weir* ]] && WEIR_USED=1; done
 if ((WEIR_USED)); then
     WEIR=$(realpath -m -- "$WEIR")
     [[ -x $WEIR ]] || die "weir binary not found at $WEIR — build it (cargo build --release), pass --weir PATH, or run --proxies haproxy,nginx"
+    if [[ ,$WEIR_MODES, == *,nometrics,* ]]; then
+        WEIR_NOMETRICS=$(realpath -m -- "$WEIR_NOMETRICS")
+        [[ -x $WEIR_NOMETRICS ]] || die "no weir without metrics at $WEIR_NOMETRICS — cargo build --release -p weir --no-default-features --target-dir target/nometrics"
+    fi
 fi
 taskset -c 0,1 true 2>/dev/null || die "CPUs 0 and 1 must both be available (taskset -c 0,1 failed)"
 
@@ -339,7 +349,9 @@ start_proxy() { # round key -> PROXY_PID
                 copy) zc="zero_copy = false" ;;
             esac
             render weir.toml.in "$dir/weir.toml" $(common_vars "$key" "$dir") "ZERO_COPY_LINE=$zc"
-            launch "$key" "$dir/proxy.log" taskset -c 1 "$WEIR" run --config "$dir/weir.toml" ;;
+            local bin=$WEIR
+            [[ ${WEIR_MODE[$key]} == nometrics ]] && bin=$WEIR_NOMETRICS
+            launch "$key" "$dir/proxy.log" taskset -c 1 "$bin" run --config "$dir/weir.toml" ;;
     esac
     PROXY_PID=$LAUNCHED_PID
     if ! wait_listen "$PROXY_PID" 20 "${FRONT_HTTP[$key]}" "${FRONT_IPERF[$key]}"; then
@@ -556,6 +568,7 @@ first_line() { "$@" 2>&1 | head -n 1 || true; }
             default) echo "desc_$k=\`worker_threads = 1\`, access log off, \`zero_copy\` at its default" ;;
             splice) echo "desc_$k=\`worker_threads = 1\`, access log off, \`zero_copy = true\`" ;;
             copy) echo "desc_$k=\`worker_threads = 1\`, access log off, \`zero_copy = false\`" ;;
+            nometrics) echo "desc_$k=as weir, but built with \`--no-default-features\` (the \`metrics\` feature off: counters and histograms compiled out)" ;;
         esac
     done
     echo "desc_direct=load generators straight to the backends: the ceiling of this machine's load generators"

@@ -15,7 +15,7 @@ use weir_config::HashKey;
 use crate::listener::{Listener, Route};
 use crate::pool::{Eviction, Pool};
 use crate::relay::{self, End};
-use crate::stats::{ActiveGuard, ConnectError, RejectReason};
+use crate::stats::{self, ActiveGuard, ConnectError, RejectReason};
 
 /// How a connection ended, for the access log: either a relay end or a rejection.
 #[derive(Debug, Clone, Copy)]
@@ -47,7 +47,7 @@ pub(crate) async fn handle(listener: Arc<Listener>, client: TcpStream, peer: Soc
         log_rejected(&listener, peer, RejectReason::NoRoute);
         return;
     };
-    route.stats.connections_total.fetch_add(1, Relaxed);
+    stats::count(&route.stats.connections_total, 1);
     let pool = &route.pool;
     let (backend_index, backend) = match connect(pool, peer).await {
         Ok(ok) => ok,
@@ -61,7 +61,7 @@ pub(crate) async fn handle(listener: Arc<Listener>, client: TcpStream, peer: Soc
         }
     };
     let b = &pool.backends[backend_index];
-    b.stats.connections_total.fetch_add(1, Relaxed);
+    stats::count(&b.stats.connections_total, 1);
     // Counted active from the moment it was picked (see `connect`).
     let _backend_active = ActiveGuard(&b.stats.connections_active);
     let evict = b.eviction_token();

@@ -112,7 +112,7 @@ pub(crate) async fn accept_loop(
             }
         };
         let stats = &listener.stats;
-        stats.connections_total.fetch_add(1, Relaxed);
+        crate::stats::count(&stats.connections_total, 1);
         let active = stats.connections_active.fetch_add(1, Relaxed);
         if active >= i64::from(listener.max_connections) {
             stats.connections_active.fetch_sub(1, Relaxed);

@@ -248,7 +248,7 @@ impl Pump<'_> {
     fn moved(&self, n: usize) {
         let n = n as u64;
         self.total.fetch_add(n, Relaxed);
-        self.backend_total.fetch_add(n, Relaxed);
+        crate::stats::count(self.backend_total, n);
         self.progress.touch();
     }
 

@@ -6,6 +6,15 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+/// Adds to a counter that only feeds metrics; compiled out without the
+/// `metrics` feature.
+#[inline(always)]
+pub(crate) fn count(counter: &AtomicU64, n: u64) {
+    if cfg!(feature = "metrics") {
+        counter.fetch_add(n, Relaxed);
+    }
+}
+
 /// Why a connection was refused before it reached a backend. Each is a label value
 /// of `weir_listener_connections_rejected_total{reason}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -84,7 +93,7 @@ impl ListenerStats {
     }
 
     pub(crate) fn reject(&self, reason: RejectReason) {
-        self.rejected[reason as usize].fetch_add(1, Relaxed);
+        count(&self.rejected[reason as usize], 1);
     }
 }
 
@@ -233,7 +242,7 @@ impl BackendStats {
     }
 
     pub(crate) fn connect_error(&self, kind: ConnectError) {
-        self.connect_errors[kind as usize].fetch_add(1, Relaxed);
+        count(&self.connect_errors[kind as usize], 1);
     }
 
     /// Health checks that passed (`true`) or failed, by reason.
@@ -242,7 +251,7 @@ impl BackendStats {
     }
 
     pub(crate) fn check(&self, passed: bool, reason: CheckReason, took: Duration) {
-        self.checks[usize::from(passed)][reason as usize].fetch_add(1, Relaxed);
+        count(&self.checks[usize::from(passed)][reason as usize], 1);
         self.check_duration.observe(took);
     }
 
@@ -251,7 +260,7 @@ impl BackendStats {
     }
 
     pub(crate) fn transition(&self, from: StateLabel, to: StateLabel) {
-        self.transitions[from as usize][to as usize].fetch_add(1, Relaxed);
+        count(&self.transitions[from as usize][to as usize], 1);
     }
 
     /// Active connections as the balancer sees them (never negative).
@@ -310,6 +319,9 @@ impl Histogram {
     }
 
     pub fn observe(&self, d: Duration) {
+        if !cfg!(feature = "metrics") {
+            return;
+        }
         let secs = d.as_secs_f64();
         let i = self.bounds.partition_point(|&b| b < secs);
         if let Some(bucket) = self.buckets.get(i) {

@@ -1,4 +1,4 @@
-//! Tests of the `weir` binary itself: exit codes, messages, signals, the demo.
+//! The command line: exit codes, messages, signals, the demo, real peers.
 //! Each starts the real binary and talks to it over loopback, with deadlines.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -8,17 +8,17 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const DEADLINE: Duration = Duration::from_secs(15);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(15);
 
-fn weir() -> Command {
+pub(crate) fn weir() -> Command {
     Command::new(env!("CARGO_BIN_EXE_weir"))
 }
 
-fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn temp_config(name: &str, text: &str) -> PathBuf {
+pub(crate) fn temp_config(name: &str, text: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("weir-cli-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("weir.toml");
@@ -27,7 +27,7 @@ fn temp_config(name: &str, text: &str) -> PathBuf {
 }
 
 /// Stops a child we started (by its PID) when the test ends, however it ends.
-struct Running(Child);
+pub(crate) struct Running(pub(crate) Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -36,12 +36,12 @@ impl Drop for Running {
     }
 }
 
-fn signal(child: &Child, sig: rustix::process::Signal) {
+pub(crate) fn signal(child: &Child, sig: rustix::process::Signal) {
     let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
     rustix::process::kill_process(pid, sig).expect("kill");
 }
 
-fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+pub(crate) fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
@@ -57,7 +57,7 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
 
 /// Reads stdout lines on a thread and hands them over a channel, so a test can
 /// wait for a line with a deadline.
-fn lines(child: &mut Child) -> mpsc::Receiver<String> {
+pub(crate) fn lines(child: &mut Child) -> mpsc::Receiver<String> {
     let out = child.stdout.take().expect("stdout piped");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -70,7 +70,7 @@ fn lines(child: &mut Child) -> mpsc::Receiver<String> {
     rx
 }
 
-fn wait_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {
+pub(crate) fn wait_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {
     let end = Instant::now() + DEADLINE;
     loop {
         let left = end.saturating_duration_since(Instant::now());
@@ -82,7 +82,7 @@ fn wait_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {
     }
 }
 
-fn free_port() -> SocketAddr {
+pub(crate) fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -90,7 +90,7 @@ fn free_port() -> SocketAddr {
 }
 
 /// An echo backend on a thread.
-fn echo_backend() -> SocketAddr {
+pub(crate) fn echo_backend() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let a = l.local_addr().expect("addr");
     std::thread::spawn(move || {
@@ -111,7 +111,7 @@ fn echo_backend() -> SocketAddr {
 
 /// Starts `weir run` with a config file and waits until it serves; its stdout
 /// lines come through the receiver.
-fn run_weir(config: &Path) -> (Running, mpsc::Receiver<String>) {
+pub(crate) fn run_weir(config: &Path) -> (Running, mpsc::Receiver<String>) {
     let mut child = weir()
         .args(["run", "--config"])
         .arg(config)
@@ -124,7 +124,7 @@ fn run_weir(config: &Path) -> (Running, mpsc::Receiver<String>) {
     (child, out)
 }
 
-fn http_get(addr: SocketAddr, path: &str) -> String {
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(DEADLINE)).expect("timeout");
     write!(
@@ -413,7 +413,7 @@ fn nginx_backends_and_curl_client_through_weir() {
     drop(nginx);
 }
 
-fn which(name: &str) -> Option<PathBuf> {
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
@@ -421,7 +421,7 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn wait_connectable(addr: SocketAddr) {
+pub(crate) fn wait_connectable(addr: SocketAddr) {
     let start = Instant::now();
     while TcpStream::connect(addr).is_err() {
         assert!(

@@ -1,0 +1,7 @@
+//! Tests of the `weir` binary, in one test binary: the command line, signals,
+//! the demo, real peers (nginx, curl), and observability with the real
+//! Prometheus tools.
+
+mod cli;
+mod deploy;
+mod observability;

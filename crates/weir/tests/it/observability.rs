@@ -1,0 +1,171 @@
+//! Observability with the real tools: promtool on a live scrape, and a real
+//! Prometheus server scraping weir.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cli::{
+    DEADLINE, Running, echo_backend, free_port, http_get, run_weir, temp_config, which,
+};
+
+/// A weir with an admin endpoint, one listener in front of an echo backend, and
+/// a tcp-checked pool; returns (weir, admin address, listener address).
+fn weir_with_admin(
+    tag: &str,
+) -> (
+    Running,
+    std::sync::mpsc::Receiver<String>,
+    SocketAddr,
+    SocketAddr,
+) {
+    let backend = echo_backend();
+    let front = free_port();
+    let admin = free_port();
+    let file = temp_config(
+        tag,
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"l\"\nbind = [\"{front}\"]\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[pools.health]\ntype = \"tcp\"\ninterval = \"1s\"\n\
+             [[pools.backends]]\nname = \"echo\"\naddress = \"{backend}\"\n"
+        ),
+    );
+    let (child, out) = run_weir(&file);
+    (child, out, admin, front)
+}
+
+fn echo_through(front: SocketAddr) {
+    let mut s = TcpStream::connect(front).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    s.write_all(b"ping").expect("write");
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).expect("echo");
+}
+
+fn body(response: &str) -> &str {
+    response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+fn tool(name: &str) -> std::path::PathBuf {
+    which(name).unwrap_or_else(|| {
+        panic!("{name} is not installed: scripts/test.sh installs the `prometheus` package (CI runs it)")
+    })
+}
+
+/// `promtool check metrics` lints the Prometheus text format (it has no
+/// OpenMetrics parser); the OpenMetrics output is what the real Prometheus of the
+/// next test asks for and ingests.
+#[test]
+fn promtool_accepts_a_live_scrape() {
+    let promtool = tool("promtool");
+    let (_weir, _out, admin, front) = weir_with_admin("promtool");
+    echo_through(front);
+    for accept in ["text/plain", "*/*"] {
+        let mut s = TcpStream::connect(admin).expect("connect admin");
+        s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).expect("read");
+        let scrape = body(&raw).to_owned();
+        assert!(
+            scrape.contains("weir_listener_connections_total{listener=\"l\"} 1"),
+            "{scrape}"
+        );
+        let mut check = Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run promtool");
+        check
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(scrape.as_bytes())
+            .expect("feed promtool");
+        let out = check.wait_with_output().expect("promtool");
+        assert!(
+            out.status.success(),
+            "promtool check metrics ({accept}):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn a_real_prometheus_scrapes_weir_and_answers_a_query() {
+    let prometheus = tool("prometheus");
+    let (_weir, _out, admin, front) = weir_with_admin("prometheus");
+    for _ in 0..3 {
+        echo_through(front);
+    }
+    let dir = std::env::temp_dir().join(format!("weir-prometheus-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("data")).expect("dir");
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: weir\n    static_configs:\n      - targets: [\"{admin}\"]\n"
+        ),
+    )
+    .expect("config");
+    let web = free_port();
+    let _prom = Running(
+        Command::new(prometheus)
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus"),
+    );
+    // Prometheus needs a moment to start and a scrape or two. It asks for
+    // OpenMetrics first, so this also checks that format end to end.
+    let query = "/api/v1/query?query=weir_listener_connections_total%7Blistener%3D%22l%22%7D";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    loop {
+        if let Ok(mut s) = TcpStream::connect(web) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            if write!(
+                s,
+                "GET {query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            .is_ok()
+            {
+                let mut raw = String::new();
+                let _ = s.read_to_string(&mut raw);
+                last = body(&raw).to_owned();
+                // The series with its value, as JSON: ...,"value":[<time>,"3"]
+                if last.contains("\"job\":\"weir\"") && last.contains(",\"3\"]") {
+                    break;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never reported 3 connections; last answer: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // The scrape target is healthy in Prometheus' own view.
+    let targets = http_get(web, "/api/v1/targets");
+    assert!(targets.contains("\"health\":\"up\""), "{targets}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
