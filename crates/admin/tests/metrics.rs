@@ -291,3 +291,66 @@ async fn counters_equal_what_happened() {
         Some(&5.0)
     );
 }
+
+/// The healthy gauge follows the rise/fall decision, not the last probe: with
+/// fall = 3, a backend whose probes have started failing stays healthy (1) until
+/// the third failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_follows_rise_and_fall_not_the_last_probe() {
+    let probe_port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let probe_addr = probe_port.local_addr().expect("addr");
+    let toml = format!(
+        "[[pools]]\nname = \"h\"\n[pools.health]\ntype = \"tcp\"\ninterval = \"200ms\"\nfast_interval = \"200ms\"\nfall = 3\n\
+         [[pools.backends]]\nname = \"b\"\naddress = \"{probe_addr}\"\n"
+    );
+    let config = weir_config::load_str(&toml).expect("config");
+    let server = Arc::new(
+        within("start", Server::start(&config))
+            .await
+            .expect("start"),
+    );
+    let admin = AdminListener::bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("admin");
+    let admin_addr = admin.local_addr();
+    let build = BuildInfo {
+        version: "0".into(),
+        revision: "0".into(),
+    };
+    tokio::spawn(admin.serve(Arc::clone(&server), build, CancellationToken::new()));
+    let healthy = "weir_backend_healthy{pool=\"h\",backend=\"b\"}";
+    let failures = "weir_health_checks_total{pool=\"h\",backend=\"b\",type=\"tcp\",result=\"failure\",reason=\"refused\"}";
+    let m = samples(&scrape(admin_addr, "*/*").await.1);
+    assert_eq!(get(&m, healthy), 1.0);
+
+    // The probe port goes away: probes are refused from now on.
+    drop(probe_port);
+    let mut seen_one_or_two = false;
+    within("three failures", async {
+        loop {
+            let m = samples(&scrape(admin_addr, "*/*").await.1);
+            let failed = m.get(failures).copied().unwrap_or(0.0);
+            if (1.0..3.0).contains(&failed) {
+                // The last probe failed, the decision has not changed yet.
+                assert_eq!(get(&m, healthy), 1.0, "after {failed} failures");
+                seen_one_or_two = true;
+            }
+            if failed >= 3.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        seen_one_or_two,
+        "never scraped between the first and the third failure"
+    );
+    // Right after the third failure the decision flips.
+    within("down", async {
+        while get(&samples(&scrape(admin_addr, "*/*").await.1), healthy) != 0.0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
