@@ -21,6 +21,26 @@ async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("{what}: no result within {DEADLINE:?}"))
 }
 
+/// A weir server from `toml` and its admin endpoint, both on loopback.
+async fn start_with_admin(toml: &str, version: &str, revision: &str) -> (Arc<Server>, SocketAddr) {
+    let config = weir_config::load_str(toml).expect("config");
+    let server = Arc::new(
+        within("start", Server::start(&config))
+            .await
+            .expect("start"),
+    );
+    let admin = AdminListener::bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("admin");
+    let admin_addr = admin.local_addr();
+    let build = BuildInfo {
+        version: version.into(),
+        revision: revision.into(),
+    };
+    tokio::spawn(admin.serve(Arc::clone(&server), build, CancellationToken::new()));
+    (server, admin_addr)
+}
+
 /// Reads 4 bytes, answers "hello" and closes.
 async fn backend() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -104,21 +124,7 @@ async fn counters_equal_what_happened() {
          [[pools.backends]]\nname = \"up\"\naddress = \"{live}\"\n\
          [[pools.backends]]\nname = \"down\"\naddress = \"{dead}\"\n"
     );
-    let config = weir_config::load_str(&toml).expect("config");
-    let server = Arc::new(
-        within("start", Server::start(&config))
-            .await
-            .expect("start"),
-    );
-    let admin = AdminListener::bind("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("admin");
-    let admin_addr = admin.local_addr();
-    let build = BuildInfo {
-        version: "9.9.9".into(),
-        revision: "abc".into(),
-    };
-    tokio::spawn(admin.serve(Arc::clone(&server), build, CancellationToken::new()));
+    let (server, admin_addr) = start_with_admin(&toml, "9.9.9", "abc").await;
     let front = server.local_addrs("l")[0];
 
     // Four routed connections: each tries `dead` first (refused), then `live`.
@@ -303,21 +309,7 @@ async fn healthy_follows_rise_and_fall_not_the_last_probe() {
         "[[pools]]\nname = \"h\"\n[pools.health]\ntype = \"tcp\"\ninterval = \"200ms\"\nfast_interval = \"200ms\"\nfall = 3\n\
          [[pools.backends]]\nname = \"b\"\naddress = \"{probe_addr}\"\n"
     );
-    let config = weir_config::load_str(&toml).expect("config");
-    let server = Arc::new(
-        within("start", Server::start(&config))
-            .await
-            .expect("start"),
-    );
-    let admin = AdminListener::bind("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("admin");
-    let admin_addr = admin.local_addr();
-    let build = BuildInfo {
-        version: "0".into(),
-        revision: "0".into(),
-    };
-    tokio::spawn(admin.serve(Arc::clone(&server), build, CancellationToken::new()));
+    let (_server, admin_addr) = start_with_admin(&toml, "0", "0").await;
     let healthy = "weir_backend_healthy{pool=\"h\",backend=\"b\"}";
     let failures = "weir_health_checks_total{pool=\"h\",backend=\"b\",type=\"tcp\",result=\"failure\",reason=\"refused\"}";
     let m = samples(&scrape(admin_addr, "*/*").await.1);
