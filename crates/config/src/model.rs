@@ -57,6 +57,9 @@ pub struct Listener {
     pub max_connections: u32,
     pub idle_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// Time a client has to send its TLS ClientHello when a route matches on
+    /// `sni` or `alpn`.
+    pub handshake_timeout: Duration,
     /// In order; at most one route without a match (the catch-all), and it is last.
     pub routes: Vec<Route>,
 }
@@ -77,16 +80,40 @@ pub struct Route {
     pub pool_index: usize,
 }
 
-/// `match = { source = [...] }`. An empty list matches everything.
+/// `match = { source = [...], sni = [...], alpn = [...] }`: every non-empty list
+/// must match (AND); an empty list matches everything.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Match {
     pub source: Vec<IpNet>,
+    /// Lower-case server names: exact (`db.example.com`) or a one-label wildcard
+    /// (`*.example.com`).
+    pub sni: Vec<String>,
+    /// ALPN protocol names; matches when the client offers any of them.
+    pub alpn: Vec<String>,
 }
 
 impl Match {
     /// True when this match has no conditions (a catch-all route).
     pub fn is_catch_all(&self) -> bool {
-        self.source.is_empty()
+        self.source.is_empty() && self.sni.is_empty() && self.alpn.is_empty()
+    }
+
+    /// True when matching needs the client's TLS ClientHello.
+    pub fn needs_client_hello(&self) -> bool {
+        !self.sni.is_empty() || !self.alpn.is_empty()
+    }
+
+    /// Whether `name` (a lower-case SNI) matches one of the `sni` patterns.
+    pub fn sni_matches(&self, name: &str) -> bool {
+        self.sni.iter().any(|p| match p.strip_prefix("*.") {
+            // One label exactly: "a.example.com" matches, "example.com" and
+            // "a.b.example.com" do not.
+            Some(suffix) => name
+                .strip_suffix(suffix)
+                .and_then(|head| head.strip_suffix('.'))
+                .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+            None => p == name,
+        })
     }
 }
 

@@ -57,6 +57,7 @@ pub(crate) struct RawListener {
     pub(crate) max_connections: Option<Int>,
     pub(crate) idle_timeout: Option<String>,
     pub(crate) shutdown_timeout: Option<String>,
+    pub(crate) handshake_timeout: Option<String>,
     // Defaulted so that "a listener needs at least one route" is our message,
     // not serde's "missing field".
     #[serde(default)]
@@ -77,6 +78,10 @@ pub(crate) struct RawRoute {
 pub(crate) struct RawMatch {
     #[serde(default)]
     pub(crate) source: Vec<String>,
+    #[serde(default)]
+    pub(crate) sni: Vec<String>,
+    #[serde(default)]
+    pub(crate) alpn: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

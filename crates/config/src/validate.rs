@@ -27,6 +27,7 @@ pub(crate) type Resolve<'a> = &'a dyn Fn(&str) -> Result<SocketAddr, String>;
 const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_RETRIES: u32 = 2;
 const MAX_RETRIES: i64 = 100;
@@ -237,6 +238,11 @@ impl Checker {
             raw.shutdown_timeout.as_deref(),
             DEFAULT_SHUTDOWN_TIMEOUT,
         );
+        let handshake_timeout = self.timeout(
+            &format!("{path}.handshake_timeout"),
+            raw.handshake_timeout.as_deref(),
+            DEFAULT_HANDSHAKE_TIMEOUT,
+        );
 
         if raw.routes.is_empty() {
             self.push(
@@ -281,15 +287,40 @@ impl Checker {
             max_connections,
             idle_timeout,
             shutdown_timeout,
+            handshake_timeout,
             routes,
         }
     }
 
     fn route(&mut self, path: &str, raw: RawRoute, pools: &HashMap<String, usize>) -> Route {
         self.name(&format!("{path}.name"), &raw.name);
-        let source = raw
-            .matcher
-            .unwrap_or_default()
+        let matcher = raw.matcher.unwrap_or_default();
+        let sni = matcher
+            .sni
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                parse_sni(s).unwrap_or_else(|msg| {
+                    self.push(format!("{path}.match.sni[{i}]"), msg);
+                    String::new()
+                })
+            })
+            .collect();
+        let alpn = matcher
+            .alpn
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                if a.is_empty() || a.len() > 255 || !a.bytes().all(|b| b.is_ascii_graphic()) {
+                    self.push(
+                        format!("{path}.match.alpn[{i}]"),
+                        format!("{a:?} is not an ALPN protocol name (1 to 255 printable ASCII characters, e.g. \"h2\", \"postgresql\")"),
+                    );
+                }
+                a.clone()
+            })
+            .collect();
+        let source = matcher
             .source
             .iter()
             .enumerate()
@@ -312,7 +343,7 @@ impl Checker {
         };
         Route {
             name: raw.name,
-            matcher: Match { source },
+            matcher: Match { source, sni, alpn },
             pool: raw.pool,
             pool_index,
         }
@@ -873,6 +904,31 @@ fn backend_addr(spec: &str, resolve: Resolve<'_>) -> Result<SocketAddr, String> 
         return Err(format!("{spec:?}: port 0 is not a valid backend port"));
     }
     Ok(addr)
+}
+
+/// A `match.sni` entry: a DNS name or `*.` followed by one, lower-cased.
+fn parse_sni(s: &str) -> Result<String, String> {
+    let lower = s.to_ascii_lowercase();
+    let name = lower.strip_prefix("*.").unwrap_or(&lower);
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if valid {
+        Ok(lower)
+    } else {
+        Err(format!(
+            "{s:?} is not a server name: write a DNS name (\"db.example.com\") or a wildcard \
+             of one label (\"*.example.com\")"
+        ))
+    }
 }
 
 /// The first comma-separated directive of a log filter that is a bare word but not

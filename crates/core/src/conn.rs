@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use weir_balance::Request;
 use weir_config::HashKey;
 
+use crate::hello;
 use crate::listener::{Listener, Route};
 use crate::pool::{Eviction, Pool};
 use crate::relay::{self, End};
@@ -42,7 +43,21 @@ pub(crate) async fn handle(listener: Arc<Listener>, client: TcpStream, peer: Soc
     let _slot = ActiveGuard(&listener.stats.connections_active);
     let start = Instant::now();
     // TCP_NODELAY is inherited from the listening socket (see `listener::bind`).
-    let Some(route) = listener.route_for(peer.ip()) else {
+    let routed = if listener.needs_hello {
+        match hello::route(&listener, &client, peer.ip()).await {
+            Ok(r) => r,
+            Err(hello::Failed::Timeout) => {
+                listener.stats.reject(RejectReason::HandshakeTimeout);
+                log_rejected(&listener, peer, RejectReason::HandshakeTimeout);
+                return;
+            }
+            // The client went away before its ClientHello was complete.
+            Err(hello::Failed::Closed) => None,
+        }
+    } else {
+        listener.route_for(peer.ip(), None)
+    };
+    let Some(route) = routed else {
         listener.stats.reject(RejectReason::NoRoute);
         log_rejected(&listener, peer, RejectReason::NoRoute);
         return;

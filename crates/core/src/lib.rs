@@ -11,6 +11,7 @@
 
 mod conn;
 pub mod health;
+mod hello;
 pub mod listener;
 pub mod pool;
 pub mod relay;

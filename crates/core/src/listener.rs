@@ -12,6 +12,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use weir_wire::tls::ClientHello;
+
 use crate::pool::Pool;
 use crate::stats::{ListenerStats, RejectReason, RouteStats};
 
@@ -22,19 +24,35 @@ const BACKLOG: i32 = 4096;
 #[derive(Debug)]
 pub struct Route {
     pub name: String,
-    pub source: Vec<IpNet>,
+    pub matcher: weir_config::Match,
     pub pool: Arc<Pool>,
     pub stats: Arc<RouteStats>,
 }
 
 impl Route {
-    fn matches(&self, ip: IpAddr) -> bool {
+    /// Source, SNI and ALPN conditions, all of which must hold. `hello` is the
+    /// client's ClientHello, or `None` when it sent none (not TLS) or none was
+    /// needed.
+    pub(crate) fn matches(&self, ip: IpAddr, hello: Option<&ClientHello<'_>>) -> bool {
         // IPv4 clients on a dual-stack socket show up as ::ffff:a.b.c.d.
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        self.source.is_empty() || self.source.iter().any(|net| net.contains(&ip))
+        let m = &self.matcher;
+        if !m.source.is_empty() && !m.source.iter().any(|net: &IpNet| net.contains(&ip)) {
+            return false;
+        }
+        if !m.needs_client_hello() {
+            return true;
+        }
+        let Some(hello) = hello else {
+            return false;
+        };
+        let sni_ok =
+            m.sni.is_empty() || hello.sni.as_deref().is_some_and(|name| m.sni_matches(name));
+        let alpn_ok = m.alpn.is_empty() || m.alpn.iter().any(|a| hello.alpn.contains(a.as_bytes()));
+        sni_ok && alpn_ok
     }
 }
 
@@ -45,7 +63,10 @@ pub struct Listener {
     pub max_connections: u32,
     pub idle_timeout: Duration,
     pub shutdown_timeout: Duration,
+    pub handshake_timeout: Duration,
     pub routes: Vec<Route>,
+    /// Some route matches on SNI or ALPN: peek at the ClientHello first.
+    pub(crate) needs_hello: bool,
     pub stats: Arc<ListenerStats>,
     pub(crate) zero_copy: bool,
     pub(crate) access_log: bool,
@@ -55,8 +76,8 @@ pub struct Listener {
 }
 
 impl Listener {
-    pub(crate) fn route_for(&self, ip: IpAddr) -> Option<&Route> {
-        self.routes.iter().find(|r| r.matches(ip))
+    pub(crate) fn route_for(&self, ip: IpAddr, hello: Option<&ClientHello<'_>>) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matches(ip, hello))
     }
 }
 

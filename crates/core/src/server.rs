@@ -61,7 +61,7 @@ impl Server {
                 .iter()
                 .map(|r| Route {
                     name: r.name.clone(),
-                    source: r.matcher.source.clone(),
+                    matcher: r.matcher.clone(),
                     pool: Arc::clone(&pools[r.pool_index]),
                     stats: Arc::default(),
                 })
@@ -71,6 +71,8 @@ impl Server {
                 max_connections: l.max_connections,
                 idle_timeout: l.idle_timeout,
                 shutdown_timeout: l.shutdown_timeout,
+                handshake_timeout: l.handshake_timeout,
+                needs_hello: l.routes.iter().any(|r| r.matcher.needs_client_hello()),
                 routes,
                 stats: Arc::default(),
                 zero_copy: config.runtime.zero_copy,

@@ -22,16 +22,25 @@ pub enum RejectReason {
     MaxConnections,
     NoRoute,
     NoBackend,
+    /// No complete TLS ClientHello within `handshake_timeout` where a route
+    /// needs one.
+    HandshakeTimeout,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 3] = [Self::MaxConnections, Self::NoRoute, Self::NoBackend];
+    pub const ALL: [RejectReason; 4] = [
+        Self::MaxConnections,
+        Self::NoRoute,
+        Self::NoBackend,
+        Self::HandshakeTimeout,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::MaxConnections => "max_connections",
             Self::NoRoute => "no_route",
             Self::NoBackend => "no_backend",
+            Self::HandshakeTimeout => "handshake_timeout",
         }
     }
 }

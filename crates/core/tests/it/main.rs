@@ -3,3 +3,4 @@
 mod common;
 mod health;
 mod proxy;
+mod tls;

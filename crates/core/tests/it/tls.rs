@@ -1,0 +1,182 @@
+//! Routing on the TLS ClientHello without terminating TLS: real ClientHellos
+//! made by rustls, sent through weir in pieces, must reach the right backend
+//! byte for byte.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use weir_core::stats::RejectReason;
+
+use crate::common::*;
+
+/// The bytes a rustls client sends first, for `sni` and `alpn`.
+fn client_hello(sni: &str, alpn: &[&[u8]]) -> Vec<u8> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).expect("name");
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).expect("hello");
+    out
+}
+
+/// A backend that reads until the client's write side closes and answers
+/// "name:<number of bytes>:<checksum>", so the test sees exactly what arrived.
+async fn counting_backend(name: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let a = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let _ = s.read_to_end(&mut got).await;
+                let _ = s
+                    .write_all(format!("{name}:{}:{}", got.len(), checksum(&got)).as_bytes())
+                    .await;
+            });
+        }
+    });
+    a
+}
+
+fn checksum(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf29ce484222325u64, |h, &x| {
+        (h ^ u64::from(x)).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// Sends `bytes` in `pieces` writes with pauses (so they arrive as separate
+/// segments), half-closes, and returns the backend's answer.
+async fn send(front: SocketAddr, bytes: &[u8], pieces: usize) -> String {
+    let mut s = TcpStream::connect(front).await.expect("connect");
+    let _ = s.set_nodelay(true);
+    let step = bytes.len().div_ceil(pieces.max(1));
+    for chunk in bytes.chunks(step.max(1)) {
+        s.write_all(chunk).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    s.shutdown().await.expect("half-close");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out
+}
+
+fn sni_toml(backends: &[(&str, SocketAddr)], routes: &str) -> String {
+    let mut t = format!(
+        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\nhandshake_timeout = \"400ms\"\n{routes}"
+    );
+    for (name, addr) in backends {
+        t.push_str(&format!(
+            "[[pools]]\nname = \"{name}\"\n[[pools.backends]]\naddress = \"{addr}\"\n"
+        ));
+    }
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_and_alpn_routes_receive_the_hello_byte_for_byte() {
+    let a = counting_backend("a").await;
+    let b = counting_backend("b").await;
+    let pg = counting_backend("pg").await;
+    let other = counting_backend("other").await;
+    let routes = "[[listeners.routes]]\nname = \"pg\"\nmatch = { sni = [\"db.example.com\"], alpn = [\"postgresql\"] }\npool = \"pg\"\n\
+                  [[listeners.routes]]\nname = \"a\"\nmatch = { sni = [\"a.example.com\"] }\npool = \"a\"\n\
+                  [[listeners.routes]]\nname = \"b\"\nmatch = { sni = [\"*.b.example.com\", \"B.example.org\"] }\npool = \"b\"\n\
+                  [[listeners.routes]]\nname = \"rest\"\npool = \"other\"\n";
+    let server = start(&sni_toml(
+        &[("a", a), ("b", b), ("pg", pg), ("other", other)],
+        routes,
+    ))
+    .await;
+    let front = addr(&server, "l");
+    let cases: [(&str, &[&[u8]], &str); 8] = [
+        ("a.example.com", &[], "a"),
+        ("A.Example.COM", &[b"h2"], "a"),
+        ("x.b.example.com", &[], "b"),
+        ("b.example.org", &[], "b"),
+        // A wildcard covers one label only.
+        ("b.example.com", &[], "other"),
+        ("y.x.b.example.com", &[], "other"),
+        ("db.example.com", &[b"postgresql"], "pg"),
+        // SNI and ALPN must both hold.
+        ("db.example.com", &[b"h2"], "other"),
+    ];
+    for (sni, alpn, want) in cases {
+        let hello = client_hello(sni, alpn);
+        assert!(hello.len() > 200, "a real ClientHello");
+        for pieces in [1, 3, 17] {
+            let got = within("send", send(front, &hello, pieces)).await;
+            assert_eq!(
+                got,
+                format!("{want}:{}:{}", hello.len(), checksum(&hello)),
+                "sni {sni}, alpn {alpn:?}, {pieces} pieces"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_tcp_is_recognised_at_once_and_matches_only_routes_without_sni() {
+    let tls = counting_backend("tls").await;
+    let plain = counting_backend("plain").await;
+    let routes = "[[listeners.routes]]\nname = \"tls\"\nmatch = { sni = [\"a.example.com\"] }\npool = \"tls\"\n\
+                  [[listeners.routes]]\nname = \"plain\"\npool = \"plain\"\n";
+    let server = start(&sni_toml(&[("tls", tls), ("plain", plain)], routes)).await;
+    let front = addr(&server, "l");
+    let began = tokio::time::Instant::now();
+    let request = b"GET / HTTP/1.0\r\n\r\n";
+    let got = within("plain", send(front, request, 1)).await;
+    assert_eq!(
+        got,
+        format!("plain:{}:{}", request.len(), checksum(request))
+    );
+    // Decided from the first bytes, not by waiting for handshake_timeout (400ms).
+    assert!(
+        began.elapsed() < Duration::from_millis(350),
+        "{:?}",
+        began.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_or_unmatched_client_is_rejected_with_its_reason() {
+    let a = counting_backend("a").await;
+    let routes =
+        "[[listeners.routes]]\nname = \"a\"\nmatch = { sni = [\"a.example.com\"] }\npool = \"a\"\n";
+    let server = start(&sni_toml(&[("a", a)], routes)).await;
+    let front = addr(&server, "l");
+    let l = Arc::clone(server.listener("l").expect("l"));
+
+    // Sends nothing: closed after handshake_timeout.
+    let began = tokio::time::Instant::now();
+    let mut silent = TcpStream::connect(front).await.expect("connect");
+    let mut buf = [0u8; 1];
+    let r = within("timeout close", silent.read(&mut buf)).await;
+    assert!(matches!(r, Ok(0) | Err(_)));
+    assert!(
+        began.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        began.elapsed()
+    );
+    assert_eq!(l.stats.rejected(RejectReason::HandshakeTimeout), 1);
+
+    // Another name: no route.
+    let got = within(
+        "other sni",
+        send(front, &client_hello("z.example.com", &[]), 1),
+    )
+    .await;
+    assert_eq!(got, "");
+    // Plain bytes: no route either (the only route needs an SNI).
+    let got = within("plain", send(front, b"hello", 1)).await;
+    assert_eq!(got, "");
+    wait_until("counted", || l.stats.rejected(RejectReason::NoRoute) == 2).await;
+}
