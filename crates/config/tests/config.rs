@@ -103,6 +103,8 @@ fn minimal_config_gets_every_default() {
     assert_eq!(l.max_connections, 10_000);
     assert_eq!(l.idle_timeout, Duration::from_secs(3600));
     assert_eq!(l.shutdown_timeout, Duration::from_secs(30));
+    assert_eq!(l.handshake_timeout, Duration::from_secs(5));
+    assert!(l.routes[0].matcher.sni.is_empty() && l.routes[0].matcher.alpn.is_empty());
     let [r] = l.routes.as_slice() else {
         panic!("one route expected")
     };
@@ -1277,4 +1279,68 @@ fn every_example_parses() {
             panic!("{}:\n{e}", path.display());
         }
     }
+}
+
+#[test]
+fn sni_and_alpn_matches() {
+    let text = format!(
+        "{}{OK_POOL}",
+        OK_LISTENER.replace(
+            "  name = \"r\"\n",
+            "  name = \"r\"\n  match = { sni = [\"DB.example.com\", \"*.api.example.com\"], alpn = [\"postgresql\", \"h2\"] }\n",
+        ) + "  [[listeners.routes]]\n  name = \"rest\"\n  pool = \"p\"\n"
+    );
+    let cfg = weir_config::load_str_with(&text, &|_| Err("no DNS in tests".into())).expect("valid");
+    let m = &cfg.listeners[0].routes[0].matcher;
+    assert_eq!(
+        m.sni,
+        ["db.example.com", "*.api.example.com"],
+        "lower-cased"
+    );
+    assert_eq!(m.alpn, ["postgresql", "h2"]);
+    assert!(m.needs_client_hello() && !m.is_catch_all());
+    assert!(m.sni_matches("db.example.com"));
+    assert!(m.sni_matches("x.api.example.com"));
+    assert!(
+        !m.sni_matches("api.example.com"),
+        "a wildcard needs one label"
+    );
+    assert!(!m.sni_matches("y.x.api.example.com"), "and only one");
+    assert!(!m.sni_matches(".api.example.com"));
+    assert!(!m.sni_matches("example.com"));
+}
+
+#[test]
+fn bad_sni_and_alpn_name_their_entry() {
+    for (entry, path) in [
+        (
+            "sni = [\"*.*.example.com\"]",
+            "listeners[0].routes[0].match.sni[0]",
+        ),
+        (
+            "sni = [\"ok.example.com\", \"a..b\"]",
+            "listeners[0].routes[0].match.sni[1]",
+        ),
+        ("sni = [\"\"]", "listeners[0].routes[0].match.sni[0]"),
+        (
+            "sni = [\"-a.example.com\"]",
+            "listeners[0].routes[0].match.sni[0]",
+        ),
+        ("alpn = [\"\"]", "listeners[0].routes[0].match.alpn[0]"),
+        ("alpn = [\"h 2\"]", "listeners[0].routes[0].match.alpn[0]"),
+    ] {
+        let text = format!(
+            "{}{OK_POOL}",
+            OK_LISTENER.replace(
+                "  name = \"r\"\n",
+                &format!("  name = \"r\"\n  match = {{ {entry} }}\n")
+            )
+        );
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{entry}: {found:#?}");
+        assert_eq!(found[0].path, path, "{entry}");
+    }
+    let text =
+        OK_LISTENER.replace("name = \"l\"", "name = \"l\"\nhandshake_timeout = \"0s\"") + OK_POOL;
+    assert_one(&text, "listeners[0].handshake_timeout", "");
 }
