@@ -78,6 +78,17 @@ pub struct Route {
     pub pool: String,
     /// Index of that pool in [`Config::pools`].
     pub pool_index: usize,
+    /// PROXY protocol header sent to the backend before any data.
+    pub send_proxy_protocol: ProxyVersion,
+}
+
+/// `send_proxy_protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProxyVersion {
+    #[default]
+    Off,
+    V1,
+    V2,
 }
 
 /// `match = { source = [...], sni = [...], alpn = [...] }`: every non-empty list

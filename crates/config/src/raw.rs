@@ -71,6 +71,7 @@ pub(crate) struct RawRoute {
     #[serde(rename = "match")]
     pub(crate) matcher: Option<RawMatch>,
     pub(crate) pool: String,
+    pub(crate) send_proxy_protocol: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

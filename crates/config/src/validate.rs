@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use crate::error::{ConfigError, Problem};
 use crate::model::{
     Admin, Backend, Balance, Check, Config, GrpcCheck, HashKey, Health, HttpCheck, Listener, Log,
-    LogFormat, Match, Pool, ProbeTls, Protocol, Route, Runtime, StatusMatch,
+    LogFormat, Match, Pool, ProbeTls, Protocol, ProxyVersion, Route, Runtime, StatusMatch,
 };
 use crate::raw::{
     Int, RawAdmin, RawBackend, RawConfig, RawHealth, RawListener, RawLog, RawPool, RawRoute,
@@ -42,6 +42,11 @@ const DEFAULT_LOG_LEVEL: &str = "info";
 
 const LOG_FORMATS: &[(&str, LogFormat)] = &[("text", LogFormat::Text), ("json", LogFormat::Json)];
 const PROTOCOLS: &[(&str, Protocol)] = &[("tcp", Protocol::Tcp)];
+const PROXY_VERSIONS: &[(&str, ProxyVersion)] = &[
+    ("off", ProxyVersion::Off),
+    ("v1", ProxyVersion::V1),
+    ("v2", ProxyVersion::V2),
+];
 const BALANCES: &[(&str, Balance)] = &[
     ("round_robin", Balance::RoundRobin),
     ("least_conn", Balance::LeastConn),
@@ -341,8 +346,15 @@ impl Checker {
                 0
             }
         };
+        let send_proxy_protocol = self.choice(
+            &format!("{path}.send_proxy_protocol"),
+            raw.send_proxy_protocol,
+            ProxyVersion::Off,
+            PROXY_VERSIONS,
+        );
         Route {
             name: raw.name,
+            send_proxy_protocol,
             matcher: Match { source, sni, alpn },
             pool: raw.pool,
             pool_index,

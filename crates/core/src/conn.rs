@@ -10,7 +10,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use weir_balance::Request;
-use weir_config::HashKey;
+use weir_config::{HashKey, ProxyVersion};
 
 use crate::hello;
 use crate::listener::{Listener, Route};
@@ -79,6 +79,23 @@ pub(crate) async fn handle(listener: Arc<Listener>, client: TcpStream, peer: Soc
     stats::count(&b.stats.connections_total, 1);
     // Counted active from the moment it was picked (see `connect`).
     let _backend_active = ActiveGuard(&b.stats.connections_active);
+    if route.send_proxy_protocol != ProxyVersion::Off
+        && let Err(e) = send_proxy_header(&client, &backend, peer, route.send_proxy_protocol).await
+    {
+        tracing::debug!(pool = %pool.name, backend = %b.name, error = %e, "cannot send the PROXY header");
+        route.stats.connection_duration.observe(start.elapsed());
+        log(
+            &listener,
+            Some(route),
+            peer,
+            Some(b),
+            0,
+            0,
+            start,
+            Termination::Relay(End::BackendError),
+        );
+        return;
+    }
     let evict = b.eviction_token();
     let mut outcome = relay::relay(
         &client,
@@ -197,6 +214,40 @@ async fn connect_nonblocking(addr: SocketAddr) -> std::io::Result<TcpStream> {
         });
     }
     Ok(stream)
+}
+
+/// Writes a PROXY protocol header (v1 text or v2 binary) to the backend: the
+/// client's address as source, the address it connected to as destination.
+async fn send_proxy_header(
+    client: &TcpStream,
+    backend: &TcpStream,
+    peer: SocketAddr,
+    version: ProxyVersion,
+) -> std::io::Result<()> {
+    let local = client.local_addr()?;
+    // At most 16 + 36 bytes (v2, IPv6) or 104 bytes (v1): one small allocation.
+    let mut header = Vec::with_capacity(108);
+    match version {
+        ProxyVersion::V1 => weir_wire::proxy::encode_v1(peer, local, &mut header),
+        ProxyVersion::V2 => weir_wire::proxy::encode_v2(
+            weir_wire::proxy::Command::Proxy,
+            weir_wire::proxy::Transport::Stream,
+            Some((peer, local)),
+            &[],
+            &mut header,
+        )
+        .map_err(|e| std::io::Error::other(e.to_string()))?,
+        ProxyVersion::Off => return Ok(()),
+    }
+    let mut rest = &header[..];
+    while !rest.is_empty() {
+        match backend.try_write(rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => backend.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The maglev key of a client: its IP, or its IP and port.

@@ -25,6 +25,7 @@ const BACKLOG: i32 = 4096;
 pub struct Route {
     pub name: String,
     pub matcher: weir_config::Match,
+    pub send_proxy_protocol: weir_config::ProxyVersion,
     pub pool: Arc<Pool>,
     pub stats: Arc<RouteStats>,
 }

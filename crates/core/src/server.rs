@@ -62,6 +62,7 @@ impl Server {
                 .map(|r| Route {
                     name: r.name.clone(),
                     matcher: r.matcher.clone(),
+                    send_proxy_protocol: r.send_proxy_protocol,
                     pool: Arc::clone(&pools[r.pool_index]),
                     stats: Arc::default(),
                 })

@@ -467,3 +467,73 @@ async fn least_conn_prefers_the_less_loaded_backend() {
     }
     assert_eq!(active("busy"), 1);
 }
+
+/// A backend that parses the PROXY header weir sends and answers
+/// "<version> <source address>".
+async fn proxy_header_backend() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let a = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 256];
+                let answer = loop {
+                    match weir_wire::proxy::parse(&buf) {
+                        Ok(weir_wire::proxy::ProxyParse::Complete { header, .. }) => {
+                            let src = header
+                                .addresses
+                                .map(|(src, _)| src.to_string())
+                                .unwrap_or_default();
+                            break format!("{:?} {src}", header.version);
+                        }
+                        Ok(weir_wire::proxy::ProxyParse::Incomplete { .. }) => {}
+                        Err(e) => break format!("error {e}"),
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break "closed".to_owned(),
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let _ = s.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_send_the_proxy_protocol_version_they_name() {
+    let backend = proxy_header_backend().await;
+    let toml = format!(
+        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n\
+         [[listeners.routes]]\nname = \"v1\"\nmatch = {{ source = [\"127.0.5.1\"] }}\npool = \"p\"\nsend_proxy_protocol = \"v1\"\n\
+         [[listeners.routes]]\nname = \"v2\"\nmatch = {{ source = [\"127.0.5.2\"] }}\npool = \"p\"\nsend_proxy_protocol = \"v2\"\n\
+         [[listeners.routes]]\nname = \"off\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
+    );
+    let server = start(&toml).await;
+    let front = addr(&server, "l");
+    let v1 = within(
+        "v1",
+        fetch(front, Some(IpAddr::V4(Ipv4Addr::new(127, 0, 5, 1)))),
+    )
+    .await;
+    assert!(v1.starts_with("V1 127.0.5.1:"), "{v1}");
+    let v2 = within(
+        "v2",
+        fetch(front, Some(IpAddr::V4(Ipv4Addr::new(127, 0, 5, 2)))),
+    )
+    .await;
+    assert!(v2.starts_with("V2 127.0.5.2:"), "{v2}");
+    // Without a header the backend sees no PROXY signature, and says so.
+    let mut s = TcpStream::connect(front).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.expect("write");
+    let mut out = String::new();
+    within("off", s.read_to_string(&mut out))
+        .await
+        .expect("read");
+    assert!(out.starts_with("error"), "{out}");
+}

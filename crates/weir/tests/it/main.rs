@@ -5,3 +5,4 @@
 mod cli;
 mod deploy;
 mod observability;
+mod proxy_protocol;

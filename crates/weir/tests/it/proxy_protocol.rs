@@ -1,0 +1,94 @@
+//! The PROXY protocol weir sends, read by a real peer: nginx with
+//! `listen ... proxy_protocol` answers with the client address it parsed, and
+//! curl (bound to a chosen loopback address) is the client.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+
+use crate::cli::{Running, free_port, run_weir, temp_config, wait_connectable, which};
+
+fn nginx_echoing_proxy_addresses(tag: &str) -> (Running, SocketAddr) {
+    let nginx =
+        which("nginx").expect("nginx is not installed: run scripts/test.sh, which installs it");
+    let dir = std::env::temp_dir().join(format!("weir-pp-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let port = free_port();
+    let d = dir.display();
+    let conf = format!(
+        "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{ access_log off; client_body_temp_path {d}/t1; proxy_temp_path {d}/t2; fastcgi_temp_path {d}/t3;\n\
+           uwsgi_temp_path {d}/t4; scgi_temp_path {d}/t5;\n\
+           server {{ listen {port} proxy_protocol; location / {{ return 200 \"$proxy_protocol_addr $proxy_protocol_port\\n\"; }} }}\n\
+         }}\n"
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).expect("conf");
+    let child = Command::new(nginx)
+        .arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nginx");
+    wait_connectable(port);
+    (Running(child), port)
+}
+
+fn curl(url: &str, interface: &str) -> String {
+    let curl =
+        which("curl").expect("curl is not installed: run scripts/test.sh, which installs it");
+    let out = Command::new(curl)
+        .args([
+            "-sS",
+            "--fail",
+            "--max-time",
+            "10",
+            "-g",
+            "--interface",
+            interface,
+            url,
+        ])
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "curl {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn nginx_reads_the_client_address_from_weirs_v1_and_v2_headers() {
+    let (_nginx, backend) = nginx_echoing_proxy_addresses("v1v2");
+    let v4 = free_port();
+    let v6 = SocketAddr::new("::1".parse().expect("ip"), v4.port() + 1);
+    let file = temp_config(
+        "pp",
+        &format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"l\"\nbind = [\"{v4}\", \"{v6}\"]\n\
+             [[listeners.routes]]\nname = \"v1\"\nmatch = {{ source = [\"127.0.0.3\"] }}\npool = \"n\"\nsend_proxy_protocol = \"v1\"\n\
+             [[listeners.routes]]\nname = \"v2\"\nmatch = {{ source = [\"127.0.0.4\", \"::1\"] }}\npool = \"n\"\nsend_proxy_protocol = \"v2\"\n\
+             [[pools]]\nname = \"n\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
+        ),
+    );
+    let (_weir, _out) = run_weir(&file);
+    for (client, url) in [
+        ("127.0.0.3", format!("http://{v4}/")),
+        ("127.0.0.4", format!("http://{v4}/")),
+        ("::1", format!("http://{v6}/")),
+    ] {
+        let answer = curl(&url, client);
+        let (addr, port) = answer
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("answer {answer:?}"));
+        assert_eq!(addr, client, "{answer}");
+        let port: u16 = port
+            .parse()
+            .unwrap_or_else(|_| panic!("port in {answer:?}"));
+        assert_ne!(port, 0);
+    }
+}
