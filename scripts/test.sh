@@ -5,15 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Real peers used by the integration tests: nginx as a real HTTP backend, curl as
-# a real client, and Prometheus (prometheus, promtool) scraping weir and checking
+# Real peers used by the integration tests: nginx and HAProxy as real backends
+# (HTTP, PROXY protocol), curl as a real client, and Prometheus (prometheus, promtool) scraping weir and checking
 # the metrics and the alert rules. Installed only when missing, with one
 # apt-get update.
 packages=()
 command -v nginx >/dev/null 2>&1 || packages+=(nginx)
+command -v haproxy >/dev/null 2>&1 || packages+=(haproxy)
 command -v curl >/dev/null 2>&1 || packages+=(curl)
 command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
 command -v python3 >/dev/null 2>&1 || packages+=(python3)
+command -v openssl >/dev/null 2>&1 || packages+=(openssl)
 if ((${#packages[@]})); then
     if [ "$(id -u)" -ne 0 ]; then
         echo "missing ${packages[*]}: install them or run as root" >&2

@@ -6,3 +6,4 @@ mod cli;
 mod deploy;
 mod observability;
 mod proxy_protocol;
+mod tls_passthrough;

@@ -92,3 +92,52 @@ fn nginx_reads_the_client_address_from_weirs_v1_and_v2_headers() {
         assert_ne!(port, 0);
     }
 }
+
+/// HAProxy with `accept-proxy` answers with the source address it parsed.
+fn haproxy_echoing_source(tag: &str) -> (Running, SocketAddr) {
+    let haproxy =
+        which("haproxy").expect("haproxy is not installed: run scripts/test.sh, which installs it");
+    let dir = std::env::temp_dir().join(format!("weir-pp-haproxy-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let port = free_port();
+    let conf = format!(
+        "global\n  maxconn 64\n\
+         defaults\n  mode http\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\
+         frontend f\n  bind {port} accept-proxy\n  http-request return status 200 content-type text/plain lf-string \"%[src] %[src_port]\"\n"
+    );
+    std::fs::write(dir.join("haproxy.cfg"), conf).expect("conf");
+    let child = Command::new(haproxy)
+        .arg("-f")
+        .arg(dir.join("haproxy.cfg"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start haproxy");
+    wait_connectable(port);
+    (Running(child), port)
+}
+
+#[test]
+fn haproxy_reads_the_client_address_from_weirs_v1_and_v2_headers() {
+    let (_haproxy, backend) = haproxy_echoing_source("v1v2");
+    let front = free_port();
+    let file = temp_config(
+        "pp-haproxy",
+        &format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"l\"\nbind = [\"{front}\"]\n\
+             [[listeners.routes]]\nname = \"v1\"\nmatch = {{ source = [\"127.0.0.5\"] }}\npool = \"h\"\nsend_proxy_protocol = \"v1\"\n\
+             [[listeners.routes]]\nname = \"v2\"\nmatch = {{ source = [\"127.0.0.6\"] }}\npool = \"h\"\nsend_proxy_protocol = \"v2\"\n\
+             [[pools]]\nname = \"h\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
+        ),
+    );
+    let (_weir, _out) = run_weir(&file);
+    for client in ["127.0.0.5", "127.0.0.6"] {
+        let answer = curl(&format!("http://{front}/"), client);
+        let (addr, port) = answer
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("answer {answer:?}"));
+        assert_eq!(addr, client, "{answer}");
+        assert!(port.parse::<u16>().is_ok_and(|p| p != 0), "{answer}");
+    }
+}
