@@ -57,9 +57,11 @@ pub struct Listener {
     pub max_connections: u32,
     pub idle_timeout: Duration,
     pub shutdown_timeout: Duration,
-    /// Time a client has to send its TLS ClientHello when a route matches on
-    /// `sni` or `alpn`.
+    /// Time a client has to send its PROXY header and TLS ClientHello.
     pub handshake_timeout: Duration,
+    /// `proxy_protocol = { accept = true, trusted = [...] }`; `None` when not
+    /// accepted.
+    pub proxy_protocol: Option<ProxyAccept>,
     /// In order; at most one route without a match (the catch-all), and it is last.
     pub routes: Vec<Route>,
 }
@@ -80,6 +82,24 @@ pub struct Route {
     pub pool_index: usize,
     /// PROXY protocol header sent to the backend before any data.
     pub send_proxy_protocol: ProxyVersion,
+}
+
+/// Accepting the PROXY protocol: sources in `trusted` must send a header (v1 or
+/// v2); any other source is served by its socket address, and a PROXY header
+/// from it is refused.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ProxyAccept {
+    pub trusted: Vec<IpNet>,
+}
+
+impl ProxyAccept {
+    pub fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
 }
 
 /// `send_proxy_protocol`.

@@ -58,6 +58,7 @@ pub(crate) struct RawListener {
     pub(crate) idle_timeout: Option<String>,
     pub(crate) shutdown_timeout: Option<String>,
     pub(crate) handshake_timeout: Option<String>,
+    pub(crate) proxy_protocol: Option<RawProxyAccept>,
     // Defaulted so that "a listener needs at least one route" is our message,
     // not serde's "missing field".
     #[serde(default)]
@@ -72,6 +73,15 @@ pub(crate) struct RawRoute {
     pub(crate) matcher: Option<RawMatch>,
     pub(crate) pool: String,
     pub(crate) send_proxy_protocol: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawProxyAccept {
+    #[serde(default)]
+    pub(crate) accept: bool,
+    #[serde(default)]
+    pub(crate) trusted: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -14,7 +14,8 @@ use ipnet::IpNet;
 use crate::error::{ConfigError, Problem};
 use crate::model::{
     Admin, Backend, Balance, Check, Config, GrpcCheck, HashKey, Health, HttpCheck, Listener, Log,
-    LogFormat, Match, Pool, ProbeTls, Protocol, ProxyVersion, Route, Runtime, StatusMatch,
+    LogFormat, Match, Pool, ProbeTls, Protocol, ProxyAccept, ProxyVersion, Route, Runtime,
+    StatusMatch,
 };
 use crate::raw::{
     Int, RawAdmin, RawBackend, RawConfig, RawHealth, RawListener, RawLog, RawPool, RawRoute,
@@ -248,6 +249,28 @@ impl Checker {
             raw.handshake_timeout.as_deref(),
             DEFAULT_HANDSHAKE_TIMEOUT,
         );
+        let proxy_protocol = raw.proxy_protocol.and_then(|pp| {
+            let trusted: Vec<IpNet> = pp
+                .trusted
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| match parse_source(s) {
+                    Ok(net) => Some(net),
+                    Err(msg) => {
+                        self.push(format!("{path}.proxy_protocol.trusted[{i}]"), msg);
+                        None
+                    }
+                })
+                .collect();
+            if pp.accept && pp.trusted.is_empty() {
+                self.push(
+                    format!("{path}.proxy_protocol.trusted"),
+                    "list the sources allowed to send a PROXY header (e.g. [\"10.0.0.0/8\"]); \
+                     accepting it from anyone would let any client choose its address",
+                );
+            }
+            pp.accept.then_some(ProxyAccept { trusted })
+        });
 
         if raw.routes.is_empty() {
             self.push(
@@ -293,6 +316,7 @@ impl Checker {
             idle_timeout,
             shutdown_timeout,
             handshake_timeout,
+            proxy_protocol,
             routes,
         }
     }

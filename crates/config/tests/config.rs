@@ -1344,3 +1344,50 @@ fn bad_sni_and_alpn_name_their_entry() {
         OK_LISTENER.replace("name = \"l\"", "name = \"l\"\nhandshake_timeout = \"0s\"") + OK_POOL;
     assert_one(&text, "listeners[0].handshake_timeout", "");
 }
+
+#[test]
+fn proxy_protocol_accept() {
+    let text = OK_LISTENER.replace(
+        "name = \"l\"",
+        "name = \"l\"\nproxy_protocol = { accept = true, trusted = [\"10.0.0.0/8\", \"192.0.2.7\"] }",
+    ) + OK_POOL;
+    let cfg = weir_config::load_str_with(&text, &|_| Err("no DNS".into())).expect("valid");
+    let pp = cfg.listeners[0].proxy_protocol.as_ref().expect("accepting");
+    assert!(pp.is_trusted("10.9.8.7".parse().expect("ip")));
+    assert!(
+        pp.is_trusted("::ffff:192.0.2.7".parse().expect("ip")),
+        "IPv4-mapped"
+    );
+    assert!(!pp.is_trusted("192.0.2.8".parse().expect("ip")));
+    // accept = false (or no table): not accepting.
+    let off = OK_LISTENER.replace(
+        "name = \"l\"",
+        "name = \"l\"\nproxy_protocol = { accept = false }",
+    ) + OK_POOL;
+    let cfg = weir_config::load_str_with(&off, &|_| Err("no DNS".into())).expect("valid");
+    assert!(cfg.listeners[0].proxy_protocol.is_none());
+
+    let no_trusted = OK_LISTENER.replace(
+        "name = \"l\"",
+        "name = \"l\"\nproxy_protocol = { accept = true }",
+    ) + OK_POOL;
+    assert_one(
+        &no_trusted,
+        "listeners[0].proxy_protocol.trusted",
+        "list the sources",
+    );
+    let bad = OK_LISTENER.replace(
+        "name = \"l\"",
+        "name = \"l\"\nproxy_protocol = { accept = true, trusted = [\"10.0.0.0/8\", \"nope\"] }",
+    ) + OK_POOL;
+    assert_one(&bad, "listeners[0].proxy_protocol.trusted[1]", "");
+    let send = OK_LISTENER.replace(
+        "  pool = \"p\"",
+        "  pool = \"p\"\n  send_proxy_protocol = \"v3\"",
+    ) + OK_POOL;
+    assert_one(
+        &send,
+        "listeners[0].routes[0].send_proxy_protocol",
+        "unknown value \"v3\"",
+    );
+}

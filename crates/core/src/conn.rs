@@ -15,6 +15,7 @@ use weir_config::{HashKey, ProxyVersion};
 use crate::hello;
 use crate::listener::{Listener, Route};
 use crate::pool::{Eviction, Pool};
+use crate::proxy_in;
 use crate::relay::{self, End};
 use crate::stats::{self, ActiveGuard, ConnectError, RejectReason};
 
@@ -39,10 +40,37 @@ impl Termination {
 
 /// Handles one accepted client connection. The accept loop has already counted it
 /// as active on the listener; `_slot` gives that back when this returns.
-pub(crate) async fn handle(listener: Arc<Listener>, client: TcpStream, peer: SocketAddr) {
+pub(crate) async fn handle(listener: Arc<Listener>, client: TcpStream, socket_peer: SocketAddr) {
     let _slot = ActiveGuard(&listener.stats.connections_active);
     let start = Instant::now();
     // TCP_NODELAY is inherited from the listening socket (see `listener::bind`).
+    // A trusted source's PROXY header says who the client is; from here on that
+    // address stands everywhere (routing, maglev key, logs, the header sent on).
+    let mut untrusted = false;
+    let (peer, destination) = match &listener.proxy_accept {
+        Some(accept) if accept.is_trusted(socket_peer.ip()) => {
+            match proxy_in::read(&client, listener.handshake_timeout).await {
+                Ok(Some((src, dst))) => (src, Some(dst)),
+                Ok(None) => (socket_peer, None),
+                Err(failed) => {
+                    let reason = match failed {
+                        proxy_in::Failed::Timeout => RejectReason::HandshakeTimeout,
+                        proxy_in::Failed::Invalid | proxy_in::Failed::Closed => {
+                            RejectReason::ProxyProtocol
+                        }
+                    };
+                    listener.stats.reject(reason);
+                    log_rejected(&listener, socket_peer, reason);
+                    return;
+                }
+            }
+        }
+        Some(_) => {
+            untrusted = true;
+            (socket_peer, None)
+        }
+        None => (socket_peer, None),
+    };
     let routed = if listener.needs_hello {
         match hello::route(&listener, &client, peer.ip()).await {
             Ok(r) => r,
@@ -80,7 +108,14 @@ pub(crate) async fn handle(listener: Arc<Listener>, client: TcpStream, peer: Soc
     // Counted active from the moment it was picked (see `connect`).
     let _backend_active = ActiveGuard(&b.stats.connections_active);
     if route.send_proxy_protocol != ProxyVersion::Off
-        && let Err(e) = send_proxy_header(&client, &backend, peer, route.send_proxy_protocol).await
+        && let Err(e) = send_proxy_header(
+            &client,
+            &backend,
+            peer,
+            destination,
+            route.send_proxy_protocol,
+        )
+        .await
     {
         tracing::debug!(pool = %pool.name, backend = %b.name, error = %e, "cannot send the PROXY header");
         route.stats.connection_duration.observe(start.elapsed());
@@ -101,12 +136,18 @@ pub(crate) async fn handle(listener: Arc<Listener>, client: TcpStream, peer: Soc
         &client,
         &backend,
         &b.stats,
-        listener.idle_timeout,
-        listener.zero_copy,
+        relay::Settings {
+            idle_timeout: listener.idle_timeout,
+            zero_copy: listener.zero_copy,
+            refuse_proxy_header: untrusted,
+        },
         &listener.kill,
         &evict,
     )
     .await;
+    if outcome.end == End::ProxyHeader {
+        listener.stats.reject(RejectReason::ProxyProtocol);
+    }
     if outcome.end == End::Evicted {
         outcome.end = match b.eviction() {
             Eviction::BackendDown => End::BackendDown,
@@ -217,14 +258,19 @@ async fn connect_nonblocking(addr: SocketAddr) -> std::io::Result<TcpStream> {
 }
 
 /// Writes a PROXY protocol header (v1 text or v2 binary) to the backend: the
-/// client's address as source, the address it connected to as destination.
+/// client's address as source, the address it connected to as destination
+/// (both as a received PROXY header said, when there was one).
 async fn send_proxy_header(
     client: &TcpStream,
     backend: &TcpStream,
     peer: SocketAddr,
+    destination: Option<SocketAddr>,
     version: ProxyVersion,
 ) -> std::io::Result<()> {
-    let local = client.local_addr()?;
+    let local = match destination {
+        Some(d) => d,
+        None => client.local_addr()?,
+    };
     // At most 16 + 36 bytes (v2, IPv6) or 104 bytes (v1): one small allocation.
     let mut header = Vec::with_capacity(108);
     match version {

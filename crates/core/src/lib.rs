@@ -14,6 +14,7 @@ pub mod health;
 mod hello;
 pub mod listener;
 pub mod pool;
+mod proxy_in;
 pub mod relay;
 pub mod server;
 pub mod stats;

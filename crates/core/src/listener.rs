@@ -68,6 +68,8 @@ pub struct Listener {
     pub routes: Vec<Route>,
     /// Some route matches on SNI or ALPN: peek at the ClientHello first.
     pub(crate) needs_hello: bool,
+    /// Accepting the PROXY protocol, from these sources.
+    pub(crate) proxy_accept: Option<weir_config::ProxyAccept>,
     pub stats: Arc<ListenerStats>,
     pub(crate) zero_copy: bool,
     pub(crate) access_log: bool,

@@ -56,6 +56,8 @@ pub enum End {
     BackendDown,
     /// The backend was drained, disabled or demoted, and `drain_timeout` ran out.
     DrainTimeout,
+    /// A client not trusted to send the PROXY protocol started with a PROXY header.
+    ProxyHeader,
 }
 
 impl End {
@@ -70,6 +72,7 @@ impl End {
             Self::Evicted => "evicted",
             Self::BackendDown => "backend_down",
             Self::DrainTimeout => "drain_timeout",
+            Self::ProxyHeader => "proxy_protocol",
         }
     }
 }
@@ -84,10 +87,13 @@ pub struct Outcome {
     pub received: u64,
 }
 
+/// Where a direction failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
     Client,
     Backend,
+    /// The client sent a PROXY header it may not send.
+    ClientProxyHeader,
 }
 
 /// Progress shared by the two pumps of one connection: byte totals and the time of
@@ -122,18 +128,35 @@ struct Pump<'a> {
     progress: &'a Progress,
     total: &'a AtomicU64,
     backend_total: &'a AtomicU64,
+    /// Refuse a PROXY protocol header at the start of this direction.
+    guard_proxy: bool,
 }
 
-/// Relays until the connection ends and says how.
+/// How one connection is relayed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    pub(crate) idle_timeout: Duration,
+    pub(crate) zero_copy: bool,
+    /// The client may not start with a PROXY header (an untrusted source on a
+    /// listener that accepts the protocol).
+    pub(crate) refuse_proxy_header: bool,
+}
+
+/// Relays until the connection ends and says how: `kill` closes it for
+/// shutdown, `evict` for its backend (down with close_on_down, drain timeout).
 pub(crate) async fn relay(
     client: &TcpStream,
     backend: &TcpStream,
     backend_stats: &BackendStats,
-    idle_timeout: Duration,
-    zero_copy: bool,
+    settings: Settings,
     kill: &CancellationToken,
     evict: &CancellationToken,
 ) -> Outcome {
+    let Settings {
+        idle_timeout,
+        zero_copy,
+        refuse_proxy_header,
+    } = settings;
     let progress = Progress {
         start: Instant::now(),
         last_ms: AtomicU64::new(0),
@@ -149,6 +172,7 @@ pub(crate) async fn relay(
         progress: &progress,
         total: &progress.sent,
         backend_total: &backend_stats.sent_bytes,
+        guard_proxy: refuse_proxy_header,
     };
     let down = Pump {
         from: backend,
@@ -158,6 +182,7 @@ pub(crate) async fn relay(
         progress: &progress,
         total: &progress.received,
         backend_total: &backend_stats.received_bytes,
+        guard_proxy: false,
     };
     let up = up.run(zero_copy);
     let down = down.run(zero_copy);
@@ -204,6 +229,30 @@ fn side_error(side: Side) -> End {
     match side {
         Side::Client => End::ClientError,
         Side::Backend => End::BackendError,
+        Side::ClientProxyHeader => End::ProxyHeader,
+    }
+}
+
+/// Watches the first bytes of a direction for a PROXY protocol signature,
+/// across as many reads as it takes to decide (at most 12 bytes).
+#[derive(Debug, Default)]
+struct ProxyGuard {
+    prefix: [u8; 12],
+    len: usize,
+}
+
+impl ProxyGuard {
+    /// `Some(true)`: a PROXY header starts here; `Some(false)`: it cannot any
+    /// more; `None`: undecided yet.
+    fn feed(&mut self, bytes: &[u8]) -> Option<bool> {
+        let take = (self.prefix.len() - self.len).min(bytes.len());
+        self.prefix[self.len..self.len + take].copy_from_slice(&bytes[..take]);
+        self.len += take;
+        match weir_wire::proxy::detect(&self.prefix[..self.len]) {
+            weir_wire::proxy::Detect::V1 | weir_wire::proxy::Detect::V2 => Some(true),
+            weir_wire::proxy::Detect::NotProxy => Some(false),
+            weir_wire::proxy::Detect::NeedMore => None,
+        }
     }
 }
 
@@ -228,12 +277,15 @@ impl Pump<'_> {
     /// once one read fills the whole buffer, i.e. for bulk transfers.
     async fn run(self, zero_copy: bool) -> Result<(), Side> {
         let mut splicing = false;
+        // The first chunk always goes through the buffer (splicing starts only
+        // after a full one), so the guard sees the first bytes.
+        let mut guard = self.guard_proxy.then(ProxyGuard::default);
         loop {
             self.from.readable().await.map_err(|_| self.from_side)?;
             let step = if splicing {
                 self.splice_once().await?
             } else {
-                self.copy_once().await?
+                self.copy_once(&mut guard).await?
             };
             match step {
                 // Once a direction splices it keeps splicing: it is a bulk one.
@@ -263,7 +315,7 @@ impl Pump<'_> {
     }
 
     /// One read into a pooled buffer and the write of what it got.
-    async fn copy_once(&self) -> Result<Step, Side> {
+    async fn copy_once(&self, guard: &mut Option<ProxyGuard>) -> Result<Step, Side> {
         let mut buf = PooledBuf::take();
         let dst = buf.as_mut();
         let n = match read_draining(self.from, COPY_CHUNK, || {
@@ -274,6 +326,13 @@ impl Pump<'_> {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Again),
             Err(_) => return Err(self.from_side),
         };
+        if let Some(g) = guard {
+            match g.feed(&buf.as_mut()[..n]) {
+                Some(true) => return Err(Side::ClientProxyHeader),
+                Some(false) => *guard = None,
+                None => {}
+            }
+        }
         self.moved(n);
         let mut chunk = &buf.as_mut()[..n];
         while !chunk.is_empty() {

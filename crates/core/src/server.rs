@@ -74,6 +74,7 @@ impl Server {
                 shutdown_timeout: l.shutdown_timeout,
                 handshake_timeout: l.handshake_timeout,
                 needs_hello: l.routes.iter().any(|r| r.matcher.needs_client_hello()),
+                proxy_accept: l.proxy_protocol.clone(),
                 routes,
                 stats: Arc::default(),
                 zero_copy: config.runtime.zero_copy,

@@ -22,17 +22,19 @@ pub enum RejectReason {
     MaxConnections,
     NoRoute,
     NoBackend,
-    /// No complete TLS ClientHello within `handshake_timeout` where a route
-    /// needs one.
+    /// No complete PROXY header or TLS ClientHello within `handshake_timeout`.
     HandshakeTimeout,
+    /// A trusted source sent no valid PROXY header, or an untrusted one sent one.
+    ProxyProtocol,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 4] = [
+    pub const ALL: [RejectReason; 5] = [
         Self::MaxConnections,
         Self::NoRoute,
         Self::NoBackend,
         Self::HandshakeTimeout,
+        Self::ProxyProtocol,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +43,7 @@ impl RejectReason {
             Self::NoRoute => "no_route",
             Self::NoBackend => "no_backend",
             Self::HandshakeTimeout => "handshake_timeout",
+            Self::ProxyProtocol => "proxy_protocol",
         }
     }
 }

@@ -3,4 +3,5 @@
 mod common;
 mod health;
 mod proxy;
+mod proxy_in;
 mod tls;

@@ -141,3 +141,52 @@ fn haproxy_reads_the_client_address_from_weirs_v1_and_v2_headers() {
         assert!(port.parse::<u16>().is_ok_and(|p| p != 0), "{answer}");
     }
 }
+
+/// HAProxy in front of weir with `send-proxy-v2`; weir accepts it from the
+/// trusted loopback and passes the client on (v1) to nginx, which echoes it.
+#[test]
+fn a_client_address_travels_from_haproxy_through_weir_to_nginx() {
+    let (_nginx, backend) = nginx_echoing_proxy_addresses("chain");
+    let weir_port = free_port();
+    let file = temp_config(
+        "pp-chain",
+        &format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"l\"\nbind = [\"{weir_port}\"]\n\
+             proxy_protocol = {{ accept = true, trusted = [\"127.0.0.1\"] }}\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"n\"\nsend_proxy_protocol = \"v1\"\n\
+             [[pools]]\nname = \"n\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
+        ),
+    );
+    let (_weir, _out) = run_weir(&file);
+    let haproxy =
+        which("haproxy").expect("haproxy is not installed: run scripts/test.sh, which installs it");
+    let dir = std::env::temp_dir().join(format!("weir-pp-chain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let front = free_port();
+    std::fs::write(
+        dir.join("haproxy.cfg"),
+        format!(
+            "global\n  maxconn 64\n\
+             defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\
+             frontend f\n  bind {front}\n  default_backend w\n\
+             backend w\n  server weir {weir_port} send-proxy-v2\n"
+        ),
+    )
+    .expect("conf");
+    let _haproxy = Running(
+        Command::new(haproxy)
+            .arg("-f")
+            .arg(dir.join("haproxy.cfg"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start haproxy"),
+    );
+    wait_connectable(front);
+    let answer = curl(&format!("http://{front}/"), "127.0.0.8");
+    let (addr, _) = answer
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("answer {answer:?}"));
+    assert_eq!(addr, "127.0.0.8", "{answer}");
+}
