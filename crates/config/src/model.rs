@@ -82,6 +82,21 @@ pub struct Route {
     pub pool_index: usize,
     /// PROXY protocol header sent to the backend before any data.
     pub send_proxy_protocol: ProxyVersion,
+    /// Speak TLS to the backend (`backend_tls`).
+    pub backend_tls: Option<BackendTls>,
+}
+
+/// `backend_tls = { sni, verify, ca, cert, key }`: weir opens TLS to the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendTls {
+    /// Name sent as SNI and verified; defaults to the backend's IP.
+    pub sni: Option<String>,
+    /// Verify the backend's certificate (default true).
+    pub verify: bool,
+    /// Verify against this CA bundle (PEM) instead of the system roots.
+    pub ca: Option<std::path::PathBuf>,
+    /// A client certificate chain and its key (PEM), for backends that ask.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// Accepting the PROXY protocol: sources in `trusted` must send a header (v1 or

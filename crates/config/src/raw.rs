@@ -73,6 +73,17 @@ pub(crate) struct RawRoute {
     pub(crate) matcher: Option<RawMatch>,
     pub(crate) pool: String,
     pub(crate) send_proxy_protocol: Option<String>,
+    pub(crate) backend_tls: Option<RawBackendTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawBackendTls {
+    pub(crate) sni: Option<String>,
+    pub(crate) verify: Option<bool>,
+    pub(crate) ca: Option<String>,
+    pub(crate) cert: Option<String>,
+    pub(crate) key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,13 +13,13 @@ use ipnet::IpNet;
 
 use crate::error::{ConfigError, Problem};
 use crate::model::{
-    Admin, Backend, Balance, Check, Config, GrpcCheck, HashKey, Health, HttpCheck, Listener, Log,
-    LogFormat, Match, Pool, ProbeTls, Protocol, ProxyAccept, ProxyVersion, Route, Runtime,
-    StatusMatch,
+    Admin, Backend, BackendTls, Balance, Check, Config, GrpcCheck, HashKey, Health, HttpCheck,
+    Listener, Log, LogFormat, Match, Pool, ProbeTls, Protocol, ProxyAccept, ProxyVersion, Route,
+    Runtime, StatusMatch,
 };
 use crate::raw::{
-    Int, RawAdmin, RawBackend, RawConfig, RawHealth, RawListener, RawLog, RawPool, RawRoute,
-    RawRuntime,
+    Int, RawAdmin, RawBackend, RawBackendTls, RawConfig, RawHealth, RawListener, RawLog, RawPool,
+    RawRoute, RawRuntime,
 };
 
 /// Turns a backend `address` (host:port) into a socket address.
@@ -376,9 +376,13 @@ impl Checker {
             ProxyVersion::Off,
             PROXY_VERSIONS,
         );
+        let backend_tls = raw
+            .backend_tls
+            .map(|t| self.backend_tls(&format!("{path}.backend_tls"), t));
         Route {
             name: raw.name,
             send_proxy_protocol,
+            backend_tls,
             matcher: Match { source, sni, alpn },
             pool: raw.pool,
             pool_index,
@@ -723,6 +727,84 @@ impl Checker {
 
     /// A PEM CA bundle: read now, so that a wrong path fails the load (or the
     /// reload) rather than every probe.
+    fn backend_tls(&mut self, path: &str, raw: RawBackendTls) -> BackendTls {
+        let verify = raw.verify.unwrap_or(true);
+        if !verify && raw.ca.is_some() {
+            self.push(
+                format!("{path}.verify"),
+                "contradicts `ca`: with verify = false any certificate is accepted, so the CA \
+                 would never be used; keep one of them",
+            );
+        }
+        let ca = raw
+            .ca
+            .as_deref()
+            .map(|ca| self.ca_file(&format!("{path}.ca"), ca));
+        if let Some(name) = &raw.sni
+            && let Err(msg) = check_server_name(name)
+        {
+            self.push(format!("{path}.sni"), msg);
+        }
+        let client_cert = match (raw.cert, raw.key) {
+            (Some(cert), Some(key)) => {
+                let cert = self.pem_file(
+                    &format!("{path}.cert"),
+                    &cert,
+                    "CERTIFICATE",
+                    "a PEM certificate chain",
+                );
+                let key = self.pem_file(
+                    &format!("{path}.key"),
+                    &key,
+                    "PRIVATE KEY",
+                    "a PEM private key",
+                );
+                Some((cert, key))
+            }
+            (Some(_), None) => {
+                self.push(
+                    format!("{path}.key"),
+                    "required with `cert` (the client certificate's private key)",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                self.push(
+                    format!("{path}.cert"),
+                    "required with `key` (the client certificate chain)",
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        BackendTls {
+            sni: raw.sni,
+            verify,
+            ca,
+            client_cert,
+        }
+    }
+
+    /// A readable file holding a PEM block whose label contains `marker`.
+    fn pem_file(&mut self, path: &str, value: &str, marker: &str, what: &str) -> PathBuf {
+        let file = PathBuf::from(value);
+        match std::fs::read(&file) {
+            Ok(bytes) => {
+                let begin = format!("-----BEGIN {marker}");
+                let found = contains(&bytes, begin.as_bytes())
+                    || (marker == "PRIVATE KEY" && contains(&bytes, b" PRIVATE KEY-----"));
+                if !found {
+                    self.push(path, format!("{value:?} is not {what}"));
+                }
+            }
+            Err(e) => {
+                let hint = relative_hint(&file);
+                self.push(path, format!("cannot read {value:?}: {e}{hint}"));
+            }
+        }
+        file
+    }
+
     fn ca_file(&mut self, path: &str, ca: &str) -> PathBuf {
         if ca.is_empty() {
             self.push(path, "must not be empty");

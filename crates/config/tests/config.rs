@@ -1391,3 +1391,75 @@ fn proxy_protocol_accept() {
         "unknown value \"v3\"",
     );
 }
+
+#[test]
+fn backend_tls_keys() {
+    let dir = std::env::temp_dir().join(format!("weir-config-btls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ca = dir.join("ca.pem");
+    std::fs::write(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )
+    .expect("ca");
+    let key = dir.join("k.pem");
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n",
+    )
+    .expect("key");
+    let route = |tls: &str| {
+        OK_LISTENER.replace(
+            "  pool = \"p\"",
+            &format!("  pool = \"p\"\n  backend_tls = {{ {tls} }}"),
+        ) + OK_POOL
+    };
+    let ok = route(&format!(
+        "sni = \"db.internal\", ca = \"{0}\", cert = \"{0}\", key = \"{1}\"",
+        ca.display(),
+        key.display()
+    ));
+    let cfg = weir_config::load_str_with(&ok, &|_| Err("no DNS".into())).expect("valid");
+    let t = cfg.listeners[0].routes[0]
+        .backend_tls
+        .as_ref()
+        .expect("tls");
+    assert!(t.verify, "verify defaults to true");
+    assert_eq!(t.sni.as_deref(), Some("db.internal"));
+    assert!(t.client_cert.is_some());
+
+    assert_one(
+        &route(&format!("verify = false, ca = \"{}\"", ca.display())),
+        "listeners[0].routes[0].backend_tls.verify",
+        "contradicts `ca`",
+    );
+    assert_one(
+        &route(&format!("cert = \"{}\"", ca.display())),
+        "listeners[0].routes[0].backend_tls.key",
+        "required with `cert`",
+    );
+    assert_one(
+        &route(&format!(
+            "ca = \"{}\", key = \"{}\"",
+            ca.display(),
+            key.display()
+        )),
+        "listeners[0].routes[0].backend_tls.cert",
+        "required with `key`",
+    );
+    assert_one(
+        &route(&format!("cert = \"{0}\", key = \"{0}\"", ca.display())),
+        "listeners[0].routes[0].backend_tls.key",
+        "",
+    );
+    assert_one(
+        &route("sni = \"not a name\""),
+        "listeners[0].routes[0].backend_tls.sni",
+        "",
+    );
+    assert_one(
+        &route("vrfy = true"),
+        "listeners[0].routes[0].backend_tls.vrfy",
+        "unknown key",
+    );
+}

@@ -92,7 +92,14 @@ pub(crate) async fn handle(listener: Arc<Listener>, client: TcpStream, socket_pe
     };
     stats::count(&route.stats.connections_total, 1);
     let pool = &route.pool;
-    let (backend_index, backend) = match connect(pool, peer).await {
+    let preamble = Preamble {
+        client: &client,
+        peer,
+        destination,
+        proxy: route.send_proxy_protocol,
+        tls: route.backend_tls.as_ref(),
+    };
+    let (backend_index, backend) = match connect(pool, &preamble).await {
         Ok(ok) => ok,
         Err(term) => {
             if let Termination::Rejected(r) = term {
@@ -107,44 +114,28 @@ pub(crate) async fn handle(listener: Arc<Listener>, client: TcpStream, socket_pe
     stats::count(&b.stats.connections_total, 1);
     // Counted active from the moment it was picked (see `connect`).
     let _backend_active = ActiveGuard(&b.stats.connections_active);
-    if route.send_proxy_protocol != ProxyVersion::Off
-        && let Err(e) = send_proxy_header(
-            &client,
-            &backend,
-            peer,
-            destination,
-            route.send_proxy_protocol,
-        )
-        .await
-    {
-        tracing::debug!(pool = %pool.name, backend = %b.name, error = %e, "cannot send the PROXY header");
-        route.stats.connection_duration.observe(start.elapsed());
-        log(
-            &listener,
-            Some(route),
-            peer,
-            Some(b),
-            0,
-            0,
-            start,
-            Termination::Relay(End::BackendError),
-        );
-        return;
-    }
     let evict = b.eviction_token();
-    let mut outcome = relay::relay(
-        &client,
-        &backend,
-        &b.stats,
-        relay::Settings {
-            idle_timeout: listener.idle_timeout,
-            zero_copy: listener.zero_copy,
-            refuse_proxy_header: untrusted,
-        },
-        &listener.kill,
-        &evict,
-    )
-    .await;
+    let settings = relay::Settings {
+        idle_timeout: listener.idle_timeout,
+        zero_copy: listener.zero_copy,
+        refuse_proxy_header: untrusted,
+    };
+    let mut outcome = match backend {
+        Upstream::Plain(backend) => {
+            relay::relay(
+                &client,
+                &backend,
+                &b.stats,
+                settings,
+                &listener.kill,
+                &evict,
+            )
+            .await
+        }
+        Upstream::Tls(backend) => {
+            relay::relay_stream(client, *backend, &b.stats, settings, &listener.kill, &evict).await
+        }
+    };
     if outcome.end == End::ProxyHeader {
         listener.stats.reject(RejectReason::ProxyProtocol);
     }
@@ -170,7 +161,53 @@ pub(crate) async fn handle(listener: Arc<Listener>, client: TcpStream, socket_pe
 /// Picks a backend and connects, trying up to `retries` other backends when a
 /// connect fails. On success the picked backend's active gauge has been
 /// incremented (so concurrent picks by `least_conn` see it at once).
-async fn connect(pool: &Arc<Pool>, peer: SocketAddr) -> Result<(usize, TcpStream), Termination> {
+/// What `connect` established: a plain TCP connection or TLS over it.
+enum Upstream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Everything sent before the relay starts: the PROXY header (in clear) and the
+/// TLS handshake. Both are part of establishing the connection, so a failure
+/// moves on to another backend like a refused connect.
+struct Preamble<'a> {
+    client: &'a TcpStream,
+    peer: SocketAddr,
+    destination: Option<SocketAddr>,
+    proxy: ProxyVersion,
+    tls: Option<&'a crate::listener::BackendTls>,
+}
+
+async fn establish(
+    addr: SocketAddr,
+    timeout: std::time::Duration,
+    pre: &Preamble<'_>,
+) -> Result<Upstream, ConnectError> {
+    let tcp = connect_one(addr, timeout).await?;
+    if pre.proxy != ProxyVersion::Off {
+        send_proxy_header(pre.client, &tcp, pre.peer, pre.destination, pre.proxy)
+            .await
+            .map_err(|e| ConnectError::from_io(&e))?;
+    }
+    let Some(tls) = pre.tls else {
+        return Ok(Upstream::Plain(tcp));
+    };
+    let name = tls
+        .sni
+        .clone()
+        .unwrap_or(rustls::pki_types::ServerName::IpAddress(addr.ip().into()));
+    match tokio::time::timeout(timeout, tls.connector.connect(name, tcp)).await {
+        Ok(Ok(stream)) => Ok(Upstream::Tls(Box::new(stream))),
+        Ok(Err(e)) => {
+            tracing::debug!(%addr, error = %e, "TLS handshake with the backend failed");
+            Err(ConnectError::Tls)
+        }
+        Err(_) => Err(ConnectError::Tls),
+    }
+}
+
+async fn connect(pool: &Arc<Pool>, pre: &Preamble<'_>) -> Result<(usize, Upstream), Termination> {
+    let peer = pre.peer;
     let picker = pool.picker();
     let key = match picker.policy() {
         weir_balance::Policy::Maglev => affinity_key(pool.hash_key, peer),
@@ -198,7 +235,7 @@ async fn connect(pool: &Arc<Pool>, peer: SocketAddr) -> Result<(usize, TcpStream
         };
         b.stats.connections_active.fetch_add(1, Relaxed);
         let began = Instant::now();
-        match connect_one(b.address, pool.connect_timeout).await {
+        match establish(b.address, pool.connect_timeout, pre).await {
             Ok(stream) => {
                 b.stats.connect_duration.observe(began.elapsed());
                 return Ok((i, stream));

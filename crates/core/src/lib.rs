@@ -18,5 +18,6 @@ mod proxy_in;
 pub mod relay;
 pub mod server;
 pub mod stats;
+mod tls;
 
 pub use server::{Server, StartError};

@@ -26,8 +26,26 @@ pub struct Route {
     pub name: String,
     pub matcher: weir_config::Match,
     pub send_proxy_protocol: weir_config::ProxyVersion,
+    /// TLS to the backend (`backend_tls`).
+    pub(crate) backend_tls: Option<BackendTls>,
     pub pool: Arc<Pool>,
     pub stats: Arc<RouteStats>,
+}
+
+/// A route's TLS client towards its backends, built once at start.
+#[derive(Clone)]
+pub(crate) struct BackendTls {
+    pub(crate) connector: tokio_rustls::TlsConnector,
+    /// SNI and verified name; `None`: the backend's IP.
+    pub(crate) sni: Option<rustls::pki_types::ServerName<'static>>,
+}
+
+impl std::fmt::Debug for BackendTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendTls")
+            .field("sni", &self.sni)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Route {

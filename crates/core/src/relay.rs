@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use rustix::pipe::{PipeFlags, SpliceFlags};
 use socket2::SockRef;
-use tokio::io::Interest;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -109,6 +109,24 @@ struct Progress {
 }
 
 impl Progress {
+    fn new() -> Progress {
+        Progress {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            eofs: AtomicU8::new(0),
+        }
+    }
+
+    /// Counts `n` bytes moved in one direction and marks activity.
+    fn moved(&self, total: &AtomicU64, backend_total: &AtomicU64, n: usize) {
+        let n = n as u64;
+        total.fetch_add(n, Relaxed);
+        crate::stats::count(backend_total, n);
+        self.touch();
+    }
+
     fn touch(&self) {
         let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_ms.store(ms, Relaxed);
@@ -157,13 +175,7 @@ pub(crate) async fn relay(
         zero_copy,
         refuse_proxy_header,
     } = settings;
-    let progress = Progress {
-        start: Instant::now(),
-        last_ms: AtomicU64::new(0),
-        sent: AtomicU64::new(0),
-        received: AtomicU64::new(0),
-        eofs: AtomicU8::new(0),
-    };
+    let progress = Progress::new();
     let up = Pump {
         from: client,
         to: backend,
@@ -186,6 +198,108 @@ pub(crate) async fn relay(
     };
     let up = up.run(zero_copy);
     let down = down.run(zero_copy);
+    let end = drive(up, down, &progress, idle_timeout, kill, evict).await;
+    Outcome {
+        end,
+        sent: progress.sent.load(Relaxed),
+        received: progress.received.load(Relaxed),
+    }
+}
+
+/// Relays between the client and a backend spoken to through a stream that
+/// handles its own bytes (TLS, `backend_tls`). rustls keeps its own buffers per
+/// connection, so this path reads into a pooled buffer it holds while waiting.
+pub(crate) async fn relay_stream<B>(
+    client: TcpStream,
+    backend: B,
+    backend_stats: &BackendStats,
+    settings: Settings,
+    kill: &CancellationToken,
+    evict: &CancellationToken,
+) -> Outcome
+where
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let progress = Progress::new();
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut backend_read, mut backend_write) = tokio::io::split(backend);
+    let up = stream_pump(
+        &mut client_read,
+        &mut backend_write,
+        (Side::Client, Side::Backend),
+        &progress,
+        (&progress.sent, &backend_stats.sent_bytes),
+        settings.refuse_proxy_header,
+    );
+    let down = stream_pump(
+        &mut backend_read,
+        &mut client_write,
+        (Side::Backend, Side::Client),
+        &progress,
+        (&progress.received, &backend_stats.received_bytes),
+        false,
+    );
+    let end = drive(up, down, &progress, settings.idle_timeout, kill, evict).await;
+    Outcome {
+        end,
+        sent: progress.sent.load(Relaxed),
+        received: progress.received.load(Relaxed),
+    }
+}
+
+/// One direction over async streams: read, check, count, write, until EOF
+/// (then shut down the other side's write half) or an error (the failed side).
+async fn stream_pump<R, W>(
+    from: &mut R,
+    to: &mut W,
+    (from_side, to_side): (Side, Side),
+    progress: &Progress,
+    (total, backend_total): (&AtomicU64, &AtomicU64),
+    guard_proxy: bool,
+) -> Result<(), Side>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut guard = guard_proxy.then(ProxyGuard::default);
+    loop {
+        let mut buf = PooledBuf::take();
+        let n = from.read(buf.as_mut()).await.map_err(|_| from_side)?;
+        if n == 0 {
+            if progress.eofs.fetch_add(1, Relaxed) == 0 {
+                let _ = to.shutdown().await;
+            }
+            return Ok(());
+        }
+        if let Some(g) = &mut guard {
+            match g.feed(&buf.as_mut()[..n]) {
+                Some(true) => return Err(Side::ClientProxyHeader),
+                Some(false) => guard = None,
+                None => {}
+            }
+        }
+        progress.moved(total, backend_total, n);
+        to.write_all(&buf.as_mut()[..n])
+            .await
+            .map_err(|_| to_side)?;
+        to.flush().await.map_err(|_| to_side)?;
+    }
+}
+
+/// Runs both directions until the connection ends, with the idle timer and the
+/// shutdown and eviction tokens; says how it ended.
+async fn drive<U, D>(
+    up: U,
+    down: D,
+    progress: &Progress,
+    idle_timeout: Duration,
+    kill: &CancellationToken,
+    evict: &CancellationToken,
+) -> End
+where
+    U: std::future::Future<Output = Result<(), Side>>,
+    D: std::future::Future<Output = Result<(), Side>>,
+{
     tokio::pin!(up, down);
     let idle = tokio::time::sleep(idle_timeout);
     let killed = kill.cancelled();
@@ -193,7 +307,7 @@ pub(crate) async fn relay(
     tokio::pin!(idle, killed, evicted);
     let mut up_done = false;
     let mut down_done = false;
-    let end = loop {
+    loop {
         tokio::select! {
             // Fixed order: no random draw per poll.
             biased;
@@ -217,11 +331,6 @@ pub(crate) async fn relay(
                 idle.as_mut().reset(deadline);
             }
         }
-    };
-    Outcome {
-        end,
-        sent: progress.sent.load(Relaxed),
-        received: progress.received.load(Relaxed),
     }
 }
 
@@ -298,10 +407,7 @@ impl Pump<'_> {
     }
 
     fn moved(&self, n: usize) {
-        let n = n as u64;
-        self.total.fetch_add(n, Relaxed);
-        crate::stats::count(self.backend_total, n);
-        self.progress.touch();
+        self.progress.moved(self.total, self.backend_total, n);
     }
 
     fn eof(&self) -> Result<(), Side> {

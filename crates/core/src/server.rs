@@ -31,6 +31,8 @@ pub enum StartError {
     },
     #[error("health checks: {0}")]
     Health(String),
+    #[error("{path}: {message}")]
+    BackendTls { path: String, message: String },
 }
 
 /// The data plane of one configuration.
@@ -56,10 +58,33 @@ impl Server {
         let mut sockets = Vec::new();
         let mut bound = Vec::new();
         for (index, l) in config.listeners.iter().enumerate() {
+            let mut tls = Vec::with_capacity(l.routes.len());
+            for (ri, r) in l.routes.iter().enumerate() {
+                tls.push(match &r.backend_tls {
+                    None => None,
+                    Some(t) => {
+                        let config = crate::tls::backend_config(t).map_err(|message| {
+                            StartError::BackendTls {
+                                path: format!("listeners[{index}].routes[{ri}].backend_tls"),
+                                message,
+                            }
+                        })?;
+                        Some(listener::BackendTls {
+                            connector: tokio_rustls::TlsConnector::from(config),
+                            sni: t
+                                .sni
+                                .clone()
+                                .and_then(|n| rustls::pki_types::ServerName::try_from(n).ok()),
+                        })
+                    }
+                });
+            }
             let routes = l
                 .routes
                 .iter()
-                .map(|r| Route {
+                .zip(tls)
+                .map(|(r, backend_tls)| Route {
+                    backend_tls,
                     name: r.name.clone(),
                     matcher: r.matcher.clone(),
                     send_proxy_protocol: r.send_proxy_protocol,

@@ -5,4 +5,3 @@ pub(crate) mod checker;
 mod grpc;
 pub(crate) mod probe;
 pub mod state;
-mod tls;

@@ -11,8 +11,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use weir_config::{GrpcCheck, HttpCheck, ProbeTls};
 
-use super::{grpc, tls};
+use super::grpc;
 use crate::stats::CheckReason;
+use crate::tls;
 
 /// Most bytes of an HTTP response read by a probe (status, headers and body).
 const MAX_RESPONSE: usize = 64 * 1024;

@@ -511,16 +511,38 @@ async fn weight_override_changes_the_distribution() {
 }
 
 /// A test CA and a server certificate it signed for `localhost` and 127.0.0.1.
-struct Pki {
-    ca_file: std::path::PathBuf,
-    acceptor: TlsAcceptor,
+pub(crate) struct Pki {
+    pub(crate) ca_file: std::path::PathBuf,
+    pub(crate) acceptor: TlsAcceptor,
+    pub(crate) ca_der: rustls::pki_types::CertificateDer<'static>,
+    pub(crate) leaf: (Vec<rustls::pki_types::CertificateDer<'static>>, Vec<u8>),
+    pub(crate) dir: std::path::PathBuf,
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
 }
 
-fn pki(tag: &str) -> Pki {
+impl Pki {
+    /// A client certificate signed by this CA, written as PEM files (cert, key).
+    pub(crate) fn client_cert(&self, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .expect("params")
+            .signed_by(&key, &self.issuer)
+            .expect("client cert");
+        let (c, k) = (
+            self.dir.join(format!("{name}.crt")),
+            self.dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).expect("write cert");
+        std::fs::write(&k, key.serialize_pem()).expect("write key");
+        (c, k)
+    }
+}
+
+pub(crate) fn pki(tag: &str) -> Pki {
     pki_with_alpn(tag, &[])
 }
 
-fn pki_with_alpn(tag: &str, alpn: &[&[u8]]) -> Pki {
+pub(crate) fn pki_with_alpn(tag: &str, alpn: &[&[u8]]) -> Pki {
     let ca_key = rcgen::KeyPair::generate().expect("key");
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -551,6 +573,10 @@ fn pki_with_alpn(tag: &str, alpn: &[&[u8]]) -> Pki {
     Pki {
         ca_file,
         acceptor: TlsAcceptor::from(Arc::new(config)),
+        ca_der: ca.der().clone(),
+        leaf: (vec![leaf.der().clone()], leaf_key.serialize_der()),
+        dir,
+        issuer: ca,
     }
 }
 

@@ -180,3 +180,118 @@ async fn a_silent_or_unmatched_client_is_rejected_with_its_reason() {
     assert_eq!(got, "");
     wait_until("counted", || l.stats.rejected(RejectReason::NoRoute) == 2).await;
 }
+
+/// A TLS echo server with the test CA's certificate for localhost/127.0.0.1;
+/// with `client_ca`, it demands a client certificate signed by that CA.
+async fn tls_echo_backend(pki: &crate::health::Pki, client_ca: bool) -> SocketAddr {
+    let acceptor = if client_ca {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pki.ca_der.clone()).expect("root");
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::clone(&provider),
+        )
+        .build()
+        .expect("verifier");
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                pki.leaf.0.clone(),
+                rustls::pki_types::PrivateKeyDer::Pkcs8(pki.leaf.1.clone().into()),
+            )
+            .expect("config");
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    } else {
+        pki.acceptor.clone()
+    };
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let a = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let (mut r, mut w) = tokio::io::split(tls);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    a
+}
+
+fn backend_tls_toml(backend: SocketAddr, tls: &str) -> String {
+    format!(
+        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n\
+         [[listeners.routes]]\nname = \"r\"\npool = \"p\"\nbackend_tls = {{ {tls} }}\n\
+         [[pools]]\nname = \"p\"\nretries = 0\n[[pools.backends]]\nname = \"b\"\naddress = \"{backend}\"\n"
+    )
+}
+
+/// Plain bytes in, TLS to the backend, the echo back; "" when weir closed.
+async fn echo_through(front: SocketAddr) -> String {
+    send(front, b"plain in, tls out", 1).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_tls_verifies_and_relays_both_ways() {
+    let pki = crate::health::pki("btls");
+    let backend = tls_echo_backend(&pki, false).await;
+    let ca = pki.ca_file.display().to_string();
+    for tls in [
+        format!("ca = \"{ca}\", sni = \"localhost\""),
+        // No sni: the backend's IP is verified (the certificate names 127.0.0.1).
+        format!("ca = \"{ca}\""),
+        "verify = false".to_string(),
+    ] {
+        let server = start(&backend_tls_toml(backend, &tls)).await;
+        let got = within("echo", echo_through(addr(&server, "l"))).await;
+        assert_eq!(got, "plain in, tls out", "{tls}");
+        server.shutdown();
+    }
+    // A CA that did not sign the backend's certificate: a tls connect error.
+    let other = crate::health::pki("btls-other");
+    let server = start(&backend_tls_toml(
+        backend,
+        &format!("ca = \"{}\"", other.ca_file.display()),
+    ))
+    .await;
+    assert_eq!(
+        within("refused", echo_through(addr(&server, "l"))).await,
+        ""
+    );
+    let b = server.pool("p").expect("p").backend("b").expect("b");
+    assert_eq!(
+        b.stats.connect_errors(weir_core::stats::ConnectError::Tls),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_tls_presents_a_client_certificate() {
+    let pki = crate::health::pki("btls-client");
+    let backend = tls_echo_backend(&pki, true).await;
+    let (cert, key) = pki.client_cert("weir-client");
+    let ca = pki.ca_file.display();
+    let with = format!(
+        "ca = \"{ca}\", cert = \"{}\", key = \"{}\"",
+        cert.display(),
+        key.display()
+    );
+    let server = start(&backend_tls_toml(backend, &with)).await;
+    assert_eq!(
+        within("with cert", echo_through(addr(&server, "l"))).await,
+        "plain in, tls out"
+    );
+    server.shutdown();
+    let server = start(&backend_tls_toml(backend, &format!("ca = \"{ca}\""))).await;
+    assert_eq!(
+        within("without cert", echo_through(addr(&server, "l"))).await,
+        ""
+    );
+}

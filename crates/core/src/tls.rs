@@ -1,42 +1,72 @@
-//! TLS for probes (`https = true`): a rustls client configuration per check,
-//! built once when the checks start (so a bad CA file fails the start, not every
-//! probe), verifying against the given CA bundle, the system roots, or — with
-//! `tls_skip_verify` — nothing but the handshake signatures.
+//! TLS client configurations, for probes (`https = true`) and for backends
+//! (`backend_tls`): built once at start (so a bad file fails the start, not a
+//! connection), verifying against the given CA bundle, the system roots, or —
+//! with verification off — nothing but the handshake signatures; optionally
+//! presenting a client certificate.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use weir_config::ProbeTls;
 
 /// Builds the client configuration of a check; `alpn` lists the protocols to offer.
 pub(crate) fn client_config(tls: &ProbeTls, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, String> {
+    config(!tls.skip_verify, tls.ca.as_deref(), None, alpn)
+}
+
+/// The client configuration of a route's `backend_tls`.
+pub(crate) fn backend_config(tls: &weir_config::BackendTls) -> Result<Arc<ClientConfig>, String> {
+    let client = tls
+        .client_cert
+        .as_ref()
+        .map(|(c, k)| (c.as_path(), k.as_path()));
+    config(tls.verify, tls.ca.as_deref(), client, &[])
+}
+
+fn config(
+    verify: bool,
+    ca: Option<&Path>,
+    client: Option<(&Path, &Path)>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("tls: {e}"))?;
-    let mut config = if tls.skip_verify {
+    let builder = if verify {
+        builder.with_root_certificates(roots(ca)?)
+    } else {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(SkipVerify(
                 provider.signature_verification_algorithms,
             )))
-            .with_no_client_auth()
-    } else {
-        builder
-            .with_root_certificates(roots(tls)?)
-            .with_no_client_auth()
+    };
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("cert {}: {e}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("key {}: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("client certificate: {e}"))?
+        }
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 
-fn roots(tls: &ProbeTls) -> Result<RootCertStore, String> {
+fn roots(ca: Option<&Path>) -> Result<RootCertStore, String> {
     let mut store = RootCertStore::empty();
-    match &tls.ca {
+    match ca {
         Some(path) => {
             let certs = CertificateDer::pem_file_iter(path)
                 .map_err(|e| format!("ca {}: {e}", path.display()))?;
