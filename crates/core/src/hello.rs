@@ -4,15 +4,13 @@
 //! are a ClientHello (and its SNI and ALPN), not TLS at all, or need more bytes.
 //! The wait is bounded by the listener's `handshake_timeout`.
 
-use std::io;
 use std::net::IpAddr;
 
-use rustix::net::RecvFlags;
-use tokio::io::Interest;
 use tokio::net::TcpStream;
 use weir_wire::tls::{self, Peek};
 
 use crate::listener::{Listener, Route};
+use crate::peek;
 
 /// The most bytes peeked: a ClientHello of up to 16 KiB plus record headers.
 const MAX_PEEK: usize = tls::MAX_HELLO_LEN + 1024;
@@ -48,32 +46,9 @@ async fn peek_route<'l>(
     let mut buf = vec![0u8; MAX_PEEK];
     let mut seen = 0;
     loop {
-        let ready = client
-            .ready(Interest::READABLE)
+        peek::more(client, &mut buf, &mut seen)
             .await
             .map_err(|_| Failed::Closed)?;
-        let peeked = client.try_io(Interest::READABLE, || {
-            let (n, _) =
-                rustix::net::recv(client, &mut buf, RecvFlags::PEEK).map_err(io::Error::from)?;
-            // Nothing new since the last peek: clear readiness and wait for
-            // more bytes (the kernel raises a new event when they come).
-            if n == seen && n > 0 {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            Ok(n)
-        });
-        match peeked {
-            Ok(0) => return Err(Failed::Closed),
-            Ok(n) => seen = n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // A peer that closed after a partial hello sends no more bytes.
-                if ready.is_read_closed() {
-                    return Err(Failed::Closed);
-                }
-                continue;
-            }
-            Err(_) => return Err(Failed::Closed),
-        }
         match tls::peek(&buf[..seen]) {
             Ok(Peek::Complete(hello)) => return Ok(listener.route_for(ip, Some(&hello))),
             Ok(Peek::NotTls) | Err(_) => return Ok(listener.route_for(ip, None)),

@@ -13,6 +13,7 @@ mod conn;
 pub mod health;
 mod hello;
 pub mod listener;
+mod peek;
 pub mod pool;
 mod proxy_in;
 pub mod relay;

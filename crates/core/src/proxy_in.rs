@@ -7,10 +7,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use rustix::net::RecvFlags;
-use tokio::io::Interest;
 use tokio::net::TcpStream;
 use weir_wire::proxy::{self, Command, ProxyParse};
+
+use crate::peek;
 
 #[derive(Debug)]
 pub(crate) enum Failed {
@@ -40,29 +40,9 @@ async fn read_inner(client: &TcpStream) -> Result<Option<(SocketAddr, SocketAddr
     let mut buf = vec![0u8; 256];
     let mut seen = 0;
     loop {
-        let ready = client
-            .ready(Interest::READABLE)
+        peek::more(client, &mut buf, &mut seen)
             .await
             .map_err(|_| Failed::Closed)?;
-        let peeked = client.try_io(Interest::READABLE, || {
-            let (n, _) =
-                rustix::net::recv(client, &mut buf, RecvFlags::PEEK).map_err(io::Error::from)?;
-            if n == seen && n > 0 {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            Ok(n)
-        });
-        match peeked {
-            Ok(0) => return Err(Failed::Closed),
-            Ok(n) => seen = n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if ready.is_read_closed() {
-                    return Err(Failed::Closed);
-                }
-                continue;
-            }
-            Err(_) => return Err(Failed::Closed),
-        }
         let (addresses, consumed) = match proxy::parse(&buf[..seen]) {
             Ok(ProxyParse::Complete {
                 header,

@@ -326,11 +326,9 @@ fn demo_serves_through_the_proxy_and_stops_on_sigint() {
 /// the configured weights.
 #[test]
 fn nginx_backends_and_curl_client_through_weir() {
-    let nginx =
-        which("nginx").expect("nginx is not installed: run scripts/test.sh, which installs it");
     let curl =
         which("curl").expect("curl is not installed: run scripts/test.sh, which installs it");
-    let dir = std::env::temp_dir().join(format!("weir-cli-{}-nginx", std::process::id()));
+    let dir = test_dir("nginx");
     let www = dir.join("www");
     std::fs::create_dir_all(&www).expect("www");
     let big: Vec<u8> = (0..3 * 1024 * 1024u32)
@@ -338,28 +336,13 @@ fn nginx_backends_and_curl_client_through_weir() {
         .collect();
     std::fs::write(www.join("big.bin"), &big).expect("big file");
     let (p1, p2) = (free_port(), free_port());
-    let d = dir.display();
-    let conf = format!(
-        "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
-         events {{ worker_connections 256; }}\n\
-         http {{ access_log off; client_body_temp_path {d}/t1; proxy_temp_path {d}/t2; fastcgi_temp_path {d}/t3;\n\
-           uwsgi_temp_path {d}/t4; scgi_temp_path {d}/t5;\n\
-           server {{ listen {p1}; root {www}; location = /who {{ return 200 \"nginx-1\\n\"; }} }}\n\
-           server {{ listen {p2}; root {www}; location = /who {{ return 200 \"nginx-2\\n\"; }} }}\n\
-         }}\n",
-        www = www.display()
-    );
-    std::fs::write(dir.join("nginx.conf"), conf).expect("nginx conf");
-    let nginx = Running(
-        Command::new(nginx)
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx"),
+    let nginx = start_nginx(
+        &dir,
+        &format!(
+            "server {{ listen {p1}; root {www}; location = /who {{ return 200 \"nginx-1\\n\"; }} }}\n\
+             server {{ listen {p2}; root {www}; location = /who {{ return 200 \"nginx-2\\n\"; }} }}",
+            www = www.display()
+        ),
     );
     for p in [p1, p2] {
         wait_connectable(p);
@@ -411,6 +394,40 @@ fn nginx_backends_and_curl_client_through_weir() {
     signal(&child.0, rustix::process::Signal::TERM);
     assert_eq!(wait_exit(&mut child.0).code(), Some(0));
     drop(nginx);
+}
+
+/// A temporary directory for one test's files.
+pub(crate) fn test_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("weir-it-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("test dir");
+    dir
+}
+
+/// Starts a real nginx (Debian package) in the foreground with `http_servers`
+/// (`server { ... }` blocks) and every file it writes kept in `dir`; stopped by
+/// PID when the returned handle drops. The caller waits for its ports.
+pub(crate) fn start_nginx(dir: &Path, http_servers: &str) -> Running {
+    let nginx =
+        which("nginx").expect("nginx is not installed: run scripts/test.sh, which installs it");
+    let d = dir.display();
+    let conf = format!(
+        "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+         events {{ worker_connections 256; }}\n\
+         http {{ access_log off; client_body_temp_path {d}/t1; proxy_temp_path {d}/t2; fastcgi_temp_path {d}/t3;\n\
+           uwsgi_temp_path {d}/t4; scgi_temp_path {d}/t5;\n{http_servers}\n}}\n"
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).expect("nginx conf");
+    Running(
+        Command::new(nginx)
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx"),
+    )
 }
 
 pub(crate) fn which(name: &str) -> Option<PathBuf> {

@@ -5,35 +5,21 @@
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
-use crate::cli::{Running, free_port, run_weir, temp_config, wait_connectable, which};
+use crate::cli::{
+    Running, free_port, run_weir, start_nginx, temp_config, test_dir, wait_connectable, which,
+};
 
 fn nginx_echoing_proxy_addresses(tag: &str) -> (Running, SocketAddr) {
-    let nginx =
-        which("nginx").expect("nginx is not installed: run scripts/test.sh, which installs it");
-    let dir = std::env::temp_dir().join(format!("weir-pp-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
     let port = free_port();
-    let d = dir.display();
-    let conf = format!(
-        "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
-         events {{ worker_connections 64; }}\n\
-         http {{ access_log off; client_body_temp_path {d}/t1; proxy_temp_path {d}/t2; fastcgi_temp_path {d}/t3;\n\
-           uwsgi_temp_path {d}/t4; scgi_temp_path {d}/t5;\n\
-           server {{ listen {port} proxy_protocol; location / {{ return 200 \"$proxy_protocol_addr $proxy_protocol_port\\n\"; }} }}\n\
-         }}\n"
+    let nginx = start_nginx(
+        &test_dir(&format!("pp-{tag}")),
+        &format!(
+            "server {{ listen {port} proxy_protocol; \
+             location / {{ return 200 \"$proxy_protocol_addr $proxy_protocol_port\\n\"; }} }}"
+        ),
     );
-    std::fs::write(dir.join("nginx.conf"), conf).expect("conf");
-    let child = Command::new(nginx)
-        .arg("-p")
-        .arg(&dir)
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nginx");
     wait_connectable(port);
-    (Running(child), port)
+    (nginx, port)
 }
 
 fn curl(url: &str, interface: &str) -> String {

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::cli::{Running, free_port, run_weir, temp_config, wait_connectable, which};
+use crate::cli::{
+    free_port, run_weir, start_nginx, temp_config, test_dir, wait_connectable, which,
+};
 
 fn make_cert(dir: &Path, name: &str) {
     let openssl = which("openssl").expect("openssl is not installed");
@@ -44,10 +46,7 @@ fn make_cert(dir: &Path, name: &str) {
 
 #[test]
 fn curl_and_openssl_reach_the_backend_their_sni_names() {
-    let nginx =
-        which("nginx").expect("nginx is not installed: run scripts/test.sh, which installs it");
-    let dir = std::env::temp_dir().join(format!("weir-sni-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = test_dir("sni");
     let names = ["a.example.com", "b.example.com"];
     for n in names {
         make_cert(&dir, n);
@@ -61,27 +60,7 @@ fn curl_and_openssl_reach_the_backend_their_sni_names() {
                  location / {{ return 200 \"backend {n}\\n\"; }} }}\n"
         ));
     }
-    std::fs::write(
-        dir.join("nginx.conf"),
-        format!(
-            "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{ access_log off; client_body_temp_path {d}/t1; proxy_temp_path {d}/t2; fastcgi_temp_path {d}/t3;\n\
-               uwsgi_temp_path {d}/t4; scgi_temp_path {d}/t5;\n{servers}}}\n"
-        ),
-    )
-    .expect("conf");
-    let _nginx = Running(
-        Command::new(nginx)
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx"),
-    );
+    let _nginx = start_nginx(&dir, &servers);
     for p in &ports {
         wait_connectable(*p);
     }
