@@ -725,8 +725,7 @@ impl Checker {
         })
     }
 
-    /// A PEM CA bundle: read now, so that a wrong path fails the load (or the
-    /// reload) rather than every probe.
+    /// `backend_tls`: its files are read now, so a wrong path fails the load.
     fn backend_tls(&mut self, path: &str, raw: RawBackendTls) -> BackendTls {
         let verify = raw.verify.unwrap_or(true);
         if !verify && raw.ca.is_some() {
@@ -751,13 +750,13 @@ impl Checker {
                     &format!("{path}.cert"),
                     &cert,
                     "CERTIFICATE",
-                    "a PEM certificate chain",
+                    "is not a PEM certificate chain",
                 );
                 let key = self.pem_file(
                     &format!("{path}.key"),
                     &key,
                     "PRIVATE KEY",
-                    "a PEM private key",
+                    "is not a PEM private key",
                 );
                 Some((cert, key))
             }
@@ -785,16 +784,18 @@ impl Checker {
         }
     }
 
-    /// A readable file holding a PEM block whose label contains `marker`.
+    /// A readable file holding a PEM block whose label contains `marker`; `what`
+    /// ends the message when it does not.
     fn pem_file(&mut self, path: &str, value: &str, marker: &str, what: &str) -> PathBuf {
         let file = PathBuf::from(value);
         match std::fs::read(&file) {
             Ok(bytes) => {
                 let begin = format!("-----BEGIN {marker}");
+                // Keys come as "PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY".
                 let found = contains(&bytes, begin.as_bytes())
                     || (marker == "PRIVATE KEY" && contains(&bytes, b" PRIVATE KEY-----"));
                 if !found {
-                    self.push(path, format!("{value:?} is not {what}"));
+                    self.push(path, format!("{value:?} {what}"));
                 }
             }
             Err(e) => {
@@ -805,30 +806,20 @@ impl Checker {
         file
     }
 
+    /// A PEM CA bundle: read now, so that a wrong path fails the load (or the
+    /// reload) rather than every probe or connection.
     fn ca_file(&mut self, path: &str, ca: &str) -> PathBuf {
         if ca.is_empty() {
             self.push(path, "must not be empty");
             return PathBuf::new();
         }
-        let file = PathBuf::from(ca);
-        match std::fs::read(&file) {
-            Ok(bytes) => {
-                if !contains(&bytes, b"-----BEGIN CERTIFICATE-----") {
-                    self.push(
-                        path,
-                        format!(
-                            "{ca:?} holds no PEM certificate (no \"-----BEGIN CERTIFICATE-----\" \
-                             line); `ca` takes a PEM bundle of CA certificates"
-                        ),
-                    );
-                }
-            }
-            Err(e) => {
-                let hint = relative_hint(&file);
-                self.push(path, format!("cannot read {ca:?}: {e}{hint}"));
-            }
-        }
-        file
+        self.pem_file(
+            path,
+            ca,
+            "CERTIFICATE",
+            "holds no PEM certificate (no \"-----BEGIN CERTIFICATE-----\" line); `ca` takes a \
+             PEM bundle of CA certificates",
+        )
     }
 
     fn name(&mut self, path: &str, name: &str) {
