@@ -134,8 +134,10 @@ pub fn render(server: &Server, build: &BuildInfo, format: Format) -> String {
         out: String::with_capacity(16 * 1024),
         format,
     };
-    let listeners = server.listeners();
-    let pools = server.pools();
+    // One snapshot for the whole scrape, so a reload cannot mix two configs.
+    let snapshot = server.snapshot();
+    let listeners = &snapshot.listeners;
+    let pools = &snapshot.pools;
 
     w.family(
         "weir_listener_connections",
@@ -455,21 +457,29 @@ pub fn render(server: &Server, build: &BuildInfo, format: Format) -> String {
         Kind::Counter,
         "Configuration reloads by result.",
     );
-    for result in ["success", "failure"] {
-        w.sample("weir_config_reloads_total", &[("result", result)], 0);
+    let reloads = &server.reloads;
+    for (result, n) in [
+        ("success", reloads.succeeded.load(Relaxed)),
+        ("failure", reloads.failed.load(Relaxed)),
+    ] {
+        w.sample("weir_config_reloads_total", &[("result", result)], n);
     }
     w.family(
         "weir_config_last_reload_successful",
         Kind::Gauge,
         "1 when the last configuration load or reload succeeded.",
     );
-    w.sample("weir_config_last_reload_successful", &[], 1);
+    w.sample(
+        "weir_config_last_reload_successful",
+        &[],
+        u64::from(!reloads.last_failed.load(Relaxed)),
+    );
     w.family(
         "weir_config_generation",
         Kind::Gauge,
         "Generation of the running configuration (1 = the one loaded at start).",
     );
-    w.sample("weir_config_generation", &[], 1);
+    w.sample("weir_config_generation", &[], snapshot.generation);
     w.family(
         "weir_build_info",
         Kind::Gauge,

@@ -139,7 +139,7 @@ async fn counters_equal_what_happened() {
         within("no route", exchange(front, Ipv4Addr::new(127, 0, 0, 1))).await,
         ""
     );
-    let l = Arc::clone(server.listener("l").expect("l"));
+    let l = server.listener("l").expect("l");
     within("connections ended", async {
         while l
             .stats

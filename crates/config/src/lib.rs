@@ -8,6 +8,7 @@
 //! its key path (`pools[1].backends[0].weight: ...`), and stage two reports all
 //! of them at once. The data plane only ever sees the model, never serde types.
 
+mod diff;
 mod error;
 mod model;
 mod raw;
@@ -16,6 +17,7 @@ mod validate;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 
+pub use diff::{Diff, diff};
 pub use error::{ConfigError, Problem};
 pub use model::*;
 

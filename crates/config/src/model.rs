@@ -4,24 +4,66 @@
 //! things that have defaults.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
+
+/// The largest backend weight (configured or set by an operator).
+pub const MAX_WEIGHT: u32 = 1000;
 
 /// A whole, validated configuration file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub admin: Admin,
     pub runtime: Runtime,
+    pub state: State,
     pub log: Log,
     pub listeners: Vec<Listener>,
     pub pools: Vec<Pool>,
 }
 
-/// `[admin]`: the admin HTTP endpoint (`/healthz`, `/readyz`, ...). `None` = off.
+/// `[admin]`: the admin endpoints. An address left out is not served.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Admin {
+    /// `/metrics`, `/healthz`, `/readyz`.
     pub http: Option<SocketAddr>,
+    /// The gRPC control API the operator commands use.
+    pub grpc: Option<SocketAddr>,
+    /// The bearer token every mutation must carry, read from `token_file`.
+    pub token: Option<Token>,
+    pub token_file: Option<PathBuf>,
+    /// Allows a non-loopback admin address without a token.
+    pub insecure: bool,
+}
+
+/// A secret read from `admin.token_file`; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    pub fn new(secret: String) -> Self {
+        Token(secret)
+    }
+
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// `[state]`: where operator actions and transition history persist.
+#[derive(Debug, Clone, PartialEq)]
+pub struct State {
+    /// The SQLite file; `None` = nothing persists across restarts.
+    pub path: Option<PathBuf>,
+    /// Transitions kept per backend (in memory and in the file).
+    pub history: usize,
 }
 
 /// `[runtime]`.

@@ -20,6 +20,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) runtime: RawRuntime,
     #[serde(default)]
+    pub(crate) state: RawState,
+    #[serde(default)]
     pub(crate) log: RawLog,
     #[serde(default)]
     pub(crate) listeners: Vec<RawListener>,
@@ -31,6 +33,16 @@ pub(crate) struct RawConfig {
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub(crate) struct RawAdmin {
     pub(crate) http: Option<String>,
+    pub(crate) grpc: Option<String>,
+    pub(crate) token_file: Option<String>,
+    pub(crate) insecure: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawState {
+    pub(crate) path: Option<String>,
+    pub(crate) history: Option<Int>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -15,11 +15,11 @@ use crate::error::{ConfigError, Problem};
 use crate::model::{
     Admin, Backend, BackendTls, Balance, Check, Config, GrpcCheck, HashKey, Health, HttpCheck,
     Listener, Log, LogFormat, Match, Pool, ProbeTls, Protocol, ProxyAccept, ProxyVersion, Route,
-    Runtime, StatusMatch,
+    Runtime, State, StatusMatch, Token,
 };
 use crate::raw::{
     Int, RawAdmin, RawBackend, RawBackendTls, RawConfig, RawHealth, RawListener, RawLog, RawPool,
-    RawRoute, RawRuntime,
+    RawRoute, RawRuntime, RawState,
 };
 
 /// Turns a backend `address` (host:port) into a socket address.
@@ -38,8 +38,10 @@ const MAX_RISE_FALL: i64 = 100;
 const DEFAULT_HTTP_PATH: &str = "/";
 /// `expect_status = "2xx"`.
 const DEFAULT_EXPECT_STATUS: (u16, u16) = (200, 299);
-const MAX_WEIGHT: i64 = 1000;
+const MAX_WEIGHT: i64 = crate::model::MAX_WEIGHT as i64;
 const DEFAULT_LOG_LEVEL: &str = "info";
+/// Transitions kept per backend, in memory and in the state file.
+const DEFAULT_HISTORY: usize = 64;
 
 const LOG_FORMATS: &[(&str, LogFormat)] = &[("text", LogFormat::Text), ("json", LogFormat::Json)];
 const PROTOCOLS: &[(&str, Protocol)] = &[("tcp", Protocol::Tcp)];
@@ -97,6 +99,7 @@ pub(crate) fn validate(raw: RawConfig, resolve: Resolve<'_>) -> Result<Config, C
     };
     let admin = cx.admin(raw.admin);
     let runtime = cx.runtime(&raw.runtime);
+    let state = cx.state(raw.state);
     let log = cx.log(raw.log);
 
     // Routes refer to pools by index, so index the pool names up front; the
@@ -142,6 +145,7 @@ pub(crate) fn validate(raw: RawConfig, resolve: Resolve<'_>) -> Result<Config, C
         Ok(Config {
             admin,
             runtime,
+            state,
             log,
             listeners,
             pools,
@@ -163,8 +167,90 @@ impl Checker {
     }
 
     fn admin(&mut self, raw: RawAdmin) -> Admin {
+        let http = raw.http.map(|s| self.bind_addr("admin.http", &s));
+        let grpc = raw.grpc.map(|s| self.bind_addr("admin.grpc", &s));
+        let insecure = raw.insecure.unwrap_or(false);
+        let token_file = raw.token_file.map(PathBuf::from);
+        let token = token_file
+            .as_ref()
+            .and_then(|f| self.token("admin.token_file", f));
+        if token_file.is_none() && !insecure {
+            // Anyone who can reach a non-loopback admin port could drain every
+            // backend: that needs a token, or an explicit opt-out.
+            for (path, addr) in [("admin.http", http), ("admin.grpc", grpc)] {
+                if let Some(addr) = addr.filter(|a| !a.ip().is_loopback() && *a != PLACEHOLDER_ADDR)
+                {
+                    self.push(
+                        path,
+                        format!(
+                            "{addr} is not a loopback address: set admin.token_file so that \
+                             changes need a token, or write `insecure = true` in [admin]"
+                        ),
+                    );
+                }
+            }
+        }
         Admin {
-            http: raw.http.map(|s| self.bind_addr("admin.http", &s)),
+            http,
+            grpc,
+            token,
+            token_file,
+            insecure,
+        }
+    }
+
+    /// The token file holds one secret; surrounding whitespace (a trailing
+    /// newline) is not part of it.
+    fn token(&mut self, path: &str, file: &Path) -> Option<Token> {
+        match std::fs::read_to_string(file) {
+            Ok(text) => {
+                let secret = text.trim();
+                if secret.is_empty() {
+                    self.push(path, format!("{:?} is empty", file.display().to_string()));
+                    None
+                } else if secret.len() < 16 {
+                    self.push(
+                        path,
+                        format!(
+                            "the token in {:?} is {} characters long; use at least 16 \
+                             (e.g. `openssl rand -hex 32`)",
+                            file.display().to_string(),
+                            secret.len()
+                        ),
+                    );
+                    None
+                } else {
+                    Some(Token::new(secret.to_owned()))
+                }
+            }
+            Err(e) => {
+                let hint = relative_hint(file);
+                self.push(
+                    path,
+                    format!("cannot read {:?}: {e}{hint}", file.display().to_string()),
+                );
+                None
+            }
+        }
+    }
+
+    fn state(&mut self, raw: RawState) -> State {
+        let path = raw.path.map(PathBuf::from);
+        if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            self.push(
+                "state.path",
+                "must not be empty (leave it out to keep no state)",
+            );
+        }
+        State {
+            path,
+            history: self.int(
+                "state.history",
+                raw.history,
+                DEFAULT_HISTORY,
+                1,
+                Some(10_000),
+            ),
         }
     }
 
@@ -940,6 +1026,9 @@ impl Checker {
         let mut all = Vec::new();
         if let Some(addr) = admin.http {
             all.push(("admin.http".to_owned(), addr));
+        }
+        if let Some(addr) = admin.grpc {
+            all.push(("admin.grpc".to_owned(), addr));
         }
         for (l, listener) in listeners.iter().enumerate() {
             for (b, &addr) in listener.bind.iter().enumerate() {

@@ -400,7 +400,7 @@ fn unknown_top_level_key() {
     assert_one(
         &format!("listener = 1\n{OK_LISTENER}{OK_POOL}"),
         "listener",
-        "unknown key `listener`, expected one of `admin`, `runtime`, `log`, `listeners`, `pools` (line 1, column 1)",
+        "unknown key `listener`, expected one of `admin`, `runtime`, `state`, `log`, `listeners`, `pools` (line 1, column 1)",
     );
 }
 
@@ -1462,4 +1462,114 @@ fn backend_tls_keys() {
         "listeners[0].routes[0].backend_tls.vrfy",
         "unknown key",
     );
+}
+
+// ---- admin security, state, diff ----
+
+fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("weir-config-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, contents).expect("write");
+    path
+}
+
+#[test]
+fn non_loopback_admin_needs_a_token_or_insecure() {
+    for key in ["http", "grpc"] {
+        assert_one(
+            &format!("[admin]\n{key} = \"0.0.0.0:9901\"\n{OK_LISTENER}{OK_POOL}"),
+            &format!("admin.{key}"),
+            "0.0.0.0:9901 is not a loopback address: set admin.token_file",
+        );
+        let cfg = load(&format!(
+            "[admin]\n{key} = \"0.0.0.0:9901\"\ninsecure = true\n{OK_LISTENER}{OK_POOL}"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(cfg.admin.insecure && cfg.admin.token.is_none());
+    }
+    // Loopback (IPv4 and IPv6) needs neither.
+    let cfg = load(&format!(
+        "[admin]\nhttp = \"[::1]:9900\"\ngrpc = \"127.0.0.1:9901\"\n{OK_LISTENER}{OK_POOL}"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        cfg.admin.grpc,
+        Some(SocketAddr::from(([127, 0, 0, 1], 9901)))
+    );
+    let token = temp_file("token", "0123456789abcdef0123\n");
+    let cfg = load(&format!(
+        "[admin]\ngrpc = \"0.0.0.0:9901\"\ntoken_file = {:?}\n{OK_LISTENER}{OK_POOL}",
+        token.display().to_string()
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let read = cfg.admin.token.expect("token");
+    assert_eq!(
+        read.secret(),
+        "0123456789abcdef0123",
+        "trailing newline trimmed"
+    );
+    assert_eq!(format!("{read:?}"), "Token(<redacted>)");
+}
+
+#[test]
+fn bad_token_files() {
+    let short = temp_file("short", "abc\n");
+    let empty = temp_file("empty", "  \n");
+    for (file, message) in [
+        (short.display().to_string(), "the token in"),
+        (empty.display().to_string(), ""),
+        (
+            "/nonexistent/weir-token".to_owned(),
+            "cannot read \"/nonexistent/weir-token\"",
+        ),
+    ] {
+        assert_one(
+            &format!("[admin]\ntoken_file = {file:?}\n{OK_LISTENER}{OK_POOL}"),
+            "admin.token_file",
+            message,
+        );
+    }
+}
+
+#[test]
+fn state_section() {
+    let cfg = load(&format!("{OK_LISTENER}{OK_POOL}")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.state.path, None);
+    assert_eq!(cfg.state.history, 64);
+    let cfg = load(&format!(
+        "[state]\npath = \"w.db\"\nhistory = 5\n{OK_LISTENER}{OK_POOL}"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.state.path.as_deref(), Some(Path::new("w.db")));
+    assert_eq!(cfg.state.history, 5);
+    assert_one(
+        &format!("[state]\nhistory = 0\n{OK_LISTENER}{OK_POOL}"),
+        "state.history",
+        "0 is out of range 1..=10000",
+    );
+    assert_one(
+        &format!("[state]\npath = \"\"\n{OK_LISTENER}{OK_POOL}"),
+        "state.path",
+        "must not be empty",
+    );
+}
+
+#[test]
+fn diff_names_what_a_reload_changes() {
+    let old = load(&format!(
+        "{OK_LISTENER}{OK_POOL}\n  [[pools.backends]]\n  address = \"127.0.0.1:9002\"\n  name = \"b\"\n"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(weir_config::diff(&old, &old).is_empty());
+    let new_text = format!(
+        "[log]\nformat = \"json\"\n{}\n[[listeners]]\nname = \"l2\"\nbind = \"127.0.0.1:7001\"\n  [[listeners.routes]]\n  name = \"r\"\n  pool = \"p\"\n{OK_POOL}\n  [[pools.backends]]\n  address = \"127.0.0.1:9003\"\n  name = \"c\"\n",
+        OK_LISTENER.replace("name = \"r\"", "name = \"r1\"")
+    );
+    let new = load(&new_text).unwrap_or_else(|e| panic!("{e}"));
+    let d = weir_config::diff(&old, &new);
+    assert_eq!(d.added, ["listener l2", "backend p/c"]);
+    assert_eq!(d.removed, ["backend p/b"]);
+    assert_eq!(d.changed, ["listener l"]);
+    assert_eq!(d.need_restart, ["log"]);
 }

@@ -10,6 +10,7 @@
 //! path does relaxed atomic adds and takes no lock shared across connections.
 
 mod conn;
+pub mod events;
 pub mod health;
 mod hello;
 pub mod listener;
@@ -19,6 +20,10 @@ mod proxy_in;
 pub mod relay;
 pub mod server;
 pub mod stats;
+mod store;
 mod tls;
 
-pub use server::{Server, StartError};
+pub use server::{
+    ControlError, LastReload, Options, ReloadError, Reloaded, Server, Snapshot, StartError,
+};
+pub use store::millis;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
@@ -122,9 +123,11 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Accepts until `stop` is cancelled, spawning one task per connection on `tracker`.
+/// Accepts until `stop` is cancelled, spawning one task per connection on
+/// `tracker`. Each connection gets the listener in `slot` when it arrives (a
+/// reload stores a new one there) and keeps it for its whole life.
 pub(crate) async fn accept_loop(
-    listener: Arc<Listener>,
+    slot: Arc<ArcSwap<Listener>>,
     socket: TcpListener,
     stop: CancellationToken,
     tracker: TaskTracker,
@@ -144,7 +147,7 @@ pub(crate) async fn accept_loop(
                 if is_resource_exhaustion(&e) {
                     // Out of descriptors or memory: accepting again at once would
                     // spin; pending clients wait in the backlog meanwhile.
-                    tracing::warn!(listener = %listener.name, error = %e, "accept failed; pausing 50ms");
+                    tracing::warn!(listener = %slot.load().name, error = %e, "accept failed; pausing 50ms");
                     tokio::select! {
                         () = &mut stopped => break,
                         () = tokio::time::sleep(Duration::from_millis(50)) => {}
@@ -153,6 +156,7 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
+        let listener = slot.load_full();
         let stats = &listener.stats;
         crate::stats::count(&stats.connections_total, 1);
         let active = stats.connections_active.fetch_add(1, Relaxed);
@@ -163,7 +167,7 @@ pub(crate) async fn accept_loop(
             crate::conn::log_rejected(&listener, peer, RejectReason::MaxConnections);
             continue;
         }
-        tracker.spawn(crate::conn::handle(Arc::clone(&listener), stream, peer));
+        tracker.spawn(crate::conn::handle(listener, stream, peer));
     }
 }
 

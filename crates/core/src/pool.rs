@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use weir_balance::{Member, Picker, Policy};
 use weir_config as config;
 
+use crate::events::{Event, Journal};
 use crate::health::probe::Report;
 use crate::health::state::{self, Admin, Cause, Change, Health, HealthCounter, Transition};
 use crate::stats::{BackendStats, ConnectError, StateLabel};
@@ -53,6 +54,37 @@ struct Status {
     last_probe: Option<LastProbe>,
 }
 
+/// Operator state read back from the state file for a backend that is new to
+/// this process (at start, or added by a reload).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Saved {
+    pub admin: Option<Admin>,
+    pub weight_override: Option<u32>,
+    /// Oldest first.
+    pub history: Vec<Transition>,
+}
+
+/// What a backend's connections watch, shared by every generation of the
+/// backend across reloads: an eviction decided by the newest pool reaches
+/// connections made through an older one.
+#[derive(Debug)]
+struct Link {
+    /// Cancelled (and replaced) to close this backend's connections.
+    evict: ArcSwap<CancellationToken>,
+    eviction: AtomicU8,
+    /// Bumped whenever serving starts or stops; a pending drain closes
+    /// connections only if nothing changed since it was scheduled.
+    epoch: AtomicU64,
+}
+
+/// What a pool needs from the server around it.
+#[derive(Debug, Clone)]
+pub(crate) struct Context {
+    pub(crate) journal: Arc<Journal>,
+    /// Transitions kept per backend.
+    pub(crate) history: usize,
+}
+
 /// One backend of a pool.
 #[derive(Debug)]
 pub struct Backend {
@@ -64,14 +96,10 @@ pub struct Backend {
     pub stats: Arc<BackendStats>,
     /// Where probes go; `None` for a static backend.
     pub probe_address: Option<SocketAddr>,
-    status: Mutex<Status>,
+    /// Shared with the previous generation when a reload kept the probe target.
+    status: Arc<Mutex<Status>>,
     serving: AtomicBool,
-    /// Cancelled (and replaced) to close this backend's connections.
-    evict: ArcSwap<CancellationToken>,
-    eviction: AtomicU8,
-    /// Bumped whenever serving starts or stops; a pending drain closes
-    /// connections only if nothing changed since it was scheduled.
-    epoch: AtomicU64,
+    link: Arc<Link>,
 }
 
 /// A consistent view of a backend's state, for the API and tests.
@@ -157,12 +185,12 @@ impl Backend {
 
     /// The token a new connection to this backend watches.
     pub(crate) fn eviction_token(&self) -> Arc<CancellationToken> {
-        self.evict.load_full()
+        self.link.evict.load_full()
     }
 
     /// Why the last eviction happened.
     pub(crate) fn eviction(&self) -> Eviction {
-        if self.eviction.load(Relaxed) == Eviction::BackendDown as u8 {
+        if self.link.eviction.load(Relaxed) == Eviction::BackendDown as u8 {
             Eviction::BackendDown
         } else {
             Eviction::DrainTimeout
@@ -170,8 +198,8 @@ impl Backend {
     }
 
     fn evict_now(&self, why: Eviction) {
-        self.eviction.store(why as u8, Relaxed);
-        let old = self.evict.swap(Arc::new(CancellationToken::new()));
+        self.link.eviction.store(why as u8, Relaxed);
+        let old = self.link.evict.swap(Arc::new(CancellationToken::new()));
         old.cancel();
     }
 }
@@ -194,40 +222,115 @@ pub struct Pool {
     /// False during the first round of probes: results are recorded and the
     /// picker is built once when the round is complete (no transient tiers).
     settled: AtomicBool,
-    tier_history: Mutex<VecDeque<TierChange>>,
+    /// Kept across reloads, like the backends' histories.
+    tier_history: Arc<Mutex<VecDeque<TierChange>>>,
+    cx: Context,
 }
 
 /// A change of a pool's active tier: (when, from, to).
 pub type TierChange = (SystemTime, Option<u32>, Option<u32>);
 
 impl Pool {
-    pub(crate) fn build(cfg: &config::Pool) -> Arc<Pool> {
+    /// Builds a pool from its config. Backends that `previous` (the same pool
+    /// before a reload) has by name keep their counters, connections, admin
+    /// state, weight override and history, and their health too when the
+    /// probe target and check are unchanged. Backends new to this process get
+    /// what `saved` has for them (the state file).
+    pub(crate) fn build(
+        cfg: &config::Pool,
+        previous: Option<&Pool>,
+        saved: &dyn Fn(&str) -> Option<Saved>,
+        cx: &Context,
+    ) -> Arc<Pool> {
         let probed = !matches!(cfg.health.check, config::Check::None);
+        let same_check = previous.is_some_and(|p| p.health.check == cfg.health.check);
+        let mut reload_changes = Vec::new();
         let backends: Vec<Backend> = cfg
             .backends
             .iter()
             .map(|b| {
                 let probe = probed && b.health;
                 let port = b.check_port.or(cfg.health.port);
+                let probe_address =
+                    probe.then(|| port.map_or(b.address, |p| SocketAddr::new(b.address.ip(), p)));
+                let fresh = || HealthCounter::new(cfg.health.rise, cfg.health.fall, probe);
+                let before = previous.and_then(|p| p.backend(&b.name));
+                let (status, serving, link, stats) = match before {
+                    Some(old) => {
+                        let status = if same_check && old.probe_address == probe_address {
+                            let status = Arc::clone(&old.status);
+                            let mut s = lock(&status);
+                            s.health.set_thresholds(cfg.health.rise, cfg.health.fall);
+                            while s.history.len() > cx.history {
+                                s.history.pop_front();
+                            }
+                            drop(s);
+                            status
+                        } else {
+                            // Another target or check: what the old probes
+                            // said no longer applies.
+                            let s = old.status();
+                            let health = fresh();
+                            if s.health.state() != health.state() {
+                                reload_changes.push((
+                                    b.name.clone(),
+                                    Change::Health {
+                                        from: s.health.state(),
+                                        to: health.state(),
+                                    },
+                                ));
+                            }
+                            Arc::new(Mutex::new(Status {
+                                health,
+                                admin: s.admin,
+                                weight_override: s.weight_override,
+                                history: s.history.clone(),
+                                last_probe: None,
+                            }))
+                        };
+                        (
+                            status,
+                            old.is_serving(),
+                            Arc::clone(&old.link),
+                            Arc::clone(&old.stats),
+                        )
+                    }
+                    None => {
+                        let saved = saved(&b.name).unwrap_or_default();
+                        let mut history: VecDeque<Transition> = saved.history.into();
+                        while history.len() > cx.history {
+                            history.pop_front();
+                        }
+                        let status = Status {
+                            health: fresh(),
+                            admin: saved.admin.unwrap_or(Admin::Enabled),
+                            weight_override: saved.weight_override,
+                            history,
+                            last_probe: None,
+                        };
+                        let link = Link {
+                            evict: ArcSwap::from_pointee(CancellationToken::new()),
+                            eviction: AtomicU8::new(0),
+                            epoch: AtomicU64::new(0),
+                        };
+                        (
+                            Arc::new(Mutex::new(status)),
+                            false,
+                            Arc::new(link),
+                            Arc::default(),
+                        )
+                    }
+                };
                 Backend {
                     name: b.name.clone(),
                     address: b.address,
                     weight: b.weight,
                     tier: b.tier,
-                    stats: Arc::default(),
-                    probe_address: probe
-                        .then(|| port.map_or(b.address, |p| SocketAddr::new(b.address.ip(), p))),
-                    status: Mutex::new(Status {
-                        health: HealthCounter::new(cfg.health.rise, cfg.health.fall, probe),
-                        admin: Admin::Enabled,
-                        weight_override: None,
-                        history: VecDeque::new(),
-                        last_probe: None,
-                    }),
-                    serving: AtomicBool::new(false),
-                    evict: ArcSwap::from_pointee(CancellationToken::new()),
-                    eviction: AtomicU8::new(0),
-                    epoch: AtomicU64::new(0),
+                    stats,
+                    probe_address,
+                    status,
+                    serving: AtomicBool::new(serving),
+                    link,
                 }
             })
             .collect();
@@ -249,12 +352,30 @@ impl Pool {
             backends,
             policy,
             picker: ArcSwap::from_pointee(Picker::new(policy, &[])),
-            rebuild: Mutex::new(None),
+            rebuild: Mutex::new(previous.and_then(Pool::active_tier)),
             settled: AtomicBool::new(false),
-            tier_history: Mutex::new(VecDeque::new()),
+            tier_history: previous.map_or_else(Arc::default, |p| Arc::clone(&p.tier_history)),
+            cx: cx.clone(),
         });
+        for (name, change) in reload_changes {
+            if let Some(b) = pool.backend(&name) {
+                let mut s = b.status();
+                pool.record(
+                    b,
+                    &mut s,
+                    change,
+                    Cause::Reload("health check changed".to_owned()),
+                );
+            }
+        }
         pool.rebuild();
         pool
+    }
+
+    /// Appends a transition to a backend's history and tells the journal.
+    fn record(&self, b: &Backend, s: &mut Status, change: Change, cause: Cause) {
+        let t = state::record(&mut s.history, self.cx.history, change, cause);
+        self.cx.journal.backend(&self.name, &b.name, &t);
     }
 
     /// Ends the start-up round: from now on every change rebuilds the picker.
@@ -337,8 +458,9 @@ impl Pool {
             let change = s.health.probe(ok);
             b.count_transition(before, label(&s));
             if let Some((from, to)) = change {
-                state::record(
-                    &mut s.history,
+                self.record(
+                    b,
+                    &mut s,
                     Change::Health { from, to },
                     Cause::Probe(reason.to_owned()),
                 );
@@ -367,8 +489,9 @@ impl Pool {
             let change = s.health.passive_failure();
             b.count_transition(before, label(&s));
             if let Some((from, to)) = change {
-                state::record(
-                    &mut s.history,
+                self.record(
+                    b,
+                    &mut s,
                     Change::Health { from, to },
                     Cause::Passive(reason.clone()),
                 );
@@ -401,8 +524,9 @@ impl Pool {
                 s.health = HealthCounter::new(rise, fall, true);
             }
             b.count_transition(before, label(&s));
-            state::record(
-                &mut s.history,
+            self.record(
+                b,
+                &mut s,
                 Change::Admin { from, to: admin },
                 Cause::Operator,
             );
@@ -424,8 +548,9 @@ impl Pool {
                 return true;
             }
             s.weight_override = weight;
-            state::record(
-                &mut s.history,
+            self.record(
+                b,
+                &mut s,
                 Change::Weight { from, to: weight },
                 Cause::Operator,
             );
@@ -473,7 +598,7 @@ impl Pool {
             if was == serving {
                 continue;
             }
-            let epoch = b.epoch.fetch_add(1, Relaxed) + 1;
+            let epoch = b.link.epoch.fetch_add(1, Relaxed) + 1;
             if serving {
                 continue;
             }
@@ -493,7 +618,14 @@ impl Pool {
             if h.len() == state::HISTORY {
                 h.pop_front();
             }
-            h.push_back((SystemTime::now(), *last_tier, tier));
+            let at = SystemTime::now();
+            h.push_back((at, *last_tier, tier));
+            self.cx.journal.send(Event::Tier {
+                at,
+                pool: self.name.clone(),
+                from: *last_tier,
+                to: tier,
+            });
             *last_tier = tier;
         }
         self.picker.store(Arc::new(picker));
@@ -508,7 +640,7 @@ impl Pool {
         handle.spawn(async move {
             tokio::time::sleep(pool.drain_timeout).await;
             let b = &pool.backends[i];
-            if b.epoch.load(Relaxed) == epoch && !b.is_serving() {
+            if b.link.epoch.load(Relaxed) == epoch && !b.is_serving() {
                 let open = b.stats.connections_active.load(Relaxed);
                 if open > 0 {
                     tracing::info!(pool = %pool.name, backend = %b.name, open, "drain_timeout reached; closing connections");

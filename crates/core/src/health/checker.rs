@@ -41,9 +41,16 @@ pub(crate) struct Checkers {
     longest_timeout: Duration,
 }
 
-/// Starts one task per distinct probe target of `pools`. Fails (starting
-/// nothing) when a check's TLS settings cannot be loaded.
-pub(crate) fn start(pools: &[Arc<Pool>], stop: &CancellationToken) -> Result<Checkers, String> {
+/// Probers made ready for every distinct probe target, not yet running.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    ready: Vec<(Target, Prober, Vec<Subscriber>)>,
+}
+
+/// Makes one prober per distinct probe target of `pools`. Fails when a
+/// check's TLS settings cannot be loaded; nothing runs until [`Prepared::spawn`],
+/// so a reload can stop the old probes only once the new ones are sure to start.
+pub(crate) fn prepare(pools: &[Arc<Pool>]) -> Result<Prepared, String> {
     let mut targets: HashMap<Target, Vec<Subscriber>> = HashMap::new();
     let mut order = Vec::new();
     for pool in pools {
@@ -74,10 +81,7 @@ pub(crate) fn start(pools: &[Arc<Pool>], stop: &CancellationToken) -> Result<Che
             });
         }
     }
-    let (tx, first_round) = mpsc::unbounded_channel();
-    let longest_timeout = order.iter().map(|t| t.timeout).max().unwrap_or_default();
-    let tasks = order.len();
-    let mut ready = Vec::with_capacity(tasks);
+    let mut ready = Vec::with_capacity(order.len());
     for target in order {
         let prober = Prober::new(target.probe.clone(), target.address).map_err(|e| {
             let pool = targets
@@ -89,14 +93,29 @@ pub(crate) fn start(pools: &[Arc<Pool>], stop: &CancellationToken) -> Result<Che
         let subs = targets.remove(&target).unwrap_or_default();
         ready.push((target, prober, subs));
     }
-    for (target, prober, subs) in ready {
-        tokio::spawn(run(target, prober, subs, stop.clone(), tx.clone()));
+    Ok(Prepared { ready })
+}
+
+impl Prepared {
+    /// Starts one task per target; each probes at once, then on its interval.
+    pub(crate) fn spawn(self, stop: &CancellationToken) -> Checkers {
+        let (tx, first_round) = mpsc::unbounded_channel();
+        let longest_timeout = self
+            .ready
+            .iter()
+            .map(|(t, _, _)| t.timeout)
+            .max()
+            .unwrap_or_default();
+        let tasks = self.ready.len();
+        for (target, prober, subs) in self.ready {
+            tokio::spawn(run(target, prober, subs, stop.clone(), tx.clone()));
+        }
+        Checkers {
+            first_round,
+            tasks,
+            longest_timeout,
+        }
     }
-    Ok(Checkers {
-        first_round,
-        tasks,
-        longest_timeout,
-    })
 }
 
 impl Checkers {

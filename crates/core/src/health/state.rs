@@ -27,6 +27,12 @@ pub enum Health {
 }
 
 impl Health {
+    pub fn parse(s: &str) -> Option<Health> {
+        [Self::Unknown, Self::Up, Self::Down]
+            .into_iter()
+            .find(|h| h.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Unknown => "unknown",
@@ -48,6 +54,12 @@ pub enum Admin {
 }
 
 impl Admin {
+    pub fn parse(s: &str) -> Option<Admin> {
+        [Self::Enabled, Self::Drain, Self::Disabled]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Enabled => "enabled",
@@ -75,6 +87,47 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// `(kind, from, to)` as text, the form the API and the state file use.
+    /// A cleared weight override reads "configured".
+    pub fn parts(&self) -> (&'static str, String, String) {
+        let weight = |w: &Option<u32>| w.map_or_else(|| "configured".to_owned(), |w| w.to_string());
+        match self {
+            Self::Health { from, to } => {
+                ("health", from.as_str().to_owned(), to.as_str().to_owned())
+            }
+            Self::Admin { from, to } => ("admin", from.as_str().to_owned(), to.as_str().to_owned()),
+            Self::Weight { from, to } => ("weight", weight(from), weight(to)),
+        }
+    }
+
+    /// The inverse of [`Change::parts`]; `None` for text it never produces.
+    pub fn from_parts(kind: &str, from: &str, to: &str) -> Option<Change> {
+        let weight = |w: &str| -> Option<Option<u32>> {
+            if w == "configured" {
+                Some(None)
+            } else {
+                w.parse().ok().map(Some)
+            }
+        };
+        Some(match kind {
+            "health" => Change::Health {
+                from: Health::parse(from)?,
+                to: Health::parse(to)?,
+            },
+            "admin" => Change::Admin {
+                from: Admin::parse(from)?,
+                to: Admin::parse(to)?,
+            },
+            "weight" => Change::Weight {
+                from: weight(from)?,
+                to: weight(to)?,
+            },
+            _ => return None,
+        })
+    }
+}
+
 /// Why it changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cause {
@@ -85,6 +138,28 @@ pub enum Cause {
     Passive(String),
     /// An operator action.
     Operator,
+    /// A config reload; the text says what changed.
+    Reload(String),
+}
+
+impl Cause {
+    /// The inverse of its `Display` form (as the state file keeps it).
+    pub fn parse(text: &str) -> Cause {
+        if text == "operator" {
+            return Cause::Operator;
+        }
+        for (prefix, make) in [
+            ("probe: ", Cause::Probe as fn(String) -> Cause),
+            ("traffic: ", Cause::Passive),
+            ("reload: ", Cause::Reload),
+        ] {
+            if let Some(rest) = text.strip_prefix(prefix) {
+                return make(rest.to_owned());
+            }
+        }
+        // Text from a newer weir: keep it, as the closest kind.
+        Cause::Reload(text.to_owned())
+    }
 }
 
 impl std::fmt::Display for Cause {
@@ -93,6 +168,7 @@ impl std::fmt::Display for Cause {
             Self::Probe(r) => write!(f, "probe: {r}"),
             Self::Passive(r) => write!(f, "traffic: {r}"),
             Self::Operator => f.write_str("operator"),
+            Self::Reload(r) => write!(f, "reload: {r}"),
         }
     }
 }
@@ -105,7 +181,7 @@ pub struct Transition {
     pub cause: Cause,
 }
 
-/// Transitions kept per backend.
+/// Transitions kept per backend unless `state.history` says otherwise.
 pub const HISTORY: usize = 64;
 
 /// The rise/fall counter of one backend.
@@ -132,6 +208,12 @@ impl HealthCounter {
 
     pub fn state(&self) -> Health {
         self.state
+    }
+
+    /// New rise/fall from a reload; counts in progress carry on against them.
+    pub fn set_thresholds(&mut self, rise: u32, fall: u32) {
+        self.rise = rise.max(1);
+        self.fall = fall.max(1);
     }
 
     /// Applies a probe result and returns `(from, to)` when the state changed.
@@ -184,16 +266,24 @@ impl HealthCounter {
     }
 }
 
-/// Appends to a bounded history, dropping the oldest entry when full.
-pub fn record(history: &mut VecDeque<Transition>, change: Change, cause: Cause) {
-    if history.len() == HISTORY {
+/// Appends to a history bounded to `cap` entries, dropping the oldest ones,
+/// and returns the new entry.
+pub fn record(
+    history: &mut VecDeque<Transition>,
+    cap: usize,
+    change: Change,
+    cause: Cause,
+) -> Transition {
+    while history.len() >= cap.max(1) {
         history.pop_front();
     }
-    history.push_back(Transition {
+    let t = Transition {
         at: SystemTime::now(),
         change,
         cause,
-    });
+    };
+    history.push_back(t.clone());
+    t
 }
 
 #[cfg(test)]
@@ -266,11 +356,39 @@ mod tests {
     }
 
     #[test]
+    fn change_text_round_trips() {
+        for c in [
+            Change::Health {
+                from: Unknown,
+                to: Down,
+            },
+            Change::Admin {
+                from: Admin::Enabled,
+                to: Admin::Disabled,
+            },
+            Change::Weight {
+                from: None,
+                to: Some(7),
+            },
+            Change::Weight {
+                from: Some(3),
+                to: None,
+            },
+        ] {
+            let (kind, from, to) = c.parts();
+            assert_eq!(Change::from_parts(kind, &from, &to), Some(c));
+        }
+        assert_eq!(Change::from_parts("health", "up", "sideways"), None);
+        assert_eq!(Change::from_parts("tier", "0", "1"), None);
+    }
+
+    #[test]
     fn history_is_bounded() {
         let mut h = VecDeque::new();
         for i in 0..(HISTORY as u32 + 5) {
             record(
                 &mut h,
+                HISTORY,
                 Change::Weight {
                     from: None,
                     to: Some(i),

@@ -365,7 +365,7 @@ async fn tier_failover_and_failback_drain_the_standby() {
     );
     let server = start(&health_toml("drain_timeout = \"400ms\"", FAST, &backends)).await;
     let front = addr(&server, "l");
-    let p = Arc::clone(server.pool("p").expect("p"));
+    let p = server.pool("p").expect("p");
     assert_eq!(p.active_tier(), Some(0));
     assert_eq!(within("fetch", fetch(front, None)).await, "primary");
 
@@ -415,7 +415,7 @@ async fn close_on_down_closes_established_connections() {
             .expect("connect");
         echo_once(&mut conn).await;
         h.set(503);
-        let p = Arc::clone(server.pool("p").expect("p"));
+        let p = server.pool("p").expect("p");
         wait_until("marked down", || {
             p.view("e").is_some_and(|v| v.health == Health::Down)
         })
@@ -442,7 +442,7 @@ async fn operator_drain_stops_new_connections_and_closes_after_drain_timeout() {
     );
     let server = start(&toml).await;
     let front = addr(&server, "l");
-    let p = Arc::clone(server.pool("p").expect("p"));
+    let p = server.pool("p").expect("p");
     let mut held = TcpStream::connect(front).await.expect("connect");
     echo_once(&mut held).await;
 
@@ -499,7 +499,7 @@ async fn weight_override_changes_the_distribution() {
     let backends = backend_toml("a", a, "") + &backend_toml("b", b, "");
     let server = start(&health_toml("", "type = \"none\"", &backends)).await;
     let front = addr(&server, "l");
-    let p = Arc::clone(server.pool("p").expect("p"));
+    let p = server.pool("p").expect("p");
     assert!(p.set_weight("a", Some(3)));
     let mut got = Vec::new();
     for _ in 0..8 {
@@ -657,7 +657,7 @@ async fn grpc_checks_against_a_real_grpc_health_server() {
     let health = "type = \"grpc\"\nservice = \"app\"\ninterval = \"100ms\"\nfast_interval = \"50ms\"\nrise = 1\nfall = 1";
     let backends = backend_toml("t", traffic, &format!("check_port = {}", g.port()));
     let server = start(&health_toml("", health, &backends)).await;
-    let p = Arc::clone(server.pool("p").expect("p"));
+    let p = server.pool("p").expect("p");
     assert_eq!(p.view("t").expect("t").health, Health::Up);
     reporter
         .set_service_status("app", tonic_health::ServingStatus::NotServing)
@@ -682,7 +682,7 @@ async fn http_probes_reuse_their_connection_and_survive_a_server_closing_it() {
         "type = \"http\"\ninterval = \"50ms\"\nfast_interval = \"50ms\"\nrise = 1\nfall = 1";
     let backends = backend_toml("t", traffic, &format!("check_port = {}", h.port()));
     let server = start(&health_toml("", health, &backends)).await;
-    let p = Arc::clone(server.pool("p").expect("p"));
+    let p = server.pool("p").expect("p");
     wait_until("nine probes", || h.requests.load(Ordering::SeqCst) >= 9).await;
     // Three requests per connection: the probe reused each connection until the
     // server closed it, and a closed kept connection was never a failure.

@@ -4,4 +4,5 @@ mod common;
 mod health;
 mod proxy;
 mod proxy_in;
+mod reload;
 mod tls;

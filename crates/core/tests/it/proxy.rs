@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -433,7 +432,7 @@ async fn least_conn_prefers_the_less_loaded_backend() {
     ))
     .await;
     let front = addr(&server, "l");
-    let p = Arc::clone(server.pool("p").expect("pool"));
+    let p = server.pool("p").expect("pool");
     let active = |n: &str| {
         p.backend(n)
             .expect("b")

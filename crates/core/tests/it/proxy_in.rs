@@ -3,7 +3,6 @@
 //! socket address and refused when they send a header.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
@@ -127,7 +126,7 @@ async fn trusted_sources_must_send_a_valid_header() {
     let outer = telling_backend("outer").await;
     let server = start(&accept_toml(inner, outer)).await;
     let front = addr(&server, "l");
-    let l = Arc::clone(server.listener("l").expect("l"));
+    let l = server.listener("l").expect("l");
     let trusted = Ipv4Addr::new(127, 0, 6, 2);
     assert_eq!(
         within("plain", exchange(front, trusted, b"GET / HTTP/1.0\r\n\r\n")).await,
@@ -165,7 +164,7 @@ async fn untrusted_sources_are_served_by_address_and_may_not_send_a_header() {
     let outer = telling_backend("outer").await;
     let server = start(&accept_toml(inner, outer)).await;
     let front = addr(&server, "l");
-    let l = Arc::clone(server.listener("l").expect("l"));
+    let l = server.listener("l").expect("l");
     let stranger = Ipv4Addr::new(127, 0, 7, 1);
     // Plain traffic: served, by its own address (the catch-all).
     assert_eq!(

@@ -153,7 +153,7 @@ async fn a_silent_or_unmatched_client_is_rejected_with_its_reason() {
         "[[listeners.routes]]\nname = \"a\"\nmatch = { sni = [\"a.example.com\"] }\npool = \"a\"\n";
     let server = start(&sni_toml(&[("a", a)], routes)).await;
     let front = addr(&server, "l");
-    let l = Arc::clone(server.listener("l").expect("l"));
+    let l = server.listener("l").expect("l");
 
     // Sends nothing: closed after handshake_timeout.
     let began = tokio::time::Instant::now();
@@ -265,7 +265,8 @@ async fn backend_tls_verifies_and_relays_both_ways() {
         within("refused", echo_through(addr(&server, "l"))).await,
         ""
     );
-    let b = server.pool("p").expect("p").backend("b").expect("b");
+    let p = server.pool("p").expect("p");
+    let b = p.backend("b").expect("b");
     assert_eq!(
         b.stats.connect_errors(weir_core::stats::ConnectError::Tls),
         1

@@ -1,0 +1,106 @@
+//! What a reload changes: listeners and pools by name, backends by (pool,
+//! name), and the settings a running process cannot change.
+
+use crate::model::{Backend, Config};
+
+/// The difference between two configurations, as names a person can read:
+/// `listener NAME`, `pool NAME`, `backend POOL/NAME`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Diff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    /// Sections that differ but only take effect at the next start.
+    pub need_restart: Vec<String>,
+}
+
+impl Diff {
+    /// True when the new configuration is the same as the old one.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.changed.is_empty()
+            && self.need_restart.is_empty()
+    }
+}
+
+/// Compares `old` with `new`. A pool whose own settings are equal but whose
+/// backends differ is reported through its backends only.
+pub fn diff(old: &Config, new: &Config) -> Diff {
+    let mut d = Diff::default();
+    by_name(
+        &mut d,
+        "listener",
+        &old.listeners,
+        &new.listeners,
+        |l| &l.name,
+        |a, b| a == b,
+    );
+    by_name(
+        &mut d,
+        "pool",
+        &old.pools,
+        &new.pools,
+        |p| &p.name,
+        |a, b| {
+            // The backends are compared one by one below.
+            let (mut a, mut b) = (a.clone(), b.clone());
+            a.backends.clear();
+            b.backends.clear();
+            a == b
+        },
+    );
+    for new_pool in &new.pools {
+        let Some(old_pool) = old.pools.iter().find(|p| p.name == new_pool.name) else {
+            continue;
+        };
+        let qualify = |b: &Backend| format!("{}/{}", new_pool.name, b.name);
+        for b in &new_pool.backends {
+            match old_pool.backends.iter().find(|o| o.name == b.name) {
+                None => d.added.push(format!("backend {}", qualify(b))),
+                Some(o) if o != b => d.changed.push(format!("backend {}", qualify(b))),
+                Some(_) => {}
+            }
+        }
+        for o in &old_pool.backends {
+            if !new_pool.backends.iter().any(|b| b.name == o.name) {
+                d.removed.push(format!("backend {}", qualify(o)));
+            }
+        }
+    }
+    if old.admin != new.admin {
+        d.need_restart.push("admin".to_owned());
+    }
+    if old.runtime != new.runtime {
+        d.need_restart.push("runtime".to_owned());
+    }
+    if old.state != new.state {
+        d.need_restart.push("state".to_owned());
+    }
+    if old.log.format != new.log.format || old.log.level != new.log.level {
+        d.need_restart.push("log".to_owned());
+    }
+    d
+}
+
+fn by_name<T>(
+    d: &mut Diff,
+    what: &str,
+    old: &[T],
+    new: &[T],
+    name: impl Fn(&T) -> &String,
+    same: impl Fn(&T, &T) -> bool,
+) {
+    for n in new {
+        match old.iter().find(|o| name(o) == name(n)) {
+            None => d.added.push(format!("{what} {}", name(n))),
+            Some(o) if !same(o, n) => d.changed.push(format!("{what} {}", name(n))),
+            Some(_) => {}
+        }
+    }
+    for o in old {
+        if !new.iter().any(|n| name(n) == name(o)) {
+            d.removed.push(format!("{what} {}", name(o)));
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! What happened, as it happens: backend transitions, active-tier changes and
+//! reloads go to every watcher (the `Watch` call of the control API) through a
+//! bounded broadcast channel, and transitions also go to the state file.
+//!
+//! Sending never blocks the caller: a watcher that falls behind loses the
+//! oldest events (and is told so by the channel), and transitions reach the
+//! state file through an unbounded queue drained by a writer thread.
+
+use std::sync::mpsc;
+use std::time::SystemTime;
+
+use tokio::sync::broadcast;
+
+use crate::health::state::Transition;
+use crate::store::Job;
+
+/// Events a slow watcher may fall behind by before it loses some.
+const BACKLOG: usize = 1024;
+
+/// One event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Backend {
+        pool: String,
+        backend: String,
+        transition: Transition,
+    },
+    Tier {
+        at: SystemTime,
+        pool: String,
+        from: Option<u32>,
+        to: Option<u32>,
+    },
+    Reload {
+        at: SystemTime,
+        generation: u64,
+        /// Why it failed.
+        error: Option<String>,
+    },
+}
+
+impl Event {
+    pub fn at(&self) -> SystemTime {
+        match self {
+            Self::Backend { transition, .. } => transition.at,
+            Self::Tier { at, .. } | Self::Reload { at, .. } => *at,
+        }
+    }
+
+    /// The pool it concerns; `None` for reloads.
+    pub fn pool(&self) -> Option<&str> {
+        match self {
+            Self::Backend { pool, .. } | Self::Tier { pool, .. } => Some(pool),
+            Self::Reload { .. } => None,
+        }
+    }
+}
+
+/// Where events go.
+#[derive(Debug)]
+pub struct Journal {
+    tx: broadcast::Sender<Event>,
+    persist: Option<mpsc::Sender<Job>>,
+}
+
+impl Journal {
+    pub(crate) fn new(persist: Option<mpsc::Sender<Job>>) -> Self {
+        Journal {
+            tx: broadcast::channel(BACKLOG).0,
+            persist,
+        }
+    }
+
+    /// Events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+
+    pub(crate) fn backend(&self, pool: &str, backend: &str, transition: &Transition) {
+        if let Some(persist) = &self.persist {
+            // The writer only stops at exit; a send error then loses nothing
+            // anyone could still read.
+            let _ = persist.send(Job::Transition(
+                pool.to_owned(),
+                backend.to_owned(),
+                transition.clone(),
+            ));
+        }
+        self.send(Event::Backend {
+            pool: pool.to_owned(),
+            backend: backend.to_owned(),
+            transition: transition.clone(),
+        });
+    }
+
+    pub(crate) fn send(&self, event: Event) {
+        // No watcher is not an error.
+        let _ = self.tx.send(event);
+    }
+}
+
+impl Default for Journal {
+    fn default() -> Self {
+        Journal::new(None)
+    }
+}

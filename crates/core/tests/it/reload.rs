@@ -1,0 +1,455 @@
+//! Reload, operator actions and the state file, end to end on real sockets:
+//! a long-lived connection crosses reloads that add, change and remove
+//! listeners and backends; a broken reload changes nothing; what an operator
+//! did survives a restart.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use weir_core::events::Event;
+use weir_core::health::state::{Admin, Cause, Change, Health};
+use weir_core::stats::ConnectError;
+use weir_core::{ControlError, Options, ReloadError, Server};
+
+use crate::common::*;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("weir-core-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+async fn start_file(path: &Path) -> Server {
+    let config = weir_config::load_file(path).unwrap_or_else(|e| panic!("config: {e}"));
+    let options = Options {
+        config_path: Some(path.to_path_buf()),
+    };
+    within("start", Server::start_with(config, options))
+        .await
+        .expect("server starts")
+}
+
+/// Sends `msg` on a long-lived echo connection and expects it back.
+async fn echo(c: &mut TcpStream, msg: &str) {
+    c.write_all(msg.as_bytes()).await.expect("write");
+    let mut buf = vec![0; msg.len()];
+    within("echo", c.read_exact(&mut buf)).await.expect("read");
+    assert_eq!(String::from_utf8_lossy(&buf), msg);
+}
+
+/// Connects from 127.0.0.2, which the `long` route sends to the echo pool.
+async fn long_lived(front: SocketAddr) -> TcpStream {
+    let s = TcpSocket::new_v4().expect("socket");
+    s.bind("127.0.0.2:0".parse().expect("addr")).expect("bind");
+    s.connect(front).await.expect("connect")
+}
+
+const HEALTH: &str = "[pools.health]\ntype = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"300ms\"\n";
+
+fn listener(name: &str, bind: &str, extra: &str) -> String {
+    format!(
+        "[[listeners]]\nname = \"{name}\"\nbind = \"{bind}\"\n{extra}\n\
+         [[listeners.routes]]\nname = \"long\"\npool = \"long\"\nmatch = {{ source = [\"127.0.0.2\"] }}\n\
+         [[listeners.routes]]\nname = \"r\"\npool = \"{name}-pool\"\n"
+    )
+}
+
+fn pool(name: &str, backends: &[(&str, SocketAddr, u32)]) -> String {
+    let mut t = format!("[[pools]]\nname = \"{name}\"\nconnect_timeout = \"300ms\"\n{HEALTH}");
+    for (b, a, w) in backends {
+        t.push_str(&format!(
+            "[[pools.backends]]\nname = \"{b}\"\naddress = \"{a}\"\nweight = {w}\n"
+        ));
+    }
+    t
+}
+
+async fn tally(front: SocketAddr, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        got.push(within("fetch", fetch(front, None)).await);
+    }
+    got.sort();
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_changes_and_removes_while_a_connection_lives() {
+    let echo_addr = echo_backend().await;
+    let a = named_backend("a").await;
+    let n = named_backend("new").await;
+    let b = named_backend("b").await;
+    let dead = refused_addr();
+    let dir = temp_dir("reload");
+    let file = dir.join("weir.toml");
+    let long_pool = pool("long", &[("echo", echo_addr, 1)]);
+
+    std::fs::write(
+        &file,
+        format!(
+            "{}{long_pool}{}",
+            listener("l", "127.0.0.1:0", ""),
+            pool("l-pool", &[("a", a, 1)])
+        ),
+    )
+    .expect("write");
+    let server = start_file(&file).await;
+    let front = addr(&server, "l");
+    let mut c = long_lived(front).await;
+    echo(&mut c, "before").await;
+    assert_eq!(tally(front, 2).await, ["a", "a"]);
+    let a_stats = server
+        .pool("l-pool")
+        .expect("p")
+        .backend("a")
+        .expect("a")
+        .stats
+        .clone();
+    assert_eq!(a_stats.connections_total.load(Relaxed), 2);
+    assert_eq!(server.generation(), 1);
+
+    // Reload 1: a new listener with a new pool; a new backend (and a dead
+    // one) beside `a`, whose weight changes.
+    std::fs::write(
+        &file,
+        format!(
+            "{}{}{long_pool}{}{}",
+            listener("l", "127.0.0.1:0", ""),
+            listener("l2", "127.0.0.1:0", ""),
+            pool("l-pool", &[("a", a, 2), ("new", n, 2), ("dead", dead, 1)]),
+            pool("l2-pool", &[("b", b, 1)]),
+        ),
+    )
+    .expect("write");
+    let r = within("reload", server.reload()).await.expect("reload 1");
+    assert_eq!(r.generation, 2);
+    assert_eq!(
+        r.diff.added,
+        [
+            "listener l2",
+            "pool l2-pool",
+            "backend l-pool/new",
+            "backend l-pool/dead"
+        ]
+    );
+    assert_eq!(r.diff.changed, ["backend l-pool/a"]);
+    assert_eq!(
+        addr(&server, "l"),
+        front,
+        "a kept listener keeps its socket"
+    );
+    let p = server.pool("l-pool").expect("p");
+    // Probed before serving: decided by the time the reload returns.
+    assert_eq!(p.view("new").expect("new").health, Health::Up);
+    assert_eq!(p.view("dead").expect("dead").health, Health::Down);
+    echo(&mut c, "across reload 1").await;
+    assert_eq!(
+        tally(front, 8).await,
+        ["a", "a", "a", "a", "new", "new", "new", "new"]
+    );
+    // The same counters, continued.
+    assert_eq!(a_stats.connections_total.load(Relaxed), 6);
+    assert_eq!(
+        p.backend("a")
+            .expect("a")
+            .stats
+            .connections_total
+            .load(Relaxed),
+        6
+    );
+    assert_eq!(
+        p.backend("dead")
+            .expect("dead")
+            .stats
+            .connect_errors(ConnectError::Refused),
+        0,
+        "a backend known down never got traffic"
+    );
+    let l2 = addr(&server, "l2");
+    assert_eq!(within("fetch", fetch(l2, None)).await, "b");
+    let listener_stats = server.listener("l").expect("l").stats.clone();
+    assert_eq!(listener_stats.connections_total.load(Relaxed), 11);
+
+    // Reload 2: l2 and its pool go, `a` goes, l changes.
+    std::fs::write(
+        &file,
+        format!(
+            "{}{long_pool}{}",
+            listener("l", "127.0.0.1:0", "max_connections = 500"),
+            pool("l-pool", &[("new", n, 1)])
+        ),
+    )
+    .expect("write");
+    let r = within("reload", server.reload()).await.expect("reload 2");
+    assert_eq!(r.generation, 3);
+    assert_eq!(
+        r.diff.removed,
+        [
+            "listener l2",
+            "pool l2-pool",
+            "backend l-pool/a",
+            "backend l-pool/dead"
+        ]
+    );
+    assert_eq!(r.diff.changed, ["listener l", "backend l-pool/new"]);
+    assert!(
+        TcpStream::connect(l2).await.is_err(),
+        "a removed listener no longer accepts"
+    );
+    assert_eq!(tally(front, 3).await, ["new", "new", "new"]);
+    assert!(server.pool("l-pool").expect("p").backend("a").is_none());
+    assert_eq!(server.listener("l").expect("l").max_connections, 500);
+    assert_eq!(listener_stats.connections_total.load(Relaxed), 14);
+    echo(&mut c, "across reload 2").await;
+    c.shutdown().await.expect("shutdown");
+    let mut rest = Vec::new();
+    within("eof", c.read_to_end(&mut rest)).await.expect("eof");
+    assert!(rest.is_empty());
+    assert_eq!(server.reloads.succeeded.load(Relaxed), 2);
+    server.shutdown();
+    within("wait", server.wait()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_reload_changes_nothing_and_says_why() {
+    let a = named_backend("a").await;
+    let echo_addr = echo_backend().await;
+    let dir = temp_dir("broken");
+    let file = dir.join("weir.toml");
+    let long_pool = pool("long", &[("echo", echo_addr, 1)]);
+    let good = format!(
+        "{}{long_pool}{}",
+        listener("l", "127.0.0.1:0", ""),
+        pool("l-pool", &[("a", a, 1)])
+    );
+    std::fs::write(&file, &good).expect("write");
+    let server = start_file(&file).await;
+    let front = addr(&server, "l");
+    let mut c = long_lived(front).await;
+    let mut events = server.journal().subscribe();
+
+    // A config error: the key path reaches the caller.
+    std::fs::write(
+        &file,
+        good.replace(
+            "connect_timeout = \"300ms\"",
+            "connect_timeout = \"3 parsecs\"",
+        ),
+    )
+    .expect("write");
+    let err = within("reload", server.reload()).await.expect_err("broken");
+    assert!(matches!(err, ReloadError::Config(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("pools[0].connect_timeout"),
+        "{err}"
+    );
+    assert!(
+        server
+            .last_reload()
+            .and_then(|r| r.error)
+            .is_some_and(|e| e.contains("connect_timeout"))
+    );
+    match within("event", events.recv()).await.expect("event") {
+        Event::Reload {
+            generation: 1,
+            error: Some(e),
+            ..
+        } => assert!(e.contains("connect_timeout"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+
+    // A bind failure after other new addresses were bound: those are let go.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_addr = taken.local_addr().expect("addr");
+    let spare = refused_addr();
+    std::fs::write(
+        &file,
+        format!(
+            "{good}{}{}",
+            listener("l2", &spare.to_string(), ""),
+            listener("l3", &taken_addr.to_string(), "")
+        )
+        .replace("pool = \"l2-pool\"", "pool = \"l-pool\"")
+        .replace("pool = \"l3-pool\"", "pool = \"l-pool\""),
+    )
+    .expect("write");
+    let err = within("reload", server.reload())
+        .await
+        .expect_err("bind fails");
+    assert!(matches!(err, ReloadError::Start(_)), "{err:?}");
+    assert!(err.to_string().contains(&taken_addr.to_string()), "{err}");
+    assert!(
+        TcpStream::connect(spare).await.is_err(),
+        "the spare address was released"
+    );
+
+    // Nothing changed: same generation, traffic as before, the connection lives.
+    assert_eq!(server.generation(), 1);
+    assert_eq!(server.reloads.failed.load(Relaxed), 2);
+    assert!(server.reloads.last_failed.load(Relaxed));
+    assert_eq!(tally(front, 2).await, ["a", "a"]);
+    echo(&mut c, "still here").await;
+
+    std::fs::write(&file, &good).expect("write");
+    let r = within("reload", server.reload()).await.expect("good again");
+    assert_eq!(r.generation, 2);
+    assert!(r.diff.is_empty());
+    assert!(!server.reloads.last_failed.load(Relaxed));
+    drop(taken);
+}
+
+fn static_pool(backends: &[(&str, SocketAddr)]) -> String {
+    let mut t = String::from(
+        "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n[[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\n",
+    );
+    for (b, a) in backends {
+        t.push_str(&format!(
+            "[[pools.backends]]\nname = \"{b}\"\naddress = \"{a}\"\n"
+        ));
+    }
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_state_survives_a_restart() {
+    let a = named_backend("a").await;
+    let b = named_backend("b").await;
+    let c = named_backend("c").await;
+    let dir = temp_dir("state");
+    let db = dir.join("state.db");
+    let state = format!("[state]\npath = {:?}\n", db.display().to_string());
+    let both = format!("{state}{}", static_pool(&[("a", a), ("b", b)]));
+    let config = weir_config::load_str(&both).expect("config");
+
+    let server = within("start", Server::start(&config))
+        .await
+        .expect("start");
+    let mut events = server.journal().subscribe();
+    let front = addr(&server, "l");
+    let view = server
+        .set_admin("p", "a", Admin::Drain)
+        .await
+        .expect("drain");
+    assert_eq!(view.admin, Admin::Drain);
+    assert_eq!(tally(front, 4).await, ["b", "b", "b", "b"]);
+    server.set_weight("p", "b", Some(5)).await.expect("weight");
+    match within("event", events.recv()).await.expect("event") {
+        Event::Backend {
+            pool,
+            backend,
+            transition,
+        } => {
+            assert_eq!((pool.as_str(), backend.as_str()), ("p", "a"));
+            assert_eq!(
+                transition.change,
+                Change::Admin {
+                    from: Admin::Enabled,
+                    to: Admin::Drain
+                }
+            );
+            assert_eq!(transition.cause, Cause::Operator);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Refusals change nothing.
+    assert!(matches!(
+        server.set_admin("nope", "a", Admin::Drain).await,
+        Err(ControlError::NoPool(_))
+    ));
+    assert!(matches!(
+        server.set_admin("p", "nope", Admin::Drain).await,
+        Err(ControlError::NoBackend { .. })
+    ));
+    assert!(matches!(
+        server.set_weight("p", "a", Some(1001)).await,
+        Err(ControlError::Weight(1001))
+    ));
+    server.shutdown();
+    within("wait", server.wait()).await;
+    drop(server);
+
+    // Restart: still drained, still re-weighted, history read back.
+    let server = within("start", Server::start(&config))
+        .await
+        .expect("restart");
+    let front = addr(&server, "l");
+    let p = server.pool("p").expect("p");
+    let va = p.view("a").expect("a");
+    assert_eq!(va.admin, Admin::Drain);
+    assert!(
+        va.history.iter().any(|t| t.change
+            == Change::Admin {
+                from: Admin::Enabled,
+                to: Admin::Drain
+            }
+            && t.cause == Cause::Operator),
+        "{:?}",
+        va.history
+    );
+    assert_eq!(p.view("b").expect("b").weight_override, Some(5));
+    assert_eq!(tally(front, 3).await, ["b", "b", "b"]);
+    // Enable: weights 1 and 5 now, exact over one round-robin cycle.
+    server
+        .set_admin("p", "a", Admin::Enabled)
+        .await
+        .expect("enable");
+    assert_eq!(tally(front, 6).await, ["a", "b", "b", "b", "b", "b"]);
+    server.set_weight("p", "b", None).await.expect("clear");
+    assert_eq!(tally(front, 4).await, ["a", "a", "b", "b"]);
+    server
+        .set_admin("p", "a", Admin::Disabled)
+        .await
+        .expect("disable");
+    server.set_weight("p", "b", Some(3)).await.expect("weight");
+    server.shutdown();
+    within("wait", server.wait()).await;
+    drop(server);
+
+    // Restart without `b`: its saved weight is kept aside, applied to nobody.
+    let config = weir_config::load_str(&format!("{state}{}", static_pool(&[("a", a), ("c", c)])))
+        .expect("config");
+    let server = within("start", Server::start(&config))
+        .await
+        .expect("restart");
+    let orphans = server.orphaned_state();
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    assert_eq!(
+        (orphans[0].pool.as_str(), orphans[0].backend.as_str()),
+        ("p", "b")
+    );
+    assert_eq!(orphans[0].weight_override, Some(3));
+    let p = server.pool("p").expect("p");
+    assert_eq!(p.view("a").expect("a").admin, Admin::Disabled);
+    let vc = p.view("c").expect("c");
+    assert_eq!((vc.admin, vc.weight_override), (Admin::Enabled, None));
+    assert_eq!(tally(addr(&server, "l"), 2).await, ["c", "c"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_state_file_stops_the_start_with_a_clear_error() {
+    let dir = temp_dir("corrupt");
+    let db = dir.join("state.db");
+    std::fs::write(&db, vec![0x5a; 4096]).expect("write");
+    let a = named_backend("a").await;
+    let text = format!(
+        "[state]\npath = {:?}\n{}",
+        db.display().to_string(),
+        static_pool(&[("a", a)])
+    );
+    let config = weir_config::load_str(&text).expect("config");
+    let err = within("start", Server::start(&config))
+        .await
+        .expect_err("corrupt");
+    let msg = err.to_string();
+    assert!(msg.contains("state.db"), "{msg}");
+    assert_eq!(
+        std::fs::read(&db).expect("read"),
+        vec![0x5a; 4096],
+        "left untouched"
+    );
+}
