@@ -3,8 +3,15 @@
 //! for orchestrators and load-balancer health checks. It is bound before the data
 //! plane starts so a taken port fails the start, and it stops with the process.
 
+pub mod auth;
+pub mod grpc;
+pub mod grpc_metrics;
 pub mod metrics;
+pub mod pb;
 mod process;
+pub mod reflection;
+
+pub use reflection::reflection_service;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,7 +34,9 @@ pub struct AdminListener {
 impl AdminListener {
     /// Binds the admin address. Call inside a tokio runtime.
     pub async fn bind(addr: SocketAddr) -> std::io::Result<AdminListener> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        // SO_REUSEPORT, like the listeners: a second weir can start beside a
+        // draining one.
+        let listener = tokio::net::TcpListener::from_std(weir_core::listener::bind(addr)?)?;
         let addr = listener.local_addr()?;
         Ok(AdminListener { listener, addr })
     }
@@ -41,9 +50,14 @@ impl AdminListener {
         self,
         server: Arc<Server>,
         build: metrics::BuildInfo,
+        grpc: Arc<grpc_metrics::GrpcStats>,
         stop: CancellationToken,
     ) -> std::io::Result<()> {
-        let app = router(Arc::new(AppState { server, build }));
+        let app = router(Arc::new(AppState {
+            server,
+            build,
+            grpc,
+        }));
         axum::serve(self.listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
@@ -54,6 +68,7 @@ impl AdminListener {
 struct AppState {
     server: Arc<Server>,
     build: metrics::BuildInfo,
+    grpc: Arc<grpc_metrics::GrpcStats>,
 }
 
 fn router(state: Arc<AppState>) -> Router {
@@ -70,7 +85,7 @@ async fn metrics_handler(
 ) -> impl IntoResponse {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = metrics::Format::from_accept(accept);
-    let body = metrics::render(&state.server, &state.build, format);
+    let body = metrics::render_with_grpc(&state.server, &state.build, Some(&state.grpc), format);
     ([(header::CONTENT_TYPE, format.content_type())], body)
 }
 

@@ -11,6 +11,8 @@ use weir_core::Server;
 use weir_core::health::state::Health;
 use weir_core::stats::{CheckReason, ConnectError, HistogramSnapshot, RejectReason, StateLabel};
 
+use crate::grpc_metrics::GrpcStats;
+
 /// What the scraper gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -43,21 +45,21 @@ pub struct BuildInfo {
 }
 
 #[derive(Clone, Copy)]
-enum Kind {
+pub(crate) enum Kind {
     Counter,
     Gauge,
     Histogram,
 }
 
-struct Writer {
-    out: String,
-    format: Format,
+pub(crate) struct Writer {
+    pub(crate) out: String,
+    pub(crate) format: Format,
 }
 
 impl Writer {
     /// Starts a family. `name` is the family name; counters get `_total` on their
     /// samples (and, in the Prometheus format, on the family name too).
-    fn family(&mut self, name: &str, kind: Kind, help: &str) {
+    pub(crate) fn family(&mut self, name: &str, kind: Kind, help: &str) {
         let (type_name, suffix) = match kind {
             Kind::Counter => ("counter", "_total"),
             Kind::Gauge => ("gauge", ""),
@@ -75,7 +77,7 @@ impl Writer {
         }
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+    pub(crate) fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
         self.out.push_str(name);
         if !labels.is_empty() {
             self.out.push('{');
@@ -93,7 +95,7 @@ impl Writer {
         let _ = writeln!(self.out, " {value}");
     }
 
-    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &HistogramSnapshot) {
+    pub(crate) fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &HistogramSnapshot) {
         let bucket = format!("{name}_bucket");
         let bounds: Vec<String> = h.buckets.iter().map(|(b, _)| format!("{b:?}")).collect();
         for ((_, count), le) in h.buckets.iter().zip(&bounds) {
@@ -129,6 +131,17 @@ fn escape_into(out: &mut String, v: &str) {
 
 /// Renders every metric of `server`.
 pub fn render(server: &Server, build: &BuildInfo, format: Format) -> String {
+    render_with_grpc(server, build, None, format)
+}
+
+/// Renders every metric of `server`, and the gRPC control API's families when
+/// it is served.
+pub fn render_with_grpc(
+    server: &Server,
+    build: &BuildInfo,
+    grpc: Option<&GrpcStats>,
+    format: Format,
+) -> String {
     use std::sync::atomic::Ordering::Relaxed;
     let mut w = Writer {
         out: String::with_capacity(16 * 1024),
@@ -501,6 +514,9 @@ pub fn render(server: &Server, build: &BuildInfo, format: Format) -> String {
         w.family(family, kind, help);
         w.sample(name, &[], value);
     });
+    if let Some(grpc) = grpc {
+        grpc.write(&mut w);
+    }
     w.finish()
 }
 

@@ -37,7 +37,12 @@ async fn start_with_admin(toml: &str, version: &str, revision: &str) -> (Arc<Ser
         version: version.into(),
         revision: revision.into(),
     };
-    tokio::spawn(admin.serve(Arc::clone(&server), build, CancellationToken::new()));
+    tokio::spawn(admin.serve(
+        Arc::clone(&server),
+        build,
+        Arc::default(),
+        CancellationToken::new(),
+    ));
     (server, admin_addr)
 }
 

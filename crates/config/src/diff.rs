@@ -68,7 +68,11 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
             }
         }
     }
-    if old.admin != new.admin {
+    // The token is read again by every reload (rotation); the addresses are
+    // bound once.
+    if (old.admin.http, old.admin.grpc, old.admin.insecure)
+        != (new.admin.http, new.admin.grpc, new.admin.insecure)
+    {
         d.need_restart.push("admin".to_owned());
     }
     if old.runtime != new.runtime {

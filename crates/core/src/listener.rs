@@ -106,7 +106,7 @@ impl Listener {
 /// Creates a listening socket with SO_REUSEADDR and SO_REUSEPORT (so several
 /// processes can share a port during an upgrade) and IPV6_V6ONLY on IPv6
 /// (so `[::]:P` and `0.0.0.0:P` can both be bound).
-pub(crate) fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -130,8 +130,11 @@ pub(crate) async fn accept_loop(
     slot: Arc<ArcSwap<Listener>>,
     socket: TcpListener,
     stop: CancellationToken,
+    closed: CancellationToken,
     tracker: TaskTracker,
 ) {
+    // Tells whoever stopped us that the socket is closed (on every return).
+    let _closed = closed.drop_guard();
     // One waiter for the whole loop, not one registration per accepted connection.
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
@@ -156,19 +159,45 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let listener = slot.load_full();
-        let stats = &listener.stats;
-        crate::stats::count(&stats.connections_total, 1);
-        let active = stats.connections_active.fetch_add(1, Relaxed);
-        if active >= i64::from(listener.max_connections) {
-            stats.connections_active.fetch_sub(1, Relaxed);
-            stats.reject(RejectReason::MaxConnections);
-            reject_now(stream);
-            crate::conn::log_rejected(&listener, peer, RejectReason::MaxConnections);
-            continue;
-        }
-        tracker.spawn(crate::conn::handle(listener, stream, peer));
+        admit(slot.load_full(), stream, peer, &tracker);
     }
+    // Connections the kernel has completed but nobody accepted yet would be
+    // reset when the socket closes: take them first. This narrows the gap of
+    // a zero-downtime upgrade to the instant of close (which the kernel closes
+    // too with net.ipv4.tcp_migrate_req = 1).
+    let Ok(socket) = socket.into_std() else {
+        return;
+    };
+    let listener = slot.load_full();
+    while let Ok((stream, peer)) = socket.accept() {
+        let stream = stream
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpStream::from_std(stream));
+        if let Ok(stream) = stream {
+            admit(Arc::clone(&listener), stream, peer, &tracker);
+        }
+    }
+}
+
+/// Counts an accepted connection and starts handling it, or refuses it when
+/// the listener is at `max_connections`.
+fn admit(
+    listener: Arc<Listener>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tracker: &TaskTracker,
+) {
+    let stats = &listener.stats;
+    crate::stats::count(&stats.connections_total, 1);
+    let active = stats.connections_active.fetch_add(1, Relaxed);
+    if active >= i64::from(listener.max_connections) {
+        stats.connections_active.fetch_sub(1, Relaxed);
+        stats.reject(RejectReason::MaxConnections);
+        reject_now(stream);
+        crate::conn::log_rejected(&listener, peer, RejectReason::MaxConnections);
+        return;
+    }
+    tracker.spawn(crate::conn::handle(listener, stream, peer));
 }
 
 /// Closes a refused connection at once with a reset, so the client learns

@@ -175,7 +175,12 @@ struct Bound {
     /// The listener this socket accepts for; a reload stores the new one.
     slot: Arc<ArcSwap<Listener>>,
     stop: CancellationToken,
+    /// Cancelled by the accept loop once the socket is closed.
+    closed: CancellationToken,
 }
+
+/// How long a reload waits for a removed socket's accept loop to close it.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The data plane.
 #[derive(Debug)]
@@ -505,55 +510,72 @@ impl Server {
         }
         tracing::debug!(probes = checkers.tasks(), "first health round done");
 
-        let mut sockets = lock(&self.sockets);
-        let mut fresh: HashMap<SocketKey, std::net::TcpListener> = fresh.into_iter().collect();
-        let mut bound = Vec::new();
-        let mut wanted = Vec::new();
-        for (l, lst) in config.listeners.iter().zip(&listeners) {
-            for (i, &addr) in l.bind.iter().enumerate() {
-                let key = SocketKey::new(&l.name, i, addr);
-                wanted.push(key.clone());
-                if let Some(b) = sockets.get(&key) {
-                    b.slot.store(Arc::clone(lst));
-                    bound.push((l.name.clone(), b.local));
-                    continue;
-                }
-                let Some(std_socket) = fresh.remove(&key) else {
-                    continue;
-                };
-                let socket = match std_socket
-                    .local_addr()
-                    .and_then(|local| Ok((local, tokio::net::TcpListener::from_std(std_socket)?)))
-                {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::error!(listener = %l.name, %addr, error = %e, "cannot accept on a bound socket");
+        let (bound, closing) = {
+            let mut sockets = lock(&self.sockets);
+            let mut fresh: HashMap<SocketKey, std::net::TcpListener> = fresh.into_iter().collect();
+            let mut bound = Vec::new();
+            let mut wanted = Vec::new();
+            for (l, lst) in config.listeners.iter().zip(&listeners) {
+                for (i, &addr) in l.bind.iter().enumerate() {
+                    let key = SocketKey::new(&l.name, i, addr);
+                    wanted.push(key.clone());
+                    if let Some(b) = sockets.get(&key) {
+                        b.slot.store(Arc::clone(lst));
+                        bound.push((l.name.clone(), b.local));
                         continue;
                     }
-                };
-                let (local, socket) = socket;
-                tracing::info!(listener = %l.name, addr = %local, "listening");
-                let slot = Arc::new(ArcSwap::new(Arc::clone(lst)));
-                let stop = self.stop_accepting.child_token();
-                self.accept_tasks.spawn(listener::accept_loop(
-                    Arc::clone(&slot),
-                    socket,
-                    stop.clone(),
-                    self.connections.clone(),
-                ));
-                sockets.insert(key, Bound { local, slot, stop });
-                bound.push((l.name.clone(), local));
+                    let Some(std_socket) = fresh.remove(&key) else {
+                        continue;
+                    };
+                    let socket = match std_socket.local_addr().and_then(|local| {
+                        Ok((local, tokio::net::TcpListener::from_std(std_socket)?))
+                    }) {
+                        Ok(x) => x,
+                        Err(e) => {
+                            tracing::error!(listener = %l.name, %addr, error = %e, "cannot accept on a bound socket");
+                            continue;
+                        }
+                    };
+                    let (local, socket) = socket;
+                    tracing::info!(listener = %l.name, addr = %local, "listening");
+                    let slot = Arc::new(ArcSwap::new(Arc::clone(lst)));
+                    let stop = self.stop_accepting.child_token();
+                    let closed = CancellationToken::new();
+                    self.accept_tasks.spawn(listener::accept_loop(
+                        Arc::clone(&slot),
+                        socket,
+                        stop.clone(),
+                        closed.clone(),
+                        self.connections.clone(),
+                    ));
+                    sockets.insert(
+                        key,
+                        Bound {
+                            local,
+                            slot,
+                            stop,
+                            closed,
+                        },
+                    );
+                    bound.push((l.name.clone(), local));
+                }
             }
+            let mut closing = Vec::new();
+            sockets.retain(|key, b| {
+                let keep = wanted.contains(key);
+                if !keep {
+                    tracing::info!(addr = %b.local, "no longer listening");
+                    b.stop.cancel();
+                    closing.push(b.closed.clone());
+                }
+                keep
+            });
+            (bound, closing)
+        };
+        // When a reload returns, removed addresses refuse connections.
+        for closed in closing {
+            let _ = tokio::time::timeout(CLOSE_WAIT, closed.cancelled()).await;
         }
-        sockets.retain(|key, b| {
-            let keep = wanted.contains(key);
-            if !keep {
-                tracing::info!(addr = %b.local, "no longer listening");
-                b.stop.cancel();
-            }
-            keep
-        });
-        drop(sockets);
         if let Some(old) = old {
             for gone in old
                 .listeners

@@ -2,6 +2,7 @@
 //! wiring of the data plane ([`weir_core`]) with the admin endpoint
 //! ([`weir_admin`]). This is the only crate that uses `anyhow`.
 
+mod ctl;
 mod demo;
 
 use std::io::IsTerminal;
@@ -38,6 +39,9 @@ enum Command {
     /// SIGTERM or SIGINT starts a graceful shutdown: stop accepting, let open
     /// connections finish for up to each listener's shutdown_timeout, then exit 0.
     /// A second signal closes the remaining connections at once.
+    ///
+    /// SIGHUP (like `weir reload`) reads the file again and applies it without
+    /// losing a connection; a broken file changes nothing and is logged.
     Run {
         /// Configuration file (TOML).
         #[arg(short, long, default_value = "weir.toml", env = "WEIR_CONFIG")]
@@ -52,24 +56,80 @@ enum Command {
         #[arg(short, long, default_value = "weir.toml", env = "WEIR_CONFIG")]
         config: PathBuf,
     },
+    /// Show the running instance: version, config generation, last reload,
+    /// backends by state, saved state for backends not in the config.
+    Status {
+        #[command(flatten)]
+        target: ctl::Target,
+    },
+    /// List backends (of one pool, or all) with state, weights, connections,
+    /// last probe and last change.
+    Backends {
+        /// Only this pool.
+        pool: Option<String>,
+        #[command(flatten)]
+        target: ctl::Target,
+    },
+    /// Change a backend (enable, drain, disable, weight) or show its history.
+    ///
+    /// Changes need WEIR_TOKEN when the daemon has admin.token_file; they are
+    /// written to the state file before they are acknowledged.
+    Backend {
+        #[command(subcommand)]
+        command: ctl::BackendCommand,
+        #[command(flatten)]
+        target: ctl::Target,
+    },
+    /// Make the daemon read its config file again and apply it.
+    ///
+    /// Prints what was added, removed and changed; on a broken file prints why
+    /// and exits 1, and the running config is unchanged.
+    Reload {
+        #[command(flatten)]
+        target: ctl::Target,
+    },
+    /// Follow backend transitions, tier changes and reloads as they happen.
+    Watch {
+        /// Only events of this pool (reloads always show).
+        #[arg(long)]
+        pool: Option<String>,
+        #[command(flatten)]
+        target: ctl::Target,
+    },
     /// Start a self-contained demo on loopback: three demo HTTP backends, a proxy
     /// in front of them and the admin endpoint, and print what to curl.
     Demo {
         /// Address of the demo proxy.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
-        /// Address of the admin endpoint.
+        /// Address of the admin HTTP endpoint (metrics, health).
         #[arg(long, default_value = "127.0.0.1:9900")]
         admin: SocketAddr,
+        /// Address of the gRPC control API (`weir status` and friends).
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        grpc: SocketAddr,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => load(&config).and_then(run),
+        Command::Run { config } => load(&config).and_then(|c| run(c, config)),
         Command::Check { config } => return check(&config),
-        Command::Demo { listen, admin } => demo::run(listen, admin),
+        Command::Demo {
+            listen,
+            admin,
+            grpc,
+        } => demo::run(listen, admin, grpc),
+        Command::Status { target } => return ctl::run(&target, ctl::Request::Status),
+        Command::Backends { pool, target } => {
+            return ctl::run(&target, ctl::Request::Backends(pool));
+        }
+        Command::Backend { command, target } => {
+            return ctl::run(&target, ctl::Request::Backend(command));
+        }
+        Command::Reload { target } => return ctl::run(&target, ctl::Request::Reload),
+        Command::Watch { pool, target } => return ctl::run(&target, ctl::Request::Watch(pool)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -147,23 +207,27 @@ pub(crate) fn build_runtime(worker_threads: usize) -> Result<tokio::runtime::Run
         .context("cannot start the runtime")
 }
 
-fn run(config: Config) -> Result<()> {
+fn run(config: Config, path: PathBuf) -> Result<()> {
     init_logging(&config.log)?;
     let runtime = build_runtime(config.runtime.worker_threads)?;
-    runtime.block_on(serve(config, |_, _| {}))
+    runtime.block_on(serve(config, Some(path), |_, _| {}))
 }
 
-/// Starts the data plane and the admin endpoint, then waits for a signal and shuts
-/// down gracefully. `started` is told the server and the admin address once both
-/// are accepting.
+/// Starts the data plane and the admin endpoints, then serves until a signal:
+/// SIGHUP reloads `config_path`, SIGTERM/SIGINT shut down gracefully. `started`
+/// is told the server and the admin HTTP address once everything accepts.
 pub(crate) async fn serve(
     config: Config,
+    config_path: Option<PathBuf>,
     started: impl FnOnce(&Server, Option<SocketAddr>),
 ) -> Result<()> {
     // Installed first: a signal that arrives while starting must stop weir
     // gracefully, not kill it with the default action.
     let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut hup = signal(tokio::signal::unix::SignalKind::hangup())?;
+    // Both admin ports are bound before the data plane starts, so a taken
+    // port fails the start instead of leaving weir without its controls.
     let admin = match config.admin.http {
         Some(addr) => Some(
             weir_admin::AdminListener::bind(addr)
@@ -172,29 +236,67 @@ pub(crate) async fn serve(
         ),
         None => None,
     };
-    let server = Arc::new(Server::start(&config).await?);
+    let grpc = match config.admin.grpc {
+        Some(addr) => Some(
+            weir_admin::grpc::bind(addr)
+                .with_context(|| format!("admin.grpc: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
+    let options = weir_core::Options { config_path };
+    let server = Arc::new(Server::start_with(config, options).await?);
     let admin_stop = CancellationToken::new();
+    // The control API stops taking commands as soon as shutdown begins: during
+    // an upgrade they belong to the successor on the same port.
+    let grpc_stop = CancellationToken::new();
     let admin_addr = admin.as_ref().map(weir_admin::AdminListener::local_addr);
+    let build = weir_admin::metrics::BuildInfo {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        revision: env!("WEIR_REVISION").to_owned(),
+    };
+    let grpc_stats = Arc::new(weir_admin::grpc_metrics::GrpcStats::default());
     if let Some(admin) = admin {
         let server = Arc::clone(&server);
         let stop = admin_stop.clone();
-        let build = weir_admin::metrics::BuildInfo {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            revision: env!("WEIR_REVISION").to_owned(),
-        };
+        let (build, grpc_stats) = (build.clone(), Arc::clone(&grpc_stats));
         tokio::spawn(async move {
-            if let Err(e) = admin.serve(server, build, stop).await {
+            if let Err(e) = admin.serve(server, build, grpc_stats, stop).await {
                 tracing::error!(error = %e, "admin endpoint failed");
+            }
+        });
+    }
+    if let Some(listener) = grpc {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "admin gRPC listening");
+        }
+        let service = weir_admin::grpc::ControlService::new(
+            Arc::clone(&server),
+            build,
+            grpc_stats,
+            grpc_stop.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = weir_admin::grpc::serve(listener, service).await {
+                tracing::error!(error = %e, "admin gRPC endpoint failed");
             }
         });
     }
     started(&server, admin_addr);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "weir started");
 
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM received"); break }
+            _ = int.recv() => { tracing::info!("SIGINT received"); break }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received: reloading");
+                // Outcome and reason are logged by the reload itself.
+                let server = Arc::clone(&server);
+                tokio::spawn(async move { let _ = server.reload().await; });
+            }
+        }
     }
+    grpc_stop.cancel();
     server.shutdown();
     tokio::select! {
         () = server.wait() => {}

@@ -7,3 +7,4 @@ mod deploy;
 mod observability;
 mod proxy_protocol;
 mod tls_passthrough;
+mod upgrade;

@@ -1,0 +1,507 @@
+//! The gRPC control API (`[admin] grpc`): the `weir.admin.v1.Admin` service
+//! over the running [`Server`], with reflection and `grpc_server_*` metrics.
+//!
+//! Reads need nothing; mutations (admin state, weight, reload) need the bearer
+//! token of `admin.token_file` when one is set. The token is taken from the
+//! running config, so a reload can rotate it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+use weir_core::events::Event;
+use weir_core::health::state::{Admin, Transition};
+use weir_core::pool::Pool;
+use weir_core::stats::RejectReason;
+use weir_core::{ControlError, ReloadError, Server, millis};
+
+use crate::grpc_metrics::{GrpcMetricsLayer, GrpcStats};
+use crate::metrics::BuildInfo;
+use crate::pb::v1 as pb;
+use crate::pb::v1::admin_server::{Admin as AdminApi, AdminServer};
+
+/// Transitions shown with each backend in listings.
+const LAST_TRANSITIONS: usize = 5;
+/// Events a watch queues for a slow client before its stream is ended.
+const WATCH_QUEUE: usize = 256;
+
+/// The service behind `weir.admin.v1.Admin`.
+#[derive(Debug, Clone)]
+pub struct ControlService {
+    server: Arc<Server>,
+    build: BuildInfo,
+    stats: Arc<GrpcStats>,
+    stop: CancellationToken,
+}
+
+impl ControlService {
+    /// `stop` ends the server and every open `Watch` stream.
+    pub fn new(
+        server: Arc<Server>,
+        build: BuildInfo,
+        stats: Arc<GrpcStats>,
+        stop: CancellationToken,
+    ) -> Self {
+        ControlService {
+            server,
+            build,
+            stats,
+            stop,
+        }
+    }
+
+    /// Refuses a mutation without the right token (and counts the refusal).
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let snapshot = self.server.snapshot();
+        let expected = snapshot.config.admin.token.as_ref().map(|t| t.secret());
+        self.stats
+            .authorize(request.metadata(), expected)
+            .inspect_err(|s| tracing::warn!(reason = s.message(), "admin API change refused"))
+    }
+}
+
+/// Binds the gRPC address with SO_REUSEPORT (so a second weir can start
+/// beside a draining one), before the data plane starts.
+pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::from_std(weir_core::listener::bind(addr)?)
+}
+
+/// Why the control API could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] crate::reflection::ReflectionError),
+    #[error("{0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves the control API on a bound listener until the service's `stop`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: ControlService,
+) -> Result<(), ServeError> {
+    let stop = service.stop.clone();
+    let layer = GrpcMetricsLayer::new(Arc::clone(&service.stats));
+    tonic::transport::Server::builder()
+        .layer(layer)
+        .add_service(AdminServer::new(service))
+        .add_service(crate::reflection_service()?)
+        .add_service(crate::reflection::reflection_service_v1alpha()?)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+            stop.cancelled().await;
+        })
+        .await?;
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl AdminApi for ControlService {
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let s = &self.server;
+        let snapshot = s.snapshot();
+        let mut by_state = BTreeMap::new();
+        let mut backends = 0;
+        for p in &snapshot.pools {
+            for b in &p.backends {
+                backends += 1;
+                *by_state
+                    .entry(b.state_label().as_str().to_owned())
+                    .or_insert(0) += 1;
+            }
+        }
+        let active = snapshot
+            .listeners
+            .iter()
+            .map(|l| l.stats.connections_active.load(Relaxed))
+            .sum();
+        Ok(Response::new(pb::StatusResponse {
+            version: self.build.version.clone(),
+            revision: self.build.revision.clone(),
+            started_at_ms: millis(s.started_at()),
+            config_path: s
+                .config_path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            config_generation: snapshot.generation,
+            last_reload: s.last_reload().map(|r| pb::LastReload {
+                at_ms: millis(r.at),
+                ok: r.error.is_none(),
+                error: r.error.unwrap_or_default(),
+            }),
+            ready: s.is_ready(),
+            listeners: count(snapshot.listeners.len()),
+            pools: count(snapshot.pools.len()),
+            backends,
+            backends_by_state: by_state.into_iter().collect(),
+            active_connections: active,
+            state_path: s
+                .state_path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            orphaned_state: s
+                .orphaned_state()
+                .into_iter()
+                .filter(|e| e.admin.is_some() || e.weight_override.is_some())
+                .map(|e| pb::SavedState {
+                    pool: e.pool,
+                    backend: e.backend,
+                    admin: e.admin.unwrap_or_default(),
+                    weight_override: e.weight_override,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_listeners(
+        &self,
+        _: Request<pb::ListListenersRequest>,
+    ) -> Result<Response<pb::ListListenersResponse>, Status> {
+        let snapshot = self.server.snapshot();
+        let listeners = snapshot
+            .listeners
+            .iter()
+            .map(|l| pb::Listener {
+                name: l.name.clone(),
+                bind: snapshot
+                    .local_addrs(&l.name)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                protocol: "tcp".to_owned(),
+                max_connections: l.max_connections,
+                active_connections: l.stats.connections_active.load(Relaxed),
+                connections_total: l.stats.connections_total.load(Relaxed),
+                rejected: RejectReason::ALL
+                    .iter()
+                    .map(|&r| (r.as_str().to_owned(), l.stats.rejected(r)))
+                    .collect(),
+                routes: l.routes.iter().map(|r| r.name.clone()).collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListListenersResponse { listeners }))
+    }
+
+    async fn list_routes(
+        &self,
+        _: Request<pb::ListRoutesRequest>,
+    ) -> Result<Response<pb::ListRoutesResponse>, Status> {
+        let snapshot = self.server.snapshot();
+        let routes = snapshot
+            .listeners
+            .iter()
+            .flat_map(|l| {
+                l.routes.iter().map(|r| pb::Route {
+                    listener: l.name.clone(),
+                    name: r.name.clone(),
+                    pool: r.pool.name.clone(),
+                    match_source: r.matcher.source.iter().map(ToString::to_string).collect(),
+                    match_sni: r.matcher.sni.clone(),
+                    match_alpn: r.matcher.alpn.clone(),
+                    connections_total: r.stats.connections_total.load(Relaxed),
+                })
+            })
+            .collect();
+        Ok(Response::new(pb::ListRoutesResponse { routes }))
+    }
+
+    async fn list_pools(
+        &self,
+        _: Request<pb::ListPoolsRequest>,
+    ) -> Result<Response<pb::ListPoolsResponse>, Status> {
+        let snapshot = self.server.snapshot();
+        let pools = snapshot
+            .pools
+            .iter()
+            .map(|p| {
+                let mut by_state = BTreeMap::new();
+                for b in &p.backends {
+                    *by_state
+                        .entry(b.state_label().as_str().to_owned())
+                        .or_insert(0) += 1;
+                }
+                let balance = snapshot
+                    .config
+                    .pools
+                    .iter()
+                    .find(|c| c.name == p.name)
+                    .map_or("", |c| balance_name(c.balance));
+                pb::Pool {
+                    name: p.name.clone(),
+                    balance: balance.to_owned(),
+                    active_tier: p.active_tier(),
+                    health_check: check_name(&p.health.check).to_owned(),
+                    backends: count(p.backends.len()),
+                    serving: count(p.backends.iter().filter(|b| b.is_serving()).count()),
+                    backends_by_state: by_state.into_iter().collect(),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ListPoolsResponse { pools }))
+    }
+
+    async fn list_backends(
+        &self,
+        request: Request<pb::ListBackendsRequest>,
+    ) -> Result<Response<pb::ListBackendsResponse>, Status> {
+        let want = request.into_inner().pool;
+        let snapshot = self.server.snapshot();
+        if !want.is_empty() && snapshot.pool(&want).is_none() {
+            return Err(Status::not_found(format!("no pool {want:?}")));
+        }
+        let backends = snapshot
+            .pools
+            .iter()
+            .filter(|p| want.is_empty() || p.name == want)
+            .flat_map(|p| {
+                p.backends
+                    .iter()
+                    .filter_map(|b| backend_message(p, &b.name))
+            })
+            .collect();
+        Ok(Response::new(pb::ListBackendsResponse { backends }))
+    }
+
+    async fn set_backend_admin(
+        &self,
+        request: Request<pb::SetBackendAdminRequest>,
+    ) -> Result<Response<pb::Backend>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        let admin = match pb::AdminState::try_from(r.state) {
+            Ok(pb::AdminState::Enabled) => Admin::Enabled,
+            Ok(pb::AdminState::Drain) => Admin::Drain,
+            Ok(pb::AdminState::Disabled) => Admin::Disabled,
+            Ok(pb::AdminState::Unspecified) | Err(_) => {
+                return Err(Status::invalid_argument(
+                    "state must be ADMIN_STATE_ENABLED, ADMIN_STATE_DRAIN or ADMIN_STATE_DISABLED",
+                ));
+            }
+        };
+        self.server
+            .set_admin(&r.pool, &r.backend, admin)
+            .await
+            .map_err(|e| control_status(&e))?;
+        self.backend_reply(&r.pool, &r.backend)
+    }
+
+    async fn set_backend_weight(
+        &self,
+        request: Request<pb::SetBackendWeightRequest>,
+    ) -> Result<Response<pb::Backend>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        self.server
+            .set_weight(&r.pool, &r.backend, r.weight)
+            .await
+            .map_err(|e| control_status(&e))?;
+        self.backend_reply(&r.pool, &r.backend)
+    }
+
+    async fn backend_history(
+        &self,
+        request: Request<pb::BackendHistoryRequest>,
+    ) -> Result<Response<pb::BackendHistoryResponse>, Status> {
+        let r = request.into_inner();
+        let pool = self
+            .server
+            .pool(&r.pool)
+            .ok_or_else(|| Status::not_found(format!("no pool {:?}", r.pool)))?;
+        let view = pool.view(&r.backend).ok_or_else(|| {
+            Status::not_found(format!("pool {:?} has no backend {:?}", r.pool, r.backend))
+        })?;
+        Ok(Response::new(pb::BackendHistoryResponse {
+            transitions: view.history.iter().map(transition).collect(),
+        }))
+    }
+
+    async fn reload(
+        &self,
+        request: Request<pb::ReloadRequest>,
+    ) -> Result<Response<pb::ReloadResponse>, Status> {
+        self.authorize(&request)?;
+        match self.server.reload().await {
+            Ok(r) => Ok(Response::new(pb::ReloadResponse {
+                generation: r.generation,
+                added: r.diff.added,
+                removed: r.diff.removed,
+                changed: r.diff.changed,
+                need_restart: r.diff.need_restart,
+            })),
+            Err(e @ (ReloadError::Config(_) | ReloadError::Start(_))) => {
+                Err(Status::failed_precondition(format!(
+                    "reload failed; the running config is unchanged:\n{e}"
+                )))
+            }
+            Err(e @ ReloadError::NoFile) => Err(Status::failed_precondition(e.to_string())),
+            Err(e @ ReloadError::ShuttingDown) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+
+    type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<pb::Event, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let pool = request.into_inner().pool;
+        let mut events = self.server.journal().subscribe();
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tx.closed() => break,
+                    e = events.recv() => e,
+                };
+                let event = match event {
+                    Ok(e) => e,
+                    Err(broadcast::error::RecvError::Lagged(lost)) => {
+                        let status = Status::resource_exhausted(format!(
+                            "this watcher fell behind and lost {lost} events"
+                        ));
+                        let _ = tx.try_send(Err(status));
+                        break;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                };
+                if !pool.is_empty() && event.pool().is_some_and(|p| p != pool) {
+                    continue;
+                }
+                if tx.try_send(Ok(event_message(&event))).is_err() {
+                    // The client does not read: end its stream rather than
+                    // queue without bound.
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+}
+
+impl ControlService {
+    fn backend_reply(&self, pool: &str, backend: &str) -> Result<Response<pb::Backend>, Status> {
+        self.server
+            .pool(pool)
+            .and_then(|p| backend_message(&p, backend))
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("pool {pool:?} has no backend {backend:?}")))
+    }
+}
+
+fn control_status(e: &ControlError) -> Status {
+    match e {
+        ControlError::NoPool(_) | ControlError::NoBackend { .. } => {
+            Status::not_found(e.to_string())
+        }
+        ControlError::Weight(_) => Status::invalid_argument(e.to_string()),
+        ControlError::State(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+fn backend_message(pool: &Pool, name: &str) -> Option<pb::Backend> {
+    let b = pool.backend(name)?;
+    let v = pool.view(name)?;
+    let admin = match v.admin {
+        Admin::Enabled => pb::AdminState::Enabled,
+        Admin::Drain => pb::AdminState::Drain,
+        Admin::Disabled => pb::AdminState::Disabled,
+    };
+    let skip = v.history.len().saturating_sub(LAST_TRANSITIONS);
+    Some(pb::Backend {
+        pool: pool.name.clone(),
+        name: v.name.clone(),
+        address: v.address.to_string(),
+        tier: v.tier,
+        weight: v.weight,
+        weight_override: v.weight_override,
+        effective_weight: v.effective_weight,
+        health: v.health.as_str().to_owned(),
+        admin: admin.into(),
+        state: b.state_label().as_str().to_owned(),
+        serving: v.serving,
+        active_connections: v.active_connections,
+        connections_total: b.stats.connections_total.load(Relaxed),
+        last_probe: v.last_probe.as_ref().map(|p| pb::Probe {
+            at_ms: millis(p.at),
+            ok: p.ok,
+            reason: p.reason.clone(),
+        }),
+        last_transitions: v.history.iter().skip(skip).map(transition).collect(),
+    })
+}
+
+fn transition(t: &Transition) -> pb::Transition {
+    let (kind, from, to) = t.change.parts();
+    pb::Transition {
+        at_ms: millis(t.at),
+        kind: kind.to_owned(),
+        from,
+        to,
+        cause: t.cause.to_string(),
+    }
+}
+
+fn event_message(e: &Event) -> pb::Event {
+    use pb::event::Kind;
+    let kind = match e {
+        Event::Backend {
+            pool,
+            backend,
+            transition: t,
+        } => Kind::Backend(pb::BackendTransition {
+            pool: pool.clone(),
+            backend: backend.clone(),
+            transition: Some(transition(t)),
+        }),
+        Event::Tier { pool, from, to, .. } => Kind::Tier(pb::TierChange {
+            pool: pool.clone(),
+            from: *from,
+            to: *to,
+        }),
+        Event::Reload {
+            generation, error, ..
+        } => Kind::Reload(pb::ReloadEvent {
+            ok: error.is_none(),
+            generation: *generation,
+            error: error.clone().unwrap_or_default(),
+        }),
+    };
+    pb::Event {
+        at_ms: millis(e.at()),
+        kind: Some(kind),
+    }
+}
+
+fn balance_name(b: weir_config::Balance) -> &'static str {
+    match b {
+        weir_config::Balance::RoundRobin => "round_robin",
+        weir_config::Balance::LeastConn => "least_conn",
+        weir_config::Balance::Random => "random",
+        weir_config::Balance::First => "first",
+        weir_config::Balance::Maglev => "maglev",
+    }
+}
+
+fn check_name(c: &weir_config::Check) -> &'static str {
+    match c {
+        weir_config::Check::None => "none",
+        weir_config::Check::Tcp => "tcp",
+        weir_config::Check::Http(_) => "http",
+        weir_config::Check::Grpc(_) => "grpc",
+    }
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}

@@ -1,0 +1,637 @@
+//! The operator commands: clients of the gRPC control API of a running weir
+//! (`weir status`, `weir backends`, `weir backend ...`, `weir reload`,
+//! `weir watch`). Human tables by default, `--output json` for scripts.
+//!
+//! Exit codes: 0 done; 1 the daemon refused or the action failed (unknown
+//! pool or backend, bad value, a reload that changed nothing); 2 bad usage;
+//! 3 the daemon cannot be reached; 4 the token is missing or wrong.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use tonic::Code;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use weir_admin::pb::v1 as pb;
+use weir_admin::pb::v1::admin_client::AdminClient;
+
+/// Connect timeout towards the daemon.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Deadline of one call; a reload waits for the first probes of new backends.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where the daemon is and how to talk to it.
+#[derive(Debug, Args)]
+pub(crate) struct Target {
+    /// Address of the daemon's gRPC admin endpoint (`[admin] grpc`).
+    #[arg(
+        long,
+        global = true,
+        env = "WEIR_ADMIN",
+        default_value = "127.0.0.1:9901"
+    )]
+    admin: SocketAddr,
+    /// Output format.
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Output {
+    /// Aligned columns for people.
+    Table,
+    /// JSON for scripts (one object; `watch` prints one per line).
+    Json,
+}
+
+/// `weir backend ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum BackendCommand {
+    /// Let the backend take traffic again (when healthy).
+    Enable { pool: String, backend: String },
+    /// No new connections; open ones continue until the pool's drain_timeout.
+    Drain { pool: String, backend: String },
+    /// No traffic and no probes; open connections close after drain_timeout.
+    Disable { pool: String, backend: String },
+    /// Override the configured weight, or restore it with --clear.
+    Weight {
+        pool: String,
+        backend: String,
+        /// The new weight (0..=1000).
+        #[arg(required_unless_present = "clear", conflicts_with = "clear")]
+        weight: Option<u32>,
+        /// Back to the configured weight.
+        #[arg(long)]
+        clear: bool,
+    },
+    /// The backend's transitions (health, admin state, weight) with their causes.
+    History { pool: String, backend: String },
+}
+
+/// One operator command.
+#[derive(Debug)]
+pub(crate) enum Request {
+    Status,
+    Backends(Option<String>),
+    Backend(BackendCommand),
+    Reload,
+    Watch(Option<String>),
+}
+
+/// Runs `request` against the daemon and prints the result.
+pub(crate) fn run(target: &Target, request: Request) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("cannot start: {e}"), 1),
+    };
+    runtime.block_on(async {
+        let mut client = match connect(target.admin).await {
+            Ok(c) => c,
+            Err(message) => return fail(&message, 3),
+        };
+        match call(&mut client, target, request).await {
+            Ok(text) => {
+                out(&text);
+                ExitCode::SUCCESS
+            }
+            Err(status) => fail_status(target.admin, &status),
+        }
+    })
+}
+
+async fn connect(addr: SocketAddr) -> Result<AdminClient<Channel>, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("bad admin address {addr}: {e}"))?
+        .connect_timeout(CONNECT_TIMEOUT);
+    let channel = endpoint.connect().await.map_err(|e| {
+        format!(
+            "cannot reach weir at {addr}: {}\n(is it running with `[admin] grpc = \"{addr}\"`? \
+             point at another with --admin or WEIR_ADMIN)",
+            source_text(&e)
+        )
+    })?;
+    Ok(AdminClient::new(channel))
+}
+
+/// A request with the deadline and, when WEIR_TOKEN is set, the token.
+fn request<T>(message: T, deadline: bool) -> Result<tonic::Request<T>, tonic::Status> {
+    let mut r = tonic::Request::new(message);
+    if deadline {
+        r.set_timeout(CALL_TIMEOUT);
+    }
+    if let Ok(token) = std::env::var("WEIR_TOKEN") {
+        let value = MetadataValue::try_from(format!("Bearer {}", token.trim())).map_err(|_| {
+            tonic::Status::invalid_argument("WEIR_TOKEN holds characters a header cannot carry")
+        })?;
+        r.metadata_mut().insert("authorization", value);
+    }
+    Ok(r)
+}
+
+async fn call(
+    c: &mut AdminClient<Channel>,
+    target: &Target,
+    req: Request,
+) -> Result<String, tonic::Status> {
+    let json = target.output == Output::Json;
+    match req {
+        Request::Status => {
+            let s = c
+                .status(request(pb::StatusRequest {}, true)?)
+                .await?
+                .into_inner();
+            Ok(if json {
+                pretty(&status_json(&s))
+            } else {
+                status_table(&s)
+            })
+        }
+        Request::Backends(pool) => {
+            let pool = pool.unwrap_or_default();
+            let r = c
+                .list_backends(request(pb::ListBackendsRequest { pool }, true)?)
+                .await?
+                .into_inner();
+            Ok(if json {
+                pretty(&Value::Array(r.backends.iter().map(backend_json).collect()))
+            } else {
+                backends_table(&r.backends)
+            })
+        }
+        Request::Backend(BackendCommand::History { pool, backend }) => {
+            let r = c
+                .backend_history(request(pb::BackendHistoryRequest { pool, backend }, true)?)
+                .await?
+                .into_inner();
+            Ok(if json {
+                pretty(&Value::Array(
+                    r.transitions.iter().map(transition_json).collect(),
+                ))
+            } else {
+                history_table(&r.transitions)
+            })
+        }
+        Request::Backend(BackendCommand::Weight {
+            pool,
+            backend,
+            weight,
+            clear,
+        }) => {
+            let weight = if clear { None } else { weight };
+            let b = c
+                .set_backend_weight(request(
+                    pb::SetBackendWeightRequest {
+                        pool,
+                        backend,
+                        weight,
+                    },
+                    true,
+                )?)
+                .await?
+                .into_inner();
+            Ok(if json {
+                pretty(&backend_json(&b))
+            } else {
+                backends_table(&[b])
+            })
+        }
+        Request::Backend(cmd) => {
+            let (pool, backend, state) = match cmd {
+                BackendCommand::Enable { pool, backend } => {
+                    (pool, backend, pb::AdminState::Enabled)
+                }
+                BackendCommand::Drain { pool, backend } => (pool, backend, pb::AdminState::Drain),
+                BackendCommand::Disable { pool, backend } => {
+                    (pool, backend, pb::AdminState::Disabled)
+                }
+                BackendCommand::Weight { .. } | BackendCommand::History { .. } => {
+                    return Err(tonic::Status::internal("handled above"));
+                }
+            };
+            let b = c
+                .set_backend_admin(request(
+                    pb::SetBackendAdminRequest {
+                        pool,
+                        backend,
+                        state: state.into(),
+                    },
+                    true,
+                )?)
+                .await?
+                .into_inner();
+            Ok(if json {
+                pretty(&backend_json(&b))
+            } else {
+                backends_table(&[b])
+            })
+        }
+        Request::Reload => {
+            let r = c
+                .reload(request(pb::ReloadRequest {}, true)?)
+                .await?
+                .into_inner();
+            Ok(if json {
+                pretty(&reload_json(&r))
+            } else {
+                reload_text(&r)
+            })
+        }
+        Request::Watch(pool) => {
+            let pool = pool.unwrap_or_default();
+            let mut stream = c
+                .watch(request(pb::WatchRequest { pool }, false)?)
+                .await?
+                .into_inner();
+            while let Some(event) = stream.message().await? {
+                let line = if json {
+                    event_json(&event).to_string()
+                } else {
+                    event_text(&event)
+                };
+                out(&format!("{line}\n"));
+            }
+            Ok(String::new())
+        }
+    }
+}
+
+fn fail_status(addr: SocketAddr, s: &tonic::Status) -> ExitCode {
+    let (code, hint) = match s.code() {
+        Code::Unauthenticated => (
+            4,
+            "\n(set WEIR_TOKEN to the token in the daemon's admin.token_file)",
+        ),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => (3, ""),
+        _ => (1, ""),
+    };
+    let message = if code == 3 && s.message().is_empty() {
+        format!("cannot reach weir at {addr}: {s}")
+    } else {
+        s.message().to_owned()
+    };
+    fail(&format!("{message}{hint}"), code)
+}
+
+fn fail(message: &str, code: u8) -> ExitCode {
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("weir: {message}");
+    }
+    ExitCode::from(code)
+}
+
+#[allow(clippy::print_stdout)] // these commands report to the terminal by design
+fn out(text: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
+/// The innermost cause, which says what actually went wrong (refused, ...).
+fn source_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
+}
+
+fn pretty(v: &Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+/// RFC 3339 UTC with milliseconds; "-" for no time.
+fn time(ms: i64) -> String {
+    match u64::try_from(ms) {
+        Ok(ms) if ms > 0 => {
+            humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+        }
+        _ => "-".to_owned(),
+    }
+}
+
+fn ago(ms: i64) -> String {
+    let Ok(then) = u64::try_from(ms) else {
+        return "-".to_owned();
+    };
+    let then = UNIX_EPOCH + Duration::from_millis(then);
+    match SystemTime::now().duration_since(then) {
+        Ok(d) => format!("{}s ago", d.as_secs()),
+        Err(_) => "just now".to_owned(),
+    }
+}
+
+fn admin_name(state: i32) -> &'static str {
+    match pb::AdminState::try_from(state) {
+        Ok(pb::AdminState::Enabled) => "enabled",
+        Ok(pb::AdminState::Drain) => "drain",
+        Ok(pb::AdminState::Disabled) => "disabled",
+        _ => "unknown",
+    }
+}
+
+/// Columns padded to their widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(cell);
+            } else {
+                let _ = write!(l, "{cell:<w$}  ");
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn status_table(s: &pb::StatusResponse) -> String {
+    let mut out = String::new();
+    let by_state = ["up", "down", "unknown", "drain", "disabled"]
+        .iter()
+        .filter_map(|k| s.backends_by_state.get(*k).map(|n| format!("{n} {k}")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = writeln!(out, "weir {} ({})", s.version, s.revision);
+    let _ = writeln!(
+        out,
+        "started       {} ({})",
+        time(s.started_at_ms),
+        ago(s.started_at_ms)
+    );
+    let _ = writeln!(
+        out,
+        "ready         {}",
+        if s.ready { "yes" } else { "no (shutting down)" }
+    );
+    let _ = writeln!(
+        out,
+        "config        {} (generation {})",
+        or_dash(&s.config_path),
+        s.config_generation
+    );
+    let reload = match &s.last_reload {
+        None => "none".to_owned(),
+        Some(r) if r.ok => format!("ok at {}", time(r.at_ms)),
+        Some(r) => format!("FAILED at {}: {}", time(r.at_ms), r.error),
+    };
+    let _ = writeln!(out, "last reload   {reload}");
+    let _ = writeln!(out, "state file    {}", or_dash(&s.state_path));
+    let _ = writeln!(out, "listeners     {}", s.listeners);
+    let _ = writeln!(out, "pools         {}", s.pools);
+    let _ = writeln!(out, "backends      {} ({by_state})", s.backends);
+    let _ = writeln!(out, "connections   {}", s.active_connections);
+    if !s.orphaned_state.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nsaved state for backends not in the config (kept, not applied):"
+        );
+        for o in &s.orphaned_state {
+            let weight = o
+                .weight_override
+                .map_or_else(|| "-".to_owned(), |w| w.to_string());
+            let _ = writeln!(
+                out,
+                "  {}/{}  admin {}  weight {weight}",
+                o.pool,
+                o.backend,
+                or_dash(&o.admin)
+            );
+        }
+    }
+    out
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
+}
+
+fn backends_table(backends: &[pb::Backend]) -> String {
+    let rows: Vec<Vec<String>> = backends
+        .iter()
+        .map(|b| {
+            let weight = match b.weight_override {
+                Some(w) => format!("{w} (set; {} configured)", b.weight),
+                None => b.weight.to_string(),
+            };
+            let probe = b.last_probe.as_ref().map_or_else(
+                || "-".to_owned(),
+                |p| format!("{} {}", if p.ok { "ok" } else { "failed" }, p.reason),
+            );
+            let last = b.last_transitions.last().map_or_else(
+                || "-".to_owned(),
+                |t| {
+                    format!(
+                        "{} {}->{} ({}, {})",
+                        t.kind,
+                        t.from,
+                        t.to,
+                        t.cause,
+                        ago(t.at_ms)
+                    )
+                },
+            );
+            vec![
+                b.pool.clone(),
+                b.name.clone(),
+                b.address.clone(),
+                b.tier.to_string(),
+                b.state.clone(),
+                if b.serving { "yes" } else { "no" }.to_owned(),
+                weight,
+                b.effective_weight.to_string(),
+                b.active_connections.to_string(),
+                b.connections_total.to_string(),
+                probe,
+                last,
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "POOL",
+            "BACKEND",
+            "ADDRESS",
+            "TIER",
+            "STATE",
+            "SERVING",
+            "WEIGHT",
+            "EFFECTIVE",
+            "ACTIVE",
+            "TOTAL",
+            "LAST PROBE",
+            "LAST CHANGE",
+        ],
+        &rows,
+    )
+}
+
+fn history_table(ts: &[pb::Transition]) -> String {
+    if ts.is_empty() {
+        return "no transitions yet\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = ts
+        .iter()
+        .map(|t| {
+            vec![
+                time(t.at_ms),
+                t.kind.clone(),
+                t.from.clone(),
+                t.to.clone(),
+                t.cause.clone(),
+            ]
+        })
+        .collect();
+    table(&["TIME", "KIND", "FROM", "TO", "CAUSE"], &rows)
+}
+
+fn reload_text(r: &pb::ReloadResponse) -> String {
+    let mut out = format!("reloaded: generation {}\n", r.generation);
+    for (what, items) in [
+        ("added", &r.added),
+        ("removed", &r.removed),
+        ("changed", &r.changed),
+    ] {
+        for i in items {
+            let _ = writeln!(out, "  {what:<8} {i}");
+        }
+    }
+    if r.added.is_empty() && r.removed.is_empty() && r.changed.is_empty() {
+        out.push_str("  no changes\n");
+    }
+    for s in &r.need_restart {
+        let _ = writeln!(
+            out,
+            "  note: changes to [{s}] take effect at the next start"
+        );
+    }
+    out
+}
+
+fn event_text(e: &pb::Event) -> String {
+    use pb::event::Kind;
+    let at = time(e.at_ms);
+    let tier = |t: Option<u32>| t.map_or_else(|| "none".to_owned(), |t| t.to_string());
+    match &e.kind {
+        Some(Kind::Backend(b)) => match &b.transition {
+            Some(t) => format!(
+                "{at}  backend {}/{}  {} {} -> {}  ({})",
+                b.pool, b.backend, t.kind, t.from, t.to, t.cause
+            ),
+            None => format!("{at}  backend {}/{}", b.pool, b.backend),
+        },
+        Some(Kind::Tier(t)) => format!(
+            "{at}  pool {}  active tier {} -> {}",
+            t.pool,
+            tier(t.from),
+            tier(t.to)
+        ),
+        Some(Kind::Reload(r)) if r.ok => format!("{at}  reload ok, generation {}", r.generation),
+        Some(Kind::Reload(r)) => format!(
+            "{at}  reload FAILED (generation {} still runs): {}",
+            r.generation, r.error
+        ),
+        None => format!("{at}  (an event this weir cannot show)"),
+    }
+}
+
+fn status_json(s: &pb::StatusResponse) -> Value {
+    json!({
+        "version": s.version,
+        "revision": s.revision,
+        "started_at": time(s.started_at_ms),
+        "ready": s.ready,
+        "config_path": s.config_path,
+        "config_generation": s.config_generation,
+        "last_reload": s.last_reload.as_ref().map(|r| json!({
+            "at": time(r.at_ms), "ok": r.ok, "error": r.error,
+        })),
+        "state_path": s.state_path,
+        "listeners": s.listeners,
+        "pools": s.pools,
+        "backends": s.backends,
+        "backends_by_state": s.backends_by_state,
+        "active_connections": s.active_connections,
+        "orphaned_state": s.orphaned_state.iter().map(|o| json!({
+            "pool": o.pool, "backend": o.backend, "admin": o.admin,
+            "weight_override": o.weight_override,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn transition_json(t: &pb::Transition) -> Value {
+    json!({"at": time(t.at_ms), "kind": t.kind, "from": t.from, "to": t.to, "cause": t.cause})
+}
+
+fn backend_json(b: &pb::Backend) -> Value {
+    json!({
+        "pool": b.pool,
+        "name": b.name,
+        "address": b.address,
+        "tier": b.tier,
+        "weight": b.weight,
+        "weight_override": b.weight_override,
+        "effective_weight": b.effective_weight,
+        "health": b.health,
+        "admin": admin_name(b.admin),
+        "state": b.state,
+        "serving": b.serving,
+        "active_connections": b.active_connections,
+        "connections_total": b.connections_total,
+        "last_probe": b.last_probe.as_ref().map(|p| json!({
+            "at": time(p.at_ms), "ok": p.ok, "reason": p.reason,
+        })),
+        "last_transitions": b.last_transitions.iter().map(transition_json).collect::<Vec<_>>(),
+    })
+}
+
+fn reload_json(r: &pb::ReloadResponse) -> Value {
+    json!({
+        "generation": r.generation,
+        "added": r.added,
+        "removed": r.removed,
+        "changed": r.changed,
+        "need_restart": r.need_restart,
+    })
+}
+
+fn event_json(e: &pb::Event) -> Value {
+    use pb::event::Kind;
+    let at = time(e.at_ms);
+    match &e.kind {
+        Some(Kind::Backend(b)) => json!({
+            "at": at, "type": "backend", "pool": b.pool, "backend": b.backend,
+            "transition": b.transition.as_ref().map(transition_json),
+        }),
+        Some(Kind::Tier(t)) => json!({
+            "at": at, "type": "tier", "pool": t.pool, "from": t.from, "to": t.to,
+        }),
+        Some(Kind::Reload(r)) => json!({
+            "at": at, "type": "reload", "ok": r.ok, "generation": r.generation, "error": r.error,
+        }),
+        None => json!({"at": at, "type": "unknown"}),
+    }
+}

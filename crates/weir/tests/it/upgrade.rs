@@ -1,0 +1,197 @@
+//! Zero-downtime upgrade: a second weir started on the same ports (SO_REUSEPORT)
+//! takes new connections while the first drains after SIGTERM, and a client
+//! opening connections all the while sees no failure.
+//!
+//! It runs in a network namespace of its own (loopback only) with
+//! `net.ipv4.tcp_migrate_req = 1`, the setting docs/operations.md asks for: with
+//! it the kernel hands connections still queued on the old process's closing
+//! socket to the new one instead of resetting them.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use crate::cli::{DEADLINE, Running, lines, signal, temp_config, wait_exit, wait_line, weir};
+
+/// A network namespace held open by a `sleep` we started.
+struct Netns {
+    _holder: Running,
+    path: PathBuf,
+}
+
+impl Netns {
+    fn new() -> Netns {
+        let holder = Command::new("unshare")
+            .args(["--net", "sleep", "300"])
+            .spawn()
+            .expect("unshare (util-linux) runs; the tests need root for a network namespace");
+        let path = PathBuf::from(format!("/proc/{}/ns/net", holder.id()));
+        let holder = Running(holder);
+        let ours = std::fs::read_link("/proc/self/ns/net").expect("own netns");
+        let end = Instant::now() + DEADLINE;
+        while std::fs::read_link(&path).ok().is_none_or(|ns| ns == ours) {
+            assert!(
+                Instant::now() < end,
+                "unshare --net did not create a namespace"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let status = Command::new("nsenter")
+            .arg(format!("--net={}", path.display()))
+            .args([
+                "sh",
+                "-c",
+                "ip link set lo up && sysctl -qw net.ipv4.tcp_migrate_req=1",
+            ])
+            .status()
+            .expect("nsenter");
+        assert!(status.success(), "cannot set up the namespace: {status}");
+        Netns {
+            _holder: holder,
+            path,
+        }
+    }
+
+    /// `weir run` inside the namespace.
+    fn weir_run(&self, config: &Path) -> (Running, mpsc::Receiver<String>) {
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net={}", self.path.display()))
+            .arg(weir().get_program())
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn weir");
+        let out = lines(&mut child);
+        let child = Running(child);
+        wait_line(&out, "weir started");
+        (child, out)
+    }
+}
+
+/// Moves the calling thread into the network namespace at `path`.
+fn enter(path: &Path) {
+    let f = File::open(path).expect("open netns");
+    rustix::thread::move_into_link_name_space(
+        f.as_fd(),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .expect("setns");
+}
+
+/// Waits until `count` has grown by `more`.
+fn wait_for_more(count: &AtomicUsize, more: usize) {
+    let target = count.load(Ordering::SeqCst) + more;
+    let end = Instant::now() + DEADLINE;
+    while count.load(Ordering::SeqCst) < target {
+        assert!(Instant::now() < end, "the client stalled");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn a_second_weir_takes_over_without_a_failed_connection() {
+    let ns = Netns::new();
+
+    // The backend answers "ok" to every connection.
+    let (tx, rx) = mpsc::channel();
+    {
+        let ns_path = ns.path.clone();
+        std::thread::spawn(move || {
+            enter(&ns_path);
+            let l = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+            tx.send(l.local_addr().expect("addr")).expect("send");
+            for s in l.incoming() {
+                let Ok(mut s) = s else { break };
+                let _ = s.write_all(b"ok");
+            }
+        });
+    }
+    let backend: SocketAddr = rx.recv_timeout(DEADLINE).expect("backend");
+    let front: SocketAddr = "127.0.0.1:7400".parse().expect("addr");
+    let config = temp_config(
+        "upgrade",
+        &format!(
+            "[admin]\nhttp = \"127.0.0.1:7490\"\ngrpc = \"127.0.0.1:7491\"\n\
+             [log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"l\"\nbind = \"{front}\"\nshutdown_timeout = \"5s\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\nname = \"b\"\naddress = \"{backend}\"\n"
+        ),
+    );
+
+    let (mut old, old_out) = ns.weir_run(&config);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    // Four clients, each opening one connection after another.
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, done, failures) =
+                (Arc::clone(&stop), Arc::clone(&done), Arc::clone(&failures));
+            let ns_path = ns.path.clone();
+            std::thread::spawn(move || {
+                enter(&ns_path);
+                while !stop.load(Ordering::SeqCst) {
+                    let result = TcpStream::connect_timeout(&front, Duration::from_secs(2))
+                        .and_then(|mut s| {
+                            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                            let mut answer = String::new();
+                            s.read_to_string(&mut answer)?;
+                            Ok(answer)
+                        });
+                    match result {
+                        Ok(a) if a == "ok" => {}
+                        Ok(a) => failures.lock().expect("lock").push(format!("answer {a:?}")),
+                        Err(e) => failures.lock().expect("lock").push(e.to_string()),
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    wait_for_more(&done, 300);
+
+    // The new process binds the same ports while the old one still accepts.
+    let (mut new, new_out) = ns.weir_run(&config);
+    wait_for_more(&done, 300);
+    signal(&old.0, rustix::process::Signal::TERM);
+    let status = wait_exit(&mut old.0);
+    assert_eq!(status.code(), Some(0), "the old weir exits cleanly");
+    wait_for_more(&done, 300);
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().expect("client");
+    }
+
+    let failures = failures.lock().expect("lock");
+    let total = done.load(Ordering::SeqCst);
+    assert!(
+        failures.is_empty(),
+        "{} of {total} connections failed across the switch: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    // Both processes served: the old one before the switch, the new one after.
+    let served = |rx: &mpsc::Receiver<String>| {
+        rx.try_iter()
+            .filter(|l| l.contains("\"reason\":\"backend_closed\""))
+            .count()
+    };
+    let by_old = served(&old_out);
+    signal(&new.0, rustix::process::Signal::TERM);
+    let status = wait_exit(&mut new.0);
+    assert_eq!(status.code(), Some(0));
+    let by_new = served(&new_out);
+    assert!(
+        by_old >= 300 && by_new >= 300,
+        "old served {by_old}, new {by_new} of {total}"
+    );
+}
