@@ -3,6 +3,7 @@
 //! Prometheus tools.
 
 mod cli;
+mod control;
 mod deploy;
 mod observability;
 mod proxy_protocol;

@@ -1,0 +1,324 @@
+//! The operator commands against a running weir: token enforcement, a drain
+//! that survives a restart, reloads (`weir reload` and SIGHUP) with a
+//! long-lived connection open across them, exit codes.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Output;
+
+use crate::cli::{
+    DEADLINE, echo_backend, free_port, http_get, run_weir, signal, temp_config, test_dir,
+    wait_exit, wait_line, weir,
+};
+
+/// Runs an operator command against `admin`, with `token` as WEIR_TOKEN.
+fn ctl(admin: SocketAddr, token: Option<&str>, args: &[&str]) -> Output {
+    let mut cmd = weir();
+    cmd.args(args).env("WEIR_ADMIN", admin.to_string());
+    match token {
+        Some(t) => cmd.env("WEIR_TOKEN", t),
+        None => cmd.env_remove("WEIR_TOKEN"),
+    };
+    cmd.output().expect("run weir")
+}
+
+fn text(o: &Output) -> (i32, String, String) {
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(o));
+    serde_json::from_slice(&o.stdout).expect("json output")
+}
+
+/// Admin endpoints, one listener on `listen`, pool `p` with `backends`.
+fn config_on(
+    listen: SocketAddr,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    extra: &str,
+    backends: &[(&str, SocketAddr)],
+) -> String {
+    let mut t = format!(
+        "[admin]\nhttp = \"{http}\"\ngrpc = \"{grpc}\"\n{extra}\n\
+         [[listeners]]\nname = \"l\"\nbind = \"{listen}\"\n\
+         [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\n"
+    );
+    for (name, a) in backends {
+        t.push_str(&format!(
+            "[[pools.backends]]\nname = \"{name}\"\naddress = \"{a}\"\n"
+        ));
+    }
+    t
+}
+
+fn config(
+    grpc: SocketAddr,
+    http: SocketAddr,
+    extra: &str,
+    backends: &[(&str, SocketAddr)],
+) -> String {
+    config_on(
+        "127.0.0.1:0".parse().expect("addr"),
+        grpc,
+        http,
+        extra,
+        backends,
+    )
+}
+
+fn metric(http: SocketAddr, line_start: &str) -> String {
+    let body = http_get(http, "/metrics");
+    body.lines()
+        .find(|l| l.starts_with(line_start))
+        .unwrap_or_else(|| panic!("no {line_start} in /metrics"))
+        .to_owned()
+}
+
+#[test]
+fn changes_need_the_token_and_reads_do_not() {
+    let dir = test_dir("token");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "s3cret-token-0123456789\n").expect("write");
+    let (grpc, http) = (free_port(), free_port());
+    let b = echo_backend();
+    let file = temp_config(
+        "token",
+        &config(
+            grpc,
+            http,
+            &format!("token_file = {:?}", token_file.display().to_string()),
+            &[("b", b)],
+        ),
+    );
+    let (_weir, _out) = run_weir(&file);
+
+    let (code, _, err) = text(&ctl(grpc, None, &["backend", "drain", "p", "b"]));
+    assert_eq!(code, 4, "missing token: {err}");
+    assert!(
+        err.contains("needs a token") && err.contains("WEIR_TOKEN"),
+        "{err}"
+    );
+    let (code, _, err) = text(&ctl(
+        grpc,
+        Some("wrong-token-0123456789"),
+        &["backend", "drain", "p", "b"],
+    ));
+    assert_eq!(code, 4, "wrong token: {err}");
+    assert!(err.contains("wrong"), "{err}");
+    let (code, _, err) = text(&ctl(grpc, Some("short"), &["reload"]));
+    assert_eq!(code, 4, "{err}");
+    // Nothing changed, and reads need no token.
+    let backends = json(&ctl(grpc, None, &["backends", "-o", "json"]));
+    assert_eq!(backends[0]["admin"], "enabled");
+
+    let (code, out, err) = text(&ctl(
+        grpc,
+        Some("s3cret-token-0123456789"),
+        &["backend", "drain", "p", "b"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("drain"), "{out}");
+    let backends = json(&ctl(grpc, None, &["backends", "p", "-o", "json"]));
+    assert_eq!(backends[0]["admin"], "drain");
+
+    assert_eq!(
+        metric(
+            http,
+            "weir_admin_auth_failures_total{reason=\"missing_token\"}"
+        ),
+        "weir_admin_auth_failures_total{reason=\"missing_token\"} 1"
+    );
+    assert_eq!(
+        metric(
+            http,
+            "weir_admin_auth_failures_total{reason=\"wrong_token\"}"
+        ),
+        "weir_admin_auth_failures_total{reason=\"wrong_token\"} 2"
+    );
+    assert!(
+        metric(http, "grpc_server_handled_total{grpc_type=\"unary\",grpc_service=\"weir.admin.v1.Admin\",grpc_method=\"SetBackendAdmin\",grpc_code=\"Unauthenticated\"}")
+            .ends_with(" 2")
+    );
+}
+
+#[test]
+fn a_drain_survives_a_restart_and_shows_in_the_history() {
+    let dir = test_dir("drain");
+    let db = dir.join("state.db");
+    let (grpc, http) = (free_port(), free_port());
+    let (a, b) = (echo_backend(), echo_backend());
+    let file = temp_config(
+        "drain",
+        &config(
+            grpc,
+            http,
+            &format!("[state]\npath = {:?}", db.display().to_string()),
+            &[("a", a), ("b", b)],
+        ),
+    );
+    let (mut first, _out) = run_weir(&file);
+    let (code, out, err) = text(&ctl(grpc, None, &["backend", "drain", "p", "a"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("BACKEND") && out.contains("drain"), "{out}");
+    let (code, _, err) = text(&ctl(grpc, None, &["backend", "weight", "p", "b", "7"]));
+    assert_eq!(code, 0, "{err}");
+    signal(&first.0, rustix::process::Signal::TERM);
+    assert_eq!(wait_exit(&mut first.0).code(), Some(0));
+
+    let (_second, _out) = run_weir(&file);
+    let backends = json(&ctl(grpc, None, &["backends", "-o", "json"]));
+    assert_eq!(backends[0]["name"], "a");
+    assert_eq!(backends[0]["admin"], "drain", "{backends}");
+    assert_eq!(backends[0]["serving"], false);
+    assert_eq!(backends[1]["weight_override"], 7);
+    let (code, out, _) = text(&ctl(grpc, None, &["backend", "history", "p", "a"]));
+    assert_eq!(code, 0);
+    assert!(
+        out.lines().any(|l| l.contains("admin")
+            && l.contains("enabled")
+            && l.contains("drain")
+            && l.contains("operator")),
+        "{out}"
+    );
+    let history = json(&ctl(
+        grpc,
+        None,
+        &["backend", "history", "p", "b", "-o", "json"],
+    ));
+    assert_eq!(history.as_array().map(Vec::len), Some(1), "{history}");
+    assert_eq!(history[0]["kind"], "weight");
+    assert_eq!(
+        (history[0]["from"].as_str(), history[0]["to"].as_str()),
+        (Some("configured"), Some("7"))
+    );
+    let status = json(&ctl(grpc, None, &["status", "-o", "json"]));
+    assert_eq!(status["state_path"], db.display().to_string());
+    assert_eq!(status["backends_by_state"]["drain"], 1);
+
+    let (code, _, err) = text(&ctl(grpc, None, &["backend", "enable", "p", "a"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = text(&ctl(
+        grpc,
+        None,
+        &["backend", "weight", "p", "b", "--clear"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    let backends = json(&ctl(grpc, None, &["backends", "-o", "json"]));
+    assert_eq!(backends[0]["admin"], "enabled");
+    assert_eq!(backends[1]["weight_override"], serde_json::Value::Null);
+
+    // Refusals and their exit codes.
+    let (code, _, err) = text(&ctl(grpc, None, &["backend", "drain", "p", "nope"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("pool \"p\" has no backend \"nope\""), "{err}");
+    let (code, _, err) = text(&ctl(grpc, None, &["backends", "nope"]));
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = text(&ctl(grpc, None, &["backend", "weight", "p", "a", "5000"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("out of range"), "{err}");
+    let (code, _, _) = text(&ctl(grpc, None, &["backend", "weight", "p", "a"]));
+    assert_eq!(code, 2, "a weight or --clear is required");
+}
+
+#[test]
+fn the_cli_says_when_weir_is_not_there() {
+    let nobody = free_port();
+    let (code, _, err) = text(&ctl(nobody, None, &["status"]));
+    assert_eq!(code, 3);
+    assert!(
+        err.contains(&format!("cannot reach weir at {nobody}")),
+        "{err}"
+    );
+    assert!(err.contains("WEIR_ADMIN"), "{err}");
+}
+
+fn echo_once(c: &mut TcpStream, msg: &[u8]) {
+    c.write_all(msg).expect("write");
+    let mut buf = vec![0; msg.len()];
+    c.read_exact(&mut buf).expect("read");
+    assert_eq!(buf, msg);
+}
+
+fn write(file: &Path, text: &str) {
+    std::fs::write(file, text).expect("write config");
+}
+
+#[test]
+fn reload_by_command_and_sighup_keeps_a_long_lived_connection() {
+    let (grpc, http) = (free_port(), free_port());
+    let (a, b) = (echo_backend(), echo_backend());
+    let front = free_port();
+    let good = config_on(front, grpc, http, "", &[("a", a)]);
+    let file = temp_config("reload", &good);
+    let (weir_proc, out) = run_weir(&file);
+    let mut c = TcpStream::connect(front).expect("connect");
+    c.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    echo_once(&mut c, b"one");
+
+    // `weir reload`: a backend added.
+    write(
+        &file,
+        &config_on(front, grpc, http, "", &[("a", a), ("b", b)]),
+    );
+    let (code, stdout, err) = text(&ctl(grpc, None, &["reload"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        stdout.contains("generation 2") && stdout.contains("added    backend p/b"),
+        "{stdout}"
+    );
+    echo_once(&mut c, b"two");
+
+    // A broken file: exit 1, the key path, nothing changed.
+    write(
+        &file,
+        &good.replace("name = \"p\"\n", "name = \"p\"\nbalance = \"fastest\"\n"),
+    );
+    let (code, _, err) = text(&ctl(grpc, None, &["reload"]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("pools[0].balance") && err.contains("unchanged"),
+        "{err}"
+    );
+    let status = json(&ctl(grpc, None, &["status", "-o", "json"]));
+    assert_eq!(status["config_generation"], 2);
+    assert_eq!(status["last_reload"]["ok"], false);
+    assert_eq!(
+        metric(http, "weir_config_last_reload_successful"),
+        "weir_config_last_reload_successful 0"
+    );
+    echo_once(&mut c, b"three");
+
+    // SIGHUP with a good file: `b` removed again.
+    write(&file, &good);
+    signal(&weir_proc.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    let status = json(&ctl(grpc, None, &["status", "-o", "json"]));
+    assert_eq!(status["config_generation"], 3);
+    assert_eq!(status["last_reload"]["ok"], true);
+    assert_eq!(status["backends"], 1);
+    assert_eq!(
+        metric(http, "weir_config_generation"),
+        "weir_config_generation 3"
+    );
+    assert_eq!(
+        metric(http, "weir_config_reloads_total{result=\"success\"}"),
+        "weir_config_reloads_total{result=\"success\"} 2"
+    );
+    assert_eq!(
+        metric(http, "weir_config_reloads_total{result=\"failure\"}"),
+        "weir_config_reloads_total{result=\"failure\"} 1"
+    );
+    echo_once(&mut c, b"four");
+    // The connection's listener counted it once, across all three reloads.
+    assert_eq!(
+        metric(http, "weir_listener_connections_total{listener=\"l\"}"),
+        "weir_listener_connections_total{listener=\"l\"} 1"
+    );
+}
