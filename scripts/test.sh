@@ -6,9 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real peers used by the integration tests: nginx and HAProxy as real backends
-# (HTTP, PROXY protocol), curl as a real client, and Prometheus (prometheus, promtool) scraping weir and checking
-# the metrics and the alert rules. Installed only when missing, with one
-# apt-get update.
+# (HTTP, PROXY protocol), curl as a real client, and Prometheus (prometheus,
+# promtool) scraping weir and checking the metrics and the alert rules; the
+# upgrade test runs in a network namespace of its own (unshare and nsenter from
+# util-linux, ip from iproute2, sysctl from procps). Installed only when
+# missing, with one apt-get update.
 packages=()
 command -v nginx >/dev/null 2>&1 || packages+=(nginx)
 command -v haproxy >/dev/null 2>&1 || packages+=(haproxy)
@@ -16,6 +18,9 @@ command -v curl >/dev/null 2>&1 || packages+=(curl)
 command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
 command -v python3 >/dev/null 2>&1 || packages+=(python3)
 command -v openssl >/dev/null 2>&1 || packages+=(openssl)
+command -v nsenter >/dev/null 2>&1 || packages+=(util-linux)
+command -v ip >/dev/null 2>&1 || packages+=(iproute2)
+command -v sysctl >/dev/null 2>&1 || packages+=(procps)
 if ((${#packages[@]})); then
     if [ "$(id -u)" -ne 0 ]; then
         echo "missing ${packages[*]}: install them or run as root" >&2

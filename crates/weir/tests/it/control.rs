@@ -5,11 +5,11 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::Output;
+use std::process::{Output, Stdio};
 
 use crate::cli::{
-    DEADLINE, echo_backend, free_port, http_get, run_weir, signal, temp_config, test_dir,
-    wait_exit, wait_line, weir,
+    DEADLINE, Running, echo_backend, free_port, http_get, lines, run_weir, signal, temp_config,
+    test_dir, wait_exit, wait_line, weir,
 };
 
 /// Runs an operator command against `admin`, with `token` as WEIR_TOKEN.
@@ -202,8 +202,34 @@ fn a_drain_survives_a_restart_and_shows_in_the_history() {
     assert_eq!(status["state_path"], db.display().to_string());
     assert_eq!(status["backends_by_state"]["drain"], 1);
 
-    let (code, _, err) = text(&ctl(grpc, None, &["backend", "enable", "p", "a"]));
-    assert_eq!(code, 0, "{err}");
+    // `weir watch` sees the next change as it happens.
+    let mut watch = weir()
+        .args(["watch", "--pool", "p", "-o", "json"])
+        .env("WEIR_ADMIN", grpc.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("weir watch");
+    let events = lines(&mut watch);
+    let _watch = Running(watch);
+    // A watch sees changes from the moment it has subscribed, which the test
+    // cannot observe from outside: change the backend until an event shows.
+    let mut seen = None;
+    for _ in 0..50 {
+        for state in ["disable", "enable"] {
+            let (code, _, err) = text(&ctl(grpc, None, &["backend", state, "p", "a"]));
+            assert_eq!(code, 0, "{err}");
+        }
+        if let Ok(line) = events.recv_timeout(std::time::Duration::from_millis(200)) {
+            seen = Some(line);
+            break;
+        }
+    }
+    let event: serde_json::Value =
+        serde_json::from_str(&seen.expect("an event from weir watch")).expect("json event");
+    assert_eq!(event["type"], "backend", "{event}");
+    assert_eq!(event["backend"], "a");
+    assert_eq!(event["transition"]["kind"], "admin");
+    assert_eq!(event["transition"]["cause"], "operator");
     let (code, _, err) = text(&ctl(
         grpc,
         None,
