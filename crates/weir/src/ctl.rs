@@ -147,11 +147,7 @@ async fn call(
                 .status(request(pb::StatusRequest {}, true)?)
                 .await?
                 .into_inner();
-            Ok(if json {
-                pretty(&status_json(&s))
-            } else {
-                status_table(&s)
-            })
+            Ok(show(json, &s, status_json, status_table))
         }
         Request::Backends(pool) => {
             let pool = pool.unwrap_or_default();
@@ -196,11 +192,9 @@ async fn call(
                 )?)
                 .await?
                 .into_inner();
-            Ok(if json {
-                pretty(&backend_json(&b))
-            } else {
-                backends_table(&[b])
-            })
+            Ok(show(json, &b, backend_json, |b| {
+                backends_table(std::slice::from_ref(b))
+            }))
         }
         Request::Backend(cmd) => {
             let (pool, backend, state) = match cmd {
@@ -226,22 +220,16 @@ async fn call(
                 )?)
                 .await?
                 .into_inner();
-            Ok(if json {
-                pretty(&backend_json(&b))
-            } else {
-                backends_table(&[b])
-            })
+            Ok(show(json, &b, backend_json, |b| {
+                backends_table(std::slice::from_ref(b))
+            }))
         }
         Request::Reload => {
             let r = c
                 .reload(request(pb::ReloadRequest {}, true)?)
                 .await?
                 .into_inner();
-            Ok(if json {
-                pretty(&reload_json(&r))
-            } else {
-                reload_text(&r)
-            })
+            Ok(show(json, &r, reload_json, reload_text))
         }
         Request::Watch(pool) => {
             let pool = pool.unwrap_or_default();
@@ -302,6 +290,20 @@ fn source_text(e: &(dyn std::error::Error + 'static)) -> String {
         last = next;
     }
     last.to_string()
+}
+
+/// The answer as JSON or as text for people.
+fn show<T>(
+    json: bool,
+    value: &T,
+    as_json: fn(&T) -> Value,
+    as_text: impl Fn(&T) -> String,
+) -> String {
+    if json {
+        pretty(&as_json(value))
+    } else {
+        as_text(value)
+    }
 }
 
 fn pretty(v: &Value) -> String {

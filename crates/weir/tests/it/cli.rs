@@ -112,12 +112,14 @@ pub(crate) fn echo_backend() -> SocketAddr {
 /// Starts `weir run` with a config file and waits until it serves; its stdout
 /// lines come through the receiver.
 pub(crate) fn run_weir(config: &Path) -> (Running, mpsc::Receiver<String>) {
-    let mut child = weir()
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn weir");
+    let mut cmd = weir();
+    cmd.args(["run", "--config"]).arg(config);
+    start_weir(cmd)
+}
+
+/// Spawns `cmd` (a `weir run`, maybe wrapped) and waits until weir serves.
+pub(crate) fn start_weir(mut cmd: Command) -> (Running, mpsc::Receiver<String>) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn weir");
     let out = lines(&mut child);
     let child = Running(child);
     wait_line(&out, "weir started");

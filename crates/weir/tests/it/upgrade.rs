@@ -12,12 +12,12 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use crate::cli::{DEADLINE, Running, lines, signal, temp_config, wait_exit, wait_line, weir};
+use crate::cli::{DEADLINE, Running, signal, start_weir, temp_config, wait_exit, weir};
 
 /// A network namespace held open by a `sleep` we started.
 struct Netns {
@@ -60,18 +60,12 @@ impl Netns {
 
     /// `weir run` inside the namespace.
     fn weir_run(&self, config: &Path) -> (Running, mpsc::Receiver<String>) {
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net={}", self.path.display()))
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.path.display()))
             .arg(weir().get_program())
             .args(["run", "--config"])
-            .arg(config)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn weir");
-        let out = lines(&mut child);
-        let child = Running(child);
-        wait_line(&out, "weir started");
-        (child, out)
+            .arg(config);
+        start_weir(cmd)
     }
 }
 
