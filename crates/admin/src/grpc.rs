@@ -405,7 +405,7 @@ fn control_status(e: &ControlError) -> Status {
             Status::not_found(e.to_string())
         }
         ControlError::Weight(_) => Status::invalid_argument(e.to_string()),
-        ControlError::State(_) => Status::unavailable(e.to_string()),
+        ControlError::State(_) => Status::internal(e.to_string()),
     }
 }
 

@@ -75,8 +75,10 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
     {
         d.need_restart.push("admin".to_owned());
     }
-    if old.runtime != new.runtime {
-        d.need_restart.push("runtime".to_owned());
+    // zero_copy reaches new connections through the rebuilt listeners; the
+    // worker threads are started once.
+    if old.runtime.worker_threads != new.runtime.worker_threads {
+        d.need_restart.push("runtime.worker_threads".to_owned());
     }
     if old.state != new.state {
         d.need_restart.push("state".to_owned());

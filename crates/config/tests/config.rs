@@ -1572,4 +1572,15 @@ fn diff_names_what_a_reload_changes() {
     assert_eq!(d.removed, ["backend p/b"]);
     assert_eq!(d.changed, ["listener l"]);
     assert_eq!(d.need_restart, ["log"]);
+    // zero_copy applies to new connections; worker threads need a restart.
+    let runtime = |r: &str| {
+        load(&format!("[runtime]\n{r}\n{OK_LISTENER}{OK_POOL}")).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let d = weir_config::diff(&runtime("zero_copy = false"), &runtime("zero_copy = true"));
+    assert!(d.need_restart.is_empty(), "{d:?}");
+    let d = weir_config::diff(
+        &runtime("worker_threads = 1"),
+        &runtime("worker_threads = 2"),
+    );
+    assert_eq!(d.need_restart, ["runtime.worker_threads"]);
 }
