@@ -324,7 +324,8 @@ fn reload_by_command_and_sighup_keeps_a_long_lived_connection() {
     // SIGHUP with a good file: `b` removed again.
     write(&file, &good);
     signal(&weir_proc.0, rustix::process::Signal::HUP);
-    wait_line(&out, "config reloaded");
+    // The first `weir reload` logged "config reloaded" too: wait for this one.
+    wait_line(&out, "config reloaded generation=3");
     let status = json(&ctl(grpc, None, &["status", "-o", "json"]));
     assert_eq!(status["config_generation"], 3);
     assert_eq!(status["last_reload"]["ok"], true);
