@@ -60,6 +60,9 @@ pub enum StartError {
     BackendTls { path: String, message: String },
     #[error("{0}")]
     State(#[from] weir_state::StoreError),
+    /// A blocking task (the state file, the config file) did not complete.
+    #[error("{0} did not complete: {1}")]
+    Task(&'static str, String),
 }
 
 /// Why a reload changed nothing.
@@ -231,7 +234,7 @@ impl Server {
                 Some(
                     tokio::task::spawn_blocking(move || Persistence::open(&path, keep))
                         .await
-                        .map_err(|e| StartError::Health(e.to_string()))??,
+                        .map_err(|e| StartError::Task("opening the state file", e.to_string()))??,
                 )
             }
             None => None,
@@ -336,7 +339,9 @@ impl Server {
         // Name resolution may block: keep it off the runtime's workers.
         let loaded = tokio::task::spawn_blocking(move || weir_config::load_file(&path))
             .await
-            .map_err(|e| ReloadError::Start(StartError::Health(e.to_string())))?;
+            .map_err(|e| {
+                ReloadError::Start(StartError::Task("reading the config file", e.to_string()))
+            })?;
         match loaded {
             Ok(config) => self.apply(config).await,
             Err(e) => Err(self.reload_failed(ReloadError::Config(e))),
