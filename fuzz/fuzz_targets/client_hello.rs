@@ -1,9 +1,9 @@
-//! Any bytes: `tls::peek` must not panic, and a ClientHello it accepts must be
+//! Any bytes: `client_hello::peek` must not panic, and a ClientHello it accepts must be
 //! consistent with the bytes it says it used.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weir_wire::tls::{self, Peek};
+use weir_wire::client_hello::{self as tls, Peek};
 
 fuzz_target!(|data: &[u8]| {
     match tls::peek(data) {

@@ -15,10 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use weir_core::events::Event;
-use weir_core::health::state::{Admin, Transition};
+use weir_core::health::{AdminState, TierChange, Transition};
 use weir_core::pool::Pool;
-use weir_core::stats::RejectReason;
-use weir_core::{ControlError, ReloadError, Server, millis};
+use weir_core::{ControlError, Reason, ReloadError, Server, millis};
 
 use crate::grpc_metrics::{GrpcMetricsLayer, GrpcStats};
 use crate::metrics::BuildInfo;
@@ -68,7 +67,7 @@ impl ControlService {
 /// Binds the gRPC address with SO_REUSEPORT (so a second weir can start
 /// beside a draining one), before the data plane starts.
 pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::from_std(weir_core::listener::bind(addr)?)
+    tokio::net::TcpListener::from_std(weir_core::bind(addr)?)
 }
 
 /// Why the control API could not be served.
@@ -179,7 +178,7 @@ impl AdminApi for ControlService {
                 max_connections: l.max_connections,
                 active_connections: l.stats.connections_active.load(Relaxed),
                 connections_total: l.stats.connections_total.load(Relaxed),
-                rejected: RejectReason::ALL
+                rejected: Reason::REJECTIONS
                     .iter()
                     .map(|&r| (r.as_str().to_owned(), l.stats.rejected(r)))
                     .collect(),
@@ -201,7 +200,7 @@ impl AdminApi for ControlService {
                 l.routes.iter().map(|r| pb::Route {
                     listener: l.name.clone(),
                     name: r.name.clone(),
-                    pool: r.pool.name.clone(),
+                    pool: r.pool().name.clone(),
                     match_source: r.matcher.source.iter().map(ToString::to_string).collect(),
                     match_sni: r.matcher.sni.clone(),
                     match_alpn: r.matcher.alpn.clone(),
@@ -227,17 +226,11 @@ impl AdminApi for ControlService {
                         .entry(b.state_label().as_str().to_owned())
                         .or_insert(0) += 1;
                 }
-                let balance = snapshot
-                    .config
-                    .pools
-                    .iter()
-                    .find(|c| c.name == p.name)
-                    .map_or("", |c| balance_name(c.balance));
                 pb::Pool {
                     name: p.name.clone(),
-                    balance: balance.to_owned(),
+                    balance: p.policy().as_str().to_owned(),
                     active_tier: p.active_tier(),
-                    health_check: check_name(&p.health.check).to_owned(),
+                    health_check: p.health.check.kind().to_owned(),
                     backends: count(p.backends.len()),
                     serving: count(p.backends.iter().filter(|b| b.is_serving()).count()),
                     backends_by_state: by_state.into_iter().collect(),
@@ -276,9 +269,9 @@ impl AdminApi for ControlService {
         self.authorize(&request)?;
         let r = request.into_inner();
         let admin = match pb::AdminState::try_from(r.state) {
-            Ok(pb::AdminState::Enabled) => Admin::Enabled,
-            Ok(pb::AdminState::Drain) => Admin::Drain,
-            Ok(pb::AdminState::Disabled) => Admin::Disabled,
+            Ok(pb::AdminState::Enabled) => AdminState::Enabled,
+            Ok(pb::AdminState::Drain) => AdminState::Drain,
+            Ok(pb::AdminState::Disabled) => AdminState::Disabled,
             Ok(pb::AdminState::Unspecified) | Err(_) => {
                 return Err(Status::invalid_argument(
                     "state must be ADMIN_STATE_ENABLED, ADMIN_STATE_DRAIN or ADMIN_STATE_DISABLED",
@@ -413,9 +406,9 @@ fn backend_message(pool: &Pool, name: &str) -> Option<pb::Backend> {
     let b = pool.backend(name)?;
     let v = pool.view(name)?;
     let admin = match v.admin {
-        Admin::Enabled => pb::AdminState::Enabled,
-        Admin::Drain => pb::AdminState::Drain,
-        Admin::Disabled => pb::AdminState::Disabled,
+        AdminState::Enabled => pb::AdminState::Enabled,
+        AdminState::Drain => pb::AdminState::Drain,
+        AdminState::Disabled => pb::AdminState::Disabled,
     };
     let skip = v.history.len().saturating_sub(LAST_TRANSITIONS);
     Some(pb::Backend {
@@ -464,11 +457,7 @@ fn event_message(e: &Event) -> pb::Event {
             backend: backend.clone(),
             transition: Some(transition(t)),
         }),
-        Event::Tier { pool, from, to, .. } => Kind::Tier(pb::TierChange {
-            pool: pool.clone(),
-            from: *from,
-            to: *to,
-        }),
+        Event::Tier { pool, change } => Kind::Tier(tier_change(pool, change)),
         Event::Reload {
             generation, error, ..
         } => Kind::Reload(pb::ReloadEvent {
@@ -483,22 +472,11 @@ fn event_message(e: &Event) -> pb::Event {
     }
 }
 
-fn balance_name(b: weir_config::Balance) -> &'static str {
-    match b {
-        weir_config::Balance::RoundRobin => "round_robin",
-        weir_config::Balance::LeastConn => "least_conn",
-        weir_config::Balance::Random => "random",
-        weir_config::Balance::First => "first",
-        weir_config::Balance::Maglev => "maglev",
-    }
-}
-
-fn check_name(c: &weir_config::Check) -> &'static str {
-    match c {
-        weir_config::Check::None => "none",
-        weir_config::Check::Tcp => "tcp",
-        weir_config::Check::Http(_) => "http",
-        weir_config::Check::Grpc(_) => "grpc",
+fn tier_change(pool: &str, t: &TierChange) -> pb::TierChange {
+    pb::TierChange {
+        pool: pool.to_owned(),
+        from: t.from,
+        to: t.to,
     }
 }
 

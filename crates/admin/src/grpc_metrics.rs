@@ -16,10 +16,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tonic::metadata::MetadataMap;
 use tower::{Layer, Service};
-use weir_core::stats::{Histogram, HistogramSnapshot};
+use weir_telemetry::{Format, Histogram, HistogramSnapshot, Kind, Writer};
 
 use crate::auth::{self, AuthError};
-use crate::metrics::{Format, Kind, Writer};
 
 /// How a method streams: the `grpc_type` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -145,8 +144,8 @@ impl Default for MethodStats {
 
 /// Counters of the gRPC server, shared (in an `Arc`) by [`GrpcMetricsLayer`],
 /// the service implementation (token refusals) and the `/metrics` exporter.
-/// The histograms are weir-core's, so like the data plane's they record only
-/// with its `metrics` feature.
+/// The histograms are weir-telemetry's, so like the data plane's they record
+/// only with its `metrics` feature.
 #[derive(Debug)]
 pub struct GrpcStats {
     /// One per [`KNOWN`] method, then the unknown bucket.
@@ -237,15 +236,13 @@ impl GrpcStats {
     /// OpenMetrics `# EOF` line: [`crate::metrics::render_with_grpc`] places
     /// them before it.
     pub fn render(&self, out: &mut String, format: Format) {
-        let mut w = Writer {
-            out: std::mem::take(out),
-            format,
-        };
+        let mut w = Writer::new(format);
         self.write(&mut w);
-        *out = w.out;
+        out.push_str(&w.into_part());
     }
 
-    pub(crate) fn write(&self, w: &mut Writer) {
+    /// Writes the gRPC families into a scrape.
+    pub fn write(&self, w: &mut Writer) {
         // A method's series appear once it has been called.
         let called: Vec<(Known, &MethodStats)> = self
             .methods

@@ -36,7 +36,7 @@ impl AdminListener {
     pub async fn bind(addr: SocketAddr) -> std::io::Result<AdminListener> {
         // SO_REUSEPORT, like the listeners: a second weir can start beside a
         // draining one.
-        let listener = tokio::net::TcpListener::from_std(weir_core::listener::bind(addr)?)?;
+        let listener = tokio::net::TcpListener::from_std(weir_core::bind(addr)?)?;
         let addr = listener.local_addr()?;
         Ok(AdminListener { listener, addr })
     }

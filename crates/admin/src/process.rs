@@ -1,8 +1,24 @@
 //! The standard `process_*` metrics (as the Prometheus client libraries export
 //! them), read from `/proc/self`. A value that cannot be read is left out.
 
+use weir_telemetry::{Kind, Writer};
+
+/// Writes each metric as a family of one sample.
+pub(crate) fn write(w: &mut Writer) {
+    read(&mut |name, kind, help, value| {
+        let kind = if kind == "counter" {
+            Kind::Counter
+        } else {
+            Kind::Gauge
+        };
+        let family = name.strip_suffix("_total").unwrap_or(name);
+        w.family(family, kind, help);
+        w.sample(name, &[], value);
+    });
+}
+
 /// Calls `emit(name, "counter" | "gauge", help, value)` for each metric.
-pub(crate) fn write(emit: &mut dyn FnMut(&str, &str, &str, f64)) {
+fn read(emit: &mut dyn FnMut(&str, &str, &str, f64)) {
     let ticks = rustix::param::clock_ticks_per_second() as f64;
     let page = rustix::param::page_size() as f64;
     if let Some(stat) = std::fs::read_to_string("/proc/self/stat")
@@ -103,7 +119,7 @@ mod tests {
     #[test]
     fn reads_this_process() {
         let mut names = Vec::new();
-        write(&mut |name, _, _, value| {
+        read(&mut |name, _, _, value| {
             assert!(value >= 0.0, "{name} = {value}");
             names.push(name.to_owned());
         });

@@ -132,7 +132,9 @@ async fn counters_equal_what_happened() {
     let (server, admin_addr) = start_with_admin(&toml, "9.9.9", "abc").await;
     let front = server.local_addrs("l")[0];
 
-    // Four routed connections: each tries `dead` first (refused), then `live`.
+    // Four routed connections: the first three try `dead` first (refused),
+    // then `live`; after three failed connects (fall = 3) passive health has
+    // taken `dead` down, and the fourth goes straight to `live`.
     for _ in 0..4 {
         assert_eq!(
             within("exchange", exchange(front, Ipv4Addr::new(127, 0, 0, 2))).await,
@@ -206,7 +208,12 @@ async fn counters_equal_what_happened() {
         ),
         (
             "weir_backend_connect_errors_total{pool=\"p\",backend=\"dead\",reason=\"refused\"}",
-            4.0,
+            3.0,
+        ),
+        ("weir_backend_healthy{pool=\"p\",backend=\"dead\"}", 0.0),
+        (
+            "weir_backend_transitions_total{pool=\"p\",backend=\"dead\",from=\"up\",to=\"down\"}",
+            1.0,
         ),
         (
             "weir_backend_connect_errors_total{pool=\"p\",backend=\"dead\",reason=\"timeout\"}",
@@ -284,7 +291,7 @@ async fn counters_equal_what_happened() {
     assert!(get(&m, "process_open_fds") > 0.0);
     assert!(get(&m, "process_resident_memory_bytes") > 0.0);
     // Series of never-seen transitions or failure reasons are not invented.
-    assert!(!text.contains("from=\"up\",to=\"down\""));
+    assert!(!text.contains("pool=\"h\",backend=\"up\",from=\"up\",to=\"down\""));
     assert!(
         !m.keys()
             .any(|k| k.contains("backend=\"up\"") && k.contains("result=\"failure\""))

@@ -1,18 +1,19 @@
-//! Configuration errors: a list of problems, each naming where it is.
+//! Configuration errors: a list of problems, each naming where it is: its key
+//! path, and its line and column in the file when the key is in the file.
 
 use std::fmt;
 
 /// One mistake in a configuration.
-///
-/// `path` is a key path such as `pools[1].backends[0].weight`; for a TOML
-/// syntax error it is the position (`line 3, column 7`) and for a file that
-/// cannot be read it is the file name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
-    /// Where: a key path, a `line L, column C` position or a file name.
+    /// Where in the model: a key path such as `pools[1].backends[0].weight`;
+    /// `TOML` for a syntax error outside any key, or the file name for a file
+    /// that cannot be read.
     pub path: String,
     /// What is wrong, readable on its own (it never repeats `path`).
     pub message: String,
+    /// Where in the file (1-based line and column), when known.
+    pub line: Option<(usize, usize)>,
 }
 
 impl Problem {
@@ -20,6 +21,7 @@ impl Problem {
         Self {
             path: path.into(),
             message: message.into(),
+            line: None,
         }
     }
 }
@@ -31,29 +33,43 @@ impl fmt::Display for Problem {
 }
 
 /// Why a configuration was rejected: every problem found, in file order where
-/// possible. Displays as one `path: message` line per problem.
+/// possible. Displays as one line per problem, compiler style:
+/// `weir.toml:12:3: pools[1].health.expect_status: "2xz" is not a status ...`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", Lines(.problems))]
+#[error("{}", Lines(self))]
 pub struct ConfigError {
     /// In the order found; never empty.
     pub problems: Vec<Problem>,
+    /// The file, when the config was read from one.
+    pub file: Option<String>,
 }
 
 impl ConfigError {
-    pub(crate) fn one(path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(problems: Vec<Problem>) -> Self {
         Self {
-            problems: vec![Problem::new(path, message)],
+            problems,
+            file: None,
         }
+    }
+
+    pub(crate) fn one(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(vec![Problem::new(path, message)])
     }
 }
 
-struct Lines<'a>(&'a [Problem]);
+struct Lines<'a>(&'a ConfigError);
 
 impl fmt::Display for Lines<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, problem) in self.0.iter().enumerate() {
+        for (i, problem) in self.0.problems.iter().enumerate() {
             if i > 0 {
                 f.write_str("\n")?;
+            }
+            match (&self.0.file, problem.line) {
+                (Some(file), Some((line, column))) => write!(f, "{file}:{line}:{column}: ")?,
+                (None, Some((line, column))) => write!(f, "line {line}, column {column}: ")?,
+                (Some(file), None) if *file != problem.path => write!(f, "{file}: ")?,
+                _ => {}
             }
             write!(f, "{problem}")?;
         }
@@ -93,9 +109,18 @@ mod tests {
 
     #[test]
     fn display_is_one_line_per_problem() {
-        let err = ConfigError {
-            problems: vec![Problem::new("a.b", "bad"), Problem::new("c[0]", "worse")],
-        };
-        assert_eq!(err.to_string(), "a.b: bad\nc[0]: worse");
+        let mut err = ConfigError::new(vec![
+            Problem::new("a.b", "bad"),
+            Problem {
+                line: Some((3, 7)),
+                ..Problem::new("c[0]", "worse")
+            },
+        ]);
+        assert_eq!(err.to_string(), "a.b: bad\nline 3, column 7: c[0]: worse");
+        err.file = Some("weir.toml".into());
+        assert_eq!(
+            err.to_string(),
+            "weir.toml: a.b: bad\nweir.toml:3:7: c[0]: worse"
+        );
     }
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
+pub use weir_balance::Policy;
 
 /// The largest backend weight (configured or set by an operator).
 pub const MAX_WEIGHT: u32 = 1000;
@@ -191,17 +192,12 @@ impl Match {
         !self.sni.is_empty() || !self.alpn.is_empty()
     }
 
-    /// Whether `name` (a lower-case SNI) matches one of the `sni` patterns.
+    /// Whether `name` (a lower-case SNI) matches one of the `sni` patterns
+    /// (a wildcard matches one label exactly).
     pub fn sni_matches(&self, name: &str) -> bool {
-        self.sni.iter().any(|p| match p.strip_prefix("*.") {
-            // One label exactly: "a.example.com" matches, "example.com" and
-            // "a.b.example.com" do not.
-            Some(suffix) => name
-                .strip_suffix(suffix)
-                .and_then(|head| head.strip_suffix('.'))
-                .is_some_and(|label| !label.is_empty() && !label.contains('.')),
-            None => p == name,
-        })
+        self.sni
+            .iter()
+            .any(|p| weir_wire::name::sni_matches(p, name))
     }
 }
 
@@ -209,26 +205,18 @@ impl Match {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pool {
     pub name: String,
-    pub balance: Balance,
+    pub balance: Policy,
     pub hash_key: HashKey,
     pub connect_timeout: Duration,
-    /// Other backends tried when a connect fails.
-    pub retries: u32,
+    /// Other backends tried when a connect fails; `None`: every other
+    /// serving backend of the active tier, once each.
+    pub retries: Option<u32>,
     /// How long connections to a drained or demoted backend may live.
     pub drain_timeout: Duration,
     /// Close a backend's established connections when it goes down.
     pub close_on_down: bool,
     pub health: Health,
     pub backends: Vec<Backend>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Balance {
-    RoundRobin,
-    LeastConn,
-    Random,
-    First,
-    Maglev,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,6 +242,9 @@ pub struct Health {
     pub fall: u32,
     /// Probe this port instead of the traffic port (a backend's `check_port` wins).
     pub port: Option<u16>,
+    /// Without active checks: how long a backend that failed connects took
+    /// down stays down before traffic tries it again.
+    pub passive_timeout: Duration,
 }
 
 impl Default for Health {
@@ -266,6 +257,7 @@ impl Default for Health {
             rise: 2,
             fall: 3,
             port: None,
+            passive_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -367,10 +359,8 @@ impl std::fmt::Display for StatusMatch {
 pub struct Backend {
     /// Unique within the pool; defaults to `address` as written.
     pub name: String,
-    /// `address` exactly as written in the file (may be a host name).
-    pub address_spec: String,
-    /// The resolved address (the first one the resolver returned).
-    pub address: SocketAddr,
+    /// Where it listens: an IP address, or a host name the runtime resolves.
+    pub address: BackendAddress,
     /// 0..=1000; 0 is never picked.
     pub weight: u32,
     /// Lower tiers serve first.
@@ -388,5 +378,32 @@ impl Backend {
         self.check_port
             .or(health.port)
             .unwrap_or(self.address.port())
+    }
+}
+
+/// A backend's `address`: `ip:port`, or `host:port` with a name that the
+/// runtime resolves when it builds (or reloads) its snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum BackendAddress {
+    Ip(SocketAddr),
+    Name { host: String, port: u16 },
+}
+
+impl BackendAddress {
+    pub fn port(&self) -> u16 {
+        match self {
+            Self::Ip(a) => a.port(),
+            Self::Name { port, .. } => *port,
+        }
+    }
+}
+
+/// As written in the file: `10.0.0.1:5432`, `[::1]:5432`, `db.internal:5432`.
+impl std::fmt::Display for BackendAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ip(a) => write!(f, "{a}"),
+            Self::Name { host, port } => write!(f, "{host}:{port}"),
+        }
     }
 }

@@ -147,6 +147,7 @@ pub(crate) struct RawHealth {
     pub(crate) rise: Option<Int>,
     pub(crate) fall: Option<Int>,
     pub(crate) port: Option<Int>,
+    pub(crate) passive_timeout: Option<String>,
     // http
     pub(crate) path: Option<String>,
     pub(crate) host: Option<String>,

@@ -1,27 +1,17 @@
 //! The config contract end to end: TOML text in, a typed `Config` or key-path
-//! errors out. DNS is replaced by an injected resolver everywhere except the
-//! examples test.
+//! errors out. Backend names stay names (the runtime resolves them).
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use weir_config::{
-    Balance, Check, Config, ConfigError, GrpcCheck, HashKey, Health, HttpCheck, LogFormat,
-    ProbeTls, Problem, Protocol, StatusMatch, load_file, load_str, load_str_with,
+    BackendAddress, Check, Config, ConfigError, GrpcCheck, HashKey, Health, HttpCheck, LogFormat,
+    Policy, ProbeTls, Problem, Protocol, StatusMatch, load_file, load_str,
 };
 
-/// Resolves `*.test` names to fixed loopback addresses; everything else fails.
-fn fake_dns(spec: &str) -> Result<SocketAddr, String> {
-    match spec {
-        "db.test:5432" => Ok(SocketAddr::from(([127, 0, 0, 53], 5432))),
-        "v6.test:5432" => Ok(SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], 5432))),
-        _ => Err("name not known".to_owned()),
-    }
-}
-
 fn load(text: &str) -> Result<Config, ConfigError> {
-    load_str_with(text, &fake_dns)
+    load_str(text)
 }
 
 fn problems(text: &str) -> Vec<Problem> {
@@ -42,6 +32,22 @@ fn assert_one(text: &str, path: &str, message: &str) {
         found[0].message.starts_with(message),
         "message {:?} does not start with {message:?}",
         found[0].message
+    );
+}
+
+/// Exactly one problem, at `path` on `line` (line, column), whose message is
+/// `message`.
+#[track_caller]
+fn assert_at(text: &str, path: &str, line: (usize, usize), message: &str) {
+    let found = problems(text);
+    assert_eq!(found.len(), 1, "expected one problem, got {found:#?}");
+    assert_eq!(
+        (
+            found[0].path.as_str(),
+            found[0].line,
+            found[0].message.as_str()
+        ),
+        (path, Some(line), message),
     );
 }
 
@@ -116,10 +122,10 @@ fn minimal_config_gets_every_default() {
         panic!("one pool expected")
     };
     assert_eq!(p.name, "p");
-    assert_eq!(p.balance, Balance::RoundRobin);
+    assert_eq!(p.balance, Policy::RoundRobin);
     assert_eq!(p.hash_key, HashKey::SourceIp);
     assert_eq!(p.connect_timeout, Duration::from_secs(2));
-    assert_eq!(p.retries, 2);
+    assert_eq!(p.retries, None, "every other backend");
     assert_eq!(p.drain_timeout, Duration::from_secs(300));
     assert!(!p.close_on_down);
     assert_eq!(p.health, Health::default());
@@ -129,12 +135,13 @@ fn minimal_config_gets_every_default() {
     assert_eq!(p.health.timeout, Duration::from_secs(1));
     assert_eq!((p.health.rise, p.health.fall), (2, 3));
     assert_eq!(p.health.port, None);
+    assert_eq!(p.health.passive_timeout, Duration::from_secs(10));
     let [b] = p.backends.as_slice() else {
         panic!("one backend expected")
     };
     assert_eq!(b.name, "127.0.0.1:9000");
-    assert_eq!(b.address_spec, "127.0.0.1:9000");
-    assert_eq!(b.address, sa("127.0.0.1:9000"));
+    assert_eq!(b.address, BackendAddress::Ip(sa("127.0.0.1:9000")));
+    assert_eq!(b.address.to_string(), "127.0.0.1:9000");
     assert_eq!(b.weight, 1);
     assert_eq!(b.tier, 0);
     assert!(b.health);
@@ -317,12 +324,17 @@ health = { type = "grpc", service = "pg.Replica", https = true, tls_skip_verify 
     assert_eq!(l.routes[1].pool_index, 0);
 
     let primary = &cfg.pools[0];
-    assert_eq!(primary.balance, Balance::First);
+    assert_eq!(primary.balance, Policy::First);
     assert_eq!(primary.connect_timeout, Duration::from_millis(100));
-    assert_eq!(primary.retries, 0);
+    assert_eq!(primary.retries, Some(0));
     assert_eq!(primary.backends[0].name, "db.test:5432");
-    assert_eq!(primary.backends[0].address_spec, "db.test:5432");
-    assert_eq!(primary.backends[0].address, sa("127.0.0.53:5432"));
+    assert_eq!(
+        primary.backends[0].address,
+        BackendAddress::Name {
+            host: "db.test".to_owned(),
+            port: 5432
+        }
+    );
     assert_eq!(primary.drain_timeout, Duration::from_secs(30));
     assert!(primary.close_on_down);
     assert_eq!(
@@ -347,6 +359,7 @@ health = { type = "grpc", service = "pg.Replica", https = true, tls_skip_verify 
             rise: 1,
             fall: 100,
             port: Some(8008),
+            passive_timeout: Duration::from_secs(10),
         }
     );
     let probed: Vec<_> = primary
@@ -358,9 +371,9 @@ health = { type = "grpc", service = "pg.Replica", https = true, tls_skip_verify 
     assert_eq!(probed, [(true, Some(8009), 8009), (false, None, 8008)]);
 
     let replicas = &cfg.pools[1];
-    assert_eq!(replicas.balance, Balance::Maglev);
+    assert_eq!(replicas.balance, Policy::Maglev);
     assert_eq!(replicas.hash_key, HashKey::SourceAddr);
-    assert_eq!(replicas.retries, 100);
+    assert_eq!(replicas.retries, Some(100));
     assert_eq!(
         replicas.health.check,
         Check::Grpc(GrpcCheck {
@@ -376,13 +389,21 @@ health = { type = "grpc", service = "pg.Replica", https = true, tls_skip_verify 
     let b: Vec<_> = replicas
         .backends
         .iter()
-        .map(|b| (b.name.as_str(), b.address, b.weight, b.tier))
+        .map(|b| (b.name.as_str(), b.address.clone(), b.weight, b.tier))
         .collect();
     assert_eq!(
         b,
         [
-            ("r1", sa("[::1]:5432"), 1000, 0),
-            ("r2", sa("[::1]:5433"), 0, 3)
+            (
+                "r1",
+                BackendAddress::Name {
+                    host: "v6.test".to_owned(),
+                    port: 5432
+                },
+                1000,
+                0
+            ),
+            ("r2", BackendAddress::Ip(sa("[::1]:5433")), 0, 3)
         ]
     );
 }
@@ -397,10 +418,12 @@ fn empty_file_is_a_config_with_nothing_to_serve() {
 
 #[test]
 fn unknown_top_level_key() {
-    assert_one(
+    assert_at(
         &format!("listener = 1\n{OK_LISTENER}{OK_POOL}"),
         "listener",
-        "unknown key `listener`, expected one of `admin`, `runtime`, `state`, `log`, `listeners`, `pools` (line 1, column 1)",
+        (1, 1),
+        "unknown key `listener` (did you mean `listeners`?); expected one of `admin`, \
+         `runtime`, `state`, `log`, `listeners`, `pools`",
     );
 }
 
@@ -410,41 +433,46 @@ fn unknown_nested_key() {
         "address = \"127.0.0.1:9000\"",
         "address = \"127.0.0.1:9000\"\n  wieght = 5",
     );
-    assert_one(
+    assert_at(
         &format!("{OK_LISTENER}{text}"),
         "pools[0].backends[0].wieght",
-        "unknown key `wieght`, expected one of `address`, `name`, `weight`, `tier`, `health`, \
-         `check_port` (line 13, column 3)",
+        (13, 3),
+        "unknown key `wieght` (did you mean `weight`?); expected one of `address`, `name`, \
+         `weight`, `tier`, `health`, `check_port`",
     );
 }
 
 #[test]
 fn misspelt_health_key() {
-    assert_one(
+    assert_at(
         &with_health("type = \"tcp\"\ninter = \"2s\""),
         "pools[0].health.inter",
-        "unknown key `inter`, expected one of `type`, `interval`, `fast_interval`, `timeout`, \
-         `rise`, `fall`, `port`, `path`, `host`, `expect_status`, `expect_body`, `https`, \
-         `tls_skip_verify`, `ca`, `tls_server_name`, `service` (line 15, column 1)",
+        (15, 1),
+        "unknown key `inter` (did you mean `interval`?); expected one of `type`, `interval`, \
+         `fast_interval`, `timeout`, `rise`, `fall`, `port`, `passive_timeout`, `path`, `host`, \
+         `expect_status`, `expect_body`, `https`, `tls_skip_verify`, `ca`, `tls_server_name`, \
+         `service`",
     );
 }
 
 #[test]
 fn health_table_needs_a_type() {
-    assert_one(
+    assert_at(
         &with_health("interval = \"2s\""),
         "pools[0].health.type",
-        "required key is missing (in the table at line 13, column 3)",
+        (13, 3),
+        "required key is missing in this table",
     );
 }
 
 #[test]
 fn wrong_type() {
     let text = OK_LISTENER.replace("name = \"l\"", "name = \"l\"\nmax_connections = \"lots\"");
-    assert_one(
+    assert_at(
         &format!("{text}{OK_POOL}"),
         "listeners[0].max_connections",
-        "invalid type: string \"lots\", expected an integer (line 4, column 19)",
+        (4, 19),
+        "invalid type: string \"lots\", expected an integer",
     );
 }
 
@@ -464,19 +492,25 @@ fn wrong_type_inside_bind_list() {
 #[test]
 fn missing_required_key() {
     let text = OK_LISTENER.replace("  pool = \"p\"\n", "");
-    assert_one(
+    assert_at(
         &format!("{text}{OK_POOL}"),
         "listeners[0].routes[0].pool",
-        "required key is missing (in the table at line 5, column 3)",
+        (5, 3),
+        "required key is missing in this table",
     );
 }
 
 #[test]
 fn toml_syntax_error_has_line_and_column() {
-    assert_one(
-        "[log]\nlevel = info\n",
-        "line 2, column 9",
-        "TOML syntax error: ",
+    let found = problems("[log]\nlevel = info\n");
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(
+        (found[0].path.as_str(), found[0].line),
+        ("log.level", Some((2, 9)))
+    );
+    assert!(
+        found[0].message.starts_with("TOML syntax error: "),
+        "{found:#?}"
     );
 }
 
@@ -488,14 +522,15 @@ fn bad_duration() {
     assert_one(
         &format!("{text}{OK_POOL}"),
         "listeners[0].idle_timeout",
-        "\"5 parsecs\" is not a duration (unknown time unit \"parsecs\"",
+        "\"5 parsecs\" is not a duration (\"parsecs\" is not a unit); write a number with a \
+         unit (ms, s, m, h, d), e.g. \"250ms\", \"2s\", \"1h\"",
     );
     let text = OK_POOL.replace("name = \"p\"", "name = \"p\"\nconnect_timeout = \"2\"");
     assert_one(
         &format!("{OK_LISTENER}{text}"),
         "pools[0].connect_timeout",
-        "\"2\" is not a duration (time unit needed, for example 2sec or 2ms); \
-         write a number with a unit, e.g. \"250ms\", \"2s\", \"1h\"",
+        "\"2\" is not a duration (a number needs a unit); write a number with a unit (ms, s, \
+         m, h, d), e.g. \"250ms\", \"2s\", \"1h\"",
     );
 }
 
@@ -524,7 +559,7 @@ name = "q"
     let err = load(&text).err().map(|e| e.to_string());
     assert_eq!(
         err.as_deref(),
-        Some("pools[1].backends[0].weight: 1200 is out of range 0..=1000")
+        Some("line 18, column 3: pools[1].backends[0].weight: 1200 is out of range 0..=1000")
     );
 }
 
@@ -558,17 +593,16 @@ fn unknown_pool() {
     );
     // Also exercises "catch-all not last": r is before r2. Filter to the pool error.
     let found = problems(&text);
-    assert!(found.contains(&Problem::new(
-        "listeners[0].routes[1].pool",
-        "unknown pool \"pg2\""
-    )));
+    assert!(found.iter().any(|p| p.path == "listeners[0].routes[1].pool"
+        && p.message == "unknown pool \"pg2\""
+        && p.line == Some((10, 3))));
     let text = OK_LISTENER.replace("pool = \"p\"", "pool = \"pg2\"");
     let err = load(&format!("{text}{OK_POOL}"))
         .err()
         .map(|e| e.to_string());
     assert_eq!(
         err.as_deref(),
-        Some("listeners[0].routes[0].pool: unknown pool \"pg2\"")
+        Some("line 7, column 3: listeners[0].routes[0].pool: unknown pool \"pg2\"")
     );
 }
 
@@ -674,12 +708,25 @@ fn empty_names() {
 }
 
 #[test]
-fn unresolvable_backend() {
-    let text = OK_POOL.replace("127.0.0.1:9000", "nowhere.test:5432");
+fn backend_names_are_not_resolved_here() {
+    let text = OK_POOL.replace("127.0.0.1:9000", "nowhere.invalid:5432");
+    let cfg = load(&format!("{OK_LISTENER}{text}")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        cfg.pools[0].backends[0].address,
+        BackendAddress::Name {
+            host: "nowhere.invalid".to_owned(),
+            port: 5432
+        }
+    );
+}
+
+#[test]
+fn backend_host_must_be_a_name() {
+    let text = OK_POOL.replace("127.0.0.1:9000", "db test:5432");
     assert_one(
         &format!("{OK_LISTENER}{text}"),
         "pools[0].backends[0].address",
-        "cannot resolve \"nowhere.test:5432\": name not known",
+        "\"db test:5432\": \"db test\" is neither an IP address nor a host name",
     );
 }
 
@@ -795,7 +842,8 @@ fn bad_enum_values_list_the_accepted_ones() {
     assert_one(
         &format!("{OK_LISTENER}{text}"),
         "pools[0].balance",
-        "unknown value \"roundrobin\"; expected one of: round_robin, least_conn, random, first, maglev",
+        "unknown value \"roundrobin\" (did you mean \"round_robin\"?); expected one of: \
+         round_robin, least_conn, random, first, maglev",
     );
     let text = OK_LISTENER.replace("name = \"l\"", "name = \"l\"\nprotocol = \"udp\"");
     assert_one(
@@ -927,7 +975,7 @@ fn expect_status_in_a_file() {
     assert_eq!(
         err.as_deref(),
         Some(
-            "pools[1].health.expect_status: \"2xz\" is not a status, class (2xx) or range (200-299)"
+            "line 20, column 3: pools[1].health.expect_status: \"2xz\" is not a status, class (2xx) or range (200-299)"
         )
     );
 }
@@ -1214,9 +1262,10 @@ balance = "fastest"
   check_port = 0
 "#;
     let err = load(text).err().map(|e| e.to_string()).unwrap_or_default();
+    // One line per problem: "line L, column C: path: message".
     let paths: Vec<&str> = err
         .lines()
-        .map(|line| line.split(": ").next().unwrap_or(""))
+        .map(|line| line.split(": ").nth(1).unwrap_or(""))
         .collect();
     assert_eq!(
         paths,
@@ -1253,18 +1302,6 @@ fn unreadable_file_names_the_file() {
 }
 
 #[test]
-fn load_str_uses_the_system_resolver() {
-    let text = OK_POOL.replace("127.0.0.1:9000", "localhost:9000");
-    let cfg = load_str(&format!("{OK_LISTENER}{text}")).unwrap_or_else(|e| panic!("{e}"));
-    let b = &cfg.pools[0].backends[0];
-    assert!(b.address.ip().is_loopback(), "{b:?}");
-    assert_eq!(
-        (b.name.as_str(), b.address.port()),
-        ("localhost:9000", 9000)
-    );
-}
-
-#[test]
 fn every_example_parses() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
     let mut entries: Vec<_> = std::fs::read_dir(&dir)
@@ -1290,7 +1327,7 @@ fn sni_and_alpn_matches() {
             "  name = \"r\"\n  match = { sni = [\"DB.example.com\", \"*.api.example.com\"], alpn = [\"postgresql\", \"h2\"] }\n",
         ) + "  [[listeners.routes]]\n  name = \"rest\"\n  pool = \"p\"\n"
     );
-    let cfg = weir_config::load_str_with(&text, &|_| Err("no DNS in tests".into())).expect("valid");
+    let cfg = weir_config::load_str(&text).expect("valid");
     let m = &cfg.listeners[0].routes[0].matcher;
     assert_eq!(
         m.sni,
@@ -1351,7 +1388,7 @@ fn proxy_protocol_accept() {
         "name = \"l\"",
         "name = \"l\"\nproxy_protocol = { accept = true, trusted = [\"10.0.0.0/8\", \"192.0.2.7\"] }",
     ) + OK_POOL;
-    let cfg = weir_config::load_str_with(&text, &|_| Err("no DNS".into())).expect("valid");
+    let cfg = weir_config::load_str(&text).expect("valid");
     let pp = cfg.listeners[0].proxy_protocol.as_ref().expect("accepting");
     assert!(pp.is_trusted("10.9.8.7".parse().expect("ip")));
     assert!(
@@ -1364,7 +1401,7 @@ fn proxy_protocol_accept() {
         "name = \"l\"",
         "name = \"l\"\nproxy_protocol = { accept = false }",
     ) + OK_POOL;
-    let cfg = weir_config::load_str_with(&off, &|_| Err("no DNS".into())).expect("valid");
+    let cfg = weir_config::load_str(&off).expect("valid");
     assert!(cfg.listeners[0].proxy_protocol.is_none());
 
     let no_trusted = OK_LISTENER.replace(
@@ -1419,7 +1456,7 @@ fn backend_tls_keys() {
         ca.display(),
         key.display()
     ));
-    let cfg = weir_config::load_str_with(&ok, &|_| Err("no DNS".into())).expect("valid");
+    let cfg = weir_config::load_str(&ok).expect("valid");
     let t = cfg.listeners[0].routes[0]
         .backend_tls
         .as_ref()
@@ -1583,4 +1620,67 @@ fn diff_names_what_a_reload_changes() {
         &runtime("worker_threads = 2"),
     );
     assert_eq!(d.need_restart, ["runtime.worker_threads"]);
+}
+
+// ---- where a problem is ----
+
+#[test]
+fn duplicate_key_names_the_key_its_path_and_its_first_line() {
+    let text = OK_POOL.replace(
+        "address = \"127.0.0.1:9000\"",
+        "address = \"127.0.0.1:9000\"\n  weight = 1\n  weight = 2",
+    );
+    assert_at(
+        &format!("{OK_LISTENER}{text}"),
+        "pools[0].backends[0].weight",
+        (14, 3),
+        "duplicate key `weight`: a key may be set only once in a table (first set on line 13)",
+    );
+    assert_at(
+        "[log]\nlevel = \"info\"\nlevel = \"warn\"\n",
+        "log.level",
+        (3, 1),
+        "duplicate key `level`: a key may be set only once in a table (first set on line 2)",
+    );
+}
+
+#[test]
+fn errors_from_a_file_name_the_file_and_line() {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("line-numbers.toml");
+    let text = OK_POOL.replace(
+        "address = \"127.0.0.1:9000\"",
+        "address = \"127.0.0.1:9000\"\n  weight = 1200",
+    );
+    std::fs::write(&path, format!("{OK_LISTENER}{text}")).expect("write");
+    let err = load_file(&path).expect_err("invalid");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}:13:3: pools[0].backends[0].weight: 1200 is out of range 0..=1000",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn trusted_sources_without_accept_are_an_error() {
+    let text = OK_LISTENER.replace(
+        "name = \"l\"",
+        "name = \"l\"\nproxy_protocol = { accept = false, trusted = [\"10.0.0.0/8\"] }",
+    );
+    assert_one(
+        &format!("{text}{OK_POOL}"),
+        "listeners[0].proxy_protocol.trusted",
+        "has no effect with accept = false",
+    );
+}
+
+#[test]
+fn misspelt_values_get_a_suggestion() {
+    let text = OK_POOL.replace("name = \"p\"", "name = \"p\"\nbalance = \"least_con\"");
+    assert_one(
+        &format!("{OK_LISTENER}{text}"),
+        "pools[0].balance",
+        "unknown value \"least_con\" (did you mean \"least_conn\"?); expected one of: ",
+    );
 }

@@ -1,18 +1,18 @@
 //! What happened, as it happens: backend transitions, active-tier changes and
 //! reloads go to every watcher (the `Watch` call of the control API) through a
-//! bounded broadcast channel, and transitions also go to the state file.
+//! bounded broadcast channel, and transitions and tier changes also go to the
+//! state file.
 //!
 //! Sending never blocks the caller: a watcher that falls behind loses the
-//! oldest events (and is told so by the channel), and transitions reach the
-//! state file through an unbounded queue drained by a writer thread.
+//! oldest events (and is told so by the channel), and the state file's writer
+//! takes its work from an unbounded queue.
 
-use std::sync::mpsc;
 use std::time::SystemTime;
 
 use tokio::sync::broadcast;
 
-use crate::health::state::Transition;
-use crate::store::Job;
+use crate::health::{TierChange, Transition};
+use crate::statefile::Queue;
 
 /// Events a slow watcher may fall behind by before it loses some.
 const BACKLOG: usize = 1024;
@@ -26,10 +26,8 @@ pub enum Event {
         transition: Transition,
     },
     Tier {
-        at: SystemTime,
         pool: String,
-        from: Option<u32>,
-        to: Option<u32>,
+        change: TierChange,
     },
     Reload {
         at: SystemTime,
@@ -43,7 +41,8 @@ impl Event {
     pub fn at(&self) -> SystemTime {
         match self {
             Self::Backend { transition, .. } => transition.at,
-            Self::Tier { at, .. } | Self::Reload { at, .. } => *at,
+            Self::Tier { change, .. } => change.at,
+            Self::Reload { at, .. } => *at,
         }
     }
 
@@ -60,11 +59,11 @@ impl Event {
 #[derive(Debug)]
 pub struct Journal {
     tx: broadcast::Sender<Event>,
-    persist: Option<mpsc::Sender<Job>>,
+    persist: Option<Queue>,
 }
 
 impl Journal {
-    pub(crate) fn new(persist: Option<mpsc::Sender<Job>>) -> Self {
+    pub(crate) fn new(persist: Option<Queue>) -> Self {
         Journal {
             tx: broadcast::channel(BACKLOG).0,
             persist,
@@ -78,18 +77,22 @@ impl Journal {
 
     pub(crate) fn backend(&self, pool: &str, backend: &str, transition: &Transition) {
         if let Some(persist) = &self.persist {
-            // The writer only stops at exit; a send error then loses nothing
-            // anyone could still read.
-            let _ = persist.send(Job::Transition(
-                pool.to_owned(),
-                backend.to_owned(),
-                transition.clone(),
-            ));
+            persist.transition(pool, backend, transition);
         }
         self.send(Event::Backend {
             pool: pool.to_owned(),
             backend: backend.to_owned(),
             transition: transition.clone(),
+        });
+    }
+
+    pub(crate) fn tier(&self, pool: &str, change: TierChange) {
+        if let Some(persist) = &self.persist {
+            persist.tier(pool, &change);
+        }
+        self.send(Event::Tier {
+            pool: pool.to_owned(),
+            change,
         });
     }
 

@@ -1,29 +1,43 @@
 //! The weir runtime: it turns a validated [`weir_config::Config`] into bound
-//! listeners, routes and pools, and runs the life of every connection: accept,
-//! listener limit, route match by source, backend pick with retries on connect
-//! failure, a two-way relay (splice(2) or a pooled buffer, half-close aware, with
-//! an idle timeout), one access-log line, and graceful shutdown. Active and
-//! passive health checks ([`health`]) decide which backends serve; a pool's
-//! balancer is rebuilt and swapped atomically on every change ([`pool`]).
+//! listeners, routes and pools, and runs the life of every connection. Data
+//! walks one way through its modules:
 //!
-//! Counters live beside the entity they describe ([`stats`]); the per-connection
-//! path does relaxed atomic adds and takes no lock shared across connections.
+//! ```text
+//! frontend   accept, max_connections, PROXY header in, ClientHello peek, route
+//!   -> handler by the route's mode: tcp (layer 4) today
+//!   -> upstream   pick from the pool, connect, PROXY header out, TLS; retries
+//!   -> tcp::relay both ways, then one access-log line
+//! ```
+//!
+//! Beside that path: [`pool`] holds each pool's backends and the balancer built
+//! from those that serve (swapped atomically on every change); [`health`] is
+//! the backend state machine and its transitions; `probe` runs the active
+//! health checks; [`events`] tells watchers and the state file what changed;
+//! [`server`] builds snapshots, reloads them, runs operator actions and shuts
+//! down. Every way something can end is one [`Reason`].
+//!
+//! Counters live beside the entity they describe and each part renders its own
+//! metric families; the per-connection path does relaxed atomic adds and takes
+//! no lock shared across connections.
 
-mod conn;
+mod client;
 pub mod events;
+mod frontend;
 pub mod health;
-mod hello;
 pub mod listener;
-mod peek;
 pub mod pool;
-mod proxy_in;
-pub mod relay;
+mod probe;
+pub mod reason;
+pub mod resolve;
 pub mod server;
-pub mod stats;
-mod store;
-mod tls;
+mod statefile;
+mod tcp;
+mod upstream;
 
+pub use frontend::bind;
+pub use reason::{Reason, Side};
 pub use server::{
     ControlError, LastReload, Options, ReloadError, Reloaded, Server, Snapshot, StartError,
 };
-pub use store::millis;
+pub use statefile::{Saved, millis};
+pub use upstream::Upstream;

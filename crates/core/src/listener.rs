@@ -1,80 +1,20 @@
-//! Listeners: binding sockets and the accept loop.
+//! A listener as the data plane sees it: its limits and timeouts, its routes
+//! in order (each with what handles it, by mode), its counters, and the token
+//! that closes its connections. Built from the config by the server; read by
+//! the frontend and the handlers; rendered into `/metrics` here.
 
-use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use ipnet::IpNet;
-use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use weir_telemetry::{AccessRecord, Histogram, Kind, Writer, count};
+use weir_wire::client_hello::ClientHello;
 
-use weir_wire::tls::ClientHello;
-
+use crate::Reason;
 use crate::pool::Pool;
-use crate::stats::{ListenerStats, RejectReason, RouteStats};
-
-/// Pending connections the kernel may queue per socket (capped by somaxconn).
-const BACKLOG: i32 = 4096;
-
-/// A route as the data plane sees it.
-#[derive(Debug)]
-pub struct Route {
-    pub name: String,
-    pub matcher: weir_config::Match,
-    pub send_proxy_protocol: weir_config::ProxyVersion,
-    /// TLS to the backend (`backend_tls`).
-    pub(crate) backend_tls: Option<BackendTls>,
-    pub pool: Arc<Pool>,
-    pub stats: Arc<RouteStats>,
-}
-
-/// A route's TLS client towards its backends, built once at start.
-#[derive(Clone)]
-pub(crate) struct BackendTls {
-    pub(crate) connector: tokio_rustls::TlsConnector,
-    /// SNI and verified name; `None`: the backend's IP.
-    pub(crate) sni: Option<rustls::pki_types::ServerName<'static>>,
-}
-
-impl std::fmt::Debug for BackendTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BackendTls")
-            .field("sni", &self.sni)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Route {
-    /// Source, SNI and ALPN conditions, all of which must hold. `hello` is the
-    /// client's ClientHello, or `None` when it sent none (not TLS) or none was
-    /// needed.
-    pub(crate) fn matches(&self, ip: IpAddr, hello: Option<&ClientHello<'_>>) -> bool {
-        // IPv4 clients on a dual-stack socket show up as ::ffff:a.b.c.d.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        let m = &self.matcher;
-        if !m.source.is_empty() && !m.source.iter().any(|net: &IpNet| net.contains(&ip)) {
-            return false;
-        }
-        if !m.needs_client_hello() {
-            return true;
-        }
-        let Some(hello) = hello else {
-            return false;
-        };
-        let sni_ok =
-            m.sni.is_empty() || hello.sni.as_deref().is_some_and(|name| m.sni_matches(name));
-        let alpn_ok = m.alpn.is_empty() || m.alpn.iter().any(|a| hello.alpn.contains(a.as_bytes()));
-        sni_ok && alpn_ok
-    }
-}
+use crate::upstream::Upstream;
 
 /// A listener: its settings, routes, counters and the tokens that stop it.
 #[derive(Debug)]
@@ -93,141 +33,239 @@ pub struct Listener {
     pub(crate) zero_copy: bool,
     pub(crate) access_log: bool,
     /// Cancelled when the listener's connections must be closed (end of the
-    /// shutdown grace period).
+    /// shutdown grace period, or of a removed listener's).
     pub(crate) kill: CancellationToken,
 }
 
+/// A route: when it matches, and what handles the connections it takes.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub matcher: weir_config::Match,
+    pub mode: Mode,
+    pub stats: Arc<RouteStats>,
+}
+
+/// What handles a route's connections.
+#[derive(Debug)]
+pub enum Mode {
+    /// Layer 4: relay the bytes to a backend of the pool, untouched.
+    L4(Upstream),
+}
+
+impl Route {
+    /// The pool this route sends to.
+    pub fn pool(&self) -> &Arc<Pool> {
+        match &self.mode {
+            Mode::L4(upstream) => &upstream.pool,
+        }
+    }
+
+    /// Source, SNI and ALPN conditions, all of which must hold. `hello` is the
+    /// client's ClientHello, or `None` when it sent none (not TLS) or none was
+    /// needed.
+    pub(crate) fn matches(&self, ip: IpAddr, hello: Option<&ClientHello<'_>>) -> bool {
+        // IPv4 clients on a dual-stack socket show up as ::ffff:a.b.c.d.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let m = &self.matcher;
+        if !m.source.is_empty() && !m.source.iter().any(|net| net.contains(&ip)) {
+            return false;
+        }
+        if !m.needs_client_hello() {
+            return true;
+        }
+        let Some(hello) = hello else {
+            return false;
+        };
+        let sni_ok =
+            m.sni.is_empty() || hello.sni.as_deref().is_some_and(|name| m.sni_matches(name));
+        let alpn_ok = m.alpn.is_empty() || m.alpn.iter().any(|a| hello.alpn.contains(a.as_bytes()));
+        sni_ok && alpn_ok
+    }
+}
+
 impl Listener {
+    /// The first route whose conditions hold.
     pub(crate) fn route_for(&self, ip: IpAddr, hello: Option<&ClientHello<'_>>) -> Option<&Route> {
         self.routes.iter().find(|r| r.matches(ip, hello))
     }
+
+    /// Counts a connection refused before it reached a backend and writes its
+    /// access-log line.
+    pub(crate) fn refuse(&self, client: SocketAddr, reason: Reason) {
+        self.stats.reject(reason);
+        self.log(None, client, None, (0, 0), Duration::ZERO, reason);
+    }
+
+    /// Writes one access-log line, when the access log is on. A connect
+    /// failure reads `connect_failed` with the last connect error as `error`.
+    pub(crate) fn log(
+        &self,
+        route: Option<&Route>,
+        client: SocketAddr,
+        backend: Option<&str>,
+        (sent, received): (u64, u64),
+        duration: Duration,
+        reason: Reason,
+    ) {
+        if !self.access_log {
+            return;
+        }
+        let (reason, error) = if reason.retry() {
+            ("connect_failed", Some(reason.as_str()))
+        } else {
+            (reason.as_str(), None)
+        };
+        AccessRecord {
+            listener: &self.name,
+            route: route.map(|r| r.name.as_str()),
+            client,
+            backend,
+            bytes_to_backend: sent,
+            bytes_to_client: received,
+            duration,
+            reason,
+            error,
+        }
+        .emit();
+    }
 }
 
-/// Creates a listening socket with SO_REUSEADDR and SO_REUSEPORT (so several
-/// processes can share a port during an upgrade) and IPV6_V6ONLY on IPv6
-/// (so `[::]:P` and `0.0.0.0:P` can both be bound).
-pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    // Accepted sockets inherit TCP_NODELAY from the listening socket on Linux,
-    // which saves one setsockopt per connection.
-    socket.set_tcp_nodelay(true)?;
-    socket.set_nonblocking(true)?;
-    socket.set_cloexec(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    Ok(socket.into())
+/// Per-listener counters.
+#[derive(Debug)]
+pub struct ListenerStats {
+    /// Connections accepted (including those then rejected).
+    pub connections_total: AtomicU64,
+    /// Connections currently open and counted against `max_connections`.
+    pub connections_active: AtomicI64,
+    rejected: [AtomicU64; Reason::COUNT],
 }
 
-/// Accepts until `stop` is cancelled, spawning one task per connection on
-/// `tracker`. Each connection gets the listener in `slot` when it arrives (a
-/// reload stores a new one there) and keeps it for its whole life.
-pub(crate) async fn accept_loop(
-    slot: Arc<ArcSwap<Listener>>,
-    socket: TcpListener,
-    stop: CancellationToken,
-    closed: CancellationToken,
-    tracker: TaskTracker,
-) {
-    // Tells whoever stopped us that the socket is closed (on every return).
-    let _closed = closed.drop_guard();
-    // One waiter for the whole loop, not one registration per accepted connection.
-    let stopped = stop.cancelled();
-    tokio::pin!(stopped);
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            () = &mut stopped => break,
-            r = socket.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                if is_resource_exhaustion(&e) {
-                    // Out of descriptors or memory: accepting again at once would
-                    // spin; pending clients wait in the backlog meanwhile.
-                    tracing::warn!(listener = %slot.load().name, error = %e, "accept failed; pausing 50ms");
-                    tokio::select! {
-                        () = &mut stopped => break,
-                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
-                    }
-                }
-                continue;
-            }
-        };
-        admit(slot.load_full(), stream, peer, &tracker);
-    }
-    // Connections the kernel has completed but nobody accepted yet would be
-    // reset when the socket closes: take them first. This narrows the gap of
-    // a zero-downtime upgrade to the instant of close (which the kernel closes
-    // too with net.ipv4.tcp_migrate_req = 1).
-    let Ok(socket) = socket.into_std() else {
-        return;
-    };
-    let listener = slot.load_full();
-    while let Ok((stream, peer)) = socket.accept() {
-        let stream = stream
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::TcpStream::from_std(stream));
-        if let Ok(stream) = stream {
-            admit(Arc::clone(&listener), stream, peer, &tracker);
+impl Default for ListenerStats {
+    fn default() -> Self {
+        ListenerStats {
+            connections_total: AtomicU64::new(0),
+            connections_active: AtomicI64::new(0),
+            rejected: Default::default(),
         }
     }
 }
 
-/// Counts an accepted connection and starts handling it, or refuses it when
-/// the listener is at `max_connections`.
-fn admit(
-    listener: Arc<Listener>,
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    tracker: &TaskTracker,
-) {
-    let stats = &listener.stats;
-    crate::stats::count(&stats.connections_total, 1);
-    let active = stats.connections_active.fetch_add(1, Relaxed);
-    if active >= i64::from(listener.max_connections) {
-        stats.connections_active.fetch_sub(1, Relaxed);
-        stats.reject(RejectReason::MaxConnections);
-        reject_now(stream);
-        crate::conn::log_rejected(&listener, peer, RejectReason::MaxConnections);
-        return;
+impl ListenerStats {
+    /// Connections refused for `reason` (one of [`Reason::REJECTIONS`]).
+    pub fn rejected(&self, reason: Reason) -> u64 {
+        self.rejected[reason as usize].load(Relaxed)
     }
-    tracker.spawn(crate::conn::handle(listener, stream, peer));
+
+    pub(crate) fn reject(&self, reason: Reason) {
+        count(&self.rejected[reason as usize], 1);
+    }
 }
 
-/// Closes a refused connection at once with a reset, so the client learns
-/// immediately and no FIN_WAIT/TIME_WAIT state is left behind on our side.
-fn reject_now(stream: tokio::net::TcpStream) {
-    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-    drop(stream);
+/// Bucket bounds (seconds) of connection lifetimes: from a quick request to an
+/// hour-long database session.
+pub const CONNECTION_SECONDS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
+/// Per-route counters.
+#[derive(Debug)]
+pub struct RouteStats {
+    pub connections_total: AtomicU64,
+    /// From accept to close, of the connections this route took.
+    pub connection_duration: Histogram,
 }
 
-fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc_errno) if libc_errno == rustix::io::Errno::MFILE.raw_os_error()
-            || libc_errno == rustix::io::Errno::NFILE.raw_os_error()
-            || libc_errno == rustix::io::Errno::NOBUFS.raw_os_error()
-            || libc_errno == rustix::io::Errno::NOMEM.raw_os_error()
-    )
+impl Default for RouteStats {
+    fn default() -> Self {
+        RouteStats {
+            connections_total: AtomicU64::new(0),
+            connection_duration: Histogram::new(CONNECTION_SECONDS),
+        }
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accepted_sockets_inherit_nodelay() {
-        let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        let _client = std::net::TcpStream::connect(addr).expect("connect");
-        listener.set_nonblocking(false).expect("blocking");
-        let (accepted, _) = listener.accept().expect("accept");
-        assert!(accepted.nodelay().expect("nodelay"));
+/// The listener and route families.
+pub(crate) fn render(listeners: &[Arc<Listener>], w: &mut Writer) {
+    w.family(
+        "weir_listener_connections",
+        Kind::Counter,
+        "Connections accepted by the listener, including those then rejected.",
+    );
+    for l in listeners {
+        w.sample(
+            "weir_listener_connections_total",
+            &[("listener", &l.name)],
+            l.stats.connections_total.load(Relaxed),
+        );
+    }
+    w.family(
+        "weir_listener_connections_active",
+        Kind::Gauge,
+        "Connections open on the listener, counted against max_connections.",
+    );
+    for l in listeners {
+        w.sample(
+            "weir_listener_connections_active",
+            &[("listener", &l.name)],
+            l.stats.connections_active.load(Relaxed),
+        );
+    }
+    w.family(
+        "weir_listener_connections_rejected",
+        Kind::Counter,
+        "Connections closed before reaching a backend, by reason.",
+    );
+    for l in listeners {
+        for r in Reason::REJECTIONS {
+            w.sample(
+                "weir_listener_connections_rejected_total",
+                &[("listener", &l.name), ("reason", r.as_str())],
+                l.stats.rejected(r),
+            );
+        }
+    }
+    w.family(
+        "weir_listener_max_connections",
+        Kind::Gauge,
+        "The listener's max_connections.",
+    );
+    for l in listeners {
+        w.sample(
+            "weir_listener_max_connections",
+            &[("listener", &l.name)],
+            l.max_connections,
+        );
+    }
+    w.family(
+        "weir_route_connections",
+        Kind::Counter,
+        "Connections that matched the route.",
+    );
+    for l in listeners {
+        for r in &l.routes {
+            w.sample(
+                "weir_route_connections_total",
+                &[("listener", &l.name), ("route", &r.name)],
+                r.stats.connections_total.load(Relaxed),
+            );
+        }
+    }
+    w.family(
+        "weir_connection_duration_seconds",
+        Kind::Histogram,
+        "Lifetime of routed connections, from accept to close.",
+    );
+    for l in listeners {
+        for r in &l.routes {
+            w.histogram(
+                "weir_connection_duration_seconds",
+                &[("listener", &l.name), ("route", &r.name)],
+                &r.stats.connection_duration.snapshot(),
+            );
+        }
     }
 }

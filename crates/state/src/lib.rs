@@ -43,6 +43,17 @@ pub struct Record {
     pub cause: String,
 }
 
+/// One change of a pool's active tier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierRecord {
+    /// Unix time in milliseconds.
+    pub at_ms: i64,
+    /// A tier number, or `"none"` when no tier could serve.
+    pub from: String,
+    pub to: String,
+    pub cause: String,
+}
+
 /// Everything stored about one backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -213,6 +224,38 @@ impl Store {
             }
             Ok(())
         })
+    }
+
+    /// Appends changes of pools' active tiers, given as (pool, record), in
+    /// one transaction; each pool keeps its newest `keep`.
+    pub fn append_tiers(&self, batch: &[(String, TierRecord)]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.write(|tx| {
+            let mut touched = BTreeSet::new();
+            for (pool, r) in batch {
+                tx.prepare_cached(
+                    "INSERT INTO tier_change (pool, at_ms, from_tier, to_tier, cause)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![pool, r.at_ms, r.from, r.to, r.cause])?;
+                touched.insert(pool.as_str());
+            }
+            for pool in touched {
+                prune_tiers(tx, pool, self.keep)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Every pool's tier changes, oldest first, by pool name.
+    pub fn load_tiers(&self) -> Result<BTreeMap<String, Vec<TierRecord>>, StoreError> {
+        let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Deferred)
+            .map_err(|e| self.err(e))?;
+        let tiers = load_tiers_in(&tx).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(tiers)
     }
 
     /// Deletes everything stored about one backend. True if there was
@@ -403,6 +446,40 @@ fn prune(tx: &Transaction<'_>, pool: &str, backend: &str, keep: usize) -> rusqli
     if let Some(id) = newest_dropped {
         tx.prepare_cached("DELETE FROM transition WHERE pool = ?1 AND backend = ?2 AND id <= ?3")?
             .execute(params![pool, backend, id])?;
+    }
+    Ok(())
+}
+
+fn load_tiers_in(tx: &Transaction<'_>) -> rusqlite::Result<BTreeMap<String, Vec<TierRecord>>> {
+    let mut out: BTreeMap<String, Vec<TierRecord>> = BTreeMap::new();
+    let mut stmt = tx.prepare_cached(
+        "SELECT pool, at_ms, from_tier, to_tier, cause FROM tier_change ORDER BY pool, id",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let pool: String = row.get(0)?;
+        out.entry(pool).or_default().push(TierRecord {
+            at_ms: row.get(1)?,
+            from: row.get(2)?,
+            to: row.get(3)?,
+            cause: row.get(4)?,
+        });
+    }
+    Ok(out)
+}
+
+/// Keeps the newest `keep` tier changes of one pool.
+fn prune_tiers(tx: &Transaction<'_>, pool: &str, keep: usize) -> rusqlite::Result<()> {
+    let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+    let newest_dropped: Option<i64> = tx
+        .prepare_cached(
+            "SELECT id FROM tier_change WHERE pool = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2",
+        )?
+        .query_row(params![pool, keep], |r| r.get(0))
+        .optional()?;
+    if let Some(id) = newest_dropped {
+        tx.prepare_cached("DELETE FROM tier_change WHERE pool = ?1 AND id <= ?2")?
+            .execute(params![pool, id])?;
     }
     Ok(())
 }

@@ -10,10 +10,11 @@ use crate::error::{StoreError, classify};
 /// Append only: never edit a migration that has shipped. Each one must keep
 /// the previous version's queries working, because during an upgrade the old
 /// process goes on using the file after the new one has migrated it.
-const MIGRATION_LIST: &[M<'static>] = &[M::up(
-    // The admin state is checked in code, not by a CHECK constraint, so a
-    // later version can add a state without rebuilding the table.
-    "CREATE TABLE backend_state (
+const MIGRATION_LIST: &[M<'static>] = &[
+    M::up(
+        // The admin state is checked in code, not by a CHECK constraint, so a
+        // later version can add a state without rebuilding the table.
+        "CREATE TABLE backend_state (
         pool TEXT NOT NULL,
         backend TEXT NOT NULL,
         admin TEXT,
@@ -31,7 +32,20 @@ const MIGRATION_LIST: &[M<'static>] = &[M::up(
         cause TEXT NOT NULL
     ) STRICT;
     CREATE INDEX transition_by_backend ON transition (pool, backend, id);",
-)];
+    ),
+    // Changes of a pool's active tier; a tier is its number or "none".
+    M::up(
+        "CREATE TABLE tier_change (
+        id INTEGER PRIMARY KEY,
+        pool TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        from_tier TEXT NOT NULL,
+        to_tier TEXT NOT NULL,
+        cause TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX tier_change_by_pool ON tier_change (pool, id);",
+    ),
+];
 
 const MIGRATIONS: Migrations<'static> = Migrations::from_slice(MIGRATION_LIST);
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
-use weir_state::{Entry, Record, Store, StoreError};
+use weir_state::{Entry, Record, Store, StoreError, TierRecord};
 
 /// A fresh directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);
@@ -477,7 +477,7 @@ fn newer_schema_is_refused_untouched() {
     );
     let msg = e.to_string();
     assert!(
-        msg.contains("has schema version 999; this weir knows up to 1"),
+        msg.contains("has schema version 999; this weir knows up to 2"),
         "{msg}"
     );
     assert_eq!(user_version(&path), 999);
@@ -541,7 +541,7 @@ fn concurrent_first_open_migrates_once() {
         for o in openers {
             o.join().expect("opener thread").expect("concurrent open");
         }
-        assert_eq!(user_version(&path), 1);
+        assert_eq!(user_version(&path), 2);
     }
 }
 
@@ -568,4 +568,79 @@ fn odd_names_round_trip() {
         let e = entry(&entries, n, n);
         assert_eq!(e.history, [rec(i64::MIN, n, n, n, n)]);
     }
+}
+
+fn tier(at_ms: i64, from: &str, to: &str, cause: &str) -> TierRecord {
+    TierRecord {
+        at_ms,
+        from: from.to_owned(),
+        to: to.to_owned(),
+        cause: cause.to_owned(),
+    }
+}
+
+#[test]
+fn tier_changes_round_trip_and_are_pruned_per_pool() {
+    let dir = TempDir::new();
+    let path = dir.db();
+    {
+        let store = open(&path, 3);
+        let batch: Vec<(String, TierRecord)> = (0..5)
+            .map(|i| {
+                (
+                    "pg".to_owned(),
+                    tier(
+                        i,
+                        &i.to_string(),
+                        &(i + 1).to_string(),
+                        "a: health up -> down",
+                    ),
+                )
+            })
+            .chain([("web".to_owned(), tier(9, "none", "0", "first probe round"))])
+            .collect();
+        store.append_tiers(&batch).expect("append");
+        store.append_tiers(&[]).expect("empty batch");
+    }
+    let tiers = open(&path, 3).load_tiers().expect("load");
+    let pg: Vec<i64> = tiers["pg"].iter().map(|t| t.at_ms).collect();
+    assert_eq!(pg, [2, 3, 4], "the newest 3, oldest first");
+    assert_eq!(tiers["web"], [tier(9, "none", "0", "first probe round")]);
+    // Backends are not mixed up with pools.
+    assert!(open(&path, 3).load().expect("load").is_empty());
+}
+
+/// A file written by the first schema gains the tier table and keeps what it
+/// held.
+#[test]
+fn a_version_one_file_is_migrated() {
+    let dir = TempDir::new();
+    let path = dir.db();
+    {
+        let conn = Connection::open(&path).expect("open raw");
+        conn.execute_batch(
+            "CREATE TABLE backend_state (
+                pool TEXT NOT NULL, backend TEXT NOT NULL, admin TEXT,
+                weight_override INTEGER CHECK (weight_override BETWEEN 0 AND 4294967295),
+                PRIMARY KEY (pool, backend)
+            ) STRICT, WITHOUT ROWID;
+            CREATE TABLE transition (
+                id INTEGER PRIMARY KEY, pool TEXT NOT NULL, backend TEXT NOT NULL,
+                at_ms INTEGER NOT NULL, kind TEXT NOT NULL, from_state TEXT NOT NULL,
+                to_state TEXT NOT NULL, cause TEXT NOT NULL
+            ) STRICT;
+            CREATE INDEX transition_by_backend ON transition (pool, backend, id);
+            INSERT INTO backend_state VALUES ('pg', 'a', 'drain', NULL);
+            PRAGMA user_version = 1;",
+        )
+        .expect("a version 1 file");
+    }
+    let store = open(&path, 10);
+    assert_eq!(user_version(&path), 2);
+    let entries = store.load().expect("load");
+    assert_eq!(entry(&entries, "pg", "a").admin.as_deref(), Some("drain"));
+    store
+        .append_tiers(&[("pg".to_owned(), tier(1, "0", "1", "x"))])
+        .expect("the new table works");
+    assert_eq!(store.load_tiers().expect("tiers")["pg"].len(), 1);
 }

@@ -146,7 +146,7 @@ fn load(path: &Path) -> Result<Config> {
 
 #[allow(clippy::print_stdout)] // `check` reports to the terminal by design.
 fn check(path: &Path) -> ExitCode {
-    match weir_config::load_file(path) {
+    match weir_config::load_file(path).and_then(|cfg| resolve(path, &cfg).map(|()| cfg)) {
         Ok(cfg) => {
             let backends: usize = cfg.pools.iter().map(|p| p.backends.len()).sum();
             let routes: usize = cfg.listeners.iter().map(|l| l.routes.len()).sum();
@@ -165,6 +165,27 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Resolves the backend host names as `weir run` would, so that `check`
+/// catches a name that does not resolve.
+fn resolve(path: &Path, cfg: &Config) -> Result<(), weir_config::ConfigError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            weir_config::ConfigError::new(vec![weir_config::Problem::new(
+                "backend names",
+                format!("cannot start the resolver: {e}"),
+            )])
+        })?;
+    runtime
+        .block_on(weir_core::resolve::backends(cfg))
+        .map(drop)
+        .map_err(|mut e| {
+            e.file = Some(path.display().to_string());
+            e
+        })
 }
 
 /// Installs the global tracing subscriber. Access-log lines (target

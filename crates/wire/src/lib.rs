@@ -1,6 +1,7 @@
-//! weir-wire: the byte-level protocols weir reads and writes before it relays a
-//! connection — the PROXY protocol v1/v2 ([`proxy`]) and a read-only peek at a TLS
-//! ClientHello for SNI and ALPN ([`tls`]).
+//! weir-wire: the byte-level protocols weir reads and writes around a connection:
+//! the PROXY protocol v1/v2 ([`proxy`]), a read-only peek at a TLS ClientHello for
+//! SNI and ALPN ([`client_hello`]), an HTTP/1 response as a health probe reads it
+//! ([`http1`]), and the rules for host names ([`name`]).
 //!
 //! Everything here is pure: `&[u8]` in, values out. No tokio, no sockets, no clocks,
 //! no global state, so every parser can be unit-tested, property-tested and fuzzed
@@ -20,9 +21,12 @@
 //!   reject. Errors are reported as early as the bytes allow.
 //!
 //! The TLS peek has one more outcome, `NotTls`, for a stream that is simply not TLS:
-//! that is a routing fact, not a malformed input.
+//! that is a routing fact, not a malformed input. The HTTP/1 response parser says
+//! "incomplete" with `Ok(None)`.
 
+pub mod client_hello;
+pub mod http1;
+pub mod name;
 pub mod proxy;
-pub mod tls;
 
 mod crc32c;

@@ -1,7 +1,326 @@
-//! Health checking: the per-backend state machine ([`state`]), the probes (TCP,
-//! HTTP/1.1 and gRPC, each optionally over TLS), and their scheduling.
+//! The state of one backend, as a pure state machine (no clock, no I/O), and
+//! the record of how it got there ([`transition`]).
+//!
+//! ```text
+//! health:  Unknown --first probe ok--> Up      Unknown --first probe failed--> Down
+//!          Up   --`fall` consecutive failures (probes or failed connects)--> Down
+//!          Down --`rise` consecutive successful probes--> Up
+//!          Down --`passive_timeout` without probes (passive health only)--> Unknown
+//! admin:   Enabled | Drain | Disabled   (set by an operator; independent of health)
+//! serving: admin == Enabled && health != Down && the backend's tier is the
+//!          pool's active tier (decided by the pool, see `crate::pool`)
+//! ```
+//!
+//! A backend with `health = false` is a static one: it starts `Up` and nothing
+//! but an operator changes its state. In a pool with active checks, a failed
+//! connect (passive health) counts as a failure only while the backend is
+//! `Up`: a backend that is down comes back only through passing probes. In a
+//! pool without active checks, backends start `Up`, `fall` consecutive failed
+//! connects take one down, and after `passive_timeout` it is tried again
+//! (`Unknown`, which serves): the next connect decides, as nginx's
+//! `max_fails`/`fail_timeout` do.
 
-pub(crate) mod checker;
-mod grpc;
-pub(crate) mod probe;
-pub mod state;
+mod transition;
+
+pub use transition::{Cause, Change, HISTORY, TierChange, Transition, record};
+
+use crate::Reason;
+
+/// Health as decided by rise/fall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Health {
+    /// Not decided yet: no probe has answered, or passive health is trying
+    /// the backend again.
+    Unknown,
+    Up,
+    Down,
+}
+
+impl Health {
+    pub fn parse(s: &str) -> Option<Health> {
+        [Self::Unknown, Self::Up, Self::Down]
+            .into_iter()
+            .find(|h| h.as_str() == s)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Up => "up",
+            Self::Down => "down",
+        }
+    }
+}
+
+/// The state an operator set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AdminState {
+    /// Takes traffic when healthy.
+    Enabled,
+    /// No new connections; existing ones continue (until `drain_timeout`); probes go on.
+    Drain,
+    /// No traffic and no probes; existing connections closed after `drain_timeout`.
+    Disabled,
+}
+
+impl AdminState {
+    pub fn parse(s: &str) -> Option<AdminState> {
+        [Self::Enabled, Self::Drain, Self::Disabled]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enabled => "enabled",
+            Self::Drain => "drain",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
+/// What one probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// `None`: it passed.
+    pub failure: Option<Reason>,
+    /// What it saw, in words ("http status 503", "connect refused"); kept in
+    /// the transition history.
+    pub text: String,
+}
+
+impl Report {
+    pub fn passed(text: impl Into<String>) -> Report {
+        Report {
+            failure: None,
+            text: text.into(),
+        }
+    }
+
+    pub fn failed(reason: Reason, text: impl Into<String>) -> Report {
+        Report {
+            failure: Some(reason),
+            text: text.into(),
+        }
+    }
+
+    /// A failure of the protocol spoken (an invalid or broken answer).
+    pub fn protocol(text: impl Into<String>) -> Report {
+        Report::failed(Reason::Protocol, text)
+    }
+
+    pub fn ok(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
+/// The rise/fall counter of one backend.
+#[derive(Debug, Clone)]
+pub struct HealthCounter {
+    state: Health,
+    successes: u32,
+    failures: u32,
+    rise: u32,
+    fall: u32,
+}
+
+impl HealthCounter {
+    /// A probed backend starts `Unknown`; a static one (or one watched by
+    /// passive health only) starts `Up`.
+    pub fn new(rise: u32, fall: u32, probed: bool) -> Self {
+        HealthCounter {
+            state: if probed { Health::Unknown } else { Health::Up },
+            successes: 0,
+            failures: 0,
+            rise: rise.max(1),
+            fall: fall.max(1),
+        }
+    }
+
+    pub fn state(&self) -> Health {
+        self.state
+    }
+
+    /// New rise/fall from a reload; counts in progress carry on against them.
+    pub fn set_thresholds(&mut self, rise: u32, fall: u32) {
+        self.rise = rise.max(1);
+        self.fall = fall.max(1);
+    }
+
+    /// Applies a probe result and returns `(from, to)` when the state changed.
+    /// The first result decides at once; after that `rise`/`fall` apply.
+    pub fn probe(&mut self, ok: bool) -> Option<(Health, Health)> {
+        if ok {
+            self.successes = self.successes.saturating_add(1);
+            self.failures = 0;
+        } else {
+            self.failures = self.failures.saturating_add(1);
+            self.successes = 0;
+        }
+        let to = match self.state {
+            Health::Unknown if ok => Health::Up,
+            Health::Unknown => Health::Down,
+            Health::Up if !ok && self.failures >= self.fall => Health::Down,
+            Health::Down if ok && self.successes >= self.rise => Health::Up,
+            s => s,
+        };
+        self.change(to)
+    }
+
+    /// A failed client connect, in a pool with active probes: a failure
+    /// while `Up`, ignored otherwise.
+    pub fn passive_failure(&mut self) -> Option<(Health, Health)> {
+        if self.state != Health::Up {
+            return None;
+        }
+        self.probe(false)
+    }
+
+    /// A failed client connect, in a pool without active probes: `fall` in a
+    /// row take the backend down; one failure after a retry (`Unknown`) does.
+    pub fn passive_only_failure(&mut self) -> Option<(Health, Health)> {
+        match self.state {
+            Health::Down => None,
+            _ => self.probe(false),
+        }
+    }
+
+    /// A successful client connect, in a pool without active probes: a
+    /// backend on trial is up again, and a count of failures starts over.
+    pub fn passive_only_success(&mut self) -> Option<(Health, Health)> {
+        match self.state {
+            Health::Unknown => self.change(Health::Up),
+            _ => {
+                self.failures = 0;
+                None
+            }
+        }
+    }
+
+    /// `passive_timeout` has passed since passive health took the backend
+    /// down: traffic may try it again.
+    pub fn passive_retry(&mut self) -> Option<(Health, Health)> {
+        match self.state {
+            Health::Down => self.change(Health::Unknown),
+            _ => None,
+        }
+    }
+
+    /// True while the state is undecided or counting towards a change: probes
+    /// then run at the faster interval.
+    pub fn changing(&self) -> bool {
+        match self.state {
+            Health::Unknown => true,
+            Health::Up => self.failures > 0,
+            Health::Down => self.successes > 0,
+        }
+    }
+
+    fn change(&mut self, to: Health) -> Option<(Health, Health)> {
+        let from = self.state;
+        if from == to {
+            return None;
+        }
+        self.state = to;
+        self.successes = 0;
+        self.failures = 0;
+        Some((from, to))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Health::*;
+
+    fn run(c: &mut HealthCounter, results: &str) -> Vec<Health> {
+        results
+            .chars()
+            .map(|r| {
+                c.probe(r == '1');
+                c.state()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn first_result_decides_at_once() {
+        assert_eq!(run(&mut HealthCounter::new(2, 3, true), "1"), [Up]);
+        assert_eq!(run(&mut HealthCounter::new(2, 3, true), "0"), [Down]);
+    }
+
+    #[test]
+    fn exact_rise_and_fall_counts() {
+        let mut c = HealthCounter::new(2, 3, true);
+        // up at once, then two failures keep it up, the third takes it down.
+        assert_eq!(run(&mut c, "1001"), [Up, Up, Up, Up]);
+        assert_eq!(run(&mut c, "000"), [Up, Up, Down]);
+        // one success is not enough with rise = 2; a failure resets the count.
+        assert_eq!(run(&mut c, "1011"), [Down, Down, Down, Up]);
+    }
+
+    #[test]
+    fn failures_must_be_consecutive() {
+        let mut c = HealthCounter::new(1, 3, true);
+        assert_eq!(run(&mut c, "1001001"), [Up; 7]);
+        assert_eq!(run(&mut c, "000"), [Up, Up, Down]);
+    }
+
+    #[test]
+    fn passive_failures_count_only_while_up() {
+        let mut c = HealthCounter::new(2, 2, true);
+        assert_eq!(c.passive_failure(), None, "unknown: ignored");
+        c.probe(true);
+        assert_eq!(c.passive_failure(), None);
+        assert_eq!(c.passive_failure(), Some((Up, Down)));
+        // down: passive failures change nothing, only probes bring it back.
+        assert_eq!(c.passive_failure(), None);
+        assert_eq!(run(&mut c, "11"), [Down, Up]);
+    }
+
+    #[test]
+    fn passive_only_health_takes_down_and_retries() {
+        let mut c = HealthCounter::new(2, 2, false);
+        assert_eq!(c.state(), Up);
+        // A success between failures starts the count over.
+        assert_eq!(c.passive_only_failure(), None);
+        assert_eq!(c.passive_only_success(), None);
+        assert_eq!(c.passive_only_failure(), None);
+        assert_eq!(c.passive_only_failure(), Some((Up, Down)));
+        assert_eq!(c.passive_only_failure(), None, "down stays down");
+        // After passive_timeout: on trial; one failure takes it down again...
+        assert_eq!(c.passive_retry(), Some((Down, Unknown)));
+        assert_eq!(c.passive_only_failure(), Some((Unknown, Down)));
+        // ...and one success brings it up.
+        assert_eq!(c.passive_retry(), Some((Down, Unknown)));
+        assert_eq!(c.passive_only_success(), Some((Unknown, Up)));
+        assert_eq!(c.passive_retry(), None, "only a down backend is retried");
+    }
+
+    #[test]
+    fn changing_tracks_pending_transitions() {
+        let mut c = HealthCounter::new(2, 2, true);
+        assert!(c.changing());
+        c.probe(true);
+        assert!(!c.changing());
+        c.probe(false);
+        assert!(c.changing());
+        c.probe(true);
+        assert!(!c.changing());
+    }
+
+    #[test]
+    fn static_backends_start_up() {
+        let c = HealthCounter::new(2, 3, false);
+        assert_eq!(c.state(), Up);
+        assert!(!c.changing());
+    }
+
+    #[test]
+    fn reports() {
+        assert!(Report::passed("connect ok").ok());
+        let r = Report::protocol("grpc: no grpc-status");
+        assert_eq!(r.failure, Some(Reason::Protocol));
+        assert!(!r.ok());
+    }
+}

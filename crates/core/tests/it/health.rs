@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
-use weir_core::health::state::{Admin, Cause, Change, Health};
-use weir_core::stats::{ConnectError, RejectReason};
+use weir_core::Reason;
+use weir_core::health::{AdminState, Cause, Change, Health};
 
 use crate::common::*;
 
@@ -294,7 +294,7 @@ async fn a_restart_never_sends_a_connection_to_a_backend_known_down() {
         assert_eq!(within("fetch", fetch(front, None)).await, "good");
     }
     let l = server.listener("l").expect("l");
-    assert_eq!(l.stats.rejected(RejectReason::NoBackend), 0);
+    assert_eq!(l.stats.rejected(Reason::NoBackend), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,7 +313,7 @@ async fn no_serving_backend_closes_the_connection_at_once() {
         ""
     );
     let l = server.listener("l").expect("l");
-    assert_eq!(l.stats.rejected(RejectReason::NoBackend), 1);
+    assert_eq!(l.stats.rejected(Reason::NoBackend), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,7 +337,7 @@ async fn failed_connects_take_a_backend_out_until_probes_bring_it_back() {
         p.backend("dead")
             .expect("dead")
             .stats
-            .connect_errors(ConnectError::Refused),
+            .connect_errors(Reason::Refused),
         2
     );
     let v = p.view("dead").expect("dead");
@@ -390,7 +390,7 @@ async fn tier_failover_and_failback_drain_the_standby() {
     let tiers: Vec<_> = p
         .tier_history()
         .into_iter()
-        .map(|(_, from, to)| (from, to))
+        .map(|t| (t.from, t.to))
         .collect();
     assert_eq!(
         tiers,
@@ -446,24 +446,24 @@ async fn operator_drain_stops_new_connections_and_closes_after_drain_timeout() {
     let mut held = TcpStream::connect(front).await.expect("connect");
     echo_once(&mut held).await;
 
-    assert!(p.set_admin("a", Admin::Drain));
+    assert!(p.set_admin("a", AdminState::Drain));
     assert_eq!(within("fetch", fetch(front, None)).await, "b");
     echo_once(&mut held).await;
     assert!(within("drained", closed(&mut held)).await);
     let v = p.view("a").expect("a");
     assert_eq!(
         (v.admin, v.serving, v.effective_weight),
-        (Admin::Drain, false, 0)
+        (AdminState::Drain, false, 0)
     );
     assert_eq!(
         v.history.last().map(|t| t.cause.clone()),
         Some(Cause::Operator)
     );
 
-    assert!(p.set_admin("a", Admin::Enabled));
+    assert!(p.set_admin("a", AdminState::Enabled));
     let mut again = TcpStream::connect(front).await.expect("connect");
     echo_once(&mut again).await;
-    assert!(!p.set_admin("nope", Admin::Drain));
+    assert!(!p.set_admin("nope", AdminState::Drain));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use weir_core::stats::{ConnectError, RejectReason};
+use weir_core::Reason;
+use weir_core::health::{Cause, Health};
 
 use crate::common::*;
 
@@ -88,7 +89,8 @@ async fn connect_failures_retry_other_backends_under_every_policy() {
         let dead1 = refused_addr();
         let dead2 = refused_addr();
         // `first` would always pick dead1 first; every other policy picks the dead
-        // ones for most clients. retries = 2 (the default) reaches the live one.
+        // ones for most clients. The default retries (every other backend)
+        // reach the live one.
         let server = start(&pool_toml(
             policy,
             &[("dead1", dead1, 1), ("dead2", dead2, 1), ("live", live, 1)],
@@ -110,7 +112,7 @@ async fn connect_failures_retry_other_backends_under_every_policy() {
                 p.backend(n)
                     .expect("b")
                     .stats
-                    .connect_errors(ConnectError::Refused)
+                    .connect_errors(Reason::Refused)
             })
             .sum();
         assert!(refused > 0, "{policy}: the dead backends were never tried");
@@ -123,6 +125,90 @@ async fn connect_failures_retry_other_backends_under_every_policy() {
             20
         );
     }
+}
+
+/// The README's promise, tried as a new user would: `first`, three refusing
+/// backends before a live one, no health section. Every client reaches the
+/// live backend; passive health takes the dead ones down after `fall` (3)
+/// failed connects, so later clients go straight to it; after
+/// `passive_timeout` a dead one is tried again, and one more failure takes it
+/// down again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_never_sees_a_dead_backend_while_another_is_up() {
+    let live = named_backend("live").await;
+    let dead = [refused_addr(), refused_addr(), refused_addr()];
+    let mut toml = pool_toml(
+        "first",
+        &[
+            ("d1", dead[0], 1),
+            ("d2", dead[1], 1),
+            ("d3", dead[2], 1),
+            ("live", live, 1),
+        ],
+    );
+    toml.push_str("[pools.health]\ntype = \"none\"\npassive_timeout = \"300ms\"\n");
+    let server = start(&toml).await;
+    let front = addr(&server, "l");
+    let p = server.pool("p").expect("pool");
+    let refused = |name: &str| {
+        p.backend(name)
+            .expect("b")
+            .stats
+            .connect_errors(Reason::Refused)
+    };
+    for _ in 0..3 {
+        assert_eq!(within("fetch", fetch(front, None)).await, "live");
+    }
+    for d in ["d1", "d2", "d3"] {
+        assert_eq!(refused(d), 3, "{d}");
+        let v = p.view(d).expect("view");
+        assert_eq!(v.health, Health::Down, "{d}");
+        assert_eq!(
+            v.history.last().map(|t| t.cause.clone()),
+            Some(Cause::Passive("connect refused".into()))
+        );
+    }
+    // Down: skipped without a connect.
+    assert_eq!(within("fetch", fetch(front, None)).await, "live");
+    assert_eq!(refused("d1"), 3);
+    // After passive_timeout: on trial, tried once more, down again.
+    wait_until("d1 on trial", || {
+        p.view("d1").is_some_and(|v| v.health == Health::Unknown)
+    })
+    .await;
+    assert_eq!(within("fetch", fetch(front, None)).await, "live");
+    assert_eq!(refused("d1"), 4);
+    assert_eq!(p.view("d1").map(|v| v.health), Some(Health::Down));
+    let l = server.listener("l").expect("l");
+    assert_eq!(l.stats.rejected(Reason::NoBackend), 0);
+}
+
+/// A backend passive health took down comes back with its first successful
+/// connect after `passive_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passive_down_backend_returns_when_it_answers_again() {
+    let spare = refused_addr();
+    let mut toml = pool_toml("first", &[("a", spare, 1)]);
+    toml.push_str("[pools.health]\ntype = \"none\"\nfall = 1\npassive_timeout = \"200ms\"\n");
+    let server = start(&toml).await;
+    let front = addr(&server, "l");
+    assert_eq!(within("fetch", fetch(front, None)).await, "");
+    let p = server.pool("p").expect("pool");
+    assert_eq!(p.view("a").map(|v| v.health), Some(Health::Down));
+    // The backend starts answering on its address.
+    let l = tokio::net::TcpListener::bind(spare).await.expect("rebind");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let _ = s.write_all(b"back").await;
+        }
+    });
+    wait_until("on trial", || {
+        p.view("a").is_some_and(|v| v.health == Health::Unknown)
+    })
+    .await;
+    assert_eq!(within("fetch", fetch(front, None)).await, "back");
+    assert_eq!(p.view("a").map(|v| v.health), Some(Health::Up));
+    assert_eq!(p.active_tier(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,7 +237,7 @@ async fn connect_timeout_moves_on_to_another_backend() {
         p.backend("hole")
             .expect("b")
             .stats
-            .connect_errors(ConnectError::Timeout),
+            .connect_errors(Reason::Timeout),
         1
     );
     drop(sock);
@@ -295,11 +381,11 @@ async fn max_connections_closes_the_excess_at_once() {
     wait_until("rejection counted", || {
         server
             .listener("l")
-            .is_some_and(|l| l.stats.rejected(RejectReason::MaxConnections) == 1)
+            .is_some_and(|l| l.stats.rejected(Reason::MaxConnections) == 1)
     })
     .await;
     let l = server.listener("l").expect("listener");
-    assert_eq!(l.stats.rejected(RejectReason::MaxConnections), 1);
+    assert_eq!(l.stats.rejected(Reason::MaxConnections), 1);
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
     // A freed slot is usable again.
     drop(c1);
@@ -415,7 +501,7 @@ async fn routes_match_by_source_and_unmatched_clients_are_rejected() {
     .await;
     assert_eq!(refused, "");
     let l = server.listener("l").expect("l");
-    assert_eq!(l.stats.rejected(RejectReason::NoRoute), 1);
+    assert_eq!(l.stats.rejected(Reason::NoRoute), 1);
     assert_eq!(
         l.routes[0].stats.connections_total.load(Ordering::Relaxed),
         1
@@ -535,4 +621,45 @@ async fn routes_send_the_proxy_protocol_version_they_name() {
         .await
         .expect("read");
     assert!(out.starts_with("error"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_names_are_resolved_when_the_server_starts() {
+    // Whatever `localhost` resolves to first is where the backend listens.
+    let ip = tokio::net::lookup_host("localhost:0")
+        .await
+        .expect("localhost resolves")
+        .next()
+        .expect("an address")
+        .ip();
+    let l = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let _ = s.write_all(b"by name").await;
+        }
+    });
+    let toml = pool_toml(
+        "round_robin",
+        &[("n", "127.0.0.1:1".parse().expect("addr"), 1)],
+    )
+    .replace("127.0.0.1:1", &format!("localhost:{port}"));
+    let server = start(&toml).await;
+    let p = server.pool("p").expect("p");
+    assert_eq!(p.backends[0].address, std::net::SocketAddr::new(ip, port));
+    assert_eq!(
+        within("fetch", fetch(addr(&server, "l"), None)).await,
+        "by name"
+    );
+
+    let bad = toml.replace(&format!("localhost:{port}"), "nowhere.invalid:5432");
+    let config = weir_config::load_str(&bad).expect("a name is valid config");
+    let err = within("start", weir_core::Server::start(&config))
+        .await
+        .expect_err("an unknown name fails the start");
+    assert!(
+        err.to_string()
+            .starts_with("pools[0].backends[0].address: cannot resolve \"nowhere.invalid:5432\""),
+        "{err}"
+    );
 }

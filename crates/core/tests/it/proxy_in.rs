@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
-use weir_core::stats::RejectReason;
+use weir_core::Reason;
 
 use crate::common::*;
 
@@ -140,10 +140,7 @@ async fn trusted_sources_must_send_a_valid_header() {
         .await,
         ""
     );
-    wait_until("counted", || {
-        l.stats.rejected(RejectReason::ProxyProtocol) == 2
-    })
-    .await;
+    wait_until("counted", || l.stats.rejected(Reason::ProxyProtocol) == 2).await;
     // Silent: handshake_timeout.
     let socket = TcpSocket::new_v4().expect("socket");
     socket
@@ -155,7 +152,7 @@ async fn trusted_sources_must_send_a_valid_header() {
         within("timeout", s.read(&mut buf)).await,
         Ok(0) | Err(_)
     ));
-    assert_eq!(l.stats.rejected(RejectReason::HandshakeTimeout), 1);
+    assert_eq!(l.stats.rejected(Reason::HandshakeTimeout), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,8 +186,5 @@ async fn untrusted_sources_are_served_by_address_and_may_not_send_a_header() {
         within("spoof v2", exchange(front, stranger, &spoof)).await,
         ""
     );
-    wait_until("counted", || {
-        l.stats.rejected(RejectReason::ProxyProtocol) == 2
-    })
-    .await;
+    wait_until("counted", || l.stats.rejected(Reason::ProxyProtocol) == 2).await;
 }

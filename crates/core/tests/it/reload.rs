@@ -9,9 +9,9 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+use weir_core::Reason;
 use weir_core::events::Event;
-use weir_core::health::state::{Admin, Cause, Change, Health};
-use weir_core::stats::ConnectError;
+use weir_core::health::{AdminState, Cause, Change, Health};
 use weir_core::{ControlError, Options, ReloadError, Server};
 
 use crate::common::*;
@@ -165,7 +165,7 @@ async fn reload_adds_changes_and_removes_while_a_connection_lives() {
         p.backend("dead")
             .expect("dead")
             .stats
-            .connect_errors(ConnectError::Refused),
+            .connect_errors(Reason::Refused),
         0,
         "a backend known down never got traffic"
     );
@@ -332,10 +332,10 @@ async fn operator_state_survives_a_restart() {
     let mut events = server.journal().subscribe();
     let front = addr(&server, "l");
     let view = server
-        .set_admin("p", "a", Admin::Drain)
+        .set_admin("p", "a", AdminState::Drain)
         .await
         .expect("drain");
-    assert_eq!(view.admin, Admin::Drain);
+    assert_eq!(view.admin, AdminState::Drain);
     assert_eq!(tally(front, 4).await, ["b", "b", "b", "b"]);
     server.set_weight("p", "b", Some(5)).await.expect("weight");
     match within("event", events.recv()).await.expect("event") {
@@ -348,8 +348,8 @@ async fn operator_state_survives_a_restart() {
             assert_eq!(
                 transition.change,
                 Change::Admin {
-                    from: Admin::Enabled,
-                    to: Admin::Drain
+                    from: AdminState::Enabled,
+                    to: AdminState::Drain
                 }
             );
             assert_eq!(transition.cause, Cause::Operator);
@@ -358,11 +358,11 @@ async fn operator_state_survives_a_restart() {
     }
     // Refusals change nothing.
     assert!(matches!(
-        server.set_admin("nope", "a", Admin::Drain).await,
+        server.set_admin("nope", "a", AdminState::Drain).await,
         Err(ControlError::NoPool(_))
     ));
     assert!(matches!(
-        server.set_admin("p", "nope", Admin::Drain).await,
+        server.set_admin("p", "nope", AdminState::Drain).await,
         Err(ControlError::NoBackend { .. })
     ));
     assert!(matches!(
@@ -380,12 +380,12 @@ async fn operator_state_survives_a_restart() {
     let front = addr(&server, "l");
     let p = server.pool("p").expect("p");
     let va = p.view("a").expect("a");
-    assert_eq!(va.admin, Admin::Drain);
+    assert_eq!(va.admin, AdminState::Drain);
     assert!(
         va.history.iter().any(|t| t.change
             == Change::Admin {
-                from: Admin::Enabled,
-                to: Admin::Drain
+                from: AdminState::Enabled,
+                to: AdminState::Drain
             }
             && t.cause == Cause::Operator),
         "{:?}",
@@ -395,14 +395,14 @@ async fn operator_state_survives_a_restart() {
     assert_eq!(tally(front, 3).await, ["b", "b", "b"]);
     // Enable: weights 1 and 5 now, exact over one round-robin cycle.
     server
-        .set_admin("p", "a", Admin::Enabled)
+        .set_admin("p", "a", AdminState::Enabled)
         .await
         .expect("enable");
     assert_eq!(tally(front, 6).await, ["a", "b", "b", "b", "b", "b"]);
     server.set_weight("p", "b", None).await.expect("clear");
     assert_eq!(tally(front, 4).await, ["a", "a", "b", "b"]);
     server
-        .set_admin("p", "a", Admin::Disabled)
+        .set_admin("p", "a", AdminState::Disabled)
         .await
         .expect("disable");
     server.set_weight("p", "b", Some(3)).await.expect("weight");
@@ -424,9 +424,9 @@ async fn operator_state_survives_a_restart() {
     );
     assert_eq!(orphans[0].weight_override, Some(3));
     let p = server.pool("p").expect("p");
-    assert_eq!(p.view("a").expect("a").admin, Admin::Disabled);
+    assert_eq!(p.view("a").expect("a").admin, AdminState::Disabled);
     let vc = p.view("c").expect("c");
-    assert_eq!((vc.admin, vc.weight_override), (Admin::Enabled, None));
+    assert_eq!((vc.admin, vc.weight_override), (AdminState::Enabled, None));
     assert_eq!(tally(addr(&server, "l"), 2).await, ["c", "c"]);
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use weir_core::stats::RejectReason;
+use weir_core::Reason;
 
 use crate::common::*;
 
@@ -166,7 +166,7 @@ async fn a_silent_or_unmatched_client_is_rejected_with_its_reason() {
         "{:?}",
         began.elapsed()
     );
-    assert_eq!(l.stats.rejected(RejectReason::HandshakeTimeout), 1);
+    assert_eq!(l.stats.rejected(Reason::HandshakeTimeout), 1);
 
     // Another name: no route.
     let got = within(
@@ -178,7 +178,7 @@ async fn a_silent_or_unmatched_client_is_rejected_with_its_reason() {
     // Plain bytes: no route either (the only route needs an SNI).
     let got = within("plain", send(front, b"hello", 1)).await;
     assert_eq!(got, "");
-    wait_until("counted", || l.stats.rejected(RejectReason::NoRoute) == 2).await;
+    wait_until("counted", || l.stats.rejected(Reason::NoRoute) == 2).await;
 }
 
 /// A TLS echo server with the test CA's certificate for localhost/127.0.0.1;
@@ -267,10 +267,7 @@ async fn backend_tls_verifies_and_relays_both_ways() {
     );
     let p = server.pool("p").expect("p");
     let b = p.backend("b").expect("b");
-    assert_eq!(
-        b.stats.connect_errors(weir_core::stats::ConnectError::Tls),
-        1
-    );
+    assert_eq!(b.stats.connect_errors(weir_core::Reason::Tls), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -196,6 +196,11 @@ fn check_rejects_bad_configs_with_the_key_path() {
             "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:1\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"nope\"\n",
             "listeners[0].routes[0].pool",
         ),
+        // A name that does not resolve fails the check, as it would fail `run`.
+        (
+            "[[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"nowhere.invalid:5432\"\n",
+            "pools[0].backends[0].address: cannot resolve \"nowhere.invalid:5432\"",
+        ),
     ];
     for (i, (text, path)) in cases.iter().enumerate() {
         let file = temp_config(&format!("bad{i}"), text);

@@ -1,0 +1,78 @@
+//! `[admin]`: the admin endpoints' addresses and the token that guards changes.
+
+use std::path::{Path, PathBuf};
+
+use super::files::relative_hint;
+use super::{Checker, PLACEHOLDER_ADDR};
+use crate::model::{Admin, Token};
+use crate::raw::RawAdmin;
+
+impl Checker {
+    pub(super) fn admin(&mut self, raw: RawAdmin) -> Admin {
+        let http = raw.http.map(|s| self.bind_addr("admin.http", &s));
+        let grpc = raw.grpc.map(|s| self.bind_addr("admin.grpc", &s));
+        let insecure = raw.insecure.unwrap_or(false);
+        let token_file = raw.token_file.map(PathBuf::from);
+        let token = token_file
+            .as_ref()
+            .and_then(|f| self.token("admin.token_file", f));
+        if token_file.is_none() && !insecure {
+            // Anyone who can reach a non-loopback admin port could drain every
+            // backend: that needs a token, or an explicit opt-out.
+            for (path, addr) in [("admin.http", http), ("admin.grpc", grpc)] {
+                if let Some(addr) = addr.filter(|a| !a.ip().is_loopback() && *a != PLACEHOLDER_ADDR)
+                {
+                    self.push(
+                        path,
+                        format!(
+                            "{addr} is not a loopback address: set admin.token_file so that \
+                             changes need a token, or write `insecure = true` in [admin]"
+                        ),
+                    );
+                }
+            }
+        }
+        Admin {
+            http,
+            grpc,
+            token,
+            token_file,
+            insecure,
+        }
+    }
+
+    /// The token file holds one secret; surrounding whitespace (a trailing
+    /// newline) is not part of it.
+    fn token(&mut self, path: &str, file: &Path) -> Option<Token> {
+        match std::fs::read_to_string(file) {
+            Ok(text) => {
+                let secret = text.trim();
+                if secret.is_empty() {
+                    self.push(path, format!("{:?} is empty", file.display().to_string()));
+                    None
+                } else if secret.len() < 16 {
+                    self.push(
+                        path,
+                        format!(
+                            "the token in {:?} is {} characters long; use at least 16 \
+                             (e.g. `openssl rand -hex 32`)",
+                            file.display().to_string(),
+                            secret.len()
+                        ),
+                    );
+                    None
+                } else {
+                    Some(Token::new(secret.to_owned()))
+                }
+            }
+            Err(e) => {
+                let hint = relative_hint(file);
+                self.push(
+                    path,
+                    format!("cannot read {:?}: {e}{hint}", file.display().to_string()),
+                );
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! `[pools.health]`: the check type, its keys (a key of another type is
+//! named as such), timing, rise and fall, and the probe's TLS.
+
+use std::time::Duration;
+
+use super::Checker;
+use super::files::is_visible_ascii;
+use super::values::{check_server_name, parse_status_match};
+use crate::model::{Check, GrpcCheck, Health, HttpCheck, ProbeTls, StatusMatch};
+use crate::raw::RawHealth;
+
+const MAX_RISE_FALL: i64 = 100;
+const DEFAULT_HTTP_PATH: &str = "/";
+/// `expect_status = "2xx"`.
+const DEFAULT_EXPECT_STATUS: (u16, u16) = (200, 299);
+const HEALTH_TYPES: &[(&str, CheckType)] = &[
+    ("none", CheckType::None),
+    ("tcp", CheckType::Tcp),
+    ("http", CheckType::Http),
+    ("grpc", CheckType::Grpc),
+];
+
+/// `[pools.health] type`, before its keys are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CheckType {
+    None,
+    Tcp,
+    Http,
+    Grpc,
+}
+
+impl CheckType {
+    fn name(self) -> &'static str {
+        HEALTH_TYPES
+            .iter()
+            .find(|(_, t)| *t == self)
+            .map_or("?", |(name, _)| name)
+    }
+}
+
+const HTTP: &[CheckType] = &[CheckType::Http];
+const HTTP_GRPC: &[CheckType] = &[CheckType::Http, CheckType::Grpc];
+const GRPC: &[CheckType] = &[CheckType::Grpc];
+
+impl Checker {
+    pub(super) fn health(&mut self, path: &str, raw: &RawHealth) -> Health {
+        let kind = self.one_of(&format!("{path}.type"), &raw.kind, HEALTH_TYPES);
+
+        let default = Health::default();
+        let parsed_interval =
+            self.timeout_opt(&format!("{path}.interval"), raw.interval.as_deref());
+        let interval_ok = raw.interval.is_none() || parsed_interval.is_some();
+        let interval = parsed_interval.unwrap_or(default.interval);
+        let fast_path = format!("{path}.fast_interval");
+        let fast_interval = match self.timeout_opt(&fast_path, raw.fast_interval.as_deref()) {
+            Some(fast) => {
+                if interval_ok && fast > interval {
+                    let interval_text = match &raw.interval {
+                        Some(text) => format!("{text:?}"),
+                        None => format!("{}, the default", humantime::format_duration(interval)),
+                    };
+                    self.push(
+                        fast_path,
+                        format!(
+                            "{:?} is longer than interval ({interval_text}); fast_interval is \
+                             the quicker pace used while a backend's state is changing, so it \
+                             must not exceed interval",
+                            raw.fast_interval.as_deref().unwrap_or_default(),
+                        ),
+                    );
+                }
+                fast
+            }
+            // Half the interval (an interval of 1ns stays 1ns rather than 0).
+            None => (interval / 2).max(Duration::from_nanos(1)),
+        };
+        let timeout = self
+            .timeout_opt(&format!("{path}.timeout"), raw.timeout.as_deref())
+            .unwrap_or(default.timeout);
+        let rise = self.int(
+            &format!("{path}.rise"),
+            raw.rise,
+            default.rise,
+            1,
+            Some(MAX_RISE_FALL),
+        );
+        let fall = self.int(
+            &format!("{path}.fall"),
+            raw.fall,
+            default.fall,
+            1,
+            Some(MAX_RISE_FALL),
+        );
+        let port = raw
+            .port
+            .map(|p| self.int(&format!("{path}.port"), Some(p), 0, 1, Some(65535)));
+        let passive_timeout = self.timeout(
+            &format!("{path}.passive_timeout"),
+            raw.passive_timeout.as_deref(),
+            default.passive_timeout,
+        );
+
+        // With an unknown type there is nothing to hold the other keys against.
+        let Some(kind) = kind else {
+            return Health {
+                interval,
+                fast_interval,
+                timeout,
+                rise,
+                fall,
+                port,
+                passive_timeout,
+                ..default
+            };
+        };
+        let typed_keys: [(&str, bool, &[CheckType]); 9] = [
+            ("path", raw.path.is_some(), HTTP),
+            ("host", raw.host.is_some(), HTTP),
+            ("expect_status", raw.expect_status.is_some(), HTTP),
+            ("expect_body", raw.expect_body.is_some(), HTTP),
+            ("https", raw.https.is_some(), HTTP_GRPC),
+            ("tls_skip_verify", raw.tls_skip_verify.is_some(), HTTP_GRPC),
+            ("ca", raw.ca.is_some(), HTTP_GRPC),
+            ("tls_server_name", raw.tls_server_name.is_some(), HTTP_GRPC),
+            ("service", raw.service.is_some(), GRPC),
+        ];
+        for (key, present, types) in typed_keys {
+            if present && !types.contains(&kind) {
+                let names: Vec<String> = types.iter().map(|t| format!("{:?}", t.name())).collect();
+                self.push(
+                    format!("{path}.{key}"),
+                    format!(
+                        "only for type = {} (this check is type = {:?})",
+                        names.join(" or "),
+                        kind.name()
+                    ),
+                );
+            }
+        }
+
+        let check = match kind {
+            CheckType::None => Check::None,
+            CheckType::Tcp => Check::Tcp,
+            CheckType::Http => Check::Http(self.http_check(path, raw)),
+            CheckType::Grpc => Check::Grpc(GrpcCheck {
+                service: raw.service.clone().unwrap_or_default(),
+                tls: self.probe_tls(path, raw),
+            }),
+        };
+        Health {
+            check,
+            interval,
+            fast_interval,
+            timeout,
+            rise,
+            fall,
+            port,
+            passive_timeout,
+        }
+    }
+
+    fn http_check(&mut self, path: &str, raw: &RawHealth) -> HttpCheck {
+        let request_path = raw
+            .path
+            .clone()
+            .unwrap_or_else(|| DEFAULT_HTTP_PATH.to_owned());
+        let key = format!("{path}.path");
+        if !request_path.starts_with('/') {
+            self.push(
+                key,
+                format!("{request_path:?} must start with \"/\", e.g. \"/health\""),
+            );
+        } else if !is_visible_ascii(&request_path) {
+            self.push(
+                key,
+                format!(
+                    "{request_path:?} must not contain whitespace, control or non-ASCII \
+                     characters; percent-encode them (e.g. %20 for a space)"
+                ),
+            );
+        }
+        if let Some(host) = &raw.host {
+            let key = format!("{path}.host");
+            if host.is_empty() {
+                self.push(
+                    key,
+                    "must not be empty; leave it out to send the probed address",
+                );
+            } else if !is_visible_ascii(host) {
+                self.push(
+                    key,
+                    format!(
+                        "{host:?} must not contain whitespace, control or non-ASCII characters \
+                         (write an internationalised name in its xn-- form)"
+                    ),
+                );
+            }
+        }
+        let expect_status = match &raw.expect_status {
+            Some(s) => parse_status_match(s).unwrap_or_else(|msg| {
+                self.push(format!("{path}.expect_status"), msg);
+                StatusMatch { ranges: Vec::new() }
+            }),
+            None => StatusMatch {
+                ranges: vec![DEFAULT_EXPECT_STATUS],
+            },
+        };
+        if raw.expect_body.as_ref().is_some_and(String::is_empty) {
+            self.push(
+                format!("{path}.expect_body"),
+                "must not be empty; leave it out to accept any body",
+            );
+        }
+        HttpCheck {
+            path: request_path,
+            host: raw.host.clone(),
+            expect_status,
+            expect_body: raw.expect_body.clone(),
+            tls: self.probe_tls(path, raw),
+        }
+    }
+
+    /// `https` and the keys that only make sense with it.
+    fn probe_tls(&mut self, path: &str, raw: &RawHealth) -> Option<ProbeTls> {
+        let skip_verify = raw.tls_skip_verify.unwrap_or(false);
+        if raw.https != Some(true) {
+            // `tls_skip_verify = false` without https says nothing wrong.
+            let stray = [
+                ("tls_skip_verify", skip_verify),
+                ("ca", raw.ca.is_some()),
+                ("tls_server_name", raw.tls_server_name.is_some()),
+            ];
+            for (key, present) in stray {
+                if present {
+                    self.push(
+                        format!("{path}.{key}"),
+                        "only with https = true (the probe does not use TLS)",
+                    );
+                }
+            }
+            return None;
+        }
+        if skip_verify && raw.ca.is_some() {
+            self.push(
+                format!("{path}.tls_skip_verify"),
+                "contradicts `ca`: with tls_skip_verify = true any certificate is accepted, \
+                 so the CA would never be used; keep one of them",
+            );
+        }
+        let ca = raw
+            .ca
+            .as_deref()
+            .map(|ca| self.ca_file(&format!("{path}.ca"), ca));
+        if let Some(name) = &raw.tls_server_name
+            && let Err(msg) = check_server_name(name)
+        {
+            self.push(format!("{path}.tls_server_name"), msg);
+        }
+        Some(ProbeTls {
+            skip_verify,
+            ca,
+            server_name: raw.tls_server_name.clone(),
+        })
+    }
+}

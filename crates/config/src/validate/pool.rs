@@ -1,0 +1,214 @@
+//! `[[pools]]` and `[[pools.backends]]`: balancing, connect settings, and
+//! each backend's address, weight and tier.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::Checker;
+use crate::model::{Backend, BackendAddress, HashKey, Health, Policy, Pool};
+use crate::raw::{RawBackend, RawPool};
+
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_RETRIES: i64 = 100;
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+const DEFAULT_WEIGHT: u32 = 1;
+const MAX_WEIGHT: i64 = crate::model::MAX_WEIGHT as i64;
+const HASH_KEYS: &[(&str, HashKey)] = &[
+    ("source_ip", HashKey::SourceIp),
+    ("source_addr", HashKey::SourceAddr),
+];
+
+impl Checker {
+    pub(super) fn pool(&mut self, path: &str, raw: RawPool) -> Pool {
+        self.name(&format!("{path}.name"), &raw.name);
+        let policies = Policy::ALL.map(|p| (p.as_str(), p));
+        let balance = self.choice(
+            &format!("{path}.balance"),
+            raw.balance,
+            Policy::RoundRobin,
+            &policies,
+        );
+        let hash_key = self.choice(
+            &format!("{path}.hash_key"),
+            raw.hash_key,
+            HashKey::SourceIp,
+            HASH_KEYS,
+        );
+        let connect_timeout = self.timeout(
+            &format!("{path}.connect_timeout"),
+            raw.connect_timeout.as_deref(),
+            DEFAULT_CONNECT_TIMEOUT,
+        );
+        let retries = raw
+            .retries
+            .map(|r| self.int(&format!("{path}.retries"), Some(r), 0, 0, Some(MAX_RETRIES)));
+        let drain_timeout = self.timeout(
+            &format!("{path}.drain_timeout"),
+            raw.drain_timeout.as_deref(),
+            DEFAULT_DRAIN_TIMEOUT,
+        );
+        let health = match raw.health {
+            Some(h) => self.health(&format!("{path}.health"), &h),
+            None => Health::default(),
+        };
+
+        if raw.backends.is_empty() {
+            self.push(
+                format!("{path}.backends"),
+                "a pool needs at least one backend ([[pools.backends]])",
+            );
+        }
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut backends = Vec::with_capacity(raw.backends.len());
+        for (i, b) in raw.backends.into_iter().enumerate() {
+            let backend_path = format!("{path}.backends[{i}]");
+            let named = b.name.is_some();
+            let backend = self.backend(&backend_path, b);
+            if let Some(first) = names.get(&backend.name) {
+                let (key, hint) = if named {
+                    ("name", "")
+                } else {
+                    (
+                        "address",
+                        "; a backend without `name` is named by its address",
+                    )
+                };
+                self.push(
+                    format!("{backend_path}.{key}"),
+                    format!(
+                        "duplicate backend name {:?} in this pool (also backends[{first}]){hint}",
+                        backend.name
+                    ),
+                );
+            } else {
+                names.insert(backend.name.clone(), i);
+            }
+            backends.push(backend);
+        }
+
+        Pool {
+            name: raw.name,
+            balance,
+            hash_key,
+            connect_timeout,
+            retries,
+            drain_timeout,
+            close_on_down: raw.close_on_down.unwrap_or(false),
+            health,
+            backends,
+        }
+    }
+
+    fn backend(&mut self, path: &str, raw: RawBackend) -> Backend {
+        let address = match parse_address(&raw.address) {
+            Ok(addr) => addr,
+            Err(msg) => {
+                self.push(format!("{path}.address"), msg);
+                BackendAddress::Ip(super::PLACEHOLDER_ADDR)
+            }
+        };
+        if let Some(name) = &raw.name {
+            self.name(&format!("{path}.name"), name);
+        }
+        let weight = self.int(
+            &format!("{path}.weight"),
+            raw.weight,
+            DEFAULT_WEIGHT,
+            0,
+            Some(MAX_WEIGHT),
+        );
+        let tier = self.int(&format!("{path}.tier"), raw.tier, 0, 0, None);
+        let health = raw.health.unwrap_or(true);
+        let check_port = raw
+            .check_port
+            .map(|p| self.int(&format!("{path}.check_port"), Some(p), 0, 1, Some(65535)));
+        if check_port.is_some() && !health {
+            self.push(
+                format!("{path}.check_port"),
+                "has no effect: this backend has `health = false`, so it is never probed",
+            );
+        }
+        Backend {
+            name: raw.name.unwrap_or_else(|| raw.address.clone()),
+            weight,
+            tier,
+            address,
+            health,
+            check_port,
+        }
+    }
+}
+
+/// `ip:port`, or `host:port` with a DNS name (resolved by the runtime).
+fn parse_address(spec: &str) -> Result<BackendAddress, String> {
+    let addr = match spec.parse::<SocketAddr>() {
+        Ok(addr) => BackendAddress::Ip(addr),
+        Err(_) => {
+            let Some((host, port)) = spec.rsplit_once(':') else {
+                return Err(format!(
+                    "{spec:?} has no port; write host:port or ip:port, e.g. \"10.0.0.1:5432\""
+                ));
+            };
+            if host.is_empty() {
+                return Err(format!("{spec:?} has no host"));
+            }
+            if host.contains(':') {
+                return Err(format!(
+                    "{spec:?} is not a valid address; put an IPv6 address in brackets, \
+                     e.g. \"[2001:db8::1]:5432\""
+                ));
+            }
+            let Ok(port) = port.parse::<u16>() else {
+                return Err(format!("{spec:?}: port {port:?} is not a number 1..=65535"));
+            };
+            let name = host.strip_suffix('.').unwrap_or(host);
+            if !weir_wire::name::is_dns_name(name.as_bytes()) {
+                return Err(format!(
+                    "{spec:?}: {host:?} is neither an IP address nor a host name"
+                ));
+            }
+            BackendAddress::Name {
+                host: host.to_owned(),
+                port,
+            }
+        }
+    };
+    if addr.port() == 0 {
+        return Err(format!("{spec:?}: port 0 is not a valid backend port"));
+    }
+    Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> BackendAddress {
+        BackendAddress::Ip(s.parse().unwrap_or(super::super::PLACEHOLDER_ADDR))
+    }
+
+    #[test]
+    fn backend_addresses() {
+        assert_eq!(parse_address("127.0.0.1:5432"), Ok(ip("127.0.0.1:5432")));
+        assert_eq!(parse_address("[::1]:5432"), Ok(ip("[::1]:5432")));
+        assert_eq!(
+            parse_address("db:5432"),
+            Ok(BackendAddress::Name {
+                host: "db".into(),
+                port: 5432
+            })
+        );
+        assert_eq!(
+            parse_address("db:5432").map(|a| a.to_string()).as_deref(),
+            Ok("db:5432")
+        );
+        assert!(parse_address("db").is_err());
+        assert!(parse_address(":5432").is_err());
+        assert!(parse_address("db:http").is_err());
+        assert!(parse_address("::1:5432").is_err());
+        assert!(parse_address("127.0.0.1:0").is_err());
+        assert!(parse_address("db:0").is_err());
+        assert!(parse_address("a b:5432").is_err());
+    }
+}

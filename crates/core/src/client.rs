@@ -1,0 +1,33 @@
+//! A client connection as the frontend hands it to a route's handler: its
+//! socket, who it is (the PROXY header's source when a trusted sender gave
+//! one) and what it connected to, whether it may still start with a PROXY
+//! header, and when it arrived.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+#[derive(Debug)]
+pub(crate) struct Client {
+    pub(crate) stream: TcpStream,
+    /// The client's address: from a trusted PROXY header, else the socket's peer.
+    pub(crate) peer: SocketAddr,
+    /// The address the client connected to, when a PROXY header said.
+    pub(crate) destination: Option<SocketAddr>,
+    /// An untrusted source on a listener that accepts the PROXY protocol: a
+    /// PROXY header at the start of its bytes is refused.
+    pub(crate) refuse_proxy_header: bool,
+    pub(crate) accepted_at: Instant,
+}
+
+impl Client {
+    /// The address the client connected to: the PROXY header's, else our
+    /// socket's local address.
+    pub(crate) fn local(&self) -> std::io::Result<SocketAddr> {
+        match self.destination {
+            Some(d) => Ok(d),
+            None => self.stream.local_addr(),
+        }
+    }
+}

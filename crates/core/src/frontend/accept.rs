@@ -1,0 +1,150 @@
+//! Listening sockets and their accept loops: bind with SO_REUSEPORT, accept,
+//! count the connection against the listener's `max_connections`, and start
+//! its task.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use weir_telemetry::count;
+
+use crate::Reason;
+use crate::listener::Listener;
+
+/// Pending connections the kernel may queue per socket (capped by somaxconn).
+const BACKLOG: i32 = 4096;
+
+/// Creates a listening socket with SO_REUSEADDR and SO_REUSEPORT (so several
+/// processes can share a port during an upgrade) and IPV6_V6ONLY on IPv6
+/// (so `[::]:P` and `0.0.0.0:P` can both be bound).
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // Accepted sockets inherit TCP_NODELAY from the listening socket on Linux,
+    // which saves one setsockopt per connection.
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.set_cloexec(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Accepts until `stop` is cancelled, spawning one task per connection on
+/// `tracker`. Each connection gets the listener in `slot` when it arrives (a
+/// reload stores a new one there) and keeps it for its whole life.
+pub(crate) async fn accept_loop(
+    slot: Arc<ArcSwap<Listener>>,
+    socket: TcpListener,
+    stop: CancellationToken,
+    closed: CancellationToken,
+    tracker: TaskTracker,
+) {
+    // Tells whoever stopped us that the socket is closed (on every return).
+    let _closed = closed.drop_guard();
+    // One waiter for the whole loop, not one registration per accepted connection.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = &mut stopped => break,
+            r = socket.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                if is_resource_exhaustion(&e) {
+                    // Out of descriptors or memory: accepting again at once would
+                    // spin; pending clients wait in the backlog meanwhile.
+                    tracing::warn!(listener = %slot.load().name, error = %e, "accept failed; pausing 50ms");
+                    tokio::select! {
+                        () = &mut stopped => break,
+                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                }
+                continue;
+            }
+        };
+        admit(slot.load_full(), stream, peer, &tracker);
+    }
+    // Connections the kernel has completed but nobody accepted yet would be
+    // reset when the socket closes: take them first. This narrows the gap of
+    // a zero-downtime upgrade to the instant of close (which the kernel closes
+    // too with net.ipv4.tcp_migrate_req = 1).
+    let Ok(socket) = socket.into_std() else {
+        return;
+    };
+    let listener = slot.load_full();
+    while let Ok((stream, peer)) = socket.accept() {
+        let stream = stream
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpStream::from_std(stream));
+        if let Ok(stream) = stream {
+            admit(Arc::clone(&listener), stream, peer, &tracker);
+        }
+    }
+}
+
+/// Counts an accepted connection and starts handling it, or refuses it when
+/// the listener is at `max_connections`.
+fn admit(
+    listener: Arc<Listener>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tracker: &TaskTracker,
+) {
+    let stats = &listener.stats;
+    count(&stats.connections_total, 1);
+    let active = stats.connections_active.fetch_add(1, Relaxed);
+    if active >= i64::from(listener.max_connections) {
+        stats.connections_active.fetch_sub(1, Relaxed);
+        reject_now(stream);
+        listener.refuse(peer, Reason::MaxConnections);
+        return;
+    }
+    tracker.spawn(super::handle(listener, stream, peer));
+}
+
+/// Closes a refused connection at once with a reset, so the client learns
+/// immediately and no FIN_WAIT/TIME_WAIT state is left behind on our side.
+fn reject_now(stream: tokio::net::TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc_errno) if libc_errno == rustix::io::Errno::MFILE.raw_os_error()
+            || libc_errno == rustix::io::Errno::NFILE.raw_os_error()
+            || libc_errno == rustix::io::Errno::NOBUFS.raw_os_error()
+            || libc_errno == rustix::io::Errno::NOMEM.raw_os_error()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_sockets_inherit_nodelay() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let _client = std::net::TcpStream::connect(addr).expect("connect");
+        listener.set_nonblocking(false).expect("blocking");
+        let (accepted, _) = listener.accept().expect("accept");
+        assert!(accepted.nodelay().expect("nodelay"));
+    }
+}

@@ -1,0 +1,55 @@
+//! Routing on the TLS ClientHello without terminating TLS: the first bytes of
+//! the connection are read with MSG_PEEK, so they stay in the socket and reach
+//! the backend untouched; the pure parser in `weir_wire::tls` says whether they
+//! are a ClientHello (and its SNI and ALPN), not TLS at all, or need more bytes.
+//! The wait is bounded by the listener's `handshake_timeout`.
+
+use std::net::IpAddr;
+
+use tokio::net::TcpStream;
+use weir_wire::client_hello::{self as tls, Peek};
+
+use super::peek;
+use crate::Reason;
+use crate::listener::{Listener, Route};
+
+/// The most bytes peeked: a ClientHello of up to 16 KiB plus record headers.
+const MAX_PEEK: usize = tls::MAX_HELLO_LEN + 1024;
+
+/// Peeks at the client's first bytes and returns the first route that matches
+/// them (non-TLS and malformed hellos match only routes without sni/alpn).
+/// Fails with `HandshakeTimeout` when nothing was decided within the
+/// listener's `handshake_timeout`, or `ClientClosed` when the client closed
+/// (or reset) before.
+pub(crate) async fn route<'l>(
+    listener: &'l Listener,
+    client: &TcpStream,
+    ip: IpAddr,
+) -> Result<Option<&'l Route>, Reason> {
+    match tokio::time::timeout(listener.handshake_timeout, peek_route(listener, client, ip)).await {
+        Ok(r) => r,
+        Err(_) => Err(Reason::HandshakeTimeout),
+    }
+}
+
+async fn peek_route<'l>(
+    listener: &'l Listener,
+    client: &TcpStream,
+    ip: IpAddr,
+) -> Result<Option<&'l Route>, Reason> {
+    // Only listeners that route on SNI/ALPN pay for this buffer, and only while
+    // the ClientHello arrives.
+    let mut buf = vec![0u8; MAX_PEEK];
+    let mut seen = 0;
+    loop {
+        peek::more(client, &mut buf, &mut seen).await?;
+        match tls::peek(&buf[..seen]) {
+            Ok(Peek::Complete(hello)) => return Ok(listener.route_for(ip, Some(&hello))),
+            Ok(Peek::NotTls) | Err(_) => return Ok(listener.route_for(ip, None)),
+            Ok(Peek::Incomplete { .. }) if seen == buf.len() => {
+                return Ok(listener.route_for(ip, None));
+            }
+            Ok(Peek::Incomplete { .. }) => {}
+        }
+    }
+}

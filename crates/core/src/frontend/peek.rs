@@ -1,0 +1,52 @@
+//! Waiting for more of a client's first bytes without consuming them (MSG_PEEK),
+//! for parsers that need a whole PROXY header or ClientHello before deciding.
+
+use std::io;
+
+use rustix::net::RecvFlags;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use crate::Reason;
+
+/// Waits until the socket holds more than `*seen` bytes, peeks up to
+/// `buf.len()` of them into `buf` and updates `*seen`. When nothing new has
+/// come since the last peek, readiness is cleared so the wait is for new bytes
+/// (the kernel raises a new event for them), not a spin; a peer that closed
+/// after a partial message sends nothing more, which ends the wait.
+///
+/// Fails with `ClientClosed` when the client closed or failed before enough
+/// bytes came.
+pub(crate) async fn more(
+    client: &TcpStream,
+    buf: &mut [u8],
+    seen: &mut usize,
+) -> Result<(), Reason> {
+    loop {
+        let ready = client
+            .ready(Interest::READABLE)
+            .await
+            .map_err(|_| Reason::ClientClosed)?;
+        let peeked = client.try_io(Interest::READABLE, || {
+            let (n, _) =
+                rustix::net::recv(client, &mut *buf, RecvFlags::PEEK).map_err(io::Error::from)?;
+            if n == *seen && n > 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        match peeked {
+            Ok(0) => return Err(Reason::ClientClosed),
+            Ok(n) => {
+                *seen = n;
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if ready.is_read_closed() {
+                    return Err(Reason::ClientClosed);
+                }
+            }
+            Err(_) => return Err(Reason::ClientClosed),
+        }
+    }
+}

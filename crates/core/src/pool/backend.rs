@@ -1,0 +1,245 @@
+//! One backend of a pool: its address, weight and tier, its counters, and its
+//! status (health counter, admin state, weight override, history), shared
+//! with its previous generations across reloads.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use super::stats::{BackendStats, StateLabel};
+use crate::health::{AdminState, Health, HealthCounter, Transition};
+
+/// Why weir closed a backend's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eviction {
+    /// The backend went down and the pool has `close_on_down`.
+    BackendDown = 1,
+    /// It was drained, disabled or demoted and `drain_timeout` ran out.
+    DrainTimeout = 2,
+}
+
+/// The last probe of a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastProbe {
+    pub at: SystemTime,
+    pub ok: bool,
+    pub reason: String,
+}
+
+/// What probes, traffic and operators change, under the backend's mutex.
+#[derive(Debug)]
+pub(super) struct Status {
+    pub(super) health: HealthCounter,
+    pub(super) admin: AdminState,
+    pub(super) weight_override: Option<u32>,
+    pub(super) history: VecDeque<Transition>,
+    pub(super) last_probe: Option<LastProbe>,
+}
+
+impl Status {
+    /// The state metrics show: admin state first, then health.
+    pub(super) fn label(&self) -> StateLabel {
+        match (self.admin, self.health.state()) {
+            (AdminState::Disabled, _) => StateLabel::Disabled,
+            (AdminState::Drain, _) => StateLabel::Drain,
+            (AdminState::Enabled, Health::Unknown) => StateLabel::Unknown,
+            (AdminState::Enabled, Health::Up) => StateLabel::Up,
+            (AdminState::Enabled, Health::Down) => StateLabel::Down,
+        }
+    }
+}
+
+/// What a backend's connections watch, shared by every generation of the
+/// backend across reloads: an eviction decided by the newest pool reaches
+/// connections made through an older one.
+#[derive(Debug)]
+pub(super) struct Link {
+    /// Cancelled (and replaced) to close this backend's connections.
+    pub(super) evict: ArcSwap<CancellationToken>,
+    pub(super) eviction: AtomicU8,
+    /// Bumped whenever serving starts or stops; a pending drain closes
+    /// connections only if nothing changed since it was scheduled.
+    pub(super) epoch: AtomicU64,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Link {
+            evict: ArcSwap::from_pointee(CancellationToken::new()),
+            eviction: AtomicU8::new(0),
+            epoch: AtomicU64::new(0),
+        }
+    }
+}
+
+/// How a backend's health is watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watch {
+    /// Active probes (and passive health while up).
+    Probed,
+    /// No active checks in its pool: failed connects take it down, and it is
+    /// tried again after `passive_timeout`.
+    Passive,
+    /// `health = false`: always up unless an operator says otherwise.
+    Static,
+}
+
+/// One backend of a pool.
+#[derive(Debug)]
+pub struct Backend {
+    pub name: String,
+    pub address: SocketAddr,
+    /// Configured weight.
+    pub weight: u32,
+    pub tier: u32,
+    pub stats: Arc<BackendStats>,
+    /// Where probes go; `None` unless probed.
+    pub probe_address: Option<SocketAddr>,
+    pub watch: Watch,
+    /// Shared with the previous generation when a reload kept the probe target.
+    pub(super) status: Arc<Mutex<Status>>,
+    pub(super) serving: AtomicBool,
+    /// Passive health only: set while a successful connect has something to
+    /// settle (failures counting, or a backend on trial), so that the common
+    /// success takes no lock.
+    pub(super) passive_pending: Arc<AtomicBool>,
+    pub(super) link: Arc<Link>,
+}
+
+/// A consistent view of a backend's state, for the API and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendView {
+    pub name: String,
+    pub address: SocketAddr,
+    pub tier: u32,
+    pub health: Health,
+    pub admin: AdminState,
+    pub weight: u32,
+    pub weight_override: Option<u32>,
+    pub effective_weight: u32,
+    pub serving: bool,
+    pub active_connections: i64,
+    pub last_probe: Option<LastProbe>,
+    pub history: Vec<Transition>,
+}
+
+impl Backend {
+    pub(super) fn status(&self) -> MutexGuard<'_, Status> {
+        lock(&self.status)
+    }
+
+    /// The weight it would get if serving.
+    fn weight_now(s: &Status, configured: u32) -> u32 {
+        s.weight_override.unwrap_or(configured)
+    }
+
+    /// Its weight if its tier serves: 0 unless enabled and up (or, with
+    /// passive health only, on trial).
+    pub(super) fn eligible_weight(&self, s: &Status) -> u32 {
+        let healthy = match s.health.state() {
+            Health::Up => true,
+            Health::Unknown => self.watch == Watch::Passive,
+            Health::Down => false,
+        };
+        if s.admin == AdminState::Enabled && healthy {
+            Self::weight_now(s, self.weight)
+        } else {
+            0
+        }
+    }
+
+    pub fn health(&self) -> Health {
+        self.status().health.state()
+    }
+
+    /// The state metrics show: admin state first, then health.
+    pub fn state_label(&self) -> StateLabel {
+        self.status().label()
+    }
+
+    /// The weight it gets now: configured or overridden while serving, else 0.
+    pub fn effective_weight(&self) -> u32 {
+        if self.is_serving() {
+            self.eligible_weight(&self.status())
+        } else {
+            0
+        }
+    }
+
+    /// The configured weight, or the operator's override.
+    pub fn current_weight(&self) -> u32 {
+        Self::weight_now(&self.status(), self.weight)
+    }
+
+    pub(super) fn count_transition(&self, before: StateLabel, after: StateLabel) {
+        if before != after {
+            self.stats.transition(before, after);
+        }
+    }
+
+    pub fn admin(&self) -> AdminState {
+        self.status().admin
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Relaxed)
+    }
+
+    /// True while probes should run at the faster interval.
+    pub(crate) fn changing(&self) -> bool {
+        self.status().health.changing()
+    }
+
+    /// The token a new connection to this backend watches.
+    pub(crate) fn eviction_token(&self) -> Arc<CancellationToken> {
+        self.link.evict.load_full()
+    }
+
+    /// Why the last eviction happened.
+    pub(crate) fn eviction(&self) -> Eviction {
+        if self.link.eviction.load(Relaxed) == Eviction::BackendDown as u8 {
+            Eviction::BackendDown
+        } else {
+            Eviction::DrainTimeout
+        }
+    }
+
+    pub(super) fn evict_now(&self, why: Eviction) {
+        self.link.eviction.store(why as u8, Relaxed);
+        let old = self.link.evict.swap(Arc::new(CancellationToken::new()));
+        old.cancel();
+    }
+
+    pub(super) fn view(&self) -> BackendView {
+        let s = self.status();
+        BackendView {
+            name: self.name.clone(),
+            address: self.address,
+            tier: self.tier,
+            health: s.health.state(),
+            admin: s.admin,
+            weight: self.weight,
+            weight_override: s.weight_override,
+            effective_weight: if self.is_serving() {
+                self.eligible_weight(&s)
+            } else {
+                0
+            },
+            serving: self.is_serving(),
+            active_connections: self.stats.connections_active.load(Relaxed),
+            last_probe: s.last_probe.clone(),
+            history: s.history.iter().cloned().collect(),
+        }
+    }
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means another thread panicked mid-update; the
+    // state itself is plain data and still usable.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,266 @@
+//! The families of pools and their backends: connections, bytes, connect
+//! latency and errors, health and state, weights, transitions, health checks,
+//! the active tier.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use weir_telemetry::{Kind, Writer};
+
+use super::{Backend, Pool, StateLabel};
+use crate::Reason;
+use crate::health::Health;
+
+pub(crate) fn render(pools: &[Arc<Pool>], w: &mut Writer) {
+    let backends = || {
+        pools
+            .iter()
+            .flat_map(|p| p.backends.iter().map(move |b| (&**p, b)))
+    };
+    connections(w, backends());
+    state(w, backends());
+    checks(w, backends().filter(|(_, b)| b.probe_address.is_some()));
+    tiers(w, pools);
+}
+
+fn connections<'a>(
+    w: &mut Writer,
+    backends: impl Iterator<Item = (&'a Pool, &'a Backend)> + Clone,
+) {
+    let id =
+        |p: &'a Pool, b: &'a Backend| [("pool", p.name.as_str()), ("backend", b.name.as_str())];
+    w.family(
+        "weir_backend_connections",
+        Kind::Counter,
+        "Connections relayed to the backend.",
+    );
+    for (p, b) in backends.clone() {
+        w.sample(
+            "weir_backend_connections_total",
+            &id(p, b),
+            b.stats.connections_total.load(Relaxed),
+        );
+    }
+    w.family(
+        "weir_backend_connections_active",
+        Kind::Gauge,
+        "Connections open to the backend.",
+    );
+    for (p, b) in backends.clone() {
+        w.sample(
+            "weir_backend_connections_active",
+            &id(p, b),
+            b.stats.connections_active.load(Relaxed),
+        );
+    }
+    w.family(
+        "weir_backend_connect_duration_seconds",
+        Kind::Histogram,
+        "Time to establish a connection to the backend (successful connects).",
+    );
+    for (p, b) in backends.clone() {
+        w.histogram(
+            "weir_backend_connect_duration_seconds",
+            &id(p, b),
+            &b.stats.connect_duration.snapshot(),
+        );
+    }
+    w.family(
+        "weir_backend_connect_errors",
+        Kind::Counter,
+        "Failed connects to the backend, by reason.",
+    );
+    for (p, b) in backends.clone() {
+        for r in Reason::CONNECT_ERRORS {
+            let [pool, backend] = id(p, b);
+            w.sample(
+                "weir_backend_connect_errors_total",
+                &[pool, backend, ("reason", r.as_str())],
+                b.stats.connect_errors(r),
+            );
+        }
+    }
+    w.family(
+        "weir_backend_sent_bytes",
+        Kind::Counter,
+        "Bytes sent to the backend (from clients).",
+    );
+    for (p, b) in backends.clone() {
+        w.sample(
+            "weir_backend_sent_bytes_total",
+            &id(p, b),
+            b.stats.sent_bytes.load(Relaxed),
+        );
+    }
+    w.family(
+        "weir_backend_received_bytes",
+        Kind::Counter,
+        "Bytes received from the backend (to clients).",
+    );
+    for (p, b) in backends {
+        w.sample(
+            "weir_backend_received_bytes_total",
+            &id(p, b),
+            b.stats.received_bytes.load(Relaxed),
+        );
+    }
+}
+
+fn state<'a>(w: &mut Writer, backends: impl Iterator<Item = (&'a Pool, &'a Backend)> + Clone) {
+    let id =
+        |p: &'a Pool, b: &'a Backend| [("pool", p.name.as_str()), ("backend", b.name.as_str())];
+    w.family(
+        "weir_backend_healthy",
+        Kind::Gauge,
+        "1 when the backend is up by its rise/fall decision, else 0.",
+    );
+    for (p, b) in backends.clone() {
+        w.sample(
+            "weir_backend_healthy",
+            &id(p, b),
+            u8::from(b.health() == Health::Up),
+        );
+    }
+    w.family(
+        "weir_backend_state",
+        Kind::Gauge,
+        "The backend's state: 1 on the current one (admin drain/disabled first, then health).",
+    );
+    for (p, b) in backends.clone() {
+        let current = b.state_label();
+        let [pool, backend] = id(p, b);
+        for s in StateLabel::ALL {
+            w.sample(
+                "weir_backend_state",
+                &[pool, backend, ("state", s.as_str())],
+                u8::from(s == current),
+            );
+        }
+    }
+    w.family(
+        "weir_backend_weight",
+        Kind::Gauge,
+        "The configured weight, or the operator's override.",
+    );
+    for (p, b) in backends.clone() {
+        w.sample("weir_backend_weight", &id(p, b), b.current_weight());
+    }
+    w.family(
+        "weir_backend_effective_weight",
+        Kind::Gauge,
+        "The weight the balancer uses now: the weight while serving, else 0.",
+    );
+    for (p, b) in backends.clone() {
+        w.sample(
+            "weir_backend_effective_weight",
+            &id(p, b),
+            b.effective_weight(),
+        );
+    }
+    w.family(
+        "weir_backend_transitions",
+        Kind::Counter,
+        "State changes of the backend; a from/to pair appears once it has happened.",
+    );
+    for (p, b) in backends {
+        let [pool, backend] = id(p, b);
+        for from in StateLabel::ALL {
+            for to in StateLabel::ALL {
+                let n = b.stats.transitions(from, to);
+                if n > 0 {
+                    w.sample(
+                        "weir_backend_transitions_total",
+                        &[pool, backend, ("from", from.as_str()), ("to", to.as_str())],
+                        n,
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn checks<'a>(w: &mut Writer, probed: impl Iterator<Item = (&'a Pool, &'a Backend)> + Clone) {
+    w.family(
+        "weir_health_checks",
+        Kind::Counter,
+        "Health probes by result and reason; the success series always exists, failure reasons appear once seen.",
+    );
+    for (p, b) in probed.clone() {
+        let id = [
+            ("pool", p.name.as_str()),
+            ("backend", b.name.as_str()),
+            ("type", p.health.check.kind()),
+        ];
+        let [pool, backend, kind] = id;
+        w.sample(
+            "weir_health_checks_total",
+            &[pool, backend, kind, ("result", "success"), ("reason", "ok")],
+            b.stats.checks_passed(),
+        );
+        for r in Reason::PROBE_FAILURES {
+            let n = b.stats.checks_failed(r);
+            if n > 0 {
+                w.sample(
+                    "weir_health_checks_total",
+                    &[
+                        pool,
+                        backend,
+                        kind,
+                        ("result", "failure"),
+                        ("reason", r.probe_label()),
+                    ],
+                    n,
+                );
+            }
+        }
+    }
+    w.family(
+        "weir_health_check_duration_seconds",
+        Kind::Histogram,
+        "Duration of health probes.",
+    );
+    for (p, b) in probed {
+        w.histogram(
+            "weir_health_check_duration_seconds",
+            &[
+                ("pool", &p.name),
+                ("backend", &b.name),
+                ("type", p.health.check.kind()),
+            ],
+            &b.stats.check_duration.snapshot(),
+        );
+    }
+}
+
+fn tiers(w: &mut Writer, pools: &[Arc<Pool>]) {
+    w.family(
+        "weir_pool_active_tier",
+        Kind::Gauge,
+        "The tier serving new connections; -1 when no backend serves.",
+    );
+    for p in pools {
+        w.sample(
+            "weir_pool_active_tier",
+            &[("pool", &p.name)],
+            p.active_tier().map_or(-1, i64::from),
+        );
+    }
+    w.family(
+        "weir_pool_backends",
+        Kind::Gauge,
+        "Backends of the pool by state.",
+    );
+    for p in pools {
+        let mut counts = [0u32; StateLabel::ALL.len()];
+        for b in &p.backends {
+            counts[b.state_label() as usize] += 1;
+        }
+        for s in StateLabel::ALL {
+            w.sample(
+                "weir_pool_backends",
+                &[("pool", &p.name), ("state", s.as_str())],
+                counts[s as usize],
+            );
+        }
+    }
+}

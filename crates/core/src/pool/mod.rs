@@ -1,0 +1,409 @@
+//! A pool as the data plane sees it: its backends with their counters and state,
+//! and the balancer built from the backends that are serving.
+//!
+//! The balancer (`Picker`) is immutable and swapped atomically: a connection loads
+//! it without a lock; every change of a backend's health, admin state or weight
+//! builds a new one from the effective weights (configured or overridden weight
+//! when serving, else 0). The active tier is the lowest tier with a serving
+//! backend; backends outside it are demoted. Every change of the active tier is
+//! recorded with its cause, kept (across reloads) and sent to the journal.
+//!
+//! When a backend stops serving, its established connections are handled by why:
+//! down with `close_on_down` -> closed at once; drained, disabled or demoted to a
+//! standby tier -> closed after `drain_timeout` unless it serves again before;
+//! down without `close_on_down` -> left alone (they fail or finish by themselves).
+
+mod backend;
+pub(crate) mod metrics;
+mod observe;
+mod operator;
+mod stats;
+
+pub use backend::{Backend, BackendView, Eviction, LastProbe, Watch};
+pub use stats::{BackendStats, LATENCY_SECONDS, StateLabel};
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use weir_balance::{Member, Picker, Policy};
+use weir_config as config;
+
+use self::backend::{Link, Status, lock};
+use crate::events::Journal;
+use crate::health::{self, AdminState, Cause, Change, Health, HealthCounter, TierChange};
+use crate::statefile::Saved;
+
+/// What a pool needs from the server around it.
+#[derive(Debug, Clone)]
+pub(crate) struct Context {
+    pub(crate) journal: Arc<Journal>,
+    /// Transitions kept per backend, and tier changes per pool.
+    pub(crate) history: usize,
+}
+
+/// What a pool is built from besides its config.
+pub(crate) struct Inputs<'a> {
+    /// The pool of that name before a reload.
+    pub(crate) previous: Option<&'a Pool>,
+    /// What the state file holds for a backend (by name) new to this process.
+    pub(crate) saved: &'a dyn Fn(&str) -> Option<Saved>,
+    /// The tier changes the state file holds, for a pool new to this process.
+    pub(crate) saved_tiers: Vec<TierChange>,
+    /// The resolved address of a backend (by name).
+    pub(crate) address: &'a dyn Fn(&str) -> Option<SocketAddr>,
+}
+
+/// A pool: backends plus how to pick among them.
+#[derive(Debug)]
+pub struct Pool {
+    pub name: String,
+    pub connect_timeout: Duration,
+    /// Other backends tried when a connect fails (`u32::MAX`: all of them).
+    pub retries: u32,
+    pub hash_key: config::HashKey,
+    pub drain_timeout: Duration,
+    pub close_on_down: bool,
+    pub health: config::Health,
+    pub backends: Vec<Backend>,
+    policy: Policy,
+    picker: ArcSwap<Picker>,
+    /// Serialises rebuilds so the picker always reflects the latest states;
+    /// holds the active tier the last rebuild decided.
+    rebuild: Mutex<Option<u32>>,
+    /// False during the first round of probes: results are recorded and the
+    /// picker is built once when the round is complete (no transient tiers).
+    settled: AtomicBool,
+    /// Kept across reloads, like the backends' histories.
+    tier_history: Arc<Mutex<VecDeque<TierChange>>>,
+    /// The newest generation of this pool, shared by all of them: work that
+    /// outlives a reload (a passive retry, an old connection's failure)
+    /// rebuilds the balancer that serves.
+    newest: Arc<Mutex<Weak<Pool>>>,
+    cx: Context,
+}
+
+impl Pool {
+    /// Builds a pool from its config. Backends that `previous` (the same pool
+    /// before a reload) has by name keep their counters, connections, admin
+    /// state, weight override and history, and their health too when the
+    /// probe target and check are unchanged. Backends new to this process get
+    /// what `saved` has for them (the state file).
+    pub(crate) fn build(cfg: &config::Pool, inputs: Inputs<'_>, cx: &Context) -> Arc<Pool> {
+        let previous = inputs.previous;
+        let probed = !matches!(cfg.health.check, config::Check::None);
+        let same_check = previous.is_some_and(|p| p.health.check == cfg.health.check);
+        let mut reload_changes = Vec::new();
+        let backends: Vec<Backend> = cfg
+            .backends
+            .iter()
+            .map(|b| {
+                // Resolved by the server before the build; a name that did
+                // not resolve failed the start or reload there.
+                let address = (inputs.address)(&b.name)
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], b.address.port())));
+                let watch = match (b.health, probed) {
+                    (false, _) => backend::Watch::Static,
+                    (true, true) => backend::Watch::Probed,
+                    (true, false) => backend::Watch::Passive,
+                };
+                let port = b.check_port.or(cfg.health.port);
+                let probe_address = (watch == backend::Watch::Probed)
+                    .then(|| port.map_or(address, |p| SocketAddr::new(address.ip(), p)));
+                let fresh = || {
+                    HealthCounter::new(
+                        cfg.health.rise,
+                        cfg.health.fall,
+                        watch == backend::Watch::Probed,
+                    )
+                };
+                let before = previous.and_then(|p| p.backend(&b.name));
+                let (status, serving, link, stats, pending) = match before {
+                    Some(old) => {
+                        let keep =
+                            same_check && old.probe_address == probe_address && old.watch == watch;
+                        let status = if keep {
+                            let status = Arc::clone(&old.status);
+                            let mut s = lock(&status);
+                            s.health.set_thresholds(cfg.health.rise, cfg.health.fall);
+                            while s.history.len() > cx.history {
+                                s.history.pop_front();
+                            }
+                            drop(s);
+                            status
+                        } else {
+                            // Another target or check: what the old probes
+                            // said no longer applies.
+                            let s = old.status();
+                            let health = fresh();
+                            if s.health.state() != health.state() {
+                                reload_changes.push((
+                                    b.name.clone(),
+                                    Change::Health {
+                                        from: s.health.state(),
+                                        to: health.state(),
+                                    },
+                                ));
+                            }
+                            Arc::new(Mutex::new(Status {
+                                health,
+                                admin: s.admin,
+                                weight_override: s.weight_override,
+                                history: s.history.clone(),
+                                last_probe: None,
+                            }))
+                        };
+                        (
+                            status,
+                            old.is_serving(),
+                            Arc::clone(&old.link),
+                            Arc::clone(&old.stats),
+                            Arc::clone(&old.passive_pending),
+                        )
+                    }
+                    None => {
+                        let saved = (inputs.saved)(&b.name).unwrap_or_default();
+                        let mut history: VecDeque<health::Transition> = saved.history.into();
+                        while history.len() > cx.history {
+                            history.pop_front();
+                        }
+                        let status = Status {
+                            health: fresh(),
+                            admin: saved.admin.unwrap_or(AdminState::Enabled),
+                            weight_override: saved.weight_override,
+                            history,
+                            last_probe: None,
+                        };
+                        (
+                            Arc::new(Mutex::new(status)),
+                            false,
+                            Arc::new(Link::default()),
+                            Arc::default(),
+                            Arc::default(),
+                        )
+                    }
+                };
+                Backend {
+                    name: b.name.clone(),
+                    address,
+                    weight: b.weight,
+                    tier: b.tier,
+                    stats,
+                    probe_address,
+                    watch,
+                    status,
+                    serving: AtomicBool::new(serving),
+                    passive_pending: pending,
+                    link,
+                }
+            })
+            .collect();
+        let tier_history = match previous {
+            Some(p) => Arc::clone(&p.tier_history),
+            None => {
+                let mut h: VecDeque<TierChange> = inputs.saved_tiers.into();
+                while h.len() > cx.history {
+                    h.pop_front();
+                }
+                Arc::new(Mutex::new(h))
+            }
+        };
+        // A pool new to this process serves no tier until its first probe
+        // round: that first decision is recorded as a change too.
+        let last_tier = previous.and_then(Pool::active_tier);
+        let pool = Arc::new(Pool {
+            name: cfg.name.clone(),
+            connect_timeout: cfg.connect_timeout,
+            retries: cfg.retries.unwrap_or(u32::MAX),
+            hash_key: cfg.hash_key,
+            drain_timeout: cfg.drain_timeout,
+            close_on_down: cfg.close_on_down,
+            health: cfg.health.clone(),
+            backends,
+            policy: cfg.balance,
+            picker: ArcSwap::from_pointee(Picker::new(cfg.balance, &[])),
+            rebuild: Mutex::new(last_tier),
+            settled: AtomicBool::new(false),
+            tier_history,
+            newest: previous.map_or_else(Arc::default, |p| Arc::clone(&p.newest)),
+            cx: cx.clone(),
+        });
+        *lock(&pool.newest) = Arc::downgrade(&pool);
+        for (name, change) in reload_changes {
+            if let Some(b) = pool.backend(&name) {
+                let mut s = b.status();
+                pool.record(
+                    b,
+                    &mut s,
+                    change,
+                    Cause::Reload("health check changed".to_owned()),
+                );
+            }
+        }
+        if previous.is_some() {
+            pool.rebuild(|| "reload".to_owned());
+        }
+        pool
+    }
+
+    /// Appends a transition to a backend's history and tells the journal.
+    fn record(&self, b: &Backend, s: &mut Status, change: Change, cause: Cause) {
+        let t = health::record(&mut s.history, self.cx.history, change, cause);
+        self.cx.journal.backend(&self.name, &b.name, &t);
+    }
+
+    /// Ends the start-up round: from now on every change rebuilds the picker.
+    pub(crate) fn settle(self: &Arc<Self>) {
+        self.settled.store(true, Relaxed);
+        self.rebuild(|| "first probe round".to_owned());
+    }
+
+    /// The newest generation of this pool (itself unless a reload replaced it).
+    pub(crate) fn latest(self: &Arc<Self>) -> Arc<Pool> {
+        lock(&self.newest)
+            .upgrade()
+            .unwrap_or_else(|| Arc::clone(self))
+    }
+
+    /// The current balancer: a lock-free load.
+    pub(crate) fn picker(&self) -> arc_swap::Guard<Arc<Picker>> {
+        self.picker.load()
+    }
+
+    /// The tier currently serving, if any backend can serve.
+    pub fn active_tier(&self) -> Option<u32> {
+        self.picker.load().active_tier()
+    }
+
+    /// The balancing policy.
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    pub fn backend(&self, name: &str) -> Option<&Backend> {
+        self.backends.iter().find(|b| b.name == name)
+    }
+
+    fn index(&self, name: &str) -> Option<usize> {
+        self.backends.iter().position(|b| b.name == name)
+    }
+
+    /// Active-tier changes, oldest first.
+    pub fn tier_history(&self) -> Vec<TierChange> {
+        lock(&self.tier_history).iter().cloned().collect()
+    }
+
+    pub fn view(&self, name: &str) -> Option<BackendView> {
+        self.backend(name).map(Backend::view)
+    }
+
+    /// Backends that probes should skip (disabled).
+    pub(crate) fn probe_wanted(&self, i: usize) -> bool {
+        self.backends
+            .get(i)
+            .is_some_and(|b| b.admin() != AdminState::Disabled)
+    }
+
+    /// Rebuilds the picker from the current states and handles backends that
+    /// started or stopped serving. `why` describes what changed, for the
+    /// record of a tier change; it is only called when the tier changes.
+    fn rebuild(self: &Arc<Self>, why: impl FnOnce() -> String) {
+        let mut last_tier = lock(&self.rebuild);
+        let snapshot: Vec<(u32, Health, AdminState)> = self
+            .backends
+            .iter()
+            .map(|b| {
+                let s = b.status();
+                (b.eligible_weight(&s), s.health.state(), s.admin)
+            })
+            .collect();
+        let members: Vec<Member<'_>> = self
+            .backends
+            .iter()
+            .zip(&snapshot)
+            .enumerate()
+            .map(|(index, (b, &(weight, _, _)))| Member {
+                index,
+                name: &b.name,
+                weight,
+                tier: b.tier,
+            })
+            .collect();
+        let picker = Picker::new(self.policy, &members);
+        let tier = picker.active_tier();
+        for (b, &(weight, health, admin)) in self.backends.iter().zip(&snapshot) {
+            let serving = weight > 0 && Some(b.tier) == tier;
+            let was = b.serving.swap(serving, Relaxed);
+            if was == serving {
+                continue;
+            }
+            let epoch = b.link.epoch.fetch_add(1, Relaxed) + 1;
+            if serving {
+                continue;
+            }
+            if health == Health::Down {
+                if self.close_on_down {
+                    b.evict_now(Eviction::BackendDown);
+                }
+            } else if admin != AdminState::Enabled || health == Health::Up {
+                // Drained, disabled or demoted: connections may finish within
+                // drain_timeout.
+                self.schedule_drain(b, epoch);
+            }
+        }
+        if *last_tier != tier {
+            let change = TierChange {
+                at: SystemTime::now(),
+                from: *last_tier,
+                to: tier,
+                cause: why(),
+            };
+            tracing::info!(
+                pool = %self.name,
+                from = %TierChange::tier_text(change.from),
+                to = %TierChange::tier_text(change.to),
+                cause = %change.cause,
+                "active tier changed"
+            );
+            {
+                let mut h = lock(&self.tier_history);
+                while h.len() >= self.cx.history.max(1) {
+                    h.pop_front();
+                }
+                h.push_back(change.clone());
+            }
+            self.cx.journal.tier(&self.name, change);
+            *last_tier = tier;
+        }
+        self.picker.store(Arc::new(picker));
+    }
+
+    fn schedule_drain(self: &Arc<Self>, b: &Backend, epoch: u64) {
+        let Some(i) = self.index(&b.name) else { return };
+        let pool = Arc::clone(self);
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        handle.spawn(async move {
+            tokio::time::sleep(pool.drain_timeout).await;
+            let b = &pool.backends[i];
+            if b.link.epoch.load(Relaxed) == epoch && !b.is_serving() {
+                let open = b.stats.connections_active.load(Relaxed);
+                if open > 0 {
+                    tracing::info!(pool = %pool.name, backend = %b.name, open, "drain_timeout reached; closing connections");
+                }
+                b.evict_now(Eviction::DrainTimeout);
+            }
+        });
+    }
+}
+
+/// The words of a backend transition, as the cause of a tier change:
+/// `pg-a: health up -> down (probe: connect refused)`.
+fn describe(backend: &str, change: &Change, cause: &Cause) -> String {
+    let (kind, from, to) = change.parts();
+    format!("{backend}: {kind} {from} -> {to} ({cause})")
+}

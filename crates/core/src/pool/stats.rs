@@ -1,0 +1,125 @@
+//! A backend's counters: plain atomics shared through `Arc` by every
+//! generation of the backend, so the per-connection path does relaxed adds
+//! only and `/metrics` reads them without a lock.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use weir_telemetry::{Histogram, count};
+
+use crate::Reason;
+use crate::health::Report;
+
+/// The state of a backend as metrics show it: admin state first, then health.
+/// Label of `weir_backend_state{state}` and `weir_backend_transitions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StateLabel {
+    Unknown,
+    Up,
+    Down,
+    Drain,
+    Disabled,
+}
+
+impl StateLabel {
+    pub const ALL: [StateLabel; 5] = [
+        Self::Unknown,
+        Self::Up,
+        Self::Down,
+        Self::Drain,
+        Self::Disabled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Up => "up",
+            Self::Down => "down",
+            Self::Drain => "drain",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
+/// Bucket bounds (seconds) of connect and probe latencies.
+pub const LATENCY_SECONDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Per-backend counters. `connections_active` also feeds `least_conn` and `random`.
+#[derive(Debug)]
+pub struct BackendStats {
+    pub connections_total: AtomicU64,
+    pub connections_active: AtomicI64,
+    /// Bytes sent to the backend (client -> backend).
+    pub sent_bytes: AtomicU64,
+    /// Bytes received from the backend (backend -> client).
+    pub received_bytes: AtomicU64,
+    /// Successful connects only.
+    pub connect_duration: Histogram,
+    pub check_duration: Histogram,
+    connect_errors: [AtomicU64; Reason::COUNT],
+    checks_passed: AtomicU64,
+    checks_failed: [AtomicU64; Reason::COUNT],
+    /// [from][to]
+    transitions: [[AtomicU64; StateLabel::ALL.len()]; StateLabel::ALL.len()],
+}
+
+impl Default for BackendStats {
+    fn default() -> Self {
+        BackendStats {
+            connections_total: AtomicU64::new(0),
+            connections_active: AtomicI64::new(0),
+            sent_bytes: AtomicU64::new(0),
+            received_bytes: AtomicU64::new(0),
+            connect_duration: Histogram::new(LATENCY_SECONDS),
+            check_duration: Histogram::new(LATENCY_SECONDS),
+            connect_errors: Default::default(),
+            checks_passed: AtomicU64::new(0),
+            checks_failed: Default::default(),
+            transitions: Default::default(),
+        }
+    }
+}
+
+impl BackendStats {
+    /// Failed connects of client connections for `reason`.
+    pub fn connect_errors(&self, reason: Reason) -> u64 {
+        self.connect_errors[reason as usize].load(Relaxed)
+    }
+
+    pub(crate) fn connect_error(&self, reason: Reason) {
+        count(&self.connect_errors[reason as usize], 1);
+    }
+
+    /// Health checks that passed.
+    pub fn checks_passed(&self) -> u64 {
+        self.checks_passed.load(Relaxed)
+    }
+
+    /// Health checks that failed for `reason`.
+    pub fn checks_failed(&self, reason: Reason) -> u64 {
+        self.checks_failed[reason as usize].load(Relaxed)
+    }
+
+    pub(crate) fn check(&self, report: &Report, took: Duration) {
+        match report.failure {
+            None => count(&self.checks_passed, 1),
+            Some(r) => count(&self.checks_failed[r as usize], 1),
+        }
+        self.check_duration.observe(took);
+    }
+
+    pub fn transitions(&self, from: StateLabel, to: StateLabel) -> u64 {
+        self.transitions[from as usize][to as usize].load(Relaxed)
+    }
+
+    pub(crate) fn transition(&self, from: StateLabel, to: StateLabel) {
+        count(&self.transitions[from as usize][to as usize], 1);
+    }
+
+    /// Active connections as the balancer sees them (never negative).
+    pub(crate) fn load(&self) -> u32 {
+        u32::try_from(self.connections_active.load(Relaxed).max(0)).unwrap_or(u32::MAX)
+    }
+}

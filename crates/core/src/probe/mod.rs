@@ -1,0 +1,198 @@
+//! Active health probes: one probe of one backend is a TCP connect, an HTTP/1.1
+//! GET ([`http`]) or a gRPC health check ([`grpc`]), each optionally over TLS.
+//! Every probe is bounded by the check's `timeout` as a whole and says in a few
+//! words what it saw; that text becomes the cause of a transition.
+//! [`schedule`] runs them and hands each result to the pools.
+
+mod grpc;
+mod http;
+pub(crate) mod schedule;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use weir_config::{GrpcCheck, HttpCheck, ProbeTls};
+
+use crate::Reason;
+use crate::health::Report;
+use crate::upstream::tls;
+
+/// What to probe.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Probe {
+    Tcp,
+    Http(HttpCheck),
+    Grpc(GrpcCheck),
+}
+
+/// A probe ready to run against one address: its TLS connector is built once,
+/// and an HTTP probe keeps its connection open between probes when the server
+/// allows it (as Envoy does by default), so a probe costs one request instead of
+/// a connect, a request and a close.
+pub(crate) struct Prober {
+    probe: Probe,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    conn: Option<Conn>,
+    /// The HTTP request, built once.
+    request: Vec<u8>,
+}
+
+/// A probe connection kept for the next probe.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl std::fmt::Debug for Prober {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prober")
+            .field("probe", &self.probe)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Prober {
+    pub(crate) fn new(probe: Probe, addr: SocketAddr) -> Result<Prober, String> {
+        let tls_of = |t: &ProbeTls, host: Option<&str>, alpn: &[&[u8]]| -> Result<_, String> {
+            let config = tls::client_config(t, alpn)?;
+            Ok((
+                TlsConnector::from(config),
+                tls::server_name(t, host, addr.ip()),
+            ))
+        };
+        let tls = match &probe {
+            Probe::Tcp => None,
+            Probe::Http(h) => h
+                .tls
+                .as_ref()
+                .map(|t| tls_of(t, h.host.as_deref(), &[b"http/1.1"]))
+                .transpose()?,
+            Probe::Grpc(g) => g
+                .tls
+                .as_ref()
+                .map(|t| tls_of(t, None, &[b"h2"]))
+                .transpose()?,
+        };
+        let request = match &probe {
+            Probe::Http(check) => http::request(check, &addr.to_string()),
+            _ => Vec::new(),
+        };
+        Ok(Prober {
+            probe,
+            tls,
+            conn: None,
+            request,
+        })
+    }
+
+    /// Runs one probe, bounded by `timeout` as a whole. A probe cut by the
+    /// timeout drops its connection.
+    pub(crate) async fn run(&mut self, addr: SocketAddr, timeout: Duration) -> Report {
+        match tokio::time::timeout(timeout, self.run_inner(addr)).await {
+            Ok(report) => report,
+            Err(_) => Report::failed(
+                Reason::Timeout,
+                format!("timeout after {}", humanize(timeout)),
+            ),
+        }
+    }
+
+    async fn run_inner(&mut self, addr: SocketAddr) -> Report {
+        let Prober {
+            probe,
+            tls,
+            conn,
+            request,
+        } = self;
+        match probe {
+            Probe::Tcp => match connect(addr).await {
+                Ok(_) => Report::passed("connect ok"),
+                Err(report) => report,
+            },
+            Probe::Http(check) => {
+                if let Some(mut c) = conn.take() {
+                    let outcome = http_on(&mut c, request, check).await;
+                    // A kept connection the server has closed meanwhile is not a
+                    // failure of the backend: try again on a fresh one.
+                    if !outcome.io_failure {
+                        if outcome.reusable {
+                            *conn = Some(c);
+                        }
+                        return outcome.report;
+                    }
+                }
+                let mut c = match open(addr, tls.as_ref()).await {
+                    Ok(c) => c,
+                    Err(report) => return report,
+                };
+                let outcome = http_on(&mut c, request, check).await;
+                if outcome.reusable {
+                    *conn = Some(c);
+                }
+                outcome.report
+            }
+            Probe::Grpc(check) => match open(addr, tls.as_ref()).await {
+                Ok(Conn::Plain(s)) => {
+                    grpc::check(s, &addr.to_string(), false, &check.service).await
+                }
+                Ok(Conn::Tls(s)) => grpc::check(*s, &addr.to_string(), true, &check.service).await,
+                Err(report) => report,
+            },
+        }
+    }
+}
+
+/// Connects, with the socket options every probe connection gets.
+async fn connect(addr: SocketAddr) -> Result<TcpStream, Report> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| connect_failure(&e))?;
+    let _ = stream.set_nodelay(true);
+    // Close probe connections with a reset, as HAProxy does: no FIN exchange and
+    // no TIME_WAIT on either side, which matters at thousands of probes a second.
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    Ok(stream)
+}
+
+/// Connects and, when the check uses TLS, completes the handshake.
+async fn open(
+    addr: SocketAddr,
+    tls: Option<&(TlsConnector, ServerName<'static>)>,
+) -> Result<Conn, Report> {
+    let stream = connect(addr).await?;
+    match tls {
+        None => Ok(Conn::Plain(stream)),
+        Some((connector, name)) => match connector.connect(name.clone(), stream).await {
+            Ok(s) => Ok(Conn::Tls(Box::new(s))),
+            Err(e) => Err(Report::failed(Reason::Tls, format!("tls: {e}"))),
+        },
+    }
+}
+
+async fn http_on(conn: &mut Conn, request: &[u8], check: &HttpCheck) -> http::Outcome {
+    match conn {
+        Conn::Plain(s) => http::exchange(s, request, check).await,
+        Conn::Tls(s) => http::exchange(s.as_mut(), request, check).await,
+    }
+}
+
+fn connect_failure(e: &std::io::Error) -> Report {
+    match Reason::from_connect_io(e) {
+        Reason::Refused => Report::failed(Reason::Refused, "connect refused"),
+        Reason::Reset => Report::failed(Reason::Reset, "connect reset"),
+        Reason::Timeout => Report::failed(Reason::Timeout, "connect timeout"),
+        other => Report::failed(other, format!("connect failed: {e}")),
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}

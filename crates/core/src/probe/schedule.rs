@@ -1,0 +1,205 @@
+//! Scheduling of active probes: one task per distinct probe target (address and
+//! check settings), however many pools list that backend; each result is applied
+//! to every subscribed backend, each with its own rise/fall counter.
+//!
+//! The first probe runs at once. After that a backend is probed every `interval`
+//! (±10% jitter so probes spread out), or every `fast_interval` while its state
+//! is undecided or counting towards a change.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use weir_config::Check;
+
+use super::{Probe, Prober};
+use crate::pool::Pool;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Target {
+    address: SocketAddr,
+    probe: Probe,
+    interval: Duration,
+    fast_interval: Duration,
+    timeout: Duration,
+}
+
+#[derive(Debug)]
+struct Subscriber {
+    pool: Arc<Pool>,
+    index: usize,
+}
+
+/// Running probe tasks; stopped by the token given to [`start`].
+#[derive(Debug)]
+pub(crate) struct Checkers {
+    first_round: mpsc::UnboundedReceiver<()>,
+    tasks: usize,
+    longest_timeout: Duration,
+}
+
+/// Probers made ready for every distinct probe target, not yet running.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    ready: Vec<(Target, Prober, Vec<Subscriber>)>,
+}
+
+/// Makes one prober per distinct probe target of `pools`. Fails when a
+/// check's TLS settings cannot be loaded; nothing runs until [`Prepared::spawn`],
+/// so a reload can stop the old probes only once the new ones are sure to start.
+pub(crate) fn prepare(pools: &[Arc<Pool>]) -> Result<Prepared, String> {
+    let mut targets: HashMap<Target, Vec<Subscriber>> = HashMap::new();
+    let mut order = Vec::new();
+    for pool in pools {
+        let probe = match &pool.health.check {
+            Check::None => continue,
+            Check::Tcp => Probe::Tcp,
+            Check::Http(h) => Probe::Http(h.clone()),
+            Check::Grpc(g) => Probe::Grpc(g.clone()),
+        };
+        for (index, b) in pool.backends.iter().enumerate() {
+            let Some(address) = b.probe_address else {
+                continue;
+            };
+            let target = Target {
+                address,
+                probe: probe.clone(),
+                interval: pool.health.interval,
+                fast_interval: pool.health.fast_interval,
+                timeout: pool.health.timeout,
+            };
+            let subs = targets.entry(target.clone()).or_default();
+            if subs.is_empty() {
+                order.push(target);
+            }
+            subs.push(Subscriber {
+                pool: Arc::clone(pool),
+                index,
+            });
+        }
+    }
+    let mut ready = Vec::with_capacity(order.len());
+    for target in order {
+        let prober = Prober::new(target.probe.clone(), target.address).map_err(|e| {
+            let pool = targets
+                .get(&target)
+                .and_then(|s| s.first())
+                .map_or("?", |s| s.pool.name.as_str());
+            format!("pool {pool:?}: {e}")
+        })?;
+        let subs = targets.remove(&target).unwrap_or_default();
+        ready.push((target, prober, subs));
+    }
+    Ok(Prepared { ready })
+}
+
+impl Prepared {
+    /// Starts one task per target; each probes at once, then on its interval.
+    pub(crate) fn spawn(self, stop: &CancellationToken) -> Checkers {
+        let (tx, first_round) = mpsc::unbounded_channel();
+        let longest_timeout = self
+            .ready
+            .iter()
+            .map(|(t, _, _)| t.timeout)
+            .max()
+            .unwrap_or_default();
+        let tasks = self.ready.len();
+        for (target, prober, subs) in self.ready {
+            tokio::spawn(run(target, prober, subs, stop.clone(), tx.clone()));
+        }
+        Checkers {
+            first_round,
+            tasks,
+            longest_timeout,
+        }
+    }
+}
+
+impl Checkers {
+    /// Waits until every target has had its first probe, at most one probe
+    /// timeout (plus a little scheduling slack).
+    pub(crate) async fn first_round(&mut self) {
+        let deadline =
+            tokio::time::Instant::now() + self.longest_timeout + Duration::from_millis(100);
+        let mut seen = 0;
+        while seen < self.tasks {
+            match tokio::time::timeout_at(deadline, self.first_round.recv()).await {
+                Ok(Some(())) => seen += 1,
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+
+    /// How many probe tasks run.
+    pub(crate) fn tasks(&self) -> usize {
+        self.tasks
+    }
+}
+
+async fn run(
+    target: Target,
+    mut prober: Prober,
+    subs: Vec<Subscriber>,
+    stop: CancellationToken,
+    first: mpsc::UnboundedSender<()>,
+) {
+    let mut first = Some(first);
+    loop {
+        if subs.iter().any(|s| s.pool.probe_wanted(s.index)) {
+            let began = tokio::time::Instant::now();
+            let report = tokio::select! {
+                () = stop.cancelled() => return,
+                r = prober.run(target.address, target.timeout) => r,
+            };
+            let took = began.elapsed();
+            for s in &subs {
+                s.pool.on_probe(s.index, &report, took);
+            }
+        }
+        if let Some(tx) = first.take() {
+            let _ = tx.send(());
+        }
+        let changing = subs
+            .iter()
+            .any(|s| s.pool.backends.get(s.index).is_some_and(|b| b.changing()));
+        let base = if changing {
+            target.fast_interval
+        } else {
+            target.interval
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(jitter(base)) => {}
+        }
+    }
+}
+
+/// `base` ±10%, so probes of many backends do not fire in lockstep.
+fn jitter(base: Duration) -> Duration {
+    let spread = base / 10;
+    if spread.is_zero() {
+        return base;
+    }
+    let nanos = u64::try_from(spread.as_nanos()).unwrap_or(u64::MAX);
+    base - spread + Duration::from_nanos(fastrand::u64(0..=nanos.saturating_mul(2)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..1000 {
+            let d = jitter(Duration::from_secs(2));
+            assert!(
+                d >= Duration::from_millis(1800) && d <= Duration::from_millis(2200),
+                "{d:?}"
+            );
+        }
+        assert_eq!(jitter(Duration::from_nanos(5)), Duration::from_nanos(5));
+    }
+}

@@ -1,0 +1,305 @@
+//! Why a connection ended, a connect failed or a probe did not pass: one
+//! vocabulary for the whole data plane. Each [`Reason`] has a stable
+//! snake_case name (the `reason` label of the metrics and the `reason` or
+//! `error` field of the access log), a [`Side`] that says whose doing it was,
+//! whether another backend may be tried, and the HTTP status a layer-7 client
+//! gets for it.
+
+/// Whose doing a [`Reason`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The client: it closed, failed, sent something invalid or nothing in time.
+    Client,
+    /// A backend: it refused, reset, timed out, answered wrongly, or is down.
+    Backend,
+    /// weir itself: a limit, a timeout of its own, an operator's decision,
+    /// shutdown. Never held against a backend's health.
+    Internal,
+}
+
+/// Why something stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    // How a relayed connection ended.
+    /// Normal end: both directions reached EOF, the client's first.
+    ClientClosed,
+    /// Normal end: both directions reached EOF, the backend's first.
+    BackendClosed,
+    /// Reading from or writing to the client failed (reset, broken pipe).
+    ClientError,
+    /// Reading from or writing to the backend failed.
+    BackendError,
+    /// No byte moved in either direction for `idle_timeout`.
+    IdleTimeout,
+    /// The listener's `shutdown_timeout` ran out.
+    Shutdown,
+    /// The backend went down and its pool has `close_on_down`.
+    BackendDown,
+    /// The backend was drained, disabled or demoted, and `drain_timeout` ran out.
+    DrainTimeout,
+
+    // Refused before reaching a backend.
+    /// The listener was at `max_connections`.
+    MaxConnections,
+    /// No route matched the connection.
+    NoRoute,
+    /// The route's pool had no backend to pick.
+    NoBackend,
+    /// No complete PROXY header or TLS ClientHello within `handshake_timeout`.
+    HandshakeTimeout,
+    /// A trusted source sent no valid PROXY header, or an untrusted one sent one.
+    ProxyProtocol,
+
+    // A connect (or probe) to a backend failed.
+    /// No answer within the connect or probe timeout.
+    Timeout,
+    /// The backend refused the connection.
+    Refused,
+    /// The backend reset the connection.
+    Reset,
+    /// The TLS handshake with the backend failed.
+    Tls,
+    /// Another connect error.
+    ConnectOther,
+
+    // A probe reached the backend, which answered wrongly.
+    /// HTTP status not in `expect_status`.
+    Status,
+    /// Body without `expect_body`.
+    Body,
+    /// An answer that is not valid HTTP, HTTP/2 or gRPC, or a connection
+    /// broken mid-answer.
+    Protocol,
+    /// gRPC answered, but not SERVING.
+    NotServing,
+    /// gRPC answered with an error status.
+    GrpcStatus,
+}
+
+impl Reason {
+    /// How many reasons there are: counters indexed by reason have this size.
+    pub const COUNT: usize = Reason::GrpcStatus as usize + 1;
+
+    /// `weir_listener_connections_rejected_total{reason}`.
+    pub const REJECTIONS: [Reason; 5] = [
+        Reason::MaxConnections,
+        Reason::NoRoute,
+        Reason::NoBackend,
+        Reason::HandshakeTimeout,
+        Reason::ProxyProtocol,
+    ];
+
+    /// `weir_backend_connect_errors_total{reason}`.
+    pub const CONNECT_ERRORS: [Reason; 5] = [
+        Reason::Timeout,
+        Reason::Refused,
+        Reason::Reset,
+        Reason::Tls,
+        Reason::ConnectOther,
+    ];
+
+    /// Failed `weir_health_checks_total{result="failure",reason}`.
+    pub const PROBE_FAILURES: [Reason; 10] = [
+        Reason::Timeout,
+        Reason::Refused,
+        Reason::Reset,
+        Reason::ConnectOther,
+        Reason::Tls,
+        Reason::Status,
+        Reason::Body,
+        Reason::Protocol,
+        Reason::NotServing,
+        Reason::GrpcStatus,
+    ];
+
+    /// The stable name: a metric label value and an access-log word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientClosed => "client_closed",
+            Self::BackendClosed => "backend_closed",
+            Self::ClientError => "client_error",
+            Self::BackendError => "backend_error",
+            Self::IdleTimeout => "idle_timeout",
+            Self::Shutdown => "shutdown",
+            Self::BackendDown => "backend_down",
+            Self::DrainTimeout => "drain_timeout",
+            Self::MaxConnections => "max_connections",
+            Self::NoRoute => "no_route",
+            Self::NoBackend => "no_backend",
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::ProxyProtocol => "proxy_protocol",
+            Self::Timeout => "timeout",
+            Self::Refused => "refused",
+            Self::Reset => "reset",
+            Self::Tls => "tls",
+            Self::ConnectOther => "other",
+            Self::Status => "status",
+            Self::Body => "body",
+            Self::Protocol => "protocol",
+            Self::NotServing => "not_serving",
+            Self::GrpcStatus => "grpc_status",
+        }
+    }
+
+    /// The `reason` label of a failed health check: as [`Reason::as_str`],
+    /// except that another connect error reads `connect_error`.
+    pub fn probe_label(self) -> &'static str {
+        match self {
+            Self::ConnectOther => "connect_error",
+            r => r.as_str(),
+        }
+    }
+
+    pub fn side(self) -> Side {
+        match self {
+            Self::ClientClosed
+            | Self::ClientError
+            | Self::NoRoute
+            | Self::HandshakeTimeout
+            | Self::ProxyProtocol => Side::Client,
+            Self::BackendClosed
+            | Self::BackendError
+            | Self::BackendDown
+            | Self::NoBackend
+            | Self::Timeout
+            | Self::Refused
+            | Self::Reset
+            | Self::Tls
+            | Self::ConnectOther
+            | Self::Status
+            | Self::Body
+            | Self::Protocol
+            | Self::NotServing
+            | Self::GrpcStatus => Side::Backend,
+            Self::IdleTimeout | Self::Shutdown | Self::DrainTimeout | Self::MaxConnections => {
+                Side::Internal
+            }
+        }
+    }
+
+    /// True for a failure to establish a connection to a backend: nothing of
+    /// the client's reached it, so another backend may be tried.
+    pub fn retry(self) -> bool {
+        Reason::CONNECT_ERRORS.contains(&self)
+    }
+
+    /// The status a layer-7 client gets when its request ends this way
+    /// before a response: 504 for a backend's timeout, 503 when no backend
+    /// can serve, 502 for any other backend failure, 400 or 408 for the
+    /// client's own faults; `None` where no response can be sent.
+    pub fn http_status(self) -> Option<u16> {
+        match self {
+            Self::Timeout => Some(504),
+            Self::NoBackend | Self::MaxConnections | Self::BackendDown | Self::Shutdown => {
+                Some(503)
+            }
+            Self::NoRoute => Some(404),
+            Self::HandshakeTimeout | Self::IdleTimeout => Some(408),
+            Self::ProxyProtocol => Some(400),
+            Self::Refused
+            | Self::Reset
+            | Self::Tls
+            | Self::ConnectOther
+            | Self::BackendClosed
+            | Self::BackendError
+            | Self::DrainTimeout
+            | Self::Status
+            | Self::Body
+            | Self::Protocol
+            | Self::NotServing
+            | Self::GrpcStatus => Some(502),
+            Self::ClientClosed | Self::ClientError => None,
+        }
+    }
+
+    /// The reason of a failed connect or I/O call to a backend.
+    pub(crate) fn from_connect_io(err: &std::io::Error) -> Reason {
+        use std::io::ErrorKind::*;
+        match err.kind() {
+            ConnectionRefused => Self::Refused,
+            ConnectionReset | ConnectionAborted => Self::Reset,
+            TimedOut => Self::Timeout,
+            _ => Self::ConnectOther,
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [Reason; Reason::COUNT] = [
+        Reason::ClientClosed,
+        Reason::BackendClosed,
+        Reason::ClientError,
+        Reason::BackendError,
+        Reason::IdleTimeout,
+        Reason::Shutdown,
+        Reason::BackendDown,
+        Reason::DrainTimeout,
+        Reason::MaxConnections,
+        Reason::NoRoute,
+        Reason::NoBackend,
+        Reason::HandshakeTimeout,
+        Reason::ProxyProtocol,
+        Reason::Timeout,
+        Reason::Refused,
+        Reason::Reset,
+        Reason::Tls,
+        Reason::ConnectOther,
+        Reason::Status,
+        Reason::Body,
+        Reason::Protocol,
+        Reason::NotServing,
+        Reason::GrpcStatus,
+    ];
+
+    #[test]
+    fn names_are_unique_snake_case() {
+        for (i, r) in ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?} is out of order");
+            let name = r.as_str();
+            assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert!(ALL[..i].iter().all(|o| o.as_str() != name), "{name} twice");
+        }
+    }
+
+    #[test]
+    fn only_connect_failures_allow_another_backend() {
+        for r in ALL {
+            assert_eq!(r.retry(), Reason::CONNECT_ERRORS.contains(&r), "{r:?}");
+            if r.retry() {
+                assert_eq!(r.side(), Side::Backend, "{r:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn http_statuses_follow_the_side() {
+        assert_eq!(Reason::Timeout.http_status(), Some(504));
+        assert_eq!(Reason::NoBackend.http_status(), Some(503));
+        assert_eq!(Reason::Refused.http_status(), Some(502));
+        assert_eq!(Reason::ClientClosed.http_status(), None);
+        for r in ALL {
+            if r.side() == Side::Backend && r != Reason::NoBackend && r != Reason::BackendDown {
+                assert!(
+                    matches!(r.http_status(), Some(502 | 504)),
+                    "{r:?} is the backend's fault"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn probe_labels_keep_connect_error() {
+        assert_eq!(Reason::ConnectOther.probe_label(), "connect_error");
+        assert_eq!(Reason::ConnectOther.as_str(), "other");
+        assert_eq!(Reason::Refused.probe_label(), "refused");
+    }
+}

@@ -1,0 +1,102 @@
+//! Backend host names: a backend's `address` may be `host:port`; the config
+//! keeps it as a name, and the runtime resolves it when it builds a snapshot
+//! (at start and at every reload), taking the first address the system
+//! resolver returns.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use weir_config::{BackendAddress, Config, ConfigError, Problem};
+
+/// How long all the names of one config may take to resolve.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Resolved backend addresses, by (pool, backend).
+#[derive(Debug, Default, Clone)]
+pub struct Resolved(HashMap<(String, String), SocketAddr>);
+
+impl Resolved {
+    pub fn get(&self, pool: &str, backend: &str) -> Option<SocketAddr> {
+        self.0.get(&(pool.to_owned(), backend.to_owned())).copied()
+    }
+}
+
+/// Resolves every backend of `config` (IP addresses are taken as they are;
+/// each distinct name is looked up once). A name that does not resolve is a
+/// problem at its key path, as a config error would be.
+pub async fn backends(config: &Config) -> Result<Resolved, ConfigError> {
+    let mut names: Vec<String> = Vec::new();
+    for p in &config.pools {
+        for b in &p.backends {
+            if let BackendAddress::Name { .. } = &b.address {
+                let spec = b.address.to_string();
+                if !names.contains(&spec) {
+                    names.push(spec);
+                }
+            }
+        }
+    }
+    let looked_up: HashMap<String, Result<SocketAddr, String>> = if names.is_empty() {
+        HashMap::new()
+    } else {
+        // getaddrinfo blocks: keep it off the runtime's workers.
+        let lookup = tokio::task::spawn_blocking(move || {
+            names
+                .into_iter()
+                .map(|n| {
+                    let r = lookup(&n);
+                    (n, r)
+                })
+                .collect()
+        });
+        match tokio::time::timeout(TIMEOUT, lookup).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => return Err(one("backend names could not be resolved", e)),
+            Err(_) => {
+                return Err(one(
+                    "backend names",
+                    format!("not resolved within {TIMEOUT:?}; is the resolver reachable?"),
+                ));
+            }
+        }
+    };
+    let mut out = HashMap::new();
+    let mut problems = Vec::new();
+    for (pi, p) in config.pools.iter().enumerate() {
+        for (bi, b) in p.backends.iter().enumerate() {
+            let addr = match &b.address {
+                BackendAddress::Ip(a) => Ok(*a),
+                name => looked_up
+                    .get(&name.to_string())
+                    .cloned()
+                    .unwrap_or_else(|| Err("not looked up".to_owned())),
+            };
+            match addr {
+                Ok(a) => {
+                    out.insert((p.name.clone(), b.name.clone()), a);
+                }
+                Err(e) => problems.push(Problem::new(
+                    format!("pools[{pi}].backends[{bi}].address"),
+                    format!("cannot resolve \"{}\": {e}", b.address),
+                )),
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(Resolved(out))
+    } else {
+        Err(ConfigError::new(problems))
+    }
+}
+
+fn lookup(spec: &str) -> Result<SocketAddr, String> {
+    spec.to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or_else(|| "the name has no addresses".to_owned())
+}
+
+fn one(path: &str, message: impl std::fmt::Display) -> ConfigError {
+    ConfigError::new(vec![Problem::new(path, message.to_string())])
+}

@@ -1,0 +1,130 @@
+//! Building a snapshot's parts from a config: pools (reusing by name what a
+//! previous snapshot has), listeners with their routes, the probes, and the
+//! sockets of new addresses. Everything here may fail, and nothing here runs
+//! yet: a failure drops what was built, and the running snapshot is untouched.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use weir_config::Config;
+
+use super::{Inputs, Server, Snapshot, StartError, sockets};
+use crate::listener::{Listener, Mode, Route};
+use crate::pool::{self, Pool};
+use crate::probe::schedule::{self, Prepared};
+use crate::upstream::{self, BackendTls, Upstream};
+
+/// The new parts of a snapshot, built but not running yet.
+pub(super) struct Staged {
+    pub(super) pools: Vec<Arc<Pool>>,
+    pub(super) listeners: Vec<Arc<Listener>>,
+    pub(super) probes: Prepared,
+    /// Newly bound sockets.
+    pub(super) fresh: sockets::Fresh,
+}
+
+impl Server {
+    /// Step 2 of a reload (and of a start): everything that can fail.
+    pub(super) fn stage(
+        &self,
+        config: &Config,
+        old: Option<&Snapshot>,
+        inputs: Inputs,
+    ) -> Result<Staged, StartError> {
+        let cx = pool::Context {
+            journal: Arc::clone(&self.journal),
+            history: config.state.history,
+        };
+        let Inputs {
+            saved,
+            mut tiers,
+            resolved,
+        } = inputs;
+        let pools: Vec<Arc<Pool>> = config
+            .pools
+            .iter()
+            .map(|p| {
+                let saved_of = |b: &str| saved.get(&(p.name.clone(), b.to_owned())).cloned();
+                let address_of = |b: &str| resolved.get(&p.name, b);
+                let inputs = pool::Inputs {
+                    previous: old.and_then(|o| o.pool(&p.name)).map(|p| &**p),
+                    saved: &saved_of,
+                    saved_tiers: tiers.remove(&p.name).unwrap_or_default(),
+                    address: &address_of,
+                };
+                Pool::build(p, inputs, &cx)
+            })
+            .collect();
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for (index, l) in config.listeners.iter().enumerate() {
+            let before = old.and_then(|o| o.listener(&l.name)).map(|l| &**l);
+            listeners.push(build_listener(index, l, config, &pools, before)?);
+        }
+        let probes = schedule::prepare(&pools).map_err(StartError::Health)?;
+        let fresh = super::lock(&self.sockets).bind_new(config)?;
+        Ok(Staged {
+            pools,
+            listeners,
+            probes,
+            fresh,
+        })
+    }
+}
+
+/// Builds a listener of `config`, taking counters (and the token that closes
+/// its connections) from `before`, the listener of that name before a reload.
+fn build_listener(
+    index: usize,
+    l: &weir_config::Listener,
+    config: &Config,
+    pools: &[Arc<Pool>],
+    before: Option<&Listener>,
+) -> Result<Arc<Listener>, StartError> {
+    let mut routes = Vec::with_capacity(l.routes.len());
+    for (ri, r) in l.routes.iter().enumerate() {
+        let tls = match &r.backend_tls {
+            None => None,
+            Some(t) => {
+                let tls =
+                    upstream::tls::backend_config(t).map_err(|message| StartError::BackendTls {
+                        path: format!("listeners[{index}].routes[{ri}].backend_tls"),
+                        message,
+                    })?;
+                Some(BackendTls {
+                    connector: tokio_rustls::TlsConnector::from(tls),
+                    sni: t
+                        .sni
+                        .clone()
+                        .and_then(|n| rustls::pki_types::ServerName::try_from(n).ok()),
+                })
+            }
+        };
+        let stats = before
+            .and_then(|b| b.routes.iter().find(|old| old.name == r.name))
+            .map_or_else(Arc::default, |old| Arc::clone(&old.stats));
+        routes.push(Route {
+            name: r.name.clone(),
+            matcher: r.matcher.clone(),
+            mode: Mode::L4(Upstream {
+                pool: Arc::clone(&pools[r.pool_index]),
+                send_proxy_protocol: r.send_proxy_protocol,
+                tls,
+            }),
+            stats,
+        });
+    }
+    Ok(Arc::new(Listener {
+        name: l.name.clone(),
+        max_connections: l.max_connections,
+        idle_timeout: l.idle_timeout,
+        shutdown_timeout: l.shutdown_timeout,
+        handshake_timeout: l.handshake_timeout,
+        needs_hello: l.routes.iter().any(|r| r.matcher.needs_client_hello()),
+        proxy_accept: l.proxy_protocol.clone(),
+        routes,
+        stats: before.map_or_else(Arc::default, |b| Arc::clone(&b.stats)),
+        zero_copy: config.runtime.zero_copy,
+        access_log: config.log.access_log,
+        kill: before.map_or_else(CancellationToken::new, |b| b.kill.clone()),
+    }))
+}

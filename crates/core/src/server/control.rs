@@ -1,0 +1,73 @@
+//! Operator actions on backends: persisted first, then applied. One runs at a
+//! time, under the same lock as reloads.
+
+use std::sync::Arc;
+
+use super::{ControlError, Server};
+use crate::health::AdminState;
+use crate::pool::{BackendView, Pool};
+
+impl Server {
+    /// Enables, drains or disables a backend. Saved to the state file first;
+    /// when that fails nothing changes.
+    pub async fn set_admin(
+        &self,
+        pool: &str,
+        backend: &str,
+        admin: AdminState,
+    ) -> Result<BackendView, ControlError> {
+        let _one = self.control.lock().await;
+        let p = self.find(pool, backend)?;
+        if let Some(persist) = &self.persistence {
+            persist
+                .set_admin(pool, backend, admin)
+                .await
+                .map_err(|e| ControlError::State(e.to_string()))?;
+        }
+        p.set_admin(backend, admin);
+        view(&p, backend)
+    }
+
+    /// Overrides a backend's weight (`None` restores the configured one).
+    /// Saved first, like [`Server::set_admin`].
+    pub async fn set_weight(
+        &self,
+        pool: &str,
+        backend: &str,
+        weight: Option<u32>,
+    ) -> Result<BackendView, ControlError> {
+        if let Some(w) = weight.filter(|&w| w > weir_config::MAX_WEIGHT) {
+            return Err(ControlError::Weight(w));
+        }
+        let _one = self.control.lock().await;
+        let p = self.find(pool, backend)?;
+        if let Some(persist) = &self.persistence {
+            persist
+                .set_weight(pool, backend, weight)
+                .await
+                .map_err(|e| ControlError::State(e.to_string()))?;
+        }
+        p.set_weight(backend, weight);
+        view(&p, backend)
+    }
+
+    fn find(&self, pool: &str, backend: &str) -> Result<Arc<Pool>, ControlError> {
+        let p = self
+            .pool(pool)
+            .ok_or_else(|| ControlError::NoPool(pool.to_owned()))?;
+        if p.backend(backend).is_none() {
+            return Err(ControlError::NoBackend {
+                pool: pool.to_owned(),
+                backend: backend.to_owned(),
+            });
+        }
+        Ok(p)
+    }
+}
+
+fn view(p: &Pool, backend: &str) -> Result<BackendView, ControlError> {
+    p.view(backend).ok_or_else(|| ControlError::NoBackend {
+        pool: p.name.clone(),
+        backend: backend.to_owned(),
+    })
+}

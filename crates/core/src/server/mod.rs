@@ -1,0 +1,312 @@
+//! The running data plane: every listener bound and accepting, configuration
+//! reload, operator actions, and the graceful shutdown that stops it all.
+//!
+//! What runs is one immutable [`Snapshot`] (listeners with their routes, pools
+//! with their backends) behind an `ArcSwap`. A reload ([`reload`]) builds a
+//! complete new snapshot beside the old one ([`build`]) and swaps it in at once:
+//!
+//! 1. read and validate the file, resolve backend names; anything wrong stops
+//!    here and changes nothing;
+//! 2. build the new pools and listeners, reusing by name what survives (a
+//!    backend's counters, state and history; a listener's counters), load every
+//!    TLS setting and probe, and bind new addresses: a failure drops the new
+//!    parts, and the old snapshot runs on untouched;
+//! 3. switch probes over, wait for the first probe of new backends (bounded by
+//!    one probe timeout), point every kept listening socket at its new listener
+//!    ([`sockets`]), start accepting on new addresses, stop the removed ones,
+//!    swap.
+//!
+//! Established connections keep the listener, route and pool they started with
+//! and are never cut by a reload; a removed listener's connections get its
+//! `shutdown_timeout` to finish.
+//!
+//! Operator actions ([`control`]) are saved to the state file, then applied.
+//! Shutdown ([`shutdown`]), in order: readiness goes false; every accept loop
+//! stops (listening sockets close, so new connections are refused by the
+//! kernel); established connections continue; when a listener's
+//! `shutdown_timeout` runs out its remaining connections are closed.
+//! [`Server::wait`] returns once every connection has ended and the state file
+//! has every transition.
+
+mod build;
+mod control;
+mod metrics;
+mod reload;
+mod shutdown;
+mod sockets;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use weir_config::Config;
+
+pub use metrics::ReloadStats;
+
+use crate::events::Journal;
+use crate::listener::Listener;
+use crate::pool::Pool;
+use crate::statefile::Persistence;
+
+/// Why the data plane could not start (or a reload could not be applied).
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("listeners[{index}] ({name}): cannot listen on {addr}: {source}")]
+    Bind {
+        index: usize,
+        name: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// A backend name that does not resolve, named by its key path.
+    #[error("{0}")]
+    Resolve(weir_config::ConfigError),
+    #[error("health checks: {0}")]
+    Health(String),
+    #[error("{path}: {message}")]
+    BackendTls { path: String, message: String },
+    #[error("{0}")]
+    State(#[from] weir_state::StoreError),
+    /// A blocking task (the state file, the config file) did not complete.
+    #[error("{0} did not complete: {1}")]
+    Task(&'static str, String),
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug, Error)]
+pub enum ReloadError {
+    #[error("no config file to reload from (started from a config in memory)")]
+    NoFile,
+    #[error("{0}")]
+    Config(#[from] weir_config::ConfigError),
+    #[error("{0}")]
+    Start(#[from] StartError),
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+/// Why an operator action was refused.
+#[derive(Debug, Error)]
+pub enum ControlError {
+    #[error("no pool {0:?}")]
+    NoPool(String),
+    #[error("pool {pool:?} has no backend {backend:?}")]
+    NoBackend { pool: String, backend: String },
+    #[error("weight {0} is out of range 0..={max}", max = weir_config::MAX_WEIGHT)]
+    Weight(u32),
+    #[error("not saved, nothing changed: {0}")]
+    State(String),
+}
+
+/// What a successful reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    pub generation: u64,
+    pub diff: weir_config::Diff,
+}
+
+/// The outcome of the last reload attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastReload {
+    pub at: SystemTime,
+    pub error: Option<String>,
+}
+
+/// Options beside the config itself.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// The file `reload` reads again.
+    pub config_path: Option<PathBuf>,
+}
+
+/// One complete, immutable runtime configuration.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// 1 for the config the process started with, +1 per successful reload.
+    pub generation: u64,
+    pub config: Arc<Config>,
+    pub listeners: Vec<Arc<Listener>>,
+    pub pools: Vec<Arc<Pool>>,
+    /// (listener, address actually bound), in config order.
+    bound: Vec<(String, SocketAddr)>,
+    stop_health: CancellationToken,
+}
+
+impl Snapshot {
+    pub fn listener(&self, name: &str) -> Option<&Arc<Listener>> {
+        self.listeners.iter().find(|l| l.name == name)
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    /// The addresses `listener` actually bound (useful with port 0).
+    pub fn local_addrs(&self, listener: &str) -> Vec<SocketAddr> {
+        self.bound
+            .iter()
+            .filter(|(n, _)| n == listener)
+            .map(|(_, a)| *a)
+            .collect()
+    }
+}
+
+/// The data plane.
+#[derive(Debug)]
+pub struct Server {
+    current: ArcSwap<Snapshot>,
+    /// Changed by reloads only.
+    sockets: Mutex<sockets::Sockets>,
+    /// One reload or operator action at a time.
+    control: tokio::sync::Mutex<()>,
+    journal: Arc<Journal>,
+    persistence: Option<Persistence>,
+    /// Saved state for backends the config does not have.
+    orphans: Mutex<Vec<weir_state::Entry>>,
+    config_path: Option<PathBuf>,
+    started_at: SystemTime,
+    pub reloads: ReloadStats,
+    last_reload: Mutex<Option<LastReload>>,
+    stop_accepting: CancellationToken,
+    accept_tasks: TaskTracker,
+    connections: TaskTracker,
+    ready: AtomicBool,
+}
+
+impl Server {
+    /// Starts `config` without a state file or a file to reload from.
+    pub async fn start(config: &Config) -> Result<Server, StartError> {
+        Server::start_with(config.clone(), Options::default()).await
+    }
+
+    /// Opens the state file (when `[state] path` is set) and applies what it
+    /// holds, resolves backend names, binds every listener address, runs the
+    /// first round of health probes, and starts accepting. All addresses are
+    /// bound before any accepts, so a bad address fails the start as a whole.
+    /// Must be called inside a tokio runtime.
+    pub async fn start_with(config: Config, options: Options) -> Result<Server, StartError> {
+        let persistence = match &config.state.path {
+            Some(path) => {
+                let (path, keep) = (path.clone(), config.state.history);
+                Some(
+                    tokio::task::spawn_blocking(move || Persistence::open(&path, keep))
+                        .await
+                        .map_err(|e| StartError::Task("opening the state file", e.to_string()))??,
+                )
+            }
+            None => None,
+        };
+        let journal = Arc::new(Journal::new(persistence.as_ref().map(Persistence::queue)));
+        let server = Server {
+            current: ArcSwap::from_pointee(Snapshot {
+                generation: 0,
+                config: Arc::new(config.clone()),
+                listeners: Vec::new(),
+                pools: Vec::new(),
+                bound: Vec::new(),
+                stop_health: CancellationToken::new(),
+            }),
+            sockets: Mutex::default(),
+            control: tokio::sync::Mutex::new(()),
+            journal,
+            persistence,
+            orphans: Mutex::new(Vec::new()),
+            config_path: options.config_path,
+            started_at: SystemTime::now(),
+            reloads: ReloadStats::default(),
+            last_reload: Mutex::new(None),
+            stop_accepting: CancellationToken::new(),
+            accept_tasks: TaskTracker::new(),
+            connections: TaskTracker::new(),
+            ready: AtomicBool::new(true),
+        };
+        let inputs = server.inputs(&config).await?;
+        let staged = server.stage(&config, None, inputs)?;
+        server.commit(config, staged, None).await;
+        Ok(server)
+    }
+
+    /// The snapshot running now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// The addresses actually bound (useful with port 0), in config order.
+    pub fn local_addrs(&self, listener: &str) -> Vec<SocketAddr> {
+        self.current.load().local_addrs(listener)
+    }
+
+    pub fn listeners(&self) -> Vec<Arc<Listener>> {
+        self.current.load().listeners.clone()
+    }
+
+    pub fn listener(&self, name: &str) -> Option<Arc<Listener>> {
+        self.current.load().listener(name).cloned()
+    }
+
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        self.current.load().pools.clone()
+    }
+
+    pub fn pool(&self, name: &str) -> Option<Arc<Pool>> {
+        self.current.load().pool(name).cloned()
+    }
+
+    /// Events as they happen (see [`crate::events`]).
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.current.load().generation
+    }
+
+    pub fn started_at(&self) -> SystemTime {
+        self.started_at
+    }
+
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self.config_path.as_deref()
+    }
+
+    /// The state file, when there is one.
+    pub fn state_path(&self) -> Option<PathBuf> {
+        self.current.load().config.state.path.clone()
+    }
+
+    pub fn last_reload(&self) -> Option<LastReload> {
+        lock(&self.last_reload).clone()
+    }
+
+    /// Saved operator state for backends the config does not have: kept in
+    /// the state file, applied to nothing.
+    pub fn orphaned_state(&self) -> Vec<weir_state::Entry> {
+        lock(&self.orphans).clone()
+    }
+
+    /// True while accepting traffic; false once shutdown has begun.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// What a snapshot is built from besides the config: the state file's
+/// contents for backends and pools new to this process, and the resolved
+/// backend addresses.
+#[derive(Debug, Default)]
+struct Inputs {
+    saved: HashMap<(String, String), crate::statefile::Saved>,
+    tiers: std::collections::BTreeMap<String, Vec<crate::health::TierChange>>,
+    resolved: crate::resolve::Resolved,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

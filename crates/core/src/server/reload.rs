@@ -1,0 +1,197 @@
+//! Reloads: read the file again, build a complete new snapshot beside the
+//! running one, and switch over at once; on any error nothing changes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use tokio_util::sync::CancellationToken;
+use weir_config::Config;
+
+use super::build::Staged;
+use super::sockets::{CLOSE_WAIT, Runners};
+use super::{Inputs, LastReload, ReloadError, Reloaded, Server, Snapshot, StartError, lock};
+use crate::events::Event;
+use crate::statefile;
+
+impl Server {
+    /// Reads the config file again and applies it. On any error nothing
+    /// changes, and the error says why.
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let path = self.config_path.clone().ok_or(ReloadError::NoFile)?;
+        let loaded = tokio::task::spawn_blocking(move || weir_config::load_file(&path))
+            .await
+            .map_err(|e| {
+                ReloadError::Start(StartError::Task("reading the config file", e.to_string()))
+            })?;
+        match loaded {
+            Ok(config) => self.apply(config).await,
+            Err(e) => Err(self.reload_failed(ReloadError::Config(e))),
+        }
+    }
+
+    /// Applies `config` as a reload.
+    pub async fn apply(&self, config: Config) -> Result<Reloaded, ReloadError> {
+        let _one = self.control.lock().await;
+        if !self.is_ready() {
+            return Err(self.reload_failed(ReloadError::ShuttingDown));
+        }
+        let old = self.current.load_full();
+        let diff = weir_config::diff(&old.config, &config);
+        let inputs = match self.inputs(&config).await {
+            Ok(inputs) => inputs,
+            Err(e) => return Err(self.reload_failed(e.into())),
+        };
+        let staged = match self.stage(&config, Some(&old), inputs) {
+            Ok(staged) => staged,
+            Err(e) => return Err(self.reload_failed(e.into())),
+        };
+        let generation = self.commit(config, staged, Some(&old)).await;
+        self.reloads.succeeded.fetch_add(1, Ordering::Relaxed);
+        self.reloads.last_failed.store(false, Ordering::Relaxed);
+        let at = SystemTime::now();
+        *lock(&self.last_reload) = Some(LastReload { at, error: None });
+        tracing::info!(
+            generation,
+            added = ?diff.added,
+            removed = ?diff.removed,
+            changed = ?diff.changed,
+            "config reloaded"
+        );
+        if !diff.need_restart.is_empty() {
+            tracing::warn!(sections = ?diff.need_restart, "changes to these sections take effect at the next start");
+        }
+        self.journal.send(Event::Reload {
+            at,
+            generation,
+            error: None,
+        });
+        Ok(Reloaded { generation, diff })
+    }
+
+    fn reload_failed(&self, e: ReloadError) -> ReloadError {
+        self.reloads.failed.fetch_add(1, Ordering::Relaxed);
+        self.reloads.last_failed.store(true, Ordering::Relaxed);
+        let at = SystemTime::now();
+        let error = e.to_string();
+        tracing::error!(error = %error, "reload failed; the running config is unchanged");
+        *lock(&self.last_reload) = Some(LastReload {
+            at,
+            error: Some(error.clone()),
+        });
+        self.journal.send(Event::Reload {
+            at,
+            generation: self.generation(),
+            error: Some(error),
+        });
+        e
+    }
+
+    /// Step 1 after validation: resolves backend names, reads the state file
+    /// for the backends and pools of `config`, and notes (and logs) what it
+    /// holds for backends `config` does not have.
+    pub(super) async fn inputs(&self, config: &Config) -> Result<Inputs, StartError> {
+        let resolved = crate::resolve::backends(config)
+            .await
+            .map_err(StartError::Resolve)?;
+        let Some(p) = &self.persistence else {
+            return Ok(Inputs {
+                resolved,
+                ..Inputs::default()
+            });
+        };
+        let contents = p.load().await?;
+        let mut saved = HashMap::new();
+        let mut orphans = Vec::new();
+        for e in contents.backends {
+            let known = config
+                .pools
+                .iter()
+                .any(|p| p.name == e.pool && p.backends.iter().any(|b| b.name == e.backend));
+            if known {
+                saved.insert((e.pool.clone(), e.backend.clone()), statefile::saved(&e));
+            } else {
+                if e.admin.is_some() || e.weight_override.is_some() {
+                    tracing::warn!(
+                        pool = %e.pool,
+                        backend = %e.backend,
+                        admin = e.admin.as_deref().unwrap_or("-"),
+                        weight = ?e.weight_override,
+                        "the state file has operator state for a backend that is not in the config; kept, not applied"
+                    );
+                }
+                orphans.push(e);
+            }
+        }
+        *lock(&self.orphans) = orphans;
+        Ok(Inputs {
+            saved,
+            tiers: contents.tiers,
+            resolved,
+        })
+    }
+
+    /// Step 3: switch over. Cannot fail.
+    pub(super) async fn commit(
+        &self,
+        config: Config,
+        staged: Staged,
+        old: Option<&Snapshot>,
+    ) -> u64 {
+        let Staged {
+            pools,
+            listeners,
+            probes,
+            fresh,
+        } = staged;
+        // Probe every backend at once and switch only when the first round
+        // is done (bounded by one probe timeout): a start never sends traffic
+        // to a backend known to be down, and a backend added by a reload
+        // serves once its first probe passes.
+        if let Some(old) = old {
+            old.stop_health.cancel();
+        }
+        let stop_health = CancellationToken::new();
+        let mut checkers = probes.spawn(&stop_health);
+        checkers.first_round().await;
+        for pool in &pools {
+            pool.settle();
+        }
+        tracing::debug!(probes = checkers.tasks(), "first health round done");
+
+        let switched = lock(&self.sockets).switch(
+            &config,
+            &listeners,
+            fresh,
+            &Runners {
+                stop_accepting: &self.stop_accepting,
+                accept_tasks: &self.accept_tasks,
+                connections: &self.connections,
+            },
+        );
+        // When a reload returns, removed addresses refuse connections.
+        for closed in switched.closing {
+            let _ = tokio::time::timeout(CLOSE_WAIT, closed.cancelled()).await;
+        }
+        if let Some(old) = old {
+            for gone in old
+                .listeners
+                .iter()
+                .filter(|o| !listeners.iter().any(|n| n.name == o.name))
+            {
+                self.retire(gone);
+            }
+        }
+        let generation = old.map_or(1, |o| o.generation + 1);
+        self.current.store(Arc::new(Snapshot {
+            generation,
+            config: Arc::new(config),
+            listeners,
+            pools,
+            bound: switched.bound,
+            stop_health,
+        }));
+        generation
+    }
+}

@@ -1,0 +1,79 @@
+//! Graceful shutdown, and the end of a listener a reload removed.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::Server;
+use crate::listener::Listener;
+
+impl Server {
+    /// Begins graceful shutdown (idempotent): stop accepting now, close each
+    /// listener's remaining connections after its `shutdown_timeout`.
+    pub fn shutdown(&self) {
+        if !self.ready.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        tracing::info!("shutting down: no longer accepting");
+        self.stop_accepting.cancel();
+        let snapshot = self.current.load_full();
+        snapshot.stop_health.cancel();
+        self.accept_tasks.close();
+        self.connections.close();
+        for l in &snapshot.listeners {
+            let kill = l.kill.clone();
+            let grace = l.shutdown_timeout;
+            let name = l.name.clone();
+            let stats = Arc::clone(&l.stats);
+            let connections = self.connections.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = connections.wait() => {}
+                    () = tokio::time::sleep(grace) => {
+                        let open = stats.connections_active.load(Ordering::Relaxed);
+                        if open > 0 {
+                            tracing::warn!(listener = %name, open, "shutdown_timeout reached; closing connections");
+                        }
+                        kill.cancel();
+                    }
+                }
+            });
+        }
+    }
+
+    /// Waits until shutdown has completed: accept loops stopped, every
+    /// connection ended, and every transition written to the state file.
+    /// Call [`Server::shutdown`] first.
+    pub async fn wait(&self) {
+        self.accept_tasks.wait().await;
+        self.connections.wait().await;
+        if let Some(p) = &self.persistence {
+            p.flush().await;
+        }
+    }
+
+    /// Open connections across all listeners.
+    pub fn active_connections(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Closes every open connection now (a second shutdown signal).
+    pub fn close_all(&self) {
+        self.shutdown();
+        for l in &self.current.load().listeners {
+            l.kill.cancel();
+        }
+    }
+
+    /// A listener removed by a reload: its sockets are closed already; its
+    /// connections get `shutdown_timeout` to finish.
+    pub(super) fn retire(&self, gone: &Arc<Listener>) {
+        let open = gone.stats.connections_active.load(Ordering::Relaxed);
+        tracing::info!(listener = %gone.name, open, "listener removed; draining its connections");
+        let kill = gone.kill.clone();
+        let grace = gone.shutdown_timeout;
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            kill.cancel();
+        });
+    }
+}

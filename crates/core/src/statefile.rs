@@ -1,0 +1,257 @@
+//! The state file as the runtime uses it: operator actions are written (and
+//! durable) before they are applied, transitions and tier changes are queued
+//! to a writer thread that stores them in batches, and at start the file's
+//! contents are turned back into admin states, weight overrides and histories.
+//!
+//! SQLite calls block, so they run on a blocking thread, never on a worker.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use weir_state::{Entry, Record, Store, StoreError, TierRecord};
+
+use crate::health::{AdminState, Cause, Change, TierChange, Transition};
+
+/// Work for the writer thread.
+#[derive(Debug)]
+enum Job {
+    /// (pool, backend, transition)
+    Transition(String, String, Record),
+    /// (pool, change)
+    Tier(String, TierRecord),
+    /// Answer once everything queued before is stored.
+    Flush(mpsc::Sender<()>),
+}
+
+/// Where the journal sends what must be stored; never blocks.
+#[derive(Debug, Clone)]
+pub(crate) struct Queue(mpsc::Sender<Job>);
+
+impl Queue {
+    pub(crate) fn transition(&self, pool: &str, backend: &str, t: &Transition) {
+        // The writer only stops at exit; a send error then loses nothing
+        // anyone could still read.
+        let _ = self.0.send(Job::Transition(
+            pool.to_owned(),
+            backend.to_owned(),
+            record(t),
+        ));
+    }
+
+    pub(crate) fn tier(&self, pool: &str, change: &TierChange) {
+        let _ = self.0.send(Job::Tier(pool.to_owned(), tier_record(change)));
+    }
+}
+
+/// Operator state read back from the state file for a backend that is new to
+/// this process (at start, or added by a reload).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Saved {
+    pub admin: Option<AdminState>,
+    pub weight_override: Option<u32>,
+    /// Oldest first.
+    pub history: Vec<Transition>,
+}
+
+/// Everything the state file holds, as the pools apply it.
+#[derive(Debug, Default)]
+pub(crate) struct Contents {
+    pub(crate) backends: Vec<Entry>,
+    pub(crate) tiers: BTreeMap<String, Vec<TierChange>>,
+}
+
+/// The open state file and its writer thread.
+#[derive(Debug)]
+pub(crate) struct Persistence {
+    path: PathBuf,
+    store: Arc<Mutex<Store>>,
+    queue: mpsc::Sender<Job>,
+}
+
+impl Persistence {
+    /// Opens (creating or migrating) the file and starts the writer; blocking.
+    pub(crate) fn open(path: &Path, keep: usize) -> Result<Persistence, StoreError> {
+        let store = Arc::new(Mutex::new(Store::open(path, keep)?));
+        let (queue, rx) = mpsc::channel::<Job>();
+        let for_writer = Arc::clone(&store);
+        std::thread::Builder::new()
+            .name("weir-state".to_owned())
+            .spawn(move || write_loop(&for_writer, &rx))
+            .map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                reason: format!("cannot start the writer thread: {e}"),
+            })?;
+        tracing::info!(path = %path.display(), "state file open");
+        Ok(Persistence {
+            path: path.to_path_buf(),
+            store,
+            queue,
+        })
+    }
+
+    /// Where the journal sends transitions and tier changes.
+    pub(crate) fn queue(&self) -> Queue {
+        Queue(self.queue.clone())
+    }
+
+    pub(crate) async fn load(&self) -> Result<Contents, StoreError> {
+        let store = Arc::clone(&self.store);
+        self.blocking(move || {
+            let store = lock(&store);
+            let backends = store.load()?;
+            let tiers = store
+                .load_tiers()?
+                .into_iter()
+                .map(|(pool, records)| (pool, records.iter().filter_map(tier_change).collect()))
+                .collect();
+            Ok(Contents { backends, tiers })
+        })
+        .await
+    }
+
+    pub(crate) async fn set_admin(
+        &self,
+        pool: &str,
+        backend: &str,
+        admin: AdminState,
+    ) -> Result<(), StoreError> {
+        let (store, pool, backend) = (Arc::clone(&self.store), pool.to_owned(), backend.to_owned());
+        self.blocking(move || lock(&store).set_admin(&pool, &backend, admin.as_str()))
+            .await
+    }
+
+    pub(crate) async fn set_weight(
+        &self,
+        pool: &str,
+        backend: &str,
+        weight: Option<u32>,
+    ) -> Result<(), StoreError> {
+        let (store, pool, backend) = (Arc::clone(&self.store), pool.to_owned(), backend.to_owned());
+        self.blocking(move || lock(&store).set_weight(&pool, &backend, weight))
+            .await
+    }
+
+    /// Waits (at most [`FLUSH_TIMEOUT`]) until everything queued so far is
+    /// stored.
+    pub(crate) async fn flush(&self) {
+        let (done, answer) = mpsc::channel();
+        if self.queue.send(Job::Flush(done)).is_err() {
+            return;
+        }
+        let waited = tokio::task::spawn_blocking(move || answer.recv_timeout(FLUSH_TIMEOUT)).await;
+        if !matches!(waited, Ok(Ok(()))) {
+            tracing::warn!(
+                "the state file writer did not finish in time; recent transitions may be missing from it"
+            );
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+            Err(StoreError::Open {
+                path: self.path.clone(),
+                reason: format!("the call did not complete: {e}"),
+            })
+        })
+    }
+}
+
+/// How long [`Persistence::flush`] waits for the writer.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn write_loop(store: &Mutex<Store>, rx: &mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut records = Vec::new();
+        let mut tiers = Vec::new();
+        let mut flushes = Vec::new();
+        for job in std::iter::once(first).chain(rx.try_iter()) {
+            match job {
+                Job::Transition(pool, backend, r) => records.push((pool, backend, r)),
+                Job::Tier(pool, r) => tiers.push((pool, r)),
+                Job::Flush(done) => flushes.push(done),
+            }
+        }
+        let store = lock(store);
+        if let Err(e) = store.append_many(&records) {
+            tracing::warn!(error = %e, lost = records.len(), "cannot write transitions to the state file");
+        }
+        if let Err(e) = store.append_tiers(&tiers) {
+            tracing::warn!(error = %e, lost = tiers.len(), "cannot write tier changes to the state file");
+        }
+        drop(store);
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// A transition as the state file stores it.
+fn record(t: &Transition) -> Record {
+    let (kind, from, to) = t.change.parts();
+    Record {
+        at_ms: millis(t.at),
+        kind: kind.to_owned(),
+        from,
+        to,
+        cause: t.cause.to_string(),
+    }
+}
+
+fn tier_record(t: &TierChange) -> TierRecord {
+    TierRecord {
+        at_ms: millis(t.at),
+        from: TierChange::tier_text(t.from),
+        to: TierChange::tier_text(t.to),
+        cause: t.cause.clone(),
+    }
+}
+
+/// A stored tier change; `None` for one this weir cannot read.
+fn tier_change(r: &TierRecord) -> Option<TierChange> {
+    Some(TierChange {
+        at: from_millis(r.at_ms)?,
+        from: TierChange::parse_tier(&r.from)?,
+        to: TierChange::parse_tier(&r.to)?,
+        cause: r.cause.clone(),
+    })
+}
+
+/// What the state file holds for one backend, as the pool applies it.
+/// Records this weir cannot read (written by a newer one) are skipped.
+pub(crate) fn saved(e: &Entry) -> Saved {
+    Saved {
+        admin: e.admin.as_deref().and_then(AdminState::parse),
+        weight_override: e.weight_override,
+        history: e
+            .history
+            .iter()
+            .filter_map(|r| {
+                Some(Transition {
+                    at: from_millis(r.at_ms)?,
+                    change: Change::from_parts(&r.kind, &r.from, &r.to)?,
+                    cause: Cause::parse(&r.cause),
+                })
+            })
+            .collect(),
+    }
+}
+
+fn from_millis(ms: i64) -> Option<SystemTime> {
+    Some(UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).ok()?))
+}
+
+/// Unix time in milliseconds (0 before 1970).
+pub fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

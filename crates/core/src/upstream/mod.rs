@@ -1,0 +1,167 @@
+//! Reaching a route's backends: pick one from the pool, connect within
+//! `connect_timeout`, send the PROXY header, complete the TLS handshake
+//! (`backend_tls`); when any of that fails, try another backend, as many
+//! times as the pool's `retries` allow and while backends are left.
+//! Connect outcomes feed the pool's passive health.
+
+mod connect;
+mod proxy_out;
+pub(crate) mod tls;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use weir_balance::Request;
+use weir_config::{HashKey, ProxyVersion};
+
+use crate::Reason;
+use crate::client::Client;
+use crate::pool::Pool;
+
+/// How a route reaches its backends.
+#[derive(Debug)]
+pub struct Upstream {
+    pub pool: Arc<Pool>,
+    /// PROXY protocol header sent before any data.
+    pub send_proxy_protocol: ProxyVersion,
+    /// TLS to the backend (`backend_tls`).
+    pub(crate) tls: Option<BackendTls>,
+}
+
+/// A route's TLS client towards its backends, built once per config.
+#[derive(Clone)]
+pub(crate) struct BackendTls {
+    pub(crate) connector: tokio_rustls::TlsConnector,
+    /// SNI and verified name; `None`: the backend's IP.
+    pub(crate) sni: Option<rustls::pki_types::ServerName<'static>>,
+}
+
+impl std::fmt::Debug for BackendTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendTls")
+            .field("sni", &self.sni)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An established connection to a backend: plain TCP, or TLS over it.
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Picks a backend and connects, trying other backends when a connect fails
+/// (a failure that allows it, within the retry budget). On success returns
+/// the backend's index, whose active gauge has been incremented (so that
+/// concurrent picks by `least_conn` see it at once). On failure returns
+/// `NoBackend` when nothing could be picked, else the last connect error.
+pub(crate) async fn connect(up: &Upstream, client: &Client) -> Result<(usize, Stream), Reason> {
+    let pool = &up.pool;
+    let picker = pool.picker();
+    let key = match picker.policy() {
+        weir_balance::Policy::Maglev => affinity_key(pool.hash_key, client.peer),
+        _ => 0,
+    };
+    // Allocates only once a connect has failed.
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_err = None;
+    for _ in 0..=pool.retries {
+        // Scoped so the type-erased (non-Sync) closure is not held across an await.
+        let picked = {
+            let load = |i: usize| pool.backends.get(i).map_or(u32::MAX, |b| b.stats.load());
+            let req = Request {
+                key,
+                random: fastrand::u64(..),
+                load: &load,
+            };
+            picker.pick(&req, &tried)
+        };
+        let Some(i) = picked else {
+            break;
+        };
+        let Some(b) = pool.backends.get(i) else {
+            break;
+        };
+        b.stats.connections_active.fetch_add(1, Relaxed);
+        let began = Instant::now();
+        match establish(b.address, pool.connect_timeout, up, client).await {
+            Ok(stream) => {
+                b.stats.connect_duration.observe(began.elapsed());
+                pool.on_connect_success(i);
+                return Ok((i, stream));
+            }
+            Err(reason) => {
+                b.stats.connections_active.fetch_sub(1, Relaxed);
+                b.stats.connect_error(reason);
+                pool.on_connect_failure(i, reason);
+                tracing::debug!(pool = %pool.name, backend = %b.name, error = reason.as_str(), "connect failed");
+                last_err = Some(reason);
+                if !reason.retry() {
+                    break;
+                }
+                tried.push(i);
+            }
+        }
+    }
+    Err(last_err.unwrap_or(Reason::NoBackend))
+}
+
+/// Connects to one backend and sends what goes before the client's bytes:
+/// the PROXY header (in clear) and the TLS handshake. Both are part of
+/// establishing the connection, so a failure moves on to another backend
+/// like a refused connect.
+async fn establish(
+    addr: SocketAddr,
+    timeout: Duration,
+    up: &Upstream,
+    client: &Client,
+) -> Result<Stream, Reason> {
+    let tcp = connect::connect(addr, timeout).await?;
+    if up.send_proxy_protocol != ProxyVersion::Off {
+        proxy_out::send(&tcp, client, up.send_proxy_protocol)
+            .await
+            .map_err(|e| Reason::from_connect_io(&e))?;
+    }
+    let Some(tls) = &up.tls else {
+        return Ok(Stream::Plain(tcp));
+    };
+    let name = tls
+        .sni
+        .clone()
+        .unwrap_or(rustls::pki_types::ServerName::IpAddress(addr.ip().into()));
+    match tokio::time::timeout(timeout, tls.connector.connect(name, tcp)).await {
+        Ok(Ok(stream)) => Ok(Stream::Tls(Box::new(stream))),
+        Ok(Err(e)) => {
+            tracing::debug!(%addr, error = %e, "TLS handshake with the backend failed");
+            Err(Reason::Tls)
+        }
+        Err(_) => Err(Reason::Tls),
+    }
+}
+
+/// The maglev key of a client: its IP, or its IP and port.
+fn affinity_key(kind: HashKey, peer: SocketAddr) -> u64 {
+    let mut bytes = [0u8; 18];
+    let len = match peer.ip() {
+        IpAddr::V4(ip) => {
+            bytes[..4].copy_from_slice(&ip.octets());
+            4
+        }
+        IpAddr::V6(ip) => {
+            bytes[..16].copy_from_slice(&ip.octets());
+            16
+        }
+    };
+    let len = match kind {
+        HashKey::SourceIp => len,
+        HashKey::SourceAddr => {
+            bytes[len..len + 2].copy_from_slice(&peer.port().to_be_bytes());
+            len + 2
+        }
+    };
+    weir_balance::hash_bytes(&bytes[..len])
+}
