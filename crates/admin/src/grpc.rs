@@ -234,6 +234,7 @@ impl AdminApi for ControlService {
                     backends: count(p.backends.len()),
                     serving: count(p.backends.iter().filter(|b| b.is_serving()).count()),
                     backends_by_state: by_state.into_iter().collect(),
+                    last_tier_change: p.tier_history().last().map(|t| tier_change(&p.name, t)),
                 }
             })
             .collect();
@@ -312,6 +313,24 @@ impl AdminApi for ControlService {
         })?;
         Ok(Response::new(pb::BackendHistoryResponse {
             transitions: view.history.iter().map(transition).collect(),
+        }))
+    }
+
+    async fn pool_history(
+        &self,
+        request: Request<pb::PoolHistoryRequest>,
+    ) -> Result<Response<pb::PoolHistoryResponse>, Status> {
+        let name = request.into_inner().pool;
+        let pool = self
+            .server
+            .pool(&name)
+            .ok_or_else(|| Status::not_found(format!("no pool {name:?}")))?;
+        Ok(Response::new(pb::PoolHistoryResponse {
+            changes: pool
+                .tier_history()
+                .iter()
+                .map(|t| tier_change(&name, t))
+                .collect(),
         }))
     }
 
@@ -477,6 +496,8 @@ fn tier_change(pool: &str, t: &TierChange) -> pb::TierChange {
         pool: pool.to_owned(),
         from: t.from,
         to: t.to,
+        at_ms: millis(t.at),
+        cause: t.cause.clone(),
     }
 }
 

@@ -75,6 +75,7 @@ const KNOWN: &[Known] = &[
     known(ADMIN, "SetBackendAdmin", GrpcType::Unary),
     known(ADMIN, "SetBackendWeight", GrpcType::Unary),
     known(ADMIN, "BackendHistory", GrpcType::Unary),
+    known(ADMIN, "PoolHistory", GrpcType::Unary),
     known(ADMIN, "Reload", GrpcType::Unary),
     known(ADMIN, "Watch", GrpcType::ServerStream),
     known(REFLECTION_V1, "ServerReflectionInfo", GrpcType::BidiStream),

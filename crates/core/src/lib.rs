@@ -34,7 +34,7 @@ mod statefile;
 mod tcp;
 mod upstream;
 
-pub use frontend::bind;
+pub use frontend::{bind, in_use};
 pub use reason::{Reason, Side};
 pub use server::{
     ControlError, LastReload, Options, ReloadError, Reloaded, Server, Snapshot, StartError,

@@ -72,10 +72,19 @@ pub(crate) enum BackendCommand {
     History { pool: String, backend: String },
 }
 
+/// `weir pool ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum PoolCommand {
+    /// The pool's changes of its active tier, with their causes.
+    History { pool: String },
+}
+
 /// One operator command.
 #[derive(Debug)]
 pub(crate) enum Request {
     Status,
+    Pools,
+    Pool(PoolCommand),
     Backends(Option<String>),
     Backend(BackendCommand),
     Reload,
@@ -148,6 +157,28 @@ async fn call(
                 .await?
                 .into_inner();
             Ok(show(json, &s, status_json, status_table))
+        }
+        Request::Pools => {
+            let r = c
+                .list_pools(request(pb::ListPoolsRequest {}, true)?)
+                .await?
+                .into_inner();
+            Ok(if json {
+                pretty(&Value::Array(r.pools.iter().map(pool_json).collect()))
+            } else {
+                pools_table(&r.pools)
+            })
+        }
+        Request::Pool(PoolCommand::History { pool }) => {
+            let r = c
+                .pool_history(request(pb::PoolHistoryRequest { pool }, true)?)
+                .await?
+                .into_inner();
+            Ok(if json {
+                pretty(&Value::Array(r.changes.iter().map(tier_json).collect()))
+            } else {
+                tier_history_table(&r.changes)
+            })
         }
         Request::Backends(pool) => {
             let pool = pool.unwrap_or_default();
@@ -232,11 +263,23 @@ async fn call(
             Ok(show(json, &r, reload_json, reload_text))
         }
         Request::Watch(pool) => {
+            let what = pool
+                .as_deref()
+                .map_or_else(|| "every pool".to_owned(), |p| format!("pool {p}"));
             let pool = pool.unwrap_or_default();
             let mut stream = c
                 .watch(request(pb::WatchRequest { pool }, false)?)
                 .await?
                 .into_inner();
+            // On stderr, so that stdout stays one event per line.
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!(
+                    "watching {what} at {}: backend transitions, tier changes and reloads \
+                     appear as they happen (Ctrl-C stops); waiting for events...",
+                    target.admin
+                );
+            }
             while let Some(event) = stream.message().await? {
                 let line = if json {
                     event_json(&event).to_string()
@@ -510,6 +553,66 @@ fn history_table(ts: &[pb::Transition]) -> String {
     table(&["TIME", "KIND", "FROM", "TO", "CAUSE"], &rows)
 }
 
+fn tier_text(t: Option<u32>) -> String {
+    t.map_or_else(|| "none".to_owned(), |t| t.to_string())
+}
+
+fn pools_table(pools: &[pb::Pool]) -> String {
+    let rows: Vec<Vec<String>> = pools
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.balance.clone(),
+                p.health_check.clone(),
+                tier_text(p.active_tier),
+                format!("{}/{}", p.serving, p.backends),
+                p.last_tier_change.as_ref().map_or_else(
+                    || "-".to_owned(),
+                    |t| {
+                        format!(
+                            "{} {} -> {} ({})",
+                            ago(t.at_ms),
+                            tier_text(t.from),
+                            tier_text(t.to),
+                            t.cause
+                        )
+                    },
+                ),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "POOL",
+            "BALANCE",
+            "CHECK",
+            "TIER",
+            "SERVING",
+            "LAST TIER CHANGE",
+        ],
+        &rows,
+    )
+}
+
+fn tier_history_table(changes: &[pb::TierChange]) -> String {
+    if changes.is_empty() {
+        return "no tier changes yet\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = changes
+        .iter()
+        .map(|t| {
+            vec![
+                time(t.at_ms),
+                tier_text(t.from),
+                tier_text(t.to),
+                t.cause.clone(),
+            ]
+        })
+        .collect();
+    table(&["TIME", "FROM", "TO", "CAUSE"], &rows)
+}
+
 fn reload_text(r: &pb::ReloadResponse) -> String {
     let mut out = format!("reloaded: generation {}\n", r.generation);
     for (what, items) in [
@@ -536,7 +639,7 @@ fn reload_text(r: &pb::ReloadResponse) -> String {
 fn event_text(e: &pb::Event) -> String {
     use pb::event::Kind;
     let at = time(e.at_ms);
-    let tier = |t: Option<u32>| t.map_or_else(|| "none".to_owned(), |t| t.to_string());
+    let tier = tier_text;
     match &e.kind {
         Some(Kind::Backend(b)) => match &b.transition {
             Some(t) => format!(
@@ -546,10 +649,11 @@ fn event_text(e: &pb::Event) -> String {
             None => format!("{at}  backend {}/{}", b.pool, b.backend),
         },
         Some(Kind::Tier(t)) => format!(
-            "{at}  pool {}  active tier {} -> {}",
+            "{at}  pool {}  active tier {} -> {}  ({})",
             t.pool,
             tier(t.from),
-            tier(t.to)
+            tier(t.to),
+            t.cause
         ),
         Some(Kind::Reload(r)) if r.ok => format!("{at}  reload ok, generation {}", r.generation),
         Some(Kind::Reload(r)) => format!(
@@ -581,6 +685,23 @@ fn status_json(s: &pb::StatusResponse) -> Value {
             "pool": o.pool, "backend": o.backend, "admin": o.admin,
             "weight_override": o.weight_override,
         })).collect::<Vec<_>>(),
+    })
+}
+
+fn tier_json(t: &pb::TierChange) -> Value {
+    json!({"at": time(t.at_ms), "from": t.from, "to": t.to, "cause": t.cause})
+}
+
+fn pool_json(p: &pb::Pool) -> Value {
+    json!({
+        "name": p.name,
+        "balance": p.balance,
+        "health_check": p.health_check,
+        "active_tier": p.active_tier,
+        "backends": p.backends,
+        "serving": p.serving,
+        "backends_by_state": p.backends_by_state,
+        "last_tier_change": p.last_tier_change.as_ref().map(tier_json),
     })
 }
 
@@ -630,6 +751,7 @@ fn event_json(e: &pb::Event) -> Value {
         }),
         Some(Kind::Tier(t)) => json!({
             "at": at, "type": "tier", "pool": t.pool, "from": t.from, "to": t.to,
+            "cause": t.cause,
         }),
         Some(Kind::Reload(r)) => json!({
             "at": at, "type": "reload", "ok": r.ok, "generation": r.generation, "error": r.error,

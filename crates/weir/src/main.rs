@@ -46,6 +46,12 @@ enum Command {
         /// Configuration file (TOML).
         #[arg(short, long, default_value = "weir.toml", env = "WEIR_CONFIG")]
         config: PathBuf,
+        /// Take over from a weir already serving these addresses: bind beside
+        /// it (SO_REUSEPORT) while it drains after its SIGTERM. Without this
+        /// flag weir refuses to start while another process listens on any
+        /// of its addresses.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a configuration file without starting anything.
     ///
@@ -59,6 +65,19 @@ enum Command {
     /// Show the running instance: version, config generation, last reload,
     /// backends by state, saved state for backends not in the config.
     Status {
+        #[command(flatten)]
+        target: ctl::Target,
+    },
+    /// List pools with their balancing, check, active tier, serving backends
+    /// and last tier change.
+    Pools {
+        #[command(flatten)]
+        target: ctl::Target,
+    },
+    /// Show a pool's changes of its active tier, with their causes.
+    Pool {
+        #[command(subcommand)]
+        command: ctl::PoolCommand,
         #[command(flatten)]
         target: ctl::Target,
     },
@@ -96,8 +115,9 @@ enum Command {
         #[command(flatten)]
         target: ctl::Target,
     },
-    /// Start a self-contained demo on loopback: three demo HTTP backends, a proxy
-    /// in front of them and the admin endpoint, and print what to curl.
+    /// Start a self-contained demo on loopback: three demo HTTP backends with
+    /// health checks, a proxy in front of them and the admin endpoints, and
+    /// print what to try, including a failover to watch.
     Demo {
         /// Address of the demo proxy.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -108,20 +128,35 @@ enum Command {
         /// Address of the gRPC control API (`weir status` and friends).
         #[arg(long, default_value = "127.0.0.1:9901")]
         grpc: SocketAddr,
+        /// Also print the configuration the demo runs.
+        #[arg(long)]
+        show_config: bool,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => load(&config).and_then(|c| run(c, config)),
+        Command::Run { config, upgrade } => {
+            load(&config).and_then(|c| run(c, config, Takeover::from(upgrade)))
+        }
         Command::Check { config } => return check(&config),
         Command::Demo {
             listen,
             admin,
             grpc,
-        } => demo::run(listen, admin, grpc),
+            show_config,
+        } => demo::run(&demo::Demo {
+            listen,
+            admin,
+            grpc,
+            show_config,
+        }),
         Command::Status { target } => return ctl::run(&target, ctl::Request::Status),
+        Command::Pools { target } => return ctl::run(&target, ctl::Request::Pools),
+        Command::Pool { command, target } => {
+            return ctl::run(&target, ctl::Request::Pool(command));
+        }
         Command::Backends { pool, target } => {
             return ctl::run(&target, ctl::Request::Backends(pool));
         }
@@ -228,25 +263,78 @@ pub(crate) fn build_runtime(worker_threads: usize) -> Result<tokio::runtime::Run
         .context("cannot start the runtime")
 }
 
-fn run(config: Config, path: PathBuf) -> Result<()> {
+fn run(config: Config, path: PathBuf, takeover: Takeover) -> Result<()> {
     init_logging(&config.log)?;
     let runtime = build_runtime(config.runtime.worker_threads)?;
-    runtime.block_on(serve(config, Some(path), |_, _| {}))
+    runtime.block_on(serve(config, Some(path), takeover, |_, _| {}))
+}
+
+/// Whether weir may start on addresses another process listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Takeover {
+    /// Refuse, saying what to do instead: two processes on one port would
+    /// split its traffic silently.
+    Refuse { hint: &'static str },
+    /// `--upgrade`: share the ports with the weir being replaced.
+    Allow,
+}
+
+impl From<bool> for Takeover {
+    fn from(upgrade: bool) -> Self {
+        if upgrade {
+            Takeover::Allow
+        } else {
+            Takeover::Refuse {
+                hint: "Stop it, choose another address, or, to replace a running weir without \
+                       dropping connections, start this one with `weir run --upgrade` and then \
+                       send the old one SIGTERM",
+            }
+        }
+    }
+}
+
+/// Refuses to start on an address another process listens on, naming it.
+fn check_free(config: &Config, hint: &str) -> Result<()> {
+    let mut addresses: Vec<(String, SocketAddr)> = Vec::new();
+    addresses.extend(config.admin.http.map(|a| ("admin.http".to_owned(), a)));
+    addresses.extend(config.admin.grpc.map(|a| ("admin.grpc".to_owned(), a)));
+    for (i, l) in config.listeners.iter().enumerate() {
+        for (j, &a) in l.bind.iter().enumerate() {
+            addresses.push((format!("listeners[{i}].bind[{j}] ({})", l.name), a));
+        }
+    }
+    for (what, addr) in addresses {
+        if weir_core::in_use(addr) {
+            anyhow::bail!("{what}: {addr} is in use by another process (another weir?). {hint}");
+        }
+    }
+    Ok(())
+}
+
+/// The admin addresses actually bound (useful with port 0).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AdminAddrs {
+    pub(crate) http: Option<SocketAddr>,
+    pub(crate) grpc: Option<SocketAddr>,
 }
 
 /// Starts the data plane and the admin endpoints, then serves until a signal:
 /// SIGHUP reloads `config_path`, SIGTERM/SIGINT shut down gracefully. `started`
-/// is told the server and the admin HTTP address once everything accepts.
+/// is told the server and the admin addresses once everything accepts.
 pub(crate) async fn serve(
     config: Config,
     config_path: Option<PathBuf>,
-    started: impl FnOnce(&Server, Option<SocketAddr>),
+    takeover: Takeover,
+    started: impl FnOnce(&Server, AdminAddrs),
 ) -> Result<()> {
     // Installed first: a signal that arrives while starting must stop weir
     // gracefully, not kill it with the default action.
     let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut hup = signal(tokio::signal::unix::SignalKind::hangup())?;
+    if let Takeover::Refuse { hint } = takeover {
+        check_free(&config, hint)?;
+    }
     // Both admin ports are bound before the data plane starts, so a taken
     // port fails the start instead of leaving weir without its controls.
     let admin = match config.admin.http {
@@ -270,7 +358,10 @@ pub(crate) async fn serve(
     // The control API stops taking commands as soon as shutdown begins: during
     // an upgrade they belong to the successor on the same port.
     let grpc_stop = CancellationToken::new();
-    let admin_addr = admin.as_ref().map(weir_admin::AdminListener::local_addr);
+    let bound = AdminAddrs {
+        http: admin.as_ref().map(weir_admin::AdminListener::local_addr),
+        grpc: grpc.as_ref().and_then(|l| l.local_addr().ok()),
+    };
     let build = weir_admin::metrics::BuildInfo {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         revision: env!("WEIR_REVISION").to_owned(),
@@ -287,7 +378,7 @@ pub(crate) async fn serve(
         });
     }
     if let Some(listener) = grpc {
-        if let Ok(addr) = listener.local_addr() {
+        if let Some(addr) = bound.grpc {
             tracing::info!(%addr, "admin gRPC listening");
         }
         let service = weir_admin::grpc::ControlService::new(
@@ -302,7 +393,7 @@ pub(crate) async fn serve(
             }
         });
     }
-    started(&server, admin_addr);
+    started(&server, bound);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "weir started");
 
     loop {

@@ -100,6 +100,13 @@ impl Admin for Fake {
         unimplemented()
     }
 
+    async fn pool_history(
+        &self,
+        _: Request<pb::PoolHistoryRequest>,
+    ) -> Result<Response<pb::PoolHistoryResponse>, Status> {
+        unimplemented()
+    }
+
     async fn reload(
         &self,
         _: Request<pb::ReloadRequest>,

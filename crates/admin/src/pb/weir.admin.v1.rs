@@ -143,6 +143,9 @@ pub struct Pool {
         ::prost::alloc::string::String,
         u32,
     >,
+    /// The last change of the active tier, when there was one.
+    #[prost(message, optional, tag = "8")]
+    pub last_tier_change: ::core::option::Option<TierChange>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ListBackendsRequest {
@@ -249,6 +252,16 @@ pub struct BackendHistoryResponse {
     #[prost(message, repeated, tag = "1")]
     pub transitions: ::prost::alloc::vec::Vec<Transition>,
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PoolHistoryRequest {
+    #[prost(string, tag = "1")]
+    pub pool: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PoolHistoryResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub changes: ::prost::alloc::vec::Vec<TierChange>,
+}
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ReloadRequest {}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -310,6 +323,12 @@ pub struct TierChange {
     pub from: ::core::option::Option<u32>,
     #[prost(uint32, optional, tag = "3")]
     pub to: ::core::option::Option<u32>,
+    #[prost(int64, tag = "4")]
+    pub at_ms: i64,
+    /// What made it change: "pg-a: health up -> down (probe: connect refused)",
+    /// "first probe round", "reload".
+    #[prost(string, tag = "5")]
+    pub cause: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ReloadEvent {
@@ -631,6 +650,31 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("weir.admin.v1.Admin", "BackendHistory"));
             self.inner.unary(req, path, codec).await
         }
+        /// A pool's changes of its active tier, oldest first.
+        pub async fn pool_history(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PoolHistoryRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PoolHistoryResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/weir.admin.v1.Admin/PoolHistory",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("weir.admin.v1.Admin", "PoolHistory"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Read the config file again and apply it (validate, diff, swap).
         pub async fn reload(
             &mut self,
@@ -742,6 +786,14 @@ pub mod admin_server {
             request: tonic::Request<super::BackendHistoryRequest>,
         ) -> std::result::Result<
             tonic::Response<super::BackendHistoryResponse>,
+            tonic::Status,
+        >;
+        /// A pool's changes of its active tier, oldest first.
+        async fn pool_history(
+            &self,
+            request: tonic::Request<super::PoolHistoryRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PoolHistoryResponse>,
             tonic::Status,
         >;
         /// Read the config file again and apply it (validate, diff, swap).
@@ -1176,6 +1228,49 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = BackendHistorySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/weir.admin.v1.Admin/PoolHistory" => {
+                    #[allow(non_camel_case_types)]
+                    struct PoolHistorySvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::PoolHistoryRequest>
+                    for PoolHistorySvc<T> {
+                        type Response = super::PoolHistoryResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PoolHistoryRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::pool_history(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PoolHistorySvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

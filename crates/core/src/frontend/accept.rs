@@ -41,6 +41,26 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// True when a socket of another process already listens on `addr`. A bind
+/// without SO_REUSEPORT fails on a port someone listens on, where weir's own
+/// bind (with SO_REUSEPORT) could succeed beside another weir and split the
+/// traffic between the two without a word. Port 0 is never in use.
+pub fn in_use(addr: SocketAddr) -> bool {
+    if addr.port() == 0 {
+        return false;
+    }
+    let Ok(socket) = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+    else {
+        return false;
+    };
+    // SO_REUSEADDR: a port with connections only in TIME_WAIT is free.
+    let _ = socket.set_reuse_address(true);
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(true);
+    }
+    matches!(socket.bind(&addr.into()), Err(e) if e.kind() == io::ErrorKind::AddrInUse)
+}
+
 /// Accepts until `stop` is cancelled, spawning one task per connection on
 /// `tracker`. Each connection gets the listener in `slot` when it arrives (a
 /// reload stores a new one there) and keeps it for its whole life.
@@ -137,6 +157,18 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listening_port_is_in_use_and_a_closed_one_is_not() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        assert!(in_use(addr));
+        // Even though weir's own bind would share it.
+        assert!(bind(addr).is_ok());
+        drop(listener);
+        assert!(!in_use(addr));
+        assert!(!in_use("127.0.0.1:0".parse().expect("addr")));
+    }
 
     #[test]
     fn accepted_sockets_inherit_nodelay() {

@@ -10,7 +10,7 @@ mod peek;
 mod proxy_in;
 
 pub(crate) use accept::accept_loop;
-pub use accept::bind;
+pub use accept::{bind, in_use};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -126,6 +126,20 @@ pub(crate) fn start_weir(mut cmd: Command) -> (Running, mpsc::Receiver<String>) 
     (child, out)
 }
 
+/// An empty `POST path` over HTTP/1.1; the whole response.
+pub(crate) fn http_post(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
+}
+
 pub(crate) fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(DEADLINE)).expect("timeout");
@@ -292,6 +306,155 @@ fn run_fails_clearly_when_the_port_is_taken() {
         err.contains("admin.http") && err.contains(&addr.to_string()),
         "{err}"
     );
+}
+
+/// A second weir (or demo) on the same addresses is refused with one clear
+/// message instead of splitting the traffic with the first one.
+#[test]
+fn a_second_weir_on_the_same_addresses_is_refused() {
+    let (admin, grpc) = (free_port(), free_port());
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "demo".to_owned(),
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--admin".to_owned(),
+            admin.to_string(),
+            "--grpc".to_owned(),
+            grpc.to_string(),
+        ];
+        a.extend(extra.iter().map(|s| (*s).to_owned()));
+        a
+    };
+    let mut first = weir()
+        .args(args(&[]))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let out = lines(&mut first);
+    let mut first = Running(first);
+    wait_line(&out, "Proxy: http://");
+    let second = weir().args(args(&[])).output().expect("run");
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(err.matches("in use").count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("admin.http: {admin} is in use by another process"))
+            && err.contains("--listen, --admin and --grpc"),
+        "{err}"
+    );
+    // `weir run` says how to take over on purpose.
+    let file = temp_config(
+        "second",
+        &format!(
+            "[admin]\ngrpc = \"{grpc}\"\n[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"127.0.0.1:9\"\n"
+        ),
+    );
+    let run = weir()
+        .args(["run", "--config"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert_eq!(run.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains(&format!("admin.grpc: {grpc} is in use"))
+            && err.contains("weir run --upgrade"),
+        "{err}"
+    );
+    signal(&first.0, rustix::process::Signal::INT);
+    assert_eq!(wait_exit(&mut first.0).code(), Some(0));
+}
+
+/// The demo's failover: its printed command makes demo-b's health check
+/// fail, weir takes demo-b out, and the recover command brings it back.
+#[test]
+fn the_demo_shows_a_failover_and_its_recovery() {
+    let mut child = weir()
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let out = lines(&mut child);
+    let mut child = Running(child);
+    let proxy: SocketAddr = wait_line(&out, "Proxy: http://")
+        .trim()
+        .trim_start_matches("Proxy: http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("proxy address");
+    let url_of = |line: &str| -> SocketAddr {
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .expect("a url");
+        url.trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .expect("backend address")
+    };
+    let grpc: SocketAddr = wait_line(&out, "weir watch --admin")
+        .split_whitespace()
+        .nth(3)
+        .unwrap_or_default()
+        .parse()
+        .expect("grpc address");
+    // Printed in this order: the proxy, the commands to watch, the failover.
+    let fail = url_of(&wait_line(&out, "/fail"));
+    let names = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                let resp = http_get(proxy, "/");
+                let body = resp
+                    .rsplit("\r\n\r\n")
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                body.split_whitespace()
+                    .nth(2)
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    };
+    assert!(names(4).contains(&"demo-b".to_owned()));
+    assert!(http_post(fail, "/fail").starts_with("HTTP/1.1 200"));
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while names(4).contains(&"demo-b".to_owned()) {
+        assert!(std::time::Instant::now() < deadline, "demo-b still serves");
+    }
+    let backends = weir()
+        .args(["backends", "demo", "-o", "json", "--admin"])
+        .arg(grpc.to_string())
+        .output()
+        .expect("weir backends");
+    let v: serde_json::Value = serde_json::from_slice(&backends.stdout).expect("json");
+    let b = v
+        .as_array()
+        .and_then(|a| a.iter().find(|b| b["name"] == "demo-b"))
+        .expect("demo-b");
+    assert_eq!(b["health"], "down", "{b}");
+    assert!(http_post(fail, "/recover").starts_with("HTTP/1.1 200"));
+    while !names(4).contains(&"demo-b".to_owned()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "demo-b did not come back"
+        );
+    }
+    signal(&child.0, rustix::process::Signal::INT);
+    assert_eq!(wait_exit(&mut child.0).code(), Some(0));
 }
 
 #[test]

@@ -349,3 +349,81 @@ fn reload_by_command_and_sighup_keeps_a_long_lived_connection() {
         "weir_listener_connections_total{listener=\"l\"} 1"
     );
 }
+
+#[test]
+fn tier_changes_have_causes_survive_a_restart_and_show_in_the_cli() {
+    let dir = test_dir("tiers");
+    let db = dir.join("state.db");
+    let (grpc, http) = (free_port(), free_port());
+    let (a, b) = (echo_backend(), echo_backend());
+    let text_config = format!(
+        "[admin]\nhttp = \"{http}\"\ngrpc = \"{grpc}\"\n[state]\npath = {:?}\n\
+         [[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n\
+         [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\n\
+         [[pools.backends]]\nname = \"a\"\naddress = \"{a}\"\ntier = 0\n\
+         [[pools.backends]]\nname = \"b\"\naddress = \"{b}\"\ntier = 1\n",
+        db.display().to_string()
+    );
+    let file = temp_config("tiers", &text_config);
+    let (mut first, _out) = run_weir(&file);
+    let (code, _, err) = text(&ctl(grpc, None, &["backend", "drain", "p", "a"]));
+    assert_eq!(code, 0, "{err}");
+    let history = json(&ctl(grpc, None, &["pool", "history", "p", "-o", "json"]));
+    let changes: Vec<(serde_json::Value, serde_json::Value, String)> = history
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|t| {
+            (
+                t["from"].clone(),
+                t["to"].clone(),
+                t["cause"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (
+                serde_json::Value::Null,
+                0.into(),
+                "first probe round".to_owned()
+            ),
+            (
+                0.into(),
+                1.into(),
+                "a: admin enabled -> drain (operator)".to_owned()
+            ),
+        ]
+    );
+    let (code, out, _) = text(&ctl(grpc, None, &["pools"]));
+    assert_eq!(code, 0);
+    assert!(
+        out.lines().any(|l| l.starts_with("p ")
+            && l.contains("1/2")
+            && l.contains("0 -> 1 (a: admin enabled -> drain (operator))")),
+        "{out}"
+    );
+    signal(&first.0, rustix::process::Signal::TERM);
+    assert_eq!(wait_exit(&mut first.0).code(), Some(0));
+
+    // After a restart the history is still there, and the start is a change too.
+    let (_second, _out) = run_weir(&file);
+    let (code, out, _) = text(&ctl(grpc, None, &["pool", "history", "p"]));
+    assert_eq!(code, 0);
+    let rows: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    assert!(
+        rows[1].contains("a: admin enabled -> drain (operator)"),
+        "{out}"
+    );
+    assert!(
+        rows[2].contains("none") && rows[2].contains("first probe round"),
+        "{out}"
+    );
+    assert_eq!(
+        metric(http, "weir_pool_active_tier{pool=\"p\"}"),
+        "weir_pool_active_tier{pool=\"p\"} 1"
+    );
+}

@@ -58,14 +58,20 @@ impl Netns {
         }
     }
 
-    /// `weir run` inside the namespace.
-    fn weir_run(&self, config: &Path) -> (Running, mpsc::Receiver<String>) {
+    /// `weir run` (with `extra` arguments) inside the namespace.
+    fn weir_cmd(&self, config: &Path, extra: &[&str]) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", self.path.display()))
             .arg(weir().get_program())
-            .args(["run", "--config"])
+            .arg("run")
+            .args(extra)
+            .arg("--config")
             .arg(config);
-        start_weir(cmd)
+        cmd
+    }
+
+    fn weir_run(&self, config: &Path, extra: &[&str]) -> (Running, mpsc::Receiver<String>) {
+        start_weir(self.weir_cmd(config, extra))
     }
 }
 
@@ -120,7 +126,7 @@ fn a_second_weir_takes_over_without_a_failed_connection() {
         ),
     );
 
-    let (mut old, old_out) = ns.weir_run(&config);
+    let (mut old, old_out) = ns.weir_run(&config, &[]);
 
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicUsize::new(0));
@@ -153,8 +159,17 @@ fn a_second_weir_takes_over_without_a_failed_connection() {
         .collect();
     wait_for_more(&done, 300);
 
-    // The new process binds the same ports while the old one still accepts.
-    let (mut new, new_out) = ns.weir_run(&config);
+    // A second weir on the same ports is refused unless it is an upgrade...
+    let refused = ns.weir_cmd(&config, &[]).output().expect("run");
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("127.0.0.1:7490 is in use by another process") && err.contains("--upgrade"),
+        "{err}"
+    );
+    // ...and with --upgrade it binds the same ports while the old one still
+    // accepts.
+    let (mut new, new_out) = ns.weir_run(&config, &["--upgrade"]);
     wait_for_more(&done, 300);
     signal(&old.0, rustix::process::Signal::TERM);
     let status = wait_exit(&mut old.0);
