@@ -22,6 +22,17 @@ pub(crate) struct Client {
 }
 
 impl Client {
+    /// A connection just accepted from `peer`.
+    pub(crate) fn accepted(stream: TcpStream, peer: SocketAddr) -> Client {
+        Client {
+            stream,
+            peer,
+            destination: None,
+            refuse_proxy_header: false,
+            accepted_at: Instant::now(),
+        }
+    }
+
     /// The address the client connected to: the PROXY header's, else our
     /// socket's local address.
     pub(crate) fn local(&self) -> std::io::Result<SocketAddr> {

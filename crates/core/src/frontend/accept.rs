@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use weir_telemetry::count;
 
 use crate::Reason;
+use crate::client::Client;
 use crate::listener::Listener;
 
 /// Pending connections the kernel may queue per socket (capped by somaxconn).
@@ -134,7 +135,7 @@ fn admit(
         listener.refuse(peer, Reason::MaxConnections);
         return;
     }
-    tracker.spawn(super::handle(listener, stream, peer));
+    tracker.spawn(super::handle(listener, Client::accepted(stream, peer)));
 }
 
 /// Closes a refused connection at once with a reset, so the client learns

@@ -12,61 +12,108 @@ mod proxy_in;
 pub(crate) use accept::accept_loop;
 pub use accept::{bind, in_use};
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
-use tokio::time::Instant;
 use weir_telemetry::{ActiveGuard, count};
 
 use crate::Reason;
 use crate::client::Client;
-use crate::listener::{Listener, Mode};
+use crate::listener::{Listener, Mode, Route};
 
 /// Handles one accepted client connection. The accept loop has already counted
 /// it as active on the listener; the guard gives that back when this returns.
-pub(crate) async fn handle(listener: Arc<Listener>, stream: TcpStream, socket_peer: SocketAddr) {
-    let _slot = ActiveGuard::adopt(&listener.stats.connections_active);
-    let accepted_at = Instant::now();
-    // TCP_NODELAY is inherited from the listening socket (see `accept::bind`).
-    // A trusted source's PROXY header says who the client is; from here on that
-    // address stands everywhere (routing, maglev key, logs, the header sent on).
-    let mut refuse_proxy_header = false;
-    let (peer, destination) = match &listener.proxy_accept {
-        Some(accept) if accept.is_trusted(socket_peer.ip()) => {
-            match proxy_in::read(&stream, listener.handshake_timeout).await {
-                Ok(Some((src, dst))) => (src, Some(dst)),
-                Ok(None) => (socket_peer, None),
-                Err(reason) => return listener.refuse(socket_peer, reason),
+///
+/// The client is built once, by the accept loop, and lent to every phase: a
+/// value passed down by move would be stored again in every layer of the
+/// connection's task. Not an `async fn` for the same reason: one desugars to
+/// a copy of its arguments, where this block uses the captured ones in place.
+#[allow(clippy::manual_async_fn)] // an `async fn` would store its arguments twice
+pub(crate) fn handle(
+    listener: Arc<Listener>,
+    mut client: Client,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let _slot = ActiveGuard::adopt(&listener.stats.connections_active);
+        let Some(route) = front(&listener, &mut client).await else {
+            return;
+        };
+        match &route.mode {
+            Mode::L4(upstream) => {
+                crate::tcp::serve(&listener, route, upstream, &mut client).await;
             }
         }
-        Some(_) => {
-            refuse_proxy_header = true;
-            (socket_peer, None)
+    }
+}
+
+/// PROXY header in, ClientHello peek, route: the route, or `None` when the
+/// connection was refused (counted and logged). A trusted source's PROXY
+/// header says who the client is; from here on that address stands
+/// everywhere (routing, maglev key, logs, the header sent on).
+async fn front<'l>(listener: &'l Listener, client: &mut Client) -> Option<&'l Route> {
+    // TCP_NODELAY is inherited from the listening socket (see `accept::bind`).
+    match &listener.proxy_accept {
+        Some(accept) if accept.is_trusted(client.peer.ip()) => {
+            match proxy_in::read(&client.stream, listener.handshake_timeout).await {
+                Ok(Some((src, dst))) => (client.peer, client.destination) = (src, Some(dst)),
+                Ok(None) => {}
+                Err(reason) => {
+                    listener.refuse(client.peer, reason);
+                    return None;
+                }
+            }
         }
-        None => (socket_peer, None),
-    };
+        Some(_) => client.refuse_proxy_header = true,
+        None => {}
+    }
+    let peer = client.peer;
     let routed = if listener.needs_hello {
-        match client_hello::route(&listener, &stream, peer.ip()).await {
+        match client_hello::route(listener, &client.stream, peer.ip()).await {
             Ok(r) => r,
             Err(Reason::ClientClosed) => None,
-            Err(reason) => return listener.refuse(peer, reason),
+            Err(reason) => {
+                listener.refuse(peer, reason);
+                return None;
+            }
         }
     } else {
         listener.route_for(peer.ip(), None)
     };
     let Some(route) = routed else {
-        return listener.refuse(peer, Reason::NoRoute);
+        listener.refuse(peer, Reason::NoRoute);
+        return None;
     };
     count(&route.stats.connections_total, 1);
-    let client = Client {
-        stream,
-        peer,
-        destination,
-        refuse_proxy_header,
-        accepted_at,
-    };
-    match &route.mode {
-        Mode::L4(upstream) => crate::tcp::serve(&listener, route, upstream, client).await,
+    Some(route)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    /// Every idle connection holds its whole task, so the task's size is most
+    /// of what a connection costs (bench/ measures the RSS; see
+    /// docs/benchmarks.md). This guards the layout work in `tcp` and
+    /// `upstream` against a change that would, say, store a TLS client in
+    /// every connection again.
+    #[tokio::test]
+    async fn a_connections_task_stays_small() {
+        let cfg = weir_config::load_str(
+            "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n[[listeners.routes]]\n\
+             name = \"r\"\npool = \"p\"\n[[pools]]\nname = \"p\"\n[[pools.backends]]\n\
+             address = \"127.0.0.1:9\"\n",
+        )
+        .expect("config");
+        let server = crate::Server::start(&cfg).await.expect("start");
+        let listener = server.listener("l").expect("l");
+        let stream = tokio::net::TcpStream::connect(server.local_addrs("l")[0])
+            .await
+            .expect("connect");
+        let peer = stream.local_addr().expect("addr");
+        let task = super::handle(
+            Arc::clone(&listener),
+            crate::client::Client::accepted(stream, peer),
+        );
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 900, "a connection's task future is {size} bytes");
     }
 }

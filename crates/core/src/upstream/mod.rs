@@ -133,7 +133,13 @@ async fn establish(
         .sni
         .clone()
         .unwrap_or(rustls::pki_types::ServerName::IpAddress(addr.ip().into()));
-    match tokio::time::timeout(timeout, tls.connector.connect(name, tcp)).await {
+    // Boxed: a TLS client's state is large, and only TLS backends should make
+    // every connection's task carry it.
+    let handshake = Box::pin(tokio::time::timeout(
+        timeout,
+        tls.connector.connect(name, tcp),
+    ));
+    match handshake.await {
         Ok(Ok(stream)) => Ok(Stream::Tls(Box::new(stream))),
         Ok(Err(e)) => {
             tracing::debug!(%addr, error = %e, "TLS handshake with the backend failed");

@@ -33,7 +33,10 @@ pub(super) async fn send(
     while !rest.is_empty() {
         match backend.try_write(rest) {
             Ok(n) => rest = &rest[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => backend.writable().await?,
+            // Not `writable()`: its future would add to every connection's task.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::future::poll_fn(|cx| backend.poll_write_ready(cx)).await?;
+            }
             Err(e) => return Err(e),
         }
     }
