@@ -62,15 +62,20 @@ fn relayed<'a>(
             refuse_proxy_header: client.refuse_proxy_header,
         };
         let outcome = match &mut backend {
+            // Unconstrained: waiting for readiness takes no part in tokio's
+            // cooperative budget here, as with `readable()`, so a bulk
+            // transfer is not made to yield every 128 chunks (measured: ~8%
+            // of 8-stream throughput). A direction still stops at the first
+            // read that would block.
             Stream::Plain(backend) => {
-                relay::relay(
+                tokio::task::unconstrained(relay::relay(
                     &client.stream,
                     backend,
                     &b.stats,
                     settings,
                     &listener.kill,
                     &evict,
-                )
+                ))
                 .await
             }
             Stream::Tls(backend) => {
