@@ -21,6 +21,7 @@ command -v openssl >/dev/null 2>&1 || packages+=(openssl)
 command -v nsenter >/dev/null 2>&1 || packages+=(util-linux)
 command -v ip >/dev/null 2>&1 || packages+=(iproute2)
 command -v sysctl >/dev/null 2>&1 || packages+=(procps)
+command -v prlimit >/dev/null 2>&1 || packages+=(util-linux)
 if ((${#packages[@]})); then
     if [ "$(id -u)" -ne 0 ]; then
         echo "missing ${packages[*]}: install them or run as root" >&2
@@ -38,4 +39,18 @@ if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast
 else
     cargo test --workspace --locked --no-fail-fast --lib --bins --tests
+fi
+
+# A smoke run of every fuzz target (fuzz/), a minute each, with inputs long
+# enough for a 16 KiB ClientHello. cargo-fuzz needs a nightly toolchain, and
+# none can be fetched where this runs: without one installed, say so and skip.
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --quiet
+    for target in $(cd fuzz && cargo +nightly fuzz list); do
+        echo "fuzz smoke run: $target (60 s)"
+        (cd fuzz && cargo +nightly fuzz run "$target" -- \
+            -max_total_time=60 -max_len=20000)
+    done
+else
+    echo "fuzz smoke run skipped: no nightly toolchain is installed (cargo-fuzz needs one)"
 fi

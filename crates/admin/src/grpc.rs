@@ -11,14 +11,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use weir_core::events::Event;
 use weir_core::health::{AdminState, TierChange, Transition};
 use weir_core::pool::Pool;
 use weir_core::{ControlError, Reason, ReloadError, Server, millis};
 
+use crate::conn;
 use crate::grpc_metrics::{GrpcMetricsLayer, GrpcStats};
 use crate::metrics::BuildInfo;
 use crate::pb::v1 as pb;
@@ -79,19 +80,39 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves the control API on a bound listener until the service's `stop`.
+/// Serves the control API on a bound listener, within `limits`, until the
+/// service's `stop`. Connections come through [`conn::accept_loop`] (capped,
+/// timed out, pausing when out of descriptors) rather than tonic's own
+/// accept loop, which retries at once on every error.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: ControlService,
+    endpoint: Arc<conn::EndpointStats>,
+    limits: conn::Limits,
 ) -> Result<(), ServeError> {
     let stop = service.stop.clone();
     let layer = GrpcMetricsLayer::new(Arc::clone(&service.stats));
+    let (tx, rx) = mpsc::channel::<Result<conn::Guarded, std::io::Error>>(1);
+    let accept_stop = stop.clone();
+    tokio::spawn(async move {
+        conn::accept_loop(listener, limits, endpoint, accept_stop, |io, _| {
+            // The server takes connections one by one; a full channel means
+            // it is busy starting the previous one, which is brief.
+            if let Err(mpsc::error::TrySendError::Full(Ok(io))) = tx.try_send(Ok(io)) {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(Ok(io)).await;
+                });
+            }
+        })
+        .await;
+    });
     tonic::transport::Server::builder()
         .layer(layer)
         .add_service(AdminServer::new(service))
         .add_service(crate::reflection_service()?)
         .add_service(crate::reflection::reflection_service_v1alpha()?)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+        .serve_with_incoming_shutdown(ReceiverStream::new(rx), async move {
             stop.cancelled().await;
         })
         .await?;

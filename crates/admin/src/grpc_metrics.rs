@@ -234,7 +234,7 @@ impl GrpcStats {
     }
 
     /// Appends the gRPC families to a scrape body in `format`, without the
-    /// OpenMetrics `# EOF` line: [`crate::metrics::render_with_grpc`] places
+    /// OpenMetrics `# EOF` line: [`crate::metrics::render_with`] places
     /// them before it.
     pub fn render(&self, out: &mut String, format: Format) {
         let mut w = Writer::new(format);

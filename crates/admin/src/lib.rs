@@ -1,9 +1,13 @@
-//! The admin HTTP endpoint of weir (`[admin] http`): Prometheus metrics
-//! (`/metrics`, see [`metrics`]), liveness (`/healthz`) and readiness (`/readyz`)
-//! for orchestrators and load-balancer health checks. It is bound before the data
-//! plane starts so a taken port fails the start, and it stops with the process.
+//! The admin endpoints of weir. HTTP (`[admin] http`): Prometheus metrics
+//! (`/metrics`, see [`metrics`]), liveness (`/healthz`) and readiness
+//! (`/readyz`) for orchestrators and load-balancer health checks. gRPC
+//! (`[admin] grpc`): the control API ([`grpc`]). Both are bound before the
+//! data plane starts, so a taken port fails the start, and both are bounded
+//! ([`conn`]): a cap on open connections, a handshake and an idle timeout, an
+//! accept loop that pauses when the process is out of descriptors.
 
 pub mod auth;
+pub mod conn;
 pub mod grpc;
 pub mod grpc_metrics;
 pub mod metrics;
@@ -15,14 +19,30 @@ pub use reflection::reflection_service;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use hyper::service::Service as _;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use weir_core::Server;
+
+use crate::conn::{AdminStats, Closed, Limits};
+
+/// What the admin endpoints count about themselves: the gRPC calls and the
+/// connections of both endpoints.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub grpc: Arc<grpc_metrics::GrpcStats>,
+    pub conns: AdminStats,
+}
 
 /// A bound, not yet serving, admin listener.
 #[derive(Debug)]
@@ -45,22 +65,74 @@ impl AdminListener {
         self.addr
     }
 
-    /// Serves until `stop` is cancelled.
+    /// Serves HTTP/1.1 within `limits` until `stop` is cancelled; then lets
+    /// the requests in flight finish.
     pub async fn serve(
         self,
         server: Arc<Server>,
         build: metrics::BuildInfo,
-        grpc: Arc<grpc_metrics::GrpcStats>,
+        stats: Arc<Stats>,
+        limits: Limits,
         stop: CancellationToken,
-    ) -> std::io::Result<()> {
+    ) {
         let app = router(Arc::new(AppState {
             server,
             build,
-            grpc,
+            stats: Arc::clone(&stats),
         }));
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
+        let connections = TaskTracker::new();
+        let endpoint = Arc::clone(&stats.conns.http);
+        conn::accept_loop(
+            self.listener,
+            limits,
+            Arc::clone(&endpoint),
+            stop.clone(),
+            |io, _| {
+                let app = TowerToHyperService::new(app.clone());
+                // Whether a request came, to name a header timeout: before the
+                // first request it is a handshake timeout, later the kept-alive
+                // connection went idle.
+                let served = Arc::new(AtomicBool::new(false));
+                let service = {
+                    let served = Arc::clone(&served);
+                    hyper::service::service_fn(move |request| {
+                        served.store(true, Relaxed);
+                        app.call(request)
+                    })
+                };
+                let endpoint = Arc::clone(&endpoint);
+                let stop = stop.clone();
+                connections.spawn(async move {
+                    let mut http = hyper::server::conn::http1::Builder::new();
+                    // The whole header of each request within the handshake
+                    // timeout, not only its first byte; hyper also applies it to
+                    // the wait for the next request on a kept-alive connection,
+                    // as HAProxy applies `timeout http-request` when no
+                    // `timeout http-keep-alive` is set.
+                    http.timer(TokioTimer::new())
+                        .header_read_timeout(limits.handshake_timeout);
+                    let conn = http.serve_connection(TokioIo::new(io), service);
+                    tokio::pin!(conn);
+                    let ended = tokio::select! {
+                        r = conn.as_mut() => r,
+                        () = stop.cancelled() => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    };
+                    if ended.as_ref().is_err_and(hyper::Error::is_timeout) {
+                        endpoint.close(if served.load(Relaxed) {
+                            Closed::IdleTimeout
+                        } else {
+                            Closed::HandshakeTimeout
+                        });
+                    }
+                });
+            },
+        )
+        .await;
+        connections.close();
+        connections.wait().await;
     }
 }
 
@@ -68,7 +140,7 @@ impl AdminListener {
 struct AppState {
     server: Arc<Server>,
     build: metrics::BuildInfo,
-    grpc: Arc<grpc_metrics::GrpcStats>,
+    stats: Arc<Stats>,
 }
 
 fn router(state: Arc<AppState>) -> Router {
@@ -85,7 +157,7 @@ async fn metrics_handler(
 ) -> impl IntoResponse {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = metrics::Format::from_accept(accept);
-    let body = metrics::render_with_grpc(&state.server, &state.build, Some(&state.grpc), format);
+    let body = metrics::render_with(&state.server, &state.build, Some(&state.stats), format);
     ([(header::CONTENT_TYPE, format.content_type())], body)
 }
 

@@ -11,7 +11,7 @@ use weir_telemetry::{Kind, Writer};
 
 pub use weir_telemetry::Format;
 
-use crate::grpc_metrics::GrpcStats;
+use crate::Stats;
 
 /// Version and source revision, for `weir_build_info`.
 #[derive(Debug, Clone)]
@@ -22,15 +22,15 @@ pub struct BuildInfo {
 
 /// Renders every metric of `server`.
 pub fn render(server: &Server, build: &BuildInfo, format: Format) -> String {
-    render_with_grpc(server, build, None, format)
+    render_with(server, build, None, format)
 }
 
-/// Renders every metric of `server`, and the gRPC control API's families when
-/// it is served.
-pub fn render_with_grpc(
+/// Renders every metric of `server`, and the admin endpoints' own families
+/// (gRPC calls, admin connections) when they are served.
+pub fn render_with(
     server: &Server,
     build: &BuildInfo,
-    grpc: Option<&GrpcStats>,
+    admin: Option<&Stats>,
     format: Format,
 ) -> String {
     let mut w = Writer::new(format);
@@ -46,8 +46,9 @@ pub fn render_with_grpc(
         1,
     );
     crate::process::write(&mut w);
-    if let Some(grpc) = grpc {
-        grpc.write(&mut w);
+    if let Some(admin) = admin {
+        admin.conns.write(&mut w);
+        admin.grpc.write(&mut w);
     }
     w.finish()
 }

@@ -41,6 +41,7 @@ async fn start_with_admin(toml: &str, version: &str, revision: &str) -> (Arc<Ser
         Arc::clone(&server),
         build,
         Arc::default(),
+        weir_admin::conn::Limits::from_config(&config.admin),
         CancellationToken::new(),
     ));
     (server, admin_addr)

@@ -5,7 +5,8 @@
 //! each turn claims the backend's next preferred empty slot. A backend's preference list is
 //! the permutation `offset, offset + skip, offset + 2 skip, ... (mod M)`, with `offset` and
 //! `skip` derived from its name only. Because the name is the only input, adding or removing
-//! one of N backends changes roughly 1/N of the slots, and every weir instance given the same
+//! one of N backends changes roughly 1/N of the slots (more when two names share a
+//! [`skip`]), and every weir instance given the same
 //! backend set (in any order) builds a bit-identical table: N instances behind ECMP agree on
 //! where each client goes without talking to each other.
 //!
@@ -37,7 +38,14 @@ pub(crate) fn offset(name: &str) -> usize {
 }
 
 /// The stride of a backend's preference list, in `1..M`.
-pub(crate) fn skip(name: &str) -> usize {
+///
+/// Two names share a stride with probability 1/65,536. Their preference
+/// lists are then the same cycle from different starts, so they contend for
+/// the same slots, and adding or removing a third backend can move far more
+/// than 1/N of the slots between them (two thirds of the table, in the
+/// worst case seen among three backends). Every Maglev table built this way
+/// shares the trait; renaming one of the two backends ends it.
+pub fn skip(name: &str) -> usize {
     (hash::seeded(name.as_bytes(), SEED_SKIP) % (M - 1) + 1) as usize
 }
 

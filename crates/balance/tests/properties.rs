@@ -3,7 +3,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use proptest::prelude::*;
-use weir_balance::maglev::{TABLE_SIZE, Table};
+use weir_balance::maglev::{self, TABLE_SIZE, Table};
 use weir_balance::{Member, Picker, Policy, Request, hash_bytes};
 
 /// Caller indices deliberately differ from positions, to catch mix-ups.
@@ -442,6 +442,23 @@ fn counts(table: &Table, n: usize) -> Vec<usize> {
     counts
 }
 
+/// The one case the 1/N bound does not cover, found by the property below:
+/// two names with the same stride walk the same cycle, and removing the third
+/// backend moves two thirds of the table. Shares stay equal all the same.
+#[test]
+fn maglev_shared_stride_is_the_exception() {
+    let names = [".9.-.6dvzmuyx50f:g", "c9-.-d.zmv45", "z3t3is57j.p0j05"];
+    assert_eq!(maglev::skip(names[0]), maglev::skip(names[2]));
+    let before: Vec<(&str, u32)> = names.iter().map(|&n| (n, 1)).collect();
+    let after = vec![before[0], before[2]];
+    let (t1, t2) = (Table::build(&before), Table::build(&after));
+    let (n1, n2) = (named(&t1, &before), named(&t2, &after));
+    let changed = n1.iter().zip(&n2).filter(|(a, b)| a != b).count();
+    assert_eq!(changed, 42_825);
+    let c = counts(&t2, 2);
+    assert!(c[0].abs_diff(c[1]) <= 1, "{c:?}");
+}
+
 #[test]
 fn maglev_equal_shares_at_1000_backends() {
     let names = names(1000);
@@ -604,13 +621,16 @@ proptest! {
         }
     }
 
-    /// Removing one of N backends changes at most 1/N + 1% of the slots.
+    /// Removing one of N backends changes at most 1/N + 1% of the slots, when
+    /// no two names share a stride (see `maglev_shared_stride_is_the_exception`).
     #[test]
     fn maglev_removal_is_minimally_disruptive(
         names in backend_names(),
         victim in any::<prop::sample::Index>(),
     ) {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let strides: BTreeSet<usize> = names.iter().map(|n| maglev::skip(n)).collect();
+        prop_assume!(strides.len() == names.len());
         let before: Vec<(&str, u32)> = names.iter().map(|&n| (n, 1)).collect();
         let gone = victim.index(before.len());
         let mut after = before.clone();

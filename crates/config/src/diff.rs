@@ -70,9 +70,17 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
     }
     // The token is read again by every reload (rotation); the addresses are
     // bound once.
-    if (old.admin.http, old.admin.grpc, old.admin.insecure)
-        != (new.admin.http, new.admin.grpc, new.admin.insecure)
-    {
+    let fixed = |a: &crate::model::Admin| {
+        (
+            a.http,
+            a.grpc,
+            a.insecure,
+            a.max_connections,
+            a.handshake_timeout,
+            a.idle_timeout,
+        )
+    };
+    if fixed(&old.admin) != fixed(&new.admin) {
         d.need_restart.push("admin".to_owned());
     }
     // zero_copy reaches new connections through the rebuilt listeners; the

@@ -25,7 +25,7 @@ pub struct Config {
 }
 
 /// `[admin]`: the admin endpoints. An address left out is not served.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Admin {
     /// `/metrics`, `/healthz`, `/readyz`.
     pub http: Option<SocketAddr>,
@@ -36,6 +36,28 @@ pub struct Admin {
     pub token_file: Option<PathBuf>,
     /// Allows a non-loopback admin address without a token.
     pub insecure: bool,
+    /// Open connections per admin endpoint at most; beyond, refused at once.
+    pub max_connections: u32,
+    /// Time a client has to send its first request (HTTP headers, or the
+    /// HTTP/2 preface of a gRPC client).
+    pub handshake_timeout: Duration,
+    /// An admin connection with no bytes either way for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            http: None,
+            grpc: None,
+            token: None,
+            token_file: None,
+            insecure: false,
+            max_connections: 64,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
 }
 
 /// A secret read from `admin.token_file`; never printed.
@@ -83,6 +105,9 @@ pub struct Log {
     /// A `tracing` filter directive such as `info` or `weir=debug,info`; checked.
     pub level: String,
     pub access_log: bool,
+    /// Access-log lines of refused connections written per second and
+    /// listener at most (0: all); the rest are counted.
+    pub refusals_per_second: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

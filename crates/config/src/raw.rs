@@ -36,6 +36,9 @@ pub(crate) struct RawAdmin {
     pub(crate) grpc: Option<String>,
     pub(crate) token_file: Option<String>,
     pub(crate) insecure: Option<bool>,
+    pub(crate) max_connections: Option<Int>,
+    pub(crate) handshake_timeout: Option<String>,
+    pub(crate) idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -58,6 +61,7 @@ pub(crate) struct RawLog {
     pub(crate) format: Option<String>,
     pub(crate) level: Option<String>,
     pub(crate) access_log: Option<bool>,
+    pub(crate) refusals_per_second: Option<Int>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -22,6 +22,7 @@
 
 mod client;
 pub mod events;
+pub mod fds;
 mod frontend;
 pub mod health;
 pub mod listener;
@@ -34,7 +35,7 @@ mod statefile;
 mod tcp;
 mod upstream;
 
-pub use frontend::{bind, in_use};
+pub use frontend::{accept_pause, bind, in_use};
 pub use reason::{Reason, Side};
 pub use server::{
     ControlError, LastReload, Options, ReloadError, Reloaded, Server, Snapshot, StartError,

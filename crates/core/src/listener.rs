@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use weir_telemetry::{AccessRecord, Histogram, Kind, Writer, count};
+use weir_telemetry::{AccessRecord, Histogram, Kind, LogBudget, Verdict, Writer, count};
 use weir_wire::client_hello::ClientHello;
 
 use crate::Reason;
@@ -96,8 +96,38 @@ impl Listener {
     /// Counts a connection refused before it reached a backend and writes its
     /// access-log line.
     pub(crate) fn refuse(&self, client: SocketAddr, reason: Reason) {
+        self.refuse_on(None, client, Duration::ZERO, reason);
+    }
+
+    /// Counts a connection refused on `route` (no backend could take it) and
+    /// writes its access-log line. Under a flood the lines of refusals are
+    /// thinned to `log.refusals_per_second`; the count stays exact, and what
+    /// was left out is counted and said.
+    pub(crate) fn refuse_on(
+        &self,
+        route: Option<&Route>,
+        client: SocketAddr,
+        duration: Duration,
+        reason: Reason,
+    ) {
         self.stats.reject(reason);
-        self.log(None, client, None, (0, 0), Duration::ZERO, reason);
+        if !self.access_log {
+            return;
+        }
+        match self.stats.refusal_lines.check() {
+            Verdict::Write { suppressed } => {
+                if suppressed > 0 {
+                    tracing::warn!(
+                        target: "weir::access",
+                        listener = %self.name,
+                        suppressed,
+                        "access-log lines of refused connections left out (log.refusals_per_second)"
+                    );
+                }
+                self.log(route, client, None, (0, 0), duration, reason);
+            }
+            Verdict::Skip => {}
+        }
     }
 
     /// Writes one access-log line, when the access log is on. A connect
@@ -142,6 +172,8 @@ pub struct ListenerStats {
     /// Connections currently open and counted against `max_connections`.
     pub connections_active: AtomicI64,
     rejected: [AtomicU64; Reason::COUNT],
+    /// Thins the access-log lines of refusals under a flood.
+    pub(crate) refusal_lines: LogBudget,
 }
 
 impl Default for ListenerStats {
@@ -150,6 +182,7 @@ impl Default for ListenerStats {
             connections_total: AtomicU64::new(0),
             connections_active: AtomicI64::new(0),
             rejected: Default::default(),
+            refusal_lines: LogBudget::new(0),
         }
     }
 }
@@ -227,6 +260,18 @@ pub(crate) fn render(listeners: &[Arc<Listener>], w: &mut Writer) {
                 l.stats.rejected(r),
             );
         }
+    }
+    w.family(
+        "weir_access_log_suppressed",
+        Kind::Counter,
+        "Access-log lines of refused connections left out under a flood (log.refusals_per_second); the refusals themselves are all counted.",
+    );
+    for l in listeners {
+        w.sample(
+            "weir_access_log_suppressed_total",
+            &[("listener", &l.name)],
+            l.stats.refusal_lines.suppressed(),
+        );
     }
     w.family(
         "weir_listener_max_connections",

@@ -74,28 +74,36 @@ pub enum Reason {
     NotServing,
     /// gRPC answered with an error status.
     GrpcStatus,
+
+    // weir's own trouble.
+    /// weir could not create a socket or a pipe: out of file descriptors
+    /// (EMFILE, ENFILE), socket buffers (ENOBUFS) or memory (ENOMEM). Never
+    /// held against a backend.
+    LocalResources,
 }
 
 impl Reason {
     /// How many reasons there are: counters indexed by reason have this size.
-    pub const COUNT: usize = Reason::GrpcStatus as usize + 1;
+    pub const COUNT: usize = Reason::LocalResources as usize + 1;
 
     /// `weir_listener_connections_rejected_total{reason}`.
-    pub const REJECTIONS: [Reason; 5] = [
+    pub const REJECTIONS: [Reason; 6] = [
         Reason::MaxConnections,
         Reason::NoRoute,
         Reason::NoBackend,
         Reason::HandshakeTimeout,
         Reason::ProxyProtocol,
+        Reason::LocalResources,
     ];
 
     /// `weir_backend_connect_errors_total{reason}`.
-    pub const CONNECT_ERRORS: [Reason; 5] = [
+    pub const CONNECT_ERRORS: [Reason; 6] = [
         Reason::Timeout,
         Reason::Refused,
         Reason::Reset,
         Reason::Tls,
         Reason::ConnectOther,
+        Reason::LocalResources,
     ];
 
     /// Failed `weir_health_checks_total{result="failure",reason}`.
@@ -138,6 +146,7 @@ impl Reason {
             Self::Protocol => "protocol",
             Self::NotServing => "not_serving",
             Self::GrpcStatus => "grpc_status",
+            Self::LocalResources => "local_resources",
         }
     }
 
@@ -171,16 +180,22 @@ impl Reason {
             | Self::Protocol
             | Self::NotServing
             | Self::GrpcStatus => Side::Backend,
-            Self::IdleTimeout | Self::Shutdown | Self::DrainTimeout | Self::MaxConnections => {
-                Side::Internal
-            }
+            Self::IdleTimeout
+            | Self::Shutdown
+            | Self::DrainTimeout
+            | Self::MaxConnections
+            | Self::LocalResources => Side::Internal,
         }
     }
 
-    /// True for a failure to establish a connection to a backend: nothing of
-    /// the client's reached it, so another backend may be tried.
+    /// True for a backend's failure to accept a connection: nothing of the
+    /// client's reached it, so another backend may be tried. (Not weir's own
+    /// shortage: another backend would meet it too.)
     pub fn retry(self) -> bool {
-        Reason::CONNECT_ERRORS.contains(&self)
+        matches!(
+            self,
+            Self::Timeout | Self::Refused | Self::Reset | Self::Tls | Self::ConnectOther
+        )
     }
 
     /// The status a layer-7 client gets when its request ends this way
@@ -190,9 +205,11 @@ impl Reason {
     pub fn http_status(self) -> Option<u16> {
         match self {
             Self::Timeout => Some(504),
-            Self::NoBackend | Self::MaxConnections | Self::BackendDown | Self::Shutdown => {
-                Some(503)
-            }
+            Self::NoBackend
+            | Self::MaxConnections
+            | Self::BackendDown
+            | Self::Shutdown
+            | Self::LocalResources => Some(503),
             Self::NoRoute => Some(404),
             Self::HandshakeTimeout | Self::IdleTimeout => Some(408),
             Self::ProxyProtocol => Some(400),
@@ -215,6 +232,9 @@ impl Reason {
     /// The reason of a failed connect or I/O call to a backend.
     pub(crate) fn from_connect_io(err: &std::io::Error) -> Reason {
         use std::io::ErrorKind::*;
+        if local_resources(err) {
+            return Self::LocalResources;
+        }
         match err.kind() {
             ConnectionRefused => Self::Refused,
             ConnectionReset | ConnectionAborted => Self::Reset,
@@ -222,6 +242,19 @@ impl Reason {
             _ => Self::ConnectOther,
         }
     }
+}
+
+/// True when `err` says this process ran out of something it needs for a
+/// socket: file descriptors (EMFILE, ENFILE), socket buffers (ENOBUFS) or
+/// memory (ENOMEM). Such a failure is weir's, not a peer's; an accept loop
+/// that meets it must pause rather than retry at once.
+pub fn local_resources(err: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    err.raw_os_error().is_some_and(|code| {
+        [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM]
+            .iter()
+            .any(|e| e.raw_os_error() == code)
+    })
 }
 
 impl std::fmt::Display for Reason {
@@ -258,6 +291,7 @@ mod tests {
         Reason::Protocol,
         Reason::NotServing,
         Reason::GrpcStatus,
+        Reason::LocalResources,
     ];
 
     #[test]
@@ -271,13 +305,29 @@ mod tests {
     }
 
     #[test]
-    fn only_connect_failures_allow_another_backend() {
+    fn only_a_backends_connect_failures_allow_another_backend() {
         for r in ALL {
-            assert_eq!(r.retry(), Reason::CONNECT_ERRORS.contains(&r), "{r:?}");
-            if r.retry() {
-                assert_eq!(r.side(), Side::Backend, "{r:?}");
-            }
+            assert_eq!(
+                r.retry(),
+                Reason::CONNECT_ERRORS.contains(&r) && r.side() == Side::Backend,
+                "{r:?}"
+            );
         }
+        assert!(!Reason::LocalResources.retry());
+    }
+
+    #[test]
+    fn running_out_of_descriptors_is_weirs_own() {
+        use rustix::io::Errno;
+        for errno in [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM] {
+            let e = std::io::Error::from_raw_os_error(errno.raw_os_error());
+            assert!(local_resources(&e), "{errno:?}");
+            assert_eq!(Reason::from_connect_io(&e), Reason::LocalResources);
+        }
+        assert_eq!(Reason::LocalResources.side(), Side::Internal);
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(!local_resources(&refused));
+        assert_eq!(Reason::from_connect_io(&refused), Reason::Refused);
     }
 
     #[test]

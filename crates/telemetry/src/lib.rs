@@ -3,18 +3,21 @@
 //! [`ActiveGuard`]); [`Histogram`] has fixed buckets and records with two
 //! relaxed adds; [`Writer`] writes the Prometheus text and OpenMetrics formats,
 //! so each subsystem renders its own families into one scrape; and
-//! [`AccessRecord`] is the one access-log line of a connection or request.
+//! [`AccessRecord`] is the one access-log line of a connection or request;
+//! a [`LogBudget`] thins such lines under a flood and counts what it left out.
 //!
 //! There is no registry and no global state: whoever owns a counter renders it.
 //! With the `metrics` feature off, counters and histograms that only feed
 //! `/metrics` compile to nothing (gauges the data plane reads stay).
 
 mod access;
+mod budget;
 mod counter;
 mod exposition;
 mod histogram;
 
 pub use access::AccessRecord;
+pub use budget::{LogBudget, Verdict};
 pub use counter::{ActiveGuard, count};
 pub use exposition::{Format, Kind, Writer};
 pub use histogram::{Histogram, HistogramSnapshot};

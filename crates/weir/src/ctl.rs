@@ -23,6 +23,8 @@ use weir_admin::pb::v1::admin_client::AdminClient;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Deadline of one call; a reload waits for the first probes of new backends.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// A daemon that does not answer a keep-alive ping within this is gone.
+const PING_ACK_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Where the daemon is and how to talk to it.
 #[derive(Debug, Args)]
@@ -35,6 +37,16 @@ pub(crate) struct Target {
         default_value = "127.0.0.1:9901"
     )]
     admin: SocketAddr,
+    /// Interval of HTTP/2 keep-alive pings to the daemon, which keep a
+    /// `watch` open across the daemon's `admin.idle_timeout`.
+    #[arg(
+        long,
+        global = true,
+        env = "WEIR_KEEPALIVE",
+        default_value = "30s",
+        value_parser = parse_interval
+    )]
+    keepalive: Duration,
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -101,7 +113,7 @@ pub(crate) fn run(target: &Target, request: Request) -> ExitCode {
         Err(e) => return fail(&format!("cannot start: {e}"), 1),
     };
     runtime.block_on(async {
-        let mut client = match connect(target.admin).await {
+        let mut client = match connect(target.admin, target.keepalive).await {
             Ok(c) => c,
             Err(message) => return fail(&message, 3),
         };
@@ -115,10 +127,24 @@ pub(crate) fn run(target: &Target, request: Request) -> ExitCode {
     })
 }
 
-async fn connect(addr: SocketAddr) -> Result<AdminClient<Channel>, String> {
+/// A keep-alive interval: a duration such as `30s` or `500ms`, at least 100 ms.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. \"30s\")"))?;
+    if d < Duration::from_millis(100) {
+        return Err("at least 100ms".to_owned());
+    }
+    Ok(d)
+}
+
+async fn connect(addr: SocketAddr, keepalive: Duration) -> Result<AdminClient<Channel>, String> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| format!("bad admin address {addr}: {e}"))?
-        .connect_timeout(CONNECT_TIMEOUT);
+        .connect_timeout(CONNECT_TIMEOUT)
+        // Pings move bytes while a watch waits for events, so the daemon's
+        // idle timeout does not cut it; a dead daemon is noticed as well.
+        .http2_keep_alive_interval(keepalive)
+        .keep_alive_timeout(PING_ACK_TIMEOUT)
+        .keep_alive_while_idle(true);
     let channel = endpoint.connect().await.map_err(|e| {
         format!(
             "cannot reach weir at {addr}: {}\n(is it running with `[admin] grpc = \"{addr}\"`? \

@@ -335,6 +335,7 @@ pub(crate) async fn serve(
     if let Takeover::Refuse { hint } = takeover {
         check_free(&config, hint)?;
     }
+    check_descriptors(&config);
     // Both admin ports are bound before the data plane starts, so a taken
     // port fails the start instead of leaving weir without its controls.
     let admin = match config.admin.http {
@@ -366,16 +367,13 @@ pub(crate) async fn serve(
         version: env!("CARGO_PKG_VERSION").to_owned(),
         revision: env!("WEIR_REVISION").to_owned(),
     };
-    let grpc_stats = Arc::new(weir_admin::grpc_metrics::GrpcStats::default());
+    let admin_stats = Arc::new(weir_admin::Stats::default());
+    let limits = weir_admin::conn::Limits::from_config(&server.snapshot().config.admin);
     if let Some(admin) = admin {
         let server = Arc::clone(&server);
         let stop = admin_stop.clone();
-        let (build, grpc_stats) = (build.clone(), Arc::clone(&grpc_stats));
-        tokio::spawn(async move {
-            if let Err(e) = admin.serve(server, build, grpc_stats, stop).await {
-                tracing::error!(error = %e, "admin endpoint failed");
-            }
-        });
+        let (build, stats) = (build.clone(), Arc::clone(&admin_stats));
+        tokio::spawn(admin.serve(server, build, stats, limits, stop));
     }
     if let Some(listener) = grpc {
         if let Some(addr) = bound.grpc {
@@ -384,11 +382,12 @@ pub(crate) async fn serve(
         let service = weir_admin::grpc::ControlService::new(
             Arc::clone(&server),
             build,
-            grpc_stats,
+            Arc::clone(&admin_stats.grpc),
             grpc_stop.clone(),
         );
+        let endpoint = Arc::clone(&admin_stats.conns.grpc);
         tokio::spawn(async move {
-            if let Err(e) = weir_admin::grpc::serve(listener, service).await {
+            if let Err(e) = weir_admin::grpc::serve(listener, service, endpoint, limits).await {
                 tracing::error!(error = %e, "admin gRPC endpoint failed");
             }
         });
@@ -418,6 +417,47 @@ pub(crate) async fn serve(
     admin_stop.cancel();
     tracing::info!("weir stopped");
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard one, as HAProxy and nginx
+/// do: the soft default (often 1024) is far below what a proxy needs, and the
+/// hard limit is what the administrator allowed. Returns the limit in force.
+fn raise_nofile() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let Some(hard) = limit.maximum
+        && limit.current.is_some_and(|soft| soft < hard)
+    {
+        limit.current = Some(hard);
+        if setrlimit(Resource::Nofile, limit).is_err() {
+            return getrlimit(Resource::Nofile).current;
+        }
+    }
+    limit.current
+}
+
+/// Says at start when the open-files limit is below what the config may need
+/// at its busiest (see `weir_core::fds`), with the number to set.
+fn check_descriptors(config: &Config) {
+    let Some(limit) = raise_nofile() else {
+        return;
+    };
+    let workers = match config.runtime.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let needed = weir_core::fds::needed(config, workers);
+    if limit < needed {
+        tracing::warn!(
+            limit,
+            needed,
+            "the open-files limit is below what the listeners' max_connections may need: \
+             past it, weir refuses connections with reason local_resources; raise it to at \
+             least {needed} (LimitNOFILE= in systemd, ulimit -n)"
+        );
+    } else {
+        tracing::info!(limit, needed, "open-files limit");
+    }
 }
 
 fn signal(kind: tokio::signal::unix::SignalKind) -> Result<tokio::signal::unix::Signal> {

@@ -32,12 +32,33 @@ impl Checker {
                 }
             }
         }
+        let default = Admin::default();
+        let max_connections = self.int(
+            "admin.max_connections",
+            raw.max_connections,
+            default.max_connections,
+            1,
+            Some(100_000),
+        );
+        let handshake_timeout = self.timeout(
+            "admin.handshake_timeout",
+            raw.handshake_timeout.as_deref(),
+            default.handshake_timeout,
+        );
+        let idle_timeout = self.timeout(
+            "admin.idle_timeout",
+            raw.idle_timeout.as_deref(),
+            default.idle_timeout,
+        );
         Admin {
             http,
             grpc,
             token,
             token_file,
             insecure,
+            max_connections,
+            handshake_timeout,
+            idle_timeout,
         }
     }
 

@@ -5,6 +5,9 @@ use crate::model::{Log, LogFormat};
 use crate::raw::RawLog;
 
 const DEFAULT_LOG_LEVEL: &str = "info";
+/// Refusal lines per second and listener: enough to see what is refused,
+/// too few to turn a flood into a log flood.
+const DEFAULT_REFUSALS_PER_SECOND: u32 = 100;
 const LOG_FORMATS: &[(&str, LogFormat)] = &[("text", LogFormat::Text), ("json", LogFormat::Json)];
 
 impl Checker {
@@ -33,6 +36,13 @@ impl Checker {
             format,
             level,
             access_log: raw.access_log.unwrap_or(true),
+            refusals_per_second: self.int(
+                "log.refusals_per_second",
+                raw.refusals_per_second,
+                DEFAULT_REFUSALS_PER_SECOND,
+                0,
+                Some(1_000_000),
+            ),
         }
     }
 }

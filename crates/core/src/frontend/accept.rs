@@ -13,7 +13,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use weir_telemetry::count;
+use weir_telemetry::{Verdict, count};
 
 use crate::Reason;
 use crate::client::Client;
@@ -86,13 +86,16 @@ pub(crate) async fn accept_loop(
         let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
-                if is_resource_exhaustion(&e) {
+                if let Some(pause) = accept_pause(&e) {
                     // Out of descriptors or memory: accepting again at once would
                     // spin; pending clients wait in the backlog meanwhile.
-                    tracing::warn!(listener = %slot.load().name, error = %e, "accept failed; pausing 50ms");
+                    let listener = slot.load();
+                    if let Verdict::Write { suppressed } = listener.stats.refusal_lines.check() {
+                        tracing::warn!(listener = %listener.name, error = %e, suppressed, "accept failed; pausing 50ms");
+                    }
                     tokio::select! {
                         () = &mut stopped => break,
-                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                        () = tokio::time::sleep(pause) => {}
                     }
                 }
                 continue;
@@ -145,14 +148,12 @@ fn reject_now(stream: tokio::net::TcpStream) {
     drop(stream);
 }
 
-fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc_errno) if libc_errno == rustix::io::Errno::MFILE.raw_os_error()
-            || libc_errno == rustix::io::Errno::NFILE.raw_os_error()
-            || libc_errno == rustix::io::Errno::NOBUFS.raw_os_error()
-            || libc_errno == rustix::io::Errno::NOMEM.raw_os_error()
-    )
+/// How long an accept loop pauses after `e`: a while when the process is out
+/// of descriptors or memory (accepting again at once would spin until some
+/// are freed, while the pending clients wait in the backlog), else not at all
+/// (a client that gave up before its connection was accepted).
+pub fn accept_pause(e: &io::Error) -> Option<Duration> {
+    crate::reason::local_resources(e).then_some(Duration::from_millis(50))
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Routing on the TLS ClientHello without terminating TLS: the first bytes of
 //! the connection are read with MSG_PEEK, so they stay in the socket and reach
-//! the backend untouched; the pure parser in `weir_wire::tls` says whether they
+//! the backend untouched; the pure parser in `weir_wire::client_hello` says whether they
 //! are a ClientHello (and its SNI and ALPN), not TLS at all, or need more bytes.
 //! The wait is bounded by the listener's `handshake_timeout`.
 
@@ -15,6 +15,9 @@ use crate::listener::{Listener, Route};
 
 /// The most bytes peeked: a ClientHello of up to 16 KiB plus record headers.
 const MAX_PEEK: usize = tls::MAX_HELLO_LEN + 1024;
+/// The buffer a peek starts with: most ClientHellos fit (Chromium's, with a
+/// post-quantum key share, is about 2 KiB and grows it once).
+const FIRST_PEEK: usize = 1024;
 
 /// Peeks at the client's first bytes and returns the first route that matches
 /// them (non-TLS and malformed hellos match only routes without sni/alpn).
@@ -37,19 +40,46 @@ async fn peek_route<'l>(
     client: &TcpStream,
     ip: IpAddr,
 ) -> Result<Option<&'l Route>, Reason> {
-    // Only listeners that route on SNI/ALPN pay for this buffer, and only while
-    // the ClientHello arrives.
-    let mut buf = vec![0u8; MAX_PEEK];
+    // Only listeners that route on SNI/ALPN pay for this buffer, only while
+    // the ClientHello arrives, and by what has arrived (never what the record
+    // header announces): a flood of clients that never finish their hello
+    // holds 1 KiB each, not 17, and at most twice what each one sent.
+    let mut buf = vec![0u8; FIRST_PEEK];
     let mut seen = 0;
     loop {
         peek::more(client, &mut buf, &mut seen).await?;
         match tls::peek(&buf[..seen]) {
             Ok(Peek::Complete(hello)) => return Ok(listener.route_for(ip, Some(&hello))),
             Ok(Peek::NotTls) | Err(_) => return Ok(listener.route_for(ip, None)),
-            Ok(Peek::Incomplete { .. }) if seen == buf.len() => {
-                return Ok(listener.route_for(ip, None));
-            }
+            Ok(Peek::Incomplete { .. }) if seen == buf.len() => match grown(seen) {
+                Some(len) => buf.resize(len, 0),
+                None => return Ok(listener.route_for(ip, None)),
+            },
             Ok(Peek::Incomplete { .. }) => {}
         }
+    }
+}
+
+/// The buffer's next length when it is full with `seen` bytes and the parser
+/// needs more: doubled, at most [`MAX_PEEK`]; `None` when it is as large as
+/// it may be. Doubling keeps the peeks few (five from 1 KiB to the cap).
+fn grown(seen: usize) -> Option<usize> {
+    if seen >= MAX_PEEK {
+        return None;
+    }
+    Some(seen.saturating_mul(2).clamp(1, MAX_PEEK))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_buffer_doubles_and_stops_at_the_cap() {
+        assert_eq!(grown(1024), Some(2048));
+        assert_eq!(grown(2048), Some(4096));
+        assert_eq!(grown(16 * 1024), Some(MAX_PEEK));
+        assert_eq!(grown(MAX_PEEK), None);
+        const { assert!(FIRST_PEEK < MAX_PEEK) };
     }
 }

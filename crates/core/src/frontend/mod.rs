@@ -10,7 +10,7 @@ mod peek;
 mod proxy_in;
 
 pub(crate) use accept::accept_loop;
-pub use accept::{bind, in_use};
+pub use accept::{accept_pause, bind, in_use};
 
 use std::sync::Arc;
 

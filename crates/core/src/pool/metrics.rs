@@ -197,6 +197,20 @@ fn checks<'a>(w: &mut Writer, probed: impl Iterator<Item = (&'a Pool, &'a Backen
             &[pool, backend, kind, ("result", "success"), ("reason", "ok")],
             b.stats.checks_passed(),
         );
+        let skipped = b.stats.checks_skipped();
+        if skipped > 0 {
+            w.sample(
+                "weir_health_checks_total",
+                &[
+                    pool,
+                    backend,
+                    kind,
+                    ("result", "skipped"),
+                    ("reason", Reason::LocalResources.as_str()),
+                ],
+                skipped,
+            );
+        }
         for r in Reason::PROBE_FAILURES {
             let n = b.stats.checks_failed(r);
             if n > 0 {

@@ -79,6 +79,8 @@ pub struct Pool {
     settled: AtomicBool,
     /// Kept across reloads, like the backends' histories.
     tier_history: Arc<Mutex<VecDeque<TierChange>>>,
+    /// Thins the warnings about weir's own shortage of descriptors.
+    shortage_lines: weir_telemetry::LogBudget,
     /// The newest generation of this pool, shared by all of them: work that
     /// outlives a reload (a passive retry, an old connection's failure)
     /// rebuilds the balancer that serves.
@@ -228,6 +230,7 @@ impl Pool {
             rebuild: Mutex::new(last_tier),
             settled: AtomicBool::new(false),
             tier_history,
+            shortage_lines: weir_telemetry::LogBudget::new(1),
             newest: previous.map_or_else(Arc::default, |p| Arc::clone(&p.newest)),
             cx: cx.clone(),
         });

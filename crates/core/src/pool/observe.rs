@@ -9,6 +9,7 @@ use super::backend::{LastProbe, Status};
 use super::{Backend, Pool, Watch, describe};
 use crate::Reason;
 use crate::health::{AdminState, Cause, Change, Health, HealthCounter, Report};
+use weir_telemetry::Verdict;
 
 impl Pool {
     /// Applies a probe result to backend `i`.
@@ -18,6 +19,12 @@ impl Pool {
         };
         let (ok, text) = (report.ok(), report.text.as_str());
         b.stats.check(report, took);
+        if report.failure == Some(Reason::LocalResources) {
+            // weir could not even open a socket: that says nothing about the
+            // backend, whose state stays as it was.
+            self.local_shortage(&b.name, "probe", text);
+            return;
+        }
         let changed = {
             let mut s = b.status();
             let now = SystemTime::now();
@@ -96,6 +103,22 @@ impl Pool {
         };
         if let Some(why) = changed {
             self.latest().rebuild(|| why);
+        }
+    }
+
+    /// weir ran out of descriptors or memory for a connect or a probe of
+    /// `backend`: a warning, at most one a second per pool, saying how many
+    /// more there were.
+    pub(crate) fn local_shortage(&self, backend: &str, what: &str, detail: &str) {
+        if let Verdict::Write { suppressed } = self.shortage_lines.check() {
+            tracing::warn!(
+                pool = %self.name,
+                backend,
+                what,
+                detail,
+                suppressed,
+                "weir is out of file descriptors or memory; the backend is not at fault and keeps its state"
+            );
         }
     }
 

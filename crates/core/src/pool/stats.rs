@@ -61,6 +61,8 @@ pub struct BackendStats {
     connect_errors: [AtomicU64; Reason::COUNT],
     checks_passed: AtomicU64,
     checks_failed: [AtomicU64; Reason::COUNT],
+    /// Probes that could not run because weir was out of descriptors.
+    checks_skipped: AtomicU64,
     /// [from][to]
     transitions: [[AtomicU64; StateLabel::ALL.len()]; StateLabel::ALL.len()],
 }
@@ -77,6 +79,7 @@ impl Default for BackendStats {
             connect_errors: Default::default(),
             checks_passed: AtomicU64::new(0),
             checks_failed: Default::default(),
+            checks_skipped: AtomicU64::new(0),
             transitions: Default::default(),
         }
     }
@@ -102,9 +105,15 @@ impl BackendStats {
         self.checks_failed[reason as usize].load(Relaxed)
     }
 
+    /// Probes that weir could not run for want of descriptors or memory.
+    pub fn checks_skipped(&self) -> u64 {
+        self.checks_skipped.load(Relaxed)
+    }
+
     pub(crate) fn check(&self, report: &Report, took: Duration) {
         match report.failure {
             None => count(&self.checks_passed, 1),
+            Some(Reason::LocalResources) => count(&self.checks_skipped, 1),
             Some(r) => count(&self.checks_failed[r as usize], 1),
         }
         self.check_duration.observe(took);

@@ -113,6 +113,11 @@ fn build_listener(
             stats,
         });
     }
+    let stats: Arc<crate::listener::ListenerStats> =
+        before.map_or_else(Arc::default, |b| Arc::clone(&b.stats));
+    stats
+        .refusal_lines
+        .set_per_second(config.log.refusals_per_second);
     Ok(Arc::new(Listener {
         name: l.name.clone(),
         max_connections: l.max_connections,
@@ -122,7 +127,7 @@ fn build_listener(
         needs_hello: l.routes.iter().any(|r| r.matcher.needs_client_hello()),
         proxy_accept: l.proxy_protocol.clone(),
         routes,
-        stats: before.map_or_else(Arc::default, |b| Arc::clone(&b.stats)),
+        stats,
         zero_copy: config.runtime.zero_copy,
         access_log: config.log.access_log,
         kill: before.map_or_else(CancellationToken::new, |b| b.kill.clone()),

@@ -30,12 +30,14 @@ pub(crate) fn serve<'a>(
                 relayed(listener, route, b, client, backend).await;
             }
             Err(reason) => {
-                if reason == Reason::NoBackend {
-                    listener.stats.reject(reason);
-                }
                 let took = client.accepted_at.elapsed();
                 route.stats.connection_duration.observe(took);
-                listener.log(Some(route), client.peer, None, (0, 0), took, reason);
+                if Reason::REJECTIONS.contains(&reason) {
+                    // No backend, or weir out of descriptors: a refusal.
+                    listener.refuse_on(Some(route), client.peer, took, reason);
+                } else {
+                    listener.log(Some(route), client.peer, None, (0, 0), took, reason);
+                }
             }
         }
     }

@@ -97,6 +97,9 @@ pub(crate) async fn connect(up: &Upstream, client: &Client) -> Result<(usize, St
             Err(reason) => {
                 b.stats.connections_active.fetch_sub(1, Relaxed);
                 b.stats.connect_error(reason);
+                if reason == Reason::LocalResources {
+                    pool.local_shortage(&b.name, "connect", "cannot create a socket");
+                }
                 pool.on_connect_failure(i, reason);
                 tracing::debug!(pool = %pool.name, backend = %b.name, error = reason.as_str(), "connect failed");
                 last_err = Some(reason);

@@ -82,11 +82,27 @@ pub(crate) fn wait_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {
     }
 }
 
+/// A loopback port nothing listens on, for weir to bind. Picked below the
+/// ephemeral range (32768 and up on Linux): a port from there can become the
+/// local port of some concurrent test's client socket before weir binds it.
 pub(crate) fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    // Tests run in processes of their own: start each at its own place.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let start = std::process::id().wrapping_mul(2_654_435_761) ^ nanos;
+    for _ in 0..SPAN {
+        let n = start.wrapping_add(NEXT.fetch_add(1, Relaxed));
+        let port = u16::try_from(LOW + n % SPAN).expect("below 65536");
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().expect("addr");
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN)
 }
 
 /// An echo backend on a thread.

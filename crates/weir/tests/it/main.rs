@@ -1,10 +1,11 @@
 //! Tests of the `weir` binary, in one test binary: the command line, signals,
-//! the demo, real peers (nginx, curl), and observability with the real
-//! Prometheus tools.
+//! the demo, real peers (nginx, curl), observability with the real
+//! Prometheus tools, and weir out of resources under `prlimit`.
 
 mod cli;
 mod control;
 mod deploy;
+mod exhaustion;
 mod observability;
 mod proxy_protocol;
 mod tls_passthrough;

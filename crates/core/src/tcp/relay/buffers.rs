@@ -10,8 +10,11 @@ use rustix::pipe::PipeFlags;
 /// Size of one pooled copy buffer. A read that fills it marks a bulk transfer,
 /// which switches the direction to splice in zero-copy mode.
 pub(super) const COPY_CHUNK: usize = 16 * 1024;
-/// Buffers or pipes kept per thread for reuse; beyond that they are freed.
+/// Buffers kept per thread for reuse; beyond that they are freed.
 const POOL_CAP: usize = 128;
+/// Pipes kept per thread: each holds two descriptors, which count against
+/// the process's limit (see `crate::fds`).
+const PIPE_POOL_CAP: usize = crate::fds::PIPES_PER_THREAD;
 
 thread_local! {
     static BUFFERS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
@@ -68,7 +71,7 @@ impl Pipe {
     pub(super) fn give_back(self) {
         PIPES.with(|p| {
             let mut p = p.borrow_mut();
-            if p.len() < POOL_CAP {
+            if p.len() < PIPE_POOL_CAP {
                 p.push(self);
             }
         });

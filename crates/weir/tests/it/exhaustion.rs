@@ -1,0 +1,489 @@
+//! weir out of resources, with real sockets and the descriptor limit set on
+//! the weir process with `prlimit`: the admin endpoints are bounded and
+//! cannot starve the data plane; running out of descriptors is weir's own
+//! trouble, never a backend's; no accept loop spins; the open-files limit is
+//! raised and checked at start; refusals do not flood the log; a backend
+//! that resets is logged as such.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cli::{
+    DEADLINE, Running, echo_backend, free_port, http_get, start_weir, temp_config, wait_line, weir,
+};
+
+/// `weir run --config FILE` under `prlimit --nofile=SOFT:HARD`.
+fn weir_with_limit(config: &std::path::Path, soft: u64, hard: u64) -> Command {
+    let mut cmd = Command::new("prlimit");
+    cmd.arg(format!("--nofile={soft}:{hard}"))
+        .arg(weir().get_program())
+        .args(["run", "--config"])
+        .arg(config);
+    cmd
+}
+
+/// This test process may need more descriptors than a default soft limit.
+fn raise_own_limit(want: u64) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    if limit.current.is_some_and(|soft| soft < want) {
+        limit.current = Some(want.min(hard));
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+}
+
+/// One request through the proxy's echo backend: what came back.
+fn echo(front: SocketAddr) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect_timeout(&front, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"ping")?;
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf)?;
+    Ok(buf.to_vec())
+}
+
+/// `name{labels} value` lines of a scrape, as (series, value).
+fn metric(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in the scrape"))
+}
+
+fn scrape(admin: SocketAddr) -> String {
+    http_get(admin, "/metrics")
+}
+
+/// A scrape that may be refused: the endpoint can still be full while the
+/// closes of released connections reach weir.
+fn try_scrape(admin: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// True when the peer closed or reset `s` within `within`.
+fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let _ = s.set_read_timeout(Some(within));
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => closed_within(s, within),
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// User plus system CPU seconds of process `pid` so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap_or(0) + 2..]
+        .split_whitespace()
+        .collect();
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    let n = |i: usize| fields[i - 3].parse::<f64>().unwrap_or(0.0);
+    (n(14) + n(15)) / ticks
+}
+
+fn base_config(admin: SocketAddr, grpc: SocketAddr, front: SocketAddr, extra: &str) -> String {
+    format!(
+        "[admin]\nhttp = \"{admin}\"\ngrpc = \"{grpc}\"\n{extra}\n\
+         [log]\nformat = \"json\"\n\
+         [[listeners]]\nname = \"l\"\nbind = \"{front}\"\n\
+         [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\n\
+         [pools.health]\ntype = \"tcp\"\ninterval = \"100ms\"\nfast_interval = \"50ms\"\n\
+         [[pools.backends]]\nname = \"a\"\naddress = \"{}\"\n\
+         [[pools.backends]]\nname = \"b\"\naddress = \"{}\"\n",
+        echo_backend(),
+        echo_backend()
+    )
+}
+
+/// More idle connections to either admin port than it allows: the excess is
+/// refused at once and counted, and the data plane serves throughout, its
+/// backends up.
+#[test]
+fn admin_endpoints_are_capped_and_the_data_plane_keeps_serving() {
+    raise_own_limit(4096);
+    let (admin, grpc, front) = (free_port(), free_port(), free_port());
+    let file = temp_config(
+        "admin-cap",
+        &base_config(
+            admin,
+            grpc,
+            front,
+            "max_connections = 20\nhandshake_timeout = \"60s\"",
+        ),
+    );
+    let (_weir, _out) = start_weir(weir_with_limit(&file, 256, 256));
+    for (endpoint, port) in [("http", admin), ("grpc", grpc)] {
+        let opened: Vec<TcpStream> = (0..300)
+            .filter_map(|_| TcpStream::connect(port).ok())
+            .collect();
+        // weir answers every connection over the cap with a reset at once.
+        std::thread::sleep(Duration::from_millis(500));
+        let (mut held, mut refused) = (Vec::new(), 0);
+        for mut s in opened {
+            if closed_within(&mut s, Duration::from_millis(5)) {
+                refused += 1;
+            } else {
+                held.push(s);
+            }
+        }
+        assert_eq!(held.len(), 20, "{endpoint}: the cap holds");
+        assert_eq!(refused, 280, "{endpoint}");
+        for _ in 0..20 {
+            assert_eq!(echo(front).expect("the data plane serves"), b"ping");
+        }
+        drop(held);
+        let deadline = Instant::now() + DEADLINE;
+        // Scrapes of the HTTP endpoint refused while it is still full count
+        // among its refusals.
+        let mut scrapes_refused = 0.0;
+        let body = loop {
+            match try_scrape(admin) {
+                Ok(body)
+                    if metric(
+                        &body,
+                        &format!("weir_admin_connections_active{{endpoint=\"{endpoint}\"}}"),
+                    ) <= 1.0 =>
+                {
+                    break body;
+                }
+                Ok(_) => {}
+                Err(_) if endpoint == "http" => scrapes_refused += 1.0,
+                Err(e) => panic!("the HTTP endpoint refused a scrape: {e}"),
+            }
+            assert!(Instant::now() < deadline, "admin connections not released");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(
+            metric(
+                &body,
+                &format!(
+                    "weir_admin_connections_rejected_total{{endpoint=\"{endpoint}\",reason=\"max_connections\"}}"
+                )
+            ),
+            280.0 + scrapes_refused
+        );
+        for b in ["a", "b"] {
+            assert_eq!(
+                metric(
+                    &body,
+                    &format!("weir_backend_healthy{{pool=\"p\",backend=\"{b}\"}}")
+                ),
+                1.0,
+                "{b}"
+            );
+        }
+    }
+}
+
+/// An admin client that sends nothing is cut after the handshake timeout;
+/// one that goes quiet after a request, after the idle timeout.
+#[test]
+fn admin_connections_have_a_handshake_and_an_idle_timeout() {
+    let (admin, grpc, front) = (free_port(), free_port(), free_port());
+    let file = temp_config(
+        "admin-timeouts",
+        &base_config(
+            admin,
+            grpc,
+            front,
+            "handshake_timeout = \"300ms\"\nidle_timeout = \"600ms\"",
+        ),
+    );
+    let (mut weir_child, _out) = start_weir(weir_with_limit(&file, 1024, 1024));
+    for port in [admin, grpc] {
+        let mut silent = TcpStream::connect(port).expect("connect");
+        let began = Instant::now();
+        assert!(closed_within(&mut silent, Duration::from_secs(5)), "{port}");
+        assert!(
+            began.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            began.elapsed()
+        );
+    }
+    let mut quiet = TcpStream::connect(admin).expect("connect");
+    write!(quiet, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+    let mut buf = [0u8; 512];
+    let n = quiet.read(&mut buf).expect("answer");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // Kept alive, then closed for idleness.
+    assert!(closed_within(&mut quiet, Duration::from_secs(5)));
+
+    // A watch that pings outlives the idle timeout; one that does not ping
+    // within it is cut.
+    let watch = |keepalive: &str| {
+        weir()
+            .args(["watch"])
+            .env("WEIR_ADMIN", grpc.to_string())
+            .env("WEIR_KEEPALIVE", keepalive)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("weir watch")
+    };
+    let mut pinging = Running(watch("150ms"));
+    let mut silent = Running(watch("1h"));
+    let began = Instant::now();
+    let silent_end = loop {
+        if let Some(status) = silent.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            began.elapsed() < DEADLINE,
+            "a silent watch outlived the idle timeout"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!silent_end.success());
+    std::thread::sleep(Duration::from_millis(1500).saturating_sub(began.elapsed()));
+    assert!(
+        pinging.0.try_wait().expect("wait").is_none(),
+        "a pinging watch was cut"
+    );
+    drop(pinging);
+
+    let body = scrape(admin);
+    for (endpoint, reason, at_least) in [
+        ("http", "handshake_timeout", 1.0),
+        ("grpc", "handshake_timeout", 1.0),
+        ("http", "idle_timeout", 1.0),
+        ("grpc", "idle_timeout", 1.0),
+    ] {
+        let n = metric(
+            &body,
+            &format!(
+                "weir_admin_connections_rejected_total{{endpoint=\"{endpoint}\",reason=\"{reason}\"}}"
+            ),
+        );
+        assert!(n >= at_least, "{endpoint} {reason}: {n}");
+    }
+    crate::cli::signal(&weir_child.0, rustix::process::Signal::TERM);
+    assert_eq!(crate::cli::wait_exit(&mut weir_child.0).code(), Some(0));
+}
+
+/// Holds `n` client connections through the proxy (each holds two of weir's
+/// descriptors while it lives).
+fn hold(front: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .filter_map(|_| TcpStream::connect_timeout(&front, Duration::from_secs(2)).ok())
+        .collect()
+}
+
+/// weir out of descriptors: connects and probes that cannot even create a
+/// socket are counted as `local_resources`, never as the backends' failures;
+/// no backend goes down, and once descriptors are back the next client is
+/// served at once. Meanwhile no accept loop spins, even with a client queued
+/// on the gRPC admin port.
+#[test]
+fn running_out_of_descriptors_is_weirs_trouble_not_the_backends() {
+    raise_own_limit(4096);
+    let (admin, grpc, front) = (free_port(), free_port(), free_port());
+    let file = temp_config("exhausted", &base_config(admin, grpc, front, ""));
+    let (weir_child, out) = start_weir(weir_with_limit(&file, 64, 64));
+    let pid = weir_child.0.id();
+    assert_eq!(echo(front).expect("serves"), b"ping");
+
+    // Far more clients than 64 descriptors allow.
+    let held = hold(front, 80);
+    // Probes run every 100ms meanwhile; give them several rounds.
+    std::thread::sleep(Duration::from_millis(600));
+    // A client queued on the gRPC port that weir cannot accept now.
+    let queued = TcpStream::connect(grpc).expect("the kernel queues it");
+    let cpu_before = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu = cpu_seconds(pid) - cpu_before;
+    assert!(
+        cpu < 0.6,
+        "weir used {cpu:.2} CPU-seconds in 2 s: an accept loop spins"
+    );
+    drop(queued);
+
+    drop(held);
+    // Descriptors are back: the very next client is served.
+    let deadline = Instant::now() + DEADLINE;
+    let served = loop {
+        match echo(front) {
+            Ok(answer) => break answer,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "not served after the release: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
+    assert_eq!(served, b"ping");
+    let body = scrape(admin);
+    let local = metric(
+        &body,
+        "weir_listener_connections_rejected_total{listener=\"l\",reason=\"local_resources\"}",
+    );
+    let no_backend = metric(
+        &body,
+        "weir_listener_connections_rejected_total{listener=\"l\",reason=\"no_backend\"}",
+    );
+    assert!(local > 0.0, "no connect met the limit: {body}");
+    assert_eq!(no_backend, 0.0, "a backend was taken out");
+    for b in ["a", "b"] {
+        assert_eq!(
+            metric(
+                &body,
+                &format!("weir_backend_healthy{{pool=\"p\",backend=\"{b}\"}}")
+            ),
+            1.0
+        );
+        assert!(
+            !body.contains(&format!(
+                "weir_backend_transitions_total{{pool=\"p\",backend=\"{b}\",from=\"up\",to=\"down\"}}"
+            )),
+            "{b} went down"
+        );
+        let refused = metric(
+            &body,
+            &format!(
+                "weir_backend_connect_errors_total{{pool=\"p\",backend=\"{b}\",reason=\"refused\"}}"
+            ),
+        );
+        assert_eq!(refused, 0.0);
+    }
+    let local_connects: f64 = ["a", "b"]
+        .iter()
+        .map(|b| {
+            metric(
+                &body,
+                &format!(
+                    "weir_backend_connect_errors_total{{pool=\"p\",backend=\"{b}\",reason=\"local_resources\"}}"
+                ),
+            )
+        })
+        .sum();
+    assert_eq!(local_connects, local, "each refusal is one failed connect");
+    let warning = wait_line(&out, "out of file descriptors or memory");
+    assert!(warning.contains("\"level\":\"WARN\""), "{warning}");
+}
+
+/// The soft open-files limit is raised to the hard one at start, and a
+/// config that may need more than that says so, with the number.
+#[test]
+fn the_open_files_limit_is_raised_and_checked() {
+    let (admin, grpc, front) = (free_port(), free_port(), free_port());
+    let file = temp_config(
+        "nofile",
+        &base_config(admin, grpc, front, "")
+            .replace("name = \"l\"\n", "name = \"l\"\nmax_connections = 100000\n"),
+    );
+    let mut cmd = weir_with_limit(&file, 256, 4096);
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let out = crate::cli::lines(&mut child);
+    let child = Running(child);
+    let warning = wait_line(&out, "open-files limit is below");
+    assert!(warning.contains("\"limit\":4096"), "{warning}");
+    // 2 x 100000 + 1 bind + 2 x (64 + 1) admin + 2 probes + 64.
+    assert!(warning.contains("\"needed\":200197"), "{warning}");
+    wait_line(&out, "weir started");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.0.id())).expect("limits");
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a line for open files");
+    let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, ["4096", "4096"], "{open_files}");
+}
+
+/// A flood of refused connections: every one counted, but only
+/// `refusals_per_second` lines a second written, with the rest counted and
+/// said.
+#[test]
+fn a_flood_of_refusals_is_counted_exactly_but_logged_sparingly() {
+    let (admin, grpc, front) = (free_port(), free_port(), free_port());
+    let text = base_config(admin, grpc, front, "")
+        .replace("name = \"l\"\n", "name = \"l\"\nmax_connections = 1\n")
+        .replace(
+            "format = \"json\"\n",
+            "format = \"json\"\nrefusals_per_second = 20\n",
+        );
+    let file = temp_config("flood", &text);
+    let (_weir, out) = start_weir(weir_with_limit(&file, 1024, 1024));
+    let _held = TcpStream::connect(front).expect("the one allowed");
+    std::thread::sleep(Duration::from_millis(100));
+    for _ in 0..500 {
+        if let Ok(mut s) = TcpStream::connect(front) {
+            closed_within(&mut s, Duration::from_secs(2));
+        }
+    }
+    let body = scrape(admin);
+    assert_eq!(
+        metric(
+            &body,
+            "weir_listener_connections_rejected_total{listener=\"l\",reason=\"max_connections\"}"
+        ),
+        500.0
+    );
+    let suppressed = metric(&body, "weir_access_log_suppressed_total{listener=\"l\"}");
+    let lines: Vec<String> = out
+        .try_iter()
+        .filter(|l| l.contains("\"reason\":\"max_connections\""))
+        .collect();
+    assert_eq!(lines.len() as f64 + suppressed, 500.0);
+    // The flood took well under a few seconds: a few seconds' allowance.
+    assert!(lines.len() <= 100, "{} lines", lines.len());
+    // A refusal after the flood says how many lines were left out.
+    std::thread::sleep(Duration::from_millis(1100));
+    if let Ok(mut s) = TcpStream::connect(front) {
+        closed_within(&mut s, Duration::from_secs(2));
+    }
+    let note = wait_line(&out, "access-log lines of refused connections left out");
+    assert!(note.contains("\"suppressed\":"), "{note}");
+}
+
+/// A backend that resets its connection is logged `backend_error`, not as a
+/// normal end.
+#[test]
+fn a_backend_reset_is_logged_as_a_backend_error() {
+    let resetting = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend = resetting.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in resetting.incoming() {
+            let Ok(mut s) = s else { break };
+            let mut buf = [0u8; 4];
+            let _ = s.read_exact(&mut buf);
+            // Dies with the request half read: the kernel resets.
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+            drop(s);
+        }
+    });
+    let front = free_port();
+    let file = temp_config(
+        "reset",
+        &format!(
+            "[log]\nformat = \"json\"\n[[listeners]]\nname = \"l\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\nname = \"dies\"\naddress = \"{backend}\"\n"
+        ),
+    );
+    let (_weir, out) = start_weir(weir_with_limit(&file, 1024, 1024));
+    let mut s = TcpStream::connect(front).expect("connect");
+    s.write_all(b"ping, and more of the request")
+        .expect("write");
+    assert!(closed_within(&mut s, DEADLINE));
+    let line = wait_line(&out, "\"backend\":\"dies\"");
+    assert!(line.contains("\"reason\":\"backend_error\""), "{line}");
+}
