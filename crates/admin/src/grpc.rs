@@ -218,14 +218,19 @@ impl AdminApi for ControlService {
             .listeners
             .iter()
             .flat_map(|l| {
-                l.routes.iter().map(|r| pb::Route {
-                    listener: l.name.clone(),
-                    name: r.name.clone(),
-                    pool: r.pool().name.clone(),
-                    match_source: r.matcher.source.iter().map(ToString::to_string).collect(),
-                    match_sni: r.matcher.sni.clone(),
-                    match_alpn: r.matcher.alpn.clone(),
-                    connections_total: r.stats.connections_total.load(Relaxed),
+                l.routes.iter().map(|r| {
+                    let pools: Vec<String> = r.pools().iter().map(|p| p.name.clone()).collect();
+                    pb::Route {
+                        listener: l.name.clone(),
+                        name: r.name.clone(),
+                        pool: pools.first().cloned().unwrap_or_default(),
+                        match_source: r.matcher.source.iter().map(ToString::to_string).collect(),
+                        match_sni: r.matcher.sni.clone(),
+                        match_alpn: r.matcher.alpn.clone(),
+                        connections_total: r.stats.connections_total.load(Relaxed),
+                        mode: if r.is_http() { "l7" } else { "l4" }.to_owned(),
+                        pools,
+                    }
                 })
             })
             .collect();

@@ -144,14 +144,133 @@ pub enum Protocol {
 pub struct Route {
     pub name: String,
     pub matcher: Match,
+    /// Speak TLS to the backend (`backend_tls`).
+    pub backend_tls: Option<BackendTls>,
+    /// What handles the connections this route takes.
+    pub mode: RouteMode,
+}
+
+impl Route {
+    /// Indices (into [`Config::pools`]) of the pools this route sends to, in
+    /// the order of its rules, without repeats.
+    pub fn pool_indices(&self) -> Vec<usize> {
+        match &self.mode {
+            RouteMode::L4(l4) => vec![l4.pool_index],
+            RouteMode::L7(http) => {
+                let mut out: Vec<usize> = Vec::with_capacity(http.rules.len());
+                for r in &http.rules {
+                    if !out.contains(&r.pool_index) {
+                        out.push(r.pool_index);
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+/// `mode`: how a route's connections are handled.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteMode {
+    /// `mode = "l4"` (the default): relay the bytes to a backend, untouched.
+    L4(L4Route),
+    /// `mode = "l7"`: serve HTTP and proxy each request by the route's rules.
+    L7(Box<HttpRoute>),
+}
+
+/// The settings of an l4 route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct L4Route {
     /// Name of the pool this route sends to.
     pub pool: String,
     /// Index of that pool in [`Config::pools`].
     pub pool_index: usize,
     /// PROXY protocol header sent to the backend before any data.
     pub send_proxy_protocol: ProxyVersion,
-    /// Speak TLS to the backend (`backend_tls`).
-    pub backend_tls: Option<BackendTls>,
+}
+
+/// The settings of an l7 route: HTTP/1.1 and HTTP/2 (h2c with prior
+/// knowledge) from clients, each request sent to the pool of its first
+/// matching rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpRoute {
+    /// In order; at most one rule without a match (the catch-all), and it is last.
+    pub rules: Vec<HttpRule>,
+    pub forwarded: Forwarded,
+    pub timeouts: HttpTimeouts,
+    /// The largest request header (request line and fields) accepted, in bytes.
+    pub max_header_bytes: u32,
+    /// The largest request body accepted, in bytes; `None`: no limit.
+    pub max_body_bytes: Option<u64>,
+}
+
+/// `[[listeners.routes.http]]`: requests that match go to `pool`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpRule {
+    pub name: String,
+    pub matcher: HttpMatch,
+    pub pool: String,
+    /// Index of that pool in [`Config::pools`].
+    pub pool_index: usize,
+}
+
+/// `match = { host, path_prefix, methods, headers }` of an HTTP rule: every
+/// condition given must hold.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HttpMatch {
+    /// Lower-case host names: exact or a one-label wildcard (`*.example.com`).
+    pub host: Vec<String>,
+    /// The path must start with this (byte for byte).
+    pub path_prefix: Option<String>,
+    /// Upper-case method names; matches any of them.
+    pub methods: Vec<String>,
+    /// (lower-case name, exact value) pairs; each must be present.
+    pub headers: Vec<(String, String)>,
+}
+
+impl HttpMatch {
+    /// True when this rule has no conditions (the catch-all).
+    pub fn is_catch_all(&self) -> bool {
+        self.host.is_empty()
+            && self.path_prefix.is_none()
+            && self.methods.is_empty()
+            && self.headers.is_empty()
+    }
+}
+
+/// `forwarded = { trusted, rfc7239 }`: who may send `X-Forwarded-*` headers
+/// weir keeps, and whether to set the standard `Forwarded` header too.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Forwarded {
+    pub trusted: Vec<IpNet>,
+    pub rfc7239: bool,
+}
+
+/// `timeouts = { ... }` of an l7 route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpTimeouts {
+    /// A request's whole header must arrive within this.
+    pub request_header: Duration,
+    /// A client connection waiting for its next request is closed after this.
+    pub idle: Duration,
+    /// From the request sent to the backend's response header.
+    pub upstream_response: Duration,
+    /// Longest gap between two pieces of a backend's response body.
+    pub upstream_idle: Duration,
+    /// An unused pooled connection to a backend is closed after this.
+    pub upstream_keepalive: Duration,
+}
+
+impl Default for HttpTimeouts {
+    fn default() -> Self {
+        HttpTimeouts {
+            request_header: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            upstream_response: Duration::from_secs(60),
+            upstream_idle: Duration::from_secs(300),
+            upstream_keepalive: Duration::from_secs(4),
+        }
+    }
 }
 
 /// `backend_tls = { sni, verify, ca, cert, key }`: weir opens TLS to the backend.
@@ -240,8 +359,32 @@ pub struct Pool {
     pub drain_timeout: Duration,
     /// Close a backend's established connections when it goes down.
     pub close_on_down: bool,
+    /// How l7 routes speak to the backends.
+    pub protocol: HttpProtocol,
     pub health: Health,
     pub backends: Vec<Backend>,
+}
+
+/// `protocol` of a pool: what l7 routes speak to its backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HttpProtocol {
+    /// HTTP/1.1, with keep-alive (over TLS with `backend_tls`).
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS (ALPN h2); needs `backend_tls` on the route.
+    H2,
+    /// HTTP/2 in clear text, with prior knowledge.
+    H2c,
+}
+
+impl HttpProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpProtocol::Http1 => "http1",
+            HttpProtocol::H2 => "h2",
+            HttpProtocol::H2c => "h2c",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -87,9 +87,58 @@ pub(crate) struct RawRoute {
     pub(crate) name: String,
     #[serde(rename = "match")]
     pub(crate) matcher: Option<RawMatch>,
-    pub(crate) pool: String,
+    pub(crate) mode: Option<String>,
+    pub(crate) pool: Option<String>,
     pub(crate) send_proxy_protocol: Option<String>,
     pub(crate) backend_tls: Option<RawBackendTls>,
+    // mode = "l7"
+    #[serde(default)]
+    pub(crate) http: Vec<RawHttpRule>,
+    pub(crate) forwarded: Option<RawForwarded>,
+    pub(crate) timeouts: Option<RawHttpTimeouts>,
+    pub(crate) max_header_bytes: Option<Int>,
+    pub(crate) max_body_bytes: Option<Int>,
+}
+
+/// `[[listeners.routes.http]]`: a rule of an l7 route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawHttpRule {
+    pub(crate) name: String,
+    #[serde(rename = "match")]
+    pub(crate) matcher: Option<RawHttpMatch>,
+    pub(crate) pool: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawHttpMatch {
+    #[serde(default)]
+    pub(crate) host: Vec<String>,
+    pub(crate) path_prefix: Option<String>,
+    #[serde(default)]
+    pub(crate) methods: Vec<String>,
+    /// Header name -> the exact value it must have.
+    #[serde(default)]
+    pub(crate) headers: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawForwarded {
+    #[serde(default)]
+    pub(crate) trusted: Vec<String>,
+    pub(crate) rfc7239: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawHttpTimeouts {
+    pub(crate) request_header: Option<String>,
+    pub(crate) idle: Option<String>,
+    pub(crate) upstream_response: Option<String>,
+    pub(crate) upstream_idle: Option<String>,
+    pub(crate) upstream_keepalive: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +181,7 @@ pub(crate) struct RawPool {
     pub(crate) retries: Option<Int>,
     pub(crate) drain_timeout: Option<String>,
     pub(crate) close_on_down: Option<bool>,
+    pub(crate) protocol: Option<String>,
     pub(crate) health: Option<RawHealth>,
     #[serde(default)]
     pub(crate) backends: Vec<RawBackend>,

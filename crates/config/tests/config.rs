@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use weir_config::{
     BackendAddress, Check, Config, ConfigError, GrpcCheck, HashKey, Health, HttpCheck, LogFormat,
-    Policy, ProbeTls, Problem, Protocol, StatusMatch, load_file, load_str,
+    Policy, ProbeTls, Problem, Protocol, RouteMode, StatusMatch, load_file, load_str,
 };
 
 fn load(text: &str) -> Result<Config, ConfigError> {
@@ -116,7 +116,10 @@ fn minimal_config_gets_every_default() {
     };
     assert_eq!(r.name, "r");
     assert!(r.matcher.is_catch_all());
-    assert_eq!((r.pool.as_str(), r.pool_index), ("p", 0));
+    let RouteMode::L4(l4) = &r.mode else {
+        panic!("an l4 route expected")
+    };
+    assert_eq!((l4.pool.as_str(), l4.pool_index), ("p", 0));
 
     let [p] = cfg.pools.as_slice() else {
         panic!("one pool expected")
@@ -319,9 +322,9 @@ health = { type = "grpc", service = "pg.Replica", https = true, tls_skip_verify 
         .collect();
     // Host bits are dropped; a bare IP is a single-host network.
     assert_eq!(sources, ["10.0.0.0/8", "::1/128", "192.0.2.7/32"]);
-    assert_eq!(l.routes[0].pool_index, 1);
+    assert_eq!(l.routes[0].pool_indices(), [1]);
     assert!(l.routes[1].matcher.is_catch_all());
-    assert_eq!(l.routes[1].pool_index, 0);
+    assert_eq!(l.routes[1].pool_indices(), [0]);
 
     let primary = &cfg.pools[0];
     assert_eq!(primary.balance, Policy::First);
@@ -496,7 +499,7 @@ fn missing_required_key() {
         &format!("{text}{OK_POOL}"),
         "listeners[0].routes[0].pool",
         (5, 3),
-        "required key is missing in this table",
+        "required key is missing in this table (the pool an l4 route sends to)",
     );
 }
 
@@ -1682,5 +1685,211 @@ fn misspelt_values_get_a_suggestion() {
         &format!("{OK_LISTENER}{text}"),
         "pools[0].balance",
         "unknown value \"least_con\" (did you mean \"least_conn\"?); expected one of: ",
+    );
+}
+
+/// A listener with one l7 route whose body (after `mode = "l7"`) is `route`,
+/// pools `p` and `q`, and `pool_extra` appended to pool `q`.
+fn l7(route: &str, pool_extra: &str) -> String {
+    format!(
+        "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:7000\"\n\
+         [[listeners.routes]]\nname = \"web\"\nmode = \"l7\"\n{route}\n\
+         [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"127.0.0.1:9000\"\n\
+         [[pools]]\nname = \"q\"\n{pool_extra}\n[[pools.backends]]\naddress = \"127.0.0.1:9001\"\n"
+    )
+}
+
+const RULE: &str = "[[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n";
+
+#[test]
+fn l7_route_defaults_and_rules() {
+    let cfg = load(&l7(
+        &format!(
+            "[[listeners.routes.http]]\nname = \"api\"\npool = \"q\"\n\
+             match = {{ host = [\"API.example.com\", \"*.example.org\"], path_prefix = \"/v1/\", \
+             methods = [\"GET\"], headers = {{ \"X-Canary\" = \"1\" }} }}\n{RULE}"
+        ),
+        "protocol = \"h2c\"",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let route = &cfg.listeners[0].routes[0];
+    let RouteMode::L7(http) = &route.mode else {
+        panic!("an l7 route expected")
+    };
+    assert_eq!(route.pool_indices(), [1, 0]);
+    let api = &http.rules[0];
+    assert_eq!((api.name.as_str(), api.pool_index), ("api", 1));
+    assert_eq!(api.matcher.host, ["api.example.com", "*.example.org"]);
+    assert_eq!(api.matcher.path_prefix.as_deref(), Some("/v1/"));
+    assert_eq!(api.matcher.methods, ["GET"]);
+    assert_eq!(
+        api.matcher.headers,
+        [("x-canary".to_owned(), "1".to_owned())]
+    );
+    assert!(http.rules[1].matcher.is_catch_all());
+    assert_eq!(http.timeouts, weir_config::HttpTimeouts::default());
+    assert_eq!(http.timeouts.request_header, Duration::from_secs(10));
+    assert_eq!(http.timeouts.upstream_keepalive, Duration::from_secs(4));
+    assert_eq!(http.max_header_bytes, 32 * 1024);
+    assert_eq!(http.max_body_bytes, None);
+    assert!(http.forwarded.trusted.is_empty() && !http.forwarded.rfc7239);
+    assert_eq!(cfg.pools[1].protocol, weir_config::HttpProtocol::H2c);
+    assert_eq!(cfg.pools[0].protocol, weir_config::HttpProtocol::Http1);
+}
+
+#[test]
+fn l7_route_mistakes_name_their_key() {
+    let route = "listeners[0].routes[0]";
+    assert_one(
+        &l7(&format!("pool = \"p\"\n{RULE}"), ""),
+        &format!("{route}.pool"),
+        "an l7 route sends each request by its rules",
+    );
+    assert_one(
+        &l7("", ""),
+        &format!("{route}.http"),
+        "an l7 route needs at least one rule",
+    );
+    assert_one(
+        &l7(&format!("send_proxy_protocol = \"v2\"\n{RULE}"), ""),
+        &format!("{route}.send_proxy_protocol"),
+        "not with mode = \"l7\"",
+    );
+    assert_one(
+        &l7(&format!("match = {{ sni = [\"a.example\"] }}\n{RULE}"), ""),
+        &format!("{route}.match"),
+        "an l7 route reads HTTP in clear text",
+    );
+    assert_one(
+        &l7(
+            "[[listeners.routes.http]]\nname = \"a\"\npool = \"pp\"\n",
+            "",
+        ),
+        &format!("{route}.http[0].pool"),
+        "unknown pool \"pp\" (did you mean \"p\"?)",
+    );
+    assert_one(
+        &l7(
+            &format!("{RULE}[[listeners.routes.http]]\nname = \"b\"\npool = \"p\"\n"),
+            "",
+        ),
+        &format!("{route}.http[0]"),
+        "rule \"all\" has no match conditions",
+    );
+    assert_one(
+        &l7(
+            &format!(
+                "{RULE}{}",
+                RULE.replace(
+                    "pool = \"p\"",
+                    "pool = \"q\"\nmatch = { path_prefix = \"/a\" }"
+                )
+                .replace("\"all\"", "\"a\"")
+            ),
+            "",
+        ),
+        &format!("{route}.http[0]"),
+        "rule \"all\" has no match conditions",
+    );
+    for (m, key, message) in [
+        ("host = [\"a b\"]", "host[0]", "\"a b\" is not a host name"),
+        (
+            "host = [\"a.example:80\"]",
+            "host[0]",
+            "\"a.example:80\" is not a host name",
+        ),
+        (
+            "path_prefix = \"api\"",
+            "path_prefix",
+            "\"api\" is not a path prefix",
+        ),
+        (
+            "methods = [\"get\"]",
+            "methods[0]",
+            "\"get\": methods are case-sensitive",
+        ),
+        (
+            "methods = [\"GE T\"]",
+            "methods[0]",
+            "\"GE T\" is not a method name",
+        ),
+        (
+            "headers = { \"x y\" = \"1\" }",
+            "headers",
+            "\"x y\" is not a header name",
+        ),
+    ] {
+        assert_one(
+            &l7(
+                &format!(
+                    "[[listeners.routes.http]]\nname = \"a\"\npool = \"p\"\nmatch = {{ {m} }}\n"
+                ),
+                "",
+            ),
+            &format!("{route}.http[0].match.{key}"),
+            message,
+        );
+    }
+    assert_one(
+        &l7(
+            &format!("timeouts = {{ upstream_response = \"soon\" }}\n{RULE}"),
+            "",
+        ),
+        &format!("{route}.timeouts.upstream_response"),
+        "\"soon\" is not a duration",
+    );
+    assert_one(
+        &l7(&format!("max_header_bytes = 100\n{RULE}"), ""),
+        &format!("{route}.max_header_bytes"),
+        "100 is out of range 8192..=1048576",
+    );
+    assert_one(
+        &l7(
+            &format!("forwarded = {{ trusted = [\"10.0.0.0/33\"] }}\n{RULE}"),
+            "",
+        ),
+        &format!("{route}.forwarded.trusted[0]"),
+        "",
+    );
+    // h2 is over TLS; h2c is not.
+    assert_one(
+        &l7(
+            &RULE.replace("pool = \"p\"", "pool = \"q\""),
+            "protocol = \"h2\"",
+        ),
+        &format!("{route}.http[0].pool"),
+        "pool \"q\" speaks h2, HTTP/2 over TLS: give this route backend_tls",
+    );
+    assert_one(
+        &l7(
+            &format!(
+                "backend_tls = {{ verify = false }}\n{}",
+                RULE.replace("pool = \"p\"", "pool = \"q\"")
+            ),
+            "protocol = \"h2c\"",
+        ),
+        &format!("{route}.http[0].pool"),
+        "pool \"q\" speaks h2c, HTTP/2 in clear text, but this route has backend_tls",
+    );
+    assert_one(
+        &l7(RULE, "protocol = \"http2\""),
+        "pools[1].protocol",
+        "unknown value \"http2\"",
+    );
+}
+
+#[test]
+fn l4_routes_take_no_http_keys() {
+    let text = format!(
+        "{}{OK_POOL}",
+        OK_LISTENER.replace(
+            "  pool = \"p\"\n",
+            "  pool = \"p\"\n  max_body_bytes = 10\n"
+        )
+    );
+    assert_one(
+        &text,
+        "listeners[0].routes[0].max_body_bytes",
+        "only for HTTP routes: add mode = \"l7\"",
     );
 }

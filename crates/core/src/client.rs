@@ -9,16 +9,16 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 #[derive(Debug)]
-pub(crate) struct Client {
-    pub(crate) stream: TcpStream,
+pub struct Client {
+    pub stream: TcpStream,
     /// The client's address: from a trusted PROXY header, else the socket's peer.
-    pub(crate) peer: SocketAddr,
+    pub peer: SocketAddr,
     /// The address the client connected to, when a PROXY header said.
-    pub(crate) destination: Option<SocketAddr>,
+    pub destination: Option<SocketAddr>,
     /// An untrusted source on a listener that accepts the PROXY protocol: a
     /// PROXY header at the start of its bytes is refused.
-    pub(crate) refuse_proxy_header: bool,
-    pub(crate) accepted_at: Instant,
+    pub refuse_proxy_header: bool,
+    pub accepted_at: Instant,
 }
 
 impl Client {
@@ -35,7 +35,7 @@ impl Client {
 
     /// The address the client connected to: the PROXY header's, else our
     /// socket's local address.
-    pub(crate) fn local(&self) -> std::io::Result<SocketAddr> {
+    pub fn local(&self) -> std::io::Result<SocketAddr> {
         match self.destination {
             Some(d) => Ok(d),
             None => self.stream.local_addr(),

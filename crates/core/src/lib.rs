@@ -4,9 +4,10 @@
 //!
 //! ```text
 //! frontend   accept, max_connections, PROXY header in, ClientHello peek, route
-//!   -> handler by the route's mode: tcp (layer 4) today
-//!   -> upstream   pick from the pool, connect, PROXY header out, TLS; retries
-//!   -> tcp::relay both ways, then one access-log line
+//!   -> handler by the route's mode:
+//!        tcp (layer 4): upstream (pick, connect, PROXY header out, TLS;
+//!                       retries) -> relay both ways -> one access-log line
+//!        l7 (layer 7):  the HttpHandler another crate built for the route
 //! ```
 //!
 //! Beside that path: [`pool`] holds each pool's backends and the balancer built
@@ -20,11 +21,12 @@
 //! metric families; the per-connection path does relaxed atomic adds and takes
 //! no lock shared across connections.
 
-mod client;
+pub mod client;
 pub mod events;
 pub mod fds;
 mod frontend;
 pub mod health;
+pub mod l7;
 pub mod listener;
 pub mod pool;
 mod probe;
@@ -33,7 +35,7 @@ pub mod resolve;
 pub mod server;
 mod statefile;
 mod tcp;
-mod upstream;
+pub mod upstream;
 
 pub use frontend::{accept_pause, bind, in_use};
 pub use reason::{Reason, Side};

@@ -13,6 +13,7 @@ use weir_telemetry::{AccessRecord, Histogram, Kind, LogBudget, Verdict, Writer, 
 use weir_wire::client_hello::ClientHello;
 
 use crate::Reason;
+use crate::l7::HttpHandler;
 use crate::pool::Pool;
 use crate::upstream::Upstream;
 
@@ -31,10 +32,15 @@ pub struct Listener {
     pub(crate) proxy_accept: Option<weir_config::ProxyAccept>,
     pub stats: Arc<ListenerStats>,
     pub(crate) zero_copy: bool,
-    pub(crate) access_log: bool,
+    /// Write an access-log line per connection (per request in layer 7).
+    pub access_log: bool,
     /// Cancelled when the listener's connections must be closed (end of the
     /// shutdown grace period, or of a removed listener's).
-    pub(crate) kill: CancellationToken,
+    pub kill: CancellationToken,
+    /// Cancelled when shutdown begins or a reload removes the listener:
+    /// connections that can end gracefully (an idle HTTP keep-alive, an
+    /// HTTP/2 connection through GOAWAY) should.
+    pub drain: CancellationToken,
 }
 
 /// A route: when it matches, and what handles the connections it takes.
@@ -51,14 +57,30 @@ pub struct Route {
 pub enum Mode {
     /// Layer 4: relay the bytes to a backend of the pool, untouched.
     L4(Upstream),
+    /// Layer 7: HTTP, served by a handler of another crate.
+    L7(L7),
+}
+
+/// An l7 route's handler and the pools its rules send to.
+#[derive(Debug)]
+pub struct L7 {
+    pub handler: Arc<dyn HttpHandler>,
+    pub pools: Vec<Arc<Pool>>,
 }
 
 impl Route {
-    /// The pool this route sends to.
-    pub fn pool(&self) -> &Arc<Pool> {
+    /// The pools this route sends to: one for layer 4, those of its rules for
+    /// layer 7.
+    pub fn pools(&self) -> Vec<&Arc<Pool>> {
         match &self.mode {
-            Mode::L4(upstream) => &upstream.pool,
+            Mode::L4(upstream) => vec![&upstream.pool],
+            Mode::L7(l7) => l7.pools.iter().collect(),
         }
+    }
+
+    /// True for `mode = "l7"`.
+    pub fn is_http(&self) -> bool {
+        matches!(self.mode, Mode::L7(_))
     }
 
     /// Source, SNI and ALPN conditions, all of which must hold. `hello` is the
@@ -103,7 +125,7 @@ impl Listener {
     /// writes its access-log line. Under a flood the lines of refusals are
     /// thinned to `log.refusals_per_second`; the count stays exact, and what
     /// was left out is counted and said.
-    pub(crate) fn refuse_on(
+    pub fn refuse_on(
         &self,
         route: Option<&Route>,
         client: SocketAddr,
@@ -204,12 +226,31 @@ pub const CONNECTION_SECONDS: &[f64] = &[
     0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 ];
 
+/// Bucket bounds (seconds) of HTTP request and response times: from a cached
+/// answer to a long poll.
+pub const REQUEST_SECONDS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// The `code` label of HTTP counters: a status class.
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Index into [`STATUS_CLASSES`] of a status code (600 and up count as 5xx).
+pub fn status_class(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, 5) - 1
+}
+
 /// Per-route counters.
 #[derive(Debug)]
 pub struct RouteStats {
     pub connections_total: AtomicU64,
     /// From accept to close, of the connections this route took.
     pub connection_duration: Histogram,
+    /// HTTP requests answered, by status class (l7 routes).
+    pub http_requests: [AtomicU64; 5],
+    /// From a request's header read to its response's end (l7 routes).
+    pub http_request_duration: Histogram,
 }
 
 impl Default for RouteStats {
@@ -217,7 +258,17 @@ impl Default for RouteStats {
         RouteStats {
             connections_total: AtomicU64::new(0),
             connection_duration: Histogram::new(CONNECTION_SECONDS),
+            http_requests: Default::default(),
+            http_request_duration: Histogram::new(REQUEST_SECONDS),
         }
+    }
+}
+
+impl RouteStats {
+    /// Counts a request answered with `status` after `took`.
+    pub fn http_request(&self, status: u16, took: Duration) {
+        count(&self.http_requests[status_class(status)], 1);
+        self.http_request_duration.observe(took);
     }
 }
 
@@ -296,6 +347,36 @@ pub(crate) fn render(listeners: &[Arc<Listener>], w: &mut Writer) {
                 "weir_route_connections_total",
                 &[("listener", &l.name), ("route", &r.name)],
                 r.stats.connections_total.load(Relaxed),
+            );
+        }
+    }
+    w.family(
+        "weir_http_requests",
+        Kind::Counter,
+        "HTTP requests answered on l7 routes, by status class (weir's own answers included).",
+    );
+    for l in listeners {
+        for r in l.routes.iter().filter(|r| r.is_http()) {
+            for (i, code) in STATUS_CLASSES.iter().enumerate() {
+                w.sample(
+                    "weir_http_requests_total",
+                    &[("listener", &l.name), ("route", &r.name), ("code", code)],
+                    r.stats.http_requests[i].load(Relaxed),
+                );
+            }
+        }
+    }
+    w.family(
+        "weir_http_request_duration_seconds",
+        Kind::Histogram,
+        "Time from a request's header to the end of its response, on l7 routes.",
+    );
+    for l in listeners {
+        for r in l.routes.iter().filter(|r| r.is_http()) {
+            w.histogram(
+                "weir_http_request_duration_seconds",
+                &[("listener", &l.name), ("route", &r.name)],
+                &r.stats.http_request_duration.snapshot(),
             );
         }
     }

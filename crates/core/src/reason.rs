@@ -75,6 +75,22 @@ pub enum Reason {
     /// gRPC answered with an error status.
     GrpcStatus,
 
+    // HTTP requests (l7 routes).
+    /// No HTTP rule of the route matched the request.
+    NoRule,
+    /// The backend's response header did not come within
+    /// `timeouts.upstream_response`.
+    UpstreamTimeout,
+    /// A request's header did not arrive in full within
+    /// `timeouts.request_header`.
+    HeaderTimeout,
+    /// A request's header was larger than `max_header_bytes`.
+    HeaderTooLarge,
+    /// A request's body was larger than `max_body_bytes`.
+    BodyTooLarge,
+    /// A request that is not valid HTTP, or ambiguous (smuggling).
+    BadRequest,
+
     // weir's own trouble.
     /// weir could not create a socket or a pipe: out of file descriptors
     /// (EMFILE, ENFILE), socket buffers (ENOBUFS) or memory (ENOMEM). Never
@@ -87,13 +103,14 @@ impl Reason {
     pub const COUNT: usize = Reason::LocalResources as usize + 1;
 
     /// `weir_listener_connections_rejected_total{reason}`.
-    pub const REJECTIONS: [Reason; 6] = [
+    pub const REJECTIONS: [Reason; 7] = [
         Reason::MaxConnections,
         Reason::NoRoute,
         Reason::NoBackend,
         Reason::HandshakeTimeout,
         Reason::ProxyProtocol,
         Reason::LocalResources,
+        Reason::HeaderTimeout,
     ];
 
     /// `weir_backend_connect_errors_total{reason}`.
@@ -146,6 +163,12 @@ impl Reason {
             Self::Protocol => "protocol",
             Self::NotServing => "not_serving",
             Self::GrpcStatus => "grpc_status",
+            Self::NoRule => "no_rule",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::HeaderTimeout => "header_timeout",
+            Self::HeaderTooLarge => "header_too_large",
+            Self::BodyTooLarge => "body_too_large",
+            Self::BadRequest => "bad_request",
             Self::LocalResources => "local_resources",
         }
     }
@@ -165,7 +188,12 @@ impl Reason {
             | Self::ClientError
             | Self::NoRoute
             | Self::HandshakeTimeout
-            | Self::ProxyProtocol => Side::Client,
+            | Self::ProxyProtocol
+            | Self::NoRule
+            | Self::HeaderTimeout
+            | Self::HeaderTooLarge
+            | Self::BodyTooLarge
+            | Self::BadRequest => Side::Client,
             Self::BackendClosed
             | Self::BackendError
             | Self::BackendDown
@@ -179,7 +207,8 @@ impl Reason {
             | Self::Body
             | Self::Protocol
             | Self::NotServing
-            | Self::GrpcStatus => Side::Backend,
+            | Self::GrpcStatus
+            | Self::UpstreamTimeout => Side::Backend,
             Self::IdleTimeout
             | Self::Shutdown
             | Self::DrainTimeout
@@ -204,15 +233,17 @@ impl Reason {
     /// client's own faults; `None` where no response can be sent.
     pub fn http_status(self) -> Option<u16> {
         match self {
-            Self::Timeout => Some(504),
+            Self::Timeout | Self::UpstreamTimeout => Some(504),
             Self::NoBackend
             | Self::MaxConnections
             | Self::BackendDown
             | Self::Shutdown
             | Self::LocalResources => Some(503),
-            Self::NoRoute => Some(404),
-            Self::HandshakeTimeout | Self::IdleTimeout => Some(408),
-            Self::ProxyProtocol => Some(400),
+            Self::NoRoute | Self::NoRule => Some(404),
+            Self::HandshakeTimeout | Self::IdleTimeout | Self::HeaderTimeout => Some(408),
+            Self::ProxyProtocol | Self::BadRequest => Some(400),
+            Self::HeaderTooLarge => Some(431),
+            Self::BodyTooLarge => Some(413),
             Self::Refused
             | Self::Reset
             | Self::Tls
@@ -291,6 +322,12 @@ mod tests {
         Reason::Protocol,
         Reason::NotServing,
         Reason::GrpcStatus,
+        Reason::NoRule,
+        Reason::UpstreamTimeout,
+        Reason::HeaderTimeout,
+        Reason::HeaderTooLarge,
+        Reason::BodyTooLarge,
+        Reason::BadRequest,
         Reason::LocalResources,
     ];
 

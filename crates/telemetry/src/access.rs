@@ -39,3 +39,71 @@ impl AccessRecord<'_> {
         );
     }
 }
+
+/// One access-log line of an HTTP request (l7 routes). Absent values are
+/// written as `-`.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpAccessRecord<'a> {
+    pub listener: &'a str,
+    pub route: &'a str,
+    /// The HTTP rule that took the request.
+    pub rule: Option<&'a str>,
+    pub client: SocketAddr,
+    pub method: &'a str,
+    pub host: Option<&'a str>,
+    pub path: &'a str,
+    /// `HTTP/1.1`, `HTTP/2`.
+    pub version: &'a str,
+    pub status: u16,
+    /// Body bytes received from the client.
+    pub bytes_in: u64,
+    /// Body bytes sent to the client.
+    pub bytes_out: u64,
+    /// From the request's header to the end of its response.
+    pub duration: Duration,
+    /// From the request sent to the backend's response header.
+    pub upstream: Option<Duration>,
+    pub backend: Option<&'a str>,
+    pub request_id: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    /// How it ended (a stable snake_case word).
+    pub reason: &'a str,
+}
+
+impl HttpAccessRecord<'_> {
+    /// Writes the line at level INFO, target `weir::access`.
+    pub fn emit(&self) {
+        tracing::info!(
+            target: "weir::access",
+            listener = %self.listener,
+            route = self.route,
+            rule = self.rule.unwrap_or("-"),
+            client = %self.client,
+            method = self.method,
+            host = self.host.unwrap_or("-"),
+            path = self.path,
+            version = self.version,
+            status = self.status,
+            bytes_in = self.bytes_in,
+            bytes_out = self.bytes_out,
+            duration_ms = self.duration.as_micros() as f64 / 1000.0,
+            upstream_ms = %Millis(self.upstream),
+            backend = self.backend.unwrap_or("-"),
+            request_id = self.request_id.unwrap_or("-"),
+            user_agent = self.user_agent.unwrap_or("-"),
+            reason = self.reason,
+        );
+    }
+}
+
+/// Milliseconds with microsecond precision, or `-`.
+struct Millis(Option<Duration>);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(d) => write!(f, "{}", d.as_micros() as f64 / 1000.0),
+            None => f.write_str("-"),
+        }
+    }
+}

@@ -16,7 +16,7 @@ mod counter;
 mod exposition;
 mod histogram;
 
-pub use access::AccessRecord;
+pub use access::{AccessRecord, HttpAccessRecord};
 pub use budget::{LogBudget, Verdict};
 pub use counter::{ActiveGuard, count};
 pub use exposition::{Format, Kind, Writer};

@@ -353,7 +353,10 @@ pub(crate) async fn serve(
         ),
         None => None,
     };
-    let options = weir_core::Options { config_path };
+    let options = weir_core::Options {
+        config_path,
+        http: Some(Arc::new(weir_http::Layer::new())),
+    };
     let server = Arc::new(Server::start_with(config, options).await?);
     let admin_stop = CancellationToken::new();
     // The control API stops taking commands as soon as shutdown begins: during

@@ -104,6 +104,7 @@ pub struct Route {
     pub listener: ::prost::alloc::string::String,
     #[prost(string, tag = "2")]
     pub name: ::prost::alloc::string::String,
+    /// The pool of an l4 route; the first rule's pool of an l7 route.
     #[prost(string, tag = "3")]
     pub pool: ::prost::alloc::string::String,
     #[prost(string, repeated, tag = "4")]
@@ -114,6 +115,12 @@ pub struct Route {
     pub match_alpn: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(uint64, tag = "7")]
     pub connections_total: u64,
+    /// "l4" or "l7".
+    #[prost(string, tag = "8")]
+    pub mode: ::prost::alloc::string::String,
+    /// Every pool the route sends to, in the order of its rules.
+    #[prost(string, repeated, tag = "9")]
+    pub pools: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ListPoolsRequest {}

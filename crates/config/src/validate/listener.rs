@@ -5,9 +5,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ipnet::IpNet;
-
-use super::values::parse_source;
 use super::{Checker, PLACEHOLDER_ADDR};
 use crate::model::{Admin, Listener, Protocol, ProxyAccept};
 use crate::raw::RawListener;
@@ -65,18 +62,7 @@ impl Checker {
             DEFAULT_HANDSHAKE_TIMEOUT,
         );
         let proxy_protocol = raw.proxy_protocol.and_then(|pp| {
-            let trusted: Vec<IpNet> = pp
-                .trusted
-                .iter()
-                .enumerate()
-                .filter_map(|(i, s)| match parse_source(s) {
-                    Ok(net) => Some(net),
-                    Err(msg) => {
-                        self.push(format!("{path}.proxy_protocol.trusted[{i}]"), msg);
-                        None
-                    }
-                })
-                .collect();
+            let trusted = self.sources(&format!("{path}.proxy_protocol.trusted"), &pp.trusted);
             if pp.accept && pp.trusted.is_empty() {
                 self.push(
                     format!("{path}.proxy_protocol.trusted"),

@@ -8,6 +8,7 @@
 mod admin;
 mod files;
 mod health;
+mod http;
 mod listener;
 mod log;
 mod pool;
@@ -75,6 +76,8 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         pools.push(pool);
     }
 
+    cx.check_protocols(&listeners, &pools);
+
     if cx.problems.is_empty() {
         Ok(Config {
             admin,
@@ -119,6 +122,21 @@ impl Checker {
             );
             PLACEHOLDER_ADDR
         })
+    }
+
+    /// A list of CIDRs or IPs at `path`; a problem per entry that is neither.
+    fn sources(&mut self, path: &str, items: &[String]) -> Vec<ipnet::IpNet> {
+        items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match values::parse_source(s) {
+                Ok(net) => Some(net),
+                Err(msg) => {
+                    self.push(format!("{path}[{i}]"), msg);
+                    None
+                }
+            })
+            .collect()
     }
 
     fn choice<T: Clone>(

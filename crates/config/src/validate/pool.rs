@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::Checker;
-use crate::model::{Backend, BackendAddress, HashKey, Health, Policy, Pool};
+use crate::model::{
+    Backend, BackendAddress, HashKey, Health, HttpProtocol, Listener, Policy, Pool, RouteMode,
+};
 use crate::raw::{RawBackend, RawPool};
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -14,6 +16,11 @@ const MAX_RETRIES: i64 = 100;
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 const DEFAULT_WEIGHT: u32 = 1;
 const MAX_WEIGHT: i64 = crate::model::MAX_WEIGHT as i64;
+const PROTOCOLS: &[(&str, HttpProtocol)] = &[
+    ("http1", HttpProtocol::Http1),
+    ("h2", HttpProtocol::H2),
+    ("h2c", HttpProtocol::H2c),
+];
 const HASH_KEYS: &[(&str, HashKey)] = &[
     ("source_ip", HashKey::SourceIp),
     ("source_addr", HashKey::SourceAddr),
@@ -47,6 +54,12 @@ impl Checker {
             &format!("{path}.drain_timeout"),
             raw.drain_timeout.as_deref(),
             DEFAULT_DRAIN_TIMEOUT,
+        );
+        let protocol = self.choice(
+            &format!("{path}.protocol"),
+            raw.protocol,
+            HttpProtocol::Http1,
+            PROTOCOLS,
         );
         let health = match raw.health {
             Some(h) => self.health(&format!("{path}.health"), &h),
@@ -95,8 +108,47 @@ impl Checker {
             retries,
             drain_timeout,
             close_on_down: raw.close_on_down.unwrap_or(false),
+            protocol,
             health,
             backends,
+        }
+    }
+
+    /// A pool that speaks h2 (HTTP/2 over TLS) to its backends is reached
+    /// through TLS: every l7 route that sends to it needs `backend_tls`; one
+    /// that speaks h2c (in clear text) is not.
+    pub(super) fn check_protocols(&mut self, listeners: &[Listener], pools: &[Pool]) {
+        for (li, l) in listeners.iter().enumerate() {
+            for (ri, r) in l.routes.iter().enumerate() {
+                let RouteMode::L7(http) = &r.mode else {
+                    continue;
+                };
+                for (hi, rule) in http.rules.iter().enumerate() {
+                    let protocol = pools.get(rule.pool_index).map(|p| p.protocol);
+                    if r.backend_tls.is_some() && protocol == Some(HttpProtocol::H2c) {
+                        self.push(
+                            format!("listeners[{li}].routes[{ri}].http[{hi}].pool"),
+                            format!(
+                                "pool {:?} speaks h2c, HTTP/2 in clear text, but this route has \
+                                 backend_tls: set the pool's protocol to \"h2\" (HTTP/2 over \
+                                 TLS), or remove backend_tls",
+                                rule.pool
+                            ),
+                        );
+                    }
+                    if r.backend_tls.is_none() && protocol == Some(HttpProtocol::H2) {
+                        self.push(
+                            format!("listeners[{li}].routes[{ri}].http[{hi}].pool"),
+                            format!(
+                                "pool {:?} speaks h2, HTTP/2 over TLS: give this route \
+                                 backend_tls, or set the pool's protocol to \"h2c\" (HTTP/2 in \
+                                 clear text)",
+                                rule.pool
+                            ),
+                        );
+                    }
+                }
+            }
         }
     }
 

@@ -7,8 +7,14 @@ use ipnet::IpNet;
 
 use super::values::{check_server_name, parse_source};
 use super::{Checker, PLACEHOLDER_ADDR};
-use crate::model::{BackendTls, Match, ProxyVersion, Route};
+use crate::model::{BackendTls, L4Route, Match, ProxyVersion, Route, RouteMode};
 use crate::raw::{RawBackendTls, RawRoute};
+
+#[derive(Clone, Copy)]
+enum Mode {
+    L4,
+    L7,
+}
 
 const PROXY_VERSIONS: &[(&str, ProxyVersion)] = &[
     ("off", ProxyVersion::Off),
@@ -20,11 +26,11 @@ impl Checker {
     pub(super) fn route(
         &mut self,
         path: &str,
-        raw: RawRoute,
+        mut raw: RawRoute,
         pools: &HashMap<String, usize>,
     ) -> Route {
         self.name(&format!("{path}.name"), &raw.name);
-        let matcher = raw.matcher.unwrap_or_default();
+        let matcher = raw.matcher.take().unwrap_or_default();
         let sni = matcher
             .sni
             .iter()
@@ -61,32 +67,107 @@ impl Checker {
                 })
             })
             .collect();
-        let pool_index = match pools.get(&raw.pool) {
-            Some(&i) => i,
-            None => {
-                self.push(
-                    format!("{path}.pool"),
-                    format!("unknown pool {:?}", raw.pool),
-                );
-                0
-            }
-        };
-        let send_proxy_protocol = self.choice(
-            &format!("{path}.send_proxy_protocol"),
-            raw.send_proxy_protocol,
-            ProxyVersion::Off,
-            PROXY_VERSIONS,
-        );
         let backend_tls = raw
             .backend_tls
+            .take()
             .map(|t| self.backend_tls(&format!("{path}.backend_tls"), t));
+        let mode = self.choice(
+            &format!("{path}.mode"),
+            raw.mode.take(),
+            Mode::L4,
+            &[("l4", Mode::L4), ("l7", Mode::L7)],
+        );
+        let mode = match mode {
+            Mode::L4 => {
+                for (key, given) in [
+                    ("http", !raw.http.is_empty()),
+                    ("forwarded", raw.forwarded.is_some()),
+                    ("timeouts", raw.timeouts.is_some()),
+                    ("max_header_bytes", raw.max_header_bytes.is_some()),
+                    ("max_body_bytes", raw.max_body_bytes.is_some()),
+                ] {
+                    if given {
+                        self.push(
+                            format!("{path}.{key}"),
+                            "only for HTTP routes: add mode = \"l7\" to this route, or remove it",
+                        );
+                    }
+                }
+                let (pool, pool_index) = match raw.pool.take() {
+                    Some(pool) => {
+                        let index = self.pool_ref(&format!("{path}.pool"), &pool, pools);
+                        (pool, index)
+                    }
+                    None => {
+                        self.push(
+                            format!("{path}.pool"),
+                            "required key is missing in this table (the pool an l4 route sends to)",
+                        );
+                        (String::new(), 0)
+                    }
+                };
+                let send_proxy_protocol = self.choice(
+                    &format!("{path}.send_proxy_protocol"),
+                    raw.send_proxy_protocol.take(),
+                    ProxyVersion::Off,
+                    PROXY_VERSIONS,
+                );
+                RouteMode::L4(L4Route {
+                    pool,
+                    pool_index,
+                    send_proxy_protocol,
+                })
+            }
+            Mode::L7 => {
+                if raw.pool.is_some() {
+                    self.push(
+                        format!("{path}.pool"),
+                        "an l7 route sends each request by its rules: move the pool into a \
+                         rule ([[listeners.routes.http]] with name and pool; a rule without \
+                         match takes every request)",
+                    );
+                }
+                if raw.send_proxy_protocol.is_some() {
+                    self.push(
+                        format!("{path}.send_proxy_protocol"),
+                        "not with mode = \"l7\": a pooled connection carries the requests of \
+                         many clients; weir sends the client's address in X-Forwarded-For",
+                    );
+                }
+                if !matcher.sni.is_empty() || !matcher.alpn.is_empty() {
+                    self.push(
+                        format!("{path}.match"),
+                        "an l7 route reads HTTP in clear text, so it cannot match on sni or \
+                         alpn; route TLS by SNI with an l4 route",
+                    );
+                }
+                RouteMode::L7(Box::new(self.http_route(path, &raw, pools)))
+            }
+        };
         Route {
             name: raw.name,
-            send_proxy_protocol,
             backend_tls,
             matcher: Match { source, sni, alpn },
-            pool: raw.pool,
-            pool_index,
+            mode,
+        }
+    }
+
+    /// The pool named `pool`, by index; a problem at `path` when none is.
+    pub(super) fn pool_ref(
+        &mut self,
+        path: &str,
+        pool: &str,
+        pools: &HashMap<String, usize>,
+    ) -> usize {
+        match pools.get(pool) {
+            Some(&i) => i,
+            None => {
+                let hint = crate::suggest::closest(pool, pools.keys().map(String::as_str))
+                    .map(|near| format!(" (did you mean {near:?}?)"))
+                    .unwrap_or_default();
+                self.push(path, format!("unknown pool {pool:?}{hint}"));
+                0
+            }
         }
     }
 

@@ -41,6 +41,16 @@ pub(crate) fn handle(
             Mode::L4(upstream) => {
                 crate::tcp::serve(&listener, route, upstream, &mut client).await;
             }
+            Mode::L7(l7) => {
+                let handler = Arc::clone(&l7.handler);
+                let index = listener
+                    .routes
+                    .iter()
+                    .position(|r| std::ptr::eq(r, route))
+                    .unwrap_or(0);
+                let listener = Arc::clone(&listener);
+                handler.serve(listener, index, client).await;
+            }
         }
     }
 }

@@ -7,9 +7,10 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use weir_telemetry::{Kind, Writer};
 
-use super::{Backend, Pool, StateLabel};
+use super::{Backend, Pool, StateLabel, UpstreamEvent};
 use crate::Reason;
 use crate::health::Health;
+use crate::listener::STATUS_CLASSES;
 
 pub(crate) fn render(pools: &[Arc<Pool>], w: &mut Writer) {
     let backends = || {
@@ -18,9 +19,90 @@ pub(crate) fn render(pools: &[Arc<Pool>], w: &mut Writer) {
             .flat_map(|p| p.backends.iter().map(move |b| (&**p, b)))
     };
     connections(w, backends());
+    http(w, backends().filter(|(p, _)| p.serves_http));
     state(w, backends());
     checks(w, backends().filter(|(_, b)| b.probe_address.is_some()));
     tiers(w, pools);
+}
+
+/// The HTTP families, for the pools l7 routes send to.
+fn http<'a>(w: &mut Writer, backends: impl Iterator<Item = (&'a Pool, &'a Backend)> + Clone) {
+    let id =
+        |p: &'a Pool, b: &'a Backend| [("pool", p.name.as_str()), ("backend", b.name.as_str())];
+    w.family(
+        "weir_backend_http_requests",
+        Kind::Counter,
+        "HTTP responses the backend sent, by status class.",
+    );
+    for (p, b) in backends.clone() {
+        for (i, code) in STATUS_CLASSES.iter().enumerate() {
+            let [pool, backend] = id(p, b);
+            w.sample(
+                "weir_backend_http_requests_total",
+                &[pool, backend, ("code", code)],
+                b.stats.http_responses[i].load(Relaxed),
+            );
+        }
+    }
+    w.family(
+        "weir_backend_http_requests_active",
+        Kind::Gauge,
+        "HTTP requests in flight to the backend (the load least_conn counts).",
+    );
+    for (p, b) in backends.clone() {
+        w.sample(
+            "weir_backend_http_requests_active",
+            &id(p, b),
+            b.stats.http_requests_active.load(Relaxed),
+        );
+    }
+    w.family(
+        "weir_backend_http_response_duration_seconds",
+        Kind::Histogram,
+        "Time from a request sent to the backend to its response header.",
+    );
+    for (p, b) in backends.clone() {
+        w.histogram(
+            "weir_backend_http_response_duration_seconds",
+            &id(p, b),
+            &b.stats.http_response_duration.snapshot(),
+        );
+    }
+    // Not `weir_http_upstream_connections`: OpenMetrics would take it for
+    // the family of the counter below.
+    w.family(
+        "weir_http_upstream_connections_open",
+        Kind::Gauge,
+        "Pooled HTTP connections to the backend, by state (idle, active).",
+    );
+    for (p, b) in backends.clone() {
+        for (state, n) in [
+            ("idle", &b.stats.upstream_idle),
+            ("active", &b.stats.upstream_active),
+        ] {
+            let [pool, backend] = id(p, b);
+            w.sample(
+                "weir_http_upstream_connections_open",
+                &[pool, backend, ("state", state)],
+                n.load(Relaxed),
+            );
+        }
+    }
+    w.family(
+        "weir_http_upstream_connections",
+        Kind::Counter,
+        "Pooled HTTP connections to the backend created, reused and closed.",
+    );
+    for (p, b) in backends {
+        for e in UpstreamEvent::ALL {
+            let [pool, backend] = id(p, b);
+            w.sample(
+                "weir_http_upstream_connections_total",
+                &[pool, backend, ("event", e.as_str())],
+                b.stats.upstream_events(e),
+            );
+        }
+    }
 }
 
 fn connections<'a>(

@@ -20,7 +20,7 @@ mod operator;
 mod stats;
 
 pub use backend::{Backend, BackendView, Eviction, LastProbe, Watch};
-pub use stats::{BackendStats, LATENCY_SECONDS, StateLabel};
+pub use stats::{BackendStats, LATENCY_SECONDS, StateLabel, UpstreamEvent};
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -55,6 +55,8 @@ pub(crate) struct Inputs<'a> {
     pub(crate) saved_tiers: Vec<TierChange>,
     /// The resolved address of a backend (by name).
     pub(crate) address: &'a dyn Fn(&str) -> Option<SocketAddr>,
+    /// An l7 route sends to this pool.
+    pub(crate) serves_http: bool,
 }
 
 /// A pool: backends plus how to pick among them.
@@ -69,6 +71,10 @@ pub struct Pool {
     pub close_on_down: bool,
     pub health: config::Health,
     pub backends: Vec<Backend>,
+    /// What l7 routes speak to the backends.
+    pub protocol: config::HttpProtocol,
+    /// An l7 route sends to this pool: its HTTP families are rendered.
+    pub serves_http: bool,
     policy: Policy,
     picker: ArcSwap<Picker>,
     /// Serialises rebuilds so the picker always reflects the latest states;
@@ -225,6 +231,8 @@ impl Pool {
             close_on_down: cfg.close_on_down,
             health: cfg.health.clone(),
             backends,
+            protocol: cfg.protocol,
+            serves_http: inputs.serves_http,
             policy: cfg.balance,
             picker: ArcSwap::from_pointee(Picker::new(cfg.balance, &[])),
             rebuild: Mutex::new(last_tier),
@@ -274,6 +282,20 @@ impl Pool {
     /// The current balancer: a lock-free load.
     pub(crate) fn picker(&self) -> arc_swap::Guard<Arc<Picker>> {
         self.picker.load()
+    }
+
+    /// Picks a backend for a request with this maglev `key` (see
+    /// [`crate::upstream::affinity_key`]; ignored by other policies), never
+    /// one of `tried`: its index, or `None` when no backend can serve.
+    pub fn pick(&self, key: u64, tried: &[usize]) -> Option<usize> {
+        let picker = self.picker.load();
+        let load = |i: usize| self.backends.get(i).map_or(u32::MAX, |b| b.stats.load());
+        let req = weir_balance::Request {
+            key,
+            random: fastrand::u64(..),
+            load: &load,
+        };
+        picker.pick(&req, tried)
     }
 
     /// The tier currently serving, if any backend can serve.

@@ -54,7 +54,7 @@ impl Pool {
     /// A client connect to backend `i` failed for `reason` (passive health).
     /// Only the backend's own failures count: weir's (say, out of file
     /// descriptors) say nothing about it.
-    pub(crate) fn on_connect_failure(self: &Arc<Self>, i: usize, reason: Reason) {
+    pub fn on_connect_failure(self: &Arc<Self>, i: usize, reason: Reason) {
         let Some(b) = self.backends.get(i) else {
             return;
         };
@@ -87,7 +87,7 @@ impl Pool {
     /// A client connect to backend `i` succeeded. Only passive-health
     /// backends with something to settle take the lock; the common case is
     /// one relaxed load.
-    pub(crate) fn on_connect_success(self: &Arc<Self>, i: usize) {
+    pub fn on_connect_success(self: &Arc<Self>, i: usize) {
         let Some(b) = self.backends.get(i) else {
             return;
         };
@@ -109,7 +109,7 @@ impl Pool {
     /// weir ran out of descriptors or memory for a connect or a probe of
     /// `backend`: a warning, at most one a second per pool, saying how many
     /// more there were.
-    pub(crate) fn local_shortage(&self, backend: &str, what: &str, detail: &str) {
+    pub fn local_shortage(&self, backend: &str, what: &str, detail: &str) {
         if let Verdict::Write { suppressed } = self.shortage_lines.check() {
             tracing::warn!(
                 pool = %self.name,

@@ -65,6 +65,39 @@ pub struct BackendStats {
     checks_skipped: AtomicU64,
     /// [from][to]
     transitions: [[AtomicU64; StateLabel::ALL.len()]; StateLabel::ALL.len()],
+    /// HTTP requests in flight to the backend (l7 routes): part of the
+    /// balancer's load, so `least_conn` counts requests.
+    pub http_requests_active: AtomicI64,
+    /// HTTP responses from the backend, by status class (see
+    /// [`crate::listener::STATUS_CLASSES`]).
+    pub http_responses: [AtomicU64; 5],
+    /// From a request sent to the backend to its response header.
+    pub http_response_duration: Histogram,
+    /// Pooled HTTP connections to the backend, idle and in use.
+    pub upstream_idle: AtomicI64,
+    pub upstream_active: AtomicI64,
+    /// Pooled HTTP connections created, reused and closed.
+    pub upstream_events: [AtomicU64; 3],
+}
+
+/// The `event` label of `weir_http_upstream_connections_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamEvent {
+    Created,
+    Reused,
+    Closed,
+}
+
+impl UpstreamEvent {
+    pub const ALL: [UpstreamEvent; 3] = [Self::Created, Self::Reused, Self::Closed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Reused => "reused",
+            Self::Closed => "closed",
+        }
+    }
 }
 
 impl Default for BackendStats {
@@ -81,6 +114,12 @@ impl Default for BackendStats {
             checks_failed: Default::default(),
             checks_skipped: AtomicU64::new(0),
             transitions: Default::default(),
+            http_requests_active: AtomicI64::new(0),
+            http_responses: Default::default(),
+            http_response_duration: Histogram::new(crate::listener::REQUEST_SECONDS),
+            upstream_idle: AtomicI64::new(0),
+            upstream_active: AtomicI64::new(0),
+            upstream_events: Default::default(),
         }
     }
 }
@@ -91,7 +130,7 @@ impl BackendStats {
         self.connect_errors[reason as usize].load(Relaxed)
     }
 
-    pub(crate) fn connect_error(&self, reason: Reason) {
+    pub fn connect_error(&self, reason: Reason) {
         count(&self.connect_errors[reason as usize], 1);
     }
 
@@ -127,8 +166,30 @@ impl BackendStats {
         count(&self.transitions[from as usize][to as usize], 1);
     }
 
-    /// Active connections as the balancer sees them (never negative).
+    /// Counts a pooled HTTP connection's `event`.
+    pub fn upstream_event(&self, event: UpstreamEvent) {
+        count(&self.upstream_events[event as usize], 1);
+    }
+
+    /// Pooled HTTP connections for `event` so far.
+    pub fn upstream_events(&self, event: UpstreamEvent) -> u64 {
+        self.upstream_events[event as usize].load(Relaxed)
+    }
+
+    /// Counts a response with `status` whose header came `took` after the
+    /// request was sent.
+    pub fn http_response(&self, status: u16, took: Duration) {
+        count(
+            &self.http_responses[crate::listener::status_class(status)],
+            1,
+        );
+        self.http_response_duration.observe(took);
+    }
+
+    /// Active connections and HTTP requests in flight, as the balancer sees
+    /// them (never negative).
     pub(crate) fn load(&self) -> u32 {
-        u32::try_from(self.connections_active.load(Relaxed).max(0)).unwrap_or(u32::MAX)
+        let n = self.connections_active.load(Relaxed) + self.http_requests_active.load(Relaxed);
+        u32::try_from(n.max(0)).unwrap_or(u32::MAX)
     }
 }

@@ -6,10 +6,11 @@
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
-use weir_config::Config;
+use weir_config::{Config, RouteMode};
 
 use super::{Inputs, Server, Snapshot, StartError, sockets};
-use crate::listener::{Listener, Mode, Route};
+use crate::l7::{HttpLayer, RouteBuild};
+use crate::listener::{L7, Listener, Mode, Route};
 use crate::pool::{self, Pool};
 use crate::probe::schedule::{self, Prepared};
 use crate::upstream::{self, BackendTls, Upstream};
@@ -40,10 +41,19 @@ impl Server {
             mut tiers,
             resolved,
         } = inputs;
+        let mut serves_http = vec![false; config.pools.len()];
+        for r in config.listeners.iter().flat_map(|l| &l.routes) {
+            if let RouteMode::L7(_) = &r.mode {
+                for i in r.pool_indices() {
+                    serves_http[i] = true;
+                }
+            }
+        }
         let pools: Vec<Arc<Pool>> = config
             .pools
             .iter()
-            .map(|p| {
+            .enumerate()
+            .map(|(pi, p)| {
                 let saved_of = |b: &str| saved.get(&(p.name.clone(), b.to_owned())).cloned();
                 let address_of = |b: &str| resolved.get(&p.name, b);
                 let inputs = pool::Inputs {
@@ -51,6 +61,7 @@ impl Server {
                     saved: &saved_of,
                     saved_tiers: tiers.remove(&p.name).unwrap_or_default(),
                     address: &address_of,
+                    serves_http: serves_http[pi],
                 };
                 Pool::build(p, inputs, &cx)
             })
@@ -58,7 +69,14 @@ impl Server {
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for (index, l) in config.listeners.iter().enumerate() {
             let before = old.and_then(|o| o.listener(&l.name)).map(|l| &**l);
-            listeners.push(build_listener(index, l, config, &pools, before)?);
+            listeners.push(build_listener(
+                index,
+                l,
+                config,
+                &pools,
+                before,
+                self.http.as_deref(),
+            )?);
         }
         let probes = schedule::prepare(&pools).map_err(StartError::Health)?;
         let fresh = super::lock(&self.sockets).bind_new(config)?;
@@ -79,37 +97,72 @@ fn build_listener(
     config: &Config,
     pools: &[Arc<Pool>],
     before: Option<&Listener>,
+    http: Option<&dyn HttpLayer>,
 ) -> Result<Arc<Listener>, StartError> {
     let mut routes = Vec::with_capacity(l.routes.len());
     for (ri, r) in l.routes.iter().enumerate() {
+        let path = format!("listeners[{index}].routes[{ri}]");
         let tls = match &r.backend_tls {
             None => None,
-            Some(t) => {
-                let tls =
-                    upstream::tls::backend_config(t).map_err(|message| StartError::BackendTls {
-                        path: format!("listeners[{index}].routes[{ri}].backend_tls"),
-                        message,
-                    })?;
-                Some(BackendTls {
+            Some(t) => Some(upstream::tls::backend_config(t).map_err(|message| {
+                StartError::BackendTls {
+                    path: format!("{path}.backend_tls"),
+                    message,
+                }
+            })?),
+        };
+        let old = before.and_then(|b| b.routes.iter().find(|old| old.name == r.name));
+        let stats = old.map_or_else(Arc::default, |old| Arc::clone(&old.stats));
+        let mode = match &r.mode {
+            RouteMode::L4(l4) => Mode::L4(Upstream {
+                pool: Arc::clone(&pools[l4.pool_index]),
+                send_proxy_protocol: l4.send_proxy_protocol,
+                tls: tls.map(|tls| BackendTls {
                     connector: tokio_rustls::TlsConnector::from(tls),
-                    sni: t
-                        .sni
-                        .clone()
-                        .and_then(|n| rustls::pki_types::ServerName::try_from(n).ok()),
+                    sni: r.backend_tls.as_ref().and_then(|t| {
+                        t.sni
+                            .clone()
+                            .and_then(|n| rustls::pki_types::ServerName::try_from(n).ok())
+                    }),
+                }),
+            }),
+            RouteMode::L7(route_http) => {
+                let Some(layer) = http else {
+                    return Err(StartError::Http {
+                        path,
+                        message: "this build of weir cannot serve HTTP (mode = \"l7\")".to_owned(),
+                    });
+                };
+                let before = old.and_then(|o| match &o.mode {
+                    Mode::L7(l7) => Some(&l7.handler),
+                    Mode::L4(_) => None,
+                });
+                let handler = layer
+                    .build(RouteBuild {
+                        config,
+                        path: path.clone(),
+                        listener: &l.name,
+                        route: r,
+                        http: route_http,
+                        pools,
+                        backend_tls: tls,
+                        before,
+                    })
+                    .map_err(|message| StartError::Http { path, message })?;
+                Mode::L7(L7 {
+                    handler,
+                    pools: r
+                        .pool_indices()
+                        .into_iter()
+                        .map(|i| Arc::clone(&pools[i]))
+                        .collect(),
                 })
             }
         };
-        let stats = before
-            .and_then(|b| b.routes.iter().find(|old| old.name == r.name))
-            .map_or_else(Arc::default, |old| Arc::clone(&old.stats));
         routes.push(Route {
             name: r.name.clone(),
             matcher: r.matcher.clone(),
-            mode: Mode::L4(Upstream {
-                pool: Arc::clone(&pools[r.pool_index]),
-                send_proxy_protocol: r.send_proxy_protocol,
-                tls,
-            }),
+            mode,
             stats,
         });
     }
@@ -131,5 +184,6 @@ fn build_listener(
         zero_copy: config.runtime.zero_copy,
         access_log: config.log.access_log,
         kill: before.map_or_else(CancellationToken::new, |b| b.kill.clone()),
+        drain: before.map_or_else(CancellationToken::new, |b| b.drain.clone()),
     }))
 }

@@ -72,6 +72,9 @@ pub enum StartError {
     Health(String),
     #[error("{path}: {message}")]
     BackendTls { path: String, message: String },
+    /// An l7 route whose handler could not be built.
+    #[error("{path}: {message}")]
+    Http { path: String, message: String },
     #[error("{0}")]
     State(#[from] weir_state::StoreError),
     /// A blocking task (the state file, the config file) did not complete.
@@ -124,6 +127,8 @@ pub struct LastReload {
 pub struct Options {
     /// The file `reload` reads again.
     pub config_path: Option<PathBuf>,
+    /// What serves l7 routes; without it a config with one fails to start.
+    pub http: Option<Arc<dyn crate::l7::HttpLayer>>,
 }
 
 /// One complete, immutable runtime configuration.
@@ -171,6 +176,7 @@ pub struct Server {
     /// Saved state for backends the config does not have.
     orphans: Mutex<Vec<weir_state::Entry>>,
     config_path: Option<PathBuf>,
+    http: Option<Arc<dyn crate::l7::HttpLayer>>,
     started_at: SystemTime,
     pub reloads: ReloadStats,
     last_reload: Mutex<Option<LastReload>>,
@@ -219,6 +225,7 @@ impl Server {
             persistence,
             orphans: Mutex::new(Vec::new()),
             config_path: options.config_path,
+            http: options.http,
             started_at: SystemTime::now(),
             reloads: ReloadStats::default(),
             last_reload: Mutex::new(None),

@@ -13,6 +13,7 @@ use super::build::Staged;
 use super::sockets::{CLOSE_WAIT, Runners};
 use super::{Inputs, LastReload, ReloadError, Reloaded, Server, Snapshot, StartError, lock};
 use crate::events::Event;
+use crate::listener::{Listener, Mode};
 use crate::statefile;
 
 impl Server {
@@ -184,6 +185,7 @@ impl Server {
             }
         }
         let generation = old.map_or(1, |o| o.generation + 1);
+        http_handover(old, &listeners);
         self.current.store(Arc::new(Snapshot {
             generation,
             config: Arc::new(config),
@@ -193,5 +195,34 @@ impl Server {
             stop_health,
         }));
         generation
+    }
+}
+
+/// Tells the l7 handlers of the new snapshot that it runs, and those of the
+/// routes it no longer has (or no longer serves as HTTP) that they retire.
+fn http_handover(old: Option<&Snapshot>, listeners: &[Arc<Listener>]) {
+    fn l7(l: &Listener) -> impl Iterator<Item = (&str, &Arc<dyn crate::l7::HttpHandler>)> {
+        l.routes.iter().filter_map(|r| match &r.mode {
+            Mode::L7(l7) => Some((r.name.as_str(), &l7.handler)),
+            Mode::L4(_) => None,
+        })
+    }
+    for l in listeners {
+        for (_, handler) in l7(l) {
+            handler.activate();
+        }
+    }
+    let Some(old) = old else {
+        return;
+    };
+    for l in &old.listeners {
+        let kept = listeners.iter().find(|n| n.name == l.name);
+        for (route, handler) in l7(l) {
+            let still =
+                kept.is_some_and(|n| n.routes.iter().any(|r| r.name == route && r.is_http()));
+            if !still {
+                handler.retire();
+            }
+        }
     }
 }

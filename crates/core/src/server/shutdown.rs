@@ -20,6 +20,7 @@ impl Server {
         self.accept_tasks.close();
         self.connections.close();
         for l in &snapshot.listeners {
+            l.drain.cancel();
             let kill = l.kill.clone();
             let grace = l.shutdown_timeout;
             let name = l.name.clone();
@@ -69,6 +70,7 @@ impl Server {
     pub(super) fn retire(&self, gone: &Arc<Listener>) {
         let open = gone.stats.connections_active.load(Ordering::Relaxed);
         tracing::info!(listener = %gone.name, open, "listener removed; draining its connections");
+        gone.drain.cancel();
         let kill = gone.kill.clone();
         let grace = gone.shutdown_timeout;
         tokio::spawn(async move {

@@ -152,8 +152,37 @@ async fn establish(
     }
 }
 
+/// Connects to `addr` (TCP_NODELAY set), failing with `Timeout` after
+/// `timeout`; an error is a connect reason (`Refused`, `LocalResources`...).
+pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Reason> {
+    connect::connect(addr, timeout).await
+}
+
+/// Completes a TLS handshake with the backend at `addr` over `tcp` within
+/// `timeout`, sending `sni` (or, without one, verifying the backend's IP).
+/// Fails with `Tls`.
+pub async fn tls_handshake(
+    connector: &tokio_rustls::TlsConnector,
+    sni: Option<&rustls::pki_types::ServerName<'static>>,
+    addr: SocketAddr,
+    tcp: TcpStream,
+    timeout: Duration,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Reason> {
+    let name = sni
+        .cloned()
+        .unwrap_or(rustls::pki_types::ServerName::IpAddress(addr.ip().into()));
+    match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => {
+            tracing::debug!(%addr, error = %e, "TLS handshake with the backend failed");
+            Err(Reason::Tls)
+        }
+        Err(_) => Err(Reason::Tls),
+    }
+}
+
 /// The maglev key of a client: its IP, or its IP and port.
-fn affinity_key(kind: HashKey, peer: SocketAddr) -> u64 {
+pub fn affinity_key(kind: HashKey, peer: SocketAddr) -> u64 {
     let mut bytes = [0u8; 18];
     let len = match peer.ip() {
         IpAddr::V4(ip) => {

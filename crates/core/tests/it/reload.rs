@@ -27,6 +27,7 @@ async fn start_file(path: &Path) -> Server {
     let config = weir_config::load_file(path).unwrap_or_else(|e| panic!("config: {e}"));
     let options = Options {
         config_path: Some(path.to_path_buf()),
+        ..Options::default()
     };
     within("start", Server::start_with(config, options))
         .await

@@ -340,7 +340,7 @@ fn dashboard_queries_parse_as_promql() {
 }
 
 /// Families documented in docs/metrics.md: name -> type.
-fn documented_families() -> BTreeMap<String, String> {
+pub(crate) fn documented_families() -> BTreeMap<String, String> {
     let mut families = BTreeMap::new();
     for line in read(METRICS_DOC).lines() {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();

@@ -6,6 +6,7 @@ mod cli;
 mod control;
 mod deploy;
 mod exhaustion;
+mod http;
 mod observability;
 mod proxy_protocol;
 mod tls_passthrough;

@@ -1,0 +1,221 @@
+//! The HTTP settings of an l7 route: its rules (`[[listeners.routes.http]]`),
+//! forwarding headers, timeouts and size limits.
+
+use std::collections::HashMap;
+
+use super::Checker;
+use crate::model::{Forwarded, HttpMatch, HttpRoute, HttpRule, HttpTimeouts};
+use crate::raw::{RawHttpMatch, RawRoute};
+
+/// A request header larger than this is answered 431 (HAProxy's default
+/// buffer is 16 KiB, nginx allows 4 × 8 KiB).
+const DEFAULT_MAX_HEADER_BYTES: u32 = 32 * 1024;
+/// hyper's smallest read buffer: a header limit below it cannot be kept.
+const MIN_HEADER_BYTES: i64 = 8 * 1024;
+const MAX_HEADER_BYTES: i64 = 1024 * 1024;
+
+impl Checker {
+    pub(super) fn http_route(
+        &mut self,
+        path: &str,
+        raw: &RawRoute,
+        pools: &HashMap<String, usize>,
+    ) -> HttpRoute {
+        if raw.http.is_empty() {
+            self.push(
+                format!("{path}.http"),
+                "an l7 route needs at least one rule ([[listeners.routes.http]] with name and \
+                 pool; a rule without match takes every request)",
+            );
+        }
+        let count = raw.http.len();
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut rules = Vec::with_capacity(count);
+        for (i, r) in raw.http.iter().enumerate() {
+            let rule_path = format!("{path}.http[{i}]");
+            self.name(&format!("{rule_path}.name"), &r.name);
+            if let Some(first) = names.get(r.name.as_str()) {
+                self.push(
+                    format!("{rule_path}.name"),
+                    format!(
+                        "duplicate rule name {:?} in this route (also http[{first}])",
+                        r.name
+                    ),
+                );
+            } else {
+                names.insert(&r.name, i);
+            }
+            let matcher = match &r.matcher {
+                Some(m) => self.http_match(&format!("{rule_path}.match"), m),
+                None => HttpMatch::default(),
+            };
+            if matcher.is_catch_all() && i + 1 != count {
+                self.push(
+                    rule_path.clone(),
+                    format!(
+                        "rule {:?} has no match conditions, so it takes every request and must \
+                         be the last rule; the rules after it would never be used",
+                        r.name
+                    ),
+                );
+            }
+            let pool_index = self.pool_ref(&format!("{rule_path}.pool"), &r.pool, pools);
+            rules.push(HttpRule {
+                name: r.name.clone(),
+                matcher,
+                pool: r.pool.clone(),
+                pool_index,
+            });
+        }
+
+        let forwarded = raw
+            .forwarded
+            .as_ref()
+            .map(|f| Forwarded {
+                trusted: self.sources(&format!("{path}.forwarded.trusted"), &f.trusted),
+                rfc7239: f.rfc7239.unwrap_or(false),
+            })
+            .unwrap_or_default();
+
+        let d = HttpTimeouts::default();
+        let t = raw.timeouts.as_ref();
+        let mut timeout = |key: &str, value: Option<&String>, default| {
+            self.timeout(
+                &format!("{path}.timeouts.{key}"),
+                value.map(String::as_str),
+                default,
+            )
+        };
+        let timeouts = HttpTimeouts {
+            request_header: timeout(
+                "request_header",
+                t.and_then(|t| t.request_header.as_ref()),
+                d.request_header,
+            ),
+            idle: timeout("idle", t.and_then(|t| t.idle.as_ref()), d.idle),
+            upstream_response: timeout(
+                "upstream_response",
+                t.and_then(|t| t.upstream_response.as_ref()),
+                d.upstream_response,
+            ),
+            upstream_idle: timeout(
+                "upstream_idle",
+                t.and_then(|t| t.upstream_idle.as_ref()),
+                d.upstream_idle,
+            ),
+            upstream_keepalive: timeout(
+                "upstream_keepalive",
+                t.and_then(|t| t.upstream_keepalive.as_ref()),
+                d.upstream_keepalive,
+            ),
+        };
+
+        let max_header_bytes = self.int(
+            &format!("{path}.max_header_bytes"),
+            raw.max_header_bytes,
+            DEFAULT_MAX_HEADER_BYTES,
+            MIN_HEADER_BYTES,
+            Some(MAX_HEADER_BYTES),
+        );
+        let max_body_bytes = raw.max_body_bytes.and_then(|v| {
+            let v: u64 = self.int(&format!("{path}.max_body_bytes"), Some(v), 0, 0, None);
+            (v > 0).then_some(v)
+        });
+        HttpRoute {
+            rules,
+            forwarded,
+            timeouts,
+            max_header_bytes,
+            max_body_bytes,
+        }
+    }
+
+    fn http_match(&mut self, path: &str, raw: &RawHttpMatch) -> HttpMatch {
+        let host = raw
+            .host
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                weir_wire::name::sni_pattern(h).unwrap_or_else(|| {
+                    self.push(
+                        format!("{path}.host[{i}]"),
+                        format!(
+                            "{h:?} is not a host name: write a DNS name (\"api.example.com\") \
+                             or a wildcard of one label (\"*.example.com\"), without a port"
+                        ),
+                    );
+                    String::new()
+                })
+            })
+            .collect();
+        let path_prefix = raw.path_prefix.as_ref().map(|p| {
+            if !p.starts_with('/') || !p.bytes().all(|b| b.is_ascii_graphic()) {
+                self.push(
+                    format!("{path}.path_prefix"),
+                    format!(
+                        "{p:?} is not a path prefix: it starts with \"/\" and holds printable \
+                         characters only (percent-encode the others), e.g. \"/api/\""
+                    ),
+                );
+            }
+            p.clone()
+        });
+        let methods = raw
+            .methods
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                if m.is_empty() || !m.bytes().all(is_tchar) {
+                    self.push(
+                        format!("{path}.methods[{i}]"),
+                        format!("{m:?} is not a method name (e.g. \"GET\", \"POST\")"),
+                    );
+                } else if m.bytes().any(|b| b.is_ascii_lowercase()) {
+                    // Methods are case-sensitive: "get" never matches a GET.
+                    self.push(
+                        format!("{path}.methods[{i}]"),
+                        format!(
+                            "{m:?}: methods are case-sensitive and standard ones are upper-case \
+                             (did you mean {:?}?)",
+                            m.to_ascii_uppercase()
+                        ),
+                    );
+                }
+                m.clone()
+            })
+            .collect();
+        let headers = raw
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                if name.is_empty() || !name.bytes().all(is_tchar) {
+                    self.push(
+                        format!("{path}.headers"),
+                        format!("{name:?} is not a header name"),
+                    );
+                }
+                if !value
+                    .bytes()
+                    .all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic())
+                {
+                    self.push(
+                        format!("{path}.headers.{name}"),
+                        "a header value here holds printable ASCII characters, spaces and tabs",
+                    );
+                }
+                (name.to_ascii_lowercase(), value.clone())
+            })
+            .collect();
+        HttpMatch {
+            host,
+            path_prefix,
+            methods,
+            headers,
+        }
+    }
+}
+
+/// A character of an HTTP token (RFC 9110 §5.6.2): method and header names.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}

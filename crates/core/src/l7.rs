@@ -1,0 +1,69 @@
+//! The seam where layer 7 plugs in. Routes with `mode = "l7"` are served by
+//! a handler that another crate builds (`weir-http`), so the runtime stays
+//! free of HTTP: the frontend accepts, reads the PROXY header, peeks and
+//! routes as for any connection, then hands the client to the route's
+//! [`HttpHandler`]. The handler picks backends from the runtime's pools,
+//! connects through [`upstream`](crate::upstream) and counts into the
+//! runtime's route and backend counters, which render with the rest.
+//!
+//! A handler is built for every snapshot. Connections keep the handler they
+//! started with; [`HttpHandler::activate`] tells the handlers of a snapshot
+//! that it now runs (so kept connections can follow the new rules), and
+//! [`HttpHandler::retire`] tells the handler of a route that a reload removed
+//! it (so its connections can drain).
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use weir_config::{Config, HttpRoute};
+
+use crate::client::Client;
+use crate::listener::Listener;
+use crate::pool::Pool;
+
+/// Builds the handlers of l7 routes; one per server, kept for its reloads.
+pub trait HttpLayer: Send + Sync + fmt::Debug {
+    /// Builds the handler of an l7 route for a new snapshot. Fails with a
+    /// message (a certificate that does not load, say), which fails the start
+    /// or the reload as a whole.
+    fn build(&self, route: RouteBuild<'_>) -> Result<Arc<dyn HttpHandler>, String>;
+}
+
+/// What an l7 route's handler is built from.
+#[derive(Debug)]
+pub struct RouteBuild<'a> {
+    pub config: &'a Config,
+    /// Key path of the route, for error messages: `listeners[0].routes[1]`.
+    pub path: String,
+    pub listener: &'a str,
+    pub route: &'a weir_config::Route,
+    pub http: &'a HttpRoute,
+    /// The pools of the new snapshot, indexed like `config.pools`.
+    pub pools: &'a [Arc<Pool>],
+    /// The TLS client of the route's `backend_tls`, loaded.
+    pub backend_tls: Option<Arc<rustls::ClientConfig>>,
+    /// The handler of the route of this name in the running snapshot.
+    pub before: Option<&'a Arc<dyn HttpHandler>>,
+}
+
+/// The future that serves one connection.
+pub type Serving = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Serves the connections of one l7 route of one snapshot.
+pub trait HttpHandler: Send + Sync + fmt::Debug {
+    /// Serves one client connection routed here; `route` indexes
+    /// `listener.routes`.
+    fn serve(self: Arc<Self>, listener: Arc<Listener>, route: usize, client: Client) -> Serving;
+
+    /// The snapshot holding this handler now runs.
+    fn activate(&self);
+
+    /// A reload removed this route (or changed it to layer 4).
+    fn retire(&self);
+
+    /// For the builder of the next snapshot, to take over what survives.
+    fn as_any(&self) -> &dyn Any;
+}

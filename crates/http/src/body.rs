@@ -1,0 +1,269 @@
+//! The bodies weir streams: a client's request body on its way to the
+//! backend (counted, and cut at `max_body_bytes`), and a response body on
+//! its way to the client (weir's own short answer, or the backend's,
+//! counted, cut when the backend goes quiet for `upstream_idle`, and ending
+//! the exchange and giving its connection back to the pool at its end).
+//! Frames pass through as they come: nothing is buffered whole.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+use weir_core::Reason;
+
+use crate::exchange::{COMPLETED, Exchange};
+use crate::upstream::Lease;
+
+/// The error of a body weir cut or that failed.
+#[derive(Debug)]
+pub(crate) struct BodyError(pub(crate) Reason);
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.as_str())
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+/// A client's request body, as sent to the backend.
+#[derive(Debug)]
+pub(crate) struct RequestBody {
+    inner: Option<Incoming>,
+    counted: Arc<AtomicU64>,
+    limit: Option<u64>,
+    /// Set when the body went over the limit (the answer is then 413).
+    over: Arc<AtomicBool>,
+}
+
+impl RequestBody {
+    pub(crate) fn new(
+        inner: Incoming,
+        counted: Arc<AtomicU64>,
+        limit: Option<u64>,
+        over: Arc<AtomicBool>,
+    ) -> RequestBody {
+        RequestBody {
+            inner: Some(inner),
+            counted,
+            limit,
+            over,
+        }
+    }
+
+    /// A body with nothing in it (a copy of a bodiless request, for a retry).
+    pub(crate) fn empty() -> RequestBody {
+        RequestBody {
+            inner: None,
+            counted: Arc::default(),
+            limit: None,
+            over: Arc::default(),
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let total =
+                        this.counted.fetch_add(data.len() as u64, Relaxed) + data.len() as u64;
+                    if this.limit.is_some_and(|l| total > l) {
+                        this.over.store(true, Relaxed);
+                        this.inner = None;
+                        return Poll::Ready(Some(Err(BodyError(Reason::BodyTooLarge))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.inner = None;
+                Poll::Ready(Some(Err(BodyError(Reason::ClientError))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+/// A response body on its way to the client.
+#[derive(Debug)]
+pub(crate) struct ResponseBody {
+    source: Source,
+    exchange: Option<Box<Exchange>>,
+}
+
+#[derive(Debug)]
+enum Source {
+    /// weir's own answer.
+    Full(Option<Bytes>),
+    /// The backend's.
+    Upstream {
+        inner: Incoming,
+        idle: Pin<Box<Sleep>>,
+        idle_for: Duration,
+        /// The connection it came on, given back to the pool at the end.
+        lease: Option<Lease>,
+    },
+}
+
+impl ResponseBody {
+    /// weir's own answer, which ends `exchange` when sent.
+    pub(crate) fn full(bytes: Bytes, exchange: Option<Box<Exchange>>) -> ResponseBody {
+        ResponseBody {
+            source: Source::Full((!bytes.is_empty()).then_some(bytes)),
+            exchange,
+        }
+    }
+
+    /// The backend's response body.
+    pub(crate) fn upstream(
+        inner: Incoming,
+        idle_for: Duration,
+        lease: Lease,
+        exchange: Box<Exchange>,
+    ) -> ResponseBody {
+        ResponseBody {
+            source: Source::Upstream {
+                inner,
+                idle: Box::pin(tokio::time::sleep(idle_for)),
+                idle_for,
+                lease: Some(lease),
+            },
+            exchange: Some(exchange),
+        }
+    }
+
+    fn end(&mut self, reason: &'static str) {
+        if let Source::Upstream { lease, .. } = &mut self.source
+            && let Some(lease) = lease.take()
+        {
+            lease.release(reason == COMPLETED);
+        }
+        if let Some(mut x) = self.exchange.take() {
+            // weir's own answers carry their reason already.
+            if x.reason == COMPLETED {
+                x.reason = reason;
+            }
+            x.finish();
+        }
+    }
+
+    fn sent(&mut self, n: usize) {
+        if let Some(x) = self.exchange.as_mut() {
+            x.bytes_out += n as u64;
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if self.exchange.is_none() {
+            return;
+        }
+        // hyper need not poll a body to its end once it has every byte (a
+        // known length, a HEAD answer). Dropped before that, the client went
+        // away (or hyper gave up on it), and the backend's connection cannot
+        // be reused mid-body.
+        if self.is_end_stream() {
+            self.end(COMPLETED);
+        } else {
+            self.end(Reason::ClientClosed.as_str());
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let polled = match &mut this.source {
+            Source::Full(bytes) => match bytes.take() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => Poll::Ready(None),
+            },
+            Source::Upstream {
+                inner,
+                idle,
+                idle_for,
+                ..
+            } => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    idle.as_mut().reset(Instant::now() + *idle_for);
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(_))) => {
+                    Poll::Ready(Some(Err(BodyError(Reason::BackendError))))
+                }
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => match idle.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyError(Reason::IdleTimeout)))),
+                    Poll::Pending => Poll::Pending,
+                },
+            },
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len();
+                    this.sent(n);
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let reason = e.0.as_str();
+                this.end(reason);
+            }
+            Poll::Ready(None) => this.end(COMPLETED),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.source {
+            Source::Full(bytes) => bytes.is_none(),
+            Source::Upstream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.source {
+            Source::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            Source::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! weir's own answers, when a request cannot be proxied: the status its
+//! [`Reason`] maps to (503 no backend, 502 a backend's failure, 504 a
+//! backend's timeout, 404 no rule, 413, 431, 400, 408) with a one-line
+//! plain-text body naming the reason, so a person reading `curl` output and
+//! an operator reading the access log see the same word. A gRPC client
+//! (`content-type: application/grpc...`) gets what gRPC clients understand
+//! instead: HTTP 200 with `grpc-status` and `grpc-message` and no body.
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{HeaderMap, Response, StatusCode};
+use weir_core::Reason;
+
+/// The status weir answers for `reason` (502 for a reason that has none).
+pub fn status(reason: Reason) -> StatusCode {
+    reason
+        .http_status()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::BAD_GATEWAY)
+}
+
+/// The gRPC status code for an HTTP status weir answered: UNAVAILABLE for
+/// 502 and 503, DEADLINE_EXCEEDED for 504, UNIMPLEMENTED for 404,
+/// RESOURCE_EXHAUSTED for 413 and 431, INTERNAL for 400.
+pub fn grpc_code(status: StatusCode) -> u8 {
+    match status.as_u16() {
+        502 | 503 | 408 => 14,
+        504 => 4,
+        404 => 12,
+        413 | 431 => 8,
+        400 => 13,
+        _ => 2,
+    }
+}
+
+/// True when the request is a gRPC call.
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The one line weir's answer says.
+pub fn text(reason: Reason) -> String {
+    let what = match reason {
+        Reason::NoRule => "no rule of this route matches the request",
+        Reason::NoBackend => "no backend is available",
+        Reason::UpstreamTimeout | Reason::Timeout => "the backend did not answer in time",
+        Reason::HeaderTimeout => "the request header did not arrive in time",
+        Reason::HeaderTooLarge => "the request header is too large",
+        Reason::BodyTooLarge => "the request body is too large",
+        Reason::BadRequest => "the request is malformed or ambiguous",
+        Reason::LocalResources => "weir is out of resources",
+        Reason::Shutdown => "weir is shutting down",
+        _ => "the backend failed",
+    };
+    format!("weir: {what} ({})\n", reason.as_str())
+}
+
+/// The answer to a request that ends with `reason`: its parts, to which the
+/// caller adds the body.
+pub fn parts(reason: Reason, grpc: bool) -> (http::response::Parts, Bytes) {
+    let status = status(reason);
+    let text = text(reason);
+    if grpc {
+        let mut r = Response::new(());
+        r.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        r.headers_mut().insert(
+            "grpc-status",
+            HeaderValue::from(u16::from(grpc_code(status))),
+        );
+        // grpc-message is percent-encoded; these texts are plain ASCII.
+        let message = text.trim_end().replace(' ', "%20");
+        if let Ok(v) = HeaderValue::from_str(&message) {
+            r.headers_mut().insert("grpc-message", v);
+        }
+        let (parts, ()) = r.into_parts();
+        return (parts, Bytes::new());
+    }
+    let mut r = Response::new(());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    let (parts, ()) = r.into_parts();
+    (parts, Bytes::from(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_failure_gets_its_status() {
+        assert_eq!(status(Reason::NoBackend), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status(Reason::Refused), StatusCode::BAD_GATEWAY);
+        assert_eq!(status(Reason::BackendError), StatusCode::BAD_GATEWAY);
+        assert_eq!(status(Reason::UpstreamTimeout), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(status(Reason::NoRule), StatusCode::NOT_FOUND);
+        assert_eq!(status(Reason::BodyTooLarge), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            status(Reason::HeaderTooLarge),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+        assert_eq!(status(Reason::BadRequest), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            text(Reason::NoBackend),
+            "weir: no backend is available (no_backend)\n"
+        );
+    }
+
+    #[test]
+    fn grpc_clients_get_a_grpc_status() {
+        let (p, body) = parts(Reason::NoBackend, true);
+        assert_eq!(p.status, StatusCode::OK);
+        assert_eq!(p.headers["grpc-status"], "14");
+        assert!(body.is_empty());
+        let (p, _) = parts(Reason::UpstreamTimeout, true);
+        assert_eq!(p.headers["grpc-status"], "4");
+        assert_eq!(grpc_code(StatusCode::BAD_GATEWAY), 14);
+    }
+}

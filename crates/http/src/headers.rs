@@ -1,0 +1,309 @@
+//! Header rules of the proxy. Pure: a header map and what weir knows about
+//! the client in, the map as it must leave out.
+//!
+//! - Hop-by-hop headers belong to one connection and are never forwarded
+//!   (RFC 9110 §7.6.1): `Connection` and every header it names, `Keep-Alive`,
+//!   `Proxy-Connection`, `TE` (except `TE: trailers`, which gRPC needs
+//!   end to end), `Transfer-Encoding` and `Upgrade`. Into HTTP/2 they would
+//!   make the message malformed (RFC 9113 §8.2.2).
+//! - `X-Forwarded-For`, `-Proto` and `-Host` (and `Forwarded` when asked):
+//!   from a trusted source weir appends to what came; from anyone else it
+//!   replaces them, so a client cannot choose the address a backend sees.
+//! - `X-Request-Id`: kept from a trusted source when well-formed, else a new
+//!   one.
+
+use std::net::IpAddr;
+
+use http::HeaderMap;
+use http::header::{CONNECTION, HOST, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The longest request id kept from a trusted source.
+const MAX_REQUEST_ID: usize = 200;
+
+/// Removes the hop-by-hop headers of `headers`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // The names `Connection` lists are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        // `Connection: te` must not remove the `TE: trailers` kept below,
+        // nor `Connection: host` the request's host.
+        if name != TE && name != HOST {
+            headers.remove(&name);
+        }
+    }
+    for name in [
+        CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        TRANSFER_ENCODING,
+        UPGRADE,
+    ] {
+        headers.remove(&name);
+    }
+    let trailers_only = {
+        let mut values = headers.get_all(TE).iter();
+        matches!(
+            (values.next(), values.next()),
+            (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"trailers")
+        )
+    };
+    if !trailers_only {
+        headers.remove(TE);
+    }
+}
+
+/// What the forwarding headers say about one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarding<'a> {
+    /// The client's address (the PROXY header's, when a trusted sender gave one).
+    pub client: IpAddr,
+    /// The client sent its request from a source in `forwarded.trusted`.
+    pub trusted: bool,
+    /// `http` or `https`: how the client reached weir.
+    pub proto: &'a str,
+    /// The host the client asked for.
+    pub host: Option<&'a str>,
+    /// Also set the standard `Forwarded` header.
+    pub rfc7239: bool,
+}
+
+/// Sets `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and,
+/// with `rfc7239`, `Forwarded`.
+pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
+    let client = canonical(f.client);
+    if f.trusted {
+        append_list(headers, X_FORWARDED_FOR, &client.to_string());
+        if !headers.contains_key(X_FORWARDED_PROTO) {
+            insert_str(headers, X_FORWARDED_PROTO, f.proto);
+        }
+        if !headers.contains_key(X_FORWARDED_HOST)
+            && let Some(host) = f.host
+        {
+            insert_str(headers, X_FORWARDED_HOST, host);
+        }
+    } else {
+        insert_str(headers, X_FORWARDED_FOR, &client.to_string());
+        insert_str(headers, X_FORWARDED_PROTO, f.proto);
+        match f.host {
+            Some(host) => insert_str(headers, X_FORWARDED_HOST, host),
+            None => {
+                headers.remove(X_FORWARDED_HOST);
+            }
+        }
+        headers.remove(FORWARDED);
+    }
+    if f.rfc7239 {
+        let node = match client {
+            IpAddr::V4(ip) => ip.to_string(),
+            // RFC 7239 §6: an IPv6 node is quoted and bracketed.
+            IpAddr::V6(ip) => format!("\"[{ip}]\""),
+        };
+        let mut element = format!("for={node};proto={}", f.proto);
+        if let Some(host) = f.host.filter(|h| h.bytes().all(is_token_char)) {
+            element.push_str(";host=");
+            element.push_str(host);
+        } else if let Some(host) = f.host {
+            element.push_str(";host=\"");
+            element.extend(host.chars().filter(|c| *c != '"' && *c != '\\'));
+            element.push('"');
+        }
+        append_list(headers, FORWARDED, &element);
+    }
+}
+
+/// The request id to use: the one that came when the source is trusted and
+/// it is well-formed (visible ASCII, at most 200 bytes), else `None`.
+pub fn trusted_request_id(headers: &HeaderMap, trusted: bool) -> Option<&str> {
+    if !trusted {
+        return None;
+    }
+    let mut values = headers.get_all(X_REQUEST_ID).iter();
+    let (Some(v), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    let s = v.to_str().ok()?;
+    (!s.is_empty() && s.len() <= MAX_REQUEST_ID && s.bytes().all(|b| b.is_ascii_graphic()))
+        .then_some(s)
+}
+
+/// A new request id: 128 random bits as 32 hex digits.
+pub fn new_request_id() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
+
+/// IPv4 clients of a dual-stack socket show up as `::ffff:a.b.c.d`; headers
+/// carry them as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Appends `item` to the comma-separated list in `name`, joining several
+/// fields of that name into one.
+fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
+    let mut joined = String::new();
+    for v in headers.get_all(&name) {
+        if let Ok(s) = v.to_str() {
+            let s = s.trim();
+            if !s.is_empty() {
+                joined.push_str(s);
+                joined.push_str(", ");
+            }
+        }
+    }
+    joined.push_str(item);
+    insert_str(headers, name, &joined);
+}
+
+fn insert_str(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    match HeaderValue::from_str(value) {
+        Ok(v) => {
+            headers.insert(name, v);
+        }
+        Err(_) => {
+            headers.remove(name);
+        }
+    }
+}
+
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    fn get<'h>(h: &'h HeaderMap, name: &str) -> Vec<&'h str> {
+        h.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("?"))
+            .collect()
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_what_connection_names_too() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("te", "gzip"),
+            ("x-secret", "1"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn te_trailers_stays_for_grpc() {
+        let mut h = map(&[("te", "trailers"), ("connection", "te")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(get(&h, "te"), ["trailers"]);
+        let mut h = map(&[("te", "trailers"), ("te", "gzip")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("te").is_none());
+    }
+
+    fn fwd(client: &str, trusted: bool) -> Forwarding<'static> {
+        Forwarding {
+            client: client.parse().expect("ip"),
+            trusted,
+            proto: "http",
+            host: Some("app.example.com"),
+            rfc7239: true,
+        }
+    }
+
+    #[test]
+    fn an_untrusted_client_cannot_choose_its_address() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil"),
+            ("forwarded", "for=1.2.3.4"),
+        ]);
+        set_forwarding(&mut h, &fwd("192.0.2.7", false));
+        assert_eq!(get(&h, "x-forwarded-for"), ["192.0.2.7"]);
+        assert_eq!(get(&h, "x-forwarded-proto"), ["http"]);
+        assert_eq!(get(&h, "x-forwarded-host"), ["app.example.com"]);
+        assert_eq!(
+            get(&h, "forwarded"),
+            ["for=192.0.2.7;proto=http;host=app.example.com"]
+        );
+    }
+
+    #[test]
+    fn a_trusted_proxy_chain_is_extended() {
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-for", "10.0.0.2"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=203.0.113.9"),
+        ]);
+        set_forwarding(&mut h, &fwd("::ffff:10.0.0.3", true));
+        assert_eq!(
+            get(&h, "x-forwarded-for"),
+            ["203.0.113.9, 10.0.0.2, 10.0.0.3"]
+        );
+        assert_eq!(get(&h, "x-forwarded-proto"), ["https"]);
+        assert_eq!(
+            get(&h, "forwarded"),
+            ["for=203.0.113.9, for=10.0.0.3;proto=http;host=app.example.com"]
+        );
+    }
+
+    #[test]
+    fn ipv6_nodes_are_quoted() {
+        let mut h = HeaderMap::new();
+        set_forwarding(&mut h, &fwd("2001:db8::1", false));
+        assert_eq!(
+            get(&h, "forwarded"),
+            ["for=\"[2001:db8::1]\";proto=http;host=app.example.com"]
+        );
+    }
+
+    #[test]
+    fn request_ids_are_kept_only_from_trusted_sources() {
+        let h = map(&[("x-request-id", "abc-123")]);
+        assert_eq!(trusted_request_id(&h, true), Some("abc-123"));
+        assert_eq!(trusted_request_id(&h, false), None);
+        let twice = map(&[("x-request-id", "a"), ("x-request-id", "b")]);
+        assert_eq!(trusted_request_id(&twice, true), None);
+        let long = map(&[("x-request-id", &"x".repeat(201))]);
+        assert_eq!(trusted_request_id(&long, true), None);
+        let id = new_request_id();
+        assert_eq!(id.len(), 32);
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+}

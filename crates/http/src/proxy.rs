@@ -1,0 +1,385 @@
+//! One request through the proxy:
+//!
+//! 1. refuse what must not be forwarded: an ambiguous message (both
+//!    `Content-Length` and `Transfer-Encoding`), a declared body over
+//!    `max_body_bytes`;
+//! 2. the first rule that matches picks the pool (none: 404);
+//! 3. the headers are made ready for the backend (hop-by-hop removed,
+//!    forwarding headers and a request id set, `Host` kept);
+//! 4. a backend is picked and a connection taken from its pool; a connect
+//!    failure moves the request to another backend (nothing of it was sent),
+//!    within the pool's `retries`; a kept-alive connection that fails before
+//!    the request was written, or with a bodiless idempotent request before
+//!    any answer, is replaced by a new one once;
+//! 5. the response (or weir's own answer) streams back; its end is counted
+//!    and logged (see `exchange`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
+
+use http::header::{CONTENT_LENGTH, HOST, HeaderValue, TRANSFER_ENCODING, USER_AGENT};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use weir_config::HttpProtocol;
+use weir_core::Reason;
+use weir_core::listener::Listener;
+
+use crate::body::{RequestBody, ResponseBody};
+use crate::errors;
+use crate::exchange::Exchange;
+use crate::headers::{self, Forwarding, X_REQUEST_ID};
+use crate::route::{RoutePool, RouteState, Slot};
+use crate::serve::ConnState;
+use crate::upstream::{Lease, SendError};
+
+/// What the requests of one client connection share.
+#[derive(Debug)]
+pub(crate) struct Cx {
+    pub(crate) slot: Arc<Slot>,
+    pub(crate) listener: Arc<Listener>,
+    pub(crate) route: usize,
+    pub(crate) client: SocketAddr,
+    pub(crate) conn: Arc<ConnState>,
+    /// How the client reached weir: `http` or `https`.
+    pub(crate) proto: &'static str,
+    pub(crate) version: &'static str,
+}
+
+pub(crate) async fn handle(
+    cx: Arc<Cx>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let state = cx.slot.current.load_full();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", PathAndQuery::as_str)
+        .to_owned();
+    let mut x = Box::new(Exchange::start(
+        Arc::clone(&cx.listener),
+        cx.route,
+        Arc::clone(&cx.conn),
+        cx.client,
+        req.method().clone(),
+        path,
+        cx.version,
+    ));
+    let raw_host = host_of(&req).map(str::to_owned);
+    x.host = raw_host.clone();
+    x.user_agent = req
+        .headers()
+        .get(USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let grpc = errors::is_grpc(req.headers());
+    let trusted = state.trusts(cx.client.ip());
+    let request_id = headers::trusted_request_id(req.headers(), trusted)
+        .map_or_else(headers::new_request_id, str::to_owned);
+    x.request_id = Some(request_id.clone());
+
+    if let Err(reason) = admissible(&req, state.max_body_bytes) {
+        return Ok(answer(reason, grpc, x));
+    }
+    let host = raw_host.as_deref().and_then(crate::rules::normalize_host);
+    let Some(rule) = crate::rules::first(
+        &state.rules,
+        req.method(),
+        host.as_deref(),
+        req.uri().path(),
+        req.headers(),
+    ) else {
+        return Ok(answer(Reason::NoRule, grpc, x));
+    };
+    x.rule = Some(rule.name.clone());
+    let Some(target) = state.pools.get(rule.pool) else {
+        return Ok(answer(Reason::NoBackend, grpc, x));
+    };
+
+    let (mut parts, body) = req.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    // hyper answered any `Expect: 100-continue` already, as the body is read.
+    parts.headers.remove(http::header::EXPECT);
+    headers::set_forwarding(
+        &mut parts.headers,
+        &Forwarding {
+            client: cx.client.ip(),
+            trusted,
+            proto: cx.proto,
+            host: raw_host.as_deref(),
+            rfc7239: state.rfc7239,
+        },
+    );
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        parts.headers.insert(X_REQUEST_ID, v);
+    }
+    let over = Arc::new(AtomicBool::new(false));
+    let body = RequestBody::new(
+        body,
+        Arc::clone(&x.bytes_in),
+        state.max_body_bytes,
+        Arc::clone(&over),
+    );
+    if let Err(reason) = target_form(&mut parts, target.dialer.protocol, raw_host.as_deref()) {
+        return Ok(answer(reason, grpc, x));
+    }
+    let req = Request::from_parts(parts, body);
+    match forward(&state, target, &cx, req, &mut x).await {
+        Ok((mut response, lease)) => {
+            headers::strip_hop_by_hop(response.headers_mut());
+            let status = response.status().as_u16();
+            x.status = status;
+            let (parts, body) = response.into_parts();
+            let body = ResponseBody::upstream(body, state.timeouts.upstream_idle, lease, x);
+            Ok(Response::from_parts(parts, body))
+        }
+        Err(reason) => {
+            let reason = if over.load(Relaxed) {
+                Reason::BodyTooLarge
+            } else {
+                reason
+            };
+            Ok(answer(reason, grpc, x))
+        }
+    }
+}
+
+/// Picks a backend and gets its response header, trying others while
+/// nothing of the request reached one.
+async fn forward(
+    state: &RouteState,
+    target: &RoutePool,
+    cx: &Cx,
+    req: Request<RequestBody>,
+    x: &mut Exchange,
+) -> Result<(Response<Incoming>, Lease), Reason> {
+    let pool = &target.pool;
+    let key = match pool.policy() {
+        weir_config::Policy::Maglev => weir_core::upstream::affinity_key(pool.hash_key, cx.client),
+        _ => 0,
+    };
+    let replayable = is_idempotent(req.method()) && is_bodiless(&req);
+    let mut req = Some(req);
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last = Reason::NoBackend;
+    for _ in 0..=pool.retries {
+        let Some(i) = pool.pick(key, &tried) else {
+            break;
+        };
+        let (Some(b), Some(conns)) = (pool.backends.get(i), target.conns.get(i)) else {
+            break;
+        };
+        // In flight from here: a request being connected is load too, and
+        // the log names the backend that failed it.
+        x.set_backend(pool, i);
+        let began = Instant::now();
+        let mut lease = match conns.checkout(&target.dialer).await {
+            Ok(lease) => lease,
+            Err(reason) => {
+                b.stats.connect_error(reason);
+                if reason == Reason::LocalResources {
+                    pool.local_shortage(&b.name, "connect", "cannot create a socket");
+                }
+                pool.on_connect_failure(i, reason);
+                last = reason;
+                if !reason.retry() {
+                    break;
+                }
+                tried.push(i);
+                continue;
+            }
+        };
+        if !lease.reused {
+            b.stats.connect_duration.observe(began.elapsed());
+        }
+        pool.on_connect_success(i);
+        let Some(request) = req.take() else {
+            break;
+        };
+        let copy = (replayable && lease.reused).then(|| copy_bodiless(&request));
+        let sent_at = Instant::now();
+        let outcome = send(&mut lease, request, state.timeouts.upstream_response).await;
+        let outcome = match outcome {
+            // The keep-alive race: the backend closed a kept-alive
+            // connection as the request went out. Once, on a new one.
+            Err(Sent::Not(request)) if lease.reused => {
+                retry_fresh(conns, &target.dialer, *request, state).await
+            }
+            Err(Sent::Failed) if lease.reused && copy.is_some() => match copy {
+                Some(request) => retry_fresh(conns, &target.dialer, request, state).await,
+                None => Err(Sent::Failed),
+            },
+            other => other.map(|r| (r, lease)),
+        };
+        return match outcome {
+            Ok((response, lease)) => {
+                let took = sent_at.elapsed();
+                x.upstream = Some(took);
+                b.stats.http_response(response.status().as_u16(), took);
+                Ok((response, lease))
+            }
+            // Nothing of it reached this backend: another may take it.
+            Err(Sent::Not(request)) => {
+                req = Some(*request);
+                last = Reason::BackendError;
+                tried.push(i);
+                continue;
+            }
+            Err(Sent::Timeout) => Err(Reason::UpstreamTimeout),
+            Err(Sent::Failed) => Err(Reason::BackendError),
+            Err(Sent::Connect(reason)) => Err(reason),
+        };
+    }
+    Err(last)
+}
+
+enum Sent {
+    /// Not written: the request, back.
+    Not(Box<Request<RequestBody>>),
+    /// Written, then the connection failed before a response header.
+    Failed,
+    /// No response header within `upstream_response`.
+    Timeout,
+    /// A fresh connection for a retry could not be made.
+    Connect(Reason),
+}
+
+async fn send(
+    lease: &mut Lease,
+    req: Request<RequestBody>,
+    within: std::time::Duration,
+) -> Result<Response<Incoming>, Sent> {
+    match tokio::time::timeout(within, lease.send(req)).await {
+        Err(_) => Err(Sent::Timeout),
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(SendError::NotSent(req))) => Err(Sent::Not(req)),
+        Ok(Err(SendError::Failed(e))) => {
+            tracing::debug!(error = %e, "request to the backend failed");
+            Err(Sent::Failed)
+        }
+    }
+}
+
+/// Sends `req` on a new connection to the same backend.
+async fn retry_fresh(
+    conns: &Arc<crate::upstream::Conns>,
+    dialer: &crate::upstream::Dialer,
+    req: Request<RequestBody>,
+    state: &RouteState,
+) -> Result<(Response<Incoming>, Lease), Sent> {
+    let mut lease = conns.fresh(dialer).await.map_err(Sent::Connect)?;
+    let r = send(&mut lease, req, state.timeouts.upstream_response).await?;
+    Ok((r, lease))
+}
+
+/// A copy of a request without a body, for a replay.
+fn copy_bodiless(req: &Request<RequestBody>) -> Request<RequestBody> {
+    let mut copy = Request::new(RequestBody::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+fn is_bodiless(req: &Request<RequestBody>) -> bool {
+    use http_body::Body as _;
+    req.body().is_end_stream()
+}
+
+/// The host the client asked for: the URI's authority (HTTP/2, absolute
+/// form), else the `Host` header.
+fn host_of<B>(req: &Request<B>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(Authority::as_str)
+        .or_else(|| req.headers().get(HOST).and_then(|v| v.to_str().ok()))
+}
+
+/// Refuses what must not be forwarded.
+fn admissible(req: &Request<Incoming>, max_body: Option<u64>) -> Result<(), Reason> {
+    let h = req.headers();
+    // Both framings at once is how requests are smuggled past a proxy that
+    // reads one and a backend that reads the other (RFC 9112 §6.1).
+    if h.contains_key(TRANSFER_ENCODING) && h.contains_key(CONTENT_LENGTH) {
+        return Err(Reason::BadRequest);
+    }
+    let mut lengths = h.get_all(CONTENT_LENGTH).iter();
+    if let (Some(_), Some(_)) = (lengths.next(), lengths.next()) {
+        return Err(Reason::BadRequest);
+    }
+    if let Some(limit) = max_body {
+        use http_body::Body as _;
+        if req.body().size_hint().lower() > limit {
+            return Err(Reason::BodyTooLarge);
+        }
+    }
+    Ok(())
+}
+
+/// Makes the request's target what the backend's protocol wants: HTTP/1.1
+/// takes the origin form and a `Host` header; HTTP/2 the absolute form,
+/// from which hyper sends `:scheme` and `:authority`, and no `Host`.
+fn target_form(
+    parts: &mut http::request::Parts,
+    protocol: HttpProtocol,
+    host: Option<&str>,
+) -> Result<(), Reason> {
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    match protocol {
+        HttpProtocol::Http1 => {
+            parts.version = Version::HTTP_11;
+            parts.uri = Uri::from(path);
+            match host.map(HeaderValue::from_str) {
+                Some(Ok(v)) => {
+                    parts.headers.insert(HOST, v);
+                }
+                Some(Err(_)) => return Err(Reason::BadRequest),
+                None => {}
+            }
+        }
+        HttpProtocol::H2 | HttpProtocol::H2c => {
+            parts.version = Version::HTTP_2;
+            let scheme = if protocol == HttpProtocol::H2 {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            };
+            let authority: Authority = host
+                .unwrap_or("localhost")
+                .parse()
+                .map_err(|_| Reason::BadRequest)?;
+            parts.uri = Uri::builder()
+                .scheme(scheme)
+                .authority(authority)
+                .path_and_query(path)
+                .build()
+                .map_err(|_| Reason::BadRequest)?;
+            parts.headers.remove(HOST);
+        }
+    }
+    Ok(())
+}
+
+/// weir's own answer, ending the exchange.
+fn answer(reason: Reason, grpc: bool, mut x: Box<Exchange>) -> Response<ResponseBody> {
+    let (parts, body) = errors::parts(reason, grpc);
+    x.status = parts.status.as_u16();
+    x.reason = reason.as_str();
+    Response::from_parts(parts, ResponseBody::full(body, Some(x)))
+}

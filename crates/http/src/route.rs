@@ -1,0 +1,198 @@
+//! An l7 route as this crate runs it: the state one snapshot built (rules,
+//! the pools with their kept connections, forwarding, timeouts, limits) and
+//! the slot that connections read it from, request by request.
+//!
+//! The slot is shared by every generation of the route (a reload keeps it by
+//! the route's name), so a request on a connection that is older than the
+//! last reload is still served by the rules and pools that run now. When a
+//! reload removes the route, the slot is retired and its connections drain.
+
+use std::any::Any;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use ipnet::IpNet;
+use tokio_util::sync::CancellationToken;
+use weir_config::{HttpProtocol, HttpTimeouts};
+use weir_core::client::Client;
+use weir_core::l7::{HttpHandler, RouteBuild, Serving};
+use weir_core::listener::Listener;
+use weir_core::pool::Pool;
+
+use crate::rules::Rule;
+use crate::upstream::{Conns, Dialer};
+
+/// What one snapshot says about an l7 route.
+#[derive(Debug)]
+pub(crate) struct RouteState {
+    pub(crate) rules: Vec<Rule>,
+    /// The pools the rules send to (`Rule::pool` indexes this).
+    pub(crate) pools: Vec<RoutePool>,
+    pub(crate) trusted: Vec<IpNet>,
+    pub(crate) rfc7239: bool,
+    pub(crate) timeouts: HttpTimeouts,
+    pub(crate) max_header_bytes: u32,
+    pub(crate) max_body_bytes: Option<u64>,
+    backend_tls: Option<weir_config::BackendTls>,
+}
+
+/// A pool as an l7 route reaches it.
+#[derive(Debug)]
+pub(crate) struct RoutePool {
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) dialer: Dialer,
+    /// Kept connections, by backend index.
+    pub(crate) conns: Vec<Arc<Conns>>,
+}
+
+impl RouteState {
+    /// Whether `ip` may send forwarding headers and a request id weir keeps.
+    pub(crate) fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// Where the connections of a route find its current state.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub(crate) current: ArcSwap<RouteState>,
+    /// Cancelled when a reload removed the route.
+    pub(crate) retired: CancellationToken,
+}
+
+/// The handler of one l7 route in one snapshot.
+#[derive(Debug)]
+pub(crate) struct Handler {
+    state: Arc<RouteState>,
+    slot: Arc<Slot>,
+}
+
+impl Handler {
+    pub(crate) fn build(b: &RouteBuild<'_>) -> Result<Handler, String> {
+        let before = b.before.and_then(|h| h.as_any().downcast_ref::<Handler>());
+        let previous = before.map(|h| &h.state);
+        let same_tls = previous.is_some_and(|p| p.backend_tls == b.route.backend_tls);
+        let indices = b.route.pool_indices();
+        let mut pools = Vec::with_capacity(indices.len());
+        for &i in &indices {
+            let pool = b
+                .pools
+                .get(i)
+                .ok_or_else(|| format!("pool #{i} is missing"))?;
+            let protocol = b
+                .config
+                .pools
+                .get(i)
+                .map_or(HttpProtocol::Http1, |p| p.protocol);
+            let dialer = Dialer {
+                protocol,
+                connect_timeout: pool.connect_timeout,
+                tls: b.backend_tls.as_ref().map(|tls| {
+                    let mut tls = (**tls).clone();
+                    tls.alpn_protocols = match protocol {
+                        HttpProtocol::H2 => vec![b"h2".to_vec()],
+                        _ => vec![b"http/1.1".to_vec()],
+                    };
+                    let sni = b.route.backend_tls.as_ref().and_then(|t| {
+                        t.sni
+                            .clone()
+                            .and_then(|n| rustls::pki_types::ServerName::try_from(n).ok())
+                    });
+                    (tokio_rustls::TlsConnector::from(Arc::new(tls)), sni)
+                }),
+            };
+            // Connections to a backend that kept its address, protocol and
+            // TLS settings survive the reload.
+            let kept = |name: &str| {
+                let p = previous?.pools.iter().find(|p| p.pool.name == pool.name)?;
+                let bi = p.pool.backends.iter().position(|old| old.name == name)?;
+                p.conns.get(bi).cloned()
+            };
+            let conns = pool
+                .backends
+                .iter()
+                .map(|backend| {
+                    kept(&backend.name)
+                        .filter(|c| same_tls && c.fits(backend.address, protocol))
+                        .unwrap_or_else(|| {
+                            Conns::new(
+                                backend.address,
+                                protocol,
+                                Arc::clone(&backend.stats),
+                                b.http.timeouts.upstream_keepalive,
+                            )
+                        })
+                })
+                .collect();
+            pools.push(RoutePool {
+                pool: Arc::clone(pool),
+                dialer,
+                conns,
+            });
+        }
+        let rules = b
+            .http
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(ri, r)| {
+                let at = indices.iter().position(|&i| i == r.pool_index).unwrap_or(0);
+                Rule::new(&r.name, &r.matcher, at)
+                    .ok_or_else(|| format!("{}.http[{ri}].match: cannot be used", b.path))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let state = Arc::new(RouteState {
+            rules,
+            pools,
+            trusted: b.http.forwarded.trusted.clone(),
+            rfc7239: b.http.forwarded.rfc7239,
+            timeouts: b.http.timeouts,
+            max_header_bytes: b.http.max_header_bytes,
+            max_body_bytes: b.http.max_body_bytes,
+            backend_tls: b.route.backend_tls.clone(),
+        });
+        let weak: Vec<Weak<Conns>> = state
+            .pools
+            .iter()
+            .flat_map(|p| p.conns.iter().map(Arc::downgrade))
+            .collect();
+        let every = (b.http.timeouts.upstream_keepalive / 4).max(Duration::from_millis(100));
+        crate::upstream::spawn_sweeper(weak, every);
+        let slot = match before {
+            Some(h) => Arc::clone(&h.slot),
+            None => Arc::new(Slot {
+                current: ArcSwap::new(Arc::clone(&state)),
+                retired: CancellationToken::new(),
+            }),
+        };
+        Ok(Handler { state, slot })
+    }
+}
+
+impl HttpHandler for Handler {
+    fn serve(self: Arc<Self>, listener: Arc<Listener>, route: usize, client: Client) -> Serving {
+        Box::pin(crate::serve::serve(
+            Arc::clone(&self.slot),
+            listener,
+            route,
+            client,
+        ))
+    }
+
+    fn activate(&self) {
+        self.slot.current.store(Arc::clone(&self.state));
+    }
+
+    fn retire(&self) {
+        self.slot.retired.cancel();
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}

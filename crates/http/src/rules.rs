@@ -1,0 +1,202 @@
+//! HTTP rules: which pool a request goes to. Pure: a request's method, host,
+//! path and headers in, the first rule whose conditions all hold out.
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use weir_config::HttpMatch;
+
+/// One rule, ready to match.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    /// Lower-case exact names or `*.` wildcards of one label.
+    host: Vec<String>,
+    path_prefix: Option<String>,
+    methods: Vec<Method>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    /// Index of the rule's pool among the route's pools.
+    pub pool: usize,
+}
+
+impl Rule {
+    /// A rule from its validated config; `pool` indexes the route's pools.
+    /// `None` when a name or value cannot be used (validation prevents it).
+    pub fn new(name: &str, m: &HttpMatch, pool: usize) -> Option<Rule> {
+        let methods = m
+            .methods
+            .iter()
+            .map(|s| Method::from_bytes(s.as_bytes()).ok())
+            .collect::<Option<Vec<_>>>()?;
+        let headers = m
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                Some((
+                    HeaderName::from_bytes(n.as_bytes()).ok()?,
+                    HeaderValue::from_str(v).ok()?,
+                ))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Rule {
+            name: name.to_owned(),
+            host: m.host.clone(),
+            path_prefix: m.path_prefix.clone(),
+            methods,
+            headers,
+            pool,
+        })
+    }
+
+    /// Whether every condition of the rule holds for the request. `host` is
+    /// the request's host as [`normalize_host`] returns it.
+    pub fn matches(&self, method: &Method, host: Option<&str>, path: &str, h: &HeaderMap) -> bool {
+        if !self.methods.is_empty() && !self.methods.contains(method) {
+            return false;
+        }
+        if let Some(prefix) = &self.path_prefix
+            && !path.starts_with(prefix.as_str())
+        {
+            return false;
+        }
+        if !self.host.is_empty() {
+            let Some(host) = host else {
+                return false;
+            };
+            if !self
+                .host
+                .iter()
+                .any(|p| weir_wire::name::sni_matches(p, host))
+            {
+                return false;
+            }
+        }
+        self.headers
+            .iter()
+            .all(|(name, value)| h.get_all(name).iter().any(|v| v == value))
+    }
+}
+
+/// The first rule of `rules` that matches.
+pub fn first<'r>(
+    rules: &'r [Rule],
+    method: &Method,
+    host: Option<&str>,
+    path: &str,
+    headers: &HeaderMap,
+) -> Option<&'r Rule> {
+    rules
+        .iter()
+        .find(|r| r.matches(method, host, path, headers))
+}
+
+/// A request's host for matching: lower case, without the port and a final
+/// dot. `None` when it is empty or not a host name an IP literal aside (a
+/// rule's host never matches those).
+pub fn normalize_host(raw: &str) -> Option<String> {
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        // An IPv6 literal: never a rule's host, but still "a host".
+        return rest.split_once(']').map(|(ip, _)| format!("[{ip}]"));
+    } else {
+        raw.rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(raw, |(h, _)| h)
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() {
+        return None;
+    }
+    Some(host.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(
+        host: &[&str],
+        prefix: Option<&str>,
+        methods: &[&str],
+        headers: &[(&str, &str)],
+    ) -> Rule {
+        let m = HttpMatch {
+            host: host.iter().map(|s| (*s).to_owned()).collect(),
+            path_prefix: prefix.map(str::to_owned),
+            methods: methods.iter().map(|s| (*s).to_owned()).collect(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        Rule::new("r", &m, 0).expect("valid rule")
+    }
+
+    #[test]
+    fn every_condition_must_hold() {
+        let r = rule(
+            &["api.example.com", "*.api.example.com"],
+            Some("/v1/"),
+            &["GET", "POST"],
+            &[("x-canary", "1")],
+        );
+        let mut h = HeaderMap::new();
+        h.insert("x-canary", HeaderValue::from_static("1"));
+        let host = normalize_host("API.example.com:8443");
+        assert!(r.matches(&Method::GET, host.as_deref(), "/v1/users", &h));
+        assert!(r.matches(&Method::POST, Some("a.api.example.com"), "/v1/", &h));
+        assert!(!r.matches(&Method::PUT, host.as_deref(), "/v1/users", &h));
+        assert!(!r.matches(&Method::GET, host.as_deref(), "/v2/users", &h));
+        assert!(!r.matches(&Method::GET, Some("a.b.api.example.com"), "/v1/", &h));
+        assert!(!r.matches(&Method::GET, None, "/v1/", &h));
+        assert!(!r.matches(&Method::GET, host.as_deref(), "/v1/", &HeaderMap::new()));
+    }
+
+    #[test]
+    fn a_rule_without_conditions_takes_everything() {
+        let r = rule(&[], None, &[], &[]);
+        assert!(r.matches(&Method::DELETE, None, "/", &HeaderMap::new()));
+    }
+
+    #[test]
+    fn the_first_match_wins() {
+        let rules = [
+            rule(&[], Some("/api/"), &[], &[]),
+            rule(&[], None, &[], &[]),
+        ];
+        let rules: Vec<Rule> = rules
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut r)| {
+                r.pool = i;
+                r
+            })
+            .collect();
+        let h = HeaderMap::new();
+        assert_eq!(
+            first(&rules, &Method::GET, None, "/api/x", &h).map(|r| r.pool),
+            Some(0)
+        );
+        assert_eq!(
+            first(&rules, &Method::GET, None, "/web", &h).map(|r| r.pool),
+            Some(1)
+        );
+        assert!(first(&rules[..1], &Method::GET, None, "/web", &h).is_none());
+    }
+
+    #[test]
+    fn hosts_are_normalised() {
+        assert_eq!(
+            normalize_host("Example.COM").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(
+            normalize_host("example.com:80").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(
+            normalize_host("example.com.").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(normalize_host("[::1]:8080").as_deref(), Some("[::1]"));
+        assert_eq!(normalize_host(""), None);
+        assert_eq!(normalize_host(":80"), None);
+    }
+}

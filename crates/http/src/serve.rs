@@ -1,0 +1,250 @@
+//! Serving HTTP on one client connection: HTTP/2 when the client opens with
+//! the HTTP/2 preface (h2c, prior knowledge), HTTP/1.1 otherwise. The
+//! connection ends when the client closes it, when it has been idle (no
+//! request in flight) for `timeouts.idle`, gracefully when the listener
+//! drains (shutdown, a reload removed it) or the route was removed (HTTP/2
+//! sends GOAWAY, HTTP/1.1 closes after the response in flight), and at once
+//! when the listener's connections are killed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use weir_core::Reason;
+use weir_core::client::Client;
+use weir_core::listener::Listener;
+
+use crate::io::HeaderDeadline;
+use crate::proxy::{self, Cx};
+use crate::route::Slot;
+
+/// The HTTP/2 connection preface a client opens with.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Streams one HTTP/2 client may have open at once.
+const MAX_STREAMS: u32 = 256;
+
+/// What the requests of one connection share with the connection.
+#[derive(Debug)]
+pub(crate) struct ConnState {
+    in_flight: AtomicUsize,
+    began: Instant,
+    /// When the last request ended, in microseconds since `began`.
+    last_end: AtomicU64,
+    /// The request-header deadline passed.
+    header_timeout: AtomicBool,
+    served: AtomicU64,
+}
+
+impl ConnState {
+    fn new() -> ConnState {
+        ConnState {
+            in_flight: AtomicUsize::new(0),
+            began: Instant::now(),
+            last_end: AtomicU64::new(0),
+            header_timeout: AtomicBool::new(false),
+            served: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Relaxed)
+    }
+
+    pub(crate) fn request_started(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+        self.served.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn request_ended(&self) {
+        let micros = u64::try_from(self.began.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.last_end.store(micros, Relaxed);
+        self.in_flight.fetch_sub(1, Relaxed);
+    }
+
+    pub(crate) fn header_timed_out(&self) {
+        self.header_timeout.store(true, Relaxed);
+    }
+
+    /// When the connection became idle: its start or its last request's end.
+    fn idle_since(&self) -> Instant {
+        self.began + Duration::from_micros(self.last_end.load(Relaxed))
+    }
+}
+
+pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize, client: Client) {
+    let Client {
+        stream,
+        peer,
+        accepted_at,
+        ..
+    } = client;
+    let state = slot.current.load_full();
+    let timeouts = state.timeouts;
+    let max_header = state.max_header_bytes;
+    drop(state);
+    let http2 = match opens_with_preface(&stream, timeouts.request_header).await {
+        Ok(h2) => h2,
+        Err(reason) => {
+            end(&listener, route, peer, accepted_at, Some(reason));
+            return;
+        }
+    };
+    let conn = Arc::new(ConnState::new());
+    let cx = Arc::new(Cx {
+        slot: Arc::clone(&slot),
+        listener: Arc::clone(&listener),
+        route,
+        client: peer,
+        conn: Arc::clone(&conn),
+        proto: "http",
+        version: if http2 { "HTTP/2" } else { "HTTP/1.1" },
+    });
+    let service = hyper::service::service_fn(move |req| proxy::handle(Arc::clone(&cx), req));
+    let outcome = if http2 {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(max_header)
+            .max_concurrent_streams(MAX_STREAMS);
+        let c = builder.serve_connection(TokioIo::new(stream), service);
+        drive(c, &conn, &listener, &slot, timeouts.idle, |c| {
+            c.graceful_shutdown();
+        })
+        .await
+    } else {
+        let io = HeaderDeadline::new(stream, Arc::clone(&conn), timeouts.request_header);
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            // The request header must fit: a larger one is answered 431.
+            .max_buf_size(usize::try_from(max_header).unwrap_or(usize::MAX).max(8192));
+        let c = builder.serve_connection(TokioIo::new(io), service);
+        drive(c, &conn, &listener, &slot, timeouts.idle, |c| {
+            c.graceful_shutdown();
+        })
+        .await
+    };
+    let reason = match outcome {
+        Ok(()) => None,
+        Err(e) if conn.header_timeout.load(Relaxed) => {
+            let _ = e;
+            Some(Reason::HeaderTimeout)
+        }
+        Err(e) if e.is_parse_too_large() => {
+            count_refusal(&listener, route, 431);
+            None
+        }
+        Err(e) if e.is_parse() => {
+            count_refusal(&listener, route, 400);
+            None
+        }
+        Err(_) => None,
+    };
+    end(&listener, route, peer, accepted_at, reason);
+}
+
+/// Counts an answer hyper gave on its own (a header it could not parse).
+fn count_refusal(listener: &Listener, route: usize, status: u16) {
+    if let Some(r) = listener.routes.get(route) {
+        r.stats.http_request(status, Duration::ZERO);
+    }
+}
+
+/// The end of a connection: its lifetime on the route, and when it served
+/// nothing because the client was too slow or sent nothing, a refusal.
+fn end(
+    listener: &Listener,
+    route: usize,
+    peer: std::net::SocketAddr,
+    accepted_at: Instant,
+    refused: Option<Reason>,
+) {
+    let took = accepted_at.elapsed();
+    let r = listener.routes.get(route);
+    if let Some(r) = r {
+        r.stats.connection_duration.observe(took);
+    }
+    if let Some(reason) = refused {
+        listener.refuse_on(r, peer, took, reason);
+    }
+}
+
+/// Waits for the client's first bytes: true when they are the HTTP/2
+/// preface. Fails with `HeaderTimeout` when nothing decisive came in time,
+/// `ClientClosed` when the client left.
+async fn opens_with_preface(stream: &TcpStream, within: Duration) -> Result<bool, Reason> {
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Err(_) => return Err(Reason::HeaderTimeout),
+            Ok(Err(_)) | Ok(Ok(0)) => return Err(Reason::ClientClosed),
+            Ok(Ok(n)) => n,
+        };
+        if !H2_PREFACE.starts_with(&buf[..n]) {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // A prefix of the preface: wait for more without spinning on the
+        // bytes already there.
+        let more = async {
+            loop {
+                stream.readable().await.ok();
+                match stream.peek(&mut buf).await {
+                    Ok(m) if m > n => return,
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            }
+        };
+        if tokio::time::timeout_at(deadline, more).await.is_err() {
+            return Err(Reason::HeaderTimeout);
+        }
+    }
+}
+
+/// Runs a hyper connection until it ends, shutting it down gracefully when
+/// idle or drained, and dropping it when the listener's connections are
+/// killed.
+async fn drive<C, E>(
+    conn: C,
+    state: &ConnState,
+    listener: &Listener,
+    slot: &Slot,
+    idle: Duration,
+    graceful: impl Fn(std::pin::Pin<&mut C>),
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    tokio::pin!(conn);
+    let mut draining = false;
+    loop {
+        let idle_at = state.idle_since() + idle;
+        tokio::select! {
+            r = conn.as_mut() => return r,
+            () = tokio::time::sleep_until(idle_at), if !draining => {
+                if state.in_flight() == 0 && state.idle_since() + idle <= Instant::now() {
+                    graceful(conn.as_mut());
+                    draining = true;
+                }
+            }
+            () = listener.drain.cancelled(), if !draining => {
+                graceful(conn.as_mut());
+                draining = true;
+            }
+            () = slot.retired.cancelled(), if !draining => {
+                graceful(conn.as_mut());
+                draining = true;
+            }
+            () = listener.kill.cancelled() => return Ok(()),
+        }
+    }
+}

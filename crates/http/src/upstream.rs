@@ -1,0 +1,424 @@
+//! Connections to a route's backends, kept for reuse.
+//!
+//! HTTP/1.1: each backend has a list of idle connections, last in first out
+//! (the warmest first). A request takes one (or opens one), and gives it back
+//! when its response has been read to the end; a connection idle for
+//! `timeouts.upstream_keepalive` is closed, so weir lets go of it before a
+//! backend's own keep-alive timeout would close it under a request (the race
+//! behind most "502 on a kept-alive connection" reports). HTTP/2 and h2c: one
+//! connection per backend carries every request, and a new one is opened
+//! when it has closed.
+//!
+//! Each backend's list sits behind its own short lock (a push or a pop);
+//! nothing here is shared across backends.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::client::conn::{TrySendError, http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use weir_config::HttpProtocol;
+use weir_core::Reason;
+use weir_core::pool::{BackendStats, UpstreamEvent};
+
+use crate::body::RequestBody;
+
+/// Idle HTTP/1.1 connections kept per backend at most; more are closed.
+const MAX_IDLE: usize = 256;
+/// How long a connection given back a moment ago may take to be ready for
+/// its next request before it is given up on.
+const READY_WAIT: Duration = Duration::from_millis(100);
+
+pub(crate) type Request = http::Request<RequestBody>;
+pub(crate) type Response = http::Response<Incoming>;
+
+/// How to open a connection to the backends of one pool.
+#[derive(Clone)]
+pub(crate) struct Dialer {
+    pub(crate) protocol: HttpProtocol,
+    pub(crate) connect_timeout: Duration,
+    /// TLS to the backend: the connector (offering the protocol's ALPN) and
+    /// the name to send and verify (`None`: the backend's IP).
+    pub(crate) tls: Option<(tokio_rustls::TlsConnector, Option<ServerName<'static>>)>,
+}
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dialer")
+            .field("protocol", &self.protocol)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// The kept connections of one backend.
+#[derive(Debug)]
+pub(crate) struct Conns {
+    pub(crate) address: SocketAddr,
+    protocol: HttpProtocol,
+    stats: Arc<BackendStats>,
+    keepalive: Duration,
+    idle: Mutex<Vec<Idle>>,
+    /// The shared HTTP/2 connection; async, so that one request opens it
+    /// while the others wait for it.
+    h2: tokio::sync::Mutex<Option<http2::SendRequest<RequestBody>>>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: http1::SendRequest<RequestBody>,
+    since: Instant,
+}
+
+impl Conns {
+    pub(crate) fn new(
+        address: SocketAddr,
+        protocol: HttpProtocol,
+        stats: Arc<BackendStats>,
+        keepalive: Duration,
+    ) -> Arc<Conns> {
+        Arc::new(Conns {
+            address,
+            protocol,
+            stats,
+            keepalive,
+            idle: Mutex::new(Vec::new()),
+            h2: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// Whether these connections can serve a backend at `address` speaking
+    /// `protocol` (a reload keeps them then).
+    pub(crate) fn fits(&self, address: SocketAddr, protocol: HttpProtocol) -> bool {
+        self.address == address && self.protocol == protocol
+    }
+
+    fn idle(&self) -> MutexGuard<'_, Vec<Idle>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A connection for one request: a kept one when there is one, else a
+    /// new one. A failure is a connect reason (`Refused`, `Timeout`, `Tls`...).
+    pub(crate) async fn checkout(self: &Arc<Self>, dialer: &Dialer) -> Result<Lease, Reason> {
+        match self.protocol {
+            HttpProtocol::Http1 => {
+                if let Some(sender) = self.reuse_h1().await {
+                    return Ok(self.lease(Sender::H1(sender), true));
+                }
+            }
+            HttpProtocol::H2 | HttpProtocol::H2c => {
+                let shared = self.h2.lock().await;
+                if let Some(sender) = shared.as_ref().filter(|s| !s.is_closed()) {
+                    self.stats.upstream_event(UpstreamEvent::Reused);
+                    return Ok(self.lease(Sender::H2(sender.clone()), true));
+                }
+                // Opened while holding the lock: the requests that wait for
+                // it then share it.
+                return self.open_h2(dialer, shared).await;
+            }
+        }
+        self.fresh(dialer).await
+    }
+
+    /// A new connection (for HTTP/2, a new shared one).
+    pub(crate) async fn fresh(self: &Arc<Self>, dialer: &Dialer) -> Result<Lease, Reason> {
+        match self.protocol {
+            HttpProtocol::Http1 => {
+                let io = dial(self.address, dialer).await?;
+                let (sender, conn) = http1::Builder::new()
+                    .handshake(TokioIo::new(io))
+                    .await
+                    .map_err(|_| Reason::Protocol)?;
+                self.stats.upstream_event(UpstreamEvent::Created);
+                let stats = Arc::clone(&self.stats);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    stats.upstream_event(UpstreamEvent::Closed);
+                });
+                Ok(self.lease(Sender::H1(sender), false))
+            }
+            HttpProtocol::H2 | HttpProtocol::H2c => {
+                let shared = self.h2.lock().await;
+                self.open_h2(dialer, shared).await
+            }
+        }
+    }
+
+    async fn open_h2(
+        self: &Arc<Self>,
+        dialer: &Dialer,
+        mut shared: tokio::sync::MutexGuard<'_, Option<http2::SendRequest<RequestBody>>>,
+    ) -> Result<Lease, Reason> {
+        let io = dial(self.address, dialer).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|_| Reason::Protocol)?;
+        self.stats.upstream_event(UpstreamEvent::Created);
+        self.stats.upstream_active.fetch_add(1, Relaxed);
+        let stats = Arc::clone(&self.stats);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            stats.upstream_active.fetch_sub(1, Relaxed);
+            stats.upstream_event(UpstreamEvent::Closed);
+        });
+        *shared = Some(sender.clone());
+        Ok(self.lease(Sender::H2(sender), false))
+    }
+
+    fn lease(self: &Arc<Self>, sender: Sender, reused: bool) -> Lease {
+        if let Sender::H1(_) = sender {
+            self.stats.upstream_active.fetch_add(1, Relaxed);
+        }
+        Lease {
+            conns: Arc::clone(self),
+            sender: Some(sender),
+            reused,
+        }
+    }
+
+    /// The warmest idle HTTP/1.1 connection that is still open and ready.
+    async fn reuse_h1(&self) -> Option<http1::SendRequest<RequestBody>> {
+        loop {
+            let idle = self.idle().pop()?;
+            self.stats.upstream_idle.fetch_sub(1, Relaxed);
+            if idle.since.elapsed() >= self.keepalive || idle.sender.is_closed() {
+                continue;
+            }
+            let mut sender = idle.sender;
+            if !sender.is_ready() {
+                // Given back a moment ago: its connection may not have
+                // taken in the end of the last response yet.
+                match tokio::time::timeout(READY_WAIT, sender.ready()).await {
+                    Ok(Ok(())) => {}
+                    _ => continue,
+                }
+            }
+            self.stats.upstream_event(UpstreamEvent::Reused);
+            return Some(sender);
+        }
+    }
+
+    /// Closes the idle connections past `upstream_keepalive`, and lets the
+    /// HTTP/2 connection go once nothing else holds it.
+    pub(crate) fn sweep(&self) {
+        let mut idle = self.idle();
+        let before = idle.len();
+        idle.retain(|i| i.since.elapsed() < self.keepalive && !i.sender.is_closed());
+        let closed = before - idle.len();
+        drop(idle);
+        self.stats
+            .upstream_idle
+            .fetch_sub(i64::try_from(closed).unwrap_or(0), Relaxed);
+        if let Ok(mut h2) = self.h2.try_lock()
+            && h2.as_ref().is_some_and(http2::SendRequest::is_closed)
+        {
+            *h2 = None;
+        }
+    }
+}
+
+enum Sender {
+    H1(http1::SendRequest<RequestBody>),
+    H2(http2::SendRequest<RequestBody>),
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Sender::H1(_) => "Sender::H1",
+            Sender::H2(_) => "Sender::H2",
+        })
+    }
+}
+
+/// A connection lent to one request until its response has been read.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    conns: Arc<Conns>,
+    sender: Option<Sender>,
+    /// The connection carried a request before (the keep-alive race applies).
+    pub(crate) reused: bool,
+}
+
+/// Why a request did not get a response.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// Nothing of it was written: it can go out on another connection.
+    NotSent(Box<Request>),
+    /// Written (at least in part), then the connection failed.
+    Failed(hyper::Error),
+}
+
+impl From<TrySendError<Request>> for SendError {
+    fn from(mut e: TrySendError<Request>) -> SendError {
+        match e.take_message() {
+            Some(req) => SendError::NotSent(Box::new(req)),
+            None => SendError::Failed(e.into_error()),
+        }
+    }
+}
+
+impl Lease {
+    /// Sends `req`. When it fails before any of it was written, the error
+    /// gives the request back, so it can go out on another connection.
+    pub(crate) async fn send(&mut self, req: Request) -> Result<Response, SendError> {
+        match self.sender.as_mut() {
+            Some(Sender::H1(s)) => s.try_send_request(req).await.map_err(SendError::from),
+            Some(Sender::H2(s)) => s.try_send_request(req).await.map_err(SendError::from),
+            None => Err(SendError::NotSent(Box::new(req))),
+        }
+    }
+
+    /// The response has been read (`reusable`), or not: an HTTP/1.1
+    /// connection goes back to the idle list only in the first case.
+    pub(crate) fn release(mut self, reusable: bool) {
+        let Some(sender) = self.sender.take() else {
+            return;
+        };
+        let Sender::H1(sender) = sender else {
+            return;
+        };
+        self.conns.stats.upstream_active.fetch_sub(1, Relaxed);
+        if !reusable || sender.is_closed() {
+            return;
+        }
+        let mut idle = self.conns.idle();
+        if idle.len() >= MAX_IDLE {
+            return;
+        }
+        idle.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+        drop(idle);
+        self.conns.stats.upstream_idle.fetch_add(1, Relaxed);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(Sender::H1(_)) = self.sender.take() {
+            self.conns.stats.upstream_active.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+/// Opens a connection to `addr`: TCP, then TLS when the route says so.
+async fn dial(addr: SocketAddr, dialer: &Dialer) -> Result<Io, Reason> {
+    let tcp = weir_core::upstream::connect_tcp(addr, dialer.connect_timeout).await?;
+    let Some((connector, sni)) = &dialer.tls else {
+        return Ok(Io::Plain(tcp));
+    };
+    let tls = weir_core::upstream::tls_handshake(
+        connector,
+        sni.as_ref(),
+        addr,
+        tcp,
+        dialer.connect_timeout,
+    )
+    .await?;
+    if dialer.protocol == HttpProtocol::H2 && tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+        tracing::debug!(%addr, "the backend did not agree to HTTP/2 (ALPN h2)");
+        return Err(Reason::Tls);
+    }
+    Ok(Io::Tls(Box::new(tls)))
+}
+
+/// A backend connection: TCP, or TLS over it.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Sweeps `conns` every `every` until they are gone.
+pub(crate) fn spawn_sweeper(conns: Vec<Weak<Conns>>, every: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let mut alive = false;
+            for c in &conns {
+                if let Some(c) = c.upgrade() {
+                    c.sweep();
+                    alive = true;
+                }
+            }
+            if !alive {
+                return;
+            }
+        }
+    });
+}

@@ -1,0 +1,858 @@
+//! Layer 7 with real peers: curl (HTTP/1.1 and h2c with prior knowledge) as
+//! the client, nginx and hand-made backends behind weir's l7 routes. Rules,
+//! forwarding headers, kept-alive upstream connections and the keep-alive
+//! race, weir's own answers (404, 502, 503, 504, 413, 431, 400, gRPC
+//! statuses), hostile clients (smuggling, slowloris), large bodies both ways.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+use crate::cli::{
+    DEADLINE, Running, free_port, start_nginx, start_weir, temp_config, test_dir, wait_line, weir,
+    which,
+};
+
+fn curl_path() -> PathBuf {
+    which("curl").expect("curl is not installed: run scripts/test.sh, which installs it")
+}
+
+/// `curl ARGS URL`: (status, body, HTTP version curl used).
+fn curl(args: &[&str], url: &str) -> (u16, String, String) {
+    let out = Command::new(curl_path())
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code} %{http_version}",
+        ])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let mut tail = tail.split(' ');
+    let status = tail.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let version = tail.next().unwrap_or("").to_owned();
+    let body = body.strip_suffix('\n').unwrap_or(body);
+    (status, body.to_owned(), version)
+}
+
+/// The value of `series` in a scrape of `admin`.
+fn metric(admin: SocketAddr, series: &str) -> f64 {
+    let body = crate::cli::http_get(admin, "/metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in the scrape"))
+}
+
+fn wait_connectable(addr: SocketAddr) {
+    let end = Instant::now() + DEADLINE;
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < end, "{addr} never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// nginx with two servers that echo what weir sent them.
+fn echoing_nginx(tag: &str) -> (Running, SocketAddr, SocketAddr) {
+    let dir = test_dir(tag);
+    let (a, b) = (free_port(), free_port());
+    let echo = "\"$server_port $request_method $request_uri host=$http_host \
+                xff=$http_x_forwarded_for xfp=$http_x_forwarded_proto \
+                xfh=$http_x_forwarded_host fwd=$http_forwarded rid=$http_x_request_id \
+                secret=$http_x_secret conn=$http_connection ka=$http_keep_alive\\n\"";
+    let nginx = start_nginx(
+        &dir,
+        &format!(
+            "server {{ listen {a}; location / {{ return 200 {echo}; }} }}\n\
+             server {{ listen {b}; location / {{ return 200 {echo}; }} }}"
+        ),
+    );
+    wait_connectable(a);
+    wait_connectable(b);
+    (nginx, a, b)
+}
+
+fn start(tag: &str, config: &str) -> (Running, std::sync::mpsc::Receiver<String>) {
+    let file = temp_config(tag, config);
+    let mut cmd = weir();
+    cmd.args(["run", "--config"]).arg(&file);
+    start_weir(cmd)
+}
+
+/// Requests go to the pool of the first rule they match, over HTTP/1.1 and
+/// over h2c; a request no rule takes gets 404 with the reason; the route's
+/// and the backends' HTTP counters see all of it.
+#[test]
+fn rules_pick_the_pool_over_http1_and_h2c() {
+    let (_nginx, a, b) = echoing_nginx("rules");
+    let (front, admin) = (free_port(), free_port());
+    let (_weir, _out) = start(
+        "rules",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"api\"\npool = \"b\"\n\
+             match = {{ host = [\"api.example.com\", \"*.api.example.com\"], path_prefix = \"/v1/\", methods = [\"GET\", \"POST\"] }}\n\
+             [[listeners.routes.http]]\nname = \"canary\"\npool = \"b\"\n\
+             match = {{ headers = {{ \"x-canary\" = \"1\" }} }}\n\
+             [[listeners.routes.http]]\nname = \"web\"\npool = \"a\"\n\
+             match = {{ path_prefix = \"/\" , methods = [\"GET\"] }}\n\
+             [[pools]]\nname = \"a\"\n[[pools.backends]]\nname = \"a\"\naddress = \"{a}\"\n\
+             [[pools]]\nname = \"b\"\n[[pools.backends]]\nname = \"b\"\naddress = \"{b}\"\n"
+        ),
+    );
+    let url = |path: &str| format!("http://{front}{path}");
+    let (pa, pb) = (a.port().to_string(), b.port().to_string());
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let (status, body, v) = curl(
+            &[version, "-H", "Host: API.example.com:80"],
+            &url("/v1/users"),
+        );
+        assert_eq!(status, 200, "{version} {body}");
+        assert!(
+            body.starts_with(&format!("{pb} GET /v1/users host=API.example.com:80")),
+            "{body}"
+        );
+        let expected = if version == "--http1.1" { "1.1" } else { "2" };
+        assert_eq!(v, expected);
+
+        let (_, body, _) = curl(&[version, "-H", "Host: x.api.example.com"], &url("/v1/a"));
+        assert!(body.starts_with(&pb), "{body}");
+        // Another host, method or path: the catch-all for GET.
+        let (_, body, _) = curl(&[version, "-H", "Host: a.x.api.example.com"], &url("/v1/a"));
+        assert!(body.starts_with(&pa), "{body}");
+        let (_, body, _) = curl(&[version, "-H", "Host: api.example.com"], &url("/v2/a"));
+        assert!(body.starts_with(&pa), "{body}");
+        let (_, body, _) = curl(&[version, "-H", "x-canary: 1"], &url("/"));
+        assert!(body.starts_with(&pb), "{body}");
+        // No rule takes a DELETE of /: 404, with the reason.
+        let (status, body, _) = curl(&[version, "-X", "DELETE"], &url("/"));
+        assert_eq!(status, 404);
+        assert_eq!(
+            body,
+            "weir: no rule of this route matches the request (no_rule)"
+        );
+    }
+    assert_eq!(
+        metric(
+            admin,
+            "weir_http_requests_total{listener=\"web\",route=\"app\",code=\"2xx\"}"
+        ),
+        10.0
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "weir_http_requests_total{listener=\"web\",route=\"app\",code=\"4xx\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "weir_backend_http_requests_total{pool=\"b\",backend=\"b\",code=\"2xx\"}"
+        ),
+        6.0
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "weir_http_request_duration_seconds_count{listener=\"web\",route=\"app\"}"
+        ),
+        12.0
+    );
+    // Every family a scrape shows is in docs/metrics.md, with its type.
+    let documented = crate::deploy::documented_families();
+    let scrape = crate::cli::http_get(admin, "/metrics");
+    for line in scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE weir_"))
+    {
+        let (name, kind) = line.split_once(' ').unwrap_or((line, ""));
+        let name = format!("weir_{name}");
+        assert_eq!(
+            documented.get(&name).map(String::as_str),
+            Some(kind),
+            "{name} ({kind}) is not documented in docs/metrics.md"
+        );
+    }
+}
+
+/// X-Forwarded-* and Forwarded are set from the real client; a client that
+/// is not trusted cannot choose them; a trusted one's chain is extended and
+/// its request id kept. Hop-by-hop headers never reach the backend.
+#[test]
+fn forwarding_headers_and_hop_by_hop() {
+    let (_nginx, a, _) = echoing_nginx("forwarding");
+    let (open, trusting) = (free_port(), free_port());
+    let listener = |name: &str, bind: SocketAddr, trusted: &str| {
+        format!(
+            "[[listeners]]\nname = \"{name}\"\nbind = \"{bind}\"\n\
+             [[listeners.routes]]\nname = \"r\"\nmode = \"l7\"\n\
+             forwarded = {{ trusted = [{trusted}], rfc7239 = true }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"a\"\n"
+        )
+    };
+    let (_weir, _out) = start(
+        "forwarding",
+        &format!(
+            "[log]\naccess_log = false\n{}{}\
+             [[pools]]\nname = \"a\"\n[[pools.backends]]\naddress = \"{a}\"\n",
+            listener("open", open, ""),
+            listener("trusting", trusting, "\"127.0.0.0/8\""),
+        ),
+    );
+    let spoof = [
+        "-H",
+        "X-Forwarded-For: 6.6.6.6",
+        "-H",
+        "X-Forwarded-Proto: https",
+        "-H",
+        "X-Request-Id: req-42",
+        "-H",
+        "Host: app.example.com",
+    ];
+    let (_, body, _) = curl(&spoof, &format!("http://{open}/"));
+    assert!(body.contains(" xff=127.0.0.1 "), "{body}");
+    assert!(body.contains(" xfp=http "), "{body}");
+    assert!(body.contains(" xfh=app.example.com "), "{body}");
+    assert!(
+        body.contains(" fwd=for=127.0.0.1;proto=http;host=app.example.com "),
+        "{body}"
+    );
+    assert!(!body.contains("rid=req-42"), "{body}");
+    let rid = body
+        .split(" rid=")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .unwrap_or("");
+    assert_eq!(rid.len(), 32, "a generated request id: {body}");
+
+    let (_, body, _) = curl(&spoof, &format!("http://{trusting}/"));
+    assert!(body.contains(" xff=6.6.6.6, 127.0.0.1 "), "{body}");
+    assert!(body.contains(" xfp=https "), "{body}");
+    assert!(body.contains(" rid=req-42 "), "{body}");
+
+    // Hop-by-hop: Connection, what it names, Keep-Alive.
+    let (_, body, _) = curl(
+        &[
+            "--http1.1",
+            "-H",
+            "Connection: keep-alive, X-Secret",
+            "-H",
+            "X-Secret: s3cret",
+            "-H",
+            "Keep-Alive: timeout=5",
+        ],
+        &format!("http://{open}/"),
+    );
+    assert!(body.contains(" secret= "), "{body}");
+    assert!(body.contains(" ka=\n") || body.ends_with(" ka="), "{body}");
+}
+
+/// A hand-made HTTP/1.1 backend: answers every request with `status` and a
+/// body saying which connection (1, 2, ...) and which request on it, and
+/// counts connections. With `close_after`, it closes each connection after
+/// that many answers *without* saying so (no `Connection: close`), as a
+/// backend whose keep-alive timeout has just passed does.
+struct RawBackend {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+}
+
+fn raw_backend(close_after: Option<usize>, delay: Duration) -> RawBackend {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let (c, r) = (Arc::clone(&connections), Arc::clone(&requests));
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { break };
+            let n = c.fetch_add(1, SeqCst) + 1;
+            let r = Arc::clone(&r);
+            std::thread::spawn(move || serve_raw(s, n, close_after, delay, &r));
+        }
+    });
+    RawBackend {
+        addr,
+        connections,
+        requests,
+    }
+}
+
+fn serve_raw(
+    s: TcpStream,
+    conn: usize,
+    close_after: Option<usize>,
+    delay: Duration,
+    r: &AtomicUsize,
+) {
+    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    let mut s = s;
+    for k in 1.. {
+        // The request header, then its body by Content-Length.
+        let mut length = 0usize;
+        let mut chunked = false;
+        let mut line = String::new();
+        let mut first = true;
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if first && close_after.is_some_and(|n| k > n) {
+                // The request came on a connection this backend is done
+                // with: close it without an answer.
+                return;
+            }
+            first = false;
+            if line == "\r\n" {
+                break;
+            }
+            let lower = line.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+                chunked = true;
+            }
+        }
+        let body = if chunked {
+            match read_chunked(&mut reader) {
+                Some(body) => body,
+                None => return,
+            }
+        } else {
+            let mut body = vec![0u8; length];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+            body
+        };
+        r.fetch_add(1, SeqCst);
+        std::thread::sleep(delay);
+        let answer = format!("conn={conn} req={k} body={}\n", body.len());
+        let _ = write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{answer}",
+            answer.len()
+        );
+    }
+}
+
+/// A chunked body (RFC 9112 §7.1), trailers skipped.
+fn read_chunked(reader: &mut impl BufRead) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).ok()?;
+        let size = usize::from_str_radix(line.trim().split(';').next()?, 16).ok()?;
+        if size == 0 {
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).ok()? == 0 || line == "\r\n" {
+                    return Some(body);
+                }
+            }
+        }
+        let start = body.len();
+        body.resize(start + size + 2, 0);
+        reader.read_exact(&mut body[start..]).ok()?;
+        body.truncate(start + size);
+    }
+}
+
+/// Kept-alive connections to the backend are reused; one the backend closed
+/// as a request went out is replaced once for a GET, and a POST is never
+/// sent twice.
+#[test]
+fn kept_alive_upstream_connections_and_the_race() {
+    let steady = raw_backend(None, Duration::ZERO);
+    let racing = raw_backend(Some(1), Duration::ZERO);
+    let (front, admin) = (free_port(), free_port());
+    let (_weir, _out) = start(
+        "keepalive",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"racing\"\npool = \"racing\"\nmatch = {{ path_prefix = \"/race\" }}\n\
+             [[listeners.routes.http]]\nname = \"steady\"\npool = \"steady\"\n\
+             [[pools]]\nname = \"steady\"\n[[pools.backends]]\nname = \"s\"\naddress = \"{}\"\n\
+             [[pools]]\nname = \"racing\"\nretries = 0\n[[pools.backends]]\nname = \"r\"\naddress = \"{}\"\n",
+            steady.addr, racing.addr
+        ),
+    );
+    for i in 1..=5 {
+        let (status, body, _) = curl(&["--http1.1"], &format!("http://{front}/steady"));
+        assert_eq!(status, 200);
+        assert_eq!(body, format!("conn=1 req={i} body=0"));
+    }
+    assert_eq!(steady.connections.load(SeqCst), 1);
+    assert_eq!(
+        metric(
+            admin,
+            "weir_http_upstream_connections_total{pool=\"steady\",backend=\"s\",event=\"reused\"}"
+        ),
+        4.0
+    );
+
+    // The racing backend answers one request per connection, then closes
+    // the next one's connection unanswered.
+    for _ in 0..3 {
+        let (status, body, _) = curl(&["--http1.1"], &format!("http://{front}/race"));
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(racing.requests.load(SeqCst), 3);
+    assert_eq!(racing.connections.load(SeqCst), 3);
+
+    // A POST on a kept-alive connection the backend then drops: it may have
+    // been taken, so it is not sent again; the client gets 502.
+    let (status, body, _) = curl(&["--http1.1", "-d", "x=1"], &format!("http://{front}/race"));
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body, "weir: the backend failed (backend_error)");
+    assert_eq!(racing.requests.load(SeqCst), 3, "the POST was sent twice");
+}
+
+/// weir's own answers: 503 when no backend can serve, 502 when the backend
+/// refuses, 504 when its answer does not come in time, each naming the
+/// reason; a gRPC client gets a gRPC status instead.
+#[test]
+fn failures_get_their_status_and_reason() {
+    let refusing = free_port();
+    let slow = raw_backend(None, Duration::from_secs(3));
+    let (front, admin) = (free_port(), free_port());
+    let (_weir, _out) = start(
+        "failures",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             timeouts = {{ upstream_response = \"300ms\" }}\n\
+             [[listeners.routes.http]]\nname = \"slow\"\npool = \"slow\"\nmatch = {{ path_prefix = \"/slow\" }}\n\
+             [[listeners.routes.http]]\nname = \"gone\"\npool = \"gone\"\n\
+             [[pools]]\nname = \"slow\"\n[[pools.backends]]\naddress = \"{}\"\n\
+             [[pools]]\nname = \"gone\"\n[pools.health]\ntype = \"none\"\npassive_timeout = \"1h\"\n\
+             [[pools.backends]]\naddress = \"{refusing}\"\n",
+            slow.addr
+        ),
+    );
+    let url = |p: &str| format!("http://{front}{p}");
+    let (status, body, _) = curl(&[], &url("/"));
+    assert_eq!(
+        (status, body.as_str()),
+        (502, "weir: the backend failed (refused)")
+    );
+    // The refusals took the backend down (passive health): nothing serves.
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let (status, body, _) = curl(&[], &url("/"));
+        if status == 503 {
+            assert_eq!(body, "weir: no backend is available (no_backend)");
+            break;
+        }
+        assert!(Instant::now() < end, "never 503: {status} {body}");
+    }
+    let (status, body, _) = curl(&["-H", "content-type: application/grpc", "-i"], &url("/"));
+    assert_eq!(status, 200);
+    assert!(body.contains("grpc-status: 14"), "{body}");
+
+    let began = Instant::now();
+    let (status, body, _) = curl(&[], &url("/slow"));
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            504,
+            "weir: the backend did not answer in time (upstream_timeout)"
+        )
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        began.elapsed()
+    );
+    let (status, body, _) = curl(
+        &["-H", "content-type: application/grpc+proto", "-i"],
+        &url("/slow"),
+    );
+    assert_eq!(status, 200);
+    assert!(body.contains("grpc-status: 4"), "{body}");
+    assert!(
+        metric(
+            admin,
+            "weir_http_requests_total{listener=\"web\",route=\"app\",code=\"5xx\"}"
+        ) >= 3.0
+    );
+}
+
+/// Writes `request` on a new connection to `addr` and reads what comes back
+/// until the server closes or 3 s pass.
+fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    s.write_all(request).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Hostile clients: an ambiguous length (smuggling), an oversized header, a
+/// declared body over the limit, and a header sent too slowly.
+#[test]
+fn hostile_requests_are_refused() {
+    let backend = raw_backend(None, Duration::ZERO);
+    let (front, admin) = (free_port(), free_port());
+    let (_weir, _out) = start(
+        "hostile",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             max_header_bytes = 8192\nmax_body_bytes = 1000\n\
+             timeouts = {{ request_header = \"500ms\" }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n",
+            backend.addr
+        ),
+    );
+    // Both lengths: the chunked framing wins, the Content-Length is dropped,
+    // and the connection closes after the answer (RFC 9112 §6.3), so the "G"
+    // after the chunked body never becomes a request of its own.
+    let smuggle = raw_exchange(
+        front,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG",
+    );
+    assert!(smuggle.starts_with("HTTP/1.1 200"), "{smuggle}");
+    assert!(smuggle.ends_with("body=0\n"), "{smuggle}");
+    assert_eq!(smuggle.matches("HTTP/1.1").count(), 1, "{smuggle}");
+    assert!(
+        smuggle.to_ascii_lowercase().contains("connection: close"),
+        "{smuggle}"
+    );
+    assert_eq!(backend.requests.load(SeqCst), 1);
+    // Two different lengths, an encoding other than chunked, a bad
+    // character in a header name: refused, never forwarded.
+    for bad in [
+        &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"[..],
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nab",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
+        b"GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ] {
+        let r = raw_exchange(front, bad);
+        assert!(
+            r.starts_with("HTTP/1.1 400"),
+            "{}: {r}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    assert_eq!(
+        backend.requests.load(SeqCst),
+        1,
+        "a malformed request reached the backend"
+    );
+
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(10_000)
+    );
+    let r = raw_exchange(front, big.as_bytes());
+    assert!(r.starts_with("HTTP/1.1 431"), "{r}");
+
+    let (status, body, _) = curl(&["-d", &"x".repeat(2000)], &format!("http://{front}/"));
+    assert_eq!(
+        (status, body.as_str()),
+        (413, "weir: the request body is too large (body_too_large)")
+    );
+    // Within the limit, the body arrives.
+    let (status, body, _) = curl(&["-d", &"x".repeat(900)], &format!("http://{front}/"));
+    assert_eq!(status, 200);
+    assert!(body.ends_with("body=900"), "{body}");
+
+    // Slowloris: a header that trickles in is cut after request_header.
+    let mut s = TcpStream::connect(front).expect("connect");
+    let began = Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\n").expect("write");
+    let mut cut = false;
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(100));
+        if s.write_all(b"X-A: b\r\n").is_err() {
+            cut = true;
+            break;
+        }
+    }
+    if !cut {
+        // Still writable: the close must show on reading.
+        let mut rest = Vec::new();
+        s.set_read_timeout(Some(Duration::from_secs(1)))
+            .expect("timeout");
+        match s.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) => assert!(
+                !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "the slow header was not cut"
+            ),
+        }
+    }
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+    let end = Instant::now() + DEADLINE;
+    while metric(
+        admin,
+        "weir_listener_connections_rejected_total{listener=\"web\",reason=\"header_timeout\"}",
+    ) < 1.0
+    {
+        assert!(Instant::now() < end, "the slow header was not counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Large bodies stream both ways and arrive intact; the access log has one
+/// line per request with the bytes each way.
+#[test]
+fn large_bodies_stream_both_ways() {
+    let dir = test_dir("l7-large");
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).expect("www");
+    let big: Vec<u8> = (0..8 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(www.join("big.bin"), &big).expect("big file");
+    let port = free_port();
+    let _nginx = start_nginx(
+        &dir,
+        &format!("server {{ listen {port}; root {}; }}", www.display()),
+    );
+    wait_connectable(port);
+    let upload = raw_backend(None, Duration::ZERO);
+    let front = free_port();
+    let (_weir, out) = start(
+        "large",
+        &format!(
+            "[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"up\"\npool = \"up\"\nmatch = {{ methods = [\"POST\"] }}\n\
+             [[listeners.routes.http]]\nname = \"files\"\npool = \"files\"\n\
+             [[pools]]\nname = \"files\"\n[[pools.backends]]\nname = \"nginx\"\naddress = \"{port}\"\n\
+             [[pools]]\nname = \"up\"\n[[pools.backends]]\nname = \"raw\"\naddress = \"{}\"\n",
+            upload.addr
+        ),
+    );
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let got = Command::new(curl_path())
+            .args(["-sS", "--fail", "--max-time", "20", version])
+            .arg(format!("http://{front}/big.bin"))
+            .output()
+            .expect("curl");
+        assert!(
+            got.status.success(),
+            "{}",
+            String::from_utf8_lossy(&got.stderr)
+        );
+        assert!(got.stdout == big, "{version}: the file changed on the way");
+    }
+    let line = wait_line(&out, "\"path\":\"/big.bin\"");
+    assert!(line.contains("\"bytes_out\":8388608"), "{line}");
+    assert!(line.contains("\"status\":200"), "{line}");
+    assert!(line.contains("\"backend\":\"nginx\""), "{line}");
+
+    let file = dir.join("upload.bin");
+    std::fs::write(&file, &big).expect("upload file");
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let (status, body, _) = curl(
+            &[version, "--data-binary", &format!("@{}", file.display())],
+            &format!("http://{front}/up"),
+        );
+        assert_eq!(status, 200);
+        assert!(body.ends_with(&format!("body={}", big.len())), "{body}");
+    }
+    let line = wait_line(&out, "\"path\":\"/up\"");
+    assert!(line.contains("\"bytes_in\":8388608"), "{line}");
+}
+
+/// A test CA (`ca.crt`, `ca.key`) and a certificate it signed for `name`
+/// (`NAME.crt`, `NAME.key`), made by the openssl CLI.
+fn make_ca_and_leaf(dir: &std::path::Path, name: &str) {
+    let openssl = which("openssl").expect("openssl is not installed");
+    let run = |args: &[&str]| {
+        let out = Command::new(&openssl)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-days",
+            "1",
+            "-subj",
+            "/CN=weir test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ],
+    ]
+    .concat());
+    let (key, csr, crt) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.crt"),
+    );
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ],
+    ]
+    .concat());
+    std::fs::write(dir.join("san.ext"), format!("subjectAltName=DNS:{name}\n")).expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+        "-out",
+        &crt,
+    ]);
+}
+
+/// Starts nghttpd (Debian's nghttp2-server) serving `www`: h2c with prior
+/// knowledge, or HTTP/2 over TLS with `tls` (key, certificate).
+fn start_nghttpd(www: &std::path::Path, port: u16, tls: Option<(PathBuf, PathBuf)>) -> Running {
+    let nghttpd = which("nghttpd")
+        .expect("nghttpd is not installed: run scripts/test.sh, which installs nghttp2-server");
+    let mut cmd = Command::new(nghttpd);
+    cmd.arg("-d").arg(www).args(["--address", "127.0.0.1"]);
+    match tls {
+        None => {
+            cmd.arg("--no-tls").arg(port.to_string());
+        }
+        Some((key, cert)) => {
+            cmd.arg(port.to_string()).arg(key).arg(cert);
+        }
+    }
+    Running(
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nghttpd"),
+    )
+}
+
+/// HTTP/2 backends (nghttpd): in clear text (h2c) and over TLS (h2, the
+/// certificate verified against its CA); clients on HTTP/1.1 and h2c; one
+/// connection per backend carries every request.
+#[test]
+fn http2_backends_in_clear_text_and_over_tls() {
+    let dir = test_dir("l7-h2");
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).expect("www");
+    std::fs::write(www.join("hello.txt"), "hello over h2\n").expect("file");
+    make_ca_and_leaf(&dir, "h2.internal");
+    let (c, t) = (free_port(), free_port());
+    let _clear = start_nghttpd(&www, c.port(), None);
+    let _tls = start_nghttpd(
+        &www,
+        t.port(),
+        Some((dir.join("h2.internal.key"), dir.join("h2.internal.crt"))),
+    );
+    wait_connectable(c);
+    wait_connectable(t);
+    let (clear_front, tls_front, admin) = (free_port(), free_port(), free_port());
+    let (_weir, _out) = start(
+        "h2",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"clear\"\nbind = \"{clear_front}\"\n\
+             [[listeners.routes]]\nname = \"r\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"h2c\"\n\
+             [[listeners]]\nname = \"tls\"\nbind = \"{tls_front}\"\n\
+             [[listeners.routes]]\nname = \"r\"\nmode = \"l7\"\n\
+             backend_tls = {{ sni = \"h2.internal\", ca = \"{ca}\" }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"h2\"\n\
+             [[pools]]\nname = \"h2c\"\nprotocol = \"h2c\"\n[[pools.backends]]\nname = \"c\"\naddress = \"{c}\"\n\
+             [[pools]]\nname = \"h2\"\nprotocol = \"h2\"\n[[pools.backends]]\nname = \"t\"\naddress = \"{t}\"\n",
+            ca = dir.join("ca.crt").display()
+        ),
+    );
+    for front in [clear_front, tls_front] {
+        for version in ["--http1.1", "--http2-prior-knowledge", "--http1.1"] {
+            let (status, body, _) = curl(&[version], &format!("http://{front}/hello.txt"));
+            assert_eq!(
+                (status, body.as_str()),
+                (200, "hello over h2"),
+                "{front} {version}"
+            );
+        }
+    }
+    for (pool, backend) in [("h2c", "c"), ("h2", "t")] {
+        let id = format!("pool=\"{pool}\",backend=\"{backend}\"");
+        assert_eq!(
+            metric(
+                admin,
+                &format!("weir_http_upstream_connections_total{{{id},event=\"created\"}}")
+            ),
+            1.0,
+            "{pool}"
+        );
+        assert_eq!(
+            metric(
+                admin,
+                &format!("weir_http_upstream_connections_total{{{id},event=\"reused\"}}")
+            ),
+            2.0,
+            "{pool}"
+        );
+    }
+}
