@@ -7,7 +7,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 use weir_core::Reason;
 
-use crate::exchange::{COMPLETED, Exchange};
+use crate::exchange::{BodyCount, COMPLETED, Exchange};
 use crate::upstream::Lease;
 
 /// The error of a body weir cut or that failed.
@@ -36,24 +36,17 @@ impl std::error::Error for BodyError {}
 #[derive(Debug)]
 pub(crate) struct RequestBody {
     inner: Option<Incoming>,
-    counted: Arc<AtomicU64>,
+    /// Bytes so far, and whether they went over `limit`.
+    count: Arc<BodyCount>,
     limit: Option<u64>,
-    /// Set when the body went over the limit (the answer is then 413).
-    over: Arc<AtomicBool>,
 }
 
 impl RequestBody {
-    pub(crate) fn new(
-        inner: Incoming,
-        counted: Arc<AtomicU64>,
-        limit: Option<u64>,
-        over: Arc<AtomicBool>,
-    ) -> RequestBody {
+    pub(crate) fn new(inner: Incoming, count: Arc<BodyCount>, limit: Option<u64>) -> RequestBody {
         RequestBody {
             inner: Some(inner),
-            counted,
+            count,
             limit,
-            over,
         }
     }
 
@@ -61,9 +54,8 @@ impl RequestBody {
     pub(crate) fn empty() -> RequestBody {
         RequestBody {
             inner: None,
-            counted: Arc::default(),
+            count: Arc::default(),
             limit: None,
-            over: Arc::default(),
         }
     }
 }
@@ -83,10 +75,10 @@ impl Body for RequestBody {
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    let total =
-                        this.counted.fetch_add(data.len() as u64, Relaxed) + data.len() as u64;
+                    let n = data.len() as u64;
+                    let total = this.count.bytes.fetch_add(n, Relaxed) + n;
                     if this.limit.is_some_and(|l| total > l) {
-                        this.over.store(true, Relaxed);
+                        this.count.over.store(true, Relaxed);
                         this.inner = None;
                         return Poll::Ready(Some(Err(BodyError(Reason::BodyTooLarge))));
                     }
@@ -127,7 +119,9 @@ enum Source {
     /// The backend's.
     Upstream {
         inner: Incoming,
-        idle: Pin<Box<Sleep>>,
+        /// Armed the first time the body makes the client wait: a response
+        /// that arrives whole never touches the timer.
+        idle: Option<Pin<Box<Sleep>>>,
         idle_for: Duration,
         /// The connection it came on, given back to the pool at the end.
         lease: Option<Lease>,
@@ -153,7 +147,7 @@ impl ResponseBody {
         ResponseBody {
             source: Source::Upstream {
                 inner,
-                idle: Box::pin(tokio::time::sleep(idle_for)),
+                idle: None,
                 idle_for,
                 lease: Some(lease),
             },
@@ -221,17 +215,22 @@ impl Body for ResponseBody {
                 ..
             } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    idle.as_mut().reset(Instant::now() + *idle_for);
+                    if let Some(idle) = idle {
+                        idle.as_mut().reset(Instant::now() + *idle_for);
+                    }
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(Some(Err(_))) => {
                     Poll::Ready(Some(Err(BodyError(Reason::BackendError))))
                 }
                 Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => match idle.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyError(Reason::IdleTimeout)))),
-                    Poll::Pending => Poll::Pending,
-                },
+                Poll::Pending => {
+                    let timer = idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle_for)));
+                    match timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Some(Err(BodyError(Reason::IdleTimeout)))),
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
             },
         };
         match &polled {

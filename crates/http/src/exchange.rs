@@ -5,10 +5,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use http::Method;
+use http::{HeaderValue, Method, Uri};
 use tokio::time::Instant;
 use weir_core::listener::Listener;
 use weir_core::pool::Pool;
@@ -19,22 +19,34 @@ use crate::serve::ConnState;
 /// The access-log `reason` of a request that got its whole response.
 pub(crate) const COMPLETED: &str = "completed";
 
+/// What a request's body tells the rest of the exchange.
+#[derive(Debug, Default)]
+pub(crate) struct BodyCount {
+    /// Request body bytes, counted as they stream.
+    pub(crate) bytes: AtomicU64,
+    /// The body went over `max_body_bytes` (the answer is then 413).
+    pub(crate) over: AtomicBool,
+}
+
+/// The record of one request. Its fields are shared, not copied, from the
+/// request (`Uri` and `HeaderValue` clones are reference counts), so a
+/// request pays no allocation for its log line.
 #[derive(Debug)]
 pub(crate) struct Exchange {
     pub(crate) listener: Arc<Listener>,
     pub(crate) route: usize,
     pub(crate) conn: Arc<ConnState>,
     pub(crate) client: SocketAddr,
-    pub(crate) rule: Option<String>,
+    pub(crate) rule: Option<Arc<str>>,
     pub(crate) method: Method,
-    pub(crate) host: Option<String>,
-    pub(crate) path: String,
+    pub(crate) uri: Uri,
+    /// The `Host` header, when the URI has no authority (HTTP/1.1).
+    pub(crate) host: Option<HeaderValue>,
     pub(crate) version: &'static str,
-    pub(crate) user_agent: Option<String>,
-    pub(crate) request_id: Option<String>,
+    pub(crate) user_agent: Option<HeaderValue>,
+    pub(crate) request_id: Option<HeaderValue>,
     pub(crate) started: Instant,
-    /// Request body bytes, counted by the request body as it streams.
-    pub(crate) bytes_in: Arc<AtomicU64>,
+    pub(crate) body: Arc<BodyCount>,
     pub(crate) bytes_out: u64,
     pub(crate) status: u16,
     pub(crate) upstream: Option<Duration>,
@@ -51,7 +63,7 @@ impl Exchange {
         conn: Arc<ConnState>,
         client: SocketAddr,
         method: Method,
-        path: String,
+        uri: Uri,
         version: &'static str,
     ) -> Exchange {
         conn.request_started();
@@ -62,13 +74,13 @@ impl Exchange {
             client,
             rule: None,
             method,
+            uri,
             host: None,
-            path,
             version,
             user_agent: None,
             request_id: None,
             started: Instant::now(),
-            bytes_in: Arc::default(),
+            body: Arc::default(),
             bytes_out: 0,
             status: 0,
             upstream: None,
@@ -117,27 +129,37 @@ impl Exchange {
         if !self.listener.access_log {
             return;
         }
+        let host = self
+            .uri
+            .authority()
+            .map(http::uri::Authority::as_str)
+            .or_else(|| text(&self.host));
         HttpAccessRecord {
             listener: &self.listener.name,
             route: route.map_or("-", |r| r.name.as_str()),
             rule: self.rule.as_deref(),
             client: self.client,
             method: self.method.as_str(),
-            host: self.host.as_deref(),
-            path: &self.path,
+            host,
+            path: self.uri.path_and_query().map_or("/", |p| p.as_str()),
             version: self.version,
             status: self.status,
-            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_in: self.body.bytes.load(Relaxed),
             bytes_out: self.bytes_out,
             duration: took,
             upstream: self.upstream,
             backend: backend.map(|b| b.name.as_str()),
-            request_id: self.request_id.as_deref(),
-            user_agent: self.user_agent.as_deref(),
+            request_id: text(&self.request_id),
+            user_agent: text(&self.user_agent),
             reason: self.reason,
         }
         .emit();
     }
+}
+
+/// A header value as log text, when it is text.
+fn text(v: &Option<HeaderValue>) -> Option<&str> {
+    v.as_ref().and_then(|v| v.to_str().ok())
 }
 
 impl Drop for Exchange {

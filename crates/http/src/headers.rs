@@ -71,35 +71,51 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub struct Forwarding<'a> {
     /// The client's address (the PROXY header's, when a trusted sender gave one).
     pub client: IpAddr,
+    /// The same, as a header value ([`client_value`]): made once per connection.
+    pub client_value: &'a HeaderValue,
     /// The client sent its request from a source in `forwarded.trusted`.
     pub trusted: bool,
     /// `http` or `https`: how the client reached weir.
-    pub proto: &'a str,
+    pub proto: &'static str,
     /// The host the client asked for.
-    pub host: Option<&'a str>,
+    pub host: Option<&'a HeaderValue>,
     /// Also set the standard `Forwarded` header.
     pub rfc7239: bool,
 }
 
+/// A client's address as `X-Forwarded-For` carries it (IPv4-mapped IPv6
+/// addresses as IPv4).
+pub fn client_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&canonical(ip).to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// Sets `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and,
-/// with `rfc7239`, `Forwarded`.
+/// with `rfc7239`, `Forwarded`. The common case (an untrusted client, no
+/// `Forwarded`) copies no bytes: the values are shared.
 pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
-    let client = canonical(f.client);
     if f.trusted {
-        append_list(headers, X_FORWARDED_FOR, &client.to_string());
+        match f.client_value.to_str() {
+            Ok(client) => append_list(headers, X_FORWARDED_FOR, client),
+            Err(_) => {
+                headers.insert(X_FORWARDED_FOR, f.client_value.clone());
+            }
+        }
         if !headers.contains_key(X_FORWARDED_PROTO) {
-            insert_str(headers, X_FORWARDED_PROTO, f.proto);
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(f.proto));
         }
         if !headers.contains_key(X_FORWARDED_HOST)
             && let Some(host) = f.host
         {
-            insert_str(headers, X_FORWARDED_HOST, host);
+            headers.insert(X_FORWARDED_HOST, host.clone());
         }
     } else {
-        insert_str(headers, X_FORWARDED_FOR, &client.to_string());
-        insert_str(headers, X_FORWARDED_PROTO, f.proto);
+        headers.insert(X_FORWARDED_FOR, f.client_value.clone());
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(f.proto));
         match f.host {
-            Some(host) => insert_str(headers, X_FORWARDED_HOST, host),
+            Some(host) => {
+                headers.insert(X_FORWARDED_HOST, host.clone());
+            }
             None => {
                 headers.remove(X_FORWARDED_HOST);
             }
@@ -107,16 +123,17 @@ pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
         headers.remove(FORWARDED);
     }
     if f.rfc7239 {
-        let node = match client {
+        let node = match canonical(f.client) {
             IpAddr::V4(ip) => ip.to_string(),
             // RFC 7239 §6: an IPv6 node is quoted and bracketed.
             IpAddr::V6(ip) => format!("\"[{ip}]\""),
         };
         let mut element = format!("for={node};proto={}", f.proto);
-        if let Some(host) = f.host.filter(|h| h.bytes().all(is_token_char)) {
+        let host = f.host.and_then(|h| h.to_str().ok());
+        if let Some(host) = host.filter(|h| h.bytes().all(is_token_char)) {
             element.push_str(";host=");
             element.push_str(host);
-        } else if let Some(host) = f.host {
+        } else if let Some(host) = host {
             element.push_str(";host=\"");
             element.extend(host.chars().filter(|c| *c != '"' && *c != '\\'));
             element.push('"');
@@ -127,7 +144,7 @@ pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
 
 /// The request id to use: the one that came when the source is trusted and
 /// it is well-formed (visible ASCII, at most 200 bytes), else `None`.
-pub fn trusted_request_id(headers: &HeaderMap, trusted: bool) -> Option<&str> {
+pub fn trusted_request_id(headers: &HeaderMap, trusted: bool) -> Option<&HeaderValue> {
     if !trusted {
         return None;
     }
@@ -135,14 +152,20 @@ pub fn trusted_request_id(headers: &HeaderMap, trusted: bool) -> Option<&str> {
     let (Some(v), None) = (values.next(), values.next()) else {
         return None;
     };
-    let s = v.to_str().ok()?;
-    (!s.is_empty() && s.len() <= MAX_REQUEST_ID && s.bytes().all(|b| b.is_ascii_graphic()))
-        .then_some(s)
+    let b = v.as_bytes();
+    (!b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(u8::is_ascii_graphic)).then_some(v)
 }
 
 /// A new request id: 128 random bits as 32 hex digits.
-pub fn new_request_id() -> String {
-    format!("{:032x}", fastrand::u128(..))
+pub fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    let mut digits = [b'0'; 32];
+    for d in digits.iter_mut().rev() {
+        *d = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&digits).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// IPv4 clients of a dual-stack socket show up as `::ffff:a.b.c.d`; headers
@@ -235,14 +258,21 @@ mod tests {
         assert!(h.get("te").is_none());
     }
 
-    fn fwd(client: &str, trusted: bool) -> Forwarding<'static> {
-        Forwarding {
-            client: client.parse().expect("ip"),
-            trusted,
-            proto: "http",
-            host: Some("app.example.com"),
-            rfc7239: true,
-        }
+    fn forward(h: &mut HeaderMap, client: &str, trusted: bool) {
+        let client: IpAddr = client.parse().expect("ip");
+        let value = client_value(client);
+        let host = HeaderValue::from_static("app.example.com");
+        set_forwarding(
+            h,
+            &Forwarding {
+                client,
+                client_value: &value,
+                trusted,
+                proto: "http",
+                host: Some(&host),
+                rfc7239: true,
+            },
+        );
     }
 
     #[test]
@@ -253,7 +283,7 @@ mod tests {
             ("x-forwarded-host", "evil"),
             ("forwarded", "for=1.2.3.4"),
         ]);
-        set_forwarding(&mut h, &fwd("192.0.2.7", false));
+        forward(&mut h, "192.0.2.7", false);
         assert_eq!(get(&h, "x-forwarded-for"), ["192.0.2.7"]);
         assert_eq!(get(&h, "x-forwarded-proto"), ["http"]);
         assert_eq!(get(&h, "x-forwarded-host"), ["app.example.com"]);
@@ -271,7 +301,7 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("forwarded", "for=203.0.113.9"),
         ]);
-        set_forwarding(&mut h, &fwd("::ffff:10.0.0.3", true));
+        forward(&mut h, "::ffff:10.0.0.3", true);
         assert_eq!(
             get(&h, "x-forwarded-for"),
             ["203.0.113.9, 10.0.0.2, 10.0.0.3"]
@@ -286,7 +316,7 @@ mod tests {
     #[test]
     fn ipv6_nodes_are_quoted() {
         let mut h = HeaderMap::new();
-        set_forwarding(&mut h, &fwd("2001:db8::1", false));
+        forward(&mut h, "2001:db8::1", false);
         assert_eq!(
             get(&h, "forwarded"),
             ["for=\"[2001:db8::1]\";proto=http;host=app.example.com"]
@@ -296,7 +326,10 @@ mod tests {
     #[test]
     fn request_ids_are_kept_only_from_trusted_sources() {
         let h = map(&[("x-request-id", "abc-123")]);
-        assert_eq!(trusted_request_id(&h, true), Some("abc-123"));
+        assert_eq!(
+            trusted_request_id(&h, true).map(|v| v.as_bytes()),
+            Some(&b"abc-123"[..])
+        );
         assert_eq!(trusted_request_id(&h, false), None);
         let twice = map(&[("x-request-id", "a"), ("x-request-id", "b")]);
         assert_eq!(trusted_request_id(&twice, true), None);
@@ -304,6 +337,7 @@ mod tests {
         assert_eq!(trusted_request_id(&long, true), None);
         let id = new_request_id();
         assert_eq!(id.len(), 32);
-        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
+        assert_ne!(id, new_request_id());
     }
 }

@@ -17,7 +17,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 
 use http::header::{CONTENT_LENGTH, HOST, HeaderValue, TRANSFER_ENCODING, USER_AGENT};
@@ -37,6 +36,10 @@ use crate::route::{RoutePool, RouteState, Slot};
 use crate::serve::ConnState;
 use crate::upstream::{Lease, SendError};
 
+/// How long a kept connection must have rested before a request on it is
+/// copied for a replay (see `forward`).
+const RACE_REST: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// What the requests of one client connection share.
 #[derive(Debug)]
 pub(crate) struct Cx {
@@ -44,6 +47,8 @@ pub(crate) struct Cx {
     pub(crate) listener: Arc<Listener>,
     pub(crate) route: usize,
     pub(crate) client: SocketAddr,
+    /// The client's address as `X-Forwarded-For` carries it.
+    pub(crate) client_value: HeaderValue,
     pub(crate) conn: Arc<ConnState>,
     /// How the client reached weir: `http` or `https`.
     pub(crate) proto: &'static str,
@@ -55,47 +60,50 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let state = cx.slot.current.load_full();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or("/", PathAndQuery::as_str)
-        .to_owned();
     let mut x = Box::new(Exchange::start(
         Arc::clone(&cx.listener),
         cx.route,
         Arc::clone(&cx.conn),
         cx.client,
         req.method().clone(),
-        path,
+        req.uri().clone(),
         cx.version,
     ));
-    let raw_host = host_of(&req).map(str::to_owned);
-    x.host = raw_host.clone();
-    x.user_agent = req
-        .headers()
-        .get(USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    // What the host is: `:authority` (HTTP/2, absolute form), else `Host`.
+    let host_header = req.headers().get(HOST).cloned();
+    let host: Option<HeaderValue> = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => host_header.clone(),
+    };
+    x.host = host_header;
+    x.user_agent = req.headers().get(USER_AGENT).cloned();
     let grpc = errors::is_grpc(req.headers());
     let trusted = state.trusts(cx.client.ip());
     let request_id = headers::trusted_request_id(req.headers(), trusted)
-        .map_or_else(headers::new_request_id, str::to_owned);
+        .cloned()
+        .unwrap_or_else(headers::new_request_id);
     x.request_id = Some(request_id.clone());
 
     if let Err(reason) = admissible(&req, state.max_body_bytes) {
         return Ok(answer(reason, grpc, x));
     }
-    let host = raw_host.as_deref().and_then(crate::rules::normalize_host);
-    let Some(rule) = crate::rules::first(
-        &state.rules,
-        req.method(),
-        host.as_deref(),
-        req.uri().path(),
-        req.headers(),
-    ) else {
+    let matched = {
+        let name = host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .and_then(crate::rules::normalize_host);
+        crate::rules::first(
+            &state.rules,
+            req.method(),
+            name.as_deref(),
+            req.uri().path(),
+            req.headers(),
+        )
+    };
+    let Some(rule) = matched else {
         return Ok(answer(Reason::NoRule, grpc, x));
     };
-    x.rule = Some(rule.name.clone());
+    x.rule = Some(Arc::clone(&rule.name));
     let Some(target) = state.pools.get(rule.pool) else {
         return Ok(answer(Reason::NoBackend, grpc, x));
     };
@@ -108,23 +116,16 @@ pub(crate) async fn handle(
         &mut parts.headers,
         &Forwarding {
             client: cx.client.ip(),
+            client_value: &cx.client_value,
             trusted,
             proto: cx.proto,
-            host: raw_host.as_deref(),
+            host: host.as_ref(),
             rfc7239: state.rfc7239,
         },
     );
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        parts.headers.insert(X_REQUEST_ID, v);
-    }
-    let over = Arc::new(AtomicBool::new(false));
-    let body = RequestBody::new(
-        body,
-        Arc::clone(&x.bytes_in),
-        state.max_body_bytes,
-        Arc::clone(&over),
-    );
-    if let Err(reason) = target_form(&mut parts, target.dialer.protocol, raw_host.as_deref()) {
+    parts.headers.insert(X_REQUEST_ID, request_id);
+    let body = RequestBody::new(body, Arc::clone(&x.body), state.max_body_bytes);
+    if let Err(reason) = target_form(&mut parts, target.dialer.protocol, host.as_ref()) {
         return Ok(answer(reason, grpc, x));
     }
     let req = Request::from_parts(parts, body);
@@ -138,7 +139,7 @@ pub(crate) async fn handle(
             Ok(Response::from_parts(parts, body))
         }
         Err(reason) => {
-            let reason = if over.load(Relaxed) {
+            let reason = if x.body.over.load(Relaxed) {
                 Reason::BodyTooLarge
             } else {
                 reason
@@ -200,7 +201,12 @@ async fn forward(
         let Some(request) = req.take() else {
             break;
         };
-        let copy = (replayable && lease.reused).then(|| copy_bodiless(&request));
+        // A copy for a replay, only where the race is to be feared: a
+        // connection that rested long enough for the backend to close it.
+        // One used a moment ago is not closing, and a busy proxy pays
+        // nothing.
+        let copy = (replayable && lease.reused && lease.rested >= RACE_REST)
+            .then(|| copy_bodiless(&request));
         let sent_at = Instant::now();
         let outcome = send(&mut lease, request, state.timeouts.upstream_response).await;
         let outcome = match outcome {
@@ -298,15 +304,6 @@ fn is_bodiless(req: &Request<RequestBody>) -> bool {
     req.body().is_end_stream()
 }
 
-/// The host the client asked for: the URI's authority (HTTP/2, absolute
-/// form), else the `Host` header.
-fn host_of<B>(req: &Request<B>) -> Option<&str> {
-    req.uri()
-        .authority()
-        .map(Authority::as_str)
-        .or_else(|| req.headers().get(HOST).and_then(|v| v.to_str().ok()))
-}
-
 /// Refuses what must not be forwarded.
 fn admissible(req: &Request<Incoming>, max_body: Option<u64>) -> Result<(), Reason> {
     let h = req.headers();
@@ -334,7 +331,7 @@ fn admissible(req: &Request<Incoming>, max_body: Option<u64>) -> Result<(), Reas
 fn target_form(
     parts: &mut http::request::Parts,
     protocol: HttpProtocol,
-    host: Option<&str>,
+    host: Option<&HeaderValue>,
 ) -> Result<(), Reason> {
     let path = parts
         .uri
@@ -344,13 +341,13 @@ fn target_form(
     match protocol {
         HttpProtocol::Http1 => {
             parts.version = Version::HTTP_11;
-            parts.uri = Uri::from(path);
-            match host.map(HeaderValue::from_str) {
-                Some(Ok(v)) => {
-                    parts.headers.insert(HOST, v);
-                }
-                Some(Err(_)) => return Err(Reason::BadRequest),
-                None => {}
+            if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
+                parts.uri = Uri::from(path);
+            }
+            if let Some(host) = host
+                && parts.headers.get(HOST) != Some(host)
+            {
+                parts.headers.insert(HOST, host.clone());
             }
         }
         HttpProtocol::H2 | HttpProtocol::H2c => {
@@ -361,6 +358,7 @@ fn target_form(
                 Scheme::HTTP
             };
             let authority: Authority = host
+                .and_then(|h| h.to_str().ok())
                 .unwrap_or("localhost")
                 .parse()
                 .map_err(|_| Reason::BadRequest)?;

@@ -1,13 +1,15 @@
 //! HTTP rules: which pool a request goes to. Pure: a request's method, host,
 //! path and headers in, the first rule whose conditions all hold out.
 
+use std::borrow::Cow;
+
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use weir_config::HttpMatch;
 
 /// One rule, ready to match.
 #[derive(Debug, Clone)]
 pub struct Rule {
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     /// Lower-case exact names or `*.` wildcards of one label.
     host: Vec<String>,
     path_prefix: Option<String>,
@@ -37,7 +39,7 @@ impl Rule {
             })
             .collect::<Option<Vec<_>>>()?;
         Some(Rule {
-            name: name.to_owned(),
+            name: std::sync::Arc::from(name),
             host: m.host.clone(),
             path_prefix: m.path_prefix.clone(),
             methods,
@@ -89,12 +91,11 @@ pub fn first<'r>(
 }
 
 /// A request's host for matching: lower case, without the port and a final
-/// dot. `None` when it is empty or not a host name an IP literal aside (a
-/// rule's host never matches those).
-pub fn normalize_host(raw: &str) -> Option<String> {
-    let host = if let Some(rest) = raw.strip_prefix('[') {
-        // An IPv6 literal: never a rule's host, but still "a host".
-        return rest.split_once(']').map(|(ip, _)| format!("[{ip}]"));
+/// dot; borrowed unless it had upper-case letters. `None` when it is empty.
+/// An IPv6 literal keeps its brackets (a rule's host never matches one).
+pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
+    let host = if raw.starts_with('[') {
+        raw.split_once(']').map_or(raw, |(ip, _)| &raw[..=ip.len()])
     } else {
         raw.rsplit_once(':')
             .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
@@ -104,7 +105,11 @@ pub fn normalize_host(raw: &str) -> Option<String> {
     if host.is_empty() {
         return None;
     }
-    Some(host.to_ascii_lowercase())
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(host))
+    }
 }
 
 #[cfg(test)]

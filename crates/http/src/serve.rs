@@ -99,6 +99,7 @@ pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize
         listener: Arc::clone(&listener),
         route,
         client: peer,
+        client_value: crate::headers::client_value(peer.ip()),
         conn: Arc::clone(&conn),
         proto: "http",
         version: if http2 { "HTTP/2" } else { "HTTP/1.1" },

@@ -114,15 +114,15 @@ impl Conns {
     pub(crate) async fn checkout(self: &Arc<Self>, dialer: &Dialer) -> Result<Lease, Reason> {
         match self.protocol {
             HttpProtocol::Http1 => {
-                if let Some(sender) = self.reuse_h1().await {
-                    return Ok(self.lease(Sender::H1(sender), true));
+                if let Some((sender, rested)) = self.reuse_h1().await {
+                    return Ok(self.lease(Sender::H1(sender), true, rested));
                 }
             }
             HttpProtocol::H2 | HttpProtocol::H2c => {
                 let shared = self.h2.lock().await;
                 if let Some(sender) = shared.as_ref().filter(|s| !s.is_closed()) {
                     self.stats.upstream_event(UpstreamEvent::Reused);
-                    return Ok(self.lease(Sender::H2(sender.clone()), true));
+                    return Ok(self.lease(Sender::H2(sender.clone()), true, Duration::ZERO));
                 }
                 // Opened while holding the lock: the requests that wait for
                 // it then share it.
@@ -147,7 +147,7 @@ impl Conns {
                     let _ = conn.await;
                     stats.upstream_event(UpstreamEvent::Closed);
                 });
-                Ok(self.lease(Sender::H1(sender), false))
+                Ok(self.lease(Sender::H1(sender), false, Duration::ZERO))
             }
             HttpProtocol::H2 | HttpProtocol::H2c => {
                 let shared = self.h2.lock().await;
@@ -176,10 +176,10 @@ impl Conns {
             stats.upstream_event(UpstreamEvent::Closed);
         });
         *shared = Some(sender.clone());
-        Ok(self.lease(Sender::H2(sender), false))
+        Ok(self.lease(Sender::H2(sender), false, Duration::ZERO))
     }
 
-    fn lease(self: &Arc<Self>, sender: Sender, reused: bool) -> Lease {
+    fn lease(self: &Arc<Self>, sender: Sender, reused: bool, rested: Duration) -> Lease {
         if let Sender::H1(_) = sender {
             self.stats.upstream_active.fetch_add(1, Relaxed);
         }
@@ -187,15 +187,18 @@ impl Conns {
             conns: Arc::clone(self),
             sender: Some(sender),
             reused,
+            rested,
         }
     }
 
-    /// The warmest idle HTTP/1.1 connection that is still open and ready.
-    async fn reuse_h1(&self) -> Option<http1::SendRequest<RequestBody>> {
+    /// The warmest idle HTTP/1.1 connection that is still open and ready,
+    /// and how long it rested.
+    async fn reuse_h1(&self) -> Option<(http1::SendRequest<RequestBody>, Duration)> {
         loop {
             let idle = self.idle().pop()?;
             self.stats.upstream_idle.fetch_sub(1, Relaxed);
-            if idle.since.elapsed() >= self.keepalive || idle.sender.is_closed() {
+            let rested = idle.since.elapsed();
+            if rested >= self.keepalive || idle.sender.is_closed() {
                 continue;
             }
             let mut sender = idle.sender;
@@ -208,7 +211,7 @@ impl Conns {
                 }
             }
             self.stats.upstream_event(UpstreamEvent::Reused);
-            return Some(sender);
+            return Some((sender, rested));
         }
     }
 
@@ -252,6 +255,8 @@ pub(crate) struct Lease {
     sender: Option<Sender>,
     /// The connection carried a request before (the keep-alive race applies).
     pub(crate) reused: bool,
+    /// How long it had rested unused before this request took it.
+    pub(crate) rested: Duration,
 }
 
 /// Why a request did not get a response.

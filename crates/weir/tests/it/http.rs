@@ -411,10 +411,13 @@ fn kept_alive_upstream_connections_and_the_race() {
     );
 
     // The racing backend answers one request per connection, then closes
-    // the next one's connection unanswered.
+    // the next one's connection unanswered, as a backend whose keep-alive
+    // timeout ran out while the connection rested: the GET is replayed on a
+    // new connection.
     for _ in 0..3 {
         let (status, body, _) = curl(&["--http1.1"], &format!("http://{front}/race"));
         assert_eq!(status, 200, "{body}");
+        std::thread::sleep(Duration::from_millis(600));
     }
     assert_eq!(racing.requests.load(SeqCst), 3);
     assert_eq!(racing.connections.load(SeqCst), 3);
