@@ -194,6 +194,8 @@ pub struct L4Route {
 /// matching rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpRoute {
+    /// Terminate TLS with these certificates; `None`: HTTP in clear text.
+    pub tls: Option<ServerTls>,
     /// In order; at most one rule without a match (the catch-all), and it is last.
     pub rules: Vec<HttpRule>,
     pub forwarded: Forwarded,
@@ -202,6 +204,16 @@ pub struct HttpRoute {
     pub max_header_bytes: u32,
     /// The largest request body accepted, in bytes; `None`: no limit.
     pub max_body_bytes: Option<u64>,
+}
+
+/// `tls = { certificates, client_ca }`: the certificates an l7 route
+/// terminates TLS with, chosen by the client's SNI; the first is the default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    /// (certificate chain, private key) PEM files, in order.
+    pub certificates: Vec<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Ask clients for a certificate and verify it against this PEM bundle.
+    pub client_ca: Option<std::path::PathBuf>,
 }
 
 /// `[[listeners.routes.http]]`: requests that match go to `pool`.

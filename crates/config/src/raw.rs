@@ -92,12 +92,29 @@ pub(crate) struct RawRoute {
     pub(crate) send_proxy_protocol: Option<String>,
     pub(crate) backend_tls: Option<RawBackendTls>,
     // mode = "l7"
+    pub(crate) tls: Option<RawServerTls>,
     #[serde(default)]
     pub(crate) http: Vec<RawHttpRule>,
     pub(crate) forwarded: Option<RawForwarded>,
     pub(crate) timeouts: Option<RawHttpTimeouts>,
     pub(crate) max_header_bytes: Option<Int>,
     pub(crate) max_body_bytes: Option<Int>,
+}
+
+/// `tls = { certificates, client_ca }` of an l7 route: weir terminates TLS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawServerTls {
+    #[serde(default)]
+    pub(crate) certificates: Vec<RawCertificate>,
+    pub(crate) client_ca: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawCertificate {
+    pub(crate) cert: String,
+    pub(crate) key: String,
 }
 
 /// `[[listeners.routes.http]]`: a rule of an l7 route.

@@ -1758,7 +1758,7 @@ fn l7_route_mistakes_name_their_key() {
     assert_one(
         &l7(&format!("match = {{ sni = [\"a.example\"] }}\n{RULE}"), ""),
         &format!("{route}.match"),
-        "an l7 route reads HTTP in clear text",
+        "an l7 route without tls reads HTTP in clear text",
     );
     assert_one(
         &l7(
@@ -1892,4 +1892,63 @@ fn l4_routes_take_no_http_keys() {
         "listeners[0].routes[0].max_body_bytes",
         "only for HTTP routes: add mode = \"l7\"",
     );
+}
+
+#[test]
+fn l7_tls_files_are_read_at_load() {
+    let dir = std::env::temp_dir().join(format!("weir-config-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
+    std::fs::write(
+        &cert,
+        "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+    )
+    .expect("cert");
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n",
+    )
+    .expect("key");
+    let tls = |certs: &str| {
+        format!("tls = {{ certificates = [{certs}] }}\nmatch = {{ sni = [\"a.example\"] }}\n{RULE}")
+    };
+    let pair = format!(
+        "{{ cert = \"{}\", key = \"{}\" }}",
+        cert.display(),
+        key.display()
+    );
+    let cfg = load(&l7(&tls(&pair), "")).unwrap_or_else(|e| panic!("{e}"));
+    let RouteMode::L7(http) = &cfg.listeners[0].routes[0].mode else {
+        panic!("l7")
+    };
+    let t = http.tls.as_ref().expect("tls");
+    assert_eq!(t.certificates, [(cert, key)]);
+    assert_eq!(t.client_ca, None);
+    assert!(cfg.listeners[0].routes[0].matcher.needs_client_hello());
+
+    let route = "listeners[0].routes[0]";
+    assert_one(
+        &l7(&tls(""), ""),
+        &format!("{route}.tls.certificates"),
+        "at least one is needed",
+    );
+    assert_one(
+        &l7(&tls(&pair.replace("k.pem", "nope.pem")), ""),
+        &format!("{route}.tls.certificates[0].key"),
+        "cannot read",
+    );
+    assert_one(
+        &l7(&tls(&pair.replace("k.pem", "c.pem")), ""),
+        &format!("{route}.tls.certificates[0].key"),
+        "",
+    );
+    let l4 = format!(
+        "{}{OK_POOL}",
+        OK_LISTENER.replace(
+            "  pool = \"p\"\n",
+            &format!("  pool = \"p\"\n  tls = {{ certificates = [{pair}] }}\n")
+        )
+    );
+    assert_one(&l4, "listeners[0].routes[0].tls", "only for HTTP routes");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -66,4 +66,64 @@ pub trait HttpHandler: Send + Sync + fmt::Debug {
 
     /// For the builder of the next snapshot, to take over what survives.
     fn as_any(&self) -> &dyn Any;
+
+    /// The certificates the route terminates TLS with.
+    fn certificates(&self) -> Vec<Certificate> {
+        Vec::new()
+    }
+}
+
+/// A certificate a route serves, as `/metrics` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certificate {
+    /// The certificate file as the config names it.
+    pub file: String,
+    /// Its `notAfter`, in seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
+/// How a TLS handshake with a client ended: the `result` and `reason` of
+/// `weir_tls_handshakes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsEnd {
+    /// Completed.
+    Ok,
+    /// Not complete within the listener's `handshake_timeout`.
+    Timeout,
+    /// The client closed or reset the connection during the handshake.
+    ClientClosed,
+    /// Not TLS, or TLS weir would not speak (no common version or cipher,
+    /// an alert from the client).
+    Protocol,
+    /// The client's certificate was missing or did not verify (`client_ca`).
+    ClientCertificate,
+}
+
+impl TlsEnd {
+    pub const ALL: [TlsEnd; 5] = [
+        Self::Ok,
+        Self::Timeout,
+        Self::ClientClosed,
+        Self::Protocol,
+        Self::ClientCertificate,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Timeout => "timeout",
+            Self::ClientClosed => "client_closed",
+            Self::Protocol => "protocol",
+            Self::ClientCertificate => "client_certificate",
+        }
+    }
+
+    /// `success` or `failure`.
+    pub fn result(self) -> &'static str {
+        if self == Self::Ok {
+            "success"
+        } else {
+            "failure"
+        }
+    }
 }

@@ -13,7 +13,7 @@ use weir_telemetry::{AccessRecord, Histogram, Kind, LogBudget, Verdict, Writer, 
 use weir_wire::client_hello::ClientHello;
 
 use crate::Reason;
-use crate::l7::HttpHandler;
+use crate::l7::{HttpHandler, TlsEnd};
 use crate::pool::Pool;
 use crate::upstream::Upstream;
 
@@ -196,6 +196,10 @@ pub struct ListenerStats {
     rejected: [AtomicU64; Reason::COUNT],
     /// Thins the access-log lines of refusals under a flood.
     pub(crate) refusal_lines: LogBudget,
+    /// TLS handshakes with clients (l7 routes with `tls`), by how they ended.
+    tls_handshakes: [AtomicU64; TlsEnd::ALL.len()],
+    /// Time of the completed ones.
+    pub tls_handshake_duration: Histogram,
 }
 
 impl Default for ListenerStats {
@@ -205,11 +209,26 @@ impl Default for ListenerStats {
             connections_active: AtomicI64::new(0),
             rejected: Default::default(),
             refusal_lines: LogBudget::new(0),
+            tls_handshakes: Default::default(),
+            tls_handshake_duration: Histogram::new(crate::pool::LATENCY_SECONDS),
         }
     }
 }
 
 impl ListenerStats {
+    /// Counts a TLS handshake that ended `end` after `took`.
+    pub fn tls_handshake(&self, end: TlsEnd, took: Duration) {
+        count(&self.tls_handshakes[end as usize], 1);
+        if end == TlsEnd::Ok {
+            self.tls_handshake_duration.observe(took);
+        }
+    }
+
+    /// TLS handshakes that ended `end`.
+    pub fn tls_handshakes(&self, end: TlsEnd) -> u64 {
+        self.tls_handshakes[end as usize].load(Relaxed)
+    }
+
     /// Connections refused for `reason` (one of [`Reason::REJECTIONS`]).
     pub fn rejected(&self, reason: Reason) -> u64 {
         self.rejected[reason as usize].load(Relaxed)
@@ -380,6 +399,7 @@ pub(crate) fn render(listeners: &[Arc<Listener>], w: &mut Writer) {
             );
         }
     }
+    tls(listeners, w);
     w.family(
         "weir_connection_duration_seconds",
         Kind::Histogram,
@@ -393,5 +413,68 @@ pub(crate) fn render(listeners: &[Arc<Listener>], w: &mut Writer) {
                 &r.stats.connection_duration.snapshot(),
             );
         }
+    }
+}
+
+/// The TLS families, for listeners with an l7 route that terminates TLS.
+fn tls(listeners: &[Arc<Listener>], w: &mut Writer) {
+    let terminating = |l: &&Arc<Listener>| {
+        l.routes.iter().any(|r| match &r.mode {
+            Mode::L7(l7) => !l7.handler.certificates().is_empty(),
+            Mode::L4(_) => false,
+        })
+    };
+    w.family(
+        "weir_tls_handshakes",
+        Kind::Counter,
+        "TLS handshakes with clients on l7 routes, by result and reason.",
+    );
+    for l in listeners.iter().filter(terminating) {
+        for end in TlsEnd::ALL {
+            w.sample(
+                "weir_tls_handshakes_total",
+                &[
+                    ("listener", &l.name),
+                    ("result", end.result()),
+                    ("reason", end.as_str()),
+                ],
+                l.stats.tls_handshakes(end),
+            );
+        }
+    }
+    w.family(
+        "weir_tls_handshake_duration_seconds",
+        Kind::Histogram,
+        "Time of completed TLS handshakes with clients, from the ClientHello on.",
+    );
+    for l in listeners.iter().filter(terminating) {
+        w.histogram(
+            "weir_tls_handshake_duration_seconds",
+            &[("listener", &l.name)],
+            &l.stats.tls_handshake_duration.snapshot(),
+        );
+    }
+    let mut certificates: Vec<crate::l7::Certificate> = listeners
+        .iter()
+        .flat_map(|l| &l.routes)
+        .filter_map(|r| match &r.mode {
+            Mode::L7(l7) => Some(l7.handler.certificates()),
+            Mode::L4(_) => None,
+        })
+        .flatten()
+        .collect();
+    certificates.sort_by(|a, b| a.file.cmp(&b.file));
+    certificates.dedup_by(|a, b| a.file == b.file);
+    w.family(
+        "weir_tls_certificate_expiry_timestamp_seconds",
+        Kind::Gauge,
+        "When a certificate weir serves expires (its notAfter), in seconds since the Unix epoch.",
+    );
+    for c in &certificates {
+        w.sample(
+            "weir_tls_certificate_expiry_timestamp_seconds",
+            &[("certificate", &c.file)],
+            c.not_after,
+        );
     }
 }

@@ -29,6 +29,7 @@ mod proxy;
 mod route;
 pub mod rules;
 mod serve;
+mod tls;
 mod upstream;
 
 use std::sync::Arc;

@@ -16,16 +16,19 @@ use ipnet::IpNet;
 use tokio_util::sync::CancellationToken;
 use weir_config::{HttpProtocol, HttpTimeouts};
 use weir_core::client::Client;
-use weir_core::l7::{HttpHandler, RouteBuild, Serving};
+use weir_core::l7::{Certificate, HttpHandler, RouteBuild, Serving};
 use weir_core::listener::Listener;
 use weir_core::pool::Pool;
 
 use crate::rules::Rule;
+use crate::tls::Terminator;
 use crate::upstream::{Conns, Dialer};
 
 /// What one snapshot says about an l7 route.
 #[derive(Debug)]
 pub(crate) struct RouteState {
+    /// Terminates TLS; `None`: HTTP in clear text.
+    pub(crate) tls: Option<Arc<Terminator>>,
     pub(crate) rules: Vec<Rule>,
     /// The pools the rules send to (`Rule::pool` indexes this).
     pub(crate) pools: Vec<RoutePool>,
@@ -146,7 +149,14 @@ impl Handler {
                     .ok_or_else(|| format!("{}.http[{ri}].match: cannot be used", b.path))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let tls = match &b.http.tls {
+            Some(tls) => Some(Arc::new(
+                Terminator::load(tls).map_err(|e| format!("tls: {e}"))?,
+            )),
+            None => None,
+        };
         let state = Arc::new(RouteState {
+            tls,
             rules,
             pools,
             trusted: b.http.forwarded.trusted.clone(),
@@ -194,5 +204,13 @@ impl HttpHandler for Handler {
 
     fn as_any(&self) -> &dyn Any {
         self
+    }
+
+    fn certificates(&self) -> Vec<Certificate> {
+        self.state
+            .tls
+            .as_ref()
+            .map(|t| t.certificates.clone())
+            .unwrap_or_default()
     }
 }

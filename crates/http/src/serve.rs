@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use weir_core::Reason;
 use weir_core::client::Client;
+use weir_core::l7::TlsEnd;
 use weir_core::listener::Listener;
 
 use crate::io::HeaderDeadline;
@@ -83,70 +84,163 @@ pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize
         ..
     } = client;
     let state = slot.current.load_full();
-    let timeouts = state.timeouts;
-    let max_header = state.max_header_bytes;
+    let tls = state.tls.as_ref().map(|t| Arc::clone(&t.config));
+    let request_header = state.timeouts.request_header;
     drop(state);
-    let http2 = match opens_with_preface(&stream, timeouts.request_header).await {
-        Ok(h2) => h2,
-        Err(reason) => {
-            end(&listener, route, peer, accepted_at, Some(reason));
+    let Some(tls) = tls else {
+        let http2 = match opens_with_preface(&stream, request_header).await {
+            Ok(h2) => h2,
+            Err(reason) => {
+                end(&listener, route, peer, accepted_at, Some(reason));
+                return;
+            }
+        };
+        let on = On {
+            slot,
+            listener,
+            route,
+            peer,
+            accepted_at,
+            proto: "http",
+        };
+        return on.serve(stream, http2).await;
+    };
+    let began = Instant::now();
+    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+    let stream = match tokio::time::timeout(listener.handshake_timeout, accept).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            let how = tls_failure(&e);
+            tracing::debug!(listener = %listener.name, client = %peer, error = %e, "TLS handshake failed");
+            listener.stats.tls_handshake(how, began.elapsed());
+            end(&listener, route, peer, accepted_at, None);
+            return;
+        }
+        Err(_) => {
+            listener
+                .stats
+                .tls_handshake(TlsEnd::Timeout, began.elapsed());
+            end(
+                &listener,
+                route,
+                peer,
+                accepted_at,
+                Some(Reason::HandshakeTimeout),
+            );
             return;
         }
     };
-    let conn = Arc::new(ConnState::new());
-    let cx = Arc::new(Cx {
-        slot: Arc::clone(&slot),
-        listener: Arc::clone(&listener),
+    listener.stats.tls_handshake(TlsEnd::Ok, began.elapsed());
+    let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let on = On {
+        slot,
+        listener,
         route,
-        client: peer,
-        client_value: crate::headers::client_value(peer.ip()),
-        conn: Arc::clone(&conn),
-        proto: "http",
-        version: if http2 { "HTTP/2" } else { "HTTP/1.1" },
-    });
-    let service = hyper::service::service_fn(move |req| proxy::handle(Arc::clone(&cx), req));
-    let outcome = if http2 {
-        let mut builder = http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .max_header_list_size(max_header)
-            .max_concurrent_streams(MAX_STREAMS);
-        let c = builder.serve_connection(TokioIo::new(stream), service);
-        drive(c, &conn, &listener, &slot, timeouts.idle, |c| {
-            c.graceful_shutdown();
-        })
-        .await
-    } else {
-        let io = HeaderDeadline::new(stream, Arc::clone(&conn), timeouts.request_header);
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .keep_alive(true)
-            // The request header must fit: a larger one is answered 431.
-            .max_buf_size(usize::try_from(max_header).unwrap_or(usize::MAX).max(8192));
-        let c = builder.serve_connection(TokioIo::new(io), service);
-        drive(c, &conn, &listener, &slot, timeouts.idle, |c| {
-            c.graceful_shutdown();
-        })
-        .await
+        peer,
+        accepted_at,
+        proto: "https",
     };
-    let reason = match outcome {
-        Ok(()) => None,
-        Err(e) if conn.header_timeout.load(Relaxed) => {
-            let _ = e;
-            Some(Reason::HeaderTimeout)
-        }
-        Err(e) if e.is_parse_too_large() => {
-            count_refusal(&listener, route, 431);
-            None
-        }
-        Err(e) if e.is_parse() => {
-            count_refusal(&listener, route, 400);
-            None
-        }
-        Err(_) => None,
-    };
-    end(&listener, route, peer, accepted_at, reason);
+    // Boxed: a TLS connection's state is large, and clear-text connections
+    // should not carry it.
+    on.serve(Box::new(stream), http2).await;
+}
+
+/// How a failed TLS handshake ended.
+fn tls_failure(e: &std::io::Error) -> TlsEnd {
+    use std::io::ErrorKind::*;
+    if let Some(tls) = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        return match tls {
+            rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_) => {
+                TlsEnd::ClientCertificate
+            }
+            _ => TlsEnd::Protocol,
+        };
+    }
+    match e.kind() {
+        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe => TlsEnd::ClientClosed,
+        _ => TlsEnd::Protocol,
+    }
+}
+
+/// A client connection, past TLS when there is TLS.
+struct On {
+    slot: Arc<Slot>,
+    listener: Arc<Listener>,
+    route: usize,
+    peer: std::net::SocketAddr,
+    accepted_at: Instant,
+    proto: &'static str,
+}
+
+impl On {
+    async fn serve<S>(self, stream: S, http2: bool)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let On {
+            slot,
+            listener,
+            route,
+            peer,
+            accepted_at,
+            proto,
+        } = self;
+        let state = slot.current.load_full();
+        let timeouts = state.timeouts;
+        let max_header = state.max_header_bytes;
+        drop(state);
+        let conn = Arc::new(ConnState::new());
+        let cx = Arc::new(Cx {
+            slot: Arc::clone(&slot),
+            listener: Arc::clone(&listener),
+            route,
+            client: peer,
+            client_value: crate::headers::client_value(peer.ip()),
+            conn: Arc::clone(&conn),
+            proto,
+            version: if http2 { "HTTP/2" } else { "HTTP/1.1" },
+        });
+        let service = hyper::service::service_fn(move |req| proxy::handle(Arc::clone(&cx), req));
+        let outcome = if http2 {
+            let mut builder = http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .max_header_list_size(max_header)
+                .max_concurrent_streams(MAX_STREAMS);
+            let c = builder.serve_connection(TokioIo::new(stream), service);
+            drive(c, &conn, &listener, &slot, timeouts.idle, |c| {
+                c.graceful_shutdown();
+            })
+            .await
+        } else {
+            let io = HeaderDeadline::new(stream, Arc::clone(&conn), timeouts.request_header);
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .keep_alive(true)
+                // The request header must fit: a larger one is answered 431.
+                .max_buf_size(usize::try_from(max_header).unwrap_or(usize::MAX).max(8192));
+            let c = builder.serve_connection(TokioIo::new(io), service);
+            drive(c, &conn, &listener, &slot, timeouts.idle, |c| {
+                c.graceful_shutdown();
+            })
+            .await
+        };
+        let reason = match outcome {
+            Ok(()) => None,
+            Err(_) if conn.header_timeout.load(Relaxed) => Some(Reason::HeaderTimeout),
+            Err(e) if e.is_parse_too_large() => {
+                count_refusal(&listener, route, 431);
+                None
+            }
+            Err(e) if e.is_parse() => {
+                count_refusal(&listener, route, 400);
+                None
+            }
+            Err(_) => None,
+        };
+        end(&listener, route, peer, accepted_at, reason);
+    }
 }
 
 /// Counts an answer hyper gave on its own (a header it could not parse).

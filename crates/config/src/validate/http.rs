@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use super::Checker;
-use crate::model::{Forwarded, HttpMatch, HttpRoute, HttpRule, HttpTimeouts};
-use crate::raw::{RawHttpMatch, RawRoute};
+use crate::model::{Forwarded, HttpMatch, HttpRoute, HttpRule, HttpTimeouts, ServerTls};
+use crate::raw::{RawHttpMatch, RawRoute, RawServerTls};
 
 /// A request header larger than this is answered 431 (HAProxy's default
 /// buffer is 16 KiB, nginx allows 4 × 8 KiB).
@@ -110,6 +110,10 @@ impl Checker {
             ),
         };
 
+        let tls = raw
+            .tls
+            .as_ref()
+            .map(|t| self.server_tls(&format!("{path}.tls"), t));
         let max_header_bytes = self.int(
             &format!("{path}.max_header_bytes"),
             raw.max_header_bytes,
@@ -122,11 +126,54 @@ impl Checker {
             (v > 0).then_some(v)
         });
         HttpRoute {
+            tls,
             rules,
             forwarded,
             timeouts,
             max_header_bytes,
             max_body_bytes,
+        }
+    }
+
+    /// `tls`: its files are read now, so that a wrong path fails the load;
+    /// whether a key fits its certificate is checked when the route is built.
+    fn server_tls(&mut self, path: &str, raw: &RawServerTls) -> ServerTls {
+        if raw.certificates.is_empty() {
+            self.push(
+                format!("{path}.certificates"),
+                "at least one is needed: [{ cert = \"site.pem\", key = \"site.key\" }] (the \
+                 first is the default, for clients whose SNI no certificate names)",
+            );
+        }
+        let certificates = raw
+            .certificates
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let at = format!("{path}.certificates[{i}]");
+                let cert = self.pem_file(
+                    &format!("{at}.cert"),
+                    &c.cert,
+                    "CERTIFICATE",
+                    "holds no PEM certificate (no \"-----BEGIN CERTIFICATE-----\" line); `cert` \
+                     takes the certificate chain, the server's own certificate first",
+                );
+                let key = self.pem_file(
+                    &format!("{at}.key"),
+                    &c.key,
+                    "PRIVATE KEY",
+                    "holds no PEM private key",
+                );
+                (cert, key)
+            })
+            .collect();
+        let client_ca = raw
+            .client_ca
+            .as_deref()
+            .map(|ca| self.ca_file(&format!("{path}.client_ca"), ca));
+        ServerTls {
+            certificates,
+            client_ca,
         }
     }
 

@@ -80,6 +80,7 @@ impl Checker {
         let mode = match mode {
             Mode::L4 => {
                 for (key, given) in [
+                    ("tls", raw.tls.is_some()),
                     ("http", !raw.http.is_empty()),
                     ("forwarded", raw.forwarded.is_some()),
                     ("timeouts", raw.timeouts.is_some()),
@@ -134,11 +135,12 @@ impl Checker {
                          many clients; weir sends the client's address in X-Forwarded-For",
                     );
                 }
-                if !matcher.sni.is_empty() || !matcher.alpn.is_empty() {
+                if raw.tls.is_none() && (!matcher.sni.is_empty() || !matcher.alpn.is_empty()) {
                     self.push(
                         format!("{path}.match"),
-                        "an l7 route reads HTTP in clear text, so it cannot match on sni or \
-                         alpn; route TLS by SNI with an l4 route",
+                        "an l7 route without tls reads HTTP in clear text, so it cannot match on \
+                         sni or alpn: give it tls.certificates to terminate TLS, or route TLS \
+                         by SNI to an l4 route",
                     );
                 }
                 RouteMode::L7(Box::new(self.http_route(path, &raw, pools)))

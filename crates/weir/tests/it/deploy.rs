@@ -18,7 +18,7 @@ const DASHBOARD: &str = "deploy/grafana/weir-dashboard.json";
 const METRICS_DOC: &str = "docs/metrics.md";
 
 /// The alerts the rules file must define (see deploy/README.md).
-const EXPECTED_ALERTS: [&str; 7] = [
+const EXPECTED_ALERTS: [&str; 8] = [
     "WeirBackendDown",
     "WeirPoolNoServingBackend",
     "WeirPoolFailoverTierActive",
@@ -26,6 +26,7 @@ const EXPECTED_ALERTS: [&str; 7] = [
     "WeirBackendConnectErrors",
     "WeirListenerNearMaxConnections",
     "WeirConfigReloadFailed",
+    "WeirCertificateExpiresSoon",
 ];
 
 fn read(rel: &str) -> String {

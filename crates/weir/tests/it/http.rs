@@ -694,32 +694,34 @@ fn large_bodies_stream_both_ways() {
     assert!(line.contains("\"bytes_in\":8388608"), "{line}");
 }
 
-/// A test CA (`ca.crt`, `ca.key`) and a certificate it signed for `name`
-/// (`NAME.crt`, `NAME.key`), made by the openssl CLI.
-fn make_ca_and_leaf(dir: &std::path::Path, name: &str) {
+/// Runs the openssl CLI in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
     let openssl = which("openssl").expect("openssl is not installed");
-    let run = |args: &[&str]| {
-        let out = Command::new(&openssl)
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    run(&[
+    let out = Command::new(&openssl)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const EC: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
+/// A test CA in `dir`: `ca.crt`, `ca.key`.
+fn make_ca(dir: &std::path::Path) {
+    let args = [
         &["req", "-x509"][..],
-        &ec,
+        &EC,
         &[
             "-days",
             "1",
@@ -731,43 +733,81 @@ fn make_ca_and_leaf(dir: &std::path::Path, name: &str) {
             "ca.crt",
         ],
     ]
-    .concat());
+    .concat();
+    openssl(dir, &args);
+}
+
+/// A certificate the test CA signed, for the DNS names `sans`, as
+/// `TAG.crt` and `TAG.key`; `extra` adds openssl extension lines.
+fn make_leaf(dir: &std::path::Path, tag: &str, sans: &[&str], extra: &str) {
     let (key, csr, crt) = (
-        format!("{name}.key"),
-        format!("{name}.csr"),
-        format!("{name}.crt"),
+        format!("{tag}.key"),
+        format!("{tag}.csr"),
+        format!("{tag}.crt"),
     );
-    run(&[
+    let subject = format!("/CN={}", sans.first().copied().unwrap_or(tag));
+    let args = [
         &["req"][..],
-        &ec,
-        &[
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-        ],
+        &EC,
+        &["-subj", &subject, "-keyout", &key, "-out", &csr],
     ]
-    .concat());
-    std::fs::write(dir.join("san.ext"), format!("subjectAltName=DNS:{name}\n")).expect("ext");
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        "san.ext",
-        "-out",
-        &crt,
-    ]);
+    .concat();
+    openssl(dir, &args);
+    let names: Vec<String> = sans.iter().map(|n| format!("DNS:{n}")).collect();
+    let ext = format!("{tag}.ext");
+    std::fs::write(
+        dir.join(&ext),
+        format!("subjectAltName={}\n{extra}", names.join(",")),
+    )
+    .expect("ext");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &ext,
+            "-out",
+            &crt,
+        ],
+    );
+}
+
+/// A test CA and a certificate it signed for `name` (`NAME.crt`, `NAME.key`).
+fn make_ca_and_leaf(dir: &std::path::Path, name: &str) {
+    make_ca(dir);
+    make_leaf(dir, name, &[name], "");
+}
+
+/// The subject of the certificate `addr` presents for `server_name`.
+fn served_subject(addr: SocketAddr, server_name: &str) -> String {
+    let openssl = which("openssl").expect("openssl");
+    let out = Command::new(openssl)
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            server_name,
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("subject="))
+        .unwrap_or("")
+        .trim()
+        .to_owned()
 }
 
 /// Starts nghttpd (Debian's nghttp2-server) serving `www`: h2c with prior
@@ -857,5 +897,246 @@ fn http2_backends_in_clear_text_and_over_tls() {
             2.0,
             "{pool}"
         );
+    }
+}
+
+/// TLS termination: a certificate chosen by SNI (exact, wildcard, else the
+/// first), HTTP/2 and HTTP/1.1 by ALPN, `X-Forwarded-Proto: https`, the
+/// handshake counters and each certificate's expiry in the metrics.
+#[test]
+fn tls_termination_picks_the_certificate_by_sni() {
+    let dir = test_dir("l7-tls");
+    make_ca(&dir);
+    make_leaf(&dir, "app", &["app.example"], "");
+    make_leaf(&dir, "svc", &["*.svc.example"], "");
+    let (_nginx, a, _) = echoing_nginx("l7-tls-backend");
+    let (front, admin) = (free_port(), free_port());
+    let (_weir, _out) = start(
+        "tls",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"https\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             tls = {{ certificates = [{{ cert = \"{d}/app.crt\", key = \"{d}/app.key\" }}, \
+             {{ cert = \"{d}/svc.crt\", key = \"{d}/svc.key\" }}] }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"a\"\n\
+             [[pools]]\nname = \"a\"\n[[pools.backends]]\naddress = \"{a}\"\n",
+            d = dir.display()
+        ),
+    );
+    let ca = dir.join("ca.crt").display().to_string();
+    let https = |name: &str, extra: &[&str]| {
+        let resolve = format!("{name}:{}:127.0.0.1", front.port());
+        let mut args = vec!["--cacert", &ca, "--resolve", &resolve];
+        args.extend_from_slice(extra);
+        curl(&args, &format!("https://{name}:{}/x", front.port()))
+    };
+    let (status, body, version) = https("app.example", &[]);
+    assert_eq!((status, version.as_str()), (200, "2"), "{body}");
+    assert!(body.contains(" xfp=https "), "{body}");
+    assert!(body.contains(" host=app.example:"), "{body}");
+    let (status, _, version) = https("app.example", &["--http1.1"]);
+    assert_eq!((status, version.as_str()), (200, "1.1"));
+    // The wildcard certificate, verified by curl against the CA.
+    let (status, body, _) = https("api.svc.example", &[]);
+    assert_eq!(status, 200, "{body}");
+    // A name no certificate has: the first, the default.
+    assert!(served_subject(front, "nobody.example").contains("app.example"));
+    assert!(served_subject(front, "x.svc.example").contains("svc.example"));
+
+    // Clear-text HTTP to the TLS port is no handshake.
+    let (status, _, _) = curl(&[], &format!("http://{front}/"));
+    assert_eq!(status, 0);
+    let ok = metric(
+        admin,
+        "weir_tls_handshakes_total{listener=\"https\",result=\"success\",reason=\"ok\"}",
+    );
+    assert!(ok >= 5.0, "{ok}");
+    let end = Instant::now() + DEADLINE;
+    while metric(
+        admin,
+        "weir_tls_handshakes_total{listener=\"https\",result=\"failure\",reason=\"protocol\"}",
+    ) < 1.0
+    {
+        assert!(
+            Instant::now() < end,
+            "the clear-text client was not counted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as f64;
+    for cert in ["app.crt", "svc.crt"] {
+        let expiry = metric(
+            admin,
+            &format!(
+                "weir_tls_certificate_expiry_timestamp_seconds{{certificate=\"{}/{cert}\"}}",
+                dir.display()
+            ),
+        );
+        // Made for one day.
+        assert!(
+            expiry > now + 80_000.0 && expiry < now + 90_000.0,
+            "{cert}: {expiry}"
+        );
+    }
+}
+
+/// One listener passes one server name through untouched (the backend
+/// holds its certificate) and terminates another.
+#[test]
+fn a_listener_passes_one_name_through_and_terminates_another() {
+    let dir = test_dir("l7-mixed");
+    make_ca(&dir);
+    make_leaf(&dir, "app", &["app.example"], "");
+    make_leaf(&dir, "pass", &["pass.example"], "");
+    let (tls_port, plain_port) = (free_port(), free_port());
+    let _nginx = start_nginx(
+        &dir,
+        &format!(
+            "server {{ listen {tls_port} ssl; ssl_certificate {d}/pass.crt; \
+             ssl_certificate_key {d}/pass.key; location / {{ return 200 \"nginx-tls\\n\"; }} }}\n\
+             server {{ listen {plain_port}; location / {{ return 200 \"nginx-plain $http_x_forwarded_proto\\n\"; }} }}",
+            d = dir.display()
+        ),
+    );
+    wait_connectable(tls_port);
+    wait_connectable(plain_port);
+    let front = free_port();
+    let (_weir, _out) = start(
+        "mixed",
+        &format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"edge\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"pass\"\nmatch = {{ sni = [\"pass.example\"] }}\npool = \"tls\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\nmatch = {{ sni = [\"app.example\"] }}\n\
+             tls = {{ certificates = [{{ cert = \"{d}/app.crt\", key = \"{d}/app.key\" }}] }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"plain\"\n\
+             [[pools]]\nname = \"tls\"\n[[pools.backends]]\naddress = \"{tls_port}\"\n\
+             [[pools]]\nname = \"plain\"\n[[pools.backends]]\naddress = \"{plain_port}\"\n",
+            d = dir.display()
+        ),
+    );
+    let ca = dir.join("ca.crt").display().to_string();
+    for (name, want) in [
+        ("pass.example", "nginx-tls"),
+        ("app.example", "nginx-plain https"),
+    ] {
+        let resolve = format!("{name}:{}:127.0.0.1", front.port());
+        let (status, body, _) = curl(
+            &["--cacert", &ca, "--resolve", &resolve],
+            &format!("https://{name}:{}/", front.port()),
+        );
+        assert_eq!((status, body.as_str()), (200, want), "{name}");
+        assert!(served_subject(front, name).contains(name), "{name}");
+    }
+}
+
+/// A reload swaps the certificates; a broken one fails the reload, names
+/// the file, and the running certificate stays.
+#[test]
+fn certificates_are_swapped_by_a_reload_and_a_broken_one_changes_nothing() {
+    let dir = test_dir("l7-reload-tls");
+    make_ca(&dir);
+    make_leaf(&dir, "site", &["one.example"], "");
+    let (_nginx, a, _) = echoing_nginx("l7-reload-tls-backend");
+    let front = free_port();
+    let config = format!(
+        "[[listeners]]\nname = \"https\"\nbind = \"{front}\"\n\
+         [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+         tls = {{ certificates = [{{ cert = \"{d}/site.crt\", key = \"{d}/site.key\" }}] }}\n\
+         [[listeners.routes.http]]\nname = \"all\"\npool = \"a\"\n\
+         [[pools]]\nname = \"a\"\n[[pools.backends]]\naddress = \"{a}\"\n",
+        d = dir.display()
+    );
+    let (weir_child, out) = start("reload-tls", &config);
+    assert!(served_subject(front, "one.example").contains("one.example"));
+
+    // New files under the same names, then SIGHUP.
+    make_leaf(&dir, "site", &["two.example"], "");
+    crate::cli::signal(&weir_child.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    assert!(served_subject(front, "two.example").contains("two.example"));
+
+    std::fs::write(
+        dir.join("site.crt"),
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+    )
+    .expect("break the certificate");
+    crate::cli::signal(&weir_child.0, rustix::process::Signal::HUP);
+    let line = wait_line(&out, "reload failed");
+    assert!(line.contains("site.crt"), "{line}");
+    assert!(line.contains("listeners[0].routes[0]"), "{line}");
+    assert!(served_subject(front, "two.example").contains("two.example"));
+    let (status, _, _) = curl(
+        &[
+            "--cacert",
+            &dir.join("ca.crt").display().to_string(),
+            "--resolve",
+            &format!("two.example:{}:127.0.0.1", front.port()),
+        ],
+        &format!("https://two.example:{}/", front.port()),
+    );
+    assert_eq!(status, 200);
+}
+
+/// With `client_ca`, a client must show a certificate that CA signed.
+#[test]
+fn client_certificates_are_verified() {
+    let dir = test_dir("l7-mtls");
+    make_ca(&dir);
+    make_leaf(&dir, "app", &["app.example"], "");
+    make_leaf(
+        &dir,
+        "client",
+        &["client.example"],
+        "extendedKeyUsage=clientAuth\n",
+    );
+    let (_nginx, a, _) = echoing_nginx("l7-mtls-backend");
+    let (front, admin) = (free_port(), free_port());
+    let (_weir, _out) = start(
+        "mtls",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"https\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             tls = {{ certificates = [{{ cert = \"{d}/app.crt\", key = \"{d}/app.key\" }}], client_ca = \"{d}/ca.crt\" }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"a\"\n\
+             [[pools]]\nname = \"a\"\n[[pools.backends]]\naddress = \"{a}\"\n",
+            d = dir.display()
+        ),
+    );
+    let ca = dir.join("ca.crt").display().to_string();
+    let resolve = format!("app.example:{}:127.0.0.1", front.port());
+    let url = format!("https://app.example:{}/", front.port());
+    let (status, _, _) = curl(&["--cacert", &ca, "--resolve", &resolve], &url);
+    assert_eq!(status, 0, "served without a client certificate");
+    let (cert, key) = (
+        dir.join("client.crt").display().to_string(),
+        dir.join("client.key").display().to_string(),
+    );
+    let (status, body, _) = curl(
+        &[
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+        ],
+        &url,
+    );
+    assert_eq!(status, 200, "{body}");
+    let end = Instant::now() + DEADLINE;
+    while metric(
+        admin,
+        "weir_tls_handshakes_total{listener=\"https\",result=\"failure\",reason=\"client_certificate\"}",
+    ) < 1.0
+    {
+        assert!(Instant::now() < end, "the refused client was not counted");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

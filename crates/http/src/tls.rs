@@ -1,0 +1,262 @@
+//! TLS termination for l7 routes with `tls`: the certificates loaded (and
+//! checked: each key must fit its certificate) when a snapshot is built, so
+//! a broken file fails the start or the reload and changes nothing; the
+//! certificate for a handshake chosen by the client's SNI (an exact name of
+//! a certificate's SANs, then a wildcard SAN of the parent domain, then the
+//! first certificate, the default); TLS 1.2 and 1.3, ALPN `h2` and
+//! `http/1.1`, optional client certificates verified against `client_ca`.
+//! rustls parses the ClientHello once and hands it to the resolver here.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use weir_config::ServerTls;
+use weir_core::l7::Certificate;
+
+/// Session tickets and the session cache let returning clients resume
+/// without a full handshake.
+const SESSION_CACHE: usize = 10_240;
+
+/// What terminates TLS on one route.
+#[derive(Debug)]
+pub(crate) struct Terminator {
+    pub(crate) config: Arc<ServerConfig>,
+    pub(crate) certificates: Vec<Certificate>,
+}
+
+impl Terminator {
+    /// Loads the certificates of `tls`; an error names the file and why.
+    pub(crate) fn load(tls: &ServerTls) -> Result<Terminator, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut resolver = SniResolver::default();
+        let mut certificates = Vec::with_capacity(tls.certificates.len());
+        for (cert_path, key_path) in &tls.certificates {
+            let (key, names, not_after) = load_pair(cert_path, key_path, &provider)?;
+            let key = Arc::new(key);
+            resolver.add(&key, &names);
+            certificates.push(Certificate {
+                file: cert_path.display().to_string(),
+                not_after,
+            });
+        }
+        let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| format!("tls: {e}"))?;
+        let builder = match &tls.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                for cert in read_certs(ca)? {
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("client_ca {}: {e}", ca.display()))?;
+                }
+                let verifier = WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    Arc::clone(&provider),
+                )
+                .build()
+                .map_err(|e| format!("client_ca {}: {e}", ca.display()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_cert_resolver(Arc::new(resolver));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
+        config.ticketer =
+            rustls::crypto::ring::Ticketer::new().map_err(|e| format!("tls tickets: {e}"))?;
+        Ok(Terminator {
+            config: Arc::new(config),
+            certificates,
+        })
+    }
+}
+
+/// A certificate chain and its key, the DNS names the certificate is for,
+/// and its `notAfter` (Unix seconds).
+fn load_pair(
+    cert_path: &Path,
+    key_path: &Path,
+    provider: &CryptoProvider,
+) -> Result<(CertifiedKey, Vec<String>, i64), String> {
+    let chain = read_certs(cert_path)?;
+    let Some(leaf) = chain.first() else {
+        return Err(format!(
+            "cert {}: no certificate in it",
+            cert_path.display()
+        ));
+    };
+    let (names, not_after) =
+        describe(leaf).map_err(|e| format!("cert {}: {e}", cert_path.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .map_err(|e| format!("key {}: {e}", key_path.display()))?;
+    let certified = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
+        format!(
+            "key {} does not fit cert {}: {e}",
+            key_path.display(),
+            cert_path.display()
+        )
+    })?;
+    Ok((certified, names, not_after))
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
+/// The lower-case DNS names of a certificate's subject alternative names,
+/// and its `notAfter`.
+fn describe(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
+    let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| format!("{e:?}"))?;
+    let names = ee.valid_dns_names().map(str::to_ascii_lowercase).collect();
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| e.to_string())?;
+    Ok((names, parsed.validity().not_after.timestamp()))
+}
+
+/// Picks a certificate by the ClientHello's server name.
+#[derive(Debug, Default)]
+struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `*.example.com` is kept under `example.com`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl SniResolver {
+    /// Adds a certificate for `names`; the first one added is the default.
+    /// A name two certificates share goes to the first.
+    fn add(&mut self, key: &Arc<CertifiedKey>, names: &[String]) {
+        if self.default.is_none() {
+            self.default = Some(Arc::clone(key));
+        }
+        for name in names {
+            let table = match name.strip_prefix("*.") {
+                Some(parent) => self.wildcard.entry(parent.to_owned()),
+                None => self.exact.entry(name.clone()),
+            };
+            table.or_insert_with(|| Arc::clone(key));
+        }
+    }
+
+    fn pick(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = server_name {
+            let name = name.to_ascii_lowercase();
+            if let Some(k) = self.exact.get(&name) {
+                return Some(Arc::clone(k));
+            }
+            if let Some((_, parent)) = name.split_once('.')
+                && let Some(k) = self.wildcard.get(parent)
+            {
+                return Some(Arc::clone(k));
+            }
+        }
+        self.default.clone()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.pick(hello.server_name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(tag: u8) -> Arc<CertifiedKey> {
+        // Only identity matters here: a chain holding one marker byte.
+        let provider = rustls::crypto::ring::default_provider();
+        let kp = rcgen::KeyPair::generate().expect("key");
+        let der = PrivateKeyDer::try_from(kp.serialize_der()).expect("der");
+        let signer = provider.key_provider.load_private_key(der).expect("signer");
+        Arc::new(CertifiedKey::new(
+            vec![CertificateDer::from(vec![tag])],
+            signer,
+        ))
+    }
+
+    /// A certificate for `names` and its key, written as PEM files.
+    fn pem_pair(dir: &Path, tag: &str, names: &[&str]) -> (std::path::PathBuf, std::path::PathBuf) {
+        let names: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
+        let cert = rcgen::generate_simple_self_signed(names).expect("cert");
+        let (c, k) = (
+            dir.join(format!("{tag}.crt")),
+            dir.join(format!("{tag}.key")),
+        );
+        std::fs::write(&c, cert.cert.pem()).expect("write cert");
+        std::fs::write(&k, cert.signing_key.serialize_pem()).expect("write key");
+        (c, k)
+    }
+
+    #[test]
+    fn certificates_load_with_their_names_and_expiry_and_a_wrong_key_is_named() {
+        let dir = std::env::temp_dir().join(format!("weir-http-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let a = pem_pair(&dir, "a", &["a.example.com", "*.a.example.com"]);
+        let b = pem_pair(&dir, "b", &["b.example.com"]);
+        let t = Terminator::load(&ServerTls {
+            certificates: vec![a.clone(), b.clone()],
+            client_ca: None,
+        })
+        .expect("load");
+        assert_eq!(t.certificates.len(), 2);
+        assert_eq!(t.certificates[0].file, a.0.display().to_string());
+        // rcgen's default validity ends in 4096.
+        assert!(
+            t.certificates[0].not_after > 4_000_000_000,
+            "{:?}",
+            t.certificates
+        );
+        assert_eq!(
+            t.config.alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+
+        let crossed = Terminator::load(&ServerTls {
+            certificates: vec![(a.0.clone(), b.1.clone())],
+            client_ca: None,
+        })
+        .expect_err("a key that does not fit");
+        assert!(crossed.contains("does not fit"), "{crossed}");
+        assert!(crossed.contains(&b.1.display().to_string()), "{crossed}");
+        let missing = Terminator::load(&ServerTls {
+            certificates: vec![(dir.join("nope.crt"), a.1)],
+            client_ca: None,
+        })
+        .expect_err("a missing file");
+        assert!(missing.contains("nope.crt"), "{missing}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn sni_picks_exact_then_wildcard_then_the_default() {
+        let (a, b, c) = (key(1), key(2), key(3));
+        let mut r = SniResolver::default();
+        r.add(&a, &["a.example.com".into()]);
+        r.add(&b, &["*.example.com".into(), "b.example.org".into()]);
+        r.add(&c, &["a.example.com".into()]);
+        let tag = |k: Option<Arc<CertifiedKey>>| k.map(|k| k.cert[0].as_ref()[0]);
+        assert_eq!(tag(r.pick(Some("A.Example.com"))), Some(1));
+        assert_eq!(tag(r.pick(Some("x.example.com"))), Some(2));
+        assert_eq!(tag(r.pick(Some("b.example.org"))), Some(2));
+        // A wildcard covers one label only.
+        assert_eq!(tag(r.pick(Some("x.y.example.com"))), Some(1));
+        assert_eq!(tag(r.pick(Some("example.com"))), Some(1));
+        assert_eq!(tag(r.pick(None)), Some(1));
+    }
+}
