@@ -33,6 +33,11 @@ if ((${#packages[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}"
 fi
 
+# Python peers of the layer-7 tests (tests/it/peers.py): gRPC and WebSocket
+# clients and servers from PyPI, for the python3 on PATH.
+python3 -c 'import grpc, websockets' 2>/dev/null \
+    || python3 -m pip install -q --disable-pip-version-check grpcio websockets
+
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # Doctests first, so the run ends with the summary of the main test run.

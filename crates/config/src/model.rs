@@ -271,6 +271,9 @@ pub struct HttpTimeouts {
     pub upstream_idle: Duration,
     /// An unused pooled connection to a backend is closed after this.
     pub upstream_keepalive: Duration,
+    /// A WebSocket (an upgraded connection) with no byte either way for
+    /// this long is closed.
+    pub websocket_idle: Duration,
 }
 
 impl Default for HttpTimeouts {
@@ -281,6 +284,7 @@ impl Default for HttpTimeouts {
             upstream_response: Duration::from_secs(60),
             upstream_idle: Duration::from_secs(300),
             upstream_keepalive: Duration::from_secs(4),
+            websocket_idle: Duration::from_secs(3600),
         }
     }
 }

@@ -30,6 +30,7 @@ mod route;
 pub mod rules;
 mod serve;
 mod tls;
+mod upgrade;
 mod upstream;
 
 use std::sync::Arc;

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use http::header::{CONTENT_LENGTH, HOST, HeaderValue, TRANSFER_ENCODING, USER_AGENT};
+use http::header::{CONTENT_LENGTH, HOST, HeaderValue, TRANSFER_ENCODING, UPGRADE, USER_AGENT};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -34,6 +34,7 @@ use crate::exchange::Exchange;
 use crate::headers::{self, Forwarding, X_REQUEST_ID};
 use crate::route::{RoutePool, RouteState, Slot};
 use crate::serve::ConnState;
+use crate::upgrade;
 use crate::upstream::{Lease, SendError};
 
 /// How long a kept connection must have rested before a request on it is
@@ -57,7 +58,7 @@ pub(crate) struct Cx {
 
 pub(crate) async fn handle(
     cx: Arc<Cx>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let state = cx.slot.current.load_full();
     let mut x = Box::new(Exchange::start(
@@ -107,9 +108,24 @@ pub(crate) async fn handle(
     let Some(target) = state.pools.get(rule.pool) else {
         return Ok(answer(Reason::NoBackend, grpc, x));
     };
+    // A WebSocket: its upgrade is taken before the request is forwarded.
+    let websocket = if upgrade::wants_websocket(&req) {
+        if target.dialer.protocol != HttpProtocol::Http1 {
+            // An upgrade is HTTP/1.1's; this pool speaks HTTP/2.
+            return Ok(answer(Reason::Protocol, grpc, x));
+        }
+        let value = req.headers().get(UPGRADE).cloned();
+        value.map(|v| (v, hyper::upgrade::on(&mut req)))
+    } else {
+        None
+    };
 
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
+    let client_upgrade = websocket.map(|(value, on)| {
+        upgrade::keep_upgrade(&mut parts.headers, value);
+        on
+    });
     // hyper answered any `Expect: 100-continue` already, as the body is read.
     parts.headers.remove(http::header::EXPECT);
     headers::set_forwarding(
@@ -129,8 +145,28 @@ pub(crate) async fn handle(
         return Ok(answer(reason, grpc, x));
     }
     let req = Request::from_parts(parts, body);
-    match forward(&state, target, &cx, req, &mut x).await {
-        Ok((mut response, lease)) => {
+    let upgrading = client_upgrade.is_some();
+    match forward(&state, target, &cx, req, &mut x, upgrading).await {
+        Ok((response, lease)) => {
+            let (mut response, mut x) = match client_upgrade {
+                None => (response, x),
+                Some(on) => {
+                    let idle = state.timeouts.websocket_idle;
+                    let kill = cx.listener.kill.clone();
+                    match upgrade::relay_when_switched(response, on, &cx.conn, idle, kill, x) {
+                        Ok(switched) => {
+                            // The connection is the relay's now.
+                            lease.release(false);
+                            let (parts, _) = switched.into_parts();
+                            return Ok(Response::from_parts(
+                                parts,
+                                ResponseBody::full(bytes::Bytes::new(), None),
+                            ));
+                        }
+                        Err(refused) => refused,
+                    }
+                }
+            };
             headers::strip_hop_by_hop(response.headers_mut());
             let status = response.status().as_u16();
             x.status = status;
@@ -157,6 +193,7 @@ async fn forward(
     cx: &Cx,
     req: Request<RequestBody>,
     x: &mut Exchange,
+    upgrading: bool,
 ) -> Result<(Response<Incoming>, Lease), Reason> {
     let pool = &target.pool;
     let key = match pool.policy() {
@@ -178,7 +215,12 @@ async fn forward(
         // the log names the backend that failed it.
         x.set_backend(pool, i);
         let began = Instant::now();
-        let mut lease = match conns.checkout(&target.dialer).await {
+        let checkout = if upgrading {
+            conns.fresh_upgradeable(&target.dialer).await
+        } else {
+            conns.checkout(&target.dialer).await
+        };
+        let mut lease = match checkout {
             Ok(lease) => lease,
             Err(reason) => {
                 b.stats.connect_error(reason);

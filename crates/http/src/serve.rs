@@ -6,8 +6,9 @@
 //! sends GOAWAY, HTTP/1.1 closes after the response in flight), and at once
 //! when the listener's connections are killed.
 
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
@@ -38,6 +39,23 @@ pub(crate) struct ConnState {
     /// The request-header deadline passed.
     header_timeout: AtomicBool,
     served: AtomicU64,
+    /// What the connection runs after hyper has handed it over (a WebSocket
+    /// relay).
+    after: Mutex<After>,
+}
+
+/// Work left for a connection's task (a WebSocket relay).
+#[derive(Default)]
+struct After(Option<Pin<Box<dyn Future<Output = ()> + Send>>>);
+
+impl std::fmt::Debug for After {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "After(relay)"
+        } else {
+            "After(none)"
+        })
+    }
 }
 
 impl ConnState {
@@ -48,6 +66,7 @@ impl ConnState {
             last_end: AtomicU64::new(0),
             header_timeout: AtomicBool::new(false),
             served: AtomicU64::new(0),
+            after: Mutex::default(),
         }
     }
 
@@ -64,6 +83,14 @@ impl ConnState {
         let micros = u64::try_from(self.began.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.last_end.store(micros, Relaxed);
         self.in_flight.fetch_sub(1, Relaxed);
+    }
+
+    /// Runs `work` on this connection's task once hyper is done with it.
+    pub(crate) fn then_run(&self, work: Pin<Box<dyn Future<Output = ()> + Send>>) {
+        self.after
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0 = Some(work);
     }
 
     pub(crate) fn header_timed_out(&self) {
@@ -220,12 +247,23 @@ impl On {
                 .keep_alive(true)
                 // The request header must fit: a larger one is answered 431.
                 .max_buf_size(usize::try_from(max_header).unwrap_or(usize::MAX).max(8192));
-            let c = builder.serve_connection(TokioIo::new(io), service);
+            let c = builder
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
             drive(c, &conn, &listener, &slot, timeouts.idle, |c| {
                 c.graceful_shutdown();
             })
             .await
         };
+        let after = conn
+            .after
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0
+            .take();
+        if let Some(relay) = after {
+            relay.await;
+        }
         let reason = match outcome {
             Ok(()) => None,
             Err(_) if conn.header_timeout.load(Relaxed) => Some(Reason::HeaderTimeout),

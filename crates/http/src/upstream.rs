@@ -156,6 +156,26 @@ impl Conns {
         }
     }
 
+    /// A new HTTP/1.1 connection that may be upgraded (a WebSocket): it
+    /// never goes back to the idle list.
+    pub(crate) async fn fresh_upgradeable(
+        self: &Arc<Self>,
+        dialer: &Dialer,
+    ) -> Result<Lease, Reason> {
+        let io = dial(self.address, dialer).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|_| Reason::Protocol)?;
+        self.stats.upstream_event(UpstreamEvent::Created);
+        let stats = Arc::clone(&self.stats);
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+            stats.upstream_event(UpstreamEvent::Closed);
+        });
+        Ok(self.lease(Sender::H1(sender), false, Duration::ZERO))
+    }
+
     async fn open_h2(
         self: &Arc<Self>,
         dialer: &Dialer,

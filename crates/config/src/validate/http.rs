@@ -108,6 +108,11 @@ impl Checker {
                 t.and_then(|t| t.upstream_keepalive.as_ref()),
                 d.upstream_keepalive,
             ),
+            websocket_idle: timeout(
+                "websocket_idle",
+                t.and_then(|t| t.websocket_idle.as_ref()),
+                d.websocket_idle,
+            ),
         };
 
         let tls = raw

@@ -17,12 +17,12 @@ use crate::cli::{
     which,
 };
 
-fn curl_path() -> PathBuf {
+pub(crate) fn curl_path() -> PathBuf {
     which("curl").expect("curl is not installed: run scripts/test.sh, which installs it")
 }
 
 /// `curl ARGS URL`: (status, body, HTTP version curl used).
-fn curl(args: &[&str], url: &str) -> (u16, String, String) {
+pub(crate) fn curl(args: &[&str], url: &str) -> (u16, String, String) {
     let out = Command::new(curl_path())
         .args([
             "-sS",
@@ -45,14 +45,14 @@ fn curl(args: &[&str], url: &str) -> (u16, String, String) {
 }
 
 /// The value of `series` in a scrape of `admin`.
-fn metric(admin: SocketAddr, series: &str) -> f64 {
+pub(crate) fn metric(admin: SocketAddr, series: &str) -> f64 {
     let body = crate::cli::http_get(admin, "/metrics");
     body.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no {series} in the scrape"))
 }
 
-fn wait_connectable(addr: SocketAddr) {
+pub(crate) fn wait_connectable(addr: SocketAddr) {
     let end = Instant::now() + DEADLINE;
     while TcpStream::connect(addr).is_err() {
         assert!(Instant::now() < end, "{addr} never listened");
@@ -80,7 +80,7 @@ fn echoing_nginx(tag: &str) -> (Running, SocketAddr, SocketAddr) {
     (nginx, a, b)
 }
 
-fn start(tag: &str, config: &str) -> (Running, std::sync::mpsc::Receiver<String>) {
+pub(crate) fn start(tag: &str, config: &str) -> (Running, std::sync::mpsc::Receiver<String>) {
     let file = temp_config(tag, config);
     let mut cmd = weir();
     cmd.args(["run", "--config"]).arg(&file);
@@ -264,13 +264,13 @@ fn forwarding_headers_and_hop_by_hop() {
 /// counts connections. With `close_after`, it closes each connection after
 /// that many answers *without* saying so (no `Connection: close`), as a
 /// backend whose keep-alive timeout has just passed does.
-struct RawBackend {
-    addr: SocketAddr,
+pub(crate) struct RawBackend {
+    pub(crate) addr: SocketAddr,
     connections: Arc<AtomicUsize>,
-    requests: Arc<AtomicUsize>,
+    pub(crate) requests: Arc<AtomicUsize>,
 }
 
-fn raw_backend(close_after: Option<usize>, delay: Duration) -> RawBackend {
+pub(crate) fn raw_backend(close_after: Option<usize>, delay: Duration) -> RawBackend {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().expect("addr");
     let connections = Arc::new(AtomicUsize::new(0));

@@ -7,6 +7,7 @@ mod control;
 mod deploy;
 mod exhaustion;
 mod http;
+mod http_streams;
 mod observability;
 mod proxy_protocol;
 mod tls_passthrough;

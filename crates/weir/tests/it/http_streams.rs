@@ -1,0 +1,200 @@
+//! Layer 7 with streaming peers (tests/it/peers.py, on PyPI's grpcio and
+//! websockets): gRPC calls of all four kinds with their statuses and
+//! trailers, weir's own failures as gRPC statuses, a WebSocket relayed and
+//! cut when idle, server-sent events that arrive one by one, and
+//! `Expect: 100-continue`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cli::{Running, free_port, wait_line};
+use crate::http::{curl, raw_backend, start, wait_connectable};
+
+fn peers() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/it/peers.py")
+}
+
+/// `python3 peers.py ARGS` in the background, stopped when dropped.
+fn peer_server(args: &[&str]) -> Running {
+    Running(
+        Command::new("python3")
+            .arg(peers())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 (run scripts/test.sh, which installs grpcio and websockets)"),
+    )
+}
+
+/// `python3 peers.py ARGS`: the JSON it prints.
+fn peer_client(args: &[&str]) -> serde_json::Value {
+    let out = Command::new("timeout")
+        .args(["60", "python3"])
+        .arg(peers())
+        .args(args)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "peers.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "peers.py {args:?} printed {}: {e}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// gRPC through weir (h2c in, h2c to the backend): unary and the three
+/// streaming kinds, a status with its message and trailers passed through;
+/// weir's own failures answered as gRPC statuses.
+#[test]
+fn grpc_calls_of_every_kind_and_their_statuses() {
+    let backend = free_port();
+    let _server = peer_server(&["grpc-server", &backend.port().to_string()]);
+    wait_connectable(backend);
+    let (refusing, front) = (free_port(), free_port());
+    let (_weir, _out) = start(
+        "grpc",
+        &format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"grpc\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"api\"\nmode = \"l7\"\n\
+             timeouts = {{ upstream_response = \"1s\" }}\n\
+             [[listeners.routes.http]]\nname = \"gone\"\npool = \"gone\"\n\
+             match = {{ path_prefix = \"/weir.test.Echo/Gone\" }}\n\
+             [[listeners.routes.http]]\nname = \"echo\"\npool = \"echo\"\n\
+             match = {{ path_prefix = \"/weir.test.Echo/\" }}\n\
+             [[pools]]\nname = \"echo\"\nprotocol = \"h2c\"\n[[pools.backends]]\naddress = \"{backend}\"\n\
+             [[pools]]\nname = \"gone\"\nprotocol = \"h2c\"\n[[pools.backends]]\naddress = \"{refusing}\"\n"
+        ),
+    );
+    let target = front.to_string();
+    let r = peer_client(&["grpc-client", &target]);
+    assert_eq!(r["unary"], "echo:hi", "{r}");
+    assert_eq!(
+        r["server_stream"],
+        serde_json::json!(["part 0", "part 1", "part 2"]),
+        "{r}"
+    );
+    assert_eq!(r["client_stream"], "a+b+c", "{r}");
+    assert_eq!(r["bidi"], serde_json::json!(["bidi:1", "bidi:2"]), "{r}");
+    assert_eq!(r["fail"]["code"], "NOT_FOUND", "{r}");
+    assert_eq!(r["fail"]["details"], "nothing here", "{r}");
+    assert_eq!(r["fail"]["trailers"]["x-why"], "testing", "{r}");
+
+    let gone = peer_client(&["grpc-call", &target, "Gone"]);
+    assert_eq!(gone["code"], "UNAVAILABLE", "{gone}");
+    let slow = peer_client(&["grpc-call", &target, "Slow"]);
+    assert_eq!(slow["code"], "DEADLINE_EXCEEDED", "{slow}");
+    let ok = peer_client(&["grpc-call", &target, "Unary"]);
+    assert_eq!(ok["code"], "OK", "{ok}");
+}
+
+/// A WebSocket: upgraded, relayed both ways, logged with status 101 when it
+/// ends, and closed by weir once idle for `websocket_idle`.
+#[test]
+fn websockets_are_relayed_and_cut_when_idle() {
+    let backend = free_port();
+    let _server = peer_server(&["ws-server", &backend.port().to_string()]);
+    wait_connectable(backend);
+    let front = free_port();
+    let (_weir, out) = start(
+        "ws",
+        &format!(
+            "[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             timeouts = {{ websocket_idle = \"700ms\", idle = \"200ms\" }}\n\
+             [[listeners.routes.http]]\nname = \"ws\"\npool = \"ws\"\n\
+             [[pools]]\nname = \"ws\"\n[[pools.backends]]\nname = \"echo\"\naddress = \"{backend}\"\n"
+        ),
+    );
+    let url = format!("ws://{front}/chat");
+    let r = peer_client(&["ws-client", &url, "3", "3"]);
+    assert_eq!(
+        r["replies"],
+        serde_json::json!(["echo:m0", "echo:m1", "echo:m2"]),
+        "{r}"
+    );
+    // Not the client connection's idle timeout (200 ms): the WebSocket's.
+    assert_eq!(r["after_idle"], "closed", "{r}");
+    let after = r["closed_after"].as_f64().unwrap_or(0.0);
+    assert!((0.6..2.5).contains(&after), "closed after {after} s");
+    let line = wait_line(&out, "\"path\":\"/chat\"");
+    assert!(line.contains("\"status\":101"), "{line}");
+    assert!(line.contains("\"reason\":\"idle_timeout\""), "{line}");
+    assert!(line.contains("\"backend\":\"echo\""), "{line}");
+}
+
+/// A stream of server-sent events reaches the client event by event, as
+/// the backend sends them, not when the response ends.
+#[test]
+fn server_sent_events_arrive_one_by_one() {
+    let backend = free_port();
+    let _server = peer_server(&["sse-server", &backend.port().to_string()]);
+    wait_connectable(backend);
+    let front = free_port();
+    let (_weir, _out) = start(
+        "sse",
+        &format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"sse\"\npool = \"sse\"\n\
+             [[pools]]\nname = \"sse\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
+        ),
+    );
+    let r = peer_client(&["sse-client", &front.to_string(), "/events"]);
+    let at: Vec<f64> = r["arrivals"]
+        .as_array()
+        .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+        .unwrap_or_default();
+    assert_eq!(at.len(), 3, "{r}");
+    // The backend waits 0.4 s between events.
+    assert!(at[1] - at[0] > 0.3 && at[2] - at[1] > 0.3, "{at:?}");
+}
+
+/// `Expect: 100-continue`: weir lets the client send its body at once
+/// instead of making it wait out its timeout.
+#[test]
+fn expect_continue_does_not_stall_the_upload() {
+    let backend = raw_backend(None, Duration::ZERO);
+    let front: SocketAddr = free_port();
+    let (_weir, _out) = start(
+        "continue",
+        &format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n",
+            backend.addr
+        ),
+    );
+    let began = Instant::now();
+    let (status, body, _) = curl(
+        &[
+            "--http1.1",
+            "-H",
+            "Expect: 100-continue",
+            "--expect100-timeout",
+            "5",
+            "-d",
+            &"z".repeat(2048),
+        ],
+        &format!("http://{front}/up"),
+    );
+    assert_eq!(status, 200);
+    assert!(body.ends_with("body=2048"), "{body}");
+    assert!(
+        began.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        began.elapsed()
+    );
+}
