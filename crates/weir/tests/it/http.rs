@@ -1140,3 +1140,193 @@ fn client_certificates_are_verified() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// One request on an open HTTP/1.1 keep-alive connection: the answer's body.
+fn keepalive_get(s: &mut TcpStream, path: &str) -> std::io::Result<String> {
+    write!(s, "GET {path} HTTP/1.1\r\nHost: app\r\n\r\n")?;
+    let mut reader = BufReader::new(s.try_clone()?);
+    let mut length = 0usize;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body)?;
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// An HTTP/2 (h2c) client on one connection, with the h2 crate.
+struct H2Client {
+    rt: tokio::runtime::Runtime,
+    send: h2::client::SendRequest<bytes::Bytes>,
+    conn: tokio::task::JoinHandle<Result<(), h2::Error>>,
+}
+
+impl H2Client {
+    fn connect(addr: SocketAddr) -> H2Client {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (send, conn) = rt.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let (send, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+            (send, tokio::spawn(conn))
+        });
+        H2Client { rt, send, conn }
+    }
+
+    /// `GET path`: the status and body, or the error that ended it.
+    fn get(&mut self, path: &str) -> Result<(u16, String), h2::Error> {
+        let send = self.send.clone();
+        self.rt.block_on(async move {
+            let mut send = send.ready().await?;
+            let req = http::Request::get(format!("http://app{path}"))
+                .body(())
+                .expect("request");
+            let (response, _) = send.send_request(req, true)?;
+            let response = tokio::time::timeout(DEADLINE, response)
+                .await
+                .map_err(|_| h2::Error::from(h2::Reason::CANCEL))??;
+            let status = response.status().as_u16();
+            let mut body = response.into_body();
+            let mut text = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk?;
+                let _ = body.flow_control().release_capacity(chunk.len());
+                text.extend_from_slice(&chunk);
+            }
+            Ok((status, String::from_utf8_lossy(&text).into_owned()))
+        })
+    }
+
+    /// Whether the server ended the connection (GOAWAY, then close) within
+    /// `within`.
+    fn ended_within(&mut self, within: Duration) -> bool {
+        let conn = &mut self.conn;
+        self.rt
+            .block_on(async { tokio::time::timeout(within, conn).await.is_ok() })
+    }
+}
+
+/// A reload applies to the requests of connections opened before it: they
+/// follow the new rules; a request in flight finishes; when the route is
+/// removed, its HTTP/1.1 and HTTP/2 connections close (HTTP/2 with GOAWAY).
+#[test]
+fn reload_reaches_open_connections_and_drains_a_removed_route() {
+    let (_nginx, a, b) = echoing_nginx("l7-reload");
+    let slow = raw_backend(None, Duration::from_millis(800));
+    let front = free_port();
+    let config = |all: SocketAddr, route: &str| {
+        format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"{route}\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"slow\"\npool = \"slow\"\nmatch = {{ path_prefix = \"/slow\" }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"all\"\n\
+             [[pools]]\nname = \"slow\"\n[[pools.backends]]\naddress = \"{}\"\n\
+             [[pools]]\nname = \"all\"\n[[pools.backends]]\naddress = \"{all}\"\n",
+            slow.addr
+        )
+    };
+    let file = crate::cli::temp_config("l7-reload", &config(a, "app"));
+    let mut cmd = weir();
+    cmd.args(["run", "--config"]).arg(&file);
+    let (weir_child, out) = start_weir(cmd);
+
+    let mut h1 = TcpStream::connect(front).expect("connect");
+    h1.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let body = keepalive_get(&mut h1, "/").expect("first request");
+    assert!(body.starts_with(&a.port().to_string()), "{body}");
+    let mut h2 = H2Client::connect(front);
+    let (status, body) = h2.get("/").expect("h2 request");
+    assert_eq!(status, 200);
+    assert!(body.starts_with(&a.port().to_string()), "{body}");
+
+    // A slow request in flight across the reload.
+    let in_flight = std::thread::spawn(move || curl(&[], &format!("http://{front}/slow")));
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(&file, config(b, "app")).expect("rewrite");
+    crate::cli::signal(&weir_child.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    let body = keepalive_get(&mut h1, "/").expect("after the reload");
+    assert!(
+        body.starts_with(&b.port().to_string()),
+        "the old rules answered: {body}"
+    );
+    let (_, body) = h2.get("/").expect("h2 after the reload");
+    assert!(body.starts_with(&b.port().to_string()), "{body}");
+    let (status, body, _) = in_flight.join().expect("in flight");
+    assert_eq!(status, 200, "{body}");
+
+    // The route goes (another takes its place): its connections drain.
+    std::fs::write(&file, config(b, "other")).expect("rewrite");
+    crate::cli::signal(&weir_child.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    assert!(h2.ended_within(Duration::from_secs(5)), "no GOAWAY");
+    let mut rest = Vec::new();
+    match h1.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(e) => assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "the HTTP/1.1 connection stayed open"
+        ),
+    }
+    // New connections get the new route.
+    let (status, body, _) = curl(&[], &format!("http://{front}/"));
+    assert_eq!(status, 200);
+    assert!(body.starts_with(&b.port().to_string()), "{body}");
+}
+
+/// A client connection with no request for `timeouts.idle` is closed; one
+/// in the middle of a slow request is not.
+#[test]
+fn idle_client_connections_are_closed() {
+    let slow = raw_backend(None, Duration::from_millis(700));
+    let front = free_port();
+    let (_weir, _out) = start(
+        "l7-idle",
+        &format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             timeouts = {{ idle = \"300ms\" }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n",
+            slow.addr
+        ),
+    );
+    let mut s = TcpStream::connect(front).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    // Longer than the idle timeout, but a request is in flight.
+    let body = keepalive_get(&mut s, "/").expect("a slow request");
+    assert!(body.starts_with("conn=1 req=1"), "{body}");
+    let began = Instant::now();
+    let mut rest = Vec::new();
+    let n = s.read_to_end(&mut rest).expect("closed by weir");
+    assert_eq!(n, 0);
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    let mut h2 = H2Client::connect(front);
+    let began = Instant::now();
+    assert!(
+        h2.ended_within(Duration::from_secs(3)),
+        "an idle HTTP/2 connection stayed open"
+    );
+    assert!(began.elapsed() >= Duration::from_millis(250));
+}
