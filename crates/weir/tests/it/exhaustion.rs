@@ -328,11 +328,37 @@ fn running_out_of_descriptors_is_weirs_trouble_not_the_backends() {
         }
     };
     assert_eq!(served, b"ping");
-    let body = scrape(admin);
-    let local = metric(
-        &body,
-        "weir_listener_connections_rejected_total{listener=\"l\",reason=\"local_resources\"}",
-    );
+    // Clients the kernel queued while weir was starved are still being
+    // accepted and refused; a refusal counts its failed connect first, so
+    // the two counters agree once those have settled.
+    let local_connects = |body: &str| -> f64 {
+        ["a", "b"]
+            .iter()
+            .map(|b| {
+                metric(
+                    body,
+                    &format!(
+                        "weir_backend_connect_errors_total{{pool=\"p\",backend=\"{b}\",reason=\"local_resources\"}}"
+                    ),
+                )
+            })
+            .sum()
+    };
+    let local_rejects = |body: &str| {
+        metric(
+            body,
+            "weir_listener_connections_rejected_total{listener=\"l\",reason=\"local_resources\"}",
+        )
+    };
+    let deadline = Instant::now() + DEADLINE;
+    let body = loop {
+        let body = scrape(admin);
+        if local_connects(&body) == local_rejects(&body) || Instant::now() > deadline {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let local = local_rejects(&body);
     let no_backend = metric(
         &body,
         "weir_listener_connections_rejected_total{listener=\"l\",reason=\"no_backend\"}",
@@ -361,18 +387,11 @@ fn running_out_of_descriptors_is_weirs_trouble_not_the_backends() {
         );
         assert_eq!(refused, 0.0);
     }
-    let local_connects: f64 = ["a", "b"]
-        .iter()
-        .map(|b| {
-            metric(
-                &body,
-                &format!(
-                    "weir_backend_connect_errors_total{{pool=\"p\",backend=\"{b}\",reason=\"local_resources\"}}"
-                ),
-            )
-        })
-        .sum();
-    assert_eq!(local_connects, local, "each refusal is one failed connect");
+    assert_eq!(
+        local_connects(&body),
+        local,
+        "each refusal is one failed connect"
+    );
     let warning = wait_line(&out, "out of file descriptors or memory");
     assert!(warning.contains("\"level\":\"WARN\""), "{warning}");
 }
