@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Helpers for bench/run.sh: parse iperf3 / wrk output and render the markdown report.
+"""Helpers for bench/run.sh and bench/http.sh: parse iperf3 / wrk / h2load output and
+render the markdown report.
 
   report.py iperf FILE          -> receiver Gbit/s of an `iperf3 -J` run, or "null"
   report.py wrk FILE            -> "rps p50_ms p99_ms errors" from wrk_report.lua, or nulls
-  report.py render --raw RAW --meta META [--out FILE]
+  report.py h2load FILE         -> "rps errors" of an h2load run, or nulls
+  report.py render [--suite l4|http] --raw RAW --meta META [--out FILE]
 """
 import argparse
 import json
@@ -41,6 +43,63 @@ EXTRA = [
     ("conn_cpu_pct", "Connection: close: proxy CPU use (% of one core)"),
     ("ka_cpu_pct", "Keep-alive: proxy CPU use (% of one core)"),
 ]
+
+
+# The HTTP suite (bench/http.sh).
+HTTP_METRICS = [
+    ("h1_rps", "HTTP/1.1 keep-alive: req/s", +1),
+    ("h1_p50_ms", "HTTP/1.1 keep-alive: latency p50 (ms)", -1),
+    ("h1_p99_ms", "HTTP/1.1 keep-alive: latency p99 (ms)", -1),
+    ("h2c_rps", "h2c to an HTTP/1.1 backend: req/s", +1),
+    ("tls_rps", "New TLS connection per request: req/s (full handshakes/s)", +1),
+    ("tls_p99_ms", "New TLS connection per request: latency p99 (ms)", -1),
+    ("h1_cpu_us", "Proxy CPU per request, HTTP/1.1 keep-alive (µs)", -1),
+    ("h2c_cpu_us", "Proxy CPU per request, h2c (µs)", -1),
+    ("tls_cpu_us", "Proxy CPU per TLS handshake + request (µs)", -1),
+]
+HTTP_EXTRA = [
+    ("h1_errors", "HTTP/1.1 keep-alive: wrk errors"),
+    ("h2c_errors", "h2c: h2load failed or errored requests"),
+    ("tls_errors", "TLS: wrk errors"),
+]
+HTTP_METHOD = [
+    "- Everything on 127.0.0.1. The backend (one nginx HTTP server, `worker_processes 1`, "
+    "fixed 1 KiB body, keep-alive) and the load generators run pinned to CPU 0; the proxy "
+    "under test runs pinned to CPU 1, single-threaded, one at a time, each started fresh for "
+    "each of its turns.",
+    "- HTTP/1.1 keep-alive: `wrk -t1 -c50 -d{duration}s --latency`. h2c: `h2load -t1 -c10 "
+    "-m10 -D {duration}` (HTTP/2 with prior knowledge to the proxy, HTTP/1.1 from the proxy "
+    "to the backend). TLS: `wrk -t1 -c50 -d{duration}s -H 'Connection: close'` over https: "
+    "every request is a new TCP connection and a full TLS handshake (ECDSA P-256 "
+    "certificate, the same file for every proxy), HTTP/1.1 inside.",
+    "- Proxy CPU: user + system time of the proxy's process tree during the run, divided by "
+    "the requests served: what the proxy spent per request, whatever the load generator's "
+    "limit.",
+]
+
+
+def cmd_h2load(path):
+    rps, errors = None, 0
+    try:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line.startswith("finished in"):
+                    # "finished in 10.00s, 52900.00 req/s, 6.23MB/s"
+                    rps = float(line.split(",")[1].split()[0])
+                elif line.startswith("requests:"):
+                    # "requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout"
+                    parts = dict(
+                        (p.split()[1], int(p.split()[0]))
+                        for p in line[len("requests:"):].split(",")
+                    )
+                    errors = parts.get("failed", 0) + parts.get("errored", 0)
+    except (OSError, ValueError, IndexError) as e:
+        print(f"cannot parse {path}: {e!r}", file=sys.stderr)
+    if rps is None:
+        print("null null")
+    else:
+        print(round(rps, 1), errors)
 
 
 def cmd_iperf(path):
@@ -89,7 +148,8 @@ def fmt(key, v):
     return f"{int(v):,}"
 
 
-def cmd_render(raw_path, meta_path, out_path):
+def cmd_render(raw_path, meta_path, out_path, suite="l4"):
+    metrics, extra = (HTTP_METRICS, HTTP_EXTRA) if suite == "http" else (METRICS, EXTRA)
     meta, notes = {}, []
     with open(meta_path) as f:
         for line in f:
@@ -112,13 +172,10 @@ def cmd_render(raw_path, meta_path, out_path):
                 r = json.loads(line)
                 raw.setdefault((r["proxy"], r["metric"]), {})[r["round"]] = r["value"]
 
-    def median(p, m):
-        vals = [v for v in raw.get((p, m), {}).values() if v is not None]
-        return statistics.median(vals) if vals else None
-
     out = []
     w = out.append
-    w(f"# weir side-by-side benchmark — {meta['date']}")
+    title = "HTTP benchmark" if suite == "http" else "side-by-side benchmark"
+    w(f"# weir {title} — {meta['date']}")
     w("")
     w("## Machine")
     w("")
@@ -128,12 +185,28 @@ def cmd_render(raw_path, meta_path, out_path):
     w("")
     w("## Versions")
     w("")
-    for k in ("weir", "haproxy", "nginx", "iperf3", "wrk", "python3"):
+    for k in ("weir", "haproxy", "nginx", "iperf3", "wrk", "h2load", "openssl", "python3"):
         if k in meta:
             w(f"- {k}: `{meta[k]}`")
     w("")
     w("## Method")
     w("")
+    if suite == "http":
+        for line in HTTP_METHOD:
+            w(line.format(duration=meta["duration"]))
+        w("- Proxies: " + "; ".join(f"**{labels[p]}** — {meta.get('desc_' + p, '')}" for p in proxies))
+        w(f"- {rounds} round(s), interleaved; the tables show the **median over rounds**.")
+    else:
+        method_l4(w, meta, labels, proxies, rounds)
+    results(w, raw, proxies, labels, rounds, metrics, extra, notes)
+    text = "\n".join(out)
+    if out_path:
+        with open(out_path, "w") as f:
+            f.write(text)
+    print(text)
+
+
+def method_l4(w, meta, labels, proxies, rounds):
     w(f"- Everything on 127.0.0.1. The backends (one nginx HTTP server, `worker_processes 1`, "
       f"fixed {meta['body_bytes']}-byte body, keep-alive; one `iperf3 -s`) and the load "
       f"generators run pinned to CPU 0 (`taskset -c 0`); the proxy under test runs pinned "
@@ -155,6 +228,13 @@ def cmd_render(raw_path, meta_path, out_path):
       f"and sends nothing, waits until the backend has them all established, then takes the "
       f"growth of VmRSS summed over the proxy's process tree (master + workers) divided by "
       f"the number of connections.")
+
+
+def results(w, raw, proxies, labels, rounds, metrics, extra, notes):
+    def median(p, m):
+        vals = [v for v in raw.get((p, m), {}).values() if v is not None]
+        return statistics.median(vals) if vals else None
+
     w("")
     w(f"## Results (medians of {rounds} round(s))")
     w("")
@@ -167,7 +247,7 @@ def cmd_render(raw_path, meta_path, out_path):
             return fmt(key, m)
         return f"{fmt(key, m)} ±{(max(vals) - min(vals)) / 2 / abs(m) * 100:.0f}%"
 
-    for key, desc, d in METRICS:
+    for key, desc, d in metrics:
         w(f"| {desc} | {'higher' if d > 0 else 'lower'} | "
           + " | ".join(cell(p, key) for p in proxies) + " |")
     if rounds > 1:
@@ -186,7 +266,7 @@ def cmd_render(raw_path, meta_path, out_path):
         w("")
         w("| Metric | Better | " + " | ".join(f"{labels[p]} ÷ HAProxy" for p in others) + " |")
         w("|---|---|" + "---:|" * len(others))
-        for key, desc, d in METRICS:
+        for key, desc, d in metrics:
             base = median("haproxy", key)
             cells = []
             for p in others:
@@ -205,7 +285,7 @@ def cmd_render(raw_path, meta_path, out_path):
     w("")
     w("| Metric | Proxy | " + " | ".join(f"round {i}" for i in range(1, rounds + 1)) + " |")
     w("|---|---|" + "---:|" * rounds)
-    for key, desc, *_ in METRICS + EXTRA:
+    for key, desc, *_ in metrics + extra:
         for p in proxies:
             vals = raw.get((p, key), {})
             w(f"| {desc} | {labels[p]} | "
@@ -217,11 +297,6 @@ def cmd_render(raw_path, meta_path, out_path):
         for n in notes:
             w(f"- {n}")
         w("")
-    text = "\n".join(out)
-    if out_path:
-        with open(out_path, "w") as f:
-            f.write(text)
-    print(text)
 
 
 def main():
@@ -230,7 +305,9 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("iperf").add_argument("file")
     sub.add_parser("wrk").add_argument("file")
+    sub.add_parser("h2load").add_argument("file")
     r = sub.add_parser("render")
+    r.add_argument("--suite", choices=["l4", "http"], default="l4")
     r.add_argument("--raw", required=True)
     r.add_argument("--meta", required=True)
     r.add_argument("--out")
@@ -239,8 +316,10 @@ def main():
         cmd_iperf(a.file)
     elif a.cmd == "wrk":
         cmd_wrk(a.file)
+    elif a.cmd == "h2load":
+        cmd_h2load(a.file)
     else:
-        cmd_render(a.raw, a.meta, a.out)
+        cmd_render(a.raw, a.meta, a.out, a.suite)
 
 
 if __name__ == "__main__":
