@@ -30,6 +30,18 @@ const MAX_REQUEST_ID: usize = 200;
 
 /// Removes the hop-by-hop headers of `headers`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none or only `Connection`: one pass over the names
+    // spares a hashed lookup per hop-by-hop name.
+    if !headers.keys().any(|n| {
+        n == CONNECTION
+            || n == KEEP_ALIVE
+            || n == PROXY_CONNECTION
+            || n == TRANSFER_ENCODING
+            || n == UPGRADE
+            || n == TE
+    }) {
+        return;
+    }
     // The names `Connection` lists are hop-by-hop too.
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)

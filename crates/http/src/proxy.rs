@@ -144,7 +144,9 @@ pub(crate) async fn handle(
     if let Err(reason) = target_form(&mut parts, target.dialer.protocol, host.as_ref()) {
         return Ok(answer(reason, grpc, x));
     }
-    let req = Request::from_parts(parts, body);
+    // Boxed: the request waits across several awaits, and each async
+    // function would otherwise carry its own copy of it.
+    let req = Box::new(Request::from_parts(parts, body));
     let upgrading = client_upgrade.is_some();
     match forward(&state, target, &cx, req, &mut x, upgrading).await {
         Ok((response, lease)) => {
@@ -191,7 +193,7 @@ async fn forward(
     state: &RouteState,
     target: &RoutePool,
     cx: &Cx,
-    req: Request<RequestBody>,
+    req: Box<Request<RequestBody>>,
     x: &mut Exchange,
     upgrading: bool,
 ) -> Result<(Response<Incoming>, Lease), Reason> {
@@ -216,7 +218,7 @@ async fn forward(
         x.set_backend(pool, i);
         let began = Instant::now();
         let checkout = if upgrading {
-            conns.fresh_upgradeable(&target.dialer).await
+            Box::pin(conns.fresh_upgradeable(&target.dialer)).await
         } else {
             conns.checkout(&target.dialer).await
         };
@@ -255,10 +257,10 @@ async fn forward(
             // The keep-alive race: the backend closed a kept-alive
             // connection as the request went out. Once, on a new one.
             Err(Sent::Not(request)) if lease.reused => {
-                retry_fresh(conns, &target.dialer, *request, state).await
+                Box::pin(retry_fresh(conns, &target.dialer, request, state)).await
             }
             Err(Sent::Failed) if lease.reused && copy.is_some() => match copy {
-                Some(request) => retry_fresh(conns, &target.dialer, request, state).await,
+                Some(request) => Box::pin(retry_fresh(conns, &target.dialer, request, state)).await,
                 None => Err(Sent::Failed),
             },
             other => other.map(|r| (r, lease)),
@@ -272,7 +274,7 @@ async fn forward(
             }
             // Nothing of it reached this backend: another may take it.
             Err(Sent::Not(request)) => {
-                req = Some(*request);
+                req = Some(request);
                 last = Reason::BackendError;
                 tried.push(i);
                 continue;
@@ -298,7 +300,7 @@ enum Sent {
 
 async fn send(
     lease: &mut Lease,
-    req: Request<RequestBody>,
+    req: Box<Request<RequestBody>>,
     within: std::time::Duration,
 ) -> Result<Response<Incoming>, Sent> {
     match tokio::time::timeout(within, lease.send(req)).await {
@@ -316,22 +318,22 @@ async fn send(
 async fn retry_fresh(
     conns: &Arc<crate::upstream::Conns>,
     dialer: &crate::upstream::Dialer,
-    req: Request<RequestBody>,
+    req: Box<Request<RequestBody>>,
     state: &RouteState,
 ) -> Result<(Response<Incoming>, Lease), Sent> {
-    let mut lease = conns.fresh(dialer).await.map_err(Sent::Connect)?;
+    let mut lease = Box::pin(conns.fresh(dialer)).await.map_err(Sent::Connect)?;
     let r = send(&mut lease, req, state.timeouts.upstream_response).await?;
     Ok((r, lease))
 }
 
 /// A copy of a request without a body, for a replay.
-fn copy_bodiless(req: &Request<RequestBody>) -> Request<RequestBody> {
+fn copy_bodiless(req: &Request<RequestBody>) -> Box<Request<RequestBody>> {
     let mut copy = Request::new(RequestBody::empty());
     *copy.method_mut() = req.method().clone();
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
-    copy
+    Box::new(copy)
 }
 
 fn is_idempotent(m: &Method) -> bool {

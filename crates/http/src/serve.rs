@@ -244,6 +244,10 @@ impl On {
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
+                // `HeaderDeadline` bounds the header and `drive` the rest
+                // between requests; hyper's own header timer would also cut
+                // kept-alive connections at 30 s whatever `timeouts.idle` says.
+                .header_read_timeout(None)
                 .keep_alive(true)
                 // The request header must fit: a larger one is answered 431.
                 .max_buf_size(usize::try_from(max_header).unwrap_or(usize::MAX).max(8192));
@@ -362,6 +366,8 @@ where
     loop {
         let idle_at = state.idle_since() + idle;
         tokio::select! {
+            // The connection first: it is what wakes this task almost always.
+            biased;
             r = conn.as_mut() => return r,
             () = tokio::time::sleep_until(idle_at), if !draining => {
                 if state.in_flight() == 0 && state.idle_since() + idle <= Instant::now() {

@@ -126,10 +126,13 @@ impl Conns {
                 }
                 // Opened while holding the lock: the requests that wait for
                 // it then share it.
-                return self.open_h2(dialer, shared).await;
+                return Box::pin(self.open_h2(dialer, shared)).await;
             }
         }
-        self.fresh(dialer).await
+        // Boxed, as opening (TCP, TLS, the handshake) is the rare path and
+        // by far the largest state: unboxed, every request's future would
+        // carry it, and be copied with it.
+        Box::pin(self.fresh(dialer)).await
     }
 
     /// A new connection (for HTTP/2, a new shared one).
@@ -300,11 +303,11 @@ impl From<TrySendError<Request>> for SendError {
 impl Lease {
     /// Sends `req`. When it fails before any of it was written, the error
     /// gives the request back, so it can go out on another connection.
-    pub(crate) async fn send(&mut self, req: Request) -> Result<Response, SendError> {
+    pub(crate) async fn send(&mut self, req: Box<Request>) -> Result<Response, SendError> {
         match self.sender.as_mut() {
-            Some(Sender::H1(s)) => s.try_send_request(req).await.map_err(SendError::from),
-            Some(Sender::H2(s)) => s.try_send_request(req).await.map_err(SendError::from),
-            None => Err(SendError::NotSent(Box::new(req))),
+            Some(Sender::H1(s)) => s.try_send_request(*req).await.map_err(SendError::from),
+            Some(Sender::H2(s)) => s.try_send_request(*req).await.map_err(SendError::from),
+            None => Err(SendError::NotSent(req)),
         }
     }
 

@@ -1330,3 +1330,32 @@ fn idle_client_connections_are_closed() {
     );
     assert!(began.elapsed() >= Duration::from_millis(250));
 }
+
+/// Only `timeouts.idle` ends a rest between requests: a kept-alive client
+/// connection that rests past 30 s (hyper's own header timer, which weir
+/// turns off) is still served at the default 60 s.
+#[test]
+fn a_kept_alive_connection_rests_as_long_as_the_idle_timeout_allows() {
+    let backend = raw_backend(None, Duration::ZERO);
+    let front = free_port();
+    let (_weir, _out) = start(
+        "l7-rest",
+        &format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n",
+            backend.addr
+        ),
+    );
+    let mut s = TcpStream::connect(front).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let body = keepalive_get(&mut s, "/").expect("first request");
+    assert!(body.starts_with("conn=1 req=1"), "{body}");
+    std::thread::sleep(Duration::from_secs(32));
+    let body = keepalive_get(&mut s, "/").expect("served after a 32 s rest");
+    // The backend's side rested past `upstream_keepalive` (4 s): weir
+    // closed it and opened another.
+    assert!(body.starts_with("conn=2 req=1"), "{body}");
+}
