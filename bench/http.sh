@@ -251,8 +251,8 @@ run_scenario() { # round key scenario pid
     labels=(); for k in "${KEYS[@]}"; do labels+=("${LABEL[$k]}"); done
     echo "labels=$(IFS=,; echo "${labels[*]}")"
     echo "desc_weir=one l7 route per port, \`worker_threads = 1\`, access log off, \`upstream_keepalive = 60s\`"
-    echo "desc_haproxy=\`mode http\`, \`nbthread 1\`, \`http-reuse always\`, h2c by \`proto h2\`"
-    echo "desc_nginx=\`worker_processes 1\`, \`proxy_pass\` to an upstream with \`keepalive 64\`, h2c by \`listen ... http2\`"
+    echo "desc_haproxy=\`mode http\`, \`nbthread 1\`, \`http-reuse always\`, h2c by \`proto h2\`, \`option forwardfor\` + X-Forwarded-Proto/-Host + \`unique-id-header X-Request-ID\` (the headers weir adds by default)"
+    echo "desc_nginx=\`worker_processes 1\`, \`proxy_pass\` to an upstream with \`keepalive 64\`, h2c by \`listen ... http2\`, Host kept, X-Forwarded-For/-Proto/-Host and X-Request-ID set (the headers weir adds by default)"
 } >"$META"
 
 log "work dir $WORK; proxies: ${KEYS[*]}; $ROUNDS round(s) of ${DURATION}s runs"
