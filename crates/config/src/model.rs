@@ -132,6 +132,41 @@ pub struct Listener {
     pub proxy_protocol: Option<ProxyAccept>,
     /// In order; at most one route without a match (the catch-all), and it is last.
     pub routes: Vec<Route>,
+    /// `[firewall]` and the listener's own `firewall` together; `None` when
+    /// neither says anything.
+    pub firewall: Option<Firewall>,
+}
+
+/// Who may connect to a listener, and how much: the global `[firewall]`
+/// and the listener's own `firewall` together (lists joined, `per_client`
+/// keys of the listener's own table winning).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Firewall {
+    /// Refused sources, inline and from `deny_files`.
+    pub deny: Vec<IpNet>,
+    /// With an allow list (`allow` or `allow_files` given), every source not
+    /// on it is refused; `deny` still wins.
+    pub allow: Option<Vec<IpNet>>,
+    pub per_client: Option<PerClient>,
+}
+
+/// `per_client`: limits per client address, or per network of
+/// `ipv4_prefix` / `ipv6_prefix` bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerClient {
+    /// New connections per second (a token bucket refilled at this rate).
+    pub rate: Option<u32>,
+    /// Connections the bucket holds: a burst allowed after a quiet time.
+    pub burst: u32,
+    /// Connections open at once.
+    pub concurrent: Option<u32>,
+    /// HTTP requests per second (l7 routes), answered 429 beyond.
+    pub requests: Option<u32>,
+    pub requests_burst: u32,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    /// Clients tracked at most; the least recently seen idle one makes room.
+    pub max_tracked: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

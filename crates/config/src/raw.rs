@@ -23,10 +23,39 @@ pub(crate) struct RawConfig {
     pub(crate) state: RawState,
     #[serde(default)]
     pub(crate) log: RawLog,
+    pub(crate) firewall: Option<RawFirewall>,
     #[serde(default)]
     pub(crate) listeners: Vec<RawListener>,
     #[serde(default)]
     pub(crate) pools: Vec<RawPool>,
+}
+
+/// `[firewall]`, and a listener's own `firewall`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawFirewall {
+    #[serde(default)]
+    pub(crate) allow: Vec<String>,
+    #[serde(default)]
+    pub(crate) deny: Vec<String>,
+    #[serde(default)]
+    pub(crate) allow_files: Vec<String>,
+    #[serde(default)]
+    pub(crate) deny_files: Vec<String>,
+    pub(crate) per_client: Option<RawPerClient>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawPerClient {
+    pub(crate) rate: Option<Int>,
+    pub(crate) burst: Option<Int>,
+    pub(crate) concurrent: Option<Int>,
+    pub(crate) requests: Option<Int>,
+    pub(crate) requests_burst: Option<Int>,
+    pub(crate) ipv4_prefix: Option<Int>,
+    pub(crate) ipv6_prefix: Option<Int>,
+    pub(crate) max_tracked: Option<Int>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -75,6 +104,7 @@ pub(crate) struct RawListener {
     pub(crate) shutdown_timeout: Option<String>,
     pub(crate) handshake_timeout: Option<String>,
     pub(crate) proxy_protocol: Option<RawProxyAccept>,
+    pub(crate) firewall: Option<RawFirewall>,
     // Defaulted so that "a listener needs at least one route" is our message,
     // not serde's "missing field".
     #[serde(default)]

@@ -426,7 +426,7 @@ fn unknown_top_level_key() {
         "listener",
         (1, 1),
         "unknown key `listener` (did you mean `listeners`?); expected one of `admin`, \
-         `runtime`, `state`, `log`, `listeners`, `pools`",
+         `runtime`, `state`, `log`, `firewall`, `listeners`, `pools`",
     );
 }
 
@@ -1953,4 +1953,100 @@ fn l7_tls_files_are_read_at_load() {
     );
     assert_one(&l4, "listeners[0].routes[0].tls", "only for HTTP routes");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `[firewall]` and a listener's `firewall`: lists joined, files read with
+/// comments, `per_client` keys of the listener over the global ones.
+#[test]
+fn firewall_tables_join_per_listener() {
+    let dir = std::env::temp_dir().join(format!("weir-config-fw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("deny.txt");
+    std::fs::write(&file, "# list\n192.0.2.0/24 # net\n\n2001:db8::1\n").expect("write");
+    let text = format!(
+        "[firewall]\ndeny = [\"198.51.100.7\"]\ndeny_files = [\"{}\"]\n\
+         per_client = {{ rate = 10, concurrent = 5 }}\n\
+         [[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:7000\"\n\
+         firewall = {{ allow = [\"10.0.0.0/8\"], per_client = {{ concurrent = 2, ipv4_prefix = 24 }} }}\n\
+         [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[listeners]]\nname = \"m\"\nbind = \"127.0.0.1:7001\"\n\
+         [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n{OK_POOL}",
+        file.display()
+    );
+    let cfg = load(&text).expect("valid");
+    let l = cfg.listeners[0].firewall.as_ref().expect("firewall");
+    let nets: Vec<String> = l.deny.iter().map(ToString::to_string).collect();
+    assert_eq!(nets, ["198.51.100.7/32", "192.0.2.0/24", "2001:db8::1/128"]);
+    assert_eq!(
+        l.allow.as_ref().map(|a| a.len()),
+        Some(1),
+        "the listener's allow list"
+    );
+    let pc = l.per_client.expect("per_client");
+    assert_eq!(
+        (
+            pc.rate,
+            pc.burst,
+            pc.concurrent,
+            pc.ipv4_prefix,
+            pc.ipv6_prefix
+        ),
+        (Some(10), 10, Some(2), 24, 64)
+    );
+    assert_eq!(pc.max_tracked, 100_000);
+    // The other listener has the global table only.
+    let m = cfg.listeners[1].firewall.as_ref().expect("global");
+    assert!(m.allow.is_none());
+    assert_eq!(m.per_client.and_then(|p| p.concurrent), Some(5));
+    // No firewall at all: none.
+    let plain = load(&format!("{OK_LISTENER}{OK_POOL}")).expect("valid");
+    assert!(plain.listeners[0].firewall.is_none());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn firewall_mistakes_name_their_key_file_and_line() {
+    assert_one(
+        &format!("[firewall]\ndeny = [\"10.0.0.0/8\", \"nope\"]\n{OK_LISTENER}{OK_POOL}"),
+        "firewall.deny[1]",
+        "\"nope\" is not an IP address or CIDR",
+    );
+    assert_one(
+        &format!("[firewall]\ndeny_files = [\"/nonexistent/weir-list\"]\n{OK_LISTENER}{OK_POOL}"),
+        "firewall.deny_files[0]",
+        "cannot read \"/nonexistent/weir-list\"",
+    );
+    let file = std::env::temp_dir().join(format!("weir-config-badlist-{}", std::process::id()));
+    std::fs::write(&file, "10.0.0.1\n\n10.0.0.300\n").expect("write");
+    assert_one(
+        &format!(
+            "[firewall]\nallow_files = [\"{}\"]\n{OK_LISTENER}{OK_POOL}",
+            file.display()
+        ),
+        "firewall.allow_files[0]",
+        &format!("{}:3: \"10.0.0.300\" is not an IP address", file.display()),
+    );
+    let _ = std::fs::remove_file(&file);
+    assert_one(
+        &format!("[firewall]\nper_client = {{ burst = 5 }}\n{OK_LISTENER}{OK_POOL}"),
+        "firewall.per_client.burst",
+        "needs `rate`",
+    );
+    assert_one(
+        &format!("[firewall]\nper_client = {{ rate = 0 }}\n{OK_LISTENER}{OK_POOL}"),
+        "firewall.per_client.rate",
+        "0 is out of range",
+    );
+    assert_one(
+        &format!(
+            "[firewall]\nper_client = {{ concurrent = 1, ipv6_prefix = 8 }}\n{OK_LISTENER}{OK_POOL}"
+        ),
+        "firewall.per_client.ipv6_prefix",
+        "8 is out of range 16..=128",
+    );
+    assert_one(
+        &format!("[firewall]\nallow = [\"10.0.0.0/8\"]\nblock = []\n{OK_LISTENER}{OK_POOL}"),
+        "firewall.block",
+        "unknown key",
+    );
 }

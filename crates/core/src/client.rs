@@ -19,6 +19,8 @@ pub struct Client {
     /// PROXY header at the start of its bytes is refused.
     pub refuse_proxy_header: bool,
     pub accepted_at: Instant,
+    /// Held for the connection's life when `per_client.concurrent` counts it.
+    pub(crate) slot: Option<crate::firewall::ClientSlot>,
 }
 
 impl Client {
@@ -30,6 +32,7 @@ impl Client {
             destination: None,
             refuse_proxy_header: false,
             accepted_at: Instant::now(),
+            slot: None,
         }
     }
 

@@ -24,6 +24,7 @@
 pub mod client;
 pub mod events;
 pub mod fds;
+pub mod firewall;
 mod frontend;
 pub mod health;
 pub mod l7;

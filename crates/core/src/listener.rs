@@ -13,6 +13,7 @@ use weir_telemetry::{AccessRecord, Histogram, Kind, LogBudget, Verdict, Writer, 
 use weir_wire::client_hello::ClientHello;
 
 use crate::Reason;
+use crate::firewall::{Block, Firewall};
 use crate::l7::{HttpHandler, TlsEnd};
 use crate::pool::Pool;
 use crate::upstream::Upstream;
@@ -30,6 +31,8 @@ pub struct Listener {
     pub(crate) needs_hello: bool,
     /// Accepting the PROXY protocol, from these sources.
     pub(crate) proxy_accept: Option<weir_config::ProxyAccept>,
+    /// Who may connect, and how much; `None`: everyone, without limits.
+    pub firewall: Option<Firewall>,
     pub stats: Arc<ListenerStats>,
     pub(crate) zero_copy: bool,
     /// Write an access-log line per connection (per request in layer 7).
@@ -115,6 +118,50 @@ impl Listener {
         self.routes.iter().find(|r| r.matches(ip, hello))
     }
 
+    /// True when the firewall is to be asked at accept: the socket's peer is
+    /// the client (no PROXY header will say otherwise).
+    pub(crate) fn filters_at_accept(&self, peer: IpAddr) -> bool {
+        self.firewall.is_some()
+            && !self
+                .proxy_accept
+                .as_ref()
+                .is_some_and(|a| a.is_trusted(peer))
+    }
+
+    /// Counts a connection the firewall refused for `block` and writes its
+    /// access-log line (reason `firewall` or `rate_limit`, the rule as
+    /// `error`), within the refusal lines' budget.
+    pub(crate) fn refuse_blocked(&self, client: SocketAddr, block: Block) {
+        self.stats.blocked(block);
+        let reason = block.reason();
+        self.stats.reject(reason);
+        if !self.access_log {
+            return;
+        }
+        if let Verdict::Write { suppressed } = self.stats.refusal_lines.check() {
+            if suppressed > 0 {
+                tracing::warn!(
+                    target: "weir::access",
+                    listener = %self.name,
+                    suppressed,
+                    "access-log lines of refused connections left out (log.refusals_per_second)"
+                );
+            }
+            AccessRecord {
+                listener: &self.name,
+                route: None,
+                client,
+                backend: None,
+                bytes_to_backend: 0,
+                bytes_to_client: 0,
+                duration: Duration::ZERO,
+                reason: reason.as_str(),
+                error: Some(block.as_str()),
+            }
+            .emit();
+        }
+    }
+
     /// Counts a connection refused before it reached a backend and writes its
     /// access-log line.
     pub(crate) fn refuse(&self, client: SocketAddr, reason: Reason) {
@@ -194,6 +241,7 @@ pub struct ListenerStats {
     /// Connections currently open and counted against `max_connections`.
     pub connections_active: AtomicI64,
     rejected: [AtomicU64; Reason::COUNT],
+    firewall_blocked: [AtomicU64; Block::ALL.len()],
     /// Thins the access-log lines of refusals under a flood.
     pub(crate) refusal_lines: LogBudget,
     /// TLS handshakes with clients (l7 routes with `tls`), by how they ended.
@@ -208,6 +256,7 @@ impl Default for ListenerStats {
             connections_total: AtomicU64::new(0),
             connections_active: AtomicI64::new(0),
             rejected: Default::default(),
+            firewall_blocked: Default::default(),
             refusal_lines: LogBudget::new(0),
             tls_handshakes: Default::default(),
             tls_handshake_duration: Histogram::new(crate::pool::LATENCY_SECONDS),
@@ -236,6 +285,16 @@ impl ListenerStats {
 
     pub(crate) fn reject(&self, reason: Reason) {
         count(&self.rejected[reason as usize], 1);
+    }
+
+    /// Counts a refusal of the firewall's (`request_rate` from layer 7).
+    pub fn blocked(&self, block: Block) {
+        count(&self.firewall_blocked[block as usize], 1);
+    }
+
+    /// Connections the firewall refused for `block`.
+    pub fn firewall_blocked(&self, block: Block) -> u64 {
+        self.firewall_blocked[block as usize].load(Relaxed)
     }
 }
 
@@ -331,6 +390,7 @@ pub(crate) fn render(listeners: &[Arc<Listener>], w: &mut Writer) {
             );
         }
     }
+    crate::firewall::render(listeners, w);
     w.family(
         "weir_access_log_suppressed",
         Kind::Counter,

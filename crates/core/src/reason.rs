@@ -49,6 +49,10 @@ pub enum Reason {
     HandshakeTimeout,
     /// A trusted source sent no valid PROXY header, or an untrusted one sent one.
     ProxyProtocol,
+    /// The firewall's lists refused the source (`deny`, `allow`).
+    Firewall,
+    /// The source is over a `per_client` limit.
+    RateLimit,
 
     // A connect (or probe) to a backend failed.
     /// No answer within the connect or probe timeout.
@@ -103,12 +107,14 @@ impl Reason {
     pub const COUNT: usize = Reason::LocalResources as usize + 1;
 
     /// `weir_listener_connections_rejected_total{reason}`.
-    pub const REJECTIONS: [Reason; 7] = [
+    pub const REJECTIONS: [Reason; 9] = [
         Reason::MaxConnections,
         Reason::NoRoute,
         Reason::NoBackend,
         Reason::HandshakeTimeout,
         Reason::ProxyProtocol,
+        Reason::Firewall,
+        Reason::RateLimit,
         Reason::LocalResources,
         Reason::HeaderTimeout,
     ];
@@ -153,6 +159,8 @@ impl Reason {
             Self::NoBackend => "no_backend",
             Self::HandshakeTimeout => "handshake_timeout",
             Self::ProxyProtocol => "proxy_protocol",
+            Self::Firewall => "firewall",
+            Self::RateLimit => "rate_limit",
             Self::Timeout => "timeout",
             Self::Refused => "refused",
             Self::Reset => "reset",
@@ -189,6 +197,8 @@ impl Reason {
             | Self::NoRoute
             | Self::HandshakeTimeout
             | Self::ProxyProtocol
+            | Self::Firewall
+            | Self::RateLimit
             | Self::NoRule
             | Self::HeaderTimeout
             | Self::HeaderTooLarge
@@ -242,6 +252,8 @@ impl Reason {
             Self::NoRoute | Self::NoRule => Some(404),
             Self::HandshakeTimeout | Self::IdleTimeout | Self::HeaderTimeout => Some(408),
             Self::ProxyProtocol | Self::BadRequest => Some(400),
+            Self::Firewall => Some(403),
+            Self::RateLimit => Some(429),
             Self::HeaderTooLarge => Some(431),
             Self::BodyTooLarge => Some(413),
             Self::Refused
@@ -312,6 +324,8 @@ mod tests {
         Reason::NoBackend,
         Reason::HandshakeTimeout,
         Reason::ProxyProtocol,
+        Reason::Firewall,
+        Reason::RateLimit,
         Reason::Timeout,
         Reason::Refused,
         Reason::Reset,

@@ -1,6 +1,7 @@
 //! weir's own answers, when a request cannot be proxied: the status its
 //! [`Reason`] maps to (503 no backend, 502 a backend's failure, 504 a
-//! backend's timeout, 404 no rule, 413, 431, 400, 408) with a one-line
+//! backend's timeout, 404 no rule, 429 a client over its request rate, 413,
+//! 431, 400, 408) with a one-line
 //! plain-text body naming the reason, so a person reading `curl` output and
 //! an operator reading the access log see the same word. A gRPC client
 //! (`content-type: application/grpc...`) gets what gRPC clients understand
@@ -21,13 +22,15 @@ pub fn status(reason: Reason) -> StatusCode {
 
 /// The gRPC status code for an HTTP status weir answered: UNAVAILABLE for
 /// 502 and 503, DEADLINE_EXCEEDED for 504, UNIMPLEMENTED for 404,
-/// RESOURCE_EXHAUSTED for 413 and 431, INTERNAL for 400.
+/// RESOURCE_EXHAUSTED for 413, 429 and 431, PERMISSION_DENIED for 403,
+/// INTERNAL for 400.
 pub fn grpc_code(status: StatusCode) -> u8 {
     match status.as_u16() {
         502 | 503 | 408 => 14,
         504 => 4,
         404 => 12,
-        413 | 431 => 8,
+        413 | 431 | 429 => 8,
+        403 => 7,
         400 => 13,
         _ => 2,
     }
@@ -52,6 +55,8 @@ pub fn text(reason: Reason) -> String {
         Reason::BadRequest => "the request is malformed or ambiguous",
         Reason::LocalResources => "weir is out of resources",
         Reason::Shutdown => "weir is shutting down",
+        Reason::RateLimit => "this client sends too many requests",
+        Reason::Firewall => "the firewall refuses this client",
         _ => "the backend failed",
     };
     format!("weir: {what} ({})\n", reason.as_str())

@@ -85,6 +85,14 @@ pub(crate) async fn handle(
         .unwrap_or_else(headers::new_request_id);
     x.request_id = Some(request_id.clone());
 
+    if let Some(firewall) = &cx.listener.firewall
+        && !firewall.admit_request(cx.client.ip())
+    {
+        cx.listener
+            .stats
+            .blocked(weir_core::firewall::Block::RequestRate);
+        return Ok(answer(Reason::RateLimit, grpc, x));
+    }
     if let Err(reason) = admissible(&req, state.max_body_bytes) {
         return Ok(answer(reason, grpc, x));
     }

@@ -126,6 +126,8 @@ impl Checker {
             handshake_timeout,
             proxy_protocol,
             routes,
+            // Joined with the global table by the caller.
+            firewall: None,
         }
     }
 

@@ -7,6 +7,7 @@
 
 mod admin;
 mod files;
+mod firewall;
 mod health;
 mod http;
 mod listener;
@@ -36,6 +37,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let runtime = cx.runtime(&raw.runtime);
     let state = cx.state(raw.state);
     let log = cx.log(raw.log);
+    let global_firewall = raw.firewall.map(|f| cx.firewall("firewall", &f));
 
     // Routes refer to pools by index, so index the pool names up front; the
     // first of two pools with one name wins (the second is an error below).
@@ -47,8 +49,14 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     // In file-section order: listeners (and their binds), then pools.
     let mut listeners = Vec::with_capacity(raw.listeners.len());
     let mut listener_index: HashMap<String, usize> = HashMap::new();
-    for (i, l) in raw.listeners.into_iter().enumerate() {
-        let listener = cx.listener(&format!("listeners[{i}]"), l, &pool_index);
+    for (i, mut l) in raw.listeners.into_iter().enumerate() {
+        let path = format!("listeners[{i}]");
+        let own = l
+            .firewall
+            .take()
+            .map(|f| cx.firewall(&format!("{path}.firewall"), &f));
+        let mut listener = cx.listener(&path, l, &pool_index);
+        listener.firewall = cx.join_firewall(&path, global_firewall.as_ref(), own);
         if let Some(first) = listener_index.get(&listener.name) {
             cx.push(
                 format!("listeners[{i}].name"),

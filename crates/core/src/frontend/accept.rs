@@ -131,6 +131,20 @@ fn admit(
 ) {
     let stats = &listener.stats;
     count(&stats.connections_total, 1);
+    // The firewall first: a refused source costs no slot and no task.
+    let mut slot = None;
+    if listener.filters_at_accept(peer.ip())
+        && let Some(firewall) = &listener.firewall
+    {
+        match firewall.admit(peer.ip()) {
+            Ok(s) => slot = s,
+            Err(block) => {
+                reject_now(stream);
+                listener.refuse_blocked(peer, block);
+                return;
+            }
+        }
+    }
     let active = stats.connections_active.fetch_add(1, Relaxed);
     if active >= i64::from(listener.max_connections) {
         stats.connections_active.fetch_sub(1, Relaxed);
@@ -138,7 +152,9 @@ fn admit(
         listener.refuse(peer, Reason::MaxConnections);
         return;
     }
-    tracker.spawn(super::handle(listener, Client::accepted(stream, peer)));
+    let mut client = Client::accepted(stream, peer);
+    client.slot = slot;
+    tracker.spawn(super::handle(listener, client));
 }
 
 /// Closes a refused connection at once with a reset, so the client learns

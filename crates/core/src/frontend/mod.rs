@@ -1,6 +1,7 @@
 //! The front of every connection, the same whatever handles it: accept and
-//! the listener limit ([`accept`]), the PROXY header of a trusted sender
-//! ([`proxy_in`]), a peek at the TLS ClientHello when a route needs SNI or
+//! the listener limit ([`accept`]), the firewall (at accept, or once the
+//! PROXY header of a trusted sender has said who the client is; see
+//! `crate::firewall`), the PROXY header ([`proxy_in`]), a peek at the TLS ClientHello when a route needs SNI or
 //! ALPN ([`client_hello`]), the route, and then the route's handler by mode.
 //! A refusal on the way is counted and logged here, with its reason.
 
@@ -69,6 +70,19 @@ async fn front<'l>(listener: &'l Listener, client: &mut Client) -> Option<&'l Ro
                 Err(reason) => {
                     listener.refuse(client.peer, reason);
                     return None;
+                }
+            }
+            // Now that the header said who the client is.
+            if let Some(firewall) = &listener.firewall {
+                match firewall.admit(client.peer.ip()) {
+                    Ok(slot) => client.slot = slot,
+                    Err(block) => {
+                        // A reset, at once, when the client is dropped.
+                        let _ = socket2::SockRef::from(&client.stream)
+                            .set_linger(Some(std::time::Duration::ZERO));
+                        listener.refuse_blocked(client.peer, block);
+                        return None;
+                    }
                 }
             }
         }

@@ -179,6 +179,10 @@ fn build_listener(
         handshake_timeout: l.handshake_timeout,
         needs_hello: l.routes.iter().any(|r| r.matcher.needs_client_hello()),
         proxy_accept: l.proxy_protocol.clone(),
+        firewall: l
+            .firewall
+            .as_ref()
+            .map(|f| crate::firewall::Firewall::new(f, before.and_then(|b| b.firewall.as_ref()))),
         routes,
         stats,
         zero_copy: config.runtime.zero_copy,

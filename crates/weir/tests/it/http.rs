@@ -1142,7 +1142,7 @@ fn client_certificates_are_verified() {
 }
 
 /// One request on an open HTTP/1.1 keep-alive connection: the answer's body.
-fn keepalive_get(s: &mut TcpStream, path: &str) -> std::io::Result<String> {
+pub(crate) fn keepalive_get(s: &mut TcpStream, path: &str) -> std::io::Result<String> {
     write!(s, "GET {path} HTTP/1.1\r\nHost: app\r\n\r\n")?;
     let mut reader = BufReader::new(s.try_clone()?);
     let mut length = 0usize;

@@ -6,6 +6,7 @@ mod cli;
 mod control;
 mod deploy;
 mod exhaustion;
+mod firewall;
 mod http;
 mod http_streams;
 mod observability;
