@@ -15,8 +15,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use weir_core::events::Event;
+use weir_core::firewall::{Action, Block, Rule};
 use weir_core::health::{AdminState, TierChange, Transition};
+use weir_core::listener::Listener;
 use weir_core::pool::Pool;
+use weir_core::server::Snapshot;
 use weir_core::{ControlError, Reason, ReloadError, Server, millis};
 
 use crate::conn;
@@ -188,23 +191,7 @@ impl AdminApi for ControlService {
         let listeners = snapshot
             .listeners
             .iter()
-            .map(|l| pb::Listener {
-                name: l.name.clone(),
-                bind: snapshot
-                    .local_addrs(&l.name)
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect(),
-                protocol: "tcp".to_owned(),
-                max_connections: l.max_connections,
-                active_connections: l.stats.connections_active.load(Relaxed),
-                connections_total: l.stats.connections_total.load(Relaxed),
-                rejected: Reason::REJECTIONS
-                    .iter()
-                    .map(|&r| (r.as_str().to_owned(), l.stats.rejected(r)))
-                    .collect(),
-                routes: l.routes.iter().map(|r| r.name.clone()).collect(),
-            })
+            .map(|l| listener_message(&snapshot, l))
             .collect();
         Ok(Response::new(pb::ListListenersResponse { listeners }))
     }
@@ -383,6 +370,77 @@ impl AdminApi for ControlService {
         }
     }
 
+    async fn list_firewall_rules(
+        &self,
+        _: Request<pb::ListFirewallRulesRequest>,
+    ) -> Result<Response<pb::ListFirewallRulesResponse>, Status> {
+        Ok(Response::new(pb::ListFirewallRulesResponse {
+            rules: self
+                .server
+                .firewall_rules()
+                .iter()
+                .map(rule_message)
+                .collect(),
+        }))
+    }
+
+    async fn add_firewall_rule(
+        &self,
+        request: Request<pb::AddFirewallRuleRequest>,
+    ) -> Result<Response<pb::FirewallRule>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        let action = match pb::FirewallAction::try_from(r.action) {
+            Ok(pb::FirewallAction::Deny) => Action::Deny,
+            Ok(pb::FirewallAction::Allow) => Action::Allow,
+            Ok(pb::FirewallAction::Unspecified) | Err(_) => {
+                return Err(Status::invalid_argument(
+                    "action must be FIREWALL_ACTION_DENY or FIREWALL_ACTION_ALLOW",
+                ));
+            }
+        };
+        let lasts = (r.duration_ms > 0).then(|| std::time::Duration::from_millis(r.duration_ms));
+        let rule = self
+            .server
+            .add_firewall_rule(&r.network, action, lasts, &r.reason)
+            .await
+            .map_err(|e| control_status(&e))?;
+        Ok(Response::new(rule_message(&rule)))
+    }
+
+    async fn remove_firewall_rule(
+        &self,
+        request: Request<pb::RemoveFirewallRuleRequest>,
+    ) -> Result<Response<pb::FirewallRule>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        let rule = self
+            .server
+            .remove_firewall_rule(&r.network)
+            .await
+            .map_err(|e| control_status(&e))?;
+        Ok(Response::new(rule_message(&rule)))
+    }
+
+    async fn set_listener_max_connections(
+        &self,
+        request: Request<pb::SetListenerMaxConnectionsRequest>,
+    ) -> Result<Response<pb::Listener>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        if r.max_connections == Some(0) {
+            return Err(Status::invalid_argument(
+                "max_connections must be at least 1 (leave it out to restore the configured value)",
+            ));
+        }
+        let l = self
+            .server
+            .set_max_connections(&r.listener, r.max_connections)
+            .await
+            .map_err(|e| control_status(&e))?;
+        Ok(Response::new(listener_message(&self.server.snapshot(), &l)))
+    }
+
     type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<pb::Event, Status>>;
 
     async fn watch(
@@ -427,6 +485,45 @@ impl AdminApi for ControlService {
     }
 }
 
+fn listener_message(snapshot: &Snapshot, l: &Listener) -> pb::Listener {
+    pb::Listener {
+        name: l.name.clone(),
+        bind: snapshot
+            .local_addrs(&l.name)
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        protocol: "tcp".to_owned(),
+        max_connections: l.max_connections(),
+        active_connections: l.stats.connections_active.load(Relaxed),
+        connections_total: l.stats.connections_total.load(Relaxed),
+        rejected: Reason::REJECTIONS
+            .iter()
+            .map(|&r| (r.as_str().to_owned(), l.stats.rejected(r)))
+            .collect(),
+        routes: l.routes.iter().map(|r| r.name.clone()).collect(),
+        configured_max_connections: l.max_connections,
+        firewall_blocked: Block::ALL
+            .iter()
+            .map(|&b| (b.as_str().to_owned(), l.stats.firewall_blocked(b)))
+            .collect(),
+    }
+}
+
+fn rule_message(r: &Rule) -> pb::FirewallRule {
+    pb::FirewallRule {
+        network: r.net.to_string(),
+        action: match r.action {
+            Action::Deny => pb::FirewallAction::Deny,
+            Action::Allow => pb::FirewallAction::Allow,
+        }
+        .into(),
+        until_ms: r.until.map(millis),
+        reason: r.reason.clone(),
+        added_ms: millis(r.added),
+    }
+}
+
 impl ControlService {
     fn backend_reply(&self, pool: &str, backend: &str) -> Result<Response<pb::Backend>, Status> {
         self.server
@@ -442,7 +539,10 @@ fn control_status(e: &ControlError) -> Status {
         ControlError::NoPool(_) | ControlError::NoBackend { .. } => {
             Status::not_found(e.to_string())
         }
-        ControlError::Weight(_) => Status::invalid_argument(e.to_string()),
+        ControlError::NoListener(_) | ControlError::NoRule(_) => Status::not_found(e.to_string()),
+        ControlError::Weight(_) | ControlError::Network(_) => {
+            Status::invalid_argument(e.to_string())
+        }
         ControlError::State(_) => Status::internal(e.to_string()),
     }
 }
@@ -509,6 +609,10 @@ fn event_message(e: &Event) -> pb::Event {
             ok: error.is_none(),
             generation: *generation,
             error: error.clone().unwrap_or_default(),
+        }),
+        Event::Firewall { change, rule, .. } => Kind::Firewall(pb::FirewallEvent {
+            change: change.as_str().to_owned(),
+            rule: Some(rule_message(rule)),
         }),
     };
     pb::Event {

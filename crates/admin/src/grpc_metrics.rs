@@ -78,6 +78,10 @@ const KNOWN: &[Known] = &[
     known(ADMIN, "PoolHistory", GrpcType::Unary),
     known(ADMIN, "Reload", GrpcType::Unary),
     known(ADMIN, "Watch", GrpcType::ServerStream),
+    known(ADMIN, "ListFirewallRules", GrpcType::Unary),
+    known(ADMIN, "AddFirewallRule", GrpcType::Unary),
+    known(ADMIN, "RemoveFirewallRule", GrpcType::Unary),
+    known(ADMIN, "SetListenerMaxConnections", GrpcType::Unary),
     known(REFLECTION_V1, "ServerReflectionInfo", GrpcType::BidiStream),
     known(
         REFLECTION_V1ALPHA,

@@ -1,5 +1,5 @@
-//! What happened, as it happens: backend transitions, active-tier changes and
-//! reloads go to every watcher (the `Watch` call of the control API) through a
+//! What happened, as it happens: backend transitions, active-tier changes,
+//! reloads and runtime firewall rules go to every watcher (the `Watch` call of the control API) through a
 //! bounded broadcast channel, and transitions and tier changes also go to the
 //! state file.
 //!
@@ -11,6 +11,7 @@ use std::time::SystemTime;
 
 use tokio::sync::broadcast;
 
+use crate::firewall::Rule;
 use crate::health::{TierChange, Transition};
 use crate::statefile::Queue;
 
@@ -35,6 +36,31 @@ pub enum Event {
         /// Why it failed.
         error: Option<String>,
     },
+    /// A runtime firewall rule was added, removed, or ended by itself.
+    Firewall {
+        at: SystemTime,
+        change: RuleChange,
+        rule: Rule,
+    },
+}
+
+/// What happened to a runtime firewall rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleChange {
+    Added,
+    Removed,
+    /// Its time ran out.
+    Ended,
+}
+
+impl RuleChange {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleChange::Added => "added",
+            RuleChange::Removed => "removed",
+            RuleChange::Ended => "ended",
+        }
+    }
 }
 
 impl Event {
@@ -42,15 +68,15 @@ impl Event {
         match self {
             Self::Backend { transition, .. } => transition.at,
             Self::Tier { change, .. } => change.at,
-            Self::Reload { at, .. } => *at,
+            Self::Reload { at, .. } | Self::Firewall { at, .. } => *at,
         }
     }
 
-    /// The pool it concerns; `None` for reloads.
+    /// The pool it concerns; `None` for reloads and firewall rules.
     pub fn pool(&self) -> Option<&str> {
         match self {
             Self::Backend { pool, .. } | Self::Tier { pool, .. } => Some(pool),
-            Self::Reload { .. } => None,
+            Self::Reload { .. } | Self::Firewall { .. } => None,
         }
     }
 }
@@ -93,6 +119,14 @@ impl Journal {
         self.send(Event::Tier {
             pool: pool.to_owned(),
             change,
+        });
+    }
+
+    pub(crate) fn firewall(&self, change: RuleChange, rule: &Rule) {
+        self.send(Event::Firewall {
+            at: std::time::SystemTime::now(),
+            change,
+            rule: rule.clone(),
         });
     }
 

@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -22,6 +22,8 @@ use crate::upstream::Upstream;
 #[derive(Debug)]
 pub struct Listener {
     pub name: String,
+    /// As configured; an operator may set another at runtime (see
+    /// [`Listener::max_connections`]).
     pub max_connections: u32,
     pub idle_timeout: Duration,
     pub shutdown_timeout: Duration,
@@ -31,8 +33,9 @@ pub struct Listener {
     pub(crate) needs_hello: bool,
     /// Accepting the PROXY protocol, from these sources.
     pub(crate) proxy_accept: Option<weir_config::ProxyAccept>,
-    /// Who may connect, and how much; `None`: everyone, without limits.
-    pub firewall: Option<Firewall>,
+    /// Who may connect, and how much: the configured firewall and the
+    /// operator's runtime rules.
+    pub firewall: Firewall,
     pub stats: Arc<ListenerStats>,
     pub(crate) zero_copy: bool,
     /// Write an access-log line per connection (per request in layer 7).
@@ -113,6 +116,22 @@ impl Route {
 }
 
 impl Listener {
+    /// Open connections allowed: set at runtime, else as configured.
+    pub fn max_connections(&self) -> u32 {
+        match self.stats.max_connections_set.load(Relaxed) {
+            0 => self.max_connections,
+            n => n,
+        }
+    }
+
+    /// The value set at runtime, when there is one.
+    pub fn max_connections_override(&self) -> Option<u32> {
+        match self.stats.max_connections_set.load(Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
     /// The first route whose conditions hold.
     pub(crate) fn route_for(&self, ip: IpAddr, hello: Option<&ClientHello<'_>>) -> Option<&Route> {
         self.routes.iter().find(|r| r.matches(ip, hello))
@@ -121,11 +140,10 @@ impl Listener {
     /// True when the firewall is to be asked at accept: the socket's peer is
     /// the client (no PROXY header will say otherwise).
     pub(crate) fn filters_at_accept(&self, peer: IpAddr) -> bool {
-        self.firewall.is_some()
-            && !self
-                .proxy_accept
-                .as_ref()
-                .is_some_and(|a| a.is_trusted(peer))
+        !self
+            .proxy_accept
+            .as_ref()
+            .is_some_and(|a| a.is_trusted(peer))
     }
 
     /// Counts a connection the firewall refused for `block` and writes its
@@ -240,6 +258,9 @@ pub struct ListenerStats {
     pub connections_total: AtomicU64,
     /// Connections currently open and counted against `max_connections`.
     pub connections_active: AtomicI64,
+    /// `max_connections` set at runtime (0: the configured one). Kept
+    /// across reloads, like the counters, until cleared or a restart.
+    pub(crate) max_connections_set: AtomicU32,
     rejected: [AtomicU64; Reason::COUNT],
     firewall_blocked: [AtomicU64; Block::ALL.len()],
     /// Thins the access-log lines of refusals under a flood.
@@ -255,6 +276,7 @@ impl Default for ListenerStats {
         ListenerStats {
             connections_total: AtomicU64::new(0),
             connections_active: AtomicI64::new(0),
+            max_connections_set: AtomicU32::new(0),
             rejected: Default::default(),
             firewall_blocked: Default::default(),
             refusal_lines: LogBudget::new(0),
@@ -406,13 +428,13 @@ pub(crate) fn render(listeners: &[Arc<Listener>], w: &mut Writer) {
     w.family(
         "weir_listener_max_connections",
         Kind::Gauge,
-        "The listener's max_connections.",
+        "The listener's max_connections: as configured, or as set at runtime.",
     );
     for l in listeners {
         w.sample(
             "weir_listener_max_connections",
             &[("listener", &l.name)],
-            l.max_connections,
+            l.max_connections(),
         );
     }
     w.family(

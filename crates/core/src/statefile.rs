@@ -11,8 +11,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use weir_state::{Entry, Record, Store, StoreError, TierRecord};
+use weir_state::{Entry, Record, RuleRecord, Store, StoreError, TierRecord};
 
+use crate::firewall::{Action, Rule};
 use crate::health::{AdminState, Cause, Change, TierChange, Transition};
 
 /// Work for the writer thread.
@@ -132,6 +133,38 @@ impl Persistence {
         let (store, pool, backend) = (Arc::clone(&self.store), pool.to_owned(), backend.to_owned());
         self.blocking(move || lock(&store).set_weight(&pool, &backend, weight))
             .await
+    }
+
+    /// Stores a runtime firewall rule (replacing its network's).
+    pub(crate) async fn put_rule(&self, rule: &Rule) -> Result<(), StoreError> {
+        let (store, record) = (Arc::clone(&self.store), rule_record(rule));
+        self.blocking(move || lock(&store).put_rule(&record)).await
+    }
+
+    /// Deletes the runtime firewall rule for `net`.
+    pub(crate) async fn delete_rule(&self, net: ipnet::IpNet) -> Result<bool, StoreError> {
+        let store = Arc::clone(&self.store);
+        self.blocking(move || lock(&store).delete_rule(&net.to_string()))
+            .await
+    }
+
+    /// The runtime firewall rules that have not ended (those that have are
+    /// deleted). A row this version cannot read is skipped with a warning.
+    pub(crate) async fn load_rules(&self) -> Result<Vec<Rule>, StoreError> {
+        let store = Arc::clone(&self.store);
+        let records = self
+            .blocking(move || lock(&store).load_rules(millis(SystemTime::now())))
+            .await?;
+        Ok(records
+            .iter()
+            .filter_map(|r| {
+                let rule = rule_of(r);
+                if rule.is_none() {
+                    tracing::warn!(network = %r.network, action = %r.action, "skipping a firewall rule of the state file this weir cannot read");
+                }
+                rule
+            })
+            .collect())
     }
 
     /// Waits (at most [`FLUSH_TIMEOUT`]) until everything queued so far is
@@ -254,4 +287,24 @@ pub fn millis(t: SystemTime) -> i64 {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn rule_record(r: &Rule) -> RuleRecord {
+    RuleRecord {
+        network: r.net.to_string(),
+        action: r.action.as_str().to_owned(),
+        until_ms: r.until.map(millis),
+        reason: r.reason.clone(),
+        added_ms: millis(r.added),
+    }
+}
+
+fn rule_of(r: &RuleRecord) -> Option<Rule> {
+    Some(Rule {
+        net: r.network.parse().ok()?,
+        action: Action::parse(&r.action)?,
+        until: r.until_ms.map(|ms| from_millis(ms).unwrap_or(UNIX_EPOCH)),
+        reason: r.reason.clone(),
+        added: from_millis(r.added_ms).unwrap_or(UNIX_EPOCH),
+    })
 }

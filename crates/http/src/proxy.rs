@@ -85,9 +85,7 @@ pub(crate) async fn handle(
         .unwrap_or_else(headers::new_request_id);
     x.request_id = Some(request_id.clone());
 
-    if let Some(firewall) = &cx.listener.firewall
-        && !firewall.admit_request(cx.client.ip())
-    {
+    if !cx.listener.firewall.admit_request(cx.client.ip()) {
         cx.listener
             .stats
             .blocked(weir_core::firewall::Block::RequestRate);

@@ -54,6 +54,19 @@ pub struct TierRecord {
     pub cause: String,
 }
 
+/// A firewall rule added at runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleRecord {
+    /// An address or a CIDR, as the rule names it.
+    pub network: String,
+    /// `"deny"` or `"allow"`.
+    pub action: String,
+    /// Unix time in milliseconds when it ends; `None`: never.
+    pub until_ms: Option<i64>,
+    pub reason: String,
+    pub added_ms: i64,
+}
+
 /// Everything stored about one backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -256,6 +269,56 @@ impl Store {
         let tiers = load_tiers_in(&tx).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(tiers)
+    }
+
+    /// Stores a runtime firewall rule, replacing the one for its network.
+    pub fn put_rule(&self, r: &RuleRecord) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO firewall_rule (network, action, until_ms, reason, added_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (network) DO UPDATE SET action = excluded.action,
+                   until_ms = excluded.until_ms, reason = excluded.reason,
+                   added_ms = excluded.added_ms",
+            )?
+            .execute(params![
+                r.network, r.action, r.until_ms, r.reason, r.added_ms
+            ])?;
+            Ok(())
+        })
+    }
+
+    /// Deletes the rule for `network`; true if there was one.
+    pub fn delete_rule(&self, network: &str) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let n = tx
+                .prepare_cached("DELETE FROM firewall_rule WHERE network = ?1")?
+                .execute(params![network])?;
+            Ok(n > 0)
+        })
+    }
+
+    /// Deletes the rules that ended by `now_ms`, then returns the others,
+    /// oldest first.
+    pub fn load_rules(&self, now_ms: i64) -> Result<Vec<RuleRecord>, StoreError> {
+        self.write(|tx| {
+            tx.prepare_cached("DELETE FROM firewall_rule WHERE until_ms <= ?1")?
+                .execute(params![now_ms])?;
+            let mut stmt = tx.prepare_cached(
+                "SELECT network, action, until_ms, reason, added_ms FROM firewall_rule
+                 ORDER BY added_ms, network",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                Ok(RuleRecord {
+                    network: row.get(0)?,
+                    action: row.get(1)?,
+                    until_ms: row.get(2)?,
+                    reason: row.get(3)?,
+                    added_ms: row.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
     }
 
     /// Deletes everything stored about one backend. True if there was

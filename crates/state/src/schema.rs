@@ -45,6 +45,16 @@ const MIGRATION_LIST: &[M<'static>] = &[
     ) STRICT;
     CREATE INDEX tier_change_by_pool ON tier_change (pool, id);",
     ),
+    // Firewall rules an operator added at runtime; one per network.
+    M::up(
+        "CREATE TABLE firewall_rule (
+        network TEXT PRIMARY KEY,
+        action TEXT NOT NULL,
+        until_ms INTEGER,
+        reason TEXT NOT NULL,
+        added_ms INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;",
+    ),
 ];
 
 const MIGRATIONS: Migrations<'static> = Migrations::from_slice(MIGRATION_LIST);

@@ -477,7 +477,7 @@ fn newer_schema_is_refused_untouched() {
     );
     let msg = e.to_string();
     assert!(
-        msg.contains("has schema version 999; this weir knows up to 2"),
+        msg.contains("has schema version 999; this weir knows up to 3"),
         "{msg}"
     );
     assert_eq!(user_version(&path), 999);
@@ -541,7 +541,7 @@ fn concurrent_first_open_migrates_once() {
         for o in openers {
             o.join().expect("opener thread").expect("concurrent open");
         }
-        assert_eq!(user_version(&path), 2);
+        assert_eq!(user_version(&path), 3);
     }
 }
 
@@ -636,11 +636,50 @@ fn a_version_one_file_is_migrated() {
         .expect("a version 1 file");
     }
     let store = open(&path, 10);
-    assert_eq!(user_version(&path), 2);
+    assert_eq!(user_version(&path), 3);
     let entries = store.load().expect("load");
     assert_eq!(entry(&entries, "pg", "a").admin.as_deref(), Some("drain"));
     store
         .append_tiers(&[("pg".to_owned(), tier(1, "0", "1", "x"))])
         .expect("the new table works");
     assert_eq!(store.load_tiers().expect("tiers")["pg"].len(), 1);
+}
+
+#[test]
+fn firewall_rules_round_trip_replace_and_expire() {
+    let dir = TempDir::new();
+    let store = open(&dir.db(), 10);
+    let rule = |network: &str, action: &str, until_ms: Option<i64>, added_ms: i64| {
+        weir_state::RuleRecord {
+            network: network.to_owned(),
+            action: action.to_owned(),
+            until_ms,
+            reason: format!("{action} {network}"),
+            added_ms,
+        }
+    };
+    store
+        .put_rule(&rule("192.0.2.0/24", "deny", None, 10))
+        .expect("put");
+    store
+        .put_rule(&rule("198.51.100.7/32", "deny", Some(5_000), 20))
+        .expect("put");
+    store
+        .put_rule(&rule("10.0.0.0/8", "allow", Some(9_000), 30))
+        .expect("put");
+    // Same network: replaced.
+    store
+        .put_rule(&rule("192.0.2.0/24", "allow", None, 40))
+        .expect("replace");
+    let now = store.load_rules(1_000).expect("load");
+    let nets: Vec<&str> = now.iter().map(|r| r.network.as_str()).collect();
+    assert_eq!(nets, ["198.51.100.7/32", "10.0.0.0/8", "192.0.2.0/24"]);
+    assert_eq!(now[2].action, "allow");
+    // Loading after an end deletes what ended.
+    let later = store.load_rules(5_000).expect("load");
+    assert_eq!(later.len(), 2);
+    assert_eq!(store.load_rules(0).expect("load").len(), 2);
+    assert!(store.delete_rule("10.0.0.0/8").expect("delete"));
+    assert!(!store.delete_rule("10.0.0.0/8").expect("delete again"));
+    assert_eq!(store.load_rules(0).expect("load").len(), 1);
 }

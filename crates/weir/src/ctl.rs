@@ -1,6 +1,6 @@
 //! The operator commands: clients of the gRPC control API of a running weir
 //! (`weir status`, `weir backends`, `weir backend ...`, `weir reload`,
-//! `weir watch`). Human tables by default, `--output json` for scripts.
+//! `weir watch`, `weir firewall ...`, `weir listener ...`). Human tables by default, `--output json` for scripts.
 //!
 //! Exit codes: 0 done; 1 the daemon refused or the action failed (unknown
 //! pool or backend, bad value, a reload that changed nothing); 2 bad usage;
@@ -84,6 +84,54 @@ pub(crate) enum BackendCommand {
     History { pool: String, backend: String },
 }
 
+/// `weir firewall ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum FirewallCommand {
+    /// The runtime rules, oldest first.
+    List,
+    /// Refuse an address or network on every listener.
+    Deny(RuleArgs),
+    /// Let an address or network past the configured deny and allow lists.
+    Allow(RuleArgs),
+    /// Remove the runtime rule for an address or network.
+    Remove {
+        /// The address or CIDR of the rule.
+        network: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RuleArgs {
+    /// An address ("192.0.2.7") or a CIDR ("10.0.0.0/8", "2001:db8::/48").
+    network: String,
+    /// End the rule by itself after this long ("10m", "1h", "7d").
+    #[arg(long = "for", value_parser = parse_lasts)]
+    lasts: Option<Duration>,
+    /// Why, for the next operator (shown by `list` and `watch`).
+    #[arg(long, default_value = "")]
+    reason: String,
+}
+
+/// `weir listener ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum ListenerCommand {
+    /// Set max_connections until a restart, or restore the configured value
+    /// with --clear. Connections open beyond a lowered limit stay open.
+    MaxConnections {
+        listener: String,
+        /// The new limit (at least 1).
+        #[arg(
+            required_unless_present = "clear",
+            conflicts_with = "clear",
+            value_parser = clap::value_parser!(u32).range(1..)
+        )]
+        max: Option<u32>,
+        /// Back to the configured value.
+        #[arg(long)]
+        clear: bool,
+    },
+}
+
 /// `weir pool ...`
 #[derive(Debug, Subcommand)]
 pub(crate) enum PoolCommand {
@@ -101,6 +149,8 @@ pub(crate) enum Request {
     Backend(BackendCommand),
     Reload,
     Watch(Option<String>),
+    Firewall(FirewallCommand),
+    Listener(ListenerCommand),
 }
 
 /// Runs `request` against the daemon and prints the result.
@@ -125,6 +175,15 @@ pub(crate) fn run(target: &Target, request: Request) -> ExitCode {
             Err(status) => fail_status(target.admin, &status),
         }
     })
+}
+
+/// How long a firewall rule lasts: a duration such as `10m` or `1h`.
+fn parse_lasts(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. \"1h\")"))?;
+    if d < Duration::from_secs(1) {
+        return Err("at least 1s".to_owned());
+    }
+    Ok(d)
 }
 
 /// A keep-alive interval: a duration such as `30s` or `500ms`, at least 100 ms.
@@ -279,6 +338,75 @@ async fn call(
                 .into_inner();
             Ok(show(json, &b, backend_json, |b| {
                 backends_table(std::slice::from_ref(b))
+            }))
+        }
+        Request::Firewall(FirewallCommand::List) => {
+            let r = c
+                .list_firewall_rules(request(pb::ListFirewallRulesRequest {}, true)?)
+                .await?
+                .into_inner();
+            Ok(if json {
+                pretty(&Value::Array(r.rules.iter().map(rule_json).collect()))
+            } else {
+                rules_table(&r.rules)
+            })
+        }
+        Request::Firewall(FirewallCommand::Remove { network }) => {
+            let rule = c
+                .remove_firewall_rule(request(pb::RemoveFirewallRuleRequest { network }, true)?)
+                .await?
+                .into_inner();
+            Ok(show(json, &rule, rule_json, |r| {
+                format!("removed: {}", rules_table(std::slice::from_ref(r)))
+            }))
+        }
+        Request::Firewall(cmd) => {
+            let (action, args) = match cmd {
+                FirewallCommand::Deny(a) => (pb::FirewallAction::Deny, a),
+                FirewallCommand::Allow(a) => (pb::FirewallAction::Allow, a),
+                FirewallCommand::List | FirewallCommand::Remove { .. } => {
+                    return Err(tonic::Status::internal("handled above"));
+                }
+            };
+            let duration_ms = args
+                .lasts
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            let rule = c
+                .add_firewall_rule(request(
+                    pb::AddFirewallRuleRequest {
+                        network: args.network,
+                        action: action.into(),
+                        duration_ms,
+                        reason: args.reason,
+                    },
+                    true,
+                )?)
+                .await?
+                .into_inner();
+            Ok(show(json, &rule, rule_json, |r| {
+                rules_table(std::slice::from_ref(r))
+            }))
+        }
+        Request::Listener(ListenerCommand::MaxConnections {
+            listener,
+            max,
+            clear,
+        }) => {
+            let l = c
+                .set_listener_max_connections(request(
+                    pb::SetListenerMaxConnectionsRequest {
+                        listener,
+                        max_connections: if clear { None } else { max },
+                    },
+                    true,
+                )?)
+                .await?
+                .into_inner();
+            Ok(show(json, &l, listener_json, |l| {
+                format!(
+                    "listener {}: max_connections {} (configured {}), {} open",
+                    l.name, l.max_connections, l.configured_max_connections, l.active_connections
+                )
             }))
         }
         Request::Reload => {
@@ -560,6 +688,61 @@ fn backends_table(backends: &[pb::Backend]) -> String {
     )
 }
 
+fn action_name(action: i32) -> &'static str {
+    match pb::FirewallAction::try_from(action) {
+        Ok(pb::FirewallAction::Deny) => "deny",
+        Ok(pb::FirewallAction::Allow) => "allow",
+        _ => "unknown",
+    }
+}
+
+fn rules_table(rules: &[pb::FirewallRule]) -> String {
+    if rules.is_empty() {
+        return "no firewall rules added at runtime\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = rules
+        .iter()
+        .map(|r| {
+            vec![
+                r.network.clone(),
+                action_name(r.action).to_owned(),
+                r.until_ms.map_or_else(|| "-".to_owned(), time),
+                time(r.added_ms),
+                if r.reason.is_empty() {
+                    "-".to_owned()
+                } else {
+                    r.reason.clone()
+                },
+            ]
+        })
+        .collect();
+    table(&["NETWORK", "ACTION", "UNTIL", "ADDED", "REASON"], &rows)
+}
+
+fn rule_json(r: &pb::FirewallRule) -> Value {
+    json!({
+        "network": r.network,
+        "action": action_name(r.action),
+        "until": r.until_ms.map(time),
+        "added": time(r.added_ms),
+        "reason": r.reason,
+    })
+}
+
+fn listener_json(l: &pb::Listener) -> Value {
+    json!({
+        "name": l.name,
+        "bind": l.bind,
+        "max_connections": l.max_connections,
+        "configured_max_connections": l.configured_max_connections,
+        "active_connections": l.active_connections,
+        "connections_total": l.connections_total,
+        "rejected": l.rejected,
+        "firewall_blocked": l.firewall_blocked,
+        "routes": l.routes,
+    })
+}
+
 fn history_table(ts: &[pb::Transition]) -> String {
     if ts.is_empty() {
         return "no transitions yet\n".to_owned();
@@ -686,6 +869,22 @@ fn event_text(e: &pb::Event) -> String {
             "{at}  reload FAILED (generation {} still runs): {}",
             r.generation, r.error
         ),
+        Some(Kind::Firewall(f)) => match &f.rule {
+            Some(r) => format!(
+                "{at}  firewall {} {} {}{}{}",
+                action_name(r.action),
+                r.network,
+                f.change,
+                r.until_ms
+                    .map_or_else(String::new, |u| format!(" (until {})", time(u))),
+                if r.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!("  ({})", r.reason)
+                }
+            ),
+            None => format!("{at}  firewall {}", f.change),
+        },
         None => format!("{at}  (an event this weir cannot show)"),
     }
 }
@@ -781,6 +980,10 @@ fn event_json(e: &pb::Event) -> Value {
         }),
         Some(Kind::Reload(r)) => json!({
             "at": at, "type": "reload", "ok": r.ok, "generation": r.generation, "error": r.error,
+        }),
+        Some(Kind::Firewall(f)) => json!({
+            "at": at, "type": "firewall", "change": f.change,
+            "rule": f.rule.as_ref().map(rule_json),
         }),
         None => json!({"at": at, "type": "unknown"}),
     }

@@ -99,6 +99,25 @@ enum Command {
         #[command(flatten)]
         target: ctl::Target,
     },
+    /// List, add or remove firewall rules at runtime, for every listener.
+    ///
+    /// `deny` refuses a source (reason `banned`); `allow` lets it past the
+    /// configured lists. Rules are written to the state file before they are
+    /// acknowledged and applied again after a restart; `--for` ends one by
+    /// itself. Changes need WEIR_TOKEN when the daemon has admin.token_file.
+    Firewall {
+        #[command(subcommand)]
+        command: ctl::FirewallCommand,
+        #[command(flatten)]
+        target: ctl::Target,
+    },
+    /// Change a listener at runtime: its max_connections.
+    Listener {
+        #[command(subcommand)]
+        command: ctl::ListenerCommand,
+        #[command(flatten)]
+        target: ctl::Target,
+    },
     /// Make the daemon read its config file again and apply it.
     ///
     /// Prints what was added, removed and changed; on a broken file prints why
@@ -107,7 +126,8 @@ enum Command {
         #[command(flatten)]
         target: ctl::Target,
     },
-    /// Follow backend transitions, tier changes and reloads as they happen.
+    /// Follow backend transitions, tier changes, reloads and firewall rules
+    /// as they happen.
     Watch {
         /// Only events of this pool (reloads always show).
         #[arg(long)]
@@ -165,6 +185,12 @@ fn main() -> ExitCode {
         }
         Command::Reload { target } => return ctl::run(&target, ctl::Request::Reload),
         Command::Watch { pool, target } => return ctl::run(&target, ctl::Request::Watch(pool)),
+        Command::Firewall { command, target } => {
+            return ctl::run(&target, ctl::Request::Firewall(command));
+        }
+        Command::Listener { command, target } => {
+            return ctl::run(&target, ctl::Request::Listener(command));
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -114,6 +114,34 @@ impl Admin for Fake {
         unimplemented()
     }
 
+    async fn list_firewall_rules(
+        &self,
+        _: Request<pb::ListFirewallRulesRequest>,
+    ) -> Result<Response<pb::ListFirewallRulesResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn add_firewall_rule(
+        &self,
+        _: Request<pb::AddFirewallRuleRequest>,
+    ) -> Result<Response<pb::FirewallRule>, Status> {
+        unimplemented()
+    }
+
+    async fn remove_firewall_rule(
+        &self,
+        _: Request<pb::RemoveFirewallRuleRequest>,
+    ) -> Result<Response<pb::FirewallRule>, Status> {
+        unimplemented()
+    }
+
+    async fn set_listener_max_connections(
+        &self,
+        _: Request<pb::SetListenerMaxConnectionsRequest>,
+    ) -> Result<Response<pb::Listener>, Status> {
+        unimplemented()
+    }
+
     type WatchStream = Events;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Events>, Status> {

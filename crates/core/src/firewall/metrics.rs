@@ -27,9 +27,9 @@ pub(crate) fn render(listeners: &[Arc<Listener>], w: &mut Writer) {
     w.family(
         "weir_firewall_blocked",
         Kind::Counter,
-        "Connections (and, for request_rate, HTTP requests) the firewall refused, by rule: deny_list, not_allowed, rate_limit, concurrency, request_rate.",
+        "Connections (and, for request_rate, HTTP requests) the firewall refused, by rule: banned, deny_list, not_allowed, rate_limit, concurrency, request_rate.",
     );
-    for l in listeners.iter().filter(|l| l.firewall.is_some()) {
+    for l in listeners {
         for b in Block::ALL {
             w.sample(
                 "weir_firewall_blocked_total",
@@ -41,7 +41,7 @@ pub(crate) fn render(listeners: &[Arc<Listener>], w: &mut Writer) {
     let tables = || {
         listeners
             .iter()
-            .filter_map(|l| Some((&l.name, l.firewall.as_ref()?.clients()?)))
+            .filter_map(|l| Some((&l.name, l.firewall.clients()?)))
     };
     w.family(
         "weir_firewall_tracked_clients",

@@ -3,11 +3,13 @@
 //! anything else is done for the connection. A refused connection is reset
 //! at once: no peek, no route, no backend.
 //!
-//! Order: the deny list (deny wins), then the allow list, then the
+//! Order: the operator's runtime rules (a ban refuses; an exception skips
+//! the lists), the deny list (deny wins), then the allow list, then the
 //! per-client limits (open connections, then the rate of new ones).
 
 mod clients;
 mod metrics;
+mod runtime;
 mod set;
 
 use std::net::IpAddr;
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 
 pub use clients::{ClientSlot, ClientTable};
 pub(crate) use metrics::render;
+pub use runtime::{Action, Rule, RuntimeRules};
 pub use set::AddrSet;
 use weir_config::PerClient;
 
@@ -28,6 +31,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// `weir_firewall_blocked_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Block {
+    /// An operator banned the source at runtime (`weir firewall deny`).
+    Banned,
     /// The source is on a deny list.
     DenyList,
     /// There is an allow list and the source is not on it.
@@ -42,7 +47,8 @@ pub enum Block {
 }
 
 impl Block {
-    pub const ALL: [Block; 5] = [
+    pub const ALL: [Block; 6] = [
+        Block::Banned,
         Block::DenyList,
         Block::NotAllowed,
         Block::RateLimit,
@@ -52,6 +58,7 @@ impl Block {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Block::Banned => "banned",
             Block::DenyList => "deny_list",
             Block::NotAllowed => "not_allowed",
             Block::RateLimit => "rate_limit",
@@ -64,7 +71,7 @@ impl Block {
     /// access log: `firewall` for a list, `rate_limit` for a limit.
     pub fn reason(self) -> Reason {
         match self {
-            Block::DenyList | Block::NotAllowed => Reason::Firewall,
+            Block::Banned | Block::DenyList | Block::NotAllowed => Reason::Firewall,
             Block::RateLimit | Block::Concurrency | Block::RequestRate => Reason::RateLimit,
         }
     }
@@ -73,15 +80,23 @@ impl Block {
 /// One listener's firewall.
 #[derive(Debug)]
 pub struct Firewall {
+    runtime: Arc<RuntimeRules>,
     deny: AddrSet,
     allow: Option<AddrSet>,
     per_client: Option<(PerClient, Arc<ClientTable>)>,
 }
 
 impl Firewall {
-    /// Builds the firewall of `config`, keeping the per-client state of
-    /// `before` (the listener's firewall before a reload) when it fits.
-    pub fn new(config: &weir_config::Firewall, before: Option<&Firewall>) -> Firewall {
+    /// Builds the firewall of `config` (`None`: the runtime rules only),
+    /// keeping the per-client state of `before` (the listener's firewall
+    /// before a reload) when it fits.
+    pub fn new(
+        config: Option<&weir_config::Firewall>,
+        runtime: &Arc<RuntimeRules>,
+        before: Option<&Firewall>,
+    ) -> Firewall {
+        let empty = weir_config::Firewall::default();
+        let config = config.unwrap_or(&empty);
         let per_client = config.per_client.map(|limits| {
             let kept = before
                 .and_then(|b| b.per_client.as_ref())
@@ -96,6 +111,7 @@ impl Firewall {
             (limits, table)
         });
         Firewall {
+            runtime: Arc::clone(runtime),
             deny: AddrSet::new(&config.deny),
             allow: config.allow.as_ref().map(AddrSet::new),
             per_client,
@@ -105,13 +121,19 @@ impl Firewall {
     /// Lets a new connection from `ip` in (with its hold on the client's
     /// count of open connections, when counted), or says why not.
     pub fn admit(&self, ip: IpAddr) -> Result<Option<ClientSlot>, Block> {
-        if self.deny.contains(ip) {
-            return Err(Block::DenyList);
-        }
-        if let Some(allow) = &self.allow
-            && !allow.contains(ip)
-        {
-            return Err(Block::NotAllowed);
+        match self.runtime.check(ip) {
+            Some(Action::Deny) => return Err(Block::Banned),
+            Some(Action::Allow) => {}
+            None => {
+                if self.deny.contains(ip) {
+                    return Err(Block::DenyList);
+                }
+                if let Some(allow) = &self.allow
+                    && !allow.contains(ip)
+                {
+                    return Err(Block::NotAllowed);
+                }
+            }
         }
         match &self.per_client {
             Some((limits, table)) => table.connect(ip, limits, Instant::now()),

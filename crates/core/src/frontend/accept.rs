@@ -133,10 +133,8 @@ fn admit(
     count(&stats.connections_total, 1);
     // The firewall first: a refused source costs no slot and no task.
     let mut slot = None;
-    if listener.filters_at_accept(peer.ip())
-        && let Some(firewall) = &listener.firewall
-    {
-        match firewall.admit(peer.ip()) {
+    if listener.filters_at_accept(peer.ip()) {
+        match listener.firewall.admit(peer.ip()) {
             Ok(s) => slot = s,
             Err(block) => {
                 reject_now(stream);
@@ -146,7 +144,7 @@ fn admit(
         }
     }
     let active = stats.connections_active.fetch_add(1, Relaxed);
-    if active >= i64::from(listener.max_connections) {
+    if active >= i64::from(listener.max_connections()) {
         stats.connections_active.fetch_sub(1, Relaxed);
         reject_now(stream);
         listener.refuse(peer, Reason::MaxConnections);

@@ -73,16 +73,14 @@ async fn front<'l>(listener: &'l Listener, client: &mut Client) -> Option<&'l Ro
                 }
             }
             // Now that the header said who the client is.
-            if let Some(firewall) = &listener.firewall {
-                match firewall.admit(client.peer.ip()) {
-                    Ok(slot) => client.slot = slot,
-                    Err(block) => {
-                        // A reset, at once, when the client is dropped.
-                        let _ = socket2::SockRef::from(&client.stream)
-                            .set_linger(Some(std::time::Duration::ZERO));
-                        listener.refuse_blocked(client.peer, block);
-                        return None;
-                    }
+            match listener.firewall.admit(client.peer.ip()) {
+                Ok(slot) => client.slot = slot,
+                Err(block) => {
+                    // A reset, at once, when the client is dropped.
+                    let _ = socket2::SockRef::from(&client.stream)
+                        .set_linger(Some(std::time::Duration::ZERO));
+                    listener.refuse_blocked(client.peer, block);
+                    return None;
                 }
             }
         }

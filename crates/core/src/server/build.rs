@@ -76,6 +76,7 @@ impl Server {
                 &pools,
                 before,
                 self.http.as_deref(),
+                &self.firewall_rules,
             )?);
         }
         let probes = schedule::prepare(&pools).map_err(StartError::Health)?;
@@ -98,6 +99,7 @@ fn build_listener(
     pools: &[Arc<Pool>],
     before: Option<&Listener>,
     http: Option<&dyn HttpLayer>,
+    runtime: &Arc<crate::firewall::RuntimeRules>,
 ) -> Result<Arc<Listener>, StartError> {
     let mut routes = Vec::with_capacity(l.routes.len());
     for (ri, r) in l.routes.iter().enumerate() {
@@ -179,10 +181,11 @@ fn build_listener(
         handshake_timeout: l.handshake_timeout,
         needs_hello: l.routes.iter().any(|r| r.matcher.needs_client_hello()),
         proxy_accept: l.proxy_protocol.clone(),
-        firewall: l
-            .firewall
-            .as_ref()
-            .map(|f| crate::firewall::Firewall::new(f, before.and_then(|b| b.firewall.as_ref()))),
+        firewall: crate::firewall::Firewall::new(
+            l.firewall.as_ref(),
+            runtime,
+            before.map(|b| &b.firewall),
+        ),
         routes,
         stats,
         zero_copy: config.runtime.zero_copy,

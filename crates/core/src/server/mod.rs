@@ -30,6 +30,7 @@
 
 mod build;
 mod control;
+mod firewall;
 mod metrics;
 mod reload;
 mod shutdown;
@@ -106,6 +107,14 @@ pub enum ControlError {
     Weight(u32),
     #[error("not saved, nothing changed: {0}")]
     State(String),
+    #[error("no listener {0:?}")]
+    NoListener(String),
+    #[error(
+        "{0:?} is not an IP address or CIDR (e.g. \"192.0.2.7\", \"10.0.0.0/8\", \"2001:db8::/48\")"
+    )]
+    Network(String),
+    #[error("no firewall rule for {0}")]
+    NoRule(String),
 }
 
 /// What a successful reload did.
@@ -173,6 +182,10 @@ pub struct Server {
     control: tokio::sync::Mutex<()>,
     journal: Arc<Journal>,
     persistence: Option<Persistence>,
+    /// The operator's firewall rules, shared by every listener.
+    firewall_rules: Arc<crate::firewall::RuntimeRules>,
+    /// Wakes the task that ends timed rules when one is added.
+    firewall_changed: Arc<tokio::sync::Notify>,
     /// Saved state for backends the config does not have.
     orphans: Mutex<Vec<weir_state::Entry>>,
     config_path: Option<PathBuf>,
@@ -210,6 +223,16 @@ impl Server {
             None => None,
         };
         let journal = Arc::new(Journal::new(persistence.as_ref().map(Persistence::queue)));
+        let rules = match &persistence {
+            Some(p) => p.load_rules().await?,
+            None => Vec::new(),
+        };
+        if !rules.is_empty() {
+            tracing::info!(
+                rules = rules.len(),
+                "firewall rules restored from the state file"
+            );
+        }
         let server = Server {
             current: ArcSwap::from_pointee(Snapshot {
                 generation: 0,
@@ -223,6 +246,8 @@ impl Server {
             control: tokio::sync::Mutex::new(()),
             journal,
             persistence,
+            firewall_rules: crate::firewall::RuntimeRules::new(rules),
+            firewall_changed: Arc::new(tokio::sync::Notify::new()),
             orphans: Mutex::new(Vec::new()),
             config_path: options.config_path,
             http: options.http,
@@ -237,6 +262,7 @@ impl Server {
         let inputs = server.inputs(&config).await?;
         let staged = server.stage(&config, None, inputs)?;
         server.commit(config, staged, None).await;
+        server.spawn_rule_expiry();
         Ok(server)
     }
 

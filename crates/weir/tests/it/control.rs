@@ -13,7 +13,7 @@ use crate::cli::{
 };
 
 /// Runs an operator command against `admin`, with `token` as WEIR_TOKEN.
-fn ctl(admin: SocketAddr, token: Option<&str>, args: &[&str]) -> Output {
+pub(crate) fn ctl(admin: SocketAddr, token: Option<&str>, args: &[&str]) -> Output {
     let mut cmd = weir();
     cmd.args(args).env("WEIR_ADMIN", admin.to_string());
     match token {
@@ -23,7 +23,7 @@ fn ctl(admin: SocketAddr, token: Option<&str>, args: &[&str]) -> Output {
     cmd.output().expect("run weir")
 }
 
-fn text(o: &Output) -> (i32, String, String) {
+pub(crate) fn text(o: &Output) -> (i32, String, String) {
     (
         o.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -31,7 +31,7 @@ fn text(o: &Output) -> (i32, String, String) {
     )
 }
 
-fn json(o: &Output) -> serde_json::Value {
+pub(crate) fn json(o: &Output) -> serde_json::Value {
     assert_eq!(o.status.code(), Some(0), "{:?}", text(o));
     serde_json::from_slice(&o.stdout).expect("json output")
 }

@@ -18,7 +18,7 @@ const DASHBOARD: &str = "deploy/grafana/weir-dashboard.json";
 const METRICS_DOC: &str = "docs/metrics.md";
 
 /// The alerts the rules file must define (see deploy/README.md).
-const EXPECTED_ALERTS: [&str; 8] = [
+const EXPECTED_ALERTS: [&str; 9] = [
     "WeirBackendDown",
     "WeirPoolNoServingBackend",
     "WeirPoolFailoverTierActive",
@@ -27,6 +27,7 @@ const EXPECTED_ALERTS: [&str; 8] = [
     "WeirListenerNearMaxConnections",
     "WeirConfigReloadFailed",
     "WeirCertificateExpiresSoon",
+    "WeirFirewallRefusalSurge",
 ];
 
 fn read(rel: &str) -> String {

@@ -374,3 +374,160 @@ fn http_requests_over_the_rate_get_429() {
         "{scrape}"
     );
 }
+
+/// The operator's rules at runtime: `weir firewall deny` bans a source on
+/// every listener at once, `--for` ends a ban by itself, `allow` lets a
+/// source past the configured lists, `remove` undoes; `weir watch` shows
+/// each change; rules survive a restart (the ended ones do not); and
+/// `weir listener max-connections` changes a limit until cleared.
+#[test]
+fn runtime_rules_ban_expire_survive_a_restart_and_show_in_watch() {
+    use crate::control::{ctl, json, text};
+    let dir = test_dir("firewall-runtime");
+    let db = dir.join("state.db");
+    let backend = counting_backend();
+    let (admin, grpc, front) = (free_port(), free_port(), free_port());
+    let file = crate::cli::temp_config(
+        "firewall-runtime",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\ngrpc = \"{grpc}\"\n[state]\npath = {:?}\n\
+             [log]\naccess_log = false\n\
+             [firewall]\ndeny = [\"127.0.9.0/24\"]\n\
+             [[listeners]]\nname = \"l\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n",
+            db.display().to_string(),
+            backend.addr
+        ),
+    );
+    let (mut first, _out) = crate::cli::run_weir(&file);
+    let mut watch = crate::cli::weir()
+        .args(["watch", "-o", "json"])
+        .env("WEIR_ADMIN", grpc.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("weir watch");
+    let events = crate::cli::lines(&mut watch);
+    let watch = crate::cli::Running(watch);
+    // The watch is subscribed once it shows a reload.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        assert_eq!(text(&ctl(grpc, None, &["reload"])).0, 0);
+        if events
+            .recv_timeout(Duration::from_millis(300))
+            .is_ok_and(|l| l.contains("\"type\":\"reload\""))
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "watch never started");
+    }
+    let banned = ip("127.0.7.1");
+    assert_eq!(ping_from(banned, front), Ok(()));
+    let (code, out, err) = text(&ctl(
+        grpc,
+        None,
+        &["firewall", "deny", "127.0.7.1", "--reason", "scanner"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("127.0.7.1/32") && out.contains("scanner"),
+        "{out}"
+    );
+    assert_eq!(ping_from(banned, front), Err(ErrorKind::ConnectionReset));
+    assert_eq!(
+        metric(
+            admin,
+            "weir_firewall_blocked_total{listener=\"l\",reason=\"banned\"}"
+        ),
+        1.0
+    );
+
+    // A timed ban of a network ends by itself.
+    let (code, _, err) = text(&ctl(
+        grpc,
+        None,
+        &["firewall", "deny", "127.0.8.0/24", "--for", "1s"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        ping_from(ip("127.0.8.200"), front),
+        Err(ErrorKind::ConnectionReset)
+    );
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while ping_from(ip("127.0.8.200"), front).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the ban never ended");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // An exception to the configured deny list.
+    assert_eq!(
+        ping_from(ip("127.0.9.5"), front),
+        Err(ErrorKind::ConnectionReset)
+    );
+    let (code, _, err) = text(&ctl(grpc, None, &["firewall", "allow", "127.0.9.5"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(ping_from(ip("127.0.9.5"), front), Ok(()));
+    assert_eq!(
+        ping_from(ip("127.0.9.6"), front),
+        Err(ErrorKind::ConnectionReset)
+    );
+
+    let rules = json(&ctl(grpc, None, &["firewall", "list", "-o", "json"]));
+    let nets: Vec<&str> = rules
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter_map(|r| r["network"].as_str())
+        .collect();
+    assert_eq!(nets, ["127.0.7.1/32", "127.0.9.5/32"], "{rules}");
+    // Watch saw every change, the end of the timed ban included.
+    for want in [
+        "\"change\":\"added\"",
+        "\"network\":\"127.0.8.0/24\"",
+        "\"change\":\"ended\"",
+    ] {
+        wait_line(&events, want);
+    }
+    drop(watch);
+
+    // Bad input is refused with a clear message.
+    let (code, _, err) = text(&ctl(grpc, None, &["firewall", "deny", "not-an-ip"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("is not an IP address or CIDR"), "{err}");
+    let (code, _, err) = text(&ctl(grpc, None, &["firewall", "remove", "192.0.2.1"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("no firewall rule for 192.0.2.1/32"), "{err}");
+
+    // max_connections at runtime.
+    let (code, out, err) = text(&ctl(grpc, None, &["listener", "max-connections", "l", "1"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("max_connections 1 (configured 10000)"),
+        "{out}"
+    );
+    let mut one = connect_from(ip("127.0.0.1"), front);
+    assert_eq!(ping(&mut one), Ok(()));
+    assert_eq!(
+        ping_from(ip("127.0.0.2"), front),
+        Err(ErrorKind::ConnectionReset)
+    );
+    let (code, _, err) = text(&ctl(
+        grpc,
+        None,
+        &["listener", "max-connections", "l", "--clear"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(ping_from(ip("127.0.0.2"), front), Ok(()));
+    drop(one);
+
+    // A restart applies the saved rules again.
+    signal(&first.0, rustix::process::Signal::TERM);
+    assert_eq!(crate::cli::wait_exit(&mut first.0).code(), Some(0));
+    let (_second, _out) = crate::cli::run_weir(&file);
+    assert_eq!(ping_from(banned, front), Err(ErrorKind::ConnectionReset));
+    assert_eq!(ping_from(ip("127.0.9.5"), front), Ok(()));
+    let (code, _, err) = text(&ctl(grpc, None, &["firewall", "remove", "127.0.7.1"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(ping_from(banned, front), Ok(()));
+}

@@ -1,0 +1,196 @@
+//! Rules an operator adds at runtime (`weir firewall deny|allow`), for every
+//! listener, on top of the configured lists: a runtime `deny` refuses the
+//! source (reason `banned`) before anything else; a runtime `allow` lets it
+//! past the configured lists (not past the per-client limits). A rule may
+//! carry an end (`--for 1h`); the server removes it then.
+//!
+//! Reads are lock-free (one `ArcSwap` load per connection); changes rebuild
+//! the compiled sets under a mutex, which only operator actions take.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use ipnet::IpNet;
+
+use super::AddrSet;
+
+/// What a runtime rule does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Deny,
+    Allow,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Deny => "deny",
+            Action::Allow => "allow",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Action> {
+        match s {
+            "deny" => Some(Action::Deny),
+            "allow" => Some(Action::Allow),
+            _ => None,
+        }
+    }
+}
+
+/// One runtime rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// The address or network (a bare address is a /32 or /128).
+    pub net: IpNet,
+    pub action: Action,
+    /// When it ends by itself; `None`: when removed.
+    pub until: Option<SystemTime>,
+    /// Why, in the operator's words.
+    pub reason: String,
+    pub added: SystemTime,
+}
+
+#[derive(Debug, Default)]
+struct Compiled {
+    deny: AddrSet,
+    allow: AddrSet,
+}
+
+/// The runtime rules of a server.
+#[derive(Debug, Default)]
+pub struct RuntimeRules {
+    rules: Mutex<Vec<Rule>>,
+    compiled: ArcSwap<Compiled>,
+}
+
+impl RuntimeRules {
+    pub fn new(rules: Vec<Rule>) -> Arc<RuntimeRules> {
+        let r = RuntimeRules::default();
+        {
+            let mut list = r.lock();
+            *list = rules;
+            r.compile(&list);
+        }
+        Arc::new(r)
+    }
+
+    /// What a runtime rule says of `ip`: a deny wins over an allow.
+    pub fn check(&self, ip: IpAddr) -> Option<Action> {
+        let c = self.compiled.load();
+        if c.deny.contains(ip) {
+            Some(Action::Deny)
+        } else if c.allow.contains(ip) {
+            Some(Action::Allow)
+        } else {
+            None
+        }
+    }
+
+    /// Adds `rule`, replacing a rule for the same network; the replaced one.
+    pub fn add(&self, rule: Rule) -> Option<Rule> {
+        let mut list = self.lock();
+        let old = list
+            .iter()
+            .position(|r| r.net == rule.net)
+            .map(|i| list.remove(i));
+        list.push(rule);
+        self.compile(&list);
+        old
+    }
+
+    /// Removes the rule for `net`; the removed one.
+    pub fn remove(&self, net: IpNet) -> Option<Rule> {
+        let mut list = self.lock();
+        let i = list.iter().position(|r| r.net == net)?;
+        let old = list.remove(i);
+        self.compile(&list);
+        Some(old)
+    }
+
+    /// Every rule, oldest first.
+    pub fn list(&self) -> Vec<Rule> {
+        self.lock().clone()
+    }
+
+    /// Removes and returns the rules that ended by `now`.
+    pub fn expire(&self, now: SystemTime) -> Vec<Rule> {
+        let mut list = self.lock();
+        let (ended, kept): (Vec<Rule>, Vec<Rule>) = list
+            .drain(..)
+            .partition(|r| r.until.is_some_and(|u| u <= now));
+        *list = kept;
+        if !ended.is_empty() {
+            self.compile(&list);
+        }
+        ended
+    }
+
+    /// When the next rule ends.
+    pub fn next_end(&self) -> Option<SystemTime> {
+        self.lock().iter().filter_map(|r| r.until).min()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Rule>> {
+        self.rules
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn compile(&self, list: &[Rule]) {
+        let of = |a: Action| {
+            AddrSet::new(
+                list.iter()
+                    .filter(|r| r.action == a)
+                    .map(|r| &r.net)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        self.compiled.store(Arc::new(Compiled {
+            deny: of(Action::Deny),
+            allow: of(Action::Allow),
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn rule(net: &str, action: Action, until: Option<SystemTime>) -> Rule {
+        Rule {
+            net: net.parse().expect("net"),
+            action,
+            until,
+            reason: String::new(),
+            added: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn deny_wins_and_rules_replace_and_expire() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let r = RuntimeRules::new(vec![rule("10.0.0.0/8", Action::Allow, None)]);
+        let ip = "10.1.2.3".parse().expect("ip");
+        assert_eq!(r.check(ip), Some(Action::Allow));
+        r.add(rule("10.1.2.3/32", Action::Deny, Some(t0)));
+        assert_eq!(r.check(ip), Some(Action::Deny));
+        assert_eq!(r.next_end(), Some(t0));
+        assert!(r.expire(t0 - Duration::from_secs(1)).is_empty());
+        let ended = r.expire(t0);
+        assert_eq!(ended.len(), 1);
+        assert_eq!(r.check(ip), Some(Action::Allow));
+        // Same network again: replaced, not doubled.
+        let old = r.add(rule("10.0.0.0/8", Action::Deny, None));
+        assert_eq!(old.map(|o| o.action), Some(Action::Allow));
+        assert_eq!(r.list().len(), 1);
+        assert_eq!(r.check(ip), Some(Action::Deny));
+        assert!(r.remove("10.0.0.0/8".parse().expect("net")).is_some());
+        assert_eq!(r.check(ip), None);
+        assert!(r.remove("10.0.0.0/8".parse().expect("net")).is_none());
+    }
+}

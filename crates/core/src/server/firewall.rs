@@ -1,0 +1,143 @@
+//! Operator actions on the firewall and the listeners' limits: runtime
+//! firewall rules (saved to the state file first, applied to every listener
+//! at once, announced to watchers, ended by themselves when timed) and
+//! `max_connections` set at runtime.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ipnet::IpNet;
+
+use super::{ControlError, Server};
+use crate::events::RuleChange;
+use crate::firewall::{Action, Rule};
+
+/// The longest a timed rule may last: past it, use a rule without an end.
+const MAX_FOR: Duration = Duration::from_secs(10 * 366 * 86_400);
+
+impl Server {
+    /// The runtime firewall rules, oldest first.
+    pub fn firewall_rules(&self) -> Vec<Rule> {
+        self.firewall_rules.list()
+    }
+
+    /// Adds a rule for `network` (an address or a CIDR), for every listener,
+    /// replacing the one for the same network. Saved to the state file first;
+    /// when that fails nothing changes.
+    pub async fn add_firewall_rule(
+        &self,
+        network: &str,
+        action: Action,
+        lasts: Option<Duration>,
+        reason: &str,
+    ) -> Result<Rule, ControlError> {
+        let net = parse_network(network)?;
+        let now = SystemTime::now();
+        let rule = Rule {
+            net,
+            action,
+            until: lasts.map(|d| now + d.min(MAX_FOR)),
+            reason: reason.to_owned(),
+            added: now,
+        };
+        let _one = self.control.lock().await;
+        if let Some(persist) = &self.persistence {
+            persist
+                .put_rule(&rule)
+                .await
+                .map_err(|e| ControlError::State(e.to_string()))?;
+        }
+        self.firewall_rules.add(rule.clone());
+        self.firewall_changed.notify_one();
+        tracing::info!(network = %rule.net, action = action.as_str(), until = ?rule.until, reason, "firewall rule added");
+        self.journal.firewall(RuleChange::Added, &rule);
+        Ok(rule)
+    }
+
+    /// Removes the rule for `network`; the removed rule.
+    pub async fn remove_firewall_rule(&self, network: &str) -> Result<Rule, ControlError> {
+        let net = parse_network(network)?;
+        let _one = self.control.lock().await;
+        if !self.firewall_rules.list().iter().any(|r| r.net == net) {
+            return Err(ControlError::NoRule(net.to_string()));
+        }
+        if let Some(persist) = &self.persistence {
+            persist
+                .delete_rule(net)
+                .await
+                .map_err(|e| ControlError::State(e.to_string()))?;
+        }
+        let removed = self
+            .firewall_rules
+            .remove(net)
+            .ok_or_else(|| ControlError::NoRule(net.to_string()))?;
+        tracing::info!(network = %net, action = removed.action.as_str(), "firewall rule removed");
+        self.journal.firewall(RuleChange::Removed, &removed);
+        Ok(removed)
+    }
+
+    /// Sets a listener's `max_connections` (`None`: back to the configured
+    /// one) until a restart. Connections open beyond a lowered limit stay.
+    pub async fn set_max_connections(
+        &self,
+        listener: &str,
+        max: Option<u32>,
+    ) -> Result<Arc<crate::listener::Listener>, ControlError> {
+        let _one = self.control.lock().await;
+        let l = self
+            .listener(listener)
+            .ok_or_else(|| ControlError::NoListener(listener.to_owned()))?;
+        l.stats
+            .max_connections_set
+            .store(max.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            listener,
+            max_connections = l.max_connections(),
+            "max_connections set"
+        );
+        Ok(l)
+    }
+
+    /// Ends timed rules when their time comes, until shutdown. Ended rules
+    /// stay in the state file until the next start, which deletes them.
+    pub(super) fn spawn_rule_expiry(&self) {
+        let rules = Arc::clone(&self.firewall_rules);
+        let changed = Arc::clone(&self.firewall_changed);
+        let journal = Arc::clone(&self.journal);
+        let stop = self.stop_accepting.clone();
+        tokio::spawn(async move {
+            loop {
+                let wait = rules.next_end().map(|at| {
+                    at.duration_since(SystemTime::now())
+                        .unwrap_or(Duration::ZERO)
+                });
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = changed.notified() => {}
+                    () = sleep_or_forever(wait) => {}
+                }
+                for rule in rules.expire(SystemTime::now()) {
+                    tracing::info!(network = %rule.net, action = rule.action.as_str(), "firewall rule ended");
+                    journal.firewall(RuleChange::Ended, &rule);
+                }
+            }
+        });
+    }
+}
+
+async fn sleep_or_forever(wait: Option<Duration>) {
+    match wait {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn parse_network(s: &str) -> Result<IpNet, ControlError> {
+    let s = s.trim();
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| ControlError::Network(s.to_owned()))
+}
