@@ -33,10 +33,11 @@ if ((${#packages[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}"
 fi
 
-# Python peers of the layer-7 tests (tests/it/peers.py): gRPC and WebSocket
-# clients and servers from PyPI, for the python3 on PATH.
-python3 -c 'import grpc, websockets' 2>/dev/null \
-    || python3 -m pip install -q --disable-pip-version-check grpcio websockets
+# Python peers of the tests from PyPI, for the python3 on PATH: gRPC and
+# WebSocket clients and servers (tests/it/peers.py), and a MaxMind-format
+# database writer for the firewall's country rules.
+python3 -c 'import grpc, websockets, mmdb_writer' 2>/dev/null \
+    || python3 -m pip install -q --disable-pip-version-check grpcio websockets mmdb-writer
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

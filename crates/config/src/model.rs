@@ -147,7 +147,46 @@ pub struct Firewall {
     /// With an allow list (`allow` or `allow_files` given), every source not
     /// on it is refused; `deny` still wins.
     pub allow: Option<Vec<IpNet>>,
+    /// `countries`: sources refused or let in by the country a MaxMind-format
+    /// database gives their address.
+    pub countries: Option<Countries>,
     pub per_client: Option<PerClient>,
+}
+
+/// `countries = { database, deny, allow }`. Codes are ISO 3166-1 alpha-2,
+/// upper case; `--` stands for an address the database has no country for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Countries {
+    pub database: GeoDatabase,
+    pub deny: Vec<String>,
+    /// With it, only these countries are let in (`deny` still wins).
+    pub allow: Option<Vec<String>>,
+}
+
+/// A MaxMind-format database, read and checked when the config is loaded.
+#[derive(Clone)]
+pub struct GeoDatabase {
+    pub path: std::path::PathBuf,
+    pub reader: std::sync::Arc<maxminddb::Reader<Vec<u8>>>,
+    /// Of the file's bytes: a reload that reads a new file is a change.
+    pub digest: u64,
+}
+
+impl PartialEq for GeoDatabase {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path && self.digest == other.digest
+    }
+}
+
+impl std::fmt::Debug for GeoDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.reader.metadata();
+        f.debug_struct("GeoDatabase")
+            .field("path", &self.path)
+            .field("database_type", &m.database_type)
+            .field("build_epoch", &m.build_epoch)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `per_client`: limits per client address, or per network of

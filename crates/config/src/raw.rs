@@ -42,7 +42,17 @@ pub(crate) struct RawFirewall {
     pub(crate) allow_files: Vec<String>,
     #[serde(default)]
     pub(crate) deny_files: Vec<String>,
+    pub(crate) countries: Option<RawCountries>,
     pub(crate) per_client: Option<RawPerClient>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawCountries {
+    pub(crate) database: String,
+    #[serde(default)]
+    pub(crate) deny: Vec<String>,
+    pub(crate) allow: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]

@@ -2050,3 +2050,48 @@ fn firewall_mistakes_name_their_key_file_and_line() {
         "unknown key",
     );
 }
+
+#[test]
+fn country_rules_need_a_readable_database_and_real_codes() {
+    assert_one(
+        &format!(
+            "[firewall]\ncountries = {{ database = \"/nonexistent/c.mmdb\", deny = [\"XX\"] }}\n{OK_LISTENER}{OK_POOL}"
+        ),
+        "firewall.countries.database",
+        "cannot read \"/nonexistent/c.mmdb\"",
+    );
+    let file = std::env::temp_dir().join(format!("weir-config-geo-{}", std::process::id()));
+    std::fs::write(&file, b"\xab\xcd\xefMaxMind.com but not really").expect("write");
+    assert_one(
+        &format!(
+            "[firewall]\ncountries = {{ database = \"{}\", deny = [\"XX\"] }}\n{OK_LISTENER}{OK_POOL}",
+            file.display()
+        ),
+        "firewall.countries.database",
+        &format!(
+            "{:?} is not a MaxMind-format database",
+            file.display().to_string()
+        ),
+    );
+    let found = problems(&format!(
+        "[firewall]\ncountries = {{ database = \"{}\", deny = [\"Netherlands\"] }}\n{OK_LISTENER}{OK_POOL}",
+        file.display()
+    ));
+    assert!(
+        found.iter().any(|p| p.path == "firewall.countries.deny[0]"
+            && p.message
+                .starts_with("\"Netherlands\" is not a country code")),
+        "{found:#?}"
+    );
+    let found = problems(&format!(
+        "[firewall]\ncountries = {{ database = \"{}\" }}\n{OK_LISTENER}{OK_POOL}",
+        file.display()
+    ));
+    assert!(
+        found
+            .iter()
+            .any(|p| p.path == "firewall.countries" && p.message.starts_with("names no country")),
+        "{found:#?}"
+    );
+    let _ = std::fs::remove_file(&file);
+}

@@ -143,7 +143,7 @@ pub struct Listener {
     #[prost(uint32, tag = "9")]
     pub configured_max_connections: u32,
     /// Refused by the firewall, by rule (banned, deny_list, not_allowed,
-    /// rate_limit, concurrency, request_rate).
+    /// country, rate_limit, concurrency, request_rate).
     #[prost(map = "string, uint64", tag = "10")]
     pub firewall_blocked: ::std::collections::HashMap<
         ::prost::alloc::string::String,

@@ -6,8 +6,8 @@
 use ipnet::IpNet;
 
 use super::{Checker, values};
-use crate::model::{Firewall, PerClient};
-use crate::raw::{RawFirewall, RawPerClient};
+use crate::model::{Countries, Firewall, GeoDatabase, PerClient};
+use crate::raw::{RawCountries, RawFirewall, RawPerClient};
 
 const DEFAULT_IPV4_PREFIX: u8 = 32;
 const DEFAULT_IPV6_PREFIX: u8 = 64;
@@ -23,6 +23,7 @@ pub(super) struct Parts {
     /// `allow` or `allow_files` was given (an empty file still means an
     /// allow list: nothing is let in).
     has_allow: bool,
+    countries: Option<Countries>,
     per_client: Option<RawPerClient>,
 }
 
@@ -40,12 +41,89 @@ impl Checker {
             // Checked here, once, with the path of the table that says it.
             self.per_client(&format!("{path}.per_client"), *pc);
         }
+        let countries = raw
+            .countries
+            .as_ref()
+            .and_then(|c| self.countries(&format!("{path}.countries"), c));
         Parts {
             deny,
             allow,
             has_allow: !raw.allow.is_empty() || !raw.allow_files.is_empty(),
+            countries,
             per_client: raw.per_client,
         }
+    }
+
+    /// The database, read and checked now: a missing or unreadable file is
+    /// an error here, never a firewall that silently lets everyone in.
+    fn countries(&mut self, path: &str, raw: &RawCountries) -> Option<Countries> {
+        let deny = self.country_codes(&format!("{path}.deny"), &raw.deny);
+        let allow = raw
+            .allow
+            .as_ref()
+            .map(|a| self.country_codes(&format!("{path}.allow"), a));
+        if deny.is_empty() && allow.is_none() {
+            self.push(path, "names no country: give `deny`, `allow` or both");
+        }
+        let file = std::path::PathBuf::from(&raw.database);
+        let bytes = match std::fs::read(&file) {
+            Ok(b) => b,
+            Err(e) => {
+                self.push(
+                    format!("{path}.database"),
+                    format!("cannot read {:?}: {e}", raw.database),
+                );
+                return None;
+            }
+        };
+        let digest = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            bytes.hash(&mut h);
+            h.finish()
+        };
+        match maxminddb::Reader::from_source(bytes) {
+            Ok(reader) => Some(Countries {
+                database: GeoDatabase {
+                    path: file,
+                    reader: std::sync::Arc::new(reader),
+                    digest,
+                },
+                deny,
+                allow,
+            }),
+            Err(e) => {
+                self.push(
+                    format!("{path}.database"),
+                    format!("{:?} is not a MaxMind-format database: {e}", raw.database),
+                );
+                None
+            }
+        }
+    }
+
+    /// ISO 3166-1 alpha-2 codes (any case), or `--`; upper-cased.
+    fn country_codes(&mut self, path: &str, codes: &[String]) -> Vec<String> {
+        codes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let ok = c == "--" || (c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()));
+                if ok {
+                    Some(c.to_ascii_uppercase())
+                } else {
+                    self.push(
+                        format!("{path}[{i}]"),
+                        format!(
+                            "{c:?} is not a country code: write two letters (ISO 3166-1 \
+                             alpha-2, e.g. \"NL\"), or \"--\" for addresses the database \
+                             has no country for"
+                        ),
+                    );
+                    None
+                }
+            })
+            .collect()
     }
 
     /// The addresses and networks of a list file: one per line, `#` starts a
@@ -165,6 +243,8 @@ impl Checker {
             allow.extend(own.allow);
             allow
         });
+        // The listener's own country rule, else the global one.
+        let countries = own.countries.or_else(|| global.countries.clone());
         let per_client = match (&global.per_client, own.per_client) {
             (None, None) => None,
             (Some(g), None) => Some(*g),
@@ -200,6 +280,7 @@ impl Checker {
         Some(Firewall {
             deny,
             allow,
+            countries,
             per_client,
         })
     }

@@ -27,7 +27,7 @@ pub(crate) fn render(listeners: &[Arc<Listener>], w: &mut Writer) {
     w.family(
         "weir_firewall_blocked",
         Kind::Counter,
-        "Connections (and, for request_rate, HTTP requests) the firewall refused, by rule: banned, deny_list, not_allowed, rate_limit, concurrency, request_rate.",
+        "Connections (and, for request_rate, HTTP requests) the firewall refused, by rule: banned, deny_list, not_allowed, country, rate_limit, concurrency, request_rate.",
     );
     for l in listeners {
         for b in Block::ALL {

@@ -37,6 +37,8 @@ pub enum Block {
     DenyList,
     /// There is an allow list and the source is not on it.
     NotAllowed,
+    /// The source's country (`countries`) is denied, or not allowed.
+    Country,
     /// The source opened new connections faster than `per_client.rate`.
     RateLimit,
     /// The source has `per_client.concurrent` connections open already.
@@ -47,10 +49,11 @@ pub enum Block {
 }
 
 impl Block {
-    pub const ALL: [Block; 6] = [
+    pub const ALL: [Block; 7] = [
         Block::Banned,
         Block::DenyList,
         Block::NotAllowed,
+        Block::Country,
         Block::RateLimit,
         Block::Concurrency,
         Block::RequestRate,
@@ -61,6 +64,7 @@ impl Block {
             Block::Banned => "banned",
             Block::DenyList => "deny_list",
             Block::NotAllowed => "not_allowed",
+            Block::Country => "country",
             Block::RateLimit => "rate_limit",
             Block::Concurrency => "concurrency",
             Block::RequestRate => "request_rate",
@@ -71,7 +75,9 @@ impl Block {
     /// access log: `firewall` for a list, `rate_limit` for a limit.
     pub fn reason(self) -> Reason {
         match self {
-            Block::Banned | Block::DenyList | Block::NotAllowed => Reason::Firewall,
+            Block::Banned | Block::DenyList | Block::NotAllowed | Block::Country => {
+                Reason::Firewall
+            }
             Block::RateLimit | Block::Concurrency | Block::RequestRate => Reason::RateLimit,
         }
     }
@@ -83,6 +89,7 @@ pub struct Firewall {
     runtime: Arc<RuntimeRules>,
     deny: AddrSet,
     allow: Option<AddrSet>,
+    countries: Option<weir_config::Countries>,
     per_client: Option<(PerClient, Arc<ClientTable>)>,
 }
 
@@ -114,6 +121,7 @@ impl Firewall {
             runtime: Arc::clone(runtime),
             deny: AddrSet::new(&config.deny),
             allow: config.allow.as_ref().map(AddrSet::new),
+            countries: config.countries.clone(),
             per_client,
         }
     }
@@ -132,6 +140,11 @@ impl Firewall {
                     && !allow.contains(ip)
                 {
                     return Err(Block::NotAllowed);
+                }
+                if let Some(c) = &self.countries
+                    && !country_admits(c, ip)
+                {
+                    return Err(Block::Country);
                 }
             }
         }
@@ -153,4 +166,30 @@ impl Firewall {
     pub fn clients(&self) -> Option<&ClientTable> {
         self.per_client.as_ref().map(|(_, t)| &**t)
     }
+}
+
+/// The country the database gives `ip` (`country.iso_code`, else
+/// `registered_country.iso_code`; `--` when it has none or cannot read its
+/// record), checked against `deny` then `allow`. Borrowed from the
+/// database: a lookup allocates nothing.
+fn country_admits(c: &weir_config::Countries, ip: IpAddr) -> bool {
+    use maxminddb::PathElement::Key;
+    let found = c.database.reader.lookup(set::canonical(ip)).ok();
+    let code = found
+        .as_ref()
+        .and_then(|f| {
+            [
+                [Key("country"), Key("iso_code")],
+                [Key("registered_country"), Key("iso_code")],
+            ]
+            .iter()
+            .find_map(|path| f.decode_path::<&str>(path).ok().flatten())
+        })
+        .unwrap_or("--");
+    if c.deny.iter().any(|d| d.eq_ignore_ascii_case(code)) {
+        return false;
+    }
+    c.allow
+        .as_ref()
+        .is_none_or(|a| a.iter().any(|x| x.eq_ignore_ascii_case(code)))
 }

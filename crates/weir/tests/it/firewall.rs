@@ -531,3 +531,125 @@ fn runtime_rules_ban_expire_survive_a_restart_and_show_in_watch() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(ping_from(banned, front), Ok(()));
 }
+
+/// Writes a MaxMind-format country database with `mmdb-writer` (PyPI): each
+/// (network, field, code) gives the network `{field: {iso_code: code}}`.
+fn country_db(path: &std::path::Path, networks: &[(&str, &str, &str)]) {
+    let inserts: String = networks
+        .iter()
+        .map(|(net, field, code)| {
+            format!("w.insert_network(IPSet(['{net}']), {{'{field}': {{'iso_code': '{code}'}}}})\n")
+        })
+        .collect();
+    let script = format!(
+        "from mmdb_writer import MMDBWriter\nfrom netaddr import IPSet\n\
+         w = MMDBWriter(ip_version=6, database_type='GeoLite2-Country', languages=['en'], \
+         description='weir test', ipv4_compatible=True)\n{inserts}\
+         w.to_db_file({:?})\n",
+        path.display().to_string()
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "mmdb-writer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `countries`: the country a MaxMind-format database gives the client
+/// (`country`, else `registered_country`; `--` for none) is denied, or must
+/// be allowed; the database is read again on reload, and a missing or
+/// broken one fails the reload and keeps the rules in force.
+#[test]
+fn country_rules_from_a_maxmind_database() {
+    let dir = test_dir("firewall-geo");
+    let db = dir.join("country.mmdb");
+    country_db(
+        &db,
+        &[
+            ("127.0.20.0/24", "country", "NL"),
+            ("127.0.21.0/24", "country", "XX"),
+            ("127.0.22.0/24", "registered_country", "DE"),
+        ],
+    );
+    let backend = counting_backend();
+    let (admin, front, only) = (free_port(), free_port(), free_port());
+    let (weir, out) = start(
+        "firewall-geo",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\nformat = \"json\"\n\
+             [firewall]\ncountries = {{ database = {:?}, deny = [\"xx\"] }}\n\
+             [[listeners]]\nname = \"l\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[listeners]]\nname = \"nl\"\nbind = \"{only}\"\n\
+             firewall = {{ countries = {{ database = {:?}, allow = [\"NL\"] }} }}\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n",
+            db.display().to_string(),
+            db.display().to_string(),
+            backend.addr
+        ),
+    );
+    assert_eq!(ping_from(ip("127.0.20.1"), front), Ok(()));
+    assert_eq!(
+        ping_from(ip("127.0.21.1"), front),
+        Err(ErrorKind::ConnectionReset)
+    );
+    assert_eq!(ping_from(ip("127.0.22.1"), front), Ok(()));
+    assert_eq!(ping_from(ip("127.0.30.1"), front), Ok(()));
+    // Only NL: registered DE and no country at all are refused.
+    assert_eq!(ping_from(ip("127.0.20.1"), only), Ok(()));
+    assert_eq!(
+        ping_from(ip("127.0.22.1"), only),
+        Err(ErrorKind::ConnectionReset)
+    );
+    assert_eq!(
+        ping_from(ip("127.0.30.1"), only),
+        Err(ErrorKind::ConnectionReset)
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "weir_firewall_blocked_total{listener=\"l\",reason=\"country\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "weir_firewall_blocked_total{listener=\"nl\",reason=\"country\"}"
+        ),
+        2.0
+    );
+    assert_eq!(backend.accepted.load(Relaxed), 4);
+
+    // A new database under the same name: read again on reload.
+    country_db(&db, &[("127.0.20.0/24", "country", "XX")]);
+    signal(&weir.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    assert_eq!(
+        ping_from(ip("127.0.20.1"), front),
+        Err(ErrorKind::ConnectionReset)
+    );
+    assert_eq!(ping_from(ip("127.0.21.1"), front), Ok(()));
+
+    // Broken, then missing: the reload fails, naming the key and the
+    // reason, and the rules in force stay.
+    std::fs::write(&db, b"not a database").expect("break");
+    signal(&weir.0, rustix::process::Signal::HUP);
+    let line = wait_line(&out, "reload failed");
+    assert!(line.contains("firewall.countries.database"), "{line}");
+    assert!(line.contains("not a MaxMind-format database"), "{line}");
+    std::fs::remove_file(&db).expect("remove");
+    signal(&weir.0, rustix::process::Signal::HUP);
+    let line = wait_line(&out, "reload failed");
+    assert!(line.contains("cannot read"), "{line}");
+    assert_eq!(
+        ping_from(ip("127.0.20.1"), front),
+        Err(ErrorKind::ConnectionReset)
+    );
+    assert_eq!(ping_from(ip("127.0.21.1"), front), Ok(()));
+}
