@@ -114,9 +114,20 @@ fn changes_need_the_token_and_reads_do_not() {
     assert!(err.contains("wrong"), "{err}");
     let (code, _, err) = text(&ctl(grpc, Some("short"), &["reload"]));
     assert_eq!(code, 4, "{err}");
+    // The firewall's and the listeners' changes too.
+    for args in [
+        &["firewall", "deny", "192.0.2.1"][..],
+        &["firewall", "remove", "192.0.2.1"],
+        &["listener", "max-connections", "l", "5"],
+    ] {
+        let (code, _, err) = text(&ctl(grpc, None, args));
+        assert_eq!(code, 4, "{args:?} without a token: {err}");
+    }
     // Nothing changed, and reads need no token.
     let backends = json(&ctl(grpc, None, &["backends", "-o", "json"]));
     assert_eq!(backends[0]["admin"], "enabled");
+    let rules = json(&ctl(grpc, None, &["firewall", "list", "-o", "json"]));
+    assert_eq!(rules, serde_json::json!([]));
 
     let (code, out, err) = text(&ctl(
         grpc,
@@ -133,7 +144,7 @@ fn changes_need_the_token_and_reads_do_not() {
             http,
             "weir_admin_auth_failures_total{reason=\"missing_token\"}"
         ),
-        "weir_admin_auth_failures_total{reason=\"missing_token\"} 1"
+        "weir_admin_auth_failures_total{reason=\"missing_token\"} 4"
     );
     assert_eq!(
         metric(
