@@ -278,6 +278,81 @@ pub struct HttpRoute {
     pub max_header_bytes: u32,
     /// The largest request body accepted, in bytes; `None`: no limit.
     pub max_body_bytes: Option<u64>,
+    /// What an encoded slash (`%2F`, `%5C`) in a path gets.
+    pub encoded_slashes: EncodedSlashes,
+    /// Checked first for every request, before the matched rule's own.
+    pub policies: Vec<HttpPolicy>,
+}
+
+/// `encoded_slashes`: what a `%2F` or `%5C` in a request's path gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EncodedSlashes {
+    /// 400: a backend that decodes it would see another path than the one
+    /// the rules and policies saw.
+    #[default]
+    Reject,
+    /// Forwarded encoded (upper-case); rules and policies see it encoded.
+    Keep,
+}
+
+/// One request policy of an l7 route or rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpPolicy {
+    pub name: String,
+    pub check: PolicyCheck,
+    /// The status of a refused request (403 by default).
+    pub status: u16,
+    /// Its body; `None`: a line naming the policy.
+    pub body: Option<String>,
+}
+
+/// What a policy checks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PolicyCheck {
+    /// Refuse a request whose User-Agent contains one of these (lower-case;
+    /// compared without case) or matches the pattern. A request without a
+    /// User-Agent passes.
+    BlockUserAgent {
+        contains: Vec<String>,
+        pattern: Option<Pattern>,
+    },
+    /// Refuse a request without this header (lower-case name), or whose
+    /// value is not `value` / does not match `pattern`.
+    RequireHeader {
+        name: String,
+        value: Option<String>,
+        pattern: Option<Pattern>,
+    },
+    /// Refuse a request for which every given condition holds. Paths are
+    /// compared without case: a case-insensitive backend cannot be reached
+    /// through `/ADMIN` past a deny of `/admin`.
+    Deny(PolicyMatch),
+    /// Refuse a request for which a given condition does not hold.
+    Allow(PolicyMatch),
+}
+
+/// The conditions of a `deny` or `allow` policy; an empty list is no
+/// condition.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PolicyMatch {
+    pub methods: Vec<String>,
+    /// Any of these prefixes of the normalised path.
+    pub path_prefix: Vec<String>,
+    pub path_regex: Option<Pattern>,
+    /// Lower-case host names, exact or `*.example.com`.
+    pub host: Vec<String>,
+    /// The client's address (the PROXY header's when trusted).
+    pub source: Vec<IpNet>,
+}
+
+/// A regular expression of the config (Rust `regex` syntax, linear time).
+#[derive(Debug, Clone)]
+pub struct Pattern(pub regex::Regex);
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
 }
 
 /// `tls = { certificates, client_ca }`: the certificates an l7 route
@@ -298,6 +373,8 @@ pub struct HttpRule {
     pub pool: String,
     /// Index of that pool in [`Config::pools`].
     pub pool_index: usize,
+    /// Checked after the route's policies, for the requests this rule takes.
+    pub policies: Vec<HttpPolicy>,
 }
 
 /// `match = { host, path_prefix, methods, headers }` of an HTTP rule: every

@@ -139,6 +139,38 @@ pub(crate) struct RawRoute {
     pub(crate) timeouts: Option<RawHttpTimeouts>,
     pub(crate) max_header_bytes: Option<Int>,
     pub(crate) max_body_bytes: Option<Int>,
+    pub(crate) encoded_slashes: Option<String>,
+    pub(crate) policies: Option<Vec<RawPolicy>>,
+}
+
+/// One entry of `policies = [...]` (an l7 route's or a rule's).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawPolicy {
+    pub(crate) name: String,
+    pub(crate) block_user_agent: Option<Vec<String>>,
+    pub(crate) block_user_agent_regex: Option<String>,
+    pub(crate) require_header: Option<String>,
+    pub(crate) require_value: Option<String>,
+    pub(crate) require_regex: Option<String>,
+    pub(crate) deny: Option<RawPolicyMatch>,
+    pub(crate) allow: Option<RawPolicyMatch>,
+    pub(crate) status: Option<Int>,
+    pub(crate) body: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawPolicyMatch {
+    #[serde(default)]
+    pub(crate) methods: Vec<String>,
+    #[serde(default)]
+    pub(crate) path_prefix: Vec<String>,
+    pub(crate) path_regex: Option<String>,
+    #[serde(default)]
+    pub(crate) host: Vec<String>,
+    #[serde(default)]
+    pub(crate) source: Vec<String>,
 }
 
 /// `tls = { certificates, client_ca }` of an l7 route: weir terminates TLS.
@@ -165,6 +197,7 @@ pub(crate) struct RawHttpRule {
     #[serde(rename = "match")]
     pub(crate) matcher: Option<RawHttpMatch>,
     pub(crate) pool: String,
+    pub(crate) policies: Option<Vec<RawPolicy>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

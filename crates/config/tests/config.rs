@@ -2095,3 +2095,82 @@ fn country_rules_need_a_readable_database_and_real_codes() {
     );
     let _ = std::fs::remove_file(&file);
 }
+
+/// An l7 route with `policies` at the route and on its rule.
+fn l7_with(route_extra: &str, rule_extra: &str) -> String {
+    format!(
+        "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:7000\"\n\
+         [[listeners.routes]]\nname = \"r\"\nmode = \"l7\"\n{route_extra}\n\
+         [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n{rule_extra}\n{OK_POOL}"
+    )
+}
+
+#[test]
+fn policies_are_checked_with_their_key_paths() {
+    let cfg = load(&l7_with(
+        "policies = [ { name = \"a\", deny = { path_prefix = [\"/admin\"], methods = [\"POST\"] } } ]",
+        "policies = [ { name = \"b\", require_header = \"X-Key\", status = 401, body = \"no\" } ]",
+    ))
+    .expect("valid");
+    let RouteMode::L7(http) = &cfg.listeners[0].routes[0].mode else {
+        panic!("l7");
+    };
+    assert_eq!(http.policies.len(), 1);
+    assert_eq!(http.policies[0].status, 403);
+    assert_eq!(http.rules[0].policies[0].status, 401);
+    assert_eq!(http.encoded_slashes, weir_config::EncodedSlashes::Reject);
+
+    assert_one(
+        &l7_with(
+            "policies = [ { name = \"a\", require_header = \"x\", deny = { methods = [\"GET\"] } } ]",
+            "",
+        ),
+        "listeners[0].routes[0].policies[0]",
+        "a policy takes exactly one of",
+    );
+    assert_one(
+        &l7_with(
+            "policies = [ { name = \"a\", block_user_agent_regex = \"(unclosed\" } ]",
+            "",
+        ),
+        "listeners[0].routes[0].policies[0].block_user_agent_regex",
+        "not a regular expression",
+    );
+    assert_one(
+        &l7_with(
+            "policies = [ { name = \"a\", deny = { methods = [\"GET\"] } } ]",
+            "policies = [ { name = \"a\", deny = { methods = [\"PUT\"] } } ]",
+        ),
+        "listeners[0].routes[0].http[0].policies[0].name",
+        "duplicate policy name \"a\"",
+    );
+    assert_one(
+        &l7_with("policies = [ { name = \"a\", deny = {} } ]", ""),
+        "listeners[0].routes[0].policies[0].deny",
+        "names no condition",
+    );
+    assert_one(
+        &l7_with(
+            "policies = [ { name = \"a\", allow = { source = [\"10.0.0.0/33\"] } } ]",
+            "",
+        ),
+        "listeners[0].routes[0].policies[0].allow.source[0]",
+        "\"10.0.0.0/33\" is not an IP address or CIDR",
+    );
+    assert_one(
+        &l7_with("encoded_slashes = \"decode\"", ""),
+        "listeners[0].routes[0].encoded_slashes",
+        "unknown value \"decode\"; expected one of: reject, keep",
+    );
+    assert_one(
+        &format!(
+            "{}{OK_POOL}",
+            OK_LISTENER.replace(
+                "  pool = \"p\"\n",
+                "  pool = \"p\"\n  policies = [ { name = \"a\", deny = { methods = [\"GET\"] } } ]\n"
+            )
+        ),
+        "listeners[0].routes[0].policies",
+        "only for HTTP routes",
+    );
+}

@@ -68,6 +68,12 @@ pub trait HttpHandler: Send + Sync + fmt::Debug {
     fn as_any(&self) -> &dyn Any;
 
     /// The certificates the route terminates TLS with.
+    /// Requests each request policy of the route refused so far, by policy
+    /// name (`weir_http_policy_blocked_total`).
+    fn policy_blocks(&self) -> Vec<(Arc<str>, u64)> {
+        Vec::new()
+    }
+
     fn certificates(&self) -> Vec<Certificate> {
         Vec::new()
     }

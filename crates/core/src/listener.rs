@@ -277,7 +277,7 @@ impl Default for ListenerStats {
             connections_total: AtomicU64::new(0),
             connections_active: AtomicI64::new(0),
             max_connections_set: AtomicU32::new(0),
-            rejected: Default::default(),
+            rejected: std::array::from_fn(|_| AtomicU64::new(0)),
             firewall_blocked: Default::default(),
             refusal_lines: LogBudget::new(0),
             tls_handshakes: Default::default(),
@@ -479,6 +479,27 @@ pub(crate) fn render(listeners: &[Arc<Listener>], w: &mut Writer) {
                 &[("listener", &l.name), ("route", &r.name)],
                 &r.stats.http_request_duration.snapshot(),
             );
+        }
+    }
+    w.family(
+        "weir_http_policy_blocked",
+        Kind::Counter,
+        "HTTP requests a request policy of the route refused, by policy name.",
+    );
+    for l in listeners {
+        for r in &l.routes {
+            let Mode::L7(l7) = &r.mode else { continue };
+            for (policy, n) in l7.handler.policy_blocks() {
+                w.sample(
+                    "weir_http_policy_blocked_total",
+                    &[
+                        ("listener", &l.name),
+                        ("route", &r.name),
+                        ("policy", &policy),
+                    ],
+                    n,
+                );
+            }
         }
     }
     tls(listeners, w);

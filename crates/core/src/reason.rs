@@ -94,6 +94,8 @@ pub enum Reason {
     BodyTooLarge,
     /// A request that is not valid HTTP, or ambiguous (smuggling).
     BadRequest,
+    /// A request policy of the route refused the request.
+    Policy,
 
     // weir's own trouble.
     /// weir could not create a socket or a pipe: out of file descriptors
@@ -177,6 +179,7 @@ impl Reason {
             Self::HeaderTooLarge => "header_too_large",
             Self::BodyTooLarge => "body_too_large",
             Self::BadRequest => "bad_request",
+            Self::Policy => "policy",
             Self::LocalResources => "local_resources",
         }
     }
@@ -203,7 +206,8 @@ impl Reason {
             | Self::HeaderTimeout
             | Self::HeaderTooLarge
             | Self::BodyTooLarge
-            | Self::BadRequest => Side::Client,
+            | Self::BadRequest
+            | Self::Policy => Side::Client,
             Self::BackendClosed
             | Self::BackendError
             | Self::BackendDown
@@ -252,7 +256,7 @@ impl Reason {
             Self::NoRoute | Self::NoRule => Some(404),
             Self::HandshakeTimeout | Self::IdleTimeout | Self::HeaderTimeout => Some(408),
             Self::ProxyProtocol | Self::BadRequest => Some(400),
-            Self::Firewall => Some(403),
+            Self::Firewall | Self::Policy => Some(403),
             Self::RateLimit => Some(429),
             Self::HeaderTooLarge => Some(431),
             Self::BodyTooLarge => Some(413),
@@ -342,6 +346,7 @@ mod tests {
         Reason::HeaderTooLarge,
         Reason::BodyTooLarge,
         Reason::BadRequest,
+        Reason::Policy,
         Reason::LocalResources,
     ];
 

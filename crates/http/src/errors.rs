@@ -57,6 +57,7 @@ pub fn text(reason: Reason) -> String {
         Reason::Shutdown => "weir is shutting down",
         Reason::RateLimit => "this client sends too many requests",
         Reason::Firewall => "the firewall refuses this client",
+        Reason::Policy => "a policy of this route refuses the request",
         _ => "the backend failed",
     };
     format!("weir: {what} ({})\n", reason.as_str())

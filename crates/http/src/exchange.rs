@@ -38,6 +38,8 @@ pub(crate) struct Exchange {
     pub(crate) conn: Arc<ConnState>,
     pub(crate) client: SocketAddr,
     pub(crate) rule: Option<Arc<str>>,
+    /// The policy that refused the request.
+    pub(crate) policy: Option<Arc<str>>,
     pub(crate) method: Method,
     pub(crate) uri: Uri,
     /// The `Host` header, when the URI has no authority (HTTP/1.1).
@@ -73,6 +75,7 @@ impl Exchange {
             conn,
             client,
             rule: None,
+            policy: None,
             method,
             uri,
             host: None,
@@ -138,6 +141,7 @@ impl Exchange {
             listener: &self.listener.name,
             route: route.map_or("-", |r| r.name.as_str()),
             rule: self.rule.as_deref(),
+            policy: self.policy.as_deref(),
             client: self.client,
             method: self.method.as_str(),
             host,

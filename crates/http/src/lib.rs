@@ -25,6 +25,7 @@ pub mod errors;
 mod exchange;
 pub mod headers;
 mod io;
+mod policy;
 mod proxy;
 mod route;
 pub mod rules;

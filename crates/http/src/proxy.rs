@@ -94,23 +94,37 @@ pub(crate) async fn handle(
     if let Err(reason) = admissible(&req, state.max_body_bytes) {
         return Ok(answer(reason, grpc, x));
     }
-    let matched = {
-        let name = host
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .and_then(crate::rules::normalize_host);
-        crate::rules::first(
-            &state.rules,
-            req.method(),
-            name.as_deref(),
-            req.uri().path(),
-            req.headers(),
-        )
-    };
+    // Rules, policies and the backend all see the normalised path.
+    if normalize_path(&mut req, state.encoded_slashes).is_err() {
+        return Ok(answer(Reason::BadRequest, grpc, x));
+    }
+    let name = host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .and_then(crate::rules::normalize_host);
+    let matched = crate::rules::first(
+        &state.rules,
+        req.method(),
+        name.as_deref(),
+        req.uri().path(),
+        req.headers(),
+    );
     let Some(rule) = matched else {
         return Ok(answer(Reason::NoRule, grpc, x));
     };
     x.rule = Some(Arc::clone(&rule.name));
+    let view = crate::policy::Request {
+        method: req.method(),
+        host: name.as_deref(),
+        path: req.uri().path(),
+        headers: req.headers(),
+        client: cx.client.ip(),
+    };
+    if let Some(p) =
+        crate::policy::first_refusal(state.policies.iter().chain(&rule.policies), &view)
+    {
+        return Ok(refused(p, grpc, x));
+    }
     let Some(target) = state.pools.get(rule.pool) else {
         return Ok(answer(Reason::NoBackend, grpc, x));
     };
@@ -422,6 +436,44 @@ fn target_form(
         }
     }
     Ok(())
+}
+
+/// Puts the normalised path (`weir_wire::path`) in the request's target,
+/// keeping its query. A target without a path (`*`) is left alone.
+fn normalize_path(
+    req: &mut Request<Incoming>,
+    slashes: weir_wire::path::Slashes,
+) -> Result<(), weir_wire::path::PathError> {
+    let path = req.uri().path();
+    if path == "*" {
+        return Ok(());
+    }
+    let std::borrow::Cow::Owned(normal) = weir_wire::path::normalize(path, slashes)? else {
+        return Ok(());
+    };
+    let target = match req.uri().query() {
+        Some(q) => format!("{normal}?{q}"),
+        None => normal,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query =
+        Some(PathAndQuery::try_from(target).map_err(|_| weir_wire::path::PathError::NotAPath)?);
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| weir_wire::path::PathError::NotAPath)?;
+    Ok(())
+}
+
+/// The answer of a policy that refused the request: its status and body (a
+/// gRPC client gets PERMISSION_DENIED), ending the exchange.
+fn refused(p: &crate::policy::Policy, grpc: bool, mut x: Box<Exchange>) -> Response<ResponseBody> {
+    let (mut parts, body) = errors::parts(Reason::Policy, grpc);
+    x.status = p.status.as_u16();
+    x.reason = Reason::Policy.as_str();
+    x.policy = Some(Arc::clone(&p.name));
+    if grpc {
+        return Response::from_parts(parts, ResponseBody::full(body, Some(x)));
+    }
+    parts.status = p.status;
+    Response::from_parts(parts, ResponseBody::full(p.body.clone(), Some(x)))
 }
 
 /// weir's own answer, ending the exchange.

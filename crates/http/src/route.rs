@@ -20,6 +20,7 @@ use weir_core::l7::{Certificate, HttpHandler, RouteBuild, Serving};
 use weir_core::listener::Listener;
 use weir_core::pool::Pool;
 
+use crate::policy::Policy;
 use crate::rules::Rule;
 use crate::tls::Terminator;
 use crate::upstream::{Conns, Dialer};
@@ -37,6 +38,9 @@ pub(crate) struct RouteState {
     pub(crate) timeouts: HttpTimeouts,
     pub(crate) max_header_bytes: u32,
     pub(crate) max_body_bytes: Option<u64>,
+    pub(crate) encoded_slashes: weir_wire::path::Slashes,
+    /// Checked for every request, before the matched rule's.
+    pub(crate) policies: Vec<Policy>,
     backend_tls: Option<weir_config::BackendTls>,
 }
 
@@ -138,6 +142,24 @@ impl Handler {
                 conns,
             });
         }
+        // A policy keeps its counter across reloads, by name (unique in a
+        // route).
+        let counter = |name: &str| {
+            previous
+                .and_then(|p| {
+                    p.policies
+                        .iter()
+                        .chain(p.rules.iter().flat_map(|r| &r.policies))
+                        .find(|old| &*old.name == name)
+                        .map(|old| Arc::clone(&old.blocked))
+                })
+                .unwrap_or_default()
+        };
+        let compile = |list: &[weir_config::HttpPolicy]| -> Vec<Policy> {
+            list.iter()
+                .map(|p| Policy::new(p, counter(&p.name)))
+                .collect()
+        };
         let rules = b
             .http
             .rules
@@ -145,10 +167,13 @@ impl Handler {
             .enumerate()
             .map(|(ri, r)| {
                 let at = indices.iter().position(|&i| i == r.pool_index).unwrap_or(0);
-                Rule::new(&r.name, &r.matcher, at)
-                    .ok_or_else(|| format!("{}.http[{ri}].match: cannot be used", b.path))
+                let mut rule = Rule::new(&r.name, &r.matcher, at)
+                    .ok_or_else(|| format!("{}.http[{ri}].match: cannot be used", b.path))?;
+                rule.policies = compile(&r.policies);
+                Ok(rule)
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, String>>()?;
+        let policies = compile(&b.http.policies);
         let tls = match &b.http.tls {
             Some(tls) => Some(Arc::new(
                 Terminator::load(tls).map_err(|e| format!("tls: {e}"))?,
@@ -164,6 +189,11 @@ impl Handler {
             timeouts: b.http.timeouts,
             max_header_bytes: b.http.max_header_bytes,
             max_body_bytes: b.http.max_body_bytes,
+            encoded_slashes: match b.http.encoded_slashes {
+                weir_config::EncodedSlashes::Reject => weir_wire::path::Slashes::Reject,
+                weir_config::EncodedSlashes::Keep => weir_wire::path::Slashes::Keep,
+            },
+            policies,
             backend_tls: b.route.backend_tls.clone(),
         });
         let weak: Vec<Weak<Conns>> = state
@@ -204,6 +234,20 @@ impl HttpHandler for Handler {
 
     fn as_any(&self) -> &dyn Any {
         self
+    }
+
+    fn policy_blocks(&self) -> Vec<(Arc<str>, u64)> {
+        self.state
+            .policies
+            .iter()
+            .chain(self.state.rules.iter().flat_map(|r| &r.policies))
+            .map(|p| {
+                (
+                    Arc::clone(&p.name),
+                    p.blocked.load(std::sync::atomic::Ordering::Relaxed),
+                )
+            })
+            .collect()
     }
 
     fn certificates(&self) -> Vec<Certificate> {

@@ -7,7 +7,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use weir_config::HttpMatch;
 
 /// One rule, ready to match.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Rule {
     pub name: std::sync::Arc<str>,
     /// Lower-case exact names or `*.` wildcards of one label.
@@ -17,6 +17,8 @@ pub struct Rule {
     headers: Vec<(HeaderName, HeaderValue)>,
     /// Index of the rule's pool among the route's pools.
     pub pool: usize,
+    /// Checked after the route's, for the requests this rule takes.
+    pub(crate) policies: Vec<crate::policy::Policy>,
 }
 
 impl Rule {
@@ -45,6 +47,7 @@ impl Rule {
             methods,
             headers,
             pool,
+            policies: Vec::new(),
         })
     }
 

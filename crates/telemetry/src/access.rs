@@ -48,6 +48,8 @@ pub struct HttpAccessRecord<'a> {
     pub route: &'a str,
     /// The HTTP rule that took the request.
     pub rule: Option<&'a str>,
+    /// The request policy that refused it.
+    pub policy: Option<&'a str>,
     pub client: SocketAddr,
     pub method: &'a str,
     pub host: Option<&'a str>,
@@ -78,6 +80,7 @@ impl HttpAccessRecord<'_> {
             listener = %self.listener,
             route = self.route,
             rule = self.rule.unwrap_or("-"),
+            policy = self.policy.unwrap_or("-"),
             client = %self.client,
             method = self.method,
             host = self.host.unwrap_or("-"),

@@ -1,7 +1,8 @@
 //! weir-wire: the byte-level protocols weir reads and writes around a connection:
 //! the PROXY protocol v1/v2 ([`proxy`]), a read-only peek at a TLS ClientHello for
 //! SNI and ALPN ([`client_hello`]), an HTTP/1 response as a health probe reads it
-//! ([`http1`]), and the rules for host names ([`name`]).
+//! ([`http1`]), the rules for host names ([`name`]), and the normal form of an
+//! HTTP request's path ([`path`]).
 //!
 //! Everything here is pure: `&[u8]` in, values out. No tokio, no sockets, no clocks,
 //! no global state, so every parser can be unit-tested, property-tested and fuzzed
@@ -27,6 +28,7 @@
 pub mod client_hello;
 pub mod http1;
 pub mod name;
+pub mod path;
 pub mod proxy;
 
 mod crc32c;

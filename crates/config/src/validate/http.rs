@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 
 use super::Checker;
-use crate::model::{Forwarded, HttpMatch, HttpRoute, HttpRule, HttpTimeouts, ServerTls};
+use crate::model::{
+    EncodedSlashes, Forwarded, HttpMatch, HttpRoute, HttpRule, HttpTimeouts, ServerTls,
+};
 use crate::raw::{RawHttpMatch, RawRoute, RawServerTls};
 
 /// A request header larger than this is answered 431 (HAProxy's default
@@ -28,6 +30,12 @@ impl Checker {
                  pool; a rule without match takes every request)",
             );
         }
+        let mut policy_names = HashMap::new();
+        let policies = self.policies(
+            &format!("{path}.policies"),
+            raw.policies.as_ref(),
+            &mut policy_names,
+        );
         let count = raw.http.len();
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut rules = Vec::with_capacity(count);
@@ -60,11 +68,17 @@ impl Checker {
                 );
             }
             let pool_index = self.pool_ref(&format!("{rule_path}.pool"), &r.pool, pools);
+            let policies = self.policies(
+                &format!("{rule_path}.policies"),
+                r.policies.as_ref(),
+                &mut policy_names,
+            );
             rules.push(HttpRule {
                 name: r.name.clone(),
                 matcher,
                 pool: r.pool.clone(),
                 pool_index,
+                policies,
             });
         }
 
@@ -130,6 +144,15 @@ impl Checker {
             let v: u64 = self.int(&format!("{path}.max_body_bytes"), Some(v), 0, 0, None);
             (v > 0).then_some(v)
         });
+        let encoded_slashes = self.choice(
+            &format!("{path}.encoded_slashes"),
+            raw.encoded_slashes.clone(),
+            EncodedSlashes::Reject,
+            &[
+                ("reject", EncodedSlashes::Reject),
+                ("keep", EncodedSlashes::Keep),
+            ],
+        );
         HttpRoute {
             tls,
             rules,
@@ -137,6 +160,8 @@ impl Checker {
             timeouts,
             max_header_bytes,
             max_body_bytes,
+            encoded_slashes,
+            policies,
         }
     }
 
@@ -182,7 +207,7 @@ impl Checker {
         }
     }
 
-    fn http_match(&mut self, path: &str, raw: &RawHttpMatch) -> HttpMatch {
+    pub(super) fn http_match(&mut self, path: &str, raw: &RawHttpMatch) -> HttpMatch {
         let host = raw
             .host
             .iter()
@@ -268,6 +293,6 @@ impl Checker {
 }
 
 /// A character of an HTTP token (RFC 9110 §5.6.2): method and header names.
-fn is_tchar(b: u8) -> bool {
+pub(super) fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }

@@ -12,6 +12,7 @@ mod health;
 mod http;
 mod listener;
 mod log;
+mod policy;
 mod pool;
 mod route;
 mod runtime;

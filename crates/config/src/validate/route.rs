@@ -86,6 +86,8 @@ impl Checker {
                     ("timeouts", raw.timeouts.is_some()),
                     ("max_header_bytes", raw.max_header_bytes.is_some()),
                     ("max_body_bytes", raw.max_body_bytes.is_some()),
+                    ("encoded_slashes", raw.encoded_slashes.is_some()),
+                    ("policies", raw.policies.is_some()),
                 ] {
                     if given {
                         self.push(
