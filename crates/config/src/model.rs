@@ -282,6 +282,49 @@ pub struct HttpRoute {
     pub encoded_slashes: EncodedSlashes,
     /// Checked first for every request, before the matched rule's own.
     pub policies: Vec<HttpPolicy>,
+    /// Forward authentication for every request (a rule's own replaces it).
+    pub auth: Option<Auth>,
+}
+
+/// `auth = { url, ... }`: every request is first put to an authentication
+/// service; 2xx lets it through, anything else is the client's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auth {
+    /// `http://host:port/path`.
+    pub url: String,
+    /// Host (a name or an IP) and port of the service, and the path asked.
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+    /// The service's answer must come within this.
+    pub timeout: Duration,
+    /// Request headers sent to the service, lower-case; they also key the
+    /// decision cache.
+    pub headers: Vec<String>,
+    /// Headers of the service's 2xx answer copied into the upstream request.
+    pub copy_headers: Vec<String>,
+    /// What a request gets when the service fails, times out, or its
+    /// breaker is open.
+    pub failure: AuthFailure,
+    /// How long a decision is reused, by kind; zero: not cached.
+    pub allowed_ttl: Duration,
+    pub denied_ttl: Duration,
+    /// Decisions kept at most.
+    pub cache_size: u32,
+    /// Consecutive failures that open the breaker; 0: no breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker stays open before one call probes.
+    pub breaker_open: Duration,
+}
+
+/// `failure`: what a request gets when the authentication service cannot
+/// decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// 503 (reason `auth_unavailable`).
+    Deny,
+    /// Let the request through, unauthenticated.
+    Allow,
 }
 
 /// `encoded_slashes`: what a `%2F` or `%5C` in a request's path gets.
@@ -375,6 +418,8 @@ pub struct HttpRule {
     pub pool_index: usize,
     /// Checked after the route's policies, for the requests this rule takes.
     pub policies: Vec<HttpPolicy>,
+    /// This rule's forward authentication, instead of the route's.
+    pub auth: Option<Auth>,
 }
 
 /// `match = { host, path_prefix, methods, headers }` of an HTTP rule: every

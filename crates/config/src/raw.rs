@@ -141,6 +141,25 @@ pub(crate) struct RawRoute {
     pub(crate) max_body_bytes: Option<Int>,
     pub(crate) encoded_slashes: Option<String>,
     pub(crate) policies: Option<Vec<RawPolicy>>,
+    pub(crate) auth: Option<RawAuth>,
+}
+
+/// `auth = { url, ... }`: forward authentication.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawAuth {
+    pub(crate) url: String,
+    pub(crate) timeout: Option<String>,
+    #[serde(default)]
+    pub(crate) headers: Vec<String>,
+    #[serde(default)]
+    pub(crate) copy_headers: Vec<String>,
+    pub(crate) failure: Option<String>,
+    pub(crate) allowed_ttl: Option<String>,
+    pub(crate) denied_ttl: Option<String>,
+    pub(crate) cache_size: Option<Int>,
+    pub(crate) breaker_failures: Option<Int>,
+    pub(crate) breaker_open: Option<String>,
 }
 
 /// One entry of `policies = [...]` (an l7 route's or a rule's).
@@ -198,6 +217,7 @@ pub(crate) struct RawHttpRule {
     pub(crate) matcher: Option<RawHttpMatch>,
     pub(crate) pool: String,
     pub(crate) policies: Option<Vec<RawPolicy>>,
+    pub(crate) auth: Option<RawAuth>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -68,6 +68,11 @@ pub trait HttpHandler: Send + Sync + fmt::Debug {
     fn as_any(&self) -> &dyn Any;
 
     /// The certificates the route terminates TLS with.
+    /// The route's forward authentication, when it has one (`weir_auth_*`).
+    fn auth(&self) -> Option<AuthSnapshot> {
+        None
+    }
+
     /// Requests each request policy of the route refused so far, by policy
     /// name (`weir_http_policy_blocked_total`).
     fn policy_blocks(&self) -> Vec<(Arc<str>, u64)> {
@@ -77,6 +82,19 @@ pub trait HttpHandler: Send + Sync + fmt::Debug {
     fn certificates(&self) -> Vec<Certificate> {
         Vec::new()
     }
+}
+
+/// What a route's forward authentication did so far.
+#[derive(Debug, Clone)]
+pub struct AuthSnapshot {
+    /// Calls to the service by result (`allowed`, `denied`, `error`,
+    /// `timeout`).
+    pub results: Vec<(&'static str, u64)>,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    /// 0 closed, 1 open, 2 half-open.
+    pub breaker: u8,
+    pub duration: weir_telemetry::HistogramSnapshot,
 }
 
 /// A certificate a route serves, as `/metrics` shows it.

@@ -481,6 +481,7 @@ pub(crate) fn render(listeners: &[Arc<Listener>], w: &mut Writer) {
             );
         }
     }
+    auth(listeners, w);
     w.family(
         "weir_http_policy_blocked",
         Kind::Counter,
@@ -578,6 +579,70 @@ fn tls(listeners: &[Arc<Listener>], w: &mut Writer) {
             "weir_tls_certificate_expiry_timestamp_seconds",
             &[("certificate", &c.file)],
             c.not_after,
+        );
+    }
+}
+
+/// The families of forward authentication, for l7 routes with `auth`.
+fn auth(listeners: &[Arc<Listener>], w: &mut Writer) {
+    let routes: Vec<(&str, &str, crate::l7::AuthSnapshot)> = listeners
+        .iter()
+        .flat_map(|l| l.routes.iter().map(move |r| (l, r)))
+        .filter_map(|(l, r)| match &r.mode {
+            Mode::L7(l7) => Some((l.name.as_str(), r.name.as_str(), l7.handler.auth()?)),
+            Mode::L4(_) => None,
+        })
+        .collect();
+    w.family(
+        "weir_auth_requests",
+        Kind::Counter,
+        "Calls to the authentication service, by result: allowed, denied, error, timeout.",
+    );
+    for (l, r, a) in &routes {
+        for (result, n) in &a.results {
+            w.sample(
+                "weir_auth_requests_total",
+                &[("listener", l), ("route", r), ("result", result)],
+                n,
+            );
+        }
+    }
+    w.family(
+        "weir_auth_cache_requests",
+        Kind::Counter,
+        "Lookups of the authentication decision cache, by result: hit, miss.",
+    );
+    for (l, r, a) in &routes {
+        for (result, n) in [("hit", a.cache_hits), ("miss", a.cache_misses)] {
+            w.sample(
+                "weir_auth_cache_requests_total",
+                &[("listener", l), ("route", r), ("result", result)],
+                n,
+            );
+        }
+    }
+    w.family(
+        "weir_auth_circuit_breaker_state",
+        Kind::Gauge,
+        "The authentication service's circuit breaker: 0 closed, 1 open, 2 half-open.",
+    );
+    for (l, r, a) in &routes {
+        w.sample(
+            "weir_auth_circuit_breaker_state",
+            &[("listener", l), ("route", r)],
+            a.breaker,
+        );
+    }
+    w.family(
+        "weir_auth_duration_seconds",
+        Kind::Histogram,
+        "Time of calls to the authentication service.",
+    );
+    for (l, r, a) in &routes {
+        w.histogram(
+            "weir_auth_duration_seconds",
+            &[("listener", l), ("route", r)],
+            &a.duration,
         );
     }
 }

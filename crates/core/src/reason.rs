@@ -96,6 +96,12 @@ pub enum Reason {
     BadRequest,
     /// A request policy of the route refused the request.
     Policy,
+    /// The authentication service refused the request (its answer went to
+    /// the client).
+    AuthDenied,
+    /// The authentication service failed, was too slow, or its breaker was
+    /// open, and `failure = "deny"`.
+    AuthUnavailable,
 
     // weir's own trouble.
     /// weir could not create a socket or a pipe: out of file descriptors
@@ -180,6 +186,8 @@ impl Reason {
             Self::BodyTooLarge => "body_too_large",
             Self::BadRequest => "bad_request",
             Self::Policy => "policy",
+            Self::AuthDenied => "auth_denied",
+            Self::AuthUnavailable => "auth_unavailable",
             Self::LocalResources => "local_resources",
         }
     }
@@ -207,7 +215,8 @@ impl Reason {
             | Self::HeaderTooLarge
             | Self::BodyTooLarge
             | Self::BadRequest
-            | Self::Policy => Side::Client,
+            | Self::Policy
+            | Self::AuthDenied => Side::Client,
             Self::BackendClosed
             | Self::BackendError
             | Self::BackendDown
@@ -227,6 +236,7 @@ impl Reason {
             | Self::Shutdown
             | Self::DrainTimeout
             | Self::MaxConnections
+            | Self::AuthUnavailable
             | Self::LocalResources => Side::Internal,
         }
     }
@@ -252,11 +262,13 @@ impl Reason {
             | Self::MaxConnections
             | Self::BackendDown
             | Self::Shutdown
+            | Self::AuthUnavailable
             | Self::LocalResources => Some(503),
             Self::NoRoute | Self::NoRule => Some(404),
             Self::HandshakeTimeout | Self::IdleTimeout | Self::HeaderTimeout => Some(408),
             Self::ProxyProtocol | Self::BadRequest => Some(400),
             Self::Firewall | Self::Policy => Some(403),
+            Self::AuthDenied => Some(401),
             Self::RateLimit => Some(429),
             Self::HeaderTooLarge => Some(431),
             Self::BodyTooLarge => Some(413),
@@ -347,6 +359,8 @@ mod tests {
         Reason::BodyTooLarge,
         Reason::BadRequest,
         Reason::Policy,
+        Reason::AuthDenied,
+        Reason::AuthUnavailable,
         Reason::LocalResources,
     ];
 

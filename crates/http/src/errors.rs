@@ -58,6 +58,7 @@ pub fn text(reason: Reason) -> String {
         Reason::RateLimit => "this client sends too many requests",
         Reason::Firewall => "the firewall refuses this client",
         Reason::Policy => "a policy of this route refuses the request",
+        Reason::AuthUnavailable => "the authentication service is unavailable",
         _ => "the backend failed",
     };
     format!("weir: {what} ({})\n", reason.as_str())

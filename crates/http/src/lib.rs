@@ -20,6 +20,7 @@
 //! framing is hyper's; what is written here is what is ours: rules, header
 //! rules, error mapping, the connection pool's policy.
 
+mod auth;
 mod body;
 pub mod errors;
 mod exchange;

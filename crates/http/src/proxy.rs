@@ -125,6 +125,25 @@ pub(crate) async fn handle(
     {
         return Ok(refused(p, grpc, x));
     }
+    // Forward authentication: the rule's, else the route's.
+    let mut granted = None;
+    if let Some(gate) = rule.auth.as_ref().or(state.auth.as_ref()) {
+        let question = crate::auth::Question {
+            method: req.method(),
+            uri: req.uri(),
+            host: host.as_ref(),
+            proto: cx.proto,
+            client: cx.client.ip(),
+            headers: req.headers(),
+        };
+        match gate.check(&question).await {
+            crate::auth::Verdict::Allow(headers) => granted = Some(headers),
+            crate::auth::Verdict::Deny(d) => return Ok(denied(&d, grpc, x)),
+            crate::auth::Verdict::Unavailable => {
+                return Ok(answer(Reason::AuthUnavailable, grpc, x));
+            }
+        }
+    }
     let Some(target) = state.pools.get(rule.pool) else {
         return Ok(answer(Reason::NoBackend, grpc, x));
     };
@@ -160,6 +179,16 @@ pub(crate) async fn handle(
         },
     );
     parts.headers.insert(X_REQUEST_ID, request_id);
+    if let Some(granted) = granted {
+        // What the authentication service says about the client replaces
+        // whatever the client said under those names.
+        for (name, _) in granted.iter() {
+            parts.headers.remove(name);
+        }
+        for (name, value) in granted.iter() {
+            parts.headers.append(name.clone(), value.clone());
+        }
+    }
     let body = RequestBody::new(body, Arc::clone(&x.body), state.max_body_bytes);
     if let Err(reason) = target_form(&mut parts, target.dialer.protocol, host.as_ref()) {
         return Ok(answer(reason, grpc, x));
@@ -474,6 +503,32 @@ fn refused(p: &crate::policy::Policy, grpc: bool, mut x: Box<Exchange>) -> Respo
     }
     parts.status = p.status;
     Response::from_parts(parts, ResponseBody::full(p.body.clone(), Some(x)))
+}
+
+/// The authentication service's refusal, passed on: its status, the
+/// headers that matter to the client (`WWW-Authenticate`...) and its body.
+/// A gRPC client gets UNAUTHENTICATED or PERMISSION_DENIED.
+fn denied(d: &crate::auth::Denial, grpc: bool, mut x: Box<Exchange>) -> Response<ResponseBody> {
+    x.reason = Reason::AuthDenied.as_str();
+    if grpc {
+        let (mut parts, body) = errors::parts(Reason::AuthDenied, true);
+        let code: u16 = if d.status == http::StatusCode::UNAUTHORIZED {
+            16
+        } else {
+            7
+        };
+        parts.headers.insert("grpc-status", HeaderValue::from(code));
+        x.status = parts.status.as_u16();
+        return Response::from_parts(parts, ResponseBody::full(body, Some(x)));
+    }
+    x.status = d.status.as_u16();
+    let mut r = Response::new(());
+    *r.status_mut() = d.status;
+    for (name, value) in &d.headers {
+        r.headers_mut().append(name.clone(), value.clone());
+    }
+    let (parts, ()) = r.into_parts();
+    Response::from_parts(parts, ResponseBody::full(d.body.clone(), Some(x)))
 }
 
 /// weir's own answer, ending the exchange.

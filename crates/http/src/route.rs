@@ -20,6 +20,7 @@ use weir_core::l7::{Certificate, HttpHandler, RouteBuild, Serving};
 use weir_core::listener::Listener;
 use weir_core::pool::Pool;
 
+use crate::auth::{AuthStats, Gate, Outcome};
 use crate::policy::Policy;
 use crate::rules::Rule;
 use crate::tls::Terminator;
@@ -41,6 +42,11 @@ pub(crate) struct RouteState {
     pub(crate) encoded_slashes: weir_wire::path::Slashes,
     /// Checked for every request, before the matched rule's.
     pub(crate) policies: Vec<Policy>,
+    /// Forward authentication of the requests whose rule has none.
+    pub(crate) auth: Option<Gate>,
+    /// Counters of the route's (and its rules') authentication, kept across
+    /// reloads.
+    pub(crate) auth_stats: Arc<AuthStats>,
     backend_tls: Option<weir_config::BackendTls>,
 }
 
@@ -160,6 +166,10 @@ impl Handler {
                 .map(|p| Policy::new(p, counter(&p.name)))
                 .collect()
         };
+        let auth_stats = previous.map_or_else(Arc::default, |p| Arc::clone(&p.auth_stats));
+        let gate = |a: &Option<weir_config::Auth>| {
+            a.as_ref().map(|a| Gate::new(a, Arc::clone(&auth_stats)))
+        };
         let rules = b
             .http
             .rules
@@ -170,6 +180,7 @@ impl Handler {
                 let mut rule = Rule::new(&r.name, &r.matcher, at)
                     .ok_or_else(|| format!("{}.http[{ri}].match: cannot be used", b.path))?;
                 rule.policies = compile(&r.policies);
+                rule.auth = gate(&r.auth);
                 Ok(rule)
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -194,6 +205,8 @@ impl Handler {
                 weir_config::EncodedSlashes::Keep => weir_wire::path::Slashes::Keep,
             },
             policies,
+            auth: gate(&b.http.auth),
+            auth_stats: Arc::clone(&auth_stats),
             backend_tls: b.route.backend_tls.clone(),
         });
         let weak: Vec<Weak<Conns>> = state
@@ -234,6 +247,25 @@ impl HttpHandler for Handler {
 
     fn as_any(&self) -> &dyn Any {
         self
+    }
+
+    fn auth(&self) -> Option<weir_core::l7::AuthSnapshot> {
+        let s = &self.state;
+        if s.auth.is_none() && s.rules.iter().all(|r| r.auth.is_none()) {
+            return None;
+        }
+        let a = &s.auth_stats;
+        use std::sync::atomic::Ordering::Relaxed;
+        Some(weir_core::l7::AuthSnapshot {
+            results: Outcome::ALL
+                .iter()
+                .map(|&o| (o.as_str(), a.results[o as usize].load(Relaxed)))
+                .collect(),
+            cache_hits: a.cache_hits.load(Relaxed),
+            cache_misses: a.cache_misses.load(Relaxed),
+            breaker: a.breaker.load(Relaxed),
+            duration: a.duration.snapshot(),
+        })
     }
 
     fn policy_blocks(&self) -> Vec<(Arc<str>, u64)> {

@@ -19,6 +19,8 @@ pub struct Rule {
     pub pool: usize,
     /// Checked after the route's, for the requests this rule takes.
     pub(crate) policies: Vec<crate::policy::Policy>,
+    /// This rule's forward authentication, instead of the route's.
+    pub(crate) auth: Option<crate::auth::Gate>,
 }
 
 impl Rule {
@@ -48,6 +50,7 @@ impl Rule {
             headers,
             pool,
             policies: Vec::new(),
+            auth: None,
         })
     }
 

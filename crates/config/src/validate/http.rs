@@ -73,12 +73,17 @@ impl Checker {
                 r.policies.as_ref(),
                 &mut policy_names,
             );
+            let auth = r
+                .auth
+                .as_ref()
+                .map(|a| self.auth(&format!("{rule_path}.auth"), a));
             rules.push(HttpRule {
                 name: r.name.clone(),
                 matcher,
                 pool: r.pool.clone(),
                 pool_index,
                 policies,
+                auth,
             });
         }
 
@@ -162,6 +167,10 @@ impl Checker {
             max_body_bytes,
             encoded_slashes,
             policies,
+            auth: raw
+                .auth
+                .as_ref()
+                .map(|a| self.auth(&format!("{path}.auth"), a)),
         }
     }
 

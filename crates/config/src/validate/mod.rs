@@ -6,6 +6,7 @@
 //! thrown away if anything was recorded.
 
 mod admin;
+mod auth;
 mod files;
 mod firewall;
 mod health;

@@ -88,6 +88,7 @@ impl Checker {
                     ("max_body_bytes", raw.max_body_bytes.is_some()),
                     ("encoded_slashes", raw.encoded_slashes.is_some()),
                     ("policies", raw.policies.is_some()),
+                    ("auth", raw.auth.is_some()),
                 ] {
                     if given {
                         self.push(

@@ -18,7 +18,7 @@ const DASHBOARD: &str = "deploy/grafana/weir-dashboard.json";
 const METRICS_DOC: &str = "docs/metrics.md";
 
 /// The alerts the rules file must define (see deploy/README.md).
-const EXPECTED_ALERTS: [&str; 9] = [
+const EXPECTED_ALERTS: [&str; 11] = [
     "WeirBackendDown",
     "WeirPoolNoServingBackend",
     "WeirPoolFailoverTierActive",
@@ -28,6 +28,8 @@ const EXPECTED_ALERTS: [&str; 9] = [
     "WeirConfigReloadFailed",
     "WeirCertificateExpiresSoon",
     "WeirFirewallRefusalSurge",
+    "WeirAuthCircuitBreakerOpen",
+    "WeirAuthFailuresRising",
 ];
 
 fn read(rel: &str) -> String {

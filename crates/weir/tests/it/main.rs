@@ -8,6 +8,7 @@ mod deploy;
 mod exhaustion;
 mod firewall;
 mod http;
+mod http_auth;
 mod http_policy;
 mod http_streams;
 mod observability;

@@ -1,0 +1,137 @@
+//! `auth = { url, ... }` of an l7 route or rule: forward authentication.
+
+use std::time::Duration;
+
+use super::Checker;
+use crate::model::{Auth, AuthFailure};
+use crate::raw::RawAuth;
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_ALLOWED_TTL: Duration = Duration::from_secs(60);
+const DEFAULT_DENIED_TTL: Duration = Duration::from_secs(5);
+const DEFAULT_CACHE_SIZE: u32 = 10_000;
+const DEFAULT_BREAKER_FAILURES: u32 = 5;
+const DEFAULT_BREAKER_OPEN: Duration = Duration::from_secs(30);
+
+impl Checker {
+    pub(super) fn auth(&mut self, path: &str, raw: &RawAuth) -> Auth {
+        let (host, port, target) = match split_url(&raw.url) {
+            Some(parts) => parts,
+            None => {
+                self.push(
+                    format!("{path}.url"),
+                    format!(
+                        "{:?} is not an http:// URL with a host (e.g. \
+                         \"http://127.0.0.1:9000/check\")",
+                        raw.url
+                    ),
+                );
+                (String::new(), 0, String::new())
+            }
+        };
+        let header_list = |cx: &mut Checker, key: &str, list: &[String]| -> Vec<String> {
+            list.iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    if h.is_empty() || !h.bytes().all(super::http::is_tchar) {
+                        cx.push(
+                            format!("{path}.{key}[{i}]"),
+                            format!("{h:?} is not a header name"),
+                        );
+                    }
+                    h.to_ascii_lowercase()
+                })
+                .collect()
+        };
+        let headers = header_list(self, "headers", &raw.headers);
+        let copy_headers = header_list(self, "copy_headers", &raw.copy_headers);
+        let timeout = self.timeout(
+            &format!("{path}.timeout"),
+            raw.timeout.as_deref(),
+            DEFAULT_TIMEOUT,
+        );
+        let failure = self.choice(
+            &format!("{path}.failure"),
+            raw.failure.clone(),
+            AuthFailure::Deny,
+            &[("deny", AuthFailure::Deny), ("allow", AuthFailure::Allow)],
+        );
+        let ttl = |cx: &mut Checker, key: &str, v: Option<&String>, d| {
+            cx.timeout_opt(&format!("{path}.{key}"), v.map(String::as_str))
+                .unwrap_or(d)
+        };
+        let allowed_ttl = ttl(
+            self,
+            "allowed_ttl",
+            raw.allowed_ttl.as_ref(),
+            DEFAULT_ALLOWED_TTL,
+        );
+        let denied_ttl = ttl(
+            self,
+            "denied_ttl",
+            raw.denied_ttl.as_ref(),
+            DEFAULT_DENIED_TTL,
+        );
+        let breaker_open = self.timeout(
+            &format!("{path}.breaker_open"),
+            raw.breaker_open.as_deref(),
+            DEFAULT_BREAKER_OPEN,
+        );
+        Auth {
+            url: raw.url.clone(),
+            host,
+            port,
+            path: target,
+            timeout,
+            headers,
+            copy_headers,
+            failure,
+            allowed_ttl,
+            denied_ttl,
+            cache_size: self.int(
+                &format!("{path}.cache_size"),
+                raw.cache_size,
+                DEFAULT_CACHE_SIZE,
+                0,
+                Some(10_000_000),
+            ),
+            breaker_failures: self.int(
+                &format!("{path}.breaker_failures"),
+                raw.breaker_failures,
+                DEFAULT_BREAKER_FAILURES,
+                0,
+                Some(1_000_000),
+            ),
+            breaker_open,
+        }
+    }
+}
+
+/// `http://host[:port][/path]` -> (host, port, path). IPv6 in brackets.
+fn split_url(url: &str) -> Option<(String, u16, String)> {
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if path.bytes().any(|b| !b.is_ascii_graphic()) {
+        return None;
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (ip, after) = v6.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if after.is_empty() => 80,
+            None => return None,
+        };
+        (ip.to_owned(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), p.parse().ok()?),
+            None => (authority.to_owned(), 80),
+        }
+    };
+    let valid_host =
+        host.parse::<std::net::IpAddr>().is_ok() || weir_wire::name::is_dns_name(host.as_bytes());
+    (valid_host && port != 0).then(|| (host, port, path.to_owned()))
+}

@@ -1,0 +1,492 @@
+//! Forward authentication (`auth = { url, ... }`): before a request is
+//! forwarded, weir asks an authentication service with the request's
+//! method, target, host, protocol and client address (as `X-Forwarded-*`)
+//! and the configured headers. A 2xx answer lets the request through, with
+//! the configured headers of that answer copied into it; any other answer is
+//! the client's (status, `WWW-Authenticate` and the like, body). When the
+//! service fails or is slow, `failure` decides: `deny` (503) or `allow`.
+//!
+//! Decisions are cached by the configured headers' values, allowed and
+//! denied ones for their own time, in a bounded table; failures never are.
+//! A circuit breaker opens after `breaker_failures` failures in a row: for
+//! `breaker_open` requests take the failure mode without a call, then one
+//! call at a time probes the service (half-open) until one succeeds.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use http::header::{HOST, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+use weir_config::{Auth, AuthFailure};
+use weir_telemetry::Histogram;
+
+/// The largest answer body weir takes from the service (a denial's body is
+/// passed on to the client).
+const MAX_BODY: usize = 64 * 1024;
+/// Idle connections to the service kept for reuse.
+const MAX_IDLE: usize = 32;
+/// Headers of a denial passed on to the client.
+const DENIAL_HEADERS: [HeaderName; 4] = [
+    http::header::WWW_AUTHENTICATE,
+    http::header::CONTENT_TYPE,
+    http::header::LOCATION,
+    http::header::SET_COOKIE,
+];
+
+/// What the service (or the cache, or the failure mode) decided.
+#[derive(Debug, Clone)]
+pub(crate) enum Verdict {
+    /// Let it through, with these headers added to the upstream request.
+    Allow(Arc<[(HeaderName, HeaderValue)]>),
+    /// Answer the client with this.
+    Deny(Arc<Denial>),
+    /// The service could not decide and `failure = "deny"`: 503.
+    Unavailable,
+}
+
+#[derive(Debug)]
+pub(crate) struct Denial {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) body: Bytes,
+}
+
+/// Counters of one route's authentication (`weir_auth_*`).
+#[derive(Debug)]
+pub(crate) struct AuthStats {
+    /// By [`Outcome`].
+    pub(crate) results: [AtomicU64; 4],
+    pub(crate) cache_hits: AtomicU64,
+    pub(crate) cache_misses: AtomicU64,
+    /// 0 closed, 1 open, 2 half-open (of the last gate that changed).
+    pub(crate) breaker: AtomicU8,
+    pub(crate) duration: Histogram,
+}
+
+impl Default for AuthStats {
+    fn default() -> Self {
+        AuthStats {
+            results: Default::default(),
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
+            breaker: AtomicU8::new(0),
+            duration: Histogram::new(weir_core::listener::REQUEST_SECONDS),
+        }
+    }
+}
+
+/// How a call to the service went: the `result` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Allowed,
+    Denied,
+    Error,
+    Timeout,
+}
+
+impl Outcome {
+    pub(crate) const ALL: [Outcome; 4] = [
+        Outcome::Allowed,
+        Outcome::Denied,
+        Outcome::Error,
+        Outcome::Timeout,
+    ];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Denied => "denied",
+            Outcome::Error => "error",
+            Outcome::Timeout => "timeout",
+        }
+    }
+}
+
+/// What the service is asked about one request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Question<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) uri: &'a Uri,
+    pub(crate) host: Option<&'a HeaderValue>,
+    pub(crate) proto: &'static str,
+    pub(crate) client: IpAddr,
+    pub(crate) headers: &'a HeaderMap,
+}
+
+/// One `auth` table (a route's or a rule's), with its cache, breaker and
+/// kept connections.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    cfg: Auth,
+    copy: Vec<HeaderName>,
+    ask: Vec<HeaderName>,
+    cache: Mutex<Cache>,
+    breaker: Mutex<Breaker>,
+    idle: Mutex<Vec<http1::SendRequest<Empty<Bytes>>>>,
+    pub(crate) stats: Arc<AuthStats>,
+}
+
+#[derive(Debug)]
+struct Cache {
+    hasher: RandomState,
+    /// Hash of the key -> (key, verdict, until).
+    entries: HashMap<u64, (Vec<u8>, Verdict, Instant)>,
+}
+
+#[derive(Debug, Default)]
+struct Breaker {
+    failures: u32,
+    /// Open until then; past it, one call probes (half-open).
+    open_until: Option<Instant>,
+    probing: bool,
+}
+
+impl Gate {
+    pub(crate) fn new(cfg: &Auth, stats: Arc<AuthStats>) -> Gate {
+        let names = |list: &[String]| {
+            list.iter()
+                .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+                .collect()
+        };
+        Gate {
+            copy: names(&cfg.copy_headers),
+            ask: names(&cfg.headers),
+            cfg: cfg.clone(),
+            cache: Mutex::new(Cache {
+                hasher: RandomState::new(),
+                entries: HashMap::new(),
+            }),
+            breaker: Mutex::new(Breaker::default()),
+            idle: Mutex::new(Vec::new()),
+            stats,
+        }
+    }
+
+    /// The verdict for `q`: from the cache, the service, or the failure mode.
+    pub(crate) async fn check(&self, q: &Question<'_>) -> Verdict {
+        let key = (self.cfg.cache_size > 0).then(|| self.key(q.headers));
+        if let Some(key) = &key {
+            if let Some(v) = self.cached(key) {
+                self.stats.cache_hits.fetch_add(1, Relaxed);
+                return v;
+            }
+            self.stats.cache_misses.fetch_add(1, Relaxed);
+        }
+        if !self.may_call() {
+            return self.failed();
+        }
+        let began = Instant::now();
+        let answer = tokio::time::timeout(self.cfg.timeout, self.call(q)).await;
+        self.stats.duration.observe(began.elapsed());
+        let (outcome, verdict) = match answer {
+            Err(_) => (Outcome::Timeout, None),
+            Ok(Err(())) => (Outcome::Error, None),
+            Ok(Ok(v @ Verdict::Allow(_))) => (Outcome::Allowed, Some(v)),
+            Ok(Ok(v)) => (Outcome::Denied, Some(v)),
+        };
+        self.stats.results[outcome as usize].fetch_add(1, Relaxed);
+        self.settle(verdict.is_some());
+        match verdict {
+            Some(v) => {
+                if let Some(key) = key {
+                    self.remember(key, &v);
+                }
+                v
+            }
+            None => self.failed(),
+        }
+    }
+
+    fn failed(&self) -> Verdict {
+        match self.cfg.failure {
+            AuthFailure::Deny => Verdict::Unavailable,
+            AuthFailure::Allow => Verdict::Allow(Arc::from(Vec::new())),
+        }
+    }
+
+    fn key(&self, headers: &HeaderMap) -> Vec<u8> {
+        let mut key = Vec::new();
+        for name in &self.ask {
+            for v in headers.get_all(name) {
+                key.extend_from_slice(name.as_str().as_bytes());
+                key.push(0);
+                key.extend_from_slice(v.as_bytes());
+                key.push(0);
+            }
+            key.push(1);
+        }
+        key
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn cached(&self, key: &[u8]) -> Option<Verdict> {
+        let cache = Self::lock(&self.cache);
+        let mut h = cache.hasher.build_hasher();
+        h.write(key);
+        let (k, v, until) = cache.entries.get(&h.finish())?;
+        (k == key && *until > Instant::now()).then(|| v.clone())
+    }
+
+    fn remember(&self, key: Vec<u8>, v: &Verdict) {
+        let ttl = match v {
+            Verdict::Allow(_) => self.cfg.allowed_ttl,
+            Verdict::Deny(_) => self.cfg.denied_ttl,
+            Verdict::Unavailable => return,
+        };
+        let now = Instant::now();
+        let mut cache = Self::lock(&self.cache);
+        let max = usize::try_from(self.cfg.cache_size).unwrap_or(usize::MAX);
+        if cache.entries.len() >= max {
+            cache.entries.retain(|_, (_, _, until)| *until > now);
+        }
+        if cache.entries.len() >= max {
+            // Still full of live decisions: one makes room.
+            if let Some(&any) = cache.entries.keys().next() {
+                cache.entries.remove(&any);
+            }
+        }
+        let mut h = cache.hasher.build_hasher();
+        h.write(&key);
+        let hash = h.finish();
+        cache.entries.insert(hash, (key, v.clone(), now + ttl));
+    }
+
+    /// Whether a call may go out: the breaker is closed, or it has been
+    /// open long enough and no other probe is out.
+    fn may_call(&self) -> bool {
+        if self.cfg.breaker_failures == 0 {
+            return true;
+        }
+        let mut b = Self::lock(&self.breaker);
+        match b.open_until {
+            None => true,
+            Some(until) if Instant::now() >= until && !b.probing => {
+                b.probing = true;
+                self.stats.breaker.store(2, Relaxed);
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    /// Records how a call went: a success closes the breaker, the n-th
+    /// failure in a row (or a failed probe) opens it.
+    fn settle(&self, ok: bool) {
+        if self.cfg.breaker_failures == 0 {
+            return;
+        }
+        let mut b = Self::lock(&self.breaker);
+        if ok {
+            *b = Breaker::default();
+            self.stats.breaker.store(0, Relaxed);
+            return;
+        }
+        b.failures += 1;
+        if b.probing || b.failures >= self.cfg.breaker_failures {
+            b.open_until = Some(Instant::now() + self.cfg.breaker_open);
+            b.probing = false;
+            self.stats.breaker.store(1, Relaxed);
+            tracing::warn!(url = %self.cfg.url, failures = b.failures, "authentication service failing; circuit breaker open");
+        }
+    }
+
+    /// One call to the service.
+    async fn call(&self, q: &Question<'_>) -> Result<Verdict, ()> {
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(self.cfg.path.as_str())
+            .body(Empty::<Bytes>::new())
+            .map_err(|_| ())?;
+        let h = req.headers_mut();
+        let host = if self.cfg.port == 80 {
+            self.cfg.host.clone()
+        } else {
+            format!("{}:{}", self.cfg.host, self.cfg.port)
+        };
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            h.insert(HOST, v);
+        }
+        for name in &self.ask {
+            for v in q.headers.get_all(name) {
+                h.append(name.clone(), v.clone());
+            }
+        }
+        h.insert(
+            "x-forwarded-method",
+            HeaderValue::from_str(q.method.as_str()).map_err(|_| ())?,
+        );
+        if let Some(pq) = q.uri.path_and_query()
+            && let Ok(v) = HeaderValue::from_str(pq.as_str())
+        {
+            h.insert("x-forwarded-uri", v);
+        }
+        if let Some(host) = q.host {
+            h.insert("x-forwarded-host", host.clone());
+        }
+        h.insert("x-forwarded-proto", HeaderValue::from_static(q.proto));
+        if let Ok(v) = HeaderValue::from_str(&q.client.to_string()) {
+            h.insert("x-forwarded-for", v);
+        }
+        let mut sender = self.sender().await?;
+        let response = sender.send_request(req).await.map_err(|_| ())?;
+        let (parts, body) = response.into_parts();
+        let body = Limited::new(body, MAX_BODY)
+            .collect()
+            .await
+            .map_err(|_| ())?
+            .to_bytes();
+        // The answer was read whole: the connection can serve another.
+        self.give_back(sender);
+        if parts.status.is_success() {
+            let copied: Vec<(HeaderName, HeaderValue)> = self
+                .copy
+                .iter()
+                .filter_map(|n| Some((n.clone(), parts.headers.get(n)?.clone())))
+                .collect();
+            Ok(Verdict::Allow(Arc::from(copied)))
+        } else {
+            let headers = DENIAL_HEADERS
+                .iter()
+                .flat_map(|n| {
+                    parts
+                        .headers
+                        .get_all(n)
+                        .iter()
+                        .map(move |v| (n.clone(), v.clone()))
+                })
+                .collect();
+            Ok(Verdict::Deny(Arc::new(Denial {
+                status: parts.status,
+                headers,
+                body,
+            })))
+        }
+    }
+
+    async fn sender(&self) -> Result<http1::SendRequest<Empty<Bytes>>, ()> {
+        loop {
+            let kept = Self::lock(&self.idle).pop();
+            match kept {
+                Some(mut s) if !s.is_closed() => {
+                    if s.ready().await.is_ok() {
+                        return Ok(s);
+                    }
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        let tcp = tokio::net::TcpStream::connect((self.cfg.host.as_str(), self.cfg.port))
+            .await
+            .map_err(|_| ())?;
+        let _ = tcp.set_nodelay(true);
+        let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await.map_err(|_| ())?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    fn give_back(&self, sender: http1::SendRequest<Empty<Bytes>>) {
+        let mut idle = Self::lock(&self.idle);
+        if idle.len() < MAX_IDLE {
+            idle.push(sender);
+        }
+    }
+}
+
+/// The breaker state and the duration to wait, for tests.
+#[cfg(test)]
+impl Gate {
+    fn breaker_open(&self) -> bool {
+        Self::lock(&self.breaker).open_until.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn cfg(breaker_failures: u32) -> Auth {
+        Auth {
+            url: "http://127.0.0.1:1/".into(),
+            host: "127.0.0.1".into(),
+            // Nothing listens on port 1: every call fails at once.
+            port: 1,
+            path: "/".into(),
+            timeout: Duration::from_millis(500),
+            headers: vec!["authorization".into()],
+            copy_headers: vec![],
+            failure: AuthFailure::Deny,
+            allowed_ttl: Duration::from_secs(60),
+            denied_ttl: Duration::from_secs(5),
+            cache_size: 2,
+            breaker_failures,
+            breaker_open: Duration::from_millis(200),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_breaker_opens_after_failures_in_a_row_and_probes_later() {
+        let g = Gate::new(&cfg(3), Arc::default());
+        let (m, u, h) = (Method::GET, Uri::from_static("/"), HeaderMap::new());
+        let q = Question {
+            method: &m,
+            uri: &u,
+            host: None,
+            proto: "http",
+            client: "127.0.0.1".parse().expect("ip"),
+            headers: &h,
+        };
+        for _ in 0..3 {
+            assert!(matches!(g.check(&q).await, Verdict::Unavailable));
+        }
+        assert!(g.breaker_open());
+        let calls = |g: &Gate| g.stats.results[Outcome::Error as usize].load(Relaxed);
+        assert_eq!(calls(&g), 3);
+        // Open: no call.
+        assert!(matches!(g.check(&q).await, Verdict::Unavailable));
+        assert_eq!(calls(&g), 3);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Half-open: one probe, which fails and opens it again.
+        assert!(matches!(g.check(&q).await, Verdict::Unavailable));
+        assert_eq!(calls(&g), 4);
+        assert!(matches!(g.check(&q).await, Verdict::Unavailable));
+        assert_eq!(calls(&g), 4);
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_keyed_by_the_headers() {
+        let g = Gate::new(&cfg(0), Arc::default());
+        let mut a = HeaderMap::new();
+        a.insert("authorization", HeaderValue::from_static("Bearer a"));
+        let mut b = HeaderMap::new();
+        b.insert("authorization", HeaderValue::from_static("Bearer b"));
+        let allow = Verdict::Allow(Arc::from(Vec::new()));
+        g.remember(g.key(&a), &allow);
+        assert!(matches!(g.cached(&g.key(&a)), Some(Verdict::Allow(_))));
+        assert!(g.cached(&g.key(&b)).is_none());
+        for i in 0..10 {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "authorization",
+                HeaderValue::from_str(&format!("Bearer {i}")).expect("value"),
+            );
+            g.remember(g.key(&h), &allow);
+        }
+        assert!(Gate::lock(&g.cache).entries.len() <= 2);
+    }
+}

@@ -1,0 +1,259 @@
+//! Forward authentication against a real HTTP service of the test's own
+//! that counts its calls: what it allows goes through with the headers it
+//! gave; what it refuses goes back to the client as it answered; cached
+//! decisions make no call; a slow or failing service takes the failure
+//! mode, and the circuit breaker opens, short-circuits and closes.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::cli::{DEADLINE, free_port};
+use crate::http::{metric, start};
+
+/// Reads one request head; (request line, headers lower-cased).
+fn read_head(reader: &mut impl BufRead) -> Option<(String, Vec<(String, String)>)> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).ok()? == 0 {
+            return None;
+        }
+        if h == "\r\n" {
+            return Some((line, headers));
+        }
+        if let Some((n, v)) = h.trim_end().split_once(':') {
+            headers.push((n.to_ascii_lowercase(), v.trim().to_owned()));
+        }
+    }
+}
+
+fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The authentication service: `Bearer good` -> 200 with `X-User: alice`;
+/// `Bearer slow` -> the same after 2 s; no or another token -> 401 with
+/// `WWW-Authenticate`. While `down`, it closes every connection unanswered.
+struct AuthService {
+    addr: SocketAddr,
+    calls: Arc<AtomicUsize>,
+    down: Arc<AtomicBool>,
+    last_uri: Arc<std::sync::Mutex<String>>,
+}
+
+fn auth_service() -> AuthService {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let down = Arc::new(AtomicBool::new(false));
+    let last_uri = Arc::new(std::sync::Mutex::new(String::new()));
+    let (c, d, u) = (Arc::clone(&calls), Arc::clone(&down), Arc::clone(&last_uri));
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { break };
+            let (c, d, u) = (Arc::clone(&c), Arc::clone(&d), Arc::clone(&u));
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(s.try_clone().expect("clone"));
+                let mut out = s;
+                while let Some((_, headers)) = read_head(&mut reader) {
+                    c.fetch_add(1, Relaxed);
+                    if d.load(Relaxed) {
+                        return;
+                    }
+                    *u.lock().expect("uri") = format!(
+                        "{} {} {}",
+                        header(&headers, "x-forwarded-method").unwrap_or("-"),
+                        header(&headers, "x-forwarded-uri").unwrap_or("-"),
+                        header(&headers, "x-forwarded-for").unwrap_or("-"),
+                    );
+                    let answer = match header(&headers, "authorization") {
+                        Some("Bearer good") => {
+                            "HTTP/1.1 200 OK\r\nX-User: alice\r\nContent-Length: 0\r\n\r\n".to_owned()
+                        }
+                        Some("Bearer slow") => {
+                            std::thread::sleep(Duration::from_secs(2));
+                            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_owned()
+                        }
+                        _ => "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"weir\"\r\n\
+                              Content-Length: 12\r\n\r\nwho are you\n"
+                            .to_owned(),
+                    };
+                    if out.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    AuthService {
+        addr,
+        calls,
+        down,
+        last_uri,
+    }
+}
+
+/// A backend that answers with the `X-User` header it received.
+fn user_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { break };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(s.try_clone().expect("clone"));
+                let mut out = s;
+                while let Some((_, headers)) = read_head(&mut reader) {
+                    let users: Vec<&str> = headers
+                        .iter()
+                        .filter(|(n, _)| n == "x-user")
+                        .map(|(_, v)| v.as_str())
+                        .collect();
+                    let body = format!("user={}\n", users.join(","));
+                    let _ = write!(
+                        out,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// (status, headers block, body) of one request.
+fn get(front: SocketAddr, path: &str, headers: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(front).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: app\r\n{headers}Connection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (status, head.to_owned(), body.to_owned())
+}
+
+#[test]
+fn forward_auth_with_cache_failure_modes_and_breaker() {
+    let auth = auth_service();
+    let backend = user_backend();
+    let (admin, front) = (free_port(), free_port());
+    let (_weir, _out) = start(
+        "auth",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             auth = {{ url = \"http://{a}/check\", headers = [\"authorization\"], copy_headers = [\"x-user\"], \
+                       timeout = \"300ms\", denied_ttl = \"1h\", breaker_failures = 2, breaker_open = \"500ms\" }}\n\
+             [[listeners.routes.http]]\nname = \"public\"\npool = \"p\"\n\
+             match = {{ path_prefix = \"/public/\" }}\n\
+             auth = {{ url = \"http://{a}/check\", headers = [\"authorization\"], timeout = \"300ms\", failure = \"allow\", cache_size = 0 }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n",
+            a = auth.addr
+        ),
+    );
+    let calls = || auth.calls.load(Relaxed);
+
+    // Allowed: the service's X-User replaces the client's.
+    let (status, _, body) = get(
+        front,
+        "/orders?id=7",
+        "Authorization: Bearer good\r\nX-User: mallory\r\n",
+    );
+    assert_eq!((status, body.as_str()), (200, "user=alice\n"));
+    assert_eq!(calls(), 1);
+    assert_eq!(
+        auth.last_uri.lock().expect("uri").as_str(),
+        "GET /orders?id=7 127.0.0.1"
+    );
+    // Cached: no second call.
+    assert_eq!(get(front, "/x", "Authorization: Bearer good\r\n").0, 200);
+    assert_eq!(calls(), 1);
+
+    // Denied: the service's answer is the client's, and cached too.
+    let (status, head, body) = get(front, "/x", "Authorization: Bearer bad\r\n");
+    assert_eq!((status, body.as_str()), (401, "who are you\n"));
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("www-authenticate: bearer realm=\"weir\""),
+        "{head}"
+    );
+    assert_eq!(get(front, "/x", "Authorization: Bearer bad\r\n").0, 401);
+    assert_eq!(calls(), 2);
+
+    // Too slow: the failure mode (deny: 503); never cached.
+    let (status, _, body) = get(front, "/x", "Authorization: Bearer slow\r\n");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("auth_unavailable"), "{body}");
+    // The rule's own auth lets it through when the service cannot decide.
+    assert_eq!(
+        get(front, "/public/a", "Authorization: Bearer slow\r\n").0,
+        200
+    );
+
+    // The service goes down: two failures in a row open the route's breaker
+    // (the slow call above was the first), then requests make no call.
+    auth.down.store(true, Relaxed);
+    assert_eq!(get(front, "/x", "Authorization: Bearer t1\r\n").0, 503);
+    let before = calls();
+    assert_eq!(get(front, "/x", "Authorization: Bearer t2\r\n").0, 503);
+    assert_eq!(get(front, "/x", "Authorization: Bearer t3\r\n").0, 503);
+    assert_eq!(calls(), before, "an open breaker made a call");
+    assert_eq!(
+        metric(
+            admin,
+            "weir_auth_circuit_breaker_state{listener=\"web\",route=\"app\"}"
+        ),
+        1.0
+    );
+    // Back up; after breaker_open one probe goes through and closes it.
+    auth.down.store(false, Relaxed);
+    std::thread::sleep(Duration::from_millis(600));
+    let (status, _, body) = get(front, "/x", "Authorization: Bearer good2\r\n");
+    assert_eq!((status, body.as_str()), (401, "who are you\n"));
+    assert_eq!(
+        metric(
+            admin,
+            "weir_auth_circuit_breaker_state{listener=\"web\",route=\"app\"}"
+        ),
+        0.0
+    );
+    let result = |r: &str| {
+        metric(
+            admin,
+            &format!("weir_auth_requests_total{{listener=\"web\",route=\"app\",result=\"{r}\"}}"),
+        )
+    };
+    assert_eq!(result("allowed"), 1.0);
+    assert_eq!(result("denied"), 2.0);
+    assert!(result("timeout") >= 2.0, "{}", result("timeout"));
+    assert!(result("error") >= 1.0);
+    assert_eq!(
+        metric(
+            admin,
+            "weir_auth_cache_requests_total{listener=\"web\",route=\"app\",result=\"hit\"}"
+        ),
+        2.0
+    );
+}
