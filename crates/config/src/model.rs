@@ -574,7 +574,22 @@ pub struct Pool {
     /// How l7 routes speak to the backends.
     pub protocol: HttpProtocol,
     pub health: Health,
+    /// Outlier detection from the responses of l7 routes.
+    pub outlier: Option<Outlier>,
     pub backends: Vec<Backend>,
+}
+
+/// `outlier = { ... }`: a backend whose answers to l7 routes fail
+/// (`5xx`, or a failed connect) `consecutive_failures` times in a row is
+/// ejected: no requests for `base_ejection` times the number of its
+/// ejections so far, at most `max_ejection`; never more than
+/// `max_ejected_percent` of the pool's backends at once (at least one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outlier {
+    pub consecutive_failures: u32,
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+    pub max_ejected_percent: u32,
 }
 
 /// `protocol` of a pool: what l7 routes speak to its backends.

@@ -294,8 +294,19 @@ pub(crate) struct RawPool {
     pub(crate) close_on_down: Option<bool>,
     pub(crate) protocol: Option<String>,
     pub(crate) health: Option<RawHealth>,
+    pub(crate) outlier: Option<RawOutlier>,
     #[serde(default)]
     pub(crate) backends: Vec<RawBackend>,
+}
+
+/// `outlier = { ... }` of a pool: outlier detection from HTTP responses.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawOutlier {
+    pub(crate) consecutive_failures: Option<Int>,
+    pub(crate) base_ejection: Option<String>,
+    pub(crate) max_ejection: Option<String>,
+    pub(crate) max_ejected_percent: Option<Int>,
 }
 
 /// `[pools.health]`: the keys of every check type side by side; which ones a

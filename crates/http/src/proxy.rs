@@ -279,6 +279,9 @@ async fn forward(
                     pool.local_shortage(&b.name, "connect", "cannot create a socket");
                 }
                 pool.on_connect_failure(i, reason);
+                if reason.side() == weir_core::Side::Backend {
+                    pool.on_http_outcome(i, true);
+                }
                 last = reason;
                 if !reason.retry() {
                     break;
@@ -319,6 +322,7 @@ async fn forward(
                 let took = sent_at.elapsed();
                 x.upstream = Some(took);
                 b.stats.http_response(response.status().as_u16(), took);
+                pool.on_http_outcome(i, response.status().is_server_error());
                 Ok((response, lease))
             }
             // Nothing of it reached this backend: another may take it.
@@ -328,8 +332,14 @@ async fn forward(
                 tried.push(i);
                 continue;
             }
-            Err(Sent::Timeout) => Err(Reason::UpstreamTimeout),
-            Err(Sent::Failed) => Err(Reason::BackendError),
+            Err(Sent::Timeout) => {
+                pool.on_http_outcome(i, true);
+                Err(Reason::UpstreamTimeout)
+            }
+            Err(Sent::Failed) => {
+                pool.on_http_outcome(i, true);
+                Err(Reason::BackendError)
+            }
             Err(Sent::Connect(reason)) => Err(reason),
         };
     }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use super::Checker;
 use crate::model::{
-    Backend, BackendAddress, HashKey, Health, HttpProtocol, Listener, Policy, Pool, RouteMode,
+    Backend, BackendAddress, HashKey, Health, HttpProtocol, Listener, Outlier, Policy, Pool,
+    RouteMode,
 };
 use crate::raw::{RawBackend, RawPool};
 
@@ -110,6 +111,43 @@ impl Checker {
             close_on_down: raw.close_on_down.unwrap_or(false),
             protocol,
             health,
+            outlier: raw.outlier.as_ref().map(|o| {
+                let p = format!("{path}.outlier");
+                let base_ejection = self.timeout(
+                    &format!("{p}.base_ejection"),
+                    o.base_ejection.as_deref(),
+                    Duration::from_secs(30),
+                );
+                let max_ejection = self.timeout(
+                    &format!("{p}.max_ejection"),
+                    o.max_ejection.as_deref(),
+                    Duration::from_secs(300),
+                );
+                if max_ejection < base_ejection {
+                    self.push(
+                        format!("{p}.max_ejection"),
+                        "must be at least base_ejection",
+                    );
+                }
+                Outlier {
+                    consecutive_failures: self.int(
+                        &format!("{p}.consecutive_failures"),
+                        o.consecutive_failures,
+                        5,
+                        1,
+                        Some(1_000_000),
+                    ),
+                    base_ejection,
+                    max_ejection,
+                    max_ejected_percent: self.int(
+                        &format!("{p}.max_ejected_percent"),
+                        o.max_ejected_percent,
+                        10,
+                        1,
+                        Some(100),
+                    ),
+                }
+            }),
             backends,
         }
     }

@@ -137,8 +137,10 @@ fn admit(
         match listener.firewall.admit(peer.ip()) {
             Ok(s) => slot = s,
             Err(block) => {
-                reject_now(stream);
+                // Counted before the reset: a client that saw it can read
+                // the count.
                 listener.refuse_blocked(peer, block);
+                reject_now(stream);
                 return;
             }
         }
@@ -146,8 +148,8 @@ fn admit(
     let active = stats.connections_active.fetch_add(1, Relaxed);
     if active >= i64::from(listener.max_connections()) {
         stats.connections_active.fetch_sub(1, Relaxed);
-        reject_now(stream);
         listener.refuse(peer, Reason::MaxConnections);
+        reject_now(stream);
         return;
     }
     let mut client = Client::accepted(stream, peer);

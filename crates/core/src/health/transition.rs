@@ -24,6 +24,11 @@ pub enum Change {
         from: Option<u32>,
         to: Option<u32>,
     },
+    /// Outlier detection ejected the backend (`to`), or its ejection ended.
+    Outlier {
+        from: bool,
+        to: bool,
+    },
 }
 
 impl Change {
@@ -37,6 +42,10 @@ impl Change {
             }
             Self::Admin { from, to } => ("admin", from.as_str().to_owned(), to.as_str().to_owned()),
             Self::Weight { from, to } => ("weight", weight(from), weight(to)),
+            Self::Outlier { from, to } => {
+                let word = |e: &bool| if *e { "ejected" } else { "in" }.to_owned();
+                ("outlier", word(from), word(to))
+            }
         }
     }
 
@@ -62,6 +71,17 @@ impl Change {
                 from: weight(from)?,
                 to: weight(to)?,
             },
+            "outlier" => {
+                let word = |w: &str| match w {
+                    "ejected" => Some(true),
+                    "in" => Some(false),
+                    _ => None,
+                };
+                Change::Outlier {
+                    from: word(from)?,
+                    to: word(to)?,
+                }
+            }
             _ => return None,
         })
     }

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -77,6 +77,16 @@ impl Default for Link {
     }
 }
 
+/// Outlier detection of a backend, shared by its generations across
+/// reloads: failed answers in a row, whether it is ejected, and how many
+/// times it was (each ejection lasts longer).
+#[derive(Debug, Default)]
+pub(crate) struct OutlierState {
+    pub(crate) consecutive: AtomicU32,
+    pub(crate) ejected: AtomicBool,
+    pub(crate) ejections: AtomicU32,
+}
+
 /// How a backend's health is watched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Watch {
@@ -109,6 +119,7 @@ pub struct Backend {
     /// success takes no lock.
     pub(super) passive_pending: Arc<AtomicBool>,
     pub(super) link: Arc<Link>,
+    pub(crate) outlier: Arc<OutlierState>,
 }
 
 /// A consistent view of a backend's state, for the API and tests.
@@ -139,14 +150,14 @@ impl Backend {
     }
 
     /// Its weight if its tier serves: 0 unless enabled and up (or, with
-    /// passive health only, on trial).
+    /// passive health only, on trial) and not ejected as an outlier.
     pub(super) fn eligible_weight(&self, s: &Status) -> u32 {
         let healthy = match s.health.state() {
             Health::Up => true,
             Health::Unknown => self.watch == Watch::Passive,
             Health::Down => false,
         };
-        if s.admin == AdminState::Enabled && healthy {
+        if s.admin == AdminState::Enabled && healthy && !self.outlier.ejected.load(Relaxed) {
             Self::weight_now(s, self.weight)
         } else {
             0

@@ -20,9 +20,38 @@ pub(crate) fn render(pools: &[Arc<Pool>], w: &mut Writer) {
     };
     connections(w, backends());
     http(w, backends().filter(|(p, _)| p.serves_http));
+    outliers(w, backends().filter(|(p, _)| p.outlier.is_some()));
     state(w, backends());
     checks(w, backends().filter(|(_, b)| b.probe_address.is_some()));
     tiers(w, pools);
+}
+
+/// Outlier detection, for the pools that have it.
+fn outliers<'a>(w: &mut Writer, backends: impl Iterator<Item = (&'a Pool, &'a Backend)> + Clone) {
+    w.family(
+        "weir_backend_ejections",
+        Kind::Counter,
+        "Times outlier detection ejected the backend.",
+    );
+    for (p, b) in backends.clone() {
+        w.sample(
+            "weir_backend_ejections_total",
+            &[("pool", &p.name), ("backend", &b.name)],
+            b.stats.ejections.load(Relaxed),
+        );
+    }
+    w.family(
+        "weir_backend_ejected",
+        Kind::Gauge,
+        "1 while outlier detection keeps the backend out, else 0.",
+    );
+    for (p, b) in backends {
+        w.sample(
+            "weir_backend_ejected",
+            &[("pool", &p.name), ("backend", &b.name)],
+            u8::from(b.outlier.ejected.load(Relaxed)),
+        );
+    }
 }
 
 /// The HTTP families, for the pools l7 routes send to.

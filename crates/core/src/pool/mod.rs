@@ -17,6 +17,7 @@ mod backend;
 pub(crate) mod metrics;
 mod observe;
 mod operator;
+mod outlier;
 mod stats;
 
 pub use backend::{Backend, BackendView, Eviction, LastProbe, Watch};
@@ -75,6 +76,8 @@ pub struct Pool {
     pub protocol: config::HttpProtocol,
     /// An l7 route sends to this pool: its HTTP families are rendered.
     pub serves_http: bool,
+    /// Outlier detection from l7 answers.
+    pub outlier: Option<config::Outlier>,
     policy: Policy,
     picker: ArcSwap<Picker>,
     /// Serialises rebuilds so the picker always reflects the latest states;
@@ -129,6 +132,7 @@ impl Pool {
                     )
                 };
                 let before = previous.and_then(|p| p.backend(&b.name));
+                let outlier = before.map_or_else(Arc::default, |old| Arc::clone(&old.outlier));
                 let (status, serving, link, stats, pending) = match before {
                     Some(old) => {
                         let keep =
@@ -206,6 +210,7 @@ impl Pool {
                     serving: AtomicBool::new(serving),
                     passive_pending: pending,
                     link,
+                    outlier,
                 }
             })
             .collect();
@@ -233,6 +238,7 @@ impl Pool {
             backends,
             protocol: cfg.protocol,
             serves_http: inputs.serves_http,
+            outlier: cfg.outlier,
             policy: cfg.balance,
             picker: ArcSwap::from_pointee(Picker::new(cfg.balance, &[])),
             rebuild: Mutex::new(last_tier),

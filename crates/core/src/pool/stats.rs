@@ -51,6 +51,8 @@ pub const LATENCY_SECONDS: &[f64] = &[
 pub struct BackendStats {
     pub connections_total: AtomicU64,
     pub connections_active: AtomicI64,
+    /// Times outlier detection ejected the backend.
+    pub ejections: AtomicU64,
     /// Bytes sent to the backend (client -> backend).
     pub sent_bytes: AtomicU64,
     /// Bytes received from the backend (backend -> client).
@@ -105,6 +107,7 @@ impl Default for BackendStats {
         BackendStats {
             connections_total: AtomicU64::new(0),
             connections_active: AtomicI64::new(0),
+            ejections: AtomicU64::new(0),
             sent_bytes: AtomicU64::new(0),
             received_bytes: AtomicU64::new(0),
             connect_duration: Histogram::new(LATENCY_SECONDS),

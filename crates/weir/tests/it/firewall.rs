@@ -52,7 +52,7 @@ fn try_connect_from(source: Ipv4Addr, front: SocketAddr) -> Result<TcpStream, Er
     s.bind(&SocketAddr::V4(SocketAddrV4::new(source, 0)).into())
         .expect("bind the source");
     s.connect_timeout(&front.into(), DEADLINE)
-        .map_err(|e| e.kind())?;
+        .map_err(|e| reset(e.kind()))?;
     let s: TcpStream = s.into();
     s.set_read_timeout(Some(DEADLINE)).expect("timeout");
     Ok(s)
@@ -70,13 +70,22 @@ fn ping_from(source: Ipv4Addr, front: SocketAddr) -> Result<(), ErrorKind> {
 
 fn ping(s: &mut TcpStream) -> Result<(), ErrorKind> {
     // A refused client may see the reset already on this write.
-    s.write_all(b"ping").map_err(|e| e.kind())?;
+    s.write_all(b"ping").map_err(|e| reset(e.kind()))?;
     let mut buf = [0u8; 4];
     match s.read(&mut buf) {
         Ok(4) if &buf == b"ping" => Ok(()),
         Ok(0) => Err(ErrorKind::UnexpectedEof),
         Ok(_) => Err(ErrorKind::InvalidData),
-        Err(e) => Err(e.kind()),
+        Err(e) => Err(reset(e.kind())),
+    }
+}
+
+/// The ways a reset shows, depending on when it meets the client: on a
+/// connect, a write (broken pipe once the reset is in) or a read.
+fn reset(kind: ErrorKind) -> ErrorKind {
+    match kind {
+        ErrorKind::BrokenPipe | ErrorKind::ConnectionAborted => ErrorKind::ConnectionReset,
+        other => other,
     }
 }
 

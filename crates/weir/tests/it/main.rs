@@ -9,6 +9,7 @@ mod exhaustion;
 mod firewall;
 mod http;
 mod http_auth;
+mod http_outlier;
 mod http_policy;
 mod http_streams;
 mod observability;

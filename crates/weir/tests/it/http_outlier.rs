@@ -1,0 +1,153 @@
+//! Outlier detection on an l7 pool: a backend that answers 5xx
+//! `consecutive_failures` times in a row is ejected (a transition with its
+//! cause, in the metrics and the history), gets no requests while ejected,
+//! and comes back by itself; no more than `max_ejected_percent` of the pool
+//! is ever ejected.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use crate::cli::{DEADLINE, free_port};
+use crate::http::{metric, start};
+
+/// A backend answering every request with `status`, counting them.
+fn status_backend(status: u16) -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let n = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&n);
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { break };
+            let count = Arc::clone(&count);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(s.try_clone().expect("clone"));
+                let mut out = s;
+                loop {
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    count.fetch_add(1, Relaxed);
+                    if write!(out, "HTTP/1.1 {status} X\r\nContent-Length: 2\r\n\r\nok").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, n)
+}
+
+fn get(front: SocketAddr) -> u16 {
+    let mut s = TcpStream::connect(front).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    write!(s, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_failing_backend_is_ejected_and_comes_back() {
+    let (good, good_n) = status_backend(200);
+    let (bad, bad_n) = status_backend(500);
+    let (worse, worse_n) = status_backend(503);
+    let (admin, grpc, front) = (free_port(), free_port(), free_port());
+    let (_weir, _out) = start(
+        "outlier",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\ngrpc = \"{grpc}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n\
+             outlier = {{ consecutive_failures = 3, base_ejection = \"1s\", max_ejected_percent = 10 }}\n\
+             [[pools.backends]]\nname = \"good\"\naddress = \"{good}\"\n\
+             [[pools.backends]]\nname = \"bad\"\naddress = \"{bad}\"\n\
+             [[pools.backends]]\nname = \"worse\"\naddress = \"{worse}\"\n"
+        ),
+    );
+    // Round robin: each backend gets every third request. After nine, both
+    // failing backends have failed three times in a row; 10% of three
+    // backends lets one be ejected at a time.
+    for _ in 0..9 {
+        get(front);
+    }
+    let ejected = |b: &str| {
+        metric(
+            admin,
+            &format!("weir_backend_ejected{{pool=\"p\",backend=\"{b}\"}}"),
+        )
+    };
+    assert_eq!(ejected("good"), 0.0);
+    assert_eq!(
+        ejected("bad") + ejected("worse"),
+        1.0,
+        "exactly one ejected"
+    );
+    let (out, kept) = if ejected("bad") == 1.0 {
+        ("bad", &worse_n)
+    } else {
+        ("worse", &bad_n)
+    };
+    let out_n = if out == "bad" { &bad_n } else { &worse_n };
+    let before = out_n.load(Relaxed);
+    for _ in 0..6 {
+        get(front);
+    }
+    assert_eq!(
+        out_n.load(Relaxed),
+        before,
+        "an ejected backend got requests"
+    );
+    assert!(kept.load(Relaxed) > 3);
+    assert!(good_n.load(Relaxed) >= 6);
+    // The history says why.
+    let history = crate::control::json(&crate::control::ctl(
+        grpc,
+        None,
+        &["backend", "history", "p", out, "-o", "json"],
+    ));
+    let last = history
+        .as_array()
+        .and_then(|h| h.last())
+        .cloned()
+        .expect("a transition");
+    assert_eq!(last["kind"], "outlier", "{history}");
+    assert_eq!(
+        (last["from"].as_str(), last["to"].as_str()),
+        (Some("in"), Some("ejected"))
+    );
+    assert!(
+        last["cause"]
+            .as_str()
+            .is_some_and(|c| c.contains("3 failed answers in a row")),
+        "{last}"
+    );
+    // Back after base_ejection.
+    let deadline = Instant::now() + DEADLINE;
+    while ejected(out) != 0.0 {
+        assert!(Instant::now() < deadline, "never came back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        metric(
+            admin,
+            &format!("weir_backend_ejections_total{{pool=\"p\",backend=\"{out}\"}}")
+        ),
+        1.0
+    );
+}
