@@ -20,8 +20,23 @@ pub struct Config {
     pub runtime: Runtime,
     pub state: State,
     pub log: Log,
+    /// W3C Trace Context on l7 routes; `None`: `traceparent` passes
+    /// through untouched.
+    pub tracing: Option<Tracing>,
     pub listeners: Vec<Listener>,
     pub pools: Vec<Pool>,
+}
+
+/// `[tracing]`: every request of an l7 route gets weir's own span in the
+/// `traceparent` sent upstream, continuing the client's trace or starting
+/// one; its trace id is in the access log.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tracing {
+    /// The share of new traces marked sampled, 0.0..=1.0.
+    pub sample_ratio: f64,
+    /// Keep the client's sampled flag (a parent-based sampler); `false` at
+    /// an edge facing untrusted clients decides by `sample_ratio` alone.
+    pub trust_client_sampling: bool,
 }
 
 /// `[admin]`: the admin endpoints. An address left out is not served.

@@ -24,10 +24,19 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) log: RawLog,
     pub(crate) firewall: Option<RawFirewall>,
+    pub(crate) tracing: Option<RawTracing>,
     #[serde(default)]
     pub(crate) listeners: Vec<RawListener>,
     #[serde(default)]
     pub(crate) pools: Vec<RawPool>,
+}
+
+/// `[tracing]`: W3C Trace Context on l7 routes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawTracing {
+    pub(crate) sample_ratio: Option<f64>,
+    pub(crate) trust_client_sampling: Option<bool>,
 }
 
 /// `[firewall]`, and a listener's own `firewall`.

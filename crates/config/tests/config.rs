@@ -426,7 +426,7 @@ fn unknown_top_level_key() {
         "listener",
         (1, 1),
         "unknown key `listener` (did you mean `listeners`?); expected one of `admin`, \
-         `runtime`, `state`, `log`, `firewall`, `listeners`, `pools`",
+         `runtime`, `state`, `log`, `firewall`, `tracing`, `listeners`, `pools`",
     );
 }
 
@@ -2172,5 +2172,26 @@ fn policies_are_checked_with_their_key_paths() {
         ),
         "listeners[0].routes[0].policies",
         "only for HTTP routes",
+    );
+}
+
+#[test]
+fn tracing_takes_a_ratio_and_a_trust_flag() {
+    let cfg = load(&format!(
+        "[tracing]\nsample_ratio = 0.25\ntrust_client_sampling = false\n{OK_LISTENER}{OK_POOL}"
+    ))
+    .expect("valid");
+    let t = cfg.tracing.expect("tracing");
+    assert_eq!((t.sample_ratio, t.trust_client_sampling), (0.25, false));
+    assert!(
+        load(&format!("{OK_LISTENER}{OK_POOL}"))
+            .expect("valid")
+            .tracing
+            .is_none()
+    );
+    assert_one(
+        &format!("[tracing]\nsample_ratio = 1.5\n{OK_LISTENER}{OK_POOL}"),
+        "tracing.sample_ratio",
+        "1.5 is out of range 0.0..=1.0",
     );
 }

@@ -40,6 +40,8 @@ pub(crate) struct Exchange {
     pub(crate) rule: Option<Arc<str>>,
     /// The policy that refused the request.
     pub(crate) policy: Option<Arc<str>>,
+    /// The W3C trace id, with `[tracing]`.
+    pub(crate) trace_id: Option<[u8; 16]>,
     pub(crate) method: Method,
     pub(crate) uri: Uri,
     /// The `Host` header, when the URI has no authority (HTTP/1.1).
@@ -76,6 +78,7 @@ impl Exchange {
             client,
             rule: None,
             policy: None,
+            trace_id: None,
             method,
             uri,
             host: None,
@@ -132,6 +135,10 @@ impl Exchange {
         if !self.listener.access_log {
             return;
         }
+        let trace = self
+            .trace_id
+            .as_ref()
+            .map(weir_wire::traceparent::trace_id_hex);
         let host = self
             .uri
             .authority()
@@ -142,6 +149,7 @@ impl Exchange {
             route: route.map_or("-", |r| r.name.as_str()),
             rule: self.rule.as_deref(),
             policy: self.policy.as_deref(),
+            trace_id: trace.as_ref().and_then(|t| std::str::from_utf8(t).ok()),
             client: self.client,
             method: self.method.as_str(),
             host,

@@ -32,6 +32,7 @@ mod route;
 pub mod rules;
 mod serve;
 mod tls;
+mod trace;
 mod upgrade;
 mod upstream;
 

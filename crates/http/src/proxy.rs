@@ -84,6 +84,8 @@ pub(crate) async fn handle(
         .cloned()
         .unwrap_or_else(headers::new_request_id);
     x.request_id = Some(request_id.clone());
+    let trace = state.tracing.map(|t| crate::trace::next(&t, req.headers()));
+    x.trace_id = trace.map(|(t, _)| t.trace_id);
 
     if !cx.listener.firewall.admit_request(cx.client.ip()) {
         cx.listener
@@ -179,6 +181,16 @@ pub(crate) async fn handle(
         },
     );
     parts.headers.insert(X_REQUEST_ID, request_id);
+    if let Some((t, continued)) = trace {
+        // Replaces the client's: one traceparent, with weir's span.
+        parts.headers.remove(crate::trace::TRACEPARENT);
+        if !continued {
+            parts.headers.remove(crate::trace::TRACESTATE);
+        }
+        if let Ok(v) = HeaderValue::from_bytes(&t.format()) {
+            parts.headers.insert(crate::trace::TRACEPARENT, v);
+        }
+    }
     if let Some(granted) = granted {
         // What the authentication service says about the client replaces
         // whatever the client said under those names.

@@ -47,6 +47,8 @@ pub(crate) struct RouteState {
     /// Counters of the route's (and its rules') authentication, kept across
     /// reloads.
     pub(crate) auth_stats: Arc<AuthStats>,
+    /// `[tracing]`: W3C Trace Context; `None`: headers pass untouched.
+    pub(crate) tracing: Option<weir_config::Tracing>,
     backend_tls: Option<weir_config::BackendTls>,
 }
 
@@ -207,6 +209,7 @@ impl Handler {
             policies,
             auth: gate(&b.http.auth),
             auth_stats: Arc::clone(&auth_stats),
+            tracing: b.config.tracing,
             backend_tls: b.route.backend_tls.clone(),
         });
         let weak: Vec<Weak<Conns>> = state

@@ -50,6 +50,8 @@ pub struct HttpAccessRecord<'a> {
     pub rule: Option<&'a str>,
     /// The request policy that refused it.
     pub policy: Option<&'a str>,
+    /// The W3C trace id (32 hex digits), with tracing on.
+    pub trace_id: Option<&'a str>,
     pub client: SocketAddr,
     pub method: &'a str,
     pub host: Option<&'a str>,
@@ -93,6 +95,7 @@ impl HttpAccessRecord<'_> {
             upstream_ms = %Millis(self.upstream),
             backend = self.backend.unwrap_or("-"),
             request_id = self.request_id.unwrap_or("-"),
+            trace_id = self.trace_id.unwrap_or("-"),
             user_agent = self.user_agent.unwrap_or("-"),
             reason = self.reason,
         );

@@ -1,8 +1,9 @@
 //! weir-wire: the byte-level protocols weir reads and writes around a connection:
 //! the PROXY protocol v1/v2 ([`proxy`]), a read-only peek at a TLS ClientHello for
 //! SNI and ALPN ([`client_hello`]), an HTTP/1 response as a health probe reads it
-//! ([`http1`]), the rules for host names ([`name`]), and the normal form of an
-//! HTTP request's path ([`path`]).
+//! ([`http1`]), the rules for host names ([`name`]), the normal form of an
+//! HTTP request's path ([`path`]), and the W3C `traceparent` header
+//! ([`traceparent`]).
 //!
 //! Everything here is pure: `&[u8]` in, values out. No tokio, no sockets, no clocks,
 //! no global state, so every parser can be unit-tested, property-tested and fuzzed
@@ -30,5 +31,6 @@ pub mod http1;
 pub mod name;
 pub mod path;
 pub mod proxy;
+pub mod traceparent;
 
 mod crc32c;

@@ -25,7 +25,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::error::{ConfigError, Problem};
-use crate::model::Config;
+use crate::model::{Config, Tracing};
 use crate::raw::{Int, RawConfig};
 
 /// Stands in for a value that failed a check; never reaches a returned Config.
@@ -40,6 +40,19 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let state = cx.state(raw.state);
     let log = cx.log(raw.log);
     let global_firewall = raw.firewall.map(|f| cx.firewall("firewall", &f));
+    let tracing = raw.tracing.map(|t| {
+        let ratio = t.sample_ratio.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&ratio) {
+            cx.push(
+                "tracing.sample_ratio",
+                format!("{ratio} is out of range 0.0..=1.0"),
+            );
+        }
+        Tracing {
+            sample_ratio: ratio.clamp(0.0, 1.0),
+            trust_client_sampling: t.trust_client_sampling.unwrap_or(true),
+        }
+    });
 
     // Routes refer to pools by index, so index the pool names up front; the
     // first of two pools with one name wins (the second is an error below).
@@ -94,6 +107,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             runtime,
             state,
             log,
+            tracing,
             listeners,
             pools,
         })

@@ -103,8 +103,9 @@ fn auth_service() -> AuthService {
     }
 }
 
-/// A backend that answers with the `X-User` header it received.
-fn user_backend() -> SocketAddr {
+/// A backend that answers with the headers named `names` it received, as
+/// `name=value` lines in the order they came.
+pub(crate) fn headers_backend(names: &'static [&'static str]) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().expect("addr");
     std::thread::spawn(move || {
@@ -114,12 +115,11 @@ fn user_backend() -> SocketAddr {
                 let mut reader = BufReader::new(s.try_clone().expect("clone"));
                 let mut out = s;
                 while let Some((_, headers)) = read_head(&mut reader) {
-                    let users: Vec<&str> = headers
+                    let body: String = headers
                         .iter()
-                        .filter(|(n, _)| n == "x-user")
-                        .map(|(_, v)| v.as_str())
+                        .filter(|(n, _)| names.contains(&n.as_str()))
+                        .map(|(n, v)| format!("{n}={v}\n"))
                         .collect();
-                    let body = format!("user={}\n", users.join(","));
                     let _ = write!(
                         out,
                         "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
@@ -155,7 +155,7 @@ fn get(front: SocketAddr, path: &str, headers: &str) -> (u16, String, String) {
 #[test]
 fn forward_auth_with_cache_failure_modes_and_breaker() {
     let auth = auth_service();
-    let backend = user_backend();
+    let backend = headers_backend(&["x-user"]);
     let (admin, front) = (free_port(), free_port());
     let (_weir, _out) = start(
         "auth",
@@ -181,7 +181,7 @@ fn forward_auth_with_cache_failure_modes_and_breaker() {
         "/orders?id=7",
         "Authorization: Bearer good\r\nX-User: mallory\r\n",
     );
-    assert_eq!((status, body.as_str()), (200, "user=alice\n"));
+    assert_eq!((status, body.as_str()), (200, "x-user=alice\n"));
     assert_eq!(calls(), 1);
     assert_eq!(
         auth.last_uri.lock().expect("uri").as_str(),

@@ -12,6 +12,7 @@ mod http_auth;
 mod http_outlier;
 mod http_policy;
 mod http_streams;
+mod http_trace;
 mod observability;
 mod proxy_protocol;
 mod tls_passthrough;
