@@ -1359,3 +1359,25 @@ fn a_kept_alive_connection_rests_as_long_as_the_idle_timeout_allows() {
     // closed it and opened another.
     assert!(body.starts_with("conn=2 req=1"), "{body}");
 }
+
+/// One HTTP/1.1 request with a raw request target (no client-side
+/// normalisation) and extra header lines, on its own connection:
+/// (status, header block, body).
+pub(crate) fn raw_get(front: SocketAddr, target: &str, headers: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(front).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    write!(
+        s,
+        "GET {target} HTTP/1.1\r\nHost: app.example.com\r\n{headers}Connection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (status, head.to_owned(), body.to_owned())
+}

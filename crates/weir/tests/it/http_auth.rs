@@ -4,14 +4,14 @@
 //! decisions make no call; a slow or failing service takes the failure
 //! mode, and the circuit breaker opens, short-circuits and closes.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::cli::{DEADLINE, free_port};
-use crate::http::{metric, start};
+use crate::cli::free_port;
+use crate::http::{metric, raw_get, start};
 
 /// Reads one request head; (request line, headers lower-cased).
 fn read_head(reader: &mut impl BufRead) -> Option<(String, Vec<(String, String)>)> {
@@ -132,26 +132,6 @@ pub(crate) fn headers_backend(names: &'static [&'static str]) -> SocketAddr {
     addr
 }
 
-/// (status, headers block, body) of one request.
-fn get(front: SocketAddr, path: &str, headers: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(front).expect("connect");
-    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: app\r\n{headers}Connection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    (status, head.to_owned(), body.to_owned())
-}
-
 #[test]
 fn forward_auth_with_cache_failure_modes_and_breaker() {
     let auth = auth_service();
@@ -176,7 +156,7 @@ fn forward_auth_with_cache_failure_modes_and_breaker() {
     let calls = || auth.calls.load(Relaxed);
 
     // Allowed: the service's X-User replaces the client's.
-    let (status, _, body) = get(
+    let (status, _, body) = raw_get(
         front,
         "/orders?id=7",
         "Authorization: Bearer good\r\nX-User: mallory\r\n",
@@ -188,37 +168,40 @@ fn forward_auth_with_cache_failure_modes_and_breaker() {
         "GET /orders?id=7 127.0.0.1"
     );
     // Cached: no second call.
-    assert_eq!(get(front, "/x", "Authorization: Bearer good\r\n").0, 200);
+    assert_eq!(
+        raw_get(front, "/x", "Authorization: Bearer good\r\n").0,
+        200
+    );
     assert_eq!(calls(), 1);
 
     // Denied: the service's answer is the client's, and cached too.
-    let (status, head, body) = get(front, "/x", "Authorization: Bearer bad\r\n");
+    let (status, head, body) = raw_get(front, "/x", "Authorization: Bearer bad\r\n");
     assert_eq!((status, body.as_str()), (401, "who are you\n"));
     assert!(
         head.to_ascii_lowercase()
             .contains("www-authenticate: bearer realm=\"weir\""),
         "{head}"
     );
-    assert_eq!(get(front, "/x", "Authorization: Bearer bad\r\n").0, 401);
+    assert_eq!(raw_get(front, "/x", "Authorization: Bearer bad\r\n").0, 401);
     assert_eq!(calls(), 2);
 
     // Too slow: the failure mode (deny: 503); never cached.
-    let (status, _, body) = get(front, "/x", "Authorization: Bearer slow\r\n");
+    let (status, _, body) = raw_get(front, "/x", "Authorization: Bearer slow\r\n");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("auth_unavailable"), "{body}");
     // The rule's own auth lets it through when the service cannot decide.
     assert_eq!(
-        get(front, "/public/a", "Authorization: Bearer slow\r\n").0,
+        raw_get(front, "/public/a", "Authorization: Bearer slow\r\n").0,
         200
     );
 
     // The service goes down: two failures in a row open the route's breaker
     // (the slow call above was the first), then requests make no call.
     auth.down.store(true, Relaxed);
-    assert_eq!(get(front, "/x", "Authorization: Bearer t1\r\n").0, 503);
+    assert_eq!(raw_get(front, "/x", "Authorization: Bearer t1\r\n").0, 503);
     let before = calls();
-    assert_eq!(get(front, "/x", "Authorization: Bearer t2\r\n").0, 503);
-    assert_eq!(get(front, "/x", "Authorization: Bearer t3\r\n").0, 503);
+    assert_eq!(raw_get(front, "/x", "Authorization: Bearer t2\r\n").0, 503);
+    assert_eq!(raw_get(front, "/x", "Authorization: Bearer t3\r\n").0, 503);
     assert_eq!(calls(), before, "an open breaker made a call");
     assert_eq!(
         metric(
@@ -230,7 +213,7 @@ fn forward_auth_with_cache_failure_modes_and_breaker() {
     // Back up; after breaker_open one probe goes through and closes it.
     auth.down.store(false, Relaxed);
     std::thread::sleep(Duration::from_millis(600));
-    let (status, _, body) = get(front, "/x", "Authorization: Bearer good2\r\n");
+    let (status, _, body) = raw_get(front, "/x", "Authorization: Bearer good2\r\n");
     assert_eq!((status, body.as_str()), (401, "who are you\n"));
     assert_eq!(
         metric(

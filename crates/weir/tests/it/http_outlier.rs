@@ -4,8 +4,8 @@
 //! and comes back by itself; no more than `max_ejected_percent` of the pool
 //! is ever ejected.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -49,15 +49,7 @@ fn status_backend(status: u16) -> (SocketAddr, Arc<AtomicUsize>) {
 }
 
 fn get(front: SocketAddr) -> u16 {
-    let mut s = TcpStream::connect(front).expect("connect");
-    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
-    write!(s, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    out.split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+    crate::http::raw_get(front, "/", "").0
 }
 
 #[test]

@@ -60,24 +60,9 @@ fn path_backend() -> PathBackend {
     PathBackend { addr, seen }
 }
 
-/// One request with a raw request line (no client-side normalisation):
-/// (status, body).
+/// (status, body) of one request with a raw target.
 fn raw_get(front: SocketAddr, target: &str, headers: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(front).expect("connect");
-    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
-    write!(
-        s,
-        "GET {target} HTTP/1.1\r\nHost: app.example.com\r\n{headers}Connection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    let (status, _, body) = crate::http::raw_get(front, target, headers);
     (status, body)
 }
 

@@ -4,10 +4,9 @@
 //! new trace; the sampled flag follows the configuration; the trace id is in
 //! the access log. Without `[tracing]` the headers pass untouched.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 
-use crate::cli::{DEADLINE, free_port, wait_line};
+use crate::cli::{free_port, wait_line};
 use crate::http::start;
 use crate::http_auth::headers_backend;
 
@@ -17,16 +16,7 @@ fn trace_backend() -> SocketAddr {
 }
 
 fn get(front: SocketAddr, headers: &str) -> String {
-    let mut s = TcpStream::connect(front).expect("connect");
-    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
-    write!(
-        s,
-        "GET / HTTP/1.1\r\nHost: a\r\n{headers}Connection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned()
+    crate::http::raw_get(front, "/", headers).2
 }
 
 fn config(front: SocketAddr, backend: SocketAddr, tracing: &str) -> String {
