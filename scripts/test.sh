@@ -34,10 +34,12 @@ if ((${#packages[@]})); then
 fi
 
 # Python peers of the tests from PyPI, for the python3 on PATH: gRPC and
-# WebSocket clients and servers (tests/it/peers.py), and a MaxMind-format
-# database writer for the firewall's country rules.
-python3 -c 'import grpc, websockets, mmdb_writer' 2>/dev/null \
-    || python3 -m pip install -q --disable-pip-version-check grpcio websockets mmdb-writer
+# WebSocket clients and servers and an OTLP trace receiver
+# (tests/it/peers.py), and a MaxMind-format database writer for the
+# firewall's country rules.
+python3 -c 'import grpc, websockets, mmdb_writer, opentelemetry.proto' 2>/dev/null \
+    || python3 -m pip install -q --disable-pip-version-check grpcio websockets mmdb-writer \
+        opentelemetry-proto
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

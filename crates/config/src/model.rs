@@ -30,13 +30,48 @@ pub struct Config {
 /// `[tracing]`: every request of an l7 route gets weir's own span in the
 /// `traceparent` sent upstream, continuing the client's trace or starting
 /// one; its trace id is in the access log.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tracing {
     /// The share of new traces marked sampled, 0.0..=1.0.
     pub sample_ratio: f64,
     /// Keep the client's sampled flag (a parent-based sampler); `false` at
     /// an edge facing untrusted clients decides by `sample_ratio` alone.
     pub trust_client_sampling: bool,
+    /// Where the spans of sampled requests go; `None`: propagation only.
+    pub otlp: Option<Otlp>,
+}
+
+/// `[tracing.otlp]`: the OpenTelemetry collector spans are exported to, in
+/// batches, from a bounded queue (a full queue drops spans, never waits).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Otlp {
+    /// As written: `http://host:port[/path]`.
+    pub endpoint: String,
+    pub host: String,
+    pub port: u16,
+    /// The request path of `protocol = "http"` (`/v1/traces` when the
+    /// endpoint has none).
+    pub path: String,
+    pub protocol: OtlpProtocol,
+    /// The `service.name` resource attribute.
+    pub service_name: String,
+    /// Bounds one export call (connect included).
+    pub timeout: Duration,
+    /// A batch leaves at least this often while spans wait.
+    pub interval: Duration,
+    /// Spans per export call at most.
+    pub batch_size: u32,
+    /// Spans waiting for export at most; more are dropped and counted.
+    pub queue_size: u32,
+}
+
+/// `protocol` of `[tracing.otlp]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (the collector's port 4317).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (port 4318).
+    Http,
 }
 
 /// `[admin]`: the admin endpoints. An address left out is not served.

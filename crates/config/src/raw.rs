@@ -37,6 +37,20 @@ pub(crate) struct RawConfig {
 pub(crate) struct RawTracing {
     pub(crate) sample_ratio: Option<f64>,
     pub(crate) trust_client_sampling: Option<bool>,
+    pub(crate) otlp: Option<RawOtlp>,
+}
+
+/// `[tracing.otlp]`: span export.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawOtlp {
+    pub(crate) endpoint: String,
+    pub(crate) protocol: Option<String>,
+    pub(crate) service_name: Option<String>,
+    pub(crate) timeout: Option<String>,
+    pub(crate) interval: Option<String>,
+    pub(crate) batch_size: Option<Int>,
+    pub(crate) queue_size: Option<Int>,
 }
 
 /// `[firewall]`, and a listener's own `firewall`.

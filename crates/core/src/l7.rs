@@ -30,6 +30,9 @@ pub trait HttpLayer: Send + Sync + fmt::Debug {
     /// message (a certificate that does not load, say), which fails the start
     /// or the reload as a whole.
     fn build(&self, route: RouteBuild<'_>) -> Result<Arc<dyn HttpHandler>, String>;
+
+    /// Writes the layer's own families (the span exporter's) to `/metrics`.
+    fn render(&self, _w: &mut weir_telemetry::Writer) {}
 }
 
 /// What an l7 route's handler is built from.

@@ -24,6 +24,8 @@ use http::{HeaderMap, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use std::time::Duration;
+
 use tokio::time::Instant;
 use weir_config::{Auth, AuthFailure};
 use weir_telemetry::Histogram;
@@ -111,7 +113,7 @@ impl Outcome {
 }
 
 /// What the service is asked about one request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Question<'a> {
     pub(crate) method: &'a Method,
     pub(crate) uri: &'a Uri,
@@ -119,6 +121,8 @@ pub(crate) struct Question<'a> {
     pub(crate) proto: &'static str,
     pub(crate) client: IpAddr,
     pub(crate) headers: &'a HeaderMap,
+    /// The auth call's `traceparent`, with `[tracing]`.
+    pub(crate) traceparent: Option<HeaderValue>,
 }
 
 /// One `auth` table (a route's or a rule's), with its cache, breaker and
@@ -170,22 +174,30 @@ impl Gate {
         }
     }
 
-    /// The verdict for `q`: from the cache, the service, or the failure mode.
-    pub(crate) async fn check(&self, q: &Question<'_>) -> Verdict {
+    /// The service's URL, as configured.
+    pub(crate) fn url(&self) -> &str {
+        &self.cfg.url
+    }
+
+    /// The verdict for `q`: from the cache, the service, or the failure
+    /// mode; with how the call to the service ended and how long it took,
+    /// when one was made.
+    pub(crate) async fn check(&self, q: &Question<'_>) -> (Verdict, Option<(Outcome, Duration)>) {
         let key = (self.cfg.cache_size > 0).then(|| self.key(q.headers));
         if let Some(key) = &key {
             if let Some(v) = self.cached(key) {
                 self.stats.cache_hits.fetch_add(1, Relaxed);
-                return v;
+                return (v, None);
             }
             self.stats.cache_misses.fetch_add(1, Relaxed);
         }
         if !self.may_call() {
-            return self.failed();
+            return (self.failed(), None);
         }
         let began = Instant::now();
         let answer = tokio::time::timeout(self.cfg.timeout, self.call(q)).await;
-        self.stats.duration.observe(began.elapsed());
+        let took = began.elapsed();
+        self.stats.duration.observe(took);
         let (outcome, verdict) = match answer {
             Err(_) => (Outcome::Timeout, None),
             Ok(Err(())) => (Outcome::Error, None),
@@ -194,7 +206,7 @@ impl Gate {
         };
         self.stats.results[outcome as usize].fetch_add(1, Relaxed);
         self.settle(verdict.is_some());
-        match verdict {
+        let verdict = match verdict {
             Some(v) => {
                 if let Some(key) = key {
                     self.remember(key, &v);
@@ -202,7 +214,8 @@ impl Gate {
                 v
             }
             None => self.failed(),
-        }
+        };
+        (verdict, Some((outcome, took)))
     }
 
     fn failed(&self) -> Verdict {
@@ -335,6 +348,9 @@ impl Gate {
             h.insert("x-forwarded-host", host.clone());
         }
         h.insert("x-forwarded-proto", HeaderValue::from_static(q.proto));
+        if let Some(t) = &q.traceparent {
+            h.insert(crate::trace::TRACEPARENT, t.clone());
+        }
         if let Ok(v) = HeaderValue::from_str(&q.client.to_string()) {
             h.insert("x-forwarded-for", v);
         }
@@ -450,21 +466,22 @@ mod tests {
             proto: "http",
             client: "127.0.0.1".parse().expect("ip"),
             headers: &h,
+            traceparent: None,
         };
         for _ in 0..3 {
-            assert!(matches!(g.check(&q).await, Verdict::Unavailable));
+            assert!(matches!(g.check(&q).await.0, Verdict::Unavailable));
         }
         assert!(g.breaker_open());
         let calls = |g: &Gate| g.stats.results[Outcome::Error as usize].load(Relaxed);
         assert_eq!(calls(&g), 3);
         // Open: no call.
-        assert!(matches!(g.check(&q).await, Verdict::Unavailable));
+        assert!(matches!(g.check(&q).await.0, Verdict::Unavailable));
         assert_eq!(calls(&g), 3);
         tokio::time::sleep(Duration::from_millis(250)).await;
         // Half-open: one probe, which fails and opens it again.
-        assert!(matches!(g.check(&q).await, Verdict::Unavailable));
+        assert!(matches!(g.check(&q).await.0, Verdict::Unavailable));
         assert_eq!(calls(&g), 4);
-        assert!(matches!(g.check(&q).await, Verdict::Unavailable));
+        assert!(matches!(g.check(&q).await.0, Verdict::Unavailable));
         assert_eq!(calls(&g), 4);
     }
 

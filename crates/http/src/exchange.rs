@@ -15,6 +15,7 @@ use weir_core::pool::Pool;
 use weir_telemetry::HttpAccessRecord;
 
 use crate::serve::ConnState;
+use crate::trace::span::{Kind, Recording};
 
 /// The access-log `reason` of a request that got its whole response.
 pub(crate) const COMPLETED: &str = "completed";
@@ -42,6 +43,8 @@ pub(crate) struct Exchange {
     pub(crate) policy: Option<Arc<str>>,
     /// The W3C trace id, with `[tracing]`.
     pub(crate) trace_id: Option<[u8; 16]>,
+    /// The spans of a sampled request, with `[tracing.otlp]`.
+    pub(crate) recording: Option<Box<Recording>>,
     pub(crate) method: Method,
     pub(crate) uri: Uri,
     /// The `Host` header, when the URI has no authority (HTTP/1.1).
@@ -79,6 +82,7 @@ impl Exchange {
             rule: None,
             policy: None,
             trace_id: None,
+            recording: None,
             method,
             uri,
             host: None,
@@ -116,6 +120,7 @@ impl Exchange {
             return;
         }
         self.finished = true;
+        let recording = self.recording.take();
         self.conn.request_ended();
         let took = self.started.elapsed();
         let route = self.listener.routes.get(self.route);
@@ -131,6 +136,9 @@ impl Exchange {
         let backend = self.backend.as_ref().and_then(|(p, i)| p.backends.get(*i));
         if let Some(b) = backend {
             b.stats.http_requests_active.fetch_sub(1, Relaxed);
+        }
+        if let Some(r) = recording {
+            self.export_spans(&r, route.map(|r| r.name.as_str()), backend, took);
         }
         if !self.listener.access_log {
             return;
@@ -166,6 +174,97 @@ impl Exchange {
             reason: self.reason,
         }
         .emit();
+    }
+}
+
+impl Exchange {
+    /// The request's span and its upstream call's, ending now.
+    fn export_spans(
+        &self,
+        r: &Recording,
+        route: Option<&str>,
+        backend: Option<&weir_core::pool::Backend>,
+        took: Duration,
+    ) {
+        let end = r
+            .start
+            .saturating_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+        let method = self.method.as_str();
+        if let Some(start) = r.upstream_start {
+            let pool = self.backend.as_ref().map_or("-", |(p, _)| p.name.as_str());
+            let mut s = r.span(Kind::Client, format!("{method} {pool}"), start, end);
+            s.str("http.request.method", method);
+            s.str("weir.pool", pool);
+            if let Some(b) = backend {
+                s.str("weir.backend", b.name.as_str());
+                s.str("server.address", b.address.ip().to_string());
+                s.int("server.port", b.address.port());
+            }
+            s.int("weir.attempts", r.attempts);
+            match r.upstream_status {
+                Some(status) => {
+                    s.int("http.response.status_code", status);
+                    s.error = status >= 400;
+                }
+                None => {
+                    s.str("error.type", self.reason);
+                    s.error = true;
+                }
+            }
+            r.exporter.submit(s);
+        }
+        let route = route.unwrap_or("-");
+        let mut s = r.span(Kind::Server, format!("{method} {route}"), r.start, end);
+        s.str("http.request.method", method);
+        s.str(
+            "url.path",
+            self.uri.path_and_query().map_or("/", |p| p.path()),
+        );
+        if let Some(q) = self.uri.query() {
+            s.str("url.query", q);
+        }
+        if let Some(host) = self
+            .uri
+            .authority()
+            .map(http::uri::Authority::as_str)
+            .or_else(|| text(&self.host))
+        {
+            s.str("server.address", host);
+        }
+        s.str("client.address", self.client.ip().to_string());
+        s.int("client.port", self.client.port());
+        s.str("network.protocol.version", self.version);
+        if let Some(ua) = text(&self.user_agent) {
+            s.str("user_agent.original", ua);
+        }
+        if self.status != 0 {
+            s.int("http.response.status_code", self.status);
+        }
+        s.str("weir.listener", self.listener.name.as_str());
+        s.str("weir.route", route);
+        if let Some(rule) = &self.rule {
+            s.str("weir.rule", &**rule);
+        }
+        if let Some(policy) = &self.policy {
+            s.str("weir.policy", &**policy);
+        }
+        if let Some(b) = backend {
+            s.str("weir.backend", b.name.as_str());
+        }
+        s.str("weir.reason", self.reason);
+        if let Some(id) = text(&self.request_id) {
+            s.str("weir.request_id", id);
+        }
+        s.int(
+            "http.request.body.size",
+            i64::try_from(self.body.bytes.load(Relaxed)).unwrap_or(i64::MAX),
+        );
+        s.int(
+            "http.response.body.size",
+            i64::try_from(self.bytes_out).unwrap_or(i64::MAX),
+        );
+        s.error = self.status == 0 || self.status >= 500;
+        r.exporter.submit(s);
     }
 }
 

@@ -84,8 +84,19 @@ pub(crate) async fn handle(
         .cloned()
         .unwrap_or_else(headers::new_request_id);
     x.request_id = Some(request_id.clone());
-    let trace = state.tracing.map(|t| crate::trace::next(&t, req.headers()));
-    x.trace_id = trace.map(|(t, _)| t.trace_id);
+    let trace = state
+        .tracing
+        .as_ref()
+        .map(|t| crate::trace::next(t, req.headers()));
+    x.trace_id = trace.map(|t| t.trace_id);
+    if let (Some(t), Some(e)) = (trace, &state.exporter)
+        && t.sampled()
+    {
+        x.recording = Some(Box::new(crate::trace::span::Recording::new(
+            Arc::clone(e),
+            t,
+        )));
+    }
 
     if !cx.listener.firewall.admit_request(cx.client.ip()) {
         cx.listener
@@ -130,6 +141,7 @@ pub(crate) async fn handle(
     // Forward authentication: the rule's, else the route's.
     let mut granted = None;
     if let Some(gate) = rule.auth.as_ref().or(state.auth.as_ref()) {
+        let span = trace.map(|_| crate::trace::span_id());
         let question = crate::auth::Question {
             method: req.method(),
             uri: req.uri(),
@@ -137,8 +149,13 @@ pub(crate) async fn handle(
             proto: cx.proto,
             client: cx.client.ip(),
             headers: req.headers(),
+            traceparent: trace.zip(span).and_then(|(t, id)| t.header(id)),
         };
-        match gate.check(&question).await {
+        let (verdict, call) = gate.check(&question).await;
+        if let (Some(r), Some((outcome, took)), Some(id)) = (&x.recording, call, span) {
+            r.auth_call(id, gate.url(), outcome.as_str(), took);
+        }
+        match verdict {
             crate::auth::Verdict::Allow(headers) => granted = Some(headers),
             crate::auth::Verdict::Deny(d) => return Ok(denied(&d, grpc, x)),
             crate::auth::Verdict::Unavailable => {
@@ -181,13 +198,15 @@ pub(crate) async fn handle(
         },
     );
     parts.headers.insert(X_REQUEST_ID, request_id);
-    if let Some((t, continued)) = trace {
-        // Replaces the client's: one traceparent, with weir's span.
+    if let Some(t) = trace {
+        // Replaces the client's: one traceparent, with weir's span (the
+        // upstream call's, when spans are recorded).
         parts.headers.remove(crate::trace::TRACEPARENT);
-        if !continued {
+        if !t.continued() {
             parts.headers.remove(crate::trace::TRACESTATE);
         }
-        if let Ok(v) = HeaderValue::from_bytes(&t.format()) {
+        let span = x.recording.as_ref().map_or(t.span, |r| r.upstream);
+        if let Some(v) = t.header(span) {
             parts.headers.insert(crate::trace::TRACEPARENT, v);
         }
     }
@@ -277,6 +296,10 @@ async fn forward(
         // In flight from here: a request being connected is load too, and
         // the log names the backend that failed it.
         x.set_backend(pool, i);
+        if let Some(r) = x.recording.as_mut() {
+            r.attempts += 1;
+            r.upstream_start.get_or_insert_with(crate::trace::span::now);
+        }
         let began = Instant::now();
         let checkout = if upgrading {
             Box::pin(conns.fresh_upgradeable(&target.dialer)).await
@@ -333,6 +356,9 @@ async fn forward(
             Ok((response, lease)) => {
                 let took = sent_at.elapsed();
                 x.upstream = Some(took);
+                if let Some(r) = x.recording.as_mut() {
+                    r.upstream_status = Some(response.status().as_u16());
+                }
                 b.stats.http_response(response.status().as_u16(), took);
                 pool.on_http_outcome(i, response.status().is_server_error());
                 Ok((response, lease))

@@ -49,6 +49,8 @@ pub(crate) struct RouteState {
     pub(crate) auth_stats: Arc<AuthStats>,
     /// `[tracing]`: W3C Trace Context; `None`: headers pass untouched.
     pub(crate) tracing: Option<weir_config::Tracing>,
+    /// `[tracing.otlp]`: where the spans of sampled requests go.
+    pub(crate) exporter: Option<Arc<crate::trace::export::Exporter>>,
     backend_tls: Option<weir_config::BackendTls>,
 }
 
@@ -88,7 +90,10 @@ pub(crate) struct Handler {
 }
 
 impl Handler {
-    pub(crate) fn build(b: &RouteBuild<'_>) -> Result<Handler, String> {
+    pub(crate) fn build(
+        b: &RouteBuild<'_>,
+        exporter: Option<Arc<crate::trace::export::Exporter>>,
+    ) -> Result<Handler, String> {
         let before = b.before.and_then(|h| h.as_any().downcast_ref::<Handler>());
         let previous = before.map(|h| &h.state);
         let same_tls = previous.is_some_and(|p| p.backend_tls == b.route.backend_tls);
@@ -209,7 +214,8 @@ impl Handler {
             policies,
             auth: gate(&b.http.auth),
             auth_stats: Arc::clone(&auth_stats),
-            tracing: b.config.tracing,
+            tracing: b.config.tracing.clone(),
+            exporter,
             backend_tls: b.route.backend_tls.clone(),
         });
         let weak: Vec<Weak<Conns>> = state

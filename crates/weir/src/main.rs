@@ -379,9 +379,10 @@ pub(crate) async fn serve(
         ),
         None => None,
     };
+    let layer = Arc::new(weir_http::Layer::new());
     let options = weir_core::Options {
         config_path,
-        http: Some(Arc::new(weir_http::Layer::new())),
+        http: Some(Arc::clone(&layer) as Arc<dyn weir_core::l7::HttpLayer>),
     };
     let server = Arc::new(Server::start_with(config, options).await?);
     let admin_stop = CancellationToken::new();
@@ -443,6 +444,8 @@ pub(crate) async fn serve(
         _ = term.recv() => { tracing::warn!("second signal: closing all connections"); server.close_all(); server.wait().await }
         _ = int.recv() => { tracing::warn!("second signal: closing all connections"); server.close_all(); server.wait().await }
     }
+    // The spans of the last requests, bounded by the exporter's timeout.
+    layer.flush().await;
     admin_stop.cancel();
     tracing::info!("weir stopped");
     Ok(())

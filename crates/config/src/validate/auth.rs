@@ -108,7 +108,7 @@ impl Checker {
 }
 
 /// `http://host[:port][/path]` -> (host, port, path). IPv6 in brackets.
-fn split_url(url: &str) -> Option<(String, u16, String)> {
+pub(super) fn split_url(url: &str) -> Option<(String, u16, String)> {
     let rest = url.strip_prefix("http://")?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),

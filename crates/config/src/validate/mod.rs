@@ -13,6 +13,7 @@ mod health;
 mod http;
 mod listener;
 mod log;
+mod otlp;
 mod policy;
 mod pool;
 mod route;
@@ -51,6 +52,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         Tracing {
             sample_ratio: ratio.clamp(0.0, 1.0),
             trust_client_sampling: t.trust_client_sampling.unwrap_or(true),
+            otlp: t.otlp.as_ref().map(|o| cx.otlp("tracing.otlp", o)),
         }
     });
 

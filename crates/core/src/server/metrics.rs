@@ -24,6 +24,9 @@ impl Server {
         let snapshot = self.snapshot();
         crate::listener::render(&snapshot.listeners, w);
         crate::pool::metrics::render(&snapshot.pools, w);
+        if let Some(http) = &self.http {
+            http.render(w);
+        }
         w.family(
             "weir_config_reloads",
             Kind::Counter,

@@ -18,7 +18,7 @@ const DASHBOARD: &str = "deploy/grafana/weir-dashboard.json";
 const METRICS_DOC: &str = "docs/metrics.md";
 
 /// The alerts the rules file must define (see deploy/README.md).
-const EXPECTED_ALERTS: [&str; 11] = [
+const EXPECTED_ALERTS: [&str; 12] = [
     "WeirBackendDown",
     "WeirPoolNoServingBackend",
     "WeirPoolFailoverTierActive",
@@ -30,6 +30,7 @@ const EXPECTED_ALERTS: [&str; 11] = [
     "WeirFirewallRefusalSurge",
     "WeirAuthCircuitBreakerOpen",
     "WeirAuthFailuresRising",
+    "WeirTracingSpansDropped",
 ];
 
 fn read(rel: &str) -> String {

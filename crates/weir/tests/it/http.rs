@@ -170,7 +170,12 @@ fn rules_pick_the_pool_over_http1_and_h2c() {
         ),
         12.0
     );
-    // Every family a scrape shows is in docs/metrics.md, with its type.
+    assert_documented(admin);
+}
+
+/// Every `weir_*` family a scrape of `admin` shows is in docs/metrics.md,
+/// with its type.
+pub(crate) fn assert_documented(admin: SocketAddr) {
     let documented = crate::deploy::documented_families();
     let scrape = crate::cli::http_get(admin, "/metrics");
     for line in scrape

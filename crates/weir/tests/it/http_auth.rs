@@ -14,7 +14,7 @@ use crate::cli::free_port;
 use crate::http::{metric, raw_get, start};
 
 /// Reads one request head; (request line, headers lower-cased).
-fn read_head(reader: &mut impl BufRead) -> Option<(String, Vec<(String, String)>)> {
+pub(crate) fn read_head(reader: &mut impl BufRead) -> Option<(String, Vec<(String, String)>)> {
     let mut line = String::new();
     if reader.read_line(&mut line).ok()? == 0 {
         return None;
@@ -34,7 +34,7 @@ fn read_head(reader: &mut impl BufRead) -> Option<(String, Vec<(String, String)>
     }
 }
 
-fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+pub(crate) fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
     headers
         .iter()
         .find(|(n, _)| n == name)

@@ -10,6 +10,11 @@ one JSON object and exit. Every wait has a timeout.
     peers.py ws-client URL COUNT [IDLE_SECONDS]
     peers.py sse-server PORT
     peers.py sse-client HOST:PORT PATH
+    peers.py otlp-grpc PORT
+    peers.py otlp-http PORT
+
+The OTLP receivers (opentelemetry-proto's messages and service) print each
+span they receive as one JSON line on stdout.
 """
 import asyncio
 import json
@@ -184,6 +189,76 @@ def sse_client(target, path):
     print(json.dumps({"arrivals": arrivals}))
 
 
+def print_spans(request):
+    """One JSON line per span of an ExportTraceServiceRequest."""
+    for rs in request.resource_spans:
+        resource = {a.key: a.value.string_value for a in rs.resource.attributes}
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                attributes = {}
+                for a in span.attributes:
+                    kind = a.value.WhichOneof("value")
+                    attributes[a.key] = getattr(a.value, kind) if kind else None
+                print(json.dumps({
+                    "service": resource.get("service.name"),
+                    "scope": ss.scope.name,
+                    "trace_id": span.trace_id.hex(),
+                    "span_id": span.span_id.hex(),
+                    "parent": span.parent_span_id.hex(),
+                    "name": span.name,
+                    "kind": span.kind,
+                    "status": span.status.code,
+                    "start": span.start_time_unix_nano,
+                    "end": span.end_time_unix_nano,
+                    "attributes": attributes,
+                }), flush=True)
+
+
+def otlp_grpc(port):
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):
+            print_spans(request)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Receiver(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
+
+
+def otlp_http(port):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            ok = self.path == "/v1/traces" and \
+                self.headers.get("content-type") == "application/x-protobuf"
+            if ok:
+                request = trace_service_pb2.ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                print_spans(request)
+            answer = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+            self.send_response(200 if ok else 400)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "grpc-server":
@@ -200,5 +275,9 @@ if __name__ == "__main__":
         sse_server(int(args[0]))
     elif cmd == "sse-client":
         sse_client(args[0], args[1])
+    elif cmd == "otlp-grpc":
+        otlp_grpc(int(args[0]))
+    elif cmd == "otlp-http":
+        otlp_http(int(args[0]))
     else:
         sys.exit(f"unknown command {cmd}")
