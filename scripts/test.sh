@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 # a real client (HTTP/1.1 and h2c), and Prometheus (prometheus,
 # promtool) scraping weir and checking the metrics and the alert rules; the
 # upgrade test runs in a network namespace of its own (unshare and nsenter from
-# util-linux, ip from iproute2, sysctl from procps). Installed only when
+# util-linux, ip from iproute2, sysctl from procps); dnsmasq as a DNS backend and
+# dig as its client for the UDP listeners. Installed only when
 # missing, with one apt-get update.
 packages=()
 command -v nginx >/dev/null 2>&1 || packages+=(nginx)
@@ -24,6 +25,8 @@ command -v nsenter >/dev/null 2>&1 || packages+=(util-linux)
 command -v ip >/dev/null 2>&1 || packages+=(iproute2)
 command -v sysctl >/dev/null 2>&1 || packages+=(procps)
 command -v prlimit >/dev/null 2>&1 || packages+=(util-linux)
+command -v dnsmasq >/dev/null 2>&1 || packages+=(dnsmasq-base)
+command -v dig >/dev/null 2>&1 || packages+=(bind9-dnsutils)
 if ((${#packages[@]})); then
     if [ "$(id -u)" -ne 0 ]; then
         echo "missing ${packages[*]}: install them or run as root" >&2

@@ -185,6 +185,8 @@ pub struct Listener {
     /// `[firewall]` and the listener's own `firewall` together; `None` when
     /// neither says anything.
     pub firewall: Option<Firewall>,
+    /// `protocol = "udp"`: its flow settings; `None` for TCP.
+    pub udp: Option<UdpListener>,
 }
 
 /// Who may connect to a listener, and how much: the global `[firewall]`
@@ -261,6 +263,19 @@ pub struct PerClient {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Tcp,
+    /// Datagrams, relayed per flow (`[listeners] protocol = "udp"`).
+    Udp,
+}
+
+/// What a `protocol = "udp"` listener adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpListener {
+    /// A flow ends after this many datagrams from the backend (nginx
+    /// `proxy_responses`; 1 for DNS); `None`: only by `idle_timeout`.
+    pub responses: Option<u32>,
+    /// Flows open at once at most; a datagram that would start another is
+    /// dropped and counted.
+    pub max_flows: u32,
 }
 
 /// `[[listeners.routes]]`.

@@ -138,6 +138,8 @@ pub(crate) struct RawListener {
     pub(crate) handshake_timeout: Option<String>,
     pub(crate) proxy_protocol: Option<RawProxyAccept>,
     pub(crate) firewall: Option<RawFirewall>,
+    pub(crate) responses: Option<Int>,
+    pub(crate) max_flows: Option<Int>,
     // Defaulted so that "a listener needs at least one route" is our message,
     // not serde's "missing field".
     #[serde(default)]

@@ -848,11 +848,11 @@ fn bad_enum_values_list_the_accepted_ones() {
         "unknown value \"roundrobin\" (did you mean \"round_robin\"?); expected one of: \
          round_robin, least_conn, random, first, maglev",
     );
-    let text = OK_LISTENER.replace("name = \"l\"", "name = \"l\"\nprotocol = \"udp\"");
+    let text = OK_LISTENER.replace("name = \"l\"", "name = \"l\"\nprotocol = \"sctp\"");
     assert_one(
         &format!("{text}{OK_POOL}"),
         "listeners[0].protocol",
-        "unknown value \"udp\"; expected one of: tcp",
+        "unknown value \"sctp\"; expected one of: tcp, udp",
     );
     assert_one(
         &format!("[log]\nformat = \"xml\"\n{OK_LISTENER}{OK_POOL}"),

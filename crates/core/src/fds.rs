@@ -17,6 +17,7 @@ const BASE: u64 = 64;
 /// - per client connection, 2 (the client's socket and the backend's), and
 ///   with `zero_copy = true` up to 2 more (a pipe while a bulk chunk waits for
 ///   its destination), up to each listener's `max_connections`;
+/// - per UDP flow, 1 (its socket towards the backend), up to `max_flows`;
 /// - one per listening socket;
 /// - per admin endpoint, one per connection up to `admin.max_connections`,
 ///   and its listening socket;
@@ -28,7 +29,14 @@ pub fn needed(config: &Config, workers: usize) -> u64 {
     let connections: u64 = config
         .listeners
         .iter()
-        .map(|l| u64::from(l.max_connections) * per_connection + l.bind.len() as u64)
+        .map(|l| {
+            let open = match l.udp {
+                // A flow holds one socket: its own towards the backend.
+                Some(udp) => u64::from(udp.max_flows),
+                None => u64::from(l.max_connections) * per_connection,
+            };
+            open + l.bind.len() as u64
+        })
         .sum();
     let admin_endpoints =
         u64::from(config.admin.http.is_some()) + u64::from(config.admin.grpc.is_some());

@@ -8,6 +8,8 @@
 //!        tcp (layer 4): upstream (pick, connect, PROXY header out, TLS;
 //!                       retries) -> relay both ways -> one access-log line
 //!        l7 (layer 7):  the HttpHandler another crate built for the route
+//! udp        a UDP listener's sockets: datagrams by flow, each flow with its
+//!            own socket to a backend of the route's pool (beside `frontend`)
 //! ```
 //!
 //! Beside that path: [`pool`] holds each pool's backends and the balancer built
@@ -36,6 +38,7 @@ pub mod resolve;
 pub mod server;
 mod statefile;
 mod tcp;
+pub mod udp;
 pub mod upstream;
 
 pub use frontend::{accept_pause, bind, in_use};

@@ -43,6 +43,8 @@ pub struct Listener {
     /// Cancelled when the listener's connections must be closed (end of the
     /// shutdown grace period, or of a removed listener's).
     pub kill: CancellationToken,
+    /// `protocol = "udp"`: flows, not connections.
+    pub udp: Option<weir_config::UdpListener>,
     /// Cancelled when shutdown begins or a reload removes the listener:
     /// connections that can end gracefully (an idle HTTP keep-alive, an
     /// HTTP/2 connection through GOAWAY) should.
@@ -269,6 +271,8 @@ pub struct ListenerStats {
     tls_handshakes: [AtomicU64; TlsEnd::ALL.len()],
     /// Time of the completed ones.
     pub tls_handshake_duration: Histogram,
+    /// Flows and datagrams (`protocol = "udp"`).
+    pub udp: crate::udp::UdpStats,
 }
 
 impl Default for ListenerStats {
@@ -282,6 +286,7 @@ impl Default for ListenerStats {
             refusal_lines: LogBudget::new(0),
             tls_handshakes: Default::default(),
             tls_handshake_duration: Histogram::new(crate::pool::LATENCY_SECONDS),
+            udp: crate::udp::UdpStats::default(),
         }
     }
 }
@@ -413,6 +418,7 @@ pub(crate) fn render(listeners: &[Arc<Listener>], w: &mut Writer) {
         }
     }
     crate::firewall::render(listeners, w);
+    crate::udp::render(listeners, w);
     w.family(
         "weir_access_log_suppressed",
         Kind::Counter,

@@ -102,6 +102,9 @@ pub enum Reason {
     /// The authentication service failed, was too slow, or its breaker was
     /// open, and `failure = "deny"`.
     AuthUnavailable,
+    /// A UDP flow got the replies its listener's `responses` allows (a DNS
+    /// answer): its normal end.
+    Responses,
 
     // weir's own trouble.
     /// weir could not create a socket or a pipe: out of file descriptors
@@ -188,6 +191,7 @@ impl Reason {
             Self::Policy => "policy",
             Self::AuthDenied => "auth_denied",
             Self::AuthUnavailable => "auth_unavailable",
+            Self::Responses => "responses",
             Self::LocalResources => "local_resources",
         }
     }
@@ -237,6 +241,7 @@ impl Reason {
             | Self::DrainTimeout
             | Self::MaxConnections
             | Self::AuthUnavailable
+            | Self::Responses
             | Self::LocalResources => Side::Internal,
         }
     }
@@ -284,7 +289,7 @@ impl Reason {
             | Self::Protocol
             | Self::NotServing
             | Self::GrpcStatus => Some(502),
-            Self::ClientClosed | Self::ClientError => None,
+            Self::ClientClosed | Self::ClientError | Self::Responses => None,
         }
     }
 
@@ -361,6 +366,7 @@ mod tests {
         Reason::Policy,
         Reason::AuthDenied,
         Reason::AuthUnavailable,
+        Reason::Responses,
         Reason::LocalResources,
     ];
 

@@ -321,16 +321,32 @@ impl From<bool> for Takeover {
 
 /// Refuses to start on an address another process listens on, naming it.
 fn check_free(config: &Config, hint: &str) -> Result<()> {
-    let mut addresses: Vec<(String, SocketAddr)> = Vec::new();
-    addresses.extend(config.admin.http.map(|a| ("admin.http".to_owned(), a)));
-    addresses.extend(config.admin.grpc.map(|a| ("admin.grpc".to_owned(), a)));
+    let mut addresses: Vec<(String, SocketAddr, bool)> = Vec::new();
+    addresses.extend(
+        config
+            .admin
+            .http
+            .map(|a| ("admin.http".to_owned(), a, false)),
+    );
+    addresses.extend(
+        config
+            .admin
+            .grpc
+            .map(|a| ("admin.grpc".to_owned(), a, false)),
+    );
     for (i, l) in config.listeners.iter().enumerate() {
         for (j, &a) in l.bind.iter().enumerate() {
-            addresses.push((format!("listeners[{i}].bind[{j}] ({})", l.name), a));
+            let what = format!("listeners[{i}].bind[{j}] ({})", l.name);
+            addresses.push((what, a, l.udp.is_some()));
         }
     }
-    for (what, addr) in addresses {
-        if weir_core::in_use(addr) {
+    for (what, addr, udp) in addresses {
+        let taken = if udp {
+            weir_core::udp::in_use(addr)
+        } else {
+            weir_core::in_use(addr)
+        };
+        if taken {
             anyhow::bail!("{what}: {addr} is in use by another process (another weir?). {hint}");
         }
     }

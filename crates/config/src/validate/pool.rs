@@ -158,6 +158,20 @@ impl Checker {
     pub(super) fn check_protocols(&mut self, listeners: &[Listener], pools: &[Pool]) {
         for (li, l) in listeners.iter().enumerate() {
             for (ri, r) in l.routes.iter().enumerate() {
+                if let (Some(_), RouteMode::L4(l4)) = (&l.udp, &r.mode)
+                    && let Some(pool) = pools.get(l4.pool_index)
+                    && !matches!(pool.health.check, crate::model::Check::None)
+                {
+                    self.push(
+                        format!("listeners[{li}].routes[{ri}].pool"),
+                        format!(
+                            "pool {:?} is probed with type = {:?}, a check of streams; \
+                             a pool of a udp listener takes type = \"none\"",
+                            l4.pool,
+                            pool.health.check.kind()
+                        ),
+                    );
+                }
                 let RouteMode::L7(http) = &r.mode else {
                     continue;
                 };

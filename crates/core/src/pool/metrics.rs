@@ -20,10 +20,33 @@ pub(crate) fn render(pools: &[Arc<Pool>], w: &mut Writer) {
     };
     connections(w, backends());
     http(w, backends().filter(|(p, _)| p.serves_http));
+    udp(w, backends().filter(|(p, _)| p.serves_udp));
     outliers(w, backends().filter(|(p, _)| p.outlier.is_some()));
     state(w, backends());
     checks(w, backends().filter(|(_, b)| b.probe_address.is_some()));
     tiers(w, pools);
+}
+
+/// Datagrams, for the pools of UDP listeners.
+fn udp<'a>(w: &mut Writer, backends: impl Iterator<Item = (&'a Pool, &'a Backend)> + Clone) {
+    w.family(
+        "weir_backend_udp_datagrams",
+        Kind::Counter,
+        "Datagrams relayed to the backend and from it (UDP listeners).",
+    );
+    for (p, b) in backends {
+        for (i, direction) in crate::udp::DIRECTIONS.iter().enumerate() {
+            w.sample(
+                "weir_backend_udp_datagrams_total",
+                &[
+                    ("pool", p.name.as_str()),
+                    ("backend", b.name.as_str()),
+                    ("direction", direction),
+                ],
+                b.stats.udp_datagrams[i].load(Relaxed),
+            );
+        }
+    }
 }
 
 /// Outlier detection, for the pools that have it.

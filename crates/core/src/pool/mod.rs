@@ -58,6 +58,8 @@ pub(crate) struct Inputs<'a> {
     pub(crate) address: &'a dyn Fn(&str) -> Option<SocketAddr>,
     /// An l7 route sends to this pool.
     pub(crate) serves_http: bool,
+    /// A route of a UDP listener sends to this pool.
+    pub(crate) serves_udp: bool,
 }
 
 /// A pool: backends plus how to pick among them.
@@ -76,6 +78,9 @@ pub struct Pool {
     pub protocol: config::HttpProtocol,
     /// An l7 route sends to this pool: its HTTP families are rendered.
     pub serves_http: bool,
+    /// A UDP listener's route sends to this pool: its datagram families
+    /// are rendered.
+    pub serves_udp: bool,
     /// Outlier detection from l7 answers.
     pub outlier: Option<config::Outlier>,
     policy: Policy,
@@ -238,6 +243,7 @@ impl Pool {
             backends,
             protocol: cfg.protocol,
             serves_http: inputs.serves_http,
+            serves_udp: inputs.serves_udp,
             outlier: cfg.outlier,
             policy: cfg.balance,
             picker: ArcSwap::from_pointee(Picker::new(cfg.balance, &[])),

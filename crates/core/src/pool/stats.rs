@@ -80,6 +80,8 @@ pub struct BackendStats {
     pub upstream_active: AtomicI64,
     /// Pooled HTTP connections created, reused and closed.
     pub upstream_events: [AtomicU64; 3],
+    /// Datagrams relayed (UDP listeners): to the backend, from it.
+    pub udp_datagrams: [AtomicU64; 2],
 }
 
 /// The `event` label of `weir_http_upstream_connections_total`.
@@ -123,6 +125,7 @@ impl Default for BackendStats {
             upstream_idle: AtomicI64::new(0),
             upstream_active: AtomicI64::new(0),
             upstream_events: Default::default(),
+            udp_datagrams: Default::default(),
         }
     }
 }

@@ -42,10 +42,16 @@ impl Server {
             resolved,
         } = inputs;
         let mut serves_http = vec![false; config.pools.len()];
-        for r in config.listeners.iter().flat_map(|l| &l.routes) {
-            if let RouteMode::L7(_) = &r.mode {
+        let mut serves_udp = vec![false; config.pools.len()];
+        for l in &config.listeners {
+            for r in &l.routes {
                 for i in r.pool_indices() {
-                    serves_http[i] = true;
+                    if let RouteMode::L7(_) = &r.mode {
+                        serves_http[i] = true;
+                    }
+                    if l.udp.is_some() {
+                        serves_udp[i] = true;
+                    }
                 }
             }
         }
@@ -62,6 +68,7 @@ impl Server {
                     saved_tiers: tiers.remove(&p.name).unwrap_or_default(),
                     address: &address_of,
                     serves_http: serves_http[pi],
+                    serves_udp: serves_udp[pi],
                 };
                 Pool::build(p, inputs, &cx)
             })
@@ -190,6 +197,7 @@ fn build_listener(
         stats,
         zero_copy: config.runtime.zero_copy,
         access_log: config.log.access_log,
+        udp: l.udp,
         kill: before.map_or_else(CancellationToken::new, |b| b.kill.clone()),
         drain: before.map_or_else(CancellationToken::new, |b| b.drain.clone()),
     }))

@@ -25,16 +25,26 @@ pub(super) const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_sec
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) struct SocketKey {
     addr: SocketAddr,
+    /// A UDP and a TCP socket on one address are two sockets.
+    udp: bool,
     any_port: Option<(String, usize)>,
 }
 
 impl SocketKey {
-    fn new(listener: &str, index: usize, addr: SocketAddr) -> Self {
+    fn new(l: &weir_config::Listener, index: usize, addr: SocketAddr) -> Self {
         SocketKey {
             addr,
-            any_port: (addr.port() == 0).then(|| (listener.to_owned(), index)),
+            udp: l.udp.is_some(),
+            any_port: (addr.port() == 0).then(|| (l.name.clone(), index)),
         }
     }
+}
+
+/// A socket bound for a listener, not serving yet.
+#[derive(Debug)]
+pub(super) enum Unstarted {
+    Tcp(std::net::TcpListener),
+    Udp(std::net::UdpSocket),
 }
 
 /// A listening socket, kept across reloads while its key stays.
@@ -49,7 +59,7 @@ struct Bound {
 }
 
 /// Sockets bound by a reload that has not been committed yet.
-pub(super) type Fresh = Vec<(SocketKey, std::net::TcpListener)>;
+pub(super) type Fresh = Vec<(SocketKey, Unstarted)>;
 
 /// Where accept loops run and what stops them.
 pub(super) struct Runners<'a> {
@@ -77,11 +87,16 @@ impl Sockets {
         let mut fresh: Fresh = Vec::new();
         for (index, l) in config.listeners.iter().enumerate() {
             for (i, &addr) in l.bind.iter().enumerate() {
-                let key = SocketKey::new(&l.name, i, addr);
+                let key = SocketKey::new(l, i, addr);
                 if self.0.contains_key(&key) || fresh.iter().any(|(k, _)| *k == key) {
                     continue;
                 }
-                let socket = frontend::bind(addr).map_err(|source| StartError::Bind {
+                let socket = if l.udp.is_some() {
+                    crate::udp::bind(addr).map(Unstarted::Udp)
+                } else {
+                    frontend::bind(addr).map(Unstarted::Tcp)
+                };
+                let socket = socket.map_err(|source| StartError::Bind {
                     index,
                     name: l.name.clone(),
                     addr,
@@ -102,12 +117,12 @@ impl Sockets {
         fresh: Fresh,
         run: &Runners<'_>,
     ) -> Switched {
-        let mut fresh: HashMap<SocketKey, std::net::TcpListener> = fresh.into_iter().collect();
+        let mut fresh: HashMap<SocketKey, Unstarted> = fresh.into_iter().collect();
         let mut bound = Vec::new();
         let mut wanted = Vec::new();
         for (l, lst) in config.listeners.iter().zip(listeners) {
             for (i, &addr) in l.bind.iter().enumerate() {
-                let key = SocketKey::new(&l.name, i, addr);
+                let key = SocketKey::new(l, i, addr);
                 wanted.push(key.clone());
                 if let Some(b) = self.0.get(&key) {
                     b.slot.store(Arc::clone(lst));
@@ -117,27 +132,42 @@ impl Sockets {
                 let Some(std_socket) = fresh.remove(&key) else {
                     continue;
                 };
-                let socket = std_socket
-                    .local_addr()
-                    .and_then(|local| Ok((local, tokio::net::TcpListener::from_std(std_socket)?)));
-                let (local, socket) = match socket {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::error!(listener = %l.name, %addr, error = %e, "cannot accept on a bound socket");
-                        continue;
-                    }
-                };
-                tracing::info!(listener = %l.name, addr = %local, "listening");
                 let slot = Arc::new(ArcSwap::new(Arc::clone(lst)));
                 let stop = run.stop_accepting.child_token();
                 let closed = CancellationToken::new();
-                run.accept_tasks.spawn(frontend::accept_loop(
-                    Arc::clone(&slot),
-                    socket,
-                    stop.clone(),
-                    closed.clone(),
-                    run.connections.clone(),
-                ));
+                let started = match std_socket {
+                    Unstarted::Tcp(std_socket) => std_socket.local_addr().and_then(|local| {
+                        let socket = tokio::net::TcpListener::from_std(std_socket)?;
+                        run.accept_tasks.spawn(frontend::accept_loop(
+                            Arc::clone(&slot),
+                            socket,
+                            stop.clone(),
+                            closed.clone(),
+                            run.connections.clone(),
+                        ));
+                        Ok(local)
+                    }),
+                    Unstarted::Udp(std_socket) => std_socket.local_addr().and_then(|local| {
+                        let endpoint = Arc::new(crate::udp::Endpoint::new(std_socket)?);
+                        run.accept_tasks.spawn(crate::udp::serve(
+                            Arc::clone(&slot),
+                            endpoint,
+                            stop.clone(),
+                            closed.clone(),
+                            run.connections.clone(),
+                        ));
+                        Ok(local)
+                    }),
+                };
+                let local = match started {
+                    Ok(local) => local,
+                    Err(e) => {
+                        tracing::error!(listener = %l.name, %addr, error = %e, "cannot serve on a bound socket");
+                        continue;
+                    }
+                };
+                let kind = if l.udp.is_some() { "udp" } else { "tcp" };
+                tracing::info!(listener = %l.name, addr = %local, protocol = kind, "listening");
                 self.0.insert(
                     key,
                     Bound {

@@ -16,4 +16,5 @@ mod http_trace;
 mod observability;
 mod proxy_protocol;
 mod tls_passthrough;
+mod udp;
 mod upgrade;

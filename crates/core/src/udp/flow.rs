@@ -1,0 +1,458 @@
+//! A socket's flow table and the task of each flow.
+//!
+//! The table belongs to the socket's receive task alone, so the datagram
+//! path takes no lock: a flow's task marks it ended, and the receive task
+//! replaces an ended flow at its client's next datagram and forgets the
+//! others every few seconds. Sends are plain non-blocking syscalls: a
+//! datagram the kernel does not take at once is dropped and counted, as a
+//! router would.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use quinn_udp::{Transmit, UdpSockRef};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+use weir_config::ProxyVersion;
+use weir_telemetry::{ActiveGuard, count};
+
+use super::stats::{Drop, TO_BACKEND, TO_CLIENT};
+use super::{BUFFER, Endpoint, MAX_DATAGRAM};
+use crate::Reason;
+use crate::firewall::ClientSlot;
+use crate::listener::{Listener, Mode};
+use crate::pool::{Eviction, Pool};
+
+thread_local! {
+    /// Where a flow's task reads its backend's replies: one buffer per
+    /// worker thread, not one per flow (read and sent without a pause).
+    static REPLY: RefCell<Vec<u8>> = RefCell::new(vec![0; BUFFER]);
+}
+
+/// At shutdown, a flow ends after this much silence (or its `idle_timeout`
+/// if shorter).
+const DRAIN_QUIET_MS: u64 = 1_000;
+
+/// Milliseconds since the first call: a flow's clock of last activity.
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What the receive task and a flow's task share.
+#[derive(Debug, Default)]
+struct Shared {
+    /// [`now_ms`] at the last datagram, either way.
+    last: AtomicU64,
+    ended: AtomicBool,
+    /// Payload bytes to the backend and to the client.
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+impl Shared {
+    fn touch(&self) {
+        self.last.store(now_ms(), Relaxed);
+    }
+}
+
+/// A flow, as its socket's receive task keeps it.
+#[derive(Debug)]
+pub(super) struct Flow {
+    upstream: Arc<UdpSocket>,
+    shared: Arc<Shared>,
+    /// The PROXY v2 header put before each datagram to the backend.
+    header: Option<Box<[u8]>>,
+    pool: Arc<Pool>,
+    backend: usize,
+}
+
+/// The flows of one listening socket, by client address and port.
+#[derive(Debug)]
+pub(super) struct Table {
+    endpoint: Arc<Endpoint>,
+    tracker: TaskTracker,
+    flows: HashMap<SocketAddr, Flow>,
+    /// A datagram with its PROXY header in front.
+    scratch: Vec<u8>,
+}
+
+impl Table {
+    pub(super) fn new(endpoint: Arc<Endpoint>, tracker: TaskTracker) -> Table {
+        Table {
+            endpoint,
+            tracker,
+            flows: HashMap::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Forgets the flows that ended.
+    pub(super) fn sweep(&mut self) {
+        self.flows.retain(|_, f| !f.shared.ended.load(Relaxed));
+    }
+
+    /// Relays a datagram from `client`, sent to `dst_ip`, starting its flow
+    /// when it has none.
+    pub(super) fn datagram(
+        &mut self,
+        listener: &Arc<Listener>,
+        client: SocketAddr,
+        dst_ip: Option<IpAddr>,
+        data: &[u8],
+    ) {
+        let stats = &listener.stats.udp;
+        let live = self
+            .flows
+            .get(&client)
+            .is_some_and(|f| !f.shared.ended.load(Relaxed));
+        if !live {
+            match self.open(listener, client, dst_ip) {
+                Ok(flow) => {
+                    self.flows.insert(client, flow);
+                }
+                Err(why) => {
+                    stats.drop(why);
+                    return;
+                }
+            }
+        }
+        let Some(flow) = self.flows.get(&client) else {
+            return;
+        };
+        flow.shared.touch();
+        let payload = match &flow.header {
+            None => data,
+            Some(header) => {
+                if header.len() + data.len() > MAX_DATAGRAM {
+                    stats.drop(Drop::TooLarge);
+                    return;
+                }
+                self.scratch.clear();
+                self.scratch.extend_from_slice(header);
+                self.scratch.extend_from_slice(data);
+                &self.scratch
+            }
+        };
+        match socket2::SockRef::from(&*flow.upstream).send(payload) {
+            Ok(_) => {
+                stats.relayed(TO_BACKEND, data.len());
+                flow.shared.sent.fetch_add(data.len() as u64, Relaxed);
+                if let Some(b) = flow.pool.backends.get(flow.backend) {
+                    count(&b.stats.sent_bytes, data.len() as u64);
+                    count(&b.stats.udp_datagrams[TO_BACKEND], 1);
+                }
+            }
+            Err(e) => {
+                stats.drop(Drop::SendError);
+                if e.kind() == io::ErrorKind::ConnectionRefused {
+                    // The backend's ICMP port unreachable, for an earlier
+                    // datagram: nothing listens there.
+                    flow.pool.on_connect_failure(flow.backend, Reason::Refused);
+                }
+            }
+        }
+    }
+
+    /// A new flow for `client`: the firewall, `max_flows`, the route, a
+    /// backend and a socket connected to it; its task started.
+    fn open(
+        &self,
+        listener: &Arc<Listener>,
+        client: SocketAddr,
+        dst_ip: Option<IpAddr>,
+    ) -> Result<Flow, Drop> {
+        let ip = client.ip();
+        let slot = listener.firewall.admit(ip).map_err(|block| {
+            listener.stats.blocked(block);
+            Drop::Firewall
+        })?;
+        let stats = &listener.stats.udp;
+        let max = listener.udp.map_or(0, |u| u.max_flows);
+        // Counted first, so that two sockets of a listener cannot both take
+        // the last place; given back by the flow's task, or below.
+        if stats.flows_active.fetch_add(1, Relaxed) >= i64::from(max) {
+            stats.flows_active.fetch_sub(1, Relaxed);
+            return Err(Drop::MaxFlows);
+        }
+        self.start(listener, client, dst_ip, slot).inspect_err(|_| {
+            stats.flows_active.fetch_sub(1, Relaxed);
+        })
+    }
+
+    /// [`Table::open`] past the limits: the route, a backend, a socket.
+    fn start(
+        &self,
+        listener: &Arc<Listener>,
+        client: SocketAddr,
+        dst_ip: Option<IpAddr>,
+        slot: Option<ClientSlot>,
+    ) -> Result<Flow, Drop> {
+        let ip = client.ip();
+        let stats = &listener.stats.udp;
+        let (index, route) = listener
+            .routes
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.matches(ip, None))
+            .ok_or(Drop::NoRoute)?;
+        let Mode::L4(up) = &route.mode else {
+            return Err(Drop::NoRoute);
+        };
+        let pool = &up.pool;
+        let key = match pool.policy() {
+            weir_config::Policy::Maglev => crate::upstream::affinity_key(pool.hash_key, client),
+            _ => 0,
+        };
+        let i = pool.pick(key, &[]).ok_or(Drop::NoBackend)?;
+        let b = pool.backends.get(i).ok_or(Drop::NoBackend)?;
+        let upstream = connected(b.address).map_err(|e| {
+            if crate::reason::local_resources(&e) {
+                pool.local_shortage(&b.name, "udp", "cannot create a socket");
+            }
+            Drop::SendError
+        })?;
+        let local = self
+            .endpoint
+            .socket
+            .local_addr()
+            .map_err(|_| Drop::SendError)?;
+        let header = match up.send_proxy_protocol {
+            ProxyVersion::V2 => {
+                let dst = SocketAddr::new(dst_ip.unwrap_or(local.ip()), local.port());
+                let mut out = Vec::new();
+                weir_wire::proxy::encode_v2(
+                    weir_wire::proxy::Command::Proxy,
+                    weir_wire::proxy::Transport::Datagram,
+                    Some((client, dst)),
+                    &[],
+                    &mut out,
+                )
+                .map_err(|_| Drop::SendError)?;
+                Some(out.into_boxed_slice())
+            }
+            ProxyVersion::Off | ProxyVersion::V1 => None,
+        };
+        count(&stats.flows_total, 1);
+        count(&route.stats.connections_total, 1);
+        count(&b.stats.connections_total, 1);
+        b.stats.connections_active.fetch_add(1, Relaxed);
+        let shared = Arc::new(Shared::default());
+        shared.touch();
+        let upstream = Arc::new(upstream);
+        let task = Task {
+            listener: Arc::clone(listener),
+            route: index,
+            pool: Arc::clone(pool),
+            backend: i,
+            upstream: Arc::clone(&upstream),
+            endpoint: Arc::clone(&self.endpoint),
+            shared: Arc::clone(&shared),
+            client,
+            dst_ip,
+            started: Instant::now(),
+            _slot: slot,
+        };
+        self.tracker.spawn(task.run());
+        Ok(Flow {
+            upstream,
+            shared,
+            header,
+            pool: Arc::clone(pool),
+            backend: i,
+        })
+    }
+}
+
+/// A non-blocking UDP socket on an ephemeral port, connected to `backend`
+/// (so the kernel filters out datagrams from anyone else).
+fn connected(backend: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = Socket::new(
+        Domain::for_address(backend),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    socket.set_nonblocking(true)?;
+    socket.set_cloexec(true)?;
+    let any = if backend.is_ipv4() {
+        SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0)
+    } else {
+        SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0)
+    };
+    socket.bind(&any.into())?;
+    socket.connect(&backend.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// A flow's task: replies to the client, and the flow's end.
+struct Task {
+    listener: Arc<Listener>,
+    route: usize,
+    pool: Arc<Pool>,
+    backend: usize,
+    upstream: Arc<UdpSocket>,
+    endpoint: Arc<Endpoint>,
+    shared: Arc<Shared>,
+    client: SocketAddr,
+    dst_ip: Option<IpAddr>,
+    started: Instant,
+    /// Held for the flow's life when `per_client.concurrent` counts it.
+    _slot: Option<ClientSlot>,
+}
+
+impl Task {
+    async fn run(self) {
+        let Some(b) = self.pool.backends.get(self.backend) else {
+            return;
+        };
+        // Both counted when the flow was opened.
+        let _flow_active = ActiveGuard::adopt(&self.listener.stats.udp.flows_active);
+        let _backend_active = ActiveGuard::adopt(&b.stats.connections_active);
+        let evict = b.eviction_token();
+        let idle = self.listener.idle_timeout;
+        let mut idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        let limit = self.listener.udp.and_then(|u| u.responses);
+        let mut replies = 0u32;
+        let mut draining = false;
+        let reason = loop {
+            let quiet = now_ms().saturating_sub(self.shared.last.load(Relaxed));
+            let left = Duration::from_millis(idle_ms.saturating_sub(quiet));
+            tokio::select! {
+                () = self.listener.kill.cancelled() => break Reason::Shutdown,
+                // Shutting down (or the listener removed): answers still on
+                // their way get a moment, then the flow ends.
+                () = self.listener.drain.cancelled(), if !draining => {
+                    draining = true;
+                    idle_ms = idle_ms.min(DRAIN_QUIET_MS);
+                    continue;
+                }
+                () = evict.cancelled() => break match b.eviction() {
+                    Eviction::BackendDown => Reason::BackendDown,
+                    Eviction::DrainTimeout => Reason::DrainTimeout,
+                },
+                () = tokio::time::sleep(left) => {
+                    let quiet = now_ms().saturating_sub(self.shared.last.load(Relaxed));
+                    if quiet >= idle_ms {
+                        break Reason::IdleTimeout;
+                    }
+                    continue;
+                }
+                // An error too: the backend's ICMP unreachable comes as one.
+                r = self.upstream.ready(Interest::READABLE | Interest::ERROR) => match r {
+                    Err(_) => break Reason::BackendError,
+                    Ok(ready) if ready.is_error() => {
+                        if let Some(end) = self.error() {
+                            break end;
+                        }
+                    }
+                    Ok(_) => {}
+                }
+            }
+            if let Some(end) = self.replies(b, &mut replies, limit) {
+                break end;
+            }
+        };
+        self.shared.ended.store(true, Relaxed);
+        let took = self.started.elapsed();
+        let stats = &self.listener.stats.udp;
+        stats.flow_duration.observe(took);
+        let route = self.listener.routes.get(self.route);
+        if let Some(r) = route {
+            r.stats.connection_duration.observe(took);
+        }
+        self.listener.log(
+            route,
+            self.client,
+            Some(&b.name),
+            (
+                self.shared.sent.load(Relaxed),
+                self.shared.received.load(Relaxed),
+            ),
+            took,
+            reason,
+        );
+    }
+
+    /// The error the backend's socket holds, taken: the flow's end.
+    fn error(&self) -> Option<Reason> {
+        match self.upstream.take_error() {
+            Ok(Some(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                // Nothing listens at the backend's port (ICMP unreachable):
+                // passive health hears of it, and the client's next
+                // datagram starts a flow that may go elsewhere.
+                self.pool.on_connect_failure(self.backend, Reason::Refused);
+                Some(Reason::Refused)
+            }
+            Ok(Some(_)) | Err(_) => Some(Reason::BackendError),
+            Ok(None) => {
+                // Gone already: forget the readiness, or it fires again.
+                let _ = self.upstream.try_io(Interest::ERROR, || {
+                    Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                });
+                None
+            }
+        }
+    }
+
+    /// Sends the client every reply waiting; the flow's end when one came
+    /// of it.
+    fn replies(
+        &self,
+        b: &crate::pool::Backend,
+        replies: &mut u32,
+        limit: Option<u32>,
+    ) -> Option<Reason> {
+        let stats = &self.listener.stats.udp;
+        REPLY.with_borrow_mut(|buf| {
+            loop {
+                let n = match self.upstream.try_recv(buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        // As in `error`.
+                        self.pool.on_connect_failure(self.backend, Reason::Refused);
+                        return Some(Reason::Refused);
+                    }
+                    Err(_) => return Some(Reason::BackendError),
+                };
+                let contents = buf.get(..n).unwrap_or_default();
+                let transmit = Transmit {
+                    destination: self.client,
+                    ecn: None,
+                    contents,
+                    segment_size: None,
+                    src_ip: self.dst_ip,
+                };
+                let sent = self
+                    .endpoint
+                    .state
+                    .try_send(UdpSockRef::from(&self.endpoint.socket), &transmit);
+                match sent {
+                    Ok(()) => {
+                        // An answer: the backend is there (passive health).
+                        self.pool.on_connect_success(self.backend);
+                        self.shared.touch();
+                        stats.relayed(TO_CLIENT, n);
+                        self.shared.received.fetch_add(n as u64, Relaxed);
+                        count(&b.stats.received_bytes, n as u64);
+                        count(&b.stats.udp_datagrams[TO_CLIENT], 1);
+                    }
+                    Err(_) => stats.drop(Drop::SendError),
+                }
+                *replies += 1;
+                if limit.is_some_and(|l| *replies >= l) {
+                    return Some(Reason::Responses);
+                }
+            }
+        })
+    }
+}

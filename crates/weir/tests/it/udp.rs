@@ -1,0 +1,379 @@
+//! UDP listeners with real peers: dnsmasq (Debian) as the DNS backend and
+//! dig as the client, through a specific and a wildcard address (the answer
+//! comes from the address asked), large EDNS answers, many clients at once
+//! and a backend that stops; flows that end by `responses` and by
+//! `idle_timeout`, `max_flows`, and PROXY v2 headers on datagrams read by a
+//! receiver of the test's own.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::cli::{DEADLINE, Running, free_port, test_dir, wait_line, which};
+use crate::http::{metric, start};
+
+/// A loopback port free for UDP (and TCP) on 127.0.0.1.
+fn free_udp_port() -> u16 {
+    loop {
+        let port = free_port().port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && UdpSocket::bind(("0.0.0.0", port)).is_ok()
+        {
+            return port;
+        }
+    }
+}
+
+/// dnsmasq on 127.0.0.1:`port` answering from a hosts file: `a.test`,
+/// `b.test`, and `many.test` with 240 addresses (a 3,878-byte answer, sent
+/// over UDP up to EDNS 4096).
+fn dnsmasq(dir: &Path, port: u16) -> Running {
+    let bin = which("dnsmasq")
+        .expect("dnsmasq is not installed: run scripts/test.sh, which installs dnsmasq-base");
+    let mut hosts = String::from("10.0.0.1 a.test\n10.0.0.2 b.test\n");
+    for i in 0..240 {
+        hosts.push_str(&format!("10.1.{}.{} many.test\n", i / 200, i % 200 + 1));
+    }
+    let file = dir.join(format!("hosts-{port}"));
+    std::fs::write(&file, hosts).expect("hosts");
+    let running = Running(
+        Command::new(bin)
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--edns-packet-max=4096",
+                "--user=root",
+                "--log-facility=-",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!("--addn-hosts={}", file.display()))
+            .arg(format!(
+                "--pid-file={}",
+                dir.join(format!("dnsmasq-{port}.pid")).display()
+            ))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dnsmasq"),
+    );
+    // Ready when it answers.
+    let end = Instant::now() + DEADLINE;
+    while dig(SocketAddr::from(([127, 0, 0, 1], port)), "a.test", &[]) != "10.0.0.1" {
+        assert!(Instant::now() < end, "dnsmasq on {port} never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    running
+}
+
+/// `dig +short` for `name` at `server`: the answer, trimmed (empty when
+/// none came).
+fn dig(server: SocketAddr, name: &str, extra: &[&str]) -> String {
+    let out = Command::new(which("dig").expect("dig (bind9-dnsutils)"))
+        .arg(format!("@{}", server.ip()))
+        .args([
+            "-p",
+            &server.port().to_string(),
+            name,
+            "+short",
+            "+timeout=1",
+            "+tries=1",
+        ])
+        .args(extra)
+        .output()
+        .expect("dig");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn config(admin: SocketAddr, binds: &str, listener: &str, route: &str, pool: &str) -> String {
+    format!(
+        "[admin]\nhttp = \"{admin}\"\n[log]\nformat = \"json\"\n\
+         [[listeners]]\nname = \"dns\"\nbind = [{binds}]\nprotocol = \"udp\"\n{listener}\n\
+         [[listeners.routes]]\nname = \"all\"\npool = \"dns\"\n{route}\n\
+         [[pools]]\nname = \"dns\"\n{pool}\n"
+    )
+}
+
+#[test]
+fn dns_through_weir_to_dnsmasq() {
+    let dir = test_dir("udp-dns");
+    let backend_port = free_udp_port();
+    let _dnsmasq = dnsmasq(&dir, backend_port);
+    let (admin, port, any) = (free_port(), free_udp_port(), free_udp_port());
+    let (_weir, out) = start(
+        "udp-dns",
+        &config(
+            admin,
+            &format!("\"127.0.0.1:{port}\", \"0.0.0.0:{any}\""),
+            "responses = 1",
+            "",
+            &format!(
+                "[[pools.backends]]\nname = \"dnsmasq\"\naddress = \"127.0.0.1:{backend_port}\""
+            ),
+        ),
+    );
+    let specific = SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(dig(specific, "a.test", &[]), "10.0.0.1");
+    // Through the wildcard socket: dig takes the answer only from the
+    // address it asked, 127.0.0.2.
+    let wildcard = SocketAddr::from(([127, 0, 0, 2], any));
+    assert_eq!(dig(wildcard, "b.test", &[]), "10.0.0.2");
+    // A 3,878-byte answer, whole.
+    let many = dig(specific, "many.test", &["+bufsize=4096", "+ignore"]);
+    assert_eq!(many.lines().count(), 240, "{many}");
+    let line = wait_line(&out, "\"bytes_to_client\":3878");
+    assert!(line.contains("\"reason\":\"responses\""), "{line}");
+    assert!(line.contains("\"backend\":\"dnsmasq\""), "{line}");
+
+    // Twenty clients at once, each its own flow.
+    let clients: Vec<_> = (0..20)
+        .map(|i| {
+            let name = if i % 2 == 0 { "a.test" } else { "b.test" };
+            let child = Command::new(which("dig").expect("dig"))
+                .args([
+                    "@127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    name,
+                    "+short",
+                    "+timeout=2",
+                ])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("dig");
+            (name, child)
+        })
+        .collect();
+    for (name, child) in clients {
+        let out = child.wait_with_output().expect("dig");
+        let want = if name == "a.test" {
+            "10.0.0.1"
+        } else {
+            "10.0.0.2"
+        };
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want);
+    }
+    assert!(metric(admin, "weir_udp_flows_total{listener=\"dns\"}") >= 23.0);
+    let to_client = "weir_udp_datagrams_total{listener=\"dns\",direction=\"to_client\"}";
+    assert!(metric(admin, to_client) >= 23.0);
+    // Every flow ended with its answer.
+    let end = Instant::now() + DEADLINE;
+    while metric(admin, "weir_udp_flows_active{listener=\"dns\"}") != 0.0 {
+        assert!(Instant::now() < end, "flows end with their answer");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    crate::http::assert_documented(admin);
+}
+
+/// Two DNS backends; one stops. Its port answers with ICMP unreachable, the
+/// flow ends (`refused`), passive health takes the backend out after three,
+/// and every query is answered within its retries.
+#[test]
+fn a_stopped_dns_backend_is_left() {
+    let dir = test_dir("udp-failover");
+    let (p1, p2) = (free_udp_port(), free_udp_port());
+    let first = dnsmasq(&dir, p1);
+    let _second = dnsmasq(&dir, p2);
+    let (admin, port) = (free_port(), free_udp_port());
+    let (_weir, _out) = start(
+        "udp-failover",
+        &config(
+            admin,
+            &format!("\"127.0.0.1:{port}\""),
+            "responses = 1",
+            "",
+            &format!(
+                "[[pools.backends]]\nname = \"one\"\naddress = \"127.0.0.1:{p1}\"\n\
+                 [[pools.backends]]\nname = \"two\"\naddress = \"127.0.0.1:{p2}\""
+            ),
+        ),
+    );
+    let front = SocketAddr::from(([127, 0, 0, 1], port));
+    for _ in 0..4 {
+        assert_eq!(dig(front, "a.test", &[]), "10.0.0.1");
+    }
+    drop(first);
+    for _ in 0..10 {
+        // dig says on stdout too when a try went unanswered.
+        let answer = dig(front, "a.test", &["+tries=4"]);
+        assert_eq!(answer.lines().last(), Some("10.0.0.1"), "{answer}");
+    }
+    assert_eq!(
+        metric(
+            admin,
+            "weir_backend_state{pool=\"dns\",backend=\"one\",state=\"down\"}"
+        ),
+        1.0
+    );
+}
+
+/// A UDP echo server on a thread; with `proxy`, each datagram must start
+/// with a PROXY v2 header (DGRAM), whose source is sent back before the
+/// payload.
+fn echo(proxy: bool) -> (SocketAddr, mpsc::Receiver<SocketAddr>) {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = s.local_addr().expect("addr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 70_000];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let data = &buf[..n];
+            let reply: Vec<u8> = if proxy {
+                let Ok(weir_wire::proxy::ProxyParse::Complete {
+                    header,
+                    consumed_len: used,
+                }) = weir_wire::proxy::parse(data)
+                else {
+                    continue;
+                };
+                if header.transport != weir_wire::proxy::Transport::Datagram {
+                    continue;
+                }
+                let Some((src, _)) = header.addresses else {
+                    continue;
+                };
+                let _ = tx.send(src);
+                let mut r = format!("{src} ").into_bytes();
+                r.extend_from_slice(&data[used..]);
+                r
+            } else {
+                data.to_vec()
+            };
+            let _ = s.send_to(&reply, from);
+        }
+    });
+    (addr, rx)
+}
+
+fn ask(client: &UdpSocket, to: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
+    client.send_to(payload, to).expect("send");
+    client
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut buf = vec![0u8; 70_000];
+    client.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+}
+
+#[test]
+fn flows_end_when_idle_and_max_flows_refuses_more() {
+    let (backend, _) = echo(false);
+    let (admin, port) = (free_port(), free_udp_port());
+    let (_weir, out) = start(
+        "udp-flows",
+        &config(
+            admin,
+            &format!("\"127.0.0.1:{port}\""),
+            "idle_timeout = \"1s\"\nmax_flows = 2",
+            "",
+            &format!("[[pools.backends]]\naddress = \"{backend}\""),
+        ),
+    );
+    let front = SocketAddr::from(([127, 0, 0, 1], port));
+    let a = UdpSocket::bind("127.0.0.1:0").expect("a");
+    let b = UdpSocket::bind("127.0.0.1:0").expect("b");
+    let c = UdpSocket::bind("127.0.0.1:0").expect("c");
+    // A datagram of the largest size, and several on one flow.
+    let big = vec![7u8; 65_507];
+    assert_eq!(ask(&a, front, &big).map(|r| r.len()), Some(65_507));
+    assert_eq!(ask(&a, front, b"again").as_deref(), Some(&b"again"[..]));
+    assert_eq!(ask(&b, front, b"b").as_deref(), Some(&b"b"[..]));
+    assert_eq!(
+        metric(admin, "weir_udp_flows_active{listener=\"dns\"}"),
+        2.0
+    );
+    assert_eq!(ask(&c, front, b"c"), None, "a third flow is over max_flows");
+    assert_eq!(
+        metric(
+            admin,
+            "weir_udp_dropped_total{listener=\"dns\",reason=\"max_flows\"}"
+        ),
+        1.0
+    );
+    // Silent for idle_timeout: both end, and c gets a flow.
+    let line = wait_line(&out, "\"bytes_to_backend\":65512");
+    assert!(line.contains("\"reason\":\"idle_timeout\""), "{line}");
+    let end = Instant::now() + DEADLINE;
+    while metric(admin, "weir_udp_flows_active{listener=\"dns\"}") != 0.0 {
+        assert!(Instant::now() < end, "idle flows end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(ask(&c, front, b"c").as_deref(), Some(&b"c"[..]));
+    assert_eq!(metric(admin, "weir_udp_flows_total{listener=\"dns\"}"), 3.0);
+}
+
+#[test]
+fn proxy_v2_headers_go_before_every_datagram() {
+    let (backend, sources) = echo(true);
+    let (admin, port) = (free_port(), free_udp_port());
+    let (_weir, _out) = start(
+        "udp-proxy",
+        &config(
+            admin,
+            &format!("\"127.0.0.1:{port}\""),
+            "",
+            "send_proxy_protocol = \"v2\"",
+            &format!("[[pools.backends]]\naddress = \"{backend}\""),
+        ),
+    );
+    let front = SocketAddr::from(([127, 0, 0, 1], port));
+    let client = UdpSocket::bind("127.0.0.1:0").expect("client");
+    let me = client.local_addr().expect("addr");
+    for payload in [&b"one"[..], b"two"] {
+        let reply = ask(&client, front, payload).expect("an answer");
+        let mut want = format!("{me} ").into_bytes();
+        want.extend_from_slice(payload);
+        assert_eq!(reply, want);
+    }
+    assert_eq!(sources.try_iter().collect::<Vec<_>>(), vec![me, me]);
+    // With its header, the largest datagram would not fit.
+    assert_eq!(ask(&client, front, &vec![1u8; 65_507]), None);
+    assert_eq!(
+        metric(
+            admin,
+            "weir_udp_dropped_total{listener=\"dns\",reason=\"too_large\"}"
+        ),
+        1.0
+    );
+}
+
+/// The firewall judges each new flow's source; a refused one is counted
+/// with its rule, and nothing reaches the backend.
+#[test]
+fn the_firewall_refuses_a_flow_by_its_source() {
+    let (backend, _) = echo(false);
+    let (admin, port) = (free_port(), free_udp_port());
+    let (_weir, _out) = start(
+        "udp-firewall",
+        &config(
+            admin,
+            &format!("\"127.0.0.1:{port}\""),
+            "firewall = { deny = [\"127.0.0.2\"] }",
+            "",
+            &format!("[[pools.backends]]\naddress = \"{backend}\""),
+        ),
+    );
+    let front = SocketAddr::from(([127, 0, 0, 1], port));
+    let denied = UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    assert_eq!(ask(&denied, front, b"x"), None);
+    let allowed = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    assert_eq!(ask(&allowed, front, b"y").as_deref(), Some(&b"y"[..]));
+    assert_eq!(
+        metric(
+            admin,
+            "weir_udp_dropped_total{listener=\"dns\",reason=\"firewall\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "weir_firewall_blocked_total{listener=\"dns\",reason=\"deny_list\"}"
+        ),
+        1.0
+    );
+    assert_eq!(metric(admin, "weir_udp_flows_total{listener=\"dns\"}"), 1.0);
+}
