@@ -733,6 +733,10 @@ pub enum Check {
     Http(HttpCheck),
     /// grpc.health.v1 Health/Check, over h2c or TLS.
     Grpc(GrpcCheck),
+    /// A DNS query over UDP, answered with the expected response code.
+    Dns(DnsCheck),
+    /// A datagram sent, an answer (containing `expect`) received.
+    Udp(UdpCheck),
 }
 
 impl Check {
@@ -744,6 +748,8 @@ impl Check {
             Check::Tcp => "tcp",
             Check::Http(_) => "http",
             Check::Grpc(_) => "grpc",
+            Check::Dns(_) => "dns",
+            Check::Udp(_) => "udp",
         }
     }
 }
@@ -767,6 +773,26 @@ pub struct GrpcCheck {
     pub service: String,
     /// `https = true`: TLS (with ALPN h2); otherwise h2c.
     pub tls: Option<ProbeTls>,
+}
+
+/// `type = "dns"`: a recursive query over UDP.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DnsCheck {
+    /// The name asked about (`query`).
+    pub name: String,
+    /// Its record type (`query_type`), as a number: 1 A, 28 AAAA...
+    pub qtype: u16,
+    /// The response code that passes (`expect_rcode`): 0 NOERROR...
+    pub rcode: u16,
+}
+
+/// `type = "udp"`: a datagram and the answer it should get.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UdpCheck {
+    /// The datagram sent (`send`).
+    pub send: Vec<u8>,
+    /// Bytes the answer must contain (`expect`); `None`: any answer passes.
+    pub expect: Option<Vec<u8>>,
 }
 
 /// TLS settings of a probe.

@@ -361,6 +361,13 @@ pub(crate) struct RawHealth {
     pub(crate) tls_server_name: Option<String>,
     // grpc
     pub(crate) service: Option<String>,
+    // dns
+    pub(crate) query: Option<String>,
+    pub(crate) query_type: Option<String>,
+    pub(crate) expect_rcode: Option<String>,
+    // udp
+    pub(crate) send: Option<String>,
+    pub(crate) expect: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -454,7 +454,7 @@ fn misspelt_health_key() {
         "unknown key `inter` (did you mean `interval`?); expected one of `type`, `interval`, \
          `fast_interval`, `timeout`, `rise`, `fall`, `port`, `passive_timeout`, `path`, `host`, \
          `expect_status`, `expect_body`, `https`, `tls_skip_verify`, `ca`, `tls_server_name`, \
-         `service`",
+         `service`, `query`, `query_type`, `expect_rcode`, `send`, `expect`",
     );
 }
 
@@ -865,11 +865,11 @@ fn bad_enum_values_list_the_accepted_ones() {
         "pools[0].hash_key",
         "unknown value \"sni\"; expected one of: source_ip, source_addr",
     );
-    let text = OK_POOL.replace("name = \"p\"", "name = \"p\"\nhealth = { type = \"udp\" }");
+    let text = OK_POOL.replace("name = \"p\"", "name = \"p\"\nhealth = { type = \"icmp\" }");
     assert_one(
         &format!("{OK_LISTENER}{text}"),
         "pools[0].health.type",
-        "unknown value \"udp\"; expected one of: none, tcp, http, grpc",
+        "unknown value \"icmp\"; expected one of: none, tcp, http, grpc, dns, udp",
     );
 }
 
@@ -2194,4 +2194,55 @@ fn tracing_takes_a_ratio_and_a_trust_flag() {
         "tracing.sample_ratio",
         "1.5 is out of range 0.0..=1.0",
     );
+}
+
+#[test]
+fn dns_and_udp_checks() {
+    let c = weir_config::load_str(&with_health(
+        "type = \"dns\"\nquery = \"health.example.\"\nquery_type = \"aaaa\"\nexpect_rcode = \"NXDOMAIN\"",
+    ))
+    .expect("valid");
+    assert_eq!(
+        c.pools[0].health.check,
+        weir_config::Check::Dns(weir_config::DnsCheck {
+            name: "health.example.".into(),
+            qtype: 28,
+            rcode: 3
+        })
+    );
+    for (body, key, words) in [
+        ("type = \"dns\"", "query", "not a domain name"),
+        (
+            "type = \"dns\"\nquery = \"a..b\"",
+            "query",
+            "not a domain name",
+        ),
+        (
+            "type = \"dns\"\nquery = \"a\"\nquery_type = \"WKS\"",
+            "query_type",
+            "expected one of A",
+        ),
+        (
+            "type = \"dns\"\nquery = \"a\"\nexpect_rcode = \"OK\"",
+            "expect_rcode",
+            "NOERROR",
+        ),
+        ("type = \"udp\"", "send", "needs the datagram"),
+        (
+            "type = \"tcp\"\nsend = \"x\"",
+            "send",
+            "only for type = \"udp\"",
+        ),
+        (
+            "type = \"udp\"\nsend = \"x\"\nquery = \"a\"",
+            "query",
+            "only for type = \"dns\"",
+        ),
+    ] {
+        let e = weir_config::load_str(&with_health(body))
+            .expect_err(body)
+            .to_string();
+        assert!(e.contains(&format!("pools[0].health.{key}")), "{body}: {e}");
+        assert!(e.contains(words), "{body}: {e}");
+    }
 }

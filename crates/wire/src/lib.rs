@@ -2,8 +2,9 @@
 //! the PROXY protocol v1/v2 ([`proxy`]), a read-only peek at a TLS ClientHello for
 //! SNI and ALPN ([`client_hello`]), an HTTP/1 response as a health probe reads it
 //! ([`http1`]), the rules for host names ([`name`]), the normal form of an
-//! HTTP request's path ([`path`]), and the W3C `traceparent` header
-//! ([`traceparent`]).
+//! HTTP request's path ([`path`]), the W3C `traceparent` header
+//! ([`traceparent`]), and a DNS health check's query and answer ([`dns`],
+//! encoded and decoded by hickory-proto).
 //!
 //! Everything here is pure: `&[u8]` in, values out. No tokio, no sockets, no clocks,
 //! no global state, so every parser can be unit-tested, property-tested and fuzzed
@@ -27,6 +28,7 @@
 //! "incomplete" with `Ok(None)`.
 
 pub mod client_hello;
+pub mod dns;
 pub mod http1;
 pub mod name;
 pub mod path;

@@ -6,7 +6,9 @@ use std::time::Duration;
 use super::Checker;
 use super::files::is_visible_ascii;
 use super::values::{check_server_name, parse_status_match};
-use crate::model::{Check, GrpcCheck, Health, HttpCheck, ProbeTls, StatusMatch};
+use crate::model::{
+    Check, DnsCheck, GrpcCheck, Health, HttpCheck, ProbeTls, StatusMatch, UdpCheck,
+};
 use crate::raw::RawHealth;
 
 const MAX_RISE_FALL: i64 = 100;
@@ -18,6 +20,8 @@ const HEALTH_TYPES: &[(&str, CheckType)] = &[
     ("tcp", CheckType::Tcp),
     ("http", CheckType::Http),
     ("grpc", CheckType::Grpc),
+    ("dns", CheckType::Dns),
+    ("udp", CheckType::Udp),
 ];
 
 /// `[pools.health] type`, before its keys are checked.
@@ -27,6 +31,8 @@ enum CheckType {
     Tcp,
     Http,
     Grpc,
+    Dns,
+    Udp,
 }
 
 impl CheckType {
@@ -41,6 +47,8 @@ impl CheckType {
 const HTTP: &[CheckType] = &[CheckType::Http];
 const HTTP_GRPC: &[CheckType] = &[CheckType::Http, CheckType::Grpc];
 const GRPC: &[CheckType] = &[CheckType::Grpc];
+const DNS: &[CheckType] = &[CheckType::Dns];
+const UDP: &[CheckType] = &[CheckType::Udp];
 
 impl Checker {
     pub(super) fn health(&mut self, path: &str, raw: &RawHealth) -> Health {
@@ -113,7 +121,7 @@ impl Checker {
                 ..default
             };
         };
-        let typed_keys: [(&str, bool, &[CheckType]); 9] = [
+        let typed_keys: [(&str, bool, &[CheckType]); 14] = [
             ("path", raw.path.is_some(), HTTP),
             ("host", raw.host.is_some(), HTTP),
             ("expect_status", raw.expect_status.is_some(), HTTP),
@@ -123,6 +131,11 @@ impl Checker {
             ("ca", raw.ca.is_some(), HTTP_GRPC),
             ("tls_server_name", raw.tls_server_name.is_some(), HTTP_GRPC),
             ("service", raw.service.is_some(), GRPC),
+            ("query", raw.query.is_some(), DNS),
+            ("query_type", raw.query_type.is_some(), DNS),
+            ("expect_rcode", raw.expect_rcode.is_some(), DNS),
+            ("send", raw.send.is_some(), UDP),
+            ("expect", raw.expect.is_some(), UDP),
         ];
         for (key, present, types) in typed_keys {
             if present && !types.contains(&kind) {
@@ -146,6 +159,20 @@ impl Checker {
                 service: raw.service.clone().unwrap_or_default(),
                 tls: self.probe_tls(path, raw),
             }),
+            CheckType::Dns => Check::Dns(self.dns_check(path, raw)),
+            CheckType::Udp => {
+                let send = raw.send.clone().unwrap_or_default().into_bytes();
+                if send.is_empty() {
+                    self.push(
+                        format!("{path}.send"),
+                        "a udp check needs the datagram to send (send = \"...\")",
+                    );
+                }
+                Check::Udp(UdpCheck {
+                    send,
+                    expect: raw.expect.clone().map(String::into_bytes),
+                })
+            }
         };
         Health {
             check,
@@ -157,6 +184,55 @@ impl Checker {
             port,
             passive_timeout,
         }
+    }
+
+    fn dns_check(&mut self, path: &str, raw: &RawHealth) -> DnsCheck {
+        let name = raw.query.clone().unwrap_or_default();
+        let bare = name.strip_suffix('.').unwrap_or(&name);
+        if name != "." && !weir_wire::name::is_dns_name(bare.as_bytes()) {
+            self.push(
+                format!("{path}.query"),
+                format!(
+                    "{name:?} is not a domain name; give the name to ask about \
+                     (e.g. \"health.example.\", or \".\" for the root)"
+                ),
+            );
+        }
+        let lookup = |cx: &mut Checker,
+                      key: &str,
+                      given: Option<&String>,
+                      list: &[(&str, u16)],
+                      default: u16| {
+            let Some(given) = given else {
+                return default;
+            };
+            match list.iter().find(|(n, _)| n.eq_ignore_ascii_case(given)) {
+                Some((_, v)) => *v,
+                None => {
+                    let names: Vec<&str> = list.iter().map(|(n, _)| *n).collect();
+                    cx.push(
+                        format!("{path}.{key}"),
+                        format!("{given:?}: expected one of {}", names.join(", ")),
+                    );
+                    default
+                }
+            }
+        };
+        let qtype = lookup(
+            self,
+            "query_type",
+            raw.query_type.as_ref(),
+            weir_wire::dns::RECORD_TYPES,
+            1,
+        );
+        let rcode = lookup(
+            self,
+            "expect_rcode",
+            raw.expect_rcode.as_ref(),
+            weir_wire::dns::RCODES,
+            0,
+        );
+        DnsCheck { name, qtype, rcode }
     }
 
     fn http_check(&mut self, path: &str, raw: &RawHealth) -> HttpCheck {

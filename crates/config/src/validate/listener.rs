@@ -335,7 +335,7 @@ mod tests {
                 "",
                 "",
                 "[pools.health]\ntype = \"tcp\"",
-                "takes type = \"none\"",
+                "takes type = \"dns\", \"udp\" or \"none\"",
             ),
         ] {
             let e = udp(listener, route, pool).expect_err(words);

@@ -160,13 +160,18 @@ impl Checker {
             for (ri, r) in l.routes.iter().enumerate() {
                 if let (Some(_), RouteMode::L4(l4)) = (&l.udp, &r.mode)
                     && let Some(pool) = pools.get(l4.pool_index)
-                    && !matches!(pool.health.check, crate::model::Check::None)
+                    && !matches!(
+                        pool.health.check,
+                        crate::model::Check::None
+                            | crate::model::Check::Dns(_)
+                            | crate::model::Check::Udp(_)
+                    )
                 {
                     self.push(
                         format!("listeners[{li}].routes[{ri}].pool"),
                         format!(
                             "pool {:?} is probed with type = {:?}, a check of streams; \
-                             a pool of a udp listener takes type = \"none\"",
+                             a pool of a udp listener takes type = \"dns\", \"udp\" or \"none\"",
                             l4.pool,
                             pool.health.check.kind()
                         ),

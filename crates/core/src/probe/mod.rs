@@ -1,9 +1,11 @@
 //! Active health probes: one probe of one backend is a TCP connect, an HTTP/1.1
-//! GET ([`http`]) or a gRPC health check ([`grpc`]), each optionally over TLS.
+//! GET ([`http`]) or a gRPC health check ([`grpc`]), each optionally over TLS,
+//! or a DNS query or a datagram and its answer ([`datagram`]).
 //! Every probe is bounded by the check's `timeout` as a whole and says in a few
 //! words what it saw; that text becomes the cause of a transition.
 //! [`schedule`] runs them and hands each result to the pools.
 
+mod datagram;
 mod grpc;
 mod http;
 pub(crate) mod schedule;
@@ -14,7 +16,7 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use weir_config::{GrpcCheck, HttpCheck, ProbeTls};
+use weir_config::{DnsCheck, GrpcCheck, HttpCheck, ProbeTls, UdpCheck};
 
 use crate::Reason;
 use crate::health::Report;
@@ -26,6 +28,8 @@ pub(crate) enum Probe {
     Tcp,
     Http(HttpCheck),
     Grpc(GrpcCheck),
+    Dns(DnsCheck),
+    Udp(UdpCheck),
 }
 
 /// A probe ready to run against one address: its TLS connector is built once,
@@ -65,7 +69,7 @@ impl Prober {
             ))
         };
         let tls = match &probe {
-            Probe::Tcp => None,
+            Probe::Tcp | Probe::Dns(_) | Probe::Udp(_) => None,
             Probe::Http(h) => h
                 .tls
                 .as_ref()
@@ -135,6 +139,8 @@ impl Prober {
                 }
                 outcome.report
             }
+            Probe::Dns(check) => datagram::dns(addr, check).await,
+            Probe::Udp(check) => datagram::udp(addr, check).await,
             Probe::Grpc(check) => match open(addr, tls.as_ref()).await {
                 Ok(Conn::Plain(s)) => {
                     grpc::check(s, &addr.to_string(), false, &check.service).await

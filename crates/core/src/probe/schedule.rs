@@ -59,6 +59,8 @@ pub(crate) fn prepare(pools: &[Arc<Pool>]) -> Result<Prepared, String> {
             Check::Tcp => Probe::Tcp,
             Check::Http(h) => Probe::Http(h.clone()),
             Check::Grpc(g) => Probe::Grpc(g.clone()),
+            Check::Dns(d) => Probe::Dns(d.clone()),
+            Check::Udp(u) => Probe::Udp(u.clone()),
         };
         for (index, b) in pool.backends.iter().enumerate() {
             let Some(address) = b.probe_address else {

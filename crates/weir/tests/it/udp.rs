@@ -377,3 +377,148 @@ fn the_firewall_refuses_a_flow_by_its_source() {
     );
     assert_eq!(metric(admin, "weir_udp_flows_total{listener=\"dns\"}"), 1.0);
 }
+
+/// `dns` health checks against dnsmasq: both backends up; one stopped is
+/// taken out by its probes (not by a client's query), and every query
+/// afterwards is answered at the first try. A `udp` check passes on an
+/// echo and fails on an answer without the expected bytes.
+#[test]
+fn dns_and_udp_health_checks() {
+    let dir = test_dir("udp-health");
+    let (p1, p2) = (free_udp_port(), free_udp_port());
+    let first = dnsmasq(&dir, p1);
+    let _second = dnsmasq(&dir, p2);
+    let (admin, port) = (free_port(), free_udp_port());
+    let (_weir, _out) = start(
+        "udp-health",
+        &config(
+            admin,
+            &format!("\"127.0.0.1:{port}\""),
+            "responses = 1",
+            "",
+            &format!(
+                "[pools.health]\ntype = \"dns\"\nquery = \"a.test.\"\nexpect_rcode = \"NOERROR\"\n\
+                 interval = \"200ms\"\nfast_interval = \"100ms\"\ntimeout = \"300ms\"\nrise = 1\nfall = 2\n\
+                 [[pools.backends]]\nname = \"one\"\naddress = \"127.0.0.1:{p1}\"\n\
+                 [[pools.backends]]\nname = \"two\"\naddress = \"127.0.0.1:{p2}\""
+            ),
+        ),
+    );
+    let up = |b: &str| {
+        metric(
+            admin,
+            &format!("weir_backend_state{{pool=\"dns\",backend=\"{b}\",state=\"up\"}}"),
+        )
+    };
+    assert_eq!((up("one"), up("two")), (1.0, 1.0));
+    let passed = "weir_health_checks_total{pool=\"dns\",backend=\"one\",type=\"dns\",result=\"success\",reason=\"ok\"}";
+    assert!(metric(admin, passed) >= 1.0);
+    drop(first);
+    let end = Instant::now() + DEADLINE;
+    while up("one") != 0.0 {
+        assert!(
+            Instant::now() < end,
+            "the probes take the stopped backend out"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let front = SocketAddr::from(([127, 0, 0, 1], port));
+    for _ in 0..6 {
+        assert_eq!(dig(front, "a.test", &[]), "10.0.0.1");
+    }
+
+    // A udp check: an echo passes with the expected bytes; a server that
+    // answers something else fails with `body`.
+    let (echoing, _) = echo(false);
+    let other = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let other_addr = other.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((_, from)) = other.recv_from(&mut buf) {
+            let _ = other.send_to(b"nope", from);
+        }
+    });
+    let (admin, port) = (free_port(), free_udp_port());
+    let (_weir, _out) = start(
+        "udp-check",
+        &config(
+            admin,
+            &format!("\"127.0.0.1:{port}\""),
+            "",
+            "",
+            &format!(
+                "[pools.health]\ntype = \"udp\"\nsend = \"ping\"\nexpect = \"ping\"\n\
+                 interval = \"200ms\"\ntimeout = \"300ms\"\n\
+                 [[pools.backends]]\nname = \"echo\"\naddress = \"{echoing}\"\n\
+                 [[pools.backends]]\nname = \"other\"\naddress = \"{other_addr}\""
+            ),
+        ),
+    );
+    let state = |b: &str, s: &str| {
+        metric(
+            admin,
+            &format!("weir_backend_state{{pool=\"dns\",backend=\"{b}\",state=\"{s}\"}}"),
+        )
+    };
+    assert_eq!(state("echo", "up"), 1.0);
+    assert_eq!(state("other", "down"), 1.0);
+    assert!(
+        metric(
+            admin,
+            "weir_health_checks_total{pool=\"dns\",backend=\"other\",type=\"udp\",result=\"failure\",reason=\"body\"}"
+        ) >= 1.0
+    );
+}
+
+/// With `close_on_down`, a flow open to a backend its checks take down ends
+/// at once (reason `backend_down`), without waiting for `idle_timeout`.
+#[test]
+fn close_on_down_ends_the_open_flows() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let backend = s.local_addr().expect("addr");
+    let answering = Arc::new(AtomicBool::new(true));
+    let on = Arc::clone(&answering);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            if on.load(Relaxed) {
+                let _ = s.send_to(&buf[..n], from);
+            }
+        }
+    });
+    let (admin, port) = (free_port(), free_udp_port());
+    let (_weir, out) = start(
+        "udp-down",
+        &config(
+            admin,
+            &format!("\"127.0.0.1:{port}\""),
+            "idle_timeout = \"1h\"",
+            "",
+            &format!(
+                "close_on_down = true\n\
+                 [pools.health]\ntype = \"udp\"\nsend = \"health\"\n\
+                 interval = \"200ms\"\nfast_interval = \"100ms\"\ntimeout = \"200ms\"\nfall = 2\n\
+                 [[pools.backends]]\nname = \"b\"\naddress = \"{backend}\""
+            ),
+        ),
+    );
+    let front = SocketAddr::from(([127, 0, 0, 1], port));
+    let client = UdpSocket::bind("127.0.0.1:0").expect("client");
+    assert_eq!(
+        ask(&client, front, b"hello").as_deref(),
+        Some(&b"hello"[..])
+    );
+    assert_eq!(
+        metric(admin, "weir_udp_flows_active{listener=\"dns\"}"),
+        1.0
+    );
+    answering.store(false, Relaxed);
+    let line = wait_line(&out, "\"reason\":\"backend_down\"");
+    assert!(line.contains("\"bytes_to_client\":5"), "{line}");
+    assert_eq!(
+        metric(admin, "weir_udp_flows_active{listener=\"dns\"}"),
+        0.0
+    );
+}
