@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""Helpers for bench/run.sh and bench/http.sh: parse iperf3 / wrk / h2load output and
-render the markdown report.
+"""Helpers for bench/run.sh, bench/http.sh and bench/udp.sh: parse iperf3 / wrk /
+h2load / dnsperf output and render the markdown report.
 
   report.py iperf FILE          -> receiver Gbit/s of an `iperf3 -J` run, or "null"
   report.py wrk FILE            -> "rps p50_ms p99_ms errors" from wrk_report.lua, or nulls
   report.py h2load FILE         -> "rps errors" of an h2load run, or nulls
-  report.py render [--suite l4|http] --raw RAW --meta META [--out FILE]
+  report.py dnsperf FILE        -> "qps completed lost avg_latency_ms" of a dnsperf run, or nulls
+  report.py render [--suite l4|http|udp] --raw RAW --meta META [--out FILE]
 """
 import argparse
 import json
+import re
 import statistics
 import sys
 
@@ -133,6 +135,46 @@ def cmd_wrk(path):
           round(float(fields["p99_us"]) / 1000, 3),
           errors)
 
+# The UDP suite (bench/udp.sh): compared with nginx, as HAProxy has no UDP.
+UDP_METRICS = [
+    ("dns_qps", "DNS queries/s through the proxy (dnsperf)", +1),
+    ("dns_lat_ms", "Average query latency (ms)", -1),
+    ("dns_cpu_us", "Proxy CPU per query (µs)", -1),
+    ("dns_qps_per_core", "Queries per proxy CPU-second (queries/s per core)", +1),
+]
+UDP_EXTRA = [
+    ("dns_completed", "Queries answered"),
+    ("dns_lost", "Queries lost (no answer within 2 s)"),
+]
+UDP_METHOD = [
+    "- Everything on 127.0.0.1. The backend (one dnsmasq answering two names from a hosts "
+    "file) and dnsperf run pinned to CPU 0; the proxy under test runs pinned to CPU 1, "
+    "single-threaded, one at a time, each started fresh for each of its turns.",
+    "- Load: `dnsperf -c 16 -q 200 -t 2 -l {duration}` (16 client sockets, up to 200 "
+    "queries outstanding, a query unanswered for 2 s counted lost), A queries for the two "
+    "names in turn. Both proxies end a flow (a session) once each datagram it carried got "
+    "its answer (weir `responses = 1`, nginx `proxy_responses 1`): with queries outstanding "
+    "on every client socket a flow lives while its socket keeps asking, and a new one (a "
+    "new socket towards dnsmasq) starts when a socket asks again after its answers.",
+    "- Proxy CPU: user + system time of the proxy's process tree during the run, divided by "
+    "the queries answered; its inverse is the queries a proxy serves per CPU-second, the "
+    "queries per second per core it would reach were it the bottleneck (on this 2-core "
+    "machine dnsmasq and dnsperf share the other core, and may be).",
+]
+
+
+def cmd_dnsperf(path):
+    try:
+        with open(path) as f:
+            text = f.read()
+        qps = re.search(r"Queries per second:\s+([0-9.]+)", text).group(1)
+        completed = re.search(r"Queries completed:\s+([0-9]+)", text).group(1)
+        lost = re.search(r"Queries lost:\s+([0-9]+)", text).group(1)
+        lat = float(re.search(r"Average Latency \(s\):\s+([0-9.]+)", text).group(1)) * 1000
+        print(qps, completed, lost, round(lat, 3))
+    except (OSError, AttributeError, ValueError):
+        print("null null null null")
+
 
 def fmt(key, v):
     if v is None:
@@ -149,7 +191,10 @@ def fmt(key, v):
 
 
 def cmd_render(raw_path, meta_path, out_path, suite="l4"):
-    metrics, extra = (HTTP_METRICS, HTTP_EXTRA) if suite == "http" else (METRICS, EXTRA)
+    metrics, extra = {
+        "http": (HTTP_METRICS, HTTP_EXTRA),
+        "udp": (UDP_METRICS, UDP_EXTRA),
+    }.get(suite, (METRICS, EXTRA))
     meta, notes = {}, []
     with open(meta_path) as f:
         for line in f:
@@ -174,7 +219,8 @@ def cmd_render(raw_path, meta_path, out_path, suite="l4"):
 
     out = []
     w = out.append
-    title = "HTTP benchmark" if suite == "http" else "side-by-side benchmark"
+    title = {"http": "HTTP benchmark", "udp": "UDP (DNS) benchmark"}.get(
+        suite, "side-by-side benchmark")
     w(f"# weir {title} — {meta['date']}")
     w("")
     w("## Machine")
@@ -185,20 +231,22 @@ def cmd_render(raw_path, meta_path, out_path, suite="l4"):
     w("")
     w("## Versions")
     w("")
-    for k in ("weir", "haproxy", "nginx", "iperf3", "wrk", "h2load", "openssl", "python3"):
+    for k in ("weir", "haproxy", "nginx", "iperf3", "wrk", "h2load", "openssl", "python3",
+              "dnsperf", "dnsmasq"):
         if k in meta:
             w(f"- {k}: `{meta[k]}`")
     w("")
     w("## Method")
     w("")
-    if suite == "http":
-        for line in HTTP_METHOD:
+    if suite in ("http", "udp"):
+        for line in HTTP_METHOD if suite == "http" else UDP_METHOD:
             w(line.format(duration=meta["duration"]))
         w("- Proxies: " + "; ".join(f"**{labels[p]}** — {meta.get('desc_' + p, '')}" for p in proxies))
         w(f"- {rounds} round(s), interleaved; the tables show the **median over rounds**.")
     else:
         method_l4(w, meta, labels, proxies, rounds)
-    results(w, raw, proxies, labels, rounds, metrics, extra, notes)
+    base = "nginx" if suite == "udp" else "haproxy"
+    results(w, raw, proxies, labels, rounds, metrics, extra, notes, base)
     text = "\n".join(out)
     if out_path:
         with open(out_path, "w") as f:
@@ -230,7 +278,7 @@ def method_l4(w, meta, labels, proxies, rounds):
       f"the number of connections.")
 
 
-def results(w, raw, proxies, labels, rounds, metrics, extra, notes):
+def results(w, raw, proxies, labels, rounds, metrics, extra, notes, base_key="haproxy"):
     def median(p, m):
         vals = [v for v in raw.get((p, m), {}).values() if v is not None]
         return statistics.median(vals) if vals else None
@@ -254,20 +302,21 @@ def results(w, raw, proxies, labels, rounds, metrics, extra, notes):
         w("")
         w("±: half the spread (max − min) over the rounds, relative to the median.")
     w("")
-    w("## Ratios to HAProxy")
+    base_label = labels.get(base_key, base_key)
+    w(f"## Ratios to {base_label}")
     w("")
-    if "haproxy" not in proxies:
-        w("HAProxy was not run, so there are no ratios.")
+    if base_key not in proxies:
+        w(f"{base_label} was not run, so there are no ratios.")
     else:
-        others = [p for p in proxies if p != "haproxy"]
-        w("Each cell is *proxy ÷ HAProxy* of the medians above. For **higher is better** rows, "
-          "a ratio above 1.00 beats HAProxy; for **lower is better** rows (latency, memory), a "
-          "ratio below 1.00 beats HAProxy.")
+        others = [p for p in proxies if p != base_key]
+        w(f"Each cell is *proxy ÷ {base_label}* of the medians above. For **higher is better** "
+          f"rows, a ratio above 1.00 beats {base_label}; for **lower is better** rows (latency, "
+          f"memory, CPU), a ratio below 1.00 beats {base_label}.")
         w("")
-        w("| Metric | Better | " + " | ".join(f"{labels[p]} ÷ HAProxy" for p in others) + " |")
+        w("| Metric | Better | " + " | ".join(f"{labels[p]} ÷ {base_label}" for p in others) + " |")
         w("|---|---|" + "---:|" * len(others))
         for key, desc, d in metrics:
-            base = median("haproxy", key)
+            base = median(base_key, key)
             cells = []
             for p in others:
                 v = median(p, key)
@@ -279,7 +328,7 @@ def results(w, raw, proxies, labels, rounds, metrics, extra, notes):
                     cells.append(f"**{r:.2f}×**" if better and abs(r - 1) >= 0.05 else f"{r:.2f}×")
             w(f"| {desc} | {'higher ↑' if d > 0 else 'lower ↓'} | " + " | ".join(cells) + " |")
         w("")
-        w("Bold: at least 5% better than HAProxy.")
+        w(f"Bold: at least 5% better than {base_label}.")
     w("")
     w("## Per-round raw numbers")
     w("")
@@ -306,8 +355,9 @@ def main():
     sub.add_parser("iperf").add_argument("file")
     sub.add_parser("wrk").add_argument("file")
     sub.add_parser("h2load").add_argument("file")
+    sub.add_parser("dnsperf").add_argument("file")
     r = sub.add_parser("render")
-    r.add_argument("--suite", choices=["l4", "http"], default="l4")
+    r.add_argument("--suite", choices=["l4", "http", "udp"], default="l4")
     r.add_argument("--raw", required=True)
     r.add_argument("--meta", required=True)
     r.add_argument("--out")
@@ -318,6 +368,8 @@ def main():
         cmd_wrk(a.file)
     elif a.cmd == "h2load":
         cmd_h2load(a.file)
+    elif a.cmd == "dnsperf":
+        cmd_dnsperf(a.file)
     else:
         cmd_render(a.raw, a.meta, a.out, a.suite)
 

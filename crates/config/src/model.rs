@@ -270,7 +270,8 @@ pub enum Protocol {
 /// What a `protocol = "udp"` listener adds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UdpListener {
-    /// A flow ends after this many datagrams from the backend (nginx
+    /// The datagrams the backend answers each client datagram with: a flow
+    /// ends once it relayed that many for every datagram it carried (nginx
     /// `proxy_responses`; 1 for DNS); `None`: only by `idle_timeout`.
     pub responses: Option<u32>,
     /// Flows open at once at most; a datagram that would start another is

@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -54,6 +54,9 @@ struct Shared {
     /// [`now_ms`] at the last datagram, either way.
     last: AtomicU64,
     ended: AtomicBool,
+    /// Datagrams sent to the backend: with `responses`, the flow ends once
+    /// it relayed `responses` replies for each (as nginx counts).
+    requests: AtomicU64,
     /// Payload bytes to the backend and to the client.
     sent: AtomicU64,
     received: AtomicU64,
@@ -111,13 +114,18 @@ impl Table {
         data: &[u8],
     ) {
         let stats = &listener.stats.udp;
-        let live = self
-            .flows
-            .get(&client)
-            .is_some_and(|f| !f.shared.ended.load(Relaxed));
+        // Counted before the flow is known live, and the flow's task marks it
+        // ended before it counts: so either this datagram is seen by the task
+        // (which then waits for its reply) or the task's end is seen here
+        // (and a new flow takes the datagram). See `Task::done`.
+        let live = self.flows.get(&client).is_some_and(|f| {
+            f.shared.requests.fetch_add(1, SeqCst);
+            !f.shared.ended.load(SeqCst)
+        });
         if !live {
             match self.open(listener, client, dst_ip) {
                 Ok(flow) => {
+                    flow.shared.requests.fetch_add(1, SeqCst);
                     self.flows.insert(client, flow);
                 }
                 Err(why) => {
@@ -135,6 +143,7 @@ impl Table {
             Some(header) => {
                 if header.len() + data.len() > MAX_DATAGRAM {
                     stats.drop(Drop::TooLarge);
+                    flow.shared.requests.fetch_sub(1, SeqCst);
                     return;
                 }
                 self.scratch.clear();
@@ -154,6 +163,8 @@ impl Table {
             }
             Err(e) => {
                 stats.drop(Drop::SendError);
+                // No reply is to be waited for.
+                flow.shared.requests.fetch_sub(1, SeqCst);
                 if e.kind() == io::ErrorKind::ConnectionRefused {
                     // The backend's ICMP port unreachable, for an earlier
                     // datagram: nothing listens there.
@@ -382,6 +393,23 @@ impl Task {
         );
     }
 
+    /// True when `replies` answer every datagram sent (`limit` each), and
+    /// the flow is then marked ended. Marked first and counted after: a
+    /// datagram the receive task counted before it saw the mark keeps the
+    /// flow going (see `Table::datagram`).
+    fn done(&self, replies: u64, limit: u64) -> bool {
+        let s = &self.shared;
+        if replies < limit.saturating_mul(s.requests.load(SeqCst)) {
+            return false;
+        }
+        s.ended.store(true, SeqCst);
+        if replies < limit.saturating_mul(s.requests.load(SeqCst)) {
+            s.ended.store(false, SeqCst);
+            return false;
+        }
+        true
+    }
+
     /// The error the backend's socket holds, taken: the flow's end.
     fn error(&self) -> Option<Reason> {
         match self.upstream.take_error() {
@@ -449,7 +477,9 @@ impl Task {
                     Err(_) => stats.drop(Drop::SendError),
                 }
                 *replies += 1;
-                if limit.is_some_and(|l| *replies >= l) {
+                if let Some(limit) = limit
+                    && self.done(u64::from(*replies), u64::from(limit))
+                {
                     return Some(Reason::Responses);
                 }
             }

@@ -8,7 +8,8 @@
 //! and the balancer. Each flow has a task that relays the backend's replies
 //! to the client, from the address the client wrote to (`IP_PKTINFO`, so a
 //! wildcard bind answers from the right address), and ends the flow after
-//! `idle_timeout` of silence either way, after `responses` replies, when the
+//! `idle_timeout` of silence either way, once every datagram got its
+//! `responses` replies, when the
 //! backend goes down with `close_on_down`, or at shutdown. No task and no
 //! allocation per datagram.
 

@@ -522,3 +522,63 @@ fn close_on_down_ends_the_open_flows() {
         0.0
     );
 }
+
+/// `responses` counts per datagram, as nginx's `proxy_responses`: a client
+/// with three queries outstanding on one flow gets three answers, and the
+/// flow ends with the last of them.
+#[test]
+fn responses_count_per_datagram_sent() {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let backend = s.local_addr().expect("addr");
+    // Answers each datagram after the next one came (or after 200 ms), so
+    // that several are outstanding at once.
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let mut held: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
+        loop {
+            match s.recv_from(&mut buf) {
+                Ok((n, from)) => held.push((buf[..n].to_vec(), from)),
+                Err(_) => {
+                    for (d, from) in held.drain(..) {
+                        let _ = s.send_to(&d, from);
+                    }
+                }
+            }
+        }
+    });
+    let (admin, port) = (free_port(), free_udp_port());
+    let (_weir, out) = start(
+        "udp-responses",
+        &config(
+            admin,
+            &format!("\"127.0.0.1:{port}\""),
+            "responses = 1",
+            "",
+            &format!("[[pools.backends]]\naddress = \"{backend}\""),
+        ),
+    );
+    let front = SocketAddr::from(([127, 0, 0, 1], port));
+    let client = UdpSocket::bind("127.0.0.1:0").expect("client");
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    for q in [&b"q1"[..], b"q2", b"q3"] {
+        client.send_to(q, front).expect("send");
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    for _ in 0..3 {
+        let n = client.recv(&mut buf).expect("an answer for each query");
+        got.push(buf[..n].to_vec());
+    }
+    got.sort();
+    assert_eq!(got, vec![b"q1".to_vec(), b"q2".to_vec(), b"q3".to_vec()]);
+    let line = wait_line(&out, "\"reason\":\"responses\"");
+    assert!(
+        line.contains("\"bytes_to_client\":6"),
+        "one flow, three answers: {line}"
+    );
+    assert_eq!(metric(admin, "weir_udp_flows_total{listener=\"dns\"}"), 1.0);
+}
