@@ -67,7 +67,6 @@ impl Checker {
                 "max_flows",
             ),
             ("handshake_timeout", raw.handshake_timeout.is_some(), ""),
-            ("proxy_protocol", raw.proxy_protocol.is_some(), ""),
         ];
         let udp_only = [
             ("responses", raw.responses.is_some()),

@@ -84,7 +84,9 @@ pub(super) struct Flow {
 pub(super) struct Table {
     endpoint: Arc<Endpoint>,
     tracker: TaskTracker,
-    flows: HashMap<SocketAddr, Flow>,
+    /// By (sender, client): the same unless a trusted sender's PROXY header
+    /// named the client.
+    flows: HashMap<(SocketAddr, SocketAddr), Flow>,
     /// A datagram with its PROXY header in front.
     scratch: Vec<u8>,
 }
@@ -104,29 +106,38 @@ impl Table {
         self.flows.retain(|_, f| !f.shared.ended.load(Relaxed));
     }
 
-    /// Relays a datagram from `client`, sent to `dst_ip`, starting its flow
-    /// when it has none.
+    /// Relays a datagram from `peer`, sent to `dst_ip`, starting its flow
+    /// when it has none. A trusted sender's datagram starts with a PROXY v2
+    /// header that names the client; anyone else's must not.
     pub(super) fn datagram(
         &mut self,
         listener: &Arc<Listener>,
-        client: SocketAddr,
+        peer: SocketAddr,
         dst_ip: Option<IpAddr>,
         data: &[u8],
     ) {
         let stats = &listener.stats.udp;
+        let (client, data) = match proxied(listener, peer, data) {
+            Ok(x) => x,
+            Err(why) => {
+                stats.drop(why);
+                return;
+            }
+        };
+        let key = (peer, client);
         // Counted before the flow is known live, and the flow's task marks it
         // ended before it counts: so either this datagram is seen by the task
         // (which then waits for its reply) or the task's end is seen here
         // (and a new flow takes the datagram). See `Task::done`.
-        let live = self.flows.get(&client).is_some_and(|f| {
+        let live = self.flows.get(&key).is_some_and(|f| {
             f.shared.requests.fetch_add(1, SeqCst);
             !f.shared.ended.load(SeqCst)
         });
         if !live {
-            match self.open(listener, client, dst_ip) {
+            match self.open(listener, peer, client, dst_ip) {
                 Ok(flow) => {
                     flow.shared.requests.fetch_add(1, SeqCst);
-                    self.flows.insert(client, flow);
+                    self.flows.insert(key, flow);
                 }
                 Err(why) => {
                     stats.drop(why);
@@ -134,7 +145,7 @@ impl Table {
                 }
             }
         }
-        let Some(flow) = self.flows.get(&client) else {
+        let Some(flow) = self.flows.get(&key) else {
             return;
         };
         flow.shared.touch();
@@ -179,6 +190,7 @@ impl Table {
     fn open(
         &self,
         listener: &Arc<Listener>,
+        peer: SocketAddr,
         client: SocketAddr,
         dst_ip: Option<IpAddr>,
     ) -> Result<Flow, Drop> {
@@ -195,15 +207,17 @@ impl Table {
             stats.flows_active.fetch_sub(1, Relaxed);
             return Err(Drop::MaxFlows);
         }
-        self.start(listener, client, dst_ip, slot).inspect_err(|_| {
-            stats.flows_active.fetch_sub(1, Relaxed);
-        })
+        self.start(listener, peer, client, dst_ip, slot)
+            .inspect_err(|_| {
+                stats.flows_active.fetch_sub(1, Relaxed);
+            })
     }
 
     /// [`Table::open`] past the limits: the route, a backend, a socket.
     fn start(
         &self,
         listener: &Arc<Listener>,
+        peer: SocketAddr,
         client: SocketAddr,
         dst_ip: Option<IpAddr>,
         slot: Option<ClientSlot>,
@@ -268,6 +282,7 @@ impl Table {
             upstream: Arc::clone(&upstream),
             endpoint: Arc::clone(&self.endpoint),
             shared: Arc::clone(&shared),
+            peer,
             client,
             dst_ip,
             started: Instant::now(),
@@ -281,6 +296,39 @@ impl Table {
             pool: Arc::clone(pool),
             backend: i,
         })
+    }
+}
+
+/// The client of a datagram from `peer`, and its payload: from a trusted
+/// sender (`proxy_protocol`), the source its PROXY v2 header names (a LOCAL
+/// header: the sender itself); a datagram from a trusted sender without a
+/// valid v2 header, or one from anyone else that starts with a PROXY
+/// signature (a spoof), is dropped.
+fn proxied<'d>(
+    listener: &Listener,
+    peer: SocketAddr,
+    data: &'d [u8],
+) -> Result<(SocketAddr, &'d [u8]), Drop> {
+    use weir_wire::proxy::{Detect, ProxyParse, Version, detect, parse};
+    let Some(accept) = &listener.proxy_accept else {
+        return Ok((peer, data));
+    };
+    if !accept.is_trusted(peer.ip()) {
+        return match detect(data) {
+            Detect::NotProxy => Ok((peer, data)),
+            _ => Err(Drop::ProxyProtocol),
+        };
+    }
+    match parse(data) {
+        Ok(ProxyParse::Complete {
+            header,
+            consumed_len,
+        }) if header.version == Version::V2 => {
+            let client = header.addresses.map_or(peer, |(src, _)| src);
+            let payload = data.get(consumed_len..).ok_or(Drop::ProxyProtocol)?;
+            Ok((client, payload))
+        }
+        _ => Err(Drop::ProxyProtocol),
     }
 }
 
@@ -313,6 +361,9 @@ struct Task {
     upstream: Arc<UdpSocket>,
     endpoint: Arc<Endpoint>,
     shared: Arc<Shared>,
+    /// Where replies go: the client, or the trusted sender that spoke for it.
+    peer: SocketAddr,
+    /// Who the flow is for (the access log's client).
     client: SocketAddr,
     dst_ip: Option<IpAddr>,
     started: Instant,
@@ -454,7 +505,7 @@ impl Task {
                 };
                 let contents = buf.get(..n).unwrap_or_default();
                 let transmit = Transmit {
-                    destination: self.client,
+                    destination: self.peer,
                     ecn: None,
                     contents,
                     segment_size: None,

@@ -20,16 +20,20 @@ pub enum Drop {
     /// The kernel did not take it (a full buffer, an unreachable backend),
     /// or no socket could be made for a new flow.
     SendError,
+    /// A trusted sender's datagram without a valid PROXY v2 header, or
+    /// anyone else's with one.
+    ProxyProtocol,
 }
 
 impl Drop {
-    pub const ALL: [Drop; 6] = [
+    pub const ALL: [Drop; 7] = [
         Drop::MaxFlows,
         Drop::NoRoute,
         Drop::NoBackend,
         Drop::Firewall,
         Drop::TooLarge,
         Drop::SendError,
+        Drop::ProxyProtocol,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -40,6 +44,7 @@ impl Drop {
             Drop::Firewall => "firewall",
             Drop::TooLarge => "too_large",
             Drop::SendError => "send_error",
+            Drop::ProxyProtocol => "proxy_protocol",
         }
     }
 }

@@ -582,3 +582,132 @@ fn responses_count_per_datagram_sent() {
     );
     assert_eq!(metric(admin, "weir_udp_flows_total{listener=\"dns\"}"), 1.0);
 }
+
+/// PROXY v2 over UDP from a trusted sender: each datagram's header names
+/// the client, who stands for it everywhere (here: in the header weir sends
+/// on); replies go back to the sender. A trusted sender's datagram without
+/// a header, and an untrusted one's with a header, are dropped.
+#[test]
+fn proxy_v2_from_trusted_senders() {
+    use weir_wire::proxy::{Command, Transport, encode_v2};
+    let (backend, sources) = echo(true);
+    let (admin, port) = (free_port(), free_udp_port());
+    let (_weir, out) = start(
+        "udp-proxy-in",
+        &config(
+            admin,
+            &format!("\"127.0.0.1:{port}\""),
+            "proxy_protocol = { accept = true, trusted = [\"127.0.0.1\"] }\nidle_timeout = \"300ms\"",
+            "send_proxy_protocol = \"v2\"",
+            &format!("[[pools.backends]]\naddress = \"{backend}\""),
+        ),
+    );
+    let front = SocketAddr::from(([127, 0, 0, 1], port));
+    let real: SocketAddr = "203.0.113.7:4242".parse().expect("addr");
+    let with_header = |payload: &[u8]| {
+        let mut d = Vec::new();
+        encode_v2(
+            Command::Proxy,
+            Transport::Datagram,
+            Some((real, front)),
+            &[],
+            &mut d,
+        )
+        .expect("header");
+        d.extend_from_slice(payload);
+        d
+    };
+    let trusted = UdpSocket::bind("127.0.0.1:0").expect("trusted");
+    let reply = ask(&trusted, front, &with_header(b"hi")).expect("an answer");
+    assert_eq!(reply, b"203.0.113.7:4242 hi".to_vec());
+    assert_eq!(sources.try_iter().collect::<Vec<_>>(), vec![real]);
+    let line = wait_line(&out, "\"client\":\"203.0.113.7:4242\"");
+    assert!(line.contains("\"listener\":\"dns\""), "{line}");
+
+    assert_eq!(ask(&trusted, front, b"no header"), None);
+    let untrusted = UdpSocket::bind("127.0.0.2:0").expect("untrusted");
+    assert_eq!(ask(&untrusted, front, &with_header(b"spoof")), None);
+    let me = untrusted.local_addr().expect("addr");
+    let reply = ask(&untrusted, front, b"plain").expect("served as itself");
+    assert_eq!(reply, format!("{me} plain").into_bytes());
+    assert_eq!(
+        metric(
+            admin,
+            "weir_udp_dropped_total{listener=\"dns\",reason=\"proxy_protocol\"}"
+        ),
+        2.0
+    );
+}
+
+/// A UDP echo server that puts `tag` before each answer.
+fn tagged(tag: &'static str) -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = s.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let mut r = tag.as_bytes().to_vec();
+            r.extend_from_slice(&buf[..n]);
+            let _ = s.send_to(&r, from);
+        }
+    });
+    addr
+}
+
+/// A reload keeps the flows of the routes and backends that stay (the
+/// client keeps its backend although the new pool would pick another), and
+/// a listener the reload removes stops receiving at once.
+#[test]
+fn a_reload_keeps_flows_and_closes_removed_listeners() {
+    let (one, two) = (tagged("one:"), tagged("two:"));
+    let (admin, port, gone) = (free_port(), free_udp_port(), free_udp_port());
+    let text = |backends: &str, extra: &str| {
+        format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"dns\"\nbind = \"127.0.0.1:{port}\"\nprotocol = \"udp\"\n\
+             [[listeners.routes]]\nname = \"all\"\npool = \"p\"\n{extra}\n\
+             [[pools]]\nname = \"p\"\nbalance = \"first\"\n{backends}\n"
+        )
+    };
+    let other = format!(
+        "[[listeners]]\nname = \"other\"\nbind = \"127.0.0.1:{gone}\"\nprotocol = \"udp\"\n\
+         [[listeners.routes]]\nname = \"all\"\npool = \"p\""
+    );
+    let file = crate::cli::temp_config(
+        "udp-reload",
+        &text(
+            &format!("[[pools.backends]]\nname = \"one\"\naddress = \"{one}\""),
+            &other,
+        ),
+    );
+    let (weir, out) = crate::cli::run_weir(&file);
+    let front = SocketAddr::from(([127, 0, 0, 1], port));
+    let removed = SocketAddr::from(([127, 0, 0, 1], gone));
+    let client = UdpSocket::bind("127.0.0.1:0").expect("client");
+    assert_eq!(ask(&client, front, b"a").as_deref(), Some(&b"one:a"[..]));
+    let elsewhere = UdpSocket::bind("127.0.0.1:0").expect("client");
+    assert_eq!(
+        ask(&elsewhere, removed, b"b").as_deref(),
+        Some(&b"one:b"[..])
+    );
+
+    // `two` comes first now; `other` goes.
+    std::fs::write(
+        &file,
+        text(
+            &format!(
+                "[[pools.backends]]\nname = \"two\"\naddress = \"{two}\"\n\
+                 [[pools.backends]]\nname = \"one\"\naddress = \"{one}\""
+            ),
+            "",
+        ),
+    )
+    .expect("rewrite");
+    crate::cli::signal(&weir.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    assert_eq!(ask(&client, front, b"c").as_deref(), Some(&b"one:c"[..]));
+    let newcomer = UdpSocket::bind("127.0.0.1:0").expect("client");
+    assert_eq!(ask(&newcomer, front, b"d").as_deref(), Some(&b"two:d"[..]));
+    assert_eq!(ask(&elsewhere, removed, b"e"), None, "no longer listening");
+    assert_eq!(metric(admin, "weir_udp_flows_total{listener=\"dns\"}"), 2.0);
+}
