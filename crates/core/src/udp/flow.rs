@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqC
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use quinn_udp::{Transmit, UdpSockRef};
+use quinn_udp::{Transmit, UdpSockRef, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
@@ -68,10 +68,21 @@ impl Shared {
     }
 }
 
+/// Whether a flow's coalesced datagrams go to the backend in one send.
+#[derive(Debug)]
+enum Gso {
+    /// Not tried yet.
+    Untried,
+    On(Box<UdpSocketState>),
+    /// The kernel cannot: one by one.
+    Off,
+}
+
 /// A flow, as its socket's receive task keeps it.
 #[derive(Debug)]
 pub(super) struct Flow {
     upstream: Arc<UdpSocket>,
+    gso: Gso,
     shared: Arc<Shared>,
     /// The PROXY v2 header put before each datagram to the backend.
     header: Option<Box<[u8]>>,
@@ -82,8 +93,7 @@ pub(super) struct Flow {
 /// The flows of one listening socket, by client address and port.
 #[derive(Debug)]
 pub(super) struct Table {
-    endpoint: Arc<Endpoint>,
-    tracker: TaskTracker,
+    opener: Opener,
     /// By (sender, client): the same unless a trusted sender's PROXY header
     /// named the client.
     flows: HashMap<(SocketAddr, SocketAddr), Flow>,
@@ -94,8 +104,7 @@ pub(super) struct Table {
 impl Table {
     pub(super) fn new(endpoint: Arc<Endpoint>, tracker: TaskTracker) -> Table {
         Table {
-            endpoint,
-            tracker,
+            opener: Opener { endpoint, tracker },
             flows: HashMap::new(),
             scratch: Vec::new(),
         }
@@ -124,28 +133,14 @@ impl Table {
                 return;
             }
         };
-        let key = (peer, client);
-        // Counted before the flow is known live, and the flow's task marks it
-        // ended before it counts: so either this datagram is seen by the task
-        // (which then waits for its reply) or the task's end is seen here
-        // (and a new flow takes the datagram). See `Task::done`.
-        let live = self.flows.get(&key).is_some_and(|f| {
-            f.shared.requests.fetch_add(1, SeqCst);
-            !f.shared.ended.load(SeqCst)
-        });
-        if !live {
-            match self.open(listener, peer, client, dst_ip) {
-                Ok(flow) => {
-                    flow.shared.requests.fetch_add(1, SeqCst);
-                    self.flows.insert(key, flow);
-                }
-                Err(why) => {
-                    stats.drop(why);
-                    return;
-                }
-            }
-        }
-        let Some(flow) = self.flows.get(&key) else {
+        let Some(flow) = live_flow(
+            &mut self.flows,
+            &self.opener,
+            listener,
+            (peer, client),
+            dst_ip,
+            1,
+        ) else {
             return;
         };
         flow.shared.touch();
@@ -185,6 +180,76 @@ impl Table {
         }
     }
 
+    /// Relays `count` datagrams of one client that GRO coalesced into
+    /// `data`, `stride` bytes apart: with one GSO send when the flow puts
+    /// no header before them and the kernel takes it, else one by one.
+    pub(super) fn coalesced(
+        &mut self,
+        listener: &Arc<Listener>,
+        peer: SocketAddr,
+        dst_ip: Option<IpAddr>,
+        data: &[u8],
+        stride: usize,
+    ) {
+        let segments = data.len().div_ceil(stride.max(1));
+        // A trusted sender's datagrams each carry their own PROXY header.
+        if segments < 2 || listener.proxy_accept.is_some() {
+            for datagram in data.chunks(stride.max(1)) {
+                self.datagram(listener, peer, dst_ip, datagram);
+            }
+            return;
+        }
+        let Some(flow) = live_flow(
+            &mut self.flows,
+            &self.opener,
+            listener,
+            (peer, peer),
+            dst_ip,
+            segments as u64,
+        ) else {
+            return;
+        };
+        if flow.header.is_some() || matches!(flow.gso, Gso::Off) {
+            flow.shared.requests.fetch_sub(segments as u64, SeqCst);
+            for datagram in data.chunks(stride) {
+                self.datagram(listener, peer, dst_ip, datagram);
+            }
+            return;
+        }
+        flow.shared.touch();
+        if flow.send_segments(data, stride) {
+            let stats = &listener.stats.udp;
+            for datagram in data.chunks(stride) {
+                stats.relayed(TO_BACKEND, datagram.len());
+                if let Some(b) = flow.pool.backends.get(flow.backend) {
+                    count(&b.stats.udp_datagrams[TO_BACKEND], 1);
+                }
+            }
+            flow.shared.sent.fetch_add(data.len() as u64, Relaxed);
+            if let Some(b) = flow.pool.backends.get(flow.backend) {
+                count(&b.stats.sent_bytes, data.len() as u64);
+            }
+            return;
+        }
+        // The kernel would not segment it (no GSO, or segments over the
+        // path's MTU): one by one, now and for the rest of the flow.
+        flow.gso = Gso::Off;
+        flow.shared.requests.fetch_sub(segments as u64, SeqCst);
+        for datagram in data.chunks(stride) {
+            self.datagram(listener, peer, dst_ip, datagram);
+        }
+    }
+}
+
+/// What opens flows: the listening socket replies go out of, and where
+/// the flows' tasks run.
+#[derive(Debug)]
+struct Opener {
+    endpoint: Arc<Endpoint>,
+    tracker: TaskTracker,
+}
+
+impl Opener {
     /// A new flow for `client`: the firewall, `max_flows`, the route, a
     /// backend and a socket connected to it; its task started.
     fn open(
@@ -291,12 +356,94 @@ impl Table {
         self.tracker.spawn(task.run());
         Ok(Flow {
             upstream,
+            gso: Gso::Untried,
             shared,
             header,
             pool: Arc::clone(pool),
             backend: i,
         })
     }
+}
+
+/// The live flow of (`peer`, `client`), opened when there is none (a
+/// drop counted when it cannot be), with `count` more datagrams to
+/// answer.
+fn live_flow<'t>(
+    flows: &'t mut HashMap<(SocketAddr, SocketAddr), Flow>,
+    opener: &Opener,
+    listener: &Arc<Listener>,
+    key: (SocketAddr, SocketAddr),
+    dst_ip: Option<IpAddr>,
+    count: u64,
+) -> Option<&'t mut Flow> {
+    let (peer, client) = key;
+    // Counted before the flow is known live, and the flow's task marks it
+    // ended before it counts: so either these datagrams are seen by the
+    // task (which then waits for their replies) or the task's end is
+    // seen here (and a new flow takes them). See `Task::done`.
+    let live = flows.get(&key).is_some_and(|f| {
+        f.shared.requests.fetch_add(count, SeqCst);
+        !f.shared.ended.load(SeqCst)
+    });
+    if !live {
+        match opener.open(listener, peer, client, dst_ip) {
+            Ok(flow) => {
+                flow.shared.requests.fetch_add(count, SeqCst);
+                flows.insert(key, flow);
+            }
+            Err(why) => {
+                listener.stats.udp.drop(why);
+                return None;
+            }
+        }
+    }
+    flows.get_mut(&key)
+}
+
+impl Flow {
+    /// Sends `data` to the backend as datagrams of `stride` bytes (the last
+    /// may be shorter) in one GSO send; false when the kernel would not.
+    fn send_segments(&mut self, data: &[u8], stride: usize) -> bool {
+        if matches!(self.gso, Gso::Untried) {
+            let state = UdpSocketState::new(UdpSockRef::from(&*self.upstream)).ok();
+            // quinn-udp forbids fragmentation: allowed again, as for the
+            // listening sockets.
+            let state = state
+                .filter(|st| st.max_gso_segments() > 1 && allow_fragments(&self.upstream).is_ok());
+            self.gso = state.map_or(Gso::Off, |st| Gso::On(Box::new(st)));
+        }
+        let Gso::On(state) = &self.gso else {
+            return false;
+        };
+        let Ok(destination) = self.upstream.peer_addr() else {
+            return false;
+        };
+        if data.len().div_ceil(stride) > state.max_gso_segments() {
+            return false;
+        }
+        let transmit = Transmit {
+            destination,
+            ecn: None,
+            contents: data,
+            segment_size: Some(stride),
+            src_ip: None,
+        };
+        state
+            .try_send(UdpSockRef::from(&*self.upstream), &transmit)
+            .is_ok()
+    }
+}
+
+/// Clears the don't-fragment flag `quinn-udp` sets on a socket.
+pub(super) fn allow_fragments(socket: &impl std::os::fd::AsFd) -> io::Result<()> {
+    use rustix::net::sockopt;
+    match sockopt::socket_domain(socket)? {
+        rustix::net::AddressFamily::INET6 => {
+            sockopt::set_ipv6_mtu_discover(socket, sockopt::Ipv6PathMtuDiscovery::DONT)?;
+        }
+        _ => sockopt::set_ip_mtu_discover(socket, sockopt::Ipv4PathMtuDiscovery::DONT)?,
+    }
+    Ok(())
 }
 
 /// The client of a datagram from `peer`, and its payload: from a trusted

@@ -89,18 +89,7 @@ impl Endpoint {
         // quinn-udp forbids fragmentation (QUIC probes its path MTU); a
         // proxy relays datagrams of any size, which the network may have to
         // fragment.
-        let local = std_socket.local_addr()?;
-        if local.is_ipv4() {
-            rustix::net::sockopt::set_ip_mtu_discover(
-                &std_socket,
-                rustix::net::sockopt::Ipv4PathMtuDiscovery::DONT,
-            )?;
-        } else {
-            rustix::net::sockopt::set_ipv6_mtu_discover(
-                &std_socket,
-                rustix::net::sockopt::Ipv6PathMtuDiscovery::DONT,
-            )?;
-        }
+        flow::allow_fragments(&std_socket)?;
         Ok(Endpoint {
             socket: UdpSocket::from_std(std_socket)?,
             state,
@@ -158,9 +147,11 @@ pub(crate) async fn serve(
         let listener = slot.load();
         for (buf, m) in bufs.iter().zip(&meta).take(n) {
             let data = buf.get(..m.len).unwrap_or_default();
-            let stride = if m.stride == 0 { m.len } else { m.stride };
-            for datagram in data.chunks(stride.max(1)) {
-                table.datagram(&listener, m.addr, m.dst_ip, datagram);
+            if m.stride == 0 || m.stride >= m.len {
+                table.datagram(&listener, m.addr, m.dst_ip, data);
+            } else {
+                // GRO: several datagrams of one client, `stride` apart.
+                table.coalesced(&listener, m.addr, m.dst_ip, data, m.stride);
             }
         }
     }

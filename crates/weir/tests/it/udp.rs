@@ -711,3 +711,59 @@ fn a_reload_keeps_flows_and_closes_removed_listeners() {
     assert_eq!(ask(&elsewhere, removed, b"e"), None, "no longer listening");
     assert_eq!(metric(admin, "weir_udp_flows_total{listener=\"dns\"}"), 2.0);
 }
+
+/// Datagrams a client sent in one GSO call (and the kernel may hand weir as
+/// one GRO buffer) reach the backend as the datagrams they were, in order,
+/// and each gets its answer.
+#[test]
+fn coalesced_datagrams_stay_datagrams() {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let backend = s.local_addr().expect("addr");
+    let (tx, seen) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 70_000];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let _ = tx.send(buf[..n].to_vec());
+            let _ = s.send_to(&buf[..1], from);
+        }
+    });
+    let (admin, port) = (free_port(), free_udp_port());
+    let (_weir, _out) = start(
+        "udp-gso",
+        &config(
+            admin,
+            &format!("\"127.0.0.1:{port}\""),
+            "responses = 1",
+            "",
+            &format!("[[pools.backends]]\naddress = \"{backend}\""),
+        ),
+    );
+    // Python's socket module sets UDP_SEGMENT (103) for a GSO send.
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.setsockopt(17, 103, 1000)\n\
+         s.settimeout(3)\n\
+         s.sendto(b'a' * 1000 + b'b' * 1000 + b'c' * 500, ('127.0.0.1', {port}))\n\
+         print(''.join(sorted(s.recv(64).decode() for _ in range(3))))\n"
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "abc",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Vec<Vec<u8>> = seen.try_iter().collect();
+    assert_eq!(
+        got,
+        vec![vec![b'a'; 1000], vec![b'b'; 1000], vec![b'c'; 500]]
+    );
+    assert_eq!(
+        metric(admin, "weir_udp_datagrams_total{listener=\"dns\",direction=\"to_backend\"}"),
+        3.0
+    );
+}
