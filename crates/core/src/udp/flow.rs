@@ -33,8 +33,9 @@ use crate::pool::{Eviction, Pool};
 
 thread_local! {
     /// Where a flow's task reads its backend's replies: one buffer per
-    /// worker thread, not one per flow (read and sent without a pause).
-    static REPLY: RefCell<Vec<u8>> = RefCell::new(vec![0; BUFFER]);
+    /// worker thread, not one per flow (read and sent without a pause), room
+    /// for a batch and one more of the largest datagrams.
+    static REPLY: RefCell<Vec<u8>> = RefCell::new(vec![0; 2 * BUFFER]);
 }
 
 /// At shutdown, a flow ends after this much silence (or its `idle_timeout`
@@ -637,50 +638,113 @@ impl Task {
         replies: &mut u32,
         limit: Option<u32>,
     ) -> Option<Reason> {
-        let stats = &self.listener.stats.udp;
+        let max_segments = self.endpoint.state.max_gso_segments().max(1);
         REPLY.with_borrow_mut(|buf| {
             loop {
-                let n = match self.upstream.try_recv(buf) {
+                let first = match self.upstream.try_recv(buf) {
                     Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                        // As in `error`.
-                        self.pool.on_connect_failure(self.backend, Reason::Refused);
-                        return Some(Reason::Refused);
-                    }
-                    Err(_) => return Some(Reason::BackendError),
+                    Err(e) => return self.recv_failed(&e),
                 };
-                let contents = buf.get(..n).unwrap_or_default();
-                let transmit = Transmit {
-                    destination: self.peer,
-                    ecn: None,
-                    contents,
-                    segment_size: None,
-                    src_ip: self.dst_ip,
-                };
-                let sent = self
-                    .endpoint
-                    .state
-                    .try_send(UdpSockRef::from(&self.endpoint.socket), &transmit);
-                match sent {
-                    Ok(()) => {
-                        // An answer: the backend is there (passive health).
-                        self.pool.on_connect_success(self.backend);
-                        self.shared.touch();
-                        stats.relayed(TO_CLIENT, n);
-                        self.shared.received.fetch_add(n as u64, Relaxed);
-                        count(&b.stats.received_bytes, n as u64);
-                        count(&b.stats.udp_datagrams[TO_CLIENT], 1);
+                // Replies waiting behind it of the same size (the last of a
+                // batch may be shorter) go out with it in one GSO send.
+                let (mut len, mut segments, mut odd) = (first, 1, None);
+                let mut ended = None;
+                // The buffer holds two of the largest datagrams, so a read
+                // past the batch is never cut short; the batch stays within
+                // one datagram's size, as GSO needs.
+                while first > 0 && segments < max_segments && len + first <= MAX_DATAGRAM {
+                    let Some(rest) = buf.get_mut(len..) else {
+                        break;
+                    };
+                    match self.upstream.try_recv(rest) {
+                        Ok(m) if m == first => {
+                            len += m;
+                            segments += 1;
+                        }
+                        Ok(m) if m < first => {
+                            len += m;
+                            segments += 1;
+                            break;
+                        }
+                        // Longer: sent on its own, after the batch.
+                        Ok(m) => {
+                            odd = Some(m);
+                            break;
+                        }
+                        Err(e) => {
+                            if e.kind() != io::ErrorKind::WouldBlock {
+                                ended = self.recv_failed(&e);
+                            }
+                            break;
+                        }
                     }
-                    Err(_) => stats.drop(Drop::SendError),
                 }
-                *replies += 1;
+                self.send_replies(b, buf.get(..len).unwrap_or_default(), first, segments);
+                if let Some(m) = odd {
+                    self.send_replies(b, buf.get(len..len + m).unwrap_or_default(), m, 1);
+                    segments += 1;
+                }
+                *replies = replies.saturating_add(u32::try_from(segments).unwrap_or(u32::MAX));
                 if let Some(limit) = limit
                     && self.done(u64::from(*replies), u64::from(limit))
                 {
                     return Some(Reason::Responses);
                 }
+                if ended.is_some() {
+                    return ended;
+                }
             }
         })
+    }
+
+    /// What a failed read of the backend's socket means: nothing (no more
+    /// replies now), or the flow's end.
+    fn recv_failed(&self, e: &io::Error) -> Option<Reason> {
+        match e.kind() {
+            io::ErrorKind::WouldBlock => None,
+            io::ErrorKind::ConnectionRefused => {
+                // As in `error`.
+                self.pool.on_connect_failure(self.backend, Reason::Refused);
+                Some(Reason::Refused)
+            }
+            _ => Some(Reason::BackendError),
+        }
+    }
+
+    /// Sends the client `segments` replies of `size` bytes each (the last
+    /// may be shorter) held in `data`: one GSO send for several.
+    fn send_replies(&self, b: &crate::pool::Backend, data: &[u8], size: usize, segments: usize) {
+        let stats = &self.listener.stats.udp;
+        let transmit = Transmit {
+            destination: self.peer,
+            ecn: None,
+            contents: data,
+            segment_size: (segments > 1).then_some(size),
+            src_ip: self.dst_ip,
+        };
+        let sent = self
+            .endpoint
+            .state
+            .try_send(UdpSockRef::from(&self.endpoint.socket), &transmit);
+        if sent.is_err() {
+            if segments > 1 {
+                // The kernel would not segment them: one by one.
+                for datagram in data.chunks(size.max(1)) {
+                    self.send_replies(b, datagram, datagram.len(), 1);
+                }
+            } else {
+                stats.drop(Drop::SendError);
+            }
+            return;
+        }
+        // An answer: the backend is there (passive health).
+        self.pool.on_connect_success(self.backend);
+        self.shared.touch();
+        for datagram in data.chunks(size.max(1)) {
+            stats.relayed(TO_CLIENT, datagram.len());
+            count(&b.stats.udp_datagrams[TO_CLIENT], 1);
+        }
+        self.shared.received.fetch_add(data.len() as u64, Relaxed);
+        count(&b.stats.received_bytes, data.len() as u64);
     }
 }

@@ -763,7 +763,73 @@ fn coalesced_datagrams_stay_datagrams() {
         vec![vec![b'a'; 1000], vec![b'b'; 1000], vec![b'c'; 500]]
     );
     assert_eq!(
-        metric(admin, "weir_udp_datagrams_total{listener=\"dns\",direction=\"to_backend\"}"),
+        metric(
+            admin,
+            "weir_udp_datagrams_total{listener=\"dns\",direction=\"to_backend\"}"
+        ),
         3.0
+    );
+}
+
+/// Replies a backend sends back to back reach the client as the datagrams
+/// they were, whether or not weir sends them on in one GSO send: three of
+/// one size, a shorter last one, then a longer one.
+#[test]
+fn back_to_back_replies_stay_datagrams() {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let backend = s.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((_, from)) = s.recv_from(&mut buf) {
+            for reply in [
+                vec![b'a'; 1200],
+                vec![b'b'; 1200],
+                vec![b'c'; 1200],
+                vec![b'd'; 300],
+                vec![b'e'; 1500],
+            ] {
+                let _ = s.send_to(&reply, from);
+            }
+        }
+    });
+    let (admin, port) = (free_port(), free_udp_port());
+    let (_weir, _out) = start(
+        "udp-replies",
+        &config(
+            admin,
+            &format!("\"127.0.0.1:{port}\""),
+            "",
+            "",
+            &format!("[[pools.backends]]\naddress = \"{backend}\""),
+        ),
+    );
+    let front = SocketAddr::from(([127, 0, 0, 1], port));
+    let client = UdpSocket::bind("127.0.0.1:0").expect("client");
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    client.send_to(b"go", front).expect("send");
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..5 {
+        let n = client.recv(&mut buf).expect("a reply");
+        got.push((buf[0], n));
+    }
+    assert_eq!(
+        got,
+        vec![
+            (b'a', 1200),
+            (b'b', 1200),
+            (b'c', 1200),
+            (b'd', 300),
+            (b'e', 1500)
+        ]
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "weir_udp_datagrams_total{listener=\"dns\",direction=\"to_client\"}"
+        ),
+        5.0
     );
 }
