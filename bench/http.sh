@@ -75,26 +75,8 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/weir-http-bench.XXXXXX")
 RAW=$WORK/raw.jsonl
 META=$WORK/meta.txt
 : >"$RAW"
-alive() { local st; st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1; [[ -n $st && $st != Z ]]; }
-descendants() { local p; for p in $(pgrep -P "$1" 2>/dev/null || true); do echo "$p"; descendants "$p"; done; }
-stop_pid() {
-    local pid=$1 p deadline tree
-    tree="$pid $(descendants "$pid" | tr '\n' ' ')"
-    kill -TERM "$pid" 2>/dev/null || true
-    deadline=$((SECONDS + 10))
-    for p in $tree; do
-        while alive "$p" && ((SECONDS < deadline)); do sleep 0.1; done
-        alive "$p" && kill -KILL "$p" 2>/dev/null || true
-    done
-    wait "$pid" 2>/dev/null || true
-    unset 'STARTED[$pid]'
-}
-launch() { # name logfile cmd... -> LAUNCHED_PID
-    local name=$1 logf=$2; shift 2
-    "$@" >"$logf" 2>&1 </dev/null &
-    LAUNCHED_PID=$!
-    STARTED[$LAUNCHED_PID]=$name
-}
+# shellcheck source=bench/common.sh
+source "$BENCH_DIR/common.sh"
 cleanup() {
     local rc=$? pid
     trap - EXIT INT TERM
@@ -136,17 +118,6 @@ done
 
 # ---------------------------------------------------------------- backend and certificate
 BODY=$(printf 'x%.0s' $(seq 1023))'\n'
-render() { # template out KEY=VALUE...
-    local tpl=$BENCH_DIR/templates/$1 out=$2 kv args=()
-    shift 2
-    for kv in "$@"; do
-        local val=${kv#*=}
-        val=${val//\\/\\\\}; val=${val//&/\\&}; val=${val//|/\\|}
-        args+=(-e "s|@${kv%%=*}@|${val}|g")
-    done
-    sed "${args[@]}" "$tpl" >"$out"
-    if grep -q '@[A-Z_0-9]*@' "$out"; then die "unsubstituted placeholder in $out"; fi
-}
 # One ECDSA P-256 certificate for every proxy: the handshakes cost the same.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
     -subj /CN=bench.weir -addext subjectAltName=DNS:bench.weir \
@@ -183,20 +154,6 @@ start_proxy() { # round key -> PROXY_PID
 }
 
 # ---------------------------------------------------------------- measurements
-record() { # round key metric value
-    local v=${4:-null}
-    [[ $v =~ ^-?[0-9]+(\.[0-9]+)?$ ]] || v=null
-    printf '{"round":%d,"proxy":"%s","metric":"%s","value":%s}\n' "$1" "$2" "$3" "$v" >>"$RAW"
-}
-cpu_ticks() { # pid and descendants: user+system clock ticks
-    local total=0 p f
-    for p in "$1" $(descendants "$1"); do
-        f=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
-        read -r -a fs <<<"$f"
-        total=$((total + fs[11] + fs[12]))
-    done
-    echo "$total"
-}
 CLK_TCK=$(getconf CLK_TCK)
 per_request_us() { # ticks_before ticks_after requests -> CPU µs per request
     python3 -c "b, a, n = $1, $2, float('$3' or 0); print(round((a - b) / $CLK_TCK / n * 1e6, 2) if n > 0 else 'null')" 2>/dev/null || echo null
