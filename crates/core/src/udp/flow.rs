@@ -181,9 +181,9 @@ impl Table {
         }
     }
 
-    /// Relays `count` datagrams of one client that GRO coalesced into
-    /// `data`, `stride` bytes apart: with one GSO send when the flow puts
-    /// no header before them and the kernel takes it, else one by one.
+    /// Relays the datagrams of one client that GRO coalesced into `data`,
+    /// `stride` bytes apart: with one GSO send when the flow puts no header
+    /// before them and the kernel takes it, else one by one.
     pub(super) fn coalesced(
         &mut self,
         listener: &Arc<Listener>,
@@ -192,53 +192,63 @@ impl Table {
         data: &[u8],
         stride: usize,
     ) {
-        let segments = data.len().div_ceil(stride.max(1));
+        let stride = stride.max(1);
         // A trusted sender's datagrams each carry their own PROXY header.
-        if segments < 2 || listener.proxy_accept.is_some() {
-            for datagram in data.chunks(stride.max(1)) {
+        let batched = listener.proxy_accept.is_none()
+            && data.len() > stride
+            && self.segmented(listener, peer, dst_ip, data, stride);
+        if !batched {
+            for datagram in data.chunks(stride) {
                 self.datagram(listener, peer, dst_ip, datagram);
             }
-            return;
         }
+    }
+
+    /// [`Table::coalesced`] in one GSO send: false when it was not sent
+    /// that way (nothing counted), true when it was sent or dropped.
+    fn segmented(
+        &mut self,
+        listener: &Arc<Listener>,
+        peer: SocketAddr,
+        dst_ip: Option<IpAddr>,
+        data: &[u8],
+        stride: usize,
+    ) -> bool {
+        let segments = data.len().div_ceil(stride) as u64;
         let Some(flow) = live_flow(
             &mut self.flows,
             &self.opener,
             listener,
             (peer, peer),
             dst_ip,
-            segments as u64,
+            segments,
         ) else {
-            return;
+            // No flow could be opened: counted as a drop.
+            return true;
         };
-        if flow.header.is_some() || matches!(flow.gso, Gso::Off) {
-            flow.shared.requests.fetch_sub(segments as u64, SeqCst);
-            for datagram in data.chunks(stride) {
-                self.datagram(listener, peer, dst_ip, datagram);
+        let sent = flow.header.is_none()
+            && !matches!(flow.gso, Gso::Off)
+            && flow.send_segments(data, stride);
+        if !sent {
+            // Not segmented by the kernel (no GSO, or segments over the
+            // path's MTU): one by one, now and for the rest of the flow.
+            if flow.header.is_none() {
+                flow.gso = Gso::Off;
             }
-            return;
+            flow.shared.requests.fetch_sub(segments, SeqCst);
+            return false;
         }
         flow.shared.touch();
-        if flow.send_segments(data, stride) {
-            let stats = &listener.stats.udp;
-            for datagram in data.chunks(stride) {
-                stats.relayed(TO_BACKEND, datagram.len());
-                if let Some(b) = flow.pool.backends.get(flow.backend) {
-                    count(&b.stats.udp_datagrams[TO_BACKEND], 1);
-                }
-            }
-            flow.shared.sent.fetch_add(data.len() as u64, Relaxed);
-            if let Some(b) = flow.pool.backends.get(flow.backend) {
-                count(&b.stats.sent_bytes, data.len() as u64);
-            }
-            return;
-        }
-        // The kernel would not segment it (no GSO, or segments over the
-        // path's MTU): one by one, now and for the rest of the flow.
-        flow.gso = Gso::Off;
-        flow.shared.requests.fetch_sub(segments as u64, SeqCst);
+        let stats = &listener.stats.udp;
         for datagram in data.chunks(stride) {
-            self.datagram(listener, peer, dst_ip, datagram);
+            stats.relayed(TO_BACKEND, datagram.len());
         }
+        flow.shared.sent.fetch_add(data.len() as u64, Relaxed);
+        if let Some(b) = flow.pool.backends.get(flow.backend) {
+            count(&b.stats.udp_datagrams[TO_BACKEND], segments);
+            count(&b.stats.sent_bytes, data.len() as u64);
+        }
+        true
     }
 }
 
