@@ -11,8 +11,8 @@ cd "$(dirname "$0")/.."
 # promtool) scraping weir and checking the metrics and the alert rules; the
 # upgrade test runs in a network namespace of its own (unshare and nsenter from
 # util-linux, ip from iproute2, sysctl from procps); dnsmasq as a DNS backend and
-# dig as its client for the UDP listeners. Installed only when
-# missing, with one apt-get update.
+# dig as its client for the UDP listeners; chromium, headless, for the status
+# page. Installed only when missing, with one apt-get update.
 packages=()
 command -v nginx >/dev/null 2>&1 || packages+=(nginx)
 command -v haproxy >/dev/null 2>&1 || packages+=(haproxy)
@@ -27,6 +27,7 @@ command -v sysctl >/dev/null 2>&1 || packages+=(procps)
 command -v prlimit >/dev/null 2>&1 || packages+=(util-linux)
 command -v dnsmasq >/dev/null 2>&1 || packages+=(dnsmasq-base)
 command -v dig >/dev/null 2>&1 || packages+=(bind9-dnsutils)
+command -v chromium >/dev/null 2>&1 || packages+=(chromium)
 if ((${#packages[@]})); then
     if [ "$(id -u)" -ne 0 ]; then
         echo "missing ${packages[*]}: install them or run as root" >&2
@@ -38,11 +39,14 @@ fi
 
 # Python peers of the tests from PyPI, for the python3 on PATH: gRPC and
 # WebSocket clients and servers and an OTLP trace receiver
-# (tests/it/peers.py), and a MaxMind-format database writer for the
-# firewall's country rules.
-python3 -c 'import grpc, websockets, mmdb_writer, opentelemetry.proto' 2>/dev/null \
+# (tests/it/peers.py), a MaxMind-format database writer for the firewall's
+# country rules, and for the admin API and status page (tests/it/admin_peers.py)
+# an OpenAPI and JSON Schema validator and Playwright, which drives Debian's
+# chromium (it downloads no browser of its own).
+python3 -c 'import grpc, websockets, mmdb_writer, opentelemetry.proto
+import jsonschema, openapi_spec_validator, playwright' 2>/dev/null \
     || python3 -m pip install -q --disable-pip-version-check grpcio websockets mmdb-writer \
-        opentelemetry-proto
+        opentelemetry-proto jsonschema openapi-spec-validator playwright
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -145,6 +145,12 @@ impl AdminApi for ControlService {
             .iter()
             .map(|l| l.stats.connections_active.load(Relaxed))
             .sum();
+        let total = snapshot
+            .listeners
+            .iter()
+            .map(|l| l.stats.connections_total.load(Relaxed))
+            .sum();
+        let uptime = s.started_at().elapsed().unwrap_or_default();
         Ok(Response::new(pb::StatusResponse {
             version: self.build.version.clone(),
             revision: self.build.revision.clone(),
@@ -180,6 +186,8 @@ impl AdminApi for ControlService {
                     weight_override: e.weight_override,
                 })
                 .collect(),
+            uptime_ms: i64::try_from(uptime.as_millis()).unwrap_or(i64::MAX),
+            connections_total: total,
         }))
     }
 
@@ -493,7 +501,7 @@ fn listener_message(snapshot: &Snapshot, l: &Listener) -> pb::Listener {
             .iter()
             .map(ToString::to_string)
             .collect(),
-        protocol: "tcp".to_owned(),
+        protocol: if l.udp.is_some() { "udp" } else { "tcp" }.to_owned(),
         max_connections: l.max_connections(),
         active_connections: l.stats.connections_active.load(Relaxed),
         connections_total: l.stats.connections_total.load(Relaxed),
@@ -574,8 +582,13 @@ fn backend_message(pool: &Pool, name: &str) -> Option<pb::Backend> {
             at_ms: millis(p.at),
             ok: p.ok,
             reason: p.reason.clone(),
+            duration_us: u64::try_from(p.took.as_micros()).unwrap_or(u64::MAX),
         }),
         last_transitions: v.history.iter().skip(skip).map(transition).collect(),
+        sent_bytes: b.stats.sent_bytes.load(Relaxed),
+        received_bytes: b.stats.received_bytes.load(Relaxed),
+        checks_passed: b.stats.checks_passed(),
+        checks_failed: b.stats.checks_failed_total(),
     })
 }
 
@@ -590,7 +603,7 @@ fn transition(t: &Transition) -> pb::Transition {
     }
 }
 
-fn event_message(e: &Event) -> pb::Event {
+pub(crate) fn event_message(e: &Event) -> pb::Event {
     use pb::event::Kind;
     let kind = match e {
         Event::Backend {

@@ -49,6 +49,7 @@ pub fn render_with(
     if let Some(admin) = admin {
         admin.conns.write(&mut w);
         admin.grpc.write(&mut w);
+        admin.events.write(&mut w);
     }
     w.finish()
 }

@@ -13,6 +13,29 @@ pub mod v1 {
     include!("pb/weir.admin.v1.rs");
 }
 
+/// How the JSON API writes the enum fields, which prost keeps as `i32`: as
+/// the lower-case names the CLI prints ("drain", "deny").
+pub(crate) mod json {
+    use super::v1::{AdminState, FirewallAction};
+
+    pub(crate) fn admin_state<S: serde::Serializer>(v: &i32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match AdminState::try_from(*v) {
+            Ok(AdminState::Enabled) => "enabled",
+            Ok(AdminState::Drain) => "drain",
+            Ok(AdminState::Disabled) => "disabled",
+            Ok(AdminState::Unspecified) | Err(_) => "unspecified",
+        })
+    }
+
+    pub(crate) fn firewall_action<S: serde::Serializer>(v: &i32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match FirewallAction::try_from(*v) {
+            Ok(FirewallAction::Deny) => "deny",
+            Ok(FirewallAction::Allow) => "allow",
+            Ok(FirewallAction::Unspecified) | Err(_) => "unspecified",
+        })
+    }
+}
+
 /// The encoded `FileDescriptorSet` of `admin.proto` (with its comments), served
 /// by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("pb/descriptor.bin");
@@ -41,6 +64,22 @@ mod tests {
         let out = std::env::temp_dir().join(format!("weir-admin-pb-{}", std::process::id()));
         std::fs::create_dir_all(&out).expect("create temp dir");
         tonic_prost_build::configure()
+            // The JSON API serializes the same messages (see `json`); maps in
+            // key order so that its answers are stable.
+            .btree_map(".")
+            .type_attribute(".weir.admin.v1", "#[derive(::serde::Serialize)]")
+            .type_attribute(
+                ".weir.admin.v1.Event.kind",
+                "#[serde(rename_all = \"snake_case\")]",
+            )
+            .field_attribute(
+                ".weir.admin.v1.Backend.admin",
+                "#[serde(serialize_with = \"crate::pb::json::admin_state\")]",
+            )
+            .field_attribute(
+                ".weir.admin.v1.FirewallRule.action",
+                "#[serde(serialize_with = \"crate::pb::json::firewall_action\")]",
+            )
             .build_client(true)
             .build_server(true)
             .build_transport(true)

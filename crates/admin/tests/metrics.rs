@@ -38,7 +38,7 @@ async fn start_with_admin(toml: &str, version: &str, revision: &str) -> (Arc<Ser
         revision: revision.into(),
     };
     tokio::spawn(admin.serve(
-        Arc::clone(&server),
+        weir_admin::Handle::running(Arc::clone(&server)),
         build,
         Arc::default(),
         weir_admin::conn::Limits::from_config(&config.admin),

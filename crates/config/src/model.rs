@@ -77,7 +77,7 @@ pub enum OtlpProtocol {
 /// `[admin]`: the admin endpoints. An address left out is not served.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Admin {
-    /// `/metrics`, `/healthz`, `/readyz`.
+    /// The status page, `/metrics`, `/healthz`, `/readyz` and the JSON API.
     pub http: Option<SocketAddr>,
     /// The gRPC control API the operator commands use.
     pub grpc: Option<SocketAddr>,

@@ -84,6 +84,11 @@ fn instructions(
             "  curl -s http://{a}/metrics        # Prometheus metrics"
         );
         let _ = writeln!(out, "  curl -s http://{a}/readyz         # readiness");
+        let _ = writeln!(out, "  curl -s http://{a}/api/v1/pools   # the JSON API");
+        let _ = writeln!(
+            out,
+            "\nStatus page (live; drain, enable, disable and re-weight backends): http://{a}/"
+        );
     }
     let _ = writeln!(
         out,

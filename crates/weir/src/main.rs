@@ -395,32 +395,36 @@ pub(crate) async fn serve(
         ),
         None => None,
     };
+    let build = weir_admin::metrics::BuildInfo {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        revision: env!("WEIR_REVISION").to_owned(),
+    };
+    let admin_stats = Arc::new(weir_admin::Stats::default());
+    let limits = weir_admin::conn::Limits::from_config(&config.admin);
+    let admin_stop = CancellationToken::new();
+    // The HTTP endpoint answers from now on: `/readyz` says 503 until the
+    // first probe round is done.
+    let handle = Arc::new(weir_admin::Handle::default());
+    let admin_http = admin.as_ref().map(weir_admin::AdminListener::local_addr);
+    if let Some(admin) = admin {
+        let stop = admin_stop.clone();
+        let (build, stats) = (build.clone(), Arc::clone(&admin_stats));
+        tokio::spawn(admin.serve(Arc::clone(&handle), build, stats, limits, stop));
+    }
     let layer = Arc::new(weir_http::Layer::new());
     let options = weir_core::Options {
         config_path,
         http: Some(Arc::clone(&layer) as Arc<dyn weir_core::l7::HttpLayer>),
     };
     let server = Arc::new(Server::start_with(config, options).await?);
-    let admin_stop = CancellationToken::new();
+    handle.set(Arc::clone(&server));
     // The control API stops taking commands as soon as shutdown begins: during
     // an upgrade they belong to the successor on the same port.
     let grpc_stop = CancellationToken::new();
     let bound = AdminAddrs {
-        http: admin.as_ref().map(weir_admin::AdminListener::local_addr),
+        http: admin_http,
         grpc: grpc.as_ref().and_then(|l| l.local_addr().ok()),
     };
-    let build = weir_admin::metrics::BuildInfo {
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        revision: env!("WEIR_REVISION").to_owned(),
-    };
-    let admin_stats = Arc::new(weir_admin::Stats::default());
-    let limits = weir_admin::conn::Limits::from_config(&server.snapshot().config.admin);
-    if let Some(admin) = admin {
-        let server = Arc::clone(&server);
-        let stop = admin_stop.clone();
-        let (build, stats) = (build.clone(), Arc::clone(&admin_stats));
-        tokio::spawn(admin.serve(server, build, stats, limits, stop));
-    }
     if let Some(listener) = grpc {
         if let Some(addr) = bound.grpc {
             tracing::info!(%addr, "admin gRPC listening");

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +29,8 @@ pub struct LastProbe {
     pub at: SystemTime,
     pub ok: bool,
     pub reason: String,
+    /// How long it took.
+    pub took: Duration,
 }
 
 /// What probes, traffic and operators change, under the backend's mutex.

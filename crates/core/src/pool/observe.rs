@@ -30,12 +30,16 @@ impl Pool {
             let now = SystemTime::now();
             // Most probes repeat the previous result: reuse its text.
             match &mut s.last_probe {
-                Some(last) if last.ok == ok && last.reason == text => last.at = now,
+                Some(last) if last.ok == ok && last.reason == text => {
+                    last.at = now;
+                    last.took = took;
+                }
                 slot => {
                     *slot = Some(LastProbe {
                         at: now,
                         ok,
                         reason: text.to_owned(),
+                        took,
                     })
                 }
             }

@@ -150,6 +150,11 @@ impl BackendStats {
         self.checks_failed[reason as usize].load(Relaxed)
     }
 
+    /// Health checks that failed, for any reason.
+    pub fn checks_failed_total(&self) -> u64 {
+        self.checks_failed.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
     /// Probes that weir could not run for want of descriptors or memory.
     pub fn checks_skipped(&self) -> u64 {
         self.checks_skipped.load(Relaxed)

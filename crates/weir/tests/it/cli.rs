@@ -423,6 +423,7 @@ fn the_demo_shows_a_failover_and_its_recovery() {
             .parse()
             .expect("backend address")
     };
+    let page = url_of(&wait_line(&out, "Status page"));
     let grpc: SocketAddr = wait_line(&out, "weir watch --admin")
         .split_whitespace()
         .nth(3)
@@ -464,6 +465,10 @@ fn the_demo_shows_a_failover_and_its_recovery() {
         .and_then(|a| a.iter().find(|b| b["name"] == "demo-b"))
         .expect("demo-b");
     assert_eq!(b["health"], "down", "{b}");
+    // The printed status page, and the JSON API it reads, say so too.
+    assert!(http_get(page, "/").contains("<title>weir status</title>"));
+    let api = http_get(page, "/api/v1/pools/demo/backends/demo-b");
+    assert!(api.contains("\"health\":\"down\""), "{api}");
     assert!(http_post(fail, "/recover").starts_with("HTTP/1.1 200"));
     while !names(4).contains(&"demo-b".to_owned()) {
         assert!(

@@ -15,6 +15,7 @@ mod http_streams;
 mod http_trace;
 mod observability;
 mod proxy_protocol;
+mod status_page;
 mod tls_passthrough;
 mod udp;
 mod upgrade;

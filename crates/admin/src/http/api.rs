@@ -1,0 +1,474 @@
+//! The JSON API under `/api/v1/`: the gRPC control API's calls over HTTP.
+//! Each handler calls the same [`ControlService`] method the gRPC client
+//! reaches, so both answer alike (same messages, same token rule, same
+//! errors); the answers are the protobuf messages as JSON with the fields'
+//! snake_case names (docs/admin-api.md, `openapi.json`).
+//!
+//! Reads are GETs; changes are POSTs that need the token exactly like the
+//! gRPC mutations, and are refused when another site's page sends them.
+//! Errors are `{"error": {"code", "message"}}` with the matching status.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use serde_json::Value;
+use tonic::metadata::MetadataValue;
+
+use super::{AppState, security};
+use crate::auth::{self, AuthError};
+use crate::grpc::ControlService;
+use crate::pb::v1 as pb;
+use crate::pb::v1::admin_server::Admin as _;
+
+/// The OpenAPI 3.1 document of this API, served at `/api/v1/openapi.json`.
+pub(super) const OPENAPI: &str = include_str!("../../assets/openapi.json");
+
+/// Bodies of changes are a few fields; anything bigger is refused.
+const BODY_LIMIT: usize = 16 * 1024;
+
+pub(super) fn routes() -> Router<Arc<AppState>> {
+    const BACKEND: &str = "/pools/{pool}/backends/{backend}";
+    Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/status", get(status))
+        .route("/listeners", get(listeners))
+        .route("/routes", get(routes_list))
+        .route("/pools", get(pools))
+        .route("/backends", get(all_backends))
+        .route("/pools/{pool}/backends", get(pool_backends))
+        .route("/pools/{pool}/history", get(pool_history))
+        .route(BACKEND, get(backend))
+        .route(&format!("{BACKEND}/history"), get(backend_history))
+        .route(&format!("{BACKEND}/{{action}}"), post(backend_change))
+        .route("/reload", post(reload))
+        .route("/firewall/rules", get(firewall_rules).post(firewall_add))
+        .route("/firewall/rules/remove", post(firewall_remove))
+        .route(
+            "/listeners/{listener}/max_connections",
+            post(max_connections),
+        )
+        .route("/events", get(super::events::stream))
+        .fallback(|| async { failure(StatusCode::NOT_FOUND, "not_found", "no such API path") })
+        .method_not_allowed_fallback(|| async {
+            failure(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "reads are GET, changes are POST",
+            )
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+}
+
+/// A JSON answer.
+pub(super) fn json<T: Serialize>(code: StatusCode, value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => (code, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => failure(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &format!("cannot write the answer: {e}"),
+        ),
+    }
+}
+
+/// An error answer: `{"error": {"code": ..., "message": ...}}`.
+pub(super) fn failure(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({ "error": { "code": code, "message": message } });
+    let mut r = json(status, &body);
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+/// Why a call was not done, answered as [`failure`] does.
+#[derive(Debug)]
+pub(super) struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        failure(self.status, self.code, &self.message)
+    }
+}
+
+type Answer = Result<Response, Refusal>;
+
+/// A control API error as HTTP: the status and code its gRPC code stands for.
+fn status_failure(s: &tonic::Status) -> Refusal {
+    use tonic::Code;
+    let (status, code) = match s.code() {
+        Code::InvalidArgument | Code::OutOfRange => (StatusCode::BAD_REQUEST, "invalid_argument"),
+        Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+        Code::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
+        Code::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => {
+            (StatusCode::CONFLICT, "failed_precondition")
+        }
+        Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "resource_exhausted"),
+        Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    };
+    Refusal::new(status, code, s.message())
+}
+
+fn reply<T: Serialize>(r: Result<tonic::Response<T>, tonic::Status>) -> Answer {
+    match r {
+        Ok(r) => Ok(json(StatusCode::OK, r.get_ref())),
+        Err(s) => Err(status_failure(&s)),
+    }
+}
+
+/// The control API, or a 503 while weir is starting.
+fn control(state: &AppState) -> Result<ControlService, Refusal> {
+    state.control().cloned().ok_or_else(|| {
+        Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "starting: the first probe round is running",
+        )
+    })
+}
+
+/// A call as the gRPC client would make it, carrying the request's
+/// `Authorization` header as metadata.
+fn call<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| MetadataValue::try_from(v.as_bytes()).ok())
+    {
+        r.metadata_mut().insert("authorization", v);
+    }
+    r
+}
+
+/// What every change goes through first: refused from another site's page,
+/// then without the token (before its body is even looked at).
+fn change(state: &AppState, headers: &HeaderMap) -> Result<ControlService, Refusal> {
+    if security::cross_site(headers) {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "cross_site",
+            "changes from another site's page are refused",
+        ));
+    }
+    let c = control(state)?;
+    let server = state
+        .server()
+        .ok_or_else(|| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "starting"))?;
+    let snapshot = server.snapshot();
+    let expected = snapshot.config.admin.token.as_ref().map(|t| t.secret());
+    auth::check(call(headers, ()).metadata(), expected).map_err(|e| {
+        state.stats.grpc.auth_failed(e);
+        tracing::warn!(reason = e.as_str(), "admin API change refused");
+        let message = match e {
+            AuthError::Missing => {
+                "this weir needs a token for changes: send `Authorization: Bearer <token>`"
+            }
+            AuthError::Wrong => "the token is wrong",
+        };
+        Refusal::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+    })?;
+    Ok(c)
+}
+
+/// The fields of a change's JSON body: an object, or nothing at all.
+fn body(bytes: &Bytes) -> Result<serde_json::Map<String, Value>, Refusal> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Map::new());
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(bad("the body must be a JSON object")),
+        Err(e) => Err(bad(&format!("the body is not JSON: {e}"))),
+    }
+}
+
+fn bad(message: &str) -> Refusal {
+    Refusal::new(StatusCode::BAD_REQUEST, "invalid_argument", message)
+}
+
+/// `field`: a whole number that fits in `u32`, or null (absent is an error:
+/// leaving a field out must not clear anything by accident).
+fn optional_u32(
+    fields: &serde_json::Map<String, Value>,
+    field: &str,
+) -> Result<Option<u32>, Refusal> {
+    match fields.get(field) {
+        None => Err(bad(&format!(
+            "{field:?} is missing (a number, or null to clear)"
+        ))),
+        Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| bad(&format!("{field:?} must be a whole number or null"))),
+    }
+}
+
+fn string<'a>(fields: &'a serde_json::Map<String, Value>, field: &str) -> Result<&'a str, Refusal> {
+    match fields.get(field) {
+        None => Ok(""),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(bad(&format!("{field:?} must be a string"))),
+    }
+}
+
+/// Checks the body has only `known` fields: a misspelt one is an error,
+/// not silently ignored.
+fn only(fields: &serde_json::Map<String, Value>, known: &[&str]) -> Result<(), Refusal> {
+    match fields.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(bad(&format!(
+            "unknown field {k:?} (expected {})",
+            known.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+async fn openapi() -> Answer {
+    Ok(([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response())
+}
+
+async fn status(State(state): State<Arc<AppState>>) -> Answer {
+    let c = control(&state)?;
+    reply(c.status(tonic::Request::new(pb::StatusRequest {})).await)
+}
+
+async fn listeners(State(state): State<Arc<AppState>>) -> Answer {
+    let c = control(&state)?;
+    reply(
+        c.list_listeners(tonic::Request::new(pb::ListListenersRequest {}))
+            .await,
+    )
+}
+
+async fn routes_list(State(state): State<Arc<AppState>>) -> Answer {
+    let c = control(&state)?;
+    reply(
+        c.list_routes(tonic::Request::new(pb::ListRoutesRequest {}))
+            .await,
+    )
+}
+
+async fn pools(State(state): State<Arc<AppState>>) -> Answer {
+    let c = control(&state)?;
+    reply(
+        c.list_pools(tonic::Request::new(pb::ListPoolsRequest {}))
+            .await,
+    )
+}
+
+async fn list_backends(state: &AppState, pool: String) -> Answer {
+    let c = control(state)?;
+    reply(
+        c.list_backends(tonic::Request::new(pb::ListBackendsRequest { pool }))
+            .await,
+    )
+}
+
+async fn all_backends(State(state): State<Arc<AppState>>) -> Answer {
+    list_backends(&state, String::new()).await
+}
+
+async fn pool_backends(State(state): State<Arc<AppState>>, Path(pool): Path<String>) -> Answer {
+    if pool.is_empty() {
+        return Err(Refusal::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no pool \"\"",
+        ));
+    }
+    list_backends(&state, pool).await
+}
+
+async fn backend(
+    State(state): State<Arc<AppState>>,
+    Path((pool, backend)): Path<(String, String)>,
+) -> Answer {
+    let c = control(&state)?;
+    let listed = c
+        .list_backends(tonic::Request::new(pb::ListBackendsRequest {
+            pool: pool.clone(),
+        }))
+        .await;
+    match listed {
+        Ok(r) => match r
+            .into_inner()
+            .backends
+            .into_iter()
+            .find(|b| b.name == backend)
+        {
+            Some(b) => Ok(json(StatusCode::OK, &b)),
+            None => Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("pool {pool:?} has no backend {backend:?}"),
+            )),
+        },
+        Err(s) => Err(status_failure(&s)),
+    }
+}
+
+async fn backend_history(
+    State(state): State<Arc<AppState>>,
+    Path((pool, backend)): Path<(String, String)>,
+) -> Answer {
+    let c = control(&state)?;
+    reply(
+        c.backend_history(tonic::Request::new(pb::BackendHistoryRequest {
+            pool,
+            backend,
+        }))
+        .await,
+    )
+}
+
+async fn pool_history(State(state): State<Arc<AppState>>, Path(pool): Path<String>) -> Answer {
+    let c = control(&state)?;
+    reply(
+        c.pool_history(tonic::Request::new(pb::PoolHistoryRequest { pool }))
+            .await,
+    )
+}
+
+async fn firewall_rules(State(state): State<Arc<AppState>>) -> Answer {
+    let c = control(&state)?;
+    reply(
+        c.list_firewall_rules(tonic::Request::new(pb::ListFirewallRulesRequest {}))
+            .await,
+    )
+}
+
+/// `POST /pools/{pool}/backends/{backend}/{action}`: drain, enable,
+/// disable, or weight (with a body).
+async fn backend_change(
+    State(state): State<Arc<AppState>>,
+    Path((pool, backend, action)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Answer {
+    let admin = match action.as_str() {
+        "drain" => Some(pb::AdminState::Drain),
+        "enable" => Some(pb::AdminState::Enabled),
+        "disable" => Some(pb::AdminState::Disabled),
+        "weight" => None,
+        _ => {
+            return Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such API path: a backend's changes are drain, enable, disable and weight",
+            ));
+        }
+    };
+    let c = change(&state, &headers)?;
+    if let Some(admin) = admin {
+        let request = pb::SetBackendAdminRequest {
+            pool,
+            backend,
+            state: admin.into(),
+        };
+        return reply(c.set_backend_admin(call(&headers, request)).await);
+    }
+    let fields = body(&bytes)?;
+    only(&fields, &["weight"])?;
+    let request = pb::SetBackendWeightRequest {
+        pool,
+        backend,
+        weight: optional_u32(&fields, "weight")?,
+    };
+    reply(c.set_backend_weight(call(&headers, request)).await)
+}
+
+async fn reload(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Answer {
+    let c = change(&state, &headers)?;
+    reply(c.reload(call(&headers, pb::ReloadRequest {})).await)
+}
+
+async fn firewall_add(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Answer {
+    let c = change(&state, &headers)?;
+    let fields = body(&bytes)?;
+    only(&fields, &["network", "action", "duration_ms", "reason"])?;
+    let action = match string(&fields, "action")? {
+        "deny" => pb::FirewallAction::Deny,
+        "allow" => pb::FirewallAction::Allow,
+        _ => return Err(bad("\"action\" must be \"deny\" or \"allow\"")),
+    };
+    let duration_ms = match fields.get("duration_ms") {
+        None | Some(Value::Null) => 0,
+        Some(v) => v
+            .as_u64()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| bad("\"duration_ms\" must be a positive whole number or null"))?,
+    };
+    let request = pb::AddFirewallRuleRequest {
+        network: string(&fields, "network")?.to_owned(),
+        action: action.into(),
+        duration_ms,
+        reason: string(&fields, "reason")?.to_owned(),
+    };
+    reply(c.add_firewall_rule(call(&headers, request)).await)
+}
+
+async fn firewall_remove(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Answer {
+    let c = change(&state, &headers)?;
+    let fields = body(&bytes)?;
+    only(&fields, &["network"])?;
+    let request = pb::RemoveFirewallRuleRequest {
+        network: string(&fields, "network")?.to_owned(),
+    };
+    reply(c.remove_firewall_rule(call(&headers, request)).await)
+}
+
+async fn max_connections(
+    State(state): State<Arc<AppState>>,
+    Path(listener): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Answer {
+    let c = change(&state, &headers)?;
+    let fields = body(&bytes)?;
+    only(&fields, &["max_connections"])?;
+    let request = pb::SetListenerMaxConnectionsRequest {
+        listener,
+        max_connections: optional_u32(&fields, "max_connections")?,
+    };
+    reply(
+        c.set_listener_max_connections(call(&headers, request))
+            .await,
+    )
+}

@@ -1,0 +1,366 @@
+//! The admin HTTP endpoint (`[admin] http`): `/metrics`, `/healthz`,
+//! `/readyz`, the JSON API under `/api/v1/` ([`api`], the gRPC control API's
+//! calls over HTTP with the same token), its server-sent event stream
+//! ([`events`]) and the status page ([`page`]), every answer with the headers
+//! of [`security`].
+//!
+//! It serves from before the first probe round: until the server exists
+//! (see [`Handle`]) `/healthz` answers, `/readyz` says "starting" with a 503
+//! and everything else answers 503 too.
+
+mod api;
+mod events;
+mod page;
+mod security;
+
+pub use events::EventStats;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper::service::Service as _;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use weir_core::Server;
+
+use crate::Stats;
+use crate::conn::{self, Closed, Limits};
+use crate::grpc::ControlService;
+use crate::metrics::{self, BuildInfo};
+
+/// The running server, once it has started. The admin endpoint is served
+/// from before the first probe round, while the server does not exist yet.
+#[derive(Debug, Default)]
+pub struct Handle(OnceLock<Arc<Server>>);
+
+impl Handle {
+    /// A handle to a server that is already running.
+    pub fn running(server: Arc<Server>) -> Arc<Handle> {
+        let h = Handle::default();
+        h.set(server);
+        Arc::new(h)
+    }
+
+    /// The server has started; later calls change nothing.
+    pub fn set(&self, server: Arc<Server>) {
+        let _ = self.0.set(server);
+    }
+
+    pub fn get(&self) -> Option<&Arc<Server>> {
+        self.0.get()
+    }
+}
+
+/// A bound, not yet serving, admin listener.
+#[derive(Debug)]
+pub struct AdminListener {
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+}
+
+impl AdminListener {
+    /// Binds the admin address. Call inside a tokio runtime.
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<AdminListener> {
+        // SO_REUSEPORT, like the listeners: a second weir can start beside a
+        // draining one.
+        let listener = tokio::net::TcpListener::from_std(weir_core::bind(addr)?)?;
+        let addr = listener.local_addr()?;
+        Ok(AdminListener { listener, addr })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves HTTP/1.1 within `limits` until `stop` is cancelled; then lets
+    /// the requests in flight finish (an event stream ends at once).
+    pub async fn serve(
+        self,
+        handle: Arc<Handle>,
+        build: BuildInfo,
+        stats: Arc<Stats>,
+        limits: Limits,
+        stop: CancellationToken,
+    ) {
+        let app = router(Arc::new(AppState {
+            handle,
+            build,
+            stats: Arc::clone(&stats),
+            stop: stop.clone(),
+            control: OnceLock::new(),
+        }));
+        let connections = TaskTracker::new();
+        let endpoint = Arc::clone(&stats.conns.http);
+        conn::accept_loop(
+            self.listener,
+            limits,
+            Arc::clone(&endpoint),
+            stop.clone(),
+            |io, _| {
+                let app = TowerToHyperService::new(app.clone());
+                // Whether a request came, to name a header timeout: before the
+                // first request it is a handshake timeout, later the kept-alive
+                // connection went idle.
+                let served = Arc::new(AtomicBool::new(false));
+                // Cancelled by a handler that wants the connection gone now:
+                // an event stream whose reader fell behind.
+                let cut = CancellationToken::new();
+                let service = {
+                    let (served, cut) = (Arc::clone(&served), cut.clone());
+                    hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+                        served.store(true, Relaxed);
+                        request.extensions_mut().insert(Cut(cut.clone()));
+                        app.call(request)
+                    })
+                };
+                let endpoint = Arc::clone(&endpoint);
+                let stop = stop.clone();
+                connections.spawn(async move {
+                    let mut http = hyper::server::conn::http1::Builder::new();
+                    // The whole header of each request within the handshake
+                    // timeout, not only its first byte; hyper also applies it to
+                    // the wait for the next request on a kept-alive connection,
+                    // as HAProxy applies `timeout http-request` when no
+                    // `timeout http-keep-alive` is set.
+                    http.timer(TokioTimer::new())
+                        .header_read_timeout(limits.handshake_timeout);
+                    let conn = http.serve_connection(TokioIo::new(io), service);
+                    tokio::pin!(conn);
+                    let ended = tokio::select! {
+                        r = conn.as_mut() => r,
+                        // Dropping the connection closes the socket, whatever
+                        // the reader has not taken yet.
+                        () = cut.cancelled() => return,
+                        () = stop.cancelled() => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    };
+                    if ended.as_ref().is_err_and(hyper::Error::is_timeout) {
+                        endpoint.close(if served.load(Relaxed) {
+                            Closed::IdleTimeout
+                        } else {
+                            Closed::HandshakeTimeout
+                        });
+                    }
+                });
+            },
+        )
+        .await;
+        connections.close();
+        connections.wait().await;
+    }
+}
+
+/// Closes the connection a request came on, as soon as it is cancelled.
+#[derive(Debug, Clone)]
+struct Cut(CancellationToken);
+
+#[derive(Debug)]
+struct AppState {
+    handle: Arc<Handle>,
+    build: BuildInfo,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+    control: OnceLock<ControlService>,
+}
+
+impl AppState {
+    fn server(&self) -> Option<&Arc<Server>> {
+        self.handle.get()
+    }
+
+    /// The control API's calls, once the server runs.
+    fn control(&self) -> Option<&ControlService> {
+        let server = self.server()?;
+        Some(self.control.get_or_init(|| {
+            ControlService::new(
+                Arc::clone(server),
+                self.build.clone(),
+                Arc::clone(&self.stats.grpc),
+                self.stop.clone(),
+            )
+        }))
+    }
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .merge(page::routes())
+        .nest("/api/v1", api::routes())
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .layer(axum::middleware::map_response(security::headers))
+        .with_state(state)
+}
+
+/// What everything but the liveness and readiness answers say before the
+/// first probe round is done.
+fn starting() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        "starting: the first probe round is running\n",
+    )
+        .into_response()
+}
+
+async fn metrics_handler(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let Some(server) = state.server() else {
+        return starting();
+    };
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = metrics::Format::from_accept(accept);
+    let body = metrics::render_with(server, &state.build, Some(&state.stats), format);
+    ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
+}
+
+/// 200 while the data plane accepts traffic; 503 until the first probe round
+/// is done (so nothing is sent to a weir that does not know its backends
+/// yet) and once shutdown has begun (so a load balancer in front stops
+/// sending new connections before the listeners close).
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match state.server() {
+        None => starting(),
+        Some(s) if s.is_ready() => (StatusCode::OK, "ready\n").into_response(),
+        Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    /// The router of an endpoint whose server has not started yet.
+    fn starting_router() -> Router {
+        router(Arc::new(AppState {
+            handle: Arc::new(Handle::default()),
+            build: BuildInfo {
+                version: "0.0.0".into(),
+                revision: "test".into(),
+            },
+            stats: Arc::default(),
+            stop: CancellationToken::new(),
+            control: OnceLock::new(),
+        }))
+    }
+
+    async fn answer(method: &str, path: &str) -> (StatusCode, HeaderMap, String) {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .expect("request");
+        let r = starting_router().oneshot(request).await.expect("answer");
+        let (parts, body) = r.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn before_the_first_probe_round_only_liveness_says_yes() {
+        assert_eq!(answer("GET", "/healthz").await.0, StatusCode::OK);
+        let (status, headers, body) = answer("GET", "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("first probe round"), "{body}");
+        assert_eq!(headers[header::RETRY_AFTER], "1");
+        assert_eq!(
+            answer("GET", "/metrics").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        for (method, path) in [
+            ("GET", "/api/v1/status"),
+            ("GET", "/api/v1/pools"),
+            ("GET", "/api/v1/events"),
+            ("POST", "/api/v1/reload"),
+            ("POST", "/api/v1/pools/p/backends/b/drain"),
+        ] {
+            let (status, _, body) = answer(method, path).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{method} {path}");
+            let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+            assert_eq!(v["error"]["code"], "unavailable", "{method} {path}: {body}");
+        }
+        // The page itself loads, and shows what the API says once it answers.
+        assert_eq!(answer("GET", "/").await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn every_answer_forbids_framing_and_sniffing() {
+        for (method, path, status) in [
+            ("GET", "/", StatusCode::OK),
+            ("GET", "/status", StatusCode::OK),
+            ("GET", "/assets/weir.js", StatusCode::OK),
+            ("GET", "/assets/weir.css", StatusCode::OK),
+            ("GET", "/api/v1/openapi.json", StatusCode::OK),
+            ("GET", "/healthz", StatusCode::OK),
+            ("GET", "/nothing", StatusCode::NOT_FOUND),
+            ("GET", "/api/v1/nothing", StatusCode::NOT_FOUND),
+            ("GET", "/api/v1/reload", StatusCode::METHOD_NOT_ALLOWED),
+            ("DELETE", "/api/v1/pools", StatusCode::METHOD_NOT_ALLOWED),
+        ] {
+            let (got, h, _) = answer(method, path).await;
+            assert_eq!(got, status, "{method} {path}");
+            assert_eq!(h[header::X_FRAME_OPTIONS], "DENY", "{path}");
+            assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{path}");
+            let csp = h[header::CONTENT_SECURITY_POLICY].to_str().expect("ascii");
+            assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+            assert!(csp.contains("script-src 'self'"), "{path}: {csp}");
+            assert_eq!(h[header::CACHE_CONTROL], "no-store", "{path}");
+        }
+        let (_, h, _) = answer("GET", "/assets/weir.js").await;
+        assert_eq!(h[header::CONTENT_TYPE], "text/javascript; charset=utf-8");
+    }
+
+    #[test]
+    fn the_page_needs_nothing_from_the_network() {
+        for (name, text) in [
+            ("index.html", page::INDEX),
+            ("weir.js", page::SCRIPT),
+            ("weir.css", page::STYLE),
+        ] {
+            for scheme in ["http://", "https://", "//cdn", "@import"] {
+                assert!(!text.contains(scheme), "{name} refers to {scheme}");
+            }
+        }
+        // No inline script or style: the CSP would block them.
+        assert!(!page::INDEX.contains("<script>"));
+        assert!(!page::INDEX.contains("<style"));
+        assert!(!page::INDEX.contains(" style="));
+        assert!(!page::INDEX.contains(" onclick="));
+    }
+
+    #[test]
+    fn the_openapi_document_is_json_and_names_every_change_as_a_post() {
+        let doc: serde_json::Value = serde_json::from_str(api::OPENAPI).expect("json");
+        assert_eq!(doc["openapi"], "3.1.0");
+        let paths = doc["paths"].as_object().expect("paths");
+        for action in ["drain", "enable", "disable", "weight"] {
+            let p = &paths[&format!("/pools/{{pool}}/backends/{{backend}}/{action}")];
+            assert!(
+                p.get("post").is_some() && p.get("get").is_none(),
+                "{action}"
+            );
+        }
+        assert!(paths["/reload"].get("get").is_none());
+    }
+}
