@@ -24,11 +24,9 @@ async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
 /// A weir server from `toml` and its admin endpoint, both on loopback.
 async fn start_with_admin(toml: &str, version: &str, revision: &str) -> (Arc<Server>, SocketAddr) {
     let config = weir_config::load_str(toml).expect("config");
-    let server = Arc::new(
-        within("start", Server::start(&config))
-            .await
-            .expect("start"),
-    );
+    let server = within("start", Server::start(&config))
+        .await
+        .expect("start");
     let admin = AdminListener::bind("127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("admin");

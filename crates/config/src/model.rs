@@ -642,7 +642,48 @@ pub struct Pool {
     pub health: Health,
     /// Outlier detection from the responses of l7 routes.
     pub outlier: Option<Outlier>,
+    /// Backends from DNS, besides the static `backends`.
+    pub discover: Option<Discover>,
     pub backends: Vec<Backend>,
+}
+
+/// `discover = { ... }`: the pool's backends from DNS records, refreshed as
+/// their TTLs say (within `min_interval..=max_interval`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discover {
+    pub query: DiscoverQuery,
+    /// The DNS server to ask; `None`: the system's (`/etc/resolv.conf`).
+    pub resolver: Option<SocketAddr>,
+    pub min_interval: Duration,
+    pub max_interval: Duration,
+    /// One resolution (with its retries) at most.
+    pub timeout: Duration,
+    /// How long an empty answer (or a name that no longer exists) is
+    /// distrusted: the last good set serves meanwhile. A failed resolution
+    /// never empties the set.
+    pub hold: Duration,
+    /// Tier and weight of `name` records (SRV records carry their own).
+    pub tier: u32,
+    pub weight: u32,
+}
+
+/// What `discover` asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiscoverQuery {
+    /// SRV records: each target's addresses at the record's port, the
+    /// priority as tier and the weight as weight (0: drained).
+    Srv(String),
+    /// A and AAAA records of `name`, each address at `port`.
+    Name { name: String, port: u16 },
+}
+
+impl std::fmt::Display for DiscoverQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DiscoverQuery::Srv(name) => write!(f, "SRV {name}"),
+            DiscoverQuery::Name { name, port } => write!(f, "A/AAAA {name} port {port}"),
+        }
+    }
 }
 
 /// `outlier = { ... }`: a backend whose answers to l7 routes fail

@@ -320,8 +320,25 @@ pub(crate) struct RawPool {
     pub(crate) protocol: Option<String>,
     pub(crate) health: Option<RawHealth>,
     pub(crate) outlier: Option<RawOutlier>,
+    pub(crate) discover: Option<RawDiscover>,
     #[serde(default)]
     pub(crate) backends: Vec<RawBackend>,
+}
+
+/// `discover = { ... }` of a pool: backends from DNS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawDiscover {
+    pub(crate) srv: Option<String>,
+    pub(crate) name: Option<String>,
+    pub(crate) port: Option<Int>,
+    pub(crate) resolver: Option<String>,
+    pub(crate) min_interval: Option<String>,
+    pub(crate) max_interval: Option<String>,
+    pub(crate) timeout: Option<String>,
+    pub(crate) hold: Option<String>,
+    pub(crate) tier: Option<Int>,
+    pub(crate) weight: Option<Int>,
 }
 
 /// `outlier = { ... }` of a pool: outlier detection from HTTP responses.

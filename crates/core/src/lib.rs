@@ -24,6 +24,7 @@
 //! no lock shared across connections.
 
 pub mod client;
+pub mod discovery;
 pub mod events;
 pub mod fds;
 pub mod firewall;

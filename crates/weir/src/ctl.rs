@@ -29,14 +29,18 @@ const PING_ACK_TIMEOUT: Duration = Duration::from_secs(20);
 /// Where the daemon is and how to talk to it.
 #[derive(Debug, Args)]
 pub(crate) struct Target {
-    /// Address of the daemon's gRPC admin endpoint (`[admin] grpc`).
+    /// Address of the daemon's gRPC admin endpoint (`[admin] grpc`). Several,
+    /// separated by commas (or a name that resolves to several addresses),
+    /// address a fleet: the command runs on every instance and reports per
+    /// instance.
     #[arg(
         long,
         global = true,
         env = "WEIR_ADMIN",
-        default_value = "127.0.0.1:9901"
+        default_value = "127.0.0.1:9901",
+        value_delimiter = ','
     )]
-    admin: SocketAddr,
+    admin: Vec<String>,
     /// Interval of HTTP/2 keep-alive pings to the daemon, which keep a
     /// `watch` open across the daemon's `admin.idle_timeout`.
     #[arg(
@@ -61,7 +65,7 @@ pub(crate) enum Output {
 }
 
 /// `weir backend ...`
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub(crate) enum BackendCommand {
     /// Let the backend take traffic again (when healthy).
     Enable { pool: String, backend: String },
@@ -85,7 +89,7 @@ pub(crate) enum BackendCommand {
 }
 
 /// `weir firewall ...`
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub(crate) enum FirewallCommand {
     /// The runtime rules, oldest first.
     List,
@@ -100,7 +104,7 @@ pub(crate) enum FirewallCommand {
     },
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct RuleArgs {
     /// An address ("192.0.2.7") or a CIDR ("10.0.0.0/8", "2001:db8::/48").
     network: String,
@@ -113,7 +117,7 @@ pub(crate) struct RuleArgs {
 }
 
 /// `weir listener ...`
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub(crate) enum ListenerCommand {
     /// Set max_connections until a restart, or restore the configured value
     /// with --clear. Connections open beyond a lowered limit stay open.
@@ -133,14 +137,14 @@ pub(crate) enum ListenerCommand {
 }
 
 /// `weir pool ...`
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub(crate) enum PoolCommand {
     /// The pool's changes of its active tier, with their causes.
     History { pool: String },
 }
 
 /// One operator command.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Request {
     Status,
     Pools,
@@ -153,7 +157,8 @@ pub(crate) enum Request {
     Listener(ListenerCommand),
 }
 
-/// Runs `request` against the daemon and prints the result.
+/// Runs `request` against the daemon (every daemon, with several
+/// `--admin`) and prints the result.
 pub(crate) fn run(target: &Target, request: Request) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -163,18 +168,142 @@ pub(crate) fn run(target: &Target, request: Request) -> ExitCode {
         Err(e) => return fail(&format!("cannot start: {e}"), 1),
     };
     runtime.block_on(async {
-        let mut client = match connect(target.admin, target.keepalive).await {
-            Ok(c) => c,
-            Err(message) => return fail(&message, 3),
+        let instances = match instances(&target.admin) {
+            Ok(list) => list,
+            Err(message) => return fail(&message, 2),
         };
-        match call(&mut client, target, request).await {
-            Ok(text) => {
-                out(&text);
-                ExitCode::SUCCESS
-            }
-            Err(status) => fail_status(target.admin, &status),
+        if let [one] = instances[..] {
+            return match once(one, target, request).await {
+                Ok(text) => {
+                    out(&text);
+                    ExitCode::SUCCESS
+                }
+                Err(Failure::Connect(message)) => fail(&message, 3),
+                Err(Failure::Call(status)) => fail_status(one, &status),
+            };
         }
+        if matches!(request, Request::Watch(_)) {
+            return fail("watch follows one instance: give a single --admin", 2);
+        }
+        fleet(&instances, target, &request).await
     })
+}
+
+/// Why a command failed on one instance.
+enum Failure {
+    Connect(String),
+    Call(tonic::Status),
+}
+
+async fn once(addr: SocketAddr, target: &Target, request: Request) -> Result<String, Failure> {
+    let mut client = connect(addr, target.keepalive)
+        .await
+        .map_err(Failure::Connect)?;
+    call(&mut client, addr, target.output == Output::Json, request)
+        .await
+        .map_err(Failure::Call)
+}
+
+/// The instances `--admin` names: each entry an `IP:port`, or a
+/// `name:port` standing for every address the name resolves to.
+fn instances(list: &[String]) -> Result<Vec<SocketAddr>, String> {
+    use std::net::ToSocketAddrs as _;
+    let mut out = Vec::new();
+    for entry in list.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+        let found: Vec<SocketAddr> = match entry.parse::<SocketAddr>() {
+            Ok(a) => vec![a],
+            Err(_) => entry
+                .to_socket_addrs()
+                .map_err(|e| {
+                    format!("--admin {entry:?}: not IP:port, and not a name that resolves ({e})")
+                })?
+                .collect(),
+        };
+        for a in found {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err("--admin names no instance".to_owned());
+    }
+    Ok(out)
+}
+
+/// Runs `request` on every instance at once; prints each one's answer under
+/// its address (or, with `-o json`, one object listing them). Fails (with
+/// the worst exit code) when any instance did, after reporting them all.
+async fn fleet(instances: &[SocketAddr], target: &Target, request: &Request) -> ExitCode {
+    // All at once: an unreachable instance costs one connect timeout, not
+    // one per instance.
+    let mut calls = tokio::task::JoinSet::new();
+    for (i, &addr) in instances.iter().enumerate() {
+        let (keepalive, json, request) = (
+            target.keepalive,
+            target.output == Output::Json,
+            request.clone(),
+        );
+        calls.spawn(async move {
+            let answer = match connect(addr, keepalive).await {
+                Ok(mut client) => call(&mut client, addr, json, request)
+                    .await
+                    .map_err(Failure::Call),
+                Err(m) => Err(Failure::Connect(m)),
+            };
+            (i, addr, answer)
+        });
+    }
+    let mut results = calls.join_all().await;
+    results.sort_by_key(|(i, _, _)| *i);
+    let results = results.into_iter().map(|(_, addr, answer)| (addr, answer));
+    let mut worst = 0u8;
+    let mut failed = 0usize;
+    let mut report = Vec::new();
+    let mut text = String::new();
+    for (addr, result) in results {
+        match result {
+            Ok(answer) => {
+                if target.output == Output::Json {
+                    let value: Value = serde_json::from_str(&answer).unwrap_or(Value::Null);
+                    report.push(json!({ "admin": addr.to_string(), "ok": true, "result": value }));
+                } else {
+                    text.push_str(&format!("== {addr} ==\n{answer}"));
+                    if !answer.ends_with('\n') {
+                        text.push('\n');
+                    }
+                }
+            }
+            Err(failure) => {
+                let (code, message) = match failure {
+                    Failure::Connect(m) => (3, m),
+                    Failure::Call(status) => status_failure(addr, &status),
+                };
+                worst = worst.max(code);
+                failed += 1;
+                if target.output == Output::Json {
+                    report.push(json!({ "admin": addr.to_string(), "ok": false, "code": code, "error": message }));
+                } else {
+                    text.push_str(&format!("== {addr} ==\nFAILED: {message}\n"));
+                }
+            }
+        }
+    }
+    if target.output == Output::Json {
+        text = format!("{}\n", pretty(&json!({ "instances": report })));
+    }
+    out(&text);
+    if worst == 0 {
+        ExitCode::SUCCESS
+    } else {
+        fail(
+            &format!(
+                "the command failed on {failed} of {} instances",
+                instances.len()
+            ),
+            worst,
+        )
+    }
 }
 
 /// How long a firewall rule lasts: a duration such as `10m` or `1h`.
@@ -231,10 +360,10 @@ fn request<T>(message: T, deadline: bool) -> Result<tonic::Request<T>, tonic::St
 
 async fn call(
     c: &mut AdminClient<Channel>,
-    target: &Target,
+    addr: SocketAddr,
+    json: bool,
     req: Request,
 ) -> Result<String, tonic::Status> {
-    let json = target.output == Output::Json;
     match req {
         Request::Status => {
             let s = c
@@ -431,7 +560,7 @@ async fn call(
                 eprintln!(
                     "watching {what} at {}: backend transitions, tier changes and reloads \
                      appear as they happen (Ctrl-C stops); waiting for events...",
-                    target.admin
+                    addr
                 );
             }
             while let Some(event) = stream.message().await? {
@@ -448,6 +577,12 @@ async fn call(
 }
 
 fn fail_status(addr: SocketAddr, s: &tonic::Status) -> ExitCode {
+    let (code, message) = status_failure(addr, s);
+    fail(&message, code)
+}
+
+/// The exit code and message of a failed call.
+fn status_failure(addr: SocketAddr, s: &tonic::Status) -> (u8, String) {
     let (code, hint) = match s.code() {
         Code::Unauthenticated => (
             4,
@@ -461,7 +596,7 @@ fn fail_status(addr: SocketAddr, s: &tonic::Status) -> ExitCode {
     } else {
         s.message().to_owned()
     };
-    fail(&format!("{message}{hint}"), code)
+    (code, format!("{message}{hint}"))
 }
 
 fn fail(message: &str, code: u8) -> ExitCode {

@@ -416,7 +416,7 @@ pub(crate) async fn serve(
         config_path,
         http: Some(Arc::clone(&layer) as Arc<dyn weir_core::l7::HttpLayer>),
     };
-    let server = Arc::new(Server::start_with(config, options).await?);
+    let server = Server::start_with(config, options).await?;
     handle.set(Arc::clone(&server));
     // The control API stops taking commands as soon as shutdown begins: during
     // an upgrade they belong to the successor on the same port.

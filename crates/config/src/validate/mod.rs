@@ -7,6 +7,7 @@
 
 mod admin;
 mod auth;
+mod discover;
 mod files;
 mod firewall;
 mod health;

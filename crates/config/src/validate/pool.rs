@@ -67,10 +67,14 @@ impl Checker {
             None => Health::default(),
         };
 
-        if raw.backends.is_empty() {
+        let discover = raw
+            .discover
+            .and_then(|d| self.discover(&format!("{path}.discover"), d));
+        if raw.backends.is_empty() && discover.is_none() {
             self.push(
                 format!("{path}.backends"),
-                "a pool needs at least one backend ([[pools.backends]])",
+                "a pool needs at least one backend ([[pools.backends]]), or `discover` \
+                 to find them in DNS",
             );
         }
         let mut names: HashMap<String, usize> = HashMap::new();
@@ -148,6 +152,7 @@ impl Checker {
                     ),
                 }
             }),
+            discover,
             backends,
         }
     }

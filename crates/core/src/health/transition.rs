@@ -29,6 +29,12 @@ pub enum Change {
         from: bool,
         to: bool,
     },
+    /// What DNS says of a discovered backend: "absent", "tier 0 weight 10",
+    /// "draining", "removed".
+    Discovery {
+        from: String,
+        to: String,
+    },
 }
 
 impl Change {
@@ -46,6 +52,7 @@ impl Change {
                 let word = |e: &bool| if *e { "ejected" } else { "in" }.to_owned();
                 ("outlier", word(from), word(to))
             }
+            Self::Discovery { from, to } => ("discovery", from.clone(), to.clone()),
         }
     }
 
@@ -82,6 +89,10 @@ impl Change {
                     to: word(to)?,
                 }
             }
+            "discovery" => Change::Discovery {
+                from: from.to_owned(),
+                to: to.to_owned(),
+            },
             _ => return None,
         })
     }
@@ -99,6 +110,8 @@ pub enum Cause {
     Operator,
     /// A config reload; the text says what changed.
     Reload(String),
+    /// DNS (a pool's `discover`); the text names the query.
+    Discovery(String),
 }
 
 impl Cause {
@@ -111,6 +124,7 @@ impl Cause {
             ("probe: ", Cause::Probe as fn(String) -> Cause),
             ("traffic: ", Cause::Passive),
             ("reload: ", Cause::Reload),
+            ("discovery: ", Cause::Discovery),
         ] {
             if let Some(rest) = text.strip_prefix(prefix) {
                 return make(rest.to_owned());
@@ -128,6 +142,7 @@ impl std::fmt::Display for Cause {
             Self::Passive(r) => write!(f, "traffic: {r}"),
             Self::Operator => f.write_str("operator"),
             Self::Reload(r) => write!(f, "reload: {r}"),
+            Self::Discovery(q) => write!(f, "discovery: {q}"),
         }
     }
 }

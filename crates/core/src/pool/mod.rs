@@ -278,6 +278,15 @@ impl Pool {
         self.cx.journal.backend(&self.name, &b.name, &t);
     }
 
+    /// Records a change that happened outside the pool (DNS) in the history
+    /// of backend `name`.
+    pub(crate) fn note(&self, name: &str, change: Change, cause: Cause) {
+        if let Some(b) = self.backend(name) {
+            let mut s = b.status();
+            self.record(b, &mut s, change, cause);
+        }
+    }
+
     /// Ends the start-up round: from now on every change rebuilds the picker.
     pub(crate) fn settle(self: &Arc<Self>) {
         self.settled.store(true, Relaxed);

@@ -24,6 +24,7 @@ impl Server {
         let snapshot = self.snapshot();
         crate::listener::render(&snapshot.listeners, w);
         crate::pool::metrics::render(&snapshot.pools, w);
+        self.discovery.render(w);
         if let Some(http) = &self.http {
             http.render(w);
         }

@@ -145,7 +145,10 @@ pub struct Options {
 pub struct Snapshot {
     /// 1 for the config the process started with, +1 per successful reload.
     pub generation: u64,
+    /// The config running: the file's, plus the backends found in DNS.
     pub config: Arc<Config>,
+    /// The config as the file (or the caller) gave it.
+    pub source: Arc<Config>,
     pub listeners: Vec<Arc<Listener>>,
     pub pools: Vec<Arc<Pool>>,
     /// (listener, address actually bound), in config order.
@@ -197,11 +200,13 @@ pub struct Server {
     accept_tasks: TaskTracker,
     connections: TaskTracker,
     ready: AtomicBool,
+    /// The pools' backends from DNS.
+    pub(crate) discovery: crate::discovery::Discovery,
 }
 
 impl Server {
     /// Starts `config` without a state file or a file to reload from.
-    pub async fn start(config: &Config) -> Result<Server, StartError> {
+    pub async fn start(config: &Config) -> Result<Arc<Server>, StartError> {
         Server::start_with(config.clone(), Options::default()).await
     }
 
@@ -210,7 +215,7 @@ impl Server {
     /// first round of health probes, and starts accepting. All addresses are
     /// bound before any accepts, so a bad address fails the start as a whole.
     /// Must be called inside a tokio runtime.
-    pub async fn start_with(config: Config, options: Options) -> Result<Server, StartError> {
+    pub async fn start_with(config: Config, options: Options) -> Result<Arc<Server>, StartError> {
         let persistence = match &config.state.path {
             Some(path) => {
                 let (path, keep) = (path.clone(), config.state.history);
@@ -237,6 +242,7 @@ impl Server {
             current: ArcSwap::from_pointee(Snapshot {
                 generation: 0,
                 config: Arc::new(config.clone()),
+                source: Arc::new(config.clone()),
                 listeners: Vec::new(),
                 pools: Vec::new(),
                 bound: Vec::new(),
@@ -258,11 +264,17 @@ impl Server {
             accept_tasks: TaskTracker::new(),
             connections: TaskTracker::new(),
             ready: AtomicBool::new(true),
+            discovery: crate::discovery::Discovery::default(),
         };
-        let inputs = server.inputs(&config).await?;
-        let staged = server.stage(&config, None, inputs)?;
-        server.commit(config, staged, None).await;
+        let server = Arc::new(server);
+        // Pools that discover their backends start with what DNS says now.
+        let tasks = server.discovery.sync(&config).await;
+        let effective = server.discovery.effective(&config);
+        let inputs = server.inputs(&effective).await?;
+        let staged = server.stage(&effective, None, inputs)?;
+        server.commit(config, effective, staged, None, true).await;
         server.spawn_rule_expiry();
+        crate::discovery::spawn(&server, tasks);
         Ok(server)
     }
 

@@ -7,19 +7,21 @@ use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use tokio_util::sync::CancellationToken;
-use weir_config::Config;
+use weir_config::{Config, Discover};
 
 use super::build::Staged;
 use super::sockets::{CLOSE_WAIT, Runners};
 use super::{Inputs, LastReload, ReloadError, Reloaded, Server, Snapshot, StartError, lock};
+use crate::discovery::plan::Delta;
 use crate::events::Event;
+use crate::health::{Cause, Change};
 use crate::listener::{Listener, Mode};
 use crate::statefile;
 
 impl Server {
     /// Reads the config file again and applies it. On any error nothing
     /// changes, and the error says why.
-    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+    pub async fn reload(self: &Arc<Self>) -> Result<Reloaded, ReloadError> {
         let path = self.config_path.clone().ok_or(ReloadError::NoFile)?;
         let loaded = tokio::task::spawn_blocking(move || weir_config::load_file(&path))
             .await
@@ -33,22 +35,29 @@ impl Server {
     }
 
     /// Applies `config` as a reload.
-    pub async fn apply(&self, config: Config) -> Result<Reloaded, ReloadError> {
+    pub async fn apply(self: &Arc<Self>, config: Config) -> Result<Reloaded, ReloadError> {
         let _one = self.control.lock().await;
         if !self.is_ready() {
             return Err(self.reload_failed(ReloadError::ShuttingDown));
         }
         let old = self.current.load_full();
-        let diff = weir_config::diff(&old.config, &config);
-        let inputs = match self.inputs(&config).await {
+        let diff = weir_config::diff(&old.source, &config);
+        // A pool that starts discovering is resolved now; the others keep
+        // what they found.
+        let tasks = self.discovery.sync(&config).await;
+        let effective = self.discovery.effective(&config);
+        let inputs = match self.inputs(&effective).await {
             Ok(inputs) => inputs,
             Err(e) => return Err(self.reload_failed(e.into())),
         };
-        let staged = match self.stage(&config, Some(&old), inputs) {
+        let staged = match self.stage(&effective, Some(&old), inputs) {
             Ok(staged) => staged,
             Err(e) => return Err(self.reload_failed(e.into())),
         };
-        let generation = self.commit(config, staged, Some(&old)).await;
+        let generation = self
+            .commit(config, effective, staged, Some(&old), true)
+            .await;
+        crate::discovery::spawn(self, tasks);
         self.reloads.succeeded.fetch_add(1, Ordering::Relaxed);
         self.reloads.last_failed.store(false, Ordering::Relaxed);
         let at = SystemTime::now();
@@ -69,6 +78,63 @@ impl Server {
             error: None,
         });
         Ok(Reloaded { generation, diff })
+    }
+
+    /// Rebuilds the snapshot after DNS changed `pool`'s discovered
+    /// backends: the running file config plus the new sets, built and
+    /// switched like a reload (new backends probed before they serve), in
+    /// the same config generation. Each change goes into the history of the
+    /// backend it touches.
+    pub(crate) async fn rediscover(&self, pool: &str, spec: &Discover, deltas: &[Delta]) {
+        let _one = self.control.lock().await;
+        if !self.is_ready() {
+            return;
+        }
+        let old = self.current.load_full();
+        let source = (*old.source).clone();
+        let config = self.discovery.effective(&source);
+        let built = match self.inputs(&config).await {
+            Ok(inputs) => self.stage(&config, Some(&old), inputs),
+            Err(e) => Err(e),
+        };
+        let staged = match built {
+            Ok(staged) => staged,
+            Err(e) => {
+                tracing::error!(pool, error = %e, "discovery: the pool could not be rebuilt; it runs as it was");
+                return;
+            }
+        };
+        // A removed backend's last word goes to its old pool, which still
+        // holds it; the others to the new one.
+        for d in deltas {
+            if let Delta::Removed { addr } = d
+                && let Some(p) = old.pool(pool)
+            {
+                p.note(
+                    &addr.to_string(),
+                    discovery_change(d),
+                    discovery_cause(spec),
+                );
+            }
+        }
+        self.commit(source, config, staged, Some(&old), false).await;
+        if let Some(p) = self.pool(pool) {
+            for d in deltas
+                .iter()
+                .filter(|d| !matches!(d, Delta::Removed { .. }))
+            {
+                p.note(
+                    &d.addr().to_string(),
+                    discovery_change(d),
+                    discovery_cause(spec),
+                );
+            }
+        }
+        tracing::info!(
+            pool,
+            changes = ?deltas.iter().map(describe).collect::<Vec<_>>(),
+            "discovery changed the pool's backends"
+        );
     }
 
     fn reload_failed(&self, e: ReloadError) -> ReloadError {
@@ -136,9 +202,11 @@ impl Server {
     /// Step 3: switch over. Cannot fail.
     pub(super) async fn commit(
         &self,
+        source: Config,
         config: Config,
         staged: Staged,
         old: Option<&Snapshot>,
+        new_generation: bool,
     ) -> u64 {
         let Staged {
             pools,
@@ -184,11 +252,16 @@ impl Server {
                 self.retire(gone);
             }
         }
-        let generation = old.map_or(1, |o| o.generation + 1);
+        let generation = match old {
+            None => 1,
+            Some(o) if new_generation => o.generation + 1,
+            Some(o) => o.generation,
+        };
         http_handover(old, &listeners);
         self.current.store(Arc::new(Snapshot {
             generation,
             config: Arc::new(config),
+            source: Arc::new(source),
             listeners,
             pools,
             bound: switched.bound,
@@ -225,4 +298,26 @@ fn http_handover(old: Option<&Snapshot>, listeners: &[Arc<Listener>]) {
             }
         }
     }
+}
+
+/// A discovery delta as a history entry: what the backend was and is in DNS.
+fn discovery_change(d: &Delta) -> Change {
+    let member = |(tier, weight): (u32, u32)| format!("tier {tier} weight {weight}");
+    let (from, to) = match *d {
+        Delta::Added { tier, weight, .. } => ("absent".to_owned(), member((tier, weight))),
+        Delta::Changed { from, to, .. } => (member(from), member(to)),
+        Delta::Leaving { .. } => ("present".to_owned(), "draining".to_owned()),
+        Delta::Returned { .. } => ("draining".to_owned(), "present".to_owned()),
+        Delta::Removed { .. } => ("draining".to_owned(), "removed".to_owned()),
+    };
+    Change::Discovery { from, to }
+}
+
+fn discovery_cause(spec: &Discover) -> Cause {
+    Cause::Discovery(spec.query.to_string())
+}
+
+fn describe(d: &Delta) -> String {
+    let (_, from, to) = discovery_change(d).parts();
+    format!("{}: {from} -> {to}", d.addr())
 }

@@ -20,7 +20,7 @@ pub(crate) async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
     }
 }
 
-pub(crate) async fn start(toml: &str) -> Server {
+pub(crate) async fn start(toml: &str) -> Arc<Server> {
     let config = weir_config::load_str(toml).unwrap_or_else(|e| panic!("config:\n{e}\n{toml}"));
     within("start", Server::start(&config))
         .await

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,7 +24,7 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-async fn start_file(path: &Path) -> Server {
+async fn start_file(path: &Path) -> Arc<Server> {
     let config = weir_config::load_file(path).unwrap_or_else(|e| panic!("config: {e}"));
     let options = Options {
         config_path: Some(path.to_path_buf()),

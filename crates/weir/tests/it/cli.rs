@@ -279,6 +279,18 @@ fn run_stops_gracefully_on_sigterm_letting_a_connection_finish() {
 
     signal(&child.0, rustix::process::Signal::TERM);
     wait_line(&out, "SIGTERM received");
+    // Not ready any more while the connection finishes, still alive.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let ready = http_get(admin, "/readyz");
+        if ready.starts_with("HTTP/1.1 503") {
+            assert!(ready.contains("shutting down"), "{ready}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still ready: {ready}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(http_get(admin, "/healthz").starts_with("HTTP/1.1 200"));
     // Still relaying after the signal, then the client ends the connection.
     conn.write_all(b"pong").expect("write after SIGTERM");
     conn.read_exact(&mut buf).expect("echo after SIGTERM");

@@ -5,8 +5,10 @@
 mod cli;
 mod control;
 mod deploy;
+mod discovery;
 mod exhaustion;
 mod firewall;
+mod fleet;
 mod http;
 mod http_auth;
 mod http_outlier;

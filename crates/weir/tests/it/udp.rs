@@ -30,36 +30,19 @@ fn free_udp_port() -> u16 {
 /// `b.test`, and `many.test` with 240 addresses (a 3,878-byte answer, sent
 /// over UDP up to EDNS 4096).
 fn dnsmasq(dir: &Path, port: u16) -> Running {
-    let bin = which("dnsmasq")
-        .expect("dnsmasq is not installed: run scripts/test.sh, which installs dnsmasq-base");
     let mut hosts = String::from("10.0.0.1 a.test\n10.0.0.2 b.test\n");
     for i in 0..240 {
         hosts.push_str(&format!("10.1.{}.{} many.test\n", i / 200, i % 200 + 1));
     }
     let file = dir.join(format!("hosts-{port}"));
     std::fs::write(&file, hosts).expect("hosts");
-    let running = Running(
-        Command::new(bin)
-            .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--listen-address=127.0.0.1",
-                "--edns-packet-max=4096",
-                "--user=root",
-                "--log-facility=-",
-            ])
-            .arg(format!("--port={port}"))
-            .arg(format!("--addn-hosts={}", file.display()))
-            .arg(format!(
-                "--pid-file={}",
-                dir.join(format!("dnsmasq-{port}.pid")).display()
-            ))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("dnsmasq"),
+    let running = crate::discovery::spawn_dnsmasq(
+        dir,
+        port,
+        &[
+            "--edns-packet-max=4096".to_owned(),
+            format!("--addn-hosts={}", file.display()),
+        ],
     );
     // Ready when it answers.
     let end = Instant::now() + DEADLINE;

@@ -1,0 +1,348 @@
+//! Backends from DNS (`discover` of a pool): SRV records (priority as tier,
+//! weight as weight) or a name's A/AAAA records at a port, asked again as
+//! their TTLs say. Each discovered address is a backend of its pool named by
+//! the address, with its own health, counters, history and operator state,
+//! exactly like a static one; static and discovered backends mix.
+//!
+//! The running config is the file's config plus each pool's discovered
+//! backends ([`Discovery::effective`]). A change in DNS rebuilds the snapshot
+//! the way a reload does (a new backend is probed before it serves; the
+//! others keep their state), without reading the file and without a new
+//! config generation. What an answer does to the set is decided in [`plan`].
+
+mod lookup;
+pub mod plan;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+use weir_config::{Backend, BackendAddress, Config, Discover};
+use weir_telemetry::{Kind, Writer};
+
+use crate::Server;
+use lookup::Lookup;
+use plan::{Delta, Outcome, Set};
+
+/// The `result` label values of `weir_discovery_resolutions_total`.
+pub const RESULTS: [&str; 5] = ["ok", "empty", "timeout", "server_failure", "error"];
+
+/// What one pool's discovery counts; kept across reloads while the pool
+/// discovers.
+#[derive(Debug, Default)]
+pub struct Stats {
+    resolutions: [AtomicU64; RESULTS.len()],
+    /// Unix seconds of the last answer with records (0: never).
+    last_success: AtomicU64,
+}
+
+impl Stats {
+    fn count(&self, outcome: &Outcome) {
+        let result = outcome.result();
+        if let Some(i) = RESULTS.iter().position(|r| *r == result) {
+            self.resolutions[i].fetch_add(1, Relaxed);
+        }
+        if matches!(outcome, Outcome::Records { .. }) {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            self.last_success.store(now, Relaxed);
+        }
+    }
+
+    pub fn resolutions(&self, result: &str) -> u64 {
+        RESULTS
+            .iter()
+            .position(|r| *r == result)
+            .map_or(0, |i| self.resolutions[i].load(Relaxed))
+    }
+}
+
+/// One discovering pool.
+#[derive(Debug)]
+struct Entry {
+    spec: Discover,
+    drain: Duration,
+    set: Set,
+    stats: Arc<Stats>,
+    /// The result of the last resolution, to report changes once.
+    last_result: Option<&'static str>,
+    /// Ends the pool's refresh task.
+    stop: CancellationToken,
+}
+
+/// A refresh task to start: its pool, resolver and first wait.
+pub(crate) struct Task {
+    pool: String,
+    lookup: Lookup,
+    first: Duration,
+    stop: CancellationToken,
+}
+
+/// Every discovering pool's set.
+#[derive(Debug, Default)]
+pub(crate) struct Discovery {
+    pools: Mutex<BTreeMap<String, Entry>>,
+}
+
+impl Discovery {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.pools
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Brings the pools in line with `config`: a pool that starts
+    /// discovering (or asks something else now) is resolved once, here, so
+    /// that it starts with its backends; one that stops discovering loses
+    /// its discovered backends. Returns the refresh tasks to start.
+    pub(crate) async fn sync(&self, config: &Config) -> Vec<Task> {
+        let mut fresh = Vec::new();
+        {
+            let mut pools = self.lock();
+            pools.retain(|name, e| {
+                let keep = config.pools.iter().any(|p| {
+                    p.name == *name && p.discover.as_ref().is_some_and(|d| d.query == e.spec.query)
+                });
+                if !keep {
+                    e.stop.cancel();
+                }
+                keep
+            });
+            for p in &config.pools {
+                let Some(spec) = &p.discover else { continue };
+                match pools.get_mut(&p.name) {
+                    Some(e) if e.spec == *spec && e.drain == p.drain_timeout => {}
+                    Some(e) => {
+                        // The same records, asked differently (interval,
+                        // server, ...): keep what was found, restart the task.
+                        e.stop.cancel();
+                        e.spec = spec.clone();
+                        e.drain = p.drain_timeout;
+                        e.stop = CancellationToken::new();
+                        fresh.push((p.name.clone(), spec.clone(), e.stop.clone(), false));
+                    }
+                    None => {
+                        let stop = CancellationToken::new();
+                        pools.insert(
+                            p.name.clone(),
+                            Entry {
+                                spec: spec.clone(),
+                                drain: p.drain_timeout,
+                                set: Set::default(),
+                                stats: Arc::default(),
+                                last_result: None,
+                                stop: stop.clone(),
+                            },
+                        );
+                        fresh.push((p.name.clone(), spec.clone(), stop, true));
+                    }
+                }
+            }
+        }
+        let mut tasks = Vec::new();
+        for (pool, spec, stop, resolve_now) in fresh {
+            let lookup = match Lookup::new(&spec) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(pool, error = %e, "discovery cannot run");
+                    continue;
+                }
+            };
+            let mut first = Duration::ZERO;
+            if resolve_now {
+                let outcome = lookup.resolve().await;
+                first = plan::next_refresh(&outcome, spec.min_interval, spec.max_interval);
+                let now = Instant::now();
+                self.observe(&pool, &outcome, now);
+            }
+            tasks.push(Task {
+                pool,
+                lookup,
+                first,
+                stop,
+            });
+        }
+        tasks
+    }
+
+    /// Applies an outcome to a pool's set; returns what changed.
+    fn observe(&self, pool: &str, outcome: &Outcome, now: Instant) -> Vec<Delta> {
+        let mut pools = self.lock();
+        let Some(e) = pools.get_mut(pool) else {
+            return Vec::new();
+        };
+        e.stats.count(outcome);
+        let result = outcome.result();
+        if e.last_result != Some(result) {
+            match outcome {
+                Outcome::Records { found, .. } => {
+                    tracing::info!(pool, query = %e.spec.query, records = found.len(), "discovery answered");
+                }
+                Outcome::Empty { .. } => tracing::warn!(
+                    pool,
+                    query = %e.spec.query,
+                    hold = ?e.spec.hold,
+                    "discovery: DNS has no records; the last good set serves until the hold ends"
+                ),
+                Outcome::Failed { detail, .. } => tracing::warn!(
+                    pool,
+                    query = %e.spec.query,
+                    result,
+                    error = %detail,
+                    "discovery failed; the last good set serves on"
+                ),
+            }
+            e.last_result = Some(result);
+        }
+        let (drain, hold) = (e.drain, e.spec.hold);
+        let mut deltas = e.set.expire(now);
+        deltas.extend(e.set.update(outcome, now, drain, hold));
+        deltas
+    }
+
+    fn expire(&self, pool: &str, now: Instant) -> Vec<Delta> {
+        self.lock()
+            .get_mut(pool)
+            .map(|e| e.set.expire(now))
+            .unwrap_or_default()
+    }
+
+    fn next_expiry(&self, pool: &str) -> Option<Instant> {
+        self.lock().get(pool).and_then(|e| e.set.next_expiry())
+    }
+
+    /// `source` with each discovering pool's backends added after its static
+    /// ones, in address order; a draining one at weight 0. An address that a
+    /// static backend of the pool already has (by name or address) is left
+    /// to the static one.
+    pub(crate) fn effective(&self, source: &Config) -> Config {
+        let pools = self.lock();
+        let mut config = source.clone();
+        for p in &mut config.pools {
+            let Some(e) = pools.get(&p.name) else {
+                continue;
+            };
+            for (addr, m) in &e.set.members {
+                let name = addr.to_string();
+                let taken = p.backends.iter().any(|b| {
+                    b.name == name || matches!(b.address, BackendAddress::Ip(a) if a == *addr)
+                });
+                if taken {
+                    continue;
+                }
+                p.backends.push(Backend {
+                    name,
+                    address: BackendAddress::Ip(*addr),
+                    weight: if m.leaving.is_some() { 0 } else { m.weight },
+                    tier: m.tier,
+                    health: true,
+                    check_port: None,
+                });
+            }
+        }
+        config
+    }
+
+    /// `weir_discovery_*`.
+    pub(crate) fn render(&self, w: &mut Writer) {
+        let pools = self.lock();
+        w.family(
+            "weir_discovery_resolutions",
+            Kind::Counter,
+            "DNS resolutions of a pool's discover, by result: ok, empty, timeout, server_failure, error.",
+        );
+        for (name, e) in pools.iter() {
+            for result in RESULTS {
+                w.sample(
+                    "weir_discovery_resolutions_total",
+                    &[("pool", name), ("result", result)],
+                    e.stats.resolutions(result),
+                );
+            }
+        }
+        w.family(
+            "weir_discovery_records",
+            Kind::Gauge,
+            "Addresses of a pool in DNS now (draining ones not counted).",
+        );
+        for (name, e) in pools.iter() {
+            w.sample(
+                "weir_discovery_records",
+                &[("pool", name)],
+                e.set.present() as u64,
+            );
+        }
+        w.family(
+            "weir_discovery_last_success_timestamp_seconds",
+            Kind::Gauge,
+            "When a pool's DNS last answered with records (Unix seconds; 0: never).",
+        );
+        for (name, e) in pools.iter() {
+            w.sample(
+                "weir_discovery_last_success_timestamp_seconds",
+                &[("pool", name)],
+                e.stats.last_success.load(Relaxed),
+            );
+        }
+    }
+}
+
+/// Starts the refresh tasks; each holds the server weakly and ends with it.
+pub(crate) fn spawn(server: &Arc<Server>, tasks: Vec<Task>) {
+    for t in tasks {
+        tokio::spawn(refresh(Arc::downgrade(server), t));
+    }
+}
+
+/// Asks DNS again as the TTLs say, ends drains when they are over, and
+/// rebuilds the pool when its set changed.
+async fn refresh(server: Weak<Server>, task: Task) {
+    let Task {
+        pool,
+        lookup,
+        first,
+        stop,
+    } = task;
+    let spec = {
+        let Some(s) = server.upgrade() else { return };
+        match s.discovery.lock().get(&pool) {
+            Some(e) => e.spec.clone(),
+            None => return,
+        }
+    };
+    let mut next_query = Instant::now() + first;
+    loop {
+        let wake = match server
+            .upgrade()
+            .and_then(|s| s.discovery.next_expiry(&pool))
+        {
+            Some(expiry) => expiry.min(next_query),
+            None => next_query,
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep_until(wake.into()) => {}
+        }
+        let now = Instant::now();
+        let deltas = if now >= next_query {
+            let outcome = lookup.resolve().await;
+            next_query =
+                Instant::now() + plan::next_refresh(&outcome, spec.min_interval, spec.max_interval);
+            let Some(s) = server.upgrade() else { return };
+            s.discovery.observe(&pool, &outcome, Instant::now())
+        } else {
+            let Some(s) = server.upgrade() else { return };
+            s.discovery.expire(&pool, now)
+        };
+        if stop.is_cancelled() {
+            return;
+        }
+        if !deltas.is_empty() {
+            let Some(s) = server.upgrade() else { return };
+            s.rediscover(&pool, &spec, &deltas).await;
+        }
+    }
+}

@@ -1,0 +1,481 @@
+//! What a DNS answer does to a pool's discovered backends: pure, time given
+//! by the caller. The rules the users of other proxies asked for:
+//!
+//! - a failed resolution (timeout, refusal, server failure) changes nothing:
+//!   the last good set serves on (envoy #15457, haproxy #1180);
+//! - an empty answer (no records, or a name that no longer exists) is
+//!   believed only after it has held for `hold`, so one bad answer or a
+//!   registry hiccup never empties a pool;
+//! - an address that leaves the answer drains (weight 0, its connections
+//!   finish) for `drain_timeout` and only then leaves the pool and its
+//!   metrics; one that comes back before that serves again at once;
+//! - SRV priority is the tier and SRV weight the weight, scaled into weir's
+//!   range, with 0 kept as 0: a drained backend (haproxy #48);
+//! - the set is keyed and ordered by address, so every instance that gets
+//!   the same records builds the same pool whatever their order.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// One address from an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    pub addr: SocketAddr,
+    pub tier: u32,
+    /// In SRV's range (0..=65535) or the configured weight; see [`scale`].
+    pub weight: u32,
+}
+
+/// Why a resolution gave no answer: the `result` label of
+/// `weir_discovery_resolutions_total`, beside `ok` and `empty`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Timeout,
+    /// The server refused, or failed (SERVFAIL).
+    ServerFailure,
+    /// Anything else: no reachable server, a malformed answer, ...
+    Error,
+}
+
+impl Failure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Timeout => "timeout",
+            Failure::ServerFailure => "server_failure",
+            Failure::Error => "error",
+        }
+    }
+}
+
+/// What one resolution gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Addresses, and for how long the answer may be trusted (its smallest
+    /// TTL).
+    Records {
+        found: Vec<Found>,
+        ttl: Duration,
+    },
+    /// An authoritative "none": no such name, or no records of the type.
+    Empty {
+        ttl: Option<Duration>,
+    },
+    Failed {
+        why: Failure,
+        detail: String,
+    },
+}
+
+impl Outcome {
+    /// The `result` label of this outcome.
+    pub fn result(&self) -> &'static str {
+        match self {
+            Outcome::Records { .. } => "ok",
+            Outcome::Empty { .. } => "empty",
+            Outcome::Failed { why, .. } => why.as_str(),
+        }
+    }
+}
+
+/// A discovered backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    pub tier: u32,
+    /// In weir's range (0..=1000).
+    pub weight: u32,
+    /// Gone from DNS: draining until then.
+    pub leaving: Option<Instant>,
+}
+
+/// What changed for one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delta {
+    Added {
+        addr: SocketAddr,
+        tier: u32,
+        weight: u32,
+    },
+    Changed {
+        addr: SocketAddr,
+        from: (u32, u32),
+        to: (u32, u32),
+    },
+    /// Gone from the answer: drains from now on.
+    Leaving { addr: SocketAddr },
+    /// Back in the answer before its drain ended.
+    Returned { addr: SocketAddr },
+    /// Its drain is over: no longer a backend.
+    Removed { addr: SocketAddr },
+}
+
+impl Delta {
+    pub fn addr(&self) -> SocketAddr {
+        match *self {
+            Delta::Added { addr, .. }
+            | Delta::Changed { addr, .. }
+            | Delta::Leaving { addr }
+            | Delta::Returned { addr }
+            | Delta::Removed { addr } => addr,
+        }
+    }
+}
+
+/// A pool's discovered backends, by address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Set {
+    pub members: BTreeMap<SocketAddr, Member>,
+    /// Since when DNS has said "none" without a break, while the last good
+    /// set still serves.
+    pub empty_since: Option<Instant>,
+}
+
+impl Set {
+    /// Members that are in DNS now (not draining).
+    pub fn present(&self) -> usize {
+        self.members
+            .values()
+            .filter(|m| m.leaving.is_none())
+            .count()
+    }
+
+    /// Applies `outcome` at `now`; returns what changed.
+    pub fn update(
+        &mut self,
+        outcome: &Outcome,
+        now: Instant,
+        drain: Duration,
+        hold: Duration,
+    ) -> Vec<Delta> {
+        match outcome {
+            Outcome::Failed { .. } => Vec::new(),
+            Outcome::Empty { .. } => {
+                if self.present() == 0 {
+                    return Vec::new();
+                }
+                let since = *self.empty_since.get_or_insert(now);
+                if now.saturating_duration_since(since) < hold {
+                    return Vec::new();
+                }
+                self.apply(&[], now, drain)
+            }
+            Outcome::Records { found, .. } => {
+                self.empty_since = None;
+                let found = scale(found);
+                self.apply(&found, now, drain)
+            }
+        }
+    }
+
+    fn apply(&mut self, found: &[Found], now: Instant, drain: Duration) -> Vec<Delta> {
+        let mut wanted: BTreeMap<SocketAddr, (u32, u32)> = BTreeMap::new();
+        for f in found {
+            // The same address twice (two SRV records, one target): the better
+            // tier, and within it the larger weight.
+            let e = wanted.entry(f.addr).or_insert((f.tier, f.weight));
+            if (f.tier, u32::MAX - f.weight) < (e.0, u32::MAX - e.1) {
+                *e = (f.tier, f.weight);
+            }
+        }
+        let mut deltas = Vec::new();
+        for (&addr, m) in &mut self.members {
+            match wanted.get(&addr) {
+                Some(&(tier, weight)) => {
+                    if m.leaving.take().is_some() {
+                        deltas.push(Delta::Returned { addr });
+                    }
+                    if (m.tier, m.weight) != (tier, weight) {
+                        deltas.push(Delta::Changed {
+                            addr,
+                            from: (m.tier, m.weight),
+                            to: (tier, weight),
+                        });
+                        m.tier = tier;
+                        m.weight = weight;
+                    }
+                }
+                None if m.leaving.is_none() => {
+                    m.leaving = Some(now + drain);
+                    deltas.push(Delta::Leaving { addr });
+                }
+                None => {}
+            }
+        }
+        for (addr, (tier, weight)) in wanted {
+            self.members.entry(addr).or_insert_with(|| {
+                deltas.push(Delta::Added { addr, tier, weight });
+                Member {
+                    tier,
+                    weight,
+                    leaving: None,
+                }
+            });
+        }
+        deltas
+    }
+
+    /// Removes the members whose drain ended by `now`.
+    pub fn expire(&mut self, now: Instant) -> Vec<Delta> {
+        let done: Vec<SocketAddr> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.leaving.is_some_and(|t| t <= now))
+            .map(|(a, _)| *a)
+            .collect();
+        done.into_iter()
+            .map(|addr| {
+                self.members.remove(&addr);
+                Delta::Removed { addr }
+            })
+            .collect()
+    }
+
+    /// When [`Set::expire`] next has something to do.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.members.values().filter_map(|m| m.leaving).min()
+    }
+}
+
+/// SRV weights (0..=65535) into weir's range (0..=1000): as they are when
+/// they fit, else proportionally, a non-zero weight never below 1. Depends
+/// only on the records, so every instance scales alike.
+pub fn scale(found: &[Found]) -> Vec<Found> {
+    let max = weir_config::MAX_WEIGHT;
+    let top = found.iter().map(|f| f.weight).max().unwrap_or(0);
+    if top <= max {
+        return found.to_vec();
+    }
+    found
+        .iter()
+        .map(|f| Found {
+            weight: if f.weight == 0 {
+                0
+            } else {
+                let w = u64::from(f.weight) * u64::from(max) / u64::from(top);
+                u32::try_from(w).unwrap_or(max).max(1)
+            },
+            ..*f
+        })
+        .collect()
+}
+
+/// When to ask again: as the answer's TTL says, within `min..=max`; after
+/// a failure, at the shortest interval.
+pub fn next_refresh(outcome: &Outcome, min: Duration, max: Duration) -> Duration {
+    match outcome {
+        Outcome::Records { ttl, .. } | Outcome::Empty { ttl: Some(ttl) } => (*ttl).clamp(min, max),
+        Outcome::Empty { ttl: None } | Outcome::Failed { .. } => min,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DRAIN: Duration = Duration::from_secs(30);
+    const HOLD: Duration = Duration::from_secs(60);
+
+    fn addr(last: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, last], 5432))
+    }
+
+    fn found(list: &[(u8, u32, u32)]) -> Outcome {
+        Outcome::Records {
+            found: list
+                .iter()
+                .map(|&(a, tier, weight)| Found {
+                    addr: addr(a),
+                    tier,
+                    weight,
+                })
+                .collect(),
+            ttl: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn records_add_change_and_drain_members() {
+        let t0 = Instant::now();
+        let mut set = Set::default();
+        let d = set.update(&found(&[(1, 0, 10), (2, 1, 5)]), t0, DRAIN, HOLD);
+        assert_eq!(
+            d,
+            [
+                Delta::Added {
+                    addr: addr(1),
+                    tier: 0,
+                    weight: 10
+                },
+                Delta::Added {
+                    addr: addr(2),
+                    tier: 1,
+                    weight: 5
+                },
+            ]
+        );
+        // The same answer changes nothing.
+        assert!(
+            set.update(&found(&[(2, 1, 5), (1, 0, 10)]), t0, DRAIN, HOLD)
+                .is_empty()
+        );
+        // 2 leaves, 1 changes weight, 3 arrives.
+        let t1 = t0 + Duration::from_secs(1);
+        let d = set.update(&found(&[(1, 0, 20), (3, 0, 10)]), t1, DRAIN, HOLD);
+        assert_eq!(
+            d,
+            [
+                Delta::Changed {
+                    addr: addr(1),
+                    from: (0, 10),
+                    to: (0, 20)
+                },
+                Delta::Leaving { addr: addr(2) },
+                Delta::Added {
+                    addr: addr(3),
+                    tier: 0,
+                    weight: 10
+                },
+            ]
+        );
+        assert_eq!(set.present(), 2);
+        assert_eq!(set.next_expiry(), Some(t1 + DRAIN));
+        // Its drain is not over yet.
+        assert!(set.expire(t1 + DRAIN - Duration::from_millis(1)).is_empty());
+        assert_eq!(set.expire(t1 + DRAIN), [Delta::Removed { addr: addr(2) }]);
+        assert_eq!(set.members.len(), 2);
+        assert_eq!(set.next_expiry(), None);
+    }
+
+    #[test]
+    fn a_leaving_member_that_comes_back_serves_again() {
+        let t0 = Instant::now();
+        let mut set = Set::default();
+        set.update(&found(&[(1, 0, 1), (2, 0, 1)]), t0, DRAIN, HOLD);
+        set.update(&found(&[(1, 0, 1)]), t0, DRAIN, HOLD);
+        let d = set.update(&found(&[(1, 0, 1), (2, 0, 3)]), t0, DRAIN, HOLD);
+        assert_eq!(
+            d,
+            [
+                Delta::Returned { addr: addr(2) },
+                Delta::Changed {
+                    addr: addr(2),
+                    from: (0, 1),
+                    to: (0, 3)
+                }
+            ]
+        );
+        assert_eq!(set.next_expiry(), None);
+    }
+
+    #[test]
+    fn failures_never_change_the_set() {
+        let t0 = Instant::now();
+        let mut set = Set::default();
+        set.update(&found(&[(1, 0, 1)]), t0, DRAIN, HOLD);
+        let before = set.clone();
+        for why in [Failure::Timeout, Failure::ServerFailure, Failure::Error] {
+            let failed = Outcome::Failed {
+                why,
+                detail: String::new(),
+            };
+            // However long it lasts.
+            assert!(
+                set.update(&failed, t0 + Duration::from_secs(86_400), DRAIN, HOLD)
+                    .is_empty()
+            );
+        }
+        assert_eq!(set, before);
+    }
+
+    #[test]
+    fn an_empty_answer_is_believed_only_after_the_hold() {
+        let t0 = Instant::now();
+        let mut set = Set::default();
+        set.update(&found(&[(1, 0, 1), (2, 0, 1)]), t0, DRAIN, HOLD);
+        let empty = Outcome::Empty { ttl: None };
+        assert!(set.update(&empty, t0, DRAIN, HOLD).is_empty());
+        assert!(
+            set.update(&empty, t0 + HOLD - Duration::from_secs(1), DRAIN, HOLD)
+                .is_empty()
+        );
+        // A good answer in between restarts the hold.
+        set.update(&found(&[(1, 0, 1), (2, 0, 1)]), t0 + HOLD / 2, DRAIN, HOLD);
+        assert_eq!(set.empty_since, None);
+        let t1 = t0 + HOLD;
+        assert!(set.update(&empty, t1, DRAIN, HOLD).is_empty());
+        let d = set.update(&empty, t1 + HOLD, DRAIN, HOLD);
+        assert_eq!(
+            d,
+            [
+                Delta::Leaving { addr: addr(1) },
+                Delta::Leaving { addr: addr(2) }
+            ]
+        );
+        assert_eq!(set.present(), 0);
+    }
+
+    #[test]
+    fn the_same_records_in_any_order_give_the_same_set() {
+        let t0 = Instant::now();
+        let records = [(3, 0, 7), (1, 1, 2), (2, 0, 9), (1, 0, 4)];
+        let mut orders = vec![records.to_vec()];
+        let mut r = records.to_vec();
+        r.reverse();
+        orders.push(r);
+        orders.push(vec![records[2], records[0], records[3], records[1]]);
+        let sets: Vec<Set> = orders
+            .iter()
+            .map(|o| {
+                let mut s = Set::default();
+                s.update(&found(o), t0, DRAIN, HOLD);
+                s
+            })
+            .collect();
+        assert!(sets.windows(2).all(|w| w[0] == w[1]));
+        // Address 1 twice: the better tier wins.
+        assert_eq!(sets[0].members[&addr(1)].tier, 0);
+        assert_eq!(sets[0].members[&addr(1)].weight, 4);
+    }
+
+    #[test]
+    fn srv_weights_are_scaled_into_range_keeping_zero_and_ratios() {
+        let f = |w: u32| Found {
+            addr: addr(1),
+            tier: 0,
+            weight: w,
+        };
+        let kept = scale(&[f(0), f(5), f(1000)]);
+        assert_eq!(
+            kept.iter().map(|f| f.weight).collect::<Vec<_>>(),
+            [0, 5, 1000]
+        );
+        let scaled = scale(&[f(0), f(1), f(32768), f(65535)]);
+        assert_eq!(
+            scaled.iter().map(|f| f.weight).collect::<Vec<_>>(),
+            [0, 1, 500, 1000]
+        );
+    }
+
+    #[test]
+    fn refresh_follows_the_ttl_within_bounds() {
+        let (min, max) = (Duration::from_secs(1), Duration::from_secs(60));
+        let rec = |ttl| Outcome::Records {
+            found: Vec::new(),
+            ttl,
+        };
+        assert_eq!(
+            next_refresh(&rec(Duration::from_secs(30)), min, max),
+            Duration::from_secs(30)
+        );
+        assert_eq!(next_refresh(&rec(Duration::ZERO), min, max), min);
+        assert_eq!(
+            next_refresh(&rec(Duration::from_secs(86_400)), min, max),
+            max
+        );
+        let failed = Outcome::Failed {
+            why: Failure::Timeout,
+            detail: String::new(),
+        };
+        assert_eq!(next_refresh(&failed, min, max), min);
+    }
+}

@@ -1,0 +1,344 @@
+//! Backends from DNS with a real DNS server: dnsmasq (Debian) serves SRV and
+//! A records that the test changes while weir runs (dnsmasq restarted on the
+//! same port with other records): added, removed, reweighted and
+//! re-prioritised backends, TTLs respected, the server down, an empty
+//! answer. What weir did is read from its JSON API and metrics.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::cli::{DEADLINE, Running, echo_backend, free_port, http_get, test_dir, which};
+use crate::http::{metric, start};
+
+/// dnsmasq on 127.0.0.1:`port` with nothing but `args` to answer from (no
+/// upstream, no /etc/hosts), in the foreground, stopped when dropped.
+pub(crate) fn spawn_dnsmasq(dir: &Path, port: u16, args: &[String]) -> Running {
+    let bin = which("dnsmasq")
+        .expect("dnsmasq is not installed: run scripts/test.sh, which installs dnsmasq-base");
+    Running(
+        Command::new(bin)
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--user=root",
+                "--log-facility=-",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!(
+                "--pid-file={}",
+                dir.join(format!("dnsmasq-{port}.pid")).display()
+            ))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dnsmasq"),
+    )
+}
+
+/// dnsmasq answering alone for `test.` (a name it has no records for is
+/// NXDOMAIN) with `records` (options such as `--srv-host=...`), every answer
+/// with TTL `ttl`.
+pub(crate) fn dnsmasq(dir: &Path, port: u16, ttl: u32, records: &[String]) -> Running {
+    let mut args = vec!["--local=/test/".to_owned(), format!("--local-ttl={ttl}")];
+    args.extend_from_slice(records);
+    let running = spawn_dnsmasq(dir, port, &args);
+    // Ready when its port takes TCP connections (it serves DNS over TCP too).
+    let end = Instant::now() + DEADLINE;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < end, "dnsmasq on {port} never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    running
+}
+
+/// Stops dnsmasq and waits until its port is free again.
+fn stop(dns: Running, port: u16) {
+    drop(dns);
+    let end = Instant::now() + DEADLINE;
+    while TcpListener::bind(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < end, "dnsmasq on {port} never let go");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn srv(name: &str, target: &str, port: u16, priority: u16, weight: u16) -> String {
+    format!("--srv-host={name},{target},{port},{priority},{weight}")
+}
+
+/// The pool's backends as (name, tier, weight, effective weight, health).
+fn backends(admin: SocketAddr, pool: &str) -> Vec<(String, u64, u64, u64, String)> {
+    let answer = http_get(admin, &format!("/api/v1/pools/{pool}/backends"));
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    v["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap_or_default().to_owned(),
+                b["tier"].as_u64().unwrap_or(u64::MAX),
+                b["weight"].as_u64().unwrap_or(u64::MAX),
+                b["effective_weight"].as_u64().unwrap_or(u64::MAX),
+                b["health"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until `check` holds for the pool's backends.
+fn wait_backends(
+    admin: SocketAddr,
+    what: &str,
+    check: impl Fn(&[(String, u64, u64, u64, String)]) -> bool,
+) -> Vec<(String, u64, u64, u64, String)> {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let now = backends(admin, "db");
+        if check(&now) {
+            return now;
+        }
+        assert!(Instant::now() < end, "{what}: backends are {now:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn find(
+    list: &[(String, u64, u64, u64, String)],
+    addr: SocketAddr,
+) -> Option<&(String, u64, u64, u64, String)> {
+    list.iter().find(|b| b.0 == addr.to_string())
+}
+
+#[test]
+fn srv_records_become_backends_and_follow_every_change_in_dns() {
+    let dir = test_dir("discovery-srv");
+    let dns_port = free_port().port();
+    let (b1, b2, b3) = (echo_backend(), echo_backend(), echo_backend());
+    let name = "_pg._tcp.db.test";
+    let host = "--host-record=pg.test,127.0.0.1".to_owned();
+    let dns = dnsmasq(
+        &dir,
+        dns_port,
+        1,
+        &[
+            host.clone(),
+            srv(name, "pg.test", b1.port(), 0, 10),
+            srv(name, "pg.test", b2.port(), 0, 20),
+        ],
+    );
+    let (admin, front) = (free_port(), free_port());
+    let (_weir, _out) = start(
+        "discovery-srv",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n\
+             [[listeners]]\nname = \"front\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"db\"\n\
+             [[pools]]\nname = \"db\"\ndrain_timeout = \"1s\"\n\
+             discover = {{ srv = \"{name}\", resolver = \"127.0.0.1:{dns_port}\", \
+             min_interval = \"200ms\", max_interval = \"2s\", timeout = \"500ms\", hold = \"2s\" }}\n\
+             [pools.health]\ntype = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\n"
+        ),
+    );
+    // At start: both records, as tier and weight, probed and up.
+    let now = wait_backends(admin, "start", |l| {
+        l.len() == 2 && l.iter().all(|b| b.4 == "up")
+    });
+    assert_eq!(find(&now, b1).map(|b| (b.1, b.2)), Some((0, 10)), "{now:?}");
+    assert_eq!(find(&now, b2).map(|b| (b.1, b.2)), Some((0, 20)), "{now:?}");
+    // Traffic goes through.
+    let mut c = TcpStream::connect(front).expect("connect");
+    c.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    std::io::Write::write_all(&mut c, b"ping").expect("write");
+    let mut buf = [0u8; 4];
+    std::io::Read::read_exact(&mut c, &mut buf).expect("echo");
+    drop(c);
+    assert_eq!(metric(admin, "weir_discovery_records{pool=\"db\"}"), 2.0);
+
+    // b1 leaves, b2's weight drops to 0 (drained), b3 arrives in tier 1.
+    stop(dns, dns_port);
+    let dns = dnsmasq(
+        &dir,
+        dns_port,
+        1,
+        &[
+            host.clone(),
+            srv(name, "pg.test", b2.port(), 0, 0),
+            srv(name, "pg.test", b3.port(), 1, 5),
+        ],
+    );
+    let now = wait_backends(admin, "b3 added", |l| {
+        find(l, b3).is_some_and(|b| b.4 == "up") && find(l, b2).is_some_and(|b| b.2 == 0)
+    });
+    assert_eq!(find(&now, b3).map(|b| (b.1, b.2)), Some((1, 5)), "{now:?}");
+    // b1 drains at weight 0, then leaves the pool (drain_timeout 1s).
+    if let Some(b) = find(&now, b1) {
+        assert_eq!(
+            b.3, 0,
+            "a leaving backend takes no new connections: {now:?}"
+        );
+    }
+    let history = http_get(admin, &format!("/api/v1/pools/db/backends/{b3}/history"));
+    assert!(
+        history.contains("\"kind\":\"discovery\"")
+            && history.contains("\"to\":\"tier 1 weight 5\""),
+        "{history}"
+    );
+    assert!(
+        history.contains("discovery: SRV _pg._tcp.db.test"),
+        "{history}"
+    );
+    wait_backends(admin, "b1 removed", |l| {
+        find(l, b1).is_none() && l.len() == 2
+    });
+
+    // The DNS server goes away: nothing changes, the failures are counted.
+    stop(dns, dns_port);
+    let failures = |admin| {
+        ["timeout", "error", "server_failure"]
+            .iter()
+            .map(|r| {
+                metric(
+                    admin,
+                    &format!("weir_discovery_resolutions_total{{pool=\"db\",result=\"{r}\"}}"),
+                )
+            })
+            .sum::<f64>()
+    };
+    let end = Instant::now() + DEADLINE;
+    while failures(admin) < 2.0 {
+        assert!(Instant::now() < end, "no failed resolution counted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let now = backends(admin, "db");
+    assert!(
+        find(&now, b2).is_some() && find(&now, b3).is_some(),
+        "{now:?}"
+    );
+
+    // Back, with no records at all (NXDOMAIN): the set is kept for the
+    // hold (2s), then drained and removed.
+    let dns = dnsmasq(&dir, dns_port, 1, &[host]);
+    let empty_at = Instant::now();
+    let end = Instant::now() + DEADLINE;
+    while metric(
+        admin,
+        "weir_discovery_resolutions_total{pool=\"db\",result=\"empty\"}",
+    ) < 1.0
+    {
+        assert!(Instant::now() < end, "no empty answer counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(backends(admin, "db").len(), 2, "emptied before the hold");
+    wait_backends(admin, "emptied after the hold", |l| l.is_empty());
+    assert!(empty_at.elapsed() >= Duration::from_secs(2));
+    assert_eq!(metric(admin, "weir_discovery_records{pool=\"db\"}"), 0.0);
+    drop(dns);
+}
+
+#[test]
+fn a_records_at_a_port_refresh_as_their_ttl_says() {
+    let dir = test_dir("discovery-a");
+    let dns_port = free_port().port();
+    // Two addresses, one port: backends on 127.0.0.21 and 127.0.0.22.
+    let port = free_port().port();
+    let listen = |ip: [u8; 4]| {
+        let l = TcpListener::bind(SocketAddr::from((ip, port))).expect("bind");
+        std::thread::spawn(move || for _ in l.incoming() {});
+    };
+    listen([127, 0, 0, 21]);
+    listen([127, 0, 0, 22]);
+    let records = |ips: &[&str]| -> Vec<String> {
+        ips.iter()
+            .map(|ip| format!("--host-record=api.test,{ip}"))
+            .collect()
+    };
+    let dns = dnsmasq(&dir, dns_port, 3, &records(&["127.0.0.21", "127.0.0.22"]));
+    let admin = free_port();
+    let (_weir, _out) = start(
+        "discovery-a",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n\
+             [[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"db\"\n\
+             [[pools]]\nname = \"db\"\ndrain_timeout = \"500ms\"\n\
+             discover = {{ name = \"api.test\", port = {port}, weight = 7, \
+             resolver = \"127.0.0.1:{dns_port}\", min_interval = \"100ms\", max_interval = \"10s\" }}\n\
+             [pools.health]\ntype = \"tcp\"\ninterval = \"200ms\"\n"
+        ),
+    );
+    let a21: SocketAddr = format!("127.0.0.21:{port}").parse().expect("addr");
+    let a22: SocketAddr = format!("127.0.0.22:{port}").parse().expect("addr");
+    let now = wait_backends(admin, "start", |l| l.len() == 2);
+    assert!(now.iter().all(|b| b.2 == 7), "{now:?}");
+    // A TTL of 3s: in 2.5s weir asks at most twice, not every 100ms.
+    let asked = metric(
+        admin,
+        "weir_discovery_resolutions_total{pool=\"db\",result=\"ok\"}",
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let more = metric(
+        admin,
+        "weir_discovery_resolutions_total{pool=\"db\",result=\"ok\"}",
+    ) - asked;
+    assert!(more <= 2.0, "{more} resolutions in 2.5s with a 3s TTL");
+    // One address goes; within a TTL and the drain it leaves the pool.
+    stop(dns, dns_port);
+    let _dns = dnsmasq(&dir, dns_port, 3, &records(&["127.0.0.21"]));
+    let now = wait_backends(admin, "127.0.0.22 removed", |l| l.len() == 1);
+    assert!(
+        find(&now, a21).is_some() && find(&now, a22).is_none(),
+        "{now:?}"
+    );
+}
+
+#[test]
+fn a_drained_discovered_backend_stays_drained_across_a_restart() {
+    let dir = test_dir("discovery-state");
+    let dns_port = free_port().port();
+    let (b1, b2) = (echo_backend(), echo_backend());
+    let name = "_app._tcp.state.test";
+    let _dns = dnsmasq(
+        &dir,
+        dns_port,
+        30,
+        &[
+            "--host-record=app.test,127.0.0.1".to_owned(),
+            srv(name, "app.test", b1.port(), 0, 1),
+            srv(name, "app.test", b2.port(), 0, 1),
+        ],
+    );
+    let admin = free_port();
+    let config = format!(
+        "[admin]\nhttp = \"{admin}\"\n[state]\npath = {:?}\n\
+         [[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\n\
+         [[listeners.routes]]\nname = \"r\"\npool = \"db\"\n\
+         [[pools]]\nname = \"db\"\n\
+         discover = {{ srv = \"{name}\", resolver = \"127.0.0.1:{dns_port}\" }}\n",
+        dir.join("state.db").display().to_string()
+    );
+    let admin_of = |b: SocketAddr| -> String {
+        let answer = http_get(admin, &format!("/api/v1/pools/db/backends/{b}"));
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        v["admin"].as_str().unwrap_or_default().to_owned()
+    };
+    {
+        let (_weir, _out) = start("discovery-state", &config);
+        let drained =
+            crate::cli::http_post(admin, &format!("/api/v1/pools/db/backends/{b1}/drain"));
+        assert!(drained.starts_with("HTTP/1.1 200"), "{drained}");
+        assert_eq!(admin_of(b1), "drain");
+    }
+    // A new process finds the same addresses in DNS and their saved state.
+    let (_weir, _out) = start("discovery-state", &config);
+    assert_eq!(admin_of(b1), "drain");
+    assert_eq!(admin_of(b2), "enabled");
+}

@@ -1,0 +1,304 @@
+//! A fleet of weirs that agree without talking to each other: three
+//! processes on distinct loopback addresses with the same maglev pool send
+//! every client to the same backend, removing one of N backends moves at
+//! most 1/N + 1% of the clients, and after a reload that only one of them
+//! has had they agree again once all have it. Backends discovered from the
+//! same DNS answer give the same table as the same backends written in
+//! another order. The operator commands address the whole fleet at once.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+
+use crate::cli::{DEADLINE, Running, free_port, temp_config, test_dir, weir};
+use crate::control::{ctl, json, text};
+use crate::http::start;
+
+/// Client keys: this many source addresses (127.1.x.y).
+const KEYS: u32 = 1000;
+
+/// A backend that writes its name to every connection and closes it.
+fn named_backend(name: &str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let a = l.local_addr().expect("addr");
+    let name = name.to_owned();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            let _ = std::io::Write::write_all(&mut s, name.as_bytes());
+        }
+    });
+    a
+}
+
+fn key(k: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 1, (k / 250) as u8, (k % 250 + 1) as u8))
+}
+
+/// The backend each client key reaches through `front`.
+fn mapping(front: SocketAddr) -> Vec<String> {
+    (0..KEYS)
+        .map(|k| {
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .expect("socket");
+            socket
+                .bind(&SocketAddr::new(key(k), 0).into())
+                .expect("bind the client key");
+            socket.connect(&front.into()).expect("connect");
+            let mut s: TcpStream = socket.into();
+            s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+            let mut name = String::new();
+            s.read_to_string(&mut name)
+                .expect("read the backend's name");
+            name
+        })
+        .collect()
+}
+
+/// One instance: its listener on `ip:port`, its admin endpoints.
+struct Instance {
+    front: SocketAddr,
+    grpc: SocketAddr,
+    file: PathBuf,
+    _weir: Running,
+}
+
+fn pool_config(backends: &[(String, SocketAddr)], extra: &str) -> String {
+    let mut t = format!(
+        "[[pools]]\nname = \"p\"\nbalance = \"maglev\"\nhash_key = \"source_ip\"\n{extra}\n"
+    );
+    for (name, a) in backends {
+        t.push_str(&format!(
+            "[[pools.backends]]\nname = \"{name}\"\naddress = \"{a}\"\n"
+        ));
+    }
+    t
+}
+
+fn instance(tag: &str, ip: Ipv4Addr, port: u16, pool: &str) -> Instance {
+    let (http, grpc) = (free_port(), free_port());
+    let front = SocketAddr::new(IpAddr::V4(ip), port);
+    let text = format!(
+        "[admin]\nhttp = \"{http}\"\ngrpc = \"{grpc}\"\n\
+         [[listeners]]\nname = \"front\"\nbind = \"{front}\"\n\
+         [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n{pool}"
+    );
+    let file = temp_config(tag, &text);
+    let (weir, _out) = start(tag, &text);
+    Instance {
+        front,
+        grpc,
+        file,
+        _weir: weir,
+    }
+}
+
+/// A port free on every one of `ips`.
+fn common_port(ips: &[Ipv4Addr]) -> u16 {
+    loop {
+        let port = free_port().port();
+        if ips.iter().all(|ip| TcpListener::bind((*ip, port)).is_ok()) {
+            return port;
+        }
+    }
+}
+
+#[test]
+fn three_instances_agree_on_every_client_and_after_a_reload() {
+    let names: Vec<String> = (1..=5).map(|i| format!("b{i}")).collect();
+    let backends: Vec<(String, SocketAddr)> = names
+        .iter()
+        .map(|n| (n.clone(), named_backend(n)))
+        .collect();
+    let ips = [
+        Ipv4Addr::new(127, 0, 0, 11),
+        Ipv4Addr::new(127, 0, 0, 12),
+        Ipv4Addr::new(127, 0, 0, 13),
+    ];
+    let port = common_port(&ips);
+    // The same backends, in another order on each instance.
+    let orders: [Vec<usize>; 3] = [
+        vec![0, 1, 2, 3, 4],
+        vec![4, 3, 2, 1, 0],
+        vec![2, 0, 4, 1, 3],
+    ];
+    let fleet: Vec<Instance> = ips
+        .iter()
+        .zip(&orders)
+        .enumerate()
+        .map(|(i, (ip, order))| {
+            let list: Vec<(String, SocketAddr)> =
+                order.iter().map(|&j| backends[j].clone()).collect();
+            instance(&format!("fleet-{i}"), *ip, port, &pool_config(&list, ""))
+        })
+        .collect();
+
+    let before: Vec<Vec<String>> = fleet.iter().map(|f| mapping(f.front)).collect();
+    assert!(
+        before.windows(2).all(|w| w[0] == w[1]),
+        "the instances disagree"
+    );
+    let mut share: BTreeMap<&str, u32> = BTreeMap::new();
+    for b in &before[0] {
+        *share.entry(b.as_str()).or_default() += 1;
+    }
+    assert_eq!(share.len(), 5, "every backend gets clients: {share:?}");
+
+    // b5 leaves every config; only the first instance reloads at first.
+    for (f, order) in fleet.iter().zip(&orders) {
+        let list: Vec<(String, SocketAddr)> = order
+            .iter()
+            .filter(|&&j| j != 4)
+            .map(|&j| backends[j].clone())
+            .collect();
+        let old = std::fs::read_to_string(&f.file).expect("config");
+        let head = old.split("[[pools]]").next().unwrap_or_default().to_owned();
+        std::fs::write(&f.file, head + &pool_config(&list, "")).expect("write config");
+    }
+    let (code, out, err) = text(&ctl(fleet[0].grpc, None, &["reload"]));
+    assert_eq!(code, 0, "{out}{err}");
+    let first = mapping(fleet[0].front);
+    let second = mapping(fleet[1].front);
+    assert_ne!(
+        first, second,
+        "one instance reloaded, the other not: they differ"
+    );
+
+    // The other two reload with one command addressed to both.
+    let both = format!("{},{}", fleet[1].grpc, fleet[2].grpc);
+    let o = weir()
+        .args(["reload", "--admin", &both])
+        .env_remove("WEIR_TOKEN")
+        .output()
+        .expect("weir reload");
+    let (code, out, err) = text(&o);
+    assert_eq!(code, 0, "{out}{err}");
+    for addr in [fleet[1].grpc, fleet[2].grpc] {
+        assert!(out.contains(&format!("== {addr} ==")), "{out}");
+    }
+    let after: Vec<Vec<String>> = fleet.iter().map(|f| mapping(f.front)).collect();
+    assert!(
+        after.windows(2).all(|w| w[0] == w[1]),
+        "they disagree after the reload"
+    );
+
+    // Only b5's clients moved, and not many others: at most 1/N + 1%.
+    let moved = before[0]
+        .iter()
+        .zip(&after[0])
+        .filter(|(b, a)| b != a)
+        .count() as f64;
+    let of_b5 = before[0].iter().filter(|b| *b == "b5").count() as f64;
+    let others = before[0]
+        .iter()
+        .zip(&after[0])
+        .filter(|(b, a)| b != a && *b != "b5")
+        .count() as f64;
+    let k = f64::from(KEYS);
+    assert!(after[0].iter().all(|b| b != "b5"));
+    assert!(
+        moved / k <= 1.0 / 5.0 + 0.01,
+        "{moved} of {KEYS} clients moved (b5 had {of_b5})"
+    );
+    assert!(
+        others / k <= 0.01,
+        "{others} clients of other backends moved"
+    );
+}
+
+#[test]
+fn the_fleet_commands_report_per_instance_and_fail_clearly() {
+    let b = named_backend("b");
+    let pool = pool_config(&[("b".to_owned(), b)], "");
+    let ips = [Ipv4Addr::new(127, 0, 0, 14), Ipv4Addr::new(127, 0, 0, 15)];
+    let port = common_port(&ips);
+    let a = instance("fleet-cmd-a", ips[0], port, &pool);
+    let c = instance("fleet-cmd-b", ips[1], port, &pool);
+    let list = format!("{},{}", a.grpc, c.grpc);
+
+    // Both drained with one command.
+    let (code, out, err) = text(&ctl_many(&list, &["backend", "drain", "p", "b"]));
+    assert_eq!(code, 0, "{out}{err}");
+    let v = json(&ctl_many(&list, &["backends", "-o", "json"]));
+    let instances = v["instances"].as_array().expect("instances");
+    assert_eq!(instances.len(), 2, "{v}");
+    for (i, addr) in instances.iter().zip([a.grpc, c.grpc]) {
+        assert_eq!(i["admin"], addr.to_string(), "{v}");
+        assert_eq!(i["ok"], true, "{v}");
+        assert_eq!(i["result"][0]["admin"], "drain", "{v}");
+    }
+
+    // One unreachable: the others still answer, the command fails with the
+    // unreachable one named.
+    let gone = free_port();
+    let three = format!("{list},{gone}");
+    let o = ctl_many(&three, &["backend", "enable", "p", "b"]);
+    let (code, out, err) = text(&o);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "== {gone} ==\nFAILED: cannot reach weir at {gone}"
+        )),
+        "{out}"
+    );
+    assert!(err.contains("failed on 1 of 3 instances"), "{err}");
+    let v = json(&ctl(a.grpc, None, &["backends", "-o", "json"]));
+    assert_eq!(v[0]["admin"], "enabled", "the reachable ones acted: {v}");
+    // A watch follows one instance only.
+    let (code, _, err) = text(&ctl_many(&list, &["watch"]));
+    assert_eq!(code, 2, "{err}");
+}
+
+/// An operator command addressed to several instances (`WEIR_ADMIN=a,b`).
+fn ctl_many(admin: &str, args: &[&str]) -> std::process::Output {
+    weir()
+        .args(args)
+        .env("WEIR_ADMIN", admin)
+        .env_remove("WEIR_TOKEN")
+        .output()
+        .expect("run weir")
+}
+
+#[test]
+fn instances_that_discover_the_same_records_agree_with_a_static_one() {
+    let dir = test_dir("fleet-dns");
+    let backends: Vec<SocketAddr> = (1..=4).map(|i| named_backend(&format!("d{i}"))).collect();
+    let dns_port = free_port().port();
+    let mut records = vec!["--host-record=d.test,127.0.0.1".to_owned()];
+    for b in &backends {
+        records.push(format!(
+            "--srv-host=_d._tcp.fleet.test,d.test,{},0,10",
+            b.port()
+        ));
+    }
+    let _dns = crate::discovery::dnsmasq(&dir, dns_port, 30, &records);
+    let ips = [
+        Ipv4Addr::new(127, 0, 0, 16),
+        Ipv4Addr::new(127, 0, 0, 17),
+        Ipv4Addr::new(127, 0, 0, 18),
+    ];
+    let port = common_port(&ips);
+    let discover = pool_config(
+        &[],
+        &format!(
+            "discover = {{ srv = \"_d._tcp.fleet.test\", resolver = \"127.0.0.1:{dns_port}\" }}"
+        ),
+    );
+    // The static one names its backends by address, as discovery does, and
+    // lists them backwards.
+    let written: Vec<(String, SocketAddr)> =
+        backends.iter().rev().map(|a| (a.to_string(), *a)).collect();
+    let fleet = [
+        instance("fleet-dns-0", ips[0], port, &discover),
+        instance("fleet-dns-1", ips[1], port, &discover),
+        instance("fleet-dns-2", ips[2], port, &pool_config(&written, "")),
+    ];
+    let maps: Vec<Vec<String>> = fleet.iter().map(|f| mapping(f.front)).collect();
+    assert!(
+        maps.windows(2).all(|w| w[0] == w[1]),
+        "the instances disagree"
+    );
+    let used: std::collections::BTreeSet<&String> = maps[0].iter().collect();
+    assert_eq!(used.len(), 4, "{used:?}");
+}
