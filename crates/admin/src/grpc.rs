@@ -278,7 +278,7 @@ impl AdminApi for ControlService {
             .flat_map(|p| {
                 p.backends
                     .iter()
-                    .filter_map(|b| backend_message(p, &b.name))
+                    .filter_map(|b| backend_message(&self.server, p, &b.name))
             })
             .collect();
         Ok(Response::new(pb::ListBackendsResponse { backends }))
@@ -367,6 +367,7 @@ impl AdminApi for ControlService {
                 removed: r.diff.removed,
                 changed: r.diff.changed,
                 need_restart: r.diff.need_restart,
+                shadowed: r.shadowed,
             })),
             Err(e @ (ReloadError::Config(_) | ReloadError::Start(_))) => {
                 Err(Status::failed_precondition(format!(
@@ -447,6 +448,34 @@ impl AdminApi for ControlService {
             .await
             .map_err(|e| control_status(&e))?;
         Ok(Response::new(listener_message(&self.server.snapshot(), &l)))
+    }
+
+    async fn add_backend(
+        &self,
+        request: Request<pb::AddBackendRequest>,
+    ) -> Result<Response<pb::Backend>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        let name = (!r.name.is_empty()).then_some(r.name.as_str());
+        let added = self
+            .server
+            .add_backend(&r.pool, &r.address, name, r.weight.unwrap_or(1), r.tier)
+            .await
+            .map_err(|e| control_status(&e))?;
+        self.backend_reply(&r.pool, &added.name)
+    }
+
+    async fn remove_backend(
+        &self,
+        request: Request<pb::RemoveBackendRequest>,
+    ) -> Result<Response<pb::Backend>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        self.server
+            .remove_backend(&r.pool, &r.backend)
+            .await
+            .map_err(|e| control_status(&e))?;
+        self.backend_reply(&r.pool, &r.backend)
     }
 
     type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<pb::Event, Status>>;
@@ -536,7 +565,7 @@ impl ControlService {
     fn backend_reply(&self, pool: &str, backend: &str) -> Result<Response<pb::Backend>, Status> {
         self.server
             .pool(pool)
-            .and_then(|p| backend_message(&p, backend))
+            .and_then(|p| backend_message(&self.server, &p, backend))
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("pool {pool:?} has no backend {backend:?}")))
     }
@@ -552,10 +581,13 @@ fn control_status(e: &ControlError) -> Status {
             Status::invalid_argument(e.to_string())
         }
         ControlError::State(_) => Status::internal(e.to_string()),
+        ControlError::Address(_) => Status::invalid_argument(e.to_string()),
+        ControlError::Exists { .. } => Status::already_exists(e.to_string()),
+        ControlError::NotRuntime { .. } => Status::failed_precondition(e.to_string()),
     }
 }
 
-fn backend_message(pool: &Pool, name: &str) -> Option<pb::Backend> {
+fn backend_message(server: &Server, pool: &Pool, name: &str) -> Option<pb::Backend> {
     let b = pool.backend(name)?;
     let v = pool.view(name)?;
     let admin = match v.admin {
@@ -589,6 +621,7 @@ fn backend_message(pool: &Pool, name: &str) -> Option<pb::Backend> {
         received_bytes: b.stats.received_bytes.load(Relaxed),
         checks_passed: b.stats.checks_passed(),
         checks_failed: b.stats.checks_failed_total(),
+        origin: server.origin(&pool.name, name).as_str().to_owned(),
     })
 }
 

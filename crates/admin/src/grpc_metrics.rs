@@ -82,6 +82,8 @@ const KNOWN: &[Known] = &[
     known(ADMIN, "AddFirewallRule", GrpcType::Unary),
     known(ADMIN, "RemoveFirewallRule", GrpcType::Unary),
     known(ADMIN, "SetListenerMaxConnections", GrpcType::Unary),
+    known(ADMIN, "AddBackend", GrpcType::Unary),
+    known(ADMIN, "RemoveBackend", GrpcType::Unary),
     known(REFLECTION_V1, "ServerReflectionInfo", GrpcType::BidiStream),
     known(
         REFLECTION_V1ALPHA,

@@ -167,6 +167,59 @@ impl Persistence {
             .collect())
     }
 
+    /// Stores a runtime backend (replacing one of its pool and name).
+    pub(crate) async fn put_backend(
+        &self,
+        b: &crate::server::RuntimeBackend,
+    ) -> Result<(), StoreError> {
+        let record = weir_state::BackendRecord {
+            pool: b.pool.clone(),
+            name: b.name.clone(),
+            address: b.address.to_string(),
+            weight: b.weight,
+            tier: b.tier,
+            added_ms: millis(b.added),
+        };
+        let store = Arc::clone(&self.store);
+        self.blocking(move || lock(&store).put_backend(&record))
+            .await
+    }
+
+    /// Deletes a runtime backend.
+    pub(crate) async fn delete_backend(&self, pool: &str, name: &str) -> Result<bool, StoreError> {
+        let (store, pool, name) = (Arc::clone(&self.store), pool.to_owned(), name.to_owned());
+        self.blocking(move || lock(&store).delete_backend(&pool, &name))
+            .await
+    }
+
+    /// The runtime backends; a row this version cannot read is skipped with
+    /// a warning.
+    pub(crate) async fn load_backends(
+        &self,
+    ) -> Result<Vec<crate::server::RuntimeBackend>, StoreError> {
+        let store = Arc::clone(&self.store);
+        let records = self.blocking(move || lock(&store).load_backends()).await?;
+        Ok(records
+            .into_iter()
+            .filter_map(|r| match r.address.parse() {
+                Ok(address) => Some(crate::server::RuntimeBackend {
+                    pool: r.pool,
+                    name: r.name,
+                    address,
+                    weight: r.weight.min(weir_config::MAX_WEIGHT),
+                    tier: r.tier,
+                    added: std::time::UNIX_EPOCH
+                        + Duration::from_millis(u64::try_from(r.added_ms).unwrap_or(0)),
+                    leaving: None,
+                }),
+                Err(_) => {
+                    tracing::warn!(pool = %r.pool, backend = %r.name, address = %r.address, "skipping a runtime backend of the state file this weir cannot read");
+                    None
+                }
+            })
+            .collect())
+    }
+
     /// Waits (at most [`FLUSH_TIMEOUT`]) until everything queued so far is
     /// stored.
     pub(crate) async fn flush(&self) {

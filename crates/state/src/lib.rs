@@ -67,6 +67,18 @@ pub struct RuleRecord {
     pub added_ms: i64,
 }
 
+/// A backend an operator added at runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendRecord {
+    pub pool: String,
+    pub name: String,
+    /// `IP:port`.
+    pub address: String,
+    pub weight: u32,
+    pub tier: u32,
+    pub added_ms: i64,
+}
+
 /// Everything stored about one backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -315,6 +327,54 @@ impl Store {
                     until_ms: row.get(2)?,
                     reason: row.get(3)?,
                     added_ms: row.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Stores a runtime backend, replacing one of the same pool and name.
+    pub fn put_backend(&self, b: &BackendRecord) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO runtime_backend (pool, name, address, weight, tier, added_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (pool, name) DO UPDATE SET address = excluded.address,
+                   weight = excluded.weight, tier = excluded.tier,
+                   added_ms = excluded.added_ms",
+            )?
+            .execute(params![
+                b.pool, b.name, b.address, b.weight, b.tier, b.added_ms
+            ])?;
+            Ok(())
+        })
+    }
+
+    /// Deletes a runtime backend; true if there was one.
+    pub fn delete_backend(&self, pool: &str, name: &str) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let n = tx
+                .prepare_cached("DELETE FROM runtime_backend WHERE pool = ?1 AND name = ?2")?
+                .execute(params![pool, name])?;
+            Ok(n > 0)
+        })
+    }
+
+    /// Every runtime backend, by pool and in the order they were added.
+    pub fn load_backends(&self) -> Result<Vec<BackendRecord>, StoreError> {
+        self.write(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT pool, name, address, weight, tier, added_ms FROM runtime_backend
+                 ORDER BY pool, added_ms, name",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                Ok(BackendRecord {
+                    pool: row.get(0)?,
+                    name: row.get(1)?,
+                    address: row.get(2)?,
+                    weight: row.get(3)?,
+                    tier: row.get(4)?,
+                    added_ms: row.get(5)?,
                 })
             })?;
             rows.collect()

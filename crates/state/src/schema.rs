@@ -55,6 +55,19 @@ const MIGRATION_LIST: &[M<'static>] = &[
         added_ms INTEGER NOT NULL
     ) STRICT, WITHOUT ROWID;",
     ),
+    // Backends an operator added at runtime (`weir backend add`); one per
+    // pool and name.
+    M::up(
+        "CREATE TABLE runtime_backend (
+        pool TEXT NOT NULL,
+        name TEXT NOT NULL,
+        address TEXT NOT NULL,
+        weight INTEGER NOT NULL CHECK (weight BETWEEN 0 AND 4294967295),
+        tier INTEGER NOT NULL CHECK (tier BETWEEN 0 AND 4294967295),
+        added_ms INTEGER NOT NULL,
+        PRIMARY KEY (pool, name)
+    ) STRICT, WITHOUT ROWID;",
+    ),
 ];
 
 const MIGRATIONS: Migrations<'static> = Migrations::from_slice(MIGRATION_LIST);

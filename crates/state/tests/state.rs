@@ -477,7 +477,7 @@ fn newer_schema_is_refused_untouched() {
     );
     let msg = e.to_string();
     assert!(
-        msg.contains("has schema version 999; this weir knows up to 3"),
+        msg.contains("has schema version 999; this weir knows up to 4"),
         "{msg}"
     );
     assert_eq!(user_version(&path), 999);
@@ -541,7 +541,7 @@ fn concurrent_first_open_migrates_once() {
         for o in openers {
             o.join().expect("opener thread").expect("concurrent open");
         }
-        assert_eq!(user_version(&path), 3);
+        assert_eq!(user_version(&path), 4);
     }
 }
 
@@ -636,7 +636,7 @@ fn a_version_one_file_is_migrated() {
         .expect("a version 1 file");
     }
     let store = open(&path, 10);
-    assert_eq!(user_version(&path), 3);
+    assert_eq!(user_version(&path), 4);
     let entries = store.load().expect("load");
     assert_eq!(entry(&entries, "pg", "a").admin.as_deref(), Some("drain"));
     store
@@ -682,4 +682,52 @@ fn firewall_rules_round_trip_replace_and_expire() {
     assert!(store.delete_rule("10.0.0.0/8").expect("delete"));
     assert!(!store.delete_rule("10.0.0.0/8").expect("delete again"));
     assert_eq!(store.load_rules(0).expect("load").len(), 1);
+}
+
+#[test]
+fn runtime_backends_round_trip_replace_and_delete() {
+    let dir = TempDir::new();
+    let store = open(&dir.db(), 10);
+    let backend =
+        |pool: &str, name: &str, address: &str, added_ms: i64| weir_state::BackendRecord {
+            pool: pool.to_owned(),
+            name: name.to_owned(),
+            address: address.to_owned(),
+            weight: 5,
+            tier: 1,
+            added_ms,
+        };
+    store
+        .put_backend(&backend("pg", "c", "10.0.0.3:5432", 20))
+        .expect("put");
+    store
+        .put_backend(&backend("pg", "b", "10.0.0.2:5432", 10))
+        .expect("put");
+    store
+        .put_backend(&backend("web", "a", "10.0.1.1:80", 5))
+        .expect("put");
+    // Same pool and name: replaced.
+    store
+        .put_backend(&backend("pg", "c", "10.0.0.33:5432", 30))
+        .expect("replace");
+    let all = store.load_backends().expect("load");
+    let names: Vec<(&str, &str, &str)> = all
+        .iter()
+        .map(|b| (b.pool.as_str(), b.name.as_str(), b.address.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("pg", "b", "10.0.0.2:5432"),
+            ("pg", "c", "10.0.0.33:5432"),
+            ("web", "a", "10.0.1.1:80")
+        ]
+    );
+    assert_eq!((all[0].weight, all[0].tier), (5, 1));
+    assert!(store.delete_backend("pg", "b").expect("delete"));
+    assert!(!store.delete_backend("pg", "b").expect("delete again"));
+    assert_eq!(store.load_backends().expect("load").len(), 2);
+    // Reopened, they are still there.
+    drop(store);
+    assert_eq!(open(&dir.db(), 10).load_backends().expect("load").len(), 2);
 }

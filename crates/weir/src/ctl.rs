@@ -86,6 +86,25 @@ pub(crate) enum BackendCommand {
     },
     /// The backend's transitions (health, admin state, weight) with their causes.
     History { pool: String, backend: String },
+    /// Add a backend to POOL without a reload: saved to the state file first,
+    /// applied again after a restart, serving once its first probe passes.
+    Add {
+        pool: String,
+        /// IP:port.
+        address: String,
+        /// Default: the address.
+        #[arg(long)]
+        name: Option<String>,
+        /// 0..=1000.
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        /// Lower tiers serve first.
+        #[arg(long, default_value_t = 0)]
+        tier: u32,
+    },
+    /// Remove a backend added with `add`: it drains for the pool's
+    /// drain_timeout, then leaves (not for backends of the file or of DNS).
+    Remove { pool: String, backend: String },
 }
 
 /// `weir firewall ...`
@@ -419,6 +438,35 @@ async fn call(
                 history_table(&r.transitions)
             })
         }
+        Request::Backend(BackendCommand::Add {
+            pool,
+            address,
+            name,
+            weight,
+            tier,
+        }) => {
+            let b = c
+                .add_backend(request(
+                    pb::AddBackendRequest {
+                        pool,
+                        address,
+                        name: name.unwrap_or_default(),
+                        weight: Some(weight),
+                        tier,
+                    },
+                    true,
+                )?)
+                .await?
+                .into_inner();
+            Ok(one_backend(json, &b))
+        }
+        Request::Backend(BackendCommand::Remove { pool, backend }) => {
+            let b = c
+                .remove_backend(request(pb::RemoveBackendRequest { pool, backend }, true)?)
+                .await?
+                .into_inner();
+            Ok(one_backend(json, &b))
+        }
         Request::Backend(BackendCommand::Weight {
             pool,
             backend,
@@ -437,9 +485,7 @@ async fn call(
                 )?)
                 .await?
                 .into_inner();
-            Ok(show(json, &b, backend_json, |b| {
-                backends_table(std::slice::from_ref(b))
-            }))
+            Ok(one_backend(json, &b))
         }
         Request::Backend(cmd) => {
             let (pool, backend, state) = match cmd {
@@ -450,7 +496,10 @@ async fn call(
                 BackendCommand::Disable { pool, backend } => {
                     (pool, backend, pb::AdminState::Disabled)
                 }
-                BackendCommand::Weight { .. } | BackendCommand::History { .. } => {
+                BackendCommand::Weight { .. }
+                | BackendCommand::History { .. }
+                | BackendCommand::Add { .. }
+                | BackendCommand::Remove { .. } => {
                     return Err(tonic::Status::internal("handled above"));
                 }
             };
@@ -465,9 +514,7 @@ async fn call(
                 )?)
                 .await?
                 .into_inner();
-            Ok(show(json, &b, backend_json, |b| {
-                backends_table(std::slice::from_ref(b))
-            }))
+            Ok(one_backend(json, &b))
         }
         Request::Firewall(FirewallCommand::List) => {
             let r = c
@@ -763,6 +810,13 @@ fn or_dash(s: &str) -> &str {
     if s.is_empty() { "-" } else { s }
 }
 
+/// The answer of a command that changed one backend.
+fn one_backend(json: bool, b: &pb::Backend) -> String {
+    show(json, b, backend_json, |b| {
+        backends_table(std::slice::from_ref(b))
+    })
+}
+
 fn backends_table(backends: &[pb::Backend]) -> String {
     let rows: Vec<Vec<String>> = backends
         .iter()
@@ -977,6 +1031,9 @@ fn reload_text(r: &pb::ReloadResponse) -> String {
             "  note: changes to [{s}] take effect at the next start"
         );
     }
+    for s in &r.shadowed {
+        let _ = writeln!(out, "  runtime backend not applied: {s}");
+    }
     out
 }
 
@@ -1088,6 +1145,7 @@ fn backend_json(b: &pb::Backend) -> Value {
             "at": time(p.at_ms), "ok": p.ok, "reason": p.reason,
         })),
         "last_transitions": b.last_transitions.iter().map(transition_json).collect::<Vec<_>>(),
+        "origin": b.origin,
     })
 }
 
@@ -1098,6 +1156,7 @@ fn reload_json(r: &pb::ReloadResponse) -> Value {
         "removed": r.removed,
         "changed": r.changed,
         "need_restart": r.need_restart,
+        "shadowed": r.shadowed,
     })
 }
 

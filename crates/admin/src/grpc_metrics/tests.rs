@@ -142,6 +142,20 @@ impl Admin for Fake {
         unimplemented()
     }
 
+    async fn add_backend(
+        &self,
+        _: Request<pb::AddBackendRequest>,
+    ) -> Result<Response<pb::Backend>, Status> {
+        unimplemented()
+    }
+
+    async fn remove_backend(
+        &self,
+        _: Request<pb::RemoveBackendRequest>,
+    ) -> Result<Response<pb::Backend>, Status> {
+        unimplemented()
+    }
+
     type WatchStream = Events;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Events>, Status> {

@@ -41,7 +41,10 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/routes", get(routes_list))
         .route("/pools", get(pools))
         .route("/backends", get(all_backends))
-        .route("/pools/{pool}/backends", get(pool_backends))
+        .route(
+            "/pools/{pool}/backends",
+            get(pool_backends).post(add_backend),
+        )
         .route("/pools/{pool}/history", get(pool_history))
         .route(BACKEND, get(backend))
         .route(&format!("{BACKEND}/history"), get(backend_history))
@@ -126,9 +129,8 @@ fn status_failure(s: &tonic::Status) -> Refusal {
         Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
         Code::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
         Code::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-        Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => {
-            (StatusCode::CONFLICT, "failed_precondition")
-        }
+        Code::FailedPrecondition | Code::Aborted => (StatusCode::CONFLICT, "failed_precondition"),
+        Code::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
         Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "resource_exhausted"),
         Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -378,16 +380,21 @@ async fn backend_change(
         "drain" => Some(pb::AdminState::Drain),
         "enable" => Some(pb::AdminState::Enabled),
         "disable" => Some(pb::AdminState::Disabled),
-        "weight" => None,
+        "weight" | "remove" => None,
         _ => {
             return Err(Refusal::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "no such API path: a backend's changes are drain, enable, disable and weight",
+                "no such API path: a backend's changes are drain, enable, disable, weight \
+                 and remove",
             ));
         }
     };
     let c = change(&state, &headers)?;
+    if action == "remove" {
+        let request = pb::RemoveBackendRequest { pool, backend };
+        return reply(c.remove_backend(call(&headers, request)).await);
+    }
     if let Some(admin) = admin {
         let request = pb::SetBackendAdminRequest {
             pool,
@@ -404,6 +411,40 @@ async fn backend_change(
         weight: optional_u32(&fields, "weight")?,
     };
     reply(c.set_backend_weight(call(&headers, request)).await)
+}
+
+/// `POST /pools/{pool}/backends`: a backend added at runtime.
+async fn add_backend(
+    State(state): State<Arc<AppState>>,
+    Path(pool): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Answer {
+    let c = change(&state, &headers)?;
+    let fields = body(&bytes)?;
+    only(&fields, &["address", "name", "weight", "tier"])?;
+    let number = |field: &str| -> Result<Option<u32>, Refusal> {
+        match fields.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(Some)
+                .ok_or_else(|| bad(&format!("{field:?} must be a whole number"))),
+        }
+    };
+    let address = string(&fields, "address")?;
+    if address.is_empty() {
+        return Err(bad("\"address\" is missing (IP:port)"));
+    }
+    let request = pb::AddBackendRequest {
+        pool,
+        address: address.to_owned(),
+        name: string(&fields, "name")?.to_owned(),
+        weight: number("weight")?,
+        tier: number("tier")?.unwrap_or(0),
+    };
+    reply(c.add_backend(call(&headers, request)).await)
 }
 
 async fn reload(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Answer {

@@ -35,6 +35,12 @@ pub enum Change {
         from: String,
         to: String,
     },
+    /// An operator added or removed the backend at runtime: "absent",
+    /// "10.0.0.5:5432 tier 0 weight 1", "draining", "removed".
+    Runtime {
+        from: String,
+        to: String,
+    },
 }
 
 impl Change {
@@ -53,6 +59,7 @@ impl Change {
                 ("outlier", word(from), word(to))
             }
             Self::Discovery { from, to } => ("discovery", from.clone(), to.clone()),
+            Self::Runtime { from, to } => ("runtime", from.clone(), to.clone()),
         }
     }
 
@@ -90,6 +97,10 @@ impl Change {
                 }
             }
             "discovery" => Change::Discovery {
+                from: from.to_owned(),
+                to: to.to_owned(),
+            },
+            "runtime" => Change::Runtime {
                 from: from.to_owned(),
                 to: to.to_owned(),
             },

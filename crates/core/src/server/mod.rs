@@ -28,6 +28,7 @@
 //! [`Server::wait`] returns once every connection has ended and the state file
 //! has every transition.
 
+mod backends;
 mod build;
 mod control;
 mod firewall;
@@ -49,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weir_config::Config;
 
+pub use backends::{Origin, RuntimeBackend};
 pub use metrics::ReloadStats;
 
 use crate::events::Journal;
@@ -115,6 +117,18 @@ pub enum ControlError {
     Network(String),
     #[error("no firewall rule for {0}")]
     NoRule(String),
+    #[error("{0:?} is not an IP:port address (e.g. \"10.0.0.5:5432\", \"[2001:db8::5]:5432\")")]
+    Address(String),
+    #[error("pool {pool:?} already has a backend {backend:?}")]
+    Exists { pool: String, backend: String },
+    #[error(
+        "backend {backend:?} of pool {pool:?} comes from the {origin}, not from `weir backend add`: change it there"
+    )]
+    NotRuntime {
+        pool: String,
+        backend: String,
+        origin: &'static str,
+    },
 }
 
 /// What a successful reload did.
@@ -122,6 +136,8 @@ pub enum ControlError {
 pub struct Reloaded {
     pub generation: u64,
     pub diff: weir_config::Diff,
+    /// Runtime backends the new config shadows, as "POOL/NAME: why".
+    pub shadowed: Vec<String>,
 }
 
 /// The outcome of the last reload attempt.
@@ -202,6 +218,8 @@ pub struct Server {
     ready: AtomicBool,
     /// The pools' backends from DNS.
     pub(crate) discovery: crate::discovery::Discovery,
+    /// Backends added at runtime (`weir backend add`).
+    runtime: Mutex<Vec<RuntimeBackend>>,
 }
 
 impl Server {
@@ -230,6 +248,10 @@ impl Server {
         let journal = Arc::new(Journal::new(persistence.as_ref().map(Persistence::queue)));
         let rules = match &persistence {
             Some(p) => p.load_rules().await?,
+            None => Vec::new(),
+        };
+        let runtime = match &persistence {
+            Some(p) => p.load_backends().await?,
             None => Vec::new(),
         };
         if !rules.is_empty() {
@@ -265,11 +287,15 @@ impl Server {
             connections: TaskTracker::new(),
             ready: AtomicBool::new(true),
             discovery: crate::discovery::Discovery::default(),
+            runtime: Mutex::new(runtime),
         };
         let server = Arc::new(server);
         // Pools that discover their backends start with what DNS says now.
         let tasks = server.discovery.sync(&config).await;
-        let effective = server.discovery.effective(&config);
+        let effective = server.effective(&config);
+        for shadowed in server.shadowed(&config) {
+            tracing::warn!(backend = %shadowed, "a runtime backend of the state file is not applied");
+        }
         let inputs = server.inputs(&effective).await?;
         let staged = server.stage(&effective, None, inputs)?;
         server.commit(config, effective, staged, None, true).await;

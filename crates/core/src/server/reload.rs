@@ -45,7 +45,8 @@ impl Server {
         // A pool that starts discovering is resolved now; the others keep
         // what they found.
         let tasks = self.discovery.sync(&config).await;
-        let effective = self.discovery.effective(&config);
+        let effective = self.effective(&config);
+        let shadowed = self.shadowed(&config);
         let inputs = match self.inputs(&effective).await {
             Ok(inputs) => inputs,
             Err(e) => return Err(self.reload_failed(e.into())),
@@ -69,6 +70,9 @@ impl Server {
             changed = ?diff.changed,
             "config reloaded"
         );
+        for b in &shadowed {
+            tracing::warn!(backend = %b, "a runtime backend is shadowed by the new config and not applied");
+        }
         if !diff.need_restart.is_empty() {
             tracing::warn!(sections = ?diff.need_restart, "changes to these sections take effect at the next start");
         }
@@ -77,7 +81,11 @@ impl Server {
             generation,
             error: None,
         });
-        Ok(Reloaded { generation, diff })
+        Ok(Reloaded {
+            generation,
+            diff,
+            shadowed,
+        })
     }
 
     /// Rebuilds the snapshot after DNS changed `pool`'s discovered
@@ -90,34 +98,21 @@ impl Server {
         if !self.is_ready() {
             return;
         }
-        let old = self.current.load_full();
-        let source = (*old.source).clone();
-        let config = self.discovery.effective(&source);
-        let built = match self.inputs(&config).await {
-            Ok(inputs) => self.stage(&config, Some(&old), inputs),
-            Err(e) => Err(e),
-        };
-        let staged = match built {
-            Ok(staged) => staged,
-            Err(e) => {
-                tracing::error!(pool, error = %e, "discovery: the pool could not be rebuilt; it runs as it was");
-                return;
-            }
-        };
-        // A removed backend's last word goes to its old pool, which still
-        // holds it; the others to the new one.
-        for d in deltas {
-            if let Delta::Removed { addr } = d
-                && let Some(p) = old.pool(pool)
-            {
+        // A removed backend's last word goes to its pool before it leaves;
+        // the others' to the new pool.
+        if let Some(p) = self.pool(pool) {
+            for d in deltas.iter().filter(|d| matches!(d, Delta::Removed { .. })) {
                 p.note(
-                    &addr.to_string(),
+                    &d.addr().to_string(),
                     discovery_change(d),
                     discovery_cause(spec),
                 );
             }
         }
-        self.commit(source, config, staged, Some(&old), false).await;
+        if let Err(e) = self.rebuild_running().await {
+            tracing::error!(pool, error = %e, "discovery: the pool could not be rebuilt; it runs as it was");
+            return;
+        }
         if let Some(p) = self.pool(pool) {
             for d in deltas
                 .iter()
@@ -135,6 +130,19 @@ impl Server {
             changes = ?deltas.iter().map(describe).collect::<Vec<_>>(),
             "discovery changed the pool's backends"
         );
+    }
+
+    /// Builds and switches to the running file config with the current
+    /// runtime and discovered backends, in the same generation. The caller
+    /// holds the control lock.
+    pub(super) async fn rebuild_running(&self) -> Result<(), StartError> {
+        let old = self.current.load_full();
+        let source = (*old.source).clone();
+        let config = self.effective(&source);
+        let inputs = self.inputs(&config).await?;
+        let staged = self.stage(&config, Some(&old), inputs)?;
+        self.commit(source, config, staged, Some(&old), false).await;
+        Ok(())
     }
 
     fn reload_failed(&self, e: ReloadError) -> ReloadError {

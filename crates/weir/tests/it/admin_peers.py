@@ -139,6 +139,20 @@ def openapi(admin, token, config):
          body={"max_connections": None}, headers=auth)
     r = call("post", "/reload", headers=auth)
     check(r["generation"] >= 2, f"reload {r}")
+    # A backend added and removed at runtime.
+    added = call("post", "/pools/{pool}/backends", concrete("/pools/{pool}/backends"),
+                 body={"address": "127.0.0.1:9", "name": "extra", "weight": 3, "tier": 1}, headers=auth)
+    check(added["origin"] == "runtime" and added["weight"] == 3 and added["tier"] == 1, f"added {added}")
+    call("post", "/pools/{pool}/backends", concrete("/pools/{pool}/backends"),
+         body={"address": "127.0.0.1:9", "name": "extra"}, headers=auth, expect=409)
+    call("post", "/pools/{pool}/backends", concrete("/pools/{pool}/backends"),
+         body={"address": "not-an-address"}, headers=auth, expect=400)
+    call("post", "/pools/{pool}/backends", "/pools/nope/backends",
+         body={"address": "127.0.0.1:9"}, headers=auth, expect=404)
+    removed = call("post", BK + "/remove", "/pools/db/backends/extra/remove", headers=auth)
+    check(removed["effective_weight"] == 0, f"removed {removed}")
+    call("post", BK + "/remove", concrete(BK + "/remove"), headers=auth, expect=409)
+    call("post", BK + "/remove", "/pools/db/backends/nope/remove", headers=auth, expect=404)
 
     # Errors, each in the documented shape.
     call("post", BK + "/drain", concrete(BK + "/drain"), expect=401)

@@ -19,7 +19,7 @@ use crate::http::start;
 const KEYS: u32 = 1000;
 
 /// A backend that writes its name to every connection and closes it.
-fn named_backend(name: &str) -> SocketAddr {
+pub(crate) fn named_backend(name: &str) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let a = l.local_addr().expect("addr");
     let name = name.to_owned();

@@ -2,6 +2,7 @@
 //! the demo, real peers (nginx, curl), observability with the real
 //! Prometheus tools, and weir out of resources under `prlimit`.
 
+mod backends;
 mod cli;
 mod control;
 mod deploy;

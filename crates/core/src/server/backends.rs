@@ -1,0 +1,298 @@
+//! Backends added and removed at runtime (`weir backend add|remove`), without
+//! a reload: written to the state file before they are acknowledged, applied
+//! again after a restart, and built into the running config the way
+//! discovered backends are (the file's backends, then the runtime ones, then
+//! DNS's). A new one is probed before it serves; a removed one drains for its
+//! pool's `drain_timeout` at weight 0, then leaves.
+//!
+//! The file wins a conflict: a runtime backend whose name the file's pool now
+//! has too (or whose pool the file no longer has) is not applied; it stays
+//! in the state file, reported by every reload as shadowed, until it is
+//! removed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use weir_config::{Backend, BackendAddress, Config};
+
+use super::{ControlError, Server, lock};
+use crate::health::{Cause, Change};
+use crate::pool::BackendView;
+
+/// A backend an operator added at runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeBackend {
+    pub pool: String,
+    pub name: String,
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub tier: u32,
+    pub added: SystemTime,
+    /// Removed: draining at weight 0 until then.
+    pub leaving: Option<Instant>,
+}
+
+/// Where a backend of the running config comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The config file.
+    Config,
+    /// `weir backend add`.
+    Runtime,
+    /// DNS (`discover`).
+    Discovery,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Config => "config",
+            Origin::Runtime => "runtime",
+            Origin::Discovery => "discovery",
+        }
+    }
+}
+
+/// Why a runtime backend is not applied: the file has its name, or no
+/// longer has its pool. `None` when it applies.
+fn shadowed_by(source: &Config, b: &RuntimeBackend) -> Option<&'static str> {
+    match source.pools.iter().find(|p| p.name == b.pool) {
+        None => Some("its pool is not in the config"),
+        Some(p) if p.backends.iter().any(|s| s.name == b.name) => {
+            Some("the config file has a backend of that name, which wins")
+        }
+        Some(_) => None,
+    }
+}
+
+impl Server {
+    /// `source` with the runtime backends, then the discovered ones.
+    pub(crate) fn effective(&self, source: &Config) -> Config {
+        let mut config = source.clone();
+        for b in lock(&self.runtime).iter() {
+            if shadowed_by(source, b).is_some() {
+                continue;
+            }
+            if let Some(p) = config.pools.iter_mut().find(|p| p.name == b.pool) {
+                p.backends.push(Backend {
+                    name: b.name.clone(),
+                    address: BackendAddress::Ip(b.address),
+                    weight: if b.leaving.is_some() { 0 } else { b.weight },
+                    tier: b.tier,
+                    health: true,
+                    check_port: None,
+                });
+            }
+        }
+        self.discovery.effective(&config)
+    }
+
+    /// The runtime backends `source` shadows, each with the reason, as
+    /// "POOL/NAME: why".
+    pub(crate) fn shadowed(&self, source: &Config) -> Vec<String> {
+        lock(&self.runtime)
+            .iter()
+            .filter_map(|b| {
+                shadowed_by(source, b).map(|why| format!("{}/{}: {why}", b.pool, b.name))
+            })
+            .collect()
+    }
+
+    /// The runtime backends, in the order they were added.
+    pub fn runtime_backends(&self) -> Vec<RuntimeBackend> {
+        lock(&self.runtime).clone()
+    }
+
+    /// Where backend `name` of `pool` comes from.
+    pub fn origin(&self, pool: &str, name: &str) -> Origin {
+        let snapshot = self.snapshot();
+        let in_file = snapshot
+            .source
+            .pools
+            .iter()
+            .any(|p| p.name == pool && p.backends.iter().any(|b| b.name == name));
+        if in_file {
+            Origin::Config
+        } else if lock(&self.runtime)
+            .iter()
+            .any(|b| b.pool == pool && b.name == name)
+        {
+            Origin::Runtime
+        } else {
+            Origin::Discovery
+        }
+    }
+
+    /// Adds backend `name` (default: the address) at `address` to `pool`.
+    /// Saved to the state file first; then the pool is rebuilt with it, and
+    /// it serves once its first probe passes.
+    pub async fn add_backend(
+        &self,
+        pool: &str,
+        address: &str,
+        name: Option<&str>,
+        weight: u32,
+        tier: u32,
+    ) -> Result<BackendView, ControlError> {
+        let address: SocketAddr = address
+            .parse()
+            .ok()
+            .filter(|a: &SocketAddr| a.port() != 0)
+            .ok_or_else(|| ControlError::Address(address.to_owned()))?;
+        if weight > weir_config::MAX_WEIGHT {
+            return Err(ControlError::Weight(weight));
+        }
+        let name = name
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map_or_else(|| address.to_string(), str::to_owned);
+        let _one = self.control.lock().await;
+        let running = self
+            .pool(pool)
+            .ok_or_else(|| ControlError::NoPool(pool.to_owned()))?;
+        if running.backend(&name).is_some()
+            || lock(&self.runtime)
+                .iter()
+                .any(|b| b.pool == pool && b.name == name)
+        {
+            return Err(ControlError::Exists {
+                pool: pool.to_owned(),
+                backend: name,
+            });
+        }
+        let b = RuntimeBackend {
+            pool: pool.to_owned(),
+            name: name.clone(),
+            address,
+            weight,
+            tier,
+            added: SystemTime::now(),
+            leaving: None,
+        };
+        if let Some(p) = &self.persistence {
+            p.put_backend(&b)
+                .await
+                .map_err(|e| ControlError::State(e.to_string()))?;
+        }
+        lock(&self.runtime).push(b);
+        if let Err(e) = self.rebuild_running().await {
+            // Saved but not running: take it back out of both.
+            lock(&self.runtime).retain(|r| !(r.pool == pool && r.name == name));
+            if let Some(p) = &self.persistence {
+                let _ = p.delete_backend(pool, &name).await;
+            }
+            return Err(ControlError::State(format!(
+                "the pool could not be rebuilt: {e}"
+            )));
+        }
+        let new = self
+            .pool(pool)
+            .ok_or_else(|| ControlError::NoPool(pool.to_owned()))?;
+        new.note(
+            &name,
+            Change::Runtime {
+                from: "absent".to_owned(),
+                to: format!("{address} tier {tier} weight {weight}"),
+            },
+            Cause::Operator,
+        );
+        tracing::info!(pool, backend = %name, %address, weight, tier, "backend added at runtime");
+        new.view(&name).ok_or_else(|| ControlError::NoBackend {
+            pool: pool.to_owned(),
+            backend: name,
+        })
+    }
+
+    /// Removes runtime backend `name` of `pool`: deleted from the state file
+    /// first, then it takes no new connections and drains for the pool's
+    /// `drain_timeout` before it leaves. Backends of the config file or of
+    /// DNS cannot be removed this way.
+    pub async fn remove_backend(
+        self: &Arc<Self>,
+        pool: &str,
+        name: &str,
+    ) -> Result<BackendView, ControlError> {
+        let _one = self.control.lock().await;
+        let running = self
+            .pool(pool)
+            .ok_or_else(|| ControlError::NoPool(pool.to_owned()))?;
+        let known = lock(&self.runtime)
+            .iter()
+            .any(|b| b.pool == pool && b.name == name && b.leaving.is_none());
+        if !known {
+            return Err(if running.backend(name).is_some() {
+                ControlError::NotRuntime {
+                    pool: pool.to_owned(),
+                    backend: name.to_owned(),
+                    origin: match self.origin(pool, name) {
+                        Origin::Discovery => "DNS records of the pool's discover",
+                        _ => "config file",
+                    },
+                }
+            } else {
+                ControlError::NoBackend {
+                    pool: pool.to_owned(),
+                    backend: name.to_owned(),
+                }
+            });
+        }
+        if let Some(p) = &self.persistence {
+            p.delete_backend(pool, name)
+                .await
+                .map_err(|e| ControlError::State(e.to_string()))?;
+        }
+        let until = Instant::now() + running.drain_timeout;
+        for b in lock(&self.runtime).iter_mut() {
+            if b.pool == pool && b.name == name {
+                b.leaving = Some(until);
+            }
+        }
+        if let Err(e) = self.rebuild_running().await {
+            tracing::error!(pool, backend = name, error = %e, "the pool could not be rebuilt; the backend leaves at the next change");
+        }
+        let new = self
+            .pool(pool)
+            .ok_or_else(|| ControlError::NoPool(pool.to_owned()))?;
+        new.note(
+            name,
+            Change::Runtime {
+                from: "added".to_owned(),
+                to: "draining".to_owned(),
+            },
+            Cause::Operator,
+        );
+        tracing::info!(pool, backend = name, drain = ?running.drain_timeout, "backend removed at runtime; draining");
+        // The end of the drain: out of the pool.
+        let server = Arc::downgrade(self);
+        let (pool_name, backend) = (pool.to_owned(), name.to_owned());
+        tokio::spawn(async move {
+            tokio::time::sleep_until(until.into()).await;
+            let Some(s) = server.upgrade() else { return };
+            let _one = s.control.lock().await;
+            let before = lock(&s.runtime).len();
+            lock(&s.runtime)
+                .retain(|b| !(b.pool == pool_name && b.name == backend && b.leaving.is_some()));
+            if lock(&s.runtime).len() == before {
+                return;
+            }
+            if let Some(p) = s.pool(&pool_name) {
+                p.note(
+                    &backend,
+                    Change::Runtime {
+                        from: "draining".to_owned(),
+                        to: "removed".to_owned(),
+                    },
+                    Cause::Operator,
+                );
+            }
+            if let Err(e) = s.rebuild_running().await {
+                tracing::error!(pool = pool_name, error = %e, "the pool could not be rebuilt after a removal");
+            }
+        });
+        new.view(name).ok_or_else(|| ControlError::NoBackend {
+            pool: pool.to_owned(),
+            backend: name.to_owned(),
+        })
+    }
+}

@@ -1,0 +1,171 @@
+//! Backends added and removed at runtime (`weir backend add|remove`): the
+//! token, probed before they serve, traffic, history, the state file across a
+//! restart, a reload that shadows one (the file wins), and a removal that
+//! drains; the CLI's JSON output of each.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::cli::{DEADLINE, free_port, run_weir, temp_config, test_dir};
+use crate::control::{ctl, json, text};
+use crate::fleet::named_backend;
+
+const TOKEN: &str = "runtime-token-0123456789";
+
+fn backend_of(v: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
+    v.as_array()?.iter().find(|b| b["name"] == name).cloned()
+}
+
+/// Which backends answer `n` connections through `front`.
+fn answers(front: SocketAddr, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let mut s = TcpStream::connect(front).expect("connect");
+            s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+            let mut name = String::new();
+            s.read_to_string(&mut name).expect("read");
+            name
+        })
+        .collect()
+}
+
+#[test]
+fn backends_added_at_runtime_serve_persist_yield_to_the_file_and_drain_when_removed() {
+    let dir = test_dir("runtime-backends");
+    std::fs::write(dir.join("token"), TOKEN).expect("token");
+    let (grpc, front) = (free_port(), free_port());
+    let a = named_backend("a");
+    let extra = named_backend("extra");
+    let head = format!(
+        "[admin]\ngrpc = \"{grpc}\"\ntoken_file = {:?}\n[state]\npath = {:?}\n\
+         [[listeners]]\nname = \"front\"\nbind = \"{front}\"\n\
+         [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\ndrain_timeout = \"1s\"\n\
+         [pools.health]\ntype = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\n\
+         [[pools.backends]]\nname = \"a\"\naddress = \"{a}\"\n",
+        dir.join("token").display().to_string(),
+        dir.join("state.db").display().to_string(),
+    );
+    let file = temp_config("runtime-backends", &head);
+    let (weir, _out) = run_weir(&file);
+
+    // Without the token: refused, nothing added.
+    let (code, _, err) = text(&ctl(
+        grpc,
+        None,
+        &["backend", "add", "p", &extra.to_string()],
+    ));
+    assert_eq!(code, 4, "{err}");
+    let add = [
+        "backend",
+        "add",
+        "p",
+        &extra.to_string(),
+        "--name",
+        "extra",
+        "--weight",
+        "2",
+        "-o",
+        "json",
+    ];
+    let added = json(&ctl(grpc, Some(TOKEN), &add));
+    assert_eq!(added["origin"], "runtime", "{added}");
+    assert_eq!(added["weight"], 2, "{added}");
+    // A second one with the same name is refused.
+    let (code, _, err) = text(&ctl(grpc, Some(TOKEN), &add));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("already has a backend \"extra\""), "{err}");
+    // One where nothing listens is probed and never serves.
+    let dead = free_port();
+    let d = json(&ctl(
+        grpc,
+        Some(TOKEN),
+        &["backend", "add", "p", &dead.to_string(), "-o", "json"],
+    ));
+    assert_eq!(d["serving"], false, "{d}");
+
+    // Traffic reaches the new one (2:1 with a), never the dead one.
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let seen = answers(front, 9);
+        if seen.iter().filter(|n| *n == "extra").count() == 6 {
+            assert_eq!(seen.iter().filter(|n| *n == "a").count(), 3, "{seen:?}");
+            break;
+        }
+        assert!(Instant::now() < end, "extra never served: {seen:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let history = text(&ctl(
+        grpc,
+        None,
+        &["backend", "history", "p", "extra", "-o", "json"],
+    ))
+    .1;
+    assert!(
+        history.contains("\"runtime\"") && history.contains("\"absent\""),
+        "{history}"
+    );
+
+    // A new process applies them again from the state file.
+    drop(weir);
+    let (weir, _out) = run_weir(&file);
+    let all = json(&ctl(grpc, None, &["backends", "p", "-o", "json"]));
+    let e = backend_of(&all, "extra").expect("extra after a restart");
+    assert_eq!(
+        (e["origin"].as_str(), e["weight"].as_u64()),
+        (Some("runtime"), Some(2)),
+        "{e}"
+    );
+    assert!(backend_of(&all, &dead.to_string()).is_some(), "{all}");
+
+    // The file names a backend "extra" too: the file wins, the reload says so.
+    std::fs::write(
+        &file,
+        format!("{head}[[pools.backends]]\nname = \"extra\"\naddress = \"{a}\"\n"),
+    )
+    .expect("write");
+    let (code, out, err) = text(&ctl(grpc, Some(TOKEN), &["reload"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(
+            "runtime backend not applied: p/extra: the config file has a backend of that name"
+        ),
+        "{out}"
+    );
+    let all = json(&ctl(grpc, None, &["backends", "p", "-o", "json"]));
+    let e = backend_of(&all, "extra").expect("extra");
+    assert_eq!(e["origin"], "config", "{e}");
+    assert_eq!(e["address"], a.to_string(), "{e}");
+    // A backend of the file cannot be removed at runtime.
+    let (code, _, err) = text(&ctl(grpc, Some(TOKEN), &["backend", "remove", "p", "a"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("comes from the config"), "{err}");
+
+    // Out of the file again: the runtime one is back; removed, it drains.
+    std::fs::write(&file, &head).expect("write");
+    assert_eq!(text(&ctl(grpc, Some(TOKEN), &["reload"])).0, 0);
+    let r = json(&ctl(
+        grpc,
+        Some(TOKEN),
+        &["backend", "remove", "p", "extra", "-o", "json"],
+    ));
+    assert_eq!(r["effective_weight"], 0, "{r}");
+    let end = Instant::now() + DEADLINE;
+    while backend_of(
+        &json(&ctl(grpc, None, &["backends", "p", "-o", "json"])),
+        "extra",
+    )
+    .is_some()
+    {
+        assert!(Instant::now() < end, "extra never left after its drain");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(weir);
+    let (_weir, _out) = run_weir(&file);
+    let all = json(&ctl(grpc, None, &["backends", "p", "-o", "json"]));
+    assert!(
+        backend_of(&all, "extra").is_none(),
+        "removed for good: {all}"
+    );
+}
