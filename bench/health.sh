@@ -15,6 +15,7 @@ SECONDS_RUN=20
 CHECK=http
 WEIR=$REPO_ROOT/target/release/weir
 PORT_BASE=10000  # below the ephemeral port range, so no client socket holds one
+ADMIN_PORT=9979
 while (($#)); do
     case $1 in
         --backends) N=$2; shift 2 ;;
@@ -66,6 +67,8 @@ done
 
 # weir: one pool of N backends, probed every second; no traffic.
 {
+    echo "[admin]"
+    echo "http = \"127.0.0.1:$ADMIN_PORT\""
     echo "[runtime]"
     echo "worker_threads = 1"
     echo "[log]"
@@ -93,7 +96,16 @@ done
 taskset -c 1 "$WEIR" run --config "$WORK/weir.toml" >"$WORK/weir.log" 2>&1 &
 PIDS+=($!)
 WEIR_PID=$!
-sleep 5 # let the first rounds spread out (start-up probes all at once)
+# /readyz answers 200 once the first probe round is done: how many backends
+# (all of them healthy) failed their first probe then?
+for _ in $(seq 600); do
+    curl -fs "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null 2>&1 && break
+    sleep 0.05
+done
+first_down=$(curl -fs "http://127.0.0.1:$ADMIN_PORT/metrics" \
+    | awk '/^weir_pool_backends\{pool="many",state="down"\}/ {print $2}')
+echo "first probe round: ${first_down:-?} of $N healthy backends failed their first probe"
+sleep 5 # let the first rounds spread out
 
 ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 TCK=$(getconf CLK_TCK)

@@ -2,9 +2,11 @@
 //! check settings), however many pools list that backend; each result is applied
 //! to every subscribed backend, each with its own rise/fall counter.
 //!
-//! The first probe runs at once. After that a backend is probed every `interval`
-//! (±10% jitter so probes spread out), or every `fast_interval` while its state
-//! is undecided or counting towards a change.
+//! The first probes are spread over a short window (see [`start_offset`]) so
+//! that thousands of backends are not all connected to in the same
+//! millisecond. After that a backend is probed every `interval` (±10% jitter
+//! so probes stay spread out), or every `fast_interval` while its state is
+//! undecided or counting towards a change.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,6 +19,26 @@ use weir_config::Check;
 
 use super::{Probe, Prober};
 use crate::pool::Pool;
+
+/// The first probes start this far apart...
+const START_SPACING: Duration = Duration::from_micros(50);
+/// ...within a window of at most this (10,000 targets: 0.5 s).
+const START_WINDOW: Duration = Duration::from_secs(2);
+
+/// When target `i` of `n` sends its first probe: evenly over
+/// `min(n × START_SPACING, START_WINDOW)`. A burst of SYNs to thousands of
+/// ports at once overflows listen backlogs and fails first probes of
+/// healthy backends; 50 µs apart, 10,000 targets start within half a second.
+fn start_offset(i: usize, n: usize) -> Duration {
+    if n <= 1 {
+        return Duration::ZERO;
+    }
+    let window = START_SPACING
+        .saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
+        .min(START_WINDOW);
+    let nanos = window.as_nanos() * i as u128 / n as u128;
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Target {
@@ -39,6 +61,8 @@ pub(crate) struct Checkers {
     first_round: mpsc::UnboundedReceiver<()>,
     tasks: usize,
     longest_timeout: Duration,
+    /// When the last first probe starts.
+    last_start: Duration,
 }
 
 /// Probers made ready for every distinct probe target, not yet running.
@@ -109,23 +133,28 @@ impl Prepared {
             .max()
             .unwrap_or_default();
         let tasks = self.ready.len();
-        for (target, prober, subs) in self.ready {
-            tokio::spawn(run(target, prober, subs, stop.clone(), tx.clone()));
+        let last_start = start_offset(tasks.saturating_sub(1), tasks);
+        for (i, (target, prober, subs)) in self.ready.into_iter().enumerate() {
+            let offset = start_offset(i, tasks);
+            tokio::spawn(run(target, prober, subs, offset, stop.clone(), tx.clone()));
         }
         Checkers {
             first_round,
             tasks,
             longest_timeout,
+            last_start,
         }
     }
 }
 
 impl Checkers {
-    /// Waits until every target has had its first probe, at most one probe
-    /// timeout (plus a little scheduling slack).
+    /// Waits until every target has had its first probe, at most the start
+    /// window and one probe timeout (plus a little scheduling slack).
     pub(crate) async fn first_round(&mut self) {
-        let deadline =
-            tokio::time::Instant::now() + self.longest_timeout + Duration::from_millis(100);
+        let deadline = tokio::time::Instant::now()
+            + self.last_start
+            + self.longest_timeout
+            + Duration::from_millis(100);
         let mut seen = 0;
         while seen < self.tasks {
             match tokio::time::timeout_at(deadline, self.first_round.recv()).await {
@@ -145,9 +174,16 @@ async fn run(
     target: Target,
     mut prober: Prober,
     subs: Vec<Subscriber>,
+    offset: Duration,
     stop: CancellationToken,
     first: mpsc::UnboundedSender<()>,
 ) {
+    if !offset.is_zero() {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(offset) => {}
+        }
+    }
     let mut first = Some(first);
     loop {
         if subs.iter().any(|s| s.pool.probe_wanted(s.index)) {
@@ -192,6 +228,21 @@ fn jitter(base: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_probes_spread_evenly_over_a_bounded_window() {
+        assert_eq!(start_offset(0, 1), Duration::ZERO);
+        assert_eq!(start_offset(0, 10_000), Duration::ZERO);
+        // 10,000 targets: 50 µs apart, the last one just under 0.5 s.
+        assert_eq!(start_offset(1, 10_000), Duration::from_micros(50));
+        assert_eq!(start_offset(9_999, 10_000), Duration::from_micros(499_950));
+        // 100,000: the window stops at 2 s.
+        assert_eq!(start_offset(50_000, 100_000), Duration::from_secs(1));
+        assert!(start_offset(99_999, 100_000) < START_WINDOW);
+        // Never decreasing.
+        let offsets: Vec<Duration> = (0..1000).map(|i| start_offset(i, 1000)).collect();
+        assert!(offsets.windows(2).all(|w| w[0] <= w[1]));
+    }
 
     #[test]
     fn jitter_stays_within_ten_percent() {
