@@ -805,9 +805,24 @@ pub struct HttpCheck {
     pub expect_status: StatusMatch,
     /// The body must contain this substring.
     pub expect_body: Option<String>,
+    /// `GET` unless set (`HEAD`, `POST`, ...).
+    pub method: String,
+    /// Extra request headers, in name order.
+    pub headers: Vec<(String, String)>,
+    /// A request body, sent with its Content-Length.
+    pub body: Option<String>,
+    /// Most bytes of an answer read (status line, headers and body); a
+    /// larger one fails the probe.
+    pub max_response: usize,
+    /// Redirects (301, 302, 303, 307, 308) followed to the same server, at
+    /// most this many; 0 judges the redirect itself.
+    pub follow_redirects: u32,
     /// `https = true`: probe over TLS.
     pub tls: Option<ProbeTls>,
 }
+
+/// `max_response` of an HTTP check when not set.
+pub const DEFAULT_MAX_RESPONSE: usize = 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct GrpcCheck {

@@ -371,6 +371,11 @@ pub(crate) struct RawHealth {
     pub(crate) host: Option<String>,
     pub(crate) expect_status: Option<String>,
     pub(crate) expect_body: Option<String>,
+    pub(crate) method: Option<String>,
+    pub(crate) headers: Option<std::collections::BTreeMap<String, String>>,
+    pub(crate) body: Option<String>,
+    pub(crate) max_response: Option<Int>,
+    pub(crate) follow_redirects: Option<Int>,
     // http and grpc
     pub(crate) https: Option<bool>,
     pub(crate) tls_skip_verify: Option<bool>,

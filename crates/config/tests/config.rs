@@ -170,6 +170,29 @@ fn every_health_type_gets_its_defaults() {
             }
         );
     }
+    let h = health(
+        "type = \"http\"\nmethod = \"POST\"\nbody = \"{}\"\nmax_response = 4096\n\
+         follow_redirects = 2\nheaders = { \"X-Probe\" = \"weir\", \"Accept-Language\" = \"en\" }",
+    );
+    let Check::Http(c) = &h.check else {
+        panic!("{h:?}")
+    };
+    assert_eq!(
+        (
+            c.method.as_str(),
+            c.body.as_deref(),
+            c.max_response,
+            c.follow_redirects
+        ),
+        ("POST", Some("{}"), 4096, 2)
+    );
+    assert_eq!(
+        c.headers,
+        [
+            ("Accept-Language".to_owned(), "en".to_owned()),
+            ("X-Probe".to_owned(), "weir".to_owned())
+        ]
+    );
     let h = health("type = \"http\"");
     assert_eq!(
         h.check,
@@ -180,6 +203,11 @@ fn every_health_type_gets_its_defaults() {
                 ranges: vec![(200, 299)]
             },
             expect_body: None,
+            method: "GET".to_owned(),
+            headers: Vec::new(),
+            body: None,
+            max_response: weir_config::DEFAULT_MAX_RESPONSE,
+            follow_redirects: 0,
             tls: None,
         })
     );
@@ -350,6 +378,11 @@ health = { type = "grpc", service = "pg.Replica", https = true, tls_skip_verify 
                     ranges: vec![(200, 200), (300, 399), (404, 410)]
                 },
                 expect_body: Some("running".to_owned()),
+                method: "GET".to_owned(),
+                headers: Vec::new(),
+                body: None,
+                max_response: weir_config::DEFAULT_MAX_RESPONSE,
+                follow_redirects: 0,
                 tls: Some(ProbeTls {
                     skip_verify: false,
                     ca: Some(ca.into()),
@@ -453,8 +486,9 @@ fn misspelt_health_key() {
         (15, 1),
         "unknown key `inter` (did you mean `interval`?); expected one of `type`, `interval`, \
          `fast_interval`, `timeout`, `rise`, `fall`, `port`, `passive_timeout`, `path`, `host`, \
-         `expect_status`, `expect_body`, `https`, `tls_skip_verify`, `ca`, `tls_server_name`, \
-         `service`, `query`, `query_type`, `expect_rcode`, `send`, `expect`",
+         `expect_status`, `expect_body`, `method`, `headers`, `body`, `max_response`, \
+         `follow_redirects`, `https`, `tls_skip_verify`, `ca`, `tls_server_name`, `service`, \
+         `query`, `query_type`, `expect_rcode`, `send`, `expect`",
     );
 }
 
@@ -2245,4 +2279,59 @@ fn dns_and_udp_checks() {
         assert!(e.contains(&format!("pools[0].health.{key}")), "{body}: {e}");
         assert!(e.contains(words), "{body}: {e}");
     }
+}
+
+#[test]
+fn http_check_requests_are_checked() {
+    let cases = [
+        (
+            "method = \"get\"",
+            "pools[0].health.method",
+            "upper-case letters",
+        ),
+        (
+            "method = \"CONNECT\"",
+            "pools[0].health.method",
+            "not a method",
+        ),
+        (
+            "headers = { \"Host\" = \"x\" }",
+            "pools[0].health.headers.Host",
+            "weir writes this header itself",
+        ),
+        (
+            "headers = { \"bad name\" = \"x\" }",
+            "pools[0].health.headers.bad name",
+            "is not a header name",
+        ),
+        (
+            "headers = { \"X-A\" = \"line\\nbreak\" }",
+            "pools[0].health.headers.X-A",
+            "visible ASCII",
+        ),
+        (
+            "max_response = 10",
+            "pools[0].health.max_response",
+            "out of range 256..=16777216",
+        ),
+        (
+            "follow_redirects = 11",
+            "pools[0].health.follow_redirects",
+            "out of range 0..=10",
+        ),
+    ];
+    for (key, path, message) in cases {
+        let p = problems(&with_health(&format!("type = \"http\"\n{key}")));
+        assert!(
+            p.iter()
+                .any(|p| p.path == path && p.message.contains(message)),
+            "{key}: {p:?}"
+        );
+    }
+    // HTTP-only keys on another check type.
+    let p = problems(&with_health("type = \"tcp\"\nmethod = \"POST\""));
+    assert!(
+        p.iter().any(|p| p.path == "pools[0].health.method"),
+        "{p:?}"
+    );
 }

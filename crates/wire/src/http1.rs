@@ -19,6 +19,8 @@ pub struct Response {
     /// HTTP/1.1 without `Connection: close`, with a delimited body: the
     /// connection can carry the next request.
     pub keep_alive: bool,
+    /// The first `Location` header, when it is visible ASCII.
+    pub location: Option<String>,
 }
 
 /// Why the bytes are not a valid response (no continuation can make them one).
@@ -55,14 +57,16 @@ struct Head {
     framing: Framing,
     body_at: usize,
     keep_alive: bool,
+    location: Option<String>,
 }
 
 impl Head {
-    fn response(&self, body: Vec<u8>) -> Response {
+    fn response(self, body: Vec<u8>) -> Response {
         Response {
             status: self.status,
             body,
             keep_alive: self.keep_alive && !matches!(self.framing, Framing::UntilClose),
+            location: self.location,
         }
     }
 }
@@ -70,9 +74,22 @@ impl Head {
 /// Parses a response from the bytes received so far; `Ok(None)` means a
 /// valid prefix: read more and call again with the whole buffer.
 pub fn parse_response(buf: &[u8]) -> Result<Option<Response>, ResponseError> {
-    let Some(head) = head(buf)? else {
+    parse_response_to(buf, false)
+}
+
+/// [`parse_response`] for the answer to a request that was a HEAD (when
+/// `head_request`): such an answer never has a body, whatever its headers
+/// say about one.
+pub fn parse_response_to(
+    buf: &[u8],
+    head_request: bool,
+) -> Result<Option<Response>, ResponseError> {
+    let Some(mut head) = head(buf)? else {
         return Ok(None);
     };
+    if head_request {
+        head.framing = Framing::Length(0);
+    }
     let body = buf.get(head.body_at..).unwrap_or_default();
     let body = match head.framing {
         Framing::Length(n) => match body.get(..n) {
@@ -119,7 +136,15 @@ fn head(buf: &[u8]) -> Result<Option<Head>, ResponseError> {
     // HTTP/1.1 keeps the connection unless told otherwise; HTTP/1.0 closes.
     let mut keep_alive = resp.version == Some(1);
     let mut framing = Framing::UntilClose;
+    let mut location = None;
     for h in resp.headers.iter() {
+        if location.is_none()
+            && h.name.eq_ignore_ascii_case("location")
+            && !h.value.is_empty()
+            && h.value.iter().all(|c| c.is_ascii_graphic())
+        {
+            location = std::str::from_utf8(h.value).ok().map(str::to_owned);
+        }
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
             if contains_token(h.value, b"chunked") {
                 framing = Framing::Chunked;
@@ -145,6 +170,7 @@ fn head(buf: &[u8]) -> Result<Option<Head>, ResponseError> {
         framing,
         body_at,
         keep_alive,
+        location,
     }))
 }
 

@@ -121,11 +121,16 @@ impl Checker {
                 ..default
             };
         };
-        let typed_keys: [(&str, bool, &[CheckType]); 14] = [
+        let typed_keys: [(&str, bool, &[CheckType]); 19] = [
             ("path", raw.path.is_some(), HTTP),
             ("host", raw.host.is_some(), HTTP),
             ("expect_status", raw.expect_status.is_some(), HTTP),
             ("expect_body", raw.expect_body.is_some(), HTTP),
+            ("method", raw.method.is_some(), HTTP),
+            ("headers", raw.headers.is_some(), HTTP),
+            ("body", raw.body.is_some(), HTTP),
+            ("max_response", raw.max_response.is_some(), HTTP),
+            ("follow_redirects", raw.follow_redirects.is_some(), HTTP),
             ("https", raw.https.is_some(), HTTP_GRPC),
             ("tls_skip_verify", raw.tls_skip_verify.is_some(), HTTP_GRPC),
             ("ca", raw.ca.is_some(), HTTP_GRPC),
@@ -287,11 +292,73 @@ impl Checker {
                 "must not be empty; leave it out to accept any body",
             );
         }
+        let method = raw.method.clone().unwrap_or_else(|| "GET".to_owned());
+        if method.is_empty()
+            || method.len() > 20
+            || !method.bytes().all(|c| c.is_ascii_uppercase())
+            || method == "CONNECT"
+        {
+            self.push(
+                format!("{path}.method"),
+                format!("{method:?} is not a method a probe can send: upper-case letters, e.g. \"GET\", \"HEAD\", \"POST\""),
+            );
+        }
+        let mut headers = Vec::new();
+        for (name, value) in raw.headers.iter().flatten() {
+            let key = format!("{path}.headers.{name}");
+            let token = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c));
+            if !token {
+                self.push(
+                    key,
+                    "is not a header name (letters, digits and -_.!#$%&'*+^`|~)",
+                );
+            } else if ["host", "content-length", "transfer-encoding", "connection"]
+                .iter()
+                .any(|h| name.eq_ignore_ascii_case(h))
+            {
+                self.push(
+                    key,
+                    "weir writes this header itself (use `host` for the Host header)",
+                );
+            } else if !value
+                .bytes()
+                .all(|c| c == b' ' || c == b'\t' || c.is_ascii_graphic())
+            {
+                self.push(
+                    key,
+                    "the value must be visible ASCII (spaces and tabs allowed)",
+                );
+            } else {
+                headers.push((name.clone(), value.clone()));
+            }
+        }
+        let max_response = self.int(
+            &format!("{path}.max_response"),
+            raw.max_response,
+            crate::model::DEFAULT_MAX_RESPONSE,
+            256,
+            Some(16 * 1024 * 1024),
+        );
+        let follow_redirects = self.int(
+            &format!("{path}.follow_redirects"),
+            raw.follow_redirects,
+            0,
+            0,
+            Some(10),
+        );
         HttpCheck {
             path: request_path,
             host: raw.host.clone(),
             expect_status,
             expect_body: raw.expect_body.clone(),
+            method,
+            headers,
+            body: raw.body.clone(),
+            max_response,
+            follow_redirects,
             tls: self.probe_tls(path, raw),
         }
     }

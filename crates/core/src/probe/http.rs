@@ -1,16 +1,15 @@
-//! The HTTP/1.1 probe: one GET on a connection that may be kept for the next
-//! probe; the answer is parsed by `weir_wire::http1` and held against the
-//! check's `expect_status` and `expect_body`.
+//! The HTTP/1.1 probe: one request (the check's method, headers and body) on
+//! a connection that may be kept for the next probe; the answer is parsed by
+//! `weir_wire::http1`, redirects to the same server are followed when the
+//! check says so, and the last answer is held against `expect_status` and
+//! `expect_body`.
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use weir_config::HttpCheck;
-use weir_wire::http1::{parse_response, parse_response_at_eof};
+use weir_wire::http1::{Response, parse_response_at_eof, parse_response_to};
 
 use crate::Reason;
 use crate::health::Report;
-
-/// Most bytes of an HTTP response read by a probe (status, headers and body).
-const MAX_RESPONSE: usize = 64 * 1024;
 
 /// What an HTTP probe found, and whether its connection can serve the next one.
 pub(super) struct Outcome {
@@ -31,53 +30,158 @@ impl Outcome {
     }
 }
 
-/// The request a check sends, built once per probe target.
-pub(super) fn request(check: &HttpCheck, default_host: &str) -> Vec<u8> {
-    let host = check.host.as_deref().unwrap_or(default_host);
-    format!(
-        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: weir-health-check\r\nAccept: */*\r\n\r\n",
-        check.path
-    )
-    .into_bytes()
+/// The request a check sends to `path`, built once per probe target (and
+/// per redirect followed).
+pub(super) fn request(check: &HttpCheck, host: &str, path: &str, method: &str) -> Vec<u8> {
+    let mut r = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: weir-health-check\r\nAccept: */*\r\n"
+    );
+    for (name, value) in &check.headers {
+        r.push_str(name);
+        r.push_str(": ");
+        r.push_str(value);
+        r.push_str("\r\n");
+    }
+    let body = if method == "GET" || method == "HEAD" {
+        check.body.as_deref().filter(|b| !b.is_empty())
+    } else {
+        Some(check.body.as_deref().unwrap_or_default())
+    };
+    if let Some(body) = body {
+        r.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    } else {
+        r.push_str("\r\n");
+    }
+    r.into_bytes()
 }
 
-/// Sends `request` and judges the answer.
+/// The path a redirect's `Location` leads to on the probed server: a path,
+/// or an absolute URL whose authority is `host`; `None` for another server.
+fn same_server(location: &str, host: &str) -> Option<String> {
+    if location.starts_with('/') && !location.starts_with("//") {
+        return Some(location.to_owned());
+    }
+    let rest = location
+        .strip_prefix("http://")
+        .or_else(|| location.strip_prefix("https://"))?;
+    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
+    authority
+        .eq_ignore_ascii_case(host)
+        .then(|| path.to_owned())
+}
+
+/// Sends `request`, follows redirects to the same server as the check
+/// allows, and judges the last answer.
 pub(super) async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     request: &[u8],
     check: &HttpCheck,
+    host: &str,
 ) -> Outcome {
+    let mut method = check.method.clone();
+    let mut next: Option<Vec<u8>> = None;
+    let mut hops = 0;
+    loop {
+        let sent = next.as_deref().unwrap_or(request);
+        let (response, closed) = match one(stream, sent, check, method == "HEAD").await {
+            Ok(r) => r,
+            Err(outcome) => return outcome,
+        };
+        let reusable = response.keep_alive && !closed;
+        let redirect = matches!(response.status, 301 | 302 | 303 | 307 | 308);
+        if redirect && hops < check.follow_redirects {
+            let Some(location) = response.location.as_deref() else {
+                return judged(&response, reusable, check);
+            };
+            let Some(path) = same_server(location, host) else {
+                return failed(
+                    Reason::Status,
+                    format!(
+                        "http status {}, redirected to another server: {location}",
+                        response.status
+                    ),
+                );
+            };
+            if !reusable {
+                return failed(
+                    Reason::Status,
+                    format!(
+                        "http status {}, redirected to {path}, but the server closed the connection",
+                        response.status
+                    ),
+                );
+            }
+            if response.status == 303 {
+                method = "GET".to_owned();
+            }
+            hops += 1;
+            next = Some(self::request(check, host, &path, &method));
+            continue;
+        }
+        return judged(&response, reusable, check);
+    }
+}
+
+/// One request and its answer; `closed` when the server closed after it.
+async fn one<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    request: &[u8],
+    check: &HttpCheck,
+    head_request: bool,
+) -> Result<(Response, bool), Outcome> {
     if let Err(e) = stream.write_all(request).await {
-        return Outcome::io(format!("http: cannot send the request: {}", io_text(&e)));
+        return Err(Outcome::io(format!(
+            "http: cannot send the request: {}",
+            io_text(&e)
+        )));
     }
     let mut buf = Vec::with_capacity(1024);
-    let mut closed = false;
-    let response = loop {
-        match parse_response(&buf) {
-            Ok(Some(r)) => break r,
+    loop {
+        match parse_response_to(&buf, head_request) {
+            Ok(Some(r)) => return Ok((r, false)),
             Ok(None) => {}
-            Err(e) => return Outcome::io(format!("http: invalid response: {e}")),
+            Err(e) => return Err(Outcome::io(format!("http: invalid response: {e}"))),
         }
-        if buf.len() >= MAX_RESPONSE {
-            return Outcome::io(format!("http: response larger than {MAX_RESPONSE} bytes"));
+        if buf.len() >= check.max_response {
+            // The backend answered, too much: its failure, not the link's.
+            return Err(failed(
+                Reason::Body,
+                format!(
+                    "http: response larger than max_response ({} bytes)",
+                    check.max_response
+                ),
+            ));
         }
         let mut chunk = [0u8; 4096];
-        match stream.read(&mut chunk).await {
+        let want = chunk.len().min(check.max_response - buf.len());
+        match stream.read(&mut chunk[..want]).await {
             Ok(0) if buf.is_empty() => {
-                return Outcome::io("http: connection closed without a response".into());
+                return Err(Outcome::io(
+                    "http: connection closed without a response".into(),
+                ));
             }
             Ok(0) => {
-                closed = true;
-                match parse_response_at_eof(&buf) {
-                    Ok(r) => break r,
-                    Err(e) => return Outcome::io(format!("http: invalid response: {e}")),
-                }
+                return match parse_response_at_eof(&buf) {
+                    Ok(r) => Ok((r, true)),
+                    Err(e) => Err(Outcome::io(format!("http: invalid response: {e}"))),
+                };
             }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) => return Outcome::io(format!("http: {}", io_text(&e))),
+            Err(e) => return Err(Outcome::io(format!("http: {}", io_text(&e)))),
         }
-    };
-    let reusable = response.keep_alive && !closed;
+    }
+}
+
+fn failed(reason: Reason, text: String) -> Outcome {
+    Outcome {
+        report: Report::failed(reason, text),
+        reusable: false,
+        io_failure: false,
+    }
+}
+
+/// The last answer against `expect_status` and `expect_body`.
+fn judged(response: &Response, reusable: bool, check: &HttpCheck) -> Outcome {
     let report = if !check.expect_status.matches(response.status) {
         Report::failed(Reason::Status, format!("http status {}", response.status))
     } else if let Some(needle) = &check.expect_body
@@ -110,5 +214,130 @@ fn io_text(e: &std::io::Error) -> String {
         ConnectionReset => "connection reset".into(),
         BrokenPipe => "connection closed".into(),
         _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check() -> HttpCheck {
+        HttpCheck {
+            path: "/health".into(),
+            host: None,
+            expect_status: weir_config::StatusMatch {
+                ranges: vec![(200, 299)],
+            },
+            expect_body: None,
+            method: "GET".into(),
+            headers: vec![("X-Probe".into(), "weir".into())],
+            body: None,
+            max_response: 1024,
+            follow_redirects: 0,
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn requests_carry_the_method_headers_and_body() {
+        let c = check();
+        assert_eq!(
+            request(&c, "db:80", "/health", "GET"),
+            b"GET /health HTTP/1.1\r\nHost: db:80\r\nUser-Agent: weir-health-check\r\nAccept: */*\r\nX-Probe: weir\r\n\r\n"
+        );
+        let c = HttpCheck {
+            body: Some("{\"q\":1}".into()),
+            ..check()
+        };
+        let r = String::from_utf8(request(&c, "db", "/x", "POST")).expect("ascii");
+        assert!(r.starts_with("POST /x HTTP/1.1\r\n"), "{r}");
+        assert!(r.ends_with("Content-Length: 7\r\n\r\n{\"q\":1}"), "{r}");
+        // A POST without a body still says how long it is.
+        let r = String::from_utf8(request(&check(), "db", "/x", "POST")).expect("ascii");
+        assert!(r.ends_with("Content-Length: 0\r\n\r\n"), "{r}");
+    }
+
+    #[test]
+    fn redirects_are_followed_only_to_the_same_server() {
+        assert_eq!(same_server("/next", "db:80").as_deref(), Some("/next"));
+        assert_eq!(
+            same_server("http://DB:80/ready?x=1", "db:80").as_deref(),
+            Some("/ready?x=1")
+        );
+        assert_eq!(same_server("https://db:80", "db:80").as_deref(), Some("/"));
+        assert_eq!(same_server("http://other:80/ready", "db:80"), None);
+        assert_eq!(same_server("//other/ready", "db:80"), None);
+        assert_eq!(same_server("ready", "db:80"), None);
+    }
+
+    async fn run(check: &HttpCheck, answers: &[&[u8]]) -> (Report, Vec<String>) {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let answers: Vec<Vec<u8>> = answers.iter().map(|a| a.to_vec()).collect();
+        let seen = tokio::spawn(async move {
+            let mut requests = Vec::new();
+            for a in answers {
+                let mut buf = vec![0u8; 4096];
+                let n = server.read(&mut buf).await.expect("read");
+                requests.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                server.write_all(&a).await.expect("write");
+            }
+            requests
+        });
+        let req = request(check, "db:80", &check.path, &check.method);
+        let outcome = exchange(&mut client, &req, check, "db:80").await;
+        drop(client);
+        (outcome.report, seen.await.expect("server"))
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_followed_on_the_same_connection() {
+        let c = HttpCheck {
+            follow_redirects: 1,
+            ..check()
+        };
+        let (report, seen) = run(
+            &c,
+            &[
+                b"HTTP/1.1 302 Found\r\nLocation: /ready\r\nContent-Length: 0\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            ],
+        )
+        .await;
+        assert!(report.ok(), "{report:?}");
+        assert!(seen[1].starts_with("GET /ready HTTP/1.1\r\n"), "{seen:?}");
+        // Without following, the redirect itself is judged.
+        let (report, _) = run(
+            &check(),
+            &[b"HTTP/1.1 302 Found\r\nLocation: /ready\r\nContent-Length: 0\r\n\r\n"],
+        )
+        .await;
+        assert_eq!(report.text, "http status 302");
+    }
+
+    #[tokio::test]
+    async fn a_larger_answer_than_max_response_fails() {
+        let big = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n{}",
+            "x".repeat(2000)
+        );
+        let (report, _) = run(&check(), &[big.as_bytes()]).await;
+        assert!(!report.ok());
+        assert!(
+            report
+                .text
+                .contains("larger than max_response (1024 bytes)"),
+            "{report:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_head_answer_has_no_body_to_wait_for() {
+        let c = HttpCheck {
+            method: "HEAD".into(),
+            ..check()
+        };
+        let (report, seen) = run(&c, &[b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n"]).await;
+        assert!(report.ok(), "{report:?}");
+        assert!(seen[0].starts_with("HEAD /health HTTP/1.1\r\n"));
     }
 }

@@ -82,7 +82,10 @@ impl Prober {
                 .transpose()?,
         };
         let request = match &probe {
-            Probe::Http(check) => http::request(check, &addr.to_string()),
+            Probe::Http(check) => {
+                let host = check.host.clone().unwrap_or_else(|| addr.to_string());
+                http::request(check, &host, &check.path, &check.method)
+            }
             _ => Vec::new(),
         };
         Ok(Prober {
@@ -119,7 +122,7 @@ impl Prober {
             },
             Probe::Http(check) => {
                 if let Some(mut c) = conn.take() {
-                    let outcome = http_on(&mut c, request, check).await;
+                    let outcome = http_on(&mut c, request, check, addr).await;
                     // A kept connection the server has closed meanwhile is not a
                     // failure of the backend: try again on a fresh one.
                     if !outcome.io_failure {
@@ -133,7 +136,7 @@ impl Prober {
                     Ok(c) => c,
                     Err(report) => return report,
                 };
-                let outcome = http_on(&mut c, request, check).await;
+                let outcome = http_on(&mut c, request, check, addr).await;
                 if outcome.reusable {
                     *conn = Some(c);
                 }
@@ -179,10 +182,23 @@ async fn open(
     }
 }
 
-async fn http_on(conn: &mut Conn, request: &[u8], check: &HttpCheck) -> http::Outcome {
+async fn http_on(
+    conn: &mut Conn,
+    request: &[u8],
+    check: &HttpCheck,
+    addr: SocketAddr,
+) -> http::Outcome {
+    let default_host;
+    let host = match &check.host {
+        Some(h) => h.as_str(),
+        None => {
+            default_host = addr.to_string();
+            &default_host
+        }
+    };
     match conn {
-        Conn::Plain(s) => http::exchange(s, request, check).await,
-        Conn::Tls(s) => http::exchange(s.as_mut(), request, check).await,
+        Conn::Plain(s) => http::exchange(s, request, check, host).await,
+        Conn::Tls(s) => http::exchange(s.as_mut(), request, check, host).await,
     }
 }
 

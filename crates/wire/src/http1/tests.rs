@@ -11,6 +11,7 @@ fn content_length_body() {
             status: 200,
             body: b"running".to_vec(),
             keep_alive: true,
+            location: None,
         })
     );
     assert_eq!(
@@ -80,6 +81,7 @@ fn body_until_close() {
             status: 200,
             body: b"hello".to_vec(),
             keep_alive: false,
+            location: None,
         })
     );
 }
@@ -129,6 +131,7 @@ fn no_body_statuses() {
             status: 204,
             body: vec![],
             keep_alive: true,
+            location: None,
         })
     );
 }
@@ -196,4 +199,23 @@ proptest! {
         prop_assert_eq!(r.body, body);
         prop_assert!(!r.keep_alive);
     }
+}
+
+#[test]
+fn location_and_head_answers() {
+    let raw = b"HTTP/1.1 302 Found\r\nLocation: /next?x=1\r\nContent-Length: 5\r\n\r\nmoved";
+    let r = parse_response(raw).expect("ok").expect("complete");
+    assert_eq!(r.location.as_deref(), Some("/next?x=1"));
+    assert_eq!(r.body, b"moved");
+    // A Location with a space or a control character is not taken.
+    let raw = b"HTTP/1.1 302 Found\r\nLocation: /a b\r\nContent-Length: 0\r\n\r\n";
+    assert_eq!(
+        parse_response(raw).expect("ok").expect("complete").location,
+        None
+    );
+    // The answer to a HEAD has no body, whatever Content-Length says.
+    let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n";
+    assert_eq!(parse_response(raw), Ok(None));
+    let r = parse_response_to(raw, true).expect("ok").expect("complete");
+    assert_eq!((r.status, r.body.len(), r.keep_alive), (200, 0, true));
 }
