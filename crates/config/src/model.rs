@@ -725,6 +725,10 @@ impl HttpProtocol {
 pub enum HashKey {
     SourceIp,
     SourceAddr,
+    /// The server name of a TLS ClientHello (l4 routes of TCP listeners):
+    /// one backend per name, whoever connects. Clients without SNI hash by
+    /// source IP.
+    Sni,
 }
 
 /// `[pools.health]`: active health checking of the pool's backends.

@@ -893,11 +893,11 @@ fn bad_enum_values_list_the_accepted_ones() {
         "log.format",
         "unknown value \"xml\"; expected one of: text, json",
     );
-    let text = OK_POOL.replace("name = \"p\"", "name = \"p\"\nhash_key = \"sni\"");
+    let text = OK_POOL.replace("name = \"p\"", "name = \"p\"\nhash_key = \"host\"");
     assert_one(
         &format!("{OK_LISTENER}{text}"),
         "pools[0].hash_key",
-        "unknown value \"sni\"; expected one of: source_ip, source_addr",
+        "unknown value \"host\"; expected one of: source_ip, source_addr, sni",
     );
     let text = OK_POOL.replace("name = \"p\"", "name = \"p\"\nhealth = { type = \"icmp\" }");
     assert_one(
@@ -2332,6 +2332,27 @@ fn http_check_requests_are_checked() {
     let p = problems(&with_health("type = \"tcp\"\nmethod = \"POST\""));
     assert!(
         p.iter().any(|p| p.path == "pools[0].health.method"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn hash_key_sni_is_for_l4_routes_of_tcp_listeners() {
+    let pool = "[[pools]]\nname = \"p\"\nbalance = \"maglev\"\nhash_key = \"sni\"\n\
+                [[pools.backends]]\naddress = \"127.0.0.1:9000\"\n";
+    let l4 = format!(
+        "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:1\"\n\
+         [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n{pool}"
+    );
+    assert!(load(&l4).is_ok());
+    let udp = format!(
+        "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:1\"\nprotocol = \"udp\"\n\
+         [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n{pool}"
+    );
+    let p = problems(&udp);
+    assert!(
+        p.iter()
+            .any(|p| p.path == "listeners[0].routes[0]" && p.message.contains("hashes by sni")),
         "{p:?}"
     );
 }

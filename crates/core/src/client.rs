@@ -19,6 +19,9 @@ pub struct Client {
     /// PROXY header at the start of its bytes is refused.
     pub refuse_proxy_header: bool,
     pub accepted_at: Instant,
+    /// The hash of the ClientHello's server name (lower-cased), when a peek
+    /// saw one: `hash_key = "sni"` of maglev pools.
+    pub sni_key: Option<u64>,
     /// Held for the connection's life when `per_client.concurrent` counts it.
     pub(crate) slot: Option<crate::firewall::ClientSlot>,
 }
@@ -32,6 +35,7 @@ impl Client {
             destination: None,
             refuse_proxy_header: false,
             accepted_at: Instant::now(),
+            sni_key: None,
             slot: None,
         }
     }

@@ -279,7 +279,9 @@ async fn forward(
 ) -> Result<(Response<Incoming>, Lease), Reason> {
     let pool = &target.pool;
     let key = match pool.policy() {
-        weir_config::Policy::Maglev => weir_core::upstream::affinity_key(pool.hash_key, cx.client),
+        weir_config::Policy::Maglev => {
+            weir_core::upstream::affinity_key(pool.hash_key, cx.client, None)
+        }
         _ => 0,
     };
     let replayable = is_idempotent(req.method()) && is_bodiless(&req);

@@ -25,6 +25,7 @@ const PROTOCOLS: &[(&str, HttpProtocol)] = &[
 const HASH_KEYS: &[(&str, HashKey)] = &[
     ("source_ip", HashKey::SourceIp),
     ("source_addr", HashKey::SourceAddr),
+    ("sni", HashKey::Sni),
 ];
 
 impl Checker {
@@ -163,6 +164,26 @@ impl Checker {
     pub(super) fn check_protocols(&mut self, listeners: &[Listener], pools: &[Pool]) {
         for (li, l) in listeners.iter().enumerate() {
             for (ri, r) in l.routes.iter().enumerate() {
+                // The SNI is only known where weir peeks at a ClientHello it
+                // passes through: l4 routes of TCP listeners.
+                let by_sni = r
+                    .pool_indices()
+                    .into_iter()
+                    .filter_map(|i| pools.get(i))
+                    .find(|p| p.hash_key == HashKey::Sni && p.balance == Policy::Maglev);
+                if let Some(pool) = by_sni
+                    && (l.udp.is_some() || matches!(r.mode, RouteMode::L7(_)))
+                {
+                    self.push(
+                        format!("listeners[{li}].routes[{ri}]"),
+                        format!(
+                            "pool {:?} hashes by sni, which only l4 routes of TCP listeners \
+                             know (from the ClientHello they pass through); use hash_key = \
+                             \"source_ip\" for this route's pool",
+                            pool.name
+                        ),
+                    );
+                }
                 if let (Some(_), RouteMode::L4(l4)) = (&l.udp, &r.mode)
                     && let Some(pool) = pools.get(l4.pool_index)
                     && !matches!(

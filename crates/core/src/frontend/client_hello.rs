@@ -20,7 +20,8 @@ const MAX_PEEK: usize = tls::MAX_HELLO_LEN + 1024;
 const FIRST_PEEK: usize = 1024;
 
 /// Peeks at the client's first bytes and returns the first route that matches
-/// them (non-TLS and malformed hellos match only routes without sni/alpn).
+/// them (non-TLS and malformed hellos match only routes without sni/alpn),
+/// and the hash of the hello's server name, for maglev pools that hash by it.
 /// Fails with `HandshakeTimeout` when nothing was decided within the
 /// listener's `handshake_timeout`, or `ClientClosed` when the client closed
 /// (or reset) before.
@@ -28,7 +29,7 @@ pub(crate) async fn route<'l>(
     listener: &'l Listener,
     client: &TcpStream,
     ip: IpAddr,
-) -> Result<Option<&'l Route>, Reason> {
+) -> Result<(Option<&'l Route>, Option<u64>), Reason> {
     match tokio::time::timeout(listener.handshake_timeout, peek_route(listener, client, ip)).await {
         Ok(r) => r,
         Err(_) => Err(Reason::HandshakeTimeout),
@@ -39,7 +40,7 @@ async fn peek_route<'l>(
     listener: &'l Listener,
     client: &TcpStream,
     ip: IpAddr,
-) -> Result<Option<&'l Route>, Reason> {
+) -> Result<(Option<&'l Route>, Option<u64>), Reason> {
     // Only listeners that route on SNI/ALPN pay for this buffer, only while
     // the ClientHello arrives, and by what has arrived (never what the record
     // header announces): a flood of clients that never finish their hello
@@ -49,14 +50,33 @@ async fn peek_route<'l>(
     loop {
         peek::more(client, &mut buf, &mut seen).await?;
         match tls::peek(&buf[..seen]) {
-            Ok(Peek::Complete(hello)) => return Ok(listener.route_for(ip, Some(&hello))),
-            Ok(Peek::NotTls) | Err(_) => return Ok(listener.route_for(ip, None)),
+            Ok(Peek::Complete(hello)) => {
+                let key = hello.sni.as_deref().map(sni_key);
+                return Ok((listener.route_for(ip, Some(&hello)), key));
+            }
+            Ok(Peek::NotTls) | Err(_) => return Ok((listener.route_for(ip, None), None)),
             Ok(Peek::Incomplete { .. }) if seen == buf.len() => match grown(seen) {
                 Some(len) => buf.resize(len, 0),
-                None => return Ok(listener.route_for(ip, None)),
+                None => return Ok((listener.route_for(ip, None), None)),
             },
             Ok(Peek::Incomplete { .. }) => {}
         }
+    }
+}
+
+/// The maglev key of a server name: its hash, case folded (names are
+/// case-insensitive), so `API.example` and `api.example` go to one backend.
+fn sni_key(name: &str) -> u64 {
+    let mut lower = [0u8; 256];
+    let bytes = name.as_bytes();
+    match lower.get_mut(..bytes.len()) {
+        Some(buf) => {
+            for (d, s) in buf.iter_mut().zip(bytes) {
+                *d = s.to_ascii_lowercase();
+            }
+            weir_balance::hash_bytes(buf)
+        }
+        None => weir_balance::hash_bytes(name.to_ascii_lowercase().as_bytes()),
     }
 }
 

@@ -90,7 +90,10 @@ async fn front<'l>(listener: &'l Listener, client: &mut Client) -> Option<&'l Ro
     let peer = client.peer;
     let routed = if listener.needs_hello {
         match client_hello::route(listener, &client.stream, peer.ip()).await {
-            Ok(r) => r,
+            Ok((r, sni_key)) => {
+                client.sni_key = sni_key;
+                r
+            }
             Err(Reason::ClientClosed) => None,
             Err(reason) => {
                 listener.refuse(peer, reason);

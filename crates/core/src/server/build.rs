@@ -186,7 +186,17 @@ fn build_listener(
         idle_timeout: l.idle_timeout,
         shutdown_timeout: l.shutdown_timeout,
         handshake_timeout: l.handshake_timeout,
-        needs_hello: l.routes.iter().any(|r| r.matcher.needs_client_hello()),
+        // Also for a maglev pool that hashes by SNI (validation keeps those
+        // to l4 routes of TCP listeners).
+        needs_hello: l.routes.iter().any(|r| {
+            r.matcher.needs_client_hello()
+                || r.pool_indices().into_iter().any(|i| {
+                    config.pools.get(i).is_some_and(|p| {
+                        p.hash_key == weir_config::HashKey::Sni
+                            && p.balance == weir_config::Policy::Maglev
+                    })
+                })
+        }),
         proxy_accept: l.proxy_protocol.clone(),
         firewall: crate::firewall::Firewall::new(
             l.firewall.as_ref(),

@@ -311,7 +311,9 @@ impl Opener {
         };
         let pool = &up.pool;
         let key = match pool.policy() {
-            weir_config::Policy::Maglev => crate::upstream::affinity_key(pool.hash_key, client),
+            weir_config::Policy::Maglev => {
+                crate::upstream::affinity_key(pool.hash_key, client, None)
+            }
             _ => 0,
         };
         let i = pool.pick(key, &[]).ok_or(Drop::NoBackend)?;

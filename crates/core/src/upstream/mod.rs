@@ -63,7 +63,7 @@ pub(crate) async fn connect(up: &Upstream, client: &Client) -> Result<(usize, St
     let pool = &up.pool;
     let picker = pool.picker();
     let key = match picker.policy() {
-        weir_balance::Policy::Maglev => affinity_key(pool.hash_key, client.peer),
+        weir_balance::Policy::Maglev => affinity_key(pool.hash_key, client.peer, client.sni_key),
         _ => 0,
     };
     // Allocates only once a connect has failed.
@@ -182,7 +182,12 @@ pub async fn tls_handshake(
 }
 
 /// The maglev key of a client: its IP, or its IP and port.
-pub fn affinity_key(kind: HashKey, peer: SocketAddr) -> u64 {
+/// `sni` is the hash of the ClientHello's server name (`hash_key = "sni"`);
+/// without one the key is the source IP.
+pub fn affinity_key(kind: HashKey, peer: SocketAddr, sni: Option<u64>) -> u64 {
+    if let (HashKey::Sni, Some(key)) = (kind, sni) {
+        return key;
+    }
     let mut bytes = [0u8; 18];
     let len = match peer.ip() {
         IpAddr::V4(ip) => {
@@ -195,7 +200,7 @@ pub fn affinity_key(kind: HashKey, peer: SocketAddr) -> u64 {
         }
     };
     let len = match kind {
-        HashKey::SourceIp => len,
+        HashKey::SourceIp | HashKey::Sni => len,
         HashKey::SourceAddr => {
             bytes[len..len + 2].copy_from_slice(&peer.port().to_be_bytes());
             len + 2

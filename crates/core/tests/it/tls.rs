@@ -123,6 +123,41 @@ async fn sni_and_alpn_routes_receive_the_hello_byte_for_byte() {
     }
 }
 
+/// `hash_key = "sni"`: every connection for one server name reaches one
+/// backend (whatever its case), names spread over the backends, and a
+/// client without SNI still gets through (by source IP).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maglev_by_sni_sends_each_name_to_one_backend() {
+    let names = ["b1", "b2", "b3"];
+    let mut toml = "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n\
+                    [[listeners.routes]]\nname = \"all\"\npool = \"p\"\n\
+                    [[pools]]\nname = \"p\"\nbalance = \"maglev\"\nhash_key = \"sni\"\n"
+        .to_owned();
+    for n in names {
+        let a = counting_backend(n).await;
+        toml.push_str(&format!(
+            "[[pools.backends]]\nname = \"{n}\"\naddress = \"{a}\"\n"
+        ));
+    }
+    let server = start(&toml).await;
+    let front = addr(&server, "l");
+    let backend = |answer: String| answer.split(':').next().unwrap_or_default().to_owned();
+    let mut used = std::collections::BTreeSet::new();
+    for i in 0..24 {
+        let name = format!("tenant{i}.example.com");
+        let first = backend(within("send", send(front, &client_hello(&name, &[]), 1)).await);
+        for again in [name.clone(), name.to_uppercase()] {
+            let got = backend(within("send", send(front, &client_hello(&again, &[]), 1)).await);
+            assert_eq!(got, first, "{again} went elsewhere");
+        }
+        used.insert(first);
+    }
+    assert_eq!(used.len(), 3, "24 names over 3 backends: {used:?}");
+    // Plain TCP, no hello: by source IP.
+    let got = within("send", send(front, b"not tls at all", 1)).await;
+    assert!(names.contains(&backend(got.clone()).as_str()), "{got}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_tcp_is_recognised_at_once_and_matches_only_routes_without_sni() {
     let tls = counting_backend("tls").await;
