@@ -644,6 +644,9 @@ pub struct Pool {
     pub outlier: Option<Outlier>,
     /// Backends from DNS, besides the static `backends`.
     pub discover: Option<Discover>,
+    /// A backend that comes back (down to up, or re-enabled) ramps its weight
+    /// from 5% to full over this long.
+    pub slow_start: Option<std::time::Duration>,
     pub backends: Vec<Backend>,
 }
 

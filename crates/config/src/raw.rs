@@ -321,6 +321,7 @@ pub(crate) struct RawPool {
     pub(crate) health: Option<RawHealth>,
     pub(crate) outlier: Option<RawOutlier>,
     pub(crate) discover: Option<RawDiscover>,
+    pub(crate) slow_start: Option<String>,
     #[serde(default)]
     pub(crate) backends: Vec<RawBackend>,
 }

@@ -154,6 +154,7 @@ impl Checker {
                 }
             }),
             discover,
+            slow_start: self.timeout_opt(&format!("{path}.slow_start"), raw.slow_start.as_deref()),
             backends,
         }
     }

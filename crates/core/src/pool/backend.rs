@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +41,9 @@ pub(super) struct Status {
     pub(super) weight_override: Option<u32>,
     pub(super) history: VecDeque<Transition>,
     pub(super) last_probe: Option<LastProbe>,
+    /// Came back (down to up, or re-enabled) at this instant: its weight
+    /// ramps up over the pool's `slow_start`.
+    pub(super) ramp_since: Option<Instant>,
 }
 
 impl Status {
@@ -122,7 +125,15 @@ pub struct Backend {
     pub(super) passive_pending: Arc<AtomicBool>,
     pub(super) link: Arc<Link>,
     pub(crate) outlier: Arc<OutlierState>,
+    /// The pool's `slow_start`.
+    pub(super) slow_start: Option<Duration>,
 }
+
+/// The share of its weight a backend that came back gets at first.
+const RAMP_FLOOR: f64 = 0.05;
+/// Picker weights are scaled by this in pools with `slow_start`, so that a
+/// ramp of weight 1 has steps of 1%.
+pub(super) const RAMP_SCALE: u32 = 100;
 
 /// A consistent view of a backend's state, for the API and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +160,42 @@ impl Backend {
     /// The weight it would get if serving.
     fn weight_now(s: &Status, configured: u32) -> u32 {
         s.weight_override.unwrap_or(configured)
+    }
+
+    /// How far its slow start has come (`RAMP_FLOOR..1`), or `None` when it
+    /// is not ramping (any more).
+    pub(super) fn ramp(&self, s: &Status, now: Instant) -> Option<f64> {
+        let (since, over) = (s.ramp_since?, self.slow_start?);
+        let f = now.saturating_duration_since(since).as_secs_f64() / over.as_secs_f64();
+        (f < 1.0).then_some(f.max(RAMP_FLOOR))
+    }
+
+    /// The weight the balancer uses: [`Self::eligible_weight`], scaled by
+    /// [`RAMP_SCALE`] in a pool with `slow_start` and ramped while the
+    /// backend comes back.
+    pub(super) fn picker_weight(&self, s: &Status, now: Instant) -> u32 {
+        let w = self.eligible_weight(s);
+        if self.slow_start.is_none() || w == 0 {
+            return w;
+        }
+        let full = w.saturating_mul(RAMP_SCALE);
+        match self.ramp(s, now) {
+            // Truncation is fine: a share of at most `full`.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            Some(f) => ((f64::from(full) * f) as u32).max(1),
+            None => full,
+        }
+    }
+
+    /// The weight it gets now in the configured scale: ramped while it comes
+    /// back (at least 1).
+    fn weight_shown(&self, s: &Status) -> u32 {
+        let w = self.eligible_weight(s);
+        match self.ramp(s, Instant::now()) {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            Some(f) if w > 0 => ((f64::from(w) * f).ceil() as u32).clamp(1, w),
+            _ => w,
+        }
     }
 
     /// Its weight if its tier serves: 0 unless enabled and up (or, with
@@ -178,7 +225,7 @@ impl Backend {
     /// The weight it gets now: configured or overridden while serving, else 0.
     pub fn effective_weight(&self) -> u32 {
         if self.is_serving() {
-            self.eligible_weight(&self.status())
+            self.weight_shown(&self.status())
         } else {
             0
         }
@@ -239,7 +286,7 @@ impl Backend {
             weight: self.weight,
             weight_override: s.weight_override,
             effective_weight: if self.is_serving() {
-                self.eligible_weight(&s)
+                self.weight_shown(&s)
             } else {
                 0
             },

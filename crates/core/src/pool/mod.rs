@@ -91,6 +91,8 @@ pub struct Pool {
     /// False during the first round of probes: results are recorded and the
     /// picker is built once when the round is complete (no transient tiers).
     settled: AtomicBool,
+    /// A task rebuilds the balancer while backends ramp up (slow start).
+    ramp_task: AtomicBool,
     /// Kept across reloads, like the backends' histories.
     tier_history: Arc<Mutex<VecDeque<TierChange>>>,
     /// Thins the warnings about weir's own shortage of descriptors.
@@ -171,6 +173,7 @@ impl Pool {
                                 weight_override: s.weight_override,
                                 history: s.history.clone(),
                                 last_probe: None,
+                                ramp_since: None,
                             }))
                         };
                         (
@@ -193,6 +196,7 @@ impl Pool {
                             weight_override: saved.weight_override,
                             history,
                             last_probe: None,
+                            ramp_since: None,
                         };
                         (
                             Arc::new(Mutex::new(status)),
@@ -216,6 +220,7 @@ impl Pool {
                     passive_pending: pending,
                     link,
                     outlier,
+                    slow_start: cfg.slow_start,
                 }
             })
             .collect();
@@ -249,6 +254,7 @@ impl Pool {
             picker: ArcSwap::from_pointee(Picker::new(cfg.balance, &[])),
             rebuild: Mutex::new(last_tier),
             settled: AtomicBool::new(false),
+            ramp_task: AtomicBool::new(false),
             tier_history,
             shortage_lines: weir_telemetry::LogBudget::new(1),
             newest: previous.map_or_else(Arc::default, |p| Arc::clone(&p.newest)),
@@ -358,12 +364,18 @@ impl Pool {
     /// record of a tier change; it is only called when the tier changes.
     fn rebuild(self: &Arc<Self>, why: impl FnOnce() -> String) {
         let mut last_tier = lock(&self.rebuild);
+        let now = std::time::Instant::now();
+        let mut ramping = false;
         let snapshot: Vec<(u32, Health, AdminState)> = self
             .backends
             .iter()
             .map(|b| {
-                let s = b.status();
-                (b.eligible_weight(&s), s.health.state(), s.admin)
+                let mut s = b.status();
+                if s.ramp_since.is_some() && b.ramp(&s, now).is_none() {
+                    s.ramp_since = None;
+                }
+                ramping |= s.ramp_since.is_some();
+                (b.picker_weight(&s, now), s.health.state(), s.admin)
             })
             .collect();
         let members: Vec<Member<'_>> = self
@@ -425,6 +437,32 @@ impl Pool {
             *last_tier = tier;
         }
         self.picker.store(Arc::new(picker));
+        drop(last_tier);
+        if ramping {
+            self.keep_ramping();
+        }
+    }
+
+    /// While a backend ramps up after `slow_start`, rebuilds the balancer
+    /// every step (a twentieth of `slow_start`, 100 ms..1 s) until every ramp
+    /// is over; one task per pool.
+    fn keep_ramping(self: &Arc<Self>) {
+        let Some(over) = self.backends.iter().find_map(|b| b.slow_start) else {
+            return;
+        };
+        if self.ramp_task.swap(true, Relaxed) {
+            return;
+        }
+        let step = (over / 20).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(step).await;
+            if let Some(p) = pool.upgrade() {
+                p.ramp_task.store(false, Relaxed);
+                // Starts the next step while a ramp goes on.
+                p.rebuild(|| "slow start".to_owned());
+            }
+        });
     }
 
     fn schedule_drain(self: &Arc<Self>, b: &Backend, epoch: u64) {

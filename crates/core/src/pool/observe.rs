@@ -172,6 +172,9 @@ impl Pool {
         let before = s.label();
         let (from, to) = op(&mut s.health)?;
         b.count_transition(before, s.label());
+        if from == Health::Down && to == Health::Up && b.slow_start.is_some() {
+            s.ramp_since = Some(std::time::Instant::now());
+        }
         let (change, cause) = (Change::Health { from, to }, cause());
         let why = describe(&b.name, &change, &cause);
         if to == Health::Down {

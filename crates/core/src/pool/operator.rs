@@ -20,6 +20,9 @@ impl Pool {
             }
             let before = s.label();
             s.admin = admin;
+            if admin == AdminState::Enabled && b.slow_start.is_some() {
+                s.ramp_since = Some(std::time::Instant::now());
+            }
             // Health is stale after a time without probes: decide it afresh.
             if from == AdminState::Disabled && b.watch == Watch::Probed {
                 let (rise, fall) = (self.health.rise, self.health.fall);

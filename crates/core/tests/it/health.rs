@@ -747,3 +747,97 @@ async fn grpc_checks_over_tls() {
     assert_eq!(h, Health::Down);
     assert!(why.starts_with("tls: "), "{why}");
 }
+
+/// A backend that writes its name on `addr`, until `stop` is cancelled (its
+/// port then refuses connections).
+async fn stoppable_backend(
+    name: &'static str,
+    addr: SocketAddr,
+) -> tokio_util::sync::CancellationToken {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let l = tokio::net::TcpListener::bind(addr).await.expect("bind");
+    let token = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return,
+                a = l.accept() => {
+                    let Ok((mut s, _)) = a else { return };
+                    tokio::spawn(async move {
+                        let _ = tokio::io::AsyncWriteExt::write_all(&mut s, name.as_bytes()).await;
+                    });
+                }
+            }
+        }
+    });
+    stop
+}
+
+/// `slow_start`: a backend that comes back ramps its weight from a small
+/// share to full over `slow_start`; at the start nothing ramps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_comes_back_ramps_up_over_slow_start() {
+    let a = named_backend("a").await;
+    let b_addr = refused_addr();
+    let mut b = stoppable_backend("b", b_addr).await;
+    let toml = pool_toml("round_robin", &[("a", a, 10), ("b", b_addr, 10)]).replace(
+        "connect_timeout = \"500ms\"\n",
+        "connect_timeout = \"500ms\"\nslow_start = \"2s\"\n\
+         [pools.health]\ntype = \"tcp\"\ninterval = \"50ms\"\ntimeout = \"200ms\"\nrise = 1\nfall = 1\n",
+    );
+    let server = start(&toml).await;
+    let front = addr(&server, "l");
+    let pool = server.pool("p").expect("p");
+    let weight = |p: &weir_core::pool::Pool| p.view("b").map(|v| v.effective_weight);
+    // At start: full weight at once.
+    assert_eq!(weight(&pool), Some(10));
+
+    b.cancel();
+    wait_until("b down", || {
+        server
+            .pool("p")
+            .and_then(|p| p.view("b"))
+            .is_some_and(|v| v.health == weir_core::health::Health::Down)
+    })
+    .await;
+    b = stoppable_backend("b", b_addr).await;
+    wait_until("b up", || {
+        server
+            .pool("p")
+            .and_then(|p| p.view("b"))
+            .is_some_and(|v| v.serving)
+    })
+    .await;
+    let back = std::time::Instant::now();
+    let first = weight(&server.pool("p").expect("p")).expect("b");
+    assert!(first <= 3, "right after coming back: weight {first}");
+    // Its share of new connections is small at first...
+    let mut to_b = 0;
+    for _ in 0..100 {
+        if within("fetch", fetch(front, None)).await == "b" {
+            to_b += 1;
+        }
+    }
+    assert!(
+        back.elapsed() < Duration::from_millis(1000) && to_b < 30,
+        "{to_b} of 100 in {:?}",
+        back.elapsed()
+    );
+    // ...and full once slow_start has passed.
+    tokio::time::sleep(Duration::from_millis(2200).saturating_sub(back.elapsed())).await;
+    wait_until("b at full weight", || {
+        server
+            .pool("p")
+            .and_then(|p| p.view("b"))
+            .is_some_and(|v| v.effective_weight == 10)
+    })
+    .await;
+    let mut to_b = 0;
+    for _ in 0..100 {
+        if within("fetch", fetch(front, None)).await == "b" {
+            to_b += 1;
+        }
+    }
+    assert!((40..=60).contains(&to_b), "{to_b} of 100 at full weight");
+    b.cancel();
+}
