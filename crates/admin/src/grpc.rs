@@ -478,6 +478,65 @@ impl AdminApi for ControlService {
         self.backend_reply(&r.pool, &r.backend)
     }
 
+    async fn explain(
+        &self,
+        request: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::ExplainResponse>, Status> {
+        let r = request.into_inner();
+        let client = r
+            .client
+            .parse::<std::net::SocketAddr>()
+            .or_else(|_| {
+                r.client
+                    .parse::<std::net::IpAddr>()
+                    .map(|ip| std::net::SocketAddr::new(ip, 0))
+            })
+            .map_err(|_| {
+                Status::invalid_argument(format!(
+                    "client {:?} is not an IP address (or IP:port)",
+                    r.client
+                ))
+            })?;
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        let (sni, alpn) = (some(&r.sni), some(&r.alpn));
+        let e = self
+            .server
+            .explain(&r.listener, client, sni.as_deref(), alpn.as_deref())
+            .map_err(|e| control_status(&e))?;
+        Ok(Response::new(pb::ExplainResponse {
+            routes: e
+                .routes
+                .into_iter()
+                .map(|v| pb::RouteVerdict {
+                    name: v.name,
+                    matched: v.matched,
+                    why: v.why,
+                })
+                .collect(),
+            route: e.route.unwrap_or_default(),
+            pools: e
+                .pools
+                .into_iter()
+                .map(|p| pb::PoolVerdict {
+                    name: p.name,
+                    balance: p.balance.to_owned(),
+                    active_tier: p.active_tier,
+                    backends: p
+                        .backends
+                        .into_iter()
+                        .map(|b| pb::BackendVerdict {
+                            name: b.name,
+                            eligible: b.eligible,
+                            why: b.why,
+                        })
+                        .collect(),
+                    pick: p.pick.unwrap_or_default(),
+                    pick_note: p.pick_note,
+                })
+                .collect(),
+        }))
+    }
+
     type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<pb::Event, Status>>;
 
     async fn watch(

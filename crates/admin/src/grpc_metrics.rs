@@ -84,6 +84,7 @@ const KNOWN: &[Known] = &[
     known(ADMIN, "SetListenerMaxConnections", GrpcType::Unary),
     known(ADMIN, "AddBackend", GrpcType::Unary),
     known(ADMIN, "RemoveBackend", GrpcType::Unary),
+    known(ADMIN, "Explain", GrpcType::Unary),
     known(REFLECTION_V1, "ServerReflectionInfo", GrpcType::BidiStream),
     known(
         REFLECTION_V1ALPHA,

@@ -155,6 +155,23 @@ pub(crate) enum ListenerCommand {
     },
 }
 
+/// `weir explain ...`
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ExplainArgs {
+    /// The listener the client connects to.
+    #[arg(long)]
+    listener: String,
+    /// The client's address: IP, or IP:port (maglev by source_addr).
+    #[arg(long)]
+    client: String,
+    /// The server name its TLS ClientHello would carry.
+    #[arg(long)]
+    sni: Option<String>,
+    /// An ALPN protocol its ClientHello would offer.
+    #[arg(long)]
+    alpn: Option<String>,
+}
+
 /// `weir pool ...`
 #[derive(Debug, Clone, Subcommand)]
 pub(crate) enum PoolCommand {
@@ -174,6 +191,7 @@ pub(crate) enum Request {
     Watch(Option<String>),
     Firewall(FirewallCommand),
     Listener(ListenerCommand),
+    Explain(ExplainArgs),
 }
 
 /// Runs `request` against the daemon (every daemon, with several
@@ -584,6 +602,21 @@ async fn call(
                     l.name, l.max_connections, l.configured_max_connections, l.active_connections
                 )
             }))
+        }
+        Request::Explain(a) => {
+            let r = c
+                .explain(request(
+                    pb::ExplainRequest {
+                        listener: a.listener,
+                        client: a.client,
+                        sni: a.sni.unwrap_or_default(),
+                        alpn: a.alpn.unwrap_or_default(),
+                    },
+                    true,
+                )?)
+                .await?
+                .into_inner();
+            Ok(show(json, &r, explain_json, explain_text))
         }
         Request::Reload => {
             let r = c
@@ -1181,4 +1214,54 @@ fn event_json(e: &pb::Event) -> Value {
         }),
         None => json!({"at": at, "type": "unknown"}),
     }
+}
+
+fn explain_json(e: &pb::ExplainResponse) -> Value {
+    json!({
+        "route": (!e.route.is_empty()).then_some(&e.route),
+        "routes": e.routes.iter().map(|r| json!({
+            "name": r.name, "matched": r.matched, "why": r.why,
+        })).collect::<Vec<_>>(),
+        "pools": e.pools.iter().map(|p| json!({
+            "name": p.name,
+            "balance": p.balance,
+            "active_tier": p.active_tier,
+            "backends": p.backends.iter().map(|b| json!({
+                "name": b.name, "eligible": b.eligible, "why": b.why,
+            })).collect::<Vec<_>>(),
+            "pick": (!p.pick.is_empty()).then_some(&p.pick),
+            "pick_note": p.pick_note,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn explain_text(e: &pb::ExplainResponse) -> String {
+    let mut out = String::new();
+    for r in &e.routes {
+        let mark = if r.matched { "TAKES" } else { "no" };
+        let _ = writeln!(out, "route {:<16} {mark:<5}  {}", r.name, r.why);
+    }
+    if e.route.is_empty() {
+        out.push_str("no route takes this client: it is refused (no_route)\n");
+        return out;
+    }
+    for p in &e.pools {
+        let _ = writeln!(
+            out,
+            "\npool {} ({}), active tier {}",
+            p.name,
+            p.balance,
+            tier_text(p.active_tier)
+        );
+        for b in &p.backends {
+            let mark = if b.eligible { "yes" } else { "no" };
+            let _ = writeln!(out, "  {:<24} {mark:<3}  {}", b.name, b.why);
+        }
+        if p.pick.is_empty() {
+            let _ = writeln!(out, "  pick: {}", p.pick_note);
+        } else {
+            let _ = writeln!(out, "  pick: {}  ({})", p.pick, p.pick_note);
+        }
+    }
+    out
 }

@@ -118,6 +118,15 @@ enum Command {
         #[command(flatten)]
         target: ctl::Target,
     },
+    /// Explain where a client would go: the route that takes it (and why the
+    /// routes before it do not), the route's pools and active tier, why each
+    /// backend is eligible or not, and the backend maglev picks for it.
+    Explain {
+        #[command(flatten)]
+        args: ctl::ExplainArgs,
+        #[command(flatten)]
+        target: ctl::Target,
+    },
     /// Make the daemon read its config file again and apply it.
     ///
     /// Prints what was added, removed and changed; on a broken file prints why
@@ -184,6 +193,9 @@ fn main() -> ExitCode {
             return ctl::run(&target, ctl::Request::Backend(command));
         }
         Command::Reload { target } => return ctl::run(&target, ctl::Request::Reload),
+        Command::Explain { args, target } => {
+            return ctl::run(&target, ctl::Request::Explain(args));
+        }
         Command::Watch { pool, target } => return ctl::run(&target, ctl::Request::Watch(pool)),
         Command::Firewall { command, target } => {
             return ctl::run(&target, ctl::Request::Firewall(command));

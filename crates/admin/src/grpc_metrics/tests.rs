@@ -156,6 +156,13 @@ impl Admin for Fake {
         unimplemented()
     }
 
+    async fn explain(
+        &self,
+        _: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::ExplainResponse>, Status> {
+        unimplemented()
+    }
+
     type WatchStream = Events;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Events>, Status> {

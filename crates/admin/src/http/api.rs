@@ -57,6 +57,7 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
             post(max_connections),
         )
         .route("/events", get(super::events::stream))
+        .route("/explain", get(explain))
         .fallback(|| async { failure(StatusCode::NOT_FOUND, "not_found", "no such API path") })
         .method_not_allowed_fallback(|| async {
             failure(
@@ -447,6 +448,69 @@ async fn add_backend(
     reply(c.add_backend(call(&headers, request)).await)
 }
 
+/// `GET /explain?listener=L&client=ADDR[&sni=NAME][&alpn=P]`.
+async fn explain(State(state): State<Arc<AppState>>, uri: axum::http::Uri) -> Answer {
+    let c = control(&state)?;
+    let query = query_pairs(uri.query().unwrap_or_default())
+        .ok_or_else(|| bad("the query string is not valid percent-encoding"))?;
+    let field = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    if let Some((k, _)) = query
+        .iter()
+        .find(|(k, _)| !["listener", "client", "sni", "alpn"].contains(&k.as_str()))
+    {
+        return Err(bad(&format!(
+            "unknown parameter {k:?} (expected listener, client, sni, alpn)"
+        )));
+    }
+    for required in ["listener", "client"] {
+        if field(required).is_empty() {
+            return Err(bad(&format!("{required:?} is missing")));
+        }
+    }
+    let request = pb::ExplainRequest {
+        listener: field("listener"),
+        client: field("client"),
+        sni: field("sni"),
+        alpn: field("alpn"),
+    };
+    reply(c.explain(tonic::Request::new(request)).await)
+}
+
+/// `a=b&c=d` with `%XX` and `+` decoded; `None` for a bad escape or bytes
+/// that are not UTF-8.
+fn query_pairs(query: &str) -> Option<Vec<(String, String)>> {
+    fn decode(s: &str) -> Option<String> {
+        let mut out = Vec::with_capacity(s.len());
+        let mut bytes = s.bytes();
+        while let Some(b) = bytes.next() {
+            match b {
+                b'+' => out.push(b' '),
+                b'%' => {
+                    let hi = char::from(bytes.next()?).to_digit(16)?;
+                    let lo = char::from(bytes.next()?).to_digit(16)?;
+                    out.push(u8::try_from(hi * 16 + lo).ok()?);
+                }
+                b => out.push(b),
+            }
+        }
+        String::from_utf8(out).ok()
+    }
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            Some((decode(k)?, decode(v)?))
+        })
+        .collect()
+}
+
 async fn reload(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Answer {
     let c = change(&state, &headers)?;
     reply(c.reload(call(&headers, pb::ReloadRequest {})).await)
@@ -512,4 +576,33 @@ async fn max_connections(
         c.set_listener_max_connections(call(&headers, request))
             .await,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_pairs;
+
+    #[test]
+    fn query_strings_are_decoded_and_bad_ones_refused() {
+        let pairs = |q| query_pairs(q).expect("valid");
+        assert_eq!(
+            pairs("listener=front&client=%5B%3A%3A1%5D%3A5&sni=a+b"),
+            [
+                ("listener".to_owned(), "front".to_owned()),
+                ("client".to_owned(), "[::1]:5".to_owned()),
+                ("sni".to_owned(), "a b".to_owned()),
+            ]
+        );
+        assert_eq!(pairs(""), []);
+        assert_eq!(
+            pairs("flag&&x="),
+            [
+                ("flag".to_owned(), String::new()),
+                ("x".to_owned(), String::new())
+            ]
+        );
+        for bad in ["a=%", "a=%4", "a=%zz", "a=%ff"] {
+            assert_eq!(query_pairs(bad), None, "{bad}");
+        }
+    }
 }

@@ -51,7 +51,7 @@ async fn peek_route<'l>(
         peek::more(client, &mut buf, &mut seen).await?;
         match tls::peek(&buf[..seen]) {
             Ok(Peek::Complete(hello)) => {
-                let key = hello.sni.as_deref().map(sni_key);
+                let key = hello.sni.as_deref().map(crate::upstream::sni_key);
                 return Ok((listener.route_for(ip, Some(&hello)), key));
             }
             Ok(Peek::NotTls) | Err(_) => return Ok((listener.route_for(ip, None), None)),
@@ -61,22 +61,6 @@ async fn peek_route<'l>(
             },
             Ok(Peek::Incomplete { .. }) => {}
         }
-    }
-}
-
-/// The maglev key of a server name: its hash, case folded (names are
-/// case-insensitive), so `API.example` and `api.example` go to one backend.
-fn sni_key(name: &str) -> u64 {
-    let mut lower = [0u8; 256];
-    let bytes = name.as_bytes();
-    match lower.get_mut(..bytes.len()) {
-        Some(buf) => {
-            for (d, s) in buf.iter_mut().zip(bytes) {
-                *d = s.to_ascii_lowercase();
-            }
-            weir_balance::hash_bytes(buf)
-        }
-        None => weir_balance::hash_bytes(name.to_ascii_lowercase().as_bytes()),
     }
 }
 

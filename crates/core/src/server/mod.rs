@@ -31,6 +31,7 @@
 mod backends;
 mod build;
 mod control;
+mod explain;
 mod firewall;
 mod metrics;
 mod reload;
@@ -51,6 +52,7 @@ use tokio_util::task::TaskTracker;
 use weir_config::Config;
 
 pub use backends::{Origin, RuntimeBackend};
+pub use explain::{BackendVerdict, Explanation, PoolVerdict, RouteVerdict};
 pub use metrics::ReloadStats;
 
 use crate::events::Journal;

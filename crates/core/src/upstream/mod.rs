@@ -182,6 +182,22 @@ pub async fn tls_handshake(
 }
 
 /// The maglev key of a client: its IP, or its IP and port.
+/// The maglev key of a server name: its hash, case folded (names are
+/// case-insensitive), so `API.example` and `api.example` go to one backend.
+pub fn sni_key(name: &str) -> u64 {
+    let mut lower = [0u8; 256];
+    let bytes = name.as_bytes();
+    match lower.get_mut(..bytes.len()) {
+        Some(buf) => {
+            for (d, s) in buf.iter_mut().zip(bytes) {
+                *d = s.to_ascii_lowercase();
+            }
+            weir_balance::hash_bytes(buf)
+        }
+        None => weir_balance::hash_bytes(name.to_ascii_lowercase().as_bytes()),
+    }
+}
+
 /// `sni` is the hash of the ClientHello's server name (`hash_key = "sni"`);
 /// without one the key is the source IP.
 pub fn affinity_key(kind: HashKey, peer: SocketAddr, sni: Option<u64>) -> u64 {

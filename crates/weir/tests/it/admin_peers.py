@@ -154,6 +154,12 @@ def openapi(admin, token, config):
     call("post", BK + "/remove", concrete(BK + "/remove"), headers=auth, expect=409)
     call("post", BK + "/remove", "/pools/db/backends/nope/remove", headers=auth, expect=404)
 
+    e = call("get", "/explain", "/explain?listener=front&client=127.0.0.1%3A5000&sni=db.test")
+    check(e["route"] == "r" and e["pools"][0]["name"] == "db", f"explain {e}")
+    call("get", "/explain", "/explain?listener=front", expect=400)
+    call("get", "/explain", "/explain?listener=nope&client=127.0.0.1", expect=404)
+    call("get", "/explain", "/explain?listener=front&client=127.0.0.1&color=blue", expect=400)
+
     # Errors, each in the documented shape.
     call("post", BK + "/drain", concrete(BK + "/drain"), expect=401)
     call("post", BK + "/drain", concrete(BK + "/drain"), headers={"Authorization": "Bearer wrong"}, expect=401)

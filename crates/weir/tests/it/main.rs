@@ -8,6 +8,7 @@ mod control;
 mod deploy;
 mod discovery;
 mod exhaustion;
+mod explain;
 mod firewall;
 mod fleet;
 mod http;

@@ -1,0 +1,244 @@
+//! "Why did this client go there?": for a listener, a client address and
+//! what its ClientHello would say (SNI, ALPN), which route takes it and why
+//! each route before it does not, the route's pools with their active tier,
+//! every backend's eligibility with the reason, and, under maglev, the
+//! backend the pool picks for this client now. Read only: nothing is
+//! counted, no balancer state moves.
+
+use std::net::{IpAddr, SocketAddr};
+
+use weir_config::{HashKey, Policy};
+
+use super::{ControlError, Server};
+use crate::health::{AdminState, Health};
+use crate::listener::Route;
+use crate::pool::Pool;
+
+/// The answer of [`Server::explain`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    /// Every route of the listener in order, each with its verdict.
+    pub routes: Vec<RouteVerdict>,
+    /// The route that takes the client; `None`: refused with `no_route`.
+    pub route: Option<String>,
+    /// The chosen route's pools (an l7 route's rules pick one per request).
+    pub pools: Vec<PoolVerdict>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteVerdict {
+    pub name: String,
+    pub matched: bool,
+    pub why: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolVerdict {
+    pub name: String,
+    pub balance: &'static str,
+    pub active_tier: Option<u32>,
+    pub backends: Vec<BackendVerdict>,
+    /// The backend picked for this client now, when the policy decides by
+    /// the client (maglev).
+    pub pick: Option<String>,
+    /// How the pick is made, or why there is none.
+    pub pick_note: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendVerdict {
+    pub name: String,
+    pub eligible: bool,
+    pub why: String,
+}
+
+impl Server {
+    /// Explains where a connection from `client` to `listener` would go,
+    /// with `sni` and `alpn` as its ClientHello would carry them.
+    pub fn explain(
+        &self,
+        listener: &str,
+        client: SocketAddr,
+        sni: Option<&str>,
+        alpn: Option<&str>,
+    ) -> Result<Explanation, ControlError> {
+        let l = self
+            .listener(listener)
+            .ok_or_else(|| ControlError::NoListener(listener.to_owned()))?;
+        let sni = sni.map(str::to_ascii_lowercase);
+        let mut routes = Vec::with_capacity(l.routes.len());
+        let mut chosen: Option<&Route> = None;
+        for r in &l.routes {
+            if let Some(first) = chosen {
+                routes.push(RouteVerdict {
+                    name: r.name.clone(),
+                    matched: false,
+                    why: format!("not reached: route {:?} takes the client first", first.name),
+                });
+                continue;
+            }
+            let (matched, why) = route_verdict(r, client.ip(), sni.as_deref(), alpn);
+            if matched {
+                chosen = Some(r);
+            }
+            routes.push(RouteVerdict {
+                name: r.name.clone(),
+                matched,
+                why,
+            });
+        }
+        let pools = chosen.map_or_else(Vec::new, |r| {
+            r.pools()
+                .into_iter()
+                .map(|p| pool_verdict(p, client, sni.as_deref()))
+                .collect()
+        });
+        Ok(Explanation {
+            routes,
+            route: chosen.map(|r| r.name.clone()),
+            pools,
+        })
+    }
+}
+
+fn route_verdict(r: &Route, ip: IpAddr, sni: Option<&str>, alpn: Option<&str>) -> (bool, String) {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    let m = &r.matcher;
+    let mut held = Vec::new();
+    if !m.source.is_empty() {
+        let list = m
+            .source
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        if !m.source.iter().any(|net| net.contains(&ip)) {
+            return (false, format!("source {ip} is not in [{list}]"));
+        }
+        held.push(format!("source {ip} is in [{list}]"));
+    }
+    if !m.sni.is_empty() {
+        let list = m.sni.join(", ");
+        match sni {
+            None => {
+                return (
+                    false,
+                    format!("needs an SNI in [{list}]; the client sends none"),
+                );
+            }
+            Some(name) if !m.sni_matches(name) => {
+                return (false, format!("SNI {name:?} is not in [{list}]"));
+            }
+            Some(name) => held.push(format!("SNI {name:?} is in [{list}]")),
+        }
+    }
+    if !m.alpn.is_empty() {
+        let list = m.alpn.join(", ");
+        match alpn {
+            None => {
+                return (
+                    false,
+                    format!("needs an ALPN in [{list}]; the client offers none"),
+                );
+            }
+            Some(p) if !m.alpn.iter().any(|a| a == p) => {
+                return (false, format!("ALPN {p:?} is not in [{list}]"));
+            }
+            Some(p) => held.push(format!("ALPN {p:?} is in [{list}]")),
+        }
+    }
+    if held.is_empty() {
+        (true, "no conditions: takes every client".to_owned())
+    } else {
+        (true, held.join("; "))
+    }
+}
+
+fn pool_verdict(p: &Pool, client: SocketAddr, sni: Option<&str>) -> PoolVerdict {
+    let active = p.active_tier();
+    let backends = p
+        .backends
+        .iter()
+        .filter_map(|b| p.view(&b.name).map(|v| (b, v)))
+        .map(|(b, v)| {
+            let (eligible, why) = if v.admin == AdminState::Disabled {
+                (false, "disabled by an operator".to_owned())
+            } else if v.admin == AdminState::Drain {
+                (false, "drained by an operator".to_owned())
+            } else if v.health == Health::Down {
+                let last = v
+                    .last_probe
+                    .as_ref()
+                    .map_or_else(String::new, |l| format!(" (last probe: {})", l.reason));
+                (false, format!("down{last}"))
+            } else if b.outlier.ejected.load(std::sync::atomic::Ordering::Relaxed) {
+                (false, "ejected as an outlier".to_owned())
+            } else if v.health == Health::Unknown && !v.serving {
+                (
+                    false,
+                    "not decided yet: its first probe has not answered".to_owned(),
+                )
+            } else if b.current_weight() == 0 {
+                (false, "weight 0: never picked".to_owned())
+            } else if Some(v.tier) != active {
+                let active = active.map_or_else(|| "none".to_owned(), |t| t.to_string());
+                (
+                    false,
+                    format!("in tier {}, not the active tier {active}", v.tier),
+                )
+            } else {
+                (true, format!("serving, weight {}", v.effective_weight))
+            };
+            BackendVerdict {
+                name: v.name,
+                eligible,
+                why,
+            }
+        })
+        .collect::<Vec<_>>();
+    let (pick, pick_note) = if backends.iter().all(|b| !b.eligible) {
+        (
+            None,
+            "no backend can serve: the client is refused (no_backend)".to_owned(),
+        )
+    } else if p.policy() == Policy::Maglev {
+        let sni_key = (p.hash_key == HashKey::Sni)
+            .then_some(sni)
+            .flatten()
+            .map(crate::upstream::sni_key);
+        let key = crate::upstream::affinity_key(p.hash_key, client, sni_key);
+        let by = match (p.hash_key, sni_key) {
+            (HashKey::SourceAddr, _) => "source address and port",
+            (HashKey::Sni, Some(_)) => "SNI",
+            _ => "source IP",
+        };
+        (
+            p.pick(key, &[])
+                .and_then(|i| p.backends.get(i))
+                .map(|b| b.name.clone()),
+            format!(
+                "maglev by {by}: the same on every weir with these backends (a failed connect \
+                 tries the next one)"
+            ),
+        )
+    } else {
+        (
+            None,
+            format!(
+                "{}: any eligible backend, by turn or load at that moment",
+                p.policy().as_str()
+            ),
+        )
+    };
+    PoolVerdict {
+        name: p.name.clone(),
+        balance: p.policy().as_str(),
+        active_tier: active,
+        backends,
+        pick,
+        pick_note,
+    }
+}
