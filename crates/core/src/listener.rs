@@ -177,6 +177,7 @@ impl Listener {
                 duration: Duration::ZERO,
                 reason: reason.as_str(),
                 error: Some(block.as_str()),
+                tried: None,
             }
             .emit();
         }
@@ -199,6 +200,18 @@ impl Listener {
         duration: Duration,
         reason: Reason,
     ) {
+        self.refuse_tried(route, client, duration, reason, None);
+    }
+
+    /// [`Self::refuse_on`], naming the backends tried and their errors.
+    pub(crate) fn refuse_tried(
+        &self,
+        route: Option<&Route>,
+        client: SocketAddr,
+        duration: Duration,
+        reason: Reason,
+        tried: Option<&str>,
+    ) {
         self.stats.reject(reason);
         if !self.access_log {
             return;
@@ -213,7 +226,7 @@ impl Listener {
                         "access-log lines of refused connections left out (log.refusals_per_second)"
                     );
                 }
-                self.log(route, client, None, (0, 0), duration, reason);
+                self.log_tried(route, client, None, (0, 0), duration, reason, tried);
             }
             Verdict::Skip => {}
         }
@@ -226,9 +239,24 @@ impl Listener {
         route: Option<&Route>,
         client: SocketAddr,
         backend: Option<&str>,
+        bytes: (u64, u64),
+        duration: Duration,
+        reason: Reason,
+    ) {
+        self.log_tried(route, client, backend, bytes, duration, reason, None);
+    }
+
+    /// [`Self::log`], naming the backends a failed connection tried.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn log_tried(
+        &self,
+        route: Option<&Route>,
+        client: SocketAddr,
+        backend: Option<&str>,
         (sent, received): (u64, u64),
         duration: Duration,
         reason: Reason,
+        tried: Option<&str>,
     ) {
         if !self.access_log {
             return;
@@ -248,6 +276,7 @@ impl Listener {
             duration,
             reason,
             error,
+            tried,
         }
         .emit();
     }

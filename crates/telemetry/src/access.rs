@@ -19,6 +19,9 @@ pub struct AccessRecord<'a> {
     pub reason: &'a str,
     /// The detail of `reason` when it has one (the last connect error).
     pub error: Option<&'a str>,
+    /// The backends a failed connection tried, each with its error:
+    /// `"pg-a:refused pg-b:timeout"`.
+    pub tried: Option<&'a str>,
 }
 
 impl AccessRecord<'_> {
@@ -36,6 +39,7 @@ impl AccessRecord<'_> {
             duration_ms = self.duration.as_micros() as f64 / 1000.0,
             reason = self.reason,
             error = self.error.unwrap_or("-"),
+            tried = self.tried.unwrap_or("-"),
         );
     }
 }

@@ -29,14 +29,24 @@ pub(crate) fn serve<'a>(
                 let b = &upstream.pool.backends[i];
                 relayed(listener, route, b, client, backend).await;
             }
-            Err(reason) => {
+            Err(failed) => {
                 let took = client.accepted_at.elapsed();
                 route.stats.connection_duration.observe(took);
+                let reason = failed.reason;
+                let tried = failed.describe(&upstream.pool);
                 if Reason::REJECTIONS.contains(&reason) {
                     // No backend, or weir out of descriptors: a refusal.
-                    listener.refuse_on(Some(route), client.peer, took, reason);
+                    listener.refuse_tried(Some(route), client.peer, took, reason, tried.as_deref());
                 } else {
-                    listener.log(Some(route), client.peer, None, (0, 0), took, reason);
+                    listener.log_tried(
+                        Some(route),
+                        client.peer,
+                        None,
+                        (0, 0),
+                        took,
+                        reason,
+                        tried.as_deref(),
+                    );
                 }
             }
         }

@@ -59,15 +59,44 @@ pub(crate) enum Stream {
 /// the backend's index, whose active gauge has been incremented (so that
 /// concurrent picks by `least_conn` see it at once). On failure returns
 /// `NoBackend` when nothing could be picked, else the last connect error.
-pub(crate) async fn connect(up: &Upstream, client: &Client) -> Result<(usize, Stream), Reason> {
+/// Why no backend took a connection: the last error, and each backend tried
+/// with its own (empty when none could be picked).
+#[derive(Debug)]
+pub(crate) struct Failed {
+    pub(crate) reason: Reason,
+    pub(crate) tried: Vec<(usize, Reason)>,
+}
+
+impl Failed {
+    /// `"name:reason name:reason"` for the access log; `None` when nothing
+    /// was tried.
+    pub(crate) fn describe(&self, pool: &crate::pool::Pool) -> Option<String> {
+        if self.tried.is_empty() {
+            return None;
+        }
+        let parts: Vec<String> = self
+            .tried
+            .iter()
+            .filter_map(|&(i, r)| {
+                pool.backends
+                    .get(i)
+                    .map(|b| format!("{}:{}", b.name, r.as_str()))
+            })
+            .collect();
+        Some(parts.join(" "))
+    }
+}
+
+pub(crate) async fn connect(up: &Upstream, client: &Client) -> Result<(usize, Stream), Failed> {
     let pool = &up.pool;
     let picker = pool.picker();
     let key = match picker.policy() {
         weir_balance::Policy::Maglev => affinity_key(pool.hash_key, client.peer, client.sni_key),
         _ => 0,
     };
-    // Allocates only once a connect has failed.
+    // Allocate only once a connect has failed.
     let mut tried: Vec<usize> = Vec::new();
+    let mut errors: Vec<(usize, Reason)> = Vec::new();
     let mut last_err = None;
     for _ in 0..=pool.retries {
         // Scoped so the type-erased (non-Sync) closure is not held across an await.
@@ -103,6 +132,7 @@ pub(crate) async fn connect(up: &Upstream, client: &Client) -> Result<(usize, St
                 pool.on_connect_failure(i, reason);
                 tracing::debug!(pool = %pool.name, backend = %b.name, error = reason.as_str(), "connect failed");
                 last_err = Some(reason);
+                errors.push((i, reason));
                 if !reason.retry() {
                     break;
                 }
@@ -110,7 +140,10 @@ pub(crate) async fn connect(up: &Upstream, client: &Client) -> Result<(usize, St
             }
         }
     }
-    Err(last_err.unwrap_or(Reason::NoBackend))
+    Err(Failed {
+        reason: last_err.unwrap_or(Reason::NoBackend),
+        tried: errors,
+    })
 }
 
 /// Connects to one backend and sends what goes before the client's bytes:

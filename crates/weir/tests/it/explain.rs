@@ -148,3 +148,31 @@ fn explain_names_the_route_the_eligible_backends_and_the_real_pick() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("not an IP address"), "{err}");
 }
+
+/// A connection no backend took: its access-log line names every backend
+/// tried and each one's error.
+#[test]
+fn the_access_log_of_a_failed_connection_names_the_backends_tried() {
+    let front = free_port();
+    let (x, y) = (free_port(), free_port());
+    let file = temp_config(
+        "tried",
+        &format!(
+            "[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"front\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\nbalance = \"first\"\n\
+             [[pools.backends]]\nname = \"x\"\naddress = \"{x}\"\n\
+             [[pools.backends]]\nname = \"y\"\naddress = \"{y}\"\n"
+        ),
+    );
+    let (_weir, out) = run_weir(&file);
+    let mut s = TcpStream::connect(front).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let line = crate::cli::wait_line(&out, "\"tried\":");
+    assert!(line.contains("\"tried\":\"x:refused y:refused\""), "{line}");
+    assert!(line.contains("\"reason\":\"connect_failed\""), "{line}");
+    assert!(line.contains("\"error\":\"refused\""), "{line}");
+}
