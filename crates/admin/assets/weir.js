@@ -212,7 +212,8 @@ function renderPools(pools, backends) {
       const row = backendRow(tbody, p.name, b);
       row.dataset.state = b.state;
       const where = row.querySelector(".where");
-      const w0 = `${b.address} · tier ${b.tier}`;
+      const from = b.origin && b.origin !== "config" ? ` · ${b.origin}` : "";
+      const w0 = `${b.address} · tier ${b.tier}${from}`;
       if (where.textContent !== w0) where.textContent = w0;
       setCell(row, "health", b.health + (b.serving ? "" : b.health === "up" ? " (not serving)" : ""),
         b.health === "up" ? "good" : b.health === "down" ? "bad" : "warn");

@@ -875,9 +875,14 @@ fn backends_table(backends: &[pb::Backend]) -> String {
                     )
                 },
             );
+            // Where it comes from, unless the config file.
+            let name = match b.origin.as_str() {
+                "" | "config" => b.name.clone(),
+                origin => format!("{} ({origin})", b.name),
+            };
             vec![
                 b.pool.clone(),
-                b.name.clone(),
+                name,
                 b.address.clone(),
                 b.tier.to_string(),
                 b.state.clone(),
