@@ -261,7 +261,7 @@ fn a_records_at_a_port_refresh_as_their_ttl_says() {
             .collect()
     };
     let dns = dnsmasq(&dir, dns_port, 3, &records(&["127.0.0.21", "127.0.0.22"]));
-    let admin = free_port();
+    let (admin, fixed) = (free_port(), echo_backend());
     let (_weir, _out) = start(
         "discovery-a",
         &format!(
@@ -271,13 +271,19 @@ fn a_records_at_a_port_refresh_as_their_ttl_says() {
              [[pools]]\nname = \"db\"\ndrain_timeout = \"500ms\"\n\
              discover = {{ name = \"api.test\", port = {port}, weight = 7, \
              resolver = \"127.0.0.1:{dns_port}\", min_interval = \"100ms\", max_interval = \"10s\" }}\n\
-             [pools.health]\ntype = \"tcp\"\ninterval = \"200ms\"\n"
+             [pools.health]\ntype = \"tcp\"\ninterval = \"200ms\"\n\
+             [[pools.backends]]\nname = \"static\"\naddress = \"{fixed}\"\n"
         ),
     );
     let a21: SocketAddr = format!("127.0.0.21:{port}").parse().expect("addr");
     let a22: SocketAddr = format!("127.0.0.22:{port}").parse().expect("addr");
-    let now = wait_backends(admin, "start", |l| l.len() == 2);
-    assert!(now.iter().all(|b| b.2 == 7), "{now:?}");
+    // The static backend and the two discovered ones, side by side.
+    let now = wait_backends(admin, "start", |l| l.len() == 3);
+    assert!(now.iter().any(|b| b.0 == "static" && b.2 == 1), "{now:?}");
+    assert!(
+        now.iter().filter(|b| b.0 != "static").all(|b| b.2 == 7),
+        "{now:?}"
+    );
     // A TTL of 3s: in 2.5s weir asks at most twice, not every 100ms.
     let asked = metric(
         admin,
@@ -292,10 +298,14 @@ fn a_records_at_a_port_refresh_as_their_ttl_says() {
     // One address goes; within a TTL and the drain it leaves the pool.
     stop(dns, dns_port);
     let _dns = dnsmasq(&dir, dns_port, 3, &records(&["127.0.0.21"]));
-    let now = wait_backends(admin, "127.0.0.22 removed", |l| l.len() == 1);
+    let now = wait_backends(admin, "127.0.0.22 removed", |l| l.len() == 2);
     assert!(
         find(&now, a21).is_some() && find(&now, a22).is_none(),
         "{now:?}"
+    );
+    assert!(
+        now.iter().any(|b| b.0 == "static"),
+        "the static one stays: {now:?}"
     );
 }
 
