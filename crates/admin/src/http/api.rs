@@ -201,11 +201,25 @@ fn change(state: &AppState, headers: &HeaderMap) -> Result<ControlService, Refus
 }
 
 /// The fields of a change's JSON body: an object, or nothing at all.
-fn body(bytes: &Bytes) -> Result<serde_json::Map<String, Value>, Refusal> {
+/// A change's body as it came: its bytes, or why they could not be read
+/// (larger than [`BODY_LIMIT`]), answered as JSON like every other error.
+type Sent = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
+fn body(sent: &Sent) -> Result<serde_json::Map<String, Value>, Refusal> {
+    let bytes = sent.as_ref().map_err(|e| {
+        Refusal::new(
+            e.status(),
+            "invalid_argument",
+            format!(
+                "the body cannot be read: {} (at most {BODY_LIMIT} bytes)",
+                e.body_text()
+            ),
+        )
+    })?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::Map::new());
     }
-    match serde_json::from_slice::<Value>(bytes) {
+    match serde_json::from_slice::<Value>(bytes.as_ref()) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(bad("the body must be a JSON object")),
         Err(e) => Err(bad(&format!("the body is not JSON: {e}"))),
@@ -375,7 +389,7 @@ async fn backend_change(
     State(state): State<Arc<AppState>>,
     Path((pool, backend, action)): Path<(String, String, String)>,
     headers: HeaderMap,
-    bytes: Bytes,
+    bytes: Sent,
 ) -> Answer {
     let admin = match action.as_str() {
         "drain" => Some(pb::AdminState::Drain),
@@ -419,7 +433,7 @@ async fn add_backend(
     State(state): State<Arc<AppState>>,
     Path(pool): Path<String>,
     headers: HeaderMap,
-    bytes: Bytes,
+    bytes: Sent,
 ) -> Answer {
     let c = change(&state, &headers)?;
     let fields = body(&bytes)?;
@@ -519,7 +533,7 @@ async fn reload(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Answe
 async fn firewall_add(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    bytes: Bytes,
+    bytes: Sent,
 ) -> Answer {
     let c = change(&state, &headers)?;
     let fields = body(&bytes)?;
@@ -548,7 +562,7 @@ async fn firewall_add(
 async fn firewall_remove(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    bytes: Bytes,
+    bytes: Sent,
 ) -> Answer {
     let c = change(&state, &headers)?;
     let fields = body(&bytes)?;
@@ -563,7 +577,7 @@ async fn max_connections(
     State(state): State<Arc<AppState>>,
     Path(listener): Path<String>,
     headers: HeaderMap,
-    bytes: Bytes,
+    bytes: Sent,
 ) -> Answer {
     let c = change(&state, &headers)?;
     let fields = body(&bytes)?;

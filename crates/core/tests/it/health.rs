@@ -839,5 +839,26 @@ async fn a_backend_that_comes_back_ramps_up_over_slow_start() {
         }
     }
     assert!((40..=60).contains(&to_b), "{to_b} of 100 at full weight");
+    // Re-enabled by an operator: it ramps again.
+    server
+        .set_admin("p", "b", AdminState::Disabled)
+        .await
+        .expect("disable");
+    server
+        .set_admin("p", "b", AdminState::Enabled)
+        .await
+        .expect("enable");
+    wait_until("b serving again", || {
+        server
+            .pool("p")
+            .and_then(|p| p.view("b"))
+            .is_some_and(|v| v.serving)
+    })
+    .await;
+    let again = weight(&server.pool("p").expect("p")).expect("b");
+    assert!(
+        again <= 3,
+        "right after being enabled again: weight {again}"
+    );
     b.cancel();
 }

@@ -174,6 +174,7 @@ def openapi(admin, token, config):
     call("post", BK + "/weight", concrete(BK + "/weight"), body={}, headers=auth, expect=400)
     call("post", BK + "/weight", concrete(BK + "/weight"), body=b"{not json", headers=auth, expect=400)
     call("post", BK + "/weight", concrete(BK + "/weight"), body={"weight": 1, "wieght": 2}, headers=auth, expect=400)
+    call("post", BK + "/weight", concrete(BK + "/weight"), body=b" " * 20000, headers=auth, expect=413)
     call("post", "/firewall/rules", body={"network": "not-a-net", "action": "deny"}, headers=auth, expect=400)
     call("post", "/firewall/rules", body={"network": "192.0.2.1", "action": "maybe"}, headers=auth, expect=400)
     call("post", "/firewall/rules/remove", body={"network": "198.51.100.0/24"}, headers=auth, expect=404)
