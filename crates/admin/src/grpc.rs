@@ -19,6 +19,7 @@ use weir_core::firewall::{Action, Block, Rule};
 use weir_core::health::{AdminState, TierChange, Transition};
 use weir_core::listener::Listener;
 use weir_core::pool::Pool;
+use weir_core::server::Origins;
 use weir_core::server::Snapshot;
 use weir_core::{ControlError, Reason, ReloadError, Server, millis};
 
@@ -276,9 +277,10 @@ impl AdminApi for ControlService {
             .iter()
             .filter(|p| want.is_empty() || p.name == want)
             .flat_map(|p| {
+                let origins = self.server.origins(&p.name);
                 p.backends
                     .iter()
-                    .filter_map(|b| backend_message(&self.server, p, &b.name))
+                    .filter_map(move |b| backend_message(&origins, p, &b.name))
             })
             .collect();
         Ok(Response::new(pb::ListBackendsResponse { backends }))
@@ -624,7 +626,7 @@ impl ControlService {
     fn backend_reply(&self, pool: &str, backend: &str) -> Result<Response<pb::Backend>, Status> {
         self.server
             .pool(pool)
-            .and_then(|p| backend_message(&self.server, &p, backend))
+            .and_then(|p| backend_message(&self.server.origins(pool), &p, backend))
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("pool {pool:?} has no backend {backend:?}")))
     }
@@ -646,7 +648,7 @@ fn control_status(e: &ControlError) -> Status {
     }
 }
 
-fn backend_message(server: &Server, pool: &Pool, name: &str) -> Option<pb::Backend> {
+fn backend_message(origins: &Origins, pool: &Pool, name: &str) -> Option<pb::Backend> {
     let b = pool.backend(name)?;
     let v = pool.view(name)?;
     let admin = match v.admin {
@@ -680,7 +682,7 @@ fn backend_message(server: &Server, pool: &Pool, name: &str) -> Option<pb::Backe
         received_bytes: b.stats.received_bytes.load(Relaxed),
         checks_passed: b.stats.checks_passed(),
         checks_failed: b.stats.checks_failed_total(),
-        origin: server.origin(&pool.name, name).as_str().to_owned(),
+        origin: origins.of(name).as_str().to_owned(),
     })
 }
 

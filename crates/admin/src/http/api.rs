@@ -236,11 +236,18 @@ fn optional_u32(
     fields: &serde_json::Map<String, Value>,
     field: &str,
 ) -> Result<Option<u32>, Refusal> {
-    match fields.get(field) {
-        None => Err(bad(&format!(
+    if !fields.contains_key(field) {
+        return Err(bad(&format!(
             "{field:?} is missing (a number, or null to clear)"
-        ))),
-        Some(Value::Null) => Ok(None),
+        )));
+    }
+    number(fields, field)
+}
+
+/// `field`: a whole number that fits in `u32`; absent or null is `None`.
+fn number(fields: &serde_json::Map<String, Value>, field: &str) -> Result<Option<u32>, Refusal> {
+    match fields.get(field) {
+        None | Some(Value::Null) => Ok(None),
         Some(v) => v
             .as_u64()
             .and_then(|n| u32::try_from(n).ok())
@@ -438,16 +445,6 @@ async fn add_backend(
     let c = change(&state, &headers)?;
     let fields = body(&bytes)?;
     only(&fields, &["address", "name", "weight", "tier"])?;
-    let number = |field: &str| -> Result<Option<u32>, Refusal> {
-        match fields.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .map(Some)
-                .ok_or_else(|| bad(&format!("{field:?} must be a whole number"))),
-        }
-    };
     let address = string(&fields, "address")?;
     if address.is_empty() {
         return Err(bad("\"address\" is missing (IP:port)"));
@@ -456,8 +453,8 @@ async fn add_backend(
         pool,
         address: address.to_owned(),
         name: string(&fields, "name")?.to_owned(),
-        weight: number("weight")?,
-        tier: number("tier")?.unwrap_or(0),
+        weight: number(&fields, "weight")?,
+        tier: number(&fields, "tier")?.unwrap_or(0),
     };
     reply(c.add_backend(call(&headers, request)).await)
 }

@@ -10,6 +10,7 @@
 //! in the state file, reported by every reload as shadowed, until it is
 //! removed.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -50,6 +51,27 @@ impl Origin {
             Origin::Config => "config",
             Origin::Runtime => "runtime",
             Origin::Discovery => "discovery",
+        }
+    }
+}
+
+/// The names of one pool's backends by where they come from.
+#[derive(Debug, Default)]
+pub struct Origins {
+    file: HashSet<String>,
+    runtime: HashSet<String>,
+}
+
+impl Origins {
+    /// The file's backends first (they win a conflict), then the runtime
+    /// ones; anything else came from DNS.
+    pub fn of(&self, name: &str) -> Origin {
+        if self.file.contains(name) {
+            Origin::Config
+        } else if self.runtime.contains(name) {
+            Origin::Runtime
+        } else {
+            Origin::Discovery
         }
     }
 }
@@ -106,22 +128,26 @@ impl Server {
 
     /// Where backend `name` of `pool` comes from.
     pub fn origin(&self, pool: &str, name: &str) -> Origin {
+        self.origins(pool).of(name)
+    }
+
+    /// Where each backend of `pool` comes from: built once for a listing,
+    /// so that asking for every backend stays linear.
+    pub fn origins(&self, pool: &str) -> Origins {
         let snapshot = self.snapshot();
-        let in_file = snapshot
+        let file = snapshot
             .source
             .pools
             .iter()
-            .any(|p| p.name == pool && p.backends.iter().any(|b| b.name == name));
-        if in_file {
-            Origin::Config
-        } else if lock(&self.runtime)
+            .find(|p| p.name == pool)
+            .map(|p| p.backends.iter().map(|b| b.name.clone()).collect())
+            .unwrap_or_default();
+        let runtime = lock(&self.runtime)
             .iter()
-            .any(|b| b.pool == pool && b.name == name)
-        {
-            Origin::Runtime
-        } else {
-            Origin::Discovery
-        }
+            .filter(|b| b.pool == pool)
+            .map(|b| b.name.clone())
+            .collect();
+        Origins { file, runtime }
     }
 
     /// Adds backend `name` (default: the address) at `address` to `pool`.

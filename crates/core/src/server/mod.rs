@@ -51,7 +51,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weir_config::Config;
 
-pub use backends::{Origin, RuntimeBackend};
+pub use backends::{Origin, Origins, RuntimeBackend};
 pub use explain::{BackendVerdict, Explanation, PoolVerdict, RouteVerdict};
 pub use metrics::ReloadStats;
 
