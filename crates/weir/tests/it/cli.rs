@@ -98,11 +98,34 @@ pub(crate) fn free_port() -> SocketAddr {
     for _ in 0..SPAN {
         let n = start.wrapping_add(NEXT.fetch_add(1, Relaxed));
         let port = u16::try_from(LOW + n % SPAN).expect("below 65536");
+        if !reserve(port) {
+            continue;
+        }
         if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
             return l.local_addr().expect("addr");
         }
     }
     panic!("no free port in {LOW}..{}", LOW + SPAN)
+}
+
+/// Claims `port` for this test process for the rest of the test run: a port
+/// found free can still be found free by a concurrent test process before
+/// its weir binds it, so each port is handed out once per run, marked by a
+/// file created exclusively in a directory named after nextest's run id.
+/// Outside nextest (one process) nothing needs marking.
+fn reserve(port: u16) -> bool {
+    let Ok(run) = std::env::var("NEXTEST_RUN_ID") else {
+        return true;
+    };
+    let dir = std::env::temp_dir().join(format!("weir-test-ports-{run}"));
+    if std::fs::create_dir_all(&dir).is_err() {
+        return true;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dir.join(port.to_string()))
+        .is_ok()
 }
 
 /// An echo backend on a thread.
