@@ -257,6 +257,8 @@ impl AdminApi for ControlService {
                     serving: count(p.backends.iter().filter(|b| b.is_serving()).count()),
                     backends_by_state: by_state.into_iter().collect(),
                     last_tier_change: p.tier_history().last().map(|t| tier_change(&p.name, t)),
+                    queue_depth: count(p.queue.depth()),
+                    max_queue: if p.limited() { p.max_queue() } else { 0 },
                 }
             })
             .collect();
@@ -683,6 +685,8 @@ fn backend_message(origins: &Origins, pool: &Pool, name: &str) -> Option<pb::Bac
         checks_passed: b.stats.checks_passed(),
         checks_failed: b.stats.checks_failed_total(),
         origin: origins.of(name).as_str().to_owned(),
+        max_connections: v.max_connections,
+        connection_limit: v.connection_limit,
     })
 }
 

@@ -282,17 +282,38 @@ impl Picker {
     /// (the members already tried on this connection). `None` iff every eligible member is
     /// excluded (or there is none).
     pub fn pick(&self, req: &Request<'_>, exclude: &[usize]) -> Option<usize> {
+        self.pick_where(req, !exclude.is_empty(), |index| exclude.contains(&index))
+    }
+
+    /// Like [`Picker::pick`], and never a member for which `full(index)` is
+    /// true (a backend at its connection limit): the policy's own choice
+    /// when it has room, else the next one the policy would make.
+    pub fn pick_with_room(
+        &self,
+        req: &Request<'_>,
+        exclude: &[usize],
+        full: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
+        self.pick_where(req, true, |index| exclude.contains(&index) || full(index))
+    }
+
+    fn pick_where(
+        &self,
+        req: &Request<'_>,
+        any_excluded: bool,
+        excluded_index: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         let members = &*self.members;
-        let excluded = |pos: usize| exclude.contains(&members[pos].index);
+        let excluded = |pos: usize| excluded_index(members[pos].index);
         let pos = match &self.strategy {
             Strategy::Empty => None,
-            Strategy::RoundRobin(rr) => rr.pick(!exclude.is_empty(), excluded),
+            Strategy::RoundRobin(rr) => rr.pick(any_excluded, excluded),
             Strategy::LeastConn { cursor } => {
                 let first = cursor.fetch_add(1, Ordering::Relaxed) % members.len();
                 least_conn(members, req, first, excluded)
             }
             Strategy::Random { cumulative } => {
-                if exclude.is_empty() {
+                if !any_excluded {
                     Some(two_choices(members, cumulative, req))
                 } else {
                     two_choices_excluding(members, req, excluded)
@@ -436,6 +457,47 @@ mod tests {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<Picker>();
         assert_send_sync::<maglev::Table>();
+    }
+
+    #[test]
+    fn full_members_are_passed_over_by_every_policy() {
+        let names = ["a", "b", "c", "d"];
+        let members: Vec<Member<'_>> = names
+            .iter()
+            .enumerate()
+            .map(|(index, name)| Member {
+                index,
+                name,
+                weight: 10,
+                tier: 0,
+            })
+            .collect();
+        let load = |_: usize| 0;
+        for policy in Policy::ALL {
+            let picker = Picker::new(policy, &members);
+            for key in 0..200_u64 {
+                let req = Request {
+                    key: hash_bytes(&key.to_le_bytes()),
+                    random: hash::mix64(key),
+                    load: &load,
+                };
+                let own = picker.pick(&req, &[]).expect("someone");
+                let none_full = |_: usize| false;
+                let with_room = picker.pick_with_room(&req, &[], &none_full);
+                // Round robin and least_conn move on at every pick, random
+                // draws: only the stateless policies repeat themselves.
+                if matches!(policy, Policy::Maglev | Policy::First) {
+                    assert_eq!(with_room, Some(own), "{policy}: room everywhere");
+                }
+                let full = |i: usize| i == own || i == 2;
+                let other = picker.pick_with_room(&req, &[], &full).expect("b or d");
+                assert!(other != own && other != 2, "{policy} picked a full one");
+                let all_full = |_: usize| true;
+                assert_eq!(picker.pick_with_room(&req, &[], &all_full), None);
+                let rest_full = |i: usize| i != 3;
+                assert_eq!(picker.pick_with_room(&req, &[1], &rest_full), Some(3));
+            }
+        }
     }
 
     #[test]

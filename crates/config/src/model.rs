@@ -647,6 +647,14 @@ pub struct Pool {
     /// A backend that comes back (down to up, or re-enabled) ramps its weight
     /// from 5% to full over this long.
     pub slow_start: Option<std::time::Duration>,
+    /// The connection limit of each backend without its own
+    /// `max_connections` (discovered and runtime backends included).
+    pub max_connections_per_backend: Option<u32>,
+    /// Connections (and l7 requests) that wait at most for a backend with
+    /// room when every serving backend is at its limit; beyond, `queue_full`.
+    pub max_queue: u32,
+    /// How long one waits in that queue at most; then `queue_timeout`.
+    pub queue_timeout: Duration,
     pub backends: Vec<Backend>,
 }
 
@@ -919,6 +927,9 @@ pub struct Backend {
     pub health: bool,
     /// Probe this port on this backend (overrides `health.port`).
     pub check_port: Option<u16>,
+    /// Connections (and l7 requests in flight) at once at most; `None`: the
+    /// pool's `max_connections_per_backend`, else no limit.
+    pub max_connections: Option<u32>,
 }
 
 impl Backend {

@@ -322,6 +322,9 @@ pub(crate) struct RawPool {
     pub(crate) outlier: Option<RawOutlier>,
     pub(crate) discover: Option<RawDiscover>,
     pub(crate) slow_start: Option<String>,
+    pub(crate) max_connections_per_backend: Option<Int>,
+    pub(crate) max_queue: Option<Int>,
+    pub(crate) queue_timeout: Option<String>,
     #[serde(default)]
     pub(crate) backends: Vec<RawBackend>,
 }
@@ -402,6 +405,7 @@ pub(crate) struct RawBackend {
     pub(crate) tier: Option<Int>,
     pub(crate) health: Option<bool>,
     pub(crate) check_port: Option<Int>,
+    pub(crate) max_connections: Option<Int>,
 }
 
 /// `bind`: one address as a string, or a list of them.

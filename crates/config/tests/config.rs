@@ -150,6 +150,52 @@ fn minimal_config_gets_every_default() {
     assert!(b.health);
     assert_eq!(b.check_port, None);
     assert_eq!(b.probe_port(&p.health), 9000);
+    assert_eq!(b.max_connections, None);
+    assert_eq!(p.max_connections_per_backend, None);
+    assert_eq!(p.max_queue, 1024);
+    assert_eq!(p.queue_timeout, Duration::from_secs(5));
+}
+
+#[test]
+fn connection_limits_and_the_queue() {
+    let text = OK_POOL.replace(
+        "name = \"p\"",
+        "name = \"p\"\nmax_connections_per_backend = 50\nmax_queue = 0\nqueue_timeout = \"250ms\"",
+    );
+    let text = text.replace("address = ", "max_connections = 7\n  address = ");
+    let text = format!("{text}  [[pools.backends]]\n  address = \"127.0.0.1:9001\"\n");
+    let cfg = load(&format!("{OK_LISTENER}{text}")).unwrap_or_else(|e| panic!("{e}"));
+    let p = &cfg.pools[0];
+    assert_eq!(p.max_connections_per_backend, Some(50));
+    assert_eq!(
+        (p.max_queue, p.queue_timeout),
+        (0, Duration::from_millis(250))
+    );
+    assert_eq!(p.backends[0].max_connections, Some(7));
+    assert_eq!(p.backends[1].max_connections, None, "the pool's applies");
+
+    let text = OK_POOL.replace("address = ", "max_connections = 0\n  address = ");
+    assert_one(
+        &format!("{OK_LISTENER}{text}"),
+        "pools[0].backends[0].max_connections",
+        "0 is out of range",
+    );
+    let text = OK_POOL.replace("name = \"p\"", "name = \"p\"\nmax_queue = -1");
+    assert_one(
+        &format!("{OK_LISTENER}{text}"),
+        "pools[0].max_queue",
+        "-1 is out of range",
+    );
+    let udp = OK_LISTENER.replace("name = \"l\"", "name = \"l\"\nprotocol = \"udp\"");
+    let text = OK_POOL.replace(
+        "name = \"p\"",
+        "name = \"p\"\nmax_connections_per_backend = 5",
+    );
+    assert_one(
+        &format!("{udp}{text}"),
+        "listeners[0].routes[0].pool",
+        "pool \"p\" limits its backends' connections",
+    );
 }
 
 #[test]
@@ -474,7 +520,7 @@ fn unknown_nested_key() {
         "pools[0].backends[0].wieght",
         (13, 3),
         "unknown key `wieght` (did you mean `weight`?); expected one of `address`, `name`, \
-         `weight`, `tier`, `health`, `check_port`",
+         `weight`, `tier`, `health`, `check_port`, `max_connections`",
     );
 }
 

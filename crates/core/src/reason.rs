@@ -53,6 +53,11 @@ pub enum Reason {
     Firewall,
     /// The source is over a `per_client` limit.
     RateLimit,
+    /// Every serving backend was at its `max_connections` and the pool's
+    /// queue held `max_queue` already.
+    QueueFull,
+    /// Waited `queue_timeout` in the pool's queue for a backend with room.
+    QueueTimeout,
 
     // A connect (or probe) to a backend failed.
     /// No answer within the connect or probe timeout.
@@ -118,10 +123,12 @@ impl Reason {
     pub const COUNT: usize = Reason::LocalResources as usize + 1;
 
     /// `weir_listener_connections_rejected_total{reason}`.
-    pub const REJECTIONS: [Reason; 9] = [
+    pub const REJECTIONS: [Reason; 11] = [
         Reason::MaxConnections,
         Reason::NoRoute,
         Reason::NoBackend,
+        Reason::QueueFull,
+        Reason::QueueTimeout,
         Reason::HandshakeTimeout,
         Reason::ProxyProtocol,
         Reason::Firewall,
@@ -172,6 +179,8 @@ impl Reason {
             Self::ProxyProtocol => "proxy_protocol",
             Self::Firewall => "firewall",
             Self::RateLimit => "rate_limit",
+            Self::QueueFull => "queue_full",
+            Self::QueueTimeout => "queue_timeout",
             Self::Timeout => "timeout",
             Self::Refused => "refused",
             Self::Reset => "reset",
@@ -240,6 +249,8 @@ impl Reason {
             | Self::Shutdown
             | Self::DrainTimeout
             | Self::MaxConnections
+            | Self::QueueFull
+            | Self::QueueTimeout
             | Self::AuthUnavailable
             | Self::Responses
             | Self::LocalResources => Side::Internal,
@@ -265,6 +276,8 @@ impl Reason {
             Self::Timeout | Self::UpstreamTimeout => Some(504),
             Self::NoBackend
             | Self::MaxConnections
+            | Self::QueueFull
+            | Self::QueueTimeout
             | Self::BackendDown
             | Self::Shutdown
             | Self::AuthUnavailable
@@ -347,6 +360,8 @@ mod tests {
         Reason::ProxyProtocol,
         Reason::Firewall,
         Reason::RateLimit,
+        Reason::QueueFull,
+        Reason::QueueTimeout,
         Reason::Timeout,
         Reason::Refused,
         Reason::Reset,

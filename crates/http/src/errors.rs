@@ -48,6 +48,8 @@ pub fn text(reason: Reason) -> String {
     let what = match reason {
         Reason::NoRule => "no rule of this route matches the request",
         Reason::NoBackend => "no backend is available",
+        Reason::QueueFull => "every backend is at its connection limit and the queue is full",
+        Reason::QueueTimeout => "no backend had room in time",
         Reason::UpstreamTimeout | Reason::Timeout => "the backend did not answer in time",
         Reason::HeaderTimeout => "the request header did not arrive in time",
         Reason::HeaderTooLarge => "the request header is too large",

@@ -101,12 +101,14 @@ impl Exchange {
     }
 
     /// Marks the backend `i` of `pool` as serving this request: counted in
-    /// flight (the load `least_conn` sees) until the exchange finishes.
+    /// flight (the load `least_conn` sees) until the exchange finishes, when
+    /// the slot [`Pool::acquire`] took for it is given back.
     pub(crate) fn set_backend(&mut self, pool: &Arc<Pool>, i: usize) {
-        if let Some((p, old)) = self.backend.take()
-            && let Some(b) = p.backends.get(old)
-        {
-            b.stats.http_requests_active.fetch_sub(1, Relaxed);
+        if let Some((p, old)) = self.backend.take() {
+            if let Some(b) = p.backends.get(old) {
+                b.stats.http_requests_active.fetch_sub(1, Relaxed);
+            }
+            p.release(old);
         }
         if let Some(b) = pool.backends.get(i) {
             b.stats.http_requests_active.fetch_add(1, Relaxed);
@@ -136,6 +138,9 @@ impl Exchange {
         let backend = self.backend.as_ref().and_then(|(p, i)| p.backends.get(*i));
         if let Some(b) = backend {
             b.stats.http_requests_active.fetch_sub(1, Relaxed);
+        }
+        if let Some((p, i)) = &self.backend {
+            p.release(*i);
         }
         if let Some(r) = recording {
             self.export_spans(&r, route.map(|r| r.name.as_str()), backend, took);

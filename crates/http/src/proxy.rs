@@ -289,15 +289,21 @@ async fn forward(
     let mut tried: Vec<usize> = Vec::new();
     let mut last = Reason::NoBackend;
     for _ in 0..=pool.retries {
-        let Some(i) = pool.pick(key, &tried) else {
-            break;
+        let i = match pool.acquire(key, &tried).await {
+            Ok(i) => i,
+            Err(Reason::NoBackend) => break,
+            Err(reason) => {
+                last = reason;
+                break;
+            }
         };
+        // In flight from here, holding the slot until the exchange ends: a
+        // request being connected is load too, and the log names the
+        // backend that failed it.
+        x.set_backend(pool, i);
         let (Some(b), Some(conns)) = (pool.backends.get(i), target.conns.get(i)) else {
             break;
         };
-        // In flight from here: a request being connected is load too, and
-        // the log names the backend that failed it.
-        x.set_backend(pool, i);
         if let Some(r) = x.recording.as_mut() {
             r.attempts += 1;
             r.upstream_start.get_or_insert_with(crate::trace::span::now);

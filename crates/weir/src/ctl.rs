@@ -889,7 +889,12 @@ fn backends_table(backends: &[pb::Backend]) -> String {
                 if b.serving { "yes" } else { "no" }.to_owned(),
                 weight,
                 b.effective_weight.to_string(),
-                b.active_connections.to_string(),
+                // Against the limit now, when it has one.
+                if b.connection_limit > 0 {
+                    format!("{}/{}", b.active_connections, b.connection_limit)
+                } else {
+                    b.active_connections.to_string()
+                },
                 b.connections_total.to_string(),
                 probe,
                 last,
@@ -1003,6 +1008,11 @@ fn pools_table(pools: &[pb::Pool]) -> String {
                 p.health_check.clone(),
                 tier_text(p.active_tier),
                 format!("{}/{}", p.serving, p.backends),
+                if p.max_queue > 0 {
+                    format!("{}/{}", p.queue_depth, p.max_queue)
+                } else {
+                    "-".to_owned()
+                },
                 p.last_tier_change.as_ref().map_or_else(
                     || "-".to_owned(),
                     |t| {
@@ -1025,6 +1035,7 @@ fn pools_table(pools: &[pb::Pool]) -> String {
             "CHECK",
             "TIER",
             "SERVING",
+            "QUEUED",
             "LAST TIER CHANGE",
         ],
         &rows,
@@ -1157,6 +1168,8 @@ fn pool_json(p: &pb::Pool) -> Value {
         "serving": p.serving,
         "backends_by_state": p.backends_by_state,
         "last_tier_change": p.last_tier_change.as_ref().map(tier_json),
+        "queue_depth": p.queue_depth,
+        "max_queue": p.max_queue,
     })
 }
 
@@ -1184,6 +1197,8 @@ fn backend_json(b: &pb::Backend) -> Value {
         })),
         "last_transitions": b.last_transitions.iter().map(transition_json).collect::<Vec<_>>(),
         "origin": b.origin,
+        "max_connections": b.max_connections,
+        "connection_limit": b.connection_limit,
     })
 }
 

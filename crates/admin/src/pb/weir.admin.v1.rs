@@ -331,6 +331,12 @@ pub struct Pool {
     /// The last change of the active tier, when there was one.
     #[prost(message, optional, tag = "8")]
     pub last_tier_change: ::core::option::Option<TierChange>,
+    /// Connections and requests waiting for a backend with room (pools with
+    /// connection limits), and how many may wait at most.
+    #[prost(uint32, tag = "9")]
+    pub queue_depth: u32,
+    #[prost(uint32, tag = "10")]
+    pub max_queue: u32,
 }
 #[derive(::serde::Serialize)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -399,6 +405,12 @@ pub struct Backend {
     /// "discovery" (DNS).
     #[prost(string, tag = "20")]
     pub origin: ::prost::alloc::string::String,
+    /// Its max_connections (its own or the pool's); absent: no limit.
+    #[prost(uint32, optional, tag = "21")]
+    pub max_connections: ::core::option::Option<u32>,
+    /// The limit now: max_connections, ramped during slow start; 0: none.
+    #[prost(uint32, tag = "22")]
+    pub connection_limit: u32,
 }
 #[derive(::serde::Serialize)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

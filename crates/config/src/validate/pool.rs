@@ -17,6 +17,13 @@ const MAX_RETRIES: i64 = 100;
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 const DEFAULT_WEIGHT: u32 = 1;
 const MAX_WEIGHT: i64 = crate::model::MAX_WEIGHT as i64;
+/// A backend's connection limit at most (a million: beyond, no limit is meant).
+const MAX_BACKEND_CONNECTIONS: i64 = 1_000_000;
+/// HAProxy's `maxqueue` is unbounded by default; a bounded one keeps a
+/// saturated pool from holding every client of a burst.
+const DEFAULT_MAX_QUEUE: u32 = 1024;
+const MAX_QUEUE: i64 = 1_000_000;
+const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 const PROTOCOLS: &[(&str, HttpProtocol)] = &[
     ("http1", HttpProtocol::Http1),
     ("h2", HttpProtocol::H2),
@@ -155,6 +162,27 @@ impl Checker {
             }),
             discover,
             slow_start: self.timeout_opt(&format!("{path}.slow_start"), raw.slow_start.as_deref()),
+            max_connections_per_backend: raw.max_connections_per_backend.map(|n| {
+                self.int(
+                    &format!("{path}.max_connections_per_backend"),
+                    Some(n),
+                    0,
+                    1,
+                    Some(MAX_BACKEND_CONNECTIONS),
+                )
+            }),
+            max_queue: self.int(
+                &format!("{path}.max_queue"),
+                raw.max_queue,
+                DEFAULT_MAX_QUEUE,
+                0,
+                Some(MAX_QUEUE),
+            ),
+            queue_timeout: self.timeout(
+                &format!("{path}.queue_timeout"),
+                raw.queue_timeout.as_deref(),
+                DEFAULT_QUEUE_TIMEOUT,
+            ),
             backends,
         }
     }
@@ -182,6 +210,21 @@ impl Checker {
                              know (from the ClientHello they pass through); use hash_key = \
                              \"source_ip\" for this route's pool",
                             pool.name
+                        ),
+                    );
+                }
+                if let (Some(_), RouteMode::L4(l4)) = (&l.udp, &r.mode)
+                    && let Some(pool) = pools.get(l4.pool_index)
+                    && (pool.max_connections_per_backend.is_some()
+                        || pool.backends.iter().any(|b| b.max_connections.is_some()))
+                {
+                    self.push(
+                        format!("listeners[{li}].routes[{ri}].pool"),
+                        format!(
+                            "pool {:?} limits its backends' connections (max_connections), \
+                             which UDP flows do not take part in; give this route a pool \
+                             without limits",
+                            l4.pool
                         ),
                     );
                 }
@@ -265,7 +308,17 @@ impl Checker {
                 "has no effect: this backend has `health = false`, so it is never probed",
             );
         }
+        let max_connections = raw.max_connections.map(|n| {
+            self.int(
+                &format!("{path}.max_connections"),
+                Some(n),
+                0,
+                1,
+                Some(MAX_BACKEND_CONNECTIONS),
+            )
+        });
         Backend {
+            max_connections,
             name: raw.name.unwrap_or_else(|| raw.address.clone()),
             weight,
             tier,

@@ -240,6 +240,7 @@ impl Discovery {
                     tier: m.tier,
                     health: true,
                     check_port: None,
+                    max_connections: None,
                 });
             }
         }

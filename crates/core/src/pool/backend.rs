@@ -127,6 +127,11 @@ pub struct Backend {
     pub(crate) outlier: Arc<OutlierState>,
     /// The pool's `slow_start`.
     pub(super) slow_start: Option<Duration>,
+    /// Its connection limit (its own, else the pool's); ramped with slow
+    /// start.
+    pub max_connections: Option<u32>,
+    /// Slots in use and the limit now, shared by its generations.
+    pub(crate) slots: Arc<super::queue::Slots>,
 }
 
 /// The share of its weight a backend that came back gets at first.
@@ -148,6 +153,9 @@ pub struct BackendView {
     pub effective_weight: u32,
     pub serving: bool,
     pub active_connections: i64,
+    /// Its `max_connections` (own or the pool's), and the limit now.
+    pub max_connections: Option<u32>,
+    pub connection_limit: u32,
     pub last_probe: Option<LastProbe>,
     pub history: Vec<Transition>,
 }
@@ -255,6 +263,16 @@ impl Backend {
         self.status().health.changing()
     }
 
+    /// Its connection limit now (ramped during slow start); 0: none.
+    pub fn connection_limit(&self) -> u32 {
+        self.slots.limit.load(Relaxed)
+    }
+
+    /// Connections and l7 requests holding one of its slots.
+    pub fn slots_in_use(&self) -> u32 {
+        self.slots.used.load(Relaxed)
+    }
+
     /// The token a new connection to this backend watches.
     pub(crate) fn eviction_token(&self) -> Arc<CancellationToken> {
         self.link.evict.load_full()
@@ -292,6 +310,8 @@ impl Backend {
             },
             serving: self.is_serving(),
             active_connections: self.stats.connections_active.load(Relaxed),
+            max_connections: self.max_connections,
+            connection_limit: self.connection_limit(),
             last_probe: s.last_probe.clone(),
             history: s.history.iter().cloned().collect(),
         }

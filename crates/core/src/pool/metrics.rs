@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use weir_telemetry::{Kind, Writer};
 
-use super::{Backend, Pool, StateLabel, UpstreamEvent};
+use super::{Backend, Pool, QueueResult, StateLabel, UpstreamEvent};
 use crate::Reason;
 use crate::health::Health;
 use crate::listener::STATUS_CLASSES;
@@ -25,6 +25,65 @@ pub(crate) fn render(pools: &[Arc<Pool>], w: &mut Writer) {
     state(w, backends());
     checks(w, backends().filter(|(_, b)| b.probe_address.is_some()));
     tiers(w, pools);
+    if pools.iter().any(|p| p.limited()) {
+        limits(w, pools.iter().filter(|p| p.limited()));
+    }
+}
+
+/// Connection limits and the queue, for the pools with limits.
+fn limits<'a>(w: &mut Writer, pools: impl Iterator<Item = &'a Arc<Pool>> + Clone) {
+    w.family(
+        "weir_backend_max_connections",
+        Kind::Gauge,
+        "The backend's connection limit now (ramped during slow start); 0: none.",
+    );
+    for p in pools.clone() {
+        for b in &p.backends {
+            w.sample(
+                "weir_backend_max_connections",
+                &[("pool", &p.name), ("backend", &b.name)],
+                b.connection_limit(),
+            );
+        }
+    }
+    w.family(
+        "weir_pool_queue_depth",
+        Kind::Gauge,
+        "Connections and requests waiting for a backend with room.",
+    );
+    for p in pools.clone() {
+        w.sample(
+            "weir_pool_queue_depth",
+            &[("pool", &p.name)],
+            p.queue.depth(),
+        );
+    }
+    w.family(
+        "weir_pool_queue",
+        Kind::Counter,
+        "Connections and requests that found every backend full, by what became of them.",
+    );
+    for p in pools.clone() {
+        for r in QueueResult::ALL {
+            w.sample(
+                "weir_pool_queue_total",
+                &[("pool", &p.name), ("result", r.as_str())],
+                p.queue.results(r),
+            );
+        }
+    }
+    w.family(
+        "weir_pool_queue_wait_seconds",
+        Kind::Histogram,
+        "Time waited in the queue by those that got a backend.",
+    );
+    for p in pools {
+        w.histogram(
+            "weir_pool_queue_wait_seconds",
+            &[("pool", &p.name)],
+            &p.queue.wait.snapshot(),
+        );
+    }
 }
 
 /// Datagrams, for the pools of UDP listeners.

@@ -18,9 +18,12 @@ pub(crate) mod metrics;
 mod observe;
 mod operator;
 mod outlier;
+mod queue;
 mod stats;
 
 pub use backend::{Backend, BackendView, Eviction, LastProbe, Watch};
+pub(crate) use queue::SlotGuard;
+pub use queue::{Queue, QueueResult};
 pub use stats::{BackendStats, LATENCY_SECONDS, StateLabel, UpstreamEvent};
 
 use std::collections::VecDeque;
@@ -83,6 +86,12 @@ pub struct Pool {
     pub serves_udp: bool,
     /// Outlier detection from l7 answers.
     pub outlier: Option<config::Outlier>,
+    /// Waiters for a slot, shared by the pool's generations.
+    pub queue: Arc<Queue>,
+    max_queue: u32,
+    queue_timeout: Duration,
+    /// Some backend has a connection limit.
+    limited: bool,
     policy: Policy,
     picker: ArcSwap<Picker>,
     /// Serialises rebuilds so the picker always reflects the latest states;
@@ -140,6 +149,7 @@ impl Pool {
                 };
                 let before = previous.and_then(|p| p.backend(&b.name));
                 let outlier = before.map_or_else(Arc::default, |old| Arc::clone(&old.outlier));
+                let slots = before.map_or_else(Arc::default, |old| Arc::clone(&old.slots));
                 let (status, serving, link, stats, pending) = match before {
                     Some(old) => {
                         let keep =
@@ -221,6 +231,8 @@ impl Pool {
                     link,
                     outlier,
                     slow_start: cfg.slow_start,
+                    max_connections: b.max_connections.or(cfg.max_connections_per_backend),
+                    slots,
                 }
             })
             .collect();
@@ -237,6 +249,7 @@ impl Pool {
         // A pool new to this process serves no tier until its first probe
         // round: that first decision is recorded as a change too.
         let last_tier = previous.and_then(Pool::active_tier);
+        let limited = backends.iter().any(|b| b.max_connections.is_some());
         let pool = Arc::new(Pool {
             name: cfg.name.clone(),
             connect_timeout: cfg.connect_timeout,
@@ -250,6 +263,10 @@ impl Pool {
             serves_http: inputs.serves_http,
             serves_udp: inputs.serves_udp,
             outlier: cfg.outlier,
+            queue: previous.map_or_else(Arc::default, |p| Arc::clone(&p.queue)),
+            max_queue: cfg.max_queue,
+            queue_timeout: cfg.queue_timeout,
+            limited,
             policy: cfg.balance,
             picker: ArcSwap::from_pointee(Picker::new(cfg.balance, &[])),
             rebuild: Mutex::new(last_tier),
@@ -366,18 +383,22 @@ impl Pool {
         let mut last_tier = lock(&self.rebuild);
         let now = std::time::Instant::now();
         let mut ramping = false;
+        let mut ramps: Vec<Option<f64>> = Vec::with_capacity(self.backends.len());
         let snapshot: Vec<(u32, Health, AdminState)> = self
             .backends
             .iter()
             .map(|b| {
                 let mut s = b.status();
-                if s.ramp_since.is_some() && b.ramp(&s, now).is_none() {
+                let ramp = b.ramp(&s, now);
+                if ramp.is_none() {
                     s.ramp_since = None;
                 }
                 ramping |= s.ramp_since.is_some();
+                ramps.push(ramp);
                 (b.picker_weight(&s, now), s.health.state(), s.admin)
             })
             .collect();
+        self.set_limits(&ramps);
         let members: Vec<Member<'_>> = self
             .backends
             .iter()
@@ -440,6 +461,10 @@ impl Pool {
         drop(last_tier);
         if ramping {
             self.keep_ramping();
+        }
+        // A backend that came up, a limit raised: waiters may go now.
+        if self.queue.depth() > 0 {
+            self.latest().dispatch();
         }
     }
 

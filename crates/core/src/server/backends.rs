@@ -104,6 +104,7 @@ impl Server {
                     tier: b.tier,
                     health: true,
                     check_port: None,
+                    max_connections: None,
                 });
             }
         }

@@ -189,6 +189,15 @@ fn pool_verdict(p: &Pool, client: SocketAddr, sni: Option<&str>) -> PoolVerdict 
                     false,
                     format!("in tier {}, not the active tier {active}", v.tier),
                 )
+            } else if !b.slots.has_room() {
+                (
+                    false,
+                    format!(
+                        "full: {} of {} connections in use (max_connections)",
+                        b.slots_in_use(),
+                        b.connection_limit()
+                    ),
+                )
             } else {
                 (true, format!("serving, weight {}", v.effective_weight))
             };
@@ -199,7 +208,19 @@ fn pool_verdict(p: &Pool, client: SocketAddr, sni: Option<&str>) -> PoolVerdict 
             }
         })
         .collect::<Vec<_>>();
-    let (pick, pick_note) = if backends.iter().all(|b| !b.eligible) {
+    let full = backends.iter().any(|b| b.why.starts_with("full:"));
+    let (pick, pick_note) = if backends.iter().all(|b| !b.eligible) && full {
+        (
+            None,
+            format!(
+                "every serving backend is full: the client waits in the queue ({} waiting, at \
+                 most {}) for up to {:?}, then is refused (queue_full, queue_timeout)",
+                p.queue.depth(),
+                p.max_queue(),
+                p.queue_timeout()
+            ),
+        )
+    } else if backends.iter().all(|b| !b.eligible) {
         (
             None,
             "no backend can serve: the client is refused (no_backend)".to_owned(),
@@ -216,7 +237,7 @@ fn pool_verdict(p: &Pool, client: SocketAddr, sni: Option<&str>) -> PoolVerdict 
             _ => "source IP",
         };
         (
-            p.pick(key, &[])
+            p.pick_with_room(key, &[])
                 .and_then(|i| p.backends.get(i))
                 .map(|b| b.name.clone()),
             format!(

@@ -26,6 +26,10 @@ pub(crate) fn serve<'a>(
     async move {
         match upstream::connect(upstream, client).await {
             Ok((i, backend)) => {
+                let _slot = crate::pool::SlotGuard {
+                    pool: &upstream.pool,
+                    index: i,
+                };
                 let b = &upstream.pool.backends[i];
                 relayed(listener, route, b, client, backend).await;
             }

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use weir_balance::Request;
 use weir_config::{HashKey, ProxyVersion};
 
 use crate::Reason;
@@ -89,8 +88,7 @@ impl Failed {
 
 pub(crate) async fn connect(up: &Upstream, client: &Client) -> Result<(usize, Stream), Failed> {
     let pool = &up.pool;
-    let picker = pool.picker();
-    let key = match picker.policy() {
+    let key = match pool.policy() {
         weir_balance::Policy::Maglev => affinity_key(pool.hash_key, client.peer, client.sni_key),
         _ => 0,
     };
@@ -99,20 +97,18 @@ pub(crate) async fn connect(up: &Upstream, client: &Client) -> Result<(usize, St
     let mut errors: Vec<(usize, Reason)> = Vec::new();
     let mut last_err = None;
     for _ in 0..=pool.retries {
-        // Scoped so the type-erased (non-Sync) closure is not held across an await.
-        let picked = {
-            let load = |i: usize| pool.backends.get(i).map_or(u32::MAX, |b| b.stats.load());
-            let req = Request {
-                key,
-                random: fastrand::u64(..),
-                load: &load,
-            };
-            picker.pick(&req, &tried)
-        };
-        let Some(i) = picked else {
-            break;
+        // With a slot taken: the caller gives it back when the connection
+        // ends ([`crate::pool::SlotGuard`]).
+        let i = match pool.acquire(key, &tried).await {
+            Ok(i) => i,
+            Err(Reason::NoBackend) => break,
+            Err(reason) => {
+                last_err = Some(reason);
+                break;
+            }
         };
         let Some(b) = pool.backends.get(i) else {
+            pool.release(i);
             break;
         };
         b.stats.connections_active.fetch_add(1, Relaxed);
@@ -125,6 +121,7 @@ pub(crate) async fn connect(up: &Upstream, client: &Client) -> Result<(usize, St
             }
             Err(reason) => {
                 b.stats.connections_active.fetch_sub(1, Relaxed);
+                pool.release(i);
                 b.stats.connect_error(reason);
                 if reason == Reason::LocalResources {
                     pool.local_shortage(&b.name, "connect", "cannot create a socket");

@@ -782,15 +782,16 @@ async fn a_backend_that_comes_back_ramps_up_over_slow_start() {
     let mut b = stoppable_backend("b", b_addr).await;
     let toml = pool_toml("round_robin", &[("a", a, 10), ("b", b_addr, 10)]).replace(
         "connect_timeout = \"500ms\"\n",
-        "connect_timeout = \"500ms\"\nslow_start = \"2s\"\n\
+        "connect_timeout = \"500ms\"\nslow_start = \"2s\"\nmax_connections_per_backend = 100\n\
          [pools.health]\ntype = \"tcp\"\ninterval = \"50ms\"\ntimeout = \"200ms\"\nrise = 1\nfall = 1\n",
     );
     let server = start(&toml).await;
     let front = addr(&server, "l");
     let pool = server.pool("p").expect("p");
     let weight = |p: &weir_core::pool::Pool| p.view("b").map(|v| v.effective_weight);
-    // At start: full weight at once.
+    // At start: full weight and limit at once.
     assert_eq!(weight(&pool), Some(10));
+    assert_eq!(pool.backend("b").map(|b| b.connection_limit()), Some(100));
 
     b.cancel();
     wait_until("b down", || {
@@ -811,6 +812,13 @@ async fn a_backend_that_comes_back_ramps_up_over_slow_start() {
     let back = std::time::Instant::now();
     let first = weight(&server.pool("p").expect("p")).expect("b");
     assert!(first <= 3, "right after coming back: weight {first}");
+    // Its connection limit ramps with it.
+    let limit = |p: &weir_core::pool::Pool| p.backend("b").map(|b| b.connection_limit());
+    let first_limit = limit(&server.pool("p").expect("p")).expect("b");
+    assert!(
+        (1..=25).contains(&first_limit),
+        "right after coming back: limit {first_limit}"
+    );
     // Its share of new connections is small at first...
     let mut to_b = 0;
     for _ in 0..100 {
@@ -832,6 +840,7 @@ async fn a_backend_that_comes_back_ramps_up_over_slow_start() {
             .is_some_and(|v| v.effective_weight == 10)
     })
     .await;
+    assert_eq!(limit(&server.pool("p").expect("p")), Some(100));
     let mut to_b = 0;
     for _ in 0..100 {
         if within("fetch", fetch(front, None)).await == "b" {

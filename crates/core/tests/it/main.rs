@@ -4,5 +4,6 @@ mod common;
 mod health;
 mod proxy;
 mod proxy_in;
+mod queue;
 mod reload;
 mod tls;

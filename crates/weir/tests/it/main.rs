@@ -15,6 +15,7 @@ mod http;
 mod http_auth;
 mod http_outlier;
 mod http_policy;
+mod http_queue;
 mod http_streams;
 mod http_trace;
 mod observability;

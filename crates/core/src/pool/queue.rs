@@ -1,0 +1,396 @@
+//! Connection limits: each backend's slots in use against its
+//! `max_connections` (ramped with slow start), and the pool's queue, where a
+//! connection or an l7 request waits, in order, while every serving backend
+//! is full.
+//!
+//! A pool without limits pays one atomic add and one subtract per
+//! connection: slots are counted always, so that a reload which sets a
+//! limit finds the count right. With limits, a slot is taken by
+//! compare-and-swap, so a limit is never exceeded. When a slot frees and
+//! someone waits, the newest generation of the pool picks a backend for the
+//! first waiter (by its own key: maglev keeps its affinity when it can),
+//! takes the slot and hands it over; newcomers queue behind waiters rather
+//! than overtake them.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use weir_telemetry::Histogram;
+
+use super::backend::lock;
+use super::{LATENCY_SECONDS, Pool};
+use crate::Reason;
+
+/// A backend's slots, shared by its generations across reloads.
+#[derive(Debug, Default)]
+pub(crate) struct Slots {
+    /// The limit now (slow start ramps it); 0: none.
+    pub(crate) limit: AtomicU32,
+    /// Connections and l7 requests holding a slot.
+    pub(crate) used: AtomicU32,
+}
+
+impl Slots {
+    pub(crate) fn has_room(&self) -> bool {
+        let limit = self.limit.load(Relaxed);
+        limit == 0 || self.used.load(Relaxed) < limit
+    }
+
+    fn try_take(&self) -> bool {
+        let limit = self.limit.load(Relaxed);
+        if limit == 0 {
+            self.used.fetch_add(1, SeqCst);
+            return true;
+        }
+        self.used
+            .fetch_update(SeqCst, Relaxed, |u| (u < limit).then_some(u + 1))
+            .is_ok()
+    }
+
+    fn give_back(&self) {
+        // Saturating: a count is never worth a panic or a wrap.
+        let _ = self
+            .used
+            .fetch_update(SeqCst, Relaxed, |u| Some(u.saturating_sub(1)));
+    }
+}
+
+/// What a queue's waiters became: `weir_pool_queue_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueResult {
+    /// Got a slot.
+    Served,
+    /// Found the queue full.
+    Full,
+    /// Waited `queue_timeout` in vain.
+    Timeout,
+}
+
+impl QueueResult {
+    pub const ALL: [QueueResult; 3] = [Self::Served, Self::Full, Self::Timeout];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Served => "served",
+            Self::Full => "full",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+/// A pool's queue, shared by its generations across reloads.
+#[derive(Debug)]
+pub struct Queue {
+    /// Waiters, read without the lock on every release.
+    waiting: AtomicUsize,
+    inner: Mutex<Waiters>,
+    /// Time waited by those served.
+    pub wait: Histogram,
+    results: [AtomicU64; 3],
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue {
+            waiting: AtomicUsize::new(0),
+            inner: Mutex::default(),
+            wait: Histogram::new(LATENCY_SECONDS),
+            results: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Queue {
+    /// Waiting now.
+    pub fn depth(&self) -> usize {
+        self.waiting.load(Relaxed)
+    }
+
+    pub fn results(&self, r: QueueResult) -> u64 {
+        self.results[r as usize].load(Relaxed)
+    }
+
+    fn count(&self, r: QueueResult) {
+        weir_telemetry::count(&self.results[r as usize], 1);
+    }
+
+    /// Takes waiter `id` out; false when it is gone (it was handed a slot).
+    fn remove(&self, id: u64) -> bool {
+        let mut q = lock(&self.inner);
+        let Some(at) = q.list.iter().position(|w| w.id == id) else {
+            return false;
+        };
+        q.list.remove(at);
+        self.waiting.fetch_sub(1, SeqCst);
+        true
+    }
+}
+
+#[derive(Debug, Default)]
+struct Waiters {
+    next_id: u64,
+    list: VecDeque<Waiter>,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    id: u64,
+    /// Its maglev key, for the pick made on its behalf.
+    key: u64,
+    tx: oneshot::Sender<Grant>,
+}
+
+/// A slot taken for a waiter; given back if the waiter is gone before it
+/// uses it.
+#[derive(Debug)]
+struct Grant(Option<Arc<Slots>>);
+
+impl Grant {
+    fn take(mut self) -> Option<Arc<Slots>> {
+        self.0.take()
+    }
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            s.give_back();
+        }
+    }
+}
+
+/// A waiter whose wait is cancelled (its connection closed, weir stopping)
+/// leaves the queue.
+struct Place<'a> {
+    queue: &'a Queue,
+    id: u64,
+    done: bool,
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.queue.remove(self.id);
+        }
+    }
+}
+
+impl Pool {
+    /// True when some backend has a connection limit.
+    pub fn limited(&self) -> bool {
+        self.limited
+    }
+
+    /// A backend for `key` with room, never one of `tried`.
+    pub(crate) fn pick_with_room(&self, key: u64, tried: &[usize]) -> Option<usize> {
+        let picker = self.picker();
+        let load = |i: usize| self.backends.get(i).map_or(u32::MAX, |b| b.stats.load());
+        let full = |i: usize| self.backends.get(i).is_none_or(|b| !b.slots.has_room());
+        let req = weir_balance::Request {
+            key,
+            random: fastrand::u64(..),
+            load: &load,
+        };
+        picker.pick_with_room(&req, tried, &full)
+    }
+
+    /// Picks a backend for `key` (never one of `tried`) and takes one of its
+    /// slots, waiting in the queue while every serving backend is full. The
+    /// slot is the caller's until [`Pool::release`]. Fails with `NoBackend`
+    /// when none serves, `QueueFull` or `QueueTimeout`.
+    pub async fn acquire(self: &Arc<Self>, key: u64, tried: &[usize]) -> Result<usize, Reason> {
+        if !self.limited {
+            let i = self.pick(key, tried).ok_or(Reason::NoBackend)?;
+            if let Some(b) = self.backends.get(i) {
+                b.slots.used.fetch_add(1, SeqCst);
+            }
+            return Ok(i);
+        }
+        let deadline = Instant::now() + self.queue_timeout;
+        let queued_at = Instant::now();
+        let mut queued = false;
+        loop {
+            // Waiters first: a newcomer does not overtake them.
+            if self.queue.waiting.load(SeqCst) == 0 {
+                // A lost race for a slot means another backend may have room.
+                for _ in 0..4 {
+                    let Some(i) = self.pick_with_room(key, tried) else {
+                        break;
+                    };
+                    if self.backends.get(i).is_some_and(|b| b.slots.try_take()) {
+                        if queued {
+                            self.queue.wait.observe(queued_at.elapsed());
+                            self.queue.count(QueueResult::Served);
+                        }
+                        return Ok(i);
+                    }
+                }
+            }
+            if self.pick(key, tried).is_none() {
+                return Err(Reason::NoBackend);
+            }
+            let (tx, mut rx) = oneshot::channel();
+            let id = {
+                let mut q = lock(&self.queue.inner);
+                if q.list.len() >= self.max_queue as usize {
+                    drop(q);
+                    self.queue.count(QueueResult::Full);
+                    return Err(Reason::QueueFull);
+                }
+                q.next_id += 1;
+                let id = q.next_id;
+                q.list.push_back(Waiter { id, key, tx });
+                self.queue.waiting.fetch_add(1, SeqCst);
+                id
+            };
+            queued = true;
+            let mut place = Place {
+                queue: &self.queue,
+                id,
+                done: false,
+            };
+            // A slot may have freed between the look above and the enqueue.
+            self.latest().dispatch();
+            let grant = match tokio::time::timeout_at(deadline, &mut rx).await {
+                Ok(Ok(grant)) => grant,
+                Ok(Err(_)) => {
+                    // The queue dropped the sender without a slot: cannot
+                    // happen while the pool lives; treat it as a timeout.
+                    self.queue.remove(id);
+                    place.done = true;
+                    self.queue.count(QueueResult::Timeout);
+                    return Err(Reason::QueueTimeout);
+                }
+                Err(_) => {
+                    if self.queue.remove(id) {
+                        place.done = true;
+                        self.queue.count(QueueResult::Timeout);
+                        return Err(Reason::QueueTimeout);
+                    }
+                    // Handed a slot as the time ran out: take it.
+                    match rx.try_recv() {
+                        Ok(grant) => grant,
+                        Err(_) => {
+                            place.done = true;
+                            self.queue.count(QueueResult::Timeout);
+                            return Err(Reason::QueueTimeout);
+                        }
+                    }
+                }
+            };
+            place.done = true;
+            let Some(slots) = grant.take() else {
+                continue;
+            };
+            // The slot was taken in the newest generation: find its backend
+            // in this one (the same backend shares its slots).
+            let own = self
+                .backends
+                .iter()
+                .position(|b| Arc::ptr_eq(&b.slots, &slots));
+            match own {
+                Some(i) if !tried.contains(&i) => {
+                    self.queue.wait.observe(queued_at.elapsed());
+                    self.queue.count(QueueResult::Served);
+                    return Ok(i);
+                }
+                _ => {
+                    // A backend this generation does not know (added by a
+                    // reload), or one that failed this connection already:
+                    // pass the slot on and wait again.
+                    slots.give_back();
+                    self.latest().dispatch();
+                    if Instant::now() >= deadline {
+                        self.queue.count(QueueResult::Timeout);
+                        return Err(Reason::QueueTimeout);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives back the slot [`Pool::acquire`] took on backend `i`, and lets
+    /// the first waiter have one.
+    pub fn release(self: &Arc<Self>, i: usize) {
+        if let Some(b) = self.backends.get(i) {
+            b.slots.give_back();
+        }
+        if self.queue.waiting.load(SeqCst) > 0 {
+            self.latest().dispatch();
+        }
+    }
+
+    /// Hands slots to waiters, first come first served, while a serving
+    /// backend has room. Called on the newest generation.
+    pub(super) fn dispatch(&self) {
+        let mut q = lock(&self.queue.inner);
+        // Bounded: each round serves or drops a waiter, or loses a race
+        // for a slot to a newcomer that took it.
+        let mut misses = 0;
+        while let Some(w) = q.list.front() {
+            if w.tx.is_closed() {
+                q.list.pop_front();
+                self.queue.waiting.fetch_sub(1, SeqCst);
+                continue;
+            }
+            let Some(i) = self.pick_with_room(w.key, &[]) else {
+                break;
+            };
+            let Some(slots) = self.backends.get(i).map(|b| &b.slots) else {
+                break;
+            };
+            if !slots.try_take() {
+                misses += 1;
+                if misses > 4 {
+                    break;
+                }
+                continue;
+            }
+            let Some(w) = q.list.pop_front() else { break };
+            self.queue.waiting.fetch_sub(1, SeqCst);
+            // A waiter gone meanwhile drops the grant, which gives it back.
+            let _ = w.tx.send(Grant(Some(Arc::clone(slots))));
+        }
+    }
+
+    /// Sets each backend's limit for now: its `max_connections`, ramped
+    /// like its weight while it comes back (at least 1).
+    pub(super) fn set_limits(&self, ramps: &[Option<f64>]) {
+        for (b, ramp) in self.backends.iter().zip(ramps) {
+            let limit = match (b.max_connections, ramp) {
+                (None, _) => 0,
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                (Some(max), Some(f)) => ((f64::from(max) * f).ceil() as u32).clamp(1, max),
+                (Some(max), None) => max,
+            };
+            b.slots.limit.store(limit, Relaxed);
+        }
+    }
+
+    /// How many may wait in the queue at most.
+    pub fn max_queue(&self) -> u32 {
+        self.max_queue
+    }
+
+    /// How long a connection waits in the queue at most.
+    pub fn queue_timeout(&self) -> Duration {
+        self.queue_timeout
+    }
+}
+
+/// A slot held by a relayed connection, given back when it ends.
+pub(crate) struct SlotGuard<'a> {
+    pub(crate) pool: &'a Arc<Pool>,
+    pub(crate) index: usize,
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        self.pool.release(self.index);
+    }
+}

@@ -1,0 +1,230 @@
+//! Per-backend `max_connections` with the pool's queue: waiters served in
+//! order as slots free, `queue_full` and `queue_timeout` refusals, full
+//! backends passed over while another has room.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use weir_core::pool::QueueResult;
+
+use crate::common::{addr, named_backend, start, wait_until, within};
+
+/// Echoes every connection after recording the first byte it carries, so
+/// the test sees in which order connections reached the backend.
+async fn recording_echo() -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let a = l.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let mut b = [0u8; 1];
+                if s.read_exact(&mut b).await.is_ok() {
+                    log.lock().expect("log").push(b[0]);
+                    let _ = s.write_all(&b).await;
+                    let mut sink = tokio::io::sink();
+                    let _ = tokio::io::copy(&mut s, &mut sink).await;
+                }
+            });
+        }
+    });
+    (a, seen)
+}
+
+/// A backend that writes its name and keeps the connection until the
+/// client closes it.
+async fn holding_backend(name: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let a = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(name.as_bytes()).await;
+                let mut sink = tokio::io::sink();
+                let _ = tokio::io::copy(&mut s, &mut sink).await;
+            });
+        }
+    });
+    a
+}
+
+fn metrics(server: &weir_core::Server) -> String {
+    let mut w = weir_telemetry::Writer::new(weir_telemetry::Format::Prometheus);
+    server.render_metrics(&mut w);
+    w.finish()
+}
+
+/// Sends `tag` and reads its echo.
+async fn echoed(s: &mut TcpStream, tag: u8) {
+    s.write_all(&[tag]).await.expect("write");
+    let mut b = [0u8; 1];
+    within("echo", s.read_exact(&mut b)).await.expect("echo");
+    assert_eq!(b[0], tag);
+}
+
+/// Reads until the connection ends: weir closed it.
+async fn closed(mut s: TcpStream) {
+    let mut rest = Vec::new();
+    let _ = within("close", s.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty(), "got {rest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_backend_queues_connections_and_serves_them_in_order() {
+    let (backend, seen) = recording_echo().await;
+    let toml = format!(
+        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\nmax_queue = 3\nqueue_timeout = \"10s\"\n\
+         [[pools.backends]]\nname = \"a\"\naddress = \"{backend}\"\nmax_connections = 2\n"
+    );
+    let server = start(&toml).await;
+    let front = addr(&server, "l");
+    let pool = server.pool("p").expect("p");
+
+    // Two connections take the two slots.
+    let mut held = Vec::new();
+    for tag in [b'h', b'i'] {
+        let mut s = TcpStream::connect(front).await.expect("connect");
+        echoed(&mut s, tag).await;
+        held.push(s);
+    }
+    // Three more wait, in the order they came.
+    let mut waiting = Vec::new();
+    for tag in [b'1', b'2', b'3'] {
+        let mut s = TcpStream::connect(front).await.expect("connect");
+        s.write_all(&[tag]).await.expect("write");
+        waiting.push(s);
+        let depth = waiting.len();
+        wait_until("queued", || pool.queue.depth() == depth).await;
+    }
+    assert_eq!(seen.lock().expect("seen").as_slice(), b"hi");
+    // The queue is full: the next one is refused at once.
+    closed(TcpStream::connect(front).await.expect("connect")).await;
+    assert_eq!(pool.queue.results(QueueResult::Full), 1);
+
+    // Each slot that frees goes to the first waiter.
+    for (n, s) in held.drain(..).enumerate() {
+        drop(s);
+        wait_until("served", || seen.lock().expect("seen").len() == 3 + n).await;
+    }
+    wait_until("all served", || {
+        server
+            .pool("p")
+            .is_some_and(|p| p.backends[0].slots_in_use() == 2 && p.queue.depth() == 1)
+    })
+    .await;
+    drop(waiting.remove(0));
+    wait_until("the last one", || seen.lock().expect("seen").len() == 5).await;
+    assert_eq!(seen.lock().expect("seen").as_slice(), b"hi123");
+    for mut s in waiting {
+        let mut b = [0u8; 1];
+        within("echo", s.read_exact(&mut b)).await.expect("echo");
+    }
+    assert_eq!(pool.queue.results(QueueResult::Served), 3);
+    assert_eq!(pool.queue.depth(), 0);
+    let text = metrics(&server);
+    for line in [
+        "weir_pool_queue_total{pool=\"p\",result=\"served\"} 3",
+        "weir_pool_queue_total{pool=\"p\",result=\"full\"} 1",
+        "weir_pool_queue_depth{pool=\"p\"} 0",
+        "weir_backend_max_connections{pool=\"p\",backend=\"a\"} 2",
+        "weir_pool_queue_wait_seconds_count{pool=\"p\"} 3",
+        "weir_listener_connections_rejected_total{listener=\"l\",reason=\"queue_full\"} 1",
+    ] {
+        assert!(text.contains(line), "no {line:?} in\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_gives_up_after_queue_timeout() {
+    let (backend, seen) = recording_echo().await;
+    let toml = format!(
+        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\nqueue_timeout = \"300ms\"\nmax_connections_per_backend = 1\n\
+         [[pools.backends]]\nname = \"a\"\naddress = \"{backend}\"\n"
+    );
+    let server = start(&toml).await;
+    let front = addr(&server, "l");
+    let pool = server.pool("p").expect("p");
+    let mut held = TcpStream::connect(front).await.expect("connect");
+    echoed(&mut held, b'h').await;
+    let began = std::time::Instant::now();
+    let mut late = TcpStream::connect(front).await.expect("connect");
+    late.write_all(b"x").await.expect("write");
+    closed(late).await;
+    assert!(
+        began.elapsed() >= Duration::from_millis(300),
+        "closed before queue_timeout"
+    );
+    assert_eq!(pool.queue.results(QueueResult::Timeout), 1);
+    assert_eq!(pool.queue.depth(), 0);
+    assert_eq!(seen.lock().expect("seen").as_slice(), b"h");
+    let text = metrics(&server);
+    let line =
+        "weir_listener_connections_rejected_total{listener=\"l\",reason=\"queue_timeout\"} 1";
+    assert!(text.contains(line), "no {line:?} in\n{text}");
+    // The slot frees: the next one is served at once.
+    drop(held);
+    wait_until("slot free", || pool.backends[0].slots_in_use() == 0).await;
+    let mut s = TcpStream::connect(front).await.expect("connect");
+    echoed(&mut s, b'n').await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balancing_passes_over_a_full_backend_while_another_has_room() {
+    let a = holding_backend("a").await;
+    let b = named_backend("b").await;
+    let toml = format!(
+        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\nbalance = \"first\"\n\
+         [[pools.backends]]\nname = \"a\"\naddress = \"{a}\"\nmax_connections = 1\n\
+         [[pools.backends]]\nname = \"b\"\naddress = \"{b}\"\n"
+    );
+    let server = start(&toml).await;
+    let front = addr(&server, "l");
+    let pool = server.pool("p").expect("p");
+    let mut held = TcpStream::connect(front).await.expect("connect");
+    let mut name = [0u8; 1];
+    within("a", held.read_exact(&mut name)).await.expect("read");
+    assert_eq!(&name, b"a");
+    // a is full: `first` goes on to b, and nobody waits.
+    for _ in 0..5 {
+        assert_eq!(
+            within("fetch", crate::common::fetch(front, None)).await,
+            "b"
+        );
+    }
+    assert_eq!(pool.queue.depth(), 0);
+    assert_eq!(pool.queue.results(QueueResult::Full), 0);
+    // `weir explain` says why a is passed over.
+    let client: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
+    let why = server.explain("l", client, None, None).expect("explain");
+    let verdicts: Vec<(&str, bool, &str)> = why.pools[0]
+        .backends
+        .iter()
+        .map(|b| (b.name.as_str(), b.eligible, b.why.as_str()))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            (
+                "a",
+                false,
+                "full: 1 of 1 connections in use (max_connections)"
+            ),
+            ("b", true, "serving, weight 1"),
+        ]
+    );
+    drop(held);
+    wait_until("a has room", || pool.backends[0].slots_in_use() == 0).await;
+    let mut again = TcpStream::connect(front).await.expect("connect");
+    within("a again", again.read_exact(&mut name))
+        .await
+        .expect("read");
+    assert_eq!(&name, b"a");
+}

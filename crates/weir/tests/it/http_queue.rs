@@ -1,0 +1,126 @@
+//! l7 requests and backend connection limits: a request beyond the limit
+//! waits in the pool's queue and is served when the one before it is done;
+//! a full queue answers 503 `queue_full` (gRPC: UNAVAILABLE), a wait past
+//! `queue_timeout` 503 `queue_timeout`.
+
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::{Duration, Instant};
+
+use crate::cli::{DEADLINE, free_port};
+use crate::http::{curl, metric, raw_backend, start};
+
+#[test]
+fn requests_beyond_the_limit_wait_their_turn() {
+    let slow = raw_backend(None, Duration::from_millis(700));
+    let (front, admin) = (free_port(), free_port());
+    let (_weir, _out) = start(
+        "http-queue",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"slow\"\n\
+             [[pools]]\nname = \"slow\"\nmax_connections_per_backend = 1\nmax_queue = 1\n\
+             queue_timeout = \"3s\"\n\
+             [[pools.backends]]\nname = \"s\"\naddress = \"{}\"\n",
+            slow.addr
+        ),
+    );
+    let url = format!("http://{front}/");
+    let wait = |what: &str, cond: &dyn Fn() -> bool| {
+        let end = Instant::now() + DEADLINE;
+        while !cond() {
+            assert!(Instant::now() < end, "{what}: not within {DEADLINE:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let depth = || metric(admin, "weir_pool_queue_depth{pool=\"slow\"}");
+
+    let first = {
+        let url = url.clone();
+        std::thread::spawn(move || curl(&[], &url))
+    };
+    wait("the first request at the backend", &|| {
+        slow.requests.load(SeqCst) == 1
+    });
+    let second = {
+        let url = url.clone();
+        std::thread::spawn(move || curl(&[], &url))
+    };
+    wait("the second request queued", &|| depth() == 1.0);
+    // The backend has one request at a time.
+    assert_eq!(slow.requests.load(SeqCst), 1);
+    // The queue holds one: a third is refused at once.
+    let (status, body, _) = curl(&[], &url);
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            503,
+            "weir: every backend is at its connection limit and the queue is full (queue_full)"
+        )
+    );
+    let (status, body, _) = curl(&["-H", "content-type: application/grpc", "-i"], &url);
+    assert_eq!(status, 200);
+    assert!(body.contains("grpc-status: 14"), "{body}");
+
+    for h in [first, second] {
+        let (status, body, _) = h.join().expect("curl");
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(slow.requests.load(SeqCst), 2);
+    assert_eq!(
+        metric(
+            admin,
+            "weir_pool_queue_total{pool=\"slow\",result=\"served\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "weir_pool_queue_total{pool=\"slow\",result=\"full\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "weir_backend_max_connections{pool=\"slow\",backend=\"s\"}"
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn a_request_waits_no_longer_than_queue_timeout() {
+    let slow = raw_backend(None, Duration::from_millis(1500));
+    let front = free_port();
+    let (_weir, _out) = start(
+        "http-queue-timeout",
+        &format!(
+            "[[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"slow\"\n\
+             [[pools]]\nname = \"slow\"\nqueue_timeout = \"200ms\"\n\
+             [[pools.backends]]\nname = \"s\"\naddress = \"{}\"\nmax_connections = 1\n",
+            slow.addr
+        ),
+    );
+    let url = format!("http://{front}/");
+    let first = {
+        let url = url.clone();
+        std::thread::spawn(move || curl(&[], &url))
+    };
+    let end = Instant::now() + DEADLINE;
+    while slow.requests.load(SeqCst) == 0 {
+        assert!(Instant::now() < end, "the first request never arrived");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (status, body, _) = curl(&[], &url);
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "weir: no backend had room in time (queue_timeout)")
+    );
+    assert_eq!(first.join().expect("curl").0, 200);
+    assert_eq!(slow.requests.load(SeqCst), 1);
+}
