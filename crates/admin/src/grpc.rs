@@ -18,6 +18,7 @@ use weir_core::events::Event;
 use weir_core::firewall::{Action, Block, Rule};
 use weir_core::health::{AdminState, TierChange, Transition};
 use weir_core::listener::Listener;
+use weir_core::live::ConnFilter;
 use weir_core::pool::Pool;
 use weir_core::server::Origins;
 use weir_core::server::Snapshot;
@@ -541,6 +542,59 @@ impl AdminApi for ControlService {
         }))
     }
 
+    async fn list_connections(
+        &self,
+        request: Request<pb::ConnectionFilter>,
+    ) -> Result<Response<pb::ListConnectionsResponse>, Status> {
+        let r = request.into_inner();
+        let filter = connection_filter(&r)?;
+        let all = self
+            .server
+            .connections(&filter)
+            .map_err(|e| control_status(&e))?;
+        let total = count(all.len());
+        let limit = if r.limit == 0 {
+            usize::MAX
+        } else {
+            r.limit as usize
+        };
+        let connections = all
+            .into_iter()
+            .take(limit)
+            .map(|c| pb::Connection {
+                id: c.id,
+                listener: c.listener,
+                route: c.route,
+                pool: c.pool.unwrap_or_default(),
+                backend: c.backend.unwrap_or_default(),
+                client: c.client.to_string(),
+                age_ms: u64::try_from(c.age.as_millis()).unwrap_or(u64::MAX),
+                sent_bytes: c.sent,
+                received_bytes: c.received,
+                state: c.state.as_str().to_owned(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListConnectionsResponse {
+            connections,
+            total,
+        }))
+    }
+
+    async fn close_connections(
+        &self,
+        request: Request<pb::ConnectionFilter>,
+    ) -> Result<Response<pb::CloseConnectionsResponse>, Status> {
+        self.authorize(&request)?;
+        let filter = connection_filter(request.get_ref())?;
+        let closed = self
+            .server
+            .close_connections(&filter)
+            .map_err(|e| control_status(&e))?;
+        Ok(Response::new(pb::CloseConnectionsResponse {
+            closed: count(closed),
+        }))
+    }
+
     type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<pb::Event, Status>>;
 
     async fn watch(
@@ -634,13 +688,31 @@ impl ControlService {
     }
 }
 
+/// The core's filter from the request's; an unparsable client is
+/// INVALID_ARGUMENT.
+fn connection_filter(r: &pb::ConnectionFilter) -> Result<ConnFilter, Status> {
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let client = if r.client.is_empty() {
+        None
+    } else {
+        Some(ConnFilter::parse_client(&r.client).map_err(|e| control_status(&e))?)
+    };
+    Ok(ConnFilter {
+        listener: some(&r.listener),
+        pool: some(&r.pool),
+        backend: some(&r.backend),
+        client,
+        id: r.id,
+    })
+}
+
 fn control_status(e: &ControlError) -> Status {
     match e {
         ControlError::NoPool(_) | ControlError::NoBackend { .. } => {
             Status::not_found(e.to_string())
         }
         ControlError::NoListener(_) | ControlError::NoRule(_) => Status::not_found(e.to_string()),
-        ControlError::Weight(_) | ControlError::Network(_) => {
+        ControlError::Weight(_) | ControlError::Network(_) | ControlError::NoFilter => {
             Status::invalid_argument(e.to_string())
         }
         ControlError::State(_) => Status::internal(e.to_string()),

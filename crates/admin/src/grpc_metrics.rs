@@ -85,6 +85,8 @@ const KNOWN: &[Known] = &[
     known(ADMIN, "AddBackend", GrpcType::Unary),
     known(ADMIN, "RemoveBackend", GrpcType::Unary),
     known(ADMIN, "Explain", GrpcType::Unary),
+    known(ADMIN, "ListConnections", GrpcType::Unary),
+    known(ADMIN, "CloseConnections", GrpcType::Unary),
     known(REFLECTION_V1, "ServerReflectionInfo", GrpcType::BidiStream),
     known(
         REFLECTION_V1ALPHA,

@@ -24,6 +24,9 @@ pub struct Client {
     pub sni_key: Option<u64>,
     /// Held for the connection's life when `per_client.concurrent` counts it.
     pub(crate) slot: Option<crate::firewall::ClientSlot>,
+    /// Its entry among the listener's live connections, once routed to an
+    /// l7 route (an l4 one's is held by its handler).
+    pub live: Option<crate::live::LiveGuard>,
 }
 
 impl Client {
@@ -37,6 +40,7 @@ impl Client {
             accepted_at: Instant::now(),
             sni_key: None,
             slot: None,
+            live: None,
         }
     }
 

@@ -32,6 +32,7 @@ mod frontend;
 pub mod health;
 pub mod l7;
 pub mod listener;
+pub mod live;
 pub mod pool;
 mod probe;
 pub mod reason;

@@ -246,6 +246,19 @@ impl Listener {
         self.log_tried(route, client, backend, bytes, duration, reason, None);
     }
 
+    /// The access-log line of a connection's end that no backend is named
+    /// in (an l7 connection closed by an operator).
+    pub fn log_end(
+        &self,
+        route: Option<&Route>,
+        client: SocketAddr,
+        bytes: (u64, u64),
+        duration: Duration,
+        reason: Reason,
+    ) {
+        self.log_tried(route, client, None, bytes, duration, reason, None);
+    }
+
     /// [`Self::log`], naming the backends a failed connection tried.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn log_tried(
@@ -302,6 +315,8 @@ pub struct ListenerStats {
     pub tls_handshake_duration: Histogram,
     /// Flows and datagrams (`protocol = "udp"`).
     pub udp: crate::udp::UdpStats,
+    /// The live connections (TCP listeners).
+    pub live: crate::live::Registry,
 }
 
 impl Default for ListenerStats {
@@ -316,6 +331,7 @@ impl Default for ListenerStats {
             tls_handshakes: Default::default(),
             tls_handshake_duration: Histogram::new(crate::pool::LATENCY_SECONDS),
             udp: crate::udp::UdpStats::default(),
+            live: crate::live::Registry::default(),
         }
     }
 }

@@ -33,6 +33,8 @@ pub enum Reason {
     IdleTimeout,
     /// The listener's `shutdown_timeout` ran out.
     Shutdown,
+    /// An operator closed the connection (`weir connections close`).
+    Operator,
     /// The backend went down and its pool has `close_on_down`.
     BackendDown,
     /// The backend was drained, disabled or demoted, and `drain_timeout` ran out.
@@ -170,6 +172,7 @@ impl Reason {
             Self::BackendError => "backend_error",
             Self::IdleTimeout => "idle_timeout",
             Self::Shutdown => "shutdown",
+            Self::Operator => "operator",
             Self::BackendDown => "backend_down",
             Self::DrainTimeout => "drain_timeout",
             Self::MaxConnections => "max_connections",
@@ -247,6 +250,7 @@ impl Reason {
             | Self::UpstreamTimeout => Side::Backend,
             Self::IdleTimeout
             | Self::Shutdown
+            | Self::Operator
             | Self::DrainTimeout
             | Self::MaxConnections
             | Self::QueueFull
@@ -302,7 +306,7 @@ impl Reason {
             | Self::Protocol
             | Self::NotServing
             | Self::GrpcStatus => Some(502),
-            Self::ClientClosed | Self::ClientError | Self::Responses => None,
+            Self::ClientClosed | Self::ClientError | Self::Responses | Self::Operator => None,
         }
     }
 
@@ -351,6 +355,7 @@ mod tests {
         Reason::BackendError,
         Reason::IdleTimeout,
         Reason::Shutdown,
+        Reason::Operator,
         Reason::BackendDown,
         Reason::DrainTimeout,
         Reason::MaxConnections,

@@ -123,3 +123,72 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for HeaderDeadline<S> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
+
+/// A client connection whose bytes are counted in its live entry (what
+/// `weir connections` shows): read ones as sent on, written ones as
+/// received back.
+#[derive(Debug)]
+pub(crate) struct Counted<S> {
+    stream: S,
+    live: Option<Arc<weir_core::live::Live>>,
+}
+
+impl<S> Counted<S> {
+    pub(crate) fn new(stream: S, live: Option<Arc<weir_core::live::Live>>) -> Counted<S> {
+        Counted { stream, live }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.stream).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        if let Some(l) = &self.live {
+            l.count(n as u64, 0);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if let (Poll::Ready(Ok(n)), Some(l)) = (&r, &self.live) {
+            l.count(0, *n as u64);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        if let (Poll::Ready(Ok(n)), Some(l)) = (&r, &self.live) {
+            l.count(0, *n as u64);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}

@@ -19,8 +19,9 @@ use weir_core::Reason;
 use weir_core::client::Client;
 use weir_core::l7::TlsEnd;
 use weir_core::listener::Listener;
+use weir_core::live::{Live, LiveGuard};
 
-use crate::io::HeaderDeadline;
+use crate::io::{Counted, HeaderDeadline};
 use crate::proxy::{self, Cx};
 use crate::route::Slot;
 
@@ -108,6 +109,7 @@ pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize
         stream,
         peer,
         accepted_at,
+        live,
         ..
     } = client;
     let state = slot.current.load_full();
@@ -129,6 +131,7 @@ pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize
             peer,
             accepted_at,
             proto: "http",
+            live,
         };
         return on.serve(stream, http2).await;
     };
@@ -166,6 +169,7 @@ pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize
         peer,
         accepted_at,
         proto: "https",
+        live,
     };
     // Boxed: a TLS connection's state is large, and clear-text connections
     // should not carry it.
@@ -197,6 +201,8 @@ struct On {
     peer: std::net::SocketAddr,
     accepted_at: Instant,
     proto: &'static str,
+    /// Its entry among the listener's live connections.
+    live: Option<LiveGuard>,
 }
 
 impl On {
@@ -211,6 +217,7 @@ impl On {
             peer,
             accepted_at,
             proto,
+            live,
         } = self;
         let state = slot.current.load_full();
         let timeouts = state.timeouts;
@@ -234,13 +241,26 @@ impl On {
                 .timer(TokioTimer::new())
                 .max_header_list_size(max_header)
                 .max_concurrent_streams(MAX_STREAMS);
-            let c = builder.serve_connection(TokioIo::new(stream), service);
-            drive(c, &conn, &listener, &slot, timeouts.idle, |c| {
-                c.graceful_shutdown();
-            })
+            let io = counted(stream, live.as_ref());
+            let c = builder.serve_connection(TokioIo::new(io), service);
+            drive(
+                c,
+                &conn,
+                &listener,
+                &slot,
+                live.as_deref(),
+                timeouts.idle,
+                |c| {
+                    c.graceful_shutdown();
+                },
+            )
             .await
         } else {
-            let io = HeaderDeadline::new(stream, Arc::clone(&conn), timeouts.request_header);
+            let io = HeaderDeadline::new(
+                counted(stream, live.as_ref()),
+                Arc::clone(&conn),
+                timeouts.request_header,
+            );
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -254,9 +274,17 @@ impl On {
             let c = builder
                 .serve_connection(TokioIo::new(io), service)
                 .with_upgrades();
-            drive(c, &conn, &listener, &slot, timeouts.idle, |c| {
-                c.graceful_shutdown();
-            })
+            drive(
+                c,
+                &conn,
+                &listener,
+                &slot,
+                live.as_deref(),
+                timeouts.idle,
+                |c| {
+                    c.graceful_shutdown();
+                },
+            )
             .await
         };
         let after = conn
@@ -267,6 +295,22 @@ impl On {
             .take();
         if let Some(relay) = after {
             relay.await;
+        }
+        if let Some(live) = live.as_deref().filter(|l| l.is_closed()) {
+            // Closed by an operator: the connection's end says so.
+            let took = accepted_at.elapsed();
+            let r = listener.routes.get(route);
+            if let Some(r) = r {
+                r.stats.connection_duration.observe(took);
+            }
+            listener.log_end(
+                r,
+                peer,
+                (live.sent(), live.received()),
+                took,
+                Reason::Operator,
+            );
+            return;
         }
         let reason = match outcome {
             Ok(()) => None,
@@ -347,6 +391,19 @@ async fn opens_with_preface(stream: &TcpStream, within: Duration) -> Result<bool
     }
 }
 
+/// Ready when an operator closes the connection.
+async fn closed(live: Option<&Live>) {
+    match live {
+        Some(l) => l.closed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The client's stream, counted in its live entry when it has one.
+fn counted<S>(stream: S, live: Option<&LiveGuard>) -> Counted<S> {
+    Counted::new(stream, live.map(LiveGuard::entry))
+}
+
 /// Runs a hyper connection until it ends, shutting it down gracefully when
 /// idle or drained, and dropping it when the listener's connections are
 /// killed.
@@ -355,6 +412,7 @@ async fn drive<C, E>(
     state: &ConnState,
     listener: &Listener,
     slot: &Slot,
+    live: Option<&Live>,
     idle: Duration,
     graceful: impl Fn(std::pin::Pin<&mut C>),
 ) -> Result<(), E>
@@ -384,6 +442,7 @@ where
                 draining = true;
             }
             () = listener.kill.cancelled() => return Ok(()),
+            () = closed(live) => return Ok(()),
         }
     }
 }

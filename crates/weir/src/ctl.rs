@@ -172,6 +172,52 @@ pub(crate) struct ExplainArgs {
     alpn: Option<String>,
 }
 
+/// Which live connections (`weir connections`): every given condition
+/// must hold.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ConnectionFilter {
+    /// Only this listener's.
+    #[arg(long)]
+    listener: Option<String>,
+    /// l4 connections to this pool, and l7 ones whose route sends to it.
+    #[arg(long)]
+    pool: Option<String>,
+    /// l4 connections to this backend.
+    #[arg(long)]
+    backend: Option<String>,
+    /// Clients in this IP or CIDR (e.g. 10.1.0.0/16).
+    #[arg(long)]
+    client: Option<String>,
+    /// One connection, by the ID a listing shows.
+    #[arg(long)]
+    id: Option<u64>,
+}
+
+impl ConnectionFilter {
+    fn message(self, limit: u32) -> pb::ConnectionFilter {
+        pb::ConnectionFilter {
+            listener: self.listener.unwrap_or_default(),
+            pool: self.pool.unwrap_or_default(),
+            backend: self.backend.unwrap_or_default(),
+            client: self.client.unwrap_or_default(),
+            id: self.id,
+            limit,
+        }
+    }
+}
+
+/// `weir connections ...`
+#[derive(Debug, Clone, Subcommand)]
+pub(crate) enum ConnectionsCommand {
+    /// Close the connections matched (at least one condition); the access
+    /// log says `operator`. Needs WEIR_TOKEN when the daemon has
+    /// admin.token_file.
+    Close {
+        #[command(flatten)]
+        filter: ConnectionFilter,
+    },
+}
+
 /// `weir pool ...`
 #[derive(Debug, Clone, Subcommand)]
 pub(crate) enum PoolCommand {
@@ -192,6 +238,12 @@ pub(crate) enum Request {
     Firewall(FirewallCommand),
     Listener(ListenerCommand),
     Explain(ExplainArgs),
+    /// List (with at most this many shown; 0: all) or close.
+    Connections {
+        filter: ConnectionFilter,
+        limit: u32,
+        command: Option<ConnectionsCommand>,
+    },
 }
 
 /// Runs `request` against the daemon (every daemon, with several
@@ -377,8 +429,13 @@ async fn connect(addr: SocketAddr, keepalive: Duration) -> Result<AdminClient<Ch
             source_text(&e)
         )
     })?;
-    Ok(AdminClient::new(channel))
+    // A listing of 100,000 connections is about 8 MiB, beyond tonic's
+    // default 4 MiB.
+    Ok(AdminClient::new(channel).max_decoding_message_size(MAX_ANSWER))
 }
+
+/// The largest answer the CLI takes.
+const MAX_ANSWER: usize = 256 << 20;
 
 /// A request with the deadline and, when WEIR_TOKEN is set, the token.
 fn request<T>(message: T, deadline: bool) -> Result<tonic::Request<T>, tonic::Status> {
@@ -617,6 +674,32 @@ async fn call(
                 .await?
                 .into_inner();
             Ok(show(json, &r, explain_json, explain_text))
+        }
+        Request::Connections {
+            filter,
+            limit,
+            command: None,
+        } => {
+            let r = c
+                .list_connections(request(filter.message(limit), true)?)
+                .await?
+                .into_inner();
+            Ok(show(json, &r, connections_json, connections_text))
+        }
+        Request::Connections {
+            command: Some(ConnectionsCommand::Close { filter }),
+            ..
+        } => {
+            let r = c
+                .close_connections(request(filter.message(0), true)?)
+                .await?
+                .into_inner();
+            Ok(show(
+                json,
+                &r,
+                |r| json!({"closed": r.closed}),
+                |r| format!("closed {} connection(s)\n", r.closed),
+            ))
         }
         Request::Reload => {
             let r = c
@@ -1233,6 +1316,86 @@ fn event_json(e: &pb::Event) -> Value {
             "rule": f.rule.as_ref().map(rule_json),
         }),
         None => json!({"at": at, "type": "unknown"}),
+    }
+}
+
+fn connection_json(c: &pb::Connection) -> Value {
+    json!({
+        "id": c.id,
+        "listener": c.listener,
+        "route": c.route,
+        "pool": c.pool,
+        "backend": c.backend,
+        "client": c.client,
+        "age_ms": c.age_ms,
+        "sent_bytes": c.sent_bytes,
+        "received_bytes": c.received_bytes,
+        "state": c.state,
+    })
+}
+
+fn connections_json(r: &pb::ListConnectionsResponse) -> Value {
+    json!({
+        "connections": r.connections.iter().map(connection_json).collect::<Vec<_>>(),
+        "total": r.total,
+    })
+}
+
+fn connections_text(r: &pb::ListConnectionsResponse) -> String {
+    if r.connections.is_empty() {
+        return format!("no live connection matches ({} in all)\n", r.total);
+    }
+    let dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
+    let rows: Vec<Vec<String>> = r
+        .connections
+        .iter()
+        .map(|c| {
+            vec![
+                c.id.to_string(),
+                c.listener.clone(),
+                c.route.clone(),
+                dash(&c.pool),
+                dash(&c.backend),
+                c.client.clone(),
+                format_age(c.age_ms),
+                c.sent_bytes.to_string(),
+                c.received_bytes.to_string(),
+                c.state.clone(),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            "ID", "LISTENER", "ROUTE", "POOL", "BACKEND", "CLIENT", "AGE", "SENT", "RECEIVED",
+            "STATE",
+        ],
+        &rows,
+    );
+    if r.total as usize > r.connections.len() {
+        out.push_str(&format!(
+            "{} of {} shown (--limit)\n",
+            r.connections.len(),
+            r.total
+        ));
+    }
+    out
+}
+
+/// `3h12m`, `4m05s`, `12.3s`.
+fn format_age(ms: u64) -> String {
+    let s = ms / 1000;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{}.{}s", s, (ms % 1000) / 100)
     }
 }
 

@@ -127,6 +127,21 @@ enum Command {
         #[command(flatten)]
         target: ctl::Target,
     },
+    /// List the live connections of TCP listeners (client, listener, route,
+    /// pool, backend, age, bytes each way, state), or close some.
+    ///
+    /// Conditions narrow the list; `close` needs at least one.
+    Connections {
+        #[command(subcommand)]
+        command: Option<ctl::ConnectionsCommand>,
+        #[command(flatten)]
+        filter: ctl::ConnectionFilter,
+        /// Show at most this many (0: all).
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+        #[command(flatten)]
+        target: ctl::Target,
+    },
     /// Make the daemon read its config file again and apply it.
     ///
     /// Prints what was added, removed and changed; on a broken file prints why
@@ -195,6 +210,21 @@ fn main() -> ExitCode {
         Command::Reload { target } => return ctl::run(&target, ctl::Request::Reload),
         Command::Explain { args, target } => {
             return ctl::run(&target, ctl::Request::Explain(args));
+        }
+        Command::Connections {
+            command,
+            filter,
+            limit,
+            target,
+        } => {
+            return ctl::run(
+                &target,
+                ctl::Request::Connections {
+                    filter,
+                    limit,
+                    command,
+                },
+            );
         }
         Command::Watch { pool, target } => return ctl::run(&target, ctl::Request::Watch(pool)),
         Command::Firewall { command, target } => {

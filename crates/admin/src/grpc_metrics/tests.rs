@@ -163,6 +163,20 @@ impl Admin for Fake {
         unimplemented()
     }
 
+    async fn list_connections(
+        &self,
+        _: Request<pb::ConnectionFilter>,
+    ) -> Result<Response<pb::ListConnectionsResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn close_connections(
+        &self,
+        _: Request<pb::ConnectionFilter>,
+    ) -> Result<Response<pb::CloseConnectionsResponse>, Status> {
+        unimplemented()
+    }
+
     type WatchStream = Events;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Events>, Status> {

@@ -58,6 +58,8 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         )
         .route("/events", get(super::events::stream))
         .route("/explain", get(explain))
+        .route("/connections", get(connections))
+        .route("/connections/close", post(close_connections))
         .fallback(|| async { failure(StatusCode::NOT_FOUND, "not_found", "no such API path") })
         .method_not_allowed_fallback(|| async {
             failure(
@@ -462,23 +464,8 @@ async fn add_backend(
 /// `GET /explain?listener=L&client=ADDR[&sni=NAME][&alpn=P]`.
 async fn explain(State(state): State<Arc<AppState>>, uri: axum::http::Uri) -> Answer {
     let c = control(&state)?;
-    let query = query_pairs(uri.query().unwrap_or_default())
-        .ok_or_else(|| bad("the query string is not valid percent-encoding"))?;
-    let field = |name: &str| {
-        query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
-    if let Some((k, _)) = query
-        .iter()
-        .find(|(k, _)| !["listener", "client", "sni", "alpn"].contains(&k.as_str()))
-    {
-        return Err(bad(&format!(
-            "unknown parameter {k:?} (expected listener, client, sni, alpn)"
-        )));
-    }
+    let query = Query::of(&uri, &["listener", "client", "sni", "alpn"])?;
+    let field = |name: &str| query.get(name);
     for required in ["listener", "client"] {
         if field(required).is_empty() {
             return Err(bad(&format!("{required:?} is missing")));
@@ -491,6 +478,89 @@ async fn explain(State(state): State<Arc<AppState>>, uri: axum::http::Uri) -> An
         alpn: field("alpn"),
     };
     reply(c.explain(tonic::Request::new(request)).await)
+}
+
+/// `GET /connections?[listener=L][&pool=P][&backend=B][&client=CIDR][&id=N][&limit=N]`.
+async fn connections(State(state): State<Arc<AppState>>, uri: axum::http::Uri) -> Answer {
+    let c = control(&state)?;
+    let query = Query::of(
+        &uri,
+        &["listener", "pool", "backend", "client", "id", "limit"],
+    )?;
+    let field = |name: &str| query.get(name);
+    let whole = |name: &str| -> Result<Option<u64>, Refusal> {
+        let v = field(name);
+        if v.is_empty() {
+            return Ok(None);
+        }
+        v.parse::<u64>()
+            .map(Some)
+            .map_err(|_| bad(&format!("{name:?} must be a whole number")))
+    };
+    let limit = whole("limit")?.unwrap_or(0);
+    let request = pb::ConnectionFilter {
+        listener: field("listener"),
+        pool: field("pool"),
+        backend: field("backend"),
+        client: field("client"),
+        id: whole("id")?,
+        limit: u32::try_from(limit).unwrap_or(u32::MAX),
+    };
+    reply(c.list_connections(tonic::Request::new(request)).await)
+}
+
+/// `POST /connections/close` with `{"listener", "pool", "backend",
+/// "client", "id"}` (at least one).
+async fn close_connections(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    bytes: Sent,
+) -> Answer {
+    let c = change(&state, &headers)?;
+    let fields = body(&bytes)?;
+    only(&fields, &["listener", "pool", "backend", "client", "id"])?;
+    let id = match fields.get("id") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .ok_or_else(|| bad("\"id\" must be a whole number or null"))?,
+        ),
+    };
+    let request = pb::ConnectionFilter {
+        listener: string(&fields, "listener")?.to_owned(),
+        pool: string(&fields, "pool")?.to_owned(),
+        backend: string(&fields, "backend")?.to_owned(),
+        client: string(&fields, "client")?.to_owned(),
+        id,
+        limit: 0,
+    };
+    reply(c.close_connections(call(&headers, request)).await)
+}
+
+/// A query string's parameters, every one of them known.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn of(uri: &axum::http::Uri, known: &[&str]) -> Result<Query, Refusal> {
+        let pairs = query_pairs(uri.query().unwrap_or_default())
+            .ok_or_else(|| bad("the query string is not valid percent-encoding"))?;
+        if let Some((k, _)) = pairs.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+            return Err(bad(&format!(
+                "unknown parameter {k:?} (expected {})",
+                known.join(", ")
+            )));
+        }
+        Ok(Query(pairs))
+    }
+
+    /// The value of `name`; empty when absent.
+    fn get(&self, name: &str) -> String {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    }
 }
 
 /// `a=b&c=d` with `%XX` and `+` decoded; `None` for a bad escape or bytes

@@ -20,6 +20,7 @@ use weir_telemetry::{ActiveGuard, count};
 use crate::Reason;
 use crate::client::Client;
 use crate::listener::{Listener, Mode, Route};
+use crate::live::ConnState;
 
 /// Handles one accepted client connection. The accept loop has already counted
 /// it as active on the listener; the guard gives that back when this returns.
@@ -38,17 +39,28 @@ pub(crate) fn handle(
         let Some(route) = front(&listener, &mut client).await else {
             return;
         };
+        let index = listener
+            .routes
+            .iter()
+            .position(|r| std::ptr::eq(r, route))
+            .unwrap_or(0);
         match &route.mode {
             Mode::L4(upstream) => {
-                crate::tcp::serve(&listener, route, upstream, &mut client).await;
+                let live =
+                    listener
+                        .stats
+                        .live
+                        .enter(&listener, index, client.peer, ConnState::Connecting);
+                crate::tcp::serve(&listener, route, upstream, &mut client, &live).await;
             }
             Mode::L7(l7) => {
+                client.live = Some(listener.stats.live.enter(
+                    &listener,
+                    index,
+                    client.peer,
+                    ConnState::Http,
+                ));
                 let handler = Arc::clone(&l7.handler);
-                let index = listener
-                    .routes
-                    .iter()
-                    .position(|r| std::ptr::eq(r, route))
-                    .unwrap_or(0);
                 let listener = Arc::clone(&listener);
                 handler.serve(listener, index, client).await;
             }
@@ -139,6 +151,8 @@ mod tests {
             crate::client::Client::accepted(stream, peer),
         );
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 900, "a connection's task future is {size} bytes");
+        // 864 before the live-connection registry, whose reference each of
+        // the handler's layers (and the relay) holds.
+        assert!(size <= 912, "a connection's task future is {size} bytes");
     }
 }

@@ -211,6 +211,12 @@ impl Pool {
             }
             return Ok(i);
         }
+        // Boxed: waiting is the rare path, and every connection's task would
+        // carry its state (a timer, a channel) otherwise.
+        Box::pin(self.acquire_limited(key, tried)).await
+    }
+
+    async fn acquire_limited(self: &Arc<Self>, key: u64, tried: &[usize]) -> Result<usize, Reason> {
         let deadline = Instant::now() + self.queue_timeout;
         let queued_at = Instant::now();
         let mut queued = false;

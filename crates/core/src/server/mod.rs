@@ -30,6 +30,7 @@
 
 mod backends;
 mod build;
+mod connections;
 mod control;
 mod explain;
 mod firewall;
@@ -131,6 +132,11 @@ pub enum ControlError {
         backend: String,
         origin: &'static str,
     },
+    #[error(
+        "say which connections: --listener, --pool, --backend, --client or --id (to close every \
+         connection, stop weir)"
+    )]
+    NoFilter,
 }
 
 /// What a successful reload did.

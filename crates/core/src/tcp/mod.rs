@@ -8,6 +8,7 @@ use weir_telemetry::{ActiveGuard, count};
 use crate::Reason;
 use crate::client::Client;
 use crate::listener::{Listener, Route};
+use crate::live::Live;
 use crate::pool::{Backend, Eviction};
 use crate::upstream::{self, Stream, Upstream};
 
@@ -22,16 +23,29 @@ pub(crate) fn serve<'a>(
     route: &'a Route,
     upstream: &'a Upstream,
     client: &'a mut Client,
+    live: &'a Live,
 ) -> impl Future<Output = ()> + Send + 'a {
     async move {
-        match upstream::connect(upstream, client).await {
+        // An operator may close it while it waits for a backend.
+        let connected = tokio::select! {
+            biased;
+            r = upstream::connect(upstream, client) => r,
+            () = live.closed() => {
+                let took = client.accepted_at.elapsed();
+                route.stats.connection_duration.observe(took);
+                listener.log(Some(route), client.peer, None, (0, 0), took, Reason::Operator);
+                return;
+            }
+        };
+        match connected {
             Ok((i, backend)) => {
                 let _slot = crate::pool::SlotGuard {
                     pool: &upstream.pool,
                     index: i,
                 };
                 let b = &upstream.pool.backends[i];
-                relayed(listener, route, b, client, backend).await;
+                live.set_backend(i);
+                relayed(listener, route, b, client, backend, live).await;
             }
             Err(failed) => {
                 let took = client.accepted_at.elapsed();
@@ -66,6 +80,7 @@ fn relayed<'a>(
     b: &'a Backend,
     client: &'a mut Client,
     mut backend: Stream,
+    live: &'a Live,
 ) -> impl Future<Output = ()> + Send + 'a {
     async move {
         count(&b.stats.connections_total, 1);
@@ -91,6 +106,7 @@ fn relayed<'a>(
                     settings,
                     &listener.kill,
                     &evict,
+                    live,
                 ))
                 .await
             }
@@ -104,6 +120,7 @@ fn relayed<'a>(
                     settings,
                     &listener.kill,
                     &evict,
+                    live,
                 ))
                 .await
             }

@@ -112,16 +112,21 @@ pub(crate) async fn connect(up: &Upstream, client: &Client) -> Result<(usize, St
             break;
         };
         b.stats.connections_active.fetch_add(1, Relaxed);
+        let mut held = Held {
+            pool,
+            index: i,
+            armed: true,
+        };
         let began = Instant::now();
         match establish(b.address, pool.connect_timeout, up, client).await {
             Ok(stream) => {
+                held.armed = false;
                 b.stats.connect_duration.observe(began.elapsed());
                 pool.on_connect_success(i);
                 return Ok((i, stream));
             }
             Err(reason) => {
-                b.stats.connections_active.fetch_sub(1, Relaxed);
-                pool.release(i);
+                drop(held);
                 b.stats.connect_error(reason);
                 if reason == Reason::LocalResources {
                     pool.local_shortage(&b.name, "connect", "cannot create a socket");
@@ -141,6 +146,26 @@ pub(crate) async fn connect(up: &Upstream, client: &Client) -> Result<(usize, St
         reason: last_err.unwrap_or(Reason::NoBackend),
         tried: errors,
     })
+}
+
+/// The slot and the active count a connect in progress holds: given back if
+/// the connect fails, or if the connection is closed (an operator, shutdown)
+/// before it is done.
+struct Held<'a> {
+    pool: &'a Arc<Pool>,
+    index: usize,
+    armed: bool,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Some(b) = self.pool.backends.get(self.index) {
+                b.stats.connections_active.fetch_sub(1, Relaxed);
+            }
+            self.pool.release(self.index);
+        }
+    }
 }
 
 /// Connects to one backend and sends what goes before the client's bytes:

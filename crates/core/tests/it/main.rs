@@ -2,6 +2,7 @@
 
 mod common;
 mod health;
+mod live;
 mod proxy;
 mod proxy_in;
 mod queue;

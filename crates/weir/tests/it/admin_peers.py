@@ -160,6 +160,18 @@ def openapi(admin, token, config):
     call("get", "/explain", "/explain?listener=nope&client=127.0.0.1", expect=404)
     call("get", "/explain", "/explain?listener=front&client=127.0.0.1&color=blue", expect=400)
 
+    # Live connections: listed, and closed by a filter.
+    listed = call("get", "/connections", "/connections?client=127.0.0.0%2F8&limit=5")
+    check(listed["total"] >= len(listed["connections"]), f"connections {listed}")
+    call("get", "/connections")
+    call("get", "/connections", "/connections?client=bogus", expect=400)
+    call("get", "/connections", "/connections?pool=nope", expect=404)
+    call("get", "/connections", "/connections?color=blue", expect=400)
+    closed = call("post", "/connections/close", body={"client": "192.0.2.1"}, headers=auth)
+    check(closed["closed"] == 0, f"closed {closed}")
+    call("post", "/connections/close", body={}, headers=auth, expect=400)
+    call("post", "/connections/close", body={"client": "192.0.2.1"}, expect=401)
+
     # Errors, each in the documented shape.
     call("post", BK + "/drain", concrete(BK + "/drain"), expect=401)
     call("post", BK + "/drain", concrete(BK + "/drain"), headers={"Authorization": "Bearer wrong"}, expect=401)

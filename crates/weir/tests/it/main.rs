@@ -4,6 +4,7 @@
 
 mod backends;
 mod cli;
+mod connections;
 mod control;
 mod deploy;
 mod discovery;

@@ -5,7 +5,7 @@
 use std::io;
 use std::net::Shutdown;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
@@ -19,8 +19,9 @@ use weir_telemetry::count;
 
 use super::buffers::{COPY_CHUNK, Pipe, PooledBuf};
 use super::guard::ProxyGuard;
-use super::{EndState, Outcome, Progress, Settings};
+use super::{End, EndState, Outcome, Progress, Settings};
 use crate::Reason;
+use crate::live::Live;
 use crate::pool::BackendStats;
 
 /// The most one splice moves at a time: the default pipe capacity.
@@ -32,8 +33,8 @@ struct Pump<'a> {
     to: &'a TcpStream,
     /// The backend's byte counter for this direction.
     backend_total: &'a AtomicU64,
-    /// Bytes moved in this direction.
-    total: u64,
+    /// Bytes moved in this direction: the connection's live count.
+    total: &'a AtomicU64,
     /// The reason if reading `from` fails.
     from_error: Reason,
     /// The reason if writing `to` fails.
@@ -72,6 +73,7 @@ pin_project! {
         down: Pump<'a>,
         progress: Progress,
         state: EndState,
+        live: &'a Live,
         #[pin]
         killed: WaitForCancellationFuture<'a>,
         #[pin]
@@ -90,12 +92,13 @@ pub(crate) fn relay<'a>(
     settings: Settings,
     kill: &'a CancellationToken,
     evict: &'a CancellationToken,
+    live: &'a Live,
 ) -> Relay<'a> {
-    let pump = |from, to, backend_total, (from_error, to_error), refuse: bool| Pump {
+    let pump = |from, to, (backend_total, total), (from_error, to_error), refuse: bool| Pump {
         from,
         to,
         backend_total,
-        total: 0,
+        total,
         from_error,
         to_error,
         guard: refuse.then(ProxyGuard::default),
@@ -107,19 +110,20 @@ pub(crate) fn relay<'a>(
         up: pump(
             client,
             backend,
-            &backend_stats.sent_bytes,
+            (&backend_stats.sent_bytes, &live.sent),
             (Reason::ClientError, Reason::BackendError),
             settings.refuse_proxy_header,
         ),
         down: pump(
             backend,
             client,
-            &backend_stats.received_bytes,
+            (&backend_stats.received_bytes, &live.received),
             (Reason::BackendError, Reason::ClientError),
             false,
         ),
         progress: Progress::new(),
         state: EndState::new(settings.idle_timeout),
+        live,
         killed: kill.cancelled(),
         evicted: evict.cancelled(),
         idle: tokio::time::sleep(settings.idle_timeout),
@@ -132,19 +136,23 @@ impl Future for Relay<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         let this = self.project();
         let (up, down, progress) = (this.up, this.down, &*this.progress);
-        let end = ready!(this.state.poll(
-            cx,
-            this.killed,
-            this.evicted,
-            this.idle,
-            progress,
-            |cx| up.poll(cx, progress),
-            |cx| down.poll(cx, progress),
-        ));
+        let end = if this.live.poll_closed(cx).is_ready() {
+            End::Done(Reason::Operator)
+        } else {
+            ready!(this.state.poll(
+                cx,
+                this.killed,
+                this.evicted,
+                this.idle,
+                progress,
+                |cx| up.poll(cx, progress),
+                |cx| down.poll(cx, progress),
+            ))
+        };
         Poll::Ready(Outcome {
             end,
-            sent: up.total,
-            received: down.total,
+            sent: up.total.load(Relaxed),
+            received: down.total.load(Relaxed),
         })
     }
 }
@@ -190,7 +198,9 @@ impl Pump<'_> {
 
     fn moved(&mut self, n: usize, progress: &Progress) {
         let n = n as u64;
-        self.total += n;
+        // Only this connection writes it: a load and a store, no locked add.
+        self.total
+            .store(self.total.load(Relaxed).wrapping_add(n), Relaxed);
         count(self.backend_total, n);
         progress.touch();
     }

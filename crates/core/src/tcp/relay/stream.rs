@@ -14,6 +14,7 @@ use super::buffers::PooledBuf;
 use super::guard::ProxyGuard;
 use super::{EndState, Outcome, Progress, Settings};
 use crate::Reason;
+use crate::live::Live;
 use crate::pool::BackendStats;
 
 /// Relays between the client and a backend spoken to through a stream that
@@ -26,12 +27,13 @@ pub(crate) async fn relay_stream<B>(
     settings: Settings,
     kill: &CancellationToken,
     evict: &CancellationToken,
+    live: &Live,
 ) -> Outcome
 where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let progress = Progress::new();
-    let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
+    let (sent, received) = (&live.sent, &live.received);
     let (mut client_read, mut client_write) = client.split();
     let (mut backend_read, mut backend_write) = tokio::io::split(backend);
     let up = stream_pump(
@@ -39,7 +41,7 @@ where
         &mut backend_write,
         (Reason::ClientError, Reason::BackendError),
         &progress,
-        (&sent, &backend_stats.sent_bytes),
+        (sent, &backend_stats.sent_bytes),
         settings.refuse_proxy_header,
     );
     let down = stream_pump(
@@ -47,7 +49,7 @@ where
         &mut client_write,
         (Reason::BackendError, Reason::ClientError),
         &progress,
-        (&received, &backend_stats.received_bytes),
+        (received, &backend_stats.received_bytes),
         false,
     );
     let (killed, evicted) = (kill.cancelled(), evict.cancelled());
@@ -55,6 +57,9 @@ where
     tokio::pin!(up, down, killed, evicted, idle);
     let mut state = EndState::new(settings.idle_timeout);
     let end = std::future::poll_fn(|cx| {
+        if live.poll_closed(cx).is_ready() {
+            return std::task::Poll::Ready(super::End::Done(Reason::Operator));
+        }
         state.poll(
             cx,
             killed.as_mut(),

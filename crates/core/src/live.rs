@@ -1,0 +1,371 @@
+//! Live connections: every routed TCP connection is in its listener's
+//! registry until it ends, with live byte counts and its state, so that an
+//! operator can list them (`weir connections`) and close the ones matched
+//! (`weir connections close`).
+//!
+//! The registry is sharded: a connection takes one shard's lock to enter and
+//! one to leave, and a listing takes the shards one after another, copying
+//! what it needs, so that listing 100,000 connections holds no lock for
+//! longer than a shard's share takes to copy. Closing sets a flag and wakes
+//! the connection's task, which ends with the reason `operator`: the relay
+//! checks the flag whenever it is polled, an l7 connection waits for it
+//! beside its other reasons to stop.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use atomic_waker::AtomicWaker;
+use ipnet::IpNet;
+use tokio::time::Instant;
+
+use crate::listener::{Listener, Mode};
+
+/// Shards of a registry: enough that two worker threads seldom meet.
+const SHARDS: usize = 32;
+
+/// Where a connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    /// Routed; picking a backend (waiting in the queue, if every one is
+    /// full) and connecting.
+    Connecting = 0,
+    /// Relaying bytes (an l4 route).
+    Relaying = 1,
+    /// Served as HTTP (an l7 route).
+    Http = 2,
+}
+
+impl ConnState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connecting => "connecting",
+            Self::Relaying => "relaying",
+            Self::Http => "http",
+        }
+    }
+
+    fn from_u8(v: u8) -> ConnState {
+        match v {
+            1 => Self::Relaying,
+            2 => Self::Http,
+            _ => Self::Connecting,
+        }
+    }
+}
+
+/// One live connection.
+#[derive(Debug)]
+pub struct Live {
+    id: u64,
+    /// The generation it was accepted by: its route and pool.
+    listener: Arc<Listener>,
+    route: u16,
+    client: SocketAddr,
+    started: Instant,
+    state: AtomicU8,
+    /// The backend of an l4 connection, as an index into its pool;
+    /// `u32::MAX` until connected.
+    backend: AtomicU32,
+    /// Bytes from the client to the backend, and back.
+    pub(crate) sent: AtomicU64,
+    pub(crate) received: AtomicU64,
+    closed: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Live {
+    pub(crate) fn set_state(&self, s: ConnState) {
+        self.state.store(s as u8, Relaxed);
+    }
+
+    pub(crate) fn set_backend(&self, index: usize) {
+        self.backend
+            .store(u32::try_from(index).unwrap_or(u32::MAX), Relaxed);
+        self.set_state(ConnState::Relaying);
+    }
+
+    /// True once an operator closed the connection.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Relaxed)
+    }
+
+    /// Ready once an operator closed the connection; registers the task to
+    /// be woken when that happens.
+    pub fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_closed() {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // Closed between the look and the registration: seen now.
+        if self.is_closed() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Waits until an operator closes the connection.
+    pub async fn closed(&self) {
+        std::future::poll_fn(|cx| self.poll_closed(cx)).await;
+    }
+
+    /// Bytes from the client so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Relaxed)
+    }
+
+    /// Bytes to the client so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Relaxed)
+    }
+
+    /// Counts bytes of an l7 connection (an l4 relay counts its own).
+    pub fn count(&self, sent: u64, received: u64) {
+        if sent > 0 {
+            self.sent.fetch_add(sent, Relaxed);
+        }
+        if received > 0 {
+            self.received.fetch_add(received, Relaxed);
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Relaxed);
+        self.waker.wake();
+    }
+
+    /// A copy of what a listing shows.
+    fn view(&self) -> ConnView {
+        let route = self.listener.routes.get(usize::from(self.route));
+        let (pool, backend) = match route.map(|r| &r.mode) {
+            Some(Mode::L4(up)) => {
+                let i = self.backend.load(Relaxed) as usize;
+                (
+                    Some(up.pool.name.clone()),
+                    up.pool.backends.get(i).map(|b| b.name.clone()),
+                )
+            }
+            _ => (None, None),
+        };
+        ConnView {
+            id: self.id,
+            listener: self.listener.name.clone(),
+            route: route.map_or_else(String::new, |r| r.name.clone()),
+            pool,
+            backend,
+            client: self.client,
+            age: self.started.elapsed(),
+            sent: self.sent.load(Relaxed),
+            received: self.received.load(Relaxed),
+            state: ConnState::from_u8(self.state.load(Relaxed)),
+        }
+    }
+
+    /// The pools a connection may use: an l4 route's one, an l7 route's
+    /// rules' pools.
+    fn uses_pool(&self, pool: &str) -> bool {
+        self.listener
+            .routes
+            .get(usize::from(self.route))
+            .is_some_and(|r| r.pools().iter().any(|p| p.name == pool))
+    }
+}
+
+/// A live connection as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnView {
+    /// Unique in this process for its listener.
+    pub id: u64,
+    pub listener: String,
+    pub route: String,
+    /// An l4 connection's pool; an l7 one picks a pool per request.
+    pub pool: Option<String>,
+    /// An l4 connection's backend, once connected.
+    pub backend: Option<String>,
+    pub client: SocketAddr,
+    pub age: Duration,
+    pub sent: u64,
+    pub received: u64,
+    pub state: ConnState,
+}
+
+/// Which connections a listing or a close is about; every given condition
+/// must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnFilter {
+    pub listener: Option<String>,
+    /// An l4 connection to this pool, or an l7 one whose route sends to it.
+    pub pool: Option<String>,
+    /// An l4 connection to this backend.
+    pub backend: Option<String>,
+    pub client: Option<IpNet>,
+    pub id: Option<u64>,
+}
+
+impl ConnFilter {
+    /// An IP address or CIDR, as a client condition.
+    pub fn parse_client(text: &str) -> Result<IpNet, crate::server::ControlError> {
+        let t = text.trim();
+        t.parse::<IpNet>()
+            .or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map(|n| n.trunc())
+            .map_err(|_| crate::server::ControlError::Network(text.to_owned()))
+    }
+
+    /// True when no condition is given: every connection.
+    pub fn is_empty(&self) -> bool {
+        *self == ConnFilter::default()
+    }
+
+    fn matches(&self, c: &Live) -> bool {
+        if self.id.is_some_and(|id| id != c.id) {
+            return false;
+        }
+        if self.client.is_some_and(|net| !net.contains(&c.client.ip())) {
+            return false;
+        }
+        if let Some(pool) = &self.pool
+            && !c.uses_pool(pool)
+        {
+            return false;
+        }
+        if let Some(backend) = &self.backend {
+            let route = c.listener.routes.get(usize::from(c.route));
+            let Some(Mode::L4(up)) = route.map(|r| &r.mode) else {
+                return false;
+            };
+            let i = c.backend.load(Relaxed) as usize;
+            if up.pool.backends.get(i).is_none_or(|b| &b.name != backend) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// One shard: connections by id.
+type Shard = Mutex<HashMap<u64, Arc<Live>>>;
+
+/// The live connections of one listener, kept across reloads.
+#[derive(Debug)]
+pub struct Registry {
+    next_id: AtomicU64,
+    shards: Box<[Shard]>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            next_id: AtomicU64::new(1),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Registry {
+    fn shard(&self, id: u64) -> &Shard {
+        &self.shards[(id as usize) % self.shards.len()]
+    }
+
+    /// Enters a connection routed to `route` of `listener`; it leaves when
+    /// the guard is dropped.
+    pub(crate) fn enter(
+        &self,
+        listener: &Arc<Listener>,
+        route: usize,
+        client: SocketAddr,
+        state: ConnState,
+    ) -> LiveGuard {
+        let id = self.next_id.fetch_add(1, Relaxed);
+        let live = Arc::new(Live {
+            id,
+            listener: Arc::clone(listener),
+            route: u16::try_from(route).unwrap_or(u16::MAX),
+            client,
+            started: Instant::now(),
+            state: AtomicU8::new(state as u8),
+            backend: AtomicU32::new(u32::MAX),
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+        });
+        lock(self.shard(id)).insert(id, Arc::clone(&live));
+        LiveGuard(live)
+    }
+
+    fn leave(&self, id: u64) {
+        lock(self.shard(id)).remove(&id);
+    }
+
+    /// The connections `filter` matches, by id.
+    pub fn list(&self, filter: &ConnFilter, out: &mut Vec<ConnView>) {
+        for shard in &self.shards {
+            // Matched under the lock, described after it: a view takes a
+            // few allocations, which need not hold the shard.
+            let matched: Vec<Arc<Live>> = lock(shard)
+                .values()
+                .filter(|c| filter.matches(c))
+                .cloned()
+                .collect();
+            out.extend(matched.iter().map(|c| c.view()));
+        }
+    }
+
+    /// Closes the connections `filter` matches; how many.
+    pub fn close(&self, filter: &ConnFilter) -> usize {
+        let mut n = 0;
+        for shard in &self.shards {
+            for c in lock(shard).values().filter(|c| filter.matches(c)) {
+                if !c.is_closed() {
+                    c.close();
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Connections in the registry now.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A connection's place in its registry: it leaves when this is dropped.
+#[derive(Debug)]
+pub struct LiveGuard(Arc<Live>);
+
+impl LiveGuard {
+    /// The entry itself, for what outlives a borrow (an l7 connection's
+    /// byte counter).
+    pub fn entry(&self) -> Arc<Live> {
+        Arc::clone(&self.0)
+    }
+}
+
+impl std::ops::Deref for LiveGuard {
+    type Target = Live;
+
+    fn deref(&self) -> &Live {
+        &self.0
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.listener.stats.live.leave(self.0.id);
+    }
+}

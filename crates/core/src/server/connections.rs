@@ -1,0 +1,65 @@
+//! Live connections across listeners: the listing and the close behind
+//! `weir connections`.
+
+use crate::live::{ConnFilter, ConnView};
+
+use super::{ControlError, Server};
+
+impl Server {
+    /// The live connections `filter` matches, by listener and then id.
+    /// Fails when it names a listener or pool that does not exist.
+    pub fn connections(&self, filter: &ConnFilter) -> Result<Vec<ConnView>, ControlError> {
+        let snapshot = self.check_filter(filter)?;
+        let mut out = Vec::new();
+        for l in snapshot
+            .listeners
+            .iter()
+            .filter(|l| l.udp.is_none())
+            .filter(|l| filter.listener.as_ref().is_none_or(|n| *n == l.name))
+        {
+            let from = out.len();
+            l.stats.live.list(filter, &mut out);
+            out[from..].sort_unstable_by_key(|c| c.id);
+        }
+        Ok(out)
+    }
+
+    /// Closes the live connections `filter` matches (reason `operator`);
+    /// how many. An empty filter is refused: closing every connection is
+    /// what a stop is for.
+    pub fn close_connections(&self, filter: &ConnFilter) -> Result<usize, ControlError> {
+        if filter.is_empty() {
+            return Err(ControlError::NoFilter);
+        }
+        let snapshot = self.check_filter(filter)?;
+        let closed = snapshot
+            .listeners
+            .iter()
+            .filter(|l| l.udp.is_none())
+            .filter(|l| filter.listener.as_ref().is_none_or(|n| *n == l.name))
+            .map(|l| l.stats.live.close(filter))
+            .sum();
+        if closed > 0 {
+            tracing::info!(closed, ?filter, "connections closed by an operator");
+        }
+        Ok(closed)
+    }
+
+    fn check_filter(
+        &self,
+        filter: &ConnFilter,
+    ) -> Result<arc_swap::Guard<std::sync::Arc<super::Snapshot>>, ControlError> {
+        let snapshot = self.current.load();
+        if let Some(l) = &filter.listener
+            && snapshot.listener(l).is_none()
+        {
+            return Err(ControlError::NoListener(l.clone()));
+        }
+        if let Some(p) = &filter.pool
+            && snapshot.pool(p).is_none()
+        {
+            return Err(ControlError::NoPool(p.clone()));
+        }
+        Ok(snapshot)
+    }
+}

@@ -1,0 +1,157 @@
+//! Live connections: 2,000 idle ones listed with their client, route,
+//! backend, bytes and state while traffic goes on, and closed by a filter
+//! while the others are untouched. (10,000, and the CLI, are tested with the
+//! binary, where weir has a descriptor limit of its own.)
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use weir_core::live::{ConnFilter, ConnState};
+
+use crate::common::{addr, echo_backend, start, wait_until, within};
+
+async fn connect_from(ip: Ipv4Addr, to: SocketAddr) -> TcpStream {
+    let s = TcpSocket::new_v4().expect("socket");
+    s.bind(SocketAddr::new(IpAddr::V4(ip), 0)).expect("bind");
+    s.connect(to).await.expect("connect")
+}
+
+async fn round_trip(s: &mut TcpStream, byte: u8) {
+    s.write_all(&[byte]).await.expect("write");
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.expect("echo");
+    assert_eq!(b[0], byte);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_listed_and_some_closed() {
+    // Four descriptors each in this process: the client's, weir's two, the
+    // backend's.
+    let n: usize = 2_000;
+    let backend = echo_backend().await;
+    let toml = format!(
+        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\nmax_connections = 20000\n\
+         [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\n[[pools.backends]]\nname = \"echo\"\naddress = \"{backend}\"\n"
+    );
+    let server = start(&toml).await;
+    let front = addr(&server, "l");
+    let (a, b) = (Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3));
+    let mut clients = Vec::with_capacity(n);
+    for i in 0..n {
+        let ip = if i % 10 == 0 { b } else { a };
+        clients.push(connect_from(ip, front).await);
+    }
+    // One byte each way on every tenth, so that bytes show.
+    for (i, s) in clients.iter_mut().enumerate() {
+        if i % 10 == 0 {
+            within("echo", round_trip(s, b'x')).await;
+        }
+    }
+    let listener = server.listener("l").expect("l");
+    wait_until("every connection relaying", || {
+        let all = server.connections(&ConnFilter::default()).expect("list");
+        all.len() == n && all.iter().all(|c| c.state == ConnState::Relaying)
+    })
+    .await;
+
+    // Traffic goes on while listings run.
+    let mut probe = connect_from(Ipv4Addr::new(127, 0, 0, 4), front).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let traffic = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let (mut trips, mut slowest) = (0u32, Duration::ZERO);
+            while !stop.is_cancelled() {
+                let t = Instant::now();
+                within("probe", round_trip(&mut probe, b'p')).await;
+                slowest = slowest.max(t.elapsed());
+                trips += 1;
+            }
+            (trips, slowest, probe)
+        }
+    });
+    let mut took = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let all = server.connections(&ConnFilter::default()).expect("list");
+        took.push(t.elapsed());
+        assert_eq!(all.len(), n + 1);
+        tokio::task::yield_now().await;
+    }
+    stop.cancel();
+    let (trips, slowest, probe) = traffic.await.expect("traffic");
+    eprintln!(
+        "listing {} connections took {:?}; meanwhile {trips} round trips, the slowest {slowest:?}",
+        n + 1,
+        took
+    );
+    assert!(trips > 0, "no traffic while listing");
+
+    let all = server.connections(&ConnFilter::default()).expect("list");
+    let c = all
+        .iter()
+        .find(|c| c.client.ip() == IpAddr::V4(b))
+        .expect("one from b");
+    assert_eq!(
+        (
+            c.listener.as_str(),
+            c.route.as_str(),
+            c.pool.as_deref(),
+            c.backend.as_deref(),
+            c.state,
+            c.sent,
+            c.received
+        ),
+        ("l", "r", Some("p"), Some("echo"), ConnState::Relaying, 1, 1)
+    );
+    let by_client = ConnFilter {
+        client: Some(ConnFilter::parse_client("127.0.0.3/32").expect("cidr")),
+        ..ConnFilter::default()
+    };
+    let from_b = server.connections(&by_client).expect("list");
+    assert_eq!(from_b.len(), n / 10);
+    assert!(from_b.iter().all(|c| c.sent == 1));
+    let by_backend = ConnFilter {
+        pool: Some("p".into()),
+        backend: Some("echo".into()),
+        ..ConnFilter::default()
+    };
+    assert_eq!(server.connections(&by_backend).expect("list").len(), n + 1);
+    let nobody = ConnFilter {
+        backend: Some("other".into()),
+        ..ConnFilter::default()
+    };
+    assert!(server.connections(&nobody).expect("list").is_empty());
+    let unknown = ConnFilter {
+        pool: Some("nope".into()),
+        ..ConnFilter::default()
+    };
+    assert!(server.connections(&unknown).is_err());
+    assert!(server.close_connections(&ConnFilter::default()).is_err());
+
+    // Close the ones from b: they end, the others still echo.
+    assert_eq!(server.close_connections(&by_client).expect("close"), n / 10);
+    for (i, s) in clients.iter_mut().enumerate() {
+        if i % 10 == 0 {
+            let mut rest = Vec::new();
+            let _ = within("closed", s.read_to_end(&mut rest)).await;
+            assert!(rest.is_empty());
+        }
+    }
+    wait_until("the closed ones leave the registry", || {
+        listener.stats.live.len() == n + 1 - n / 10
+    })
+    .await;
+    within("still echoing", round_trip(&mut clients[1], b'y')).await;
+    let one = server.connections(&ConnFilter::default()).expect("list")[0].id;
+    let by_id = ConnFilter {
+        id: Some(one),
+        ..ConnFilter::default()
+    };
+    assert_eq!(server.close_connections(&by_id).expect("close"), 1);
+    drop((clients, probe));
+    wait_until("all gone", || listener.stats.live.is_empty()).await;
+}
