@@ -11,8 +11,7 @@
 //! checks the flag whenever it is polled, an l7 connection waits for it
 //! beside its other reasons to stop.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -64,7 +63,12 @@ pub struct Live {
     /// The generation it was accepted by: its route and pool.
     listener: Arc<Listener>,
     route: u16,
-    client: SocketAddr,
+    /// Its place in its shard.
+    slot: u32,
+    // The client's address in parts: a `SocketAddr` would take 12 bytes
+    // more, in every connection.
+    client_ip: IpAddr,
+    client_port: u16,
     started: Instant,
     state: AtomicU8,
     /// The backend of an l4 connection, as an index into its pool;
@@ -86,6 +90,11 @@ impl Live {
         self.backend
             .store(u32::try_from(index).unwrap_or(u32::MAX), Relaxed);
         self.set_state(ConnState::Relaying);
+    }
+
+    /// When it was routed.
+    pub(crate) fn started(&self) -> &Instant {
+        &self.started
     }
 
     /// True once an operator closed the connection.
@@ -157,7 +166,7 @@ impl Live {
             route: route.map_or_else(String::new, |r| r.name.clone()),
             pool,
             backend,
-            client: self.client,
+            client: SocketAddr::new(self.client_ip, self.client_port),
             age: self.started.elapsed(),
             sent: self.sent.load(Relaxed),
             received: self.received.load(Relaxed),
@@ -225,7 +234,7 @@ impl ConnFilter {
         if self.id.is_some_and(|id| id != c.id) {
             return false;
         }
-        if self.client.is_some_and(|net| !net.contains(&c.client.ip())) {
+        if self.client.is_some_and(|net| !net.contains(&c.client_ip)) {
             return false;
         }
         if let Some(pool) = &self.pool
@@ -247,14 +256,19 @@ impl ConnFilter {
     }
 }
 
-/// One shard: connections by id.
-type Shard = Mutex<HashMap<u64, Arc<Live>>>;
+/// One shard: a slab of connections (a slot freed is used again).
+#[derive(Debug, Default)]
+struct Slab {
+    slots: Vec<Option<Arc<Live>>>,
+    free: Vec<u32>,
+    len: usize,
+}
 
 /// The live connections of one listener, kept across reloads.
 #[derive(Debug)]
 pub struct Registry {
     next_id: AtomicU64,
-    shards: Box<[Shard]>,
+    shards: Box<[Mutex<Slab>]>,
 }
 
 impl Default for Registry {
@@ -271,7 +285,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Registry {
-    fn shard(&self, id: u64) -> &Shard {
+    fn shard(&self, id: u64) -> &Mutex<Slab> {
         &self.shards[(id as usize) % self.shards.len()]
     }
 
@@ -285,11 +299,21 @@ impl Registry {
         state: ConnState,
     ) -> LiveGuard {
         let id = self.next_id.fetch_add(1, Relaxed);
+        let mut shard = lock(self.shard(id));
+        let slot = match shard.free.pop() {
+            Some(slot) => slot,
+            None => {
+                shard.slots.push(None);
+                u32::try_from(shard.slots.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
         let live = Arc::new(Live {
             id,
             listener: Arc::clone(listener),
             route: u16::try_from(route).unwrap_or(u16::MAX),
-            client,
+            slot,
+            client_ip: client.ip(),
+            client_port: client.port(),
             started: Instant::now(),
             state: AtomicU8::new(state as u8),
             backend: AtomicU32::new(u32::MAX),
@@ -298,12 +322,22 @@ impl Registry {
             closed: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         });
-        lock(self.shard(id)).insert(id, Arc::clone(&live));
+        if let Some(place) = shard.slots.get_mut(slot as usize) {
+            *place = Some(Arc::clone(&live));
+            shard.len += 1;
+        }
         LiveGuard(live)
     }
 
-    fn leave(&self, id: u64) {
-        lock(self.shard(id)).remove(&id);
+    fn leave(&self, id: u64, slot: u32) {
+        let mut shard = lock(self.shard(id));
+        if let Some(place) = shard.slots.get_mut(slot as usize)
+            && place.as_ref().is_some_and(|l| l.id == id)
+        {
+            *place = None;
+            shard.len -= 1;
+            shard.free.push(slot);
+        }
     }
 
     /// The connections `filter` matches, by id.
@@ -312,7 +346,9 @@ impl Registry {
             // Matched under the lock, described after it: a view takes a
             // few allocations, which need not hold the shard.
             let matched: Vec<Arc<Live>> = lock(shard)
-                .values()
+                .slots
+                .iter()
+                .flatten()
                 .filter(|c| filter.matches(c))
                 .cloned()
                 .collect();
@@ -324,7 +360,12 @@ impl Registry {
     pub fn close(&self, filter: &ConnFilter) -> usize {
         let mut n = 0;
         for shard in &self.shards {
-            for c in lock(shard).values().filter(|c| filter.matches(c)) {
+            for c in lock(shard)
+                .slots
+                .iter()
+                .flatten()
+                .filter(|c| filter.matches(c))
+            {
                 if !c.is_closed() {
                     c.close();
                     n += 1;
@@ -336,7 +377,7 @@ impl Registry {
 
     /// Connections in the registry now.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
+        self.shards.iter().map(|s| lock(s).len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -366,6 +407,35 @@ impl std::ops::Deref for LiveGuard {
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        self.0.listener.stats.live.leave(self.0.id);
+        self.0.listener.stats.live.leave(self.0.id, self.0.slot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every connection carries one entry: it stays within 104 bytes, so
+    /// that with its reference counts it takes a 128-byte allocation.
+    #[test]
+    fn an_entry_stays_small() {
+        let size = std::mem::size_of::<Live>();
+        assert!(size <= 104, "a live entry is {size} bytes");
+    }
+
+    #[test]
+    fn clients_are_addresses_or_networks() {
+        let net = |s: &str| ConnFilter::parse_client(s).map(|n| n.to_string());
+        assert_eq!(net("10.1.2.3").ok().as_deref(), Some("10.1.2.3/32"));
+        assert_eq!(net(" 10.1.2.3/16 ").ok().as_deref(), Some("10.1.0.0/16"));
+        assert_eq!(net("2001:db8::1").ok().as_deref(), Some("2001:db8::1/128"));
+        assert!(net("10.1.2.3:80").is_err());
+        assert!(net("nope").is_err());
+        assert!(ConnFilter::default().is_empty());
+        let f = ConnFilter {
+            id: Some(1),
+            ..ConnFilter::default()
+        };
+        assert!(!f.is_empty());
     }
 }

@@ -23,14 +23,13 @@ pub(crate) fn serve<'a>(
     route: &'a Route,
     upstream: &'a Upstream,
     client: &'a mut Client,
-    live: &'a Live,
 ) -> impl Future<Output = ()> + Send + 'a {
     async move {
         // An operator may close it while it waits for a backend.
         let connected = tokio::select! {
             biased;
             r = upstream::connect(upstream, client) => r,
-            () = live.closed() => {
+            () = closed(client.live.as_deref()) => {
                 let took = client.accepted_at.elapsed();
                 route.stats.connection_duration.observe(took);
                 listener.log(Some(route), client.peer, None, (0, 0), took, Reason::Operator);
@@ -44,8 +43,10 @@ pub(crate) fn serve<'a>(
                     index: i,
                 };
                 let b = &upstream.pool.backends[i];
-                live.set_backend(i);
-                relayed(listener, route, b, client, backend, live).await;
+                if let Some(live) = &client.live {
+                    live.set_backend(i);
+                }
+                relayed(listener, route, b, client, backend).await;
             }
             Err(failed) => {
                 let took = client.accepted_at.elapsed();
@@ -71,6 +72,14 @@ pub(crate) fn serve<'a>(
     }
 }
 
+/// Ready when an operator closes the connection.
+async fn closed(live: Option<&Live>) {
+    match live {
+        Some(l) => l.closed().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Relays a connection established to backend `b`, and logs its end. Not an
 /// `async fn`, whose arguments would be stored twice (see `frontend::handle`).
 #[allow(clippy::manual_async_fn)] // an `async fn` would store its arguments twice
@@ -80,12 +89,15 @@ fn relayed<'a>(
     b: &'a Backend,
     client: &'a mut Client,
     mut backend: Stream,
-    live: &'a Live,
 ) -> impl Future<Output = ()> + Send + 'a {
     async move {
         count(&b.stats.connections_total, 1);
         // Counted active from the moment it was picked (see `upstream::connect`).
         let _backend_active = ActiveGuard::adopt(&b.stats.connections_active);
+        // Always there: the frontend enters every l4 connection.
+        let Some(live) = client.live.as_deref() else {
+            return;
+        };
         let evict = b.eviction_token();
         let settings = relay::Settings {
             idle_timeout: listener.idle_timeout,

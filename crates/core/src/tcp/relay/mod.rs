@@ -61,23 +61,27 @@ pub(crate) struct Settings {
 }
 
 /// What the two directions of one connection share: the time of the last
-/// activity (milliseconds since `start`), read by the idle timer, and how
-/// many directions have reached EOF.
+/// activity (milliseconds since `start`, the connection's own start kept in
+/// its live entry), read by the idle timer, and how many directions have
+/// reached EOF.
 #[derive(Debug)]
-struct Progress {
-    start: Instant,
+struct Progress<'a> {
+    start: &'a Instant,
     last_ms: AtomicU64,
     /// Directions that have reached EOF (0, 1 or 2).
     eofs: AtomicU8,
 }
 
-impl Progress {
-    fn new() -> Progress {
-        Progress {
-            start: Instant::now(),
+impl<'a> Progress<'a> {
+    fn new(start: &'a Instant) -> Progress<'a> {
+        let p = Progress {
+            start,
             last_ms: AtomicU64::new(0),
             eofs: AtomicU8::new(0),
-        }
+        };
+        // The relay starts now: idleness counts from here.
+        p.touch();
+        p
     }
 
     fn touch(&self) {
@@ -86,7 +90,7 @@ impl Progress {
     }
 
     fn last_activity(&self) -> Instant {
-        self.start + Duration::from_millis(self.last_ms.load(Relaxed))
+        *self.start + Duration::from_millis(self.last_ms.load(Relaxed))
     }
 
     /// Counts one direction's EOF; true for the first of the two.
@@ -123,7 +127,7 @@ impl EndState {
         killed: Pin<&mut WaitForCancellationFuture<'_>>,
         evicted: Pin<&mut WaitForCancellationFuture<'_>>,
         mut idle: Pin<&mut Sleep>,
-        progress: &Progress,
+        progress: &Progress<'_>,
         up: impl FnOnce(&mut Context<'_>) -> Poll<Result<(), Reason>>,
         down: impl FnOnce(&mut Context<'_>) -> Poll<Result<(), Reason>>,
     ) -> Poll<End> {

@@ -71,7 +71,7 @@ pin_project! {
     pub(crate) struct Relay<'a> {
         up: Pump<'a>,
         down: Pump<'a>,
-        progress: Progress,
+        progress: Progress<'a>,
         state: EndState,
         live: &'a Live,
         #[pin]
@@ -121,7 +121,7 @@ pub(crate) fn relay<'a>(
             (Reason::BackendError, Reason::ClientError),
             false,
         ),
-        progress: Progress::new(),
+        progress: Progress::new(live.started()),
         state: EndState::new(settings.idle_timeout),
         live,
         killed: kill.cancelled(),
@@ -177,7 +177,7 @@ impl Pump<'_> {
     /// small messages of request/response protocols) and switches to splice(2)
     /// once one read fills the whole buffer, i.e. for bulk transfers. The first
     /// chunk always goes through the buffer, so the PROXY guard sees it.
-    fn poll(&mut self, cx: &mut Context<'_>, progress: &Progress) -> Poll<Result<(), Reason>> {
+    fn poll(&mut self, cx: &mut Context<'_>, progress: &Progress<'_>) -> Poll<Result<(), Reason>> {
         loop {
             ready!(self.poll_flush(cx))?;
             ready!(self.from.poll_read_ready(cx)).map_err(|_| self.from_error)?;
@@ -196,7 +196,7 @@ impl Pump<'_> {
         }
     }
 
-    fn moved(&mut self, n: usize, progress: &Progress) {
+    fn moved(&mut self, n: usize, progress: &Progress<'_>) {
         let n = n as u64;
         // Only this connection writes it: a load and a store, no locked add.
         self.total
@@ -205,7 +205,7 @@ impl Pump<'_> {
         progress.touch();
     }
 
-    fn eof(&self, progress: &Progress) -> Result<(), Reason> {
+    fn eof(&self, progress: &Progress<'_>) -> Result<(), Reason> {
         // When the other direction has already ended, both sockets are about to be
         // closed, and close() sends the FIN: no separate shutdown needed.
         if progress.first_eof() {
@@ -267,7 +267,7 @@ impl Pump<'_> {
     }
 
     /// One read into a pooled buffer, which becomes pending for the write.
-    fn copy_in(&mut self, progress: &Progress) -> Result<Step, Reason> {
+    fn copy_in(&mut self, progress: &Progress<'_>) -> Result<Step, Reason> {
         let mut buf = PooledBuf::take();
         let dst = buf.as_mut();
         let n = match read_draining(self.from, COPY_CHUNK, || {
@@ -297,7 +297,7 @@ impl Pump<'_> {
 
     /// One splice from the source socket into a pooled pipe, which becomes
     /// pending for the splice out.
-    fn splice_in(&mut self, progress: &Progress) -> Result<Step, Reason> {
+    fn splice_in(&mut self, progress: &Progress<'_>) -> Result<Step, Reason> {
         let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
         let Ok(pipe) = Pipe::take() else {
             return Ok(Step::NoPipe);

@@ -32,7 +32,7 @@ pub(crate) async fn relay_stream<B>(
 where
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let progress = Progress::new();
+    let progress = Progress::new(live.started());
     let (sent, received) = (&live.sent, &live.received);
     let (mut client_read, mut client_write) = client.split();
     let (mut backend_read, mut backend_write) = tokio::io::split(backend);
@@ -84,7 +84,7 @@ async fn stream_pump<R, W>(
     from: &mut R,
     to: &mut W,
     (from_error, to_error): (Reason, Reason),
-    progress: &Progress,
+    progress: &Progress<'_>,
     (total, backend_total): (&AtomicU64, &AtomicU64),
     guard_proxy: bool,
 ) -> Result<(), Reason>
