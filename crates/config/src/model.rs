@@ -818,8 +818,14 @@ pub struct HttpCheck {
     /// Host header; defaults to the probed address.
     pub host: Option<String>,
     pub expect_status: StatusMatch,
-    /// The body must contain this substring.
-    pub expect_body: Option<String>,
+    /// The body must contain each of these.
+    pub expect_body: Vec<String>,
+    /// Fields of the JSON body that must have these values.
+    pub expect_json: Vec<JsonField>,
+    /// An answer that does not pass but matches this marks the backend
+    /// `standby`: healthy, not eligible (a database replica in a pool of
+    /// primaries), rather than down.
+    pub standby: Option<Box<Standby>>,
     /// `GET` unless set (`HEAD`, `POST`, ...).
     pub method: String,
     /// Extra request headers, in name order.
@@ -834,6 +840,46 @@ pub struct HttpCheck {
     pub follow_redirects: u32,
     /// `https = true`: probe over TLS.
     pub tls: Option<ProbeTls>,
+}
+
+/// One condition of `expect_json`: the value at `path` (field names into
+/// nested objects, `a.b`) equals `value`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct JsonField {
+    pub path: Vec<String>,
+    pub value: JsonValue,
+}
+
+impl std::fmt::Display for JsonField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} = {}", self.path.join("."), self.value)
+    }
+}
+
+/// A value `expect_json` compares with.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum JsonValue {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+}
+
+impl std::fmt::Display for JsonValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JsonValue::Str(s) => write!(f, "{s:?}"),
+            JsonValue::Int(n) => write!(f, "{n}"),
+            JsonValue::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+/// `standby = { status, body, json }`: every condition given must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Standby {
+    pub status: Option<StatusMatch>,
+    pub body: Vec<String>,
+    pub json: Vec<JsonField>,
 }
 
 /// `max_response` of an HTTP check when not set.
@@ -930,6 +976,9 @@ pub struct Backend {
     /// Connections (and l7 requests in flight) at once at most; `None`: the
     /// pool's `max_connections_per_backend`, else no limit.
     pub max_connections: Option<u32>,
+    /// `check = { ... }`: this backend's HTTP check, the pool's with these
+    /// keys changed (its path and expectations); `None`: the pool's.
+    pub check: Option<HttpCheck>,
 }
 
 impl Backend {

@@ -374,7 +374,9 @@ pub(crate) struct RawHealth {
     pub(crate) path: Option<String>,
     pub(crate) host: Option<String>,
     pub(crate) expect_status: Option<String>,
-    pub(crate) expect_body: Option<String>,
+    pub(crate) expect_body: Option<RawTexts>,
+    pub(crate) expect_json: Option<std::collections::BTreeMap<String, toml::Value>>,
+    pub(crate) standby: Option<RawStandby>,
     pub(crate) method: Option<String>,
     pub(crate) headers: Option<std::collections::BTreeMap<String, String>>,
     pub(crate) body: Option<String>,
@@ -406,6 +408,40 @@ pub(crate) struct RawBackend {
     pub(crate) health: Option<bool>,
     pub(crate) check_port: Option<Int>,
     pub(crate) max_connections: Option<Int>,
+    pub(crate) check: Option<RawCheckOverride>,
+}
+
+/// `check = { ... }` of a backend: the keys of the pool's HTTP check it may
+/// change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawCheckOverride {
+    pub(crate) path: Option<String>,
+    pub(crate) expect_status: Option<String>,
+    pub(crate) expect_body: Option<RawTexts>,
+    pub(crate) expect_json: Option<std::collections::BTreeMap<String, toml::Value>>,
+    pub(crate) standby: Option<RawStandby>,
+}
+
+/// `standby = { ... }` of an HTTP check.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawStandby {
+    pub(crate) status: Option<String>,
+    pub(crate) body: Option<RawTexts>,
+    pub(crate) json: Option<std::collections::BTreeMap<String, toml::Value>>,
+}
+
+/// A string, or a list of strings.
+#[derive(Debug, Clone)]
+pub(crate) struct RawTexts(pub(crate) Vec<String>);
+
+impl<'de> Deserialize<'de> for RawTexts {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(Strings("a string or a list of strings"))
+            .map(RawTexts)
+    }
 }
 
 /// `bind`: one address as a string, or a list of them.
@@ -417,29 +453,32 @@ pub(crate) struct RawBind(pub(crate) Vec<String>);
 
 impl<'de> Deserialize<'de> for RawBind {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct BindVisitor;
+        deserializer
+            .deserialize_any(Strings("a socket address or a list of socket addresses"))
+            .map(RawBind)
+    }
+}
 
-        impl<'de> Visitor<'de> for BindVisitor {
-            type Value = RawBind;
+/// One string or a list of them, as a list; says `.0` when it is neither.
+struct Strings(&'static str);
 
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a socket address or a list of socket addresses")
-            }
+impl<'de> Visitor<'de> for Strings {
+    type Value = Vec<String>;
 
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawBind, E> {
-                Ok(RawBind(vec![v.to_owned()]))
-            }
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
 
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawBind, A::Error> {
-                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-                while let Some(addr) = seq.next_element::<String>()? {
-                    out.push(addr);
-                }
-                Ok(RawBind(out))
-            }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<String>, E> {
+        Ok(vec![v.to_owned()])
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(s) = seq.next_element::<String>()? {
+            out.push(s);
         }
-
-        deserializer.deserialize_any(BindVisitor)
+        Ok(out)
     }
 }
 

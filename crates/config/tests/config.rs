@@ -248,7 +248,9 @@ fn every_health_type_gets_its_defaults() {
             expect_status: StatusMatch {
                 ranges: vec![(200, 299)]
             },
-            expect_body: None,
+            expect_body: Vec::new(),
+            expect_json: Vec::new(),
+            standby: None,
             method: "GET".to_owned(),
             headers: Vec::new(),
             body: None,
@@ -423,7 +425,9 @@ health = { type = "grpc", service = "pg.Replica", https = true, tls_skip_verify 
                 expect_status: StatusMatch {
                     ranges: vec![(200, 200), (300, 399), (404, 410)]
                 },
-                expect_body: Some("running".to_owned()),
+                expect_body: vec!["running".to_owned()],
+                expect_json: Vec::new(),
+                standby: None,
                 method: "GET".to_owned(),
                 headers: Vec::new(),
                 body: None,
@@ -520,7 +524,7 @@ fn unknown_nested_key() {
         "pools[0].backends[0].wieght",
         (13, 3),
         "unknown key `wieght` (did you mean `weight`?); expected one of `address`, `name`, \
-         `weight`, `tier`, `health`, `check_port`, `max_connections`",
+         `weight`, `tier`, `health`, `check_port`, `max_connections`, `check`",
     );
 }
 
@@ -532,7 +536,7 @@ fn misspelt_health_key() {
         (15, 1),
         "unknown key `inter` (did you mean `interval`?); expected one of `type`, `interval`, \
          `fast_interval`, `timeout`, `rise`, `fall`, `port`, `passive_timeout`, `path`, `host`, \
-         `expect_status`, `expect_body`, `method`, `headers`, `body`, `max_response`, \
+         `expect_status`, `expect_body`, `expect_json`, `standby`, `method`, `headers`, `body`, `max_response`, \
          `follow_redirects`, `https`, `tls_skip_verify`, `ca`, `tls_server_name`, `service`, \
          `query`, `query_type`, `expect_rcode`, `send`, `expect`",
     );
@@ -2400,5 +2404,91 @@ fn hash_key_sni_is_for_l4_routes_of_tcp_listeners() {
         p.iter()
             .any(|p| p.path == "listeners[0].routes[0]" && p.message.contains("hashes by sni")),
         "{p:?}"
+    );
+}
+
+#[test]
+fn http_checks_take_several_expectations_and_a_standby_answer() {
+    let cfg = load(&with_health(
+        "type = \"http\"\nexpect_body = [\"running\", \"leader\"]\n\
+         expect_json = { state = \"running\", \"xlog.paused\" = false, timeline = 3 }\n\
+         standby = { status = \"503\", json = { state = \"running\" } }",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let Check::Http(h) = &cfg.pools[0].health.check else {
+        panic!("an http check")
+    };
+    assert_eq!(h.expect_body, ["running", "leader"]);
+    let fields: Vec<String> = h.expect_json.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        fields,
+        ["state = \"running\"", "timeline = 3", "xlog.paused = false"]
+    );
+    let standby = h.standby.as_ref().expect("standby");
+    assert!(standby.status.as_ref().is_some_and(|s| s.matches(503)));
+    assert!(standby.body.is_empty());
+    assert_eq!(standby.json.len(), 1);
+
+    let bad = |health: &str, path: &str, message: &str| {
+        assert_one(&with_health(health), path, message);
+    };
+    bad(
+        "type = \"http\"\nexpect_body = [\"ok\", \"\"]",
+        "pools[0].health.expect_body",
+        "must not be empty",
+    );
+    bad(
+        "type = \"http\"\nexpect_json = { \"a..b\" = 1 }",
+        "pools[0].health.expect_json.a..b",
+        "is not a field path",
+    );
+    bad(
+        "type = \"http\"\nexpect_json = { state = 1.5 }",
+        "pools[0].health.expect_json.state",
+        "must be a string, an integer or true/false (found float)",
+    );
+    bad(
+        "type = \"http\"\nstandby = {}",
+        "pools[0].health.standby",
+        "give the answer that means standby",
+    );
+    bad(
+        "type = \"http\"\nstandby = { status = \"5zz\" }",
+        "pools[0].health.standby.status",
+        "\"5zz\" is not",
+    );
+    bad(
+        "type = \"tcp\"\nstandby = { status = \"503\" }",
+        "pools[0].health.standby",
+        "only for type = \"http\"",
+    );
+}
+
+#[test]
+fn a_backend_changes_the_pools_http_check() {
+    let pool = "[[pools]]\nname = \"p\"\n  [pools.health]\n  type = \"http\"\n  path = \"/primary\"\n  \
+                expect_status = \"200\"\n  [[pools.backends]]\n  name = \"r\"\n  address = \"127.0.0.1:9000\"\n  \
+                check = { path = \"/replica\", expect_json = { role = \"replica\" } }\n  \
+                [[pools.backends]]\n  name = \"p\"\n  address = \"127.0.0.1:9001\"\n";
+    let cfg = load(&format!("{OK_LISTENER}{pool}")).unwrap_or_else(|e| panic!("{e}"));
+    let p = &cfg.pools[0];
+    let own = p.backends[0].check.as_ref().expect("its own check");
+    assert_eq!(own.path, "/replica");
+    assert!(own.expect_status.matches(200) && !own.expect_status.matches(204));
+    assert_eq!(own.expect_json.len(), 1);
+    assert_eq!(p.backends[1].check, None, "the pool's");
+
+    let tcp = OK_POOL.replace("address = ", "check = { path = \"/x\" }\n  address = ");
+    assert_one(
+        &format!("{OK_LISTENER}{tcp}"),
+        "pools[0].backends[0].check",
+        "only in a pool whose [pools.health] has type = \"http\" (this one: \"none\")",
+    );
+    let unknown = pool.replace("check = { path", "check = { interval = \"1s\", path");
+    let found = problems(&format!("{OK_LISTENER}{unknown}"));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].message.contains("unknown key `interval`"),
+        "{found:#?}"
     );
 }

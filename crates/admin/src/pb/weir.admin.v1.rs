@@ -437,13 +437,14 @@ pub struct Backend {
     /// The weight it gets now: 0 unless serving.
     #[prost(uint32, tag = "7")]
     pub effective_weight: u32,
-    /// unknown, up or down (after rise/fall).
+    /// unknown, up, down or standby (after rise/fall; standby: answering as its
+    /// check's `standby` says, healthy but not eligible).
     #[prost(string, tag = "8")]
     pub health: ::prost::alloc::string::String,
     #[prost(enumeration = "AdminState", tag = "9")]
     #[serde(serialize_with = "crate::pb::json::admin_state")]
     pub admin: i32,
-    /// The state metrics show: disabled, drain, unknown, up or down.
+    /// The state metrics show: disabled, drain, unknown, up, down or standby.
     #[prost(string, tag = "10")]
     pub state: ::prost::alloc::string::String,
     /// Enabled, up and in the pool's active tier.

@@ -6,10 +6,13 @@ use std::time::Duration;
 use super::Checker;
 use super::files::is_visible_ascii;
 use super::values::{check_server_name, parse_status_match};
+use std::collections::BTreeMap;
+
 use crate::model::{
-    Check, DnsCheck, GrpcCheck, Health, HttpCheck, ProbeTls, StatusMatch, UdpCheck,
+    Check, DnsCheck, GrpcCheck, Health, HttpCheck, JsonField, JsonValue, ProbeTls, Standby,
+    StatusMatch, UdpCheck,
 };
-use crate::raw::RawHealth;
+use crate::raw::{RawCheckOverride, RawHealth, RawStandby, RawTexts};
 
 const MAX_RISE_FALL: i64 = 100;
 const DEFAULT_HTTP_PATH: &str = "/";
@@ -121,11 +124,13 @@ impl Checker {
                 ..default
             };
         };
-        let typed_keys: [(&str, bool, &[CheckType]); 19] = [
+        let typed_keys: [(&str, bool, &[CheckType]); 21] = [
             ("path", raw.path.is_some(), HTTP),
             ("host", raw.host.is_some(), HTTP),
             ("expect_status", raw.expect_status.is_some(), HTTP),
             ("expect_body", raw.expect_body.is_some(), HTTP),
+            ("expect_json", raw.expect_json.is_some(), HTTP),
+            ("standby", raw.standby.is_some(), HTTP),
             ("method", raw.method.is_some(), HTTP),
             ("headers", raw.headers.is_some(), HTTP),
             ("body", raw.body.is_some(), HTTP),
@@ -278,20 +283,18 @@ impl Checker {
             }
         }
         let expect_status = match &raw.expect_status {
-            Some(s) => parse_status_match(s).unwrap_or_else(|msg| {
-                self.push(format!("{path}.expect_status"), msg);
-                StatusMatch { ranges: Vec::new() }
-            }),
+            Some(s) => self.status_match(&format!("{path}.expect_status"), s),
             None => StatusMatch {
                 ranges: vec![DEFAULT_EXPECT_STATUS],
             },
         };
-        if raw.expect_body.as_ref().is_some_and(String::is_empty) {
-            self.push(
-                format!("{path}.expect_body"),
-                "must not be empty; leave it out to accept any body",
-            );
-        }
+        let expect_body = self.texts(&format!("{path}.expect_body"), raw.expect_body.as_ref());
+        let expect_json =
+            self.json_fields(&format!("{path}.expect_json"), raw.expect_json.as_ref());
+        let standby = raw
+            .standby
+            .as_ref()
+            .and_then(|s| self.standby(&format!("{path}.standby"), s));
         let method = raw.method.clone().unwrap_or_else(|| "GET".to_owned());
         if method.is_empty()
             || method.len() > 20
@@ -353,7 +356,9 @@ impl Checker {
             path: request_path,
             host: raw.host.clone(),
             expect_status,
-            expect_body: raw.expect_body.clone(),
+            expect_body,
+            expect_json,
+            standby,
             method,
             headers,
             body: raw.body.clone(),
@@ -361,6 +366,136 @@ impl Checker {
             follow_redirects,
             tls: self.probe_tls(path, raw),
         }
+    }
+
+    fn status_match(&mut self, key: &str, text: &str) -> StatusMatch {
+        parse_status_match(text).unwrap_or_else(|msg| {
+            self.push(key.to_owned(), msg);
+            StatusMatch { ranges: Vec::new() }
+        })
+    }
+
+    /// `expect_body`: texts the body must each contain, none empty.
+    fn texts(&mut self, key: &str, raw: Option<&RawTexts>) -> Vec<String> {
+        let Some(RawTexts(texts)) = raw else {
+            return Vec::new();
+        };
+        if texts.is_empty() || texts.iter().any(String::is_empty) {
+            self.push(
+                key.to_owned(),
+                "must not be empty; leave it out to accept any body",
+            );
+        }
+        texts.clone()
+    }
+
+    /// `expect_json = { "state" = "running", "xlog.paused" = false }`.
+    fn json_fields(
+        &mut self,
+        key: &str,
+        raw: Option<&BTreeMap<String, toml::Value>>,
+    ) -> Vec<JsonField> {
+        let Some(raw) = raw else {
+            return Vec::new();
+        };
+        if raw.is_empty() {
+            self.push(
+                key.to_owned(),
+                "must name at least one field; leave it out to accept any body",
+            );
+        }
+        let mut out = Vec::with_capacity(raw.len());
+        for (name, value) in raw {
+            let at = format!("{key}.{name}");
+            let path: Vec<String> = name.split('.').map(str::to_owned).collect();
+            if path.iter().any(String::is_empty) {
+                self.push(
+                    at,
+                    "is not a field path: names separated by dots, e.g. \"state\" or \"replication.state\"",
+                );
+                continue;
+            }
+            let value = match value {
+                toml::Value::String(s) => JsonValue::Str(s.clone()),
+                toml::Value::Integer(n) => JsonValue::Int(*n),
+                toml::Value::Boolean(b) => JsonValue::Bool(*b),
+                other => {
+                    self.push(
+                        at,
+                        format!(
+                            "must be a string, an integer or true/false (found {})",
+                            other.type_str()
+                        ),
+                    );
+                    continue;
+                }
+            };
+            out.push(JsonField { path, value });
+        }
+        out
+    }
+
+    /// `standby = { status, body, json }`: at least one condition.
+    fn standby(&mut self, key: &str, raw: &RawStandby) -> Option<Box<Standby>> {
+        if raw.status.is_none() && raw.body.is_none() && raw.json.is_none() {
+            self.push(
+                key.to_owned(),
+                "give the answer that means standby: status, body or json (e.g. { status = \"503\" })",
+            );
+            return None;
+        }
+        Some(Box::new(Standby {
+            status: raw
+                .status
+                .as_deref()
+                .map(|s| self.status_match(&format!("{key}.status"), s)),
+            body: self.texts(&format!("{key}.body"), raw.body.as_ref()),
+            json: self.json_fields(&format!("{key}.json"), raw.json.as_ref()),
+        }))
+    }
+
+    /// A backend's `check = { ... }`: the pool's HTTP check with these keys
+    /// changed. Only in a pool whose check is `type = "http"`.
+    pub(super) fn check_override(
+        &mut self,
+        key: &str,
+        pool: &Check,
+        raw: &RawCheckOverride,
+    ) -> Option<HttpCheck> {
+        let Check::Http(base) = pool else {
+            self.push(
+                key.to_owned(),
+                format!(
+                    "only in a pool whose [pools.health] has type = \"http\" (this one: {:?})",
+                    pool.kind()
+                ),
+            );
+            return None;
+        };
+        let mut check = base.clone();
+        if let Some(p) = &raw.path {
+            if !p.starts_with('/') || !is_visible_ascii(p) {
+                self.push(
+                    format!("{key}.path"),
+                    format!("{p:?} must start with \"/\" and be visible ASCII, e.g. \"/replica\""),
+                );
+            }
+            check.path.clone_from(p);
+        }
+        if let Some(s) = &raw.expect_status {
+            check.expect_status = self.status_match(&format!("{key}.expect_status"), s);
+        }
+        if raw.expect_body.is_some() {
+            check.expect_body = self.texts(&format!("{key}.expect_body"), raw.expect_body.as_ref());
+        }
+        if raw.expect_json.is_some() {
+            check.expect_json =
+                self.json_fields(&format!("{key}.expect_json"), raw.expect_json.as_ref());
+        }
+        if let Some(s) = &raw.standby {
+            check.standby = self.standby(&format!("{key}.standby"), s);
+        }
+        Some(check)
     }
 
     /// `https` and the keys that only make sense with it.

@@ -90,7 +90,7 @@ impl Checker {
         for (i, b) in raw.backends.into_iter().enumerate() {
             let backend_path = format!("{path}.backends[{i}]");
             let named = b.name.is_some();
-            let backend = self.backend(&backend_path, b);
+            let backend = self.backend(&backend_path, b, &health.check);
             if let Some(first) = names.get(&backend.name) {
                 let (key, hint) = if named {
                     ("name", "")
@@ -279,7 +279,12 @@ impl Checker {
         }
     }
 
-    fn backend(&mut self, path: &str, raw: RawBackend) -> Backend {
+    fn backend(
+        &mut self,
+        path: &str,
+        raw: RawBackend,
+        pool_check: &crate::model::Check,
+    ) -> Backend {
         let address = match parse_address(&raw.address) {
             Ok(addr) => addr,
             Err(msg) => {
@@ -317,7 +322,17 @@ impl Checker {
                 Some(MAX_BACKEND_CONNECTIONS),
             )
         });
+        let check = raw.check.as_ref().and_then(|c| {
+            if !health {
+                self.push(
+                    format!("{path}.check"),
+                    "has no effect: this backend has `health = false`, so it is never probed",
+                );
+            }
+            self.check_override(&format!("{path}.check"), pool_check, c)
+        });
         Backend {
+            check,
             max_connections,
             name: raw.name.unwrap_or_else(|| raw.address.clone()),
             weight,

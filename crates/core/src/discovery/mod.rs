@@ -241,6 +241,7 @@ impl Discovery {
                     health: true,
                     check_port: None,
                     max_connections: None,
+                    check: None,
                 });
             }
         }

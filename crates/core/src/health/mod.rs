@@ -6,6 +6,10 @@
 //!          Up   --`fall` consecutive failures (probes or failed connects)--> Down
 //!          Down --`rise` consecutive successful probes--> Up
 //!          Down --`passive_timeout` without probes (passive health only)--> Unknown
+//!          Up   --`fall` consecutive answers that did not pass, the last a
+//!                 `standby` one--> Standby      (healthy, not eligible)
+//!          Down --`rise` consecutive standby answers--> Standby
+//!          Standby --`rise` passes--> Up     Standby --`fall` failures--> Down
 //! admin:   Enabled | Drain | Disabled   (set by an operator; independent of health)
 //! serving: admin == Enabled && health != Down && the backend's tier is the
 //!          pool's active tier (decided by the pool, see `crate::pool`)
@@ -34,11 +38,14 @@ pub enum Health {
     Unknown,
     Up,
     Down,
+    /// Answering, as its check's `standby` says: healthy but not eligible
+    /// (a database replica probed by a pool of primaries).
+    Standby,
 }
 
 impl Health {
     pub fn parse(s: &str) -> Option<Health> {
-        [Self::Unknown, Self::Up, Self::Down]
+        [Self::Unknown, Self::Up, Self::Down, Self::Standby]
             .into_iter()
             .find(|h| h.as_str() == s)
     }
@@ -48,8 +55,18 @@ impl Health {
             Self::Unknown => "unknown",
             Self::Up => "up",
             Self::Down => "down",
+            Self::Standby => "standby",
         }
     }
+}
+
+/// What one probe's answer means for the rise/fall counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Fail,
+    /// Not a pass, but the answer the check's `standby` describes.
+    Standby,
 }
 
 /// The state an operator set.
@@ -82,8 +99,10 @@ impl AdminState {
 /// What one probe found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
-    /// `None`: it passed.
+    /// `None`: it passed (or, with `standby`, answered as a standby).
     pub failure: Option<Reason>,
+    /// The answer did not pass but matched the check's `standby`.
+    pub standby: bool,
     /// What it saw, in words ("http status 503", "connect refused"); kept in
     /// the transition history.
     pub text: String,
@@ -93,6 +112,7 @@ impl Report {
     pub fn passed(text: impl Into<String>) -> Report {
         Report {
             failure: None,
+            standby: false,
             text: text.into(),
         }
     }
@@ -100,7 +120,26 @@ impl Report {
     pub fn failed(reason: Reason, text: impl Into<String>) -> Report {
         Report {
             failure: Some(reason),
+            standby: false,
             text: text.into(),
+        }
+    }
+
+    /// An answer that means standby: healthy, not eligible.
+    pub fn standby(text: impl Into<String>) -> Report {
+        Report {
+            failure: None,
+            standby: true,
+            text: text.into(),
+        }
+    }
+
+    /// What the answer means for rise/fall.
+    pub fn verdict(&self) -> Verdict {
+        match (self.failure, self.standby) {
+            (Some(_), _) => Verdict::Fail,
+            (None, true) => Verdict::Standby,
+            (None, false) => Verdict::Pass,
         }
     }
 
@@ -109,8 +148,9 @@ impl Report {
         Report::failed(Reason::Protocol, text)
     }
 
+    /// It passed: neither a failure nor a standby answer.
     pub fn ok(&self) -> bool {
-        self.failure.is_none()
+        self.failure.is_none() && !self.standby
     }
 }
 
@@ -119,7 +159,12 @@ impl Report {
 pub struct HealthCounter {
     state: Health,
     successes: u32,
+    /// Answers in a row that did not pass (failures and standby answers).
     failures: u32,
+    /// Standby answers in a row.
+    standbys: u32,
+    /// Failures in a row.
+    fails: u32,
     rise: u32,
     fall: u32,
 }
@@ -132,6 +177,8 @@ impl HealthCounter {
             state: if probed { Health::Unknown } else { Health::Up },
             successes: 0,
             failures: 0,
+            standbys: 0,
+            fails: 0,
             rise: rise.max(1),
             fall: fall.max(1),
         }
@@ -150,19 +197,47 @@ impl HealthCounter {
     /// Applies a probe result and returns `(from, to)` when the state changed.
     /// The first result decides at once; after that `rise`/`fall` apply.
     pub fn probe(&mut self, ok: bool) -> Option<(Health, Health)> {
-        if ok {
-            self.successes = self.successes.saturating_add(1);
-            self.failures = 0;
-        } else {
-            self.failures = self.failures.saturating_add(1);
-            self.successes = 0;
+        self.verdict(if ok { Verdict::Pass } else { Verdict::Fail })
+    }
+
+    /// Applies a probe's verdict and returns `(from, to)` when the state
+    /// changed. A standby answer counts as not passing, and leaves the
+    /// backend `Standby` rather than `Down` when it decides.
+    pub fn verdict(&mut self, v: Verdict) -> Option<(Health, Health)> {
+        let bump = |n: u32| n.saturating_add(1);
+        match v {
+            Verdict::Pass => {
+                self.successes = bump(self.successes);
+                (self.failures, self.standbys, self.fails) = (0, 0, 0);
+            }
+            Verdict::Fail => {
+                self.successes = 0;
+                self.standbys = 0;
+                self.failures = bump(self.failures);
+                self.fails = bump(self.fails);
+            }
+            Verdict::Standby => {
+                self.successes = 0;
+                self.fails = 0;
+                self.failures = bump(self.failures);
+                self.standbys = bump(self.standbys);
+            }
         }
-        let to = match self.state {
-            Health::Unknown if ok => Health::Up,
-            Health::Unknown => Health::Down,
-            Health::Up if !ok && self.failures >= self.fall => Health::Down,
-            Health::Down if ok && self.successes >= self.rise => Health::Up,
-            s => s,
+        let not_up = if v == Verdict::Standby {
+            Health::Standby
+        } else {
+            Health::Down
+        };
+        let to = match (self.state, v) {
+            (Health::Unknown, Verdict::Pass) => Health::Up,
+            (Health::Unknown, _) => not_up,
+            (Health::Up, Verdict::Fail | Verdict::Standby) if self.failures >= self.fall => not_up,
+            (Health::Down | Health::Standby, Verdict::Pass) if self.successes >= self.rise => {
+                Health::Up
+            }
+            (Health::Down, Verdict::Standby) if self.standbys >= self.rise => Health::Standby,
+            (Health::Standby, Verdict::Fail) if self.fails >= self.fall => Health::Down,
+            (s, _) => s,
         };
         self.change(to)
     }
@@ -212,7 +287,8 @@ impl HealthCounter {
         match self.state {
             Health::Unknown => true,
             Health::Up => self.failures > 0,
-            Health::Down => self.successes > 0,
+            Health::Down => self.successes > 0 || self.standbys > 0,
+            Health::Standby => self.successes > 0 || self.fails > 0,
         }
     }
 
@@ -224,6 +300,8 @@ impl HealthCounter {
         self.state = to;
         self.successes = 0;
         self.failures = 0;
+        self.standbys = 0;
+        self.fails = 0;
         Some((from, to))
     }
 }
@@ -314,6 +392,44 @@ mod tests {
         let c = HealthCounter::new(2, 3, false);
         assert_eq!(c.state(), Up);
         assert!(!c.changing());
+    }
+
+    fn verdicts(c: &mut HealthCounter, results: &str) -> Vec<Health> {
+        results
+            .chars()
+            .map(|r| {
+                c.verdict(match r {
+                    '1' => Verdict::Pass,
+                    's' => Verdict::Standby,
+                    _ => Verdict::Fail,
+                });
+                c.state()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn standby_answers_lead_to_standby_not_down() {
+        assert_eq!(
+            verdicts(&mut HealthCounter::new(2, 3, true), "s"),
+            [Standby]
+        );
+        let mut c = HealthCounter::new(2, 3, true);
+        // Up: `fall` answers that do not pass, the last a standby one.
+        assert_eq!(verdicts(&mut c, "1s0s"), [Up, Up, Up, Standby]);
+        // Standby: `rise` passes bring it up, `fall` failures take it down.
+        assert_eq!(verdicts(&mut c, "1s11"), [Standby, Standby, Standby, Up]);
+        assert_eq!(
+            verdicts(&mut c, "sss00"),
+            [Up, Up, Standby, Standby, Standby]
+        );
+        assert_eq!(verdicts(&mut c, "0"), [Down]);
+        // Down: `rise` standby answers make it standby, a mix does not.
+        assert_eq!(verdicts(&mut c, "s0s"), [Down, Down, Down]);
+        assert_eq!(verdicts(&mut c, "0ss"), [Down, Down, Standby]);
+        assert!(!c.changing());
+        assert!(!Report::standby("http status 503").ok());
+        assert_eq!(Report::standby("x").verdict(), Verdict::Standby);
     }
 
     #[test]

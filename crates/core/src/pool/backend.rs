@@ -55,6 +55,7 @@ impl Status {
             (AdminState::Enabled, Health::Unknown) => StateLabel::Unknown,
             (AdminState::Enabled, Health::Up) => StateLabel::Up,
             (AdminState::Enabled, Health::Down) => StateLabel::Down,
+            (AdminState::Enabled, Health::Standby) => StateLabel::Standby,
         }
     }
 }
@@ -132,6 +133,8 @@ pub struct Backend {
     pub max_connections: Option<u32>,
     /// Slots in use and the limit now, shared by its generations.
     pub(crate) slots: Arc<super::queue::Slots>,
+    /// Its own HTTP check (`check = { ... }`), instead of the pool's.
+    pub check: Option<weir_config::HttpCheck>,
 }
 
 /// The share of its weight a backend that came back gets at first.
@@ -212,7 +215,7 @@ impl Backend {
         let healthy = match s.health.state() {
             Health::Up => true,
             Health::Unknown => self.watch == Watch::Passive,
-            Health::Down => false,
+            Health::Down | Health::Standby => false,
         };
         if s.admin == AdminState::Enabled && healthy && !self.outlier.ejected.load(Relaxed) {
             Self::weight_now(s, self.weight)

@@ -390,6 +390,20 @@ fn checks<'a>(w: &mut Writer, probed: impl Iterator<Item = (&'a Pool, &'a Backen
             &[pool, backend, kind, ("result", "success"), ("reason", "ok")],
             b.stats.checks_passed(),
         );
+        let standby = b.stats.checks_standby();
+        if standby > 0 {
+            w.sample(
+                "weir_health_checks_total",
+                &[
+                    pool,
+                    backend,
+                    kind,
+                    ("result", "standby"),
+                    ("reason", "standby"),
+                ],
+                standby,
+            );
+        }
         let skipped = b.stats.checks_skipped();
         if skipped > 0 {
             w.sample(

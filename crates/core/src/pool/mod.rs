@@ -152,8 +152,10 @@ impl Pool {
                 let slots = before.map_or_else(Arc::default, |old| Arc::clone(&old.slots));
                 let (status, serving, link, stats, pending) = match before {
                     Some(old) => {
-                        let keep =
-                            same_check && old.probe_address == probe_address && old.watch == watch;
+                        let keep = same_check
+                            && old.check == b.check
+                            && old.probe_address == probe_address
+                            && old.watch == watch;
                         let status = if keep {
                             let status = Arc::clone(&old.status);
                             let mut s = lock(&status);
@@ -232,6 +234,7 @@ impl Pool {
                     outlier,
                     slow_start: cfg.slow_start,
                     max_connections: b.max_connections.or(cfg.max_connections_per_backend),
+                    check: b.check.clone(),
                     slots,
                 }
             })
@@ -423,7 +426,9 @@ impl Pool {
             if serving {
                 continue;
             }
-            if health == Health::Down {
+            // A backend that went standby (a primary demoted to a replica)
+            // is no better than a down one for its connections.
+            if matches!(health, Health::Down | Health::Standby) {
                 if self.close_on_down {
                     b.evict_now(Eviction::BackendDown);
                 }

@@ -46,7 +46,13 @@ impl Pool {
             if s.admin == AdminState::Disabled {
                 return;
             }
-            self.change_health(b, &mut s, |h| h.probe(ok), || Cause::Probe(text.to_owned()))
+            let verdict = report.verdict();
+            self.change_health(
+                b,
+                &mut s,
+                |h| h.verdict(verdict),
+                || Cause::Probe(text.to_owned()),
+            )
         };
         if let Some(why) = changed
             && self.settled.load(Relaxed)
@@ -172,7 +178,10 @@ impl Pool {
         let before = s.label();
         let (from, to) = op(&mut s.health)?;
         b.count_transition(before, s.label());
-        if from == Health::Down && to == Health::Up && b.slow_start.is_some() {
+        if matches!(from, Health::Down | Health::Standby)
+            && to == Health::Up
+            && b.slow_start.is_some()
+        {
             s.ramp_since = Some(std::time::Instant::now());
         }
         let (change, cause) = (Change::Health { from, to }, cause());

@@ -19,15 +19,18 @@ pub enum StateLabel {
     Down,
     Drain,
     Disabled,
+    /// Answering as its check's `standby` says: healthy, not eligible.
+    Standby,
 }
 
 impl StateLabel {
-    pub const ALL: [StateLabel; 5] = [
+    pub const ALL: [StateLabel; 6] = [
         Self::Unknown,
         Self::Up,
         Self::Down,
         Self::Drain,
         Self::Disabled,
+        Self::Standby,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,6 +40,7 @@ impl StateLabel {
             Self::Down => "down",
             Self::Drain => "drain",
             Self::Disabled => "disabled",
+            Self::Standby => "standby",
         }
     }
 }
@@ -62,6 +66,8 @@ pub struct BackendStats {
     pub check_duration: Histogram,
     connect_errors: [AtomicU64; Reason::COUNT],
     checks_passed: AtomicU64,
+    /// Probes answered as the check's `standby` says.
+    checks_standby: AtomicU64,
     checks_failed: [AtomicU64; Reason::COUNT],
     /// Probes that could not run because weir was out of descriptors.
     checks_skipped: AtomicU64,
@@ -118,6 +124,7 @@ impl Default for BackendStats {
             checks_passed: AtomicU64::new(0),
             checks_failed: std::array::from_fn(|_| AtomicU64::new(0)),
             checks_skipped: AtomicU64::new(0),
+            checks_standby: AtomicU64::new(0),
             transitions: Default::default(),
             http_requests_active: AtomicI64::new(0),
             http_responses: Default::default(),
@@ -155,6 +162,11 @@ impl BackendStats {
         self.checks_failed.iter().map(|c| c.load(Relaxed)).sum()
     }
 
+    /// Probes answered as the check's `standby` says.
+    pub fn checks_standby(&self) -> u64 {
+        self.checks_standby.load(Relaxed)
+    }
+
     /// Probes that weir could not run for want of descriptors or memory.
     pub fn checks_skipped(&self) -> u64 {
         self.checks_skipped.load(Relaxed)
@@ -162,6 +174,7 @@ impl BackendStats {
 
     pub(crate) fn check(&self, report: &Report, took: Duration) {
         match report.failure {
+            None if report.standby => count(&self.checks_standby, 1),
             None => count(&self.checks_passed, 1),
             Some(Reason::LocalResources) => count(&self.checks_skipped, 1),
             Some(r) => count(&self.checks_failed[r as usize], 1),

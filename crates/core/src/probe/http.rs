@@ -5,7 +5,7 @@
 //! `expect_body`.
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use weir_config::HttpCheck;
+use weir_config::{HttpCheck, JsonField, JsonValue};
 use weir_wire::http1::{Response, parse_response_at_eof, parse_response_to};
 
 use crate::Reason;
@@ -180,27 +180,103 @@ fn failed(reason: Reason, text: String) -> Outcome {
     }
 }
 
-/// The last answer against `expect_status` and `expect_body`.
+/// The last answer against the check's expectations: it passes when the
+/// status, every `expect_body` text and every `expect_json` field hold;
+/// else it is a standby answer when the check's `standby` conditions all
+/// hold; else it fails, saying the first expectation it missed.
 fn judged(response: &Response, reusable: bool, check: &HttpCheck) -> Outcome {
-    let report = if !check.expect_status.matches(response.status) {
-        Report::failed(Reason::Status, format!("http status {}", response.status))
-    } else if let Some(needle) = &check.expect_body
-        && !contains(&response.body, needle.as_bytes())
-    {
-        Report::failed(
-            Reason::Body,
-            format!(
-                "http status {}, body does not contain {needle:?}",
-                response.status
-            ),
-        )
-    } else {
-        Report::passed(format!("http status {}", response.status))
+    // Parsed once, only when some condition reads it.
+    let wants_json =
+        !check.expect_json.is_empty() || check.standby.as_ref().is_some_and(|s| !s.json.is_empty());
+    let json = wants_json.then(|| serde_json::from_slice::<serde_json::Value>(&response.body).ok());
+    let json = json.flatten();
+    let first_miss = missed(
+        response,
+        json.as_ref(),
+        Some(&check.expect_status),
+        &check.expect_body,
+        &check.expect_json,
+    );
+    let report = match first_miss {
+        None => Report::passed(format!("http status {}", response.status)),
+        Some((reason, why)) => match &check.standby {
+            Some(s)
+                if missed(response, json.as_ref(), s.status.as_ref(), &s.body, &s.json)
+                    .is_none() =>
+            {
+                Report::standby(format!("http status {}, standby ({why})", response.status))
+            }
+            _ => Report::failed(reason, why),
+        },
     };
     Outcome {
         report,
         reusable,
         io_failure: false,
+    }
+}
+
+/// The first of these conditions the answer misses, with its reason and
+/// what was seen; `None` when all hold.
+fn missed(
+    response: &Response,
+    json: Option<&serde_json::Value>,
+    status: Option<&weir_config::StatusMatch>,
+    body: &[String],
+    fields: &[JsonField],
+) -> Option<(Reason, String)> {
+    let code = response.status;
+    if status.is_some_and(|s| !s.matches(code)) {
+        return Some((Reason::Status, format!("http status {code}")));
+    }
+    if let Some(needle) = body
+        .iter()
+        .find(|n| !contains(&response.body, n.as_bytes()))
+    {
+        return Some((
+            Reason::Body,
+            format!("http status {code}, body does not contain {needle:?}"),
+        ));
+    }
+    if fields.is_empty() {
+        return None;
+    }
+    let Some(json) = json else {
+        return Some((
+            Reason::Body,
+            format!("http status {code}, body is not JSON"),
+        ));
+    };
+    fields.iter().find_map(|f| {
+        let found = f.path.iter().try_fold(json, |v, name| v.get(name.as_str()));
+        let holds = found.is_some_and(|v| json_equals(v, &f.value));
+        (!holds).then(|| {
+            let seen = found.map_or_else(|| "absent".to_owned(), |v| short(&v.to_string()));
+            (
+                Reason::Body,
+                format!(
+                    "http status {code}, json {} is {seen}, expected {}",
+                    f.path.join("."),
+                    f.value
+                ),
+            )
+        })
+    })
+}
+
+fn json_equals(v: &serde_json::Value, want: &JsonValue) -> bool {
+    match want {
+        JsonValue::Str(s) => v.as_str() == Some(s.as_str()),
+        JsonValue::Int(n) => v.as_i64() == Some(*n),
+        JsonValue::Bool(b) => v.as_bool() == Some(*b),
+    }
+}
+
+/// At most 64 characters of what a field held, for the history.
+fn short(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((at, _)) => format!("{}...", &s[..at]),
+        None => s.to_owned(),
     }
 }
 
@@ -228,7 +304,9 @@ mod tests {
             expect_status: weir_config::StatusMatch {
                 ranges: vec![(200, 299)],
             },
-            expect_body: None,
+            expect_body: Vec::new(),
+            expect_json: Vec::new(),
+            standby: None,
             method: "GET".into(),
             headers: vec![("X-Probe".into(), "weir".into())],
             body: None,
@@ -236,6 +314,83 @@ mod tests {
             follow_redirects: 0,
             tls: None,
         }
+    }
+
+    fn answer(status: u16, body: &str) -> Response {
+        let text = format!(
+            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        parse_response_at_eof(text.as_bytes()).expect("an answer")
+    }
+
+    fn field(path: &str, value: JsonValue) -> JsonField {
+        JsonField {
+            path: path.split('.').map(str::to_owned).collect(),
+            value,
+        }
+    }
+
+    /// Patroni's `/primary`: the status, the JSON state, and a running
+    /// replica's 503 as standby.
+    #[test]
+    fn expectations_all_hold_or_the_answer_is_standby_or_a_failure() {
+        let c = HttpCheck {
+            expect_status: weir_config::StatusMatch {
+                ranges: vec![(200, 200)],
+            },
+            expect_body: vec!["role".into()],
+            expect_json: vec![
+                field("state", JsonValue::Str("running".into())),
+                field("xlog.received", JsonValue::Int(5)),
+                field("paused", JsonValue::Bool(false)),
+            ],
+            standby: Some(Box::new(weir_config::Standby {
+                status: Some(weir_config::StatusMatch {
+                    ranges: vec![(503, 503)],
+                }),
+                body: Vec::new(),
+                json: vec![field("state", JsonValue::Str("running".into()))],
+            })),
+            ..check()
+        };
+        let judge = |status: u16, body: &str| judged(&answer(status, body), true, &c).report;
+        let primary =
+            r#"{"state": "running", "role": "master", "xlog": {"received": 5}, "paused": false}"#;
+        assert!(judge(200, primary).ok());
+        let stopped =
+            r#"{"state": "stopped", "role": "master", "xlog": {"received": 5}, "paused": false}"#;
+        let r = judge(200, stopped);
+        assert_eq!(r.failure, Some(Reason::Body));
+        assert_eq!(
+            r.text,
+            "http status 200, json state is \"stopped\", expected \"running\""
+        );
+        let r = judge(200, r#"{"state": "running", "role": "m", "paused": false}"#);
+        assert_eq!(
+            r.text,
+            "http status 200, json xlog.received is absent, expected 5"
+        );
+        let r = judge(
+            200,
+            r#"{"state": "running", "role": "m", "xlog": {"received": 5}, "paused": "no"}"#,
+        );
+        assert_eq!(
+            r.text,
+            "http status 200, json paused is \"no\", expected false"
+        );
+        let r = judge(200, "role: not json");
+        assert_eq!(r.text, "http status 200, body is not JSON");
+        let r = judge(200, r#"{"state": "running"}"#);
+        assert_eq!(r.text, "http status 200, body does not contain \"role\"");
+        // A running replica: standby, saying what it missed.
+        let r = judge(503, r#"{"state": "running", "role": "replica"}"#);
+        assert_eq!(r.verdict(), crate::health::Verdict::Standby);
+        assert_eq!(r.text, "http status 503, standby (http status 503)");
+        // A replica whose postgres stopped: down.
+        let r = judge(503, r#"{"state": "stopped", "role": "replica"}"#);
+        assert_eq!(r.failure, Some(Reason::Status));
+        assert_eq!(judge(500, "{}").failure, Some(Reason::Status));
     }
 
     #[test]

@@ -90,9 +90,13 @@ pub(crate) fn prepare(pools: &[Arc<Pool>]) -> Result<Prepared, String> {
             let Some(address) = b.probe_address else {
                 continue;
             };
+            let probe = match &b.check {
+                Some(own) => Probe::Http(own.clone()),
+                None => probe.clone(),
+            };
             let target = Target {
                 address,
-                probe: probe.clone(),
+                probe,
                 interval: pool.health.interval,
                 fast_interval: pool.health.fast_interval,
                 timeout: pool.health.timeout,

@@ -105,6 +105,7 @@ impl Server {
                     health: true,
                     check_port: None,
                     max_connections: None,
+                    check: None,
                 });
             }
         }

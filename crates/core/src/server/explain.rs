@@ -168,12 +168,17 @@ fn pool_verdict(p: &Pool, client: SocketAddr, sni: Option<&str>) -> PoolVerdict 
                 (false, "disabled by an operator".to_owned())
             } else if v.admin == AdminState::Drain {
                 (false, "drained by an operator".to_owned())
-            } else if v.health == Health::Down {
+            } else if matches!(v.health, Health::Down | Health::Standby) {
                 let last = v
                     .last_probe
                     .as_ref()
                     .map_or_else(String::new, |l| format!(" (last probe: {})", l.reason));
-                (false, format!("down{last}"))
+                let what = if v.health == Health::Down {
+                    "down"
+                } else {
+                    "standby: healthy, not eligible"
+                };
+                (false, format!("{what}{last}"))
             } else if b.outlier.ejected.load(std::sync::atomic::Ordering::Relaxed) {
                 (false, "ejected as an outlier".to_owned())
             } else if v.health == Health::Unknown && !v.serving {

@@ -871,3 +871,168 @@ async fn a_backend_that_comes_back_ramps_up_over_slow_start() {
     );
     b.cancel();
 }
+
+/// What a Patroni-like REST API says about its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Primary,
+    Replica,
+    /// Postgres stopped, and Patroni still answers `/primary` with 200 for
+    /// a moment (what made old primaries flap during a switchover).
+    StoppedButAnswering,
+}
+
+/// Patroni's `/primary` and `/replica`: 200 when the node is that, else
+/// 503, with a JSON body naming its state and role.
+async fn patroni_like(role: Arc<std::sync::Mutex<Role>>) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let a = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let role = Arc::clone(&role);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                let mut n = 0;
+                while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(m) => n += m,
+                    }
+                    if n == buf.len() {
+                        return;
+                    }
+                }
+                let asked = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let now = *role.lock().expect("role");
+                let (state, node) = match now {
+                    Role::Primary => ("running", "master"),
+                    Role::Replica => ("running", "replica"),
+                    Role::StoppedButAnswering => ("stopped", "master"),
+                };
+                let wants_primary = asked.starts_with("GET /primary ");
+                let ok = match now {
+                    Role::Primary | Role::StoppedButAnswering => wants_primary,
+                    Role::Replica => !wants_primary,
+                };
+                let body = format!("{{\"state\": \"{state}\", \"role\": \"{node}\"}}");
+                let answer = format!(
+                    "HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    if ok {
+                        "200 OK"
+                    } else {
+                        "503 Service Unavailable"
+                    },
+                    body.len()
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    a
+}
+
+/// The Patroni checks: several expectations at once (status and a JSON
+/// field), a replica marked `standby` instead of down in a pool of
+/// primaries, and a pool of replicas with the primary as fallback written
+/// with per-backend checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patroni_primaries_replicas_and_standby() {
+    let roles = [
+        Arc::new(std::sync::Mutex::new(Role::Primary)),
+        Arc::new(std::sync::Mutex::new(Role::Replica)),
+    ];
+    let a = named_backend("a").await;
+    let b = named_backend("b").await;
+    let api_a = patroni_like(Arc::clone(&roles[0])).await;
+    let api_b = patroni_like(Arc::clone(&roles[1])).await;
+    let check = "[pools.health]\ntype = \"http\"\ninterval = \"50ms\"\nfast_interval = \"50ms\"\n\
+                 timeout = \"500ms\"\nrise = 1\nfall = 1\npath = \"/primary\"\n\
+                 expect_status = \"200\"\nexpect_json = { state = \"running\" }\n\
+                 standby = { status = \"503\", json = { state = \"running\" } }\n";
+    let backend = |name: &str, addr: SocketAddr, api: SocketAddr, tier: u32, path: &str| {
+        format!(
+            "[[pools.backends]]\nname = \"{name}\"\naddress = \"{addr}\"\ncheck_port = {}\ntier = {tier}\n\
+             check = {{ path = \"{path}\" }}\n",
+            api.port()
+        )
+    };
+    let toml = format!(
+        "[[listeners]]\nname = \"rw\"\nbind = [\"127.0.0.1:0\"]\n\
+         [[listeners.routes]]\nname = \"r\"\npool = \"primary\"\n\
+         [[listeners]]\nname = \"ro\"\nbind = [\"127.0.0.1:0\"]\n\
+         [[listeners.routes]]\nname = \"r\"\npool = \"replicas\"\n\
+         [[pools]]\nname = \"primary\"\nconnect_timeout = \"500ms\"\n{check}{}{}\
+         [[pools]]\nname = \"replicas\"\nconnect_timeout = \"500ms\"\n{check}{}{}{}{}",
+        backend("a", a, api_a, 0, "/primary"),
+        backend("b", b, api_b, 0, "/primary"),
+        backend("a-replica", a, api_a, 0, "/replica"),
+        backend("b-replica", b, api_b, 0, "/replica"),
+        backend("a-primary", a, api_a, 1, "/primary"),
+        backend("b-primary", b, api_b, 1, "/primary"),
+    );
+    let server = start(&toml).await;
+    let (rw, ro) = (addr(&server, "rw"), addr(&server, "ro"));
+    let health = |pool: &str, b: &str| server.pool(pool).and_then(|p| p.view(b)).map(|v| v.health);
+    // The replica is standby in the pool of primaries, not down.
+    assert_eq!(health("primary", "a"), Some(Health::Up));
+    assert_eq!(health("primary", "b"), Some(Health::Standby));
+    assert_eq!(within("rw", fetch(rw, None)).await, "a");
+    // Replicas first: b's /replica passes, a's is standby.
+    assert_eq!(health("replicas", "b-replica"), Some(Health::Up));
+    assert_eq!(health("replicas", "a-replica"), Some(Health::Standby));
+    assert_eq!(within("ro", fetch(ro, None)).await, "b");
+    let mut w = weir_telemetry::Writer::new(weir_telemetry::Format::Prometheus);
+    server.render_metrics(&mut w);
+    let text = w.finish();
+    for line in [
+        "weir_backend_state{pool=\"primary\",backend=\"b\",state=\"standby\"} 1",
+        "weir_backend_state{pool=\"primary\",backend=\"b\",state=\"down\"} 0",
+        "weir_pool_backends{pool=\"primary\",state=\"standby\"} 1",
+    ] {
+        assert!(text.contains(line), "no {line:?} in\n{text}");
+    }
+    assert!(
+        text.contains("weir_health_checks_total{pool=\"primary\",backend=\"b\",type=\"http\",result=\"standby\",reason=\"standby\"}"),
+        "{text}"
+    );
+
+    // The primary's postgres stops while Patroni still answers 200: the
+    // JSON field takes it down at once, it does not flap.
+    *roles[0].lock().expect("role") = Role::StoppedButAnswering;
+    wait_until("a down", || health("primary", "a") == Some(Health::Down)).await;
+    let reason = server
+        .pool("primary")
+        .and_then(|p| p.view("a"))
+        .and_then(|v| v.last_probe)
+        .map(|p| p.reason)
+        .unwrap_or_default();
+    assert_eq!(
+        reason,
+        "http status 200, json state is \"stopped\", expected \"running\""
+    );
+    // b is promoted; a comes back as a replica: standby, not up.
+    *roles[1].lock().expect("role") = Role::Primary;
+    *roles[0].lock().expect("role") = Role::Replica;
+    wait_until("b up", || health("primary", "b") == Some(Health::Up)).await;
+    wait_until("a standby", || {
+        health("primary", "a") == Some(Health::Standby)
+    })
+    .await;
+    assert_eq!(within("rw", fetch(rw, None)).await, "b");
+    // With b the primary, the replica pool reads from a.
+    wait_until("a-replica up", || {
+        health("replicas", "a-replica") == Some(Health::Up)
+    })
+    .await;
+    assert_eq!(within("ro", fetch(ro, None)).await, "a");
+    // No replica left: the primary of the fallback tier serves reads.
+    *roles[0].lock().expect("role") = Role::StoppedButAnswering;
+    wait_until("no replica", || {
+        health("replicas", "a-replica") != Some(Health::Up)
+            && server.pool("replicas").and_then(|p| p.active_tier()) == Some(1)
+    })
+    .await;
+    assert_eq!(within("ro", fetch(ro, None)).await, "b");
+}
