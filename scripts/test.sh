@@ -28,6 +28,7 @@ command -v prlimit >/dev/null 2>&1 || packages+=(util-linux)
 command -v dnsmasq >/dev/null 2>&1 || packages+=(dnsmasq-base)
 command -v dig >/dev/null 2>&1 || packages+=(bind9-dnsutils)
 command -v chromium >/dev/null 2>&1 || packages+=(chromium)
+command -v systemd-analyze >/dev/null 2>&1 || packages+=(systemd)
 if ((${#packages[@]})); then
     if [ "$(id -u)" -ne 0 ]; then
         echo "missing ${packages[*]}: install them or run as root" >&2

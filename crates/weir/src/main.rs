@@ -4,6 +4,7 @@
 
 mod ctl;
 mod demo;
+mod notify;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -411,6 +412,7 @@ pub(crate) async fn serve(
     takeover: Takeover,
     started: impl FnOnce(&Server, AdminAddrs),
 ) -> Result<()> {
+    let notifier = Arc::new(notify::Notifier::from_env());
     // Installed first: a signal that arrives while starting must stop weir
     // gracefully, not kill it with the default action.
     let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -486,6 +488,16 @@ pub(crate) async fn serve(
     }
     started(&server, bound);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "weir started");
+    // The first probe round is done and every listener accepts.
+    notifier.ready(&serving_status(&server));
+    if notifier.enabled()
+        && let Some(every) = notify::watchdog_interval(
+            std::env::var("WATCHDOG_USEC").ok().as_deref(),
+            std::env::var("WATCHDOG_PID").ok().as_deref(),
+        )
+    {
+        notifier.spawn_watchdog(every);
+    }
 
     loop {
         tokio::select! {
@@ -494,12 +506,21 @@ pub(crate) async fn serve(
             _ = hup.recv() => {
                 tracing::info!("SIGHUP received: reloading");
                 // Outcome and reason are logged by the reload itself.
-                let server = Arc::clone(&server);
-                tokio::spawn(async move { let _ = server.reload().await; });
+                let (server, notifier) = (Arc::clone(&server), Arc::clone(&notifier));
+                notifier.reloading();
+                tokio::spawn(async move {
+                    let outcome = server.reload().await;
+                    let status = match outcome {
+                        Ok(_) => serving_status(&server),
+                        Err(e) => format!("reload failed, the previous configuration serves: {e}"),
+                    };
+                    notifier.ready(&status);
+                });
             }
         }
     }
     grpc_stop.cancel();
+    notifier.stopping("stopping: open connections finish within shutdown_timeout");
     server.shutdown();
     tokio::select! {
         () = server.wait() => {}
@@ -511,6 +532,17 @@ pub(crate) async fn serve(
     admin_stop.cancel();
     tracing::info!("weir stopped");
     Ok(())
+}
+
+/// What weir does, for systemd's `STATUS=`.
+fn serving_status(server: &Server) -> String {
+    let s = server.snapshot();
+    format!(
+        "serving: {} listener(s), {} pool(s), configuration generation {}",
+        s.listeners.len(),
+        s.pools.len(),
+        s.generation
+    )
 }
 
 /// Raises the soft limit on open files to the hard one, as HAProxy and nginx

@@ -736,3 +736,47 @@ fn the_json_reader_reads_what_it_needs() {
     );
     assert_eq!(json_string("a\"b\\c"), r#""a\"b\\c""#);
 }
+
+/// The shipped unit passes `systemd-analyze verify` without a warning (its
+/// `/usr/bin/weir` pointed at the binary under test, which verify wants to
+/// find), and says what the service needs: notify, a watchdog, a reload
+/// that checks the file first, the hardening, and no capability but
+/// binding low ports.
+#[test]
+fn the_systemd_unit_verifies_and_is_hardened() {
+    let unit = read("deploy/systemd/weir.service");
+    for line in [
+        "Type=notify",
+        "WatchdogSec=30s",
+        "ExecReload=/usr/bin/weir check --config /etc/weir/weir.toml",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "NoNewPrivileges=true",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/weir",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+        "LimitNOFILE=1048576",
+    ] {
+        assert!(
+            unit.lines().any(|l| l == line),
+            "the unit has no line {line:?}"
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("weir-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("weir.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/bin/weir", env!("CARGO_BIN_EXE_weir")),
+    )
+    .expect("write");
+    let out = run(
+        "systemd-analyze",
+        &["verify", &path.to_string_lossy()],
+        "scripts/test.sh installs the `systemd` package that provides it",
+    );
+    assert_success("systemd-analyze verify", &out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.trim().is_empty(), "systemd-analyze warns:\n{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

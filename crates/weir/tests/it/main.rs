@@ -22,6 +22,7 @@ mod http_trace;
 mod observability;
 mod proxy_protocol;
 mod status_page;
+mod systemd;
 mod tls_passthrough;
 mod udp;
 mod upgrade;
