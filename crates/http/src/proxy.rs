@@ -54,6 +54,9 @@ pub(crate) struct Cx {
     /// How the client reached weir: `http` or `https`.
     pub(crate) proto: &'static str,
     pub(crate) version: &'static str,
+    /// The connection's live entry: an operator's close ends a WebSocket
+    /// relayed on it too.
+    pub(crate) live: Option<Arc<weir_core::live::Live>>,
 }
 
 pub(crate) async fn handle(
@@ -234,8 +237,11 @@ pub(crate) async fn handle(
                 None => (response, x),
                 Some(on) => {
                     let idle = state.timeouts.websocket_idle;
-                    let kill = cx.listener.kill.clone();
-                    match upgrade::relay_when_switched(response, on, &cx.conn, idle, kill, x) {
+                    let ends = upgrade::Ends {
+                        kill: cx.listener.kill.clone(),
+                        live: cx.live.clone(),
+                    };
+                    match upgrade::relay_when_switched(response, on, &cx.conn, idle, ends, x) {
                         Ok(switched) => {
                             // The connection is the relay's now.
                             lease.release(false);

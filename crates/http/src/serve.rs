@@ -233,6 +233,7 @@ impl On {
             conn: Arc::clone(&conn),
             proto,
             version: if http2 { "HTTP/2" } else { "HTTP/1.1" },
+            live: live.as_ref().map(LiveGuard::entry),
         });
         let service = hyper::service::service_fn(move |req| proxy::handle(Arc::clone(&cx), req));
         let outcome = if http2 {
@@ -392,7 +393,7 @@ async fn opens_with_preface(stream: &TcpStream, within: Duration) -> Result<bool
 }
 
 /// Ready when an operator closes the connection.
-async fn closed(live: Option<&Live>) {
+pub(crate) async fn closed(live: Option<&Live>) {
     match live {
         Some(l) => l.closed().await,
         None => std::future::pending().await,

@@ -58,7 +58,7 @@ pub(crate) fn relay_when_switched<B>(
     client: OnUpgrade,
     conn: &ConnState,
     idle: Duration,
-    kill: tokio_util::sync::CancellationToken,
+    ends: Ends,
     mut x: Box<Exchange>,
 ) -> Result<Response<B>, (Response<B>, Box<Exchange>)> {
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -88,12 +88,20 @@ pub(crate) fn relay_when_switched<B>(
                 Err(_) => Reason::BackendError.as_str(),
             },
             () = last.idle_for(idle) => Reason::IdleTimeout.as_str(),
-            () = kill.cancelled() => Reason::Shutdown.as_str(),
+            () = ends.kill.cancelled() => Reason::Shutdown.as_str(),
+            () = crate::serve::closed(ends.live.as_deref()) => Reason::Operator.as_str(),
         };
         x.body.bytes.store(client.moved, Relaxed);
         x.bytes_out = backend.moved;
     }));
     Ok(response)
+}
+
+/// What ends a relay besides its peers and idleness: the listener's
+/// connections killed, an operator closing the client's connection.
+pub(crate) struct Ends {
+    pub(crate) kill: tokio_util::sync::CancellationToken,
+    pub(crate) live: Option<Arc<weir_core::live::Live>>,
 }
 
 /// When bytes last moved on a relay, in milliseconds since it began.

@@ -132,6 +132,62 @@ fn websockets_are_relayed_and_cut_when_idle() {
     assert!(line.contains("\"backend\":\"echo\""), "{line}");
 }
 
+/// `weir connections close` ends a WebSocket relayed on an l7 connection
+/// at once, whatever its idle timeout, and the request's line says
+/// `operator`.
+#[test]
+fn an_operator_closes_a_websocket() {
+    let backend = free_port();
+    let _server = peer_server(&["ws-server", &backend.port().to_string()]);
+    wait_connectable(backend);
+    let (front, grpc) = (free_port(), free_port());
+    let (_weir, out) = start(
+        "ws-close",
+        &format!(
+            "[admin]\ngrpc = \"{grpc}\"\n[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             timeouts = {{ websocket_idle = \"60s\" }}\n\
+             [[listeners.routes.http]]\nname = \"ws\"\npool = \"ws\"\n\
+             [[pools]]\nname = \"ws\"\n[[pools.backends]]\nname = \"echo\"\naddress = \"{backend}\"\n"
+        ),
+    );
+    let url = format!("ws://{front}/chat");
+    // Three messages, then up to 30 s waiting for the close.
+    let client = std::thread::spawn(move || peer_client(&["ws-client", &url, "3", "20"]));
+    let end = std::time::Instant::now() + crate::cli::DEADLINE;
+    let id = loop {
+        let list = crate::control::json(&crate::control::ctl(
+            grpc,
+            None,
+            &["connections", "--listener", "web", "-o", "json"],
+        ));
+        let c = &list["connections"][0];
+        // The three echoes have gone back to the client.
+        if c["received_bytes"].as_u64().unwrap_or(0) > 150 {
+            break c["id"].to_string();
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "no WebSocket listed: {list}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let closed = crate::control::json(&crate::control::ctl(
+        grpc,
+        None,
+        &["connections", "close", "--id", &id, "-o", "json"],
+    ));
+    assert_eq!(closed["closed"], 1);
+    let r = client.join().expect("client");
+    assert_eq!(r["after_idle"], "closed", "{r}");
+    let after = r["closed_after"].as_f64().unwrap_or(99.0);
+    assert!(after < 10.0, "closed after {after} s");
+    let line = wait_line(&out, "\"path\":\"/chat\"");
+    assert!(line.contains("\"status\":101"), "{line}");
+    assert!(line.contains("\"reason\":\"operator\""), "{line}");
+}
+
 /// A stream of server-sent events reaches the client event by event, as
 /// the backend sends them, not when the response ends.
 #[test]
