@@ -184,6 +184,15 @@ impl Live {
     }
 }
 
+/// Ready when an operator closes the connection of `live`; never without
+/// an entry.
+pub async fn closed(live: Option<&Live>) {
+    match live {
+        Some(l) => l.closed().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A live connection as a listing shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnView {

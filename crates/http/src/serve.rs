@@ -392,14 +392,6 @@ async fn opens_with_preface(stream: &TcpStream, within: Duration) -> Result<bool
     }
 }
 
-/// Ready when an operator closes the connection.
-pub(crate) async fn closed(live: Option<&Live>) {
-    match live {
-        Some(l) => l.closed().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// The client's stream, counted in its live entry when it has one.
 fn counted<S>(stream: S, live: Option<&LiveGuard>) -> Counted<S> {
     Counted::new(stream, live.map(LiveGuard::entry))
@@ -443,7 +435,7 @@ where
                 draining = true;
             }
             () = listener.kill.cancelled() => return Ok(()),
-            () = closed(live) => return Ok(()),
+            () = weir_core::live::closed(live) => return Ok(()),
         }
     }
 }

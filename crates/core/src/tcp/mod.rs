@@ -8,7 +8,6 @@ use weir_telemetry::{ActiveGuard, count};
 use crate::Reason;
 use crate::client::Client;
 use crate::listener::{Listener, Route};
-use crate::live::Live;
 use crate::pool::{Backend, Eviction};
 use crate::upstream::{self, Stream, Upstream};
 
@@ -29,7 +28,7 @@ pub(crate) fn serve<'a>(
         let connected = tokio::select! {
             biased;
             r = upstream::connect(upstream, client) => r,
-            () = closed(client.live.as_deref()) => {
+            () = crate::live::closed(client.live.as_deref()) => {
                 let took = client.accepted_at.elapsed();
                 route.stats.connection_duration.observe(took);
                 listener.log(Some(route), client.peer, None, (0, 0), took, Reason::Operator);
@@ -69,14 +68,6 @@ pub(crate) fn serve<'a>(
                 }
             }
         }
-    }
-}
-
-/// Ready when an operator closes the connection.
-async fn closed(live: Option<&Live>) {
-    match live {
-        Some(l) => l.closed().await,
-        None => std::future::pending().await,
     }
 }
 
