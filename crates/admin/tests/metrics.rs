@@ -121,6 +121,8 @@ async fn counters_equal_what_happened() {
     let toml = format!(
         "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\nmax_connections = 50\n\
          [[listeners.routes]]\nname = \"r\"\nmatch = {{ source = [\"127.0.0.2/32\"] }}\npool = \"p\"\n\
+         [[listeners.routes]]\nname = \"f\"\nmatch = {{ source = [\"127.0.0.3/32\"] }}\npool = \"x\"\n\
+         [[pools]]\nname = \"x\"\n[[pools.backends]]\nname = \"gone\"\naddress = \"{dead}\"\n\
          [[pools]]\nname = \"p\"\nbalance = \"first\"\n\
          [[pools.backends]]\nname = \"dead\"\naddress = \"{dead}\"\n\
          [[pools.backends]]\nname = \"live\"\naddress = \"{live}\"\nweight = 3\n\
@@ -145,6 +147,11 @@ async fn counters_equal_what_happened() {
         within("no route", exchange(front, Ipv4Addr::new(127, 0, 0, 1))).await,
         ""
     );
+    // One whose only backend refuses: it never reaches one.
+    assert_eq!(
+        within("failed", exchange(front, Ipv4Addr::new(127, 0, 0, 3))).await,
+        ""
+    );
     let l = server.listener("l").expect("l");
     within("connections ended", async {
         while l
@@ -162,7 +169,7 @@ async fn counters_equal_what_happened() {
     assert_eq!(ct, "text/plain; version=0.0.4; charset=utf-8");
     let m = samples(&text);
     let expect = [
-        ("weir_listener_connections_total{listener=\"l\"}", 5.0),
+        ("weir_listener_connections_total{listener=\"l\"}", 6.0),
         ("weir_listener_connections_active{listener=\"l\"}", 0.0),
         (
             "weir_listener_connections_rejected_total{listener=\"l\",reason=\"no_route\"}",
@@ -184,6 +191,27 @@ async fn counters_equal_what_happened() {
         (
             "weir_connection_duration_seconds_count{listener=\"l\",route=\"r\"}",
             4.0,
+        ),
+        // Every connection of `r` reached a backend, the one of `f` none.
+        (
+            "weir_route_connect_duration_seconds_count{listener=\"l\",route=\"r\"}",
+            4.0,
+        ),
+        (
+            "weir_route_connect_duration_seconds_count{listener=\"l\",route=\"f\"}",
+            0.0,
+        ),
+        (
+            "weir_route_connections_failed_total{listener=\"l\",route=\"r\",reason=\"refused\"}",
+            0.0,
+        ),
+        (
+            "weir_route_connections_failed_total{listener=\"l\",route=\"f\",reason=\"refused\"}",
+            1.0,
+        ),
+        (
+            "weir_route_connections_failed_total{listener=\"l\",route=\"f\",reason=\"no_backend\"}",
+            0.0,
         ),
         (
             "weir_connection_duration_seconds_bucket{listener=\"l\",route=\"r\",le=\"+Inf\"}",
@@ -305,7 +333,7 @@ async fn counters_equal_what_happened() {
     assert!(om.contains("# TYPE weir_listener_connections counter\n"));
     assert_eq!(
         samples(&om).get("weir_listener_connections_total{listener=\"l\"}"),
-        Some(&5.0)
+        Some(&6.0)
     );
 }
 

@@ -397,6 +397,12 @@ pub struct RouteStats {
     pub connections_total: AtomicU64,
     /// From accept to close, of the connections this route took.
     pub connection_duration: Histogram,
+    /// From the routing decision to a connected backend, waits for a slot and
+    /// retries included (l4 routes).
+    pub connect_duration: Histogram,
+    /// Connections that never reached a backend, by [`Reason::ROUTE_FAILURES`]
+    /// (l4 routes).
+    pub connections_failed: [AtomicU64; Reason::ROUTE_FAILURES.len()],
     /// HTTP requests answered, by status class (l7 routes).
     pub http_requests: [AtomicU64; 5],
     /// From a request's header read to its response's end (l7 routes).
@@ -408,6 +414,8 @@ impl Default for RouteStats {
         RouteStats {
             connections_total: AtomicU64::new(0),
             connection_duration: Histogram::new(CONNECTION_SECONDS),
+            connect_duration: Histogram::new(crate::pool::LATENCY_SECONDS),
+            connections_failed: Default::default(),
             http_requests: Default::default(),
             http_request_duration: Histogram::new(REQUEST_SECONDS),
         }
@@ -415,6 +423,13 @@ impl Default for RouteStats {
 }
 
 impl RouteStats {
+    /// Counts an l4 connection that found no backend, for `reason`.
+    pub(crate) fn connection_failed(&self, reason: Reason) {
+        if let Some(i) = Reason::ROUTE_FAILURES.iter().position(|r| *r == reason) {
+            count(&self.connections_failed[i], 1);
+        }
+    }
+
     /// Counts a request answered with `status` after `took`.
     pub fn http_request(&self, status: u16, took: Duration) {
         count(&self.http_requests[status_class(status)], 1);
@@ -499,6 +514,40 @@ pub(crate) fn render(listeners: &[Arc<Listener>], w: &mut Writer) {
                 "weir_route_connections_total",
                 &[("listener", &l.name), ("route", &r.name)],
                 r.stats.connections_total.load(Relaxed),
+            );
+        }
+    }
+    w.family(
+        "weir_route_connections_failed",
+        Kind::Counter,
+        "Connections of l4 routes that never reached a backend (retries spent), by reason.",
+    );
+    for l in listeners {
+        for r in l.routes.iter().filter(|r| !r.is_http()) {
+            for (i, reason) in Reason::ROUTE_FAILURES.iter().enumerate() {
+                w.sample(
+                    "weir_route_connections_failed_total",
+                    &[
+                        ("listener", &l.name),
+                        ("route", &r.name),
+                        ("reason", reason.as_str()),
+                    ],
+                    r.stats.connections_failed[i].load(Relaxed),
+                );
+            }
+        }
+    }
+    w.family(
+        "weir_route_connect_duration_seconds",
+        Kind::Histogram,
+        "Time from the routing decision to a connected backend, on l4 routes: waits for a slot and retries included.",
+    );
+    for l in listeners {
+        for r in l.routes.iter().filter(|r| !r.is_http()) {
+            w.histogram(
+                "weir_route_connect_duration_seconds",
+                &[("listener", &l.name), ("route", &r.name)],
+                &r.stats.connect_duration.snapshot(),
             );
         }
     }

@@ -139,6 +139,20 @@ impl Reason {
         Reason::HeaderTimeout,
     ];
 
+    /// `weir_route_connections_failed_total{reason}`: why an l4 connection
+    /// routed to a pool never reached a backend (its retries spent).
+    pub const ROUTE_FAILURES: [Reason; 9] = [
+        Reason::NoBackend,
+        Reason::QueueFull,
+        Reason::QueueTimeout,
+        Reason::Timeout,
+        Reason::Refused,
+        Reason::Reset,
+        Reason::Tls,
+        Reason::ConnectOther,
+        Reason::LocalResources,
+    ];
+
     /// `weir_backend_connect_errors_total{reason}`.
     pub const CONNECT_ERRORS: [Reason; 6] = [
         Reason::Timeout,

@@ -24,6 +24,7 @@ pub(crate) fn serve<'a>(
     client: &'a mut Client,
 ) -> impl Future<Output = ()> + Send + 'a {
     async move {
+        let routed = std::time::Instant::now();
         // An operator may close it while it waits for a backend.
         let connected = tokio::select! {
             biased;
@@ -37,6 +38,7 @@ pub(crate) fn serve<'a>(
         };
         match connected {
             Ok((i, backend)) => {
+                route.stats.connect_duration.observe(routed.elapsed());
                 let _slot = crate::pool::SlotGuard {
                     pool: &upstream.pool,
                     index: i,
@@ -51,6 +53,7 @@ pub(crate) fn serve<'a>(
                 let took = client.accepted_at.elapsed();
                 route.stats.connection_duration.observe(took);
                 let reason = failed.reason;
+                route.stats.connection_failed(reason);
                 let tried = failed.describe(&upstream.pool);
                 if Reason::REJECTIONS.contains(&reason) {
                     // No backend, or weir out of descriptors: a refusal.

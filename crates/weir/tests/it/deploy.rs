@@ -14,6 +14,8 @@ use crate::cli::repo_root;
 
 const ALERTS: &str = "deploy/prometheus/alerts.yml";
 const ALERTS_TEST: &str = "deploy/prometheus/alerts_test.yml";
+const SLO: &str = "deploy/prometheus/slo.yml";
+const SLO_TEST: &str = "deploy/prometheus/slo_test.yml";
 const DASHBOARD: &str = "deploy/grafana/weir-dashboard.json";
 const METRICS_DOC: &str = "docs/metrics.md";
 
@@ -31,6 +33,20 @@ const EXPECTED_ALERTS: [&str; 12] = [
     "WeirAuthCircuitBreakerOpen",
     "WeirAuthFailuresRising",
     "WeirTracingSpansDropped",
+];
+
+/// The burn-rate alerts of the SLO rules (see deploy/README.md).
+const SLO_ALERTS: [&str; 4] = [
+    "WeirRouteErrorBudgetBurn",
+    "WeirRouteErrorBudgetBurnSlow",
+    "WeirListenerErrorBudgetBurn",
+    "WeirListenerErrorBudgetBurnSlow",
+];
+
+/// Each rules file, its promtool tests, and the alerts it must define.
+const RULE_FILES: [(&str, &str, &[&str]); 2] = [
+    (ALERTS, ALERTS_TEST, &EXPECTED_ALERTS),
+    (SLO, SLO_TEST, &SLO_ALERTS),
 ];
 
 fn read(rel: &str) -> String {
@@ -80,15 +96,25 @@ fn promtool_checks_the_alert_rules() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let want = format!("SUCCESS: {} rules found", EXPECTED_ALERTS.len());
     assert!(stdout.contains(&want), "expected {want:?} in:\n{stdout}");
+
+    // The SLO file: its alerts plus a recording rule per window, SLO and scope.
+    let out = promtool(&["check", "rules", SLO]);
+    assert_success(&format!("promtool check rules {SLO}"), &out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let records = read(SLO).matches("- record: ").count();
+    let want = format!("SUCCESS: {} rules found", records + SLO_ALERTS.len());
+    assert!(stdout.contains(&want), "expected {want:?} in:\n{stdout}");
 }
 
 #[test]
 fn promtool_unit_tests_of_the_alert_rules_pass() {
-    // rule_files in the test file is relative to the test file itself.
-    let out = promtool(&["test", "rules", ALERTS_TEST]);
-    assert_success(&format!("promtool test rules {ALERTS_TEST}"), &out);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("SUCCESS"), "no SUCCESS in:\n{stdout}");
+    for (_, tests, _) in RULE_FILES {
+        // rule_files in the test file is relative to the test file itself.
+        let out = promtool(&["test", "rules", tests]);
+        assert_success(&format!("promtool test rules {tests}"), &out);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("SUCCESS"), "no SUCCESS in:\n{stdout}");
+    }
 }
 
 /// One `- alert:` block of the rules file, as lines.
@@ -114,11 +140,20 @@ fn alert_blocks(rules: &str) -> BTreeMap<String, String> {
 
 #[test]
 fn every_alert_is_complete_and_tested_both_ways() {
-    let rules = read(ALERTS);
-    assert!(rules.contains("- name: weir\n"), "no rule group `weir`");
+    assert!(
+        read(ALERTS).contains("- name: weir\n"),
+        "no rule group `weir`"
+    );
+    for (rules, tests, expected) in RULE_FILES {
+        alerts_complete_and_tested(rules, tests, expected);
+    }
+}
+
+fn alerts_complete_and_tested(rules: &str, tests: &str, expected: &[&str]) {
+    let rules = read(rules);
     let blocks = alert_blocks(&rules);
     let names: BTreeSet<&str> = blocks.keys().map(String::as_str).collect();
-    assert_eq!(names, EXPECTED_ALERTS.into_iter().collect::<BTreeSet<_>>());
+    assert_eq!(names, expected.iter().copied().collect::<BTreeSet<_>>());
     for (name, block) in &blocks {
         for key in ["expr:", "for:", "severity:", "summary:", "description:"] {
             assert!(
@@ -138,7 +173,7 @@ fn every_alert_is_complete_and_tested_both_ways() {
 
     // In the promtool tests, every alert needs a case where it fires (a non-empty
     // exp_alerts) and one where it must not (exp_alerts: []).
-    let tests = read(ALERTS_TEST);
+    let tests = read(tests);
     let mut fires = BTreeSet::new();
     let mut silent = BTreeSet::new();
     let mut lines = tests.lines().map(str::trim).filter(|l| !l.is_empty());
@@ -153,7 +188,7 @@ fn every_alert_is_complete_and_tested_both_ways() {
             other => panic!("alertname {name} is followed by {other:?}, not exp_alerts"),
         };
     }
-    for name in EXPECTED_ALERTS {
+    for &name in expected {
         assert!(fires.contains(name), "no promtool case where {name} fires");
         assert!(
             silent.contains(name),
@@ -418,14 +453,20 @@ fn every_metric_named_in_deploy_is_documented() {
     dash.strings(&mut strings);
     for expr in dashboard_exprs(&dash) {
         assert!(
-            !weir_names(&expr).is_empty() || expr.contains("process_"),
+            !weir_names(&expr).is_empty()
+                || !recorded_names(&expr).is_empty()
+                || expr.contains("process_"),
             "dashboard query names no weir metric: {expr:?}"
         );
     }
 
     let mut used = BTreeSet::new();
     let mut undocumented = Vec::new();
-    let sources = [(ALERTS, rules), (DASHBOARD, strings.join("\n"))];
+    let sources = [
+        (ALERTS, rules),
+        (SLO, read(SLO)),
+        (DASHBOARD, strings.join("\n")),
+    ];
     for (file, text) in &sources {
         for name in weir_names(text) {
             match family_of(&name, &families) {
@@ -460,6 +501,57 @@ fn every_metric_named_in_deploy_is_documented() {
         "weir_backend_transitions_total",
     ] {
         assert!(used.contains(family), "{family} is not used in deploy/");
+    }
+}
+
+/// Every `weir:` recording-rule name (`weir:what:how`) in `text`.
+fn recorded_names(text: &str) -> BTreeSet<String> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    text.match_indices("weir:")
+        .filter(|(at, _)| !text[..*at].chars().next_back().is_some_and(is_name))
+        .map(|(at, _)| {
+            let end = text[at..]
+                .find(|c| !is_name(c))
+                .map_or(text.len(), |n| at + n);
+            text[at..end].to_string()
+        })
+        .filter(|name| name.matches(':').count() == 2)
+        .collect()
+}
+
+#[test]
+fn every_recorded_series_used_is_recorded() {
+    let slo = read(SLO);
+    let recorded: BTreeSet<String> = slo
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- record: "))
+        .map(str::to_string)
+        .collect();
+    // Seven windows for each scope, the 30-day window, the budget left, the budgets.
+    for scope in ["route", "listener"] {
+        for w in ["5m", "30m", "1h", "2h", "6h", "1d", "3d", "30d"] {
+            let name = format!("weir:{scope}_slo_errors:ratio_rate{w}");
+            assert!(recorded.contains(&name), "{SLO} does not record {name}");
+        }
+        let name = format!("weir:{scope}_slo_error_budget_remaining:ratio");
+        assert!(recorded.contains(&name), "{SLO} does not record {name}");
+    }
+    let dash = Json::parse(&read(DASHBOARD));
+    let used_in_dashboard = recorded_names(&dashboard_exprs(&dash).join("\n"));
+    assert!(
+        used_in_dashboard.contains("weir:route_slo_error_budget_remaining:ratio"),
+        "the dashboard has no SLO row"
+    );
+    for (file, text) in [
+        (SLO, slo),
+        (DASHBOARD, dashboard_exprs(&dash).join("\n")),
+    ] {
+        for name in recorded_names(&text) {
+            assert!(
+                recorded.contains(&name),
+                "{file} uses {name}, which {SLO} does not record"
+            );
+        }
     }
 }
 

@@ -114,7 +114,11 @@ fn a_real_prometheus_scrapes_weir_and_answers_a_query() {
         dir.join("prometheus.yml"),
         format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: weir\n    static_configs:\n      - targets: [\"{admin}\"]\n"
+             rule_files:\n  - \"{slo}\"\n\
+             scrape_configs:\n  - job_name: weir\n    static_configs:\n      - targets: [\"{admin}\"]\n",
+            slo = crate::cli::repo_root()
+                .join("deploy/prometheus/slo.yml")
+                .display()
         ),
     )
     .expect("config");
@@ -167,5 +171,33 @@ fn a_real_prometheus_scrapes_weir_and_answers_a_query() {
     // The scrape target is healthy in Prometheus' own view.
     let targets = http_get(web, "/api/v1/targets");
     assert!(targets.contains("\"health\":\"up\""), "{targets}");
+
+    // The SLO rules of deploy/ find weir's series: with traffic seen between
+    // scrapes, the route's availability and latency error ratios are recorded,
+    // both 0 (every connection reached the echo backend, on loopback within
+    // the 0.1 s threshold).
+    for slo in ["availability", "latency"] {
+        let query = format!(
+            "/api/v1/query?query=weir%3Aroute_slo_errors%3Aratio_rate5m%7Bslo%3D%22{slo}%22%7D"
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            echo_through(front);
+            let answer = http_get(web, &query);
+            if answer.contains("\"route\":\"r\"") {
+                assert!(answer.contains("\"protocol\":\"tcp\""), "{answer}");
+                assert!(
+                    answer.contains(",\"0\"]"),
+                    "{slo} error ratio is not 0: {answer}"
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus never recorded the route's {slo} ratio; last answer: {answer}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
