@@ -24,7 +24,9 @@ pub(crate) fn serve<'a>(
     client: &'a mut Client,
 ) -> impl Future<Output = ()> + Send + 'a {
     async move {
-        let routed = std::time::Instant::now();
+        // Kept small (a task holds it across the connect): microseconds
+        // since accept, saturating at 71 minutes.
+        let routed = micros(client.accepted_at.elapsed());
         // An operator may close it while it waits for a backend.
         let connected = tokio::select! {
             biased;
@@ -38,7 +40,11 @@ pub(crate) fn serve<'a>(
         };
         match connected {
             Ok((i, backend)) => {
-                route.stats.connect_duration.observe(routed.elapsed());
+                let connected = micros(client.accepted_at.elapsed()).saturating_sub(routed);
+                route
+                    .stats
+                    .connect_duration
+                    .observe(std::time::Duration::from_micros(connected.into()));
                 let _slot = crate::pool::SlotGuard {
                     pool: &upstream.pool,
                     index: i,
@@ -72,6 +78,10 @@ pub(crate) fn serve<'a>(
             }
         }
     }
+}
+
+fn micros(d: std::time::Duration) -> u32 {
+    u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
 }
 
 /// Relays a connection established to backend `b`, and logs its end. Not an

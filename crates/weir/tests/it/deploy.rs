@@ -542,10 +542,7 @@ fn every_recorded_series_used_is_recorded() {
         used_in_dashboard.contains("weir:route_slo_error_budget_remaining:ratio"),
         "the dashboard has no SLO row"
     );
-    for (file, text) in [
-        (SLO, slo),
-        (DASHBOARD, dashboard_exprs(&dash).join("\n")),
-    ] {
+    for (file, text) in [(SLO, slo), (DASHBOARD, dashboard_exprs(&dash).join("\n"))] {
         for name in recorded_names(&text) {
             assert!(
                 recorded.contains(&name),
