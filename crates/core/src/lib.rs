@@ -46,7 +46,8 @@ pub mod upstream;
 pub use frontend::{accept_pause, bind, in_use};
 pub use reason::{Reason, Side};
 pub use server::{
-    ControlError, LastReload, Options, ReloadError, Reloaded, Server, Snapshot, StartError,
+    ControlError, Inherited, LastReload, Options, PassedSocket, ReloadError, Reloaded, Server,
+    Snapshot, StartError,
 };
 pub use statefile::{Saved, millis};
 pub use upstream::Upstream;

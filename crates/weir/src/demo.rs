@@ -39,20 +39,26 @@ pub(crate) fn run(demo: &Demo) -> Result<()> {
         let takeover = crate::Takeover::Refuse {
             hint: "Stop it, or choose other addresses with --listen, --admin and --grpc",
         };
-        crate::serve(config, None, takeover, |server, admin| {
-            // With port 0 the kernel chose: show the addresses actually bound.
-            let listen = server
-                .local_addrs("web")
-                .first()
-                .copied()
-                .unwrap_or(demo.listen);
-            let grpc = admin.grpc.unwrap_or(demo.grpc);
-            let text = instructions(demo, &toml, (listen, admin.http, grpc), &backends);
-            #[allow(clippy::print_stdout)]
-            {
-                print!("{text}");
-            }
-        })
+        crate::serve(
+            config,
+            None,
+            takeover,
+            weir_core::Inherited::default(),
+            |server, admin| {
+                // With port 0 the kernel chose: show the addresses actually bound.
+                let listen = server
+                    .local_addrs("web")
+                    .first()
+                    .copied()
+                    .unwrap_or(demo.listen);
+                let grpc = admin.grpc.unwrap_or(demo.grpc);
+                let text = instructions(demo, &toml, (listen, admin.http, grpc), &backends);
+                #[allow(clippy::print_stdout)]
+                {
+                    print!("{text}");
+                }
+            },
+        )
         .await
     })
 }

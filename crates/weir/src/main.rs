@@ -2,6 +2,7 @@
 //! wiring of the data plane ([`weir_core`]) with the admin endpoint
 //! ([`weir_admin`]). This is the only crate that uses `anyhow`.
 
+mod activation;
 mod ctl;
 mod demo;
 mod notify;
@@ -333,9 +334,12 @@ pub(crate) fn build_runtime(worker_threads: usize) -> Result<tokio::runtime::Run
 }
 
 fn run(config: Config, path: PathBuf, takeover: Takeover) -> Result<()> {
+    // First: taking the descriptors changes the environment, which only a
+    // process without other threads may do.
+    let inherited = activation::from_env()?;
     init_logging(&config.log)?;
     let runtime = build_runtime(config.runtime.worker_threads)?;
-    runtime.block_on(serve(config, Some(path), takeover, |_, _| {}))
+    runtime.block_on(serve(config, Some(path), takeover, inherited, |_, _| {}))
 }
 
 /// Whether weir may start on addresses another process listens on.
@@ -363,7 +367,9 @@ impl From<bool> for Takeover {
 }
 
 /// Refuses to start on an address another process listens on, naming it.
-fn check_free(config: &Config, hint: &str) -> Result<()> {
+/// The addresses of listeners served by sockets systemd passed are in use by
+/// those very sockets.
+fn check_free(config: &Config, inherited: &weir_core::Inherited, hint: &str) -> Result<()> {
     let mut addresses: Vec<(String, SocketAddr, bool)> = Vec::new();
     addresses.extend(
         config
@@ -378,6 +384,9 @@ fn check_free(config: &Config, hint: &str) -> Result<()> {
             .map(|a| ("admin.grpc".to_owned(), a, false)),
     );
     for (i, l) in config.listeners.iter().enumerate() {
+        if inherited.serves(&l.name) {
+            continue;
+        }
         for (j, &a) in l.bind.iter().enumerate() {
             let what = format!("listeners[{i}].bind[{j}] ({})", l.name);
             addresses.push((what, a, l.udp.is_some()));
@@ -410,6 +419,7 @@ pub(crate) async fn serve(
     config: Config,
     config_path: Option<PathBuf>,
     takeover: Takeover,
+    inherited: weir_core::Inherited,
     started: impl FnOnce(&Server, AdminAddrs),
 ) -> Result<()> {
     let notifier = Arc::new(notify::Notifier::from_env());
@@ -418,8 +428,9 @@ pub(crate) async fn serve(
     let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut hup = signal(tokio::signal::unix::SignalKind::hangup())?;
+    inherited.check_names(&config)?;
     if let Takeover::Refuse { hint } = takeover {
-        check_free(&config, hint)?;
+        check_free(&config, &inherited, hint)?;
     }
     check_descriptors(&config);
     // Both admin ports are bound before the data plane starts, so a taken
@@ -456,9 +467,14 @@ pub(crate) async fn serve(
         tokio::spawn(admin.serve(Arc::clone(&handle), build, stats, limits, stop));
     }
     let layer = Arc::new(weir_http::Layer::new());
+    for (name, addr, udp) in inherited.sockets() {
+        let protocol = if udp { "udp" } else { "tcp" };
+        tracing::info!(name, %addr, protocol, "socket passed by systemd");
+    }
     let options = weir_core::Options {
         config_path,
         http: Some(Arc::clone(&layer) as Arc<dyn weir_core::l7::HttpLayer>),
+        inherited,
     };
     let server = Server::start_with(config, options).await?;
     handle.set(Arc::clone(&server));

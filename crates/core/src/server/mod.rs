@@ -34,6 +34,7 @@ mod connections;
 mod control;
 mod explain;
 mod firewall;
+mod inherited;
 mod metrics;
 mod reload;
 mod shutdown;
@@ -50,6 +51,8 @@ use arc_swap::ArcSwap;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+pub use inherited::{Inherited, PassedSocket};
 use weir_config::Config;
 
 pub use backends::{Origin, Origins, RuntimeBackend};
@@ -71,6 +74,19 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// A listener served by sockets systemd passed, which do not fit it.
+    #[error("listeners[{index}] ({name}): {message}")]
+    Passed {
+        index: usize,
+        name: String,
+        message: String,
+    },
+    /// Sockets systemd passed under names no listener has.
+    #[error(
+        "systemd passed sockets named {0}, and no listener has that name: set each socket's \
+         FileDescriptorName= to the name of the listener it is for"
+    )]
+    UnknownSockets(String),
     /// A backend name that does not resolve, named by its key path.
     #[error("{0}")]
     Resolve(weir_config::ConfigError),
@@ -162,6 +178,8 @@ pub struct Options {
     pub config_path: Option<PathBuf>,
     /// What serves l7 routes; without it a config with one fails to start.
     pub http: Option<Arc<dyn crate::l7::HttpLayer>>,
+    /// Listening sockets systemd passed (socket activation).
+    pub inherited: Inherited,
 }
 
 /// One complete, immutable runtime configuration.
@@ -242,6 +260,7 @@ impl Server {
     /// bound before any accepts, so a bad address fails the start as a whole.
     /// Must be called inside a tokio runtime.
     pub async fn start_with(config: Config, options: Options) -> Result<Arc<Server>, StartError> {
+        options.inherited.check_names(&config)?;
         let persistence = match &config.state.path {
             Some(path) => {
                 let (path, keep) = (path.clone(), config.state.history);
@@ -278,7 +297,7 @@ impl Server {
                 bound: Vec::new(),
                 stop_health: CancellationToken::new(),
             }),
-            sockets: Mutex::default(),
+            sockets: Mutex::new(sockets::Sockets::new(options.inherited)),
             control: tokio::sync::Mutex::new(()),
             journal,
             persistence,

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use weir_config::Config;
 
 use super::StartError;
+use super::inherited::Inherited;
 use crate::frontend;
 use crate::listener::Listener;
 
@@ -76,19 +77,55 @@ pub(super) struct Switched {
     pub(super) closing: Vec<CancellationToken>,
 }
 
-/// Every listening socket, by key.
+/// Every listening socket, by key, and the sockets systemd passed.
 #[derive(Debug, Default)]
-pub(super) struct Sockets(HashMap<SocketKey, Bound>);
+pub(super) struct Sockets {
+    bound: HashMap<SocketKey, Bound>,
+    inherited: Inherited,
+}
 
 impl Sockets {
+    pub(super) fn new(inherited: Inherited) -> Sockets {
+        Sockets {
+            bound: HashMap::new(),
+            inherited,
+        }
+    }
+
     /// Binds every address of `config` that has no socket yet; the first
     /// failure drops what was bound so far (closing it) and says where.
     pub(super) fn bind_new(&self, config: &Config) -> Result<Fresh, StartError> {
         let mut fresh: Fresh = Vec::new();
         for (index, l) in config.listeners.iter().enumerate() {
+            let passed = self.inherited.serves(&l.name);
+            let refuse = |message: String| StartError::Passed {
+                index,
+                name: l.name.clone(),
+                message,
+            };
+            if passed {
+                let left: Vec<String> = self
+                    .inherited
+                    .left_over(l)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                if !left.is_empty() {
+                    return Err(refuse(format!(
+                        "systemd passed sockets named {:?} on {}, which `bind` does not list: \
+                         list the same addresses in `bind` as in the socket unit",
+                        l.name,
+                        left.join(", ")
+                    )));
+                }
+            }
             for (i, &addr) in l.bind.iter().enumerate() {
                 let key = SocketKey::new(l, i, addr);
-                if self.0.contains_key(&key) || fresh.iter().any(|(k, _)| *k == key) {
+                if self.bound.contains_key(&key) || fresh.iter().any(|(k, _)| *k == key) {
+                    continue;
+                }
+                if passed {
+                    fresh.push((key, self.inherited.take(l, addr).map_err(refuse)?));
                     continue;
                 }
                 let socket = if l.udp.is_some() {
@@ -124,7 +161,7 @@ impl Sockets {
             for (i, &addr) in l.bind.iter().enumerate() {
                 let key = SocketKey::new(l, i, addr);
                 wanted.push(key.clone());
-                if let Some(b) = self.0.get(&key) {
+                if let Some(b) = self.bound.get(&key) {
                     b.slot.store(Arc::clone(lst));
                     bound.push((l.name.clone(), b.local));
                     continue;
@@ -168,7 +205,7 @@ impl Sockets {
                 };
                 let kind = if l.udp.is_some() { "udp" } else { "tcp" };
                 tracing::info!(listener = %l.name, addr = %local, protocol = kind, "listening");
-                self.0.insert(
+                self.bound.insert(
                     key,
                     Bound {
                         local,
@@ -181,7 +218,7 @@ impl Sockets {
             }
         }
         let mut closing = Vec::new();
-        self.0.retain(|key, b| {
+        self.bound.retain(|key, b| {
             let keep = wanted.contains(key);
             if !keep {
                 tracing::info!(addr = %b.local, "no longer listening");

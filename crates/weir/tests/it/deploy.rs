@@ -859,9 +859,24 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         unit.replace("/usr/bin/weir", env!("CARGO_BIN_EXE_weir")),
     )
     .expect("write");
+    // The example socket unit of socket activation, beside the service it
+    // hands its socket to.
+    let socket_unit = read("deploy/systemd/weir-web.socket");
+    for line in ["FileDescriptorName=web", "Service=weir.service"] {
+        assert!(
+            socket_unit.lines().any(|l| l == line),
+            "the socket unit has no line {line:?}"
+        );
+    }
+    let socket_path = dir.join("weir-web.socket");
+    std::fs::write(&socket_path, socket_unit).expect("write");
     let out = run(
         "systemd-analyze",
-        &["verify", &path.to_string_lossy()],
+        &[
+            "verify",
+            &socket_path.to_string_lossy(),
+            &path.to_string_lossy(),
+        ],
         "scripts/test.sh installs the `systemd` package that provides it",
     );
     assert_success("systemd-analyze verify", &out);

@@ -104,3 +104,190 @@ fn weir_tells_systemd_when_it_is_ready_reloading_and_stopping() {
     drop(child);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A config with listener `web` on `front` in front of an echo backend.
+fn activated_config(tag: &str, front: std::net::SocketAddr, extra: &str) -> std::path::PathBuf {
+    temp_config(
+        tag,
+        &format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\nshutdown_timeout = \"5s\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n{extra}\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n",
+            echo_backend()
+        ),
+    )
+}
+
+fn echo_once(front: std::net::SocketAddr) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&front, DEADLINE)?;
+    s.set_read_timeout(Some(DEADLINE))?;
+    s.write_all(b"ping")?;
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf)?;
+    if &buf != b"ping" {
+        return Err(std::io::Error::other("wrong echo"));
+    }
+    Ok(())
+}
+
+/// systemd's own tool binds the socket (without SO_REUSEPORT, so a bind of
+/// weir's would fail beside it) and passes it named: weir serves on it.
+#[test]
+fn weir_serves_on_a_socket_systemd_passes_by_name() {
+    let Some(activate) = crate::cli::which("systemd-socket-activate") else {
+        panic!("systemd-socket-activate is not installed: scripts/test.sh installs `systemd`");
+    };
+    let front = free_port();
+    let file = activated_config("activate", front, "");
+    let mut cmd = std::process::Command::new(activate);
+    cmd.arg("--listen")
+        .arg(front.to_string())
+        .arg("--fdname=web")
+        .arg(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "--config"])
+        .arg(&file)
+        .stdout(std::process::Stdio::piped());
+    // The tool starts weir when the first client connects.
+    let mut child = cmd.spawn().expect("spawn");
+    let out = crate::cli::lines(&mut child);
+    let _weir = crate::cli::Running(child);
+    crate::cli::wait_connectable(front);
+    for _ in 0..3 {
+        echo_once(front).expect("echo through the passed socket");
+    }
+    crate::cli::wait_line(&out, "weir started");
+
+    // A name no listener has is refused at start, saying what to set.
+    let other = free_port();
+    let file = activated_config("activate-unknown", other, "");
+    let stderr = refused_start(other, "weir.socket", &file);
+    assert!(
+        stderr.contains("systemd passed sockets named \"weir.socket\"")
+            && stderr.contains("FileDescriptorName="),
+        "{stderr}"
+    );
+
+    // A passed socket on another address than `bind` says is refused too.
+    let (bound, elsewhere) = (free_port(), free_port());
+    let file = activated_config("activate-elsewhere", elsewhere, "");
+    let stderr = refused_start(bound, "web", &file);
+    assert!(
+        stderr.contains(&format!("on {bound}, which `bind` does not list")),
+        "{stderr}"
+    );
+}
+
+/// Runs weir under `systemd-socket-activate` with a socket on `addr` named
+/// `name`, expecting it to refuse to start; returns its stderr.
+fn refused_start(addr: std::net::SocketAddr, name: &str, file: &std::path::Path) -> String {
+    use std::io::Read;
+    let mut child = std::process::Command::new(
+        crate::cli::which("systemd-socket-activate").expect("installed"),
+    )
+    .arg("--listen")
+    .arg(addr.to_string())
+    .arg(format!("--fdname={name}"))
+    .arg(env!("CARGO_BIN_EXE_weir"))
+    .args(["run", "--config"])
+    .arg(file)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("spawn");
+    // The tool starts weir when the first client connects.
+    crate::cli::wait_connectable(addr);
+    let status = crate::cli::wait_exit(&mut child);
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut stderr)
+        .expect("stderr");
+    assert!(!status.success(), "weir started: {stderr}");
+    stderr
+}
+
+/// What systemd does on `systemctl restart` of a socket-activated service: it
+/// keeps the listening socket while one weir stops and the next starts, so
+/// clients that connect in between wait in its backlog instead of being
+/// refused. The test holds the socket and passes it to each weir the way
+/// systemd does (descriptor 3, LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES).
+#[test]
+fn a_restart_on_a_passed_socket_refuses_no_connection() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let front = socket.local_addr().expect("addr");
+    let file = activated_config("restart", front, "");
+    let start = || {
+        // The socket becomes the shell's stdin, then descriptor 3 of weir,
+        // which keeps the shell's PID.
+        let fd = std::os::fd::OwnedFd::from(socket.try_clone().expect("dup"));
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(
+                "exec 3<&0 0</dev/null; export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=web; \
+                 exec \"$0\" run --config \"$1\"",
+            )
+            .arg(env!("CARGO_BIN_EXE_weir"))
+            .arg(&file)
+            .stdin(std::process::Stdio::from(fd));
+        start_weir(cmd)
+    };
+    let (mut first, _out) = start();
+
+    // Clients connect back to back through the restart.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (served, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, served, failed) = (stop.clone(), served.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let mut errors = Vec::new();
+                while !stop.load(Relaxed) {
+                    match echo_once(front) {
+                        Ok(()) => served.fetch_add(1, Relaxed),
+                        Err(e) => {
+                            errors.push(e.to_string());
+                            failed.fetch_add(1, Relaxed)
+                        }
+                    };
+                }
+                errors
+            })
+        })
+        .collect();
+    let wait_for_more = |n: usize| {
+        let end = Instant::now() + DEADLINE;
+        let from = served.load(Relaxed);
+        while served.load(Relaxed) < from + n {
+            assert!(Instant::now() < end, "clients stalled");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_for_more(200);
+    // Stop the first; start the second only once the first has exited, as
+    // systemd does.
+    signal(&first.0, rustix::process::Signal::TERM);
+    let status = crate::cli::wait_exit(&mut first.0);
+    assert!(status.success(), "{status}");
+    let before = served.load(Relaxed);
+    let (_second, _out) = start();
+    wait_for_more(200);
+    stop.store(true, Relaxed);
+    let errors: Vec<String> = clients
+        .into_iter()
+        .flat_map(|c| c.join().expect("client"))
+        .collect();
+    let total = served.load(Relaxed);
+    eprintln!(
+        "{total} connections, {} after the first weir exited, {} failed",
+        total - before,
+        failed.load(Relaxed)
+    );
+    assert_eq!(failed.load(Relaxed), 0, "failed connections: {errors:?}");
+}
