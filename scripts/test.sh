@@ -12,7 +12,9 @@ cd "$(dirname "$0")/.."
 # upgrade test runs in a network namespace of its own (unshare and nsenter from
 # util-linux, ip from iproute2, sysctl from procps); dnsmasq as a DNS backend and
 # dig as its client for the UDP listeners; chromium, headless, for the status
-# page. Installed only when missing, with one apt-get update.
+# page; systemd for systemd-analyze and systemd-socket-activate; dpkg-dev
+# (dpkg-shlibdeps) and man-db for the Debian package test. Installed only when
+# missing, with one apt-get update.
 packages=()
 command -v nginx >/dev/null 2>&1 || packages+=(nginx)
 command -v haproxy >/dev/null 2>&1 || packages+=(haproxy)
@@ -29,6 +31,8 @@ command -v dnsmasq >/dev/null 2>&1 || packages+=(dnsmasq-base)
 command -v dig >/dev/null 2>&1 || packages+=(bind9-dnsutils)
 command -v chromium >/dev/null 2>&1 || packages+=(chromium)
 command -v systemd-analyze >/dev/null 2>&1 || packages+=(systemd)
+command -v dpkg-shlibdeps >/dev/null 2>&1 || packages+=(dpkg-dev)
+command -v man >/dev/null 2>&1 || packages+=(man-db)
 if ((${#packages[@]})); then
     if [ "$(id -u)" -ne 0 ]; then
         echo "missing ${packages[*]}: install them or run as root" >&2
@@ -48,6 +52,9 @@ python3 -c 'import grpc, websockets, mmdb_writer, opentelemetry.proto
 import jsonschema, openapi_spec_validator, playwright' 2>/dev/null \
     || python3 -m pip install -q --disable-pip-version-check grpcio websockets mmdb-writer \
         opentelemetry-proto jsonschema openapi-spec-validator playwright
+
+# cargo-deb builds the Debian package the package test installs.
+command -v cargo-deb >/dev/null 2>&1 || cargo install cargo-deb --locked --quiet
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -5,6 +5,8 @@
 mod activation;
 mod ctl;
 mod demo;
+mod handover;
+mod manual;
 mod notify;
 
 use std::io::IsTerminal;
@@ -23,11 +25,13 @@ use weir_core::Server;
 #[command(
     name = "weir",
     version,
-    about = "A layer-4 load balancer whose operators can see and steer everything",
-    long_about = "weir proxies TCP connections to pools of backends (round robin, least \
-                  connections, two random choices, first, Maglev), with retries, limits, \
-                  access logs and graceful shutdown.\n\nStart with `weir demo` for a \
-                  self-contained first look, or `weir run --config weir.toml`."
+    about = "A load balancer whose operators can see and steer everything",
+    long_about = "weir balances TCP, TLS, HTTP/1.1, HTTP/2, gRPC, WebSocket and UDP traffic \
+                  over pools of backends (round robin, least connections, two random \
+                  choices, first, Maglev), with health checks, failover tiers, retries, \
+                  limits, a firewall, access logs, metrics and a control API.\n\nStart \
+                  with `weir demo` for a self-contained first look, or `weir run --config \
+                  weir.toml`."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -178,6 +182,19 @@ enum Command {
         #[arg(long)]
         show_config: bool,
     },
+    /// Print the shell completion script for `shell`.
+    ///
+    /// bash: `weir completions bash > /etc/bash_completion.d/weir`; zsh: into a
+    /// directory of `$fpath` as `_weir`; fish: into
+    /// `~/.config/fish/completions/weir.fish`.
+    Completions { shell: clap_complete::Shell },
+    /// Write the manual pages: weir(1) and one page per command (weir-run(1),
+    /// weir-backend-drain(1), ...), from the same definitions as `--help`.
+    Man {
+        /// Directory to write the pages into (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -235,6 +252,8 @@ fn main() -> ExitCode {
         Command::Listener { command, target } => {
             return ctl::run(&target, ctl::Request::Listener(command));
         }
+        Command::Completions { shell } => manual::completions::<Cli>(shell),
+        Command::Man { dir } => manual::man_pages::<Cli>(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -428,6 +447,7 @@ pub(crate) async fn serve(
     let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut hup = signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut usr2 = signal(tokio::signal::unix::SignalKind::user_defined2())?;
     inherited.check_names(&config)?;
     if let Takeover::Refuse { hint } = takeover {
         check_free(&config, &inherited, hint)?;
@@ -471,6 +491,8 @@ pub(crate) async fn serve(
         let protocol = if udp { "udp" } else { "tcp" };
         tracing::info!(name, %addr, protocol, "socket passed by systemd");
     }
+    let passed_sockets = !inherited.is_empty();
+    let handover_config = config_path.clone();
     let options = weir_core::Options {
         config_path,
         http: Some(Arc::clone(&layer) as Arc<dyn weir_core::l7::HttpLayer>),
@@ -505,7 +527,19 @@ pub(crate) async fn serve(
     started(&server, bound);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "weir started");
     // The first probe round is done and every listener accepts.
-    notifier.ready(&serving_status(&server));
+    match handover::predecessor() {
+        Some(old) => {
+            // Started by SIGUSR2 to replace `old`: become the service's main
+            // process, then let the old one go.
+            notifier.send(&handover::main_pid_message(&serving_status(&server)));
+            tracing::info!(
+                pid = old.as_raw_nonzero().get(),
+                "taking over: the previous process stops accepting"
+            );
+            let _ = rustix::process::kill_process(old, rustix::process::Signal::TERM);
+        }
+        None => notifier.ready(&serving_status(&server)),
+    }
     if notifier.enabled()
         && let Some(every) = notify::watchdog_interval(
             std::env::var("WATCHDOG_USEC").ok().as_deref(),
@@ -515,8 +549,50 @@ pub(crate) async fn serve(
         notifier.spawn_watchdog(every);
     }
 
+    // A successor started by SIGUSR2 and not yet exited: its SIGTERM to us
+    // is a handover, not a stop of the service.
+    let successor = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         tokio::select! {
+            _ = usr2.recv() => {
+                use std::sync::atomic::Ordering::SeqCst;
+                let Some(path) = handover_config.as_deref() else {
+                    tracing::warn!("SIGUSR2 ignored: no configuration file to hand over with");
+                    continue;
+                };
+                if passed_sockets {
+                    tracing::error!("SIGUSR2 ignored: the listeners serve on sockets systemd passed, which a new process cannot share; `systemctl restart weir` keeps them open instead");
+                    continue;
+                }
+                if successor.swap(true, SeqCst) {
+                    tracing::warn!("SIGUSR2 ignored: a new version is already starting");
+                    continue;
+                }
+                match handover::start_successor(path) {
+                    Ok(mut child) => {
+                        let (successor, notifier) = (Arc::clone(&successor), Arc::clone(&notifier));
+                        // A thread of its own, not the runtime's: this
+                        // process exits while the successor lives on.
+                        let waiter = std::thread::Builder::new().name("successor".into()).spawn(move || {
+                            let status = child.wait();
+                            successor.store(false, SeqCst);
+                            let why = match status {
+                                Ok(s) => s.to_string(),
+                                Err(e) => e.to_string(),
+                            };
+                            tracing::error!(status = %why, "the new version exited; this process goes on serving");
+                            notifier.send(&notify::status(&format!("upgrade failed (the new version exited: {why}); the previous version serves")));
+                        });
+                        if let Err(e) = waiter {
+                            tracing::warn!(error = %e, "cannot watch the new version's process");
+                        }
+                    }
+                    Err(e) => {
+                        successor.store(false, SeqCst);
+                        tracing::error!(error = %e, "SIGUSR2: cannot start the new version; this process goes on serving");
+                    }
+                }
+            }
             _ = term.recv() => { tracing::info!("SIGTERM received"); break }
             _ = int.recv() => { tracing::info!("SIGINT received"); break }
             _ = hup.recv() => {
@@ -536,7 +612,14 @@ pub(crate) async fn serve(
         }
     }
     grpc_stop.cancel();
-    notifier.stopping("stopping: open connections finish within shutdown_timeout");
+    if successor.load(std::sync::atomic::Ordering::SeqCst) {
+        // Handed over: the service goes on in the successor.
+        notifier.send(&notify::status(
+            "handed over to the new version: open connections finish within shutdown_timeout",
+        ));
+    } else {
+        notifier.stopping("stopping: open connections finish within shutdown_timeout");
+    }
     server.shutdown();
     tokio::select! {
         () = server.wait() => {}

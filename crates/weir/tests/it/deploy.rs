@@ -836,6 +836,7 @@ fn the_systemd_unit_verifies_and_is_hardened() {
     let unit = read("deploy/systemd/weir.service");
     for line in [
         "Type=notify",
+        "NotifyAccess=all",
         "WatchdogSec=30s",
         "ExecReload=/usr/bin/weir check --config /etc/weir/weir.toml",
         "ExecReload=/bin/kill -HUP $MAINPID",

@@ -20,6 +20,7 @@ mod http_queue;
 mod http_streams;
 mod http_trace;
 mod observability;
+mod package;
 mod proxy_protocol;
 mod status_page;
 mod systemd;

@@ -11,7 +11,7 @@ use crate::cli::{DEADLINE, echo_backend, free_port, signal, start_weir, temp_con
 
 /// The next datagram whose text contains `needle`; the others are returned
 /// too, in order, for the caller to look at.
-fn wait_for(socket: &UnixDatagram, needle: &str, seen: &mut Vec<String>) -> String {
+pub(crate) fn wait_for(socket: &UnixDatagram, needle: &str, seen: &mut Vec<String>) -> String {
     let end = Instant::now() + DEADLINE;
     let mut buf = [0u8; 4096];
     loop {
@@ -30,16 +30,38 @@ fn wait_for(socket: &UnixDatagram, needle: &str, seen: &mut Vec<String>) -> Stri
     }
 }
 
+/// A datagram socket where systemd's would be, in a directory of its own
+/// (removed with the returned guard); `NOTIFY_SOCKET` is its path.
+pub(crate) struct NotifySocket {
+    pub(crate) dir: std::path::PathBuf,
+    pub(crate) path: std::path::PathBuf,
+    pub(crate) socket: UnixDatagram,
+}
+
+impl NotifySocket {
+    pub(crate) fn bind(tag: &str) -> NotifySocket {
+        let dir = std::env::temp_dir().join(format!("weir-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&path);
+        let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        NotifySocket { dir, path, socket }
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[test]
 fn weir_tells_systemd_when_it_is_ready_reloading_and_stopping() {
-    let dir = std::env::temp_dir().join(format!("weir-notify-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let path = dir.join("notify.sock");
-    let _ = std::fs::remove_file(&path);
-    let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
-    socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
+    let notify = NotifySocket::bind("notify");
+    let (path, socket) = (&notify.path, &notify.socket);
     let (front, backend) = (free_port(), echo_backend());
     let file = temp_config(
         "notify",
@@ -52,12 +74,12 @@ fn weir_tells_systemd_when_it_is_ready_reloading_and_stopping() {
     let mut cmd = weir();
     cmd.args(["run", "--config"])
         .arg(&file)
-        .env("NOTIFY_SOCKET", &path)
+        .env("NOTIFY_SOCKET", path)
         .env("WATCHDOG_USEC", "200000")
         .env_remove("WATCHDOG_PID");
     let (child, _out) = start_weir(cmd);
     let mut seen = Vec::new();
-    let ready = wait_for(&socket, "READY=1", &mut seen);
+    let ready = wait_for(socket, "READY=1", &mut seen);
     assert!(
         ready.contains("STATUS=serving: 1 listener(s), 1 pool(s), configuration generation 1"),
         "{ready}"
@@ -66,12 +88,12 @@ fn weir_tells_systemd_when_it_is_ready_reloading_and_stopping() {
     std::net::TcpStream::connect(front).expect("the listener accepts once READY=1 is sent");
     // The watchdog is pinged at half of WATCHDOG_USEC.
     let began = Instant::now();
-    wait_for(&socket, "WATCHDOG=1", &mut seen);
-    wait_for(&socket, "WATCHDOG=1", &mut seen);
+    wait_for(socket, "WATCHDOG=1", &mut seen);
+    wait_for(socket, "WATCHDOG=1", &mut seen);
     assert!(began.elapsed() < Duration::from_secs(2), "{seen:?}");
 
     signal(&child.0, rustix::process::Signal::HUP);
-    let reloading = wait_for(&socket, "RELOADING=1", &mut seen);
+    let reloading = wait_for(socket, "RELOADING=1", &mut seen);
     let usec: u64 = reloading
         .lines()
         .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
@@ -84,25 +106,24 @@ fn weir_tells_systemd_when_it_is_ready_reloading_and_stopping() {
         usec <= now_usec && now_usec - usec < 10_000_000,
         "MONOTONIC_USEC {usec}, now {now_usec}"
     );
-    let again = wait_for(&socket, "READY=1", &mut seen);
+    let again = wait_for(socket, "READY=1", &mut seen);
     assert!(again.contains("configuration generation 2"), "{again}");
 
     // A broken file: the reload fails, the old configuration serves, and
     // systemd is told so.
     std::fs::write(&file, "[[listeners]]\nname = 1\n").expect("break the file");
     signal(&child.0, rustix::process::Signal::HUP);
-    wait_for(&socket, "RELOADING=1", &mut seen);
-    let failed = wait_for(&socket, "READY=1", &mut seen);
+    wait_for(socket, "RELOADING=1", &mut seen);
+    let failed = wait_for(socket, "READY=1", &mut seen);
     assert!(
         failed.contains("STATUS=reload failed, the previous configuration serves"),
         "{failed}"
     );
 
     signal(&child.0, rustix::process::Signal::TERM);
-    let stopping = wait_for(&socket, "STOPPING=1", &mut seen);
+    let stopping = wait_for(socket, "STOPPING=1", &mut seen);
     assert!(stopping.contains("STATUS=stopping"), "{stopping}");
     drop(child);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A config with listener `web` on `front` in front of an echo backend.
@@ -290,4 +311,27 @@ fn a_restart_on_a_passed_socket_refuses_no_connection() {
         failed.load(Relaxed)
     );
     assert_eq!(failed.load(Relaxed), 0, "failed connections: {errors:?}");
+}
+
+/// SIGUSR2 when the new version cannot start (here: the file is broken by
+/// then): the running weir says so and goes on serving.
+#[test]
+fn a_failed_handover_leaves_the_running_weir_serving() {
+    let notify = NotifySocket::bind("handover");
+    let (path, socket) = (&notify.path, &notify.socket);
+    let front = free_port();
+    let file = activated_config("handover-fails", front, "");
+    let mut cmd = weir();
+    cmd.args(["run", "--config"])
+        .arg(&file)
+        .env("NOTIFY_SOCKET", path);
+    let (child, _out) = start_weir(cmd);
+    let mut seen = Vec::new();
+    wait_for(socket, "READY=1", &mut seen);
+    std::fs::write(&file, "[[listeners]\n").expect("break the file");
+    signal(&child.0, rustix::process::Signal::USR2);
+    let failed = wait_for(socket, "upgrade failed", &mut seen);
+    assert!(failed.contains("the previous version serves"), "{failed}");
+    assert!(!seen.iter().any(|m| m.contains("MAINPID=")), "{seen:?}");
+    echo_once(front).expect("still serving");
 }

@@ -95,28 +95,26 @@ fn wait_for_more(count: &AtomicUsize, more: usize) {
     }
 }
 
-#[test]
-fn a_second_weir_takes_over_without_a_failed_connection() {
-    let ns = Netns::new();
-
-    // The backend answers "ok" to every connection.
+/// A backend answering "ok" to every connection, inside the namespace.
+fn ok_backend(ns: &Netns) -> SocketAddr {
     let (tx, rx) = mpsc::channel();
-    {
-        let ns_path = ns.path.clone();
-        std::thread::spawn(move || {
-            enter(&ns_path);
-            let l = TcpListener::bind("127.0.0.1:0").expect("bind backend");
-            tx.send(l.local_addr().expect("addr")).expect("send");
-            for s in l.incoming() {
-                let Ok(mut s) = s else { break };
-                let _ = s.write_all(b"ok");
-            }
-        });
-    }
-    let backend: SocketAddr = rx.recv_timeout(DEADLINE).expect("backend");
-    let front: SocketAddr = "127.0.0.1:7400".parse().expect("addr");
-    let config = temp_config(
-        "upgrade",
+    let ns_path = ns.path.clone();
+    std::thread::spawn(move || {
+        enter(&ns_path);
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        tx.send(l.local_addr().expect("addr")).expect("send");
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            let _ = s.write_all(b"ok");
+        }
+    });
+    rx.recv_timeout(DEADLINE).expect("backend")
+}
+
+/// weir's config for the namespace: listener `l` on `front` before `backend`.
+fn upgrade_config(tag: &str, front: SocketAddr, backend: SocketAddr) -> PathBuf {
+    temp_config(
+        tag,
         &format!(
             "[admin]\nhttp = \"127.0.0.1:7490\"\ngrpc = \"127.0.0.1:7491\"\n\
              [log]\nformat = \"json\"\n\
@@ -124,40 +122,89 @@ fn a_second_weir_takes_over_without_a_failed_connection() {
              [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
              [[pools]]\nname = \"p\"\n[[pools.backends]]\nname = \"b\"\naddress = \"{backend}\"\n"
         ),
-    );
+    )
+}
+
+/// Four clients in the namespace, each opening one connection after another
+/// to `front` and reading "ok", until stopped.
+struct Clients {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Clients {
+    fn start(ns: &Netns, front: SocketAddr) -> Clients {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..4)
+            .map(|_| {
+                let (stop, done, failures) =
+                    (Arc::clone(&stop), Arc::clone(&done), Arc::clone(&failures));
+                let ns_path = ns.path.clone();
+                std::thread::spawn(move || {
+                    enter(&ns_path);
+                    while !stop.load(Ordering::SeqCst) {
+                        let result = TcpStream::connect_timeout(&front, Duration::from_secs(2))
+                            .and_then(|mut s| {
+                                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                                let mut answer = String::new();
+                                s.read_to_string(&mut answer)?;
+                                Ok(answer)
+                            });
+                        match result {
+                            Ok(a) if a == "ok" => {}
+                            Ok(a) => failures.lock().expect("lock").push(format!("answer {a:?}")),
+                            Err(e) => failures.lock().expect("lock").push(e.to_string()),
+                        }
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        Clients {
+            stop,
+            done,
+            failures,
+            threads,
+        }
+    }
+
+    /// Waits for `more` connections to complete.
+    fn wait_for_more(&self, more: usize) {
+        wait_for_more(&self.done, more);
+    }
+
+    /// Stops the clients; asserts none failed and returns how many ran.
+    fn finish(self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        for c in self.threads {
+            c.join().expect("client");
+        }
+        let failures = self.failures.lock().expect("lock");
+        let total = self.done.load(Ordering::SeqCst);
+        assert!(
+            failures.is_empty(),
+            "{} of {total} connections failed across the switch: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(10)]
+        );
+        total
+    }
+}
+
+#[test]
+fn a_second_weir_takes_over_without_a_failed_connection() {
+    let ns = Netns::new();
+    let backend = ok_backend(&ns);
+    let front: SocketAddr = "127.0.0.1:7400".parse().expect("addr");
+    let config = upgrade_config("upgrade", front, backend);
 
     let (mut old, old_out) = ns.weir_run(&config, &[]);
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(Mutex::new(Vec::new()));
-    // Four clients, each opening one connection after another.
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, done, failures) =
-                (Arc::clone(&stop), Arc::clone(&done), Arc::clone(&failures));
-            let ns_path = ns.path.clone();
-            std::thread::spawn(move || {
-                enter(&ns_path);
-                while !stop.load(Ordering::SeqCst) {
-                    let result = TcpStream::connect_timeout(&front, Duration::from_secs(2))
-                        .and_then(|mut s| {
-                            s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                            let mut answer = String::new();
-                            s.read_to_string(&mut answer)?;
-                            Ok(answer)
-                        });
-                    match result {
-                        Ok(a) if a == "ok" => {}
-                        Ok(a) => failures.lock().expect("lock").push(format!("answer {a:?}")),
-                        Err(e) => failures.lock().expect("lock").push(e.to_string()),
-                    }
-                    done.fetch_add(1, Ordering::SeqCst);
-                }
-            })
-        })
-        .collect();
-    wait_for_more(&done, 300);
+    let clients = Clients::start(&ns, front);
+    clients.wait_for_more(300);
 
     // A second weir on the same ports is refused unless it is an upgrade...
     let refused = ns.weir_cmd(&config, &[]).output().expect("run");
@@ -170,24 +217,13 @@ fn a_second_weir_takes_over_without_a_failed_connection() {
     // ...and with --upgrade it binds the same ports while the old one still
     // accepts.
     let (mut new, new_out) = ns.weir_run(&config, &["--upgrade"]);
-    wait_for_more(&done, 300);
+    clients.wait_for_more(300);
     signal(&old.0, rustix::process::Signal::TERM);
     let status = wait_exit(&mut old.0);
     assert_eq!(status.code(), Some(0), "the old weir exits cleanly");
-    wait_for_more(&done, 300);
-    stop.store(true, Ordering::SeqCst);
-    for c in clients {
-        c.join().expect("client");
-    }
+    clients.wait_for_more(300);
+    let total = clients.finish();
 
-    let failures = failures.lock().expect("lock");
-    let total = done.load(Ordering::SeqCst);
-    assert!(
-        failures.is_empty(),
-        "{} of {total} connections failed across the switch: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(10)]
-    );
     // Both processes served: the old one before the switch, the new one after.
     let served = |rx: &mpsc::Receiver<String>| {
         rx.try_iter()
@@ -203,4 +239,72 @@ fn a_second_weir_takes_over_without_a_failed_connection() {
         by_old >= 300 && by_new >= 300,
         "old served {by_old}, new {by_new} of {total}"
     );
+}
+
+/// The upgrade of a packaged weir (SIGUSR2): weir starts the new binary
+/// itself, which tells systemd it is the main process once it serves and
+/// stops the old one; the old one does not say the service stops.
+#[test]
+fn sigusr2_hands_over_to_a_new_process_without_a_failed_connection() {
+    let ns = Netns::new();
+    let backend = ok_backend(&ns);
+    let front: SocketAddr = "127.0.0.1:7400".parse().expect("addr");
+    let config = upgrade_config("handover", front, backend);
+    let notify = crate::systemd::NotifySocket::bind("handover-ns");
+    let mut seen = Vec::new();
+    let wait_for = |seen: &mut Vec<String>, needle: &str| {
+        crate::systemd::wait_for(&notify.socket, needle, seen)
+    };
+    let mut cmd = ns.weir_cmd(&config, &[]);
+    cmd.env("NOTIFY_SOCKET", &notify.path);
+    let (mut old, _old_out) = start_weir(cmd);
+    wait_for(&mut seen, "READY=1");
+    let clients = Clients::start(&ns, front);
+    clients.wait_for_more(300);
+
+    signal(&old.0, rustix::process::Signal::USR2);
+    // The successor's message names it the main process; the old process
+    // then reports the handover, never STOPPING=1.
+    let handed = wait_for(&mut seen, "MAINPID=");
+    assert!(handed.contains("READY=1"), "{handed}");
+    let new_pid: i32 = handed
+        .lines()
+        .find_map(|l| l.strip_prefix("MAINPID="))
+        .and_then(|p| p.parse().ok())
+        .expect("a pid");
+    assert_ne!(new_pid.unsigned_abs(), old.0.id());
+    // Ours to stop at the end, by its PID.
+    struct Successor(i32);
+    impl Drop for Successor {
+        fn drop(&mut self) {
+            if let Some(pid) = rustix::process::Pid::from_raw(self.0) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+    let successor = Successor(new_pid);
+    let status = wait_exit(&mut old.0);
+    assert_eq!(status.code(), Some(0), "the old weir exits cleanly");
+    wait_for(&mut seen, "handed over to the new version");
+    assert!(!seen.iter().any(|m| m.contains("STOPPING=1")), "{seen:?}");
+    // The new process serves alone now.
+    clients.wait_for_more(300);
+    let total = clients.finish();
+    assert!(total >= 600, "{total}");
+    let pid = rustix::process::Pid::from_raw(new_pid).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("the successor runs");
+    wait_for(&mut seen, "STOPPING=1");
+    let end = Instant::now() + DEADLINE;
+    // Gone, or a zombie its new parent has not reaped yet.
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{new_pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+    };
+    while running() {
+        assert!(Instant::now() < end, "the successor did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(successor);
 }
