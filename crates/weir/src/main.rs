@@ -48,6 +48,13 @@ enum Command {
     ///
     /// SIGHUP (like `weir reload`) reads the file again and applies it without
     /// losing a connection; a broken file changes nothing and is logged.
+    ///
+    /// SIGUSR2 upgrades in place: weir starts the program file it was started
+    /// from (a new version after a package upgrade) with `--upgrade`; once that
+    /// one serves, it takes over (systemd's main process) and this one drains.
+    ///
+    /// Under systemd, sockets passed by socket activation (LISTEN_FDS) serve
+    /// the listeners named by their FileDescriptorName=.
     Run {
         /// Configuration file (TOML).
         #[arg(short, long, default_value = "weir.toml", env = "WEIR_CONFIG")]
