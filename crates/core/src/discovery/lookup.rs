@@ -1,8 +1,9 @@
 //! Asking DNS, through hickory's resolver: SRV records and their targets'
 //! addresses, or a name's A and AAAA records, turned into an [`Outcome`].
 //! Everything in an answer is hostile input: records of other types are
-//! skipped, a target that does not resolve is left out (and said), and the
-//! whole resolution is bounded by the pool's `discover.timeout`.
+//! skipped, a target without addresses is left out (and said), a target
+//! whose lookup fails fails the whole resolution (the pool keeps its set),
+//! and the whole resolution is bounded by the pool's `discover.timeout`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -115,7 +116,20 @@ impl Lookup {
                         });
                     }
                 }
-                Err(e) => unresolved.push(format!("{}: {e}", srv.target)),
+                Err(e) => match failed(&e) {
+                    // The target has no address: an answer, the target is left out.
+                    Outcome::Empty { .. } => unresolved.push(format!("{}: {e}", srv.target)),
+                    // The target's lookup failed: the answer is incomplete, and
+                    // taken as a whole it would drain live backends. The pool
+                    // keeps what it has, as for any failed resolution.
+                    Outcome::Failed { why, detail } => {
+                        return Outcome::Failed {
+                            why,
+                            detail: format!("SRV target {}: {detail}", srv.target),
+                        };
+                    }
+                    Outcome::Records { .. } => {}
+                },
             }
         }
         if !unresolved.is_empty() {

@@ -90,25 +90,46 @@ def openapi(admin, token, config):
     pool, backend = "db", "a"
     concrete = lambda t: t.replace("{pool}", pool).replace("{backend}", backend).replace("{listener}", "front")
 
-    # An event of the stream, read while a change happens.
+    # The event stream, read while the changes below happen: one event of
+    # every kind (a backend's transition, a tier change, a firewall rule, a
+    # reload), each as its own named server-sent event.
     events = []
     ready = threading.Event()
+    kinds = {"backend", "tier", "firewall", "reload"}
 
     def read_events():
         host, port = admin.rsplit(":", 1)
         conn = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
         conn.request("GET", "/api/v1/events")
         r = conn.getresponse()
+        head = r.getheader("Content-Type", "")
         ready.set()
         lines = []
-        while True:
+        deadline = time.monotonic() + 3 * TIMEOUT
+        while time.monotonic() < deadline:
             line = r.readline().decode()
-            if line in ("", "\n") and lines:
+            if line == "":
                 break
-            if line.strip() and not line.startswith(":"):
+            if line == "\n" and lines:
+                events.append((head, "\n".join(lines)))
+                lines = []
+                if kinds <= {name for name, _ in parsed_events()}:
+                    break
+            elif line.strip() and not line.startswith(":"):
                 lines.append(line.rstrip("\n"))
         conn.close()
-        events.append((r.getheader("Content-Type", ""), "\n".join(lines)))
+
+    def parsed_events():
+        out = []
+        for _, body in events:
+            name = data = None
+            for line in body.splitlines():
+                if line.startswith("event:"):
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("data:") and data is None:
+                    data = json.loads(line.split(":", 1)[1])
+            out.append((name, data))
+        return out
 
     reader = threading.Thread(target=read_events)
     reader.start()
@@ -149,6 +170,12 @@ def openapi(admin, token, config):
          body={"address": "not-an-address"}, headers=auth, expect=400)
     call("post", "/pools/{pool}/backends", "/pools/nope/backends",
          body={"address": "127.0.0.1:9"}, headers=auth, expect=404)
+    # Both tier-0 backends out: the pool fails over to tier 1 (a tier
+    # event), and back.
+    call("post", BK + "/disable", "/pools/db/backends/a/disable", headers=auth)
+    call("post", BK + "/disable", "/pools/db/backends/b/disable", headers=auth)
+    call("post", BK + "/enable", "/pools/db/backends/a/enable", headers=auth)
+    call("post", BK + "/enable", "/pools/db/backends/b/enable", headers=auth)
     removed = call("post", BK + "/remove", "/pools/db/backends/extra/remove", headers=auth)
     check(removed["effective_weight"] == 0, f"removed {removed}")
     call("post", BK + "/remove", concrete(BK + "/remove"), headers=auth, expect=409)
@@ -208,19 +235,19 @@ def openapi(admin, token, config):
     status, _, answer = request(admin, "GET", base + "/nothing/here")
     check(status == 404 and validator({"$ref": "#/components/schemas/Error"}).is_valid(answer), f"{status} {answer}")
 
-    reader.join(TIMEOUT)
+    reader.join(3 * TIMEOUT)
     check(events, "no event read")
-    head, body = events[0]
-    check("text/event-stream" in head, f"events head {head}")
-    name = data = None
-    for line in body.splitlines():
-        if line.startswith("event:"):
-            name = line.split(":", 1)[1].strip()
-        elif line.startswith("data:") and data is None:
-            data = json.loads(line.split(":", 1)[1])
-    check(name == "backend", f"first event {body!r}")
-    errors = list(validator(schema_for("/events", "get", 200, "text/event-stream")).iter_errors(data))
-    check(not errors, f"event {data}: {errors[:3]}")
+    check("text/event-stream" in events[0][0], f"events head {events[0][0]}")
+    parsed = parsed_events()
+    check(parsed[0][0] == "backend", f"first event {events[0][1]!r}")
+    names = {name for name, _ in parsed}
+    check(kinds <= names, f"event kinds seen: {sorted(n for n in names if n)}, want {sorted(kinds)}")
+    event_schema = validator(schema_for("/events", "get", 200, "text/event-stream"))
+    for name, data in parsed:
+        errors = list(event_schema.iter_errors(data))
+        check(not errors, f"{name} event {data}: {errors[:3]}")
+    tier = next(data for name, data in parsed if name == "tier")
+    check("db" in json.dumps(tier), f"tier event {tier}")
     seen.add(("/events", "get", 200))
 
     # Every documented call was made, and answered 200 at least once.
@@ -294,6 +321,23 @@ def browser(admin, token, port_a, port_b, screenshot):
             expect(page.locator('section.pool[data-pool="db"] .pool-state')).to_have_text("NO SERVING BACKEND")
             expect(page.locator('#events li[data-kind="backend"]').first).to_contain_text("db/b: health up → down")
             out["saw_down"] = True
+            # A client now is refused (no_backend): the listener's row counts it
+            # by reason.
+            _, _, listeners = request(admin, "GET", "/api/v1/listeners")
+            front = next(l for l in listeners["listeners"] if l["name"] == "front")
+            host, port = front["bind"][0].rsplit(":", 1)
+            with socket.create_connection((host, int(port)), timeout=TIMEOUT) as c:
+                c.settimeout(TIMEOUT)
+                try:
+                    while c.recv(64):
+                        pass
+                except OSError:
+                    pass
+            listener_row = page.locator('#listeners tr[data-listener="front"]')
+            expect(listener_row.locator("td.rejected")).to_contain_text("no_backend", timeout=TIMEOUT * 1000)
+            # The failed probe says why and how long it took; the transition its cause.
+            expect(row("a").locator("td.probe")).to_contain_text("checks:")
+            expect(row("a").locator("td.transitions")).to_contain_text("up → down (")
 
             # Back up, live.
             a.start()
@@ -303,6 +347,9 @@ def browser(admin, token, port_a, port_b, screenshot):
             expect(page.locator("#alerts .alert")).to_have_count(0)
             check(page.evaluate("window.__weirMark") == 42, "the page was reloaded")
             out["saw_up_again"] = True
+            # The routes and the pool's active tier.
+            expect(page.locator("#routes tbody tr").first).to_contain_text("db")
+            expect(page.locator('section.pool[data-pool="db"] .pool-info')).to_contain_text("active tier 0")
 
             # A drain without the token is refused and changes nothing.
             row("a").locator('button[data-action="drain"]').click()
@@ -316,6 +363,13 @@ def browser(admin, token, port_a, port_b, screenshot):
             expect(row("a").locator("td.admin")).to_have_text("drain", timeout=TIMEOUT * 1000)
             status, _, backend = request(admin, "GET", "/api/v1/pools/db/backends/a")
             check(backend["admin"] == "drain", f"after the drain: {backend}")
+            # Disable and enable through the page too.
+            row("a").locator('button[data-action="disable"]').click()
+            expect(row("a").locator("td.admin")).to_have_text("disabled", timeout=TIMEOUT * 1000)
+            row("a").locator('button[data-action="enable"]').click()
+            expect(row("a").locator("td.admin")).to_have_text("enabled", timeout=TIMEOUT * 1000)
+            row("a").locator('button[data-action="drain"]').click()
+            expect(row("a").locator("td.admin")).to_have_text("drain", timeout=TIMEOUT * 1000)
             # A weight typed into the page.
             row("b").locator("input.weight-input").fill("3")
             row("b").locator('button[data-action="weight"]').click()

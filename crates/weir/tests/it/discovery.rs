@@ -161,6 +161,18 @@ fn srv_records_become_backends_and_follow_every_change_in_dns() {
     std::io::Read::read_exact(&mut c, &mut buf).expect("echo");
     drop(c);
     assert_eq!(metric(admin, "weir_discovery_records{pool=\"db\"}"), 2.0);
+    let answered = metric(
+        admin,
+        "weir_discovery_last_success_timestamp_seconds{pool=\"db\"}",
+    );
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!(
+        answered > unix_now - 30.0 && answered <= unix_now + 1.0,
+        "last answer at {answered}, now {unix_now}"
+    );
 
     // b1 leaves, b2's weight drops to 0 (drained), b3 arrives in tier 1.
     stop(dns, dns_port);
@@ -170,7 +182,7 @@ fn srv_records_become_backends_and_follow_every_change_in_dns() {
         1,
         &[
             host.clone(),
-            srv(name, "pg.test", b2.port(), 0, 0),
+            srv(name, "pg.test", b2.port(), 2, 0),
             srv(name, "pg.test", b3.port(), 1, 5),
         ],
     );
@@ -178,6 +190,8 @@ fn srv_records_become_backends_and_follow_every_change_in_dns() {
         find(l, b3).is_some_and(|b| b.4 == "up") && find(l, b2).is_some_and(|b| b.2 == 0)
     });
     assert_eq!(find(&now, b3).map(|b| (b.1, b.2)), Some((1, 5)), "{now:?}");
+    // b2's record moved to priority 2: the backend moved to tier 2.
+    assert_eq!(find(&now, b2).map(|b| (b.1, b.2)), Some((2, 0)), "{now:?}");
     // b1 drains at weight 0, then leaves the pool (drain_timeout 1s).
     if let Some(b) = find(&now, b1) {
         assert_eq!(
@@ -198,9 +212,30 @@ fn srv_records_become_backends_and_follow_every_change_in_dns() {
     wait_backends(admin, "b1 removed", |l| {
         find(l, b1).is_none() && l.len() == 2
     });
+    // Gone from the metrics too.
+    let scrape = http_get(admin, "/metrics");
+    assert!(
+        !scrape.contains(&format!("backend=\"{b1}\"")),
+        "b1's series are still there"
+    );
+    assert!(scrape.contains(&format!("backend=\"{b3}\"")));
 
-    // The DNS server goes away: nothing changes, the failures are counted.
+    // The SRV records stay, but their target's address lookup fails (the
+    // name is sent to a server that refuses it): the answer is incomplete,
+    // so the pool keeps its set past the hold, and the failure is counted.
     stop(dns, dns_port);
+    let refusing_port = free_port().port();
+    let refusing = spawn_dnsmasq(&dir, refusing_port, &[]);
+    let dns = dnsmasq(
+        &dir,
+        dns_port,
+        1,
+        &[
+            format!("--server=/pg.test/127.0.0.1#{refusing_port}"),
+            srv(name, "pg.test", b2.port(), 2, 0),
+            srv(name, "pg.test", b3.port(), 1, 5),
+        ],
+    );
     let failures = |admin| {
         ["timeout", "error", "server_failure"]
             .iter()
@@ -212,8 +247,29 @@ fn srv_records_become_backends_and_follow_every_change_in_dns() {
             })
             .sum::<f64>()
     };
+    let (before, since) = (failures(admin), Instant::now());
     let end = Instant::now() + DEADLINE;
-    while failures(admin) < 2.0 {
+    while failures(admin) < before + 2.0 || since.elapsed() < Duration::from_millis(3500) {
+        assert!(Instant::now() < end, "no failed target lookup counted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let now = backends(admin, "db");
+    assert!(
+        find(&now, b2).is_some() && find(&now, b3).is_some(),
+        "a failed target lookup emptied the pool: {now:?}"
+    );
+    drop(refusing);
+
+    // The DNS server goes away: nothing changes, the failures are counted,
+    // and the last good answer's time stays.
+    stop(dns, dns_port);
+    let last_good = metric(
+        admin,
+        "weir_discovery_last_success_timestamp_seconds{pool=\"db\"}",
+    );
+    let before = failures(admin);
+    let end = Instant::now() + DEADLINE;
+    while failures(admin) < before + 2.0 {
         assert!(Instant::now() < end, "no failed resolution counted");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -221,6 +277,13 @@ fn srv_records_become_backends_and_follow_every_change_in_dns() {
     assert!(
         find(&now, b2).is_some() && find(&now, b3).is_some(),
         "{now:?}"
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "weir_discovery_last_success_timestamp_seconds{pool=\"db\"}"
+        ),
+        last_good
     );
 
     // Back, with no records at all (NXDOMAIN): the set is kept for the
@@ -255,12 +318,21 @@ fn a_records_at_a_port_refresh_as_their_ttl_says() {
     };
     listen([127, 0, 0, 21]);
     listen([127, 0, 0, 22]);
+    // And an AAAA record, on ::1.
+    let l6 = TcpListener::bind(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)))
+        .expect("bind ::1");
+    std::thread::spawn(move || for _ in l6.incoming() {});
     let records = |ips: &[&str]| -> Vec<String> {
         ips.iter()
             .map(|ip| format!("--host-record=api.test,{ip}"))
             .collect()
     };
-    let dns = dnsmasq(&dir, dns_port, 3, &records(&["127.0.0.21", "127.0.0.22"]));
+    let dns = dnsmasq(
+        &dir,
+        dns_port,
+        3,
+        &records(&["127.0.0.21", "127.0.0.22", "::1"]),
+    );
     let (admin, fixed) = (free_port(), echo_backend());
     let (_weir, _out) = start(
         "discovery-a",
@@ -277,8 +349,13 @@ fn a_records_at_a_port_refresh_as_their_ttl_says() {
     );
     let a21: SocketAddr = format!("127.0.0.21:{port}").parse().expect("addr");
     let a22: SocketAddr = format!("127.0.0.22:{port}").parse().expect("addr");
-    // The static backend and the two discovered ones, side by side.
-    let now = wait_backends(admin, "start", |l| l.len() == 3);
+    let a6: SocketAddr = format!("[::1]:{port}").parse().expect("addr");
+    // The static backend and the three discovered ones (A and AAAA), side by side.
+    let now = wait_backends(admin, "start", |l| l.len() == 4);
+    assert!(
+        find(&now, a6).is_some(),
+        "no backend from the AAAA record: {now:?}"
+    );
     assert!(now.iter().any(|b| b.0 == "static" && b.2 == 1), "{now:?}");
     assert!(
         now.iter().filter(|b| b.0 != "static").all(|b| b.2 == 7),
@@ -295,12 +372,12 @@ fn a_records_at_a_port_refresh_as_their_ttl_says() {
         "weir_discovery_resolutions_total{pool=\"db\",result=\"ok\"}",
     ) - asked;
     assert!(more <= 2.0, "{more} resolutions in 2.5s with a 3s TTL");
-    // One address goes; within a TTL and the drain it leaves the pool.
+    // Two addresses go; within a TTL and the drain they leave the pool.
     stop(dns, dns_port);
     let _dns = dnsmasq(&dir, dns_port, 3, &records(&["127.0.0.21"]));
-    let now = wait_backends(admin, "127.0.0.22 removed", |l| l.len() == 2);
+    let now = wait_backends(admin, "127.0.0.22 and ::1 removed", |l| l.len() == 2);
     assert!(
-        find(&now, a21).is_some() && find(&now, a22).is_none(),
+        find(&now, a21).is_some() && find(&now, a22).is_none() && find(&now, a6).is_none(),
         "{now:?}"
     );
     assert!(
