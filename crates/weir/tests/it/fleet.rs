@@ -230,6 +230,30 @@ fn the_fleet_commands_report_per_instance_and_fail_clearly() {
         assert_eq!(i["result"][0]["admin"], "drain", "{v}");
     }
 
+    // A weight and a disable on both, and the table names each instance.
+    for args in [
+        &["backend", "weight", "p", "b", "7"][..],
+        &["backend", "disable", "p", "b"][..],
+    ] {
+        let (code, out, err) = text(&ctl_many(&list, args));
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+    }
+    let (code, table, err) = text(&ctl_many(&list, &["backends"]));
+    assert_eq!(code, 0, "{err}");
+    for addr in [a.grpc, c.grpc] {
+        let part = table
+            .split(&format!("== {addr} ==\n"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no part for {addr}: {table}"));
+        let part = part.split("== ").next().unwrap_or_default();
+        assert!(part.contains("disabled"), "{addr}: {part}");
+    }
+    let v = json(&ctl_many(&list, &["backends", "-o", "json"]));
+    for i in v["instances"].as_array().expect("instances") {
+        assert_eq!(i["result"][0]["admin"], "disabled", "{v}");
+        assert_eq!(i["result"][0]["weight_override"], 7, "{v}");
+    }
+
     // One unreachable: the others still answer, the command fails with the
     // unreachable one named.
     let gone = free_port();
