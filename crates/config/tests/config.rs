@@ -2492,3 +2492,54 @@ fn a_backend_changes_the_pools_http_check() {
         "{found:#?}"
     );
 }
+
+#[test]
+fn discover_settings_are_checked_with_their_key_paths() {
+    let pool = |discover: &str| {
+        format!(
+            "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n[[listeners.routes]]\n\
+             name = \"r\"\npool = \"p\"\n[[pools]]\nname = \"p\"\ndiscover = {{ {discover} }}\n"
+        )
+    };
+    let at = "pools[0].discover";
+    assert_one(
+        &pool("srv = \"_a._tcp.x\", name = \"x\", port = 1"),
+        at,
+        "give either `srv`",
+    );
+    assert_one(&pool("resolver = \"127.0.0.1\""), at, "say what to ask");
+    assert_one(
+        &pool("srv = \"_a._tcp.x\", port = 5432"),
+        &format!("{at}.port"),
+        "an SRV record carries its own port",
+    );
+    assert_one(
+        &pool("srv = \"_a._tcp.x\", weight = 3"),
+        &format!("{at}.weight"),
+        "SRV records carry their own priority",
+    );
+    assert_one(
+        &pool("name = \"api.internal\""),
+        &format!("{at}.port"),
+        "A/AAAA records have no port",
+    );
+    assert_one(
+        &pool("name = \"api..internal\", port = 80"),
+        &format!("{at}.name"),
+        "\"api..internal\" is not a DNS name",
+    );
+    assert_one(
+        &pool("srv = \"_a._tcp.x\", resolver = \"dns.local\""),
+        &format!("{at}.resolver"),
+        "\"dns.local\" is not a DNS server address",
+    );
+    assert_one(
+        &pool("srv = \"_a._tcp.x\", min_interval = \"10s\", max_interval = \"5s\""),
+        &format!("{at}.max_interval"),
+        "must be at least min_interval",
+    );
+    // A bare IP resolver gets port 53; a trailing dot is a DNS name.
+    let cfg = load(&pool("srv = \"_a._tcp.x.\", resolver = \"10.0.0.2\"")).expect("valid");
+    let d = cfg.pools[0].discover.as_ref().expect("discover");
+    assert_eq!(d.resolver, Some(sa("10.0.0.2:53")));
+}

@@ -75,10 +75,12 @@ impl Checker {
             None => Health::default(),
         };
 
+        // A `discover` that is wrong is said once, where it is wrong.
+        let wants_discovery = raw.discover.is_some();
         let discover = raw
             .discover
             .and_then(|d| self.discover(&format!("{path}.discover"), d));
-        if raw.backends.is_empty() && discover.is_none() {
+        if raw.backends.is_empty() && !wants_discovery {
             self.push(
                 format!("{path}.backends"),
                 "a pool needs at least one backend ([[pools.backends]]), or `discover` \
