@@ -429,3 +429,77 @@ fn a_drained_discovered_backend_stays_drained_across_a_restart() {
     assert_eq!(admin_of(b1), "drain");
     assert_eq!(admin_of(b2), "enabled");
 }
+
+/// Without `resolver`, discovery asks the system's servers
+/// (`/etc/resolv.conf`). weir runs in a network and a mount namespace of its
+/// own, where a resolv.conf naming a dnsmasq on 127.0.0.1:53 is mounted over
+/// the system's.
+#[test]
+fn the_system_resolver_is_the_default() {
+    use crate::upgrade::{Netns, enter};
+    let dir = test_dir("discovery-system");
+    let ns = Netns::new();
+    let resolv = dir.join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 127.0.0.1\n").expect("resolv.conf");
+    let dnsmasq_bin = which("dnsmasq").expect("dnsmasq (scripts/test.sh installs dnsmasq-base)");
+    let _dns = Running(
+        Command::new("nsenter")
+            .arg(format!("--net={}", ns.path.display()))
+            .arg(dnsmasq_bin)
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--port=53",
+                "--user=root",
+                "--local=/test/",
+                "--host-record=api.test,127.0.0.31",
+            ])
+            .arg(format!(
+                "--pid-file={}",
+                dir.join("dnsmasq-system.pid").display()
+            ))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dnsmasq"),
+    );
+    let admin: SocketAddr = "127.0.0.1:7590".parse().expect("addr");
+    let config = crate::cli::temp_config(
+        "discovery-system",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n\
+             [[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:7500\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"db\"\n\
+             [[pools]]\nname = \"db\"\n\
+             discover = {{ name = \"api.test\", port = 8080, min_interval = \"100ms\" }}\n"
+        ),
+    );
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", ns.path.display()))
+        .args(["unshare", "--mount", "sh", "-c"])
+        .arg("mount --bind \"$0\" /etc/resolv.conf && exec \"$1\" run --config \"$2\"")
+        .arg(&resolv)
+        .arg(crate::cli::weir().get_program())
+        .arg(&config);
+    let (_weir, _out) = crate::cli::start_weir(cmd);
+    // The admin API answers inside the namespace: ask from a thread there.
+    let path = ns.path;
+    let found = std::thread::spawn(move || {
+        enter(&path);
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let answer = http_get(admin, "/api/v1/pools/db/backends");
+            if answer.contains("\"127.0.0.31:8080\"") {
+                return answer;
+            }
+            assert!(Instant::now() < end, "never discovered: {answer}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .join()
+    .expect("asker");
+    assert!(found.contains("\"origin\":\"discovery\""), "{found}");
+}

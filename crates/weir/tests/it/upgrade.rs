@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 use crate::cli::{DEADLINE, Running, signal, start_weir, temp_config, wait_exit, weir};
 
 /// A network namespace held open by a `sleep` we started.
-struct Netns {
+pub(crate) struct Netns {
     _holder: Running,
-    path: PathBuf,
+    pub(crate) path: PathBuf,
 }
 
 impl Netns {
-    fn new() -> Netns {
+    pub(crate) fn new() -> Netns {
         let holder = Command::new("unshare")
             .args(["--net", "sleep", "300"])
             .spawn()
@@ -76,7 +76,7 @@ impl Netns {
 }
 
 /// Moves the calling thread into the network namespace at `path`.
-fn enter(path: &Path) {
+pub(crate) fn enter(path: &Path) {
     let f = File::open(path).expect("open netns");
     rustix::thread::move_into_link_name_space(
         f.as_fd(),
