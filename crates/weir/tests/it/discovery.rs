@@ -134,11 +134,11 @@ fn srv_records_become_backends_and_follow_every_change_in_dns() {
             srv(name, "pg.test", b2.port(), 0, 20),
         ],
     );
-    let (admin, front) = (free_port(), free_port());
+    let (admin, front, grpc) = (free_port(), free_port(), free_port());
     let (_weir, _out) = start(
         "discovery-srv",
         &format!(
-            "[admin]\nhttp = \"{admin}\"\n\
+            "[admin]\nhttp = \"{admin}\"\ngrpc = \"{grpc}\"\n\
              [[listeners]]\nname = \"front\"\nbind = \"{front}\"\n\
              [[listeners.routes]]\nname = \"r\"\npool = \"db\"\n\
              [[pools]]\nname = \"db\"\ndrain_timeout = \"1s\"\n\
@@ -174,6 +174,24 @@ fn srv_records_become_backends_and_follow_every_change_in_dns() {
         "last answer at {answered}, now {unix_now}"
     );
 
+    // `weir watch` follows what discovery does to the pool.
+    let mut watch = crate::cli::weir()
+        .args(["watch", "--pool", "db", "--admin", &grpc.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("weir watch");
+    let watched = crate::cli::lines(&mut watch);
+    // It says so on stderr once its stream is open.
+    let mut said = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(watch.stderr.take().expect("stderr")),
+        &mut said,
+    )
+    .expect("watch's first line");
+    assert!(said.starts_with("watching pool db"), "{said}");
+    let _watch = Running(watch);
+
     // b1 leaves, b2's weight drops to 0 (drained), b3 arrives in tier 1.
     stop(dns, dns_port);
     let dns = dnsmasq(
@@ -208,6 +226,11 @@ fn srv_records_become_backends_and_follow_every_change_in_dns() {
     assert!(
         history.contains("discovery: SRV _pg._tcp.db.test"),
         "{history}"
+    );
+    let line = crate::cli::wait_line(&watched, &format!("backend db/{b3}  discovery"));
+    assert!(
+        line.contains("tier 1 weight 5") && line.contains("(discovery: SRV _pg._tcp.db.test"),
+        "{line}"
     );
     wait_backends(admin, "b1 removed", |l| {
         find(l, b1).is_none() && l.len() == 2

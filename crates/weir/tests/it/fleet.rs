@@ -327,3 +327,48 @@ fn instances_that_discover_the_same_records_agree_with_a_static_one() {
     let used: std::collections::BTreeSet<&String> = maps[0].iter().collect();
     assert_eq!(used.len(), 4, "{used:?}");
 }
+
+/// `--admin name:port` stands for every address the name resolves to: here
+/// two instances' gRPC addresses listed under one name in an /etc/hosts that
+/// the command sees (mounted over the system's in a mount namespace of its own).
+#[test]
+fn a_name_that_resolves_to_every_instance_addresses_the_fleet() {
+    let b = named_backend("b");
+    let pool = pool_config(&[("b".to_owned(), b)], "");
+    let ips = [Ipv4Addr::new(127, 0, 0, 16), Ipv4Addr::new(127, 0, 0, 17)];
+    let (front, grpc) = (common_port(&ips), common_port(&ips));
+    let _instances: Vec<Running> = ips
+        .iter()
+        .map(|ip| {
+            let tag = format!("fleet-name-{ip}");
+            let text = format!(
+                "[admin]\ngrpc = \"{ip}:{grpc}\"\n\
+                 [[listeners]]\nname = \"front\"\nbind = \"{ip}:{front}\"\n\
+                 [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n{pool}"
+            );
+            start(&tag, &text).0
+        })
+        .collect();
+    let hosts = test_dir("fleet-name").join("hosts");
+    std::fs::write(&hosts, "127.0.0.16 fleet.test\n127.0.0.17 fleet.test\n").expect("hosts");
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "sh", "-c"])
+        .arg("mount --bind \"$0\" /etc/hosts && exec \"$1\" backend drain p b")
+        .arg(&hosts)
+        .arg(weir().get_program())
+        .env("WEIR_ADMIN", format!("fleet.test:{grpc}"))
+        .env_remove("WEIR_TOKEN")
+        .output()
+        .expect("run weir");
+    let (code, out, err) = text(&out);
+    assert_eq!(code, 0, "{out}{err}");
+    for ip in ips {
+        assert!(out.contains(&format!("== {ip}:{grpc} ==")), "{out}");
+        let v = json(&ctl(
+            SocketAddr::new(IpAddr::V4(ip), grpc),
+            None,
+            &["backends", "-o", "json"],
+        ));
+        assert_eq!(v[0]["admin"], "drain", "{ip}: {v}");
+    }
+}

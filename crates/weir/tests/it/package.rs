@@ -158,8 +158,16 @@ fn the_debian_package_installs_serves_and_goes_away() {
         .expect("run weir");
     let running = crate::cli::Running(child);
     wait_connectable(http);
-    let status = crate::cli::http_get(http, "/readyz");
-    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    // Ready once its start is done (503 "starting" until then).
+    let end = std::time::Instant::now() + crate::cli::DEADLINE;
+    loop {
+        let status = crate::cli::http_get(http, "/readyz");
+        if status.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "never ready: {status}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     drop(running);
     let db = stdout(
         "stat state file",
