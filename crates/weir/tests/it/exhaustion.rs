@@ -131,6 +131,9 @@ fn admin_endpoints_are_capped_and_the_data_plane_keeps_serving() {
         let opened: Vec<TcpStream> = (0..300)
             .filter_map(|_| TcpStream::connect(port).ok())
             .collect();
+        // A connect that failed is refused too: by the kernel (its accept
+        // queue full for a moment), or by weir's reset racing the connect.
+        let not_connected = 300 - opened.len();
         // weir answers every connection over the cap with a reset as soon
         // as it accepts it: count the closed ones until all the excess is,
         // or the deadline passes (a busy machine accepts later).
@@ -146,13 +149,17 @@ fn admin_endpoints_are_capped_and_the_data_plane_keeps_serving() {
                 }
             }
             held = open;
-            if refused >= 280 || Instant::now() > end {
+            if refused + not_connected >= 280 || Instant::now() > end {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         assert_eq!(held.len(), 20, "{endpoint}: the cap holds");
-        assert_eq!(refused, 280, "{endpoint}");
+        assert_eq!(
+            refused + not_connected,
+            280,
+            "{endpoint}: {refused} reset by weir, {not_connected} not connected"
+        );
         for _ in 0..20 {
             assert_eq!(echo(front).expect("the data plane serves"), b"ping");
         }
@@ -178,14 +185,19 @@ fn admin_endpoints_are_capped_and_the_data_plane_keeps_serving() {
             assert!(Instant::now() < deadline, "admin connections not released");
             std::thread::sleep(Duration::from_millis(20));
         };
-        assert_eq!(
-            metric(
-                &body,
-                &format!(
-                    "weir_admin_connections_rejected_total{{endpoint=\"{endpoint}\",reason=\"max_connections\"}}"
-                )
+        // A connect that failed may be one weir reset before the client's
+        // connect returned: counted by weir, not seen as a reset here.
+        let counted = metric(
+            &body,
+            &format!(
+                "weir_admin_connections_rejected_total{{endpoint=\"{endpoint}\",reason=\"max_connections\"}}"
             ),
-            280.0 + scrapes_refused
+        );
+        let seen = refused as f64 + scrapes_refused;
+        assert!(
+            counted >= seen && counted <= seen + not_connected as f64,
+            "{endpoint}: {counted} counted; {refused} reset, {not_connected} not connected, \
+             {scrapes_refused} scrapes refused"
         );
         for b in ["a", "b"] {
             assert_eq!(
