@@ -522,7 +522,8 @@ pub(crate) fn render(listeners: &[Arc<Listener>], w: &mut Writer) {
         Kind::Counter,
         "Connections of l4 routes that never reached a backend (retries spent), by reason.",
     );
-    for l in listeners {
+    // TCP listeners only: a UDP flow has no connect.
+    for l in listeners.iter().filter(|l| l.udp.is_none()) {
         for r in l.routes.iter().filter(|r| !r.is_http()) {
             for (i, reason) in Reason::ROUTE_FAILURES.iter().enumerate() {
                 w.sample(
@@ -542,7 +543,8 @@ pub(crate) fn render(listeners: &[Arc<Listener>], w: &mut Writer) {
         Kind::Histogram,
         "Time from the routing decision to a connected backend, on l4 routes: waits for a slot and retries included.",
     );
-    for l in listeners {
+    // TCP listeners only: a UDP flow has no connect.
+    for l in listeners.iter().filter(|l| l.udp.is_none()) {
         for r in l.routes.iter().filter(|r| !r.is_http()) {
             w.histogram(
                 "weir_route_connect_duration_seconds",

@@ -3,14 +3,122 @@
 //! version) as `weir run --upgrade` with the same configuration. The new
 //! process binds beside the old one (SO_REUSEPORT), runs its first probe
 //! round, tells systemd it is the service's main process (`MAINPID=`, which
-//! needs `NotifyAccess=all`) and ready, then sends its predecessor SIGTERM:
+//! needs `NotifyAccess=all`) and ready, then sends its predecessor SIGUSR1:
 //! the old process stops accepting and lets its connections finish within
-//! `shutdown_timeout`, without telling systemd the service stops. If the new
-//! process fails to start, the old one logs why and goes on serving.
+//! `shutdown_timeout`, silent towards systemd from then on. If the new
+//! process fails to start, or has not taken over within [`TAKEOVER_DEADLINE`],
+//! the old one logs why, stops it, and goes on serving; a SIGTERM to the old
+//! one while the new one starts is a stop of the service, and stops both.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
+use std::time::Duration;
+
+use crate::notify::{self, Notifier};
+
+/// How long a new version may take to serve before it is stopped and the
+/// running one goes on: its first probe round is bounded by the checks'
+/// timeouts, far below this.
+pub(crate) const TAKEOVER_DEADLINE: Duration = Duration::from_secs(120);
+
+/// The new version SIGUSR2 started, while it starts.
+#[derive(Debug, Default)]
+pub(crate) struct Successor {
+    /// Its PID while it runs and has not taken over; 0: none.
+    pid: AtomicU32,
+    handed_over: AtomicBool,
+    /// This process stopped it (a stop of the service, or too slow).
+    stopped: AtomicBool,
+}
+
+impl Successor {
+    /// Starts the new version, unless one is starting already.
+    pub(crate) fn start(self: &Arc<Self>, config: &Path, notifier: &Arc<Notifier>) {
+        if self.pid.load(SeqCst) != 0 {
+            tracing::warn!("SIGUSR2 ignored: a new version is already starting");
+            return;
+        }
+        let mut child = match start_successor(config) {
+            Ok(child) => child,
+            Err(e) => {
+                tracing::error!(error = %e, "SIGUSR2: cannot start the new version; this process goes on serving");
+                return;
+            }
+        };
+        let pid = child.id();
+        self.pid.store(pid, SeqCst);
+        // A thread of its own, not the runtime's: this process exits while
+        // the successor lives on.
+        let (me, notifier_for_waiter) = (Arc::clone(self), Arc::clone(notifier));
+        let waiter = std::thread::Builder::new()
+            .name("successor".into())
+            .spawn(move || {
+                let status = child.wait();
+                let _ = me.pid.compare_exchange(pid, 0, SeqCst, SeqCst);
+                if me.handed_over.load(SeqCst) || me.stopped.load(SeqCst) {
+                    return;
+                }
+                let why = match status {
+                    Ok(s) => s.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                tracing::error!(status = %why, "the new version exited; this process goes on serving");
+                notifier_for_waiter.send(&notify::status(&format!(
+                    "upgrade failed (the new version exited: {why}); the previous version serves"
+                )));
+            });
+        if let Err(e) = waiter {
+            tracing::warn!(error = %e, "cannot watch the new version's process");
+        }
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(TAKEOVER_DEADLINE).await;
+            if me.pid.load(SeqCst) == pid && !me.handed_over.load(SeqCst) {
+                tracing::error!(
+                    pid,
+                    "the new version did not take over within {TAKEOVER_DEADLINE:?}; stopping it"
+                );
+                terminate(pid);
+            }
+        });
+    }
+
+    /// The successor says it serves (SIGUSR1): true when one was starting,
+    /// which has now taken over.
+    pub(crate) fn take_over(&self) -> bool {
+        if self.pid.load(SeqCst) == 0 {
+            return false;
+        }
+        self.handed_over.store(true, SeqCst);
+        true
+    }
+
+    pub(crate) fn handed_over(&self) -> bool {
+        self.handed_over.load(SeqCst)
+    }
+
+    /// This process stops while a new version starts: stop that one too.
+    pub(crate) fn cancel(&self) {
+        let pid = self.pid.swap(0, SeqCst);
+        if pid != 0 {
+            self.stopped.store(true, SeqCst);
+            tracing::warn!(pid, "stopping while a new version starts: stopping it too");
+            terminate(pid);
+        }
+    }
+}
+
+fn terminate(pid: u32) {
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+}
 
 /// Names the process a successor takes over from.
 const FROM: &str = "WEIR_HANDOVER_FROM";
@@ -44,7 +152,7 @@ fn program(argv0: Option<OsString>) -> std::io::Result<PathBuf> {
 
 /// Starts the successor: `weir run --upgrade --config <config>`, told our
 /// PID. Its watchdog pings are its own (`WATCHDOG_PID` names us).
-pub(crate) fn start_successor(config: &Path) -> std::io::Result<Child> {
+fn start_successor(config: &Path) -> std::io::Result<Child> {
     let program = program(std::env::args_os().next())?;
     tracing::info!(program = %program.display(), "SIGUSR2: starting the new version to hand over to");
     Command::new(program)

@@ -455,6 +455,7 @@ pub(crate) async fn serve(
     let mut int = signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut hup = signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut usr2 = signal(tokio::signal::unix::SignalKind::user_defined2())?;
+    let mut usr1 = signal(tokio::signal::unix::SignalKind::user_defined1())?;
     inherited.check_names(&config)?;
     if let Takeover::Refuse { hint } = takeover {
         check_free(&config, &inherited, hint)?;
@@ -533,8 +534,19 @@ pub(crate) async fn serve(
     }
     started(&server, bound);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "weir started");
-    // The first probe round is done and every listener accepts.
+    // The first probe round is done and every listener accepts. A stop asked
+    // for while starting is served first: a new version told to stop must not
+    // take over.
+    let stop_early = tokio::select! {
+        biased;
+        _ = term.recv() => true,
+        _ = int.recv() => true,
+        () = std::future::ready(()) => false,
+    };
     match handover::predecessor() {
+        Some(_) if stop_early => {
+            tracing::warn!("stopped while starting as the new version: the running one goes on");
+        }
         Some(old) => {
             // Started by SIGUSR2 to replace `old`: become the service's main
             // process, then let the old one go.
@@ -543,7 +555,7 @@ pub(crate) async fn serve(
                 pid = old.as_raw_nonzero().get(),
                 "taking over: the previous process stops accepting"
             );
-            let _ = rustix::process::kill_process(old, rustix::process::Signal::TERM);
+            let _ = rustix::process::kill_process(old, rustix::process::Signal::USR1);
         }
         None => notifier.ready(&serving_status(&server)),
     }
@@ -556,75 +568,56 @@ pub(crate) async fn serve(
         notifier.spawn_watchdog(every);
     }
 
-    // A successor started by SIGUSR2 and not yet exited: its SIGTERM to us
-    // is a handover, not a stop of the service.
-    let successor = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    loop {
-        tokio::select! {
-            _ = usr2.recv() => {
-                use std::sync::atomic::Ordering::SeqCst;
-                let Some(path) = handover_config.as_deref() else {
-                    tracing::warn!("SIGUSR2 ignored: no configuration file to hand over with");
-                    continue;
-                };
-                if passed_sockets {
-                    tracing::error!("SIGUSR2 ignored: the listeners serve on sockets systemd passed, which a new process cannot share; `systemctl restart weir` keeps them open instead");
-                    continue;
-                }
-                if successor.swap(true, SeqCst) {
-                    tracing::warn!("SIGUSR2 ignored: a new version is already starting");
-                    continue;
-                }
-                match handover::start_successor(path) {
-                    Ok(mut child) => {
-                        let (successor, notifier) = (Arc::clone(&successor), Arc::clone(&notifier));
-                        // A thread of its own, not the runtime's: this
-                        // process exits while the successor lives on.
-                        let waiter = std::thread::Builder::new().name("successor".into()).spawn(move || {
-                            let status = child.wait();
-                            successor.store(false, SeqCst);
-                            let why = match status {
-                                Ok(s) => s.to_string(),
-                                Err(e) => e.to_string(),
-                            };
-                            tracing::error!(status = %why, "the new version exited; this process goes on serving");
-                            notifier.send(&notify::status(&format!("upgrade failed (the new version exited: {why}); the previous version serves")));
-                        });
-                        if let Err(e) = waiter {
-                            tracing::warn!(error = %e, "cannot watch the new version's process");
-                        }
-                    }
-                    Err(e) => {
-                        successor.store(false, SeqCst);
-                        tracing::error!(error = %e, "SIGUSR2: cannot start the new version; this process goes on serving");
-                    }
-                }
-            }
-            _ = term.recv() => { tracing::info!("SIGTERM received"); break }
-            _ = int.recv() => { tracing::info!("SIGINT received"); break }
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP received: reloading");
-                // Outcome and reason are logged by the reload itself.
-                let (server, notifier) = (Arc::clone(&server), Arc::clone(&notifier));
-                notifier.reloading();
-                tokio::spawn(async move {
-                    let outcome = server.reload().await;
-                    let status = match outcome {
-                        Ok(_) => serving_status(&server),
-                        Err(e) => format!("reload failed, the previous configuration serves: {e}"),
+    // The new version SIGUSR2 starts, until it takes over (SIGUSR1 from it)
+    // or exits.
+    let successor = Arc::new(handover::Successor::default());
+    if !stop_early {
+        loop {
+            tokio::select! {
+                _ = usr2.recv() => {
+                    let Some(path) = handover_config.as_deref() else {
+                        tracing::warn!("SIGUSR2 ignored: no configuration file to hand over with");
+                        continue;
                     };
-                    notifier.ready(&status);
-                });
+                    if passed_sockets {
+                        tracing::error!("SIGUSR2 ignored: the listeners serve on sockets systemd passed, which a new process cannot share; `systemctl restart weir` keeps them open instead");
+                        continue;
+                    }
+                    successor.start(path, &notifier);
+                }
+                _ = usr1.recv() => {
+                    if successor.take_over() {
+                        // The service goes on in the successor, which systemd now
+                        // follows: not a word more from this process.
+                        notifier.silence();
+                        tracing::info!("the new version took over: no longer accepting, open connections finish within shutdown_timeout");
+                        break;
+                    }
+                    tracing::warn!("SIGUSR1 ignored: no new version is starting");
+                }
+                _ = term.recv() => { tracing::info!("SIGTERM received"); break }
+                _ = int.recv() => { tracing::info!("SIGINT received"); break }
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP received: reloading");
+                    // Outcome and reason are logged by the reload itself.
+                    let (server, notifier) = (Arc::clone(&server), Arc::clone(&notifier));
+                    notifier.reloading();
+                    tokio::spawn(async move {
+                        let outcome = server.reload().await;
+                        let status = match outcome {
+                            Ok(_) => serving_status(&server),
+                            Err(e) => format!("reload failed, the previous configuration serves: {e}"),
+                        };
+                        notifier.ready(&status);
+                    });
+                }
             }
         }
     }
     grpc_stop.cancel();
-    if successor.load(std::sync::atomic::Ordering::SeqCst) {
-        // Handed over: the service goes on in the successor.
-        notifier.send(&notify::status(
-            "handed over to the new version: open connections finish within shutdown_timeout",
-        ));
-    } else {
+    if !successor.handed_over() {
+        // A stop while a new version starts: it must not take over.
+        successor.cancel();
         notifier.stopping("stopping: open connections finish within shutdown_timeout");
     }
     server.shutdown();

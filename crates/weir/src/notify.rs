@@ -71,6 +71,8 @@ pub(crate) fn status(text: &str) -> String {
 pub(crate) struct Notifier {
     target: Option<(UnixDatagram, Address)>,
     warned: AtomicBool,
+    /// Set once another process is the service's main process.
+    silent: AtomicBool,
 }
 
 impl Notifier {
@@ -89,6 +91,7 @@ impl Notifier {
         Notifier {
             target,
             warned: AtomicBool::new(false),
+            silent: AtomicBool::new(false),
         }
     }
 
@@ -101,6 +104,9 @@ impl Notifier {
         let Some((socket, address)) = &self.target else {
             return;
         };
+        if self.silent.load(Relaxed) {
+            return;
+        }
         let sent = match address {
             Address::Path(p) => socket.send_to(message.as_bytes(), p),
             Address::Abstract(name) => {
@@ -114,6 +120,12 @@ impl Notifier {
         {
             tracing::warn!(error = %e, "cannot notify systemd (NOTIFY_SOCKET); going on without");
         }
+    }
+
+    /// Sends nothing more, watchdog pings included: a successor speaks for
+    /// the service now.
+    pub(crate) fn silence(&self) {
+        self.silent.store(true, Relaxed);
     }
 
     pub(crate) fn ready(&self, what: &str) {

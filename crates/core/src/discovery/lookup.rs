@@ -2,8 +2,9 @@
 //! addresses, or a name's A and AAAA records, turned into an [`Outcome`].
 //! Everything in an answer is hostile input: records of other types are
 //! skipped, a target without addresses is left out (and said), a target
-//! whose lookup fails fails the whole resolution (the pool keeps its set),
-//! and the whole resolution is bounded by the pool's `discover.timeout`.
+//! whose lookup fails keeps the addresses it last had (so a transient
+//! failure drains nothing, and the rest of the answer still applies), and
+//! the whole resolution is bounded by the pool's `discover.timeout`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -25,6 +26,8 @@ const MAX_TARGETS: usize = 256;
 pub(crate) struct Lookup {
     resolver: TokioResolver,
     spec: Discover,
+    /// The addresses each SRV target last resolved to.
+    targets: std::sync::Mutex<std::collections::HashMap<String, Vec<IpAddr>>>,
 }
 
 impl std::fmt::Debug for Lookup {
@@ -63,6 +66,7 @@ impl Lookup {
         Ok(Lookup {
             resolver,
             spec: spec.clone(),
+            targets: std::sync::Mutex::default(),
         })
     }
 
@@ -105,37 +109,60 @@ impl Lookup {
             if srv.target.is_root() {
                 continue;
             }
-            match self.resolver.lookup_ip(srv.target.clone()).await {
+            let target = srv.target.to_string();
+            let ips: Vec<IpAddr> = match self.resolver.lookup_ip(srv.target.clone()).await {
                 Ok(ips) => {
                     valid_until = valid_until.min(ips.valid_until());
-                    for ip in ips.iter() {
-                        found.push(Found {
-                            addr: SocketAddr::new(ip, srv.port),
-                            tier: u32::from(srv.priority),
-                            weight: u32::from(srv.weight),
-                        });
-                    }
+                    let ips: Vec<IpAddr> = ips.iter().collect();
+                    self.remember(&target, &ips);
+                    ips
                 }
                 Err(e) => match failed(&e) {
                     // The target has no address: an answer, the target is left out.
-                    Outcome::Empty { .. } => unresolved.push(format!("{}: {e}", srv.target)),
-                    // The target's lookup failed: the answer is incomplete, and
-                    // taken as a whole it would drain live backends. The pool
-                    // keeps what it has, as for any failed resolution.
-                    Outcome::Failed { why, detail } => {
-                        return Outcome::Failed {
-                            why,
-                            detail: format!("SRV target {}: {detail}", srv.target),
-                        };
+                    Outcome::Empty { .. } => {
+                        self.remember(&target, &[]);
+                        unresolved.push(format!("{target}: {e}"));
+                        continue;
                     }
-                    Outcome::Records { .. } => {}
+                    // The target's lookup failed: keep what it had, so that a
+                    // transient failure drains none of its backends.
+                    _ => {
+                        let kept = self.known(&target);
+                        tracing::warn!(query = name, %target, error = %e, kept = kept.len(), "an SRV target's addresses could not be resolved; keeping its last ones");
+                        kept
+                    }
                 },
+            };
+            for ip in ips {
+                found.push(Found {
+                    addr: SocketAddr::new(ip, srv.port),
+                    tier: u32::from(srv.priority),
+                    weight: u32::from(srv.weight),
+                });
             }
         }
         if !unresolved.is_empty() {
             tracing::warn!(query = name, targets = ?unresolved, "SRV targets without addresses were left out");
         }
         records(found, valid_until)
+    }
+
+    fn remember(&self, target: &str, ips: &[IpAddr]) {
+        if let Ok(mut known) = self.targets.lock() {
+            // Bounded like the targets of one answer.
+            if known.len() >= MAX_TARGETS && !known.contains_key(target) {
+                known.clear();
+            }
+            known.insert(target.to_owned(), ips.to_vec());
+        }
+    }
+
+    fn known(&self, target: &str) -> Vec<IpAddr> {
+        self.targets
+            .lock()
+            .ok()
+            .and_then(|k| k.get(target).cloned())
+            .unwrap_or_default()
     }
 
     async fn addresses(&self, name: &str, port: u16) -> Outcome {

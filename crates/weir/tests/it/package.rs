@@ -98,6 +98,13 @@ fn the_debian_package_installs_serves_and_goes_away() {
     );
     assert!(conffiles.contains("/etc/weir/weir.toml"), "{conffiles}");
 
+    // Enabled as Debian's helpers do it (whether or not systemd runs here).
+    let wants = "/etc/systemd/system/multi-user.target.wants/weir.service";
+    assert!(
+        std::fs::read_link(wants).is_ok_and(|t| t == Path::new("/lib/systemd/system/weir.service")),
+        "{wants} does not enable the unit"
+    );
+
     // The system user and its state directory.
     let user = stdout(
         "getent passwd weir",
@@ -175,11 +182,39 @@ fn the_debian_package_installs_serves_and_goes_away() {
     );
     assert_eq!(db.trim(), "weir");
 
+    // Installed again over itself (an upgrade to the same version): the
+    // postinst's upgrade branch runs and keeps what the first one set.
+    dpkg(&["-i", deb]);
+    assert_eq!(
+        stdout(
+            "stat config",
+            Command::new("stat").args(["-c", "%U:%G %a", "/etc/weir/weir.toml"])
+        )
+        .trim(),
+        "root:weir 640"
+    );
+    assert!(std::fs::read_link(wants).is_ok(), "still enabled");
+
     // Removed: the program goes, the configuration stays; purged: both go.
     dpkg(&["-r", "weir"]);
     assert!(!exists("/usr/bin/weir") && !exists("/usr/share/weir"));
     assert!(exists("/etc/weir/weir.toml"), "remove kept no conffile");
+    // Masked while only the configuration is left.
+    assert!(
+        std::fs::read_link("/etc/systemd/system/weir.service")
+            .is_ok_and(|t| t == Path::new("/dev/null")),
+        "the removed unit is not masked"
+    );
     dpkg(&["-P", "weir"]);
     assert!(!exists("/etc/weir/weir.toml") && !exists("/var/lib/weir"));
+    // Purged: neither enabled nor masked.
+    assert!(
+        std::fs::symlink_metadata(wants).is_err(),
+        "{wants} left behind"
+    );
+    assert!(
+        std::fs::symlink_metadata("/etc/systemd/system/weir.service").is_err(),
+        "the mask left behind"
+    );
     let _ = std::fs::remove_dir_all(&out_dir);
 }

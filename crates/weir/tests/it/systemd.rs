@@ -335,3 +335,75 @@ fn a_failed_handover_leaves_the_running_weir_serving() {
     assert!(!seen.iter().any(|m| m.contains("MAINPID=")), "{seen:?}");
     echo_once(front).expect("still serving");
 }
+
+/// A stop of the service (SIGTERM) while the new version SIGUSR2 started is
+/// still starting: the running weir says STOPPING=1, stops the new one too,
+/// and the new one never claims the service.
+#[test]
+fn a_stop_during_a_handover_stops_both() {
+    let notify = NotifySocket::bind("handover-stop");
+    // A backend that accepts and never answers: the HTTP probe of each
+    // process's first round waits out its 2 s timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend = silent.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming() {
+            held.push(s);
+        }
+    });
+    let front = free_port();
+    let file = temp_config(
+        "handover-stop",
+        &format!(
+            "[[listeners]]\nname = \"l\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[pools.health]\ntype = \"http\"\ntimeout = \"2s\"\n\
+             [[pools.backends]]\naddress = \"{backend}\"\n"
+        ),
+    );
+    let mut cmd = weir();
+    cmd.args(["run", "--config"])
+        .arg(&file)
+        .env("NOTIFY_SOCKET", &notify.path);
+    let (mut old, _out) = start_weir(cmd);
+    let mut seen = Vec::new();
+    wait_for(&notify.socket, "READY=1", &mut seen);
+    let old_pid = old.0.id();
+    signal(&old.0, rustix::process::Signal::USR2);
+    // The successor is in its first probe round now; stop the service.
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&old.0, rustix::process::Signal::TERM);
+    wait_for(&notify.socket, "STOPPING=1", &mut seen);
+    let status = crate::cli::wait_exit(&mut old.0);
+    assert!(status.success(), "{status}");
+    // The successor (named by its environment) is gone too, without a
+    // MAINPID= of its own.
+    let marker = format!("WEIR_HANDOVER_FROM={old_pid}");
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let alive = std::fs::read_dir("/proc")
+            .expect("/proc")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+            .any(|e| {
+                let running = std::fs::read_to_string(e.path().join("stat")).is_ok_and(|st| {
+                    st.rsplit_once(')')
+                        .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+                });
+                running
+                    && std::fs::read(e.path().join("environ"))
+                        .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == marker.as_bytes()))
+            });
+        if !alive {
+            break;
+        }
+        assert!(Instant::now() < end, "the new version still runs");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = notify.socket.recv(&mut buf) {
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(!seen.iter().any(|m| m.contains("MAINPID=")), "{seen:?}");
+}

@@ -273,19 +273,23 @@ fn sigusr2_hands_over_to_a_new_process_without_a_failed_connection() {
         .and_then(|p| p.parse().ok())
         .expect("a pid");
     assert_ne!(new_pid.unsigned_abs(), old.0.id());
-    // Ours to stop at the end, by its PID.
-    struct Successor(i32);
+    // Ours to stop at the end, by its PID, unless it has exited.
+    struct Successor(Option<i32>);
     impl Drop for Successor {
         fn drop(&mut self) {
-            if let Some(pid) = rustix::process::Pid::from_raw(self.0) {
+            if let Some(pid) = self.0.and_then(rustix::process::Pid::from_raw) {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
         }
     }
-    let successor = Successor(new_pid);
+    let mut successor = Successor(Some(new_pid));
     let status = wait_exit(&mut old.0);
     assert_eq!(status.code(), Some(0), "the old weir exits cleanly");
-    wait_for(&mut seen, "handed over to the new version");
+    // Nothing from the old one after the hand-over: no STOPPING=1.
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = notify.socket.recv(&mut buf) {
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
     assert!(!seen.iter().any(|m| m.contains("STOPPING=1")), "{seen:?}");
     // The new process serves alone now.
     clients.wait_for_more(300);
@@ -306,5 +310,5 @@ fn sigusr2_hands_over_to_a_new_process_without_a_failed_connection() {
         assert!(Instant::now() < end, "the successor did not exit");
         std::thread::sleep(Duration::from_millis(10));
     }
-    drop(successor);
+    successor.0 = None;
 }
