@@ -625,8 +625,11 @@ fn nginx_backends_and_curl_client_through_weir() {
 }
 
 /// A temporary directory for one test's files.
+/// A fresh directory for one test: what an earlier test process with the same
+/// PID left there (a state file, say) is removed first.
 pub(crate) fn test_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("weir-it-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("test dir");
     dir
 }
