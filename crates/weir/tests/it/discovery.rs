@@ -117,6 +117,16 @@ fn find(
     list.iter().find(|b| b.0 == addr.to_string())
 }
 
+/// Waits until `count` has grown by two and at least `at_least` has passed.
+fn wait_growth(what: &str, count: impl Fn() -> f64, at_least: Duration) {
+    let (before, since) = (count(), Instant::now());
+    let end = since + DEADLINE;
+    while count() < before + 2.0 || since.elapsed() < at_least {
+        assert!(Instant::now() < end, "no {what} counted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn srv_records_become_backends_and_follow_every_change_in_dns() {
     let dir = test_dir("discovery-srv");
@@ -260,29 +270,13 @@ fn srv_records_become_backends_and_follow_every_change_in_dns() {
             srv(name, "pg.test", b3.port(), 1, 5),
         ],
     );
-    let failures = |admin| {
-        ["timeout", "error", "server_failure"]
-            .iter()
-            .map(|r| {
-                metric(
-                    admin,
-                    &format!("weir_discovery_resolutions_total{{pool=\"db\",result=\"{r}\"}}"),
-                )
-            })
-            .sum::<f64>()
-    };
     let answered = |admin| {
         metric(
             admin,
             "weir_discovery_resolutions_total{pool=\"db\",result=\"ok\"}",
         )
     };
-    let (before, since) = (answered(admin), Instant::now());
-    let end = Instant::now() + DEADLINE;
-    while answered(admin) < before + 2.0 || since.elapsed() < Duration::from_millis(3500) {
-        assert!(Instant::now() < end, "no answer counted");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_growth("answers", || answered(admin), Duration::from_millis(3500));
     let now = backends(admin, "db");
     assert!(
         find(&now, b2).is_some() && find(&now, b3).is_some(),
@@ -297,12 +291,18 @@ fn srv_records_become_backends_and_follow_every_change_in_dns() {
         admin,
         "weir_discovery_last_success_timestamp_seconds{pool=\"db\"}",
     );
-    let before = failures(admin);
-    let end = Instant::now() + DEADLINE;
-    while failures(admin) < before + 2.0 {
-        assert!(Instant::now() < end, "no failed resolution counted");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let failures = |admin| {
+        ["timeout", "error", "server_failure"]
+            .iter()
+            .map(|r| {
+                metric(
+                    admin,
+                    &format!("weir_discovery_resolutions_total{{pool=\"db\",result=\"{r}\"}}"),
+                )
+            })
+            .sum::<f64>()
+    };
+    wait_growth("failed resolutions", || failures(admin), Duration::ZERO);
     let now = backends(admin, "db");
     assert!(
         find(&now, b2).is_some() && find(&now, b3).is_some(),
