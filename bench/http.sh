@@ -16,6 +16,7 @@ Usage: bench/http.sh [options]
   --duration SECS    length of each load run (default 10; env BENCH_DURATION)
   --rounds N         interleaved rounds; the report shows medians (default 3; env BENCH_ROUNDS)
   --proxies LIST     comma list of weir,haproxy,nginx (default all three; env BENCH_PROXIES)
+  --scenarios LIST   comma list of h1,h2c,tls (default all three)
   --weir PATH        weir binary (default target/release/weir; env BENCH_WEIR)
   --out FILE         report path (default bench/results/http-<UTC date>.md)
   --quick            smoke test: --duration 3 --rounds 1
@@ -31,6 +32,7 @@ log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 DURATION=${BENCH_DURATION:-}
 ROUNDS=${BENCH_ROUNDS:-}
 PROXIES=${BENCH_PROXIES:-weir,haproxy,nginx}
+SCENARIOS=h1,h2c,tls
 WEIR=${BENCH_WEIR:-$REPO_ROOT/target/release/weir}
 OUT=""
 QUICK=0
@@ -41,6 +43,7 @@ while (($#)); do
         --duration) DURATION=${2:?}; shift 2 ;;
         --rounds) ROUNDS=${2:?}; shift 2 ;;
         --proxies) PROXIES=${2:?}; shift 2 ;;
+        --scenarios) SCENARIOS=${2:?}; shift 2 ;;
         --weir) WEIR=${2:?}; shift 2 ;;
         --out) OUT=${2:?}; shift 2 ;;
         --port-base) PORT_BASE=${2:?}; shift 2 ;;
@@ -53,6 +56,10 @@ done
 if ((QUICK)); then DURATION=${DURATION:-3}; ROUNDS=${ROUNDS:-1}; fi
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
+IFS=, read -r -a SCENARIO_LIST <<<"$SCENARIOS"
+for s in "${SCENARIO_LIST[@]}"; do
+    [[ $s == h1 || $s == h2c || $s == tls ]] || die "unknown scenario: $s (h1, h2c or tls)"
+done
 for v in DURATION ROUNDS PORT_BASE; do
     [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || die "$v must be a positive integer"
 done
@@ -221,7 +228,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
         ports=("${FRONT_H1[$key]}" "${FRONT_H2C[$key]}" "${FRONT_TLS[$key]}")
         wait_quiet "${ports[@]}"
         start_proxy "$round" "$key"
-        for s in h1 h2c tls; do
+        for s in "${SCENARIO_LIST[@]}"; do
             run_scenario "$round" "$key" "$s" "$PROXY_PID"
             wait_quiet "${ports[@]}"
         done

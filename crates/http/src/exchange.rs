@@ -64,15 +64,22 @@ pub(crate) struct Exchange {
 }
 
 impl Exchange {
-    pub(crate) fn start(
+    /// The record of `req`, which has just arrived.
+    pub(crate) fn start<B: http_body::Body>(
         listener: Arc<Listener>,
         route: usize,
         conn: Arc<ConnState>,
         client: SocketAddr,
-        method: Method,
-        uri: Uri,
+        req: &http::Request<B>,
         version: &'static str,
     ) -> Exchange {
+        // A request without a body never counts a byte: it shares the
+        // connection's zero count instead of allocating one.
+        let body = if req.body().is_end_stream() {
+            Arc::clone(&conn.no_body)
+        } else {
+            Arc::default()
+        };
         conn.request_started();
         Exchange {
             listener,
@@ -83,14 +90,14 @@ impl Exchange {
             policy: None,
             trace_id: None,
             recording: None,
-            method,
-            uri,
+            method: req.method().clone(),
+            uri: req.uri().clone(),
             host: None,
             version,
             user_agent: None,
             request_id: None,
             started: Instant::now(),
-            body: Arc::default(),
+            body,
             bytes_out: 0,
             status: 0,
             upstream: None,

@@ -15,7 +15,7 @@
 use std::net::IpAddr;
 
 use http::HeaderMap;
-use http::header::{CONNECTION, HOST, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -42,20 +42,27 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }) {
         return;
     }
-    // The names `Connection` lists are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        // `Connection: te` must not remove the `TE: trailers` kept below,
-        // nor `Connection: host` the request's host.
-        if name != TE && name != HOST {
-            headers.remove(&name);
+    // The names `Connection` lists are hop-by-hop too. The usual ones are
+    // removed below anyway (`keep-alive`, `upgrade`) or name no header
+    // (`close`), and are not collected: most messages allocate nothing here.
+    // `Connection: te` must not remove the `TE: trailers` kept below, nor
+    // `Connection: host` the request's host.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(CONNECTION) {
+        let Ok(value) = value.to_str() else {
+            continue;
+        };
+        for token in value.split(',').map(str::trim) {
+            let usual = ["close", "keep-alive", "upgrade", "te", "host"]
+                .iter()
+                .any(|u| token.eq_ignore_ascii_case(u));
+            if !usual && let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
+            }
         }
+    }
+    for name in named {
+        headers.remove(&name);
     }
     for name in [
         CONNECTION,
@@ -177,7 +184,9 @@ pub fn new_request_id() -> HeaderValue {
         *d = HEX[(n & 0xf) as usize];
         n >>= 4;
     }
-    HeaderValue::from_bytes(&digits).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    // Owned by the value: its copies (the access log's) share it.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(digits))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// IPv4 clients of a dual-stack socket show up as `::ffff:a.b.c.d`; headers

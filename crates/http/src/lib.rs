@@ -24,6 +24,7 @@ mod auth;
 mod body;
 pub mod errors;
 mod exchange;
+mod gather;
 pub mod headers;
 mod io;
 mod policy;

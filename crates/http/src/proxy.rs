@@ -69,8 +69,7 @@ pub(crate) async fn handle(
         cx.route,
         Arc::clone(&cx.conn),
         cx.client,
-        req.method().clone(),
-        req.uri().clone(),
+        &req,
         cx.version,
     ));
     // What the host is: `:authority` (HTTP/2, absolute form), else `Host`.

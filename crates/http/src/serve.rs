@@ -43,6 +43,8 @@ pub(crate) struct ConnState {
     /// What the connection runs after hyper has handed it over (a WebSocket
     /// relay).
     after: Mutex<After>,
+    /// The body count of the requests that have no body: always zero.
+    pub(crate) no_body: Arc<crate::exchange::BodyCount>,
 }
 
 /// Work left for a connection's task (a WebSocket relay).
@@ -68,6 +70,7 @@ impl ConnState {
             header_timeout: AtomicBool::new(false),
             served: AtomicU64::new(0),
             after: Mutex::default(),
+            no_body: Arc::default(),
         }
     }
 
@@ -242,7 +245,8 @@ impl On {
                 .timer(TokioTimer::new())
                 .max_header_list_size(max_header)
                 .max_concurrent_streams(MAX_STREAMS);
-            let io = counted(stream, live.as_ref());
+            // Responses that are ready together leave in one write.
+            let io = crate::gather::Gather::new(counted(stream, live.as_ref()));
             let c = builder.serve_connection(TokioIo::new(io), service);
             drive(
                 c,

@@ -1,0 +1,241 @@
+//! The writes of one HTTP/2 client connection, gathered.
+//!
+//! The h2 crate writes a response's frames as soon as they are queued, and a
+//! DATA frame of more than a few hundred bytes ends its buffer: each
+//! response then costs a `writev` of its own, though the connection carries
+//! many streams at once. Here writes are copied into one buffer, and a flush
+//! is put off once, to the end of the current round of the runtime's ready
+//! tasks, so the responses that arrive in the same round leave in one write.
+//! A large write with nothing gathered before it goes straight through, and
+//! what is gathered is bounded: nothing waits longer than one round.
+
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Gathered bytes past which a write is written out first.
+const LIMIT: usize = 64 * 1024;
+/// A write at least this large, with nothing gathered, is not copied.
+const DIRECT: usize = 16 * 1024;
+/// Buffer capacity kept once everything is written; a larger one is freed,
+/// so an idle connection does not hold a burst's buffer.
+const KEEP: usize = 16 * 1024;
+
+#[derive(Debug)]
+pub(crate) struct Gather<S> {
+    inner: S,
+    buf: Vec<u8>,
+    /// How much of `buf` is written already.
+    start: usize,
+    /// The flush was put off once: the next one writes.
+    deferred: bool,
+}
+
+impl<S> Gather<S> {
+    pub(crate) fn new(inner: S) -> Gather<S> {
+        Gather {
+            inner,
+            buf: Vec::new(),
+            start: 0,
+            deferred: false,
+        }
+    }
+
+    fn gathered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Gather<S> {
+    /// Writes out what is gathered.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.start < self.buf.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.start..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.start += n;
+        }
+        self.start = 0;
+        if self.buf.capacity() > KEEP {
+            self.buf = Vec::new();
+        } else {
+            self.buf.clear();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Makes room for `len` more bytes: `Ready(true)` when they are to be
+    /// gathered, `Ready(false)` when they go straight through.
+    fn poll_room(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<bool>> {
+        if self.gathered() + len > LIMIT {
+            ready!(self.poll_drain(cx))?;
+        }
+        Poll::Ready(Ok(self.gathered() > 0 || len < DIRECT))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Gather<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Gather<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if !ready!(this.poll_room(cx, buf.len()))? {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
+        this.buf.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let len = bufs.iter().map(|b| b.len()).sum();
+        if !ready!(this.poll_room(cx, len))? {
+            return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        }
+        for b in bufs {
+            this.buf.extend_from_slice(b);
+        }
+        Poll::Ready(Ok(len))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.gathered() > 0 {
+            if !this.deferred {
+                // Once: the tasks already woken in this round run first,
+                // and what they queue leaves with this.
+                this.deferred = true;
+                let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
+                return Poll::Pending;
+            }
+            ready!(this.poll_drain(cx))?;
+        }
+        this.deferred = false;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A writer that takes at most `step` bytes per call and counts calls.
+    struct Slow {
+        out: Vec<u8>,
+        step: usize,
+        writes: usize,
+    }
+
+    impl AsyncWrite for Slow {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.step);
+            self.out.extend_from_slice(&buf[..n]);
+            self.writes += 1;
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn slow(step: usize) -> Gather<Slow> {
+        Gather::new(Slow {
+            out: Vec::new(),
+            step,
+            writes: 0,
+        })
+    }
+
+    #[tokio::test]
+    async fn small_writes_leave_together_at_the_flush() -> io::Result<()> {
+        let mut g = slow(usize::MAX);
+        for i in 0..10u8 {
+            g.write_all(&[i; 100]).await?;
+        }
+        let v = [IoSlice::new(b"head"), IoSlice::new(b"tail")];
+        assert_eq!(g.write_vectored(&v).await?, 8);
+        assert_eq!(g.inner.writes, 0);
+        g.flush().await?;
+        assert_eq!(g.inner.writes, 1);
+        assert_eq!(g.inner.out.len(), 1008);
+        assert_eq!(&g.inner.out[1000..], b"headtail");
+        assert_eq!(g.gathered(), 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_flush_is_put_off_once_then_written_even_by_a_short_writer() -> io::Result<()> {
+        let mut g = slow(7);
+        g.write_all(b"0123456789abcdefghij").await?;
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(Pin::new(&mut g).poll_flush(&mut cx).is_pending());
+        assert!(Pin::new(&mut g).poll_flush(&mut cx).is_ready());
+        assert_eq!(g.inner.out, b"0123456789abcdefghij");
+        assert_eq!(g.inner.writes, 3);
+        // Nothing gathered: a flush is not put off.
+        assert!(Pin::new(&mut g).poll_flush(&mut cx).is_ready());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_large_write_goes_through_and_gathered_bytes_stay_bounded() -> io::Result<()> {
+        let mut g = slow(usize::MAX);
+        g.write_all(&vec![1; DIRECT]).await?;
+        assert_eq!((g.inner.writes, g.gathered()), (1, 0));
+        g.write_all(b"x").await?;
+        assert_eq!(g.gathered(), 1);
+        // A large write after gathered bytes keeps the order.
+        g.write_all(&vec![2; DIRECT]).await?;
+        for _ in 0..10 {
+            g.write_all(&vec![3; 10_000]).await?;
+            assert!(g.gathered() <= LIMIT);
+        }
+        g.shutdown().await?;
+        let out = &g.inner.out;
+        assert_eq!(out.len(), 2 * DIRECT + 1 + 100_000);
+        assert_eq!(out[DIRECT], b'x');
+        assert!(out[DIRECT + 1..2 * DIRECT + 1].iter().all(|&b| b == 2));
+        assert!(out[2 * DIRECT + 1..].iter().all(|&b| b == 3));
+        assert_eq!(g.buf.capacity(), 0, "a large buffer is freed once written");
+        Ok(())
+    }
+}
