@@ -23,6 +23,7 @@
 //! metric families; the per-connection path does relaxed atomic adds and takes
 //! no lock shared across connections.
 
+pub mod cancel;
 pub mod client;
 pub mod discovery;
 pub mod events;

@@ -9,6 +9,7 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
@@ -29,6 +30,8 @@ use crate::route::Slot;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Streams one HTTP/2 client may have open at once.
 const MAX_STREAMS: u32 = 256;
+/// While a request is in flight, how often the idle timer looks again.
+const IDLE_RECHECK: Duration = Duration::from_secs(1);
 
 /// What the requests of one connection share with the connection.
 #[derive(Debug)]
@@ -417,29 +420,65 @@ where
     C: Future<Output = Result<(), E>>,
 {
     tokio::pin!(conn);
+    let mut drain = std::pin::pin!(listener.drain.cancelled());
+    let mut retired = std::pin::pin!(slot.retired.cancelled());
+    let mut kill = std::pin::pin!(listener.kill.cancelled());
+    let mut idle_timer = std::pin::pin!(tokio::time::sleep_until(state.idle_since() + idle));
+    let mut watcher = weir_core::cancel::Watcher::new();
     let mut draining = false;
-    loop {
-        let idle_at = state.idle_since() + idle;
-        tokio::select! {
-            // The connection first: it is what wakes this task almost always.
-            biased;
-            r = conn.as_mut() => return r,
-            () = tokio::time::sleep_until(idle_at), if !draining => {
-                if state.in_flight() == 0 && state.idle_since() + idle <= Instant::now() {
-                    graceful(conn.as_mut());
-                    draining = true;
-                }
-            }
-            () = listener.drain.cancelled(), if !draining => {
-                graceful(conn.as_mut());
-                draining = true;
-            }
-            () = slot.retired.cancelled(), if !draining => {
-                graceful(conn.as_mut());
-                draining = true;
-            }
-            () = listener.kill.cancelled() => return Ok(()),
-            () = weir_core::live::closed(live) => return Ok(()),
+    std::future::poll_fn(|cx| {
+        // The connection first: it is what wakes this task almost always.
+        if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+            return Poll::Ready(r);
         }
-    }
+        if let Some(live) = live
+            && live.poll_closed(cx).is_ready()
+        {
+            return Poll::Ready(Ok(()));
+        }
+        while !draining && idle_timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            let idle_at = state.idle_since() + idle;
+            if state.in_flight() == 0 && idle_at <= now {
+                graceful(conn.as_mut());
+                draining = true;
+                // hyper starts its graceful end when next polled.
+                cx.waker().wake_by_ref();
+            } else if state.in_flight() > 0 {
+                // Not idle while a request is in flight (a stream may last
+                // hours): looked at again a little later.
+                idle_timer.as_mut().reset(now + idle.min(IDLE_RECHECK));
+            } else {
+                idle_timer.as_mut().reset(idle_at);
+            }
+        }
+        // The shared signals: polled (and their locks taken) only when one
+        // of them fired.
+        let stop = watcher.poll(cx, |cx| {
+            if kill.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Stop::Now);
+            }
+            if drain.as_mut().poll(cx).is_ready() || retired.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Stop::Gracefully);
+            }
+            Poll::Pending
+        });
+        match stop {
+            Poll::Ready(Stop::Now) => return Poll::Ready(Ok(())),
+            Poll::Ready(Stop::Gracefully) if !draining => {
+                graceful(conn.as_mut());
+                draining = true;
+                // hyper starts its graceful end when next polled.
+                cx.waker().wake_by_ref();
+            }
+            _ => {}
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+enum Stop {
+    Now,
+    Gracefully,
 }

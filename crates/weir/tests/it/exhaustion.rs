@@ -85,7 +85,7 @@ fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
 }
 
 /// User plus system CPU seconds of process `pid` so far.
-fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
     let fields: Vec<&str> = stat[stat.rfind(')').unwrap_or(0) + 2..]
         .split_whitespace()

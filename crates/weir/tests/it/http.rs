@@ -1296,12 +1296,13 @@ fn reload_reaches_open_connections_and_drains_a_removed_route() {
 }
 
 /// A client connection with no request for `timeouts.idle` is closed; one
-/// in the middle of a slow request is not.
+/// in the middle of a slow request is not, and waiting for it costs no CPU
+/// (the idle timer once fired again and again while a request outlasted it).
 #[test]
 fn idle_client_connections_are_closed() {
-    let slow = raw_backend(None, Duration::from_millis(700));
+    let slow = raw_backend(None, Duration::from_millis(1500));
     let front = free_port();
-    let (_weir, _out) = start(
+    let (weir, _out) = start(
         "l7-idle",
         &format!(
             "[log]\naccess_log = false\n\
@@ -1316,8 +1317,11 @@ fn idle_client_connections_are_closed() {
     let mut s = TcpStream::connect(front).expect("connect");
     s.set_read_timeout(Some(DEADLINE)).expect("timeout");
     // Longer than the idle timeout, but a request is in flight.
+    let cpu = crate::exhaustion::cpu_seconds(weir.0.id());
     let body = keepalive_get(&mut s, "/").expect("a slow request");
     assert!(body.starts_with("conn=1 req=1"), "{body}");
+    let spent = crate::exhaustion::cpu_seconds(weir.0.id()) - cpu;
+    assert!(spent < 0.3, "{spent:.2} s of CPU while one request waited 1.5 s");
     let began = Instant::now();
     let mut rest = Vec::new();
     let n = s.read_to_end(&mut rest).expect("closed by weir");
