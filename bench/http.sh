@@ -17,6 +17,9 @@ Usage: bench/http.sh [options]
   --rounds N         interleaved rounds; the report shows medians (default 3; env BENCH_ROUNDS)
   --proxies LIST     comma list of weir,haproxy,nginx (default all three; env BENCH_PROXIES)
   --scenarios LIST   comma list of h1,h2c,tls (default all three)
+  --callgrind N      also count each proxy's user-space instructions per request over N
+                     requests (h1 and h2c, under valgrind's callgrind, weir and HAProxy):
+                     a figure that, unlike CPU time, hardly moves between runs
   --weir PATH        weir binary (default target/release/weir; env BENCH_WEIR)
   --out FILE         report path (default bench/results/http-<UTC date>.md)
   --quick            smoke test: --duration 3 --rounds 1
@@ -33,6 +36,7 @@ DURATION=${BENCH_DURATION:-}
 ROUNDS=${BENCH_ROUNDS:-}
 PROXIES=${BENCH_PROXIES:-weir,haproxy,nginx}
 SCENARIOS=h1,h2c,tls
+CALLGRIND=0
 WEIR=${BENCH_WEIR:-$REPO_ROOT/target/release/weir}
 OUT=""
 QUICK=0
@@ -44,6 +48,7 @@ while (($#)); do
         --rounds) ROUNDS=${2:?}; shift 2 ;;
         --proxies) PROXIES=${2:?}; shift 2 ;;
         --scenarios) SCENARIOS=${2:?}; shift 2 ;;
+        --callgrind) CALLGRIND=${2:?}; shift 2 ;;
         --weir) WEIR=${2:?}; shift 2 ;;
         --out) OUT=${2:?}; shift 2 ;;
         --port-base) PORT_BASE=${2:?}; shift 2 ;;
@@ -60,6 +65,12 @@ IFS=, read -r -a SCENARIO_LIST <<<"$SCENARIOS"
 for s in "${SCENARIO_LIST[@]}"; do
     [[ $s == h1 || $s == h2c || $s == tls ]] || die "unknown scenario: $s (h1, h2c or tls)"
 done
+[[ $CALLGRIND =~ ^[0-9]+$ ]] || die "--callgrind takes a request count"
+if ((CALLGRIND)); then
+    for c in valgrind callgrind_control; do
+        command -v "$c" >/dev/null || die "missing $c — apt-get install -y valgrind"
+    done
+fi
 for v in DURATION ROUNDS PORT_BASE; do
     [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || die "$v must be a positive integer"
 done
@@ -197,6 +208,52 @@ run_scenario() { # round key scenario pid
     log "    $s: $rps req/s, p99 $p99 ms, $errs errors, proxy CPU $per µs/request"
 }
 
+# User-space instructions per request, counted by callgrind: the proxy runs
+# under valgrind (about 50 times slower, so the load is a fixed request count,
+# not a duration), the counters are zeroed after a warm-up and dumped after N
+# requests. nginx forks its workers, which this does not follow: skipped.
+count_instructions() { # key
+    local key=$1 dir=$WORK/callgrind-$1 s url pid f ir
+    [[ $key == nginx ]] && { log "callgrind: nginx skipped (forked workers)"; return; }
+    mkdir -p "$dir"
+    local vars=(DIR="$dir" NOFILE="$NOFILE" MAXCONN="$MAXCONN" NGINX_PORT="$NGINX_PORT"
+        FRONT_H1="${FRONT_H1[$key]}" FRONT_H2C="${FRONT_H2C[$key]}" FRONT_TLS="${FRONT_TLS[$key]}"
+        CERT="$WORK/cert.pem" KEY="$WORK/key.pem" CERT_COMBINED="$WORK/combined.pem")
+    local cg=(valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" --dump-line=no)
+    case $key in
+        haproxy)
+            render haproxy-http.cfg.in "$dir/haproxy.cfg" "${vars[@]}"
+            launch haproxy "$dir/proxy.log" taskset -c 1 "${cg[@]}" haproxy -db -f "$dir/haproxy.cfg" ;;
+        weir)
+            render weir-http.toml.in "$dir/weir.toml" "${vars[@]}"
+            launch weir "$dir/proxy.log" taskset -c 1 "${cg[@]}" "$WEIR" run --config "$dir/weir.toml" ;;
+    esac
+    pid=$LAUNCHED_PID
+    wait_listen "$pid" 120 "${FRONT_H1[$key]}" "${FRONT_H2C[$key]}" \
+        || { tail -n 20 "$dir/proxy.log" >&2; die "${LABEL[$key]} did not start under valgrind"; }
+    for s in "${SCENARIO_LIST[@]}"; do
+        case $s in
+            h1) url=(--h1 -c10 "http://127.0.0.1:${FRONT_H1[$key]}/") ;;
+            h2c) url=(-c5 -m10 "http://127.0.0.1:${FRONT_H2C[$key]}/") ;;
+            *) continue ;;
+        esac
+        timeout -k 5 300 taskset -c 0 h2load -t1 -n 500 "${url[@]}" >/dev/null 2>&1 || true
+        rm -f "$dir"/callgrind.out.*
+        callgrind_control -z "$pid" >/dev/null
+        timeout -k 5 600 taskset -c 0 h2load -t1 -n "$CALLGRIND" "${url[@]}" >"$dir/$s.txt" 2>&1 || true
+        callgrind_control -d "$pid" >/dev/null
+        f=$(ls -t "$dir"/callgrind.out.* 2>/dev/null | head -n 1)
+        ir=$(awk '/^(summary|totals):/ {print $2; exit}' "${f:-/dev/null}")
+        if grep -q "^requests: $CALLGRIND total.* $CALLGRIND succeeded" "$dir/$s.txt" && [[ -n $ir ]]; then
+            record 1 "$key" "${s}_instr" "$((ir / CALLGRIND))"
+            log "    callgrind $s: $((ir / CALLGRIND)) instructions per request"
+        else
+            log "    callgrind $s: the load did not complete; no figure"
+        fi
+    done
+    stop_pid "$pid"
+}
+
 {
     echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "nproc=$(nproc)"
@@ -235,6 +292,14 @@ for ((round = 1; round <= ROUNDS; round++)); do
         stop_pid "$PROXY_PID"
     done
 done
+
+if ((CALLGRIND)); then
+    for key in "${KEYS[@]}"; do
+        log "callgrind: ${LABEL[$key]}, $CALLGRIND requests per scenario"
+        wait_quiet "${FRONT_H1[$key]}" "${FRONT_H2C[$key]}"
+        count_instructions "$key"
+    done
+fi
 
 if [[ -z $OUT ]]; then
     OUT=$BENCH_DIR/results/http-$(date -u +%Y-%m-%d).md

@@ -58,6 +58,8 @@ HTTP_METRICS = [
     ("h1_cpu_us", "Proxy CPU per request, HTTP/1.1 keep-alive (µs)", -1),
     ("h2c_cpu_us", "Proxy CPU per request, h2c (µs)", -1),
     ("tls_cpu_us", "Proxy CPU per TLS handshake + request (µs)", -1),
+    ("h1_instr", "User-space instructions per request, HTTP/1.1 (callgrind)", -1),
+    ("h2c_instr", "User-space instructions per request, h2c (callgrind)", -1),
 ]
 HTTP_EXTRA = [
     ("h1_errors", "HTTP/1.1 keep-alive: wrk errors"),
@@ -283,6 +285,9 @@ def results(w, raw, proxies, labels, rounds, metrics, extra, notes, base_key="ha
         vals = [v for v in raw.get((p, m), {}).values() if v is not None]
         return statistics.median(vals) if vals else None
 
+    # Instruction counts come only from a run asked for them (--callgrind).
+    metrics = [m for m in metrics
+               if not m[0].endswith("_instr") or any(median(p, m[0]) is not None for p in proxies)]
     w("")
     w(f"## Results (medians of {rounds} round(s))")
     w("")

@@ -30,16 +30,25 @@ const MAX_REQUEST_ID: usize = 200;
 
 /// Removes the hop-by-hop headers of `headers`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages have none or only `Connection`: one pass over the names
-    // spares a hashed lookup per hop-by-hop name.
-    if !headers.keys().any(|n| {
-        n == CONNECTION
-            || n == KEEP_ALIVE
-            || n == PROXY_CONNECTION
-            || n == TRANSFER_ENCODING
-            || n == UPGRADE
-            || n == TE
-    }) {
+    // One pass over the names finds which hop-by-hop headers there are
+    // (most messages have none, or only `Connection`): only those are then
+    // looked up by hash and removed.
+    const N: usize = 6;
+    const HOP: [HeaderName; N] = [
+        CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        TRANSFER_ENCODING,
+        UPGRADE,
+        TE,
+    ];
+    let mut present = [false; N];
+    for name in headers.keys() {
+        if let Some(i) = HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
         return;
     }
     // The names `Connection` lists are hop-by-hop too. The usual ones are
@@ -48,40 +57,40 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // `Connection: te` must not remove the `TE: trailers` kept below, nor
     // `Connection: host` the request's host.
     let mut named: Vec<HeaderName> = Vec::new();
-    for value in headers.get_all(CONNECTION) {
-        let Ok(value) = value.to_str() else {
-            continue;
-        };
-        for token in value.split(',').map(str::trim) {
-            let usual = ["close", "keep-alive", "upgrade", "te", "host"]
-                .iter()
-                .any(|u| token.eq_ignore_ascii_case(u));
-            if !usual && let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                named.push(name);
+    if present[0] {
+        for value in headers.get_all(CONNECTION) {
+            let Ok(value) = value.to_str() else {
+                continue;
+            };
+            for token in value.split(',').map(str::trim) {
+                let usual = ["close", "keep-alive", "upgrade", "te", "host"]
+                    .iter()
+                    .any(|u| token.eq_ignore_ascii_case(u));
+                if !usual && let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    named.push(name);
+                }
             }
         }
     }
     for name in named {
         headers.remove(&name);
     }
-    for name in [
-        CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        TRANSFER_ENCODING,
-        UPGRADE,
-    ] {
-        headers.remove(&name);
+    for (name, here) in HOP.iter().zip(present).take(N - 1) {
+        if here {
+            headers.remove(name);
+        }
     }
-    let trailers_only = {
-        let mut values = headers.get_all(TE).iter();
-        matches!(
-            (values.next(), values.next()),
-            (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"trailers")
-        )
-    };
-    if !trailers_only {
-        headers.remove(TE);
+    if present[N - 1] {
+        let trailers_only = {
+            let mut values = headers.get_all(TE).iter();
+            matches!(
+                (values.next(), values.next()),
+                (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"trailers")
+            )
+        };
+        if !trailers_only {
+            headers.remove(TE);
+        }
     }
 }
 

@@ -241,7 +241,6 @@ impl On {
             version: if http2 { "HTTP/2" } else { "HTTP/1.1" },
             live: live.as_ref().map(LiveGuard::entry),
         });
-        let service = hyper::service::service_fn(move |req| proxy::handle(Arc::clone(&cx), req));
         let outcome = if http2 {
             let mut builder = http2::Builder::new(TokioExecutor::new());
             builder
@@ -250,6 +249,12 @@ impl On {
                 .max_concurrent_streams(MAX_STREAMS);
             // Responses that are ready together leave in one write.
             let io = crate::gather::Gather::new(counted(stream, live.as_ref()));
+            // Each stream's request runs in a task hyper spawns: boxed, the
+            // request's future is written once, not copied at every step of
+            // the spawn.
+            let service = hyper::service::service_fn(move |req| {
+                Box::pin(proxy::handle(Arc::clone(&cx), req))
+            });
             let c = builder.serve_connection(TokioIo::new(io), service);
             drive(
                 c,
@@ -280,7 +285,10 @@ impl On {
                 // The request header must fit: a larger one is answered 431.
                 .max_buf_size(usize::try_from(max_header).unwrap_or(usize::MAX).max(8192));
             let c = builder
-                .serve_connection(TokioIo::new(io), service)
+                .serve_connection(
+                    TokioIo::new(io),
+                    hyper::service::service_fn(move |req| proxy::handle(Arc::clone(&cx), req)),
+                )
                 .with_upgrades();
             drive(
                 c,

@@ -1321,7 +1321,10 @@ fn idle_client_connections_are_closed() {
     let body = keepalive_get(&mut s, "/").expect("a slow request");
     assert!(body.starts_with("conn=1 req=1"), "{body}");
     let spent = crate::exhaustion::cpu_seconds(weir.0.id()) - cpu;
-    assert!(spent < 0.3, "{spent:.2} s of CPU while one request waited 1.5 s");
+    assert!(
+        spent < 0.3,
+        "{spent:.2} s of CPU while one request waited 1.5 s"
+    );
     let began = Instant::now();
     let mut rest = Vec::new();
     let n = s.read_to_end(&mut rest).expect("closed by weir");
