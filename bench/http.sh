@@ -148,8 +148,10 @@ launch "backend nginx" "$WORK/backend/out.log" taskset -c 0 \
     nginx -p "$WORK/backend/" -e "$WORK/backend/error.log" -c "$WORK/backend/nginx.conf" -g 'daemon off;'
 wait_listen "$LAUNCHED_PID" 20 "$NGINX_PORT" || die "backend nginx did not start"
 
-start_proxy() { # round key -> PROXY_PID
-    local key=$2 dir=$WORK/r$1-$2
+start_proxy() { # dir key [wrapper...] -> PROXY_PID; a wrapper (valgrind) runs the proxy under it
+    local dir=$1 key=$2 wait=20
+    shift 2
+    (($#)) && wait=120
     mkdir -p "$dir"
     local vars=(DIR="$dir" NOFILE="$NOFILE" MAXCONN="$MAXCONN" NGINX_PORT="$NGINX_PORT"
         FRONT_H1="${FRONT_H1[$key]}" FRONT_H2C="${FRONT_H2C[$key]}" FRONT_TLS="${FRONT_TLS[$key]}"
@@ -157,17 +159,17 @@ start_proxy() { # round key -> PROXY_PID
     case $key in
         haproxy)
             render haproxy-http.cfg.in "$dir/haproxy.cfg" "${vars[@]}"
-            launch haproxy "$dir/proxy.log" taskset -c 1 haproxy -db -f "$dir/haproxy.cfg" ;;
+            launch haproxy "$dir/proxy.log" taskset -c 1 "$@" haproxy -db -f "$dir/haproxy.cfg" ;;
         nginx)
             render nginx-http.conf.in "$dir/nginx.conf" "${vars[@]}"
-            launch nginx "$dir/proxy.log" taskset -c 1 \
+            launch nginx "$dir/proxy.log" taskset -c 1 "$@" \
                 nginx -p "$dir/" -e "$dir/error.log" -c "$dir/nginx.conf" -g 'daemon off;' ;;
         weir)
             render weir-http.toml.in "$dir/weir.toml" "${vars[@]}"
-            launch weir "$dir/proxy.log" taskset -c 1 "$WEIR" run --config "$dir/weir.toml" ;;
+            launch weir "$dir/proxy.log" taskset -c 1 "$@" "$WEIR" run --config "$dir/weir.toml" ;;
     esac
     PROXY_PID=$LAUNCHED_PID
-    wait_listen "$PROXY_PID" 20 "${FRONT_H1[$key]}" "${FRONT_H2C[$key]}" "${FRONT_TLS[$key]}" \
+    wait_listen "$PROXY_PID" "$wait" "${FRONT_H1[$key]}" "${FRONT_H2C[$key]}" "${FRONT_TLS[$key]}" \
         || { tail -n 20 "$dir/proxy.log" >&2; die "${LABEL[$key]} did not start"; }
 }
 
@@ -215,22 +217,9 @@ run_scenario() { # round key scenario pid
 count_instructions() { # key
     local key=$1 dir=$WORK/callgrind-$1 s url pid f ir
     [[ $key == nginx ]] && { log "callgrind: nginx skipped (forked workers)"; return; }
-    mkdir -p "$dir"
-    local vars=(DIR="$dir" NOFILE="$NOFILE" MAXCONN="$MAXCONN" NGINX_PORT="$NGINX_PORT"
-        FRONT_H1="${FRONT_H1[$key]}" FRONT_H2C="${FRONT_H2C[$key]}" FRONT_TLS="${FRONT_TLS[$key]}"
-        CERT="$WORK/cert.pem" KEY="$WORK/key.pem" CERT_COMBINED="$WORK/combined.pem")
-    local cg=(valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" --dump-line=no)
-    case $key in
-        haproxy)
-            render haproxy-http.cfg.in "$dir/haproxy.cfg" "${vars[@]}"
-            launch haproxy "$dir/proxy.log" taskset -c 1 "${cg[@]}" haproxy -db -f "$dir/haproxy.cfg" ;;
-        weir)
-            render weir-http.toml.in "$dir/weir.toml" "${vars[@]}"
-            launch weir "$dir/proxy.log" taskset -c 1 "${cg[@]}" "$WEIR" run --config "$dir/weir.toml" ;;
-    esac
-    pid=$LAUNCHED_PID
-    wait_listen "$pid" 120 "${FRONT_H1[$key]}" "${FRONT_H2C[$key]}" \
-        || { tail -n 20 "$dir/proxy.log" >&2; die "${LABEL[$key]} did not start under valgrind"; }
+    start_proxy "$dir" "$key" valgrind --tool=callgrind \
+        --callgrind-out-file="$dir/callgrind.out" --dump-line=no
+    pid=$PROXY_PID
     for s in "${SCENARIO_LIST[@]}"; do
         case $s in
             h1) url=(--h1 -c10 "http://127.0.0.1:${FRONT_H1[$key]}/") ;;
@@ -284,7 +273,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
         # alive on purpose.
         ports=("${FRONT_H1[$key]}" "${FRONT_H2C[$key]}" "${FRONT_TLS[$key]}")
         wait_quiet "${ports[@]}"
-        start_proxy "$round" "$key"
+        start_proxy "$WORK/r$round-$key" "$key"
         for s in "${SCENARIO_LIST[@]}"; do
             run_scenario "$round" "$key" "$s" "$PROXY_PID"
             wait_quiet "${ports[@]}"
