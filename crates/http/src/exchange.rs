@@ -130,8 +130,9 @@ impl Exchange {
         }
         self.finished = true;
         let recording = self.recording.take();
-        self.conn.request_ended();
-        let took = self.started.elapsed();
+        let now = Instant::now();
+        self.conn.request_ended(now);
+        let took = now.saturating_duration_since(self.started);
         let route = self.listener.routes.get(self.route);
         if self.status == 0 {
             // No answer was sent: the client left while the request was on

@@ -317,7 +317,7 @@ async fn forward(
         let checkout = if upgrading {
             Box::pin(conns.fresh_upgradeable(&target.dialer)).await
         } else {
-            conns.checkout(&target.dialer).await
+            conns.checkout(&target.dialer, began).await
         };
         let mut lease = match checkout {
             Ok(lease) => lease,
@@ -351,8 +351,15 @@ async fn forward(
         // nothing.
         let copy = (replayable && lease.reused && lease.rested >= RACE_REST)
             .then(|| copy_bodiless(&request));
-        let sent_at = Instant::now();
-        let outcome = send(&mut lease, request, state.timeouts.upstream_response).await;
+        // A kept-alive connection is taken at once: the clock read before
+        // serves (one reading fewer per request).
+        let sent_at = if lease.reused { began } else { Instant::now() };
+        let outcome = send(
+            &mut lease,
+            request,
+            deadline(sent_at, state.timeouts.upstream_response),
+        )
+        .await;
         let outcome = match outcome {
             // The keep-alive race: the backend closed a kept-alive
             // connection as the request went out. Once, on a new one.
@@ -408,12 +415,19 @@ enum Sent {
     Connect(Reason),
 }
 
+/// `within` after `from`, or a date too far to come when that overflows.
+fn deadline(from: Instant, within: std::time::Duration) -> Instant {
+    from.checked_add(within)
+        .or_else(|| from.checked_add(std::time::Duration::from_secs(30 * 365 * 86_400)))
+        .unwrap_or(from)
+}
+
 async fn send(
     lease: &mut Lease,
     req: Box<Request<RequestBody>>,
-    within: std::time::Duration,
+    deadline: Instant,
 ) -> Result<Response<Incoming>, Sent> {
-    match tokio::time::timeout(within, lease.send(req)).await {
+    match tokio::time::timeout_at(deadline, lease.send(req)).await {
         Err(_) => Err(Sent::Timeout),
         Ok(Ok(r)) => Ok(r),
         Ok(Err(SendError::NotSent(req))) => Err(Sent::Not(req)),
@@ -432,7 +446,12 @@ async fn retry_fresh(
     state: &RouteState,
 ) -> Result<(Response<Incoming>, Lease), Sent> {
     let mut lease = Box::pin(conns.fresh(dialer)).await.map_err(Sent::Connect)?;
-    let r = send(&mut lease, req, state.timeouts.upstream_response).await?;
+    let r = send(
+        &mut lease,
+        req,
+        deadline(Instant::now(), state.timeouts.upstream_response),
+    )
+    .await?;
     Ok((r, lease))
 }
 

@@ -86,8 +86,9 @@ impl ConnState {
         self.served.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn request_ended(&self) {
-        let micros = u64::try_from(self.began.elapsed().as_micros()).unwrap_or(u64::MAX);
+    pub(crate) fn request_ended(&self, now: Instant) {
+        let micros = u64::try_from(now.saturating_duration_since(self.began).as_micros())
+            .unwrap_or(u64::MAX);
         self.last_end.store(micros, Relaxed);
         self.in_flight.fetch_sub(1, Relaxed);
     }

@@ -111,10 +111,16 @@ impl Conns {
 
     /// A connection for one request: a kept one when there is one, else a
     /// new one. A failure is a connect reason (`Refused`, `Timeout`, `Tls`...).
-    pub(crate) async fn checkout(self: &Arc<Self>, dialer: &Dialer) -> Result<Lease, Reason> {
+    /// `now` is the caller's clock reading, to tell how long an idle
+    /// connection rested.
+    pub(crate) async fn checkout(
+        self: &Arc<Self>,
+        dialer: &Dialer,
+        now: Instant,
+    ) -> Result<Lease, Reason> {
         match self.protocol {
             HttpProtocol::Http1 => {
-                if let Some((sender, rested)) = self.reuse_h1().await {
+                if let Some((sender, rested)) = self.reuse_h1(now).await {
                     return Ok(self.lease(Sender::H1(sender), true, rested));
                 }
             }
@@ -216,11 +222,11 @@ impl Conns {
 
     /// The warmest idle HTTP/1.1 connection that is still open and ready,
     /// and how long it rested.
-    async fn reuse_h1(&self) -> Option<(http1::SendRequest<RequestBody>, Duration)> {
+    async fn reuse_h1(&self, now: Instant) -> Option<(http1::SendRequest<RequestBody>, Duration)> {
         loop {
             let idle = self.idle().pop()?;
             self.stats.upstream_idle.fetch_sub(1, Relaxed);
-            let rested = idle.since.elapsed();
+            let rested = now.saturating_duration_since(idle.since);
             if rested >= self.keepalive || idle.sender.is_closed() {
                 continue;
             }
@@ -403,8 +409,8 @@ impl AsyncWrite for Io {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Io::Plain(s) => crate::io::poll_write_few(Pin::new(s), cx, bufs),
+            Io::Tls(s) => crate::io::poll_write_few(Pin::new(s.as_mut()), cx, bufs),
         }
     }
 
