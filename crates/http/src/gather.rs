@@ -1,17 +1,18 @@
 //! The writes of one HTTP/2 client connection, gathered.
 //!
-//! The h2 crate writes a response's frames as soon as they are queued, and a
-//! DATA frame of more than a few hundred bytes ends its buffer: each
-//! response then costs a `writev` of its own, though the connection carries
-//! many streams at once. Here writes are copied into one buffer, and a flush
-//! is put off once, to the end of the current round of the runtime's ready
-//! tasks, so the responses that arrive in the same round leave in one write.
-//! A large write with nothing gathered before it goes straight through, and
-//! what is gathered is bounded: nothing waits longer than one round.
+//! The h2 crate flushes as soon as a DATA frame of more than a few hundred
+//! bytes is queued: each response would cost a write of its own, though the
+//! connection carries many streams at once. Here writes are copied into one
+//! buffer, and while the connection's task holds the flushes (see
+//! [`Hold`]), a flush only notes that bytes wait: the task writes them once,
+//! at the end of its turn, so the responses of one turn leave together. A
+//! large write with nothing gathered before it goes straight through, and
+//! what is gathered is bounded.
 
-use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -24,24 +25,52 @@ const DIRECT: usize = 16 * 1024;
 /// so an idle connection does not hold a burst's buffer.
 const KEEP: usize = 16 * 1024;
 
+/// Flushes held by the connection's task while it runs the streams and the
+/// connection; shared by the task and its [`Gather`].
+#[derive(Debug, Default)]
+pub(crate) struct Hold {
+    on: AtomicBool,
+    /// A flush was asked for while held.
+    asked: AtomicBool,
+}
+
+impl Hold {
+    /// From now, flushes wait.
+    pub(crate) fn start(&self) {
+        self.on.store(true, Relaxed);
+    }
+
+    /// Flushes go ahead again; true when one was asked for meanwhile (the
+    /// connection is to be polled once more, to write).
+    pub(crate) fn end(&self) -> bool {
+        self.on.store(false, Relaxed);
+        self.asked.swap(false, Relaxed)
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Gather<S> {
     inner: S,
     buf: Vec<u8>,
     /// How much of `buf` is written already.
     start: usize,
-    /// The flush was put off once: the next one writes.
-    deferred: bool,
+    hold: Arc<Hold>,
 }
 
 impl<S> Gather<S> {
-    pub(crate) fn new(inner: S) -> Gather<S> {
+    pub(crate) fn new(inner: S, hold: Arc<Hold>) -> Gather<S> {
         Gather {
             inner,
             buf: Vec::new(),
             start: 0,
-            deferred: false,
+            hold,
         }
+    }
+
+    /// The stream written to.
+    #[cfg(test)]
+    pub(crate) fn get_ref(&self) -> &S {
+        &self.inner
     }
 
     fn gathered(&self) -> usize {
@@ -125,16 +154,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gather<S> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.gathered() > 0 {
-            if !this.deferred {
-                // Once: the tasks already woken in this round run first,
-                // and what they queue leaves with this.
-                this.deferred = true;
-                let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
-                return Poll::Pending;
+            if this.hold.on.load(Relaxed) {
+                this.hold.asked.store(true, Relaxed);
+                return Poll::Ready(Ok(()));
             }
             ready!(this.poll_drain(cx))?;
         }
-        this.deferred = false;
         Pin::new(&mut this.inner).poll_flush(cx)
     }
 
@@ -177,11 +202,14 @@ mod tests {
     }
 
     fn slow(step: usize) -> Gather<Slow> {
-        Gather::new(Slow {
-            out: Vec::new(),
-            step,
-            writes: 0,
-        })
+        Gather::new(
+            Slow {
+                out: Vec::new(),
+                step,
+                writes: 0,
+            },
+            Arc::default(),
+        )
     }
 
     #[tokio::test]
@@ -202,17 +230,39 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_flush_is_put_off_once_then_written_even_by_a_short_writer() -> io::Result<()> {
+    async fn held_flushes_wait_for_the_end_of_the_hold() -> io::Result<()> {
         let mut g = slow(7);
-        g.write_all(b"0123456789abcdefghij").await?;
-        let waker = std::task::Waker::noop();
-        let mut cx = Context::from_waker(waker);
-        assert!(Pin::new(&mut g).poll_flush(&mut cx).is_pending());
-        assert!(Pin::new(&mut g).poll_flush(&mut cx).is_ready());
+        let hold = Arc::clone(&g.hold);
+        hold.start();
+        g.write_all(b"0123456789").await?;
+        g.flush().await?;
+        g.write_all(b"abcdefghij").await?;
+        g.flush().await?;
+        assert_eq!(g.inner.writes, 0, "held: nothing written");
+        assert!(hold.end(), "a flush was asked for");
+        assert!(!hold.end(), "asked once, answered once");
+        // Written at the next flush, even by a writer that takes 7 bytes at
+        // a time.
+        g.flush().await?;
         assert_eq!(g.inner.out, b"0123456789abcdefghij");
         assert_eq!(g.inner.writes, 3);
-        // Nothing gathered: a flush is not put off.
-        assert!(Pin::new(&mut g).poll_flush(&mut cx).is_ready());
+        // Nothing gathered, nothing asked.
+        hold.start();
+        g.flush().await?;
+        assert!(!hold.end());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_held_buffer_is_written_once_it_is_full() -> io::Result<()> {
+        let mut g = slow(usize::MAX);
+        g.hold.start();
+        for _ in 0..LIMIT / 1000 + 1 {
+            g.write_all(&[5; 1000]).await?;
+            g.flush().await?;
+        }
+        assert_eq!(g.inner.writes, 1, "bounded even while held");
+        assert!(g.gathered() <= LIMIT);
         Ok(())
     }
 

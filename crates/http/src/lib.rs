@@ -32,6 +32,7 @@ mod proxy;
 mod route;
 pub mod rules;
 mod serve;
+mod streams;
 mod tls;
 mod trace;
 mod upgrade;

@@ -13,7 +13,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use weir_core::Reason;
@@ -243,29 +243,31 @@ impl On {
             live: live.as_ref().map(LiveGuard::entry),
         });
         let outcome = if http2 {
-            let mut builder = http2::Builder::new(TokioExecutor::new());
+            // The streams run in this task, not one task each.
+            let streams = crate::streams::Streams::default();
+            let mut builder = http2::Builder::new(streams.clone());
             builder
                 .timer(TokioTimer::new())
                 .max_header_list_size(max_header)
                 .max_concurrent_streams(MAX_STREAMS);
             // Responses that are ready together leave in one write.
-            let io = crate::gather::Gather::new(counted(stream, live.as_ref()));
-            // Each stream's request runs in a task hyper spawns: boxed, the
-            // request's future is written once, not copied at every step of
-            // the spawn.
+            let hold = Arc::new(crate::gather::Hold::default());
+            let io = crate::gather::Gather::new(counted(stream, live.as_ref()), Arc::clone(&hold));
+            // Boxed, a stream's request future is written once, not copied
+            // each time hyper and the executor move the stream.
             let service = hyper::service::service_fn(move |req| {
                 Box::pin(proxy::handle(Arc::clone(&cx), req))
             });
             let c = builder.serve_connection(TokioIo::new(io), service);
             drive(
-                c,
+                crate::streams::Run::new(c, &streams, hold),
                 &conn,
                 &listener,
                 &slot,
                 live.as_deref(),
                 timeouts.idle,
-                |c| {
-                    c.graceful_shutdown();
+                |run| {
+                    run.get_mut().conn().graceful_shutdown();
                 },
             )
             .await
