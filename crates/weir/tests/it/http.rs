@@ -1170,14 +1170,14 @@ pub(crate) fn keepalive_get(s: &mut TcpStream, path: &str) -> std::io::Result<St
 }
 
 /// An HTTP/2 (h2c) client on one connection, with the h2 crate.
-struct H2Client {
+pub(crate) struct H2Client {
     rt: tokio::runtime::Runtime,
     send: h2::client::SendRequest<bytes::Bytes>,
     conn: tokio::task::JoinHandle<Result<(), h2::Error>>,
 }
 
 impl H2Client {
-    fn connect(addr: SocketAddr) -> H2Client {
+    pub(crate) fn connect(addr: SocketAddr) -> H2Client {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -1211,6 +1211,44 @@ impl H2Client {
                 text.extend_from_slice(&chunk);
             }
             Ok((status, String::from_utf8_lossy(&text).into_owned()))
+        })
+    }
+
+    /// `GET path` of a stream of server-sent events: when each of the
+    /// first `events` events arrived, counted from the request.
+    pub(crate) fn event_arrivals(
+        &mut self,
+        path: &str,
+        events: usize,
+    ) -> Result<Vec<Duration>, h2::Error> {
+        let send = self.send.clone();
+        self.rt.block_on(async move {
+            let mut send = send.ready().await?;
+            let req = http::Request::get(format!("http://app{path}"))
+                .body(())
+                .expect("request");
+            let began = std::time::Instant::now();
+            let (response, _) = send.send_request(req, true)?;
+            let response = tokio::time::timeout(DEADLINE, response)
+                .await
+                .map_err(|_| h2::Error::from(h2::Reason::CANCEL))??;
+            let mut body = response.into_body();
+            let (mut text, mut arrivals) = (Vec::new(), Vec::new());
+            while arrivals.len() < events {
+                let Ok(Some(chunk)) = tokio::time::timeout(DEADLINE, body.data()).await else {
+                    break;
+                };
+                let chunk = chunk?;
+                let _ = body.flow_control().release_capacity(chunk.len());
+                text.extend_from_slice(&chunk);
+                let seen = String::from_utf8_lossy(&text)
+                    .matches("data: event")
+                    .count();
+                while arrivals.len() < seen {
+                    arrivals.push(began.elapsed());
+                }
+            }
+            Ok(arrivals)
         })
     }
 

@@ -214,6 +214,13 @@ fn server_sent_events_arrive_one_by_one() {
     assert_eq!(at.len(), 3, "{r}");
     // The backend waits 0.4 s between events.
     assert!(at[1] - at[0] > 0.3 && at[2] - at[1] > 0.3, "{at:?}");
+    // The same over HTTP/2, where a connection's writes are gathered per
+    // turn of its task: each event still leaves as it comes.
+    let mut h2 = crate::http::H2Client::connect(front);
+    let at = h2.event_arrivals("/events", 3).expect("the h2c stream");
+    assert_eq!(at.len(), 3, "{at:?}");
+    let gap = Duration::from_millis(300);
+    assert!(at[1] - at[0] > gap && at[2] - at[1] > gap, "{at:?}");
 }
 
 /// `Expect: 100-continue`: weir lets the client send its body at once
