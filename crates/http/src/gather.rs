@@ -9,6 +9,7 @@
 //! large write with nothing gathered before it goes straight through, and
 //! what is gathered is bounded.
 
+use std::cell::RefCell;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,9 +22,35 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 const LIMIT: usize = 64 * 1024;
 /// A write at least this large, with nothing gathered, is not copied.
 const DIRECT: usize = 16 * 1024;
-/// Buffer capacity kept once everything is written; a larger one is freed,
-/// so an idle connection does not hold a burst's buffer.
+/// Capacity of a pooled buffer. Once everything is written the buffer goes
+/// back to its thread's pool (one that grew larger is freed): an idle
+/// connection holds none, and a busy one does not grow one afresh each turn.
 const KEEP: usize = 16 * 1024;
+/// Buffers a thread keeps for reuse.
+const POOLED: usize = 64;
+
+thread_local! {
+    static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer of `KEEP` bytes, from this thread's pool if it has one.
+fn pooled() -> Vec<u8> {
+    POOL.with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| Vec::with_capacity(KEEP))
+}
+
+/// Gives an empty buffer back to this thread's pool, or frees it.
+fn give_back(mut buf: Vec<u8>) {
+    if buf.capacity() != KEEP {
+        return;
+    }
+    buf.clear();
+    POOL.with_borrow_mut(|pool| {
+        if pool.len() < POOLED {
+            pool.push(buf);
+        }
+    });
+}
 
 /// Flushes held by the connection's task while it runs the streams and the
 /// connection; shared by the task and its [`Gather`].
@@ -89,11 +116,7 @@ impl<S: AsyncWrite + Unpin> Gather<S> {
             self.start += n;
         }
         self.start = 0;
-        if self.buf.capacity() > KEEP {
-            self.buf = Vec::new();
-        } else {
-            self.buf.clear();
-        }
+        give_back(std::mem::take(&mut self.buf));
         Poll::Ready(Ok(()))
     }
 
@@ -103,7 +126,11 @@ impl<S: AsyncWrite + Unpin> Gather<S> {
         if self.gathered() + len > LIMIT {
             ready!(self.poll_drain(cx))?;
         }
-        Poll::Ready(Ok(self.gathered() > 0 || len < DIRECT))
+        let gather = self.gathered() > 0 || len < DIRECT;
+        if gather && self.buf.capacity() == 0 {
+            self.buf = pooled();
+        }
+        Poll::Ready(Ok(gather))
     }
 }
 
@@ -263,6 +290,21 @@ mod tests {
         }
         assert_eq!(g.inner.writes, 1, "bounded even while held");
         assert!(g.gathered() <= LIMIT);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_buffer_is_lent_while_bytes_wait_and_reused() -> io::Result<()> {
+        let mut g = slow(usize::MAX);
+        assert_eq!(g.buf.capacity(), 0, "nothing held before a write");
+        g.write_all(b"frame").await?;
+        assert_eq!(g.buf.capacity(), KEEP);
+        let lent = g.buf.as_ptr();
+        g.flush().await?;
+        assert_eq!(g.buf.capacity(), 0, "given back once written");
+        g.write_all(b"frame").await?;
+        assert_eq!(g.buf.as_ptr(), lent, "the pooled buffer again");
+        g.flush().await?;
         Ok(())
     }
 
