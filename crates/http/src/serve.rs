@@ -253,11 +253,10 @@ impl On {
             // Responses that are ready together leave in one write.
             let hold = Arc::new(crate::gather::Hold::default());
             let io = crate::gather::Gather::new(counted(stream, live.as_ref()), Arc::clone(&hold));
-            // Boxed, a stream's request future is written once, not copied
-            // each time hyper and the executor move the stream.
-            let service = hyper::service::service_fn(move |req| {
-                Box::pin(proxy::handle(Arc::clone(&cx), req))
-            });
+            // The executor boxes each stream with its request future: not
+            // boxed again here (one allocation per request fewer).
+            let service =
+                hyper::service::service_fn(move |req| proxy::handle(Arc::clone(&cx), req));
             let c = builder.serve_connection(TokioIo::new(io), service);
             drive(
                 crate::streams::Run::new(c, &streams, hold),
