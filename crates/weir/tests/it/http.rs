@@ -1193,15 +1193,9 @@ impl H2Client {
     /// `GET path`: the status and body, or the error that ended it.
     fn get(&mut self, path: &str) -> Result<(u16, String), h2::Error> {
         let send = self.send.clone();
+        let path = path.to_owned();
         self.rt.block_on(async move {
-            let mut send = send.ready().await?;
-            let req = http::Request::get(format!("http://app{path}"))
-                .body(())
-                .expect("request");
-            let (response, _) = send.send_request(req, true)?;
-            let response = tokio::time::timeout(DEADLINE, response)
-                .await
-                .map_err(|_| h2::Error::from(h2::Reason::CANCEL))??;
+            let response = request(send, &path).await?;
             let status = response.status().as_u16();
             let mut body = response.into_body();
             let mut text = Vec::new();
@@ -1222,16 +1216,10 @@ impl H2Client {
         events: usize,
     ) -> Result<Vec<Duration>, h2::Error> {
         let send = self.send.clone();
+        let path = path.to_owned();
         self.rt.block_on(async move {
-            let mut send = send.ready().await?;
-            let req = http::Request::get(format!("http://app{path}"))
-                .body(())
-                .expect("request");
             let began = std::time::Instant::now();
-            let (response, _) = send.send_request(req, true)?;
-            let response = tokio::time::timeout(DEADLINE, response)
-                .await
-                .map_err(|_| h2::Error::from(h2::Reason::CANCEL))??;
+            let response = request(send, &path).await?;
             let mut body = response.into_body();
             let (mut text, mut arrivals) = (Vec::new(), Vec::new());
             while arrivals.len() < events {
@@ -1259,6 +1247,21 @@ impl H2Client {
         self.rt
             .block_on(async { tokio::time::timeout(within, conn).await.is_ok() })
     }
+}
+
+/// `GET path` on `send`: the response head, within `DEADLINE`.
+async fn request(
+    send: h2::client::SendRequest<bytes::Bytes>,
+    path: &str,
+) -> Result<http::Response<h2::RecvStream>, h2::Error> {
+    let mut send = send.ready().await?;
+    let req = http::Request::get(format!("http://app{path}"))
+        .body(())
+        .expect("request");
+    let (response, _) = send.send_request(req, true)?;
+    tokio::time::timeout(DEADLINE, response)
+        .await
+        .map_err(|_| h2::Error::from(h2::Reason::CANCEL))?
 }
 
 /// A reload applies to the requests of connections opened before it: they
