@@ -621,8 +621,12 @@ proptest! {
         }
     }
 
-    /// Removing one of N backends changes at most 1/N + 1% of the slots, when
-    /// no two names share a stride (see `maglev_shared_stride_is_the_exception`).
+    /// Removing one of N backends moves its own 1/N of the slots and only a few
+    /// more, when no two names share a stride (see
+    /// `maglev_shared_stride_is_the_exception`). Maglev does not promise exactly 1/N:
+    /// the most extra slots seen were 4.9% of the table at N = 3, 3.1% at 5 and 1.3% at
+    /// 12 (8,000 random name sets each), under 0.9% at 24, 64 and 260 (700 each). The
+    /// bound, 1/N + 2% + 20%/N, keeps a margin of at least 1.7 times that worst case.
     #[test]
     fn maglev_removal_is_minimally_disruptive(
         names in backend_names(),
@@ -638,7 +642,8 @@ proptest! {
         let (t1, t2) = (Table::build(&before), Table::build(&after));
         let (n1, n2) = (named(&t1, &before), named(&t2, &after));
         let changed = n1.iter().zip(&n2).filter(|(a, b)| a != b).count();
-        let bound = TABLE_SIZE as f64 * (1.0 / before.len() as f64 + 0.01);
+        let n = before.len() as f64;
+        let bound = TABLE_SIZE as f64 * (1.0 / n + 0.02 + 0.2 / n);
         prop_assert!(
             changed as f64 <= bound,
             "{} of {} slots changed removing 1 of {}", changed, TABLE_SIZE, before.len()
