@@ -59,215 +59,227 @@ pub(crate) struct Cx {
     pub(crate) live: Option<Arc<weir_core::live::Live>>,
 }
 
-pub(crate) async fn handle(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps two copies of the request"
+)]
+pub(crate) fn handle(
     cx: Arc<Cx>,
     mut req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
-    let state = cx.slot.current.load_full();
-    let mut x = Box::new(Exchange::start(
-        Arc::clone(&cx.listener),
-        cx.route,
-        Arc::clone(&cx.conn),
-        cx.client,
-        &req,
-        cx.version,
-    ));
-    // What the host is: `:authority` (HTTP/2, absolute form), else `Host`.
-    let host_header = req.headers().get(HOST).cloned();
-    let host: Option<HeaderValue> = match req.uri().authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => host_header.clone(),
-    };
-    x.host = host_header;
-    x.user_agent = req.headers().get(USER_AGENT).cloned();
-    let grpc = errors::is_grpc(req.headers());
-    let trusted = state.trusts(cx.client.ip());
-    let request_id = headers::trusted_request_id(req.headers(), trusted)
-        .cloned()
-        .unwrap_or_else(headers::new_request_id);
-    x.request_id = Some(request_id.clone());
-    let trace = state
-        .tracing
-        .as_ref()
-        .map(|t| crate::trace::next(t, req.headers()));
-    x.trace_id = trace.map(|t| t.trace_id);
-    if let (Some(t), Some(e)) = (trace, &state.exporter)
-        && t.sampled()
-    {
-        x.recording = Some(Box::new(crate::trace::span::Recording::new(
-            Arc::clone(e),
-            t,
-        )));
-    }
-
-    if !cx.listener.firewall.admit_request(cx.client.ip()) {
-        cx.listener
-            .stats
-            .blocked(weir_core::firewall::Block::RequestRate);
-        return Ok(answer(Reason::RateLimit, grpc, x));
-    }
-    if let Err(reason) = admissible(&req, state.max_body_bytes) {
-        return Ok(answer(reason, grpc, x));
-    }
-    // Rules, policies and the backend all see the normalised path.
-    if normalize_path(&mut req, state.encoded_slashes).is_err() {
-        return Ok(answer(Reason::BadRequest, grpc, x));
-    }
-    let name = host
-        .as_ref()
-        .and_then(|h| h.to_str().ok())
-        .and_then(crate::rules::normalize_host);
-    let matched = crate::rules::first(
-        &state.rules,
-        req.method(),
-        name.as_deref(),
-        req.uri().path(),
-        req.headers(),
-    );
-    let Some(rule) = matched else {
-        return Ok(answer(Reason::NoRule, grpc, x));
-    };
-    x.rule = Some(Arc::clone(&rule.name));
-    let view = crate::policy::Request {
-        method: req.method(),
-        host: name.as_deref(),
-        path: req.uri().path(),
-        headers: req.headers(),
-        client: cx.client.ip(),
-    };
-    if let Some(p) =
-        crate::policy::first_refusal(state.policies.iter().chain(&rule.policies), &view)
-    {
-        return Ok(refused(p, grpc, x));
-    }
-    // Forward authentication: the rule's, else the route's.
-    let mut granted = None;
-    if let Some(gate) = rule.auth.as_ref().or(state.auth.as_ref()) {
-        let span = trace.map(|_| crate::trace::span_id());
-        let question = crate::auth::Question {
-            method: req.method(),
-            uri: req.uri(),
-            host: host.as_ref(),
-            proto: cx.proto,
-            client: cx.client.ip(),
-            headers: req.headers(),
-            traceparent: trace.zip(span).and_then(|(t, id)| t.header(id)),
+) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send {
+    // An async block rather than an async fn: the fn would keep a second copy
+    // of the request in its future, which is moved whole (and boxed, for an
+    // HTTP/2 stream) for every request.
+    async move {
+        let state = cx.slot.current.load_full();
+        let mut x = Box::new(Exchange::start(
+            Arc::clone(&cx.listener),
+            cx.route,
+            Arc::clone(&cx.conn),
+            cx.client,
+            &req,
+            cx.version,
+        ));
+        // What the host is: `:authority` (HTTP/2, absolute form), else `Host`.
+        let host_header = req.headers().get(HOST).cloned();
+        let host: Option<HeaderValue> = match req.uri().authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => host_header.clone(),
         };
-        let (verdict, call) = gate.check(&question).await;
-        if let (Some(r), Some((outcome, took)), Some(id)) = (&x.recording, call, span) {
-            r.auth_call(id, gate.url(), outcome.as_str(), took);
+        x.host = host_header;
+        x.user_agent = req.headers().get(USER_AGENT).cloned();
+        let grpc = errors::is_grpc(req.headers());
+        let trusted = state.trusts(cx.client.ip());
+        let request_id = headers::trusted_request_id(req.headers(), trusted)
+            .cloned()
+            .unwrap_or_else(headers::new_request_id);
+        x.request_id = Some(request_id.clone());
+        let trace = state
+            .tracing
+            .as_ref()
+            .map(|t| crate::trace::next(t, req.headers()));
+        x.trace_id = trace.map(|t| t.trace_id);
+        if let (Some(t), Some(e)) = (trace, &state.exporter)
+            && t.sampled()
+        {
+            x.recording = Some(Box::new(crate::trace::span::Recording::new(
+                Arc::clone(e),
+                t,
+            )));
         }
-        match verdict {
-            crate::auth::Verdict::Allow(headers) => granted = Some(headers),
-            crate::auth::Verdict::Deny(d) => return Ok(denied(&d, grpc, x)),
-            crate::auth::Verdict::Unavailable => {
-                return Ok(answer(Reason::AuthUnavailable, grpc, x));
+
+        if !cx.listener.firewall.admit_request(cx.client.ip()) {
+            cx.listener
+                .stats
+                .blocked(weir_core::firewall::Block::RequestRate);
+            return Ok(answer(Reason::RateLimit, grpc, x));
+        }
+        if let Err(reason) = admissible(&req, state.max_body_bytes) {
+            return Ok(answer(reason, grpc, x));
+        }
+        // Rules, policies and the backend all see the normalised path.
+        if normalize_path(&mut req, state.encoded_slashes).is_err() {
+            return Ok(answer(Reason::BadRequest, grpc, x));
+        }
+        let name = host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .and_then(crate::rules::normalize_host);
+        let matched = crate::rules::first(
+            &state.rules,
+            req.method(),
+            name.as_deref(),
+            req.uri().path(),
+            req.headers(),
+        );
+        let Some(rule) = matched else {
+            return Ok(answer(Reason::NoRule, grpc, x));
+        };
+        x.rule = Some(Arc::clone(&rule.name));
+        let view = crate::policy::Request {
+            method: req.method(),
+            host: name.as_deref(),
+            path: req.uri().path(),
+            headers: req.headers(),
+            client: cx.client.ip(),
+        };
+        if let Some(p) =
+            crate::policy::first_refusal(state.policies.iter().chain(&rule.policies), &view)
+        {
+            return Ok(refused(p, grpc, x));
+        }
+        // Forward authentication: the rule's, else the route's.
+        let mut granted = None;
+        if let Some(gate) = rule.auth.as_ref().or(state.auth.as_ref()) {
+            let span = trace.map(|_| crate::trace::span_id());
+            let question = crate::auth::Question {
+                method: req.method(),
+                uri: req.uri(),
+                host: host.as_ref(),
+                proto: cx.proto,
+                client: cx.client.ip(),
+                headers: req.headers(),
+                traceparent: trace.zip(span).and_then(|(t, id)| t.header(id)),
+            };
+            let (verdict, call) = gate.check(&question).await;
+            if let (Some(r), Some((outcome, took)), Some(id)) = (&x.recording, call, span) {
+                r.auth_call(id, gate.url(), outcome.as_str(), took);
+            }
+            match verdict {
+                crate::auth::Verdict::Allow(headers) => granted = Some(headers),
+                crate::auth::Verdict::Deny(d) => return Ok(denied(&d, grpc, x)),
+                crate::auth::Verdict::Unavailable => {
+                    return Ok(answer(Reason::AuthUnavailable, grpc, x));
+                }
             }
         }
-    }
-    let Some(target) = state.pools.get(rule.pool) else {
-        return Ok(answer(Reason::NoBackend, grpc, x));
-    };
-    // A WebSocket: its upgrade is taken before the request is forwarded.
-    let websocket = if upgrade::wants_websocket(&req) {
-        if target.dialer.protocol != HttpProtocol::Http1 {
-            // An upgrade is HTTP/1.1's; this pool speaks HTTP/2.
-            return Ok(answer(Reason::Protocol, grpc, x));
-        }
-        let value = req.headers().get(UPGRADE).cloned();
-        value.map(|v| (v, hyper::upgrade::on(&mut req)))
-    } else {
-        None
-    };
+        let Some(target) = state.pools.get(rule.pool) else {
+            return Ok(answer(Reason::NoBackend, grpc, x));
+        };
+        // A WebSocket: its upgrade is taken before the request is forwarded.
+        let websocket = if upgrade::wants_websocket(&req) {
+            if target.dialer.protocol != HttpProtocol::Http1 {
+                // An upgrade is HTTP/1.1's; this pool speaks HTTP/2.
+                return Ok(answer(Reason::Protocol, grpc, x));
+            }
+            let value = req.headers().get(UPGRADE).cloned();
+            value.map(|v| (v, hyper::upgrade::on(&mut req)))
+        } else {
+            None
+        };
 
-    let (mut parts, body) = req.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
-    let client_upgrade = websocket.map(|(value, on)| {
-        upgrade::keep_upgrade(&mut parts.headers, value);
-        on
-    });
-    // hyper answered any `Expect: 100-continue` already, as the body is read.
-    parts.headers.remove(http::header::EXPECT);
-    headers::set_forwarding(
-        &mut parts.headers,
-        &Forwarding {
-            client: cx.client.ip(),
-            client_value: &cx.client_value,
-            trusted,
-            proto: cx.proto,
-            host: host.as_ref(),
-            rfc7239: state.rfc7239,
-        },
-    );
-    parts.headers.insert(X_REQUEST_ID, request_id);
-    if let Some(t) = trace {
-        // Replaces the client's: one traceparent, with weir's span (the
-        // upstream call's, when spans are recorded).
-        parts.headers.remove(crate::trace::TRACEPARENT);
-        if !t.continued() {
-            parts.headers.remove(crate::trace::TRACESTATE);
-        }
-        let span = x.recording.as_ref().map_or(t.span, |r| r.upstream);
-        if let Some(v) = t.header(span) {
-            parts.headers.insert(crate::trace::TRACEPARENT, v);
-        }
-    }
-    if let Some(granted) = granted {
-        // What the authentication service says about the client replaces
-        // whatever the client said under those names.
-        for (name, _) in granted.iter() {
-            parts.headers.remove(name);
-        }
-        for (name, value) in granted.iter() {
-            parts.headers.append(name.clone(), value.clone());
-        }
-    }
-    let body = RequestBody::new(body, Arc::clone(&x.body), state.max_body_bytes);
-    if let Err(reason) = target_form(&mut parts, target.dialer.protocol, host.as_ref()) {
-        return Ok(answer(reason, grpc, x));
-    }
-    // Boxed: the request waits across several awaits, and each async
-    // function would otherwise carry its own copy of it.
-    let req = Box::new(Request::from_parts(parts, body));
-    let upgrading = client_upgrade.is_some();
-    match forward(&state, target, &cx, req, &mut x, upgrading).await {
-        Ok((response, lease)) => {
-            let (mut response, mut x) = match client_upgrade {
-                None => (response, x),
-                Some(on) => {
-                    let idle = state.timeouts.websocket_idle;
-                    let ends = upgrade::Ends {
-                        kill: cx.listener.kill.clone(),
-                        live: cx.live.clone(),
-                    };
-                    match upgrade::relay_when_switched(response, on, &cx.conn, idle, ends, x) {
-                        Ok(switched) => {
-                            // The connection is the relay's now.
-                            lease.release(false);
-                            let (parts, _) = switched.into_parts();
-                            return Ok(Response::from_parts(
-                                parts,
-                                ResponseBody::full(bytes::Bytes::new(), None),
-                            ));
-                        }
-                        Err(refused) => refused,
-                    }
+        // In a block, so that the parts are gone before the await below.
+        let (req, upgrading, client_upgrade) = {
+            let (mut parts, body) = req.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers);
+            let client_upgrade = websocket.map(|(value, on)| {
+                upgrade::keep_upgrade(&mut parts.headers, value);
+                on
+            });
+            // hyper answered any `Expect: 100-continue` already, as the body is read.
+            parts.headers.remove(http::header::EXPECT);
+            headers::set_forwarding(
+                &mut parts.headers,
+                &Forwarding {
+                    client: cx.client.ip(),
+                    client_value: &cx.client_value,
+                    trusted,
+                    proto: cx.proto,
+                    host: host.as_ref(),
+                    rfc7239: state.rfc7239,
+                },
+            );
+            parts.headers.insert(X_REQUEST_ID, request_id);
+            if let Some(t) = trace {
+                // Replaces the client's: one traceparent, with weir's span (the
+                // upstream call's, when spans are recorded).
+                parts.headers.remove(crate::trace::TRACEPARENT);
+                if !t.continued() {
+                    parts.headers.remove(crate::trace::TRACESTATE);
                 }
-            };
-            headers::strip_hop_by_hop(response.headers_mut());
-            let status = response.status().as_u16();
-            x.status = status;
-            let (parts, body) = response.into_parts();
-            let body = ResponseBody::upstream(body, state.timeouts.upstream_idle, lease, x);
-            Ok(Response::from_parts(parts, body))
-        }
-        Err(reason) => {
-            let reason = if x.body.over.load(Relaxed) {
-                Reason::BodyTooLarge
-            } else {
-                reason
-            };
-            Ok(answer(reason, grpc, x))
+                let span = x.recording.as_ref().map_or(t.span, |r| r.upstream);
+                if let Some(v) = t.header(span) {
+                    parts.headers.insert(crate::trace::TRACEPARENT, v);
+                }
+            }
+            if let Some(granted) = granted {
+                // What the authentication service says about the client replaces
+                // whatever the client said under those names.
+                for (name, _) in granted.iter() {
+                    parts.headers.remove(name);
+                }
+                for (name, value) in granted.iter() {
+                    parts.headers.append(name.clone(), value.clone());
+                }
+            }
+            let body = RequestBody::new(body, Arc::clone(&x.body), state.max_body_bytes);
+            if let Err(reason) = target_form(&mut parts, target.dialer.protocol, host.as_ref()) {
+                return Ok(answer(reason, grpc, x));
+            }
+            // Boxed: the request waits across several awaits, and each async
+            // function would otherwise carry its own copy of it.
+            let req = Box::new(Request::from_parts(parts, body));
+            (req, client_upgrade.is_some(), client_upgrade)
+        };
+        match forward(&state, target, &cx, req, &mut x, upgrading).await {
+            Ok((response, lease)) => {
+                let (mut response, mut x) = match client_upgrade {
+                    None => (response, x),
+                    Some(on) => {
+                        let idle = state.timeouts.websocket_idle;
+                        let ends = upgrade::Ends {
+                            kill: cx.listener.kill.clone(),
+                            live: cx.live.clone(),
+                        };
+                        match upgrade::relay_when_switched(response, on, &cx.conn, idle, ends, x) {
+                            Ok(switched) => {
+                                // The connection is the relay's now.
+                                lease.release(false);
+                                let (parts, _) = switched.into_parts();
+                                return Ok(Response::from_parts(
+                                    parts,
+                                    ResponseBody::full(bytes::Bytes::new(), None),
+                                ));
+                            }
+                            Err(refused) => refused,
+                        }
+                    }
+                };
+                headers::strip_hop_by_hop(response.headers_mut());
+                let status = response.status().as_u16();
+                x.status = status;
+                let (parts, body) = response.into_parts();
+                let body = ResponseBody::upstream(body, state.timeouts.upstream_idle, lease, x);
+                Ok(Response::from_parts(parts, body))
+            }
+            Err(reason) => {
+                let reason = if x.body.over.load(Relaxed) {
+                    Reason::BodyTooLarge
+                } else {
+                    reason
+                };
+                Ok(answer(reason, grpc, x))
+            }
         }
     }
 }

