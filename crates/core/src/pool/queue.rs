@@ -145,21 +145,27 @@ struct Waiter {
     tx: oneshot::Sender<Grant>,
 }
 
-/// A slot taken for a waiter; given back if the waiter is gone before it
-/// uses it.
+/// A slot taken for a waiter. If the waiter is gone before it uses it (its
+/// connection closed between the hand-over and its next poll), the slot is
+/// given back and passed on to the next waiter, who would otherwise wait for
+/// another release or time out.
 #[derive(Debug)]
-struct Grant(Option<Arc<Slots>>);
+struct Grant {
+    slots: Option<Arc<Slots>>,
+    pool: Arc<Pool>,
+}
 
 impl Grant {
     fn take(mut self) -> Option<Arc<Slots>> {
-        self.0.take()
+        self.slots.take()
     }
 }
 
 impl Drop for Grant {
     fn drop(&mut self) {
-        if let Some(s) = self.0.take() {
+        if let Some(s) = self.slots.take() {
             s.give_back();
+            self.pool.latest().dispatch();
         }
     }
 }
@@ -333,7 +339,7 @@ impl Pool {
 
     /// Hands slots to waiters, first come first served, while a serving
     /// backend has room. Called on the newest generation.
-    pub(super) fn dispatch(&self) {
+    pub(super) fn dispatch(self: &Arc<Self>) {
         let mut q = lock(&self.queue.inner);
         // Bounded: each round serves or drops a waiter, or loses a race
         // for a slot to a newcomer that took it.
@@ -359,8 +365,18 @@ impl Pool {
             }
             let Some(w) = q.list.pop_front() else { break };
             self.queue.waiting.fetch_sub(1, SeqCst);
-            // A waiter gone meanwhile drops the grant, which gives it back.
-            let _ = w.tx.send(Grant(Some(Arc::clone(slots))));
+            let grant = Grant {
+                slots: Some(Arc::clone(slots)),
+                pool: Arc::clone(self),
+            };
+            if let Err(mut unsent) = w.tx.send(grant) {
+                // The waiter went meanwhile: the slot goes back here, and
+                // this loop serves the next waiter (a grant dropped under
+                // the lock must not dispatch).
+                if let Some(s) = unsent.slots.take() {
+                    s.give_back();
+                }
+            }
         }
     }
 

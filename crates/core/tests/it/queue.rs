@@ -228,3 +228,43 @@ async fn balancing_passes_over_a_full_backend_while_another_has_room() {
         .expect("read");
     assert_eq!(&name, b"a");
 }
+
+/// A waiter handed a slot that goes before it uses it (its connection
+/// closed between the hand-over and its next poll) passes the slot on to
+/// the next waiter at once, not at the next release or its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_granted_to_a_waiter_that_went_passes_to_the_next() {
+    let backend = named_backend("a").await;
+    let toml = format!(
+        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\nqueue_timeout = \"30s\"\nmax_connections_per_backend = 1\n\
+         [[pools.backends]]\nname = \"a\"\naddress = \"{backend}\"\n"
+    );
+    let server = start(&toml).await;
+    let pool = server.pool("p").expect("p");
+    let held = pool.acquire(1, &[]).await.expect("the free slot");
+
+    // The first waiter queues (one poll) and is then left unpolled.
+    let mut first = Box::pin(pool.acquire(2, &[]));
+    assert!(
+        tokio::time::timeout(Duration::ZERO, &mut first)
+            .await
+            .is_err(),
+        "the backend is full"
+    );
+    let second = tokio::spawn({
+        let pool = Arc::clone(&pool);
+        async move { pool.acquire(3, &[]).await }
+    });
+    wait_until("both queued", || pool.queue.depth() == 2).await;
+
+    // The slot frees and goes to the first waiter, which goes unserved.
+    pool.release(held);
+    wait_until("handed over", || pool.queue.depth() == 1).await;
+    drop(first);
+    let served = within("the second waiter", second).await.expect("joined");
+    assert_eq!(served, Ok(0));
+    assert_eq!(pool.backends[0].slots_in_use(), 1);
+    pool.release(0);
+    assert_eq!(pool.backends[0].slots_in_use(), 0);
+}
