@@ -82,13 +82,18 @@ pub(crate) fn relay_when_switched<B>(
         let mut client = Touched::new(TokioIo::new(client), Arc::clone(&last));
         let mut backend = Touched::new(TokioIo::new(backend), Arc::clone(&last));
         let copied = async { tokio::io::copy_bidirectional(&mut client, &mut backend).await };
+        // The listener's kill is shared by all its connections: looked at
+        // (its locks taken) only when it fired, not at every wake-up.
+        let mut kill = std::pin::pin!(ends.kill.cancelled());
+        let mut watcher = weir_core::cancel::Watcher::new();
+        let killed = std::future::poll_fn(|cx| watcher.poll(cx, |cx| kill.as_mut().poll(cx)));
         x.reason = tokio::select! {
             r = copied => match r {
                 Ok(_) => Reason::ClientClosed.as_str(),
                 Err(_) => Reason::BackendError.as_str(),
             },
             () = last.idle_for(idle) => Reason::IdleTimeout.as_str(),
-            () = ends.kill.cancelled() => Reason::Shutdown.as_str(),
+            () = killed => Reason::Shutdown.as_str(),
             () = weir_core::live::closed(ends.live.as_deref()) => Reason::Operator.as_str(),
         };
         x.body.bytes.store(client.moved, Relaxed);

@@ -153,26 +153,9 @@ fn an_operator_closes_a_websocket() {
         ),
     );
     let url = format!("ws://{front}/chat");
-    // Three messages, then up to 30 s waiting for the close.
+    // Three messages, then up to 20 s waiting for the close.
     let client = std::thread::spawn(move || peer_client(&["ws-client", &url, "3", "20"]));
-    let end = std::time::Instant::now() + crate::cli::DEADLINE;
-    let id = loop {
-        let list = crate::control::json(&crate::control::ctl(
-            grpc,
-            None,
-            &["connections", "--listener", "web", "-o", "json"],
-        ));
-        let c = &list["connections"][0];
-        // The three echoes have gone back to the client.
-        if c["received_bytes"].as_u64().unwrap_or(0) > 150 {
-            break c["id"].to_string();
-        }
-        assert!(
-            std::time::Instant::now() < end,
-            "no WebSocket listed: {list}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let id = echoed_websocket(grpc);
     let closed = crate::control::json(&crate::control::ctl(
         grpc,
         None,
@@ -186,6 +169,62 @@ fn an_operator_closes_a_websocket() {
     let line = wait_line(&out, "\"path\":\"/chat\"");
     assert!(line.contains("\"status\":101"), "{line}");
     assert!(line.contains("\"reason\":\"operator\""), "{line}");
+}
+
+/// Waits until the WebSocket on listener `web` has sent its three echoes
+/// back to the client; its connection id.
+fn echoed_websocket(grpc: SocketAddr) -> String {
+    let end = std::time::Instant::now() + crate::cli::DEADLINE;
+    loop {
+        let list = crate::control::json(&crate::control::ctl(
+            grpc,
+            None,
+            &["connections", "--listener", "web", "-o", "json"],
+        ));
+        let c = &list["connections"][0];
+        if c["received_bytes"].as_u64().unwrap_or(0) > 150 {
+            return c["id"].to_string();
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "no WebSocket listed: {list}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A WebSocket still open when weir stops ends once `shutdown_timeout`
+/// runs out, whatever its idle timeout, and its line says `shutdown`.
+#[test]
+fn a_websocket_ends_at_the_shutdown_timeout() {
+    let backend = free_port();
+    let _server = peer_server(&["ws-server", &backend.port().to_string()]);
+    wait_connectable(backend);
+    let (front, grpc) = (free_port(), free_port());
+    let (weir, out) = start(
+        "ws-stop",
+        &format!(
+            "[admin]\ngrpc = \"{grpc}\"\n[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\nshutdown_timeout = \"300ms\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             timeouts = {{ websocket_idle = \"60s\" }}\n\
+             [[listeners.routes.http]]\nname = \"ws\"\npool = \"ws\"\n\
+             [[pools]]\nname = \"ws\"\n[[pools.backends]]\nname = \"echo\"\naddress = \"{backend}\"\n"
+        ),
+    );
+    let url = format!("ws://{front}/chat");
+    // Three messages, then up to 20 s waiting for the close.
+    let client = std::thread::spawn(move || peer_client(&["ws-client", &url, "3", "20"]));
+    echoed_websocket(grpc);
+    crate::cli::signal(&weir.0, rustix::process::Signal::TERM);
+    let r = client.join().expect("client");
+    assert_eq!(r["replies"].as_array().map(Vec::len), Some(3), "{r}");
+    assert_eq!(r["after_idle"], "closed", "{r}");
+    let after = r["closed_after"].as_f64().unwrap_or(99.0);
+    assert!(after < 10.0, "closed after {after} s");
+    let line = wait_line(&out, "\"path\":\"/chat\"");
+    assert!(line.contains("\"status\":101"), "{line}");
+    assert!(line.contains("\"reason\":\"shutdown\""), "{line}");
 }
 
 /// A stream of server-sent events reaches the client event by event, as
