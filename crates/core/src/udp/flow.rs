@@ -11,8 +11,10 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::Duration;
 
 use quinn_udp::{Transmit, UdpSockRef, UdpSocketState};
@@ -27,6 +29,7 @@ use weir_telemetry::{ActiveGuard, count};
 use super::stats::{Drop, TO_BACKEND, TO_CLIENT};
 use super::{BUFFER, Endpoint, MAX_DATAGRAM};
 use crate::Reason;
+use crate::cancel::Watcher;
 use crate::firewall::ClientSlot;
 use crate::listener::{Listener, Mode};
 use crate::pool::{Eviction, Pool};
@@ -512,6 +515,13 @@ fn connected(backend: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
+/// What ends or changes a flow besides its traffic.
+enum Signal {
+    Kill,
+    Drain,
+    Evict,
+}
+
 /// A flow's task: replies to the client, and the flow's end.
 struct Task {
     listener: Arc<Listener>,
@@ -545,27 +555,52 @@ impl Task {
         let limit = self.listener.udp.and_then(|u| u.responses);
         let mut replies = 0u32;
         let mut draining = false;
+        // Made once for the flow's life, not per reply: the listener's and
+        // the backend's tokens are shared by all their flows, so they are
+        // looked at (their locks taken) only when one fired; the idle timer
+        // is moved only when it runs out.
+        let mut kill = pin!(self.listener.kill.cancelled());
+        let mut drain = pin!(self.listener.drain.cancelled());
+        let mut evicted = pin!(evict.cancelled());
+        let mut watcher = Watcher::new();
+        let mut timer = pin!(tokio::time::sleep(idle));
         let reason = loop {
-            let quiet = now_ms().saturating_sub(self.shared.last.load(Relaxed));
-            let left = Duration::from_millis(idle_ms.saturating_sub(quiet));
+            let signal = std::future::poll_fn(|cx| {
+                watcher.poll(cx, |cx| {
+                    if kill.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Signal::Kill);
+                    }
+                    if !draining && drain.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Signal::Drain);
+                    }
+                    if evicted.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Signal::Evict);
+                    }
+                    Poll::Pending
+                })
+            });
             tokio::select! {
-                () = self.listener.kill.cancelled() => break Reason::Shutdown,
-                // Shutting down (or the listener removed): answers still on
-                // their way get a moment, then the flow ends.
-                () = self.listener.drain.cancelled(), if !draining => {
-                    draining = true;
-                    idle_ms = idle_ms.min(DRAIN_QUIET_MS);
-                    continue;
-                }
-                () = evict.cancelled() => break match b.eviction() {
-                    Eviction::BackendDown => Reason::BackendDown,
-                    Eviction::DrainTimeout => Reason::DrainTimeout,
+                s = signal => match s {
+                    Signal::Kill => break Reason::Shutdown,
+                    // Shutting down (or the listener removed): answers still
+                    // on their way get a moment, then the flow ends.
+                    Signal::Drain => {
+                        draining = true;
+                        idle_ms = idle_ms.min(DRAIN_QUIET_MS);
+                        timer.as_mut().reset(self.quiet_until(idle_ms));
+                        continue;
+                    }
+                    Signal::Evict => break match b.eviction() {
+                        Eviction::BackendDown => Reason::BackendDown,
+                        Eviction::DrainTimeout => Reason::DrainTimeout,
+                    },
                 },
-                () = tokio::time::sleep(left) => {
+                () = timer.as_mut() => {
                     let quiet = now_ms().saturating_sub(self.shared.last.load(Relaxed));
                     if quiet >= idle_ms {
                         break Reason::IdleTimeout;
                     }
+                    timer.as_mut().reset(self.quiet_until(idle_ms));
                     continue;
                 }
                 // An error too: the backend's ICMP unreachable comes as one.
@@ -602,6 +637,13 @@ impl Task {
             took,
             reason,
         );
+    }
+
+    /// When the flow will have been quiet for `idle_ms`, counted from its
+    /// last datagram either way.
+    fn quiet_until(&self, idle_ms: u64) -> Instant {
+        let quiet = now_ms().saturating_sub(self.shared.last.load(Relaxed));
+        Instant::now() + Duration::from_millis(idle_ms.saturating_sub(quiet))
     }
 
     /// True when `replies` answer every datagram sent (`limit` each), and

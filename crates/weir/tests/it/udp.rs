@@ -288,6 +288,38 @@ fn flows_end_when_idle_and_max_flows_refuses_more() {
     assert_eq!(metric(admin, "weir_udp_flows_total{listener=\"dns\"}"), 3.0);
 }
 
+/// On SIGTERM a flow ends after a second of quiet (shorter here than its
+/// `idle_timeout`), or when `shutdown_timeout` runs out if that comes first.
+#[test]
+fn flows_end_after_a_quiet_moment_or_at_the_shutdown_timeout() {
+    for (grace, reason) in [("10s", "idle_timeout"), ("300ms", "shutdown")] {
+        let (backend, _) = echo(false);
+        let (admin, port) = (free_port(), free_udp_port());
+        let (weir, out) = start(
+            "udp-stop",
+            &config(
+                admin,
+                &format!("\"127.0.0.1:{port}\""),
+                &format!("idle_timeout = \"1h\"\nshutdown_timeout = \"{grace}\""),
+                "",
+                &format!("[[pools.backends]]\naddress = \"{backend}\""),
+            ),
+        );
+        let front = SocketAddr::from(([127, 0, 0, 1], port));
+        let client = UdpSocket::bind("127.0.0.1:0").expect("client");
+        assert_eq!(ask(&client, front, b"x").as_deref(), Some(&b"x"[..]));
+        let stopped = Instant::now();
+        crate::cli::signal(&weir.0, rustix::process::Signal::TERM);
+        let line = wait_line(&out, "\"bytes_to_backend\":1,");
+        assert!(line.contains(&format!("\"reason\":\"{reason}\"")), "{line}");
+        assert!(
+            stopped.elapsed() < Duration::from_secs(5),
+            "ended {:?} after SIGTERM",
+            stopped.elapsed()
+        );
+    }
+}
+
 #[test]
 fn proxy_v2_headers_go_before_every_datagram() {
     let (backend, sources) = echo(true);
