@@ -96,25 +96,45 @@ fn grpc_calls_of_every_kind_and_their_statuses() {
     assert_eq!(ok["code"], "OK", "{ok}");
 }
 
-/// A WebSocket: upgraded, relayed both ways, logged with status 101 when it
-/// ends, and closed by weir once idle for `websocket_idle`.
-#[test]
-fn websockets_are_relayed_and_cut_when_idle() {
+/// A WebSocket echo server (the Python peer) behind a weir listener `web`
+/// with one l7 route to it. `head` goes before the listener, `listener`
+/// inside it, `timeouts` is the route's. Returns the server (kept running
+/// while held), weir's address, weir and its output.
+fn websocket_setup(
+    tag: &str,
+    head: &str,
+    listener: &str,
+    timeouts: &str,
+) -> (
+    Running,
+    SocketAddr,
+    Running,
+    std::sync::mpsc::Receiver<String>,
+) {
     let backend = free_port();
-    let _server = peer_server(&["ws-server", &backend.port().to_string()]);
+    let server = peer_server(&["ws-server", &backend.port().to_string()]);
     wait_connectable(backend);
     let front = free_port();
-    let (_weir, out) = start(
-        "ws",
+    let (weir, out) = start(
+        tag,
         &format!(
-            "[log]\nformat = \"json\"\n\
-             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+            "{head}[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n{listener}\
              [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
-             timeouts = {{ websocket_idle = \"700ms\", idle = \"200ms\" }}\n\
+             timeouts = {{ {timeouts} }}\n\
              [[listeners.routes.http]]\nname = \"ws\"\npool = \"ws\"\n\
              [[pools]]\nname = \"ws\"\n[[pools.backends]]\nname = \"echo\"\naddress = \"{backend}\"\n"
         ),
     );
+    (server, front, weir, out)
+}
+
+/// A WebSocket: upgraded, relayed both ways, logged with status 101 when it
+/// ends, and closed by weir once idle for `websocket_idle`.
+#[test]
+fn websockets_are_relayed_and_cut_when_idle() {
+    let (_server, front, _weir, out) =
+        websocket_setup("ws", "", "", "websocket_idle = \"700ms\", idle = \"200ms\"");
     let url = format!("ws://{front}/chat");
     let r = peer_client(&["ws-client", &url, "3", "3"]);
     assert_eq!(
@@ -137,20 +157,12 @@ fn websockets_are_relayed_and_cut_when_idle() {
 /// `operator`.
 #[test]
 fn an_operator_closes_a_websocket() {
-    let backend = free_port();
-    let _server = peer_server(&["ws-server", &backend.port().to_string()]);
-    wait_connectable(backend);
-    let (front, grpc) = (free_port(), free_port());
-    let (_weir, out) = start(
+    let grpc = free_port();
+    let (_server, front, _weir, out) = websocket_setup(
         "ws-close",
-        &format!(
-            "[admin]\ngrpc = \"{grpc}\"\n[log]\nformat = \"json\"\n\
-             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
-             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
-             timeouts = {{ websocket_idle = \"60s\" }}\n\
-             [[listeners.routes.http]]\nname = \"ws\"\npool = \"ws\"\n\
-             [[pools]]\nname = \"ws\"\n[[pools.backends]]\nname = \"echo\"\naddress = \"{backend}\"\n"
-        ),
+        &format!("[admin]\ngrpc = \"{grpc}\"\n"),
+        "",
+        "websocket_idle = \"60s\"",
     );
     let url = format!("ws://{front}/chat");
     // Three messages, then up to 20 s waiting for the close.
@@ -197,20 +209,12 @@ fn echoed_websocket(grpc: SocketAddr) -> String {
 /// runs out, whatever its idle timeout, and its line says `shutdown`.
 #[test]
 fn a_websocket_ends_at_the_shutdown_timeout() {
-    let backend = free_port();
-    let _server = peer_server(&["ws-server", &backend.port().to_string()]);
-    wait_connectable(backend);
-    let (front, grpc) = (free_port(), free_port());
-    let (weir, out) = start(
+    let grpc = free_port();
+    let (_server, front, weir, out) = websocket_setup(
         "ws-stop",
-        &format!(
-            "[admin]\ngrpc = \"{grpc}\"\n[log]\nformat = \"json\"\n\
-             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\nshutdown_timeout = \"300ms\"\n\
-             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
-             timeouts = {{ websocket_idle = \"60s\" }}\n\
-             [[listeners.routes.http]]\nname = \"ws\"\npool = \"ws\"\n\
-             [[pools]]\nname = \"ws\"\n[[pools.backends]]\nname = \"echo\"\naddress = \"{backend}\"\n"
-        ),
+        &format!("[admin]\ngrpc = \"{grpc}\"\n"),
+        "shutdown_timeout = \"300ms\"\n",
+        "websocket_idle = \"60s\"",
     );
     let url = format!("ws://{front}/chat");
     // Three messages, then up to 20 s waiting for the close.
