@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 use weir_core::Reason;
 
 use crate::exchange::{BodyCount, COMPLETED, Exchange};
@@ -216,7 +216,7 @@ impl Body for ResponseBody {
             } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(idle) = idle {
-                        idle.as_mut().reset(Instant::now() + *idle_for);
+                        idle.as_mut().reset(crate::clock::now() + *idle_for);
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }

@@ -96,7 +96,7 @@ impl Exchange {
             version,
             user_agent: None,
             request_id: None,
-            started: Instant::now(),
+            started: crate::clock::now(),
             body,
             bytes_out: 0,
             status: 0,
@@ -130,7 +130,7 @@ impl Exchange {
         }
         self.finished = true;
         let recording = self.recording.take();
-        let now = Instant::now();
+        let now = crate::clock::now();
         self.conn.request_ended(now);
         let took = now.saturating_duration_since(self.started);
         let route = self.listener.routes.get(self.route);

@@ -119,7 +119,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeaderDeadline<S> {
                     && this.state.in_flight() == 0
                 {
                     // The first byte of the next request.
-                    this.since = Some(Instant::now());
+                    this.since = Some(crate::clock::now());
                 }
                 Poll::Ready(Ok(()))
             }

@@ -22,6 +22,7 @@
 
 mod auth;
 mod body;
+mod clock;
 pub mod errors;
 mod exchange;
 mod gather;

@@ -325,7 +325,7 @@ async fn forward(
             r.attempts += 1;
             r.upstream_start.get_or_insert_with(crate::trace::span::now);
         }
-        let began = Instant::now();
+        let began = crate::clock::now();
         let checkout = if upgrading {
             Box::pin(conns.fresh_upgradeable(&target.dialer)).await
         } else {
@@ -351,7 +351,9 @@ async fn forward(
             }
         };
         if !lease.reused {
-            b.stats.connect_duration.observe(began.elapsed());
+            b.stats
+                .connect_duration
+                .observe(crate::clock::now().saturating_duration_since(began));
         }
         pool.on_connect_success(i);
         let Some(request) = req.take() else {
@@ -365,7 +367,11 @@ async fn forward(
             .then(|| copy_bodiless(&request));
         // A kept-alive connection is taken at once: the clock read before
         // serves (one reading fewer per request).
-        let sent_at = if lease.reused { began } else { Instant::now() };
+        let sent_at = if lease.reused {
+            began
+        } else {
+            crate::clock::now()
+        };
         let outcome = send(
             &mut lease,
             request,
@@ -386,7 +392,7 @@ async fn forward(
         };
         return match outcome {
             Ok((response, lease)) => {
-                let took = sent_at.elapsed();
+                let took = crate::clock::now().saturating_duration_since(sent_at);
                 x.upstream = Some(took);
                 if let Some(r) = x.recording.as_mut() {
                     r.upstream_status = Some(response.status().as_u16());

@@ -437,6 +437,8 @@ where
     let mut watcher = weir_core::cancel::Watcher::new();
     let mut draining = false;
     std::future::poll_fn(|cx| {
+        // The requests served in this poll share one clock reading.
+        let _turn = crate::clock::turn();
         // The connection first: it is what wakes this task almost always.
         if let Poll::Ready(r) = conn.as_mut().poll(cx) {
             return Poll::Ready(r);
@@ -447,7 +449,7 @@ where
             return Poll::Ready(Ok(()));
         }
         while !draining && idle_timer.as_mut().poll(cx).is_ready() {
-            let now = Instant::now();
+            let now = crate::clock::now();
             let idle_at = state.idle_since() + idle;
             if state.in_flight() == 0 && idle_at <= now {
                 graceful(conn.as_mut());

@@ -336,7 +336,7 @@ impl Lease {
         }
         idle.push(Idle {
             sender,
-            since: Instant::now(),
+            since: crate::clock::now(),
         });
         drop(idle);
         self.conns.stats.upstream_idle.fetch_add(1, Relaxed);
