@@ -19,7 +19,13 @@ Usage: bench/http.sh [options]
   --scenarios LIST   comma list of h1,h2c,tls (default all three)
   --callgrind N      also count each proxy's user-space instructions per request over N
                      requests (h1 and h2c, under valgrind's callgrind, weir and HAProxy):
-                     a figure that, unlike CPU time, hardly moves between runs
+                     a figure that, unlike CPU time, hardly moves between runs; with it
+                     simulated cache misses, mispredicted branches, atomic instructions,
+                     clock readings and the code run per request
+  --paired N         also N alternating pairs of short runs (h1 and h2c) with every proxy
+                     up at once: CPU per request from runs seconds apart, so that drifts
+                     of the machine between rounds weigh less (default 0)
+  --pair-duration S  length of each paired run (default 4)
   --weir PATH        weir binary (default target/release/weir; env BENCH_WEIR)
   --out FILE         report path (default bench/results/http-<UTC date>.md)
   --quick            smoke test: --duration 3 --rounds 1
@@ -37,6 +43,8 @@ ROUNDS=${BENCH_ROUNDS:-}
 PROXIES=${BENCH_PROXIES:-weir,haproxy,nginx}
 SCENARIOS=h1,h2c,tls
 CALLGRIND=0
+PAIRED=0
+PAIR_DURATION=4
 WEIR=${BENCH_WEIR:-$REPO_ROOT/target/release/weir}
 OUT=""
 QUICK=0
@@ -49,6 +57,8 @@ while (($#)); do
         --proxies) PROXIES=${2:?}; shift 2 ;;
         --scenarios) SCENARIOS=${2:?}; shift 2 ;;
         --callgrind) CALLGRIND=${2:?}; shift 2 ;;
+        --paired) PAIRED=${2:?}; shift 2 ;;
+        --pair-duration) PAIR_DURATION=${2:?}; shift 2 ;;
         --weir) WEIR=${2:?}; shift 2 ;;
         --out) OUT=${2:?}; shift 2 ;;
         --port-base) PORT_BASE=${2:?}; shift 2 ;;
@@ -66,10 +76,13 @@ for s in "${SCENARIO_LIST[@]}"; do
     [[ $s == h1 || $s == h2c || $s == tls ]] || die "unknown scenario: $s (h1, h2c or tls)"
 done
 [[ $CALLGRIND =~ ^[0-9]+$ ]] || die "--callgrind takes a request count"
+[[ $PAIRED =~ ^[0-9]+$ ]] || die "--paired takes a number of pairs"
+[[ $PAIR_DURATION =~ ^[1-9][0-9]*$ ]] || die "--pair-duration takes whole seconds"
 if ((CALLGRIND)); then
     for c in valgrind callgrind_control; do
         command -v "$c" >/dev/null || die "missing $c — apt-get install -y valgrind"
     done
+    command -v objdump >/dev/null || die "missing objdump — apt-get install -y binutils"
 fi
 for v in DURATION ROUNDS PORT_BASE; do
     [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || die "$v must be a positive integer"
@@ -210,15 +223,71 @@ run_scenario() { # round key scenario pid
     log "    $s: $rps req/s, p99 $p99 ms, $errs errors, proxy CPU $per µs/request"
 }
 
+# Paired runs: every proxy is up at once (each on its own ports, all on CPU 1,
+# the idle ones using none) and takes its turn in a short run, the order
+# rotating from pair to pair. A proxy's figure and the next one's are seconds
+# apart, not a whole round: what the machine's neighbours do weighs on both.
+pair_run() { # pair key scenario pid
+    local p=$1 key=$2 s=$3 pid=$4 f=$WORK/pair$1-$2-$3.txt t0 t1 rps n per
+    local timeout=$((PAIR_DURATION + 30))
+    t0=$(cpu_ticks "$pid")
+    case $s in
+        h1)
+            timeout -k 5 $timeout taskset -c 0 wrk -t1 -c50 -d"${PAIR_DURATION}s" --timeout 5s \
+                -s "$BENCH_DIR/wrk_report.lua" "http://127.0.0.1:${FRONT_H1[$key]}/" >"$f" 2>&1 || true
+            read -r rps _ < <(python3 "$BENCH_DIR/report.py" wrk "$f" 2>/dev/null) ;;
+        h2c)
+            timeout -k 5 $timeout taskset -c 0 h2load -t1 -c10 -m10 -D "$PAIR_DURATION" \
+                "http://127.0.0.1:${FRONT_H2C[$key]}/" >"$f" 2>&1 || true
+            read -r rps _ < <(python3 "$BENCH_DIR/report.py" h2load "$f" 2>/dev/null) ;;
+    esac
+    t1=$(cpu_ticks "$pid")
+    n=$(python3 -c "print(float('$rps') * $PAIR_DURATION)" 2>/dev/null || echo 0)
+    per=$(per_request_us "$t0" "$t1" "$n")
+    record "$p" "$key" "${s}_pair_cpu_us" "$per"
+    log "    pair $p $s ${LABEL[$key]}: proxy CPU $per µs/request"
+}
+run_pairs() {
+    local -A pids=()
+    local key p s i order
+    for key in "${KEYS[@]}"; do
+        wait_quiet "${FRONT_H1[$key]}" "${FRONT_H2C[$key]}" "${FRONT_TLS[$key]}"
+        start_proxy "$WORK/pairs-$key" "$key"
+        pids[$key]=$PROXY_PID
+    done
+    for ((p = 1; p <= PAIRED; p++)); do
+        # Each pair starts with the next proxy.
+        order=()
+        for ((i = 0; i < ${#KEYS[@]}; i++)); do
+            order+=("${KEYS[(p - 1 + i) % ${#KEYS[@]}]}")
+        done
+        for s in "${SCENARIO_LIST[@]}"; do
+            [[ $s == h1 || $s == h2c ]] || continue
+            for key in "${order[@]}"; do
+                pair_run "$p" "$key" "$s" "${pids[$key]}"
+                wait_quiet "${FRONT_H1[$key]}" "${FRONT_H2C[$key]}"
+            done
+        done
+    done
+    for key in "${KEYS[@]}"; do stop_pid "${pids[$key]}"; done
+}
+
 # User-space instructions per request, counted by callgrind: the proxy runs
 # under valgrind (about 50 times slower, so the load is a fixed request count,
 # not a duration), the counters are zeroed after a warm-up and dumped after N
-# requests. nginx forks its workers, which this does not follow: skipped.
+# requests; callgrind_summary.py reads the rest from the same profile. nginx
+# forks its workers, which this does not follow: skipped.
+proxy_binary() { # key -> the executable that runs the proxy's code
+    case $1 in
+        weir) echo "$WEIR" ;;
+        *) realpath -- "$(command -v "$1")" ;;
+    esac
+}
 count_instructions() { # key
     local key=$1 dir=$WORK/callgrind-$1 s url pid f ir
     [[ $key == nginx ]] && { log "callgrind: nginx skipped (forked workers)"; return; }
-    start_proxy "$dir" "$key" valgrind --tool=callgrind \
-        --callgrind-out-file="$dir/callgrind.out" --dump-line=no
+    start_proxy "$dir" "$key" valgrind --tool=callgrind --cache-sim=yes --branch-sim=yes \
+        --dump-instr=yes --dump-line=no --callgrind-out-file="$dir/callgrind.out"
     pid=$PROXY_PID
     for s in "${SCENARIO_LIST[@]}"; do
         case $s in
@@ -236,6 +305,12 @@ count_instructions() { # key
         if grep -q "^requests: $CALLGRIND total.* $CALLGRIND succeeded" "$dir/$s.txt" && [[ -n $ir ]]; then
             record 1 "$key" "${s}_instr" "$((ir / CALLGRIND))"
             log "    callgrind $s: $((ir / CALLGRIND)) instructions per request"
+            # What else the same profile says per request (cache and branch
+            # models, atomic instructions, clock readings, code touched).
+            local k v
+            while read -r k v; do
+                [[ $k == instr ]] || record 1 "$key" "${s}_$k" "$v"
+            done < <(python3 "$BENCH_DIR/callgrind_summary.py" "$f" "$CALLGRIND" "$(proxy_binary "$key")" 2>>"$dir/summary.err")
         else
             log "    callgrind $s: the load did not complete; no figure"
         fi
@@ -257,6 +332,8 @@ count_instructions() { # key
     echo "openssl=$(openssl version)"
     echo "duration=$DURATION"
     echo "rounds=$ROUNDS"
+    echo "paired=$PAIRED"
+    echo "pair_duration=$PAIR_DURATION"
     echo "proxies=$(IFS=,; echo "${KEYS[*]}")"
     labels=(); for k in "${KEYS[@]}"; do labels+=("${LABEL[$k]}"); done
     echo "labels=$(IFS=,; echo "${labels[*]}")"
@@ -281,6 +358,11 @@ for ((round = 1; round <= ROUNDS; round++)); do
         stop_pid "$PROXY_PID"
     done
 done
+
+if ((PAIRED)); then
+    log "paired runs: $PAIRED pair(s) of ${PAIR_DURATION}s runs"
+    run_pairs
+fi
 
 if ((CALLGRIND)); then
     for key in "${KEYS[@]}"; do

@@ -58,9 +58,25 @@ HTTP_METRICS = [
     ("h1_cpu_us", "Proxy CPU per request, HTTP/1.1 keep-alive (µs)", -1),
     ("h2c_cpu_us", "Proxy CPU per request, h2c (µs)", -1),
     ("tls_cpu_us", "Proxy CPU per TLS handshake + request (µs)", -1),
+    ("h1_pair_cpu_us", "Proxy CPU per request, HTTP/1.1, paired runs (µs)", -1),
+    ("h2c_pair_cpu_us", "Proxy CPU per request, h2c, paired runs (µs)", -1),
     ("h1_instr", "User-space instructions per request, HTTP/1.1 (callgrind)", -1),
     ("h2c_instr", "User-space instructions per request, h2c (callgrind)", -1),
 ]
+# The rest of a callgrind profile (bench/callgrind_summary.py), per request.
+for _s, _name in (("h1", "HTTP/1.1"), ("h2c", "h2c")):
+    HTTP_METRICS += [
+        (f"{_s}_i1_misses", f"Simulated L1 instruction-cache misses per request, {_name} (callgrind)", -1),
+        (f"{_s}_d1_misses", f"Simulated L1 data-cache misses per request, {_name} (callgrind)", -1),
+        (f"{_s}_writes", f"Memory writes per request, {_name} (callgrind)", -1),
+        (f"{_s}_mispredicts", f"Simulated mispredicted branches per request, {_name} (callgrind)", -1),
+        (f"{_s}_locked", f"Atomic instructions per request in the proxy's own binary, {_name} (callgrind)", -1),
+        (f"{_s}_clocks", f"Clock readings per request, {_name} (callgrind)", -1),
+        (f"{_s}_hot_kib", f"Code run per request (KiB of 64-byte lines), {_name} (callgrind)", -1),
+    ]
+# Rows only a run asked for them has: callgrind's and the paired runs'.
+OPTIONAL_KEYS = ("_pair_cpu_us", "_instr", "_i1_misses", "_d1_misses", "_writes", "_mispredicts", "_locked",
+                  "_clocks", "_hot_kib")
 HTTP_EXTRA = [
     ("h1_errors", "HTTP/1.1 keep-alive: wrk errors"),
     ("h2c_errors", "h2c: h2load failed or errored requests"),
@@ -245,6 +261,11 @@ def cmd_render(raw_path, meta_path, out_path, suite="l4"):
             w(line.format(duration=meta["duration"]))
         w("- Proxies: " + "; ".join(f"**{labels[p]}** — {meta.get('desc_' + p, '')}" for p in proxies))
         w(f"- {rounds} round(s), interleaved; the tables show the **median over rounds**.")
+        if suite == "http" and int(meta.get("paired", "0") or 0) > 0:
+            w(f"- Paired runs (`--paired {meta['paired']}`): every proxy up at once, each in turn "
+              f"serving a {meta.get('pair_duration', '?')} s run of the same load, the order "
+              "rotating from pair to pair; the rows marked *paired runs* show the median over "
+              "the pairs.")
     else:
         method_l4(w, meta, labels, proxies, rounds)
     base = "nginx" if suite == "udp" else "haproxy"
@@ -285,9 +306,10 @@ def results(w, raw, proxies, labels, rounds, metrics, extra, notes, base_key="ha
         vals = [v for v in raw.get((p, m), {}).values() if v is not None]
         return statistics.median(vals) if vals else None
 
-    # Instruction counts come only from a run asked for them (--callgrind).
+    # Rows only a run asked for them has (--callgrind, --paired).
     metrics = [m for m in metrics
-               if not m[0].endswith("_instr") or any(median(p, m[0]) is not None for p in proxies)]
+               if not m[0].endswith(OPTIONAL_KEYS)
+               or any(median(p, m[0]) is not None for p in proxies)]
     w("")
     w(f"## Results (medians of {rounds} round(s))")
     w("")
