@@ -143,7 +143,14 @@ struct Cache {
     hasher: RandomState,
     /// Hash of the key -> (key, verdict, until).
     entries: HashMap<u64, (Vec<u8>, Verdict, Instant)>,
+    /// When a full cache was last swept of its expired decisions.
+    swept: Option<Instant>,
 }
+
+/// How often a full cache looks for expired decisions: a sweep reads every
+/// entry under the lock, and a flood of new keys (a client sending a new
+/// token with each request) would otherwise make every request pay one.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Default)]
 struct Breaker {
@@ -167,6 +174,7 @@ impl Gate {
             cache: Mutex::new(Cache {
                 hasher: RandomState::new(),
                 entries: HashMap::new(),
+                swept: None,
             }),
             breaker: Mutex::new(Breaker::default()),
             idle: Mutex::new(Vec::new()),
@@ -260,7 +268,8 @@ impl Gate {
         let now = Instant::now();
         let mut cache = Self::lock(&self.cache);
         let max = usize::try_from(self.cfg.cache_size).unwrap_or(usize::MAX);
-        if cache.entries.len() >= max {
+        if cache.entries.len() >= max && cache.swept.is_none_or(|t| now >= t + SWEEP_EVERY) {
+            cache.swept = Some(now);
             cache.entries.retain(|_, (_, _, until)| *until > now);
         }
         if cache.entries.len() >= max {
@@ -505,5 +514,43 @@ mod tests {
             g.remember(g.key(&h), &allow);
         }
         assert!(Gate::lock(&g.cache).entries.len() <= 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_cache_is_swept_at_most_once_a_second() {
+        let g = Gate::new(&cfg(0), Arc::default());
+        let allow = Verdict::Allow(Arc::from(Vec::new()));
+        let token = |i: usize| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "authorization",
+                HeaderValue::from_str(&format!("Bearer {i}")).expect("value"),
+            );
+            g.key(&h)
+        };
+        g.remember(token(0), &allow);
+        g.remember(token(1), &allow);
+        // Full: the third decision sweeps, finds nothing expired, and
+        // forgets one.
+        g.remember(token(2), &allow);
+        let first = Gate::lock(&g.cache).swept.expect("swept once");
+        tokio::time::advance(SWEEP_EVERY / 2).await;
+        for i in 3..50 {
+            g.remember(token(i), &allow);
+        }
+        {
+            let cache = Gate::lock(&g.cache);
+            assert_eq!(cache.swept, Some(first), "no second sweep within a second");
+            assert_eq!(cache.entries.len(), 2);
+        }
+        // The newest decision is always kept.
+        assert!(g.cached(&token(49)).is_some());
+        tokio::time::advance(SWEEP_EVERY / 2).await;
+        g.remember(token(50), &allow);
+        assert_eq!(
+            Gate::lock(&g.cache).swept,
+            Some(first + SWEEP_EVERY),
+            "swept again a second later"
+        );
     }
 }
