@@ -40,6 +40,11 @@ pub(crate) fn now() -> Instant {
     })
 }
 
+/// The time since `since`, by [`now`].
+pub(crate) fn elapsed(since: Instant) -> std::time::Duration {
+    now().saturating_duration_since(since)
+}
+
 /// Starts a turn on this thread; it ends when the guard is dropped. The
 /// clock is read on the first [`now`] of the turn, not before: a turn that
 /// asks for no time reads none.

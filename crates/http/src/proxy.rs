@@ -353,7 +353,7 @@ async fn forward(
         if !lease.reused {
             b.stats
                 .connect_duration
-                .observe(crate::clock::now().saturating_duration_since(began));
+                .observe(crate::clock::elapsed(began));
         }
         pool.on_connect_success(i);
         let Some(request) = req.take() else {
@@ -365,13 +365,7 @@ async fn forward(
         // nothing.
         let copy = (replayable && lease.reused && lease.rested >= RACE_REST)
             .then(|| copy_bodiless(&request));
-        // A kept-alive connection is taken at once: the clock read before
-        // serves (one reading fewer per request).
-        let sent_at = if lease.reused {
-            began
-        } else {
-            crate::clock::now()
-        };
+        let sent_at = crate::clock::now();
         let outcome = send(
             &mut lease,
             request,
@@ -392,7 +386,7 @@ async fn forward(
         };
         return match outcome {
             Ok((response, lease)) => {
-                let took = crate::clock::now().saturating_duration_since(sent_at);
+                let took = crate::clock::elapsed(sent_at);
                 x.upstream = Some(took);
                 if let Some(r) = x.recording.as_mut() {
                     r.upstream_status = Some(response.status().as_u16());
