@@ -435,6 +435,84 @@ fn kept_alive_upstream_connections_and_the_race() {
     assert_eq!(racing.requests.load(SeqCst), 3, "the POST was sent twice");
 }
 
+/// A backend that closes a kept-alive connection while it rests (its own
+/// keep-alive timeout, shorter than weir's): weir sees the close when it
+/// next looks at the connection, before sending anything on it, so even a
+/// POST goes out once, on a new connection, and is answered.
+#[test]
+fn a_kept_alive_connection_the_backend_closed_at_rest_is_not_used() {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend = l.local_addr().expect("addr");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let (c, r) = (Arc::clone(&connections), Arc::clone(&requests));
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            let n = c.fetch_add(1, SeqCst) + 1;
+            let r = Arc::clone(&r);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(s.try_clone().expect("clone"));
+                let (mut line, mut length) = (String::new(), 0usize);
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; length];
+                if reader.read_exact(&mut body).is_err() {
+                    return;
+                }
+                let k = r.fetch_add(1, SeqCst) + 1;
+                let answer = format!("conn={n} req={k}");
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{answer}",
+                    answer.len()
+                );
+                // Kept alive, by the header; closed 100 ms later, at rest.
+                std::thread::sleep(Duration::from_millis(100));
+            });
+        }
+    });
+    let (front, admin) = (free_port(), free_port());
+    let (_weir, _out) = start(
+        "closed-at-rest",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\nretries = 0\n[[pools.backends]]\nname = \"b\"\naddress = \"{backend}\"\n"
+        ),
+    );
+    let (status, body, _) = curl(&["--http1.1"], &format!("http://{front}/"));
+    assert_eq!((status, body.as_str()), (200, "conn=1 req=1"));
+    std::thread::sleep(Duration::from_millis(400));
+    let (status, body, _) = curl(&["--http1.1", "-d", "x=1"], &format!("http://{front}/"));
+    assert_eq!((status, body.as_str()), (200, "conn=2 req=2"));
+    assert_eq!(requests.load(SeqCst), 2, "a request was sent twice");
+    let series = |event: &str| {
+        metric(
+            admin,
+            &format!(
+                "weir_http_upstream_connections_total{{pool=\"p\",backend=\"b\",event=\"{event}\"}}"
+            ),
+        )
+    };
+    assert_eq!(series("created"), 2.0);
+    assert_eq!(series("reused"), 0.0);
+    // The second may have been seen closed too, by now.
+    assert!(series("closed") >= 1.0);
+}
+
 /// weir's own answers: 503 when no backend can serve, 502 when the backend
 /// refuses, 504 when its answer does not come in time, each naming the
 /// reason; a gRPC client gets a gRPC status instead.
