@@ -5,8 +5,9 @@
 #
 #   bench/health.sh [--backends N] [--seconds S] [--check http|tcp] [--weir PATH]
 #
-# Prints weir's CPU use as a percentage of one core, and the probe rate that
-# nginx saw. Starts only its own processes and stops them (by PID) on exit.
+# Prints weir's CPU use as a percentage of one core (and its user and system
+# parts), and the CPU nginx spent answering. Starts only its own processes and
+# stops them (by PID) on exit.
 set -euo pipefail
 BENCH_DIR=$(cd "$(dirname "$0")" && pwd)
 REPO_ROOT=$(cd "$BENCH_DIR/.." && pwd)
@@ -108,20 +109,24 @@ echo "first probe round: ${first_down:-?} of $N healthy backends failed their fi
 sleep 5 # let the first rounds spread out
 
 ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+user_ticks() { awk '{print $14}' "/proc/$1/stat"; }
 TCK=$(getconf CLK_TCK)
-w0=$(ticks "$WEIR_PID"); n0=$(ticks "${NGINX_PIDS[@]}")
+w0=$(ticks "$WEIR_PID"); n0=$(ticks "${NGINX_PIDS[@]}"); u0=$(user_ticks "$WEIR_PID")
 if [[ -n ${STRACE:-} ]]; then timeout 5 strace -c -f -p "$WEIR_PID" 2>"$WORK/strace.txt" || true; cat "$WORK/strace.txt" >&2; fi
 sleep "$SECONDS_RUN"
-w1=$(ticks "$WEIR_PID"); n1=$(ticks "${NGINX_PIDS[@]}")
+w1=$(ticks "$WEIR_PID"); n1=$(ticks "${NGINX_PIDS[@]}"); u1=$(user_ticks "$WEIR_PID")
 kill -0 "$WEIR_PID" || { echo "weir exited:"; tail "$WORK/weir.log"; exit 1; }
 up=$(grep -c "to=\"up\"\|to=up" "$WORK/weir.log" || true)
-python3 - "$w0" "$w1" "$n0" "$n1" "$TCK" "$SECONDS_RUN" "$N" "$CHECK" <<'PY'
+python3 - "$w0" "$w1" "$n0" "$n1" "$TCK" "$SECONDS_RUN" "$N" "$CHECK" "$u0" "$u1" <<'PY'
 import sys
 w0, w1, n0, n1, tck, secs, n = (float(x) for x in sys.argv[1:8])
 check = sys.argv[8]
+u0, u1 = (float(x) for x in sys.argv[9:11])
 weir = 100 * (w1 - w0) / tck / secs
+user = 100 * (u1 - u0) / tck / secs
 nginx = 100 * (n1 - n0) / tck / secs
 print(f"backends: {int(n)}, check: {check}, interval: 1s, measured over {int(secs)} s")
-print(f"weir CPU: {weir:.1f}% of one core ({weir / n * 1000:.2f}% per 1,000 backends)")
+print(f"weir CPU: {weir:.1f}% of one core ({weir / n * 1000:.2f}% per 1,000 backends; "
+      f"user {user:.1f}%, system {weir - user:.1f}%)")
 print(f"nginx (the {int(n)} health endpoints, all processes) CPU: {nginx:.1f}% of one core")
 PY

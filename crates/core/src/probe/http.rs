@@ -4,12 +4,16 @@
 //! check says so, and the last answer is held against `expect_status` and
 //! `expect_body`.
 
+use bytes::BufMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use weir_config::{HttpCheck, JsonField, JsonValue};
 use weir_wire::http1::{Response, parse_response_at_eof, parse_response_to};
 
 use crate::Reason;
 use crate::health::Report;
+
+/// The most read from a probe's connection at once.
+const READ_CHUNK: usize = 4096;
 
 /// What an HTTP probe found, and whether its connection can serve the next one.
 pub(super) struct Outcome {
@@ -78,7 +82,8 @@ pub(super) async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     check: &HttpCheck,
     host: &str,
 ) -> Outcome {
-    let mut method = check.method.clone();
+    // Borrowed: a 303 turns it into GET, for the redirected request only.
+    let mut method = check.method.as_str();
     let mut next: Option<Vec<u8>> = None;
     let mut hops = 0;
     loop {
@@ -112,10 +117,10 @@ pub(super) async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 );
             }
             if response.status == 303 {
-                method = "GET".to_owned();
+                method = "GET";
             }
             hops += 1;
-            next = Some(self::request(check, host, &path, &method));
+            next = Some(self::request(check, host, &path, method));
             continue;
         }
         return judged(&response, reusable, check);
@@ -152,9 +157,12 @@ async fn one<S: AsyncRead + AsyncWrite + Unpin>(
                 ),
             ));
         }
-        let mut chunk = [0u8; 4096];
-        let want = chunk.len().min(check.max_response - buf.len());
-        match stream.read(&mut chunk[..want]).await {
+        // Read straight into `buf`: a buffer on the stack would live in
+        // the probe's future, which every probe task keeps for its
+        // lifetime (thousands of them), and be zeroed for every read.
+        let want = READ_CHUNK.min(check.max_response - buf.len());
+        buf.reserve(want);
+        match stream.read_buf(&mut (&mut buf).limit(want)).await {
             Ok(0) if buf.is_empty() => {
                 return Err(Outcome::io(
                     "http: connection closed without a response".into(),
@@ -166,7 +174,7 @@ async fn one<S: AsyncRead + AsyncWrite + Unpin>(
                     Err(e) => Err(Outcome::io(format!("http: invalid response: {e}"))),
                 };
             }
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
             Err(e) => return Err(Outcome::io(format!("http: {}", io_text(&e)))),
         }
     }
@@ -494,5 +502,19 @@ mod tests {
         let (report, seen) = run(&c, &[b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n"]).await;
         assert!(report.ok(), "{report:?}");
         assert!(seen[0].starts_with("HEAD /health HTTP/1.1\r\n"));
+    }
+
+    /// A probe task keeps its probe's future for as long as it runs, and
+    /// there may be thousands: what a probe holds across its awaits stays
+    /// small (no buffer on the stack), the rare big states (a TLS handshake,
+    /// gRPC's HTTP/2 connection) boxed. It was 8 KiB, most of it gRPC's.
+    #[test]
+    fn a_probe_future_stays_small() {
+        let addr: std::net::SocketAddr = "127.0.0.1:1".parse().expect("an address");
+        let mut prober =
+            crate::probe::Prober::new(crate::probe::Probe::Http(check()), addr).expect("a prober");
+        let probe = prober.run(addr, std::time::Duration::from_secs(1));
+        let size = std::mem::size_of_val(&probe);
+        assert!(size <= 2048, "a probe's future takes {size} bytes");
     }
 }

@@ -42,6 +42,8 @@ pub(crate) struct Prober {
     conn: Option<Conn>,
     /// The HTTP request, built once.
     request: Vec<u8>,
+    /// The host the HTTP request names (the check's, else the address).
+    host: String,
 }
 
 /// A probe connection kept for the next probe.
@@ -81,18 +83,22 @@ impl Prober {
                 .map(|t| tls_of(t, None, &[b"h2"]))
                 .transpose()?,
         };
-        let request = match &probe {
+        let (request, host) = match &probe {
             Probe::Http(check) => {
                 let host = check.host.clone().unwrap_or_else(|| addr.to_string());
-                http::request(check, &host, &check.path, &check.method)
+                (
+                    http::request(check, &host, &check.path, &check.method),
+                    host,
+                )
             }
-            _ => Vec::new(),
+            _ => (Vec::new(), String::new()),
         };
         Ok(Prober {
             probe,
             tls,
             conn: None,
             request,
+            host,
         })
     }
 
@@ -114,6 +120,7 @@ impl Prober {
             tls,
             conn,
             request,
+            host,
         } = self;
         match probe {
             Probe::Tcp => match connect(addr).await {
@@ -122,7 +129,7 @@ impl Prober {
             },
             Probe::Http(check) => {
                 if let Some(mut c) = conn.take() {
-                    let outcome = http_on(&mut c, request, check, addr).await;
+                    let outcome = http_on(&mut c, request, check, host).await;
                     // A kept connection the server has closed meanwhile is not a
                     // failure of the backend: try again on a fresh one.
                     if !outcome.io_failure {
@@ -132,11 +139,11 @@ impl Prober {
                         return outcome.report;
                     }
                 }
-                let mut c = match open(addr, tls.as_ref()).await {
+                let mut c = match Box::pin(open(addr, tls.as_ref())).await {
                     Ok(c) => c,
                     Err(report) => return report,
                 };
-                let outcome = http_on(&mut c, request, check, addr).await;
+                let outcome = http_on(&mut c, request, check, host).await;
                 if outcome.reusable {
                     *conn = Some(c);
                 }
@@ -144,11 +151,13 @@ impl Prober {
             }
             Probe::Dns(check) => datagram::dns(addr, check).await,
             Probe::Udp(check) => datagram::udp(addr, check).await,
-            Probe::Grpc(check) => match open(addr, tls.as_ref()).await {
+            Probe::Grpc(check) => match Box::pin(open(addr, tls.as_ref())).await {
                 Ok(Conn::Plain(s)) => {
-                    grpc::check(s, &addr.to_string(), false, &check.service).await
+                    Box::pin(grpc::check(s, &addr.to_string(), false, &check.service)).await
                 }
-                Ok(Conn::Tls(s)) => grpc::check(*s, &addr.to_string(), true, &check.service).await,
+                Ok(Conn::Tls(s)) => {
+                    Box::pin(grpc::check(*s, &addr.to_string(), true, &check.service)).await
+                }
                 Err(report) => report,
             },
         }
@@ -182,20 +191,7 @@ async fn open(
     }
 }
 
-async fn http_on(
-    conn: &mut Conn,
-    request: &[u8],
-    check: &HttpCheck,
-    addr: SocketAddr,
-) -> http::Outcome {
-    let default_host;
-    let host = match &check.host {
-        Some(h) => h.as_str(),
-        None => {
-            default_host = addr.to_string();
-            &default_host
-        }
-    };
+async fn http_on(conn: &mut Conn, request: &[u8], check: &HttpCheck, host: &str) -> http::Outcome {
     match conn {
         Conn::Plain(s) => http::exchange(s, request, check, host).await,
         Conn::Tls(s) => http::exchange(s.as_mut(), request, check, host).await,

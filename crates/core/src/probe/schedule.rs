@@ -24,6 +24,19 @@ use crate::pool::Pool;
 const START_SPACING: Duration = Duration::from_micros(50);
 /// ...within a window of at most this (10,000 targets: 0.5 s).
 const START_WINDOW: Duration = Duration::from_secs(2);
+/// Later probes are due on this grid: those due within one tick go out
+/// together, and the worker wakes once for them and takes their answers in
+/// a few reads of its event queue, rather than once per probe.
+const TICK: Duration = Duration::from_millis(10);
+
+/// The first point of the grid (`epoch` + k × [`TICK`]) at or after `due`.
+fn on_grid(epoch: tokio::time::Instant, due: tokio::time::Instant) -> tokio::time::Instant {
+    let since = due.saturating_duration_since(epoch).as_nanos();
+    let tick = TICK.as_nanos();
+    let ticks = since.div_ceil(tick);
+    let nanos = u64::try_from(ticks * tick).unwrap_or(u64::MAX);
+    epoch + Duration::from_nanos(nanos)
+}
 
 /// When target `i` of `n` sends its first probe: evenly over
 /// `min(n × START_SPACING, START_WINDOW)`. A burst of SYNs to thousands of
@@ -138,9 +151,11 @@ impl Prepared {
             .unwrap_or_default();
         let tasks = self.ready.len();
         let last_start = start_offset(tasks.saturating_sub(1), tasks);
+        let epoch = tokio::time::Instant::now();
         for (i, (target, prober, subs)) in self.ready.into_iter().enumerate() {
             let offset = start_offset(i, tasks);
-            tokio::spawn(run(target, prober, subs, offset, stop.clone(), tx.clone()));
+            let when = Timing { epoch, offset };
+            tokio::spawn(run(target, prober, subs, when, stop.clone(), tx.clone()));
         }
         Checkers {
             first_round,
@@ -174,18 +189,26 @@ impl Checkers {
     }
 }
 
+/// When a target's probes go out: the first `offset` after `epoch`, the
+/// others on the grid that starts at `epoch`.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    epoch: tokio::time::Instant,
+    offset: Duration,
+}
+
 async fn run(
     target: Target,
     mut prober: Prober,
     subs: Vec<Subscriber>,
-    offset: Duration,
+    when: Timing,
     stop: CancellationToken,
     first: mpsc::UnboundedSender<()>,
 ) {
-    if !offset.is_zero() {
+    if !when.offset.is_zero() {
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(offset) => {}
+            () = tokio::time::sleep_until(when.epoch + when.offset) => {}
         }
     }
     let mut first = Some(first);
@@ -212,9 +235,10 @@ async fn run(
         } else {
             target.interval
         };
+        let due = on_grid(when.epoch, tokio::time::Instant::now() + jitter(base));
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(jitter(base)) => {}
+            () = tokio::time::sleep_until(due) => {}
         }
     }
 }
@@ -246,6 +270,21 @@ mod tests {
         // Never decreasing.
         let offsets: Vec<Duration> = (0..1000).map(|i| start_offset(i, 1000)).collect();
         assert!(offsets.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn later_probes_fall_on_the_grid_never_early() {
+        let epoch = tokio::time::Instant::now();
+        let at = |ms: u64, us: u64| epoch + Duration::from_millis(ms) + Duration::from_micros(us);
+        assert_eq!(on_grid(epoch, epoch), epoch);
+        assert_eq!(on_grid(epoch, at(0, 1)), at(10, 0));
+        assert_eq!(on_grid(epoch, at(1_000, 0)), at(1_000, 0));
+        assert_eq!(on_grid(epoch, at(1_003, 500)), at(1_010, 0));
+        for us in (0..100_000).step_by(997) {
+            let due = at(0, us);
+            let grid = on_grid(epoch, due);
+            assert!(grid >= due && grid - due < TICK, "{us} µs");
+        }
     }
 
     #[test]
