@@ -34,8 +34,10 @@ fn on_grid(epoch: tokio::time::Instant, due: tokio::time::Instant) -> tokio::tim
     let since = due.saturating_duration_since(epoch).as_nanos();
     let tick = TICK.as_nanos();
     let ticks = since.div_ceil(tick);
-    let nanos = u64::try_from(ticks * tick).unwrap_or(u64::MAX);
-    epoch + Duration::from_nanos(nanos)
+    u64::try_from(ticks.saturating_mul(tick))
+        .ok()
+        .and_then(|nanos| epoch.checked_add(Duration::from_nanos(nanos)))
+        .unwrap_or(due)
 }
 
 /// When target `i` of `n` sends its first probe: evenly over
