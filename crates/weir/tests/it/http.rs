@@ -276,6 +276,21 @@ pub(crate) struct RawBackend {
 }
 
 pub(crate) fn raw_backend(close_after: Option<usize>, delay: Duration) -> RawBackend {
+    raw_backend_with(close_after, delay, None)
+}
+
+/// A [`raw_backend`] that closes each connection `rest` after its first
+/// answer, while it rests (its own keep-alive timeout, shorter than weir's),
+/// without saying so.
+pub(crate) fn raw_backend_resting(rest: Duration) -> RawBackend {
+    raw_backend_with(None, Duration::ZERO, Some(rest))
+}
+
+fn raw_backend_with(
+    close_after: Option<usize>,
+    delay: Duration,
+    rest: Option<Duration>,
+) -> RawBackend {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().expect("addr");
     let connections = Arc::new(AtomicUsize::new(0));
@@ -286,7 +301,7 @@ pub(crate) fn raw_backend(close_after: Option<usize>, delay: Duration) -> RawBac
             let Ok(s) = s else { break };
             let n = c.fetch_add(1, SeqCst) + 1;
             let r = Arc::clone(&r);
-            std::thread::spawn(move || serve_raw(s, n, close_after, delay, &r));
+            std::thread::spawn(move || serve_raw(s, n, close_after, delay, rest, &r));
         }
     });
     RawBackend {
@@ -301,6 +316,7 @@ fn serve_raw(
     conn: usize,
     close_after: Option<usize>,
     delay: Duration,
+    rest: Option<Duration>,
     r: &AtomicUsize,
 ) {
     let mut reader = BufReader::new(s.try_clone().expect("clone"));
@@ -354,6 +370,10 @@ fn serve_raw(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{answer}",
             answer.len()
         );
+        if let Some(rest) = rest {
+            std::thread::sleep(rest);
+            return;
+        }
     }
 }
 
@@ -441,47 +461,7 @@ fn kept_alive_upstream_connections_and_the_race() {
 /// POST goes out once, on a new connection, and is answered.
 #[test]
 fn a_kept_alive_connection_the_backend_closed_at_rest_is_not_used() {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let backend = l.local_addr().expect("addr");
-    let connections = Arc::new(AtomicUsize::new(0));
-    let requests = Arc::new(AtomicUsize::new(0));
-    let (c, r) = (Arc::clone(&connections), Arc::clone(&requests));
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { break };
-            let n = c.fetch_add(1, SeqCst) + 1;
-            let r = Arc::clone(&r);
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(s.try_clone().expect("clone"));
-                let (mut line, mut length) = (String::new(), 0usize);
-                loop {
-                    line.clear();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0u8; length];
-                if reader.read_exact(&mut body).is_err() {
-                    return;
-                }
-                let k = r.fetch_add(1, SeqCst) + 1;
-                let answer = format!("conn={n} req={k}");
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{answer}",
-                    answer.len()
-                );
-                // Kept alive, by the header; closed 100 ms later, at rest.
-                std::thread::sleep(Duration::from_millis(100));
-            });
-        }
-    });
+    let backend = raw_backend_resting(Duration::from_millis(100));
     let (front, admin) = (free_port(), free_port());
     let (_weir, _out) = start(
         "closed-at-rest",
@@ -490,15 +470,16 @@ fn a_kept_alive_connection_the_backend_closed_at_rest_is_not_used() {
              [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
              [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
              [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
-             [[pools]]\nname = \"p\"\nretries = 0\n[[pools.backends]]\nname = \"b\"\naddress = \"{backend}\"\n"
+             [[pools]]\nname = \"p\"\nretries = 0\n[[pools.backends]]\nname = \"b\"\naddress = \"{}\"\n",
+            backend.addr
         ),
     );
     let (status, body, _) = curl(&["--http1.1"], &format!("http://{front}/"));
-    assert_eq!((status, body.as_str()), (200, "conn=1 req=1"));
+    assert_eq!((status, body.as_str()), (200, "conn=1 req=1 body=0"));
     std::thread::sleep(Duration::from_millis(400));
     let (status, body, _) = curl(&["--http1.1", "-d", "x=1"], &format!("http://{front}/"));
-    assert_eq!((status, body.as_str()), (200, "conn=2 req=2"));
-    assert_eq!(requests.load(SeqCst), 2, "a request was sent twice");
+    assert_eq!((status, body.as_str()), (200, "conn=2 req=1 body=3"));
+    assert_eq!(backend.requests.load(SeqCst), 2, "a request was sent twice");
     let series = |event: &str| {
         metric(
             admin,
