@@ -61,6 +61,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # Doctests first, so the run ends with the summary of the main test run.
 cargo test --workspace --locked --doc
 if cargo nextest --version >/dev/null 2>&1; then
+    # Where the tests mark the ports they hand out (crates/weir/tests/it/cli.rs).
+    WEIR_TEST_PORTS_DIR=$(mktemp -d)
+    export WEIR_TEST_PORTS_DIR
+    trap 'rm -rf "$WEIR_TEST_PORTS_DIR"' EXIT
     cargo nextest run --workspace --locked --no-fail-fast
 else
     cargo test --workspace --locked --no-fail-fast --lib --bins --tests

@@ -10,6 +10,30 @@ use weir_config::{
     Policy, ProbeTls, Problem, Protocol, RouteMode, StatusMatch, load_file, load_str,
 };
 
+/// A test's scratch directory, removed when the test ends, however it ends.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("weir-config-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Scratch(dir)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn load(text: &str) -> Result<Config, ConfigError> {
     load_str(text)
 }
@@ -1520,8 +1544,7 @@ fn proxy_protocol_accept() {
 
 #[test]
 fn backend_tls_keys() {
-    let dir = std::env::temp_dir().join(format!("weir-config-btls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = Scratch::new("btls");
     let ca = dir.join("ca.pem");
     std::fs::write(
         &ca,
@@ -1592,12 +1615,12 @@ fn backend_tls_keys() {
 
 // ---- admin security, state, diff ----
 
-fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("weir-config-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+/// `contents` in a file named `name` in a scratch directory of its own.
+fn temp_file(name: &str, contents: &str) -> (Scratch, std::path::PathBuf) {
+    let dir = Scratch::new(name);
     let path = dir.join(name);
     std::fs::write(&path, contents).expect("write");
-    path
+    (dir, path)
 }
 
 #[test]
@@ -1623,7 +1646,7 @@ fn non_loopback_admin_needs_a_token_or_insecure() {
         cfg.admin.grpc,
         Some(SocketAddr::from(([127, 0, 0, 1], 9901)))
     );
-    let token = temp_file("token", "0123456789abcdef0123\n");
+    let (_dir, token) = temp_file("token", "0123456789abcdef0123\n");
     let cfg = load(&format!(
         "[admin]\ngrpc = \"0.0.0.0:9901\"\ntoken_file = {:?}\n{OK_LISTENER}{OK_POOL}",
         token.display().to_string()
@@ -1640,8 +1663,8 @@ fn non_loopback_admin_needs_a_token_or_insecure() {
 
 #[test]
 fn bad_token_files() {
-    let short = temp_file("short", "abc\n");
-    let empty = temp_file("empty", "  \n");
+    let (_short_dir, short) = temp_file("short", "abc\n");
+    let (_empty_dir, empty) = temp_file("empty", "  \n");
     for (file, message) in [
         (short.display().to_string(), "the token in"),
         (empty.display().to_string(), ""),
@@ -1982,8 +2005,7 @@ fn l4_routes_take_no_http_keys() {
 
 #[test]
 fn l7_tls_files_are_read_at_load() {
-    let dir = std::env::temp_dir().join(format!("weir-config-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = Scratch::new("tls");
     let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
     std::fs::write(
         &cert,
@@ -2036,15 +2058,13 @@ fn l7_tls_files_are_read_at_load() {
         )
     );
     assert_one(&l4, "listeners[0].routes[0].tls", "only for HTTP routes");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `[firewall]` and a listener's `firewall`: lists joined, files read with
 /// comments, `per_client` keys of the listener over the global ones.
 #[test]
 fn firewall_tables_join_per_listener() {
-    let dir = std::env::temp_dir().join(format!("weir-config-fw-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = Scratch::new("fw");
     let file = dir.join("deny.txt");
     std::fs::write(&file, "# list\n192.0.2.0/24 # net\n\n2001:db8::1\n").expect("write");
     let text = format!(
@@ -2085,7 +2105,6 @@ fn firewall_tables_join_per_listener() {
     // No firewall at all: none.
     let plain = load(&format!("{OK_LISTENER}{OK_POOL}")).expect("valid");
     assert!(plain.listeners[0].firewall.is_none());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -2100,7 +2119,8 @@ fn firewall_mistakes_name_their_key_file_and_line() {
         "firewall.deny_files[0]",
         "cannot read \"/nonexistent/weir-list\"",
     );
-    let file = std::env::temp_dir().join(format!("weir-config-badlist-{}", std::process::id()));
+    let dir = Scratch::new("badlist");
+    let file = dir.join("list.txt");
     std::fs::write(&file, "10.0.0.1\n\n10.0.0.300\n").expect("write");
     assert_one(
         &format!(
@@ -2110,7 +2130,6 @@ fn firewall_mistakes_name_their_key_file_and_line() {
         "firewall.allow_files[0]",
         &format!("{}:3: \"10.0.0.300\" is not an IP address", file.display()),
     );
-    let _ = std::fs::remove_file(&file);
     assert_one(
         &format!("[firewall]\nper_client = {{ burst = 5 }}\n{OK_LISTENER}{OK_POOL}"),
         "firewall.per_client.burst",
@@ -2144,7 +2163,8 @@ fn country_rules_need_a_readable_database_and_real_codes() {
         "firewall.countries.database",
         "cannot read \"/nonexistent/c.mmdb\"",
     );
-    let file = std::env::temp_dir().join(format!("weir-config-geo-{}", std::process::id()));
+    let dir = Scratch::new("geo");
+    let file = dir.join("c.mmdb");
     std::fs::write(&file, b"\xab\xcd\xefMaxMind.com but not really").expect("write");
     assert_one(
         &format!(
@@ -2177,7 +2197,6 @@ fn country_rules_need_a_readable_database_and_real_codes() {
             .any(|p| p.path == "firewall.countries" && p.message.starts_with("names no country")),
         "{found:#?}"
     );
-    let _ = std::fs::remove_file(&file);
 }
 
 /// An l7 route with `policies` at the route and on its rule.

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -12,6 +13,32 @@ use tokio::net::{TcpListener, TcpSocket};
 use weir_core::Server;
 
 pub(crate) const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A test's scratch directory, emptied of what an earlier process with the
+/// same PID left and removed when the test ends, however it ends.
+pub(crate) struct Scratch(PathBuf);
+
+impl Scratch {
+    pub(crate) fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("weir-core-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Scratch(dir)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 pub(crate) async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
     match tokio::time::timeout(DEADLINE, f).await {

@@ -520,6 +520,12 @@ pub(crate) struct Pki {
     issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
 }
 
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 impl Pki {
     /// A client certificate signed by this CA, written as PEM files (cert, key).
     pub(crate) fn client_cert(&self, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {

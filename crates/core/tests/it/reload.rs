@@ -4,7 +4,7 @@
 //! did survives a restart.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -16,13 +16,6 @@ use weir_core::health::{AdminState, Cause, Change, Health};
 use weir_core::{ControlError, Options, ReloadError, Server};
 
 use crate::common::*;
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("weir-core-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
 
 async fn start_file(path: &Path) -> Arc<Server> {
     let config = weir_config::load_file(path).unwrap_or_else(|e| panic!("config: {e}"));
@@ -86,7 +79,7 @@ async fn reload_adds_changes_and_removes_while_a_connection_lives() {
     let n = named_backend("new").await;
     let b = named_backend("b").await;
     let dead = refused_addr();
-    let dir = temp_dir("reload");
+    let dir = Scratch::new("reload");
     let file = dir.join("weir.toml");
     let long_pool = pool("long", &[("echo", echo_addr, 1)]);
 
@@ -220,7 +213,7 @@ async fn reload_adds_changes_and_removes_while_a_connection_lives() {
 async fn a_broken_reload_changes_nothing_and_says_why() {
     let a = named_backend("a").await;
     let echo_addr = echo_backend().await;
-    let dir = temp_dir("broken");
+    let dir = Scratch::new("broken");
     let file = dir.join("weir.toml");
     let long_pool = pool("long", &[("echo", echo_addr, 1)]);
     let good = format!(
@@ -322,7 +315,7 @@ async fn operator_state_survives_a_restart() {
     let a = named_backend("a").await;
     let b = named_backend("b").await;
     let c = named_backend("c").await;
-    let dir = temp_dir("state");
+    let dir = Scratch::new("state");
     let db = dir.join("state.db");
     let state = format!("[state]\npath = {:?}\n", db.display().to_string());
     let both = format!("{state}{}", static_pool(&[("a", a), ("b", b)]));
@@ -434,7 +427,7 @@ async fn operator_state_survives_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_state_file_stops_the_start_with_a_clear_error() {
-    let dir = temp_dir("corrupt");
+    let dir = Scratch::new("corrupt");
     let db = dir.join("state.db");
     std::fs::write(&db, vec![0x5a; 4096]).expect("write");
     let a = named_backend("a").await;

@@ -18,16 +18,76 @@ pub(crate) fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-pub(crate) fn temp_config(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("weir-cli-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("weir.toml");
-    std::fs::write(&path, text).expect("write config");
-    path
+/// A test's scratch directory, removed with everything in it when the test
+/// ends, however it ends; it derefs to the path it was made for (the
+/// directory itself, or a file in it).
+pub(crate) struct Scratch {
+    dir: PathBuf,
+    path: PathBuf,
 }
 
-/// Stops a child we started (by its PID) when the test ends, however it ends.
-pub(crate) struct Running(pub(crate) Child);
+impl Scratch {
+    /// A fresh directory: what an earlier test process with the same PID left
+    /// there (a state file, say) is removed first.
+    pub(crate) fn new(name: String) -> Scratch {
+        let dir = std::env::temp_dir().join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test dir");
+        Scratch {
+            path: dir.clone(),
+            dir,
+        }
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.path.as_os_str()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `text` written to `weir.toml` in a scratch directory of its own.
+pub(crate) fn temp_config(name: &str, text: &str) -> Scratch {
+    let mut scratch = Scratch::new(format!("weir-cli-{}-{name}", std::process::id()));
+    scratch.path = scratch.dir.join("weir.toml");
+    std::fs::write(&scratch.path, text).expect("write config");
+    scratch
+}
+
+/// Stops a child we started (by its PID) when the test ends, however it ends,
+/// then removes the scratch directory it was given, if any.
+pub(crate) struct Running(pub(crate) Child, Option<Scratch>);
+
+impl Running {
+    pub(crate) fn new(child: Child) -> Running {
+        Running(child, None)
+    }
+
+    /// Keeps `scratch` (the process's files) until the process is stopped.
+    pub(crate) fn with(mut self, scratch: Scratch) -> Running {
+        self.1 = Some(scratch);
+        self
+    }
+}
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -111,13 +171,18 @@ pub(crate) fn free_port() -> SocketAddr {
 /// Claims `port` for this test process for the rest of the test run: a port
 /// found free can still be found free by a concurrent test process before
 /// its weir binds it, so each port is handed out once per run, marked by a
-/// file created exclusively in a directory named after nextest's run id.
-/// Outside nextest (one process) nothing needs marking.
+/// file created exclusively in a directory named after nextest's run id (or
+/// in `WEIR_TEST_PORTS_DIR`, which scripts/test.sh makes and removes after
+/// the run). Outside nextest (one process) nothing needs marking.
 fn reserve(port: u16) -> bool {
-    let Ok(run) = std::env::var("NEXTEST_RUN_ID") else {
-        return true;
+    let dir = match (
+        std::env::var_os("WEIR_TEST_PORTS_DIR"),
+        std::env::var("NEXTEST_RUN_ID"),
+    ) {
+        (Some(dir), Ok(_)) => PathBuf::from(dir),
+        (None, Ok(run)) => std::env::temp_dir().join(format!("weir-test-ports-{run}")),
+        (_, Err(_)) => return true,
     };
-    let dir = std::env::temp_dir().join(format!("weir-test-ports-{run}"));
     if std::fs::create_dir_all(&dir).is_err() {
         return true;
     }
@@ -160,7 +225,7 @@ pub(crate) fn run_weir(config: &Path) -> (Running, mpsc::Receiver<String>) {
 pub(crate) fn start_weir(mut cmd: Command) -> (Running, mpsc::Receiver<String>) {
     let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn weir");
     let out = lines(&mut child);
-    let child = Running(child);
+    let child = Running::new(child);
     wait_line(&out, "weir started");
     (child, out)
 }
@@ -385,7 +450,7 @@ fn a_second_weir_on_the_same_addresses_is_refused() {
         .spawn()
         .expect("spawn");
     let out = lines(&mut first);
-    let mut first = Running(first);
+    let mut first = Running::new(first);
     wait_line(&out, "Proxy: http://");
     let second = weir().args(args(&[])).output().expect("run");
     assert_eq!(second.status.code(), Some(1));
@@ -439,7 +504,7 @@ fn the_demo_shows_a_failover_and_its_recovery() {
         .spawn()
         .expect("spawn");
     let out = lines(&mut child);
-    let mut child = Running(child);
+    let mut child = Running::new(child);
     let proxy: SocketAddr = wait_line(&out, "Proxy: http://")
         .trim()
         .trim_start_matches("Proxy: http://")
@@ -523,7 +588,7 @@ fn demo_serves_through_the_proxy_and_stops_on_sigint() {
         .spawn()
         .expect("spawn");
     let out = lines(&mut child);
-    let mut child = Running(child);
+    let mut child = Running::new(child);
     let line = wait_line(&out, "Proxy: http://");
     let addr: SocketAddr = line
         .trim()
@@ -624,14 +689,9 @@ fn nginx_backends_and_curl_client_through_weir() {
     drop(nginx);
 }
 
-/// A temporary directory for one test's files.
-/// A fresh directory for one test: what an earlier test process with the same
-/// PID left there (a state file, say) is removed first.
-pub(crate) fn test_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("weir-it-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("test dir");
-    dir
+/// A scratch directory for one test's files.
+pub(crate) fn test_dir(tag: &str) -> Scratch {
+    Scratch::new(format!("weir-it-{}-{tag}", std::process::id()))
 }
 
 /// Starts a real nginx (Debian package) in the foreground with `http_servers`
@@ -648,7 +708,7 @@ pub(crate) fn start_nginx(dir: &Path, http_servers: &str) -> Running {
            uwsgi_temp_path {d}/t4; scgi_temp_path {d}/t5;\n{http_servers}\n}}\n"
     );
     std::fs::write(dir.join("nginx.conf"), conf).expect("nginx conf");
-    Running(
+    Running::new(
         Command::new(nginx)
             .arg("-p")
             .arg(dir)

@@ -221,7 +221,7 @@ fn a_drain_survives_a_restart_and_shows_in_the_history() {
         .spawn()
         .expect("weir watch");
     let events = lines(&mut watch);
-    let _watch = Running(watch);
+    let _watch = Running::new(watch);
     // A watch sees changes from the moment it has subscribed, which the test
     // cannot observe from outside: change the backend until an event shows.
     let mut seen = None;

@@ -370,12 +370,10 @@ fn dashboard_queries_parse_as_promql() {
             json_string(&e)
         ));
     }
-    let dir = std::env::temp_dir().join(format!("weir-deploy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = crate::cli::Scratch::new(format!("weir-deploy-{}", std::process::id()));
     let file = dir.join("dashboard-queries.yml");
     std::fs::write(&file, &rules).expect("write rules");
     let out = promtool(&["check", "rules", file.to_str().expect("utf-8 path")]);
-    let _ = std::fs::remove_dir_all(&dir);
     assert_success("promtool check rules on the dashboard's queries", &out);
 }
 
@@ -852,8 +850,7 @@ fn the_systemd_unit_verifies_and_is_hardened() {
             "the unit has no line {line:?}"
         );
     }
-    let dir = std::env::temp_dir().join(format!("weir-unit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = crate::cli::Scratch::new(format!("weir-unit-{}", std::process::id()));
     let path = dir.join("weir.service");
     std::fs::write(
         &path,
@@ -883,5 +880,4 @@ fn the_systemd_unit_verifies_and_is_hardened() {
     assert_success("systemd-analyze verify", &out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.trim().is_empty(), "systemd-analyze warns:\n{stderr}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

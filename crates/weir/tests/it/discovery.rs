@@ -17,7 +17,7 @@ use crate::http::{metric, start};
 pub(crate) fn spawn_dnsmasq(dir: &Path, port: u16, args: &[String]) -> Running {
     let bin = which("dnsmasq")
         .expect("dnsmasq is not installed: run scripts/test.sh, which installs dnsmasq-base");
-    Running(
+    Running::new(
         Command::new(bin)
             .args([
                 "--keep-in-foreground",
@@ -200,7 +200,7 @@ fn srv_records_become_backends_and_follow_every_change_in_dns() {
     )
     .expect("watch's first line");
     assert!(said.starts_with("watching pool db"), "{said}");
-    let _watch = Running(watch);
+    let _watch = Running::new(watch);
 
     // b1 leaves, b2's weight drops to 0 (drained), b3 arrives in tier 1.
     stop(dns, dns_port);
@@ -472,7 +472,7 @@ fn the_system_resolver_is_the_default() {
     let resolv = dir.join("resolv.conf");
     std::fs::write(&resolv, "nameserver 127.0.0.1\n").expect("resolv.conf");
     let dnsmasq_bin = which("dnsmasq").expect("dnsmasq (scripts/test.sh installs dnsmasq-base)");
-    let _dns = Running(
+    let _dns = Running::new(
         Command::new("nsenter")
             .arg(format!("--net={}", ns.path.display()))
             .arg(dnsmasq_bin)

@@ -257,8 +257,8 @@ fn admin_connections_have_a_handshake_and_an_idle_timeout() {
             .spawn()
             .expect("weir watch")
     };
-    let mut pinging = Running(watch("150ms"));
-    let mut silent = Running(watch("1h"));
+    let mut pinging = Running::new(watch("150ms"));
+    let mut silent = Running::new(watch("1h"));
     let began = Instant::now();
     let silent_end = loop {
         if let Some(status) = silent.0.try_wait().expect("wait") {
@@ -434,7 +434,7 @@ fn the_open_files_limit_is_raised_and_checked() {
         .spawn()
         .expect("spawn");
     let out = crate::cli::lines(&mut child);
-    let child = Running(child);
+    let child = Running::new(child);
     let warning = wait_line(&out, "open-files limit is below");
     assert!(warning.contains("\"limit\":4096"), "{warning}");
     // 2 x 100000 + 1 bind + 2 x (64 + 1) admin + 2 probes + 64.

@@ -420,7 +420,7 @@ fn runtime_rules_ban_expire_survive_a_restart_and_show_in_watch() {
         .spawn()
         .expect("weir watch");
     let events = crate::cli::lines(&mut watch);
-    let watch = crate::cli::Running(watch);
+    let watch = crate::cli::Running::new(watch);
     // The watch is subscribed once it shows a reload.
     let deadline = std::time::Instant::now() + DEADLINE;
     loop {

@@ -9,9 +9,8 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 
-use crate::cli::{DEADLINE, Running, free_port, temp_config, test_dir, weir};
+use crate::cli::{DEADLINE, Running, free_port, run_weir, temp_config, test_dir, weir};
 use crate::control::{ctl, json, text};
 use crate::http::start;
 
@@ -60,8 +59,9 @@ fn mapping(front: SocketAddr) -> Vec<String> {
 struct Instance {
     front: SocketAddr,
     grpc: SocketAddr,
-    file: PathBuf,
+    // Declared after the file, so dropped before it: weir stops first.
     _weir: Running,
+    file: crate::cli::Scratch,
 }
 
 fn pool_config(backends: &[(String, SocketAddr)], extra: &str) -> String {
@@ -85,12 +85,12 @@ fn instance(tag: &str, ip: Ipv4Addr, port: u16, pool: &str) -> Instance {
          [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n{pool}"
     );
     let file = temp_config(tag, &text);
-    let (weir, _out) = start(tag, &text);
+    let (weir, _out) = run_weir(&file);
     Instance {
         front,
         grpc,
-        file,
         _weir: weir,
+        file,
     }
 }
 
@@ -349,7 +349,8 @@ fn a_name_that_resolves_to_every_instance_addresses_the_fleet() {
             start(&tag, &text).0
         })
         .collect();
-    let hosts = test_dir("fleet-name").join("hosts");
+    let dir = test_dir("fleet-name");
+    let hosts = dir.join("hosts");
     std::fs::write(&hosts, "127.0.0.16 fleet.test\n127.0.0.17 fleet.test\n").expect("hosts");
     let out = std::process::Command::new("unshare")
         .args(["--mount", "sh", "-c"])

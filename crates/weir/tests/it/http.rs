@@ -77,14 +77,15 @@ fn echoing_nginx(tag: &str) -> (Running, SocketAddr, SocketAddr) {
     );
     wait_connectable(a);
     wait_connectable(b);
-    (nginx, a, b)
+    (nginx.with(dir), a, b)
 }
 
 pub(crate) fn start(tag: &str, config: &str) -> (Running, std::sync::mpsc::Receiver<String>) {
     let file = temp_config(tag, config);
     let mut cmd = weir();
     cmd.args(["run", "--config"]).arg(&file);
-    start_weir(cmd)
+    let (weir, out) = start_weir(cmd);
+    (weir.with(file), out)
 }
 
 /// Requests go to the pool of the first rule they match, over HTTP/1.1 and
@@ -889,7 +890,7 @@ fn start_nghttpd(www: &std::path::Path, port: u16, tls: Option<(PathBuf, PathBuf
             cmd.arg(port.to_string()).arg(key).arg(cert);
         }
     }
-    Running(
+    Running::new(
         cmd.stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -18,7 +18,7 @@ fn peers() -> PathBuf {
 
 /// `python3 peers.py ARGS` in the background, stopped when dropped.
 fn peer_server(args: &[&str]) -> Running {
-    Running(
+    Running::new(
         Command::new("python3")
             .arg(peers())
             .args(args)

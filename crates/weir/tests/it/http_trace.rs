@@ -114,7 +114,7 @@ fn collector(kind: &str, port: u16) -> (Running, mpsc::Receiver<String>) {
         .spawn()
         .expect("python3 (run scripts/test.sh, which installs opentelemetry-proto)");
     let out = lines(&mut child);
-    let running = Running(child);
+    let running = Running::new(child);
     wait_connectable(SocketAddr::from(([127, 0, 0, 1], port)));
     (running, out)
 }

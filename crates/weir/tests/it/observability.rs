@@ -34,7 +34,7 @@ fn weir_with_admin(
         ),
     );
     let (child, out) = run_weir(&file);
-    (child, out, admin, front)
+    (child.with(file), out, admin, front)
 }
 
 fn echo_through(front: SocketAddr) {
@@ -108,7 +108,7 @@ fn a_real_prometheus_scrapes_weir_and_answers_a_query() {
     for _ in 0..3 {
         echo_through(front);
     }
-    let dir = std::env::temp_dir().join(format!("weir-prometheus-{}", std::process::id()));
+    let dir = crate::cli::Scratch::new(format!("weir-prometheus-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("data")).expect("dir");
     std::fs::write(
         dir.join("prometheus.yml"),
@@ -123,7 +123,7 @@ fn a_real_prometheus_scrapes_weir_and_answers_a_query() {
     )
     .expect("config");
     let web = free_port();
-    let _prom = Running(
+    let _prom = Running::new(
         Command::new(prometheus)
             .arg(format!(
                 "--config.file={}",

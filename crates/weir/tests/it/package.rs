@@ -163,7 +163,7 @@ fn the_debian_package_installs_serves_and_goes_away() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("run weir");
-    let running = crate::cli::Running(child);
+    let running = crate::cli::Running::new(child);
     wait_connectable(http);
     // Ready once its start is done (503 "starting" until then).
     let end = std::time::Instant::now() + crate::cli::DEADLINE;

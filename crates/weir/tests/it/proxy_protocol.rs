@@ -6,20 +6,22 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
 use crate::cli::{
-    Running, free_port, run_weir, start_nginx, temp_config, test_dir, wait_connectable, which,
+    Running, Scratch, free_port, run_weir, start_nginx, temp_config, test_dir, wait_connectable,
+    which,
 };
 
 fn nginx_echoing_proxy_addresses(tag: &str) -> (Running, SocketAddr) {
     let port = free_port();
+    let dir = test_dir(&format!("pp-{tag}"));
     let nginx = start_nginx(
-        &test_dir(&format!("pp-{tag}")),
+        &dir,
         &format!(
             "server {{ listen {port} proxy_protocol; \
              location / {{ return 200 \"$proxy_protocol_addr $proxy_protocol_port\\n\"; }} }}"
         ),
     );
     wait_connectable(port);
-    (nginx, port)
+    (nginx.with(dir), port)
 }
 
 fn curl(url: &str, interface: &str) -> String {
@@ -83,8 +85,7 @@ fn nginx_reads_the_client_address_from_weirs_v1_and_v2_headers() {
 fn haproxy_echoing_source(tag: &str) -> (Running, SocketAddr) {
     let haproxy =
         which("haproxy").expect("haproxy is not installed: run scripts/test.sh, which installs it");
-    let dir = std::env::temp_dir().join(format!("weir-pp-haproxy-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = Scratch::new(format!("weir-pp-haproxy-{}-{tag}", std::process::id()));
     let port = free_port();
     let conf = format!(
         "global\n  maxconn 64\n\
@@ -100,7 +101,7 @@ fn haproxy_echoing_source(tag: &str) -> (Running, SocketAddr) {
         .spawn()
         .expect("start haproxy");
     wait_connectable(port);
-    (Running(child), port)
+    (Running::new(child).with(dir), port)
 }
 
 #[test]
@@ -147,8 +148,7 @@ fn a_client_address_travels_from_haproxy_through_weir_to_nginx() {
     let (_weir, _out) = run_weir(&file);
     let haproxy =
         which("haproxy").expect("haproxy is not installed: run scripts/test.sh, which installs it");
-    let dir = std::env::temp_dir().join(format!("weir-pp-chain-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = Scratch::new(format!("weir-pp-chain-{}", std::process::id()));
     let front = free_port();
     std::fs::write(
         dir.join("haproxy.cfg"),
@@ -160,7 +160,7 @@ fn a_client_address_travels_from_haproxy_through_weir_to_nginx() {
         ),
     )
     .expect("conf");
-    let _haproxy = Running(
+    let _haproxy = Running::new(
         Command::new(haproxy)
             .arg("-f")
             .arg(dir.join("haproxy.cfg"))

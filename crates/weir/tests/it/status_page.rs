@@ -129,7 +129,7 @@ fn readyz_says_503_until_the_first_probe_round_is_done() {
         .stdout(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("spawn weir");
     let out = crate::cli::lines(&mut child);
-    let _weir = crate::cli::Running(child);
+    let _weir = crate::cli::Running::new(child);
     let began = Instant::now();
     // The admin endpoint answers while the probes wait for their timeout.
     let first = loop {

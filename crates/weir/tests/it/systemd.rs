@@ -127,7 +127,7 @@ fn weir_tells_systemd_when_it_is_ready_reloading_and_stopping() {
 }
 
 /// A config with listener `web` on `front` in front of an echo backend.
-fn activated_config(tag: &str, front: std::net::SocketAddr, extra: &str) -> std::path::PathBuf {
+fn activated_config(tag: &str, front: std::net::SocketAddr, extra: &str) -> crate::cli::Scratch {
     temp_config(
         tag,
         &format!(
@@ -173,7 +173,7 @@ fn weir_serves_on_a_socket_systemd_passes_by_name() {
     // The tool starts weir when the first client connects.
     let mut child = cmd.spawn().expect("spawn");
     let out = crate::cli::lines(&mut child);
-    let _weir = crate::cli::Running(child);
+    let _weir = crate::cli::Running::new(child);
     crate::cli::wait_connectable(front);
     for _ in 0..3 {
         echo_once(front).expect("echo through the passed socket");

@@ -32,7 +32,7 @@ impl Netns {
             .spawn()
             .expect("unshare (util-linux) runs; the tests need root for a network namespace");
         let path = PathBuf::from(format!("/proc/{}/ns/net", holder.id()));
-        let holder = Running(holder);
+        let holder = Running::new(holder);
         let ours = std::fs::read_link("/proc/self/ns/net").expect("own netns");
         let end = Instant::now() + DEADLINE;
         while std::fs::read_link(&path).ok().is_none_or(|ns| ns == ours) {
@@ -112,7 +112,7 @@ fn ok_backend(ns: &Netns) -> SocketAddr {
 }
 
 /// weir's config for the namespace: listener `l` on `front` before `backend`.
-fn upgrade_config(tag: &str, front: SocketAddr, backend: SocketAddr) -> PathBuf {
+fn upgrade_config(tag: &str, front: SocketAddr, backend: SocketAddr) -> crate::cli::Scratch {
     temp_config(
         tag,
         &format!(
