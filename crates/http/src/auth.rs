@@ -6,8 +6,10 @@
 //! the client's (status, `WWW-Authenticate` and the like, body). When the
 //! service fails or is slow, `failure` decides: `deny` (503) or `allow`.
 //!
-//! Decisions are cached by the configured headers' values, allowed and
-//! denied ones for their own time, in a bounded table; failures never are.
+//! Decisions are cached by everything the service was asked (method, target,
+//! host, protocol, client address and the configured headers' values), as a
+//! 128-bit keyed hash; allowed and denied ones for their own time, in a
+//! bounded table; failures never are.
 //! A circuit breaker opens after `breaker_failures` failures in a row: for
 //! `breaker_open` requests take the failure mode without a call, then one
 //! call at a time probes the service (half-open) until one succeeds.
@@ -132,17 +134,24 @@ pub(crate) struct Gate {
     cfg: Auth,
     copy: Vec<HeaderName>,
     ask: Vec<HeaderName>,
+    /// Two independent keyed hashes make a cache key.
+    hashers: [RandomState; 2],
     cache: Mutex<Cache>,
     breaker: Mutex<Breaker>,
     idle: Mutex<Vec<http1::SendRequest<Empty<Bytes>>>>,
     pub(crate) stats: Arc<AuthStats>,
 }
 
+/// A question to the service, hashed: two keyed 64-bit hashes of all of it,
+/// so that a decision is reused only for the same question (a collision is
+/// about as likely as guessing a 128-bit secret) and a key costs 16 bytes
+/// however long the headers it covers.
+type Key = u128;
+
 #[derive(Debug)]
 struct Cache {
-    hasher: RandomState,
-    /// Hash of the key -> (key, verdict, until).
-    entries: HashMap<u64, (Vec<u8>, Verdict, Instant)>,
+    /// Key -> (verdict, until).
+    entries: HashMap<Key, (Verdict, Instant)>,
     /// When a full cache was last swept of its expired decisions.
     swept: Option<Instant>,
 }
@@ -171,8 +180,8 @@ impl Gate {
             copy: names(&cfg.copy_headers),
             ask: names(&cfg.headers),
             cfg: cfg.clone(),
+            hashers: [RandomState::new(), RandomState::new()],
             cache: Mutex::new(Cache {
-                hasher: RandomState::new(),
                 entries: HashMap::new(),
                 swept: None,
             }),
@@ -191,17 +200,17 @@ impl Gate {
     /// mode; with how the call to the service ended and how long it took,
     /// when one was made.
     pub(crate) async fn check(&self, q: &Question<'_>) -> (Verdict, Option<(Outcome, Duration)>) {
-        let key = (self.cfg.cache_size > 0).then(|| self.key(q.headers));
-        if let Some(key) = &key {
+        let key = (self.cfg.cache_size > 0).then(|| self.key(q));
+        if let Some(key) = key {
             if let Some(v) = self.cached(key) {
                 self.stats.cache_hits.fetch_add(1, Relaxed);
                 return (v, None);
             }
             self.stats.cache_misses.fetch_add(1, Relaxed);
         }
-        if !self.may_call() {
+        let Some(call) = self.may_call() else {
             return (self.failed(), None);
-        }
+        };
         let began = Instant::now();
         let answer = tokio::time::timeout(self.cfg.timeout, self.call(q)).await;
         let took = began.elapsed();
@@ -213,7 +222,7 @@ impl Gate {
             Ok(Ok(v)) => (Outcome::Denied, Some(v)),
         };
         self.stats.results[outcome as usize].fetch_add(1, Relaxed);
-        self.settle(verdict.is_some());
+        call.settle(verdict.is_some());
         let verdict = match verdict {
             Some(v) => {
                 if let Some(key) = key {
@@ -233,33 +242,52 @@ impl Gate {
         }
     }
 
-    fn key(&self, headers: &HeaderMap) -> Vec<u8> {
-        let mut key = Vec::new();
-        for name in &self.ask {
-            for v in headers.get_all(name) {
-                key.extend_from_slice(name.as_str().as_bytes());
-                key.push(0);
-                key.extend_from_slice(v.as_bytes());
-                key.push(0);
+    /// The cache key of `q`: everything [`Gate::call`] sends the service
+    /// about the request (the traceparent aside), each part delimited.
+    fn key(&self, q: &Question<'_>) -> Key {
+        let [a, b] = &self.hashers;
+        let mut h = [a.build_hasher(), b.build_hasher()];
+        let mut part = |bytes: &[u8]| {
+            for h in &mut h {
+                h.write_usize(bytes.len());
+                h.write(bytes);
             }
-            key.push(1);
+        };
+        part(q.method.as_str().as_bytes());
+        part(
+            q.uri
+                .path_and_query()
+                .map_or("", |pq| pq.as_str())
+                .as_bytes(),
+        );
+        part(q.host.map_or(&[][..], HeaderValue::as_bytes));
+        part(q.proto.as_bytes());
+        match q.client {
+            IpAddr::V4(ip) => part(&ip.octets()),
+            IpAddr::V6(ip) => part(&ip.octets()),
         }
-        key
+        for name in &self.ask {
+            for v in q.headers.get_all(name) {
+                part(name.as_str().as_bytes());
+                part(v.as_bytes());
+            }
+            part(b"");
+        }
+        let [a, b] = h;
+        (u128::from(a.finish()) << 64) | u128::from(b.finish())
     }
 
     fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
         m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn cached(&self, key: &[u8]) -> Option<Verdict> {
+    fn cached(&self, key: Key) -> Option<Verdict> {
         let cache = Self::lock(&self.cache);
-        let mut h = cache.hasher.build_hasher();
-        h.write(key);
-        let (k, v, until) = cache.entries.get(&h.finish())?;
-        (k == key && *until > Instant::now()).then(|| v.clone())
+        let (v, until) = cache.entries.get(&key)?;
+        (*until > Instant::now()).then(|| v.clone())
     }
 
-    fn remember(&self, key: Vec<u8>, v: &Verdict) {
+    fn remember(&self, key: Key, v: &Verdict) {
         let ttl = match v {
             Verdict::Allow(_) => self.cfg.allowed_ttl,
             Verdict::Deny(_) => self.cfg.denied_ttl,
@@ -270,7 +298,7 @@ impl Gate {
         let max = usize::try_from(self.cfg.cache_size).unwrap_or(usize::MAX);
         if cache.entries.len() >= max && cache.swept.is_none_or(|t| now >= t + SWEEP_EVERY) {
             cache.swept = Some(now);
-            cache.entries.retain(|_, (_, _, until)| *until > now);
+            cache.entries.retain(|_, (_, until)| *until > now);
         }
         if cache.entries.len() >= max {
             // Still full of live decisions: one makes room.
@@ -278,27 +306,29 @@ impl Gate {
                 cache.entries.remove(&any);
             }
         }
-        let mut h = cache.hasher.build_hasher();
-        h.write(&key);
-        let hash = h.finish();
-        cache.entries.insert(hash, (key, v.clone(), now + ttl));
+        cache.entries.insert(key, (v.clone(), now + ttl));
     }
 
-    /// Whether a call may go out: the breaker is closed, or it has been
-    /// open long enough and no other probe is out.
-    fn may_call(&self) -> bool {
+    /// A call that may go out: the breaker is closed, or it has been open
+    /// long enough and no other probe is out (this call is then the probe).
+    fn may_call(&self) -> Option<Call<'_>> {
+        let mut call = Call {
+            gate: self,
+            probe: false,
+        };
         if self.cfg.breaker_failures == 0 {
-            return true;
+            return Some(call);
         }
         let mut b = Self::lock(&self.breaker);
         match b.open_until {
-            None => true,
+            None => Some(call),
             Some(until) if Instant::now() >= until && !b.probing => {
                 b.probing = true;
                 self.stats.breaker.store(2, Relaxed);
-                true
+                call.probe = true;
+                Some(call)
             }
-            Some(_) => false,
+            Some(_) => None,
         }
     }
 
@@ -321,6 +351,12 @@ impl Gate {
             self.stats.breaker.store(1, Relaxed);
             tracing::warn!(url = %self.cfg.url, failures = b.failures, "authentication service failing; circuit breaker open");
         }
+    }
+
+    /// The names of the answer's headers put into the upstream request:
+    /// what the client sent under them never reaches the backend.
+    pub(crate) fn copied_names(&self) -> &[HeaderName] {
+        &self.copy
     }
 
     /// One call to the service.
@@ -439,8 +475,33 @@ impl Gate {
     }
 }
 
+/// A call to the service under way. Dropped unsettled (the request was
+/// cancelled mid-call: its client went away), a probe frees the half-open
+/// breaker for the next request's probe, instead of keeping it half-open
+/// and callless until a reload.
+struct Call<'g> {
+    gate: &'g Gate,
+    probe: bool,
+}
+
+impl Call<'_> {
+    fn settle(mut self, ok: bool) {
+        self.probe = false;
+        self.gate.settle(ok);
+    }
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        if self.probe {
+            Gate::lock(&self.gate.breaker).probing = false;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::str::FromStr;
     use std::time::Duration;
 
     use super::*;
@@ -494,40 +555,115 @@ mod tests {
         assert_eq!(calls(&g), 4);
     }
 
-    #[test]
-    fn the_cache_is_bounded_and_keyed_by_the_headers() {
-        let g = Gate::new(&cfg(0), Arc::default());
-        let mut a = HeaderMap::new();
-        a.insert("authorization", HeaderValue::from_static("Bearer a"));
-        let mut b = HeaderMap::new();
-        b.insert("authorization", HeaderValue::from_static("Bearer b"));
-        let allow = Verdict::Allow(Arc::from(Vec::new()));
-        g.remember(g.key(&a), &allow);
-        assert!(matches!(g.cached(&g.key(&a)), Some(Verdict::Allow(_))));
-        assert!(g.cached(&g.key(&b)).is_none());
-        for i in 0..10 {
-            let mut h = HeaderMap::new();
+    /// The key of `method target` from `client` with `token` (if any) as
+    /// `Authorization` and `host` as the host.
+    fn key(g: &Gate, method: &str, target: &str, host: &str, client: &str, token: &str) -> Key {
+        let mut h = HeaderMap::new();
+        if !token.is_empty() {
             h.insert(
                 "authorization",
-                HeaderValue::from_str(&format!("Bearer {i}")).expect("value"),
+                HeaderValue::from_str(token).expect("value"),
             );
-            g.remember(g.key(&h), &allow);
+        }
+        let (m, u) = (
+            Method::from_bytes(method.as_bytes()).expect("method"),
+            Uri::from_str(target).expect("uri"),
+        );
+        let host = HeaderValue::from_str(host).expect("host");
+        g.key(&Question {
+            method: &m,
+            uri: &u,
+            host: Some(&host),
+            proto: "http",
+            client: client.parse().expect("ip"),
+            headers: &h,
+            traceparent: None,
+        })
+    }
+
+    fn token(g: &Gate, i: usize) -> Key {
+        key(g, "GET", "/", "a", "127.0.0.1", &format!("Bearer {i}"))
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_keyed_by_the_whole_question() {
+        let g = Gate::new(&cfg(0), Arc::default());
+        let allow = Verdict::Allow(Arc::from(Vec::new()));
+        let asked = key(&g, "GET", "/a?x=1", "a.example", "10.0.0.1", "Bearer a");
+        g.remember(asked, &allow);
+        assert!(matches!(g.cached(asked), Some(Verdict::Allow(_))));
+        assert_eq!(
+            asked,
+            key(&g, "GET", "/a?x=1", "a.example", "10.0.0.1", "Bearer a")
+        );
+        // Any difference in what the service is told is another question.
+        for other in [
+            key(&g, "GET", "/a?x=1", "a.example", "10.0.0.1", "Bearer b"),
+            key(&g, "GET", "/a?x=1", "a.example", "10.0.0.1", ""),
+            key(&g, "POST", "/a?x=1", "a.example", "10.0.0.1", "Bearer a"),
+            key(&g, "GET", "/a?x=2", "a.example", "10.0.0.1", "Bearer a"),
+            key(&g, "GET", "/admin?x=1", "a.example", "10.0.0.1", "Bearer a"),
+            key(&g, "GET", "/a?x=1", "b.example", "10.0.0.1", "Bearer a"),
+            key(&g, "GET", "/a?x=1", "a.example", "10.0.0.2", "Bearer a"),
+        ] {
+            assert_ne!(other, asked);
+            assert!(g.cached(other).is_none());
+        }
+        // Parts are delimited: moving bytes from one to the next changes
+        // the key.
+        assert_ne!(
+            key(&g, "GET", "/a", "bc", "10.0.0.1", ""),
+            key(&g, "GET", "/ab", "c", "10.0.0.1", "")
+        );
+        for i in 0..10 {
+            g.remember(token(&g, i), &allow);
         }
         assert!(Gate::lock(&g.cache).entries.len() <= 2);
+    }
+
+    /// A probe whose request is dropped mid-call (its client went away)
+    /// leaves the breaker free for the next request's probe.
+    #[tokio::test]
+    async fn a_probe_cancelled_mid_call_lets_the_next_request_probe() {
+        // Accepts connections (the kernel does) and never answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = silent.local_addr().expect("addr").port();
+        let mut c = cfg(1);
+        c.port = port;
+        c.timeout = Duration::from_millis(100);
+        let g = Gate::new(&c, Arc::default());
+        let (m, u, h) = (Method::GET, Uri::from_static("/"), HeaderMap::new());
+        let q = Question {
+            method: &m,
+            uri: &u,
+            host: None,
+            proto: "http",
+            client: "127.0.0.1".parse().expect("ip"),
+            headers: &h,
+            traceparent: None,
+        };
+        let timeouts = |g: &Gate| g.stats.results[Outcome::Timeout as usize].load(Relaxed);
+        assert!(matches!(g.check(&q).await.0, Verdict::Unavailable));
+        assert!(g.breaker_open());
+        assert_eq!(timeouts(&g), 1);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        // The probe's request goes away before the service answers.
+        let cancelled = tokio::time::timeout(Duration::from_millis(20), g.check(&q)).await;
+        assert!(cancelled.is_err(), "the probe was to be cancelled");
+        assert_eq!(g.stats.breaker.load(Relaxed), 2, "half-open");
+        // The next request probes: a call that times out, and opens the
+        // breaker again (not refused unasked for want of a probe slot).
+        assert!(matches!(g.check(&q).await.0, Verdict::Unavailable));
+        assert_eq!(timeouts(&g), 2, "the next request made no call");
+        assert!(g.breaker_open());
+        drop(silent);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_full_cache_is_swept_at_most_once_a_second() {
         let g = Gate::new(&cfg(0), Arc::default());
         let allow = Verdict::Allow(Arc::from(Vec::new()));
-        let token = |i: usize| {
-            let mut h = HeaderMap::new();
-            h.insert(
-                "authorization",
-                HeaderValue::from_str(&format!("Bearer {i}")).expect("value"),
-            );
-            g.key(&h)
-        };
+        let token = |i: usize| token(&g, i);
         g.remember(token(0), &allow);
         g.remember(token(1), &allow);
         // Full: the third decision sweeps, finds nothing expired, and
@@ -544,7 +680,7 @@ mod tests {
             assert_eq!(cache.entries.len(), 2);
         }
         // The newest decision is always kept.
-        assert!(g.cached(&token(49)).is_some());
+        assert!(g.cached(token(49)).is_some());
         tokio::time::advance(SWEEP_EVERY / 2).await;
         g.remember(token(50), &allow);
         assert_eq!(

@@ -149,8 +149,9 @@ pub(crate) fn handle(
             return Ok(refused(p, grpc, x));
         }
         // Forward authentication: the rule's, else the route's.
+        let gate = rule.auth.as_ref().or(state.auth.as_ref());
         let mut granted = None;
-        if let Some(gate) = rule.auth.as_ref().or(state.auth.as_ref()) {
+        if let Some(gate) = gate {
             let span = trace.map(|_| crate::trace::span_id());
             let question = crate::auth::Question {
                 method: req.method(),
@@ -222,12 +223,15 @@ pub(crate) fn handle(
                     parts.headers.insert(crate::trace::TRACEPARENT, v);
                 }
             }
-            if let Some(granted) = granted {
+            if let Some(gate) = gate {
                 // What the authentication service says about the client replaces
-                // whatever the client said under those names.
-                for (name, _) in granted.iter() {
+                // whatever the client said under those names, also when the
+                // service said nothing under one (or could not be asked).
+                for name in gate.copied_names() {
                     parts.headers.remove(name);
                 }
+            }
+            if let Some(granted) = granted {
                 for (name, value) in granted.iter() {
                     parts.headers.append(name.clone(), value.clone());
                 }

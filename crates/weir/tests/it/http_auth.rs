@@ -42,7 +42,7 @@ pub(crate) fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<
 }
 
 /// The authentication service: `Bearer good` -> 200 with `X-User: alice`;
-/// `Bearer slow` -> the same after 2 s; no or another token -> 401 with
+/// `Bearer anon` -> 200 without it; `Bearer slow` -> 200 after 2 s; no or another token -> 401 with
 /// `WWW-Authenticate`. While `down`, it closes every connection unanswered.
 struct AuthService {
     addr: SocketAddr,
@@ -79,6 +79,9 @@ fn auth_service() -> AuthService {
                     let answer = match header(&headers, "authorization") {
                         Some("Bearer good") => {
                             "HTTP/1.1 200 OK\r\nX-User: alice\r\nContent-Length: 0\r\n\r\n".to_owned()
+                        }
+                        Some("Bearer anon") => {
+                            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_owned()
                         }
                         Some("Bearer slow") => {
                             std::thread::sleep(Duration::from_secs(2));
@@ -147,7 +150,7 @@ fn forward_auth_with_cache_failure_modes_and_breaker() {
                        timeout = \"300ms\", denied_ttl = \"1h\", breaker_failures = 2, breaker_open = \"500ms\" }}\n\
              [[listeners.routes.http]]\nname = \"public\"\npool = \"p\"\n\
              match = {{ path_prefix = \"/public/\" }}\n\
-             auth = {{ url = \"http://{a}/check\", headers = [\"authorization\"], timeout = \"300ms\", failure = \"allow\", cache_size = 0 }}\n\
+             auth = {{ url = \"http://{a}/check\", headers = [\"authorization\"], copy_headers = [\"x-user\"], timeout = \"300ms\", failure = \"allow\", cache_size = 0 }}\n\
              [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
              [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n",
             a = auth.addr
@@ -167,12 +170,27 @@ fn forward_auth_with_cache_failure_modes_and_breaker() {
         auth.last_uri.lock().expect("uri").as_str(),
         "GET /orders?id=7 127.0.0.1"
     );
-    // Cached: no second call.
+    // Cached: the same question again makes no call...
+    assert_eq!(
+        raw_get(front, "/orders?id=7", "Authorization: Bearer good\r\n").0,
+        200
+    );
+    assert_eq!(calls(), 1);
+    // ...but another target is another question, whatever the token: the
+    // service may decide by path.
     assert_eq!(
         raw_get(front, "/x", "Authorization: Bearer good\r\n").0,
         200
     );
-    assert_eq!(calls(), 1);
+    assert_eq!(calls(), 2);
+    // Allowed without an X-User: the client's does not reach the backend.
+    let (status, _, body) = raw_get(
+        front,
+        "/x",
+        "Authorization: Bearer anon\r\nX-User: mallory\r\n",
+    );
+    assert_eq!((status, body.as_str()), (200, ""));
+    assert_eq!(calls(), 3);
 
     // Denied: the service's answer is the client's, and cached too.
     let (status, head, body) = raw_get(front, "/x", "Authorization: Bearer bad\r\n");
@@ -183,17 +201,20 @@ fn forward_auth_with_cache_failure_modes_and_breaker() {
         "{head}"
     );
     assert_eq!(raw_get(front, "/x", "Authorization: Bearer bad\r\n").0, 401);
-    assert_eq!(calls(), 2);
+    assert_eq!(calls(), 4);
 
     // Too slow: the failure mode (deny: 503); never cached.
     let (status, _, body) = raw_get(front, "/x", "Authorization: Bearer slow\r\n");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("auth_unavailable"), "{body}");
-    // The rule's own auth lets it through when the service cannot decide.
-    assert_eq!(
-        raw_get(front, "/public/a", "Authorization: Bearer slow\r\n").0,
-        200
+    // The rule's own auth lets it through when the service cannot decide,
+    // and what the client says under a copied name is still dropped.
+    let (status, _, body) = raw_get(
+        front,
+        "/public/a",
+        "Authorization: Bearer slow\r\nX-User: mallory\r\n",
     );
+    assert_eq!((status, body.as_str()), (200, ""));
 
     // The service goes down: two failures in a row open the route's breaker
     // (the slow call above was the first), then requests make no call.
@@ -228,7 +249,7 @@ fn forward_auth_with_cache_failure_modes_and_breaker() {
             &format!("weir_auth_requests_total{{listener=\"web\",route=\"app\",result=\"{r}\"}}"),
         )
     };
-    assert_eq!(result("allowed"), 1.0);
+    assert_eq!(result("allowed"), 3.0);
     assert_eq!(result("denied"), 2.0);
     assert!(result("timeout") >= 2.0, "{}", result("timeout"));
     assert!(result("error") >= 1.0);
