@@ -1,9 +1,10 @@
 //! A socket's flow table and the task of each flow.
 //!
 //! The table belongs to the socket's receive task alone, so the datagram
-//! path takes no lock: a flow's task marks it ended, and the receive task
-//! replaces an ended flow at its client's next datagram and forgets the
-//! others every few seconds. Sends are plain non-blocking syscalls: a
+//! path takes no lock: a flow's task marks it ended and tells the receive
+//! task, which forgets it (closing its backend socket) at once, or replaces
+//! it at its client's next datagram if that comes first. Sends are plain
+//! non-blocking syscalls: a
 //! datagram the kernel does not take at once is dropped and counted, as a
 //! router would.
 
@@ -12,7 +13,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use quinn_udp::{Transmit, UdpSockRef, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use weir_config::ProxyVersion;
@@ -52,14 +54,19 @@ fn now_ms() -> u64 {
     u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The bit of [`Shared::requests`] that says the flow ended.
+const ENDED: u64 = 1 << 63;
+
 /// What the receive task and a flow's task share.
 #[derive(Debug, Default)]
 struct Shared {
     /// [`now_ms`] at the last datagram, either way.
     last: AtomicU64,
-    ended: AtomicBool,
-    /// Datagrams sent to the backend: with `responses`, the flow ends once
-    /// it relayed `responses` replies for each (as nginx counts).
+    /// Datagrams sent to the backend (with `responses`, the flow ends once
+    /// it relayed `responses` replies for each, as nginx counts), and
+    /// [`ENDED`]. One word, so that the receive task's count and the flow
+    /// task's end are ordered: a datagram counted before the end keeps the
+    /// flow going; one counted after it sees the end and starts a new flow.
     requests: AtomicU64,
     /// Payload bytes to the backend and to the client.
     sent: AtomicU64,
@@ -70,6 +77,19 @@ impl Shared {
     fn touch(&self) {
         self.last.store(now_ms(), Relaxed);
     }
+}
+
+/// A flow's key in its table: (sender, client).
+type Key = (SocketAddr, SocketAddr);
+
+/// Sent by a flow's task when it ends, so that the table forgets the flow
+/// (and closes its backend socket) at once, not after a sweep: with a new
+/// source port per query, as DNS clients do, ended flows would otherwise
+/// hold a socket each until then.
+#[derive(Debug)]
+pub(super) struct Ended {
+    key: Key,
+    shared: Arc<Shared>,
 }
 
 /// Whether a flow's coalesced datagrams go to the backend in one send.
@@ -100,23 +120,47 @@ pub(super) struct Table {
     opener: Opener,
     /// By (sender, client): the same unless a trusted sender's PROXY header
     /// named the client.
-    flows: HashMap<(SocketAddr, SocketAddr), Flow>,
+    flows: HashMap<Key, Flow>,
     /// A datagram with its PROXY header in front.
     scratch: Vec<u8>,
+    /// Where flows' tasks say they ended.
+    ended: mpsc::UnboundedReceiver<Ended>,
 }
 
 impl Table {
     pub(super) fn new(endpoint: Arc<Endpoint>, tracker: TaskTracker) -> Table {
+        let (tx, ended) = mpsc::unbounded_channel();
         Table {
-            opener: Opener { endpoint, tracker },
+            opener: Opener {
+                endpoint,
+                tracker,
+                ended: tx,
+            },
             flows: HashMap::new(),
             scratch: Vec::new(),
+            ended,
         }
     }
 
-    /// Forgets the flows that ended.
-    pub(super) fn sweep(&mut self) {
-        self.flows.retain(|_, f| !f.shared.ended.load(Relaxed));
+    /// The next flow that ended; never `None` (the table holds a sender).
+    pub(super) async fn next_ended(&mut self) -> Option<Ended> {
+        self.ended.recv().await
+    }
+
+    /// Forgets `ended` and any other flow that ended since, unless a new
+    /// flow of the same client took its place already.
+    pub(super) fn forget(&mut self, ended: Ended) {
+        let mut next = Some(ended);
+        while let Some(e) = next {
+            if self
+                .flows
+                .get(&e.key)
+                .is_some_and(|f| Arc::ptr_eq(&f.shared, &e.shared))
+            {
+                self.flows.remove(&e.key);
+            }
+            next = self.ended.try_recv().ok();
+        }
     }
 
     /// Relays a datagram from `peer`, sent to `dst_ip`, starting its flow
@@ -261,6 +305,7 @@ impl Table {
 struct Opener {
     endpoint: Arc<Endpoint>,
     tracker: TaskTracker,
+    ended: mpsc::UnboundedSender<Ended>,
 }
 
 impl Opener {
@@ -368,6 +413,7 @@ impl Opener {
             dst_ip,
             started: Instant::now(),
             _slot: slot,
+            ended: self.ended.clone(),
         };
         self.tracker.spawn(task.run());
         Ok(Flow {
@@ -385,22 +431,21 @@ impl Opener {
 /// drop counted when it cannot be), with `count` more datagrams to
 /// answer.
 fn live_flow<'t>(
-    flows: &'t mut HashMap<(SocketAddr, SocketAddr), Flow>,
+    flows: &'t mut HashMap<Key, Flow>,
     opener: &Opener,
     listener: &Arc<Listener>,
-    key: (SocketAddr, SocketAddr),
+    key: Key,
     dst_ip: Option<IpAddr>,
     count: u64,
 ) -> Option<&'t mut Flow> {
     let (peer, client) = key;
-    // Counted before the flow is known live, and the flow's task marks it
-    // ended before it counts: so either these datagrams are seen by the
-    // task (which then waits for their replies) or the task's end is
-    // seen here (and a new flow takes them). See `Task::done`.
-    let live = flows.get(&key).is_some_and(|f| {
-        f.shared.requests.fetch_add(count, SeqCst);
-        !f.shared.ended.load(SeqCst)
-    });
+    // Counted in the word that says whether the flow ended: either these
+    // datagrams are counted before the task's end (which then waits for
+    // their replies) or the end is seen here, and a new flow takes them.
+    // See `Task::done`.
+    let live = flows
+        .get(&key)
+        .is_some_and(|f| f.shared.requests.fetch_add(count, SeqCst) & ENDED == 0);
     if !live {
         match opener.open(listener, peer, client, dst_ip) {
             Ok(flow) => {
@@ -539,10 +584,29 @@ struct Task {
     started: Instant,
     /// Held for the flow's life when `per_client.concurrent` counts it.
     _slot: Option<ClientSlot>,
+    /// Told of the flow's end.
+    ended: mpsc::UnboundedSender<Ended>,
+}
+
+/// Marks the flow ended and tells the table, however the task ends.
+struct EndNotice<'t>(&'t Task);
+
+impl std::ops::Drop for EndNotice<'_> {
+    fn drop(&mut self) {
+        let t = self.0;
+        t.shared.requests.fetch_or(ENDED, SeqCst);
+        // The table is gone only when its receive task ended: nothing to
+        // forget then.
+        let _ = t.ended.send(Ended {
+            key: (t.peer, t.client),
+            shared: Arc::clone(&t.shared),
+        });
+    }
 }
 
 impl Task {
     async fn run(self) {
+        let _end = EndNotice(&self);
         let Some(b) = self.pool.backends.get(self.backend) else {
             return;
         };
@@ -618,7 +682,7 @@ impl Task {
                 break end;
             }
         };
-        self.shared.ended.store(true, Relaxed);
+        self.shared.requests.fetch_or(ENDED, SeqCst);
         let took = self.started.elapsed();
         let stats = &self.listener.stats.udp;
         stats.flow_duration.observe(took);
@@ -647,20 +711,27 @@ impl Task {
     }
 
     /// True when `replies` answer every datagram sent (`limit` each), and
-    /// the flow is then marked ended. Marked first and counted after: a
-    /// datagram the receive task counted before it saw the mark keeps the
-    /// flow going (see `Table::datagram`).
+    /// the flow is then marked ended, in one step with the count it looked
+    /// at: a datagram the receive task counted meanwhile makes the step
+    /// fail and is waited for; one counted after sees the end.
     fn done(&self, replies: u64, limit: u64) -> bool {
         let s = &self.shared;
-        if replies < limit.saturating_mul(s.requests.load(SeqCst)) {
-            return false;
+        let mut now = s.requests.load(SeqCst);
+        loop {
+            if now & ENDED != 0 {
+                return true;
+            }
+            if replies < limit.saturating_mul(now) {
+                return false;
+            }
+            match s
+                .requests
+                .compare_exchange_weak(now, now | ENDED, SeqCst, SeqCst)
+            {
+                Ok(_) => return true,
+                Err(actual) => now = actual,
+            }
         }
-        s.ended.store(true, SeqCst);
-        if replies < limit.saturating_mul(s.requests.load(SeqCst)) {
-            s.ended.store(false, SeqCst);
-            return false;
-        }
-        true
     }
 
     /// The error the backend's socket holds, taken: the flow's end.

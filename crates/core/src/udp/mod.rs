@@ -19,7 +19,6 @@ mod stats;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
@@ -41,8 +40,6 @@ pub(crate) const MAX_DATAGRAM: usize = 65_507;
 const BUFFER: usize = 65_536;
 /// Datagrams taken per receive call.
 const BATCH: usize = 32;
-/// How often a socket's table forgets the flows that ended.
-const SWEEP: Duration = Duration::from_secs(5);
 
 /// Binds a UDP listening socket: SO_REUSEADDR and SO_REUSEPORT (as for TCP,
 /// so an upgrade can share the port), IPV6_V6ONLY on IPv6, non-blocking.
@@ -111,16 +108,14 @@ pub(crate) async fn serve(
     let mut bufs: Vec<IoSliceMut<'_>> = memory.chunks_mut(BUFFER).map(IoSliceMut::new).collect();
     let mut meta = [RecvMeta::default(); BATCH];
     let mut table = flow::Table::new(Arc::clone(&endpoint), tracker);
-    let mut sweep = tokio::time::interval(SWEEP);
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
     loop {
         tokio::select! {
             biased;
             () = &mut stopped => break,
-            _ = sweep.tick() => {
-                table.sweep();
+            Some(ended) = table.next_ended() => {
+                table.forget(ended);
                 continue;
             }
             r = endpoint.socket.readable() => {

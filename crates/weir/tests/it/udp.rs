@@ -598,6 +598,54 @@ fn responses_count_per_datagram_sent() {
     assert_eq!(metric(admin, "weir_udp_flows_total{listener=\"dns\"}"), 1.0);
 }
 
+/// A flow closes its backend socket as it ends: clients that ask each query
+/// from a new port, as DNS resolvers do, do not leave weir holding a socket
+/// per query (ended flows' sockets used to stay open until a sweep every
+/// 5 s, which at a high query rate could use up the open-files limit).
+#[test]
+fn ended_flows_give_back_their_sockets_at_once() {
+    let (backend, _) = echo(false);
+    let (admin, port) = (free_port(), free_udp_port());
+    let (weir, _out) = start(
+        "udp-ended",
+        &config(
+            admin,
+            &format!("\"127.0.0.1:{port}\""),
+            "responses = 1",
+            "",
+            &format!("[[pools.backends]]\naddress = \"{backend}\""),
+        ),
+    );
+    let front = SocketAddr::from(([127, 0, 0, 1], port));
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", weir.0.id()))
+            .expect("weir's descriptors")
+            .count()
+    };
+    let at_rest = fds();
+    let mut most = at_rest;
+    for i in 0..1_000 {
+        // A new source port, so a new flow, for each query.
+        let client = UdpSocket::bind("127.0.0.1:0").expect("client");
+        let q = format!("q{i}");
+        assert_eq!(
+            ask(&client, front, q.as_bytes()).as_deref(),
+            Some(q.as_bytes())
+        );
+        if i % 50 == 49 {
+            most = most.max(fds());
+        }
+    }
+    assert!(
+        most <= at_rest + 50,
+        "{most} descriptors open during 1,000 one-query flows, {at_rest} at rest"
+    );
+    assert_eq!(
+        metric(admin, "weir_udp_flows_total{listener=\"dns\"}"),
+        1_000.0
+    );
+}
+
 /// PROXY v2 over UDP from a trusted sender: each datagram's header names
 /// the client, who stands for it everywhere (here: in the header weir sends
 /// on); replies go back to the sender. A trusted sender's datagram without
