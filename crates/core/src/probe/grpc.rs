@@ -13,13 +13,19 @@ use crate::health::Report;
 const PATH: &str = "/grpc.health.v1.Health/Check";
 /// Largest response message a probe accepts.
 const MAX_MESSAGE: usize = 4096;
+/// Largest response header (or trailer) block a probe accepts; h2's default
+/// is 16 MiB.
+const MAX_HEADERS: u32 = 16 * 1024;
 
 /// Runs the check over an established connection.
 pub(crate) async fn check<S>(io: S, authority: &str, tls: bool, service: &str) -> Report
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (client, connection) = match h2::client::handshake(io).await {
+    let handshake = h2::client::Builder::new()
+        .max_header_list_size(MAX_HEADERS)
+        .handshake(io);
+    let (client, connection) = match handshake.await {
         Ok(x) => x,
         Err(e) => return Report::protocol(format!("grpc: http/2 handshake failed: {e}")),
     };
@@ -134,7 +140,9 @@ fn grpc_error(status: u32, headers: &http::HeaderMap) -> String {
         _ => "error",
     };
     match headers.get("grpc-message").and_then(|m| m.to_str().ok()) {
-        Some(m) if !m.is_empty() => format!("grpc-status {status} ({name}): {m}"),
+        Some(m) if !m.is_empty() => {
+            format!("grpc-status {status} ({name}): {}", super::http::short(m))
+        }
         _ => format!("grpc-status {status} ({name})"),
     }
 }
@@ -218,6 +226,25 @@ fn take_varint(buf: &mut &[u8]) -> Result<u64, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A backend's `grpc-message` goes into the probe's reason, the
+    /// history and the logs: a long one is cut.
+    #[test]
+    fn a_long_grpc_message_is_cut() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "grpc-message",
+            http::HeaderValue::from_str(&"x".repeat(10_000)).expect("value"),
+        );
+        let reason = grpc_error(14, &h);
+        assert!(
+            reason.starts_with("grpc-status 14 (UNAVAILABLE): xxx"),
+            "{reason}"
+        );
+        assert!(reason.len() < 120, "{} bytes", reason.len());
+        h.insert("grpc-message", http::HeaderValue::from_static("draining"));
+        assert_eq!(grpc_error(14, &h), "grpc-status 14 (UNAVAILABLE): draining");
+    }
 
     #[test]
     fn request_encoding() {

@@ -281,7 +281,9 @@ fn json_equals(v: &serde_json::Value, want: &JsonValue) -> bool {
 }
 
 /// At most 64 characters of what a field held, for the history.
-fn short(s: &str) -> String {
+/// `s` cut to 64 characters: text a backend chose goes into reasons, logs
+/// and the history, so it must stay small.
+pub(super) fn short(s: &str) -> String {
     match s.char_indices().nth(64) {
         Some((at, _)) => format!("{}...", &s[..at]),
         None => s.to_owned(),
