@@ -73,6 +73,60 @@ struct Entry {
     stop: CancellationToken,
 }
 
+impl Entry {
+    /// Applies an outcome to the set; returns what changed.
+    fn observe(&mut self, pool: &str, outcome: &Outcome, now: Instant) -> Vec<Delta> {
+        self.stats.count(outcome);
+        let result = outcome.result();
+        if self.last_result != Some(result) {
+            match outcome {
+                Outcome::Records { found, .. } => {
+                    tracing::info!(pool, query = %self.spec.query, records = found.len(), "discovery answered");
+                }
+                Outcome::Empty { .. } => tracing::warn!(
+                    pool,
+                    query = %self.spec.query,
+                    hold = ?self.spec.hold,
+                    "discovery: DNS has no records; the last good set serves until the hold ends"
+                ),
+                Outcome::Failed { detail, .. } => tracing::warn!(
+                    pool,
+                    query = %self.spec.query,
+                    result,
+                    error = %detail,
+                    "discovery failed; the last good set serves on"
+                ),
+            }
+            self.last_result = Some(result);
+        }
+        let (drain, hold) = (self.drain, self.spec.hold);
+        let mut deltas = self.set.expire(now);
+        deltas.extend(self.set.update(outcome, now, drain, hold));
+        deltas
+    }
+}
+
+/// What a config changes in discovery ([`Discovery::plan`]), applied by
+/// [`Discovery::commit`]. The default changes nothing.
+#[derive(Default)]
+pub(crate) struct Plan {
+    /// Pools that stop discovering, or ask for other records.
+    gone: Vec<String>,
+    /// Pools that ask for the same records differently: (pool, spec, drain).
+    restarted: Vec<(String, Discover, Duration)>,
+    /// Pools that start discovering, resolved once already.
+    fresh: Vec<Fresh>,
+}
+
+/// A pool that starts discovering, with what its first resolution found.
+struct Fresh {
+    pool: String,
+    entry: Entry,
+    /// None when no resolver could be made (logged).
+    lookup: Option<Lookup>,
+    first: Duration,
+}
+
 /// A refresh task to start: its pool, resolver and first wait.
 pub(crate) struct Task {
     pool: String,
@@ -94,117 +148,149 @@ impl Discovery {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Brings the pools in line with `config`: a pool that starts
-    /// discovering (or asks something else now) is resolved once, here, so
-    /// that it starts with its backends; one that stops discovering loses
-    /// its discovered backends. Returns the refresh tasks to start.
-    pub(crate) async fn sync(&self, config: &Config) -> Vec<Task> {
-        let mut fresh = Vec::new();
+    /// What `config` changes, worked out without changing anything: a pool
+    /// that starts discovering (or asks for other records) is resolved
+    /// once, here, so that it starts with its backends. Nothing of it
+    /// applies until [`Discovery::commit`], so a reload that fails later
+    /// leaves discovery as it was.
+    pub(crate) async fn plan(&self, config: &Config) -> Plan {
+        let mut plan = Plan::default();
+        let mut new = Vec::new();
         {
-            let mut pools = self.lock();
-            pools.retain(|name, e| {
+            let pools = self.lock();
+            for (name, e) in pools.iter() {
                 let keep = config.pools.iter().any(|p| {
                     p.name == *name && p.discover.as_ref().is_some_and(|d| d.query == e.spec.query)
                 });
                 if !keep {
-                    e.stop.cancel();
+                    plan.gone.push(name.clone());
                 }
-                keep
-            });
+            }
             for p in &config.pools {
                 let Some(spec) = &p.discover else { continue };
-                match pools.get_mut(&p.name) {
+                match pools.get(&p.name) {
+                    Some(_) if plan.gone.contains(&p.name) => {
+                        new.push((p.name.clone(), spec.clone(), p.drain_timeout));
+                    }
                     Some(e) if e.spec == *spec && e.drain == p.drain_timeout => {}
-                    Some(e) => {
-                        // The same records, asked differently (interval,
-                        // server, ...): keep what was found, restart the task.
-                        e.stop.cancel();
-                        e.spec = spec.clone();
-                        e.drain = p.drain_timeout;
-                        e.stop = CancellationToken::new();
-                        fresh.push((p.name.clone(), spec.clone(), e.stop.clone(), false));
-                    }
-                    None => {
-                        let stop = CancellationToken::new();
-                        pools.insert(
-                            p.name.clone(),
-                            Entry {
-                                spec: spec.clone(),
-                                drain: p.drain_timeout,
-                                set: Set::default(),
-                                stats: Arc::default(),
-                                last_result: None,
-                                stop: stop.clone(),
-                            },
-                        );
-                        fresh.push((p.name.clone(), spec.clone(), stop, true));
-                    }
+                    // The same records, asked differently (interval, server,
+                    // ...): keep what was found, restart the task.
+                    Some(_) => plan
+                        .restarted
+                        .push((p.name.clone(), spec.clone(), p.drain_timeout)),
+                    None => new.push((p.name.clone(), spec.clone(), p.drain_timeout)),
                 }
             }
         }
-        let mut tasks = Vec::new();
-        for (pool, spec, stop, resolve_now) in fresh {
-            let lookup = match Lookup::new(&spec) {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!(pool, error = %e, "discovery cannot run");
-                    continue;
-                }
+        for (pool, spec, drain) in new {
+            let mut entry = Entry {
+                spec,
+                drain,
+                set: Set::default(),
+                stats: Arc::default(),
+                last_result: None,
+                stop: CancellationToken::new(),
             };
             let mut first = Duration::ZERO;
-            if resolve_now {
-                let outcome = lookup.resolve().await;
-                first = plan::next_refresh(&outcome, spec.min_interval, spec.max_interval);
-                let now = Instant::now();
-                self.observe(&pool, &outcome, now);
-            }
-            tasks.push(Task {
+            let lookup = match Lookup::new(&entry.spec) {
+                Ok(lookup) => {
+                    let outcome = lookup.resolve().await;
+                    first = plan::next_refresh(
+                        &outcome,
+                        entry.spec.min_interval,
+                        entry.spec.max_interval,
+                    );
+                    entry.observe(&pool, &outcome, Instant::now());
+                    Some(lookup)
+                }
+                Err(e) => {
+                    tracing::error!(pool, error = %e, "discovery cannot run");
+                    None
+                }
+            };
+            plan.fresh.push(Fresh {
                 pool,
+                entry,
                 lookup,
                 first,
-                stop,
             });
+        }
+        plan
+    }
+
+    /// Applies `plan`: stops the refresh of pools that no longer discover,
+    /// restarts the changed ones, adds the new ones. Returns the refresh
+    /// tasks to start.
+    pub(crate) fn commit(&self, plan: Plan) -> Vec<Task> {
+        let mut pools = self.lock();
+        for name in &plan.gone {
+            if let Some(e) = pools.remove(name) {
+                e.stop.cancel();
+            }
+        }
+        let mut tasks = Vec::new();
+        for (pool, spec, drain) in plan.restarted {
+            let Some(e) = pools.get_mut(&pool) else {
+                continue;
+            };
+            e.stop.cancel();
+            e.stop = CancellationToken::new();
+            e.drain = drain;
+            match Lookup::new(&spec) {
+                Ok(lookup) => tasks.push(Task {
+                    pool,
+                    lookup,
+                    first: Duration::ZERO,
+                    stop: e.stop.clone(),
+                }),
+                Err(err) => tracing::error!(pool, error = %err, "discovery cannot run"),
+            }
+            e.spec = spec;
+        }
+        for f in plan.fresh {
+            let stop = f.entry.stop.clone();
+            pools.insert(f.pool.clone(), f.entry);
+            if let Some(lookup) = f.lookup {
+                tasks.push(Task {
+                    pool: f.pool,
+                    lookup,
+                    first: f.first,
+                    stop,
+                });
+            }
         }
         tasks
     }
 
-    /// Applies an outcome to a pool's set; returns what changed.
-    fn observe(&self, pool: &str, outcome: &Outcome, now: Instant) -> Vec<Delta> {
+    /// Applies an outcome of the refresh task that `stop` ends to a pool's
+    /// set; returns what changed. Nothing, when that task was stopped: a
+    /// reload replaced it (its answer is to another question) or ended it.
+    fn observe(
+        &self,
+        pool: &str,
+        outcome: &Outcome,
+        now: Instant,
+        stop: &CancellationToken,
+    ) -> Vec<Delta> {
         let mut pools = self.lock();
-        let Some(e) = pools.get_mut(pool) else {
+        // A reload cancels a replaced task's token under this lock.
+        if stop.is_cancelled() {
             return Vec::new();
-        };
-        e.stats.count(outcome);
-        let result = outcome.result();
-        if e.last_result != Some(result) {
-            match outcome {
-                Outcome::Records { found, .. } => {
-                    tracing::info!(pool, query = %e.spec.query, records = found.len(), "discovery answered");
-                }
-                Outcome::Empty { .. } => tracing::warn!(
-                    pool,
-                    query = %e.spec.query,
-                    hold = ?e.spec.hold,
-                    "discovery: DNS has no records; the last good set serves until the hold ends"
-                ),
-                Outcome::Failed { detail, .. } => tracing::warn!(
-                    pool,
-                    query = %e.spec.query,
-                    result,
-                    error = %detail,
-                    "discovery failed; the last good set serves on"
-                ),
-            }
-            e.last_result = Some(result);
         }
-        let (drain, hold) = (e.drain, e.spec.hold);
-        let mut deltas = e.set.expire(now);
-        deltas.extend(e.set.update(outcome, now, drain, hold));
-        deltas
+        pools
+            .get_mut(pool)
+            .map(|e| e.observe(pool, outcome, now))
+            .unwrap_or_default()
     }
 
-    fn expire(&self, pool: &str, now: Instant) -> Vec<Delta> {
-        self.lock()
+    /// Ends the drains that are over, unless the task that `stop` ends was
+    /// stopped (see [`Discovery::observe`]).
+    fn expire(&self, pool: &str, now: Instant, stop: &CancellationToken) -> Vec<Delta> {
+        let mut pools = self.lock();
+        if stop.is_cancelled() {
+            return Vec::new();
+        }
+        pools
             .get_mut(pool)
             .map(|e| e.set.expire(now))
             .unwrap_or_default()
@@ -217,15 +303,21 @@ impl Discovery {
     /// `source` with each discovering pool's backends added after its static
     /// ones, in address order; a draining one at weight 0. An address that a
     /// static backend of the pool already has (by name or address) is left
-    /// to the static one.
-    pub(crate) fn effective(&self, source: &Config) -> Config {
+    /// to the static one. As `plan` would have it: without the pools it
+    /// ends, with the ones it starts.
+    pub(crate) fn effective(&self, source: &Config, plan: &Plan) -> Config {
         let pools = self.lock();
         let mut config = source.clone();
         for p in &mut config.pools {
-            let Some(e) = pools.get(&p.name) else {
-                continue;
+            let set = match plan.fresh.iter().find(|f| f.pool == p.name) {
+                Some(f) => &f.entry.set,
+                None if plan.gone.contains(&p.name) => continue,
+                None => match pools.get(&p.name) {
+                    Some(e) => &e.set,
+                    None => continue,
+                },
             };
-            for (addr, m) in &e.set.members {
+            for (addr, m) in &set.members {
                 let name = addr.to_string();
                 let taken = p.backends.iter().any(|b| {
                     b.name == name || matches!(b.address, BackendAddress::Ip(a) if a == *addr)
@@ -330,14 +422,17 @@ async fn refresh(server: Weak<Server>, task: Task) {
         }
         let now = Instant::now();
         let deltas = if now >= next_query {
-            let outcome = lookup.resolve().await;
+            let outcome = tokio::select! {
+                () = stop.cancelled() => return,
+                outcome = lookup.resolve() => outcome,
+            };
             next_query =
                 Instant::now() + plan::next_refresh(&outcome, spec.min_interval, spec.max_interval);
             let Some(s) = server.upgrade() else { return };
-            s.discovery.observe(&pool, &outcome, Instant::now())
+            s.discovery.observe(&pool, &outcome, Instant::now(), &stop)
         } else {
             let Some(s) = server.upgrade() else { return };
-            s.discovery.expire(&pool, now)
+            s.discovery.expire(&pool, now, &stop)
         };
         if stop.is_cancelled() {
             return;

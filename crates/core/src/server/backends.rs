@@ -89,8 +89,9 @@ fn shadowed_by(source: &Config, b: &RuntimeBackend) -> Option<&'static str> {
 }
 
 impl Server {
-    /// `source` with the runtime backends, then the discovered ones.
-    pub(crate) fn effective(&self, source: &Config) -> Config {
+    /// `source` with the runtime backends, then the discovered ones (as
+    /// `plan` would have them).
+    pub(crate) fn effective(&self, source: &Config, plan: &crate::discovery::Plan) -> Config {
         let mut config = source.clone();
         for b in lock(&self.runtime).iter() {
             if shadowed_by(source, b).is_some() {
@@ -109,7 +110,7 @@ impl Server {
                 });
             }
         }
-        self.discovery.effective(&config)
+        self.discovery.effective(&config, plan)
     }
 
     /// The runtime backends `source` shadows, each with the reason, as

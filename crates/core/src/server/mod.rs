@@ -318,8 +318,8 @@ impl Server {
         };
         let server = Arc::new(server);
         // Pools that discover their backends start with what DNS says now.
-        let tasks = server.discovery.sync(&config).await;
-        let effective = server.effective(&config);
+        let plan = server.discovery.plan(&config).await;
+        let effective = server.effective(&config, &plan);
         for shadowed in server.shadowed(&config) {
             tracing::warn!(backend = %shadowed, "a runtime backend of the state file is not applied");
         }
@@ -327,6 +327,7 @@ impl Server {
         let staged = server.stage(&effective, None, inputs)?;
         server.commit(config, effective, staged, None, true).await;
         server.spawn_rule_expiry();
+        let tasks = server.discovery.commit(plan);
         crate::discovery::spawn(&server, tasks);
         Ok(server)
     }

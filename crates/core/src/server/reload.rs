@@ -43,9 +43,9 @@ impl Server {
         let old = self.current.load_full();
         let diff = weir_config::diff(&old.source, &config);
         // A pool that starts discovering is resolved now; the others keep
-        // what they found.
-        let tasks = self.discovery.sync(&config).await;
-        let effective = self.effective(&config);
+        // what they found. Applied only once the rest is staged.
+        let plan = self.discovery.plan(&config).await;
+        let effective = self.effective(&config, &plan);
         let shadowed = self.shadowed(&config);
         let inputs = match self.inputs(&effective).await {
             Ok(inputs) => inputs,
@@ -58,6 +58,7 @@ impl Server {
         let generation = self
             .commit(config, effective, staged, Some(&old), true)
             .await;
+        let tasks = self.discovery.commit(plan);
         crate::discovery::spawn(self, tasks);
         self.reloads.succeeded.fetch_add(1, Ordering::Relaxed);
         self.reloads.last_failed.store(false, Ordering::Relaxed);
@@ -138,7 +139,7 @@ impl Server {
     pub(super) async fn rebuild_running(&self) -> Result<(), StartError> {
         let old = self.current.load_full();
         let source = (*old.source).clone();
-        let config = self.effective(&source);
+        let config = self.effective(&source, &crate::discovery::Plan::default());
         let inputs = self.inputs(&config).await?;
         let staged = self.stage(&config, Some(&old), inputs)?;
         self.commit(source, config, staged, Some(&old), false).await;

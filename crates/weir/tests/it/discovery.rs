@@ -9,7 +9,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::cli::{DEADLINE, Running, echo_backend, free_port, http_get, test_dir, which};
+use crate::cli::{
+    DEADLINE, Running, echo_backend, free_port, http_get, run_weir, signal, temp_config, test_dir,
+    wait_line, which,
+};
 use crate::http::{metric, start};
 
 /// dnsmasq on 127.0.0.1:`port` with nothing but `args` to answer from (no
@@ -532,4 +535,58 @@ fn the_system_resolver_is_the_default() {
     .join()
     .expect("asker");
     assert!(found.contains("\"origin\":\"discovery\""), "{found}");
+}
+
+/// A reload that fails changes nothing in discovery either: the failed
+/// config asked the same records at another pace (which restarts a pool's
+/// refresh) and bound a port that is taken; the pool still follows DNS.
+#[test]
+fn a_failed_reload_leaves_discovery_running() {
+    let dir = test_dir("discovery-failed-reload");
+    let dns_port = free_port().port();
+    let port = free_port().port();
+    for ip in [[127, 0, 0, 23], [127, 0, 0, 24]] {
+        let l = TcpListener::bind(SocketAddr::from((ip, port))).expect("bind");
+        std::thread::spawn(move || for _ in l.incoming() {});
+    }
+    let records = |ips: &[&str]| -> Vec<String> {
+        ips.iter()
+            .map(|ip| format!("--host-record=api.test,{ip}"))
+            .collect()
+    };
+    let dns = dnsmasq(&dir, dns_port, 1, &records(&["127.0.0.23"]));
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let admin = free_port();
+    let text = |min_interval: &str, extra: &str| {
+        format!(
+            "[admin]\nhttp = \"{admin}\"\n\
+             [[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"db\"\n{extra}\
+             [[pools]]\nname = \"db\"\ndrain_timeout = \"100ms\"\n\
+             discover = {{ name = \"api.test\", port = {port}, \
+             resolver = \"127.0.0.1:{dns_port}\", min_interval = \"{min_interval}\", max_interval = \"1s\" }}\n\
+             [pools.health]\ntype = \"tcp\"\ninterval = \"200ms\"\n"
+        )
+    };
+    let file = temp_config("discovery-failed-reload", &text("100ms", ""));
+    let (weir, out) = run_weir(&file);
+    let a23 = format!("127.0.0.23:{port}");
+    let a24 = format!("127.0.0.24:{port}");
+    wait_backends(admin, "start", |l| l.len() == 1 && l[0].0 == a23);
+
+    let busy = format!(
+        "[[listeners]]\nname = \"busy\"\nbind = \"{}\"\n\
+         [[listeners.routes]]\nname = \"r\"\npool = \"db\"\n",
+        taken.local_addr().expect("addr")
+    );
+    std::fs::write(&*file, text("200ms", &busy)).expect("write config");
+    signal(&weir.0, rustix::process::Signal::HUP);
+    wait_line(&out, "reload failed");
+
+    stop(dns, dns_port);
+    let _dns = dnsmasq(&dir, dns_port, 1, &records(&["127.0.0.23", "127.0.0.24"]));
+    let now = wait_backends(admin, "the new record after the failed reload", |l| {
+        l.len() == 2
+    });
+    assert!(now.iter().any(|b| b.0 == a24), "{now:?}");
 }
