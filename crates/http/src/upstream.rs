@@ -80,6 +80,21 @@ struct Idle {
     since: Instant,
 }
 
+impl Drop for Conns {
+    /// A reload that does not keep these connections (the route went, or
+    /// the backend's address, protocol or TLS changed) closes the idle ones:
+    /// the backend's gauge, which outlives them, no longer counts them.
+    fn drop(&mut self) {
+        let idle = match self.idle.get_mut() {
+            Ok(idle) => idle.len(),
+            Err(poisoned) => poisoned.into_inner().len(),
+        };
+        self.stats
+            .upstream_idle
+            .fetch_sub(i64::try_from(idle).unwrap_or(0), Relaxed);
+    }
+}
+
 impl Conns {
     pub(crate) fn new(
         address: SocketAddr,

@@ -1327,6 +1327,50 @@ async fn request(
 /// A reload applies to the requests of connections opened before it: they
 /// follow the new rules; a request in flight finishes; when the route is
 /// removed, its HTTP/1.1 and HTTP/2 connections close (HTTP/2 with GOAWAY).
+/// Kept connections that a reload does not keep (here, their route is
+/// renamed) are closed, and the backend's idle gauge says so.
+#[test]
+fn kept_connections_a_reload_lets_go_leave_the_idle_gauge() {
+    let (_nginx, a, _) = echoing_nginx("l7-idle-gauge");
+    let (front, admin) = (free_port(), free_port());
+    let config = |route: &str| {
+        format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"{route}\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\nname = \"a\"\naddress = \"{a}\"\n"
+        )
+    };
+    let file = crate::cli::temp_config("l7-idle-gauge", &config("app"));
+    let mut cmd = weir();
+    cmd.args(["run", "--config"]).arg(&file);
+    let (weir_child, out) = start_weir(cmd);
+    let idle = || {
+        metric(
+            admin,
+            "weir_http_upstream_connections_open{pool=\"p\",backend=\"a\",state=\"idle\"}",
+        )
+    };
+    let wait_idle = |want: f64, what: &str| {
+        let end = Instant::now() + DEADLINE;
+        while idle() != want {
+            assert!(Instant::now() < end, "{what}: {} idle", idle());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let (status, _, _) = curl(&[], &format!("http://{front}/"));
+    assert_eq!(status, 200);
+    wait_idle(1.0, "the connection kept after the request");
+    std::fs::write(&*file, config("renamed")).expect("rewrite");
+    crate::cli::signal(&weir_child.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    wait_idle(0.0, "the old route's connection closed");
+    let (status, _, _) = curl(&[], &format!("http://{front}/"));
+    assert_eq!(status, 200);
+    wait_idle(1.0, "the new route's connection kept");
+}
+
 #[test]
 fn reload_reaches_open_connections_and_drains_a_removed_route() {
     let (_nginx, a, b) = echoing_nginx("l7-reload");
