@@ -536,6 +536,9 @@ pub struct HttpTimeouts {
     /// A WebSocket (an upgraded connection) with no byte either way for
     /// this long is closed.
     pub websocket_idle: Duration,
+    /// A client that takes none of a response's bytes for this long is
+    /// disconnected.
+    pub send: Duration,
 }
 
 impl Default for HttpTimeouts {
@@ -547,6 +550,7 @@ impl Default for HttpTimeouts {
             upstream_idle: Duration::from_secs(300),
             upstream_keepalive: Duration::from_secs(4),
             websocket_idle: Duration::from_secs(3600),
+            send: Duration::from_secs(60),
         }
     }
 }

@@ -275,6 +275,7 @@ pub(crate) struct RawHttpTimeouts {
     pub(crate) upstream_idle: Option<String>,
     pub(crate) upstream_keepalive: Option<String>,
     pub(crate) websocket_idle: Option<String>,
+    pub(crate) send: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1839,6 +1839,7 @@ fn l7_route_defaults_and_rules() {
     assert_eq!(http.timeouts, weir_config::HttpTimeouts::default());
     assert_eq!(http.timeouts.request_header, Duration::from_secs(10));
     assert_eq!(http.timeouts.upstream_keepalive, Duration::from_secs(4));
+    assert_eq!(http.timeouts.send, Duration::from_secs(60));
     assert_eq!(http.max_header_bytes, 32 * 1024);
     assert_eq!(http.max_body_bytes, None);
     assert!(http.forwarded.trusted.is_empty() && !http.forwarded.rfc7239);
@@ -1946,6 +1947,11 @@ fn l7_route_mistakes_name_their_key() {
         ),
         &format!("{route}.timeouts.upstream_response"),
         "\"soon\" is not a duration",
+    );
+    assert_one(
+        &l7(&format!("timeouts = {{ send = \"0s\" }}\n{RULE}"), ""),
+        &format!("{route}.timeouts.send"),
+        "must be greater than 0",
     );
     assert_one(
         &l7(&format!("max_header_bytes = 100\n{RULE}"), ""),

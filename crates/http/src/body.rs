@@ -125,6 +125,10 @@ enum Source {
         idle_for: Duration,
         /// The connection it came on, given back to the pool at the end.
         lease: Option<Lease>,
+        /// The head or the last piece went to hyper, which has not asked for
+        /// more yet (counted in the client connection's `ConnState`): with
+        /// the client reading nothing, it never will.
+        holding: bool,
     },
 }
 
@@ -137,29 +141,36 @@ impl ResponseBody {
         }
     }
 
-    /// The backend's response body.
+    /// The backend's response body, its head on its way to the client.
     pub(crate) fn upstream(
         inner: Incoming,
         idle_for: Duration,
         lease: Lease,
         exchange: Box<Exchange>,
     ) -> ResponseBody {
+        exchange.conn.holding();
         ResponseBody {
             source: Source::Upstream {
                 inner,
                 idle: None,
                 idle_for,
                 lease: Some(lease),
+                holding: true,
             },
             exchange: Some(exchange),
         }
     }
 
     fn end(&mut self, reason: &'static str) {
-        if let Source::Upstream { lease, .. } = &mut self.source
-            && let Some(lease) = lease.take()
-        {
-            lease.release(reason == COMPLETED);
+        if let Source::Upstream { lease, holding, .. } = &mut self.source {
+            if let Some(lease) = lease.take() {
+                lease.release(reason == COMPLETED);
+            }
+            if std::mem::take(holding)
+                && let Some(x) = &self.exchange
+            {
+                x.conn.let_go();
+            }
         }
         if let Some(mut x) = self.exchange.take() {
             // weir's own answers carry their reason already.
@@ -184,10 +195,17 @@ impl Drop for ResponseBody {
         }
         // hyper need not poll a body to its end once it has every byte (a
         // known length, a HEAD answer). Dropped before that, the client went
-        // away (or hyper gave up on it), and the backend's connection cannot
+        // away (or hyper gave up on it, or weir on a client that read
+        // nothing for `timeouts.send`), and the backend's connection cannot
         // be reused mid-body.
         if self.is_end_stream() {
             self.end(COMPLETED);
+        } else if self
+            .exchange
+            .as_ref()
+            .is_some_and(|x| x.conn.send_timed_out())
+        {
+            self.end(Reason::IdleTimeout.as_str());
         } else {
             self.end(Reason::ClientClosed.as_str());
         }
@@ -212,26 +230,42 @@ impl Body for ResponseBody {
                 inner,
                 idle,
                 idle_for,
+                holding,
                 ..
-            } => match Pin::new(inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(idle) = idle {
-                        idle.as_mut().reset(crate::clock::now() + *idle_for);
+            } => {
+                let conn = this.exchange.as_ref().map(|x| &x.conn);
+                if std::mem::take(holding)
+                    && let Some(conn) = conn
+                {
+                    conn.taken();
+                }
+                match Pin::new(inner).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(idle) = idle {
+                            idle.as_mut().reset(crate::clock::now() + *idle_for);
+                        }
+                        if let Some(conn) = conn {
+                            *holding = true;
+                            conn.holding();
+                        }
+                        Poll::Ready(Some(Ok(frame)))
                     }
-                    Poll::Ready(Some(Ok(frame)))
-                }
-                Poll::Ready(Some(Err(_))) => {
-                    Poll::Ready(Some(Err(BodyError(Reason::BackendError))))
-                }
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => {
-                    let timer = idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle_for)));
-                    match timer.as_mut().poll(cx) {
-                        Poll::Ready(()) => Poll::Ready(Some(Err(BodyError(Reason::IdleTimeout)))),
-                        Poll::Pending => Poll::Pending,
+                    Poll::Ready(Some(Err(_))) => {
+                        Poll::Ready(Some(Err(BodyError(Reason::BackendError))))
+                    }
+                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Pending => {
+                        let timer =
+                            idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle_for)));
+                        match timer.as_mut().poll(cx) {
+                            Poll::Ready(()) => {
+                                Poll::Ready(Some(Err(BodyError(Reason::IdleTimeout))))
+                            }
+                            Poll::Pending => Poll::Pending,
+                        }
                     }
                 }
-            },
+            }
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {

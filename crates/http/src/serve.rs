@@ -16,6 +16,7 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use weir_config::HttpTimeouts;
 use weir_core::Reason;
 use weir_core::client::Client;
 use weir_core::l7::TlsEnd;
@@ -43,6 +44,12 @@ pub(crate) struct ConnState {
     /// The request-header deadline passed.
     header_timeout: AtomicBool,
     served: AtomicU64,
+    /// Responses holding a piece of their body that the client has not
+    /// taken yet, and how many pieces it took: see `drive`.
+    waiting: AtomicUsize,
+    taken: AtomicU64,
+    /// The connection was closed for `timeouts.send`.
+    send_timed_out: AtomicBool,
     /// What the connection runs after hyper has handed it over (a WebSocket
     /// relay).
     after: Mutex<After>,
@@ -72,6 +79,9 @@ impl ConnState {
             last_end: AtomicU64::new(0),
             header_timeout: AtomicBool::new(false),
             served: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
+            taken: AtomicU64::new(0),
+            send_timed_out: AtomicBool::new(false),
             after: Mutex::default(),
             no_body: Arc::default(),
         }
@@ -87,10 +97,42 @@ impl ConnState {
     }
 
     pub(crate) fn request_ended(&self, now: Instant) {
-        let micros = u64::try_from(now.saturating_duration_since(self.began).as_micros())
-            .unwrap_or(u64::MAX);
-        self.last_end.store(micros, Relaxed);
+        self.last_end.store(self.micros(now), Relaxed);
         self.in_flight.fetch_sub(1, Relaxed);
+    }
+
+    fn micros(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.began).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// A response body handed hyper a piece for the client.
+    pub(crate) fn holding(&self) {
+        self.waiting.fetch_add(1, Relaxed);
+    }
+
+    /// hyper asked a body that held a piece for more: the client took it
+    /// (or there is room for it now).
+    pub(crate) fn taken(&self) {
+        self.taken.fetch_add(1, Relaxed);
+        self.waiting.fetch_sub(1, Relaxed);
+    }
+
+    /// A body that held a piece ended without handing on more.
+    pub(crate) fn let_go(&self) {
+        self.waiting.fetch_sub(1, Relaxed);
+    }
+
+    /// Whether a response waits for the client to take a piece, and how
+    /// many pieces the client took so far. hyper asks a body for more only
+    /// when the client has room for it (TCP's send buffer, HTTP/2's
+    /// flow-control window), so the count stops while the client reads
+    /// nothing, whatever the backend does.
+    fn progress(&self) -> (bool, u64) {
+        (self.waiting.load(Relaxed) > 0, self.taken.load(Relaxed))
+    }
+
+    pub(crate) fn send_timed_out(&self) -> bool {
+        self.send_timed_out.load(Relaxed)
     }
 
     /// Runs `work` on this connection's task once hyper is done with it.
@@ -264,7 +306,7 @@ impl On {
                 &listener,
                 &slot,
                 live.as_deref(),
-                timeouts.idle,
+                timeouts,
                 |run| {
                     run.get_mut().conn().graceful_shutdown();
                 },
@@ -292,17 +334,9 @@ impl On {
                     hyper::service::service_fn(move |req| proxy::handle(Arc::clone(&cx), req)),
                 )
                 .with_upgrades();
-            drive(
-                c,
-                &conn,
-                &listener,
-                &slot,
-                live.as_deref(),
-                timeouts.idle,
-                |c| {
-                    c.graceful_shutdown();
-                },
-            )
+            drive(c, &conn, &listener, &slot, live.as_deref(), timeouts, |c| {
+                c.graceful_shutdown();
+            })
             .await
         };
         let after = conn
@@ -416,19 +450,20 @@ fn counted<S>(stream: S, live: Option<&LiveGuard>) -> Counted<S> {
 
 /// Runs a hyper connection until it ends, shutting it down gracefully when
 /// idle or drained, and dropping it when the listener's connections are
-/// killed.
+/// killed or its client takes nothing of a response for `timeouts.send`.
 async fn drive<C, E>(
     conn: C,
     state: &ConnState,
     listener: &Listener,
     slot: &Slot,
     live: Option<&Live>,
-    idle: Duration,
+    timeouts: HttpTimeouts,
     graceful: impl Fn(std::pin::Pin<&mut C>),
 ) -> Result<(), E>
 where
     C: Future<Output = Result<(), E>>,
 {
+    let idle = timeouts.idle;
     tokio::pin!(conn);
     let mut drain = std::pin::pin!(listener.drain.cancelled());
     let mut retired = std::pin::pin!(slot.retired.cancelled());
@@ -436,6 +471,14 @@ where
     let mut idle_timer = std::pin::pin!(tokio::time::sleep_until(state.idle_since() + idle));
     let mut watcher = weir_core::cancel::Watcher::new();
     let mut draining = false;
+    // While requests are in flight the timer looks every `recheck` (for a
+    // stalled client); else it waits for the idle deadline.
+    let recheck = idle.min(IDLE_RECHECK).min(timeouts.send);
+    let mut rechecking = false;
+    // Since when a response has waited for the client with nothing taken,
+    // as seen at the timer's looks; and the count of pieces taken then.
+    let mut stalled: Option<Instant> = None;
+    let mut taken = 0;
     std::future::poll_fn(|cx| {
         // The requests served in this poll share one clock reading.
         let _turn = crate::clock::turn();
@@ -448,6 +491,11 @@ where
         {
             return Poll::Ready(Ok(()));
         }
+        if !rechecking && !draining && state.in_flight() > 0 {
+            // Busy again after a rest: the idle deadline may be far off.
+            rechecking = true;
+            idle_timer.as_mut().reset(crate::clock::now() + recheck);
+        }
         while !draining && idle_timer.as_mut().poll(cx).is_ready() {
             let now = crate::clock::now();
             let idle_at = state.idle_since() + idle;
@@ -457,10 +505,24 @@ where
                 // hyper starts its graceful end when next polled.
                 cx.waker().wake_by_ref();
             } else if state.in_flight() > 0 {
+                let (waiting, now_taken) = state.progress();
+                if !waiting || now_taken != taken {
+                    stalled = None;
+                    taken = now_taken;
+                } else if now.saturating_duration_since(*stalled.get_or_insert(now))
+                    >= timeouts.send
+                {
+                    // The client reads nothing: its responses would hold
+                    // their backends' connections and slots for ever.
+                    state.send_timed_out.store(true, Relaxed);
+                    return Poll::Ready(Ok(()));
+                }
                 // Not idle while a request is in flight (a stream may last
                 // hours): looked at again a little later.
-                idle_timer.as_mut().reset(now + idle.min(IDLE_RECHECK));
+                idle_timer.as_mut().reset(now + recheck);
             } else {
+                rechecking = false;
+                stalled = None;
                 idle_timer.as_mut().reset(idle_at);
             }
         }

@@ -132,6 +132,7 @@ impl Checker {
                 t.and_then(|t| t.websocket_idle.as_ref()),
                 d.websocket_idle,
             ),
+            send: timeout("send", t.and_then(|t| t.send.as_ref()), d.send),
         };
 
         let tls = raw

@@ -1327,6 +1327,99 @@ async fn request(
 /// A reload applies to the requests of connections opened before it: they
 /// follow the new rules; a request in flight finishes; when the route is
 /// removed, its HTTP/1.1 and HTTP/2 connections close (HTTP/2 with GOAWAY).
+/// A client that takes nothing of a response (HTTP/1.1: never reads;
+/// HTTP/2: a flow-control window of zero) is disconnected after
+/// `timeouts.send`, and the backend's connection is let go, instead of
+/// being held for as long as the client likes.
+#[test]
+fn a_client_that_reads_nothing_is_cut_after_the_send_timeout() {
+    let dir = test_dir("l7-send-timeout");
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).expect("www");
+    // More than every buffer on the way (both sockets, hyper's) can hold.
+    std::fs::write(www.join("big.bin"), vec![7u8; 48 * 1024 * 1024]).expect("big file");
+    let port = free_port();
+    let _nginx = start_nginx(
+        &dir,
+        &format!("server {{ listen {port}; root {}; }}", www.display()),
+    );
+    wait_connectable(port);
+    let (front, admin) = (free_port(), free_port());
+    let (_weir, out) = start(
+        "send-timeout",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             timeouts = {{ send = \"500ms\" }}\n\
+             [[listeners.routes.http]]\nname = \"files\"\npool = \"files\"\n\
+             [[pools]]\nname = \"files\"\n[[pools.backends]]\nname = \"nginx\"\naddress = \"{port}\"\n"
+        ),
+    );
+    let active = || {
+        metric(
+            admin,
+            "weir_http_upstream_connections_open{pool=\"files\",backend=\"nginx\",state=\"active\"}",
+        )
+    };
+
+    // HTTP/1.1: the request, then nothing read.
+    let began = Instant::now();
+    let mut h1 = TcpStream::connect(front).expect("connect");
+    write!(h1, "GET /big.bin HTTP/1.1\r\nHost: app\r\n\r\n").expect("request");
+    let line = wait_line(&out, "\"path\":\"/big.bin\"");
+    assert!(line.contains("\"reason\":\"idle_timeout\""), "{line}");
+    assert!(line.contains("\"status\":200"), "{line}");
+    assert!(
+        began.elapsed() >= Duration::from_millis(500),
+        "cut too early"
+    );
+    // The client's connection is closed: what was on its way, then the end.
+    h1.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut rest = Vec::new();
+    if let Err(e) = h1.read_to_end(&mut rest) {
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    }
+    assert!(rest.len() < 48 * 1024 * 1024, "the whole file came");
+
+    // HTTP/2: the response head comes, and no window for its body.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(front)
+            .await
+            .expect("connect");
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .expect("h2 handshake");
+        let conn = tokio::spawn(conn);
+        let response = request(send, "/big.bin").await.expect("response head");
+        assert_eq!(response.status(), 200);
+        // weir ends the connection.
+        // Ended, cleanly (GOAWAY) or not: either way, by weir.
+        let _ended = tokio::time::timeout(DEADLINE, conn)
+            .await
+            .expect("the connection ended")
+            .expect("the connection task");
+        drop(response);
+    });
+    let line = wait_line(&out, "\"path\":\"/big.bin\"");
+    assert!(line.contains("\"reason\":\"idle_timeout\""), "{line}");
+    assert!(!line.contains("\"bytes_out\":50331648"), "{line}");
+    let end = Instant::now() + DEADLINE;
+    while active() != 0.0 {
+        assert!(
+            Instant::now() < end,
+            "the backend's connection is still held"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Kept connections that a reload does not keep (here, their route is
 /// renamed) are closed, and the backend's idle gauge says so.
 #[test]

@@ -232,7 +232,8 @@ fn a_websocket_ends_at_the_shutdown_timeout() {
 }
 
 /// A stream of server-sent events reaches the client event by event, as
-/// the backend sends them, not when the response ends.
+/// the backend sends them, not when the response ends. The backend's
+/// pauses are longer than `timeouts.send`, which counts only the client's.
 #[test]
 fn server_sent_events_arrive_one_by_one() {
     let backend = free_port();
@@ -245,6 +246,7 @@ fn server_sent_events_arrive_one_by_one() {
             "[log]\naccess_log = false\n\
              [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
              [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             timeouts = {{ send = \"200ms\" }}\n\
              [[listeners.routes.http]]\nname = \"sse\"\npool = \"sse\"\n\
              [[pools]]\nname = \"sse\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
         ),
