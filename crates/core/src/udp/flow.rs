@@ -43,6 +43,10 @@ thread_local! {
     static REPLY: RefCell<Vec<u8>> = RefCell::new(vec![0; 2 * BUFFER]);
 }
 
+/// Batches of replies a flow relays before it lets its thread's other tasks
+/// run: a backend that floods it cannot keep the thread for itself.
+const REPLY_BATCHES: usize = 64;
+
 /// At shutdown, a flow ends after this much silence (or its `idle_timeout`
 /// if shorter).
 const DRAIN_QUIET_MS: u64 = 1_000;
@@ -765,7 +769,7 @@ impl Task {
     ) -> Option<Reason> {
         let max_segments = self.endpoint.state.max_gso_segments().max(1);
         REPLY.with_borrow_mut(|buf| {
-            loop {
+            for _ in 0..REPLY_BATCHES {
                 let first = match self.upstream.try_recv(buf) {
                     Ok(n) => n,
                     Err(e) => return self.recv_failed(&e),
@@ -819,6 +823,10 @@ impl Task {
                     return ended;
                 }
             }
+            // More may be waiting: the socket stays readable, and the flow's
+            // loop comes back for them through tokio's budget, which lets
+            // the thread's other tasks run in between.
+            None
         })
     }
 
