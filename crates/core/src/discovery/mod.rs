@@ -101,7 +101,17 @@ impl Entry {
         }
         let (drain, hold) = (self.drain, self.spec.hold);
         let mut deltas = self.set.expire(now);
+        let was_left_out = self.set.left_out;
         deltas.extend(self.set.update(outcome, now, drain, hold));
+        if self.set.left_out > 0 && was_left_out == 0 {
+            tracing::warn!(
+                pool,
+                query = %self.spec.query,
+                left_out = self.set.left_out,
+                max = plan::MAX_MEMBERS,
+                "discovery: more addresses than a pool takes; the others wait for room"
+            );
+        }
         deltas
     }
 }

@@ -121,6 +121,11 @@ impl Delta {
     }
 }
 
+/// Discovered backends a pool has at most, draining ones included: each is a
+/// backend with its probes, counters and history, and DNS is not trusted to
+/// bound them (one answer over TCP holds thousands of addresses).
+pub const MAX_MEMBERS: usize = 1000;
+
 /// A pool's discovered backends, by address.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Set {
@@ -128,6 +133,9 @@ pub struct Set {
     /// Since when DNS has said "none" without a break, while the last good
     /// set still serves.
     pub empty_since: Option<Instant>,
+    /// Addresses of the last answer left out for want of room
+    /// ([`MAX_MEMBERS`]).
+    pub left_out: usize,
 }
 
 impl Set {
@@ -201,15 +209,26 @@ impl Set {
                 None => {}
             }
         }
+        // New addresses in address order, while there is room; the others
+        // wait for drains to end (asked again, they come in then).
+        self.left_out = 0;
         for (addr, (tier, weight)) in wanted {
-            self.members.entry(addr).or_insert_with(|| {
-                deltas.push(Delta::Added { addr, tier, weight });
+            if self.members.contains_key(&addr) {
+                continue;
+            }
+            if self.members.len() >= MAX_MEMBERS {
+                self.left_out += 1;
+                continue;
+            }
+            self.members.insert(
+                addr,
                 Member {
                     tier,
                     weight,
                     leaving: None,
-                }
-            });
+                },
+            );
+            deltas.push(Delta::Added { addr, tier, weight });
         }
         deltas
     }
@@ -291,6 +310,40 @@ mod tests {
                 .collect(),
             ttl: Duration::from_secs(5),
         }
+    }
+
+    #[test]
+    fn a_pool_takes_at_most_max_members_addresses() {
+        let many = |from: u32, n: u32| Outcome::Records {
+            found: (from..from + n)
+                .map(|i| Found {
+                    addr: SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + i), 80)),
+                    tier: 0,
+                    weight: 1,
+                })
+                .collect(),
+            ttl: Duration::from_secs(5),
+        };
+        let t0 = Instant::now();
+        let mut set = Set::default();
+        let d = set.update(&many(0, 1500), t0, DRAIN, HOLD);
+        assert_eq!(d.len(), MAX_MEMBERS);
+        assert_eq!(set.members.len(), MAX_MEMBERS);
+        assert_eq!(set.left_out, 500);
+        // Another thousand: the first ones drain, and take the room until
+        // their drain ends.
+        let d = set.update(&many(5000, 1000), t0, DRAIN, HOLD);
+        assert!(
+            d.iter().all(|d| matches!(d, Delta::Leaving { .. })),
+            "{d:?}"
+        );
+        assert_eq!(set.members.len(), MAX_MEMBERS);
+        assert_eq!(set.left_out, 1000);
+        set.expire(t0 + DRAIN);
+        let d = set.update(&many(5000, 1000), t0 + DRAIN, DRAIN, HOLD);
+        assert_eq!(d.len(), MAX_MEMBERS);
+        assert_eq!(set.present(), MAX_MEMBERS);
+        assert_eq!(set.left_out, 0);
     }
 
     #[test]
