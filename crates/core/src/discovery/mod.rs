@@ -418,14 +418,22 @@ async fn refresh(server: Weak<Server>, task: Task) {
         }
     };
     let mut next_query = Instant::now() + first;
+    // Changes found but not applied (the rebuild failed: a static backend's
+    // name did not resolve, the state file could not be read), and when to
+    // try again; the backoff doubles up to `RETRY_MAX`.
+    let mut pending: Vec<Delta> = Vec::new();
+    let mut retry: Option<(Instant, Duration)> = None;
     loop {
-        let wake = match server
+        let mut wake = match server
             .upgrade()
             .and_then(|s| s.discovery.next_expiry(&pool))
         {
             Some(expiry) => expiry.min(next_query),
             None => next_query,
         };
+        if let Some((at, _)) = retry {
+            wake = wake.min(at);
+        }
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep_until(wake.into()) => {}
@@ -447,9 +455,24 @@ async fn refresh(server: Weak<Server>, task: Task) {
         if stop.is_cancelled() {
             return;
         }
-        if !deltas.is_empty() {
+        let due = retry.is_some_and(|(at, _)| Instant::now() >= at);
+        if !deltas.is_empty() || due {
+            // A removed backend's last word is in its history already.
+            pending.retain(|d| !matches!(d, Delta::Removed { .. }));
+            pending.extend(deltas);
             let Some(s) = server.upgrade() else { return };
-            s.rediscover(&pool, &spec, &deltas).await;
+            if s.rediscover(&pool, &spec, &pending).await {
+                pending.clear();
+                retry = None;
+            } else {
+                let backoff = retry.map_or(RETRY_FIRST, |(_, b)| (b * 2).min(RETRY_MAX));
+                retry = Some((Instant::now() + backoff, backoff));
+            }
         }
     }
 }
+
+/// The first wait before a pool that could not be rebuilt is tried again.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two tries.
+const RETRY_MAX: Duration = Duration::from_secs(30);

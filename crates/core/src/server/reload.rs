@@ -93,11 +93,12 @@ impl Server {
     /// backends: the running file config plus the new sets, built and
     /// switched like a reload (new backends probed before they serve), in
     /// the same config generation. Each change goes into the history of the
-    /// backend it touches.
-    pub(crate) async fn rediscover(&self, pool: &str, spec: &Discover, deltas: &[Delta]) {
+    /// backend it touches. False when the pool could not be rebuilt (it
+    /// runs as it was; the caller tries again).
+    pub(crate) async fn rediscover(&self, pool: &str, spec: &Discover, deltas: &[Delta]) -> bool {
         let _one = self.control.lock().await;
         if !self.is_ready() {
-            return;
+            return true;
         }
         // A removed backend's last word goes to its pool before it leaves;
         // the others' to the new pool.
@@ -111,8 +112,8 @@ impl Server {
             }
         }
         if let Err(e) = self.rebuild_running().await {
-            tracing::error!(pool, error = %e, "discovery: the pool could not be rebuilt; it runs as it was");
-            return;
+            tracing::error!(pool, error = %e, "discovery: the pool could not be rebuilt; it runs as it was until a retry succeeds");
+            return false;
         }
         if let Some(p) = self.pool(pool) {
             for d in deltas
@@ -131,6 +132,7 @@ impl Server {
             changes = ?deltas.iter().map(describe).collect::<Vec<_>>(),
             "discovery changed the pool's backends"
         );
+        true
     }
 
     /// Builds and switches to the running file config with the current

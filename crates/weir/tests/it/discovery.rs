@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::cli::{
-    DEADLINE, Running, echo_backend, free_port, http_get, run_weir, signal, temp_config, test_dir,
-    wait_line, which,
+    DEADLINE, Running, echo_backend, free_port, http_get, run_weir, signal, start_weir,
+    temp_config, test_dir, wait_line, which,
 };
 use crate::http::{metric, start};
 
@@ -589,4 +589,68 @@ fn a_failed_reload_leaves_discovery_running() {
         l.len() == 2
     });
     assert!(now.iter().any(|b| b.0 == a24), "{now:?}");
+}
+
+/// A DNS change that cannot be applied at once (the pool's static backend's
+/// name no longer resolves, so the pool cannot be rebuilt) is applied by a
+/// later try, without waiting for DNS to change again. weir runs in a mount
+/// namespace of its own, with the test's hosts file as /etc/hosts.
+#[test]
+fn a_change_the_pool_could_not_take_is_tried_again() {
+    let dir = test_dir("discovery-retry");
+    let dns_port = free_port().port();
+    let port = free_port().port();
+    for ip in [[127, 0, 0, 25], [127, 0, 0, 26], [127, 0, 0, 27]] {
+        let l = TcpListener::bind(SocketAddr::from((ip, port))).expect("bind");
+        std::thread::spawn(move || for _ in l.incoming() {});
+    }
+    let hosts = dir.join("hosts");
+    std::fs::write(&hosts, "127.0.0.27 static.test\n").expect("hosts");
+    let records = |ips: &[&str]| -> Vec<String> {
+        ips.iter()
+            .map(|ip| format!("--host-record=api.test,{ip}"))
+            .collect()
+    };
+    let dns = dnsmasq(&dir, dns_port, 1, &records(&["127.0.0.25"]));
+    let admin = free_port();
+    let file = temp_config(
+        "discovery-retry",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n\
+             [[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"db\"\n\
+             [[pools]]\nname = \"db\"\n\
+             discover = {{ name = \"api.test\", port = {port}, \
+             resolver = \"127.0.0.1:{dns_port}\", min_interval = \"100ms\", max_interval = \"1s\" }}\n\
+             [pools.health]\ntype = \"tcp\"\ninterval = \"200ms\"\n\
+             [[pools.backends]]\nname = \"static\"\naddress = \"static.test:{port}\"\n"
+        ),
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "sh", "-c"])
+        .arg("mount --bind \"$0\" /etc/hosts && exec \"$1\" run --config \"$2\"")
+        .arg(&hosts)
+        .arg(crate::cli::weir().get_program())
+        .arg(&*file);
+    let (_weir, out) = start_weir(cmd);
+    let a25 = format!("127.0.0.25:{port}");
+    let a26 = format!("127.0.0.26:{port}");
+    wait_backends(admin, "start", |l| {
+        l.len() == 2 && l.iter().any(|b| b.0 == "static") && l.iter().any(|b| b.0 == a25)
+    });
+
+    // The static backend's name goes (written in place: the mount stays).
+    std::fs::write(&hosts, "").expect("hosts");
+    stop(dns, dns_port);
+    let _dns = dnsmasq(&dir, dns_port, 1, &records(&["127.0.0.25", "127.0.0.26"]));
+    wait_line(&out, "the pool could not be rebuilt");
+    assert!(
+        !backends(admin, "db").iter().any(|b| b.0 == a26),
+        "applied without a rebuild"
+    );
+    // The name is back: a later try applies the change, DNS unchanged.
+    std::fs::write(&hosts, "127.0.0.27 static.test\n").expect("hosts");
+    wait_backends(admin, "the new record, on a later try", |l| {
+        l.len() == 3 && l.iter().any(|b| b.0 == a26)
+    });
 }
