@@ -84,7 +84,7 @@ async fn exchange(to: SocketAddr, from: Ipv4Addr) -> String {
 async fn scrape(admin: SocketAddr, accept: &str) -> (String, String) {
     let mut s = TcpStream::connect(admin).await.expect("connect admin");
     let req = format!(
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await.expect("write");
     let mut raw = String::new();

@@ -201,8 +201,38 @@ fn router(state: Arc<AppState>) -> Router {
         .merge(page::routes())
         .nest("/api/v1", api::routes())
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            direct_only_without_token,
+        ))
         .layer(axum::middleware::map_response(security::headers))
         .with_state(state)
+}
+
+/// Without a token, answers only requests addressed to this machine by an IP
+/// address or `localhost` (see `security::addressed_directly`): a page of
+/// another site, its name made to point at 127.0.0.1, would otherwise read
+/// the API and make changes as the operator's browser. Liveness and
+/// readiness, which tell nothing, answer whatever the name (a health
+/// checker may send its own).
+async fn direct_only_without_token(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let tokenless = state
+        .server()
+        .is_none_or(|s| s.snapshot().config.admin.token.is_none());
+    let probe = matches!(request.uri().path(), "/healthz" | "/readyz");
+    if tokenless && !probe && !security::addressed_directly(request.headers()) {
+        return (
+            StatusCode::MISDIRECTED_REQUEST,
+            "this admin endpoint has no token, so it answers only requests addressed to \
+             an IP address or localhost\n",
+        )
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// What everything but the liveness and readiness answers say before the
@@ -262,9 +292,14 @@ mod tests {
     }
 
     async fn answer(method: &str, path: &str) -> (StatusCode, HeaderMap, String) {
+        answer_to("127.0.0.1:9900", method, path).await
+    }
+
+    async fn answer_to(host: &str, method: &str, path: &str) -> (StatusCode, HeaderMap, String) {
         let request = Request::builder()
             .method(method)
             .uri(path)
+            .header(header::HOST, host)
             .body(Body::empty())
             .expect("request");
         let r = starting_router().oneshot(request).await.expect("answer");
@@ -302,6 +337,31 @@ mod tests {
         }
         // The page itself loads, and shows what the API says once it answers.
         assert_eq!(answer("GET", "/").await.0, StatusCode::OK);
+    }
+
+    /// Without a token, a request addressed by a name is refused before
+    /// anything else (DNS rebinding); one addressed by IP or localhost is
+    /// answered.
+    #[tokio::test]
+    async fn without_a_token_only_requests_addressed_directly_are_answered() {
+        for path in ["/", "/api/v1/status", "/api/v1/events", "/metrics"] {
+            let (status, headers, body) = answer_to("evil.example:9900", "GET", path).await;
+            assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{path}");
+            assert!(body.contains("no token"), "{body}");
+            assert_eq!(headers[header::X_FRAME_OPTIONS], "DENY", "{path}");
+        }
+        let (status, _, _) = answer_to("evil.example:9900", "POST", "/api/v1/reload").await;
+        assert_eq!(status, StatusCode::MISDIRECTED_REQUEST);
+        assert_eq!(
+            answer_to("evil.example:9900", "GET", "/healthz").await.0,
+            StatusCode::OK,
+            "liveness tells nothing"
+        );
+        assert_eq!(
+            answer_to("localhost:9900", "GET", "/").await.0,
+            StatusCode::OK
+        );
+        assert_eq!(answer_to("[::1]:9900", "GET", "/").await.0, StatusCode::OK);
     }
 
     #[tokio::test]

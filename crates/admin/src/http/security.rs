@@ -1,8 +1,11 @@
 //! What every admin HTTP answer carries so that a browser cannot be turned
 //! against it: no framing, no type sniffing, scripts and styles from the
-//! endpoint itself only, no caching of live state; and the check that refuses
+//! endpoint itself only, no caching of live state; the check that refuses
 //! a change sent by another site's page (a token may not be configured on a
-//! loopback address, and a browser would send such a request).
+//! loopback address, and a browser would send such a request); and, without
+//! a token, the check that the request was addressed to this machine by an
+//! IP address or `localhost`, not by a name (DNS rebinding: another site's
+//! name pointed at 127.0.0.1 makes its page same-origin with the endpoint).
 
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
@@ -58,9 +61,70 @@ pub(super) fn cross_site(headers: &HeaderMap) -> bool {
     }
 }
 
+/// Whether the request names the endpoint by an IP address or `localhost`
+/// (`*.localhost` too, which browsers never ask DNS for) in its `Host`, or
+/// sends none (HTTP/1.0). A name any DNS server answers for could be made to
+/// point here by another site.
+pub(super) fn addressed_directly(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    if let Some(v6) = host.strip_prefix('[') {
+        return v6
+            .split_once(']')
+            .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        Some(_) => return false,
+        None => host,
+    };
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || name.ends_with(".localhost")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_addresses_and_localhost_are_direct() {
+        for host in [
+            "127.0.0.1:9900",
+            "127.0.0.1",
+            "[::1]:9900",
+            "[::1]",
+            "localhost:9900",
+            "LocalHost",
+            "localhost.:9900",
+            "weir.localhost:9900",
+            "10.1.2.3:9900",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static(host));
+            assert!(addressed_directly(&h), "{host}");
+        }
+        for host in [
+            "evil.example:9900",
+            "evil.example",
+            "localhost.evil.example:9900",
+            "127.0.0.1.nip.io:9900",
+            "[::1:9900",
+            "[evil]:9900",
+            "127.0.0.1:99x",
+            "",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static(host));
+            assert!(!addressed_directly(&h), "{host}");
+        }
+        assert!(addressed_directly(&HeaderMap::new()), "no Host: HTTP/1.0");
+    }
 
     fn with(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -249,7 +249,7 @@ pub(crate) fn http_get(addr: SocketAddr, path: &str) -> String {
     s.set_read_timeout(Some(DEADLINE)).expect("timeout");
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     )
     .expect("write");
     let mut out = String::new();

@@ -63,7 +63,7 @@ fn try_scrape(admin: SocketAddr) -> std::io::Result<String> {
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     write!(
         s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
@@ -238,7 +238,7 @@ fn admin_connections_have_a_handshake_and_an_idle_timeout() {
         );
     }
     let mut quiet = TcpStream::connect(admin).expect("connect");
-    write!(quiet, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+    write!(quiet, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").expect("request");
     let mut buf = [0u8; 512];
     let n = quiet.read(&mut buf).expect("answer");
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));

@@ -68,7 +68,7 @@ fn promtool_accepts_a_live_scrape() {
         s.set_read_timeout(Some(DEADLINE)).expect("timeout");
         write!(
             s,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+            "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
         )
         .expect("write");
         let mut raw = String::new();

@@ -82,6 +82,18 @@ fn the_status_page_follows_backends_live_and_changes_need_the_token() {
     let health = "[pools.health]\ntype = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\nrise = 1\nfall = 1\n";
     let file = temp_config("page", &config(&dir, admin, a, b, health));
     let (_weir, _out) = run_weir(&file);
+    // With a token, the endpoint answers whatever name it is reached by
+    // (without one, only an address or localhost: see the admin's unit tests).
+    let mut s = TcpStream::connect(admin).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    write!(
+        s,
+        "GET /api/v1/status HTTP/1.1\r\nHost: weir.example:9900\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let shot = dir.join("status-page.png");
     let report = peer(&[
         "browser",
