@@ -34,6 +34,11 @@ use crate::pb::v1::admin_server::{Admin as AdminApi, AdminServer};
 const LAST_TRANSITIONS: usize = 5;
 /// Events a watch queues for a slow client before its stream is ended.
 const WATCH_QUEUE: usize = 256;
+/// `Watch` streams open at once, over all connections: each is a task woken
+/// by every event.
+const MAX_WATCHERS: usize = 256;
+/// Calls (HTTP/2 streams) open at once on one connection.
+const MAX_STREAMS: u32 = 100;
 
 /// The service behind `weir.admin.v1.Admin`.
 #[derive(Debug, Clone)]
@@ -42,6 +47,8 @@ pub struct ControlService {
     build: BuildInfo,
     stats: Arc<GrpcStats>,
     stop: CancellationToken,
+    /// Places for open `Watch` streams.
+    watchers: Arc<tokio::sync::Semaphore>,
 }
 
 impl ControlService {
@@ -57,6 +64,7 @@ impl ControlService {
             build,
             stats,
             stop,
+            watchers: Arc::new(tokio::sync::Semaphore::new(MAX_WATCHERS)),
         }
     }
 
@@ -113,6 +121,10 @@ pub async fn serve(
         .await;
     });
     tonic::transport::Server::builder()
+        // h2's default is no limit: one connection could open any number
+        // of `Watch` calls, each a task.
+        .max_concurrent_streams(Some(MAX_STREAMS))
+        .concurrency_limit_per_connection(MAX_STREAMS as usize)
         .layer(layer)
         .add_service(AdminServer::new(service))
         .add_service(crate::reflection_service()?)
@@ -602,10 +614,18 @@ impl AdminApi for ControlService {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let pool = request.into_inner().pool;
+        let Ok(watching) = Arc::clone(&self.watchers).try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "{MAX_WATCHERS} watchers are open; try again later"
+            )));
+        };
         let mut events = self.server.journal().subscribe();
-        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        // One place more than is ever filled with events: the status that
+        // ends the stream always fits.
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE + 1);
         let stop = self.stop.clone();
         tokio::spawn(async move {
+            let _watching = watching;
             loop {
                 let event = tokio::select! {
                     () = stop.cancelled() => break,
@@ -626,9 +646,16 @@ impl AdminApi for ControlService {
                 if !pool.is_empty() && event.pool().is_some_and(|p| p != pool) {
                     continue;
                 }
-                if tx.try_send(Ok(event_message(&event))).is_err() {
+                if tx.capacity() <= 1 {
                     // The client does not read: end its stream rather than
-                    // queue without bound.
+                    // queue without bound, and say so (the stream would
+                    // otherwise end as if all was well).
+                    let _ = tx.try_send(Err(Status::resource_exhausted(format!(
+                        "this watcher did not read {WATCH_QUEUE} events in time"
+                    ))));
+                    break;
+                }
+                if tx.try_send(Ok(event_message(&event))).is_err() {
                     break;
                 }
             }

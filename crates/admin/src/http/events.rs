@@ -3,6 +3,10 @@
 //! message as JSON, named by its kind (`backend`, `tier`, `reload`,
 //! `firewall`).
 //!
+//! Streams take at most half of `admin.max_connections`; past that a new
+//! one is refused with 503, so that readiness probes, scrapes and changes
+//! always find room.
+//!
 //! A reader never slows weir: each stream has a bounded queue, filled
 //! without waiting. A reader that lets it fill, or that falls behind the
 //! journal itself, is cut off: its connection is closed at once and counted
@@ -72,9 +76,14 @@ impl EventStats {
 struct Open(Arc<crate::Stats>);
 
 impl Open {
-    fn new(stats: Arc<crate::Stats>) -> Open {
-        stats.events.active.fetch_add(1, Relaxed);
-        Open(stats)
+    /// A place for one more stream, if fewer than `max` are open.
+    fn new(stats: Arc<crate::Stats>, max: usize) -> Option<Open> {
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        if stats.events.active.fetch_add(1, Relaxed) >= max {
+            stats.events.active.fetch_sub(1, Relaxed);
+            return None;
+        }
+        Some(Open(stats))
     }
 }
 
@@ -92,10 +101,28 @@ pub(super) async fn stream(State(state): State<Arc<AppState>>, extensions: Exten
             "starting: the first probe round is running",
         );
     };
+    // A stream holds its connection for as long as it likes (weir's own
+    // keep-alive comments keep it from going idle): half of the endpoint's
+    // connections at most, so that the others stay for /readyz, /metrics
+    // and changes.
+    let max = (server.snapshot().config.admin.max_connections as usize / 2).max(1);
+    let Some(open) = Open::new(Arc::clone(&state.stats), max) else {
+        let mut refused = failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            &format!(
+                "{max} event streams are open, half of admin.max_connections; try again later"
+            ),
+        );
+        refused.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            "5".parse().expect("a number"),
+        );
+        return refused;
+    };
     let mut events = server.journal().subscribe();
     let (tx, rx) = mpsc::channel(QUEUE);
     let cut = extensions.get::<Cut>().cloned();
-    let open = Open::new(Arc::clone(&state.stats));
     let stop = state.stop.clone();
     tokio::spawn(async move {
         let behind = loop {

@@ -528,3 +528,123 @@ fn a_backend_reset_is_logged_as_a_backend_error() {
     let line = wait_line(&out, "\"backend\":\"dies\"");
     assert!(line.contains("\"reason\":\"backend_error\""), "{line}");
 }
+
+/// What a client's head says: its status line.
+fn status_line(s: &mut TcpStream) -> String {
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") {
+        let n = s.read(&mut byte).expect("answer");
+        assert!(n == 1, "closed before the status line");
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).trim_end().to_owned()
+}
+
+/// Streams that last are bounded on both admin endpoints: /api/v1/events
+/// takes at most half of `max_connections` (readiness still answers);
+/// `Watch` at most 256 streams; and a watcher that reads nothing is ended
+/// with RESOURCE_EXHAUSTED once its queue is full, not as if all were well.
+#[test]
+fn watchers_and_event_streams_are_bounded() {
+    use weir_admin::pb::v1::admin_client::AdminClient;
+    use weir_admin::pb::v1::{SetBackendWeightRequest, WatchRequest};
+
+    raise_own_limit(4096);
+    let (admin, grpc, front) = (free_port(), free_port(), free_port());
+    let file = temp_config(
+        "bounded-watchers",
+        &base_config(admin, grpc, front, "max_connections = 8"),
+    );
+    let (_weir, _out) = start_weir(weir_with_limit(&file, 4096, 4096));
+
+    let events = || {
+        let mut s = TcpStream::connect(admin).expect("connect");
+        write!(s, "GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").expect("request");
+        let status = status_line(&mut s);
+        (s, status)
+    };
+    let open: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let (s, status) = events();
+            assert_eq!(status, "HTTP/1.1 200 OK");
+            s
+        })
+        .collect();
+    let (_, status) = events();
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable", "a fifth stream");
+    assert!(http_get(admin, "/readyz").starts_with("HTTP/1.1 200"));
+    drop(open);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let url = format!("http://{grpc}");
+        let mut channels = Vec::new();
+        for _ in 0..3 {
+            channels.push(AdminClient::connect(url.clone()).await.expect("connect"));
+        }
+        let all = || WatchRequest {
+            pool: String::new(),
+        };
+        let mut watching = Vec::new();
+        for i in 0..256 {
+            let c = &mut channels[i / 100];
+            watching.push(c.watch(all()).await.expect("a watch").into_inner());
+        }
+        let refused = channels[2].watch(all()).await.expect_err("a 257th watch");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+        drop(watching);
+
+        // Room again once they are gone (their tasks notice the end). The
+        // slow watcher's connection takes little before it stops taking more
+        // (an HTTP/2 window of 16 KiB; hyper's default is megabytes).
+        let narrow = tonic::transport::Endpoint::from_shared(url.clone())
+            .expect("endpoint")
+            .initial_stream_window_size(Some(16 * 1024))
+            .initial_connection_window_size(Some(16 * 1024))
+            .connect()
+            .await
+            .expect("connect");
+        let mut narrow = AdminClient::new(narrow);
+        let client = &mut channels[0];
+        let end = Instant::now() + DEADLINE;
+        let mut slow = loop {
+            match narrow.watch(all()).await {
+                Ok(w) => break w.into_inner(),
+                Err(e) => {
+                    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+                    assert!(Instant::now() < end, "the watchers' places never came back");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        // Events the slow watcher does not read: more than its queue and
+        // the connection's buffers hold.
+        for i in 0..1_500u32 {
+            client
+                .set_backend_weight(SetBackendWeightRequest {
+                    pool: "p".into(),
+                    backend: "a".into(),
+                    weight: Some(2 + i % 2),
+                })
+                .await
+                .expect("a weight change");
+        }
+        let mut read = 0u32;
+        let ended = loop {
+            match tokio::time::timeout(DEADLINE, slow.message()).await {
+                Ok(Ok(Some(_))) => read += 1,
+                Ok(Ok(None)) => break None,
+                Ok(Err(status)) => break Some(status),
+                Err(_) => panic!("the slow watcher's stream never ended ({read} events read)"),
+            }
+        };
+        let status = ended.expect("the stream ended with a status, not as if all were well");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+        assert!(read < 1_500, "{read} events read");
+    });
+}
