@@ -83,6 +83,10 @@ impl QueueResult {
     }
 }
 
+/// Waiters that [`Pool::dispatch`] passes over at most in one round for want
+/// of a backend they can take, before it stops looking.
+const MAX_PASSED: usize = 64;
+
 /// A pool's queue, shared by its generations across reloads.
 #[derive(Debug)]
 pub struct Queue {
@@ -142,7 +146,26 @@ struct Waiter {
     id: u64,
     /// Its maglev key, for the pick made on its behalf.
     key: u64,
+    /// The backends it cannot take (by their slots, the same in every
+    /// generation): those that failed its connection already, and those its
+    /// generation does not know. Empty but on a retry.
+    cannot: Vec<Arc<Slots>>,
     tx: oneshot::Sender<Grant>,
+}
+
+impl Waiter {
+    /// The indices in `pool` of the backends it cannot take.
+    fn skip(&self, pool: &Pool) -> Vec<usize> {
+        if self.cannot.is_empty() {
+            return Vec::new();
+        }
+        pool.backends
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| self.cannot.iter().any(|s| Arc::ptr_eq(s, &b.slots)))
+            .map(|(i, _)| i)
+            .collect()
+    }
 }
 
 /// A slot taken for a waiter. If the waiter is gone before it uses it (its
@@ -226,6 +249,11 @@ impl Pool {
         let deadline = Instant::now() + self.queue_timeout;
         let queued_at = Instant::now();
         let mut queued = false;
+        // What the queue must not hand this waiter: it would hand it back.
+        let mut cannot: Vec<Arc<Slots>> = tried
+            .iter()
+            .filter_map(|&i| self.backends.get(i).map(|b| Arc::clone(&b.slots)))
+            .collect();
         loop {
             // Waiters first: a newcomer does not overtake them.
             if self.queue.waiting.load(SeqCst) == 0 {
@@ -256,7 +284,12 @@ impl Pool {
                 }
                 q.next_id += 1;
                 let id = q.next_id;
-                q.list.push_back(Waiter { id, key, tx });
+                q.list.push_back(Waiter {
+                    id,
+                    key,
+                    cannot: cannot.clone(),
+                    tx,
+                });
                 self.queue.waiting.fetch_add(1, SeqCst);
                 id
             };
@@ -313,9 +346,13 @@ impl Pool {
                 }
                 _ => {
                     // A backend this generation does not know (added by a
-                    // reload), or one that failed this connection already:
-                    // pass the slot on and wait again.
+                    // reload) or one that failed this connection already
+                    // (the queue now knows not to offer either): pass the
+                    // slot on and wait again.
                     slots.give_back();
+                    if !cannot.iter().any(|s| Arc::ptr_eq(s, &slots)) {
+                        cannot.push(slots);
+                    }
                     self.latest().dispatch();
                     if Instant::now() >= deadline {
                         self.queue.count(QueueResult::Timeout);
@@ -338,20 +375,28 @@ impl Pool {
     }
 
     /// Hands slots to waiters, first come first served, while a serving
-    /// backend has room. Called on the newest generation.
+    /// backend has room. A waiter that cannot take any backend with room
+    /// (see [`Waiter::cannot`]) is passed over, keeping its place, for the
+    /// ones behind it. Called on the newest generation.
     pub(super) fn dispatch(self: &Arc<Self>) {
         let mut q = lock(&self.queue.inner);
-        // Bounded: each round serves or drops a waiter, or loses a race
-        // for a slot to a newcomer that took it.
-        let mut misses = 0;
-        while let Some(w) = q.list.front() {
+        // Bounded: each round serves, drops or passes over a waiter (at most
+        // `MAX_PASSED` of those), or loses a race for a slot to a newcomer
+        // that took it.
+        let (mut misses, mut at) = (0, 0);
+        while let Some(w) = q.list.get(at) {
             if w.tx.is_closed() {
-                q.list.pop_front();
+                q.list.remove(at);
                 self.queue.waiting.fetch_sub(1, SeqCst);
                 continue;
             }
-            let Some(i) = self.pick_with_room(w.key, &[]) else {
-                break;
+            let Some(i) = self.pick_with_room(w.key, &w.skip(self)) else {
+                if w.cannot.is_empty() || at >= MAX_PASSED {
+                    // No room for anyone (or looked far enough).
+                    break;
+                }
+                at += 1;
+                continue;
             };
             let Some(slots) = self.backends.get(i).map(|b| &b.slots) else {
                 break;
@@ -363,7 +408,7 @@ impl Pool {
                 }
                 continue;
             }
-            let Some(w) = q.list.pop_front() else { break };
+            let Some(w) = q.list.remove(at) else { break };
             self.queue.waiting.fetch_sub(1, SeqCst);
             let grant = Grant {
                 slots: Some(Arc::clone(slots)),

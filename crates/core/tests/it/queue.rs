@@ -268,3 +268,56 @@ async fn a_slot_granted_to_a_waiter_that_went_passes_to_the_next() {
     pool.release(0);
     assert_eq!(pool.backends[0].slots_in_use(), 0);
 }
+
+/// CPU time this process has used (user and system), from /proc.
+fn cpu_used() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("stat");
+    // After the command's parenthesis: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    Duration::from_millis(ticks * 10)
+}
+
+/// A connection that a backend refused waits in the queue for another
+/// backend without being offered the one that refused it again and again
+/// (which spun a core for its whole wait), and is served when a slot frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_waits_without_being_offered_the_backend_that_failed_it() {
+    let b = holding_backend("b").await;
+    let dead = crate::common::refused_addr();
+    let toml = format!(
+        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\nbalance = \"first\"\nqueue_timeout = \"5s\"\n\
+         [[pools.backends]]\nname = \"b\"\naddress = \"{b}\"\nmax_connections = 1\n\
+         [[pools.backends]]\nname = \"dead\"\naddress = \"{dead}\"\nmax_connections = 1\n"
+    );
+    let server = start(&toml).await;
+    let front = addr(&server, "l");
+    let pool = server.pool("p").expect("p");
+    let mut held = TcpStream::connect(front).await.expect("connect");
+    let mut name = [0u8; 1];
+    within("b", held.read_exact(&mut name)).await.expect("read");
+    assert_eq!(&name, b"b");
+    // b is full: the next connection goes to dead, is refused there, and
+    // waits for b.
+    let mut waiting = TcpStream::connect(front).await.expect("connect");
+    wait_until("a waiter", || pool.queue.depth() == 1).await;
+    let before = cpu_used();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let spent = cpu_used() - before;
+    assert!(
+        spent < Duration::from_millis(300),
+        "{spent:?} of CPU in a second of waiting"
+    );
+    assert_eq!(pool.queue.depth(), 1, "still waiting");
+    drop(held);
+    within("served by b", waiting.read_exact(&mut name))
+        .await
+        .expect("read");
+    assert_eq!(&name, b"b");
+    assert_eq!(pool.queue.results(QueueResult::Served), 1);
+}
