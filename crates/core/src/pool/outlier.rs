@@ -67,7 +67,10 @@ impl Pool {
             let mut s = b.status();
             self.record(b, &mut s, change, cause);
         }
-        self.rebuild(|| why);
+        // The outlier state is shared with newer generations of this pool
+        // (a request begun before a reload ends in this one): the newest
+        // serves new requests.
+        self.latest().rebuild(|| why);
         let name = b.name.clone();
         let state = Arc::clone(o);
         let pool = Arc::clone(self);

@@ -15,6 +15,11 @@ use crate::http::{metric, start};
 
 /// A backend answering every request with `status`, counting them.
 fn status_backend(status: u16) -> (SocketAddr, Arc<AtomicUsize>) {
+    slow_status_backend(status, Duration::ZERO)
+}
+
+/// [`status_backend`], each answer `delay` after its request.
+fn slow_status_backend(status: u16, delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().expect("addr");
     let n = Arc::new(AtomicUsize::new(0));
@@ -38,6 +43,7 @@ fn status_backend(status: u16) -> (SocketAddr, Arc<AtomicUsize>) {
                         }
                     }
                     count.fetch_add(1, Relaxed);
+                    std::thread::sleep(delay);
                     if write!(out, "HTTP/1.1 {status} X\r\nContent-Length: 2\r\n\r\nok").is_err() {
                         return;
                     }
@@ -50,6 +56,50 @@ fn status_backend(status: u16) -> (SocketAddr, Arc<AtomicUsize>) {
 
 fn get(front: SocketAddr) -> u16 {
     crate::http::raw_get(front, "/", "").0
+}
+
+/// A failure that ejects a backend, from a request that began before a
+/// reload, takes the backend out of the pool that serves now, not only out
+/// of the one the request began in.
+#[test]
+fn an_ejection_across_a_reload_reaches_the_pool_that_serves() {
+    let (bad, bad_n) = slow_status_backend(500, Duration::from_millis(800));
+    let (good, good_n) = status_backend(200);
+    let (admin, front) = (free_port(), free_port());
+    let config = |connect_timeout: &str| {
+        format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\nbalance = \"first\"\nconnect_timeout = \"{connect_timeout}\"\n\
+             outlier = {{ consecutive_failures = 1, base_ejection = \"30s\", max_ejected_percent = 50 }}\n\
+             [[pools.backends]]\nname = \"bad\"\naddress = \"{bad}\"\n\
+             [[pools.backends]]\nname = \"good\"\naddress = \"{good}\"\n"
+        )
+    };
+    let file = crate::cli::temp_config("outlier-reload", &config("2s"));
+    let (weir, out) = crate::cli::run_weir(&file);
+    // `first`: the request goes to bad, whose 500 comes after the reload.
+    let in_flight = std::thread::spawn(move || get(front));
+    let end = Instant::now() + DEADLINE;
+    while bad_n.load(Relaxed) == 0 {
+        assert!(Instant::now() < end, "the request never reached bad");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::write(&*file, config("3s")).expect("rewrite");
+    crate::cli::signal(&weir.0, rustix::process::Signal::HUP);
+    crate::cli::wait_line(&out, "config reloaded");
+    assert_eq!(in_flight.join().expect("in flight"), 500);
+    assert_eq!(
+        metric(admin, "weir_backend_ejected{pool=\"p\",backend=\"bad\"}"),
+        1.0
+    );
+    for _ in 0..5 {
+        assert_eq!(get(front), 200);
+    }
+    assert_eq!(bad_n.load(Relaxed), 1, "the ejected backend got requests");
+    assert_eq!(good_n.load(Relaxed), 5);
 }
 
 #[test]
