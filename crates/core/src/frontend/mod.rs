@@ -107,7 +107,9 @@ async fn front<'l>(listener: &'l Listener, client: &mut Client) -> Option<&'l Ro
                 client.sni_key = sni_key;
                 r
             }
-            Err(Reason::ClientClosed) => None,
+            // Gone before it said anything (a TCP health check, a port
+            // scan): nothing to route, and nothing refused.
+            Err(Reason::ClientClosed) => return None,
             Err(reason) => {
                 listener.refuse(peer, reason);
                 return None;

@@ -214,6 +214,33 @@ async fn a_silent_or_unmatched_client_is_rejected_with_its_reason() {
     let got = within("plain", send(front, b"hello", 1)).await;
     assert_eq!(got, "");
     wait_until("counted", || l.stats.rejected(Reason::NoRoute) == 2).await;
+
+    // Connects and closes with nothing sent (a TCP health check, a port
+    // scan): not refused for want of a route, nor counted as refused at all.
+    let all = |l: &weir_core::listener::Listener| {
+        Reason::REJECTIONS
+            .iter()
+            .map(|r| l.stats.rejected(*r))
+            .sum::<u64>()
+    };
+    let before = all(&l);
+    let accepted = l
+        .stats
+        .connections_total
+        .load(std::sync::atomic::Ordering::Relaxed);
+    drop(TcpStream::connect(front).await.expect("connect"));
+    wait_until("accepted and gone", || {
+        l.stats
+            .connections_total
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == accepted + 1
+            && l.stats
+                .connections_active
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 0
+    })
+    .await;
+    assert_eq!(all(&l), before, "a client that said nothing was refused");
 }
 
 /// A TLS echo server with the test CA's certificate for localhost/127.0.0.1;
