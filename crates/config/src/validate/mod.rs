@@ -211,6 +211,11 @@ impl Checker {
                 self.push(path, "must be greater than 0");
                 None
             }
+            Ok(d) if d > MAX_DURATION => {
+                // Added to the clock, a longer one could overflow it.
+                self.push(path, format!("{value:?} is longer than 100 years"));
+                None
+            }
             Ok(d) => Some(d),
             Err(e) => {
                 self.push(
@@ -257,6 +262,10 @@ impl Checker {
     }
 }
 
+/// The longest duration a config may give: "never" for all purposes, and
+/// far from what the clock can take added to it.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 /// What is wrong with a duration, in the file's words (the parser's own
 /// errors speak of character offsets).
 fn duration_detail(e: &humantime::DurationError) -> String {
@@ -290,7 +299,35 @@ mod tests {
         assert_eq!(t("1d"), Duration::from_secs(86400));
         assert_eq!(t("10us"), Duration::from_micros(10));
         assert_eq!(t("10ns"), Duration::from_nanos(10));
+        assert_eq!(t("100years"), MAX_DURATION);
         assert!(cx.problems.is_empty(), "{:?}", cx.problems);
+    }
+
+    #[test]
+    fn a_duration_is_at_most_a_hundred_years() {
+        let mut cx = Checker {
+            problems: Vec::new(),
+        };
+        // Longer would overflow the clock it is added to: refused, and the
+        // default used (here zero).
+        assert_eq!(
+            cx.timeout("t", Some("300000000000y"), Duration::ZERO),
+            Duration::ZERO
+        );
+        assert_eq!(
+            cx.timeout("t", Some("101y"), Duration::ZERO),
+            Duration::ZERO
+        );
+        assert_eq!(
+            cx.problems
+                .iter()
+                .map(|p| p.message.as_str())
+                .collect::<Vec<_>>(),
+            [
+                "\"300000000000y\" is longer than 100 years",
+                "\"101y\" is longer than 100 years"
+            ]
+        );
     }
 
     #[test]
