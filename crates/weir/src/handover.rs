@@ -32,6 +32,10 @@ pub(crate) struct Successor {
     handed_over: AtomicBool,
     /// This process stopped it (a stop of the service, or too slow).
     stopped: AtomicBool,
+    /// Its fate is decided: it took over, or this process stops it. The
+    /// first to set this decides, so a take-over and the deadline's stop
+    /// arriving together cannot both happen (both processes would stop).
+    decided: AtomicBool,
 }
 
 impl Successor {
@@ -41,6 +45,7 @@ impl Successor {
             tracing::warn!("SIGUSR2 ignored: a new version is already starting");
             return;
         }
+        self.decided.store(false, SeqCst);
         let mut child = match start_successor(config) {
             Ok(child) => child,
             Err(e) => {
@@ -76,7 +81,8 @@ impl Successor {
         let me = Arc::clone(self);
         tokio::spawn(async move {
             tokio::time::sleep(TAKEOVER_DEADLINE).await;
-            if me.pid.load(SeqCst) == pid && !me.handed_over.load(SeqCst) {
+            if me.pid.load(SeqCst) == pid && !me.decided.swap(true, SeqCst) {
+                me.stopped.store(true, SeqCst);
                 tracing::error!(
                     pid,
                     "the new version did not take over within {TAKEOVER_DEADLINE:?}; stopping it"
@@ -89,7 +95,8 @@ impl Successor {
     /// The successor says it serves (SIGUSR1): true when one was starting,
     /// which has now taken over.
     pub(crate) fn take_over(&self) -> bool {
-        if self.pid.load(SeqCst) == 0 {
+        if self.pid.load(SeqCst) == 0 || self.decided.swap(true, SeqCst) {
+            // None starting, or being stopped already.
             return false;
         }
         self.handed_over.store(true, SeqCst);
@@ -102,6 +109,10 @@ impl Successor {
 
     /// This process stops while a new version starts: stop that one too.
     pub(crate) fn cancel(&self) {
+        if self.decided.swap(true, SeqCst) && !self.stopped.load(SeqCst) {
+            // It took over meanwhile: it is the service now.
+            return;
+        }
         let pid = self.pid.swap(0, SeqCst);
         if pid != 0 {
             self.stopped.store(true, SeqCst);

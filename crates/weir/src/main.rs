@@ -553,6 +553,9 @@ pub(crate) async fn serve(
     };
     match handover::predecessor() {
         Some(_) if stop_early => {
+            // Not a word to systemd: it takes STOPPING=1 from any process of
+            // the unit, and would stop the service, the running weir too.
+            notifier.silence();
             tracing::warn!("stopped while starting as the new version: the running one goes on");
         }
         Some(old) => {

@@ -126,6 +126,94 @@ fn weir_tells_systemd_when_it_is_ready_reloading_and_stopping() {
     drop(child);
 }
 
+/// The running (not zombie) processes started to take over from `pid`,
+/// named by their environment.
+fn successors(pid: u32) -> Vec<u32> {
+    let marker = format!("WEIR_HANDOVER_FROM={pid}");
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .filter_map(|e| Some((e.file_name().to_string_lossy().parse::<u32>().ok()?, e)))
+        .filter(|(_, e)| {
+            let running = std::fs::read_to_string(e.path().join("stat")).is_ok_and(|st| {
+                st.rsplit_once(')')
+                    .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            });
+            running
+                && std::fs::read(e.path().join("environ"))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == marker.as_bytes()))
+        })
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// The new version, stopped while it starts (an operator giving up on a
+/// hung upgrade), says nothing to systemd: a STOPPING=1 from it, accepted
+/// from any process of the unit, would stop the service, the running weir
+/// with it.
+#[test]
+fn a_new_version_stopped_while_it_starts_leaves_the_service_alone() {
+    let notify = NotifySocket::bind("handover-give-up");
+    // A backend that accepts and never answers: the HTTP probe of each
+    // process's first round waits out its 2 s timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend = silent.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming() {
+            held.push(s);
+        }
+    });
+    let front = free_port();
+    let file = temp_config(
+        "handover-give-up",
+        &format!(
+            "[[listeners]]\nname = \"l\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[pools.health]\ntype = \"http\"\ntimeout = \"2s\"\n\
+             [[pools.backends]]\naddress = \"{backend}\"\n"
+        ),
+    );
+    let mut cmd = weir();
+    cmd.args(["run", "--config"])
+        .arg(&file)
+        .env("NOTIFY_SOCKET", &notify.path);
+    let (old, _out) = start_weir(cmd);
+    let mut seen = Vec::new();
+    wait_for(&notify.socket, "READY=1", &mut seen);
+    let old_pid = old.0.id();
+    signal(&old.0, rustix::process::Signal::USR2);
+    let end = Instant::now() + DEADLINE;
+    let new_pid = loop {
+        if let Some(&pid) = successors(old_pid).first() {
+            break pid;
+        }
+        assert!(Instant::now() < end, "no new version started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // In its first probe round: stopped.
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = rustix::process::Pid::from_raw(new_pid as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("kill");
+    while !successors(old_pid).is_empty() {
+        assert!(Instant::now() < end, "the new version still runs");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = notify.socket.recv(&mut buf) {
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(
+        !seen
+            .iter()
+            .any(|m| m.contains("STOPPING=1") || m.contains("MAINPID=")),
+        "{seen:?}"
+    );
+    // The running one goes on.
+    assert!(std::net::TcpStream::connect(front).is_ok());
+    assert!(successors(old_pid).is_empty());
+}
+
 /// A config with listener `web` on `front` in front of an echo backend.
 fn activated_config(tag: &str, front: std::net::SocketAddr, extra: &str) -> crate::cli::Scratch {
     temp_config(
@@ -379,25 +467,8 @@ fn a_stop_during_a_handover_stops_both() {
     assert!(status.success(), "{status}");
     // The successor (named by its environment) is gone too, without a
     // MAINPID= of its own.
-    let marker = format!("WEIR_HANDOVER_FROM={old_pid}");
     let end = Instant::now() + DEADLINE;
-    loop {
-        let alive = std::fs::read_dir("/proc")
-            .expect("/proc")
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-            .any(|e| {
-                let running = std::fs::read_to_string(e.path().join("stat")).is_ok_and(|st| {
-                    st.rsplit_once(')')
-                        .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-                });
-                running
-                    && std::fs::read(e.path().join("environ"))
-                        .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == marker.as_bytes()))
-            });
-        if !alive {
-            break;
-        }
+    while !successors(old_pid).is_empty() {
         assert!(Instant::now() < end, "the new version still runs");
         std::thread::sleep(Duration::from_millis(50));
     }
