@@ -70,6 +70,9 @@ impl ControlService {
 
     /// Refuses a mutation without the right token (and counts the refusal).
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        if let Some(why) = self.server.changes_refused() {
+            return Err(Status::unavailable(why));
+        }
         let snapshot = self.server.snapshot();
         let expected = snapshot.config.admin.token.as_ref().map(|t| t.secret());
         self.stats

@@ -39,16 +39,25 @@ pub(crate) struct Successor {
 }
 
 impl Successor {
-    /// Starts the new version, unless one is starting already.
-    pub(crate) fn start(self: &Arc<Self>, config: &Path, notifier: &Arc<Notifier>) {
+    /// Starts the new version, unless one is starting already. Until it
+    /// takes over or is gone, `server` refuses operator changes: the new
+    /// version read the state file at its start.
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        config: &Path,
+        notifier: &Arc<Notifier>,
+        server: &Arc<weir_core::Server>,
+    ) {
         if self.pid.load(SeqCst) != 0 {
             tracing::warn!("SIGUSR2 ignored: a new version is already starting");
             return;
         }
+        server.set_successor_starting(true);
         self.decided.store(false, SeqCst);
         let mut child = match start_successor(config) {
             Ok(child) => child,
             Err(e) => {
+                server.set_successor_starting(false);
                 tracing::error!(error = %e, "SIGUSR2: cannot start the new version; this process goes on serving");
                 return;
             }
@@ -58,12 +67,17 @@ impl Successor {
         // A thread of its own, not the runtime's: this process exits while
         // the successor lives on.
         let (me, notifier_for_waiter) = (Arc::clone(self), Arc::clone(notifier));
+        let server = Arc::clone(server);
         let waiter = std::thread::Builder::new()
             .name("successor".into())
             .spawn(move || {
                 let status = child.wait();
                 let _ = me.pid.compare_exchange(pid, 0, SeqCst, SeqCst);
-                if me.handed_over.load(SeqCst) || me.stopped.load(SeqCst) {
+                if me.handed_over.load(SeqCst) {
+                    return;
+                }
+                server.set_successor_starting(false);
+                if me.stopped.load(SeqCst) {
                     return;
                 }
                 let why = match status {

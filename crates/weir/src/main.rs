@@ -594,7 +594,7 @@ pub(crate) async fn serve(
                         tracing::error!("SIGUSR2 ignored: the listeners serve on sockets systemd passed, which a new process cannot share; `systemctl restart weir` keeps them open instead");
                         continue;
                     }
-                    successor.start(path, &notifier);
+                    successor.start(path, &notifier, &server);
                 }
                 _ = usr1.recv() => {
                     if successor.take_over() {
@@ -626,7 +626,12 @@ pub(crate) async fn serve(
         }
     }
     grpc_stop.cancel();
-    if !successor.handed_over() {
+    if successor.handed_over() {
+        // The admin HTTP endpoint too belongs to the new version now (the
+        // port is shared): this one answered half its requests, readiness
+        // with a 503 beside the new one's 200.
+        admin_stop.cancel();
+    } else {
         // A stop while a new version starts: it must not take over.
         successor.cancel();
         notifier.stopping("stopping: open connections finish within shutdown_timeout");

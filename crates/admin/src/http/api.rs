@@ -186,6 +186,13 @@ fn change(state: &AppState, headers: &HeaderMap) -> Result<ControlService, Refus
     let server = state
         .server()
         .ok_or_else(|| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "starting"))?;
+    if let Some(why) = server.changes_refused() {
+        return Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            why,
+        ));
+    }
     let snapshot = server.snapshot();
     let expected = snapshot.config.admin.token.as_ref().map(|t| t.secret());
     auth::check(call(headers, ()).metadata(), expected).map_err(|e| {

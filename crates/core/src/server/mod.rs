@@ -242,6 +242,9 @@ pub struct Server {
     accept_tasks: TaskTracker,
     connections: TaskTracker,
     ready: AtomicBool,
+    /// A new version of weir is starting to take over: operator changes
+    /// belong to it (see [`Server::changes_refused`]).
+    successor_starting: AtomicBool,
     /// The pools' backends from DNS.
     pub(crate) discovery: crate::discovery::Discovery,
     /// Backends added at runtime (`weir backend add`).
@@ -313,6 +316,7 @@ impl Server {
             accept_tasks: TaskTracker::new(),
             connections: TaskTracker::new(),
             ready: AtomicBool::new(true),
+            successor_starting: AtomicBool::new(false),
             discovery: crate::discovery::Discovery::default(),
             runtime: Mutex::new(runtime),
         };
@@ -393,6 +397,27 @@ impl Server {
     /// True while accepting traffic; false once shutdown has begun.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Says that a new version is starting to take over (or no longer is).
+    pub fn set_successor_starting(&self, starting: bool) {
+        self.successor_starting.store(starting, Ordering::Relaxed);
+    }
+
+    /// Why an operator change (a backend's state or weight, a runtime
+    /// backend, a firewall rule, a reload through the API) is refused now,
+    /// if it is: once shutdown has begun, or while a new version starts, it
+    /// would be applied to a process that no longer serves, and the state
+    /// file written behind the back of the one that will (it read the file
+    /// at its start).
+    pub fn changes_refused(&self) -> Option<&'static str> {
+        if !self.is_ready() {
+            Some("this weir is shutting down; send changes to the one that serves")
+        } else if self.successor_starting.load(Ordering::Relaxed) {
+            Some("a new version of weir is starting to take over; send changes once it serves")
+        } else {
+            None
+        }
     }
 }
 

@@ -147,10 +147,28 @@ fn successors(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// A change through the admin API, as its status line: `POST path`.
+fn post(admin: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{BufRead, Write};
+    let mut s = std::net::TcpStream::connect(admin).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut line = String::new();
+    std::io::BufReader::new(s)
+        .read_line(&mut line)
+        .expect("answer");
+    line.trim_end().to_owned()
+}
+
 /// The new version, stopped while it starts (an operator giving up on a
 /// hung upgrade), says nothing to systemd: a STOPPING=1 from it, accepted
 /// from any process of the unit, would stop the service, the running weir
-/// with it.
+/// with it. While it starts, the running one refuses changes (the new one
+/// read the state file already); once it is gone, they are taken again.
 #[test]
 fn a_new_version_stopped_while_it_starts_leaves_the_service_alone() {
     let notify = NotifySocket::bind("handover-give-up");
@@ -164,14 +182,15 @@ fn a_new_version_stopped_while_it_starts_leaves_the_service_alone() {
             held.push(s);
         }
     });
-    let front = free_port();
+    let (front, admin) = (free_port(), free_port());
     let file = temp_config(
         "handover-give-up",
         &format!(
-            "[[listeners]]\nname = \"l\"\nbind = \"{front}\"\n\
+            "[admin]\nhttp = \"{admin}\"\n\
+             [[listeners]]\nname = \"l\"\nbind = \"{front}\"\n\
              [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
              [[pools]]\nname = \"p\"\n[pools.health]\ntype = \"http\"\ntimeout = \"2s\"\n\
-             [[pools.backends]]\naddress = \"{backend}\"\n"
+             [[pools.backends]]\nname = \"b\"\naddress = \"{backend}\"\n"
         ),
     );
     let mut cmd = weir();
@@ -191,8 +210,12 @@ fn a_new_version_stopped_while_it_starts_leaves_the_service_alone() {
         assert!(Instant::now() < end, "no new version started");
         std::thread::sleep(Duration::from_millis(20));
     };
-    // In its first probe round: stopped.
-    std::thread::sleep(Duration::from_millis(300));
+    // In its first probe round: changes are refused (by the running one,
+    // or by the starting one, which shares the port), then it is stopped.
+    for _ in 0..8 {
+        let answer = post(admin, "/api/v1/pools/p/backends/b/drain");
+        assert_eq!(answer, "HTTP/1.1 503 Service Unavailable");
+    }
     let pid = rustix::process::Pid::from_raw(new_pid as i32).expect("pid");
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("kill");
     while !successors(old_pid).is_empty() {
@@ -209,8 +232,12 @@ fn a_new_version_stopped_while_it_starts_leaves_the_service_alone() {
             .any(|m| m.contains("STOPPING=1") || m.contains("MAINPID=")),
         "{seen:?}"
     );
-    // The running one goes on.
+    // The running one goes on, and takes changes again.
     assert!(std::net::TcpStream::connect(front).is_ok());
+    assert_eq!(
+        post(admin, "/api/v1/pools/p/backends/b/drain"),
+        "HTTP/1.1 200 OK"
+    );
     assert!(successors(old_pid).is_empty());
 }
 
