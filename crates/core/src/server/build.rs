@@ -22,6 +22,9 @@ pub(super) struct Staged {
     pub(super) probes: Prepared,
     /// Newly bound sockets.
     pub(super) fresh: sockets::Fresh,
+    /// The state file's entries for backends this config does not have
+    /// (`None`: no state file).
+    pub(super) orphans: Option<Vec<weir_state::Entry>>,
 }
 
 impl Server {
@@ -40,6 +43,7 @@ impl Server {
             saved,
             mut tiers,
             resolved,
+            orphans,
         } = inputs;
         let mut serves_http = vec![false; config.pools.len()];
         let mut serves_udp = vec![false; config.pools.len()];
@@ -93,6 +97,7 @@ impl Server {
             listeners,
             probes,
             fresh,
+            orphans,
         })
     }
 }

@@ -429,6 +429,9 @@ struct Inputs {
     saved: HashMap<(String, String), crate::statefile::Saved>,
     tiers: std::collections::BTreeMap<String, Vec<crate::health::TierChange>>,
     resolved: crate::resolve::Resolved,
+    /// What the state file holds for backends the config does not have;
+    /// reported by [`Server::orphaned_state`] once the config serves.
+    orphans: Option<Vec<weir_state::Entry>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

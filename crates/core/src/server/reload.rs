@@ -202,11 +202,11 @@ impl Server {
                 orphans.push(e);
             }
         }
-        *lock(&self.orphans) = orphans;
         Ok(Inputs {
             saved,
             tiers: contents.tiers,
             resolved,
+            orphans: Some(orphans),
         })
     }
 
@@ -224,7 +224,11 @@ impl Server {
             listeners,
             probes,
             fresh,
+            orphans,
         } = staged;
+        if let Some(orphans) = orphans {
+            *lock(&self.orphans) = orphans;
+        }
         // Probe every backend at once and switch only when the first round
         // is done (bounded by one probe timeout): a start never sends traffic
         // to a backend known to be down, and a backend added by a reload

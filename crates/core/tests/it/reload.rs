@@ -423,6 +423,20 @@ async fn operator_state_survives_a_restart() {
     let vc = p.view("c").expect("c");
     assert_eq!((vc.admin, vc.weight_override), (AdminState::Enabled, None));
     assert_eq!(tally(addr(&server, "l"), 2).await, ["c", "c"]);
+
+    // A reload that fails (a port taken) changes nothing, what is reported
+    // of the state file's leftovers included (`a` would have been one).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let failing = format!(
+        "{state}{}[[listeners]]\nname = \"busy\"\nbind = \"{}\"\n\
+         [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n",
+        static_pool(&[("c", c)]),
+        taken.local_addr().expect("addr")
+    );
+    let failing = weir_config::load_str(&failing).expect("config");
+    assert!(within("reload", server.apply(failing)).await.is_err());
+    let orphans = server.orphaned_state();
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
