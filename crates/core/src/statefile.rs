@@ -23,6 +23,8 @@ enum Job {
     Transition(String, String, Record),
     /// (pool, change)
     Tier(String, TierRecord),
+    /// (pool, backend): everything stored about a backend that is gone.
+    Forget(String, String),
     /// Answer once everything queued before is stored.
     Flush(mpsc::Sender<()>),
 }
@@ -96,6 +98,17 @@ impl Persistence {
     /// Where the journal sends transitions and tier changes.
     pub(crate) fn queue(&self) -> Queue {
         Queue(self.queue.clone())
+    }
+
+    /// Deletes what the file holds about a backend that left its pool for
+    /// good (a runtime backend removed, a discovered one whose drain ended),
+    /// after whatever was queued for it: a new backend at the same name
+    /// later starts afresh, not with its predecessor's drain or weight, and
+    /// the file does not grow with every address DNS ever gave.
+    pub(crate) fn forget(&self, pool: &str, backend: &str) {
+        let _ = self
+            .queue
+            .send(Job::Forget(pool.to_owned(), backend.to_owned()));
     }
 
     pub(crate) async fn load(&self) -> Result<Contents, StoreError> {
@@ -256,11 +269,13 @@ fn write_loop(store: &Mutex<Store>, rx: &mpsc::Receiver<Job>) {
         let mut records = Vec::new();
         let mut tiers = Vec::new();
         let mut flushes = Vec::new();
+        let mut forgets = Vec::new();
         for job in std::iter::once(first).chain(rx.try_iter()) {
             match job {
                 Job::Transition(pool, backend, r) => records.push((pool, backend, r)),
                 Job::Tier(pool, r) => tiers.push((pool, r)),
                 Job::Flush(done) => flushes.push(done),
+                Job::Forget(pool, backend) => forgets.push((pool, backend)),
             }
         }
         let store = lock(store);
@@ -269,6 +284,12 @@ fn write_loop(store: &Mutex<Store>, rx: &mpsc::Receiver<Job>) {
         }
         if let Err(e) = store.append_tiers(&tiers) {
             tracing::warn!(error = %e, lost = tiers.len(), "cannot write tier changes to the state file");
+        }
+        // After the batch's transitions: a backend's last ones go with it.
+        for (pool, backend) in &forgets {
+            if let Err(e) = store.forget(pool, backend) {
+                tracing::warn!(pool, backend, error = %e, "cannot delete a removed backend's state from the state file");
+            }
         }
         drop(store);
         for done in flushes {

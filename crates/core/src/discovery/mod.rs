@@ -457,8 +457,8 @@ async fn refresh(server: Weak<Server>, task: Task) {
         }
         let due = retry.is_some_and(|(at, _)| Instant::now() >= at);
         if !deltas.is_empty() || due {
-            // A removed backend's last word is in its history already.
-            pending.retain(|d| !matches!(d, Delta::Removed { .. }));
+            // A removed backend's last word may be noted twice: its state,
+            // history included, is forgotten once the pool takes the change.
             pending.extend(deltas);
             let Some(s) = server.upgrade() else { return };
             if s.rediscover(&pool, &spec, &pending).await {

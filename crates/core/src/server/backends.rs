@@ -315,6 +315,9 @@ impl Server {
                     Cause::Operator,
                 );
             }
+            if let Some(p) = &s.persistence {
+                p.forget(&pool_name, &backend);
+            }
             if let Err(e) = s.rebuild_running().await {
                 tracing::error!(pool = pool_name, error = %e, "the pool could not be rebuilt after a removal");
             }

@@ -115,6 +115,11 @@ impl Server {
             tracing::error!(pool, error = %e, "discovery: the pool could not be rebuilt; it runs as it was until a retry succeeds");
             return false;
         }
+        if let Some(p) = &self.persistence {
+            for d in deltas.iter().filter(|d| matches!(d, Delta::Removed { .. })) {
+                p.forget(pool, &d.addr().to_string());
+            }
+        }
         if let Some(p) = self.pool(pool) {
             for d in deltas
                 .iter()

@@ -142,9 +142,14 @@ fn backends_added_at_runtime_serve_persist_yield_to_the_file_and_drain_when_remo
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("comes from the config"), "{err}");
 
-    // Out of the file again: the runtime one is back; removed, it drains.
+    // Out of the file again: the runtime one is back; drained by an
+    // operator, then removed, it drains.
     std::fs::write(&file, &head).expect("write");
     assert_eq!(text(&ctl(grpc, Some(TOKEN), &["reload"])).0, 0);
+    assert_eq!(
+        text(&ctl(grpc, Some(TOKEN), &["backend", "drain", "p", "extra"])).0,
+        0
+    );
     let r = json(&ctl(
         grpc,
         Some(TOKEN),
@@ -168,4 +173,23 @@ fn backends_added_at_runtime_serve_persist_yield_to_the_file_and_drain_when_remo
         backend_of(&all, "extra").is_none(),
         "removed for good: {all}"
     );
+    // Its state went with it: added again under the same name, it starts
+    // afresh, not drained as its predecessor was.
+    let again = json(&ctl(
+        grpc,
+        Some(TOKEN),
+        &[
+            "backend",
+            "add",
+            "p",
+            &extra.to_string(),
+            "--name",
+            "extra",
+            "-o",
+            "json",
+        ],
+    ));
+    assert_eq!(again["admin"], "enabled", "{again}");
+    let history = again["last_transitions"].as_array().expect("transitions");
+    assert!(!history.iter().any(|t| t["to"] == "drain"), "{again}");
 }
