@@ -262,9 +262,10 @@ impl Checker {
     }
 }
 
-/// The longest duration a config may give: "never" for all purposes, and
-/// far from what the clock can take added to it.
-const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+/// The longest duration a config may give (100 of the parser's years of
+/// 365.25 days): "never" for all purposes, and far from what the clock can
+/// take added to it.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
 
 /// What is wrong with a duration, in the file's words (the parser's own
 /// errors speak of character offsets).
