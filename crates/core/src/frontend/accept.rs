@@ -26,6 +26,13 @@ const BACKLOG: i32 = 4096;
 /// processes can share a port during an upgrade) and IPV6_V6ONLY on IPv6
 /// (so `[::]:P` and `0.0.0.0:P` can both be bound).
 pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = bind_only(addr)?;
+    listen(&socket)?;
+    Ok(socket)
+}
+
+/// [`bind`] without listening yet (see [`listen`]): a listener's socket.
+pub(crate) fn bind_only(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -38,8 +45,20 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket.set_nonblocking(true)?;
     socket.set_cloexec(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
     Ok(socket.into())
+}
+
+/// Makes a socket [`bind`] made listen, when it is about to be accepted on.
+/// Not before: the kernel shares a port's new connections among the sockets
+/// that listen on it, and during an upgrade a new process's socket listening
+/// through its first probe round would hold its share of them unanswered.
+/// A socket systemd passed listens already, with the socket unit's backlog.
+pub(crate) fn listen(socket: &std::net::TcpListener) -> io::Result<()> {
+    let socket = socket2::SockRef::from(socket);
+    if socket.is_listener()? {
+        return Ok(());
+    }
+    socket.listen(BACKLOG)
 }
 
 /// True when a socket of another process already listens on `addr`. A bind

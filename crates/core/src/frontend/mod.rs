@@ -12,6 +12,7 @@ mod proxy_in;
 
 pub(crate) use accept::accept_loop;
 pub use accept::{accept_pause, bind, in_use};
+pub(crate) use accept::{bind_only, listen};
 
 use std::sync::Arc;
 

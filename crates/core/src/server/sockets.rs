@@ -131,7 +131,7 @@ impl Sockets {
                 let socket = if l.udp.is_some() {
                     crate::udp::bind(addr).map(Unstarted::Udp)
                 } else {
-                    frontend::bind(addr).map(Unstarted::Tcp)
+                    frontend::bind_only(addr).map(Unstarted::Tcp)
                 };
                 let socket = socket.map_err(|source| StartError::Bind {
                     index,
@@ -174,6 +174,7 @@ impl Sockets {
                 let closed = CancellationToken::new();
                 let started = match std_socket {
                     Unstarted::Tcp(std_socket) => std_socket.local_addr().and_then(|local| {
+                        frontend::listen(&std_socket)?;
                         let socket = tokio::net::TcpListener::from_std(std_socket)?;
                         run.accept_tasks.spawn(frontend::accept_loop(
                             Arc::clone(&slot),

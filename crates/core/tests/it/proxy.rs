@@ -663,3 +663,39 @@ async fn backend_names_are_resolved_when_the_server_starts() {
         "{err}"
     );
 }
+
+/// A listener's socket listens only once the server switches to it, after
+/// its first probe round: before, a connect is refused at once rather than
+/// left in a backlog no one accepts from (during an upgrade the kernel would
+/// give the new process its share of new connections, which would wait out
+/// the round).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_listens_only_once_it_serves() {
+    let (silent, _) = silent_backend().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let toml = format!(
+        "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:{port}\"\n\
+         [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\n[pools.health]\ntype = \"http\"\ntimeout = \"1500ms\"\n\
+         [[pools.backends]]\nname = \"s\"\naddress = \"{silent}\"\n"
+    );
+    let starting = tokio::spawn(async move { start(&toml).await });
+    // Within the first probe round (which waits out the silent backend).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!starting.is_finished(), "the first round was to take 1.5 s");
+    let early = TcpStream::connect(("127.0.0.1", port)).await;
+    assert!(
+        early
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "{early:?}"
+    );
+    let server = within("start", starting).await.expect("started");
+    TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("listening once it serves");
+    server.shutdown();
+}
