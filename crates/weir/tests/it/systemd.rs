@@ -147,6 +147,53 @@ fn successors(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// A weir told by a notification socket of the test's, ready, whose pool's
+/// one backend (`b`) accepts and never answers: the HTTP probe of each
+/// process's first round, its own and a new version's, waits out its 2 s
+/// timeout. With `admin`, an admin HTTP endpoint there. Returns the socket,
+/// the weir and its output, its listener's address and the messages seen so
+/// far.
+fn slow_to_start(
+    tag: &str,
+    admin: Option<std::net::SocketAddr>,
+) -> (
+    NotifySocket,
+    (crate::cli::Running, std::sync::mpsc::Receiver<String>),
+    std::net::SocketAddr,
+    Vec<String>,
+) {
+    let notify = NotifySocket::bind(tag);
+    // A backend that accepts and never answers: the HTTP probe of each
+    // process's first round waits out its 2 s timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend = silent.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming() {
+            held.push(s);
+        }
+    });
+    let front = free_port();
+    let admin = admin.map_or_else(String::new, |a| format!("[admin]\nhttp = \"{a}\"\n"));
+    let file = temp_config(
+        tag,
+        &format!(
+            "{admin}[[listeners]]\nname = \"l\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[pools.health]\ntype = \"http\"\ntimeout = \"2s\"\n\
+             [[pools.backends]]\nname = \"b\"\naddress = \"{backend}\"\n"
+        ),
+    );
+    let mut cmd = weir();
+    cmd.args(["run", "--config"])
+        .arg(&file)
+        .env("NOTIFY_SOCKET", &notify.path);
+    let (weir, out) = start_weir(cmd);
+    let mut seen = Vec::new();
+    wait_for(&notify.socket, "READY=1", &mut seen);
+    (notify, (weir.with(file), out), front, seen)
+}
+
 /// A change through the admin API, as its status line: `POST path`.
 fn post(admin: std::net::SocketAddr, path: &str) -> String {
     use std::io::{BufRead, Write};
@@ -171,35 +218,8 @@ fn post(admin: std::net::SocketAddr, path: &str) -> String {
 /// read the state file already); once it is gone, they are taken again.
 #[test]
 fn a_new_version_stopped_while_it_starts_leaves_the_service_alone() {
-    let notify = NotifySocket::bind("handover-give-up");
-    // A backend that accepts and never answers: the HTTP probe of each
-    // process's first round waits out its 2 s timeout.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let backend = silent.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for s in silent.incoming() {
-            held.push(s);
-        }
-    });
-    let (front, admin) = (free_port(), free_port());
-    let file = temp_config(
-        "handover-give-up",
-        &format!(
-            "[admin]\nhttp = \"{admin}\"\n\
-             [[listeners]]\nname = \"l\"\nbind = \"{front}\"\n\
-             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
-             [[pools]]\nname = \"p\"\n[pools.health]\ntype = \"http\"\ntimeout = \"2s\"\n\
-             [[pools.backends]]\nname = \"b\"\naddress = \"{backend}\"\n"
-        ),
-    );
-    let mut cmd = weir();
-    cmd.args(["run", "--config"])
-        .arg(&file)
-        .env("NOTIFY_SOCKET", &notify.path);
-    let (old, _out) = start_weir(cmd);
-    let mut seen = Vec::new();
-    wait_for(&notify.socket, "READY=1", &mut seen);
+    let admin = free_port();
+    let (notify, (old, _out), front, mut seen) = slow_to_start("handover-give-up", Some(admin));
     let old_pid = old.0.id();
     signal(&old.0, rustix::process::Signal::USR2);
     let end = Instant::now() + DEADLINE;
@@ -456,34 +476,7 @@ fn a_failed_handover_leaves_the_running_weir_serving() {
 /// and the new one never claims the service.
 #[test]
 fn a_stop_during_a_handover_stops_both() {
-    let notify = NotifySocket::bind("handover-stop");
-    // A backend that accepts and never answers: the HTTP probe of each
-    // process's first round waits out its 2 s timeout.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let backend = silent.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for s in silent.incoming() {
-            held.push(s);
-        }
-    });
-    let front = free_port();
-    let file = temp_config(
-        "handover-stop",
-        &format!(
-            "[[listeners]]\nname = \"l\"\nbind = \"{front}\"\n\
-             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
-             [[pools]]\nname = \"p\"\n[pools.health]\ntype = \"http\"\ntimeout = \"2s\"\n\
-             [[pools.backends]]\naddress = \"{backend}\"\n"
-        ),
-    );
-    let mut cmd = weir();
-    cmd.args(["run", "--config"])
-        .arg(&file)
-        .env("NOTIFY_SOCKET", &notify.path);
-    let (mut old, _out) = start_weir(cmd);
-    let mut seen = Vec::new();
-    wait_for(&notify.socket, "READY=1", &mut seen);
+    let (notify, (mut old, _out), _front, mut seen) = slow_to_start("handover-stop", None);
     let old_pid = old.0.id();
     signal(&old.0, rustix::process::Signal::USR2);
     // The successor is in its first probe round now; stop the service.
