@@ -194,7 +194,10 @@ fn deny_and_allow_lists_inline_and_from_files() {
 #[test]
 fn per_client_rate_and_concurrency_are_exact() {
     let backend = counting_backend();
-    let (admin, front) = (free_port(), free_port());
+    let (admin, front, other) = (free_port(), free_port(), free_port());
+    // `l` limits open connections; `m` its rate, with room for more open
+    // connections than the rate part makes, so that closes weir has not seen
+    // yet cannot be counted against it.
     let (_weir, _out) = start(
         "firewall-limits",
         &format!(
@@ -202,6 +205,9 @@ fn per_client_rate_and_concurrency_are_exact() {
              [firewall]\nper_client = {{ rate = 1, burst = 5 }}\n\
              [[listeners]]\nname = \"l\"\nbind = \"{front}\"\n\
              firewall = {{ per_client = {{ concurrent = 3 }} }}\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[listeners]]\nname = \"m\"\nbind = \"{other}\"\n\
+             firewall = {{ per_client = {{ concurrent = 100 }} }}\n\
              [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
              [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n",
             backend.addr
@@ -232,36 +238,33 @@ fn per_client_rate_and_concurrency_are_exact() {
 
     // Rate: a burst of five, then one a second: of eight quick connections
     // five pass and three are refused.
+    // The global rate reaches `m` though `m` has a table of its own.
     let b = ip("127.0.4.1");
-    let results: Vec<_> = (0..8).map(|_| ping_from(b, front)).collect();
+    let results: Vec<_> = (0..8).map(|_| ping_from(b, other)).collect();
     let passed = results.iter().filter(|r| r.is_ok()).count();
     assert_eq!(passed, 5, "{results:?}");
-    assert_eq!(
+    let blocked = |listener: &str, reason: &str| {
         metric(
             admin,
-            "weir_firewall_blocked_total{listener=\"l\",reason=\"rate_limit\"}"
-        ),
-        3.0
-    );
-    assert!(
-        metric(
-            admin,
-            "weir_firewall_blocked_total{listener=\"l\",reason=\"concurrency\"}"
-        ) >= 1.0
-    );
-    assert_eq!(
-        metric(
-            admin,
-            "weir_listener_connections_rejected_total{listener=\"l\",reason=\"rate_limit\"}"
-        ),
-        metric(
-            admin,
-            "weir_firewall_blocked_total{listener=\"l\",reason=\"rate_limit\"}"
-        ) + metric(
-            admin,
-            "weir_firewall_blocked_total{listener=\"l\",reason=\"concurrency\"}"
+            &format!("weir_firewall_blocked_total{{listener=\"{listener}\",reason=\"{reason}\"}}"),
         )
-    );
+    };
+    assert_eq!(blocked("m", "rate_limit"), 3.0);
+    assert_eq!(blocked("m", "concurrency"), 0.0);
+    assert!(blocked("l", "concurrency") >= 1.0);
+    assert_eq!(blocked("l", "rate_limit"), 0.0);
+    for listener in ["l", "m"] {
+        assert_eq!(
+            metric(
+                admin,
+                &format!(
+                    "weir_listener_connections_rejected_total{{listener=\"{listener}\",reason=\"rate_limit\"}}"
+                ),
+            ),
+            blocked(listener, "rate_limit") + blocked(listener, "concurrency"),
+            "{listener}"
+        );
+    }
 }
 
 /// Behind a trusted PROXY sender, the client the header names is the one
