@@ -1,26 +1,49 @@
 //! Asking DNS, through hickory's resolver: SRV records and their targets'
 //! addresses, or a name's A and AAAA records, turned into an [`Outcome`].
 //! Everything in an answer is hostile input: records of other types are
-//! skipped, a target without addresses is left out (and said), a target
-//! whose lookup fails keeps the addresses it last had (so a transient
+//! skipped, a target without addresses is left out (and said), targets are
+//! asked about a few at a time, a target whose lookup fails or is still
+//! unanswered near the end keeps the addresses it last had (so a transient
 //! failure drains nothing, and the rest of the answer still applies), and
 //! the whole resolution is bounded by the pool's `discover.timeout`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::lookup_ip::LookupIp;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::rdata::SRV;
 use hickory_resolver::proto::rr::{RData, RecordType};
+use tokio::time::error::Elapsed;
 use weir_config::{Discover, DiscoverQuery};
 
 use super::plan::{Failure, Found, Outcome};
 
 /// SRV targets resolved per answer at most: a huge answer costs bounded work.
 const MAX_TARGETS: usize = 256;
+
+/// SRV targets asked about at the same time.
+const TARGETS_AT_ONCE: usize = 16;
+
+/// The first few of a list for a log line, and how many more there were.
+struct Shown<'a>(&'a [String]);
+
+impl std::fmt::Debug for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const FIRST: usize = 8;
+        let mut list = f.debug_list();
+        list.entries(self.0.iter().take(FIRST));
+        if self.0.len() > FIRST {
+            list.entry(&format_args!("and {} more", self.0.len() - FIRST));
+        }
+        list.finish()
+    }
+}
 
 /// A resolver for one pool's `discover`.
 pub(crate) struct Lookup {
@@ -74,13 +97,14 @@ impl Lookup {
     pub(crate) async fn resolve(&self) -> Outcome {
         // Retries included; the resolver's own timeout is per attempt.
         let bound = self.spec.timeout * 3;
+        let deadline = tokio::time::Instant::now() + bound;
         let resolution = async {
             match &self.spec.query {
-                DiscoverQuery::Srv(name) => self.srv(name).await,
+                DiscoverQuery::Srv(name) => self.srv(name, deadline).await,
                 DiscoverQuery::Name { name, port } => self.addresses(name, *port).await,
             }
         };
-        tokio::time::timeout(bound, resolution)
+        tokio::time::timeout_at(deadline, resolution)
             .await
             .unwrap_or_else(|_| Outcome::Failed {
                 why: Failure::Timeout,
@@ -88,15 +112,21 @@ impl Lookup {
             })
     }
 
-    async fn srv(&self, name: &str) -> Outcome {
+    /// The SRV records, then their targets' addresses, asked at the same
+    /// time (a few at once) and each until `deadline` at most: a target
+    /// whose lookup is slow or fails keeps its last addresses, and neither
+    /// it nor the number of targets keeps the rest of the answer from
+    /// applying.
+    async fn srv(&self, name: &str, deadline: tokio::time::Instant) -> Outcome {
         let lookup = match self.resolver.lookup(name, RecordType::SRV).await {
             Ok(l) => l,
             Err(e) => return failed(&e),
         };
-        let mut valid_until = lookup.valid_until();
-        let mut found = Vec::new();
-        let mut unresolved = Vec::new();
-        for srv in lookup
+        // Before the whole resolution's own end, so that what arrived
+        // applies.
+        let targets_until =
+            deadline - deadline.saturating_duration_since(tokio::time::Instant::now()) / 8;
+        let srvs: Vec<_> = lookup
             .answers()
             .iter()
             .filter_map(|r| match &r.data {
@@ -104,34 +134,50 @@ impl Lookup {
                 _ => None,
             })
             .take(MAX_TARGETS)
-        {
             // "." as the target: the service is decidedly not available here.
-            if srv.target.is_root() {
-                continue;
-            }
+            .filter(|srv| !srv.target.is_root())
+            .collect();
+        // The lookups as a list first: a stream mapped by a closure over
+        // borrowed records is not `Send` to the compiler.
+        let lookups: Vec<_> = srvs
+            .iter()
+            .map(|srv| self.target(srv, targets_until))
+            .collect();
+        let answers: Vec<_> = futures_util::stream::iter(lookups)
+            .buffered(TARGETS_AT_ONCE)
+            .collect()
+            .await;
+        let mut valid_until = lookup.valid_until();
+        let mut found = Vec::new();
+        let mut unresolved = Vec::new();
+        let mut kept = Vec::new();
+        for (srv, looked) in answers {
             let target = srv.target.to_string();
-            let ips: Vec<IpAddr> = match self.resolver.lookup_ip(srv.target.clone()).await {
-                Ok(ips) => {
+            let ips: Vec<IpAddr> = match looked {
+                Ok(Ok(ips)) => {
                     valid_until = valid_until.min(ips.valid_until());
                     let ips: Vec<IpAddr> = ips.iter().collect();
                     self.remember(&target, &ips);
                     ips
                 }
-                Err(e) => match failed(&e) {
+                Ok(Err(e)) if matches!(failed(&e), Outcome::Empty { .. }) => {
                     // The target has no address: an answer, the target is left out.
-                    Outcome::Empty { .. } => {
-                        self.remember(&target, &[]);
-                        unresolved.push(format!("{target}: {e}"));
-                        continue;
-                    }
-                    // The target's lookup failed: keep what it had, so that a
-                    // transient failure drains none of its backends.
-                    _ => {
-                        let kept = self.known(&target);
-                        tracing::warn!(query = name, %target, error = %e, kept = kept.len(), "an SRV target's addresses could not be resolved; keeping its last ones");
-                        kept
-                    }
-                },
+                    self.remember(&target, &[]);
+                    unresolved.push(format!("{target}: {e}"));
+                    continue;
+                }
+                // The target's lookup failed or took too long: keep what it
+                // had, so that a transient failure drains none of its
+                // backends.
+                failure => {
+                    let why = match failure {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "no answer in time".to_owned(),
+                    };
+                    let last = self.known(&target);
+                    kept.push(format!("{target}: {why} (kept {})", last.len()));
+                    last
+                }
             };
             for ip in ips {
                 found.push(Found {
@@ -141,10 +187,24 @@ impl Lookup {
                 });
             }
         }
+        if !kept.is_empty() {
+            tracing::warn!(query = name, count = kept.len(), targets = ?Shown(&kept), "SRV targets' addresses could not be resolved; keeping their last ones");
+        }
         if !unresolved.is_empty() {
-            tracing::warn!(query = name, targets = ?unresolved, "SRV targets without addresses were left out");
+            tracing::warn!(query = name, count = unresolved.len(), targets = ?Shown(&unresolved), "SRV targets without addresses were left out");
         }
         records(found, valid_until)
+    }
+
+    /// One SRV target's addresses, asked until `until` at most.
+    async fn target<'r>(
+        &self,
+        srv: &'r SRV,
+        until: tokio::time::Instant,
+    ) -> (&'r SRV, Result<Result<LookupIp, NetError>, Elapsed>) {
+        let looked =
+            tokio::time::timeout_at(until, self.resolver.lookup_ip(srv.target.clone())).await;
+        (srv, looked)
     }
 
     fn remember(&self, target: &str, ips: &[IpAddr]) {

@@ -339,6 +339,62 @@ fn srv_records_become_backends_and_follow_every_change_in_dns() {
     drop(dns);
 }
 
+/// Targets whose address lookups go unanswered (their server is silent)
+/// neither hold up nor sink the rest of the answer: the targets are asked at
+/// the same time, the silent ones are given up before the resolution's own
+/// end, and the target that answered becomes a backend. Asked one after
+/// another, the silent ones took the whole resolution past its bound.
+#[test]
+fn silent_srv_targets_do_not_hold_up_the_others() {
+    let dir = test_dir("discovery-silent");
+    let dns_port = free_port().port();
+    // A DNS server that takes queries and never answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let silent_port = silent.local_addr().expect("addr").port();
+    let name = "_pg._tcp.db.test";
+    let b1 = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let b1_addr = b1.local_addr().expect("addr");
+    std::thread::spawn(move || for _ in b1.incoming() {});
+    let mut records = vec![
+        format!("--server=/slow.test/127.0.0.1#{silent_port}"),
+        "--host-record=pg.test,127.0.0.1".to_owned(),
+        srv(name, "pg.test", b1_addr.port(), 0, 1),
+    ];
+    for i in 0..4 {
+        records.push(srv(name, &format!("s{i}.slow.test"), 5432, 0, 1));
+    }
+    let _dns = dnsmasq(&dir, dns_port, 1, &records);
+    let admin = free_port();
+    let (_weir, out) = start(
+        "discovery-silent",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n\
+             [[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"db\"\n\
+             [[pools]]\nname = \"db\"\n\
+             discover = {{ srv = \"{name}\", resolver = \"127.0.0.1:{dns_port}\", \
+             timeout = \"300ms\", min_interval = \"100ms\" }}\n\
+             [pools.health]\ntype = \"tcp\"\ninterval = \"200ms\"\n"
+        ),
+    );
+    let now = wait_backends(admin, "the answering target", |l| {
+        find(l, b1_addr).is_some()
+    });
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert!(
+        metric(
+            admin,
+            "weir_discovery_resolutions_total{pool=\"db\",result=\"ok\"}"
+        ) >= 1.0
+    );
+    let line = wait_line(&out, "SRV targets' addresses could not be resolved");
+    assert!(
+        line.contains("count=4") && line.contains("s0.slow.test"),
+        "{line}"
+    );
+    drop(silent);
+}
+
 #[test]
 fn a_records_at_a_port_refresh_as_their_ttl_says() {
     let dir = test_dir("discovery-a");
