@@ -21,6 +21,7 @@ use atomic_waker::AtomicWaker;
 use ipnet::IpNet;
 use tokio::time::Instant;
 
+use crate::Reason;
 use crate::listener::{Listener, Mode};
 
 /// Shards of a registry: enough that two worker threads seldom meet.
@@ -77,9 +78,15 @@ pub struct Live {
     /// Bytes from the client to the backend, and back.
     pub(crate) sent: AtomicU64,
     pub(crate) received: AtomicU64,
-    closed: AtomicBool,
+    /// Why it was closed: [`OPEN`] until an operator ([`BY_OPERATOR`]) or
+    /// the listener's end ([`BY_SHUTDOWN`]) closes it.
+    closed: AtomicU8,
     waker: AtomicWaker,
 }
+
+const OPEN: u8 = 0;
+const BY_OPERATOR: u8 = 1;
+const BY_SHUTDOWN: u8 = 2;
 
 impl Live {
     pub(crate) fn set_state(&self, s: ConnState) {
@@ -97,29 +104,40 @@ impl Live {
         &self.started
     }
 
-    /// True once an operator closed the connection.
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(Relaxed)
+    /// Why the connection was closed: `Operator`, `Shutdown` (its
+    /// listener's `shutdown_timeout` ran out, or `close_all`), or `None`
+    /// while it is open.
+    pub fn closed_by(&self) -> Option<Reason> {
+        match self.closed.load(Relaxed) {
+            OPEN => None,
+            BY_OPERATOR => Some(Reason::Operator),
+            _ => Some(Reason::Shutdown),
+        }
     }
 
-    /// Ready once an operator closed the connection; registers the task to
-    /// be woken when that happens.
-    pub fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.is_closed() {
-            return Poll::Ready(());
+    /// True once the connection was closed, by an operator or for shutdown.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Relaxed) != OPEN
+    }
+
+    /// Ready once the connection was closed, with why; registers the task
+    /// to be woken when that happens.
+    pub fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<Reason> {
+        if let Some(why) = self.closed_by() {
+            return Poll::Ready(why);
         }
         self.waker.register(cx.waker());
         // Closed between the look and the registration: seen now.
-        if self.is_closed() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
+        match self.closed_by() {
+            Some(why) => Poll::Ready(why),
+            None => Poll::Pending,
         }
     }
 
-    /// Waits until an operator closes the connection.
-    pub async fn closed(&self) {
-        std::future::poll_fn(|cx| self.poll_closed(cx)).await;
+    /// Waits until the connection is closed, by an operator or for
+    /// shutdown.
+    pub async fn closed(&self) -> Reason {
+        std::future::poll_fn(|cx| self.poll_closed(cx)).await
     }
 
     /// Bytes from the client so far.
@@ -142,9 +160,17 @@ impl Live {
         }
     }
 
-    fn close(&self) {
-        self.closed.store(true, Relaxed);
-        self.waker.wake();
+    /// Closes it for `by` ([`BY_OPERATOR`], [`BY_SHUTDOWN`]); false when
+    /// it was closed already.
+    fn close(&self, by: u8) -> bool {
+        let first = self
+            .closed
+            .compare_exchange(OPEN, by, Relaxed, Relaxed)
+            .is_ok();
+        if first {
+            self.waker.wake();
+        }
+        first
     }
 
     /// A copy of what a listing shows.
@@ -184,9 +210,9 @@ impl Live {
     }
 }
 
-/// Ready when an operator closes the connection of `live`; never without
-/// an entry.
-pub async fn closed(live: Option<&Live>) {
+/// Ready when the connection of `live` is closed, by an operator or for
+/// shutdown, with why; never without an entry.
+pub async fn closed(live: Option<&Live>) -> Reason {
     match live {
         Some(l) => l.closed().await,
         None => std::future::pending().await,
@@ -278,6 +304,8 @@ struct Slab {
 pub struct Registry {
     next_id: AtomicU64,
     shards: Box<[Mutex<Slab>]>,
+    /// Set for good by [`Registry::kill`].
+    killed: AtomicBool,
 }
 
 impl Default for Registry {
@@ -285,6 +313,7 @@ impl Default for Registry {
         Registry {
             next_id: AtomicU64::new(1),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            killed: AtomicBool::new(false),
         }
     }
 }
@@ -328,12 +357,19 @@ impl Registry {
             backend: AtomicU32::new(u32::MAX),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
+            closed: AtomicU8::new(OPEN),
             waker: AtomicWaker::new(),
         });
         if let Some(place) = shard.slots.get_mut(slot as usize) {
             *place = Some(Arc::clone(&live));
             shard.len += 1;
+        }
+        drop(shard);
+        // Entered after `kill` went through this shard: closed here. The
+        // flag is set before the sweep starts, and the shard's lock orders
+        // the two.
+        if self.killed.load(Relaxed) {
+            live.close(BY_SHUTDOWN);
         }
         LiveGuard(live)
     }
@@ -370,13 +406,31 @@ impl Registry {
             taken.clear();
             taken.extend(lock(shard).slots.iter().flatten().cloned());
             for c in taken.iter().filter(|c| filter.matches(c)) {
-                if !c.is_closed() {
-                    c.close();
+                if c.close(BY_OPERATOR) {
                     n += 1;
                 }
             }
         }
         n
+    }
+
+    /// Closes every connection, those that enter later included: the
+    /// listener's `shutdown_timeout` ran out (or it was removed and its
+    /// `shutdown_timeout` ran out, or a second signal came). Each ends
+    /// with the reason `shutdown`, wherever it is: connecting, waiting in
+    /// a queue, relaying, serving HTTP. A flag in each entry the
+    /// connection's task looks at anyway, rather than a shared token every
+    /// connection would wait on and lock.
+    pub fn kill(&self) {
+        self.killed.store(true, Relaxed);
+        let mut taken: Vec<Arc<Live>> = Vec::new();
+        for shard in &self.shards {
+            taken.clear();
+            taken.extend(lock(shard).slots.iter().flatten().cloned());
+            for c in &taken {
+                c.close(BY_SHUTDOWN);
+            }
+        }
     }
 
     /// Connections in the registry now.

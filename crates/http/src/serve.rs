@@ -166,10 +166,15 @@ pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize
     let request_header = state.timeouts.request_header;
     drop(state);
     let Some(tls) = tls else {
-        let http2 = match opens_with_preface(&stream, request_header).await {
-            Ok(h2) => h2,
-            Err(reason) => {
+        let opens = opens_with_preface(&stream, request_header);
+        let http2 = match unless_closed(live.as_deref(), opens).await {
+            Ok(Ok(h2)) => h2,
+            Ok(Err(reason)) => {
                 end(&listener, route, peer, accepted_at, Some(reason));
+                return;
+            }
+            Err(why) => {
+                closed(&listener, route, peer, accepted_at, why);
                 return;
             }
         };
@@ -186,16 +191,21 @@ pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize
     };
     let began = Instant::now();
     let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
-    let stream = match tokio::time::timeout(listener.handshake_timeout, accept).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
+    let handshake = tokio::time::timeout(listener.handshake_timeout, accept);
+    let stream = match unless_closed(live.as_deref(), handshake).await {
+        Err(why) => {
+            closed(&listener, route, peer, accepted_at, why);
+            return;
+        }
+        Ok(Ok(Ok(stream))) => stream,
+        Ok(Ok(Err(e))) => {
             let how = tls_failure(&e);
             tracing::debug!(listener = %listener.name, client = %peer, error = %e, "TLS handshake failed");
             listener.stats.tls_handshake(how, began.elapsed());
             end(&listener, route, peer, accepted_at, None);
             return;
         }
-        Err(_) => {
+        Ok(Err(_)) => {
             listener
                 .stats
                 .tls_handshake(TlsEnd::Timeout, began.elapsed());
@@ -348,7 +358,10 @@ impl On {
         if let Some(relay) = after {
             relay.await;
         }
-        if let Some(live) = live.as_deref().filter(|l| l.is_closed()) {
+        if let Some(live) = live
+            .as_deref()
+            .filter(|l| l.closed_by() == Some(Reason::Operator))
+        {
             // Closed by an operator: the connection's end says so.
             let took = accepted_at.elapsed();
             let r = listener.routes.get(route);
@@ -405,6 +418,32 @@ fn end(
     if let Some(reason) = refused {
         listener.refuse_on(r, peer, took, reason);
     }
+}
+
+/// `work`, unless the connection is closed first (by an operator, or at the
+/// end of its listener's `shutdown_timeout`): then why.
+async fn unless_closed<T>(live: Option<&Live>, work: impl Future<Output = T>) -> Result<T, Reason> {
+    tokio::select! {
+        biased;
+        r = work => Ok(r),
+        why = weir_core::live::closed(live) => Err(why),
+    }
+}
+
+/// The end of a connection closed before it served anything.
+fn closed(
+    listener: &Listener,
+    route: usize,
+    peer: std::net::SocketAddr,
+    accepted_at: Instant,
+    why: Reason,
+) {
+    let took = accepted_at.elapsed();
+    let r = listener.routes.get(route);
+    if let Some(r) = r {
+        r.stats.connection_duration.observe(took);
+    }
+    listener.log_end(r, peer, (0, 0), took, why);
 }
 
 /// Waits for the client's first bytes: true when they are the HTTP/2

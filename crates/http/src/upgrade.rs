@@ -94,7 +94,7 @@ pub(crate) fn relay_when_switched<B>(
             },
             () = last.idle_for(idle) => Reason::IdleTimeout.as_str(),
             () = killed => Reason::Shutdown.as_str(),
-            () = weir_core::live::closed(ends.live.as_deref()) => Reason::Operator.as_str(),
+            why = weir_core::live::closed(ends.live.as_deref()) => why.as_str(),
         };
         x.body.bytes.store(client.moved, Relaxed);
         x.bytes_out = backend.moved;

@@ -35,6 +35,7 @@ impl Server {
                             tracing::warn!(listener = %name, open, "shutdown_timeout reached; closing connections");
                         }
                         kill.cancel();
+                        stats.live.kill();
                     }
                 }
             });
@@ -62,6 +63,7 @@ impl Server {
         self.shutdown();
         for l in &self.current.load().listeners {
             l.kill.cancel();
+            l.stats.live.kill();
         }
     }
 
@@ -72,10 +74,12 @@ impl Server {
         tracing::info!(listener = %gone.name, open, "listener removed; draining its connections");
         gone.drain.cancel();
         let kill = gone.kill.clone();
+        let stats = Arc::clone(&gone.stats);
         let grace = gone.shutdown_timeout;
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
             kill.cancel();
+            stats.live.kill();
         });
     }
 }

@@ -27,14 +27,15 @@ pub(crate) fn serve<'a>(
         // Kept small (a task holds it across the connect): microseconds
         // since accept, saturating at 71 minutes.
         let routed = micros(client.accepted_at.elapsed());
-        // An operator may close it while it waits for a backend.
+        // An operator may close it while it waits for a backend, and so may
+        // the end of its listener's `shutdown_timeout`.
         let connected = tokio::select! {
             biased;
             r = upstream::connect(upstream, client) => r,
-            () = crate::live::closed(client.live.as_deref()) => {
+            why = crate::live::closed(client.live.as_deref()) => {
                 let took = client.accepted_at.elapsed();
                 route.stats.connection_duration.observe(took);
-                listener.log(Some(route), client.peer, None, (0, 0), took, Reason::Operator);
+                listener.log(Some(route), client.peer, None, (0, 0), took, why);
                 return;
             }
         };
@@ -120,7 +121,6 @@ fn relayed<'a>(
                     backend,
                     &b.stats,
                     settings,
-                    &listener.kill,
                     &evict,
                     live,
                 ))
@@ -134,7 +134,6 @@ fn relayed<'a>(
                     backend.as_mut(),
                     &b.stats,
                     settings,
-                    &listener.kill,
                     &evict,
                     live,
                 ))

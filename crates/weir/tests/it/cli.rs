@@ -401,6 +401,105 @@ fn run_stops_gracefully_on_sigterm_letting_a_connection_finish() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// Past `shutdown_timeout` a listener's connections are closed with the
+/// reason `shutdown` wherever they are: relaying, still connecting to a
+/// backend that does not answer (its `connect_timeout` far longer), or on
+/// an `l7` route still sending the start of its HTTP/2 preface (its
+/// `request_header` timeout far longer). weir exits then, not when those
+/// waits would have ended.
+#[test]
+fn the_shutdown_timeout_also_ends_connections_still_connecting() {
+    let backend = echo_backend();
+    // A backend whose accept queue is full: the kernel drops the SYNs of
+    // further connects, which wait until their timeout.
+    let silent =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    silent
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    silent.listen(0).expect("listen");
+    let silent_addr = silent
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("address");
+    let mut queued = Vec::new();
+    loop {
+        match TcpStream::connect_timeout(&silent_addr, Duration::from_millis(300)) {
+            Ok(s) => queued.push(s),
+            Err(_) => break,
+        }
+        assert!(queued.len() < 16, "the accept queue never filled");
+    }
+    let (front, other, web, admin) = (free_port(), free_port(), free_port(), free_port());
+    let file = temp_config(
+        "shutdown-connecting",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"l\"\nbind = \"{front}\"\nshutdown_timeout = \"300ms\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[listeners]]\nname = \"s\"\nbind = \"{other}\"\nshutdown_timeout = \"300ms\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"silent\"\n\
+             [[listeners]]\nname = \"h\"\nbind = \"{web}\"\nshutdown_timeout = \"300ms\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             timeouts = {{ request_header = \"60s\" }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\nname = \"echo\"\naddress = \"{backend}\"\n\
+             [[pools]]\nname = \"silent\"\nconnect_timeout = \"60s\"\n\
+             [[pools.backends]]\nname = \"mute\"\naddress = \"{silent_addr}\"\n"
+        ),
+    );
+    let (mut child, out) = run_weir(&file);
+    let mut relaying = TcpStream::connect(front).expect("connect");
+    relaying.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    relaying.write_all(b"ping").expect("write");
+    let mut buf = [0u8; 4];
+    relaying.read_exact(&mut buf).expect("echo");
+    let mut connecting = TcpStream::connect(other).expect("connect");
+    connecting
+        .set_read_timeout(Some(DEADLINE))
+        .expect("timeout");
+    let mut waiting = TcpStream::connect(web).expect("connect");
+    waiting.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    waiting.write_all(b"PRI * HTTP/2.0\r\n").expect("write");
+    let end = Instant::now() + DEADLINE;
+    while !http_get(admin, "/api/v1/connections?listener=s").contains("\"state\":\"connecting\"")
+        || !http_get(admin, "/api/v1/connections?listener=h").contains("\"state\":\"http\"")
+    {
+        assert!(Instant::now() < end, "never connecting and waiting");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    signal(&child.0, rustix::process::Signal::TERM);
+    for c in [&mut relaying, &mut connecting, &mut waiting] {
+        // Closed by weir: EOF (or a reset), not the read timeout.
+        let read = c.read(&mut buf);
+        assert!(
+            matches!(read, Ok(0))
+                || read
+                    .as_ref()
+                    .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock),
+            "{read:?}"
+        );
+    }
+    let status = wait_exit(&mut child.0);
+    assert_eq!(status.code(), Some(0));
+    let mut seen = Vec::new();
+    while let Ok(line) = out.recv_timeout(Duration::from_secs(1)) {
+        if line.contains("\"reason\":\"shutdown\"") {
+            seen.push(line);
+        }
+    }
+    for listener in ["l", "s", "h"] {
+        assert!(
+            seen.iter()
+                .any(|l| l.contains(&format!("\"listener\":\"{listener}\""))),
+            "no shutdown line for {listener}: {seen:?}"
+        );
+    }
+    drop(queued);
+}
+
 #[test]
 fn run_fails_clearly_when_the_port_is_taken() {
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -28,7 +28,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::WaitForCancellationFuture;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::Reason;
 
@@ -106,6 +106,8 @@ struct EndState {
     idle_timeout: Duration,
     up_done: bool,
     down_done: bool,
+    /// The eviction wait was polled once, and so registered this task.
+    evict_registered: bool,
 }
 
 impl EndState {
@@ -114,28 +116,38 @@ impl EndState {
             idle_timeout,
             up_done: false,
             down_done: false,
+            evict_registered: false,
         }
     }
 
-    /// One poll of a whole relay, in a fixed order: shutdown, eviction, the
-    /// two directions, idleness. `up` and `down` are each ready with their
-    /// direction's end: `Ok` at EOF, else the failure.
-    #[allow(clippy::too_many_arguments)]
+    /// One poll of a whole relay, in a fixed order: eviction, the two
+    /// directions, idleness (the caller looked at the connection's close).
+    /// `up` and `down` are each ready with their direction's end: `Ok` at
+    /// EOF, else the failure.
+    ///
+    /// `evict` is shared by every connection to the backend, and a poll of
+    /// its wait takes a lock they all share. It is polled once, which
+    /// registers this task to be woken when it fires; after that a look at
+    /// the token (one atomic load) tells. A relay is polled by its
+    /// connection's task only, so the waker registered is the one to wake.
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        killed: Pin<&mut WaitForCancellationFuture<'_>>,
-        evicted: Pin<&mut WaitForCancellationFuture<'_>>,
+        (evict, evicted): (&CancellationToken, Pin<&mut WaitForCancellationFuture<'_>>),
         mut idle: Pin<&mut Sleep>,
         progress: &Progress<'_>,
         up: impl FnOnce(&mut Context<'_>) -> Poll<Result<(), Reason>>,
         down: impl FnOnce(&mut Context<'_>) -> Poll<Result<(), Reason>>,
     ) -> Poll<End> {
-        if killed.poll(cx).is_ready() {
-            return Poll::Ready(End::Done(Reason::Shutdown));
-        }
-        if evicted.poll(cx).is_ready() {
-            return Poll::Ready(End::Evicted);
+        if self.evict_registered {
+            if evict.is_cancelled() {
+                return Poll::Ready(End::Evicted);
+            }
+        } else {
+            self.evict_registered = true;
+            if evicted.poll(cx).is_ready() {
+                return Poll::Ready(End::Evicted);
+            }
         }
         if !self.up_done
             && let Poll::Ready(r) = up(cx)

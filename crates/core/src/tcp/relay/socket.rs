@@ -1,6 +1,6 @@
 //! The relay over two sockets: each direction is a [`Pump`], a state machine
 //! polled by hand, so that an idle connection's task holds only the pumps'
-//! few fields, the idle timer and the two cancellation waits.
+//! few fields, the idle timer and the eviction wait.
 
 use std::io;
 use std::net::Shutdown;
@@ -67,15 +67,14 @@ enum Pending {
 pin_project! {
     /// The relay of one connection over two sockets, as one future whose
     /// state is laid out here rather than by the compiler: the two pumps,
-    /// the idle timer and the two cancellation waits, nothing else.
+    /// the idle timer and the eviction wait, nothing else.
     pub(crate) struct Relay<'a> {
         up: Pump<'a>,
         down: Pump<'a>,
         progress: Progress<'a>,
         state: EndState,
         live: &'a Live,
-        #[pin]
-        killed: WaitForCancellationFuture<'a>,
+        evict: &'a CancellationToken,
         #[pin]
         evicted: WaitForCancellationFuture<'a>,
         #[pin]
@@ -83,14 +82,14 @@ pin_project! {
     }
 }
 
-/// Relays until the connection ends and says how: `kill` closes it for
-/// shutdown, `evict` for its backend (down with close_on_down, drain timeout).
+/// Relays until the connection ends and says how: `live` closed (by an
+/// operator, or for shutdown), `evict` for its backend (down with
+/// close_on_down, drain timeout).
 pub(crate) fn relay<'a>(
     client: &'a TcpStream,
     backend: &'a TcpStream,
     backend_stats: &'a BackendStats,
     settings: Settings,
-    kill: &'a CancellationToken,
     evict: &'a CancellationToken,
     live: &'a Live,
 ) -> Relay<'a> {
@@ -124,7 +123,7 @@ pub(crate) fn relay<'a>(
         progress: Progress::new(live.started()),
         state: EndState::new(settings.idle_timeout),
         live,
-        killed: kill.cancelled(),
+        evict,
         evicted: evict.cancelled(),
         idle: tokio::time::sleep(settings.idle_timeout),
     }
@@ -136,13 +135,12 @@ impl Future for Relay<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         let this = self.project();
         let (up, down, progress) = (this.up, this.down, &*this.progress);
-        let end = if this.live.poll_closed(cx).is_ready() {
-            End::Done(Reason::Operator)
+        let end = if let Poll::Ready(why) = this.live.poll_closed(cx) {
+            End::Done(why)
         } else {
             ready!(this.state.poll(
                 cx,
-                this.killed,
-                this.evicted,
+                (this.evict, this.evicted),
                 this.idle,
                 progress,
                 |cx| up.poll(cx, progress),

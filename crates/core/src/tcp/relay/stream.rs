@@ -25,7 +25,6 @@ pub(crate) async fn relay_stream<B>(
     backend: B,
     backend_stats: &BackendStats,
     settings: Settings,
-    kill: &CancellationToken,
     evict: &CancellationToken,
     live: &Live,
 ) -> Outcome
@@ -52,18 +51,17 @@ where
         (received, &backend_stats.received_bytes),
         false,
     );
-    let (killed, evicted) = (kill.cancelled(), evict.cancelled());
+    let evicted = evict.cancelled();
     let idle = tokio::time::sleep(settings.idle_timeout);
-    tokio::pin!(up, down, killed, evicted, idle);
+    tokio::pin!(up, down, evicted, idle);
     let mut state = EndState::new(settings.idle_timeout);
     let end = std::future::poll_fn(|cx| {
-        if live.poll_closed(cx).is_ready() {
-            return std::task::Poll::Ready(super::End::Done(Reason::Operator));
+        if let std::task::Poll::Ready(why) = live.poll_closed(cx) {
+            return std::task::Poll::Ready(super::End::Done(why));
         }
         state.poll(
             cx,
-            killed.as_mut(),
-            evicted.as_mut(),
+            (evict, evicted.as_mut()),
             idle.as_mut(),
             &progress,
             |cx| up.as_mut().poll(cx),
