@@ -237,19 +237,30 @@ fn per_client_rate_and_concurrency_are_exact() {
     drop((held, again));
 
     // Rate: a burst of five, then one a second: of eight quick connections
-    // five pass and three are refused.
-    // The global rate reaches `m` though `m` has a table of its own.
-    let b = ip("127.0.4.1");
-    let results: Vec<_> = (0..8).map(|_| ping_from(b, other)).collect();
-    let passed = results.iter().filter(|r| r.is_ok()).count();
-    assert_eq!(passed, 5, "{results:?}");
+    // five pass and three are refused. The global rate reaches `m` though
+    // `m` has a table of its own. Exact when the eight take less than the
+    // second a token takes to come back; a slower round (a loaded machine)
+    // is done again from a fresh address.
+    let mut refused = 0;
+    for round in 0..3u8 {
+        let b = Ipv4Addr::new(127, 0, 4, 1 + round);
+        let began = std::time::Instant::now();
+        let results: Vec<_> = (0..8).map(|_| ping_from(b, other)).collect();
+        let passed = results.iter().filter(|r| r.is_ok()).count();
+        refused += results.len() - passed;
+        if began.elapsed() < Duration::from_millis(900) {
+            assert_eq!(passed, 5, "{results:?}");
+            break;
+        }
+        assert!(round < 2, "three rounds of eight took a second each");
+    }
     let blocked = |listener: &str, reason: &str| {
         metric(
             admin,
             &format!("weir_firewall_blocked_total{{listener=\"{listener}\",reason=\"{reason}\"}}"),
         )
     };
-    assert_eq!(blocked("m", "rate_limit"), 3.0);
+    assert_eq!(blocked("m", "rate_limit"), refused as f64);
     assert_eq!(blocked("m", "concurrency"), 0.0);
     assert!(blocked("l", "concurrency") >= 1.0);
     assert_eq!(blocked("l", "rate_limit"), 0.0);
@@ -328,18 +339,31 @@ fn a_flood_of_distinct_sources_keeps_the_table_bounded() {
     }
     let before = rss();
     let sources = 4_000u32;
+    let flood = std::time::Instant::now();
     for i in 0..sources {
         assert_eq!(ping_from(Ipv4Addr::from(0x7f06_0000 + i), front), Ok(()));
     }
     // Read before the metrics are scraped: rendering them takes memory the
     // allocator may keep.
     let grown = rss().saturating_sub(before);
+    let per_source = flood.elapsed() / sources;
     let tracked = metric(admin, "weir_firewall_tracked_clients{listener=\"l\"}");
     assert!(tracked <= 64.0, "{tracked} clients tracked");
     // A client whose bucket has not refilled yet (a second at `rate = 1`)
-    // is a loss when it makes room, and counted; most of the flood is.
+    // is a loss when it makes room, and counted. A client makes room about
+    // 64 sources after its own (one per shard): within its second, so most
+    // of the flood is counted, when a source takes less than 5 ms; a
+    // loaded machine may take longer, and then fewer are.
     let evicted = metric(admin, "weir_firewall_evicted_clients_total{listener=\"l\"}");
-    assert!(evicted >= f64::from(sources) / 2.0, "{evicted} evicted");
+    let expected = if per_source < std::time::Duration::from_millis(5) {
+        f64::from(sources) / 2.0
+    } else {
+        1.0
+    };
+    assert!(
+        evicted >= expected,
+        "{evicted} evicted at {per_source:?} per source"
+    );
     // 4,000 entries would take ~400 KB; what is left is allocator noise.
     assert!(grown < 2_048, "weir grew {grown} kB over {sources} sources");
     assert_eq!(backend.accepted.load(Relaxed), 200 + sources as usize);

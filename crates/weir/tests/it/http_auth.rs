@@ -147,10 +147,10 @@ fn forward_auth_with_cache_failure_modes_and_breaker() {
              [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
              [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
              auth = {{ url = \"http://{a}/check\", headers = [\"authorization\"], copy_headers = [\"x-user\"], \
-                       timeout = \"300ms\", denied_ttl = \"1h\", breaker_failures = 2, breaker_open = \"500ms\" }}\n\
+                       timeout = \"1s\", denied_ttl = \"1h\", breaker_failures = 2, breaker_open = \"2s\" }}\n\
              [[listeners.routes.http]]\nname = \"public\"\npool = \"p\"\n\
              match = {{ path_prefix = \"/public/\" }}\n\
-             auth = {{ url = \"http://{a}/check\", headers = [\"authorization\"], copy_headers = [\"x-user\"], timeout = \"300ms\", failure = \"allow\", cache_size = 0 }}\n\
+             auth = {{ url = \"http://{a}/check\", headers = [\"authorization\"], copy_headers = [\"x-user\"], timeout = \"1s\", failure = \"allow\", cache_size = 0 }}\n\
              [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
              [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n",
             a = auth.addr
@@ -233,7 +233,7 @@ fn forward_auth_with_cache_failure_modes_and_breaker() {
     );
     // Back up; after breaker_open one probe goes through and closes it.
     auth.down.store(false, Relaxed);
-    std::thread::sleep(Duration::from_millis(600));
+    std::thread::sleep(Duration::from_millis(2100));
     let (status, _, body) = raw_get(front, "/x", "Authorization: Bearer good2\r\n");
     assert_eq!((status, body.as_str()), (401, "who are you\n"));
     assert_eq!(

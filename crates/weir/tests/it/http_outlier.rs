@@ -116,7 +116,7 @@ fn a_failing_backend_is_ejected_and_comes_back() {
              [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
              [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
              [[pools]]\nname = \"p\"\n\
-             outlier = {{ consecutive_failures = 3, base_ejection = \"1s\", max_ejected_percent = 10 }}\n\
+             outlier = {{ consecutive_failures = 3, base_ejection = \"5s\", max_ejected_percent = 10 }}\n\
              [[pools.backends]]\nname = \"good\"\naddress = \"{good}\"\n\
              [[pools.backends]]\nname = \"bad\"\naddress = \"{bad}\"\n\
              [[pools.backends]]\nname = \"worse\"\naddress = \"{worse}\"\n"
@@ -124,7 +124,8 @@ fn a_failing_backend_is_ejected_and_comes_back() {
     );
     // Round robin: each backend gets every third request. After nine, both
     // failing backends have failed three times in a row; 10% of three
-    // backends lets one be ejected at a time.
+    // backends lets one be ejected at a time. base_ejection is long enough
+    // for the checks below to run while it is out, even on a loaded machine.
     for _ in 0..9 {
         get(front);
     }

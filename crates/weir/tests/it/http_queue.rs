@@ -11,7 +11,9 @@ use crate::http::{curl, metric, raw_backend, start};
 
 #[test]
 fn requests_beyond_the_limit_wait_their_turn() {
-    let slow = raw_backend(None, Duration::from_millis(700));
+    // The first answer takes long enough for the second request to queue
+    // and two more to be refused, even on a loaded machine.
+    let slow = raw_backend(None, Duration::from_secs(2));
     let (front, admin) = (free_port(), free_port());
     let (_weir, _out) = start(
         "http-queue",
@@ -21,7 +23,7 @@ fn requests_beyond_the_limit_wait_their_turn() {
              [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
              [[listeners.routes.http]]\nname = \"all\"\npool = \"slow\"\n\
              [[pools]]\nname = \"slow\"\nmax_connections_per_backend = 1\nmax_queue = 1\n\
-             queue_timeout = \"3s\"\n\
+             queue_timeout = \"10s\"\n\
              [[pools.backends]]\nname = \"s\"\naddress = \"{}\"\n",
             slow.addr
         ),

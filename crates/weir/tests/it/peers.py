@@ -157,7 +157,7 @@ def sse_server(port):
                 event = f"data: event {i}\n\n".encode()
                 writer.write(b"%x\r\n%s\r\n" % (len(event), event))
                 await writer.drain()
-                await asyncio.sleep(0.4)
+                await asyncio.sleep(1.0)
             writer.write(b"0\r\n\r\n")
             await writer.drain()
         finally:

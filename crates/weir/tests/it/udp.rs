@@ -232,11 +232,26 @@ fn echo(proxy: bool) -> (SocketAddr, mpsc::Receiver<SocketAddr>) {
     (addr, rx)
 }
 
+/// Sends `payload` from `client` to `to`: the answer, waited for up to
+/// `DEADLINE`.
 fn ask(client: &UdpSocket, to: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
+    ask_within(client, to, payload, DEADLINE)
+}
+
+/// [`ask`] for a datagram that must go unanswered: half a second for the
+/// answer that should not come, rather than `DEADLINE` each time.
+fn ask_unanswered(client: &UdpSocket, to: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
+    ask_within(client, to, payload, Duration::from_millis(500))
+}
+
+fn ask_within(
+    client: &UdpSocket,
+    to: SocketAddr,
+    payload: &[u8],
+    wait: Duration,
+) -> Option<Vec<u8>> {
     client.send_to(payload, to).expect("send");
-    client
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .expect("timeout");
+    client.set_read_timeout(Some(wait)).expect("timeout");
     let mut buf = vec![0u8; 70_000];
     client.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
 }
@@ -250,7 +265,7 @@ fn flows_end_when_idle_and_max_flows_refuses_more() {
         &config(
             admin,
             &format!("\"127.0.0.1:{port}\""),
-            "idle_timeout = \"1s\"\nmax_flows = 2",
+            "idle_timeout = \"5s\"\nmax_flows = 2",
             "",
             &format!("[[pools.backends]]\naddress = \"{backend}\""),
         ),
@@ -268,7 +283,11 @@ fn flows_end_when_idle_and_max_flows_refuses_more() {
         metric(admin, "weir_udp_flows_active{listener=\"dns\"}"),
         2.0
     );
-    assert_eq!(ask(&c, front, b"c"), None, "a third flow is over max_flows");
+    assert_eq!(
+        ask_unanswered(&c, front, b"c"),
+        None,
+        "a third flow is over max_flows"
+    );
     assert_eq!(
         metric(
             admin,
@@ -345,7 +364,7 @@ fn proxy_v2_headers_go_before_every_datagram() {
     }
     assert_eq!(sources.try_iter().collect::<Vec<_>>(), vec![me, me]);
     // With its header, the largest datagram would not fit.
-    assert_eq!(ask(&client, front, &vec![1u8; 65_507]), None);
+    assert_eq!(ask_unanswered(&client, front, &vec![1u8; 65_507]), None);
     assert_eq!(
         metric(
             admin,
@@ -373,7 +392,7 @@ fn the_firewall_refuses_a_flow_by_its_source() {
     );
     let front = SocketAddr::from(([127, 0, 0, 1], port));
     let denied = UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
-    assert_eq!(ask(&denied, front, b"x"), None);
+    assert_eq!(ask_unanswered(&denied, front, b"x"), None);
     let allowed = UdpSocket::bind("127.0.0.1:0").expect("bind");
     assert_eq!(ask(&allowed, front, b"y").as_deref(), Some(&b"y"[..]));
     assert_eq!(
@@ -532,10 +551,12 @@ fn close_on_down_ends_the_open_flows() {
     answering.store(false, Relaxed);
     let line = wait_line(&out, "\"reason\":\"backend_down\"");
     assert!(line.contains("\"bytes_to_client\":5"), "{line}");
-    assert_eq!(
-        metric(admin, "weir_udp_flows_active{listener=\"dns\"}"),
-        0.0
-    );
+    // The flow leaves the gauge a moment after its line.
+    let end = Instant::now() + DEADLINE;
+    while metric(admin, "weir_udp_flows_active{listener=\"dns\"}") != 0.0 {
+        assert!(Instant::now() < end, "the ended flow stays active");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// `responses` counts per datagram, as nginx's `proxy_responses`: a client
@@ -545,20 +566,24 @@ fn close_on_down_ends_the_open_flows() {
 fn responses_count_per_datagram_sent() {
     let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let backend = s.local_addr().expect("addr");
-    // Answers each datagram after the next one came (or after 200 ms), so
-    // that several are outstanding at once.
+    // Answers the datagrams once it holds all three (or after 2 s of
+    // silence), so that several are outstanding at once.
     std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
-        s.set_read_timeout(Some(Duration::from_millis(200)))
+        s.set_read_timeout(Some(Duration::from_secs(2)))
             .expect("timeout");
         let mut held: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
         loop {
-            match s.recv_from(&mut buf) {
-                Ok((n, from)) => held.push((buf[..n].to_vec(), from)),
-                Err(_) => {
-                    for (d, from) in held.drain(..) {
-                        let _ = s.send_to(&d, from);
-                    }
+            let silent = match s.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    held.push((buf[..n].to_vec(), from));
+                    false
+                }
+                Err(_) => true,
+            };
+            if silent || held.len() == 3 {
+                for (d, from) in held.drain(..) {
+                    let _ = s.send_to(&d, from);
                 }
             }
         }
@@ -576,9 +601,7 @@ fn responses_count_per_datagram_sent() {
     );
     let front = SocketAddr::from(([127, 0, 0, 1], port));
     let client = UdpSocket::bind("127.0.0.1:0").expect("client");
-    client
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .expect("timeout");
+    client.set_read_timeout(Some(DEADLINE)).expect("timeout");
     for q in [&b"q1"[..], b"q2", b"q3"] {
         client.send_to(q, front).expect("send");
     }
@@ -687,9 +710,12 @@ fn proxy_v2_from_trusted_senders() {
     let line = wait_line(&out, "\"client\":\"203.0.113.7:4242\"");
     assert!(line.contains("\"listener\":\"dns\""), "{line}");
 
-    assert_eq!(ask(&trusted, front, b"no header"), None);
+    assert_eq!(ask_unanswered(&trusted, front, b"no header"), None);
     let untrusted = UdpSocket::bind("127.0.0.2:0").expect("untrusted");
-    assert_eq!(ask(&untrusted, front, &with_header(b"spoof")), None);
+    assert_eq!(
+        ask_unanswered(&untrusted, front, &with_header(b"spoof")),
+        None
+    );
     let me = untrusted.local_addr().expect("addr");
     let reply = ask(&untrusted, front, b"plain").expect("served as itself");
     assert_eq!(reply, format!("{me} plain").into_bytes());
@@ -771,7 +797,11 @@ fn a_reload_keeps_flows_and_closes_removed_listeners() {
     assert_eq!(ask(&client, front, b"c").as_deref(), Some(&b"one:c"[..]));
     let newcomer = UdpSocket::bind("127.0.0.1:0").expect("client");
     assert_eq!(ask(&newcomer, front, b"d").as_deref(), Some(&b"two:d"[..]));
-    assert_eq!(ask(&elsewhere, removed, b"e"), None, "no longer listening");
+    assert_eq!(
+        ask_unanswered(&elsewhere, removed, b"e"),
+        None,
+        "no longer listening"
+    );
     assert_eq!(metric(admin, "weir_udp_flows_total{listener=\"dns\"}"), 2.0);
 }
 
