@@ -27,8 +27,10 @@ use super::plan::{Failure, Found, Outcome};
 /// SRV targets resolved per answer at most: a huge answer costs bounded work.
 const MAX_TARGETS: usize = 256;
 
-/// SRV targets asked about at the same time.
-const TARGETS_AT_ONCE: usize = 16;
+/// SRV targets asked about at the same time: more than a DNS answer
+/// usually names (512 bytes hold about 20 records, 4,096 about 150), so
+/// that a few silent ones leave room for the rest.
+const TARGETS_AT_ONCE: usize = 64;
 
 /// The first few of a list for a log line, and how many more there were.
 struct Shown<'a>(&'a [String]);
@@ -144,7 +146,10 @@ impl Lookup {
             .map(|srv| self.target(srv, targets_until))
             .collect();
         let answers: Vec<_> = futures_util::stream::iter(lookups)
-            .buffered(TARGETS_AT_ONCE)
+            // Unordered: a lookup that is done frees its place at once, so
+            // that a silent target holds up none beyond its own. The order
+            // does not matter: the plan keys backends by address.
+            .buffer_unordered(TARGETS_AT_ONCE)
             .collect()
             .await;
         let mut valid_until = lookup.valid_until();
