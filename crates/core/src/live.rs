@@ -7,9 +7,11 @@
 //! one to leave, and a listing takes the shards one after another, copying
 //! what it needs, so that listing 100,000 connections holds no lock for
 //! longer than a shard's share takes to copy. Closing sets a flag and wakes
-//! the connection's task, which ends with the reason `operator`: the relay
-//! checks the flag whenever it is polled, an l7 connection waits for it
-//! beside its other reasons to stop.
+//! the connection's task, which ends with the reason `operator` (an
+//! operator's close) or `shutdown` (the listener's `shutdown_timeout` ran
+//! out, [`Registry::kill`]): the relay checks the flag whenever it is
+//! polled, a connection still connecting or queued and an l7 connection
+//! wait for it beside their other reasons to stop.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};

@@ -200,14 +200,13 @@ impl Drop for ResponseBody {
         // be reused mid-body.
         if self.is_end_stream() {
             self.end(COMPLETED);
-        } else if self
-            .exchange
-            .as_ref()
-            .is_some_and(|x| x.conn.send_timed_out())
-        {
-            self.end(Reason::IdleTimeout.as_str());
         } else {
-            self.end(Reason::ClientClosed.as_str());
+            let why = self
+                .exchange
+                .as_ref()
+                .and_then(|x| x.conn.cut_reason())
+                .unwrap_or(Reason::ClientClosed);
+            self.end(why.as_str());
         }
     }
 }

@@ -136,9 +136,14 @@ impl Exchange {
         let route = self.listener.routes.get(self.route);
         if self.status == 0 {
             // No answer was sent: the client left while the request was on
-            // its way.
+            // its way, or weir closed the connection (shutdown, an
+            // operator, `timeouts.send`).
             if self.reason == COMPLETED {
-                self.reason = weir_core::Reason::ClientClosed.as_str();
+                self.reason = self
+                    .conn
+                    .cut_reason()
+                    .unwrap_or(weir_core::Reason::ClientClosed)
+                    .as_str();
             }
         } else if let Some(route) = route {
             route.stats.http_request(self.status, took);

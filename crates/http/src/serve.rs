@@ -7,7 +7,7 @@
 //! when the listener's connections are killed.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
@@ -34,6 +34,12 @@ const MAX_STREAMS: u32 = 256;
 /// While a request is in flight, how often the idle timer looks again.
 const IDLE_RECHECK: Duration = Duration::from_secs(1);
 
+/// [`ConnState::cut`]'s values.
+const NOT_CUT: u8 = 0;
+const CUT_IDLE: u8 = 1;
+const CUT_SHUTDOWN: u8 = 2;
+const CUT_OPERATOR: u8 = 3;
+
 /// What the requests of one connection share with the connection.
 #[derive(Debug)]
 pub(crate) struct ConnState {
@@ -48,8 +54,9 @@ pub(crate) struct ConnState {
     /// taken yet, and how many pieces it took: see `drive`.
     waiting: AtomicUsize,
     taken: AtomicU64,
-    /// The connection was closed for `timeouts.send`.
-    send_timed_out: AtomicBool,
+    /// Why weir closed the connection, if it did (see [`ConnState::cut`]):
+    /// what its unfinished requests end with.
+    cut: AtomicU8,
     /// What the connection runs after hyper has handed it over (a WebSocket
     /// relay).
     after: Mutex<After>,
@@ -81,7 +88,7 @@ impl ConnState {
             served: AtomicU64::new(0),
             waiting: AtomicUsize::new(0),
             taken: AtomicU64::new(0),
-            send_timed_out: AtomicBool::new(false),
+            cut: AtomicU8::new(NOT_CUT),
             after: Mutex::default(),
             no_body: Arc::default(),
         }
@@ -131,8 +138,27 @@ impl ConnState {
         (self.waiting.load(Relaxed) > 0, self.taken.load(Relaxed))
     }
 
-    pub(crate) fn send_timed_out(&self) -> bool {
-        self.send_timed_out.load(Relaxed)
+    /// Notes that weir closes the connection for `why`: `IdleTimeout`
+    /// (`timeouts.send`), `Shutdown` or `Operator`. The first reason stays.
+    fn cut(&self, why: Reason) {
+        let code = match why {
+            Reason::IdleTimeout => CUT_IDLE,
+            Reason::Operator => CUT_OPERATOR,
+            _ => CUT_SHUTDOWN,
+        };
+        let _ = self.cut.compare_exchange(NOT_CUT, code, Relaxed, Relaxed);
+    }
+
+    /// Why weir closed the connection, if it did: the reason its requests
+    /// without an answer, or with an answer cut short, end with (rather
+    /// than `client_closed`).
+    pub(crate) fn cut_reason(&self) -> Option<Reason> {
+        match self.cut.load(Relaxed) {
+            NOT_CUT => None,
+            CUT_IDLE => Some(Reason::IdleTimeout),
+            CUT_OPERATOR => Some(Reason::Operator),
+            _ => Some(Reason::Shutdown),
+        }
     }
 
     /// Runs `work` on this connection's task once hyper is done with it.
@@ -526,8 +552,9 @@ where
             return Poll::Ready(r);
         }
         if let Some(live) = live
-            && live.poll_closed(cx).is_ready()
+            && let Poll::Ready(why) = live.poll_closed(cx)
         {
+            state.cut(why);
             return Poll::Ready(Ok(()));
         }
         if !rechecking && !draining && state.in_flight() > 0 {
@@ -553,7 +580,7 @@ where
                 {
                     // The client reads nothing: its responses would hold
                     // their backends' connections and slots for ever.
-                    state.send_timed_out.store(true, Relaxed);
+                    state.cut(Reason::IdleTimeout);
                     return Poll::Ready(Ok(()));
                 }
                 // Not idle while a request is in flight (a stream may last
@@ -577,7 +604,10 @@ where
             Poll::Pending
         });
         match stop {
-            Poll::Ready(Stop::Now) => return Poll::Ready(Ok(())),
+            Poll::Ready(Stop::Now) => {
+                state.cut(Reason::Shutdown);
+                return Poll::Ready(Ok(()));
+            }
             Poll::Ready(Stop::Gracefully) if !draining => {
                 graceful(conn.as_mut());
                 draining = true;

@@ -4,7 +4,10 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU8, AtomicU32, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -68,6 +71,9 @@ pub(super) struct Link {
     /// Cancelled (and replaced) to close this backend's connections.
     pub(super) evict: ArcSwap<CancellationToken>,
     pub(super) eviction: AtomicU8,
+    /// Evictions so far: a connection that started at `n` is evicted once
+    /// it is past `n`, a flag its relay reads without the token's lock.
+    pub(super) evictions: AtomicU64,
     /// Bumped whenever serving starts or stops; a pending drain closes
     /// connections only if nothing changed since it was scheduled.
     pub(super) epoch: AtomicU64,
@@ -78,6 +84,7 @@ impl Default for Link {
         Link {
             evict: ArcSwap::from_pointee(CancellationToken::new()),
             eviction: AtomicU8::new(0),
+            evictions: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
         }
     }
@@ -281,6 +288,19 @@ impl Backend {
         self.link.evict.load_full()
     }
 
+    /// What a new connection watches for its backend's next eviction: the
+    /// count of evictions so far, then the token the next one cancels. In
+    /// that order: an eviction between the two is seen by the count.
+    pub(crate) fn eviction_watch(&self) -> (u64, Arc<CancellationToken>) {
+        let since = self.link.evictions.load(Acquire);
+        (since, self.link.evict.load_full())
+    }
+
+    /// The count of evictions (see [`Backend::eviction_watch`]).
+    pub(crate) fn evictions(&self) -> &AtomicU64 {
+        &self.link.evictions
+    }
+
     /// Why the last eviction happened.
     pub(crate) fn eviction(&self) -> Eviction {
         if self.link.eviction.load(Relaxed) == Eviction::BackendDown as u8 {
@@ -292,6 +312,7 @@ impl Backend {
 
     pub(super) fn evict_now(&self, why: Eviction) {
         self.link.eviction.store(why as u8, Relaxed);
+        self.link.evictions.fetch_add(1, Release);
         let old = self.link.evict.swap(Arc::new(CancellationToken::new()));
         old.cancel();
     }

@@ -249,6 +249,9 @@ pub struct Server {
     pub(crate) discovery: crate::discovery::Discovery,
     /// Backends added at runtime (`weir backend add`).
     runtime: Mutex<Vec<RuntimeBackend>>,
+    /// Listeners a reload removed whose connections may still run: a
+    /// second signal closes them too. Their connections hold them.
+    retiring: Mutex<Vec<std::sync::Weak<crate::listener::Listener>>>,
 }
 
 impl Server {
@@ -319,6 +322,7 @@ impl Server {
             successor_starting: AtomicBool::new(false),
             discovery: crate::discovery::Discovery::default(),
             runtime: Mutex::new(runtime),
+            retiring: Mutex::default(),
         };
         let server = Arc::new(server);
         // Pools that discover their backends start with what DNS says now.

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::Server;
+use super::{Server, lock};
 use crate::listener::Listener;
 
 impl Server {
@@ -58,10 +58,15 @@ impl Server {
         self.connections.len()
     }
 
-    /// Closes every open connection now (a second shutdown signal).
+    /// Closes every open connection now (a second shutdown signal), those
+    /// of listeners a reload removed included.
     pub fn close_all(&self) {
         self.shutdown();
-        for l in &self.current.load().listeners {
+        let retiring: Vec<Arc<Listener>> = lock(&self.retiring)
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        for l in self.current.load().listeners.iter().chain(&retiring) {
             l.kill.cancel();
             l.stats.live.kill();
         }
@@ -73,6 +78,11 @@ impl Server {
         let open = gone.stats.connections_active.load(Ordering::Relaxed);
         tracing::info!(listener = %gone.name, open, "listener removed; draining its connections");
         gone.drain.cancel();
+        {
+            let mut retiring = lock(&self.retiring);
+            retiring.retain(|l| l.strong_count() > 0);
+            retiring.push(Arc::downgrade(gone));
+        }
         let kill = gone.kill.clone();
         let stats = Arc::clone(&gone.stats);
         let grace = gone.shutdown_timeout;

@@ -103,7 +103,12 @@ fn relayed<'a>(
         let Some(live) = client.live.as_deref() else {
             return;
         };
-        let evict = b.eviction_token();
+        let (since, token) = b.eviction_watch();
+        let evict = relay::Evict {
+            token: &token,
+            count: b.evictions(),
+            since,
+        };
         let settings = relay::Settings {
             idle_timeout: listener.idle_timeout,
             zero_copy: listener.zero_copy,
@@ -121,7 +126,7 @@ fn relayed<'a>(
                     backend,
                     &b.stats,
                     settings,
-                    &evict,
+                    evict,
                     live,
                 ))
                 .await
@@ -134,7 +139,7 @@ fn relayed<'a>(
                     backend.as_mut(),
                     &b.stats,
                     settings,
-                    &evict,
+                    evict,
                     live,
                 ))
                 .await

@@ -405,8 +405,10 @@ fn run_stops_gracefully_on_sigterm_letting_a_connection_finish() {
 /// reason `shutdown` wherever they are: relaying, still connecting to a
 /// backend that does not answer (its `connect_timeout` far longer), or on
 /// an `l7` route still sending the start of its HTTP/2 preface (its
-/// `request_header` timeout far longer). weir exits then, not when those
-/// waits would have ended.
+/// `request_header` timeout far longer), or with a request at a backend
+/// that has not answered (logged with the reason `shutdown`, not as a
+/// client that left). weir exits then, not when those waits would have
+/// ended.
 #[test]
 fn the_shutdown_timeout_also_ends_connections_still_connecting() {
     let backend = echo_backend();
@@ -432,6 +434,17 @@ fn the_shutdown_timeout_also_ends_connections_still_connecting() {
         assert!(queued.len() < 16, "the accept queue never filled");
     }
     let (front, other, web, admin) = (free_port(), free_port(), free_port(), free_port());
+    // An HTTP backend that takes requests and never answers.
+    let holding = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let holding_addr = holding.local_addr().expect("addr");
+    let (took, taken) = mpsc::channel();
+    std::thread::spawn(move || {
+        for c in holding.incoming().flatten() {
+            if took.send(c).is_err() {
+                return;
+            }
+        }
+    });
     let file = temp_config(
         "shutdown-connecting",
         &format!(
@@ -443,7 +456,8 @@ fn the_shutdown_timeout_also_ends_connections_still_connecting() {
              [[listeners]]\nname = \"h\"\nbind = \"{web}\"\nshutdown_timeout = \"300ms\"\n\
              [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
              timeouts = {{ request_header = \"60s\" }}\n\
-             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"hold\"\n\
+             [[pools]]\nname = \"hold\"\n[[pools.backends]]\nname = \"h\"\naddress = \"{holding_addr}\"\n\
              [[pools]]\nname = \"p\"\n[[pools.backends]]\nname = \"echo\"\naddress = \"{backend}\"\n\
              [[pools]]\nname = \"silent\"\nconnect_timeout = \"60s\"\n\
              [[pools.backends]]\nname = \"mute\"\naddress = \"{silent_addr}\"\n"
@@ -462,6 +476,14 @@ fn the_shutdown_timeout_also_ends_connections_still_connecting() {
     let mut waiting = TcpStream::connect(web).expect("connect");
     waiting.set_read_timeout(Some(DEADLINE)).expect("timeout");
     waiting.write_all(b"PRI * HTTP/2.0\r\n").expect("write");
+    let mut asking = TcpStream::connect(web).expect("connect");
+    asking.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    asking
+        .write_all(b"GET /unanswered HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("write");
+    let _at_backend = taken
+        .recv_timeout(DEADLINE)
+        .expect("the request at the backend");
     let end = Instant::now() + DEADLINE;
     while !http_get(admin, "/api/v1/connections?listener=s").contains("\"state\":\"connecting\"")
         || !http_get(admin, "/api/v1/connections?listener=h").contains("\"state\":\"http\"")
@@ -471,7 +493,7 @@ fn the_shutdown_timeout_also_ends_connections_still_connecting() {
     }
 
     signal(&child.0, rustix::process::Signal::TERM);
-    for c in [&mut relaying, &mut connecting, &mut waiting] {
+    for c in [&mut relaying, &mut connecting, &mut waiting, &mut asking] {
         // Closed by weir: EOF (or a reset), not the read timeout.
         let read = c.read(&mut buf);
         assert!(
@@ -497,7 +519,68 @@ fn the_shutdown_timeout_also_ends_connections_still_connecting() {
             "no shutdown line for {listener}: {seen:?}"
         );
     }
+    assert!(
+        seen.iter().any(|l| l.contains("\"path\":\"/unanswered\"")),
+        "the unanswered request: {seen:?}"
+    );
     drop(queued);
+}
+
+/// A second SIGTERM closes every connection at once, those of a listener a
+/// reload removed (still in its `shutdown_timeout`) included, and weir exits.
+#[test]
+fn a_second_signal_closes_every_connection() {
+    let backend = echo_backend();
+    let (front, gone, admin) = (free_port(), free_port(), free_port());
+    let listener = |name: &str, bind: SocketAddr| {
+        format!(
+            "[[listeners]]\nname = \"{name}\"\nbind = \"{bind}\"\nshutdown_timeout = \"1h\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n"
+        )
+    };
+    let text = |listeners: &str| {
+        format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\nformat = \"json\"\n{listeners}\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\nname = \"echo\"\naddress = \"{backend}\"\n"
+        )
+    };
+    let file = temp_config(
+        "second-signal",
+        &text(&(listener("l", front) + &listener("gone", gone))),
+    );
+    let (mut child, out) = run_weir(&file);
+    let open = |to: SocketAddr| {
+        let mut c = TcpStream::connect(to).expect("connect");
+        c.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        c.write_all(b"ping").expect("write");
+        let mut buf = [0u8; 4];
+        c.read_exact(&mut buf).expect("echo");
+        c
+    };
+    let mut kept = open(front);
+    let mut left = open(gone);
+    std::fs::write(&file, text(&listener("l", front))).expect("rewrite");
+    signal(&child.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    // The removed listener's connection goes on for its shutdown_timeout.
+    left.write_all(b"pong").expect("write");
+    let mut buf = [0u8; 4];
+    left.read_exact(&mut buf).expect("echo after the reload");
+
+    signal(&child.0, rustix::process::Signal::TERM);
+    wait_line(&out, "SIGTERM received");
+    signal(&child.0, rustix::process::Signal::TERM);
+    for c in [&mut kept, &mut left] {
+        let read = c.read(&mut buf);
+        assert!(
+            matches!(read, Ok(0))
+                || read
+                    .as_ref()
+                    .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock),
+            "{read:?}"
+        );
+    }
+    assert_eq!(wait_exit(&mut child.0).code(), Some(0));
 }
 
 #[test]

@@ -23,7 +23,7 @@ pub(crate) use socket::relay;
 pub(crate) use stream::relay_stream;
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Acquire, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -99,6 +99,24 @@ impl<'a> Progress<'a> {
     }
 }
 
+/// A backend's evictions as one connection watches them (see
+/// [`EndState::poll`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Evict<'a> {
+    /// What the backend's next eviction cancels.
+    pub(crate) token: &'a CancellationToken,
+    /// The backend's count of evictions, and what it was when the
+    /// connection started.
+    pub(crate) count: &'a AtomicU64,
+    pub(crate) since: u64,
+}
+
+impl Evict<'_> {
+    fn happened(&self) -> bool {
+        self.count.load(Acquire) != self.since
+    }
+}
+
 /// Whether each direction has reached EOF, and the idle timeout: what a
 /// relay's end is decided from, besides its timers and tokens.
 #[derive(Debug)]
@@ -125,29 +143,29 @@ impl EndState {
     /// `up` and `down` are each ready with their direction's end: `Ok` at
     /// EOF, else the failure.
     ///
-    /// `evict` is shared by every connection to the backend, and a poll of
-    /// its wait takes a lock they all share. It is polled once, which
-    /// registers this task to be woken when it fires; after that a look at
-    /// the token (one atomic load) tells. A relay is polled by its
-    /// connection's task only, so the waker registered is the one to wake.
+    /// The eviction token is shared by every connection to the backend,
+    /// and a poll of its wait, or a look at it, takes a lock they all
+    /// share. The wait is polled once, which registers this task to be
+    /// woken when it fires; after that the backend's count of evictions
+    /// (one atomic load) tells. A relay is polled by its connection's task
+    /// only, so the waker registered is the one to wake.
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        (evict, evicted): (&CancellationToken, Pin<&mut WaitForCancellationFuture<'_>>),
+        (evict, evicted): (&Evict<'_>, Pin<&mut WaitForCancellationFuture<'_>>),
         mut idle: Pin<&mut Sleep>,
         progress: &Progress<'_>,
         up: impl FnOnce(&mut Context<'_>) -> Poll<Result<(), Reason>>,
         down: impl FnOnce(&mut Context<'_>) -> Poll<Result<(), Reason>>,
     ) -> Poll<End> {
-        if self.evict_registered {
-            if evict.is_cancelled() {
-                return Poll::Ready(End::Evicted);
-            }
-        } else {
+        if !self.evict_registered {
             self.evict_registered = true;
             if evicted.poll(cx).is_ready() {
                 return Poll::Ready(End::Evicted);
             }
+        }
+        if evict.happened() {
+            return Poll::Ready(End::Evicted);
         }
         if !self.up_done
             && let Poll::Ready(r) = up(cx)

@@ -14,12 +14,12 @@ use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::WaitForCancellationFuture;
 use weir_telemetry::count;
 
 use super::buffers::{COPY_CHUNK, Pipe, PooledBuf};
 use super::guard::ProxyGuard;
-use super::{End, EndState, Outcome, Progress, Settings};
+use super::{End, EndState, Evict, Outcome, Progress, Settings};
 use crate::Reason;
 use crate::live::Live;
 use crate::pool::BackendStats;
@@ -74,7 +74,7 @@ pin_project! {
         progress: Progress<'a>,
         state: EndState,
         live: &'a Live,
-        evict: &'a CancellationToken,
+        evict: Evict<'a>,
         #[pin]
         evicted: WaitForCancellationFuture<'a>,
         #[pin]
@@ -90,7 +90,7 @@ pub(crate) fn relay<'a>(
     backend: &'a TcpStream,
     backend_stats: &'a BackendStats,
     settings: Settings,
-    evict: &'a CancellationToken,
+    evict: Evict<'a>,
     live: &'a Live,
 ) -> Relay<'a> {
     let pump = |from, to, (backend_total, total), (from_error, to_error), refuse: bool| Pump {
@@ -124,7 +124,7 @@ pub(crate) fn relay<'a>(
         state: EndState::new(settings.idle_timeout),
         live,
         evict,
-        evicted: evict.cancelled(),
+        evicted: evict.token.cancelled(),
         idle: tokio::time::sleep(settings.idle_timeout),
     }
 }
@@ -140,7 +140,7 @@ impl Future for Relay<'_> {
         } else {
             ready!(this.state.poll(
                 cx,
-                (this.evict, this.evicted),
+                (&*this.evict, this.evicted),
                 this.idle,
                 progress,
                 |cx| up.poll(cx, progress),

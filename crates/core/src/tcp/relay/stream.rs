@@ -7,12 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 use weir_telemetry::count;
 
 use super::buffers::PooledBuf;
 use super::guard::ProxyGuard;
-use super::{EndState, Outcome, Progress, Settings};
+use super::{EndState, Evict, Outcome, Progress, Settings};
 use crate::Reason;
 use crate::live::Live;
 use crate::pool::BackendStats;
@@ -25,7 +24,7 @@ pub(crate) async fn relay_stream<B>(
     backend: B,
     backend_stats: &BackendStats,
     settings: Settings,
-    evict: &CancellationToken,
+    evict: Evict<'_>,
     live: &Live,
 ) -> Outcome
 where
@@ -51,7 +50,7 @@ where
         (received, &backend_stats.received_bytes),
         false,
     );
-    let evicted = evict.cancelled();
+    let evicted = evict.token.cancelled();
     let idle = tokio::time::sleep(settings.idle_timeout);
     tokio::pin!(up, down, evicted, idle);
     let mut state = EndState::new(settings.idle_timeout);
@@ -61,7 +60,7 @@ where
         }
         state.poll(
             cx,
-            (evict, evicted.as_mut()),
+            (&evict, evicted.as_mut()),
             idle.as_mut(),
             &progress,
             |cx| up.as_mut().poll(cx),
