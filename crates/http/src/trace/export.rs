@@ -7,7 +7,7 @@
 //! spans, never request time. Nothing is retried.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -57,6 +57,9 @@ pub(crate) struct Exporter {
     spans: mpsc::Sender<Span>,
     flushes: mpsc::Sender<oneshot::Sender<()>>,
     stats: Arc<ExportStats>,
+    /// Spans the export task took from the queue and has not exported yet
+    /// (its batch, and a batch on its way).
+    held: Arc<AtomicUsize>,
 }
 
 impl Exporter {
@@ -67,7 +70,9 @@ impl Exporter {
         let queue = usize::try_from(cfg.queue_size).unwrap_or(usize::MAX).max(1);
         let (spans, rx) = mpsc::channel(queue);
         let (flushes, flush_rx) = mpsc::channel(4);
+        let held = Arc::new(AtomicUsize::new(0));
         let task = Task {
+            held: Arc::clone(&held),
             client: Client::new(cfg),
             service: cfg.service_name.clone(),
             timeout: cfg.timeout,
@@ -80,6 +85,7 @@ impl Exporter {
             spans,
             flushes,
             stats,
+            held,
         })
     }
 
@@ -100,8 +106,10 @@ impl Exporter {
         let _ = tokio::time::timeout(self.cfg.timeout + Duration::from_secs(1), wait).await;
     }
 
+    /// Spans waiting for export: in the queue, and taken by the export
+    /// task but not sent yet.
     fn queued(&self) -> usize {
-        self.spans.max_capacity() - self.spans.capacity()
+        self.spans.max_capacity() - self.spans.capacity() + self.held.load(Relaxed)
     }
 }
 
@@ -157,6 +165,7 @@ struct Task {
     timeout: Duration,
     batch_size: usize,
     stats: Arc<ExportStats>,
+    held: Arc<AtomicUsize>,
 }
 
 impl Task {
@@ -170,6 +179,7 @@ impl Task {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.held.store(batch.len(), Relaxed);
             // The batch is sent as it fills, so room is left here.
             let room = self.batch_size - batch.len();
             tokio::select! {
@@ -206,6 +216,9 @@ impl Task {
         let request = encode(&self.service, batch);
         let n = batch.len() as u64;
         batch.clear();
+        // Still waiting for export while the call is on its way.
+        self.held
+            .store(usize::try_from(n).unwrap_or(usize::MAX), Relaxed);
         let outcome = match tokio::time::timeout(self.timeout, self.client.export(request)).await {
             Err(_) => Outcome::Timeout,
             Ok(Err(e)) => {
@@ -225,6 +238,7 @@ impl Task {
             self.stats.dropped[EXPORT_FAILED].fetch_add(n, Relaxed);
         }
         self.stats.exports[outcome as usize].fetch_add(1, Relaxed);
+        self.held.store(0, Relaxed);
     }
 }
 

@@ -265,6 +265,8 @@ fn spans_reach_an_otlp_grpc_collector_with_their_links() {
         assert!(Instant::now() < end, "the exported spans are counted");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // All five exported: none waits any more.
+    assert_eq!(metric(admin, "weir_tracing_queue_spans"), 0.0);
     assert_eq!(
         metric(
             admin,
@@ -339,12 +341,12 @@ fn otlp_http_exports_sampled_requests_and_counts_what_a_dead_collector_loses() {
 #[test]
 fn a_graceful_stop_sends_the_queued_spans() {
     let backend = trace_backend();
-    let (front, grpc) = (free_port(), free_port());
+    let (front, grpc, admin) = (free_port(), free_port(), free_port());
     let (_collector, spans) = collector("otlp-grpc", grpc.port());
     let (mut weir, _out) = start(
         "otlp-stop",
         &format!(
-            "[log]\naccess_log = false\n\
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
              [tracing]\n[tracing.otlp]\nendpoint = \"http://{grpc}\"\ninterval = \"1h\"\n\
              [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
              [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
@@ -357,6 +359,15 @@ fn a_graceful_stop_sends_the_queued_spans() {
         spans.recv_timeout(Duration::from_millis(300)).is_err(),
         "nothing is sent before the interval"
     );
+    // The request's two spans wait for export, and the gauge says so.
+    let end = std::time::Instant::now() + crate::cli::DEADLINE;
+    while crate::http::metric(admin, "weir_tracing_queue_spans") != 2.0 {
+        assert!(
+            std::time::Instant::now() < end,
+            "the waiting spans are not counted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     crate::cli::signal(&weir.0, rustix::process::Signal::TERM);
     assert!(crate::cli::wait_exit(&mut weir.0).success());
     let got = spans_of(&spans, "4bf92f3577b34da6a3ce929d0e0e4736", 2);
