@@ -105,7 +105,7 @@ pub(super) async fn stream(State(state): State<Arc<AppState>>, extensions: Exten
     // keep-alive comments keep it from going idle): half of the endpoint's
     // connections at most, so that the others stay for /readyz, /metrics
     // and changes.
-    let max = (server.snapshot().config.admin.max_connections as usize / 2).max(1);
+    let max = state.max_streams;
     let Some(open) = Open::new(Arc::clone(&state.stats), max) else {
         let mut refused = failure(
             StatusCode::SERVICE_UNAVAILABLE,

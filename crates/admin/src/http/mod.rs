@@ -97,6 +97,7 @@ impl AdminListener {
             stats: Arc::clone(&stats),
             stop: stop.clone(),
             control: OnceLock::new(),
+            max_streams: (limits.max_connections as usize / 2).max(1),
         }));
         let connections = TaskTracker::new();
         let endpoint = Arc::clone(&stats.conns.http);
@@ -172,6 +173,9 @@ struct AppState {
     stats: Arc<Stats>,
     stop: CancellationToken,
     control: OnceLock<ControlService>,
+    /// Event streams open at once at most: half of the endpoint's
+    /// connections, as it was started (a reload changes neither).
+    max_streams: usize,
 }
 
 impl AppState {
@@ -288,6 +292,7 @@ mod tests {
             stats: Arc::default(),
             stop: CancellationToken::new(),
             control: OnceLock::new(),
+            max_streams: 32,
         }))
     }
 
