@@ -467,6 +467,179 @@ async fn operator_drain_stops_new_connections_and_closes_after_drain_timeout() {
     assert!(!p.set_admin("nope", AdminState::Drain));
 }
 
+/// A disabled backend takes no new connections, its open ones are closed
+/// when `drain_timeout` runs out, and no probe reaches its health endpoint
+/// while it is disabled. Enabled again, its health is unknown rather than
+/// what the last probe before the disable said: it does not serve, and the
+/// next probe decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_backend_is_not_probed_and_comes_back_with_unknown_health() {
+    let a = echo_backend().await;
+    let b = named_backend("b").await;
+    let ha = HealthServer::start(200, "").await;
+    let hb = HealthServer::start(200, "").await;
+    let backends = backend_toml("a", a, &format!("check_port = {}", ha.port()))
+        + &backend_toml("b", b, &format!("check_port = {}", hb.port()));
+    let server = start(&health_toml(
+        "balance = \"first\"\ndrain_timeout = \"1s\"",
+        FAST,
+        &backends,
+    ))
+    .await;
+    let front = addr(&server, "l");
+    let p = server.pool("p").expect("p");
+    assert_eq!(p.view("a").expect("a").health, Health::Up);
+    let mut held = TcpStream::connect(front).await.expect("connect");
+    echo_once(&mut held).await;
+
+    let disabled = tokio::time::Instant::now();
+    assert!(p.set_admin("a", AdminState::Disabled));
+    let probed_then = ha.requests.load(Ordering::SeqCst);
+    let clock_then = hb.requests.load(Ordering::SeqCst);
+    let v = p.view("a").expect("a");
+    assert_eq!(
+        (v.admin, v.serving, v.effective_weight),
+        (AdminState::Disabled, false, 0)
+    );
+    for _ in 0..3 {
+        assert_eq!(within("fetch", fetch(front, None)).await, "b");
+    }
+    assert!(within("closed", closed(&mut held)).await);
+    assert!(
+        disabled.elapsed() >= Duration::from_secs(1),
+        "closed before drain_timeout: {:?}",
+        disabled.elapsed()
+    );
+
+    // `b`'s probes, which go on, measure the time: a probe already on its
+    // way when `a` was disabled may still arrive, none after it.
+    wait_until("five probes of b", || {
+        hb.requests.load(Ordering::SeqCst) >= clock_then + 5
+    })
+    .await;
+    let probed = ha.requests.load(Ordering::SeqCst);
+    assert!(
+        probed <= probed_then + 1,
+        "{probed} probes of a, {probed_then} when it was disabled"
+    );
+    wait_until("five more probes of b", || {
+        hb.requests.load(Ordering::SeqCst) >= clock_then + 10
+    })
+    .await;
+    assert_eq!(
+        ha.requests.load(Ordering::SeqCst),
+        probed,
+        "a disabled backend is not probed"
+    );
+    assert_eq!(p.view("a").expect("a").admin, AdminState::Disabled);
+
+    // Its health endpoint now fails, which no probe has seen: the `up` from
+    // before the disable must not count once it is enabled.
+    ha.set(503);
+    assert!(p.set_admin("a", AdminState::Enabled));
+    let v = p.view("a").expect("a");
+    assert!(
+        matches!(v.health, Health::Unknown | Health::Down),
+        "{:?}",
+        v.health
+    );
+    assert!(!v.serving, "{v:?}");
+    assert_eq!(within("fetch", fetch(front, None)).await, "b");
+    wait_until("the next probe decides", || {
+        p.view("a").is_some_and(|v| v.health == Health::Down)
+    })
+    .await;
+    let v = p.view("a").expect("a");
+    let last = v.history.last().expect("a transition");
+    assert_eq!(
+        last.change,
+        Change::Health {
+            from: Health::Unknown,
+            to: Health::Down
+        },
+        "{:?}",
+        v.history
+    );
+    assert!(matches!(last.cause, Cause::Probe(_)), "{:?}", last.cause);
+    assert!(ha.requests.load(Ordering::SeqCst) > probed);
+
+    // A passing probe brings it back.
+    ha.set(200);
+    wait_until("serving again", || p.view("a").is_some_and(|v| v.serving)).await;
+    let mut again = TcpStream::connect(front).await.expect("connect");
+    echo_once(&mut again).await;
+}
+
+/// A backend whose weight an operator sets to 0 takes no new connections,
+/// its open ones are closed when `drain_timeout` runs out, as with a drain,
+/// and its health checks go on; cleared, the configured weight serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weight_zero_stops_new_connections_and_closes_after_drain_timeout() {
+    let a = echo_backend().await;
+    let b = named_backend("b").await;
+    let ha = HealthServer::start(200, "").await;
+    let hb = HealthServer::start(200, "").await;
+    let backends = backend_toml("a", a, &format!("check_port = {}", ha.port()))
+        + &backend_toml("b", b, &format!("check_port = {}", hb.port()));
+    let server = start(&health_toml(
+        "balance = \"first\"\ndrain_timeout = \"1s\"",
+        FAST,
+        &backends,
+    ))
+    .await;
+    let front = addr(&server, "l");
+    let p = server.pool("p").expect("p");
+    let mut held = TcpStream::connect(front).await.expect("connect");
+    echo_once(&mut held).await;
+
+    let zeroed = tokio::time::Instant::now();
+    assert!(p.set_weight("a", Some(0)));
+    let probed_then = ha.requests.load(Ordering::SeqCst);
+    let v = p.view("a").expect("a");
+    assert_eq!(
+        (
+            v.admin,
+            v.health,
+            v.weight_override,
+            v.serving,
+            v.effective_weight
+        ),
+        (AdminState::Enabled, Health::Up, Some(0), false, 0)
+    );
+    for _ in 0..3 {
+        assert_eq!(within("fetch", fetch(front, None)).await, "b");
+    }
+    assert!(within("closed", closed(&mut held)).await);
+    assert!(
+        zeroed.elapsed() >= Duration::from_secs(1),
+        "closed before drain_timeout: {:?}",
+        zeroed.elapsed()
+    );
+    assert_eq!(
+        v.history
+            .last()
+            .map(|t| (t.change.clone(), t.cause.clone())),
+        Some((
+            Change::Weight {
+                from: None,
+                to: Some(0)
+            },
+            Cause::Operator
+        ))
+    );
+    wait_until("probes of a go on", || {
+        ha.requests.load(Ordering::SeqCst) >= probed_then + 2
+    })
+    .await;
+    assert_eq!(p.view("a").expect("a").health, Health::Up);
+
+    assert!(p.set_weight("a", None));
+    let v = p.view("a").expect("a");
+    assert_eq!((v.serving, v.effective_weight), (true, 1));
+    let mut again = TcpStream::connect(front).await.expect("connect");
+    echo_once(&mut again).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_probe_per_distinct_backend_however_many_pools_list_it() {
     let t = named_backend("t").await;

@@ -583,6 +583,125 @@ fn a_second_signal_closes_every_connection() {
     assert_eq!(wait_exit(&mut child.0).code(), Some(0));
 }
 
+/// A listener a reload removes lets its connections go on until its own
+/// `shutdown_timeout` runs out, then closes them with the reason
+/// `shutdown`; the listener that stays (its timeout an hour) keeps its
+/// connection.
+#[test]
+fn a_listener_a_reload_removes_closes_its_connections_at_its_shutdown_timeout() {
+    let backend = echo_backend();
+    let (front, gone, admin) = (free_port(), free_port(), free_port());
+    let listener = |name: &str, bind: SocketAddr, grace: &str| {
+        format!(
+            "[[listeners]]\nname = \"{name}\"\nbind = \"{bind}\"\nshutdown_timeout = \"{grace}\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n"
+        )
+    };
+    let text = |listeners: &str| {
+        format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\nformat = \"json\"\n{listeners}\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\nname = \"echo\"\naddress = \"{backend}\"\n"
+        )
+    };
+    let file = temp_config(
+        "removed-listener",
+        &text(&(listener("l", front, "1h") + &listener("gone", gone, "2s"))),
+    );
+    let (mut child, out) = run_weir(&file);
+    let open = |to: SocketAddr| {
+        let mut c = TcpStream::connect(to).expect("connect");
+        c.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        c.write_all(b"ping").expect("write");
+        let mut buf = [0u8; 4];
+        c.read_exact(&mut buf).expect("echo");
+        c
+    };
+    let mut kept = open(front);
+    let mut left = open(gone);
+    std::fs::write(&file, text(&listener("l", front, "1h"))).expect("rewrite");
+    signal(&child.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    // Not closed by the reload itself: it still relays.
+    left.write_all(b"pong").expect("write after the reload");
+    let mut buf = [0u8; 4];
+    left.read_exact(&mut buf).expect("echo after the reload");
+    assert_eq!(&buf, b"pong");
+    // Closed by weir once the 2 s run out: EOF (or a reset), not the read
+    // timeout.
+    let read = left.read(&mut buf);
+    assert!(
+        matches!(read, Ok(0))
+            || read
+                .as_ref()
+                .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock),
+        "{read:?}"
+    );
+    let line = wait_line(&out, "\"reason\":\"shutdown\"");
+    assert!(line.contains("\"listener\":\"gone\""), "{line}");
+    assert!(line.contains("\"bytes_to_backend\":8"), "{line}");
+    // The listener that stays is not touched.
+    kept.write_all(b"more").expect("write on the kept listener");
+    kept.read_exact(&mut buf)
+        .expect("echo on the kept listener");
+    assert_eq!(&buf, b"more");
+    drop(kept);
+    signal(&child.0, rustix::process::Signal::TERM);
+    assert_eq!(wait_exit(&mut child.0).code(), Some(0));
+}
+
+/// On SIGTERM the gRPC control API stops at once: an operator command then
+/// finds no weir (exit code 3) while an established connection still
+/// relays and `/healthz` still answers 200.
+#[test]
+fn sigterm_stops_the_control_api_while_connections_drain() {
+    let backend = echo_backend();
+    let (front, admin, grpc) = (free_port(), free_port(), free_port());
+    let file = temp_config(
+        "grpc-stop",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\ngrpc = \"{grpc}\"\n\
+             [[listeners]]\nname = \"l\"\nbind = [\"{front}\"]\nshutdown_timeout = \"10s\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\nname = \"echo\"\naddress = \"{backend}\"\n"
+        ),
+    );
+    let (mut child, out) = run_weir(&file);
+    let status = || crate::control::text(&crate::control::ctl(grpc, None, &["status"]));
+    let (code, _, err) = status();
+    assert_eq!(code, 0, "the control API serves before the signal: {err}");
+
+    let mut conn = TcpStream::connect(front).expect("connect");
+    conn.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    conn.write_all(b"ping").expect("write");
+    let mut buf = [0u8; 4];
+    conn.read_exact(&mut buf).expect("echo");
+
+    signal(&child.0, rustix::process::Signal::TERM);
+    wait_line(&out, "SIGTERM received");
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let (code, _, err) = status();
+        if code == 3 {
+            assert!(
+                err.contains(&format!("cannot reach weir at {grpc}")),
+                "{err}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the control API still answers: {code} {err}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(http_get(admin, "/healthz").starts_with("HTTP/1.1 200"));
+    conn.write_all(b"pong").expect("write after SIGTERM");
+    conn.read_exact(&mut buf).expect("echo after SIGTERM");
+    assert_eq!(&buf, b"pong");
+    drop(conn);
+    assert_eq!(wait_exit(&mut child.0).code(), Some(0));
+}
+
 #[test]
 fn run_fails_clearly_when_the_port_is_taken() {
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");

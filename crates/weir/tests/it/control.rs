@@ -1,6 +1,7 @@
-//! The operator commands against a running weir: token enforcement, a drain
-//! that survives a restart, reloads (`weir reload` and SIGHUP) with a
-//! long-lived connection open across them, exit codes.
+//! The operator commands against a running weir: token enforcement and
+//! rotation, a drain that survives a restart and a reload, reloads (`weir
+//! reload` and SIGHUP) with a long-lived connection open across them, what a
+//! reload leaves to the next start, exit codes.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -8,8 +9,8 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 
 use crate::cli::{
-    DEADLINE, Running, echo_backend, free_port, http_get, lines, run_weir, signal, temp_config,
-    test_dir, wait_exit, wait_line, weir,
+    DEADLINE, Running, echo_backend, free_port, http_get, http_post, lines, run_weir, signal,
+    temp_config, test_dir, wait_exit, wait_line, weir,
 };
 
 /// Runs an operator command against `admin`, with `token` as WEIR_TOKEN.
@@ -437,4 +438,222 @@ fn tier_changes_have_causes_survive_a_restart_and_show_in_the_cli() {
         metric(http, "weir_pool_active_tier{pool=\"p\"}"),
         "weir_pool_active_tier{pool=\"p\"} 1"
     );
+}
+
+/// What an operator set survives a reload, one that changes the configured
+/// weight of the re-weighted backend included: the drain and the disable
+/// stay, the override stays in force with the new configured weight shown
+/// beside it, and clearing the override brings in the new configured weight.
+#[test]
+fn operator_state_survives_a_reload_that_changes_the_configured_weight() {
+    let (grpc, http) = (free_port(), free_port());
+    let (a, b, c) = (echo_backend(), echo_backend(), echo_backend());
+    let before = config(grpc, http, "", &[("a", a), ("b", b), ("c", c)]);
+    let file = temp_config("operator-reload", &before);
+    let (_weir, _out) = run_weir(&file);
+    for args in [
+        &["backend", "drain", "p", "a"][..],
+        &["backend", "weight", "p", "b", "7"],
+        &["backend", "disable", "p", "c"],
+    ] {
+        let (code, _, err) = text(&ctl(grpc, None, args));
+        assert_eq!(code, 0, "{args:?}: {err}");
+    }
+
+    write(
+        &file,
+        &before.replace("name = \"b\"\n", "name = \"b\"\nweight = 3\n"),
+    );
+    let (code, out, err) = text(&ctl(grpc, None, &["reload"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("generation 2") && out.contains("changed  backend p/b"),
+        "{out}"
+    );
+
+    let backends = json(&ctl(grpc, None, &["backends", "p", "-o", "json"]));
+    assert_eq!(backends[0]["name"], "a");
+    assert_eq!(backends[0]["admin"], "drain", "{backends}");
+    assert_eq!(backends[0]["serving"], false);
+    assert_eq!(backends[0]["effective_weight"], 0);
+    assert_eq!(backends[1]["name"], "b");
+    assert_eq!(backends[1]["admin"], "enabled", "{backends}");
+    assert_eq!(
+        backends[1]["weight"], 3,
+        "the configured weight: {backends}"
+    );
+    assert_eq!(backends[1]["weight_override"], 7, "{backends}");
+    assert_eq!(backends[1]["effective_weight"], 7, "{backends}");
+    assert_eq!(backends[2]["name"], "c");
+    assert_eq!(backends[2]["admin"], "disabled", "{backends}");
+    assert_eq!(backends[2]["serving"], false);
+    let (code, out, _) = text(&ctl(grpc, None, &["backends", "p"]));
+    assert_eq!(code, 0);
+    assert!(
+        out.lines().any(
+            |l| l.split_whitespace().nth(1) == Some("b") && l.contains("7 (set; 3 configured)")
+        ),
+        "{out}"
+    );
+
+    let (code, _, err) = text(&ctl(
+        grpc,
+        None,
+        &["backend", "weight", "p", "b", "--clear"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    let backends = json(&ctl(grpc, None, &["backends", "p", "-o", "json"]));
+    assert_eq!(backends[1]["weight_override"], serde_json::Value::Null);
+    assert_eq!(backends[1]["effective_weight"], 3, "{backends}");
+}
+
+/// A reload reads the token file again, which is how the token is rotated:
+/// until then the running token stays; after `weir reload` (with the current
+/// token) or SIGHUP only the token the file now holds is accepted.
+#[test]
+fn a_reload_rotates_the_token() {
+    let dir = test_dir("rotate");
+    let token_file = dir.join("token");
+    let first = "first-token-0123456789abcdef";
+    let second = "second-token-fedcba9876543210";
+    let third = "third-token-00112233445566778899";
+    std::fs::write(&token_file, format!("{first}\n")).expect("write");
+    let (grpc, http) = (free_port(), free_port());
+    let b = echo_backend();
+    let file = temp_config(
+        "rotate",
+        &config(
+            grpc,
+            http,
+            &format!("token_file = {:?}", token_file.display().to_string()),
+            &[("b", b)],
+        ),
+    );
+    let (weir_proc, out) = run_weir(&file);
+    let admin = || {
+        json(&ctl(grpc, None, &["backends", "p", "-o", "json"]))[0]["admin"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (code, _, err) = text(&ctl(grpc, Some(first), &["backend", "drain", "p", "b"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(admin(), "drain");
+
+    // The file changes; the running token does not until a reload.
+    std::fs::write(&token_file, format!("{second}\n")).expect("write");
+    let (code, _, err) = text(&ctl(grpc, Some(second), &["backend", "enable", "p", "b"]));
+    assert_eq!(code, 4, "the new token before the reload: {err}");
+    let (code, _, err) = text(&ctl(grpc, Some(first), &["reload"]));
+    assert_eq!(code, 0, "{err}");
+
+    let (code, _, err) = text(&ctl(grpc, Some(first), &["backend", "enable", "p", "b"]));
+    assert_eq!(code, 4, "the old token after the reload: {err}");
+    assert!(err.contains("wrong"), "{err}");
+    assert_eq!(admin(), "drain", "a refused change changed nothing");
+    let (code, _, err) = text(&ctl(grpc, Some(second), &["backend", "enable", "p", "b"]));
+    assert_eq!(code, 0, "the new token after the reload: {err}");
+    assert_eq!(admin(), "enabled");
+
+    // SIGHUP reads it again too.
+    std::fs::write(&token_file, format!("{third}\n")).expect("write");
+    signal(&weir_proc.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded generation=3");
+    let (code, _, err) = text(&ctl(grpc, Some(second), &["backend", "drain", "p", "b"]));
+    assert_eq!(code, 4, "the old token after SIGHUP: {err}");
+    let (code, _, err) = text(&ctl(grpc, Some(second), &["reload"]));
+    assert_eq!(code, 4, "{err}");
+    assert_eq!(admin(), "enabled");
+    let (code, _, err) = text(&ctl(grpc, Some(third), &["backend", "drain", "p", "b"]));
+    assert_eq!(code, 0, "the new token after SIGHUP: {err}");
+    assert_eq!(admin(), "drain");
+
+    assert_eq!(
+        metric(
+            http,
+            "weir_admin_auth_failures_total{reason=\"wrong_token\"}"
+        ),
+        "weir_admin_auth_failures_total{reason=\"wrong_token\"} 4"
+    );
+}
+
+/// A reload that changes settings read only at start applies the rest and
+/// says which: `weir reload` prints a `note:` line per section, its JSON
+/// answer lists them in `need_restart`, and the log warns. Settings a reload
+/// does apply (`zero_copy`, `access_log`) are not listed.
+#[test]
+fn a_reload_names_the_changes_that_take_effect_at_the_next_start() {
+    let (grpc, http) = (free_port(), free_port());
+    let (a, b) = (echo_backend(), echo_backend());
+    let file = temp_config("restart-only", &config(grpc, http, "", &[("a", a)]));
+    let (_weir, out) = run_weir(&file);
+
+    // One of the [admin] settings beside the addresses: the endpoints'
+    // limits and timeouts are set up once.
+    write(
+        &file,
+        &config(grpc, http, "handshake_timeout = \"20s\"", &[("a", a)]),
+    );
+    let (code, stdout, err) = text(&ctl(grpc, None, &["reload"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        stdout.contains("generation 2") && stdout.contains("  no changes\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  note: changes to [admin] take effect at the next start\n"),
+        "{stdout}"
+    );
+    let warning = wait_line(&out, "take effect at the next start");
+    assert!(warning.contains("admin"), "{warning}");
+
+    // Several sections at once, with a change a reload applies.
+    let extra = "handshake_timeout = \"20s\"\nmax_connections = 32\nidle_timeout = \"1m\"\n\
+                 [runtime]\nworker_threads = 1\nzero_copy = true\n\
+                 [log]\nlevel = \"warn\"\naccess_log = false";
+    write(&file, &config(grpc, http, extra, &[("a", a), ("b", b)]));
+    let r = json(&ctl(grpc, None, &["reload", "-o", "json"]));
+    assert_eq!(r["generation"], 3, "{r}");
+    assert_eq!(r["added"], serde_json::json!(["backend p/b"]), "{r}");
+    assert_eq!(
+        r["need_restart"],
+        serde_json::json!(["admin", "runtime.worker_threads", "log"]),
+        "{r}"
+    );
+
+    // Only settings a reload applies change: nothing to note.
+    write(
+        &file,
+        &config(
+            grpc,
+            http,
+            &extra
+                .replace("zero_copy = true", "zero_copy = false")
+                .replace("access_log = false", "access_log = true"),
+            &[("a", a), ("b", b)],
+        ),
+    );
+    let r = json(&ctl(grpc, None, &["reload", "-o", "json"]));
+    assert_eq!(r["generation"], 4, "{r}");
+    assert_eq!(r["need_restart"], serde_json::json!([]), "{r}");
+
+    // The JSON API's answer says the same.
+    write(
+        &file,
+        &config(
+            grpc,
+            http,
+            &extra.replace("[log]\n", "[log]\nformat = \"json\"\n"),
+            &[("a", a), ("b", b)],
+        ),
+    );
+    let answer = http_post(http, "/api/v1/reload");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let r: serde_json::Value = serde_json::from_str(body).expect("json answer");
+    assert_eq!(r["generation"], 5, "{r}");
+    assert_eq!(r["need_restart"], serde_json::json!(["log"]), "{r}");
+    let status = json(&ctl(grpc, None, &["status", "-o", "json"]));
+    assert_eq!(status["config_generation"], 5);
+    assert_eq!(status["backends"], 2);
 }

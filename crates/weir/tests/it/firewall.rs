@@ -188,6 +188,66 @@ fn deny_and_allow_lists_inline_and_from_files() {
     assert_eq!(ping_from(ip("127.0.0.1"), front), Ok(()));
 }
 
+/// `allow_files` given with an empty file make an allow list of no one:
+/// every source is refused (`not_allowed`) and the backend sees none of
+/// them. An address written into the file lets that source in after a
+/// reload, and only it.
+#[test]
+fn an_empty_allow_file_lets_nobody_in() {
+    let dir = test_dir("firewall-empty-allow");
+    let allow_file = dir.join("allow.txt");
+    std::fs::write(&allow_file, "").expect("write");
+    let backend = counting_backend();
+    let (admin, front) = (free_port(), free_port());
+    let firewall = format!("[firewall]\nallow_files = [\"{}\"]\n", allow_file.display());
+    let (weir, out) = start(
+        "firewall-empty-allow",
+        &config(admin, front, backend.addr, &firewall),
+    );
+
+    for source in ["127.0.0.1", "127.0.0.8", "127.0.5.5"] {
+        assert_eq!(
+            ping_from(ip(source), front),
+            Err(ErrorKind::ConnectionReset),
+            "{source}"
+        );
+    }
+    assert_eq!(backend.accepted.load(Relaxed), 0);
+    assert_eq!(
+        metric(
+            admin,
+            "weir_firewall_blocked_total{listener=\"l\",reason=\"not_allowed\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "weir_listener_connections_rejected_total{listener=\"l\",reason=\"firewall\"}"
+        ),
+        3.0
+    );
+    let line = wait_line(&out, "\"error\":\"not_allowed\"");
+    assert!(line.contains("\"reason\":\"firewall\""), "{line}");
+
+    std::fs::write(&allow_file, "127.0.0.8\n").expect("rewrite");
+    signal(&weir.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    assert_eq!(ping_from(ip("127.0.0.8"), front), Ok(()));
+    assert_eq!(
+        ping_from(ip("127.0.0.1"), front),
+        Err(ErrorKind::ConnectionReset)
+    );
+    assert_eq!(backend.accepted.load(Relaxed), 1);
+    assert_eq!(
+        metric(
+            admin,
+            "weir_firewall_blocked_total{listener=\"l\",reason=\"not_allowed\"}"
+        ),
+        4.0
+    );
+}
+
 /// `per_client`: new connections per second with a burst, and open
 /// connections, per address, exact to the count; a listener's own table
 /// adds to the global one.

@@ -171,6 +171,27 @@ fn rules_pick_the_pool_over_http1_and_h2c() {
         ),
         12.0
     );
+    // Each backend's responses are timed (four to `a`, six to `b`; the 404s
+    // reached none), and none is left in flight.
+    for (backend, n) in [("a", 4.0), ("b", 6.0)] {
+        let id = format!("pool=\"{backend}\",backend=\"{backend}\"");
+        assert_eq!(
+            metric(
+                admin,
+                &format!("weir_backend_http_response_duration_seconds_count{{{id}}}")
+            ),
+            n,
+            "{backend}"
+        );
+        let end = Instant::now() + DEADLINE;
+        while metric(admin, &format!("weir_backend_http_requests_active{{{id}}}")) != 0.0 {
+            assert!(
+                Instant::now() < end,
+                "requests to {backend} still in flight"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     assert_documented(admin);
 }
 
@@ -1029,6 +1050,19 @@ fn tls_termination_picks_the_certificate_by_sni() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Every completed handshake is timed; the failed one is not.
+    let timed = metric(
+        admin,
+        "weir_tls_handshake_duration_seconds_count{listener=\"https\"}",
+    );
+    assert!(timed >= 5.0, "{timed}");
+    assert_eq!(
+        timed,
+        metric(
+            admin,
+            "weir_tls_handshakes_total{listener=\"https\",result=\"success\",reason=\"ok\"}",
+        )
+    );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs()) as f64;
@@ -1367,6 +1401,18 @@ fn a_client_that_reads_nothing_is_cut_after_the_send_timeout() {
     let began = Instant::now();
     let mut h1 = TcpStream::connect(front).expect("connect");
     write!(h1, "GET /big.bin HTTP/1.1\r\nHost: app\r\n\r\n").expect("request");
+    // In flight at the backend until weir cuts it, at least the 500 ms.
+    let in_flight = || {
+        metric(
+            admin,
+            "weir_backend_http_requests_active{pool=\"files\",backend=\"nginx\"}",
+        )
+    };
+    let end = Instant::now() + DEADLINE;
+    while in_flight() != 1.0 {
+        assert!(Instant::now() < end, "the request never counted in flight");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let line = wait_line(&out, "\"path\":\"/big.bin\"");
     assert!(line.contains("\"reason\":\"idle_timeout\""), "{line}");
     assert!(line.contains("\"status\":200"), "{line}");
@@ -1416,6 +1462,10 @@ fn a_client_that_reads_nothing_is_cut_after_the_send_timeout() {
             Instant::now() < end,
             "the backend's connection is still held"
         );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    while in_flight() != 0.0 {
+        assert!(Instant::now() < end, "a cut request still counts in flight");
         std::thread::sleep(Duration::from_millis(20));
     }
 }

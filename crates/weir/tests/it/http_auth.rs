@@ -253,6 +253,24 @@ fn forward_auth_with_cache_failure_modes_and_breaker() {
     assert_eq!(result("denied"), 2.0);
     assert!(result("timeout") >= 2.0, "{}", result("timeout"));
     assert!(result("error") >= 1.0);
+    // Every call is timed, whatever its result; the two timeouts with the
+    // whole second each waited.
+    let mut made = 0.0;
+    for r in ["allowed", "denied", "error", "timeout"] {
+        made += result(r);
+    }
+    assert_eq!(
+        metric(
+            admin,
+            "weir_auth_duration_seconds_count{listener=\"web\",route=\"app\"}"
+        ),
+        made
+    );
+    let waited = metric(
+        admin,
+        "weir_auth_duration_seconds_sum{listener=\"web\",route=\"app\"}",
+    );
+    assert!(waited >= 2.0, "{waited}");
     assert_eq!(
         metric(
             admin,

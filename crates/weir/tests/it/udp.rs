@@ -303,6 +303,45 @@ fn flows_end_when_idle_and_max_flows_refuses_more() {
         assert!(Instant::now() < end, "idle flows end");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The two flows' traffic: 65,507 + 5 bytes from a, 1 from b, each
+    // echoed; three datagrams each way, all to the one backend.
+    assert_eq!(metric(admin, "weir_udp_max_flows{listener=\"dns\"}"), 2.0);
+    for direction in ["to_backend", "to_client"] {
+        assert_eq!(
+            metric(
+                admin,
+                &format!("weir_udp_bytes_total{{listener=\"dns\",direction=\"{direction}\"}}")
+            ),
+            65_513.0,
+            "{direction}"
+        );
+        assert_eq!(
+            metric(
+                admin,
+                &format!(
+                    "weir_backend_udp_datagrams_total{{pool=\"dns\",backend=\"{backend}\",direction=\"{direction}\"}}"
+                )
+            ),
+            3.0,
+            "{direction}"
+        );
+    }
+    // Both ended, each after at least its idle_timeout of 5 s.
+    assert_eq!(
+        metric(
+            admin,
+            "weir_udp_flow_duration_seconds_count{listener=\"dns\"}"
+        ),
+        2.0
+    );
+    let lived = metric(
+        admin,
+        "weir_udp_flow_duration_seconds_sum{listener=\"dns\"}",
+    );
+    assert!(
+        (9.9..DEADLINE.as_secs_f64() * 2.0).contains(&lived),
+        "{lived}"
+    );
     assert_eq!(ask(&c, front, b"c").as_deref(), Some(&b"c"[..]));
     assert_eq!(metric(admin, "weir_udp_flows_total{listener=\"dns\"}"), 3.0);
 }
