@@ -387,7 +387,7 @@ impl Pool {
         let now = std::time::Instant::now();
         let mut ramping = false;
         let mut ramps: Vec<Option<f64>> = Vec::with_capacity(self.backends.len());
-        let snapshot: Vec<(u32, Health, AdminState)> = self
+        let snapshot: Vec<(u32, Health, AdminState, bool)> = self
             .backends
             .iter()
             .map(|b| {
@@ -398,7 +398,8 @@ impl Pool {
                 }
                 ramping |= s.ramp_since.is_some();
                 ramps.push(ramp);
-                (b.picker_weight(&s, now), s.health.state(), s.admin)
+                let zeroed = s.weight_override == Some(0);
+                (b.picker_weight(&s, now), s.health.state(), s.admin, zeroed)
             })
             .collect();
         self.set_limits(&ramps);
@@ -407,7 +408,7 @@ impl Pool {
             .iter()
             .zip(&snapshot)
             .enumerate()
-            .map(|(index, (b, &(weight, _, _)))| Member {
+            .map(|(index, (b, &(weight, ..)))| Member {
                 index,
                 name: &b.name,
                 weight,
@@ -416,7 +417,7 @@ impl Pool {
             .collect();
         let picker = Picker::new(self.policy, &members);
         let tier = picker.active_tier();
-        for (b, &(weight, health, admin)) in self.backends.iter().zip(&snapshot) {
+        for (b, &(weight, health, admin, zeroed)) in self.backends.iter().zip(&snapshot) {
             let serving = weight > 0 && Some(b.tier) == tier;
             let was = b.serving.swap(serving, Relaxed);
             if was == serving {
@@ -432,9 +433,9 @@ impl Pool {
                 if self.close_on_down {
                     b.evict_now(Eviction::BackendDown);
                 }
-            } else if admin != AdminState::Enabled || health == Health::Up {
-                // Drained, disabled or demoted: connections may finish within
-                // drain_timeout.
+            } else if admin != AdminState::Enabled || health == Health::Up || zeroed {
+                // Drained, disabled, set to weight 0 (also while on trial) or
+                // demoted: connections may finish within drain_timeout.
                 self.schedule_drain(b, epoch);
             }
         }

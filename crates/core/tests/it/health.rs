@@ -640,6 +640,58 @@ async fn weight_zero_stops_new_connections_and_closes_after_drain_timeout() {
     echo_once(&mut again).await;
 }
 
+/// Weight 0 drains a backend that passive health has on trial too (down
+/// after a failed connect, tried again after `passive_timeout`): its open
+/// connections are closed once `drain_timeout` runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weight_zero_drains_a_backend_on_trial() {
+    // An echo backend whose listener the test can close, leaving the
+    // connections it accepted running.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let a = listener.local_addr().expect("addr");
+    let accepting = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let toml = pool_toml("first", &[("a", a, 1)]).replace(
+        "connect_timeout = \"500ms\"\n",
+        "connect_timeout = \"500ms\"\ndrain_timeout = \"1s\"\n\
+         [pools.health]\ntype = \"none\"\nfall = 1\npassive_timeout = \"200ms\"\n",
+    );
+    let server = start(&toml).await;
+    let front = addr(&server, "l");
+    let p = server.pool("p").expect("p");
+    let mut held = TcpStream::connect(front).await.expect("connect");
+    echo_once(&mut held).await;
+
+    // The listener goes: the next connect fails, and the backend is down,
+    // then on trial.
+    accepting.abort();
+    let _ = accepting.await;
+    assert_eq!(within("fetch", fetch(front, None)).await, "");
+    wait_until("on trial", || {
+        p.view("a")
+            .is_some_and(|v| v.health == Health::Unknown && v.serving)
+    })
+    .await;
+    echo_once(&mut held).await;
+
+    let zeroed = tokio::time::Instant::now();
+    assert!(p.set_weight("a", Some(0)));
+    assert!(within("closed", closed(&mut held)).await);
+    assert!(
+        zeroed.elapsed() >= Duration::from_secs(1),
+        "closed before drain_timeout: {:?}",
+        zeroed.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_probe_per_distinct_backend_however_many_pools_list_it() {
     let t = named_backend("t").await;
