@@ -1040,3 +1040,321 @@ pub(crate) fn wait_connectable(addr: SocketAddr) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// The inodes of the sockets listening on `addr` (IPv4), from
+/// /proc/net/tcp: the same inode is the same socket.
+fn listening_inodes(addr: SocketAddr) -> Vec<u64> {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 only: {addr}")
+    };
+    // The kernel prints the address's four bytes as one native-endian u32.
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let mut inodes: Vec<u64> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address is field 1, st field 3 (0A: LISTEN), inode field 9.
+            if f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"0A") {
+                f.get(9)?.parse().ok()
+            } else {
+                None
+            }
+        })
+        .collect();
+    inodes.sort_unstable();
+    inodes
+}
+
+/// A reload keeps the listening socket of an address that stays in the
+/// config: a client connecting back to back through five reloads (each a
+/// new configuration generation) is never refused, and the socket listening
+/// on the address is the same one throughout.
+#[test]
+fn reloads_refuse_no_connection_on_a_listener_that_stays() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+
+    const RELOADS: usize = 5;
+    let backend = echo_backend();
+    let front = free_port();
+    let text = |connect_timeout: &str| {
+        format!(
+            "[log]\nformat = \"json\"\naccess_log = false\n\
+             [[listeners]]\nname = \"l\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\nconnect_timeout = \"{connect_timeout}\"\n\
+             [[pools.backends]]\nname = \"echo\"\naddress = \"{backend}\"\n"
+        )
+    };
+    let file = temp_config("reload-no-refusal", &text("2s"));
+    let (mut child, out) = run_weir(&file);
+    let sockets = listening_inodes(front);
+    assert_eq!(
+        sockets.len(),
+        1,
+        "sockets listening on {front}: {sockets:?}"
+    );
+
+    // One client, connecting back to back (a short pause keeps the count
+    // to a few hundred).
+    let stop = Arc::new(AtomicBool::new(false));
+    let (served, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let client = {
+        let (stop, served, failed) = (stop.clone(), served.clone(), failed.clone());
+        std::thread::spawn(move || {
+            let mut errors = Vec::new();
+            while !stop.load(Relaxed) {
+                match crate::systemd::echo_once(front) {
+                    Ok(()) => {
+                        served.fetch_add(1, Relaxed);
+                    }
+                    Err(e) => {
+                        errors.push(e.to_string());
+                        failed.fetch_add(1, Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            errors
+        })
+    };
+    let wait_for_more = |n: usize| {
+        let end = Instant::now() + DEADLINE;
+        let from = served.load(Relaxed);
+        while served.load(Relaxed) < from + n {
+            assert!(
+                Instant::now() < end,
+                "the client stalled ({} failed)",
+                failed.load(Relaxed)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_for_more(20);
+    for i in 0..RELOADS {
+        // A real change each time, so that each reload swaps in a new
+        // generation; the listener stays as it was.
+        let connect_timeout = if i % 2 == 0 { "3s" } else { "2s" };
+        std::fs::write(&*file, text(connect_timeout)).expect("rewrite");
+        signal(&child.0, rustix::process::Signal::HUP);
+        let line = wait_line(&out, "config reloaded");
+        assert!(
+            line.contains(&format!("\"generation\":{}", i + 2)),
+            "{line}"
+        );
+        assert_eq!(
+            listening_inodes(front),
+            sockets,
+            "the socket on {front} was replaced by reload {}",
+            i + 1
+        );
+        wait_for_more(10);
+    }
+    stop.store(true, Relaxed);
+    let errors = client.join().expect("client");
+    eprintln!(
+        "{} connections through {RELOADS} reloads, {} failed",
+        served.load(Relaxed),
+        failed.load(Relaxed)
+    );
+    assert_eq!(failed.load(Relaxed), 0, "failed connections: {errors:?}");
+    signal(&child.0, rustix::process::Signal::TERM);
+    assert_eq!(wait_exit(&mut child.0).code(), Some(0));
+}
+
+/// `WEIR_CONFIG` names the file when `--config` is not given (a missing one
+/// fails, naming it, rather than falling back to another file), `--config`
+/// wins over it, and with neither `weir.toml` in the working directory is
+/// read. `weir run` started from `WEIR_CONFIG` serves that file and reloads
+/// it on SIGHUP.
+#[test]
+fn weir_config_names_the_file_when_config_is_not_given() {
+    let valid = |pools: usize| {
+        let mut text = "[log]\naccess_log = false\n\
+                        [[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n\
+                        [[listeners.routes]]\nname = \"r\"\npool = \"p0\"\n"
+            .to_owned();
+        for i in 0..pools {
+            text.push_str(&format!(
+                "[[pools]]\nname = \"p{i}\"\n[[pools.backends]]\naddress = \"127.0.0.1:9\"\n"
+            ));
+        }
+        text
+    };
+    // The working directory's weir.toml has one pool, the named file two.
+    let cwd = test_dir("weir-config-cwd");
+    std::fs::write(cwd.join("weir.toml"), valid(1)).expect("write weir.toml");
+    let named = temp_config("weir-config-named", &valid(2));
+    let missing = cwd.join("missing").join("weir.toml");
+    let check = |config: Option<&Path>, env: Option<&Path>| {
+        let mut cmd = weir();
+        cmd.arg("check").current_dir(&*cwd);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        match env {
+            Some(e) => cmd.env("WEIR_CONFIG", e),
+            None => cmd.env_remove("WEIR_CONFIG"),
+        };
+        let out = cmd.output().expect("weir check");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let two_pools = format!(
+        "{}: ok (1 listeners, 1 routes, 2 pools, 2 backends)",
+        named.display()
+    );
+
+    let (code, stdout, stderr) = check(None, Some(&*named));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, two_pools);
+
+    let (code, stdout, stderr) = check(None, Some(missing.as_path()));
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stderr.contains(&missing.display().to_string()), "{stderr}");
+
+    let (code, stdout, stderr) = check(Some(&*named), Some(missing.as_path()));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, two_pools);
+
+    let (code, stdout, stderr) = check(None, None);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        stdout,
+        "weir.toml: ok (1 listeners, 1 routes, 1 pools, 1 backends)"
+    );
+
+    // `weir run` with WEIR_CONFIG alone, in a directory whose weir.toml
+    // would serve elsewhere.
+    let backend = echo_backend();
+    let (front, added) = (free_port(), free_port());
+    let text = |binds: &str| {
+        format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"l\"\nbind = [{binds}]\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
+        )
+    };
+    let file = temp_config("weir-config-run", &text(&format!("\"{front}\"")));
+    let mut cmd = weir();
+    cmd.arg("run").env("WEIR_CONFIG", &*file).current_dir(&*cwd);
+    let (mut child, out) = start_weir(cmd);
+    crate::systemd::echo_once(front).expect("echo through the WEIR_CONFIG file's listener");
+    assert!(
+        TcpStream::connect(added).is_err(),
+        "{added} listens before the reload"
+    );
+    std::fs::write(&*file, text(&format!("\"{front}\", \"{added}\""))).expect("rewrite");
+    signal(&child.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    crate::systemd::echo_once(added).expect("echo through the address the reload added");
+    signal(&child.0, rustix::process::Signal::TERM);
+    assert_eq!(wait_exit(&mut child.0).code(), Some(0));
+}
+
+/// Access-log lines are written whatever `log.level` says: at `level =
+/// "warn"` a relayed connection still writes its line, in the documented
+/// text form (target `weir::access`, the fields in order), while info
+/// lines such as `weir started` are left out.
+#[test]
+fn access_lines_are_written_at_level_warn_in_the_text_form() {
+    let backend = echo_backend();
+    let front = free_port();
+    let file = temp_config(
+        "access-warn",
+        &format!(
+            "[log]\nlevel = \"warn\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\nname = \"echo\"\naddress = \"{backend}\"\n"
+        ),
+    );
+    let mut child = weir()
+        .args(["run", "--config"])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn weir");
+    let out = lines(&mut child);
+    let mut child = Running::new(child);
+    // At this level nothing says weir serves: connect until its listener
+    // takes the connection (it is relayed once weir accepts).
+    let end = Instant::now() + DEADLINE;
+    let mut conn = loop {
+        match TcpStream::connect(front) {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(Instant::now() < end, "{front} never listened: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
+    conn.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let client = conn.local_addr().expect("local addr");
+    conn.write_all(b"ping").expect("write");
+    let mut buf = [0u8; 4];
+    conn.read_exact(&mut buf).expect("echo");
+    assert_eq!(&buf, b"ping");
+    drop(conn);
+
+    let mut seen = Vec::new();
+    let end = Instant::now() + DEADLINE;
+    let line = loop {
+        let left = end.saturating_duration_since(Instant::now());
+        let line = out
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("no access-log line ({e}); got {seen:?}"));
+        seen.push(line.clone());
+        if line.contains("weir::access:") {
+            break line;
+        }
+    };
+    let fields = format!(
+        " INFO weir::access: listener=web route=\"all\" client={client} backend=\"echo\" \
+         bytes_to_backend=4 bytes_to_client=4 duration_ms="
+    );
+    assert!(line.contains(&fields), "{line}");
+    assert!(
+        line.ends_with(" reason=\"client_closed\" error=\"-\" tried=\"-\""),
+        "{line}"
+    );
+    // It starts with the UTC time, RFC 3339.
+    let stamp = line.split_whitespace().next().unwrap_or_default();
+    assert!(
+        stamp.len() >= 20 && stamp.as_bytes().get(10) == Some(&b'T') && stamp.ends_with('Z'),
+        "{line}"
+    );
+    let duration: f64 = line
+        .split(" duration_ms=")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| panic!("no duration in {line}"));
+    assert!(
+        (0.0..DEADLINE.as_secs_f64() * 1000.0).contains(&duration),
+        "{line}"
+    );
+
+    signal(&child.0, rustix::process::Signal::TERM);
+    assert_eq!(wait_exit(&mut child.0).code(), Some(0));
+    // Everything weir wrote, up to its exit.
+    while let Ok(line) = out.recv_timeout(DEADLINE) {
+        seen.push(line);
+    }
+    let info: Vec<&String> = seen
+        .iter()
+        .filter(|l| l.contains(" INFO ") && !l.contains(" INFO weir::access: "))
+        .collect();
+    assert!(info.is_empty(), "info lines at level warn: {info:?}");
+    assert!(!seen.iter().any(|l| l.contains("weir started")), "{seen:?}");
+}

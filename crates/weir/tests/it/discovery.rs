@@ -710,3 +710,89 @@ fn a_change_the_pool_could_not_take_is_tried_again() {
         l.len() == 3 && l.iter().any(|b| b.0 == a26)
     });
 }
+
+/// A reload resolves backend host names again. weir runs in a mount
+/// namespace of its own, with the test's hosts file as /etc/hosts (and a
+/// resolv.conf naming a local server, so a name the file lacks fails at
+/// once). The file moves the backend's name to another address: after a
+/// reload, new connections go there. The name goes: the reload fails,
+/// naming the backend's key path, and the last address goes on serving.
+#[test]
+fn a_reload_resolves_backend_names_again() {
+    let dir = test_dir("resolve-reload");
+    let port = free_port().port();
+    // Two backends on one port, each saying who it is and closing.
+    for (ip, word) in [([127, 0, 0, 28], "first"), ([127, 0, 0, 29], "second")] {
+        let l = TcpListener::bind(SocketAddr::from((ip, port))).expect("bind");
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { break };
+                let _ = std::io::Write::write_all(&mut s, word.as_bytes());
+            }
+        });
+    }
+    let hosts = dir.join("hosts");
+    std::fs::write(&hosts, "127.0.0.28 backend-a.test\n").expect("hosts");
+    let resolv = dir.join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+    )
+    .expect("resolv.conf");
+    let (front, admin) = (free_port(), free_port());
+    let file = temp_config(
+        "resolve-reload",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\nformat = \"json\"\naccess_log = false\n\
+             [[listeners]]\nname = \"front\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n\
+             [[pools.backends]]\nname = \"a\"\naddress = \"backend-a.test:{port}\"\n"
+        ),
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "sh", "-c"])
+        .arg(
+            "mount --bind \"$0\" /etc/hosts && mount --bind \"$1\" /etc/resolv.conf && \
+             exec \"$2\" run --config \"$3\"",
+        )
+        .arg(&hosts)
+        .arg(&resolv)
+        .arg(crate::cli::weir().get_program())
+        .arg(&*file);
+    let (weir, out) = start_weir(cmd);
+    let who = || {
+        let mut c = TcpStream::connect(front).expect("connect");
+        c.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut c, &mut answer).expect("the backend's answer");
+        answer
+    };
+    assert_eq!(who(), "first");
+
+    // The name moves (the file written in place: the mount stays); the
+    // config file is unchanged.
+    std::fs::write(&hosts, "127.0.0.29 backend-a.test\n").expect("hosts");
+    signal(&weir.0, rustix::process::Signal::HUP);
+    let line = wait_line(&out, "config reloaded");
+    assert!(line.contains("\"generation\":2"), "{line}");
+    for _ in 0..3 {
+        assert_eq!(who(), "second");
+    }
+
+    // The name goes: the reload fails and changes nothing.
+    std::fs::write(&hosts, "127.0.0.29 backend-b.test\n").expect("hosts");
+    signal(&weir.0, rustix::process::Signal::HUP);
+    let line = wait_line(&out, "reload failed");
+    assert!(
+        line.contains(&format!(
+            "pools[0].backends[0].address: cannot resolve \\\"backend-a.test:{port}\\\""
+        )),
+        "{line}"
+    );
+    for _ in 0..3 {
+        assert_eq!(who(), "second");
+    }
+    assert_eq!(metric(admin, "weir_config_generation"), 2.0);
+    assert_eq!(metric(admin, "weir_config_last_reload_successful"), 0.0);
+}

@@ -275,7 +275,8 @@ fn activated_config(tag: &str, front: std::net::SocketAddr, extra: &str) -> crat
     )
 }
 
-fn echo_once(front: std::net::SocketAddr) -> std::io::Result<()> {
+/// One client: connect to `front`, send `ping`, read it back, close.
+pub(crate) fn echo_once(front: std::net::SocketAddr) -> std::io::Result<()> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&front, DEADLINE)?;
     s.set_read_timeout(Some(DEADLINE))?;
