@@ -302,7 +302,9 @@ impl Reason {
             | Self::LocalResources => Some(503),
             Self::NoRoute | Self::NoRule => Some(404),
             Self::HandshakeTimeout | Self::IdleTimeout | Self::HeaderTimeout => Some(408),
-            Self::ProxyProtocol | Self::BadRequest => Some(400),
+            // `ClientError`: the client broke its request's body (its
+            // framing, or it left while sending it).
+            Self::ProxyProtocol | Self::BadRequest | Self::ClientError => Some(400),
             Self::Firewall | Self::Policy => Some(403),
             Self::AuthDenied => Some(401),
             Self::RateLimit => Some(429),
@@ -320,7 +322,7 @@ impl Reason {
             | Self::Protocol
             | Self::NotServing
             | Self::GrpcStatus => Some(502),
-            Self::ClientClosed | Self::ClientError | Self::Responses | Self::Operator => None,
+            Self::ClientClosed | Self::Responses | Self::Operator => None,
         }
     }
 
@@ -446,6 +448,7 @@ mod tests {
         assert_eq!(Reason::NoBackend.http_status(), Some(503));
         assert_eq!(Reason::Refused.http_status(), Some(502));
         assert_eq!(Reason::ClientClosed.http_status(), None);
+        assert_eq!(Reason::ClientError.http_status(), Some(400));
         for r in ALL {
             if r.side() == Side::Backend && r != Reason::NoBackend && r != Reason::BackendDown {
                 assert!(

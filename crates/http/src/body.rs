@@ -86,6 +86,7 @@ impl Body for RequestBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(_))) => {
+                this.count.client_failed.store(true, Relaxed);
                 this.inner = None;
                 Poll::Ready(Some(Err(BodyError(Reason::ClientError))))
             }

@@ -27,6 +27,17 @@ pub(crate) struct BodyCount {
     pub(crate) bytes: AtomicU64,
     /// The body went over `max_body_bytes` (the answer is then 413).
     pub(crate) over: AtomicBool,
+    /// Reading the body from the client failed (it left mid-upload, or
+    /// broke the framing).
+    pub(crate) client_failed: AtomicBool,
+}
+
+impl BodyCount {
+    /// The client's body, not the backend, ended the request: over the
+    /// limit, or the client failed while sending it.
+    pub(crate) fn ended_by_client(&self) -> bool {
+        self.over.load(Relaxed) || self.client_failed.load(Relaxed)
+    }
 }
 
 /// The record of one request. Its fields are shared, not copied, from the

@@ -410,6 +410,10 @@ async fn forward(
                 pool.on_http_outcome(i, true);
                 Err(Reason::UpstreamTimeout)
             }
+            // The client's body broke the send (over `max_body_bytes`, or
+            // the client failed mid-upload): not the backend's failure, or
+            // a client could get healthy backends ejected.
+            Err(Sent::Failed) if x.body.ended_by_client() => Err(Reason::ClientError),
             Err(Sent::Failed) => {
                 pool.on_http_outcome(i, true);
                 Err(Reason::BackendError)
