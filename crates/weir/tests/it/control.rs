@@ -1,7 +1,8 @@
 //! The operator commands against a running weir: token enforcement and
 //! rotation, a drain that survives a restart and a reload, reloads (`weir
 //! reload` and SIGHUP) with a long-lived connection open across them, what a
-//! reload leaves to the next start, exit codes.
+//! reload leaves to the next start, a change the state file cannot take,
+//! exit codes.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -656,4 +657,175 @@ fn a_reload_names_the_changes_that_take_effect_at_the_next_start() {
     let status = json(&ctl(grpc, None, &["status", "-o", "json"]));
     assert_eq!(status["config_generation"], 5);
     assert_eq!(status["backends"], 2);
+}
+
+/// python3's sqlite3 holding the write lock of an SQLite database
+/// (`BEGIN EXCLUSIVE`) until it reads a line.
+const HOLD_LOCK: &str = "import sqlite3, sys\n\
+db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)\n\
+db.execute('BEGIN EXCLUSIVE')\n\
+print('locked', flush=True)\n\
+sys.stdin.readline()\n\
+db.execute('ROLLBACK')\n\
+print('released', flush=True)\n";
+
+/// Another process holding the write lock of the state database.
+struct DbLock {
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+    _holder: Running,
+}
+
+impl DbLock {
+    /// Takes the lock of `db` and holds it.
+    fn hold(db: &Path) -> DbLock {
+        let mut child = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(HOLD_LOCK)
+            .arg(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 (run scripts/test.sh, which installs it)");
+        let stdin = child.stdin.take();
+        let lines = lines(&mut child);
+        let lock = DbLock {
+            stdin,
+            lines,
+            _holder: Running::new(child),
+        };
+        wait_line(&lock.lines, "locked");
+        lock
+    }
+
+    fn release(&mut self) {
+        let mut stdin = self.stdin.take().expect("the lock is held");
+        stdin.write_all(b"release\n").expect("tell the holder");
+        wait_line(&self.lines, "released");
+    }
+}
+
+/// The rows `sql` reads from the SQLite database `db`, one Python `repr` a
+/// line.
+fn query(db: &Path, sql: &str) -> String {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3, sys\nfor row in sqlite3.connect(sys.argv[1]).execute(sys.argv[2]): print(row)")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An operator change the state file cannot take (here another process
+/// holds its write lock past the 1 s busy timeout) is refused with `not
+/// saved, nothing changed: <reason>`: the CLI exits 1, gRPC says INTERNAL,
+/// the JSON API answers 500 `internal`. Nothing changes, in memory or in
+/// the file: the backend stays enabled at its configured weight, no rule and
+/// no backend is added, the history has no such change. Once the lock is
+/// gone the same change is made and saved.
+#[test]
+fn a_change_the_state_file_cannot_take_is_refused_and_changes_nothing() {
+    let dir = test_dir("unsaved");
+    let db = dir.join("state.db");
+    let (grpc, http) = (free_port(), free_port());
+    let b = echo_backend();
+    let file = temp_config(
+        "unsaved",
+        &config(
+            grpc,
+            http,
+            &format!("[state]\npath = {:?}", db.display().to_string()),
+            &[("b", b)],
+        ),
+    );
+    let (_weir, _out) = run_weir(&file);
+    let mut lock = DbLock::hold(&db);
+
+    let (code, _, err) = text(&ctl(grpc, None, &["backend", "drain", "p", "b"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("not saved, nothing changed: ") && err.contains("locked"),
+        "{err}"
+    );
+    let internal = "grpc_server_handled_total{grpc_type=\"unary\",grpc_service=\"weir.admin.v1.Admin\",grpc_method=\"SetBackendAdmin\",grpc_code=\"Internal\"}";
+    assert_eq!(metric(http, internal), format!("{internal} 1"));
+
+    let answer = http_post(http, "/api/v1/pools/p/backends/b/drain");
+    assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let r: serde_json::Value = serde_json::from_str(body).expect("json answer");
+    assert_eq!(r["error"]["code"], "internal", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("not saved, nothing changed: ")),
+        "{r}"
+    );
+
+    for args in [
+        &["backend", "weight", "p", "b", "7"][..],
+        &["firewall", "deny", "192.0.2.1"],
+        &["backend", "add", "p", "192.0.2.10:80", "--name", "c"],
+    ] {
+        let (code, _, err) = text(&ctl(grpc, None, args));
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.contains("not saved, nothing changed: "),
+            "{args:?}: {err}"
+        );
+    }
+
+    let backends = json(&ctl(grpc, None, &["backends", "p", "-o", "json"]));
+    assert_eq!(backends.as_array().map(Vec::len), Some(1), "{backends}");
+    assert_eq!(backends[0]["admin"], "enabled", "{backends}");
+    assert_eq!(
+        backends[0]["weight_override"],
+        serde_json::Value::Null,
+        "{backends}"
+    );
+    let history = json(&ctl(
+        grpc,
+        None,
+        &["backend", "history", "p", "b", "-o", "json"],
+    ));
+    assert!(
+        !history
+            .as_array()
+            .expect("a list")
+            .iter()
+            .any(|t| t["kind"] == "admin" || t["kind"] == "weight"),
+        "{history}"
+    );
+    assert_eq!(
+        json(&ctl(grpc, None, &["firewall", "list", "-o", "json"])),
+        serde_json::json!([])
+    );
+
+    lock.release();
+    let (code, _, err) = text(&ctl(grpc, None, &["backend", "drain", "p", "b"]));
+    assert_eq!(code, 0, "{err}");
+    let backends = json(&ctl(grpc, None, &["backends", "p", "-o", "json"]));
+    assert_eq!(backends[0]["admin"], "drain", "{backends}");
+    // The file holds that change and none of the refused ones.
+    assert_eq!(
+        query(
+            &db,
+            "SELECT pool, backend, admin, weight_override FROM backend_state"
+        ),
+        "('p', 'b', 'drain', None)\n"
+    );
+    assert_eq!(
+        query(
+            &db,
+            "SELECT (SELECT count(*) FROM firewall_rule), (SELECT count(*) FROM runtime_backend)"
+        ),
+        "(0, 0)\n"
+    );
 }

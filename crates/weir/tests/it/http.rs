@@ -2,7 +2,8 @@
 //! the client, nginx and hand-made backends behind weir's l7 routes. Rules,
 //! forwarding headers, kept-alive upstream connections and the keep-alive
 //! race, weir's own answers (404, 502, 503, 504, 413, 431, 400, gRPC
-//! statuses), hostile clients (smuggling, slowloris), large bodies both ways.
+//! statuses), hostile clients (smuggling, slowloris, a chunked body past the
+//! limit), large bodies both ways, a backend gone silent inside a body.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -714,6 +715,118 @@ fn hostile_requests_are_refused() {
         assert!(Instant::now() < end, "the slow header was not counted");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Writes `request` on a new connection to `addr` and reads one response:
+/// its status and its body (framed by Content-Length, or chunked).
+fn one_response(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    s.write_all(request.as_bytes()).expect("write");
+    let mut reader = BufReader::new(s);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("status line");
+    let status = line
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (mut length, mut chunked) = (0usize, false);
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).expect("header") == 0 || line == "\r\n" {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+            chunked = true;
+        }
+    }
+    let body = if chunked {
+        read_chunked(&mut reader).expect("a chunked body")
+    } else {
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body).expect("body");
+        body
+    };
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The JSON access-log line of the request for `path`, parsed.
+fn access_line(out: &std::sync::mpsc::Receiver<String>, path: &str) -> serde_json::Value {
+    let line = wait_line(out, &format!("\"path\":\"{path}\""));
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+/// `max_body_bytes` holds for a body whose length is not declared too: a
+/// chunked upload that grows past the limit is cut and answered 413
+/// (reason `body_too_large`, its bytes counted up to the cut), and the
+/// backend never gets it as a whole request; a chunked body within the
+/// limit goes through.
+#[test]
+fn a_chunked_body_that_grows_past_max_body_bytes_is_cut_with_413() {
+    let backend = raw_backend(None, Duration::ZERO);
+    let front = free_port();
+    let (_weir, out) = start(
+        "chunked-limit",
+        &format!(
+            "[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\nmax_body_bytes = 1000\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\noutlier = {{ consecutive_failures = 2 }}\n\
+             [[pools.backends]]\nname = \"raw\"\naddress = \"{}\"\n",
+            backend.addr
+        ),
+    );
+    // `chunks` chunks of 300 bytes (0x12c), then the last chunk.
+    let upload = |path: &str, chunks: usize| {
+        let mut request =
+            format!("POST {path} HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n");
+        for _ in 0..chunks {
+            request.push_str(&format!("12c\r\n{}\r\n", "x".repeat(300)));
+        }
+        request.push_str("0\r\n\r\n");
+        request
+    };
+
+    // 1200 bytes: past the limit at the fourth chunk.
+    let (status, body) = one_response(front, &upload("/too-big", 4));
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            413,
+            "weir: the request body is too large (body_too_large)\n"
+        )
+    );
+    let line = access_line(&out, "/too-big");
+    assert_eq!(line["status"], 413, "{line}");
+    assert_eq!(line["reason"], "body_too_large", "{line}");
+    let counted = line["bytes_in"].as_u64().unwrap_or(0);
+    assert!(
+        (1001..=1200).contains(&counted),
+        "cut at {counted} bytes: {line}"
+    );
+
+    // Cut uploads are the client's doing: however many, the backend is not
+    // counted as failing (two in a row would eject it here).
+    for _ in 0..2 {
+        let (status, _) = one_response(front, &upload("/too-big-again", 4));
+        assert_eq!(status, 413);
+    }
+
+    // 900 bytes: within it, forwarded whole.
+    let (status, body) = one_response(front, &upload("/fits", 3));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.ends_with(" body=900\n"), "{body}");
+    let line = access_line(&out, "/fits");
+    assert_eq!(line["reason"], "completed", "{line}");
+    assert_eq!(line["bytes_in"], 900, "{line}");
+    // Only the body within the limit reached the backend as a request.
+    assert_eq!(backend.requests.load(SeqCst), 1);
 }
 
 /// Large bodies stream both ways and arrive intact; the access log has one
@@ -1468,6 +1581,191 @@ fn a_client_that_reads_nothing_is_cut_after_the_send_timeout() {
         assert!(Instant::now() < end, "a cut request still counts in flight");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Pieces of a paced answer of [`pausing_backend`].
+const PACED: usize = 20;
+
+/// The `i`th piece of a paced answer.
+fn paced_piece(i: usize) -> String {
+    format!("piece {i:02}\n")
+}
+
+/// A hand-made HTTP/1.1 backend whose answers come in pieces. `GET
+/// /stall-length` gets a head declaring 100000 bytes and the 12 bytes
+/// `first piece\n`, `GET /stall-chunked` a chunked head and the same as
+/// one chunk; then nothing more, the connection held open until the other
+/// side closes it, when the path and how long the backend had been silent
+/// are sent on the channel. Any other request gets [`PACED`] chunks 100 ms
+/// apart, then the last chunk.
+fn pausing_backend() -> (SocketAddr, std::sync::mpsc::Receiver<(String, Duration)>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { break };
+            let tx = tx.clone();
+            std::thread::spawn(move || serve_pausing(s, &tx));
+        }
+    });
+    (addr, rx)
+}
+
+fn serve_pausing(s: TcpStream, closed: &std::sync::mpsc::Sender<(String, Duration)>) {
+    let Ok(clone) = s.try_clone() else { return };
+    let mut reader = BufReader::new(clone);
+    let mut s = s;
+    loop {
+        // The request line, then the header up to its blank line (GETs: no
+        // body).
+        let mut line = String::new();
+        if !matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+            return;
+        }
+        let path = line.split(' ').nth(1).unwrap_or("").to_owned();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line == "\r\n" => break,
+                Ok(_) => {}
+            }
+        }
+        let stall = match path.as_str() {
+            "/stall-length" => {
+                Some("HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nfirst piece\n")
+            }
+            "/stall-chunked" => {
+                Some("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nc\r\nfirst piece\n\r\n")
+            }
+            _ => None,
+        };
+        if let Some(answer) = stall {
+            if s.write_all(answer.as_bytes()).is_err() {
+                return;
+            }
+            let silent = Instant::now();
+            let mut rest = Vec::new();
+            let _ = reader.read_to_end(&mut rest);
+            let _ = closed.send((path, silent.elapsed()));
+            return;
+        }
+        if s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .is_err()
+        {
+            return;
+        }
+        for i in 0..PACED {
+            std::thread::sleep(Duration::from_millis(100));
+            let piece = paced_piece(i);
+            if write!(s, "{:x}\r\n{piece}\r\n", piece.len()).is_err() {
+                return;
+            }
+        }
+        if s.write_all(b"0\r\n\r\n").is_err() {
+            return;
+        }
+    }
+}
+
+/// `GET path` on a new kept-alive connection to `front`, read until the
+/// connection closes: the response's head, what came after it, and how long
+/// after the last bytes the close came.
+fn get_until_closed(front: SocketAddr, path: &str) -> (String, String, Duration) {
+    let mut s = TcpStream::connect(front).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: app\r\n\r\n").expect("request");
+    let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
+    let mut last = Instant::now();
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                last = Instant::now();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!(
+                "{path}: still open {DEADLINE:?} after the last bytes ({e}): {}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    let silence = last.elapsed();
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.to_ascii_lowercase(), body.to_owned(), silence)
+}
+
+/// `timeouts.upstream_idle` bounds a backend's silence inside a response
+/// body, not the body's length. A body that stops coming, declared by its
+/// Content-Length or chunked, is cut once the backend has been silent that
+/// long: the client gets the head and what came of the body, then the
+/// connection closes, short of the declared length or without the last
+/// chunk, so the client can tell the response is incomplete; the access log
+/// says `idle_timeout`, and the backend's connection is closed too. A body
+/// whose pieces come closer together than that is served whole, though it
+/// takes twice as long.
+#[test]
+fn a_backend_silent_inside_a_body_is_cut_after_upstream_idle() {
+    let (backend, closed) = pausing_backend();
+    let front = free_port();
+    let (_weir, out) = start(
+        "upstream-idle",
+        &format!(
+            "[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             timeouts = {{ upstream_idle = \"1s\" }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\nname = \"pausing\"\naddress = \"{backend}\"\n"
+        ),
+    );
+    for path in ["/stall-length", "/stall-chunked"] {
+        let (head, body, silence) = get_until_closed(front, path);
+        assert!(head.starts_with("http/1.1 200"), "{path}: {head}");
+        if path == "/stall-length" {
+            assert!(head.contains("content-length: 100000"), "{head}");
+            assert_eq!(body, "first piece\n", "{path}");
+        } else {
+            assert!(head.contains("transfer-encoding: chunked"), "{head}");
+            assert!(body.contains("first piece\n"), "{path}: {body:?}");
+            assert!(
+                !body.contains("\r\n0\r\n\r\n"),
+                "{path}: ended as if whole: {body:?}"
+            );
+        }
+        // Closed after about upstream_idle of silence: not at once, and
+        // well before the client's own patience ran out.
+        assert!(
+            silence >= Duration::from_millis(500) && silence < Duration::from_secs(6),
+            "{path}: closed {silence:?} after the last bytes"
+        );
+        let line = access_line(&out, path);
+        assert_eq!(line["reason"], "idle_timeout", "{line}");
+        assert_eq!(line["status"], 200, "{line}");
+        assert_eq!(line["bytes_out"], 12, "{line}");
+        // weir let go of the backend's connection, not before the backend
+        // had been silent for upstream_idle.
+        let (which, held) = closed
+            .recv_timeout(DEADLINE)
+            .unwrap_or_else(|e| panic!("{path}: the backend's connection stayed open: {e}"));
+        assert_eq!(which, path);
+        assert!(
+            held >= Duration::from_millis(950) && held < Duration::from_secs(6),
+            "{path}: the backend's connection closed after {held:?} of silence"
+        );
+    }
+
+    // Never silent for 1 s, though the body takes 2 s: served whole.
+    let (status, body, _) = curl(&["--http1.1"], &format!("http://{front}/paced"));
+    let whole: String = (0..PACED).map(paced_piece).collect();
+    assert_eq!((status, body.as_str()), (200, whole.trim_end()));
+    let line = access_line(&out, "/paced");
+    assert_eq!(line["reason"], "completed", "{line}");
+    assert_eq!(line["bytes_out"], whole.len(), "{line}");
 }
 
 /// Kept connections that a reload does not keep (here, their route is
