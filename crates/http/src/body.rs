@@ -83,14 +83,20 @@ impl Body for RequestBody {
                         return Poll::Ready(Some(Err(BodyError(Reason::BodyTooLarge))));
                     }
                 }
+                let more = this.inner.as_ref().is_some_and(|i| !i.is_end_stream());
+                this.count.uploading.store(more, Relaxed);
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(_))) => {
+                this.count.uploading.store(false, Relaxed);
                 this.count.client_failed.store(true, Relaxed);
                 this.inner = None;
                 Poll::Ready(Some(Err(BodyError(Reason::ClientError))))
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.count.uploading.store(false, Relaxed);
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }

@@ -56,6 +56,7 @@ pub fn text(reason: Reason) -> String {
         Reason::BodyTooLarge => "the request body is too large",
         Reason::BadRequest => "the request is malformed or ambiguous",
         Reason::ClientError => "the request body broke off or is malformed",
+        Reason::IdleTimeout => "the request body did not arrive in time",
         Reason::LocalResources => "weir is out of resources",
         Reason::Shutdown => "weir is shutting down",
         Reason::RateLimit => "this client sends too many requests",

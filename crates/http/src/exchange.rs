@@ -30,6 +30,9 @@ pub(crate) struct BodyCount {
     /// Reading the body from the client failed (it left mid-upload, or
     /// broke the framing).
     pub(crate) client_failed: AtomicBool,
+    /// Part of the body came and the rest has not yet: the client is still
+    /// uploading.
+    pub(crate) uploading: AtomicBool,
 }
 
 impl BodyCount {

@@ -406,6 +406,9 @@ async fn forward(
                 tried.push(i);
                 continue;
             }
+            // The client was still sending its body when `upstream_response`
+            // ran out: too slow a client, not a slow backend.
+            Err(Sent::Timeout) if x.body.uploading.load(Relaxed) => Err(Reason::IdleTimeout),
             Err(Sent::Timeout) => {
                 pool.on_http_outcome(i, true);
                 Err(Reason::UpstreamTimeout)

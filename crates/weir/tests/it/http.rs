@@ -829,6 +829,62 @@ fn a_chunked_body_that_grows_past_max_body_bytes_is_cut_with_413() {
     assert_eq!(backend.requests.load(SeqCst), 1);
 }
 
+/// A client still sending its body when `upstream_response` runs out is
+/// answered 408 (reason `idle_timeout`), and that does not count against the
+/// backend: trickled uploads cannot get a healthy backend ejected (two
+/// failures in a row would here). A backend slow to answer a whole request
+/// still gets 504.
+#[test]
+fn a_client_slow_with_its_body_is_not_the_backends_failure() {
+    let backend = raw_backend(None, Duration::ZERO);
+    let slow = raw_backend(None, Duration::from_secs(2));
+    let front = free_port();
+    let (_weir, out) = start(
+        "slow-upload",
+        &format!(
+            "[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             timeouts = {{ upstream_response = \"500ms\" }}\n\
+             [[listeners.routes.http]]\nname = \"slow\"\npool = \"s\"\n\
+             match = {{ path_prefix = \"/late\" }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\noutlier = {{ consecutive_failures = 2 }}\n\
+             [[pools.backends]]\nname = \"raw\"\naddress = \"{}\"\n\
+             [[pools]]\nname = \"s\"\n[[pools.backends]]\nname = \"late\"\naddress = \"{}\"\n",
+            backend.addr, slow.addr
+        ),
+    );
+    // Half of a declared body, then nothing.
+    for _ in 0..3 {
+        let (status, body) = one_response(
+            front,
+            "POST /trickle HTTP/1.1\r\nHost: app\r\nContent-Length: 10\r\n\r\nhello",
+        );
+        assert_eq!(
+            (status, body.as_str()),
+            (
+                408,
+                "weir: the request body did not arrive in time (idle_timeout)\n"
+            )
+        );
+    }
+    let line = access_line(&out, "/trickle");
+    assert_eq!(line["status"], 408, "{line}");
+    assert_eq!(line["reason"], "idle_timeout", "{line}");
+    // Not ejected: the backend serves the next request.
+    let (status, body) = one_response(
+        front,
+        "POST /whole HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    assert_eq!(status, 200, "{body}");
+    // A whole request the backend is slow to answer: the backend's.
+    let (status, _) = one_response(front, "GET /late HTTP/1.1\r\nHost: app\r\n\r\n");
+    assert_eq!(status, 504);
+    let line = access_line(&out, "/late");
+    assert_eq!(line["reason"], "upstream_timeout", "{line}");
+}
+
 /// Large bodies stream both ways and arrive intact; the access log has one
 /// line per request with the bytes each way.
 #[test]
