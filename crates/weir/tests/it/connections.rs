@@ -26,12 +26,10 @@ fn connect_from(ip: Ipv4Addr, to: SocketAddr) -> TcpStream {
 
 /// An echo backend on a runtime of its own, for thousands of connections.
 fn echo_backend(rt: &tokio::runtime::Runtime) -> SocketAddr {
-    let l = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
+    let l = listener(rt);
     let a = l.local_addr().expect("addr");
     rt.spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
+        while let Ok((s, _)) = accept(&l).await {
             tokio::spawn(async move {
                 let (mut r, mut w) = s.into_split();
                 let _ = tokio::io::copy(&mut r, &mut w).await;
@@ -41,16 +39,44 @@ fn echo_backend(rt: &tokio::runtime::Runtime) -> SocketAddr {
     a
 }
 
+/// A loopback listener with the deepest accept queue this machine allows:
+/// with the default (1024), a burst of thousands of connections through
+/// weir overflows it, the kernel drops SYNs, and a connect that loses two of
+/// them outlasts weir's `connect_timeout` (2 s), which then cuts the client.
+fn listener(rt: &tokio::runtime::Runtime) -> tokio::net::TcpListener {
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+        .expect("bind");
+    s.listen(4096).expect("listen");
+    s.set_nonblocking(true).expect("nonblocking");
+    let _guard = rt.enter();
+    tokio::net::TcpListener::from_std(s.into()).expect("listener")
+}
+
+/// The next connection of `l`, past the errors a busy accept can meet
+/// (a connection reset while queued, descriptors short for a moment).
+async fn accept(
+    l: &tokio::net::TcpListener,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    let end = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match l.accept().await {
+            Ok(c) => return Ok(c),
+            Err(e) if tokio::time::Instant::now() > end => return Err(e),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+}
+
 /// An HTTP/1.1 backend answering every request `200 ok` in one write, on
 /// kept-alive connections.
 fn http_backend(rt: &tokio::runtime::Runtime) -> SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
+    let l = listener(rt);
     let a = l.local_addr().expect("addr");
     rt.spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
+        while let Ok((mut s, _)) = accept(&l).await {
             let _ = s.set_nodelay(true);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
@@ -108,10 +134,16 @@ fn ten_thousand_idle_connections_are_listed_and_closed_by_the_cli() {
         .map(|i| connect_from(if i % 6 == 0 { b } else { a }, tcp))
         .collect();
     // Bytes on every sixth: one each way.
-    for s in relayed.iter_mut().step_by(6) {
-        s.write_all(b"x").expect("write");
+    for (i, s) in relayed.iter_mut().enumerate().step_by(6) {
         let mut one = [0u8; 1];
-        s.read_exact(&mut one).expect("echo");
+        if let Err(e) = s.write_all(b"x").and_then(|()| s.read_exact(&mut one)) {
+            let ends: Vec<String> = out
+                .try_iter()
+                .filter(|l| l.contains("\"reason\""))
+                .take(5)
+                .collect();
+            panic!("no echo on connection {i}: {e}; weir logged {ends:#?}");
+        }
     }
     // Each asks at once: a connection must send its first request within
     // timeouts.request_header.
