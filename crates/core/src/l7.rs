@@ -31,6 +31,11 @@ pub trait HttpLayer: Send + Sync + fmt::Debug {
     /// or the reload as a whole.
     fn build(&self, route: RouteBuild<'_>) -> Result<Arc<dyn HttpHandler>, String>;
 
+    /// Told that the snapshot built from `config` now runs (after every
+    /// `build` of a start or reload that succeeded; never after one that
+    /// failed): what the layer keeps for the whole process follows it.
+    fn commit(&self, _config: &Config) {}
+
     /// Writes the layer's own families (the span exporter's) to `/metrics`.
     fn render(&self, _w: &mut weir_telemetry::Writer) {}
 }

@@ -48,10 +48,16 @@ use crate::trace::export::{ExportStats, Exporter};
 /// Builds the handlers of l7 routes: pass it to the server in
 /// [`weir_core::Options::http`]. It owns the span exporter of
 /// `[tracing.otlp]`, shared by every route and replaced when a reload
-/// changes its settings.
+/// changes its settings — once the reload that changed them has committed.
 #[derive(Debug, Default)]
 pub struct Layer {
+    /// The exporter of the running config: what `/metrics` shows and a
+    /// graceful stop flushes.
     exporter: Mutex<Option<Arc<Exporter>>>,
+    /// The exporter a build in progress gave its routes, when the settings
+    /// changed: it becomes the running one only when that build commits, so
+    /// a reload that fails later leaves the running one in place.
+    pending: Mutex<Option<Arc<Exporter>>>,
     export_stats: Arc<ExportStats>,
 }
 
@@ -70,37 +76,53 @@ impl Layer {
     }
 
     fn current(&self) -> Option<Arc<Exporter>> {
-        self.exporter
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        lock(&self.exporter).clone()
     }
 
     /// The exporter `tracing` asks for: the running one when its settings
-    /// did not change.
+    /// did not change, else one started for the build in progress.
     fn exporter(&self, tracing: Option<&weir_config::Tracing>) -> Option<Arc<Exporter>> {
-        let want = tracing.and_then(|t| t.otlp.as_ref());
-        let mut current = self
-            .exporter
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(cfg) = want else {
-            *current = None;
-            return None;
-        };
-        if let Some(e) = current.as_ref().filter(|e| &e.cfg == cfg) {
+        let cfg = tracing.and_then(|t| t.otlp.as_ref())?;
+        if let Some(e) = lock(&self.exporter).as_ref().filter(|e| &e.cfg == cfg) {
+            return Some(Arc::clone(e));
+        }
+        let mut pending = lock(&self.pending);
+        if let Some(e) = pending.as_ref().filter(|e| &e.cfg == cfg) {
             return Some(Arc::clone(e));
         }
         let e = Exporter::start(cfg, Arc::clone(&self.export_stats));
-        *current = Some(Arc::clone(&e));
+        *pending = Some(Arc::clone(&e));
         Some(e)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl HttpLayer for Layer {
     fn build(&self, b: RouteBuild<'_>) -> Result<Arc<dyn HttpHandler>, String> {
         let exporter = self.exporter(b.config.tracing.as_ref());
         route::Handler::build(&b, exporter).map(|h| Arc::new(h) as Arc<dyn HttpHandler>)
+    }
+
+    fn commit(&self, config: &weir_config::Config) {
+        let pending = lock(&self.pending).take();
+        let want = config.tracing.as_ref().and_then(|t| t.otlp.as_ref());
+        let mut running = lock(&self.exporter);
+        match want {
+            None => *running = None,
+            Some(cfg) if running.as_ref().is_some_and(|e| &e.cfg == cfg) => {}
+            // A build always precedes its commit, so a changed exporter is
+            // the pending one; starting one here is for safety only.
+            Some(cfg) => {
+                *running = Some(
+                    pending
+                        .filter(|e| &e.cfg == cfg)
+                        .unwrap_or_else(|| Exporter::start(cfg, Arc::clone(&self.export_stats))),
+                );
+            }
+        }
     }
 
     fn render(&self, w: &mut weir_telemetry::Writer) {

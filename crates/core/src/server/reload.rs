@@ -278,6 +278,9 @@ impl Server {
             Some(o) => o.generation,
         };
         http_handover(old, &listeners);
+        if let Some(http) = &self.http {
+            http.commit(&config);
+        }
         self.current.store(Arc::new(Snapshot {
             generation,
             config: Arc::new(config),

@@ -373,3 +373,135 @@ fn a_graceful_stop_sends_the_queued_spans() {
     let got = spans_of(&spans, "4bf92f3577b34da6a3ce929d0e0e4736", 2);
     assert_eq!(by_name(&got, "GET app")["parent"], "00f067aa0ba902b7");
 }
+
+/// A reload that changes `[tracing.otlp]` (here the collector, its
+/// protocol and the service name) starts a new exporter: the spans of the
+/// requests after it reach the new collector under the new name, none the
+/// old one, and the counters carry on.
+#[test]
+fn a_reload_that_changes_otlp_exports_to_the_new_collector() {
+    let backend = trace_backend();
+    let (admin, front, old, new) = (free_port(), free_port(), free_port(), free_port());
+    let (_old_collector, old_spans) = collector("otlp-grpc", old.port());
+    let (_new_collector, new_spans) = collector("otlp-http", new.port());
+    let text = |otlp: &str| {
+        config(
+            front,
+            backend,
+            &format!(
+                "[admin]\nhttp = \"{admin}\"\n\
+                 [tracing]\nsample_ratio = 1.0\n\
+                 [tracing.otlp]\n{otlp}interval = \"100ms\"\n"
+            ),
+        )
+    };
+    let file = crate::cli::temp_config(
+        "otlp-reload",
+        &text(&format!(
+            "endpoint = \"http://{old}\"\nservice_name = \"before\"\n"
+        )),
+    );
+    let (weir, out) = crate::cli::run_weir(&file);
+    get(front, &format!("traceparent: {PARENT}\r\n"));
+    let got = spans_of(&old_spans, "4bf92f3577b34da6a3ce929d0e0e4736", 2);
+    assert_eq!(by_name(&got, "GET app")["service"], "before");
+    let exported = || metric(admin, "weir_tracing_spans_exported_total");
+    let end = Instant::now() + DEADLINE;
+    while exported() < 2.0 {
+        assert!(Instant::now() < end, "the first two spans are counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    std::fs::write(
+        &*file,
+        text(&format!(
+            "endpoint = \"http://{new}\"\nprotocol = \"http\"\nservice_name = \"after\"\n"
+        )),
+    )
+    .expect("rewrite");
+    crate::cli::signal(&weir.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    let later = "00-22222222222222222222222222222222-00f067aa0ba902b7-01";
+    get(front, &format!("traceparent: {later}\r\n"));
+    let got = spans_of(&new_spans, "22222222222222222222222222222222", 2);
+    assert_eq!(by_name(&got, "GET app")["service"], "after");
+    // Counted on top of the first exporter's.
+    let end = Instant::now() + DEADLINE;
+    while exported() < 4.0 {
+        assert!(
+            Instant::now() < end,
+            "the counter did not carry on: {}",
+            exported()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    while let Ok(line) = old_spans.try_recv() {
+        assert!(!line.contains("22222222222222222222222222222222"), "{line}");
+    }
+}
+
+/// A reload that would change `[tracing.otlp]` but fails afterwards (here a
+/// new listener's address is taken) leaves the running exporter in charge:
+/// its queued spans are still counted on `/metrics` and a graceful stop
+/// sends them to the collector the running config names, none to the one
+/// the failed reload named.
+#[test]
+fn a_failed_reload_keeps_the_running_exporter() {
+    let backend = trace_backend();
+    let (admin, front, old, new) = (free_port(), free_port(), free_port(), free_port());
+    let (_old_collector, old_spans) = collector("otlp-grpc", old.port());
+    let (_new_collector, new_spans) = collector("otlp-grpc", new.port());
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = taken.local_addr().expect("addr");
+    let text = |collector: SocketAddr, extra: &str| {
+        format!(
+            "{}{extra}",
+            config(
+                front,
+                backend,
+                &format!(
+                    "[admin]\nhttp = \"{admin}\"\n\
+                     [tracing]\n[tracing.otlp]\nendpoint = \"http://{collector}\"\ninterval = \"1h\"\n"
+                ),
+            )
+        )
+    };
+    let file = crate::cli::temp_config("otlp-failed-reload", &text(old, ""));
+    let (mut weir, out) = crate::cli::run_weir(&file);
+    get(front, &format!("traceparent: {PARENT}\r\n"));
+    let queued = || metric(admin, "weir_tracing_queue_spans");
+    let end = Instant::now() + DEADLINE;
+    while queued() != 2.0 {
+        assert!(Instant::now() < end, "the waiting spans are not counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    std::fs::write(
+        &*file,
+        text(
+            new,
+            &format!(
+                "[[listeners]]\nname = \"more\"\nbind = \"{taken}\"\n\
+                 [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n"
+            ),
+        ),
+    )
+    .expect("rewrite");
+    crate::cli::signal(&weir.0, rustix::process::Signal::HUP);
+    let line = wait_line(&out, "reload failed");
+    assert!(line.contains(&taken.to_string()), "{line}");
+    assert_eq!(
+        queued(),
+        2.0,
+        "the running exporter's queue is the one shown"
+    );
+
+    crate::cli::signal(&weir.0, rustix::process::Signal::TERM);
+    assert!(crate::cli::wait_exit(&mut weir.0).success());
+    let got = spans_of(&old_spans, "4bf92f3577b34da6a3ce929d0e0e4736", 2);
+    assert_eq!(by_name(&got, "GET app")["parent"], "00f067aa0ba902b7");
+    assert!(
+        new_spans.recv_timeout(Duration::from_millis(300)).is_err(),
+        "the failed reload's collector got spans"
+    );
+}
