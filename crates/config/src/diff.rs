@@ -68,6 +68,14 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
             }
         }
     }
+    d.need_restart = need_restart(old, new);
+    d
+}
+
+/// The settings read only at start in which `new` differs from `old`, by
+/// section name (`admin`, `runtime.worker_threads`, `state`, `log`).
+pub fn need_restart(old: &Config, new: &Config) -> Vec<String> {
+    let mut need = Vec::new();
     // The token is read again by every reload (rotation); the addresses are
     // bound once.
     let fixed = |a: &crate::model::Admin| {
@@ -81,20 +89,20 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
         )
     };
     if fixed(&old.admin) != fixed(&new.admin) {
-        d.need_restart.push("admin".to_owned());
+        need.push("admin".to_owned());
     }
     // zero_copy reaches new connections through the rebuilt listeners; the
     // worker threads are started once.
     if old.runtime.worker_threads != new.runtime.worker_threads {
-        d.need_restart.push("runtime.worker_threads".to_owned());
+        need.push("runtime.worker_threads".to_owned());
     }
     if old.state != new.state {
-        d.need_restart.push("state".to_owned());
+        need.push("state".to_owned());
     }
     if old.log.format != new.log.format || old.log.level != new.log.level {
-        d.need_restart.push("log".to_owned());
+        need.push("log".to_owned());
     }
-    d
+    need
 }
 
 fn by_name<T>(

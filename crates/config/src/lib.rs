@@ -19,7 +19,7 @@ mod validate;
 
 use std::path::Path;
 
-pub use diff::{Diff, diff};
+pub use diff::{Diff, diff, need_restart};
 pub use error::{ConfigError, Problem};
 pub use model::*;
 

@@ -37,7 +37,8 @@ impl Server {
     ) -> Result<Staged, StartError> {
         let cx = pool::Context {
             journal: Arc::clone(&self.journal),
-            history: config.state.history,
+            // [state] is read only at start, like the state file's own.
+            history: self.started.state.history,
         };
         let Inputs {
             saved,

@@ -234,6 +234,9 @@ pub struct Server {
     /// Saved state for backends the config does not have.
     orphans: Mutex<Vec<weir_state::Entry>>,
     config_path: Option<PathBuf>,
+    /// The config the process started with: what the settings read only at
+    /// start (`[admin]`, `[state]`, ...) still are, whatever a reload says.
+    started: Arc<Config>,
     http: Option<Arc<dyn crate::l7::HttpLayer>>,
     started_at: SystemTime,
     pub reloads: ReloadStats,
@@ -311,6 +314,7 @@ impl Server {
             firewall_changed: Arc::new(tokio::sync::Notify::new()),
             orphans: Mutex::new(Vec::new()),
             config_path: options.config_path,
+            started: Arc::new(config.clone()),
             http: options.http,
             started_at: SystemTime::now(),
             reloads: ReloadStats::default(),

@@ -41,7 +41,10 @@ impl Server {
             return Err(self.reload_failed(ReloadError::ShuttingDown));
         }
         let old = self.current.load_full();
-        let diff = weir_config::diff(&old.source, &config);
+        let mut diff = weir_config::diff(&old.source, &config);
+        // Against the start, not the last reload: a setting read only at
+        // start is named by every reload until a restart applies it.
+        diff.need_restart = weir_config::need_restart(&self.started, &config);
         // A pool that starts discovering is resolved now; the others keep
         // what they found. Applied only once the rest is staged.
         let plan = self.discovery.plan(&config).await;

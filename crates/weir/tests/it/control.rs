@@ -622,7 +622,8 @@ fn a_reload_names_the_changes_that_take_effect_at_the_next_start() {
         "{r}"
     );
 
-    // Only settings a reload applies change: nothing to note.
+    // Only settings a reload applies change: the ones still waiting for a
+    // restart are named again, compared with what weir started with.
     write(
         &file,
         &config(
@@ -636,15 +637,20 @@ fn a_reload_names_the_changes_that_take_effect_at_the_next_start() {
     );
     let r = json(&ctl(grpc, None, &["reload", "-o", "json"]));
     assert_eq!(r["generation"], 4, "{r}");
-    assert_eq!(r["need_restart"], serde_json::json!([]), "{r}");
+    assert_eq!(
+        r["need_restart"],
+        serde_json::json!(["admin", "runtime.worker_threads", "log"]),
+        "{r}"
+    );
 
-    // The JSON API's answer says the same.
+    // The JSON API's answer says the same. Back to the settings weir
+    // started with, but for the log format: only `log` still waits.
     write(
         &file,
         &config(
             grpc,
             http,
-            &extra.replace("[log]\n", "[log]\nformat = \"json\"\n"),
+            "[log]\nformat = \"json\"",
             &[("a", a), ("b", b)],
         ),
     );
@@ -654,8 +660,13 @@ fn a_reload_names_the_changes_that_take_effect_at_the_next_start() {
     let r: serde_json::Value = serde_json::from_str(body).expect("json answer");
     assert_eq!(r["generation"], 5, "{r}");
     assert_eq!(r["need_restart"], serde_json::json!(["log"]), "{r}");
+    // And with the file as at the start, nothing waits.
+    write(&file, &config(grpc, http, "", &[("a", a), ("b", b)]));
+    let r = json(&ctl(grpc, None, &["reload", "-o", "json"]));
+    assert_eq!(r["generation"], 6, "{r}");
+    assert_eq!(r["need_restart"], serde_json::json!([]), "{r}");
     let status = json(&ctl(grpc, None, &["status", "-o", "json"]));
-    assert_eq!(status["config_generation"], 5);
+    assert_eq!(status["config_generation"], 6);
     assert_eq!(status["backends"], 2);
 }
 
@@ -828,4 +839,522 @@ fn a_change_the_state_file_cannot_take_is_refused_and_changes_nothing() {
         ),
         "(0, 0)\n"
     );
+}
+
+/// `weir pools` shows a limited pool's queue as waiting/limit (`QUEUED
+/// 2/5`), live: its one backend holds its one connection while two more
+/// clients wait, and one fewer waits once that connection ends.
+#[test]
+fn weir_pools_shows_the_queue_against_its_limit() {
+    let (grpc, http, front) = (free_port(), free_port(), free_port());
+    let a = echo_backend();
+    let file = temp_config(
+        "pools-queued",
+        &config_on(front, grpc, http, "", &[("a", a)]).replace(
+            "name = \"p\"\n",
+            "name = \"p\"\nmax_connections_per_backend = 1\nmax_queue = 5\nqueue_timeout = \"1m\"\n",
+        ),
+    );
+    let (_weir, _out) = run_weir(&file);
+    // The QUEUED cell of pool p (the columns before it hold no spaces).
+    let queued = || {
+        let (code, out, err) = text(&ctl(grpc, None, &["pools"]));
+        assert_eq!(code, 0, "{err}");
+        let mut rows = out.lines();
+        let header: Vec<&str> = rows.next().unwrap_or_default().split_whitespace().collect();
+        assert_eq!(header.get(5), Some(&"QUEUED"), "{out}");
+        let row = rows
+            .find(|l| l.starts_with("p "))
+            .unwrap_or_else(|| panic!("no pool p: {out}"));
+        row.split_whitespace().nth(5).unwrap_or_default().to_owned()
+    };
+    let wait_depth = |n: u64| {
+        let end = std::time::Instant::now() + DEADLINE;
+        loop {
+            let pools = json(&ctl(grpc, None, &["pools", "-o", "json"]));
+            if pools[0]["queue_depth"] == n {
+                assert_eq!(pools[0]["max_queue"], 5, "{pools}");
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "never {n} waiting: {pools}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    assert_eq!(queued(), "0/5");
+
+    let mut held = TcpStream::connect(front).expect("connect");
+    held.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    echo_once(&mut held, b"held");
+    let _waiting: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(front).expect("connect"))
+        .collect();
+    wait_depth(2);
+    assert_eq!(queued(), "2/5");
+
+    // The held connection ends: its slot goes to the first waiter.
+    drop(held);
+    wait_depth(1);
+    assert_eq!(queued(), "1/5");
+}
+
+/// Operator state saved for backends the config no longer has is listed by
+/// `weir status` under `saved state for backends not in the config`: after
+/// the reload that removed them (which logs a warning) and after a restart.
+/// A backend that left with history only (an override set and cleared) is
+/// not listed. When the backend comes back it gets its state again and the
+/// list is gone.
+#[test]
+fn weir_status_lists_saved_state_for_backends_not_in_the_config() {
+    let dir = test_dir("orphaned");
+    let db = dir.join("state.db");
+    let (grpc, http) = (free_port(), free_port());
+    let (a, b, c) = (echo_backend(), echo_backend(), echo_backend());
+    let state = format!("[state]\npath = {:?}", db.display().to_string());
+    let all = config(grpc, http, &state, &[("a", a), ("b", b), ("c", c)]);
+    let only_a = config(grpc, http, &state, &[("a", a)]);
+    let file = temp_config("orphaned", &all);
+    let (mut first, out) = run_weir(&file);
+    for args in [
+        &["backend", "drain", "p", "b"][..],
+        &["backend", "weight", "p", "b", "7"],
+        &["backend", "weight", "p", "c", "5"],
+        &["backend", "weight", "p", "c", "--clear"],
+    ] {
+        let (code, _, err) = text(&ctl(grpc, None, args));
+        assert_eq!(code, 0, "{args:?}: {err}");
+    }
+    // c's history is written in the background: wait until the file has
+    // it, so that c is an entry of the file without operator state.
+    let end = std::time::Instant::now() + DEADLINE;
+    while query(
+        &db,
+        "SELECT count(*) FROM transition WHERE pool = 'p' AND backend = 'c'",
+    ) == "(0,)\n"
+    {
+        assert!(std::time::Instant::now() < end, "no history for c");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        query(
+            &db,
+            "SELECT count(*) FROM backend_state WHERE backend = 'c'"
+        ),
+        "(0,)\n"
+    );
+    let status = || {
+        let (code, out, err) = text(&ctl(grpc, None, &["status"]));
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    let before = status();
+    assert!(!before.contains("saved state"), "{before}");
+
+    write(&file, &only_a);
+    let (code, stdout, err) = text(&ctl(grpc, None, &["reload"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        stdout.contains("removed  backend p/b") && stdout.contains("removed  backend p/c"),
+        "{stdout}"
+    );
+    let warning = wait_line(
+        &out,
+        "the state file has operator state for a backend that is not in the config; kept, not applied",
+    );
+    assert!(warning.contains("backend=b"), "{warning}");
+    // The last lines of the table: b, and nothing for c after it.
+    let listed = "\nsaved state for backends not in the config (kept, not applied):\n\
+                  \x20 p/b  admin drain  weight 7\n";
+    let after = status();
+    assert!(after.ends_with(listed), "{after}");
+    assert!(!after.contains("p/c"), "{after}");
+    let v = json(&ctl(grpc, None, &["status", "-o", "json"]));
+    assert_eq!(
+        v["orphaned_state"],
+        serde_json::json!([{"pool": "p", "backend": "b", "admin": "drain", "weight_override": 7}]),
+        "{v}"
+    );
+
+    // At the next start too.
+    signal(&first.0, rustix::process::Signal::TERM);
+    assert_eq!(wait_exit(&mut first.0).code(), Some(0));
+    let (_second, _out) = run_weir(&file);
+    let restarted = status();
+    assert!(restarted.ends_with(listed), "{restarted}");
+
+    // b comes back, with its state.
+    write(&file, &all);
+    let (code, _, err) = text(&ctl(grpc, None, &["reload"]));
+    assert_eq!(code, 0, "{err}");
+    let back = status();
+    assert!(!back.contains("saved state"), "{back}");
+    let backends = json(&ctl(grpc, None, &["backends", "p", "-o", "json"]));
+    assert_eq!(backends[1]["name"], "b", "{backends}");
+    assert_eq!(backends[1]["admin"], "drain", "{backends}");
+    assert_eq!(backends[1]["weight_override"], 7, "{backends}");
+}
+
+/// `weir watch` prints a reload that failed as `<time>  reload FAILED
+/// (generation N still runs): <reason>`, N the generation that goes on
+/// serving, and one that worked as `reload ok, generation N`.
+#[test]
+fn weir_watch_prints_a_failed_reload() {
+    let (grpc, http) = (free_port(), free_port());
+    let (a, b) = (echo_backend(), echo_backend());
+    let good = config(grpc, http, "", &[("a", a)]);
+    let broken = good.replace("name = \"a\"\n", "name = \"a\"\nweight = 1200\n");
+    let file = temp_config("watch-reload", &good);
+    let (_weir, _out) = run_weir(&file);
+    let mut watch = weir()
+        .arg("watch")
+        .env("WEIR_ADMIN", grpc.to_string())
+        .env_remove("WEIR_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("weir watch");
+    let events = lines(&mut watch);
+    let _watch = Running::new(watch);
+
+    write(&file, &broken);
+    // A watch sees events from the moment it has subscribed: reload until
+    // one shows.
+    let mut seen = None;
+    for _ in 0..50 {
+        let (code, _, err) = text(&ctl(grpc, None, &["reload"]));
+        assert_eq!(code, 1, "{err}");
+        if let Ok(line) = events.recv_timeout(std::time::Duration::from_millis(200)) {
+            seen = Some(line);
+            break;
+        }
+    }
+    let line = seen.expect("an event from weir watch");
+    let (at, event) = line
+        .split_once("  ")
+        .unwrap_or_else(|| panic!("no time: {line}"));
+    assert!(
+        at.len() == 24 && at.as_bytes().get(10) == Some(&b'T') && at.ends_with('Z'),
+        "{line}"
+    );
+    assert!(
+        event.starts_with("reload FAILED (generation 1 still runs): "),
+        "{line}"
+    );
+    assert!(event.contains("pools[0].backends[0].weight"), "{line}");
+
+    write(&file, &config(grpc, http, "", &[("a", a), ("b", b)]));
+    let (code, _, err) = text(&ctl(grpc, None, &["reload"]));
+    assert_eq!(code, 0, "{err}");
+    let ok = wait_line(&events, "reload ok");
+    assert!(ok.ends_with("  reload ok, generation 2"), "{ok}");
+
+    write(&file, &broken);
+    let (code, _, err) = text(&ctl(grpc, None, &["reload"]));
+    assert_eq!(code, 1, "{err}");
+    let failed = wait_line(&events, "reload FAILED");
+    assert!(
+        failed.contains("  reload FAILED (generation 2 still runs): "),
+        "{failed}"
+    );
+}
+
+/// The value of `series` in a scrape of `http`; `None` while it is not
+/// there (a gRPC method's series appear once it has been called).
+fn sample(http: SocketAddr, series: &str) -> Option<f64> {
+    http_get(http, "/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A reload keeps a backend's health when its probe target and the pool's
+/// check stay (a new `interval` keeps it too), and starts it again at
+/// `unknown` when the target changes, with the cause `reload: health check
+/// changed`; the probe before the swap then decides. With `rise = 3` the
+/// two differ after one passing probe: a kept `down` stays down, a reset
+/// backend is up at once. Probes run only at start and at each reload
+/// (`interval` and `fast_interval` of an hour).
+#[test]
+fn a_reload_keeps_health_unless_the_probe_target_changes() {
+    let (grpc, http) = (free_port(), free_port());
+    // Nothing listens on b's address yet: its first probe takes it down.
+    let b = free_port();
+    let config_text = |interval: &str, check_port: &str| {
+        format!(
+            "[admin]\nhttp = \"{http}\"\ngrpc = \"{grpc}\"\n\
+             [[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n\
+             [pools.health]\ntype = \"tcp\"\ninterval = \"{interval}\"\nfast_interval = \"1h\"\nrise = 3\n\
+             [[pools.backends]]\nname = \"b\"\naddress = \"{b}\"\n{check_port}"
+        )
+    };
+    let file = temp_config("reload-health", &config_text("1h", ""));
+    let (_weir, _out) = run_weir(&file);
+    let backend = || json(&ctl(grpc, None, &["backends", "p", "-o", "json"]))[0].clone();
+    let v = backend();
+    assert_eq!(v["health"], "down", "{v}");
+
+    // From now on b's address takes connections (the kernel completes the
+    // handshake; nothing needs to accept them).
+    let _listening = std::net::TcpListener::bind(b).expect("listen on b's address");
+
+    // Only the interval changes: the reload's probe passes, one of the three
+    // passes `rise` asks for, so the kept `down` stays.
+    write(&file, &config_text("2h", ""));
+    let (code, _, err) = text(&ctl(grpc, None, &["reload"]));
+    assert_eq!(code, 0, "{err}");
+    let v = backend();
+    assert_eq!(v["last_probe"]["ok"], true, "the reload probed b: {v}");
+    assert_eq!(v["health"], "down", "kept across the reload: {v}");
+
+    // Another probe target (a check port that listens): health starts again
+    // at unknown and the reload's one probe decides it.
+    let side = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = side.local_addr().expect("addr").port();
+    write(&file, &config_text("2h", &format!("check_port = {port}\n")));
+    let (code, out, err) = text(&ctl(grpc, None, &["reload"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("changed  backend p/b"), "{out}");
+    let v = backend();
+    assert_eq!(v["health"], "up", "reset, then decided by one probe: {v}");
+
+    let history = json(&ctl(
+        grpc,
+        None,
+        &["backend", "history", "p", "b", "-o", "json"],
+    ));
+    let health: Vec<(&str, &str, &str)> = history
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|t| t["kind"] == "health")
+        .map(|t| {
+            (
+                t["from"].as_str().unwrap_or_default(),
+                t["to"].as_str().unwrap_or_default(),
+                t["cause"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let steps: Vec<(&str, &str)> = health.iter().map(|&(f, t, _)| (f, t)).collect();
+    assert_eq!(
+        steps,
+        [("unknown", "down"), ("down", "unknown"), ("unknown", "up")],
+        "{history}"
+    );
+    assert_eq!(health[1].2, "reload: health check changed", "{history}");
+    assert!(health[2].2.starts_with("probe: "), "{history}");
+}
+
+/// The states whose `weir_backend_state` series reads 1 for `backend` of
+/// pool `p`, from one scrape; every state's series must be there.
+fn states_on(http: SocketAddr, backend: &str) -> Vec<&'static str> {
+    let scrape = http_get(http, "/metrics");
+    ["unknown", "up", "down", "standby", "drain", "disabled"]
+        .into_iter()
+        .filter(|s| {
+            let series =
+                format!("weir_backend_state{{pool=\"p\",backend=\"{backend}\",state=\"{s}\"}} ");
+            let line = scrape
+                .lines()
+                .find(|l| l.starts_with(&series))
+                .unwrap_or_else(|| panic!("no {series}in the scrape"));
+            &line[series.len()..] == "1"
+        })
+        .collect()
+}
+
+/// `weir_backend_state` on a live scrape: a drained backend that is up
+/// reads `drain` and a disabled one that is down reads `disabled`, one
+/// state at a time (the admin state wins over health, so a backend being
+/// worked on raises no `WeirBackendDown`). Health stays in
+/// `weir_backend_healthy`, the pool's counts and the transition counters
+/// follow, and an enable brings `up` back.
+#[test]
+fn drained_and_disabled_backends_show_in_weir_backend_state() {
+    let (grpc, http) = (free_port(), free_port());
+    let (a, b) = (echo_backend(), echo_backend());
+    // Nothing listens there: down after its first probe.
+    let gone = free_port();
+    let file = temp_config(
+        "backend-state",
+        &format!(
+            "[admin]\nhttp = \"{http}\"\ngrpc = \"{grpc}\"\n\
+             [[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n\
+             [pools.health]\ntype = \"tcp\"\ninterval = \"1h\"\n\
+             [[pools.backends]]\nname = \"a\"\naddress = \"{a}\"\n\
+             [[pools.backends]]\nname = \"b\"\naddress = \"{b}\"\n\
+             [[pools.backends]]\nname = \"gone\"\naddress = \"{gone}\"\n"
+        ),
+    );
+    let (_weir, _out) = run_weir(&file);
+    assert_eq!(states_on(http, "a"), ["up"]);
+    assert_eq!(states_on(http, "gone"), ["down"]);
+
+    for args in [
+        &["backend", "drain", "p", "a"][..],
+        &["backend", "disable", "p", "gone"],
+    ] {
+        let (code, _, err) = text(&ctl(grpc, None, args));
+        assert_eq!(code, 0, "{args:?}: {err}");
+    }
+    assert_eq!(states_on(http, "a"), ["drain"]);
+    assert_eq!(states_on(http, "gone"), ["disabled"]);
+    assert_eq!(states_on(http, "b"), ["up"]);
+    let value = |series: &str| crate::http::metric(http, series);
+    // Health is its own series: a still up by its probes, gone still down.
+    assert_eq!(value("weir_backend_healthy{pool=\"p\",backend=\"a\"}"), 1.0);
+    assert_eq!(
+        value("weir_backend_healthy{pool=\"p\",backend=\"gone\"}"),
+        0.0
+    );
+    for (state, n) in [
+        ("up", 1.0),
+        ("down", 0.0),
+        ("drain", 1.0),
+        ("disabled", 1.0),
+    ] {
+        assert_eq!(
+            value(&format!(
+                "weir_pool_backends{{pool=\"p\",state=\"{state}\"}}"
+            )),
+            n,
+            "{state}"
+        );
+    }
+    assert_eq!(
+        value("weir_backend_transitions_total{pool=\"p\",backend=\"a\",from=\"up\",to=\"drain\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(
+            "weir_backend_transitions_total{pool=\"p\",backend=\"gone\",from=\"down\",to=\"disabled\"}"
+        ),
+        1.0
+    );
+
+    // Enabled again: a is up at once, its health never stopped being up.
+    let (code, _, err) = text(&ctl(grpc, None, &["backend", "enable", "p", "a"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(states_on(http, "a"), ["up"]);
+    assert_eq!(
+        value("weir_backend_transitions_total{pool=\"p\",backend=\"a\",from=\"drain\",to=\"up\"}"),
+        1.0
+    );
+}
+
+/// Reloads and operator commands are taken one at a time: a `weir backend
+/// drain` that arrives while a reload runs waits for it, then acts on the
+/// config the reload brought (its answer shows the new weight). The reload
+/// is held in its probe round by a backend whose health check the test
+/// answers only once weir has the drain in hand.
+#[test]
+fn an_operator_command_sent_during_a_reload_waits_for_it() {
+    let (grpc, http) = (free_port(), free_port());
+    let a = echo_backend();
+    let file = temp_config("reload-serial", &config(grpc, http, "", &[("a", a)]));
+    let (_weir, _out) = run_weir(&file);
+
+    // Hands over each connection made to it, unanswered.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let slow = held.local_addr().expect("addr");
+    let (tx, probes) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for c in held.incoming() {
+            let Ok(c) = c else { break };
+            if tx.send(c).is_err() {
+                break;
+            }
+        }
+    });
+    // The reload changes a's weight and adds a pool whose backend's HTTP
+    // check goes to `slow` (10 s before the probe gives up).
+    write(
+        &file,
+        &format!(
+            "{}[[pools]]\nname = \"slow\"\n\
+             [pools.health]\ntype = \"http\"\ntimeout = \"10s\"\ninterval = \"1h\"\n\
+             [[pools.backends]]\nname = \"s\"\naddress = \"{slow}\"\n",
+            config(grpc, http, "", &[("a", a)])
+                .replace("name = \"a\"\n", "name = \"a\"\nweight = 5\n")
+        ),
+    );
+    let reload = std::thread::spawn(move || ctl(grpc, None, &["reload"]));
+    // The reload is in its probe round, and stays there until this is answered.
+    let mut probe = probes
+        .recv_timeout(DEADLINE)
+        .expect("the reload's probe of s");
+    let drain =
+        std::thread::spawn(move || ctl(grpc, None, &["backend", "drain", "p", "a", "-o", "json"]));
+    // weir has the drain once gRPC counts the call as started.
+    let started = "grpc_server_started_total{grpc_type=\"unary\",grpc_service=\"weir.admin.v1.Admin\",grpc_method=\"SetBackendAdmin\"}";
+    let end = std::time::Instant::now() + DEADLINE;
+    while sample(http, started).is_none() {
+        assert!(
+            std::time::Instant::now() < end,
+            "the drain never reached weir"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        !reload.is_finished(),
+        "the reload ended before the drain came (its probe's 10 s ran out)"
+    );
+    assert!(
+        !drain.is_finished(),
+        "the drain was answered during the reload"
+    );
+
+    probe
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        .expect("answer the probe");
+    let (code, out, err) = text(&reload.join().expect("reload"));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("generation 2"), "{out}");
+    let drained = json(&drain.join().expect("drain"));
+    assert_eq!(drained["admin"], "drain", "{drained}");
+    assert_eq!(
+        drained["weight"], 5,
+        "the drain acted on the reloaded config: {drained}"
+    );
+}
+
+/// `[state] history` is read only at start, in memory as in the file: a
+/// reload that raises it says it waits for a restart, and a backend still
+/// keeps the number of transitions weir started with.
+#[test]
+fn the_history_length_waits_for_a_restart() {
+    let (grpc, http) = (free_port(), free_port());
+    let a = echo_backend();
+    let with = |history: u32| {
+        format!(
+            "{}[state]\nhistory = {history}\n",
+            config(grpc, http, "", &[("a", a)])
+        )
+    };
+    let file = temp_config("history-length", &with(2));
+    let (_weir, _out) = run_weir(&file);
+    write(&file, &with(50));
+    let r = json(&ctl(grpc, None, &["reload", "-o", "json"]));
+    assert_eq!(r["need_restart"], serde_json::json!(["state"]), "{r}");
+    for weight in ["3", "4", "5", "6"] {
+        let (code, _, err) = text(&ctl(grpc, None, &["backend", "weight", "p", "a", weight]));
+        assert_eq!(code, 0, "{err}");
+    }
+    let history = json(&ctl(
+        grpc,
+        None,
+        &["backend", "history", "p", "a", "-o", "json"],
+    ));
+    let kept: Vec<_> = history
+        .as_array()
+        .expect("transitions")
+        .iter()
+        .map(|t| t["to"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(kept, ["5", "6"], "{history}");
 }
