@@ -1358,3 +1358,69 @@ fn access_lines_are_written_at_level_warn_in_the_text_form() {
     assert!(info.is_empty(), "info lines at level warn: {info:?}");
     assert!(!seen.iter().any(|l| l.contains("weir started")), "{seen:?}");
 }
+
+/// The names of the threads of process `pid`, from /proc.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("/proc/PID/task")
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_owned())
+        .collect()
+}
+
+/// `[runtime] worker_threads` is the number of the runtime's threads
+/// (`weir-worker`): 5 runs five beside the main thread; 1 a single-threaded
+/// event loop on the main thread, no other thread at all; 0 one per CPU
+/// the process may run on, so the same under `taskset` to one CPU.
+#[test]
+fn worker_threads_sets_the_number_of_threads() {
+    let backend = echo_backend();
+    let text = |front: SocketAddr, threads: u32| {
+        format!(
+            "[log]\naccess_log = false\n[runtime]\nworker_threads = {threads}\n\
+             [[listeners]]\nname = \"l\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
+        )
+    };
+    let taskset = which("taskset").expect("taskset (util-linux) is not installed");
+    // One CPU this process may run on: the first of its list ("0-3,8").
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let cpu = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .and_then(|list| list.trim().split([',', '-']).next())
+        .expect("Cpus_allowed_list")
+        .to_owned();
+    // (worker_threads, pinned to one CPU, weir-worker threads, all threads)
+    for (threads, pinned, workers, all) in [(5, false, 5, 6), (1, false, 0, 1), (0, true, 0, 1)] {
+        let front = free_port();
+        let file = temp_config(&format!("workers-{threads}"), &text(front, threads));
+        let mut cmd = if pinned {
+            let mut c = Command::new(&taskset);
+            c.arg("-c").arg(&cpu).arg(weir().get_program());
+            c
+        } else {
+            weir()
+        };
+        cmd.args(["run", "--config"]).arg(&file);
+        let (child, _out) = start_weir(cmd);
+        crate::systemd::echo_once(front).expect("served");
+        let pid = child.0.id();
+        // A thread takes its name just after it starts: wait for the names.
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let names = thread_names(pid);
+            let named = names.iter().filter(|n| *n == "weir-worker").count();
+            if (named, names.len()) == (workers, all) {
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "worker_threads = {threads} (pinned: {pinned}): threads {names:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

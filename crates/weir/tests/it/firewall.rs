@@ -751,3 +751,79 @@ fn country_rules_from_a_maxmind_database() {
     );
     assert_eq!(ping_from(ip("127.0.21.1"), front), Ok(()));
 }
+
+/// `weir listener max-connections` stays in force across a reload, even one
+/// that changes the configured limit; `--clear` then brings the limit the
+/// reload configured, and a restart the configured one (the setting is not
+/// kept in the state file).
+#[test]
+fn a_runtime_max_connections_survives_a_reload_until_cleared_or_a_restart() {
+    use crate::control::{ctl, text};
+    let dir = test_dir("max-connections-reload");
+    let backend = counting_backend();
+    let (admin, grpc, front) = (free_port(), free_port(), free_port());
+    let with_limit = |max: u32| {
+        format!(
+            "[admin]\nhttp = \"{admin}\"\ngrpc = \"{grpc}\"\n[state]\npath = {:?}\n\
+             [log]\naccess_log = false\n\
+             [[listeners]]\nname = \"l\"\nbind = \"{front}\"\nmax_connections = {max}\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n",
+            dir.join("state.db").display().to_string(),
+            backend.addr
+        )
+    };
+    let file = crate::cli::temp_config("max-connections-reload", &with_limit(2));
+    let (mut running, _out) = crate::cli::run_weir(&file);
+    let in_force = || metric(admin, "weir_listener_max_connections{listener=\"l\"}");
+    assert_eq!(in_force(), 2.0);
+
+    let (code, out, err) = text(&ctl(grpc, None, &["listener", "max-connections", "l", "1"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("max_connections 1 (configured 2)"), "{out}");
+    let mut held = vec![connect_from(ip("127.0.0.1"), front)];
+    assert_eq!(ping(&mut held[0]), Ok(()));
+    assert_eq!(
+        ping_from(ip("127.0.0.2"), front),
+        Err(ErrorKind::ConnectionReset)
+    );
+
+    // The reload raises the configured limit to 3: the runtime 1 stays.
+    std::fs::write(&*file, with_limit(3)).expect("rewrite");
+    let (code, _, err) = text(&ctl(grpc, None, &["reload"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(in_force(), 1.0);
+    assert_eq!(
+        ping_from(ip("127.0.0.2"), front),
+        Err(ErrorKind::ConnectionReset)
+    );
+    assert_eq!(ping(&mut held[0]), Ok(()), "the open connection goes on");
+
+    // Cleared: the limit the reload configured, exact to the count.
+    let (code, out, err) = text(&ctl(
+        grpc,
+        None,
+        &["listener", "max-connections", "l", "--clear"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("max_connections 3 (configured 3)"), "{out}");
+    assert_eq!(in_force(), 3.0);
+    for last in 2..=3 {
+        let mut s = connect_from(Ipv4Addr::new(127, 0, 0, last), front);
+        assert_eq!(ping(&mut s), Ok(()), "connection from 127.0.0.{last}");
+        held.push(s);
+    }
+    assert_eq!(
+        ping_from(ip("127.0.0.4"), front),
+        Err(ErrorKind::ConnectionReset)
+    );
+
+    // Set again, then a restart: the configured limit, state file or not.
+    let (code, _, err) = text(&ctl(grpc, None, &["listener", "max-connections", "l", "1"]));
+    assert_eq!(code, 0, "{err}");
+    drop(held);
+    signal(&running.0, rustix::process::Signal::TERM);
+    assert_eq!(crate::cli::wait_exit(&mut running.0).code(), Some(0));
+    let (_second, _out) = crate::cli::run_weir(&file);
+    assert_eq!(in_force(), 3.0);
+}

@@ -373,3 +373,188 @@ fn a_name_that_resolves_to_every_instance_addresses_the_fleet() {
         assert_eq!(v[0]["admin"], "drain", "{ip}: {v}");
     }
 }
+
+/// Instances that fail in different ways: the command still runs on every
+/// one, and its exit code is the worst of theirs (4 token refused, then 3
+/// unreachable, then 1 refused), wherever that instance is in the list.
+#[test]
+fn a_fleet_command_exits_with_the_worst_failure() {
+    let b = named_backend("b");
+    let dir = test_dir("fleet-worst");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "s3cret-token-0123456789\n").expect("write the token");
+    let start = |tag: &str, admin_extra: &str| {
+        let grpc = free_port();
+        let file = temp_config(
+            tag,
+            &format!(
+                "[admin]\ngrpc = \"{grpc}\"\n{admin_extra}\n\
+                 [[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\n\
+                 [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n{}",
+                pool_config(&[("b".to_owned(), b)], "")
+            ),
+        );
+        let (weir, out) = run_weir(&file);
+        (grpc, weir.with(file), out)
+    };
+    let (open, _open, _open_out) = start("fleet-worst-open", "");
+    let (locked, _locked, _locked_out) = start(
+        "fleet-worst-locked",
+        &format!("token_file = {:?}", token_file.display().to_string()),
+    );
+    let gone = free_port();
+
+    // Refused (1), token refused (4), unreachable (3): 4, neither the
+    // first failure nor the last.
+    let three = format!("{open},{locked},{gone}");
+    let drain_nope = ["backend", "drain", "p", "nope"];
+    let (code, out, err) = text(&ctl_many(&three, &drain_nope));
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "== {open} ==\nFAILED: pool \"p\" has no backend \"nope\""
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("== {locked} ==\nFAILED: ")) && out.contains("needs a token"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "== {gone} ==\nFAILED: cannot reach weir at {gone}"
+        )),
+        "{out}"
+    );
+    assert!(err.contains("failed on 3 of 3 instances"), "{err}");
+
+    // The same with -o json: each instance's own code.
+    let mut args = drain_nope.to_vec();
+    args.extend(["-o", "json"]);
+    let o = ctl_many(&three, &args);
+    assert_eq!(o.status.code(), Some(4), "{:?}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json output");
+    let codes: Vec<serde_json::Value> = v["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|i| serde_json::json!({"admin": i["admin"], "ok": i["ok"], "code": i["code"]}))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            serde_json::json!({"admin": open.to_string(), "ok": false, "code": 1}),
+            serde_json::json!({"admin": locked.to_string(), "ok": false, "code": 4}),
+            serde_json::json!({"admin": gone.to_string(), "ok": false, "code": 3}),
+        ],
+        "{v}"
+    );
+
+    // Refused (1) then unreachable (3): 3.
+    let (code, out, err) = text(&ctl_many(&format!("{open},{gone}"), &drain_nope));
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("failed on 2 of 2 instances"), "{err}");
+}
+
+/// The backend's name as read from a connection from `client` (an IP and a
+/// port) to `front`; a connect the previous connection from the same
+/// address still stands in the way of is tried again.
+fn reached_from(client: SocketAddr, front: SocketAddr) -> String {
+    let end = std::time::Instant::now() + DEADLINE;
+    loop {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket.set_reuse_address(true).expect("SO_REUSEADDR");
+        let connected = socket
+            .bind(&client.into())
+            .and_then(|()| socket.connect(&front.into()));
+        match connected {
+            Ok(()) => {
+                let mut s: TcpStream = socket.into();
+                s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+                let mut name = String::new();
+                s.read_to_string(&mut name)
+                    .expect("read the backend's name");
+                return name;
+            }
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < end,
+                    "no connection from {client}: {e}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// `hash_key = "source_addr"` hashes the client's IP and port: a client
+/// address reaches the same backend every time it connects, the one `weir
+/// explain` names for that address, while the ports of one IP spread over
+/// the backends (under `source_ip` they would all go to one).
+#[test]
+fn source_addr_keeps_each_client_address_on_one_backend() {
+    let names: Vec<String> = (1..=5).map(|i| format!("b{i}")).collect();
+    let (grpc, front) = (free_port(), free_port());
+    let mut config = format!(
+        "[admin]\ngrpc = \"{grpc}\"\n\
+         [[listeners]]\nname = \"front\"\nbind = \"{front}\"\n\
+         [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\nbalance = \"maglev\"\nhash_key = \"source_addr\"\n"
+    );
+    for n in &names {
+        config.push_str(&format!(
+            "[[pools.backends]]\nname = \"{n}\"\naddress = \"{}\"\n",
+            named_backend(n)
+        ));
+    }
+    let file = temp_config("source-addr", &config);
+    let (_weir, _out) = run_weir(&file);
+
+    // Four client IPs, each from the same eight ports.
+    const PORTS: usize = 8;
+    let ports: Vec<u16> = (0..PORTS).map(|_| free_port().port()).collect();
+    let clients: Vec<SocketAddr> = (20..24u8)
+        .flat_map(|last| {
+            ports
+                .iter()
+                .map(move |&p| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)), p))
+        })
+        .collect();
+    // Three rounds: an address comes again only after every other one.
+    let rounds: Vec<Vec<String>> = (0..3)
+        .map(|_| clients.iter().map(|&c| reached_from(c, front)).collect())
+        .collect();
+    for (i, c) in clients.iter().enumerate() {
+        let seen: Vec<&str> = rounds.iter().map(|r| r[i].as_str()).collect();
+        assert!(
+            names.iter().any(|n| n == seen[0]) && seen.iter().all(|s| *s == seen[0]),
+            "{c} reached {seen:?}"
+        );
+        let v = json(&ctl(
+            grpc,
+            None,
+            &[
+                "explain",
+                "--listener",
+                "front",
+                "--client",
+                &c.to_string(),
+                "-o",
+                "json",
+            ],
+        ));
+        assert_eq!(v["pools"][0]["pick"], seen[0], "explain for {c}: {v}");
+    }
+    // The port is part of the key: an IP whose eight ports all reach one of
+    // five backends would be a chance of 1 in 78,125, all four IPs never.
+    let spread = rounds[0]
+        .chunks(PORTS)
+        .filter(|of_ip| of_ip.iter().any(|b| *b != of_ip[0]))
+        .count();
+    assert!(
+        spread > 0,
+        "each IP's ports reached one backend: {:?}",
+        rounds[0]
+    );
+}

@@ -2039,3 +2039,109 @@ pub(crate) fn raw_get(front: SocketAddr, target: &str, headers: &str) -> (u16, S
     let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
     (status, head.to_owned(), body.to_owned())
 }
+
+/// `retries = N`: after a failed connect, N other backends are tried and no
+/// more, on an `l4` route and an `l7` one alike. Under `first`, with three
+/// refusing backends before a live one, `retries = 2` tries the three and
+/// gives up: the `l4` client is closed, logged `connect_failed` with the
+/// three it tried, the `l7` client gets 502 `refused`, and the live
+/// backends see nothing; once a reload makes it `retries = 3`, the fourth
+/// try reaches them. The refusing backends are static (`health = false`):
+/// passive health cannot take them out between clients.
+#[test]
+fn retries_bound_the_backends_tried_after_a_failed_connect() {
+    let dead: Vec<SocketAddr> = (0..3).map(|_| free_port()).collect();
+    let live = crate::fleet::named_backend("live");
+    let app = raw_backend(None, Duration::ZERO);
+    let (admin, tcp, web) = (free_port(), free_port(), free_port());
+    let pool = |name: &str, retries: u32, last: SocketAddr| {
+        let mut t =
+            format!("[[pools]]\nname = \"{name}\"\nbalance = \"first\"\nretries = {retries}\n");
+        for (i, d) in dead.iter().enumerate() {
+            t.push_str(&format!(
+                "[[pools.backends]]\nname = \"d{}\"\naddress = \"{d}\"\nhealth = false\n",
+                i + 1
+            ));
+        }
+        t.push_str(&format!(
+            "[[pools.backends]]\nname = \"live\"\naddress = \"{last}\"\n"
+        ));
+        t
+    };
+    let config = |retries: u32| {
+        format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"tcp\"\nbind = \"{tcp}\"\n\
+             [[listeners.routes]]\nname = \"relay\"\npool = \"tcp\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{web}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"web\"\n{}{}",
+            pool("tcp", retries, live),
+            pool("web", retries, app.addr)
+        )
+    };
+    let file = temp_config("retries", &config(2));
+    let (weir, out) = crate::cli::run_weir(&file);
+    // What an l4 client receives: the name the live backend writes, or
+    // nothing when weir closes it.
+    let relayed = || {
+        let mut s = TcpStream::connect(tcp).expect("connect");
+        s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let refused = |pool: &str, backend: &str| {
+        metric(
+            admin,
+            &format!(
+                "weir_backend_connect_errors_total{{pool=\"{pool}\",backend=\"{backend}\",reason=\"refused\"}}"
+            ),
+        )
+    };
+
+    assert_eq!(relayed(), "", "retries = 2 reached the fourth backend");
+    let line = wait_line(&out, "\"reason\":\"connect_failed\"");
+    assert!(
+        line.contains("\"tried\":\"d1:refused d2:refused d3:refused\""),
+        "{line}"
+    );
+    let (status, _, body) = raw_get(web, "/", "");
+    assert_eq!(
+        (status, body.trim_end()),
+        (502, "weir: the backend failed (refused)")
+    );
+    assert_eq!(app.requests.load(SeqCst), 0);
+    for pool in ["tcp", "web"] {
+        for d in ["d1", "d2", "d3"] {
+            assert_eq!(refused(pool, d), 1.0, "{pool}/{d}");
+        }
+    }
+    assert_eq!(
+        metric(
+            admin,
+            "weir_backend_connections_total{pool=\"tcp\",backend=\"live\"}"
+        ),
+        0.0
+    );
+
+    std::fs::write(&*file, config(3)).expect("rewrite");
+    crate::cli::signal(&weir.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    assert_eq!(relayed(), "live");
+    let (status, _, body) = raw_get(web, "/", "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(app.requests.load(SeqCst), 1);
+    for pool in ["tcp", "web"] {
+        for d in ["d1", "d2", "d3"] {
+            assert_eq!(refused(pool, d), 2.0, "{pool}/{d}");
+        }
+    }
+    assert_eq!(
+        metric(
+            admin,
+            "weir_route_connections_failed_total{listener=\"tcp\",route=\"relay\",reason=\"refused\"}"
+        ),
+        1.0
+    );
+}

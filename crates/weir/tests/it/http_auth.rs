@@ -279,3 +279,89 @@ fn forward_auth_with_cache_failure_modes_and_breaker() {
         2.0
     );
 }
+
+/// One request from the client address `source` (on loopback): its status.
+fn status_from(source: std::net::Ipv4Addr, front: SocketAddr, target: &str, headers: &str) -> u16 {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::from((source, 0)).into())
+        .expect("bind the client address");
+    socket.connect(&front.into()).expect("connect");
+    let mut s: std::net::TcpStream = socket.into();
+    s.set_read_timeout(Some(crate::cli::DEADLINE))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {target} HTTP/1.1\r\nHost: app.example.com\r\n{headers}Connection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut s, &mut out).expect("read");
+    out.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `allowed_ttl` and `denied_ttl` each bound their own decisions: an
+/// allowing one (here 3 s) is reused until it runs out, then the service
+/// is asked again, while a refusal kept for an hour is still reused then.
+/// Neither is reused for another client address.
+#[test]
+fn an_allowing_decision_is_reused_for_allowed_ttl_only() {
+    let auth = auth_service();
+    let backend = headers_backend(&["x-user"]);
+    let front = free_port();
+    let (_weir, _out) = start(
+        "auth-ttl",
+        &format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             auth = {{ url = \"http://{a}/check\", headers = [\"authorization\"], \
+                       allowed_ttl = \"3s\", denied_ttl = \"1h\" }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n",
+            a = auth.addr
+        ),
+    );
+    let calls = || auth.calls.load(Relaxed);
+    let good = "Authorization: Bearer good\r\n";
+    let bad = "Authorization: Bearer bad\r\n";
+    // Before the first decision is made: it cannot run out before this.
+    let began = std::time::Instant::now();
+    assert_eq!(raw_get(front, "/a", good).0, 200);
+    assert_eq!(raw_get(front, "/a", bad).0, 401);
+    assert_eq!(calls(), 2);
+    assert_eq!(raw_get(front, "/a", good).0, 200);
+    assert_eq!(raw_get(front, "/a", bad).0, 401);
+    assert_eq!(calls(), 2, "both decisions are reused at once");
+    // Another client asking the same: a question of its own.
+    assert_eq!(
+        status_from(std::net::Ipv4Addr::new(127, 0, 0, 2), front, "/a", good),
+        200
+    );
+    assert_eq!(calls(), 3);
+
+    // The allowing decision runs out: asked again, not before 3 s.
+    let end = began + crate::cli::DEADLINE;
+    while calls() == 3 {
+        assert!(
+            std::time::Instant::now() < end,
+            "still reused after {:?}",
+            began.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(raw_get(front, "/a", good).0, 200);
+    }
+    assert_eq!(calls(), 4);
+    assert!(
+        began.elapsed() >= Duration::from_secs(3),
+        "asked again after {:?}",
+        began.elapsed()
+    );
+    // The refusal is still reused.
+    assert_eq!(raw_get(front, "/a", bad).0, 401);
+    assert_eq!(calls(), 4, "the refusal was asked again");
+}

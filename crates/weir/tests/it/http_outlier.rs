@@ -194,3 +194,102 @@ fn a_failing_backend_is_ejected_and_comes_back() {
         1.0
     );
 }
+
+/// Each ejection of a backend lasts `base_ejection` times the number of its
+/// ejections so far, at most `max_ejection`: with 200ms and 500ms, four
+/// ejections in a row last 200ms, 400ms, then 500ms twice. The history
+/// says how long each one is, and the backend comes back no sooner.
+#[test]
+fn repeated_ejections_grow_up_to_max_ejection() {
+    let (bad, _) = status_backend(500);
+    let (good, _) = status_backend(200);
+    let (admin, front) = (free_port(), free_port());
+    let (_weir, _out) = start(
+        "outlier-escalation",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\nbalance = \"first\"\n\
+             outlier = {{ consecutive_failures = 1, base_ejection = \"200ms\", max_ejection = \"500ms\", max_ejected_percent = 50 }}\n\
+             [[pools.backends]]\nname = \"bad\"\naddress = \"{bad}\"\n\
+             [[pools.backends]]\nname = \"good\"\naddress = \"{good}\"\n"
+        ),
+    );
+    let of_bad = |family: &str| metric(admin, &format!("{family}{{pool=\"p\",backend=\"bad\"}}"));
+    let within = |what: &str, done: &dyn Fn() -> bool| {
+        let end = Instant::now() + DEADLINE;
+        while !done() {
+            assert!(Instant::now() < end, "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    const LASTS_MS: [i64; 4] = [200, 400, 500, 500];
+    for round in 1..=LASTS_MS.len() {
+        // `first`: bad takes the request whenever it is in, and its 500
+        // ejects it again (good answers while the balancer catches up).
+        within(&format!("bad never took request {round}"), &|| {
+            get(front) == 500
+        });
+        within(&format!("ejection {round} never counted"), &|| {
+            of_bad("weir_backend_ejections_total") >= round as f64
+        });
+        within(&format!("ejection {round} never ended"), &|| {
+            of_bad("weir_backend_ejected") == 0.0
+        });
+    }
+    assert_eq!(of_bad("weir_backend_ejections_total"), 4.0);
+
+    // The last return is recorded just after the gauge drops.
+    let history = || {
+        let answer = crate::cli::http_get(admin, "/api/v1/pools/p/backends/bad/history");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        serde_json::from_str::<serde_json::Value>(body).expect("json history")
+    };
+    let outliers = |v: &serde_json::Value| {
+        v["transitions"]
+            .as_array()
+            .map_or(0, |t| t.iter().filter(|t| t["kind"] == "outlier").count())
+    };
+    within("the last return never reached the history", &|| {
+        outliers(&history()) == 2 * LASTS_MS.len()
+    });
+    let v = history();
+    let outlier: Vec<&serde_json::Value> = v["transitions"]
+        .as_array()
+        .expect("transitions")
+        .iter()
+        .filter(|t| t["kind"] == "outlier")
+        .collect();
+    assert_eq!(outlier.len(), 2 * LASTS_MS.len(), "{v}");
+    for (k, (pair, want)) in outlier.chunks(2).zip(LASTS_MS).enumerate() {
+        let (out, back) = (pair[0], pair[1]);
+        assert_eq!(
+            (out["from"].as_str(), out["to"].as_str()),
+            (Some("in"), Some("ejected")),
+            "{v}"
+        );
+        assert!(
+            out["cause"]
+                .as_str()
+                .is_some_and(|c| c.ends_with(&format!("; ejected for {want}ms"))),
+            "ejection {}: {out}",
+            k + 1
+        );
+        assert_eq!(
+            (back["from"].as_str(), back["to"].as_str()),
+            (Some("ejected"), Some("in")),
+            "{v}"
+        );
+        let lasted =
+            back["at_ms"].as_i64().unwrap_or_default() - out["at_ms"].as_i64().unwrap_or_default();
+        // A few ms of slack: the times are wall-clock, the wait monotonic.
+        assert!(
+            lasted >= want - 5,
+            "ejection {} lasted {lasted} ms, not {want}",
+            k + 1
+        );
+    }
+}

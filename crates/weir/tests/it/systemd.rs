@@ -380,21 +380,7 @@ fn a_restart_on_a_passed_socket_refuses_no_connection() {
     let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let front = socket.local_addr().expect("addr");
     let file = activated_config("restart", front, "");
-    let start = || {
-        // The socket becomes the shell's stdin, then descriptor 3 of weir,
-        // which keeps the shell's PID.
-        let fd = std::os::fd::OwnedFd::from(socket.try_clone().expect("dup"));
-        let mut cmd = std::process::Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(
-                "exec 3<&0 0</dev/null; export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=web; \
-                 exec \"$0\" run --config \"$1\"",
-            )
-            .arg(env!("CARGO_BIN_EXE_weir"))
-            .arg(&file)
-            .stdin(std::process::Stdio::from(fd));
-        start_weir(cmd)
-    };
+    let start = || start_weir(passed(&socket, &file));
     let (mut first, _out) = start();
 
     // Clients connect back to back through the restart.
@@ -498,4 +484,55 @@ fn a_stop_during_a_handover_stops_both() {
         seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
     assert!(!seen.iter().any(|m| m.contains("MAINPID=")), "{seen:?}");
+}
+
+/// With sockets systemd passed, SIGUSR2 is refused, and logged saying to
+/// use `systemctl restart`: a new process could not share those sockets.
+/// No new version starts, so the running weir goes on serving and taking
+/// changes (refused while a new version starts).
+#[test]
+fn sigusr2_is_refused_on_sockets_systemd_passed() {
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let front = socket.local_addr().expect("addr");
+    let admin = free_port();
+    let file = activated_config(
+        "usr2-activated",
+        front,
+        &format!("[admin]\nhttp = \"{admin}\"\n"),
+    );
+    let (weir, out) = start_weir(passed(&socket, &file));
+    echo_once(front).expect("served on the passed socket");
+
+    signal(&weir.0, rustix::process::Signal::USR2);
+    let refused = crate::cli::wait_line(&out, "SIGUSR2 ignored");
+    assert!(
+        refused.contains("sockets systemd passed") && refused.contains("systemctl restart"),
+        "{refused}"
+    );
+    assert!(
+        successors(weir.0.id()).is_empty(),
+        "a new version was started"
+    );
+    echo_once(front).expect("still serving");
+    assert!(
+        post(admin, "/api/v1/reload").starts_with("HTTP/1.1 200"),
+        "a change is taken"
+    );
+}
+
+/// `weir run --config file` given `socket` as systemd passes one named
+/// "web": the socket becomes the shell's stdin, then descriptor 3 of weir,
+/// which keeps the shell's PID for LISTEN_PID.
+fn passed(socket: &std::net::TcpListener, file: &std::path::Path) -> std::process::Command {
+    let fd = std::os::fd::OwnedFd::from(socket.try_clone().expect("dup"));
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(
+            "exec 3<&0 0</dev/null; export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=web; \
+             exec \"$0\" run --config \"$1\"",
+        )
+        .arg(env!("CARGO_BIN_EXE_weir"))
+        .arg(file)
+        .stdin(std::process::Stdio::from(fd));
+    cmd
 }
