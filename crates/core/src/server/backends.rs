@@ -206,14 +206,25 @@ impl Server {
         }
         lock(&self.runtime).push(b);
         if let Err(e) = self.rebuild_running().await {
-            // Saved but not running: take it back out of both.
-            lock(&self.runtime).retain(|r| !(r.pool == pool && r.name == name));
-            if let Some(p) = &self.persistence {
-                let _ = p.delete_backend(pool, &name).await;
+            // Saved but not running: take it back out of both, or say why not.
+            let mut message = format!("the pool could not be rebuilt: {e}");
+            let deleted = match &self.persistence {
+                Some(p) => p.delete_backend(pool, &name).await.map(drop),
+                None => Ok(()),
+            };
+            match deleted {
+                Ok(()) => lock(&self.runtime).retain(|r| !(r.pool == pool && r.name == name)),
+                // Kept where the state file has it, so that it stays
+                // visible and removable rather than coming back unseen.
+                Err(d) => {
+                    tracing::error!(pool, backend = %name, error = %d, "a backend whose addition failed could not be taken back out of the state file");
+                    message.push_str(&format!(
+                        "; the state file could not take it back out ({d}), so it stays added \
+                         and applies at the next reload or start: `weir backend remove` takes it out"
+                    ));
+                }
             }
-            return Err(ControlError::State(format!(
-                "the pool could not be rebuilt: {e}"
-            )));
+            return Err(ControlError::State(message));
         }
         let new = self
             .pool(pool)
