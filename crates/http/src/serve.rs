@@ -200,7 +200,7 @@ pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize
                 return;
             }
             Err(why) => {
-                closed(&listener, route, peer, accepted_at, why);
+                closed(&listener, route, peer, accepted_at, (0, 0), why);
                 return;
             }
         };
@@ -220,7 +220,7 @@ pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize
     let handshake = tokio::time::timeout(listener.handshake_timeout, accept);
     let stream = match unless_closed(live.as_deref(), handshake).await {
         Err(why) => {
-            closed(&listener, route, peer, accepted_at, why);
+            closed(&listener, route, peer, accepted_at, (0, 0), why);
             return;
         }
         Ok(Ok(Ok(stream))) => stream,
@@ -389,18 +389,8 @@ impl On {
             .filter(|l| l.closed_by() == Some(Reason::Operator))
         {
             // Closed by an operator: the connection's end says so.
-            let took = accepted_at.elapsed();
-            let r = listener.routes.get(route);
-            if let Some(r) = r {
-                r.stats.connection_duration.observe(took);
-            }
-            listener.log_end(
-                r,
-                peer,
-                (live.sent(), live.received()),
-                took,
-                Reason::Operator,
-            );
+            let bytes = (live.sent(), live.received());
+            closed(&listener, route, peer, accepted_at, bytes, Reason::Operator);
             return;
         }
         let reason = match outcome {
@@ -456,12 +446,14 @@ async fn unless_closed<T>(live: Option<&Live>, work: impl Future<Output = T>) ->
     }
 }
 
-/// The end of a connection closed before it served anything.
+/// The end of a connection closed for `why` (an operator, a shutdown)
+/// after `bytes` went each way: its lifetime on the route and its line.
 fn closed(
     listener: &Listener,
     route: usize,
     peer: std::net::SocketAddr,
     accepted_at: Instant,
+    bytes: (u64, u64),
     why: Reason,
 ) {
     let took = accepted_at.elapsed();
@@ -469,7 +461,7 @@ fn closed(
     if let Some(r) = r {
         r.stats.connection_duration.observe(took);
     }
-    listener.log_end(r, peer, (0, 0), took, why);
+    listener.log_end(r, peer, bytes, took, why);
 }
 
 /// Waits for the client's first bytes: true when they are the HTTP/2

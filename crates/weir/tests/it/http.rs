@@ -345,45 +345,19 @@ fn serve_raw(
     let mut reader = BufReader::new(s.try_clone().expect("clone"));
     let mut s = s;
     for k in 1.. {
-        // The request header, then its body by Content-Length.
-        let mut length = 0usize;
-        let mut chunked = false;
+        // The request line, then the rest of the head and the body.
         let mut line = String::new();
-        let mut first = true;
-        loop {
-            line.clear();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            if first && close_after.is_some_and(|n| k > n) {
-                // The request came on a connection this backend is done
-                // with: close it without an answer.
-                return;
-            }
-            first = false;
-            if line == "\r\n" {
-                break;
-            }
-            let lower = line.to_ascii_lowercase();
-            if let Some(v) = lower.strip_prefix("content-length:") {
-                length = v.trim().parse().unwrap_or(0);
-            }
-            if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
-                chunked = true;
-            }
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
         }
-        let body = if chunked {
-            match read_chunked(&mut reader) {
-                Some(body) => body,
-                None => return,
-            }
-        } else {
-            let mut body = vec![0u8; length];
-            if reader.read_exact(&mut body).is_err() {
-                return;
-            }
-            body
+        if close_after.is_some_and(|n| k > n) {
+            // The request came on a connection this backend is done
+            // with: close it without an answer.
+            return;
+        }
+        let Some(body) = framing(&mut reader).and_then(|f| read_body(&mut reader, f)) else {
+            return;
         };
         r.fetch_add(1, SeqCst);
         std::thread::sleep(delay);
@@ -717,6 +691,40 @@ fn hostile_requests_are_refused() {
     }
 }
 
+/// The rest of a message head after its first line, read up to the blank
+/// line: how its body is framed (Content-Length, chunked). `None` when the
+/// connection ends first.
+fn framing(reader: &mut impl BufRead) -> Option<(usize, bool)> {
+    let (mut length, mut chunked) = (0usize, false);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return None,
+            Ok(_) if line == "\r\n" => return Some((length, chunked)),
+            Ok(_) => {}
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+            chunked = true;
+        }
+    }
+}
+
+/// A body framed as [`framing`] said; `None` when the connection ends
+/// first.
+fn read_body(reader: &mut impl BufRead, (length, chunked): (usize, bool)) -> Option<Vec<u8>> {
+    if chunked {
+        return read_chunked(reader);
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).ok()?;
+    Some(body)
+}
+
 /// Writes `request` on a new connection to `addr` and reads one response:
 /// its status and its body (framed by Content-Length, or chunked).
 fn one_response(addr: SocketAddr, request: &str) -> (u16, String) {
@@ -731,27 +739,9 @@ fn one_response(addr: SocketAddr, request: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let (mut length, mut chunked) = (0usize, false);
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).expect("header") == 0 || line == "\r\n" {
-            break;
-        }
-        let lower = line.to_ascii_lowercase();
-        if let Some(v) = lower.strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap_or(0);
-        }
-        if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
-            chunked = true;
-        }
-    }
-    let body = if chunked {
-        read_chunked(&mut reader).expect("a chunked body")
-    } else {
-        let mut body = vec![0u8; length];
-        reader.read_exact(&mut body).expect("body");
-        body
-    };
+    let body = framing(&mut reader)
+        .and_then(|f| read_body(&mut reader, f))
+        .expect("a head and a whole body");
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
