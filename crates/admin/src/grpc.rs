@@ -320,9 +320,9 @@ impl AdminApi for ControlService {
                 ));
             }
         };
-        self.server
-            .set_admin(&r.pool, &r.backend, admin)
-            .await
+        let (server, pool, backend) = (self.server(), r.pool.clone(), r.backend.clone());
+        to_the_end(async move { server.set_admin(&pool, &backend, admin).await })
+            .await?
             .map_err(|e| control_status(&e))?;
         self.backend_reply(&r.pool, &r.backend)
     }
@@ -333,9 +333,9 @@ impl AdminApi for ControlService {
     ) -> Result<Response<pb::Backend>, Status> {
         self.authorize(&request)?;
         let r = request.into_inner();
-        self.server
-            .set_weight(&r.pool, &r.backend, r.weight)
-            .await
+        let (server, pool, backend) = (self.server(), r.pool.clone(), r.backend.clone());
+        to_the_end(async move { server.set_weight(&pool, &backend, r.weight).await })
+            .await?
             .map_err(|e| control_status(&e))?;
         self.backend_reply(&r.pool, &r.backend)
     }
@@ -380,7 +380,8 @@ impl AdminApi for ControlService {
         request: Request<pb::ReloadRequest>,
     ) -> Result<Response<pb::ReloadResponse>, Status> {
         self.authorize(&request)?;
-        match self.server.reload().await {
+        let server = self.server();
+        match to_the_end(async move { server.reload().await }).await? {
             Ok(r) => Ok(Response::new(pb::ReloadResponse {
                 generation: r.generation,
                 added: r.diff.added,
@@ -389,11 +390,11 @@ impl AdminApi for ControlService {
                 need_restart: r.diff.need_restart,
                 shadowed: r.shadowed,
             })),
-            Err(e @ (ReloadError::Config(_) | ReloadError::Start(_))) => {
-                Err(Status::failed_precondition(format!(
-                    "reload failed; the running config is unchanged:\n{e}"
-                )))
-            }
+            Err(
+                e @ (ReloadError::Config(_) | ReloadError::Start(_) | ReloadError::Unguarded(_)),
+            ) => Err(Status::failed_precondition(format!(
+                "reload failed; the running config is unchanged:\n{e}"
+            ))),
             Err(e @ ReloadError::NoFile) => Err(Status::failed_precondition(e.to_string())),
             Err(e @ ReloadError::ShuttingDown) => Err(Status::unavailable(e.to_string())),
         }
@@ -429,11 +430,14 @@ impl AdminApi for ControlService {
             }
         };
         let lasts = (r.duration_ms > 0).then(|| std::time::Duration::from_millis(r.duration_ms));
-        let rule = self
-            .server
-            .add_firewall_rule(&r.network, action, lasts, &r.reason)
-            .await
-            .map_err(|e| control_status(&e))?;
+        let server = self.server();
+        let rule = to_the_end(async move {
+            server
+                .add_firewall_rule(&r.network, action, lasts, &r.reason)
+                .await
+        })
+        .await?
+        .map_err(|e| control_status(&e))?;
         Ok(Response::new(rule_message(&rule)))
     }
 
@@ -443,10 +447,9 @@ impl AdminApi for ControlService {
     ) -> Result<Response<pb::FirewallRule>, Status> {
         self.authorize(&request)?;
         let r = request.into_inner();
-        let rule = self
-            .server
-            .remove_firewall_rule(&r.network)
-            .await
+        let server = self.server();
+        let rule = to_the_end(async move { server.remove_firewall_rule(&r.network).await })
+            .await?
             .map_err(|e| control_status(&e))?;
         Ok(Response::new(rule_message(&rule)))
     }
@@ -476,13 +479,16 @@ impl AdminApi for ControlService {
     ) -> Result<Response<pb::Backend>, Status> {
         self.authorize(&request)?;
         let r = request.into_inner();
-        let name = (!r.name.is_empty()).then_some(r.name.as_str());
-        let added = self
-            .server
-            .add_backend(&r.pool, &r.address, name, r.weight.unwrap_or(1), r.tier)
-            .await
-            .map_err(|e| control_status(&e))?;
-        self.backend_reply(&r.pool, &added.name)
+        let (server, pool) = (self.server(), r.pool.clone());
+        let added = to_the_end(async move {
+            let name = (!r.name.is_empty()).then_some(r.name.as_str());
+            server
+                .add_backend(&r.pool, &r.address, name, r.weight.unwrap_or(1), r.tier)
+                .await
+        })
+        .await?
+        .map_err(|e| control_status(&e))?;
+        self.backend_reply(&pool, &added.name)
     }
 
     async fn remove_backend(
@@ -491,9 +497,9 @@ impl AdminApi for ControlService {
     ) -> Result<Response<pb::Backend>, Status> {
         self.authorize(&request)?;
         let r = request.into_inner();
-        self.server
-            .remove_backend(&r.pool, &r.backend)
-            .await
+        let (server, pool, backend) = (self.server(), r.pool.clone(), r.backend.clone());
+        to_the_end(async move { server.remove_backend(&pool, &backend).await })
+            .await?
             .map_err(|e| control_status(&e))?;
         self.backend_reply(&r.pool, &r.backend)
     }
@@ -708,7 +714,24 @@ fn rule_message(r: &Rule) -> pb::FirewallRule {
     }
 }
 
+/// Runs an operator change in a task of its own and waits for it: once
+/// begun, a change runs to its end even when the caller goes away (a reset
+/// stream, a client's deadline, a closed HTTP connection drop the call), so
+/// that a reload never stops between its steps and the state file and the
+/// running process never part ways.
+async fn to_the_end<T: Send + 'static>(
+    change: impl Future<Output = T> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(change)
+        .await
+        .map_err(|e| Status::internal(format!("the change did not run to its end: {e}")))
+}
+
 impl ControlService {
+    fn server(&self) -> Arc<Server> {
+        Arc::clone(&self.server)
+    }
+
     fn backend_reply(&self, pool: &str, backend: &str) -> Result<Response<pb::Backend>, Status> {
         self.server
             .pool(pool)

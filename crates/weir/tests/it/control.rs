@@ -1272,12 +1272,12 @@ fn an_operator_command_sent_during_a_reload_waits_for_it() {
         }
     });
     // The reload changes a's weight and adds a pool whose backend's HTTP
-    // check goes to `slow` (10 s before the probe gives up).
+    // check goes to `slow` (30 s before the probe gives up).
     write(
         &file,
         &format!(
             "{}[[pools]]\nname = \"slow\"\n\
-             [pools.health]\ntype = \"http\"\ntimeout = \"10s\"\ninterval = \"1h\"\n\
+             [pools.health]\ntype = \"http\"\ntimeout = \"30s\"\ninterval = \"1h\"\n\
              [[pools.backends]]\nname = \"s\"\naddress = \"{slow}\"\n",
             config(grpc, http, "", &[("a", a)])
                 .replace("name = \"a\"\n", "name = \"a\"\nweight = 5\n")
@@ -1302,7 +1302,7 @@ fn an_operator_command_sent_during_a_reload_waits_for_it() {
     }
     assert!(
         !reload.is_finished(),
-        "the reload ended before the drain came (its probe's 10 s ran out)"
+        "the reload ended before the drain came (its probe's 30 s ran out)"
     );
     assert!(
         !drain.is_finished(),
@@ -1357,4 +1357,63 @@ fn the_history_length_waits_for_a_restart() {
         .map(|t| t["to"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(kept, ["5", "6"], "{history}");
+}
+
+/// A reload asked over the API runs to its end even when the caller goes
+/// away while it waits for its first probe round: the new config serves,
+/// and health checks go on (a reload stopped there had already stopped the
+/// running config's checks and never started the new ones).
+#[test]
+fn a_reload_whose_caller_leaves_still_completes() {
+    let (grpc, http) = (free_port(), free_port());
+    let a = echo_backend();
+    let file = temp_config("reload-abandoned", &config(grpc, http, "", &[("a", a)]));
+    let (_weir, out) = run_weir(&file);
+
+    // Takes each connection made to it and hands it over unanswered.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let slow = held.local_addr().expect("addr");
+    let (tx, probes) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for c in held.incoming() {
+            let Ok(c) = c else { break };
+            if tx.send(c).is_err() {
+                break;
+            }
+        }
+    });
+    write(
+        &file,
+        &format!(
+            "{}[[pools]]\nname = \"slow\"\n\
+             [pools.health]\ntype = \"http\"\ntimeout = \"30s\"\ninterval = \"200ms\"\n\
+             [[pools.backends]]\nname = \"s\"\naddress = \"{slow}\"\n",
+            config(grpc, http, "", &[("a", a)])
+        ),
+    );
+    let mut caller = TcpStream::connect(http).expect("connect");
+    write!(
+        caller,
+        "POST /api/v1/reload HTTP/1.1\r\nHost: {http}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .expect("ask for the reload");
+    let mut probe = probes
+        .recv_timeout(DEADLINE)
+        .expect("the reload's probe of s");
+    // The caller leaves while the reload waits for that probe.
+    drop(caller);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    probe
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .expect("answer the probe");
+    drop(probe);
+    wait_line(&out, "config reloaded");
+    let status = json(&ctl(grpc, None, &["status", "-o", "json"]));
+    assert_eq!(status["config_generation"], 2, "{status}");
+    // The checks run on: the next probes of s come.
+    for _ in 0..2 {
+        let mut next = probes.recv_timeout(DEADLINE).expect("health checks go on");
+        let _ =
+            next.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    }
 }
