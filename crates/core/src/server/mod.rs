@@ -115,6 +115,14 @@ pub enum ReloadError {
     Start(#[from] StartError),
     #[error("shutting down")]
     ShuttingDown,
+    /// The new config would leave an admin endpoint that keeps running on
+    /// a non-loopback address (its address changes only at a restart)
+    /// without a token.
+    #[error(
+        "admin.token_file: {0} is not a loopback address and stays bound until a restart: \
+         a reload cannot leave it without a token (set insecure = true and restart to opt out)"
+    )]
+    Unguarded(std::net::SocketAddr),
 }
 
 /// Why an operator action was refused.
@@ -389,7 +397,8 @@ impl Server {
 
     /// The state file, when there is one.
     pub fn state_path(&self) -> Option<PathBuf> {
-        self.current.load().config.state.path.clone()
+        // [state] is read only at start: a reload's path is not in use.
+        self.started.state.path.clone()
     }
 
     pub fn last_reload(&self) -> Option<LastReload> {

@@ -40,6 +40,18 @@ impl Server {
         if !self.is_ready() {
             return Err(self.reload_failed(ReloadError::ShuttingDown));
         }
+        // The admin endpoints keep the addresses and `insecure` they started
+        // with; the token a reload brings must still guard them.
+        let started = &self.started.admin;
+        if config.admin.token.is_none()
+            && !started.insecure
+            && let Some(addr) = [started.http, started.grpc]
+                .into_iter()
+                .flatten()
+                .find(|a| !a.ip().is_loopback())
+        {
+            return Err(self.reload_failed(ReloadError::Unguarded(addr)));
+        }
         let old = self.current.load_full();
         let mut diff = weir_config::diff(&old.source, &config);
         // Against the start, not the last reload: a setting read only at

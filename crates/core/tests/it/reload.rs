@@ -462,3 +462,52 @@ async fn a_broken_state_file_stops_the_start_with_a_clear_error() {
         "left untouched"
     );
 }
+
+/// The admin endpoints keep the addresses and `insecure` they started with
+/// until a restart, so a reload may not drop the token that guards one on
+/// a non-loopback address, even when the new file moves it to loopback
+/// (which takes effect only at the restart). The running config stays.
+#[tokio::test]
+async fn a_reload_cannot_leave_a_bound_admin_endpoint_without_a_token() {
+    let dir = Scratch::new("reload-unguarded");
+    let (file, token) = (dir.join("weir.toml"), dir.join("token"));
+    std::fs::write(&token, "a-token-of-sixteen-chars\n").expect("write");
+    let a = echo_backend().await;
+    let rest = format!(
+        "{}{}{}",
+        listener("l", "127.0.0.1:0", ""),
+        pool("long", &[("a", a, 1)]),
+        pool("l-pool", &[("a", a, 1)])
+    );
+    // Core does not bind the admin endpoints: the address is never used.
+    std::fs::write(
+        &file,
+        format!(
+            "[admin]\nhttp = \"192.0.2.1:9901\"\ntoken_file = {:?}\n{rest}",
+            token.display().to_string()
+        ),
+    )
+    .expect("write");
+    let server = start_file(&file).await;
+
+    std::fs::write(&file, format!("[admin]\nhttp = \"127.0.0.1:9901\"\n{rest}")).expect("write");
+    let err = within("reload", server.reload())
+        .await
+        .expect_err("unguarded");
+    assert!(matches!(err, ReloadError::Unguarded(_)), "{err:?}");
+    assert!(err.to_string().contains("192.0.2.1:9901"), "{err}");
+    assert_eq!(server.generation(), 1);
+    assert!(server.snapshot().config.admin.token.is_some());
+
+    // With the token the same move is taken (and waits for the restart).
+    std::fs::write(
+        &file,
+        format!(
+            "[admin]\nhttp = \"127.0.0.1:9901\"\ntoken_file = {:?}\n{rest}",
+            token.display().to_string()
+        ),
+    )
+    .expect("write");
+    let reloaded = within("reload", server.reload()).await.expect("reload");
+    assert_eq!(reloaded.diff.need_restart, ["admin"]);
+}
