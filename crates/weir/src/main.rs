@@ -328,12 +328,11 @@ fn resolve(path: &Path, cfg: &Config) -> Result<(), weir_config::ConfigError> {
 }
 
 /// Installs the global tracing subscriber. Access-log lines (target
-/// `weir::access`) stay on whatever the level, when the access log is enabled.
+/// `weir::access`) stay on whatever the level: whether they are written is
+/// `access_log`'s, which the listeners read and a reload changes, while this
+/// filter is set once.
 pub(crate) fn init_logging(cfg: &weir_config::Log) -> Result<()> {
-    let mut directives = cfg.level.clone();
-    if cfg.access_log {
-        directives.push_str(",weir::access=info");
-    }
+    let directives = format!("{},weir::access=info", cfg.level);
     let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .with_context(|| format!("log.level: invalid filter {directives:?}"))?;
     let builder = tracing_subscriber::fmt()

@@ -1424,3 +1424,54 @@ fn worker_threads_sets_the_number_of_threads() {
         }
     }
 }
+
+/// `access_log` turned on by a reload reaches the next connections at
+/// once, also at a `log.level` that keeps info lines out (the log filter is
+/// set at start, when the access log was off).
+#[test]
+fn access_log_turned_on_by_a_reload_writes_at_level_warn() {
+    let backend = echo_backend();
+    let (front, admin) = (free_port(), free_port());
+    let text = |on: bool| {
+        format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\nlevel = \"warn\"\naccess_log = {on}\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\nname = \"echo\"\naddress = \"{backend}\"\n"
+        )
+    };
+    let file = temp_config("access-reloaded", &text(false));
+    let mut child = weir()
+        .args(["run", "--config"])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn weir");
+    let out = lines(&mut child);
+    let _child = Running::new(child);
+    let ping = || {
+        let end = Instant::now() + DEADLINE;
+        let mut conn = loop {
+            match TcpStream::connect(front) {
+                Ok(c) => break c,
+                Err(e) => {
+                    assert!(Instant::now() < end, "{front} never listened: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        };
+        conn.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        conn.write_all(b"ping").expect("write");
+        let mut buf = [0u8; 4];
+        conn.read_exact(&mut buf).expect("echo");
+        conn.local_addr().expect("local addr")
+    };
+    let quiet = ping();
+    std::fs::write(&*file, text(true)).expect("rewrite");
+    wait_connectable(admin);
+    assert!(http_post(admin, "/api/v1/reload").starts_with("HTTP/1.1 200"));
+    let client = ping();
+    let line = wait_line(&out, "weir::access:");
+    assert!(line.contains(&format!("client={client} ")), "{line}");
+    assert!(!line.contains(&format!("client={quiet} ")), "{line}");
+}
