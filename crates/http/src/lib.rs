@@ -113,15 +113,9 @@ impl HttpLayer for Layer {
         match want {
             None => *running = None,
             Some(cfg) if running.as_ref().is_some_and(|e| &e.cfg == cfg) => {}
-            // A build always precedes its commit, so a changed exporter is
-            // the pending one; starting one here is for safety only.
-            Some(cfg) => {
-                *running = Some(
-                    pending
-                        .filter(|e| &e.cfg == cfg)
-                        .unwrap_or_else(|| Exporter::start(cfg, Arc::clone(&self.export_stats))),
-                );
-            }
+            // The one the build started; none when no l7 route asked for it
+            // (a config with only l4 routes exports nothing).
+            Some(cfg) => *running = pending.filter(|e| &e.cfg == cfg),
         }
     }
 

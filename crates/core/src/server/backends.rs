@@ -220,7 +220,8 @@ impl Server {
                     tracing::error!(pool, backend = %name, error = %d, "a backend whose addition failed could not be taken back out of the state file");
                     message.push_str(&format!(
                         "; the state file could not take it back out ({d}), so it stays added \
-                         and applies at the next reload or start: `weir backend remove` takes it out"
+                         and applies at the pool's next rebuild (a reload, another backend change, \
+                         a DNS change) or start: `weir backend remove` takes it out"
                     ));
                 }
             }

@@ -59,12 +59,18 @@ fn listener(rt: &tokio::runtime::Runtime) -> tokio::net::TcpListener {
 async fn accept(
     l: &tokio::net::TcpListener,
 ) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
-    let end = tokio::time::Instant::now() + DEADLINE;
+    // Errors for as long as DEADLINE from the first one end the loop.
+    let mut since = None;
     loop {
         match l.accept().await {
             Ok(c) => return Ok(c),
-            Err(e) if tokio::time::Instant::now() > end => return Err(e),
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            Err(e) => {
+                let first = *since.get_or_insert_with(tokio::time::Instant::now);
+                if first.elapsed() > DEADLINE {
+                    return Err(e);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
         }
     }
 }

@@ -470,6 +470,11 @@ fn reached_from(client: SocketAddr, front: SocketAddr) -> String {
             .and_then(|()| socket.connect(&front.into()));
         match connected {
             Ok(()) => {
+                // Closed with a reset, so that no TIME_WAIT is left on
+                // this address for its next connection to run into.
+                socket
+                    .set_linger(Some(std::time::Duration::ZERO))
+                    .expect("SO_LINGER");
                 let mut s: TcpStream = socket.into();
                 s.set_read_timeout(Some(DEADLINE)).expect("timeout");
                 let mut name = String::new();

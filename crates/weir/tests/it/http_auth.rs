@@ -305,7 +305,7 @@ fn status_from(source: std::net::Ipv4Addr, front: SocketAddr, target: &str, head
 }
 
 /// `allowed_ttl` and `denied_ttl` each bound their own decisions: an
-/// allowing one (here 3 s) is reused until it runs out, then the service
+/// allowing one (here 5 s) is reused until it runs out, then the service
 /// is asked again, while a refusal kept for an hour is still reused then.
 /// Neither is reused for another client address.
 #[test]
@@ -320,7 +320,7 @@ fn an_allowing_decision_is_reused_for_allowed_ttl_only() {
              [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
              [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
              auth = {{ url = \"http://{a}/check\", headers = [\"authorization\"], \
-                       allowed_ttl = \"3s\", denied_ttl = \"1h\" }}\n\
+                       allowed_ttl = \"5s\", denied_ttl = \"1h\" }}\n\
              [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
              [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n",
             a = auth.addr
@@ -344,7 +344,7 @@ fn an_allowing_decision_is_reused_for_allowed_ttl_only() {
     );
     assert_eq!(calls(), 3);
 
-    // The allowing decision runs out: asked again, not before 3 s.
+    // The allowing decision runs out: asked again, not before 5 s.
     let end = began + crate::cli::DEADLINE;
     while calls() == 3 {
         assert!(
@@ -357,7 +357,7 @@ fn an_allowing_decision_is_reused_for_allowed_ttl_only() {
     }
     assert_eq!(calls(), 4);
     assert!(
-        began.elapsed() >= Duration::from_secs(3),
+        began.elapsed() >= Duration::from_secs(5),
         "asked again after {:?}",
         began.elapsed()
     );
