@@ -40,6 +40,11 @@ const MAX_WATCHERS: usize = 256;
 /// Calls (HTTP/2 streams) open at once on one connection.
 const MAX_STREAMS: u32 = 100;
 
+/// Operator changes running or waiting for their turn at once, over every
+/// connection: each runs to its end even when its caller leaves, so the
+/// callers' own limits no longer bound them.
+const MAX_CHANGES: usize = 64;
+
 /// The service behind `weir.admin.v1.Admin`.
 #[derive(Debug, Clone)]
 pub struct ControlService {
@@ -49,6 +54,8 @@ pub struct ControlService {
     stop: CancellationToken,
     /// Places for open `Watch` streams.
     watchers: Arc<tokio::sync::Semaphore>,
+    /// Places for operator changes under way (see [`MAX_CHANGES`]).
+    changes: Arc<tokio::sync::Semaphore>,
 }
 
 impl ControlService {
@@ -65,6 +72,7 @@ impl ControlService {
             stats,
             stop,
             watchers: Arc::new(tokio::sync::Semaphore::new(MAX_WATCHERS)),
+            changes: Arc::new(tokio::sync::Semaphore::new(MAX_CHANGES)),
         }
     }
 
@@ -321,7 +329,7 @@ impl AdminApi for ControlService {
             }
         };
         let (server, pool, backend) = (self.server(), r.pool.clone(), r.backend.clone());
-        to_the_end(async move { server.set_admin(&pool, &backend, admin).await })
+        self.to_the_end(async move { server.set_admin(&pool, &backend, admin).await })
             .await?
             .map_err(|e| control_status(&e))?;
         self.backend_reply(&r.pool, &r.backend)
@@ -334,7 +342,7 @@ impl AdminApi for ControlService {
         self.authorize(&request)?;
         let r = request.into_inner();
         let (server, pool, backend) = (self.server(), r.pool.clone(), r.backend.clone());
-        to_the_end(async move { server.set_weight(&pool, &backend, r.weight).await })
+        self.to_the_end(async move { server.set_weight(&pool, &backend, r.weight).await })
             .await?
             .map_err(|e| control_status(&e))?;
         self.backend_reply(&r.pool, &r.backend)
@@ -381,7 +389,10 @@ impl AdminApi for ControlService {
     ) -> Result<Response<pb::ReloadResponse>, Status> {
         self.authorize(&request)?;
         let server = self.server();
-        match to_the_end(async move { server.reload().await }).await? {
+        match self
+            .to_the_end(async move { server.reload().await })
+            .await?
+        {
             Ok(r) => Ok(Response::new(pb::ReloadResponse {
                 generation: r.generation,
                 added: r.diff.added,
@@ -431,13 +442,14 @@ impl AdminApi for ControlService {
         };
         let lasts = (r.duration_ms > 0).then(|| std::time::Duration::from_millis(r.duration_ms));
         let server = self.server();
-        let rule = to_the_end(async move {
-            server
-                .add_firewall_rule(&r.network, action, lasts, &r.reason)
-                .await
-        })
-        .await?
-        .map_err(|e| control_status(&e))?;
+        let rule = self
+            .to_the_end(async move {
+                server
+                    .add_firewall_rule(&r.network, action, lasts, &r.reason)
+                    .await
+            })
+            .await?
+            .map_err(|e| control_status(&e))?;
         Ok(Response::new(rule_message(&rule)))
     }
 
@@ -448,7 +460,8 @@ impl AdminApi for ControlService {
         self.authorize(&request)?;
         let r = request.into_inner();
         let server = self.server();
-        let rule = to_the_end(async move { server.remove_firewall_rule(&r.network).await })
+        let rule = self
+            .to_the_end(async move { server.remove_firewall_rule(&r.network).await })
             .await?
             .map_err(|e| control_status(&e))?;
         Ok(Response::new(rule_message(&rule)))
@@ -480,14 +493,15 @@ impl AdminApi for ControlService {
         self.authorize(&request)?;
         let r = request.into_inner();
         let (server, pool) = (self.server(), r.pool.clone());
-        let added = to_the_end(async move {
-            let name = (!r.name.is_empty()).then_some(r.name.as_str());
-            server
-                .add_backend(&r.pool, &r.address, name, r.weight.unwrap_or(1), r.tier)
-                .await
-        })
-        .await?
-        .map_err(|e| control_status(&e))?;
+        let added = self
+            .to_the_end(async move {
+                let name = (!r.name.is_empty()).then_some(r.name.as_str());
+                server
+                    .add_backend(&r.pool, &r.address, name, r.weight.unwrap_or(1), r.tier)
+                    .await
+            })
+            .await?
+            .map_err(|e| control_status(&e))?;
         self.backend_reply(&pool, &added.name)
     }
 
@@ -498,7 +512,7 @@ impl AdminApi for ControlService {
         self.authorize(&request)?;
         let r = request.into_inner();
         let (server, pool, backend) = (self.server(), r.pool.clone(), r.backend.clone());
-        to_the_end(async move { server.remove_backend(&pool, &backend).await })
+        self.to_the_end(async move { server.remove_backend(&pool, &backend).await })
             .await?
             .map_err(|e| control_status(&e))?;
         self.backend_reply(&r.pool, &r.backend)
@@ -714,17 +728,29 @@ fn rule_message(r: &Rule) -> pb::FirewallRule {
     }
 }
 
-/// Runs an operator change in a task of its own and waits for it: once
-/// begun, a change runs to its end even when the caller goes away (a reset
-/// stream, a client's deadline, a closed HTTP connection drop the call), so
-/// that a reload never stops between its steps and the state file and the
-/// running process never part ways.
-async fn to_the_end<T: Send + 'static>(
-    change: impl Future<Output = T> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::spawn(change)
+impl ControlService {
+    /// Runs an operator change in a task of its own and waits for it: once
+    /// begun, a change runs to its end even when the caller goes away (a
+    /// reset stream, a client's deadline, a closed HTTP connection drop the
+    /// call), so that a reload never stops between its steps and the state
+    /// file and the running process never part ways. At most
+    /// [`MAX_CHANGES`] at once; more are refused.
+    async fn to_the_end<T: Send + 'static>(
+        &self,
+        change: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T, Status> {
+        let place = Arc::clone(&self.changes).try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{MAX_CHANGES} changes are already under way or waiting their turn; try again"
+            ))
+        })?;
+        tokio::spawn(async move {
+            let _place = place;
+            change.await
+        })
         .await
         .map_err(|e| Status::internal(format!("the change did not run to its end: {e}")))
+    }
 }
 
 impl ControlService {
@@ -769,6 +795,7 @@ fn control_status(e: &ControlError) -> Status {
             Status::invalid_argument(e.to_string())
         }
         ControlError::State(_) => Status::internal(e.to_string()),
+        ControlError::ShuttingDown => Status::unavailable(e.to_string()),
         ControlError::Address(_) => Status::invalid_argument(e.to_string()),
         ControlError::Exists { .. } => Status::already_exists(e.to_string()),
         ControlError::NotRuntime { .. } => Status::failed_precondition(e.to_string()),

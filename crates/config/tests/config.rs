@@ -1637,6 +1637,12 @@ fn non_loopback_admin_needs_a_token_or_insecure() {
         .unwrap_or_else(|e| panic!("{e}"));
         assert!(cfg.admin.insecure && cfg.admin.token.is_none());
     }
+    // The unspecified address with port 0 binds every interface too.
+    assert_one(
+        &format!("[admin]\nhttp = \"0.0.0.0:0\"\n{OK_LISTENER}{OK_POOL}"),
+        "admin.http",
+        "0.0.0.0:0 is not a loopback address: set admin.token_file",
+    );
     // Loopback (IPv4 and IPv6) needs neither.
     let cfg = load(&format!(
         "[admin]\nhttp = \"[::1]:9900\"\ngrpc = \"127.0.0.1:9901\"\n{OK_LISTENER}{OK_POOL}"

@@ -2,13 +2,20 @@
 
 use std::path::{Path, PathBuf};
 
+use super::Checker;
 use super::files::relative_hint;
-use super::{Checker, PLACEHOLDER_ADDR};
 use crate::model::{Admin, Token};
 use crate::raw::RawAdmin;
 
 impl Checker {
     pub(super) fn admin(&mut self, raw: RawAdmin) -> Admin {
+        // An address that does not parse has its own problem; any that
+        // parses is judged below, the unspecified 0.0.0.0:0 included.
+        let parsed = |s: &Option<String>| {
+            s.as_deref()
+                .is_some_and(|s| s.parse::<std::net::SocketAddr>().is_ok())
+        };
+        let (http_parsed, grpc_parsed) = (parsed(&raw.http), parsed(&raw.grpc));
         let http = raw.http.map(|s| self.bind_addr("admin.http", &s));
         let grpc = raw.grpc.map(|s| self.bind_addr("admin.grpc", &s));
         let insecure = raw.insecure.unwrap_or(false);
@@ -19,9 +26,11 @@ impl Checker {
         if token_file.is_none() && !insecure {
             // Anyone who can reach a non-loopback admin port could drain every
             // backend: that needs a token, or an explicit opt-out.
-            for (path, addr) in [("admin.http", http), ("admin.grpc", grpc)] {
-                if let Some(addr) = addr.filter(|a| !a.ip().is_loopback() && *a != PLACEHOLDER_ADDR)
-                {
+            for (path, addr, parsed) in [
+                ("admin.http", http, http_parsed),
+                ("admin.grpc", grpc, grpc_parsed),
+            ] {
+                if let Some(addr) = addr.filter(|a| parsed && !a.ip().is_loopback()) {
                     self.push(
                         path,
                         format!(

@@ -176,7 +176,7 @@ impl Server {
             .map(str::trim)
             .filter(|n| !n.is_empty())
             .map_or_else(|| address.to_string(), str::to_owned);
-        let _one = self.control.lock().await;
+        let _one = self.change_lock().await?;
         let running = self
             .pool(pool)
             .ok_or_else(|| ControlError::NoPool(pool.to_owned()))?;
@@ -254,7 +254,7 @@ impl Server {
         pool: &str,
         name: &str,
     ) -> Result<BackendView, ControlError> {
-        let _one = self.control.lock().await;
+        let _one = self.change_lock().await?;
         let running = self
             .pool(pool)
             .ok_or_else(|| ControlError::NoPool(pool.to_owned()))?;

@@ -16,7 +16,7 @@ impl Server {
         backend: &str,
         admin: AdminState,
     ) -> Result<BackendView, ControlError> {
-        let _one = self.control.lock().await;
+        let _one = self.change_lock().await?;
         let p = self.find(pool, backend)?;
         if let Some(persist) = &self.persistence {
             persist
@@ -39,7 +39,7 @@ impl Server {
         if let Some(w) = weight.filter(|&w| w > weir_config::MAX_WEIGHT) {
             return Err(ControlError::Weight(w));
         }
-        let _one = self.control.lock().await;
+        let _one = self.change_lock().await?;
         let p = self.find(pool, backend)?;
         if let Some(persist) = &self.persistence {
             persist

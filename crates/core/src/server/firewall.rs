@@ -40,7 +40,7 @@ impl Server {
             reason: reason.to_owned(),
             added: now,
         };
-        let _one = self.control.lock().await;
+        let _one = self.change_lock().await?;
         if let Some(persist) = &self.persistence {
             persist
                 .put_rule(&rule)
@@ -57,7 +57,7 @@ impl Server {
     /// Removes the rule for `network`; the removed rule.
     pub async fn remove_firewall_rule(&self, network: &str) -> Result<Rule, ControlError> {
         let net = parse_network(network)?;
-        let _one = self.control.lock().await;
+        let _one = self.change_lock().await?;
         if !self.firewall_rules.list().iter().any(|r| r.net == net) {
             return Err(ControlError::NoRule(net.to_string()));
         }
@@ -83,7 +83,7 @@ impl Server {
         listener: &str,
         max: Option<u32>,
     ) -> Result<Arc<crate::listener::Listener>, ControlError> {
-        let _one = self.control.lock().await;
+        let _one = self.change_lock().await?;
         let l = self
             .listener(listener)
             .ok_or_else(|| ControlError::NoListener(listener.to_owned()))?;

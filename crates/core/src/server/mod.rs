@@ -136,6 +136,8 @@ pub enum ControlError {
     Weight(u32),
     #[error("not saved, nothing changed: {0}")]
     State(String),
+    #[error("weir is stopping: nothing changed")]
+    ShuttingDown,
     #[error("no listener {0:?}")]
     NoListener(String),
     #[error(
@@ -414,6 +416,19 @@ impl Server {
     /// True while accepting traffic; false once shutdown has begun.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The control lock, for an operator change: refused when the stop began
+    /// while the change waited for it, so that nothing is written to the
+    /// state file or rebuilt once the process drains.
+    pub(super) async fn change_lock(
+        &self,
+    ) -> Result<tokio::sync::MutexGuard<'_, ()>, ControlError> {
+        let one = self.control.lock().await;
+        if !self.is_ready() {
+            return Err(ControlError::ShuttingDown);
+        }
+        Ok(one)
     }
 
     /// Says that a new version is starting to take over (or no longer is).

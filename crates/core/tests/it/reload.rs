@@ -511,3 +511,36 @@ async fn a_reload_cannot_leave_a_bound_admin_endpoint_without_a_token() {
     let reloaded = within("reload", server.reload()).await.expect("reload");
     assert_eq!(reloaded.diff.need_restart, ["admin"]);
 }
+
+/// Once the stop began, operator changes are refused and change nothing,
+/// also those that were waiting for their turn behind a reload: nothing is
+/// written or rebuilt while the process drains.
+#[tokio::test]
+async fn operator_changes_are_refused_once_the_stop_began() {
+    let a = echo_backend().await;
+    let server = start(&format!(
+        "{}{}{}",
+        listener("l", "127.0.0.1:0", ""),
+        pool("long", &[("a", a, 1)]),
+        pool("l-pool", &[("a", a, 1)])
+    ))
+    .await;
+    server.shutdown();
+    let err = server
+        .set_admin("l-pool", "a", AdminState::Drain)
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, ControlError::ShuttingDown), "{err:?}");
+    assert!(matches!(
+        server.set_weight("l-pool", "a", Some(5)).await,
+        Err(ControlError::ShuttingDown)
+    ));
+    assert!(matches!(
+        server
+            .add_backend("l-pool", "127.0.0.1:9", None, 1, 0)
+            .await,
+        Err(ControlError::ShuttingDown)
+    ));
+    let view = server.pool("l-pool").and_then(|p| p.view("a")).expect("a");
+    assert_eq!((view.admin, view.weight), (AdminState::Enabled, 1));
+}
