@@ -58,6 +58,11 @@ pub struct Layer {
     /// changed: it becomes the running one only when that build commits, so
     /// a reload that fails later leaves the running one in place.
     pending: Mutex<Option<Arc<Exporter>>>,
+    /// Exporters a reload replaced while the old config's handlers still
+    /// held them (requests on its connections): their spans count on
+    /// `/metrics` and a graceful stop sends them too. Each is let go once
+    /// only this list holds it.
+    retired: Mutex<Vec<Arc<Exporter>>>,
     export_stats: Arc<ExportStats>,
 }
 
@@ -66,11 +71,11 @@ impl Layer {
         Layer::default()
     }
 
-    /// Sends the spans waiting for export, bounded by the exporter's
+    /// Sends the spans waiting for export, bounded by each exporter's
     /// `timeout`: for the end of a graceful shutdown.
     pub async fn flush(&self) {
-        let exporter = self.current();
-        if let Some(e) = exporter {
+        let retired = lock(&self.retired).clone();
+        for e in self.current().into_iter().chain(retired) {
             e.flush().await;
         }
     }
@@ -110,18 +115,25 @@ impl HttpLayer for Layer {
         let pending = lock(&self.pending).take();
         let want = config.tracing.as_ref().and_then(|t| t.otlp.as_ref());
         let mut running = lock(&self.exporter);
-        match want {
-            None => *running = None,
-            Some(cfg) if running.as_ref().is_some_and(|e| &e.cfg == cfg) => {}
+        let before = match want {
+            None => running.take(),
+            Some(cfg) if running.as_ref().is_some_and(|e| &e.cfg == cfg) => None,
             // The one the build started; none when no l7 route asked for it
             // (a config with only l4 routes exports nothing).
-            Some(cfg) => *running = pending.filter(|e| &e.cfg == cfg),
-        }
+            Some(cfg) => std::mem::replace(&mut *running, pending.filter(|e| &e.cfg == cfg)),
+        };
+        drop(running);
+        let mut retired = lock(&self.retired);
+        retired.extend(before);
+        // One held only here serves no handler any more: dropped, it sends
+        // what it holds and ends.
+        retired.retain(|e| Arc::strong_count(e) > 1);
     }
 
     fn render(&self, w: &mut weir_telemetry::Writer) {
         if let Some(e) = self.current() {
-            crate::trace::export::render(&e, w);
+            let retired: usize = lock(&self.retired).iter().map(|e| e.queued()).sum();
+            crate::trace::export::render(&e, retired, w);
         }
     }
 }

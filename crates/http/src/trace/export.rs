@@ -108,13 +108,14 @@ impl Exporter {
 
     /// Spans waiting for export: in the queue, and taken by the export
     /// task but not sent yet.
-    fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.spans.max_capacity() - self.spans.capacity() + self.held.load(Relaxed)
     }
 }
 
-/// Writes the `weir_tracing_*` families.
-pub(crate) fn render(exporter: &Exporter, w: &mut Writer) {
+/// Writes the `weir_tracing_*` families; `retired` spans still wait in
+/// exporters a reload replaced.
+pub(crate) fn render(exporter: &Exporter, retired: usize, w: &mut Writer) {
     let s = &exporter.stats;
     w.family(
         "weir_tracing_spans_exported",
@@ -155,7 +156,7 @@ pub(crate) fn render(exporter: &Exporter, w: &mut Writer) {
         Metric::Gauge,
         "Spans waiting for export.",
     );
-    w.sample("weir_tracing_queue_spans", &[], exporter.queued());
+    w.sample("weir_tracing_queue_spans", &[], exporter.queued() + retired);
 }
 
 /// The export task's side.

@@ -505,3 +505,60 @@ fn a_failed_reload_keeps_the_running_exporter() {
         "the failed reload's collector got spans"
     );
 }
+
+/// Spans still waiting in the exporter a reload replaced (the old config's
+/// connection is still open) count on `/metrics`, and a graceful stop sends
+/// them to the collector they were meant for.
+#[test]
+fn a_graceful_stop_sends_the_spans_of_a_replaced_exporter() {
+    let backend = trace_backend();
+    let (admin, front, old, new) = (free_port(), free_port(), free_port(), free_port());
+    let (_old_collector, old_spans) = collector("otlp-grpc", old.port());
+    let (_new_collector, _new_spans) = collector("otlp-grpc", new.port());
+    let text = |collector: SocketAddr| {
+        config(
+            front,
+            backend,
+            &format!(
+                "[admin]\nhttp = \"{admin}\"\n\
+                 [tracing]\nsample_ratio = 1.0\n\
+                 [tracing.otlp]\nendpoint = \"http://{collector}\"\ninterval = \"1h\"\n"
+            ),
+        )
+    };
+    let file = crate::cli::temp_config("otlp-retired", &text(old));
+    let (mut weir, out) = crate::cli::run_weir(&file);
+    // A kept-alive connection: its handler, and the exporter it holds,
+    // outlive the reload.
+    let mut kept = std::net::TcpStream::connect(front).expect("connect");
+    kept.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    crate::http::keepalive_get(&mut kept, "/").expect("an answer");
+    let queued = || metric(admin, "weir_tracing_queue_spans");
+    let end = Instant::now() + DEADLINE;
+    // The request's two spans (the server's, the backend call's).
+    while queued() != 2.0 {
+        assert!(Instant::now() < end, "the waiting spans are not counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    std::fs::write(&*file, text(new)).expect("rewrite");
+    crate::cli::signal(&weir.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    assert_eq!(queued(), 2.0, "the replaced exporter's spans are shown");
+
+    crate::cli::signal(&weir.0, rustix::process::Signal::TERM);
+    assert!(crate::cli::wait_exit(&mut weir.0).success());
+    // The request's two spans: the server's and the backend call's.
+    let got: Vec<String> = (0..2)
+        .map(|_| {
+            old_spans
+                .recv_timeout(DEADLINE)
+                .expect("the old collector got the spans at the stop")
+        })
+        .collect();
+    assert!(
+        got.iter().any(|l| l.contains("\"name\": \"GET app\"")),
+        "{got:?}"
+    );
+    drop(kept);
+}
