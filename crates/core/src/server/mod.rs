@@ -102,6 +102,8 @@ pub enum StartError {
     /// A blocking task (the state file, the config file) did not complete.
     #[error("{0} did not complete: {1}")]
     Task(&'static str, String),
+    #[error("weir is stopping")]
+    Stopping,
 }
 
 /// Why a reload changed nothing.
@@ -347,7 +349,8 @@ impl Server {
         }
         let inputs = server.inputs(&effective).await?;
         let staged = server.stage(&effective, None, inputs)?;
-        server.commit(config, effective, staged, None, true).await;
+        // Nothing can stop a server its caller does not have yet.
+        let _ = server.commit(config, effective, staged, None, true).await;
         server.spawn_rule_expiry();
         let tasks = server.discovery.commit(plan);
         crate::discovery::spawn(&server, tasks);

@@ -70,9 +70,12 @@ impl Server {
             Ok(staged) => staged,
             Err(e) => return Err(self.reload_failed(e.into())),
         };
-        let generation = self
+        let Some(generation) = self
             .commit(config, effective, staged, Some(&old), true)
-            .await;
+            .await
+        else {
+            return Err(self.reload_failed(ReloadError::ShuttingDown));
+        };
         let tasks = self.discovery.commit(plan);
         crate::discovery::spawn(self, tasks);
         self.reloads.succeeded.fetch_add(1, Ordering::Relaxed);
@@ -164,8 +167,10 @@ impl Server {
         let config = self.effective(&source, &crate::discovery::Plan::default());
         let inputs = self.inputs(&config).await?;
         let staged = self.stage(&config, Some(&old), inputs)?;
-        self.commit(source, config, staged, Some(&old), false).await;
-        Ok(())
+        self.commit(source, config, staged, Some(&old), false)
+            .await
+            .map(drop)
+            .ok_or(StartError::Stopping)
     }
 
     fn reload_failed(&self, e: ReloadError) -> ReloadError {
@@ -230,7 +235,8 @@ impl Server {
         })
     }
 
-    /// Step 3: switch over. Cannot fail.
+    /// Step 3: switch over, once the first probe round is done. Cannot fail;
+    /// `None` when the stop began meanwhile (nothing switched).
     pub(super) async fn commit(
         &self,
         source: Config,
@@ -238,7 +244,7 @@ impl Server {
         staged: Staged,
         old: Option<&Snapshot>,
         new_generation: bool,
-    ) -> u64 {
+    ) -> Option<u64> {
         let Staged {
             pools,
             listeners,
@@ -259,6 +265,12 @@ impl Server {
         let stop_health = CancellationToken::new();
         let mut checkers = probes.spawn(&stop_health);
         checkers.first_round().await;
+        if !self.is_ready() {
+            // The stop began during the probe round: nothing switches, and
+            // the new config's checks end with the old one's.
+            stop_health.cancel();
+            return None;
+        }
         for pool in &pools {
             pool.settle();
         }
@@ -305,7 +317,7 @@ impl Server {
             bound: switched.bound,
             stop_health,
         }));
-        generation
+        Some(generation)
     }
 }
 

@@ -544,3 +544,49 @@ async fn operator_changes_are_refused_once_the_stop_began() {
     let view = server.pool("l-pool").and_then(|p| p.view("a")).expect("a");
     assert_eq!((view.admin, view.weight), (AdminState::Enabled, 1));
 }
+
+/// A reload still in its first probe round when the stop begins switches
+/// nothing: it fails as shutting down and the running config stays (its
+/// new health checks would otherwise run on through the drain).
+#[tokio::test]
+async fn a_reload_in_its_probe_round_when_the_stop_begins_switches_nothing() {
+    let a = echo_backend().await;
+    let (silent, probed) = silent_backend().await;
+    let dir = Scratch::new("reload-stopping");
+    let file = dir.join("weir.toml");
+    let rest = format!(
+        "{}{}{}",
+        listener("l", "127.0.0.1:0", ""),
+        pool("long", &[("a", a, 1)]),
+        pool("l-pool", &[("a", a, 1)])
+    );
+    std::fs::write(&file, &rest).expect("write");
+    let server = start_file(&file).await;
+    // A pool whose HTTP check gets no answer: the probe round lasts its
+    // timeout.
+    std::fs::write(
+        &file,
+        format!(
+            "{rest}[[pools]]\nname = \"slow\"\n\
+             [pools.health]\ntype = \"http\"\ntimeout = \"2s\"\ninterval = \"1h\"\n\
+             [[pools.backends]]\nname = \"s\"\naddress = \"{silent}\"\n"
+        ),
+    )
+    .expect("write");
+    let reloading = tokio::spawn({
+        let server = Arc::clone(&server);
+        async move { server.reload().await }
+    });
+    wait_until("the reload's probe", || {
+        probed.load(std::sync::atomic::Ordering::SeqCst) > 0
+    })
+    .await;
+    server.shutdown();
+    let err = within("reload", reloading)
+        .await
+        .expect("task")
+        .expect_err("stopped");
+    assert!(matches!(err, ReloadError::ShuttingDown), "{err:?}");
+    assert_eq!(server.generation(), 1);
+    assert!(server.pool("slow").is_none());
+}
