@@ -689,3 +689,89 @@ fn watchers_and_event_streams_are_bounded() {
         assert!(read < 1_500, "{read} events read");
     });
 }
+
+/// The next of `results`, within DEADLINE.
+async fn next<T>(results: &mut tokio::sync::mpsc::UnboundedReceiver<T>) -> T {
+    tokio::time::timeout(DEADLINE, results.recv())
+        .await
+        .expect("an answer in time")
+        .expect("a result")
+}
+
+/// Operator changes under way at once are bounded (64), now that each runs
+/// to its end without its caller: while a reload holds the turn (its probe
+/// held unanswered), 70 weight changes come on one connection; 6 are
+/// refused with RESOURCE_EXHAUSTED at once, the 64 others wait and are
+/// applied once the reload is done.
+#[test]
+fn operator_changes_under_way_are_bounded() {
+    use weir_admin::pb::v1::SetBackendWeightRequest;
+    use weir_admin::pb::v1::admin_client::AdminClient;
+
+    let (admin, grpc, front) = (free_port(), free_port(), free_port());
+    let base = base_config(admin, grpc, front, "");
+    let file = temp_config("bounded-changes", &base);
+    let (weir, out) = crate::cli::run_weir(&file);
+    // Takes each connection made to it and hands it over unanswered.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let slow = held.local_addr().expect("addr");
+    let (tx, probes) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for c in held.incoming() {
+            let Ok(c) = c else { break };
+            if tx.send(c).is_err() {
+                break;
+            }
+        }
+    });
+    std::fs::write(
+        &*file,
+        format!(
+            "{base}[[pools]]\nname = \"slow\"\n\
+             [pools.health]\ntype = \"http\"\ntimeout = \"30s\"\ninterval = \"1h\"\n\
+             [[pools.backends]]\nname = \"s\"\naddress = \"{slow}\"\n"
+        ),
+    )
+    .expect("rewrite");
+    // By signal: the reload itself takes no place among the changes.
+    crate::cli::signal(&weir.0, rustix::process::Signal::HUP);
+    let mut probe = probes.recv_timeout(DEADLINE).expect("the reload's probe");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = AdminClient::connect(format!("http://{grpc}"))
+            .await
+            .expect("connect");
+        let (done, mut results) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..70u32 {
+            let (mut client, done) = (client.clone(), done.clone());
+            tokio::spawn(async move {
+                let r = client
+                    .set_backend_weight(SetBackendWeightRequest {
+                        pool: "p".into(),
+                        backend: "a".into(),
+                        weight: Some(2 + i % 3),
+                    })
+                    .await;
+                let _ = done.send(r.map(drop).map_err(|s| s.code()));
+            });
+        }
+        for _ in 0..6 {
+            assert_eq!(
+                next(&mut results).await,
+                Err(tonic::Code::ResourceExhausted),
+                "refused while 64 wait"
+            );
+        }
+        probe
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .expect("answer the probe");
+        for _ in 0..64 {
+            assert_eq!(next(&mut results).await, Ok(()), "a waiting change");
+        }
+    });
+    wait_line(&out, "config reloaded");
+}
