@@ -54,9 +54,11 @@ pub struct ControlService {
     stop: CancellationToken,
     /// Places for open `Watch` streams.
     watchers: Arc<tokio::sync::Semaphore>,
-    /// Places for operator changes under way (see [`MAX_CHANGES`]).
-    changes: Arc<tokio::sync::Semaphore>,
 }
+
+/// Places for operator changes under way, shared by the gRPC endpoint and
+/// the JSON API (see [`MAX_CHANGES`]).
+static CHANGES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CHANGES);
 
 impl ControlService {
     /// `stop` ends the server and every open `Watch` stream.
@@ -72,7 +74,6 @@ impl ControlService {
             stats,
             stop,
             watchers: Arc::new(tokio::sync::Semaphore::new(MAX_WATCHERS)),
-            changes: Arc::new(tokio::sync::Semaphore::new(MAX_CHANGES)),
         }
     }
 
@@ -739,7 +740,7 @@ impl ControlService {
         &self,
         change: impl Future<Output = T> + Send + 'static,
     ) -> Result<T, Status> {
-        let place = Arc::clone(&self.changes).try_acquire_owned().map_err(|_| {
+        let place = CHANGES.try_acquire().map_err(|_| {
             Status::resource_exhausted(format!(
                 "{MAX_CHANGES} changes are already under way or waiting their turn; try again"
             ))

@@ -131,8 +131,13 @@ impl HttpLayer for Layer {
     }
 
     fn render(&self, w: &mut weir_telemetry::Writer) {
+        let retired: usize = {
+            let mut retired = lock(&self.retired);
+            // Let go of those no handler holds any more (see `commit`).
+            retired.retain(|e| Arc::strong_count(e) > 1);
+            retired.iter().map(|e| e.queued()).sum()
+        };
         if let Some(e) = self.current() {
-            let retired: usize = lock(&self.retired).iter().map(|e| e.queued()).sum();
             crate::trace::export::render(&e, retired, w);
         }
     }

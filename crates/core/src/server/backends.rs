@@ -17,7 +17,7 @@ use std::time::{Instant, SystemTime};
 
 use weir_config::{Backend, BackendAddress, Config};
 
-use super::{ControlError, Server, lock};
+use super::{ControlError, Server, StartError, lock};
 use crate::health::{Cause, Change};
 use crate::pool::BackendView;
 
@@ -207,12 +207,17 @@ impl Server {
         lock(&self.runtime).push(b);
         if let Err(e) = self.rebuild_running().await {
             // Saved but not running: take it back out of both, or say why not.
+            let stopping = matches!(e, StartError::Stopping);
             let mut message = format!("the pool could not be rebuilt: {e}");
             let deleted = match &self.persistence {
                 Some(p) => p.delete_backend(pool, &name).await.map(drop),
                 None => Ok(()),
             };
             match deleted {
+                Ok(()) if stopping => {
+                    lock(&self.runtime).retain(|r| !(r.pool == pool && r.name == name));
+                    return Err(ControlError::ShuttingDown);
+                }
                 Ok(()) => lock(&self.runtime).retain(|r| !(r.pool == pool && r.name == name)),
                 // Kept where the state file has it, so that it stays
                 // visible and removable rather than coming back unseen.
@@ -289,8 +294,11 @@ impl Server {
                 b.leaving = Some(until);
             }
         }
-        if let Err(e) = self.rebuild_running().await {
-            tracing::error!(pool, backend = name, error = %e, "the pool could not be rebuilt; the backend leaves at the next change");
+        match self.rebuild_running().await {
+            Ok(()) | Err(StartError::Stopping) => {}
+            Err(e) => {
+                tracing::error!(pool, backend = name, error = %e, "the pool could not be rebuilt; the backend leaves at the next change");
+            }
         }
         let new = self
             .pool(pool)
@@ -311,6 +319,10 @@ impl Server {
             tokio::time::sleep_until(until.into()).await;
             let Some(s) = server.upgrade() else { return };
             let _one = s.control.lock().await;
+            if !s.is_ready() {
+                // Stopping: the state file already forgot it.
+                return;
+            }
             let before = lock(&s.runtime).len();
             lock(&s.runtime)
                 .retain(|b| !(b.pool == pool_name && b.name == backend && b.leaving.is_some()));

@@ -129,9 +129,14 @@ impl Server {
                 );
             }
         }
-        if let Err(e) = self.rebuild_running().await {
-            tracing::error!(pool, error = %e, "discovery: the pool could not be rebuilt; it runs as it was until a retry succeeds");
-            return false;
+        match self.rebuild_running().await {
+            Ok(()) => {}
+            // Stopping: nothing to retry.
+            Err(StartError::Stopping) => return true,
+            Err(e) => {
+                tracing::error!(pool, error = %e, "discovery: the pool could not be rebuilt; it runs as it was until a retry succeeds");
+                return false;
+            }
         }
         if let Some(p) = &self.persistence {
             for d in deltas.iter().filter(|d| matches!(d, Delta::Removed { .. })) {
@@ -252,9 +257,6 @@ impl Server {
             fresh,
             orphans,
         } = staged;
-        if let Some(orphans) = orphans {
-            *lock(&self.orphans) = orphans;
-        }
         // Probe every backend at once and switch only when the first round
         // is done (bounded by one probe timeout): a start never sends traffic
         // to a backend known to be down, and a backend added by a reload
@@ -267,9 +269,13 @@ impl Server {
         checkers.first_round().await;
         if !self.is_ready() {
             // The stop began during the probe round: nothing switches, and
-            // the new config's checks end with the old one's.
+            // the new config's checks end with the old one's. (What staging
+            // already set on pools it shares with the old one stays.)
             stop_health.cancel();
             return None;
+        }
+        if let Some(orphans) = orphans {
+            *lock(&self.orphans) = orphans;
         }
         for pool in &pools {
             pool.settle();
@@ -308,7 +314,7 @@ impl Server {
         if let Some(http) = &self.http {
             http.commit(&config);
         }
-        self.current.store(Arc::new(Snapshot {
+        let new = Arc::new(Snapshot {
             generation,
             config: Arc::new(config),
             source: Arc::new(source),
@@ -316,7 +322,12 @@ impl Server {
             pools,
             bound: switched.bound,
             stop_health,
-        }));
+        });
+        self.current.store(Arc::clone(&new));
+        if !self.ready.load(Ordering::SeqCst) {
+            // The stop began after the probe round, on the old snapshot.
+            self.stop_snapshot(&new);
+        }
         Some(generation)
     }
 }

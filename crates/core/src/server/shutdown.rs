@@ -10,15 +10,23 @@ impl Server {
     /// Begins graceful shutdown (idempotent): stop accepting now, close each
     /// listener's remaining connections after its `shutdown_timeout`.
     pub fn shutdown(&self) {
-        if !self.ready.swap(false, Ordering::Relaxed) {
+        // SeqCst, paired with the load after a reload's switch: the stop
+        // sees the new snapshot, or the reload sees the stop.
+        if !self.ready.swap(false, Ordering::SeqCst) {
             return;
         }
         tracing::info!("shutting down: no longer accepting");
         self.stop_accepting.cancel();
-        let snapshot = self.current.load_full();
-        snapshot.stop_health.cancel();
         self.accept_tasks.close();
         self.connections.close();
+        self.stop_snapshot(&self.current.load_full());
+    }
+
+    /// The stop of one snapshot: its health checks end, its listeners
+    /// drain, and their connections are closed after `shutdown_timeout`.
+    /// Run again for a snapshot a reload switched to as the stop began.
+    pub(super) fn stop_snapshot(&self, snapshot: &super::Snapshot) {
+        snapshot.stop_health.cancel();
         for l in &snapshot.listeners {
             l.drain.cancel();
             let kill = l.kill.clone();

@@ -512,25 +512,68 @@ async fn a_reload_cannot_leave_a_bound_admin_endpoint_without_a_token() {
     assert_eq!(reloaded.diff.need_restart, ["admin"]);
 }
 
-/// Once the stop began, operator changes are refused and change nothing,
-/// also those that were waiting for their turn behind a reload: nothing is
-/// written or rebuilt while the process drains.
-#[tokio::test]
-async fn operator_changes_are_refused_once_the_stop_began() {
+/// A server, and a reload of it held in its first probe round (a new
+/// pool whose HTTP check gets no answer for its 2 s timeout): the reload
+/// holds the turn of changes until then.
+async fn held_reload(
+    tag: &str,
+) -> (
+    Arc<Server>,
+    tokio::task::JoinHandle<Result<weir_core::Reloaded, ReloadError>>,
+    Scratch,
+) {
     let a = echo_backend().await;
-    let server = start(&format!(
+    let (silent, probed) = silent_backend().await;
+    let dir = Scratch::new(tag);
+    let file = dir.join("weir.toml");
+    let rest = format!(
         "{}{}{}",
         listener("l", "127.0.0.1:0", ""),
         pool("long", &[("a", a, 1)]),
         pool("l-pool", &[("a", a, 1)])
-    ))
+    );
+    std::fs::write(&file, &rest).expect("write");
+    let server = start_file(&file).await;
+    std::fs::write(
+        &file,
+        format!(
+            "{rest}[[pools]]\nname = \"slow\"\n\
+             [pools.health]\ntype = \"http\"\ntimeout = \"2s\"\ninterval = \"1h\"\n\
+             [[pools.backends]]\nname = \"s\"\naddress = \"{silent}\"\n"
+        ),
+    )
+    .expect("write");
+    let reloading = tokio::spawn({
+        let server = Arc::clone(&server);
+        async move { server.reload().await }
+    });
+    wait_until("the reload's probe", || {
+        probed.load(std::sync::atomic::Ordering::SeqCst) > 0
+    })
     .await;
+    (server, reloading, dir)
+}
+
+/// Once the stop began, operator changes are refused and change nothing,
+/// also one that was waiting for its turn behind a reload: nothing is
+/// written or rebuilt while the process drains.
+#[tokio::test]
+async fn operator_changes_are_refused_once_the_stop_began() {
+    let (server, reloading, _dir) = held_reload("changes-stopping").await;
+    let waiting = tokio::spawn({
+        let server = Arc::clone(&server);
+        async move { server.set_admin("l-pool", "a", AdminState::Drain).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "the drain did not wait its turn");
     server.shutdown();
-    let err = server
-        .set_admin("l-pool", "a", AdminState::Drain)
+    let err = within("drain", waiting)
         .await
+        .expect("task")
         .expect_err("refused");
     assert!(matches!(err, ControlError::ShuttingDown), "{err:?}");
+    let _ = within("reload", reloading).await;
+    // Changes asked after the stop began, too.
     assert!(matches!(
         server.set_weight("l-pool", "a", Some(5)).await,
         Err(ControlError::ShuttingDown)
@@ -550,37 +593,7 @@ async fn operator_changes_are_refused_once_the_stop_began() {
 /// new health checks would otherwise run on through the drain).
 #[tokio::test]
 async fn a_reload_in_its_probe_round_when_the_stop_begins_switches_nothing() {
-    let a = echo_backend().await;
-    let (silent, probed) = silent_backend().await;
-    let dir = Scratch::new("reload-stopping");
-    let file = dir.join("weir.toml");
-    let rest = format!(
-        "{}{}{}",
-        listener("l", "127.0.0.1:0", ""),
-        pool("long", &[("a", a, 1)]),
-        pool("l-pool", &[("a", a, 1)])
-    );
-    std::fs::write(&file, &rest).expect("write");
-    let server = start_file(&file).await;
-    // A pool whose HTTP check gets no answer: the probe round lasts its
-    // timeout.
-    std::fs::write(
-        &file,
-        format!(
-            "{rest}[[pools]]\nname = \"slow\"\n\
-             [pools.health]\ntype = \"http\"\ntimeout = \"2s\"\ninterval = \"1h\"\n\
-             [[pools.backends]]\nname = \"s\"\naddress = \"{silent}\"\n"
-        ),
-    )
-    .expect("write");
-    let reloading = tokio::spawn({
-        let server = Arc::clone(&server);
-        async move { server.reload().await }
-    });
-    wait_until("the reload's probe", || {
-        probed.load(std::sync::atomic::Ordering::SeqCst) > 0
-    })
-    .await;
+    let (server, reloading, _dir) = held_reload("reload-stopping").await;
     server.shutdown();
     let err = within("reload", reloading)
         .await
