@@ -231,6 +231,23 @@ pub(crate) fn start_weir(mut cmd: Command) -> (Running, mpsc::Receiver<String>) 
 }
 
 /// An empty `POST path` over HTTP/1.1; the whole response.
+/// A loopback server that hands each connection made to it over to the
+/// test, unanswered: for a backend or health endpoint that goes silent
+/// until the test writes.
+pub(crate) fn holding_server() -> (SocketAddr, mpsc::Receiver<TcpStream>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (tx, taken) = mpsc::channel();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            if tx.send(c).is_err() {
+                return;
+            }
+        }
+    });
+    (addr, taken)
+}
+
 pub(crate) fn http_post(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(DEADLINE)).expect("timeout");
@@ -435,16 +452,7 @@ fn the_shutdown_timeout_also_ends_connections_still_connecting() {
     }
     let (front, other, web, admin) = (free_port(), free_port(), free_port(), free_port());
     // An HTTP backend that takes requests and never answers.
-    let holding = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let holding_addr = holding.local_addr().expect("addr");
-    let (took, taken) = mpsc::channel();
-    std::thread::spawn(move || {
-        for c in holding.incoming().flatten() {
-            if took.send(c).is_err() {
-                return;
-            }
-        }
-    });
+    let (holding_addr, taken) = holding_server();
     let file = temp_config(
         "shutdown-connecting",
         &format!(

@@ -1259,18 +1259,7 @@ fn an_operator_command_sent_during_a_reload_waits_for_it() {
     let file = temp_config("reload-serial", &config(grpc, http, "", &[("a", a)]));
     let (_weir, _out) = run_weir(&file);
 
-    // Hands over each connection made to it, unanswered.
-    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let slow = held.local_addr().expect("addr");
-    let (tx, probes) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for c in held.incoming() {
-            let Ok(c) = c else { break };
-            if tx.send(c).is_err() {
-                break;
-            }
-        }
-    });
+    let (slow, probes) = crate::cli::holding_server();
     // The reload changes a's weight and adds a pool whose backend's HTTP
     // check goes to `slow` (30 s before the probe gives up).
     write(
@@ -1370,18 +1359,7 @@ fn a_reload_whose_caller_leaves_still_completes() {
     let file = temp_config("reload-abandoned", &config(grpc, http, "", &[("a", a)]));
     let (_weir, out) = run_weir(&file);
 
-    // Takes each connection made to it and hands it over unanswered.
-    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let slow = held.local_addr().expect("addr");
-    let (tx, probes) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for c in held.incoming() {
-            let Ok(c) = c else { break };
-            if tx.send(c).is_err() {
-                break;
-            }
-        }
-    });
+    let (slow, probes) = crate::cli::holding_server();
     write(
         &file,
         &format!(

@@ -712,18 +712,7 @@ fn operator_changes_under_way_are_bounded() {
     let base = base_config(admin, grpc, front, "");
     let file = temp_config("bounded-changes", &base);
     let (weir, out) = crate::cli::run_weir(&file);
-    // Takes each connection made to it and hands it over unanswered.
-    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let slow = held.local_addr().expect("addr");
-    let (tx, probes) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for c in held.incoming() {
-            let Ok(c) = c else { break };
-            if tx.send(c).is_err() {
-                break;
-            }
-        }
-    });
+    let (slow, probes) = crate::cli::holding_server();
     std::fs::write(
         &*file,
         format!(
