@@ -20,8 +20,8 @@ use weir_core::health::{AdminState, TierChange, Transition};
 use weir_core::listener::Listener;
 use weir_core::live::ConnFilter;
 use weir_core::pool::Pool;
-use weir_core::server::Origins;
 use weir_core::server::Snapshot;
+use weir_core::server::{Origins, Removal};
 use weir_core::{ControlError, Reason, ReloadError, Server, millis};
 
 use crate::conn;
@@ -513,10 +513,26 @@ impl AdminApi for ControlService {
         self.authorize(&request)?;
         let r = request.into_inner();
         let (server, pool, backend) = (self.server(), r.pool.clone(), r.backend.clone());
-        self.to_the_end(async move { server.remove_backend(&pool, &backend).await })
+        let removal = self
+            .to_the_end(async move { server.remove_backend(&pool, &backend).await })
             .await?
             .map_err(|e| control_status(&e))?;
-        self.backend_reply(&r.pool, &r.backend)
+        match removal {
+            Removal::Draining(_) => self.backend_reply(&r.pool, &r.backend),
+            // Not in the running config: it is described from its record.
+            Removal::NotApplied(b) => Ok(Response::new(pb::Backend {
+                pool: b.pool,
+                name: b.name,
+                address: b.address.to_string(),
+                tier: b.tier,
+                weight: b.weight,
+                health: "unknown".to_owned(),
+                admin: pb::AdminState::Disabled.into(),
+                state: "disabled".to_owned(),
+                origin: "runtime".to_owned(),
+                ..pb::Backend::default()
+            })),
+        }
     }
 
     async fn explain(

@@ -92,8 +92,9 @@ pub fn need_restart(old: &Config, new: &Config) -> Vec<String> {
         need.push("admin".to_owned());
     }
     // zero_copy reaches new connections through the rebuilt listeners; the
-    // worker threads are started once.
-    if old.runtime.worker_threads != new.runtime.worker_threads {
+    // worker threads are started once. 0 and the number it stands for are
+    // the same threads.
+    if old.runtime.threads() != new.runtime.threads() {
         need.push("runtime.worker_threads".to_owned());
     }
     if old.state != new.state {

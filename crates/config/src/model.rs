@@ -148,6 +148,23 @@ pub struct Runtime {
     pub zero_copy: bool,
 }
 
+impl Runtime {
+    /// The worker threads weir runs: `worker_threads`, or for 0 one per CPU
+    /// this process may run on (at least one).
+    pub fn threads(&self) -> usize {
+        match self.worker_threads {
+            0 => cpus(),
+            n => n,
+        }
+    }
+}
+
+/// The CPUs this process may run on (at least one): the threads of
+/// `worker_threads = 0`.
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// `[log]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Log {

@@ -1738,6 +1738,18 @@ fn diff_names_what_a_reload_changes() {
         &runtime("worker_threads = 2"),
     );
     assert_eq!(d.need_restart, ["runtime.worker_threads"]);
+    // 0 is one thread per CPU: written out as that number, nothing changes.
+    let cpus = weir_config::cpus();
+    let d = weir_config::diff(
+        &runtime("worker_threads = 0"),
+        &runtime(&format!("worker_threads = {cpus}")),
+    );
+    assert!(d.need_restart.is_empty(), "{d:?}");
+    let d = weir_config::diff(
+        &runtime("worker_threads = 0"),
+        &runtime(&format!("worker_threads = {}", cpus + 1)),
+    );
+    assert_eq!(d.need_restart, ["runtime.worker_threads"]);
 }
 
 // ---- where a problem is ----

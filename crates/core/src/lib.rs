@@ -40,6 +40,7 @@ pub mod reason;
 pub mod resolve;
 pub mod server;
 mod statefile;
+pub mod sync;
 mod tcp;
 pub mod udp;
 pub mod upstream;

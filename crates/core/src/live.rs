@@ -15,7 +15,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use crate::Reason;
 use crate::listener::{Listener, Mode};
+use crate::sync::lock;
 
 /// Shards of a registry: enough that two worker threads seldom meet.
 const SHARDS: usize = 32;
@@ -318,10 +319,6 @@ impl Default for Registry {
             killed: AtomicBool::new(false),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Registry {

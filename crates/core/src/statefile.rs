@@ -8,13 +8,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use weir_state::{Entry, Record, RuleRecord, Store, StoreError, TierRecord};
 
 use crate::firewall::{Action, Rule};
 use crate::health::{AdminState, Cause, Change, TierChange, Transition};
+use crate::sync::lock;
 
 /// Work for the writer thread.
 #[derive(Debug)]
@@ -357,10 +358,6 @@ fn from_millis(ms: i64) -> Option<SystemTime> {
 pub fn millis(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn rule_record(r: &Rule) -> RuleRecord {

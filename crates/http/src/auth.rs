@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::header::{HOST, HeaderName, HeaderValue};
@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use weir_config::{Auth, AuthFailure};
+use weir_core::sync::lock;
 use weir_telemetry::Histogram;
 
 /// The largest answer body weir takes from the service (a denial's body is
@@ -277,12 +278,8 @@ impl Gate {
         (u128::from(a.finish()) << 64) | u128::from(b.finish())
     }
 
-    fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     fn cached(&self, key: Key) -> Option<Verdict> {
-        let cache = Self::lock(&self.cache);
+        let cache = lock(&self.cache);
         let (v, until) = cache.entries.get(&key)?;
         (*until > Instant::now()).then(|| v.clone())
     }
@@ -294,7 +291,7 @@ impl Gate {
             Verdict::Unavailable => return,
         };
         let now = Instant::now();
-        let mut cache = Self::lock(&self.cache);
+        let mut cache = lock(&self.cache);
         let max = usize::try_from(self.cfg.cache_size).unwrap_or(usize::MAX);
         if cache.entries.len() >= max && cache.swept.is_none_or(|t| now >= t + SWEEP_EVERY) {
             cache.swept = Some(now);
@@ -319,7 +316,7 @@ impl Gate {
         if self.cfg.breaker_failures == 0 {
             return Some(call);
         }
-        let mut b = Self::lock(&self.breaker);
+        let mut b = lock(&self.breaker);
         match b.open_until {
             None => Some(call),
             Some(until) if Instant::now() >= until && !b.probing => {
@@ -338,7 +335,7 @@ impl Gate {
         if self.cfg.breaker_failures == 0 {
             return;
         }
-        let mut b = Self::lock(&self.breaker);
+        let mut b = lock(&self.breaker);
         if ok {
             *b = Breaker::default();
             self.stats.breaker.store(0, Relaxed);
@@ -437,7 +434,7 @@ impl Gate {
 
     async fn sender(&self) -> Result<http1::SendRequest<Empty<Bytes>>, ()> {
         loop {
-            let kept = Self::lock(&self.idle).pop();
+            let kept = lock(&self.idle).pop();
             match kept {
                 Some(mut s) if !s.is_closed() => {
                     if s.ready().await.is_ok() {
@@ -460,7 +457,7 @@ impl Gate {
     }
 
     fn give_back(&self, sender: http1::SendRequest<Empty<Bytes>>) {
-        let mut idle = Self::lock(&self.idle);
+        let mut idle = lock(&self.idle);
         if idle.len() < MAX_IDLE {
             idle.push(sender);
         }
@@ -471,7 +468,7 @@ impl Gate {
 #[cfg(test)]
 impl Gate {
     fn breaker_open(&self) -> bool {
-        Self::lock(&self.breaker).open_until.is_some()
+        lock(&self.breaker).open_until.is_some()
     }
 }
 
@@ -494,7 +491,7 @@ impl Call<'_> {
 impl Drop for Call<'_> {
     fn drop(&mut self) {
         if self.probe {
-            Gate::lock(&self.gate.breaker).probing = false;
+            lock(&self.gate.breaker).probing = false;
         }
     }
 }
@@ -618,7 +615,7 @@ mod tests {
         for i in 0..10 {
             g.remember(token(&g, i), &allow);
         }
-        assert!(Gate::lock(&g.cache).entries.len() <= 2);
+        assert!(lock(&g.cache).entries.len() <= 2);
     }
 
     /// A probe whose request is dropped mid-call (its client went away)
@@ -669,13 +666,13 @@ mod tests {
         // Full: the third decision sweeps, finds nothing expired, and
         // forgets one.
         g.remember(token(2), &allow);
-        let first = Gate::lock(&g.cache).swept.expect("swept once");
+        let first = lock(&g.cache).swept.expect("swept once");
         tokio::time::advance(SWEEP_EVERY / 2).await;
         for i in 3..50 {
             g.remember(token(i), &allow);
         }
         {
-            let cache = Gate::lock(&g.cache);
+            let cache = lock(&g.cache);
             assert_eq!(cache.swept, Some(first), "no second sweep within a second");
             assert_eq!(cache.entries.len(), 2);
         }
@@ -684,7 +681,7 @@ mod tests {
         tokio::time::advance(SWEEP_EVERY / 2).await;
         g.remember(token(50), &allow);
         assert_eq!(
-            Gate::lock(&g.cache).swept,
+            lock(&g.cache).swept,
             Some(first + SWEEP_EVERY),
             "swept again a second later"
         );

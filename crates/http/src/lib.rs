@@ -42,6 +42,7 @@ mod upstream;
 use std::sync::{Arc, Mutex};
 
 use weir_core::l7::{HttpHandler, HttpLayer, RouteBuild};
+use weir_core::sync::lock;
 
 use crate::trace::export::{ExportStats, Exporter};
 
@@ -99,10 +100,6 @@ impl Layer {
         *pending = Some(Arc::clone(&e));
         Some(e)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl HttpLayer for Layer {

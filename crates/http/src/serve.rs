@@ -22,6 +22,7 @@ use weir_core::client::Client;
 use weir_core::l7::TlsEnd;
 use weir_core::listener::Listener;
 use weir_core::live::{Live, LiveGuard};
+use weir_core::sync::lock;
 
 use crate::io::{Counted, HeaderDeadline};
 use crate::proxy::{self, Cx};
@@ -163,10 +164,7 @@ impl ConnState {
 
     /// Runs `work` on this connection's task once hyper is done with it.
     pub(crate) fn then_run(&self, work: Pin<Box<dyn Future<Output = ()> + Send>>) {
-        self.after
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .0 = Some(work);
+        lock(&self.after).0 = Some(work);
     }
 
     pub(crate) fn header_timed_out(&self) {
@@ -375,12 +373,7 @@ impl On {
             })
             .await
         };
-        let after = conn
-            .after
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .0
-            .take();
+        let after = lock(&conn.after).0.take();
         if let Some(relay) = after {
             relay.await;
         }

@@ -15,10 +15,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use weir_core::sync::lock;
 
 use crate::gather::Hold;
 
@@ -43,10 +44,7 @@ impl std::fmt::Debug for Streams {
 
 impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for Streams {
     fn execute(&self, stream: F) {
-        self.opened
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Box::pin(stream));
+        lock(&self.opened).push(Box::pin(stream));
     }
 }
 
@@ -80,7 +78,7 @@ impl<C> Run<C> {
     /// Takes the streams opened since last time; false when there were none.
     fn adopt(&mut self) -> bool {
         {
-            let mut opened = self.opened.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut opened = lock(&self.opened);
             if opened.is_empty() {
                 return false;
             }

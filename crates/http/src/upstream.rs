@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use weir_config::HttpProtocol;
 use weir_core::Reason;
 use weir_core::pool::{BackendStats, UpstreamEvent};
+use weir_core::sync::lock;
 
 use crate::body::RequestBody;
 
@@ -119,9 +120,7 @@ impl Conns {
     }
 
     fn idle(&self) -> MutexGuard<'_, Vec<Idle>> {
-        self.idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.idle)
     }
 
     /// A connection for one request: a kept one when there is one, else a

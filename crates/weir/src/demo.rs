@@ -26,7 +26,7 @@ pub(crate) struct Demo {
 }
 
 pub(crate) fn run(demo: &Demo) -> Result<()> {
-    let runtime = crate::build_runtime(0)?;
+    let runtime = crate::build_runtime(weir_config::cpus())?;
     runtime.block_on(async move {
         let mut backends = Vec::new();
         for (name, _) in BACKENDS {

@@ -327,12 +327,9 @@ fn resolve(path: &Path, cfg: &Config) -> Result<(), weir_config::ConfigError> {
         })
 }
 
-/// Installs the global tracing subscriber. Access-log lines (target
-/// `weir::access`) stay on whatever the level: whether they are written is
-/// `access_log`'s, which the listeners read and a reload changes, while this
-/// filter is set once.
+/// Installs the global tracing subscriber.
 pub(crate) fn init_logging(cfg: &weir_config::Log) -> Result<()> {
-    let directives = format!("{},weir::access=info", cfg.level);
+    let directives = log_directives(&cfg.level);
     let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .with_context(|| format!("log.level: invalid filter {directives:?}"))?;
     let builder = tracing_subscriber::fmt()
@@ -346,11 +343,22 @@ pub(crate) fn init_logging(cfg: &weir_config::Log) -> Result<()> {
     result.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
 }
 
-pub(crate) fn build_runtime(worker_threads: usize) -> Result<tokio::runtime::Runtime> {
-    let threads = match worker_threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
+/// The filter for `log.level`. Access-log lines (target `weir::access`) stay
+/// on whatever the level: whether they are written is `access_log`'s, which
+/// the listeners read and a reload changes, while this filter is set once.
+/// A level that names `weir::access` itself is taken as written.
+fn log_directives(level: &str) -> String {
+    let names_access = level
+        .split(',')
+        .any(|d| d.trim().split(['=', '[']).next() == Some("weir::access"));
+    if names_access {
+        level.to_owned()
+    } else {
+        format!("{level},weir::access=info")
+    }
+}
+
+pub(crate) fn build_runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
     let mut builder = if threads == 1 {
         // One thread: no cross-thread wake-ups at all.
         tokio::runtime::Builder::new_current_thread()
@@ -371,7 +379,7 @@ fn run(config: Config, path: PathBuf, takeover: Takeover) -> Result<()> {
     // process without other threads may do.
     let inherited = activation::from_env()?;
     init_logging(&config.log)?;
-    let runtime = build_runtime(config.runtime.worker_threads)?;
+    let runtime = build_runtime(config.runtime.threads())?;
     runtime.block_on(serve(config, Some(path), takeover, inherited, |_, _| {}))
 }
 
@@ -682,10 +690,7 @@ fn check_descriptors(config: &Config) {
     let Some(limit) = raise_nofile() else {
         return;
     };
-    let workers = match config.runtime.worker_threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
+    let workers = config.runtime.threads();
     let needed = weir_core::fds::needed(config, workers);
     if limit < needed {
         tracing::warn!(
@@ -702,4 +707,53 @@ fn check_descriptors(config: &Config) {
 
 fn signal(kind: tokio::signal::unix::SignalKind) -> Result<tokio::signal::unix::Signal> {
     tokio::signal::unix::signal(kind).context("cannot install a signal handler")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::log_directives;
+
+    /// What the filter for `level` lets through of one access line and one
+    /// ordinary info line.
+    fn written(level: &str) -> (bool, bool) {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                weir_core::sync::lock(&self.0).extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let filter = tracing_subscriber::EnvFilter::try_new(log_directives(level))
+            .unwrap_or_else(|e| panic!("{level}: {e}"));
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(move || out.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: "weir::access", "access-line");
+            tracing::info!(target: "weir::server", "info-line");
+        });
+        let text = String::from_utf8_lossy(&weir_core::sync::lock(&buf.0)).into_owned();
+        (text.contains("access-line"), text.contains("info-line"))
+    }
+
+    #[test]
+    fn access_lines_are_written_whatever_the_level_unless_it_names_them() {
+        assert_eq!(written("info"), (true, true));
+        assert_eq!(written("warn"), (true, false));
+        assert_eq!(written("off"), (true, false));
+        assert_eq!(written("weir=off"), (true, false));
+        assert_eq!(written("info,weir::access=off"), (false, true));
+        assert_eq!(written("warn,weir::access=info"), (true, false));
+        assert_eq!(written("weir::access[span]=off,info"), (true, true));
+    }
 }

@@ -23,6 +23,7 @@ use weir_config::{Backend, BackendAddress, Config, Discover};
 use weir_telemetry::{Kind, Writer};
 
 use crate::Server;
+use crate::sync::lock;
 use lookup::Lookup;
 use plan::{Delta, Outcome, Set};
 
@@ -153,9 +154,7 @@ pub(crate) struct Discovery {
 
 impl Discovery {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
-        self.pools
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.pools)
     }
 
     /// What `config` changes, worked out without changing anything: a pool

@@ -22,6 +22,7 @@ use weir_config::PerClient;
 
 use super::Block;
 use super::set::canonical;
+use crate::sync::lock;
 
 const SHARDS: usize = 64;
 /// Entries looked at, at most, to make room for a new client in a full
@@ -181,9 +182,7 @@ impl ClientTable {
         let mut h = self.hasher.build_hasher();
         h.write_u128(key);
         let i = (h.finish() % SHARDS as u64) as usize;
-        self.shards[i]
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.shards[i])
     }
 
     /// A new connection from `ip` at `at`: its slot among the client's open
@@ -286,9 +285,7 @@ impl ClientTable {
     pub fn sweep(&self, limits: &PerClient, at: Instant) {
         let now = self.now(at);
         for shard in &*self.shards {
-            let mut shard = shard
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut shard = lock(shard);
             let before = shard.map.len();
             shard.map.retain(|_, e| !forgettable(e, limits, now));
             let removed = before - shard.map.len();

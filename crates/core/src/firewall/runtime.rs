@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
 use super::AddrSet;
+use crate::sync::lock;
 
 /// What a runtime rule does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,9 +135,7 @@ impl RuntimeRules {
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Rule>> {
-        self.rules
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.rules)
     }
 
     fn compile(&self, list: &[Rule]) {

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::stats::{BackendStats, StateLabel};
 use crate::health::{AdminState, Health, HealthCounter, Transition};
+use crate::sync::lock;
 
 /// Why weir closed a backend's connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,10 +341,4 @@ impl Backend {
             history: s.history.iter().cloned().collect(),
         }
     }
-}
-
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A poisoned lock only means another thread panicked mid-update; the
-    // state itself is plain data and still usable.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

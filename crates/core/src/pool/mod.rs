@@ -36,10 +36,11 @@ use arc_swap::ArcSwap;
 use weir_balance::{Member, Picker, Policy};
 use weir_config as config;
 
-use self::backend::{Link, Status, lock};
+use self::backend::{Link, Status};
 use crate::events::Journal;
 use crate::health::{self, AdminState, Cause, Change, Health, HealthCounter, TierChange};
 use crate::statefile::Saved;
+use crate::sync::lock;
 
 /// What a pool needs from the server around it.
 #[derive(Debug, Clone)]

@@ -22,9 +22,9 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use weir_telemetry::Histogram;
 
-use super::backend::lock;
 use super::{LATENCY_SECONDS, Pool};
 use crate::Reason;
+use crate::sync::lock;
 
 /// A backend's slots, shared by its generations across reloads.
 #[derive(Debug, Default)]

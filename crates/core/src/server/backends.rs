@@ -34,6 +34,16 @@ pub struct RuntimeBackend {
     pub leaving: Option<Instant>,
 }
 
+/// What [`Server::remove_backend`] did.
+#[derive(Debug)]
+pub enum Removal {
+    /// The backend served: it drains at weight 0, then leaves.
+    Draining(BackendView),
+    /// The running config did not apply it (shadowed): it left the state
+    /// file at once.
+    NotApplied(RuntimeBackend),
+}
+
 /// Where a backend of the running config comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -252,14 +262,37 @@ impl Server {
 
     /// Removes runtime backend `name` of `pool`: deleted from the state file
     /// first, then it takes no new connections and drains for the pool's
-    /// `drain_timeout` before it leaves. Backends of the config file or of
-    /// DNS cannot be removed this way.
+    /// `drain_timeout` before it leaves. One the running config does not
+    /// apply (shadowed: the file has its name, or no longer has its pool)
+    /// serves nothing and only leaves the state file. Backends of the config
+    /// file or of DNS cannot be removed this way.
     pub async fn remove_backend(
         self: &Arc<Self>,
         pool: &str,
         name: &str,
-    ) -> Result<BackendView, ControlError> {
+    ) -> Result<Removal, ControlError> {
         let _one = self.change_lock().await?;
+        let source = Arc::clone(&self.current.load().source);
+        let shadowed = lock(&self.runtime)
+            .iter()
+            .find(|b| b.pool == pool && b.name == name && shadowed_by(&source, b).is_some())
+            .cloned();
+        if let Some(b) = shadowed {
+            // Nothing to drain, and what the state file keeps under this
+            // name (health, admin state, history) is the file's backend's.
+            if let Some(p) = &self.persistence {
+                p.delete_backend(pool, name)
+                    .await
+                    .map_err(|e| ControlError::State(e.to_string()))?;
+            }
+            lock(&self.runtime).retain(|r| !(r.pool == pool && r.name == name));
+            tracing::info!(
+                pool,
+                backend = name,
+                "runtime backend removed; it was not applied, so nothing drains"
+            );
+            return Ok(Removal::NotApplied(b));
+        }
         let running = self
             .pool(pool)
             .ok_or_else(|| ControlError::NoPool(pool.to_owned()))?;
@@ -346,9 +379,11 @@ impl Server {
                 tracing::error!(pool = pool_name, error = %e, "the pool could not be rebuilt after a removal");
             }
         });
-        new.view(name).ok_or_else(|| ControlError::NoBackend {
-            pool: pool.to_owned(),
-            backend: name.to_owned(),
-        })
+        new.view(name)
+            .map(Removal::Draining)
+            .ok_or_else(|| ControlError::NoBackend {
+                pool: pool.to_owned(),
+                backend: name.to_owned(),
+            })
     }
 }

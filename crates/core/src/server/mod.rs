@@ -44,7 +44,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
@@ -55,7 +55,7 @@ use tokio_util::task::TaskTracker;
 pub use inherited::{Inherited, PassedSocket};
 use weir_config::Config;
 
-pub use backends::{Origin, Origins, RuntimeBackend};
+pub use backends::{Origin, Origins, Removal, RuntimeBackend};
 pub use explain::{BackendVerdict, Explanation, PoolVerdict, RouteVerdict};
 pub use metrics::ReloadStats;
 
@@ -63,6 +63,7 @@ use crate::events::Journal;
 use crate::listener::Listener;
 use crate::pool::Pool;
 use crate::statefile::Persistence;
+use crate::sync::lock;
 
 /// Why the data plane could not start (or a reload could not be applied).
 #[derive(Debug, Error)]
@@ -467,8 +468,4 @@ struct Inputs {
     /// What the state file holds for backends the config does not have;
     /// reported by [`Server::orphaned_state`] once the config serves.
     orphans: Option<Vec<weir_state::Entry>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -193,3 +193,136 @@ fn backends_added_at_runtime_serve_persist_yield_to_the_file_and_drain_when_remo
     let history = again["last_transitions"].as_array().expect("transitions");
     assert!(!history.iter().any(|t| t["to"] == "drain"), "{again}");
 }
+
+/// A runtime backend the running config does not apply — the file has its
+/// name, or no longer has its pool — is removed at once: nothing drains, and
+/// the state the file's backend of that name keeps (its admin state, its
+/// history) stays.
+#[test]
+fn a_shadowed_runtime_backend_is_removed_at_once_and_leaves_the_files_backend_alone() {
+    let dir = test_dir("runtime-backends-shadowed");
+    std::fs::write(dir.join("token"), TOKEN).expect("token");
+    let (grpc, front) = (free_port(), free_port());
+    let a = named_backend("a");
+    let extra = named_backend("extra");
+    let config = |pool: &str, file_extra: bool| {
+        let mut text = format!(
+            "[admin]\ngrpc = \"{grpc}\"\ntoken_file = {:?}\n[state]\npath = {:?}\n\
+             [[listeners]]\nname = \"front\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"{pool}\"\n\
+             [[pools]]\nname = \"{pool}\"\ndrain_timeout = \"200ms\"\n\
+             [[pools.backends]]\nname = \"a\"\naddress = \"{a}\"\n",
+            dir.join("token").display().to_string(),
+            dir.join("state.db").display().to_string(),
+        );
+        if file_extra {
+            text.push_str(&format!(
+                "[[pools.backends]]\nname = \"extra\"\naddress = \"{a}\"\n"
+            ));
+        }
+        text
+    };
+    let file = temp_config("runtime-backends-shadowed", &config("p", false));
+    let (weir, _out) = run_weir(&file);
+    let ok = |args: &[&str]| {
+        let (code, out, err) = text(&ctl(grpc, Some(TOKEN), args));
+        assert_eq!(code, 0, "{args:?}: {err}");
+        out
+    };
+    let reload_to = |pool: &str, file_extra: bool| {
+        std::fs::write(&file, config(pool, file_extra)).expect("write");
+        ok(&["reload"])
+    };
+    let backends = || json(&ctl(grpc, None, &["backends", "p", "-o", "json"]));
+    let remove = |name: &str| {
+        json(&ctl(
+            grpc,
+            Some(TOKEN),
+            &["backend", "remove", "p", name, "-o", "json"],
+        ))
+    };
+    ok(&["backend", "add", "p", &extra.to_string(), "--name", "extra"]);
+    ok(&["backend", "add", "p", &extra.to_string(), "--name", "other"]);
+
+    // The file takes the name "extra"; an operator drains the file's one.
+    let out = reload_to("p", true);
+    assert!(
+        out.contains("runtime backend not applied: p/extra"),
+        "{out}"
+    );
+    ok(&["backend", "drain", "p", "extra"]);
+
+    // Removing the runtime "extra" removes only it, at once.
+    let r = remove("extra");
+    assert_eq!(
+        (
+            r["origin"].as_str(),
+            r["address"].as_str(),
+            r["serving"].as_bool()
+        ),
+        (
+            Some("runtime"),
+            Some(extra.to_string().as_str()),
+            Some(false)
+        ),
+        "{r}"
+    );
+    // Past the pool's drain_timeout: no drain end touched the file's backend.
+    std::thread::sleep(Duration::from_millis(600));
+    let all = backends();
+    let e = backend_of(&all, "extra").expect("the file's extra");
+    assert_eq!(
+        (e["origin"].as_str(), e["admin"].as_str()),
+        (Some("config"), Some("drain")),
+        "{e}"
+    );
+    let history = text(&ctl(grpc, None, &["backend", "history", "p", "extra"])).1;
+    assert!(!history.contains("draining"), "{history}");
+    // Removed twice: there is nothing left to remove.
+    let (code, _, err) = text(&ctl(
+        grpc,
+        Some(TOKEN),
+        &["backend", "remove", "p", "extra"],
+    ));
+    assert_eq!(code, 1, "{err}");
+
+    // A restart: the file's backend is still drained (its saved state
+    // stayed), and the runtime one is gone from the state file.
+    drop(weir);
+    let (weir, _out) = run_weir(&file);
+    let all = backends();
+    let e = backend_of(&all, "extra").expect("the file's extra");
+    assert_eq!(
+        (e["origin"].as_str(), e["admin"].as_str()),
+        (Some("config"), Some("drain")),
+        "{e}"
+    );
+    let out = reload_to("p", false);
+    assert!(!out.contains("not applied"), "{out}");
+    let all = backends();
+    assert!(
+        backend_of(&all, "extra").is_none(),
+        "runtime extra came back: {all}"
+    );
+    assert!(backend_of(&all, "other").is_some(), "{all}");
+
+    // Its pool leaves the file: "other" is not applied, and is removed at
+    // once all the same.
+    let out = reload_to("q", false);
+    assert!(
+        out.contains("runtime backend not applied: p/other: its pool is not in the config"),
+        "{out}"
+    );
+    let r = remove("other");
+    assert_eq!(
+        (r["pool"].as_str(), r["name"].as_str()),
+        (Some("p"), Some("other")),
+        "{r}"
+    );
+    // The pool comes back without it.
+    let out = reload_to("p", false);
+    assert!(!out.contains("not applied"), "{out}");
+    let all = backends();
+    assert!(backend_of(&all, "other").is_none(), "{all}");
+    drop(weir);
+}
