@@ -536,3 +536,124 @@ fn passed(socket: &std::net::TcpListener, file: &std::path::Path) -> std::proces
         .stdin(std::process::Stdio::from(fd));
     cmd
 }
+
+/// `packaging/upgrade-running`, the package's hand-over script, against a
+/// real weir. systemd cannot run here: a `systemctl` on PATH answers
+/// `show -p PROP --value UNIT` from files, and the test plays systemd's part
+/// of the notification protocol (a `MAINPID=` makes that process the unit's
+/// main process).
+#[test]
+fn the_packaged_upgrade_script_hands_a_running_weir_over() {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+
+    let tools = crate::cli::test_dir("upgrade-script");
+    let systemctl = tools.join("systemctl");
+    std::fs::write(
+        &systemctl,
+        "#!/bin/sh\nd=$(dirname \"$0\")\n\
+         case \"$1\" in\n\
+         show) cat \"$d/$3\" 2>/dev/null || true ;;\n\
+         restart) echo \"$2\" > \"$d/restarted\" ;;\n\
+         *) exit 1 ;;\n\
+         esac\n",
+    )
+    .expect("systemctl");
+    std::fs::set_permissions(&systemctl, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = format!(
+        "{}:{}",
+        tools.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let script = crate::cli::repo_root().join("packaging/upgrade-running");
+    // Stopped by PID if the test fails while it waits.
+    let start_script = || {
+        crate::cli::Running::new(
+            std::process::Command::new("sh")
+                .arg(&script)
+                .env("PATH", &path)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("run upgrade-running"),
+        )
+    };
+    let finish = |mut run: crate::cli::Running| {
+        let status = crate::cli::wait_exit(&mut run.0);
+        let mut out = String::new();
+        for pipe in [
+            run.0.stdout.take().map(|p| Box::new(p) as Box<dyn Read>),
+            run.0.stderr.take().map(|p| Box::new(p) as Box<dyn Read>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let _ = { pipe }.read_to_string(&mut out);
+        }
+        (status.code(), out)
+    };
+    let set = |prop: &str, value: &str| std::fs::write(tools.join(prop), value).expect("prop");
+
+    // Not running: nothing to do.
+    set("MainPID", "0\n");
+    let (code, out) = finish(start_script());
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("is not running; nothing to hand over"),
+        "{out}"
+    );
+
+    // Fed by socket units: restarted, not signalled.
+    set("MainPID", "1\n");
+    set("TriggeredBy", "weir-web.socket\n");
+    let (code, out) = finish(start_script());
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("restarting it"), "{out}");
+    let restarted = std::fs::read_to_string(tools.join("restarted")).unwrap_or_default();
+    assert_eq!(restarted.trim(), "weir.service");
+    set("TriggeredBy", "");
+
+    // Running: SIGUSR2, and the script waits for the new main process.
+    let notify = NotifySocket::bind("upgrade-script");
+    let front = free_port();
+    let file = activated_config("upgrade-script", front, "");
+    let mut cmd = weir();
+    cmd.args(["run", "--config"])
+        .arg(&file)
+        .env("NOTIFY_SOCKET", &notify.path);
+    let (mut old, _out) = start_weir(cmd);
+    let mut seen = Vec::new();
+    wait_for(&notify.socket, "READY=1", &mut seen);
+    let old_pid = old.0.id();
+    set("MainPID", &format!("{old_pid}\n"));
+    let script_run = start_script();
+    let handed = wait_for(&notify.socket, "MAINPID=", &mut seen);
+    let new_pid: u32 = handed
+        .lines()
+        .find_map(|l| l.strip_prefix("MAINPID="))
+        .and_then(|p| p.parse().ok())
+        .expect("a pid");
+    // Ours to stop at the end, by its PID.
+    struct Successor(u32);
+    impl Drop for Successor {
+        fn drop(&mut self) {
+            if let Some(pid) = rustix::process::Pid::from_raw(self.0 as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+        }
+    }
+    let _successor = Successor(new_pid);
+    assert!(successors(old_pid).contains(&new_pid), "{handed}");
+    set("MainPID", &format!("{new_pid}\n"));
+    let (code, out) = finish(script_run);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!(
+            "the new version serves (pid {new_pid}); pid {old_pid} finishes its connections"
+        )),
+        "{out}"
+    );
+    let status = crate::cli::wait_exit(&mut old.0);
+    assert_eq!(status.code(), Some(0), "the old weir exits cleanly");
+    echo_once(front).expect("the new version serves");
+}
