@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http::header::{HOST, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use std::time::Duration;
@@ -36,6 +36,9 @@ use weir_telemetry::Histogram;
 /// The largest answer body weir takes from the service (a denial's body is
 /// passed on to the client).
 const MAX_BODY: usize = 64 * 1024;
+/// The bytes one gate's cached verdicts may hold together: 10,000 login
+/// pages of 60 KiB, one per new query string, would otherwise keep 600 MB.
+const MAX_CACHED_BYTES: usize = 16 * 1024 * 1024;
 /// Idle connections to the service kept for reuse.
 const MAX_IDLE: usize = 32;
 /// Headers of a denial passed on to the client.
@@ -153,6 +156,9 @@ type Key = u128;
 struct Cache {
     /// Key -> (verdict, until).
     entries: HashMap<Key, (Verdict, Instant)>,
+    /// The bytes the kept verdicts hold (headers, denials' bodies), at most
+    /// [`MAX_CACHED_BYTES`].
+    bytes: usize,
     /// When a full cache was last swept of its expired decisions.
     swept: Option<Instant>,
 }
@@ -184,6 +190,7 @@ impl Gate {
             hashers: [RandomState::new(), RandomState::new()],
             cache: Mutex::new(Cache {
                 entries: HashMap::new(),
+                bytes: 0,
                 swept: None,
             }),
             breaker: Mutex::new(Breaker::default()),
@@ -290,20 +297,40 @@ impl Gate {
             Verdict::Deny(_) => self.cfg.denied_ttl,
             Verdict::Unavailable => return,
         };
+        let size = held_bytes(v);
+        if size > MAX_CACHED_BYTES {
+            return;
+        }
         let now = Instant::now();
         let mut cache = lock(&self.cache);
+        let cache = &mut *cache;
         let max = usize::try_from(self.cfg.cache_size).unwrap_or(usize::MAX);
-        if cache.entries.len() >= max && cache.swept.is_none_or(|t| now >= t + SWEEP_EVERY) {
+        let full = |c: &Cache| c.entries.len() >= max || c.bytes + size > MAX_CACHED_BYTES;
+        if full(cache) && cache.swept.is_none_or(|t| now >= t + SWEEP_EVERY) {
             cache.swept = Some(now);
-            cache.entries.retain(|_, (_, until)| *until > now);
+            let mut freed = 0;
+            cache.entries.retain(|_, (v, until)| {
+                let live = *until > now;
+                if !live {
+                    freed += held_bytes(v);
+                }
+                live
+            });
+            cache.bytes -= freed;
         }
-        if cache.entries.len() >= max {
-            // Still full of live decisions: one makes room.
-            if let Some(&any) = cache.entries.keys().next() {
-                cache.entries.remove(&any);
+        // Still full of live decisions: some make room.
+        while full(cache) {
+            let Some(&any) = cache.entries.keys().next() else {
+                break;
+            };
+            if let Some((v, _)) = cache.entries.remove(&any) {
+                cache.bytes -= held_bytes(&v);
             }
         }
-        cache.entries.insert(key, (v.clone(), now + ttl));
+        if let Some((old, _)) = cache.entries.insert(key, (v.clone(), now + ttl)) {
+            cache.bytes -= held_bytes(&old);
+        }
+        cache.bytes += size;
     }
 
     /// A call that may go out: the breaker is closed, or it has been open
@@ -399,13 +426,17 @@ impl Gate {
         let mut sender = self.sender().await?;
         let response = sender.send_request(req).await.map_err(|_| ())?;
         let (parts, body) = response.into_parts();
-        let body = Limited::new(body, MAX_BODY)
-            .collect()
-            .await
-            .map_err(|_| ())?
-            .to_bytes();
-        // The answer was read whole: the connection can serve another.
-        self.give_back(sender);
+        let (body, whole) = read_capped(body).await?;
+        if whole {
+            // The answer was read whole: the connection can serve another.
+            self.give_back(sender);
+        }
+        // A service failing (a 5xx of its own or of a proxy in front of it)
+        // is a failure, as for Envoy's ext_authz: `failure` decides, the
+        // breaker counts it, and no decision is cached.
+        if parts.status.is_server_error() {
+            return Err(());
+        }
         if parts.status.is_success() {
             let copied: Vec<(HeaderName, HeaderValue)> = self
                 .copy
@@ -462,6 +493,37 @@ impl Gate {
             idle.push(sender);
         }
     }
+}
+
+/// What a cached verdict holds beyond its entry: headers, and a denial's body.
+fn held_bytes(v: &Verdict) -> usize {
+    let headers = |h: &[(HeaderName, HeaderValue)]| {
+        h.iter()
+            .map(|(n, v)| n.as_str().len() + v.len())
+            .sum::<usize>()
+    };
+    match v {
+        Verdict::Allow(copied) => headers(copied),
+        Verdict::Deny(d) => d.body.len() + headers(&d.headers),
+        Verdict::Unavailable => 0,
+    }
+}
+
+/// An answer's body, at most [`MAX_BODY`] of it, and whether it was read
+/// whole. A larger one is not an error (a login page may echo a long URL):
+/// it is left unread, and its connection is not kept.
+async fn read_capped(mut body: hyper::body::Incoming) -> Result<(Bytes, bool), ()> {
+    let mut kept = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| ())?.into_data() else {
+            continue;
+        };
+        if kept.len() + data.len() > MAX_BODY {
+            return Ok((Bytes::new(), false));
+        }
+        kept.extend_from_slice(&data);
+    }
+    Ok((kept.freeze(), true))
 }
 
 /// The breaker state and the duration to wait, for tests.
@@ -685,5 +747,122 @@ mod tests {
             Some(first + SWEEP_EVERY),
             "swept again a second later"
         );
+    }
+    #[test]
+    fn cached_bodies_are_bounded_in_bytes() {
+        let mut c = cfg(0);
+        c.cache_size = 10_000;
+        let g = Gate::new(&c, Arc::default());
+        let page = Bytes::from(vec![b'x'; 60 * 1024]);
+        for i in 0..400 {
+            let deny = Verdict::Deny(Arc::new(Denial {
+                status: StatusCode::UNAUTHORIZED,
+                headers: vec![],
+                body: page.clone(),
+            }));
+            g.remember(token(&g, i), &deny);
+        }
+        let cache = lock(&g.cache);
+        let held: usize = cache.entries.values().map(|(v, _)| held_bytes(v)).sum();
+        assert_eq!(cache.bytes, held);
+        assert!(held <= MAX_CACHED_BYTES, "{held}");
+        assert!(cache.entries.len() >= MAX_CACHED_BYTES / page.len() - 1);
+    }
+
+    /// An authentication service on loopback answering by the request's
+    /// `X-Forwarded-Uri`: `/big-deny` a 401 with a 70 KB page, `/big-allow`
+    /// a 200 with as much, `/fail` a 503, anything else a 200.
+    async fn service() -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        buf.drain(..end + 4);
+                        let uri = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("x-forwarded-uri: "))
+                            .unwrap_or("/")
+                            .to_owned();
+                        let (status, body) = match uri.as_str() {
+                            "/big-deny" => ("401 Unauthorized", "d".repeat(70_000)),
+                            "/big-allow" => ("200 OK", "a".repeat(70_000)),
+                            "/fail" => ("503 Service Unavailable", "down".to_owned()),
+                            _ => ("200 OK", String::new()),
+                        };
+                        let answer = format!(
+                            "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if s.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn large_answers_decide_and_a_failing_service_is_a_failure() {
+        let mut c = cfg(2);
+        c.port = service().await;
+        c.failure = AuthFailure::Allow;
+        c.breaker_open = Duration::from_secs(60);
+        let g = Gate::new(&c, Arc::default());
+        let (m, h) = (Method::GET, HeaderMap::new());
+        let ask = |target: &'static str| {
+            let u = Uri::from_static(target);
+            let (g, m, h) = (&g, &m, &h);
+            async move {
+                g.check(&Question {
+                    method: m,
+                    uri: &u,
+                    host: None,
+                    proto: "http",
+                    client: "127.0.0.1".parse().expect("ip"),
+                    headers: h,
+                    traceparent: None,
+                })
+                .await
+                .0
+            }
+        };
+        // A denial past 64 KiB is still a denial (without its body), an
+        // allowing answer with a large body still allows.
+        match ask("/big-deny").await {
+            Verdict::Deny(d) => {
+                assert_eq!(d.status, StatusCode::UNAUTHORIZED);
+                assert!(d.body.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(ask("/big-allow").await, Verdict::Allow(_)));
+        assert!(matches!(ask("/ok").await, Verdict::Allow(_)));
+        let count = |o: Outcome| g.stats.results[o as usize].load(Relaxed);
+        assert_eq!((count(Outcome::Denied), count(Outcome::Allowed)), (1, 2));
+        // A 5xx is the service failing: `failure` (allow here) decides, the
+        // breaker counts it, nothing is cached.
+        assert!(matches!(ask("/fail").await, Verdict::Allow(_)));
+        assert_eq!(count(Outcome::Error), 1);
+        assert!(!g.breaker_open());
+        assert!(matches!(ask("/fail").await, Verdict::Allow(_)));
+        assert_eq!(count(Outcome::Error), 2);
+        assert!(g.breaker_open());
     }
 }

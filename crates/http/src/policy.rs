@@ -65,16 +65,16 @@ impl Policy {
     /// True when this policy refuses `r`.
     pub(crate) fn refuses(&self, r: &Request<'_>) -> bool {
         match &self.check {
+            // Every value, by its bytes: a second `User-Agent`, or a byte
+            // outside ASCII, must not slip a client past the list.
             PolicyCheck::BlockUserAgent { contains, pattern } => {
-                let Some(ua) = r
-                    .headers
-                    .get(http::header::USER_AGENT)
-                    .and_then(|v| v.to_str().ok())
-                else {
-                    return false;
-                };
-                contains.iter().any(|c| contains_ignore_case(ua, c))
-                    || pattern.as_ref().is_some_and(|p| p.0.is_match(ua))
+                r.headers.get_all(http::header::USER_AGENT).iter().any(|v| {
+                    let ua = v.as_bytes();
+                    contains.iter().any(|c| contains_ignore_case(ua, c))
+                        || pattern
+                            .as_ref()
+                            .is_some_and(|p| p.0.is_match(&String::from_utf8_lossy(ua)))
+                })
             }
             PolicyCheck::RequireHeader {
                 name,
@@ -156,8 +156,8 @@ pub(crate) fn first_refusal<'p>(
     Some(p)
 }
 
-fn contains_ignore_case(haystack: &str, lower_needle: &str) -> bool {
-    let (h, n) = (haystack.as_bytes(), lower_needle.as_bytes());
+fn contains_ignore_case(haystack: &[u8], lower_needle: &str) -> bool {
+    let (h, n) = (haystack, lower_needle.as_bytes());
     n.is_empty()
         || h.windows(n.len())
             .any(|w| w.iter().zip(n).all(|(a, b)| a.to_ascii_lowercase() == *b))
@@ -210,6 +210,20 @@ mod tests {
         ] {
             h.insert(http::header::USER_AGENT, HeaderValue::from_static(ua));
             assert_eq!(p.refuses(&req("/", &h, &get)), refused, "{ua}");
+        }
+        // A second value, or a byte outside ASCII, does not hide the first.
+        h.insert(
+            http::header::USER_AGENT,
+            HeaderValue::from_static("Mozilla"),
+        );
+        h.append(http::header::USER_AGENT, HeaderValue::from_static("curl/8"));
+        assert!(p.refuses(&req("/", &h, &get)));
+        for ua in [&b"curl/8 \xe9"[..], b"python-requests/2 \xff"] {
+            h.insert(
+                http::header::USER_AGENT,
+                HeaderValue::from_bytes(ua).expect("obs-text is a valid value"),
+            );
+            assert!(p.refuses(&req("/", &h, &get)), "{ua:?}");
         }
     }
 

@@ -512,6 +512,12 @@ fn admissible(req: &Request<Incoming>, max_body: Option<u64>) -> Result<(), Reas
     if let (Some(_), Some(_)) = (lengths.next(), lengths.next()) {
         return Err(Reason::BadRequest);
     }
+    // Two `Host`s (RFC 9112 §3.2: answered 400): rules, policies and the log
+    // read the first, a backend might read the other.
+    let mut hosts = h.get_all(HOST).iter();
+    if let (Some(_), Some(_)) = (hosts.next(), hosts.next()) {
+        return Err(Reason::BadRequest);
+    }
     if let Some(limit) = max_body {
         use http_body::Body as _;
         if req.body().size_hint().lower() > limit {

@@ -609,13 +609,15 @@ fn hostile_requests_are_refused() {
     );
     assert_eq!(backend.requests.load(SeqCst), 1);
     // Two different lengths, an encoding other than chunked, a bad
-    // character in a header name: refused, never forwarded.
+    // character in a header name, two `Host`s: refused, never forwarded.
     for bad in [
         &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"[..],
         b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nab",
         b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
         b"GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        // Two hosts: rules and policies read one, a backend could read the other.
+        b"GET / HTTP/1.1\r\nHost: www.example.com\r\nHost: admin.example.com\r\n\r\n",
     ] {
         let r = raw_exchange(front, bad);
         assert!(
