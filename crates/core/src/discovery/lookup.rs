@@ -13,13 +13,11 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
-use hickory_resolver::lookup_ip::LookupIp;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::rdata::SRV;
 use hickory_resolver::proto::rr::{RData, RecordType};
-use tokio::time::error::Elapsed;
 use weir_config::{Discover, DiscoverQuery};
 
 use super::plan::{Failure, Found, Outcome};
@@ -103,7 +101,13 @@ impl Lookup {
         let resolution = async {
             match &self.spec.query {
                 DiscoverQuery::Srv(name) => self.srv(name, deadline).await,
-                DiscoverQuery::Name { name, port } => self.addresses(name, *port).await,
+                DiscoverQuery::Name { name, port } => {
+                    // Before the whole resolution's own end, so that a
+                    // family that answered applies without the other.
+                    let until = deadline
+                        - deadline.saturating_duration_since(tokio::time::Instant::now()) / 8;
+                    self.addresses(name, *port, until).await
+                }
             }
         };
         tokio::time::timeout_at(deadline, resolution)
@@ -159,13 +163,11 @@ impl Lookup {
         for (srv, looked) in answers {
             let target = srv.target.to_string();
             let ips: Vec<IpAddr> = match looked {
-                Ok(Ok(ips)) => {
-                    valid_until = valid_until.min(ips.valid_until());
-                    let ips: Vec<IpAddr> = ips.iter().collect();
-                    self.remember(&target, &ips);
-                    ips
+                Ok(ips) => {
+                    valid_until = valid_until.min(ips.valid_until);
+                    ips.found
                 }
-                Ok(Err(e)) if matches!(failed(&e), Outcome::Empty { .. }) => {
+                Err(e) if matches!(failed(&e), Outcome::Empty { .. }) => {
                     // The target has no address: an answer, the target is left out.
                     self.remember(&target, &[]);
                     unresolved.push(format!("{target}: {e}"));
@@ -174,10 +176,10 @@ impl Lookup {
                 // The target's lookup failed or took too long: keep what it
                 // had, so that a transient failure drains none of its
                 // backends.
-                failure => {
-                    let why = match failure {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => "no answer in time".to_owned(),
+                Err(e) => {
+                    let why = match e {
+                        NetError::Timeout => "no answer in time".to_owned(),
+                        e => e.to_string(),
                     };
                     let last = self.known(&target);
                     kept.push(format!("{target}: {why} (kept {})", last.len()));
@@ -206,10 +208,67 @@ impl Lookup {
         &self,
         srv: &'r SRV,
         until: tokio::time::Instant,
-    ) -> (&'r SRV, Result<Result<LookupIp, NetError>, Elapsed>) {
-        let looked =
-            tokio::time::timeout_at(until, self.resolver.lookup_ip(srv.target.clone())).await;
-        (srv, looked)
+    ) -> (&'r SRV, Result<Ips, NetError>) {
+        (srv, self.ips(&srv.target.to_string(), until).await)
+    }
+
+    /// A name's A and AAAA records, asked at once. When one family's
+    /// question fails (no answer, SERVFAIL) and the other's is answered,
+    /// the failed family keeps the addresses the name last had in it, so
+    /// that one lost query drains none of them; when both fail, or nothing
+    /// is known and the other family has none, the failure is the answer.
+    /// (hickory's `lookup_ip` would return the half that answered as if it
+    /// were the whole.)
+    async fn ips(&self, name: &str, until: tokio::time::Instant) -> Result<Ips, NetError> {
+        let ask = |family| async move {
+            tokio::time::timeout_at(until, self.resolver.lookup(name, family))
+                .await
+                .unwrap_or(Err(NetError::Timeout))
+        };
+        let (a, aaaa) = tokio::join!(ask(RecordType::A), ask(RecordType::AAAA));
+        let mut found = Vec::new();
+        let mut valid_until: Option<Instant> = None;
+        let mut empty = None;
+        let mut failure = None;
+        for (answer, v4) in [(a, true), (aaaa, false)] {
+            match answer {
+                Ok(l) => {
+                    let until = l.valid_until();
+                    valid_until = Some(valid_until.map_or(until, |v| v.min(until)));
+                    found.extend(l.answers().iter().filter_map(|r| match &r.data {
+                        RData::A(a) if v4 => Some(IpAddr::V4(a.0)),
+                        RData::AAAA(a) if !v4 => Some(IpAddr::V6(a.0)),
+                        _ => None,
+                    }));
+                }
+                Err(e) if matches!(failed(&e), Outcome::Empty { .. }) => {
+                    empty.get_or_insert(e);
+                }
+                Err(e) => {
+                    let kept: Vec<IpAddr> = self
+                        .known(name)
+                        .into_iter()
+                        .filter(|ip| ip.is_ipv4() == v4)
+                        .collect();
+                    tracing::debug!(name, error = %e, kept = kept.len(), "one address family's question failed; keeping its last addresses");
+                    found.extend(kept);
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        let answered = valid_until.is_some() || empty.is_some();
+        let valid_until = match (failure, valid_until, empty) {
+            // Neither family answered: the question failed, whatever is known.
+            (Some(e), _, _) if found.is_empty() || !answered => return Err(e),
+            // A family failed and what it had is kept: asked again as soon
+            // as a failed question would be (`min_interval`).
+            (Some(_), _, _) => Instant::now(),
+            (None, Some(v), _) => v,
+            (None, None, Some(e)) => return Err(e),
+            (None, None, None) => Instant::now(),
+        };
+        self.remember(name, &found);
+        Ok(Ips { found, valid_until })
     }
 
     fn remember(&self, target: &str, ips: &[IpAddr]) {
@@ -230,22 +289,29 @@ impl Lookup {
             .unwrap_or_default()
     }
 
-    async fn addresses(&self, name: &str, port: u16) -> Outcome {
-        match self.resolver.lookup_ip(name).await {
+    async fn addresses(&self, name: &str, port: u16, until: tokio::time::Instant) -> Outcome {
+        match self.ips(name, until).await {
             Ok(ips) => {
                 let found = ips
-                    .iter()
-                    .map(|ip: IpAddr| Found {
+                    .found
+                    .into_iter()
+                    .map(|ip| Found {
                         addr: SocketAddr::new(ip, port),
                         tier: self.spec.tier,
                         weight: self.spec.weight,
                     })
                     .collect();
-                records(found, ips.valid_until())
+                records(found, ips.valid_until)
             }
             Err(e) => failed(&e),
         }
     }
+}
+
+/// A name's addresses, both families, and until when the answer holds.
+pub(crate) struct Ips {
+    found: Vec<IpAddr>,
+    valid_until: Instant,
 }
 
 fn records(found: Vec<Found>, valid_until: Instant) -> Outcome {
@@ -282,5 +348,146 @@ fn failed(e: &NetError) -> Outcome {
             why: Failure::Error,
             detail: e.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    use hickory_resolver::proto::op::{Message, MessageType, OpCode};
+    use hickory_resolver::proto::rr::rdata::{A, AAAA};
+    use hickory_resolver::proto::rr::{Name, Record};
+
+    use super::*;
+
+    /// How the test's DNS server answers a family's question.
+    const ANSWER: u8 = 0;
+    const SERVFAIL: u8 = 1;
+    const SILENT: u8 = 2;
+    const NONE: u8 = 3;
+
+    /// A DNS server on loopback: `api.test.` has 127.0.0.1 and ::1, each
+    /// family answered as its mode says.
+    async fn server(v4: Arc<AtomicU8>, v6: Arc<AtomicU8>) -> SocketAddr {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = socket.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                let Ok(query) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                let Some(q) = query.queries.first().cloned() else {
+                    continue;
+                };
+                let mode = match q.query_type() {
+                    RecordType::A => v4.load(Ordering::SeqCst),
+                    RecordType::AAAA => v6.load(Ordering::SeqCst),
+                    _ => NONE,
+                };
+                let id = query.metadata.id;
+                let mut answer = match mode {
+                    SILENT => continue,
+                    SERVFAIL => Message::error_msg(id, OpCode::Query, ResponseCode::ServFail),
+                    _ => Message::new(id, MessageType::Response, OpCode::Query),
+                };
+                answer.metadata.recursion_desired = true;
+                answer.metadata.recursion_available = true;
+                answer.add_query(q.clone());
+                if mode == ANSWER {
+                    let name = Name::from_ascii("api.test.").expect("name");
+                    answer.add_answer(Record::from_rdata(
+                        name,
+                        60,
+                        match q.query_type() {
+                            RecordType::A => RData::A(A(Ipv4Addr::LOCALHOST)),
+                            _ => RData::AAAA(AAAA(Ipv6Addr::LOCALHOST)),
+                        },
+                    ));
+                }
+                if let Ok(bytes) = answer.to_vec() {
+                    let _ = socket.send_to(&bytes, from).await;
+                }
+            }
+        });
+        addr
+    }
+
+    fn lookup(resolver: SocketAddr) -> Lookup {
+        Lookup::new(&Discover {
+            query: DiscoverQuery::Name {
+                name: "api.test.".into(),
+                port: 80,
+            },
+            resolver: Some(resolver),
+            min_interval: Duration::from_secs(1),
+            max_interval: Duration::from_secs(60),
+            timeout: Duration::from_millis(200),
+            hold: Duration::from_secs(60),
+            tier: 0,
+            weight: 1,
+        })
+        .expect("lookup")
+    }
+
+    fn ips(outcome: &Outcome) -> Vec<String> {
+        match outcome {
+            Outcome::Records { found, .. } => {
+                let mut v: Vec<String> = found.iter().map(|f| f.addr.ip().to_string()).collect();
+                v.sort();
+                v
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// One family's question failing is not the name losing that family's
+    /// addresses: they are kept. The other family still applies alone when
+    /// nothing is known (a server that drops AAAA questions), and a failure
+    /// with nothing to show is a failure, not an empty answer.
+    #[tokio::test]
+    async fn a_family_whose_question_fails_keeps_its_addresses() {
+        let (v4, v6) = (
+            Arc::new(AtomicU8::new(ANSWER)),
+            Arc::new(AtomicU8::new(ANSWER)),
+        );
+        let dns = server(Arc::clone(&v4), Arc::clone(&v6)).await;
+        let known = lookup(dns);
+        assert_eq!(ips(&known.resolve().await), ["127.0.0.1", "::1"]);
+        for mode in [SERVFAIL, SILENT] {
+            v6.store(mode, Ordering::SeqCst);
+            assert_eq!(ips(&known.resolve().await), ["127.0.0.1", "::1"], "{mode}");
+        }
+        let fresh = lookup(dns);
+        assert_eq!(ips(&fresh.resolve().await), ["127.0.0.1"]);
+        // A fails, AAAA has none: the known IPv4 address stays; with
+        // nothing known, the failure is what the answer is.
+        v4.store(SERVFAIL, Ordering::SeqCst);
+        v6.store(NONE, Ordering::SeqCst);
+        assert_eq!(ips(&known.resolve().await), ["127.0.0.1"]);
+        let outcome = lookup(dns).resolve().await;
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Failed {
+                    why: Failure::ServerFailure,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        // Both fail: a failure, though addresses are known.
+        v6.store(SERVFAIL, Ordering::SeqCst);
+        let outcome = known.resolve().await;
+        assert!(matches!(outcome, Outcome::Failed { .. }), "{outcome:?}");
+        // Both answer again.
+        v4.store(ANSWER, Ordering::SeqCst);
+        v6.store(ANSWER, Ordering::SeqCst);
+        assert_eq!(ips(&known.resolve().await), ["127.0.0.1", "::1"]);
     }
 }
