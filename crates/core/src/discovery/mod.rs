@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use weir_config::{Backend, BackendAddress, Config, Discover};
 use weir_telemetry::{Kind, Writer};
@@ -26,6 +27,9 @@ use crate::Server;
 use crate::sync::lock;
 use lookup::Lookup;
 use plan::{Delta, Outcome, Set};
+
+/// New pools whose first question is asked at the same time, at most.
+const FIRSTS_AT_ONCE: usize = 16;
 
 /// The `result` label values of `weir_discovery_resolutions_total`.
 pub const RESULTS: [&str; 5] = ["ok", "empty", "timeout", "server_failure", "error"];
@@ -191,7 +195,10 @@ impl Discovery {
                 }
             }
         }
-        for (pool, spec, drain) in new {
+        // Each new pool's first question at the same time, a few at once:
+        // with DNS unreachable, one after another they would add up their
+        // timeouts (three times each) to the start or the reload.
+        let firsts = new.into_iter().map(|(pool, spec, drain)| async move {
             let mut entry = Entry {
                 spec,
                 drain,
@@ -217,13 +224,17 @@ impl Discovery {
                     None
                 }
             };
-            plan.fresh.push(Fresh {
+            Fresh {
                 pool,
                 entry,
                 lookup,
                 first,
-            });
-        }
+            }
+        });
+        plan.fresh = futures_util::stream::iter(firsts)
+            .buffered(FIRSTS_AT_ONCE)
+            .collect()
+            .await;
         plan
     }
 

@@ -796,3 +796,34 @@ fn a_reload_resolves_backend_names_again() {
     assert_eq!(metric(admin, "weir_config_generation"), 2.0);
     assert_eq!(metric(admin, "weir_config_last_reload_successful"), 0.0);
 }
+
+/// With DNS unreachable at start, the pools that discover ask their first
+/// question side by side: eight pools whose questions each wait out three
+/// 400 ms timeouts hold the start up for about that long, not eight times
+/// as long (nearly 10 s).
+#[test]
+fn first_questions_of_many_pools_do_not_add_up() {
+    // A DNS server that takes every question and answers none.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let dns = silent.local_addr().expect("addr");
+    let front = free_port();
+    let mut text = format!(
+        "[[listeners]]\nname = \"l\"\nbind = \"{front}\"\n\
+         [[listeners.routes]]\nname = \"r\"\npool = \"p0\"\n"
+    );
+    for i in 0..8 {
+        text.push_str(&format!(
+            "[[pools]]\nname = \"p{i}\"\n\
+             discover = {{ name = \"db{i}.test\", port = 5432, resolver = \"{dns}\", timeout = \"400ms\" }}\n"
+        ));
+    }
+    let file = temp_config("discovery-firsts", &text);
+    let began = Instant::now();
+    let (_weir, _out) = run_weir(&file);
+    let took = began.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the start took {took:?}: the first questions were asked one after another"
+    );
+    drop(silent);
+}
