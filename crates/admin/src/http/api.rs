@@ -11,7 +11,6 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -209,20 +208,27 @@ fn change(state: &AppState, headers: &HeaderMap) -> Result<ControlService, Refus
     Ok(c)
 }
 
-/// The fields of a change's JSON body: an object, or nothing at all.
-/// A change's body as it came: its bytes, or why they could not be read
-/// (larger than [`BODY_LIMIT`]), answered as JSON like every other error.
-type Sent = Result<Bytes, axum::extract::rejection::BytesRejection>;
+/// A change's body, not yet read: it is read only once the change passed
+/// [`change`], so a caller without the token is answered at once, before it
+/// is invited to send it.
+type Sent = axum::body::Body;
 
-fn body(sent: &Sent) -> Result<serde_json::Map<String, Value>, Refusal> {
-    let bytes = sent.as_ref().map_err(|e| {
+/// The fields of a change's JSON body: an object, or nothing at all. A body
+/// larger than [`BODY_LIMIT`] is refused, answered as JSON like every other
+/// error.
+async fn body(sent: Sent) -> Result<serde_json::Map<String, Value>, Refusal> {
+    let bytes = axum::body::to_bytes(sent, BODY_LIMIT).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        let status = if too_large {
+            StatusCode::PAYLOAD_TOO_LARGE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
         Refusal::new(
-            e.status(),
+            status,
             "invalid_argument",
-            format!(
-                "the body cannot be read: {} (at most {BODY_LIMIT} bytes)",
-                e.body_text()
-            ),
+            format!("the body cannot be read: {e} (at most {BODY_LIMIT} bytes)"),
         )
     })?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -434,7 +440,7 @@ async fn backend_change(
         };
         return reply(c.set_backend_admin(call(&headers, request)).await);
     }
-    let fields = body(&bytes)?;
+    let fields = body(bytes).await?;
     only(&fields, &["weight"])?;
     let request = pb::SetBackendWeightRequest {
         pool,
@@ -452,7 +458,7 @@ async fn add_backend(
     bytes: Sent,
 ) -> Answer {
     let c = change(&state, &headers)?;
-    let fields = body(&bytes)?;
+    let fields = body(bytes).await?;
     only(&fields, &["address", "name", "weight", "tier"])?;
     let address = string(&fields, "address")?;
     if address.is_empty() {
@@ -524,7 +530,7 @@ async fn close_connections(
     bytes: Sent,
 ) -> Answer {
     let c = change(&state, &headers)?;
-    let fields = body(&bytes)?;
+    let fields = body(bytes).await?;
     only(&fields, &["listener", "pool", "backend", "client", "id"])?;
     let id = match fields.get("id") {
         None | Some(Value::Null) => None,
@@ -610,7 +616,7 @@ async fn firewall_add(
     bytes: Sent,
 ) -> Answer {
     let c = change(&state, &headers)?;
-    let fields = body(&bytes)?;
+    let fields = body(bytes).await?;
     only(&fields, &["network", "action", "duration_ms", "reason"])?;
     let action = match string(&fields, "action")? {
         "deny" => pb::FirewallAction::Deny,
@@ -639,7 +645,7 @@ async fn firewall_remove(
     bytes: Sent,
 ) -> Answer {
     let c = change(&state, &headers)?;
-    let fields = body(&bytes)?;
+    let fields = body(bytes).await?;
     only(&fields, &["network"])?;
     let request = pb::RemoveFirewallRuleRequest {
         network: string(&fields, "network")?.to_owned(),
@@ -654,7 +660,7 @@ async fn max_connections(
     bytes: Sent,
 ) -> Answer {
     let c = change(&state, &headers)?;
-    let fields = body(&bytes)?;
+    let fields = body(bytes).await?;
     only(&fields, &["max_connections"])?;
     let request = pb::SetListenerMaxConnectionsRequest {
         listener,

@@ -266,3 +266,36 @@ fn an_event_reader_that_does_not_read_is_cut_off() {
     assert!(http_get(admin, "/healthz").starts_with("HTTP/1.1 200"));
     eprintln!("cut after {sent} changes; the reader had {read} bytes waiting");
 }
+
+/// A change without the right token is answered 401 at once: its body is
+/// neither waited for nor read. With the token, a body past 16 KiB is 413.
+#[test]
+fn a_change_without_the_token_is_refused_before_its_body_comes() {
+    let dir = test_dir("early-401");
+    let admin = free_port();
+    let file = temp_config(
+        "early-401",
+        &config(&dir, admin, echo_backend(), echo_backend(), ""),
+    );
+    let (_weir, _out) = run_weir(&file);
+    let post = |auth: &str, length: usize, body: &[u8]| {
+        let mut s = TcpStream::connect(admin).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        write!(
+            s,
+            "POST /api/v1/firewall/rules HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\
+             Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+        )
+        .expect("request");
+        s.write_all(body).expect("body");
+        read_answer(&mut BufReader::new(s))
+    };
+    for auth in ["", "Authorization: Bearer wrong-token\r\n"] {
+        let status = post(auth, 100, b"");
+        assert!(status.starts_with("HTTP/1.1 401"), "{auth:?}: {status}");
+    }
+    let bearer = format!("Authorization: Bearer {TOKEN}\r\n");
+    let status = post(&bearer, 20_000, &[b' '; 20_000]);
+    assert!(status.starts_with("HTTP/1.1 413"), "{status}");
+}
