@@ -629,16 +629,21 @@ impl Task {
         // is moved only when it runs out.
         let mut kill = pin!(self.listener.kill.cancelled());
         let mut drain = pin!(self.listener.drain.cancelled());
+        let mut gone = pin!(self.endpoint.gone.cancelled());
+        let mut retired = pin!(self.endpoint.retired.cancelled());
         let mut evicted = pin!(evict.cancelled());
         let mut watcher = Watcher::new();
         let mut timer = pin!(tokio::time::sleep(idle));
         let reason = loop {
             let signal = std::future::poll_fn(|cx| {
                 watcher.poll(cx, |cx| {
-                    if kill.as_mut().poll(cx).is_ready() {
+                    if kill.as_mut().poll(cx).is_ready() || gone.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Signal::Kill);
                     }
-                    if !draining && drain.as_mut().poll(cx).is_ready() {
+                    if !draining
+                        && (drain.as_mut().poll(cx).is_ready()
+                            || retired.as_mut().poll(cx).is_ready())
+                    {
                         return Poll::Ready(Signal::Drain);
                     }
                     if evicted.as_mut().poll(cx).is_ready() {
@@ -650,8 +655,9 @@ impl Task {
             tokio::select! {
                 s = signal => match s {
                     Signal::Kill => break Reason::Shutdown,
-                    // Shutting down (or the listener removed): answers still
-                    // on their way get a moment, then the flow ends.
+                    // Shutting down (or the listener removed, or its socket
+                    // no longer read): answers still on their way get a
+                    // moment, then the flow ends.
                     Signal::Drain => {
                         draining = true;
                         idle_ms = idle_ms.min(DRAIN_QUIET_MS);

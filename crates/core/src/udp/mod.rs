@@ -73,11 +73,18 @@ pub fn in_use(addr: SocketAddr) -> bool {
 }
 
 /// A bound UDP socket made ready to serve: the batch and control-message
-/// state `quinn-udp` keeps for it.
+/// state `quinn-udp` keeps for it. Its flows hold it (their replies leave
+/// from it); once nothing reads it any more (a stop, or a reload that no
+/// longer listens on its address) they drain, and end at the listener's
+/// `shutdown_timeout` at the latest, which closes it.
 #[derive(Debug)]
 pub(crate) struct Endpoint {
     pub(crate) socket: UdpSocket,
     pub(crate) state: UdpSocketState,
+    /// Nothing reads the socket any more: its flows drain.
+    pub(crate) retired: CancellationToken,
+    /// The drain's time is up: its flows end.
+    pub(crate) gone: CancellationToken,
 }
 
 impl Endpoint {
@@ -90,6 +97,8 @@ impl Endpoint {
         Ok(Endpoint {
             socket: UdpSocket::from_std(std_socket)?,
             state,
+            retired: CancellationToken::new(),
+            gone: CancellationToken::new(),
         })
     }
 }
@@ -150,4 +159,14 @@ pub(crate) async fn serve(
             }
         }
     }
+    // Its flows still hold the socket for their replies; they drain, and
+    // end at the listener's shutdown_timeout at the latest.
+    endpoint.retired.cancel();
+    let gone = endpoint.gone.clone();
+    let grace = slot.load().shutdown_timeout;
+    // Not on the tracker: a stop waits for the flows, not for this timer.
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        gone.cancel();
+    });
 }

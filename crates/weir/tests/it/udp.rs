@@ -966,3 +966,56 @@ fn back_to_back_replies_stay_datagrams() {
     }
     assert_eq!(metric(admin, series), 5.0);
 }
+
+/// A reload that moves a UDP listener's address: the flows on the old
+/// socket, which nothing reads any more, drain and end by the listener's
+/// `shutdown_timeout` although their backend keeps sending, and the old
+/// port is free again.
+#[test]
+fn flows_on_an_address_a_reload_left_end_and_free_it() {
+    // A backend that, once asked, sends to its asker every 100 ms.
+    let chatty = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let backend = chatty.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let Ok((_, from)) = chatty.recv_from(&mut buf) else {
+            return;
+        };
+        let end = Instant::now() + DEADLINE;
+        while Instant::now() < end {
+            let _ = chatty.send_to(b"tick", from);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let (admin, old, new) = (free_port(), free_udp_port(), free_udp_port());
+    let text = |port: u16| {
+        config(
+            admin,
+            &format!("\"127.0.0.1:{port}\""),
+            "idle_timeout = \"1h\"\nshutdown_timeout = \"1s\"",
+            "",
+            &format!("[[pools.backends]]\naddress = \"{backend}\""),
+        )
+    };
+    let file = crate::cli::temp_config("udp-moved", &text(old));
+    let (weir, out) = crate::cli::run_weir(&file);
+    let client = UdpSocket::bind("127.0.0.1:0").expect("client");
+    client.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    client.send_to(b"hi", ("127.0.0.1", old)).expect("send");
+    let mut buf = [0u8; 64];
+    let (n, _) = client.recv_from(&mut buf).expect("a tick");
+    assert_eq!(&buf[..n], b"tick");
+
+    std::fs::write(&file, text(new)).expect("rewrite");
+    crate::cli::signal(&weir.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    let end = Instant::now() + DEADLINE;
+    while UdpSocket::bind(("127.0.0.1", old)).is_err() {
+        assert!(Instant::now() < end, "the old address is still bound");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        metric(admin, "weir_udp_flows_active{listener=\"dns\"}"),
+        0.0
+    );
+}
