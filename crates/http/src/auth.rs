@@ -385,12 +385,14 @@ impl Gate {
 
     /// One call to the service.
     async fn call(&self, q: &Question<'_>) -> Result<Verdict, ()> {
-        let mut req = Request::builder()
-            .method(Method::GET)
-            .uri(self.cfg.path.as_str())
-            .body(Empty::<Bytes>::new())
-            .map_err(|_| ())?;
-        let h = req.headers_mut();
+        let uri: Uri = self.cfg.path.parse().map_err(|_| ())?;
+        let request = |headers: HeaderMap| {
+            let mut r = Request::new(Empty::<Bytes>::new());
+            *r.uri_mut() = uri.clone();
+            *r.headers_mut() = headers;
+            r
+        };
+        let mut h = HeaderMap::new();
         let host = if self.cfg.port == 80 {
             self.cfg.host.clone()
         } else {
@@ -423,8 +425,21 @@ impl Gate {
         if let Ok(v) = HeaderValue::from_str(&q.client.to_string()) {
             h.insert("x-forwarded-for", v);
         }
-        let mut sender = self.sender().await?;
-        let response = sender.send_request(req).await.map_err(|_| ())?;
+        let (mut sender, reused) = self.sender().await?;
+        let response = if reused {
+            match sender.send_request(request(h.clone())).await {
+                Ok(r) => r,
+                // A kept connection the service closed as the question went
+                // out (its own idle timeout): asked again on a new one, once.
+                // A GET that changes nothing is safe to repeat.
+                Err(_) => {
+                    sender = self.connect().await?;
+                    sender.send_request(request(h)).await.map_err(|_| ())?
+                }
+            }
+        } else {
+            sender.send_request(request(h)).await.map_err(|_| ())?
+        };
         let (parts, body) = response.into_parts();
         let (body, whole) = read_capped(body).await?;
         if whole {
@@ -441,7 +456,13 @@ impl Gate {
             let copied: Vec<(HeaderName, HeaderValue)> = self
                 .copy
                 .iter()
-                .filter_map(|n| Some((n.clone(), parts.headers.get(n)?.clone())))
+                .flat_map(|n| {
+                    parts
+                        .headers
+                        .get_all(n)
+                        .iter()
+                        .map(move |v| (n.clone(), v.clone()))
+                })
                 .collect();
             Ok(Verdict::Allow(Arc::from(copied)))
         } else {
@@ -463,19 +484,24 @@ impl Gate {
         }
     }
 
-    async fn sender(&self) -> Result<http1::SendRequest<Empty<Bytes>>, ()> {
+    /// A kept connection (true) or a new one (false).
+    async fn sender(&self) -> Result<(http1::SendRequest<Empty<Bytes>>, bool), ()> {
         loop {
             let kept = lock(&self.idle).pop();
             match kept {
                 Some(mut s) if !s.is_closed() => {
                     if s.ready().await.is_ok() {
-                        return Ok(s);
+                        return Ok((s, true));
                     }
                 }
                 Some(_) => {}
                 None => break,
             }
         }
+        Ok((self.connect().await?, false))
+    }
+
+    async fn connect(&self) -> Result<http1::SendRequest<Empty<Bytes>>, ()> {
         let tcp = tokio::net::TcpStream::connect((self.cfg.host.as_str(), self.cfg.port))
             .await
             .map_err(|_| ())?;
@@ -771,7 +797,9 @@ mod tests {
 
     /// An authentication service on loopback answering by the request's
     /// `X-Forwarded-Uri`: `/big-deny` a 401 with a 70 KB page, `/big-allow`
-    /// a 200 with as much, `/fail` a 503, anything else a 200.
+    /// a 200 with as much, `/fail` a 503, anything else a 200; after
+    /// `/once` it closes the connection when the next question arrives on
+    /// it, unanswered.
     async fn service() -> u16 {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -783,6 +811,7 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
+                    let mut once = false;
                     loop {
                         let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
                             match s.read(&mut chunk).await {
@@ -798,6 +827,11 @@ mod tests {
                             .find_map(|l| l.strip_prefix("x-forwarded-uri: "))
                             .unwrap_or("/")
                             .to_owned();
+                        if once {
+                            // Closed as the next question came.
+                            return;
+                        }
+                        once = uri == "/once";
                         let (status, body) = match uri.as_str() {
                             "/big-deny" => ("401 Unauthorized", "d".repeat(70_000)),
                             "/big-allow" => ("200 OK", "a".repeat(70_000)),
@@ -864,5 +898,32 @@ mod tests {
         assert!(matches!(ask("/fail").await, Verdict::Allow(_)));
         assert_eq!(count(Outcome::Error), 2);
         assert!(g.breaker_open());
+    }
+
+    /// The service closes a kept connection as the next question goes out
+    /// on it: the question is asked again on a new connection, and answered.
+    #[tokio::test]
+    async fn a_question_lost_on_a_kept_connection_is_asked_again() {
+        let mut c = cfg(1);
+        c.port = service().await;
+        let g = Gate::new(&c, Arc::default());
+        let (m, h) = (Method::GET, HeaderMap::new());
+        for target in ["/once", "/next"] {
+            let u = Uri::from_static(target);
+            let (v, _) = g
+                .check(&Question {
+                    method: &m,
+                    uri: &u,
+                    host: None,
+                    proto: "http",
+                    client: "127.0.0.1".parse().expect("ip"),
+                    headers: &h,
+                    traceparent: None,
+                })
+                .await;
+            assert!(matches!(v, Verdict::Allow(_)), "{target}: {v:?}");
+        }
+        let count = |o: Outcome| g.stats.results[o as usize].load(Relaxed);
+        assert_eq!((count(Outcome::Allowed), count(Outcome::Error)), (2, 0));
     }
 }
