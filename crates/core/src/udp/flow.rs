@@ -370,6 +370,10 @@ impl Opener {
         };
         let i = pool.pick(key, &[]).ok_or(Drop::NoBackend)?;
         let b = pool.backends.get(i).ok_or(Drop::NoBackend)?;
+        // Taken with the pick, not when the flow's task first runs: an
+        // eviction in between (the backend going down) would otherwise have
+        // replaced the token already, unseen by the flow.
+        let evict = b.eviction_token();
         let upstream = connected(b.address).map_err(|e| {
             if crate::reason::local_resources(&e) {
                 pool.local_shortage(&b.name, "udp", "cannot create a socket");
@@ -418,6 +422,7 @@ impl Opener {
             started: Instant::now(),
             _slot: slot,
             ended: self.ended.clone(),
+            evict,
         };
         self.tracker.spawn(task.run());
         Ok(Flow {
@@ -590,6 +595,8 @@ struct Task {
     _slot: Option<ClientSlot>,
     /// Told of the flow's end.
     ended: mpsc::UnboundedSender<Ended>,
+    /// Cancelled by the backend's next eviction after the pick.
+    evict: Arc<tokio_util::sync::CancellationToken>,
 }
 
 /// Marks the flow ended and tells the table, however the task ends.
@@ -617,7 +624,7 @@ impl Task {
         // Both counted when the flow was opened.
         let _flow_active = ActiveGuard::adopt(&self.listener.stats.udp.flows_active);
         let _backend_active = ActiveGuard::adopt(&b.stats.connections_active);
-        let evict = b.eviction_token();
+        let evict = Arc::clone(&self.evict);
         let idle = self.listener.idle_timeout;
         let mut idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
         let limit = self.listener.udp.and_then(|u| u.responses);
