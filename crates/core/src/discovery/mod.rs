@@ -470,6 +470,7 @@ async fn refresh(server: Weak<Server>, task: Task) {
             // A removed backend's last word may be noted twice: its state,
             // history included, is forgotten once the pool takes the change.
             pending.extend(deltas);
+            plan::fold(&mut pending, plan::MAX_PENDING);
             let Some(s) = server.upgrade() else { return };
             if s.rediscover(&pool, &spec, &pending).await {
                 pending.clear();

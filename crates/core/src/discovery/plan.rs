@@ -126,6 +126,35 @@ impl Delta {
 /// bound them (one answer over TCP holds thousands of addresses).
 pub const MAX_MEMBERS: usize = 1000;
 
+/// Changes waiting for a pool that cannot be rebuilt yet, at most: past it
+/// they are folded to the last change of each address ([`fold`]).
+pub const MAX_PENDING: usize = 4 * MAX_MEMBERS;
+
+/// Folds `pending` to the last change of each address, in the order of those
+/// last changes, once it holds more than `max`: while a pool cannot be
+/// rebuilt, DNS answering a different subset every refresh would otherwise
+/// pile up changes for as long as the failure lasts. What is kept is what the
+/// pool must still take (an address's last word: added, changed, leaving,
+/// removed); the steps in between are left out of the history.
+pub fn fold(pending: &mut Vec<Delta>, max: usize) {
+    if pending.len() <= max {
+        return;
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut last: Vec<Delta> = pending
+        .iter()
+        .rev()
+        .filter(|d| seen.insert(d.addr()))
+        .copied()
+        .collect();
+    last.reverse();
+    // More addresses than `max` (never with MAX_MEMBERS per answer): the
+    // newest stay.
+    let extra = last.len().saturating_sub(max);
+    last.drain(..extra);
+    *pending = last;
+}
+
 /// A pool's discovered backends, by address.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Set {
@@ -530,5 +559,43 @@ mod tests {
             detail: String::new(),
         };
         assert_eq!(next_refresh(&failed, min, max), min);
+    }
+    #[test]
+    fn pending_changes_fold_to_the_last_of_each_address() {
+        let (a, b) = (addr(1), addr(2));
+        let mut pending = vec![
+            Delta::Added {
+                addr: a,
+                tier: 0,
+                weight: 1,
+            },
+            Delta::Leaving { addr: b },
+            Delta::Leaving { addr: a },
+            Delta::Returned { addr: b },
+        ];
+        let before = pending.clone();
+        fold(&mut pending, 4);
+        assert_eq!(pending, before, "within the bound: untouched");
+        fold(&mut pending, 3);
+        assert_eq!(
+            pending,
+            [Delta::Leaving { addr: a }, Delta::Returned { addr: b }]
+        );
+        // A flood of changes over few addresses stays bounded.
+        let mut flood = Vec::new();
+        for i in 0..10_000u32 {
+            flood.push(Delta::Changed {
+                addr: addr(u8::try_from(i % 7).expect("small")),
+                from: (0, i),
+                to: (0, i + 1),
+            });
+            fold(&mut flood, 100);
+        }
+        assert!(flood.len() <= 100, "{}", flood.len());
+        assert!(flood.contains(&Delta::Changed {
+            addr: addr(3), // 9,999 % 7
+            from: (0, 9_999),
+            to: (0, 10_000),
+        }));
     }
 }
