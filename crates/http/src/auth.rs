@@ -226,8 +226,17 @@ impl Gate {
         let (outcome, verdict) = match answer {
             Err(_) => (Outcome::Timeout, None),
             Ok(Err(())) => (Outcome::Error, None),
-            Ok(Ok(v @ Verdict::Allow(_))) => (Outcome::Allowed, Some(v)),
-            Ok(Ok(v)) => (Outcome::Denied, Some(v)),
+            // The service's own failure (a 5xx): passed to the client like a
+            // denial, never cached, and neither `failure` nor the breaker
+            // applies: a client that can make the service fail (a malformed
+            // token) must get neither through nor everyone refused.
+            Ok(Ok((v, true))) => {
+                self.stats.results[Outcome::Error as usize].fetch_add(1, Relaxed);
+                drop(call);
+                return (v, Some((Outcome::Error, took)));
+            }
+            Ok(Ok((v @ Verdict::Allow(_), false))) => (Outcome::Allowed, Some(v)),
+            Ok(Ok((v, false))) => (Outcome::Denied, Some(v)),
         };
         self.stats.results[outcome as usize].fetch_add(1, Relaxed);
         call.settle(verdict.is_some());
@@ -318,7 +327,23 @@ impl Gate {
             });
             cache.bytes -= freed;
         }
-        // Still full of live decisions: some make room.
+        // Past the byte budget: the decisions that hold bytes go, down to
+        // three quarters of it, so that the next large one does not scan
+        // again (allowing decisions, which hold next to nothing, stay).
+        if cache.bytes + size > MAX_CACHED_BYTES {
+            let target = MAX_CACHED_BYTES / 4 * 3;
+            let mut bytes = cache.bytes;
+            cache.entries.retain(|_, (v, _)| {
+                let held = held_bytes(v);
+                if bytes + size <= target || held == 0 {
+                    return true;
+                }
+                bytes -= held;
+                false
+            });
+            cache.bytes = bytes;
+        }
+        // Still full of live decisions: one makes room.
         while full(cache) {
             let Some(&any) = cache.entries.keys().next() else {
                 break;
@@ -383,8 +408,9 @@ impl Gate {
         &self.copy
     }
 
-    /// One call to the service.
-    async fn call(&self, q: &Question<'_>) -> Result<Verdict, ()> {
+    /// One call to the service: its verdict, and whether the answer was the
+    /// service failing (a 5xx).
+    async fn call(&self, q: &Question<'_>) -> Result<(Verdict, bool), ()> {
         let uri: Uri = self.cfg.path.parse().map_err(|_| ())?;
         let request = |headers: HeaderMap| {
             let mut r = Request::new(Empty::<Bytes>::new());
@@ -446,12 +472,7 @@ impl Gate {
             // The answer was read whole: the connection can serve another.
             self.give_back(sender);
         }
-        // A service failing (a 5xx of its own or of a proxy in front of it)
-        // is a failure, as for Envoy's ext_authz: `failure` decides, the
-        // breaker counts it, and no decision is cached.
-        if parts.status.is_server_error() {
-            return Err(());
-        }
+        let failed = parts.status.is_server_error();
         if parts.status.is_success() {
             let copied: Vec<(HeaderName, HeaderValue)> = self
                 .copy
@@ -464,7 +485,7 @@ impl Gate {
                         .map(move |v| (n.clone(), v.clone()))
                 })
                 .collect();
-            Ok(Verdict::Allow(Arc::from(copied)))
+            Ok((Verdict::Allow(Arc::from(copied)), false))
         } else {
             let headers = DENIAL_HEADERS
                 .iter()
@@ -476,11 +497,12 @@ impl Gate {
                         .map(move |v| (n.clone(), v.clone()))
                 })
                 .collect();
-            Ok(Verdict::Deny(Arc::new(Denial {
+            let denial = Verdict::Deny(Arc::new(Denial {
                 status: parts.status,
                 headers,
                 body,
-            })))
+            }));
+            Ok((denial, failed))
         }
     }
 
@@ -549,7 +571,8 @@ async fn read_capped(mut body: hyper::body::Incoming) -> Result<(Bytes, bool), (
         }
         kept.extend_from_slice(&data);
     }
-    Ok((kept.freeze(), true))
+    // Exactly its length: a cached denial holds what it counts.
+    Ok((Bytes::copy_from_slice(&kept), true))
 }
 
 /// The breaker state and the duration to wait, for tests.
@@ -779,6 +802,8 @@ mod tests {
         let mut c = cfg(0);
         c.cache_size = 10_000;
         let g = Gate::new(&c, Arc::default());
+        let allowed = key(&g, "GET", "/", "a", "10.0.0.9", "Bearer ok");
+        g.remember(allowed, &Verdict::Allow(Arc::from(Vec::new())));
         let page = Bytes::from(vec![b'x'; 60 * 1024]);
         for i in 0..400 {
             let deny = Verdict::Deny(Arc::new(Denial {
@@ -792,7 +817,12 @@ mod tests {
         let held: usize = cache.entries.values().map(|(v, _)| held_bytes(v)).sum();
         assert_eq!(cache.bytes, held);
         assert!(held <= MAX_CACHED_BYTES, "{held}");
-        assert!(cache.entries.len() >= MAX_CACHED_BYTES / page.len() - 1);
+        assert!(cache.entries.len() > MAX_CACHED_BYTES / 4 * 3 / page.len());
+        // The refusals made room; the allowing decision stayed.
+        assert!(matches!(
+            cache.entries.get(&allowed),
+            Some((Verdict::Allow(_), _))
+        ));
     }
 
     /// An authentication service on loopback answering by the request's
@@ -853,7 +883,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn large_answers_decide_and_a_failing_service_is_a_failure() {
+    async fn large_answers_decide_and_a_5xx_is_passed_on_uncached() {
         let mut c = cfg(2);
         c.port = service().await;
         c.failure = AuthFailure::Allow;
@@ -890,14 +920,17 @@ mod tests {
         assert!(matches!(ask("/ok").await, Verdict::Allow(_)));
         let count = |o: Outcome| g.stats.results[o as usize].load(Relaxed);
         assert_eq!((count(Outcome::Denied), count(Outcome::Allowed)), (1, 2));
-        // A 5xx is the service failing: `failure` (allow here) decides, the
-        // breaker counts it, nothing is cached.
-        assert!(matches!(ask("/fail").await, Verdict::Allow(_)));
-        assert_eq!(count(Outcome::Error), 1);
+        // A 5xx is the service failing: passed to the client, counted as an
+        // error, never cached; neither `failure` (allow here) nor the
+        // breaker (two failures) takes it.
+        for n in 1..=3 {
+            match ask("/fail").await {
+                Verdict::Deny(d) => assert_eq!(d.status, StatusCode::SERVICE_UNAVAILABLE),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(count(Outcome::Error), n);
+        }
         assert!(!g.breaker_open());
-        assert!(matches!(ask("/fail").await, Verdict::Allow(_)));
-        assert_eq!(count(Outcome::Error), 2);
-        assert!(g.breaker_open());
     }
 
     /// The service closes a kept connection as the next question goes out

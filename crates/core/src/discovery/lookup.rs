@@ -250,13 +250,25 @@ impl Lookup {
                         .into_iter()
                         .filter(|ip| ip.is_ipv4() == v4)
                         .collect();
-                    tracing::debug!(name, error = %e, kept = kept.len(), "one address family's question failed; keeping its last addresses");
                     found.extend(kept);
-                    failure.get_or_insert(e);
+                    failure.get_or_insert((e, v4));
                 }
             }
         }
         let answered = valid_until.is_some() || empty.is_some();
+        if answered {
+            // What DNS said of the family that answered (an empty family
+            // forgets its addresses), and what the other kept.
+            self.remember(name, &found);
+        }
+        if let Some((e, v4)) = &failure
+            && answered
+            && !found.is_empty()
+        {
+            let family = if *v4 { "A" } else { "AAAA" };
+            tracing::warn!(name, family, error = %e, "one address family's question failed; it keeps its last addresses");
+        }
+        let failure = failure.map(|(e, _)| e);
         let valid_until = match (failure, valid_until, empty) {
             // Neither family answered: the question failed, whatever is known.
             (Some(e), _, _) if found.is_empty() || !answered => return Err(e),
@@ -267,8 +279,15 @@ impl Lookup {
             (None, None, Some(e)) => return Err(e),
             (None, None, None) => Instant::now(),
         };
-        self.remember(name, &found);
         Ok(Ips { found, valid_until })
+    }
+
+    /// The addresses a `name` query's name had before this lookup existed
+    /// (a reload that changed how it is asked). SRV targets start unknown.
+    pub(crate) fn seed(&self, ips: &[IpAddr]) {
+        if let DiscoverQuery::Name { name, .. } = &self.spec.query {
+            self.remember(name, ips);
+        }
     }
 
     fn remember(&self, target: &str, ips: &[IpAddr]) {
@@ -489,5 +508,14 @@ mod tests {
         v4.store(ANSWER, Ordering::SeqCst);
         v6.store(ANSWER, Ordering::SeqCst);
         assert_eq!(ips(&known.resolve().await), ["127.0.0.1", "::1"]);
+        // The records go: an empty answer, and nothing of them is kept for
+        // a later failure to bring back.
+        v4.store(NONE, Ordering::SeqCst);
+        v6.store(NONE, Ordering::SeqCst);
+        let outcome = known.resolve().await;
+        assert!(matches!(outcome, Outcome::Empty { .. }), "{outcome:?}");
+        v4.store(SERVFAIL, Ordering::SeqCst);
+        let outcome = known.resolve().await;
+        assert!(matches!(outcome, Outcome::Failed { .. }), "{outcome:?}");
     }
 }

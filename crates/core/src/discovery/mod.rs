@@ -257,12 +257,24 @@ impl Discovery {
             e.stop = CancellationToken::new();
             e.drain = drain;
             match Lookup::new(&spec) {
-                Ok(lookup) => tasks.push(Task {
-                    pool,
-                    lookup,
-                    first: Duration::ZERO,
-                    stop: e.stop.clone(),
-                }),
+                Ok(lookup) => {
+                    // What the name has now: a family whose first question
+                    // fails keeps it, as with the task this one replaces.
+                    let serving: Vec<std::net::IpAddr> = e
+                        .set
+                        .members
+                        .iter()
+                        .filter(|(_, m)| m.leaving.is_none())
+                        .map(|(addr, _)| addr.ip())
+                        .collect();
+                    lookup.seed(&serving);
+                    tasks.push(Task {
+                        pool,
+                        lookup,
+                        first: Duration::ZERO,
+                        stop: e.stop.clone(),
+                    });
+                }
                 Err(err) => tracing::error!(pool, error = %err, "discovery cannot run"),
             }
             e.spec = spec;

@@ -362,6 +362,19 @@ impl Server {
             if lock(&s.runtime).len() == before {
                 return;
             }
+            // A reload during the drain gave the file a backend of this
+            // name: the runtime one no longer applied, and what is noted and
+            // saved under the name is that backend's now.
+            let file_has_it = s
+                .current
+                .load()
+                .source
+                .pools
+                .iter()
+                .any(|p| p.name == pool_name && p.backends.iter().any(|b| b.name == backend));
+            if file_has_it {
+                return;
+            }
             if let Some(p) = s.pool(&pool_name) {
                 p.note(
                     &backend,

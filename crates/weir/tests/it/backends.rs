@@ -205,7 +205,8 @@ fn a_shadowed_runtime_backend_is_removed_at_once_and_leaves_the_files_backend_al
     let (grpc, front) = (free_port(), free_port());
     let a = named_backend("a");
     let extra = named_backend("extra");
-    let config = |pool: &str, file_extra: bool| {
+    // The file's pool `pool`, with a second backend named `named` unless empty.
+    let config = |pool: &str, named: &str| {
         let mut text = format!(
             "[admin]\ngrpc = \"{grpc}\"\ntoken_file = {:?}\n[state]\npath = {:?}\n\
              [[listeners]]\nname = \"front\"\nbind = \"{front}\"\n\
@@ -215,22 +216,22 @@ fn a_shadowed_runtime_backend_is_removed_at_once_and_leaves_the_files_backend_al
             dir.join("token").display().to_string(),
             dir.join("state.db").display().to_string(),
         );
-        if file_extra {
+        if !named.is_empty() {
             text.push_str(&format!(
-                "[[pools.backends]]\nname = \"extra\"\naddress = \"{a}\"\n"
+                "[[pools.backends]]\nname = \"{named}\"\naddress = \"{a}\"\n"
             ));
         }
         text
     };
-    let file = temp_config("runtime-backends-shadowed", &config("p", false));
+    let file = temp_config("runtime-backends-shadowed", &config("p", ""));
     let (weir, _out) = run_weir(&file);
     let ok = |args: &[&str]| {
         let (code, out, err) = text(&ctl(grpc, Some(TOKEN), args));
         assert_eq!(code, 0, "{args:?}: {err}");
         out
     };
-    let reload_to = |pool: &str, file_extra: bool| {
-        std::fs::write(&file, config(pool, file_extra)).expect("write");
+    let reload_to = |pool: &str, named: &str| {
+        std::fs::write(&file, config(pool, named)).expect("write");
         ok(&["reload"])
     };
     let backends = || json(&ctl(grpc, None, &["backends", "p", "-o", "json"]));
@@ -245,7 +246,7 @@ fn a_shadowed_runtime_backend_is_removed_at_once_and_leaves_the_files_backend_al
     ok(&["backend", "add", "p", &extra.to_string(), "--name", "other"]);
 
     // The file takes the name "extra"; an operator drains the file's one.
-    let out = reload_to("p", true);
+    let out = reload_to("p", "extra");
     assert!(
         out.contains("runtime backend not applied: p/extra"),
         "{out}"
@@ -297,7 +298,7 @@ fn a_shadowed_runtime_backend_is_removed_at_once_and_leaves_the_files_backend_al
         (Some("config"), Some("drain")),
         "{e}"
     );
-    let out = reload_to("p", false);
+    let out = reload_to("p", "");
     assert!(!out.contains("not applied"), "{out}");
     let all = backends();
     assert!(
@@ -308,7 +309,7 @@ fn a_shadowed_runtime_backend_is_removed_at_once_and_leaves_the_files_backend_al
 
     // Its pool leaves the file: "other" is not applied, and is removed at
     // once all the same.
-    let out = reload_to("q", false);
+    let out = reload_to("q", "");
     assert!(
         out.contains("runtime backend not applied: p/other: its pool is not in the config"),
         "{out}"
@@ -320,9 +321,28 @@ fn a_shadowed_runtime_backend_is_removed_at_once_and_leaves_the_files_backend_al
         "{r}"
     );
     // The pool comes back without it.
-    let out = reload_to("p", false);
+    let out = reload_to("p", "");
     assert!(!out.contains("not applied"), "{out}");
     let all = backends();
     assert!(backend_of(&all, "other").is_none(), "{all}");
+
+    // A removal still draining when a reload gives the file a backend of
+    // its name: the drain's end leaves the file's backend alone.
+    ok(&["backend", "add", "p", &extra.to_string(), "--name", "late"]);
+    assert_eq!(remove("late")["origin"], "runtime");
+    reload_to("p", "late");
+    ok(&["backend", "drain", "p", "late"]);
+    // Past the pool's 200 ms drain.
+    std::thread::sleep(Duration::from_millis(600));
+    let history = text(&ctl(grpc, None, &["backend", "history", "p", "late"])).1;
+    assert!(!history.contains("removed"), "{history}");
+    drop(weir);
+    let (weir, _out) = run_weir(&file);
+    let e = backend_of(&backends(), "late").expect("the file's late");
+    assert_eq!(
+        (e["origin"].as_str(), e["admin"].as_str()),
+        (Some("config"), Some("drain")),
+        "{e}"
+    );
     drop(weir);
 }
