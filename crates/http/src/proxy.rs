@@ -81,7 +81,12 @@ pub(crate) fn handle(
             cx.version,
         ));
         // What the host is: `:authority` (HTTP/2, absolute form), else `Host`.
-        let host_header = req.headers().get(HOST).cloned();
+        // Two `Host`s are refused below (RFC 9112 §3.2: answered 400): rules,
+        // policies and the log read the first, a backend might read the other.
+        let (host_header, two_hosts) = {
+            let mut hosts = req.headers().get_all(HOST).iter();
+            (hosts.next().cloned(), hosts.next().is_some())
+        };
         let host: Option<HeaderValue> = match req.uri().authority() {
             Some(a) => HeaderValue::from_str(a.as_str()).ok(),
             None => host_header.clone(),
@@ -113,6 +118,9 @@ pub(crate) fn handle(
                 .stats
                 .blocked(weir_core::firewall::Block::RequestRate);
             return Ok(answer(Reason::RateLimit, grpc, x));
+        }
+        if two_hosts {
+            return Ok(answer(Reason::BadRequest, grpc, x));
         }
         if let Err(reason) = admissible(&req, state.max_body_bytes) {
             return Ok(answer(reason, grpc, x));
@@ -510,12 +518,6 @@ fn admissible(req: &Request<Incoming>, max_body: Option<u64>) -> Result<(), Reas
     }
     let mut lengths = h.get_all(CONTENT_LENGTH).iter();
     if let (Some(_), Some(_)) = (lengths.next(), lengths.next()) {
-        return Err(Reason::BadRequest);
-    }
-    // Two `Host`s (RFC 9112 §3.2: answered 400): rules, policies and the log
-    // read the first, a backend might read the other.
-    let mut hosts = h.get_all(HOST).iter();
-    if let (Some(_), Some(_)) = (hosts.next(), hosts.next()) {
         return Err(Reason::BadRequest);
     }
     if let Some(limit) = max_body {
