@@ -232,7 +232,12 @@ impl Gate {
             // token) must get neither through nor everyone refused.
             Ok(Ok((v, true))) => {
                 self.stats.results[Outcome::Error as usize].fetch_add(1, Relaxed);
-                drop(call);
+                // A breaker already open for real failures, probing: the
+                // service still fails, and the breaker opens again (else
+                // it stayed half-open, one call at a time, for as long).
+                if call.probe {
+                    call.settle(false);
+                }
                 return (v, Some((Outcome::Error, took)));
             }
             Ok(Ok((v @ Verdict::Allow(_), false))) => (Outcome::Allowed, Some(v)),
@@ -327,18 +332,17 @@ impl Gate {
             });
             cache.bytes -= freed;
         }
-        // Past the byte budget: the decisions that hold bytes go, down to
-        // three quarters of it, so that the next large one does not scan
-        // again (allowing decisions, which hold next to nothing, stay).
+        // Past the byte budget: refusing decisions go, down to three
+        // quarters of it, so that the next large one does not scan again;
+        // allowing ones stay.
         if cache.bytes + size > MAX_CACHED_BYTES {
             let target = MAX_CACHED_BYTES / 4 * 3;
             let mut bytes = cache.bytes;
             cache.entries.retain(|_, (v, _)| {
-                let held = held_bytes(v);
-                if bytes + size <= target || held == 0 {
+                if bytes + size <= target || !matches!(v, Verdict::Deny(_)) {
                     return true;
                 }
-                bytes -= held;
+                bytes -= held_bytes(v);
                 false
             });
             cache.bytes = bytes;
@@ -827,9 +831,9 @@ mod tests {
 
     /// An authentication service on loopback answering by the request's
     /// `X-Forwarded-Uri`: `/big-deny` a 401 with a 70 KB page, `/big-allow`
-    /// a 200 with as much, `/fail` a 503, anything else a 200; after
-    /// `/once` it closes the connection when the next question arrives on
-    /// it, unanswered.
+    /// a 200 with as much, `/fail` a 503, `/drop` no answer (the connection
+    /// closed), anything else a 200; after `/once` it closes the connection
+    /// when the next question arrives on it, unanswered.
     async fn service() -> u16 {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -857,8 +861,8 @@ mod tests {
                             .find_map(|l| l.strip_prefix("x-forwarded-uri: "))
                             .unwrap_or("/")
                             .to_owned();
-                        if once {
-                            // Closed as the next question came.
+                        if once || uri == "/drop" {
+                            // Closed as the question came, unanswered.
                             return;
                         }
                         once = uri == "/once";
@@ -931,6 +935,45 @@ mod tests {
             assert_eq!(count(Outcome::Error), n);
         }
         assert!(!g.breaker_open());
+    }
+
+    /// A breaker opened by real failures, probed by a question the service
+    /// answers 5xx: it opens again, rather than letting every next request
+    /// probe one at a time.
+    #[tokio::test]
+    async fn a_probe_answered_5xx_opens_the_breaker_again() {
+        let mut c = cfg(1);
+        c.port = service().await;
+        c.breaker_open = Duration::from_millis(100);
+        let g = Gate::new(&c, Arc::default());
+        let (m, h) = (Method::GET, HeaderMap::new());
+        let ask = |target: &'static str| {
+            let u = Uri::from_static(target);
+            let (g, m, h) = (&g, &m, &h);
+            async move {
+                g.check(&Question {
+                    method: m,
+                    uri: &u,
+                    host: None,
+                    proto: "http",
+                    client: "127.0.0.1".parse().expect("ip"),
+                    headers: h,
+                    traceparent: None,
+                })
+                .await
+                .0
+            }
+        };
+        let errors = |g: &Gate| g.stats.results[Outcome::Error as usize].load(Relaxed);
+        assert!(matches!(ask("/drop").await, Verdict::Unavailable));
+        assert!(g.breaker_open());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        // The probe: a 503, passed on.
+        assert!(matches!(ask("/fail").await, Verdict::Deny(_)));
+        assert_eq!(errors(&g), 2);
+        // Open again: the next request makes no call.
+        assert!(matches!(ask("/fail").await, Verdict::Unavailable));
+        assert_eq!(errors(&g), 2);
     }
 
     /// The service closes a kept connection as the next question goes out

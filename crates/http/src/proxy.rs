@@ -618,15 +618,22 @@ fn refused(p: &crate::policy::Policy, grpc: bool, mut x: Box<Exchange>) -> Respo
 
 /// The authentication service's refusal, passed on: its status, the
 /// headers that matter to the client (`WWW-Authenticate`...) and its body.
-/// A gRPC client gets UNAUTHENTICATED or PERMISSION_DENIED.
+/// A gRPC client gets UNAUTHENTICATED or PERMISSION_DENIED. A 5xx is the
+/// service failing, not refusing: reason `auth_unavailable`, and
+/// UNAVAILABLE for gRPC (which its clients retry).
 fn denied(d: &crate::auth::Denial, grpc: bool, mut x: Box<Exchange>) -> Response<ResponseBody> {
-    x.reason = Reason::AuthDenied.as_str();
+    let reason = if d.status.is_server_error() {
+        Reason::AuthUnavailable
+    } else {
+        Reason::AuthDenied
+    };
+    x.reason = reason.as_str();
     if grpc {
-        let (mut parts, body) = errors::parts(Reason::AuthDenied, true);
-        let code: u16 = if d.status == http::StatusCode::UNAUTHORIZED {
-            16
-        } else {
-            7
+        let (mut parts, body) = errors::parts(reason, true);
+        let code: u16 = match d.status {
+            s if s.is_server_error() => 14,
+            http::StatusCode::UNAUTHORIZED => 16,
+            _ => 7,
         };
         parts.headers.insert("grpc-status", HeaderValue::from(code));
         x.status = parts.status.as_u16();

@@ -282,8 +282,9 @@ impl Lookup {
         Ok(Ips { found, valid_until })
     }
 
-    /// The addresses a `name` query's name had before this lookup existed
-    /// (a reload that changed how it is asked). SRV targets start unknown.
+    /// The addresses a `name` query's name has as far as the pool knows,
+    /// set before each question: what a family whose question fails keeps.
+    /// (SRV targets' addresses are remembered per target by the lookup.)
     pub(crate) fn seed(&self, ips: &[IpAddr]) {
         if let DiscoverQuery::Name { name, .. } = &self.spec.query {
             self.remember(name, ips);

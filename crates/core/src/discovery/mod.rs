@@ -257,24 +257,12 @@ impl Discovery {
             e.stop = CancellationToken::new();
             e.drain = drain;
             match Lookup::new(&spec) {
-                Ok(lookup) => {
-                    // What the name has now: a family whose first question
-                    // fails keeps it, as with the task this one replaces.
-                    let serving: Vec<std::net::IpAddr> = e
-                        .set
-                        .members
-                        .iter()
-                        .filter(|(_, m)| m.leaving.is_none())
-                        .map(|(addr, _)| addr.ip())
-                        .collect();
-                    lookup.seed(&serving);
-                    tasks.push(Task {
-                        pool,
-                        lookup,
-                        first: Duration::ZERO,
-                        stop: e.stop.clone(),
-                    });
-                }
+                Ok(lookup) => tasks.push(Task {
+                    pool,
+                    lookup,
+                    first: Duration::ZERO,
+                    stop: e.stop.clone(),
+                }),
                 Err(err) => tracing::error!(pool, error = %err, "discovery cannot run"),
             }
             e.spec = spec;
@@ -292,6 +280,18 @@ impl Discovery {
             }
         }
         tasks
+    }
+
+    /// The addresses a pool's discovered backends serve on (not leaving).
+    fn serving(&self, pool: &str) -> Vec<std::net::IpAddr> {
+        self.lock().get(pool).map_or_else(Vec::new, |e| {
+            e.set
+                .members
+                .iter()
+                .filter(|(_, m)| m.leaving.is_none())
+                .map(|(addr, _)| addr.ip())
+                .collect()
+        })
     }
 
     /// Applies an outcome of the refresh task that `stop` ends to a pool's
@@ -462,6 +462,11 @@ async fn refresh(server: Weak<Server>, task: Task) {
         }
         let now = Instant::now();
         let deltas = if now >= next_query {
+            // A family whose question fails keeps what the pool serves of
+            // it (an empty answer still within `hold` included).
+            if let Some(s) = server.upgrade() {
+                lookup.seed(&s.discovery.serving(&pool));
+            }
             let outcome = tokio::select! {
                 () = stop.cancelled() => return,
                 outcome = lookup.resolve() => outcome,

@@ -83,6 +83,10 @@ fn auth_service() -> AuthService {
                         Some("Bearer anon") => {
                             "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_owned()
                         }
+                        Some("Bearer broken") => {
+                            "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 7\r\n\r\nbroken\n"
+                                .to_owned()
+                        }
                         Some("Bearer slow") => {
                             std::thread::sleep(Duration::from_secs(2));
                             "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_owned()
@@ -202,6 +206,27 @@ fn forward_auth_with_cache_failure_modes_and_breaker() {
     );
     assert_eq!(raw_get(front, "/x", "Authorization: Bearer bad\r\n").0, 401);
     assert_eq!(calls(), 4);
+
+    // The service failing (a 5xx): passed on, never cached, and not taken
+    // for "cannot decide" (the rule with failure = "allow" does not let it
+    // through); a gRPC client gets UNAVAILABLE.
+    let (status, _, body) = raw_get(front, "/x", "Authorization: Bearer broken\r\n");
+    assert_eq!((status, body.as_str()), (500, "broken\n"));
+    assert_eq!(
+        raw_get(front, "/public/a", "Authorization: Bearer broken\r\n").0,
+        500
+    );
+    let (status, head, _) = raw_get(
+        front,
+        "/x",
+        "Authorization: Bearer broken\r\nContent-Type: application/grpc\r\n",
+    );
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("grpc-status: 14"),
+        "{head}"
+    );
+    assert_eq!(calls(), 7);
 
     // Too slow: the failure mode (deny: 503); never cached.
     let (status, _, body) = raw_get(front, "/x", "Authorization: Bearer slow\r\n");
