@@ -640,30 +640,20 @@ mod tests {
     #[tokio::test]
     async fn the_breaker_opens_after_failures_in_a_row_and_probes_later() {
         let g = Gate::new(&cfg(3), Arc::default());
-        let (m, u, h) = (Method::GET, Uri::from_static("/"), HeaderMap::new());
-        let q = Question {
-            method: &m,
-            uri: &u,
-            host: None,
-            proto: "http",
-            client: "127.0.0.1".parse().expect("ip"),
-            headers: &h,
-            traceparent: None,
-        };
         for _ in 0..3 {
-            assert!(matches!(g.check(&q).await.0, Verdict::Unavailable));
+            assert!(matches!(ask(&g, "/").await, Verdict::Unavailable));
         }
         assert!(g.breaker_open());
         let calls = |g: &Gate| g.stats.results[Outcome::Error as usize].load(Relaxed);
         assert_eq!(calls(&g), 3);
         // Open: no call.
-        assert!(matches!(g.check(&q).await.0, Verdict::Unavailable));
+        assert!(matches!(ask(&g, "/").await, Verdict::Unavailable));
         assert_eq!(calls(&g), 3);
         tokio::time::sleep(Duration::from_millis(250)).await;
         // Half-open: one probe, which fails and opens it again.
-        assert!(matches!(g.check(&q).await.0, Verdict::Unavailable));
+        assert!(matches!(ask(&g, "/").await, Verdict::Unavailable));
         assert_eq!(calls(&g), 4);
-        assert!(matches!(g.check(&q).await.0, Verdict::Unavailable));
+        assert!(matches!(ask(&g, "/").await, Verdict::Unavailable));
         assert_eq!(calls(&g), 4);
     }
 
@@ -744,28 +734,18 @@ mod tests {
         c.port = port;
         c.timeout = Duration::from_millis(100);
         let g = Gate::new(&c, Arc::default());
-        let (m, u, h) = (Method::GET, Uri::from_static("/"), HeaderMap::new());
-        let q = Question {
-            method: &m,
-            uri: &u,
-            host: None,
-            proto: "http",
-            client: "127.0.0.1".parse().expect("ip"),
-            headers: &h,
-            traceparent: None,
-        };
         let timeouts = |g: &Gate| g.stats.results[Outcome::Timeout as usize].load(Relaxed);
-        assert!(matches!(g.check(&q).await.0, Verdict::Unavailable));
+        assert!(matches!(ask(&g, "/").await, Verdict::Unavailable));
         assert!(g.breaker_open());
         assert_eq!(timeouts(&g), 1);
         tokio::time::sleep(Duration::from_millis(250)).await;
         // The probe's request goes away before the service answers.
-        let cancelled = tokio::time::timeout(Duration::from_millis(20), g.check(&q)).await;
+        let cancelled = tokio::time::timeout(Duration::from_millis(20), ask(&g, "/")).await;
         assert!(cancelled.is_err(), "the probe was to be cancelled");
         assert_eq!(g.stats.breaker.load(Relaxed), 2, "half-open");
         // The next request probes: a call that times out, and opens the
         // breaker again (not refused unasked for want of a probe slot).
-        assert!(matches!(g.check(&q).await.0, Verdict::Unavailable));
+        assert!(matches!(ask(&g, "/").await, Verdict::Unavailable));
         assert_eq!(timeouts(&g), 2, "the next request made no call");
         assert!(g.breaker_open());
         drop(silent);
@@ -886,6 +866,23 @@ mod tests {
         port
     }
 
+    /// `g`'s verdict on a GET of `target` from 127.0.0.1.
+    async fn ask(g: &Gate, target: &'static str) -> Verdict {
+        let (m, h) = (Method::GET, HeaderMap::new());
+        let u = Uri::from_static(target);
+        g.check(&Question {
+            method: &m,
+            uri: &u,
+            host: None,
+            proto: "http",
+            client: "127.0.0.1".parse().expect("ip"),
+            headers: &h,
+            traceparent: None,
+        })
+        .await
+        .0
+    }
+
     #[tokio::test]
     async fn large_answers_decide_and_a_5xx_is_passed_on_uncached() {
         let mut c = cfg(2);
@@ -893,42 +890,24 @@ mod tests {
         c.failure = AuthFailure::Allow;
         c.breaker_open = Duration::from_secs(60);
         let g = Gate::new(&c, Arc::default());
-        let (m, h) = (Method::GET, HeaderMap::new());
-        let ask = |target: &'static str| {
-            let u = Uri::from_static(target);
-            let (g, m, h) = (&g, &m, &h);
-            async move {
-                g.check(&Question {
-                    method: m,
-                    uri: &u,
-                    host: None,
-                    proto: "http",
-                    client: "127.0.0.1".parse().expect("ip"),
-                    headers: h,
-                    traceparent: None,
-                })
-                .await
-                .0
-            }
-        };
         // A denial past 64 KiB is still a denial (without its body), an
         // allowing answer with a large body still allows.
-        match ask("/big-deny").await {
+        match ask(&g, "/big-deny").await {
             Verdict::Deny(d) => {
                 assert_eq!(d.status, StatusCode::UNAUTHORIZED);
                 assert!(d.body.is_empty());
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(ask("/big-allow").await, Verdict::Allow(_)));
-        assert!(matches!(ask("/ok").await, Verdict::Allow(_)));
+        assert!(matches!(ask(&g, "/big-allow").await, Verdict::Allow(_)));
+        assert!(matches!(ask(&g, "/ok").await, Verdict::Allow(_)));
         let count = |o: Outcome| g.stats.results[o as usize].load(Relaxed);
         assert_eq!((count(Outcome::Denied), count(Outcome::Allowed)), (1, 2));
         // A 5xx is the service failing: passed to the client, counted as an
         // error, never cached; neither `failure` (allow here) nor the
         // breaker (two failures) takes it.
         for n in 1..=3 {
-            match ask("/fail").await {
+            match ask(&g, "/fail").await {
                 Verdict::Deny(d) => assert_eq!(d.status, StatusCode::SERVICE_UNAVAILABLE),
                 other => panic!("{other:?}"),
             }
@@ -946,33 +925,15 @@ mod tests {
         c.port = service().await;
         c.breaker_open = Duration::from_millis(100);
         let g = Gate::new(&c, Arc::default());
-        let (m, h) = (Method::GET, HeaderMap::new());
-        let ask = |target: &'static str| {
-            let u = Uri::from_static(target);
-            let (g, m, h) = (&g, &m, &h);
-            async move {
-                g.check(&Question {
-                    method: m,
-                    uri: &u,
-                    host: None,
-                    proto: "http",
-                    client: "127.0.0.1".parse().expect("ip"),
-                    headers: h,
-                    traceparent: None,
-                })
-                .await
-                .0
-            }
-        };
         let errors = |g: &Gate| g.stats.results[Outcome::Error as usize].load(Relaxed);
-        assert!(matches!(ask("/drop").await, Verdict::Unavailable));
+        assert!(matches!(ask(&g, "/drop").await, Verdict::Unavailable));
         assert!(g.breaker_open());
         tokio::time::sleep(Duration::from_millis(150)).await;
         // The probe: a 503, passed on.
-        assert!(matches!(ask("/fail").await, Verdict::Deny(_)));
+        assert!(matches!(ask(&g, "/fail").await, Verdict::Deny(_)));
         assert_eq!(errors(&g), 2);
         // Open again: the next request makes no call.
-        assert!(matches!(ask("/fail").await, Verdict::Unavailable));
+        assert!(matches!(ask(&g, "/fail").await, Verdict::Unavailable));
         assert_eq!(errors(&g), 2);
     }
 
@@ -983,20 +944,8 @@ mod tests {
         let mut c = cfg(1);
         c.port = service().await;
         let g = Gate::new(&c, Arc::default());
-        let (m, h) = (Method::GET, HeaderMap::new());
         for target in ["/once", "/next"] {
-            let u = Uri::from_static(target);
-            let (v, _) = g
-                .check(&Question {
-                    method: &m,
-                    uri: &u,
-                    host: None,
-                    proto: "http",
-                    client: "127.0.0.1".parse().expect("ip"),
-                    headers: &h,
-                    traceparent: None,
-                })
-                .await;
+            let v = ask(&g, target).await;
             assert!(matches!(v, Verdict::Allow(_)), "{target}: {v:?}");
         }
         let count = |o: Outcome| g.stats.results[o as usize].load(Relaxed);
