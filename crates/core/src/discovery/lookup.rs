@@ -102,11 +102,8 @@ impl Lookup {
             match &self.spec.query {
                 DiscoverQuery::Srv(name) => self.srv(name, deadline).await,
                 DiscoverQuery::Name { name, port } => {
-                    // Before the whole resolution's own end, so that a
-                    // family that answered applies without the other.
-                    let until = deadline
-                        - deadline.saturating_duration_since(tokio::time::Instant::now()) / 8;
-                    self.addresses(name, *port, until).await
+                    // A family that answered applies without the other.
+                    self.addresses(name, *port, before_end(deadline)).await
                 }
             }
         };
@@ -128,10 +125,8 @@ impl Lookup {
             Ok(l) => l,
             Err(e) => return failed(&e),
         };
-        // Before the whole resolution's own end, so that what arrived
-        // applies.
-        let targets_until =
-            deadline - deadline.saturating_duration_since(tokio::time::Instant::now()) / 8;
+        // The targets that answered apply without the silent ones.
+        let targets_until = before_end(deadline);
         let srvs: Vec<_> = lookup
             .answers()
             .iter()
@@ -168,8 +163,8 @@ impl Lookup {
                     ips.found
                 }
                 Err(e) if matches!(failed(&e), Outcome::Empty { .. }) => {
-                    // The target has no address: an answer, the target is left out.
-                    self.remember(&target, &[]);
+                    // The target has no address: an answer, the target is
+                    // left out (and `ips` forgot what it had).
                     unresolved.push(format!("{target}: {e}"));
                     continue;
                 }
@@ -326,6 +321,13 @@ impl Lookup {
             Err(e) => failed(&e),
         }
     }
+}
+
+/// When the questions inside a resolution bounded by `deadline` give up:
+/// an eighth of the time left before it, so that what did arrive is still
+/// put together and applied rather than lost with the whole.
+fn before_end(deadline: tokio::time::Instant) -> tokio::time::Instant {
+    deadline - deadline.saturating_duration_since(tokio::time::Instant::now()) / 8
 }
 
 /// A name's addresses, both families, and until when the answer holds.
