@@ -248,7 +248,8 @@ pub struct Server {
     orphans: Mutex<Vec<weir_state::Entry>>,
     config_path: Option<PathBuf>,
     /// The config the process started with: what the settings read only at
-    /// start (`[admin]`, `[state]`, ...) still are, whatever a reload says.
+    /// start (`[admin]`, `[state]`, ...) still are, whatever a reload says
+    /// (see [`as_started`]).
     started: Arc<Config>,
     http: Option<Arc<dyn crate::l7::HttpLayer>>,
     started_at: SystemTime,
@@ -327,7 +328,7 @@ impl Server {
             firewall_changed: Arc::new(tokio::sync::Notify::new()),
             orphans: Mutex::new(Vec::new()),
             config_path: options.config_path,
-            started: Arc::new(config.clone()),
+            started: Arc::new(as_started(&config)),
             http: options.http,
             started_at: SystemTime::now(),
             reloads: ReloadStats::default(),
@@ -468,4 +469,15 @@ struct Inputs {
     /// What the state file holds for backends the config does not have;
     /// reported by [`Server::orphaned_state`] once the config serves.
     orphans: Option<Vec<weir_state::Entry>>,
+}
+
+/// `config` as the process starts it, with `worker_threads = 0` written out
+/// as the threads that run: a reload compares what it asks for with those,
+/// not with the CPUs the process may run on by then (a changed affinity
+/// would otherwise hide a change, or show one that is not). A reloaded 0
+/// stands for the CPUs of the moment: what a restart would start.
+fn as_started(config: &Config) -> Config {
+    let mut started = config.clone();
+    started.runtime.worker_threads = config.runtime.threads();
+    started
 }

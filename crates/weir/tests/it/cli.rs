@@ -1433,6 +1433,69 @@ fn worker_threads_sets_the_number_of_threads() {
     }
 }
 
+/// A reload compares `worker_threads` with the threads weir started, not
+/// with the CPUs it may run on by then: started with 0 on one CPU (one
+/// thread), then allowed two, a reload asking for 2 needs a restart and one
+/// asking for 1 does not.
+#[test]
+fn a_reload_compares_worker_threads_with_the_threads_started() {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim()
+        .to_owned();
+    // The CPUs this process may run on, from "0-3,8".
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (u32, u32) = (a.parse().expect("cpu"), b.parse().expect("cpu"));
+        cpus.extend(a..=b);
+    }
+    if cpus.len() < 2 {
+        eprintln!("one CPU only ({list}): an affinity cannot be widened here");
+        return;
+    }
+    let taskset = which("taskset").expect("taskset (util-linux) is not installed");
+    let (backend, admin, front) = (echo_backend(), free_port(), free_port());
+    let text = |threads: u32| {
+        format!(
+            "[admin]\nhttp = \"{admin}\"\n[runtime]\nworker_threads = {threads}\n\
+             [[listeners]]\nname = \"l\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
+        )
+    };
+    let file = temp_config("threads-started", &text(0));
+    let mut cmd = Command::new(&taskset);
+    cmd.arg("-c")
+        .arg(cpus[0].to_string())
+        .arg(weir().get_program())
+        .args(["run", "--config"])
+        .arg(&*file);
+    let (child, _out) = start_weir(cmd);
+    let pid = child.0.id().to_string();
+    let both = format!("{},{}", cpus[0], cpus[1]);
+    let widened = Command::new(&taskset)
+        .args(["-a", "-p", "-c", &both, &pid])
+        .output()
+        .expect("taskset -p");
+    assert!(widened.status.success(), "{widened:?}");
+    let reload = |threads: u32| {
+        std::fs::write(&*file, text(threads)).expect("write config");
+        let answer = http_post(admin, "/api/v1/reload");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let r: serde_json::Value = serde_json::from_str(body).expect("json answer");
+        r["need_restart"].clone()
+    };
+    assert_eq!(reload(2), serde_json::json!(["runtime.worker_threads"]));
+    assert_eq!(reload(1), serde_json::json!([]));
+    // 0 now stands for two CPUs: a restart would start two threads.
+    assert_eq!(reload(0), serde_json::json!(["runtime.worker_threads"]));
+}
+
 /// `access_log` turned on by a reload reaches the next connections at
 /// once, also at a `log.level` that keeps info lines out (the log filter is
 /// set at start, when the access log was off).
