@@ -51,6 +51,37 @@ pub(crate) struct Lookup {
     spec: Discover,
     /// The addresses each SRV target last resolved to.
     targets: std::sync::Mutex<std::collections::HashMap<String, Vec<IpAddr>>>,
+    streaks: Streaks,
+}
+
+/// The names one of whose address families fails while the other answers.
+/// A resolver that never answers AAAA, say, fails that family at every
+/// refresh (each `min_interval`, every second by default): warned once
+/// when the failures start and said once when they end, not at each.
+#[derive(Debug, Default)]
+struct Streaks(std::sync::Mutex<std::collections::HashSet<(String, bool)>>);
+
+impl Streaks {
+    /// Whether this failure of `name`'s family (`v4`: A, else AAAA) starts
+    /// a run of them.
+    fn failed(&self, name: &str, v4: bool) -> bool {
+        let Ok(mut failing) = self.0.lock() else {
+            return true;
+        };
+        let key = (name.to_owned(), v4);
+        // Bounded like the remembered targets (two families each).
+        if failing.len() >= 2 * MAX_TARGETS && !failing.contains(&key) {
+            failing.clear();
+        }
+        failing.insert(key)
+    }
+
+    /// Whether this answer of `name`'s family ends a run of failures.
+    fn answered(&self, name: &str, v4: bool) -> bool {
+        self.0
+            .lock()
+            .is_ok_and(|mut failing| !failing.is_empty() && failing.remove(&(name.to_owned(), v4)))
+    }
 }
 
 impl std::fmt::Debug for Lookup {
@@ -90,6 +121,7 @@ impl Lookup {
             resolver,
             spec: spec.clone(),
             targets: std::sync::Mutex::default(),
+            streaks: Streaks::default(),
         })
     }
 
@@ -226,6 +258,19 @@ impl Lookup {
         let mut empty = None;
         let mut failure = None;
         for (answer, v4) in [(a, true), (aaaa, false)] {
+            // Records or none: either is an answer.
+            let replied = match &answer {
+                Ok(_) => true,
+                Err(e) => matches!(failed(e), Outcome::Empty { .. }),
+            };
+            if replied && self.streaks.answered(name, v4) {
+                let family = if v4 { "A" } else { "AAAA" };
+                tracing::info!(
+                    name,
+                    family,
+                    "the address family's question is answered again"
+                );
+            }
             match answer {
                 Ok(l) => {
                     let until = l.valid_until();
@@ -261,7 +306,11 @@ impl Lookup {
             && !found.is_empty()
         {
             let family = if *v4 { "A" } else { "AAAA" };
-            tracing::warn!(name, family, error = %e, "one address family's question failed; it keeps its last addresses");
+            if self.streaks.failed(name, *v4) {
+                tracing::warn!(name, family, error = %e, "one address family's question failed; it keeps its last addresses (said again when it is answered)");
+            } else {
+                tracing::debug!(name, family, error = %e, "the address family's question failed again");
+            }
         }
         let failure = failure.map(|(e, _)| e);
         let valid_until = match (failure, valid_until, empty) {
@@ -468,6 +517,29 @@ mod tests {
         }
     }
 
+    /// A family failing at every refresh is warned when it starts failing
+    /// and said when it answers again, not at each refresh.
+    #[test]
+    fn a_failing_family_is_warned_once_per_run_of_failures() {
+        let s = Streaks::default();
+        assert!(!s.answered("db.example", false), "nothing was failing");
+        assert!(
+            s.failed("db.example", false),
+            "the first failure starts a run"
+        );
+        assert!(!s.failed("db.example", false), "the next is the same run");
+        assert!(s.failed("db.example", true), "the other family has its own");
+        assert!(s.failed("web.example", false), "another name has its own");
+        assert!(s.answered("db.example", false), "an answer ends the run");
+        assert!(!s.answered("db.example", false));
+        assert!(s.failed("db.example", false), "a new run starts");
+        // Bounded: a flood of names clears the table rather than growing it.
+        for i in 0..3 * MAX_TARGETS {
+            s.failed(&format!("n{i}.example"), true);
+        }
+        assert!(crate::sync::lock(&s.0).len() <= 2 * MAX_TARGETS);
+    }
+
     /// One family's question failing is not the name losing that family's
     /// addresses: they are kept. The other family still applies alone when
     /// nothing is known (a server that drops AAAA questions), and a failure
@@ -481,9 +553,17 @@ mod tests {
         let dns = server(Arc::clone(&v4), Arc::clone(&v6)).await;
         let known = lookup(dns);
         assert_eq!(ips(&known.resolve().await), ["127.0.0.1", "::1"]);
+        let failing = |l: &Lookup| {
+            let set = crate::sync::lock(&l.streaks.0);
+            let mut v: Vec<_> = set.iter().map(|(n, v4)| (n.clone(), *v4)).collect();
+            v.sort();
+            v
+        };
         for mode in [SERVFAIL, SILENT] {
             v6.store(mode, Ordering::SeqCst);
             assert_eq!(ips(&known.resolve().await), ["127.0.0.1", "::1"], "{mode}");
+            // One run of failures of AAAA, warned at its start.
+            assert_eq!(failing(&known), [("api.test.".to_owned(), false)]);
         }
         let fresh = lookup(dns);
         assert_eq!(ips(&fresh.resolve().await), ["127.0.0.1"]);
@@ -507,10 +587,11 @@ mod tests {
         v6.store(SERVFAIL, Ordering::SeqCst);
         let outcome = known.resolve().await;
         assert!(matches!(outcome, Outcome::Failed { .. }), "{outcome:?}");
-        // Both answer again.
+        // Both answer again: no run of failures is left.
         v4.store(ANSWER, Ordering::SeqCst);
         v6.store(ANSWER, Ordering::SeqCst);
         assert_eq!(ips(&known.resolve().await), ["127.0.0.1", "::1"]);
+        assert_eq!(failing(&known), []);
         // The records go: an empty answer, and nothing of them is kept for
         // a later failure to bring back.
         v4.store(NONE, Ordering::SeqCst);
