@@ -44,6 +44,9 @@ pub struct ClientTable {
     /// Connections let in untracked: the table was full of clients with
     /// connections open.
     untracked: AtomicU64,
+    /// The limits the sweeper forgets clients by: the listener's latest
+    /// (a reload that keeps the table sets them, see [`ClientTable::adopt`]).
+    limits: Mutex<PerClient>,
 }
 
 #[derive(Debug, Default)]
@@ -128,7 +131,15 @@ impl ClientTable {
             tracked: AtomicUsize::new(0),
             evicted: AtomicU64::new(0),
             untracked: AtomicU64::new(0),
+            limits: Mutex::new(*limits),
         }
+    }
+
+    /// Serves `limits` from now on, kept by a reload (see [`Self::fits`]):
+    /// a client is forgotten only when a fresh entry would stand for it under
+    /// these, so a rate a reload adds is not undone by the next sweep.
+    pub fn adopt(&self, limits: &PerClient) {
+        *lock(&self.limits) = *limits;
     }
 
     /// Whether this table can serve `limits` (else a reload builds a new
@@ -297,8 +308,9 @@ impl ClientTable {
         }
     }
 
-    /// Sweeps every `every` while the table is in use (held by a listener).
-    pub fn spawn_sweeper(table: &Arc<ClientTable>, limits: PerClient, every: Duration) {
+    /// Sweeps every `every` while the table is in use (held by a listener),
+    /// by the limits it serves at the time.
+    pub fn spawn_sweeper(table: &Arc<ClientTable>, every: Duration) {
         let weak = Arc::downgrade(table);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -309,6 +321,7 @@ impl ClientTable {
                 let Some(table) = weak.upgrade() else {
                     return;
                 };
+                let limits = *lock(&table.limits);
                 table.sweep(&limits, Instant::now());
             }
         });

@@ -110,11 +110,17 @@ impl Firewall {
                 .map(|(_, t)| t)
                 .filter(|t| t.fits(&limits))
                 .map(Arc::clone);
-            let table = kept.unwrap_or_else(|| {
-                let t = Arc::new(ClientTable::new(&limits));
-                ClientTable::spawn_sweeper(&t, limits, SWEEP_EVERY);
-                t
-            });
+            let table = match kept {
+                Some(t) => {
+                    t.adopt(&limits);
+                    t
+                }
+                None => {
+                    let t = Arc::new(ClientTable::new(&limits));
+                    ClientTable::spawn_sweeper(&t, SWEEP_EVERY);
+                    t
+                }
+            };
             (limits, table)
         });
         Firewall {
@@ -192,4 +198,52 @@ fn country_admits(c: &weir_config::Countries, ip: IpAddr) -> bool {
     c.allow
         .as_ref()
         .is_none_or(|a| a.iter().any(|x| x.eq_ignore_ascii_case(code)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn per_client(rate: Option<u32>, burst: u32) -> weir_config::Firewall {
+        weir_config::Firewall {
+            per_client: Some(weir_config::PerClient {
+                rate,
+                burst,
+                concurrent: Some(10),
+                requests: None,
+                requests_burst: 1,
+                ipv4_prefix: 32,
+                ipv6_prefix: 64,
+                max_tracked: 1000,
+            }),
+            ..weir_config::Firewall::default()
+        }
+    }
+
+    /// A rate a reload adds to a kept table holds past the sweeps: the
+    /// sweeper forgets clients by the limits served now, not by those the
+    /// table was made with (which had no rate, so any client without an
+    /// open connection looked forgettable and got a fresh bucket).
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_added_by_a_reload_survives_the_sweeps() {
+        let rules = RuntimeRules::new(Vec::new());
+        let first = Firewall::new(Some(&per_client(None, 1)), &rules, None);
+        let reloaded = Firewall::new(Some(&per_client(Some(1), 5)), &rules, Some(&first));
+        assert!(std::ptr::eq(
+            first.clients().expect("table"),
+            reloaded.clients().expect("table")
+        ));
+        drop(first);
+        let ip: IpAddr = "192.0.2.7".parse().expect("ip");
+        for _ in 0..5 {
+            drop(reloaded.admit(ip).expect("within the burst"));
+        }
+        assert_eq!(reloaded.admit(ip).err(), Some(Block::RateLimit));
+        // Past a few sweeps (paused time: the buckets do not refill).
+        for _ in 0..3 {
+            tokio::time::sleep(SWEEP_EVERY + Duration::from_millis(1)).await;
+        }
+        assert_eq!(reloaded.clients().map(ClientTable::tracked), Some(1));
+        assert_eq!(reloaded.admit(ip).err(), Some(Block::RateLimit));
+    }
 }
