@@ -335,7 +335,14 @@ fn tier_change(r: &TierRecord) -> Option<TierChange> {
 pub(crate) fn saved(e: &Entry) -> Saved {
     Saved {
         admin: e.admin.as_deref().and_then(AdminState::parse),
-        weight_override: e.weight_override,
+        // The file is outside input: an override weir would not have set
+        // (the API refuses more than MAX_WEIGHT) is held to the largest one.
+        weight_override: e.weight_override.map(|w| {
+            if w > weir_config::MAX_WEIGHT {
+                tracing::warn!(pool = %e.pool, backend = %e.backend, weight = w, max = weir_config::MAX_WEIGHT, "the state file's weight override is over the largest weight; using the largest");
+            }
+            w.min(weir_config::MAX_WEIGHT)
+        }),
         history: e
             .history
             .iter()
@@ -378,4 +385,27 @@ fn rule_of(r: &RuleRecord) -> Option<Rule> {
         reason: r.reason.clone(),
         added: from_millis(r.added_ms).unwrap_or(UNIX_EPOCH),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A weight override beyond what the API lets one set (a file edited
+    /// by hand, or damaged) is held to the largest weight.
+    #[test]
+    fn a_saved_weight_override_is_held_to_the_largest_weight() {
+        let entry = |w| Entry {
+            pool: "p".into(),
+            backend: "b".into(),
+            admin: None,
+            weight_override: Some(w),
+            history: Vec::new(),
+        };
+        assert_eq!(saved(&entry(7)).weight_override, Some(7));
+        assert_eq!(
+            saved(&entry(4_000_000_000)).weight_override,
+            Some(weir_config::MAX_WEIGHT)
+        );
+    }
 }
