@@ -115,8 +115,8 @@ pub enum Reason {
 
     // weir's own trouble.
     /// weir could not create a socket or a pipe: out of file descriptors
-    /// (EMFILE, ENFILE), socket buffers (ENOBUFS) or memory (ENOMEM). Never
-    /// held against a backend.
+    /// (EMFILE, ENFILE), socket buffers (ENOBUFS), memory (ENOMEM) or local
+    /// ports (EADDRNOTAVAIL). Never held against a backend.
     LocalResources,
 }
 
@@ -342,15 +342,25 @@ impl Reason {
 }
 
 /// True when `err` says this process ran out of something it needs for a
-/// socket: file descriptors (EMFILE, ENFILE), socket buffers (ENOBUFS) or
-/// memory (ENOMEM). Such a failure is weir's, not a peer's; an accept loop
-/// that meets it must pause rather than retry at once.
+/// socket: file descriptors (EMFILE, ENFILE), socket buffers (ENOBUFS),
+/// memory (ENOMEM), or a local address to connect from (EADDRNOTAVAIL: every
+/// ephemeral port to that backend in use, many in TIME_WAIT, or a source
+/// address this host does not have). Such a failure is weir's, not a peer's:
+/// held against the backend, it would take healthy backends down one after
+/// the other. An accept loop that meets it must pause rather than retry at
+/// once.
 pub fn local_resources(err: &std::io::Error) -> bool {
     use rustix::io::Errno;
     err.raw_os_error().is_some_and(|code| {
-        [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM]
-            .iter()
-            .any(|e| e.raw_os_error() == code)
+        [
+            Errno::MFILE,
+            Errno::NFILE,
+            Errno::NOBUFS,
+            Errno::NOMEM,
+            Errno::ADDRNOTAVAIL,
+        ]
+        .iter()
+        .any(|e| e.raw_os_error() == code)
     })
 }
 
@@ -431,7 +441,13 @@ mod tests {
     #[test]
     fn running_out_of_descriptors_is_weirs_own() {
         use rustix::io::Errno;
-        for errno in [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM] {
+        for errno in [
+            Errno::MFILE,
+            Errno::NFILE,
+            Errno::NOBUFS,
+            Errno::NOMEM,
+            Errno::ADDRNOTAVAIL,
+        ] {
             let e = std::io::Error::from_raw_os_error(errno.raw_os_error());
             assert!(local_resources(&e), "{errno:?}");
             assert_eq!(Reason::from_connect_io(&e), Reason::LocalResources);
