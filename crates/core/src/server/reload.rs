@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use tokio_util::sync::CancellationToken;
 use weir_config::{Config, Discover};
 
+use super::backends::Origin;
 use super::build::Staged;
 use super::sockets::{CLOSE_WAIT, Runners};
 use super::{Inputs, LastReload, ReloadError, Reloaded, Server, Snapshot, StartError, lock};
@@ -118,6 +119,15 @@ impl Server {
         if !self.is_ready() {
             return true;
         }
+        // What DNS says of an address that a backend of the file or of
+        // `weir backend add` already stands at is not that backend's story:
+        // it serves whatever DNS says, and its saved state (an operator's
+        // disable, a weight) outlives DNS dropping the address.
+        let origins = self.origins(pool);
+        let deltas: Vec<&Delta> = deltas
+            .iter()
+            .filter(|d| origins.of(&d.addr().to_string()) == Origin::Discovery)
+            .collect();
         // A removed backend's last word goes to its pool before it leaves;
         // the others' to the new pool.
         if let Some(p) = self.pool(pool) {
@@ -157,7 +167,7 @@ impl Server {
         }
         tracing::info!(
             pool,
-            changes = ?deltas.iter().map(describe).collect::<Vec<_>>(),
+            changes = ?deltas.iter().map(|d| describe(d)).collect::<Vec<_>>(),
             "discovery changed the pool's backends"
         );
         true

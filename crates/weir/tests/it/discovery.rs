@@ -519,6 +519,68 @@ fn a_drained_discovered_backend_stays_drained_across_a_restart() {
     assert_eq!(admin_of(b2), "enabled");
 }
 
+/// A backend of the config file that DNS also lists keeps its saved state
+/// when DNS drops the address: an operator's disable survives the drain
+/// and removal of the discovered copy, and a restart.
+#[test]
+fn dns_dropping_a_static_backends_address_keeps_its_saved_state() {
+    let dir = test_dir("discovery-static-state");
+    let dns_port = free_port().port();
+    let (b1, b2) = (echo_backend(), echo_backend());
+    let name = "_app._tcp.static.test";
+    let records = |ports: &[u16]| {
+        let mut r = vec!["--host-record=app.test,127.0.0.1".to_owned()];
+        r.extend(ports.iter().map(|p| srv(name, "app.test", *p, 0, 1)));
+        r
+    };
+    let dns = dnsmasq(&dir, dns_port, 1, &records(&[b1.port(), b2.port()]));
+    let admin = free_port();
+    // b1 is also in the file, unnamed: named by its address, as DNS names it.
+    let config = format!(
+        "[admin]\nhttp = \"{admin}\"\n[state]\npath = {:?}\n\
+         [[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\n\
+         [[listeners.routes]]\nname = \"r\"\npool = \"db\"\n\
+         [[pools]]\nname = \"db\"\ndrain_timeout = \"200ms\"\n\
+         discover = {{ srv = \"{name}\", resolver = \"127.0.0.1:{dns_port}\", min_interval = \"200ms\" }}\n\
+         [[pools.backends]]\naddress = \"{b1}\"\n",
+        dir.join("state.db").display().to_string()
+    );
+    let admin_of = |b: SocketAddr| -> String {
+        let answer = http_get(admin, &format!("/api/v1/pools/db/backends/{b}"));
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        v["admin"].as_str().unwrap_or_default().to_owned()
+    };
+    let _dns = {
+        let (_weir, out) = start("discovery-static-state", &config);
+        wait_backends(admin, "b2 discovered", |l| find(l, b2).is_some());
+        let disabled =
+            crate::cli::http_post(admin, &format!("/api/v1/pools/db/backends/{b1}/disable"));
+        assert!(disabled.starts_with("HTTP/1.1 200"), "{disabled}");
+        assert_eq!(admin_of(b1), "disabled");
+        // DNS drops b1: its discovered copy drains, then leaves.
+        stop(dns, dns_port);
+        let dns = dnsmasq(&dir, dns_port, 1, &records(&[b2.port()]));
+        let line = wait_line(&out, "discovery changed the pool's backends");
+        assert!(!line.contains(&b1.to_string()), "{line}");
+        // Until the discovered set has b1 removed: no line names it, and the
+        // backend of the file stays, disabled.
+        let end = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < end {
+            if let Ok(l) = out.recv_timeout(Duration::from_millis(100)) {
+                assert!(!l.contains(&b1.to_string()), "{l}");
+            }
+        }
+        assert_eq!(admin_of(b1), "disabled");
+        dns
+    };
+    // A new process reads the operator's disable from the state file.
+    let (_weir, _out) = start("discovery-static-state", &config);
+    wait_backends(admin, "b2 discovered again", |l| find(l, b2).is_some());
+    assert_eq!(admin_of(b1), "disabled");
+    assert_eq!(admin_of(b2), "enabled");
+}
+
 /// Without `resolver`, discovery asks the system's servers
 /// (`/etc/resolv.conf`). weir runs in a network and a mount namespace of its
 /// own, where a resolv.conf naming a dnsmasq on 127.0.0.1:53 is mounted over
