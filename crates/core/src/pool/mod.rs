@@ -111,7 +111,22 @@ pub struct Pool {
     /// outlives a reload (a passive retry, an old connection's failure)
     /// rebuilds the balancer that serves.
     newest: Arc<Mutex<Weak<Pool>>>,
+    /// What the build leaves for [`Pool::activate`]: until then this pool
+    /// changes nothing it shares with the running one.
+    pending: Mutex<Option<Pending>>,
     cx: Context,
+}
+
+/// The changes to what a pool shares with the one it follows (a reload's),
+/// made when it is switched to: a reload that fails after the pools are
+/// built (a certificate, a port) leaves the running pools as they were.
+#[derive(Debug)]
+struct Pending {
+    /// Health changes of backends whose check changed, for their histories.
+    changes: Vec<(String, Change)>,
+    /// Rebuild the balancer (connection limits, tiers, drains) at once: a
+    /// pool that follows another serves at the switch.
+    rebuild: bool,
 }
 
 impl Pool {
@@ -158,14 +173,9 @@ impl Pool {
                             && old.probe_address == probe_address
                             && old.watch == watch;
                         let status = if keep {
-                            let status = Arc::clone(&old.status);
-                            let mut s = lock(&status);
-                            s.health.set_thresholds(cfg.health.rise, cfg.health.fall);
-                            while s.history.len() > cx.history {
-                                s.history.pop_front();
-                            }
-                            drop(s);
-                            status
+                            // Shared with the running pool: its new
+                            // thresholds wait for the switch (`activate`).
+                            Arc::clone(&old.status)
                         } else {
                             // Another target or check: what the old probes
                             // said no longer applies.
@@ -254,7 +264,7 @@ impl Pool {
         // round: that first decision is recorded as a change too.
         let last_tier = previous.and_then(Pool::active_tier);
         let limited = backends.iter().any(|b| b.max_connections.is_some());
-        let pool = Arc::new(Pool {
+        Arc::new(Pool {
             name: cfg.name.clone(),
             connect_timeout: cfg.connect_timeout,
             retries: cfg.retries.unwrap_or(u32::MAX),
@@ -279,13 +289,35 @@ impl Pool {
             tier_history,
             shortage_lines: weir_telemetry::LogBudget::new(1),
             newest: previous.map_or_else(Arc::default, |p| Arc::clone(&p.newest)),
+            pending: Mutex::new(Some(Pending {
+                changes: reload_changes,
+                rebuild: previous.is_some(),
+            })),
             cx: cx.clone(),
-        });
-        *lock(&pool.newest) = Arc::downgrade(&pool);
-        for (name, change) in reload_changes {
-            if let Some(b) = pool.backend(&name) {
+        })
+    }
+
+    /// Makes this pool the one that serves: its thresholds and history
+    /// length reach the health state it shares with the pool before it, work
+    /// that outlives a reload finds it, and its balancer is built. Called by
+    /// the switch, once everything else of a start or reload is ready;
+    /// again, it does nothing.
+    pub(crate) fn activate(self: &Arc<Self>) {
+        let Some(pending) = lock(&self.pending).take() else {
+            return;
+        };
+        for b in &self.backends {
+            let mut s = b.status();
+            s.health.set_thresholds(self.health.rise, self.health.fall);
+            while s.history.len() > self.cx.history {
+                s.history.pop_front();
+            }
+        }
+        *lock(&self.newest) = Arc::downgrade(self);
+        for (name, change) in pending.changes {
+            if let Some(b) = self.backend(&name) {
                 let mut s = b.status();
-                pool.record(
+                self.record(
                     b,
                     &mut s,
                     change,
@@ -293,10 +325,9 @@ impl Pool {
                 );
             }
         }
-        if previous.is_some() {
-            pool.rebuild(|| "reload".to_owned());
+        if pending.rebuild {
+            self.rebuild(|| "reload".to_owned());
         }
-        pool
     }
 
     /// Appends a transition to a backend's history and tells the journal.

@@ -267,6 +267,11 @@ impl Server {
             fresh,
             orphans,
         } = staged;
+        // Nothing of the new pools touched what they share with the running
+        // ones while staging could still fail; from here the switch is on.
+        for pool in &pools {
+            pool.activate();
+        }
         // Probe every backend at once and switch only when the first round
         // is done (bounded by one probe timeout): a start never sends traffic
         // to a backend known to be down, and a backend added by a reload
@@ -279,8 +284,8 @@ impl Server {
         checkers.first_round().await;
         if !self.is_ready() {
             // The stop began during the probe round: nothing switches, and
-            // the new config's checks end with the old one's. (What staging
-            // already set on pools it shares with the old one stays.)
+            // the new config's checks end with the old one's. (What the
+            // activation above set on pools it shares with the old one stays.)
             stop_health.cancel();
             return None;
         }

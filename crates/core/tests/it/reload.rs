@@ -269,7 +269,13 @@ async fn a_broken_reload_changes_nothing_and_says_why() {
             listener("l3", &taken_addr.to_string(), "")
         )
         .replace("pool = \"l2-pool\"", "pool = \"l-pool\"")
-        .replace("pool = \"l3-pool\"", "pool = \"l-pool\""),
+        .replace("pool = \"l3-pool\"", "pool = \"l-pool\"")
+        // A change to a pool the running one shares its backends with,
+        // built before the bind fails: it must not reach them.
+        .replace(
+            "name = \"l-pool\"\n",
+            "name = \"l-pool\"\nmax_connections_per_backend = 5\n",
+        ),
     )
     .expect("write");
     let err = within("reload", server.reload())
@@ -282,8 +288,15 @@ async fn a_broken_reload_changes_nothing_and_says_why() {
         "the spare address was released"
     );
 
-    // Nothing changed: same generation, traffic as before, the connection lives.
+    // Nothing changed: same generation, traffic as before, the connection
+    // lives, no connection limit.
     assert_eq!(server.generation(), 1);
+    let limit = |server: &Server| {
+        server
+            .pool("l-pool")
+            .and_then(|p| p.backend("a").map(|b| b.connection_limit()))
+    };
+    assert_eq!(limit(&server), Some(0));
     assert_eq!(server.reloads.failed.load(Relaxed), 2);
     assert!(server.reloads.last_failed.load(Relaxed));
     assert_eq!(tally(front, 2).await, ["a", "a"]);
@@ -294,6 +307,18 @@ async fn a_broken_reload_changes_nothing_and_says_why() {
     assert_eq!(r.generation, 2);
     assert!(r.diff.is_empty());
     assert!(!server.reloads.last_failed.load(Relaxed));
+    // The same pool change in a reload that succeeds applies.
+    std::fs::write(
+        &file,
+        good.replace(
+            "name = \"l-pool\"\n",
+            "name = \"l-pool\"\nmax_connections_per_backend = 5\n",
+        ),
+    )
+    .expect("write");
+    let r = within("reload", server.reload()).await.expect("a limit");
+    assert_eq!(r.generation, 3);
+    assert_eq!(limit(&server), Some(5));
     drop(taken);
 }
 
