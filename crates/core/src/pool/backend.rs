@@ -78,6 +78,24 @@ pub(super) struct Link {
     /// Bumped whenever serving starts or stops; a pending drain closes
     /// connections only if nothing changed since it was scheduled.
     pub(super) epoch: AtomicU64,
+    /// What was done for the connections when the backend last changed how
+    /// it is out of service ([`Out`] as a number).
+    pub(super) out: AtomicU8,
+}
+
+/// How a backend is in or out of service, for its established connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(super) enum Out {
+    /// Not serving, its connections left alone (down or standby without
+    /// `close_on_down`, or not yet probed).
+    Leave = 0,
+    Serving = 1,
+    /// Down or standby with `close_on_down`: its connections close at once.
+    Evict = 2,
+    /// Drained, disabled, weight 0, or in a tier that stopped serving: its
+    /// connections may go on for `drain_timeout`.
+    Drain = 3,
 }
 
 impl Default for Link {
@@ -87,6 +105,7 @@ impl Default for Link {
             eviction: AtomicU8::new(0),
             evictions: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
+            out: AtomicU8::new(Out::Leave as u8),
         }
     }
 }

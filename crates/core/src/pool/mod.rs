@@ -36,7 +36,7 @@ use arc_swap::ArcSwap;
 use weir_balance::{Member, Picker, Policy};
 use weir_config as config;
 
-use self::backend::{Link, Status};
+use self::backend::{Link, Out, Status};
 use crate::events::Journal;
 use crate::health::{self, AdminState, Cause, Change, Health, HealthCounter, TierChange};
 use crate::statefile::Saved;
@@ -451,24 +451,39 @@ impl Pool {
         let tier = picker.active_tier();
         for (b, &(weight, health, admin, zeroed)) in self.backends.iter().zip(&snapshot) {
             let serving = weight > 0 && Some(b.tier) == tier;
-            let was = b.serving.swap(serving, Relaxed);
-            if was == serving {
-                continue;
-            }
-            let epoch = b.link.epoch.fetch_add(1, Relaxed) + 1;
-            if serving {
-                continue;
-            }
             // A backend that went standby (a primary demoted to a replica)
             // is no better than a down one for its connections.
-            if matches!(health, Health::Down | Health::Standby) {
-                if self.close_on_down {
-                    b.evict_now(Eviction::BackendDown);
-                }
+            let failed = matches!(health, Health::Down | Health::Standby);
+            let out = if serving {
+                Out::Serving
+            } else if failed && self.close_on_down {
+                Out::Evict
             } else if admin != AdminState::Enabled || health == Health::Up || zeroed {
                 // Drained, disabled, set to weight 0 (also while on trial) or
                 // demoted: connections may finish within drain_timeout.
-                self.schedule_drain(b, epoch);
+                Out::Drain
+            } else {
+                Out::Leave
+            };
+            let was_serving = b.serving.swap(serving, Relaxed);
+            // Acted on when it changes, serving or not: a backend disabled
+            // while it was already down drains too, and one that goes down
+            // while draining is closed at once under close_on_down.
+            let was = b.link.out.swap(out as u8, Relaxed);
+            if was == out as u8 && was_serving == serving {
+                continue;
+            }
+            // A drain under way goes on while the backend stays out of
+            // service; serving again, or leaving service, starts anew.
+            let epoch = if was_serving != serving {
+                b.link.epoch.fetch_add(1, Relaxed) + 1
+            } else {
+                b.link.epoch.load(Relaxed)
+            };
+            match out {
+                Out::Serving | Out::Leave => {}
+                Out::Evict => b.evict_now(Eviction::BackendDown),
+                Out::Drain => self.schedule_drain(b, epoch),
             }
         }
         if *last_tier != tier {

@@ -405,8 +405,11 @@ async fn close_on_down_closes_established_connections() {
         let echo = echo_backend().await;
         let h = HealthServer::start(200, "").await;
         let backends = backend_toml("e", echo, &format!("check_port = {}", h.port()));
+        // A drain far longer than the test with close_on_down: what closes
+        // the connection is the backend going down.
+        let drain = if close_on_down { "1h" } else { "300ms" };
         let server = start(&health_toml(
-            &format!("close_on_down = {close_on_down}"),
+            &format!("close_on_down = {close_on_down}\ndrain_timeout = \"{drain}\""),
             FAST,
             &backends,
         ))
@@ -415,8 +418,13 @@ async fn close_on_down_closes_established_connections() {
             .await
             .expect("connect");
         echo_once(&mut conn).await;
-        h.set(503);
         let p = server.pool("p").expect("p");
+        if close_on_down {
+            // Already draining when it goes down: closed at once all the same.
+            assert!(p.set_admin("e", AdminState::Drain));
+            echo_once(&mut conn).await;
+        }
+        h.set(503);
         wait_until("marked down", || {
             p.view("e").is_some_and(|v| v.health == Health::Down)
         })
@@ -426,6 +434,12 @@ async fn close_on_down_closes_established_connections() {
         } else {
             // Without close_on_down an established connection is left alone.
             echo_once(&mut conn).await;
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            echo_once(&mut conn).await;
+            // Disabled while down: its connections drain like any disabled
+            // backend's, closed after drain_timeout.
+            assert!(p.set_admin("e", AdminState::Disabled));
+            assert!(within("closed", closed(&mut conn)).await);
         }
         server.shutdown();
     }
