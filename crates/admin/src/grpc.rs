@@ -808,9 +808,11 @@ fn control_status(e: &ControlError) -> Status {
             Status::not_found(e.to_string())
         }
         ControlError::NoListener(_) | ControlError::NoRule(_) => Status::not_found(e.to_string()),
-        ControlError::Weight(_) | ControlError::Network(_) | ControlError::NoFilter => {
-            Status::invalid_argument(e.to_string())
-        }
+        ControlError::Weight(_)
+        | ControlError::Network(_)
+        | ControlError::NoFilter
+        | ControlError::Reason(_) => Status::invalid_argument(e.to_string()),
+        ControlError::TooManyRules => Status::resource_exhausted(e.to_string()),
         ControlError::State(_) => Status::internal(e.to_string()),
         ControlError::ShuttingDown => Status::unavailable(e.to_string()),
         ControlError::Address(_) => Status::invalid_argument(e.to_string()),

@@ -111,6 +111,12 @@ impl RuntimeRules {
         Some(old)
     }
 
+    /// How many rules there are, and whether one is for `net`.
+    pub fn count(&self, net: IpNet) -> (usize, bool) {
+        let list = self.lock();
+        (list.len(), list.iter().any(|r| r.net == net))
+    }
+
     /// Every rule, oldest first.
     pub fn list(&self) -> Vec<Rule> {
         self.lock().clone()

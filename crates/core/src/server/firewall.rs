@@ -15,6 +15,15 @@ use crate::firewall::{Action, Rule};
 /// The longest a timed rule may last: past it, use a rule without an end.
 const MAX_FOR: Duration = Duration::from_secs(10 * 366 * 86_400);
 
+/// Runtime firewall rules at most: each change rebuilds the whole set and
+/// every listing copies it, so an automated banning loop gone wrong meets a
+/// clear refusal rather than a slower and slower weir.
+pub(super) const MAX_RULES: usize = 100_000;
+
+/// A rule's `reason` at most, in bytes: it is kept, saved and sent with every
+/// listing and event.
+pub(super) const MAX_REASON: usize = 1024;
+
 impl Server {
     /// The runtime firewall rules, oldest first.
     pub fn firewall_rules(&self) -> Vec<Rule> {
@@ -32,6 +41,9 @@ impl Server {
         reason: &str,
     ) -> Result<Rule, ControlError> {
         let net = parse_network(network)?;
+        if reason.len() > MAX_REASON {
+            return Err(ControlError::Reason(reason.len()));
+        }
         let now = SystemTime::now();
         let rule = Rule {
             net,
@@ -41,6 +53,10 @@ impl Server {
             added: now,
         };
         let _one = self.change_lock().await?;
+        let (rules, replaced) = self.firewall_rules.count(net);
+        if rules >= MAX_RULES && !replaced {
+            return Err(ControlError::TooManyRules);
+        }
         if let Some(persist) = &self.persistence {
             persist
                 .put_rule(&rule)

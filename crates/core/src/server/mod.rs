@@ -166,6 +166,13 @@ pub enum ControlError {
          connection, stop weir)"
     )]
     NoFilter,
+    #[error("a firewall rule's reason is at most {max} bytes, not {0}", max = firewall::MAX_REASON)]
+    Reason(usize),
+    #[error(
+        "{max} firewall rules already: remove some (weir firewall remove) or use a CIDR",
+        max = firewall::MAX_RULES
+    )]
+    TooManyRules,
 }
 
 /// What a successful reload did.

@@ -622,9 +622,42 @@ fn runtime_rules_ban_expire_survive_a_restart_and_show_in_watch() {
     // A restart applies the saved rules again.
     signal(&first.0, rustix::process::Signal::TERM);
     assert_eq!(crate::cli::wait_exit(&mut first.0).code(), Some(0));
+    // Meanwhile an automated banning loop filled the file up to the limit
+    // of rules (the two above and 99,998 more).
+    let fill = format!(
+        "import sqlite3\nc = sqlite3.connect({:?})\n\
+         c.executemany(\"INSERT INTO firewall_rule VALUES (?, 'deny', NULL, '', 0)\", \
+         (('10.%d.%d.%d/32' % (i >> 16, (i >> 8) & 255, i & 255),) for i in range(99998)))\n\
+         c.commit()\n",
+        db.display().to_string()
+    );
+    let filled = std::process::Command::new("python3")
+        .args(["-c", &fill])
+        .output()
+        .expect("python3");
+    assert!(filled.status.success(), "{filled:?}");
     let (_second, _out) = crate::cli::run_weir(&file);
     assert_eq!(ping_from(banned, front), Err(ErrorKind::ConnectionReset));
     assert_eq!(ping_from(ip("127.0.9.5"), front), Ok(()));
+    // No rule beyond the limit, a clear refusal; a rule replaced is fine.
+    let (code, _, err) = text(&ctl(grpc, None, &["firewall", "deny", "192.0.2.9"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("100000 firewall rules already"), "{err}");
+    let (code, _, err) = text(&ctl(
+        grpc,
+        None,
+        &["firewall", "deny", "10.0.0.1", "--reason", "again"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    // A reason is a line, not a document.
+    let long = "x".repeat(2000);
+    let (code, _, err) = text(&ctl(
+        grpc,
+        None,
+        &["firewall", "deny", "10.0.0.2", "--reason", &long],
+    ));
+    assert_eq!(code, 1);
+    assert!(err.contains("at most 1024 bytes, not 2000"), "{err}");
     let (code, _, err) = text(&ctl(grpc, None, &["firewall", "remove", "127.0.7.1"]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(ping_from(banned, front), Ok(()));
