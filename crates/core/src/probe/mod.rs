@@ -11,9 +11,12 @@ mod http;
 pub(crate) mod schedule;
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use weir_config::{DnsCheck, GrpcCheck, HttpCheck, ProbeTls, UdpCheck};
@@ -128,7 +131,7 @@ impl Prober {
                 Err(report) => report,
             },
             Probe::Http(check) => {
-                if let Some(mut c) = conn.take() {
+                if let Some(mut c) = conn.take().and_then(|mut c| (!c.has_news()).then_some(c)) {
                     let outcome = http_on(&mut c, request, check, host).await;
                     // A kept connection the server has closed meanwhile is not a
                     // failure of the backend: try again on a fresh one.
@@ -188,6 +191,24 @@ async fn open(
             Ok(s) => Ok(Conn::Tls(Box::new(s))),
             Err(e) => Err(Report::failed(Reason::Tls, format!("tls: {e}"))),
         },
+    }
+}
+
+impl Conn {
+    /// Whether a kept connection has something to say before it was asked:
+    /// bytes (a server's unsolicited 408 at its idle timeout), the end of the
+    /// stream, or an error. Any of it makes the connection unfit for the next
+    /// probe, which would read the stale answer as the backend's; checked
+    /// without waiting.
+    fn has_news(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        let mut cx = Context::from_waker(Waker::noop());
+        let polled = match self {
+            Conn::Plain(s) => Pin::new(s).poll_read(&mut cx, &mut buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(&mut cx, &mut buf),
+        };
+        polled.is_ready()
     }
 }
 

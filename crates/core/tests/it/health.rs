@@ -953,6 +953,63 @@ async fn http_probes_reuse_their_connection_and_survive_a_server_closing_it() {
     );
 }
 
+/// A server that answers a probe and keeps the connection, then says
+/// "408 Request Timeout" unasked a moment later (as servers do at their idle
+/// timeout) and holds the connection open: the next probe must not take that
+/// stale answer for the backend's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_answer_on_a_kept_probe_connection_is_not_a_failure() {
+    let traffic = named_backend("t").await;
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let check = l.local_addr().expect("addr");
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+                if s.write_all(ok).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let stale = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+                let _ = s.write_all(stale).await;
+                // Held open, unread: only the bytes tell the connection is done.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            });
+        }
+    });
+    let health =
+        "type = \"http\"\ninterval = \"200ms\"\nfast_interval = \"200ms\"\nrise = 1\nfall = 1";
+    let backends = backend_toml("t", traffic, &format!("check_port = {}", check.port()));
+    let server = start(&health_toml("", health, &backends)).await;
+    let p = server.pool("p").expect("p");
+    wait_until("four probes", || requests.load(Ordering::SeqCst) >= 4).await;
+    let v = p.view("t").expect("t");
+    assert_eq!(v.health, Health::Up, "{:?}", v.history);
+    assert!(
+        v.history.iter().all(|t| !matches!(
+            t.change,
+            Change::Health {
+                to: Health::Down,
+                ..
+            }
+        )),
+        "{:?}",
+        v.history
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_checks_over_tls() {
     let (g, _reporter) = grpc_health_server().await;
