@@ -210,6 +210,11 @@ impl Server {
             leaving: None,
         };
         if let Some(p) = &self.persistence {
+            // A new backend starts afresh: what the file may still hold under
+            // this name (a predecessor removed while a restart cut its drain
+            // short, a discovered address that left) is not its story.
+            p.forget(pool, &name);
+            p.flush().await;
             p.put_backend(&b)
                 .await
                 .map_err(|e| ControlError::State(e.to_string()))?;

@@ -167,7 +167,7 @@ fn backends_added_at_runtime_serve_persist_yield_to_the_file_and_drain_when_remo
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(weir);
-    let (_weir, _out) = run_weir(&file);
+    let (weir, _out) = run_weir(&file);
     let all = json(&ctl(grpc, None, &["backends", "p", "-o", "json"]));
     assert!(
         backend_of(&all, "extra").is_none(),
@@ -175,6 +175,43 @@ fn backends_added_at_runtime_serve_persist_yield_to_the_file_and_drain_when_remo
     );
     // Its state went with it: added again under the same name, it starts
     // afresh, not drained as its predecessor was.
+    let again = json(&ctl(
+        grpc,
+        Some(TOKEN),
+        &[
+            "backend",
+            "add",
+            "p",
+            &extra.to_string(),
+            "--name",
+            "extra",
+            "-o",
+            "json",
+        ],
+    ));
+    assert_eq!(again["admin"], "enabled", "{again}");
+    let history = again["last_transitions"].as_array().expect("transitions");
+    assert!(!history.iter().any(|t| t["to"] == "drain"), "{again}");
+
+    // Drained, removed, and the process stopped during its drain: what was
+    // saved under its name does not pass to the next backend of that name.
+    assert_eq!(
+        text(&ctl(grpc, Some(TOKEN), &["backend", "drain", "p", "extra"])).0,
+        0
+    );
+    assert_eq!(
+        text(&ctl(
+            grpc,
+            Some(TOKEN),
+            &["backend", "remove", "p", "extra"]
+        ))
+        .0,
+        0
+    );
+    drop(weir);
+    let (_weir, _out) = run_weir(&file);
+    let all = json(&ctl(grpc, None, &["backends", "p", "-o", "json"]));
+    assert!(backend_of(&all, "extra").is_none(), "{all}");
     let again = json(&ctl(
         grpc,
         Some(TOKEN),
