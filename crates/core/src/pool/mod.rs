@@ -414,7 +414,16 @@ impl Pool {
     /// Rebuilds the picker from the current states and handles backends that
     /// started or stopped serving. `why` describes what changed, for the
     /// record of a tier change; it is only called when the tier changes.
+    ///
+    /// On a generation a reload replaced (work that outlived the reload: a
+    /// slow-start step, an ejection's end, a passive retry, a caller holding
+    /// the old pool), the newest generation is rebuilt instead: the old one's
+    /// limits and tiers would overwrite what the backends share with it.
     fn rebuild(self: &Arc<Self>, why: impl FnOnce() -> String) {
+        let latest = self.latest();
+        if !Arc::ptr_eq(&latest, self) {
+            return latest.rebuild(why);
+        }
         let mut last_tier = lock(&self.rebuild);
         let now = std::time::Instant::now();
         let mut ramping = false;

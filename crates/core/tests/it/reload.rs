@@ -308,6 +308,7 @@ async fn a_broken_reload_changes_nothing_and_says_why() {
     assert!(r.diff.is_empty());
     assert!(!server.reloads.last_failed.load(Relaxed));
     // The same pool change in a reload that succeeds applies.
+    let older = server.pool("l-pool").expect("l-pool");
     std::fs::write(
         &file,
         good.replace(
@@ -319,6 +320,12 @@ async fn a_broken_reload_changes_nothing_and_says_why() {
     let r = within("reload", server.reload()).await.expect("a limit");
     assert_eq!(r.generation, 3);
     assert_eq!(limit(&server), Some(5));
+    // A change reaching the generation the reload replaced (work that
+    // outlived it) rebuilds the newest one: the old limits do not come back.
+    assert!(older.set_weight("a", Some(3)));
+    assert_eq!(limit(&server), Some(5));
+    let view = server.pool("l-pool").and_then(|p| p.view("a"));
+    assert_eq!(view.map(|v| v.effective_weight), Some(3));
     drop(taken);
 }
 
