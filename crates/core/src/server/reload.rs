@@ -229,6 +229,13 @@ impl Server {
                 .any(|p| p.name == e.pool && p.backends.iter().any(|b| b.name == e.backend));
             if known {
                 saved.insert((e.pool.clone(), e.backend.clone()), statefile::saved(&e));
+            } else if left_during_its_drain(&e) {
+                // A runtime or discovered backend that was leaving when a
+                // restart or reload cut its drain short: it is gone for good,
+                // and what the file holds of it would pass to the next
+                // backend of its name.
+                tracing::info!(pool = %e.pool, backend = %e.backend, "forgetting the saved state of a backend that left while it drained");
+                p.forget(&e.pool, &e.backend);
             } else {
                 if e.admin.is_some() || e.weight_override.is_some() {
                     tracing::warn!(
@@ -377,6 +384,16 @@ fn http_handover(old: Option<&Snapshot>, listeners: &[Arc<Listener>]) {
 }
 
 /// A discovery delta as a history entry: what the backend was and is in DNS.
+/// Whether a backend's last word in its saved history, as a runtime or
+/// discovered backend, was that it started to drain out of its pool.
+fn left_during_its_drain(e: &weir_state::Entry) -> bool {
+    e.history
+        .iter()
+        .rev()
+        .find(|r| r.kind == "runtime" || r.kind == "discovery")
+        .is_some_and(|r| r.to == "draining")
+}
+
 fn discovery_change(d: &Delta) -> Change {
     let member = |(tier, weight): (u32, u32)| format!("tier {tier} weight {weight}");
     let (from, to) = match *d {

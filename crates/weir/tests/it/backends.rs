@@ -212,6 +212,9 @@ fn backends_added_at_runtime_serve_persist_yield_to_the_file_and_drain_when_remo
     let (_weir, _out) = run_weir(&file);
     let all = json(&ctl(grpc, None, &["backends", "p", "-o", "json"]));
     assert!(backend_of(&all, "extra").is_none(), "{all}");
+    // Its saved state went at the start, not kept as a stray.
+    let status = json(&ctl(grpc, None, &["status", "-o", "json"]));
+    assert_eq!(status["orphaned_state"], serde_json::json!([]), "{status}");
     let again = json(&ctl(
         grpc,
         Some(TOKEN),
