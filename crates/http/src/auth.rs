@@ -412,16 +412,8 @@ impl Gate {
         &self.copy
     }
 
-    /// One call to the service: its verdict, and whether the answer was the
-    /// service failing (a 5xx).
-    async fn call(&self, q: &Question<'_>) -> Result<(Verdict, bool), ()> {
-        let uri: Uri = self.cfg.path.parse().map_err(|_| ())?;
-        let request = |headers: HeaderMap| {
-            let mut r = Request::new(Empty::<Bytes>::new());
-            *r.uri_mut() = uri.clone();
-            *r.headers_mut() = headers;
-            r
-        };
+    /// The headers of a question to the service about `q`.
+    fn question(&self, q: &Question<'_>) -> Result<HeaderMap, ()> {
         let mut h = HeaderMap::new();
         let host = if self.cfg.port == 80 {
             self.cfg.host.clone()
@@ -455,20 +447,40 @@ impl Gate {
         if let Ok(v) = HeaderValue::from_str(&q.client.to_string()) {
             h.insert("x-forwarded-for", v);
         }
+        Ok(h)
+    }
+
+    /// One call to the service: its verdict, and whether the answer was the
+    /// service failing (a 5xx).
+    async fn call(&self, q: &Question<'_>) -> Result<(Verdict, bool), ()> {
+        let uri: Uri = self.cfg.path.parse().map_err(|_| ())?;
+        let request = |headers: HeaderMap| {
+            let mut r = Request::new(Empty::<Bytes>::new());
+            *r.uri_mut() = uri.clone();
+            *r.headers_mut() = headers;
+            r
+        };
         let (mut sender, reused) = self.sender().await?;
         let response = if reused {
-            match sender.send_request(request(h.clone())).await {
+            match sender.send_request(request(self.question(q)?)).await {
                 Ok(r) => r,
                 // A kept connection the service closed as the question went
                 // out (its own idle timeout): asked again on a new one, once.
-                // A GET that changes nothing is safe to repeat.
+                // A GET that changes nothing is safe to repeat; the question
+                // is written again rather than kept for a retry this rare.
                 Err(_) => {
                     sender = self.connect().await?;
-                    sender.send_request(request(h)).await.map_err(|_| ())?
+                    sender
+                        .send_request(request(self.question(q)?))
+                        .await
+                        .map_err(|_| ())?
                 }
             }
         } else {
-            sender.send_request(request(h)).await.map_err(|_| ())?
+            sender
+                .send_request(request(self.question(q)?))
+                .await
+                .map_err(|_| ())?
         };
         let (parts, body) = response.into_parts();
         let (body, whole) = read_capped(body).await?;
