@@ -429,7 +429,26 @@ async fn forward(
                 pool.on_http_outcome(i, true);
                 Err(Reason::BackendError)
             }
-            Err(Sent::Connect(reason)) => Err(reason),
+            // The fresh connection of the race's retry could not be made:
+            // a connect failure like any, and nothing of the request was
+            // sent, so another backend may take it.
+            Err(Sent::Connect(reason, request)) => {
+                b.stats.connect_error(reason);
+                if reason == Reason::LocalResources {
+                    pool.local_shortage(&b.name, "connect", "cannot create a socket");
+                }
+                pool.on_connect_failure(i, reason);
+                if reason.side() == weir_core::Side::Backend {
+                    pool.on_http_outcome(i, true);
+                }
+                if !reason.retry() {
+                    return Err(reason);
+                }
+                req = Some(request);
+                last = reason;
+                tried.push(i);
+                continue;
+            }
         };
     }
     Err(last)
@@ -442,8 +461,8 @@ enum Sent {
     Failed,
     /// No response header within `upstream_response`.
     Timeout,
-    /// A fresh connection for a retry could not be made.
-    Connect(Reason),
+    /// A fresh connection for a retry could not be made: the request, back.
+    Connect(Reason, Box<Request<RequestBody>>),
 }
 
 /// `within` after `from`, or a date too far to come when that overflows.
@@ -476,7 +495,10 @@ async fn retry_fresh(
     req: Box<Request<RequestBody>>,
     state: &RouteState,
 ) -> Result<(Response<Incoming>, Lease), Sent> {
-    let mut lease = Box::pin(conns.fresh(dialer)).await.map_err(Sent::Connect)?;
+    let mut lease = match Box::pin(conns.fresh(dialer)).await {
+        Ok(lease) => lease,
+        Err(reason) => return Err(Sent::Connect(reason, req)),
+    };
     let r = send(
         &mut lease,
         req,

@@ -452,6 +452,49 @@ fn kept_alive_upstream_connections_and_the_race() {
     assert_eq!(racing.requests.load(SeqCst), 3, "the POST was sent twice");
 }
 
+/// The race's retry cannot reach the same backend (it stopped listening as
+/// it closed the kept connection): nothing of the GET reached a backend that
+/// answers, so the next backend takes it within `retries`.
+#[test]
+fn a_race_retry_that_cannot_connect_moves_to_another_backend() {
+    // Serves one connection (one answer, then closes the next request's
+    // connection unanswered) and listens no more.
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let gone = l.local_addr().expect("addr");
+    let served = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&served);
+    std::thread::spawn(move || {
+        if let Ok((s, _)) = l.accept() {
+            drop(l);
+            serve_raw(s, 1, Some(1), Duration::ZERO, None, &counted);
+        }
+    });
+    let steady = raw_backend(None, Duration::ZERO);
+    let front = free_port();
+    let (_weir, _out) = start(
+        "race-moves-on",
+        &format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\nbalance = \"first\"\nretries = 1\n\
+             [pools.health]\ntype = \"none\"\n\
+             [[pools.backends]]\nname = \"gone\"\naddress = \"{gone}\"\n\
+             [[pools.backends]]\nname = \"steady\"\naddress = \"{}\"\n",
+            steady.addr
+        ),
+    );
+    let (status, body, _) = curl(&["--http1.1"], &format!("http://{front}/"));
+    assert_eq!((status, served.load(SeqCst)), (200, 1), "{body}");
+    // Rested long enough for weir to fear the race.
+    std::thread::sleep(Duration::from_millis(600));
+    let (status, body, _) = curl(&["--http1.1"], &format!("http://{front}/"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, "conn=1 req=1 body=0");
+    assert_eq!(steady.requests.load(SeqCst), 1);
+}
+
 /// A backend that closes a kept-alive connection while it rests (its own
 /// keep-alive timeout, shorter than weir's): weir sees the close when it
 /// next looks at the connection, before sending anything on it, so even a
