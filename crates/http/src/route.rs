@@ -8,8 +8,7 @@
 //! reload removes the route, the slot is retired and its connections drain.
 
 use std::any::Any;
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
@@ -218,13 +217,6 @@ impl Handler {
             exporter,
             backend_tls: b.route.backend_tls.clone(),
         });
-        let weak: Vec<Weak<Conns>> = state
-            .pools
-            .iter()
-            .flat_map(|p| p.conns.iter().map(Arc::downgrade))
-            .collect();
-        let every = (b.http.timeouts.upstream_keepalive / 4).max(Duration::from_millis(100));
-        crate::upstream::spawn_sweeper(weak, every);
         let slot = match before {
             Some(h) => Arc::clone(&h.slot),
             None => Arc::new(Slot {
@@ -248,6 +240,19 @@ impl HttpHandler for Handler {
 
     fn activate(&self) {
         self.slot.current.store(Arc::clone(&self.state));
+        // Kept connections follow this configuration's keep-alive from now
+        // (not from the build: a reload that fails later changes nothing),
+        // and new ones get a sweeper.
+        let conns: Vec<Arc<Conns>> = self
+            .state
+            .pools
+            .iter()
+            .flat_map(|p| p.conns.iter().cloned())
+            .collect();
+        for c in &conns {
+            c.set_keepalive(self.state.timeouts.upstream_keepalive);
+        }
+        let _ = crate::upstream::spawn_sweeper(&conns);
     }
 
     fn retire(&self) {

@@ -15,6 +15,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -68,7 +69,11 @@ pub(crate) struct Conns {
     pub(crate) address: SocketAddr,
     protocol: HttpProtocol,
     stats: Arc<BackendStats>,
-    keepalive: Duration,
+    /// `upstream_keepalive`, in nanoseconds: a reload that keeps these
+    /// connections sets its own when it is switched to.
+    keepalive: AtomicU64,
+    /// A sweeper looks after these connections already.
+    swept: AtomicBool,
     idle: Mutex<Vec<Idle>>,
     /// The shared HTTP/2 connection; async, so that one request opens it
     /// while the others wait for it.
@@ -107,7 +112,8 @@ impl Conns {
             address,
             protocol,
             stats,
-            keepalive,
+            keepalive: AtomicU64::new(nanos(keepalive)),
+            swept: AtomicBool::new(false),
             idle: Mutex::new(Vec::new()),
             h2: tokio::sync::Mutex::new(None),
         })
@@ -117,6 +123,16 @@ impl Conns {
     /// `protocol` (a reload keeps them then).
     pub(crate) fn fits(&self, address: SocketAddr, protocol: HttpProtocol) -> bool {
         self.address == address && self.protocol == protocol
+    }
+
+    /// How long an idle connection is kept.
+    pub(crate) fn keepalive(&self) -> Duration {
+        Duration::from_nanos(self.keepalive.load(Relaxed))
+    }
+
+    /// The `upstream_keepalive` of the configuration now running.
+    pub(crate) fn set_keepalive(&self, keepalive: Duration) {
+        self.keepalive.store(nanos(keepalive), Relaxed);
     }
 
     fn idle(&self) -> MutexGuard<'_, Vec<Idle>> {
@@ -241,7 +257,7 @@ impl Conns {
             let idle = self.idle().pop()?;
             self.stats.upstream_idle.fetch_sub(1, Relaxed);
             let rested = now.saturating_duration_since(idle.since);
-            if rested >= self.keepalive || idle.sender.is_closed() {
+            if rested >= self.keepalive() || idle.sender.is_closed() {
                 continue;
             }
             let mut sender = idle.sender;
@@ -263,7 +279,8 @@ impl Conns {
     pub(crate) fn sweep(&self) {
         let mut idle = self.idle();
         let before = idle.len();
-        idle.retain(|i| i.since.elapsed() < self.keepalive && !i.sender.is_closed());
+        let keepalive = self.keepalive();
+        idle.retain(|i| i.since.elapsed() < keepalive && !i.sender.is_closed());
         let closed = before - idle.len();
         drop(idle);
         self.stats
@@ -450,23 +467,74 @@ impl AsyncWrite for Io {
     }
 }
 
-/// Sweeps `conns` every `every` until they are gone.
-pub(crate) fn spawn_sweeper(conns: Vec<Weak<Conns>>, every: Duration) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Sweeps `conns` until they are gone, every quarter of the shortest
+/// `upstream_keepalive` among them (at least 100 ms), read again at each
+/// turn: a reload that keeps them may change it. Connections a sweeper
+/// looks after already are left to it, so that reloads do not pile up
+/// sweepers over the same connections.
+pub(crate) fn spawn_sweeper(conns: &[Arc<Conns>]) -> bool {
+    let conns: Vec<Weak<Conns>> = conns
+        .iter()
+        .filter(|c| !c.swept.swap(true, Relaxed))
+        .map(Arc::downgrade)
+        .collect();
+    if conns.is_empty() {
+        return false;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return false;
+    };
+    runtime.spawn(async move {
         loop {
-            tick.tick().await;
-            let mut alive = false;
+            let shortest = conns
+                .iter()
+                .filter_map(|c| c.upgrade().map(|c| c.keepalive()))
+                .min();
+            let Some(shortest) = shortest else { return };
+            tokio::time::sleep((shortest / 4).max(SWEEP_FLOOR)).await;
             for c in &conns {
                 if let Some(c) = c.upgrade() {
                     c.sweep();
-                    alive = true;
                 }
-            }
-            if !alive {
-                return;
             }
         }
     });
+    true
+}
+
+/// The shortest time between two sweeps of the same connections.
+const SWEEP_FLOOR: Duration = Duration::from_millis(100);
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conns(keepalive: Duration) -> Arc<Conns> {
+        Conns::new(
+            "127.0.0.1:1".parse().expect("addr"),
+            HttpProtocol::Http1,
+            Arc::default(),
+            keepalive,
+        )
+    }
+
+    /// Every reload activates its routes: connections it keeps have a
+    /// sweeper already and get no other one, however many reloads there are.
+    #[tokio::test]
+    async fn kept_connections_get_one_sweeper_and_follow_the_new_keepalive() {
+        let (kept, new) = (
+            conns(Duration::from_secs(60)),
+            conns(Duration::from_secs(4)),
+        );
+        assert!(spawn_sweeper(std::slice::from_ref(&kept)));
+        assert!(!spawn_sweeper(std::slice::from_ref(&kept)));
+        assert!(spawn_sweeper(&[Arc::clone(&kept), Arc::clone(&new)]));
+        assert!(!spawn_sweeper(&[Arc::clone(&kept), Arc::clone(&new)]));
+        kept.set_keepalive(Duration::from_secs(4));
+        assert_eq!(kept.keepalive(), Duration::from_secs(4));
+    }
 }

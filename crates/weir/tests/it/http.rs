@@ -495,6 +495,39 @@ fn a_race_retry_that_cannot_connect_moves_to_another_backend() {
     assert_eq!(steady.requests.load(SeqCst), 1);
 }
 
+/// A reload that lowers `upstream_keepalive` applies to the connections it
+/// keeps as well: one that rested longer than the new value is not used.
+#[test]
+fn a_reload_lowering_upstream_keepalive_applies_to_kept_connections() {
+    let backend = raw_backend(None, Duration::ZERO);
+    let front = free_port();
+    let config = |keepalive: &str| {
+        format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             timeouts = {{ upstream_keepalive = \"{keepalive}\" }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\nname = \"b\"\naddress = \"{}\"\n",
+            backend.addr
+        )
+    };
+    let file = temp_config("keepalive-reload", &config("60s"));
+    let mut cmd = weir();
+    cmd.args(["run", "--config"]).arg(&file);
+    let (child, out) = start_weir(cmd);
+    let (status, body, _) = curl(&["--http1.1"], &format!("http://{front}/"));
+    assert_eq!((status, body.as_str()), (200, "conn=1 req=1 body=0"));
+
+    std::fs::write(&file, config("300ms")).expect("write");
+    crate::cli::signal(&child.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    std::thread::sleep(Duration::from_millis(600));
+    let (status, body, _) = curl(&["--http1.1"], &format!("http://{front}/"));
+    assert_eq!((status, body.as_str()), (200, "conn=2 req=1 body=0"));
+    assert_eq!(backend.connections.load(SeqCst), 2);
+}
+
 /// A backend that closes a kept-alive connection while it rests (its own
 /// keep-alive timeout, shorter than weir's): weir sees the close when it
 /// next looks at the connection, before sending anything on it, so even a
