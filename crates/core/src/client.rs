@@ -44,6 +44,14 @@ impl Client {
         }
     }
 
+    /// When the client's handshakes (PROXY header, ClientHello, TLS) must be
+    /// over: `timeout` after the accept, one budget for all of them.
+    pub fn handshake_deadline(&self, timeout: std::time::Duration) -> Instant {
+        self.accepted_at
+            .checked_add(timeout)
+            .unwrap_or_else(|| self.accepted_at + std::time::Duration::from_secs(86_400))
+    }
+
     /// The address the client connected to: the PROXY header's, else our
     /// socket's local address.
     pub fn local(&self) -> std::io::Result<SocketAddr> {

@@ -178,6 +178,7 @@ impl ConnState {
 }
 
 pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize, client: Client) {
+    let deadline = client.handshake_deadline(listener.handshake_timeout);
     let Client {
         stream,
         peer,
@@ -215,7 +216,8 @@ pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize
     };
     let began = Instant::now();
     let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
-    let handshake = tokio::time::timeout(listener.handshake_timeout, accept);
+    // What is left of the budget the PROXY header and ClientHello drew on.
+    let handshake = tokio::time::timeout_at(deadline, accept);
     let stream = match unless_closed(live.as_deref(), handshake).await {
         Err(why) => {
             closed(&listener, route, peer, accepted_at, (0, 0), why);

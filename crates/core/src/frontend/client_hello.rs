@@ -7,6 +7,7 @@
 use std::net::IpAddr;
 
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use weir_wire::client_hello::{self as tls, Peek};
 
 use super::peek;
@@ -22,15 +23,16 @@ const FIRST_PEEK: usize = 1024;
 /// Peeks at the client's first bytes and returns the first route that matches
 /// them (non-TLS and malformed hellos match only routes without sni/alpn),
 /// and the hash of the hello's server name, for maglev pools that hash by it.
-/// Fails with `HandshakeTimeout` when nothing was decided within the
-/// listener's `handshake_timeout`, or `ClientClosed` when the client closed
-/// (or reset) before.
+/// Fails with `HandshakeTimeout` when nothing was decided by `deadline`
+/// (the listener's `handshake_timeout` after the accept), or `ClientClosed`
+/// when the client closed (or reset) before.
 pub(crate) async fn route<'l>(
     listener: &'l Listener,
     client: &TcpStream,
     ip: IpAddr,
+    deadline: Instant,
 ) -> Result<(Option<&'l Route>, Option<u64>), Reason> {
-    match tokio::time::timeout(listener.handshake_timeout, peek_route(listener, client, ip)).await {
+    match tokio::time::timeout_at(deadline, peek_route(listener, client, ip)).await {
         Ok(r) => r,
         Err(_) => Err(Reason::HandshakeTimeout),
     }

@@ -5,9 +5,9 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use weir_wire::proxy::{self, Command, ProxyParse};
 
 use super::peek;
@@ -16,13 +16,13 @@ use crate::Reason;
 /// Reads the header and returns the (source, destination) it carries: `None`
 /// for LOCAL (a health check of the sender itself) or UNKNOWN addresses, where
 /// the socket's own addresses stand. Fails with `HandshakeTimeout` when no
-/// complete header came within `timeout`, else with `ProxyProtocol` (not a
+/// complete header came by `deadline`, else with `ProxyProtocol` (not a
 /// valid header, or the client closed before it was complete).
 pub(crate) async fn read(
     client: &TcpStream,
-    timeout: Duration,
+    deadline: Instant,
 ) -> Result<Option<(SocketAddr, SocketAddr)>, Reason> {
-    match tokio::time::timeout(timeout, read_inner(client)).await {
+    match tokio::time::timeout_at(deadline, read_inner(client)).await {
         Ok(r) => r,
         Err(_) => Err(Reason::HandshakeTimeout),
     }

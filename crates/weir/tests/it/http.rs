@@ -1369,6 +1369,52 @@ fn a_listener_passes_one_name_through_and_terminates_another() {
     }
 }
 
+/// `handshake_timeout` is one budget from the accept: a client that used
+/// most of it on its PROXY header has only the rest for the TLS handshake.
+#[test]
+fn the_handshake_timeout_is_one_budget_for_proxy_header_and_tls() {
+    let dir = test_dir("l7-handshake-budget");
+    make_ca_and_leaf(&dir, "budget.example");
+    let (front, admin) = (free_port(), free_port());
+    let (_weir, _out) = start(
+        "handshake-budget",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"https\"\nbind = \"{front}\"\nhandshake_timeout = \"2s\"\n\
+             proxy_protocol = {{ accept = true, trusted = [\"127.0.0.1\"] }}\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             tls = {{ certificates = [{{ cert = \"{d}/budget.example.crt\", key = \"{d}/budget.example.key\" }}] }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"a\"\n\
+             [[pools]]\nname = \"a\"\n[[pools.backends]]\naddress = \"127.0.0.1:9\"\n",
+            d = dir.display()
+        ),
+    );
+    let began = Instant::now();
+    let mut s = TcpStream::connect(front).expect("connect");
+    std::thread::sleep(Duration::from_millis(1600));
+    s.write_all(b"PROXY TCP4 192.0.2.7 127.0.0.1 4000 443\r\n")
+        .expect("PROXY header");
+    // Then no ClientHello: the connection is closed when the budget ends,
+    // not a whole `handshake_timeout` after the header.
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = [0u8; 64];
+    let ended = matches!(s.read(&mut buf), Ok(0) | Err(_));
+    let took = began.elapsed();
+    assert!(ended, "still open");
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_millis(3000),
+        "closed after {took:?}"
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "weir_tls_handshakes_total{listener=\"https\",result=\"failure\",reason=\"timeout\"}"
+        ),
+        1.0
+    );
+}
+
 /// A reload swaps the certificates; a broken one fails the reload, names
 /// the file, and the running certificate stays.
 #[test]
