@@ -21,7 +21,8 @@ const MAX_PEEK: usize = tls::MAX_HELLO_LEN + 1024;
 const FIRST_PEEK: usize = 1024;
 
 /// Peeks at the client's first bytes and returns the first route that matches
-/// them (non-TLS and malformed hellos match only routes without sni/alpn),
+/// them (non-TLS bytes match only routes without sni/alpn; a TLS record this
+/// peek cannot read as a ClientHello of at most 16 KiB matches none),
 /// and the hash of the hello's server name, for maglev pools that hash by it.
 /// Fails with `HandshakeTimeout` when nothing was decided by `deadline`
 /// (the listener's `handshake_timeout` after the accept), or `ClientClosed`
@@ -56,10 +57,18 @@ async fn peek_route<'l>(
                 let key = hello.sni.as_deref().map(crate::upstream::sni_key);
                 return Ok((listener.route_for(ip, Some(&hello)), key));
             }
-            Ok(Peek::NotTls) | Err(_) => return Ok((listener.route_for(ip, None), None)),
+            Ok(Peek::NotTls) => return Ok((listener.route_for(ip, None), None)),
+            // TLS that this peek cannot read (malformed, or more than 16 KiB)
+            // matches no route: a catch-all would still get a server name
+            // that TLS stacks more lenient than this parser read, past the
+            // `sni` routes and their `source` limits.
+            Err(e) => {
+                tracing::debug!(listener = %listener.name, client = %ip, error = %e, "unreadable ClientHello");
+                return Ok((None, None));
+            }
             Ok(Peek::Incomplete { .. }) if seen == buf.len() => match grown(seen) {
                 Some(len) => buf.resize(len, 0),
-                None => return Ok((listener.route_for(ip, None), None)),
+                None => return Ok((None, None)),
             },
             Ok(Peek::Incomplete { .. }) => {}
         }

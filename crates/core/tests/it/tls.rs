@@ -187,6 +187,39 @@ async fn plain_tcp_is_recognised_at_once_and_matches_only_routes_without_sni() {
     );
 }
 
+/// TLS that the peek cannot read as a ClientHello (malformed, or larger
+/// than 16 KiB) matches no route, not even the catch-all: a more lenient TLS
+/// stack behind it could read a server name the `sni` routes never saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_client_hello_matches_no_route() {
+    let tls = counting_backend("tls").await;
+    let plain = counting_backend("plain").await;
+    let routes = "[[listeners.routes]]\nname = \"tls\"\nmatch = { sni = [\"a.example.com\"] }\npool = \"tls\"\n\
+                  [[listeners.routes]]\nname = \"plain\"\npool = \"plain\"\n";
+    let server = start(&sni_toml(&[("tls", tls), ("plain", plain)], routes)).await;
+    let front = addr(&server, "l");
+    let l = server.listener("l").expect("l");
+    // A handshake record holding a ClientHello too short to be one.
+    let malformed = [
+        0x16, 0x03, 0x01, 0x00, 0x06, 0x01, 0x00, 0x00, 0x02, 0x03, 0x03,
+    ];
+    // A ClientHello that announces 20,000 bytes.
+    let mut large = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00, 0x4e, 0x20];
+    large.resize(5 + 0x4000, 0x00);
+    for (what, bytes) in [("malformed", &malformed[..]), ("too large", &large[..])] {
+        let got = within(what, send(front, bytes, 1)).await;
+        assert_eq!(got, "", "{what}");
+    }
+    wait_until("refused", || l.stats.rejected(Reason::NoRoute) == 2).await;
+    // A readable one still goes where its name says, and plain bytes to the
+    // catch-all.
+    let hello = client_hello("a.example.com", &[]);
+    let got = within("hello", send(front, &hello, 1)).await;
+    assert!(got.starts_with("tls:"), "{got}");
+    let got = within("plain", send(front, b"hello", 1)).await;
+    assert!(got.starts_with("plain:"), "{got}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_or_unmatched_client_is_rejected_with_its_reason() {
     let a = counting_backend("a").await;
