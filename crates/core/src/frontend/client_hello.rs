@@ -5,13 +5,14 @@
 //! The wait is bounded by the listener's `handshake_timeout`.
 
 use std::net::IpAddr;
+use std::num::NonZeroUsize;
 
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 use weir_wire::client_hello::{self as tls, Peek};
 
 use super::peek;
 use crate::Reason;
+use crate::client::Client;
 use crate::listener::{Listener, Route};
 
 /// The most bytes peeked: a ClientHello of up to 16 KiB plus record headers.
@@ -24,16 +25,16 @@ const FIRST_PEEK: usize = 1024;
 /// them (non-TLS bytes match only routes without sni/alpn; a TLS record this
 /// peek cannot read as a ClientHello of at most 16 KiB matches none),
 /// and the hash of the hello's server name, for maglev pools that hash by it.
-/// Fails with `HandshakeTimeout` when nothing was decided by `deadline`
-/// (the listener's `handshake_timeout` after the accept), or `ClientClosed`
-/// when the client closed (or reset) before.
+/// Fails with `HandshakeTimeout` when nothing was decided within what is
+/// left of the listener's `handshake_timeout` since the accept, or
+/// `ClientClosed` when the client closed (or reset) before.
 pub(crate) async fn route<'l>(
     listener: &'l Listener,
-    client: &TcpStream,
+    client: &Client,
     ip: IpAddr,
-    deadline: Instant,
 ) -> Result<(Option<&'l Route>, Option<u64>), Reason> {
-    match tokio::time::timeout_at(deadline, peek_route(listener, client, ip)).await {
+    let deadline = client.handshake_deadline(listener.handshake_timeout);
+    match tokio::time::timeout_at(deadline, peek_route(listener, &client.stream, ip)).await {
         Ok(r) => r,
         Err(_) => Err(Reason::HandshakeTimeout),
     }
@@ -50,8 +51,11 @@ async fn peek_route<'l>(
     // holds 1 KiB each, not 17, and at most twice what each one sent.
     let mut buf = vec![0u8; FIRST_PEEK];
     let mut seen = 0;
+    // How many bytes the parser needs before another look is worth it (at
+    // most the peek's cap: small, as every connection's task holds it).
+    let mut want: u16 = 0;
     loop {
-        peek::more(client, &mut buf, &mut seen).await?;
+        peek::more(client, &mut buf, &mut seen, usize::from(want)).await?;
         match tls::peek(&buf[..seen]) {
             Ok(Peek::Complete(hello)) => {
                 let key = hello.sni.as_deref().map(crate::upstream::sni_key);
@@ -66,11 +70,16 @@ async fn peek_route<'l>(
                 tracing::debug!(listener = %listener.name, client = %ip, error = %e, "unreadable ClientHello");
                 return Ok((None, None));
             }
-            Ok(Peek::Incomplete { .. }) if seen == buf.len() => match grown(seen) {
-                Some(len) => buf.resize(len, 0),
-                None => return Ok((None, None)),
-            },
-            Ok(Peek::Incomplete { .. }) => {}
+            Ok(Peek::Incomplete { needed }) => {
+                let total = seen.saturating_add(needed.map_or(1, NonZeroUsize::get));
+                want = u16::try_from(total.min(MAX_PEEK)).unwrap_or(u16::MAX);
+                if seen == buf.len() {
+                    match grown(seen) {
+                        Some(len) => buf.resize(len, 0),
+                        None => return Ok((None, None)),
+                    }
+                }
+            }
         }
     }
 }
@@ -95,6 +104,6 @@ mod tests {
         assert_eq!(grown(2048), Some(4096));
         assert_eq!(grown(16 * 1024), Some(MAX_PEEK));
         assert_eq!(grown(MAX_PEEK), None);
-        const { assert!(FIRST_PEEK < MAX_PEEK) };
+        const { assert!(FIRST_PEEK < MAX_PEEK && MAX_PEEK <= u16::MAX as usize) };
     }
 }

@@ -89,11 +89,12 @@ pub(crate) fn handle(
 /// everywhere (routing, maglev key, logs, the header sent on).
 async fn front<'l>(listener: &'l Listener, client: &mut Client) -> Option<&'l Route> {
     // One budget from the accept for the PROXY header, the ClientHello and a
-    // TLS handshake: a client slow at each step gets no more in all.
-    let deadline = client.handshake_deadline(listener.handshake_timeout);
+    // TLS handshake: a client slow at each step gets no more in all. (Worked
+    // out at each step rather than kept: the task would carry it for good.)
     // TCP_NODELAY is inherited from the listening socket (see `accept::bind`).
     match &listener.proxy_accept {
         Some(accept) if accept.is_trusted(client.peer.ip()) => {
+            let deadline = client.handshake_deadline(listener.handshake_timeout);
             match proxy_in::read(&client.stream, deadline).await {
                 Ok(Some((src, dst))) => (client.peer, client.destination) = (src, Some(dst)),
                 Ok(None) => {}
@@ -119,7 +120,7 @@ async fn front<'l>(listener: &'l Listener, client: &mut Client) -> Option<&'l Ro
     }
     let peer = client.peer;
     let routed = if listener.needs_hello {
-        match client_hello::route(listener, &client.stream, peer.ip(), deadline).await {
+        match client_hello::route(listener, client, peer.ip()).await {
             Ok((r, sni_key)) => {
                 client.sni_key = sni_key;
                 r

@@ -33,7 +33,7 @@ async fn read_inner(client: &TcpStream) -> Result<Option<(SocketAddr, SocketAddr
     let mut buf = vec![0u8; 256];
     let mut seen = 0;
     loop {
-        peek::more(client, &mut buf, &mut seen)
+        peek::more(client, &mut buf, &mut seen, 0)
             .await
             .map_err(|_| Reason::ProxyProtocol)?;
         let (addresses, consumed) = match proxy::parse(&buf[..seen]) {
