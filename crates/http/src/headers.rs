@@ -28,6 +28,17 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// The longest request id kept from a trusted source.
 const MAX_REQUEST_ID: usize = 200;
 
+/// The hop-by-hop headers of a `101 Switching Protocols` removed, but for the
+/// switch itself: `Upgrade` as the backend said it, and `Connection: upgrade`.
+pub fn keep_only_the_upgrade(headers: &mut HeaderMap) {
+    let upgrade: Vec<HeaderValue> = headers.get_all(UPGRADE).iter().cloned().collect();
+    strip_hop_by_hop(headers);
+    for v in upgrade {
+        headers.append(UPGRADE, v);
+    }
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+}
+
 /// Removes the hop-by-hop headers of `headers`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names finds which hop-by-hop headers there are

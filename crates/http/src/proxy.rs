@@ -267,7 +267,8 @@ pub(crate) fn handle(
                             Ok(switched) => {
                                 // The connection is the relay's now.
                                 lease.release(false);
-                                let (parts, _) = switched.into_parts();
+                                let (mut parts, _) = switched.into_parts();
+                                headers::keep_only_the_upgrade(&mut parts.headers);
                                 return Ok(Response::from_parts(
                                     parts,
                                     ResponseBody::full(bytes::Bytes::new(), None),

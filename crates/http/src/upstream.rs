@@ -195,8 +195,10 @@ impl Conns {
         }
     }
 
-    /// A new HTTP/1.1 connection that may be upgraded (a WebSocket): it
-    /// never goes back to the idle list.
+    /// A new HTTP/1.1 connection that may be upgraded (a WebSocket): once
+    /// switched it is the relay's and never goes back to the idle list; a
+    /// backend that answers anything else leaves it a plain HTTP/1.1
+    /// connection, kept like any other.
     pub(crate) async fn fresh_upgradeable(
         self: &Arc<Self>,
         dialer: &Dialer,

@@ -129,6 +129,77 @@ fn websocket_setup(
     (server, front, weir, out)
 }
 
+/// The backend's `101 Switching Protocols` reaches the client without its
+/// other hop-by-hop headers (and what its `Connection` names); the switch
+/// itself is kept, and the bytes then flow both ways.
+#[test]
+fn a_switch_reaches_the_client_without_other_hop_by_hop_headers() {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = l.accept() else { return };
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut byte).unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        let _ = s.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+              Connection: Upgrade, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\n\
+              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+        );
+        let mut buf = [0u8; 64];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                return;
+            }
+        }
+    });
+    let front = free_port();
+    let (_weir, _out) = start(
+        "switch-headers",
+        &format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"ws\"\npool = \"ws\"\n\
+             [[pools]]\nname = \"ws\"\n[pools.health]\ntype = \"none\"\n\
+             [[pools.backends]]\nname = \"raw\"\naddress = \"{backend}\"\n"
+        ),
+    );
+    let mut c = std::net::TcpStream::connect(front).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    c.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .expect("request");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(c.read(&mut byte).expect("head"), 1, "{head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("\r\nupgrade: websocket\r\n"), "{head}");
+    assert!(head.contains("\r\nconnection: upgrade\r\n"), "{head}");
+    assert!(head.contains("sec-websocket-accept:"), "{head}");
+    assert!(
+        !head.contains("x-hop") && !head.contains("keep-alive"),
+        "{head}"
+    );
+    c.write_all(b"ping").expect("ping");
+    let mut echo = [0u8; 4];
+    c.read_exact(&mut echo).expect("echo");
+    assert_eq!(&echo, b"ping");
+}
+
 /// A WebSocket: upgraded, relayed both ways, logged with status 101 when it
 /// ends, and closed by weir once idle for `websocket_idle`.
 #[test]
