@@ -136,6 +136,10 @@ enum Source {
         /// more yet (counted in the client connection's `ConnState`): with
         /// the client reading nothing, it never will.
         holding: bool,
+        /// A gRPC call from an HTTP/2 client: a failure of the body ends it
+        /// with trailers carrying a `grpc-status`, not a reset the client
+        /// would read as INTERNAL.
+        grpc: bool,
     },
 }
 
@@ -154,6 +158,7 @@ impl ResponseBody {
         idle_for: Duration,
         lease: Lease,
         exchange: Box<Exchange>,
+        grpc: bool,
     ) -> ResponseBody {
         exchange.conn.holding();
         ResponseBody {
@@ -163,6 +168,7 @@ impl ResponseBody {
                 idle_for,
                 lease: Some(lease),
                 holding: true,
+                grpc,
             },
             exchange: Some(exchange),
         }
@@ -281,8 +287,15 @@ impl Body for ResponseBody {
                 }
             }
             Poll::Ready(Some(Err(e))) => {
-                let reason = e.0.as_str();
-                this.end(reason);
+                let reason = e.0;
+                this.end(reason.as_str());
+                if matches!(this.source, Source::Upstream { grpc: true, .. }) {
+                    // The backend's part is over: the client gets the status.
+                    this.source = Source::Full(None);
+                    return Poll::Ready(Some(Ok(Frame::trailers(crate::errors::grpc_trailers(
+                        reason,
+                    )))));
+                }
             }
             Poll::Ready(None) => this.end(COMPLETED),
             Poll::Pending => {}

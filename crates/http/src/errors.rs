@@ -81,9 +81,7 @@ pub fn parts(reason: Reason, grpc: bool) -> (http::response::Parts, Bytes) {
             "grpc-status",
             HeaderValue::from(u16::from(grpc_code(status))),
         );
-        // grpc-message is percent-encoded; these texts are plain ASCII.
-        let message = text.trim_end().replace(' ', "%20");
-        if let Ok(v) = HeaderValue::from_str(&message) {
+        if let Some(v) = grpc_message(&text) {
             r.headers_mut().insert("grpc-message", v);
         }
         let (parts, ()) = r.into_parts();
@@ -97,6 +95,37 @@ pub fn parts(reason: Reason, grpc: bool) -> (http::response::Parts, Bytes) {
     );
     let (parts, ()) = r.into_parts();
     (parts, Bytes::from(text))
+}
+
+/// The trailers that end a gRPC response weir had to cut (the backend
+/// failed or went quiet mid-stream): the status `reason` maps to, as the
+/// call's end.
+pub fn grpc_trailers(reason: Reason) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        "grpc-status",
+        HeaderValue::from(u16::from(grpc_code(status(reason)))),
+    );
+    let text = match reason {
+        // Inside a response, not the client's body being waited for.
+        Reason::IdleTimeout => {
+            format!(
+                "weir: the backend's response went quiet for too long ({})",
+                reason.as_str()
+            )
+        }
+        _ => text(reason),
+    };
+    if let Some(v) = grpc_message(&text) {
+        h.insert("grpc-message", v);
+    }
+    h
+}
+
+/// `text` as a `grpc-message`, which is percent-encoded; weir's texts are
+/// plain ASCII, spaces aside.
+fn grpc_message(text: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(&text.trim_end().replace(' ', "%20")).ok()
 }
 
 #[cfg(test)]
@@ -131,5 +160,19 @@ mod tests {
         let (p, _) = parts(Reason::UpstreamTimeout, true);
         assert_eq!(p.headers["grpc-status"], "4");
         assert_eq!(grpc_code(StatusCode::BAD_GATEWAY), 14);
+        let t = grpc_trailers(Reason::BackendError);
+        assert_eq!(t["grpc-status"], "14");
+        assert_eq!(
+            t["grpc-message"],
+            "weir:%20the%20backend%20failed%20(backend_error)"
+        );
+        let t = grpc_trailers(Reason::IdleTimeout);
+        assert_eq!(t["grpc-status"], "14");
+        assert!(
+            t["grpc-message"]
+                .to_str()
+                .is_ok_and(|m| m.contains("went%20quiet")),
+            "{t:?}"
+        );
     }
 }

@@ -94,6 +94,9 @@ pub(crate) fn handle(
         x.host = host_header;
         x.user_agent = req.headers().get(USER_AGENT).cloned();
         let grpc = errors::is_grpc(req.headers());
+        // A failure inside the response can still reach an HTTP/2 gRPC
+        // client as a status, in trailers.
+        let grpc_trailers = grpc && req.version() == Version::HTTP_2;
         let trusted = state.trusts(cx.client.ip());
         let request_id = headers::trusted_request_id(req.headers(), trusted)
             .cloned()
@@ -282,7 +285,13 @@ pub(crate) fn handle(
                 let status = response.status().as_u16();
                 x.status = status;
                 let (parts, body) = response.into_parts();
-                let body = ResponseBody::upstream(body, state.timeouts.upstream_idle, lease, x);
+                let body = ResponseBody::upstream(
+                    body,
+                    state.timeouts.upstream_idle,
+                    lease,
+                    x,
+                    grpc_trailers,
+                );
                 Ok(Response::from_parts(parts, body))
             }
             Err(reason) => {

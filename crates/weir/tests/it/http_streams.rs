@@ -65,7 +65,7 @@ fn grpc_calls_of_every_kind_and_their_statuses() {
             "[log]\naccess_log = false\n\
              [[listeners]]\nname = \"grpc\"\nbind = \"{front}\"\n\
              [[listeners.routes]]\nname = \"api\"\nmode = \"l7\"\n\
-             timeouts = {{ upstream_response = \"1s\" }}\n\
+             timeouts = {{ upstream_response = \"1s\", upstream_idle = \"500ms\" }}\n\
              [[listeners.routes.http]]\nname = \"gone\"\npool = \"gone\"\n\
              match = {{ path_prefix = \"/weir.test.Echo/Gone\" }}\n\
              [[listeners.routes.http]]\nname = \"echo\"\npool = \"echo\"\n\
@@ -94,6 +94,17 @@ fn grpc_calls_of_every_kind_and_their_statuses() {
     assert_eq!(slow["code"], "DEADLINE_EXCEEDED", "{slow}");
     let ok = peer_client(&["grpc-call", &target, "Unary"]);
     assert_eq!(ok["code"], "OK", "{ok}");
+    // A stream the backend stops feeding for longer than `upstream_idle`
+    // ends with a gRPC status in trailers, after what had come through.
+    let stalled = peer_client(&["grpc-stream", &target, "Stall"]);
+    assert_eq!(stalled["code"], "UNAVAILABLE", "{stalled}");
+    assert_eq!(stalled["parts"], serde_json::json!(["part 0"]), "{stalled}");
+    assert!(
+        stalled["details"]
+            .as_str()
+            .is_some_and(|d| d.contains("(idle_timeout)")),
+        "{stalled}"
+    );
 }
 
 /// A WebSocket echo server (the Python peer) behind a weir listener `web`

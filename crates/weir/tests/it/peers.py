@@ -52,6 +52,11 @@ def grpc_server(port):
         time.sleep(3)
         return request
 
+    def stall(request, context):
+        yield b"part 0"
+        time.sleep(3)
+        yield b"part 1"
+
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
@@ -59,6 +64,7 @@ def grpc_server(port):
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
         "Fail": grpc.unary_unary_rpc_method_handler(fail),
         "Slow": grpc.unary_unary_rpc_method_handler(slow),
+        "Stall": grpc.unary_stream_rpc_method_handler(stall),
     }
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
@@ -105,6 +111,19 @@ def grpc_call(target, method):
             print(json.dumps({"code": "OK", "reply": r.decode()}))
         except grpc.RpcError as e:
             print(json.dumps({"code": e.code().name, "details": e.details()}))
+
+
+def grpc_stream(target, method):
+    import grpc
+
+    parts = []
+    with grpc.insecure_channel(target) as ch:
+        try:
+            for x in ch.unary_stream(f"/{SERVICE}/{method}")(b"x", timeout=10):
+                parts.append(x.decode())
+            print(json.dumps({"code": "OK", "parts": parts}))
+        except grpc.RpcError as e:
+            print(json.dumps({"code": e.code().name, "details": e.details(), "parts": parts}))
 
 
 def ws_server(port):
@@ -265,6 +284,8 @@ if __name__ == "__main__":
         grpc_server(int(args[0]))
     elif cmd == "grpc-client":
         grpc_client(args[0])
+    elif cmd == "grpc-stream":
+        grpc_stream(*args)
     elif cmd == "grpc-call":
         grpc_call(args[0], args[1])
     elif cmd == "ws-server":
