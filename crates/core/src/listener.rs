@@ -232,6 +232,47 @@ impl Listener {
         }
     }
 
+    /// The access-log line of a client whose TLS handshake failed (`what`:
+    /// `protocol`, `client_certificate`, `client_closed`), within
+    /// `log.refusals_per_second` like a refusal: reason `tls_handshake`, the
+    /// failure as `error`. Counted in `weir_tls_handshakes_total`, not as a
+    /// refusal.
+    pub fn log_failed_handshake(
+        &self,
+        route: Option<&Route>,
+        client: SocketAddr,
+        duration: Duration,
+        what: &'static str,
+    ) {
+        if !self.access_log {
+            return;
+        }
+        let Verdict::Write { suppressed } = self.stats.refusal_lines.check() else {
+            return;
+        };
+        if suppressed > 0 {
+            tracing::warn!(
+                target: "weir::access",
+                listener = %self.name,
+                suppressed,
+                "access-log lines of refused connections left out (log.refusals_per_second)"
+            );
+        }
+        AccessRecord {
+            listener: &self.name,
+            route: route.map(|r| r.name.as_str()),
+            client,
+            backend: None,
+            bytes_to_backend: 0,
+            bytes_to_client: 0,
+            duration,
+            reason: "tls_handshake",
+            error: Some(what),
+            tried: None,
+        }
+        .emit();
+    }
+
     /// Writes one access-log line, when the access log is on. A connect
     /// failure reads `connect_failed` with the last connect error as `error`.
     pub(crate) fn log(

@@ -229,6 +229,8 @@ pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize
             tracing::debug!(listener = %listener.name, client = %peer, error = %e, "TLS handshake failed");
             listener.stats.tls_handshake(how, began.elapsed());
             end(&listener, route, peer, accepted_at, None);
+            let r = listener.routes.get(route);
+            listener.log_failed_handshake(r, peer, accepted_at.elapsed(), how.as_str());
             return;
         }
         Ok(Err(_)) => {

@@ -1477,10 +1477,10 @@ fn client_certificates_are_verified() {
     );
     let (_nginx, a, _) = echoing_nginx("l7-mtls-backend");
     let (front, admin) = (free_port(), free_port());
-    let (_weir, _out) = start(
+    let (_weir, out) = start(
         "mtls",
         &format!(
-            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+            "[admin]\nhttp = \"{admin}\"\n\
              [[listeners]]\nname = \"https\"\nbind = \"{front}\"\n\
              [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
              tls = {{ certificates = [{{ cert = \"{d}/app.crt\", key = \"{d}/app.key\" }}], client_ca = \"{d}/ca.crt\" }}\n\
@@ -1521,6 +1521,10 @@ fn client_certificates_are_verified() {
         assert!(Instant::now() < end, "the refused client was not counted");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // And it has its access-log line, saying why.
+    let line = wait_line(&out, "tls_handshake");
+    assert!(line.contains("client_certificate"), "{line}");
+    assert!(line.contains("route=\"app\""), "{line}");
 }
 
 /// One request on an open HTTP/1.1 keep-alive connection: the answer's body.
