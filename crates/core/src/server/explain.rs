@@ -65,7 +65,11 @@ impl Server {
         let l = self
             .listener(listener)
             .ok_or_else(|| ControlError::NoListener(listener.to_owned()))?;
-        let sni = sni.map(str::to_ascii_lowercase);
+        // As the ClientHello peek reads a server name: lower-cased, one
+        // trailing dot dropped, and an IP literal is no server name at all.
+        let sni = sni
+            .map(|s| s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase())
+            .filter(|s| s.parse::<std::net::IpAddr>().is_err());
         let mut routes = Vec::with_capacity(l.routes.len());
         let mut chosen: Option<&Route> = None;
         for r in &l.routes {

@@ -53,6 +53,12 @@ fn explain_names_the_route_the_eligible_backends_and_the_real_pick() {
         }
         a
     }
+    // Read as the ClientHello peek reads it: a trailing dot and case do not
+    // matter, and an IP literal is no server name.
+    let v = json(&ctl(grpc, None, &args(Some("A.Example."))));
+    assert_eq!(v["route"], "tls-a", "{v}");
+    let v = json(&ctl(grpc, None, &args(Some("192.0.2.1"))));
+    assert_eq!(v["route"], "rest", "{v}");
     let v = json(&ctl(grpc, None, &args(Some("b.example"))));
     assert_eq!(v["route"], "rest", "{v}");
     let why = |i: usize| {
