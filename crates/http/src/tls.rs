@@ -80,7 +80,9 @@ impl Terminator {
 }
 
 /// A certificate chain and its key, the DNS names the certificate is for,
-/// and its `notAfter` (Unix seconds).
+/// and when the chain stops working: the earliest `notAfter` (Unix seconds)
+/// of the certificate and the intermediates given with it, as an expiring
+/// intermediate fails clients as surely as an expiring certificate.
 fn load_pair(
     cert_path: &Path,
     key_path: &Path,
@@ -93,8 +95,15 @@ fn load_pair(
             cert_path.display()
         ));
     };
-    let (names, not_after) =
+    let (names, leaf_not_after) =
         describe(leaf).map_err(|e| format!("cert {}: {e}", cert_path.display()))?;
+    // An intermediate this parser cannot read is left to the clients to judge.
+    let not_after = chain
+        .iter()
+        .skip(1)
+        .filter_map(|c| x509_parser::parse_x509_certificate(c.as_ref()).ok())
+        .map(|(_, c)| c.validity().not_after.timestamp())
+        .fold(leaf_not_after, i64::min);
     let key = PrivateKeyDer::from_pem_file(key_path)
         .map_err(|e| format!("key {}: {e}", key_path.display()))?;
     let certified = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
@@ -234,6 +243,31 @@ mod tests {
         .expect_err("a key that does not fit");
         assert!(crossed.contains("does not fit"), "{crossed}");
         assert!(crossed.contains(&b.1.display().to_string()), "{crossed}");
+        // A chain whose intermediate ends first: the chain ends with it.
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.not_after = rcgen::date_time_ymd(2030, 1, 1);
+        let ca = rcgen::CertifiedIssuer::self_signed(
+            ca_params,
+            rcgen::KeyPair::generate().expect("ca key"),
+        )
+        .expect("ca cert");
+        let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
+        let leaf = rcgen::CertificateParams::new(vec!["c.example.com".to_owned()])
+            .expect("leaf")
+            .signed_by(&leaf_key, &ca)
+            .expect("leaf cert");
+        let (c_crt, c_key) = (dir.join("c.crt"), dir.join("c.key"));
+        std::fs::write(&c_crt, format!("{}{}", leaf.pem(), ca.pem())).expect("chain");
+        std::fs::write(&c_key, leaf_key.serialize_pem()).expect("key");
+        let chained = Terminator::load(&ServerTls {
+            certificates: vec![(c_crt, c_key)],
+            client_ca: None,
+        })
+        .expect("a chain");
+        // 2030-01-01T00:00:00Z
+        assert_eq!(chained.certificates[0].not_after, 1_893_456_000);
+
         let missing = Terminator::load(&ServerTls {
             certificates: vec![(dir.join("nope.crt"), a.1)],
             client_ca: None,
