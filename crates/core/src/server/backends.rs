@@ -378,6 +378,21 @@ impl Server {
                 .iter()
                 .any(|p| p.name == pool_name && p.backends.iter().any(|b| b.name == backend));
             if file_has_it {
+                // Still, the runtime backend's drain is over: said in the
+                // history the file's backend inherited with the name, so that
+                // its last runtime word is not a drain (which would make a
+                // later start forget the file's backend's saved state, see
+                // `left_during_its_drain`).
+                if let Some(p) = s.pool(&pool_name) {
+                    p.note(
+                        &backend,
+                        Change::Runtime {
+                            from: "draining".to_owned(),
+                            to: "config".to_owned(),
+                        },
+                        Cause::Operator,
+                    );
+                }
                 return;
             }
             if let Some(p) = s.pool(&pool_name) {

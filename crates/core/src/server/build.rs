@@ -25,6 +25,8 @@ pub(super) struct Staged {
     /// The state file's entries for backends this config does not have
     /// (`None`: no state file).
     pub(super) orphans: Option<Vec<weir_state::Entry>>,
+    /// Saved state to forget once this config serves (see `Inputs::gone`).
+    pub(super) gone: Vec<(String, String)>,
 }
 
 impl Server {
@@ -45,6 +47,7 @@ impl Server {
             mut tiers,
             resolved,
             orphans,
+            gone,
         } = inputs;
         let mut serves_http = vec![false; config.pools.len()];
         let mut serves_udp = vec![false; config.pools.len()];
@@ -99,6 +102,7 @@ impl Server {
             probes,
             fresh,
             orphans,
+            gone,
         })
     }
 }

@@ -476,6 +476,9 @@ struct Inputs {
     /// What the state file holds for backends the config does not have;
     /// reported by [`Server::orphaned_state`] once the config serves.
     orphans: Option<Vec<weir_state::Entry>>,
+    /// (pool, backend): saved state of backends that left during their drain,
+    /// forgotten once the config that found them serves.
+    gone: Vec<(String, String)>,
 }
 
 /// `config` as the process starts it, with `worker_threads = 0` written out

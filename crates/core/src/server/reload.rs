@@ -222,6 +222,7 @@ impl Server {
         let contents = p.load().await?;
         let mut saved = HashMap::new();
         let mut orphans = Vec::new();
+        let mut gone = Vec::new();
         for e in contents.backends {
             let known = config
                 .pools
@@ -233,9 +234,9 @@ impl Server {
                 // A runtime or discovered backend that was leaving when a
                 // restart or reload cut its drain short: it is gone for good,
                 // and what the file holds of it would pass to the next
-                // backend of its name.
-                tracing::info!(pool = %e.pool, backend = %e.backend, "forgetting the saved state of a backend that left while it drained");
-                p.forget(&e.pool, &e.backend);
+                // backend of its name. Forgotten once this config serves (a
+                // reload that fails later changes nothing).
+                gone.push((e.pool, e.backend));
             } else {
                 if e.admin.is_some() || e.weight_override.is_some() {
                     tracing::warn!(
@@ -254,6 +255,7 @@ impl Server {
             tiers: contents.tiers,
             resolved,
             orphans: Some(orphans),
+            gone,
         })
     }
 
@@ -273,6 +275,7 @@ impl Server {
             probes,
             fresh,
             orphans,
+            gone,
         } = staged;
         // Nothing of the new pools touched what they share with the running
         // ones while staging could still fail; from here the switch is on.
@@ -298,6 +301,16 @@ impl Server {
         }
         if let Some(orphans) = orphans {
             *lock(&self.orphans) = orphans;
+        }
+        if let Some(p) = &self.persistence {
+            for (pool, backend) in gone {
+                tracing::info!(
+                    pool,
+                    backend,
+                    "forgetting the saved state of a backend that left while it drained"
+                );
+                p.forget(&pool, &backend);
+            }
         }
         for pool in &pools {
             pool.settle();
@@ -383,7 +396,6 @@ fn http_handover(old: Option<&Snapshot>, listeners: &[Arc<Listener>]) {
     }
 }
 
-/// A discovery delta as a history entry: what the backend was and is in DNS.
 /// Whether a backend's last word in its saved history, as a runtime or
 /// discovered backend, was that it started to drain out of its pool.
 fn left_during_its_drain(e: &weir_state::Entry) -> bool {
@@ -394,6 +406,7 @@ fn left_during_its_drain(e: &weir_state::Entry) -> bool {
         .is_some_and(|r| r.to == "draining")
 }
 
+/// A discovery delta as a history entry: what the backend was and is in DNS.
 fn discovery_change(d: &Delta) -> Change {
     let member = |(tier, weight): (u32, u32)| format!("tier {tier} weight {weight}");
     let (from, to) = match *d {

@@ -376,6 +376,10 @@ fn a_shadowed_runtime_backend_is_removed_at_once_and_leaves_the_files_backend_al
     std::thread::sleep(Duration::from_millis(600));
     let history = text(&ctl(grpc, None, &["backend", "history", "p", "late"])).1;
     assert!(!history.contains("removed"), "{history}");
+    // Its history says the runtime one's drain gave way to the file's, so
+    // the name's saved state is the file backend's for good: dropped from
+    // the file by a reload, it is kept like any file backend's.
+    assert!(history.contains("config"), "{history}");
     drop(weir);
     let (weir, _out) = run_weir(&file);
     let e = backend_of(&backends(), "late").expect("the file's late");
@@ -384,5 +388,16 @@ fn a_shadowed_runtime_backend_is_removed_at_once_and_leaves_the_files_backend_al
         (Some("config"), Some("drain")),
         "{e}"
     );
+    // Out of the file and a restart: its saved state is kept, as a file
+    // backend's is, not forgotten as a drain cut short.
+    reload_to("p", "");
+    drop(weir);
+    let (weir, _out) = run_weir(&file);
+    let status = json(&ctl(grpc, None, &["status", "-o", "json"]));
+    let kept = status["orphaned_state"].as_array().is_some_and(|o| {
+        o.iter()
+            .any(|e| e["backend"] == "late" && e["admin"] == "drain")
+    });
+    assert!(kept, "{status}");
     drop(weir);
 }
