@@ -233,7 +233,7 @@ impl Listener {
     }
 
     /// The access-log line of a client whose TLS handshake failed (`what`:
-    /// `protocol`, `client_certificate`, `client_closed`), within
+    /// `protocol`, `client_certificate`), within
     /// `log.refusals_per_second` like a refusal: reason `tls_handshake`, the
     /// failure as `error`. Counted in `weir_tls_handshakes_total`, not as a
     /// refusal.

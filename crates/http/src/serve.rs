@@ -229,8 +229,13 @@ pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize
             tracing::debug!(listener = %listener.name, client = %peer, error = %e, "TLS handshake failed");
             listener.stats.tls_handshake(how, began.elapsed());
             end(&listener, route, peer, accepted_at, None);
-            let r = listener.routes.get(route);
-            listener.log_failed_handshake(r, peer, accepted_at.elapsed(), how.as_str());
+            // A client gone before it finished (a TCP health check, a port
+            // scan) is counted, not logged: it would crowd out the lines of
+            // refusals.
+            if how != TlsEnd::ClientClosed {
+                let r = listener.routes.get(route);
+                listener.log_failed_handshake(r, peer, accepted_at.elapsed(), how.as_str());
+            }
             return;
         }
         Ok(Err(_)) => {

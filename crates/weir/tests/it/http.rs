@@ -1492,6 +1492,17 @@ fn client_certificates_are_verified() {
     let ca = dir.join("ca.crt").display().to_string();
     let resolve = format!("app.example:{}:127.0.0.1", front.port());
     let url = format!("https://app.example:{}/", front.port());
+    // A TCP health check: connects and closes. No access-log line for it.
+    drop(TcpStream::connect(front).expect("connect"));
+    let end = Instant::now() + DEADLINE;
+    while metric(
+        admin,
+        "weir_tls_handshakes_total{listener=\"https\",result=\"failure\",reason=\"client_closed\"}",
+    ) < 1.0
+    {
+        assert!(Instant::now() < end, "the closed client was not counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (status, _, _) = curl(&["--cacert", &ca, "--resolve", &resolve], &url);
     assert_eq!(status, 0, "served without a client certificate");
     let (cert, key) = (
@@ -1521,7 +1532,8 @@ fn client_certificates_are_verified() {
         assert!(Instant::now() < end, "the refused client was not counted");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // And it has its access-log line, saying why.
+    // And it has its access-log line, saying why (the first such line: the
+    // health check before it wrote none).
     let line = wait_line(&out, "tls_handshake");
     assert!(line.contains("client_certificate"), "{line}");
     assert!(line.contains("route=\"app\""), "{line}");
