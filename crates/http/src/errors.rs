@@ -36,6 +36,15 @@ pub fn grpc_code(status: StatusCode) -> u8 {
     }
 }
 
+/// True when the request is a gRPC call over HTTP/2 trailers, not gRPC-web
+/// (whose status travels inside the body).
+pub fn is_native_grpc(headers: &HeaderMap) -> bool {
+    is_grpc(headers)
+        && !headers
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc-web"))
+}
+
 /// True when the request is a gRPC call.
 pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers
@@ -166,6 +175,17 @@ mod tests {
             t["grpc-message"],
             "weir:%20the%20backend%20failed%20(backend_error)"
         );
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
+        assert!(is_native_grpc(&h));
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc-web+proto"),
+        );
+        assert!(is_grpc(&h) && !is_native_grpc(&h));
         let t = grpc_trailers(Reason::IdleTimeout);
         assert_eq!(t["grpc-status"], "14");
         assert!(

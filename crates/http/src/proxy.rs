@@ -96,7 +96,8 @@ pub(crate) fn handle(
         let grpc = errors::is_grpc(req.headers());
         // A failure inside the response can still reach an HTTP/2 gRPC
         // client as a status, in trailers.
-        let grpc_trailers = grpc && req.version() == Version::HTTP_2;
+        let grpc_trailers =
+            grpc && req.version() == Version::HTTP_2 && errors::is_native_grpc(req.headers());
         let trusted = state.trusts(cx.client.ip());
         let request_id = headers::trusted_request_id(req.headers(), trusted)
             .cloned()

@@ -470,8 +470,9 @@ impl AsyncWrite for Io {
 }
 
 /// Sweeps `conns` until they are gone, every quarter of the shortest
-/// `upstream_keepalive` among them (at least 100 ms), read again at each
-/// turn: a reload that keeps them may change it. Connections a sweeper
+/// `upstream_keepalive` among them (100 ms to 1 s), read again at each turn:
+/// a reload that keeps them may lower it, and the idle connections past the
+/// new value then close within a second. Connections a sweeper
 /// looks after already are left to it, so that reloads do not pile up
 /// sweepers over the same connections.
 pub(crate) fn spawn_sweeper(conns: &[Arc<Conns>]) -> bool {
@@ -493,7 +494,7 @@ pub(crate) fn spawn_sweeper(conns: &[Arc<Conns>]) -> bool {
                 .filter_map(|c| c.upgrade().map(|c| c.keepalive()))
                 .min();
             let Some(shortest) = shortest else { return };
-            tokio::time::sleep((shortest / 4).max(SWEEP_FLOOR)).await;
+            tokio::time::sleep((shortest / 4).clamp(SWEEP_FLOOR, SWEEP_CEILING)).await;
             for c in &conns {
                 if let Some(c) = c.upgrade() {
                     c.sweep();
@@ -504,8 +505,10 @@ pub(crate) fn spawn_sweeper(conns: &[Arc<Conns>]) -> bool {
     true
 }
 
-/// The shortest time between two sweeps of the same connections.
+/// The shortest and the longest time between two sweeps of the same
+/// connections.
 const SWEEP_FLOOR: Duration = Duration::from_millis(100);
+const SWEEP_CEILING: Duration = Duration::from_secs(1);
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
