@@ -488,6 +488,12 @@ fn parse_sni(data: &[u8]) -> Result<Option<Cow<'_, str>>, TlsError> {
     }
 }
 
+/// A ClientHello's server name as routing reads it: validated, lower-cased,
+/// one trailing dot dropped; `Ok(None)` for an IP literal (no server name).
+pub fn server_name(name: &[u8]) -> Result<Option<Cow<'_, str>>, TlsError> {
+    dns_name(name)
+}
+
 /// Validates and lower-cases a host name; `Ok(None)` for an IP literal.
 fn dns_name(name: &[u8]) -> Result<Option<Cow<'_, str>>, TlsError> {
     let name = name.strip_suffix(b".").unwrap_or(name);

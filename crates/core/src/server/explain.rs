@@ -66,13 +66,27 @@ impl Server {
             .listener(listener)
             .ok_or_else(|| ControlError::NoListener(listener.to_owned()))?;
         // As the ClientHello peek reads a server name: lower-cased, one
-        // trailing dot dropped, and an IP literal is no server name at all.
-        let sni = sni
-            .map(|s| s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase())
-            .filter(|s| s.parse::<std::net::IpAddr>().is_err());
+        // trailing dot dropped, an IP literal is no server name at all, and
+        // one that is not a DNS name makes the hello match no route.
+        let (sni, invalid) =
+            match sni.map(|s| (s, weir_wire::client_hello::server_name(s.as_bytes()))) {
+                None => (None, None),
+                Some((_, Ok(name))) => (name.map(std::borrow::Cow::into_owned), None),
+                Some((s, Err(_))) => (None, Some(s)),
+            };
         let mut routes = Vec::with_capacity(l.routes.len());
         let mut chosen: Option<&Route> = None;
         for r in &l.routes {
+            if let Some(bad) = invalid {
+                routes.push(RouteVerdict {
+                    name: r.name.clone(),
+                    matched: false,
+                    why: format!(
+                        "SNI {bad:?} is not a valid server name: a ClientHello with it matches no route"
+                    ),
+                });
+                continue;
+            }
             if let Some(first) = chosen {
                 routes.push(RouteVerdict {
                     name: r.name.clone(),

@@ -59,6 +59,14 @@ fn explain_names_the_route_the_eligible_backends_and_the_real_pick() {
     assert_eq!(v["route"], "tls-a", "{v}");
     let v = json(&ctl(grpc, None, &args(Some("192.0.2.1"))));
     assert_eq!(v["route"], "rest", "{v}");
+    let v = json(&ctl(grpc, None, &args(Some("a..example"))));
+    assert!(v["route"].is_null(), "{v}");
+    assert!(
+        v["routes"][2]["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("not a valid server name")),
+        "{v}"
+    );
     let v = json(&ctl(grpc, None, &args(Some("b.example"))));
     assert_eq!(v["route"], "rest", "{v}");
     let why = |i: usize| {
