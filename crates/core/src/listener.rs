@@ -155,18 +155,7 @@ impl Listener {
         self.stats.blocked(block);
         let reason = block.reason();
         self.stats.reject(reason);
-        if !self.access_log {
-            return;
-        }
-        if let Verdict::Write { suppressed } = self.stats.refusal_lines.check() {
-            if suppressed > 0 {
-                tracing::warn!(
-                    target: "weir::access",
-                    listener = %self.name,
-                    suppressed,
-                    "access-log lines of refused connections left out (log.refusals_per_second)"
-                );
-            }
+        if self.refusal_line() {
             AccessRecord {
                 listener: &self.name,
                 route: None,
@@ -213,23 +202,30 @@ impl Listener {
         tried: Option<&str>,
     ) {
         self.stats.reject(reason);
+        if self.refusal_line() {
+            self.log_tried(route, client, None, (0, 0), duration, reason, tried);
+        }
+    }
+
+    /// Whether a refusal's access-log line may be written: the access log
+    /// is on and `log.refusals_per_second` has room. The first line after
+    /// some were left out is preceded by a warning saying how many.
+    fn refusal_line(&self) -> bool {
         if !self.access_log {
-            return;
+            return false;
         }
-        match self.stats.refusal_lines.check() {
-            Verdict::Write { suppressed } => {
-                if suppressed > 0 {
-                    tracing::warn!(
-                        target: "weir::access",
-                        listener = %self.name,
-                        suppressed,
-                        "access-log lines of refused connections left out (log.refusals_per_second)"
-                    );
-                }
-                self.log_tried(route, client, None, (0, 0), duration, reason, tried);
-            }
-            Verdict::Skip => {}
+        let Verdict::Write { suppressed } = self.stats.refusal_lines.check() else {
+            return false;
+        };
+        if suppressed > 0 {
+            tracing::warn!(
+                target: "weir::access",
+                listener = %self.name,
+                suppressed,
+                "access-log lines of refused connections left out (log.refusals_per_second)"
+            );
         }
+        true
     }
 
     /// The access-log line of a client whose TLS handshake failed (`what`:
@@ -244,19 +240,8 @@ impl Listener {
         duration: Duration,
         what: &'static str,
     ) {
-        if !self.access_log {
+        if !self.refusal_line() {
             return;
-        }
-        let Verdict::Write { suppressed } = self.stats.refusal_lines.check() else {
-            return;
-        };
-        if suppressed > 0 {
-            tracing::warn!(
-                target: "weir::access",
-                listener = %self.name,
-                suppressed,
-                "access-log lines of refused connections left out (log.refusals_per_second)"
-            );
         }
         AccessRecord {
             listener: &self.name,

@@ -357,14 +357,7 @@ async fn forward(
         let mut lease = match checkout {
             Ok(lease) => lease,
             Err(reason) => {
-                b.stats.connect_error(reason);
-                if reason == Reason::LocalResources {
-                    pool.local_shortage(&b.name, "connect", "cannot create a socket");
-                }
-                pool.on_connect_failure(i, reason);
-                if reason.side() == weir_core::Side::Backend {
-                    pool.on_http_outcome(i, true);
-                }
+                connect_failed(pool, i, reason);
                 last = reason;
                 if !reason.retry() {
                     break;
@@ -444,14 +437,7 @@ async fn forward(
             // a connect failure like any, and nothing of the request was
             // sent, so another backend may take it.
             Err(Sent::Connect(reason, request)) => {
-                b.stats.connect_error(reason);
-                if reason == Reason::LocalResources {
-                    pool.local_shortage(&b.name, "connect", "cannot create a socket");
-                }
-                pool.on_connect_failure(i, reason);
-                if reason.side() == weir_core::Side::Backend {
-                    pool.on_http_outcome(i, true);
-                }
+                connect_failed(pool, i, reason);
                 if !reason.retry() {
                     return Err(reason);
                 }
@@ -463,6 +449,22 @@ async fn forward(
         };
     }
     Err(last)
+}
+
+/// A connection to backend `i` could not be made: counted, and told to
+/// passive health (and to outlier detection when the backend is to blame).
+fn connect_failed(pool: &Arc<weir_core::pool::Pool>, i: usize, reason: Reason) {
+    let Some(b) = pool.backends.get(i) else {
+        return;
+    };
+    b.stats.connect_error(reason);
+    if reason == Reason::LocalResources {
+        pool.local_shortage(&b.name, "connect", "cannot create a socket");
+    }
+    pool.on_connect_failure(i, reason);
+    if reason.side() == weir_core::Side::Backend {
+        pool.on_http_outcome(i, true);
+    }
 }
 
 enum Sent {
