@@ -46,3 +46,12 @@ cpu_ticks() { # pid and descendants: user+system clock ticks
     done
     echo "$total"
 }
+sys_ticks() { # pid and descendants: system (kernel) clock ticks only
+    local total=0 p f
+    for p in "$1" $(descendants "$1"); do
+        f=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
+        read -r -a fs <<<"$f"
+        total=$((total + fs[12]))
+    done
+    echo "$total"
+}

@@ -194,8 +194,9 @@ per_request_us() { # ticks_before ticks_after requests -> CPU µs per request
 TIMEOUT=$((DURATION + 30))
 
 run_scenario() { # round key scenario pid
-    local r=$1 key=$2 s=$3 pid=$4 f=$WORK/r$1-$2-$3.txt t0 t1 rps p50=null p99=null errs=0 n
+    local r=$1 key=$2 s=$3 pid=$4 f=$WORK/r$1-$2-$3.txt t0 t1 k0 k1 rps p50=null p99=null errs=0 n
     t0=$(cpu_ticks "$pid")
+    k0=$(sys_ticks "$pid")
     case $s in
         h1)
             timeout -k 5 $TIMEOUT taskset -c 0 wrk -t1 -c50 -d"${DURATION}s" --timeout 5s --latency \
@@ -212,6 +213,7 @@ run_scenario() { # round key scenario pid
             read -r rps p50 p99 errs < <(python3 "$BENCH_DIR/report.py" wrk "$f" 2>/dev/null) ;;
     esac
     t1=$(cpu_ticks "$pid")
+    k1=$(sys_ticks "$pid")
     n=$(python3 -c "print(float('$rps') * $DURATION)" 2>/dev/null || echo 0)
     local per
     per=$(per_request_us "$t0" "$t1" "$n")
@@ -219,6 +221,7 @@ run_scenario() { # round key scenario pid
     record "$r" "$key" "${s}_p50_ms" "$p50"
     record "$r" "$key" "${s}_p99_ms" "$p99"
     record "$r" "$key" "${s}_cpu_us" "$per"
+    record "$r" "$key" "${s}_sys_us" "$(per_request_us "$k0" "$k1" "$n")"
     record "$r" "$key" "${s}_errors" "$errs"
     log "    $s: $rps req/s, p99 $p99 ms, $errs errors, proxy CPU $per µs/request"
 }

@@ -58,6 +58,9 @@ HTTP_METRICS = [
     ("h1_cpu_us", "Proxy CPU per request, HTTP/1.1 keep-alive (µs)", -1),
     ("h2c_cpu_us", "Proxy CPU per request, h2c (µs)", -1),
     ("tls_cpu_us", "Proxy CPU per TLS handshake + request (µs)", -1),
+    ("h1_sys_us", "of which in the kernel, HTTP/1.1 keep-alive (µs)", -1),
+    ("h2c_sys_us", "of which in the kernel, h2c (µs)", -1),
+    ("tls_sys_us", "of which in the kernel, TLS handshake + request (µs)", -1),
     ("h1_pair_cpu_us", "Proxy CPU per request, HTTP/1.1, paired runs (µs)", -1),
     ("h2c_pair_cpu_us", "Proxy CPU per request, h2c, paired runs (µs)", -1),
     ("h1_instr", "User-space instructions per request, HTTP/1.1 (callgrind)", -1),
@@ -94,7 +97,8 @@ HTTP_METHOD = [
     "certificate, the same file for every proxy), HTTP/1.1 inside.",
     "- Proxy CPU: user + system time of the proxy's process tree during the run, divided by "
     "the requests served: what the proxy spent per request, whatever the load generator's "
-    "limit.",
+    "limit. The rows *of which in the kernel* are the system-time part of it (sending, "
+    "receiving, and on loopback the receiving peer's side of each segment and waking it).",
 ]
 
 
