@@ -37,21 +37,16 @@ record() { # round key metric value
     [[ $v =~ ^-?[0-9]+(\.[0-9]+)?$ ]] || v=null
     printf '{"round":%d,"proxy":"%s","metric":"%s","value":%s}\n' "$1" "$2" "$3" "$v" >>"$RAW"
 }
-cpu_ticks() { # pid and descendants: user+system clock ticks
-    local total=0 p f
+cpu_ticks() { # pid [sys]: clock ticks of pid and its descendants, user+system or with "sys" system only
+    local total=0 p f fs
     for p in "$1" $(descendants "$1"); do
         f=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
         read -r -a fs <<<"$f"
-        total=$((total + fs[11] + fs[12]))
-    done
-    echo "$total"
-}
-sys_ticks() { # pid and descendants: system (kernel) clock ticks only
-    local total=0 p f
-    for p in "$1" $(descendants "$1"); do
-        f=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
-        read -r -a fs <<<"$f"
-        total=$((total + fs[12]))
+        if [[ ${2:-} == sys ]]; then
+            total=$((total + fs[12]))
+        else
+            total=$((total + fs[11] + fs[12]))
+        fi
     done
     echo "$total"
 }

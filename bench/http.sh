@@ -196,7 +196,7 @@ TIMEOUT=$((DURATION + 30))
 run_scenario() { # round key scenario pid
     local r=$1 key=$2 s=$3 pid=$4 f=$WORK/r$1-$2-$3.txt t0 t1 k0 k1 rps p50=null p99=null errs=0 n
     t0=$(cpu_ticks "$pid")
-    k0=$(sys_ticks "$pid")
+    k0=$(cpu_ticks "$pid" sys)
     case $s in
         h1)
             timeout -k 5 $TIMEOUT taskset -c 0 wrk -t1 -c50 -d"${DURATION}s" --timeout 5s --latency \
@@ -213,7 +213,7 @@ run_scenario() { # round key scenario pid
             read -r rps p50 p99 errs < <(python3 "$BENCH_DIR/report.py" wrk "$f" 2>/dev/null) ;;
     esac
     t1=$(cpu_ticks "$pid")
-    k1=$(sys_ticks "$pid")
+    k1=$(cpu_ticks "$pid" sys)
     n=$(python3 -c "print(float('$rps') * $DURATION)" 2>/dev/null || echo 0)
     local per
     per=$(per_request_us "$t0" "$t1" "$n")
