@@ -177,7 +177,10 @@ impl Task {
         interval: Duration,
     ) {
         let mut batch: Vec<Span> = Vec::with_capacity(self.batch_size);
-        let mut tick = tokio::time::interval(interval);
+        // The first tick one interval from now: `interval` would fire at
+        // once, and send the first spans early if they are already queued
+        // when this task first runs.
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.held.store(batch.len(), Relaxed);
@@ -536,5 +539,43 @@ mod tests {
             "every span is accounted for"
         );
         assert_eq!(stats.exported.load(Relaxed), 0);
+    }
+    #[tokio::test]
+    async fn spans_queued_before_the_task_runs_wait_for_the_interval() {
+        // A collector that only counts connections: none may come before
+        // the hour is up, though the spans are queued before each
+        // exporter's task first runs (when a first tick that fired at once
+        // would have sent them).
+        let collector = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        collector.set_nonblocking(true).expect("nonblocking");
+        let port = collector.local_addr().expect("addr").port();
+        let cfg = Otlp {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            host: "127.0.0.1".into(),
+            port,
+            path: "/v1/traces".into(),
+            protocol: OtlpProtocol::Http,
+            service_name: "weir".into(),
+            timeout: Duration::from_millis(200),
+            interval: Duration::from_secs(3600),
+            batch_size: 10,
+            queue_size: 10,
+        };
+        let stats = Arc::new(ExportStats::default());
+        let exporters: Vec<_> = (0..8)
+            .map(|_| {
+                let e = Exporter::start(&cfg, Arc::clone(&stats));
+                e.submit(span("a"));
+                e.submit(span("b"));
+                e
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            matches!(collector.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "nothing is sent before the interval"
+        );
+        assert_eq!(stats.exported.load(Relaxed), 0);
+        drop(exporters);
     }
 }
