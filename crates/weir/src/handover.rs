@@ -20,9 +20,31 @@ use std::time::Duration;
 use crate::notify::{self, Notifier};
 
 /// How long a new version may take to serve before it is stopped and the
-/// running one goes on: its first probe round is bounded by the checks'
-/// timeouts, far below this.
+/// running one goes on, unless `WEIR_UPGRADE_TIMEOUT` says otherwise: its
+/// first probe round is bounded by the checks' timeouts, far below this.
 pub(crate) const TAKEOVER_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Names the deadline of a hand-over, as a duration ("90s", "5m").
+const TIMEOUT_VAR: &str = "WEIR_UPGRADE_TIMEOUT";
+
+/// The deadline `WEIR_UPGRADE_TIMEOUT` sets: [`TAKEOVER_DEADLINE`] when it
+/// is unset, an error naming the variable when it is not a duration above
+/// zero (at most a day: a hung new version would hold changes that long).
+fn takeover_deadline(value: Option<&str>) -> Result<Duration, String> {
+    let Some(value) = value else {
+        return Ok(TAKEOVER_DEADLINE);
+    };
+    match humantime::parse_duration(value.trim()) {
+        Ok(d) if d.is_zero() => Err(format!("{TIMEOUT_VAR}={value:?}: must be greater than 0")),
+        Ok(d) if d > Duration::from_secs(86_400) => {
+            Err(format!("{TIMEOUT_VAR}={value:?}: longer than a day"))
+        }
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!(
+            "{TIMEOUT_VAR}={value:?} is not a duration ({e}); write it like \"90s\" or \"5m\""
+        )),
+    }
+}
 
 /// The new version SIGUSR2 started, while it starts.
 #[derive(Debug, Default)]
@@ -52,6 +74,11 @@ impl Successor {
             tracing::warn!("SIGUSR2 ignored: a new version is already starting");
             return;
         }
+        let deadline = takeover_deadline(std::env::var(TIMEOUT_VAR).ok().as_deref())
+            .unwrap_or_else(|e| {
+                tracing::warn!("{e}; waiting {TAKEOVER_DEADLINE:?} for the new version");
+                TAKEOVER_DEADLINE
+            });
         server.set_successor_starting(true);
         self.decided.store(false, SeqCst);
         let mut child = match start_successor(config) {
@@ -92,16 +119,19 @@ impl Successor {
         if let Err(e) = waiter {
             tracing::warn!(error = %e, "cannot watch the new version's process");
         }
-        let me = Arc::clone(self);
+        let (me, notifier) = (Arc::clone(self), Arc::clone(notifier));
         tokio::spawn(async move {
-            tokio::time::sleep(TAKEOVER_DEADLINE).await;
+            tokio::time::sleep(deadline).await;
             if me.pid.load(SeqCst) == pid && !me.decided.swap(true, SeqCst) {
                 me.stopped.store(true, SeqCst);
                 tracing::error!(
                     pid,
-                    "the new version did not take over within {TAKEOVER_DEADLINE:?}; stopping it"
+                    "the new version did not take over within {deadline:?}; stopping it, this process goes on serving"
                 );
                 terminate(pid);
+                notifier.send(&notify::status(&format!(
+                    "upgrade failed (the new version did not take over within {deadline:?}); the previous version serves"
+                )));
             }
         });
     }
@@ -211,6 +241,27 @@ mod tests {
         let exe = std::env::current_exe().expect("exe");
         assert_eq!(program(Some("weir".into())).expect("path"), exe);
         assert_eq!(program(None).expect("path"), exe);
+    }
+
+    #[test]
+    fn the_deadline_is_two_minutes_or_what_the_variable_says() {
+        assert_eq!(takeover_deadline(None), Ok(Duration::from_secs(120)));
+        assert_eq!(takeover_deadline(Some("90s")), Ok(Duration::from_secs(90)));
+        assert_eq!(
+            takeover_deadline(Some(" 5m ")),
+            Ok(Duration::from_secs(300))
+        );
+        assert_eq!(
+            takeover_deadline(Some("1d")),
+            Ok(Duration::from_secs(86_400))
+        );
+        for bad in ["0s", "", "5", "soon", "2d", "99999999999999999999s"] {
+            let e = takeover_deadline(Some(bad)).expect_err(bad);
+            assert!(
+                e.starts_with(&format!("WEIR_UPGRADE_TIMEOUT={bad:?}")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -52,6 +52,8 @@ enum Command {
     /// SIGUSR2 upgrades in place: weir starts the program file it was started
     /// from (a new version after a package upgrade) with `--upgrade`; once that
     /// one serves, it takes over (systemd's main process) and this one drains.
+    /// One that has not taken over within WEIR_UPGRADE_TIMEOUT (default 2m)
+    /// is stopped, and this one goes on serving.
     ///
     /// Under systemd, sockets passed by socket activation (LISTEN_FDS) serve
     /// the listeners named by their FileDescriptorName=.

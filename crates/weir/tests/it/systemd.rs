@@ -458,6 +458,59 @@ fn a_failed_handover_leaves_the_running_weir_serving() {
     echo_once(front).expect("still serving");
 }
 
+/// A new version that does not take over within `WEIR_UPGRADE_TIMEOUT`
+/// (here the program file is by then a script that only sleeps) is stopped,
+/// the running weir says so in its status and goes on serving, and no
+/// process claims the service.
+#[test]
+fn a_new_version_that_does_not_take_over_in_time_is_stopped() {
+    use std::os::unix::fs::PermissionsExt;
+    let notify = NotifySocket::bind("handover-late");
+    let front = free_port();
+    let file = activated_config("handover-late", front, "");
+    // weir started by an absolute path runs that path's file on SIGUSR2.
+    let program = notify.dir.join("weir");
+    let built = env!("CARGO_BIN_EXE_weir");
+    if std::fs::hard_link(built, &program).is_err() {
+        std::fs::copy(built, &program).expect("copy weir");
+    }
+    let mut cmd = std::process::Command::new(&program);
+    cmd.args(["run", "--config"])
+        .arg(&file)
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("WEIR_UPGRADE_TIMEOUT", "1s");
+    let (old, out) = start_weir(cmd);
+    let old_pid = old.0.id();
+    let mut seen = Vec::new();
+    wait_for(&notify.socket, "READY=1", &mut seen);
+    // The "new version": renamed over the file the running weir came from.
+    let script = notify.dir.join("weir.new");
+    std::fs::write(&script, "#!/bin/sh\nexec sleep 60\n").expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::rename(&script, &program).expect("replace the program file");
+    signal(&old.0, rustix::process::Signal::USR2);
+    let end = Instant::now() + DEADLINE;
+    while successors(old_pid).is_empty() {
+        assert!(Instant::now() < end, "no new version started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let failed = wait_for(&notify.socket, "upgrade failed", &mut seen);
+    assert!(failed.contains("did not take over within 1s"), "{failed}");
+    assert!(failed.contains("the previous version serves"), "{failed}");
+    crate::cli::wait_line(&out, "did not take over within 1s; stopping it");
+    while !successors(old_pid).is_empty() {
+        assert!(Instant::now() < end, "the new version still runs");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !seen
+            .iter()
+            .any(|m| m.contains("MAINPID=") || m.contains("STOPPING=1")),
+        "{seen:?}"
+    );
+    echo_once(front).expect("still serving");
+}
+
 /// A stop of the service (SIGTERM) while the new version SIGUSR2 started is
 /// still starting: the running weir says STOPPING=1, stops the new one too,
 /// and the new one never claims the service.
