@@ -522,6 +522,7 @@ pub(crate) async fn serve(
         config_path,
         http: Some(Arc::clone(&layer) as Arc<dyn weir_core::l7::HttpLayer>),
         inherited,
+        takeover: takeover == Takeover::Allow,
     };
     let server = Server::start_with(config, options).await?;
     handle.set(Arc::clone(&server));

@@ -30,6 +30,7 @@
 
 mod backends;
 mod build;
+mod claim;
 mod connections;
 mod control;
 mod explain;
@@ -68,12 +69,14 @@ use crate::sync::lock;
 /// Why the data plane could not start (or a reload could not be applied).
 #[derive(Debug, Error)]
 pub enum StartError {
-    #[error("listeners[{index}] ({name}): cannot listen on {addr}: {source}")]
+    // The reason is in the message, not a `source`: printed with its
+    // chain, the error would say it twice.
+    #[error("listeners[{index}] ({name}): cannot listen on {addr}: {error}")]
     Bind {
         index: usize,
         name: String,
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A listener served by sockets systemd passed, which do not fit it.
     #[error("listeners[{index}] ({name}): {message}")]
@@ -200,6 +203,11 @@ pub struct Options {
     pub http: Option<Arc<dyn crate::l7::HttpLayer>>,
     /// Listening sockets systemd passed (socket activation).
     pub inherited: Inherited,
+    /// Taking over from another weir on the same addresses (`weir run
+    /// --upgrade`): the start binds beside it, and claims each address once
+    /// that one lets it go. Otherwise an address another weir holds (even
+    /// one in its first probe round, not listening yet) fails the start.
+    pub takeover: bool,
 }
 
 /// One complete, immutable runtime configuration.
@@ -327,7 +335,7 @@ impl Server {
                 bound: Vec::new(),
                 stop_health: CancellationToken::new(),
             }),
-            sockets: Mutex::new(sockets::Sockets::new(options.inherited)),
+            sockets: Mutex::new(sockets::Sockets::new(options.inherited, options.takeover)),
             control: tokio::sync::Mutex::new(()),
             journal,
             persistence,

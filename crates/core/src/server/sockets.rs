@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use weir_config::Config;
 
 use super::StartError;
+use super::claim::{self, Claim};
 use super::inherited::Inherited;
 use crate::frontend;
 use crate::listener::Listener;
@@ -59,8 +60,10 @@ struct Bound {
     closed: CancellationToken,
 }
 
-/// Sockets bound by a reload that has not been committed yet.
-pub(super) type Fresh = Vec<(SocketKey, Unstarted)>;
+/// Sockets bound by a reload that has not been committed yet, with the
+/// claim of their address (none for a passed socket, port 0, or when
+/// taking over from the process that holds it).
+pub(super) type Fresh = Vec<(SocketKey, Unstarted, Option<Claim>)>;
 
 /// Where accept loops run and what stops them.
 pub(super) struct Runners<'a> {
@@ -82,19 +85,24 @@ pub(super) struct Switched {
 pub(super) struct Sockets {
     bound: HashMap<SocketKey, Bound>,
     inherited: Inherited,
+    /// The first binds may share their addresses with the weir this one
+    /// takes over from (see [`claim`]); later ones (reloads) may not.
+    takeover: bool,
 }
 
 impl Sockets {
-    pub(super) fn new(inherited: Inherited) -> Sockets {
+    pub(super) fn new(inherited: Inherited, takeover: bool) -> Sockets {
         Sockets {
             bound: HashMap::new(),
             inherited,
+            takeover,
         }
     }
 
     /// Binds every address of `config` that has no socket yet; the first
     /// failure drops what was bound so far (closing it) and says where.
-    pub(super) fn bind_new(&self, config: &Config) -> Result<Fresh, StartError> {
+    pub(super) fn bind_new(&mut self, config: &Config) -> Result<Fresh, StartError> {
+        let takeover = std::mem::take(&mut self.takeover);
         let mut fresh: Fresh = Vec::new();
         for (index, l) in config.listeners.iter().enumerate() {
             let passed = self.inherited.serves(&l.name);
@@ -121,11 +129,11 @@ impl Sockets {
             }
             for (i, &addr) in l.bind.iter().enumerate() {
                 let key = SocketKey::new(l, i, addr);
-                if self.bound.contains_key(&key) || fresh.iter().any(|(k, _)| *k == key) {
+                if self.bound.contains_key(&key) || fresh.iter().any(|(k, ..)| *k == key) {
                     continue;
                 }
                 if passed {
-                    fresh.push((key, self.inherited.take(l, addr).map_err(refuse)?));
+                    fresh.push((key, self.inherited.take(l, addr).map_err(refuse)?, None));
                     continue;
                 }
                 let socket = if l.udp.is_some() {
@@ -133,16 +141,49 @@ impl Sockets {
                 } else {
                     frontend::bind_only(addr).map(Unstarted::Tcp)
                 };
-                let socket = socket.map_err(|source| StartError::Bind {
+                let fail = |error| StartError::Bind {
                     index,
                     name: l.name.clone(),
                     addr,
-                    source,
-                })?;
-                fresh.push((key, socket));
+                    error,
+                };
+                let socket = socket.map_err(fail)?;
+                let claim = self.claim(addr, l.udp.is_some(), takeover).map_err(fail)?;
+                fresh.push((key, socket, claim));
             }
         }
         Ok(fresh)
+    }
+
+    /// The claim of `addr`, bound by this process just now; an error when
+    /// another weir holds it, unless this one takes over from it.
+    fn claim(
+        &self,
+        addr: SocketAddr,
+        udp: bool,
+        takeover: bool,
+    ) -> Result<Option<Claim>, std::io::Error> {
+        // Port 0 is a port of this socket's own; an address this process
+        // serves already (under another listener) is claimed by it.
+        if addr.port() == 0 || self.bound.keys().any(|k| k.addr == addr && k.udp == udp) {
+            return Ok(None);
+        }
+        match claim::claim(addr, udp) {
+            Ok(Some(c)) => Ok(Some(c)),
+            Ok(None) if takeover => Ok(None),
+            Ok(None) => Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another weir serves this address or is starting on it (its first probe \
+                 round runs before it listens); to replace a running weir without dropping \
+                 connections, start this one with `weir run --upgrade`",
+            )),
+            // The claim is a safety net: a namespace that refuses it (a
+            // sandbox) leaves weir serving as before.
+            Err(e) => {
+                tracing::debug!(%addr, error = %e, "cannot claim the address");
+                Ok(None)
+            }
+        }
     }
 
     /// Points every kept socket at its new listener, starts accepting on the
@@ -154,7 +195,8 @@ impl Sockets {
         fresh: Fresh,
         run: &Runners<'_>,
     ) -> Switched {
-        let mut fresh: HashMap<SocketKey, Unstarted> = fresh.into_iter().collect();
+        let mut fresh: HashMap<SocketKey, (Unstarted, Option<Claim>)> =
+            fresh.into_iter().map(|(k, s, c)| (k, (s, c))).collect();
         let mut bound = Vec::new();
         let mut wanted = Vec::new();
         for (l, lst) in config.listeners.iter().zip(listeners) {
@@ -166,7 +208,7 @@ impl Sockets {
                     bound.push((l.name.clone(), b.local));
                     continue;
                 }
-                let Some(std_socket) = fresh.remove(&key) else {
+                let Some((std_socket, claim)) = fresh.remove(&key) else {
                     continue;
                 };
                 let slot = Arc::new(ArcSwap::new(Arc::clone(lst)));
@@ -206,6 +248,11 @@ impl Sockets {
                 };
                 let kind = if l.udp.is_some() { "udp" } else { "tcp" };
                 tracing::info!(listener = %l.name, addr = %local, protocol = kind, "listening");
+                // Passed sockets are systemd's, port 0 is this socket's own.
+                if claim.is_some() || (!self.inherited.serves(&l.name) && addr.port() != 0) {
+                    run.accept_tasks
+                        .spawn(claim::hold(addr, l.udp.is_some(), claim, stop.clone()));
+                }
                 self.bound.insert(
                     key,
                     Bound {

@@ -193,6 +193,21 @@ fn reserve(port: u16) -> bool {
         .is_ok()
 }
 
+/// A backend that accepts and never answers: an HTTP probe of it takes its
+/// whole timeout.
+pub(crate) fn silent_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let a = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming() {
+            let Ok(s) = s else { break };
+            held.push(s);
+        }
+    });
+    a
+}
+
 /// An echo backend on a thread.
 pub(crate) fn echo_backend() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -793,6 +808,66 @@ fn a_second_weir_on_the_same_addresses_is_refused() {
     );
     signal(&first.0, rustix::process::Signal::INT);
     assert_eq!(wait_exit(&mut first.0).code(), Some(0));
+}
+
+/// A second weir started while the first runs its first probe round (bound,
+/// not listening yet, so the port looks free to any bind the kernel offers)
+/// is refused too: it would otherwise bind beside the first (SO_REUSEPORT)
+/// and take half of the connections. The first one then serves alone.
+#[test]
+fn a_second_weir_during_the_first_ones_probe_round_is_refused() {
+    // The first probe round waits out its 8 s timeout on a backend that
+    // never answers: time enough for the second start.
+    let backend = silent_backend();
+    let front = free_port();
+    let file = temp_config(
+        "probe-round-twin",
+        &format!(
+            "[[listeners]]\nname = \"l\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[pools.health]\ntype = \"http\"\ntimeout = \"8s\"\n\
+             [[pools.backends]]\nname = \"b\"\naddress = \"{backend}\"\n"
+        ),
+    );
+    let mut first = weir()
+        .args(["run", "--config"])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let out = lines(&mut first);
+    let first = Running::new(first);
+    // Bound and claimed: the claim shows in the kernel's list of Unix
+    // sockets (abstract names start with '@').
+    let name = format!("@weir:tcp:{front}");
+    let end = Instant::now() + DEADLINE;
+    while !std::fs::read_to_string("/proc/net/unix")
+        .is_ok_and(|t| t.lines().any(|l| l.ends_with(&name)))
+    {
+        assert!(Instant::now() < end, "the first weir never claimed {front}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let second = weir()
+        .args(["run", "--config"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert!(
+        !out.try_iter().any(|l| l.contains("weir started")),
+        "the first weir was to be in its probe round still"
+    );
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains(&format!(
+            "listeners[0] (l): cannot listen on {front}: another weir serves this address or is starting on it"
+        )) && err.contains("weir run --upgrade"),
+        "{err}"
+    );
+    assert_eq!(err.matches("another weir").count(), 1, "said once: {err}");
+    wait_line(&out, "weir started");
+    assert!(TcpStream::connect(front).is_ok(), "the first one serves");
+    drop(first);
 }
 
 /// The demo's failover: its printed command makes demo-b's health check

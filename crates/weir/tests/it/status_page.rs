@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::cli::{DEADLINE, echo_backend, free_port, http_get, run_weir, temp_config, test_dir};
+use crate::cli::{
+    DEADLINE, echo_backend, free_port, http_get, run_weir, silent_backend, temp_config, test_dir,
+};
 
 const TOKEN: &str = "page-token-0123456789abcdef";
 
@@ -108,21 +110,6 @@ fn the_status_page_follows_backends_live_and_changes_need_the_token() {
     }
     let png = std::fs::read(&shot).expect("screenshot");
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
-}
-
-/// A backend that accepts and never answers: an HTTP probe of it takes its
-/// whole timeout.
-fn silent_backend() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let a = l.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for s in l.incoming() {
-            let Ok(s) = s else { break };
-            held.push(s);
-        }
-    });
-    a
 }
 
 #[test]

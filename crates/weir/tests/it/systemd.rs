@@ -163,16 +163,9 @@ fn slow_to_start(
     Vec<String>,
 ) {
     let notify = NotifySocket::bind(tag);
-    // A backend that accepts and never answers: the HTTP probe of each
-    // process's first round waits out its 2 s timeout.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let backend = silent.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for s in silent.incoming() {
-            held.push(s);
-        }
-    });
+    // The HTTP probe of each process's first round waits out its 2 s
+    // timeout.
+    let backend = crate::cli::silent_backend();
     let front = free_port();
     let admin = admin.map_or_else(String::new, |a| format!("[admin]\nhttp = \"{a}\"\n"));
     let file = temp_config(
