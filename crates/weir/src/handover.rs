@@ -112,8 +112,10 @@ impl Successor {
                     Err(e) => e.to_string(),
                 };
                 tracing::error!(status = %why, "the new version exited; this process goes on serving");
+                // The PID makes each attempt's status its own: the
+                // package's script tells a new failure from an old one.
                 notifier_for_waiter.send(&notify::status(&format!(
-                    "upgrade failed (the new version exited: {why}); the previous version serves"
+                    "upgrade failed (the new version, pid {pid}, exited: {why}); the previous version serves"
                 )));
             });
         if let Err(e) = waiter {
@@ -130,7 +132,7 @@ impl Successor {
                 );
                 terminate(pid);
                 notifier.send(&notify::status(&format!(
-                    "upgrade failed (the new version did not take over within {deadline:?}); the previous version serves"
+                    "upgrade failed (the new version, pid {pid}, did not take over within {deadline:?}); the previous version serves"
                 )));
             }
         });

@@ -451,22 +451,37 @@ fn a_failed_handover_leaves_the_running_weir_serving() {
     echo_once(front).expect("still serving");
 }
 
+/// weir's program file in `dir`: weir started by that absolute path runs
+/// that path's file on SIGUSR2.
+fn own_weir(dir: &std::path::Path) -> std::path::PathBuf {
+    let program = dir.join("weir");
+    let built = env!("CARGO_BIN_EXE_weir");
+    if std::fs::hard_link(built, &program).is_err() {
+        std::fs::copy(built, &program).expect("copy weir");
+    }
+    program
+}
+
+/// Replaces `program` (renamed over, as a package upgrade does) by a "new
+/// version" that only sleeps and never takes over.
+fn make_it_sleep(program: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let sleeper = program.with_extension("new");
+    std::fs::write(&sleeper, "#!/bin/sh\nexec sleep 60\n").expect("script");
+    std::fs::set_permissions(&sleeper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::rename(&sleeper, program).expect("replace the program file");
+}
+
 /// A new version that does not take over within `WEIR_UPGRADE_TIMEOUT`
 /// (here the program file is by then a script that only sleeps) is stopped,
 /// the running weir says so in its status and goes on serving, and no
 /// process claims the service.
 #[test]
 fn a_new_version_that_does_not_take_over_in_time_is_stopped() {
-    use std::os::unix::fs::PermissionsExt;
     let notify = NotifySocket::bind("handover-late");
     let front = free_port();
     let file = activated_config("handover-late", front, "");
-    // weir started by an absolute path runs that path's file on SIGUSR2.
-    let program = notify.dir.join("weir");
-    let built = env!("CARGO_BIN_EXE_weir");
-    if std::fs::hard_link(built, &program).is_err() {
-        std::fs::copy(built, &program).expect("copy weir");
-    }
+    let program = own_weir(&notify.dir);
     let mut cmd = std::process::Command::new(&program);
     cmd.args(["run", "--config"])
         .arg(&file)
@@ -477,10 +492,7 @@ fn a_new_version_that_does_not_take_over_in_time_is_stopped() {
     let mut seen = Vec::new();
     wait_for(&notify.socket, "READY=1", &mut seen);
     // The "new version": renamed over the file the running weir came from.
-    let script = notify.dir.join("weir.new");
-    std::fs::write(&script, "#!/bin/sh\nexec sleep 60\n").expect("script");
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    std::fs::rename(&script, &program).expect("replace the program file");
+    make_it_sleep(&program);
     signal(&old.0, rustix::process::Signal::USR2);
     let end = Instant::now() + DEADLINE;
     while successors(old_pid).is_empty() {
@@ -702,4 +714,40 @@ fn the_packaged_upgrade_script_hands_a_running_weir_over() {
     let status = crate::cli::wait_exit(&mut old.0);
     assert_eq!(status.code(), Some(0), "the old weir exits cleanly");
     echo_once(front).expect("the new version serves");
+
+    // A new version that never takes over (the program file is by then a
+    // script that only sleeps; weir's deadline 1 s): the script ends as
+    // soon as weir's status says the attempt failed, and says why. The
+    // status of an earlier failed attempt is not taken for this one's.
+    let program = own_weir(&notify.dir);
+    let front = free_port();
+    let file = activated_config("upgrade-script-late", front, "");
+    let mut cmd = std::process::Command::new(&program);
+    cmd.args(["run", "--config"])
+        .arg(&file)
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("WEIR_UPGRADE_TIMEOUT", "1s");
+    let (late, _late_out) = start_weir(cmd);
+    wait_for(&notify.socket, "READY=1", &mut seen);
+    make_it_sleep(&program);
+    set("MainPID", &format!("{}\n", late.0.id()));
+    let earlier = "upgrade failed (the new version, pid 1, exited: exit status: 1); the previous version serves";
+    set("StatusText", &format!("{earlier}\n"));
+    let script_run = start_script();
+    // Playing systemd: weir's STATUS= becomes the unit's StatusText.
+    let failed = wait_for(&notify.socket, "upgrade failed", &mut seen);
+    let text = failed
+        .lines()
+        .find_map(|l| l.strip_prefix("STATUS="))
+        .expect("a status");
+    assert!(text.contains("did not take over within 1s"), "{text}");
+    set("StatusText", &format!("{text}\n"));
+    let (code, out) = finish(script_run);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("weir: {text}; see journalctl")),
+        "{out}"
+    );
+    assert!(!out.contains(earlier), "{out}");
+    echo_once(front).expect("the running weir goes on serving");
 }
