@@ -504,15 +504,9 @@ mod tests {
         assert_eq!(s.attributes.len(), 2);
     }
 
-    #[tokio::test]
-    async fn a_full_queue_drops_and_counts_without_waiting() {
-        // Nothing listens on the collector's port: exports fail, and the
-        // queue of one span takes one; the others are dropped at once.
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr").port()
-        };
-        let cfg = Otlp {
+    /// OTLP over HTTP to `port` on loopback, exported every hour.
+    fn hourly(port: u16, batch_size: u32, queue_size: u32) -> Otlp {
+        Otlp {
             endpoint: format!("http://127.0.0.1:{port}"),
             host: "127.0.0.1".into(),
             port,
@@ -521,9 +515,20 @@ mod tests {
             service_name: "weir".into(),
             timeout: Duration::from_millis(200),
             interval: Duration::from_secs(3600),
-            batch_size: 1,
-            queue_size: 1,
+            batch_size,
+            queue_size,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_without_waiting() {
+        // Nothing listens on the collector's port: exports fail, and the
+        // queue of one span takes one; the others are dropped at once.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
         };
+        let cfg = hourly(port, 1, 1);
         let stats = Arc::new(ExportStats::default());
         let e = Exporter::start(&cfg, Arc::clone(&stats));
         for _ in 0..5 {
@@ -540,6 +545,7 @@ mod tests {
         );
         assert_eq!(stats.exported.load(Relaxed), 0);
     }
+
     #[tokio::test]
     async fn spans_queued_before_the_task_runs_wait_for_the_interval() {
         // A collector that only counts connections: none may come before
@@ -549,18 +555,7 @@ mod tests {
         let collector = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         collector.set_nonblocking(true).expect("nonblocking");
         let port = collector.local_addr().expect("addr").port();
-        let cfg = Otlp {
-            endpoint: format!("http://127.0.0.1:{port}"),
-            host: "127.0.0.1".into(),
-            port,
-            path: "/v1/traces".into(),
-            protocol: OtlpProtocol::Http,
-            service_name: "weir".into(),
-            timeout: Duration::from_millis(200),
-            interval: Duration::from_secs(3600),
-            batch_size: 10,
-            queue_size: 10,
-        };
+        let cfg = hourly(port, 10, 10);
         let stats = Arc::new(ExportStats::default());
         let exporters: Vec<_> = (0..8)
             .map(|_| {
