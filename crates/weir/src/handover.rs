@@ -27,6 +27,11 @@ pub(crate) const TAKEOVER_DEADLINE: Duration = Duration::from_secs(120);
 /// Names the deadline of a hand-over, as a duration ("90s", "5m").
 const TIMEOUT_VAR: &str = "WEIR_UPGRADE_TIMEOUT";
 
+/// `d` in seconds, rounded up: what a shell script can compare.
+fn whole_seconds(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
 /// The deadline `WEIR_UPGRADE_TIMEOUT` sets: [`TAKEOVER_DEADLINE`] when it
 /// is unset, an error naming the variable when it is not a duration above
 /// zero (at most a day: a hung new version would hold changes that long).
@@ -91,6 +96,11 @@ impl Successor {
         };
         let pid = child.id();
         self.pid.store(pid, SeqCst);
+        // The package's script waits as long as this says, and a margin.
+        notifier.send(&notify::status(&format!(
+            "upgrading (the new version, pid {pid}, has {} s to take over)",
+            whole_seconds(deadline)
+        )));
         // A thread of its own, not the runtime's: this process exits while
         // the successor lives on.
         let (me, notifier_for_waiter) = (Arc::clone(self), Arc::clone(notifier));
@@ -243,6 +253,13 @@ mod tests {
         let exe = std::env::current_exe().expect("exe");
         assert_eq!(program(Some("weir".into())).expect("path"), exe);
         assert_eq!(program(None).expect("path"), exe);
+    }
+
+    #[test]
+    fn the_status_gives_the_deadline_in_whole_seconds_rounded_up() {
+        assert_eq!(whole_seconds(Duration::from_secs(120)), 120);
+        assert_eq!(whole_seconds(Duration::from_millis(1500)), 2);
+        assert_eq!(whole_seconds(Duration::from_nanos(1)), 1);
     }
 
     #[test]

@@ -650,7 +650,12 @@ fn the_packaged_upgrade_script_hands_a_running_weir_over() {
         }
         (status.code(), out)
     };
-    let set = |prop: &str, value: &str| std::fs::write(tools.join(prop), value).expect("prop");
+    // Whole or not at all: the script may read it meanwhile.
+    let set = |prop: &str, value: &str| {
+        let part = tools.join(format!("{prop}.part"));
+        std::fs::write(&part, value).expect("prop");
+        std::fs::rename(&part, tools.join(prop)).expect("prop");
+    };
 
     // Not running: nothing to do.
     set("MainPID", "0\n");
@@ -733,15 +738,25 @@ fn the_packaged_upgrade_script_hands_a_running_weir_over() {
     set("MainPID", &format!("{}\n", late.0.id()));
     let earlier = "upgrade failed (the new version, pid 1, exited: exit status: 1); the previous version serves";
     set("StatusText", &format!("{earlier}\n"));
-    let script_run = start_script();
     // Playing systemd: weir's STATUS= becomes the unit's StatusText.
-    let failed = wait_for(&notify.socket, "upgrade failed", &mut seen);
-    let text = failed
-        .lines()
-        .find_map(|l| l.strip_prefix("STATUS="))
-        .expect("a status");
+    let relay = |needle: &str, seen: &mut Vec<String>| {
+        let sent = wait_for(&notify.socket, needle, seen);
+        let text = sent
+            .lines()
+            .find_map(|l| l.strip_prefix("STATUS="))
+            .expect("a status")
+            .to_owned();
+        set("StatusText", &format!("{text}\n"));
+        text
+    };
+    let script_run = start_script();
+    let upgrading = relay("upgrading", &mut seen);
+    assert!(
+        upgrading.ends_with(", has 1 s to take over)"),
+        "{upgrading}"
+    );
+    let text = relay("upgrade failed", &mut seen);
     assert!(text.contains("did not take over within 1s"), "{text}");
-    set("StatusText", &format!("{text}\n"));
     let (code, out) = finish(script_run);
     assert_eq!(code, Some(1), "{out}");
     assert!(
@@ -749,5 +764,22 @@ fn the_packaged_upgrade_script_hands_a_running_weir_over() {
         "{out}"
     );
     assert!(!out.contains(earlier), "{out}");
+
+    // The script waits as long as weir's status says (1 s here) and a
+    // margin, not its own 2 minutes, when no failure is reported (here the
+    // failure's status is not passed on).
+    let script_run = start_script();
+    let upgrading = relay("upgrading", &mut seen);
+    assert!(
+        upgrading.ends_with(", has 1 s to take over)"),
+        "{upgrading}"
+    );
+    wait_for(&notify.socket, "upgrade failed", &mut seen);
+    let (code, out) = finish(script_run);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("has not handed over within 11 s and has not reported a failure"),
+        "{out}"
+    );
     echo_once(front).expect("the running weir goes on serving");
 }
