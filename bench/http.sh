@@ -26,6 +26,9 @@ Usage: bench/http.sh [options]
                      up at once: CPU per request from runs seconds apart, so that drifts
                      of the machine between rounds weigh less (default 0)
   --pair-duration S  length of each paired run (default 4)
+  --h2c-rate N       h2c load at a fixed N requests per second (a multiple of 10, split
+                     over h2load's 10 connections) instead of as many as the proxy
+                     serves: CPU per request of every proxy at the same load
   --weir PATH        weir binary (default target/release/weir; env BENCH_WEIR)
   --out FILE         report path (default bench/results/http-<UTC date>.md)
   --quick            smoke test: --duration 3 --rounds 1
@@ -45,6 +48,7 @@ SCENARIOS=h1,h2c,tls
 CALLGRIND=0
 PAIRED=0
 PAIR_DURATION=4
+H2C_RATE=0
 WEIR=${BENCH_WEIR:-$REPO_ROOT/target/release/weir}
 OUT=""
 QUICK=0
@@ -59,6 +63,7 @@ while (($#)); do
         --callgrind) CALLGRIND=${2:?}; shift 2 ;;
         --paired) PAIRED=${2:?}; shift 2 ;;
         --pair-duration) PAIR_DURATION=${2:?}; shift 2 ;;
+        --h2c-rate) H2C_RATE=${2:?}; shift 2 ;;
         --weir) WEIR=${2:?}; shift 2 ;;
         --out) OUT=${2:?}; shift 2 ;;
         --port-base) PORT_BASE=${2:?}; shift 2 ;;
@@ -78,6 +83,10 @@ done
 [[ $CALLGRIND =~ ^[0-9]+$ ]] || die "--callgrind takes a request count"
 [[ $PAIRED =~ ^[0-9]+$ ]] || die "--paired takes a number of pairs"
 [[ $PAIR_DURATION =~ ^[1-9][0-9]*$ ]] || die "--pair-duration takes whole seconds"
+[[ $H2C_RATE =~ ^[0-9]+$ ]] && ((H2C_RATE % 10 == 0)) || die "--h2c-rate takes requests per second, a multiple of 10"
+# h2load's --rps is per connection.
+H2C_LOAD=(-t1 -c10 -m10)
+((H2C_RATE > 0)) && H2C_LOAD+=(--rps $((H2C_RATE / 10)))
 if ((CALLGRIND)); then
     for c in valgrind callgrind_control; do
         command -v "$c" >/dev/null || die "missing $c — apt-get install -y valgrind"
@@ -203,7 +212,7 @@ run_scenario() { # round key scenario pid
                 -s "$BENCH_DIR/wrk_report.lua" "http://127.0.0.1:${FRONT_H1[$key]}/" >"$f" 2>&1 || true
             read -r rps p50 p99 errs < <(python3 "$BENCH_DIR/report.py" wrk "$f" 2>/dev/null) ;;
         h2c)
-            timeout -k 5 $TIMEOUT taskset -c 0 h2load -t1 -c10 -m10 -D "$DURATION" \
+            timeout -k 5 $TIMEOUT taskset -c 0 h2load "${H2C_LOAD[@]}" -D "$DURATION" \
                 "http://127.0.0.1:${FRONT_H2C[$key]}/" >"$f" 2>&1 || true
             read -r rps errs < <(python3 "$BENCH_DIR/report.py" h2load "$f" 2>/dev/null) ;;
         tls)
@@ -240,7 +249,7 @@ pair_run() { # pair key scenario pid
                 -s "$BENCH_DIR/wrk_report.lua" "http://127.0.0.1:${FRONT_H1[$key]}/" >"$f" 2>&1 || true
             read -r rps _ < <(python3 "$BENCH_DIR/report.py" wrk "$f" 2>/dev/null) ;;
         h2c)
-            timeout -k 5 $timeout taskset -c 0 h2load -t1 -c10 -m10 -D "$PAIR_DURATION" \
+            timeout -k 5 $timeout taskset -c 0 h2load "${H2C_LOAD[@]}" -D "$PAIR_DURATION" \
                 "http://127.0.0.1:${FRONT_H2C[$key]}/" >"$f" 2>&1 || true
             read -r rps _ < <(python3 "$BENCH_DIR/report.py" h2load "$f" 2>/dev/null) ;;
     esac
@@ -337,6 +346,7 @@ count_instructions() { # key
     echo "rounds=$ROUNDS"
     echo "paired=$PAIRED"
     echo "pair_duration=$PAIR_DURATION"
+    echo "h2c_rate=$H2C_RATE"
     echo "proxies=$(IFS=,; echo "${KEYS[*]}")"
     labels=(); for k in "${KEYS[@]}"; do labels+=("${LABEL[$k]}"); done
     echo "labels=$(IFS=,; echo "${labels[*]}")"

@@ -270,6 +270,11 @@ def cmd_render(raw_path, meta_path, out_path, suite="l4"):
               f"serving a {meta.get('pair_duration', '?')} s run of the same load, the order "
               "rotating from pair to pair; the rows marked *paired runs* show the median over "
               "the pairs.")
+        rate = int(meta.get("h2c_rate", "0") or 0)
+        if suite == "http" and rate > 0:
+            w(f"- h2c at a fixed load (`--h2c-rate {rate}`): h2load sends {rate:,} requests per "
+              f"second in all (`--rps {rate // 10}` on each of its 10 connections), whatever the "
+              "proxy could serve: every proxy's CPU per request at the same load.")
     else:
         method_l4(w, meta, labels, proxies, rounds)
     base = "nginx" if suite == "udp" else "haproxy"
