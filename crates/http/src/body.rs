@@ -43,6 +43,9 @@ pub(crate) struct RequestBody {
 
 impl RequestBody {
     pub(crate) fn new(inner: Incoming, count: Arc<BodyCount>, limit: Option<u64>) -> RequestBody {
+        // A body announced but not yet begun is being uploaded too: a client
+        // that sends none of it must not have the backend blamed.
+        count.uploading.store(!inner.is_end_stream(), Relaxed);
         RequestBody {
             inner: Some(inner),
             count,

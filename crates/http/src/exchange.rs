@@ -30,8 +30,8 @@ pub(crate) struct BodyCount {
     /// Reading the body from the client failed (it left mid-upload, or
     /// broke the framing).
     pub(crate) client_failed: AtomicBool,
-    /// Part of the body came and the rest has not yet: the client is still
-    /// uploading.
+    /// The request has a body and not all of it came yet: the client is
+    /// still uploading (or has not begun).
     pub(crate) uploading: AtomicBool,
 }
 

@@ -15,7 +15,9 @@
 use std::net::IpAddr;
 
 use http::HeaderMap;
-use http::header::{CONNECTION, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE,
+};
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -92,6 +94,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         if here {
             headers.remove(name);
         }
+    }
+    // A message framed by Transfer-Encoding is not as long as a
+    // Content-Length beside it says (RFC 9112 §6.3): forwarded without its
+    // chunking, that length would cut or stall the body. (Requests with both
+    // are refused before they get here; a backend's response may have both.)
+    if present[3] {
+        headers.remove(CONTENT_LENGTH);
     }
     if present[N - 1] {
         let trailers_only = {
@@ -301,6 +310,21 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn a_chunked_message_loses_its_content_length() {
+        let mut h = map(&[
+            ("transfer-encoding", "chunked"),
+            ("content-length", "5"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-kept"]);
+        let mut h = map(&[("content-length", "5")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(get(&h, "content-length"), ["5"]);
     }
 
     #[test]

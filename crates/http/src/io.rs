@@ -69,6 +69,9 @@ pub(crate) struct HeaderDeadline<S> {
     /// When the header being read began; `None` between requests and while
     /// one is being served.
     since: Option<Instant>,
+    /// Requests begun on the connection when `since` was set: once one more
+    /// has begun, that header is whole.
+    mark: u64,
     timer: Pin<Box<Sleep>>,
 }
 
@@ -81,12 +84,15 @@ impl<S> HeaderDeadline<S> {
             state,
             limit,
             since: Some(now),
+            mark: 0,
             timer: Box::pin(tokio::time::sleep_until(now + limit)),
         }
     }
 
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.state.in_flight() > 0 {
+        // A request begun since the header started: it was whole. One that
+        // weir answered at once (a 404, a refusal) is never seen in flight.
+        if self.state.in_flight() > 0 || self.state.served() != self.mark {
             self.since = None;
         }
         let Some(since) = self.since else {
@@ -120,6 +126,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeaderDeadline<S> {
                 {
                     // The first byte of the next request.
                     this.since = Some(crate::clock::now());
+                    this.mark = this.state.served();
                 }
                 Poll::Ready(Ok(()))
             }

@@ -99,6 +99,11 @@ impl ConnState {
         self.in_flight.load(Relaxed)
     }
 
+    /// Requests begun on this connection so far.
+    pub(crate) fn served(&self) -> u64 {
+        self.served.load(Relaxed)
+    }
+
     pub(crate) fn request_started(&self) {
         self.in_flight.fetch_add(1, Relaxed);
         self.served.fetch_add(1, Relaxed);
@@ -551,19 +556,24 @@ where
             state.cut(why);
             return Poll::Ready(Ok(()));
         }
-        if !rechecking && !draining && state.in_flight() > 0 {
+        if !rechecking && state.in_flight() > 0 {
             // Busy again after a rest: the idle deadline may be far off.
             rechecking = true;
             idle_timer.as_mut().reset(crate::clock::now() + recheck);
         }
-        while !draining && idle_timer.as_mut().poll(cx).is_ready() {
+        // Draining too: hyper's graceful end waits for the responses in
+        // flight, and a client that takes none must not hold them for ever.
+        while idle_timer.as_mut().poll(cx).is_ready() {
             let now = crate::clock::now();
             let idle_at = state.idle_since() + idle;
             if state.in_flight() == 0 && idle_at <= now {
-                graceful(conn.as_mut());
-                draining = true;
-                // hyper starts its graceful end when next polled.
-                cx.waker().wake_by_ref();
+                if !draining {
+                    graceful(conn.as_mut());
+                    draining = true;
+                    // hyper starts its graceful end when next polled.
+                    cx.waker().wake_by_ref();
+                }
+                idle_timer.as_mut().reset(now + recheck);
             } else if state.in_flight() > 0 {
                 let (waiting, now_taken) = state.progress();
                 if !waiting || now_taken != taken {

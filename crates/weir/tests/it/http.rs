@@ -897,7 +897,8 @@ fn a_chunked_body_that_grows_past_max_body_bytes_is_cut_with_413() {
     assert_eq!(backend.requests.load(SeqCst), 1);
 }
 
-/// A client still sending its body when `upstream_response` runs out is
+/// A client still sending its body (or yet to begin it) when
+/// `upstream_response` runs out is
 /// answered 408 (reason `idle_timeout`), and that does not count against the
 /// backend: trickled uploads cannot get a healthy backend ejected (two
 /// failures in a row would here). A backend slow to answer a whole request
@@ -923,11 +924,11 @@ fn a_client_slow_with_its_body_is_not_the_backends_failure() {
             backend.addr, slow.addr
         ),
     );
-    // Half of a declared body, then nothing.
-    for _ in 0..3 {
+    // Half of a declared body, then nothing; or none of it at all.
+    for sent in ["hello", "", ""] {
         let (status, body) = one_response(
             front,
-            "POST /trickle HTTP/1.1\r\nHost: app\r\nContent-Length: 10\r\n\r\nhello",
+            &format!("POST /trickle HTTP/1.1\r\nHost: app\r\nContent-Length: 10\r\n\r\n{sent}"),
         );
         assert_eq!(
             (status, body.as_str()),
@@ -1663,7 +1664,8 @@ async fn request(
 /// A client that takes nothing of a response (HTTP/1.1: never reads;
 /// HTTP/2: a flow-control window of zero) is disconnected after
 /// `timeouts.send`, and the backend's connection is let go, instead of
-/// being held for as long as the client likes.
+/// being held for as long as the client likes; also while its connection
+/// drains (a reload removed its route), which waits for that response.
 #[test]
 fn a_client_that_reads_nothing_is_cut_after_the_send_timeout() {
     let dir = test_dir("l7-send-timeout");
@@ -1678,17 +1680,20 @@ fn a_client_that_reads_nothing_is_cut_after_the_send_timeout() {
     );
     wait_connectable(port);
     let (front, admin) = (free_port(), free_port());
-    let (_weir, out) = start(
-        "send-timeout",
-        &format!(
+    let config = |route: &str| {
+        format!(
             "[admin]\nhttp = \"{admin}\"\n[log]\nformat = \"json\"\n\
              [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
-             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes]]\nname = \"{route}\"\nmode = \"l7\"\n\
              timeouts = {{ send = \"500ms\" }}\n\
              [[listeners.routes.http]]\nname = \"files\"\npool = \"files\"\n\
              [[pools]]\nname = \"files\"\n[[pools.backends]]\nname = \"nginx\"\naddress = \"{port}\"\n"
-        ),
-    );
+        )
+    };
+    let file = crate::cli::temp_config("send-timeout", &config("app"));
+    let mut cmd = weir();
+    cmd.args(["run", "--config"]).arg(&file);
+    let (weir_child, out) = start_weir(cmd);
     let active = || {
         metric(
             admin,
@@ -1767,6 +1772,30 @@ fn a_client_that_reads_nothing_is_cut_after_the_send_timeout() {
         assert!(Instant::now() < end, "a cut request still counts in flight");
         std::thread::sleep(Duration::from_millis(20));
     }
+
+    // HTTP/1.1 again, and a reload removes the route (renamed) while the
+    // response waits: the draining connection is cut all the same.
+    let mut h1 = TcpStream::connect(front).expect("connect");
+    write!(h1, "GET /big.bin?drain HTTP/1.1\r\nHost: app\r\n\r\n").expect("request");
+    let end = Instant::now() + DEADLINE;
+    while in_flight() != 1.0 {
+        assert!(Instant::now() < end, "the request never counted in flight");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::fs::write(&file, config("moved")).expect("rewrite");
+    crate::cli::signal(&weir_child.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    let line = wait_line(&out, "\"path\":\"/big.bin?drain\"");
+    assert!(line.contains("\"reason\":\"idle_timeout\""), "{line}");
+    let end = Instant::now() + DEADLINE;
+    while in_flight() != 0.0 || active() != 0.0 {
+        assert!(
+            Instant::now() < end,
+            "the drained request still holds its backend"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(h1);
 }
 
 /// Pieces of a paced answer of [`pausing_backend`].
@@ -1952,6 +1981,60 @@ fn a_backend_silent_inside_a_body_is_cut_after_upstream_idle() {
     let line = access_line(&out, "/paced");
     assert_eq!(line["reason"], "completed", "{line}");
     assert_eq!(line["bytes_out"], whole.len(), "{line}");
+}
+
+/// A backend's response framed by `Transfer-Encoding: chunked` with a
+/// `Content-Length` beside it (which RFC 9112 says to ignore) reaches the
+/// client whole: weir forwards it without the length, which would cut the
+/// body short.
+#[test]
+fn a_chunked_response_with_a_content_length_arrives_whole() {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            std::thread::spawn(move || {
+                // Kept open between answers: the end of a body is its last
+                // chunk's, not the connection's.
+                let mut reader = BufReader::new(s.try_clone().expect("clone"));
+                loop {
+                    let mut line = String::new();
+                    match reader.read_line(&mut line) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) if line == "\r\n" => {
+                            let _ = s.write_all(
+                                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\
+                                  Content-Length: 3\r\n\r\n\
+                                  6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n",
+                            );
+                        }
+                        Ok(_) => {}
+                    }
+                }
+            });
+        }
+    });
+    let front = free_port();
+    let (_weir, out) = start(
+        "both-framings",
+        &format!(
+            "[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\nname = \"b\"\naddress = \"{backend}\"\n"
+        ),
+    );
+    let (status, body) = one_response(front, "GET /both HTTP/1.1\r\nHost: app\r\n\r\n");
+    assert_eq!((status, body.as_str()), (200, "hello world"));
+    let line = access_line(&out, "/both");
+    assert_eq!(line["reason"], "completed", "{line}");
+    let (status, body, _) = curl(
+        &["--http2-prior-knowledge"],
+        &format!("http://{front}/both2"),
+    );
+    assert_eq!((status, body.as_str()), (200, "hello world"));
 }
 
 /// Kept connections that a reload does not keep (here, their route is
@@ -2146,6 +2229,38 @@ fn a_kept_alive_connection_rests_as_long_as_the_idle_timeout_allows() {
     // The backend's side rested past `upstream_keepalive` (4 s): weir
     // closed it and opened another.
     assert!(body.starts_with("conn=2 req=1"), "{body}");
+}
+
+/// A request weir answers itself (here a 404: no rule matches) ends its
+/// header's deadline like one sent to a backend: the rest after it is
+/// bounded by `idle`, not by `request_header`.
+#[test]
+fn a_rest_after_a_request_weir_answered_itself_is_not_a_header_timeout() {
+    let backend = raw_backend(None, Duration::ZERO);
+    let front = free_port();
+    let (_weir, _out) = start(
+        "l7-rest-local",
+        &format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             timeouts = {{ request_header = \"500ms\" }}\n\
+             [[listeners.routes.http]]\nname = \"app\"\npool = \"p\"\n\
+             match = {{ path_prefix = \"/app\" }}\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n",
+            backend.addr
+        ),
+    );
+    let mut s = TcpStream::connect(front).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let body = keepalive_get(&mut s, "/elsewhere").expect("first request");
+    assert!(body.contains("(no_rule)"), "{body}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let body = keepalive_get(&mut s, "/elsewhere").expect("served after a 1.5 s rest");
+    assert!(body.contains("(no_rule)"), "{body}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let body = keepalive_get(&mut s, "/app").expect("and to the backend after another");
+    assert!(body.starts_with("conn=1 req=1"), "{body}");
 }
 
 /// One HTTP/1.1 request with a raw request target (no client-side
