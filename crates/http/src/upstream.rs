@@ -78,6 +78,12 @@ pub(crate) struct Conns {
     /// The shared HTTP/2 connection; async, so that one request opens it
     /// while the others wait for it.
     h2: tokio::sync::Mutex<Option<http2::SendRequest<RequestBody>>>,
+    /// Failed opens of the shared HTTP/2 connection so far, and why the last
+    /// one failed: the requests that waited for an open that failed fail
+    /// with it, rather than each opening in turn (each up to
+    /// `connect_timeout`, one after the other, behind the lock).
+    h2_failures: AtomicU64,
+    h2_why: Mutex<Reason>,
 }
 
 #[derive(Debug)]
@@ -116,6 +122,8 @@ impl Conns {
             swept: AtomicBool::new(false),
             idle: Mutex::new(Vec::new()),
             h2: tokio::sync::Mutex::new(None),
+            h2_failures: AtomicU64::new(0),
+            h2_why: Mutex::new(Reason::BackendError),
         })
     }
 
@@ -155,10 +163,15 @@ impl Conns {
                 }
             }
             HttpProtocol::H2 | HttpProtocol::H2c => {
+                let failures = self.h2_failures.load(Relaxed);
                 let shared = self.h2.lock().await;
                 if let Some(sender) = shared.as_ref().filter(|s| !s.is_closed()) {
                     self.stats.upstream_event(UpstreamEvent::Reused);
                     return Ok(self.lease(Sender::H2(sender.clone()), true, Duration::ZERO));
+                }
+                if self.h2_failures.load(Relaxed) != failures {
+                    // An open failed while this request waited for it.
+                    return Err(*lock(&self.h2_why));
                 }
                 // Opened while holding the lock: the requests that wait for
                 // it then share it.
@@ -222,12 +235,22 @@ impl Conns {
         dialer: &Dialer,
         mut shared: tokio::sync::MutexGuard<'_, Option<http2::SendRequest<RequestBody>>>,
     ) -> Result<Lease, Reason> {
-        let io = dial(self.address, dialer).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|_| Reason::Protocol)?;
+        let opened = match dial(self.address, dialer).await {
+            Ok(io) => http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(TokioIo::new(io))
+                .await
+                .map_err(|_| Reason::Protocol),
+            Err(why) => Err(why),
+        };
+        let (sender, conn) = match opened {
+            Ok(opened) => opened,
+            Err(why) => {
+                *lock(&self.h2_why) = why;
+                self.h2_failures.fetch_add(1, Relaxed);
+                return Err(why);
+            }
+        };
         self.stats.upstream_event(UpstreamEvent::Created);
         self.stats.upstream_active.fetch_add(1, Relaxed);
         let stats = Arc::clone(&self.stats);

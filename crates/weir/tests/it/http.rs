@@ -1159,6 +1159,48 @@ fn start_nghttpd(www: &std::path::Path, port: u16, tls: Option<(PathBuf, PathBuf
 
 /// HTTP/2 backends (nghttpd): in clear text (h2c) and over TLS (h2, the
 /// certificate verified against its CA); clients on HTTP/1.1 and h2c; one
+/// Requests that wait for the shared HTTP/2 connection to a backend while it
+/// is being opened fail with that open when it fails, at once: they do not
+/// each open one in turn, behind the first (here the backend takes TCP
+/// connections and never answers the TLS handshake, so each open takes
+/// `connect_timeout`, 1 s; six requests one after the other took 6 s).
+#[test]
+fn requests_waiting_for_a_failed_http2_open_fail_with_it() {
+    let silent = crate::cli::silent_backend();
+    let front = free_port();
+    let (_weir, out) = start(
+        "h2-open-fails",
+        &format!(
+            "[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"r\"\nmode = \"l7\"\n\
+             backend_tls = {{ sni = \"h2.internal\", verify = false }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"h2\"\n\
+             [[pools]]\nname = \"h2\"\nprotocol = \"h2\"\nconnect_timeout = \"1s\"\n\
+             [[pools.backends]]\nname = \"silent\"\naddress = \"{silent}\"\n"
+        ),
+    );
+    let began = Instant::now();
+    let clients: Vec<_> = (0..6)
+        .map(|i| {
+            std::thread::spawn(move || {
+                one_response(front, &format!("GET /{i} HTTP/1.1\r\nHost: app\r\n\r\n"))
+            })
+        })
+        .collect();
+    for c in clients {
+        let (status, body) = c.join().expect("client");
+        assert_eq!(status, 502, "{body}");
+    }
+    let took = began.elapsed();
+    assert!(
+        took < Duration::from_millis(3500),
+        "six requests took {took:?}: each waited for the opens before it"
+    );
+    let line = access_line(&out, "/5");
+    assert_eq!(line["reason"], "tls", "{line}");
+}
+
 /// connection per backend carries every request.
 #[test]
 fn http2_backends_in_clear_text_and_over_tls() {
