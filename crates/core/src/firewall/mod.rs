@@ -110,11 +110,10 @@ impl Firewall {
                 .map(|(_, t)| t)
                 .filter(|t| t.fits(&limits))
                 .map(Arc::clone);
+            // A kept table takes the new limits at `activate`, once the
+            // reload can no longer fail.
             let table = match kept {
-                Some(t) => {
-                    t.adopt(&limits);
-                    t
-                }
+                Some(t) => t,
                 None => {
                     let t = Arc::new(ClientTable::new(&limits));
                     ClientTable::spawn_sweeper(&t, SWEEP_EVERY);
@@ -133,6 +132,15 @@ impl Firewall {
     }
 
     /// Lets a new connection from `ip` in (with its hold on the client's
+    /// This firewall's per-client limits become those its client table
+    /// (perhaps kept from the running listener) forgets clients by: called
+    /// when a reload switches to it.
+    pub fn activate(&self) {
+        if let Some((limits, table)) = &self.per_client {
+            table.adopt(limits);
+        }
+    }
+
     /// count of open connections, when counted), or says why not.
     pub fn admit(&self, ip: IpAddr) -> Result<Option<ClientSlot>, Block> {
         match self.runtime.check(ip) {
@@ -229,6 +237,7 @@ mod tests {
         let rules = RuntimeRules::new(Vec::new());
         let first = Firewall::new(Some(&per_client(None, 1)), &rules, None);
         let reloaded = Firewall::new(Some(&per_client(Some(1), 5)), &rules, Some(&first));
+        reloaded.activate();
         assert!(std::ptr::eq(
             first.clients().expect("table"),
             reloaded.clients().expect("table")
@@ -245,5 +254,28 @@ mod tests {
         }
         assert_eq!(reloaded.clients().map(ClientTable::tracked), Some(1));
         assert_eq!(reloaded.admit(ip).err(), Some(Block::RateLimit));
+    }
+
+    /// A reload that fails after its listeners were built (an address in
+    /// use, a probe's TLS settings) changes nothing: the kept table goes on
+    /// forgetting clients by the running limits, not by the staged ones
+    /// (which had no rate, and would have handed every client a fresh burst
+    /// at each sweep).
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_that_fails_after_staging_leaves_the_running_limits() {
+        let rules = RuntimeRules::new(Vec::new());
+        let running = Firewall::new(Some(&per_client(Some(1), 5)), &rules, None);
+        running.activate();
+        let staged = Firewall::new(Some(&per_client(None, 5)), &rules, Some(&running));
+        drop(staged);
+        let ip: IpAddr = "192.0.2.8".parse().expect("ip");
+        for _ in 0..5 {
+            drop(running.admit(ip).expect("within the burst"));
+        }
+        assert_eq!(running.admit(ip).err(), Some(Block::RateLimit));
+        for _ in 0..3 {
+            tokio::time::sleep(SWEEP_EVERY + Duration::from_millis(1)).await;
+        }
+        assert_eq!(running.admit(ip).err(), Some(Block::RateLimit));
     }
 }

@@ -185,11 +185,10 @@ fn build_listener(
             stats,
         });
     }
+    // Shared with the running listener: its refusal-log budget is set when
+    // the switch is certain (see `commit`).
     let stats: Arc<crate::listener::ListenerStats> =
         before.map_or_else(Arc::default, |b| Arc::clone(&b.stats));
-    stats
-        .refusal_lines
-        .set_per_second(config.log.refusals_per_second);
     Ok(Arc::new(Listener {
         name: l.name.clone(),
         max_connections: l.max_connections,
