@@ -170,6 +170,12 @@ impl Lookup {
             // "." as the target: the service is decidedly not available here.
             .filter(|srv| !srv.target.is_root())
             .collect();
+        // Targets that left the answer are forgotten first: what is
+        // remembered stays within one answer's targets, and a new one never
+        // pushes out those still in it.
+        let current: std::collections::HashSet<String> =
+            srvs.iter().map(|srv| srv.target.to_string()).collect();
+        self.keep_targets(&current);
         // The lookups as a list first: a stream mapped by a closure over
         // borrowed records is not `Send` to the compiler.
         let lookups: Vec<_> = srvs
@@ -342,6 +348,13 @@ impl Lookup {
                 known.clear();
             }
             known.insert(target.to_owned(), ips.to_vec());
+        }
+    }
+
+    /// Forgets the remembered addresses of targets not in `current`.
+    fn keep_targets(&self, current: &std::collections::HashSet<String>) {
+        if let Ok(mut known) = self.targets.lock() {
+            known.retain(|target, _| current.contains(target));
         }
     }
 
@@ -538,6 +551,28 @@ mod tests {
             s.failed(&format!("n{i}.example"), true);
         }
         assert!(crate::sync::lock(&s.0).len() <= 2 * MAX_TARGETS);
+    }
+
+    /// Targets that left the SRV answer are forgotten before its targets
+    /// are asked: a new target finds room, and the last addresses of those
+    /// still in the answer stay for a failed lookup to keep (the map was
+    /// once emptied whole when a new name came to a full one).
+    #[tokio::test]
+    async fn targets_that_left_the_answer_make_room_for_new_ones() {
+        let l = lookup("127.0.0.1:9".parse().expect("addr"));
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        for i in 0..MAX_TARGETS - 1 {
+            l.remember(&format!("old{i}.test."), &[ip]);
+        }
+        l.remember("stays.test.", &[ip]);
+        let current: std::collections::HashSet<String> =
+            ["stays.test.", "new.test."].map(str::to_owned).into();
+        l.keep_targets(&current);
+        l.remember("new.test.", &[ip]);
+        assert_eq!(l.known("stays.test."), [ip]);
+        assert_eq!(l.known("new.test."), [ip]);
+        assert!(l.known("old0.test.").is_empty());
+        assert_eq!(crate::sync::lock(&l.targets).len(), 2);
     }
 
     /// One family's question failing is not the name losing that family's
