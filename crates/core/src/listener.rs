@@ -118,6 +118,15 @@ impl Route {
 }
 
 impl Listener {
+    /// What this listener shares with the one it replaces (a kept
+    /// per-client table, the refusal-log budget) takes its values: called
+    /// when a reload switches to it, not while staging, so that a reload
+    /// that fails changes none of it.
+    pub(crate) fn activate(&self, refusals_per_second: u32) {
+        self.firewall.activate();
+        self.stats.refusal_lines.set_per_second(refusals_per_second);
+    }
+
     /// Open connections allowed: set at runtime, else as configured.
     pub fn max_connections(&self) -> u32 {
         match self.stats.max_connections_set.load(Relaxed) {

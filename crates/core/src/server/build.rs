@@ -186,7 +186,7 @@ fn build_listener(
         });
     }
     // Shared with the running listener: its refusal-log budget is set when
-    // the switch is certain (see `commit`).
+    // the switch is certain (`Listener::activate`).
     let stats: Arc<crate::listener::ListenerStats> =
         before.map_or_else(Arc::default, |b| Arc::clone(&b.stats));
     Ok(Arc::new(Listener {

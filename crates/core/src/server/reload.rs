@@ -316,15 +316,8 @@ impl Server {
             pool.settle();
         }
         tracing::debug!(probes = checkers.tasks(), "first health round done");
-        // What the new listeners share with the running ones (a kept
-        // per-client table, the refusal-log budget) takes the new values only
-        // now: a reload that failed after staging changed none of it.
         for listener in &listeners {
-            listener.firewall.activate();
-            listener
-                .stats
-                .refusal_lines
-                .set_per_second(config.log.refusals_per_second);
+            listener.activate(config.log.refusals_per_second);
         }
 
         let switched = lock(&self.sockets).switch(
