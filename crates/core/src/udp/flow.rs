@@ -10,12 +10,13 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use quinn_udp::{Transmit, UdpSockRef, UdpSocketState};
@@ -24,6 +25,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::WaitForCancellationFuture;
 use tokio_util::task::TaskTracker;
 use weir_config::ProxyVersion;
 use weir_telemetry::{ActiveGuard, count};
@@ -570,10 +572,43 @@ fn connected(backend: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 /// What ends or changes a flow besides its traffic.
+#[derive(Debug, PartialEq)]
 enum Signal {
     Kill,
     Drain,
     Evict,
+}
+
+/// The shared signals a flow's task waits on.
+struct Waits<'p, 'a> {
+    kill: Pin<&'p mut WaitForCancellationFuture<'a>>,
+    gone: Pin<&'p mut WaitForCancellationFuture<'a>>,
+    drain: Pin<&'p mut WaitForCancellationFuture<'a>>,
+    retired: Pin<&'p mut WaitForCancellationFuture<'a>>,
+    evicted: Pin<&'p mut WaitForCancellationFuture<'a>>,
+}
+
+impl Waits<'_, '_> {
+    /// The signal to act on, the one that ends the flow soonest first. A
+    /// drain is acted on once (`draining`), and the [`Watcher`] looks at the
+    /// waits again only when one of them fires anew: an eviction that fired
+    /// with the drain, before the task looked, must win over it, or it would
+    /// never be seen.
+    fn poll(&mut self, cx: &mut Context<'_>, draining: bool) -> Poll<Signal> {
+        if self.kill.as_mut().poll(cx).is_ready() || self.gone.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Signal::Kill);
+        }
+        if self.evicted.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Signal::Evict);
+        }
+        if !draining
+            && (self.drain.as_mut().poll(cx).is_ready()
+                || self.retired.as_mut().poll(cx).is_ready())
+        {
+            return Poll::Ready(Signal::Drain);
+        }
+        Poll::Pending
+    }
 }
 
 /// A flow's task: replies to the client, and the flow's end.
@@ -634,31 +669,17 @@ impl Task {
         // the backend's tokens are shared by all their flows, so they are
         // looked at (their locks taken) only when one fired; the idle timer
         // is moved only when it runs out.
-        let mut kill = pin!(self.listener.kill.cancelled());
-        let mut drain = pin!(self.listener.drain.cancelled());
-        let mut gone = pin!(self.endpoint.gone.cancelled());
-        let mut retired = pin!(self.endpoint.retired.cancelled());
-        let mut evicted = pin!(evict.cancelled());
+        let mut waits = Waits {
+            kill: pin!(self.listener.kill.cancelled()),
+            gone: pin!(self.endpoint.gone.cancelled()),
+            drain: pin!(self.listener.drain.cancelled()),
+            retired: pin!(self.endpoint.retired.cancelled()),
+            evicted: pin!(evict.cancelled()),
+        };
         let mut watcher = Watcher::new();
         let mut timer = pin!(tokio::time::sleep(idle));
         let reason = loop {
-            let signal = std::future::poll_fn(|cx| {
-                watcher.poll(cx, |cx| {
-                    if kill.as_mut().poll(cx).is_ready() || gone.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Signal::Kill);
-                    }
-                    if !draining
-                        && (drain.as_mut().poll(cx).is_ready()
-                            || retired.as_mut().poll(cx).is_ready())
-                    {
-                        return Poll::Ready(Signal::Drain);
-                    }
-                    if evicted.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Signal::Evict);
-                    }
-                    Poll::Pending
-                })
-            });
+            let signal = std::future::poll_fn(|cx| watcher.poll(cx, |cx| waits.poll(cx, draining)));
             tokio::select! {
                 s = signal => match s {
                     Signal::Kill => break Reason::Shutdown,
@@ -892,5 +913,75 @@ impl Task {
         }
         self.shared.received.fetch_add(data.len() as u64, Relaxed);
         count(&b.stats.received_bytes, data.len() as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_util::sync::CancellationToken;
+
+    /// The tokens of one flow's waits, and what the task would act on next,
+    /// through a [`Watcher`] as the task looks.
+    struct Flow {
+        tokens: [CancellationToken; 5],
+    }
+
+    impl Flow {
+        fn new() -> Flow {
+            Flow {
+                tokens: std::array::from_fn(|_| CancellationToken::new()),
+            }
+        }
+
+        /// The signals the task acts on, in order, polling as its loop does
+        /// until nothing more is ready.
+        fn acted_on(&self) -> Vec<Signal> {
+            let [kill, gone, drain, retired, evicted] = &self.tokens;
+            let mut waits = Waits {
+                kill: pin!(kill.cancelled()),
+                gone: pin!(gone.cancelled()),
+                drain: pin!(drain.cancelled()),
+                retired: pin!(retired.cancelled()),
+                evicted: pin!(evicted.cancelled()),
+            };
+            let mut watcher = Watcher::new();
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            let mut draining = false;
+            let mut seen = Vec::new();
+            while let Poll::Ready(s) = watcher.poll(&mut cx, |cx| waits.poll(cx, draining)) {
+                let end = s != Signal::Drain;
+                draining = true;
+                seen.push(s);
+                if end {
+                    break;
+                }
+            }
+            seen
+        }
+    }
+
+    #[test]
+    fn an_eviction_that_fired_with_a_drain_ends_the_flow() {
+        let flow = Flow::new();
+        flow.tokens[2].cancel();
+        flow.tokens[4].cancel();
+        assert_eq!(flow.acted_on(), [Signal::Evict]);
+        let flow = Flow::new();
+        flow.tokens[3].cancel();
+        flow.tokens[4].cancel();
+        assert_eq!(flow.acted_on(), [Signal::Evict]);
+    }
+
+    #[test]
+    fn a_drain_alone_is_acted_on_once_and_a_kill_wins_over_everything() {
+        let flow = Flow::new();
+        flow.tokens[2].cancel();
+        assert_eq!(flow.acted_on(), [Signal::Drain]);
+        let flow = Flow::new();
+        for t in &flow.tokens {
+            t.cancel();
+        }
+        assert_eq!(flow.acted_on(), [Signal::Kill]);
     }
 }
