@@ -411,6 +411,16 @@ impl Pool {
             .is_some_and(|b| b.admin() != AdminState::Disabled)
     }
 
+    /// A backend probes should look at that no probe has answered for yet:
+    /// new to this process, or its target or check changed at a reload.
+    pub(crate) fn unprobed(&self, i: usize) -> bool {
+        self.probe_wanted(i)
+            && self
+                .backends
+                .get(i)
+                .is_some_and(|b| b.status().last_probe.is_none())
+    }
+
     /// Rebuilds the picker from the current states and handles backends that
     /// started or stopped serving. `why` describes what changed, for the
     /// record of a tier change; it is only called when the tier changes.

@@ -2,6 +2,12 @@
 //! check settings), however many pools list that backend; each result is applied
 //! to every subscribed backend, each with its own rise/fall counter.
 //!
+//! The tasks outlive reloads ([`Running`]): a reload hands each target that
+//! stays its new subscribers and prober, and the target keeps its place in
+//! time. Only targets new to the reload, and targets with a backend no probe
+//! has answered for yet, are probed at once; a fleet whose DNS answer changes
+//! every few seconds is not probed whole at each change.
+//!
 //! The first probes are spread over a short window (see [`start_offset`]) so
 //! that thousands of backends are not all connected to in the same
 //! millisecond. After that a backend is probed every `interval` (±10% jitter
@@ -10,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -19,6 +25,7 @@ use weir_config::Check;
 
 use super::{Probe, Prober};
 use crate::pool::Pool;
+use crate::sync::lock;
 
 /// The first probes start this far apart...
 const START_SPACING: Duration = Duration::from_micros(50);
@@ -70,10 +77,43 @@ struct Subscriber {
     index: usize,
 }
 
-/// Running probe tasks; stopped by the token given to [`start`].
+/// The probe tasks of the running config, one per target, kept from one
+/// reload to the next.
+#[derive(Debug, Default)]
+pub(crate) struct Running {
+    /// Stops them all (the shutdown); each task's own token is a child.
+    stop: CancellationToken,
+    tasks: Mutex<HashMap<Target, Handle>>,
+}
+
+#[derive(Debug)]
+struct Handle {
+    stop: CancellationToken,
+    update: mpsc::UnboundedSender<Update>,
+}
+
+/// A reload's word to a target it keeps.
+#[derive(Debug)]
+struct Update {
+    prober: Prober,
+    subs: Vec<Subscriber>,
+    /// Probe at once and say so here: a subscriber has no answer yet.
+    first: Option<mpsc::UnboundedSender<()>>,
+}
+
+impl Running {
+    /// Ends every probe task, and any a later [`Prepared::spawn`] starts.
+    pub(crate) fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+/// What a reload's [`Prepared::spawn`] waits for: the targets it probes at
+/// once.
 #[derive(Debug)]
 pub(crate) struct Checkers {
     first_round: mpsc::UnboundedReceiver<()>,
+    /// Targets probed at once.
     tasks: usize,
     longest_timeout: Duration,
     /// When the last first probe starts.
@@ -142,26 +182,73 @@ pub(crate) fn prepare(pools: &[Arc<Pool>]) -> Result<Prepared, String> {
 }
 
 impl Prepared {
-    /// Starts one task per target; each probes at once, then on its interval.
-    pub(crate) fn spawn(self, stop: &CancellationToken) -> Checkers {
+    /// Makes `running` probe these targets: a target it already probes gets
+    /// its new subscribers and prober and keeps its schedule (probing at once
+    /// only when a subscriber has no answer yet), a new target gets a task
+    /// that probes at once, and a target no longer listed is stopped.
+    pub(crate) fn spawn(self, running: &Running) -> Checkers {
         let (tx, first_round) = mpsc::unbounded_channel();
-        let longest_timeout = self
-            .ready
-            .iter()
-            .map(|(t, _, _)| t.timeout)
-            .max()
-            .unwrap_or_default();
-        let tasks = self.ready.len();
-        let last_start = start_offset(tasks.saturating_sub(1), tasks);
-        let epoch = tokio::time::Instant::now();
-        for (i, (target, prober, subs)) in self.ready.into_iter().enumerate() {
-            let offset = start_offset(i, tasks);
-            let when = Timing { epoch, offset };
-            tokio::spawn(run(target, prober, subs, when, stop.clone(), tx.clone()));
+        let mut tasks = lock(&running.tasks);
+        let mut kept = HashMap::with_capacity(self.ready.len());
+        let mut fresh = Vec::new();
+        let mut now = 0;
+        let mut longest_timeout = Duration::ZERO;
+        for (target, prober, subs) in self.ready {
+            let first = subs
+                .iter()
+                .any(|s| s.pool.unprobed(s.index))
+                .then(|| tx.clone());
+            let waits = first.is_some();
+            let (prober, subs) = match tasks.remove(&target) {
+                Some(handle) => match handle.update.send(Update {
+                    prober,
+                    subs,
+                    first,
+                }) {
+                    Ok(()) => {
+                        if waits {
+                            now += 1;
+                            longest_timeout = longest_timeout.max(target.timeout);
+                        }
+                        kept.insert(target, handle);
+                        continue;
+                    }
+                    // Its task ended (stopped): a new one takes over.
+                    Err(e) => (e.0.prober, e.0.subs),
+                },
+                None => (prober, subs),
+            };
+            longest_timeout = longest_timeout.max(target.timeout);
+            fresh.push((target, prober, subs));
         }
+        // What is left is probed no more.
+        for (_, handle) in tasks.drain() {
+            handle.stop.cancel();
+        }
+        let spread = fresh.len();
+        let last_start = start_offset(spread.saturating_sub(1), spread);
+        let epoch = tokio::time::Instant::now();
+        for (i, (target, prober, subs)) in fresh.into_iter().enumerate() {
+            let when = Timing {
+                epoch,
+                offset: start_offset(i, spread),
+            };
+            let stop = running.stop.child_token();
+            let (update, updates) = mpsc::unbounded_channel();
+            let task = Task {
+                target: target.clone(),
+                prober,
+                subs,
+                stop: stop.clone(),
+                updates,
+            };
+            tokio::spawn(task.run(when, tx.clone()));
+            kept.insert(target, Handle { stop, update });
+        }
+        *tasks = kept;
         Checkers {
             first_round,
-            tasks,
+            tasks: now + spread,
             longest_timeout,
             last_start,
         }
@@ -185,7 +272,7 @@ impl Checkers {
         }
     }
 
-    /// How many probe tasks run.
+    /// How many targets were probed at once.
     pub(crate) fn tasks(&self) -> usize {
         self.tasks
     }
@@ -199,48 +286,72 @@ struct Timing {
     offset: Duration,
 }
 
-async fn run(
+/// One target's probe task.
+struct Task {
     target: Target,
-    mut prober: Prober,
+    prober: Prober,
     subs: Vec<Subscriber>,
-    when: Timing,
     stop: CancellationToken,
-    first: mpsc::UnboundedSender<()>,
-) {
-    if !when.offset.is_zero() {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep_until(when.epoch + when.offset) => {}
+    updates: mpsc::UnboundedReceiver<Update>,
+}
+
+impl Task {
+    async fn run(mut self, when: Timing, first: mpsc::UnboundedSender<()>) {
+        let mut first = Some(first);
+        let mut due = when.epoch + when.offset;
+        loop {
+            if !self.wait(due, &mut first).await {
+                return;
+            }
+            if self.subs.iter().any(|s| s.pool.probe_wanted(s.index)) {
+                let began = tokio::time::Instant::now();
+                let report = tokio::select! {
+                    () = self.stop.cancelled() => return,
+                    r = self.prober.run(self.target.address, self.target.timeout) => r,
+                };
+                let took = began.elapsed();
+                for s in &self.subs {
+                    s.pool.on_probe(s.index, &report, took);
+                }
+            }
+            if let Some(tx) = first.take() {
+                let _ = tx.send(());
+            }
+            let changing = self
+                .subs
+                .iter()
+                .any(|s| s.pool.backends.get(s.index).is_some_and(|b| b.changing()));
+            let base = if changing {
+                self.target.fast_interval
+            } else {
+                self.target.interval
+            };
+            due = on_grid(when.epoch, tokio::time::Instant::now() + jitter(base));
         }
     }
-    let mut first = Some(first);
-    loop {
-        if subs.iter().any(|s| s.pool.probe_wanted(s.index)) {
-            let began = tokio::time::Instant::now();
-            let report = tokio::select! {
-                () = stop.cancelled() => return,
-                r = prober.run(target.address, target.timeout) => r,
-            };
-            let took = began.elapsed();
-            for s in &subs {
-                s.pool.on_probe(s.index, &report, took);
+
+    /// Waits until `due`, taking a reload's updates meanwhile; sooner when
+    /// one asks for a probe at once (its round's notice is put in `first`).
+    /// False when the task is to end.
+    async fn wait(
+        &mut self,
+        due: tokio::time::Instant,
+        first: &mut Option<mpsc::UnboundedSender<()>>,
+    ) -> bool {
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => return false,
+                () = tokio::time::sleep_until(due) => return true,
+                u = self.updates.recv() => {
+                    let Some(u) = u else { return false };
+                    self.prober = u.prober;
+                    self.subs = u.subs;
+                    if u.first.is_some() {
+                        *first = u.first;
+                        return true;
+                    }
+                }
             }
-        }
-        if let Some(tx) = first.take() {
-            let _ = tx.send(());
-        }
-        let changing = subs
-            .iter()
-            .any(|s| s.pool.backends.get(s.index).is_some_and(|b| b.changing()));
-        let base = if changing {
-            target.fast_interval
-        } else {
-            target.interval
-        };
-        let due = on_grid(when.epoch, tokio::time::Instant::now() + jitter(base));
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep_until(due) => {}
         }
     }
 }

@@ -223,7 +223,6 @@ pub struct Snapshot {
     pub pools: Vec<Arc<Pool>>,
     /// (listener, address actually bound), in config order.
     bound: Vec<(String, SocketAddr)>,
-    stop_health: CancellationToken,
 }
 
 impl Snapshot {
@@ -277,6 +276,8 @@ pub struct Server {
     /// A new version of weir is starting to take over: operator changes
     /// belong to it (see [`Server::changes_refused`]).
     successor_starting: AtomicBool,
+    /// The health probes, kept from one reload to the next.
+    probes: crate::probe::schedule::Running,
     /// The pools' backends from DNS.
     pub(crate) discovery: crate::discovery::Discovery,
     /// Backends added at runtime (`weir backend add`).
@@ -333,7 +334,6 @@ impl Server {
                 listeners: Vec::new(),
                 pools: Vec::new(),
                 bound: Vec::new(),
-                stop_health: CancellationToken::new(),
             }),
             sockets: Mutex::new(sockets::Sockets::new(options.inherited, options.takeover)),
             control: tokio::sync::Mutex::new(()),
@@ -353,6 +353,7 @@ impl Server {
             connections: TaskTracker::new(),
             ready: AtomicBool::new(true),
             successor_starting: AtomicBool::new(false),
+            probes: crate::probe::schedule::Running::default(),
             discovery: crate::discovery::Discovery::default(),
             runtime: Mutex::new(runtime),
             retiring: Mutex::default(),

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
-use tokio_util::sync::CancellationToken;
 use weir_config::{Config, Discover};
 
 use super::backends::Origin;
@@ -282,21 +281,17 @@ impl Server {
         for pool in &pools {
             pool.activate();
         }
-        // Probe every backend at once and switch only when the first round
-        // is done (bounded by one probe timeout): a start never sends traffic
-        // to a backend known to be down, and a backend added by a reload
-        // serves once its first probe passes.
-        if let Some(old) = old {
-            old.stop_health.cancel();
-        }
-        let stop_health = CancellationToken::new();
-        let mut checkers = probes.spawn(&stop_health);
+        // Probe what no probe has answered for yet at once, and switch only
+        // when that round is done (bounded by one probe timeout): a start
+        // never sends traffic to a backend known to be down, and a backend
+        // added by a reload serves once its first probe passes. Targets the
+        // running config probes already keep their schedule.
+        let mut checkers = probes.spawn(&self.probes);
         checkers.first_round().await;
         if !self.is_ready() {
             // The stop began during the probe round: nothing switches, and
-            // the new config's checks end with the old one's. (What the
-            // activation above set on pools it shares with the old one stays.)
-            stop_health.cancel();
+            // the probes end with the stop. (What the activation above set
+            // on pools it shares with the old one stays.)
             return None;
         }
         if let Some(orphans) = orphans {
@@ -359,7 +354,6 @@ impl Server {
             listeners,
             pools,
             bound: switched.bound,
-            stop_health,
         });
         self.current.store(Arc::clone(&new));
         if !self.ready.load(Ordering::SeqCst) {

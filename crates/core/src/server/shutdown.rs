@@ -26,7 +26,7 @@ impl Server {
     /// drain, and their connections are closed after `shutdown_timeout`.
     /// Run again for a snapshot a reload switched to as the stop began.
     pub(super) fn stop_snapshot(&self, snapshot: &super::Snapshot) {
-        snapshot.stop_health.cancel();
+        self.probes.stop();
         for l in &snapshot.listeners {
             l.drain.cancel();
             let kill = l.kill.clone();

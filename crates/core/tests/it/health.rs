@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
-use weir_core::Reason;
+use weir_core::{Reason, Server};
 use weir_core::health::{AdminState, Cause, Change, Health};
 
 use crate::common::*;
@@ -730,6 +730,85 @@ async fn one_probe_per_distinct_backend_however_many_pools_list_it() {
             Health::Up
         );
     }
+}
+
+/// A reload probes at once only what no probe has answered for: a backend
+/// it adds, or one whose check changed. The others keep their schedule (a
+/// fleet whose DNS answer changes every few seconds is not probed whole at
+/// each change), and a backend it removes is probed no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_probes_at_once_only_what_no_probe_answered() {
+    let a = HealthServer::start(200, "").await;
+    let b = HealthServer::start(200, "").await;
+    let named = |a_name: &str, interval: &str, path: &str, with_b: bool| {
+        let health =
+            format!("type = \"http\"\npath = \"{path}\"\ninterval = \"{interval}\"\nrise = 1");
+        let mut backends = backend_toml(a_name, a.addr, "");
+        if with_b {
+            backends += &backend_toml("b", b.addr, "");
+        }
+        let toml = health_toml("", &health, &backends);
+        weir_config::load_str(&toml).unwrap_or_else(|e| panic!("config:\n{e}\n{toml}"))
+    };
+    let config = |interval: &str, path: &str, with_b: bool| named("a", interval, path, with_b);
+    let server = within("start", Server::start(&config("1h", "/", false)))
+        .await
+        .expect("server starts");
+    let probes = || {
+        (
+            a.requests.load(Ordering::SeqCst),
+            b.requests.load(Ordering::SeqCst),
+        )
+    };
+    assert_eq!(probes(), (1, 0));
+
+    within("reload", server.apply(config("1h", "/", true)))
+        .await
+        .expect("adds b");
+    assert_eq!(probes(), (1, 1), "b probed at once, a not again");
+    let view = |name: &str| server.pool("p").and_then(|p| p.view(name)).expect(name);
+    assert_eq!(
+        view("b").health,
+        Health::Up,
+        "b serves once the reload returns"
+    );
+    within("reload", server.apply(config("1h", "/", true)))
+        .await
+        .expect("the same");
+    assert_eq!(probes(), (1, 1), "nothing changed, nothing probed");
+
+    // Another check: what the probes said no longer applies.
+    within("reload", server.apply(config("1h", "/ready", true)))
+        .await
+        .expect("another path");
+    assert_eq!(probes(), (2, 2));
+
+    // A kept target probes for the pools that serve now: the backend at
+    // a's address, renamed, is new to them and probed at once by a's task,
+    // then on its interval; b, removed, is probed no more.
+    within("reload", server.apply(config("100ms", "/ready", true)))
+        .await
+        .expect("another interval");
+    assert_eq!(probes(), (3, 3));
+    within(
+        "reload",
+        server.apply(named("a2", "100ms", "/ready", false)),
+    )
+    .await
+    .expect("renames a, removes b");
+    let b_then = probes().1;
+    assert_eq!(probes().0, 4);
+    assert_eq!(view("a2").health, Health::Up);
+    a.set(503);
+    wait_until("a2 is down", || view("a2").health == Health::Down).await;
+    let a_then = probes().0;
+    wait_until("a probed twice more", || probes().0 >= a_then + 2).await;
+    assert!(
+        probes().1 <= b_then + 1,
+        "b is probed no more: {:?}",
+        probes()
+    );
+    server.shutdown();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
