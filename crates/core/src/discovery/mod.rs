@@ -125,7 +125,8 @@ impl Entry {
 /// [`Discovery::commit`]. The default changes nothing.
 #[derive(Default)]
 pub(crate) struct Plan {
-    /// Pools that stop discovering, or ask for other records.
+    /// Pools that stop discovering, or ask for other records (then also
+    /// in `fresh`).
     gone: Vec<String>,
     /// Pools that ask for the same records differently: (pool, spec, drain).
     restarted: Vec<(String, Discover, Duration)>,
@@ -137,9 +138,20 @@ pub(crate) struct Plan {
 struct Fresh {
     pool: String,
     entry: Entry,
+    /// For a pool that asks another question: what its first answer
+    /// changed in the set it had.
+    changed: Option<Vec<Delta>>,
     /// None when no resolver could be made (logged).
     lookup: Option<Lookup>,
     first: Duration,
+}
+
+/// A pool that asks DNS another question since a reload, and what the
+/// first answer changed in the set it kept.
+pub(crate) struct AskedAnew {
+    pub pool: String,
+    pub spec: Discover,
+    pub changed: Vec<Delta>,
 }
 
 /// A refresh task to start: its pool, resolver and first wait.
@@ -182,8 +194,18 @@ impl Discovery {
             for p in &config.pools {
                 let Some(spec) = &p.discover else { continue };
                 match pools.get(&p.name) {
-                    Some(_) if plan.gone.contains(&p.name) => {
-                        new.push((p.name.clone(), spec.clone(), p.drain_timeout));
+                    // Other records: the set found so far serves until the
+                    // new question's answer replaces it (its members not in
+                    // the answer drain), so a name that does not resolve
+                    // yet, or a typo, empties nothing at once.
+                    Some(e) if plan.gone.contains(&p.name) => {
+                        let kept = Set {
+                            empty_since: None,
+                            left_out: 0,
+                            ..e.set.clone()
+                        };
+                        let seed = Some((kept, Arc::clone(&e.stats)));
+                        new.push((p.name.clone(), spec.clone(), p.drain_timeout, seed));
                     }
                     Some(e) if e.spec == *spec && e.drain == p.drain_timeout => {}
                     // The same records, asked differently (interval, server,
@@ -191,23 +213,26 @@ impl Discovery {
                     Some(_) => plan
                         .restarted
                         .push((p.name.clone(), spec.clone(), p.drain_timeout)),
-                    None => new.push((p.name.clone(), spec.clone(), p.drain_timeout)),
+                    None => new.push((p.name.clone(), spec.clone(), p.drain_timeout, None)),
                 }
             }
         }
         // Each new pool's first question at the same time, a few at once:
         // with DNS unreachable, one after another they would add up their
         // timeouts (three times each) to the start or the reload.
-        let firsts = new.into_iter().map(|(pool, spec, drain)| async move {
+        let firsts = new.into_iter().map(|(pool, spec, drain, seed)| async move {
+            let asked_anew = seed.is_some();
+            let (set, stats) = seed.unwrap_or_default();
             let mut entry = Entry {
                 spec,
                 drain,
-                set: Set::default(),
-                stats: Arc::default(),
+                set,
+                stats,
                 last_result: None,
                 stop: CancellationToken::new(),
             };
             let mut first = Duration::ZERO;
+            let mut changed = asked_anew.then(Vec::new);
             let lookup = match Lookup::new(&entry.spec) {
                 Ok(lookup) => {
                     let outcome = lookup.resolve().await;
@@ -216,7 +241,10 @@ impl Discovery {
                         entry.spec.min_interval,
                         entry.spec.max_interval,
                     );
-                    entry.observe(&pool, &outcome, Instant::now());
+                    let deltas = entry.observe(&pool, &outcome, Instant::now());
+                    if let Some(c) = &mut changed {
+                        *c = deltas;
+                    }
                     Some(lookup)
                 }
                 Err(e) => {
@@ -227,6 +255,7 @@ impl Discovery {
             Fresh {
                 pool,
                 entry,
+                changed,
                 lookup,
                 first,
             }
@@ -240,8 +269,9 @@ impl Discovery {
 
     /// Applies `plan`: stops the refresh of pools that no longer discover,
     /// restarts the changed ones, adds the new ones. Returns the refresh
-    /// tasks to start.
-    pub(crate) fn commit(&self, plan: Plan) -> Vec<Task> {
+    /// tasks to start, and for each pool that asks another question, what
+    /// its first answer changed in the set it kept.
+    pub(crate) fn commit(&self, plan: Plan) -> (Vec<Task>, Vec<AskedAnew>) {
         let mut pools = self.lock();
         for name in &plan.gone {
             if let Some(e) = pools.remove(name) {
@@ -267,7 +297,15 @@ impl Discovery {
             }
             e.spec = spec;
         }
+        let mut asked_anew = Vec::new();
         for f in plan.fresh {
+            if let Some(changed) = f.changed {
+                asked_anew.push(AskedAnew {
+                    pool: f.pool.clone(),
+                    spec: f.entry.spec.clone(),
+                    changed,
+                });
+            }
             let stop = f.entry.stop.clone();
             pools.insert(f.pool.clone(), f.entry);
             if let Some(lookup) = f.lookup {
@@ -279,7 +317,7 @@ impl Discovery {
                 });
             }
         }
-        tasks
+        (tasks, asked_anew)
     }
 
     /// The addresses a pool's discovered backends serve on (not leaving).

@@ -370,7 +370,7 @@ impl Server {
         // Nothing can stop a server its caller does not have yet.
         let _ = server.commit(config, effective, staged, None, true).await;
         server.spawn_rule_expiry();
-        let tasks = server.discovery.commit(plan);
+        let (tasks, _) = server.discovery.commit(plan);
         crate::discovery::spawn(&server, tasks);
         Ok(server)
     }

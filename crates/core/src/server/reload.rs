@@ -16,6 +16,7 @@ use crate::discovery::plan::Delta;
 use crate::events::Event;
 use crate::health::{Cause, Change};
 use crate::listener::{Listener, Mode};
+use crate::pool::Pool;
 use crate::statefile;
 
 impl Server {
@@ -76,7 +77,17 @@ impl Server {
         else {
             return Err(self.reload_failed(ReloadError::ShuttingDown));
         };
-        let tasks = self.discovery.commit(plan);
+        let (tasks, asked_anew) = self.discovery.commit(plan);
+        // A pool that asks DNS another question keeps its set until the
+        // answer replaces it: what the first answer changed is its story.
+        for a in &asked_anew {
+            let deltas = self.discovered_only(&a.pool, &a.changed);
+            self.note_removed(old.pool(&a.pool), &a.spec, &deltas);
+            self.note_taken(&a.pool, &a.spec, &deltas);
+            if !deltas.is_empty() {
+                log_changes(&a.pool, &deltas);
+            }
+        }
         crate::discovery::spawn(self, tasks);
         self.reloads.succeeded.fetch_add(1, Ordering::Relaxed);
         self.reloads.last_failed.store(false, Ordering::Relaxed);
@@ -118,26 +129,10 @@ impl Server {
         if !self.is_ready() {
             return true;
         }
-        // What DNS says of an address that a backend of the file or of
-        // `weir backend add` already stands at is not that backend's story:
-        // it serves whatever DNS says, and its saved state (an operator's
-        // disable, a weight) outlives DNS dropping the address.
-        let origins = self.origins(pool);
-        let deltas: Vec<&Delta> = deltas
-            .iter()
-            .filter(|d| origins.of(&d.addr().to_string()) == Origin::Discovery)
-            .collect();
+        let deltas = self.discovered_only(pool, deltas);
         // A removed backend's last word goes to its pool before it leaves;
         // the others' to the new pool.
-        if let Some(p) = self.pool(pool) {
-            for d in deltas.iter().filter(|d| matches!(d, Delta::Removed { .. })) {
-                p.note(
-                    &d.addr().to_string(),
-                    discovery_change(d),
-                    discovery_cause(spec),
-                );
-            }
-        }
+        self.note_removed(self.pool(pool).as_ref(), spec, &deltas);
         match self.rebuild_running().await {
             Ok(()) => {}
             // Stopping: nothing to retry.
@@ -147,6 +142,40 @@ impl Server {
                 return false;
             }
         }
+        self.note_taken(pool, spec, &deltas);
+        log_changes(pool, &deltas);
+        true
+    }
+
+    /// What DNS says of an address that a backend of the file or of `weir
+    /// backend add` already stands at is not that backend's story: it
+    /// serves whatever DNS says, and its saved state (an operator's
+    /// disable, a weight) outlives DNS dropping the address.
+    fn discovered_only<'d>(&self, pool: &str, deltas: &'d [Delta]) -> Vec<&'d Delta> {
+        let origins = self.origins(pool);
+        deltas
+            .iter()
+            .filter(|d| origins.of(&d.addr().to_string()) == Origin::Discovery)
+            .collect()
+    }
+
+    /// Notes each removed backend's last change in `pool`, the generation
+    /// that still has it.
+    fn note_removed(&self, pool: Option<&Arc<Pool>>, spec: &Discover, deltas: &[&Delta]) {
+        let Some(p) = pool else { return };
+        for d in deltas.iter().filter(|d| matches!(d, Delta::Removed { .. })) {
+            p.note(
+                &d.addr().to_string(),
+                discovery_change(d),
+                discovery_cause(spec),
+            );
+        }
+    }
+
+    /// Once the pool serves with `deltas` applied: the removed backends'
+    /// saved state is forgotten, and each other change goes into the
+    /// history of its backend.
+    fn note_taken(&self, pool: &str, spec: &Discover, deltas: &[&Delta]) {
         if let Some(p) = &self.persistence {
             for d in deltas.iter().filter(|d| matches!(d, Delta::Removed { .. })) {
                 p.forget(pool, &d.addr().to_string());
@@ -164,12 +193,6 @@ impl Server {
                 );
             }
         }
-        tracing::info!(
-            pool,
-            changes = ?deltas.iter().map(|d| describe(d)).collect::<Vec<_>>(),
-            "discovery changed the pool's backends"
-        );
-        true
     }
 
     /// Builds and switches to the running file config with the current
@@ -418,6 +441,14 @@ fn discovery_change(d: &Delta) -> Change {
 
 fn discovery_cause(spec: &Discover) -> Cause {
     Cause::Discovery(spec.query.to_string())
+}
+
+fn log_changes(pool: &str, deltas: &[&Delta]) {
+    tracing::info!(
+        pool,
+        changes = ?deltas.iter().map(|d| describe(d)).collect::<Vec<_>>(),
+        "discovery changed the pool's backends"
+    );
 }
 
 fn describe(d: &Delta) -> String {

@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
-use weir_core::{Reason, Server};
 use weir_core::health::{AdminState, Cause, Change, Health};
+use weir_core::{Reason, Server};
 
 use crate::common::*;
 

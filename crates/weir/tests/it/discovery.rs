@@ -709,6 +709,76 @@ fn a_failed_reload_leaves_discovery_running() {
     assert!(now.iter().any(|b| b.0 == a24), "{now:?}");
 }
 
+/// A reload that makes a pool ask DNS another question keeps the set it
+/// found until the new question's answer replaces it: a name with no
+/// records yet (or a typo) empties nothing at once; once it answers, the
+/// addresses it does not list drain and leave, each change in their
+/// history.
+#[test]
+fn a_changed_question_keeps_the_set_until_its_answer_replaces_it() {
+    let dir = test_dir("discovery-new-question");
+    let dns_port = free_port().port();
+    let port = free_port().port();
+    for ip in [[127, 0, 0, 23], [127, 0, 0, 24]] {
+        let l = TcpListener::bind(SocketAddr::from((ip, port))).expect("bind");
+        std::thread::spawn(move || for _ in l.incoming() {});
+    }
+    let dns = dnsmasq(
+        &dir,
+        dns_port,
+        1,
+        &["--host-record=api.test,127.0.0.23".to_owned()],
+    );
+    let admin = free_port();
+    let text = |name: &str| {
+        format!(
+            "[admin]\nhttp = \"{admin}\"\n\
+             [[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"db\"\n\
+             [[pools]]\nname = \"db\"\ndrain_timeout = \"300ms\"\n\
+             discover = {{ name = \"{name}\", port = {port}, \
+             resolver = \"127.0.0.1:{dns_port}\", min_interval = \"100ms\", max_interval = \"1s\" }}\n\
+             [pools.health]\ntype = \"tcp\"\ninterval = \"200ms\"\n"
+        )
+    };
+    let file = temp_config("discovery-new-question", &text("api.test"));
+    let (weir, out) = run_weir(&file);
+    let a23 = format!("127.0.0.23:{port}");
+    let a24 = format!("127.0.0.24:{port}");
+    wait_backends(admin, "start", |l| l.len() == 1 && l[0].0 == a23);
+
+    // web.test has no records yet: the reload keeps what api.test found.
+    std::fs::write(&*file, text("web.test")).expect("write config");
+    signal(&weir.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    let now = backends(admin, "db");
+    assert!(
+        now.len() == 1 && now[0].0 == a23 && now[0].3 == 1,
+        "the set serves on: {now:?}"
+    );
+    assert_eq!(metric(admin, "weir_discovery_records{pool=\"db\"}"), 1.0);
+
+    // It answers: api.test's address drains, then leaves.
+    stop(dns, dns_port);
+    let _dns = dnsmasq(
+        &dir,
+        dns_port,
+        1,
+        &[
+            "--host-record=api.test,127.0.0.23".to_owned(),
+            "--host-record=web.test,127.0.0.24".to_owned(),
+        ],
+    );
+    let line = wait_line(&out, "discovery changed the pool's backends");
+    assert!(
+        line.contains(&format!("{a23}: present -> draining")) && line.contains(&a24),
+        "{line}"
+    );
+    wait_backends(admin, "web.test's answer alone", |l| {
+        l.len() == 1 && l[0].0 == a24
+    });
+}
+
 /// A DNS change that cannot be applied at once (the pool's static backend's
 /// name no longer resolves, so the pool cannot be rebuilt) is applied by a
 /// later try, without waiting for DNS to change again. weir runs in a mount
