@@ -258,30 +258,25 @@ pub(crate) fn handle(
             (req, client_upgrade.is_some(), client_upgrade)
         };
         match forward(&state, target, &cx, req, &mut x, upgrading).await {
-            Ok((response, lease)) => {
-                let (mut response, mut x) = match client_upgrade {
-                    None => (response, x),
-                    Some(on) => {
-                        let idle = state.timeouts.websocket_idle;
-                        let ends = upgrade::Ends {
-                            kill: cx.listener.kill.clone(),
-                            live: cx.live.clone(),
-                        };
-                        match upgrade::relay_when_switched(response, on, &cx.conn, idle, ends, x) {
-                            Ok(switched) => {
-                                // The connection is the relay's now.
-                                lease.release(false);
-                                let (mut parts, _) = switched.into_parts();
-                                headers::keep_only_the_upgrade(&mut parts.headers);
-                                return Ok(Response::from_parts(
-                                    parts,
-                                    ResponseBody::full(bytes::Bytes::new(), None),
-                                ));
-                            }
-                            Err(refused) => refused,
-                        }
-                    }
-                };
+            Ok((mut response, lease)) => {
+                if let Some(on) = client_upgrade
+                    && response.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                {
+                    let idle = state.timeouts.websocket_idle;
+                    let ends = upgrade::Ends {
+                        kill: cx.listener.kill.clone(),
+                        live: cx.live.clone(),
+                    };
+                    // The connection is the relay's now.
+                    let held = lease.into_relay();
+                    let switched = upgrade::relay(response, on, &cx.conn, idle, ends, x, held);
+                    let (mut parts, _) = switched.into_parts();
+                    headers::keep_only_the_upgrade(&mut parts.headers);
+                    return Ok(Response::from_parts(
+                        parts,
+                        ResponseBody::full(bytes::Bytes::new(), None),
+                    ));
+                }
                 headers::strip_hop_by_hop(response.headers_mut());
                 let status = response.status().as_u16();
                 x.status = status;

@@ -10,12 +10,12 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{CONNECTION, HeaderValue, UPGRADE};
-use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http::{HeaderMap, Request, Response, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -48,25 +48,25 @@ pub(crate) fn keep_upgrade(headers: &mut HeaderMap, upgrade: HeaderValue) {
     headers.insert(UPGRADE, upgrade);
 }
 
-/// When the backend agreed (`101`), leaves the relay of the two upgraded
+/// The backend agreed (`101`): leaves the relay of the two upgraded
 /// connections with the client's connection, which runs it once hyper has
 /// handed the connection over (so the listener counts it, and shutdown waits
 /// for it), and ends the exchange there; returns the response to send the
-/// client.
-pub(crate) fn relay_when_switched<B>(
+/// client. `backend_conn` keeps the backend's connection counted active
+/// until the relay ends.
+pub(crate) fn relay<B>(
     mut response: Response<B>,
     client: OnUpgrade,
     conn: &ConnState,
     idle: Duration,
     ends: Ends,
     mut x: Box<Exchange>,
-) -> Result<Response<B>, (Response<B>, Box<Exchange>)> {
-    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return Err((response, x));
-    }
+    backend_conn: crate::upstream::Relaying,
+) -> Response<B> {
     let backend = hyper::upgrade::on(&mut response);
     x.status = 101;
     conn.then_run(Box::pin(async move {
+        let _backend_conn = backend_conn;
         let (client, backend) = match tokio::join!(client, backend) {
             (Ok(c), Ok(b)) => (c, b),
             (Err(_), _) => {
@@ -87,19 +87,43 @@ pub(crate) fn relay_when_switched<B>(
         let mut kill = std::pin::pin!(ends.kill.cancelled());
         let mut watcher = weir_core::cancel::Watcher::new();
         let killed = std::future::poll_fn(|cx| watcher.poll(cx, |cx| kill.as_mut().poll(cx)));
-        x.reason = tokio::select! {
-            r = copied => match r {
-                Ok(_) => Reason::ClientClosed.as_str(),
-                Err(_) => Reason::BackendError.as_str(),
-            },
-            () = last.idle_for(idle) => Reason::IdleTimeout.as_str(),
-            () = killed => Reason::Shutdown.as_str(),
-            why = weir_core::live::closed(ends.live.as_deref()) => why.as_str(),
+        let ended = tokio::select! {
+            r = copied => Some(r.is_ok()),
+            () = last.idle_for(idle) => {
+                x.reason = Reason::IdleTimeout.as_str();
+                None
+            }
+            () = killed => {
+                x.reason = Reason::Shutdown.as_str();
+                None
+            }
+            why = weir_core::live::closed(ends.live.as_deref()) => {
+                x.reason = why.as_str();
+                None
+            }
         };
+        if let Some(clean) = ended {
+            x.reason = ended_by(clean, &client, &backend).as_str();
+        }
         x.body.bytes.store(client.moved, Relaxed);
         x.bytes_out = backend.moved;
     }));
-    Ok(response)
+    response
+}
+
+/// Why a relay that ran to its end ended: the side whose socket failed
+/// (reset, broken pipe), else the side that closed first.
+fn ended_by<C, B>(clean: bool, client: &Touched<C>, backend: &Touched<B>) -> Reason {
+    if !clean {
+        if client.failed && !backend.failed {
+            return Reason::ClientError;
+        }
+        return Reason::BackendError;
+    }
+    match (client.closed, backend.closed) {
+        (_, Some(b)) if client.closed.is_none_or(|c| b < c) => Reason::BackendClosed,
+        _ => Reason::ClientClosed,
+    }
 }
 
 /// What ends a relay besides its peers and idleness: the listener's
@@ -109,11 +133,13 @@ pub(crate) struct Ends {
     pub(crate) live: Option<Arc<weir_core::live::Live>>,
 }
 
-/// When bytes last moved on a relay, in milliseconds since it began.
+/// When bytes last moved on a relay, in milliseconds since it began, and
+/// the order in which its sides closed.
 #[derive(Debug)]
 struct Activity {
     began: Instant,
     last_ms: AtomicU64,
+    closes: AtomicU8,
 }
 
 impl Default for Activity {
@@ -121,6 +147,7 @@ impl Default for Activity {
         Activity {
             began: Instant::now(),
             last_ms: AtomicU64::new(0),
+            closes: AtomicU8::new(0),
         }
     }
 }
@@ -143,13 +170,18 @@ impl Activity {
     }
 }
 
-/// An upgraded connection that notes when bytes move, and counts those read
-/// from it.
+/// An upgraded connection that notes when bytes move, counts those read
+/// from it, and notes its end: its EOF (in what order among the two sides)
+/// or an error on its socket.
 struct Touched<S> {
     inner: S,
     last: Arc<Activity>,
     /// Bytes read from this side (written to the other).
     moved: u64,
+    /// This side's EOF was the relay's first (0) or second (1).
+    closed: Option<u8>,
+    /// Reading from or writing to this side failed.
+    failed: bool,
 }
 
 impl<S> Touched<S> {
@@ -158,7 +190,17 @@ impl<S> Touched<S> {
             inner,
             last,
             moved: 0,
+            closed: None,
+            failed: false,
         }
+    }
+
+    /// Notes an error; passes the result on.
+    fn note<T>(&mut self, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if let Poll::Ready(Err(_)) = &r {
+            self.failed = true;
+        }
+        r
     }
 }
 
@@ -169,13 +211,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for Touched<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
+        let room = buf.remaining() > 0;
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
             self.moved += n as u64;
             self.last.touch();
+        } else if room && matches!(r, Poll::Ready(Ok(()))) && self.closed.is_none() {
+            self.closed = Some(self.last.closes.fetch_add(1, Relaxed));
         }
-        r
+        self.note(r)
     }
 }
 
@@ -191,14 +236,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Touched<S> {
         {
             self.last.touch();
         }
-        r
+        self.note(r)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.note(r)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let r = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.note(r)
     }
 }

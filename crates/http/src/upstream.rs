@@ -217,15 +217,18 @@ impl Conns {
         dialer: &Dialer,
     ) -> Result<Lease, Reason> {
         let io = dial(self.address, dialer).await?;
+        // Counted closed when the socket is: after the relay, if switched.
+        let io = Closing {
+            io,
+            stats: Arc::clone(&self.stats),
+        };
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
             .map_err(|_| Reason::Protocol)?;
         self.stats.upstream_event(UpstreamEvent::Created);
-        let stats = Arc::clone(&self.stats);
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
-            stats.upstream_event(UpstreamEvent::Closed);
         });
         Ok(self.lease(Sender::H1(sender), false, Duration::ZERO))
     }
@@ -399,6 +402,35 @@ impl Lease {
     }
 }
 
+/// A backend connection switched to a WebSocket relay: counted active
+/// until the relay ends.
+#[derive(Debug)]
+pub(crate) struct Relaying {
+    stats: Arc<BackendStats>,
+    /// Holds the lease's count of the connection as active.
+    counted: bool,
+}
+
+impl Lease {
+    /// The connection goes to the relay its response switched to: still
+    /// active, never idle again.
+    pub(crate) fn into_relay(mut self) -> Relaying {
+        Relaying {
+            stats: Arc::clone(&self.conns.stats),
+            // Only an HTTP/1.1 lease counted it (see `lease`).
+            counted: matches!(self.sender.take(), Some(Sender::H1(_))),
+        }
+    }
+}
+
+impl Drop for Relaying {
+    fn drop(&mut self) {
+        if self.counted {
+            self.stats.upstream_active.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(Sender::H1(_)) = self.sender.take() {
@@ -489,6 +521,60 @@ impl AsyncWrite for Io {
             Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+/// A connection that may be switched to a WebSocket, counted closed when
+/// its socket is dropped: by hyper when it ends as HTTP, by the relay when
+/// it was switched.
+struct Closing {
+    io: Io,
+    stats: Arc<BackendStats>,
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        self.stats.upstream_event(UpstreamEvent::Closed);
+    }
+}
+
+impl AsyncRead for Closing {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Closing {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 

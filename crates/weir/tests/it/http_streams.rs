@@ -211,6 +211,155 @@ fn a_switch_reaches_the_client_without_other_hop_by_hop_headers() {
     assert_eq!(&echo, b"ping");
 }
 
+/// A relayed WebSocket's line names the side that ended it: the one that
+/// closed first (`client_closed`, `backend_closed`), or the one whose socket
+/// failed (`client_error`, `backend_error`). Its backend connection counts
+/// as `active` while the relay runs, and as `closed` once it ends.
+#[test]
+fn a_websocket_ends_with_the_side_that_ended_it() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    /// Reads an HTTP head byte by byte; empty when the peer left.
+    fn head(s: &mut TcpStream) -> String {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut byte).unwrap_or(0) == 0 {
+                return String::new();
+            }
+            head.push(byte[0]);
+        }
+        String::from_utf8_lossy(&head).into_owned()
+    }
+    /// Sends RST instead of FIN when `s` is dropped.
+    fn reset(s: &TcpStream) {
+        socket2::SockRef::from(s)
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger");
+    }
+    // Switches, echoes one message, then: `/close` closes, `/reset` resets,
+    // anything else echoes until the client's EOF.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let request = head(&mut s);
+                let _ = s.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                      Connection: Upgrade\r\n\r\n",
+                );
+                let mut buf = [0u8; 64];
+                loop {
+                    let n = s.read(&mut buf).unwrap_or(0);
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                    if request.starts_with("GET /close ") {
+                        return;
+                    }
+                    if request.starts_with("GET /reset ") {
+                        reset(&s);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let (front, admin) = (free_port(), free_port());
+    let (_weir, out) = start(
+        "ws-ends",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"ws\"\npool = \"ws\"\n\
+             [[pools]]\nname = \"ws\"\n[pools.health]\ntype = \"none\"\n\
+             [[pools.backends]]\nname = \"raw\"\naddress = \"{backend}\"\n"
+        ),
+    );
+    let series = |state: &str| {
+        crate::http::metric(
+            admin,
+            &format!(
+                "weir_http_upstream_connections_open{{pool=\"ws\",backend=\"raw\",state=\"{state}\"}}"
+            ),
+        )
+    };
+    let closed = || {
+        crate::http::metric(
+            admin,
+            "weir_http_upstream_connections_total{pool=\"ws\",backend=\"raw\",event=\"closed\"}",
+        )
+    };
+    // The relay's line may come a moment before its sockets are dropped.
+    let settles = |active: f64, closed_now: f64| {
+        let end = Instant::now() + crate::cli::DEADLINE;
+        while (series("active"), closed()) != (active, closed_now) {
+            assert!(
+                Instant::now() < end,
+                "active {}, closed {}",
+                series("active"),
+                closed()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // A switched WebSocket on `path` that has echoed one message.
+    let open = |path: &str| {
+        let mut c = TcpStream::connect(front).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        write!(
+            c,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .expect("request");
+        assert!(head(&mut c).starts_with("HTTP/1.1 101"), "{path}");
+        c.write_all(b"ping").expect("ping");
+        let mut echo = [0u8; 4];
+        c.read_exact(&mut echo).expect("echo");
+        c
+    };
+    let reason = |path: &str| {
+        let line = wait_line(&out, &format!("\"path\":\"{path}\""));
+        assert!(line.contains("\"status\":101"), "{line}");
+        line.split("\"reason\":\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    let c = open("/echo");
+    assert_eq!((series("active"), series("idle")), (1.0, 0.0));
+    assert_eq!(closed(), 0.0, "switched, not closed");
+    c.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    assert_eq!(reason("/echo"), "client_closed");
+    settles(0.0, 1.0);
+
+    let mut c = open("/close");
+    assert_eq!(
+        c.read(&mut [0u8; 8]).unwrap_or(1),
+        0,
+        "closed by the backend"
+    );
+    drop(c);
+    assert_eq!(reason("/close"), "backend_closed");
+
+    let c = open("/reset");
+    assert_eq!(reason("/reset"), "backend_error");
+    drop(c);
+
+    let c = open("/client-reset");
+    reset(&c);
+    drop(c);
+    assert_eq!(reason("/client-reset"), "client_error");
+    settles(0.0, 4.0);
+}
+
 /// A WebSocket: upgraded, relayed both ways, logged with status 101 when it
 /// ends, and closed by weir once idle for `websocket_idle`.
 #[test]
