@@ -274,6 +274,7 @@ pub(crate) struct RawHttpTimeouts {
     pub(crate) upstream_response: Option<String>,
     pub(crate) upstream_idle: Option<String>,
     pub(crate) upstream_keepalive: Option<String>,
+    pub(crate) upstream_ping: Option<String>,
     pub(crate) websocket_idle: Option<String>,
     pub(crate) send: Option<String>,
 }

@@ -1857,6 +1857,7 @@ fn l7_route_defaults_and_rules() {
     assert_eq!(http.timeouts, weir_config::HttpTimeouts::default());
     assert_eq!(http.timeouts.request_header, Duration::from_secs(10));
     assert_eq!(http.timeouts.upstream_keepalive, Duration::from_secs(4));
+    assert_eq!(http.timeouts.upstream_ping, Duration::from_secs(20));
     assert_eq!(http.timeouts.send, Duration::from_secs(60));
     assert_eq!(http.max_header_bytes, 32 * 1024);
     assert_eq!(http.max_body_bytes, None);

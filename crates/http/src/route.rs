@@ -111,6 +111,7 @@ impl Handler {
             let dialer = Dialer {
                 protocol,
                 connect_timeout: pool.connect_timeout,
+                ping: b.http.timeouts.upstream_ping,
                 tls: b.backend_tls.as_ref().map(|tls| {
                     let mut tls = (**tls).clone();
                     tls.alpn_protocols = match protocol {

@@ -48,6 +48,8 @@ pub(crate) type Response = http::Response<Incoming>;
 pub(crate) struct Dialer {
     pub(crate) protocol: HttpProtocol,
     pub(crate) connect_timeout: Duration,
+    /// `timeouts.upstream_ping`: HTTP/2 keep-alive.
+    pub(crate) ping: Duration,
     /// TLS to the backend: the connector (offering the protocol's ALPN) and
     /// the name to send and verify (`None`: the backend's IP).
     pub(crate) tls: Option<(tokio_rustls::TlsConnector, Option<ServerName<'static>>)>,
@@ -239,8 +241,17 @@ impl Conns {
         mut shared: tokio::sync::MutexGuard<'_, Option<http2::SendRequest<RequestBody>>>,
     ) -> Result<Lease, Reason> {
         let opened = match dial(self.address, dialer).await {
+            // A backend that went silent (its host lost, the connection's
+            // state dropped by a firewall on the way) would leave every
+            // request on the shared connection waiting for its response
+            // timeout, until TCP gives up minutes later: a PING after
+            // `upstream_ping` of silence, unanswered as long again, closes
+            // it, and the next request opens a new one.
             Ok(io) => http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .keep_alive_interval(dialer.ping)
+                .keep_alive_timeout(dialer.ping)
+                .keep_alive_while_idle(true)
                 .handshake(TokioIo::new(io))
                 .await
                 .map_err(|_| Reason::Protocol),

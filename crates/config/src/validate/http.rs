@@ -127,6 +127,11 @@ impl Checker {
                 t.and_then(|t| t.upstream_keepalive.as_ref()),
                 d.upstream_keepalive,
             ),
+            upstream_ping: timeout(
+                "upstream_ping",
+                t.and_then(|t| t.upstream_ping.as_ref()),
+                d.upstream_ping,
+            ),
             websocket_idle: timeout(
                 "websocket_idle",
                 t.and_then(|t| t.websocket_idle.as_ref()),

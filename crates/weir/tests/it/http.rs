@@ -1201,6 +1201,130 @@ fn requests_waiting_for_a_failed_http2_open_fail_with_it() {
     assert_eq!(line["reason"], "tls", "{line}");
 }
 
+/// A relay between weir and a backend whose connections can be made a black
+/// hole (as a firewall that dropped their state would): what either side
+/// sends is read and dropped, nothing is closed. Counts the connections
+/// weir opened and those it closed.
+struct BlackHole {
+    addr: SocketAddr,
+    opened: Arc<AtomicUsize>,
+    closed_by_weir: Arc<AtomicUsize>,
+    /// Connections opened before this many are black holes.
+    swallowing: Arc<AtomicUsize>,
+}
+
+impl BlackHole {
+    fn to(backend: SocketAddr) -> BlackHole {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let hole = BlackHole {
+            addr: l.local_addr().expect("addr"),
+            opened: Arc::default(),
+            closed_by_weir: Arc::default(),
+            swallowing: Arc::default(),
+        };
+        let (opened, closed, swallowing) = (
+            Arc::clone(&hole.opened),
+            Arc::clone(&hole.closed_by_weir),
+            Arc::clone(&hole.swallowing),
+        );
+        std::thread::spawn(move || {
+            for weir in l.incoming() {
+                let Ok(weir) = weir else { return };
+                let Ok(backend) = TcpStream::connect(backend) else {
+                    return;
+                };
+                let id = opened.fetch_add(1, SeqCst);
+                let pipe = |mut from: TcpStream, mut to: TcpStream, from_weir: bool| {
+                    let (closed, swallowing) = (Arc::clone(&closed), Arc::clone(&swallowing));
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16 * 1024];
+                        loop {
+                            let n = from.read(&mut buf).unwrap_or(0);
+                            if n == 0 {
+                                if from_weir {
+                                    closed.fetch_add(1, SeqCst);
+                                }
+                                let _ = to.shutdown(std::net::Shutdown::Write);
+                                return;
+                            }
+                            if id >= swallowing.load(SeqCst) && to.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                };
+                let (w, b) = (
+                    weir.try_clone().expect("clone"),
+                    backend.try_clone().expect("clone"),
+                );
+                pipe(weir, backend, true);
+                pipe(b, w, false);
+            }
+        });
+        hole
+    }
+}
+
+/// A shared HTTP/2 connection to a backend that went silent is found out
+/// by a PING after `upstream_ping` and closed when no answer comes in as
+/// long again; the next request opens a new one and is answered. A
+/// backend that answers the PINGs keeps its connection however idle.
+#[test]
+fn a_silent_http2_backend_connection_is_closed_after_an_unanswered_ping() {
+    let dir = test_dir("l7-h2-ping");
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).expect("www");
+    std::fs::write(www.join("hello.txt"), "hello over h2\n").expect("file");
+    let c = free_port();
+    let _nghttpd = start_nghttpd(&www, c.port(), None);
+    wait_connectable(c);
+    let hole = BlackHole::to(c);
+    let front = free_port();
+    let (_weir, _out) = start(
+        "h2-ping",
+        &format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"r\"\nmode = \"l7\"\n\
+             timeouts = {{ upstream_ping = \"200ms\" }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"h2c\"\n\
+             [[pools]]\nname = \"h2c\"\nprotocol = \"h2c\"\n[pools.health]\ntype = \"none\"\n\
+             [[pools.backends]]\nname = \"n\"\naddress = \"{}\"\n",
+            hole.addr
+        ),
+    );
+    let get = || one_response(front, "GET /hello.txt HTTP/1.1\r\nHost: app\r\n\r\n");
+    assert_eq!(get(), (200, "hello over h2\n".to_owned()));
+    // Idle for five PINGs' time, answered: kept.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(get().0, 200);
+    assert_eq!(
+        (hole.opened.load(SeqCst), hole.closed_by_weir.load(SeqCst)),
+        (1, 0)
+    );
+
+    hole.swallowing.store(1, SeqCst);
+    // A request on it waits for the PING's answer, not `upstream_response`.
+    let began = Instant::now();
+    let (status, body) = get();
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+    let end = Instant::now() + DEADLINE;
+    while hole.closed_by_weir.load(SeqCst) == 0 {
+        assert!(
+            Instant::now() < end,
+            "the silent connection was never closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(get(), (200, "hello over h2\n".to_owned()));
+    assert_eq!(hole.opened.load(SeqCst), 2);
+}
+
 /// connection per backend carries every request.
 #[test]
 fn http2_backends_in_clear_text_and_over_tls() {
