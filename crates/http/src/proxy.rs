@@ -387,10 +387,12 @@ async fn forward(
             // The keep-alive race: the backend closed a kept-alive
             // connection as the request went out. Once, on a new one.
             Err(Sent::Not(request)) if lease.reused => {
-                Box::pin(retry_fresh(conns, &target.dialer, request, state)).await
+                Box::pin(retry_fresh(conns, &target.dialer, request, state, &lease)).await
             }
             Err(Sent::Failed) if lease.reused && copy.is_some() => match copy {
-                Some(request) => Box::pin(retry_fresh(conns, &target.dialer, request, state)).await,
+                Some(request) => {
+                    Box::pin(retry_fresh(conns, &target.dialer, request, state, &lease)).await
+                }
                 None => Err(Sent::Failed),
             },
             other => other.map(|r| (r, lease)),
@@ -496,14 +498,16 @@ async fn send(
     }
 }
 
-/// Sends `req` on a new connection to the same backend.
+/// Sends `req` on a new connection to the same backend, in place of
+/// `failed`.
 async fn retry_fresh(
     conns: &Arc<crate::upstream::Conns>,
     dialer: &crate::upstream::Dialer,
     req: Box<Request<RequestBody>>,
     state: &RouteState,
+    failed: &Lease,
 ) -> Result<(Response<Incoming>, Lease), Sent> {
-    let mut lease = match Box::pin(conns.fresh(dialer)).await {
+    let mut lease = match Box::pin(conns.fresh(dialer, Some(failed))).await {
         Ok(lease) => lease,
         Err(reason) => return Err(Sent::Connect(reason, req)),
     };

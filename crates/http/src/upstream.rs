@@ -86,6 +86,9 @@ pub(crate) struct Conns {
     /// `connect_timeout`, one after the other, behind the lock).
     h2_failures: AtomicU64,
     h2_why: Mutex<Reason>,
+    /// The shared HTTP/2 connections opened so far: the number of the one
+    /// in `h2` (changed under its lock).
+    h2_opens: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -126,6 +129,7 @@ impl Conns {
             h2: tokio::sync::Mutex::new(None),
             h2_failures: AtomicU64::new(0),
             h2_why: Mutex::new(Reason::BackendError),
+            h2_opens: AtomicU64::new(0),
         })
     }
 
@@ -167,9 +171,8 @@ impl Conns {
             HttpProtocol::H2 | HttpProtocol::H2c => {
                 let failures = self.h2_failures.load(Relaxed);
                 let shared = self.h2.lock().await;
-                if let Some(sender) = shared.as_ref().filter(|s| !s.is_closed()) {
-                    self.stats.upstream_event(UpstreamEvent::Reused);
-                    return Ok(self.lease(Sender::H2(sender.clone()), true, Duration::ZERO));
+                if let Some(lease) = self.share_h2(shared.as_ref(), None) {
+                    return Ok(lease);
                 }
                 if self.h2_failures.load(Relaxed) != failures {
                     // An open failed while this request waited for it.
@@ -183,11 +186,37 @@ impl Conns {
         // Boxed, as opening (TCP, TLS, the handshake) is the rare path and
         // by far the largest state: unboxed, every request's future would
         // carry it, and be copied with it.
-        Box::pin(self.fresh(dialer)).await
+        Box::pin(self.fresh(dialer, None)).await
     }
 
-    /// A new connection (for HTTP/2, a new shared one).
-    pub(crate) async fn fresh(self: &Arc<Self>, dialer: &Dialer) -> Result<Lease, Reason> {
+    /// The shared HTTP/2 connection when it is open and is not connection
+    /// number `not` (one that failed a request).
+    fn share_h2(
+        self: &Arc<Self>,
+        shared: Option<&http2::SendRequest<RequestBody>>,
+        not: Option<u64>,
+    ) -> Option<Lease> {
+        let sender = shared.filter(|s| !s.is_closed())?;
+        let number = self.h2_opens.load(Relaxed);
+        if not == Some(number) {
+            return None;
+        }
+        self.stats.upstream_event(UpstreamEvent::Reused);
+        let mut lease = self.lease(Sender::H2(sender.clone()), true, Duration::ZERO);
+        lease.h2_number = number;
+        Some(lease)
+    }
+
+    /// A new connection, for a request that `failed` could not carry (the
+    /// keep-alive race, a GOAWAY). For HTTP/2, a new shared one, unless
+    /// another request opened one since `failed` was taken: the requests
+    /// a GOAWAY sends back then share one new connection, rather than each
+    /// opening its own in turn.
+    pub(crate) async fn fresh(
+        self: &Arc<Self>,
+        dialer: &Dialer,
+        failed: Option<&Lease>,
+    ) -> Result<Lease, Reason> {
         match self.protocol {
             HttpProtocol::Http1 => {
                 let io = dial(self.address, dialer).await?;
@@ -205,6 +234,10 @@ impl Conns {
             }
             HttpProtocol::H2 | HttpProtocol::H2c => {
                 let shared = self.h2.lock().await;
+                let not = failed.map(|l| l.h2_number);
+                if let Some(lease) = self.share_h2(shared.as_ref(), not) {
+                    return Ok(lease);
+                }
                 self.open_h2(dialer, shared).await
             }
         }
@@ -274,7 +307,9 @@ impl Conns {
             stats.upstream_event(UpstreamEvent::Closed);
         });
         *shared = Some(sender.clone());
-        Ok(self.lease(Sender::H2(sender), false, Duration::ZERO))
+        let mut lease = self.lease(Sender::H2(sender), false, Duration::ZERO);
+        lease.h2_number = self.h2_opens.fetch_add(1, Relaxed) + 1;
+        Ok(lease)
     }
 
     fn lease(self: &Arc<Self>, sender: Sender, reused: bool, rested: Duration) -> Lease {
@@ -286,6 +321,7 @@ impl Conns {
             sender: Some(sender),
             reused,
             rested,
+            h2_number: 0,
         }
     }
 
@@ -356,6 +392,8 @@ pub(crate) struct Lease {
     pub(crate) reused: bool,
     /// How long it had rested unused before this request took it.
     pub(crate) rested: Duration,
+    /// Which shared HTTP/2 connection it is (see `Conns::h2_opens`).
+    h2_number: u64,
 }
 
 /// Why a request did not get a response.
@@ -661,5 +699,67 @@ mod tests {
         assert!(!spawn_sweeper(&[Arc::clone(&kept), Arc::clone(&new)]));
         kept.set_keepalive(Duration::from_secs(4));
         assert_eq!(kept.keepalive(), Duration::from_secs(4));
+    }
+
+    /// The requests a shared HTTP/2 connection sends back (a GOAWAY) each
+    /// ask for a new one: the first opens it, the others share it; one
+    /// that then fails on the new one gets another. Against a real h2c
+    /// server (hyper's).
+    #[tokio::test]
+    async fn requests_sent_back_by_one_http2_connection_share_one_new_one() {
+        use hyper::service::service_fn;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                counted.fetch_add(1, Relaxed);
+                let answer = service_fn(|_req: http::Request<Incoming>| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<
+                        bytes::Bytes,
+                    >::new(
+                    )))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), answer),
+                );
+            }
+        });
+        let conns = Conns::new(
+            addr,
+            HttpProtocol::H2c,
+            Arc::default(),
+            Duration::from_secs(4),
+        );
+        let dialer = Dialer {
+            protocol: HttpProtocol::H2c,
+            connect_timeout: Duration::from_secs(5),
+            ping: Duration::from_secs(20),
+            tls: None,
+        };
+        let now = Instant::now();
+        let a = conns.checkout(&dialer, now).await.expect("opens");
+        let b = conns.checkout(&dialer, now).await.expect("shares");
+        assert!(b.reused);
+        let a2 = conns.fresh(&dialer, Some(&a)).await.expect("a new one");
+        assert!(!a2.reused);
+        let b2 = conns
+            .fresh(&dialer, Some(&b))
+            .await
+            .expect("the same new one");
+        assert!(b2.reused);
+        let c = conns.fresh(&dialer, Some(&b2)).await.expect("another");
+        assert!(!c.reused);
+        let end = Instant::now() + Duration::from_secs(5);
+        while accepted.load(Relaxed) < 3 && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Three opened, none more.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(accepted.load(Relaxed), 3);
     }
 }
