@@ -551,8 +551,9 @@ pub struct HttpTimeouts {
     /// An unused pooled connection to a backend is closed after this.
     pub upstream_keepalive: Duration,
     /// An HTTP/2 connection to a backend silent for this long is sent a
-    /// PING, and closed when the answer does not come within it either.
-    pub upstream_ping: Duration,
+    /// PING, and closed when the answer does not come within it either;
+    /// `None` (`"off"`, the default): no PINGs.
+    pub upstream_ping: Option<Duration>,
     /// A WebSocket (an upgraded connection) with no byte either way for
     /// this long is closed.
     pub websocket_idle: Duration,
@@ -569,7 +570,7 @@ impl Default for HttpTimeouts {
             upstream_response: Duration::from_secs(60),
             upstream_idle: Duration::from_secs(300),
             upstream_keepalive: Duration::from_secs(4),
-            upstream_ping: Duration::from_secs(20),
+            upstream_ping: None,
             websocket_idle: Duration::from_secs(3600),
             send: Duration::from_secs(60),
         }

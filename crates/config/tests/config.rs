@@ -1857,7 +1857,7 @@ fn l7_route_defaults_and_rules() {
     assert_eq!(http.timeouts, weir_config::HttpTimeouts::default());
     assert_eq!(http.timeouts.request_header, Duration::from_secs(10));
     assert_eq!(http.timeouts.upstream_keepalive, Duration::from_secs(4));
-    assert_eq!(http.timeouts.upstream_ping, Duration::from_secs(20));
+    assert_eq!(http.timeouts.upstream_ping, None);
     assert_eq!(http.timeouts.send, Duration::from_secs(60));
     assert_eq!(http.max_header_bytes, 32 * 1024);
     assert_eq!(http.max_body_bytes, None);
@@ -1972,6 +1972,25 @@ fn l7_route_mistakes_name_their_key() {
         &format!("{route}.timeouts.send"),
         "must be greater than 0",
     );
+    assert_one(
+        &l7(
+            &format!("timeouts = {{ upstream_ping = \"0s\" }}\n{RULE}"),
+            "",
+        ),
+        &format!("{route}.timeouts.upstream_ping"),
+        "must be greater than 0",
+    );
+    for (value, ping) in [("off", None), ("15s", Some(Duration::from_secs(15)))] {
+        let text = l7(
+            &format!("timeouts = {{ upstream_ping = \"{value}\" }}\n{RULE}"),
+            "",
+        );
+        let cfg = weir_config::load_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        let RouteMode::L7(http) = &cfg.listeners[0].routes[0].mode else {
+            panic!("an l7 route expected")
+        };
+        assert_eq!(http.timeouts.upstream_ping, ping, "{value}");
+    }
     assert_one(
         &l7(&format!("max_header_bytes = 100\n{RULE}"), ""),
         &format!("{route}.max_header_bytes"),

@@ -48,8 +48,8 @@ pub(crate) type Response = http::Response<Incoming>;
 pub(crate) struct Dialer {
     pub(crate) protocol: HttpProtocol,
     pub(crate) connect_timeout: Duration,
-    /// `timeouts.upstream_ping`: HTTP/2 keep-alive.
-    pub(crate) ping: Duration,
+    /// `timeouts.upstream_ping`: HTTP/2 keep-alive, off when `None`.
+    pub(crate) ping: Option<Duration>,
     /// TLS to the backend: the connector (offering the protocol's ALPN) and
     /// the name to send and verify (`None`: the backend's IP).
     pub(crate) tls: Option<(tokio_rustls::TlsConnector, Option<ServerName<'static>>)>,
@@ -233,10 +233,15 @@ impl Conns {
                 Ok(self.lease(Sender::H1(sender), false, Duration::ZERO))
             }
             HttpProtocol::H2 | HttpProtocol::H2c => {
+                let failures = self.h2_failures.load(Relaxed);
                 let shared = self.h2.lock().await;
                 let not = failed.map(|l| l.h2_number);
                 if let Some(lease) = self.share_h2(shared.as_ref(), not) {
                     return Ok(lease);
+                }
+                if self.h2_failures.load(Relaxed) != failures {
+                    // The new one another retry opened meanwhile failed.
+                    return Err(*lock(&self.h2_why));
                 }
                 self.open_h2(dialer, shared).await
             }
@@ -277,13 +282,15 @@ impl Conns {
             // A backend that went silent (its host lost, the connection's
             // state dropped by a firewall on the way) would leave every
             // request on the shared connection waiting for its response
-            // timeout, until TCP gives up minutes later: a PING after
-            // `upstream_ping` of silence, unanswered as long again, closes
-            // it, and the next request opens a new one.
+            // timeout, until TCP gives up minutes later: with
+            // `upstream_ping`, a PING after that much silence, unanswered
+            // as long again, closes it, and the next request opens a new
+            // one. Off by default: gRPC servers close a connection pinged
+            // more often than every five minutes without data.
             Ok(io) => http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .keep_alive_interval(dialer.ping)
-                .keep_alive_timeout(dialer.ping)
+                .keep_alive_timeout(dialer.ping.unwrap_or(Duration::from_secs(20)))
                 .keep_alive_while_idle(true)
                 .handshake(TokioIo::new(io))
                 .await
@@ -738,7 +745,7 @@ mod tests {
         let dialer = Dialer {
             protocol: HttpProtocol::H2c,
             connect_timeout: Duration::from_secs(5),
-            ping: Duration::from_secs(20),
+            ping: None,
             tls: None,
         };
         let now = Instant::now();
@@ -761,5 +768,44 @@ mod tests {
         // Three opened, none more.
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(accepted.load(Relaxed), 3);
+    }
+
+    /// Retries that wait for the new shared HTTP/2 connection one of them
+    /// opens fail with it when it cannot be opened, rather than each trying
+    /// in turn. The backend: a listener whose accept queue is full, so that
+    /// a connect waits out `connect_timeout`.
+    #[tokio::test]
+    async fn retries_waiting_for_a_failed_http2_open_fail_with_it() {
+        let full = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        full.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind");
+        full.listen(0).expect("listen");
+        let addr = full
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("addr");
+        let _queued: Vec<_> = (0..4)
+            .filter_map(|_| {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()
+            })
+            .collect();
+        let conns = Conns::new(
+            addr,
+            HttpProtocol::H2c,
+            Arc::default(),
+            Duration::from_secs(4),
+        );
+        let dialer = Dialer {
+            protocol: HttpProtocol::H2c,
+            connect_timeout: Duration::from_millis(300),
+            ping: None,
+            tls: None,
+        };
+        let (a, b) = tokio::join!(conns.fresh(&dialer, None), conns.fresh(&dialer, None));
+        assert_eq!(a.err(), Some(Reason::Timeout));
+        assert_eq!(b.err(), Some(Reason::Timeout));
+        assert_eq!(conns.h2_failures.load(Relaxed), 1, "one open tried");
     }
 }

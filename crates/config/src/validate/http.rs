@@ -98,6 +98,10 @@ impl Checker {
 
         let d = HttpTimeouts::default();
         let t = raw.timeouts.as_ref();
+        let upstream_ping = match t.and_then(|t| t.upstream_ping.as_deref()) {
+            None | Some("off") => d.upstream_ping,
+            Some(v) => self.timeout_opt(&format!("{path}.timeouts.upstream_ping"), Some(v)),
+        };
         let mut timeout = |key: &str, value: Option<&String>, default| {
             self.timeout(
                 &format!("{path}.timeouts.{key}"),
@@ -127,11 +131,7 @@ impl Checker {
                 t.and_then(|t| t.upstream_keepalive.as_ref()),
                 d.upstream_keepalive,
             ),
-            upstream_ping: timeout(
-                "upstream_ping",
-                t.and_then(|t| t.upstream_ping.as_ref()),
-                d.upstream_ping,
-            ),
+            upstream_ping,
             websocket_idle: timeout(
                 "websocket_idle",
                 t.and_then(|t| t.websocket_idle.as_ref()),

@@ -249,6 +249,9 @@ impl Discovery {
                 }
                 Err(e) => {
                     tracing::error!(pool, error = %e, "discovery cannot run");
+                    // No task will end their drains: the members the pool
+                    // asked for before serve on, those leaving leave now.
+                    entry.set.members.retain(|_, m| m.leaving.is_none());
                     None
                 }
             };
@@ -318,6 +321,13 @@ impl Discovery {
             }
         }
         (tasks, asked_anew)
+    }
+
+    /// Whether `pool` discovers by asking `query`.
+    pub(crate) fn asks(&self, pool: &str, query: &weir_config::DiscoverQuery) -> bool {
+        self.lock()
+            .get(pool)
+            .is_some_and(|e| e.spec.query == *query)
     }
 
     /// The addresses a pool's discovered backends serve on (not leaving).
@@ -527,7 +537,7 @@ async fn refresh(server: Weak<Server>, task: Task) {
             pending.extend(deltas);
             plan::fold(&mut pending, plan::MAX_PENDING);
             let Some(s) = server.upgrade() else { return };
-            if s.rediscover(&pool, &spec, &pending).await {
+            if s.rediscover(&pool, &spec, &pending, &stop).await {
                 pending.clear();
                 retry = None;
             } else {

@@ -65,6 +65,15 @@ impl std::fmt::Debug for Prober {
 }
 
 impl Prober {
+    /// Takes `old`'s kept connection when neither speaks TLS: a reload that
+    /// keeps a probe target keeps its connection. (A TLS one is opened
+    /// anew, with the certificates the reload read.)
+    pub(crate) fn adopt_connection(&mut self, old: Prober) {
+        if self.tls.is_none() && old.tls.is_none() && self.probe == old.probe {
+            self.conn = old.conn;
+        }
+    }
+
     pub(crate) fn new(probe: Probe, addr: SocketAddr) -> Result<Prober, String> {
         let tls_of = |t: &ProbeTls, host: Option<&str>, alpn: &[&[u8]]| -> Result<_, String> {
             let config = tls::client_config(t, alpn)?;

@@ -208,7 +208,9 @@ impl Prepared {
                     Ok(()) => {
                         if waits {
                             now += 1;
-                            longest_timeout = longest_timeout.max(target.timeout);
+                            // A probe it runs as the update comes is
+                            // finished first.
+                            longest_timeout = longest_timeout.max(target.timeout * 2);
                         }
                         kept.insert(target, handle);
                         continue;
@@ -344,7 +346,8 @@ impl Task {
                 () = tokio::time::sleep_until(due) => return true,
                 u = self.updates.recv() => {
                     let Some(u) = u else { return false };
-                    self.prober = u.prober;
+                    let old = std::mem::replace(&mut self.prober, u.prober);
+                    self.prober.adopt_connection(old);
                     self.subs = u.subs;
                     if u.first.is_some() {
                         *first = u.first;

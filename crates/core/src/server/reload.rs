@@ -124,9 +124,22 @@ impl Server {
     /// the same config generation. Each change goes into the history of the
     /// backend it touches. False when the pool could not be rebuilt (it
     /// runs as it was; the caller tries again).
-    pub(crate) async fn rediscover(&self, pool: &str, spec: &Discover, deltas: &[Delta]) -> bool {
+    pub(crate) async fn rediscover(
+        &self,
+        pool: &str,
+        spec: &Discover,
+        deltas: &[Delta],
+        task: &tokio_util::sync::CancellationToken,
+    ) -> bool {
         let _one = self.control.lock().await;
         if !self.is_ready() {
+            return true;
+        }
+        // A reload replaced the task that found these changes while it
+        // waited, and the pool now asks another question (or none): the
+        // changes answer a question no longer asked, and the reload built
+        // the pool from the set that replaced them.
+        if task.is_cancelled() && !self.discovery.asks(pool, &spec.query) {
             return true;
         }
         let deltas = self.discovered_only(pool, deltas);
