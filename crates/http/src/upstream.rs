@@ -708,6 +708,23 @@ mod tests {
         assert_eq!(kept.keepalive(), Duration::from_secs(4));
     }
 
+    /// Connections to an h2c backend at `addr`, and how to open them.
+    fn h2c(addr: SocketAddr, connect_timeout: Duration) -> (Arc<Conns>, Dialer) {
+        let conns = Conns::new(
+            addr,
+            HttpProtocol::H2c,
+            Arc::default(),
+            Duration::from_secs(4),
+        );
+        let dialer = Dialer {
+            protocol: HttpProtocol::H2c,
+            connect_timeout,
+            ping: None,
+            tls: None,
+        };
+        (conns, dialer)
+    }
+
     /// The requests a shared HTTP/2 connection sends back (a GOAWAY) each
     /// ask for a new one: the first opens it, the others share it; one
     /// that then fails on the new one gets another. Against a real h2c
@@ -736,18 +753,7 @@ mod tests {
                 );
             }
         });
-        let conns = Conns::new(
-            addr,
-            HttpProtocol::H2c,
-            Arc::default(),
-            Duration::from_secs(4),
-        );
-        let dialer = Dialer {
-            protocol: HttpProtocol::H2c,
-            connect_timeout: Duration::from_secs(5),
-            ping: None,
-            tls: None,
-        };
+        let (conns, dialer) = h2c(addr, Duration::from_secs(5));
         let now = Instant::now();
         let a = conns.checkout(&dialer, now).await.expect("opens");
         let b = conns.checkout(&dialer, now).await.expect("shares");
@@ -791,18 +797,7 @@ mod tests {
                 std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()
             })
             .collect();
-        let conns = Conns::new(
-            addr,
-            HttpProtocol::H2c,
-            Arc::default(),
-            Duration::from_secs(4),
-        );
-        let dialer = Dialer {
-            protocol: HttpProtocol::H2c,
-            connect_timeout: Duration::from_millis(300),
-            ping: None,
-            tls: None,
-        };
+        let (conns, dialer) = h2c(addr, Duration::from_millis(300));
         let (a, b) = tokio::join!(conns.fresh(&dialer, None), conns.fresh(&dialer, None));
         assert_eq!(a.err(), Some(Reason::Timeout));
         assert_eq!(b.err(), Some(Reason::Timeout));
