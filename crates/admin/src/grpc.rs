@@ -39,6 +39,8 @@ const WATCH_QUEUE: usize = 256;
 const MAX_WATCHERS: usize = 256;
 /// Calls (HTTP/2 streams) open at once on one connection.
 const MAX_STREAMS: u32 = 100;
+/// The largest request message, as the JSON API's body limit.
+const MAX_REQUEST: usize = 16 * 1024;
 
 /// Operator changes running or waiting for their turn at once, over every
 /// connection: each runs to its end even when its caller leaves, so the
@@ -138,7 +140,10 @@ pub async fn serve(
         .max_concurrent_streams(Some(MAX_STREAMS))
         .concurrency_limit_per_connection(MAX_STREAMS as usize)
         .layer(layer)
-        .add_service(AdminServer::new(service))
+        // Every request is small; tonic's default would reserve up to 4 MiB
+        // per call as the message's header announces, before the token
+        // is looked at.
+        .add_service(AdminServer::new(service).max_decoding_message_size(MAX_REQUEST))
         .add_service(crate::reflection_service()?)
         .add_service(crate::reflection::reflection_service_v1alpha()?)
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), async move {

@@ -214,10 +214,22 @@ fn change(state: &AppState, headers: &HeaderMap) -> Result<ControlService, Refus
 type Sent = axum::body::Body;
 
 /// The fields of a change's JSON body: an object, or nothing at all. A body
-/// larger than [`BODY_LIMIT`] is refused, answered as JSON like every other
-/// error.
-async fn body(sent: Sent) -> Result<serde_json::Map<String, Value>, Refusal> {
-    let bytes = axum::body::to_bytes(sent, BODY_LIMIT).await.map_err(|e| {
+/// larger than [`BODY_LIMIT`], or not all there `within` (a client trickling
+/// it would hold a connection and a change's turn), is refused, answered as
+/// JSON like every other error.
+async fn body(
+    sent: Sent,
+    within: std::time::Duration,
+) -> Result<serde_json::Map<String, Value>, Refusal> {
+    let read = tokio::time::timeout(within, axum::body::to_bytes(sent, BODY_LIMIT));
+    let Ok(read) = read.await else {
+        return Err(Refusal::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_argument",
+            format!("the body did not arrive within {within:?}"),
+        ));
+    };
+    let bytes = read.map_err(|e| {
         let too_large = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         let status = if too_large {
@@ -440,7 +452,7 @@ async fn backend_change(
         };
         return reply(c.set_backend_admin(call(&headers, request)).await);
     }
-    let fields = body(bytes).await?;
+    let fields = body(bytes, state.body_timeout).await?;
     only(&fields, &["weight"])?;
     let request = pb::SetBackendWeightRequest {
         pool,
@@ -458,7 +470,7 @@ async fn add_backend(
     bytes: Sent,
 ) -> Answer {
     let c = change(&state, &headers)?;
-    let fields = body(bytes).await?;
+    let fields = body(bytes, state.body_timeout).await?;
     only(&fields, &["address", "name", "weight", "tier"])?;
     let address = string(&fields, "address")?;
     if address.is_empty() {
@@ -530,7 +542,7 @@ async fn close_connections(
     bytes: Sent,
 ) -> Answer {
     let c = change(&state, &headers)?;
-    let fields = body(bytes).await?;
+    let fields = body(bytes, state.body_timeout).await?;
     only(&fields, &["listener", "pool", "backend", "client", "id"])?;
     let id = match fields.get("id") {
         None | Some(Value::Null) => None,
@@ -616,7 +628,7 @@ async fn firewall_add(
     bytes: Sent,
 ) -> Answer {
     let c = change(&state, &headers)?;
-    let fields = body(bytes).await?;
+    let fields = body(bytes, state.body_timeout).await?;
     only(&fields, &["network", "action", "duration_ms", "reason"])?;
     let action = match string(&fields, "action")? {
         "deny" => pb::FirewallAction::Deny,
@@ -645,7 +657,7 @@ async fn firewall_remove(
     bytes: Sent,
 ) -> Answer {
     let c = change(&state, &headers)?;
-    let fields = body(bytes).await?;
+    let fields = body(bytes, state.body_timeout).await?;
     only(&fields, &["network"])?;
     let request = pb::RemoveFirewallRuleRequest {
         network: string(&fields, "network")?.to_owned(),
@@ -660,7 +672,7 @@ async fn max_connections(
     bytes: Sent,
 ) -> Answer {
     let c = change(&state, &headers)?;
-    let fields = body(bytes).await?;
+    let fields = body(bytes, state.body_timeout).await?;
     only(&fields, &["max_connections"])?;
     let request = pb::SetListenerMaxConnectionsRequest {
         listener,

@@ -4,8 +4,8 @@
 //! `firewall`).
 //!
 //! Streams take at most half of `admin.max_connections`; past that a new
-//! one is refused with 503, so that readiness probes, scrapes and changes
-//! always find room.
+//! one is refused with 503, so that streams alone cannot take the room
+//! readiness probes, scrapes and changes need.
 //!
 //! A reader never slows weir: each stream has a bounded queue, filled
 //! without waiting. A reader that lets it fill, or that falls behind the

@@ -98,6 +98,7 @@ impl AdminListener {
             stop: stop.clone(),
             control: OnceLock::new(),
             max_streams: (limits.max_connections as usize / 2).max(1),
+            body_timeout: limits.handshake_timeout,
         }));
         let connections = TaskTracker::new();
         let endpoint = Arc::clone(&stats.conns.http);
@@ -176,6 +177,8 @@ struct AppState {
     /// Event streams open at once at most: half of the endpoint's
     /// connections, as it was started (a reload changes neither).
     max_streams: usize,
+    /// A change's body must arrive within this (`handshake_timeout`).
+    body_timeout: std::time::Duration,
 }
 
 impl AppState {
@@ -293,6 +296,7 @@ mod tests {
             stop: CancellationToken::new(),
             control: OnceLock::new(),
             max_streams: 32,
+            body_timeout: std::time::Duration::from_secs(10),
         }))
     }
 

@@ -298,6 +298,63 @@ fn admin_connections_have_a_handshake_and_an_idle_timeout() {
     assert_eq!(crate::cli::wait_exit(&mut weir_child.0).code(), Some(0));
 }
 
+/// Requests to the admin endpoints are bounded before the token is looked
+/// at or a change waits its turn: a JSON API body that does not all arrive
+/// within `handshake_timeout` is answered `408`, and a gRPC request message
+/// over 16 KiB is refused without being read whole; the next call is served.
+#[test]
+fn admin_requests_too_slow_or_too_large_are_refused() {
+    use weir_admin::pb::v1::ListBackendsRequest;
+    use weir_admin::pb::v1::admin_client::AdminClient;
+
+    let (admin, grpc, front) = (free_port(), free_port(), free_port());
+    let file = temp_config(
+        "admin-request-bounds",
+        &base_config(admin, grpc, front, "handshake_timeout = \"300ms\""),
+    );
+    let (_weir, _out) = start_weir(weir_with_limit(&file, 1024, 1024));
+    let mut trickle = TcpStream::connect(admin).expect("connect");
+    trickle
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        trickle,
+        "POST /api/v1/pools/p/backends/a/weight HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"weight\""
+    )
+    .expect("request");
+    let began = Instant::now();
+    let mut answer = String::new();
+    let _ = trickle.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive"), "{answer}");
+    assert!(
+        began.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        began.elapsed()
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut c = AdminClient::connect(format!("http://{grpc}"))
+            .await
+            .expect("connect");
+        let huge = ListBackendsRequest {
+            pool: "p".repeat(20_000),
+        };
+        let refused = c.list_backends(huge).await.expect_err("too large");
+        assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused}");
+        let fine = ListBackendsRequest {
+            pool: "p".to_owned(),
+        };
+        let listed = c.list_backends(fine).await.expect("served").into_inner();
+        assert_eq!(listed.backends.len(), 2);
+    });
+}
+
 /// Holds `n` client connections through the proxy (each holds two of weir's
 /// descriptors while it lives).
 fn hold(front: SocketAddr, n: usize) -> Vec<TcpStream> {
