@@ -559,6 +559,16 @@ impl AdminApi for ControlService {
                     r.client
                 ))
             })?;
+        // What a ClientHello can carry at most (a host name is shorter
+        // still): longer is a mistake, and quoted back once per route.
+        for (what, value) in [("sni", &r.sni), ("alpn", &r.alpn)] {
+            if value.len() > 255 {
+                return Err(Status::invalid_argument(format!(
+                    "{what} is {} bytes long; a ClientHello carries at most 255",
+                    value.len()
+                )));
+            }
+        }
         let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         let (sni, alpn) = (some(&r.sni), some(&r.alpn));
         let e = self

@@ -161,6 +161,22 @@ fn explain_names_the_route_the_eligible_backends_and_the_real_pick() {
     ));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("not an IP address"), "{err}");
+    let long = "a".repeat(300);
+    let (code, _, err) = text(&ctl(
+        grpc,
+        None,
+        &[
+            "explain",
+            "--listener",
+            "front",
+            "--client",
+            "10.1.2.3",
+            "--sni",
+            &long,
+        ],
+    ));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("sni is 300 bytes long"), "{err}");
 }
 
 /// A connection no backend took: its access-log line names every backend
