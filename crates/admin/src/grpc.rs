@@ -484,10 +484,14 @@ impl AdminApi for ControlService {
                 "max_connections must be at least 1 (leave it out to restore the configured value)",
             ));
         }
+        let server = self.server();
         let l = self
-            .server
-            .set_max_connections(&r.listener, r.max_connections)
-            .await
+            .to_the_end(async move {
+                server
+                    .set_max_connections(&r.listener, r.max_connections)
+                    .await
+            })
+            .await?
             .map_err(|e| control_status(&e))?;
         Ok(Response::new(listener_message(&self.server.snapshot(), &l)))
     }
@@ -653,9 +657,10 @@ impl AdminApi for ControlService {
     ) -> Result<Response<pb::CloseConnectionsResponse>, Status> {
         self.authorize(&request)?;
         let filter = connection_filter(request.get_ref())?;
+        let server = self.server();
         let closed = self
-            .server
-            .close_connections(&filter)
+            .to_the_end(async move { server.close_connections(&filter) })
+            .await?
             .map_err(|e| control_status(&e))?;
         Ok(Response::new(pb::CloseConnectionsResponse {
             closed: count(closed),

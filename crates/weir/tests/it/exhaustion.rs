@@ -762,8 +762,8 @@ async fn next<T>(results: &mut tokio::sync::mpsc::UnboundedReceiver<T>) -> T {
 /// applied once the reload is done.
 #[test]
 fn operator_changes_under_way_are_bounded() {
-    use weir_admin::pb::v1::SetBackendWeightRequest;
     use weir_admin::pb::v1::admin_client::AdminClient;
+    use weir_admin::pb::v1::{SetBackendWeightRequest, SetListenerMaxConnectionsRequest};
 
     let (admin, grpc, front) = (free_port(), free_port(), free_port());
     let base = base_config(admin, grpc, front, "");
@@ -792,17 +792,29 @@ fn operator_changes_under_way_are_bounded() {
             .await
             .expect("connect");
         let (done, mut results) = tokio::sync::mpsc::unbounded_channel();
+        // Every kind of change takes a place: six of them a listener's.
         for i in 0..70u32 {
             let (mut client, done) = (client.clone(), done.clone());
             tokio::spawn(async move {
-                let r = client
-                    .set_backend_weight(SetBackendWeightRequest {
-                        pool: "p".into(),
-                        backend: "a".into(),
-                        weight: Some(2 + i % 3),
-                    })
-                    .await;
-                let _ = done.send(r.map(drop).map_err(|s| s.code()));
+                let r = if i < 6 {
+                    client
+                        .set_listener_max_connections(SetListenerMaxConnectionsRequest {
+                            listener: "l".into(),
+                            max_connections: Some(100 + i),
+                        })
+                        .await
+                        .map(drop)
+                } else {
+                    client
+                        .set_backend_weight(SetBackendWeightRequest {
+                            pool: "p".into(),
+                            backend: "a".into(),
+                            weight: Some(2 + i % 3),
+                        })
+                        .await
+                        .map(drop)
+                };
+                let _ = done.send(r.map_err(|s| s.code()));
             });
         }
         for _ in 0..6 {
