@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -253,6 +253,24 @@ async fn body(
     }
 }
 
+/// A path's segments, decoded; one that is not UTF-8 once decoded is a
+/// `400` answered as JSON like every other error (axum's own is plain text).
+struct Segments<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for Segments<T> {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Refusal> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(t)) => Ok(Segments(t)),
+            Err(e) => Err(bad(&e.body_text())),
+        }
+    }
+}
+
 fn bad(message: &str) -> Refusal {
     Refusal::new(StatusCode::BAD_REQUEST, "invalid_argument", message)
 }
@@ -348,7 +366,10 @@ async fn all_backends(State(state): State<Arc<AppState>>) -> Answer {
     list_backends(&state, String::new()).await
 }
 
-async fn pool_backends(State(state): State<Arc<AppState>>, Path(pool): Path<String>) -> Answer {
+async fn pool_backends(
+    State(state): State<Arc<AppState>>,
+    Segments(pool): Segments<String>,
+) -> Answer {
     if pool.is_empty() {
         return Err(Refusal::new(
             StatusCode::NOT_FOUND,
@@ -361,7 +382,7 @@ async fn pool_backends(State(state): State<Arc<AppState>>, Path(pool): Path<Stri
 
 async fn backend(
     State(state): State<Arc<AppState>>,
-    Path((pool, backend)): Path<(String, String)>,
+    Segments((pool, backend)): Segments<(String, String)>,
 ) -> Answer {
     let c = control(&state)?;
     let listed = c
@@ -389,7 +410,7 @@ async fn backend(
 
 async fn backend_history(
     State(state): State<Arc<AppState>>,
-    Path((pool, backend)): Path<(String, String)>,
+    Segments((pool, backend)): Segments<(String, String)>,
 ) -> Answer {
     let c = control(&state)?;
     reply(
@@ -401,7 +422,10 @@ async fn backend_history(
     )
 }
 
-async fn pool_history(State(state): State<Arc<AppState>>, Path(pool): Path<String>) -> Answer {
+async fn pool_history(
+    State(state): State<Arc<AppState>>,
+    Segments(pool): Segments<String>,
+) -> Answer {
     let c = control(&state)?;
     reply(
         c.pool_history(tonic::Request::new(pb::PoolHistoryRequest { pool }))
@@ -421,7 +445,7 @@ async fn firewall_rules(State(state): State<Arc<AppState>>) -> Answer {
 /// disable, or weight (with a body).
 async fn backend_change(
     State(state): State<Arc<AppState>>,
-    Path((pool, backend, action)): Path<(String, String, String)>,
+    Segments((pool, backend, action)): Segments<(String, String, String)>,
     headers: HeaderMap,
     bytes: Sent,
 ) -> Answer {
@@ -465,7 +489,7 @@ async fn backend_change(
 /// `POST /pools/{pool}/backends`: a backend added at runtime.
 async fn add_backend(
     State(state): State<Arc<AppState>>,
-    Path(pool): Path<String>,
+    Segments(pool): Segments<String>,
     headers: HeaderMap,
     bytes: Sent,
 ) -> Answer {
@@ -667,7 +691,7 @@ async fn firewall_remove(
 
 async fn max_connections(
     State(state): State<Arc<AppState>>,
-    Path(listener): Path<String>,
+    Segments(listener): Segments<String>,
     headers: HeaderMap,
     bytes: Sent,
 ) -> Answer {

@@ -321,6 +321,28 @@ mod tests {
         )
     }
 
+    /// A percent-encoded path segment that is not UTF-8 is refused as JSON,
+    /// like every other error of the API.
+    #[tokio::test]
+    async fn a_path_segment_that_is_not_utf8_is_a_json_error() {
+        for path in [
+            "/api/v1/pools/%FF/history",
+            "/api/v1/pools/p/backends/%C3%28",
+        ] {
+            let (status, headers, body) = answer("GET", path).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+            assert_eq!(headers[header::CONTENT_TYPE], "application/json", "{path}");
+            let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            assert_eq!(v["error"]["code"], "invalid_argument", "{body}");
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("UTF-8")),
+                "{body}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn before_the_first_probe_round_only_liveness_says_yes() {
         assert_eq!(answer("GET", "/healthz").await.0, StatusCode::OK);
