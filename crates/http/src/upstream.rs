@@ -168,20 +168,7 @@ impl Conns {
                     return Ok(self.lease(Sender::H1(sender), true, rested));
                 }
             }
-            HttpProtocol::H2 | HttpProtocol::H2c => {
-                let failures = self.h2_failures.load(Relaxed);
-                let shared = self.h2.lock().await;
-                if let Some(lease) = self.share_h2(shared.as_ref(), None) {
-                    return Ok(lease);
-                }
-                if self.h2_failures.load(Relaxed) != failures {
-                    // An open failed while this request waited for it.
-                    return Err(*lock(&self.h2_why));
-                }
-                // Opened while holding the lock: the requests that wait for
-                // it then share it.
-                return Box::pin(self.open_h2(dialer, shared)).await;
-            }
+            HttpProtocol::H2 | HttpProtocol::H2c => return self.shared_h2(dialer, None).await,
         }
         // Boxed, as opening (TCP, TLS, the handshake) is the rare path and
         // by far the largest state: unboxed, every request's future would
@@ -190,21 +177,30 @@ impl Conns {
     }
 
     /// The shared HTTP/2 connection when it is open and is not connection
-    /// number `not` (one that failed a request).
-    fn share_h2(
+    /// number `not` (one that failed a request), else a new one, opened
+    /// while holding the lock: the requests that wait for it then share it,
+    /// or fail with it when it cannot be opened.
+    async fn shared_h2(
         self: &Arc<Self>,
-        shared: Option<&http2::SendRequest<RequestBody>>,
+        dialer: &Dialer,
         not: Option<u64>,
-    ) -> Option<Lease> {
-        let sender = shared.filter(|s| !s.is_closed())?;
+    ) -> Result<Lease, Reason> {
+        let failures = self.h2_failures.load(Relaxed);
+        let shared = self.h2.lock().await;
         let number = self.h2_opens.load(Relaxed);
-        if not == Some(number) {
-            return None;
+        if let Some(sender) = shared.as_ref().filter(|s| !s.is_closed())
+            && not != Some(number)
+        {
+            self.stats.upstream_event(UpstreamEvent::Reused);
+            let mut lease = self.lease(Sender::H2(sender.clone()), true, Duration::ZERO);
+            lease.h2_number = number;
+            return Ok(lease);
         }
-        self.stats.upstream_event(UpstreamEvent::Reused);
-        let mut lease = self.lease(Sender::H2(sender.clone()), true, Duration::ZERO);
-        lease.h2_number = number;
-        Some(lease)
+        if self.h2_failures.load(Relaxed) != failures {
+            // An open failed while this request waited for it.
+            return Err(*lock(&self.h2_why));
+        }
+        Box::pin(self.open_h2(dialer, shared)).await
     }
 
     /// A new connection, for a request that `failed` could not carry (the
@@ -233,17 +229,7 @@ impl Conns {
                 Ok(self.lease(Sender::H1(sender), false, Duration::ZERO))
             }
             HttpProtocol::H2 | HttpProtocol::H2c => {
-                let failures = self.h2_failures.load(Relaxed);
-                let shared = self.h2.lock().await;
-                let not = failed.map(|l| l.h2_number);
-                if let Some(lease) = self.share_h2(shared.as_ref(), not) {
-                    return Ok(lease);
-                }
-                if self.h2_failures.load(Relaxed) != failures {
-                    // The new one another retry opened meanwhile failed.
-                    return Err(*lock(&self.h2_why));
-                }
-                self.open_h2(dialer, shared).await
+                self.shared_h2(dialer, failed.map(|l| l.h2_number)).await
             }
         }
     }
