@@ -1,6 +1,8 @@
 //! Admin connections, bounded so that no number of them can take what the
-//! data plane needs: at most `admin.max_connections` open per endpoint (the
-//! rest are refused at once, with a reset), a client that sends nothing
+//! data plane needs: at most `admin.max_connections` open per endpoint, and
+//! `admin.max_connections_per_client` of them from one client, so that one
+//! client cannot take every place from a readiness probe (the rest are
+//! refused at once, with a reset), a client that sends nothing
 //! within `admin.handshake_timeout` or goes quiet for `admin.idle_timeout` is
 //! closed, and the accept loop pauses instead of spinning when the process
 //! is out of file descriptors.
@@ -9,11 +11,12 @@
 //! over [`Guarded`], a TCP stream that carries its connection slot and its
 //! timers.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,6 +31,7 @@ use weir_telemetry::{Kind, LogBudget, Verdict, Writer};
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_connections: u32,
+    pub max_connections_per_client: u32,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
 }
@@ -36,6 +40,7 @@ impl Limits {
     pub fn from_config(admin: &weir_config::Admin) -> Limits {
         Limits {
             max_connections: admin.max_connections,
+            max_connections_per_client: admin.max_connections_per_client,
             handshake_timeout: admin.handshake_timeout,
             idle_timeout: admin.idle_timeout,
         }
@@ -48,6 +53,8 @@ impl Limits {
 pub enum Closed {
     /// The endpoint already had `max_connections` open.
     MaxConnections,
+    /// The client already had `max_connections_per_client` open.
+    MaxConnectionsPerClient,
     /// Nothing came within `handshake_timeout`.
     HandshakeTimeout,
     /// No byte moved either way for `idle_timeout`.
@@ -55,8 +62,9 @@ pub enum Closed {
 }
 
 impl Closed {
-    pub const ALL: [Closed; 3] = [
+    pub const ALL: [Closed; 4] = [
         Closed::MaxConnections,
+        Closed::MaxConnectionsPerClient,
         Closed::HandshakeTimeout,
         Closed::IdleTimeout,
     ];
@@ -64,6 +72,7 @@ impl Closed {
     pub fn as_str(self) -> &'static str {
         match self {
             Closed::MaxConnections => "max_connections",
+            Closed::MaxConnectionsPerClient => "max_connections_per_client",
             Closed::HandshakeTimeout => "handshake_timeout",
             Closed::IdleTimeout => "idle_timeout",
         }
@@ -139,7 +148,7 @@ impl AdminStats {
         w.family(
             "weir_admin_connections_rejected",
             Kind::Counter,
-            "Admin connections weir refused or closed, by reason: max_connections (refused at once), handshake_timeout, idle_timeout.",
+            "Admin connections weir refused or closed, by reason: max_connections and max_connections_per_client (refused at once), handshake_timeout, idle_timeout.",
         );
         for e in endpoints {
             for why in Closed::ALL {
@@ -154,7 +163,7 @@ impl AdminStats {
 }
 
 /// Accepts on `listener` until `stop`, handing each connection that fits
-/// under the cap to `serve`. A connection over the cap is closed at once
+/// under the caps to `serve`. A connection over a cap is closed at once
 /// with a reset and counted. Out of descriptors, the loop pauses instead of
 /// retrying at once (the clients wait in the backlog meanwhile).
 pub async fn accept_loop(
@@ -165,6 +174,7 @@ pub async fn accept_loop(
     mut serve: impl FnMut(Guarded, SocketAddr),
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
+    let clients = Arc::new(Clients::default());
     loop {
         let accepted = tokio::select! {
             biased;
@@ -187,16 +197,102 @@ pub async fn accept_loop(
             }
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            stats.close(Closed::MaxConnections);
-            if let Verdict::Write { suppressed } = stats.warnings.check() {
-                tracing::warn!(endpoint = stats.name, %peer, max_connections = limits.max_connections, suppressed, "admin endpoint full; connection refused");
-            }
-            // A reset: the client learns at once and no state is left behind.
-            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-            drop(stream);
+            refuse(
+                stream,
+                peer,
+                Closed::MaxConnections,
+                limits.max_connections,
+                &stats,
+            );
             continue;
         };
-        serve(Guarded::new(stream, slot, limits, Arc::clone(&stats)), peer);
+        let Some(client) = Clients::enter(&clients, peer.ip(), limits.max_connections_per_client)
+        else {
+            refuse(
+                stream,
+                peer,
+                Closed::MaxConnectionsPerClient,
+                limits.max_connections_per_client,
+                &stats,
+            );
+            continue;
+        };
+        serve(
+            Guarded::new(stream, slot, client, limits, Arc::clone(&stats)),
+            peer,
+        );
+    }
+}
+
+/// Closes a connection over a cap with a reset (the client learns at once
+/// and no state is left behind), and counts it.
+fn refuse(stream: TcpStream, peer: SocketAddr, why: Closed, cap: u32, stats: &EndpointStats) {
+    stats.close(why);
+    if let Verdict::Write { suppressed } = stats.warnings.check() {
+        tracing::warn!(endpoint = stats.name, %peer, reason = why.as_str(), cap, suppressed, "admin connection refused");
+    }
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+/// The connections open to one endpoint by client: an IPv4 address, or an
+/// IPv6 /64 (what one host is given, so it cannot step around the cap by
+/// changing addresses). An entry lives while its client has a connection
+/// open, so there are never more than `max_connections` of them.
+#[derive(Debug, Default)]
+struct Clients {
+    open: Mutex<HashMap<IpAddr, u32>>,
+}
+
+impl Clients {
+    /// Takes a place for a connection from `ip`; `None` when it already
+    /// has `cap` open.
+    fn enter(this: &Arc<Clients>, ip: IpAddr, cap: u32) -> Option<ClientPlace> {
+        let key = client_key(ip);
+        let mut open = this.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(key).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(ClientPlace {
+            clients: Arc::clone(this),
+            key,
+        })
+    }
+}
+
+/// The key a client is counted under.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
+        },
+    }
+}
+
+/// A connection's place among its client's; given back when dropped.
+#[derive(Debug)]
+struct ClientPlace {
+    clients: Arc<Clients>,
+    key: IpAddr,
+}
+
+impl Drop for ClientPlace {
+    fn drop(&mut self) {
+        let mut open = self
+            .clients
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -208,6 +304,7 @@ pub async fn accept_loop(
 pub struct Guarded {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
+    _client: ClientPlace,
     stats: Arc<EndpointStats>,
     limits: Limits,
     /// Fires at the deadline; re-armed when it fires early.
@@ -221,6 +318,7 @@ impl Guarded {
     fn new(
         stream: TcpStream,
         slot: OwnedSemaphorePermit,
+        client: ClientPlace,
         limits: Limits,
         stats: Arc<EndpointStats>,
     ) -> Guarded {
@@ -228,6 +326,7 @@ impl Guarded {
         Guarded {
             stream,
             _slot: slot,
+            _client: client,
             stats,
             limits,
             timer: Box::pin(tokio::time::sleep(limits.handshake_timeout)),
@@ -342,5 +441,39 @@ impl tonic::transport::server::Connected for Guarded {
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.stream.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_is_an_ipv4_address_or_an_ipv6_64() {
+        let key = |s: &str| client_key(s.parse().expect("an address"));
+        assert_eq!(key("10.0.0.1"), key("10.0.0.1"));
+        assert_ne!(key("10.0.0.1"), key("10.0.0.2"));
+        assert_eq!(key("::ffff:10.0.0.1"), key("10.0.0.1"));
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+    }
+
+    #[test]
+    fn a_client_holds_at_most_its_cap_and_gets_places_back() {
+        let clients = Arc::new(Clients::default());
+        let a: IpAddr = "10.0.0.1".parse().expect("an address");
+        let b: IpAddr = "10.0.0.2".parse().expect("an address");
+        let held: Vec<_> = (0..3)
+            .map(|_| Clients::enter(&clients, a, 3).expect("a place"))
+            .collect();
+        assert!(Clients::enter(&clients, a, 3).is_none(), "a fourth");
+        let other = Clients::enter(&clients, b, 3).expect("another client's place");
+        drop(held);
+        drop(other);
+        assert!(
+            clients.open.lock().expect("lock").is_empty(),
+            "no entry left"
+        );
+        assert!(Clients::enter(&clients, a, 3).is_some(), "room again");
     }
 }

@@ -84,6 +84,7 @@ pub fn need_restart(old: &Config, new: &Config) -> Vec<String> {
             a.grpc,
             a.insecure,
             a.max_connections,
+            a.max_connections_per_client,
             a.handshake_timeout,
             a.idle_timeout,
         )

@@ -88,6 +88,9 @@ pub struct Admin {
     pub insecure: bool,
     /// Open connections per admin endpoint at most; beyond, refused at once.
     pub max_connections: u32,
+    /// Open connections per endpoint from one client (an IPv4 address or
+    /// an IPv6 /64) at most: half of `max_connections` unless set.
+    pub max_connections_per_client: u32,
     /// Time a client has to send its first request (HTTP headers, or the
     /// HTTP/2 preface of a gRPC client).
     pub handshake_timeout: Duration,
@@ -104,6 +107,7 @@ impl Default for Admin {
             token_file: None,
             insecure: false,
             max_connections: 64,
+            max_connections_per_client: 32,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
         }

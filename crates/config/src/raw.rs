@@ -99,6 +99,7 @@ pub(crate) struct RawAdmin {
     pub(crate) token_file: Option<String>,
     pub(crate) insecure: Option<bool>,
     pub(crate) max_connections: Option<Int>,
+    pub(crate) max_connections_per_client: Option<Int>,
     pub(crate) handshake_timeout: Option<String>,
     pub(crate) idle_timeout: Option<String>,
 }

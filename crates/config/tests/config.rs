@@ -1624,6 +1624,45 @@ fn temp_file(name: &str, contents: &str) -> (Scratch, std::path::PathBuf) {
 }
 
 #[test]
+fn one_admin_client_holds_half_the_connections_unless_told() {
+    let cfg = load(&format!("{OK_LISTENER}{OK_POOL}")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (
+            cfg.admin.max_connections,
+            cfg.admin.max_connections_per_client
+        ),
+        (64, 32)
+    );
+    let cfg = load(&format!(
+        "[admin]\nmax_connections = 7\n{OK_LISTENER}{OK_POOL}"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.admin.max_connections_per_client, 3);
+    let cfg = load(&format!(
+        "[admin]\nmax_connections = 1\n{OK_LISTENER}{OK_POOL}"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.admin.max_connections_per_client, 1);
+    let cfg = load(&format!(
+        "[admin]\nmax_connections_per_client = 64\n{OK_LISTENER}{OK_POOL}"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.admin.max_connections_per_client, 64);
+    assert_one(
+        &format!(
+            "[admin]\nmax_connections = 8\nmax_connections_per_client = 9\n{OK_LISTENER}{OK_POOL}"
+        ),
+        "admin.max_connections_per_client",
+        "9 is more than admin.max_connections (8)",
+    );
+    assert_one(
+        &format!("[admin]\nmax_connections_per_client = 0\n{OK_LISTENER}{OK_POOL}"),
+        "admin.max_connections_per_client",
+        "0 is out of range 1..=100000",
+    );
+}
+
+#[test]
 fn non_loopback_admin_needs_a_token_or_insecure() {
     for key in ["http", "grpc"] {
         assert_one(

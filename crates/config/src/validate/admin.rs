@@ -49,6 +49,30 @@ impl Checker {
             1,
             Some(100_000),
         );
+        // One client alone never takes every connection: the rest stay for
+        // the others (a readiness probe, a scrape) by default.
+        let max_connections_per_client = match raw.max_connections_per_client {
+            None => (max_connections / 2).max(1),
+            Some(n) => {
+                let n = self.int(
+                    "admin.max_connections_per_client",
+                    Some(n),
+                    1,
+                    1,
+                    Some(100_000),
+                );
+                if n > max_connections {
+                    self.push(
+                        "admin.max_connections_per_client",
+                        format!(
+                            "{n} is more than admin.max_connections ({max_connections}); \
+                             one client can hold at most every connection"
+                        ),
+                    );
+                }
+                n
+            }
+        };
         let handshake_timeout = self.timeout(
             "admin.handshake_timeout",
             raw.handshake_timeout.as_deref(),
@@ -66,6 +90,7 @@ impl Checker {
             token_file,
             insecure,
             max_connections,
+            max_connections_per_client,
             handshake_timeout,
             idle_timeout,
         }

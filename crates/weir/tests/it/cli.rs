@@ -277,7 +277,11 @@ pub(crate) fn http_post(addr: SocketAddr, path: &str) -> String {
 }
 
 pub(crate) fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect");
+    http_get_over(TcpStream::connect(addr).expect("connect"), path)
+}
+
+/// `GET path` over `s`, then closed: the whole answer.
+pub(crate) fn http_get_over(mut s: TcpStream, path: &str) -> String {
     s.set_read_timeout(Some(DEADLINE)).expect("timeout");
     write!(
         s,

@@ -11,7 +11,7 @@ use crate::control::{ctl, json, text};
 use crate::http::keepalive_get;
 
 /// A connection from `ip`.
-fn connect_from(ip: Ipv4Addr, to: SocketAddr) -> TcpStream {
+pub(crate) fn connect_from(ip: Ipv4Addr, to: SocketAddr) -> TcpStream {
     let s =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     s.bind(&SocketAddr::new(IpAddr::V4(ip), 0).into())

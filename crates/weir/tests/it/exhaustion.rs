@@ -11,8 +11,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::cli::{
-    DEADLINE, Running, echo_backend, free_port, http_get, start_weir, temp_config, wait_line, weir,
+    DEADLINE, Running, echo_backend, free_port, http_get, http_get_over, start_weir, temp_config,
+    wait_line, weir,
 };
+use crate::connections::connect_from;
 
 /// `weir run --config FILE` under `prlimit --nofile=SOFT:HARD`.
 fn weir_with_limit(config: &std::path::Path, soft: u64, hard: u64) -> Command {
@@ -123,7 +125,7 @@ fn admin_endpoints_are_capped_and_the_data_plane_keeps_serving() {
             admin,
             grpc,
             front,
-            "max_connections = 20\nhandshake_timeout = \"60s\"",
+            "max_connections = 20\nmax_connections_per_client = 20\nhandshake_timeout = \"60s\"",
         ),
     );
     let (_weir, _out) = start_weir(weir_with_limit(&file, 256, 256));
@@ -208,6 +210,64 @@ fn admin_endpoints_are_capped_and_the_data_plane_keeps_serving() {
                 1.0,
                 "{b}"
             );
+        }
+    }
+}
+
+/// One client holding as many admin connections as it may (half of
+/// `max_connections` by default) and trying for more: the excess is reset
+/// and counted, and a readiness probe from another address still gets its
+/// answer, on both endpoints.
+#[test]
+fn one_admin_client_cannot_take_every_connection() {
+    let (admin, grpc, front) = (free_port(), free_port(), free_port());
+    let file = temp_config(
+        "admin-per-client",
+        &base_config(
+            admin,
+            grpc,
+            front,
+            "max_connections = 6\nhandshake_timeout = \"60s\"",
+        ),
+    );
+    let (_weir, _out) = start_weir(weir_with_limit(&file, 256, 256));
+    let greedy = std::net::Ipv4Addr::new(127, 0, 0, 1);
+    let other = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    for port in [admin, grpc] {
+        // One at a time, each accepted before the next: the first three
+        // stay, every later one is reset.
+        let mut held = Vec::new();
+        for i in 0..8 {
+            let mut s = connect_from(greedy, port);
+            let refused = closed_within(&mut s, Duration::from_millis(300));
+            assert_eq!(refused, i >= 3, "{port}: connection {i}");
+            if !refused {
+                held.push(s);
+            }
+        }
+        for s in &mut held {
+            assert!(!closed_within(s, Duration::from_millis(5)), "{port}: held");
+        }
+        let mut probe = connect_from(other, port);
+        assert!(
+            !closed_within(&mut probe, Duration::from_millis(300)),
+            "{port}: another client gets a place"
+        );
+        if port == admin {
+            let answer = http_get_over(connect_from(other, admin), "/readyz");
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        }
+    }
+    let body = http_get_over(connect_from(other, admin), "/metrics");
+    for endpoint in ["http", "grpc"] {
+        for (reason, n) in [
+            ("max_connections_per_client", 5.0),
+            ("max_connections", 0.0),
+        ] {
+            let series = format!(
+                "weir_admin_connections_rejected_total{{endpoint=\"{endpoint}\",reason=\"{reason}\"}}"
+            );
+            assert_eq!(metric(&body, &series), n, "{series}");
         }
     }
 }
@@ -653,7 +713,12 @@ fn watchers_and_event_streams_are_bounded() {
     let (admin, grpc, front) = (free_port(), free_port(), free_port());
     let file = temp_config(
         "bounded-watchers",
-        &base_config(admin, grpc, front, "max_connections = 8"),
+        &base_config(
+            admin,
+            grpc,
+            front,
+            "max_connections = 8\nmax_connections_per_client = 8",
+        ),
     );
     let (_weir, _out) = start_weir(weir_with_limit(&file, 4096, 4096));
 
