@@ -56,6 +56,8 @@ pub struct ControlService {
     stop: CancellationToken,
     /// Places for open `Watch` streams.
     watchers: Arc<tokio::sync::Semaphore>,
+    /// Places for listed connections, shared with the JSON API.
+    listings: crate::listing::Budget,
 }
 
 /// Places for operator changes under way, shared by the gRPC endpoint and
@@ -67,15 +69,16 @@ impl ControlService {
     pub fn new(
         server: Arc<Server>,
         build: BuildInfo,
-        stats: Arc<GrpcStats>,
+        stats: &crate::Stats,
         stop: CancellationToken,
     ) -> Self {
         ControlService {
             server,
             build,
-            stats,
+            stats: Arc::clone(&stats.grpc),
             stop,
             watchers: Arc::new(tokio::sync::Semaphore::new(MAX_WATCHERS)),
+            listings: stats.listings.clone(),
         }
     }
 
@@ -619,19 +622,20 @@ impl AdminApi for ControlService {
     ) -> Result<Response<pb::ListConnectionsResponse>, Status> {
         let r = request.into_inner();
         let filter = connection_filter(&r)?;
-        let all = self
-            .server
-            .connections(&filter)
-            .map_err(|e| control_status(&e))?;
-        let total = count(all.len());
         let limit = if r.limit == 0 {
             usize::MAX
         } else {
             r.limit as usize
         };
-        let connections = all
+        let picked = self
+            .server
+            .connections(&filter, limit)
+            .map_err(|e| control_status(&e))?;
+        // Described only once the answer has its places.
+        let held = self.listings.hold(picked.len())?;
+        let connections = picked
+            .views()
             .into_iter()
-            .take(limit)
             .map(|c| pb::Connection {
                 id: c.id,
                 listener: c.listener,
@@ -645,10 +649,14 @@ impl AdminApi for ControlService {
                 state: c.state.as_str().to_owned(),
             })
             .collect();
-        Ok(Response::new(pb::ListConnectionsResponse {
+        let mut response = Response::new(pb::ListConnectionsResponse {
             connections,
-            total,
-        }))
+            total: count(picked.total()),
+        });
+        // Taken by the body that sends the answer (`GrpcMetrics`, or the
+        // JSON API's), which gives the places back once it is gone.
+        response.extensions_mut().insert(held);
+        Ok(response)
     }
 
     async fn close_connections(

@@ -19,6 +19,7 @@ use tower::{Layer, Service};
 use weir_telemetry::{Format, Histogram, HistogramSnapshot, Kind, Writer};
 
 use crate::auth::{self, AuthError};
+use crate::listing::Holding;
 
 /// How a method streams: the `grpc_type` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -480,7 +481,8 @@ where
         let mut call = self.call.take();
         match result {
             Ok(response) => {
-                let (parts, inner) = response.into_parts();
+                let (mut parts, inner) = response.into_parts();
+                let held = parts.extensions.remove::<crate::listing::Held>();
                 if let (Some(code), Some(call)) = (status_of_head(&parts), call.as_mut()) {
                     // Trailers-only: the status came with the headers.
                     call.finish(code);
@@ -488,7 +490,7 @@ where
                 Poll::Ready(Ok(http::Response::from_parts(
                     parts,
                     ResponseBody {
-                        inner,
+                        inner: Holding::new(inner, held),
                         call,
                         sent: MessageCounter::default(),
                     },
@@ -538,7 +540,8 @@ fn parse_code(v: &[u8]) -> usize {
 /// takes the status from its trailers.
 #[derive(Debug)]
 pub struct ResponseBody<B: Body> {
-    inner: B,
+    /// Holds what the answer holds until it is sent (a listing's places).
+    inner: Holding<B>,
     /// `None` only if the future was polled after it completed.
     call: Option<Call>,
     sent: MessageCounter,
@@ -587,7 +590,7 @@ impl<B: Body> Drop for ResponseBody<B> {
         // A body that had already ended without a status may never have been
         // polled to its end: that is no cancellation.
         if let Some(call) = self.call.as_mut()
-            && self.inner.is_end_stream()
+            && self.inner.ended()
         {
             call.finish(UNKNOWN_CODE);
         }

@@ -53,3 +53,23 @@ pub use server::{
 };
 pub use statefile::{Saved, millis};
 pub use upstream::Upstream;
+
+/// What unit tests across the crate start from.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    /// A server with one listener `l` on a free loopback port, whose route
+    /// sends to one backend nobody listens on.
+    pub(crate) async fn one_listener() -> (Arc<crate::Server>, Arc<crate::listener::Listener>) {
+        let cfg = weir_config::load_str(
+            "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n[[listeners.routes]]\n\
+             name = \"r\"\npool = \"p\"\n[[pools]]\nname = \"p\"\n[[pools.backends]]\n\
+             address = \"127.0.0.1:9\"\n",
+        )
+        .expect("config");
+        let server = crate::Server::start(&cfg).await.expect("start");
+        let listener = server.listener("l").expect("l");
+        (server, listener)
+    }
+}

@@ -384,17 +384,38 @@ impl Registry {
         }
     }
 
-    /// The connections `filter` matches, by id.
-    pub fn list(&self, filter: &ConnFilter, out: &mut Vec<ConnView>) {
+    /// Adds to `out` the `keep` connections `filter` matches with the
+    /// lowest ids, in order of id; how many it matched in all. What it
+    /// holds meanwhile is bounded by `keep` (twice it, and a shard's
+    /// share), not by how many match.
+    pub fn pick(&self, filter: &ConnFilter, keep: usize, out: &mut Vec<Arc<Live>>) -> usize {
+        let from = out.len();
+        let mut matched = 0;
         let mut taken: Vec<Arc<Live>> = Vec::new();
         for shard in &self.shards {
-            // Only copied under the lock; matched and described after it, so
-            // that a connection entering or leaving waits for a copy of a
+            // Only copied under the lock; matched after it, so that a
+            // connection entering or leaving waits for a copy of a
             // thirty-second of the registry at most.
-            taken.clear();
             taken.extend(lock(shard).slots.iter().flatten().cloned());
-            out.extend(taken.iter().filter(|c| filter.matches(c)).map(|c| c.view()));
+            for c in taken.drain(..) {
+                if filter.matches(&c) {
+                    matched += 1;
+                    if keep > 0 {
+                        out.push(c);
+                    }
+                }
+            }
+            if out.len() - from > keep.saturating_mul(2) {
+                lowest(&mut out[from..], keep);
+                out.truncate(from + keep);
+            }
         }
+        if out.len() - from > keep {
+            lowest(&mut out[from..], keep);
+            out.truncate(from + keep);
+        }
+        out[from..].sort_unstable_by_key(|c| c.id);
+        matched
     }
 
     /// Closes the connections `filter` matches; how many.
@@ -468,6 +489,44 @@ impl Drop for LiveGuard {
     }
 }
 
+/// Moves the `keep` entries with the lowest ids to the front of `entries`.
+fn lowest(entries: &mut [Arc<Live>], keep: usize) {
+    if keep > 0 && keep < entries.len() {
+        entries.select_nth_unstable_by_key(keep - 1, |c| c.id);
+    }
+}
+
+/// What a listing picked: the first connections it may show, by listener
+/// and id, and how many matched in all. They are described only when
+/// asked ([`Picked::views`]), so that a caller can first judge whether it
+/// may build an answer that large.
+#[derive(Debug, Default)]
+pub struct Picked {
+    pub(crate) entries: Vec<Arc<Live>>,
+    pub(crate) total: usize,
+}
+
+impl Picked {
+    /// How many the listing will show.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// How many connections matched, shown or not.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// The picked connections as a listing shows them.
+    pub fn views(&self) -> Vec<ConnView> {
+        self.entries.iter().map(|c| c.view()).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -487,14 +546,7 @@ mod tests {
     async fn a_hundred_thousand_are_listed_while_others_come_and_go() {
         use std::sync::atomic::AtomicBool;
         use std::time::Instant as Clock;
-        let cfg = weir_config::load_str(
-            "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n[[listeners.routes]]\n\
-             name = \"r\"\npool = \"p\"\n[[pools]]\nname = \"p\"\n[[pools.backends]]\n\
-             address = \"127.0.0.1:9\"\n",
-        )
-        .expect("config");
-        let server = crate::Server::start(&cfg).await.expect("start");
-        let listener = server.listener("l").expect("l");
+        let (_server, listener) = crate::testing::one_listener().await;
         let client: SocketAddr = "10.0.0.1:4000".parse().expect("addr");
         let held: Vec<LiveGuard> = (0..100_000)
             .map(|_| {
@@ -526,7 +578,10 @@ mod tests {
         for _ in 0..5 {
             let t = Clock::now();
             let mut out = Vec::new();
-            listener.stats.live.list(&ConnFilter::default(), &mut out);
+            listener
+                .stats
+                .live
+                .pick(&ConnFilter::default(), usize::MAX, &mut out);
             took.push(t.elapsed());
             assert!(out.len() >= 100_000, "{}", out.len());
         }
@@ -539,6 +594,50 @@ mod tests {
         assert!(n > 0, "nothing entered while listing");
         drop(held);
         assert!(listener.stats.live.is_empty());
+    }
+
+    /// A listing with a limit keeps the lowest ids of what matches, in
+    /// order, and counts every match, whatever the limit.
+    #[tokio::test]
+    async fn a_pick_keeps_the_lowest_ids_and_counts_them_all() {
+        let (_server, listener) = crate::testing::one_listener().await;
+        let a: SocketAddr = "10.0.0.1:4000".parse().expect("addr");
+        let b: SocketAddr = "10.0.0.2:4000".parse().expect("addr");
+        let mut held: Vec<LiveGuard> = (0..1_000)
+            .map(|i| {
+                let client = if i % 4 == 0 { b } else { a };
+                listener
+                    .stats
+                    .live
+                    .enter(&listener, 0, client, ConnState::Relaying)
+            })
+            .collect();
+        // Holes: every third leaves.
+        let mut i = 0;
+        held.retain(|_| {
+            i += 1;
+            i % 3 != 0
+        });
+        let from_a = ConnFilter {
+            client: Some(ConnFilter::parse_client("10.0.0.1").expect("ip")),
+            ..ConnFilter::default()
+        };
+        for filter in [ConnFilter::default(), from_a] {
+            let mut all: Vec<u64> = held
+                .iter()
+                .filter(|g| filter.matches(g))
+                .map(|g| g.id)
+                .collect();
+            all.sort_unstable();
+            for keep in [0, 1, 5, 31, 32, 33, 64, 100, 499, 1_000, usize::MAX] {
+                let mut out = Vec::new();
+                let matched = listener.stats.live.pick(&filter, keep, &mut out);
+                assert_eq!(matched, all.len(), "keep {keep}");
+                let ids: Vec<u64> = out.iter().map(|c| c.id).collect();
+                let want: Vec<u64> = all.iter().copied().take(keep).collect();
+                assert_eq!(ids, want, "keep {keep}");
+            }
+        }
     }
 
     #[test]

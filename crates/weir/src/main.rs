@@ -540,7 +540,7 @@ pub(crate) async fn serve(
         let service = weir_admin::grpc::ControlService::new(
             Arc::clone(&server),
             build,
-            Arc::clone(&admin_stats.grpc),
+            &admin_stats,
             grpc_stop.clone(),
         );
         let endpoint = Arc::clone(&admin_stats.conns.grpc);

@@ -555,7 +555,13 @@ async fn connections(State(state): State<Arc<AppState>>, uri: axum::http::Uri) -
         id: whole("id")?,
         limit: u32::try_from(limit).unwrap_or(u32::MAX),
     };
-    reply(c.list_connections(tonic::Request::new(request)).await)
+    let r = c.list_connections(tonic::Request::new(request)).await;
+    let held = r
+        .as_ref()
+        .ok()
+        .and_then(|r| r.extensions().get::<crate::listing::Held>().cloned());
+    // The places go back once the body is sent or given up.
+    Ok(reply(r)?.map(|body| axum::body::Body::new(crate::listing::Holding::new(body, held))))
 }
 
 /// `POST /connections/close` with `{"listener", "pool", "backend",

@@ -193,7 +193,7 @@ impl AppState {
             ControlService::new(
                 Arc::clone(server),
                 self.build.clone(),
-                Arc::clone(&self.stats.grpc),
+                &self.stats,
                 self.stop.clone(),
             )
         }))

@@ -155,14 +155,7 @@ mod tests {
     /// every connection again.
     #[tokio::test]
     async fn a_connections_task_stays_small() {
-        let cfg = weir_config::load_str(
-            "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n[[listeners.routes]]\n\
-             name = \"r\"\npool = \"p\"\n[[pools]]\nname = \"p\"\n[[pools.backends]]\n\
-             address = \"127.0.0.1:9\"\n",
-        )
-        .expect("config");
-        let server = crate::Server::start(&cfg).await.expect("start");
-        let listener = server.listener("l").expect("l");
+        let (server, listener) = crate::testing::one_listener().await;
         let stream = tokio::net::TcpStream::connect(server.local_addrs("l")[0])
             .await
             .expect("connect");

@@ -1,27 +1,27 @@
 //! Live connections across listeners: the listing and the close behind
 //! `weir connections`.
 
-use crate::live::{ConnFilter, ConnView};
+use crate::live::{ConnFilter, Picked};
 
 use super::{ControlError, Server};
 
 impl Server {
-    /// The live connections `filter` matches, by listener and then id.
-    /// Fails when it names a listener or pool that does not exist.
-    pub fn connections(&self, filter: &ConnFilter) -> Result<Vec<ConnView>, ControlError> {
+    /// The first `limit` live connections `filter` matches, by listener and
+    /// then id, and how many match in all. Fails when it names a listener
+    /// or pool that does not exist.
+    pub fn connections(&self, filter: &ConnFilter, limit: usize) -> Result<Picked, ControlError> {
         let snapshot = self.check_filter(filter)?;
-        let mut out = Vec::new();
+        let mut picked = Picked::default();
         for l in snapshot
             .listeners
             .iter()
             .filter(|l| l.udp.is_none())
             .filter(|l| filter.listener.as_ref().is_none_or(|n| *n == l.name))
         {
-            let from = out.len();
-            l.stats.live.list(filter, &mut out);
-            out[from..].sort_unstable_by_key(|c| c.id);
+            let keep = limit.saturating_sub(picked.entries.len());
+            picked.total += l.stats.live.pick(filter, keep, &mut picked.entries);
         }
-        Ok(out)
+        Ok(picked)
     }
 
     /// Closes the live connections `filter` matches (reason `operator`);

@@ -52,7 +52,10 @@ async fn idle_connections_are_listed_and_some_closed() {
     }
     let listener = server.listener("l").expect("l");
     wait_until("every connection relaying", || {
-        let all = server.connections(&ConnFilter::default()).expect("list");
+        let all = server
+            .connections(&ConnFilter::default(), usize::MAX)
+            .expect("list")
+            .views();
         all.len() == n && all.iter().all(|c| c.state == ConnState::Relaying)
     })
     .await;
@@ -76,7 +79,10 @@ async fn idle_connections_are_listed_and_some_closed() {
     let mut took = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
-        let all = server.connections(&ConnFilter::default()).expect("list");
+        let all = server
+            .connections(&ConnFilter::default(), usize::MAX)
+            .expect("list")
+            .views();
         took.push(t.elapsed());
         assert_eq!(all.len(), n + 1);
         tokio::task::yield_now().await;
@@ -90,7 +96,10 @@ async fn idle_connections_are_listed_and_some_closed() {
     );
     assert!(trips > 0, "no traffic while listing");
 
-    let all = server.connections(&ConnFilter::default()).expect("list");
+    let all = server
+        .connections(&ConnFilter::default(), usize::MAX)
+        .expect("list")
+        .views();
     let c = all
         .iter()
         .find(|c| c.client.ip() == IpAddr::V4(b))
@@ -111,7 +120,10 @@ async fn idle_connections_are_listed_and_some_closed() {
         client: Some(ConnFilter::parse_client("127.0.0.3/32").expect("cidr")),
         ..ConnFilter::default()
     };
-    let from_b = server.connections(&by_client).expect("list");
+    let from_b = server
+        .connections(&by_client, usize::MAX)
+        .expect("list")
+        .views();
     assert_eq!(from_b.len(), n / 10);
     assert!(from_b.iter().all(|c| c.sent == 1));
     let by_backend = ConnFilter {
@@ -119,17 +131,42 @@ async fn idle_connections_are_listed_and_some_closed() {
         backend: Some("echo".into()),
         ..ConnFilter::default()
     };
-    assert_eq!(server.connections(&by_backend).expect("list").len(), n + 1);
+    assert_eq!(
+        server
+            .connections(&by_backend, usize::MAX)
+            .expect("list")
+            .views()
+            .len(),
+        n + 1
+    );
     let nobody = ConnFilter {
         backend: Some("other".into()),
         ..ConnFilter::default()
     };
-    assert!(server.connections(&nobody).expect("list").is_empty());
+    assert!(
+        server
+            .connections(&nobody, usize::MAX)
+            .expect("list")
+            .views()
+            .is_empty()
+    );
     let unknown = ConnFilter {
         pool: Some("nope".into()),
         ..ConnFilter::default()
     };
-    assert!(server.connections(&unknown).is_err());
+    assert!(server.connections(&unknown, usize::MAX).is_err());
+    // A limit shows the first by id and counts them all.
+    let first = server.connections(&ConnFilter::default(), 7).expect("list");
+    assert_eq!(first.total(), n + 1);
+    let ids: Vec<u64> = first.views().iter().map(|c| c.id).collect();
+    assert_eq!(ids, all.iter().take(7).map(|c| c.id).collect::<Vec<_>>());
+    assert_eq!(
+        server
+            .connections(&by_client, 0)
+            .map(|p| (p.len(), p.total()))
+            .expect("list"),
+        (0, n / 10)
+    );
     assert!(server.close_connections(&ConnFilter::default()).is_err());
 
     // Close the ones from b: they end, the others still echo.
@@ -146,7 +183,11 @@ async fn idle_connections_are_listed_and_some_closed() {
     })
     .await;
     within("still echoing", round_trip(&mut clients[1], b'y')).await;
-    let one = server.connections(&ConnFilter::default()).expect("list")[0].id;
+    let one = server
+        .connections(&ConnFilter::default(), usize::MAX)
+        .expect("list")
+        .views()[0]
+        .id;
     let by_id = ConnFilter {
         id: Some(one),
         ..ConnFilter::default()
