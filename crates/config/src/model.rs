@@ -91,6 +91,9 @@ pub struct Admin {
     /// Open connections per endpoint from one client (an IPv4 address or
     /// an IPv6 /64) at most: half of `max_connections` unless set.
     pub max_connections_per_client: u32,
+    /// Names (lower-case; `*.` and a name for one label) the HTTP endpoint
+    /// answers in `Host`, beside IP addresses and `localhost`.
+    pub hosts: Vec<String>,
     /// Time a client has to send its first request (HTTP headers, or the
     /// HTTP/2 preface of a gRPC client).
     pub handshake_timeout: Duration,
@@ -108,9 +111,20 @@ impl Default for Admin {
             insecure: false,
             max_connections: 64,
             max_connections_per_client: 32,
+            hosts: Vec::new(),
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
         }
+    }
+}
+
+impl Admin {
+    /// Whether `name` (lower-case, without port or trailing dot) is one
+    /// of `hosts`.
+    pub fn answers_host(&self, name: &str) -> bool {
+        self.hosts
+            .iter()
+            .any(|pattern| weir_wire::name::sni_matches(pattern, name))
     }
 }
 

@@ -100,6 +100,7 @@ pub(crate) struct RawAdmin {
     pub(crate) insecure: Option<bool>,
     pub(crate) max_connections: Option<Int>,
     pub(crate) max_connections_per_client: Option<Int>,
+    pub(crate) hosts: Option<Vec<String>>,
     pub(crate) handshake_timeout: Option<String>,
     pub(crate) idle_timeout: Option<String>,
 }

@@ -1663,6 +1663,27 @@ fn one_admin_client_holds_half_the_connections_unless_told() {
 }
 
 #[test]
+fn admin_hosts_are_names_or_wildcards_of_one_label() {
+    let cfg = load(&format!(
+        "[admin]\nhosts = [\"LB1.Example.com.\", \"*.corp.example\"]\n{OK_LISTENER}{OK_POOL}"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.admin.hosts, ["lb1.example.com", "*.corp.example"]);
+    assert!(cfg.admin.answers_host("lb1.example.com"));
+    assert!(cfg.admin.answers_host("a.corp.example"));
+    assert!(!cfg.admin.answers_host("corp.example"));
+    assert!(!cfg.admin.answers_host("evil.example"));
+    assert!(load(&format!("{OK_LISTENER}{OK_POOL}")).is_ok_and(|c| c.admin.hosts.is_empty()));
+    for bad in ["lb1.example.com:9900", "http://lb1", "*", "a..b", ""] {
+        assert_one(
+            &format!("[admin]\nhosts = [\"ok.example\", {bad:?}]\n{OK_LISTENER}{OK_POOL}"),
+            "admin.hosts[1]",
+            &format!("{bad:?} is not a host name"),
+        );
+    }
+}
+
+#[test]
 fn non_loopback_admin_needs_a_token_or_insecure() {
     for key in ["http", "grpc"] {
         assert_one(

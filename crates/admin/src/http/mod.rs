@@ -210,32 +210,36 @@ fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
-            direct_only_without_token,
+            known_hosts_only,
         ))
         .layer(axum::middleware::map_response(security::headers))
         .with_state(state)
 }
 
-/// Without a token, answers only requests addressed to this machine by an IP
-/// address or `localhost` (see `security::addressed_directly`): a page of
-/// another site, its name made to point at 127.0.0.1, would otherwise read
-/// the API and make changes as the operator's browser. Liveness and
-/// readiness, which tell nothing, answer whatever the name (a health
-/// checker may send its own).
-async fn direct_only_without_token(
+/// Answers only requests addressed to this machine by an IP address,
+/// `localhost` or a name in `admin.hosts` (see `security::addressed`): a
+/// page of another site, its name made to point at the endpoint, would
+/// otherwise read the API as the operator's browser (reads need no token),
+/// and without a token make changes too. Liveness and readiness, which tell
+/// nothing, answer whatever the name (a health checker may send its own).
+async fn known_hosts_only(
     State(state): State<Arc<AppState>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let tokenless = state
-        .server()
-        .is_none_or(|s| s.snapshot().config.admin.token.is_none());
     let probe = matches!(request.uri().path(), "/healthz" | "/readyz");
-    if tokenless && !probe && !security::addressed_directly(request.headers()) {
+    let known = match security::addressed(request.headers()) {
+        security::Addressed::Directly => true,
+        security::Addressed::ByName(name) => state
+            .server()
+            .is_some_and(|s| s.snapshot().config.admin.answers_host(&name)),
+        security::Addressed::Malformed => false,
+    };
+    if !probe && !known {
         return (
             StatusCode::MISDIRECTED_REQUEST,
-            "this admin endpoint has no token, so it answers only requests addressed to \
-             an IP address or localhost\n",
+            "this admin endpoint answers only requests addressed to an IP address, \
+             localhost or a name listed in admin.hosts\n",
         )
             .into_response();
     }
@@ -286,8 +290,12 @@ mod tests {
 
     /// The router of an endpoint whose server has not started yet.
     fn starting_router() -> Router {
+        router_of(Arc::new(Handle::default()))
+    }
+
+    fn router_of(handle: Arc<Handle>) -> Router {
         router(Arc::new(AppState {
-            handle: Arc::new(Handle::default()),
+            handle,
             build: BuildInfo {
                 version: "0.0.0".into(),
                 revision: "test".into(),
@@ -305,13 +313,22 @@ mod tests {
     }
 
     async fn answer_to(host: &str, method: &str, path: &str) -> (StatusCode, HeaderMap, String) {
+        answer_of(starting_router(), host, method, path).await
+    }
+
+    async fn answer_of(
+        router: Router,
+        host: &str,
+        method: &str,
+        path: &str,
+    ) -> (StatusCode, HeaderMap, String) {
         let request = Request::builder()
             .method(method)
             .uri(path)
             .header(header::HOST, host)
             .body(Body::empty())
             .expect("request");
-        let r = starting_router().oneshot(request).await.expect("answer");
+        let r = router.oneshot(request).await.expect("answer");
         let (parts, body) = r.into_parts();
         let body = body.collect().await.expect("body").to_bytes();
         (
@@ -378,7 +395,7 @@ mod tests {
         for path in ["/", "/api/v1/status", "/api/v1/events", "/metrics"] {
             let (status, headers, body) = answer_to("evil.example:9900", "GET", path).await;
             assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{path}");
-            assert!(body.contains("no token"), "{body}");
+            assert!(body.contains("admin.hosts"), "{body}");
             assert_eq!(headers[header::X_FRAME_OPTIONS], "DENY", "{path}");
         }
         let (status, _, _) = answer_to("evil.example:9900", "POST", "/api/v1/reload").await;
@@ -393,6 +410,56 @@ mod tests {
             StatusCode::OK
         );
         assert_eq!(answer_to("[::1]:9900", "GET", "/").await.0, StatusCode::OK);
+    }
+
+    /// A name in `admin.hosts` is answered, exact or by a wildcard of one
+    /// label; any other name is refused, with a token as without one (reads
+    /// need no token, so a rebinding page could read them).
+    #[tokio::test]
+    async fn names_are_answered_only_when_listed_in_hosts() {
+        let token = std::env::temp_dir().join(format!("weir-hosts-token-{}", std::process::id()));
+        std::fs::write(&token, "0123456789abcdef0123\n").expect("token");
+        let config = weir_config::load_str(&format!(
+            "[admin]\nhosts = [\"lb1.example\", \"*.corp.example\"]\ntoken_file = {:?}\n\
+             [[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n[[listeners.routes]]\n\
+             name = \"r\"\npool = \"p\"\n[[pools]]\nname = \"p\"\n[[pools.backends]]\n\
+             address = \"127.0.0.1:9\"\n",
+            token.display().to_string()
+        ))
+        .expect("config");
+        let _ = std::fs::remove_file(&token);
+        let server = weir_core::Server::start(&config).await.expect("start");
+        let router = router_of(Handle::running(server));
+        for host in [
+            "lb1.example:9900",
+            "LB1.Example.",
+            "a.corp.example:9900",
+            "127.0.0.1:9900",
+        ] {
+            let (status, _, body) = answer_of(router.clone(), host, "GET", "/api/v1/status").await;
+            assert_eq!(status, StatusCode::OK, "{host}: {body}");
+        }
+        for host in [
+            "evil.example:9900",
+            "lb1.example.evil:9900",
+            "corp.example",
+            "a.b.corp.example",
+        ] {
+            for (method, path) in [
+                ("GET", "/api/v1/connections"),
+                ("GET", "/"),
+                ("POST", "/api/v1/reload"),
+            ] {
+                let (status, _, body) = answer_of(router.clone(), host, method, path).await;
+                assert_eq!(
+                    status,
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "{host} {path}: {body}"
+                );
+            }
+            let (status, _, _) = answer_of(router.clone(), host, "GET", "/readyz").await;
+            assert_eq!(status, StatusCode::OK, "{host}: readiness tells nothing");
+        }
     }
 
     #[tokio::test]

@@ -2,10 +2,12 @@
 //! against it: no framing, no type sniffing, scripts and styles from the
 //! endpoint itself only, no caching of live state; the check that refuses
 //! a change sent by another site's page (a token may not be configured on a
-//! loopback address, and a browser would send such a request); and, without
-//! a token, the check that the request was addressed to this machine by an
-//! IP address or `localhost`, not by a name (DNS rebinding: another site's
-//! name pointed at 127.0.0.1 makes its page same-origin with the endpoint).
+//! loopback address, and a browser would send such a request); and the
+//! check that the request was addressed to this machine by an IP address,
+//! `localhost` or a name the operator listed in `admin.hosts`, not by any
+//! other name (DNS rebinding: another site's name pointed at the endpoint's
+//! address makes its page same-origin with the endpoint, token or not, and
+//! reads need no token).
 
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
@@ -61,31 +63,50 @@ pub(super) fn cross_site(headers: &HeaderMap) -> bool {
     }
 }
 
-/// Whether the request names the endpoint by an IP address or `localhost`
-/// (`*.localhost` too, which browsers never ask DNS for) in its `Host`, or
-/// sends none (HTTP/1.0). A name any DNS server answers for could be made to
-/// point here by another site.
-pub(super) fn addressed_directly(headers: &HeaderMap) -> bool {
+/// What a request's `Host` names.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Addressed {
+    /// An IP address or `localhost` (`*.localhost` too, which browsers
+    /// never ask DNS for), or no `Host` at all (HTTP/1.0).
+    Directly,
+    /// A name any DNS server could answer for, lower-case, without port
+    /// or trailing dot: another site's name made to point here would make
+    /// its page same-origin with the endpoint.
+    ByName(String),
+    /// Not a host at all.
+    Malformed,
+}
+
+/// How the request addresses the endpoint in its `Host`.
+pub(super) fn addressed(headers: &HeaderMap) -> Addressed {
     let Some(host) = headers.get(header::HOST) else {
-        return true;
+        return Addressed::Directly;
     };
     let Ok(host) = host.to_str() else {
-        return false;
+        return Addressed::Malformed;
     };
     if let Some(v6) = host.strip_prefix('[') {
-        return v6
-            .split_once(']')
-            .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        return match v6.split_once(']') {
+            Some((ip, _)) if ip.parse::<std::net::Ipv6Addr>().is_ok() => Addressed::Directly,
+            _ => Addressed::Malformed,
+        };
     }
     let name = match host.rsplit_once(':') {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        Some(_) => return false,
+        Some(_) => return Addressed::Malformed,
         None => host,
     };
     let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
-    name.parse::<std::net::Ipv4Addr>().is_ok()
+    if name.parse::<std::net::Ipv4Addr>().is_ok()
         || name == "localhost"
         || name.ends_with(".localhost")
+    {
+        Addressed::Directly
+    } else if name.is_empty() {
+        Addressed::Malformed
+    } else {
+        Addressed::ByName(name)
+    }
 }
 
 #[cfg(test)]
@@ -94,6 +115,11 @@ mod tests {
 
     #[test]
     fn only_addresses_and_localhost_are_direct() {
+        let of = |host: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static(host));
+            addressed(&h)
+        };
         for host in [
             "127.0.0.1:9900",
             "127.0.0.1",
@@ -105,25 +131,24 @@ mod tests {
             "weir.localhost:9900",
             "10.1.2.3:9900",
         ] {
-            let mut h = HeaderMap::new();
-            h.insert(header::HOST, HeaderValue::from_static(host));
-            assert!(addressed_directly(&h), "{host}");
+            assert_eq!(of(host), Addressed::Directly, "{host}");
         }
-        for host in [
-            "evil.example:9900",
-            "evil.example",
-            "localhost.evil.example:9900",
-            "127.0.0.1.nip.io:9900",
-            "[::1:9900",
-            "[evil]:9900",
-            "127.0.0.1:99x",
-            "",
+        for (host, name) in [
+            ("evil.example:9900", "evil.example"),
+            ("Evil.Example.", "evil.example"),
+            ("localhost.evil.example:9900", "localhost.evil.example"),
+            ("127.0.0.1.nip.io:9900", "127.0.0.1.nip.io"),
         ] {
-            let mut h = HeaderMap::new();
-            h.insert(header::HOST, HeaderValue::from_static(host));
-            assert!(!addressed_directly(&h), "{host}");
+            assert_eq!(of(host), Addressed::ByName(name.into()), "{host}");
         }
-        assert!(addressed_directly(&HeaderMap::new()), "no Host: HTTP/1.0");
+        for host in ["[::1:9900", "[evil]:9900", "127.0.0.1:99x", "", ":9900"] {
+            assert_eq!(of(host), Addressed::Malformed, "{host}");
+        }
+        assert_eq!(
+            addressed(&HeaderMap::new()),
+            Addressed::Directly,
+            "HTTP/1.0"
+        );
     }
 
     fn with(pairs: &[(&'static str, &'static str)]) -> HeaderMap {

@@ -73,6 +73,26 @@ impl Checker {
                 n
             }
         };
+        let hosts = raw
+            .hosts
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, name)| {
+                let pattern = weir_wire::name::sni_pattern(name.strip_suffix('.').unwrap_or(name));
+                if pattern.is_none() {
+                    self.push(
+                        format!("admin.hosts[{i}]"),
+                        format!(
+                            "{name:?} is not a host name: write a DNS name (\"lb1.example.com\") \
+                             or a wildcard of one label (\"*.example.com\"); IP addresses and \
+                             localhost are always answered"
+                        ),
+                    );
+                }
+                pattern
+            })
+            .collect();
         let handshake_timeout = self.timeout(
             "admin.handshake_timeout",
             raw.handshake_timeout.as_deref(),
@@ -91,6 +111,7 @@ impl Checker {
             insecure,
             max_connections,
             max_connections_per_client,
+            hosts,
             handshake_timeout,
             idle_timeout,
         }

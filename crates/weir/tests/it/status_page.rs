@@ -43,13 +43,14 @@ fn peer(args: &[&str]) -> serde_json::Value {
     })
 }
 
-/// A config with the admin HTTP endpoint on `admin`, a token, listener
+/// A config with the admin HTTP endpoint on `admin`, a token, the name
+/// `weir.example` to answer to, listener
 /// `front` and pool `db` with backends `a` and `b`.
 fn config(dir: &Path, admin: SocketAddr, a: SocketAddr, b: SocketAddr, health: &str) -> String {
     let token = dir.join("token");
     std::fs::write(&token, format!("{TOKEN}\n")).expect("write token");
     format!(
-        "[admin]\nhttp = \"{admin}\"\ntoken_file = {token:?}\n\
+        "[admin]\nhttp = \"{admin}\"\ntoken_file = {token:?}\nhosts = [\"weir.example\"]\n\
          [[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\n\
          [[listeners.routes]]\nname = \"r\"\npool = \"db\"\n\
          [[pools]]\nname = \"db\"\n{health}\n\
@@ -84,18 +85,23 @@ fn the_status_page_follows_backends_live_and_changes_need_the_token() {
     let health = "[pools.health]\ntype = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\nrise = 1\nfall = 1\n";
     let file = temp_config("page", &config(&dir, admin, a, b, health));
     let (_weir, _out) = run_weir(&file);
-    // With a token, the endpoint answers whatever name it is reached by
-    // (without one, only an address or localhost: see the admin's unit tests).
-    let mut s = TcpStream::connect(admin).expect("connect");
-    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
-    write!(
-        s,
-        "GET /api/v1/status HTTP/1.1\r\nHost: weir.example:9900\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).expect("answer");
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The endpoint answers a name listed in admin.hosts, and no other, token
+    // or not (reads need none: a rebinding page could read them).
+    for (host, status) in [
+        ("weir.example:9900", "HTTP/1.1 200"),
+        ("other.example:9900", "HTTP/1.1 421"),
+    ] {
+        let mut s = TcpStream::connect(admin).expect("connect");
+        s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        write!(
+            s,
+            "GET /api/v1/status HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("answer");
+        assert!(answer.starts_with(status), "{host}: {answer}");
+    }
     let shot = dir.join("status-page.png");
     let report = peer(&[
         "browser",
