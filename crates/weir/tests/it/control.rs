@@ -578,6 +578,41 @@ fn a_reload_rotates_the_token() {
     );
 }
 
+/// `admin.hosts` is read again by every reload: the names the HTTP endpoint
+/// answers change with it, and no restart is asked for.
+#[test]
+fn a_reload_changes_the_names_the_http_endpoint_answers() {
+    let (grpc, http) = (free_port(), free_port());
+    let a = echo_backend();
+    let file = temp_config(
+        "hosts-reload",
+        &config(grpc, http, "hosts = [\"a.example\"]", &[("a", a)]),
+    );
+    let (_weir, _out) = run_weir(&file);
+    let status = |host: &str| {
+        let mut s = TcpStream::connect(http).expect("connect");
+        s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        write!(
+            s,
+            "GET /api/v1/pools HTTP/1.1\r\nHost: {host}:80\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("read");
+        answer.lines().next().unwrap_or_default().to_owned()
+    };
+    assert_eq!(status("a.example"), "HTTP/1.1 200 OK");
+    assert_eq!(status("b.example"), "HTTP/1.1 421 Misdirected Request");
+    write(
+        &file,
+        &config(grpc, http, "hosts = [\"b.example\"]", &[("a", a)]),
+    );
+    let r = json(&ctl(grpc, None, &["reload", "-o", "json"]));
+    assert_eq!(r["need_restart"], serde_json::json!([]), "{r}");
+    assert_eq!(status("a.example"), "HTTP/1.1 421 Misdirected Request");
+    assert_eq!(status("b.example"), "HTTP/1.1 200 OK");
+}
+
 /// A reload that changes settings read only at start applies the rest and
 /// says which: `weir reload` prints a `note:` line per section, its JSON
 /// answer lists them in `need_restart`, and the log warns. Settings a reload
