@@ -2666,3 +2666,42 @@ fn discover_settings_are_checked_with_their_key_paths() {
     let d = cfg.pools[0].discover.as_ref().expect("discover");
     assert_eq!(d.resolver, Some(sa("10.0.0.2:53")));
 }
+
+#[test]
+fn forward_auth_never_asks_for_nor_copies_framing_headers() {
+    let ok = load(&l7(
+        &format!(
+            "auth = {{ url = \"http://127.0.0.1:9100/check\", headers = [\"Authorization\"], \
+             copy_headers = [\"X-User\"] }}\n{RULE}"
+        ),
+        "",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let weir_config::RouteMode::L7(http) = &ok.listeners[0].routes[0].mode else {
+        panic!("an l7 route");
+    };
+    let auth = http.auth.as_ref();
+    assert_eq!(
+        auth.map(|a| (a.headers.clone(), a.copy_headers.clone())),
+        Some((vec!["authorization".to_owned()], vec!["x-user".to_owned()]))
+    );
+    for (key, name) in [
+        ("copy_headers", "Content-Length"),
+        ("copy_headers", "transfer-encoding"),
+        ("copy_headers", "Host"),
+        ("copy_headers", "upgrade"),
+        ("headers", "host"),
+        ("headers", "Connection"),
+    ] {
+        assert_one(
+            &l7(
+                &format!(
+                    "auth = {{ url = \"http://127.0.0.1:9100/check\", {key} = [\"x-ok\", \"{name}\"] }}\n{RULE}"
+                ),
+                "",
+            ),
+            &format!("listeners[0].routes[0].auth.{key}[1]"),
+            &format!("{name:?} is weir's to set"),
+        );
+    }
+}

@@ -308,6 +308,12 @@ impl Gate {
     fn remember(&self, key: Key, v: &Verdict) {
         let ttl = match v {
             Verdict::Allow(_) => self.cfg.allowed_ttl,
+            // A cookie set with a denial (a login flow's state or nonce)
+            // belongs to the client asked for: replayed from the cache, it
+            // would reach others behind the same address.
+            Verdict::Deny(d) if d.headers.iter().any(|(n, _)| n == http::header::SET_COOKIE) => {
+                return;
+            }
             Verdict::Deny(_) => self.cfg.denied_ttl,
             Verdict::Unavailable => return,
         };
@@ -415,10 +421,16 @@ impl Gate {
     /// The headers of a question to the service about `q`.
     fn question(&self, q: &Question<'_>) -> Result<HeaderMap, ()> {
         let mut h = HeaderMap::new();
-        let host = if self.cfg.port == 80 {
-            self.cfg.host.clone()
+        // An IPv6 address is written in brackets in `Host`.
+        let name = if self.cfg.host.contains(':') {
+            format!("[{}]", self.cfg.host)
         } else {
-            format!("{}:{}", self.cfg.host, self.cfg.port)
+            self.cfg.host.clone()
+        };
+        let host = if self.cfg.port == 80 {
+            name
+        } else {
+            format!("{name}:{}", self.cfg.port)
         };
         if let Ok(v) = HeaderValue::from_str(&host) {
             h.insert(HOST, v);
@@ -487,6 +499,11 @@ impl Gate {
         if whole {
             // The answer was read whole: the connection can serve another.
             self.give_back(sender);
+        }
+        // hyper hands on a `101` as an answer; neither it nor a status past
+        // the defined classes is a verdict to pass to a client.
+        if parts.status.is_informational() || parts.status.as_u16() >= 600 {
+            return Err(());
         }
         let failed = parts.status.is_server_error();
         if parts.status.is_success() {
@@ -862,6 +879,13 @@ mod tests {
                             "/big-deny" => ("401 Unauthorized", "d".repeat(70_000)),
                             "/big-allow" => ("200 OK", "a".repeat(70_000)),
                             "/fail" => ("503 Service Unavailable", "down".to_owned()),
+                            "/deny" => ("401 Unauthorized", String::new()),
+                            "/login" => (
+                                "302 Found\r\nLocation: /sign-in\r\nSet-Cookie: state=n0nce",
+                                String::new(),
+                            ),
+                            "/switch" => ("101 Switching Protocols\r\nUpgrade: x", String::new()),
+                            "/odd" => ("600 Odd", String::new()),
                             _ => ("200 OK", String::new()),
                         };
                         let answer = format!(
@@ -893,6 +917,90 @@ mod tests {
         })
         .await
         .0
+    }
+
+    /// A denial that sets a cookie is another client's business: asked
+    /// again each time, not replayed from the cache; one without is cached.
+    #[tokio::test]
+    async fn a_denial_setting_a_cookie_is_not_cached() {
+        let mut c = cfg(5);
+        c.port = service().await;
+        let g = Gate::new(&c, Arc::default());
+        let denied = |g: &Gate| g.stats.results[Outcome::Denied as usize].load(Relaxed);
+        for _ in 0..2 {
+            match ask(&g, "/login").await {
+                Verdict::Deny(d) => assert!(
+                    d.headers
+                        .iter()
+                        .any(|(n, v)| n == http::header::SET_COOKIE && v == "state=n0nce"),
+                    "{:?}",
+                    d.headers
+                ),
+                v => panic!("{v:?}"),
+            }
+        }
+        assert_eq!(denied(&g), 2, "asked both times");
+        for _ in 0..2 {
+            assert!(matches!(ask(&g, "/deny").await, Verdict::Deny(_)));
+        }
+        assert_eq!(denied(&g), 3, "the second denial came from the cache");
+    }
+
+    /// A `101` or a status past the classes is no verdict: the call failed.
+    #[tokio::test]
+    async fn an_informational_or_unknown_status_is_an_error() {
+        let mut c = cfg(5);
+        c.port = service().await;
+        let g = Gate::new(&c, Arc::default());
+        for target in ["/switch", "/odd"] {
+            assert!(
+                matches!(ask(&g, target).await, Verdict::Unavailable),
+                "{target}"
+            );
+        }
+        assert_eq!(g.stats.results[Outcome::Error as usize].load(Relaxed), 2);
+        assert_eq!(g.stats.results[Outcome::Denied as usize].load(Relaxed), 0);
+    }
+
+    /// The service at an IPv6 address is asked with the address in brackets
+    /// in `Host`.
+    #[tokio::test]
+    async fn an_ipv6_service_gets_a_bracketed_host() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(l) = tokio::net::TcpListener::bind("[::1]:0").await else {
+            eprintln!("no IPv6 loopback here");
+            return;
+        };
+        let port = l.local_addr().expect("addr").port();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let mut head = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .await;
+        });
+        let mut c = cfg(5);
+        c.host = "::1".into();
+        c.port = port;
+        let g = Gate::new(&c, Arc::default());
+        assert!(matches!(ask(&g, "/").await, Verdict::Allow(_)));
+        let head = rx.await.expect("the question");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains(&format!("\r\nhost: [::1]:{port}\r\n")),
+            "{head}"
+        );
     }
 
     #[tokio::test]

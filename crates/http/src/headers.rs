@@ -41,6 +41,35 @@ pub fn keep_only_the_upgrade(headers: &mut HeaderMap) {
     headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
 }
 
+/// Removes the headers named in `names`, and those whose name reads the
+/// same with `_` for `-` (`X_User_Id` for `X-User-Id`): a backend that maps
+/// both to one variable (CGI, WSGI, Rack) would take the client's for the
+/// one weir sets. Nothing to do, and no pass over the headers, without
+/// names. (Both ways: `x_user` among `names` takes the client's `x-user`.)
+pub fn strip_identity(headers: &mut HeaderMap, names: &[HeaderName]) {
+    if names.is_empty() {
+        return;
+    }
+    for name in names {
+        headers.remove(name);
+    }
+    let same = |a: &str, b: &str| {
+        a.len() == b.len()
+            && a.bytes()
+                .zip(b.bytes())
+                .all(|(x, y)| x == y || matches!((x, y), (b'_', b'-') | (b'-', b'_')))
+    };
+    let lookalikes: Vec<HeaderName> = headers
+        .keys()
+        // The exact names are gone: any that reads the same is a lookalike.
+        .filter(|k| names.iter().any(|n| same(k.as_str(), n.as_str())))
+        .cloned()
+        .collect();
+    for name in lookalikes {
+        headers.remove(&name);
+    }
+}
+
 /// Removes the hop-by-hop headers of `headers`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names finds which hop-by-hop headers there are
@@ -281,6 +310,30 @@ mod tests {
             .iter()
             .map(|v| v.to_str().unwrap_or("?"))
             .collect()
+    }
+
+    #[test]
+    fn identity_headers_and_their_lookalikes_are_stripped() {
+        let names = [
+            HeaderName::from_static("x-user"),
+            HeaderName::from_static("x_role"),
+        ];
+        let mut h = map(&[
+            ("x-user", "a"),
+            ("x_user", "b"),
+            ("x-role", "c"),
+            ("x_role", "d"),
+            ("x-users", "kept"),
+            ("x_user_id", "kept"),
+            ("x-other", "kept"),
+        ]);
+        strip_identity(&mut h, &names);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["x-other", "x-users", "x_user_id"]);
+        let mut untouched = map(&[("x_user", "b")]);
+        strip_identity(&mut untouched, &[]);
+        assert_eq!(untouched.len(), 1);
     }
 
     #[test]

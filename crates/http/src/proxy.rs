@@ -235,14 +235,11 @@ pub(crate) fn handle(
                     parts.headers.insert(crate::trace::TRACEPARENT, v);
                 }
             }
-            if let Some(gate) = gate {
-                // What the authentication service says about the client replaces
-                // whatever the client said under those names, also when the
-                // service said nothing under one (or could not be asked).
-                for name in gate.copied_names() {
-                    parts.headers.remove(name);
-                }
-            }
+            // What an authentication service says about the client replaces
+            // whatever the client said under those names, also when the
+            // service said nothing under one, could not be asked, or the
+            // matched rule asks none.
+            headers::strip_identity(&mut parts.headers, &state.identity);
             if let Some(granted) = granted {
                 for (name, value) in granted.iter() {
                     parts.headers.append(name.clone(), value.clone());

@@ -43,6 +43,11 @@ pub(crate) struct RouteState {
     pub(crate) policies: Vec<Policy>,
     /// Forward authentication of the requests whose rule has none.
     pub(crate) auth: Option<Gate>,
+    /// The `copy_headers` of every authentication of the route (its own
+    /// and its rules'): what a client sends under them, or under a name
+    /// that reads the same with `_` for `-`, never reaches a backend,
+    /// whichever rule the request matched.
+    pub(crate) identity: Box<[http::HeaderName]>,
     /// Counters of the route's (and its rules') authentication, kept across
     /// reloads.
     pub(crate) auth_stats: Arc<AuthStats>,
@@ -192,6 +197,15 @@ impl Handler {
             })
             .collect::<Result<Vec<_>, String>>()?;
         let policies = compile(&b.http.policies);
+        let auth = gate(&b.http.auth);
+        let mut identity: Vec<http::HeaderName> = Vec::new();
+        for g in rules.iter().filter_map(|r| r.auth.as_ref()).chain(&auth) {
+            for name in g.copied_names() {
+                if !identity.contains(name) {
+                    identity.push(name.clone());
+                }
+            }
+        }
         let tls = match &b.http.tls {
             Some(tls) => Some(Arc::new(
                 Terminator::load(tls).map_err(|e| format!("tls: {e}"))?,
@@ -212,7 +226,8 @@ impl Handler {
                 weir_config::EncodedSlashes::Keep => weir_wire::path::Slashes::Keep,
             },
             policies,
-            auth: gate(&b.http.auth),
+            auth,
+            identity: identity.into(),
             auth_stats: Arc::clone(&auth_stats),
             tracing: b.config.tracing.clone(),
             exporter,

@@ -13,6 +13,19 @@ const DEFAULT_CACHE_SIZE: u32 = 10_000;
 const DEFAULT_BREAKER_FAILURES: u32 = 5;
 const DEFAULT_BREAKER_OPEN: Duration = Duration::from_secs(30);
 
+/// Headers of a message's framing, connection or target: never asked for
+/// nor copied by forward authentication.
+const FRAMING: [&str; 9] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "upgrade",
+    "expect",
+];
 impl Checker {
     pub(super) fn auth(&mut self, path: &str, raw: &RawAuth) -> Auth {
         let (host, port, target) = match split_url(&raw.url) {
@@ -33,13 +46,25 @@ impl Checker {
             list.iter()
                 .enumerate()
                 .map(|(i, h)| {
+                    let lower = h.to_ascii_lowercase();
                     if h.is_empty() || !h.bytes().all(super::http::is_tchar) {
                         cx.push(
                             format!("{path}.{key}[{i}]"),
                             format!("{h:?} is not a header name"),
                         );
+                    } else if FRAMING.contains(&lower.as_str()) {
+                        // Copied into the upstream request or the question,
+                        // such a header would decide its framing, its
+                        // connection or its target, not say who the client is.
+                        cx.push(
+                            format!("{path}.{key}[{i}]"),
+                            format!(
+                                "{h:?} is weir's to set (framing, connection or host); \
+                                 name another header"
+                            ),
+                        );
                     }
-                    h.to_ascii_lowercase()
+                    lower
                 })
                 .collect()
         };

@@ -139,10 +139,43 @@ pub(crate) fn headers_backend(names: &'static [&'static str]) -> SocketAddr {
     addr
 }
 
+/// A rule without authentication, in a route where another rule has one:
+/// what the client sends under the other rule's `copy_headers` names does
+/// not reach the backend through it either.
+#[test]
+fn identity_headers_are_dropped_on_every_rule_of_the_route() {
+    let auth = auth_service();
+    let backend = headers_backend(&["x-user", "x_user"]);
+    let (admin, front) = (free_port(), free_port());
+    let (_weir, _out) = start(
+        "auth-open-rule",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"private\"\npool = \"p\"\n\
+             match = {{ path_prefix = \"/private/\" }}\n\
+             auth = {{ url = \"http://{a}/check\", headers = [\"authorization\"], copy_headers = [\"x-user\"] }}\n\
+             [[listeners.routes.http]]\nname = \"open\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n",
+            a = auth.addr
+        ),
+    );
+    let (status, _, body) = raw_get(front, "/open", "X-User: mallory\r\nX_User: mallory\r\n");
+    assert_eq!((status, body.as_str()), (200, ""));
+    assert_eq!(auth.calls.load(Relaxed), 0, "the open rule asks no one");
+    let (status, _, body) = raw_get(
+        front,
+        "/private/a",
+        "Authorization: Bearer good\r\nX-User: mallory\r\n",
+    );
+    assert_eq!((status, body.as_str()), (200, "x-user=alice\n"));
+}
+
 #[test]
 fn forward_auth_with_cache_failure_modes_and_breaker() {
     let auth = auth_service();
-    let backend = headers_backend(&["x-user"]);
+    let backend = headers_backend(&["x-user", "x_user"]);
     let (admin, front) = (free_port(), free_port());
     let (_weir, _out) = start(
         "auth",
@@ -195,6 +228,14 @@ fn forward_auth_with_cache_failure_modes_and_breaker() {
     );
     assert_eq!((status, body.as_str()), (200, ""));
     assert_eq!(calls(), 3);
+    // Nor one that reads the same with `_` for `-` (a CGI-style backend
+    // would take it for X-User).
+    let (status, _, body) = raw_get(
+        front,
+        "/x",
+        "Authorization: Bearer anon\r\nX_User: mallory\r\n",
+    );
+    assert_eq!((status, body.as_str()), (200, ""));
 
     // Denied: the service's answer is the client's, and cached too.
     let (status, head, body) = raw_get(front, "/x", "Authorization: Bearer bad\r\n");
@@ -301,7 +342,7 @@ fn forward_auth_with_cache_failure_modes_and_breaker() {
             admin,
             "weir_auth_cache_requests_total{listener=\"web\",route=\"app\",result=\"hit\"}"
         ),
-        2.0
+        3.0
     );
 }
 
