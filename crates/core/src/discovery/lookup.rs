@@ -16,7 +16,6 @@ use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::rdata::SRV;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use weir_config::{Discover, DiscoverQuery};
 
@@ -45,13 +44,30 @@ impl std::fmt::Debug for Shown<'_> {
     }
 }
 
+/// One SRV record, ordered by priority, then target, port and weight.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct SrvRecord {
+    priority: u16,
+    target: String,
+    port: u16,
+    weight: u16,
+}
+
+/// The addresses each SRV target (or a `name` query's name) last resolved
+/// to: shared by the lookups of one pool's question, so that a reload that
+/// restarts the pool's refresh (another interval, server, timeout) keeps
+/// what a failed target keeps.
+pub(crate) type Known =
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<IpAddr>>>>;
+
 /// A resolver for one pool's `discover`.
 pub(crate) struct Lookup {
     resolver: TokioResolver,
     spec: Discover,
-    /// The addresses each SRV target last resolved to.
-    targets: std::sync::Mutex<std::collections::HashMap<String, Vec<IpAddr>>>,
+    targets: Known,
     streaks: Streaks,
+    /// The last answer named more targets than are asked about.
+    capped: std::sync::atomic::AtomicBool,
 }
 
 /// The names one of whose address families fails while the other answers.
@@ -94,7 +110,7 @@ impl Lookup {
     /// A resolver asking `spec.resolver`, or the system's servers
     /// (`/etc/resolv.conf`). Its cache is off: refreshes follow the TTLs
     /// themselves, and each one must ask the server.
-    pub(crate) fn new(spec: &Discover) -> Result<Lookup, String> {
+    pub(crate) fn new(spec: &Discover, known: Known) -> Result<Lookup, String> {
         let mut options = ResolverOpts::default();
         options.timeout = spec.timeout;
         options.attempts = 2;
@@ -120,8 +136,9 @@ impl Lookup {
         Ok(Lookup {
             resolver,
             spec: spec.clone(),
-            targets: std::sync::Mutex::default(),
+            targets: known,
             streaks: Streaks::default(),
+            capped: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -159,42 +176,54 @@ impl Lookup {
         };
         // The targets that answered apply without the silent ones.
         let targets_until = before_end(deadline);
-        let srvs: Vec<_> = lookup
+        let mut unusable = 0usize;
+        let mut records: Vec<SrvRecord> = lookup
             .answers()
             .iter()
             .filter_map(|r| match &r.data {
                 RData::SRV(srv) => Some(srv),
                 _ => None,
             })
-            .take(MAX_TARGETS)
             // "." as the target: the service is decidedly not available here.
             .filter(|srv| !srv.target.is_root())
+            .filter(|srv| {
+                // Port 0 reaches no service.
+                unusable += usize::from(srv.port == 0);
+                srv.port != 0
+            })
+            .map(|srv| SrvRecord {
+                priority: srv.priority,
+                target: srv.target.to_string(),
+                port: srv.port,
+                weight: srv.weight,
+            })
             .collect();
+        let (targets, left_out) = pick_targets(&mut records);
+        self.note_capped(name, left_out);
         // Targets that left the answer are forgotten first: what is
         // remembered stays within one answer's targets, and a new one never
         // pushes out those still in it.
-        let current: std::collections::HashSet<String> =
-            srvs.iter().map(|srv| srv.target.to_string()).collect();
+        let current: std::collections::HashSet<String> = targets.iter().cloned().collect();
         self.keep_targets(&current);
         // The lookups as a list first: a stream mapped by a closure over
-        // borrowed records is not `Send` to the compiler.
-        let lookups: Vec<_> = srvs
+        // borrowed names is not `Send` to the compiler.
+        let lookups: Vec<_> = targets
             .iter()
-            .map(|srv| self.target(srv, targets_until))
+            .map(|t| self.target(t.as_str(), targets_until))
             .collect();
         let answers: Vec<_> = futures_util::stream::iter(lookups)
             // Unordered: a lookup that is done frees its place at once, so
             // that a silent target holds up none beyond its own. The order
-            // does not matter: the plan keys backends by address.
+            // does not matter: the answers are looked up by target below.
             .buffer_unordered(TARGETS_AT_ONCE)
             .collect()
             .await;
         let mut valid_until = lookup.valid_until();
-        let mut found = Vec::new();
+        let mut addresses: std::collections::HashMap<&str, Vec<IpAddr>> =
+            std::collections::HashMap::new();
         let mut unresolved = Vec::new();
         let mut kept = Vec::new();
-        for (srv, looked) in answers {
-            let target = srv.target.to_string();
+        for (target, looked) in answers {
             let ips: Vec<IpAddr> = match looked {
                 Ok(ips) => {
                     valid_until = valid_until.min(ips.valid_until);
@@ -214,35 +243,71 @@ impl Lookup {
                         NetError::Timeout => "no answer in time".to_owned(),
                         e => e.to_string(),
                     };
-                    let last = self.known(&target);
+                    let last = self.known(target);
                     kept.push(format!("{target}: {why} (kept {})", last.len()));
                     last
                 }
             };
-            for ip in ips {
+            addresses.insert(target, ips);
+        }
+        let mut found = Vec::new();
+        for r in &records {
+            for ip in addresses.get(r.target.as_str()).into_iter().flatten() {
                 found.push(Found {
-                    addr: SocketAddr::new(ip, srv.port),
-                    tier: u32::from(srv.priority),
-                    weight: u32::from(srv.weight),
+                    addr: SocketAddr::new(*ip, r.port),
+                    tier: u32::from(r.priority),
+                    weight: u32::from(r.weight),
                 });
             }
         }
+        super::plan::srv_weights(&mut found);
+        let before = found.len();
+        found.retain(|f| super::plan::usable(f.addr));
+        unusable += before - found.len();
         if !kept.is_empty() {
             tracing::warn!(query = name, count = kept.len(), targets = ?Shown(&kept), "SRV targets' addresses could not be resolved; keeping their last ones");
         }
         if !unresolved.is_empty() {
             tracing::warn!(query = name, count = unresolved.len(), targets = ?Shown(&unresolved), "SRV targets without addresses were left out");
         }
-        records(found, valid_until)
+        if unusable > 0 {
+            tracing::debug!(
+                query = name,
+                unusable,
+                "records with port 0 or an unspecified, multicast or broadcast address were left out"
+            );
+        }
+        records_outcome(found, valid_until)
+    }
+
+    /// Says when an answer starts and stops naming more targets than are
+    /// asked about: once each, not at every refresh.
+    fn note_capped(&self, name: &str, left_out: usize) {
+        let was = self
+            .capped
+            .swap(left_out > 0, std::sync::atomic::Ordering::Relaxed);
+        if left_out > 0 && !was {
+            tracing::warn!(
+                query = name,
+                max = MAX_TARGETS,
+                left_out,
+                "the SRV answer names more targets than are asked about; the first by priority and name are used (said again when it no longer does)"
+            );
+        } else if left_out == 0 && was {
+            tracing::info!(
+                query = name,
+                "the SRV answer's targets are all asked about again"
+            );
+        }
     }
 
     /// One SRV target's addresses, asked until `until` at most.
-    async fn target<'r>(
+    async fn target<'t>(
         &self,
-        srv: &'r SRV,
+        target: &'t str,
         until: tokio::time::Instant,
-    ) -> (&'r SRV, Result<Ips, NetError>) {
-        (srv, self.ips(&srv.target.to_string(), until).await)
+    ) -> (&'t str, Result<Ips, NetError>) {
+        (target, self.ips(target, until).await)
     }
 
     /// A name's A and AAAA records, asked at once. When one family's
@@ -377,12 +442,37 @@ impl Lookup {
                         tier: self.spec.tier,
                         weight: self.spec.weight,
                     })
+                    // Unspecified, multicast, broadcast: never a backend.
+                    .filter(|f| super::plan::usable(f.addr))
                     .collect();
-                records(found, ips.valid_until)
+                records_outcome(found, ips.valid_until)
             }
             Err(e) => failed(&e),
         }
     }
+}
+
+/// Puts an SRV answer's records in an order of their own, duplicates
+/// gone, and picks the targets to ask about: the first [`MAX_TARGETS`]
+/// distinct ones in that order (best priority first), and how many more
+/// there were. The same records in any order give the same targets, on
+/// every instance and at every refresh.
+fn pick_targets(records: &mut Vec<SrvRecord>) -> (Vec<String>, usize) {
+    records.sort_unstable();
+    records.dedup();
+    let mut targets = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut left_out = 0;
+    for r in records.iter() {
+        if seen.insert(r.target.as_str()) {
+            if targets.len() < MAX_TARGETS {
+                targets.push(r.target.clone());
+            } else {
+                left_out += 1;
+            }
+        }
+    }
+    (targets, left_out)
 }
 
 /// When the questions inside a resolution bounded by `deadline` give up:
@@ -398,7 +488,7 @@ pub(crate) struct Ips {
     valid_until: Instant,
 }
 
-fn records(found: Vec<Found>, valid_until: Instant) -> Outcome {
+fn records_outcome(found: Vec<Found>, valid_until: Instant) -> Outcome {
     if found.is_empty() {
         return Outcome::Empty {
             ttl: Some(valid_until.saturating_duration_since(Instant::now())),
@@ -503,19 +593,22 @@ mod tests {
     }
 
     fn lookup(resolver: SocketAddr) -> Lookup {
-        Lookup::new(&Discover {
-            query: DiscoverQuery::Name {
-                name: "api.test.".into(),
-                port: 80,
+        Lookup::new(
+            &Discover {
+                query: DiscoverQuery::Name {
+                    name: "api.test.".into(),
+                    port: 80,
+                },
+                resolver: Some(resolver),
+                min_interval: Duration::from_secs(1),
+                max_interval: Duration::from_secs(60),
+                timeout: Duration::from_millis(200),
+                hold: Duration::from_secs(60),
+                tier: 0,
+                weight: 1,
             },
-            resolver: Some(resolver),
-            min_interval: Duration::from_secs(1),
-            max_interval: Duration::from_secs(60),
-            timeout: Duration::from_millis(200),
-            hold: Duration::from_secs(60),
-            tier: 0,
-            weight: 1,
-        })
+            Known::default(),
+        )
         .expect("lookup")
     }
 
@@ -528,6 +621,43 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// More targets than are asked about: the same ones are picked whatever
+    /// the order of the records, best priority first, each asked once.
+    #[test]
+    fn the_targets_picked_from_a_large_answer_do_not_depend_on_its_order() {
+        let record = |i: usize| SrvRecord {
+            priority: u16::try_from(i % 3).expect("small"),
+            target: format!("t{i:04}.test."),
+            port: 5432,
+            weight: 1,
+        };
+        let n = MAX_TARGETS + 50;
+        let mut forward: Vec<SrvRecord> = (0..n).map(record).collect();
+        // The same records reversed, each twice (a target on two ports too).
+        let mut backward: Vec<SrvRecord> =
+            (0..n).rev().flat_map(|i| [record(i), record(i)]).collect();
+        backward.push(SrvRecord {
+            port: 5433,
+            ..record(0)
+        });
+        let (a, left_a) = pick_targets(&mut forward);
+        let (b, left_b) = pick_targets(&mut backward);
+        assert_eq!(a, b);
+        assert_eq!((a.len(), left_a, left_b), (MAX_TARGETS, 50, 50));
+        // Priority 0 first: every one of them is in.
+        let zero = (0..n).filter(|i| i % 3 == 0).count();
+        assert!(
+            a[..zero]
+                .iter()
+                .all(|t| forward.iter().any(|r| &r.target == t && r.priority == 0))
+        );
+        assert_eq!(
+            backward.len(),
+            n + 1,
+            "duplicates gone, the second port kept"
+        );
     }
 
     /// A family failing at every refresh is warned when it starts failing

@@ -76,6 +76,9 @@ struct Entry {
     last_result: Option<&'static str>,
     /// Ends the pool's refresh task.
     stop: CancellationToken,
+    /// What the pool's question last found per name, kept across a restart
+    /// of its refresh; a new question starts afresh.
+    known: lookup::Known,
 }
 
 impl Entry {
@@ -230,10 +233,11 @@ impl Discovery {
                 stats,
                 last_result: None,
                 stop: CancellationToken::new(),
+                known: lookup::Known::default(),
             };
             let mut first = Duration::ZERO;
             let mut changed = asked_anew.then(Vec::new);
-            let lookup = match Lookup::new(&entry.spec) {
+            let lookup = match Lookup::new(&entry.spec, Arc::clone(&entry.known)) {
                 Ok(lookup) => {
                     let outcome = lookup.resolve().await;
                     first = plan::next_refresh(
@@ -289,7 +293,7 @@ impl Discovery {
             e.stop.cancel();
             e.stop = CancellationToken::new();
             e.drain = drain;
-            match Lookup::new(&spec) {
+            match Lookup::new(&spec, Arc::clone(&e.known)) {
                 Ok(lookup) => tasks.push(Task {
                     pool,
                     lookup,

@@ -10,7 +10,9 @@
 //!   finish) for `drain_timeout` and only then leaves the pool and its
 //!   metrics; one that comes back before that serves again at once;
 //! - SRV priority is the tier and SRV weight the weight, scaled into weir's
-//!   range, with 0 kept as 0: a drained backend (haproxy #48);
+//!   range tier by tier, with 0 kept as 0 beside weighted records: a
+//!   drained backend (haproxy #48); a priority whose records all weigh 0
+//!   weighs them alike (RFC 2782);
 //! - the set is keyed and ordered by address, so every instance that gets
 //!   the same records builds the same pool whatever their order.
 
@@ -284,27 +286,55 @@ impl Set {
     }
 }
 
-/// SRV weights (0..=65535) into weir's range (0..=1000): as they are when
-/// they fit, else proportionally, a non-zero weight never below 1. Depends
-/// only on the records, so every instance scales alike.
+/// SRV weights (0..=65535) into weir's range (0..=1000), tier by tier: as
+/// they are when a tier's fit, else in proportion to that tier's largest,
+/// a non-zero weight never below 1. Depends only on the records, so every
+/// instance scales alike.
 pub fn scale(found: &[Found]) -> Vec<Found> {
     let max = weir_config::MAX_WEIGHT;
-    let top = found.iter().map(|f| f.weight).max().unwrap_or(0);
-    if top <= max {
-        return found.to_vec();
+    let mut top: BTreeMap<u32, u32> = BTreeMap::new();
+    for f in found {
+        let t = top.entry(f.tier).or_insert(0);
+        *t = (*t).max(f.weight);
     }
     found
         .iter()
-        .map(|f| Found {
-            weight: if f.weight == 0 {
-                0
+        .map(|f| {
+            let top = top.get(&f.tier).copied().unwrap_or(0);
+            let weight = if f.weight == 0 || top <= max {
+                f.weight
             } else {
                 let w = u64::from(f.weight) * u64::from(max) / u64::from(top);
                 u32::try_from(w).unwrap_or(max).max(1)
-            },
-            ..*f
+            };
+            Found { weight, ..*f }
         })
         .collect()
+}
+
+/// The weights of an SRV answer's records as weir reads them: a record of
+/// weight 0 beside others of its priority with a weight is drained (weight
+/// 0); when every record of a priority has weight 0, none is preferred
+/// (RFC 2782: weight 0 when there is no weighting to do), and each gets 1.
+pub fn srv_weights(found: &mut [Found]) {
+    let mut weighted: BTreeMap<u32, bool> = BTreeMap::new();
+    for f in found.iter() {
+        *weighted.entry(f.tier).or_insert(false) |= f.weight > 0;
+    }
+    for f in found.iter_mut() {
+        if !weighted.get(&f.tier).copied().unwrap_or(true) {
+            f.weight = 1;
+        }
+    }
+}
+
+/// Whether an address from DNS can be a backend: not unspecified (`0.0.0.0`
+/// and `::` reach this host), multicast or broadcast, and a port other
+/// than 0.
+pub fn usable(addr: SocketAddr) -> bool {
+    let ip = addr.ip();
+    let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    addr.port() != 0 && !ip.is_unspecified() && !ip.is_multicast() && !broadcast
 }
 
 /// When to ask again: as the answer's TTL says, within `min..=max`; after
@@ -536,6 +566,59 @@ mod tests {
             scaled.iter().map(|f| f.weight).collect::<Vec<_>>(),
             [0, 1, 500, 1000]
         );
+    }
+
+    #[test]
+    fn each_tier_is_scaled_by_its_own_largest_weight() {
+        let f = |tier: u32, w: u32| Found {
+            addr: addr(1),
+            tier,
+            weight: w,
+        };
+        let scaled = scale(&[f(0, 10), f(0, 30), f(1, 65535), f(1, 6554)]);
+        assert_eq!(
+            scaled.iter().map(|f| f.weight).collect::<Vec<_>>(),
+            [10, 30, 1000, 100],
+            "the first tier's 1:3 kept"
+        );
+    }
+
+    #[test]
+    fn a_priority_whose_weights_are_all_zero_weighs_them_alike() {
+        let f = |tier: u32, w: u32| Found {
+            addr: addr(1),
+            tier,
+            weight: w,
+        };
+        let mut found = [f(0, 0), f(0, 0), f(1, 0), f(1, 5)];
+        srv_weights(&mut found);
+        assert_eq!(
+            found.iter().map(|f| f.weight).collect::<Vec<_>>(),
+            [1, 1, 0, 5],
+            "all zero: alike; zero beside a weight: drained"
+        );
+    }
+
+    #[test]
+    fn unspecified_multicast_broadcast_and_port_zero_are_never_backends() {
+        for ok in [
+            "10.0.0.1:80",
+            "127.0.0.1:5432",
+            "[2001:db8::1]:443",
+            "[::1]:53",
+        ] {
+            assert!(usable(ok.parse().expect("addr")), "{ok}");
+        }
+        for bad in [
+            "0.0.0.0:80",
+            "[::]:80",
+            "224.0.0.1:80",
+            "[ff02::1]:80",
+            "255.255.255.255:80",
+            "10.0.0.1:0",
+        ] {
+            assert!(!usable(bad.parse().expect("addr")), "{bad}");
+        }
     }
 
     #[test]

@@ -205,7 +205,9 @@ fn srv_records_become_backends_and_follow_every_change_in_dns() {
     assert!(said.starts_with("watching pool db"), "{said}");
     let _watch = Running::new(watch);
 
-    // b1 leaves, b2's weight drops to 0 (drained), b3 arrives in tier 1.
+    // b1 leaves, b2's weight drops to 0, alone in its priority (so it
+    // weighs like any: RFC 2782's "no weighting to do"), b3 arrives in
+    // tier 1.
     stop(dns, dns_port);
     let dns = dnsmasq(
         &dir,
@@ -218,11 +220,11 @@ fn srv_records_become_backends_and_follow_every_change_in_dns() {
         ],
     );
     let now = wait_backends(admin, "b3 added", |l| {
-        find(l, b3).is_some_and(|b| b.4 == "up") && find(l, b2).is_some_and(|b| b.2 == 0)
+        find(l, b3).is_some_and(|b| b.4 == "up") && find(l, b2).is_some_and(|b| b.1 == 2)
     });
     assert_eq!(find(&now, b3).map(|b| (b.1, b.2)), Some((1, 5)), "{now:?}");
     // b2's record moved to priority 2: the backend moved to tier 2.
-    assert_eq!(find(&now, b2).map(|b| (b.1, b.2)), Some((2, 0)), "{now:?}");
+    assert_eq!(find(&now, b2).map(|b| (b.1, b.2)), Some((2, 1)), "{now:?}");
     // b1 drains at weight 0, then leaves the pool (drain_timeout 1s).
     if let Some(b) = find(&now, b1) {
         assert_eq!(
@@ -707,6 +709,78 @@ fn a_failed_reload_leaves_discovery_running() {
         l.len() == 2
     });
     assert!(now.iter().any(|b| b.0 == a24), "{now:?}");
+}
+
+/// A reload that only changes how a pool asks (its timeout here) restarts
+/// its refresh; an SRV target whose lookup then fails keeps the addresses
+/// it had, as it did before the reload, instead of draining them.
+#[test]
+fn an_srv_target_failing_across_a_restarted_refresh_keeps_its_backends() {
+    let dir = test_dir("discovery-restart-keeps");
+    let dns_port = free_port().port();
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let silent_port = silent.local_addr().expect("addr").port();
+    let name = "_pg._tcp.db.test";
+    let (b1, b2) = (echo_backend(), echo_backend());
+    let records = |flaky: &str| {
+        vec![
+            "--host-record=pg.test,127.0.0.1".to_owned(),
+            flaky.to_owned(),
+            srv(name, "pg.test", b1.port(), 0, 1),
+            srv(name, "flaky.test", b2.port(), 0, 1),
+        ]
+    };
+    let dns = dnsmasq(
+        &dir,
+        dns_port,
+        1,
+        &records("--host-record=flaky.test,127.0.0.1"),
+    );
+    let admin = free_port();
+    let text = |timeout: &str| {
+        format!(
+            "[admin]\nhttp = \"{admin}\"\n\
+             [[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"db\"\n\
+             [[pools]]\nname = \"db\"\ndrain_timeout = \"100ms\"\n\
+             discover = {{ srv = \"{name}\", resolver = \"127.0.0.1:{dns_port}\", \
+             timeout = \"{timeout}\", min_interval = \"100ms\", max_interval = \"1s\" }}\n"
+        )
+    };
+    let file = temp_config("discovery-restart-keeps", &text("300ms"));
+    let (weir, out) = run_weir(&file);
+    wait_backends(admin, "both targets", |l| {
+        l.len() == 2 && l.iter().all(|b| b.3 == 1)
+    });
+    // flaky.test's lookups now go unanswered: its address is kept.
+    stop(dns, dns_port);
+    let _dns = dnsmasq(
+        &dir,
+        dns_port,
+        1,
+        &records(&format!("--server=/flaky.test/127.0.0.1#{silent_port}")),
+    );
+    wait_line(&out, "SRV targets' addresses could not be resolved");
+    std::fs::write(&*file, text("250ms")).expect("write config");
+    signal(&weir.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded generation=2");
+    // Refreshes of the restarted task, each with flaky.test unanswered.
+    let asked = || {
+        metric(
+            admin,
+            "weir_discovery_resolutions_total{pool=\"db\",result=\"ok\"}",
+        )
+    };
+    wait_growth(
+        "refreshes after the reload",
+        asked,
+        Duration::from_millis(600),
+    );
+    let now = backends(admin, "db");
+    let flaky = find(&now, b2).unwrap_or_else(|| panic!("{now:?}"));
+    assert_eq!(flaky.3, 1, "still serving, not drained: {now:?}");
+    assert_eq!(now.len(), 2, "{now:?}");
+    drop(silent);
 }
 
 /// A reload that makes a pool ask DNS another question keeps the set it
