@@ -440,6 +440,8 @@ impl Gate {
                 h.append(name.clone(), v.clone());
             }
         }
+        // The service speaks HTTP/1.1: an HTTP/2 client's cookies in one line.
+        crate::headers::join_cookies(&mut h);
         h.insert(
             "x-forwarded-method",
             HeaderValue::from_str(q.method.as_str()).map_err(|_| ())?,
@@ -944,6 +946,32 @@ mod tests {
             assert!(matches!(ask(&g, "/deny").await, Verdict::Deny(_)));
         }
         assert_eq!(denied(&g), 3, "the second denial came from the cache");
+    }
+
+    /// An HTTP/2 client's cookies, one field each, reach the service in
+    /// one line.
+    #[test]
+    fn the_question_joins_cookies() {
+        let mut c = cfg(5);
+        c.headers = vec!["cookie".into()];
+        let g = Gate::new(&c, Arc::default());
+        let mut h = HeaderMap::new();
+        h.append("cookie", HeaderValue::from_static("a=1"));
+        h.append("cookie", HeaderValue::from_static("b=2"));
+        let (m, u) = (Method::GET, Uri::from_static("/"));
+        let asked = g
+            .question(&Question {
+                method: &m,
+                uri: &u,
+                host: None,
+                proto: "https",
+                client: "127.0.0.1".parse().expect("ip"),
+                headers: &h,
+                traceparent: None,
+            })
+            .expect("a question");
+        let cookies: Vec<_> = asked.get_all("cookie").iter().collect();
+        assert_eq!(cookies, ["a=1; b=2"]);
     }
 
     /// A `101` or a status past the classes is no verdict: the call failed.

@@ -41,6 +41,28 @@ pub fn keep_only_the_upgrade(headers: &mut HeaderMap) {
     headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
 }
 
+/// Joins the `Cookie` fields of an HTTP/2 request into one, `; ` between
+/// them, for an HTTP/1.1 backend (RFC 9113 §8.2.3): HTTP/2 clients send
+/// each cookie in a field of its own, and an HTTP/1.1 server may read only
+/// the first `Cookie` line. One lookup when there is at most one.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut all = headers.get_all(http::header::COOKIE).iter();
+    if all.next().is_none() || all.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for v in headers.get_all(http::header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    // From bytes that were header values, joined by visible ASCII: valid.
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(http::header::COOKIE, v);
+    }
+}
+
 /// Removes the headers named in `names`, and those whose name reads the
 /// same with `_` for `-` (`X_User_Id` for `X-User-Id`): a backend that maps
 /// both to one variable (CGI, WSGI, Rack) would take the client's for the
@@ -310,6 +332,25 @@ mod tests {
             .iter()
             .map(|v| v.to_str().unwrap_or("?"))
             .collect()
+    }
+
+    #[test]
+    fn cookie_fields_are_joined_into_one() {
+        let mut h = map(&[
+            ("cookie", "a=1"),
+            ("x-other", "k"),
+            ("cookie", "b=2"),
+            ("cookie", "c=3"),
+        ]);
+        join_cookies(&mut h);
+        assert_eq!(get(&h, "cookie"), ["a=1; b=2; c=3"]);
+        assert_eq!(get(&h, "x-other"), ["k"]);
+        let mut one = map(&[("cookie", "a=1")]);
+        join_cookies(&mut one);
+        assert_eq!(get(&one, "cookie"), ["a=1"]);
+        let mut none = map(&[("x-other", "k")]);
+        join_cookies(&mut none);
+        assert!(none.get("cookie").is_none());
     }
 
     #[test]

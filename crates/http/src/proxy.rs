@@ -575,6 +575,9 @@ fn target_form(
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     match protocol {
         HttpProtocol::Http1 => {
+            if parts.version == Version::HTTP_2 {
+                headers::join_cookies(&mut parts.headers);
+            }
             parts.version = Version::HTTP_11;
             if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
                 parts.uri = Uri::from(path);

@@ -2556,3 +2556,38 @@ fn retries_bound_the_backends_tried_after_a_failed_connect() {
         1.0
     );
 }
+
+/// An HTTP/2 client sends each cookie in a field of its own (browsers do,
+/// and curl with several `Cookie` headers); an HTTP/1.1 backend gets them
+/// in one `Cookie` line, as RFC 9113 §8.2.3 asks.
+#[test]
+fn cookies_of_an_http2_request_reach_an_http1_backend_in_one_line() {
+    let backend = crate::http_auth::headers_backend(&["cookie"]);
+    let (admin, front) = (free_port(), free_port());
+    let (_weir, _out) = start(
+        "cookies",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
+        ),
+    );
+    let url = format!("http://{front}/");
+    let (status, body, version) = curl(
+        &[
+            "--http2-prior-knowledge",
+            "-H",
+            "Cookie: a=1",
+            "-H",
+            "Cookie: b=2",
+        ],
+        &url,
+    );
+    assert_eq!((status, version.as_str()), (200, "2"), "{body}");
+    assert_eq!(body, "cookie=a=1; b=2");
+    // Over HTTP/1.1 the client's lines pass as they came.
+    let (status, body, _) = curl(&["--http1.1", "-H", "Cookie: a=1; b=2"], &url);
+    assert_eq!((status, body.as_str()), (200, "cookie=a=1; b=2"));
+}
