@@ -44,8 +44,12 @@ pub fn keep_only_the_upgrade(headers: &mut HeaderMap) {
 /// Joins the `Cookie` fields of an HTTP/2 request into one, `; ` between
 /// them, for an HTTP/1.1 backend (RFC 9113 §8.2.3): HTTP/2 clients send
 /// each cookie in a field of its own, and an HTTP/1.1 server may read only
-/// the first `Cookie` line. One lookup when there is at most one.
+/// the first `Cookie` line. No lookup at all when no name repeats.
 pub fn join_cookies(headers: &mut HeaderMap) {
+    // Values beyond one per name: without them, no name has two fields.
+    if headers.len() == headers.keys_len() {
+        return;
+    }
     let mut all = headers.get_all(http::header::COOKIE).iter();
     if all.next().is_none() || all.next().is_none() {
         return;
