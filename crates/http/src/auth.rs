@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -74,9 +74,44 @@ pub(crate) struct AuthStats {
     pub(crate) results: [AtomicU64; 4],
     pub(crate) cache_hits: AtomicU64,
     pub(crate) cache_misses: AtomicU64,
-    /// 0 closed, 1 open, 2 half-open (of the last gate that changed).
-    pub(crate) breaker: AtomicU8,
+    /// The route's gates (its own and its rules') whose breaker is open,
+    /// and half-open; a gate leaves both when it closes or is dropped.
+    breakers: [AtomicU32; 2],
     pub(crate) duration: Histogram,
+}
+
+impl AuthStats {
+    /// The route's breaker state as the gauge says it: `1` when a gate's
+    /// breaker is open, else `2` when one probes (half-open), else `0`.
+    pub(crate) fn breaker_state(&self) -> u8 {
+        if self.breakers[0].load(Relaxed) > 0 {
+            1
+        } else if self.breakers[1].load(Relaxed) > 0 {
+            2
+        } else {
+            0
+        }
+    }
+
+    /// A gate's breaker went from `from` to `to` (0 closed, 1 open, 2
+    /// half-open).
+    fn moved(&self, from: u8, to: u8) {
+        if from == to {
+            return;
+        }
+        if let Some(n) = from
+            .checked_sub(1)
+            .and_then(|i| self.breakers.get(usize::from(i)))
+        {
+            n.fetch_sub(1, Relaxed);
+        }
+        if let Some(n) = to
+            .checked_sub(1)
+            .and_then(|i| self.breakers.get(usize::from(i)))
+        {
+            n.fetch_add(1, Relaxed);
+        }
+    }
 }
 
 impl Default for AuthStats {
@@ -85,7 +120,7 @@ impl Default for AuthStats {
             results: Default::default(),
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
-            breaker: AtomicU8::new(0),
+            breakers: Default::default(),
             duration: Histogram::new(weir_core::listener::REQUEST_SECONDS),
         }
     }
@@ -174,6 +209,17 @@ struct Breaker {
     /// Open until then; past it, one call probes (half-open).
     open_until: Option<Instant>,
     probing: bool,
+}
+
+impl Breaker {
+    /// 0 closed, 1 open, 2 half-open.
+    fn state(&self) -> u8 {
+        match (self.probing, self.open_until) {
+            (true, _) => 2,
+            (false, Some(_)) => 1,
+            (false, None) => 0,
+        }
+    }
 }
 
 impl Gate {
@@ -382,8 +428,8 @@ impl Gate {
         match b.open_until {
             None => Some(call),
             Some(until) if Instant::now() >= until && !b.probing => {
+                self.stats.moved(b.state(), 2);
                 b.probing = true;
-                self.stats.breaker.store(2, Relaxed);
                 call.probe = true;
                 Some(call)
             }
@@ -399,15 +445,15 @@ impl Gate {
         }
         let mut b = lock(&self.breaker);
         if ok {
+            self.stats.moved(b.state(), 0);
             *b = Breaker::default();
-            self.stats.breaker.store(0, Relaxed);
             return;
         }
         b.failures += 1;
         if b.probing || b.failures >= self.cfg.breaker_failures {
+            self.stats.moved(b.state(), 1);
             b.open_until = Some(Instant::now() + self.cfg.breaker_open);
             b.probing = false;
-            self.stats.breaker.store(1, Relaxed);
             tracing::warn!(url = %self.cfg.url, failures = b.failures, "authentication service failing; circuit breaker open");
         }
     }
@@ -637,8 +683,20 @@ impl Call<'_> {
 impl Drop for Call<'_> {
     fn drop(&mut self) {
         if self.probe {
-            lock(&self.gate.breaker).probing = false;
+            let mut b = lock(&self.gate.breaker);
+            let from = b.state();
+            b.probing = false;
+            self.gate.stats.moved(from, b.state());
         }
+    }
+}
+
+impl Drop for Gate {
+    /// A gate a reload replaced leaves the route's breaker gauge: the
+    /// new one starts closed.
+    fn drop(&mut self) {
+        let state = lock(&self.breaker).state();
+        self.stats.moved(state, 0);
     }
 }
 
@@ -773,7 +831,9 @@ mod tests {
         // The probe's request goes away before the service answers.
         let cancelled = tokio::time::timeout(Duration::from_millis(20), ask(&g, "/")).await;
         assert!(cancelled.is_err(), "the probe was to be cancelled");
-        assert_eq!(g.stats.breaker.load(Relaxed), 2, "half-open");
+        // No call under way: open again, as before the probe began, until
+        // the next request probes.
+        assert_eq!(g.stats.breaker_state(), 1);
         // The next request probes: a call that times out, and opens the
         // breaker again (not refused unasked for want of a probe slot).
         assert!(matches!(ask(&g, "/").await, Verdict::Unavailable));
@@ -972,6 +1032,28 @@ mod tests {
             .expect("a question");
         let cookies: Vec<_> = asked.get_all("cookie").iter().collect();
         assert_eq!(cookies, ["a=1; b=2"]);
+    }
+
+    /// Gates of one route (its own and its rules') share the breaker gauge:
+    /// it shows one open while any is, whatever the others do, and a gate
+    /// a reload dropped leaves it.
+    #[tokio::test]
+    async fn the_gauge_shows_an_open_breaker_of_any_gate_of_the_route() {
+        let stats: Arc<AuthStats> = Arc::default();
+        let failing = Gate::new(&cfg(1), Arc::clone(&stats));
+        let mut c = cfg(1);
+        c.port = service().await;
+        let serving = Gate::new(&c, Arc::clone(&stats));
+        assert!(matches!(ask(&failing, "/").await, Verdict::Unavailable));
+        assert_eq!(stats.breaker_state(), 1);
+        assert!(matches!(ask(&serving, "/").await, Verdict::Allow(_)));
+        assert_eq!(
+            stats.breaker_state(),
+            1,
+            "the other gate's success closes nothing"
+        );
+        drop(failing);
+        assert_eq!(stats.breaker_state(), 0, "the open gate is gone");
     }
 
     /// A `101` or a status past the classes is no verdict: the call failed.

@@ -293,7 +293,7 @@ impl HttpHandler for Handler {
                 .collect(),
             cache_hits: a.cache_hits.load(Relaxed),
             cache_misses: a.cache_misses.load(Relaxed),
-            breaker: a.breaker.load(Relaxed),
+            breaker: a.breaker_state(),
             duration: a.duration.snapshot(),
         })
     }
