@@ -260,10 +260,12 @@ impl Lookup {
                 });
             }
         }
-        super::plan::srv_weights(&mut found);
         let before = found.len();
         found.retain(|f| super::plan::usable(f.addr));
         unusable += before - found.len();
+        // After the unusable ones are gone: a weight beside none left is
+        // no weight to weigh against.
+        super::plan::srv_weights(&mut found);
         if !kept.is_empty() {
             tracing::warn!(query = name, count = kept.len(), targets = ?Shown(&kept), "SRV targets' addresses could not be resolved; keeping their last ones");
         }
