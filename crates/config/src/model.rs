@@ -416,6 +416,10 @@ pub struct Auth {
     pub breaker_failures: u32,
     /// How long an open breaker stays open before one call probes.
     pub breaker_open: Duration,
+    /// Calls to the service under way at once; a request waits for one
+    /// within `timeout`, else it is refused (503, reason `auth_busy`)
+    /// whatever `failure` says.
+    pub max_calls: u32,
 }
 
 /// `failure`: what a request gets when the authentication service cannot

@@ -187,6 +187,7 @@ pub(crate) struct RawAuth {
     pub(crate) cache_size: Option<Int>,
     pub(crate) breaker_failures: Option<Int>,
     pub(crate) breaker_open: Option<String>,
+    pub(crate) max_calls: Option<Int>,
 }
 
 /// One entry of `policies = [...]` (an l7 route's or a rule's).

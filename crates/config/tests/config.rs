@@ -2705,3 +2705,27 @@ fn forward_auth_never_asks_for_nor_copies_framing_headers() {
         );
     }
 }
+
+#[test]
+fn forward_auth_bounds_its_calls_under_way() {
+    let with = |extra: &str| {
+        l7(
+            &format!("auth = {{ url = \"http://127.0.0.1:9100/check\"{extra} }}\n{RULE}"),
+            "",
+        )
+    };
+    let max_calls = |text: &str| {
+        let cfg = load(text).unwrap_or_else(|e| panic!("{e}"));
+        let weir_config::RouteMode::L7(http) = &cfg.listeners[0].routes[0].mode else {
+            panic!("an l7 route");
+        };
+        http.auth.as_ref().map(|a| a.max_calls)
+    };
+    assert_eq!(max_calls(&with("")), Some(256));
+    assert_eq!(max_calls(&with(", max_calls = 8")), Some(8));
+    assert_one(
+        &with(", max_calls = 0"),
+        "listeners[0].routes[0].auth.max_calls",
+        "0 is out of range 1..=100000",
+    );
+}

@@ -109,6 +109,9 @@ pub enum Reason {
     /// The authentication service failed, was too slow, or its breaker was
     /// open, and `failure = "deny"`.
     AuthUnavailable,
+    /// The authentication service had `max_calls` calls under way for all
+    /// of `timeout`: refused without a call, whatever `failure` says.
+    AuthBusy,
     /// A UDP flow got the replies its listener's `responses` allows (a DNS
     /// answer): its normal end.
     Responses,
@@ -217,6 +220,7 @@ impl Reason {
             Self::Policy => "policy",
             Self::AuthDenied => "auth_denied",
             Self::AuthUnavailable => "auth_unavailable",
+            Self::AuthBusy => "auth_busy",
             Self::Responses => "responses",
             Self::LocalResources => "local_resources",
         }
@@ -270,6 +274,7 @@ impl Reason {
             | Self::QueueFull
             | Self::QueueTimeout
             | Self::AuthUnavailable
+            | Self::AuthBusy
             | Self::Responses
             | Self::LocalResources => Side::Internal,
         }
@@ -299,6 +304,7 @@ impl Reason {
             | Self::BackendDown
             | Self::Shutdown
             | Self::AuthUnavailable
+            | Self::AuthBusy
             | Self::LocalResources => Some(503),
             Self::NoRoute | Self::NoRule => Some(404),
             Self::HandshakeTimeout | Self::IdleTimeout | Self::HeaderTimeout => Some(408),
@@ -412,6 +418,7 @@ mod tests {
         Reason::Policy,
         Reason::AuthDenied,
         Reason::AuthUnavailable,
+        Reason::AuthBusy,
         Reason::Responses,
         Reason::LocalResources,
     ];

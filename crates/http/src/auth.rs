@@ -28,6 +28,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use weir_config::{Auth, AuthFailure};
 use weir_core::sync::lock;
@@ -58,6 +59,9 @@ pub(crate) enum Verdict {
     Deny(Arc<Denial>),
     /// The service could not decide and `failure = "deny"`: 503.
     Unavailable,
+    /// `max_calls` calls were under way for all of `timeout`: 503, whatever
+    /// `failure` says (a flood must not open the way).
+    Busy,
 }
 
 #[derive(Debug)]
@@ -71,7 +75,7 @@ pub(crate) struct Denial {
 #[derive(Debug)]
 pub(crate) struct AuthStats {
     /// By [`Outcome`].
-    pub(crate) results: [AtomicU64; 4],
+    pub(crate) results: [AtomicU64; 5],
     pub(crate) cache_hits: AtomicU64,
     pub(crate) cache_misses: AtomicU64,
     /// The route's gates (its own and its rules') whose breaker is open,
@@ -133,14 +137,17 @@ pub(crate) enum Outcome {
     Denied,
     Error,
     Timeout,
+    /// No call: `max_calls` were under way for all of `timeout`.
+    Busy,
 }
 
 impl Outcome {
-    pub(crate) const ALL: [Outcome; 4] = [
+    pub(crate) const ALL: [Outcome; 5] = [
         Outcome::Allowed,
         Outcome::Denied,
         Outcome::Error,
         Outcome::Timeout,
+        Outcome::Busy,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -149,6 +156,7 @@ impl Outcome {
             Outcome::Denied => "denied",
             Outcome::Error => "error",
             Outcome::Timeout => "timeout",
+            Outcome::Busy => "busy",
         }
     }
 }
@@ -178,6 +186,8 @@ pub(crate) struct Gate {
     cache: Mutex<Cache>,
     breaker: Mutex<Breaker>,
     idle: Mutex<Vec<http1::SendRequest<Empty<Bytes>>>>,
+    /// `max_calls` places: a call, and its connection, holds one.
+    calls: Semaphore,
     pub(crate) stats: Arc<AuthStats>,
 }
 
@@ -241,6 +251,7 @@ impl Gate {
             }),
             breaker: Mutex::new(Breaker::default()),
             idle: Mutex::new(Vec::new()),
+            calls: Semaphore::new(cfg.max_calls as usize),
             stats,
         }
     }
@@ -264,6 +275,15 @@ impl Gate {
         }
         let Some(call) = self.may_call() else {
             return (self.failed(), None);
+        };
+        // A place among the `max_calls`, waited for at most `timeout`; the
+        // call then has all of its own `timeout`: a call that found little
+        // time left would time out and count against the breaker for
+        // weir's queue, not for the service.
+        let Ok(Ok(_place)) = tokio::time::timeout(self.cfg.timeout, self.calls.acquire()).await
+        else {
+            self.stats.results[Outcome::Busy as usize].fetch_add(1, Relaxed);
+            return (Verdict::Busy, None);
         };
         let began = Instant::now();
         let answer = tokio::time::timeout(self.cfg.timeout, self.call(q)).await;
@@ -361,7 +381,7 @@ impl Gate {
                 return;
             }
             Verdict::Deny(_) => self.cfg.denied_ttl,
-            Verdict::Unavailable => return,
+            Verdict::Unavailable | Verdict::Busy => return,
         };
         let size = held_bytes(v);
         if size > MAX_CACHED_BYTES {
@@ -634,7 +654,7 @@ fn held_bytes(v: &Verdict) -> usize {
     match v {
         Verdict::Allow(copied) => headers(copied),
         Verdict::Deny(d) => d.body.len() + headers(&d.headers),
-        Verdict::Unavailable => 0,
+        Verdict::Unavailable | Verdict::Busy => 0,
     }
 }
 
@@ -723,6 +743,7 @@ mod tests {
             cache_size: 2,
             breaker_failures,
             breaker_open: Duration::from_millis(200),
+            max_calls: 256,
         }
     }
 
@@ -1180,5 +1201,57 @@ mod tests {
         }
         let count = |o: Outcome| g.stats.results[o as usize].load(Relaxed);
         assert_eq!((count(Outcome::Allowed), count(Outcome::Error)), (2, 0));
+    }
+
+    /// A flood of questions waits for one of `max_calls` places and, past
+    /// `timeout`, is refused without a call: never let through, even with
+    /// `failure = "allow"`, and the service never holds more than
+    /// `max_calls` of weir's connections.
+    #[tokio::test]
+    async fn calls_past_max_calls_wait_then_are_refused_whatever_failure_says() {
+        use tokio::io::AsyncReadExt;
+        // A service that takes questions and never answers.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let _ = tx.send(());
+                tokio::spawn(async move {
+                    let mut chunk = [0u8; 1024];
+                    while matches!(s.read(&mut chunk).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        let mut c = cfg(0);
+        c.port = port;
+        c.failure = AuthFailure::Allow;
+        c.cache_size = 0;
+        c.max_calls = 1;
+        c.timeout = Duration::from_millis(300);
+        let g = Arc::new(Gate::new(&c, Arc::default()));
+        let asking = |target: &'static str| {
+            let g = Arc::clone(&g);
+            tokio::spawn(async move { ask(&g, target).await })
+        };
+        let a = asking("/a");
+        // The first question holds the one place until its `timeout`.
+        rx.recv().await.expect("the first question");
+        // The second waits and takes the place when the first times out;
+        // the third waits behind it for all of `timeout`, and is refused.
+        let b = asking("/b");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let third = asking("/c");
+        assert!(matches!(third.await.expect("task"), Verdict::Busy));
+        for first in [a, b] {
+            // Unanswered: `failure = "allow"`.
+            assert!(matches!(first.await.expect("task"), Verdict::Allow(_)));
+        }
+        let count = |o: Outcome| g.stats.results[o as usize].load(Relaxed);
+        assert_eq!((count(Outcome::Timeout), count(Outcome::Busy)), (2, 1));
+        rx.recv().await.expect("the second question");
+        assert!(rx.try_recv().is_err(), "a third connection");
     }
 }

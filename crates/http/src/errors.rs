@@ -72,6 +72,7 @@ pub fn text(reason: Reason) -> String {
         Reason::Firewall => "the firewall refuses this client",
         Reason::Policy => "a policy of this route refuses the request",
         Reason::AuthUnavailable => "the authentication service is unavailable",
+        Reason::AuthBusy => "the authentication service has too many calls under way",
         _ => "the backend failed",
     };
     format!("weir: {what} ({})\n", reason.as_str())

@@ -184,6 +184,7 @@ pub(crate) fn handle(
                 crate::auth::Verdict::Unavailable => {
                     return Ok(answer(Reason::AuthUnavailable, grpc, x));
                 }
+                crate::auth::Verdict::Busy => return Ok(answer(Reason::AuthBusy, grpc, x)),
             }
         }
         let Some(target) = state.pools.get(rule.pool) else {

@@ -12,6 +12,11 @@ const DEFAULT_DENIED_TTL: Duration = Duration::from_secs(5);
 const DEFAULT_CACHE_SIZE: u32 = 10_000;
 const DEFAULT_BREAKER_FAILURES: u32 = 5;
 const DEFAULT_BREAKER_OPEN: Duration = Duration::from_secs(30);
+/// Calls (and connections) to one service under way at once: a flood of
+/// new questions waits for these instead of opening connections without
+/// end and timing the service out, which would open the breaker and, with
+/// `failure = "allow"`, let everyone through.
+const DEFAULT_MAX_CALLS: u32 = 256;
 
 /// Headers of a message's framing, connection or target: never asked for
 /// nor copied by forward authentication.
@@ -128,6 +133,13 @@ impl Checker {
                 Some(1_000_000),
             ),
             breaker_open,
+            max_calls: self.int(
+                &format!("{path}.max_calls"),
+                raw.max_calls,
+                DEFAULT_MAX_CALLS,
+                1,
+                Some(100_000),
+            ),
         }
     }
 }

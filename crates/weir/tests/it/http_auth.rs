@@ -346,6 +346,58 @@ fn forward_auth_with_cache_failure_modes_and_breaker() {
     );
 }
 
+/// `max_calls` bounds the calls under way to the service: a request that
+/// finds them all taken waits for one within `timeout`, then gets 503
+/// `auth_busy` without a call, even where `failure = "allow"` lets an
+/// unanswered call through.
+#[test]
+fn requests_past_max_calls_are_refused_even_when_failure_allows() {
+    let auth = auth_service();
+    let backend = headers_backend(&["x-user"]);
+    let (admin, front) = (free_port(), free_port());
+    let (_weir, _out) = start(
+        "auth-busy",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             auth = {{ url = \"http://{a}/check\", headers = [\"authorization\"], timeout = \"1s\", \
+                       failure = \"allow\", breaker_failures = 0, max_calls = 1 }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n",
+            a = auth.addr
+        ),
+    );
+    // The service takes 2 s to answer `slow`: each call times out after 1 s.
+    let slow = |path: &'static str| {
+        std::thread::spawn(move || raw_get(front, path, "Authorization: Bearer slow\r\n"))
+    };
+    let first = slow("/a");
+    let deadline = std::time::Instant::now() + crate::cli::DEADLINE;
+    while auth.calls.load(Relaxed) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no call");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The second waits, and takes the place when the first times out; the
+    // third waits behind it for all of `timeout`.
+    let second = slow("/b");
+    std::thread::sleep(Duration::from_millis(100));
+    let (status, _, body) = slow("/c").join().expect("third");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("auth_busy"), "{body}");
+    for t in [first, second] {
+        assert_eq!(t.join().expect("request").0, 200, "failure = allow");
+    }
+    assert_eq!(auth.calls.load(Relaxed), 2);
+    let result = |r: &str| {
+        metric(
+            admin,
+            &format!("weir_auth_requests_total{{listener=\"web\",route=\"app\",result=\"{r}\"}}"),
+        )
+    };
+    assert_eq!((result("timeout"), result("busy")), (2.0, 1.0));
+}
+
 /// One request from the client address `source` (on loopback): its status.
 fn status_from(source: std::net::Ipv4Addr, front: SocketAddr, target: &str, headers: &str) -> u16 {
     let socket =
