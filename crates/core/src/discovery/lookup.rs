@@ -223,10 +223,12 @@ impl Lookup {
             std::collections::HashMap::new();
         let mut unresolved = Vec::new();
         let mut kept = Vec::new();
+        let mut whole = left_out == 0;
         for (target, looked) in answers {
             let ips: Vec<IpAddr> = match looked {
                 Ok(ips) => {
                     valid_until = valid_until.min(ips.valid_until);
+                    whole &= ips.whole;
                     ips.found
                 }
                 Err(e) if matches!(failed(&e), Outcome::Empty { .. }) => {
@@ -279,7 +281,7 @@ impl Lookup {
                 "records with port 0 or an unspecified, multicast or broadcast address were left out"
             );
         }
-        records_outcome(found, valid_until)
+        records_outcome(found, valid_until, whole && kept.is_empty())
     }
 
     /// Says when an answer starts and stops naming more targets than are
@@ -385,6 +387,7 @@ impl Lookup {
                 tracing::debug!(name, family, error = %e, "the address family's question failed again");
             }
         }
+        let whole = failure.is_none();
         let failure = failure.map(|(e, _)| e);
         let valid_until = match (failure, valid_until, empty) {
             // Neither family answered: the question failed, whatever is known.
@@ -396,7 +399,11 @@ impl Lookup {
             (None, None, Some(e)) => return Err(e),
             (None, None, None) => Instant::now(),
         };
-        Ok(Ips { found, valid_until })
+        Ok(Ips {
+            found,
+            valid_until,
+            whole,
+        })
     }
 
     /// The addresses a `name` query's name has as far as the pool knows,
@@ -447,7 +454,7 @@ impl Lookup {
                     // Unspecified, multicast, broadcast: never a backend.
                     .filter(|f| super::plan::usable(f.addr))
                     .collect();
-                records_outcome(found, ips.valid_until)
+                records_outcome(found, ips.valid_until, ips.whole)
             }
             Err(e) => failed(&e),
         }
@@ -488,9 +495,11 @@ fn before_end(deadline: tokio::time::Instant) -> tokio::time::Instant {
 pub(crate) struct Ips {
     found: Vec<IpAddr>,
     valid_until: Instant,
+    /// Both families answered (none kept its last addresses).
+    whole: bool,
 }
 
-fn records_outcome(found: Vec<Found>, valid_until: Instant) -> Outcome {
+fn records_outcome(found: Vec<Found>, valid_until: Instant, whole: bool) -> Outcome {
     if found.is_empty() {
         return Outcome::Empty {
             ttl: Some(valid_until.saturating_duration_since(Instant::now())),
@@ -499,6 +508,7 @@ fn records_outcome(found: Vec<Found>, valid_until: Instant) -> Outcome {
     Outcome::Records {
         found,
         ttl: valid_until.saturating_duration_since(Instant::now()),
+        whole,
     }
 }
 
@@ -719,7 +729,10 @@ mod tests {
         );
         let dns = server(Arc::clone(&v4), Arc::clone(&v6)).await;
         let known = lookup(dns);
-        assert_eq!(ips(&known.resolve().await), ["127.0.0.1", "::1"]);
+        let whole = |o: &Outcome| matches!(o, Outcome::Records { whole: true, .. });
+        let answer = known.resolve().await;
+        assert_eq!(ips(&answer), ["127.0.0.1", "::1"]);
+        assert!(whole(&answer), "{answer:?}");
         let failing = |l: &Lookup| {
             let set = crate::sync::lock(&l.streaks.0);
             let mut v: Vec<_> = set.iter().map(|(n, v4)| (n.clone(), *v4)).collect();
@@ -728,12 +741,18 @@ mod tests {
         };
         for mode in [SERVFAIL, SILENT] {
             v6.store(mode, Ordering::SeqCst);
-            assert_eq!(ips(&known.resolve().await), ["127.0.0.1", "::1"], "{mode}");
+            let answer = known.resolve().await;
+            assert_eq!(ips(&answer), ["127.0.0.1", "::1"], "{mode}");
+            // Not all of it is DNS's word now: what a restart's first
+            // answer lacks is not taken for gone.
+            assert!(!whole(&answer), "{answer:?}");
             // One run of failures of AAAA, warned at its start.
             assert_eq!(failing(&known), [("api.test.".to_owned(), false)]);
         }
         let fresh = lookup(dns);
-        assert_eq!(ips(&fresh.resolve().await), ["127.0.0.1"]);
+        let answer = fresh.resolve().await;
+        assert_eq!(ips(&answer), ["127.0.0.1"]);
+        assert!(!whole(&answer), "{answer:?}");
         // A fails, AAAA has none: the known IPv4 address stays; with
         // nothing known, the failure is what the answer is.
         v4.store(SERVFAIL, Ordering::SeqCst);

@@ -13,7 +13,7 @@
 mod lookup;
 pub mod plan;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
@@ -79,6 +79,10 @@ struct Entry {
     /// What the pool's question last found per name, kept across a restart
     /// of its refresh; a new question starts afresh.
     known: lookup::Known,
+    /// DNS has answered the pool's question with records since it was
+    /// first asked in this process: the set is DNS's word, not only what a
+    /// previous question left.
+    answered: bool,
 }
 
 impl Entry {
@@ -108,6 +112,9 @@ impl Entry {
             self.last_result = Some(result);
         }
         let (drain, hold) = (self.drain, self.spec.hold);
+        if matches!(outcome, Outcome::Records { whole: true, .. }) {
+            self.answered = true;
+        }
         let mut deltas = self.set.expire(now);
         let was_left_out = self.set.left_out;
         deltas.extend(self.set.update(outcome, now, drain, hold));
@@ -234,6 +241,7 @@ impl Discovery {
                 last_result: None,
                 stop: CancellationToken::new(),
                 known: lookup::Known::default(),
+                answered: false,
             };
             let mut first = Duration::ZERO;
             let mut changed = asked_anew.then(Vec::new);
@@ -382,6 +390,27 @@ impl Discovery {
 
     fn next_expiry(&self, pool: &str) -> Option<Instant> {
         self.lock().get(pool).and_then(|e| e.set.next_expiry())
+    }
+
+    /// The pools of `source` (as `plan` would have them) whose discovered
+    /// backends are all of what DNS gave in answer to their question: it
+    /// answered with records, and none of them waits for room. A saved
+    /// discovered address such a pool lacks is no longer in DNS.
+    pub(crate) fn answered(&self, source: &Config, plan: &Plan) -> HashSet<String> {
+        let pools = self.lock();
+        source
+            .pools
+            .iter()
+            .filter(|p| {
+                let entry = match plan.fresh.iter().find(|f| f.pool == p.name) {
+                    Some(f) => Some(&f.entry),
+                    None if plan.gone.contains(&p.name) => None,
+                    None => pools.get(&p.name),
+                };
+                entry.is_some_and(|e| e.answered && e.set.left_out == 0)
+            })
+            .map(|p| p.name.clone())
+            .collect()
     }
 
     /// `source` with each discovering pool's backends added after its static

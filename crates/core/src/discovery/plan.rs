@@ -58,6 +58,10 @@ pub enum Outcome {
     Records {
         found: Vec<Found>,
         ttl: Duration,
+        /// Every question of the answer was answered: no SRV target or
+        /// address family failed and kept its last addresses, and no
+        /// target was left unasked.
+        whole: bool,
     },
     /// An authoritative "none": no such name, or no records of the type.
     Empty {
@@ -368,6 +372,7 @@ mod tests {
                 })
                 .collect(),
             ttl: Duration::from_secs(5),
+            whole: true,
         }
     }
 
@@ -382,6 +387,7 @@ mod tests {
                 })
                 .collect(),
             ttl: Duration::from_secs(5),
+            whole: true,
         };
         let t0 = Instant::now();
         let mut set = Set::default();
@@ -627,6 +633,7 @@ mod tests {
         let rec = |ttl| Outcome::Records {
             found: Vec::new(),
             ttl,
+            whole: true,
         };
         assert_eq!(
             next_refresh(&rec(Duration::from_secs(30)), min, max),

@@ -26,7 +26,7 @@ pub(super) struct Staged {
     /// (`None`: no state file).
     pub(super) orphans: Option<Vec<weir_state::Entry>>,
     /// Saved state to forget once this config serves (see `Inputs::gone`).
-    pub(super) gone: Vec<(String, String)>,
+    pub(super) gone: Vec<(String, String, &'static str)>,
 }
 
 impl Server {

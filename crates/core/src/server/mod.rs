@@ -365,7 +365,8 @@ impl Server {
         for shadowed in server.shadowed(&config) {
             tracing::warn!(backend = %shadowed, "a runtime backend of the state file is not applied");
         }
-        let inputs = server.inputs(&effective).await?;
+        let answered = server.discovery.answered(&config, &plan);
+        let inputs = server.inputs(&effective, &answered).await?;
         let staged = server.stage(&effective, None, inputs)?;
         // Nothing can stop a server its caller does not have yet.
         let _ = server.commit(config, effective, staged, None, true).await;
@@ -485,9 +486,10 @@ struct Inputs {
     /// What the state file holds for backends the config does not have;
     /// reported by [`Server::orphaned_state`] once the config serves.
     orphans: Option<Vec<weir_state::Entry>>,
-    /// (pool, backend): saved state of backends that left during their drain,
-    /// forgotten once the config that found them serves.
-    gone: Vec<(String, String)>,
+    /// (pool, backend, why): saved state of backends gone for good (they
+    /// left during their drain, or DNS no longer gives them), forgotten
+    /// once the config that found them serves.
+    gone: Vec<(String, String, &'static str)>,
 }
 
 /// `config` as the process starts it, with `worker_threads = 0` written out

@@ -63,7 +63,8 @@ impl Server {
         let plan = self.discovery.plan(&config).await;
         let effective = self.effective(&config, &plan);
         let shadowed = self.shadowed(&config);
-        let inputs = match self.inputs(&effective).await {
+        let answered = self.discovery.answered(&config, &plan);
+        let inputs = match self.inputs(&effective, &answered).await {
             Ok(inputs) => inputs,
             Err(e) => return Err(self.reload_failed(e.into())),
         };
@@ -214,8 +215,11 @@ impl Server {
     pub(super) async fn rebuild_running(&self) -> Result<(), StartError> {
         let old = self.current.load_full();
         let source = (*old.source).clone();
-        let config = self.effective(&source, &crate::discovery::Plan::default());
-        let inputs = self.inputs(&config).await?;
+        let plan = crate::discovery::Plan::default();
+        let config = self.effective(&source, &plan);
+        let inputs = self
+            .inputs(&config, &self.discovery.answered(&source, &plan))
+            .await?;
         let staged = self.stage(&config, Some(&old), inputs)?;
         self.commit(source, config, staged, Some(&old), false)
             .await
@@ -243,8 +247,13 @@ impl Server {
 
     /// Step 1 after validation: resolves backend names, reads the state file
     /// for the backends and pools of `config`, and notes (and logs) what it
-    /// holds for backends `config` does not have.
-    pub(super) async fn inputs(&self, config: &Config) -> Result<Inputs, StartError> {
+    /// holds for backends `config` does not have. `answered`: the pools
+    /// whose discovered backends in `config` are all DNS gives now.
+    pub(super) async fn inputs(
+        &self,
+        config: &Config,
+        answered: &std::collections::HashSet<String>,
+    ) -> Result<Inputs, StartError> {
         let resolved = crate::resolve::backends(config)
             .await
             .map_err(StartError::Resolve)?;
@@ -271,7 +280,14 @@ impl Server {
                 // and what the file holds of it would pass to the next
                 // backend of its name. Forgotten once this config serves (a
                 // reload that fails later changes nothing).
-                gone.push((e.pool, e.backend));
+                gone.push((e.pool, e.backend, "it left while it drained"));
+            } else if gone_from_dns(&e, config, answered) {
+                // A discovered address DNS no longer gives (it went while
+                // weir was stopped), or of a pool that no longer discovers:
+                // else the file kept every address a rolling deploy ever
+                // had. Not while DNS has not answered since the start: an
+                // unreachable server says nothing about the addresses.
+                gone.push((e.pool, e.backend, "DNS no longer gives it"));
             } else {
                 if e.admin.is_some() || e.weight_override.is_some() {
                     tracing::warn!(
@@ -334,11 +350,12 @@ impl Server {
             *lock(&self.orphans) = orphans;
         }
         if let Some(p) = &self.persistence {
-            for (pool, backend) in gone {
+            for (pool, backend, why) in gone {
                 tracing::info!(
                     pool,
                     backend,
-                    "forgetting the saved state of a backend that left while it drained"
+                    why,
+                    "forgetting the saved state of a backend gone for good"
                 );
                 p.forget(&pool, &backend);
             }
@@ -439,6 +456,38 @@ fn left_during_its_drain(e: &weir_state::Entry) -> bool {
         .is_some_and(|r| r.to == "draining")
 }
 
+/// Whether the saved backend `e`, which `config` does not have, was a
+/// discovered one that DNS no longer gives: its pool discovers and DNS has
+/// answered it (`answered`) without the address, or the pool no longer
+/// discovers. Its history's last word as a runtime or discovered backend
+/// says which it was; without one (discovered when the process started,
+/// which notes no change), a name that is an address in a discovering pool
+/// is taken for a discovered one: a file backend named by its address that
+/// left the file is then forgotten too, as it would be had DNS dropped it.
+fn gone_from_dns(
+    e: &weir_state::Entry,
+    config: &Config,
+    answered: &std::collections::HashSet<String>,
+) -> bool {
+    let Some(pool) = config.pools.iter().find(|p| p.name == e.pool) else {
+        return false;
+    };
+    let last = e
+        .history
+        .iter()
+        .rev()
+        .find(|r| r.kind == "runtime" || r.kind == "discovery");
+    match last.map(|r| r.kind.as_str()) {
+        Some("discovery") => pool.discover.is_none() || answered.contains(&pool.name),
+        Some(_) => false,
+        None => {
+            pool.discover.is_some()
+                && answered.contains(&pool.name)
+                && e.backend.parse::<std::net::SocketAddr>().is_ok()
+        }
+    }
+}
+
 /// A discovery delta as a history entry: what the backend was and is in DNS.
 fn discovery_change(d: &Delta) -> Change {
     let member = |(tier, weight): (u32, u32)| format!("tier {tier} weight {weight}");
@@ -467,4 +516,63 @@ fn log_changes(pool: &str, deltas: &[&Delta]) {
 fn describe(d: &Delta) -> String {
     let (_, from, to) = discovery_change(d).parts();
     format!("{}: {from} -> {to}", d.addr())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    fn entry(pool: &str, backend: &str, kinds: &[&str]) -> weir_state::Entry {
+        weir_state::Entry {
+            pool: pool.into(),
+            backend: backend.into(),
+            admin: Some("disabled".into()),
+            weight_override: None,
+            history: kinds
+                .iter()
+                .map(|k| weir_state::Record {
+                    at_ms: 0,
+                    kind: (*k).into(),
+                    from: "a".into(),
+                    to: "b".into(),
+                    cause: String::new(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn saved_state_is_gone_from_dns_only_once_dns_answered_without_it() {
+        let config = weir_config::load_str(
+            "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"dns\"\n\
+             [[pools]]\nname = \"dns\"\ndiscover = { srv = \"_a._tcp.x.test\" }\n\
+             [[pools]]\nname = \"file\"\n[[pools.backends]]\naddress = \"10.0.0.1:80\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let answered: HashSet<String> = ["dns".to_owned()].into();
+        let none = HashSet::new();
+        let gone = |e: &weir_state::Entry, a: &HashSet<String>| gone_from_dns(e, &config, a);
+        let addr = "10.0.0.9:80";
+        // Discovered at the start (no history of it) or later: gone once
+        // DNS answered, not while it has not.
+        for kinds in [&["health", "admin"][..], &["discovery", "health"]] {
+            assert!(gone(&entry("dns", addr, kinds), &answered), "{kinds:?}");
+            assert!(!gone(&entry("dns", addr, kinds), &none), "{kinds:?}");
+        }
+        // A runtime backend's state is its own (forgotten when removed).
+        assert!(!gone(
+            &entry("dns", addr, &["discovery", "runtime"]),
+            &answered
+        ));
+        // A name that is no address was never DNS's.
+        assert!(!gone(&entry("dns", "db-1", &["health"]), &answered));
+        // A pool that no longer discovers: its discovered backends only.
+        assert!(gone(&entry("file", addr, &["discovery"]), &none));
+        assert!(!gone(&entry("file", addr, &["admin"]), &none));
+        // A pool the config does not have keeps everything.
+        assert!(!gone(&entry("old", addr, &["discovery"]), &answered));
+    }
 }

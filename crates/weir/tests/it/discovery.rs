@@ -130,6 +130,22 @@ fn wait_growth(what: &str, count: impl Fn() -> f64, at_least: Duration) {
     }
 }
 
+/// The admin state of backend `b` of pool `db`.
+fn admin_of(admin: SocketAddr, b: SocketAddr) -> String {
+    let answer = http_get(admin, &format!("/api/v1/pools/db/backends/{b}"));
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    v["admin"].as_str().unwrap_or_default().to_owned()
+}
+
+/// dnsmasq options: `app.test` at 127.0.0.1, and SRV records `name` for it
+/// at each of `ports`.
+fn app_records(name: &str, ports: &[u16]) -> Vec<String> {
+    let mut r = vec!["--host-record=app.test,127.0.0.1".to_owned()];
+    r.extend(ports.iter().map(|p| srv(name, "app.test", *p, 0, 1)));
+    r
+}
+
 #[test]
 fn srv_records_become_backends_and_follow_every_change_in_dns() {
     let dir = test_dir("discovery-srv");
@@ -502,23 +518,95 @@ fn a_drained_discovered_backend_stays_drained_across_a_restart() {
          discover = {{ srv = \"{name}\", resolver = \"127.0.0.1:{dns_port}\" }}\n",
         dir.join("state.db").display().to_string()
     );
-    let admin_of = |b: SocketAddr| -> String {
-        let answer = http_get(admin, &format!("/api/v1/pools/db/backends/{b}"));
-        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
-        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-        v["admin"].as_str().unwrap_or_default().to_owned()
-    };
     {
         let (_weir, _out) = start("discovery-state", &config);
         let drained =
             crate::cli::http_post(admin, &format!("/api/v1/pools/db/backends/{b1}/drain"));
         assert!(drained.starts_with("HTTP/1.1 200"), "{drained}");
-        assert_eq!(admin_of(b1), "drain");
+        assert_eq!(admin_of(admin, b1), "drain");
     }
     // A new process finds the same addresses in DNS and their saved state.
     let (_weir, _out) = start("discovery-state", &config);
-    assert_eq!(admin_of(b1), "drain");
-    assert_eq!(admin_of(b2), "enabled");
+    assert_eq!(admin_of(admin, b1), "drain");
+    assert_eq!(admin_of(admin, b2), "enabled");
+}
+
+/// A discovered address that DNS no longer gives when weir starts again
+/// is forgotten from the state file once DNS has answered, and not before
+/// (DNS silent at the start says nothing about it): its saved state does
+/// not wait for the address to come back, and the file does not keep
+/// every address a rolling deploy ever had.
+#[test]
+fn an_address_gone_from_dns_across_a_restart_is_forgotten_once_dns_answers() {
+    let dir = test_dir("discovery-forget");
+    let dns_port = free_port().port();
+    let (b1, b2) = (echo_backend(), echo_backend());
+    let name = "_app._tcp.forget.test";
+    let dns = dnsmasq(
+        &dir,
+        dns_port,
+        1,
+        &app_records(name, &[b1.port(), b2.port()]),
+    );
+    let (admin, grpc) = (free_port(), free_port());
+    let config = format!(
+        "[admin]\nhttp = \"{admin}\"\ngrpc = \"{grpc}\"\n[state]\npath = {:?}\n\
+         [[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\n\
+         [[listeners.routes]]\nname = \"r\"\npool = \"db\"\n\
+         [[pools]]\nname = \"db\"\n\
+         discover = {{ srv = \"{name}\", resolver = \"127.0.0.1:{dns_port}\", min_interval = \"200ms\" }}\n",
+        dir.join("state.db").display().to_string()
+    );
+    let orphaned = || -> Vec<String> {
+        let status =
+            crate::control::json(&crate::control::ctl(grpc, None, &["status", "-o", "json"]));
+        status["orphaned_state"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o["backend"].as_str().map(str::to_owned))
+            .collect()
+    };
+    {
+        let (_weir, _out) = start("discovery-forget", &config);
+        wait_backends(admin, "both discovered", |l| {
+            find(l, b1).is_some() && find(l, b2).is_some()
+        });
+        let disabled =
+            crate::cli::http_post(admin, &format!("/api/v1/pools/db/backends/{b1}/disable"));
+        assert!(disabled.starts_with("HTTP/1.1 200"), "{disabled}");
+    }
+    // DNS silent at the start: b1's disable is kept, applied to nothing.
+    stop(dns, dns_port);
+    let dns = {
+        let (mut weir, out) = start("discovery-forget", &config);
+        assert!(orphaned().contains(&b1.to_string()), "{:?}", orphaned());
+        // DNS answers without b1: forgotten.
+        let dns = dnsmasq(&dir, dns_port, 1, &app_records(name, &[b2.port()]));
+        let line = wait_line(&out, "forgetting the saved state");
+        assert!(
+            line.contains(&b1.to_string()) && line.contains("DNS no longer gives it"),
+            "{line}"
+        );
+        assert!(!orphaned().contains(&b1.to_string()), "{:?}", orphaned());
+        // Stopped, not killed: the state file's writer is done first.
+        signal(&weir.0, rustix::process::Signal::TERM);
+        assert!(crate::cli::wait_exit(&mut weir.0).success());
+        dns
+    };
+    // Back in DNS, b1 starts afresh, not disabled.
+    stop(dns, dns_port);
+    let _dns = dnsmasq(
+        &dir,
+        dns_port,
+        1,
+        &app_records(name, &[b1.port(), b2.port()]),
+    );
+    let (_weir, _out) = start("discovery-forget", &config);
+    wait_backends(admin, "both discovered again", |l| {
+        find(l, b1).is_some() && find(l, b2).is_some()
+    });
+    assert_eq!(admin_of(admin, b1), "enabled");
 }
 
 /// A backend of the config file that DNS also lists keeps its saved state
@@ -530,12 +618,12 @@ fn dns_dropping_a_static_backends_address_keeps_its_saved_state() {
     let dns_port = free_port().port();
     let (b1, b2) = (echo_backend(), echo_backend());
     let name = "_app._tcp.static.test";
-    let records = |ports: &[u16]| {
-        let mut r = vec!["--host-record=app.test,127.0.0.1".to_owned()];
-        r.extend(ports.iter().map(|p| srv(name, "app.test", *p, 0, 1)));
-        r
-    };
-    let dns = dnsmasq(&dir, dns_port, 1, &records(&[b1.port(), b2.port()]));
+    let dns = dnsmasq(
+        &dir,
+        dns_port,
+        1,
+        &app_records(name, &[b1.port(), b2.port()]),
+    );
     let admin = free_port();
     // b1 is also in the file, unnamed: named by its address, as DNS names it.
     let config = format!(
@@ -547,22 +635,16 @@ fn dns_dropping_a_static_backends_address_keeps_its_saved_state() {
          [[pools.backends]]\naddress = \"{b1}\"\n",
         dir.join("state.db").display().to_string()
     );
-    let admin_of = |b: SocketAddr| -> String {
-        let answer = http_get(admin, &format!("/api/v1/pools/db/backends/{b}"));
-        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
-        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-        v["admin"].as_str().unwrap_or_default().to_owned()
-    };
     let _dns = {
         let (_weir, out) = start("discovery-static-state", &config);
         wait_backends(admin, "b2 discovered", |l| find(l, b2).is_some());
         let disabled =
             crate::cli::http_post(admin, &format!("/api/v1/pools/db/backends/{b1}/disable"));
         assert!(disabled.starts_with("HTTP/1.1 200"), "{disabled}");
-        assert_eq!(admin_of(b1), "disabled");
+        assert_eq!(admin_of(admin, b1), "disabled");
         // DNS drops b1: its discovered copy drains, then leaves.
         stop(dns, dns_port);
-        let dns = dnsmasq(&dir, dns_port, 1, &records(&[b2.port()]));
+        let dns = dnsmasq(&dir, dns_port, 1, &app_records(name, &[b2.port()]));
         let line = wait_line(&out, "discovery changed the pool's backends");
         assert!(!line.contains(&b1.to_string()), "{line}");
         // Until the discovered set has b1 removed: no line names it, and the
@@ -573,14 +655,14 @@ fn dns_dropping_a_static_backends_address_keeps_its_saved_state() {
                 assert!(!l.contains(&b1.to_string()), "{l}");
             }
         }
-        assert_eq!(admin_of(b1), "disabled");
+        assert_eq!(admin_of(admin, b1), "disabled");
         dns
     };
     // A new process reads the operator's disable from the state file.
     let (_weir, _out) = start("discovery-static-state", &config);
     wait_backends(admin, "b2 discovered again", |l| find(l, b2).is_some());
-    assert_eq!(admin_of(b1), "disabled");
-    assert_eq!(admin_of(b2), "enabled");
+    assert_eq!(admin_of(admin, b1), "disabled");
+    assert_eq!(admin_of(admin, b2), "enabled");
 }
 
 /// Without `resolver`, discovery asks the system's servers
