@@ -240,14 +240,14 @@ fn refuse(stream: TcpStream, peer: SocketAddr, why: Closed, cap: u32, stats: &En
 /// changing addresses). An entry lives while its client has a connection
 /// open, so there are never more than `max_connections` of them.
 #[derive(Debug, Default)]
-struct Clients {
+pub(crate) struct Clients {
     open: Mutex<HashMap<IpAddr, u32>>,
 }
 
 impl Clients {
     /// Takes a place for a connection from `ip`; `None` when it already
     /// has `cap` open.
-    fn enter(this: &Arc<Clients>, ip: IpAddr, cap: u32) -> Option<ClientPlace> {
+    pub(crate) fn enter(this: &Arc<Clients>, ip: IpAddr, cap: u32) -> Option<ClientPlace> {
         let key = client_key(ip);
         let mut open = this.open.lock().unwrap_or_else(PoisonError::into_inner);
         let n = open.entry(key).or_insert(0);
@@ -275,7 +275,7 @@ fn client_key(ip: IpAddr) -> IpAddr {
 
 /// A connection's place among its client's; given back when dropped.
 #[derive(Debug)]
-struct ClientPlace {
+pub(crate) struct ClientPlace {
     clients: Arc<Clients>,
     key: IpAddr,
 }

@@ -37,6 +37,10 @@ const WATCH_QUEUE: usize = 256;
 /// `Watch` streams open at once, over all connections: each is a task woken
 /// by every event.
 const MAX_WATCHERS: usize = 256;
+/// `Watch` streams one client (an IPv4 address or an IPv6 /64) holds at
+/// most: a quarter of them, so that one that opens streams without end
+/// leaves room for the others' `weir watch`.
+const MAX_WATCHERS_PER_CLIENT: u32 = MAX_WATCHERS as u32 / 4;
 /// Calls (HTTP/2 streams) open at once on one connection.
 const MAX_STREAMS: u32 = 100;
 /// The largest request message, as the JSON API's body limit.
@@ -56,6 +60,8 @@ pub struct ControlService {
     stop: CancellationToken,
     /// Places for open `Watch` streams.
     watchers: Arc<tokio::sync::Semaphore>,
+    /// The open `Watch` streams by client.
+    watching: Arc<crate::conn::Clients>,
     /// Places for listed connections, shared with the JSON API.
     listings: crate::listing::Budget,
 }
@@ -78,6 +84,7 @@ impl ControlService {
             stats: Arc::clone(&stats.grpc),
             stop,
             watchers: Arc::new(tokio::sync::Semaphore::new(MAX_WATCHERS)),
+            watching: Arc::default(),
             listings: stats.listings.clone(),
         }
     }
@@ -681,6 +688,20 @@ impl AdminApi for ControlService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        // Without the peer's address (a connection that is not TCP) only
+        // the cap over all applies.
+        let client = match request.remote_addr() {
+            Some(peer) => Some(
+                crate::conn::Clients::enter(&self.watching, peer.ip(), MAX_WATCHERS_PER_CLIENT)
+                    .ok_or_else(|| {
+                        Status::resource_exhausted(format!(
+                            "this client has {MAX_WATCHERS_PER_CLIENT} watchers open, \
+                             the most one client may; close one first"
+                        ))
+                    })?,
+            ),
+            None => None,
+        };
         let pool = request.into_inner().pool;
         let Ok(watching) = Arc::clone(&self.watchers).try_acquire_owned() else {
             return Err(Status::resource_exhausted(format!(
@@ -693,7 +714,7 @@ impl AdminApi for ControlService {
         let (tx, rx) = mpsc::channel(WATCH_QUEUE + 1);
         let stop = self.stop.clone();
         tokio::spawn(async move {
-            let _watching = watching;
+            let _watching = (watching, client);
             loop {
                 let event = tokio::select! {
                     () = stop.cancelled() => break,

@@ -93,6 +93,16 @@ impl Drop for Open {
     }
 }
 
+/// A stream refused for want of a place: 503, to be tried again later.
+fn full(why: &str) -> Response {
+    let mut refused = failure(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why);
+    refused.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        "5".parse().expect("a number"),
+    );
+    refused
+}
+
 pub(super) async fn stream(State(state): State<Arc<AppState>>, extensions: Extensions) -> Response {
     let Some(server) = state.server() else {
         return failure(
@@ -107,18 +117,24 @@ pub(super) async fn stream(State(state): State<Arc<AppState>>, extensions: Exten
     // and changes.
     let max = state.max_streams;
     let Some(open) = Open::new(Arc::clone(&state.stats), max) else {
-        let mut refused = failure(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            &format!(
-                "{max} event streams are open, half of admin.max_connections; try again later"
-            ),
-        );
-        refused.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            "5".parse().expect("a number"),
-        );
-        return refused;
+        return full(&format!(
+            "{max} event streams are open, half of admin.max_connections; try again later"
+        ));
+    };
+    // Half of the places at most for one client, so that one that opens
+    // streams without end leaves the others room for the status page.
+    let per_client = u32::try_from(max / 2).unwrap_or(u32::MAX).max(1);
+    let client = match extensions.get::<super::Peer>() {
+        Some(&super::Peer(ip)) => {
+            let Some(place) = crate::conn::Clients::enter(&state.streaming, ip, per_client) else {
+                return full(&format!(
+                    "this client has {per_client} event streams open, the most one client may; \
+                     close one first"
+                ));
+            };
+            Some(place)
+        }
+        None => None,
     };
     let mut events = server.journal().subscribe();
     let (tx, rx) = mpsc::channel(QUEUE);
@@ -151,7 +167,7 @@ pub(super) async fn stream(State(state): State<Arc<AppState>>, extensions: Exten
                 cut.cancel();
             }
         }
-        drop(open);
+        drop((open, client));
     });
     let stream = ReceiverStream::new(rx).map(Ok::<_, Infallible>);
     Sse::new(stream)

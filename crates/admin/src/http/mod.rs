@@ -98,6 +98,7 @@ impl AdminListener {
             stop: stop.clone(),
             control: OnceLock::new(),
             max_streams: (limits.max_connections as usize / 2).max(1),
+            streaming: Arc::default(),
             body_timeout: limits.handshake_timeout,
         }));
         let connections = TaskTracker::new();
@@ -107,7 +108,7 @@ impl AdminListener {
             limits,
             Arc::clone(&endpoint),
             stop.clone(),
-            |io, _| {
+            |io, peer| {
                 let app = TowerToHyperService::new(app.clone());
                 // Whether a request came, to name a header timeout: before the
                 // first request it is a handshake timeout, later the kept-alive
@@ -121,6 +122,7 @@ impl AdminListener {
                     hyper::service::service_fn(move |mut request: hyper::Request<_>| {
                         served.store(true, Relaxed);
                         request.extensions_mut().insert(Cut(cut.clone()));
+                        request.extensions_mut().insert(Peer(peer.ip()));
                         app.call(request)
                     })
                 };
@@ -167,6 +169,10 @@ impl AdminListener {
 #[derive(Debug, Clone)]
 struct Cut(CancellationToken);
 
+/// The address a request came from.
+#[derive(Debug, Clone, Copy)]
+struct Peer(std::net::IpAddr);
+
 #[derive(Debug)]
 struct AppState {
     handle: Arc<Handle>,
@@ -175,8 +181,11 @@ struct AppState {
     stop: CancellationToken,
     control: OnceLock<ControlService>,
     /// Event streams open at once at most: half of the endpoint's
-    /// connections, as it was started (a reload changes neither).
+    /// connections, as it was started (a reload changes neither); one
+    /// client (an IPv4 address or an IPv6 /64) holds half of them at most.
     max_streams: usize,
+    /// The open event streams by client.
+    streaming: Arc<crate::conn::Clients>,
     /// A change's body must arrive within this (`handshake_timeout`).
     body_timeout: std::time::Duration,
 }
@@ -304,6 +313,7 @@ mod tests {
             stop: CancellationToken::new(),
             control: OnceLock::new(),
             max_streams: 32,
+            streaming: Arc::default(),
             body_timeout: std::time::Duration::from_secs(10),
         }))
     }

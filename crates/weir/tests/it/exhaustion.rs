@@ -705,9 +705,10 @@ fn status_line(s: &mut TcpStream) -> String {
 }
 
 /// Streams that last are bounded on both admin endpoints: /api/v1/events
-/// takes at most half of `max_connections` (readiness still answers);
-/// `Watch` at most 256 streams; and a watcher that reads nothing is ended
-/// with RESOURCE_EXHAUSTED once its queue is full, not as if all were well.
+/// takes at most half of `max_connections` (readiness still answers), one
+/// client half of that; `Watch` at most 256 streams, one client 64; and a
+/// watcher that reads nothing is ended with RESOURCE_EXHAUSTED once its
+/// queue is full, not as if all were well.
 #[test]
 fn watchers_and_event_streams_are_bounded() {
     use weir_admin::pb::v1::admin_client::AdminClient;
@@ -726,20 +727,29 @@ fn watchers_and_event_streams_are_bounded() {
     );
     let (_weir, _out) = start_weir(weir_with_limit(&file, 4096, 4096));
 
-    let events = || {
-        let mut s = TcpStream::connect(admin).expect("connect");
+    let client = |last: u8| std::net::Ipv4Addr::new(127, 0, 0, last);
+    let events = |from: u8| {
+        let mut s = connect_from(client(from), admin);
+        s.set_read_timeout(Some(DEADLINE)).expect("timeout");
         write!(s, "GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").expect("request");
         let status = status_line(&mut s);
         (s, status)
     };
-    let open: Vec<TcpStream> = (0..4)
-        .map(|_| {
-            let (s, status) = events();
+    // Four places, two per client.
+    let mut open = Vec::new();
+    for (from, n) in [(1, 2), (2, 2)] {
+        for _ in 0..n {
+            let (s, status) = events(from);
             assert_eq!(status, "HTTP/1.1 200 OK");
-            s
-        })
-        .collect();
-    let (_, status) = events();
+            open.push(s);
+        }
+        let (_, status) = events(from);
+        assert_eq!(
+            status, "HTTP/1.1 503 Service Unavailable",
+            "a third stream of 127.0.0.{from}"
+        );
+    }
+    let (_, status) = events(3);
     assert_eq!(status, "HTTP/1.1 503 Service Unavailable", "a fifth stream");
     assert!(http_get(admin, "/readyz").starts_with("HTTP/1.1 200"));
     drop(open);
@@ -751,19 +761,34 @@ fn watchers_and_event_streams_are_bounded() {
     rt.block_on(async {
         let url = format!("http://{grpc}");
         let mut channels = Vec::new();
-        for _ in 0..3 {
-            channels.push(AdminClient::connect(url.clone()).await.expect("connect"));
+        for last in 1..=5 {
+            let channel = tonic::transport::Endpoint::from_shared(url.clone())
+                .expect("endpoint")
+                .local_address(Some(client(last).into()))
+                .connect()
+                .await
+                .expect("connect");
+            channels.push(AdminClient::new(channel));
         }
         let all = || WatchRequest {
             pool: String::new(),
         };
+        // 64 per client, from four clients.
         let mut watching = Vec::new();
-        for i in 0..256 {
-            let c = &mut channels[i / 100];
-            watching.push(c.watch(all()).await.expect("a watch").into_inner());
+        for c in &mut channels[..4] {
+            for _ in 0..64 {
+                watching.push(c.watch(all()).await.expect("a watch").into_inner());
+            }
+            let refused = c
+                .watch(all())
+                .await
+                .expect_err("a 65th watch of one client");
+            assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+            assert!(refused.message().contains("this client"), "{refused}");
         }
-        let refused = channels[2].watch(all()).await.expect_err("a 257th watch");
+        let refused = channels[4].watch(all()).await.expect_err("a 257th watch");
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+        assert!(refused.message().contains("256 watchers"), "{refused}");
         drop(watching);
 
         // Room again once they are gone (their tasks notice the end). The
