@@ -231,10 +231,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Touched<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &r
-            && *n > 0
-        {
-            self.last.touch();
+        match &r {
+            Poll::Ready(Ok(n)) if *n > 0 => self.last.touch(),
+            // Nothing of a non-empty write taken: this side can take no
+            // more (the copy ends with `WriteZero`), its failure.
+            Poll::Ready(Ok(_)) if !buf.is_empty() => self.failed = true,
+            _ => {}
         }
         self.note(r)
     }
@@ -247,5 +249,71 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Touched<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let r = Pin::new(&mut self.inner).poll_shutdown(cx);
         self.note(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    /// A side that takes no byte of a write and never has one to read.
+    struct Stuck;
+
+    impl AsyncRead for Stuck {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Stuck {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(0))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A relay that ends because one side took nothing of a write is that
+    /// side's failure, not the other's.
+    #[tokio::test]
+    async fn a_side_that_takes_nothing_is_the_one_that_failed() {
+        let last = Arc::new(Activity::default());
+        let (mut far, near) = tokio::io::duplex(64);
+        far.write_all(b"frame").await.expect("write");
+        let mut client = Touched::new(Stuck, Arc::clone(&last));
+        let mut backend = Touched::new(near, Arc::clone(&last));
+        let copied = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+        assert_eq!(
+            copied.map_err(|e| e.kind()).err(),
+            Some(io::ErrorKind::WriteZero)
+        );
+        assert_eq!(ended_by(false, &client, &backend), Reason::ClientError);
+
+        let (mut far, near) = tokio::io::duplex(64);
+        far.write_all(b"frame").await.expect("write");
+        let mut client = Touched::new(near, Arc::clone(&last));
+        let mut backend = Touched::new(Stuck, last);
+        assert!(
+            tokio::io::copy_bidirectional(&mut client, &mut backend)
+                .await
+                .is_err()
+        );
+        assert_eq!(ended_by(false, &client, &backend), Reason::BackendError);
     }
 }
