@@ -405,15 +405,13 @@ impl Registry {
                     }
                 }
             }
+            // Trimmed once it holds twice `keep`: a trim is linear in what
+            // it holds, so the walk stays linear in the registry's size.
             if out.len() - from > keep.saturating_mul(2) {
-                lowest(&mut out[from..], keep);
-                out.truncate(from + keep);
+                trim(out, from, keep);
             }
         }
-        if out.len() - from > keep {
-            lowest(&mut out[from..], keep);
-            out.truncate(from + keep);
-        }
+        trim(out, from, keep);
         out[from..].sort_unstable_by_key(|c| c.id);
         matched
     }
@@ -486,6 +484,14 @@ impl std::ops::Deref for LiveGuard {
 impl Drop for LiveGuard {
     fn drop(&mut self) {
         self.0.listener.stats.live.leave(self.0.id, self.0.slot);
+    }
+}
+
+/// Keeps the `keep` connections of `out[from..]` with the lowest ids.
+fn trim(out: &mut Vec<Arc<Live>>, from: usize, keep: usize) {
+    if out.len() - from > keep {
+        lowest(&mut out[from..], keep);
+        out.truncate(from + keep);
     }
 }
 
