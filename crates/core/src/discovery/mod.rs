@@ -138,8 +138,9 @@ pub(crate) struct Plan {
     /// Pools that stop discovering, or ask for other records (then also
     /// in `fresh`).
     gone: Vec<String>,
-    /// Pools that ask for the same records differently: (pool, spec, drain).
-    restarted: Vec<(String, Discover, Duration)>,
+    /// Pools that ask for the same records differently: (pool, spec,
+    /// drain, the new resolver).
+    restarted: Vec<(String, Discover, Duration, Lookup)>,
     /// Pools that start discovering, resolved once already.
     fresh: Vec<Fresh>,
 }
@@ -151,8 +152,7 @@ struct Fresh {
     /// For a pool that asks another question: what its first answer
     /// changed in the set it had.
     changed: Option<Vec<Delta>>,
-    /// None when no resolver could be made (logged).
-    lookup: Option<Lookup>,
+    lookup: Lookup,
     first: Duration,
 }
 
@@ -187,9 +187,14 @@ impl Discovery {
     /// that starts discovering (or asks for other records) is resolved
     /// once, here, so that it starts with its backends. Nothing of it
     /// applies until [`Discovery::commit`], so a reload that fails later
-    /// leaves discovery as it was.
-    pub(crate) async fn plan(&self, config: &Config) -> Plan {
+    /// leaves discovery as it was. An error (no resolver can be made for a
+    /// pool's question: the system's configuration is unreadable) names the
+    /// pool; nothing changed.
+    pub(crate) async fn plan(&self, config: &Config) -> Result<Plan, String> {
         let mut plan = Plan::default();
+        let cannot = |i: usize, pool: &str, e: String| {
+            format!("pools[{i}] ({pool}).discover: discovery cannot run: {e}")
+        };
         let mut new = Vec::new();
         {
             let pools = self.lock();
@@ -201,9 +206,9 @@ impl Discovery {
                     plan.gone.push(name.clone());
                 }
             }
-            for p in &config.pools {
+            for (i, p) in config.pools.iter().enumerate() {
                 let Some(spec) = &p.discover else { continue };
-                match pools.get(&p.name) {
+                let seed = match pools.get(&p.name) {
                     // Other records: the set found so far serves until the
                     // new question's answer replaces it (its members not in
                     // the answer drain), so a name that does not resolve
@@ -214,72 +219,68 @@ impl Discovery {
                             left_out: 0,
                             ..e.set.clone()
                         };
-                        let seed = Some((kept, Arc::clone(&e.stats)));
-                        new.push((p.name.clone(), spec.clone(), p.drain_timeout, seed));
+                        Some((kept, Arc::clone(&e.stats)))
                     }
-                    Some(e) if e.spec == *spec && e.drain == p.drain_timeout => {}
+                    Some(e) if e.spec == *spec && e.drain == p.drain_timeout => continue,
                     // The same records, asked differently (interval, server,
                     // ...): keep what was found, restart the task.
-                    Some(_) => plan
-                        .restarted
-                        .push((p.name.clone(), spec.clone(), p.drain_timeout)),
-                    None => new.push((p.name.clone(), spec.clone(), p.drain_timeout, None)),
-                }
+                    Some(e) => {
+                        let lookup = Lookup::new(spec, Arc::clone(&e.known))
+                            .map_err(|e| cannot(i, &p.name, e))?;
+                        let restart = (p.name.clone(), spec.clone(), p.drain_timeout, lookup);
+                        plan.restarted.push(restart);
+                        continue;
+                    }
+                    None => None,
+                };
+                let known = lookup::Known::default();
+                let lookup =
+                    Lookup::new(spec, Arc::clone(&known)).map_err(|e| cannot(i, &p.name, e))?;
+                new.push((
+                    p.name.clone(),
+                    spec.clone(),
+                    p.drain_timeout,
+                    seed,
+                    known,
+                    lookup,
+                ));
             }
         }
         // Each new pool's first question at the same time, a few at once:
         // with DNS unreachable, one after another they would add up their
         // timeouts (three times each) to the start or the reload.
-        let firsts = new.into_iter().map(|(pool, spec, drain, seed)| async move {
-            let asked_anew = seed.is_some();
-            let (set, stats) = seed.unwrap_or_default();
-            let mut entry = Entry {
-                spec,
-                drain,
-                set,
-                stats,
-                last_result: None,
-                stop: CancellationToken::new(),
-                known: lookup::Known::default(),
-                answered: false,
-            };
-            let mut first = Duration::ZERO;
-            let mut changed = asked_anew.then(Vec::new);
-            let lookup = match Lookup::new(&entry.spec, Arc::clone(&entry.known)) {
-                Ok(lookup) => {
-                    let outcome = lookup.resolve().await;
-                    first = plan::next_refresh(
-                        &outcome,
-                        entry.spec.min_interval,
-                        entry.spec.max_interval,
-                    );
-                    let deltas = entry.observe(&pool, &outcome, Instant::now());
-                    if let Some(c) = &mut changed {
-                        *c = deltas;
-                    }
-                    Some(lookup)
+        let firsts = new
+            .into_iter()
+            .map(|(pool, spec, drain, seed, known, lookup)| async move {
+                let asked_anew = seed.is_some();
+                let (set, stats) = seed.unwrap_or_default();
+                let mut entry = Entry {
+                    spec,
+                    drain,
+                    set,
+                    stats,
+                    last_result: None,
+                    stop: CancellationToken::new(),
+                    known,
+                    answered: false,
+                };
+                let outcome = lookup.resolve().await;
+                let first =
+                    plan::next_refresh(&outcome, entry.spec.min_interval, entry.spec.max_interval);
+                let deltas = entry.observe(&pool, &outcome, Instant::now());
+                Fresh {
+                    pool,
+                    entry,
+                    changed: asked_anew.then_some(deltas),
+                    lookup,
+                    first,
                 }
-                Err(e) => {
-                    tracing::error!(pool, error = %e, "discovery cannot run");
-                    // No task will end their drains: the members the pool
-                    // asked for before serve on, those leaving leave now.
-                    entry.set.members.retain(|_, m| m.leaving.is_none());
-                    None
-                }
-            };
-            Fresh {
-                pool,
-                entry,
-                changed,
-                lookup,
-                first,
-            }
-        });
+            });
         plan.fresh = futures_util::stream::iter(firsts)
             .buffered(FIRSTS_AT_ONCE)
             .collect()
             .await;
-        plan
+        Ok(plan)
     }
 
     /// Applies `plan`: stops the refresh of pools that no longer discover,
@@ -294,23 +295,20 @@ impl Discovery {
             }
         }
         let mut tasks = Vec::new();
-        for (pool, spec, drain) in plan.restarted {
+        for (pool, spec, drain, lookup) in plan.restarted {
             let Some(e) = pools.get_mut(&pool) else {
                 continue;
             };
             e.stop.cancel();
             e.stop = CancellationToken::new();
             e.drain = drain;
-            match Lookup::new(&spec, Arc::clone(&e.known)) {
-                Ok(lookup) => tasks.push(Task {
-                    pool,
-                    lookup,
-                    first: Duration::ZERO,
-                    stop: e.stop.clone(),
-                }),
-                Err(err) => tracing::error!(pool, error = %err, "discovery cannot run"),
-            }
             e.spec = spec;
+            tasks.push(Task {
+                pool,
+                lookup,
+                first: Duration::ZERO,
+                stop: e.stop.clone(),
+            });
         }
         let mut asked_anew = Vec::new();
         for f in plan.fresh {
@@ -323,14 +321,12 @@ impl Discovery {
             }
             let stop = f.entry.stop.clone();
             pools.insert(f.pool.clone(), f.entry);
-            if let Some(lookup) = f.lookup {
-                tasks.push(Task {
-                    pool: f.pool,
-                    lookup,
-                    first: f.first,
-                    stop,
-                });
-            }
+            tasks.push(Task {
+                pool: f.pool,
+                lookup: f.lookup,
+                first: f.first,
+                stop,
+            });
         }
         (tasks, asked_anew)
     }

@@ -94,6 +94,9 @@ pub enum StartError {
     /// A backend name that does not resolve, named by its key path.
     #[error("{0}")]
     Resolve(weir_config::ConfigError),
+    /// No resolver can be made for a pool's discovery, named by its key path.
+    #[error("{0}")]
+    Discovery(String),
     #[error("health checks: {0}")]
     Health(String),
     #[error("{path}: {message}")]
@@ -360,7 +363,11 @@ impl Server {
         };
         let server = Arc::new(server);
         // Pools that discover their backends start with what DNS says now.
-        let plan = server.discovery.plan(&config).await;
+        let plan = server
+            .discovery
+            .plan(&config)
+            .await
+            .map_err(StartError::Discovery)?;
         let effective = server.effective(&config, &plan);
         for shadowed in server.shadowed(&config) {
             tracing::warn!(backend = %shadowed, "a runtime backend of the state file is not applied");

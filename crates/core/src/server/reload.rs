@@ -60,7 +60,10 @@ impl Server {
         diff.need_restart = weir_config::need_restart(&self.started, &config);
         // A pool that starts discovering is resolved now; the others keep
         // what they found. Applied only once the rest is staged.
-        let plan = self.discovery.plan(&config).await;
+        let plan = match self.discovery.plan(&config).await {
+            Ok(plan) => plan,
+            Err(e) => return Err(self.reload_failed(StartError::Discovery(e).into())),
+        };
         let effective = self.effective(&config, &plan);
         let shadowed = self.shadowed(&config);
         let answered = self.discovery.answered(&config, &plan);

@@ -739,6 +739,93 @@ fn the_system_resolver_is_the_default() {
     assert!(found.contains("\"origin\":\"discovery\""), "{found}");
 }
 
+/// A pool whose question no resolver can be made for (no `resolver`, and
+/// a system configuration without a nameserver) fails the start, and a
+/// reload to it fails, naming the pool; the running pool keeps asking its
+/// own server. weir runs in a mount namespace of its own, where an empty
+/// resolv.conf is mounted over the system's.
+#[test]
+fn a_question_no_resolver_can_be_made_for_fails_the_start_and_the_reload() {
+    let dir = test_dir("discovery-no-resolver");
+    let resolv = dir.join("resolv.conf");
+    std::fs::write(&resolv, "# no nameserver\n").expect("resolv.conf");
+    let dns_port = free_port().port();
+    let _dns = dnsmasq(
+        &dir,
+        dns_port,
+        1,
+        &["--host-record=api.test,127.0.0.32".to_owned()],
+    );
+    let admin = free_port();
+    let text = |resolver: &str| {
+        format!(
+            "[admin]\nhttp = \"{admin}\"\n\
+             [[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"db\"\n\
+             [[pools]]\nname = \"db\"\n\
+             discover = {{ name = \"api.test\", port = 8080, min_interval = \"100ms\"{resolver} }}\n"
+        )
+    };
+    let file = temp_config("discovery-no-resolver", &text(""));
+    let weir_in_namespace = || {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "sh", "-c"])
+            .arg("mount --bind \"$0\" /etc/resolv.conf && exec \"$1\" run --config \"$2\"")
+            .arg(&resolv)
+            .arg(crate::cli::weir().get_program())
+            .arg(&*file);
+        cmd
+    };
+    let mut failed = weir_in_namespace()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("weir");
+    let status = crate::cli::wait_exit(&mut failed);
+    let mut said = String::new();
+    for pipe in [
+        failed
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+        failed
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let mut pipe = pipe;
+        std::io::Read::read_to_string(&mut pipe, &mut said).expect("read");
+    }
+    assert!(!status.success(), "{said}");
+    assert!(
+        said.contains("pools[0] (db).discover: discovery cannot run"),
+        "{said}"
+    );
+
+    std::fs::write(
+        &*file,
+        text(&format!(", resolver = \"127.0.0.1:{dns_port}\"")),
+    )
+    .expect("write");
+    let (weir, out) = crate::cli::start_weir(weir_in_namespace());
+    wait_backends(admin, "start", |l| {
+        l.iter().any(|b| b.0 == "127.0.0.32:8080")
+    });
+    std::fs::write(&*file, text("")).expect("write config");
+    signal(&weir.0, rustix::process::Signal::HUP);
+    let line = wait_line(&out, "reload failed");
+    assert!(line.contains("pools[0] (db).discover"), "{line}");
+    // The pool still asks its own server.
+    assert!(
+        backends(admin, "db")
+            .iter()
+            .any(|b| b.0 == "127.0.0.32:8080")
+    );
+}
+
 /// A reload that fails changes nothing in discovery either: the failed
 /// config asked the same records at another pace (which restarts a pool's
 /// refresh) and bound a port that is taken; the pool still follows DNS.
