@@ -477,32 +477,28 @@ fn closed(
 async fn opens_with_preface(stream: &TcpStream, within: Duration) -> Result<bool, Reason> {
     let deadline = Instant::now() + within;
     let mut buf = [0u8; H2_PREFACE.len()];
+    let mut seen = 0;
     loop {
-        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+        // Any byte more decides or extends the prefix (an HTTP/1.0 request
+        // may be shorter than the preface). Peeked bytes already seen clear
+        // the socket's readiness: a client that sent `P` and stalls costs a
+        // wait for its next segment, not a poll every few milliseconds.
+        let want = seen + 1;
+        match tokio::time::timeout_at(
+            deadline,
+            weir_core::peek_more(stream, &mut buf, &mut seen, want),
+        )
+        .await
+        {
             Err(_) => return Err(Reason::HeaderTimeout),
-            Ok(Err(_)) | Ok(Ok(0)) => return Err(Reason::ClientClosed),
-            Ok(Ok(n)) => n,
-        };
-        if !H2_PREFACE.starts_with(&buf[..n]) {
+            Ok(Err(why)) => return Err(why),
+            Ok(Ok(())) => {}
+        }
+        if !H2_PREFACE.starts_with(&buf[..seen]) {
             return Ok(false);
         }
-        if n == H2_PREFACE.len() {
+        if seen == H2_PREFACE.len() {
             return Ok(true);
-        }
-        // A prefix of the preface: wait for more without spinning on the
-        // bytes already there.
-        let more = async {
-            loop {
-                stream.readable().await.ok();
-                match stream.peek(&mut buf).await {
-                    Ok(m) if m > n => return,
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-                }
-            }
-        };
-        if tokio::time::timeout_at(deadline, more).await.is_err() {
-            return Err(Reason::HeaderTimeout);
         }
     }
 }
@@ -628,4 +624,56 @@ where
 enum Stop {
     Now,
     Gracefully,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The thread's voluntary context switches so far: each time it slept.
+    fn sleeps() -> u64 {
+        std::fs::read_to_string("/proc/thread-self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                    .and_then(|n| n.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// A client that sends a prefix of the HTTP/2 preface and stalls is
+    /// waited for, not polled: the thread sleeps a few times over the
+    /// header timeout, not every few milliseconds. The decision itself
+    /// follows the bytes: the preface, another request, or too little.
+    #[test]
+    fn a_stalled_prefix_of_the_preface_is_waited_for_not_polled() {
+        use std::io::Write;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = l.local_addr().expect("addr");
+            let decide = |sent: &'static [u8]| {
+                let l = &l;
+                async move {
+                    let mut client = std::net::TcpStream::connect(addr).expect("connect");
+                    client.write_all(sent).expect("write");
+                    let (server, _) = l.accept().await.expect("accept");
+                    let before = sleeps();
+                    let r = opens_with_preface(&server, Duration::from_millis(400)).await;
+                    (r, sleeps() - before)
+                }
+            };
+            let (r, slept) = decide(b"P").await;
+            assert_eq!(r, Err(Reason::HeaderTimeout));
+            assert!(slept < 20, "slept {slept} times in 400 ms");
+            assert_eq!(decide(H2_PREFACE).await.0, Ok(true));
+            assert_eq!(decide(b"GET / HTTP/1.0\r\n\r\n").await.0, Ok(false));
+        });
+    }
 }

@@ -23,7 +23,7 @@ use crate::Reason;
 ///
 /// Fails with `ClientClosed` when the client closed or failed before enough
 /// bytes came.
-pub(crate) async fn more(
+pub async fn more(
     client: &TcpStream,
     buf: &mut [u8],
     seen: &mut usize,
