@@ -123,7 +123,13 @@ pub(crate) fn handle(
                 .blocked(weir_core::firewall::Block::RequestRate);
             return Ok(answer(Reason::RateLimit, grpc, x));
         }
-        if two_hosts {
+        // Two `Host`s, or a host that is not a name or an address (user
+        // info, spaces, slashes): rules and policies would read it one way
+        // and a backend that parses it as a URL another.
+        let odd_host = host
+            .as_ref()
+            .is_some_and(|h| !h.is_empty() && !weir_wire::name::is_authority(h.as_bytes()));
+        if two_hosts || odd_host {
             return Ok(answer(Reason::BadRequest, grpc, x));
         }
         if let Err(reason) = admissible(&req, state.max_body_bytes) {

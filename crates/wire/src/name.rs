@@ -20,6 +20,37 @@ pub fn is_dns_name(name: &[u8]) -> bool {
         })
 }
 
+/// True for a request's authority (`Host`, `:authority`) as weir passes it
+/// on: a DNS name (a trailing dot allowed) or an IPv4 address, or an IPv6
+/// address in brackets, then maybe `:` and a port of at most 5 digits.
+/// Anything else — user info (`x@admin.example.com`), spaces, slashes,
+/// percent-encodings — is a name that rules and policies would read one way
+/// and a backend another.
+pub fn is_authority(raw: &[u8]) -> bool {
+    let (host, port) = if let Some(rest) = raw.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let ip = std::str::from_utf8(&rest[..end])
+            .ok()
+            .and_then(|t| t.parse::<std::net::Ipv6Addr>().ok());
+        if ip.is_none() {
+            return false;
+        }
+        (None, &rest[end + 1..])
+    } else {
+        match raw.iter().position(|&b| b == b':') {
+            Some(i) => (Some(&raw[..i]), &raw[i..]),
+            None => (Some(raw), &raw[raw.len()..]),
+        }
+    };
+    let port_ok = match port.strip_prefix(b":") {
+        Some(digits) => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        None => port.is_empty(),
+    };
+    port_ok && host.is_none_or(|h| is_dns_name(h.strip_suffix(b".").unwrap_or(h)))
+}
+
 /// A `match.sni` pattern: a DNS name, or `*.` and a DNS name (a wildcard of
 /// exactly one label); returned lower-cased. `None` when it is neither.
 pub fn sni_pattern(pattern: &str) -> Option<String> {
@@ -44,6 +75,39 @@ pub fn sni_matches(pattern: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authorities() {
+        for ok in [
+            "example.com",
+            "Example.COM:8080",
+            "example.com.",
+            "example.com:",
+            "127.0.0.1:80",
+            "[::1]",
+            "[2001:db8::1]:443",
+            "_svc.internal",
+        ] {
+            assert!(is_authority(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "x@admin.example.com",
+            "a b.example.com",
+            "example.com/evil",
+            "example.com:80:80",
+            "example.com:http",
+            "example.com:123456",
+            "ex%61mple.com",
+            "[::1",
+            "[not-v6]:80",
+            "[::1]x",
+            "a..b",
+            ":80",
+            "example.com\\x",
+        ] {
+            assert!(!is_authority(bad.as_bytes()), "{bad}");
+        }
+    }
 
     #[test]
     fn dns_names() {

@@ -694,6 +694,11 @@ fn hostile_requests_are_refused() {
         b"GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         // Two hosts: rules and policies read one, a backend could read the other.
         b"GET / HTTP/1.1\r\nHost: www.example.com\r\nHost: admin.example.com\r\n\r\n",
+        // A host that is no name: a wildcard rule would take `x@admin` for
+        // one label, a backend parsing it as a URL would read `admin...`.
+        b"GET / HTTP/1.1\r\nHost: x@admin.example.com\r\n\r\n",
+        b"GET http://x@admin.example.com/ HTTP/1.1\r\nHost: admin.example.com\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a b.example.com\r\n\r\n",
     ] {
         let r = raw_exchange(front, bad);
         assert!(
