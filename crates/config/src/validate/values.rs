@@ -11,14 +11,29 @@ use crate::model::StatusMatch;
 pub(super) fn parse_source(s: &str) -> Result<IpNet, String> {
     if let Ok(net) = s.parse::<IpNet>() {
         // Accept "10.1.2.3/8" like most proxies do, but store the network.
-        return Ok(net.trunc());
+        return Ok(ipv4_if_mapped(net.trunc()));
     }
     if let Ok(ip) = s.parse::<IpAddr>() {
-        return Ok(IpNet::from(ip));
+        return Ok(ipv4_if_mapped(IpNet::from(ip)));
     }
     Err(format!(
         "{s:?} is not an IP address or CIDR (e.g. \"10.0.0.0/8\", \"::1/128\", \"192.0.2.7\")"
     ))
+}
+
+/// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) as the IPv4 network
+/// it stands for: clients are matched by their IPv4 address (a dual-stack
+/// socket's `::ffff:a.b.c.d` is turned into `a.b.c.d`), so the mapped form
+/// would match none.
+fn ipv4_if_mapped(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => v6
+            .network()
+            .to_ipv4_mapped()
+            .and_then(|ip| ipnet::Ipv4Net::new(ip, v6.prefix_len() - 96).ok())
+            .map_or(net, IpNet::V4),
+        _ => net,
+    }
 }
 
 /// `tls_server_name`: a DNS name (SNI, and the name the certificate must
@@ -124,6 +139,14 @@ mod tests {
         assert_eq!(parse_source("192.0.2.7"), Ok(sa_net("192.0.2.7/32")));
         assert_eq!(parse_source("::1"), Ok(sa_net("::1/128")));
         assert_eq!(parse_source("10.1.2.3/8"), Ok(sa_net("10.0.0.0/8")));
+        // The IPv4-mapped form stands for the IPv4 network (clients are
+        // matched by their IPv4 address); a shorter IPv6 network stays.
+        assert_eq!(
+            parse_source("::ffff:10.1.0.0/112"),
+            Ok(sa_net("10.1.0.0/16"))
+        );
+        assert_eq!(parse_source("::ffff:192.0.2.7"), Ok(sa_net("192.0.2.7/32")));
+        assert_eq!(parse_source("::/0"), Ok(sa_net("::/0")));
         assert!(parse_source("10.0.0.0/33").is_err());
         assert!(parse_source("ten").is_err());
     }

@@ -534,8 +534,10 @@ fn proxied<'d>(
     };
     if !accept.is_trusted(peer.ip()) {
         return match detect(data) {
-            Detect::NotProxy => Ok((peer, data)),
-            _ => Err(Drop::ProxyProtocol),
+            // A whole datagram shorter than a signature (empty, or `P`)
+            // carries no header.
+            Detect::NotProxy | Detect::NeedMore => Ok((peer, data)),
+            Detect::V1 | Detect::V2 => Err(Drop::ProxyProtocol),
         };
     }
     match parse(data) {
@@ -663,7 +665,7 @@ impl Task {
         let idle = self.listener.idle_timeout;
         let mut idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
         let limit = self.listener.udp.and_then(|u| u.responses);
-        let mut replies = 0u32;
+        let mut replies = 0u64;
         let mut draining = false;
         // Made once for the flow's life, not per reply: the listener's and
         // the backend's tokens are shared by all their flows, so they are
@@ -798,7 +800,7 @@ impl Task {
     fn replies(
         &self,
         b: &crate::pool::Backend,
-        replies: &mut u32,
+        replies: &mut u64,
         limit: Option<u32>,
     ) -> Option<Reason> {
         let max_segments = self.endpoint.state.max_gso_segments().max(1);
@@ -847,9 +849,9 @@ impl Task {
                     self.send_replies(b, buf.get(len..len + m).unwrap_or_default(), m, 1);
                     segments += 1;
                 }
-                *replies = replies.saturating_add(u32::try_from(segments).unwrap_or(u32::MAX));
+                *replies = replies.saturating_add(u64::try_from(segments).unwrap_or(u64::MAX));
                 if let Some(limit) = limit
-                    && self.done(u64::from(*replies), u64::from(limit))
+                    && self.done(*replies, u64::from(limit))
                 {
                     return Some(Reason::Responses);
                 }

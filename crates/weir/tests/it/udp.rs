@@ -711,7 +711,8 @@ fn ended_flows_give_back_their_sockets_at_once() {
 /// PROXY v2 over UDP from a trusted sender: each datagram's header names
 /// the client, who stands for it everywhere (here: in the header weir sends
 /// on); replies go back to the sender. A trusted sender's datagram without
-/// a header, and an untrusted one's with a header, are dropped.
+/// a header, and an untrusted one's with a header, are dropped; an untrusted
+/// one's too short to hold a signature is relayed.
 #[test]
 fn proxy_v2_from_trusted_senders() {
     use weir_wire::proxy::{Command, Transport, encode_v2};
@@ -758,6 +759,9 @@ fn proxy_v2_from_trusted_senders() {
     let me = untrusted.local_addr().expect("addr");
     let reply = ask(&untrusted, front, b"plain").expect("served as itself");
     assert_eq!(reply, format!("{me} plain").into_bytes());
+    // Too short to be a header, though it starts like one: a datagram.
+    let reply = ask(&untrusted, front, b"P").expect("a short datagram is served");
+    assert_eq!(reply, format!("{me} P").into_bytes());
     assert_eq!(
         metric(
             admin,
