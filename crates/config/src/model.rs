@@ -570,6 +570,8 @@ pub struct HttpTimeouts {
     pub upstream_response: Duration,
     /// Longest gap between two pieces of a backend's response body.
     pub upstream_idle: Duration,
+    /// Longest gap between two pieces of a client's request body.
+    pub request_body: Duration,
     /// An unused pooled connection to a backend is closed after this.
     pub upstream_keepalive: Duration,
     /// An HTTP/2 connection to a backend silent for this long is sent a
@@ -591,6 +593,7 @@ impl Default for HttpTimeouts {
             idle: Duration::from_secs(60),
             upstream_response: Duration::from_secs(60),
             upstream_idle: Duration::from_secs(300),
+            request_body: Duration::from_secs(60),
             upstream_keepalive: Duration::from_secs(4),
             upstream_ping: None,
             websocket_idle: Duration::from_secs(3600),

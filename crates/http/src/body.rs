@@ -39,10 +39,20 @@ pub(crate) struct RequestBody {
     /// Bytes so far, and whether they went over `limit`.
     count: Arc<BodyCount>,
     limit: Option<u64>,
+    /// Runs while the client sends nothing: past `idle_for`
+    /// (`timeouts.request_body`) the upload is cut. Armed at the first
+    /// wait, moved on by every piece.
+    idle: Option<Pin<Box<Sleep>>>,
+    idle_for: Duration,
 }
 
 impl RequestBody {
-    pub(crate) fn new(inner: Incoming, count: Arc<BodyCount>, limit: Option<u64>) -> RequestBody {
+    pub(crate) fn new(
+        inner: Incoming,
+        count: Arc<BodyCount>,
+        limit: Option<u64>,
+        idle_for: Duration,
+    ) -> RequestBody {
         // A body announced but not yet begun is being uploaded too: a client
         // that sends none of it must not have the backend blamed.
         count.uploading.store(!inner.is_end_stream(), Relaxed);
@@ -50,6 +60,8 @@ impl RequestBody {
             inner: Some(inner),
             count,
             limit,
+            idle: None,
+            idle_for,
         }
     }
 
@@ -59,6 +71,8 @@ impl RequestBody {
             inner: None,
             count: Arc::default(),
             limit: None,
+            idle: None,
+            idle_for: Duration::ZERO,
         }
     }
 }
@@ -88,6 +102,9 @@ impl Body for RequestBody {
                 }
                 let more = this.inner.as_ref().is_some_and(|i| !i.is_end_stream());
                 this.count.uploading.store(more, Relaxed);
+                if let Some(idle) = &mut this.idle {
+                    idle.as_mut().reset(crate::clock::now() + this.idle_for);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(_))) => {
@@ -100,7 +117,24 @@ impl Body for RequestBody {
                 this.count.uploading.store(false, Relaxed);
                 Poll::Ready(None)
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                // A client that trickles its body (or stops) would hold the
+                // backend's connection, past the pool's count once the
+                // response is over, and its own for good.
+                let idle_for = this.idle_for;
+                let timer = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle_for)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.count.uploading.store(false, Relaxed);
+                        this.count.stalled.store(true, Relaxed);
+                        this.inner = None;
+                        Poll::Ready(Some(Err(BodyError(Reason::IdleTimeout))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
@@ -180,7 +214,15 @@ impl ResponseBody {
     fn end(&mut self, reason: &'static str) {
         if let Source::Upstream { lease, holding, .. } = &mut self.source {
             if let Some(lease) = lease.take() {
-                lease.release(reason == COMPLETED);
+                // A backend that answered before the whole request body came
+                // (a 401, a redirect) still has the rest of it to take: its
+                // connection is busy until then, and must not wait in the
+                // idle list, where each request would try it in vain.
+                let uploading = self
+                    .exchange
+                    .as_ref()
+                    .is_some_and(|x| x.body.uploading.load(Relaxed));
+                lease.release(reason == COMPLETED && !uploading);
             }
             if std::mem::take(holding)
                 && let Some(x) = &self.exchange

@@ -33,13 +33,15 @@ pub(crate) struct BodyCount {
     /// The request has a body and not all of it came yet: the client is
     /// still uploading (or has not begun).
     pub(crate) uploading: AtomicBool,
+    /// The client sent nothing of its body for `timeouts.request_body`.
+    pub(crate) stalled: AtomicBool,
 }
 
 impl BodyCount {
     /// The client's body, not the backend, ended the request: over the
     /// limit, or the client failed while sending it.
     pub(crate) fn ended_by_client(&self) -> bool {
-        self.over.load(Relaxed) || self.client_failed.load(Relaxed)
+        self.over.load(Relaxed) || self.client_failed.load(Relaxed) || self.stalled.load(Relaxed)
     }
 }
 

@@ -252,7 +252,12 @@ pub(crate) fn handle(
                     parts.headers.append(name.clone(), value.clone());
                 }
             }
-            let body = RequestBody::new(body, Arc::clone(&x.body), state.max_body_bytes);
+            let body = RequestBody::new(
+                body,
+                Arc::clone(&x.body),
+                state.max_body_bytes,
+                state.timeouts.request_body,
+            );
             if let Err(reason) = target_form(&mut parts, target.dialer.protocol, host.as_ref()) {
                 return Ok(answer(reason, grpc, x));
             }
@@ -426,6 +431,8 @@ async fn forward(
                 pool.on_http_outcome(i, true);
                 Err(Reason::UpstreamTimeout)
             }
+            // The client went quiet mid-body for `timeouts.request_body`.
+            Err(Sent::Failed) if x.body.stalled.load(Relaxed) => Err(Reason::IdleTimeout),
             // The client's body broke the send (over `max_body_bytes`, or
             // the client failed mid-upload): not the backend's failure, or
             // a client could get healthy backends ejected.

@@ -126,6 +126,11 @@ impl Checker {
                 t.and_then(|t| t.upstream_idle.as_ref()),
                 d.upstream_idle,
             ),
+            request_body: timeout(
+                "request_body",
+                t.and_then(|t| t.request_body.as_ref()),
+                d.request_body,
+            ),
             upstream_keepalive: timeout(
                 "upstream_keepalive",
                 t.and_then(|t| t.upstream_keepalive.as_ref()),

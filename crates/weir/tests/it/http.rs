@@ -2596,3 +2596,105 @@ fn cookies_of_an_http2_request_reach_an_http1_backend_in_one_line() {
     let (status, body, _) = curl(&["--http1.1", "-H", "Cookie: a=1; b=2"], &url);
     assert_eq!((status, body.as_str()), (200, "cookie=a=1; b=2"));
 }
+
+/// A client that stops sending its request body is cut after
+/// `timeouts.request_body`: while the backend waits for the body it gets
+/// `408` then, not after `upstream_response`; and when the backend answered
+/// early (a 401 before the body), the backend's connection, still taking
+/// the body, is closed rather than kept open by the client for good or
+/// parked among the idle ones.
+#[test]
+fn a_stalled_request_body_is_cut_after_request_body() {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend = l.local_addr().expect("addr");
+    let (closed_tx, closed) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { break };
+            let closed_tx = closed_tx.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(s.try_clone().expect("clone"));
+                let mut s = s;
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    return;
+                }
+                let mut header = String::new();
+                while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                    header.clear();
+                }
+                if line.starts_with("POST /early") {
+                    // Answered before the body, which is read on until the
+                    // connection ends.
+                    let _ = s.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n");
+                }
+                // The body (`/wait`: before an answer that never comes).
+                let mut sink = [0u8; 1024];
+                while reader.read(&mut sink).is_ok_and(|n| n > 0) {}
+                let _ = closed_tx.send(line);
+            });
+        }
+    });
+    let (front, admin) = (free_port(), free_port());
+    let (_weir, _out) = start(
+        "stalled-body",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             timeouts = {{ request_body = \"300ms\" }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
+        ),
+    );
+    let stalled = |path: &str| {
+        let mut s = TcpStream::connect(front).expect("connect");
+        s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789"
+        )
+        .expect("write");
+        s
+    };
+    let started = Instant::now();
+    let mut s = stalled("/wait");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("idle_timeout"), "{answer}");
+    assert!(
+        started.elapsed() < DEADLINE,
+        "cut after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        closed
+            .recv_timeout(DEADLINE)
+            .expect("the backend's connection closed"),
+        "POST /wait HTTP/1.1\r\n"
+    );
+
+    let mut s = stalled("/early");
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).expect("the early answer");
+    assert_eq!(&head, b"HTTP/1.1 401");
+    // The client sends no more: the upload is cut, the backend's
+    // connection closed, and so is the client's.
+    assert_eq!(
+        closed
+            .recv_timeout(DEADLINE)
+            .expect("the backend's connection closed"),
+        "POST /early HTTP/1.1\r\n"
+    );
+    let mut rest = Vec::new();
+    assert!(
+        s.read_to_end(&mut rest).is_ok(),
+        "the client's connection closed"
+    );
+    // Never parked among the idle connections while it took the body.
+    let idle = format!(
+        "weir_http_upstream_connections_open{{pool=\"p\",backend=\"{backend}\",state=\"idle\"}}"
+    );
+    assert_eq!(metric(admin, &idle), 0.0);
+}
