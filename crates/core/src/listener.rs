@@ -442,6 +442,11 @@ pub struct RouteStats {
     pub http_requests: [AtomicU64; 5],
     /// From a request's header read to its response's end (l7 routes).
     pub http_request_duration: Histogram,
+    /// Client connections closed because the client cancelled most of its
+    /// requests before their answers (an HTTP/2 rapid-reset flood).
+    pub http_reset_floods: AtomicU64,
+    /// Thins the warnings about them: one a second.
+    pub reset_flood_lines: LogBudget,
 }
 
 impl Default for RouteStats {
@@ -453,6 +458,8 @@ impl Default for RouteStats {
             connections_failed: Default::default(),
             http_requests: Default::default(),
             http_request_duration: Histogram::new(REQUEST_SECONDS),
+            http_reset_floods: AtomicU64::new(0),
+            reset_flood_lines: LogBudget::new(1),
         }
     }
 }
@@ -615,6 +622,20 @@ pub(crate) fn render(listeners: &[Arc<Listener>], w: &mut Writer) {
                 "weir_http_request_duration_seconds",
                 &[("listener", &l.name), ("route", &r.name)],
                 &r.stats.http_request_duration.snapshot(),
+            );
+        }
+    }
+    w.family(
+        "weir_http_reset_floods",
+        Kind::Counter,
+        "Client connections of l7 routes closed because the client cancelled most of its requests before their answers (HTTP/2 rapid reset).",
+    );
+    for l in listeners {
+        for r in l.routes.iter().filter(|r| r.is_http()) {
+            w.sample(
+                "weir_http_reset_floods_total",
+                &[("listener", &l.name), ("route", &r.name)],
+                r.stats.http_reset_floods.load(Relaxed),
             );
         }
     }

@@ -155,11 +155,11 @@ impl Exchange {
             // its way, or weir closed the connection (shutdown, an
             // operator, `timeouts.send`).
             if self.reason == COMPLETED {
-                self.reason = self
-                    .conn
-                    .cut_reason()
-                    .unwrap_or(weir_core::Reason::ClientClosed)
-                    .as_str();
+                let cut = self.conn.cut_reason();
+                if cut.is_none() {
+                    self.conn.abandoned();
+                }
+                self.reason = cut.unwrap_or(weir_core::Reason::ClientClosed).as_str();
             }
         } else if let Some(route) = route {
             route.stats.http_request(self.status, took);

@@ -40,6 +40,17 @@ const NOT_CUT: u8 = 0;
 const CUT_IDLE: u8 = 1;
 const CUT_SHUTDOWN: u8 = 2;
 const CUT_OPERATOR: u8 = 3;
+const CUT_FLOOD: u8 = 4;
+
+/// Requests a client may cancel before their answers on one connection
+/// before the share of them is looked at; past it, a connection on which
+/// the client cancelled at least half of its requests is closed. Each
+/// cancelled request has cost a backend pick, maybe a connect and a request
+/// the backend began: a client that opens streams and resets them at once
+/// (CVE-2023-44487) would otherwise make weir do that without end while
+/// never holding more than `max_concurrent_streams` open. Browsers cancel
+/// a few (a page left, a search typed on); not most of hundreds.
+const MAX_ABANDONED: u64 = 100;
 
 /// What the requests of one connection share with the connection.
 #[derive(Debug)]
@@ -63,6 +74,8 @@ pub(crate) struct ConnState {
     after: Mutex<After>,
     /// The body count of the requests that have no body: always zero.
     pub(crate) no_body: Arc<crate::exchange::BodyCount>,
+    /// Requests the client cancelled before their answers.
+    abandoned: AtomicU64,
 }
 
 /// Work left for a connection's task (a WebSocket relay).
@@ -92,7 +105,20 @@ impl ConnState {
             cut: AtomicU8::new(NOT_CUT),
             after: Mutex::default(),
             no_body: Arc::default(),
+            abandoned: AtomicU64::new(0),
         }
+    }
+
+    /// A request the client cancelled before its answer.
+    pub(crate) fn abandoned(&self) {
+        self.abandoned.fetch_add(1, Relaxed);
+    }
+
+    /// Whether the client cancels so many of its requests before their
+    /// answers that the connection is a flood (see [`MAX_ABANDONED`]).
+    fn flooding(&self) -> bool {
+        let abandoned = self.abandoned.load(Relaxed);
+        abandoned > MAX_ABANDONED && abandoned.saturating_mul(2) >= self.served()
     }
 
     pub(crate) fn in_flight(&self) -> usize {
@@ -150,6 +176,7 @@ impl ConnState {
         let code = match why {
             Reason::IdleTimeout => CUT_IDLE,
             Reason::Operator => CUT_OPERATOR,
+            Reason::ClientError => CUT_FLOOD,
             _ => CUT_SHUTDOWN,
         };
         let _ = self.cut.compare_exchange(NOT_CUT, code, Relaxed, Relaxed);
@@ -163,6 +190,7 @@ impl ConnState {
             NOT_CUT => None,
             CUT_IDLE => Some(Reason::IdleTimeout),
             CUT_OPERATOR => Some(Reason::Operator),
+            CUT_FLOOD => Some(Reason::ClientError),
             _ => Some(Reason::Shutdown),
         }
     }
@@ -387,6 +415,23 @@ impl On {
             })
             .await
         };
+        if conn.cut_reason() == Some(Reason::ClientError)
+            && let Some(r) = listener.routes.get(route)
+        {
+            r.stats.http_reset_floods.fetch_add(1, Relaxed);
+            if let weir_telemetry::Verdict::Write { suppressed } = r.stats.reset_flood_lines.check()
+            {
+                tracing::warn!(
+                    listener = %listener.name,
+                    route = %r.name,
+                    client = %peer,
+                    abandoned = conn.abandoned.load(Relaxed),
+                    requests = conn.served(),
+                    suppressed,
+                    "a client cancelled most of its requests before their answers (HTTP/2 rapid reset); its connection is closed"
+                );
+            }
+        }
         let after = lock(&conn.after).0.take();
         if let Some(relay) = after {
             relay.await;
@@ -545,6 +590,10 @@ where
         // The connection first: it is what wakes this task almost always.
         if let Poll::Ready(r) = conn.as_mut().poll(cx) {
             return Poll::Ready(r);
+        }
+        if state.flooding() {
+            state.cut(Reason::ClientError);
+            return Poll::Ready(Ok(()));
         }
         if let Some(live) = live
             && let Poll::Ready(why) = live.poll_closed(cx)

@@ -2698,3 +2698,61 @@ fn a_stalled_request_body_is_cut_after_request_body() {
     );
     assert_eq!(metric(admin, &idle), 0.0);
 }
+
+/// A client that opens HTTP/2 streams and resets each before its answer
+/// (CVE-2023-44487) has its connection closed once it cancelled more than
+/// 100 and at least half of its requests, counted in
+/// `weir_http_reset_floods_total`; a client that cancels a few stays.
+#[test]
+fn an_http2_rapid_reset_flood_closes_the_connection() {
+    let backend = raw_backend(None, Duration::from_millis(500));
+    let (front, admin) = (free_port(), free_port());
+    let (_weir, _out) = start(
+        "reset-flood",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n",
+            backend.addr
+        ),
+    );
+    let cancel = |client: &mut H2Client, n: usize| {
+        let send = client.send.clone();
+        client.rt.block_on(async move {
+            for _ in 0..n {
+                let mut send = send.clone().ready().await?;
+                let req = http::Request::get("http://app/slow")
+                    .body(())
+                    .expect("request");
+                let (response, mut stream) = send.send_request(req, true)?;
+                // Taken by weir (its request on the way), then cancelled.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                stream.send_reset(h2::Reason::CANCEL);
+                drop(response);
+            }
+            Ok::<(), h2::Error>(())
+        })
+    };
+    // A few cancelled among answered requests: the connection stays.
+    let mut polite = H2Client::connect(front);
+    let _ = cancel(&mut polite, 20);
+    assert_eq!(polite.get("/x").map(|(status, _)| status).ok(), Some(200));
+    assert!(!polite.ended_within(Duration::from_millis(200)));
+
+    let mut flood = H2Client::connect(front);
+    let _ = cancel(&mut flood, 300);
+    assert!(
+        flood.ended_within(DEADLINE),
+        "the flooding connection stayed open"
+    );
+    assert!(!polite.ended_within(Duration::from_millis(50)));
+    assert_eq!(
+        metric(
+            admin,
+            "weir_http_reset_floods_total{listener=\"web\",route=\"app\"}"
+        ),
+        1.0
+    );
+}
