@@ -259,11 +259,14 @@ impl Drop for ResponseBody {
         if self.is_end_stream() {
             self.end(COMPLETED);
         } else {
-            let why = self
-                .exchange
-                .as_ref()
-                .and_then(|x| x.conn.cut_reason())
-                .unwrap_or(Reason::ClientClosed);
+            let why = if crate::streams::cutting() {
+                Reason::IdleTimeout
+            } else {
+                self.exchange
+                    .as_ref()
+                    .and_then(|x| x.conn.cut_reason())
+                    .unwrap_or(Reason::ClientClosed)
+            };
             self.end(why.as_str());
         }
     }
@@ -295,6 +298,7 @@ impl Body for ResponseBody {
                     && let Some(conn) = conn
                 {
                     conn.taken();
+                    crate::streams::note_taken();
                 }
                 match Pin::new(inner).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
@@ -304,6 +308,7 @@ impl Body for ResponseBody {
                         if let Some(conn) = conn {
                             *holding = true;
                             conn.holding();
+                            crate::streams::note_holding();
                         }
                         Poll::Ready(Some(Ok(frame)))
                     }

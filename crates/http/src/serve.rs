@@ -362,7 +362,7 @@ impl On {
         });
         let outcome = if http2 {
             // The streams run in this task, not one task each.
-            let streams = crate::streams::Streams::default();
+            let streams = crate::streams::Streams::new(timeouts.send);
             let mut builder = http2::Builder::new(streams.clone());
             builder
                 .timer(TokioTimer::new())

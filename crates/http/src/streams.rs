@@ -12,16 +12,54 @@
 //! write, and no task is spawned per request. The streams of a connection then share its thread, as they
 //! share its socket. When the connection ends, the streams left are dropped
 //! with it: nothing could reach the client any more.
+//!
+//! A stream whose response holds a piece the client gives no room for
+//! (HTTP/2 flow control) for `timeouts.send` is dropped, which resets it and
+//! lets go of its backend: a client that reads one stream and starves the
+//! others would otherwise keep their backends' connections for good, since
+//! the connection as a whole still moves.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::time::{Instant, Sleep};
 use weir_core::sync::lock;
 
 use crate::gather::Hold;
+
+thread_local! {
+    /// What the response body of the stream being polled did during the
+    /// poll: [`HOLDING`] and [`MOVED`] bits.
+    static NOTE: Cell<u8> = const { Cell::new(0) };
+    /// A stream is being dropped for a client that gave it no room for
+    /// `timeouts.send`: what its response ends with.
+    static CUTTING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The body handed a piece on and waits to be asked for more.
+const HOLDING: u8 = 1;
+/// The body was asked for more: the client took a piece.
+const MOVED: u8 = 2;
+
+/// A response body handed a piece on (see [`Watched`]).
+pub(crate) fn note_holding() {
+    NOTE.with(|n| n.set(n.get() | HOLDING));
+}
+
+/// A response body that held a piece was asked for more.
+pub(crate) fn note_taken() {
+    NOTE.with(|n| n.set((n.get() & !HOLDING) | MOVED));
+}
+
+/// True while a stream is dropped for a client that gave it no room.
+pub(crate) fn cutting() -> bool {
+    CUTTING.with(Cell::get)
+}
 
 /// Passes of streams then connection in one poll, while the connection
 /// keeps opening streams; then the task yields.
@@ -31,9 +69,20 @@ const PASSES: usize = 4;
 type Stream = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The executor given to hyper: it keeps the streams for [`Run`].
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct Streams {
     opened: Arc<Mutex<Vec<Stream>>>,
+    /// `timeouts.send`: how long a stream's response may wait for room.
+    send: Duration,
+}
+
+impl Streams {
+    pub(crate) fn new(send: Duration) -> Streams {
+        Streams {
+            opened: Arc::default(),
+            send,
+        }
+    }
 }
 
 impl std::fmt::Debug for Streams {
@@ -44,7 +93,69 @@ impl std::fmt::Debug for Streams {
 
 impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for Streams {
     fn execute(&self, stream: F) {
-        lock(&self.opened).push(Box::pin(stream));
+        let watched = Watched {
+            inner: Some(stream),
+            since: None,
+            timer: None,
+            send: self.send,
+        };
+        lock(&self.opened).push(Box::pin(watched));
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A stream, dropped when its response has held a piece without the
+    /// client giving room for it for `send`.
+    struct Watched<F> {
+        #[pin]
+        inner: Option<F>,
+        // Since when the response holds a piece the client has not taken.
+        since: Option<Instant>,
+        timer: Option<Pin<Box<Sleep>>>,
+        send: Duration,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Watched<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+            return Poll::Ready(());
+        };
+        NOTE.with(|n| n.set(0));
+        if inner.poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        let note = NOTE.with(|n| n.replace(0));
+        if note & MOVED != 0 {
+            *this.since = None;
+        }
+        if note & HOLDING != 0 && this.since.is_none() {
+            let now = crate::clock::now();
+            *this.since = Some(now);
+            let at = now + *this.send;
+            match this.timer {
+                Some(t) => t.as_mut().reset(at),
+                None => *this.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+        }
+        let Some(since) = *this.since else {
+            return Poll::Pending;
+        };
+        let Some(timer) = this.timer else {
+            return Poll::Pending;
+        };
+        if timer.as_mut().poll(cx).is_pending() || since.elapsed() < *this.send {
+            return Poll::Pending;
+        }
+        // The client gave this response no room for `send`: the stream
+        // goes (reset), and with it the request's hold on its backend.
+        CUTTING.with(|c| c.set(true));
+        this.inner.set(None);
+        CUTTING.with(|c| c.set(false));
+        Poll::Ready(())
     }
 }
 
@@ -220,7 +331,7 @@ mod tests {
     }
 
     fn conn(opens: usize, rounds: usize) -> (Run<Conn>, Arc<AtomicUsize>) {
-        let exec = Streams::default();
+        let exec = Streams::new(Duration::from_secs(60));
         let ended = Arc::new(AtomicUsize::new(0));
         let c = Conn {
             exec: exec.clone(),
@@ -321,7 +432,7 @@ mod tests {
 
     #[test]
     fn a_turns_flushes_make_one_write() {
-        let exec = Streams::default();
+        let exec = Streams::new(Duration::from_secs(60));
         let hold = Arc::new(Hold::default());
         let w = Writer {
             io: Gather::new(Socket::default(), Arc::clone(&hold)),

@@ -2756,3 +2756,98 @@ fn an_http2_rapid_reset_flood_closes_the_connection() {
         1.0
     );
 }
+
+/// An HTTP/2 client that gives one stream no flow-control room while it
+/// goes on with others has that stream reset after `timeouts.send` (its
+/// backend let go), not kept for as long as the connection moves; the
+/// connection and its other streams go on.
+#[test]
+fn an_http2_stream_the_client_gives_no_room_is_reset_after_send() {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { break };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(s.try_clone().expect("clone"));
+                let mut s = s;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).map_or(true, |n| n == 0) {
+                        return;
+                    }
+                    let mut header = String::new();
+                    while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                        header.clear();
+                    }
+                    let body = if line.contains("/big") { 200_000 } else { 2 };
+                    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {body}\r\n\r\n");
+                    if s.write_all(answer.as_bytes()).is_err()
+                        || s.write_all(&vec![b'x'; body]).is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let (front, admin) = (free_port(), free_port());
+    let (_weir, _out) = start(
+        "stream-room",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             timeouts = {{ send = \"500ms\" }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
+        ),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(front)
+            .await
+            .expect("connect");
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(4096)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .expect("h2 handshake");
+        tokio::spawn(conn);
+        let ask = |path: &'static str| {
+            let send = send.clone();
+            async move {
+                let mut send = send.ready().await.expect("ready");
+                let req = http::Request::get(format!("http://app{path}"))
+                    .body(())
+                    .expect("request");
+                let (response, _) = send.send_request(req, true).expect("send");
+                response.await.expect("response").into_body()
+            }
+        };
+        // Read nothing of it: its window stays shut after 4 KiB.
+        let mut starved = ask("/big").await;
+        let started = Instant::now();
+        let ended = loop {
+            // The connection moves meanwhile: small answers, read whole.
+            let mut small = ask("/small").await;
+            while let Some(chunk) = small.data().await {
+                let chunk = chunk.expect("a small answer");
+                let _ = small.flow_control().release_capacity(chunk.len());
+            }
+            if let Ok(Some(Err(e))) =
+                tokio::time::timeout(Duration::from_millis(50), starved.data()).await
+            {
+                break e;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "the starved stream was never reset"
+            );
+        };
+        assert!(ended.is_reset(), "{ended}");
+    });
+}
