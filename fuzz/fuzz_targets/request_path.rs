@@ -1,16 +1,31 @@
 //! Any string as a request path: `path::normalize` must not panic, a path it
 //! accepts normalises to a fixed point without dot segments or runs of
 //! slashes, and refusing encoded slashes only ever refuses more. The same
-//! bytes as a request's host: `name::is_authority` must not panic, and a
-//! host it accepts has no user info, space or slash.
+//! bytes as a request's host: `name::authority_host` must not panic, accepts
+//! a name exactly when it is a DNS name with an optional port, and a host it
+//! accepts has no user info, space or slash.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use weir_wire::path::{Slashes, normalize};
 
 fuzz_target!(|data: &[u8]| {
-    if weir_wire::name::is_authority(data) {
+    let host = weir_wire::name::authority_host(data);
+    if let Some((len, _)) = host {
         assert!(!data.iter().any(|b| matches!(b, b'@' | b' ' | b'/' | b'%')));
+        assert!(len <= data.len());
+    }
+    // A name (not a bracketed address) is accepted exactly when it is a DNS
+    // name, a trailing dot allowed, with nothing or a port of up to 5 digits.
+    if data.first() != Some(&b'[') {
+        let (name, port) = match data.iter().position(|&b| b == b':') {
+            Some(i) => data.split_at(i),
+            None => (data, &[][..]),
+        };
+        let port_ok = port.is_empty()
+            || (port.len() <= 6 && port.iter().skip(1).all(u8::is_ascii_digit));
+        let name_ok = weir_wire::name::is_dns_name(name.strip_suffix(b".").unwrap_or(name));
+        assert_eq!(host.is_some(), port_ok && name_ok);
     }
     let Ok(text) = std::str::from_utf8(data) else {
         return;

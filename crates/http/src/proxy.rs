@@ -126,9 +126,15 @@ pub(crate) fn handle(
         // Two `Host`s, or a host that is not a name or an address (user
         // info, spaces, slashes): rules and policies would read it one way
         // and a backend that parses it as a URL another.
-        let odd_host = host
-            .as_ref()
-            .is_some_and(|h| !h.is_empty() && !weir_wire::name::is_authority(h.as_bytes()));
+        // Checked once: where the name ends (no port, no trailing dot) and
+        // whether it needs lower-casing, for the rules below.
+        let (odd_host, host_part) = match host.as_ref().filter(|h| !h.is_empty()) {
+            Some(h) => match weir_wire::name::authority_host(h.as_bytes()) {
+                Some(part) => (false, Some(part)),
+                None => (true, None),
+            },
+            None => (false, None),
+        };
         if two_hosts || odd_host {
             return Ok(answer(Reason::BadRequest, grpc, x));
         }
@@ -139,10 +145,9 @@ pub(crate) fn handle(
         if normalize_path(&mut req, state.encoded_slashes).is_err() {
             return Ok(answer(Reason::BadRequest, grpc, x));
         }
-        let name = host
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .and_then(crate::rules::normalize_host);
+        let name = host.as_ref().zip(host_part).and_then(|(h, part)| {
+            crate::rules::host_name(std::str::from_utf8(h.as_bytes()).ok()?, part)
+        });
         let matched = crate::rules::first(
             &state.rules,
             req.method(),

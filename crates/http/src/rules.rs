@@ -97,25 +97,22 @@ pub fn first<'r>(
 }
 
 /// A request's host for matching: lower case, without the port and a final
-/// dot; borrowed unless it had upper-case letters. `None` when it is empty.
+/// dot; borrowed unless it had upper-case letters. `None` when it is empty
+/// or not a host (see [`weir_wire::name::is_authority`]).
 /// An IPv6 literal keeps its brackets (a rule's host never matches one).
 pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
-    let host = if raw.starts_with('[') {
-        raw.split_once(']').map_or(raw, |(ip, _)| &raw[..=ip.len()])
+    host_name(raw, weir_wire::name::authority_host(raw.as_bytes())?)
+}
+
+/// [`normalize_host`] of `raw`, whose host part
+/// [`weir_wire::name::authority_host`] found already.
+pub(crate) fn host_name(raw: &str, (len, upper): (usize, bool)) -> Option<Cow<'_, str>> {
+    let name = raw.get(..len)?;
+    Some(if upper {
+        Cow::Owned(name.to_ascii_lowercase())
     } else {
-        raw.rsplit_once(':')
-            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-            .map_or(raw, |(h, _)| h)
-    };
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty() {
-        return None;
-    }
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Some(Cow::Owned(host.to_ascii_lowercase()))
-    } else {
-        Some(Cow::Borrowed(host))
-    }
+        Cow::Borrowed(name)
+    })
 }
 
 #[cfg(test)]

@@ -27,28 +27,94 @@ pub fn is_dns_name(name: &[u8]) -> bool {
 /// percent-encodings — is a name that rules and policies would read one way
 /// and a backend another.
 pub fn is_authority(raw: &[u8]) -> bool {
-    let (host, port) = if let Some(rest) = raw.strip_prefix(b"[") {
-        let Some(end) = rest.iter().position(|&b| b == b']') else {
-            return false;
+    authority_host(raw).is_some()
+}
+
+/// [`is_authority`], and where its host ends: the length of the name or
+/// bracketed address without the port and a trailing dot, and whether it
+/// has upper-case letters (rules compare names in lower case).
+pub fn authority_host(raw: &[u8]) -> Option<(usize, bool)> {
+    if let Some(rest) = raw.strip_prefix(b"[") {
+        let end = rest.iter().position(|&b| b == b']')?;
+        let (ip, port) = rest.split_at(end);
+        std::str::from_utf8(ip)
+            .ok()?
+            .parse::<std::net::Ipv6Addr>()
+            .ok()?;
+        let upper = ip.iter().any(u8::is_ascii_uppercase);
+        return is_port(port.get(1..).unwrap_or_default()).then_some((end + 2, upper));
+    }
+    // One pass over the name (every request pays it): labels of 1 to 63
+    // name bytes, `-` neither first nor last, then maybe `:` and a port.
+    let mut label = 0usize;
+    let mut last = 0u8;
+    let mut upper = false;
+    let mut host_len = raw.len();
+    for (i, &b) in raw.iter().enumerate() {
+        match HOST_BYTE[usize::from(b)] {
+            NAME => label += 1,
+            UPPER => {
+                label += 1;
+                upper = true;
+            }
+            DASH if label > 0 => label += 1,
+            DOT if label > 0 && last != b'-' => label = 0,
+            COLON => {
+                host_len = i;
+                break;
+            }
+            _ => return None,
+        }
+        if label > 63 {
+            return None;
+        }
+        last = b;
+    }
+    // A trailing dot (the root) is allowed, not a lone one.
+    let name_len = host_len - usize::from(last == b'.');
+    let ends_well = label > 0 && last != b'-' || last == b'.';
+    (ends_well && name_len <= MAX_DNS_NAME_LEN && is_port(raw.get(host_len..).unwrap_or_default()))
+        .then_some((name_len, upper))
+}
+
+const OTHER: u8 = 0;
+const NAME: u8 = 1;
+const UPPER: u8 = 2;
+const DASH: u8 = 3;
+const DOT: u8 = 4;
+const COLON: u8 = 5;
+
+/// What each byte is in a host: one look-up per byte.
+static HOST_BYTE: [u8; 256] = {
+    let mut t = [OTHER; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = if c.is_ascii_uppercase() {
+            UPPER
+        } else if c.is_ascii_alphanumeric() || c == b'_' {
+            NAME
+        } else if c == b'-' {
+            DASH
+        } else if c == b'.' {
+            DOT
+        } else if c == b':' {
+            COLON
+        } else {
+            OTHER
         };
-        let ip = std::str::from_utf8(&rest[..end])
-            .ok()
-            .and_then(|t| t.parse::<std::net::Ipv6Addr>().ok());
-        if ip.is_none() {
-            return false;
-        }
-        (None, &rest[end + 1..])
-    } else {
-        match raw.iter().position(|&b| b == b':') {
-            Some(i) => (Some(&raw[..i]), &raw[i..]),
-            None => (Some(raw), &raw[raw.len()..]),
-        }
-    };
-    let port_ok = match port.strip_prefix(b":") {
-        Some(digits) => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
-        None => port.is_empty(),
-    };
-    port_ok && host.is_none_or(|h| is_dns_name(h.strip_suffix(b".").unwrap_or(h)))
+        b += 1;
+    }
+    t
+};
+
+/// Nothing, or `:` and at most 5 digits.
+fn is_port(rest: &[u8]) -> bool {
+    match rest.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    }
 }
 
 /// A `match.sni` pattern: a DNS name, or `*.` and a DNS name (a wildcard of
@@ -107,6 +173,33 @@ mod tests {
         ] {
             assert!(!is_authority(bad.as_bytes()), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_host_of_an_authority() {
+        for (raw, host) in [
+            ("Example.COM:8080", Some((11, true))),
+            ("example.com.", Some((11, false))),
+            ("example.com.:80", Some((11, false))),
+            ("a", Some((1, false))),
+            ("[::1]:80", Some((5, false))),
+            ("[::A]", Some((5, true))),
+            ("a.:", Some((1, false))),
+            ("a_b-c.d", Some((7, false))),
+            ("a-", None),
+            ("a.-b", None),
+            (".", None),
+            ("", None),
+        ] {
+            assert_eq!(authority_host(raw.as_bytes()), host, "{raw}");
+        }
+        let label = "a".repeat(63);
+        assert!(is_authority(label.as_bytes()));
+        assert!(!is_authority(format!("{label}a").as_bytes()));
+        // 255 and 253 bytes.
+        let long = format!("{}com", "a.".repeat(126));
+        assert!(!is_authority(long.as_bytes()));
+        assert!(is_authority(long.as_bytes().get(2..).unwrap_or_default()));
     }
 
     #[test]
