@@ -223,7 +223,13 @@ impl Exchange {
         let end = r
             .start
             .saturating_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
-        let method = self.method.as_str();
+        // OpenTelemetry's names for methods: a method of a client's own
+        // making is `_OTHER`, so that it cannot name a span per request.
+        let method = if known_method(&self.method) {
+            self.method.as_str()
+        } else {
+            "_OTHER"
+        };
         if let Some(start) = r.upstream_start {
             let pool = self.backend.as_ref().map_or("-", |(p, _)| p.name.as_str());
             let mut s = r.span(Kind::Client, format!("{method} {pool}"), start, end);
@@ -250,6 +256,9 @@ impl Exchange {
         let route = route.unwrap_or("-");
         let mut s = r.span(Kind::Server, format!("{method} {route}"), r.start, end);
         s.str("http.request.method", method);
+        if method == "_OTHER" {
+            s.str("http.request.method_original", self.method.as_str());
+        }
         s.str(
             "url.path",
             self.uri.path_and_query().map_or("/", |p| p.path()),
@@ -311,4 +320,12 @@ impl Drop for Exchange {
     fn drop(&mut self) {
         self.finish();
     }
+}
+
+/// A method of RFC 9110 or PATCH, the ones OpenTelemetry names.
+fn known_method(m: &http::Method) -> bool {
+    matches!(
+        m.as_str(),
+        "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "CONNECT" | "OPTIONS" | "TRACE" | "PATCH"
+    )
 }

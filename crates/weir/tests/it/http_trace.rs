@@ -8,7 +8,7 @@
 //! links, and a collector that is gone costs spans, never requests.
 
 use std::io::{BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -303,6 +303,22 @@ fn otlp_http_exports_sampled_requests_and_counts_what_a_dead_collector_loses() {
     get(front, &format!("traceparent: {PARENT}\r\n"));
     let got = spans_of(&spans, "4bf92f3577b34da6a3ce929d0e0e4736", 2);
     assert_eq!(by_name(&got, "GET app")["service"], "weir");
+    // A method of the client's making names no span: `_OTHER`, the method
+    // kept as an attribute.
+    let other = "00-22222222222222222222222222222222-00f067aa0ba902b7-01";
+    let mut s = TcpStream::connect(front).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    write!(
+        s,
+        "PURGE / HTTP/1.1\r\nHost: app.example.com\r\ntraceparent: {other}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut s, &mut answer);
+    let got = spans_of(&spans, "22222222222222222222222222222222", 2);
+    let purge = by_name(&got, "_OTHER app");
+    assert_eq!(purge["attributes"]["http.request.method"], "_OTHER");
+    assert_eq!(purge["attributes"]["http.request.method_original"], "PURGE");
     // The unsampled request ended first: had it been exported, its spans
     // would have come in the same batch or an earlier one.
     while let Ok(line) = spans.try_recv() {
