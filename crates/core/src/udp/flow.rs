@@ -315,7 +315,7 @@ struct Opener {
 }
 
 impl Opener {
-    /// A new flow for `client`: the firewall, `max_flows`, the route, a
+    /// A new flow for `client`: `max_flows`, the firewall, the route, a
     /// backend and a socket connected to it; its task started.
     fn open(
         &self,
@@ -324,19 +324,24 @@ impl Opener {
         client: SocketAddr,
         dst_ip: Option<IpAddr>,
     ) -> Result<Flow, Drop> {
-        let ip = client.ip();
-        let slot = listener.firewall.admit(ip).map_err(|block| {
-            listener.stats.blocked(block);
-            Drop::Firewall
-        })?;
         let stats = &listener.stats.udp;
         let max = listener.udp.map_or(0, |u| u.max_flows);
         // Counted first, so that two sockets of a listener cannot both take
-        // the last place; given back by the flow's task, or below.
+        // the last place; given back by the flow's task, or below. Before
+        // the firewall: a datagram dropped for `max_flows` must not take a
+        // rate token or a place in the per-client table.
         if stats.flows_active.fetch_add(1, Relaxed) >= i64::from(max) {
             stats.flows_active.fetch_sub(1, Relaxed);
             return Err(Drop::MaxFlows);
         }
+        let slot = match listener.firewall.admit(client.ip()) {
+            Ok(slot) => slot,
+            Err(block) => {
+                stats.flows_active.fetch_sub(1, Relaxed);
+                listener.stats.blocked(block);
+                return Err(Drop::Firewall);
+            }
+        };
         self.start(listener, peer, client, dst_ip, slot)
             .inspect_err(|_| {
                 stats.flows_active.fetch_sub(1, Relaxed);

@@ -1023,3 +1023,44 @@ fn flows_on_an_address_a_reload_left_end_and_free_it() {
         0.0
     );
 }
+
+/// A datagram dropped because `max_flows` flows are open takes nothing of
+/// its client's firewall budget: once there is room, the client gets its
+/// flow, not a rate limit earned by the datagrams weir could not take.
+#[test]
+fn max_flows_is_looked_at_before_the_firewall() {
+    let (backend, _) = echo(false);
+    let (admin, port) = (free_port(), free_udp_port());
+    let (_weir, _out) = start(
+        "udp-max-flows-first",
+        &config(
+            admin,
+            &format!("\"127.0.0.1:{port}\""),
+            "idle_timeout = \"5s\"\nmax_flows = 1\n\
+             firewall = { per_client = { rate = 1, burst = 1 } }",
+            "",
+            &format!("[[pools.backends]]\naddress = \"{backend}\""),
+        ),
+    );
+    let front = SocketAddr::from(([127, 0, 0, 1], port));
+    let a = UdpSocket::bind("127.0.0.1:0").expect("a");
+    let b = UdpSocket::bind("127.0.0.2:0").expect("b");
+    assert_eq!(ask(&a, front, b"a").as_deref(), Some(&b"a"[..]));
+    for _ in 0..3 {
+        assert_eq!(ask_unanswered(&b, front, b"b"), None, "over max_flows");
+    }
+    let dropped = |reason: &str| {
+        metric(
+            admin,
+            &format!("weir_udp_dropped_total{{listener=\"dns\",reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!((dropped("max_flows"), dropped("firewall")), (3.0, 0.0));
+    assert_eq!(
+        metric(
+            admin,
+            "weir_firewall_blocked_total{listener=\"dns\",reason=\"rate_limit\"}"
+        ),
+        0.0
+    );
+}
