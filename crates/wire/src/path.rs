@@ -5,7 +5,8 @@
 //! 1. percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`) are
 //!    decoded, and every other percent-encoding is written in upper case
 //!    (`%2e%2E` is `..`, `%7e` is `~`, `%c3%a9` becomes `%C3%A9`);
-//! 2. an encoded slash or backslash (`%2F`, `%5C`) is refused or kept as
+//! 2. an encoded slash or backslash (`%2F`, `%5C`), and a backslash as sent
+//!    (a separator to some backends), is refused or kept encoded as
 //!    [`Slashes`] says: a backend that decodes it would see another path;
 //! 3. runs of slashes become one (`//admin` is `/admin`);
 //! 4. dot segments are resolved (`/a/./b/../c` is `/a/c`; `..` never climbs
@@ -31,7 +32,7 @@ pub enum Slashes {
 pub enum PathError {
     /// A `%` not followed by two hex digits.
     BadPercent,
-    /// `%2F` or `%5C`, refused by [`Slashes::Reject`].
+    /// `%2F`, `%5C` or `\`, refused by [`Slashes::Reject`].
     EncodedSlash,
     /// Does not start with `/` (origin form) or holds a byte a path may not.
     NotAPath,
@@ -41,7 +42,7 @@ impl std::fmt::Display for PathError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             PathError::BadPercent => "a % not followed by two hex digits",
-            PathError::EncodedSlash => "an encoded slash (%2F or %5C)",
+            PathError::EncodedSlash => "a backslash or an encoded slash (\\, %2F or %5C)",
             PathError::NotAPath => "not an absolute path",
         })
     }
@@ -87,6 +88,14 @@ fn is_normal(b: &[u8], slashes: Slashes) -> Result<bool, PathError> {
                 i += 3;
                 prev = b'%';
                 continue;
+            }
+            // A backslash is a separator to some backends (IIS, and any
+            // that "fix" Windows paths): treated as an encoded one.
+            b'\\' => {
+                if slashes == Slashes::Reject {
+                    return Err(PathError::EncodedSlash);
+                }
+                normal = false;
             }
             b'/' => {
                 if prev == b'/' {
@@ -150,10 +159,18 @@ fn decode_unreserved(b: &[u8], slashes: Slashes) -> Result<String, PathError> {
             // is kept as it came (hyper has already refused invalid UTF-8
             // in a &str).
             let start = i;
-            while i < b.len() && b[i] != b'%' {
+            while i < b.len() && b[i] != b'%' && b[i] != b'\\' {
                 i += 1;
             }
             out.push_str(std::str::from_utf8(&b[start..i]).map_err(|_| PathError::NotAPath)?);
+            if b.get(i) == Some(&b'\\') {
+                if slashes == Slashes::Reject {
+                    return Err(PathError::EncodedSlash);
+                }
+                // Kept as an encoded backslash, never a separator.
+                out.push_str("%5C");
+                i += 1;
+            }
         }
     }
     Ok(out)
@@ -244,7 +261,14 @@ mod tests {
 
     #[test]
     fn encoded_slashes_are_refused_or_kept() {
-        for p in ["/admin%2Fsecret", "/a%2fb", "/a%5Cb", "/a%5cb"] {
+        for p in [
+            "/admin%2Fsecret",
+            "/a%2fb",
+            "/a%5Cb",
+            "/a%5cb",
+            "/\\admin",
+            "/a\\b",
+        ] {
             assert_eq!(
                 normalize(p, Slashes::Reject),
                 Err(PathError::EncodedSlash),
@@ -253,6 +277,15 @@ mod tests {
         }
         assert_eq!(normalize("/a%2fb/../c", Slashes::Keep).expect("keep"), "/c");
         assert_eq!(normalize("/a%2fb", Slashes::Keep).expect("keep"), "/a%2Fb");
+        // A backslash as sent: kept as an encoded one, never a separator.
+        assert_eq!(
+            normalize("/\\admin", Slashes::Keep).expect("keep"),
+            "/%5Cadmin"
+        );
+        assert_eq!(
+            normalize("/a\\..\\b", Slashes::Keep).expect("keep"),
+            "/a%5C..%5Cb"
+        );
     }
 
     #[test]
@@ -270,7 +303,7 @@ mod tests {
 
     const PIECES: &[&str] = &[
         "/", "//", ".", "..", "%2e", "%2E", "a", "B", "%41", "%7e", "%2f", "%c3", "%A9", "-", "_",
-        "~", "%", "%g1", "%5c",
+        "~", "%", "%g1", "%5c", "\\",
     ];
 
     proptest::proptest! {

@@ -699,6 +699,9 @@ fn hostile_requests_are_refused() {
         b"GET / HTTP/1.1\r\nHost: x@admin.example.com\r\n\r\n",
         b"GET http://x@admin.example.com/ HTTP/1.1\r\nHost: admin.example.com\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a b.example.com\r\n\r\n",
+        // A backslash is a separator to some backends: `/\admin` would
+        // pass a policy on `/admin` and reach it.
+        b"GET /\\admin HTTP/1.1\r\nHost: x\r\n\r\n",
     ] {
         let r = raw_exchange(front, bad);
         assert!(
