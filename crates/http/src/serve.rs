@@ -170,6 +170,11 @@ impl ConnState {
         (self.waiting.load(Relaxed) > 0, self.taken.load(Relaxed))
     }
 
+    /// Pieces of responses the client took so far, over all its requests.
+    pub(crate) fn taken_so_far(&self) -> u64 {
+        self.taken.load(Relaxed)
+    }
+
     /// Notes that weir closes the connection for `why`: `IdleTimeout`
     /// (`timeouts.send`), `Shutdown` or `Operator`. The first reason stays.
     fn cut(&self, why: Reason) {
@@ -362,7 +367,7 @@ impl On {
         });
         let outcome = if http2 {
             // The streams run in this task, not one task each.
-            let streams = crate::streams::Streams::new(timeouts.send);
+            let streams = crate::streams::Streams::new(timeouts.send, Some(Arc::clone(&conn)));
             let mut builder = http2::Builder::new(streams.clone());
             builder
                 .timer(TokioTimer::new())

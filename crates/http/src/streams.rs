@@ -14,10 +14,12 @@
 //! with it: nothing could reach the client any more.
 //!
 //! A stream whose response holds a piece the client gives no room for
-//! (HTTP/2 flow control) for `timeouts.send` is dropped, which resets it and
-//! lets go of its backend: a client that reads one stream and starves the
-//! others would otherwise keep their backends' connections for good, since
-//! the connection as a whole still moves.
+//! (HTTP/2 flow control) for `timeouts.send`, while the client takes other
+//! streams' pieces, is dropped, which resets it and lets go of its backend:
+//! a client that reads one stream and starves the others would otherwise
+//! keep their backends' connections for good, since the connection as a
+//! whole still moves. A client that takes nothing at all is the
+//! connection's business (`serve::drive` closes it after `send`).
 
 use std::cell::Cell;
 use std::future::Future;
@@ -31,6 +33,7 @@ use tokio::time::{Instant, Sleep};
 use weir_core::sync::lock;
 
 use crate::gather::Hold;
+use crate::serve::ConnState;
 
 thread_local! {
     /// What the response body of the stream being polled did during the
@@ -39,6 +42,9 @@ thread_local! {
     /// A stream is being dropped for a client that gave it no room for
     /// `timeouts.send`: what its response ends with.
     static CUTTING: Cell<bool> = const { Cell::new(false) };
+    /// The pieces the client of the connection whose streams are being
+    /// polled took so far (see [`Run::turn`]).
+    static CONN_TAKEN: Cell<u64> = const { Cell::new(0) };
 }
 
 /// The body handed a piece on and waits to be asked for more.
@@ -51,9 +57,11 @@ pub(crate) fn note_holding() {
     NOTE.with(|n| n.set(n.get() | HOLDING));
 }
 
-/// A response body that held a piece was asked for more.
+/// A response body that held a piece was asked for more (and counted it in
+/// its connection's state, which [`CONN_TAKEN`] follows within a turn).
 pub(crate) fn note_taken() {
     NOTE.with(|n| n.set((n.get() & !HOLDING) | MOVED));
+    CONN_TAKEN.with(|t| t.set(t.get().wrapping_add(1)));
 }
 
 /// True while a stream is dropped for a client that gave it no room.
@@ -74,13 +82,16 @@ pub(crate) struct Streams {
     opened: Arc<Mutex<Vec<Stream>>>,
     /// `timeouts.send`: how long a stream's response may wait for room.
     send: Duration,
+    /// The connection's state: what its client took so far.
+    conn: Option<Arc<ConnState>>,
 }
 
 impl Streams {
-    pub(crate) fn new(send: Duration) -> Streams {
+    pub(crate) fn new(send: Duration, conn: Option<Arc<ConnState>>) -> Streams {
         Streams {
             opened: Arc::default(),
             send,
+            conn,
         }
     }
 }
@@ -96,6 +107,7 @@ impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for Streams
         let watched = Watched {
             inner: Some(stream),
             since: None,
+            taken_then: 0,
             timer: None,
             send: self.send,
         };
@@ -111,6 +123,8 @@ pin_project_lite::pin_project! {
         inner: Option<F>,
         // Since when the response holds a piece the client has not taken.
         since: Option<Instant>,
+        // What the connection's client had taken then.
+        taken_then: u64,
         timer: Option<Pin<Box<Sleep>>>,
         send: Duration,
     }
@@ -135,6 +149,7 @@ impl<F: Future<Output = ()>> Future for Watched<F> {
         if note & HOLDING != 0 && this.since.is_none() {
             let now = crate::clock::now();
             *this.since = Some(now);
+            *this.taken_then = CONN_TAKEN.with(Cell::get);
             let at = now + *this.send;
             match this.timer {
                 Some(t) => t.as_mut().reset(at),
@@ -150,6 +165,15 @@ impl<F: Future<Output = ()>> Future for Watched<F> {
         if timer.as_mut().poll(cx).is_pending() || since.elapsed() < *this.send {
             return Poll::Pending;
         }
+        let taken_now = CONN_TAKEN.with(Cell::get);
+        if taken_now == *this.taken_then {
+            // The client took nothing of any stream meanwhile: the
+            // connection's own check closes it; looked at again later.
+            *this.since = Some(crate::clock::now());
+            timer.as_mut().reset(crate::clock::now() + *this.send);
+            let _ = timer.as_mut().poll(cx);
+            return Poll::Pending;
+        }
         // The client gave this response no room for `send`: the stream
         // goes (reset), and with it the request's hold on its backend.
         CUTTING.with(|c| c.set(true));
@@ -162,6 +186,8 @@ impl<F: Future<Output = ()>> Future for Watched<F> {
 /// A connection and its streams, as one future.
 pub(crate) struct Run<C> {
     conn: Pin<Box<C>>,
+    /// The client connection's state, when there is one.
+    state: Option<Arc<ConnState>>,
     opened: Arc<Mutex<Vec<Stream>>>,
     /// Swapped with `opened` to take its streams without reallocating.
     spare: Vec<Stream>,
@@ -175,6 +201,7 @@ impl<C> Run<C> {
     pub(crate) fn new(conn: C, streams: &Streams, hold: Arc<Hold>) -> Run<C> {
         Run {
             conn: Box::pin(conn),
+            state: streams.conn.clone(),
             opened: Arc::clone(&streams.opened),
             spare: Vec::new(),
             running: FuturesUnordered::new(),
@@ -244,6 +271,9 @@ impl<C: Future> Run<C> {
         for _ in 0..PASSES {
             // The streams first: what they queue leaves with the
             // connection's write.
+            if let Some(state) = &self.state {
+                CONN_TAKEN.with(|t| t.set(state.taken_so_far()));
+            }
             while let Poll::Ready(Some(())) = self.running.poll_next_unpin(cx) {}
             if let Poll::Ready(out) = self.conn.as_mut().poll(cx) {
                 return Poll::Ready(out);
@@ -331,7 +361,7 @@ mod tests {
     }
 
     fn conn(opens: usize, rounds: usize) -> (Run<Conn>, Arc<AtomicUsize>) {
-        let exec = Streams::new(Duration::from_secs(60));
+        let exec = Streams::new(Duration::from_secs(60), None);
         let ended = Arc::new(AtomicUsize::new(0));
         let c = Conn {
             exec: exec.clone(),
@@ -432,7 +462,7 @@ mod tests {
 
     #[test]
     fn a_turns_flushes_make_one_write() {
-        let exec = Streams::new(Duration::from_secs(60));
+        let exec = Streams::new(Duration::from_secs(60), None);
         let hold = Arc::new(Hold::default());
         let w = Writer {
             io: Gather::new(Socket::default(), Arc::clone(&hold)),
