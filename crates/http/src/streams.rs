@@ -77,9 +77,12 @@ const PASSES: usize = 4;
 type Stream = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The executor given to hyper: it keeps the streams for [`Run`].
+/// One reference count: hyper clones the executor for each stream.
 #[derive(Clone)]
-pub(crate) struct Streams {
-    opened: Arc<Mutex<Vec<Stream>>>,
+pub(crate) struct Streams(Arc<Shared>);
+
+struct Shared {
+    opened: Mutex<Vec<Stream>>,
     /// `timeouts.send`: how long a stream's response may wait for room.
     send: Duration,
     /// The connection's state: what its client took so far.
@@ -88,11 +91,11 @@ pub(crate) struct Streams {
 
 impl Streams {
     pub(crate) fn new(send: Duration, conn: Option<Arc<ConnState>>) -> Streams {
-        Streams {
-            opened: Arc::default(),
+        Streams(Arc::new(Shared {
+            opened: Mutex::default(),
             send,
             conn,
-        }
+        }))
     }
 }
 
@@ -109,9 +112,9 @@ impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for Streams
             since: None,
             taken_then: 0,
             timer: None,
-            send: self.send,
+            send: self.0.send,
         };
-        lock(&self.opened).push(Box::pin(watched));
+        lock(&self.0.opened).push(Box::pin(watched));
     }
 }
 
@@ -188,7 +191,7 @@ pub(crate) struct Run<C> {
     conn: Pin<Box<C>>,
     /// The client connection's state, when there is one.
     state: Option<Arc<ConnState>>,
-    opened: Arc<Mutex<Vec<Stream>>>,
+    opened: Arc<Shared>,
     /// Swapped with `opened` to take its streams without reallocating.
     spare: Vec<Stream>,
     running: FuturesUnordered<Stream>,
@@ -201,8 +204,8 @@ impl<C> Run<C> {
     pub(crate) fn new(conn: C, streams: &Streams, hold: Arc<Hold>) -> Run<C> {
         Run {
             conn: Box::pin(conn),
-            state: streams.conn.clone(),
-            opened: Arc::clone(&streams.opened),
+            state: streams.0.conn.clone(),
+            opened: Arc::clone(&streams.0),
             spare: Vec::new(),
             running: FuturesUnordered::new(),
             hold,
@@ -216,7 +219,7 @@ impl<C> Run<C> {
     /// Takes the streams opened since last time; false when there were none.
     fn adopt(&mut self) -> bool {
         {
-            let mut opened = lock(&self.opened);
+            let mut opened = lock(&self.opened.opened);
             if opened.is_empty() {
                 return false;
             }
