@@ -589,6 +589,9 @@ where
     // as seen at the timer's looks; and the count of pieces taken then.
     let mut stalled: Option<Instant> = None;
     let mut taken = 0;
+    // When the graceful close began: bounded by `timeouts.send` once nothing
+    // is in flight.
+    let mut drained_at: Option<Instant> = None;
     std::future::poll_fn(|cx| {
         // The requests served in this poll share one clock reading.
         let _turn = crate::clock::turn();
@@ -616,10 +619,20 @@ where
         while idle_timer.as_mut().poll(cx).is_ready() {
             let now = crate::clock::now();
             let idle_at = state.idle_since() + idle;
+            if state.in_flight() == 0
+                && drained_at.is_some_and(|d| now.saturating_duration_since(d) >= timeouts.send)
+            {
+                // Nothing left to wait for but the close itself: a client
+                // that reads nothing keeps the GOAWAY (or the last answers)
+                // from being written, for as long as TCP lets it.
+                state.cut(Reason::IdleTimeout);
+                return Poll::Ready(Ok(()));
+            }
             if state.in_flight() == 0 && idle_at <= now {
                 if !draining {
                     graceful(conn.as_mut());
                     draining = true;
+                    drained_at = Some(now);
                     // hyper starts its graceful end when next polled.
                     cx.waker().wake_by_ref();
                 }
@@ -643,7 +656,12 @@ where
             } else {
                 rechecking = false;
                 stalled = None;
-                idle_timer.as_mut().reset(idle_at);
+                // Draining: the close's deadline comes before the idle one.
+                let next = match drained_at {
+                    Some(d) => idle_at.min(d + timeouts.send),
+                    None => idle_at,
+                };
+                idle_timer.as_mut().reset(next);
             }
         }
         // The shared signals: polled (and their locks taken) only when one
@@ -665,6 +683,8 @@ where
             Poll::Ready(Stop::Gracefully) if !draining => {
                 graceful(conn.as_mut());
                 draining = true;
+                drained_at = Some(crate::clock::now());
+                idle_timer.as_mut().reset(crate::clock::now() + recheck);
                 // hyper starts its graceful end when next polled.
                 cx.waker().wake_by_ref();
             }

@@ -2760,14 +2760,11 @@ fn an_http2_rapid_reset_flood_closes_the_connection() {
     );
 }
 
-/// An HTTP/2 client that gives one stream no flow-control room while it
-/// goes on with others has that stream reset after `timeouts.send` (its
-/// backend let go), not kept for as long as the connection moves; the
-/// connection and its other streams go on.
-#[test]
-fn an_http2_stream_the_client_gives_no_room_is_reset_after_send() {
+/// A backend on loopback answering `/big` with 200,000 bytes and anything
+/// else with 2, on kept-alive connections.
+fn sized_backend() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let backend = l.local_addr().expect("addr");
+    let addr = l.local_addr().expect("addr");
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(s) = s else { break };
@@ -2794,6 +2791,16 @@ fn an_http2_stream_the_client_gives_no_room_is_reset_after_send() {
             });
         }
     });
+    addr
+}
+
+/// An HTTP/2 client that gives one stream no flow-control room while it
+/// goes on with others has that stream reset after `timeouts.send` (its
+/// backend let go), not kept for as long as the connection moves; the
+/// connection and its other streams go on.
+#[test]
+fn an_http2_stream_the_client_gives_no_room_is_reset_after_send() {
+    let backend = sized_backend();
     let (front, admin) = (free_port(), free_port());
     let (_weir, _out) = start(
         "stream-room",
@@ -2852,5 +2859,112 @@ fn an_http2_stream_the_client_gives_no_room_is_reset_after_send() {
             );
         };
         assert!(ended.is_reset(), "{ended}");
+    });
+}
+
+/// A socket that stops being read once told: the client of a connection
+/// that no longer takes what weir writes.
+struct Unread {
+    inner: tokio::net::TcpStream,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl tokio::io::AsyncRead for Unread {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.stop.load(SeqCst) {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Unread {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// An HTTP/2 client that stops reading its socket once its requests are
+/// answered (every answer queued, more than the sockets hold) is closed
+/// `timeouts.send` after its connection went idle and began to close: the
+/// GOAWAY that cannot be written does not hold it for as long as TCP lets
+/// the client stay.
+#[test]
+fn a_client_that_stops_reading_is_closed_after_its_answers() {
+    let backend = sized_backend();
+    let (front, admin) = (free_port(), free_port());
+    let (_weir, _out) = start(
+        "unread-close",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             timeouts = {{ idle = \"300ms\", send = \"500ms\" }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
+        ),
+    );
+    let open = || metric(admin, "weir_listener_connections_active{listener=\"web\"}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tcp = tokio::net::TcpStream::connect(front)
+            .await
+            .expect("connect");
+        let io = Unread {
+            inner: tcp,
+            stop: Arc::clone(&stop),
+        };
+        // Windows as large as HTTP/2 allows: only the sockets hold weir back.
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(i32::MAX as u32)
+            .initial_connection_window_size(i32::MAX as u32)
+            .handshake::<_, bytes::Bytes>(io)
+            .await
+            .expect("h2 handshake");
+        let conn = tokio::spawn(conn);
+        let mut pending = Vec::new();
+        for _ in 0..60 {
+            let mut s = send.clone().ready().await.expect("ready");
+            let req = http::Request::get("http://app/big")
+                .body(())
+                .expect("request");
+            pending.push(s.send_request(req, true).expect("send").0);
+        }
+        // Out on the wire, then nothing more is read.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.store(true, SeqCst);
+        let end = Instant::now() + DEADLINE;
+        while open() != 0.0 {
+            assert!(Instant::now() < end, "the unread connection stays open");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(pending);
+        conn.abort();
     });
 }
