@@ -1220,8 +1220,17 @@ async fn a_backend_that_comes_back_ramps_up_over_slow_start() {
     let back = std::time::Instant::now();
     let first = weight(&server.pool("p").expect("p")).expect("b");
     assert!(first <= 3, "right after coming back: weight {first}");
-    // Its connection limit ramps with it.
+    // Its connection limit ramps with it, from the pool's rebuild that
+    // follows the health change (the view shows the change a moment
+    // before; the balancer sends it nothing until that rebuild either).
     let limit = |p: &weir_core::pool::Pool| p.backend("b").map(|b| b.connection_limit());
+    wait_until("b's limit ramped", || {
+        server
+            .pool("p")
+            .and_then(|p| limit(&p))
+            .is_some_and(|l| l < 100)
+    })
+    .await;
     let first_limit = limit(&server.pool("p").expect("p")).expect("b");
     assert!(
         (1..=25).contains(&first_limit),
