@@ -5,9 +5,17 @@
 //! when its response has been read to the end; a connection idle for
 //! `timeouts.upstream_keepalive` is closed, so weir lets go of it before a
 //! backend's own keep-alive timeout would close it under a request (the race
-//! behind most "502 on a kept-alive connection" reports). HTTP/2 and h2c: one
-//! connection per backend carries every request, and a new one is opened
-//! when it has closed.
+//! behind most "502 on a kept-alive connection" reports). HTTP/2 and h2c: a
+//! connection carries up to `H2_STREAMS` requests at once, and another is
+//! opened past that; one is kept while idle, the others close after
+//! `upstream_keepalive` without a request.
+//!
+//! The flow-control windows of an HTTP/2 backend connection are sized so
+//! that no request waits for another's: a response its client does not read
+//! holds at most its stream's window (`H2_STREAM_WINDOW`) of the
+//! connection's, which is that times the requests it carries. With the
+//! usual small connection window, a few clients that download and read
+//! nothing would stall every request to the backend.
 //!
 //! Each backend's list sits behind its own short lock (a push or a pop);
 //! nothing here is shared across backends.
@@ -15,7 +23,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -39,6 +47,15 @@ const MAX_IDLE: usize = 256;
 /// How long a connection given back a moment ago may take to be ready for
 /// its next request before it is given up on.
 const READY_WAIT: Duration = Duration::from_millis(100);
+/// Requests one HTTP/2 backend connection carries at once; past that,
+/// another is opened (most servers allow 100 or more streams).
+const H2_STREAMS: usize = 100;
+/// The window of one request's response on an HTTP/2 backend connection:
+/// what a response its client does not read can hold of the connection's
+/// (a 10 Gbit/s link with a round trip under 0.8 ms stays full with it).
+const H2_STREAM_WINDOW: u32 = 1 << 20;
+/// The window of the connection: room for each of its requests' windows.
+const H2_CONN_WINDOW: u32 = H2_STREAM_WINDOW * H2_STREAMS as u32;
 
 pub(crate) type Request = http::Request<RequestBody>;
 pub(crate) type Response = http::Response<Incoming>;
@@ -77,18 +94,41 @@ pub(crate) struct Conns {
     /// A sweeper looks after these connections already.
     swept: AtomicBool,
     idle: Mutex<Vec<Idle>>,
-    /// The shared HTTP/2 connection; async, so that one request opens it
-    /// while the others wait for it.
-    h2: tokio::sync::Mutex<Option<http2::SendRequest<RequestBody>>>,
+    /// The shared HTTP/2 connections, oldest first; async, so that one
+    /// request opens a new one while the others wait for it.
+    h2: tokio::sync::Mutex<Vec<H2Conn>>,
     /// Failed opens of the shared HTTP/2 connection so far, and why the last
     /// one failed: the requests that waited for an open that failed fail
     /// with it, rather than each opening in turn (each up to
     /// `connect_timeout`, one after the other, behind the lock).
     h2_failures: AtomicU64,
     h2_why: Mutex<Reason>,
-    /// The shared HTTP/2 connections opened so far: the number of the one
-    /// in `h2` (changed under its lock).
+    /// The shared HTTP/2 connections opened so far: the number of the
+    /// newest in `h2` (changed under its lock).
     h2_opens: AtomicU64,
+}
+
+/// One shared HTTP/2 connection.
+#[derive(Debug)]
+struct H2Conn {
+    sender: http2::SendRequest<RequestBody>,
+    /// Which it is (see `Conns::h2_opens`).
+    number: u64,
+    /// Its requests whose response has not ended.
+    streams: Arc<AtomicUsize>,
+    /// When a request last took it.
+    used: Instant,
+}
+
+/// A request's place on a shared HTTP/2 connection, given back when its
+/// lease goes, however it goes.
+#[derive(Debug)]
+struct Stream(Arc<AtomicUsize>);
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 #[derive(Debug)]
@@ -126,7 +166,7 @@ impl Conns {
             keepalive: AtomicU64::new(nanos(keepalive)),
             swept: AtomicBool::new(false),
             idle: Mutex::new(Vec::new()),
-            h2: tokio::sync::Mutex::new(None),
+            h2: tokio::sync::Mutex::new(Vec::new()),
             h2_failures: AtomicU64::new(0),
             h2_why: Mutex::new(Reason::BackendError),
             h2_opens: AtomicU64::new(0),
@@ -176,23 +216,30 @@ impl Conns {
         Box::pin(self.fresh(dialer, None)).await
     }
 
-    /// The shared HTTP/2 connection when it is open and is not connection
-    /// number `not` (one that failed a request), else a new one, opened
-    /// while holding the lock: the requests that wait for it then share it,
-    /// or fail with it when it cannot be opened.
+    /// A shared HTTP/2 connection that is open and has room for a request,
+    /// else a new one, opened while holding the lock: the requests that
+    /// wait for it then share it, or fail with it when it cannot be opened.
+    /// Connection number `not` failed a request: it takes no more.
     async fn shared_h2(
         self: &Arc<Self>,
         dialer: &Dialer,
         not: Option<u64>,
     ) -> Result<Lease, Reason> {
         let failures = self.h2_failures.load(Relaxed);
-        let shared = self.h2.lock().await;
-        let number = self.h2_opens.load(Relaxed);
-        if let Some(sender) = shared.as_ref().filter(|s| !s.is_closed())
-            && not != Some(number)
+        let mut shared = self.h2.lock().await;
+        shared.retain(|c| !c.sender.is_closed() && Some(c.number) != not);
+        if let Some(conn) = shared
+            .iter_mut()
+            .find(|c| c.streams.load(Relaxed) < H2_STREAMS)
         {
+            conn.streams.fetch_add(1, Relaxed);
+            conn.used = crate::clock::now();
+            let stream = Stream(Arc::clone(&conn.streams));
+            let sender = Sender::H2(conn.sender.clone(), stream);
+            let number = conn.number;
+            drop(shared);
             self.stats.upstream_event(UpstreamEvent::Reused);
-            let mut lease = self.lease(Sender::H2(sender.clone()), true, Duration::ZERO);
+            let mut lease = self.lease(sender, true, Duration::ZERO);
             lease.h2_number = number;
             return Ok(lease);
         }
@@ -262,7 +309,7 @@ impl Conns {
     async fn open_h2(
         self: &Arc<Self>,
         dialer: &Dialer,
-        mut shared: tokio::sync::MutexGuard<'_, Option<http2::SendRequest<RequestBody>>>,
+        mut shared: tokio::sync::MutexGuard<'_, Vec<H2Conn>>,
     ) -> Result<Lease, Reason> {
         let opened = match dial(self.address, dialer).await {
             // A backend that went silent (its host lost, the connection's
@@ -275,6 +322,8 @@ impl Conns {
             // more often than every five minutes without data.
             Ok(io) => http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONN_WINDOW)
                 .keep_alive_interval(dialer.ping)
                 .keep_alive_timeout(dialer.ping.unwrap_or(Duration::from_secs(20)))
                 .keep_alive_while_idle(true)
@@ -299,9 +348,18 @@ impl Conns {
             stats.upstream_active.fetch_sub(1, Relaxed);
             stats.upstream_event(UpstreamEvent::Closed);
         });
-        *shared = Some(sender.clone());
-        let mut lease = self.lease(Sender::H2(sender), false, Duration::ZERO);
-        lease.h2_number = self.h2_opens.fetch_add(1, Relaxed) + 1;
+        let number = self.h2_opens.fetch_add(1, Relaxed) + 1;
+        let streams = Arc::new(AtomicUsize::new(1));
+        let stream = Stream(Arc::clone(&streams));
+        shared.push(H2Conn {
+            sender: sender.clone(),
+            number,
+            streams,
+            used: crate::clock::now(),
+        });
+        drop(shared);
+        let mut lease = self.lease(Sender::H2(sender, stream), false, Duration::ZERO);
+        lease.h2_number = number;
         Ok(lease)
     }
 
@@ -342,8 +400,8 @@ impl Conns {
         }
     }
 
-    /// Closes the idle connections past `upstream_keepalive`, and lets the
-    /// HTTP/2 connection go once nothing else holds it.
+    /// Closes the idle connections past `upstream_keepalive`: HTTP/1.1 ones,
+    /// and HTTP/2 ones but the oldest open one; lets closed HTTP/2 ones go.
     pub(crate) fn sweep(&self) {
         let mut idle = self.idle();
         let before = idle.len();
@@ -354,24 +412,30 @@ impl Conns {
         self.stats
             .upstream_idle
             .fetch_sub(i64::try_from(closed).unwrap_or(0), Relaxed);
-        if let Ok(mut h2) = self.h2.try_lock()
-            && h2.as_ref().is_some_and(http2::SendRequest::is_closed)
-        {
-            *h2 = None;
+        if let Ok(mut h2) = self.h2.try_lock() {
+            h2.retain(|c| !c.sender.is_closed());
+            let mut first = true;
+            // Dropping the last sender of an idle connection closes it.
+            h2.retain(|c| {
+                let keep = first || c.streams.load(Relaxed) > 0 || c.used.elapsed() < keepalive;
+                first = false;
+                keep
+            });
         }
     }
 }
 
 enum Sender {
     H1(http1::SendRequest<RequestBody>),
-    H2(http2::SendRequest<RequestBody>),
+    /// The stream is held for its `Drop`, which gives its place back.
+    H2(http2::SendRequest<RequestBody>, #[allow(dead_code)] Stream),
 }
 
 impl std::fmt::Debug for Sender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Sender::H1(_) => "Sender::H1",
-            Sender::H2(_) => "Sender::H2",
+            Sender::H2(..) => "Sender::H2",
         })
     }
 }
@@ -413,7 +477,7 @@ impl Lease {
     pub(crate) async fn send(&mut self, req: Box<Request>) -> Result<Response, SendError> {
         match self.sender.as_mut() {
             Some(Sender::H1(s)) => s.try_send_request(*req).await.map_err(SendError::from),
-            Some(Sender::H2(s)) => s.try_send_request(*req).await.map_err(SendError::from),
+            Some(Sender::H2(s, _)) => s.try_send_request(*req).await.map_err(SendError::from),
             None => Err(SendError::NotSent(req)),
         }
     }

@@ -1832,6 +1832,29 @@ async fn request(
         .map_err(|_| h2::Error::from(h2::Reason::CANCEL))?
 }
 
+/// An HTTP/2 client connection over `io` whose streams start with `window`
+/// bytes of room and whose connection has `connection` (65,535 when
+/// neither is said): its sender, and the task that drives it.
+async fn h2_over<T>(
+    io: T,
+    window: u32,
+    connection: u32,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .initial_connection_window_size(connection)
+        .handshake::<_, bytes::Bytes>(io)
+        .await
+        .expect("h2 handshake");
+    (send, tokio::spawn(conn))
+}
+
 /// A reload applies to the requests of connections opened before it: they
 /// follow the new rules; a request in flight finishes; when the route is
 /// removed, its HTTP/1.1 and HTTP/2 connections close (HTTP/2 with GOAWAY).
@@ -1915,12 +1938,7 @@ fn a_client_that_reads_nothing_is_cut_after_the_send_timeout() {
         let tcp = tokio::net::TcpStream::connect(front)
             .await
             .expect("connect");
-        let (send, conn) = h2::client::Builder::new()
-            .initial_window_size(0)
-            .handshake::<_, bytes::Bytes>(tcp)
-            .await
-            .expect("h2 handshake");
-        let conn = tokio::spawn(conn);
+        let (send, conn) = h2_over(tcp, 0, 65_535).await;
         let response = request(send, "/big.bin").await.expect("response head");
         assert_eq!(response.status(), 200);
         // weir ends the connection.
@@ -2821,12 +2839,7 @@ fn an_http2_stream_the_client_gives_no_room_is_reset_after_send() {
         let tcp = tokio::net::TcpStream::connect(front)
             .await
             .expect("connect");
-        let (send, conn) = h2::client::Builder::new()
-            .initial_window_size(4096)
-            .handshake::<_, bytes::Bytes>(tcp)
-            .await
-            .expect("h2 handshake");
-        tokio::spawn(conn);
+        let (send, _conn) = h2_over(tcp, 4096, 65_535).await;
         let ask = |path: &'static str| {
             let send = send.clone();
             async move {
@@ -2941,13 +2954,7 @@ fn a_client_that_stops_reading_is_closed_after_its_answers() {
             stop: Arc::clone(&stop),
         };
         // Windows as large as HTTP/2 allows: only the sockets hold weir back.
-        let (send, conn) = h2::client::Builder::new()
-            .initial_window_size(i32::MAX as u32)
-            .initial_connection_window_size(i32::MAX as u32)
-            .handshake::<_, bytes::Bytes>(io)
-            .await
-            .expect("h2 handshake");
-        let conn = tokio::spawn(conn);
+        let (send, conn) = h2_over(io, i32::MAX as u32, i32::MAX as u32).await;
         let mut pending = Vec::new();
         for _ in 0..60 {
             let mut s = send.clone().ready().await.expect("ready");
@@ -2967,4 +2974,109 @@ fn a_client_that_stops_reading_is_closed_after_its_answers() {
         drop(pending);
         conn.abort();
     });
+}
+
+/// Clients that download from an HTTP/2 backend (nghttpd) and read nothing
+/// hold at most their own streams' windows of weir's connection to it:
+/// another client's download goes on, on a second connection once the
+/// first carries 100 requests; that one closes after `upstream_keepalive`
+/// once unused, the first stays. (With one connection per backend and
+/// hyper's windows, 5 MB for the connection and 2 MB per stream, three such
+/// downloads stalled every request to the backend until `timeouts.send`.)
+#[test]
+fn clients_that_read_nothing_do_not_stall_an_http2_backend() {
+    const BIG: usize = 8 << 20;
+    let dir = test_dir("l7-h2-windows");
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).expect("www");
+    std::fs::write(www.join("big.bin"), vec![b'x'; BIG]).expect("file");
+    let c = free_port();
+    let _nghttpd = start_nghttpd(&www, c.port(), None);
+    wait_connectable(c);
+    let (front, admin) = (free_port(), free_port());
+    let (_weir, _out) = start(
+        "h2-windows",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             timeouts = {{ upstream_keepalive = \"1s\" }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\nprotocol = \"h2c\"\n\
+             [[pools.backends]]\nname = \"c\"\naddress = \"{c}\"\n"
+        ),
+    );
+    // A count not yet in the scrape is zero.
+    let event = |event: &str| {
+        let series = format!(
+            "weir_http_upstream_connections_total{{pool=\"p\",backend=\"c\",event=\"{event}\"}} "
+        );
+        crate::cli::http_get(admin, "/metrics")
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        // 110 downloads under way with no room at all: weir takes each
+        // stream's window of the backend's data and holds it.
+        let tcp = tokio::net::TcpStream::connect(front)
+            .await
+            .expect("connect");
+        let (starving, _starving_conn) = h2_over(tcp, 0, 65_535).await;
+        let mut starved = Vec::new();
+        for _ in 0..110 {
+            let response = request(starving.clone(), "/big.bin")
+                .await
+                .expect("a starved response's head");
+            assert_eq!(response.status(), 200);
+            starved.push(response);
+        }
+        let tcp = tokio::net::TcpStream::connect(front)
+            .await
+            .expect("connect");
+        let (reader, _reader_conn) = h2_over(tcp, i32::MAX as u32, i32::MAX as u32).await;
+        let read = async {
+            let mut body = request(reader, "/big.bin")
+                .await
+                .expect("the reader's response head")
+                .into_body();
+            let mut got = 0;
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.expect("the reader's body");
+                got += chunk.len();
+                let _ = body.flow_control().release_capacity(chunk.len());
+            }
+            got
+        };
+        let got = tokio::time::timeout(DEADLINE, read)
+            .await
+            .expect("the reader's download stalled");
+        assert_eq!(got, BIG);
+        drop(starved);
+    });
+    // The clients' connections close with their runtime.
+    drop(rt);
+    assert_eq!(
+        event("created"),
+        2.0,
+        "a second connection past 100 requests"
+    );
+    let end = Instant::now() + DEADLINE;
+    while event("closed") < 1.0 {
+        assert!(Instant::now() < end, "the unused second connection stayed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(event("closed"), 1.0, "the first connection is kept");
+    assert_eq!(
+        metric(
+            admin,
+            "weir_http_upstream_connections_open{pool=\"p\",backend=\"c\",state=\"active\"}"
+        ),
+        1.0
+    );
 }
