@@ -95,6 +95,22 @@ impl Route {
     /// client's ClientHello, or `None` when it sent none (not TLS) or none was
     /// needed.
     pub(crate) fn matches(&self, ip: IpAddr, hello: Option<&ClientHello<'_>>) -> bool {
+        let Some(h) = hello else {
+            return self.holds(ip, None);
+        };
+        let offered = |a: &[u8]| h.alpn.contains(a);
+        self.holds(
+            ip,
+            Some(Offer {
+                sni: h.sni.as_deref(),
+                alpn: &offered,
+            }),
+        )
+    }
+
+    /// [`Route::matches`] with what the ClientHello offered (`None`: no
+    /// ClientHello).
+    fn holds(&self, ip: IpAddr, hello: Option<Offer<'_>>) -> bool {
         // IPv4 clients on a dual-stack socket show up as ::ffff:a.b.c.d.
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
@@ -110,11 +126,18 @@ impl Route {
         let Some(hello) = hello else {
             return false;
         };
-        let sni_ok =
-            m.sni.is_empty() || hello.sni.as_deref().is_some_and(|name| m.sni_matches(name));
-        let alpn_ok = m.alpn.is_empty() || m.alpn.iter().any(|a| hello.alpn.contains(a.as_bytes()));
+        let sni_ok = m.sni.is_empty() || hello.sni.is_some_and(|name| m.sni_matches(name));
+        let alpn_ok = m.alpn.is_empty() || m.alpn.iter().any(|a| (hello.alpn)(a.as_bytes()));
         sni_ok && alpn_ok
     }
+}
+
+/// The parts of a ClientHello routes look at: the SNI, and whether an ALPN
+/// protocol was offered.
+#[derive(Clone, Copy)]
+struct Offer<'a> {
+    sni: Option<&'a str>,
+    alpn: &'a dyn Fn(&[u8]) -> bool,
 }
 
 impl Listener {
@@ -146,6 +169,19 @@ impl Listener {
     /// The first route whose conditions hold.
     pub(crate) fn route_for(&self, ip: IpAddr, hello: Option<&ClientHello<'_>>) -> Option<&Route> {
         self.routes.iter().find(|r| r.matches(ip, hello))
+    }
+
+    /// The index of the route a TLS client at `ip` would have reached with
+    /// `name` as its SNI, offering `alpn` (the protocol its connection
+    /// agreed on): an HTTP request whose host leads elsewhere than its
+    /// connection's route is misdirected (answered 421).
+    pub fn route_for_name(&self, ip: IpAddr, name: &str, alpn: Option<&[u8]>) -> Option<usize> {
+        let offered = |a: &[u8]| alpn == Some(a);
+        let hello = Offer {
+            sni: Some(name),
+            alpn: &offered,
+        };
+        self.routes.iter().position(|r| r.holds(ip, Some(hello)))
     }
 
     /// True when the firewall is to be asked at accept: the socket's peer is

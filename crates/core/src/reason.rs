@@ -89,6 +89,10 @@ pub enum Reason {
     // HTTP requests (l7 routes).
     /// No HTTP rule of the route matched the request.
     NoRule,
+    /// An HTTP request over TLS whose host leads to another route than the
+    /// one its connection's SNI reached (domain fronting, or a connection a
+    /// browser reuses for another name its certificate covers).
+    Misdirected,
     /// The backend's response header did not come within
     /// `timeouts.upstream_response`.
     UpstreamTimeout,
@@ -212,6 +216,7 @@ impl Reason {
             Self::NotServing => "not_serving",
             Self::GrpcStatus => "grpc_status",
             Self::NoRule => "no_rule",
+            Self::Misdirected => "misdirected",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::HeaderTimeout => "header_timeout",
             Self::HeaderTooLarge => "header_too_large",
@@ -245,6 +250,7 @@ impl Reason {
             | Self::Firewall
             | Self::RateLimit
             | Self::NoRule
+            | Self::Misdirected
             | Self::HeaderTimeout
             | Self::HeaderTooLarge
             | Self::BodyTooLarge
@@ -307,6 +313,7 @@ impl Reason {
             | Self::AuthBusy
             | Self::LocalResources => Some(503),
             Self::NoRoute | Self::NoRule => Some(404),
+            Self::Misdirected => Some(421),
             Self::HandshakeTimeout | Self::IdleTimeout | Self::HeaderTimeout => Some(408),
             // `ClientError`: the client broke its request's body (its
             // framing, or it left while sending it).
@@ -410,6 +417,7 @@ mod tests {
         Reason::NotServing,
         Reason::GrpcStatus,
         Reason::NoRule,
+        Reason::Misdirected,
         Reason::UpstreamTimeout,
         Reason::HeaderTimeout,
         Reason::HeaderTooLarge,

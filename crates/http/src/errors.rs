@@ -56,6 +56,7 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 pub fn text(reason: Reason) -> String {
     let what = match reason {
         Reason::NoRule => "no rule of this route matches the request",
+        Reason::Misdirected => "this connection's TLS name does not lead to the request's host",
         Reason::NoBackend => "no backend is available",
         Reason::QueueFull => "every backend is at its connection limit and the queue is full",
         Reason::QueueTimeout => "no backend had room in time",

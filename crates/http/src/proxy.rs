@@ -57,6 +57,42 @@ pub(crate) struct Cx {
     /// The connection's live entry: an operator's close ends a WebSocket
     /// relayed on it too.
     pub(crate) live: Option<Arc<weir_core::live::Live>>,
+    /// What the TLS handshake agreed on, on a listener with other routes
+    /// (see [`misdirected`]).
+    pub(crate) tls: Option<Box<TlsName>>,
+}
+
+/// The name and protocol a TLS connection was set up for.
+#[derive(Debug)]
+pub(crate) struct TlsName {
+    /// The SNI, lower-cased.
+    pub(crate) sni: Option<String>,
+    /// The ALPN protocol agreed on.
+    pub(crate) alpn: Option<Vec<u8>>,
+}
+
+/// Whether a request for `host` (a lower-case name, no port) came on a TLS
+/// connection whose SNI reached another route than the one `host` leads
+/// to: a client that set up TLS for one name (and the route's client
+/// certificate check, or none) cannot ask another route's name on it
+/// (RFC 9110 §15.5.20; browsers then open a connection for that name).
+/// An address as host names no route by SNI, and is let be.
+fn misdirected(cx: &Cx, host: &str) -> bool {
+    let Some(tls) = &cx.tls else {
+        return false;
+    };
+    if tls.sni.as_deref() == Some(host)
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok()
+    {
+        return false;
+    }
+    cx.listener
+        .route_for_name(cx.client.ip(), host, tls.alpn.as_deref())
+        != Some(cx.route)
 }
 
 #[expect(
@@ -155,6 +191,9 @@ pub(crate) fn handle(
             req.uri().path(),
             req.headers(),
         );
+        if name.as_deref().is_some_and(|host| misdirected(&cx, host)) {
+            return Ok(answer(Reason::Misdirected, grpc, x));
+        }
         let Some(rule) = matched else {
             return Ok(answer(Reason::NoRule, grpc, x));
         };

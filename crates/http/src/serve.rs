@@ -249,6 +249,7 @@ pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize
             accepted_at,
             proto: "http",
             live,
+            tls: None,
         };
         return on.serve(stream, http2).await;
     };
@@ -291,7 +292,15 @@ pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize
         }
     };
     listener.stats.tls_handshake(TlsEnd::Ok, began.elapsed());
-    let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let tls_conn = stream.get_ref().1;
+    let http2 = tls_conn.alpn_protocol() == Some(b"h2");
+    // Only a listener with other routes can misdirect a request.
+    let tls = (listener.routes.len() > 1).then(|| {
+        Box::new(crate::proxy::TlsName {
+            sni: tls_conn.server_name().map(str::to_ascii_lowercase),
+            alpn: tls_conn.alpn_protocol().map(<[u8]>::to_vec),
+        })
+    });
     let on = On {
         slot,
         listener,
@@ -300,6 +309,7 @@ pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize
         accepted_at,
         proto: "https",
         live,
+        tls,
     };
     // Boxed: a TLS connection's state is large, and clear-text connections
     // should not carry it.
@@ -333,6 +343,7 @@ struct On {
     proto: &'static str,
     /// Its entry among the listener's live connections.
     live: Option<LiveGuard>,
+    tls: Option<Box<crate::proxy::TlsName>>,
 }
 
 impl On {
@@ -348,6 +359,7 @@ impl On {
             accepted_at,
             proto,
             live,
+            tls,
         } = self;
         let state = slot.current.load_full();
         let timeouts = state.timeouts;
@@ -364,6 +376,7 @@ impl On {
             proto,
             version: if http2 { "HTTP/2" } else { "HTTP/1.1" },
             live: live.as_ref().map(LiveGuard::entry),
+            tls,
         });
         let outcome = if http2 {
             // The streams run in this task, not one task each.

@@ -1542,6 +1542,80 @@ fn a_listener_passes_one_name_through_and_terminates_another() {
         assert_eq!((status, body.as_str()), (200, want), "{name}");
         assert!(served_subject(front, name).contains(name), "{name}");
     }
+    // On a connection set up for app.example, a request may name it (any
+    // case, with a port), not a name that leads elsewhere: the passed-through
+    // one, or one no route takes (domain fronting; a browser reusing the
+    // connection is told to open one for that name).
+    for version in ["--http1.1", "--http2"] {
+        for (host, want) in [
+            (format!("APP.example:{}", front.port()), 200),
+            ("pass.example".to_owned(), 421),
+            ("other.example".to_owned(), 421),
+        ] {
+            let (status, body, _) = curl_app_example(front, &ca, version, &host);
+            assert_eq!(status, want, "{version} {host}: {body}");
+            if want == 421 {
+                assert!(body.contains("misdirected"), "{body}");
+            }
+        }
+    }
+}
+
+/// Routes told apart by ALPN alone: a request for another name than the
+/// SNI leads to the route its connection's protocol reached, so it is not
+/// misdirected (HTTP/2 to the `h2` route, HTTP/1.1 to the catch-all).
+#[test]
+fn a_host_is_routed_with_the_protocol_its_connection_agreed_on() {
+    let dir = test_dir("l7-misdirected-alpn");
+    make_ca(&dir);
+    make_leaf(&dir, "app", &["app.example", "other.example"], "");
+    let backend = sized_backend();
+    let front = free_port();
+    let tls = format!(
+        "tls = {{ certificates = [{{ cert = \"{d}/app.crt\", key = \"{d}/app.key\" }}] }}\n",
+        d = dir.display()
+    );
+    let (_weir, _out) = start(
+        "misdirected-alpn",
+        &format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"edge\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"h2\"\nmode = \"l7\"\nmatch = {{ alpn = [\"h2\"] }}\n{tls}\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[listeners.routes]]\nname = \"rest\"\nmode = \"l7\"\n{tls}\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
+        ),
+    );
+    let ca = dir.join("ca.crt").display().to_string();
+    for (version, want) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let (status, body, used) = curl_app_example(front, &ca, version, "other.example");
+        assert_eq!((status, used.as_str()), (200, want), "{version}: {body}");
+    }
+}
+
+/// curl's `GET /` over TLS to `front` with SNI `app.example` (verified
+/// against `ca`), in HTTP `version`, with `host` as its host.
+fn curl_app_example(
+    front: SocketAddr,
+    ca: &str,
+    version: &str,
+    host: &str,
+) -> (u16, String, String) {
+    let resolve = format!("app.example:{}:127.0.0.1", front.port());
+    let header = format!("Host: {host}");
+    curl(
+        &[
+            "--cacert",
+            ca,
+            "--resolve",
+            &resolve,
+            version,
+            "-H",
+            &header,
+        ],
+        &format!("https://app.example:{}/", front.port()),
+    )
 }
 
 /// `handshake_timeout` is one budget from the accept: a client that used
