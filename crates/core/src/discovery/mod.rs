@@ -398,12 +398,7 @@ impl Discovery {
             .pools
             .iter()
             .filter(|p| {
-                let entry = match plan.fresh.iter().find(|f| f.pool == p.name) {
-                    Some(f) => Some(&f.entry),
-                    None if plan.gone.contains(&p.name) => None,
-                    None => pools.get(&p.name),
-                };
-                entry.is_some_and(|e| e.answered && e.set.left_out == 0)
+                entry_of(&p.name, plan, &pools).is_some_and(|e| e.answered && e.set.left_out == 0)
             })
             .map(|p| p.name.clone())
             .collect()
@@ -418,15 +413,10 @@ impl Discovery {
         let pools = self.lock();
         let mut config = source.clone();
         for p in &mut config.pools {
-            let set = match plan.fresh.iter().find(|f| f.pool == p.name) {
-                Some(f) => &f.entry.set,
-                None if plan.gone.contains(&p.name) => continue,
-                None => match pools.get(&p.name) {
-                    Some(e) => &e.set,
-                    None => continue,
-                },
+            let Some(entry) = entry_of(&p.name, plan, &pools) else {
+                continue;
             };
-            for (addr, m) in &set.members {
+            for (addr, m) in &entry.set.members {
                 let name = addr.to_string();
                 let taken = p.backends.iter().any(|b| {
                     b.name == name || matches!(b.address, BackendAddress::Ip(a) if a == *addr)
@@ -490,6 +480,20 @@ impl Discovery {
                 e.stats.last_success.load(Relaxed),
             );
         }
+    }
+}
+
+/// A pool's discovery as `plan` would have it: the entry it starts, none
+/// when it ends the pool's discovery, else the running one (if any).
+fn entry_of<'e>(
+    pool: &str,
+    plan: &'e Plan,
+    pools: &'e BTreeMap<String, Entry>,
+) -> Option<&'e Entry> {
+    match plan.fresh.iter().find(|f| f.pool == pool) {
+        Some(f) => Some(&f.entry),
+        None if plan.gone.iter().any(|g| g == pool) => None,
+        None => pools.get(pool),
     }
 }
 
