@@ -76,7 +76,9 @@ pub(crate) struct TlsName {
 /// to: a client that set up TLS for one name (and the route's client
 /// certificate check, or none) cannot ask another route's name on it
 /// (RFC 9110 §15.5.20; browsers then open a connection for that name).
-/// An address as host names no route by SNI, and is let be.
+/// An address as host names no route by SNI, and is let be. The routes are
+/// the listener's when the connection was accepted, as its own route was
+/// picked from them: a reload's new routes apply to connections it accepts.
 fn misdirected(cx: &Cx, host: &str) -> bool {
     let Some(tls) = &cx.tls else {
         return false;
@@ -184,6 +186,9 @@ pub(crate) fn handle(
         let name = host.as_ref().zip(host_part).and_then(|(h, part)| {
             crate::rules::host_name(std::str::from_utf8(h.as_bytes()).ok()?, part)
         });
+        if name.as_deref().is_some_and(|host| misdirected(&cx, host)) {
+            return Ok(answer(Reason::Misdirected, grpc, x));
+        }
         let matched = crate::rules::first(
             &state.rules,
             req.method(),
@@ -191,9 +196,6 @@ pub(crate) fn handle(
             req.uri().path(),
             req.headers(),
         );
-        if name.as_deref().is_some_and(|host| misdirected(&cx, host)) {
-            return Ok(answer(Reason::Misdirected, grpc, x));
-        }
         let Some(rule) = matched else {
             return Ok(answer(Reason::NoRule, grpc, x));
         };

@@ -51,9 +51,11 @@ const READY_WAIT: Duration = Duration::from_millis(100);
 /// another is opened (most servers allow 100 or more streams).
 const H2_STREAMS: usize = 100;
 /// The window of one request's response on an HTTP/2 backend connection:
-/// what a response its client does not read can hold of the connection's
-/// (a 10 Gbit/s link with a round trip under 0.8 ms stays full with it).
-const H2_STREAM_WINDOW: u32 = 1 << 20;
+/// what a response its client does not read holds in weir's memory (a
+/// client's 256 streams: 64 MiB until `timeouts.send`), and what one
+/// response can have in flight (2 Gbit/s over a 1 ms round trip, 10 Gbit/s
+/// under 0.2 ms).
+const H2_STREAM_WINDOW: u32 = 256 << 10;
 /// The window of the connection: room for each of its requests' windows.
 const H2_CONN_WINDOW: u32 = H2_STREAM_WINDOW * H2_STREAMS as u32;
 
@@ -220,6 +222,11 @@ impl Conns {
     /// else a new one, opened while holding the lock: the requests that
     /// wait for it then share it, or fail with it when it cannot be opened.
     /// Connection number `not` failed a request: it takes no more.
+    ///
+    /// When the open fails while open connections are only full (a backend
+    /// that refuses more connections), the request goes on the least busy
+    /// of them instead, where the backend's own stream limit queues it: as
+    /// with a single connection, not a failure held against the backend.
     async fn shared_h2(
         self: &Arc<Self>,
         dialer: &Dialer,
@@ -232,22 +239,33 @@ impl Conns {
             .iter_mut()
             .find(|c| c.streams.load(Relaxed) < H2_STREAMS)
         {
-            conn.streams.fetch_add(1, Relaxed);
-            conn.used = crate::clock::now();
-            let stream = Stream(Arc::clone(&conn.streams));
-            let sender = Sender::H2(conn.sender.clone(), stream);
-            let number = conn.number;
-            drop(shared);
-            self.stats.upstream_event(UpstreamEvent::Reused);
-            let mut lease = self.lease(sender, true, Duration::ZERO);
-            lease.h2_number = number;
-            return Ok(lease);
+            return Ok(self.take_h2(conn));
         }
-        if self.h2_failures.load(Relaxed) != failures {
+        let why = if self.h2_failures.load(Relaxed) != failures {
             // An open failed while this request waited for it.
-            return Err(*lock(&self.h2_why));
+            *lock(&self.h2_why)
+        } else {
+            match Box::pin(self.open_h2(dialer, &mut shared)).await {
+                Ok(lease) => return Ok(lease),
+                Err(why) => why,
+            }
+        };
+        match shared.iter_mut().min_by_key(|c| c.streams.load(Relaxed)) {
+            Some(conn) => Ok(self.take_h2(conn)),
+            None => Err(why),
         }
-        Box::pin(self.open_h2(dialer, shared)).await
+    }
+
+    /// A lease of a place on `conn`, an open shared HTTP/2 connection.
+    fn take_h2(self: &Arc<Self>, conn: &mut H2Conn) -> Lease {
+        conn.streams.fetch_add(1, Relaxed);
+        conn.used = crate::clock::now();
+        let stream = Stream(Arc::clone(&conn.streams));
+        let sender = Sender::H2(conn.sender.clone(), stream);
+        self.stats.upstream_event(UpstreamEvent::Reused);
+        let mut lease = self.lease(sender, true, Duration::ZERO);
+        lease.h2_number = conn.number;
+        lease
     }
 
     /// A new connection, for a request that `failed` could not carry (the
@@ -309,7 +327,7 @@ impl Conns {
     async fn open_h2(
         self: &Arc<Self>,
         dialer: &Dialer,
-        mut shared: tokio::sync::MutexGuard<'_, Vec<H2Conn>>,
+        shared: &mut Vec<H2Conn>,
     ) -> Result<Lease, Reason> {
         let opened = match dial(self.address, dialer).await {
             // A backend that went silent (its host lost, the connection's
@@ -357,7 +375,6 @@ impl Conns {
             streams,
             used: crate::clock::now(),
         });
-        drop(shared);
         let mut lease = self.lease(Sender::H2(sender, stream), false, Duration::ZERO);
         lease.h2_number = number;
         Ok(lease)
@@ -824,6 +841,41 @@ mod tests {
         // Three opened, none more.
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(accepted.load(Relaxed), 3);
+    }
+
+    /// Past 100 requests on a connection another is opened; when the
+    /// backend refuses it, the request goes on the least busy open one
+    /// rather than failing. Against a real h2c server (hyper's) that takes
+    /// one connection and then stops listening.
+    #[tokio::test]
+    async fn a_full_http2_connection_takes_more_when_another_cannot_be_opened() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let Ok((s, _)) = l.accept().await else { return };
+            drop(l);
+            let answer = hyper::service::service_fn(|_req: http::Request<Incoming>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<
+                    bytes::Bytes,
+                >::new()))
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(s), answer)
+                .await;
+        });
+        let (conns, dialer) = h2c(addr, Duration::from_secs(5));
+        let now = Instant::now();
+        let mut leases = Vec::new();
+        for _ in 0..H2_STREAMS {
+            leases.push(conns.checkout(&dialer, now).await.expect("room"));
+        }
+        let past = conns.checkout(&dialer, now).await;
+        assert_eq!(conns.h2_failures.load(Relaxed), 1, "another was tried");
+        assert_eq!(past.map(|l| l.h2_number).ok(), Some(1), "the first took it");
+        drop(leases);
+        assert_eq!(conns.h2.lock().await[0].streams.load(Relaxed), 0);
     }
 
     /// Retries that wait for the new shared HTTP/2 connection one of them
