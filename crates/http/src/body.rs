@@ -90,7 +90,10 @@ impl Body for RequestBody {
             return Poll::Ready(None);
         };
         match Pin::new(inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
+            Poll::Ready(Some(Ok(mut frame))) => {
+                // Trailers come last: the upload is over, whatever a
+                // chunked body's end-of-stream says.
+                let trailers = frame.trailers_mut().map(crate::headers::clean_trailers);
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
                     let total = this.count.bytes.fetch_add(n, Relaxed) + n;
@@ -100,7 +103,8 @@ impl Body for RequestBody {
                         return Poll::Ready(Some(Err(BodyError(Reason::BodyTooLarge))));
                     }
                 }
-                let more = this.inner.as_ref().is_some_and(|i| !i.is_end_stream());
+                let more =
+                    trailers.is_none() && this.inner.as_ref().is_some_and(|i| !i.is_end_stream());
                 this.count.uploading.store(more, Relaxed);
                 if let Some(idle) = &mut this.idle {
                     idle.as_mut().reset(crate::clock::now() + this.idle_for);
@@ -281,7 +285,7 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        let polled = match &mut this.source {
+        let mut polled = match &mut this.source {
             Source::Full(bytes) => match bytes.take() {
                 Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
                 None => Poll::Ready(None),
@@ -329,11 +333,17 @@ impl Body for ResponseBody {
                 }
             }
         };
-        match &polled {
+        match &mut polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len();
                     this.sent(n);
+                } else if let Some(trailers) = frame.trailers_mut() {
+                    crate::headers::clean_trailers(trailers);
+                    // Trailers come last, and the servers poll no further:
+                    // the response is whole (a chunked HTTP/1.1 body does
+                    // not say it ended before it is polled again).
+                    this.end(COMPLETED);
                 }
             }
             Poll::Ready(Some(Err(e))) => {

@@ -16,7 +16,8 @@ use std::net::IpAddr;
 
 use http::HeaderMap;
 use http::header::{
-    CONNECTION, CONTENT_LENGTH, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING,
+    UPGRADE,
 };
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -171,6 +172,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Removes from a body's trailers the fields that may not be trailers or
+/// that mean something else there: hop-by-hop ones (HTTP/2 refuses a
+/// connection-specific field: the stream would be reset), `TE`, and those
+/// that frame or route the message (RFC 9110 §6.5.1).
+pub fn clean_trailers(trailers: &mut HeaderMap) {
+    strip_hop_by_hop(trailers);
+    for name in [TE, CONTENT_LENGTH, HOST, TRAILER] {
+        trailers.remove(name);
+    }
+}
+
 /// What the forwarding headers say about one request.
 #[derive(Debug, Clone, Copy)]
 pub struct Forwarding<'a> {
@@ -318,6 +330,30 @@ fn is_token_char(b: u8) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn trailers_keep_only_what_may_be_a_trailer() {
+        let mut t = http::HeaderMap::new();
+        for (k, v) in [
+            ("x-sum", "42"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("content-length", "9"),
+            ("host", "elsewhere"),
+            ("trailer", "x-sum"),
+            ("grpc-status", "0"),
+        ] {
+            t.append(
+                http::HeaderName::from_static(k),
+                http::HeaderValue::from_static(v),
+            );
+        }
+        super::clean_trailers(&mut t);
+        let left: Vec<_> = t.keys().map(http::HeaderName::as_str).collect();
+        assert_eq!(left, ["x-sum", "grpc-status"]);
+    }
+
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {

@@ -456,6 +456,19 @@ async fn forward(
             Ok((response, lease)) => {
                 let took = crate::clock::elapsed(sent_at);
                 x.upstream = Some(took);
+                let status = response.status();
+                if status.as_u16() > 599
+                    || (status == http::StatusCode::SWITCHING_PROTOCOLS && !upgrading)
+                {
+                    // No answer a client can be given (a status HTTP does
+                    // not define; a switch nobody asked for, which closes
+                    // the connection and cannot travel over HTTP/2): the
+                    // backend failed. Its connection is closed with the lease.
+                    drop(lease);
+                    b.stats.http_response(502, took);
+                    pool.on_http_outcome(i, true);
+                    return Err(Reason::Protocol);
+                }
                 if let Some(r) = x.recording.as_mut() {
                     r.upstream_status = Some(response.status().as_u16());
                 }

@@ -3154,3 +3154,147 @@ fn clients_that_read_nothing_do_not_stall_an_http2_backend() {
         1.0
     );
 }
+
+/// A backend on loopback that answers on kept-alive connections: `/trailers`
+/// with a chunked body and trailers (some of which may not be trailers),
+/// `/switch` with a 101 nobody asked for, `/odd` with status 999, anything
+/// else with 200. Counts its connections.
+fn odd_answers_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&connections);
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { break };
+            counted.fetch_add(1, SeqCst);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(s.try_clone().expect("clone"));
+                let mut s = s;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).map_or(true, |n| n == 0) {
+                        return;
+                    }
+                    let mut header = String::new();
+                    while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                        header.clear();
+                    }
+                    let answer: &[u8] = if line.contains("/trailers") {
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n\
+                          5\r\nhello\r\n0\r\nx-sum: 42\r\ntransfer-encoding: chunked\r\n\
+                          content-length: 99\r\n\r\n"
+                    } else if line.contains("/switch") {
+                        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n"
+                    } else if line.contains("/odd") {
+                        b"HTTP/1.1 999 Odd\r\nContent-Length: 0\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                    };
+                    if s.write_all(answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+/// A backend's trailers reach an HTTP/2 client without the fields that may
+/// not be trailers (HTTP/2 would reset the stream for a
+/// `transfer-encoding`), the response is complete and its backend
+/// connection is kept (a chunked body's trailers end it); a 101 nobody
+/// asked for and a status HTTP does not define are the backend's failure,
+/// 502 (reason `protocol`).
+#[test]
+fn a_backends_trailers_are_cleaned_and_odd_answers_are_its_failure() {
+    let (backend, connections) = odd_answers_backend();
+    let front = free_port();
+    let (_weir, out) = start(
+        "odd-answers",
+        &format!(
+            "[log]\nformat = \"json\"\n[[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
+        ),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(front)
+            .await
+            .expect("connect");
+        let (send, _conn) = h2_over(tcp, 65_535, 65_535).await;
+        for _ in 0..2 {
+            let mut body = request(send.clone(), "/trailers")
+                .await
+                .expect("response head")
+                .into_body();
+            let mut got = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.expect("the body");
+                let _ = body.flow_control().release_capacity(chunk.len());
+                got.extend_from_slice(&chunk);
+            }
+            assert_eq!(got, b"hello");
+            let trailers = tokio::time::timeout(DEADLINE, body.trailers())
+                .await
+                .expect("trailers in time")
+                .expect("trailers, not a reset")
+                .expect("trailers");
+            assert_eq!(
+                trailers.get("x-sum").map(|v| v.as_bytes()),
+                Some(&b"42"[..])
+            );
+            assert!(trailers.get("transfer-encoding").is_none(), "{trailers:?}");
+            assert!(trailers.get("content-length").is_none(), "{trailers:?}");
+        }
+    });
+    drop(rt);
+    for _ in 0..2 {
+        let line = access_line(&out, "/trailers");
+        assert_eq!(line["reason"], "completed", "{line}");
+    }
+    assert_eq!(connections.load(SeqCst), 1, "the connection was kept");
+    for (path, version) in [
+        ("/switch", "--http1.1"),
+        ("/switch", "--http2-prior-knowledge"),
+        ("/odd", "--http1.1"),
+    ] {
+        let (status, body, _) = curl(&[version], &format!("http://{front}{path}"));
+        assert_eq!(status, 502, "{path} {version}: {body}");
+        let line = access_line(&out, path);
+        assert_eq!(line["reason"], "protocol", "{line}");
+    }
+}
+
+/// A chunked request body that ends with trailers is over once they came:
+/// its backend connection goes back to be reused, not closed as if the
+/// client were still uploading.
+#[test]
+fn a_request_body_ended_by_trailers_leaves_its_connection_reusable() {
+    let backend = raw_backend(None, Duration::ZERO);
+    let front = free_port();
+    let (_weir, _out) = start(
+        "request-trailers",
+        &format!(
+            "[log]\naccess_log = false\n[[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n",
+            backend.addr
+        ),
+    );
+    let answers = raw_exchange(
+        front,
+        b"POST /a HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n0\r\nx-sum: 1\r\n\r\n\
+          GET /b HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answers.contains("conn=1 req=1 body=5"), "{answers}");
+    assert!(answers.contains("conn=1 req=2 body=0"), "{answers}");
+}
