@@ -1820,10 +1820,7 @@ pub(crate) struct H2Client {
 
 impl H2Client {
     pub(crate) fn connect(addr: SocketAddr) -> H2Client {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = client_runtime();
         let (send, conn) = rt.block_on(async {
             let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
             let (send, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
@@ -1904,6 +1901,29 @@ async fn request(
     tokio::time::timeout(DEADLINE, response)
         .await
         .map_err(|_| h2::Error::from(h2::Reason::CANCEL))?
+}
+
+/// A runtime for a test's own clients, on the test's thread.
+fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// [`h2_over`] a new connection to `front`.
+async fn h2_to(
+    front: SocketAddr,
+    window: u32,
+    connection: u32,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(front)
+        .await
+        .expect("connect");
+    h2_over(tcp, window, connection).await
 }
 
 /// An HTTP/2 client connection over `io` whose streams start with `window`
@@ -2004,15 +2024,9 @@ fn a_client_that_reads_nothing_is_cut_after_the_send_timeout() {
     assert!(rest.len() < 48 * 1024 * 1024, "the whole file came");
 
     // HTTP/2: the response head comes, and no window for its body.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = client_runtime();
     rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(front)
-            .await
-            .expect("connect");
-        let (send, conn) = h2_over(tcp, 0, 65_535).await;
+        let (send, conn) = h2_to(front, 0, 65_535).await;
         let response = request(send, "/big.bin").await.expect("response head");
         assert_eq!(response.status(), 200);
         // weir ends the connection.
@@ -2905,15 +2919,9 @@ fn an_http2_stream_the_client_gives_no_room_is_reset_after_send() {
              [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
         ),
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = client_runtime();
     rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(front)
-            .await
-            .expect("connect");
-        let (send, _conn) = h2_over(tcp, 4096, 65_535).await;
+        let (send, _conn) = h2_to(front, 4096, 65_535).await;
         let ask = |path: &'static str| {
             let send = send.clone();
             async move {
@@ -3014,10 +3022,7 @@ fn a_client_that_stops_reading_is_closed_after_its_answers() {
         ),
     );
     let open = || metric(admin, "weir_listener_connections_active{listener=\"web\"}");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = client_runtime();
     rt.block_on(async {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tcp = tokio::net::TcpStream::connect(front)
@@ -3090,17 +3095,11 @@ fn clients_that_read_nothing_do_not_stall_an_http2_backend() {
             .find_map(|l| l.strip_prefix(&series)?.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = client_runtime();
     rt.block_on(async {
         // 110 downloads under way with no room at all: weir takes each
         // stream's window of the backend's data and holds it.
-        let tcp = tokio::net::TcpStream::connect(front)
-            .await
-            .expect("connect");
-        let (starving, _starving_conn) = h2_over(tcp, 0, 65_535).await;
+        let (starving, _starving_conn) = h2_to(front, 0, 65_535).await;
         let mut starved = Vec::new();
         for _ in 0..110 {
             let response = request(starving.clone(), "/big.bin")
@@ -3109,10 +3108,7 @@ fn clients_that_read_nothing_do_not_stall_an_http2_backend() {
             assert_eq!(response.status(), 200);
             starved.push(response);
         }
-        let tcp = tokio::net::TcpStream::connect(front)
-            .await
-            .expect("connect");
-        let (reader, _reader_conn) = h2_over(tcp, i32::MAX as u32, i32::MAX as u32).await;
+        let (reader, _reader_conn) = h2_to(front, i32::MAX as u32, i32::MAX as u32).await;
         let read = async {
             let mut body = request(reader, "/big.bin")
                 .await
@@ -3220,15 +3216,9 @@ fn a_backends_trailers_are_cleaned_and_odd_answers_are_its_failure() {
              [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
         ),
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = client_runtime();
     rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(front)
-            .await
-            .expect("connect");
-        let (send, _conn) = h2_over(tcp, 65_535, 65_535).await;
+        let (send, _conn) = h2_to(front, 65_535, 65_535).await;
         for _ in 0..2 {
             let mut body = request(send.clone(), "/trailers")
                 .await
