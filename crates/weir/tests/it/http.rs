@@ -2869,11 +2869,27 @@ fn an_http2_rapid_reset_flood_closes_the_connection() {
 /// A backend on loopback answering `/big` with 200,000 bytes and anything
 /// else with 2, on kept-alive connections.
 fn sized_backend() -> SocketAddr {
+    by_path_backend(|line| {
+        let body = if line.contains("/big") { 200_000 } else { 2 };
+        let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {body}\r\n\r\n").into_bytes();
+        answer.resize(answer.len() + body, b'x');
+        answer
+    })
+    .0
+}
+
+/// A backend on loopback that reads each request's head (no body) on
+/// kept-alive connections and writes what `answer` makes of its request
+/// line. Counts its connections.
+fn by_path_backend(answer: fn(&str) -> Vec<u8>) -> (SocketAddr, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().expect("addr");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&connections);
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(s) = s else { break };
+            counted.fetch_add(1, SeqCst);
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(s.try_clone().expect("clone"));
                 let mut s = s;
@@ -2886,18 +2902,14 @@ fn sized_backend() -> SocketAddr {
                     while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
                         header.clear();
                     }
-                    let body = if line.contains("/big") { 200_000 } else { 2 };
-                    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {body}\r\n\r\n");
-                    if s.write_all(answer.as_bytes()).is_err()
-                        || s.write_all(&vec![b'x'; body]).is_err()
-                    {
+                    if s.write_all(&answer(&line)).is_err() {
                         return;
                     }
                 }
             });
         }
     });
-    addr
+    (addr, connections)
 }
 
 /// An HTTP/2 client that gives one stream no flow-control room while it
@@ -3156,45 +3168,20 @@ fn clients_that_read_nothing_do_not_stall_an_http2_backend() {
 /// `/switch` with a 101 nobody asked for, `/odd` with status 999, anything
 /// else with 200. Counts its connections.
 fn odd_answers_backend() -> (SocketAddr, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr");
-    let connections = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&connections);
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(s) = s else { break };
-            counted.fetch_add(1, SeqCst);
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(s.try_clone().expect("clone"));
-                let mut s = s;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).map_or(true, |n| n == 0) {
-                        return;
-                    }
-                    let mut header = String::new();
-                    while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
-                        header.clear();
-                    }
-                    let answer: &[u8] = if line.contains("/trailers") {
-                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n\
-                          5\r\nhello\r\n0\r\nx-sum: 42\r\ntransfer-encoding: chunked\r\n\
-                          content-length: 99\r\n\r\n"
-                    } else if line.contains("/switch") {
-                        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n"
-                    } else if line.contains("/odd") {
-                        b"HTTP/1.1 999 Odd\r\nContent-Length: 0\r\n\r\n"
-                    } else {
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-                    };
-                    if s.write_all(answer).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, connections)
+    by_path_backend(|line| {
+        let answer: &[u8] = if line.contains("/trailers") {
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n\
+              5\r\nhello\r\n0\r\nx-sum: 42\r\ntransfer-encoding: chunked\r\n\
+              content-length: 99\r\n\r\n"
+        } else if line.contains("/switch") {
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n"
+        } else if line.contains("/odd") {
+            b"HTTP/1.1 999 Odd\r\nContent-Length: 0\r\n\r\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        };
+        answer.to_vec()
+    })
 }
 
 /// A backend's trailers reach an HTTP/2 client without the fields that may
