@@ -22,6 +22,9 @@ pub struct Client {
     /// The hash of the ClientHello's server name (lower-cased), when a peek
     /// saw one: `hash_key = "sni"` of maglev pools.
     pub sni_key: Option<u64>,
+    /// Which routes' ALPN conditions the ClientHello met, when a peek saw
+    /// one: a request over TLS for another name is routed with it.
+    pub alpn_held: crate::listener::AlpnHeld,
     /// Held for the connection's life when `per_client.concurrent` counts it.
     pub(crate) slot: Option<crate::firewall::ClientSlot>,
     /// Its entry among the listener's live connections, once routed to an
@@ -39,6 +42,7 @@ impl Client {
             refuse_proxy_header: false,
             accepted_at: Instant::now(),
             sni_key: None,
+            alpn_held: 0,
             slot: None,
             live: None,
         }

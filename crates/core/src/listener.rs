@@ -96,21 +96,20 @@ impl Route {
     /// needed.
     pub(crate) fn matches(&self, ip: IpAddr, hello: Option<&ClientHello<'_>>) -> bool {
         let Some(h) = hello else {
-            return self.holds(ip, None);
+            return self.holds(ip, None, |_| false);
         };
-        let offered = |a: &[u8]| h.alpn.contains(a);
-        self.holds(
-            ip,
-            Some(Offer {
-                sni: h.sni.as_deref(),
-                alpn: &offered,
-            }),
-        )
+        self.holds(ip, Some(h.sni.as_deref()), |m| alpn_offered(m, h))
     }
 
-    /// [`Route::matches`] with what the ClientHello offered (`None`: no
-    /// ClientHello).
-    fn holds(&self, ip: IpAddr, hello: Option<Offer<'_>>) -> bool {
+    /// [`Route::matches`] with the ClientHello's SNI (`None`: no
+    /// ClientHello) and `alpn_ok`, which says whether the route's `alpn`
+    /// condition (not empty) held; asked only when the rest did.
+    fn holds(
+        &self,
+        ip: IpAddr,
+        sni: Option<Option<&str>>,
+        alpn_ok: impl FnOnce(&weir_config::Match) -> bool,
+    ) -> bool {
         // IPv4 clients on a dual-stack socket show up as ::ffff:a.b.c.d.
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
@@ -123,22 +122,24 @@ impl Route {
         if !m.needs_client_hello() {
             return true;
         }
-        let Some(hello) = hello else {
+        let Some(sni) = sni else {
             return false;
         };
-        let sni_ok = m.sni.is_empty() || hello.sni.is_some_and(|name| m.sni_matches(name));
-        let alpn_ok = m.alpn.is_empty() || m.alpn.iter().any(|a| (hello.alpn)(a.as_bytes()));
-        sni_ok && alpn_ok
+        (m.sni.is_empty() || sni.is_some_and(|name| m.sni_matches(name)))
+            && (m.alpn.is_empty() || alpn_ok(m))
     }
 }
 
-/// The parts of a ClientHello routes look at: the SNI, and whether an ALPN
-/// protocol was offered.
-#[derive(Clone, Copy)]
-struct Offer<'a> {
-    sni: Option<&'a str>,
-    alpn: &'a dyn Fn(&[u8]) -> bool,
+/// Whether `hello` offered one of the protocols of `m`'s `alpn` condition.
+fn alpn_offered(m: &weir_config::Match, hello: &ClientHello<'_>) -> bool {
+    m.alpn.iter().any(|a| hello.alpn.contains(a.as_bytes()))
 }
+
+/// Bit `i` set: the ALPN condition of route `i` (of the first 64) held for
+/// what a ClientHello offered, or the route has none. Kept per TLS
+/// connection so that [`Listener::route_for_name`] routes another name as
+/// the connection itself was routed.
+pub type AlpnHeld = u64;
 
 impl Listener {
     /// What this listener shares with the one it replaces (a kept
@@ -171,17 +172,37 @@ impl Listener {
         self.routes.iter().find(|r| r.matches(ip, hello))
     }
 
+    /// Which routes' ALPN conditions `hello` meets (see [`AlpnHeld`]).
+    pub(crate) fn alpn_held(&self, hello: &ClientHello<'_>) -> AlpnHeld {
+        self.routes
+            .iter()
+            .take(64)
+            .enumerate()
+            .filter(|(_, r)| r.matcher.alpn.is_empty() || alpn_offered(&r.matcher, hello))
+            .fold(0, |bits, (i, _)| bits | 1 << i)
+    }
+
     /// The index of the route a TLS client at `ip` would have reached with
-    /// `name` as its SNI, offering `alpn` (the protocol its connection
-    /// agreed on): an HTTP request whose host leads elsewhere than its
-    /// connection's route is misdirected (answered 421).
-    pub fn route_for_name(&self, ip: IpAddr, name: &str, alpn: Option<&[u8]>) -> Option<usize> {
-        let offered = |a: &[u8]| alpn == Some(a);
-        let hello = Offer {
-            sni: Some(name),
-            alpn: &offered,
-        };
-        self.routes.iter().position(|r| r.holds(ip, Some(hello)))
+    /// `name` as its SNI and the ALPN offer its connection made (`held`;
+    /// past the 64th route, `agreed`, the protocol the connection agreed
+    /// on, stands for it): an HTTP request whose host leads elsewhere than
+    /// its connection's route is misdirected (answered 421).
+    pub fn route_for_name(
+        &self,
+        ip: IpAddr,
+        name: &str,
+        held: AlpnHeld,
+        agreed: Option<&[u8]>,
+    ) -> Option<usize> {
+        self.routes.iter().enumerate().position(|(i, r)| {
+            r.holds(ip, Some(Some(name)), |m| {
+                if i < 64 {
+                    held & 1 << i != 0
+                } else {
+                    m.alpn.iter().any(|a| agreed == Some(a.as_bytes()))
+                }
+            })
+        })
     }
 
     /// True when the firewall is to be asked at accept: the socket's peer is

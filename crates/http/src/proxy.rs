@@ -69,6 +69,8 @@ pub(crate) struct TlsName {
     pub(crate) sni: Option<String>,
     /// The ALPN protocol agreed on.
     pub(crate) alpn: Option<Vec<u8>>,
+    /// Which routes' ALPN conditions the client's offer met.
+    pub(crate) alpn_held: weir_core::listener::AlpnHeld,
 }
 
 /// Whether a request for `host` (a lower-case name, no port) came on a TLS
@@ -93,7 +95,7 @@ fn misdirected(cx: &Cx, host: &str) -> bool {
         return false;
     }
     cx.listener
-        .route_for_name(cx.client.ip(), host, tls.alpn.as_deref())
+        .route_for_name(cx.client.ip(), host, tls.alpn_held, tls.alpn.as_deref())
         != Some(cx.route)
 }
 

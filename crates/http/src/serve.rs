@@ -222,6 +222,7 @@ pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize
         peer,
         accepted_at,
         live,
+        alpn_held,
         ..
     } = client;
     let state = slot.current.load_full();
@@ -299,6 +300,7 @@ pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize
         Box::new(crate::proxy::TlsName {
             sni: tls_conn.server_name().map(str::to_ascii_lowercase),
             alpn: tls_conn.alpn_protocol().map(<[u8]>::to_vec),
+            alpn_held,
         })
     });
     let on = On {

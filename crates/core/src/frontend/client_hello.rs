@@ -13,7 +13,7 @@ use weir_wire::client_hello::{self as tls, Peek};
 use super::peek;
 use crate::Reason;
 use crate::client::Client;
-use crate::listener::{Listener, Route};
+use crate::listener::{AlpnHeld, Listener, Route};
 
 /// The most bytes peeked: a ClientHello of up to 16 KiB plus record headers.
 const MAX_PEEK: usize = tls::MAX_HELLO_LEN + 1024;
@@ -21,10 +21,28 @@ const MAX_PEEK: usize = tls::MAX_HELLO_LEN + 1024;
 /// post-quantum key share, is about 2 KiB and grows it once).
 const FIRST_PEEK: usize = 1024;
 
-/// Peeks at the client's first bytes and returns the first route that matches
-/// them (non-TLS bytes match only routes without sni/alpn; a TLS record this
-/// peek cannot read as a ClientHello of at most 16 KiB matches none),
-/// and the hash of the hello's server name, for maglev pools that hash by it.
+/// What a peek found: the first route that matches the client's first bytes
+/// (non-TLS bytes match only routes without sni/alpn; a TLS record this peek
+/// cannot read as a ClientHello of at most 16 KiB matches none), the hash of
+/// the hello's server name, for maglev pools that hash by it, and which
+/// routes' ALPN conditions it met.
+pub(crate) struct Routed<'l> {
+    pub(crate) route: Option<&'l Route>,
+    pub(crate) sni_key: Option<u64>,
+    pub(crate) alpn_held: AlpnHeld,
+}
+
+impl Routed<'_> {
+    fn none() -> Self {
+        Routed {
+            route: None,
+            sni_key: None,
+            alpn_held: 0,
+        }
+    }
+}
+
+/// Peeks at the client's first bytes and routes them (see [`Routed`]).
 /// Fails with `HandshakeTimeout` when nothing was decided within what is
 /// left of the listener's `handshake_timeout` since the accept, or
 /// `ClientClosed` when the client closed (or reset) before.
@@ -32,7 +50,7 @@ pub(crate) async fn route<'l>(
     listener: &'l Listener,
     client: &Client,
     ip: IpAddr,
-) -> Result<(Option<&'l Route>, Option<u64>), Reason> {
+) -> Result<Routed<'l>, Reason> {
     let deadline = client.handshake_deadline(listener.handshake_timeout);
     match tokio::time::timeout_at(deadline, peek_route(listener, &client.stream, ip)).await {
         Ok(r) => r,
@@ -44,7 +62,7 @@ async fn peek_route<'l>(
     listener: &'l Listener,
     client: &TcpStream,
     ip: IpAddr,
-) -> Result<(Option<&'l Route>, Option<u64>), Reason> {
+) -> Result<Routed<'l>, Reason> {
     // Only listeners that route on SNI/ALPN pay for this buffer, only while
     // the ClientHello arrives, and by what has arrived (never what the record
     // header announces): a flood of clients that never finish their hello
@@ -58,17 +76,25 @@ async fn peek_route<'l>(
         peek::more(client, &mut buf, &mut seen, usize::from(want)).await?;
         match tls::peek(&buf[..seen]) {
             Ok(Peek::Complete(hello)) => {
-                let key = hello.sni.as_deref().map(crate::upstream::sni_key);
-                return Ok((listener.route_for(ip, Some(&hello)), key));
+                return Ok(Routed {
+                    route: listener.route_for(ip, Some(&hello)),
+                    sni_key: hello.sni.as_deref().map(crate::upstream::sni_key),
+                    alpn_held: listener.alpn_held(&hello),
+                });
             }
-            Ok(Peek::NotTls) => return Ok((listener.route_for(ip, None), None)),
+            Ok(Peek::NotTls) => {
+                return Ok(Routed {
+                    route: listener.route_for(ip, None),
+                    ..Routed::none()
+                });
+            }
             // TLS that this peek cannot read (malformed, or more than 16 KiB)
             // matches no route: a catch-all would still get a server name
             // that TLS stacks more lenient than this parser read, past the
             // `sni` routes and their `source` limits.
             Err(e) => {
                 tracing::debug!(listener = %listener.name, client = %ip, error = %e, "unreadable ClientHello");
-                return Ok((None, None));
+                return Ok(Routed::none());
             }
             Ok(Peek::Incomplete { needed }) => {
                 let total = seen.saturating_add(needed.map_or(1, NonZeroUsize::get));
@@ -76,7 +102,7 @@ async fn peek_route<'l>(
                 if seen == buf.len() {
                     match grown(seen) {
                         Some(len) => buf.resize(len, 0),
-                        None => return Ok((None, None)),
+                        None => return Ok(Routed::none()),
                     }
                 }
             }

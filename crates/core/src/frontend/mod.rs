@@ -122,9 +122,10 @@ async fn front<'l>(listener: &'l Listener, client: &mut Client) -> Option<&'l Ro
     let peer = client.peer;
     let routed = if listener.needs_hello {
         match client_hello::route(listener, client, peer.ip()).await {
-            Ok((r, sni_key)) => {
-                client.sni_key = sni_key;
-                r
+            Ok(routed) => {
+                client.sni_key = routed.sni_key;
+                client.alpn_held = routed.alpn_held;
+                routed.route
             }
             // Gone before it said anything (a TCP health check, a port
             // scan): nothing to route, and nothing refused.

@@ -1594,6 +1594,53 @@ fn a_host_is_routed_with_the_protocol_its_connection_agreed_on() {
     }
 }
 
+/// A route chosen by a protocol the client offered but did not end up
+/// with: curl offers `h2` and `http/1.1`, reaches the `http/1.1` route, and
+/// agrees on HTTP/2 with it; another name of its certificate leads to the
+/// same route with the same offer, so it is not misdirected. Past a
+/// listener's 64th route the protocol agreed on stands for the offer (as
+/// documented): there the same request is refused.
+#[test]
+fn a_host_is_routed_with_the_protocols_its_client_offered() {
+    let dir = test_dir("l7-misdirected-offer");
+    make_ca(&dir);
+    make_leaf(&dir, "app", &["app.example", "other.example"], "");
+    let backend = sized_backend();
+    let tls = format!(
+        "tls = {{ certificates = [{{ cert = \"{d}/app.crt\", key = \"{d}/app.key\" }}] }}\n",
+        d = dir.display()
+    );
+    let ca = dir.join("ca.crt").display().to_string();
+    for before in [0, 64] {
+        let front = free_port();
+        let others: String = (0..before)
+            .map(|i| {
+                format!(
+                    "[[listeners.routes]]\nname = \"n{i}\"\nmatch = {{ sni = [\"n{i}.example\"] }}\n\
+                     pool = \"p\"\n"
+                )
+            })
+            .collect();
+        let (_weir, _out) = start(
+            "misdirected-offer",
+            &format!(
+                "[log]\naccess_log = false\n\
+                 [[listeners]]\nname = \"edge\"\nbind = \"{front}\"\n{others}\
+                 [[listeners.routes]]\nname = \"h1\"\nmode = \"l7\"\nmatch = {{ alpn = [\"http/1.1\"] }}\n{tls}\
+                 [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+                 [[listeners.routes]]\nname = \"rest\"\nmode = \"l7\"\n{tls}\
+                 [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+                 [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
+            ),
+        );
+        let h2 = if before < 64 { 200 } else { 421 };
+        for (version, want) in [("--http1.1", (200, "1.1")), ("--http2", (h2, "2"))] {
+            let (status, body, used) = curl_app_example(front, &ca, version, "other.example");
+            assert_eq!((status, used.as_str()), want, "{before} {version}: {body}");
+        }
+    }
+}
+
 /// curl's `GET /` over TLS to `front` with SNI `app.example` (verified
 /// against `ca`), in HTTP `version`, with `host` as its host.
 fn curl_app_example(
