@@ -685,7 +685,7 @@ pub(crate) fn render(listeners: &[Arc<Listener>], w: &mut Writer) {
     w.family(
         "weir_http_reset_floods",
         Kind::Counter,
-        "Client connections of l7 routes closed because the client cancelled most of its requests before their answers (HTTP/2 rapid reset).",
+        "Client connections of l7 routes closed because the client cancelled most of its requests at once (HTTP/2 rapid reset).",
     );
     for l in listeners {
         for r in l.routes.iter().filter(|r| r.is_http()) {

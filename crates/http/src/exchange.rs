@@ -156,13 +156,17 @@ impl Exchange {
             // operator, `timeouts.send`).
             if self.reason == COMPLETED {
                 let cut = self.conn.cut_reason();
-                if cut.is_none() {
-                    self.conn.abandoned();
-                }
                 self.reason = cut.unwrap_or(weir_core::Reason::ClientClosed).as_str();
             }
         } else if let Some(route) = route {
             route.stats.http_request(self.status, took);
+        }
+        // What a flood is judged on: weir's own answers given without a
+        // backend count on neither side.
+        if self.backend.is_none() && self.status != 0 {
+            self.conn.answered_locally();
+        } else if self.reason == weir_core::Reason::ClientClosed.as_str() {
+            self.conn.cancelled(took);
         }
         let backend = self.backend.as_ref().and_then(|(p, i)| p.backends.get(*i));
         if let Some(b) = backend {

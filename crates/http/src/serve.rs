@@ -32,6 +32,14 @@ use crate::route::Slot;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Streams one HTTP/2 client may have open at once.
 const MAX_STREAMS: u32 = 256;
+/// What h2 takes of a response for its client before the client has room
+/// for it (hyper's default is about 400 KiB). A client that grants every
+/// window and then reads nothing leaves this much per stream queued in weir,
+/// each piece keeping the backend's read buffer it came in, until
+/// `timeouts.send`: measured at about 230 KiB a stream, 60 MiB for 256,
+/// where the default let whole answers wait (over 1 MiB each). Two full
+/// DATA frames; smaller cost more CPU per byte of a large download.
+const STREAM_SEND_BUFFER: usize = 32 << 10;
 /// While a request is in flight, how often the idle timer looks again.
 const IDLE_RECHECK: Duration = Duration::from_secs(1);
 
@@ -42,15 +50,24 @@ const CUT_SHUTDOWN: u8 = 2;
 const CUT_OPERATOR: u8 = 3;
 const CUT_FLOOD: u8 = 4;
 
-/// Requests a client may cancel before their answers on one connection
-/// before the share of them is looked at; past it, a connection on which
-/// the client cancelled at least half of its requests is closed. Each
-/// cancelled request has cost a backend pick, maybe a connect and a request
-/// the backend began: a client that opens streams and resets them at once
-/// (CVE-2023-44487) would otherwise make weir do that without end while
-/// never holding more than `max_concurrent_streams` open. Browsers cancel
-/// a few (a page left, a search typed on); not most of hundreds.
+/// Requests a client may cancel early on one connection before the share
+/// of them is looked at; past it, a connection on which the client
+/// cancelled at least half of the requests that went toward a backend is
+/// closed. Each cancelled request has cost a backend pick, maybe a connect
+/// and a request the backend began, and one cancelled mid-answer the
+/// backend connection that carried it: a client that opens streams and
+/// resets them at once (CVE-2023-44487) would otherwise make weir do that
+/// without end while never holding more than `max_concurrent_streams` open.
+/// Browsers cancel a few (a page left, a search typed on); not most of
+/// hundreds. Requests weir answers itself (a 404, a 421, a refusal) are not
+/// counted on either side, so that cheap ones cannot dilute the share.
 const MAX_ABANDONED: u64 = 100;
+
+/// A request is cancelled early when the client cancels it within this
+/// time of its start, before its answer ended: a flood's requests are
+/// cancelled at once, a client's long calls (a watch, a stream, a call past
+/// its own deadline) end as the client decides.
+const EARLY: Duration = Duration::from_secs(1);
 
 /// What the requests of one connection share with the connection.
 #[derive(Debug)]
@@ -74,8 +91,10 @@ pub(crate) struct ConnState {
     after: Mutex<After>,
     /// The body count of the requests that have no body: always zero.
     pub(crate) no_body: Arc<crate::exchange::BodyCount>,
-    /// Requests the client cancelled before their answers.
+    /// Requests the client cancelled early (see [`EARLY`]).
     abandoned: AtomicU64,
+    /// Requests weir answered itself, without a backend.
+    local: AtomicU64,
 }
 
 /// Work left for a connection's task (a WebSocket relay).
@@ -106,19 +125,33 @@ impl ConnState {
             after: Mutex::default(),
             no_body: Arc::default(),
             abandoned: AtomicU64::new(0),
+            local: AtomicU64::new(0),
         }
     }
 
-    /// A request the client cancelled before its answer.
-    pub(crate) fn abandoned(&self) {
-        self.abandoned.fetch_add(1, Relaxed);
+    /// A request the client cancelled before its answer ended, after `took`.
+    pub(crate) fn cancelled(&self, took: Duration) {
+        if took < EARLY {
+            self.abandoned.fetch_add(1, Relaxed);
+        }
     }
 
-    /// Whether the client cancels so many of its requests before their
-    /// answers that the connection is a flood (see [`MAX_ABANDONED`]).
+    /// A request weir answered itself, without a backend.
+    pub(crate) fn answered_locally(&self) {
+        self.local.fetch_add(1, Relaxed);
+    }
+
+    /// Requests that went toward a backend: given one, or cancelled on
+    /// their way.
+    fn outgoing(&self) -> u64 {
+        self.served().saturating_sub(self.local.load(Relaxed))
+    }
+
+    /// Whether the client cancels so many of its requests early that the
+    /// connection is a flood (see [`MAX_ABANDONED`]).
     fn flooding(&self) -> bool {
         let abandoned = self.abandoned.load(Relaxed);
-        abandoned > MAX_ABANDONED && abandoned.saturating_mul(2) >= self.served()
+        abandoned > MAX_ABANDONED && abandoned.saturating_mul(2) >= self.outgoing()
     }
 
     pub(crate) fn in_flight(&self) -> usize {
@@ -387,7 +420,8 @@ impl On {
             builder
                 .timer(TokioTimer::new())
                 .max_header_list_size(max_header)
-                .max_concurrent_streams(MAX_STREAMS);
+                .max_concurrent_streams(MAX_STREAMS)
+                .max_send_buf_size(STREAM_SEND_BUFFER);
             // Responses that are ready together leave in one write.
             let hold = Arc::new(crate::gather::Hold::default());
             let io = crate::gather::Gather::new(counted(stream, live.as_ref()), Arc::clone(&hold));
@@ -446,9 +480,9 @@ impl On {
                     route = %r.name,
                     client = %peer,
                     abandoned = conn.abandoned.load(Relaxed),
-                    requests = conn.served(),
+                    requests = conn.outgoing(),
                     suppressed,
-                    "a client cancelled most of its requests before their answers (HTTP/2 rapid reset); its connection is closed"
+                    "a client cancelled most of its requests at once (HTTP/2 rapid reset); its connection is closed"
                 );
             }
         }

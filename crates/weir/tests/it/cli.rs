@@ -77,6 +77,16 @@ pub(crate) fn temp_config(name: &str, text: &str) -> Scratch {
 /// then removes the scratch directory it was given, if any.
 pub(crate) struct Running(pub(crate) Child, Option<Scratch>);
 
+/// The resident memory of process `pid`, in KiB.
+pub(crate) fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+}
+
 impl Running {
     pub(crate) fn new(child: Child) -> Running {
         Running(child, None)

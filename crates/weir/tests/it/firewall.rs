@@ -384,15 +384,7 @@ fn a_flood_of_distinct_sources_keeps_the_table_bounded() {
             backend.addr
         ),
     );
-    let rss = || {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", weir.0.id())).expect("status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-            .expect("VmRSS")
-    };
+    let rss = || crate::cli::rss_kib(weir.0.id());
     // Warm up: the first connections grow weir's heap for reasons of their own.
     for i in 0..200u32 {
         let _ = ping_from(Ipv4Addr::from(0x7f05_0000 + i), front);

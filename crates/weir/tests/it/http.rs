@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use crate::cli::{
-    DEADLINE, Running, free_port, start_nginx, start_weir, temp_config, test_dir, wait_line, weir,
-    which,
+    DEADLINE, Running, free_port, rss_kib, start_nginx, start_weir, temp_config, test_dir,
+    wait_line, weir, which,
 };
 
 pub(crate) fn curl_path() -> PathBuf {
@@ -2858,10 +2858,15 @@ fn a_stalled_request_body_is_cut_after_request_body() {
 /// A client that opens HTTP/2 streams and resets each before its answer
 /// (CVE-2023-44487) has its connection closed once it cancelled more than
 /// 100 and at least half of its requests, counted in
-/// `weir_http_reset_floods_total`; a client that cancels a few stays.
+/// `weir_http_reset_floods_total`; so has one that hides its resets among
+/// requests weir answers itself (a 404 costs no backend, and counts on
+/// neither side), and one that resets each request as soon as its answer
+/// begins (each costing the backend connection that carried it). A client
+/// that cancels a few stays.
 #[test]
 fn an_http2_rapid_reset_flood_closes_the_connection() {
     let backend = raw_backend(None, Duration::from_millis(500));
+    let sized = sized_backend();
     let (front, admin) = (free_port(), free_port());
     let (_weir, _out) = start(
         "reset-flood",
@@ -2869,48 +2874,71 @@ fn an_http2_rapid_reset_flood_closes_the_connection() {
             "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
              [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
              [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
-             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
-             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n",
+             [[listeners.routes.http]]\nname = \"slow\"\npool = \"p\"\nmatch = {{ path_prefix = \"/slow\" }}\n\
+             [[listeners.routes.http]]\nname = \"big\"\npool = \"q\"\nmatch = {{ path_prefix = \"/big\" }}\n\
+             [[listeners.routes.http]]\nname = \"x\"\npool = \"q\"\nmatch = {{ path_prefix = \"/x\" }}\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n\
+             [[pools]]\nname = \"q\"\n[[pools.backends]]\naddress = \"{sized}\"\n",
             backend.addr
         ),
     );
-    let cancel = |client: &mut H2Client, n: usize| {
+    // `n` requests for `path`, each cancelled once weir has it (or, with
+    // `answered`, once its answer's head arrived), each followed by
+    // `cheap` requests that no rule takes.
+    let cancel = |client: &mut H2Client, n: usize, path: &'static str, answered: bool, cheap| {
         let send = client.send.clone();
         client.rt.block_on(async move {
             for _ in 0..n {
                 let mut send = send.clone().ready().await?;
-                let req = http::Request::get("http://app/slow")
+                let req = http::Request::get(format!("http://app{path}"))
                     .body(())
                     .expect("request");
                 let (response, mut stream) = send.send_request(req, true)?;
-                // Taken by weir (its request on the way), then cancelled.
-                tokio::time::sleep(Duration::from_millis(2)).await;
-                stream.send_reset(h2::Reason::CANCEL);
-                drop(response);
+                if answered {
+                    let head = response.await?;
+                    assert_eq!(head.status(), 200);
+                    stream.send_reset(h2::Reason::CANCEL);
+                } else {
+                    // Taken by weir (its request on the way), then cancelled.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    stream.send_reset(h2::Reason::CANCEL);
+                    drop(response);
+                }
+                for _ in 0..cheap {
+                    let mut send = send.clone().ready().await?;
+                    let req = http::Request::get("http://app/nope")
+                        .body(())
+                        .expect("request");
+                    let (response, _) = send.send_request(req, true)?;
+                    assert_eq!(response.await?.status(), 404);
+                }
             }
             Ok::<(), h2::Error>(())
         })
     };
     // A few cancelled among answered requests: the connection stays.
     let mut polite = H2Client::connect(front);
-    let _ = cancel(&mut polite, 20);
+    let _ = cancel(&mut polite, 20, "/slow", false, 0);
     assert_eq!(polite.get("/x").map(|(status, _)| status).ok(), Some(200));
     assert!(!polite.ended_within(Duration::from_millis(200)));
 
-    let mut flood = H2Client::connect(front);
-    let _ = cancel(&mut flood, 300);
-    assert!(
-        flood.ended_within(DEADLINE),
-        "the flooding connection stayed open"
-    );
-    assert!(!polite.ended_within(Duration::from_millis(50)));
-    assert_eq!(
-        metric(
-            admin,
-            "weir_http_reset_floods_total{listener=\"web\",route=\"app\"}"
-        ),
-        1.0
-    );
+    let floods = [("/slow", false, 0), ("/slow", false, 2), ("/big", true, 0)];
+    for (n, (path, answered, cheap)) in floods.into_iter().enumerate() {
+        let mut flood = H2Client::connect(front);
+        let _ = cancel(&mut flood, 300, path, answered, cheap);
+        assert!(
+            flood.ended_within(DEADLINE),
+            "{path} {answered} {cheap}: the flooding connection stayed open"
+        );
+        assert!(!polite.ended_within(Duration::from_millis(50)));
+        assert_eq!(
+            metric(
+                admin,
+                "weir_http_reset_floods_total{listener=\"web\",route=\"app\"}"
+            ),
+            (n + 1) as f64
+        );
+    }
 }
 
 /// A backend on loopback answering `/big` with 200,000 bytes and anything
@@ -2957,6 +2985,96 @@ fn by_path_backend(answer: fn(&str) -> Vec<u8>) -> (SocketAddr, Arc<AtomicUsize>
         }
     });
     (addr, connections)
+}
+
+/// An HTTP/2 client that grants weir all the flow-control room it can,
+/// asks for 256 answers of 1 MiB and reads nothing makes weir hold only a
+/// bounded piece of each: what waits for the client is in the kernel's
+/// socket buffers and, per stream, h2's send buffer, not the answers whole.
+/// After `timeouts.send` the client is disconnected.
+#[test]
+fn an_http2_client_that_reads_nothing_holds_a_bounded_share_of_memory() {
+    let (backend, _) = by_path_backend(|_| {
+        let body = 1 << 20;
+        let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {body}\r\n\r\n").into_bytes();
+        answer.resize(answer.len() + body, b'x');
+        answer
+    });
+    let (front, admin) = (free_port(), free_port());
+    let (weir, _out) = start(
+        "h2-unread-memory",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             timeouts = {{ send = \"3s\" }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
+        ),
+    );
+    // Warm up: a first client reads its answers (the runtime's and the
+    // allocator's first growth are not what is measured).
+    let mut warm = H2Client::connect(front);
+    for _ in 0..4 {
+        assert_eq!(warm.get("/w").map(|(status, _)| status).ok(), Some(200));
+    }
+    let before = rss_kib(weir.0.id());
+    let mut c = TcpStream::connect(front).expect("connect");
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    let frame = |out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let len = u32::try_from(payload.len()).expect("length").to_be_bytes();
+        out.extend_from_slice(&len[1..]);
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+    };
+    let max_window: u32 = 0x7fff_ffff;
+    // SETTINGS: INITIAL_WINDOW_SIZE at its largest; then the connection's
+    // window to its largest.
+    let mut settings = vec![0, 4];
+    settings.extend_from_slice(&max_window.to_be_bytes());
+    frame(&mut out, 4, 0, 0, &settings);
+    frame(&mut out, 8, 0, 0, &(max_window - 65_535).to_be_bytes());
+    // GET http://app/ on streams 1, 3, ... (HPACK: static :method GET,
+    // :scheme http, :path /, and :authority "app" not indexed).
+    let head = [0x82, 0x86, 0x84, 0x01, 0x03, b'a', b'p', b'p'];
+    for i in 0..256u32 {
+        frame(&mut out, 1, 0x5, 2 * i + 1, &head);
+    }
+    c.write_all(&out).expect("requests");
+    // Then nothing is read. Wait for weir's memory to settle.
+    let deadline = Instant::now() + DEADLINE;
+    let mut last = rss_kib(weir.0.id());
+    let mut steady = 0;
+    while steady < 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = rss_kib(weir.0.id());
+        steady = if now.abs_diff(last) < 512 {
+            steady + 1
+        } else {
+            0
+        };
+        last = now;
+    }
+    let grown = last.saturating_sub(before);
+    eprintln!("RSS {before} -> {last} KiB (+{grown})");
+    // About 60 MiB (230 KiB a stream); hyper's default send buffer let
+    // whole answers wait: 268 MiB.
+    assert!(grown < 128 * 1024, "weir grew by {grown} KiB");
+    // The warm client's connection stays; this one is cut.
+    let open = "weir_listener_connections_active{listener=\"web\"}";
+    let end = Instant::now() + DEADLINE;
+    while metric(admin, open) != 1.0 {
+        assert!(Instant::now() < end, "the connection stayed open");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // What was sent before the cut can be read, then the connection ends.
+    c.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut buf = vec![0u8; 1 << 16];
+    let began = Instant::now();
+    while matches!(c.read(&mut buf), Ok(n) if n > 0) {
+        assert!(began.elapsed() < DEADLINE, "the connection stayed open");
+    }
 }
 
 /// An HTTP/2 client that gives one stream no flow-control room while it
