@@ -322,6 +322,8 @@ pub(crate) fn handle(
                     let idle = state.timeouts.websocket_idle;
                     let ends = upgrade::Ends {
                         kill: cx.listener.kill.clone(),
+                        retired: cx.slot.retired.clone(),
+                        grace: cx.listener.shutdown_timeout,
                         live: cx.live.clone(),
                     };
                     // The connection is the relay's now.

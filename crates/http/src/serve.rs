@@ -641,6 +641,12 @@ where
     // When the graceful close began: bounded by `timeouts.send` once nothing
     // is in flight.
     let mut drained_at: Option<Instant> = None;
+    // When a connection told to close (its listener or route removed, or
+    // shutdown) is closed whatever it still carries: the listener's
+    // `shutdown_timeout` after it was told. A stream that lasts for hours,
+    // or a client that ignores the GOAWAY's PING and keeps opening streams,
+    // would otherwise keep a removed route's rules and pools in use.
+    let mut stop_at: Option<Instant> = None;
     std::future::poll_fn(|cx| {
         // The requests served in this poll share one clock reading.
         let _turn = crate::clock::turn();
@@ -667,6 +673,12 @@ where
         // flight, and a client that takes none must not hold them for ever.
         while idle_timer.as_mut().poll(cx).is_ready() {
             let now = crate::clock::now();
+            if stop_at.is_some_and(|t| t <= now) {
+                state.cut(Reason::Shutdown);
+                return Poll::Ready(Ok(()));
+            }
+            // The timer never sleeps past the stop.
+            let until = |t: Instant| stop_at.map_or(t, |s| t.min(s));
             let idle_at = state.idle_since() + idle;
             if state.in_flight() == 0
                 && drained_at.is_some_and(|d| now.saturating_duration_since(d) >= timeouts.send)
@@ -685,7 +697,7 @@ where
                     // hyper starts its graceful end when next polled.
                     cx.waker().wake_by_ref();
                 }
-                idle_timer.as_mut().reset(now + recheck);
+                idle_timer.as_mut().reset(until(now + recheck));
             } else if state.in_flight() > 0 {
                 let (waiting, now_taken) = state.progress();
                 if !waiting || now_taken != taken {
@@ -701,7 +713,7 @@ where
                 }
                 // Not idle while a request is in flight (a stream may last
                 // hours): looked at again a little later.
-                idle_timer.as_mut().reset(now + recheck);
+                idle_timer.as_mut().reset(until(now + recheck));
             } else {
                 rechecking = false;
                 stalled = None;
@@ -710,7 +722,7 @@ where
                     Some(d) => idle_at.min(d + timeouts.send),
                     None => idle_at,
                 };
-                idle_timer.as_mut().reset(next);
+                idle_timer.as_mut().reset(until(next));
             }
         }
         // The shared signals: polled (and their locks taken) only when one
@@ -729,13 +741,17 @@ where
                 state.cut(Reason::Shutdown);
                 return Poll::Ready(Ok(()));
             }
-            Poll::Ready(Stop::Gracefully) if !draining => {
-                graceful(conn.as_mut());
-                draining = true;
-                drained_at = Some(crate::clock::now());
-                idle_timer.as_mut().reset(crate::clock::now() + recheck);
-                // hyper starts its graceful end when next polled.
-                cx.waker().wake_by_ref();
+            Poll::Ready(Stop::Gracefully) => {
+                let now = crate::clock::now();
+                let stop = *stop_at.get_or_insert(now + listener.shutdown_timeout);
+                idle_timer.as_mut().reset((now + recheck).min(stop));
+                if !draining {
+                    graceful(conn.as_mut());
+                    draining = true;
+                    drained_at = Some(now);
+                    // hyper starts its graceful end when next polled.
+                    cx.waker().wake_by_ref();
+                }
             }
             _ => {}
         }

@@ -3,7 +3,8 @@
 //! when the backend answers `101 Switching Protocols`, both connections are
 //! handed over by hyper and relayed byte for byte, like a layer-4
 //! connection, until either side closes, nothing moves for
-//! `timeouts.websocket_idle`, or the listener's connections are killed. The
+//! `timeouts.websocket_idle`, or the listener's connections are killed (or
+//! its `shutdown_timeout` passes after a reload removed the route). The
 //! request's access-log line is written when the relay ends, with the bytes
 //! each way.
 
@@ -82,11 +83,37 @@ pub(crate) fn relay<B>(
         let mut client = Touched::new(TokioIo::new(client), Arc::clone(&last));
         let mut backend = Touched::new(TokioIo::new(backend), Arc::clone(&last));
         let copied = async { tokio::io::copy_bidirectional(&mut client, &mut backend).await };
-        // The listener's kill is shared by all its connections: looked at
-        // (its locks taken) only when it fired, not at every wake-up.
+        // The listener's kill and the route's retirement are shared by all
+        // their connections: looked at (their locks taken) only when one
+        // fired, not at every wake-up.
         let mut kill = std::pin::pin!(ends.kill.cancelled());
+        let mut retired = std::pin::pin!(ends.retired.cancelled());
         let mut watcher = weir_core::cancel::Watcher::new();
-        let killed = std::future::poll_fn(|cx| watcher.poll(cx, |cx| kill.as_mut().poll(cx)));
+        let mut grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        let killed = std::future::poll_fn(|cx| {
+            if let Some(g) = grace.as_mut()
+                && g.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(());
+            }
+            let fired = watcher.poll(cx, |cx| {
+                if kill.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(true);
+                }
+                retired.as_mut().poll(cx).map(|()| false)
+            });
+            match fired {
+                Poll::Ready(true) => Poll::Ready(()),
+                // A reload removed the route: the relay ends the listener's
+                // `shutdown_timeout` later, as a removed listener's would.
+                Poll::Ready(false) if grace.is_none() => {
+                    grace = Some(Box::pin(tokio::time::sleep(ends.grace)));
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                _ => Poll::Pending,
+            }
+        });
         let ended = tokio::select! {
             r = copied => Some(r.is_ok()),
             () = last.idle_for(idle) => {
@@ -127,9 +154,12 @@ fn ended_by<C, B>(clean: bool, client: &Touched<C>, backend: &Touched<B>) -> Rea
 }
 
 /// What ends a relay besides its peers and idleness: the listener's
-/// connections killed, an operator closing the client's connection.
+/// connections killed, the route removed (`grace` later), an operator
+/// closing the client's connection.
 pub(crate) struct Ends {
     pub(crate) kill: tokio_util::sync::CancellationToken,
+    pub(crate) retired: tokio_util::sync::CancellationToken,
+    pub(crate) grace: Duration,
     pub(crate) live: Option<Arc<weir_core::live::Live>>,
 }
 

@@ -2477,6 +2477,108 @@ fn reload_reaches_open_connections_and_drains_a_removed_route() {
     assert!(body.starts_with(&b.port().to_string()), "{body}");
 }
 
+/// When a reload removes a route, its connections that still carry a
+/// response that never ends (a stream of events) are closed once the
+/// listener's `shutdown_timeout` has passed, as a removed listener's are,
+/// HTTP/1.1 and HTTP/2 alike: the removed route's rules and pools are not
+/// kept in use for as long as a client likes. The requests end with reason
+/// `shutdown`.
+#[test]
+fn a_removed_routes_endless_responses_end_after_the_shutdown_timeout() {
+    // Answers every request with a chunked body that never ends.
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(s.try_clone().expect("clone"));
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+                            Transfer-Encoding: chunked\r\n\r\n";
+                if s.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                while s.write_all(b"c\r\ndata: tick\n\n\r\n").is_ok() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+        }
+    });
+    let front = free_port();
+    let config = |route: &str| {
+        format!(
+            "[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\nshutdown_timeout = \"1s\"\n\
+             [[listeners.routes]]\nname = \"{route}\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
+        )
+    };
+    let file = crate::cli::temp_config("removed-route-streams", &config("app"));
+    let mut cmd = weir();
+    cmd.args(["run", "--config"]).arg(&file);
+    let (weir_child, out) = start_weir(cmd);
+
+    let mut h1 = TcpStream::connect(front).expect("connect");
+    write!(h1, "GET /h1 HTTP/1.1\r\nHost: app\r\n\r\n").expect("request");
+    h1.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut first = [0u8; 256];
+    let n = h1.read(&mut first).expect("the response begins");
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &first[..n]);
+    let mut h2 = H2Client::connect(front);
+    let send = h2.send.clone();
+    let mut body = h2.rt.block_on(async move {
+        let response = request(send, "/h2").await.expect("response head");
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        let chunk = tokio::time::timeout(DEADLINE, body.data()).await;
+        assert!(matches!(chunk, Ok(Some(Ok(_)))), "no event");
+        body
+    });
+
+    std::fs::write(&*file, config("other")).expect("rewrite");
+    crate::cli::signal(&weir_child.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    let reloaded = Instant::now();
+    // The events go on until the shutdown timeout, then the end.
+    let mut buf = [0u8; 4096];
+    loop {
+        match h1.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => assert!(reloaded.elapsed() < DEADLINE, "HTTP/1.1 stayed open"),
+            Err(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+                break;
+            }
+        }
+    }
+    let took = reloaded.elapsed();
+    assert!(
+        took >= Duration::from_millis(700) && took < DEADLINE,
+        "HTTP/1.1 closed after {took:?}"
+    );
+    assert!(
+        h2.ended_within(DEADLINE),
+        "the HTTP/2 connection stayed open"
+    );
+    let events = h2.rt.block_on(async {
+        let mut n = 0;
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(DEADLINE, body.data()).await {
+            n += 1;
+        }
+        n
+    });
+    assert!(events > 0, "no event after the reload");
+    for path in ["/h1", "/h2"] {
+        let line = wait_line(&out, &format!("\"path\":\"{path}\""));
+        assert!(line.contains("\"reason\":\"shutdown\""), "{line}");
+    }
+}
+
 /// A client connection with no request for `timeouts.idle` is closed; one
 /// in the middle of a slow request is not, and waiting for it costs no CPU
 /// (the idle timer once fired again and again while a request outlasted it).

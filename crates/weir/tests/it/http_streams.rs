@@ -468,6 +468,46 @@ fn a_websocket_ends_at_the_shutdown_timeout() {
     assert!(line.contains("\"reason\":\"shutdown\""), "{line}");
 }
 
+/// A WebSocket of a route a reload removed ends once the listener's
+/// `shutdown_timeout` has passed, as a removed listener's would, whatever
+/// its idle timeout, and its line says `shutdown`.
+#[test]
+fn a_removed_routes_websocket_ends_after_the_shutdown_timeout() {
+    let backend = free_port();
+    let _server = peer_server(&["ws-server", &backend.port().to_string()]);
+    wait_connectable(backend);
+    let (front, grpc) = (free_port(), free_port());
+    let config = |route: &str| {
+        format!(
+            "[admin]\ngrpc = \"{grpc}\"\n[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\nshutdown_timeout = \"300ms\"\n\
+             [[listeners.routes]]\nname = \"{route}\"\nmode = \"l7\"\n\
+             timeouts = {{ websocket_idle = \"60s\" }}\n\
+             [[listeners.routes.http]]\nname = \"ws\"\npool = \"ws\"\n\
+             [[pools]]\nname = \"ws\"\n[[pools.backends]]\nname = \"echo\"\naddress = \"{backend}\"\n"
+        )
+    };
+    let file = crate::cli::temp_config("ws-removed-route", &config("app"));
+    let mut cmd = crate::cli::weir();
+    cmd.args(["run", "--config"]).arg(&file);
+    let (weir, out) = crate::cli::start_weir(cmd);
+    let url = format!("ws://{front}/chat");
+    // Three messages, then up to 20 s waiting for the close.
+    let client = std::thread::spawn(move || peer_client(&["ws-client", &url, "3", "20"]));
+    echoed_websocket(grpc);
+    std::fs::write(&*file, config("other")).expect("rewrite");
+    crate::cli::signal(&weir.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    let r = client.join().expect("client");
+    assert_eq!(r["replies"].as_array().map(Vec::len), Some(3), "{r}");
+    assert_eq!(r["after_idle"], "closed", "{r}");
+    let after = r["closed_after"].as_f64().unwrap_or(99.0);
+    assert!(after < 10.0, "closed after {after} s");
+    let line = wait_line(&out, "\"path\":\"/chat\"");
+    assert!(line.contains("\"status\":101"), "{line}");
+    assert!(line.contains("\"reason\":\"shutdown\""), "{line}");
+}
+
 /// A stream of server-sent events reaches the client event by event, as
 /// the backend sends them, not when the response ends. The backend's
 /// pauses are longer than `timeouts.send`, which counts only the client's.
