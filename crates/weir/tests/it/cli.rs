@@ -218,24 +218,30 @@ pub(crate) fn silent_backend() -> SocketAddr {
     a
 }
 
-/// An echo backend on a thread.
-pub(crate) fn echo_backend() -> SocketAddr {
+/// A backend on loopback that runs `serve` on a thread of its own for each
+/// connection.
+pub(crate) fn thread_backend(serve: fn(TcpStream)) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let a = l.local_addr().expect("addr");
     std::thread::spawn(move || {
         for s in l.incoming() {
-            let Ok(mut s) = s else { break };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
+            let Ok(s) = s else { break };
+            std::thread::spawn(move || serve(s));
         }
     });
     a
+}
+
+/// An echo backend on a thread.
+pub(crate) fn echo_backend() -> SocketAddr {
+    thread_backend(|mut s| {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    })
 }
 
 /// Starts `weir run` with a config file and waits until it serves; its stdout

@@ -442,6 +442,18 @@ fn echoed_websocket(grpc: SocketAddr) -> String {
     }
 }
 
+/// What `ws-client` with three messages saw, and the access log, of a
+/// WebSocket that weir closed (reason `shutdown`) before it went idle.
+fn ended_by_shutdown(r: &serde_json::Value, out: &std::sync::mpsc::Receiver<String>) {
+    assert_eq!(r["replies"].as_array().map(Vec::len), Some(3), "{r}");
+    assert_eq!(r["after_idle"], "closed", "{r}");
+    let after = r["closed_after"].as_f64().unwrap_or(99.0);
+    assert!(after < 10.0, "closed after {after} s");
+    let line = wait_line(out, "\"path\":\"/chat\"");
+    assert!(line.contains("\"status\":101"), "{line}");
+    assert!(line.contains("\"reason\":\"shutdown\""), "{line}");
+}
+
 /// A WebSocket still open when weir stops ends once `shutdown_timeout`
 /// runs out, whatever its idle timeout, and its line says `shutdown`.
 #[test]
@@ -458,14 +470,7 @@ fn a_websocket_ends_at_the_shutdown_timeout() {
     let client = std::thread::spawn(move || peer_client(&["ws-client", &url, "3", "20"]));
     echoed_websocket(grpc);
     crate::cli::signal(&weir.0, rustix::process::Signal::TERM);
-    let r = client.join().expect("client");
-    assert_eq!(r["replies"].as_array().map(Vec::len), Some(3), "{r}");
-    assert_eq!(r["after_idle"], "closed", "{r}");
-    let after = r["closed_after"].as_f64().unwrap_or(99.0);
-    assert!(after < 10.0, "closed after {after} s");
-    let line = wait_line(&out, "\"path\":\"/chat\"");
-    assert!(line.contains("\"status\":101"), "{line}");
-    assert!(line.contains("\"reason\":\"shutdown\""), "{line}");
+    ended_by_shutdown(&client.join().expect("client"), &out);
 }
 
 /// A WebSocket of a route a reload removed ends once the listener's
@@ -498,14 +503,7 @@ fn a_removed_routes_websocket_ends_after_the_shutdown_timeout() {
     std::fs::write(&*file, config("other")).expect("rewrite");
     crate::cli::signal(&weir.0, rustix::process::Signal::HUP);
     wait_line(&out, "config reloaded");
-    let r = client.join().expect("client");
-    assert_eq!(r["replies"].as_array().map(Vec::len), Some(3), "{r}");
-    assert_eq!(r["after_idle"], "closed", "{r}");
-    let after = r["closed_after"].as_f64().unwrap_or(99.0);
-    assert!(after < 10.0, "closed after {after} s");
-    let line = wait_line(&out, "\"path\":\"/chat\"");
-    assert!(line.contains("\"status\":101"), "{line}");
-    assert!(line.contains("\"reason\":\"shutdown\""), "{line}");
+    ended_by_shutdown(&client.join().expect("client"), &out);
 }
 
 /// A stream of server-sent events reaches the client event by event, as
