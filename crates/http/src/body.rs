@@ -44,6 +44,9 @@ pub(crate) struct RequestBody {
     /// wait, moved on by every piece.
     idle: Option<Pin<Box<Sleep>>>,
     idle_for: Duration,
+    /// The route's identity headers (see `RouteState::identity`), when it
+    /// has any: its trailers lose them too.
+    identity: Option<Arc<[http::HeaderName]>>,
 }
 
 impl RequestBody {
@@ -52,6 +55,7 @@ impl RequestBody {
         count: Arc<BodyCount>,
         limit: Option<u64>,
         idle_for: Duration,
+        identity: Option<Arc<[http::HeaderName]>>,
     ) -> RequestBody {
         // A body announced but not yet begun is being uploaded too: a client
         // that sends none of it must not have the backend blamed.
@@ -62,6 +66,7 @@ impl RequestBody {
             limit,
             idle: None,
             idle_for,
+            identity,
         }
     }
 
@@ -73,6 +78,7 @@ impl RequestBody {
             limit: None,
             idle: None,
             idle_for: Duration::ZERO,
+            identity: None,
         }
     }
 }
@@ -93,7 +99,10 @@ impl Body for RequestBody {
             Poll::Ready(Some(Ok(mut frame))) => {
                 // Trailers come last: the upload is over, whatever a
                 // chunked body's end-of-stream says.
-                let trailers = frame.trailers_mut().map(crate::headers::clean_trailers);
+                let identity = this.identity.as_deref().unwrap_or_default();
+                let trailers = frame
+                    .trailers_mut()
+                    .map(|t| crate::headers::clean_request_trailers(t, identity));
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
                     let total = this.count.bytes.fetch_add(n, Relaxed) + n;

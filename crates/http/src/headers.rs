@@ -183,6 +183,27 @@ pub fn clean_trailers(trailers: &mut HeaderMap) {
     }
 }
 
+/// The fields weir vouches for in a request it forwards: what it says about
+/// the client (the forwarding headers, the request id) and what an
+/// authentication service said (`identity`).
+const VOUCHED: [HeaderName; 5] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    FORWARDED,
+    X_REQUEST_ID,
+];
+
+/// [`clean_trailers`] for a client's request, which also loses the fields
+/// weir vouches for in the request's head, and their `_` lookalikes: a
+/// backend that merges trailers into the head would take the client's
+/// word for them.
+pub fn clean_request_trailers(trailers: &mut HeaderMap, identity: &[HeaderName]) {
+    clean_trailers(trailers);
+    strip_identity(trailers, &VOUCHED);
+    strip_identity(trailers, identity);
+}
+
 /// What the forwarding headers say about one request.
 #[derive(Debug, Clone, Copy)]
 pub struct Forwarding<'a> {
@@ -352,6 +373,23 @@ mod tests {
         super::clean_trailers(&mut t);
         let left: Vec<_> = t.keys().map(http::HeaderName::as_str).collect();
         assert_eq!(left, ["x-sum", "grpc-status"]);
+    }
+
+    #[test]
+    fn a_requests_trailers_lose_what_weir_vouches_for() {
+        let mut t = map(&[
+            ("x-sum", "42"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x_forwarded_proto", "https"),
+            ("forwarded", "for=10.0.0.1"),
+            ("x-request-id", "forged"),
+            ("x-user", "admin"),
+            ("x_user", "admin"),
+            ("te", "trailers"),
+        ]);
+        clean_request_trailers(&mut t, &[HeaderName::from_static("x-user")]);
+        let left: Vec<_> = t.keys().map(http::HeaderName::as_str).collect();
+        assert_eq!(left, ["x-sum"]);
     }
 
     use super::*;

@@ -305,6 +305,7 @@ pub(crate) fn handle(
                 Arc::clone(&x.body),
                 state.max_body_bytes,
                 state.timeouts.request_body,
+                (!state.identity.is_empty()).then(|| Arc::clone(&state.identity)),
             );
             if let Err(reason) = target_form(&mut parts, target.dialer.protocol, host.as_ref()) {
                 return Ok(answer(reason, grpc, x));

@@ -47,7 +47,7 @@ pub(crate) struct RouteState {
     /// and its rules'): what a client sends under them, or under a name
     /// that reads the same with `_` for `-`, never reaches a backend,
     /// whichever rule the request matched.
-    pub(crate) identity: Box<[http::HeaderName]>,
+    pub(crate) identity: Arc<[http::HeaderName]>,
     /// Counters of the route's (and its rules') authentication, kept across
     /// reloads.
     pub(crate) auth_stats: Arc<AuthStats>,

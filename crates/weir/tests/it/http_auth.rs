@@ -172,6 +172,90 @@ fn identity_headers_are_dropped_on_every_rule_of_the_route() {
     assert_eq!((status, body.as_str()), (200, "x-user=alice\n"));
 }
 
+/// A client that sends, as trailers of its request body, the headers weir
+/// vouches for — an authentication service's `copy_headers`, the forwarding
+/// headers, the request id, or their `_` lookalikes — gets none of them to
+/// the backend: one that merges trailers into the head would otherwise take
+/// the client's word for them. Its other trailers go on.
+#[test]
+fn headers_weir_vouches_for_do_not_pass_as_trailers() {
+    let auth = auth_service();
+    // Answers with the trailer section of the chunked body it received.
+    let backend = crate::cli::thread_backend(|s| {
+        let mut reader = BufReader::new(s.try_clone().expect("clone"));
+        let mut out = s;
+        if read_head(&mut reader).is_none() {
+            return;
+        }
+        loop {
+            let mut size = String::new();
+            if reader.read_line(&mut size).unwrap_or(0) == 0 {
+                return;
+            }
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            let mut chunk = vec![0u8; n + 2];
+            if std::io::Read::read_exact(&mut reader, &mut chunk).is_err() {
+                return;
+            }
+        }
+        let mut trailers = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                break;
+            }
+            trailers.push_str(&line.to_ascii_lowercase());
+        }
+        let _ = write!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{trailers}",
+            trailers.len()
+        );
+    });
+    let front = free_port();
+    let (_weir, _out) = start(
+        "auth-trailers",
+        &format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"private\"\npool = \"p\"\n\
+             auth = {{ url = \"http://{a}/check\", headers = [\"authorization\"], copy_headers = [\"x-user\"] }}\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n",
+            a = auth.addr
+        ),
+    );
+    let forged = [
+        "x-user: mallory",
+        "x_user: mallory",
+        "x-forwarded-for: 192.0.2.66",
+        "x_forwarded_host: elsewhere",
+        "forwarded: for=192.0.2.66",
+        "x-request-id: forged",
+    ];
+    let names: Vec<&str> = forged.iter().filter_map(|f| f.split(':').next()).collect();
+    let mut s = std::net::TcpStream::connect(front).expect("connect");
+    s.set_read_timeout(Some(crate::cli::DEADLINE))
+        .expect("timeout");
+    write!(
+        s,
+        "POST /a HTTP/1.1\r\nHost: app\r\nAuthorization: Bearer good\r\n\
+         Transfer-Encoding: chunked\r\nTrailer: x-sum, {}\r\nConnection: close\r\n\r\n\
+         5\r\nhello\r\n0\r\nx-sum: 1\r\n{}\r\n\r\n",
+        names.join(", "),
+        forged.join("\r\n")
+    )
+    .expect("request");
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut s, &mut answer).expect("answer");
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(body, "x-sum: 1\r\n", "{answer}");
+}
+
 #[test]
 fn forward_auth_with_cache_failure_modes_and_breaker() {
     let auth = auth_service();
