@@ -323,7 +323,7 @@ pub(crate) fn handle(
                     let idle = state.timeouts.websocket_idle;
                     let ends = upgrade::Ends {
                         kill: cx.listener.kill.clone(),
-                        retired: cx.slot.retired.clone(),
+                        slot: Arc::clone(&cx.slot),
                         grace: cx.listener.shutdown_timeout,
                         live: cx.live.clone(),
                     };

@@ -84,6 +84,23 @@ pub(crate) struct Slot {
     pub(crate) current: ArcSwap<RouteState>,
     /// Cancelled when a reload removed the route.
     pub(crate) retired: CancellationToken,
+    /// When the route was removed: set before `retired` fires, so that
+    /// every connection's (and every relay's) close deadline counts from
+    /// it, not from when each next looked.
+    pub(crate) retired_at: std::sync::OnceLock<tokio::time::Instant>,
+}
+
+impl Slot {
+    /// When a connection of the removed route is closed whatever it still
+    /// carries: `grace` after the removal (`now` if it is not removed).
+    pub(crate) fn stop_at(&self, grace: std::time::Duration) -> tokio::time::Instant {
+        let removed = self
+            .retired_at
+            .get()
+            .copied()
+            .unwrap_or_else(tokio::time::Instant::now);
+        removed + grace
+    }
 }
 
 /// The handler of one l7 route in one snapshot.
@@ -238,6 +255,7 @@ impl Handler {
             None => Arc::new(Slot {
                 current: ArcSwap::new(Arc::clone(&state)),
                 retired: CancellationToken::new(),
+                retired_at: std::sync::OnceLock::new(),
             }),
         };
         Ok(Handler { state, slot })
@@ -272,6 +290,7 @@ impl HttpHandler for Handler {
     }
 
     fn retire(&self) {
+        let _ = self.slot.retired_at.set(tokio::time::Instant::now());
         self.slot.retired.cancel();
     }
 

@@ -609,7 +609,10 @@ fn counted<S>(stream: S, live: Option<&LiveGuard>) -> Counted<S> {
 
 /// Runs a hyper connection until it ends, shutting it down gracefully when
 /// idle or drained, and dropping it when the listener's connections are
-/// killed or its client takes nothing of a response for `timeouts.send`.
+/// killed, its client takes nothing of a response for `timeouts.send`, or
+/// it still carries something the listener's `shutdown_timeout` after it
+/// was told to close (its route removed, counted from the removal; its
+/// listener drained, from when this connection saw it).
 async fn drive<C, E>(
     conn: C,
     state: &ConnState,
@@ -665,9 +668,13 @@ where
             return Poll::Ready(Ok(()));
         }
         if !rechecking && state.in_flight() > 0 {
-            // Busy again after a rest: the idle deadline may be far off.
+            // Busy again after a rest: the idle deadline may be far off
+            // (the stop, if there is one, may come first).
             rechecking = true;
-            idle_timer.as_mut().reset(crate::clock::now() + recheck);
+            let next = crate::clock::now() + recheck;
+            idle_timer
+                .as_mut()
+                .reset(stop_at.map_or(next, |s| next.min(s)));
         }
         // Draining too: hyper's graceful end waits for the responses in
         // flight, and a client that takes none must not hold them for ever.
@@ -743,7 +750,7 @@ where
             }
             Poll::Ready(Stop::Gracefully) => {
                 let now = crate::clock::now();
-                let stop = *stop_at.get_or_insert(now + listener.shutdown_timeout);
+                let stop = *stop_at.get_or_insert_with(|| slot.stop_at(listener.shutdown_timeout));
                 idle_timer.as_mut().reset((now + recheck).min(stop));
                 if !draining {
                     graceful(conn.as_mut());

@@ -87,7 +87,7 @@ pub(crate) fn relay<B>(
         // their connections: looked at (their locks taken) only when one
         // fired, not at every wake-up.
         let mut kill = std::pin::pin!(ends.kill.cancelled());
-        let mut retired = std::pin::pin!(ends.retired.cancelled());
+        let mut retired = std::pin::pin!(ends.slot.retired.cancelled());
         let mut watcher = weir_core::cancel::Watcher::new();
         let mut grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let killed = std::future::poll_fn(|cx| {
@@ -105,9 +105,11 @@ pub(crate) fn relay<B>(
             match fired {
                 Poll::Ready(true) => Poll::Ready(()),
                 // A reload removed the route: the relay ends the listener's
-                // `shutdown_timeout` later, as a removed listener's would.
+                // `shutdown_timeout` after the removal, as a removed
+                // listener's would (a relay that began after it gets none).
                 Poll::Ready(false) if grace.is_none() => {
-                    grace = Some(Box::pin(tokio::time::sleep(ends.grace)));
+                    let stop = ends.slot.stop_at(ends.grace);
+                    grace = Some(Box::pin(tokio::time::sleep_until(stop)));
                     cx.waker().wake_by_ref();
                     Poll::Pending
                 }
@@ -154,11 +156,12 @@ fn ended_by<C, B>(clean: bool, client: &Touched<C>, backend: &Touched<B>) -> Rea
 }
 
 /// What ends a relay besides its peers and idleness: the listener's
-/// connections killed, the route removed (`grace` later), an operator
-/// closing the client's connection.
+/// connections killed, the route removed (`grace` after the removal), an
+/// operator closing the client's connection.
 pub(crate) struct Ends {
     pub(crate) kill: tokio_util::sync::CancellationToken,
-    pub(crate) retired: tokio_util::sync::CancellationToken,
+    /// The route's slot: its retirement and when it came.
+    pub(crate) slot: Arc<crate::route::Slot>,
     pub(crate) grace: Duration,
     pub(crate) live: Option<Arc<weir_core::live::Live>>,
 }

@@ -506,6 +506,91 @@ fn a_removed_routes_websocket_ends_after_the_shutdown_timeout() {
     ended_by_shutdown(&client.join().expect("client"), &out);
 }
 
+/// A WebSocket whose upgrade was still being answered when its route was
+/// removed gets the rest of the `shutdown_timeout` counted from the removal,
+/// not a whole one from when its relay began (its close once came up to
+/// twice the timeout late).
+#[test]
+fn a_websocket_upgraded_during_its_routes_removal_ends_on_time() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    // Answers the upgrade 2.5 s after it came, then holds the connection.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    let (came, asked) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        let mut reader = BufReader::new(s.try_clone().expect("clone"));
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+            line.clear();
+        }
+        let _ = came.send(());
+        std::thread::sleep(Duration::from_millis(2500));
+        let head = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\
+                    Upgrade: websocket\r\n\
+                    Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        let _ = s.write_all(head.as_bytes());
+        let mut buf = [0u8; 1024];
+        while s.read(&mut buf).is_ok_and(|n| n > 0) {}
+    });
+    let front = free_port();
+    let config = |route: &str| {
+        format!(
+            "[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\nshutdown_timeout = \"3s\"\n\
+             [[listeners.routes]]\nname = \"{route}\"\nmode = \"l7\"\n\
+             timeouts = {{ websocket_idle = \"60s\" }}\n\
+             [[listeners.routes.http]]\nname = \"ws\"\npool = \"ws\"\n\
+             [[pools]]\nname = \"ws\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
+        )
+    };
+    let file = crate::cli::temp_config("ws-upgrade-removed", &config("app"));
+    let mut cmd = crate::cli::weir();
+    cmd.args(["run", "--config"]).arg(&file);
+    let (weir, out) = crate::cli::start_weir(cmd);
+    let mut client = TcpStream::connect(front).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    write!(
+        client,
+        "GET /chat HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .expect("upgrade");
+    asked
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the upgrade reaches the backend");
+    std::fs::write(&*file, config("other")).expect("rewrite");
+    let before = Instant::now();
+    crate::cli::signal(&weir.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match client.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let took = before.elapsed();
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    // 3 s after the removal; the relay began 2.5 s into them.
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_millis(4500),
+        "closed {took:?} after the reload"
+    );
+    let line = wait_line(&out, "\"path\":\"/chat\"");
+    assert!(line.contains("\"reason\":\"shutdown\""), "{line}");
+}
+
 /// A stream of server-sent events reaches the client event by event, as
 /// the backend sends them, not when the response ends. The backend's
 /// pauses are longer than `timeouts.send`, which counts only the client's.
