@@ -186,6 +186,8 @@ pub(crate) struct Gate {
     cache: Mutex<Cache>,
     breaker: Mutex<Breaker>,
     idle: Mutex<Vec<http1::SendRequest<Empty<Bytes>>>>,
+    /// The service's addresses (its host looked up once at a time).
+    service: crate::resolve::Name,
     /// `max_calls` places: a call, and its connection, holds one.
     calls: Semaphore,
     pub(crate) stats: Arc<AuthStats>,
@@ -251,6 +253,7 @@ impl Gate {
             }),
             breaker: Mutex::new(Breaker::default()),
             idle: Mutex::new(Vec::new()),
+            service: crate::resolve::Name::new(&cfg.host, cfg.port),
             calls: Semaphore::new(cfg.max_calls as usize),
             stats,
         }
@@ -625,7 +628,8 @@ impl Gate {
     }
 
     async fn connect(&self) -> Result<http1::SendRequest<Empty<Bytes>>, ()> {
-        let tcp = tokio::net::TcpStream::connect((self.cfg.host.as_str(), self.cfg.port))
+        let addresses = self.service.addresses().await?;
+        let tcp = tokio::net::TcpStream::connect(&addresses[..])
             .await
             .map_err(|_| ())?;
         let _ = tcp.set_nodelay(true);
@@ -1091,6 +1095,21 @@ mod tests {
         }
         assert_eq!(g.stats.results[Outcome::Error as usize].load(Relaxed), 2);
         assert_eq!(g.stats.results[Outcome::Denied as usize].load(Relaxed), 0);
+    }
+
+    /// A service named by host name is found through the system's resolver
+    /// (`localhost`, which may also give `::1` first, where nothing listens:
+    /// the next address is tried).
+    #[tokio::test]
+    async fn a_service_named_by_host_name_is_reached() {
+        let mut c = cfg(5);
+        c.host = "localhost".into();
+        c.port = service().await;
+        let g = Gate::new(&c, Arc::default());
+        assert!(matches!(ask(&g, "/").await, Verdict::Allow(_)));
+        c.host = "no-such-host.invalid".into();
+        let g = Gate::new(&c, Arc::default());
+        assert!(matches!(ask(&g, "/").await, Verdict::Unavailable));
     }
 
     /// The service at an IPv6 address is asked with the address in brackets
