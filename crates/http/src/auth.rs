@@ -37,9 +37,15 @@ use weir_telemetry::Histogram;
 /// The largest answer body weir takes from the service (a denial's body is
 /// passed on to the client).
 const MAX_BODY: usize = 64 * 1024;
-/// The bytes one gate's cached verdicts may hold together: 10,000 login
-/// pages of 60 KiB, one per new query string, would otherwise keep 600 MB.
+/// The bytes one gate's cached verdicts may hold together, their entries
+/// included: 10,000 login pages of 60 KiB, one per new query string, would
+/// otherwise keep 600 MB, and a `cache_size` near its ceiling of small
+/// decisions about 1 GB of entries.
 const MAX_CACHED_BYTES: usize = 16 * 1024 * 1024;
+/// What one cached decision costs besides its headers and body: its slot
+/// in the map (key, verdict, expiry, the map's control byte and spare
+/// room) and the verdict's shared allocation.
+const ENTRY_BYTES: usize = 128;
 /// Idle connections to the service kept for reuse.
 const MAX_IDLE: usize = 32;
 /// Headers of a denial passed on to the client.
@@ -203,9 +209,13 @@ type Key = u128;
 struct Cache {
     /// Key -> (verdict, until).
     entries: HashMap<Key, (Verdict, Instant)>,
-    /// The bytes the kept verdicts hold (headers, denials' bodies), at most
-    /// [`MAX_CACHED_BYTES`].
+    /// The bytes the kept verdicts hold (entries, headers, denials'
+    /// bodies), at most [`MAX_CACHED_BYTES`].
     bytes: usize,
+    /// The part of `bytes` that refusing decisions hold.
+    denials: usize,
+    /// Times refusing decisions were looked for to make room.
+    refusal_scans: u64,
     /// When a full cache was last swept of its expired decisions.
     swept: Option<Instant>,
 }
@@ -249,6 +259,8 @@ impl Gate {
             cache: Mutex::new(Cache {
                 entries: HashMap::new(),
                 bytes: 0,
+                denials: 0,
+                refusal_scans: 0,
                 swept: None,
             }),
             breaker: Mutex::new(Breaker::default()),
@@ -397,30 +409,37 @@ impl Gate {
         let full = |c: &Cache| c.entries.len() >= max || c.bytes + size > MAX_CACHED_BYTES;
         if full(cache) && cache.swept.is_none_or(|t| now >= t + SWEEP_EVERY) {
             cache.swept = Some(now);
-            let mut freed = 0;
+            let (mut freed, mut denials) = (0, 0);
             cache.entries.retain(|_, (v, until)| {
                 let live = *until > now;
                 if !live {
                     freed += held_bytes(v);
+                    denials += denial_bytes(v);
                 }
                 live
             });
             cache.bytes -= freed;
+            cache.denials -= denials;
         }
         // Past the byte budget: refusing decisions go, down to three
         // quarters of it, so that the next large one does not scan again;
-        // allowing ones stay.
-        if cache.bytes + size > MAX_CACHED_BYTES {
+        // allowing ones stay. Only when they hold a quarter of the budget:
+        // a scan reads every entry under the lock, and a cache full of
+        // allowing decisions must not be read whole at every insert for
+        // the one refusal among them.
+        if cache.bytes + size > MAX_CACHED_BYTES && cache.denials >= MAX_CACHED_BYTES / 4 {
+            cache.refusal_scans += 1;
             let target = MAX_CACHED_BYTES / 4 * 3;
-            let mut bytes = cache.bytes;
+            let (mut bytes, mut denials) = (cache.bytes, cache.denials);
             cache.entries.retain(|_, (v, _)| {
                 if bytes + size <= target || !matches!(v, Verdict::Deny(_)) {
                     return true;
                 }
                 bytes -= held_bytes(v);
+                denials -= denial_bytes(v);
                 false
             });
-            cache.bytes = bytes;
+            (cache.bytes, cache.denials) = (bytes, denials);
         }
         // Still full of live decisions: one makes room.
         while full(cache) {
@@ -429,12 +448,15 @@ impl Gate {
             };
             if let Some((v, _)) = cache.entries.remove(&any) {
                 cache.bytes -= held_bytes(&v);
+                cache.denials -= denial_bytes(&v);
             }
         }
         if let Some((old, _)) = cache.entries.insert(key, (v.clone(), now + ttl)) {
             cache.bytes -= held_bytes(&old);
+            cache.denials -= denial_bytes(&old);
         }
         cache.bytes += size;
+        cache.denials += denial_bytes(v);
     }
 
     /// A call that may go out: the breaker is closed, or it has been open
@@ -648,11 +670,25 @@ impl Gate {
     }
 }
 
-/// What a cached verdict holds beyond its entry: headers, and a denial's body.
+/// What a cached verdict costs: its entry, its headers, a denial's body.
 fn held_bytes(v: &Verdict) -> usize {
+    ENTRY_BYTES + own_bytes(v)
+}
+
+/// What a cached verdict holds if it is a refusal.
+fn denial_bytes(v: &Verdict) -> usize {
+    if matches!(v, Verdict::Deny(_)) {
+        held_bytes(v)
+    } else {
+        0
+    }
+}
+
+/// A verdict's headers and a denial's body.
+fn own_bytes(v: &Verdict) -> usize {
     let headers = |h: &[(HeaderName, HeaderValue)]| {
         h.iter()
-            .map(|(n, v)| n.as_str().len() + v.len())
+            .map(|(n, v)| size_of::<(HeaderName, HeaderValue)>() + n.as_str().len() + v.len())
             .sum::<usize>()
     };
     match v {
@@ -923,6 +959,58 @@ mod tests {
             cache.entries.get(&allowed),
             Some((Verdict::Allow(_), _))
         ));
+    }
+
+    /// Small decisions count their entries: a `cache_size` at its ceiling
+    /// holds no more than the byte budget. A cache full of allowing
+    /// decisions is not read whole for each refusal that comes; refusals
+    /// holding a quarter of the budget are forgotten together, first.
+    #[test]
+    fn small_decisions_count_their_entries() {
+        // The estimate covers what an entry takes in the map.
+        let slot = size_of::<(Key, (Verdict, Instant))>();
+        assert!(ENTRY_BYTES >= slot * 8 / 7 + 1 + 32, "{slot}");
+        let mut c = cfg(0);
+        c.cache_size = 10_000_000;
+        let g = Gate::new(&c, Arc::default());
+        let allow = Verdict::Allow(Arc::from(Vec::new()));
+        let fits = MAX_CACHED_BYTES / ENTRY_BYTES;
+        for i in 0..fits + 1000 {
+            g.remember(token(&g, i), &allow);
+        }
+        {
+            let cache = lock(&g.cache);
+            assert_eq!(cache.entries.len(), fits);
+            assert_eq!(cache.bytes, fits * ENTRY_BYTES);
+        }
+        let deny = |body: usize| {
+            Verdict::Deny(Arc::new(Denial {
+                status: StatusCode::UNAUTHORIZED,
+                headers: vec![],
+                body: Bytes::from(vec![b'x'; body]),
+            }))
+        };
+        for i in 0..1000 {
+            g.remember(token(&g, fits + 1000 + i), &deny(10));
+        }
+        assert_eq!(lock(&g.cache).refusal_scans, 0);
+        // Refusals come to a quarter of the budget (some are forgotten on
+        // the way, as room is made at random): one scan frees them.
+        let page = 64 * 1024;
+        let quarter = MAX_CACHED_BYTES / 4 / page + 1;
+        let mut sent = 0;
+        while lock(&g.cache).refusal_scans == 0 && sent < 4 * quarter {
+            g.remember(token(&g, 2 * fits + sent), &deny(page));
+            sent += 1;
+        }
+        let cache = lock(&g.cache);
+        assert_eq!(cache.refusal_scans, 1, "after {sent} refusals");
+        assert!(cache.denials < MAX_CACHED_BYTES / 4, "{}", cache.denials);
+        let (bytes, denials) = cache.entries.values().fold((0, 0), |(b, d), (v, _)| {
+            (b + held_bytes(v), d + denial_bytes(v))
+        });
+        assert_eq!((cache.bytes, cache.denials), (bytes, denials));
+        assert!(bytes <= MAX_CACHED_BYTES, "{bytes}");
     }
 
     /// An authentication service on loopback answering by the request's
