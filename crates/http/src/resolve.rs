@@ -7,24 +7,23 @@
 //! new connection would leave a blocked thread behind per call, up to
 //! tokio's blocking pool, which file reads and other lookups share. Here one
 //! lookup runs at a time, in a task of its own that outlives the calls
-//! waiting for it; its answer serves every call for [`KEEP`], and a failed
-//! lookup keeps the last good addresses (looked up again after [`RETRY`]).
+//! waiting for it; its answer serves every call for [`KEEP`]. Past that, the
+//! addresses serve on while the next lookup runs, and when it fails (looked
+//! up again after [`RETRY`]): only the very first lookup is waited for.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::future::{BoxFuture, FutureExt, Shared};
+use futures_util::future::{BoxFuture, FutureExt};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use weir_core::sync::lock;
 
-/// How long a lookup's addresses serve.
+/// How long a lookup's addresses serve before the next lookup.
 pub(crate) const KEEP: Duration = Duration::from_secs(30);
 /// How soon a failed lookup is tried again.
 pub(crate) const RETRY: Duration = Duration::from_secs(1);
-
-/// The addresses found (or none), and until when they serve.
-type Found = (Result<Arc<[SocketAddr]>, ()>, Instant);
 
 /// A lookup: the host and port to the addresses the system gives.
 pub(crate) type LookupFn = fn(String, u16) -> BoxFuture<'static, std::io::Result<Vec<SocketAddr>>>;
@@ -36,8 +35,19 @@ pub(crate) struct Name {
     /// The host is an address: nothing to look up.
     literal: Option<SocketAddr>,
     lookup: LookupFn,
-    /// The last lookup, finished or under way.
-    last: Mutex<Option<Shared<BoxFuture<'static, Found>>>>,
+    state: Arc<Mutex<State>>,
+    /// Told when a lookup ends.
+    done: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The last addresses found.
+    good: Option<Arc<[SocketAddr]>>,
+    /// Until when the last lookup's outcome stands (no new lookup before).
+    until: Option<Instant>,
+    /// A lookup is under way.
+    looking: bool,
 }
 
 impl std::fmt::Debug for Name {
@@ -67,68 +77,74 @@ impl Name {
             port,
             literal: host.parse::<IpAddr>().ok().map(|ip| (ip, port).into()),
             lookup,
-            last: Mutex::new(None),
+            state: Arc::default(),
+            done: Arc::new(Notify::new()),
         }
     }
 
-    /// The addresses to connect to, in the order the resolver gave them.
-    /// Waits for a lookup under way (another call's, or one started here);
-    /// the caller bounds the wait.
+    /// The addresses to connect to, in the order the resolver gave them:
+    /// the last ones found, starting a lookup when they are older than
+    /// [`KEEP`]. Only when none were ever found does it wait for a lookup
+    /// (the caller bounds the wait); a failed one is an error.
     pub(crate) async fn addresses(&self) -> Result<Arc<[SocketAddr]>, ()> {
         if let Some(a) = self.literal {
             return Ok(Arc::from([a]));
         }
-        let pending = {
-            let mut last = lock(&self.last);
-            let now = Instant::now();
-            match last.as_ref() {
-                // Under way: shared.
-                Some(l) if l.peek().is_none() => l.clone(),
-                Some(l) if l.peek().is_some_and(|(_, until)| *until > now) => {
-                    return l.peek().map_or(Err(()), |(found, _)| found.clone());
+        loop {
+            // Registered before the state is read: a lookup that ends in
+            // between still wakes this call.
+            let ended = self.done.notified();
+            {
+                let mut st = lock(&self.state);
+                let settled = st.until.is_some_and(|u| u > Instant::now());
+                if !settled && !st.looking {
+                    self.start(&mut st);
                 }
-                _ => {
-                    let previous = last
-                        .as_ref()
-                        .and_then(|l| l.peek())
-                        .and_then(|(found, _)| found.clone().ok());
-                    let started = self.start(previous);
-                    *last = Some(started.clone());
-                    started
+                match &st.good {
+                    Some(good) => return Ok(Arc::clone(good)),
+                    None if settled => return Err(()),
+                    None => {}
                 }
             }
-        };
-        pending.await.0
+            ended.await;
+        }
     }
 
-    /// A lookup in a task of its own (a call that gives up waiting does not
-    /// end it). `previous` serves on if it fails.
-    fn start(&self, previous: Option<Arc<[SocketAddr]>>) -> Shared<BoxFuture<'static, Found>> {
-        let task = tokio::spawn((self.lookup)(self.host.clone(), self.port));
-        async move {
-            let found = match task.await {
-                Ok(Ok(a)) if !a.is_empty() => Some(Arc::from(a)),
-                _ => None,
-            };
-            match (found, previous) {
-                (Some(a), _) => (Ok(a), Instant::now() + KEEP),
-                (None, Some(p)) => (Ok(p), Instant::now() + RETRY),
-                (None, None) => (Err(()), Instant::now() + RETRY),
+    /// A lookup in a task of its own: a call that gives up waiting does not
+    /// end it, and no other starts until it ends.
+    fn start(&self, st: &mut State) {
+        st.looking = true;
+        let lookup = (self.lookup)(self.host.clone(), self.port);
+        let (state, done) = (Arc::clone(&self.state), Arc::clone(&self.done));
+        tokio::spawn(async move {
+            let found = lookup.await;
+            {
+                let mut st = lock(&state);
+                let now = Instant::now();
+                match found {
+                    Ok(a) if !a.is_empty() => {
+                        st.good = Some(Arc::from(a));
+                        st.until = Some(now + KEEP);
+                    }
+                    // The last addresses found, if any, serve on.
+                    _ => st.until = Some(now + RETRY),
+                }
+                st.looking = false;
             }
-        }
-        .boxed()
-        .shared()
+            done.notify_waiters();
+        });
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 
     use super::*;
 
+    // Only `slow` reads these, and only the first test calls it.
     static LOOKUPS: AtomicUsize = AtomicUsize::new(0);
-    static FAILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    static FAILING: AtomicBool = AtomicBool::new(false);
 
     /// Takes a second; answers 192.0.2.<lookups so far> unless failing.
     fn slow(_: String, port: u16) -> BoxFuture<'static, std::io::Result<Vec<SocketAddr>>> {
@@ -144,13 +160,27 @@ mod tests {
         .boxed()
     }
 
+    /// Takes a second to find nothing.
+    fn nothing(_: String, _: u16) -> BoxFuture<'static, std::io::Result<Vec<SocketAddr>>> {
+        async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok(Vec::new())
+        }
+        .boxed()
+    }
+
     fn first(a: &Result<Arc<[SocketAddr]>, ()>) -> String {
         a.as_ref().map_or("none".into(), |a| a[0].to_string())
     }
 
-    /// Calls that come while a lookup is under way share it, even when the
-    /// one that started it gave up; its answer serves for `KEEP`; a failed
-    /// lookup keeps the last addresses and is tried again after `RETRY`.
+    async fn lookup_ends() {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+
+    /// Calls that come while the first lookup is under way share it, even
+    /// when the one that started it gave up; its answer serves for `KEEP`,
+    /// then on while the next lookup runs, and when that one fails (tried
+    /// again after `RETRY`).
     #[tokio::test(start_paused = true)]
     async fn one_lookup_at_a_time_serves_every_call() {
         let name = Arc::new(Name::with_lookup("auth.example", 9000, slow));
@@ -171,35 +201,45 @@ mod tests {
         tokio::time::advance(KEEP - Duration::from_secs(2)).await;
         assert_eq!(first(&name.addresses().await), "192.0.2.1:9000");
         assert_eq!(LOOKUPS.load(Relaxed), 1);
-        // Past it, looked up again.
+        // Past it, looked up again, the old addresses serving meanwhile.
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(first(&name.addresses().await), "192.0.2.2:9000");
+        assert_eq!(first(&name.addresses().await), "192.0.2.1:9000");
+        assert_eq!(first(&name.addresses().await), "192.0.2.1:9000");
+        lookup_ends().await;
         assert_eq!(LOOKUPS.load(Relaxed), 2);
-        // The name service fails: the last addresses serve on.
+        assert_eq!(first(&name.addresses().await), "192.0.2.2:9000");
+        // The name service fails: the last addresses serve on ...
         FAILING.store(true, Relaxed);
         tokio::time::advance(KEEP).await;
         assert_eq!(first(&name.addresses().await), "192.0.2.2:9000");
-        assert_eq!(LOOKUPS.load(Relaxed), 3);
-        // ... and it is asked again only after `RETRY`.
+        lookup_ends().await;
         assert_eq!(first(&name.addresses().await), "192.0.2.2:9000");
         assert_eq!(LOOKUPS.load(Relaxed), 3);
+        // ... and it is asked again only after `RETRY`.
         tokio::time::advance(RETRY).await;
         FAILING.store(false, Relaxed);
+        assert_eq!(first(&name.addresses().await), "192.0.2.2:9000");
+        lookup_ends().await;
         assert_eq!(first(&name.addresses().await), "192.0.2.4:9000");
+        assert_eq!(LOOKUPS.load(Relaxed), 4);
         // An address needs no lookup.
         let literal = Name::with_lookup("::1", 80, slow);
         assert_eq!(first(&literal.addresses().await), "[::1]:80");
         assert_eq!(LOOKUPS.load(Relaxed), 4);
     }
 
-    /// A name nothing answers for fails (after the system's lookup).
-    #[tokio::test]
-    async fn a_name_that_does_not_resolve_fails() {
-        let name = Name::new("no-such-host.invalid", 80);
+    /// A name that was never found fails once its lookup ends, and again
+    /// without a lookup until `RETRY` has passed.
+    #[tokio::test(start_paused = true)]
+    async fn a_name_never_found_fails() {
+        let name = Name::with_lookup("nowhere.example", 80, nothing);
+        let began = Instant::now();
         assert!(name.addresses().await.is_err());
-        assert_eq!(
-            first(&Name::new("127.0.0.1", 8080).addresses().await),
-            "127.0.0.1:8080"
-        );
+        assert_eq!(began.elapsed(), Duration::from_secs(1));
+        assert!(name.addresses().await.is_err());
+        assert_eq!(began.elapsed(), Duration::from_secs(1), "no second lookup");
+        tokio::time::advance(RETRY).await;
+        assert!(name.addresses().await.is_err());
+        assert_eq!(began.elapsed(), Duration::from_secs(3));
     }
 }
