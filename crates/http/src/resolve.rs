@@ -26,7 +26,8 @@ pub(crate) const KEEP: Duration = Duration::from_secs(30);
 pub(crate) const RETRY: Duration = Duration::from_secs(1);
 
 /// A lookup: the host and port to the addresses the system gives.
-pub(crate) type LookupFn = fn(String, u16) -> BoxFuture<'static, std::io::Result<Vec<SocketAddr>>>;
+pub(crate) type LookupFn =
+    Arc<dyn Fn(String, u16) -> BoxFuture<'static, std::io::Result<Vec<SocketAddr>>> + Send + Sync>;
 
 /// One configured host and port.
 pub(crate) struct Name {
@@ -68,7 +69,7 @@ fn system(host: String, port: u16) -> BoxFuture<'static, std::io::Result<Vec<Soc
 impl Name {
     /// `host` as written in a URL: an IPv6 address without its brackets.
     pub(crate) fn new(host: &str, port: u16) -> Name {
-        Name::with_lookup(host, port, system)
+        Name::with_lookup(host, port, Arc::new(system))
     }
 
     pub(crate) fn with_lookup(host: &str, port: u16, lookup: LookupFn) -> Name {
@@ -142,31 +143,43 @@ mod tests {
 
     use super::*;
 
-    // Only `slow` reads these, and only the first test calls it.
-    static LOOKUPS: AtomicUsize = AtomicUsize::new(0);
-    static FAILING: AtomicBool = AtomicBool::new(false);
+    /// A name service that takes a second to answer: its lookups so far,
+    /// and whether it fails.
+    #[derive(Clone, Default)]
+    struct Slow {
+        lookups: Arc<AtomicUsize>,
+        failing: Arc<AtomicBool>,
+    }
 
-    /// Takes a second; answers 192.0.2.<lookups so far> unless failing.
-    fn slow(_: String, port: u16) -> BoxFuture<'static, std::io::Result<Vec<SocketAddr>>> {
-        async move {
-            let n = LOOKUPS.fetch_add(1, Relaxed) + 1;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            if FAILING.load(Relaxed) {
-                return Err(std::io::Error::other("no answer"));
-            }
-            let ip = std::net::Ipv4Addr::new(192, 0, 2, u8::try_from(n).unwrap_or(255));
-            Ok(vec![(ip, port).into()])
+    impl Slow {
+        /// Answers 192.0.2.<lookups so far> unless failing.
+        fn lookup(&self) -> LookupFn {
+            let s = self.clone();
+            Arc::new(move |_, port| {
+                let s = s.clone();
+                async move {
+                    let n = s.lookups.fetch_add(1, Relaxed) + 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if s.failing.load(Relaxed) {
+                        return Err(std::io::Error::other("no answer"));
+                    }
+                    let ip = std::net::Ipv4Addr::new(192, 0, 2, u8::try_from(n).unwrap_or(255));
+                    Ok(vec![(ip, port).into()])
+                }
+                .boxed()
+            })
         }
-        .boxed()
     }
 
     /// Takes a second to find nothing.
-    fn nothing(_: String, _: u16) -> BoxFuture<'static, std::io::Result<Vec<SocketAddr>>> {
-        async move {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            Ok(Vec::new())
-        }
-        .boxed()
+    fn nothing() -> LookupFn {
+        Arc::new(|_, _| {
+            async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok(Vec::new())
+            }
+            .boxed()
+        })
     }
 
     fn first(a: &Result<Arc<[SocketAddr]>, ()>) -> String {
@@ -183,7 +196,8 @@ mod tests {
     /// again after `RETRY`).
     #[tokio::test(start_paused = true)]
     async fn one_lookup_at_a_time_serves_every_call() {
-        let name = Arc::new(Name::with_lookup("auth.example", 9000, slow));
+        let dns = Slow::default();
+        let name = Arc::new(Name::with_lookup("auth.example", 9000, dns.lookup()));
         // The first caller gives up; the lookup goes on.
         let gave_up = tokio::time::timeout(Duration::from_millis(100), name.addresses()).await;
         assert!(gave_up.is_err());
@@ -196,43 +210,43 @@ mod tests {
         for c in calls {
             assert_eq!(first(&c.await.expect("call")), "192.0.2.1:9000");
         }
-        assert_eq!(LOOKUPS.load(Relaxed), 1);
+        assert_eq!(dns.lookups.load(Relaxed), 1);
         // Kept: no lookup within `KEEP`.
         tokio::time::advance(KEEP - Duration::from_secs(2)).await;
         assert_eq!(first(&name.addresses().await), "192.0.2.1:9000");
-        assert_eq!(LOOKUPS.load(Relaxed), 1);
+        assert_eq!(dns.lookups.load(Relaxed), 1);
         // Past it, looked up again, the old addresses serving meanwhile.
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(first(&name.addresses().await), "192.0.2.1:9000");
         assert_eq!(first(&name.addresses().await), "192.0.2.1:9000");
         lookup_ends().await;
-        assert_eq!(LOOKUPS.load(Relaxed), 2);
+        assert_eq!(dns.lookups.load(Relaxed), 2);
         assert_eq!(first(&name.addresses().await), "192.0.2.2:9000");
         // The name service fails: the last addresses serve on ...
-        FAILING.store(true, Relaxed);
+        dns.failing.store(true, Relaxed);
         tokio::time::advance(KEEP).await;
         assert_eq!(first(&name.addresses().await), "192.0.2.2:9000");
         lookup_ends().await;
         assert_eq!(first(&name.addresses().await), "192.0.2.2:9000");
-        assert_eq!(LOOKUPS.load(Relaxed), 3);
+        assert_eq!(dns.lookups.load(Relaxed), 3);
         // ... and it is asked again only after `RETRY`.
         tokio::time::advance(RETRY).await;
-        FAILING.store(false, Relaxed);
+        dns.failing.store(false, Relaxed);
         assert_eq!(first(&name.addresses().await), "192.0.2.2:9000");
         lookup_ends().await;
         assert_eq!(first(&name.addresses().await), "192.0.2.4:9000");
-        assert_eq!(LOOKUPS.load(Relaxed), 4);
+        assert_eq!(dns.lookups.load(Relaxed), 4);
         // An address needs no lookup.
-        let literal = Name::with_lookup("::1", 80, slow);
+        let literal = Name::with_lookup("::1", 80, dns.lookup());
         assert_eq!(first(&literal.addresses().await), "[::1]:80");
-        assert_eq!(LOOKUPS.load(Relaxed), 4);
+        assert_eq!(dns.lookups.load(Relaxed), 4);
     }
 
     /// A name that was never found fails once its lookup ends, and again
     /// without a lookup until `RETRY` has passed.
     #[tokio::test(start_paused = true)]
     async fn a_name_never_found_fails() {
-        let name = Name::with_lookup("nowhere.example", 80, nothing);
+        let name = Name::with_lookup("nowhere.example", 80, nothing());
         let began = Instant::now();
         assert!(name.addresses().await.is_err());
         assert_eq!(began.elapsed(), Duration::from_secs(1));
