@@ -9,7 +9,8 @@
 //! lookup runs at a time, in a task of its own that outlives the calls
 //! waiting for it; its answer serves every call for [`KEEP`]. Past that, the
 //! addresses serve on while the next lookup runs, and when it fails (looked
-//! up again after [`RETRY`]): only the very first lookup is waited for.
+//! up again after [`RETRY`]): a lookup is waited for only until one has
+//! found addresses.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};

@@ -3034,10 +3034,10 @@ fn an_http2_rapid_reset_flood_closes_the_connection() {
     let floods = [("/slow", false, 0), ("/slow", false, 2), ("/big", true, 0)];
     for (n, (path, answered, cheap)) in floods.into_iter().enumerate() {
         let mut flood = H2Client::connect(front);
-        let _ = cancel(&mut flood, 300, path, answered, cheap);
+        let sent = cancel(&mut flood, 300, path, answered, cheap);
         assert!(
             flood.ended_within(DEADLINE),
-            "{path} {answered} {cheap}: the flooding connection stayed open"
+            "{path} {answered} {cheap}: the flooding connection stayed open ({sent:?})"
         );
         assert!(!polite.ended_within(Duration::from_millis(50)));
         assert_eq!(
