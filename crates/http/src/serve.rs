@@ -66,7 +66,9 @@ const MAX_ABANDONED: u64 = 100;
 /// A request is cancelled early when the client cancels it within this
 /// time of its start, before its answer ended: a flood's requests are
 /// cancelled at once, a client's long calls (a watch, a stream, a call past
-/// its own deadline) end as the client decides.
+/// its own deadline) end as the client decides. An answer weir has taken
+/// whole from the backend has ended, even if part of it still waits for the
+/// client: its backend's work is done and its connection kept.
 const EARLY: Duration = Duration::from_secs(1);
 
 /// What the requests of one connection share with the connection.

@@ -2984,7 +2984,7 @@ fn an_http2_rapid_reset_flood_closes_the_connection() {
              [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
              [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
              [[listeners.routes.http]]\nname = \"slow\"\npool = \"p\"\nmatch = {{ path_prefix = \"/slow\" }}\n\
-             [[listeners.routes.http]]\nname = \"big\"\npool = \"q\"\nmatch = {{ path_prefix = \"/big\" }}\n\
+             [[listeners.routes.http]]\nname = \"huge\"\npool = \"q\"\nmatch = {{ path_prefix = \"/huge\" }}\n\
              [[listeners.routes.http]]\nname = \"x\"\npool = \"q\"\nmatch = {{ path_prefix = \"/x\" }}\n\
              [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n\
              [[pools]]\nname = \"q\"\n[[pools.backends]]\naddress = \"{sized}\"\n",
@@ -3031,7 +3031,10 @@ fn an_http2_rapid_reset_flood_closes_the_connection() {
     assert_eq!(polite.get("/x").map(|(status, _)| status).ok(), Some(200));
     assert!(!polite.ended_within(Duration::from_millis(200)));
 
-    let floods = [("/slow", false, 0), ("/slow", false, 2), ("/big", true, 0)];
+    // The third: an answer larger than weir takes from a backend while its
+    // client reads nothing, so that each is cancelled before it ended (one
+    // weir had taken whole, its backend's work done, would not count).
+    let floods = [("/slow", false, 0), ("/slow", false, 2), ("/huge", true, 0)];
     for (n, (path, answered, cheap)) in floods.into_iter().enumerate() {
         let mut flood = H2Client::connect(front);
         let sent = cancel(&mut flood, 300, path, answered, cheap);
@@ -3050,11 +3053,17 @@ fn an_http2_rapid_reset_flood_closes_the_connection() {
     }
 }
 
-/// A backend on loopback answering `/big` with 200,000 bytes and anything
-/// else with 2, on kept-alive connections.
+/// A backend on loopback answering `/big` with 200,000 bytes, `/huge` with
+/// 4 MiB and anything else with 2, on kept-alive connections.
 fn sized_backend() -> SocketAddr {
     by_path_backend(|line| {
-        let body = if line.contains("/big") { 200_000 } else { 2 };
+        let body = if line.contains("/huge") {
+            4 << 20
+        } else if line.contains("/big") {
+            200_000
+        } else {
+            2
+        };
         let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {body}\r\n\r\n").into_bytes();
         answer.resize(answer.len() + body, b'x');
         answer
