@@ -1,13 +1,15 @@
 //! Forward authentication (`auth = { url, ... }`): before a request is
 //! forwarded, weir asks an authentication service with the request's
-//! method, target, host, protocol and client address (as `X-Forwarded-*`)
-//! and the configured headers. A 2xx answer lets the request through, with
+//! method, target, host, protocol and client address (as `X-Forwarded-*`,
+//! a trusted proxy's chain extended as for the backend) and the configured
+//! headers. A 2xx answer lets the request through, with
 //! the configured headers of that answer copied into it; any other answer is
 //! the client's (status, `WWW-Authenticate` and the like, body). When the
 //! service fails or is slow, `failure` decides: `deny` (503) or `allow`.
 //!
 //! Decisions are cached by everything the service was asked (method, target,
-//! host, protocol, client address and the configured headers' values), as a
+//! host, protocol, client address, a trusted proxy's forwarding headers and
+//! the configured headers' values), as a
 //! 128-bit keyed hash; allowed and denied ones for their own time, in a
 //! bounded table; failures never are.
 //! A circuit breaker opens after `breaker_failures` failures in a row: for
@@ -166,6 +168,13 @@ impl Outcome {
     }
 }
 
+/// The forwarding headers a trusted proxy's question carries on.
+const FORWARDING: [HeaderName; 3] = [
+    crate::headers::X_FORWARDED_FOR,
+    crate::headers::X_FORWARDED_PROTO,
+    crate::headers::X_FORWARDED_HOST,
+];
+
 /// What the service is asked about one request.
 #[derive(Debug, Clone)]
 pub(crate) struct Question<'a> {
@@ -174,6 +183,9 @@ pub(crate) struct Question<'a> {
     pub(crate) host: Option<&'a HeaderValue>,
     pub(crate) proto: &'static str,
     pub(crate) client: IpAddr,
+    /// The client is a trusted proxy (`forwarded.trusted`): its own
+    /// `X-Forwarded-*` are passed on, extended as the backend gets them.
+    pub(crate) trusted: bool,
     pub(crate) headers: &'a HeaderMap,
     /// The auth call's `traceparent`, with `[tracing]`.
     pub(crate) traceparent: Option<HeaderValue>,
@@ -370,7 +382,19 @@ impl Gate {
             IpAddr::V4(ip) => part(&ip.octets()),
             IpAddr::V6(ip) => part(&ip.octets()),
         }
-        for name in &self.ask {
+        // A trusted proxy's forwarding headers are part of the question:
+        // one decision per original client, not one for all behind it.
+        part(&[u8::from(q.trusted)]);
+        if q.trusted {
+            for name in &FORWARDING {
+                for v in q.headers.get_all(name) {
+                    part(v.as_bytes());
+                }
+                part(b"");
+            }
+        }
+        // What `headers` copies of these is replaced in the question.
+        for name in self.ask.iter().filter(|n| !FORWARDING.contains(n)) {
             for v in q.headers.get_all(name) {
                 part(name.as_str().as_bytes());
                 part(v.as_bytes());
@@ -544,15 +568,30 @@ impl Gate {
         {
             h.insert("x-forwarded-uri", v);
         }
-        if let Some(host) = q.host {
-            h.insert("x-forwarded-host", host.clone());
+        // The service learns who the client is as the backend does: from a
+        // trusted proxy, its chain extended and its proto and host kept;
+        // from anyone else, weir's own view, whatever `headers` copied.
+        for name in &FORWARDING {
+            h.remove(name);
+            if q.trusted {
+                for v in q.headers.get_all(name) {
+                    h.append(name.clone(), v.clone());
+                }
+            }
         }
-        h.insert("x-forwarded-proto", HeaderValue::from_static(q.proto));
+        crate::headers::set_forwarding(
+            &mut h,
+            &crate::headers::Forwarding {
+                client: q.client,
+                client_value: &crate::headers::client_value(q.client),
+                trusted: q.trusted,
+                proto: q.proto,
+                host: q.host,
+                rfc7239: false,
+            },
+        );
         if let Some(t) = &q.traceparent {
             h.insert(crate::trace::TRACEPARENT, t.clone());
-        }
-        if let Ok(v) = HeaderValue::from_str(&q.client.to_string()) {
-            h.insert("x-forwarded-for", v);
         }
         Ok(h)
     }
@@ -830,6 +869,7 @@ mod tests {
             host: Some(&host),
             proto: "http",
             client: client.parse().expect("ip"),
+            trusted: false,
             headers: &h,
             traceparent: None,
         })
@@ -1090,6 +1130,7 @@ mod tests {
             host: None,
             proto: "http",
             client: "127.0.0.1".parse().expect("ip"),
+            trusted: false,
             headers: &h,
             traceparent: None,
         })
@@ -1142,12 +1183,68 @@ mod tests {
                 host: None,
                 proto: "https",
                 client: "127.0.0.1".parse().expect("ip"),
+                trusted: false,
                 headers: &h,
                 traceparent: None,
             })
             .expect("a question");
         let cookies: Vec<_> = asked.get_all("cookie").iter().collect();
         assert_eq!(cookies, ["a=1; b=2"]);
+    }
+
+    /// The service sees the forwarding headers the backend would: a trusted
+    /// proxy's chain extended with its address and its proto and host kept,
+    /// anyone else's replaced (also when `headers` names them). The chain is
+    /// part of the cache key only where it is passed on.
+    #[test]
+    fn the_question_carries_a_trusted_proxys_chain() {
+        let mut c = cfg(5);
+        c.headers = vec!["x-forwarded-for".into(), "x-forwarded-proto".into()];
+        let g = Gate::new(&c, Arc::default());
+        let (m, u) = (Method::GET, Uri::from_static("/"));
+        let host = HeaderValue::from_static("app.example");
+        let sent = |xff: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("x-forwarded-for", HeaderValue::from_static(xff));
+            h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+            h.insert(
+                "x-forwarded-host",
+                HeaderValue::from_static("front.example"),
+            );
+            h
+        };
+        let (one, other) = (&sent("203.0.113.7"), &sent("198.51.100.1"));
+        let question = |headers, trusted| Question {
+            method: &m,
+            uri: &u,
+            host: Some(&host),
+            proto: "http",
+            client: "::ffff:127.0.0.2".parse().expect("ip"),
+            trusted,
+            headers,
+            traceparent: None,
+        };
+        let seen = |q: &Question<'_>| {
+            let h = g.question(q).expect("a question");
+            ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"].map(|n| {
+                h.get_all(n)
+                    .iter()
+                    .map(|v| v.to_str().expect("text"))
+                    .collect::<Vec<_>>()
+                    .join("|")
+            })
+        };
+        assert_eq!(
+            seen(&question(one, true)),
+            ["203.0.113.7, 127.0.0.2", "https", "front.example"]
+        );
+        assert_eq!(
+            seen(&question(one, false)),
+            ["127.0.0.2", "http", "app.example"]
+        );
+        assert_ne!(g.key(&question(one, true)), g.key(&question(other, true)));
+        assert_ne!(g.key(&question(one, true)), g.key(&question(one, false)));
+        assert_eq!(g.key(&question(one, false)), g.key(&question(other, false)));
     }
 
     /// Gates of one route (its own and its rules') share the breaker gauge:

@@ -225,6 +225,7 @@ pub(crate) fn handle(
                 host: host.as_ref(),
                 proto: cx.proto,
                 client: cx.client.ip(),
+                trusted,
                 headers: req.headers(),
                 traceparent: trace.zip(span).and_then(|(t, id)| t.header(id)),
             };

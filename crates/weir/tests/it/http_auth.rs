@@ -71,10 +71,12 @@ fn auth_service() -> AuthService {
                         return;
                     }
                     *u.lock().expect("uri") = format!(
-                        "{} {} {}",
+                        "{} {} {} {} {}",
                         header(&headers, "x-forwarded-method").unwrap_or("-"),
                         header(&headers, "x-forwarded-uri").unwrap_or("-"),
                         header(&headers, "x-forwarded-for").unwrap_or("-"),
+                        header(&headers, "x-forwarded-proto").unwrap_or("-"),
+                        header(&headers, "x-forwarded-host").unwrap_or("-"),
                     );
                     let answer = match header(&headers, "authorization") {
                         Some("Bearer good") => {
@@ -289,7 +291,7 @@ fn forward_auth_with_cache_failure_modes_and_breaker() {
     assert_eq!(calls(), 1);
     assert_eq!(
         auth.last_uri.lock().expect("uri").as_str(),
-        "GET /orders?id=7 127.0.0.1"
+        "GET /orders?id=7 127.0.0.1 http app.example.com"
     );
     // Cached: the same question again makes no call...
     assert_eq!(
@@ -480,6 +482,64 @@ fn requests_past_max_calls_are_refused_even_when_failure_allows() {
         )
     };
     assert_eq!((result("timeout"), result("busy")), (2.0, 1.0));
+}
+
+/// Behind a trusted proxy (`forwarded.trusted`), the service learns the
+/// original client as the backend does: the proxy's `X-Forwarded-For` chain
+/// extended with the proxy's address, its proto and host kept; and each
+/// chain is a question of its own, so one client's decision is not replayed
+/// for another behind the same proxy. From an untrusted client the same
+/// headers are replaced and play no part in the question.
+#[test]
+fn a_trusted_proxys_forwarding_headers_reach_the_service() {
+    let auth = auth_service();
+    let backend = headers_backend(&["x-forwarded-for"]);
+    let front = free_port();
+    let (_weir, _out) = start(
+        "auth-forwarded",
+        &format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             forwarded = {{ trusted = [\"127.0.0.2\"] }}\n\
+             auth = {{ url = \"http://{a}/check\", headers = [\"authorization\"] }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n",
+            a = auth.addr
+        ),
+    );
+    let calls = || auth.calls.load(Relaxed);
+    let asked = || auth.last_uri.lock().expect("uri").clone();
+    let proxy = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let from = |chain: &str| {
+        format!(
+            "Authorization: Bearer good\r\nX-Forwarded-For: {chain}\r\n\
+             X-Forwarded-Proto: https\r\nX-Forwarded-Host: shop.example\r\n"
+        )
+    };
+    assert_eq!(status_from(proxy, front, "/a", &from("203.0.113.7")), 200);
+    assert_eq!(
+        (calls(), asked().as_str()),
+        (1, "GET /a 203.0.113.7, 127.0.0.2 https shop.example")
+    );
+    // Another client behind the proxy: asked again; the first: cached.
+    assert_eq!(status_from(proxy, front, "/a", &from("198.51.100.1")), 200);
+    assert_eq!(
+        (calls(), asked().as_str()),
+        (2, "GET /a 198.51.100.1, 127.0.0.2 https shop.example")
+    );
+    assert_eq!(status_from(proxy, front, "/a", &from("203.0.113.7")), 200);
+    assert_eq!(calls(), 2);
+    // An untrusted client's claims are replaced, and whatever it claims it
+    // asks one question.
+    let direct = std::net::Ipv4Addr::new(127, 0, 0, 1);
+    assert_eq!(status_from(direct, front, "/a", &from("203.0.113.7")), 200);
+    assert_eq!(
+        (calls(), asked().as_str()),
+        (3, "GET /a 127.0.0.1 http app.example.com")
+    );
+    assert_eq!(status_from(direct, front, "/a", &from("192.0.2.9")), 200);
+    assert_eq!(calls(), 3);
 }
 
 /// One request from the client address `source` (on loopback): its status.
