@@ -11,6 +11,13 @@
 //! addresses serve on while the next lookup runs, and when it fails (looked
 //! up again after [`RETRY`]): a lookup is waited for only until one has
 //! found addresses.
+//!
+//! A lookup that has not ended after [`STUCK`] (a hung name-service module)
+//! is given up: it counts as failed, and the next starts after [`RETRY`]
+//! while the stuck one keeps its thread. At most [`MAX_RUNNING`] lookups of
+//! one name run at once, so a name service that never answers holds that
+//! many threads, not one more every few seconds; an answer that comes late
+//! is still taken.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -25,6 +32,11 @@ use weir_core::sync::lock;
 pub(crate) const KEEP: Duration = Duration::from_secs(30);
 /// How soon a failed lookup is tried again.
 pub(crate) const RETRY: Duration = Duration::from_secs(1);
+/// How long a lookup runs before it is given up (glibc's resolver gives up
+/// on DNS within 10 s with its defaults; a hung module never does).
+pub(crate) const STUCK: Duration = Duration::from_secs(15);
+/// Lookups of one name under way at once, given-up ones included.
+pub(crate) const MAX_RUNNING: usize = 3;
 
 /// A lookup: the host and port to the addresses the system gives.
 pub(crate) type LookupFn =
@@ -48,8 +60,13 @@ struct State {
     good: Option<Arc<[SocketAddr]>>,
     /// Until when the last lookup's outcome stands (no new lookup before).
     until: Option<Instant>,
-    /// A lookup is under way.
+    /// A lookup is under way and not given up.
     looking: bool,
+    /// Which lookup is the current one: a given-up lookup's late end
+    /// leaves the one after it alone.
+    generation: u64,
+    /// Lookups whose task has not ended, given-up ones included.
+    running: usize,
 }
 
 impl std::fmt::Debug for Name {
@@ -99,12 +116,13 @@ impl Name {
             {
                 let mut st = lock(&self.state);
                 let settled = st.until.is_some_and(|u| u > Instant::now());
-                if !settled && !st.looking {
+                if !settled && !st.looking && st.running < MAX_RUNNING {
                     self.start(&mut st);
                 }
                 match &st.good {
                     Some(good) => return Ok(Arc::clone(good)),
-                    None if settled => return Err(()),
+                    // Failed, or too many stuck to start another.
+                    None if settled || !st.looking => return Err(()),
                     None => {}
                 }
             }
@@ -113,28 +131,67 @@ impl Name {
     }
 
     /// A lookup in a task of its own: a call that gives up waiting does not
-    /// end it, and no other starts until it ends.
+    /// end it, and no other starts until it ends or is given up.
     fn start(&self, st: &mut State) {
         st.looking = true;
+        st.generation += 1;
+        st.running += 1;
+        let generation = st.generation;
         let lookup = (self.lookup)(self.host.clone(), self.port);
+        let running = Running(Arc::clone(&self.state));
         let (state, done) = (Arc::clone(&self.state), Arc::clone(&self.done));
+        let host = self.host.clone();
         tokio::spawn(async move {
-            let found = lookup.await;
+            let mut lookup = std::pin::pin!(lookup);
+            let found = match tokio::time::timeout(STUCK, &mut lookup).await {
+                Ok(found) => found,
+                Err(_) => {
+                    {
+                        let mut st = lock(&state);
+                        if st.generation == generation {
+                            st.looking = false;
+                            st.until = Some(Instant::now() + RETRY);
+                        }
+                    }
+                    tracing::warn!(host = %host, "name lookup not ended after {STUCK:?}: given up");
+                    done.notify_waiters();
+                    lookup.await
+                }
+            };
+            // Before the state is read again: a call woken below may start
+            // the next lookup.
+            drop(running);
             {
                 let mut st = lock(&state);
                 let now = Instant::now();
+                let current = st.generation == generation;
                 match found {
+                    // Found, even late: the newest addresses known.
                     Ok(a) if !a.is_empty() => {
                         st.good = Some(Arc::from(a));
                         st.until = Some(now + KEEP);
                     }
                     // The last addresses found, if any, serve on.
-                    _ => st.until = Some(now + RETRY),
+                    _ if current => st.until = Some(now + RETRY),
+                    _ => {}
                 }
-                st.looking = false;
+                if current {
+                    st.looking = false;
+                }
             }
             done.notify_waiters();
         });
+    }
+}
+
+/// One lookup's task, counted in [`State::running`] until it ends or the
+/// runtime drops it.
+struct Running(Arc<Mutex<State>>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut st = lock(&self.0);
+        st.running = st.running.saturating_sub(1);
     }
 }
 
@@ -241,6 +298,121 @@ mod tests {
         let literal = Name::with_lookup("::1", 80, dns.lookup());
         assert_eq!(first(&literal.addresses().await), "[::1]:80");
         assert_eq!(dns.lookups.load(Relaxed), 4);
+    }
+
+    /// A name service whose lookups hang, while `hang` says so, until
+    /// `release` lets them answer 192.0.2.<lookups so far>.
+    #[derive(Clone)]
+    struct Hung {
+        lookups: Arc<AtomicUsize>,
+        hang: Arc<AtomicBool>,
+        release: Arc<tokio::sync::Semaphore>,
+    }
+
+    impl Hung {
+        fn new() -> Hung {
+            Hung {
+                lookups: Arc::default(),
+                hang: Arc::default(),
+                release: Arc::new(tokio::sync::Semaphore::new(0)),
+            }
+        }
+
+        fn lookup(&self) -> LookupFn {
+            let s = self.clone();
+            Arc::new(move |_, port| {
+                let s = s.clone();
+                async move {
+                    let n = s.lookups.fetch_add(1, Relaxed) + 1;
+                    if s.hang.load(Relaxed) {
+                        s.release.acquire().await.expect("open").forget();
+                    }
+                    let ip = std::net::Ipv4Addr::new(192, 0, 2, u8::try_from(n).unwrap_or(255));
+                    Ok(vec![(ip, port).into()])
+                }
+                .boxed()
+            })
+        }
+    }
+
+    /// Lets the tasks woken by the last `advance` run.
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    /// A lookup that never ends is given up after `STUCK` and the next
+    /// starts `RETRY` later, the last addresses serving meanwhile; once
+    /// `MAX_RUNNING` lookups hang, no more start, however long it lasts. A
+    /// late answer is taken, and lookups start again.
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_lookup_is_given_up_and_hung_ones_are_bounded() {
+        let dns = Hung::new();
+        let lookups = || dns.lookups.load(Relaxed);
+        let name = Name::with_lookup("auth.example", 9000, dns.lookup());
+        assert_eq!(first(&name.addresses().await), "192.0.2.1:9000");
+        dns.hang.store(true, Relaxed);
+        tokio::time::advance(KEEP).await;
+        assert_eq!(first(&name.addresses().await), "192.0.2.1:9000");
+        settle().await;
+        assert_eq!(lookups(), 2);
+        // Not given up before `STUCK`: no other lookup starts.
+        tokio::time::advance(STUCK - Duration::from_secs(1)).await;
+        settle().await;
+        assert_eq!(first(&name.addresses().await), "192.0.2.1:9000");
+        assert_eq!(lookups(), 2);
+        // Given up, then tried again after `RETRY`, twice more.
+        for n in 3..=4 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            settle().await;
+            assert_eq!(first(&name.addresses().await), "192.0.2.1:9000");
+            assert_eq!(lookups(), n - 1, "none before RETRY");
+            tokio::time::advance(RETRY).await;
+            assert_eq!(first(&name.addresses().await), "192.0.2.1:9000");
+            settle().await;
+            assert_eq!(lookups(), n);
+            tokio::time::advance(STUCK - Duration::from_secs(1)).await;
+            settle().await;
+        }
+        // Three hang: no fourth, ever.
+        for _ in 0..100 {
+            tokio::time::advance(STUCK + RETRY).await;
+            settle().await;
+            assert_eq!(first(&name.addresses().await), "192.0.2.1:9000");
+        }
+        assert_eq!(lookups(), MAX_RUNNING + 1);
+        // They answer at last: taken, and the next lookup starts on time.
+        dns.hang.store(false, Relaxed);
+        dns.release.add_permits(MAX_RUNNING);
+        settle().await;
+        let late = first(&name.addresses().await);
+        assert!(
+            ["192.0.2.2:9000", "192.0.2.3:9000", "192.0.2.4:9000"].contains(&late.as_str()),
+            "{late}"
+        );
+        tokio::time::advance(KEEP).await;
+        name.addresses().await.expect("addresses");
+        settle().await;
+        assert_eq!(first(&name.addresses().await), "192.0.2.5:9000");
+    }
+
+    /// A name never found while its lookups hang: each call waits at most
+    /// `STUCK` and fails, and once `MAX_RUNNING` hang, calls fail at once.
+    #[tokio::test(start_paused = true)]
+    async fn calls_for_a_name_whose_lookups_hang_fail() {
+        let dns = Hung::new();
+        dns.hang.store(true, Relaxed);
+        let name = Name::with_lookup("auth.example", 9000, dns.lookup());
+        for n in 1..=MAX_RUNNING {
+            let began = Instant::now();
+            assert!(name.addresses().await.is_err());
+            assert_eq!(began.elapsed(), STUCK);
+            assert_eq!(dns.lookups.load(Relaxed), n);
+            tokio::time::advance(RETRY).await;
+        }
+        let began = Instant::now();
+        assert!(name.addresses().await.is_err());
+        assert_eq!(began.elapsed(), Duration::ZERO);
+        assert_eq!(dns.lookups.load(Relaxed), MAX_RUNNING);
     }
 
     /// A name that was never found fails once its lookup ends, and again
