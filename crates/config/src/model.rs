@@ -377,6 +377,9 @@ pub struct HttpRoute {
     pub timeouts: HttpTimeouts,
     /// The largest request header (request line and fields) accepted, in bytes.
     pub max_header_bytes: u32,
+    /// Requests an HTTP/2 client connection may have under way at once
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub max_concurrent_streams: u32,
     /// The largest request body accepted, in bytes; `None`: no limit.
     pub max_body_bytes: Option<u64>,
     /// What an encoded slash (`%2F`, `%5C`) in a path gets.

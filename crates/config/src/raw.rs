@@ -165,6 +165,7 @@ pub(crate) struct RawRoute {
     pub(crate) forwarded: Option<RawForwarded>,
     pub(crate) timeouts: Option<RawHttpTimeouts>,
     pub(crate) max_header_bytes: Option<Int>,
+    pub(crate) max_concurrent_streams: Option<Int>,
     pub(crate) max_body_bytes: Option<Int>,
     pub(crate) encoded_slashes: Option<String>,
     pub(crate) policies: Option<Vec<RawPolicy>>,

@@ -1920,6 +1920,7 @@ fn l7_route_defaults_and_rules() {
     assert_eq!(http.timeouts.upstream_ping, None);
     assert_eq!(http.timeouts.send, Duration::from_secs(60));
     assert_eq!(http.max_header_bytes, 32 * 1024);
+    assert_eq!(http.max_concurrent_streams, 256);
     assert_eq!(http.max_body_bytes, None);
     assert!(http.forwarded.trusted.is_empty() && !http.forwarded.rfc7239);
     assert_eq!(cfg.pools[1].protocol, weir_config::HttpProtocol::H2c);
@@ -2055,6 +2056,33 @@ fn l7_route_mistakes_name_their_key() {
         &l7(&format!("max_header_bytes = 100\n{RULE}"), ""),
         &format!("{route}.max_header_bytes"),
         "100 is out of range 8192..=1048576",
+    );
+    for (value, error) in [
+        ("0", "0 is out of range 1..=1000"),
+        ("1001", "1001 is out of range 1..=1000"),
+    ] {
+        assert_one(
+            &l7(&format!("max_concurrent_streams = {value}\n{RULE}"), ""),
+            &format!("{route}.max_concurrent_streams"),
+            error,
+        );
+    }
+    let cfg = load(&l7(&format!("max_concurrent_streams = 100\n{RULE}"), ""))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let RouteMode::L7(http) = &cfg.listeners[0].routes[0].mode else {
+        panic!("an l7 route");
+    };
+    assert_eq!(http.max_concurrent_streams, 100);
+    assert_one(
+        &format!(
+            "{}{OK_POOL}",
+            OK_LISTENER.replace(
+                "  pool = \"p\"\n",
+                "  pool = \"p\"\n  max_concurrent_streams = 10\n"
+            )
+        ),
+        "listeners[0].routes[0].max_concurrent_streams",
+        "only for HTTP routes",
     );
     assert_one(
         &l7(

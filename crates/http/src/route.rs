@@ -37,6 +37,7 @@ pub(crate) struct RouteState {
     pub(crate) rfc7239: bool,
     pub(crate) timeouts: HttpTimeouts,
     pub(crate) max_header_bytes: u32,
+    pub(crate) max_concurrent_streams: u32,
     pub(crate) max_body_bytes: Option<u64>,
     pub(crate) encoded_slashes: weir_wire::path::Slashes,
     /// Checked for every request, before the matched rule's.
@@ -237,6 +238,7 @@ impl Handler {
             rfc7239: b.http.forwarded.rfc7239,
             timeouts: b.http.timeouts,
             max_header_bytes: b.http.max_header_bytes,
+            max_concurrent_streams: b.http.max_concurrent_streams,
             max_body_bytes: b.http.max_body_bytes,
             encoded_slashes: match b.http.encoded_slashes {
                 weir_config::EncodedSlashes::Reject => weir_wire::path::Slashes::Reject,

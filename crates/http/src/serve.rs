@@ -30,8 +30,6 @@ use crate::route::Slot;
 
 /// The HTTP/2 connection preface a client opens with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// Streams one HTTP/2 client may have open at once.
-const MAX_STREAMS: u32 = 256;
 /// What h2 takes of a response for its client before the client has room
 /// for it (hyper's default is about 400 KiB). A client that grants every
 /// window and then reads nothing leaves this much per stream queued in weir,
@@ -401,6 +399,7 @@ impl On {
         let state = slot.current.load_full();
         let timeouts = state.timeouts;
         let max_header = state.max_header_bytes;
+        let max_streams = state.max_concurrent_streams;
         drop(state);
         let conn = Arc::new(ConnState::new());
         let cx = Arc::new(Cx {
@@ -422,7 +421,7 @@ impl On {
             builder
                 .timer(TokioTimer::new())
                 .max_header_list_size(max_header)
-                .max_concurrent_streams(MAX_STREAMS)
+                .max_concurrent_streams(max_streams)
                 .max_send_buf_size(STREAM_SEND_BUFFER);
             // Responses that are ready together leave in one write.
             let hold = Arc::new(crate::gather::Hold::default());

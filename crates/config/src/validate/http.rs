@@ -15,6 +15,11 @@ const DEFAULT_MAX_HEADER_BYTES: u32 = 32 * 1024;
 /// hyper's smallest read buffer: a header limit below it cannot be kept.
 const MIN_HEADER_BYTES: i64 = 8 * 1024;
 const MAX_HEADER_BYTES: i64 = 1024 * 1024;
+/// Requests one HTTP/2 client connection may have under way at once
+/// (HAProxy 100, nginx 128): room for browsers and gRPC clients that
+/// multiplex, while a connection's memory stays bounded by it.
+const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
+const MAX_CONCURRENT_STREAMS: i64 = 1000;
 
 impl Checker {
     pub(super) fn http_route(
@@ -156,6 +161,13 @@ impl Checker {
             MIN_HEADER_BYTES,
             Some(MAX_HEADER_BYTES),
         );
+        let max_concurrent_streams = self.int(
+            &format!("{path}.max_concurrent_streams"),
+            raw.max_concurrent_streams,
+            DEFAULT_MAX_CONCURRENT_STREAMS,
+            1,
+            Some(MAX_CONCURRENT_STREAMS),
+        );
         let max_body_bytes = raw.max_body_bytes.and_then(|v| {
             let v: u64 = self.int(&format!("{path}.max_body_bytes"), Some(v), 0, 0, None);
             (v > 0).then_some(v)
@@ -175,6 +187,7 @@ impl Checker {
             forwarded,
             timeouts,
             max_header_bytes,
+            max_concurrent_streams,
             max_body_bytes,
             encoded_slashes,
             policies,

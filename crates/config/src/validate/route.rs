@@ -85,6 +85,10 @@ impl Checker {
                     ("forwarded", raw.forwarded.is_some()),
                     ("timeouts", raw.timeouts.is_some()),
                     ("max_header_bytes", raw.max_header_bytes.is_some()),
+                    (
+                        "max_concurrent_streams",
+                        raw.max_concurrent_streams.is_some(),
+                    ),
                     ("max_body_bytes", raw.max_body_bytes.is_some()),
                     ("encoded_slashes", raw.encoded_slashes.is_some()),
                     ("policies", raw.policies.is_some()),

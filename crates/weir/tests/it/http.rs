@@ -3558,3 +3558,115 @@ fn a_request_body_ended_by_trailers_leaves_its_connection_reusable() {
     assert!(answers.contains("conn=1 req=1 body=5"), "{answers}");
     assert!(answers.contains("conn=1 req=2 body=0"), "{answers}");
 }
+
+/// `max_concurrent_streams` is what weir tells an HTTP/2 client it may have
+/// under way at once (`SETTINGS_MAX_CONCURRENT_STREAMS`), 256 unless set.
+#[test]
+fn max_concurrent_streams_is_what_http2_clients_are_allowed() {
+    let backend = raw_backend(None, Duration::ZERO);
+    let (limited, default) = (free_port(), free_port());
+    let route = |name: &str, bind: SocketAddr, extra: &str| {
+        format!(
+            "[[listeners]]\nname = \"{name}\"\nbind = \"{bind}\"\n\
+             [[listeners.routes]]\nname = \"{name}\"\nmode = \"l7\"\n{extra}\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n"
+        )
+    };
+    let (_weir, _out) = start(
+        "h2-max-streams",
+        &format!(
+            "[log]\naccess_log = false\n{}{}\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n",
+            route("limited", limited, "max_concurrent_streams = 7\n"),
+            route("default", default, ""),
+            backend.addr
+        ),
+    );
+    let allowed = |front: SocketAddr| {
+        client_runtime().block_on(async {
+            let tcp = tokio::net::TcpStream::connect(front)
+                .await
+                .expect("connect");
+            let (send, mut conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+            // An answer comes after weir's settings.
+            tokio::select! {
+                answer = request(send, "/") => {
+                    assert_eq!(answer.expect("an answer").status(), 200);
+                }
+                ended = &mut conn => panic!("connection ended: {ended:?}"),
+            }
+            conn.max_concurrent_send_streams()
+        })
+    };
+    assert_eq!(allowed(limited), 7);
+    assert_eq!(allowed(default), 256);
+}
+
+/// A client that ignores the limit: its stream past `max_concurrent_streams`
+/// is refused (`RST_STREAM` `REFUSED_STREAM`, safe for it to retry) while
+/// the ones within it are answered.
+#[test]
+fn a_stream_past_max_concurrent_streams_is_refused() {
+    let backend = raw_backend(None, Duration::from_millis(500));
+    let front = free_port();
+    let (_weir, _out) = start(
+        "h2-refused-stream",
+        &format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\nmax_concurrent_streams = 2\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n",
+            backend.addr
+        ),
+    );
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let len = u32::try_from(payload.len()).expect("small");
+        let mut f = len.to_be_bytes()[1..].to_vec();
+        f.extend([kind, flags]);
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        f
+    };
+    let mut s = TcpStream::connect(front).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .expect("preface");
+    s.write_all(&frame(4, 0, 0, &[])).expect("settings");
+    let read_frame = |s: &mut TcpStream| {
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).expect("a frame");
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).expect("its payload");
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        (head[3], head[4], stream, payload)
+    };
+    // weir's settings, with the limit; acknowledged, so that it applies.
+    let (kind, _, _, settings) = read_frame(&mut s);
+    assert_eq!(kind, 4);
+    let limit = settings
+        .chunks(6)
+        .find(|c| c[..2] == [0, 3])
+        .map(|c| u32::from_be_bytes([c[2], c[3], c[4], c[5]]));
+    assert_eq!(limit, Some(2));
+    s.write_all(&frame(4, 1, 0, &[])).expect("settings ack");
+    // Three GETs of / at once (HPACK: GET, http, /, authority "app").
+    let get = [0x82, 0x86, 0x84, 0x41, 3, b'a', b'p', b'p'];
+    for stream in [1, 3, 5] {
+        s.write_all(&frame(1, 0x5, stream, &get)).expect("headers");
+    }
+    let (mut refused, mut answered) = (Vec::new(), Vec::new());
+    while answered.len() < 2 {
+        match read_frame(&mut s) {
+            // RST_STREAM with REFUSED_STREAM (7).
+            (3, _, stream, code) if code == [0, 0, 0, 7] => refused.push(stream),
+            (3, _, stream, code) => panic!("stream {stream} reset with {code:?}"),
+            // HEADERS: an answer.
+            (1, _, stream, _) => answered.push(stream),
+            _ => {}
+        }
+    }
+    answered.sort_unstable();
+    assert_eq!((refused, answered), (vec![5], vec![1, 3]));
+}
