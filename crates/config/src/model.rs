@@ -386,6 +386,10 @@ pub struct HttpRoute {
     pub encoded_slashes: EncodedSlashes,
     /// Checked first for every request, before the matched rule's own.
     pub policies: Vec<HttpPolicy>,
+    /// Applied to every request forwarded, before the matched rule's.
+    pub request_headers: HeaderRules,
+    /// Applied to every backend response, before the matched rule's.
+    pub response_headers: HeaderRules,
     /// Forward authentication for every request (a rule's own replaces it).
     pub auth: Option<Auth>,
 }
@@ -528,6 +532,29 @@ pub struct HttpRule {
     pub policies: Vec<HttpPolicy>,
     /// This rule's forward authentication, instead of the route's.
     pub auth: Option<Auth>,
+    /// Applied after the route's, to the requests this rule takes.
+    pub request_headers: HeaderRules,
+    /// Applied after the route's, to their backends' responses.
+    pub response_headers: HeaderRules,
+}
+
+/// `request_headers` / `response_headers`: what is done to a message's
+/// headers, in this order.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HeaderRules {
+    /// Lower-case names: every field of each is removed.
+    pub remove: Vec<String>,
+    /// (lower-case name, value): replaces every field of that name.
+    pub set: Vec<(String, String)>,
+    /// (lower-case name, value): one more field, after those that came.
+    pub add: Vec<(String, String)>,
+}
+
+impl HeaderRules {
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
 }
 
 /// `match = { host, path_prefix, methods, headers }` of an HTTP rule: every

@@ -167,6 +167,8 @@ pub(crate) struct RawRoute {
     pub(crate) max_header_bytes: Option<Int>,
     pub(crate) max_concurrent_streams: Option<Int>,
     pub(crate) max_body_bytes: Option<Int>,
+    pub(crate) request_headers: Option<RawHeaderRules>,
+    pub(crate) response_headers: Option<RawHeaderRules>,
     pub(crate) encoded_slashes: Option<String>,
     pub(crate) policies: Option<Vec<RawPolicy>>,
     pub(crate) auth: Option<RawAuth>,
@@ -247,6 +249,20 @@ pub(crate) struct RawHttpRule {
     pub(crate) pool: String,
     pub(crate) policies: Option<Vec<RawPolicy>>,
     pub(crate) auth: Option<RawAuth>,
+    pub(crate) request_headers: Option<RawHeaderRules>,
+    pub(crate) response_headers: Option<RawHeaderRules>,
+}
+
+/// `request_headers` / `response_headers = { remove, set, add }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawHeaderRules {
+    #[serde(default)]
+    pub(crate) remove: Vec<String>,
+    #[serde(default)]
+    pub(crate) set: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub(crate) add: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

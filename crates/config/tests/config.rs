@@ -2757,3 +2757,91 @@ fn forward_auth_bounds_its_calls_under_way() {
         "0 is out of range 1..=100000",
     );
 }
+
+/// `request_headers` and `response_headers` of a route and a rule: names
+/// lower-cased; framing, connection and weir's own headers refused with
+/// their key; values that could end a field refused; only on l7 routes.
+#[test]
+fn header_rules_are_checked() {
+    let route = "listeners[0].routes[0]";
+    let cfg = load(&l7(
+        "request_headers = { set = { \"X-Env\" = \"prod\" }, remove = [\"X-Debug\"] }\n\
+             response_headers = { add = { \"Vary\" = \"origin\" } }\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             response_headers = { remove = [\"server\"] }\n",
+        "",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let RouteMode::L7(http) = &cfg.listeners[0].routes[0].mode else {
+        panic!("an l7 route");
+    };
+    assert_eq!(http.request_headers.set, [("x-env".into(), "prod".into())]);
+    assert_eq!(http.request_headers.remove, ["x-debug"]);
+    assert_eq!(
+        http.response_headers.add,
+        [("vary".into(), "origin".into())]
+    );
+    assert!(http.rules[0].request_headers.is_empty());
+    assert_eq!(http.rules[0].response_headers.remove, ["server"]);
+    for (rules, key, error) in [
+        (
+            "request_headers = { set = { \"X-Forwarded-For\" = \"1.2.3.4\" } }",
+            "request_headers.set.X-Forwarded-For",
+            "\"X-Forwarded-For\" is weir's to set",
+        ),
+        (
+            "request_headers = { remove = [\"host\"] }",
+            "request_headers.remove[0]",
+            "\"host\" is weir's to set",
+        ),
+        (
+            "response_headers = { set = { \"content-length\" = \"0\" } }",
+            "response_headers.set.content-length",
+            "\"content-length\" is weir's to set",
+        ),
+        (
+            "response_headers = { add = { \"x-a\" = \"1\\r\\nx-b: 2\" } }",
+            "response_headers.add.x-a",
+            "\"1\\r\\nx-b: 2\" is not a header value",
+        ),
+        (
+            "request_headers = { add = { \"x a\" = \"1\" } }",
+            "request_headers.add.x a",
+            "\"x a\" is not a header name",
+        ),
+        (
+            "request_headers = { set = { \"x-a\" = \"1\", \"X-A\" = \"2\" } }",
+            "request_headers.set.x-a",
+            "named twice",
+        ),
+        (
+            "response_headers = { rename = [\"x\"] }",
+            "response_headers.rename",
+            "unknown key `rename`; expected one of `remove`, `set`, `add`",
+        ),
+    ] {
+        assert_one(
+            &l7(&format!("{rules}\n{RULE}"), ""),
+            &format!("{route}.{key}"),
+            error,
+        );
+    }
+    // A response may set what a request may not (its own Host-like fields
+    // are the backend's to give).
+    load(&l7(
+        &format!("response_headers = {{ set = {{ \"x-request-id\" = \"fixed\" }} }}\n{RULE}"),
+        "",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_one(
+        &format!(
+            "{}{OK_POOL}",
+            OK_LISTENER.replace(
+                "  pool = \"p\"\n",
+                "  pool = \"p\"\n  response_headers = { remove = [\"server\"] }\n"
+            )
+        ),
+        "listeners[0].routes[0].response_headers",
+        "only for HTTP routes",
+    );
+}

@@ -11,6 +11,8 @@
 //!   replaces them, so a client cannot choose the address a backend sees.
 //! - `X-Request-Id`: kept from a trusted source when well-formed, else a new
 //!   one.
+//! - The operator's `request_headers` and `response_headers`: removed, set
+//!   and added in that order ([`HeaderOps`]).
 
 use std::net::IpAddr;
 
@@ -349,8 +351,104 @@ fn is_token_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:".contains(&b)
 }
 
+/// An operator's `request_headers` or `response_headers`, ready to apply.
+#[derive(Debug, Default)]
+pub struct HeaderOps {
+    remove: Box<[HeaderName]>,
+    set: Box<[(HeaderName, HeaderValue)]>,
+    add: Box<[(HeaderName, HeaderValue)]>,
+}
+
+impl HeaderOps {
+    /// From validated rules; a name or value that cannot be used (which
+    /// validation refuses) is left out.
+    pub fn new(rules: &weir_config::HeaderRules) -> HeaderOps {
+        let pairs = |list: &[(String, String)]| {
+            list.iter()
+                .filter_map(|(n, v)| {
+                    Some((
+                        HeaderName::from_bytes(n.as_bytes()).ok()?,
+                        HeaderValue::from_str(v).ok()?,
+                    ))
+                })
+                .collect()
+        };
+        HeaderOps {
+            remove: rules
+                .remove
+                .iter()
+                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                .collect(),
+            set: pairs(&rules.set),
+            add: pairs(&rules.add),
+        }
+    }
+
+    /// Removes, then sets (replacing every field of the name), then adds.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+
+    /// Nothing to do: the request path skips it.
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    /// Removed, then set over what came, then added after it; names are
+    /// not case-sensitive.
+    #[test]
+    fn operator_rules_remove_then_set_then_add() {
+        let rules = weir_config::HeaderRules {
+            remove: vec!["server".into(), "x-debug".into()],
+            set: vec![
+                ("x-env".into(), "prod".into()),
+                ("server".into(), "weir".into()),
+            ],
+            add: vec![("vary".into(), "origin".into())],
+        };
+        let ops = super::HeaderOps::new(&rules);
+        assert!(!ops.is_empty());
+        let mut h = http::HeaderMap::new();
+        for (k, v) in [
+            ("Server", "nginx"),
+            ("X-Debug", "1"),
+            ("X-Debug", "2"),
+            ("x-env", "dev"),
+            ("x-env", "test"),
+            ("vary", "accept-encoding"),
+            ("x-kept", "yes"),
+        ] {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                http::HeaderValue::from_static(v),
+            );
+        }
+        ops.apply(&mut h);
+        let all = |n: &str| {
+            h.get_all(n)
+                .iter()
+                .map(|v| v.to_str().expect("text"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(all("server"), ["weir"]);
+        assert!(all("x-debug").is_empty());
+        assert_eq!(all("x-env"), ["prod"]);
+        assert_eq!(all("vary"), ["accept-encoding", "origin"]);
+        assert_eq!(all("x-kept"), ["yes"]);
+        assert!(super::HeaderOps::new(&weir_config::HeaderRules::default()).is_empty());
+    }
+
     #[test]
     fn trailers_keep_only_what_may_be_a_trailer() {
         let mut t = http::HeaderMap::new();

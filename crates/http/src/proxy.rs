@@ -267,6 +267,15 @@ pub(crate) fn handle(
             });
             // hyper answered any `Expect: 100-continue` already, as the body is read.
             parts.headers.remove(http::header::EXPECT);
+            // The operator's changes come before weir's own headers, which
+            // they cannot name (validation), and the authentication
+            // service's, which they cannot override.
+            if !state.request_headers.is_empty() {
+                state.request_headers.apply(&mut parts.headers);
+            }
+            if !rule.request_headers.is_empty() {
+                rule.request_headers.apply(&mut parts.headers);
+            }
             headers::set_forwarding(
                 &mut parts.headers,
                 &Forwarding {
@@ -339,6 +348,12 @@ pub(crate) fn handle(
                     ));
                 }
                 headers::strip_hop_by_hop(response.headers_mut());
+                if !state.response_headers.is_empty() {
+                    state.response_headers.apply(response.headers_mut());
+                }
+                if !rule.response_headers.is_empty() {
+                    rule.response_headers.apply(response.headers_mut());
+                }
                 let status = response.status().as_u16();
                 x.status = status;
                 let (parts, body) = response.into_parts();

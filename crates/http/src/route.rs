@@ -44,6 +44,9 @@ pub(crate) struct RouteState {
     pub(crate) policies: Vec<Policy>,
     /// Forward authentication of the requests whose rule has none.
     pub(crate) auth: Option<Gate>,
+    /// The operator's header changes, before the matched rule's.
+    pub(crate) request_headers: crate::headers::HeaderOps,
+    pub(crate) response_headers: crate::headers::HeaderOps,
     /// The `copy_headers` of every authentication of the route (its own
     /// and its rules'): what a client sends under them, or under a name
     /// that reads the same with `_` for `-`, never reaches a backend,
@@ -211,6 +214,8 @@ impl Handler {
                     .ok_or_else(|| format!("{}.http[{ri}].match: cannot be used", b.path))?;
                 rule.policies = compile(&r.policies);
                 rule.auth = gate(&r.auth);
+                rule.request_headers = crate::headers::HeaderOps::new(&r.request_headers);
+                rule.response_headers = crate::headers::HeaderOps::new(&r.response_headers);
                 Ok(rule)
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -246,6 +251,8 @@ impl Handler {
             },
             policies,
             auth,
+            request_headers: crate::headers::HeaderOps::new(&b.http.request_headers),
+            response_headers: crate::headers::HeaderOps::new(&b.http.response_headers),
             identity: identity.into(),
             auth_stats: Arc::clone(&auth_stats),
             tracing: b.config.tracing.clone(),

@@ -21,6 +21,9 @@ pub struct Rule {
     pub(crate) policies: Vec<crate::policy::Policy>,
     /// This rule's forward authentication, instead of the route's.
     pub(crate) auth: Option<crate::auth::Gate>,
+    /// The operator's header changes, after the route's.
+    pub(crate) request_headers: crate::headers::HeaderOps,
+    pub(crate) response_headers: crate::headers::HeaderOps,
 }
 
 impl Rule {
@@ -51,6 +54,8 @@ impl Rule {
             pool,
             policies: Vec::new(),
             auth: None,
+            request_headers: crate::headers::HeaderOps::default(),
+            response_headers: crate::headers::HeaderOps::default(),
         })
     }
 

@@ -82,6 +82,11 @@ impl Checker {
                 .auth
                 .as_ref()
                 .map(|a| self.auth(&format!("{rule_path}.auth"), a));
+            let (request_headers, response_headers) = self.header_rules_of(
+                &rule_path,
+                r.request_headers.as_ref(),
+                r.response_headers.as_ref(),
+            );
             rules.push(HttpRule {
                 name: r.name.clone(),
                 matcher,
@@ -89,6 +94,8 @@ impl Checker {
                 pool_index,
                 policies,
                 auth,
+                request_headers,
+                response_headers,
             });
         }
 
@@ -181,7 +188,14 @@ impl Checker {
                 ("keep", EncodedSlashes::Keep),
             ],
         );
+        let (request_headers, response_headers) = self.header_rules_of(
+            path,
+            raw.request_headers.as_ref(),
+            raw.response_headers.as_ref(),
+        );
         HttpRoute {
+            request_headers,
+            response_headers,
             tls,
             rules,
             forwarded,

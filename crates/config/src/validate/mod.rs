@@ -10,6 +10,7 @@ mod auth;
 mod discover;
 mod files;
 mod firewall;
+mod header_rules;
 mod health;
 mod http;
 mod listener;

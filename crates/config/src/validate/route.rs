@@ -93,6 +93,8 @@ impl Checker {
                     ("encoded_slashes", raw.encoded_slashes.is_some()),
                     ("policies", raw.policies.is_some()),
                     ("auth", raw.auth.is_some()),
+                    ("request_headers", raw.request_headers.is_some()),
+                    ("response_headers", raw.response_headers.is_some()),
                 ] {
                     if given {
                         self.push(

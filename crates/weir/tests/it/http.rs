@@ -3670,3 +3670,78 @@ fn a_stream_past_max_concurrent_streams_is_refused() {
     answered.sort_unstable();
     assert_eq!((refused, answered), (vec![5], vec![1, 3]));
 }
+
+/// `request_headers` and `response_headers`, the route's then the matched
+/// rule's, change what nginx gets and what the client gets back, over
+/// HTTP/1.1 and h2c alike: removed, set over the client's or the
+/// backend's, added after theirs.
+#[test]
+fn operator_header_rules_change_requests_and_responses() {
+    let dir = test_dir("header-rules");
+    let port = free_port();
+    let _nginx = start_nginx(
+        &dir,
+        &format!(
+            "server {{ listen {port}; location / {{ add_header X-Powered-By php; \
+             add_header Vary accept-encoding; \
+             return 200 \"env=$http_x_env debug=$http_x_debug team=$http_x_team\\n\"; }} }}"
+        ),
+    );
+    let _nginx = _nginx.with(dir);
+    wait_connectable(port);
+    let front = free_port();
+    let (_weir, _out) = start(
+        "header-rules",
+        &format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             request_headers = {{ set = {{ \"X-Env\" = \"prod\" }}, remove = [\"x-debug\"] }}\n\
+             response_headers = {{ remove = [\"server\", \"x-powered-by\"], \
+                                   set = {{ \"strict-transport-security\" = \"max-age=63072000\" }} }}\n\
+             [[listeners.routes.http]]\nname = \"api\"\npool = \"p\"\n\
+             match = {{ path_prefix = \"/api/\" }}\n\
+             request_headers = {{ add = {{ \"x-team\" = \"api\" }} }}\n\
+             response_headers = {{ add = {{ \"vary\" = \"origin\" }} }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{port}\"\n"
+        ),
+    );
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let get = |path: &str| {
+            let (status, text, _) = curl(
+                &["-i", version, "-H", "X-Env: dev", "-H", "X-Debug: 1"],
+                &format!("http://{front}{path}"),
+            );
+            assert_eq!(status, 200, "{version} {path}: {text}");
+            let text = text.to_ascii_lowercase();
+            let (head, body) = text
+                .split_once("\r\n\r\n")
+                .unwrap_or_else(|| panic!("{version} {path}: {text}"));
+            let fields = |name: &str| {
+                head.lines()
+                    .filter_map(|l| l.strip_prefix(&format!("{name}: ")))
+                    .map(|v| v.trim().to_owned())
+                    .collect::<Vec<_>>()
+            };
+            (
+                body.trim().to_owned(),
+                fields("server"),
+                fields("x-powered-by"),
+                fields("strict-transport-security"),
+                fields("vary"),
+            )
+        };
+        let (body, server, powered, hsts, vary) = get("/api/orders");
+        assert_eq!(body, "env=prod debug= team=api", "{version}");
+        assert!(server.is_empty() && powered.is_empty(), "{version}");
+        assert_eq!(hsts, ["max-age=63072000"], "{version}");
+        assert_eq!(vary, ["accept-encoding", "origin"], "{version}");
+        // The other rule: the route's changes only.
+        let (body, server, _, hsts, vary) = get("/");
+        assert_eq!(body, "env=prod debug= team=", "{version}");
+        assert!(server.is_empty(), "{version}");
+        assert_eq!(hsts, ["max-age=63072000"], "{version}");
+        assert_eq!(vary, ["accept-encoding"], "{version}");
+    }
+}
