@@ -333,9 +333,9 @@ impl Route {
             RouteMode::L4(l4) => vec![l4.pool_index],
             RouteMode::L7(http) => {
                 let mut out: Vec<usize> = Vec::with_capacity(http.rules.len());
-                for r in &http.rules {
-                    if !out.contains(&r.pool_index) {
-                        out.push(r.pool_index);
+                for i in http.rules.iter().filter_map(|r| r.pool_index) {
+                    if !out.contains(&i) {
+                        out.push(i);
                     }
                 }
                 out
@@ -525,9 +525,13 @@ pub struct ServerTls {
 pub struct HttpRule {
     pub name: String,
     pub matcher: HttpMatch,
-    pub pool: String,
+    /// The pool the rule's requests go to; `None` for a redirect.
+    pub pool: Option<String>,
     /// Index of that pool in [`Config::pools`].
-    pub pool_index: usize,
+    pub pool_index: Option<usize>,
+    /// Answer the rule's requests with a redirect instead of a backend's
+    /// answer (exactly one of this and `pool`).
+    pub redirect: Option<Redirect>,
     /// Checked after the route's policies, for the requests this rule takes.
     pub policies: Vec<HttpPolicy>,
     /// This rule's forward authentication, instead of the route's.
@@ -536,6 +540,20 @@ pub struct HttpRule {
     pub request_headers: HeaderRules,
     /// Applied after the route's, to their backends' responses.
     pub response_headers: HeaderRules,
+}
+
+/// `redirect = { scheme, host, port, status }`: the request's own URL with
+/// these parts replaced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Redirect {
+    /// `http` or `https`; `None`: the request's.
+    pub scheme: Option<String>,
+    /// Lower-case; `None`: the request's host, without its port.
+    pub host: Option<String>,
+    /// `None`: the scheme's own (no port in the URL).
+    pub port: Option<u16>,
+    /// 301, 302, 303, 307 or 308.
+    pub status: u16,
 }
 
 /// `request_headers` / `response_headers`: what is done to a message's

@@ -246,11 +246,22 @@ pub(crate) struct RawHttpRule {
     pub(crate) name: String,
     #[serde(rename = "match")]
     pub(crate) matcher: Option<RawHttpMatch>,
-    pub(crate) pool: String,
+    pub(crate) pool: Option<String>,
+    pub(crate) redirect: Option<RawRedirect>,
     pub(crate) policies: Option<Vec<RawPolicy>>,
     pub(crate) auth: Option<RawAuth>,
     pub(crate) request_headers: Option<RawHeaderRules>,
     pub(crate) response_headers: Option<RawHeaderRules>,
+}
+
+/// `redirect = { scheme, host, port, status }` of a rule.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawRedirect {
+    pub(crate) scheme: Option<String>,
+    pub(crate) host: Option<String>,
+    pub(crate) port: Option<Int>,
+    pub(crate) status: Option<Int>,
 }
 
 /// `request_headers` / `response_headers = { remove, set, add }`.

@@ -1905,7 +1905,7 @@ fn l7_route_defaults_and_rules() {
     };
     assert_eq!(route.pool_indices(), [1, 0]);
     let api = &http.rules[0];
-    assert_eq!((api.name.as_str(), api.pool_index), ("api", 1));
+    assert_eq!((api.name.as_str(), api.pool_index), ("api", Some(1)));
     assert_eq!(api.matcher.host, ["api.example.com", "*.example.org"]);
     assert_eq!(api.matcher.path_prefix.as_deref(), Some("/v1/"));
     assert_eq!(api.matcher.methods, ["GET"]);
@@ -2844,4 +2844,83 @@ fn header_rules_are_checked() {
         "listeners[0].routes[0].response_headers",
         "only for HTTP routes",
     );
+}
+
+/// A rule either forwards to a `pool` or answers with a `redirect`; a
+/// redirect's parts are checked, it must change something, and what only
+/// acts on forwarded requests is refused beside it.
+#[test]
+fn redirect_rules_are_checked() {
+    let route = "listeners[0].routes[0]";
+    let cfg = load(&l7(
+        "[[listeners.routes.http]]\nname = \"away\"\nmatch = { host = [\"old.example\"] }\n\
+         redirect = { scheme = \"https\", host = \"New.example\", port = 8443, status = 308 }\n\
+         [[listeners.routes.http]]\nname = \"home\"\nmatch = { path_prefix = \"/\" }\n\
+         redirect = { scheme = \"https\" }\n",
+        "",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let RouteMode::L7(http) = &cfg.listeners[0].routes[0].mode else {
+        panic!("an l7 route");
+    };
+    assert_eq!(
+        (http.rules[0].pool.as_ref(), http.rules[0].pool_index),
+        (None, None)
+    );
+    assert_eq!(
+        http.rules[0].redirect,
+        Some(weir_config::Redirect {
+            scheme: Some("https".into()),
+            host: Some("new.example".into()),
+            port: Some(8443),
+            status: 308,
+        })
+    );
+    assert_eq!(http.rules[1].redirect.as_ref().map(|r| r.status), Some(301));
+    assert!(cfg.listeners[0].routes[0].pool_indices().is_empty());
+    let rule = |body: &str| format!("[[listeners.routes.http]]\nname = \"r\"\n{body}\n");
+    for (body, key, error) in [
+        ("", "pool", "required: the pool"),
+        (
+            "pool = \"p\"\nredirect = { scheme = \"https\" }",
+            "redirect",
+            "a rule either sends its requests to a `pool` or redirects them",
+        ),
+        (
+            "redirect = { status = 301 }",
+            "redirect",
+            "give at least one of",
+        ),
+        (
+            "redirect = { scheme = \"ftp\" }",
+            "redirect.scheme",
+            "\"ftp\": expected \"http\" or \"https\"",
+        ),
+        (
+            "redirect = { host = \"a.example:443\" }",
+            "redirect.host",
+            "\"a.example:443\" is not a host name",
+        ),
+        (
+            "redirect = { port = 0 }",
+            "redirect.port",
+            "0 is out of range 1..=65535",
+        ),
+        (
+            "redirect = { scheme = \"https\", status = 304 }",
+            "redirect.status",
+            "304 is not a redirect",
+        ),
+        (
+            "redirect = { scheme = \"https\" }\nauth = { url = \"http://127.0.0.1:9000/\" }",
+            "auth",
+            "a redirect rule forwards nothing",
+        ),
+    ] {
+        assert_one(
+            &l7(&rule(body), ""),
+            &format!("{route}.http[0].{key}"),
+            error,
+        );
+    }
 }

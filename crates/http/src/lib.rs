@@ -30,6 +30,7 @@ pub mod headers;
 mod io;
 mod policy;
 mod proxy;
+mod redirect;
 mod resolve;
 mod route;
 pub mod rules;

@@ -214,6 +214,20 @@ pub(crate) fn handle(
         {
             return Ok(refused(p, grpc, x));
         }
+        if let Some(r) = &rule.redirect {
+            let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+            let Some(location) = r.location(cx.proto, name.as_deref(), target) else {
+                // No host to send the client to.
+                return Ok(answer(Reason::BadRequest, grpc, x));
+            };
+            x.status = r.status.as_u16();
+            let mut response = Response::new(ResponseBody::full(bytes::Bytes::new(), Some(x)));
+            *response.status_mut() = r.status;
+            response
+                .headers_mut()
+                .insert(http::header::LOCATION, location);
+            return Ok(response);
+        }
         // Forward authentication: the rule's, else the route's.
         let gate = rule.auth.as_ref().or(state.auth.as_ref());
         let mut granted = None;

@@ -209,11 +209,15 @@ impl Handler {
             .iter()
             .enumerate()
             .map(|(ri, r)| {
-                let at = indices.iter().position(|&i| i == r.pool_index).unwrap_or(0);
+                let at = r
+                    .pool_index
+                    .and_then(|pi| indices.iter().position(|&i| i == pi))
+                    .unwrap_or(0);
                 let mut rule = Rule::new(&r.name, &r.matcher, at)
                     .ok_or_else(|| format!("{}.http[{ri}].match: cannot be used", b.path))?;
                 rule.policies = compile(&r.policies);
                 rule.auth = gate(&r.auth);
+                rule.redirect = r.redirect.as_ref().map(crate::redirect::Redirect::new);
                 rule.request_headers = crate::headers::HeaderOps::new(&r.request_headers);
                 rule.response_headers = crate::headers::HeaderOps::new(&r.response_headers);
                 Ok(rule)

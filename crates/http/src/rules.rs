@@ -21,6 +21,8 @@ pub struct Rule {
     pub(crate) policies: Vec<crate::policy::Policy>,
     /// This rule's forward authentication, instead of the route's.
     pub(crate) auth: Option<crate::auth::Gate>,
+    /// Answer with a redirect instead (`pool` is then unused).
+    pub(crate) redirect: Option<crate::redirect::Redirect>,
     /// The operator's header changes, after the route's.
     pub(crate) request_headers: crate::headers::HeaderOps,
     pub(crate) response_headers: crate::headers::HeaderOps,
@@ -54,6 +56,7 @@ impl Rule {
             pool,
             policies: Vec::new(),
             auth: None,
+            redirect: None,
             request_headers: crate::headers::HeaderOps::default(),
             response_headers: crate::headers::HeaderOps::default(),
         })

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 
 use super::Checker;
 use crate::model::{
-    EncodedSlashes, Forwarded, HttpMatch, HttpRoute, HttpRule, HttpTimeouts, ServerTls,
+    EncodedSlashes, Forwarded, HttpMatch, HttpRoute, HttpRule, HttpTimeouts, Redirect, ServerTls,
 };
-use crate::raw::{RawHttpMatch, RawRoute, RawServerTls};
+use crate::raw::{RawHttpMatch, RawRedirect, RawRoute, RawServerTls};
 
 /// A request header larger than this is answered 431 (HAProxy's default
 /// buffer is 16 KiB, nginx allows 4 × 8 KiB).
@@ -72,7 +72,41 @@ impl Checker {
                     ),
                 );
             }
-            let pool_index = self.pool_ref(&format!("{rule_path}.pool"), &r.pool, pools);
+            let pool_index = r
+                .pool
+                .as_ref()
+                .map(|p| self.pool_ref(&format!("{rule_path}.pool"), p, pools));
+            let redirect = r
+                .redirect
+                .as_ref()
+                .map(|d| self.redirect(&format!("{rule_path}.redirect"), d));
+            match (&r.pool, &r.redirect) {
+                (None, None) => self.push(
+                    format!("{rule_path}.pool"),
+                    "required: the pool this rule's requests go to (or a `redirect`)",
+                ),
+                (Some(_), Some(_)) => self.push(
+                    format!("{rule_path}.redirect"),
+                    "a rule either sends its requests to a `pool` or redirects them; remove one",
+                ),
+                _ => {}
+            }
+            if r.redirect.is_some() {
+                // A redirect forwards nothing: what would only change or
+                // vet a forwarded request has nothing to act on.
+                for (key, given) in [
+                    ("auth", r.auth.is_some()),
+                    ("request_headers", r.request_headers.is_some()),
+                    ("response_headers", r.response_headers.is_some()),
+                ] {
+                    if given {
+                        self.push(
+                            format!("{rule_path}.{key}"),
+                            "a redirect rule forwards nothing to a backend: remove it",
+                        );
+                    }
+                }
+            }
             let policies = self.policies(
                 &format!("{rule_path}.policies"),
                 r.policies.as_ref(),
@@ -92,6 +126,7 @@ impl Checker {
                 matcher,
                 pool: r.pool.clone(),
                 pool_index,
+                redirect,
                 policies,
                 auth,
                 request_headers,
@@ -251,6 +286,69 @@ impl Checker {
         ServerTls {
             certificates,
             client_ca,
+        }
+    }
+
+    /// `redirect = { scheme, host, port, status }` of a rule.
+    fn redirect(&mut self, path: &str, raw: &RawRedirect) -> Redirect {
+        let scheme = raw.scheme.as_ref().and_then(|s| match s.as_str() {
+            "http" | "https" => Some(s.clone()),
+            _ => {
+                self.push(
+                    format!("{path}.scheme"),
+                    format!("{s:?}: expected \"http\" or \"https\""),
+                );
+                None
+            }
+        });
+        let host = raw.host.as_ref().map(|h| {
+            let lower = h.to_ascii_lowercase();
+            let bracketed = lower
+                .strip_prefix('[')
+                .and_then(|v| v.strip_suffix(']'))
+                .is_some_and(|v| v.parse::<std::net::Ipv6Addr>().is_ok());
+            let valid = bracketed
+                || lower.parse::<std::net::Ipv4Addr>().is_ok()
+                || weir_wire::name::is_dns_name(lower.as_bytes());
+            if !valid {
+                self.push(
+                    format!("{path}.host"),
+                    format!(
+                        "{h:?} is not a host name or an address (an IPv6 address in \
+                         brackets), without a port"
+                    ),
+                );
+            }
+            lower
+        });
+        let port = raw
+            .port
+            .map(|p| self.int(&format!("{path}.port"), Some(p), 1u16, 1, Some(65535)));
+        if raw.scheme.is_none() && raw.host.is_none() && raw.port.is_none() {
+            self.push(
+                path,
+                "give at least one of `scheme`, `host` and `port`: a redirect to the \
+                 request's own URL would send the client back here",
+            );
+        }
+        let status = self.int(
+            &format!("{path}.status"),
+            raw.status,
+            301u16,
+            301,
+            Some(308),
+        );
+        if raw.status.is_some() && ![301, 302, 303, 307, 308].contains(&status) {
+            self.push(
+                format!("{path}.status"),
+                format!("{status} is not a redirect: expected 301, 302, 303, 307 or 308"),
+            );
+        }
+        Redirect {
+            scheme,
+            host,
+            port,
+            status,
         }
     }
 

@@ -253,7 +253,10 @@ impl Checker {
                     continue;
                 };
                 for (hi, rule) in http.rules.iter().enumerate() {
-                    let protocol = pools.get(rule.pool_index).map(|p| p.protocol);
+                    let protocol = rule
+                        .pool_index
+                        .and_then(|i| pools.get(i))
+                        .map(|p| p.protocol);
                     if r.backend_tls.is_some() && protocol == Some(HttpProtocol::H2c) {
                         self.push(
                             format!("listeners[{li}].routes[{ri}].http[{hi}].pool"),
@@ -261,7 +264,7 @@ impl Checker {
                                 "pool {:?} speaks h2c, HTTP/2 in clear text, but this route has \
                                  backend_tls: set the pool's protocol to \"h2\" (HTTP/2 over \
                                  TLS), or remove backend_tls",
-                                rule.pool
+                                rule.pool.as_deref().unwrap_or_default()
                             ),
                         );
                     }
@@ -272,7 +275,7 @@ impl Checker {
                                 "pool {:?} speaks h2, HTTP/2 over TLS: give this route \
                                  backend_tls, or set the pool's protocol to \"h2c\" (HTTP/2 in \
                                  clear text)",
-                                rule.pool
+                                rule.pool.as_deref().unwrap_or_default()
                             ),
                         );
                     }

@@ -3745,3 +3745,78 @@ fn operator_header_rules_change_requests_and_responses() {
         assert_eq!(vary, ["accept-encoding"], "{version}");
     }
 }
+
+/// A rule's `redirect` answers with the request's own URL, its scheme, host
+/// or port replaced: on a route with no pool at all (a clear-text
+/// listener sending everyone to HTTPS) and beside rules that forward,
+/// over HTTP/1.1 and h2c.
+#[test]
+fn redirect_rules_answer_with_the_new_url() {
+    let backend = raw_backend(None, Duration::ZERO);
+    let (plain, mixed) = (free_port(), free_port());
+    let (_weir, out) = start(
+        "redirects",
+        &format!(
+            "[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"plain\"\nbind = \"{plain}\"\n\
+             [[listeners.routes]]\nname = \"to-https\"\nmode = \"l7\"\n\
+             policies = [{{ name = \"no-admin\", deny = {{ path_prefix = [\"/admin\"] }} }}]\n\
+             [[listeners.routes.http]]\nname = \"all\"\nredirect = {{ scheme = \"https\" }}\n\
+             [[listeners]]\nname = \"mixed\"\nbind = \"{mixed}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"moved\"\n\
+             match = {{ host = [\"old.example\"] }}\n\
+             redirect = {{ host = \"new.example\", port = 8443, scheme = \"https\", status = 308 }}\n\
+             [[listeners.routes.http]]\nname = \"rest\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n",
+            backend.addr
+        ),
+    );
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let head = |front: SocketAddr, host: &str, target: &str| {
+            let (status, text, _) = curl(
+                &["-i", version, "-H", &format!("Host: {host}")],
+                &format!("http://{front}{target}"),
+            );
+            let location = text
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .starts_with("location:")
+                        .then(|| l[9..].trim().to_owned())
+                })
+                .unwrap_or_default();
+            (status, location)
+        };
+        assert_eq!(
+            head(plain, "app.example:8080", "/a/../cart?item=7"),
+            (301, "https://app.example/cart?item=7".to_owned()),
+            "{version}"
+        );
+        assert_eq!(
+            head(mixed, "OLD.example", "/x"),
+            (308, "https://new.example:8443/x".to_owned()),
+            "{version}"
+        );
+        assert_eq!(head(mixed, "app.example", "/x").0, 200, "{version}");
+        // The route's policies come first: refused, not redirected.
+        assert_eq!(head(plain, "app.example", "/admin/x"), (403, String::new()));
+    }
+    // Logged with its status and rule, and no backend.
+    let line = access_line(&out, "/cart?item=7");
+    assert_eq!(
+        (&line["status"], &line["rule"], &line["backend"]),
+        (
+            &serde_json::json!(301),
+            &serde_json::json!("all"),
+            &serde_json::json!("-")
+        ),
+        "{line}"
+    );
+    // No host asked for and none to give: 400.
+    let answer = raw_exchange(plain, b"GET / HTTP/1.0\r\n\r\n");
+    assert!(
+        answer.starts_with("HTTP/1.") && answer[8..].starts_with(" 400 "),
+        "{answer}"
+    );
+}
