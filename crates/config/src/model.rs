@@ -532,6 +532,10 @@ pub struct HttpRule {
     /// Answer the rule's requests with a redirect instead of a backend's
     /// answer (exactly one of this and `pool`).
     pub redirect: Option<Redirect>,
+    /// Taken off the front of the path the backend gets, at a segment's end.
+    pub strip_prefix: Option<String>,
+    /// Put in front of the path the backend gets (after `strip_prefix`).
+    pub add_prefix: Option<String>,
     /// Checked after the route's policies, for the requests this rule takes.
     pub policies: Vec<HttpPolicy>,
     /// This rule's forward authentication, instead of the route's.

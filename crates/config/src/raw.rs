@@ -248,6 +248,8 @@ pub(crate) struct RawHttpRule {
     pub(crate) matcher: Option<RawHttpMatch>,
     pub(crate) pool: Option<String>,
     pub(crate) redirect: Option<RawRedirect>,
+    pub(crate) strip_prefix: Option<String>,
+    pub(crate) add_prefix: Option<String>,
     pub(crate) policies: Option<Vec<RawPolicy>>,
     pub(crate) auth: Option<RawAuth>,
     pub(crate) request_headers: Option<RawHeaderRules>,

@@ -2924,3 +2924,47 @@ fn redirect_rules_are_checked() {
         );
     }
 }
+
+/// `strip_prefix` and `add_prefix` are paths in the normal form weir gives
+/// every request's path, and a redirect rule takes neither.
+#[test]
+fn path_prefixes_are_checked() {
+    let route = "listeners[0].routes[0]";
+    let cfg = load(&l7(
+        "[[listeners.routes.http]]\nname = \"api\"\npool = \"p\"\n\
+         strip_prefix = \"/api/\"\nadd_prefix = \"/v2\"\n",
+        "",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let RouteMode::L7(http) = &cfg.listeners[0].routes[0].mode else {
+        panic!("an l7 route");
+    };
+    assert_eq!(http.rules[0].strip_prefix.as_deref(), Some("/api/"));
+    assert_eq!(http.rules[0].add_prefix.as_deref(), Some("/v2"));
+    for (body, key) in [
+        ("strip_prefix = \"api\"", "strip_prefix"),
+        ("strip_prefix = \"/a/../b\"", "strip_prefix"),
+        ("add_prefix = \"//v2\"", "add_prefix"),
+        ("add_prefix = \"/v2?x=1\"", "add_prefix"),
+        ("add_prefix = \"/%2fv2\"", "add_prefix"),
+        ("add_prefix = \"/v 2\"", "add_prefix"),
+    ] {
+        assert_one(
+            &l7(
+                &format!("[[listeners.routes.http]]\nname = \"r\"\npool = \"p\"\n{body}\n"),
+                "",
+            ),
+            &format!("{route}.http[0].{key}"),
+            "",
+        );
+    }
+    assert_one(
+        &l7(
+            "[[listeners.routes.http]]\nname = \"r\"\nredirect = { scheme = \"https\" }\n\
+             strip_prefix = \"/a\"\n",
+            "",
+        ),
+        &format!("{route}.http[0].strip_prefix"),
+        "a redirect rule forwards nothing",
+    );
+}

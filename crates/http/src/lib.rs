@@ -32,6 +32,7 @@ mod policy;
 mod proxy;
 mod redirect;
 mod resolve;
+mod rewrite;
 mod route;
 pub mod rules;
 mod serve;

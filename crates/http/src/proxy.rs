@@ -331,6 +331,12 @@ pub(crate) fn handle(
                 state.timeouts.request_body,
                 (!state.identity.is_empty()).then(|| Arc::clone(&state.identity)),
             );
+            if let Some(rewrite) = &rule.rewrite {
+                let path = rewrite.apply(parts.uri.path());
+                if set_path(&mut parts.uri, path).is_err() {
+                    return Ok(answer(Reason::BadRequest, grpc, x));
+                }
+            }
             if let Err(reason) = target_form(&mut parts, target.dialer.protocol, host.as_ref()) {
                 return Ok(answer(reason, grpc, x));
             }
@@ -733,14 +739,18 @@ fn normalize_path(
     let std::borrow::Cow::Owned(normal) = weir_wire::path::normalize(path, slashes)? else {
         return Ok(());
     };
-    let target = match req.uri().query() {
-        Some(q) => format!("{normal}?{q}"),
-        None => normal,
+    set_path(req.uri_mut(), normal).map_err(|()| weir_wire::path::PathError::NotAPath)
+}
+
+/// `uri` with `path` for its path, its query kept.
+fn set_path(uri: &mut Uri, path: String) -> Result<(), ()> {
+    let target = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
     };
-    let mut parts = req.uri().clone().into_parts();
-    parts.path_and_query =
-        Some(PathAndQuery::try_from(target).map_err(|_| weir_wire::path::PathError::NotAPath)?);
-    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| weir_wire::path::PathError::NotAPath)?;
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(PathAndQuery::try_from(target).map_err(|_| ())?);
+    *uri = Uri::from_parts(parts).map_err(|_| ())?;
     Ok(())
 }
 

@@ -218,6 +218,10 @@ impl Handler {
                 rule.policies = compile(&r.policies);
                 rule.auth = gate(&r.auth);
                 rule.redirect = r.redirect.as_ref().map(crate::redirect::Redirect::new);
+                rule.rewrite = crate::rewrite::PathRewrite::new(
+                    r.strip_prefix.as_deref(),
+                    r.add_prefix.as_deref(),
+                );
                 rule.request_headers = crate::headers::HeaderOps::new(&r.request_headers);
                 rule.response_headers = crate::headers::HeaderOps::new(&r.response_headers);
                 Ok(rule)

@@ -21,6 +21,8 @@ pub struct Rule {
     pub(crate) policies: Vec<crate::policy::Policy>,
     /// This rule's forward authentication, instead of the route's.
     pub(crate) auth: Option<crate::auth::Gate>,
+    /// The path the backend gets (`strip_prefix`, `add_prefix`).
+    pub(crate) rewrite: Option<crate::rewrite::PathRewrite>,
     /// Answer with a redirect instead (`pool` is then unused).
     pub(crate) redirect: Option<crate::redirect::Redirect>,
     /// The operator's header changes, after the route's.
@@ -57,6 +59,7 @@ impl Rule {
             policies: Vec::new(),
             auth: None,
             redirect: None,
+            rewrite: None,
             request_headers: crate::headers::HeaderOps::default(),
             response_headers: crate::headers::HeaderOps::default(),
         })

@@ -96,6 +96,8 @@ impl Checker {
                 // vet a forwarded request has nothing to act on.
                 for (key, given) in [
                     ("auth", r.auth.is_some()),
+                    ("strip_prefix", r.strip_prefix.is_some()),
+                    ("add_prefix", r.add_prefix.is_some()),
                     ("request_headers", r.request_headers.is_some()),
                     ("response_headers", r.response_headers.is_some()),
                 ] {
@@ -127,6 +129,9 @@ impl Checker {
                 pool: r.pool.clone(),
                 pool_index,
                 redirect,
+                strip_prefix: self
+                    .path_prefix(&format!("{rule_path}.strip_prefix"), &r.strip_prefix),
+                add_prefix: self.path_prefix(&format!("{rule_path}.add_prefix"), &r.add_prefix),
                 policies,
                 auth,
                 request_headers,
@@ -287,6 +292,29 @@ impl Checker {
             certificates,
             client_ca,
         }
+    }
+
+    /// `strip_prefix` or `add_prefix` of a rule: a path in the normal form
+    /// weir gives every request's path, so that it means what it says.
+    fn path_prefix(&mut self, path: &str, raw: &Option<String>) -> Option<String> {
+        let p = raw.as_ref()?;
+        let normal = p.starts_with('/')
+            && p.len() <= 1024
+            && !p.contains(['?', '#'])
+            && p.bytes().all(|b| b.is_ascii_graphic())
+            && weir_wire::path::normalize(p, weir_wire::path::Slashes::Reject)
+                .is_ok_and(|n| n == p.as_str());
+        if !normal {
+            self.push(
+                path,
+                format!(
+                    "{p:?} is not a path in normal form: it starts with `/`, has no `?`, \
+                     `#`, `//`, `.` or `..` segments or encoded slashes, and encodes in \
+                     upper case only what must be (at most 1024 bytes)"
+                ),
+            );
+        }
+        Some(p.clone())
     }
 
     /// `redirect = { scheme, host, port, status }` of a rule.

@@ -3820,3 +3820,51 @@ fn redirect_rules_answer_with_the_new_url() {
         "{answer}"
     );
 }
+
+/// A rule's `strip_prefix` and `add_prefix` change the path nginx gets (the
+/// query kept), over HTTP/1.1 and h2c; the access log keeps the path the
+/// client asked for; other rules' paths are untouched.
+#[test]
+fn path_prefixes_are_stripped_and_added_for_the_backend() {
+    let dir = test_dir("path-rewrite");
+    let nginx_at = free_port();
+    let nginx = start_nginx(
+        &dir,
+        &format!(
+            "server {{ listen {nginx_at}; location / {{ return 200 \"$request_uri\\n\"; }} }}"
+        ),
+    )
+    .with(dir);
+    wait_connectable(nginx_at);
+    let front = free_port();
+    let (_weir, out) = start(
+        "path-rewrite",
+        &format!(
+            "[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"api\"\npool = \"p\"\n\
+             match = {{ path_prefix = \"/api/\" }}\nstrip_prefix = \"/api\"\nadd_prefix = \"/v2\"\n\
+             [[listeners.routes.http]]\nname = \"shop\"\npool = \"p\"\n\
+             match = {{ path_prefix = \"/shop\" }}\nstrip_prefix = \"/shop\"\n\
+             [[listeners.routes.http]]\nname = \"rest\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{nginx_at}\"\n"
+        ),
+    );
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let got = |path: &str| {
+            let (status, body, _) = curl(&[version], &format!("http://{front}{path}"));
+            assert_eq!(status, 200, "{version} {path}: {body}");
+            body
+        };
+        assert_eq!(got("/api/users?id=7&x"), "/v2/users?id=7&x", "{version}");
+        assert_eq!(got("/shop"), "/", "{version}");
+        assert_eq!(got("/shop/cart"), "/cart", "{version}");
+        // `/shopping` is taken by the rule, but `/shop` ends no segment there.
+        assert_eq!(got("/shopping"), "/shopping", "{version}");
+        assert_eq!(got("/other/x"), "/other/x", "{version}");
+    }
+    let line = access_line(&out, "/api/users?id=7&x");
+    assert_eq!(line["rule"], "api", "{line}");
+    drop(nginx);
+}
