@@ -622,6 +622,10 @@ pub struct HttpTimeouts {
     pub upstream_response: Duration,
     /// Longest gap between two pieces of a backend's response body.
     pub upstream_idle: Duration,
+    /// The longest a request may take, from its head to the last byte of
+    /// its answer from the backend, retries included; `None` (`"off"`, the
+    /// default): no bound but the others.
+    pub request: Option<Duration>,
     /// Longest gap between two pieces of a client's request body.
     pub request_body: Duration,
     /// An unused pooled connection to a backend is closed after this.
@@ -645,6 +649,7 @@ impl Default for HttpTimeouts {
             idle: Duration::from_secs(60),
             upstream_response: Duration::from_secs(60),
             upstream_idle: Duration::from_secs(300),
+            request: None,
             request_body: Duration::from_secs(60),
             upstream_keepalive: Duration::from_secs(4),
             upstream_ping: None,

@@ -306,6 +306,7 @@ pub(crate) struct RawHttpTimeouts {
     pub(crate) idle: Option<String>,
     pub(crate) upstream_response: Option<String>,
     pub(crate) upstream_idle: Option<String>,
+    pub(crate) request: Option<String>,
     pub(crate) request_body: Option<String>,
     pub(crate) upstream_keepalive: Option<String>,
     pub(crate) upstream_ping: Option<String>,

@@ -1918,6 +1918,7 @@ fn l7_route_defaults_and_rules() {
     assert_eq!(http.timeouts.request_header, Duration::from_secs(10));
     assert_eq!(http.timeouts.upstream_keepalive, Duration::from_secs(4));
     assert_eq!(http.timeouts.upstream_ping, None);
+    assert_eq!(http.timeouts.request, None);
     assert_eq!(http.timeouts.send, Duration::from_secs(60));
     assert_eq!(http.max_header_bytes, 32 * 1024);
     assert_eq!(http.max_concurrent_streams, 256);
@@ -2052,6 +2053,22 @@ fn l7_route_mistakes_name_their_key() {
         };
         assert_eq!(http.timeouts.upstream_ping, ping, "{value}");
     }
+    for (value, request) in [("off", None), ("30s", Some(Duration::from_secs(30)))] {
+        let text = l7(
+            &format!("timeouts = {{ request = \"{value}\" }}\n{RULE}"),
+            "",
+        );
+        let cfg = weir_config::load_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        let RouteMode::L7(http) = &cfg.listeners[0].routes[0].mode else {
+            panic!("an l7 route expected")
+        };
+        assert_eq!(http.timeouts.request, request, "{value}");
+    }
+    assert_one(
+        &l7(&format!("timeouts = {{ request = \"0s\" }}\n{RULE}"), ""),
+        &format!("{route}.timeouts.request"),
+        "must be greater than 0",
+    );
     assert_one(
         &l7(&format!("max_header_bytes = 100\n{RULE}"), ""),
         &format!("{route}.max_header_bytes"),

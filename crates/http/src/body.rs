@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use weir_core::Reason;
 
 use crate::exchange::{BodyCount, COMPLETED, Exchange};
@@ -180,6 +180,8 @@ enum Source {
         /// that arrives whole never touches the timer.
         idle: Option<Pin<Box<Sleep>>>,
         idle_for: Duration,
+        /// `timeouts.request`: the body must have ended by then.
+        until: Option<Instant>,
         /// The connection it came on, given back to the pool at the end.
         lease: Option<Lease>,
         /// The head or the last piece went to hyper, which has not asked for
@@ -206,6 +208,7 @@ impl ResponseBody {
     pub(crate) fn upstream(
         inner: Incoming,
         idle_for: Duration,
+        until: Option<Instant>,
         lease: Lease,
         exchange: Box<Exchange>,
         grpc: bool,
@@ -216,6 +219,7 @@ impl ResponseBody {
                 inner,
                 idle: None,
                 idle_for,
+                until,
                 lease: Some(lease),
                 holding: true,
                 grpc,
@@ -257,6 +261,13 @@ impl ResponseBody {
             x.bytes_out += n as u64;
         }
     }
+}
+
+/// When a silent backend's body is cut: after `idle_for` of silence, and
+/// not past the request's own deadline.
+fn wake_at(idle_for: Duration, until: Option<Instant>) -> Instant {
+    let idle = crate::clock::now() + idle_for;
+    until.map_or(idle, |u| idle.min(u))
 }
 
 impl Drop for ResponseBody {
@@ -303,6 +314,7 @@ impl Body for ResponseBody {
                 inner,
                 idle,
                 idle_for,
+                until,
                 holding,
                 ..
             } => {
@@ -316,7 +328,7 @@ impl Body for ResponseBody {
                 match Pin::new(inner).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(idle) = idle {
-                            idle.as_mut().reset(crate::clock::now() + *idle_for);
+                            idle.as_mut().reset(wake_at(*idle_for, *until));
                         }
                         if let Some(conn) = conn {
                             *holding = true;
@@ -330,12 +342,18 @@ impl Body for ResponseBody {
                     }
                     Poll::Ready(None) => Poll::Ready(None),
                     Poll::Pending => {
-                        let timer =
-                            idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle_for)));
+                        let timer = idle.get_or_insert_with(|| {
+                            Box::pin(tokio::time::sleep_until(wake_at(*idle_for, *until)))
+                        });
                         match timer.as_mut().poll(cx) {
-                            Poll::Ready(()) => {
-                                Poll::Ready(Some(Err(BodyError(Reason::IdleTimeout))))
-                            }
+                            // The request's own deadline, or the backend's silence.
+                            Poll::Ready(()) => Poll::Ready(Some(Err(BodyError(
+                                if until.is_some_and(|u| timer.deadline() >= u) {
+                                    Reason::UpstreamTimeout
+                                } else {
+                                    Reason::IdleTimeout
+                                },
+                            )))),
                             Poll::Pending => Poll::Pending,
                         }
                     }

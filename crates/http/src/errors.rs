@@ -188,6 +188,8 @@ mod tests {
             HeaderValue::from_static("application/grpc-web+proto"),
         );
         assert!(is_grpc(&h) && !is_native_grpc(&h));
+        // A body cut at `timeouts.request`: the call ran out of time.
+        assert_eq!(grpc_trailers(Reason::UpstreamTimeout)["grpc-status"], "4");
         let t = grpc_trailers(Reason::IdleTimeout);
         assert_eq!(t["grpc-status"], "14");
         assert!(

@@ -377,9 +377,11 @@ pub(crate) fn handle(
                 let status = response.status().as_u16();
                 x.status = status;
                 let (parts, body) = response.into_parts();
+                let until = state.timeouts.request.map(|r| deadline(x.started, r));
                 let body = ResponseBody::upstream(
                     body,
                     state.timeouts.upstream_idle,
+                    until,
                     lease,
                     x,
                     grpc_trailers,
@@ -419,7 +421,20 @@ async fn forward(
     let mut req = Some(req);
     let mut tried: Vec<usize> = Vec::new();
     let mut last = Reason::NoBackend;
+    // `timeouts.request`: no attempt starts past it, and none waits past it
+    // for a connection or an answer.
+    let until = state.timeouts.request.map(|r| deadline(x.started, r));
+    let too_late = |x: &Exchange| {
+        if x.body.uploading.load(Relaxed) {
+            Reason::IdleTimeout
+        } else {
+            Reason::UpstreamTimeout
+        }
+    };
     for _ in 0..=pool.retries {
+        if until.is_some_and(|u| crate::clock::now() >= u) {
+            return Err(too_late(x));
+        }
         let i = match pool.acquire(key, &tried).await {
             Ok(i) => i,
             Err(Reason::NoBackend) => break,
@@ -440,10 +455,19 @@ async fn forward(
             r.upstream_start.get_or_insert_with(crate::trace::span::now);
         }
         let began = crate::clock::now();
-        let checkout = if upgrading {
-            Box::pin(conns.fresh_upgradeable(&target.dialer)).await
-        } else {
-            conns.checkout(&target.dialer, began).await
+        let checkout = async {
+            if upgrading {
+                Box::pin(conns.fresh_upgradeable(&target.dialer)).await
+            } else {
+                conns.checkout(&target.dialer, began).await
+            }
+        };
+        let checkout = match until {
+            None => checkout.await,
+            Some(u) => match tokio::time::timeout_at(u, checkout).await {
+                Ok(c) => c,
+                Err(_) => return Err(too_late(x)),
+            },
         };
         let mut lease = match checkout {
             Ok(lease) => lease,
@@ -473,21 +497,32 @@ async fn forward(
         let copy = (replayable && lease.reused && lease.rested >= RACE_REST)
             .then(|| copy_bodiless(&request));
         let sent_at = crate::clock::now();
-        let outcome = send(
-            &mut lease,
-            request,
-            deadline(sent_at, state.timeouts.upstream_response),
-        )
-        .await;
+        let outcome = send(&mut lease, request, answer_by(sent_at, state, until)).await;
         let outcome = match outcome {
             // The keep-alive race: the backend closed a kept-alive
             // connection as the request went out. Once, on a new one.
             Err(Sent::Not(request)) if lease.reused => {
-                Box::pin(retry_fresh(conns, &target.dialer, request, state, &lease)).await
+                Box::pin(retry_fresh(
+                    conns,
+                    &target.dialer,
+                    request,
+                    state,
+                    &lease,
+                    until,
+                ))
+                .await
             }
             Err(Sent::Failed) if lease.reused && copy.is_some() => match copy {
                 Some(request) => {
-                    Box::pin(retry_fresh(conns, &target.dialer, request, state, &lease)).await
+                    Box::pin(retry_fresh(
+                        conns,
+                        &target.dialer,
+                        request,
+                        state,
+                        &lease,
+                        until,
+                    ))
+                    .await
                 }
                 None => Err(Sent::Failed),
             },
@@ -587,6 +622,13 @@ enum Sent {
 }
 
 /// `within` after `from`, or a date too far to come when that overflows.
+/// When the answer's head to a request sent at `sent_at` must have come:
+/// `upstream_response` later, and not past the request's own deadline.
+fn answer_by(sent_at: Instant, state: &RouteState, until: Option<Instant>) -> Instant {
+    let by = deadline(sent_at, state.timeouts.upstream_response);
+    until.map_or(by, |u| by.min(u))
+}
+
 fn deadline(from: Instant, within: std::time::Duration) -> Instant {
     from.checked_add(within)
         .or_else(|| from.checked_add(std::time::Duration::from_secs(30 * 365 * 86_400)))
@@ -617,17 +659,13 @@ async fn retry_fresh(
     req: Box<Request<RequestBody>>,
     state: &RouteState,
     failed: &Lease,
+    until: Option<Instant>,
 ) -> Result<(Response<Incoming>, Lease), Sent> {
     let mut lease = match Box::pin(conns.fresh(dialer, Some(failed))).await {
         Ok(lease) => lease,
         Err(reason) => return Err(Sent::Connect(reason, req)),
     };
-    let r = send(
-        &mut lease,
-        req,
-        deadline(Instant::now(), state.timeouts.upstream_response),
-    )
-    .await?;
+    let r = send(&mut lease, req, answer_by(Instant::now(), state, until)).await?;
     Ok((r, lease))
 }
 

@@ -154,6 +154,10 @@ impl Checker {
             None | Some("off") => d.upstream_ping,
             Some(v) => self.timeout_opt(&format!("{path}.timeouts.upstream_ping"), Some(v)),
         };
+        let request = match t.and_then(|t| t.request.as_deref()) {
+            None | Some("off") => d.request,
+            Some(v) => self.timeout_opt(&format!("{path}.timeouts.request"), Some(v)),
+        };
         let mut timeout = |key: &str, value: Option<&String>, default| {
             self.timeout(
                 &format!("{path}.timeouts.{key}"),
@@ -178,6 +182,7 @@ impl Checker {
                 t.and_then(|t| t.upstream_idle.as_ref()),
                 d.upstream_idle,
             ),
+            request,
             request_body: timeout(
                 "request_body",
                 t.and_then(|t| t.request_body.as_ref()),

@@ -3868,3 +3868,59 @@ fn path_prefixes_are_stripped_and_added_for_the_backend() {
     assert_eq!(line["rule"], "api", "{line}");
     drop(nginx);
 }
+
+/// `timeouts.request` bounds a request from its head to the last byte of
+/// its answer, whatever the other timeouts allow: a backend that answers
+/// after 3 s gets the client a 504 after 1 s (`upstream_response` is 60 s),
+/// and a body whose pieces keep coming 100 ms apart (well inside
+/// `upstream_idle`) is cut at 1 s, like one that stopped coming; both
+/// logged as `upstream_timeout`.
+#[test]
+fn the_request_timeout_bounds_the_whole_answer() {
+    let slow = raw_backend(None, Duration::from_secs(3));
+    let (paced, _) = pausing_backend();
+    let front = free_port();
+    let (_weir, out) = start(
+        "request-timeout",
+        &format!(
+            "[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             timeouts = {{ request = \"1s\" }}\n\
+             [[listeners.routes.http]]\nname = \"slow\"\npool = \"slow\"\n\
+             match = {{ path_prefix = \"/slow\" }}\n\
+             [[listeners.routes.http]]\nname = \"paced\"\npool = \"paced\"\n\
+             [[pools]]\nname = \"slow\"\n[[pools.backends]]\naddress = \"{}\"\n\
+             [[pools]]\nname = \"paced\"\n[[pools.backends]]\naddress = \"{paced}\"\n",
+            slow.addr
+        ),
+    );
+    let began = Instant::now();
+    let (status, _, body) = raw_get(front, "/slow", "");
+    let took = began.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+    assert_eq!(access_line(&out, "/slow")["reason"], "upstream_timeout");
+
+    for path in ["/paced", "/stall-length"] {
+        let began = Instant::now();
+        let (head, body, _) = get_until_closed(front, path);
+        let took = began.elapsed();
+        assert!(head.starts_with("http/1.1 200"), "{path}: {head}");
+        assert!(
+            took >= Duration::from_secs(1) && took < Duration::from_millis(2500),
+            "{path}: {took:?}"
+        );
+        if path == "/paced" {
+            // Cut short: some pieces, not all, and no last chunk.
+            assert!(body.contains(&paced_piece(0)), "{body}");
+            assert!(!body.contains(&paced_piece(PACED - 1)), "{body}");
+            assert!(!body.ends_with("0\r\n\r\n"), "{body}");
+        }
+        let line = access_line(&out, path);
+        assert_eq!(line["reason"], "upstream_timeout", "{line}");
+    }
+}
