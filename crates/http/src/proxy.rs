@@ -498,32 +498,22 @@ async fn forward(
             .then(|| copy_bodiless(&request));
         let sent_at = crate::clock::now();
         let outcome = send(&mut lease, request, answer_by(sent_at, state, until)).await;
+        let again = |request, failed| {
+            Box::pin(retry_fresh(
+                conns,
+                &target.dialer,
+                request,
+                state,
+                failed,
+                until,
+            ))
+        };
         let outcome = match outcome {
             // The keep-alive race: the backend closed a kept-alive
             // connection as the request went out. Once, on a new one.
-            Err(Sent::Not(request)) if lease.reused => {
-                Box::pin(retry_fresh(
-                    conns,
-                    &target.dialer,
-                    request,
-                    state,
-                    &lease,
-                    until,
-                ))
-                .await
-            }
+            Err(Sent::Not(request)) if lease.reused => again(request, &lease).await,
             Err(Sent::Failed) if lease.reused && copy.is_some() => match copy {
-                Some(request) => {
-                    Box::pin(retry_fresh(
-                        conns,
-                        &target.dialer,
-                        request,
-                        state,
-                        &lease,
-                        until,
-                    ))
-                    .await
-                }
+                Some(request) => again(request, &lease).await,
                 None => Err(Sent::Failed),
             },
             other => other.map(|r| (r, lease)),
