@@ -455,19 +455,24 @@ async fn forward(
             r.upstream_start.get_or_insert_with(crate::trace::span::now);
         }
         let began = crate::clock::now();
-        let checkout = async {
-            if upgrading {
-                Box::pin(conns.fresh_upgradeable(&target.dialer)).await
-            } else {
-                conns.checkout(&target.dialer, began).await
-            }
-        };
+        // Boxed under a deadline only: routes without one keep the
+        // connect inline in this future, as small as before.
         let checkout = match until {
-            None => checkout.await,
-            Some(u) => match tokio::time::timeout_at(u, checkout).await {
-                Ok(c) => c,
-                Err(_) => return Err(too_late(x)),
-            },
+            None if upgrading => Box::pin(conns.fresh_upgradeable(&target.dialer)).await,
+            None => conns.checkout(&target.dialer, began).await,
+            Some(u) => {
+                let checkout = Box::pin(async {
+                    if upgrading {
+                        conns.fresh_upgradeable(&target.dialer).await
+                    } else {
+                        conns.checkout(&target.dialer, began).await
+                    }
+                });
+                match tokio::time::timeout_at(u, checkout).await {
+                    Ok(c) => c,
+                    Err(_) => return Err(too_late(x)),
+                }
+            }
         };
         let mut lease = match checkout {
             Ok(lease) => lease,
