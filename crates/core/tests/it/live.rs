@@ -62,6 +62,16 @@ async fn idle_connections_are_listed_and_some_closed() {
 
     // Traffic goes on while listings run.
     let mut probe = connect_from(Ipv4Addr::new(127, 0, 0, 4), front).await;
+    // Connected is not yet accepted: weir lists it once it has its route.
+    wait_until("the probe listed", || {
+        server
+            .connections(&ConnFilter::default(), usize::MAX)
+            .expect("list")
+            .views()
+            .len()
+            == n + 1
+    })
+    .await;
     let stop = tokio_util::sync::CancellationToken::new();
     let traffic = tokio::spawn({
         let stop = stop.clone();
