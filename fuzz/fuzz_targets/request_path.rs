@@ -3,7 +3,9 @@
 //! slashes, and refusing encoded slashes only ever refuses more. The same
 //! bytes as a request's host: `name::authority_host` must not panic, accepts
 //! a name exactly when it is a DNS name with an optional port, and a host it
-//! accepts has no user info, space or slash.
+//! accepts has no user info, space or slash. The same text as an operator's
+//! header value: `template::parse` must not panic, and what it reads is read
+//! the same when written back.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -30,6 +32,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    if let Ok(pieces) = weir_wire::template::parse(text) {
+        let again = weir_wire::template::parse(&weir_wire::template::render(&pieces));
+        assert_eq!(again.as_ref(), Ok(&pieces));
+    }
     let kept = normalize(text, Slashes::Keep);
     if let Ok(once) = &kept {
         let twice = normalize(once, Slashes::Keep).expect("a normal path stays valid");

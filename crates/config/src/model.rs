@@ -566,7 +566,8 @@ pub struct Redirect {
 pub struct HeaderRules {
     /// Lower-case names: every field of each is removed.
     pub remove: Vec<String>,
-    /// (lower-case name, value): replaces every field of that name.
+    /// (lower-case name, value): replaces every field of that name. A value
+    /// is a `weir_wire::template`: `${name}` variables, `$$` for a `$`.
     pub set: Vec<(String, String)>,
     /// (lower-case name, value): one more field, after those that came.
     pub add: Vec<(String, String)>,
@@ -741,6 +742,9 @@ pub struct Pool {
     /// Other backends tried when a connect fails; `None`: every other
     /// serving backend of the active tier, once each.
     pub retries: Option<u32>,
+    /// Statuses (400..=599, sorted) on which l7 routes try an idempotent,
+    /// bodiless request again on another backend, within `retries`.
+    pub retry_on_status: Vec<u16>,
     /// How long connections to a drained or demoted backend may live.
     pub drain_timeout: Duration,
     /// Close a backend's established connections when it goes down.

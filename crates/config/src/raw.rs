@@ -352,6 +352,7 @@ pub(crate) struct RawPool {
     pub(crate) hash_key: Option<String>,
     pub(crate) connect_timeout: Option<String>,
     pub(crate) retries: Option<Int>,
+    pub(crate) retry_on_status: Option<Vec<Int>>,
     pub(crate) drain_timeout: Option<String>,
     pub(crate) close_on_down: Option<bool>,
     pub(crate) protocol: Option<String>,

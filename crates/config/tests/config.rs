@@ -2775,6 +2775,58 @@ fn forward_auth_bounds_its_calls_under_way() {
     );
 }
 
+/// A request header an authentication service of the route fills from its
+/// answer (`copy_headers`; weir drops those names from every request on the
+/// route) cannot also be given a value by `request_headers`: it would be
+/// dropped without a word.
+#[test]
+fn headers_copied_from_auth_are_not_also_set() {
+    let route = "listeners[0].routes[0]";
+    let auth = "auth = { url = \"http://127.0.0.1:9100/check\", copy_headers = [\"X-User\"] }";
+    assert_one(
+        &l7(
+            &format!("{auth}\nrequest_headers = {{ set = {{ \"x-user\" = \"nobody\" }} }}\n{RULE}"),
+            "",
+        ),
+        &format!("{route}.request_headers.set.x-user"),
+        "an authentication service's answer fills this header",
+    );
+    assert_one(
+        &l7(
+            &format!(
+                "{auth}\n[[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+                 request_headers = {{ add = {{ \"X-User\" = \"${{client_ip}}\" }} }}\n"
+            ),
+            "",
+        ),
+        &format!("{route}.http[0].request_headers.add.x-user"),
+        "an authentication service's answer fills this header",
+    );
+    // Another rule's auth copies it: dropped from this rule's requests too.
+    assert_one(
+        &l7(
+            &format!(
+                "[[listeners.routes.http]]\nname = \"own\"\npool = \"p\"\n\
+                 match = {{ path_prefix = \"/own\" }}\n{auth}\n\
+                 [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+                 request_headers = {{ set = {{ \"x-user\" = \"guest\" }} }}\n"
+            ),
+            "",
+        ),
+        &format!("{route}.http[1].request_headers.set.x-user"),
+        "an authentication service's answer fills this header",
+    );
+    load(&l7(
+        &format!(
+            "{auth}\nrequest_headers = {{ set = {{ \"x-team\" = \"a\" }} }}\n\
+             [[listeners.routes.http]]\nname = \"own\"\npool = \"p\"\n\
+             request_headers = {{ add = {{ \"x-user-name\" = \"b\" }} }}\n"
+        ),
+        "",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// `request_headers` and `response_headers` of a route and a rule: names
 /// lower-cased; framing, connection and weir's own headers refused with
 /// their key; values that could end a field refused; only on l7 routes.
@@ -2836,6 +2888,21 @@ fn header_rules_are_checked() {
             "response_headers.rename",
             "unknown key `rename`; expected one of `remove`, `set`, `add`",
         ),
+        (
+            "request_headers = { set = { \"x-real-ip\" = \"${client-ip}\" } }",
+            "request_headers.set.x-real-ip",
+            "`${client-ip}` is not a variable (known: client_ip, client_port,",
+        ),
+        (
+            "response_headers = { add = { \"x-a\" = \"id=${request_id\" } }",
+            "response_headers.add.x-a",
+            "the `${` at byte 3 has no closing `}`",
+        ),
+        (
+            "request_headers = { set = { \"x-backend\" = \"${backend}\" } }",
+            "request_headers.set.x-backend",
+            "`${backend}` is known only in `response_headers`",
+        ),
     ] {
         assert_one(
             &l7(&format!("{rules}\n{RULE}"), ""),
@@ -2844,9 +2911,12 @@ fn header_rules_are_checked() {
         );
     }
     // A response may set what a request may not (its own Host-like fields
-    // are the backend's to give).
+    // are the backend's to give), and name the backend that answered.
     load(&l7(
-        &format!("response_headers = {{ set = {{ \"x-request-id\" = \"fixed\" }} }}\n{RULE}"),
+        &format!(
+            "response_headers = {{ set = {{ \"x-request-id\" = \"fixed\", \
+             \"x-served-by\" = \"${{backend}} ($${{not}} $x)\" }} }}\n{RULE}"
+        ),
         "",
     ))
     .unwrap_or_else(|e| panic!("{e}"));
@@ -2943,7 +3013,7 @@ fn redirect_rules_are_checked() {
 }
 
 /// `strip_prefix` and `add_prefix` are paths in the normal form weir gives
-/// every request's path, and a redirect rule takes neither.
+/// every request's path; a redirect rule takes them for its URL's path.
 #[test]
 fn path_prefixes_are_checked() {
     let route = "listeners[0].routes[0]";
@@ -2975,13 +3045,50 @@ fn path_prefixes_are_checked() {
             "",
         );
     }
-    assert_one(
-        &l7(
-            "[[listeners.routes.http]]\nname = \"r\"\nredirect = { scheme = \"https\" }\n\
-             strip_prefix = \"/a\"\n",
-            "",
+    // With a redirect they move the path the client is sent to, which is
+    // then enough of a change by itself.
+    let cfg = load(&l7(
+        "[[listeners.routes.http]]\nname = \"moved\"\nmatch = { path_prefix = \"/old\" }\n\
+         redirect = { status = 308 }\nstrip_prefix = \"/old\"\nadd_prefix = \"/new\"\n",
+        "",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let RouteMode::L7(http) = &cfg.listeners[0].routes[0].mode else {
+        panic!("an l7 route");
+    };
+    assert_eq!(http.rules[0].strip_prefix.as_deref(), Some("/old"));
+}
+
+/// `retry_on_status`: 4xx and 5xx statuses, each once, kept sorted; none by
+/// default.
+#[test]
+fn retry_on_status_is_checked() {
+    let with = |list: &str| {
+        format!(
+            "{OK_LISTENER}{}",
+            OK_POOL.replace(
+                "name = \"p\"\n",
+                &format!("name = \"p\"\nretry_on_status = {list}\n")
+            )
+        )
+    };
+    let cfg = load(&with("[504, 502, 503]")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.pools[0].retry_on_status, [502, 503, 504]);
+    let cfg = load(&format!("{OK_LISTENER}{OK_POOL}")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(cfg.pools[0].retry_on_status.is_empty());
+    for (list, key, error) in [
+        (
+            "[200]",
+            "retry_on_status[0]",
+            "200 is out of range 400..=599",
         ),
-        &format!("{route}.http[0].strip_prefix"),
-        "a redirect rule forwards nothing",
-    );
+        (
+            "[503, 600]",
+            "retry_on_status[1]",
+            "600 is out of range 400..=599",
+        ),
+        ("[503, 503]", "retry_on_status[1]", "503 is listed twice"),
+    ] {
+        assert_one(&with(list), &format!("pools[0].{key}"), error);
+    }
 }

@@ -333,3 +333,50 @@ fn known_method(m: &http::Method) -> bool {
         "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "CONNECT" | "OPTIONS" | "TRACE" | "PATCH"
     )
 }
+
+/// What the variables of an operator's header values stand for: the
+/// exchange's facts, and how the client reached weir.
+pub(crate) struct Facts<'a> {
+    pub(crate) x: &'a Exchange,
+    pub(crate) scheme: &'static str,
+}
+
+impl crate::headers::Vars for Facts<'_> {
+    fn write(&self, var: weir_wire::template::Var, out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        use weir_wire::template::Var;
+        let x = self.x;
+        match var {
+            Var::ClientIp => {
+                let _ = write!(out, "{}", x.client.ip());
+            }
+            Var::ClientPort => {
+                let _ = write!(out, "{}", x.client.port());
+            }
+            Var::RequestId => out.extend_from_slice(bytes_of(&x.request_id)),
+            Var::Host => match x.uri.authority() {
+                Some(a) => out.extend_from_slice(a.as_str().as_bytes()),
+                None => out.extend_from_slice(bytes_of(&x.host)),
+            },
+            Var::Scheme => out.extend_from_slice(self.scheme.as_bytes()),
+            Var::Method => out.extend_from_slice(x.method.as_str().as_bytes()),
+            Var::Protocol => out.extend_from_slice(x.version.as_bytes()),
+            Var::Listener => out.extend_from_slice(x.listener.name.as_bytes()),
+            Var::Route => {
+                if let Some(r) = x.listener.routes.get(x.route) {
+                    out.extend_from_slice(r.name.as_bytes());
+                }
+            }
+            Var::Rule => out.extend_from_slice(x.rule.as_deref().unwrap_or("").as_bytes()),
+            Var::Backend => {
+                if let Some(b) = x.backend.as_ref().and_then(|(p, i)| p.backends.get(*i)) {
+                    out.extend_from_slice(b.name.as_bytes());
+                }
+            }
+        }
+    }
+}
+
+fn bytes_of(v: &Option<HeaderValue>) -> &[u8] {
+    v.as_ref().map_or(&[], HeaderValue::as_bytes)
+}

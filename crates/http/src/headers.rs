@@ -21,6 +21,7 @@ use http::header::{
     CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING,
     UPGRADE,
 };
+use weir_wire::template::{Piece, Var};
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -355,8 +356,50 @@ fn is_token_char(b: u8) -> bool {
 #[derive(Debug, Default)]
 pub struct HeaderOps {
     remove: Box<[HeaderName]>,
-    set: Box<[(HeaderName, HeaderValue)]>,
-    add: Box<[(HeaderName, HeaderValue)]>,
+    set: Box<[(HeaderName, Value)]>,
+    add: Box<[(HeaderName, Value)]>,
+}
+
+/// A value as written: fixed, or with variables filled in per message.
+#[derive(Debug)]
+enum Value {
+    Fixed(HeaderValue),
+    Template(Box<[Piece]>),
+}
+
+/// What the variables of a header value stand for, for one message.
+pub(crate) trait Vars {
+    /// Appends `var`'s value to `out`; nothing when it has none.
+    fn write(&self, var: Var, out: &mut Vec<u8>);
+}
+
+impl Value {
+    fn new(text: &str) -> Option<Value> {
+        let pieces = weir_wire::template::parse(text).ok()?;
+        match pieces.as_slice() {
+            [] => Some(Value::Fixed(HeaderValue::from_static(""))),
+            [Piece::Text(t)] => HeaderValue::from_str(t).ok().map(Value::Fixed),
+            _ => Some(Value::Template(pieces.into())),
+        }
+    }
+
+    /// The value for this message; `None` when what the variables hold
+    /// cannot be a header value.
+    fn make(&self, vars: &dyn Vars) -> Option<HeaderValue> {
+        match self {
+            Value::Fixed(v) => Some(v.clone()),
+            Value::Template(pieces) => {
+                let mut out = Vec::with_capacity(64);
+                for p in pieces {
+                    match p {
+                        Piece::Text(t) => out.extend_from_slice(t.as_bytes()),
+                        Piece::Var(v) => vars.write(*v, &mut out),
+                    }
+                }
+                HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
+            }
+        }
+    }
 }
 
 impl HeaderOps {
@@ -366,10 +409,7 @@ impl HeaderOps {
         let pairs = |list: &[(String, String)]| {
             list.iter()
                 .filter_map(|(n, v)| {
-                    Some((
-                        HeaderName::from_bytes(n.as_bytes()).ok()?,
-                        HeaderValue::from_str(v).ok()?,
-                    ))
+                    Some((HeaderName::from_bytes(n.as_bytes()).ok()?, Value::new(v)?))
                 })
                 .collect()
         };
@@ -385,15 +425,26 @@ impl HeaderOps {
     }
 
     /// Removes, then sets (replacing every field of the name), then adds.
-    pub fn apply(&self, headers: &mut HeaderMap) {
+    /// A value whose variables make no header value is left out (a `set`
+    /// still removes what came).
+    pub(crate) fn apply(&self, headers: &mut HeaderMap, vars: &dyn Vars) {
         for name in &self.remove {
             headers.remove(name);
         }
         for (name, value) in &self.set {
-            headers.insert(name.clone(), value.clone());
+            match value.make(vars) {
+                Some(v) => {
+                    headers.insert(name.clone(), v);
+                }
+                None => {
+                    headers.remove(name);
+                }
+            }
         }
         for (name, value) in &self.add {
-            headers.append(name.clone(), value.clone());
+            if let Some(v) = value.make(vars) {
+                headers.append(name.clone(), v);
+            }
         }
     }
 
@@ -434,7 +485,7 @@ mod tests {
                 http::HeaderValue::from_static(v),
             );
         }
-        ops.apply(&mut h);
+        ops.apply(&mut h, &NoVars);
         let all = |n: &str| {
             h.get_all(n)
                 .iter()
@@ -447,6 +498,57 @@ mod tests {
         assert_eq!(all("vary"), ["accept-encoding", "origin"]);
         assert_eq!(all("x-kept"), ["yes"]);
         assert!(super::HeaderOps::new(&weir_config::HeaderRules::default()).is_empty());
+    }
+
+    /// Variables a test names.
+    struct NoVars;
+    impl super::Vars for NoVars {
+        fn write(&self, _: weir_wire::template::Var, _: &mut Vec<u8>) {}
+    }
+
+    struct TestVars;
+    impl super::Vars for TestVars {
+        fn write(&self, var: weir_wire::template::Var, out: &mut Vec<u8>) {
+            use weir_wire::template::Var;
+            match var {
+                Var::ClientIp => out.extend_from_slice(b"192.0.2.7"),
+                Var::RequestId => out.extend_from_slice(b"abc"),
+                // What a client's host could be, were it not checked.
+                Var::Host => out.extend_from_slice(b"bad\r\nx-evil: 1"),
+                _ => {}
+            }
+        }
+    }
+
+    /// `${...}` is filled in per message, `$$` is a `$`, a variable without a
+    /// value is empty, and a value that cannot be a header leaves the field
+    /// out (a `set` still removes what came).
+    #[test]
+    fn variables_are_filled_in_per_message() {
+        let rules = weir_config::HeaderRules {
+            remove: vec![],
+            set: vec![
+                ("x-real-ip".into(), "${client_ip}".into()),
+                ("x-price".into(), "$$5".into()),
+                ("x-host".into(), "${host}".into()),
+            ],
+            add: vec![
+                ("x-trace".into(), "id=${request_id};rule=${rule}.".into()),
+                ("x-host".into(), "h=${host}".into()),
+            ],
+        };
+        let ops = super::HeaderOps::new(&rules);
+        let mut h = http::HeaderMap::new();
+        h.insert("x-real-ip", http::HeaderValue::from_static("10.0.0.1"));
+        h.insert("x-host", http::HeaderValue::from_static("came"));
+        ops.apply(&mut h, &TestVars);
+        assert_eq!(h["x-real-ip"], "192.0.2.7");
+        assert_eq!(h["x-price"], "$5");
+        assert_eq!(h["x-trace"], "id=abc;rule=.");
+        assert!(h.get("x-host").is_none(), "{h:?}");
+        let mut h = http::HeaderMap::new();
+        ops.apply(&mut h, &NoVars);
+        assert_eq!(h["x-real-ip"], "");
     }
 
     #[test]

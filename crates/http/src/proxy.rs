@@ -30,7 +30,7 @@ use weir_core::listener::Listener;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::errors;
-use crate::exchange::Exchange;
+use crate::exchange::{Exchange, Facts};
 use crate::headers::{self, Forwarding, X_REQUEST_ID};
 use crate::route::{RoutePool, RouteState, Slot};
 use crate::serve::ConnState;
@@ -215,7 +215,18 @@ pub(crate) fn handle(
             return Ok(refused(p, grpc, x));
         }
         if let Some(r) = &rule.redirect {
-            let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+            // The rule's prefixes move the path the client is sent to.
+            let moved = rule.rewrite.as_ref().map(|rw| {
+                let path = rw.apply(req.uri().path());
+                match req.uri().query() {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path,
+                }
+            });
+            let target = match &moved {
+                Some(t) => t.as_str(),
+                None => req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
+            };
             let Some(location) = r.location(cx.proto, name.as_deref(), target) else {
                 // No host to send the client to.
                 return Ok(answer(Reason::BadRequest, grpc, x));
@@ -284,11 +295,15 @@ pub(crate) fn handle(
             // The operator's changes come before weir's own headers, which
             // they cannot name (validation), and the authentication
             // service's, which they cannot override.
+            let facts = Facts {
+                x: &x,
+                scheme: cx.proto,
+            };
             if !state.request_headers.is_empty() {
-                state.request_headers.apply(&mut parts.headers);
+                state.request_headers.apply(&mut parts.headers, &facts);
             }
             if !rule.request_headers.is_empty() {
-                rule.request_headers.apply(&mut parts.headers);
+                rule.request_headers.apply(&mut parts.headers, &facts);
             }
             headers::set_forwarding(
                 &mut parts.headers,
@@ -345,7 +360,10 @@ pub(crate) fn handle(
             let req = Box::new(Request::from_parts(parts, body));
             (req, client_upgrade.is_some(), client_upgrade)
         };
-        match forward(&state, target, &cx, req, &mut x, upgrading).await {
+        // `timeouts.request`, from the request's head: bounds the attempts
+        // and then the response body.
+        let until = state.timeouts.request.map(|r| deadline(x.started, r));
+        match forward(&state, target, &cx, req, &mut x, upgrading, until).await {
             Ok((mut response, lease)) => {
                 if let Some(on) = client_upgrade
                     && response.status() == http::StatusCode::SWITCHING_PROTOCOLS
@@ -368,16 +386,19 @@ pub(crate) fn handle(
                     ));
                 }
                 headers::strip_hop_by_hop(response.headers_mut());
+                let facts = Facts {
+                    x: &x,
+                    scheme: cx.proto,
+                };
                 if !state.response_headers.is_empty() {
-                    state.response_headers.apply(response.headers_mut());
+                    state.response_headers.apply(response.headers_mut(), &facts);
                 }
                 if !rule.response_headers.is_empty() {
-                    rule.response_headers.apply(response.headers_mut());
+                    rule.response_headers.apply(response.headers_mut(), &facts);
                 }
                 let status = response.status().as_u16();
                 x.status = status;
                 let (parts, body) = response.into_parts();
-                let until = state.timeouts.request.map(|r| deadline(x.started, r));
                 let body = ResponseBody::upstream(
                     body,
                     state.timeouts.upstream_idle,
@@ -409,6 +430,7 @@ async fn forward(
     req: Box<Request<RequestBody>>,
     x: &mut Exchange,
     upgrading: bool,
+    until: Option<Instant>,
 ) -> Result<(Response<Incoming>, Lease), Reason> {
     let pool = &target.pool;
     let key = match pool.policy() {
@@ -421,9 +443,8 @@ async fn forward(
     let mut req = Some(req);
     let mut tried: Vec<usize> = Vec::new();
     let mut last = Reason::NoBackend;
-    // `timeouts.request`: no attempt starts past it, and none waits past it
-    // for a connection or an answer.
-    let until = state.timeouts.request.map(|r| deadline(x.started, r));
+    // `until`: no attempt starts past it, and none waits past it in the
+    // pool's queue, for a connection or for an answer.
     let too_late = |x: &Exchange| {
         if x.body.uploading.load(Relaxed) {
             Reason::IdleTimeout
@@ -431,13 +452,19 @@ async fn forward(
             Reason::UpstreamTimeout
         }
     };
-    for _ in 0..=pool.retries {
+    // `retry_on_status`: such a request's answer may be put aside for
+    // another backend's, so a copy of it is kept.
+    let status_retry = replayable && !pool.retry_on_status.is_empty();
+    for attempt in 0..=pool.retries {
         if until.is_some_and(|u| crate::clock::now() >= u) {
             return Err(too_late(x));
         }
-        let i = match pool.acquire(key, &tried).await {
+        let i = match pool.acquire(key, &tried, until).await {
             Ok(i) => i,
             Err(Reason::NoBackend) => break,
+            Err(Reason::QueueTimeout) if until.is_some_and(|u| Instant::now() >= u) => {
+                return Err(too_late(x));
+            }
             Err(reason) => {
                 last = reason;
                 break;
@@ -499,8 +526,8 @@ async fn forward(
         // connection that rested long enough for the backend to close it.
         // One used a moment ago is not closing, and a busy proxy pays
         // nothing.
-        let copy = (replayable && lease.reused && lease.rested >= RACE_REST)
-            .then(|| copy_bodiless(&request));
+        let race = replayable && lease.reused && lease.rested >= RACE_REST;
+        let mut copy = (race || status_retry).then(|| copy_bodiless(&request));
         let sent_at = crate::clock::now();
         let outcome = send(&mut lease, request, answer_by(sent_at, state, until)).await;
         let again = |request, failed| {
@@ -517,8 +544,8 @@ async fn forward(
             // The keep-alive race: the backend closed a kept-alive
             // connection as the request went out. Once, on a new one.
             Err(Sent::Not(request)) if lease.reused => again(request, &lease).await,
-            Err(Sent::Failed) if lease.reused && copy.is_some() => match copy {
-                Some(request) => again(request, &lease).await,
+            Err(Sent::Failed) if race => match &copy {
+                Some(request) => again(copy_bodiless(request), &lease).await,
                 None => Err(Sent::Failed),
             },
             other => other.map(|r| (r, lease)),
@@ -545,6 +572,24 @@ async fn forward(
                 }
                 b.stats.http_response(response.status().as_u16(), took);
                 pool.on_http_outcome(i, response.status().is_server_error());
+                // An answer the pool retries on, while another backend
+                // may give a better one: this one is dropped (its
+                // connection closed with it) and the copy goes there.
+                if status_retry
+                    && attempt < pool.retries
+                    && pool.retry_on_status.contains(&response.status().as_u16())
+                {
+                    tried.push(i);
+                    if pool.pick(key, &tried).is_some()
+                        && let Some(request) = copy.take()
+                    {
+                        drop(response);
+                        drop(lease);
+                        b.stats.http_retried.fetch_add(1, Relaxed);
+                        req = Some(request);
+                        continue;
+                    }
+                }
                 Ok((response, lease))
             }
             // Nothing of it reached this backend: another may take it.

@@ -3,7 +3,8 @@
 //! SNI and ALPN ([`client_hello`]), an HTTP/1 response as a health probe reads it
 //! ([`http1`]), the rules for host names ([`name`]), the normal form of an
 //! HTTP request's path ([`path`]), the W3C `traceparent` header
-//! ([`traceparent`]), and a DNS health check's query and answer ([`dns`],
+//! ([`traceparent`]), an operator's header value with variables
+//! ([`template`]), and a DNS health check's query and answer ([`dns`],
 //! encoded and decoded by hickory-proto).
 //!
 //! Everything here is pure: `&[u8]` in, values out. No tokio, no sockets, no clocks,
@@ -33,6 +34,7 @@ pub mod http1;
 pub mod name;
 pub mod path;
 pub mod proxy;
+pub mod template;
 pub mod traceparent;
 
 mod crc32c;

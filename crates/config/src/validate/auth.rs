@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::Checker;
+use super::http::FRAMING_HEADERS;
 use crate::model::{Auth, AuthFailure};
 use crate::raw::RawAuth;
 
@@ -18,19 +19,6 @@ const DEFAULT_BREAKER_OPEN: Duration = Duration::from_secs(30);
 /// `failure = "allow"`, let everyone through.
 const DEFAULT_MAX_CALLS: u32 = 256;
 
-/// Headers of a message's framing, connection or target: never asked for
-/// nor copied by forward authentication.
-const FRAMING: [&str; 9] = [
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "upgrade",
-    "expect",
-];
 impl Checker {
     pub(super) fn auth(&mut self, path: &str, raw: &RawAuth) -> Auth {
         let (host, port, target) = match split_url(&raw.url) {
@@ -57,7 +45,10 @@ impl Checker {
                             format!("{path}.{key}[{i}]"),
                             format!("{h:?} is not a header name"),
                         );
-                    } else if FRAMING.contains(&lower.as_str()) {
+                    } else if FRAMING_HEADERS.contains(&lower.as_str())
+                        || lower == "host"
+                        || lower == "expect"
+                    {
                         // Copied into the upstream request or the question,
                         // such a header would decide its framing, its
                         // connection or its target, not say who the client is.

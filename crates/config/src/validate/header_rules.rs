@@ -1,24 +1,16 @@
 //! `request_headers` and `response_headers` of an l7 route or rule: headers
-//! removed, set (replacing what came) and added, with fixed values.
+//! removed, set (replacing what came) and added; values may carry
+//! variables (`${client_ip}`, see `weir_wire::template`).
+
+use weir_wire::template::{Piece, Var};
 
 use super::Checker;
+use super::http::FRAMING_HEADERS;
 use crate::model::HeaderRules;
 use crate::raw::RawHeaderRules;
 
 /// The longest value a rule may give a header.
 const MAX_VALUE: usize = 8 * 1024;
-
-/// Headers of a message's framing and connection: hyper and weir set them.
-const FRAMING: [&str; 8] = [
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "upgrade",
-    "trailer",
-];
 
 /// Request headers weir vouches for or routes by (see `forwarded`).
 const REQUEST_OWN: [&str; 7] = [
@@ -71,7 +63,7 @@ impl Checker {
             let lower = h.to_ascii_lowercase();
             if h.is_empty() || !h.bytes().all(super::http::is_tchar) {
                 cx.push(key, format!("{h:?} is not a header name"));
-            } else if FRAMING.contains(&lower.as_str())
+            } else if FRAMING_HEADERS.contains(&lower.as_str())
                 || (side == Side::Request && REQUEST_OWN.contains(&lower.as_str()))
             {
                 cx.push(
@@ -102,6 +94,20 @@ impl Checker {
                 );
             } else if v.len() > MAX_VALUE {
                 cx.push(key, format!("longer than {MAX_VALUE} bytes"));
+            } else {
+                match weir_wire::template::parse(v) {
+                    Err(e) => cx.push(key, e.to_string()),
+                    Ok(pieces) => {
+                        let backend = Piece::Var(Var::Backend);
+                        if side == Side::Request && pieces.contains(&backend) {
+                            cx.push(
+                                key,
+                                "`${backend}` is known only in `response_headers`: \
+                                 the backend is picked after a request's headers are set",
+                            );
+                        }
+                    }
+                }
             }
         };
         let remove = raw

@@ -76,10 +76,10 @@ impl Checker {
                 .pool
                 .as_ref()
                 .map(|p| self.pool_ref(&format!("{rule_path}.pool"), p, pools));
-            let redirect = r
-                .redirect
-                .as_ref()
-                .map(|d| self.redirect(&format!("{rule_path}.redirect"), d));
+            let redirect = r.redirect.as_ref().map(|d| {
+                let moves_path = r.strip_prefix.is_some() || r.add_prefix.is_some();
+                self.redirect(&format!("{rule_path}.redirect"), d, moves_path)
+            });
             match (&r.pool, &r.redirect) {
                 (None, None) => self.push(
                     format!("{rule_path}.pool"),
@@ -96,8 +96,6 @@ impl Checker {
                 // vet a forwarded request has nothing to act on.
                 for (key, given) in [
                     ("auth", r.auth.is_some()),
-                    ("strip_prefix", r.strip_prefix.is_some()),
-                    ("add_prefix", r.add_prefix.is_some()),
                     ("request_headers", r.request_headers.is_some()),
                     ("response_headers", r.response_headers.is_some()),
                 ] {
@@ -238,7 +236,7 @@ impl Checker {
             raw.request_headers.as_ref(),
             raw.response_headers.as_ref(),
         );
-        HttpRoute {
+        let route = HttpRoute {
             request_headers,
             response_headers,
             tls,
@@ -254,6 +252,45 @@ impl Checker {
                 .auth
                 .as_ref()
                 .map(|a| self.auth(&format!("{path}.auth"), a)),
+        };
+        self.copied_headers_not_set(path, &route);
+        route
+    }
+
+    /// The headers the authentication services' answers fill (the
+    /// `copy_headers` of every `auth` of the route: weir drops them from
+    /// every request on it) carry only what a service gave: a
+    /// `request_headers` value for one would be dropped without a word, so
+    /// the load says so.
+    fn copied_headers_not_set(&mut self, path: &str, route: &HttpRoute) {
+        let copied: Vec<&String> = route
+            .auth
+            .iter()
+            .chain(route.rules.iter().filter_map(|r| r.auth.as_ref()))
+            .flat_map(|a| &a.copy_headers)
+            .collect();
+        if copied.is_empty() {
+            return;
+        }
+        let mut clashes = Vec::new();
+        let mut check = |rules: &crate::model::HeaderRules, at: String| {
+            let named = rules.set.iter().map(|(n, _)| ("set", n));
+            for (op, n) in named.chain(rules.add.iter().map(|(n, _)| ("add", n))) {
+                if copied.contains(&n) {
+                    clashes.push(format!("{at}.request_headers.{op}.{n}"));
+                }
+            }
+        };
+        check(&route.request_headers, path.to_owned());
+        for (i, rule) in route.rules.iter().enumerate() {
+            check(&rule.request_headers, format!("{path}.http[{i}]"));
+        }
+        for key in clashes {
+            self.push(
+                key,
+                "an authentication service's answer fills this header (`copy_headers` of \
+                 an `auth` of this route), replacing any other value: name another header",
+            );
         }
     }
 
@@ -322,8 +359,9 @@ impl Checker {
         Some(p.clone())
     }
 
-    /// `redirect = { scheme, host, port, status }` of a rule.
-    fn redirect(&mut self, path: &str, raw: &RawRedirect) -> Redirect {
+    /// `redirect = { scheme, host, port, status }` of a rule; `moves_path`:
+    /// the rule's `strip_prefix` or `add_prefix` change the URL's path.
+    fn redirect(&mut self, path: &str, raw: &RawRedirect, moves_path: bool) -> Redirect {
         let scheme = raw.scheme.as_ref().and_then(|s| match s.as_str() {
             "http" | "https" => Some(s.clone()),
             _ => {
@@ -357,11 +395,12 @@ impl Checker {
         let port = raw
             .port
             .map(|p| self.int(&format!("{path}.port"), Some(p), 1u16, 1, Some(65535)));
-        if raw.scheme.is_none() && raw.host.is_none() && raw.port.is_none() {
+        if raw.scheme.is_none() && raw.host.is_none() && raw.port.is_none() && !moves_path {
             self.push(
                 path,
-                "give at least one of `scheme`, `host` and `port`: a redirect to the \
-                 request's own URL would send the client back here",
+                "give at least one of `scheme`, `host` and `port` (or the rule's \
+                 `strip_prefix` or `add_prefix`): a redirect to the request's own URL \
+                 would send the client back here",
             );
         }
         let status = self.int(
@@ -471,6 +510,19 @@ impl Checker {
 }
 
 /// A character of an HTTP token (RFC 9110 §5.6.2): method and header names.
+/// Headers of a message's framing and connection: hyper and weir set them,
+/// so no operator rule or forward-auth copy may name them.
+pub(super) const FRAMING_HEADERS: [&str; 8] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "upgrade",
+    "trailer",
+];
+
 pub(super) fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }

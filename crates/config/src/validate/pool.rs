@@ -10,7 +10,7 @@ use crate::model::{
     Backend, BackendAddress, HashKey, Health, HttpProtocol, Listener, Outlier, Policy, Pool,
     RouteMode,
 };
-use crate::raw::{RawBackend, RawPool};
+use crate::raw::{Int, RawBackend, RawPool};
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_RETRIES: i64 = 100;
@@ -59,6 +59,17 @@ impl Checker {
         let retries = raw
             .retries
             .map(|r| self.int(&format!("{path}.retries"), Some(r), 0, 0, Some(MAX_RETRIES)));
+        let mut retry_on_status: Vec<u16> = Vec::new();
+        for (i, code) in raw.retry_on_status.iter().flatten().enumerate() {
+            let at = format!("{path}.retry_on_status[{i}]");
+            let code = self.int(&at, Some(Int(code.0)), 0u16, 400, Some(599));
+            if retry_on_status.contains(&code) {
+                self.push(at, format!("{code} is listed twice"));
+            } else if code != 0 {
+                retry_on_status.push(code);
+            }
+        }
+        retry_on_status.sort_unstable();
         let drain_timeout = self.timeout(
             &format!("{path}.drain_timeout"),
             raw.drain_timeout.as_deref(),
@@ -121,6 +132,7 @@ impl Checker {
             hash_key,
             connect_timeout,
             retries,
+            retry_on_status,
             drain_timeout,
             close_on_down: raw.close_on_down.unwrap_or(false),
             protocol,

@@ -156,6 +156,18 @@ fn http<'a>(w: &mut Writer, backends: impl Iterator<Item = (&'a Pool, &'a Backen
         }
     }
     w.family(
+        "weir_backend_http_retried",
+        Kind::Counter,
+        "Answers of the backend put aside to try the request on another backend (retry_on_status).",
+    );
+    for (p, b) in backends.clone() {
+        w.sample(
+            "weir_backend_http_retried_total",
+            &id(p, b),
+            b.stats.http_retried.load(Relaxed),
+        );
+    }
+    w.family(
         "weir_backend_http_requests_active",
         Kind::Gauge,
         "HTTP requests in flight to the backend (the load least_conn counts).",

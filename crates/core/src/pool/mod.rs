@@ -73,6 +73,9 @@ pub struct Pool {
     pub connect_timeout: Duration,
     /// Other backends tried when a connect fails (`u32::MAX`: all of them).
     pub retries: u32,
+    /// Answers of these statuses (sorted) send an idempotent, bodiless l7
+    /// request to another backend, within `retries`.
+    pub retry_on_status: Box<[u16]>,
     pub hash_key: config::HashKey,
     pub drain_timeout: Duration,
     pub close_on_down: bool,
@@ -268,6 +271,7 @@ impl Pool {
             name: cfg.name.clone(),
             connect_timeout: cfg.connect_timeout,
             retries: cfg.retries.unwrap_or(u32::MAX),
+            retry_on_status: cfg.retry_on_status.clone().into(),
             hash_key: cfg.hash_key,
             drain_timeout: cfg.drain_timeout,
             close_on_down: cfg.close_on_down,

@@ -231,8 +231,15 @@ impl Pool {
     /// Picks a backend for `key` (never one of `tried`) and takes one of its
     /// slots, waiting in the queue while every serving backend is full. The
     /// slot is the caller's until [`Pool::release`]. Fails with `NoBackend`
-    /// when none serves, `QueueFull` or `QueueTimeout`.
-    pub async fn acquire(self: &Arc<Self>, key: u64, tried: &[usize]) -> Result<usize, Reason> {
+    /// when none serves, `QueueFull` or `QueueTimeout`; a wait in the queue
+    /// ends at `queue_timeout` or at `until` (the request's own deadline),
+    /// whichever comes first.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        key: u64,
+        tried: &[usize],
+        until: Option<Instant>,
+    ) -> Result<usize, Reason> {
         if !self.limited {
             let i = self.pick(key, tried).ok_or(Reason::NoBackend)?;
             if let Some(b) = self.backends.get(i) {
@@ -242,11 +249,17 @@ impl Pool {
         }
         // Boxed: waiting is the rare path, and every connection's task would
         // carry its state (a timer, a channel) otherwise.
-        Box::pin(self.acquire_limited(key, tried)).await
+        Box::pin(self.acquire_limited(key, tried, until)).await
     }
 
-    async fn acquire_limited(self: &Arc<Self>, key: u64, tried: &[usize]) -> Result<usize, Reason> {
-        let deadline = Instant::now() + self.queue_timeout;
+    async fn acquire_limited(
+        self: &Arc<Self>,
+        key: u64,
+        tried: &[usize],
+        until: Option<Instant>,
+    ) -> Result<usize, Reason> {
+        let own = Instant::now() + self.queue_timeout;
+        let deadline = until.map_or(own, |u| u.min(own));
         let queued_at = Instant::now();
         let mut queued = false;
         // What the queue must not hand this waiter: it would hand it back.

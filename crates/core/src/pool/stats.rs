@@ -81,6 +81,8 @@ pub struct BackendStats {
     pub http_responses: [AtomicU64; 5],
     /// From a request sent to the backend to its response header.
     pub http_response_duration: Histogram,
+    /// Answers put aside for another backend's (`retry_on_status`).
+    pub http_retried: AtomicU64,
     /// Pooled HTTP connections to the backend, idle and in use.
     pub upstream_idle: AtomicI64,
     pub upstream_active: AtomicI64,
@@ -129,6 +131,7 @@ impl Default for BackendStats {
             http_requests_active: AtomicI64::new(0),
             http_responses: Default::default(),
             http_response_duration: Histogram::new(crate::listener::REQUEST_SECONDS),
+            http_retried: AtomicU64::new(0),
             upstream_idle: AtomicI64::new(0),
             upstream_active: AtomicI64::new(0),
             upstream_events: Default::default(),

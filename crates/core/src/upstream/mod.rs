@@ -99,7 +99,7 @@ pub(crate) async fn connect(up: &Upstream, client: &Client) -> Result<(usize, St
     for _ in 0..=pool.retries {
         // With a slot taken: the caller gives it back when the connection
         // ends ([`crate::pool::SlotGuard`]).
-        let i = match pool.acquire(key, &tried).await {
+        let i = match pool.acquire(key, &tried, None).await {
             Ok(i) => i,
             Err(Reason::NoBackend) => break,
             Err(reason) => {

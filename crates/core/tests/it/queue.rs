@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use weir_core::Reason;
 use weir_core::pool::QueueResult;
 
 use crate::common::{addr, named_backend, start, wait_until, within};
@@ -143,11 +144,7 @@ async fn a_full_backend_queues_connections_and_serves_them_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_gives_up_after_queue_timeout() {
     let (backend, seen) = recording_echo().await;
-    let toml = format!(
-        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
-         [[pools]]\nname = \"p\"\nqueue_timeout = \"300ms\"\nmax_connections_per_backend = 1\n\
-         [[pools.backends]]\nname = \"a\"\naddress = \"{backend}\"\n"
-    );
+    let toml = one_slot(backend, "300ms");
     let server = start(&toml).await;
     let front = addr(&server, "l");
     let pool = server.pool("p").expect("p");
@@ -235,17 +232,13 @@ async fn balancing_passes_over_a_full_backend_while_another_has_room() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_granted_to_a_waiter_that_went_passes_to_the_next() {
     let backend = named_backend("a").await;
-    let toml = format!(
-        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
-         [[pools]]\nname = \"p\"\nqueue_timeout = \"30s\"\nmax_connections_per_backend = 1\n\
-         [[pools.backends]]\nname = \"a\"\naddress = \"{backend}\"\n"
-    );
+    let toml = one_slot(backend, "30s");
     let server = start(&toml).await;
     let pool = server.pool("p").expect("p");
-    let held = pool.acquire(1, &[]).await.expect("the free slot");
+    let held = pool.acquire(1, &[], None).await.expect("the free slot");
 
     // The first waiter queues (one poll) and is then left unpolled.
-    let mut first = Box::pin(pool.acquire(2, &[]));
+    let mut first = Box::pin(pool.acquire(2, &[], None));
     assert!(
         tokio::time::timeout(Duration::ZERO, &mut first)
             .await
@@ -254,7 +247,7 @@ async fn a_slot_granted_to_a_waiter_that_went_passes_to_the_next() {
     );
     let second = tokio::spawn({
         let pool = Arc::clone(&pool);
-        async move { pool.acquire(3, &[]).await }
+        async move { pool.acquire(3, &[], None).await }
     });
     wait_until("both queued", || pool.queue.depth() == 2).await;
 
@@ -320,4 +313,33 @@ async fn a_retry_waits_without_being_offered_the_backend_that_failed_it() {
         .expect("read");
     assert_eq!(&name, b"b");
     assert_eq!(pool.queue.results(QueueResult::Served), 1);
+}
+
+/// A request's own deadline ends its wait in the queue before the pool's
+/// `queue_timeout` does, and its place is given up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_in_the_queue_ends_at_the_callers_deadline() {
+    let backend = named_backend("a").await;
+    let toml = one_slot(backend, "30s");
+    let server = start(&toml).await;
+    let pool = server.pool("p").expect("p");
+    let held = pool.acquire(1, &[], None).await.expect("the free slot");
+    let began = tokio::time::Instant::now();
+    let until = began + Duration::from_millis(300);
+    let waited = within("the deadline", pool.acquire(2, &[], Some(until))).await;
+    assert_eq!(waited, Err(Reason::QueueTimeout));
+    assert!(began.elapsed() >= Duration::from_millis(300));
+    assert_eq!(pool.queue.depth(), 0, "the place is given up");
+    pool.release(held);
+    assert_eq!(pool.backends[0].slots_in_use(), 0);
+}
+
+/// A listener in front of pool `p`, whose one backend `a` takes one
+/// connection at a time; waiters give up after `queue_timeout`.
+fn one_slot(backend: SocketAddr, queue_timeout: &str) -> String {
+    format!(
+        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\nqueue_timeout = \"{queue_timeout}\"\nmax_connections_per_backend = 1\n\
+         [[pools.backends]]\nname = \"a\"\naddress = \"{backend}\"\n"
+    )
 }

@@ -61,6 +61,20 @@ pub(crate) fn wait_connectable(addr: SocketAddr) {
     }
 }
 
+/// nginx with one server whose `location /` does `location` (nginx
+/// directives, e.g. `return 200 "$request_uri\n";`), ready for connections.
+fn nginx_doing(tag: &str, location: &str) -> (Running, SocketAddr) {
+    let dir = test_dir(tag);
+    let at = free_port();
+    let nginx = start_nginx(
+        &dir,
+        &format!("server {{ listen {at}; location / {{ {location} }} }}"),
+    )
+    .with(dir);
+    wait_connectable(at);
+    (nginx, at)
+}
+
 /// nginx with two servers that echo what weir sent them.
 fn echoing_nginx(tag: &str) -> (Running, SocketAddr, SocketAddr) {
     let dir = test_dir(tag);
@@ -3677,18 +3691,11 @@ fn a_stream_past_max_concurrent_streams_is_refused() {
 /// backend's, added after theirs.
 #[test]
 fn operator_header_rules_change_requests_and_responses() {
-    let dir = test_dir("header-rules");
-    let port = free_port();
-    let _nginx = start_nginx(
-        &dir,
-        &format!(
-            "server {{ listen {port}; location / {{ add_header X-Powered-By php; \
-             add_header Vary accept-encoding; \
-             return 200 \"env=$http_x_env debug=$http_x_debug team=$http_x_team\\n\"; }} }}"
-        ),
+    let (_nginx, port) = nginx_doing(
+        "header-rules",
+        "add_header X-Powered-By php; add_header Vary accept-encoding; \
+         return 200 \"env=$http_x_env debug=$http_x_debug team=$http_x_team\\n\";",
     );
-    let _nginx = _nginx.with(dir);
-    wait_connectable(port);
     let front = free_port();
     let (_weir, _out) = start(
         "header-rules",
@@ -3746,10 +3753,158 @@ fn operator_header_rules_change_requests_and_responses() {
     }
 }
 
+/// Header values with variables: what nginx gets carries the client's
+/// address, the host, scheme, method, protocol and the names of the
+/// listener, route and rule; the client's answer names the backend and
+/// echoes the request id the access log has, over HTTP/1.1 and h2c.
+#[test]
+fn header_values_carry_the_requests_facts() {
+    let (_nginx, port) = nginx_doing(
+        "header-vars",
+        "return 200 \"real=$http_x_real_ip via=$http_x_via\\n\";",
+    );
+    let front = free_port();
+    let (_weir, out) = start(
+        "header-vars",
+        &format!(
+            "[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             request_headers = {{ set = {{ \"X-Real-IP\" = \"${{client_ip}}\" }} }}\n\
+             response_headers = {{ set = {{ \"X-Request-Id\" = \"${{request_id}}\", \
+                                   \"X-Client\" = \"${{client_ip}}:${{client_port}}\" }} }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             request_headers = {{ add = {{ \"X-Via\" = \
+               \"${{scheme}}://${{host}} ${{method}} ${{protocol}} ${{listener}}/${{route}}/${{rule}} $$5\" }} }}\n\
+             response_headers = {{ add = {{ \"X-Served-By\" = \"${{backend}}\" }} }}\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\nname = \"nginx-1\"\naddress = \"{port}\"\n"
+        ),
+    );
+    for (version, protocol) in [
+        ("--http1.1", "HTTP/1.1"),
+        ("--http2-prior-knowledge", "HTTP/2"),
+    ] {
+        let path = format!("/vars{}", &version[2..7]);
+        let (status, text, _) = curl(
+            &[
+                "-i",
+                version,
+                "-H",
+                "X-Real-IP: 203.0.113.9",
+                "-H",
+                "X-Request-Id: mine",
+            ],
+            &format!("http://{front}{path}"),
+        );
+        assert_eq!(status, 200, "{version}: {text}");
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("{version}: {text}"));
+        let field = |name: &str| {
+            head.lines()
+                .filter_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            body.trim(),
+            format!("real=127.0.0.1 via=http://{front} GET {protocol} web/app/all $5"),
+            "{version}"
+        );
+        assert_eq!(field("x-served-by"), ["nginx-1"], "{version}");
+        let line = access_line(&out, &path);
+        let id = line["request_id"].as_str().expect("an id").to_owned();
+        assert_ne!(id, "mine", "an untrusted client's id is replaced");
+        assert_eq!(field("x-request-id"), [id], "{version}");
+        let client = field("x-client");
+        assert!(
+            client.len() == 1 && client[0].starts_with("127.0.0.1:"),
+            "{version}: {client:?}"
+        );
+        assert!(client[0][10..].parse::<u16>().is_ok(), "{client:?}");
+    }
+}
+
+/// `retry_on_status`: a GET answered 503 by one backend is tried on the
+/// next, and the client gets the other's answer; a POST is never sent
+/// twice and gets the 503; when every backend answers 503 the client gets
+/// the last one (the backend's own body, not weir's); a pool without the
+/// key passes the 503 on. Counted per backend.
+#[test]
+fn answers_a_pool_retries_on_go_to_another_backend() {
+    let (_nginx, busy) = nginx_doing("retry-on-status", "return 503 \"busy\\n\";");
+    let good = raw_backend(None, Duration::ZERO);
+    let (front, admin) = (free_port(), free_port());
+    let (_weir, out) = start(
+        "retry-on-status",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"plain\"\npool = \"plain\"\n\
+             match = {{ path_prefix = \"/plain\" }}\n\
+             [[listeners.routes.http]]\nname = \"dead\"\npool = \"dead\"\n\
+             match = {{ path_prefix = \"/dead\" }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\nretry_on_status = [502, 503]\n\
+             [[pools.backends]]\nname = \"busy\"\naddress = \"{busy}\"\n\
+             [[pools.backends]]\nname = \"good\"\naddress = \"{0}\"\n\
+             [[pools]]\nname = \"plain\"\n\
+             [[pools.backends]]\nname = \"busy\"\naddress = \"{busy}\"\n\
+             [[pools.backends]]\nname = \"good\"\naddress = \"{0}\"\n\
+             [[pools]]\nname = \"dead\"\nretry_on_status = [503]\n\
+             [[pools.backends]]\nname = \"busy-1\"\naddress = \"{busy}\"\n\
+             [[pools.backends]]\nname = \"busy-2\"\naddress = \"{busy}\"\n",
+            good.addr
+        ),
+    );
+    let send = |args: &[&str], path: &str| {
+        let (status, body, _) = curl(args, &format!("http://{front}{path}"));
+        (status, body)
+    };
+    for n in 0..6 {
+        let path = format!("/get-{n}");
+        let (status, body) = send(&[], &path);
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(access_line(&out, &path)["backend"], "good");
+    }
+    let retried = |backend: &str| {
+        metric(
+            admin,
+            &format!("weir_backend_http_retried_total{{pool=\"p\",backend=\"{backend}\"}}"),
+        )
+    };
+    assert!(retried("busy") >= 1.0, "{}", retried("busy"));
+    assert_eq!(retried("good"), 0.0);
+    // Never twice for a POST: half of them meet the busy backend.
+    let posts: Vec<(u16, String)> = (0..4)
+        .map(|n| send(&["-X", "POST", "-d", "x=1"], &format!("/post-{n}")))
+        .collect();
+    assert!(posts.iter().any(|(s, _)| *s == 503), "{posts:?}");
+    for (status, body) in &posts {
+        assert!(*status == 200 || body == "busy", "{posts:?}");
+    }
+    // Every backend busy: the last one's answer.
+    assert_eq!(send(&[], "/dead/x"), (503, "busy".to_owned()));
+    let line = access_line(&out, "/dead/x");
+    assert_eq!(
+        (&line["status"], &line["reason"]),
+        (&serde_json::json!(503), &serde_json::json!("completed")),
+        "{line}"
+    );
+    // Without the key the 503 passes.
+    let plain: Vec<u16> = (0..4)
+        .map(|n| send(&[], &format!("/plain/{n}")).0)
+        .collect();
+    assert!(plain.contains(&503) && plain.contains(&200), "{plain:?}");
+}
+
 /// A rule's `redirect` answers with the request's own URL, its scheme, host
-/// or port replaced: on a route with no pool at all (a clear-text
-/// listener sending everyone to HTTPS) and beside rules that forward,
-/// over HTTP/1.1 and h2c.
+/// or port replaced or its path moved by the rule's prefixes: on a route
+/// with no pool at all (a clear-text listener sending everyone to HTTPS)
+/// and beside rules that forward, over HTTP/1.1 and h2c.
 #[test]
 fn redirect_rules_answer_with_the_new_url() {
     let backend = raw_backend(None, Duration::ZERO);
@@ -3767,6 +3922,9 @@ fn redirect_rules_answer_with_the_new_url() {
              [[listeners.routes.http]]\nname = \"moved\"\n\
              match = {{ host = [\"old.example\"] }}\n\
              redirect = {{ host = \"new.example\", port = 8443, scheme = \"https\", status = 308 }}\n\
+             [[listeners.routes.http]]\nname = \"renamed\"\n\
+             match = {{ path_prefix = \"/shop\" }}\nredirect = {{ status = 302 }}\n\
+             strip_prefix = \"/shop\"\nadd_prefix = \"/store\"\n\
              [[listeners.routes.http]]\nname = \"rest\"\npool = \"p\"\n\
              [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n",
             backend.addr
@@ -3799,6 +3957,12 @@ fn redirect_rules_answer_with_the_new_url() {
             "{version}"
         );
         assert_eq!(head(mixed, "app.example", "/x").0, 200, "{version}");
+        // The rule's prefixes move the path; the query stays.
+        assert_eq!(
+            head(mixed, "app.example", "/shop/cart?item=7"),
+            (302, "http://app.example/store/cart?item=7".to_owned()),
+            "{version}"
+        );
         // The route's policies come first: refused, not redirected.
         assert_eq!(head(plain, "app.example", "/admin/x"), (403, String::new()));
     }
@@ -3826,16 +3990,7 @@ fn redirect_rules_answer_with_the_new_url() {
 /// client asked for; other rules' paths are untouched.
 #[test]
 fn path_prefixes_are_stripped_and_added_for_the_backend() {
-    let dir = test_dir("path-rewrite");
-    let nginx_at = free_port();
-    let nginx = start_nginx(
-        &dir,
-        &format!(
-            "server {{ listen {nginx_at}; location / {{ return 200 \"$request_uri\\n\"; }} }}"
-        ),
-    )
-    .with(dir);
-    wait_connectable(nginx_at);
+    let (nginx, nginx_at) = nginx_doing("path-rewrite", "return 200 \"$request_uri\\n\";");
     let front = free_port();
     let (_weir, out) = start(
         "path-rewrite",
@@ -3873,13 +4028,16 @@ fn path_prefixes_are_stripped_and_added_for_the_backend() {
 /// its answer, whatever the other timeouts allow: a backend that answers
 /// after 3 s gets the client a 504 after 1 s (`upstream_response` is 60 s),
 /// and a body whose pieces keep coming 100 ms apart (well inside
-/// `upstream_idle`) is cut at 1 s, like one that stopped coming; both
-/// logged as `upstream_timeout`.
+/// `upstream_idle`) is cut at 1 s, like one that stopped coming; a request
+/// waiting in a full pool's queue (`queue_timeout` 30 s) gets its 504 at
+/// 1 s too; all logged as `upstream_timeout`.
 #[test]
 fn the_request_timeout_bounds_the_whole_answer() {
     let slow = raw_backend(None, Duration::from_secs(3));
     let (paced, _) = pausing_backend();
     let front = free_port();
+    // A listener without the deadline, to fill the queued pool.
+    let filler = free_port();
     let (_weir, out) = start(
         "request-timeout",
         &format!(
@@ -3889,8 +4047,15 @@ fn the_request_timeout_bounds_the_whole_answer() {
              timeouts = {{ request = \"1s\" }}\n\
              [[listeners.routes.http]]\nname = \"slow\"\npool = \"slow\"\n\
              match = {{ path_prefix = \"/slow\" }}\n\
+             [[listeners.routes.http]]\nname = \"queued\"\npool = \"queued\"\n\
+             match = {{ path_prefix = \"/queued\" }}\n\
              [[listeners.routes.http]]\nname = \"paced\"\npool = \"paced\"\n\
-             [[pools]]\nname = \"slow\"\n[[pools.backends]]\naddress = \"{}\"\n\
+             [[listeners]]\nname = \"filler\"\nbind = \"{filler}\"\n\
+             [[listeners.routes]]\nname = \"fill\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"queued\"\n\
+             [[pools]]\nname = \"slow\"\n[[pools.backends]]\naddress = \"{0}\"\n\
+             [[pools]]\nname = \"queued\"\nqueue_timeout = \"30s\"\n\
+             max_connections_per_backend = 1\n[[pools.backends]]\naddress = \"{0}\"\n\
              [[pools]]\nname = \"paced\"\n[[pools.backends]]\naddress = \"{paced}\"\n",
             slow.addr
         ),
@@ -3904,6 +4069,27 @@ fn the_request_timeout_bounds_the_whole_answer() {
         "{took:?}"
     );
     assert_eq!(access_line(&out, "/slow")["reason"], "upstream_timeout");
+
+    // The filler holds the queued pool's one slot for 3 s.
+    let held = std::thread::spawn(move || raw_get(filler, "/fill", ""));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slow.requests.load(SeqCst) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the filler never reached the backend"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let began = Instant::now();
+    let (status, _, body) = raw_get(front, "/queued", "");
+    let took = began.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+    assert_eq!(access_line(&out, "/queued")["reason"], "upstream_timeout");
+    assert_eq!(held.join().expect("filler").0, 200);
 
     for path in ["/paced", "/stall-length"] {
         let began = Instant::now();
