@@ -571,6 +571,9 @@ pub struct HeaderRules {
     pub set: Vec<(String, String)>,
     /// (lower-case name, value): one more field, after those that came.
     pub add: Vec<(String, String)>,
+    /// `response_headers` only: also on weir's own answers (its errors,
+    /// refusals and redirects), not only on the backends' responses.
+    pub always: bool,
 }
 
 impl HeaderRules {

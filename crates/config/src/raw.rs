@@ -276,6 +276,7 @@ pub(crate) struct RawHeaderRules {
     pub(crate) set: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub(crate) add: std::collections::BTreeMap<String, String>,
+    pub(crate) always: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

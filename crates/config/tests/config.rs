@@ -2852,6 +2852,19 @@ fn header_rules_are_checked() {
     );
     assert!(http.rules[0].request_headers.is_empty());
     assert_eq!(http.rules[0].response_headers.remove, ["server"]);
+    assert!(!http.response_headers.always && !http.rules[0].response_headers.always);
+    // `always`: weir's own answers get them too; a redirect is one.
+    let cfg = load(&l7(
+        "response_headers = { set = { \"x-a\" = \"1\" }, always = true }\n\
+         [[listeners.routes.http]]\nname = \"away\"\nredirect = { scheme = \"https\" }\n\
+         response_headers = { set = { \"cache-control\" = \"no-store\" }, always = true }\n",
+        "",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let RouteMode::L7(http) = &cfg.listeners[0].routes[0].mode else {
+        panic!("an l7 route");
+    };
+    assert!(http.response_headers.always && http.rules[0].response_headers.always);
     for (rules, key, error) in [
         (
             "request_headers = { set = { \"X-Forwarded-For\" = \"1.2.3.4\" } }",
@@ -2886,7 +2899,7 @@ fn header_rules_are_checked() {
         (
             "response_headers = { rename = [\"x\"] }",
             "response_headers.rename",
-            "unknown key `rename`; expected one of `remove`, `set`, `add`",
+            "unknown key `rename`; expected one of `remove`, `set`, `add`, `always`",
         ),
         (
             "request_headers = { set = { \"x-real-ip\" = \"${client-ip}\" } }",
@@ -2902,6 +2915,16 @@ fn header_rules_are_checked() {
             "request_headers = { set = { \"x-backend\" = \"${backend}\" } }",
             "request_headers.set.x-backend",
             "`${backend}` is known only in `response_headers`",
+        ),
+        (
+            "request_headers = { set = { \"x-a\" = \"1\" }, always = true }",
+            "request_headers.always",
+            "only `response_headers` take it",
+        ),
+        (
+            "response_headers = { set = { \"x-a\" = \"1\" }, always = \"yes\" }",
+            "response_headers.always",
+            "invalid type: string \"yes\", expected a boolean",
         ),
     ] {
         assert_one(
@@ -3002,6 +3025,12 @@ fn redirect_rules_are_checked() {
             "redirect = { scheme = \"https\" }\nauth = { url = \"http://127.0.0.1:9000/\" }",
             "auth",
             "a redirect rule forwards nothing",
+        ),
+        (
+            "redirect = { scheme = \"https\" }\n\
+             response_headers = { set = { \"x-a\" = \"1\" } }",
+            "response_headers",
+            "a redirect rule forwards nothing to a backend: remove it, or give it `always = true`",
         ),
     ] {
         assert_one(

@@ -358,6 +358,8 @@ pub struct HeaderOps {
     remove: Box<[HeaderName]>,
     set: Box<[(HeaderName, Value)]>,
     add: Box<[(HeaderName, Value)]>,
+    /// Also on weir's own answers (`always = true`).
+    always: bool,
 }
 
 /// A value as written: fixed, or with variables filled in per message.
@@ -421,6 +423,7 @@ impl HeaderOps {
                 .collect(),
             set: pairs(&rules.set),
             add: pairs(&rules.add),
+            always: rules.always,
         }
     }
 
@@ -452,6 +455,11 @@ impl HeaderOps {
     pub fn is_empty(&self) -> bool {
         self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
     }
+
+    /// Whether weir's own answers get these too.
+    pub(crate) fn always(&self) -> bool {
+        self.always && !self.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -467,6 +475,7 @@ mod tests {
                 ("server".into(), "weir".into()),
             ],
             add: vec![("vary".into(), "origin".into())],
+            always: false,
         };
         let ops = super::HeaderOps::new(&rules);
         assert!(!ops.is_empty());
@@ -536,6 +545,7 @@ mod tests {
                 ("x-trace".into(), "id=${request_id};rule=${rule}.".into()),
                 ("x-host".into(), "h=${host}".into()),
             ],
+            always: false,
         };
         let ops = super::HeaderOps::new(&rules);
         let mut h = http::HeaderMap::new();

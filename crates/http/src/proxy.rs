@@ -138,6 +138,18 @@ pub(crate) fn handle(
         // client as a status, in trailers.
         let grpc_trailers =
             grpc && req.version() == Version::HTTP_2 && errors::is_native_grpc(req.headers());
+        // What weir's own answers need: the route's (and, once one
+        // matched, the rule's) `response_headers` marked `always`.
+        macro_rules! own {
+            ($rule:expr) => {
+                Own {
+                    grpc,
+                    scheme: cx.proto,
+                    route: &state.response_headers,
+                    rule: $rule.map(|r: &crate::rules::Rule| &r.response_headers),
+                }
+            };
+        }
         let trusted = state.trusts(cx.client.ip());
         let request_id = headers::trusted_request_id(req.headers(), trusted)
             .cloned()
@@ -161,7 +173,7 @@ pub(crate) fn handle(
             cx.listener
                 .stats
                 .blocked(weir_core::firewall::Block::RequestRate);
-            return Ok(answer(Reason::RateLimit, grpc, x));
+            return Ok(answer(Reason::RateLimit, own!(None), x));
         }
         // Two `Host`s, or a host that is not a name or an address (user
         // info, spaces, slashes): rules and policies would read it one way
@@ -176,20 +188,20 @@ pub(crate) fn handle(
             None => (false, None),
         };
         if two_hosts || odd_host {
-            return Ok(answer(Reason::BadRequest, grpc, x));
+            return Ok(answer(Reason::BadRequest, own!(None), x));
         }
         if let Err(reason) = admissible(&req, state.max_body_bytes) {
-            return Ok(answer(reason, grpc, x));
+            return Ok(answer(reason, own!(None), x));
         }
         // Rules, policies and the backend all see the normalised path.
         if normalize_path(&mut req, state.encoded_slashes).is_err() {
-            return Ok(answer(Reason::BadRequest, grpc, x));
+            return Ok(answer(Reason::BadRequest, own!(None), x));
         }
         let name = host.as_ref().zip(host_part).and_then(|(h, part)| {
             crate::rules::host_name(std::str::from_utf8(h.as_bytes()).ok()?, part)
         });
         if name.as_deref().is_some_and(|host| misdirected(&cx, host)) {
-            return Ok(answer(Reason::Misdirected, grpc, x));
+            return Ok(answer(Reason::Misdirected, own!(None), x));
         }
         let matched = crate::rules::first(
             &state.rules,
@@ -199,7 +211,7 @@ pub(crate) fn handle(
             req.headers(),
         );
         let Some(rule) = matched else {
-            return Ok(answer(Reason::NoRule, grpc, x));
+            return Ok(answer(Reason::NoRule, own!(None), x));
         };
         x.rule = Some(Arc::clone(&rule.name));
         let view = crate::policy::Request {
@@ -212,7 +224,7 @@ pub(crate) fn handle(
         if let Some(p) =
             crate::policy::first_refusal(state.policies.iter().chain(&rule.policies), &view)
         {
-            return Ok(refused(p, grpc, x));
+            return Ok(refused(p, own!(Some(rule)), x));
         }
         if let Some(r) = &rule.redirect {
             // The rule's prefixes move the path the client is sent to.
@@ -229,15 +241,18 @@ pub(crate) fn handle(
             };
             let Some(location) = r.location(cx.proto, name.as_deref(), target) else {
                 // No host to send the client to.
-                return Ok(answer(Reason::BadRequest, grpc, x));
+                return Ok(answer(Reason::BadRequest, own!(Some(rule)), x));
             };
             x.status = r.status.as_u16();
-            let mut response = Response::new(ResponseBody::full(bytes::Bytes::new(), Some(x)));
+            let mut response = Response::new(());
             *response.status_mut() = r.status;
             response
                 .headers_mut()
                 .insert(http::header::LOCATION, location);
-            return Ok(response);
+            own!(Some(rule)).finish(response.headers_mut(), &x);
+            let (parts, ()) = response.into_parts();
+            let body = ResponseBody::full(bytes::Bytes::new(), Some(x));
+            return Ok(Response::from_parts(parts, body));
         }
         // Forward authentication: the rule's, else the route's.
         let gate = rule.auth.as_ref().or(state.auth.as_ref());
@@ -260,21 +275,23 @@ pub(crate) fn handle(
             }
             match verdict {
                 crate::auth::Verdict::Allow(headers) => granted = Some(headers),
-                crate::auth::Verdict::Deny(d) => return Ok(denied(&d, grpc, x)),
+                crate::auth::Verdict::Deny(d) => return Ok(denied(&d, own!(Some(rule)), x)),
                 crate::auth::Verdict::Unavailable => {
-                    return Ok(answer(Reason::AuthUnavailable, grpc, x));
+                    return Ok(answer(Reason::AuthUnavailable, own!(Some(rule)), x));
                 }
-                crate::auth::Verdict::Busy => return Ok(answer(Reason::AuthBusy, grpc, x)),
+                crate::auth::Verdict::Busy => {
+                    return Ok(answer(Reason::AuthBusy, own!(Some(rule)), x));
+                }
             }
         }
         let Some(target) = state.pools.get(rule.pool) else {
-            return Ok(answer(Reason::NoBackend, grpc, x));
+            return Ok(answer(Reason::NoBackend, own!(Some(rule)), x));
         };
         // A WebSocket: its upgrade is taken before the request is forwarded.
         let websocket = if upgrade::wants_websocket(&req) {
             if target.dialer.protocol != HttpProtocol::Http1 {
                 // An upgrade is HTTP/1.1's; this pool speaks HTTP/2.
-                return Ok(answer(Reason::Protocol, grpc, x));
+                return Ok(answer(Reason::Protocol, own!(Some(rule)), x));
             }
             let value = req.headers().get(UPGRADE).cloned();
             value.map(|v| (v, hyper::upgrade::on(&mut req)))
@@ -349,11 +366,11 @@ pub(crate) fn handle(
             if let Some(rewrite) = &rule.rewrite {
                 let path = rewrite.apply(parts.uri.path());
                 if set_path(&mut parts.uri, path).is_err() {
-                    return Ok(answer(Reason::BadRequest, grpc, x));
+                    return Ok(answer(Reason::BadRequest, own!(Some(rule)), x));
                 }
             }
             if let Err(reason) = target_form(&mut parts, target.dialer.protocol, host.as_ref()) {
-                return Ok(answer(reason, grpc, x));
+                return Ok(answer(reason, own!(Some(rule)), x));
             }
             // Boxed: the request waits across several awaits, and each async
             // function would otherwise carry its own copy of it.
@@ -415,7 +432,7 @@ pub(crate) fn handle(
                 } else {
                     reason
                 };
-                Ok(answer(reason, grpc, x))
+                Ok(answer(reason, own!(Some(rule)), x))
             }
         }
     }
@@ -834,12 +851,17 @@ fn set_path(uri: &mut Uri, path: String) -> Result<(), ()> {
 
 /// The answer of a policy that refused the request: its status and body (a
 /// gRPC client gets PERMISSION_DENIED), ending the exchange.
-fn refused(p: &crate::policy::Policy, grpc: bool, mut x: Box<Exchange>) -> Response<ResponseBody> {
-    let (mut parts, body) = errors::parts(Reason::Policy, grpc);
+fn refused(
+    p: &crate::policy::Policy,
+    own: Own<'_>,
+    mut x: Box<Exchange>,
+) -> Response<ResponseBody> {
+    let (mut parts, body) = errors::parts(Reason::Policy, own.grpc);
     x.status = p.status.as_u16();
     x.reason = Reason::Policy.as_str();
     x.policy = Some(Arc::clone(&p.name));
-    if grpc {
+    own.finish(&mut parts.headers, &x);
+    if own.grpc {
         return Response::from_parts(parts, ResponseBody::full(body, Some(x)));
     }
     parts.status = p.status;
@@ -851,14 +873,14 @@ fn refused(p: &crate::policy::Policy, grpc: bool, mut x: Box<Exchange>) -> Respo
 /// A gRPC client gets UNAUTHENTICATED or PERMISSION_DENIED. A 5xx is the
 /// service failing, not refusing: reason `auth_unavailable`, and
 /// UNAVAILABLE for gRPC (which its clients retry).
-fn denied(d: &crate::auth::Denial, grpc: bool, mut x: Box<Exchange>) -> Response<ResponseBody> {
+fn denied(d: &crate::auth::Denial, own: Own<'_>, mut x: Box<Exchange>) -> Response<ResponseBody> {
     let reason = if d.status.is_server_error() {
         Reason::AuthUnavailable
     } else {
         Reason::AuthDenied
     };
     x.reason = reason.as_str();
-    if grpc {
+    if own.grpc {
         let (mut parts, body) = errors::parts(reason, true);
         let code: u16 = match d.status {
             s if s.is_server_error() => 14,
@@ -867,6 +889,7 @@ fn denied(d: &crate::auth::Denial, grpc: bool, mut x: Box<Exchange>) -> Response
         };
         parts.headers.insert("grpc-status", HeaderValue::from(code));
         x.status = parts.status.as_u16();
+        own.finish(&mut parts.headers, &x);
         return Response::from_parts(parts, ResponseBody::full(body, Some(x)));
     }
     x.status = d.status.as_u16();
@@ -875,14 +898,47 @@ fn denied(d: &crate::auth::Denial, grpc: bool, mut x: Box<Exchange>) -> Response
     for (name, value) in &d.headers {
         r.headers_mut().append(name.clone(), value.clone());
     }
+    own.finish(r.headers_mut(), &x);
     let (parts, ()) = r.into_parts();
     Response::from_parts(parts, ResponseBody::full(d.body.clone(), Some(x)))
 }
 
 /// weir's own answer, ending the exchange.
-fn answer(reason: Reason, grpc: bool, mut x: Box<Exchange>) -> Response<ResponseBody> {
-    let (parts, body) = errors::parts(reason, grpc);
+fn answer(reason: Reason, own: Own<'_>, mut x: Box<Exchange>) -> Response<ResponseBody> {
+    let (mut parts, body) = errors::parts(reason, own.grpc);
     x.status = parts.status.as_u16();
     x.reason = reason.as_str();
+    own.finish(&mut parts.headers, &x);
     Response::from_parts(parts, ResponseBody::full(body, Some(x)))
+}
+
+/// What weir's own answers (errors, refusals, redirects) need besides
+/// their reason: whether the client speaks gRPC, and the operator's
+/// `response_headers` marked `always`, the route's and, once a rule
+/// matched, the rule's.
+#[derive(Clone, Copy)]
+struct Own<'a> {
+    grpc: bool,
+    scheme: &'static str,
+    route: &'a crate::headers::HeaderOps,
+    rule: Option<&'a crate::headers::HeaderOps>,
+}
+
+impl Own<'_> {
+    /// Applies the `always` rules to an answer's headers, in the order a
+    /// backend's response gets them (the route's, then the rule's). Their
+    /// `remove` cannot take what makes the answer (its status and body
+    /// stay), only fields.
+    fn finish(&self, headers: &mut http::HeaderMap, x: &Exchange) {
+        let facts = Facts {
+            x,
+            scheme: self.scheme,
+        };
+        if self.route.always() {
+            self.route.apply(headers, &facts);
+        }
+        if let Some(rule) = self.rule.filter(|r| r.always()) {
+            rule.apply(headers, &facts);
+        }
+    }
 }

@@ -137,6 +137,17 @@ impl Checker {
                 );
             }
         }
-        HeaderRules { remove, set, add }
+        if side == Side::Request && raw.always.is_some() {
+            self.push(
+                format!("{path}.always"),
+                "only `response_headers` take it: it puts them on weir's own answers too",
+            );
+        }
+        HeaderRules {
+            remove,
+            set,
+            add,
+            always: side == Side::Response && raw.always == Some(true),
+        }
     }
 }

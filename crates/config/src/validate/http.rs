@@ -97,12 +97,22 @@ impl Checker {
                 for (key, given) in [
                     ("auth", r.auth.is_some()),
                     ("request_headers", r.request_headers.is_some()),
-                    ("response_headers", r.response_headers.is_some()),
+                    (
+                        "response_headers",
+                        r.response_headers
+                            .as_ref()
+                            .is_some_and(|h| h.always != Some(true)),
+                    ),
                 ] {
                     if given {
                         self.push(
                             format!("{rule_path}.{key}"),
-                            "a redirect rule forwards nothing to a backend: remove it",
+                            if key == "response_headers" {
+                                "a redirect rule forwards nothing to a backend: remove it, \
+                                 or give it `always = true` for the redirect itself"
+                            } else {
+                                "a redirect rule forwards nothing to a backend: remove it"
+                            },
                         );
                     }
                 }

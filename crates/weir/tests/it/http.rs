@@ -3827,6 +3827,106 @@ fn header_values_carry_the_requests_facts() {
     }
 }
 
+/// `response_headers` with `always = true` reach weir's own answers too
+/// (a 404 no rule took, a redirect, a 502 or 503, a policy's refusal), the
+/// route's before the matched rule's, over HTTP/1.1 and h2c; without it
+/// only the backends' responses get them.
+#[test]
+fn always_response_headers_reach_weirs_own_answers() {
+    let good = raw_backend(None, Duration::ZERO);
+    let (front, plain_front, dead) = (free_port(), free_port(), free_port());
+    let rules = "[[listeners.routes.http]]\nname = \"gone\"\nmatch = { path_prefix = \"/gone\" }\n\
+         redirect = { host = \"new.example\" }\n\
+         response_headers = { set = { \"Cache-Control\" = \"no-store\", \
+           \"X-Rule\" = \"${rule}\" }, always = true }\n\
+         [[listeners.routes.http]]\nname = \"down\"\npool = \"dead\"\n\
+         match = { path_prefix = \"/down\" }\n\
+         response_headers = { add = { \"X-Rule\" = \"${rule}\" }, always = true }\n\
+         [[listeners.routes.http]]\nname = \"closed\"\npool = \"p\"\n\
+         match = { path_prefix = \"/closed\" }\n\
+         policies = [{ name = \"shut\", deny = { path_prefix = [\"/closed\"] }, status = 403 }]\n\
+         [[listeners.routes.http]]\nname = \"app\"\npool = \"p\"\n\
+         match = { path_prefix = \"/app\" }\n\
+         response_headers = { add = { \"X-Rule\" = \"${rule}\" } }\n";
+    let (_weir, _out) = start(
+        "always-headers",
+        &format!(
+            "[[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"site\"\nmode = \"l7\"\n\
+             response_headers = {{ set = {{ \"Strict-Transport-Security\" = \"max-age=600\" }}, \
+               always = true }}\n{rules}\
+             [[listeners]]\nname = \"plain\"\nbind = \"{plain_front}\"\n\
+             [[listeners.routes]]\nname = \"site\"\nmode = \"l7\"\n\
+             response_headers = {{ set = {{ \"Strict-Transport-Security\" = \"max-age=600\" }} }}\n\
+             {rules}\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\nname = \"good\"\naddress = \"{0}\"\n\
+             [[pools]]\nname = \"dead\"\n[[pools.backends]]\nname = \"gone\"\naddress = \"{dead}\"\n",
+            good.addr
+        ),
+    );
+    // (status, every field of the head, lower-cased names)
+    let ask = |version: &str, at: SocketAddr, path: &str| {
+        let (status, text, _) = curl(&["-i", version], &format!("http://{at}{path}"));
+        let head = text.split("\r\n\r\n").next().unwrap_or("").to_owned();
+        let fields: Vec<(String, String)> = head
+            .lines()
+            .filter_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                Some((n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            })
+            .collect();
+        (status, fields)
+    };
+    let get = |fields: &[(String, String)], name: &str| {
+        fields
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect::<Vec<_>>()
+    };
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let hsts = ["max-age=600".to_owned()];
+        // No rule takes it: the route's `always` rules only.
+        let (status, f) = ask(version, front, "/nothing");
+        assert_eq!(status, 404, "{version}: {f:?}");
+        assert_eq!(get(&f, "strict-transport-security"), hsts, "{version}");
+        assert!(get(&f, "x-rule").is_empty(), "{version}: {f:?}");
+        // A redirect: the route's, then the rule's.
+        let (status, f) = ask(version, front, "/gone/a?b=1");
+        assert_eq!(status, 301, "{version}: {f:?}");
+        assert_eq!(get(&f, "location"), ["http://new.example/gone/a?b=1"]);
+        assert_eq!(get(&f, "strict-transport-security"), hsts, "{version}");
+        assert_eq!(get(&f, "cache-control"), ["no-store"], "{version}");
+        assert_eq!(get(&f, "x-rule"), ["gone"], "{version}");
+        // No backend answers.
+        let (status, f) = ask(version, front, "/down");
+        assert!(status == 502 || status == 503, "{version}: {status} {f:?}");
+        assert_eq!(get(&f, "strict-transport-security"), hsts, "{version}");
+        assert_eq!(get(&f, "x-rule"), ["down"], "{version}");
+        // A policy's refusal.
+        let (status, f) = ask(version, front, "/closed");
+        assert_eq!(status, 403, "{version}: {f:?}");
+        assert_eq!(get(&f, "strict-transport-security"), hsts, "{version}");
+        // A backend's answer gets them all, `always` or not.
+        let (status, f) = ask(version, front, "/app");
+        assert_eq!(status, 200, "{version}: {f:?}");
+        assert_eq!(get(&f, "strict-transport-security"), hsts, "{version}");
+        assert_eq!(get(&f, "x-rule"), ["app"], "{version}");
+        // Without `always`: the backend's answer only.
+        let (status, f) = ask(version, plain_front, "/app");
+        assert_eq!(status, 200, "{version}: {f:?}");
+        assert_eq!(get(&f, "strict-transport-security"), hsts, "{version}");
+        for path in ["/nothing", "/closed"] {
+            let (status, f) = ask(version, plain_front, path);
+            assert!(status == 404 || status == 403, "{version} {path}: {f:?}");
+            assert!(
+                get(&f, "strict-transport-security").is_empty(),
+                "{version} {path}: {f:?}"
+            );
+        }
+    }
+}
+
 /// `retry_on_status`: a GET answered 503 by one backend is tried on the
 /// next, and the client gets the other's answer; a POST is never sent
 /// twice and gets the 503; when every backend answers 503 the client gets
