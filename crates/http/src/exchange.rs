@@ -335,10 +335,10 @@ fn known_method(m: &http::Method) -> bool {
 }
 
 /// What the variables of an operator's header values stand for: the
-/// exchange's facts, and how the client reached weir.
+/// exchange's facts, and its connection's.
 pub(crate) struct Facts<'a> {
     pub(crate) x: &'a Exchange,
-    pub(crate) scheme: &'static str,
+    pub(crate) cx: &'a crate::proxy::Cx,
 }
 
 impl crate::headers::Vars for Facts<'_> {
@@ -353,12 +353,22 @@ impl crate::headers::Vars for Facts<'_> {
             Var::ClientPort => {
                 let _ = write!(out, "{}", x.client.port());
             }
+            Var::ServerIp => {
+                if let Some(s) = self.cx.server {
+                    let _ = write!(out, "{}", s.ip());
+                }
+            }
+            Var::ServerPort => {
+                if let Some(s) = self.cx.server {
+                    let _ = write!(out, "{}", s.port());
+                }
+            }
             Var::RequestId => out.extend_from_slice(bytes_of(&x.request_id)),
             Var::Host => match x.uri.authority() {
                 Some(a) => out.extend_from_slice(a.as_str().as_bytes()),
                 None => out.extend_from_slice(bytes_of(&x.host)),
             },
-            Var::Scheme => out.extend_from_slice(self.scheme.as_bytes()),
+            Var::Scheme => out.extend_from_slice(self.cx.proto.as_bytes()),
             Var::Method => out.extend_from_slice(x.method.as_str().as_bytes()),
             Var::Protocol => out.extend_from_slice(x.version.as_bytes()),
             Var::Listener => out.extend_from_slice(x.listener.name.as_bytes()),

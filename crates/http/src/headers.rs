@@ -456,6 +456,14 @@ impl HeaderOps {
         self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
     }
 
+    /// Whether a value carries `var`.
+    pub(crate) fn uses(&self, var: Var) -> bool {
+        self.set
+            .iter()
+            .chain(self.add.iter())
+            .any(|(_, v)| matches!(v, Value::Template(p) if p.contains(&Piece::Var(var))))
+    }
+
     /// Whether weir's own answers get these too.
     pub(crate) fn always(&self) -> bool {
         self.always && !self.is_empty()

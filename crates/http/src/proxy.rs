@@ -48,6 +48,10 @@ pub(crate) struct Cx {
     pub(crate) listener: Arc<Listener>,
     pub(crate) route: usize,
     pub(crate) client: SocketAddr,
+    /// The address the client connected to (`${server_ip}`), when a header
+    /// rule of the route asks for it: the PROXY header's destination, else
+    /// the socket's own address.
+    pub(crate) server: Option<SocketAddr>,
     /// The client's address as `X-Forwarded-For` carries it.
     pub(crate) client_value: HeaderValue,
     pub(crate) conn: Arc<ConnState>,
@@ -144,7 +148,7 @@ pub(crate) fn handle(
             ($rule:expr) => {
                 Own {
                     grpc,
-                    scheme: cx.proto,
+                    cx: &cx,
                     route: &state.response_headers,
                     rule: $rule.map(|r: &crate::rules::Rule| &r.response_headers),
                 }
@@ -312,10 +316,7 @@ pub(crate) fn handle(
             // The operator's changes come before weir's own headers, which
             // they cannot name (validation), and the authentication
             // service's, which they cannot override.
-            let facts = Facts {
-                x: &x,
-                scheme: cx.proto,
-            };
+            let facts = Facts { x: &x, cx: &cx };
             if !state.request_headers.is_empty() {
                 state.request_headers.apply(&mut parts.headers, &facts);
             }
@@ -403,10 +404,7 @@ pub(crate) fn handle(
                     ));
                 }
                 headers::strip_hop_by_hop(response.headers_mut());
-                let facts = Facts {
-                    x: &x,
-                    scheme: cx.proto,
-                };
+                let facts = Facts { x: &x, cx: &cx };
                 if !state.response_headers.is_empty() {
                     state.response_headers.apply(response.headers_mut(), &facts);
                 }
@@ -919,7 +917,7 @@ fn answer(reason: Reason, own: Own<'_>, mut x: Box<Exchange>) -> Response<Respon
 #[derive(Clone, Copy)]
 struct Own<'a> {
     grpc: bool,
-    scheme: &'static str,
+    cx: &'a Cx,
     route: &'a crate::headers::HeaderOps,
     rule: Option<&'a crate::headers::HeaderOps>,
 }
@@ -930,10 +928,7 @@ impl Own<'_> {
     /// `remove` cannot take what makes the answer (its status and body
     /// stay), only fields.
     fn finish(&self, headers: &mut http::HeaderMap, x: &Exchange) {
-        let facts = Facts {
-            x,
-            scheme: self.scheme,
-        };
+        let facts = Facts { x, cx: self.cx };
         if self.route.always() {
             self.route.apply(headers, &facts);
         }

@@ -47,6 +47,9 @@ pub(crate) struct RouteState {
     /// The operator's header changes, before the matched rule's.
     pub(crate) request_headers: crate::headers::HeaderOps,
     pub(crate) response_headers: crate::headers::HeaderOps,
+    /// A header rule carries `${server_ip}` or `${server_port}`: each
+    /// connection looks up the address it came to.
+    pub(crate) server_vars: bool,
     /// The `copy_headers` of every authentication of the route (its own
     /// and its rules'): what a client sends under them, or under a name
     /// that reads the same with `_` for `-`, never reaches a backend,
@@ -243,6 +246,19 @@ impl Handler {
             )),
             None => None,
         };
+        let request_headers = crate::headers::HeaderOps::new(&b.http.request_headers);
+        let response_headers = crate::headers::HeaderOps::new(&b.http.response_headers);
+        let server_vars = [&request_headers, &response_headers]
+            .into_iter()
+            .chain(
+                rules
+                    .iter()
+                    .flat_map(|r| [&r.request_headers, &r.response_headers]),
+            )
+            .any(|ops| {
+                ops.uses(weir_wire::template::Var::ServerIp)
+                    || ops.uses(weir_wire::template::Var::ServerPort)
+            });
         let state = Arc::new(RouteState {
             tls,
             rules,
@@ -259,8 +275,9 @@ impl Handler {
             },
             policies,
             auth,
-            request_headers: crate::headers::HeaderOps::new(&b.http.request_headers),
-            response_headers: crate::headers::HeaderOps::new(&b.http.response_headers),
+            request_headers,
+            response_headers,
+            server_vars,
             identity: identity.into(),
             auth_stats: Arc::clone(&auth_stats),
             tracing: b.config.tracing.clone(),

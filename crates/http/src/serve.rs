@@ -253,6 +253,7 @@ pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize
     let Client {
         stream,
         peer,
+        destination,
         accepted_at,
         live,
         alpn_held,
@@ -261,6 +262,11 @@ pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize
     let state = slot.current.load_full();
     let tls = state.tls.as_ref().map(|t| Arc::clone(&t.config));
     let request_header = state.timeouts.request_header;
+    let server = if state.server_vars {
+        destination.or_else(|| stream.local_addr().ok())
+    } else {
+        None
+    };
     drop(state);
     let Some(tls) = tls else {
         let opens = opens_with_preface(&stream, request_header);
@@ -280,6 +286,7 @@ pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize
             listener,
             route,
             peer,
+            server,
             accepted_at,
             proto: "http",
             live,
@@ -341,6 +348,7 @@ pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize
         listener,
         route,
         peer,
+        server,
         accepted_at,
         proto: "https",
         live,
@@ -374,6 +382,7 @@ struct On {
     listener: Arc<Listener>,
     route: usize,
     peer: std::net::SocketAddr,
+    server: Option<std::net::SocketAddr>,
     accepted_at: Instant,
     proto: &'static str,
     /// Its entry among the listener's live connections.
@@ -391,6 +400,7 @@ impl On {
             listener,
             route,
             peer,
+            server,
             accepted_at,
             proto,
             live,
@@ -407,6 +417,7 @@ impl On {
             listener: Arc::clone(&listener),
             route,
             client: peer,
+            server,
             client_value: crate::headers::client_value(peer.ip()),
             conn: Arc::clone(&conn),
             proto,

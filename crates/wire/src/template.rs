@@ -16,6 +16,11 @@ pub enum Var {
     ClientIp,
     /// The client's port, likewise.
     ClientPort,
+    /// The address the client connected to (the PROXY protocol's
+    /// destination when there was one).
+    ServerIp,
+    /// Its port, likewise.
+    ServerPort,
     /// The request's `X-Request-Id` (kept from a trusted source, else weir's).
     RequestId,
     /// The host the client asked for, as it came (`:authority` or `Host`).
@@ -36,9 +41,11 @@ pub enum Var {
 
 impl Var {
     /// Every variable, by the name written between `${` and `}`.
-    pub const ALL: [(&'static str, Var); 11] = [
+    pub const ALL: [(&'static str, Var); 13] = [
         ("client_ip", Var::ClientIp),
         ("client_port", Var::ClientPort),
+        ("server_ip", Var::ServerIp),
+        ("server_port", Var::ServerPort),
         ("request_id", Var::RequestId),
         ("host", Var::Host),
         ("scheme", Var::Scheme),
@@ -183,6 +190,11 @@ mod tests {
             ])
         );
         assert_eq!(parse("$${host}"), Ok(vec![Piece::Text("${host}".into())]));
+        // Every variable reads back by its name.
+        for (name, var) in Var::ALL {
+            assert_eq!(parse(&format!("${{{name}}}")), Ok(vec![Piece::Var(var)]));
+            assert_eq!(var.name(), name);
+        }
     }
 
     #[test]

@@ -3754,23 +3754,30 @@ fn operator_header_rules_change_requests_and_responses() {
 }
 
 /// Header values with variables: what nginx gets carries the client's
-/// address, the host, scheme, method, protocol and the names of the
-/// listener, route and rule; the client's answer names the backend and
-/// echoes the request id the access log has, over HTTP/1.1 and h2c.
+/// address, the address it came to, the host, scheme, method, protocol and
+/// the names of the listener, route and rule; the client's answer names
+/// the backend and echoes the request id the access log has, over HTTP/1.1
+/// and h2c. Behind a PROXY header, both addresses are the header's.
 #[test]
 fn header_values_carry_the_requests_facts() {
     let (_nginx, port) = nginx_doing(
         "header-vars",
-        "return 200 \"real=$http_x_real_ip via=$http_x_via\\n\";",
+        "return 200 \"real=$http_x_real_ip to=$http_x_to via=$http_x_via\\n\";",
     );
-    let front = free_port();
+    let (front, behind) = (free_port(), free_port());
+    let route = "[[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+         request_headers = { set = { \"X-Real-IP\" = \"${client_ip}\", \
+           \"X-To\" = \"${server_ip} ${server_port}\" } }\n";
     let (_weir, out) = start(
         "header-vars",
         &format!(
             "[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"lb\"\nbind = \"{behind}\"\n\
+             proxy_protocol = {{ accept = true, trusted = [\"127.0.0.1\"] }}\n\
+             {route}\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
              [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
-             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
-             request_headers = {{ set = {{ \"X-Real-IP\" = \"${{client_ip}}\" }} }}\n\
+             {route}\
              response_headers = {{ set = {{ \"X-Request-Id\" = \"${{request_id}}\", \
                                    \"X-Client\" = \"${{client_ip}}:${{client_port}}\" }} }}\n\
              [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
@@ -3810,7 +3817,10 @@ fn header_values_carry_the_requests_facts() {
         };
         assert_eq!(
             body.trim(),
-            format!("real=127.0.0.1 via=http://{front} GET {protocol} web/app/all $5"),
+            format!(
+                "real=127.0.0.1 to=127.0.0.1 {} via=http://{front} GET {protocol} web/app/all $5",
+                front.port()
+            ),
             "{version}"
         );
         assert_eq!(field("x-served-by"), ["nginx-1"], "{version}");
@@ -3825,6 +3835,15 @@ fn header_values_carry_the_requests_facts() {
         );
         assert!(client[0][10..].parse::<u16>().is_ok(), "{client:?}");
     }
+    let answer = raw_exchange(
+        behind,
+        b"PROXY TCP4 192.0.2.7 198.51.100.1 4000 8443\r\n\
+          GET /behind HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        answer.contains("real=192.0.2.7 to=198.51.100.1 8443 via="),
+        "{answer}"
+    );
 }
 
 /// `response_headers` with `always = true` reach weir's own answers too
