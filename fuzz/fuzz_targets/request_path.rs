@@ -5,13 +5,26 @@
 //! a name exactly when it is a DNS name with an optional port, and a host it
 //! accepts has no user info, space or slash. The same text as an operator's
 //! header value: `template::parse` must not panic, and what it reads is read
-//! the same when written back.
+//! the same when written back. The same bytes as a `Cookie` header:
+//! `cookie::find` must not panic and gives a part of them, and a sticky
+//! token reads back as the id it was made from.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use weir_wire::path::{Slashes, normalize};
 
 fuzz_target!(|data: &[u8]| {
+    for name in [&b"weir"[..], b"a", data.get(..3).unwrap_or(b"x")] {
+        if let Some(v) = weir_wire::cookie::find(data, name) {
+            let (start, end) = (v.as_ptr() as usize, v.as_ptr() as usize + v.len());
+            let base = data.as_ptr() as usize;
+            assert!(start >= base && end <= base + data.len());
+            assert!(!v.contains(&b';'));
+        }
+    }
+    if let Some(id) = weir_wire::cookie::parse_token(data) {
+        assert!(data.eq_ignore_ascii_case(&weir_wire::cookie::token(id)));
+    }
     let host = weir_wire::name::authority_host(data);
     if let Some((len, _)) = host {
         assert!(!data.iter().any(|b| matches!(b, b'@' | b' ' | b'/' | b'%')));

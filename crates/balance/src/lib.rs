@@ -278,6 +278,12 @@ impl Picker {
         self.members.is_empty()
     }
 
+    /// Whether the member with this caller index could be picked (it is in
+    /// the active tier, with weight > 0).
+    pub fn is_eligible(&self, index: usize) -> bool {
+        self.members.iter().any(|m| m.index == index)
+    }
+
     /// The caller index of the member for this connection, never one listed in `exclude`
     /// (the members already tried on this connection). `None` iff every eligible member is
     /// excluded (or there is none).

@@ -748,6 +748,8 @@ pub struct Pool {
     /// Statuses (400..=599, sorted) on which l7 routes try an idempotent,
     /// bodiless request again on another backend, within `retries`.
     pub retry_on_status: Vec<u16>,
+    /// Sessions of l7 routes kept on one backend by a cookie.
+    pub sticky: Option<Sticky>,
     /// How long connections to a drained or demoted backend may live.
     pub drain_timeout: Duration,
     /// Close a backend's established connections when it goes down.
@@ -771,6 +773,41 @@ pub struct Pool {
     /// How long one waits in that queue at most; then `queue_timeout`.
     pub queue_timeout: Duration,
     pub backends: Vec<Backend>,
+}
+
+/// `sticky = { cookie, ... }`: the cookie that keeps a client's requests on
+/// the backend that first answered it (HAProxy `cookie ... insert`,
+/// Traefik's sticky cookie).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sticky {
+    /// The cookie's name (an RFC 6265 token).
+    pub cookie: String,
+    /// `Max-Age`; `None`: a session cookie, gone when the browser closes.
+    pub max_age: Option<Duration>,
+    pub path: String,
+    pub domain: Option<String>,
+    /// `Secure`: `None` when the client came over HTTPS.
+    pub secure: Option<bool>,
+    pub http_only: bool,
+    pub same_site: SameSite,
+}
+
+/// A cookie's `SameSite` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Lax,
+    Strict,
+    None,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+            SameSite::None => "None",
+        }
+    }
 }
 
 /// `discover = { ... }`: the pool's backends from DNS records, refreshed as

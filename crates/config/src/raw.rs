@@ -354,6 +354,7 @@ pub(crate) struct RawPool {
     pub(crate) connect_timeout: Option<String>,
     pub(crate) retries: Option<Int>,
     pub(crate) retry_on_status: Option<Vec<Int>>,
+    pub(crate) sticky: Option<RawSticky>,
     pub(crate) drain_timeout: Option<String>,
     pub(crate) close_on_down: Option<bool>,
     pub(crate) protocol: Option<String>,
@@ -366,6 +367,19 @@ pub(crate) struct RawPool {
     pub(crate) queue_timeout: Option<String>,
     #[serde(default)]
     pub(crate) backends: Vec<RawBackend>,
+}
+
+/// `sticky = { cookie, ... }` of a pool: sessions kept on their backend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawSticky {
+    pub(crate) cookie: String,
+    pub(crate) max_age: Option<String>,
+    pub(crate) path: Option<String>,
+    pub(crate) domain: Option<String>,
+    pub(crate) secure: Option<bool>,
+    pub(crate) http_only: Option<bool>,
+    pub(crate) same_site: Option<String>,
 }
 
 /// `discover = { ... }` of a pool: backends from DNS.

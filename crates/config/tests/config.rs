@@ -3121,3 +3121,96 @@ fn retry_on_status_is_checked() {
         assert_one(&with(list), &format!("pools[0].{key}"), error);
     }
 }
+
+/// `sticky = { cookie, ... }`: a cookie name that is a token, a path and a
+/// domain that cannot end the field, whole seconds, and `SameSite=None`
+/// only with `Secure`.
+#[test]
+fn sticky_cookies_are_checked() {
+    let with = |table: &str| {
+        format!(
+            "{OK_LISTENER}{}",
+            OK_POOL.replace(
+                "name = \"p\"\n",
+                &format!("name = \"p\"\nsticky = {table}\n")
+            )
+        )
+    };
+    let cfg = load(&with("{ cookie = \"srv\" }")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        cfg.pools[0].sticky,
+        Some(weir_config::Sticky {
+            cookie: "srv".into(),
+            max_age: None,
+            path: "/".into(),
+            domain: None,
+            secure: None,
+            http_only: true,
+            same_site: weir_config::SameSite::Lax,
+        })
+    );
+    let cfg = load(&with(
+        "{ cookie = \"srv\", max_age = \"1d\", path = \"/app\", domain = \"Example.COM\", \
+         http_only = false, same_site = \"none\" }",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let s = cfg.pools[0].sticky.as_ref().expect("sticky");
+    assert_eq!(s.max_age, Some(std::time::Duration::from_secs(86_400)));
+    assert_eq!(
+        (s.path.as_str(), s.domain.as_deref()),
+        ("/app", Some("example.com"))
+    );
+    assert_eq!(
+        (s.secure, s.http_only),
+        (Some(true), false),
+        "None needs Secure"
+    );
+    let cfg = load(&format!("{OK_LISTENER}{OK_POOL}")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.pools[0].sticky, None);
+    for (table, key, error) in [
+        (
+            "{ cookie = \"a b\" }",
+            "cookie",
+            "\"a b\" is not a cookie name",
+        ),
+        ("{ cookie = \"\" }", "cookie", "\"\" is not a cookie name"),
+        (
+            "{ cookie = \"s\", path = \"app\" }",
+            "path",
+            "\"app\" is not a cookie path",
+        ),
+        (
+            "{ cookie = \"s\", path = \"/a;b\" }",
+            "path",
+            "\"/a;b\" is not a cookie path",
+        ),
+        (
+            "{ cookie = \"s\", domain = \"a..b\" }",
+            "domain",
+            "\"a..b\" is not a domain name",
+        ),
+        (
+            "{ cookie = \"s\", max_age = \"500ms\" }",
+            "max_age",
+            "must be at least 1s",
+        ),
+        (
+            "{ cookie = \"s\", max_age = \"0s\" }",
+            "max_age",
+            "must be greater than 0",
+        ),
+        (
+            "{ cookie = \"s\", same_site = \"loose\" }",
+            "same_site",
+            "unknown value \"loose\"",
+        ),
+        (
+            "{ cookie = \"s\", same_site = \"none\", secure = false }",
+            "secure",
+            "`same_site = \"none\"` needs `Secure`",
+        ),
+        ("{ path = \"/\" }", "cookie", "required key is missing"),
+    ] {
+        assert_one(&with(table), &format!("pools[0].sticky.{key}"), error);
+    }
+}

@@ -36,6 +36,7 @@ mod rewrite;
 mod route;
 pub mod rules;
 mod serve;
+mod sticky;
 mod streams;
 mod tls;
 mod trace;

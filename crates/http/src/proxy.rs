@@ -291,6 +291,11 @@ pub(crate) fn handle(
         let Some(target) = state.pools.get(rule.pool) else {
             return Ok(answer(Reason::NoBackend, own!(Some(rule)), x));
         };
+        // The backend a sticky cookie names, if any.
+        let named = target
+            .sticky
+            .as_ref()
+            .and_then(|s| s.named(req.headers(), &target.pool));
         // A WebSocket: its upgrade is taken before the request is forwarded.
         let websocket = if upgrade::wants_websocket(&req) {
             if target.dialer.protocol != HttpProtocol::Http1 {
@@ -381,7 +386,12 @@ pub(crate) fn handle(
         // `timeouts.request`, from the request's head: bounds the attempts
         // and then the response body.
         let until = state.timeouts.request.map(|r| deadline(x.started, r));
-        match forward(&state, target, &cx, req, &mut x, upgrading, until).await {
+        let plan = Plan {
+            upgrading,
+            until,
+            named,
+        };
+        match forward(&state, target, &cx, req, &mut x, plan).await {
             Ok((mut response, lease)) => {
                 if let Some(on) = client_upgrade
                     && response.status() == http::StatusCode::SWITCHING_PROTOCOLS
@@ -404,6 +414,15 @@ pub(crate) fn handle(
                     ));
                 }
                 headers::strip_hop_by_hop(response.headers_mut());
+                // A client its cookie did not bring to the backend that
+                // answered is told to come back to it.
+                if let (Some(sticky), Some((pool, i))) = (&target.sticky, &x.backend)
+                    && named != Some(*i)
+                    && let Some(b) = pool.backends.get(*i)
+                    && let Some(v) = sticky.set_cookie(b.token, cx.proto == "https")
+                {
+                    response.headers_mut().append(http::header::SET_COOKIE, v);
+                }
                 let facts = Facts { x: &x, cx: &cx };
                 if !state.response_headers.is_empty() {
                     state.response_headers.apply(response.headers_mut(), &facts);
@@ -444,9 +463,13 @@ async fn forward(
     cx: &Cx,
     req: Box<Request<RequestBody>>,
     x: &mut Exchange,
-    upgrading: bool,
-    until: Option<Instant>,
+    plan: Plan,
 ) -> Result<(Response<Incoming>, Lease), Reason> {
+    let Plan {
+        upgrading,
+        until,
+        named,
+    } = plan;
     let pool = &target.pool;
     let key = match pool.policy() {
         weir_config::Policy::Maglev => {
@@ -474,7 +497,21 @@ async fn forward(
         if until.is_some_and(|u| crate::clock::now() >= u) {
             return Err(too_late(x));
         }
-        let i = match pool.acquire(key, &tried, until).await {
+        // The backend the client's sticky cookie names, on the first
+        // attempt, when the pool could pick it and it has room.
+        let stuck = named.filter(|&n| attempt == 0 && pool.take(n));
+        if let Some(b) = named
+            .filter(|_| attempt == 0)
+            .and_then(|n| pool.backends.get(n))
+        {
+            let result = usize::from(stuck.is_none());
+            b.stats.sticky[result].fetch_add(1, Relaxed);
+        }
+        let acquired = match stuck {
+            Some(n) => Ok(n),
+            None => pool.acquire(key, &tried, until).await,
+        };
+        let i = match acquired {
             Ok(i) => i,
             Err(Reason::NoBackend) => break,
             Err(Reason::QueueTimeout) if until.is_some_and(|u| Instant::now() >= u) => {
@@ -647,6 +684,17 @@ async fn forward(
         };
     }
     Err(last)
+}
+
+/// What shapes a request's attempts, besides the request.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    /// A WebSocket: each attempt takes a new connection.
+    upgrading: bool,
+    /// `timeouts.request`: no attempt starts, or waits, past it.
+    until: Option<Instant>,
+    /// The backend the client's sticky cookie names.
+    named: Option<usize>,
 }
 
 /// A connection to backend `i` could not be made: counted, and told to

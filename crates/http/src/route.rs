@@ -72,6 +72,8 @@ pub(crate) struct RoutePool {
     pub(crate) dialer: Dialer,
     /// Kept connections, by backend index.
     pub(crate) conns: Vec<Arc<Conns>>,
+    /// The pool's sticky cookie.
+    pub(crate) sticky: Option<crate::sticky::StickyCookie>,
 }
 
 impl RouteState {
@@ -132,11 +134,8 @@ impl Handler {
                 .pools
                 .get(i)
                 .ok_or_else(|| format!("pool #{i} is missing"))?;
-            let protocol = b
-                .config
-                .pools
-                .get(i)
-                .map_or(HttpProtocol::Http1, |p| p.protocol);
+            let config = b.config.pools.get(i);
+            let protocol = config.map_or(HttpProtocol::Http1, |p| p.protocol);
             let dialer = Dialer {
                 protocol,
                 connect_timeout: pool.connect_timeout,
@@ -182,6 +181,9 @@ impl Handler {
                 pool: Arc::clone(pool),
                 dialer,
                 conns,
+                sticky: config
+                    .and_then(|p| p.sticky.as_ref())
+                    .map(crate::sticky::StickyCookie::new),
             });
         }
         // A policy keeps its counter across reloads, by name (unique in a

@@ -4,7 +4,8 @@
 //! ([`http1`]), the rules for host names ([`name`]), the normal form of an
 //! HTTP request's path ([`path`]), the W3C `traceparent` header
 //! ([`traceparent`]), an operator's header value with variables
-//! ([`template`]), and a DNS health check's query and answer ([`dns`],
+//! ([`template`]), one cookie of a `Cookie` header and a sticky cookie's
+//! token ([`cookie`]), and a DNS health check's query and answer ([`dns`],
 //! encoded and decoded by hickory-proto).
 //!
 //! Everything here is pure: `&[u8]` in, values out. No tokio, no sockets, no clocks,
@@ -29,6 +30,7 @@
 //! "incomplete" with `Ok(None)`.
 
 pub mod client_hello;
+pub mod cookie;
 pub mod dns;
 pub mod http1;
 pub mod name;

@@ -8,9 +8,9 @@ use std::time::Duration;
 use super::Checker;
 use crate::model::{
     Backend, BackendAddress, HashKey, Health, HttpProtocol, Listener, Outlier, Policy, Pool,
-    RouteMode,
+    RouteMode, SameSite, Sticky,
 };
-use crate::raw::{Int, RawBackend, RawPool};
+use crate::raw::{Int, RawBackend, RawPool, RawSticky};
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_RETRIES: i64 = 100;
@@ -35,7 +35,85 @@ const HASH_KEYS: &[(&str, HashKey)] = &[
     ("sni", HashKey::Sni),
 ];
 
+const SAME_SITE: &[(&str, SameSite)] = &[
+    ("lax", SameSite::Lax),
+    ("strict", SameSite::Strict),
+    ("none", SameSite::None),
+];
+
 impl Checker {
+    /// `sticky = { cookie, max_age, path, domain, secure, http_only,
+    /// same_site }` of a pool; `None` when it is wrong.
+    fn sticky(&mut self, path: &str, raw: &RawSticky) -> Option<Sticky> {
+        let before = self.problems.len();
+        if raw.cookie.is_empty() || !raw.cookie.bytes().all(super::http::is_tchar) {
+            self.push(
+                format!("{path}.cookie"),
+                format!(
+                    "{:?} is not a cookie name (letters, digits and !#$%&'*+-.^_`|~)",
+                    raw.cookie
+                ),
+            );
+        } else if raw.cookie.len() > 64 {
+            self.push(format!("{path}.cookie"), "longer than 64 bytes");
+        }
+        let max_age = self.timeout_opt(&format!("{path}.max_age"), raw.max_age.as_deref());
+        if max_age.is_some_and(|d| d < Duration::from_secs(1)) {
+            self.push(
+                format!("{path}.max_age"),
+                "must be at least 1s (whole seconds)",
+            );
+        }
+        // Attribute values end at `;`; nothing that could end the field.
+        let attribute = |v: &str| {
+            !v.is_empty()
+                && v.len() <= 256
+                && v.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b';' && b != b',')
+        };
+        let cookie_path = raw.path.clone().unwrap_or_else(|| "/".into());
+        if !cookie_path.starts_with('/') || !attribute(&cookie_path) {
+            self.push(
+                format!("{path}.path"),
+                format!("{cookie_path:?} is not a cookie path: it starts with `/`, visible ASCII without `;` or `,`"),
+            );
+        }
+        let domain = raw.domain.as_ref().map(|d| d.to_ascii_lowercase());
+        if let Some(d) = &domain
+            && !weir_wire::name::is_dns_name(d.trim_start_matches('.').as_bytes())
+        {
+            self.push(
+                format!("{path}.domain"),
+                format!("{d:?} is not a domain name"),
+            );
+        }
+        let same_site = self.choice(
+            &format!("{path}.same_site"),
+            raw.same_site.clone(),
+            SameSite::Lax,
+            SAME_SITE,
+        );
+        if same_site == SameSite::None && raw.secure == Some(false) {
+            self.push(
+                format!("{path}.secure"),
+                "`same_site = \"none\"` needs `Secure`: browsers refuse such a cookie without it",
+            );
+        }
+        (self.problems.len() == before).then(|| Sticky {
+            cookie: raw.cookie.clone(),
+            max_age,
+            path: cookie_path,
+            domain,
+            secure: if same_site == SameSite::None {
+                Some(true)
+            } else {
+                raw.secure
+            },
+            http_only: raw.http_only.unwrap_or(true),
+            same_site,
+        })
+    }
+
     pub(super) fn pool(&mut self, path: &str, raw: RawPool) -> Pool {
         self.name(&format!("{path}.name"), &raw.name);
         let policies = Policy::ALL.map(|p| (p.as_str(), p));
@@ -70,6 +148,10 @@ impl Checker {
             }
         }
         retry_on_status.sort_unstable();
+        let sticky = raw
+            .sticky
+            .as_ref()
+            .and_then(|s| self.sticky(&format!("{path}.sticky"), s));
         let drain_timeout = self.timeout(
             &format!("{path}.drain_timeout"),
             raw.drain_timeout.as_deref(),
@@ -133,6 +215,7 @@ impl Checker {
             connect_timeout,
             retries,
             retry_on_status,
+            sticky,
             drain_timeout,
             close_on_down: raw.close_on_down.unwrap_or(false),
             protocol,

@@ -162,6 +162,9 @@ pub struct Backend {
     pub(crate) slots: Arc<super::queue::Slots>,
     /// Its own HTTP check (`check = { ... }`), instead of the pool's.
     pub check: Option<weir_config::HttpCheck>,
+    /// What a sticky cookie carries for it: a hash of its name, the same in
+    /// every instance and across restarts, that does not show the name.
+    pub token: u64,
 }
 
 /// The share of its weight a backend that came back gets at first.

@@ -167,6 +167,24 @@ fn http<'a>(w: &mut Writer, backends: impl Iterator<Item = (&'a Pool, &'a Backen
             b.stats.http_retried.load(Relaxed),
         );
     }
+    if backends.clone().any(|(p, _)| p.sticky) {
+        w.family(
+            "weir_backend_sticky",
+            Kind::Counter,
+            "Requests whose sticky cookie named the backend: kept on it, or moved to another \
+             (it was not serving, or full).",
+        );
+        for (p, b) in backends.clone().filter(|(p, _)| p.sticky) {
+            for (i, result) in ["kept", "moved"].into_iter().enumerate() {
+                let [pool, backend] = id(p, b);
+                w.sample(
+                    "weir_backend_sticky_total",
+                    &[pool, backend, ("result", result)],
+                    b.stats.sticky[i].load(Relaxed),
+                );
+            }
+        }
+    }
     w.family(
         "weir_backend_http_requests_active",
         Kind::Gauge,

@@ -76,6 +76,8 @@ pub struct Pool {
     /// Answers of these statuses (sorted) send an idempotent, bodiless l7
     /// request to another backend, within `retries`.
     pub retry_on_status: Box<[u16]>,
+    /// A sticky cookie keeps l7 sessions on their backend.
+    pub sticky: bool,
     pub hash_key: config::HashKey,
     pub drain_timeout: Duration,
     pub close_on_down: bool,
@@ -234,6 +236,7 @@ impl Pool {
                     }
                 };
                 Backend {
+                    token: weir_balance::hash_bytes(b.name.as_bytes()),
                     name: b.name.clone(),
                     address,
                     weight: b.weight,
@@ -272,6 +275,7 @@ impl Pool {
             connect_timeout: cfg.connect_timeout,
             retries: cfg.retries.unwrap_or(u32::MAX),
             retry_on_status: cfg.retry_on_status.clone().into(),
+            sticky: cfg.sticky.is_some(),
             hash_key: cfg.hash_key,
             drain_timeout: cfg.drain_timeout,
             close_on_down: cfg.close_on_down,

@@ -252,6 +252,25 @@ impl Pool {
         Box::pin(self.acquire_limited(key, tried, until)).await
     }
 
+    /// Takes a slot on backend `i`, chosen by the client (a sticky cookie),
+    /// when the pool could pick it now (serving, in the active tier) and it
+    /// has room, and nobody waits in the queue (a client does not overtake
+    /// the waiters by naming a backend). False otherwise: the caller then
+    /// lets the pool pick ([`Pool::acquire`]).
+    pub fn take(self: &Arc<Self>, i: usize) -> bool {
+        let Some(b) = self.backends.get(i) else {
+            return false;
+        };
+        if !self.picker().is_eligible(i) {
+            return false;
+        }
+        if !self.limited {
+            b.slots.used.fetch_add(1, SeqCst);
+            return true;
+        }
+        self.queue.waiting.load(SeqCst) == 0 && b.slots.try_take()
+    }
+
     async fn acquire_limited(
         self: &Arc<Self>,
         key: u64,

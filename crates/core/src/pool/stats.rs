@@ -83,6 +83,9 @@ pub struct BackendStats {
     pub http_response_duration: Histogram,
     /// Answers put aside for another backend's (`retry_on_status`).
     pub http_retried: AtomicU64,
+    /// Requests whose sticky cookie named the backend: sent to it, and sent
+    /// elsewhere (it could not take them).
+    pub sticky: [AtomicU64; 2],
     /// Pooled HTTP connections to the backend, idle and in use.
     pub upstream_idle: AtomicI64,
     pub upstream_active: AtomicI64,
@@ -132,6 +135,7 @@ impl Default for BackendStats {
             http_responses: Default::default(),
             http_response_duration: Histogram::new(crate::listener::REQUEST_SECONDS),
             http_retried: AtomicU64::new(0),
+            sticky: Default::default(),
             upstream_idle: AtomicI64::new(0),
             upstream_active: AtomicI64::new(0),
             upstream_events: Default::default(),

@@ -3846,6 +3846,117 @@ fn header_values_carry_the_requests_facts() {
     );
 }
 
+/// A pool's sticky cookie: a new client gets the cookie of the backend
+/// that answered and stays there, over HTTP/1.1 and h2c (where the cookie
+/// may come in a field of its own); a cookie naming no backend, or one that
+/// was drained, is answered by another backend with a new cookie. Counted
+/// per backend as kept and moved.
+#[test]
+fn sticky_cookies_keep_a_client_on_its_backend() {
+    let backends = [
+        raw_backend(None, Duration::ZERO),
+        raw_backend(None, Duration::ZERO),
+        raw_backend(None, Duration::ZERO),
+    ];
+    let (front, admin, grpc) = (free_port(), free_port(), free_port());
+    let (_weir, _out) = start(
+        "sticky",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\ngrpc = \"{grpc}\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\nsticky = {{ cookie = \"srv\", max_age = \"1h\" }}\n\
+             [[pools.backends]]\nname = \"b0\"\naddress = \"{}\"\n\
+             [[pools.backends]]\nname = \"b1\"\naddress = \"{}\"\n\
+             [[pools.backends]]\nname = \"b2\"\naddress = \"{}\"\n",
+            backends[0].addr, backends[1].addr, backends[2].addr
+        ),
+    );
+    let counts = || backends.each_ref().map(|b| b.requests.load(SeqCst));
+    // (status, the Set-Cookie values)
+    let ask = |args: &[&str]| {
+        let mut all = vec!["-i"];
+        all.extend_from_slice(args);
+        let (status, text, _) = curl(&all, &format!("http://{front}/"));
+        let head = text.split("\r\n\r\n").next().unwrap_or("").to_owned();
+        let cookies: Vec<String> = head
+            .lines()
+            .filter_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.eq_ignore_ascii_case("set-cookie")
+                    .then(|| v.trim().to_owned())
+            })
+            .collect();
+        (status, cookies)
+    };
+    let before = counts();
+    let (status, cookies) = ask(&[]);
+    assert_eq!(status, 200);
+    assert_eq!(cookies.len(), 1, "{cookies:?}");
+    let (pair, attributes) = cookies[0].split_once(';').expect("attributes");
+    assert_eq!(attributes, " Path=/; Max-Age=3600; HttpOnly; SameSite=Lax");
+    let token = pair.strip_prefix("srv=").expect("the cookie").to_owned();
+    assert!(
+        token.len() == 16 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{token}"
+    );
+    let after = counts();
+    let home = (0..3)
+        .find(|&k| after[k] > before[k])
+        .expect("a backend answered");
+    let cookie = format!("Cookie: theme=dark; srv={token}");
+    for n in 0..9 {
+        let version = if n % 2 == 0 {
+            "--http1.1"
+        } else {
+            "--http2-prior-knowledge"
+        };
+        let (status, cookies) = ask(&[version, "-H", &cookie]);
+        assert_eq!(status, 200, "{version}");
+        assert!(cookies.is_empty(), "{version}: {cookies:?}");
+    }
+    // HTTP/2, with the cookie in a field of its own.
+    let (status, cookies) = ask(&[
+        "--http2-prior-knowledge",
+        "-H",
+        "cookie: theme=dark",
+        "-H",
+        &format!("cookie: srv={token}"),
+    ]);
+    assert_eq!((status, cookies.len()), (200, 0));
+    let now = counts();
+    for k in 0..3 {
+        let expected = if k == home { after[k] + 10 } else { after[k] };
+        assert_eq!(now[k], expected, "backend {k}: {now:?} after {after:?}");
+    }
+    // A token no backend has: picked as for a new client.
+    let (status, cookies) = ask(&["-H", "Cookie: srv=0123456789abcdef"]);
+    assert_eq!((status, cookies.len()), (200, 1), "{cookies:?}");
+    // Its backend drained: another answers, and the cookie follows it.
+    let name = format!("b{home}");
+    let (code, _, err) = crate::control::text(&crate::control::ctl(
+        grpc,
+        None,
+        &["backend", "drain", "p", &name],
+    ));
+    assert_eq!(code, 0, "{err}");
+    let before = counts();
+    let (status, cookies) = ask(&["-H", &cookie]);
+    assert_eq!((status, cookies.len()), (200, 1), "{cookies:?}");
+    assert!(!cookies[0].contains(&token), "{cookies:?}");
+    assert_eq!(counts()[home], before[home], "the drained backend got it");
+    let series = |result: &str| {
+        metric(
+            admin,
+            &format!(
+                "weir_backend_sticky_total{{pool=\"p\",backend=\"{name}\",result=\"{result}\"}}"
+            ),
+        )
+    };
+    assert_eq!((series("kept"), series("moved")), (10.0, 1.0));
+}
+
 /// `response_headers` with `always = true` reach weir's own answers too
 /// (a 404 no rule took, a redirect, a 502 or 503, a policy's refusal), the
 /// route's before the matched rule's, over HTTP/1.1 and h2c; without it
