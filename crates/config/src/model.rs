@@ -589,21 +589,30 @@ impl HeaderRules {
 pub struct HttpMatch {
     /// Lower-case host names: exact or a one-label wildcard (`*.example.com`).
     pub host: Vec<String>,
+    /// The path is one of these (byte for byte).
+    pub path: Vec<String>,
     /// The path must start with this (byte for byte).
     pub path_prefix: Option<String>,
+    /// The path must match this (anywhere, unless anchored).
+    pub path_regex: Option<Pattern>,
     /// Upper-case method names; matches any of them.
     pub methods: Vec<String>,
     /// (lower-case name, exact value) pairs; each must be present.
     pub headers: Vec<(String, String)>,
+    /// The client's address is in one of these.
+    pub source: Vec<IpNet>,
 }
 
 impl HttpMatch {
     /// True when this rule has no conditions (the catch-all).
     pub fn is_catch_all(&self) -> bool {
         self.host.is_empty()
+            && self.path.is_empty()
             && self.path_prefix.is_none()
+            && self.path_regex.is_none()
             && self.methods.is_empty()
             && self.headers.is_empty()
+            && self.source.is_empty()
     }
 }
 

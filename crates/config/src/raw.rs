@@ -284,12 +284,17 @@ pub(crate) struct RawHeaderRules {
 pub(crate) struct RawHttpMatch {
     #[serde(default)]
     pub(crate) host: Vec<String>,
+    #[serde(default)]
+    pub(crate) path: Vec<String>,
     pub(crate) path_prefix: Option<String>,
+    pub(crate) path_regex: Option<String>,
     #[serde(default)]
     pub(crate) methods: Vec<String>,
     /// Header name -> the exact value it must have.
     #[serde(default)]
     pub(crate) headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub(crate) source: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

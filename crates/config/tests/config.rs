@@ -2009,6 +2009,14 @@ fn l7_route_mistakes_name_their_key() {
             "headers",
             "\"x y\" is not a header name",
         ),
+        ("path = [\"/a\", \"b\"]", "path[1]", "\"b\" is not a path"),
+        ("path = [\"/a?b=1\"]", "path[0]", "\"/a?b=1\" is not a path"),
+        (
+            "path_regex = \"(\"",
+            "path_regex",
+            "not a regular expression",
+        ),
+        ("source = [\"10.0.0.0/33\"]", "source[0]", "\"10.0.0.0/33\""),
     ] {
         assert_one(
             &l7(
@@ -3213,4 +3221,37 @@ fn sticky_cookies_are_checked() {
     ] {
         assert_one(&with(table), &format!("pools[0].sticky.{key}"), error);
     }
+}
+
+/// A rule may match exact paths, a path pattern and the client's network.
+#[test]
+fn rules_match_paths_patterns_and_sources() {
+    let cfg = load(&l7(
+        "[[listeners.routes.http]]\nname = \"login\"\npool = \"p\"\n\
+         match = { path = [\"/login\", \"/logout\"], source = [\"10.0.0.0/8\", \"192.0.2.7\"] }\n\
+         [[listeners.routes.http]]\nname = \"php\"\npool = \"p\"\n\
+         match = { path_regex = \"\\\\.php$\" }\n\
+         [[listeners.routes.http]]\nname = \"rest\"\npool = \"p\"\n",
+        "",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let RouteMode::L7(http) = &cfg.listeners[0].routes[0].mode else {
+        panic!("an l7 route");
+    };
+    let login = &http.rules[0].matcher;
+    assert_eq!(login.path, ["/login", "/logout"]);
+    assert_eq!(
+        login.source,
+        [
+            "10.0.0.0/8".parse::<ipnet::IpNet>().expect("net"),
+            "192.0.2.7/32".parse().expect("net")
+        ]
+    );
+    let php = &http.rules[1].matcher;
+    assert_eq!(
+        php.path_regex.as_ref().map(|p| p.0.as_str()),
+        Some("\\.php$")
+    );
+    assert!(!login.is_catch_all() && !php.is_catch_all());
+    assert!(http.rules[2].matcher.is_catch_all());
 }

@@ -134,10 +134,7 @@ impl Policy {
             }
         }
         if !m.source.is_empty() {
-            let ip = match r.client {
-                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(r.client, IpAddr::V4),
-                v4 => v4,
-            };
+            let ip = crate::rules::canonical_ip(r.client);
             if !m.source.iter().any(|n| n.contains(&ip)) {
                 return false;
             }

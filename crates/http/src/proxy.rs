@@ -213,6 +213,7 @@ pub(crate) fn handle(
             name.as_deref(),
             req.uri().path(),
             req.headers(),
+            cx.client.ip(),
         );
         let Some(rule) = matched else {
             return Ok(answer(Reason::NoRule, own!(None), x));

@@ -79,10 +79,7 @@ pub(crate) struct RoutePool {
 impl RouteState {
     /// Whether `ip` may send forwarding headers and a request id weir keeps.
     pub(crate) fn trusts(&self, ip: std::net::IpAddr) -> bool {
-        let ip = match ip {
-            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = crate::rules::canonical_ip(ip);
         self.trusted.iter().any(|net| net.contains(&ip))
     }
 }

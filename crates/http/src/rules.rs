@@ -1,7 +1,9 @@
 //! HTTP rules: which pool a request goes to. Pure: a request's method, host,
-//! path and headers in, the first rule whose conditions all hold out.
+//! path, headers and client address in, the first rule whose conditions all
+//! hold out.
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use weir_config::HttpMatch;
@@ -12,9 +14,12 @@ pub struct Rule {
     pub name: std::sync::Arc<str>,
     /// Lower-case exact names or `*.` wildcards of one label.
     host: Vec<String>,
+    path: Vec<String>,
     path_prefix: Option<String>,
+    path_regex: Option<regex::Regex>,
     methods: Vec<Method>,
     headers: Vec<(HeaderName, HeaderValue)>,
+    source: Vec<ipnet::IpNet>,
     /// Index of the rule's pool among the route's pools.
     pub pool: usize,
     /// Checked after the route's, for the requests this rule takes.
@@ -52,9 +57,12 @@ impl Rule {
         Some(Rule {
             name: std::sync::Arc::from(name),
             host: m.host.clone(),
+            path: m.path.clone(),
             path_prefix: m.path_prefix.clone(),
+            path_regex: m.path_regex.as_ref().map(|p| p.0.clone()),
             methods,
             headers,
+            source: m.source.clone(),
             pool,
             policies: Vec::new(),
             auth: None,
@@ -66,15 +74,37 @@ impl Rule {
     }
 
     /// Whether every condition of the rule holds for the request. `host` is
-    /// the request's host as [`normalize_host`] returns it.
-    pub fn matches(&self, method: &Method, host: Option<&str>, path: &str, h: &HeaderMap) -> bool {
+    /// the request's host as [`normalize_host`] returns it, `path` the
+    /// normalised path without the query.
+    pub fn matches(
+        &self,
+        method: &Method,
+        host: Option<&str>,
+        path: &str,
+        h: &HeaderMap,
+        client: IpAddr,
+    ) -> bool {
         if !self.methods.is_empty() && !self.methods.contains(method) {
+            return false;
+        }
+        if !self.path.is_empty() && !self.path.iter().any(|p| p == path) {
             return false;
         }
         if let Some(prefix) = &self.path_prefix
             && !path.starts_with(prefix.as_str())
         {
             return false;
+        }
+        if let Some(re) = &self.path_regex
+            && !re.is_match(path)
+        {
+            return false;
+        }
+        if !self.source.is_empty() {
+            let ip = canonical_ip(client);
+            if !self.source.iter().any(|n| n.contains(&ip)) {
+                return false;
+            }
         }
         if !self.host.is_empty() {
             let Some(host) = host else {
@@ -101,10 +131,20 @@ pub fn first<'r>(
     host: Option<&str>,
     path: &str,
     headers: &HeaderMap,
+    client: IpAddr,
 ) -> Option<&'r Rule> {
     rules
         .iter()
-        .find(|r| r.matches(method, host, path, headers))
+        .find(|r| r.matches(method, host, path, headers, client))
+}
+
+/// An IPv4 client as an IPv4 address, also when it reached a dual-stack
+/// socket as `::ffff:a.b.c.d`: what lists of networks are compared with.
+pub(crate) fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
 }
 
 /// A request's host for matching: lower case, without the port and a final
@@ -130,6 +170,8 @@ pub(crate) fn host_name(raw: &str, (len, upper): (usize, bool)) -> Option<Cow<'_
 mod tests {
     use super::*;
 
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
+
     fn rule(
         host: &[&str],
         prefix: Option<&str>,
@@ -144,6 +186,7 @@ mod tests {
                 .iter()
                 .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
                 .collect(),
+            ..HttpMatch::default()
         };
         Rule::new("r", &m, 0).expect("valid rule")
     }
@@ -159,19 +202,60 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-canary", HeaderValue::from_static("1"));
         let host = normalize_host("API.example.com:8443");
-        assert!(r.matches(&Method::GET, host.as_deref(), "/v1/users", &h));
-        assert!(r.matches(&Method::POST, Some("a.api.example.com"), "/v1/", &h));
-        assert!(!r.matches(&Method::PUT, host.as_deref(), "/v1/users", &h));
-        assert!(!r.matches(&Method::GET, host.as_deref(), "/v2/users", &h));
-        assert!(!r.matches(&Method::GET, Some("a.b.api.example.com"), "/v1/", &h));
-        assert!(!r.matches(&Method::GET, None, "/v1/", &h));
-        assert!(!r.matches(&Method::GET, host.as_deref(), "/v1/", &HeaderMap::new()));
+        assert!(r.matches(&Method::GET, host.as_deref(), "/v1/users", &h, CLIENT));
+        assert!(r.matches(&Method::POST, Some("a.api.example.com"), "/v1/", &h, CLIENT));
+        assert!(!r.matches(&Method::PUT, host.as_deref(), "/v1/users", &h, CLIENT));
+        assert!(!r.matches(&Method::GET, host.as_deref(), "/v2/users", &h, CLIENT));
+        assert!(!r.matches(
+            &Method::GET,
+            Some("a.b.api.example.com"),
+            "/v1/",
+            &h,
+            CLIENT
+        ));
+        assert!(!r.matches(&Method::GET, None, "/v1/", &h, CLIENT));
+        assert!(!r.matches(
+            &Method::GET,
+            host.as_deref(),
+            "/v1/",
+            &HeaderMap::new(),
+            CLIENT
+        ));
+    }
+
+    /// Exact paths, a path pattern and the client's network.
+    #[test]
+    fn paths_patterns_and_sources() {
+        let m = HttpMatch {
+            path: vec!["/login".into(), "/logout".into()],
+            ..HttpMatch::default()
+        };
+        let r = Rule::new("r", &m, 0).expect("valid rule");
+        let h = HeaderMap::new();
+        assert!(r.matches(&Method::GET, None, "/login", &h, CLIENT));
+        assert!(r.matches(&Method::GET, None, "/logout", &h, CLIENT));
+        assert!(!r.matches(&Method::GET, None, "/login/", &h, CLIENT));
+        assert!(!r.matches(&Method::GET, None, "/", &h, CLIENT));
+        let m = HttpMatch {
+            path_regex: Some(weir_config::Pattern(
+                regex::Regex::new(r"\.(php|asp)$").expect("regex"),
+            )),
+            source: vec!["192.0.2.0/24".parse().expect("net")],
+            ..HttpMatch::default()
+        };
+        let r = Rule::new("r", &m, 0).expect("valid rule");
+        assert!(r.matches(&Method::GET, None, "/wp/index.php", &h, CLIENT));
+        assert!(!r.matches(&Method::GET, None, "/index.html", &h, CLIENT));
+        let mapped: IpAddr = "::ffff:192.0.2.9".parse().expect("ip");
+        assert!(r.matches(&Method::GET, None, "/a.asp", &h, mapped));
+        let other: IpAddr = "198.51.100.1".parse().expect("ip");
+        assert!(!r.matches(&Method::GET, None, "/a.asp", &h, other));
     }
 
     #[test]
     fn a_rule_without_conditions_takes_everything() {
         let r = rule(&[], None, &[], &[]);
-        assert!(r.matches(&Method::DELETE, None, "/", &HeaderMap::new()));
+        assert!(r.matches(&Method::DELETE, None, "/", &HeaderMap::new(), CLIENT));
     }
 
     #[test]
@@ -190,14 +274,14 @@ mod tests {
             .collect();
         let h = HeaderMap::new();
         assert_eq!(
-            first(&rules, &Method::GET, None, "/api/x", &h).map(|r| r.pool),
+            first(&rules, &Method::GET, None, "/api/x", &h, CLIENT).map(|r| r.pool),
             Some(0)
         );
         assert_eq!(
-            first(&rules, &Method::GET, None, "/web", &h).map(|r| r.pool),
+            first(&rules, &Method::GET, None, "/web", &h, CLIENT).map(|r| r.pool),
             Some(1)
         );
-        assert!(first(&rules[..1], &Method::GET, None, "/web", &h).is_none());
+        assert!(first(&rules[..1], &Method::GET, None, "/web", &h, CLIENT).is_none());
     }
 
     #[test]

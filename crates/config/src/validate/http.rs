@@ -452,6 +452,32 @@ impl Checker {
                 })
             })
             .collect();
+        let exact = raw
+            .path
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                if !p.starts_with('/')
+                    || !p.bytes().all(|b| b.is_ascii_graphic())
+                    || p.contains('?')
+                {
+                    self.push(
+                        format!("{path}.path[{i}]"),
+                        format!(
+                            "{p:?} is not a path: it starts with \"/\" and holds printable \
+                             characters only, without a query (percent-encode the others), \
+                             e.g. \"/login\""
+                        ),
+                    );
+                }
+                p.clone()
+            })
+            .collect();
+        let path_regex = raw
+            .path_regex
+            .as_ref()
+            .and_then(|r| self.pattern(&format!("{path}.path_regex"), r));
+        let source = self.sources(&format!("{path}.source"), &raw.source);
         let path_prefix = raw.path_prefix.as_ref().map(|p| {
             if !p.starts_with('/') || !p.bytes().all(|b| b.is_ascii_graphic()) {
                 self.push(
@@ -512,9 +538,12 @@ impl Checker {
             .collect();
         HttpMatch {
             host,
+            path: exact,
             path_prefix,
+            path_regex,
             methods,
             headers,
+            source,
         }
     }
 }

@@ -159,7 +159,7 @@ impl Checker {
         }
     }
 
-    fn pattern(&mut self, path: &str, re: &str) -> Option<Pattern> {
+    pub(super) fn pattern(&mut self, path: &str, re: &str) -> Option<Pattern> {
         match regex::RegexBuilder::new(re)
             .size_limit(PATTERN_SIZE_LIMIT)
             .build()

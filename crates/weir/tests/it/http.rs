@@ -3846,6 +3846,45 @@ fn header_values_carry_the_requests_facts() {
     );
 }
 
+/// Rules matching exact paths, a path pattern and the client's network,
+/// through weir: the access log names the rule each request took.
+#[test]
+fn rules_match_exact_paths_patterns_and_sources() {
+    let good = raw_backend(None, Duration::ZERO);
+    let front = free_port();
+    let (_weir, out) = start(
+        "rule-paths",
+        &format!(
+            "[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"inside\"\npool = \"p\"\n\
+             match = {{ path = [\"/login\"], source = [\"10.0.0.0/8\"] }}\n\
+             [[listeners.routes.http]]\nname = \"local\"\npool = \"p\"\n\
+             match = {{ path = [\"/login\", \"/logout\"], source = [\"127.0.0.0/8\"] }}\n\
+             [[listeners.routes.http]]\nname = \"php\"\npool = \"p\"\n\
+             match = {{ path_regex = \"^/[a-z]+\\\\.php$\" }}\n\
+             [[listeners.routes.http]]\nname = \"rest\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n",
+            good.addr
+        ),
+    );
+    for (path, rule) in [
+        ("/login", "local"),
+        ("/logout?next=/", "local"),
+        ("/login/", "rest"),
+        ("/index.php", "php"),
+        ("/a/../index.php", "php"),
+        ("/a/index.php", "rest"),
+        ("/INDEX.php", "rest"),
+    ] {
+        let (status, body, _) = curl(&["--path-as-is"], &format!("http://{front}{path}"));
+        assert_eq!(status, 200, "{path}: {body}");
+        let line = access_line(&out, path);
+        assert_eq!(line["rule"], rule, "{path}: {line}");
+    }
+}
+
 /// A pool's sticky cookie: a new client gets the cookie of the backend
 /// that answered and stays there, over HTTP/1.1 and h2c (where the cookie
 /// may come in a field of its own); a cookie naming no backend, or one that
