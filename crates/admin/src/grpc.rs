@@ -585,20 +585,45 @@ impl AdminApi for ControlService {
         }
         let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         let (sni, alpn) = (some(&r.sni), some(&r.alpn));
+        let headers = explain_headers(&r)?;
+        let question = (!r.path.is_empty()).then(|| weir_core::l7::HttpQuestion {
+            method: if r.method.is_empty() {
+                "GET"
+            } else {
+                &r.method
+            },
+            host: (!r.host.is_empty()).then_some(r.host.as_str()),
+            path: &r.path,
+            headers: &headers,
+            client: client.ip(),
+        });
         let e = self
             .server
-            .explain(&r.listener, client, sni.as_deref(), alpn.as_deref())
+            .explain(
+                &r.listener,
+                client,
+                sni.as_deref(),
+                alpn.as_deref(),
+                question,
+            )
             .map_err(|e| control_status(&e))?;
-        Ok(Response::new(pb::ExplainResponse {
-            routes: e
-                .routes
-                .into_iter()
+        let verdicts = |list: Vec<weir_core::server::RouteVerdict>| {
+            list.into_iter()
                 .map(|v| pb::RouteVerdict {
                     name: v.name,
                     matched: v.matched,
                     why: v.why,
                 })
-                .collect(),
+                .collect()
+        };
+        Ok(Response::new(pb::ExplainResponse {
+            routes: verdicts(e.routes),
+            http: e.http.map(|h| pb::HttpVerdict {
+                rules: verdicts(h.rules),
+                rule: h.rule.unwrap_or_default(),
+                pool: h.pool.unwrap_or_default(),
+                notes: h.notes,
+            }),
             route: e.route.unwrap_or_default(),
             pools: e
                 .pools
@@ -831,6 +856,38 @@ impl ControlService {
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("pool {pool:?} has no backend {backend:?}")))
     }
+}
+
+/// The request headers of an `ExplainRequest`, as (name, value) pairs:
+/// `Name: value` each, at most 100 of at most 8 KiB.
+fn explain_headers(r: &pb::ExplainRequest) -> Result<Vec<(String, String)>, Status> {
+    // What a request's path, host and headers can hold at most; longer is a
+    // mistake, quoted back once per rule.
+    if r.path.len() > 8192 || r.host.len() > 255 || r.method.len() > 32 {
+        return Err(Status::invalid_argument(
+            "path (8 KiB), host (255 bytes) or method (32 bytes) too long",
+        ));
+    }
+    if r.headers.len() > 100 {
+        return Err(Status::invalid_argument("at most 100 headers"));
+    }
+    if !r.path.is_empty() && !r.path.starts_with('/') {
+        return Err(Status::invalid_argument(format!(
+            "path {:?} does not start with /",
+            r.path
+        )));
+    }
+    r.headers
+        .iter()
+        .map(|h| match h.split_once(':') {
+            Some((n, v)) if !n.trim().is_empty() && h.len() <= 8192 => {
+                Ok((n.trim().to_owned(), v.trim().to_owned()))
+            }
+            _ => Err(Status::invalid_argument(format!(
+                "header {h:?} is not `Name: value` (at most 8 KiB)"
+            ))),
+        })
+        .collect()
 }
 
 /// The core's filter from the request's; an unparsable client is

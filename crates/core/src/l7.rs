@@ -90,6 +90,42 @@ pub trait HttpHandler: Send + Sync + fmt::Debug {
     fn certificates(&self) -> Vec<Certificate> {
         Vec::new()
     }
+
+    /// Which rule of the route would take `q`, and why each rule before it
+    /// does not (`weir explain` with a request). Reads only: no policy or
+    /// backend counts anything.
+    fn explain(&self, _q: &HttpQuestion<'_>) -> Option<RulesExplained> {
+        None
+    }
+}
+
+/// A request as `weir explain` describes it.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpQuestion<'a> {
+    pub method: &'a str,
+    /// As the client would send it (`Host` or `:authority`).
+    pub host: Option<&'a str>,
+    /// The request target's path, with its query if any, as sent.
+    pub path: &'a str,
+    /// (name, value) pairs.
+    pub headers: &'a [(String, String)],
+    pub client: std::net::IpAddr,
+}
+
+/// What an l7 route does with an [`HttpQuestion`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RulesExplained {
+    /// Every rule in order, with its verdict.
+    pub rules: Vec<crate::server::RouteVerdict>,
+    /// The rule that takes the request; `None`: answered 404.
+    pub rule: Option<String>,
+    /// The pool the request goes to; `None`: it goes to none (a redirect,
+    /// a refusal, no rule).
+    pub pool: Option<String>,
+    /// What happens to the request before (or instead of) a backend: the
+    /// path it is matched with, a policy that refuses it, a redirect, an
+    /// authentication service asked.
+    pub notes: Vec<String>,
 }
 
 /// What a route's forward authentication did so far.

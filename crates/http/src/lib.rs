@@ -25,6 +25,7 @@ mod body;
 mod clock;
 pub mod errors;
 mod exchange;
+mod explain;
 mod gather;
 pub mod headers;
 mod io;

@@ -331,6 +331,13 @@ impl HttpHandler for Handler {
         self
     }
 
+    fn explain(
+        &self,
+        q: &weir_core::l7::HttpQuestion<'_>,
+    ) -> Option<weir_core::l7::RulesExplained> {
+        Some(crate::explain::explain(&self.state, q))
+    }
+
     fn auth(&self) -> Option<weir_core::l7::AuthSnapshot> {
         let s = &self.state;
         if s.auth.is_none() && s.rules.iter().all(|r| r.auth.is_none()) {

@@ -124,6 +124,93 @@ impl Rule {
     }
 }
 
+impl Rule {
+    /// [`Rule::matches`] in words, for `weir explain`: `Ok` with the
+    /// conditions that hold, `Err` with the first that does not.
+    pub fn verdict(
+        &self,
+        method: &Method,
+        host: Option<&str>,
+        path: &str,
+        h: &HeaderMap,
+        client: IpAddr,
+    ) -> Result<String, String> {
+        let mut held = Vec::new();
+        if !self.methods.is_empty() {
+            let list = join(self.methods.iter().map(Method::as_str));
+            if !self.methods.contains(method) {
+                return Err(format!("method {method} is not in [{list}]"));
+            }
+            held.push(format!("method {method} is in [{list}]"));
+        }
+        if !self.path.is_empty() {
+            let list = join(self.path.iter().map(String::as_str));
+            if !self.path.iter().any(|p| p == path) {
+                return Err(format!("path {path:?} is not in [{list}]"));
+            }
+            held.push(format!("path {path:?} is in [{list}]"));
+        }
+        if let Some(prefix) = &self.path_prefix {
+            if !path.starts_with(prefix.as_str()) {
+                return Err(format!("path {path:?} does not start with {prefix:?}"));
+            }
+            held.push(format!("path {path:?} starts with {prefix:?}"));
+        }
+        if let Some(re) = &self.path_regex {
+            if !re.is_match(path) {
+                return Err(format!("path {path:?} does not match /{}/", re.as_str()));
+            }
+            held.push(format!("path {path:?} matches /{}/", re.as_str()));
+        }
+        if !self.source.is_empty() {
+            let ip = canonical_ip(client);
+            let list = self
+                .source
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            if !self.source.iter().any(|n| n.contains(&ip)) {
+                return Err(format!("client {ip} is not in [{list}]"));
+            }
+            held.push(format!("client {ip} is in [{list}]"));
+        }
+        if !self.host.is_empty() {
+            let list = join(self.host.iter().map(String::as_str));
+            let Some(host) = host else {
+                return Err(format!("needs a host in [{list}]; the request has none"));
+            };
+            if !self
+                .host
+                .iter()
+                .any(|p| weir_wire::name::sni_matches(p, host))
+            {
+                return Err(format!("host {host:?} is not in [{list}]"));
+            }
+            held.push(format!("host {host:?} is in [{list}]"));
+        }
+        for (name, value) in &self.headers {
+            let v = String::from_utf8_lossy(value.as_bytes());
+            if !h.get_all(name).iter().any(|x| x == value) {
+                return Err(format!("no header {name}: {v}"));
+            }
+            held.push(format!("header {name}: {v}"));
+        }
+        Ok(if held.is_empty() {
+            "no conditions: takes every request".to_owned()
+        } else {
+            held.join("; ")
+        })
+    }
+}
+
+fn join<S: AsRef<str>>(items: impl Iterator<Item = S>) -> String {
+    items
+        .map(|s| format!("{:?}", s.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The first rule of `rules` that matches.
 pub fn first<'r>(
     rules: &'r [Rule],
@@ -250,6 +337,50 @@ mod tests {
         assert!(r.matches(&Method::GET, None, "/a.asp", &h, mapped));
         let other: IpAddr = "198.51.100.1".parse().expect("ip");
         assert!(!r.matches(&Method::GET, None, "/a.asp", &h, other));
+    }
+
+    /// The verdict says which condition failed, or which held, and agrees
+    /// with `matches`.
+    #[test]
+    fn verdicts_say_why() {
+        let r = rule(
+            &["api.example.com"],
+            Some("/v1/"),
+            &["GET"],
+            &[("x-canary", "1")],
+        );
+        let mut h = HeaderMap::new();
+        let host = Some("api.example.com");
+        let why = |m: &Method, host, path, h: &HeaderMap| {
+            let v = r.verdict(m, host, path, h, CLIENT);
+            assert_eq!(v.is_ok(), r.matches(m, host, path, h, CLIENT), "{v:?}");
+            v
+        };
+        assert_eq!(
+            why(&Method::POST, host, "/v1/", &h),
+            Err("method POST is not in [\"GET\"]".to_owned())
+        );
+        assert_eq!(
+            why(&Method::GET, host, "/v2/", &h),
+            Err("path \"/v2/\" does not start with \"/v1/\"".to_owned())
+        );
+        assert_eq!(
+            why(&Method::GET, None, "/v1/", &h),
+            Err("needs a host in [\"api.example.com\"]; the request has none".to_owned())
+        );
+        assert_eq!(
+            why(&Method::GET, host, "/v1/", &h),
+            Err("no header x-canary: 1".to_owned())
+        );
+        h.insert("x-canary", HeaderValue::from_static("1"));
+        let held = why(&Method::GET, host, "/v1/a", &h).expect("matches");
+        assert!(held.starts_with("method GET is in"), "{held}");
+        assert!(held.ends_with("header x-canary: 1"), "{held}");
+        let all = rule(&[], None, &[], &[]);
+        assert_eq!(
+            all.verdict(&Method::GET, None, "/", &h, CLIENT),
+            Ok("no conditions: takes every request".to_owned())
+        );
     }
 
     #[test]

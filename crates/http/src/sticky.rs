@@ -42,6 +42,11 @@ impl StickyCookie {
         }
     }
 
+    /// The cookie's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The backend of `pool` the request's cookie names, if any (whether
     /// it can take the request is the pool's to say).
     pub(crate) fn named(&self, headers: &HeaderMap, pool: &Pool) -> Option<usize> {

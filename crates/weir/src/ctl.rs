@@ -170,6 +170,19 @@ pub(crate) struct ExplainArgs {
     /// An ALPN protocol its ClientHello would offer.
     #[arg(long)]
     alpn: Option<String>,
+    /// For an l7 route: a request's path (with its query), to see which
+    /// rule takes it, why the rules before it do not, and its pool.
+    #[arg(long)]
+    path: Option<String>,
+    /// The request's method (with --path).
+    #[arg(long, default_value = "GET", requires = "path")]
+    method: String,
+    /// The request's host (`Host` or `:authority`; with --path).
+    #[arg(long, requires = "path")]
+    host: Option<String>,
+    /// A request header, `Name: value` (with --path; repeat for more).
+    #[arg(long = "header", short = 'H', requires = "path")]
+    headers: Vec<String>,
 }
 
 /// Which live connections (`weir connections`): every given condition
@@ -668,6 +681,10 @@ async fn call(
                         client: a.client,
                         sni: a.sni.unwrap_or_default(),
                         alpn: a.alpn.unwrap_or_default(),
+                        path: a.path.unwrap_or_default(),
+                        method: a.method,
+                        host: a.host.unwrap_or_default(),
+                        headers: a.headers,
                     },
                     true,
                 )?)
@@ -1405,6 +1422,14 @@ fn explain_json(e: &pb::ExplainResponse) -> Value {
         "routes": e.routes.iter().map(|r| json!({
             "name": r.name, "matched": r.matched, "why": r.why,
         })).collect::<Vec<_>>(),
+        "http": e.http.as_ref().map(|h| json!({
+            "rules": h.rules.iter().map(|r| json!({
+                "name": r.name, "matched": r.matched, "why": r.why,
+            })).collect::<Vec<_>>(),
+            "rule": (!h.rule.is_empty()).then_some(&h.rule),
+            "pool": (!h.pool.is_empty()).then_some(&h.pool),
+            "notes": h.notes,
+        })),
         "pools": e.pools.iter().map(|p| json!({
             "name": p.name,
             "balance": p.balance,
@@ -1427,6 +1452,19 @@ fn explain_text(e: &pb::ExplainResponse) -> String {
     if e.route.is_empty() {
         out.push_str("no route takes this client: it is refused (no_route)\n");
         return out;
+    }
+    if let Some(h) = &e.http {
+        out.push('\n');
+        for r in &h.rules {
+            let mark = if r.matched { "TAKES" } else { "no" };
+            let _ = writeln!(out, "rule  {:<16} {mark:<5}  {}", r.name, r.why);
+        }
+        for n in &h.notes {
+            let _ = writeln!(out, "  {n}");
+        }
+        if !h.pool.is_empty() {
+            let _ = writeln!(out, "  to pool {}", h.pool);
+        }
     }
     for p in &e.pools {
         let _ = writeln!(

@@ -510,10 +510,17 @@ async fn add_backend(
     reply(c.add_backend(call(&headers, request)).await)
 }
 
-/// `GET /explain?listener=L&client=ADDR[&sni=NAME][&alpn=P]`.
+/// `GET /explain?listener=L&client=ADDR[&sni=NAME][&alpn=P][&path=/x]
+/// [&method=M][&host=H][&header=Name:+value]...` (`header` as often as
+/// needed).
 async fn explain(State(state): State<Arc<AppState>>, uri: axum::http::Uri) -> Answer {
     let c = control(&state)?;
-    let query = Query::of(&uri, &["listener", "client", "sni", "alpn"])?;
+    let query = Query::of(
+        &uri,
+        &[
+            "listener", "client", "sni", "alpn", "path", "method", "host", "header",
+        ],
+    )?;
     let field = |name: &str| query.get(name);
     for required in ["listener", "client"] {
         if field(required).is_empty() {
@@ -525,6 +532,10 @@ async fn explain(State(state): State<Arc<AppState>>, uri: axum::http::Uri) -> An
         client: field("client"),
         sni: field("sni"),
         alpn: field("alpn"),
+        path: field("path"),
+        method: field("method"),
+        host: field("host"),
+        headers: query.all("header"),
     };
     reply(c.explain(tonic::Request::new(request)).await)
 }
@@ -606,6 +617,15 @@ impl Query {
             )));
         }
         Ok(Query(pairs))
+    }
+
+    /// Every value of `name`, in order.
+    fn all(&self, name: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     /// The value of `name`; empty when absent.

@@ -79,6 +79,17 @@ pub struct ExplainRequest {
     pub sni: ::prost::alloc::string::String,
     #[prost(string, tag = "4")]
     pub alpn: ::prost::alloc::string::String,
+    /// A request to explain, for an l7 route: its path (with the query, as
+    /// sent; empty: no request), method (empty: GET), host (`Host` or
+    /// `:authority`; empty: none) and headers ("Name: value").
+    #[prost(string, tag = "5")]
+    pub path: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub method: ::prost::alloc::string::String,
+    #[prost(string, tag = "7")]
+    pub host: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "8")]
+    pub headers: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(::serde::Serialize)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -89,8 +100,29 @@ pub struct ExplainResponse {
     /// The route that takes the client; empty: none (refused with no_route).
     #[prost(string, tag = "2")]
     pub route: ::prost::alloc::string::String,
+    /// The route's pools; with a request (`path`) to an l7 route, the pool of
+    /// the rule that takes it, or none.
     #[prost(message, repeated, tag = "3")]
     pub pools: ::prost::alloc::vec::Vec<PoolVerdict>,
+    /// An l7 route given a request: what its rules do with it.
+    #[prost(message, optional, tag = "4")]
+    pub http: ::core::option::Option<HttpVerdict>,
+}
+#[derive(::serde::Serialize)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct HttpVerdict {
+    /// Every rule of the route, in order.
+    #[prost(message, repeated, tag = "1")]
+    pub rules: ::prost::alloc::vec::Vec<RouteVerdict>,
+    /// The rule that takes the request; empty: none (404 no_rule).
+    #[prost(string, tag = "2")]
+    pub rule: ::prost::alloc::string::String,
+    /// The pool it goes to; empty: none (a redirect, a refusal, no rule).
+    #[prost(string, tag = "3")]
+    pub pool: ::prost::alloc::string::String,
+    /// What happens before, or instead of, a backend.
+    #[prost(string, repeated, tag = "4")]
+    pub notes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(::serde::Serialize)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -21,8 +21,12 @@ pub struct Explanation {
     pub routes: Vec<RouteVerdict>,
     /// The route that takes the client; `None`: refused with `no_route`.
     pub route: Option<String>,
-    /// The chosen route's pools (an l7 route's rules pick one per request).
+    /// The chosen route's pools (an l7 route's rules pick one per request:
+    /// with a request to explain, the pool of the rule that takes it).
     pub pools: Vec<PoolVerdict>,
+    /// For an l7 route: what its rules do with the request, when one was
+    /// given.
+    pub http: Option<crate::l7::RulesExplained>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,13 +58,16 @@ pub struct BackendVerdict {
 
 impl Server {
     /// Explains where a connection from `client` to `listener` would go,
-    /// with `sni` and `alpn` as its ClientHello would carry them.
+    /// with `sni` and `alpn` as its ClientHello would carry them; for an l7
+    /// route, where the request `http` describes goes (its `client` is
+    /// taken from `client`).
     pub fn explain(
         &self,
         listener: &str,
         client: SocketAddr,
         sni: Option<&str>,
         alpn: Option<&str>,
+        http: Option<crate::l7::HttpQuestion<'_>>,
     ) -> Result<Explanation, ControlError> {
         let l = self
             .listener(listener)
@@ -105,9 +112,18 @@ impl Server {
                 why,
             });
         }
+        let explained = match (chosen.map(|r| &r.mode), http) {
+            (Some(crate::listener::Mode::L7(l7)), Some(q)) => l7.handler.explain(&q),
+            _ => None,
+        };
         let pools = chosen.map_or_else(Vec::new, |r| {
             r.pools()
                 .into_iter()
+                .filter(|p| {
+                    explained
+                        .as_ref()
+                        .is_none_or(|e| e.pool.as_deref() == Some(&p.name))
+                })
                 .map(|p| pool_verdict(p, client, sni.as_deref()))
                 .collect()
         });
@@ -115,6 +131,7 @@ impl Server {
             routes,
             route: chosen.map(|r| r.name.clone()),
             pools,
+            http: explained,
         })
     }
 }

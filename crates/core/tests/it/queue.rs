@@ -200,7 +200,9 @@ async fn balancing_passes_over_a_full_backend_while_another_has_room() {
     assert_eq!(pool.queue.results(QueueResult::Full), 0);
     // `weir explain` says why a is passed over.
     let client: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
-    let why = server.explain("l", client, None, None).expect("explain");
+    let why = server
+        .explain("l", client, None, None, None)
+        .expect("explain");
     let verdicts: Vec<(&str, bool, &str)> = why.pools[0]
         .backends
         .iter()

@@ -206,3 +206,177 @@ fn the_access_log_of_a_failed_connection_names_the_backends_tried() {
     assert!(line.contains("\"reason\":\"connect_failed\""), "{line}");
     assert!(line.contains("\"error\":\"refused\""), "{line}");
 }
+
+/// `weir explain --path ...` on an l7 route: which rule takes the request
+/// and why each before it does not, what happens before a backend (the
+/// path's normal form, a policy, a redirect) and the pool it goes to, over
+/// the CLI and the JSON API.
+#[test]
+fn explain_follows_a_request_through_the_rules_of_an_l7_route() {
+    let (grpc, http, front) = (free_port(), free_port(), free_port());
+    let (a, b) = (named_backend("a"), named_backend("b"));
+    let file = temp_config(
+        "explain-l7",
+        &format!(
+            "[admin]\ngrpc = \"{grpc}\"\nhttp = \"{http}\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"site\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"admin\"\npool = \"web\"\n\
+             match = {{ path_prefix = \"/admin\", source = [\"10.0.0.0/8\"] }}\n\
+             [[listeners.routes.http]]\nname = \"moved\"\n\
+             match = {{ host = [\"old.example\"] }}\nredirect = {{ host = \"new.example\" }}\n\
+             [[listeners.routes.http]]\nname = \"api\"\npool = \"api\"\n\
+             match = {{ path_prefix = \"/api/\", methods = [\"GET\"] }}\nstrip_prefix = \"/api\"\n\
+             policies = [{{ name = \"private\", deny = {{ path_prefix = [\"/api/private\"] }} }}]\n\
+             [[listeners.routes.http]]\nname = \"rest\"\npool = \"web\"\n\
+             [[pools]]\nname = \"web\"\nsticky = {{ cookie = \"srv\" }}\n\
+             [[pools.backends]]\naddress = \"{a}\"\n\
+             [[pools]]\nname = \"api\"\n[[pools.backends]]\naddress = \"{b}\"\n"
+        ),
+    );
+    let (_weir, _out) = run_weir(&file);
+    let ask = |extra: &[&str]| {
+        let mut args = vec![
+            "explain",
+            "--listener",
+            "web",
+            "--client",
+            "127.0.0.1",
+            "-o",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        json(&ctl(grpc, None, &args))
+    };
+    let rules = |v: &serde_json::Value| {
+        v["http"]["rules"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|r| {
+                        (
+                            r["matched"] == true,
+                            r["why"].as_str().unwrap_or("").to_owned(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    // Without a request: the route and both pools, no rules.
+    let v = ask(&[]);
+    assert_eq!(v["route"], "site", "{v}");
+    assert!(v["http"].is_null(), "{v}");
+    assert_eq!(v["pools"].as_array().map(Vec::len), Some(2), "{v}");
+
+    let v = ask(&["--path", "/api/users?x=1", "--host", "app.example"]);
+    let r = rules(&v);
+    assert_eq!(r.len(), 4, "{v}");
+    assert!(
+        !r[0].0 && r[0].1.contains("does not start with \"/admin\""),
+        "{v}"
+    );
+    assert!(
+        !r[1].0 && r[1].1.contains("host \"app.example\" is not in"),
+        "{v}"
+    );
+    assert!(r[2].0 && r[2].1.contains("starts with \"/api/\""), "{v}");
+    assert!(
+        !r[3].0 && r[3].1.contains("not reached: rule \"api\""),
+        "{v}"
+    );
+    assert_eq!(
+        (&v["http"]["rule"], &v["http"]["pool"]),
+        (&"api".into(), &"api".into())
+    );
+    assert_eq!(v["pools"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v["pools"][0]["name"], "api", "{v}");
+    let notes = v["http"]["notes"].to_string();
+    assert!(
+        notes.contains("the backend gets the path \\\"/users\\\""),
+        "{v}"
+    );
+
+    // The client is not inside: the admin rule does not take it.
+    let v = ask(&["--path", "/admin/x"]);
+    assert!(
+        rules(&v)[0]
+            .1
+            .contains("client 127.0.0.1 is not in [10.0.0.0/8]"),
+        "{v}"
+    );
+    assert_eq!(v["http"]["rule"], "rest", "{v}");
+    assert!(
+        v["http"]["notes"]
+            .to_string()
+            .contains("sticky cookie \\\"srv\\\""),
+        "{v}"
+    );
+
+    // Matched in its normal form, then refused by the rule's policy.
+    let v = ask(&["--path", "/api/x/../private/key"]);
+    let notes = v["http"]["notes"].to_string();
+    assert!(
+        notes.contains("normal form of its path: \\\"/api/private/key\\\""),
+        "{v}"
+    );
+    assert!(
+        notes.contains("refused by policy \\\"private\\\": answered 403"),
+        "{v}"
+    );
+    assert!(
+        v["http"]["pool"].is_null() && v["pools"] == serde_json::json!([]),
+        "{v}"
+    );
+
+    // A POST is not the api rule's.
+    let v = ask(&["--path", "/api/x", "--method", "POST"]);
+    assert!(
+        rules(&v)[2].1.contains("method POST is not in [\"GET\"]"),
+        "{v}"
+    );
+    assert_eq!(v["http"]["rule"], "rest", "{v}");
+
+    // A redirect, by the JSON API, with a header.
+    let body = crate::cli::http_get(
+        http,
+        "/api/v1/explain?listener=web&client=127.0.0.1&path=/a%3Fb%3D1&host=old.example\
+         &header=X-Test:+1",
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap_or(&body)).expect("json");
+    assert_eq!(v["http"]["rule"], "moved", "{v}");
+    assert!(
+        v["http"]["notes"]
+            .to_string()
+            .contains("redirected: answered 301 to http://new.example/a?b=1"),
+        "{v}"
+    );
+    // The table, and a path that is not one.
+    let table = |path: &str| {
+        text(&ctl(
+            grpc,
+            None,
+            &[
+                "explain",
+                "--listener",
+                "web",
+                "--client",
+                "127.0.0.1",
+                "--path",
+                path,
+            ],
+        ))
+    };
+    let (code, table_out, err) = table("/api/u");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        table_out
+            .contains("rule  api              TAKES  method GET is in [\"GET\"]; path \"/api/u\"")
+            && table_out.contains("  the backend gets the path \"/u\"\n  to pool api\n"),
+        "{table_out}"
+    );
+    let (code, _, err) = table("x");
+    assert_ne!(code, 0);
+    assert!(err.contains("does not start with /"), "{err}");
+}

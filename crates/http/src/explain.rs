@@ -1,0 +1,160 @@
+//! `weir explain` with a request: what an l7 route does with it, in the
+//! order the proxy does it (`proxy.rs`), and why. Reads only: policies
+//! count no refusal, no authentication service is asked, no backend is
+//! picked.
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use weir_core::l7::{HttpQuestion, RulesExplained};
+use weir_core::server::RouteVerdict;
+
+use crate::route::RouteState;
+
+pub(crate) fn explain(state: &RouteState, q: &HttpQuestion<'_>) -> RulesExplained {
+    let mut out = RulesExplained {
+        rules: Vec::new(),
+        rule: None,
+        pool: None,
+        notes: Vec::new(),
+    };
+    let Ok(method) = Method::from_bytes(q.method.as_bytes()) else {
+        out.notes
+            .push(format!("{:?} is not a method: answered 400", q.method));
+        return out;
+    };
+    let host = match q.host.filter(|h| !h.is_empty()) {
+        None => None,
+        Some(h) => match crate::rules::normalize_host(h) {
+            Some(name) => Some(name.into_owned()),
+            None => {
+                out.notes
+                    .push(format!("host {h:?} is not a host name: answered 400"));
+                return out;
+            }
+        },
+    };
+    let (path, query) = match q.path.split_once('?') {
+        Some((p, query)) => (p, Some(query)),
+        None => (q.path, None),
+    };
+    let path = match weir_wire::path::normalize(path, state.encoded_slashes) {
+        Ok(p) => p.into_owned(),
+        Err(e) => {
+            out.notes
+                .push(format!("path {path:?} is refused ({e}): answered 400"));
+            return out;
+        }
+    };
+    if path != q.path.split('?').next().unwrap_or_default() {
+        out.notes.push(format!(
+            "matched, and forwarded, with the normal form of its path: {path:?}"
+        ));
+    }
+    let mut headers = HeaderMap::new();
+    for (name, value) in q.headers {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            (Ok(n), Ok(v)) => {
+                headers.append(n, v);
+            }
+            _ => out.notes.push(format!(
+                "header {name:?} left out: not a header a client can send"
+            )),
+        }
+    }
+    let mut chosen: Option<&crate::rules::Rule> = None;
+    for r in &state.rules {
+        let (matched, why) = match chosen {
+            Some(first) => (
+                false,
+                format!("not reached: rule {:?} takes the request first", first.name),
+            ),
+            None => match r.verdict(&method, host.as_deref(), &path, &headers, q.client) {
+                Ok(why) => {
+                    chosen = Some(r);
+                    (true, why)
+                }
+                Err(why) => (false, why),
+            },
+        };
+        out.rules.push(RouteVerdict {
+            name: r.name.to_string(),
+            matched,
+            why,
+        });
+    }
+    let Some(rule) = chosen else {
+        out.notes
+            .push("no rule takes it: answered 404 (no_rule)".to_owned());
+        return out;
+    };
+    out.rule = Some(rule.name.to_string());
+    let view = crate::policy::Request {
+        method: &method,
+        host: host.as_deref(),
+        path: &path,
+        headers: &headers,
+        client: q.client,
+    };
+    if let Some(p) = state
+        .policies
+        .iter()
+        .chain(&rule.policies)
+        .find(|p| p.refuses(&view))
+    {
+        out.notes.push(format!(
+            "refused by policy {:?}: answered {}",
+            p.name,
+            p.status.as_u16()
+        ));
+        return out;
+    }
+    if let Some(r) = &rule.redirect {
+        let moved = rule
+            .rewrite
+            .as_ref()
+            .map_or_else(|| path.clone(), |rw| rw.apply(&path));
+        let target = match query {
+            Some(q) => format!("{moved}?{q}"),
+            None => moved,
+        };
+        let proto = if state.tls.is_some() { "https" } else { "http" };
+        match r.location(proto, host.as_deref(), &target) {
+            Some(to) => out.notes.push(format!(
+                "redirected: answered {} to {}",
+                r.status.as_u16(),
+                String::from_utf8_lossy(to.as_bytes())
+            )),
+            None => out
+                .notes
+                .push("a redirect without a host to send the client to: answered 400".to_owned()),
+        }
+        return out;
+    }
+    if let Some(gate) = rule.auth.as_ref().or(state.auth.as_ref()) {
+        out.notes.push(format!(
+            "the authentication service at {} is asked first; a refusal is passed on",
+            gate.url()
+        ));
+    }
+    if let Some(rw) = &rule.rewrite {
+        out.notes
+            .push(format!("the backend gets the path {:?}", rw.apply(&path)));
+    }
+    match state.pools.get(rule.pool) {
+        Some(p) => {
+            if let Some(s) = &p.sticky {
+                out.notes.push(format!(
+                    "a sticky cookie {:?} naming a backend that can take it sends it there",
+                    s.name()
+                ));
+            }
+            out.pool = Some(p.pool.name.clone());
+        }
+        None => out
+            .notes
+            .push("its pool has no backend: answered 503".to_owned()),
+    }
+    out
+}
