@@ -7,7 +7,8 @@
 //! header value: `template::parse` must not panic, and what it reads is read
 //! the same when written back. The same bytes as a `Cookie` header:
 //! `cookie::find` must not panic and gives a part of them, and a sticky
-//! token reads back as the id it was made from.
+//! token reads back as the id it was made from. As a query: `query::has`
+//! must not panic, and decoding changes nothing without `%` or `+`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -48,6 +49,11 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(pieces) = weir_wire::template::parse(text) {
         let again = weir_wire::template::parse(&weir_wire::template::render(&pieces));
         assert_eq!(again.as_ref(), Ok(&pieces));
+    }
+    let _ = weir_wire::query::has(text, "a", "1");
+    let _ = weir_wire::query::has(text, text.get(..2).unwrap_or(""), "");
+    if !text.contains(['%', '+']) {
+        assert_eq!(weir_wire::query::decode(text), text);
     }
     let kept = normalize(text, Slashes::Keep);
     if let Ok(once) = &kept {

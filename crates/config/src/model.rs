@@ -601,6 +601,8 @@ pub struct HttpMatch {
     pub headers: Vec<(String, String)>,
     /// The client's address is in one of these.
     pub source: Vec<IpNet>,
+    /// (name, value) pairs of the query, both decoded; each must be there.
+    pub query: Vec<(String, String)>,
 }
 
 impl HttpMatch {
@@ -613,6 +615,7 @@ impl HttpMatch {
             && self.methods.is_empty()
             && self.headers.is_empty()
             && self.source.is_empty()
+            && self.query.is_empty()
     }
 }
 

@@ -295,6 +295,9 @@ pub(crate) struct RawHttpMatch {
     pub(crate) headers: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub(crate) source: Vec<String>,
+    /// Query parameter -> the exact value it must have (decoded).
+    #[serde(default)]
+    pub(crate) query: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]

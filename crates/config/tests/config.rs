@@ -2017,6 +2017,11 @@ fn l7_route_mistakes_name_their_key() {
             "not a regular expression",
         ),
         ("source = [\"10.0.0.0/33\"]", "source[0]", "\"10.0.0.0/33\""),
+        (
+            "query = { \"\" = \"1\" }",
+            "query.",
+            "a query parameter here is a non-empty name",
+        ),
     ] {
         assert_one(
             &l7(
@@ -3230,7 +3235,7 @@ fn rules_match_paths_patterns_and_sources() {
         "[[listeners.routes.http]]\nname = \"login\"\npool = \"p\"\n\
          match = { path = [\"/login\", \"/logout\"], source = [\"10.0.0.0/8\", \"192.0.2.7\"] }\n\
          [[listeners.routes.http]]\nname = \"php\"\npool = \"p\"\n\
-         match = { path_regex = \"\\\\.php$\" }\n\
+         match = { path_regex = \"\\\\.php$\", query = { \"v\" = \"2\" } }\n\
          [[listeners.routes.http]]\nname = \"rest\"\npool = \"p\"\n",
         "",
     ))
@@ -3252,6 +3257,7 @@ fn rules_match_paths_patterns_and_sources() {
         php.path_regex.as_ref().map(|p| p.0.as_str()),
         Some("\\.php$")
     );
+    assert_eq!(php.query, [("v".to_owned(), "2".to_owned())]);
     assert!(!login.is_catch_all() && !php.is_catch_all());
     assert!(http.rules[2].matcher.is_catch_all());
 }

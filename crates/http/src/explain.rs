@@ -70,7 +70,7 @@ pub(crate) fn explain(state: &RouteState, q: &HttpQuestion<'_>) -> RulesExplaine
                 false,
                 format!("not reached: rule {:?} takes the request first", first.name),
             ),
-            None => match r.verdict(&method, host.as_deref(), &path, &headers, q.client) {
+            None => match r.verdict(&method, host.as_deref(), &path, &headers, q.client, query) {
                 Ok(why) => {
                     chosen = Some(r);
                     (true, why)

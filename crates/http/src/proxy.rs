@@ -214,6 +214,7 @@ pub(crate) fn handle(
             req.uri().path(),
             req.headers(),
             cx.client.ip(),
+            req.uri().query(),
         );
         let Some(rule) = matched else {
             return Ok(answer(Reason::NoRule, own!(None), x));

@@ -20,6 +20,7 @@ pub struct Rule {
     methods: Vec<Method>,
     headers: Vec<(HeaderName, HeaderValue)>,
     source: Vec<ipnet::IpNet>,
+    query: Vec<(String, String)>,
     /// Index of the rule's pool among the route's pools.
     pub pool: usize,
     /// Checked after the route's, for the requests this rule takes.
@@ -63,6 +64,7 @@ impl Rule {
             methods,
             headers,
             source: m.source.clone(),
+            query: m.query.clone(),
             pool,
             policies: Vec::new(),
             auth: None,
@@ -83,8 +85,16 @@ impl Rule {
         path: &str,
         h: &HeaderMap,
         client: IpAddr,
+        query: Option<&str>,
     ) -> bool {
         if !self.methods.is_empty() && !self.methods.contains(method) {
+            return false;
+        }
+        if !self
+            .query
+            .iter()
+            .all(|(n, v)| query.is_some_and(|q| weir_wire::query::has(q, n, v)))
+        {
             return false;
         }
         if !self.path.is_empty() && !self.path.iter().any(|p| p == path) {
@@ -134,6 +144,7 @@ impl Rule {
         path: &str,
         h: &HeaderMap,
         client: IpAddr,
+        query: Option<&str>,
     ) -> Result<String, String> {
         let mut held = Vec::new();
         if !self.methods.is_empty() {
@@ -189,6 +200,12 @@ impl Rule {
             }
             held.push(format!("host {host:?} is in [{list}]"));
         }
+        for (name, value) in &self.query {
+            if !query.is_some_and(|q| weir_wire::query::has(q, name, value)) {
+                return Err(format!("no query parameter {name}={value:?}"));
+            }
+            held.push(format!("query parameter {name}={value:?}"));
+        }
         for (name, value) in &self.headers {
             let v = String::from_utf8_lossy(value.as_bytes());
             if !h.get_all(name).iter().any(|x| x == value) {
@@ -219,10 +236,11 @@ pub fn first<'r>(
     path: &str,
     headers: &HeaderMap,
     client: IpAddr,
+    query: Option<&str>,
 ) -> Option<&'r Rule> {
     rules
         .iter()
-        .find(|r| r.matches(method, host, path, headers, client))
+        .find(|r| r.matches(method, host, path, headers, client, query))
 }
 
 /// An IPv4 client as an IPv4 address, also when it reached a dual-stack
@@ -289,24 +307,33 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-canary", HeaderValue::from_static("1"));
         let host = normalize_host("API.example.com:8443");
-        assert!(r.matches(&Method::GET, host.as_deref(), "/v1/users", &h, CLIENT));
-        assert!(r.matches(&Method::POST, Some("a.api.example.com"), "/v1/", &h, CLIENT));
-        assert!(!r.matches(&Method::PUT, host.as_deref(), "/v1/users", &h, CLIENT));
-        assert!(!r.matches(&Method::GET, host.as_deref(), "/v2/users", &h, CLIENT));
+        assert!(r.matches(&Method::GET, host.as_deref(), "/v1/users", &h, CLIENT, None));
+        assert!(r.matches(
+            &Method::POST,
+            Some("a.api.example.com"),
+            "/v1/",
+            &h,
+            CLIENT,
+            None
+        ));
+        assert!(!r.matches(&Method::PUT, host.as_deref(), "/v1/users", &h, CLIENT, None));
+        assert!(!r.matches(&Method::GET, host.as_deref(), "/v2/users", &h, CLIENT, None));
         assert!(!r.matches(
             &Method::GET,
             Some("a.b.api.example.com"),
             "/v1/",
             &h,
-            CLIENT
+            CLIENT,
+            None
         ));
-        assert!(!r.matches(&Method::GET, None, "/v1/", &h, CLIENT));
+        assert!(!r.matches(&Method::GET, None, "/v1/", &h, CLIENT, None));
         assert!(!r.matches(
             &Method::GET,
             host.as_deref(),
             "/v1/",
             &HeaderMap::new(),
-            CLIENT
+            CLIENT,
+            None
         ));
     }
 
@@ -319,10 +346,10 @@ mod tests {
         };
         let r = Rule::new("r", &m, 0).expect("valid rule");
         let h = HeaderMap::new();
-        assert!(r.matches(&Method::GET, None, "/login", &h, CLIENT));
-        assert!(r.matches(&Method::GET, None, "/logout", &h, CLIENT));
-        assert!(!r.matches(&Method::GET, None, "/login/", &h, CLIENT));
-        assert!(!r.matches(&Method::GET, None, "/", &h, CLIENT));
+        assert!(r.matches(&Method::GET, None, "/login", &h, CLIENT, None));
+        assert!(r.matches(&Method::GET, None, "/logout", &h, CLIENT, None));
+        assert!(!r.matches(&Method::GET, None, "/login/", &h, CLIENT, None));
+        assert!(!r.matches(&Method::GET, None, "/", &h, CLIENT, None));
         let m = HttpMatch {
             path_regex: Some(weir_config::Pattern(
                 regex::Regex::new(r"\.(php|asp)$").expect("regex"),
@@ -331,12 +358,12 @@ mod tests {
             ..HttpMatch::default()
         };
         let r = Rule::new("r", &m, 0).expect("valid rule");
-        assert!(r.matches(&Method::GET, None, "/wp/index.php", &h, CLIENT));
-        assert!(!r.matches(&Method::GET, None, "/index.html", &h, CLIENT));
+        assert!(r.matches(&Method::GET, None, "/wp/index.php", &h, CLIENT, None));
+        assert!(!r.matches(&Method::GET, None, "/index.html", &h, CLIENT, None));
         let mapped: IpAddr = "::ffff:192.0.2.9".parse().expect("ip");
-        assert!(r.matches(&Method::GET, None, "/a.asp", &h, mapped));
+        assert!(r.matches(&Method::GET, None, "/a.asp", &h, mapped, None));
         let other: IpAddr = "198.51.100.1".parse().expect("ip");
-        assert!(!r.matches(&Method::GET, None, "/a.asp", &h, other));
+        assert!(!r.matches(&Method::GET, None, "/a.asp", &h, other, None));
     }
 
     /// The verdict says which condition failed, or which held, and agrees
@@ -352,8 +379,12 @@ mod tests {
         let mut h = HeaderMap::new();
         let host = Some("api.example.com");
         let why = |m: &Method, host, path, h: &HeaderMap| {
-            let v = r.verdict(m, host, path, h, CLIENT);
-            assert_eq!(v.is_ok(), r.matches(m, host, path, h, CLIENT), "{v:?}");
+            let v = r.verdict(m, host, path, h, CLIENT, None);
+            assert_eq!(
+                v.is_ok(),
+                r.matches(m, host, path, h, CLIENT, None),
+                "{v:?}"
+            );
             v
         };
         assert_eq!(
@@ -378,15 +409,39 @@ mod tests {
         assert!(held.ends_with("header x-canary: 1"), "{held}");
         let all = rule(&[], None, &[], &[]);
         assert_eq!(
-            all.verdict(&Method::GET, None, "/", &h, CLIENT),
+            all.verdict(&Method::GET, None, "/", &h, CLIENT, None),
             Ok("no conditions: takes every request".to_owned())
+        );
+    }
+
+    /// Query parameters, compared decoded; every one must be there.
+    #[test]
+    fn query_parameters() {
+        let m = HttpMatch {
+            query: vec![
+                ("env".into(), "canary one".into()),
+                ("v".into(), "2".into()),
+            ],
+            ..HttpMatch::default()
+        };
+        let r = Rule::new("r", &m, 0).expect("valid rule");
+        let h = HeaderMap::new();
+        let q = |query| r.matches(&Method::GET, None, "/", &h, CLIENT, query);
+        assert!(q(Some("v=2&env=canary+one")));
+        assert!(q(Some("env=canary%20one&x=1&v=2")));
+        assert!(!q(Some("env=canary+one")));
+        assert!(!q(Some("env=canary&v=2")));
+        assert!(!q(None));
+        assert_eq!(
+            r.verdict(&Method::GET, None, "/", &h, CLIENT, Some("v=2")),
+            Err("no query parameter env=\"canary one\"".to_owned())
         );
     }
 
     #[test]
     fn a_rule_without_conditions_takes_everything() {
         let r = rule(&[], None, &[], &[]);
-        assert!(r.matches(&Method::DELETE, None, "/", &HeaderMap::new(), CLIENT));
+        assert!(r.matches(&Method::DELETE, None, "/", &HeaderMap::new(), CLIENT, None));
     }
 
     #[test]
@@ -405,14 +460,14 @@ mod tests {
             .collect();
         let h = HeaderMap::new();
         assert_eq!(
-            first(&rules, &Method::GET, None, "/api/x", &h, CLIENT).map(|r| r.pool),
+            first(&rules, &Method::GET, None, "/api/x", &h, CLIENT, None).map(|r| r.pool),
             Some(0)
         );
         assert_eq!(
-            first(&rules, &Method::GET, None, "/web", &h, CLIENT).map(|r| r.pool),
+            first(&rules, &Method::GET, None, "/web", &h, CLIENT, None).map(|r| r.pool),
             Some(1)
         );
-        assert!(first(&rules[..1], &Method::GET, None, "/web", &h, CLIENT).is_none());
+        assert!(first(&rules[..1], &Method::GET, None, "/web", &h, CLIENT, None).is_none());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! the PROXY protocol v1/v2 ([`proxy`]), a read-only peek at a TLS ClientHello for
 //! SNI and ALPN ([`client_hello`]), an HTTP/1 response as a health probe reads it
 //! ([`http1`]), the rules for host names ([`name`]), the normal form of an
-//! HTTP request's path ([`path`]), the W3C `traceparent` header
+//! HTTP request's path ([`path`]), a parameter of its query ([`query`]), the W3C `traceparent` header
 //! ([`traceparent`]), an operator's header value with variables
 //! ([`template`]), one cookie of a `Cookie` header and a sticky cookie's
 //! token ([`cookie`]), and a DNS health check's query and answer ([`dns`],
@@ -36,6 +36,7 @@ pub mod http1;
 pub mod name;
 pub mod path;
 pub mod proxy;
+pub mod query;
 pub mod template;
 pub mod traceparent;
 

@@ -478,6 +478,20 @@ impl Checker {
             .as_ref()
             .and_then(|r| self.pattern(&format!("{path}.path_regex"), r));
         let source = self.sources(&format!("{path}.source"), &raw.source);
+        let query = raw
+            .query
+            .iter()
+            .map(|(name, value)| {
+                if name.is_empty() || name.chars().chain(value.chars()).any(char::is_control) {
+                    self.push(
+                        format!("{path}.query.{name}"),
+                        "a query parameter here is a non-empty name and a value without \
+                         control characters, as they read decoded (`a b`, not `a+b` or `a%20b`)",
+                    );
+                }
+                (name.clone(), value.clone())
+            })
+            .collect();
         let path_prefix = raw.path_prefix.as_ref().map(|p| {
             if !p.starts_with('/') || !p.bytes().all(|b| b.is_ascii_graphic()) {
                 self.push(
@@ -544,6 +558,7 @@ impl Checker {
             methods,
             headers,
             source,
+            query,
         }
     }
 }

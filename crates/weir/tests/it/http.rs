@@ -3846,8 +3846,9 @@ fn header_values_carry_the_requests_facts() {
     );
 }
 
-/// Rules matching exact paths, a path pattern and the client's network,
-/// through weir: the access log names the rule each request took.
+/// Rules matching exact paths, a path pattern, query parameters and the
+/// client's network, through weir: the access log names the rule each
+/// request took.
 #[test]
 fn rules_match_exact_paths_patterns_and_sources() {
     let good = raw_backend(None, Duration::ZERO);
@@ -3862,6 +3863,8 @@ fn rules_match_exact_paths_patterns_and_sources() {
              match = {{ path = [\"/login\"], source = [\"10.0.0.0/8\"] }}\n\
              [[listeners.routes.http]]\nname = \"local\"\npool = \"p\"\n\
              match = {{ path = [\"/login\", \"/logout\"], source = [\"127.0.0.0/8\"] }}\n\
+             [[listeners.routes.http]]\nname = \"canary\"\npool = \"p\"\n\
+             match = {{ query = {{ \"env\" = \"canary one\" }} }}\n\
              [[listeners.routes.http]]\nname = \"php\"\npool = \"p\"\n\
              match = {{ path_regex = \"^/[a-z]+\\\\.php$\" }}\n\
              [[listeners.routes.http]]\nname = \"rest\"\npool = \"p\"\n\
@@ -3877,6 +3880,9 @@ fn rules_match_exact_paths_patterns_and_sources() {
         ("/a/../index.php", "php"),
         ("/a/index.php", "rest"),
         ("/INDEX.php", "rest"),
+        ("/x?page=2&env=canary+one", "canary"),
+        ("/x?env=canary%20one", "canary"),
+        ("/x?env=canary", "rest"),
     ] {
         let (status, body, _) = curl(&["--path-as-is"], &format!("http://{front}{path}"));
         assert_eq!(status, 200, "{path}: {body}");
