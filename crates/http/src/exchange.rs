@@ -75,6 +75,8 @@ pub(crate) struct Exchange {
     pub(crate) upstream: Option<Duration>,
     /// The backend that answered (its request is counted in flight).
     pub(crate) backend: Option<(Arc<Pool>, usize)>,
+    /// The backend of the pool the request's sticky cookie names.
+    pub(crate) sticky: Option<u32>,
     pub(crate) reason: &'static str,
     finished: bool,
 }
@@ -118,6 +120,7 @@ impl Exchange {
             status: 0,
             upstream: None,
             backend: None,
+            sticky: None,
             reason: COMPLETED,
             finished: false,
         }

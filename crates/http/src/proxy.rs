@@ -293,11 +293,13 @@ pub(crate) fn handle(
         let Some(target) = state.pools.get(rule.pool) else {
             return Ok(answer(Reason::NoBackend, own!(Some(rule)), x));
         };
-        // The backend a sticky cookie names, if any.
-        let named = target
+        // The backend a sticky cookie names, if any: read before the
+        // header rules, which may take the cookie from what the backend gets.
+        x.sticky = target
             .sticky
             .as_ref()
-            .and_then(|s| s.named(req.headers(), &target.pool));
+            .and_then(|s| s.named(req.headers(), &target.pool))
+            .and_then(|n| u32::try_from(n).ok());
         // A WebSocket: its upgrade is taken before the request is forwarded.
         let websocket = if upgrade::wants_websocket(&req) {
             if target.dialer.protocol != HttpProtocol::Http1 {
@@ -388,12 +390,7 @@ pub(crate) fn handle(
         // `timeouts.request`, from the request's head: bounds the attempts
         // and then the response body.
         let until = state.timeouts.request.map(|r| deadline(x.started, r));
-        let plan = Plan {
-            upgrading,
-            until,
-            named,
-        };
-        match forward(&state, target, &cx, req, &mut x, plan).await {
+        match forward(&state, target, &cx, req, &mut x, upgrading, until).await {
             Ok((mut response, lease)) => {
                 if let Some(on) = client_upgrade
                     && response.status() == http::StatusCode::SWITCHING_PROTOCOLS
@@ -419,7 +416,7 @@ pub(crate) fn handle(
                 // A client its cookie did not bring to the backend that
                 // answered is told to come back to it.
                 if let (Some(sticky), Some((pool, i))) = (&target.sticky, &x.backend)
-                    && named != Some(*i)
+                    && x.sticky.map(|n| n as usize) != Some(*i)
                     && let Some(b) = pool.backends.get(*i)
                     && let Some(v) = sticky.set_cookie(b.token, cx.proto == "https")
                 {
@@ -465,13 +462,10 @@ async fn forward(
     cx: &Cx,
     req: Box<Request<RequestBody>>,
     x: &mut Exchange,
-    plan: Plan,
+    upgrading: bool,
+    until: Option<Instant>,
 ) -> Result<(Response<Incoming>, Lease), Reason> {
-    let Plan {
-        upgrading,
-        until,
-        named,
-    } = plan;
+    let named = x.sticky.map(|n| n as usize);
     let pool = &target.pool;
     let key = match pool.policy() {
         weir_config::Policy::Maglev => {
@@ -686,17 +680,6 @@ async fn forward(
         };
     }
     Err(last)
-}
-
-/// What shapes a request's attempts, besides the request.
-#[derive(Debug, Clone, Copy)]
-struct Plan {
-    /// A WebSocket: each attempt takes a new connection.
-    upgrading: bool,
-    /// `timeouts.request`: no attempt starts, or waits, past it.
-    until: Option<Instant>,
-    /// The backend the client's sticky cookie names.
-    named: Option<usize>,
 }
 
 /// A connection to backend `i` could not be made: counted, and told to
