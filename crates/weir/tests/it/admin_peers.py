@@ -186,6 +186,10 @@ def openapi(admin, token, config):
     call("get", "/explain", "/explain?listener=front", expect=400)
     call("get", "/explain", "/explain?listener=nope&client=127.0.0.1", expect=404)
     call("get", "/explain", "/explain?listener=front&client=127.0.0.1&color=blue", expect=400)
+    # A request is explained on l7 routes only; an l4 route has no rules.
+    e = call("get", "/explain", "/explain?listener=front&client=127.0.0.1&path=/a&header=X-A:+1")
+    check(e["http"] is None and e["route"] == "r", f"explain {e}")
+    call("get", "/explain", "/explain?listener=front&client=127.0.0.1&path=a", expect=400)
 
     # Live connections: listed, and closed by a filter.
     listed = call("get", "/connections", "/connections?client=127.0.0.0%2F8&limit=5")
