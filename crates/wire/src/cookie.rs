@@ -52,7 +52,8 @@ pub fn parse_token(v: &[u8]) -> Option<u64> {
 fn trim(b: &[u8]) -> &[u8] {
     let start = b.iter().position(|c| !matches!(c, b' ' | b'\t'));
     let Some(start) = start else {
-        return &[];
+        // Empty, but still a part of `b`.
+        return &b[b.len()..];
     };
     let end = b
         .iter()
@@ -94,6 +95,11 @@ mod tests {
         assert_eq!(find(b"weirx=1; xweir=2", b"weir"), None);
         assert_eq!(find(b";;;=;", b"weir"), None);
         assert_eq!(find(b"weir=\"", b"weir"), Some(&b"\""[..]));
+        // An empty value is still a part of the header (found by fuzzing).
+        let h = b"weir=  ;a=1";
+        let v = find(h, b"weir").expect("found");
+        let (at, range) = (v.as_ptr() as usize, h.as_ptr_range());
+        assert!(v.is_empty() && at >= range.start as usize && at <= range.end as usize);
     }
 
     #[test]
