@@ -169,6 +169,11 @@ impl Firewall {
     }
 
     /// False when `ip` is over `per_client.requests` (an HTTP request).
+    /// The runtime rules, shared by every listener's firewall.
+    pub fn runtime(&self) -> &RuntimeRules {
+        &self.runtime
+    }
+
     pub fn admit_request(&self, ip: IpAddr) -> bool {
         match &self.per_client {
             Some((limits, table)) => table.request(ip, limits, Instant::now()),

@@ -8,6 +8,7 @@
 //! the compiled sets under a mutex, which only operator actions take.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -65,6 +66,9 @@ struct Compiled {
 pub struct RuntimeRules {
     rules: Mutex<Vec<Rule>>,
     compiled: ArcSwap<Compiled>,
+    /// Counts the `deny` rules added: what is open (UDP flows) is looked at
+    /// again when it moved.
+    denied: AtomicU64,
 }
 
 impl RuntimeRules {
@@ -97,9 +101,20 @@ impl RuntimeRules {
             .iter()
             .position(|r| r.net == rule.net)
             .map(|i| list.remove(i));
+        let deny = rule.action == Action::Deny;
         list.push(rule);
         self.compile(&list);
+        if deny {
+            // After the compile: whoever sees the new count sees the rule.
+            self.denied.fetch_add(1, Ordering::Release);
+        }
         old
+    }
+
+    /// How many `deny` rules were added so far: when it moved since a flow
+    /// was let in, its source is to be checked again.
+    pub fn deny_generation(&self) -> u64 {
+        self.denied.load(Ordering::Acquire)
     }
 
     /// Removes the rule for `net`; the removed one.

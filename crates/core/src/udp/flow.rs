@@ -77,6 +77,9 @@ struct Shared {
     /// Payload bytes to the backend and to the client.
     sent: AtomicU64,
     received: AtomicU64,
+    /// Cancelled when a runtime `deny` covers the flow's source: the flow
+    /// ends (reason `firewall`).
+    banned: tokio_util::sync::CancellationToken,
 }
 
 impl Shared {
@@ -111,6 +114,8 @@ enum Gso {
 /// A flow, as its socket's receive task keeps it.
 #[derive(Debug)]
 pub(super) struct Flow {
+    /// The runtime rules' deny generation its source was last checked at.
+    checked: u64,
     upstream: Arc<UdpSocket>,
     gso: Gso,
     shared: Arc<Shared>,
@@ -334,6 +339,9 @@ impl Opener {
             stats.flows_active.fetch_sub(1, Relaxed);
             return Err(Drop::MaxFlows);
         }
+        // Read before the check: a deny added in between is looked at again
+        // at the flow's next datagram.
+        let checked = listener.firewall.runtime().deny_generation();
         let slot = match listener.firewall.admit(client.ip()) {
             Ok(slot) => slot,
             Err(block) => {
@@ -343,6 +351,7 @@ impl Opener {
             }
         };
         self.start(listener, peer, client, dst_ip, slot)
+            .map(|flow| Flow { checked, ..flow })
             .inspect_err(|_| {
                 stats.flows_active.fetch_sub(1, Relaxed);
             })
@@ -433,6 +442,7 @@ impl Opener {
         };
         self.tracker.spawn(task.run());
         Ok(Flow {
+            checked: 0,
             upstream,
             gso: Gso::Untried,
             shared,
@@ -455,6 +465,23 @@ fn live_flow<'t>(
     count: u64,
 ) -> Option<&'t mut Flow> {
     let (peer, client) = key;
+    // A runtime deny added since the flow was let in ends it at its
+    // source's next datagram: one load per datagram, the lookup only after
+    // an operator added a deny.
+    if let Some(f) = flows.get_mut(&key) {
+        let runtime = listener.firewall.runtime();
+        let now = runtime.deny_generation();
+        if f.checked != now {
+            f.checked = now;
+            if runtime.check(client.ip()) == Some(crate::firewall::Action::Deny) {
+                f.shared.banned.cancel();
+                flows.remove(&key);
+                listener.stats.blocked(crate::firewall::Block::Banned);
+                listener.stats.udp.drop(Drop::Firewall);
+                return None;
+            }
+        }
+    }
     // Counted in the word that says whether the flow ended: either these
     // datagrams are counted before the task's end (which then waits for
     // their replies) or the end is seen here, and a new flow takes them.
@@ -584,6 +611,8 @@ enum Signal {
     Kill,
     Drain,
     Evict,
+    /// A runtime `deny` covers the source.
+    Ban,
 }
 
 /// The shared signals a flow's task waits on.
@@ -593,6 +622,7 @@ struct Waits<'p, 'a> {
     drain: Pin<&'p mut WaitForCancellationFuture<'a>>,
     retired: Pin<&'p mut WaitForCancellationFuture<'a>>,
     evicted: Pin<&'p mut WaitForCancellationFuture<'a>>,
+    banned: Pin<&'p mut WaitForCancellationFuture<'a>>,
 }
 
 impl Waits<'_, '_> {
@@ -604,6 +634,9 @@ impl Waits<'_, '_> {
     fn poll(&mut self, cx: &mut Context<'_>, draining: bool) -> Poll<Signal> {
         if self.kill.as_mut().poll(cx).is_ready() || self.gone.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Signal::Kill);
+        }
+        if self.banned.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Signal::Ban);
         }
         if self.evicted.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Signal::Evict);
@@ -682,6 +715,7 @@ impl Task {
             drain: pin!(self.listener.drain.cancelled()),
             retired: pin!(self.endpoint.retired.cancelled()),
             evicted: pin!(evict.cancelled()),
+            banned: pin!(self.shared.banned.cancelled()),
         };
         let mut watcher = Watcher::new();
         let mut timer = pin!(tokio::time::sleep(idle));
@@ -699,6 +733,7 @@ impl Task {
                         timer.as_mut().reset(self.quiet_until(idle_ms));
                         continue;
                     }
+                    Signal::Ban => break Reason::Firewall,
                     Signal::Evict => break match b.eviction() {
                         Eviction::BackendDown => Reason::BackendDown,
                         Eviction::DrainTimeout => Reason::DrainTimeout,
@@ -931,7 +966,7 @@ mod tests {
     /// The tokens of one flow's waits, and what the task would act on next,
     /// through a [`Watcher`] as the task looks.
     struct Flow {
-        tokens: [CancellationToken; 5],
+        tokens: [CancellationToken; 6],
     }
 
     impl Flow {
@@ -944,13 +979,14 @@ mod tests {
         /// The signals the task acts on, in order, polling as its loop does
         /// until nothing more is ready.
         fn acted_on(&self) -> Vec<Signal> {
-            let [kill, gone, drain, retired, evicted] = &self.tokens;
+            let [kill, gone, drain, retired, evicted, banned] = &self.tokens;
             let mut waits = Waits {
                 kill: pin!(kill.cancelled()),
                 gone: pin!(gone.cancelled()),
                 drain: pin!(drain.cancelled()),
                 retired: pin!(retired.cancelled()),
                 evicted: pin!(evicted.cancelled()),
+                banned: pin!(banned.cancelled()),
             };
             let mut watcher = Watcher::new();
             let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -978,6 +1014,17 @@ mod tests {
         flow.tokens[3].cancel();
         flow.tokens[4].cancel();
         assert_eq!(flow.acted_on(), [Signal::Evict]);
+    }
+
+    #[test]
+    fn a_ban_ends_the_flow_after_a_kill_and_before_an_eviction() {
+        let flow = Flow::new();
+        flow.tokens[5].cancel();
+        assert_eq!(flow.acted_on(), [Signal::Ban]);
+        flow.tokens[4].cancel();
+        assert_eq!(flow.acted_on(), [Signal::Ban]);
+        flow.tokens[0].cancel();
+        assert_eq!(flow.acted_on(), [Signal::Kill]);
     }
 
     #[test]

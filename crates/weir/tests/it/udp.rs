@@ -451,6 +451,62 @@ fn the_firewall_refuses_a_flow_by_its_source() {
     assert_eq!(metric(admin, "weir_udp_flows_total{listener=\"dns\"}"), 1.0);
 }
 
+/// A runtime `deny` ends its source's open flows at the source's next
+/// datagram, which is dropped (reason `firewall` in the log, `banned` in
+/// the firewall's counter); another source's flow goes on.
+#[test]
+fn a_runtime_deny_ends_the_sources_open_flows() {
+    let (backend, _) = echo(false);
+    let (admin, grpc, port) = (free_port(), free_port(), free_udp_port());
+    let cfg = config(
+        admin,
+        &format!("\"127.0.0.1:{port}\""),
+        "idle_timeout = \"1h\"",
+        "",
+        &format!("[[pools.backends]]\naddress = \"{backend}\""),
+    )
+    .replace("[admin]\n", &format!("[admin]\ngrpc = \"{grpc}\"\n"));
+    let (_weir, out) = start("udp-ban", &cfg);
+    let front = SocketAddr::from(([127, 0, 0, 1], port));
+    let banned = UdpSocket::bind("127.0.0.3:0").expect("bind 127.0.0.3");
+    let other = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    assert_eq!(ask(&banned, front, b"a").as_deref(), Some(&b"a"[..]));
+    assert_eq!(ask(&other, front, b"b").as_deref(), Some(&b"b"[..]));
+    let active = || metric(admin, "weir_udp_flows_active{listener=\"dns\"}");
+    assert_eq!(active(), 2.0);
+    let (code, _, err) = crate::control::text(&crate::control::ctl(
+        grpc,
+        None,
+        &["firewall", "deny", "127.0.0.3", "--reason", "abuse"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(ask_unanswered(&banned, front, b"c"), None);
+    let line = wait_line(&out, "\"reason\":\"firewall\"");
+    assert!(line.contains("127.0.0.3"), "{line}");
+    assert_eq!(ask(&other, front, b"d").as_deref(), Some(&b"d"[..]));
+    let end = Instant::now() + DEADLINE;
+    while active() != 1.0 {
+        assert!(Instant::now() < end, "the banned flow stays active");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Its datagrams from now on are refused as a new flow would be.
+    assert_eq!(ask_unanswered(&banned, front, b"e"), None);
+    assert_eq!(
+        metric(
+            admin,
+            "weir_firewall_blocked_total{listener=\"dns\",reason=\"banned\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "weir_udp_dropped_total{listener=\"dns\",reason=\"firewall\"}"
+        ),
+        2.0
+    );
+}
+
 /// `dns` health checks against dnsmasq: both backends up; one stopped is
 /// taken out by its probes (not by a client's query), and every query
 /// afterwards is answered at the first try. A `udp` check passes on an
