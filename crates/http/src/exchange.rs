@@ -130,15 +130,21 @@ impl Exchange {
     /// flight (the load `least_conn` sees) until the exchange finishes, when
     /// the slot [`Pool::acquire`] took for it is given back.
     pub(crate) fn set_backend(&mut self, pool: &Arc<Pool>, i: usize) {
+        self.clear_backend();
+        if let Some(b) = pool.backends.get(i) {
+            b.stats.http_requests_active.fetch_add(1, Relaxed);
+            self.backend = Some((Arc::clone(pool), i));
+        }
+    }
+
+    /// No backend serves this request any more: its in-flight count and
+    /// slot are given back.
+    pub(crate) fn clear_backend(&mut self) {
         if let Some((p, old)) = self.backend.take() {
             if let Some(b) = p.backends.get(old) {
                 b.stats.http_requests_active.fetch_sub(1, Relaxed);
             }
             p.release(old);
-        }
-        if let Some(b) = pool.backends.get(i) {
-            b.stats.http_requests_active.fetch_add(1, Relaxed);
-            self.backend = Some((Arc::clone(pool), i));
         }
     }
 

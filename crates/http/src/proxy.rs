@@ -454,8 +454,18 @@ pub(crate) fn handle(
     }
 }
 
+/// An answer put aside for another backend's (`retry_on_status`), with its
+/// connection and backend: the client's when no other backend answers.
+struct Kept {
+    response: Response<Incoming>,
+    lease: Lease,
+    backend: usize,
+}
+
 /// Picks a backend and gets its response header, trying others while
-/// nothing of the request reached one.
+/// nothing of the request reached one (see [`attempts`]). An answer put
+/// aside by `retry_on_status` is the client's when no later attempt gets
+/// one: weir's own error never replaces a backend's answer.
 async fn forward(
     state: &RouteState,
     target: &RoutePool,
@@ -464,6 +474,33 @@ async fn forward(
     x: &mut Exchange,
     upgrading: bool,
     until: Option<Instant>,
+) -> Result<(Response<Incoming>, Lease), Reason> {
+    // Boxed: only a retried request has one, and every request's future
+    // would carry its room otherwise.
+    let mut kept: Option<Box<Kept>> = None;
+    let result = attempts(state, target, cx, req, x, (upgrading, until), &mut kept).await;
+    match (result, kept) {
+        (Err(_), Some(k)) => {
+            // Its slot was given back when it was put aside: taken again,
+            // as the exchange gives it back at its end.
+            target.pool.hold(k.backend);
+            x.set_backend(&target.pool, k.backend);
+            Ok((k.response, k.lease))
+        }
+        (result, _) => result,
+    }
+}
+
+/// The attempts of [`forward`]: `how` is (a WebSocket upgrade, the
+/// request's deadline).
+async fn attempts(
+    state: &RouteState,
+    target: &RoutePool,
+    cx: &Cx,
+    req: Box<Request<RequestBody>>,
+    x: &mut Exchange,
+    (upgrading, until): (bool, Option<Instant>),
+    kept: &mut Option<Box<Kept>>,
 ) -> Result<(Response<Incoming>, Lease), Reason> {
     let named = x.sticky.map(|n| n as usize);
     let pool = &target.pool;
@@ -621,8 +658,10 @@ async fn forward(
                 b.stats.http_response(response.status().as_u16(), took);
                 pool.on_http_outcome(i, response.status().is_server_error());
                 // An answer the pool retries on, while another backend
-                // may give a better one: this one is dropped (its
-                // connection closed with it) and the copy goes there.
+                // may give a better one: this one is put aside (the last
+                // one put aside is the client's if no later attempt gets
+                // an answer) and the copy goes there. Its backend's slot is
+                // given back now: the next attempt may wait for one.
                 if status_retry
                     && attempt < pool.retries
                     && pool.retry_on_status.contains(&response.status().as_u16())
@@ -631,8 +670,12 @@ async fn forward(
                     if pool.pick(key, &tried).is_some()
                         && let Some(request) = copy.take()
                     {
-                        drop(response);
-                        drop(lease);
+                        *kept = Some(Box::new(Kept {
+                            response,
+                            lease,
+                            backend: i,
+                        }));
+                        x.clear_backend();
                         b.stats.http_retried.fetch_add(1, Relaxed);
                         req = Some(request);
                         continue;

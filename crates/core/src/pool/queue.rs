@@ -252,6 +252,15 @@ impl Pool {
         Box::pin(self.acquire_limited(key, tried, until)).await
     }
 
+    /// Takes a slot on backend `i` whatever its limit: for a request that
+    /// holds its answer already (one put aside for a retry that found no
+    /// better), given back by [`Pool::release`] as any other.
+    pub fn hold(&self, i: usize) {
+        if let Some(b) = self.backends.get(i) {
+            b.slots.used.fetch_add(1, SeqCst);
+        }
+    }
+
     /// Takes a slot on backend `i`, chosen by the client (a sticky cookie),
     /// when the pool could pick it now (serving, in the active tier) and it
     /// has room, and nobody waits in the queue (a client does not overtake

@@ -4111,7 +4111,7 @@ fn always_response_headers_reach_weirs_own_answers() {
 fn answers_a_pool_retries_on_go_to_another_backend() {
     let (_nginx, busy) = nginx_doing("retry-on-status", "return 503 \"busy\\n\";");
     let good = raw_backend(None, Duration::ZERO);
-    let (front, admin) = (free_port(), free_port());
+    let (front, admin, closed) = (free_port(), free_port(), free_port());
     let (_weir, out) = start(
         "retry-on-status",
         &format!(
@@ -4122,6 +4122,8 @@ fn answers_a_pool_retries_on_go_to_another_backend() {
              match = {{ path_prefix = \"/plain\" }}\n\
              [[listeners.routes.http]]\nname = \"dead\"\npool = \"dead\"\n\
              match = {{ path_prefix = \"/dead\" }}\n\
+             [[listeners.routes.http]]\nname = \"gone\"\npool = \"gone\"\n\
+             match = {{ path_prefix = \"/gone\" }}\n\
              [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
              [[pools]]\nname = \"p\"\nretry_on_status = [502, 503]\n\
              [[pools.backends]]\nname = \"busy\"\naddress = \"{busy}\"\n\
@@ -4129,6 +4131,9 @@ fn answers_a_pool_retries_on_go_to_another_backend() {
              [[pools]]\nname = \"plain\"\n\
              [[pools.backends]]\nname = \"busy\"\naddress = \"{busy}\"\n\
              [[pools.backends]]\nname = \"good\"\naddress = \"{0}\"\n\
+             [[pools]]\nname = \"gone\"\nretry_on_status = [503]\n\
+             [[pools.backends]]\nname = \"busy\"\naddress = \"{busy}\"\n\
+             [[pools.backends]]\nname = \"closed\"\naddress = \"{closed}\"\n\
              [[pools]]\nname = \"dead\"\nretry_on_status = [503]\n\
              [[pools.backends]]\nname = \"busy-1\"\naddress = \"{busy}\"\n\
              [[pools.backends]]\nname = \"busy-2\"\naddress = \"{busy}\"\n",
@@ -4169,6 +4174,12 @@ fn answers_a_pool_retries_on_go_to_another_backend() {
         (&serde_json::json!(503), &serde_json::json!("completed")),
         "{line}"
     );
+    // The other backend refuses the connection: the answer put aside is
+    // the client's, not weir's 502 or 503 (either backend may come first).
+    for n in 0..4 {
+        let path = format!("/gone/{n}");
+        assert_eq!(send(&[], &path), (503, "busy".to_owned()), "{path}");
+    }
     // Without the key the 503 passes.
     let plain: Vec<u16> = (0..4)
         .map(|n| send(&[], &format!("/plain/{n}")).0)
