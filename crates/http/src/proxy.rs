@@ -463,9 +463,9 @@ struct Kept {
 }
 
 /// Picks a backend and gets its response header, trying others while
-/// nothing of the request reached one (see [`attempts`]). An answer put
-/// aside by `retry_on_status` is the client's when no later attempt gets
-/// one: weir's own error never replaces a backend's answer.
+/// nothing of the request reached one. An answer put aside by
+/// `retry_on_status` is the client's when no later attempt gets one: weir's
+/// own error never replaces a backend's answer (see [`settle`]).
 async fn forward(
     state: &RouteState,
     target: &RoutePool,
@@ -478,30 +478,6 @@ async fn forward(
     // Boxed: only a retried request has one, and every request's future
     // would carry its room otherwise.
     let mut kept: Option<Box<Kept>> = None;
-    let result = attempts(state, target, cx, req, x, (upgrading, until), &mut kept).await;
-    match (result, kept) {
-        (Err(_), Some(k)) => {
-            // Its slot was given back when it was put aside: taken again,
-            // as the exchange gives it back at its end.
-            target.pool.hold(k.backend);
-            x.set_backend(&target.pool, k.backend);
-            Ok((k.response, k.lease))
-        }
-        (result, _) => result,
-    }
-}
-
-/// The attempts of [`forward`]: `how` is (a WebSocket upgrade, the
-/// request's deadline).
-async fn attempts(
-    state: &RouteState,
-    target: &RoutePool,
-    cx: &Cx,
-    req: Box<Request<RequestBody>>,
-    x: &mut Exchange,
-    (upgrading, until): (bool, Option<Instant>),
-    kept: &mut Option<Box<Kept>>,
-) -> Result<(Response<Incoming>, Lease), Reason> {
     let named = x.sticky.map(|n| n as usize);
     let pool = &target.pool;
     let key = match pool.policy() {
@@ -528,7 +504,7 @@ async fn attempts(
     let status_retry = replayable && !pool.retry_on_status.is_empty();
     for attempt in 0..=pool.retries {
         if until.is_some_and(|u| crate::clock::now() >= u) {
-            return Err(too_late(x));
+            return settle(Err(too_late(x)), kept, target, x);
         }
         // The backend the client's sticky cookie names, on the first
         // attempt, when the pool could pick it and it has room.
@@ -548,7 +524,7 @@ async fn attempts(
             Ok(i) => i,
             Err(Reason::NoBackend) => break,
             Err(Reason::QueueTimeout) if until.is_some_and(|u| Instant::now() >= u) => {
-                return Err(too_late(x));
+                return settle(Err(too_late(x)), kept, target, x);
             }
             Err(reason) => {
                 last = reason;
@@ -582,7 +558,7 @@ async fn attempts(
                 });
                 match tokio::time::timeout_at(u, checkout).await {
                     Ok(c) => c,
-                    Err(_) => return Err(too_late(x)),
+                    Err(_) => return settle(Err(too_late(x)), kept, target, x),
                 }
             }
         };
@@ -635,7 +611,7 @@ async fn attempts(
             },
             other => other.map(|r| (r, lease)),
         };
-        return match outcome {
+        let result = match outcome {
             Ok((response, lease)) => {
                 let took = crate::clock::elapsed(sent_at);
                 x.upstream = Some(took);
@@ -650,7 +626,7 @@ async fn attempts(
                     drop(lease);
                     b.stats.http_response(502, took);
                     pool.on_http_outcome(i, true);
-                    return Err(Reason::Protocol);
+                    return settle(Err(Reason::Protocol), kept, target, x);
                 }
                 if let Some(r) = x.recording.as_mut() {
                     r.upstream_status = Some(response.status().as_u16());
@@ -670,7 +646,7 @@ async fn attempts(
                     if pool.pick(key, &tried).is_some()
                         && let Some(request) = copy.take()
                     {
-                        *kept = Some(Box::new(Kept {
+                        kept = Some(Box::new(Kept {
                             response,
                             lease,
                             backend: i,
@@ -713,7 +689,7 @@ async fn attempts(
             Err(Sent::Connect(reason, request)) => {
                 connect_failed(pool, i, reason);
                 if !reason.retry() {
-                    return Err(reason);
+                    return settle(Err(reason), kept, target, x);
                 }
                 req = Some(request);
                 last = reason;
@@ -721,8 +697,29 @@ async fn attempts(
                 continue;
             }
         };
+        return settle(result, kept, target, x);
     }
-    Err(last)
+    settle(Err(last), kept, target, x)
+}
+
+/// A request's outcome: an error gives way to the answer put aside for a
+/// retry, if there is one; an answer drops it (and its connection).
+fn settle(
+    result: Result<(Response<Incoming>, Lease), Reason>,
+    kept: Option<Box<Kept>>,
+    target: &RoutePool,
+    x: &mut Exchange,
+) -> Result<(Response<Incoming>, Lease), Reason> {
+    match (result, kept) {
+        (Err(_), Some(k)) => {
+            // Its slot was given back when it was put aside: taken again,
+            // as the exchange gives it back at its end.
+            target.pool.hold(k.backend);
+            x.set_backend(&target.pool, k.backend);
+            Ok((k.response, k.lease))
+        }
+        (result, _) => result,
+    }
 }
 
 /// A connection to backend `i` could not be made: counted, and told to
