@@ -921,7 +921,9 @@ fn control_status(e: &ControlError) -> Status {
         ControlError::TooManyRules => Status::resource_exhausted(e.to_string()),
         ControlError::State(_) => Status::internal(e.to_string()),
         ControlError::ShuttingDown => Status::unavailable(e.to_string()),
-        ControlError::Address(_) => Status::invalid_argument(e.to_string()),
+        ControlError::Address(_) | ControlError::Name(..) => {
+            Status::invalid_argument(e.to_string())
+        }
         ControlError::Exists { .. } => Status::already_exists(e.to_string()),
         ControlError::NotRuntime { .. } => Status::failed_precondition(e.to_string()),
     }

@@ -284,6 +284,12 @@ impl Picker {
         self.members.iter().any(|m| m.index == index)
     }
 
+    /// Whether [`Picker::pick`] would find a member outside `exclude`,
+    /// without moving any policy's cursor.
+    pub fn has_other(&self, exclude: &[usize]) -> bool {
+        self.members.iter().any(|m| !exclude.contains(&m.index))
+    }
+
     /// The caller index of the member for this connection, never one listed in `exclude`
     /// (the members already tried on this connection). `None` iff every eligible member is
     /// excluded (or there is none).
@@ -504,6 +510,45 @@ mod tests {
                 assert_eq!(picker.pick_with_room(&req, &[1], &rest_full), Some(3));
             }
         }
+    }
+
+    #[test]
+    fn has_other_agrees_with_pick_and_moves_no_cursor() {
+        let names = ["a", "b", "c"];
+        let members: Vec<Member<'_>> = names
+            .iter()
+            .enumerate()
+            .map(|(index, name)| Member {
+                index,
+                name,
+                weight: 1,
+                // The third is a backup tier: never picked while a and b are.
+                tier: u32::from(index == 2),
+            })
+            .collect();
+        let load = |_: usize| 0;
+        let req = Request {
+            key: 7,
+            random: 11,
+            load: &load,
+        };
+        for policy in Policy::ALL {
+            let picker = Picker::new(policy, &members);
+            for exclude in [&[][..], &[0], &[1], &[0, 1], &[0, 1, 2], &[2]] {
+                assert_eq!(
+                    picker.has_other(exclude),
+                    picker.pick(&req, exclude).is_some(),
+                    "{policy} excluding {exclude:?}"
+                );
+            }
+        }
+        // Asking does not take a turn: round robin still alternates.
+        let rr = Picker::new(Policy::RoundRobin, &members);
+        let first = rr.pick(&req, &[]);
+        for _ in 0..5 {
+            assert!(rr.has_other(&[]));
+        }
+        assert_ne!(rr.pick(&req, &[]), first);
     }
 
     #[test]

@@ -819,6 +819,27 @@ fn empty_names() {
 }
 
 #[test]
+fn names_hold_no_control_characters() {
+    let text = OK_LISTENER.replace("name = \"r\"", "name = \"r\\u0007\"");
+    assert_one(
+        &format!("{text}{OK_POOL}"),
+        "listeners[0].routes[0].name",
+        "must not contain control characters",
+    );
+    let text = OK_POOL.replace(
+        "address = \"127.0.0.1:9000\"",
+        "name = \"b\\nx\"\naddress = \"127.0.0.1:9000\"",
+    );
+    assert_one(
+        &format!("{OK_LISTENER}{text}"),
+        "pools[0].backends[0].name",
+        "must not contain control characters",
+    );
+    assert!(weir_config::name_problem("a\tb").is_some());
+    assert_eq!(weir_config::name_problem("pg-1 (eu)"), None);
+}
+
+#[test]
 fn backend_names_are_not_resolved_here() {
     let text = OK_POOL.replace("127.0.0.1:9000", "nowhere.invalid:5432");
     let cfg = load(&format!("{OK_LISTENER}{text}")).unwrap_or_else(|e| panic!("{e}"));

@@ -73,8 +73,11 @@ pub(crate) struct Exchange {
     pub(crate) bytes_out: u64,
     pub(crate) status: u16,
     pub(crate) upstream: Option<Duration>,
-    /// The backend that answered (its request is counted in flight).
+    /// The backend that answered, or the last one tried (named in the log).
     pub(crate) backend: Option<(Arc<Pool>, usize)>,
+    /// Whether [`Exchange::backend`] holds its slot and counts the request
+    /// in flight; one that failed gives both back while another is sought.
+    holding: bool,
     /// The backend of the pool the request's sticky cookie names.
     pub(crate) sticky: Option<u32>,
     pub(crate) reason: &'static str,
@@ -120,6 +123,7 @@ impl Exchange {
             status: 0,
             upstream: None,
             backend: None,
+            holding: false,
             sticky: None,
             reason: COMPLETED,
             finished: false,
@@ -130,21 +134,27 @@ impl Exchange {
     /// flight (the load `least_conn` sees) until the exchange finishes, when
     /// the slot [`Pool::acquire`] took for it is given back.
     pub(crate) fn set_backend(&mut self, pool: &Arc<Pool>, i: usize) {
-        self.clear_backend();
+        self.let_go();
         if let Some(b) = pool.backends.get(i) {
             b.stats.http_requests_active.fetch_add(1, Relaxed);
             self.backend = Some((Arc::clone(pool), i));
+            self.holding = true;
         }
     }
 
-    /// No backend serves this request any more: its in-flight count and
-    /// slot are given back.
-    pub(crate) fn clear_backend(&mut self) {
-        if let Some((p, old)) = self.backend.take() {
-            if let Some(b) = p.backends.get(old) {
+    /// The backend no longer serves this request (it failed, or its answer
+    /// was put aside for a retry): its in-flight count and slot are given
+    /// back, so that a request waiting for another backend does not hold
+    /// them. It stays named for the log until another is set.
+    pub(crate) fn let_go(&mut self) {
+        if !std::mem::take(&mut self.holding) {
+            return;
+        }
+        if let Some((p, old)) = &self.backend {
+            if let Some(b) = p.backends.get(*old) {
                 b.stats.http_requests_active.fetch_sub(1, Relaxed);
             }
-            p.release(old);
+            p.release(*old);
         }
     }
 
@@ -158,6 +168,7 @@ impl Exchange {
         let now = crate::clock::now();
         self.conn.request_ended(now);
         let took = now.saturating_duration_since(self.started);
+        self.let_go();
         let route = self.listener.routes.get(self.route);
         if self.status == 0 {
             // No answer was sent: the client left while the request was on
@@ -178,12 +189,6 @@ impl Exchange {
             self.conn.cancelled(took);
         }
         let backend = self.backend.as_ref().and_then(|(p, i)| p.backends.get(*i));
-        if let Some(b) = backend {
-            b.stats.http_requests_active.fetch_sub(1, Relaxed);
-        }
-        if let Some((p, i)) = &self.backend {
-            p.release(*i);
-        }
         if let Some(r) = recording {
             self.export_spans(&r, route.map(|r| r.name.as_str()), backend, took);
         }

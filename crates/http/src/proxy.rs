@@ -570,6 +570,8 @@ async fn forward(
                 if !reason.retry() {
                     break;
                 }
+                // Its slot is not held while the next attempt waits.
+                x.let_go();
                 tried.push(i);
                 continue;
             }
@@ -643,7 +645,7 @@ async fn forward(
                     && pool.retry_on_status.contains(&response.status().as_u16())
                 {
                     tried.push(i);
-                    if pool.pick(key, &tried).is_some()
+                    if pool.has_other(&tried)
                         && let Some(request) = copy.take()
                     {
                         kept = Some(Box::new(Kept {
@@ -651,7 +653,7 @@ async fn forward(
                             lease,
                             backend: i,
                         }));
-                        x.clear_backend();
+                        x.let_go();
                         b.stats.http_retried.fetch_add(1, Relaxed);
                         req = Some(request);
                         continue;
@@ -663,6 +665,7 @@ async fn forward(
             Err(Sent::Not(request)) => {
                 req = Some(request);
                 last = Reason::BackendError;
+                x.let_go();
                 tried.push(i);
                 continue;
             }
@@ -693,6 +696,7 @@ async fn forward(
                 }
                 req = Some(request);
                 last = reason;
+                x.let_go();
                 tried.push(i);
                 continue;
             }

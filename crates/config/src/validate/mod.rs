@@ -132,8 +132,8 @@ impl Checker {
     }
 
     fn name(&mut self, path: &str, name: &str) {
-        if name.trim().is_empty() {
-            self.push(path, "must not be empty");
+        if let Some(problem) = name_problem(name) {
+            self.push(path, problem);
         }
     }
 
@@ -278,6 +278,20 @@ fn duration_detail(e: &humantime::DurationError) -> String {
         NumberOverflow => " (too large)".to_owned(),
         Empty => " (it is empty)".to_owned(),
         InvalidCharacter(_) | NumberExpected(_) => String::new(),
+    }
+}
+
+/// What is wrong with the name of a listener, route, rule, policy, pool or
+/// backend, if anything. Names go into metric labels, log lines and header
+/// values (`${backend}`), so none may hold a control character (a header
+/// carrying it would be refused at every request).
+pub fn name_problem(name: &str) -> Option<&'static str> {
+    if name.trim().is_empty() {
+        Some("must not be empty")
+    } else if name.chars().any(char::is_control) {
+        Some("must not contain control characters (tab, newline, ...)")
+    } else {
+        None
     }
 }
 

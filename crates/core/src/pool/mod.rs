@@ -385,6 +385,12 @@ impl Pool {
         picker.pick(&req, tried)
     }
 
+    /// Whether a backend outside `tried` could be picked now; unlike
+    /// [`Pool::pick`], it moves no balancing cursor (a probe before a retry).
+    pub fn has_other(&self, tried: &[usize]) -> bool {
+        self.picker.load().has_other(tried)
+    }
+
     /// The tier currently serving, if any backend can serve.
     pub fn active_tier(&self) -> Option<u32> {
         self.picker.load().active_tier()

@@ -186,6 +186,9 @@ impl Server {
             .map(str::trim)
             .filter(|n| !n.is_empty())
             .map_or_else(|| address.to_string(), str::to_owned);
+        if let Some(problem) = weir_config::name_problem(&name) {
+            return Err(ControlError::Name(name, problem));
+        }
         let _one = self.change_lock().await?;
         let running = self
             .pool(pool)

@@ -157,6 +157,8 @@ pub enum ControlError {
     NoRule(String),
     #[error("{0:?} is not an IP:port address (e.g. \"10.0.0.5:5432\", \"[2001:db8::5]:5432\")")]
     Address(String),
+    #[error("backend name {0:?} {1}")]
+    Name(String, &'static str),
     #[error("pool {pool:?} already has a backend {backend:?}")]
     Exists { pool: String, backend: String },
     #[error(

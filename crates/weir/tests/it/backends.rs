@@ -76,6 +76,22 @@ fn backends_added_at_runtime_serve_persist_yield_to_the_file_and_drain_when_remo
     let (code, _, err) = text(&ctl(grpc, Some(TOKEN), &add));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("already has a backend \"extra\""), "{err}");
+    // A name with a control character is refused (it would break every
+    // header that names the backend).
+    let (code, _, err) = text(&ctl(
+        grpc,
+        Some(TOKEN),
+        &[
+            "backend",
+            "add",
+            "p",
+            &extra.to_string(),
+            "--name",
+            "x\u{1b}[2J",
+        ],
+    ));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("must not contain control characters"), "{err}");
     // One where nothing listens is probed and never serves.
     let dead = free_port();
     let d = json(&ctl(

@@ -9,6 +9,15 @@ use std::time::{Duration, Instant};
 use crate::cli::{DEADLINE, free_port};
 use crate::http::{curl, metric, raw_backend, start};
 
+/// Waits until `cond` holds, failing the test past the deadline.
+fn wait(what: &str, cond: &dyn Fn() -> bool) {
+    let end = Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(Instant::now() < end, "{what}: not within {DEADLINE:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn requests_beyond_the_limit_wait_their_turn() {
     // The first answer takes long enough for the second request to queue
@@ -29,13 +38,6 @@ fn requests_beyond_the_limit_wait_their_turn() {
         ),
     );
     let url = format!("http://{front}/");
-    let wait = |what: &str, cond: &dyn Fn() -> bool| {
-        let end = Instant::now() + DEADLINE;
-        while !cond() {
-            assert!(Instant::now() < end, "{what}: not within {DEADLINE:?}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    };
     let depth = || metric(admin, "weir_pool_queue_depth{pool=\"slow\"}");
 
     let first = {
@@ -125,4 +127,74 @@ fn a_request_waits_no_longer_than_queue_timeout() {
     );
     assert_eq!(first.join().expect("curl").0, 200);
     assert_eq!(slow.requests.load(SeqCst), 1);
+}
+
+/// A request whose connect failed and that waits in the queue for another
+/// backend holds nothing of the one that failed: a request after it may
+/// still try that one (and does, with room there).
+#[test]
+fn a_request_waiting_after_a_failed_connect_holds_no_slot_there() {
+    let slow = raw_backend(None, Duration::from_secs(2));
+    let (front, admin, closed) = (free_port(), free_port(), free_port());
+    let (_weir, _out) = start(
+        "http-queue-refused",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\nmax_connections_per_backend = 1\nretries = 1\n\
+             queue_timeout = \"10s\"\n\
+             [[pools.backends]]\nname = \"slow\"\naddress = \"{}\"\n\
+             [[pools.backends]]\nname = \"closed\"\naddress = \"{closed}\"\n",
+            slow.addr
+        ),
+    );
+    let url = format!("http://{front}/");
+    let gauge = |name: &str, backend: &str| {
+        metric(
+            admin,
+            &format!("{name}{{pool=\"p\",backend=\"{backend}\"}}"),
+        )
+    };
+    let refused = || {
+        metric(
+            admin,
+            "weir_backend_connect_errors_total{pool=\"p\",backend=\"closed\",reason=\"refused\"}",
+        )
+    };
+    let depth = || metric(admin, "weir_pool_queue_depth{pool=\"p\"}");
+    let spawn = || {
+        let url = url.clone();
+        std::thread::spawn(move || curl(&[], &url))
+    };
+    // The first request ends up at the slow backend (the closed one may
+    // refuse it first).
+    let first = spawn();
+    wait("the first request at the backend", &|| {
+        slow.requests.load(SeqCst) == 1
+    });
+    let before = refused();
+    // The second finds the slow one full, is refused by the closed one and
+    // waits for the slow one.
+    let second = spawn();
+    wait("the second request queued", &|| depth() == 1.0);
+    assert_eq!(refused(), before + 1.0);
+    assert_eq!(
+        gauge("weir_backend_http_requests_active", "closed"),
+        0.0,
+        "the waiting request still counts at the backend that refused it"
+    );
+    assert_eq!(gauge("weir_backend_http_requests_active", "slow"), 1.0);
+    // The closed backend has room: a third request tries it too.
+    let third = spawn();
+    wait("the third request queued", &|| depth() == 2.0);
+    assert_eq!(refused(), before + 2.0);
+    for h in [first, second, third] {
+        let (status, body, _) = h.join().expect("curl");
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(slow.requests.load(SeqCst), 3);
+    assert_eq!(gauge("weir_backend_http_requests_active", "closed"), 0.0);
+    assert_eq!(gauge("weir_backend_http_requests_active", "slow"), 0.0);
 }
