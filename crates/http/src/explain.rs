@@ -145,10 +145,7 @@ pub(crate) fn explain(state: &RouteState, q: &HttpQuestion<'_>) -> RulesExplaine
     match state.pools.get(rule.pool) {
         Some(p) => {
             if let Some(s) = &p.sticky {
-                out.notes.push(format!(
-                    "a sticky cookie {:?} naming a backend that can take it sends it there",
-                    s.name()
-                ));
+                out.notes.push(sticky_note(s, &headers, &p.pool));
             }
             out.pool = Some(p.pool.name.clone());
         }
@@ -157,4 +154,47 @@ pub(crate) fn explain(state: &RouteState, q: &HttpQuestion<'_>) -> RulesExplaine
             .push("its pool has no backend: answered 503".to_owned()),
     }
     out
+}
+
+/// What the pool's sticky cookie, if the request carries one, does with it.
+fn sticky_note(
+    s: &crate::sticky::StickyCookie,
+    headers: &HeaderMap,
+    pool: &weir_core::pool::Pool,
+) -> String {
+    let name = s.name();
+    if !s.carried(headers) {
+        return format!(
+            "no sticky cookie {name:?}: the pool picks a backend, and the answer sets the cookie \
+             naming it"
+        );
+    }
+    match s
+        .named(headers, pool)
+        .and_then(|i| Some((i, pool.backends.get(i)?)))
+    {
+        Some((i, b)) if pool.keeps(i) => format!(
+            "its sticky cookie {name:?} names backend {:?}, which takes it (when it has room and \
+             no one waits in the queue)",
+            b.name
+        ),
+        Some((_, b)) => {
+            use weir_core::pool::StateLabel;
+            let why = match b.state_label() {
+                // Able, and still not taken: a lower tier serves, or it is
+                // ejected as an outlier.
+                StateLabel::Up | StateLabel::Drain => "a lower tier serves, or it is ejected",
+                other => other.as_str(),
+            };
+            format!(
+                "its sticky cookie {name:?} names backend {:?}, which cannot take it now ({why}): \
+                 the pool picks another, and the answer sets the cookie naming it",
+                b.name
+            )
+        }
+        None => format!(
+            "its sticky cookie {name:?} names no backend of the pool: the pool picks one, and the \
+             answer sets the cookie naming it"
+        ),
+    }
 }

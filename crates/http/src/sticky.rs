@@ -47,6 +47,14 @@ impl StickyCookie {
         &self.name
     }
 
+    /// Whether the request carries the cookie, whatever its value.
+    pub(crate) fn carried(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get_all(COOKIE)
+            .iter()
+            .any(|v| weir_wire::cookie::find(v.as_bytes(), self.name.as_bytes()).is_some())
+    }
+
     /// The backend of `pool` the request's cookie names, if any (whether
     /// it can take the request is the pool's to say).
     pub(crate) fn named(&self, headers: &HeaderMap, pool: &Pool) -> Option<usize> {

@@ -242,16 +242,31 @@ impl Backend {
     /// Its weight if its tier serves: 0 unless enabled and up (or, with
     /// passive health only, on trial) and not ejected as an outlier.
     pub(super) fn eligible_weight(&self, s: &Status) -> u32 {
+        if s.admin == AdminState::Enabled && self.able(s) {
+            Self::weight_now(s, self.weight)
+        } else {
+            0
+        }
+    }
+
+    /// Up (or, with passive health only, on trial) and not ejected as an
+    /// outlier: able to serve, whatever the operator says.
+    fn able(&self, s: &Status) -> bool {
         let healthy = match s.health.state() {
             Health::Up => true,
             Health::Unknown => self.watch == Watch::Passive,
             Health::Down | Health::Standby => false,
         };
-        if s.admin == AdminState::Enabled && healthy && !self.outlier.ejected.load(Relaxed) {
-            Self::weight_now(s, self.weight)
-        } else {
-            0
-        }
+        healthy && !self.outlier.ejected.load(Relaxed)
+    }
+
+    /// Whether the clients a sticky cookie keeps on it may still come,
+    /// though the pool picks it for no one new: able to serve and drained
+    /// or given a weight of 0 by the operator, not disabled (HAProxy keeps
+    /// persistent clients on a drained server the same way).
+    pub(super) fn keeps_its_clients(&self) -> bool {
+        let s = self.status();
+        s.admin != AdminState::Disabled && self.able(&s)
     }
 
     pub fn health(&self) -> Health {

@@ -262,15 +262,16 @@ impl Pool {
     }
 
     /// Takes a slot on backend `i`, chosen by the client (a sticky cookie),
-    /// when the pool could pick it now (serving, in the active tier) and it
-    /// has room, and nobody waits in the queue (a client does not overtake
-    /// the waiters by naming a backend). False otherwise: the caller then
-    /// lets the pool pick ([`Pool::acquire`]).
+    /// when the pool could pick it now (serving, in the active tier) or it
+    /// only keeps its clients ([`Pool::keeps`]),
+    /// it has room, and nobody waits in the queue (a client does not
+    /// overtake the waiters by naming a backend). False otherwise: the
+    /// caller then lets the pool pick ([`Pool::acquire`]).
     pub fn take(self: &Arc<Self>, i: usize) -> bool {
         let Some(b) = self.backends.get(i) else {
             return false;
         };
-        if !self.picker().is_eligible(i) {
+        if !self.keeps(i) {
             return false;
         }
         if !self.limited {
@@ -278,6 +279,20 @@ impl Pool {
             return true;
         }
         self.queue.waiting.load(SeqCst) == 0 && b.slots.try_take()
+    }
+
+    /// Whether backend `i` may serve a client that names it (a sticky
+    /// cookie), room aside: the pool could pick it, or it keeps its
+    /// clients (drained, or weight 0) and its tier has not given way to a
+    /// lower one. A tier of drained backends only leaves the active tier
+    /// to a higher one (or none) for new clients: its own stay.
+    pub fn keeps(&self, i: usize) -> bool {
+        let Some(b) = self.backends.get(i) else {
+            return false;
+        };
+        let picker = self.picker();
+        picker.is_eligible(i)
+            || (picker.active_tier().is_none_or(|t| b.tier <= t) && b.keeps_its_clients())
     }
 
     async fn acquire_limited(

@@ -309,7 +309,34 @@ fn explain_follows_a_request_through_the_rules_of_an_l7_route() {
     assert!(
         v["http"]["notes"]
             .to_string()
-            .contains("sticky cookie \\\"srv\\\""),
+            .contains("no sticky cookie \\\"srv\\\""),
+        "{v}"
+    );
+    // With the cookie: the backend it names, and whether it takes the
+    // request (a drained one does; a disabled one does not).
+    let token = weir_wire::cookie::token(weir_balance::hash_bytes(a.to_string().as_bytes()));
+    let cookie = format!("Cookie: srv={}", String::from_utf8_lossy(&token));
+    let sticky = |expected: &str| {
+        let v = ask(&["--path", "/", "-H", &cookie]);
+        let notes = v["http"]["notes"].to_string();
+        assert!(notes.contains(expected), "{expected}: {v}");
+    };
+    let backend = format!("names backend \\\"{a}\\\", which takes it");
+    sticky(&backend);
+    let operator = |verb: &str| {
+        let (code, _, err) = text(&ctl(grpc, None, &["backend", verb, "web", &a.to_string()]));
+        assert_eq!(code, 0, "{err}");
+    };
+    operator("drain");
+    sticky(&backend);
+    operator("disable");
+    sticky("which cannot take it now (disabled)");
+    operator("enable");
+    let v = ask(&["--path", "/", "-H", "Cookie: srv=0123456789abcdef"]);
+    assert!(
+        v["http"]["notes"]
+            .to_string()
+            .contains("names no backend of the pool"),
         "{v}"
     );
 

@@ -3978,19 +3978,55 @@ fn sticky_cookies_keep_a_client_on_its_backend() {
     // A token no backend has: picked as for a new client.
     let (status, cookies) = ask(&["-H", "Cookie: srv=0123456789abcdef"]);
     assert_eq!((status, cookies.len()), (200, 1), "{cookies:?}");
-    // Its backend drained: another answers, and the cookie follows it.
     let name = format!("b{home}");
-    let (code, _, err) = crate::control::text(&crate::control::ctl(
-        grpc,
-        None,
-        &["backend", "drain", "p", &name],
-    ));
-    assert_eq!(code, 0, "{err}");
+    let on = |verb: &str, backend: &str| {
+        let (code, _, err) = crate::control::text(&crate::control::ctl(
+            grpc,
+            None,
+            &["backend", verb, "p", backend],
+        ));
+        assert_eq!(code, 0, "{err}");
+    };
+    let operator = |verb: &str| on(verb, &name);
+    // Its backend drained: new clients go elsewhere, the cookie's client
+    // stays (HAProxy's persistence through a drain).
+    operator("drain");
+    let before = counts();
+    for _ in 0..6 {
+        assert_eq!(ask(&[]).0, 200);
+    }
+    assert_eq!(
+        counts()[home],
+        before[home],
+        "the drained backend got a new client"
+    );
+    let (status, cookies) = ask(&["-H", &cookie]);
+    assert_eq!((status, cookies.len()), (200, 0), "{cookies:?}");
+    assert_eq!(
+        counts()[home],
+        before[home] + 1,
+        "the cookie's client moved"
+    );
+    // Every backend drained: no new client is taken, the cookie's still is.
+    let others: Vec<String> = (0..3)
+        .filter(|&k| k != home)
+        .map(|k| format!("b{k}"))
+        .collect();
+    for b in &others {
+        on("drain", b);
+    }
+    assert_eq!(ask(&[]).0, 503);
+    assert_eq!(ask(&["-H", &cookie]), (200, vec![]));
+    for b in &others {
+        on("enable", b);
+    }
+    // Disabled: another answers, and the cookie follows it.
+    operator("disable");
     let before = counts();
     let (status, cookies) = ask(&["-H", &cookie]);
     assert_eq!((status, cookies.len()), (200, 1), "{cookies:?}");
     assert!(!cookies[0].contains(&token), "{cookies:?}");
-    assert_eq!(counts()[home], before[home], "the drained backend got it");
+    assert_eq!(counts()[home], before[home], "the disabled backend got it");
     let series = |result: &str| {
         metric(
             admin,
@@ -3999,7 +4035,7 @@ fn sticky_cookies_keep_a_client_on_its_backend() {
             ),
         )
     };
-    assert_eq!((series("kept"), series("moved")), (10.0, 1.0));
+    assert_eq!((series("kept"), series("moved")), (12.0, 1.0));
 }
 
 /// `response_headers` with `always = true` reach weir's own answers too
