@@ -1,7 +1,7 @@
-//! Live connections: every routed TCP connection is in its listener's
-//! registry until it ends, with live byte counts and its state, so that an
-//! operator can list them (`weir connections`) and close the ones matched
-//! (`weir connections close`).
+//! Live connections: every routed TCP connection and every UDP flow is in
+//! its listener's registry until it ends, with live byte counts and its
+//! state, so that an operator can list them (`weir connections`) and close
+//! the ones matched (`weir connections close`).
 //!
 //! The registry is sharded: a connection takes one shard's lock to enter and
 //! one to leave, and a listing takes the shards one after another, copying
@@ -10,8 +10,8 @@
 //! the connection's task, which ends with the reason `operator` (an
 //! operator's close) or `shutdown` (the listener's `shutdown_timeout` ran
 //! out, [`Registry::kill`]): the relay checks the flag whenever it is
-//! polled, a connection still connecting or queued and an l7 connection
-//! wait for it beside their other reasons to stop.
+//! polled, a connection still connecting or queued, an l7 connection and a
+//! UDP flow wait for it beside their other reasons to stop.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -40,6 +40,8 @@ pub enum ConnState {
     Relaying = 1,
     /// Served as HTTP (an l7 route).
     Http = 2,
+    /// A UDP flow: datagrams of one client relayed to its backend.
+    Udp = 3,
 }
 
 impl ConnState {
@@ -48,6 +50,7 @@ impl ConnState {
             Self::Connecting => "connecting",
             Self::Relaying => "relaying",
             Self::Http => "http",
+            Self::Udp => "udp",
         }
     }
 
@@ -55,6 +58,7 @@ impl ConnState {
         match v {
             1 => Self::Relaying,
             2 => Self::Http,
+            3 => Self::Udp,
             _ => Self::Connecting,
         }
     }
@@ -97,9 +101,14 @@ impl Live {
     }
 
     pub(crate) fn set_backend(&self, index: usize) {
+        self.name_backend(index);
+        self.set_state(ConnState::Relaying);
+    }
+
+    /// Names its backend, its state left as it is (a UDP flow's).
+    pub(crate) fn name_backend(&self, index: usize) {
         self.backend
             .store(u32::try_from(index).unwrap_or(u32::MAX), Relaxed);
-        self.set_state(ConnState::Relaying);
     }
 
     /// When it was routed.

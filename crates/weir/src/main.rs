@@ -142,7 +142,7 @@ enum Command {
         #[command(flatten)]
         target: ctl::Target,
     },
-    /// List the live connections of TCP listeners (client, listener, route,
+    /// List the live connections and UDP flows (client, listener, route,
     /// pool, backend, age, bytes each way, state), or close some.
     ///
     /// Conditions narrow the list; `close` needs at least one.

@@ -55,8 +55,8 @@ pub struct Connection {
     pub sent_bytes: u64,
     #[prost(uint64, tag = "9")]
     pub received_bytes: u64,
-    /// connecting (picking a backend, queued, connecting), relaying (l4) or
-    /// http (l7).
+    /// connecting (picking a backend, queued, connecting), relaying (l4),
+    /// http (l7) or udp (a UDP flow).
     #[prost(string, tag = "10")]
     pub state: ::prost::alloc::string::String,
 }
@@ -1277,7 +1277,7 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("weir.admin.v1.Admin", "Explain"));
             self.inner.unary(req, path, codec).await
         }
-        /// The live connections of TCP listeners that every given condition
+        /// The live connections (UDP flows included) that every given condition
         /// matches, by listener and id. Reads only.
         pub async fn list_connections(
             &mut self,
@@ -1467,7 +1467,7 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::ExplainRequest>,
         ) -> std::result::Result<tonic::Response<super::ExplainResponse>, tonic::Status>;
-        /// The live connections of TCP listeners that every given condition
+        /// The live connections (UDP flows included) that every given condition
         /// matches, by listener and id. Reads only.
         async fn list_connections(
             &self,

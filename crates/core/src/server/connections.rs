@@ -1,5 +1,5 @@
-//! Live connections across listeners: the listing and the close behind
-//! `weir connections`.
+//! Live connections across listeners, UDP flows included: the listing and
+//! the close behind `weir connections`.
 
 use crate::live::{ConnFilter, Picked};
 
@@ -15,7 +15,6 @@ impl Server {
         for l in snapshot
             .listeners
             .iter()
-            .filter(|l| l.udp.is_none())
             .filter(|l| filter.listener.as_ref().is_none_or(|n| *n == l.name))
         {
             let keep = limit.saturating_sub(picked.entries.len());
@@ -35,7 +34,6 @@ impl Server {
         let closed = snapshot
             .listeners
             .iter()
-            .filter(|l| l.udp.is_none())
             .filter(|l| filter.listener.as_ref().is_none_or(|n| *n == l.name))
             .map(|l| l.stats.live.close(filter))
             .sum();

@@ -36,6 +36,7 @@ use crate::Reason;
 use crate::cancel::Watcher;
 use crate::firewall::ClientSlot;
 use crate::listener::{Listener, Mode};
+use crate::live::{ConnState, Live, LiveGuard};
 use crate::pool::{Eviction, Pool};
 
 thread_local! {
@@ -64,7 +65,7 @@ fn now_ms() -> u64 {
 const ENDED: u64 = 1 << 63;
 
 /// What the receive task and a flow's task share.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     /// [`now_ms`] at the last datagram, either way.
     last: AtomicU64,
@@ -74,9 +75,9 @@ struct Shared {
     /// task's end are ordered: a datagram counted before the end keeps the
     /// flow going; one counted after it sees the end and starts a new flow.
     requests: AtomicU64,
-    /// Payload bytes to the backend and to the client.
-    sent: AtomicU64,
-    received: AtomicU64,
+    /// Its entry among the listener's live connections: payload bytes to
+    /// the backend and to the client, and an operator's close.
+    live: Arc<Live>,
     /// Cancelled when a runtime `deny` covers the flow's source: the flow
     /// ends (reason `firewall`).
     banned: tokio_util::sync::CancellationToken,
@@ -220,7 +221,7 @@ impl Table {
         match socket2::SockRef::from(&*flow.upstream).send(payload) {
             Ok(_) => {
                 stats.relayed(TO_BACKEND, data.len());
-                flow.shared.sent.fetch_add(data.len() as u64, Relaxed);
+                flow.shared.live.sent.fetch_add(data.len() as u64, Relaxed);
                 if let Some(b) = flow.pool.backends.get(flow.backend) {
                     count(&b.stats.sent_bytes, data.len() as u64);
                     count(&b.stats.udp_datagrams[TO_BACKEND], 1);
@@ -301,7 +302,7 @@ impl Table {
         for datagram in data.chunks(stride) {
             stats.relayed(TO_BACKEND, datagram.len());
         }
-        flow.shared.sent.fetch_add(data.len() as u64, Relaxed);
+        flow.shared.live.sent.fetch_add(data.len() as u64, Relaxed);
         if let Some(b) = flow.pool.backends.get(flow.backend) {
             count(&b.stats.udp_datagrams[TO_BACKEND], segments);
             count(&b.stats.sent_bytes, data.len() as u64);
@@ -421,8 +422,17 @@ impl Opener {
         count(&route.stats.connections_total, 1);
         count(&b.stats.connections_total, 1);
         b.stats.connections_active.fetch_add(1, Relaxed);
-        let shared = Arc::new(Shared::default());
-        shared.touch();
+        let live = listener
+            .stats
+            .live
+            .enter(listener, index, client, ConnState::Udp);
+        live.name_backend(i);
+        let shared = Arc::new(Shared {
+            last: AtomicU64::new(now_ms()),
+            requests: AtomicU64::new(0),
+            live: live.entry(),
+            banned: tokio_util::sync::CancellationToken::new(),
+        });
         let upstream = Arc::new(upstream);
         let task = Task {
             listener: Arc::clone(listener),
@@ -437,6 +447,7 @@ impl Opener {
             dst_ip,
             started: Instant::now(),
             _slot: slot,
+            live,
             ended: self.ended.clone(),
             evict,
         };
@@ -609,6 +620,9 @@ fn connected(backend: SocketAddr) -> io::Result<UdpSocket> {
 #[derive(Debug, PartialEq)]
 enum Signal {
     Kill,
+    /// Closed by an operator (`weir connections close`), or by the
+    /// listener's end.
+    Closed(Reason),
     Drain,
     Evict,
     /// A runtime `deny` covers the source.
@@ -618,6 +632,8 @@ enum Signal {
 /// The shared signals a flow's task waits on.
 struct Waits<'p, 'a> {
     kill: Pin<&'p mut WaitForCancellationFuture<'a>>,
+    /// The flow's live entry (none in unit tests).
+    closed: Option<&'a Live>,
     gone: Pin<&'p mut WaitForCancellationFuture<'a>>,
     drain: Pin<&'p mut WaitForCancellationFuture<'a>>,
     retired: Pin<&'p mut WaitForCancellationFuture<'a>>,
@@ -634,6 +650,9 @@ impl Waits<'_, '_> {
     fn poll(&mut self, cx: &mut Context<'_>, draining: bool) -> Poll<Signal> {
         if self.kill.as_mut().poll(cx).is_ready() || self.gone.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Signal::Kill);
+        }
+        if let Some(Poll::Ready(why)) = self.closed.map(|l| l.poll_closed(cx)) {
+            return Poll::Ready(Signal::Closed(why));
         }
         if self.banned.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Signal::Ban);
@@ -668,6 +687,8 @@ struct Task {
     started: Instant,
     /// Held for the flow's life when `per_client.concurrent` counts it.
     _slot: Option<ClientSlot>,
+    /// Its place among the listener's live connections, left at its end.
+    live: LiveGuard,
     /// Told of the flow's end.
     ended: mpsc::UnboundedSender<Ended>,
     /// Cancelled by the backend's next eviction after the pick.
@@ -711,6 +732,7 @@ impl Task {
         // is moved only when it runs out.
         let mut waits = Waits {
             kill: pin!(self.listener.kill.cancelled()),
+            closed: Some(&self.live),
             gone: pin!(self.endpoint.gone.cancelled()),
             drain: pin!(self.listener.drain.cancelled()),
             retired: pin!(self.endpoint.retired.cancelled()),
@@ -724,6 +746,7 @@ impl Task {
             tokio::select! {
                 s = signal => match s {
                     Signal::Kill => break Reason::Shutdown,
+                    Signal::Closed(why) => break why,
                     // Shutting down (or the listener removed, or its socket
                     // no longer read): answers still on their way get a
                     // moment, then the flow ends.
@@ -774,10 +797,7 @@ impl Task {
             route,
             self.client,
             Some(&b.name),
-            (
-                self.shared.sent.load(Relaxed),
-                self.shared.received.load(Relaxed),
-            ),
+            (self.shared.live.sent(), self.shared.live.received()),
             took,
             reason,
         );
@@ -953,7 +973,10 @@ impl Task {
             stats.relayed(TO_CLIENT, datagram.len());
             count(&b.stats.udp_datagrams[TO_CLIENT], 1);
         }
-        self.shared.received.fetch_add(data.len() as u64, Relaxed);
+        self.shared
+            .live
+            .received
+            .fetch_add(data.len() as u64, Relaxed);
         count(&b.stats.received_bytes, data.len() as u64);
     }
 }
@@ -982,6 +1005,7 @@ mod tests {
             let [kill, gone, drain, retired, evicted, banned] = &self.tokens;
             let mut waits = Waits {
                 kill: pin!(kill.cancelled()),
+                closed: None,
                 gone: pin!(gone.cancelled()),
                 drain: pin!(drain.cancelled()),
                 retired: pin!(retired.cancelled()),

@@ -451,11 +451,18 @@ fn the_firewall_refuses_a_flow_by_its_source() {
     assert_eq!(metric(admin, "weir_udp_flows_total{listener=\"dns\"}"), 1.0);
 }
 
-/// A runtime `deny` ends its source's open flows at the source's next
-/// datagram, which is dropped (reason `firewall` in the log, `banned` in
-/// the firewall's counter); another source's flow goes on.
-#[test]
-fn a_runtime_deny_ends_the_sources_open_flows() {
+/// weir with one UDP listener (`idle_timeout` 1h) in front of an echo
+/// backend named `echo`, its admin on HTTP and gRPC: (weir, its output,
+/// admin, gRPC, the listener's address).
+fn echo_listener(
+    tag: &str,
+) -> (
+    Running,
+    mpsc::Receiver<String>,
+    SocketAddr,
+    SocketAddr,
+    SocketAddr,
+) {
     let (backend, _) = echo(false);
     let (admin, grpc, port) = (free_port(), free_port(), free_udp_port());
     let cfg = config(
@@ -463,11 +470,25 @@ fn a_runtime_deny_ends_the_sources_open_flows() {
         &format!("\"127.0.0.1:{port}\""),
         "idle_timeout = \"1h\"",
         "",
-        &format!("[[pools.backends]]\naddress = \"{backend}\""),
+        &format!("[[pools.backends]]\nname = \"echo\"\naddress = \"{backend}\""),
     )
     .replace("[admin]\n", &format!("[admin]\ngrpc = \"{grpc}\"\n"));
-    let (_weir, out) = start("udp-ban", &cfg);
-    let front = SocketAddr::from(([127, 0, 0, 1], port));
+    let (weir, out) = start(tag, &cfg);
+    (
+        weir,
+        out,
+        admin,
+        grpc,
+        SocketAddr::from(([127, 0, 0, 1], port)),
+    )
+}
+
+/// A runtime `deny` ends its source's open flows at the source's next
+/// datagram, which is dropped (reason `firewall` in the log, `banned` in
+/// the firewall's counter); another source's flow goes on.
+#[test]
+fn a_runtime_deny_ends_the_sources_open_flows() {
+    let (_weir, out, admin, grpc, front) = echo_listener("udp-ban");
     let banned = UdpSocket::bind("127.0.0.3:0").expect("bind 127.0.0.3");
     let other = UdpSocket::bind("127.0.0.1:0").expect("bind");
     assert_eq!(ask(&banned, front, b"a").as_deref(), Some(&b"a"[..]));
@@ -505,6 +526,74 @@ fn a_runtime_deny_ends_the_sources_open_flows() {
         ),
         2.0
     );
+}
+
+/// UDP flows are live connections: `weir connections` lists each with its
+/// backend and bytes, and `weir connections close` ends the one matched
+/// (reason `operator`); its client's next datagram starts a new flow.
+#[test]
+fn udp_flows_are_listed_and_closed_as_connections() {
+    use crate::control::{ctl, json, text};
+    let (_weir, out, admin, grpc, front) = echo_listener("udp-connections");
+    let closed = UdpSocket::bind("127.0.0.4:0").expect("bind 127.0.0.4");
+    let other = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    assert_eq!(ask(&closed, front, b"abc").as_deref(), Some(&b"abc"[..]));
+    assert_eq!(ask(&other, front, b"d").as_deref(), Some(&b"d"[..]));
+    let list = |args: &[&str]| {
+        let mut all = vec!["connections", "-o", "json"];
+        all.extend_from_slice(args);
+        json(&ctl(grpc, None, &all))
+    };
+    let v = list(&["--client", "127.0.0.4"]);
+    let conns = v["connections"].as_array().cloned().unwrap_or_default();
+    assert_eq!(conns.len(), 1, "{v}");
+    let c = &conns[0];
+    let client = closed.local_addr().expect("addr").to_string();
+    assert_eq!(
+        (&c["listener"], &c["route"], &c["pool"], &c["backend"]),
+        (&"dns".into(), &"all".into(), &"dns".into(), &"echo".into()),
+        "{v}"
+    );
+    assert_eq!(
+        (&c["client"], &c["state"]),
+        (&client.as_str().into(), &"udp".into()),
+        "{v}"
+    );
+    assert_eq!(
+        (&c["sent_bytes"], &c["received_bytes"]),
+        (&3.into(), &3.into()),
+        "{v}"
+    );
+    let first = c["id"].clone();
+    assert_eq!(
+        list(&["--backend", "echo"])["connections"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    // Closed: the flow ends at once, logged with the operator's reason.
+    let (code, said, err) = text(&ctl(
+        grpc,
+        None,
+        &["connections", "close", "--client", "127.0.0.4"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(said, "closed 1 connection(s)\n");
+    let line = wait_line(&out, "\"reason\":\"operator\"");
+    assert!(line.contains(&client), "{line}");
+    let active = || metric(admin, "weir_udp_flows_active{listener=\"dns\"}");
+    let end = Instant::now() + DEADLINE;
+    while active() != 1.0 {
+        assert!(Instant::now() < end, "the closed flow stays active");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The other flow goes on; the closed client's next datagram is a new flow.
+    assert_eq!(ask(&other, front, b"e").as_deref(), Some(&b"e"[..]));
+    assert_eq!(ask(&closed, front, b"f").as_deref(), Some(&b"f"[..]));
+    let v = list(&["--client", "127.0.0.4"]);
+    assert_eq!(v["connections"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_ne!(v["connections"][0]["id"], first, "{v}");
+    assert_eq!(v["connections"][0]["sent_bytes"], 1, "{v}");
 }
 
 /// `dns` health checks against dnsmasq: both backends up; one stopped is
