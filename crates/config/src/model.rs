@@ -760,6 +760,9 @@ pub struct Pool {
     /// Statuses (400..=599, sorted) on which l7 routes try an idempotent,
     /// bodiless request again on another backend, within `retries`.
     pub retry_on_status: Vec<u16>,
+    /// Retries in flight at most across the pool; `None`: no bound but
+    /// `retries` per request.
+    pub retry_budget: Option<RetryBudget>,
     /// Sessions of l7 routes kept on one backend by a cookie.
     pub sticky: Option<Sticky>,
     /// How long connections to a drained or demoted backend may live.
@@ -785,6 +788,16 @@ pub struct Pool {
     /// How long one waits in that queue at most; then `queue_timeout`.
     pub queue_timeout: Duration,
     pub backends: Vec<Backend>,
+}
+
+/// `retry_budget = { percent, min_concurrent }` (Envoy's retry budgets):
+/// the requests and connections of a pool trying another backend at once
+/// stay within `percent` of those in flight, or `min_concurrent`, whichever
+/// is more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBudget {
+    pub percent: u32,
+    pub min_concurrent: u32,
 }
 
 /// `sticky = { cookie, ... }`: the cookie that keeps a client's requests on

@@ -362,6 +362,7 @@ pub(crate) struct RawPool {
     pub(crate) connect_timeout: Option<String>,
     pub(crate) retries: Option<Int>,
     pub(crate) retry_on_status: Option<Vec<Int>>,
+    pub(crate) retry_budget: Option<RawRetryBudget>,
     pub(crate) sticky: Option<RawSticky>,
     pub(crate) drain_timeout: Option<String>,
     pub(crate) close_on_down: Option<bool>,
@@ -404,6 +405,14 @@ pub(crate) struct RawDiscover {
     pub(crate) hold: Option<String>,
     pub(crate) tier: Option<Int>,
     pub(crate) weight: Option<Int>,
+}
+
+/// `retry_budget = { ... }` of a pool: retries in flight at most.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawRetryBudget {
+    pub(crate) percent: Option<Int>,
+    pub(crate) min_concurrent: Option<Int>,
 }
 
 /// `outlier = { ... }` of a pool: outlier detection from HTTP responses.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use weir_config::{
     BackendAddress, Check, Config, ConfigError, GrpcCheck, HashKey, Health, HttpCheck, LogFormat,
-    Policy, ProbeTls, Problem, Protocol, RouteMode, StatusMatch, load_file, load_str,
+    Policy, ProbeTls, Problem, Protocol, RetryBudget, RouteMode, StatusMatch, load_file, load_str,
 };
 
 /// A test's scratch directory, removed when the test ends, however it ends.
@@ -3153,6 +3153,54 @@ fn retry_on_status_is_checked() {
         ("[503, 503]", "retry_on_status[1]", "503 is listed twice"),
     ] {
         assert_one(&with(list), &format!("pools[0].{key}"), error);
+    }
+}
+
+/// `retry_budget = { percent, min_concurrent }`: 20% and 3 by default,
+/// none without the key.
+#[test]
+fn retry_budgets_are_checked() {
+    let with = |table: &str| {
+        format!(
+            "{OK_LISTENER}{}",
+            OK_POOL.replace(
+                "name = \"p\"\n",
+                &format!("name = \"p\"\nretry_budget = {table}\n")
+            )
+        )
+    };
+    let cfg = load(&format!("{OK_LISTENER}{OK_POOL}")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.pools[0].retry_budget, None);
+    let cfg = load(&with("{}")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        cfg.pools[0].retry_budget,
+        Some(RetryBudget {
+            percent: 20,
+            min_concurrent: 3
+        })
+    );
+    let cfg = load(&with("{ percent = 0, min_concurrent = 10 }")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        cfg.pools[0].retry_budget,
+        Some(RetryBudget {
+            percent: 0,
+            min_concurrent: 10
+        })
+    );
+    for (table, key, error) in [
+        (
+            "{ percent = 101 }",
+            "percent",
+            "101 is out of range 0..=100",
+        ),
+        (
+            "{ min_concurrent = -1 }",
+            "min_concurrent",
+            "-1 is out of range",
+        ),
+        ("{ share = 5 }", "share", "unknown key"),
+    ] {
+        assert_one(&with(table), &format!("pools[0].retry_budget.{key}"), error);
     }
 }
 

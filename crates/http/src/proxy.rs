@@ -502,7 +502,13 @@ async fn forward(
     // `retry_on_status`: such a request's answer may be put aside for
     // another backend's, so a copy of it is kept.
     let status_retry = replayable && !pool.retry_on_status.is_empty();
+    // Taken from the pool's retry budget at the first retry, held until
+    // the last attempt is done.
+    let mut leave = None;
     for attempt in 0..=pool.retries {
+        if attempt > 0 && pool.has_other(&tried) && !pool.may_retry(&mut leave) {
+            return settle(Err(last), kept, target, x);
+        }
         if until.is_some_and(|u| crate::clock::now() >= u) {
             return settle(Err(too_late(x)), kept, target, x);
         }
@@ -646,6 +652,7 @@ async fn forward(
                 {
                     tried.push(i);
                     if pool.has_other(&tried)
+                        && pool.may_retry(&mut leave)
                         && let Some(request) = copy.take()
                     {
                         kept = Some(Box::new(Kept {

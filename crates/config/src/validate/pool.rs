@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::Checker;
 use crate::model::{
     Backend, BackendAddress, HashKey, Health, HttpProtocol, Listener, Outlier, Policy, Pool,
-    RouteMode, SameSite, Sticky,
+    RetryBudget, RouteMode, SameSite, Sticky,
 };
 use crate::raw::{Int, RawBackend, RawPool, RawSticky};
 
@@ -148,6 +148,19 @@ impl Checker {
             }
         }
         retry_on_status.sort_unstable();
+        let retry_budget = raw.retry_budget.as_ref().map(|b| {
+            let p = format!("{path}.retry_budget");
+            RetryBudget {
+                percent: self.int(&format!("{p}.percent"), b.percent, 20, 0, Some(100)),
+                min_concurrent: self.int(
+                    &format!("{p}.min_concurrent"),
+                    b.min_concurrent,
+                    3,
+                    0,
+                    Some(1_000_000),
+                ),
+            }
+        });
         let sticky = raw
             .sticky
             .as_ref()
@@ -215,6 +228,7 @@ impl Checker {
             connect_timeout,
             retries,
             retry_on_status,
+            retry_budget,
             sticky,
             drain_timeout,
             close_on_down: raw.close_on_down.unwrap_or(false),

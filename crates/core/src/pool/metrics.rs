@@ -28,6 +28,37 @@ pub(crate) fn render(pools: &[Arc<Pool>], w: &mut Writer) {
     if pools.iter().any(|p| p.limited()) {
         limits(w, pools.iter().filter(|p| p.limited()));
     }
+    if pools.iter().any(|p| p.retry_budget.is_some()) {
+        retry_budgets(w, pools.iter().filter(|p| p.retry_budget.is_some()));
+    }
+}
+
+/// Retries in flight and those the budget refused, for the pools with one.
+fn retry_budgets<'a>(w: &mut Writer, pools: impl Iterator<Item = &'a Arc<Pool>> + Clone) {
+    w.family(
+        "weir_pool_retries_active",
+        Kind::Gauge,
+        "Requests and connections trying another backend now (pools with retry_budget).",
+    );
+    for p in pools.clone() {
+        w.sample(
+            "weir_pool_retries_active",
+            &[("pool", &p.name)],
+            p.retrying.active(),
+        );
+    }
+    w.family(
+        "weir_pool_retry_budget_exhausted",
+        Kind::Counter,
+        "Retries not made because the pool's retry_budget was spent.",
+    );
+    for p in pools {
+        w.sample(
+            "weir_pool_retry_budget_exhausted_total",
+            &[("pool", &p.name)],
+            p.retrying.refused(),
+        );
+    }
 }
 
 /// Connection limits and the queue, for the pools with limits.

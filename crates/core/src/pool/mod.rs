@@ -14,6 +14,7 @@
 //! down without `close_on_down` -> left alone (they fail or finish by themselves).
 
 mod backend;
+mod budget;
 pub(crate) mod metrics;
 mod observe;
 mod operator;
@@ -22,6 +23,7 @@ mod queue;
 mod stats;
 
 pub use backend::{Backend, BackendView, Eviction, LastProbe, Watch};
+pub use budget::{RetryLeave, Retrying};
 pub(crate) use queue::SlotGuard;
 pub use queue::{Queue, QueueResult};
 pub use stats::{BackendStats, LATENCY_SECONDS, StateLabel, UpstreamEvent};
@@ -76,6 +78,10 @@ pub struct Pool {
     /// Answers of these statuses (sorted) send an idempotent, bodiless l7
     /// request to another backend, within `retries`.
     pub retry_on_status: Box<[u16]>,
+    /// Retries in flight at most ([`Pool::retry_leave`]).
+    pub retry_budget: Option<config::RetryBudget>,
+    /// Retries in flight now, shared by the pool's generations.
+    pub retrying: Arc<Retrying>,
     /// A sticky cookie keeps l7 sessions on their backend.
     pub sticky: bool,
     pub hash_key: config::HashKey,
@@ -275,6 +281,8 @@ impl Pool {
             connect_timeout: cfg.connect_timeout,
             retries: cfg.retries.unwrap_or(u32::MAX),
             retry_on_status: cfg.retry_on_status.clone().into(),
+            retry_budget: cfg.retry_budget,
+            retrying: previous.map_or_else(Arc::default, |p| Arc::clone(&p.retrying)),
             sticky: cfg.sticky.is_some(),
             hash_key: cfg.hash_key,
             drain_timeout: cfg.drain_timeout,

@@ -96,7 +96,12 @@ pub(crate) async fn connect(up: &Upstream, client: &Client) -> Result<(usize, St
     let mut tried: Vec<usize> = Vec::new();
     let mut errors: Vec<(usize, Reason)> = Vec::new();
     let mut last_err = None;
-    for _ in 0..=pool.retries {
+    let mut leave = None;
+    for attempt in 0..=pool.retries {
+        // Another backend is tried within the pool's retry budget.
+        if attempt > 0 && pool.has_other(&tried) && !pool.may_retry(&mut leave) {
+            break;
+        }
         // With a slot taken: the caller gives it back when the connection
         // ends ([`crate::pool::SlotGuard`]).
         let i = match pool.acquire(key, &tried, None).await {

@@ -218,6 +218,32 @@ pub(crate) fn silent_backend() -> SocketAddr {
     a
 }
 
+/// A backend whose accept queue is full: the kernel drops the SYNs of
+/// further connects, which wait until their timeout. Keep the first value
+/// (the socket and the connections filling its queue) while it is used.
+pub(crate) fn unanswering_backend() -> ((socket2::Socket, Vec<TcpStream>), SocketAddr) {
+    let silent =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    silent
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    silent.listen(0).expect("listen");
+    let addr = silent
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("address");
+    let mut queued = Vec::new();
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            Ok(s) => queued.push(s),
+            Err(_) => break,
+        }
+        assert!(queued.len() < 16, "the accept queue never filled");
+    }
+    ((silent, queued), addr)
+}
+
 /// A backend on loopback that runs `serve` on a thread of its own for each
 /// connection.
 pub(crate) fn thread_backend(serve: fn(TcpStream)) -> SocketAddr {
@@ -464,27 +490,7 @@ fn run_stops_gracefully_on_sigterm_letting_a_connection_finish() {
 #[test]
 fn the_shutdown_timeout_also_ends_connections_still_connecting() {
     let backend = echo_backend();
-    // A backend whose accept queue is full: the kernel drops the SYNs of
-    // further connects, which wait until their timeout.
-    let silent =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    silent
-        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
-        .expect("bind");
-    silent.listen(0).expect("listen");
-    let silent_addr = silent
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_socket())
-        .expect("address");
-    let mut queued = Vec::new();
-    loop {
-        match TcpStream::connect_timeout(&silent_addr, Duration::from_millis(300)) {
-            Ok(s) => queued.push(s),
-            Err(_) => break,
-        }
-        assert!(queued.len() < 16, "the accept queue never filled");
-    }
+    let (unanswering, silent_addr) = unanswering_backend();
     let (front, other, web, admin) = (free_port(), free_port(), free_port(), free_port());
     // An HTTP backend that takes requests and never answers.
     let (holding_addr, taken) = holding_server();
@@ -566,7 +572,7 @@ fn the_shutdown_timeout_also_ends_connections_still_connecting() {
         seen.iter().any(|l| l.contains("\"path\":\"/unanswered\"")),
         "the unanswered request: {seen:?}"
     );
-    drop(queued);
+    drop(unanswering);
 }
 
 /// A second SIGTERM closes every connection at once, those of a listener a

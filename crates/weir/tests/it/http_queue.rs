@@ -1,7 +1,8 @@
 //! l7 requests and backend connection limits: a request beyond the limit
 //! waits in the pool's queue and is served when the one before it is done;
 //! a full queue answers 503 `queue_full` (gRPC: UNAVAILABLE), a wait past
-//! `queue_timeout` 503 `queue_timeout`.
+//! `queue_timeout` 503 `queue_timeout`. And a pool's `retry_budget`, for l7
+//! requests and l4 connections.
 
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
@@ -197,4 +198,107 @@ fn a_request_waiting_after_a_failed_connect_holds_no_slot_there() {
     assert_eq!(slow.requests.load(SeqCst), 3);
     assert_eq!(gauge("weir_backend_http_requests_active", "closed"), 0.0);
     assert_eq!(gauge("weir_backend_http_requests_active", "slow"), 0.0);
+}
+
+/// A pool's `retry_budget` bounds the requests trying another backend at
+/// once: with room for one, a second request whose connect fails while the
+/// first one's retry is in flight gets the connect's 502 at once; once the
+/// first is answered, retries go on.
+#[test]
+fn a_retry_budget_bounds_the_retries_in_flight() {
+    let slow = raw_backend(None, Duration::from_secs(2));
+    let (front, admin, closed) = (free_port(), free_port(), free_port());
+    let (_weir, _out) = start(
+        "http-retry-budget",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\nbalance = \"first\"\n\
+             retry_budget = {{ percent = 0, min_concurrent = 1 }}\n\
+             [[pools.backends]]\nname = \"closed\"\naddress = \"{closed}\"\n\
+             [[pools.backends]]\nname = \"slow\"\naddress = \"{}\"\n",
+            slow.addr
+        ),
+    );
+    let url = format!("http://{front}/");
+    let pool = |name: &str| metric(admin, &format!("{name}{{pool=\"p\"}}"));
+    let first = {
+        let url = url.clone();
+        std::thread::spawn(move || curl(&[], &url))
+    };
+    wait("the first request retried at the slow backend", &|| {
+        slow.requests.load(SeqCst) == 1
+    });
+    assert_eq!(pool("weir_pool_retries_active"), 1.0);
+    let (status, body, _) = curl(&[], &url);
+    assert_eq!(
+        (status, body.as_str()),
+        (502, "weir: the backend failed (refused)")
+    );
+    assert_eq!(pool("weir_pool_retry_budget_exhausted_total"), 1.0);
+    assert_eq!(slow.requests.load(SeqCst), 1);
+    assert_eq!(first.join().expect("curl").0, 200);
+    assert_eq!(pool("weir_pool_retries_active"), 0.0);
+    // The budget is free again: the next request retries.
+    assert_eq!(curl(&[], &url).0, 200);
+    assert_eq!(slow.requests.load(SeqCst), 2);
+    assert_eq!(pool("weir_pool_retry_budget_exhausted_total"), 1.0);
+    crate::http::assert_documented(admin);
+}
+
+/// The retry budget of an l4 pool: while one client's retry is connecting
+/// (to a backend that does not answer), another client whose connect was
+/// refused is closed at once rather than retried.
+#[test]
+fn a_retry_budget_closes_l4_clients_past_it() {
+    let (_unanswering, silent) = crate::cli::unanswering_backend();
+    let (front, admin, closed) = (free_port(), free_port(), free_port());
+    let (_weir, out) = start(
+        "l4-retry-budget",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"db\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\nbalance = \"first\"\nconnect_timeout = \"20s\"\n\
+             retry_budget = {{ percent = 0, min_concurrent = 1 }}\n\
+             [[pools.backends]]\nname = \"closed\"\naddress = \"{closed}\"\n\
+             [[pools.backends]]\nname = \"silent\"\naddress = \"{silent}\"\n"
+        ),
+    );
+    let pool = |name: &str| metric(admin, &format!("{name}{{pool=\"p\"}}"));
+    // The first client: refused by the first backend, then connecting to
+    // the silent one, for as long as the test lasts.
+    let _first = std::net::TcpStream::connect(front).expect("connect");
+    wait("the first client retrying", &|| {
+        pool("weir_pool_retries_active") == 1.0
+    });
+    let mut second = std::net::TcpStream::connect(front).expect("connect");
+    second
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let started = Instant::now();
+    let mut buf = [0u8; 1];
+    // Closed by weir (an end of stream or a reset), well before 5 s.
+    let read = std::io::Read::read(&mut second, &mut buf);
+    assert!(
+        matches!(read, Ok(0))
+            || read
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{read:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(pool("weir_pool_retry_budget_exhausted_total"), 1.0);
+    let line = crate::cli::wait_line(&out, "connect_failed");
+    assert!(
+        line.contains("\"listener\":\"db\"") && line.contains("refused"),
+        "{line}"
+    );
+    assert_eq!(pool("weir_pool_retries_active"), 1.0);
 }
