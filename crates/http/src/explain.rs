@@ -174,8 +174,8 @@ fn sticky_note(
         .and_then(|i| Some((i, pool.backends.get(i)?)))
     {
         Some((i, b)) if pool.keeps(i) => format!(
-            "its sticky cookie {name:?} names backend {:?}, which takes it (when it has room and \
-             no one waits in the queue)",
+            "its sticky cookie {name:?} names backend {:?}, which takes it (in its turn in the \
+             pool's queue when it is full)",
             b.name
         ),
         Some((_, b)) => {

@@ -513,19 +513,27 @@ async fn forward(
             return settle(Err(too_late(x)), kept, target, x);
         }
         // The backend the client's sticky cookie names, on the first
-        // attempt, when the pool could pick it and it has room.
-        let stuck = named.filter(|&n| attempt == 0 && pool.take(n));
-        if let Some(b) = named
-            .filter(|_| attempt == 0)
-            .and_then(|n| pool.backends.get(n))
-        {
-            let result = usize::from(stuck.is_none());
+        // attempt, when the pool could pick it and it has room; when the
+        // pool could pick it but it is full (or others wait), the request
+        // waits in the queue for that backend, as HAProxy keeps a
+        // persistent client for its server.
+        let named_now = named.filter(|_| attempt == 0);
+        let acquired = match named_now {
+            Some(n) if pool.take(n) => Ok(n),
+            Some(n) if pool.limited() => {
+                match pool.acquire_only(n, until).await {
+                    // Not one the pool could pick (drained, down, or
+                    // since): the pool picks.
+                    Err(Reason::NoBackend) => pool.acquire(key, &tried, until).await,
+                    other => other,
+                }
+            }
+            _ => pool.acquire(key, &tried, until).await,
+        };
+        if let Some((n, b)) = named_now.and_then(|n| Some((n, pool.backends.get(n)?))) {
+            let result = usize::from(acquired != Ok(n));
             b.stats.sticky[result].fetch_add(1, Relaxed);
         }
-        let acquired = match stuck {
-            Some(n) => Ok(n),
-            None => pool.acquire(key, &tried, until).await,
-        };
         let i = match acquired {
             Ok(i) => i,
             Err(Reason::NoBackend) => break,

@@ -302,3 +302,67 @@ fn a_retry_budget_closes_l4_clients_past_it() {
     );
     assert_eq!(pool("weir_pool_retries_active"), 1.0);
 }
+
+/// A sticky client whose backend is at its limit waits in the queue for
+/// that backend (HAProxy keeps a persistent client for its server) rather
+/// than going to another one with room and losing its session there.
+#[test]
+fn a_sticky_client_waits_for_its_full_backend() {
+    let slow = raw_backend(None, Duration::from_secs(3));
+    let other = raw_backend(None, Duration::ZERO);
+    let (front, admin) = (free_port(), free_port());
+    let (_weir, _out) = start(
+        "http-queue-sticky",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\nmax_connections_per_backend = 1\n\
+             queue_timeout = \"10s\"\nsticky = {{ cookie = \"srv\" }}\n\
+             [[pools.backends]]\nname = \"slow\"\naddress = \"{}\"\n\
+             [[pools.backends]]\nname = \"other\"\naddress = \"{}\"\n",
+            slow.addr, other.addr
+        ),
+    );
+    let url = format!("http://{front}/");
+    let token = weir_wire::cookie::token(weir_balance::hash_bytes(b"slow"));
+    let cookie = format!("Cookie: srv={}", String::from_utf8_lossy(&token));
+    let spawn = || {
+        let (url, cookie) = (url.clone(), cookie.clone());
+        std::thread::spawn(move || curl(&["-i", "-H", &cookie], &url))
+    };
+    let first = spawn();
+    wait("the first request at its backend", &|| {
+        slow.requests.load(SeqCst) == 1
+    });
+    let second = spawn();
+    wait("the second request waiting for it", &|| {
+        metric(admin, "weir_pool_queue_depth{pool=\"p\"}") == 1.0
+    });
+    // A client without the cookie is not held up behind it: the other
+    // backend has room, and the queue passes the sticky waiter over.
+    assert_eq!(curl(&[], &url).0, 200);
+    assert_eq!(other.requests.load(SeqCst), 1);
+    assert_eq!(
+        metric(admin, "weir_pool_queue_depth{pool=\"p\"}"),
+        1.0,
+        "answered only once the sticky waiter was served"
+    );
+    for h in [first, second] {
+        let (status, text, _) = h.join().expect("curl");
+        assert_eq!(status, 200, "{text}");
+        assert!(!text.to_ascii_lowercase().contains("set-cookie"), "{text}");
+    }
+    assert_eq!(
+        (slow.requests.load(SeqCst), other.requests.load(SeqCst)),
+        (2, 1)
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "weir_backend_sticky_total{pool=\"p\",backend=\"slow\",result=\"kept\"}"
+        ),
+        2.0
+    );
+}
