@@ -530,8 +530,12 @@ async fn forward(
             }
             _ => pool.acquire(key, &tried, until).await,
         };
-        if let Some((n, b)) = named_now.and_then(|n| Some((n, pool.backends.get(n)?))) {
-            let result = usize::from(acquired != Ok(n));
+        // Counted once it is known where the request goes: a wait that
+        // ended without a backend went nowhere.
+        if let (Some(n), Ok(got)) = (named_now, &acquired)
+            && let Some(b) = pool.backends.get(n)
+        {
+            let result = usize::from(*got != n);
             b.stats.sticky[result].fetch_add(1, Relaxed);
         }
         let i = match acquired {
