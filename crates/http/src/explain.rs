@@ -174,8 +174,8 @@ fn sticky_note(
         .and_then(|i| Some((i, pool.backends.get(i)?)))
     {
         Some((i, b)) if pool.keeps(i) => format!(
-            "its sticky cookie {name:?} names backend {:?}, which takes it (in its turn in the \
-             pool's queue when it is full)",
+            "its sticky cookie {name:?} names backend {:?}, which takes it when it has room \
+             (and no one waits in the pool's queue)",
             b.name
         ),
         Some((_, b)) => {
@@ -183,7 +183,12 @@ fn sticky_note(
             let why = match b.state_label() {
                 // Able, and still not taken: a lower tier serves, or it is
                 // ejected as an outlier.
-                StateLabel::Up | StateLabel::Drain => "a lower tier serves, or it is ejected",
+                StateLabel::Up => "a lower tier serves, or it is ejected",
+                // Drained but not taking it: its health says why, if it is not up.
+                StateLabel::Drain => match b.health() {
+                    weir_core::health::Health::Up => "a lower tier serves, or it is ejected",
+                    h => h.as_str(),
+                },
                 other => other.as_str(),
             };
             format!(

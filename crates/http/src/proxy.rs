@@ -513,21 +513,11 @@ async fn forward(
             return settle(Err(too_late(x)), kept, target, x);
         }
         // The backend the client's sticky cookie names, on the first
-        // attempt, when the pool could pick it and it has room; when the
-        // pool could pick it but it is full (or others wait), the request
-        // waits in the queue for that backend, as HAProxy keeps a
-        // persistent client for its server.
+        // attempt, when the pool could pick it (or it keeps its clients)
+        // and it has room.
         let named_now = named.filter(|_| attempt == 0);
         let acquired = match named_now {
             Some(n) if pool.take(n) => Ok(n),
-            Some(n) if pool.limited() => {
-                match pool.acquire_only(n, until).await {
-                    // Not one the pool could pick (drained, down, or
-                    // since): the pool picks.
-                    Err(Reason::NoBackend) => pool.acquire(key, &tried, until).await,
-                    other => other,
-                }
-            }
             _ => pool.acquire(key, &tried, until).await,
         };
         // Counted once it is known where the request goes: a wait that

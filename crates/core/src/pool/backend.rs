@@ -262,11 +262,12 @@ impl Backend {
 
     /// Whether the clients a sticky cookie keeps on it may still come,
     /// though the pool picks it for no one new: able to serve and drained
-    /// or given a weight of 0 by the operator, not disabled (HAProxy keeps
-    /// persistent clients on a drained server the same way).
+    /// by an operator (HAProxy keeps persistent clients on a drained server
+    /// the same way). Not a backend leaving (removed at runtime, gone from
+    /// DNS) nor one of weight 0: those take no request at all.
     pub(super) fn keeps_its_clients(&self) -> bool {
         let s = self.status();
-        s.admin != AdminState::Disabled && self.able(&s)
+        s.admin == AdminState::Drain && self.able(&s)
     }
 
     pub fn health(&self) -> Health {

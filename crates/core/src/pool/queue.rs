@@ -252,19 +252,6 @@ impl Pool {
         Box::pin(self.acquire_limited(key, tried, until)).await
     }
 
-    /// Takes a slot on backend `i` alone, waiting in the queue (behind the
-    /// waiters there) while it is full: for a sticky client whose backend
-    /// the pool could pick. Fails as [`Pool::acquire`] does, `NoBackend`
-    /// once `i` no longer serves.
-    pub async fn acquire_only(
-        self: &Arc<Self>,
-        i: usize,
-        until: Option<Instant>,
-    ) -> Result<usize, Reason> {
-        let others: Vec<usize> = (0..self.backends.len()).filter(|&k| k != i).collect();
-        Box::pin(self.acquire_limited(0, &others, until)).await
-    }
-
     /// Takes a slot on backend `i` whatever its limit: for a request that
     /// holds its answer already (one put aside for a retry that found no
     /// better), given back by [`Pool::release`] as any other.
@@ -284,14 +271,17 @@ impl Pool {
         let Some(b) = self.backends.get(i) else {
             return false;
         };
-        if !self.keeps(i) {
+        // A drained backend is never handed to a waiter: taking its room
+        // overtakes no one.
+        let pickable = self.picker().is_eligible(i);
+        if !pickable && !self.keeps(i) {
             return false;
         }
         if !self.limited {
             b.slots.used.fetch_add(1, SeqCst);
             return true;
         }
-        self.queue.waiting.load(SeqCst) == 0 && b.slots.try_take()
+        (!pickable || self.queue.waiting.load(SeqCst) == 0) && b.slots.try_take()
     }
 
     /// Whether backend `i` may serve a client that names it (a sticky

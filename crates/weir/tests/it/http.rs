@@ -4020,6 +4020,20 @@ fn sticky_cookies_keep_a_client_on_its_backend() {
     for b in &others {
         on("enable", b);
     }
+    // A weight of 0 is not a drain: the cookie's client moves.
+    operator("enable");
+    let weight = |args: &[&str]| {
+        let mut all = vec!["backend", "weight", "p", name.as_str()];
+        all.extend_from_slice(args);
+        let (code, _, err) = crate::control::text(&crate::control::ctl(grpc, None, &all));
+        assert_eq!(code, 0, "{err}");
+    };
+    weight(&["0"]);
+    let before = counts();
+    let (status, cookies) = ask(&["-H", &cookie]);
+    assert_eq!((status, cookies.len()), (200, 1), "{cookies:?}");
+    assert_eq!(counts()[home], before[home], "a backend of weight 0 got it");
+    weight(&["--clear"]);
     // Disabled: another answers, and the cookie follows it.
     operator("disable");
     let before = counts();
@@ -4035,7 +4049,7 @@ fn sticky_cookies_keep_a_client_on_its_backend() {
             ),
         )
     };
-    assert_eq!((series("kept"), series("moved")), (12.0, 1.0));
+    assert_eq!((series("kept"), series("moved")), (12.0, 2.0));
 }
 
 /// `response_headers` with `always = true` reach weir's own answers too
