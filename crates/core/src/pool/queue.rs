@@ -262,11 +262,12 @@ impl Pool {
     }
 
     /// Takes a slot on backend `i`, chosen by the client (a sticky cookie),
-    /// when the pool could pick it now (serving, in the active tier) or it
-    /// only keeps its clients ([`Pool::keeps`]),
-    /// it has room, and nobody waits in the queue (a client does not
-    /// overtake the waiters by naming a backend). False otherwise: the
-    /// caller then lets the pool pick ([`Pool::acquire`]).
+    /// when it has room and either the pool could pick it now (serving, in
+    /// the active tier) and nobody waits in the queue (a client does not
+    /// overtake the waiters by naming a backend), or it only keeps its
+    /// clients ([`Pool::keeps`]: drained), which no waiter is handed.
+    /// False otherwise: the caller then lets the pool pick
+    /// ([`Pool::acquire`]).
     pub fn take(self: &Arc<Self>, i: usize) -> bool {
         let Some(b) = self.backends.get(i) else {
             return false;
