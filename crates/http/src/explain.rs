@@ -174,9 +174,14 @@ fn sticky_note(
         .and_then(|i| Some((i, pool.backends.get(i)?)))
     {
         Some((i, b)) if pool.keeps(i) => format!(
-            "its sticky cookie {name:?} names backend {:?}, which takes it when it has room \
-             (and no one waits in the pool's queue)",
-            b.name
+            "its sticky cookie {name:?} names backend {:?}, which takes it{}",
+            b.name,
+            if pool.limited() {
+                " (when it is at its connection limit, the request waits for it up to the \
+                 pool's queue_timeout)"
+            } else {
+                ""
+            }
         ),
         Some((_, b)) => {
             use weir_core::pool::StateLabel;

@@ -513,12 +513,18 @@ async fn forward(
             return settle(Err(too_late(x)), kept, target, x);
         }
         // The backend the client's sticky cookie names, on the first
-        // attempt, when the pool could pick it (or it keeps its clients)
-        // and it has room.
+        // attempt, when the pool could pick it (or it keeps its clients):
+        // at once when it has room, else after a wait in its own line.
         let named_now = named.filter(|_| attempt == 0);
         let acquired = match named_now {
             Some(n) if pool.take(n) => Ok(n),
-            _ => pool.acquire(key, &tried, until).await,
+            // Boxed: waiting is the rare path.
+            Some(n) => match Box::pin(pool.wait_for(n, until)).await {
+                Ok(Some(i)) => Ok(i),
+                Ok(None) => pool.acquire(key, &tried, until).await,
+                Err(reason) => Err(reason),
+            },
+            None => pool.acquire(key, &tried, until).await,
         };
         // Counted once it is known where the request goes: a wait that
         // ended without a backend went nowhere.

@@ -11,6 +11,13 @@
 //! first waiter (by its own key: maglev keeps its affinity when it can),
 //! takes the slot and hands it over; newcomers queue behind waiters rather
 //! than overtake them.
+//!
+//! A client that names its backend (a sticky cookie) and finds it full waits
+//! in that backend's own line instead (HAProxy's server queue): only that
+//! backend's slots serve it, the older of its head and the pool queue's head
+//! goes first, and when the backend no longer keeps its clients (down,
+//! disabled, removed) the line is let go to be placed by the pool, so such
+//! waiters never hold up the others.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -33,6 +40,9 @@ pub(crate) struct Slots {
     pub(crate) limit: AtomicU32,
     /// Connections and l7 requests holding a slot.
     pub(crate) used: AtomicU32,
+    /// Clients waiting in this backend's own line (changed under the
+    /// queue's lock, read without it).
+    named: AtomicU32,
 }
 
 impl Slots {
@@ -90,8 +100,10 @@ const MAX_PASSED: usize = 64;
 /// A pool's queue, shared by its generations across reloads.
 #[derive(Debug)]
 pub struct Queue {
-    /// Waiters, read without the lock on every release.
+    /// Waiters in the pool's queue, read without the lock on every release.
     waiting: AtomicUsize,
+    /// Waiters in the backends' own lines.
+    named: AtomicUsize,
     inner: Mutex<Waiters>,
     /// Time waited by those served.
     pub wait: Histogram,
@@ -102,6 +114,7 @@ impl Default for Queue {
     fn default() -> Self {
         Queue {
             waiting: AtomicUsize::new(0),
+            named: AtomicUsize::new(0),
             inner: Mutex::default(),
             wait: Histogram::new(LATENCY_SECONDS),
             results: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -112,7 +125,12 @@ impl Default for Queue {
 impl Queue {
     /// Waiting now.
     pub fn depth(&self) -> usize {
-        self.waiting.load(Relaxed)
+        self.waiting.load(Relaxed) + self.named.load(Relaxed)
+    }
+
+    /// Waiting now, read under the queue's lock.
+    fn len(&self) -> usize {
+        self.waiting.load(SeqCst) + self.named.load(SeqCst)
     }
 
     pub fn results(&self, r: QueueResult) -> u64 {
@@ -126,18 +144,39 @@ impl Queue {
     /// Takes waiter `id` out; false when it is gone (it was handed a slot).
     fn remove(&self, id: u64) -> bool {
         let mut q = lock(&self.inner);
-        let Some(at) = q.list.iter().position(|w| w.id == id) else {
+        if let Some(at) = q.list.iter().position(|w| w.id == id) {
+            q.list.remove(at);
+            self.waiting.fetch_sub(1, SeqCst);
+            return true;
+        }
+        let Some(line) = q
+            .named
+            .iter_mut()
+            .find(|l| l.list.iter().any(|w| w.id == id))
+        else {
             return false;
         };
-        q.list.remove(at);
-        self.waiting.fetch_sub(1, SeqCst);
+        line.list.retain(|w| w.id != id);
+        line.slots.named.fetch_sub(1, SeqCst);
+        q.named.retain(|l| !l.list.is_empty());
+        self.named.fetch_sub(1, SeqCst);
         true
     }
 }
 
 #[derive(Debug, Default)]
 struct Waiters {
+    /// Shared by both kinds of waiter, so that ids tell who came first.
     next_id: u64,
+    list: VecDeque<Waiter>,
+    /// The lines of the backends that clients wait for by name; none empty.
+    named: Vec<Line>,
+}
+
+/// The clients waiting for one backend.
+#[derive(Debug)]
+struct Line {
+    slots: Arc<Slots>,
     list: VecDeque<Waiter>,
 }
 
@@ -265,15 +304,14 @@ impl Pool {
     /// when it has room and either the pool could pick it now (serving, in
     /// the active tier) and nobody waits in the queue (a client does not
     /// overtake the waiters by naming a backend), or it only keeps its
-    /// clients ([`Pool::keeps`]: drained), which no waiter is handed.
-    /// False otherwise: the caller then lets the pool pick
-    /// ([`Pool::acquire`]).
+    /// clients ([`Pool::keeps`]: drained), which no waiter of the pool's
+    /// queue is handed, and nobody waits in its own line. False otherwise:
+    /// the caller then waits for it ([`Pool::wait_for`]) or lets the pool
+    /// pick ([`Pool::acquire`]).
     pub fn take(self: &Arc<Self>, i: usize) -> bool {
         let Some(b) = self.backends.get(i) else {
             return false;
         };
-        // A drained backend is never handed to a waiter: taking its room
-        // overtakes no one.
         let pickable = self.picker().is_eligible(i);
         if !pickable && !self.keeps(i) {
             return false;
@@ -282,7 +320,11 @@ impl Pool {
             b.slots.used.fetch_add(1, SeqCst);
             return true;
         }
-        (!pickable || self.queue.waiting.load(SeqCst) == 0) && b.slots.try_take()
+        // Those waiting for it by name, and while the pool's queue may be
+        // handed it, those waiting there.
+        let ahead =
+            b.slots.named.load(SeqCst) > 0 || (pickable && self.queue.waiting.load(SeqCst) > 0);
+        !ahead && b.slots.try_take()
     }
 
     /// Whether backend `i` may serve a client that names it (a sticky
@@ -334,10 +376,10 @@ impl Pool {
             if self.pick(key, tried).is_none() {
                 return Err(Reason::NoBackend);
             }
-            let (tx, mut rx) = oneshot::channel();
+            let (tx, rx) = oneshot::channel();
             let id = {
                 let mut q = lock(&self.queue.inner);
-                if q.list.len() >= self.max_queue as usize {
+                if self.queue.len() >= self.max_queue as usize {
                     drop(q);
                     self.queue.count(QueueResult::Full);
                     return Err(Reason::QueueFull);
@@ -354,41 +396,9 @@ impl Pool {
                 id
             };
             queued = true;
-            let mut place = Place {
-                queue: &self.queue,
-                id,
-                done: false,
-            };
             // A slot may have freed between the look above and the enqueue.
             self.latest().dispatch();
-            let grant = match tokio::time::timeout_at(deadline, &mut rx).await {
-                Ok(Ok(grant)) => grant,
-                Ok(Err(_)) => {
-                    // The queue dropped the sender without a slot: cannot
-                    // happen while the pool lives; treat it as a timeout.
-                    self.queue.remove(id);
-                    place.done = true;
-                    self.queue.count(QueueResult::Timeout);
-                    return Err(Reason::QueueTimeout);
-                }
-                Err(_) => {
-                    if self.queue.remove(id) {
-                        place.done = true;
-                        self.queue.count(QueueResult::Timeout);
-                        return Err(Reason::QueueTimeout);
-                    }
-                    // Handed a slot as the time ran out: take it.
-                    match rx.try_recv() {
-                        Ok(grant) => grant,
-                        Err(_) => {
-                            place.done = true;
-                            self.queue.count(QueueResult::Timeout);
-                            return Err(Reason::QueueTimeout);
-                        }
-                    }
-                }
-            };
-            place.done = true;
+            let grant = self.await_grant(id, rx, deadline).await?;
             let Some(slots) = grant.take() else {
                 continue;
             };
@@ -423,23 +433,208 @@ impl Pool {
         }
     }
 
+    /// Waits for waiter `id`'s grant until `deadline`. On time out it
+    /// leaves the queue, or takes the grant handed over as the time ran out.
+    async fn await_grant(
+        &self,
+        id: u64,
+        mut rx: oneshot::Receiver<Grant>,
+        deadline: Instant,
+    ) -> Result<Grant, Reason> {
+        // A waiter whose wait is cancelled leaves the queue.
+        let mut place = Place {
+            queue: &self.queue,
+            id,
+            done: false,
+        };
+        let got = match tokio::time::timeout_at(deadline, &mut rx).await {
+            Ok(Ok(grant)) => Some(grant),
+            // The queue dropped the sender without a grant: cannot happen
+            // while the pool lives; treated as a timeout.
+            Ok(Err(_)) => {
+                self.queue.remove(id);
+                None
+            }
+            Err(_) if self.queue.remove(id) => None,
+            Err(_) => rx.try_recv().ok(),
+        };
+        place.done = true;
+        got.ok_or_else(|| {
+            self.queue.count(QueueResult::Timeout);
+            Reason::QueueTimeout
+        })
+    }
+
+    /// Waits in backend `i`'s own line for one of its slots: for a client
+    /// that names it (a sticky cookie) when [`Pool::take`] found it full or
+    /// others before it. `Ok(Some(i))` with the slot (`i` in this
+    /// generation); `Ok(None)` when the backend does not keep the client
+    /// (down, disabled, removed, before or while it waits) or its line
+    /// finds the queue full (HAProxy's redispatch past a server's
+    /// `maxqueue`): the caller lets the pool pick, and the client moves.
+    /// Fails with `QueueTimeout` at `queue_timeout` or `until`.
+    pub async fn wait_for(
+        self: &Arc<Self>,
+        i: usize,
+        until: Option<Instant>,
+    ) -> Result<Option<usize>, Reason> {
+        let Some(b) = self.backends.get(i) else {
+            return Ok(None);
+        };
+        if !self.limited || !self.keeps(i) {
+            return Ok(None);
+        }
+        let queued_at = Instant::now();
+        let own = queued_at + self.queue_timeout;
+        let deadline = until.map_or(own, |u| u.min(own));
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut q = lock(&self.queue.inner);
+            if self.queue.len() >= self.max_queue as usize {
+                return Ok(None);
+            }
+            q.next_id += 1;
+            let id = q.next_id;
+            let waiter = Waiter {
+                id,
+                key: 0,
+                cannot: Vec::new(),
+                tx,
+            };
+            match q.named.iter_mut().find(|l| Arc::ptr_eq(&l.slots, &b.slots)) {
+                Some(line) => line.list.push_back(waiter),
+                None => q.named.push(Line {
+                    slots: Arc::clone(&b.slots),
+                    list: VecDeque::from([waiter]),
+                }),
+            }
+            b.slots.named.fetch_add(1, SeqCst);
+            self.queue.named.fetch_add(1, SeqCst);
+            id
+        };
+        // Its backend may have room already (the line was only behind the
+        // pool's queue), or have stopped keeping clients meanwhile.
+        self.latest().dispatch();
+        let grant = self.await_grant(id, rx, deadline).await?;
+        let Some(slots) = grant.take() else {
+            return Ok(None);
+        };
+        match self
+            .backends
+            .iter()
+            .position(|b| Arc::ptr_eq(&b.slots, &slots))
+        {
+            Some(i) => {
+                self.queue.wait.observe(queued_at.elapsed());
+                self.queue.count(QueueResult::Served);
+                Ok(Some(i))
+            }
+            None => {
+                // Gone from this generation's view: not this client's to
+                // take, and the slot goes on to the next waiter.
+                slots.give_back();
+                self.latest().dispatch();
+                Ok(None)
+            }
+        }
+    }
+
     /// Gives back the slot [`Pool::acquire`] took on backend `i`, and lets
     /// the first waiter have one.
     pub fn release(self: &Arc<Self>, i: usize) {
         if let Some(b) = self.backends.get(i) {
             b.slots.give_back();
         }
-        if self.queue.waiting.load(SeqCst) > 0 {
+        if self.queue.waiting.load(SeqCst) > 0 || self.queue.named.load(SeqCst) > 0 {
             self.latest().dispatch();
         }
     }
 
-    /// Hands slots to waiters, first come first served, while a serving
-    /// backend has room. A waiter that cannot take any backend with room
-    /// (see [`Waiter::cannot`]) is passed over, keeping its place, for the
-    /// ones behind it. Called on the newest generation.
+    /// Hands slots to waiters while a backend they can take has room. The
+    /// pool's queue goes first come first served; a waiter that cannot take
+    /// any backend with room (see [`Waiter::cannot`]) is passed over,
+    /// keeping its place, for the ones behind it. A backend's own line is
+    /// served by its slots only, before the pool's queue while its head came
+    /// first, after it otherwise; a line whose backend no longer keeps its
+    /// clients is let go (its waiters are placed by the pool). Called on the
+    /// newest generation.
     pub(super) fn dispatch(self: &Arc<Self>) {
         let mut q = lock(&self.queue.inner);
+        self.let_go(&mut q);
+        let first = q.list.front().map_or(u64::MAX, |w| w.id);
+        self.serve_lines(&mut q, first);
+        self.serve_queue(&mut q);
+        self.serve_lines(&mut q, u64::MAX);
+    }
+
+    /// Lets go of the lines of backends that no longer keep their clients
+    /// (or that this generation does not know): their waiters get a grant
+    /// without a slot.
+    fn let_go(self: &Arc<Self>, q: &mut Waiters) {
+        if q.named.is_empty() {
+            return;
+        }
+        let keeps = |slots: &Arc<Slots>| {
+            self.backends
+                .iter()
+                .position(|b| Arc::ptr_eq(&b.slots, slots))
+                .is_some_and(|i| self.keeps(i))
+        };
+        let (kept, gone): (Vec<Line>, Vec<Line>) = std::mem::take(&mut q.named)
+            .into_iter()
+            .partition(|l| keeps(&l.slots));
+        q.named = kept;
+        for line in gone {
+            line.slots
+                .named
+                .fetch_sub(u32::try_from(line.list.len()).unwrap_or(u32::MAX), SeqCst);
+            self.queue.named.fetch_sub(line.list.len(), SeqCst);
+            for w in line.list {
+                // Dropped under the lock without a slot: it dispatches
+                // nothing.
+                let _ = w.tx.send(Grant {
+                    slots: None,
+                    pool: Arc::clone(self),
+                });
+            }
+        }
+    }
+
+    /// Serves the backends' own lines, each from its backend's free slots,
+    /// their waiters that came before `before`.
+    fn serve_lines(self: &Arc<Self>, q: &mut Waiters, before: u64) {
+        for line in &mut q.named {
+            while line.list.front().is_some_and(|w| w.id < before) {
+                let closed = line.list.front().is_some_and(|w| w.tx.is_closed());
+                if !closed && !line.slots.try_take() {
+                    break;
+                }
+                let Some(w) = line.list.pop_front() else {
+                    break;
+                };
+                line.slots.named.fetch_sub(1, SeqCst);
+                self.queue.named.fetch_sub(1, SeqCst);
+                if closed {
+                    continue;
+                }
+                let grant = Grant {
+                    slots: Some(Arc::clone(&line.slots)),
+                    pool: Arc::clone(self),
+                };
+                if let Err(mut unsent) = w.tx.send(grant) {
+                    // The waiter went meanwhile: the slot is the next one's.
+                    if let Some(s) = unsent.slots.take() {
+                        s.give_back();
+                    }
+                }
+            }
+        }
+        q.named.retain(|l| !l.list.is_empty());
+    }
+
+    /// Serves the pool's queue, first come first served, while a serving
+    /// backend has room.
+    fn serve_queue(self: &Arc<Self>, q: &mut Waiters) {
         // Bounded: each round serves, drops or passes over a waiter (at most
         // `MAX_PASSED` of those), or loses a race for a slot to a newcomer
         // that took it.

@@ -345,3 +345,81 @@ fn one_slot(backend: SocketAddr, queue_timeout: &str) -> String {
          [[pools.backends]]\nname = \"a\"\naddress = \"{backend}\"\n"
     )
 }
+
+/// A client waiting by name (a sticky cookie) for a full backend waits in
+/// that backend's own line: a slot that frees there goes to whichever of
+/// its line's head and the pool queue's head came first; a place given up
+/// leaves the line; a wait that finds the queue full lets the pool place
+/// the client instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_waiting_by_name_is_served_in_its_backends_line() {
+    let (a, b) = (named_backend("a").await, named_backend("b").await);
+    let toml = format!(
+        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\nqueue_timeout = \"30s\"\nmax_connections_per_backend = 1\nmax_queue = 3\n\
+         [[pools.backends]]\nname = \"a\"\naddress = \"{a}\"\n\
+         [[pools.backends]]\nname = \"b\"\naddress = \"{b}\"\n"
+    );
+    let server = start(&toml).await;
+    let pool = server.pool("p").expect("p");
+    // Both full.
+    assert!(pool.take(0) && pool.take(1));
+    assert!(!pool.take(0), "no room");
+    let depth = |n: usize| {
+        let pool = Arc::clone(&pool);
+        move || pool.queue.depth() == n
+    };
+    let first = tokio::spawn({
+        let pool = Arc::clone(&pool);
+        async move { pool.acquire(1, &[], None).await }
+    });
+    wait_until("the pool's waiter", depth(1)).await;
+    let named = tokio::spawn({
+        let pool = Arc::clone(&pool);
+        async move { pool.wait_for(0, None).await }
+    });
+    wait_until("the waiter for a", depth(2)).await;
+    // The pool's waiter came first: a's free slot is its.
+    pool.release(0);
+    assert_eq!(
+        within("the pool's waiter", first).await.expect("join"),
+        Ok(0)
+    );
+    assert!(!named.is_finished());
+    // Now the one waiting for a came first.
+    let second = tokio::spawn({
+        let pool = Arc::clone(&pool);
+        async move { pool.acquire(2, &[], None).await }
+    });
+    wait_until("the second pool waiter", depth(2)).await;
+    pool.release(0);
+    assert_eq!(
+        within("the waiter for a", named).await.expect("join"),
+        Ok(Some(0))
+    );
+    assert!(!second.is_finished());
+    // b's slot is nobody's by name: the pool's waiter takes it.
+    pool.release(1);
+    assert_eq!(within("the second", second).await.expect("join"), Ok(1));
+    // A place given up leaves the line.
+    let gone = tokio::spawn({
+        let pool = Arc::clone(&pool);
+        async move { pool.wait_for(0, None).await }
+    });
+    wait_until("another waiter for a", depth(1)).await;
+    gone.abort();
+    wait_until("the place given up", depth(0)).await;
+    // A line that finds the queue full leaves the client to the pool.
+    let waiters: Vec<_> = (0..3)
+        .map(|k| {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move { pool.acquire(10 + k, &[], None).await })
+        })
+        .collect();
+    wait_until("a full queue", depth(3)).await;
+    assert_eq!(pool.wait_for(0, None).await, Ok(None));
+    for w in waiters {
+        w.abort();
+    }
+    wait_until("the queue emptied", depth(0)).await;
+}

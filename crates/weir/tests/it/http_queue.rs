@@ -302,3 +302,121 @@ fn a_retry_budget_closes_l4_clients_past_it() {
     );
     assert_eq!(pool("weir_pool_retries_active"), 1.0);
 }
+
+/// A client whose sticky cookie names a backend at its connection limit
+/// waits in that backend's own line and is served there, keeping its
+/// cookie, while clients without one go to the backend with room at once;
+/// a client waiting for a backend that is disabled meanwhile is placed by
+/// the pool at once, with a new cookie.
+#[test]
+fn a_sticky_client_waits_for_its_full_backend() {
+    let (home, other) = (
+        raw_backend(None, Duration::from_millis(1500)),
+        raw_backend(None, Duration::ZERO),
+    );
+    // Pool `q`'s home answers well after its waiter's curl gives up.
+    let (q_home, q_other) = (
+        raw_backend(None, Duration::from_secs(12)),
+        raw_backend(None, Duration::ZERO),
+    );
+    let (front, admin, grpc) = (free_port(), free_port(), free_port());
+    let (_weir, _out) = start(
+        "http-queue-sticky",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\ngrpc = \"{grpc}\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"q\"\npool = \"q\"\n\
+             match = {{ path_prefix = \"/q\" }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\nmax_connections_per_backend = 1\n\
+             queue_timeout = \"10s\"\nsticky = {{ cookie = \"srv\" }}\n\
+             [[pools.backends]]\nname = \"home\"\naddress = \"{}\"\n\
+             [[pools.backends]]\nname = \"other\"\naddress = \"{}\"\n\
+             [[pools]]\nname = \"q\"\nmax_connections_per_backend = 1\n\
+             queue_timeout = \"10s\"\nsticky = {{ cookie = \"srv\" }}\n\
+             [[pools.backends]]\nname = \"q-home\"\naddress = \"{}\"\n\
+             [[pools.backends]]\nname = \"q-other\"\naddress = \"{}\"\n",
+            home.addr, other.addr, q_home.addr, q_other.addr
+        ),
+    );
+    let cookie = |name: &str| {
+        let token = weir_wire::cookie::token(weir_balance::hash_bytes(name.as_bytes()));
+        format!("Cookie: srv={}", String::from_utf8_lossy(&token))
+    };
+    let depth = |pool: &str| metric(admin, &format!("weir_pool_queue_depth{{pool=\"{pool}\"}}"));
+    let spawn = |args: Vec<String>, path: &str| {
+        let url = format!("http://{front}{path}");
+        std::thread::spawn(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            curl(&args, &url)
+        })
+    };
+    let sets_cookie = |text: &str| {
+        let head = text.split("\r\n\r\n").next().unwrap_or("");
+        head.lines()
+            .any(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+    };
+    let with = |c: &str| vec!["-i".to_owned(), "-H".to_owned(), c.to_owned()];
+
+    let first = spawn(with(&cookie("home")), "/");
+    wait("the first request at its backend", &|| {
+        home.requests.load(SeqCst) == 1
+    });
+    let second = spawn(with(&cookie("home")), "/");
+    wait("the second request waiting for its backend", &|| {
+        depth("p") == 1.0
+    });
+    // A new client is not held up by it: the other backend has room.
+    let (status, text, _) = curl(&["-i"], &format!("http://{front}/"));
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(other.requests.load(SeqCst), 1);
+    assert_eq!(home.requests.load(SeqCst), 1);
+    assert_eq!(depth("p"), 1.0, "the sticky client stopped waiting");
+    for h in [first, second] {
+        let (status, text, _) = h.join().expect("curl");
+        assert_eq!(status, 200, "{text}");
+        assert!(!sets_cookie(&text), "moved: {text}");
+    }
+    assert_eq!(home.requests.load(SeqCst), 2);
+    assert_eq!(other.requests.load(SeqCst), 1);
+    let series = |name: &str| {
+        metric(
+            admin,
+            &format!("weir_backend_sticky_total{{pool=\"p\",backend=\"home\",result=\"{name}\"}}"),
+        )
+    };
+    assert_eq!((series("kept"), series("moved")), (2.0, 0.0));
+    assert_eq!(
+        metric(admin, "weir_pool_queue_total{pool=\"p\",result=\"served\"}"),
+        1.0
+    );
+
+    // Its backend disabled while it waits: placed by the pool at once,
+    // long before the request ahead of it is done.
+    let mut held = with(&cookie("q-home"));
+    held.extend(["--max-time".to_owned(), "2".to_owned()]);
+    let held = spawn(held, "/q");
+    wait("the first request at its backend", &|| {
+        q_home.requests.load(SeqCst) == 1
+    });
+    let mut waiting = with(&cookie("q-home"));
+    waiting.extend(["--max-time".to_owned(), "6".to_owned()]);
+    let waiting = spawn(waiting, "/q");
+    wait("the second request waiting for its backend", &|| {
+        depth("q") == 1.0
+    });
+    let (code, _, err) = crate::control::text(&crate::control::ctl(
+        grpc,
+        None,
+        &["backend", "disable", "q", "q-home"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    let (status, text, _) = waiting.join().expect("curl");
+    assert_eq!(status, 200, "{text}");
+    assert!(sets_cookie(&text), "kept its cookie: {text}");
+    assert_eq!(q_other.requests.load(SeqCst), 1);
+    assert_eq!(depth("q"), 0.0);
+    // The one at the disabled backend is cut by its own client.
+    let _ = held.join();
+}
