@@ -206,8 +206,9 @@ impl Persistence {
             .await
     }
 
-    /// The runtime backends; a row this version cannot read is skipped with
-    /// a warning.
+    /// The runtime backends; a row this version cannot read, or that no
+    /// API call could have stored (a name with control characters), is
+    /// skipped with a warning.
     pub(crate) async fn load_backends(
         &self,
     ) -> Result<Vec<crate::server::RuntimeBackend>, StoreError> {
@@ -215,19 +216,11 @@ impl Persistence {
         let records = self.blocking(move || lock(&store).load_backends()).await?;
         Ok(records
             .into_iter()
-            .filter_map(|r| match r.address.parse() {
-                Ok(address) => Some(crate::server::RuntimeBackend {
-                    pool: r.pool,
-                    name: r.name,
-                    address,
-                    weight: r.weight.min(weir_config::MAX_WEIGHT),
-                    tier: r.tier,
-                    added: std::time::UNIX_EPOCH
-                        + Duration::from_millis(u64::try_from(r.added_ms).unwrap_or(0)),
-                    leaving: None,
-                }),
-                Err(_) => {
-                    tracing::warn!(pool = %r.pool, backend = %r.name, address = %r.address, "skipping a runtime backend of the state file this weir cannot read");
+            .filter_map(|r| match runtime_backend(&r) {
+                Ok(b) => Some(b),
+                Err(why) => {
+                    // Debug, not Display: the names may be what is wrong.
+                    tracing::warn!(pool = ?r.pool, backend = ?r.name, address = ?r.address, "skipping a runtime backend of the state file: {why}");
                     None
                 }
             })
@@ -300,6 +293,32 @@ fn write_loop(store: &Mutex<Store>, rx: &mpsc::Receiver<Job>) {
 }
 
 /// A transition as the state file stores it.
+/// A stored runtime backend as the server takes it back, checked as the
+/// API checked it when it was added (the file may have been edited or
+/// written by an older version).
+fn runtime_backend(
+    r: &weir_state::BackendRecord,
+) -> Result<crate::server::RuntimeBackend, &'static str> {
+    for name in [&r.pool, &r.name] {
+        if let Some(problem) = weir_config::name_problem(name) {
+            return Err(problem);
+        }
+    }
+    let address = r
+        .address
+        .parse()
+        .map_err(|_| "its address is not IP:port")?;
+    Ok(crate::server::RuntimeBackend {
+        pool: r.pool.clone(),
+        name: r.name.clone(),
+        address,
+        weight: r.weight.min(weir_config::MAX_WEIGHT),
+        tier: r.tier,
+        added: UNIX_EPOCH + Duration::from_millis(u64::try_from(r.added_ms).unwrap_or(0)),
+        leaving: None,
+    })
+}
+
 fn record(t: &Transition) -> Record {
     let (kind, from, to) = t.change.parts();
     Record {
@@ -407,5 +426,27 @@ mod tests {
             saved(&entry(4_000_000_000)).weight_override,
             Some(weir_config::MAX_WEIGHT)
         );
+    }
+
+    /// A stored runtime backend is checked as the API checked it: a name
+    /// with control characters (which would make every header naming the
+    /// backend drop out) or an address that is not `IP:port` is refused.
+    #[test]
+    fn stored_runtime_backends_are_checked_again() {
+        let record = |pool: &str, name: &str, address: &str| weir_state::BackendRecord {
+            pool: pool.into(),
+            name: name.into(),
+            address: address.into(),
+            weight: 4_000_000_000,
+            tier: 1,
+            added_ms: 5_000,
+        };
+        let b = runtime_backend(&record("p", "web-3", "127.0.0.1:80")).expect("fine");
+        assert_eq!((b.pool.as_str(), b.name.as_str()), ("p", "web-3"));
+        assert_eq!(b.weight, weir_config::MAX_WEIGHT);
+        assert_eq!(b.added, UNIX_EPOCH + Duration::from_secs(5));
+        assert!(runtime_backend(&record("p", "web\n3", "127.0.0.1:80")).is_err());
+        assert!(runtime_backend(&record("p\u{7f}", "web-3", "127.0.0.1:80")).is_err());
+        assert!(runtime_backend(&record("p", "web-3", "web:80")).is_err());
     }
 }

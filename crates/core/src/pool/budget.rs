@@ -63,7 +63,7 @@ impl Pool {
     /// Leave for one request or connection to try another backend: always
     /// without a `retry_budget`; with one, while the retries in flight stay
     /// within it. `None`: the budget is spent (counted).
-    pub fn retry_leave(&self) -> Option<RetryLeave<'_>> {
+    fn retry_leave(&self) -> Option<RetryLeave<'_>> {
         let Some(budget) = self.retry_budget else {
             return Some(RetryLeave(None));
         };

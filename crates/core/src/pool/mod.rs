@@ -78,7 +78,7 @@ pub struct Pool {
     /// Answers of these statuses (sorted) send an idempotent, bodiless l7
     /// request to another backend, within `retries`.
     pub retry_on_status: Box<[u16]>,
-    /// Retries in flight at most ([`Pool::retry_leave`]).
+    /// Retries in flight at most ([`Pool::may_retry`]).
     pub retry_budget: Option<config::RetryBudget>,
     /// Retries in flight now, shared by the pool's generations.
     pub retrying: Arc<Retrying>,
