@@ -516,14 +516,14 @@ async fn forward(
         // attempt, when the pool could pick it (or it keeps its clients):
         // at once when it has room, else after a wait in its own line.
         let named_now = named.filter(|_| attempt == 0);
-        let acquired = match named_now {
-            Some(n) if pool.take(n) => Ok(n),
-            // Boxed: waiting is the rare path.
-            Some(n) => match Box::pin(pool.wait_for(n, until)).await {
-                Ok(Some(i)) => Ok(i),
-                Ok(None) => pool.acquire(key, &tried, until).await,
-                Err(reason) => Err(reason),
-            },
+        let named_got = match named_now {
+            Some(n) if pool.take(n) => Some(Ok(n)),
+            // Boxed: waiting is the rare path. None: the pool picks.
+            Some(n) => Box::pin(pool.wait_for(n, until)).await.transpose(),
+            None => None,
+        };
+        let acquired = match named_got {
+            Some(got) => got,
             None => pool.acquire(key, &tried, until).await,
         };
         // Counted once it is known where the request goes: a wait that
