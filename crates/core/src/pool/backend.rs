@@ -322,6 +322,11 @@ impl Backend {
         self.slots.used.load(Relaxed)
     }
 
+    /// l7 requests waiting for one of its slots by name (a sticky cookie).
+    pub fn waiting_by_name(&self) -> u32 {
+        self.slots.named.load(Relaxed)
+    }
+
     /// The token a new connection to this backend watches.
     pub(crate) fn eviction_token(&self) -> Arc<CancellationToken> {
         self.link.evict.load_full()

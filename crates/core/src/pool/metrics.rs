@@ -90,6 +90,20 @@ fn limits<'a>(w: &mut Writer, pools: impl Iterator<Item = &'a Arc<Pool>> + Clone
         );
     }
     w.family(
+        "weir_backend_queue_depth",
+        Kind::Gauge,
+        "Requests waiting for the backend by name (a sticky cookie), at its limit.",
+    );
+    for p in pools.clone() {
+        for b in &p.backends {
+            w.sample(
+                "weir_backend_queue_depth",
+                &[("pool", &p.name), ("backend", &b.name)],
+                b.waiting_by_name(),
+            );
+        }
+    }
+    w.family(
         "weir_pool_queue",
         Kind::Counter,
         "Connections and requests that found every backend full, by what became of them.",

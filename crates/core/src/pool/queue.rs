@@ -42,7 +42,7 @@ pub(crate) struct Slots {
     pub(crate) used: AtomicU32,
     /// Clients waiting in this backend's own line (changed under the
     /// queue's lock, read without it).
-    named: AtomicU32,
+    pub(crate) named: AtomicU32,
 }
 
 impl Slots {

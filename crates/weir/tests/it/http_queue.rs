@@ -373,6 +373,14 @@ fn a_sticky_client_waits_for_its_full_backend() {
     assert_eq!(other.requests.load(SeqCst), 1);
     assert_eq!(home.requests.load(SeqCst), 1);
     assert_eq!(depth("p"), 1.0, "the sticky client stopped waiting");
+    assert_eq!(
+        metric(
+            admin,
+            "weir_backend_queue_depth{pool=\"p\",backend=\"home\"}"
+        ),
+        1.0
+    );
+    crate::http::assert_documented(admin);
     for h in [first, second] {
         let (status, text, _) = h.join().expect("curl");
         assert_eq!(status, 200, "{text}");
