@@ -392,27 +392,13 @@ pub(crate) fn handle(
         let until = state.timeouts.request.map(|r| deadline(x.started, r));
         match forward(&state, target, &cx, req, &mut x, upgrading, until).await {
             Ok((mut response, lease)) => {
-                if let Some(on) = client_upgrade
-                    && response.status() == http::StatusCode::SWITCHING_PROTOCOLS
-                {
-                    let idle = state.timeouts.websocket_idle;
-                    let ends = upgrade::Ends {
-                        kill: cx.listener.kill.clone(),
-                        slot: Arc::clone(&cx.slot),
-                        grace: cx.listener.shutdown_timeout,
-                        live: cx.live.clone(),
-                    };
-                    // The connection is the relay's now.
-                    let held = lease.into_relay();
-                    let switched = upgrade::relay(response, on, &cx.conn, idle, ends, x, held);
-                    let (mut parts, _) = switched.into_parts();
-                    headers::keep_only_the_upgrade(&mut parts.headers);
-                    return Ok(Response::from_parts(
-                        parts,
-                        ResponseBody::full(bytes::Bytes::new(), None),
-                    ));
+                let switched = client_upgrade.is_some()
+                    && response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+                if switched {
+                    headers::keep_only_the_upgrade(response.headers_mut());
+                } else {
+                    headers::strip_hop_by_hop(response.headers_mut());
                 }
-                headers::strip_hop_by_hop(response.headers_mut());
                 // A client its cookie did not bring to the backend that
                 // answered is told to come back to it.
                 if let (Some(sticky), Some((pool, i))) = (&target.sticky, &x.backend)
@@ -428,6 +414,23 @@ pub(crate) fn handle(
                 }
                 if !rule.response_headers.is_empty() {
                     rule.response_headers.apply(response.headers_mut(), &facts);
+                }
+                if switched && let Some(on) = client_upgrade {
+                    let idle = state.timeouts.websocket_idle;
+                    let ends = upgrade::Ends {
+                        kill: cx.listener.kill.clone(),
+                        slot: Arc::clone(&cx.slot),
+                        grace: cx.listener.shutdown_timeout,
+                        live: cx.live.clone(),
+                    };
+                    // The connection is the relay's now.
+                    let held = lease.into_relay();
+                    let switched = upgrade::relay(response, on, &cx.conn, idle, ends, x, held);
+                    let (parts, _) = switched.into_parts();
+                    return Ok(Response::from_parts(
+                        parts,
+                        ResponseBody::full(bytes::Bytes::new(), None),
+                    ));
                 }
                 let status = response.status().as_u16();
                 x.status = status;

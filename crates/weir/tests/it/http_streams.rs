@@ -141,8 +141,9 @@ fn websocket_setup(
 }
 
 /// The backend's `101 Switching Protocols` reaches the client without its
-/// other hop-by-hop headers (and what its `Connection` names); the switch
-/// itself is kept, and the bytes then flow both ways.
+/// other hop-by-hop headers (and what its `Connection` names), with the
+/// route's and the rule's `response_headers` and the pool's sticky cookie;
+/// the switch itself is kept, and the bytes then flow both ways.
 #[test]
 fn a_switch_reaches_the_client_without_other_hop_by_hop_headers() {
     use std::io::{Read, Write};
@@ -177,8 +178,11 @@ fn a_switch_reaches_the_client_without_other_hop_by_hop_headers() {
             "[log]\naccess_log = false\n\
              [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
              [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             response_headers = {{ set = {{ \"X-Route\" = \"${{route}}\" }} }}\n\
              [[listeners.routes.http]]\nname = \"ws\"\npool = \"ws\"\n\
-             [[pools]]\nname = \"ws\"\n[pools.health]\ntype = \"none\"\n\
+             response_headers = {{ add = {{ \"X-Served-By\" = \"${{backend}}\" }} }}\n\
+             [[pools]]\nname = \"ws\"\nsticky = {{ cookie = \"srv\" }}\n\
+             [pools.health]\ntype = \"none\"\n\
              [[pools.backends]]\nname = \"raw\"\naddress = \"{backend}\"\n"
         ),
     );
@@ -201,6 +205,9 @@ fn a_switch_reaches_the_client_without_other_hop_by_hop_headers() {
     assert!(head.contains("\r\nupgrade: websocket\r\n"), "{head}");
     assert!(head.contains("\r\nconnection: upgrade\r\n"), "{head}");
     assert!(head.contains("sec-websocket-accept:"), "{head}");
+    assert!(head.contains("\r\nx-route: app\r\n"), "{head}");
+    assert!(head.contains("\r\nx-served-by: raw\r\n"), "{head}");
+    assert!(head.contains("\r\nset-cookie: srv="), "{head}");
     assert!(
         !head.contains("x-hop") && !head.contains("keep-alive"),
         "{head}"
