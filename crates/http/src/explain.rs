@@ -178,7 +178,7 @@ fn sticky_note(
             b.name,
             if pool.limited() {
                 " (when it is at its connection limit, the request waits for it up to the \
-                 pool's queue_timeout)"
+                 pool's queue_timeout, or moves if the queue holds max_queue)"
             } else {
                 ""
             }

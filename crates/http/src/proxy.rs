@@ -519,15 +519,21 @@ async fn forward(
         // attempt, when the pool could pick it (or it keeps its clients):
         // at once when it has room, else after a wait in its own line.
         let named_now = named.filter(|_| attempt == 0);
+        let mut wait_until = until;
         let named_got = match named_now {
             Some(n) if pool.take(n) => Some(Ok(n)),
-            // Boxed: waiting is the rare path. None: the pool picks.
-            Some(n) => Box::pin(pool.wait_for(n, until)).await.transpose(),
+            // Boxed: waiting is the rare path. None: the pool picks, and
+            // a wait in its queue ends when the one for the backend would
+            // have.
+            Some(n) => {
+                wait_until = Some(pool.queue_deadline(until));
+                Box::pin(pool.wait_for(n, wait_until)).await.transpose()
+            }
             None => None,
         };
         let acquired = match named_got {
             Some(got) => got,
-            None => pool.acquire(key, &tried, until).await,
+            None => pool.acquire(key, &tried, wait_until).await,
         };
         // Counted once it is known where the request goes: a wait that
         // ended without a backend went nowhere.

@@ -254,11 +254,22 @@ impl Pool {
         self.limited
     }
 
-    /// A backend for `key` with room, never one of `tried`.
+    /// A backend for `key` with room, never one of `tried`, for a newcomer:
+    /// a backend whose own line has clients has no room for it (a slot that
+    /// frees there is theirs; [`Pool::dispatch`] orders the queue's waiters
+    /// and the lines itself).
     pub(crate) fn pick_with_room(&self, key: u64, tried: &[usize]) -> Option<usize> {
+        self.pick_with_room_for(key, tried, true)
+    }
+
+    fn pick_with_room_for(&self, key: u64, tried: &[usize], newcomer: bool) -> Option<usize> {
         let picker = self.picker();
         let load = |i: usize| self.backends.get(i).map_or(u32::MAX, |b| b.stats.load());
-        let full = |i: usize| self.backends.get(i).is_none_or(|b| !b.slots.has_room());
+        let full = |i: usize| {
+            self.backends
+                .get(i)
+                .is_none_or(|b| !b.slots.has_room() || (newcomer && b.slots.named.load(SeqCst) > 0))
+        };
         let req = weir_balance::Request {
             key,
             random: fastrand::u64(..),
@@ -347,8 +358,7 @@ impl Pool {
         tried: &[usize],
         until: Option<Instant>,
     ) -> Result<usize, Reason> {
-        let own = Instant::now() + self.queue_timeout;
-        let deadline = until.map_or(own, |u| u.min(own));
+        let deadline = self.queue_deadline(until);
         let queued_at = Instant::now();
         let mut queued = false;
         // What the queue must not hand this waiter: it would hand it back.
@@ -465,6 +475,15 @@ impl Pool {
         })
     }
 
+    /// When a wait in the queue that starts now ends: at `queue_timeout`,
+    /// or at `until` (the request's own deadline) if that comes first. A
+    /// request that waits for its backend by name and then for any passes
+    /// this on, so that both waits together take no longer.
+    pub fn queue_deadline(&self, until: Option<Instant>) -> Instant {
+        let own = Instant::now() + self.queue_timeout;
+        until.map_or(own, |u| u.min(own))
+    }
+
     /// Waits in backend `i`'s own line for one of its slots: for a client
     /// that names it (a sticky cookie) when [`Pool::take`] found it full or
     /// others before it. `Ok(Some(i))` with the slot (`i` in this
@@ -485,8 +504,7 @@ impl Pool {
             return Ok(None);
         }
         let queued_at = Instant::now();
-        let own = queued_at + self.queue_timeout;
-        let deadline = until.map_or(own, |u| u.min(own));
+        let deadline = self.queue_deadline(until);
         let (tx, rx) = oneshot::channel();
         let id = {
             let mut q = lock(&self.queue.inner);
@@ -516,27 +534,14 @@ impl Pool {
         // pool's queue), or have stopped keeping clients meanwhile.
         self.latest().dispatch();
         let grant = self.await_grant(id, rx, deadline).await?;
-        let Some(slots) = grant.take() else {
+        // A line's grants carry its backend's slots, or none when the line
+        // was let go.
+        if grant.take().is_none() {
             return Ok(None);
-        };
-        match self
-            .backends
-            .iter()
-            .position(|b| Arc::ptr_eq(&b.slots, &slots))
-        {
-            Some(i) => {
-                self.queue.wait.observe(queued_at.elapsed());
-                self.queue.count(QueueResult::Served);
-                Ok(Some(i))
-            }
-            None => {
-                // Gone from this generation's view: not this client's to
-                // take, and the slot goes on to the next waiter.
-                slots.give_back();
-                self.latest().dispatch();
-                Ok(None)
-            }
         }
+        self.queue.wait.observe(queued_at.elapsed());
+        self.queue.count(QueueResult::Served);
+        Ok(Some(i))
     }
 
     /// Gives back the slot [`Pool::acquire`] took on backend `i`, and lets
@@ -645,7 +650,7 @@ impl Pool {
                 self.queue.waiting.fetch_sub(1, SeqCst);
                 continue;
             }
-            let Some(i) = self.pick_with_room(w.key, &w.skip(self)) else {
+            let Some(i) = self.pick_with_room_for(w.key, &w.skip(self), false) else {
                 if w.cannot.is_empty() || at >= MAX_PASSED {
                     // No room for anyone (or looked far enough).
                     break;

@@ -428,3 +428,70 @@ fn a_sticky_client_waits_for_its_full_backend() {
     // The one at the disabled backend is cut by its own client.
     let _ = held.join();
 }
+
+/// A sticky client whose wait for its backend ends without it (the backend
+/// disabled) and that then waits in the pool's queue waits no longer in
+/// all than the pool's `queue_timeout`.
+#[test]
+fn a_moved_sticky_client_waits_one_queue_timeout_in_all() {
+    let (home, other) = (
+        raw_backend(None, Duration::from_secs(12)),
+        raw_backend(None, Duration::from_secs(12)),
+    );
+    let (front, grpc) = (free_port(), free_port());
+    let (_weir, _out) = start(
+        "http-queue-sticky-timeout",
+        &format!(
+            "[admin]\ngrpc = \"{grpc}\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\nmax_connections_per_backend = 1\n\
+             queue_timeout = \"3s\"\nsticky = {{ cookie = \"srv\" }}\n\
+             [[pools.backends]]\nname = \"home\"\naddress = \"{}\"\n\
+             [[pools.backends]]\nname = \"other\"\naddress = \"{}\"\n",
+            home.addr, other.addr
+        ),
+    );
+    let token = weir_wire::cookie::token(weir_balance::hash_bytes(b"home"));
+    let cookie = format!("Cookie: srv={}", String::from_utf8_lossy(&token));
+    let url = format!("http://{front}/");
+    let hold = |args: Vec<String>| {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            let mut all: Vec<&str> = vec!["--max-time", "10"];
+            all.extend(args.iter().map(String::as_str));
+            curl(&all, &url)
+        })
+    };
+    // Both backends busy: one with the cookie's client, one with another.
+    let _first = hold(vec!["-H".to_owned(), cookie.clone()]);
+    wait("the cookie's client at its backend", &|| {
+        home.requests.load(SeqCst) == 1
+    });
+    let _second = hold(Vec::new());
+    wait("another client at the other backend", &|| {
+        other.requests.load(SeqCst) == 1
+    });
+    let began = Instant::now();
+    let waiting = hold(vec!["-H".to_owned(), cookie]);
+    // Well into its wait, its backend is disabled: it goes to the pool's
+    // queue, whose wait ends with the one it began.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, _, err) = crate::control::text(&crate::control::ctl(
+        grpc,
+        None,
+        &["backend", "disable", "p", "home"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    let (status, body, _) = waiting.join().expect("curl");
+    let waited = began.elapsed();
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "weir: no backend had room in time (queue_timeout)")
+    );
+    assert!(
+        waited < Duration::from_millis(4200),
+        "waited {waited:?} for a queue_timeout of 3 s"
+    );
+}
