@@ -14,10 +14,11 @@
 //!
 //! A client that names its backend (a sticky cookie) and finds it full waits
 //! in that backend's own line instead (HAProxy's server queue): only that
-//! backend's slots serve it, the older of its head and the pool queue's head
-//! goes first, and when the backend no longer keeps its clients (down,
-//! disabled, removed) the line is let go to be placed by the pool, so such
-//! waiters never hold up the others.
+//! backend's slots serve it, and neither a newcomer nor a waiter of the
+//! pool's queue that came after the line's head takes them first. When the
+//! backend no longer keeps its clients (down, disabled, removed) the line is
+//! let go, its clients placed by the pool; such waiters never hold up the
+//! others.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -173,6 +174,9 @@ struct Waiters {
     named: Vec<Line>,
 }
 
+/// A line's backend (its slots) and the id of the line's first waiter.
+type Head = (Arc<Slots>, u64);
+
 /// The clients waiting for one backend.
 #[derive(Debug)]
 struct Line {
@@ -259,16 +263,31 @@ impl Pool {
     /// frees there is theirs; [`Pool::dispatch`] orders the queue's waiters
     /// and the lines itself).
     pub(crate) fn pick_with_room(&self, key: u64, tried: &[usize]) -> Option<usize> {
-        self.pick_with_room_for(key, tried, true)
+        self.pick_with_room_for(key, tried, None)
     }
 
-    fn pick_with_room_for(&self, key: u64, tried: &[usize], newcomer: bool) -> Option<usize> {
+    /// [`Pool::pick_with_room`] for a newcomer (`ahead` None: every line
+    /// is ahead of it) or for a waiter of the pool's queue, ahead of which
+    /// are the lines whose head came first (`ahead`: their slots and the
+    /// ids of their heads, and the waiter's id).
+    fn pick_with_room_for(
+        &self,
+        key: u64,
+        tried: &[usize],
+        ahead: Option<(&[Head], u64)>,
+    ) -> Option<usize> {
         let picker = self.picker();
         let load = |i: usize| self.backends.get(i).map_or(u32::MAX, |b| b.stats.load());
         let full = |i: usize| {
-            self.backends
-                .get(i)
-                .is_none_or(|b| !b.slots.has_room() || (newcomer && b.slots.named.load(SeqCst) > 0))
+            self.backends.get(i).is_none_or(|b| {
+                let line_first = match ahead {
+                    None => b.slots.named.load(SeqCst) > 0,
+                    Some((heads, id)) => heads
+                        .iter()
+                        .any(|(s, head)| *head < id && Arc::ptr_eq(s, &b.slots)),
+                };
+                !b.slots.has_room() || line_first
+            })
         };
         let req = weir_balance::Request {
             key,
@@ -559,17 +578,21 @@ impl Pool {
     /// pool's queue goes first come first served; a waiter that cannot take
     /// any backend with room (see [`Waiter::cannot`]) is passed over,
     /// keeping its place, for the ones behind it. A backend's own line is
-    /// served by its slots only, before the pool's queue while its head came
-    /// first, after it otherwise; a line whose backend no longer keeps its
-    /// clients is let go (its waiters are placed by the pool). Called on the
-    /// newest generation.
+    /// served by its slots only, and a waiter of the pool's queue does not
+    /// take a backend whose line's head came before it; a line whose
+    /// backend no longer keeps its clients is let go (its waiters are
+    /// placed by the pool). Called on the newest generation.
     pub(super) fn dispatch(self: &Arc<Self>) {
         let mut q = lock(&self.queue.inner);
         self.let_go(&mut q);
-        let first = q.list.front().map_or(u64::MAX, |w| w.id);
-        self.serve_lines(&mut q, first);
-        self.serve_queue(&mut q);
-        self.serve_lines(&mut q, u64::MAX);
+        // Bounded: a round after the first needs a line's waiter served in
+        // the one before.
+        loop {
+            self.serve_queue(&mut q);
+            if self.serve_lines(&mut q) == 0 || q.list.is_empty() {
+                break;
+            }
+        }
     }
 
     /// Lets go of the lines of backends that no longer keep their clients
@@ -605,11 +628,12 @@ impl Pool {
         }
     }
 
-    /// Serves the backends' own lines, each from its backend's free slots,
-    /// their waiters that came before `before`.
-    fn serve_lines(self: &Arc<Self>, q: &mut Waiters, before: u64) {
+    /// Serves the backends' own lines, each from its backend's free slots;
+    /// returns how many waiters it served.
+    fn serve_lines(self: &Arc<Self>, q: &mut Waiters) -> usize {
+        let mut served = 0;
         for line in &mut q.named {
-            while line.list.front().is_some_and(|w| w.id < before) {
+            while !line.list.is_empty() {
                 let closed = line.list.front().is_some_and(|w| w.tx.is_closed());
                 if !closed && !line.slots.try_take() {
                     break;
@@ -626,15 +650,19 @@ impl Pool {
                     slots: Some(Arc::clone(&line.slots)),
                     pool: Arc::clone(self),
                 };
-                if let Err(mut unsent) = w.tx.send(grant) {
+                match w.tx.send(grant) {
+                    Ok(()) => served += 1,
                     // The waiter went meanwhile: the slot is the next one's.
-                    if let Some(s) = unsent.slots.take() {
-                        s.give_back();
+                    Err(mut unsent) => {
+                        if let Some(s) = unsent.slots.take() {
+                            s.give_back();
+                        }
                     }
                 }
             }
         }
         q.named.retain(|l| !l.list.is_empty());
+        served
     }
 
     /// Serves the pool's queue, first come first served, while a serving
@@ -644,13 +672,21 @@ impl Pool {
         // `MAX_PASSED` of those), or loses a race for a slot to a newcomer
         // that took it.
         let (mut misses, mut at) = (0, 0);
+        // The lines' heads, which the waiters that came after them let go
+        // first.
+        let heads: Vec<Head> = q
+            .named
+            .iter()
+            .filter_map(|l| Some((Arc::clone(&l.slots), l.list.front()?.id)))
+            .collect();
         while let Some(w) = q.list.get(at) {
             if w.tx.is_closed() {
                 q.list.remove(at);
                 self.queue.waiting.fetch_sub(1, SeqCst);
                 continue;
             }
-            let Some(i) = self.pick_with_room_for(w.key, &w.skip(self), false) else {
+            let Some(i) = self.pick_with_room_for(w.key, &w.skip(self), Some((&heads, w.id)))
+            else {
                 if w.cannot.is_empty() || at >= MAX_PASSED {
                     // No room for anyone (or looked far enough).
                     break;

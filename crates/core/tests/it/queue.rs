@@ -423,3 +423,54 @@ async fn a_client_waiting_by_name_is_served_in_its_backends_line() {
     }
     wait_until("the queue emptied", depth(0)).await;
 }
+
+/// A waiter of the pool's queue that came after a line's head does not take
+/// that line's backend, also when the queue's first waiter is passed over
+/// (a retry that may not go back to the backend that failed it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_keeps_its_turn_behind_a_passed_over_waiter() {
+    let (a, b) = (named_backend("a").await, named_backend("b").await);
+    let toml = format!(
+        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\nqueue_timeout = \"30s\"\nmax_connections_per_backend = 1\n\
+         [[pools.backends]]\nname = \"a\"\naddress = \"{a}\"\n\
+         [[pools.backends]]\nname = \"b\"\naddress = \"{b}\"\n"
+    );
+    let server = start(&toml).await;
+    let pool = server.pool("p").expect("p");
+    assert!(pool.take(0) && pool.take(1));
+    let depth = |n: usize| {
+        let pool = Arc::clone(&pool);
+        move || pool.queue.depth() == n
+    };
+    // A retry that a refused: it may take b only.
+    let retry = tokio::spawn({
+        let pool = Arc::clone(&pool);
+        async move { pool.acquire(1, &[0], None).await }
+    });
+    wait_until("the retry waiting", depth(1)).await;
+    let named = tokio::spawn({
+        let pool = Arc::clone(&pool);
+        async move { pool.wait_for(0, None).await }
+    });
+    wait_until("the waiter for a", depth(2)).await;
+    let later = tokio::spawn({
+        let pool = Arc::clone(&pool);
+        async move { pool.acquire(2, &[], None).await }
+    });
+    wait_until("a later waiter", depth(3)).await;
+    // a frees: the retry may not take it, the line's head came before the
+    // later waiter.
+    pool.release(0);
+    assert_eq!(
+        within("the waiter for a", named).await.expect("join"),
+        Ok(Some(0))
+    );
+    assert!(!retry.is_finished() && !later.is_finished());
+    // b frees: the retry's, first in the queue.
+    pool.release(1);
+    assert_eq!(within("the retry", retry).await.expect("join"), Ok(1));
+    assert!(!later.is_finished());
+    later.abort();
+    wait_until("the queue emptied", depth(0)).await;
+}
