@@ -292,7 +292,6 @@ fn write_loop(store: &Mutex<Store>, rx: &mpsc::Receiver<Job>) {
     }
 }
 
-/// A transition as the state file stores it.
 /// A stored runtime backend as the server takes it back, checked as the
 /// API checked it when it was added (the file may have been edited or
 /// written by an older version).
@@ -319,6 +318,7 @@ fn runtime_backend(
     })
 }
 
+/// A transition as the state file stores it.
 fn record(t: &Transition) -> Record {
     let (kind, from, to) = t.change.parts();
     Record {

@@ -129,11 +129,6 @@ impl Queue {
         self.waiting.load(Relaxed) + self.named.load(Relaxed)
     }
 
-    /// Waiting now, read under the queue's lock.
-    fn len(&self) -> usize {
-        self.waiting.load(SeqCst) + self.named.load(SeqCst)
-    }
-
     pub fn results(&self, r: QueueResult) -> u64 {
         self.results[r as usize].load(Relaxed)
     }
@@ -408,7 +403,7 @@ impl Pool {
             let (tx, rx) = oneshot::channel();
             let id = {
                 let mut q = lock(&self.queue.inner);
-                if self.queue.len() >= self.max_queue as usize {
+                if self.queue.depth() >= self.max_queue as usize {
                     drop(q);
                     self.queue.count(QueueResult::Full);
                     return Err(Reason::QueueFull);
@@ -527,7 +522,7 @@ impl Pool {
         let (tx, rx) = oneshot::channel();
         let id = {
             let mut q = lock(&self.queue.inner);
-            if self.queue.len() >= self.max_queue as usize {
+            if self.queue.depth() >= self.max_queue as usize {
                 return Ok(None);
             }
             q.next_id += 1;
