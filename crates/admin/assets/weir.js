@@ -227,7 +227,17 @@ function renderPools(pools, backends) {
       const checks = `checks: ${b.checks_passed} ok, ${b.checks_failed} failed`;
       setCell(row, "probe", pr ? `${pr.ok ? "ok" : "failed"}: ${pr.reason}\n${micros(pr.duration_us)} · ${ago(pr.at_ms)}\n${checks}` : "none yet",
         pr ? (pr.ok ? "good" : "bad") : "warn");
-      setCell(row, "conns", `${b.active_connections} open, ${b.connections_total} total\n${bytes(b.sent_bytes)} in, ${bytes(b.received_bytes)} out`);
+      // l7 routes count requests where L4 routes count connections.
+      const conns = [`${b.active_connections} connections open, ${b.connections_total} total`];
+      if (b.active_requests > 0 || b.responses_total > 0) {
+        conns.push(`${b.active_requests} requests in flight, ${b.responses_total} responses`);
+      }
+      if (b.connection_limit > 0) {
+        const queued = b.queue_depth > 0 ? `, ${b.queue_depth} queued for it` : "";
+        conns.push(`${b.active_connections + b.active_requests} of ${b.connection_limit} in use${queued}`);
+      }
+      conns.push(`${bytes(b.sent_bytes)} in, ${bytes(b.received_bytes)} out`);
+      setCell(row, "conns", conns.join("\n"));
       const t = b.last_transitions.slice(-3).reverse()
         .map((x) => `${ago(x.at_ms)}: ${x.from || "-"} → ${x.to || "-"} (${x.cause})`).join("\n");
       setCell(row, "transitions", t || "-");

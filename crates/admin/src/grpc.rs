@@ -966,6 +966,9 @@ fn backend_message(origins: &Origins, pool: &Pool, name: &str) -> Option<pb::Bac
         origin: origins.of(name).as_str().to_owned(),
         max_connections: v.max_connections,
         connection_limit: v.connection_limit,
+        queue_depth: v.queue_depth,
+        active_requests: v.active_requests,
+        responses_total: b.stats.http_responses.iter().map(|n| n.load(Relaxed)).sum(),
     })
 }
 

@@ -975,6 +975,7 @@ fn backends_table(backends: &[pb::Backend]) -> String {
                     )
                 },
             );
+            let active = b.active_connections + b.active_requests;
             // Where it comes from, unless the config file.
             let name = match b.origin.as_str() {
                 "" | "config" => b.name.clone(),
@@ -990,12 +991,14 @@ fn backends_table(backends: &[pb::Backend]) -> String {
                 weight,
                 b.effective_weight.to_string(),
                 // Against the limit now, when it has one.
-                if b.connection_limit > 0 {
-                    format!("{}/{}", b.active_connections, b.connection_limit)
-                } else {
-                    b.active_connections.to_string()
+                // Connections (L4 routes) and requests (l7 routes), as
+                // its limit counts them.
+                match (b.connection_limit, b.queue_depth) {
+                    (0, _) => active.to_string(),
+                    (limit, 0) => format!("{active}/{limit}"),
+                    (limit, q) => format!("{active}/{limit} +{q} queued"),
                 },
-                b.connections_total.to_string(),
+                (b.connections_total + b.responses_total).to_string(),
                 probe,
                 last,
             ]
@@ -1299,6 +1302,9 @@ fn backend_json(b: &pb::Backend) -> Value {
         "origin": b.origin,
         "max_connections": b.max_connections,
         "connection_limit": b.connection_limit,
+        "queue_depth": b.queue_depth,
+        "active_requests": b.active_requests,
+        "responses_total": b.responses_total,
     })
 }
 

@@ -511,6 +511,16 @@ pub struct Backend {
     /// The limit now: max_connections, ramped during slow start; 0: none.
     #[prost(uint32, tag = "22")]
     pub connection_limit: u32,
+    /// l7 requests waiting in its own line: their sticky cookie names it and it
+    /// is at its limit (counted in the pool's queue_depth too).
+    #[prost(uint32, tag = "23")]
+    pub queue_depth: u32,
+    /// HTTP requests in flight to it (l7 routes), and responses it gave since
+    /// the start; what l7 routes count where L4 routes count connections.
+    #[prost(int64, tag = "24")]
+    pub active_requests: i64,
+    #[prost(uint64, tag = "25")]
+    pub responses_total: u64,
 }
 #[derive(::serde::Serialize)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -186,9 +186,14 @@ pub struct BackendView {
     pub effective_weight: u32,
     pub serving: bool,
     pub active_connections: i64,
+    /// HTTP requests in flight to it (l7 routes).
+    pub active_requests: i64,
     /// Its `max_connections` (own or the pool's), and the limit now.
     pub max_connections: Option<u32>,
     pub connection_limit: u32,
+    /// l7 requests waiting in its own line (a sticky cookie names it and it
+    /// is full).
+    pub queue_depth: u32,
     pub last_probe: Option<LastProbe>,
     pub history: Vec<Transition>,
 }
@@ -378,8 +383,10 @@ impl Backend {
             },
             serving: self.is_serving(),
             active_connections: self.stats.connections_active.load(Relaxed),
+            active_requests: self.stats.http_requests_active.load(Relaxed),
             max_connections: self.max_connections,
             connection_limit: self.connection_limit(),
+            queue_depth: self.waiting_by_name(),
             last_probe: s.last_probe.clone(),
             history: s.history.iter().cloned().collect(),
         }

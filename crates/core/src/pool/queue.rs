@@ -80,16 +80,21 @@ pub enum QueueResult {
     Full,
     /// Waited `queue_timeout` in vain.
     Timeout,
+    /// Waited for its backend by name (a sticky cookie) and was let go to
+    /// the pool's pick instead: the backend stopped keeping clients while
+    /// it waited, or the queue was full.
+    Moved,
 }
 
 impl QueueResult {
-    pub const ALL: [QueueResult; 3] = [Self::Served, Self::Full, Self::Timeout];
+    pub const ALL: [QueueResult; 4] = [Self::Served, Self::Full, Self::Timeout, Self::Moved];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Served => "served",
             Self::Full => "full",
             Self::Timeout => "timeout",
+            Self::Moved => "moved",
         }
     }
 }
@@ -108,7 +113,7 @@ pub struct Queue {
     inner: Mutex<Waiters>,
     /// Time waited by those served.
     pub wait: Histogram,
-    results: [AtomicU64; 3],
+    results: [AtomicU64; 4],
 }
 
 impl Default for Queue {
@@ -523,6 +528,8 @@ impl Pool {
         let id = {
             let mut q = lock(&self.queue.inner);
             if self.queue.depth() >= self.max_queue as usize {
+                drop(q);
+                self.queue.count(QueueResult::Moved);
                 return Ok(None);
             }
             q.next_id += 1;
@@ -551,6 +558,7 @@ impl Pool {
         // A line's grants carry its backend's slots, or none when the line
         // was let go.
         if grant.take().is_none() {
+            self.queue.count(QueueResult::Moved);
             return Ok(None);
         }
         self.queue.wait.observe(queued_at.elapsed());

@@ -417,7 +417,9 @@ async fn a_client_waiting_by_name_is_served_in_its_backends_line() {
         })
         .collect();
     wait_until("a full queue", depth(3)).await;
+    assert_eq!(pool.queue.results(QueueResult::Moved), 0);
     assert_eq!(pool.wait_for(0, None).await, Ok(None));
+    assert_eq!(pool.queue.results(QueueResult::Moved), 1);
     for w in waiters {
         w.abort();
     }

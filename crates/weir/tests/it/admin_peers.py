@@ -342,6 +342,8 @@ def browser(admin, token, port_a, port_b, screenshot):
             # The failed probe says why and how long it took; the transition its cause.
             expect(row("a").locator("td.probe")).to_contain_text("checks:")
             expect(row("a").locator("td.transitions")).to_contain_text("up → down (")
+            # Slots in use against the backend's limit.
+            expect(row("b").locator("td.conns")).to_contain_text("of 50 in use")
 
             # Back up, live.
             a.start()

@@ -380,6 +380,27 @@ fn a_sticky_client_waits_for_its_full_backend() {
         ),
         1.0
     );
+    // The API and the CLI show the backend's line.
+    let answer = crate::cli::http_get(admin, "/api/v1/pools/p/backends");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    let line = |name: &str| {
+        v["backends"]
+            .as_array()
+            .and_then(|l| l.iter().find(|b| b["name"] == name))
+            .map(|b| (b["queue_depth"].as_u64(), b["active_requests"].as_u64()))
+    };
+    assert_eq!(line("home"), Some((Some(1), Some(1))), "{v}");
+    assert_eq!(line("other"), Some((Some(0), Some(0))), "{v}");
+    let (code, table, err) =
+        crate::control::text(&crate::control::ctl(grpc, None, &["backends", "p"]));
+    assert_eq!(code, 0, "{err}");
+    let row = table
+        .lines()
+        .find(|l| l.contains(" home "))
+        .unwrap_or_default();
+    assert!(row.contains(" 1/1 +1 queued "), "{table}");
     crate::http::assert_documented(admin);
     for h in [first, second] {
         let (status, text, _) = h.join().expect("curl");
@@ -425,6 +446,10 @@ fn a_sticky_client_waits_for_its_full_backend() {
     assert!(sets_cookie(&text), "kept its cookie: {text}");
     assert_eq!(q_other.requests.load(SeqCst), 1);
     assert_eq!(depth("q"), 0.0);
+    assert_eq!(
+        metric(admin, "weir_pool_queue_total{pool=\"q\",result=\"moved\"}"),
+        1.0
+    );
     // The one at the disabled backend is cut by its own client.
     let _ = held.join();
 }

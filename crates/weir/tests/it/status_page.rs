@@ -53,7 +53,7 @@ fn config(dir: &Path, admin: SocketAddr, a: SocketAddr, b: SocketAddr, health: &
         "[admin]\nhttp = \"{admin}\"\ntoken_file = {token:?}\nhosts = [\"weir.example\"]\n\
          [[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\n\
          [[listeners.routes]]\nname = \"r\"\npool = \"db\"\n\
-         [[pools]]\nname = \"db\"\n{health}\n\
+         [[pools]]\nname = \"db\"\nmax_connections_per_backend = 50\n{health}\n\
          [[pools.backends]]\nname = \"a\"\naddress = \"{a}\"\n\
          [[pools.backends]]\nname = \"b\"\naddress = \"{b}\"\n",
         token = token.display().to_string(),
