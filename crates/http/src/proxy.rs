@@ -465,6 +465,47 @@ struct Kept {
     backend: usize,
 }
 
+/// Bytes of an answer put aside that are read and dropped, so that its
+/// connection can carry another request; a longer body closes it.
+const DRAIN_BYTES: usize = 64 * 1024;
+/// How long that may take; a slower body closes the connection.
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Kept {
+    /// An answer put aside that no client will get. An error page is
+    /// small: read to its end off the request's path, its connection goes
+    /// back to the idle list rather than closing, so a backend answering
+    /// `retry_on_status` under load is not also made to accept new
+    /// connections.
+    fn discard(self: Box<Self>) {
+        let Kept {
+            response, lease, ..
+        } = *self;
+        let mut body = response.into_body();
+        tokio::spawn(async move {
+            let read = async {
+                let mut left = DRAIN_BYTES;
+                while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+                    let Ok(frame) = frame else {
+                        return false;
+                    };
+                    if let Some(data) = frame.data_ref() {
+                        let Some(rest) = left.checked_sub(data.len()) else {
+                            return false;
+                        };
+                        left = rest;
+                    }
+                }
+                true
+            };
+            let done = tokio::time::timeout(DRAIN_WAIT, read)
+                .await
+                .unwrap_or(false);
+            lease.release(done);
+        });
+    }
+}
+
 /// Picks a backend and gets its response header, trying others while
 /// nothing of the request reached one. An answer put aside by
 /// `retry_on_status` is the client's when no later attempt gets one: weir's
@@ -672,11 +713,14 @@ async fn forward(
                         && pool.may_retry(&mut leave)
                         && let Some(request) = copy.take()
                     {
-                        kept = Some(Box::new(Kept {
+                        let older = kept.replace(Box::new(Kept {
                             response,
                             lease,
                             backend: i,
                         }));
+                        if let Some(k) = older {
+                            k.discard();
+                        }
                         x.let_go();
                         b.stats.http_retried.fetch_add(1, Relaxed);
                         req = Some(request);
@@ -731,7 +775,7 @@ async fn forward(
 }
 
 /// A request's outcome: an error gives way to the answer put aside for a
-/// retry, if there is one; an answer drops it (and its connection).
+/// retry, if there is one; an answer discards it.
 fn settle(
     result: Result<(Response<Incoming>, Lease), Reason>,
     kept: Option<Box<Kept>>,
@@ -746,7 +790,12 @@ fn settle(
             x.set_backend(&target.pool, k.backend);
             Ok((k.response, k.lease))
         }
-        (result, _) => result,
+        (result, kept) => {
+            if let Some(k) = kept {
+                k.discard();
+            }
+            result
+        }
     }
 }
 

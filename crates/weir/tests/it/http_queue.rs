@@ -8,16 +8,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
 
 use crate::cli::{DEADLINE, free_port};
-use crate::http::{curl, metric, raw_backend, start};
-
-/// Waits until `cond` holds, failing the test past the deadline.
-fn wait(what: &str, cond: &dyn Fn() -> bool) {
-    let end = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(Instant::now() < end, "{what}: not within {DEADLINE:?}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+use crate::http::{curl, metric, raw_backend, start, wait};
 
 #[test]
 fn requests_beyond_the_limit_wait_their_turn() {
