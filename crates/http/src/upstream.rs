@@ -6,9 +6,10 @@
 //! `timeouts.upstream_keepalive` is closed, so weir lets go of it before a
 //! backend's own keep-alive timeout would close it under a request (the race
 //! behind most "502 on a kept-alive connection" reports). HTTP/2 and h2c: a
-//! connection carries up to `H2_STREAMS` requests at once, and another is
-//! opened past that; one is kept while idle, the others close after
-//! `upstream_keepalive` without a request.
+//! connection carries up to `H2_STREAMS` requests at once, or as many as the
+//! backend's SETTINGS allow if fewer, and another is opened past that; one
+//! is kept while idle, the others close after `upstream_keepalive` without a
+//! request.
 //!
 //! The flow-control windows of an HTTP/2 backend connection are sized so
 //! that no request waits for another's: a response its client does not read
@@ -118,8 +119,23 @@ struct H2Conn {
     number: u64,
     /// Its requests whose response has not ended.
     streams: Arc<AtomicUsize>,
+    /// The streams the backend allows at once, as its connection's task
+    /// last saw.
+    allowed: Arc<AtomicUsize>,
     /// When a request last took it.
     used: Instant,
+}
+
+impl H2Conn {
+    /// The requests it carries at most: `H2_STREAMS`, or fewer when the
+    /// backend allows fewer streams at once (its SETTINGS; 100 until they
+    /// come). Past that another connection is opened rather than the
+    /// request queued behind the others on this one. At least one: a
+    /// backend that allows none for a while does not make every request
+    /// open a connection.
+    fn room(&self) -> usize {
+        self.allowed.load(Relaxed).clamp(1, H2_STREAMS)
+    }
 }
 
 /// A request's place on a shared HTTP/2 connection, given back when its
@@ -237,7 +253,7 @@ impl Conns {
         shared.retain(|c| !c.sender.is_closed() && Some(c.number) != not);
         if let Some(conn) = shared
             .iter_mut()
-            .find(|c| c.streams.load(Relaxed) < H2_STREAMS)
+            .find(|c| c.streams.load(Relaxed) < c.room())
         {
             return Ok(self.take_h2(conn));
         }
@@ -361,8 +377,18 @@ impl Conns {
         self.stats.upstream_event(UpstreamEvent::Created);
         self.stats.upstream_active.fetch_add(1, Relaxed);
         let stats = Arc::clone(&self.stats);
+        let allowed = Arc::new(AtomicUsize::new(H2_STREAMS));
+        let seen = Arc::clone(&allowed);
+        let mut conn = conn;
         tokio::spawn(async move {
-            let _ = conn.await;
+            // The backend's limit changes only with its SETTINGS, which
+            // only the connection's task reads.
+            let _ = std::future::poll_fn(|cx| {
+                let polled = Pin::new(&mut conn).poll(cx);
+                seen.store(conn.current_max_send_streams(), Relaxed);
+                polled
+            })
+            .await;
             stats.upstream_active.fetch_sub(1, Relaxed);
             stats.upstream_event(UpstreamEvent::Closed);
         });
@@ -373,6 +399,7 @@ impl Conns {
             sender: sender.clone(),
             number,
             streams,
+            allowed,
             used: crate::clock::now(),
         });
         let mut lease = self.lease(Sender::H2(sender, stream), false, Duration::ZERO);
@@ -876,6 +903,53 @@ mod tests {
         assert_eq!(past.map(|l| l.h2_number).ok(), Some(1), "the first took it");
         drop(leases);
         assert_eq!(conns.h2.lock().await[0].streams.load(Relaxed), 0);
+    }
+
+    /// A backend that allows fewer streams at once than weir would put on
+    /// a connection gets another connection past its limit, rather than
+    /// requests queued on the first. Against a real h2c server (hyper's)
+    /// that allows two.
+    #[tokio::test]
+    async fn an_http2_backends_stream_limit_opens_another_connection() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let answer = hyper::service::service_fn(|_req: http::Request<Incoming>| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<
+                        bytes::Bytes,
+                    >::new(
+                    )))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .max_concurrent_streams(2)
+                        .serve_connection(TokioIo::new(s), answer),
+                );
+            }
+        });
+        let (conns, dialer) = h2c(addr, Duration::from_secs(5));
+        let now = Instant::now();
+        let mut a = conns.checkout(&dialer, now).await.expect("opens");
+        // The connection's task reads the backend's SETTINGS as it hands
+        // a request over, after the first (sent with the preface).
+        let get = || {
+            let mut req = Request::new(crate::body::RequestBody::empty());
+            *req.uri_mut() = http::Uri::from_static("http://backend/");
+            Box::new(req)
+        };
+        for _ in 0..2 {
+            let answer = a.send(get()).await.expect("an answer");
+            assert_eq!(answer.status(), 200);
+        }
+        assert_eq!(conns.h2.lock().await[0].room(), 2);
+        let b = conns.checkout(&dialer, now).await.expect("shares");
+        assert_eq!((b.reused, b.h2_number), (true, 1));
+        let c = conns.checkout(&dialer, now).await.expect("another");
+        assert_eq!((c.reused, c.h2_number), (false, 2));
+        drop((a, b, c));
     }
 
     /// Retries that wait for the new shared HTTP/2 connection one of them
