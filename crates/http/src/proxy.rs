@@ -473,14 +473,18 @@ const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Kept {
     /// An answer put aside that no client will get. An error page is
-    /// small: read to its end off the request's path, its connection goes
-    /// back to the idle list rather than closing, so a backend answering
-    /// `retry_on_status` under load is not also made to accept new
-    /// connections.
+    /// small: read to its end off the request's path, its HTTP/1.1
+    /// connection goes back to the idle list rather than closing, so a
+    /// backend answering `retry_on_status` under load is not also made to
+    /// accept new connections. An HTTP/2 answer is dropped at once: that
+    /// resets its stream only, and frees its place on the connection.
     fn discard(self: Box<Self>) {
         let Kept {
             response, lease, ..
         } = *self;
+        if !lease.is_h1() {
+            return;
+        }
         let mut body = response.into_body();
         tokio::spawn(async move {
             let read = async {

@@ -130,11 +130,14 @@ impl H2Conn {
     /// The requests it carries at most: `H2_STREAMS`, or fewer when the
     /// backend allows fewer streams at once (its SETTINGS; 100 until they
     /// come). Past that another connection is opened rather than the
-    /// request queued behind the others on this one. At least one: a
-    /// backend that allows none for a while does not make every request
-    /// open a connection.
+    /// request queued behind the others on this one. A backend that allows
+    /// none for a while (shedding load) gets no new connections for it:
+    /// its requests wait on this one for streams, as they would on any.
     fn room(&self) -> usize {
-        self.allowed.load(Relaxed).clamp(1, H2_STREAMS)
+        match self.allowed.load(Relaxed) {
+            0 => H2_STREAMS,
+            n => n.min(H2_STREAMS),
+        }
     }
 }
 
@@ -381,8 +384,9 @@ impl Conns {
         let seen = Arc::clone(&allowed);
         let mut conn = conn;
         tokio::spawn(async move {
-            // The backend's limit changes only with its SETTINGS, which
-            // only the connection's task reads.
+            // The backend's limit changes only with its SETTINGS; hyper
+            // shows it on the connection, whose task runs as requests are
+            // handed over.
             let _ = std::future::poll_fn(|cx| {
                 let polled = Pin::new(&mut conn).poll(cx);
                 seen.store(conn.current_max_send_streams(), Relaxed);
@@ -524,6 +528,12 @@ impl Lease {
             Some(Sender::H2(s, _)) => s.try_send_request(*req).await.map_err(SendError::from),
             None => Err(SendError::NotSent(req)),
         }
+    }
+
+    /// Whether it is an HTTP/1.1 connection, which carries one request at
+    /// a time.
+    pub(crate) fn is_h1(&self) -> bool {
+        matches!(self.sender, Some(Sender::H1(_)))
     }
 
     /// The response has been read (`reusable`), or not: an HTTP/1.1
@@ -949,7 +959,13 @@ mod tests {
         assert_eq!((b.reused, b.h2_number), (true, 1));
         let c = conns.checkout(&dialer, now).await.expect("another");
         assert_eq!((c.reused, c.h2_number), (false, 2));
-        drop((a, b, c));
+        // A backend that allows no stream for a while gets no connection
+        // for it: requests wait on the open one.
+        conns.h2.lock().await[1].allowed.store(0, Relaxed);
+        let d = conns.checkout(&dialer, now).await.expect("waits there");
+        assert_eq!((d.reused, d.h2_number), (true, 2));
+        assert_eq!(conns.h2_opens.load(Relaxed), 2);
+        drop((a, b, c, d));
     }
 
     /// Retries that wait for the new shared HTTP/2 connection one of them

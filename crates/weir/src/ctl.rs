@@ -975,7 +975,7 @@ fn backends_table(backends: &[pb::Backend]) -> String {
                     )
                 },
             );
-            let active = b.active_connections + b.active_requests;
+            let active = b.active_connections.saturating_add(b.active_requests);
             // Where it comes from, unless the config file.
             let name = match b.origin.as_str() {
                 "" | "config" => b.name.clone(),
@@ -998,7 +998,9 @@ fn backends_table(backends: &[pb::Backend]) -> String {
                     (limit, 0) => format!("{active}/{limit}"),
                     (limit, q) => format!("{active}/{limit} +{q} queued"),
                 },
-                (b.connections_total + b.responses_total).to_string(),
+                b.connections_total
+                    .saturating_add(b.responses_total)
+                    .to_string(),
                 probe,
                 last,
             ]

@@ -4267,15 +4267,14 @@ fn answers_a_pool_retries_on_go_to_another_backend() {
     assert!(plain.contains(&503) && plain.contains(&200), "{plain:?}");
 }
 
-/// An answer put aside whose body does not end (here: never comes whole)
-/// is not waited for: the client has the other backend's answer at once,
-/// and the connection that carried it is closed, never kept for reuse.
-#[test]
-fn an_answer_put_aside_that_never_ends_closes_its_connection() {
-    let stuck = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let stuck_addr = stuck.local_addr().expect("addr");
+/// A backend that takes one request and answers it with `answer`, then
+/// reports whether weir closed the connection (rather than sending another
+/// request or holding it past the deadline).
+fn answering_once(answer: Vec<u8>) -> (SocketAddr, std::thread::JoinHandle<bool>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
     let backend = std::thread::spawn(move || {
-        let (mut s, _) = stuck.accept().expect("accept");
+        let (mut s, _) = l.accept().expect("accept");
         s.set_read_timeout(Some(DEADLINE)).expect("timeout");
         let mut head = Vec::new();
         let mut buf = [0u8; 1024];
@@ -4284,44 +4283,67 @@ fn an_answer_put_aside_that_never_ends_closes_its_connection() {
             assert!(n > 0, "closed before the request");
             head.extend_from_slice(&buf[..n]);
         }
-        s.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 100\r\n\r\npartial")
-            .expect("answer");
-        // weir closes it; a read that times out fails the test.
+        s.write_all(&answer).expect("answer");
         matches!(s.read(&mut buf), Ok(0))
     });
+    (addr, backend)
+}
+
+/// An answer put aside is read off only so far: one whose body never comes
+/// whole is given up after a second, one longer than 64 KiB as soon as it
+/// passes that, and either connection is closed, never kept for reuse
+/// (kept, it would stay open well past the test's deadline).
+#[test]
+fn an_answer_put_aside_too_slow_or_too_long_closes_its_connection() {
+    let (stuck, stuck_closed) = answering_once(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 100\r\n\r\npartial".to_vec(),
+    );
+    let mut long = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 70000\r\n\r\n".to_vec();
+    long.resize(long.len() + 70_000, b'x');
+    let (long, long_closed) = answering_once(long);
     let good = raw_backend(None, Duration::ZERO);
     let (front, admin) = (free_port(), free_port());
+    let pool = |name: &str, first: SocketAddr| {
+        format!(
+            "[[pools]]\nname = \"{name}\"\nbalance = \"first\"\nretry_on_status = [503]\n\
+             [[pools.backends]]\nname = \"first\"\naddress = \"{first}\"\n\
+             [[pools.backends]]\nname = \"good\"\naddress = \"{}\"\n",
+            good.addr
+        )
+    };
     let (_weir, _out) = start(
         "retry-on-status-stuck",
         &format!(
             "[admin]\nhttp = \"{admin}\"\n\
              [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
              [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
-             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
-             [[pools]]\nname = \"p\"\nbalance = \"first\"\nretry_on_status = [503]\n\
-             [[pools.backends]]\nname = \"stuck\"\naddress = \"{stuck_addr}\"\n\
-             [[pools.backends]]\nname = \"good\"\naddress = \"{}\"\n",
-            good.addr
+             timeouts = {{ upstream_keepalive = \"60s\" }}\n\
+             [[listeners.routes.http]]\nname = \"long\"\npool = \"long\"\n\
+             match = {{ path_prefix = \"/long\" }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"stuck\"\n{}{}",
+            pool("stuck", stuck),
+            pool("long", long)
         ),
     );
-    let (status, body, _) = curl(&[], &format!("http://{front}/"));
-    assert_eq!(status, 200, "{body}");
-    assert!(
-        backend.join().expect("backend"),
-        "the connection was not closed"
-    );
-    let stuck = |(family, label): (&str, &str)| {
-        metric(
-            admin,
-            &format!(
-                "weir_http_upstream_connections_{family}{{pool=\"p\",backend=\"stuck\",{label}}}"
-            ),
-        )
-    };
-    wait("the connection no longer active", &|| {
-        stuck(("open", "state=\"active\"")) == 0.0
-    });
-    assert_eq!(stuck(("open", "state=\"idle\"")), 0.0);
+    for (path, closed) in [("/", stuck_closed), ("/long", long_closed)] {
+        let (status, body, _) = curl(&[], &format!("http://{front}{path}"));
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(closed.join().expect("backend"), "{path}: not closed");
+    }
+    for pool in ["stuck", "long"] {
+        let series = |(family, label): (&str, &str)| {
+            metric(
+                admin,
+                &format!(
+                    "weir_http_upstream_connections_{family}{{pool=\"{pool}\",backend=\"first\",{label}}}"
+                ),
+            )
+        };
+        wait("the connection no longer active", &|| {
+            series(("open", "state=\"active\"")) == 0.0
+        });
+        assert_eq!(series(("open", "state=\"idle\"")), 0.0, "{pool}");
+    }
 }
 
 /// A rule's `redirect` answers with the request's own URL, its scheme, host
