@@ -111,7 +111,8 @@ pub struct Queue {
     /// Waiters in the backends' own lines.
     named: AtomicUsize,
     inner: Mutex<Waiters>,
-    /// Time waited by those served.
+    /// Time waited by those served, and by those a backend's line let go
+    /// (moved) after they waited there.
     pub wait: Histogram,
     results: [AtomicU64; 4],
 }
@@ -558,6 +559,7 @@ impl Pool {
         // A line's grants carry its backend's slots, or none when the line
         // was let go.
         if grant.take().is_none() {
+            self.queue.wait.observe(queued_at.elapsed());
             self.queue.count(QueueResult::Moved);
             return Ok(None);
         }
@@ -588,6 +590,9 @@ impl Pool {
     pub(super) fn dispatch(self: &Arc<Self>) {
         let mut q = lock(&self.queue.inner);
         self.let_go(&mut q);
+        if self.picker().is_empty() {
+            self.let_go_all(&mut q);
+        }
         // Bounded: a round after the first needs a line's waiter served in
         // the one before.
         loop {
@@ -628,6 +633,21 @@ impl Pool {
                     pool: Arc::clone(self),
                 });
             }
+        }
+    }
+
+    /// Lets go of every waiter of the pool's queue when no backend serves
+    /// any more (all down, disabled or drained): a grant without a slot
+    /// sends each back to look, and it finds none (`no_backend`, as a
+    /// newcomer is answered) rather than waiting out `queue_timeout`.
+    fn let_go_all(self: &Arc<Self>, q: &mut Waiters) {
+        self.queue.waiting.fetch_sub(q.list.len(), SeqCst);
+        for w in q.list.drain(..) {
+            // Dropped under the lock without a slot: it dispatches nothing.
+            let _ = w.tx.send(Grant {
+                slots: None,
+                pool: Arc::clone(self),
+            });
         }
     }
 

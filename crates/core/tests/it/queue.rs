@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use weir_core::Reason;
+use weir_core::health::AdminState;
 use weir_core::pool::QueueResult;
 
 use crate::common::{addr, named_backend, start, wait_until, within};
@@ -424,6 +425,66 @@ async fn a_client_waiting_by_name_is_served_in_its_backends_line() {
         w.abort();
     }
     wait_until("the queue emptied", depth(0)).await;
+    // A line let go (its backend disabled while the client waits) moves
+    // its client, and the time it waited there is observed.
+    let observed = pool.queue.wait.snapshot();
+    let moved = tokio::spawn({
+        let pool = Arc::clone(&pool);
+        async move { pool.wait_for(0, None).await }
+    });
+    wait_until("a waiter for a", depth(1)).await;
+    let waiting = std::time::Instant::now();
+    wait_until("a wait of some length", || {
+        waiting.elapsed() >= Duration::from_millis(50)
+    })
+    .await;
+    assert!(pool.set_admin("a", AdminState::Disabled));
+    assert_eq!(
+        within("the moved waiter", moved).await.expect("join"),
+        Ok(None)
+    );
+    assert_eq!(pool.queue.results(QueueResult::Moved), 2);
+    let now = pool.queue.wait.snapshot();
+    assert_eq!(now.count, observed.count + 1, "the moved wait is observed");
+    assert!(now.sum_seconds - observed.sum_seconds >= 0.05);
+}
+
+/// Waiters of the pool's queue whose every backend stops serving while
+/// they wait are answered `no_backend` at once, as a newcomer is, rather
+/// than after `queue_timeout`; the wait counts in no result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_go_at_once_when_no_backend_serves_any_more() {
+    let (a, b) = (named_backend("a").await, named_backend("b").await);
+    let toml = format!(
+        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\nqueue_timeout = \"60s\"\nmax_connections_per_backend = 1\n\
+         [[pools.backends]]\nname = \"a\"\naddress = \"{a}\"\n\
+         [[pools.backends]]\nname = \"b\"\naddress = \"{b}\"\n"
+    );
+    let server = start(&toml).await;
+    let pool = server.pool("p").expect("p");
+    assert!(pool.take(0) && pool.take(1));
+    let waiters: Vec<_> = (0..2)
+        .map(|k| {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move { pool.acquire(k, &[], None).await })
+        })
+        .collect();
+    wait_until("two waiters", || pool.queue.depth() == 2).await;
+    // One backend left: they wait on.
+    assert!(pool.set_admin("a", AdminState::Disabled));
+    assert_eq!(pool.queue.depth(), 2);
+    assert!(waiters.iter().all(|w| !w.is_finished()));
+    // None left: they go, well before the minute of `queue_timeout`.
+    assert!(pool.set_admin("b", AdminState::Drain));
+    for w in waiters {
+        let got = within("a waiter let go", w).await.expect("join");
+        assert_eq!(got, Err(Reason::NoBackend));
+    }
+    assert_eq!(pool.queue.depth(), 0);
+    for r in QueueResult::ALL {
+        assert_eq!(pool.queue.results(r), 0, "{}", r.as_str());
+    }
 }
 
 /// A waiter of the pool's queue that came after a line's head does not take
