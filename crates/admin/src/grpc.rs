@@ -968,7 +968,11 @@ fn backend_message(origins: &Origins, pool: &Pool, name: &str) -> Option<pb::Bac
         connection_limit: v.connection_limit,
         queue_depth: v.queue_depth,
         active_requests: v.active_requests,
-        responses_total: b.stats.http_responses.iter().map(|n| n.load(Relaxed)).sum(),
+        responses_total: b
+            .stats
+            .http_responses
+            .iter()
+            .fold(0u64, |t, n| t.saturating_add(n.load(Relaxed))),
     })
 }
 

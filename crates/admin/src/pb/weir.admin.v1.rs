@@ -515,10 +515,12 @@ pub struct Backend {
     /// is at its limit (counted in the pool's queue_depth too).
     #[prost(uint32, tag = "23")]
     pub queue_depth: u32,
-    /// HTTP requests in flight to it (l7 routes), and responses it gave since
-    /// the start; what l7 routes count where L4 routes count connections.
+    /// HTTP requests in flight to it (l7 routes): what l7 routes count where
+    /// L4 routes count active connections.
     #[prost(int64, tag = "24")]
     pub active_requests: i64,
+    /// HTTP responses it gave since the start (l7 routes), every status
+    /// class: what l7 routes count where L4 routes count connections_total.
     #[prost(uint64, tag = "25")]
     pub responses_total: u64,
 }

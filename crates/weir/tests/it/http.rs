@@ -4276,6 +4276,7 @@ fn answering_once(answer: Vec<u8>) -> (SocketAddr, std::thread::JoinHandle<bool>
     let backend = std::thread::spawn(move || {
         let (mut s, _) = l.accept().expect("accept");
         s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        s.set_write_timeout(Some(DEADLINE)).expect("timeout");
         let mut head = Vec::new();
         let mut buf = [0u8; 1024];
         while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -4283,23 +4284,31 @@ fn answering_once(answer: Vec<u8>) -> (SocketAddr, std::thread::JoinHandle<bool>
             assert!(n > 0, "closed before the request");
             head.extend_from_slice(&buf[..n]);
         }
-        s.write_all(&answer).expect("answer");
-        matches!(s.read(&mut buf), Ok(0))
+        // weir may close while the answer is still being written (one
+        // longer than it reads off): what counts is that it closes.
+        let _ = s.write_all(&answer);
+        // Closed with the answer's bytes unread, the socket is reset.
+        match s.read(&mut buf) {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        }
     });
     (addr, backend)
 }
 
 /// An answer put aside is read off only so far: one whose body never comes
 /// whole is given up after a second, one longer than 64 KiB as soon as it
-/// passes that, and either connection is closed, never kept for reuse
+/// passes that (this one is a megabyte), and either connection is
+/// closed, never kept for reuse
 /// (kept, it would stay open well past the test's deadline).
 #[test]
 fn an_answer_put_aside_too_slow_or_too_long_closes_its_connection() {
     let (stuck, stuck_closed) = answering_once(
         b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 100\r\n\r\npartial".to_vec(),
     );
-    let mut long = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 70000\r\n\r\n".to_vec();
-    long.resize(long.len() + 70_000, b'x');
+    let mut long = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 1000000\r\n\r\n".to_vec();
+    long.resize(long.len() + 1_000_000, b'x');
     let (long, long_closed) = answering_once(long);
     let good = raw_backend(None, Duration::ZERO);
     let (front, admin) = (free_port(), free_port());
@@ -4344,6 +4353,113 @@ fn an_answer_put_aside_too_slow_or_too_long_closes_its_connection() {
         });
         assert_eq!(series(("open", "state=\"idle\"")), 0.0, "{pool}");
     }
+}
+
+/// What an h2c backend of [`h2c_answering`] saw: connections taken,
+/// streams the peer reset, and requests that came while an earlier
+/// stream of their connection was still open.
+#[derive(Default)]
+struct H2Seen {
+    conns: AtomicUsize,
+    resets: AtomicUsize,
+    early: AtomicUsize,
+}
+
+/// An h2c backend (the h2 crate) answering every request with `status`
+/// and `body`; `ended` says whether the body ends.
+fn h2c_answering(status: u16, body: &'static str, ended: bool) -> (SocketAddr, Arc<H2Seen>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.set_nonblocking(true).expect("nonblocking");
+    let addr = l.local_addr().expect("addr");
+    let seen = Arc::new(H2Seen::default());
+    let shared = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        let rt = client_runtime();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(l).expect("listener");
+            while let Ok((tcp, _)) = l.accept().await {
+                shared.conns.fetch_add(1, SeqCst);
+                let seen = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                        return;
+                    };
+                    // The streams answered, looked at without a waker: the
+                    // frames that reset them come before any later request.
+                    let mut held: Vec<h2::SendStream<bytes::Bytes>> = Vec::new();
+                    let reset = |held: &mut Vec<h2::SendStream<bytes::Bytes>>| {
+                        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                        held.iter_mut()
+                            .map(|s| s.poll_reset(&mut cx).is_ready())
+                            .filter(|&r| r)
+                            .count()
+                    };
+                    let mut tick = tokio::time::interval(Duration::from_millis(10));
+                    loop {
+                        tokio::select! {
+                            next = conn.accept() => {
+                                let Some(Ok((_, mut respond))) = next else { break };
+                                if reset(&mut held) < held.len() {
+                                    seen.early.fetch_add(1, SeqCst);
+                                }
+                                let answer = http::Response::builder()
+                                    .status(status)
+                                    .body(())
+                                    .expect("response");
+                                let Ok(mut send) = respond.send_response(answer, false) else {
+                                    continue;
+                                };
+                                if send.send_data(bytes::Bytes::from(body), ended).is_ok() && !ended {
+                                    held.push(send);
+                                }
+                            }
+                            _ = tick.tick() => {}
+                        }
+                        seen.resets.store(reset(&mut held), SeqCst);
+                    }
+                });
+            }
+        });
+    });
+    (addr, seen)
+}
+
+/// With `retry_on_status`, an HTTP/2 backend's answer put aside is not read
+/// off: its stream is reset at once (its body here never ends; the reset
+/// comes before the next request) and the connection, shared by the
+/// backend's requests, stays open for the next.
+#[test]
+fn an_http2_answer_put_aside_resets_its_stream_and_keeps_the_connection() {
+    let (busy, seen) = h2c_answering(503, "busy", false);
+    let (good, _) = h2c_answering(200, "ok", true);
+    let (front, admin) = (free_port(), free_port());
+    let (_weir, _out) = start(
+        "retry-on-status-h2",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\nbalance = \"first\"\nprotocol = \"h2c\"\nretry_on_status = [503]\n\
+             [[pools.backends]]\nname = \"busy\"\naddress = \"{busy}\"\n\
+             [[pools.backends]]\nname = \"good\"\naddress = \"{good}\"\n"
+        ),
+    );
+    for n in 0..3 {
+        let (status, body, _) = curl(&[], &format!("http://{front}/{n}"));
+        assert_eq!((status, body.as_str()), (200, "ok"), "request {n}");
+    }
+    wait("three streams reset", &|| seen.resets.load(SeqCst) == 3);
+    assert_eq!(seen.early.load(SeqCst), 0, "a stream reset only later");
+    assert_eq!(seen.conns.load(SeqCst), 1, "one connection, kept");
+    let series = |label: &str| {
+        metric(
+            admin,
+            &format!("weir_http_upstream_connections_total{{pool=\"p\",backend=\"busy\",{label}}}"),
+        )
+    };
+    assert_eq!(series("event=\"created\""), 1.0);
+    assert_eq!(series("event=\"reused\""), 2.0);
 }
 
 /// A rule's `redirect` answers with the request's own URL, its scheme, host
