@@ -35,6 +35,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use weir_config::HttpProtocol;
 use weir_core::Reason;
@@ -97,9 +98,15 @@ pub(crate) struct Conns {
     /// A sweeper looks after these connections already.
     swept: AtomicBool,
     idle: Mutex<Vec<Idle>>,
-    /// The shared HTTP/2 connections, oldest first; async, so that one
-    /// request opens a new one while the others wait for it.
+    /// The shared HTTP/2 connections, oldest first.
     h2: tokio::sync::Mutex<Vec<H2Conn>>,
+    /// Requests opening a shared HTTP/2 connection now (without the lock,
+    /// each for itself and those that wait for room on it), and requests
+    /// waiting for one of those; `h2_opened` wakes the latter when an open
+    /// ends, however it ends.
+    h2_opening: AtomicUsize,
+    h2_awaiting: AtomicUsize,
+    h2_opened: Notify,
     /// Failed opens of the shared HTTP/2 connection so far, and why the last
     /// one failed: the requests that waited for an open that failed fail
     /// with it, rather than each opening in turn (each up to
@@ -137,6 +144,30 @@ impl H2Conn {
         match self.allowed.load(Relaxed) {
             0 => H2_STREAMS,
             n => n.min(H2_STREAMS),
+        }
+    }
+}
+
+/// One of the requests a count holds (opening a shared HTTP/2 connection,
+/// or waiting for one), until it goes however it goes; an opener's going
+/// wakes those that wait for it.
+struct Counted<'a> {
+    count: &'a AtomicUsize,
+    ends: Option<&'a Notify>,
+}
+
+impl<'a> Counted<'a> {
+    fn up(count: &'a AtomicUsize, ends: Option<&'a Notify>) -> Counted<'a> {
+        count.fetch_add(1, Relaxed);
+        Counted { count, ends }
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Relaxed);
+        if let Some(ends) = self.ends {
+            ends.notify_waiters();
         }
     }
 }
@@ -188,6 +219,9 @@ impl Conns {
             swept: AtomicBool::new(false),
             idle: Mutex::new(Vec::new()),
             h2: tokio::sync::Mutex::new(Vec::new()),
+            h2_opening: AtomicUsize::new(0),
+            h2_awaiting: AtomicUsize::new(0),
+            h2_opened: Notify::new(),
             h2_failures: AtomicU64::new(0),
             h2_why: Mutex::new(Reason::BackendError),
             h2_opens: AtomicU64::new(0),
@@ -238,9 +272,14 @@ impl Conns {
     }
 
     /// A shared HTTP/2 connection that is open and has room for a request,
-    /// else a new one, opened while holding the lock: the requests that
-    /// wait for it then share it, or fail with it when it cannot be opened.
-    /// Connection number `not` failed a request: it takes no more.
+    /// else a new one. Requests that find every connection full wait for
+    /// those being opened while these will have room for them beside their
+    /// openers' own (so a burst on a cold backend shares one new
+    /// connection, and fails with it when it cannot be opened); past that
+    /// each opens another, at the same time as the others (a backend that
+    /// allows few streams at once needs many connections, and one slow
+    /// connect holds up only its own request). Connection number `not`
+    /// failed a request: it takes no more.
     ///
     /// When the open fails while open connections are only full (a backend
     /// that refuses more connections), the request goes on the least busy
@@ -252,26 +291,51 @@ impl Conns {
         not: Option<u64>,
     ) -> Result<Lease, Reason> {
         let failures = self.h2_failures.load(Relaxed);
-        let mut shared = self.h2.lock().await;
-        shared.retain(|c| !c.sender.is_closed() && Some(c.number) != not);
-        if let Some(conn) = shared
-            .iter_mut()
-            .find(|c| c.streams.load(Relaxed) < c.room())
-        {
-            return Ok(self.take_h2(conn));
-        }
-        let why = if self.h2_failures.load(Relaxed) != failures {
-            // An open failed while this request waited for it.
-            *lock(&self.h2_why)
-        } else {
-            match Box::pin(self.open_h2(dialer, &mut shared)).await {
-                Ok(lease) => return Ok(lease),
-                Err(why) => why,
+        loop {
+            let mut shared = self.h2.lock().await;
+            shared.retain(|c| !c.sender.is_closed() && Some(c.number) != not);
+            if let Some(conn) = shared
+                .iter_mut()
+                .find(|c| c.streams.load(Relaxed) < c.room())
+            {
+                return Ok(self.take_h2(conn));
             }
-        };
-        match shared.iter_mut().min_by_key(|c| c.streams.load(Relaxed)) {
-            Some(conn) => Ok(self.take_h2(conn)),
-            None => Err(why),
+            let why = if self.h2_failures.load(Relaxed) != failures {
+                // An open failed while this request waited for it.
+                *lock(&self.h2_why)
+            } else {
+                // The room a new connection brings: what the backend
+                // allowed on the newest, or weir's most before it says.
+                let room = shared.last().map_or(H2_STREAMS, H2Conn::room);
+                let coming = self
+                    .h2_opening
+                    .load(Relaxed)
+                    .saturating_mul(room.saturating_sub(1));
+                if coming > self.h2_awaiting.load(Relaxed) {
+                    // Registered before the lock goes: no wake-up is missed.
+                    let opened = self.h2_opened.notified();
+                    let _waiting = Counted::up(&self.h2_awaiting, None);
+                    drop(shared);
+                    opened.await;
+                    continue;
+                }
+                let opening = Counted::up(&self.h2_opening, Some(&self.h2_opened));
+                drop(shared);
+                let opened = Box::pin(self.open_h2(dialer)).await;
+                shared = self.h2.lock().await;
+                // Woken once the connection is in the list.
+                let opened =
+                    opened.map(|(sender, allowed)| self.add_h2(&mut shared, sender, allowed));
+                drop(opening);
+                match opened {
+                    Ok(lease) => return Ok(lease),
+                    Err(why) => why,
+                }
+            };
+            return match shared.iter_mut().min_by_key(|c| c.streams.load(Relaxed)) {
+                Some(conn) => Ok(self.take_h2(conn)),
+                None => Err(why),
+            };
         }
     }
 
@@ -343,11 +407,12 @@ impl Conns {
         Ok(self.lease(Sender::H1(sender), false, Duration::ZERO))
     }
 
+    /// Opens a shared HTTP/2 connection: its sender, and the streams the
+    /// backend allows at once as its connection's task sees them.
     async fn open_h2(
         self: &Arc<Self>,
         dialer: &Dialer,
-        shared: &mut Vec<H2Conn>,
-    ) -> Result<Lease, Reason> {
+    ) -> Result<(http2::SendRequest<RequestBody>, Arc<AtomicUsize>), Reason> {
         let opened = match dial(self.address, dialer).await {
             // A backend that went silent (its host lost, the connection's
             // state dropped by a firewall on the way) would leave every
@@ -396,6 +461,17 @@ impl Conns {
             stats.upstream_active.fetch_sub(1, Relaxed);
             stats.upstream_event(UpstreamEvent::Closed);
         });
+        Ok((sender, allowed))
+    }
+
+    /// Puts a connection [`Conns::open_h2`] opened in `shared`, with a
+    /// lease of its first stream for the request that opened it.
+    fn add_h2(
+        self: &Arc<Self>,
+        shared: &mut Vec<H2Conn>,
+        sender: http2::SendRequest<RequestBody>,
+        allowed: Arc<AtomicUsize>,
+    ) -> Lease {
         let number = self.h2_opens.fetch_add(1, Relaxed) + 1;
         let streams = Arc::new(AtomicUsize::new(1));
         let stream = Stream(Arc::clone(&streams));
@@ -408,7 +484,7 @@ impl Conns {
         });
         let mut lease = self.lease(Sender::H2(sender, stream), false, Duration::ZERO);
         lease.h2_number = number;
-        Ok(lease)
+        lease
     }
 
     fn lease(self: &Arc<Self>, sender: Sender, reused: bool, rested: Duration) -> Lease {
@@ -966,6 +1042,69 @@ mod tests {
         assert_eq!((d.reused, d.h2_number), (true, 2));
         assert_eq!(conns.h2_opens.load(Relaxed), 2);
         drop((a, b, c, d));
+    }
+
+    /// Requests that each need a new connection (the backend allows one
+    /// stream at once) open theirs at the same time, not one after the
+    /// other behind a lock: two connects that hang until `connect_timeout`
+    /// end together, both tried. Against a real h2c server (hyper's) that
+    /// takes one connection, then leaves the others in its full accept
+    /// queue.
+    #[tokio::test]
+    async fn requests_needing_new_http2_connections_open_them_at_once() {
+        let full = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        full.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind");
+        full.listen(0).expect("listen");
+        full.set_nonblocking(true).expect("nonblocking");
+        let addr = full
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("addr");
+        let l = tokio::net::TcpListener::from_std(full.into()).expect("listener");
+        tokio::spawn(async move {
+            let Ok((s, _)) = l.accept().await else { return };
+            let answer = hyper::service::service_fn(|_req: http::Request<Incoming>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<
+                    bytes::Bytes,
+                >::new()))
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .max_concurrent_streams(1)
+                .serve_connection(TokioIo::new(s), answer)
+                .await;
+            // Kept, not accepting: later connects wait in its queue.
+            drop(l);
+        });
+        let timeout = Duration::from_secs(1);
+        let (conns, dialer) = h2c(addr, timeout);
+        let now = Instant::now();
+        let mut a = conns.checkout(&dialer, now).await.expect("opens");
+        // The backend's SETTINGS are read as requests are handed over.
+        for _ in 0..2 {
+            let mut req = Request::new(crate::body::RequestBody::empty());
+            *req.uri_mut() = http::Uri::from_static("http://backend/");
+            let answer = a.send(Box::new(req)).await.expect("an answer");
+            assert_eq!(answer.status(), 200);
+        }
+        assert_eq!(conns.h2.lock().await[0].room(), 1);
+        let _queued: Vec<_> = (0..4)
+            .filter_map(|_| {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()
+            })
+            .collect();
+        let began = Instant::now();
+        let (b, c) = tokio::join!(conns.checkout(&dialer, now), conns.checkout(&dialer, now));
+        let took = began.elapsed();
+        assert_eq!(conns.h2_failures.load(Relaxed), 2, "both tried");
+        // One after the other they would take twice the timeout.
+        assert!(took < timeout * 18 / 10, "{took:?}");
+        // Neither could open one: both go on the open connection.
+        assert_eq!(b.map(|l| l.h2_number).ok(), Some(1));
+        assert_eq!(c.map(|l| l.h2_number).ok(), Some(1));
+        drop(a);
     }
 
     /// Retries that wait for the new shared HTTP/2 connection one of them
