@@ -1035,13 +1035,62 @@ mod tests {
         assert_eq!((b.reused, b.h2_number), (true, 1));
         let c = conns.checkout(&dialer, now).await.expect("another");
         assert_eq!((c.reused, c.h2_number), (false, 2));
-        // A backend that allows no stream for a while gets no connection
-        // for it: requests wait on the open one.
-        conns.h2.lock().await[1].allowed.store(0, Relaxed);
-        let d = conns.checkout(&dialer, now).await.expect("waits there");
-        assert_eq!((d.reused, d.h2_number), (true, 2));
         assert_eq!(conns.h2_opens.load(Relaxed), 2);
-        drop((a, b, c, d));
+        drop((a, b, c));
+    }
+
+    /// A backend that allows no stream for a while (shedding load) gets no
+    /// connection per request: its requests share the open connection and
+    /// wait there. Against a real h2c server (hyper's) that allows none.
+    #[tokio::test]
+    async fn a_backend_allowing_no_stream_gets_no_connection_per_request() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let answer = hyper::service::service_fn(|_req: http::Request<Incoming>| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<
+                        bytes::Bytes,
+                    >::new(
+                    )))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .max_concurrent_streams(0)
+                        .serve_connection(TokioIo::new(s), answer),
+                );
+            }
+        });
+        let (conns, dialer) = h2c(addr, Duration::from_secs(5));
+        let now = Instant::now();
+        let mut a = conns.checkout(&dialer, now).await.expect("opens");
+        // Its SETTINGS are read as a request is handed over; the request
+        // itself gets no stream.
+        let end = Instant::now() + Duration::from_secs(5);
+        while conns.h2.lock().await[0].allowed.load(Relaxed) != 0 {
+            assert!(Instant::now() < end, "the backend's SETTINGS never read");
+            let mut req = Request::new(crate::body::RequestBody::empty());
+            *req.uri_mut() = http::Uri::from_static("http://backend/");
+            let sent = tokio::time::timeout(Duration::from_millis(20), a.send(Box::new(req)));
+            // Refused (sent before the SETTINGS came), or waiting.
+            let got = sent.await.map(|r| r.map(|a| a.status()));
+            assert!(
+                !matches!(got, Ok(Ok(_))),
+                "answered without a stream: {got:?}"
+            );
+        }
+        let leases: Vec<_> = {
+            let mut v = Vec::new();
+            for _ in 0..3 {
+                v.push(conns.checkout(&dialer, now).await.expect("shares"));
+            }
+            v
+        };
+        assert!(leases.iter().all(|l| l.reused && l.h2_number == 1));
+        assert_eq!(conns.h2_opens.load(Relaxed), 1);
+        drop((a, leases));
     }
 
     /// Requests that each need a new connection (the backend allows one
