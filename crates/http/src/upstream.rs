@@ -23,7 +23,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
@@ -158,14 +158,16 @@ struct Counted<'a> {
 
 impl<'a> Counted<'a> {
     fn up(count: &'a AtomicUsize, ends: Option<&'a Notify>) -> Counted<'a> {
-        count.fetch_add(1, Relaxed);
+        count.fetch_add(1, SeqCst);
         Counted { count, ends }
     }
 }
 
 impl Drop for Counted<'_> {
+    /// Counted down before the wake-up: a request that reads the count
+    /// after registering for the wake-up sees one or gets the other.
     fn drop(&mut self) {
-        self.count.fetch_sub(1, Relaxed);
+        self.count.fetch_sub(1, SeqCst);
         if let Some(ends) = self.ends {
             ends.notify_waiters();
         }
@@ -275,7 +277,8 @@ impl Conns {
     /// else a new one. Requests that find every connection full wait for
     /// those being opened while these will have room for them beside their
     /// openers' own (so a burst on a cold backend shares one new
-    /// connection, and fails with it when it cannot be opened); past that
+    /// connection, and fails with it when it cannot be opened and no other
+    /// open is under way for them); past that
     /// each opens another, at the same time as the others (a backend that
     /// allows few streams at once needs many connections, and one slow
     /// connect holds up only its own request). Connection number `not`
@@ -300,25 +303,28 @@ impl Conns {
             {
                 return Ok(self.take_h2(conn));
             }
+            // Registered before the counts are read: an open that ends
+            // after (under the lock, or cancelled, outside it) wakes it.
+            let opened = self.h2_opened.notified();
+            // The room a new connection brings: what the backend allowed
+            // on the newest, or weir's most before it says.
+            let room = shared.last().map_or(H2_STREAMS, H2Conn::room);
+            let coming = self
+                .h2_opening
+                .load(SeqCst)
+                .saturating_mul(room.saturating_sub(1));
+            if coming > self.h2_awaiting.load(SeqCst) {
+                let _waiting = Counted::up(&self.h2_awaiting, None);
+                drop(shared);
+                opened.await;
+                continue;
+            }
+            drop(opened);
             let why = if self.h2_failures.load(Relaxed) != failures {
-                // An open failed while this request waited for it.
+                // An open failed while this request waited, and none it
+                // could wait for is left.
                 *lock(&self.h2_why)
             } else {
-                // The room a new connection brings: what the backend
-                // allowed on the newest, or weir's most before it says.
-                let room = shared.last().map_or(H2_STREAMS, H2Conn::room);
-                let coming = self
-                    .h2_opening
-                    .load(Relaxed)
-                    .saturating_mul(room.saturating_sub(1));
-                if coming > self.h2_awaiting.load(Relaxed) {
-                    // Registered before the lock goes: no wake-up is missed.
-                    let opened = self.h2_opened.notified();
-                    let _waiting = Counted::up(&self.h2_awaiting, None);
-                    drop(shared);
-                    opened.await;
-                    continue;
-                }
                 let opening = Counted::up(&self.h2_opening, Some(&self.h2_opened));
                 drop(shared);
                 let opened = Box::pin(self.open_h2(dialer)).await;
@@ -1154,6 +1160,62 @@ mod tests {
         assert_eq!(b.map(|l| l.h2_number).ok(), Some(1));
         assert_eq!(c.map(|l| l.h2_number).ok(), Some(1));
         drop(a);
+    }
+
+    /// A request waiting for the connection another opens is not left
+    /// waiting when that other is dropped mid-open (its client left): it
+    /// opens one itself. The backend: a listener whose accept queue is
+    /// full, so that a connect waits out `connect_timeout`.
+    #[tokio::test]
+    async fn a_request_waiting_on_an_open_given_up_opens_its_own() {
+        let full = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        full.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind");
+        full.listen(0).expect("listen");
+        let addr = full
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("addr");
+        let _queued: Vec<_> = (0..4)
+            .filter_map(|_| {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()
+            })
+            .collect();
+        let (conns, dialer) = h2c(addr, Duration::from_millis(500));
+        let dialer = Arc::new(dialer);
+        let now = Instant::now();
+        let first = tokio::spawn({
+            let (conns, dialer) = (Arc::clone(&conns), Arc::clone(&dialer));
+            async move { conns.checkout(&dialer, now).await.map(|l| l.h2_number) }
+        });
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while conns.h2_opening.load(SeqCst) == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the first opening");
+        let second = tokio::spawn({
+            let (conns, dialer) = (Arc::clone(&conns), Arc::clone(&dialer));
+            async move { conns.checkout(&dialer, now).await.map(|l| l.h2_number) }
+        });
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while conns.h2_awaiting.load(SeqCst) == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the second waiting");
+        first.abort();
+        let got = tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("not left waiting")
+            .expect("join");
+        assert_eq!(got, Err(Reason::Timeout), "it tried itself");
+        assert_eq!(conns.h2_opening.load(SeqCst), 0);
+        assert_eq!(conns.h2_awaiting.load(SeqCst), 0);
     }
 
     /// Retries that wait for the new shared HTTP/2 connection one of them

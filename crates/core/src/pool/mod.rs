@@ -106,6 +106,9 @@ pub struct Pool {
     limited: bool,
     policy: Policy,
     picker: ArcSwap<Picker>,
+    /// The picker was built from the backends' states at least once: until
+    /// then an empty one says nothing of them.
+    pub(super) built: AtomicBool,
     /// Serialises rebuilds so the picker always reflects the latest states;
     /// holds the active tier the last rebuild decided.
     rebuild: Mutex<Option<u32>>,
@@ -299,6 +302,7 @@ impl Pool {
             limited,
             policy: cfg.balance,
             picker: ArcSwap::from_pointee(Picker::new(cfg.balance, &[])),
+            built: AtomicBool::new(false),
             rebuild: Mutex::new(last_tier),
             settled: AtomicBool::new(false),
             ramp_task: AtomicBool::new(false),
@@ -552,6 +556,7 @@ impl Pool {
             *last_tier = tier;
         }
         self.picker.store(Arc::new(picker));
+        self.built.store(true, std::sync::atomic::Ordering::SeqCst);
         drop(last_tier);
         if ramping {
             self.keep_ramping();

@@ -429,8 +429,10 @@ impl Pool {
             // A slot may have freed between the look above and the enqueue.
             self.latest().dispatch();
             let grant = self.await_grant(id, rx, deadline).await?;
+            // A grant without a slot: the newest generation has no backend
+            // that serves (`let_go_all`); this one's picker may be older.
             let Some(slots) = grant.take() else {
-                continue;
+                return Err(Reason::NoBackend);
             };
             // The slot was taken in the newest generation: find its backend
             // in this one (the same backend shares its slots).
@@ -590,7 +592,9 @@ impl Pool {
     pub(super) fn dispatch(self: &Arc<Self>) {
         let mut q = lock(&self.queue.inner);
         self.let_go(&mut q);
-        if self.picker().is_empty() {
+        // Not before this generation's picker is first built (a reload
+        // makes it the newest just before that).
+        if self.built.load(SeqCst) && self.picker().is_empty() {
             self.let_go_all(&mut q);
         }
         // Bounded: a round after the first needs a line's waiter served in
@@ -638,8 +642,8 @@ impl Pool {
 
     /// Lets go of every waiter of the pool's queue when no backend serves
     /// any more (all down, disabled or drained): a grant without a slot
-    /// sends each back to look, and it finds none (`no_backend`, as a
-    /// newcomer is answered) rather than waiting out `queue_timeout`.
+    /// refuses it with `no_backend`, as a newcomer is answered, rather than
+    /// after `queue_timeout`.
     fn let_go_all(self: &Arc<Self>, q: &mut Waiters) {
         self.queue.waiting.fetch_sub(q.list.len(), SeqCst);
         for w in q.list.drain(..) {

@@ -635,3 +635,41 @@ async fn a_reload_in_its_probe_round_when_the_stop_begins_switches_nothing() {
     assert_eq!(server.generation(), 1);
     assert!(server.pool("slow").is_none());
 }
+
+/// A connection waiting in the queue of a pool generation a reload
+/// replaced is refused `no_backend` once no backend of the newest serves,
+/// rather than going round between its own generation's picker (which
+/// still picks) and the newest one's queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_of_a_replaced_pool_goes_when_the_newest_serves_none() {
+    let (a, b) = (named_backend("a").await, named_backend("b").await);
+    let dir = Scratch::new("reload-queue");
+    let file = dir.join("weir.toml");
+    let config = |queue_timeout: &str| {
+        format!(
+            "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\nqueue_timeout = \"{queue_timeout}\"\nmax_connections_per_backend = 1\n\
+             [[pools.backends]]\nname = \"a\"\naddress = \"{a}\"\n\
+             [[pools.backends]]\nname = \"b\"\naddress = \"{b}\"\n"
+        )
+    };
+    std::fs::write(&file, config("30s")).expect("write");
+    let server = start_file(&file).await;
+    let old = server.pool("p").expect("p");
+    assert!(old.take(0) && old.take(1));
+    let waiter = tokio::spawn({
+        let old = Arc::clone(&old);
+        async move { old.acquire(1, &[], None).await }
+    });
+    wait_until("a waiter", || old.queue.depth() == 1).await;
+    std::fs::write(&file, config("40s")).expect("write");
+    within("reload", server.reload()).await.expect("reload");
+    let newest = server.pool("p").expect("p");
+    assert!(!Arc::ptr_eq(&old, &newest), "a new generation");
+    assert!(newest.set_admin("a", AdminState::Disabled));
+    assert!(!waiter.is_finished(), "b still serves");
+    assert!(newest.set_admin("b", AdminState::Disabled));
+    let got = within("the waiter let go", waiter).await.expect("join");
+    assert_eq!(got, Err(Reason::NoBackend));
+    assert_eq!(newest.queue.depth(), 0);
+}
