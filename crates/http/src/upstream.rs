@@ -895,6 +895,31 @@ mod tests {
     }
 
     /// Connections to an h2c backend at `addr`, and how to open them.
+    /// A loopback listener whose accept queue holds one connection.
+    fn backlog_of_one() -> (socket2::Socket, SocketAddr) {
+        let full = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        full.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind");
+        full.listen(0).expect("listen");
+        let addr = full
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("addr");
+        (full, addr)
+    }
+
+    /// Fills the accept queue of `addr`, a listener that accepts no more:
+    /// a connect to it then waits out its timeout. Held while it must.
+    fn fill_queue(addr: SocketAddr) -> Vec<std::net::TcpStream> {
+        (0..4)
+            .filter_map(|_| {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()
+            })
+            .collect()
+    }
+
     fn h2c(addr: SocketAddr, connect_timeout: Duration) -> (Arc<Conns>, Dialer) {
         let conns = Conns::new(
             addr,
@@ -1107,17 +1132,8 @@ mod tests {
     /// queue.
     #[tokio::test]
     async fn requests_needing_new_http2_connections_open_them_at_once() {
-        let full = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
-        full.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
-            .expect("bind");
-        full.listen(0).expect("listen");
+        let (full, addr) = backlog_of_one();
         full.set_nonblocking(true).expect("nonblocking");
-        let addr = full
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .expect("addr");
         let l = tokio::net::TcpListener::from_std(full.into()).expect("listener");
         tokio::spawn(async move {
             let Ok((s, _)) = l.accept().await else { return };
@@ -1145,11 +1161,7 @@ mod tests {
             assert_eq!(answer.status(), 200);
         }
         assert_eq!(conns.h2.lock().await[0].room(), 1);
-        let _queued: Vec<_> = (0..4)
-            .filter_map(|_| {
-                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()
-            })
-            .collect();
+        let _queued = fill_queue(addr);
         let began = Instant::now();
         let (b, c) = tokio::join!(conns.checkout(&dialer, now), conns.checkout(&dialer, now));
         let took = began.elapsed();
@@ -1168,21 +1180,8 @@ mod tests {
     /// full, so that a connect waits out `connect_timeout`.
     #[tokio::test]
     async fn a_request_waiting_on_an_open_given_up_opens_its_own() {
-        let full = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
-        full.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
-            .expect("bind");
-        full.listen(0).expect("listen");
-        let addr = full
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .expect("addr");
-        let _queued: Vec<_> = (0..4)
-            .filter_map(|_| {
-                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()
-            })
-            .collect();
+        let (_full, addr) = backlog_of_one();
+        let _queued = fill_queue(addr);
         let (conns, dialer) = h2c(addr, Duration::from_millis(500));
         let dialer = Arc::new(dialer);
         let now = Instant::now();
@@ -1224,21 +1223,8 @@ mod tests {
     /// a connect waits out `connect_timeout`.
     #[tokio::test]
     async fn retries_waiting_for_a_failed_http2_open_fail_with_it() {
-        let full = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
-        full.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
-            .expect("bind");
-        full.listen(0).expect("listen");
-        let addr = full
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .expect("addr");
-        let _queued: Vec<_> = (0..4)
-            .filter_map(|_| {
-                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()
-            })
-            .collect();
+        let (_full, addr) = backlog_of_one();
+        let _queued = fill_queue(addr);
         let (conns, dialer) = h2c(addr, Duration::from_millis(300));
         let (a, b) = tokio::join!(conns.fresh(&dialer, None), conns.fresh(&dialer, None));
         assert_eq!(a.err(), Some(Reason::Timeout));
