@@ -563,7 +563,7 @@ impl Pool {
         }
         // A backend that came up, a limit raised: waiters may go now.
         if self.queue.depth() > 0 {
-            self.latest().dispatch();
+            self.latest().dispatch_rebuilt();
         }
     }
 

@@ -430,7 +430,8 @@ impl Pool {
             self.latest().dispatch();
             let grant = self.await_grant(id, rx, deadline).await?;
             // A grant without a slot: the newest generation has no backend
-            // that serves (`let_go_all`); this one's picker may be older.
+            // that serves, or none this waiter may take (`let_go_all`,
+            // `let_go_stranded`); this one's picker may be older.
             let Some(slots) = grant.take() else {
                 return Err(Reason::NoBackend);
             };
@@ -590,12 +591,27 @@ impl Pool {
     /// backend no longer keeps its clients is let go (its waiters are
     /// placed by the pool). Called on the newest generation.
     pub(super) fn dispatch(self: &Arc<Self>) {
+        self.dispatch_with(false);
+    }
+
+    /// [`Pool::dispatch`] after the picker was rebuilt (a backend changed):
+    /// also refuses, with `no_backend`, the waiters that have no backend
+    /// left to take, all serving ones being those that failed them.
+    pub(super) fn dispatch_rebuilt(self: &Arc<Self>) {
+        self.dispatch_with(true);
+    }
+
+    fn dispatch_with(self: &Arc<Self>, rebuilt: bool) {
         let mut q = lock(&self.queue.inner);
         self.let_go(&mut q);
         // Not before this generation's picker is first built (a reload
         // makes it the newest just before that).
-        if self.built.load(SeqCst) && self.picker().is_empty() {
-            self.let_go_all(&mut q);
+        if self.built.load(SeqCst) {
+            if self.picker().is_empty() {
+                self.let_go_all(&mut q);
+            } else if rebuilt {
+                self.let_go_stranded(&mut q);
+            }
         }
         // Bounded: a round after the first needs a line's waiter served in
         // the one before.
@@ -652,6 +668,27 @@ impl Pool {
                 slots: None,
                 pool: Arc::clone(self),
             });
+        }
+    }
+
+    /// Lets go of the waiters of the pool's queue that may take no serving
+    /// backend (retries, whose untried backends all stopped serving).
+    fn let_go_stranded(self: &Arc<Self>, q: &mut Waiters) {
+        let mut at = 0;
+        while let Some(w) = q.list.get(at) {
+            if w.cannot.is_empty() || self.pick(w.key, &w.skip(self)).is_some() {
+                at += 1;
+                continue;
+            }
+            if let Some(w) = q.list.remove(at) {
+                self.queue.waiting.fetch_sub(1, SeqCst);
+                // Dropped under the lock without a slot: it dispatches
+                // nothing.
+                let _ = w.tx.send(Grant {
+                    slots: None,
+                    pool: Arc::clone(self),
+                });
+            }
         }
     }
 

@@ -487,6 +487,41 @@ async fn waiters_go_at_once_when_no_backend_serves_any_more() {
     }
 }
 
+/// A retry waiting in the queue for a backend other than the one that
+/// failed it is refused `no_backend` at once when no other serves any more,
+/// rather than after `queue_timeout`; the waiters that may still take a
+/// backend wait on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_with_no_backend_left_to_take_goes_at_once() {
+    let (a, b) = (named_backend("a").await, named_backend("b").await);
+    let toml = format!(
+        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\nqueue_timeout = \"60s\"\nmax_connections_per_backend = 1\n\
+         [[pools.backends]]\nname = \"a\"\naddress = \"{a}\"\n\
+         [[pools.backends]]\nname = \"b\"\naddress = \"{b}\"\n"
+    );
+    let server = start(&toml).await;
+    let pool = server.pool("p").expect("p");
+    assert!(pool.take(0) && pool.take(1));
+    // Failed by a, waiting for b; and one that may take either.
+    let retry = tokio::spawn({
+        let pool = Arc::clone(&pool);
+        async move { pool.acquire(1, &[0], None).await }
+    });
+    wait_until("the retry waits", || pool.queue.depth() == 1).await;
+    let other = tokio::spawn({
+        let pool = Arc::clone(&pool);
+        async move { pool.acquire(2, &[], None).await }
+    });
+    wait_until("both wait", || pool.queue.depth() == 2).await;
+    assert!(pool.set_admin("b", AdminState::Disabled));
+    let got = within("the retry let go", retry).await.expect("join");
+    assert_eq!(got, Err(Reason::NoBackend));
+    assert_eq!(pool.queue.depth(), 1, "the other waits on for a");
+    pool.release(0);
+    assert_eq!(within("the other", other).await.expect("join"), Ok(0));
+}
+
 /// A waiter of the pool's queue that came after a line's head does not take
 /// that line's backend, also when the queue's first waiter is passed over
 /// (a retry that may not go back to the backend that failed it).
