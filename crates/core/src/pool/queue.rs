@@ -426,8 +426,14 @@ impl Pool {
                 id
             };
             queued = true;
-            // A slot may have freed between the look above and the enqueue.
-            self.latest().dispatch();
+            // A slot may have freed between the look above and the enqueue;
+            // and a retry's last backend may have stopped serving since its
+            // look (a rebuild then found nobody waiting to let go).
+            if cannot.is_empty() {
+                self.latest().dispatch();
+            } else {
+                self.latest().dispatch_rebuilt();
+            }
             let grant = self.await_grant(id, rx, deadline).await?;
             // A grant without a slot: the newest generation has no backend
             // that serves, or none this waiter may take (`let_go_all`,
@@ -594,9 +600,10 @@ impl Pool {
         self.dispatch_with(false);
     }
 
-    /// [`Pool::dispatch`] after the picker was rebuilt (a backend changed):
-    /// also refuses, with `no_backend`, the waiters that have no backend
-    /// left to take, all serving ones being those that failed them.
+    /// [`Pool::dispatch`] after the picker was rebuilt (a backend changed),
+    /// or as a retry joins the queue: also refuses, with `no_backend`, the
+    /// waiters that have no backend left to take, all serving ones being
+    /// those that failed them.
     pub(super) fn dispatch_rebuilt(self: &Arc<Self>) {
         self.dispatch_with(true);
     }
@@ -676,7 +683,8 @@ impl Pool {
     fn let_go_stranded(self: &Arc<Self>, q: &mut Waiters) {
         let mut at = 0;
         while let Some(w) = q.list.get(at) {
-            if w.cannot.is_empty() || self.pick(w.key, &w.skip(self)).is_some() {
+            // Asked without moving any balancing cursor.
+            if w.cannot.is_empty() || self.has_other(&w.skip(self)) {
                 at += 1;
                 continue;
             }

@@ -639,7 +639,8 @@ async fn a_reload_in_its_probe_round_when_the_stop_begins_switches_nothing() {
 /// A connection waiting in the queue of a pool generation a reload
 /// replaced is refused `no_backend` once no backend of the newest serves,
 /// rather than going round between its own generation's picker (which
-/// still picks) and the newest one's queue.
+/// still picks) and the newest one's queue; and a retry that joins it
+/// with nothing left in the newest but what failed it goes at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_of_a_replaced_pool_goes_when_the_newest_serves_none() {
     let (a, b) = (named_backend("a").await, named_backend("b").await);
@@ -671,5 +672,12 @@ async fn a_waiter_of_a_replaced_pool_goes_when_the_newest_serves_none() {
     assert!(newest.set_admin("b", AdminState::Disabled));
     let got = within("the waiter let go", waiter).await.expect("join");
     assert_eq!(got, Err(Reason::NoBackend));
+    assert_eq!(newest.queue.depth(), 0);
+    // A retry (a failed it) joining through the replaced generation, whose
+    // picker still offers b, which the newest no longer serves: it goes at
+    // once, not at `queue_timeout`.
+    assert!(newest.set_admin("a", AdminState::Enabled));
+    let retry = within("the retry", old.acquire(1, &[0], None)).await;
+    assert_eq!(retry, Err(Reason::NoBackend));
     assert_eq!(newest.queue.depth(), 0);
 }
