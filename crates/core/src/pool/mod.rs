@@ -30,7 +30,7 @@ pub use stats::{BackendStats, LATENCY_SECONDS, StateLabel, UpstreamEvent};
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -556,7 +556,7 @@ impl Pool {
             *last_tier = tier;
         }
         self.picker.store(Arc::new(picker));
-        self.built.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.built.store(true, SeqCst);
         drop(last_tier);
         if ramping {
             self.keep_ramping();

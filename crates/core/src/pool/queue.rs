@@ -436,8 +436,8 @@ impl Pool {
             }
             let grant = self.await_grant(id, rx, deadline).await?;
             // A grant without a slot: the newest generation has no backend
-            // that serves, or none this waiter may take (`let_go_all`,
-            // `let_go_stranded`); this one's picker may be older.
+            // that serves, or none this waiter may take (`refuse_where`);
+            // this one's picker may be older.
             let Some(slots) = grant.take() else {
                 return Err(Reason::NoBackend);
             };
@@ -615,9 +615,12 @@ impl Pool {
         // makes it the newest just before that).
         if self.built.load(SeqCst) {
             if self.picker().is_empty() {
-                self.let_go_all(&mut q);
+                self.refuse_where(&mut q, |_| true);
             } else if rebuilt {
-                self.let_go_stranded(&mut q);
+                // Asked without moving any balancing cursor.
+                self.refuse_where(&mut q, |w| {
+                    !w.cannot.is_empty() && !self.has_other(&w.skip(self))
+                });
             }
         }
         // Bounded: a round after the first needs a line's waiter served in
@@ -663,40 +666,25 @@ impl Pool {
         }
     }
 
-    /// Lets go of every waiter of the pool's queue when no backend serves
-    /// any more (all down, disabled or drained): a grant without a slot
-    /// refuses it with `no_backend`, as a newcomer is answered, rather than
-    /// after `queue_timeout`.
-    fn let_go_all(self: &Arc<Self>, q: &mut Waiters) {
-        self.queue.waiting.fetch_sub(q.list.len(), SeqCst);
-        for w in q.list.drain(..) {
+    /// Refuses the waiters of the pool's queue that `refuse` picks, with
+    /// `no_backend` (a grant without a slot), rather than after
+    /// `queue_timeout`: all of them when no backend serves any more (all
+    /// down, disabled or drained), as a newcomer is answered; after a
+    /// rebuild, the retries whose untried backends all stopped serving.
+    fn refuse_where(self: &Arc<Self>, q: &mut Waiters, refuse: impl Fn(&Waiter) -> bool) {
+        if !q.list.iter().any(&refuse) {
+            return;
+        }
+        let (gone, kept): (VecDeque<Waiter>, VecDeque<Waiter>) =
+            std::mem::take(&mut q.list).into_iter().partition(&refuse);
+        q.list = kept;
+        self.queue.waiting.fetch_sub(gone.len(), SeqCst);
+        for w in gone {
             // Dropped under the lock without a slot: it dispatches nothing.
             let _ = w.tx.send(Grant {
                 slots: None,
                 pool: Arc::clone(self),
             });
-        }
-    }
-
-    /// Lets go of the waiters of the pool's queue that may take no serving
-    /// backend (retries, whose untried backends all stopped serving).
-    fn let_go_stranded(self: &Arc<Self>, q: &mut Waiters) {
-        let mut at = 0;
-        while let Some(w) = q.list.get(at) {
-            // Asked without moving any balancing cursor.
-            if w.cannot.is_empty() || self.has_other(&w.skip(self)) {
-                at += 1;
-                continue;
-            }
-            if let Some(w) = q.list.remove(at) {
-                self.queue.waiting.fetch_sub(1, SeqCst);
-                // Dropped under the lock without a slot: it dispatches
-                // nothing.
-                let _ = w.tx.send(Grant {
-                    slots: None,
-                    pool: Arc::clone(self),
-                });
-            }
         }
     }
 
