@@ -920,6 +920,31 @@ mod tests {
             .collect()
     }
 
+    /// A real h2c server (hyper's) answering `200` with no body, allowing
+    /// `streams` at once on each connection.
+    async fn h2c_server(streams: u32) -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let answer = hyper::service::service_fn(|_req: http::Request<Incoming>| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<
+                        bytes::Bytes,
+                    >::new(
+                    )))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .max_concurrent_streams(streams)
+                        .serve_connection(TokioIo::new(s), answer),
+                );
+            }
+        });
+        addr
+    }
+
     fn h2c(addr: SocketAddr, connect_timeout: Duration) -> (Arc<Conns>, Dialer) {
         let conns = Conns::new(
             addr,
@@ -1028,25 +1053,7 @@ mod tests {
     /// that allows two.
     #[tokio::test]
     async fn an_http2_backends_stream_limit_opens_another_connection() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = l.local_addr().expect("addr");
-        tokio::spawn(async move {
-            while let Ok((s, _)) = l.accept().await {
-                let answer = hyper::service::service_fn(|_req: http::Request<Incoming>| async {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<
-                        bytes::Bytes,
-                    >::new(
-                    )))
-                });
-                tokio::spawn(
-                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .max_concurrent_streams(2)
-                        .serve_connection(TokioIo::new(s), answer),
-                );
-            }
-        });
+        let addr = h2c_server(2).await;
         let (conns, dialer) = h2c(addr, Duration::from_secs(5));
         let now = Instant::now();
         let mut a = conns.checkout(&dialer, now).await.expect("opens");
@@ -1075,25 +1082,7 @@ mod tests {
     /// wait there. Against a real h2c server (hyper's) that allows none.
     #[tokio::test]
     async fn a_backend_allowing_no_stream_gets_no_connection_per_request() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = l.local_addr().expect("addr");
-        tokio::spawn(async move {
-            while let Ok((s, _)) = l.accept().await {
-                let answer = hyper::service::service_fn(|_req: http::Request<Incoming>| async {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<
-                        bytes::Bytes,
-                    >::new(
-                    )))
-                });
-                tokio::spawn(
-                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .max_concurrent_streams(0)
-                        .serve_connection(TokioIo::new(s), answer),
-                );
-            }
-        });
+        let addr = h2c_server(0).await;
         let (conns, dialer) = h2c(addr, Duration::from_secs(5));
         let now = Instant::now();
         let mut a = conns.checkout(&dialer, now).await.expect("opens");

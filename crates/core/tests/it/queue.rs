@@ -347,6 +347,18 @@ fn one_slot(backend: SocketAddr, queue_timeout: &str) -> String {
     )
 }
 
+/// A listener in front of pool `p`, whose backends `a` and `b` each take
+/// one connection at a time; waiters give up after `queue_timeout`, and
+/// `more` adds keys of `p`'s own (each line ending with a newline).
+pub(crate) fn two_slots(a: SocketAddr, b: SocketAddr, queue_timeout: &str, more: &str) -> String {
+    format!(
+        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\nqueue_timeout = \"{queue_timeout}\"\nmax_connections_per_backend = 1\n{more}\
+         [[pools.backends]]\nname = \"a\"\naddress = \"{a}\"\n\
+         [[pools.backends]]\nname = \"b\"\naddress = \"{b}\"\n"
+    )
+}
+
 /// A client waiting by name (a sticky cookie) for a full backend waits in
 /// that backend's own line: a slot that frees there goes to whichever of
 /// its line's head and the pool queue's head came first; a place given up
@@ -355,12 +367,7 @@ fn one_slot(backend: SocketAddr, queue_timeout: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_waiting_by_name_is_served_in_its_backends_line() {
     let (a, b) = (named_backend("a").await, named_backend("b").await);
-    let toml = format!(
-        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
-         [[pools]]\nname = \"p\"\nqueue_timeout = \"30s\"\nmax_connections_per_backend = 1\nmax_queue = 3\n\
-         [[pools.backends]]\nname = \"a\"\naddress = \"{a}\"\n\
-         [[pools.backends]]\nname = \"b\"\naddress = \"{b}\"\n"
-    );
+    let toml = two_slots(a, b, "30s", "max_queue = 3\n");
     let server = start(&toml).await;
     let pool = server.pool("p").expect("p");
     // Both full.
@@ -455,12 +462,7 @@ async fn a_client_waiting_by_name_is_served_in_its_backends_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_go_at_once_when_no_backend_serves_any_more() {
     let (a, b) = (named_backend("a").await, named_backend("b").await);
-    let toml = format!(
-        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
-         [[pools]]\nname = \"p\"\nqueue_timeout = \"60s\"\nmax_connections_per_backend = 1\n\
-         [[pools.backends]]\nname = \"a\"\naddress = \"{a}\"\n\
-         [[pools.backends]]\nname = \"b\"\naddress = \"{b}\"\n"
-    );
+    let toml = two_slots(a, b, "60s", "");
     let server = start(&toml).await;
     let pool = server.pool("p").expect("p");
     assert!(pool.take(0) && pool.take(1));
@@ -494,12 +496,7 @@ async fn waiters_go_at_once_when_no_backend_serves_any_more() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_with_no_backend_left_to_take_goes_at_once() {
     let (a, b) = (named_backend("a").await, named_backend("b").await);
-    let toml = format!(
-        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
-         [[pools]]\nname = \"p\"\nqueue_timeout = \"60s\"\nmax_connections_per_backend = 1\n\
-         [[pools.backends]]\nname = \"a\"\naddress = \"{a}\"\n\
-         [[pools.backends]]\nname = \"b\"\naddress = \"{b}\"\n"
-    );
+    let toml = two_slots(a, b, "60s", "");
     let server = start(&toml).await;
     let pool = server.pool("p").expect("p");
     assert!(pool.take(0) && pool.take(1));
@@ -528,12 +525,7 @@ async fn a_retry_with_no_backend_left_to_take_goes_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_line_keeps_its_turn_behind_a_passed_over_waiter() {
     let (a, b) = (named_backend("a").await, named_backend("b").await);
-    let toml = format!(
-        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
-         [[pools]]\nname = \"p\"\nqueue_timeout = \"30s\"\nmax_connections_per_backend = 1\n\
-         [[pools.backends]]\nname = \"a\"\naddress = \"{a}\"\n\
-         [[pools.backends]]\nname = \"b\"\naddress = \"{b}\"\n"
-    );
+    let toml = two_slots(a, b, "30s", "");
     let server = start(&toml).await;
     let pool = server.pool("p").expect("p");
     assert!(pool.take(0) && pool.take(1));

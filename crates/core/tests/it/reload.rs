@@ -646,14 +646,7 @@ async fn a_waiter_of_a_replaced_pool_goes_when_the_newest_serves_none() {
     let (a, b) = (named_backend("a").await, named_backend("b").await);
     let dir = Scratch::new("reload-queue");
     let file = dir.join("weir.toml");
-    let config = |queue_timeout: &str| {
-        format!(
-            "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
-             [[pools]]\nname = \"p\"\nqueue_timeout = \"{queue_timeout}\"\nmax_connections_per_backend = 1\n\
-             [[pools.backends]]\nname = \"a\"\naddress = \"{a}\"\n\
-             [[pools.backends]]\nname = \"b\"\naddress = \"{b}\"\n"
-        )
-    };
+    let config = |queue_timeout: &str| crate::queue::two_slots(a, b, queue_timeout, "");
     std::fs::write(&file, config("30s")).expect("write");
     let server = start_file(&file).await;
     let old = server.pool("p").expect("p");
