@@ -55,6 +55,10 @@ pub struct RouteBuild<'a> {
     pub backend_tls: Option<Arc<rustls::ClientConfig>>,
     /// The handler of the route of this name in the running snapshot.
     pub before: Option<&'a Arc<dyn HttpHandler>>,
+    /// False when only backends changed (DNS, `weir backend add`): the
+    /// route's files (certificates, keys, CAs) are taken from `before` as
+    /// they were read, not read again.
+    pub read_files: bool,
 }
 
 /// The future that serves one connection.
@@ -69,8 +73,15 @@ pub trait HttpHandler: Send + Sync + fmt::Debug {
     /// The snapshot holding this handler now runs.
     fn activate(&self);
 
-    /// A reload removed this route (or changed it to layer 4).
+    /// A reload removed this route (or changed it to layer 4), or its
+    /// successor does not carry its connections on.
     fn retire(&self);
+
+    /// Whether the connections of `older`, the route's handler in the
+    /// snapshot before this one, go on under this one.
+    fn carries_on(&self, _older: &dyn HttpHandler) -> bool {
+        true
+    }
 
     /// For the builder of the next snapshot, to take over what survives.
     fn as_any(&self) -> &dyn Any;

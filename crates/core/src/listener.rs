@@ -58,6 +58,9 @@ pub struct Route {
     pub matcher: weir_config::Match,
     pub mode: Mode,
     pub stats: Arc<RouteStats>,
+    /// The route's `backend_tls` as its files were read, for a rebuild
+    /// that reads no files.
+    pub backend_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// What handles a route's connections.

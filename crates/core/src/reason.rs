@@ -297,12 +297,14 @@ impl Reason {
     }
 
     /// The status a layer-7 client gets when its request ends this way
-    /// before a response: 504 for a backend's timeout, 503 when no backend
-    /// can serve, 502 for any other backend failure, 400 or 408 for the
-    /// client's own faults; `None` where no response can be sent.
+    /// before a response: 504 for a backend slow to answer, 503 when no
+    /// backend can serve, 502 for any other backend failure (a connect that
+    /// timed out too: nothing was sent, and a gRPC client may try again),
+    /// 400 or 408 for the client's own faults; `None` where no response can
+    /// be sent.
     pub fn http_status(self) -> Option<u16> {
         match self {
-            Self::Timeout | Self::UpstreamTimeout => Some(504),
+            Self::UpstreamTimeout => Some(504),
             Self::NoBackend
             | Self::MaxConnections
             | Self::QueueFull
@@ -323,7 +325,8 @@ impl Reason {
             Self::RateLimit => Some(429),
             Self::HeaderTooLarge => Some(431),
             Self::BodyTooLarge => Some(413),
-            Self::Refused
+            Self::Timeout
+            | Self::Refused
             | Self::Reset
             | Self::Tls
             | Self::ConnectOther
@@ -475,7 +478,9 @@ mod tests {
 
     #[test]
     fn http_statuses_follow_the_side() {
-        assert_eq!(Reason::Timeout.http_status(), Some(504));
+        // A connect that timed out sent nothing: a failure, not a slow answer.
+        assert_eq!(Reason::Timeout.http_status(), Some(502));
+        assert_eq!(Reason::UpstreamTimeout.http_status(), Some(504));
         assert_eq!(Reason::NoBackend.http_status(), Some(503));
         assert_eq!(Reason::Refused.http_status(), Some(502));
         assert_eq!(Reason::ClientClosed.http_status(), None);

@@ -115,8 +115,13 @@ impl Body for RequestBody {
                 let more =
                     trailers.is_none() && this.inner.as_ref().is_some_and(|i| !i.is_end_stream());
                 this.count.uploading.store(more, Relaxed);
+                this.count.awaiting_client.store(false, Relaxed);
+                let now = crate::clock::now();
+                this.count
+                    .moved_at
+                    .store(crate::clock::micros(now), Relaxed);
                 if let Some(idle) = &mut this.idle {
-                    idle.as_mut().reset(crate::clock::now() + this.idle_for);
+                    idle.as_mut().reset(now + this.idle_for);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -131,6 +136,7 @@ impl Body for RequestBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
+                this.count.awaiting_client.store(true, Relaxed);
                 // A client that trickles its body (or stops) would hold the
                 // backend's connection, past the pool's count once the
                 // response is over, and its own for good.

@@ -41,6 +41,24 @@ pub(crate) fn now() -> Instant {
 }
 
 /// The time since `since`, by [`now`].
+/// `at` as microseconds since the first time asked, for a time kept in an
+/// atomic; 0 stands for none.
+pub(crate) fn micros(at: Instant) -> u64 {
+    let base = *BASE.get_or_init(|| {
+        at.checked_sub(std::time::Duration::from_micros(1))
+            .unwrap_or(at)
+    });
+    u64::try_from(at.saturating_duration_since(base).as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The time [`micros`] gave `us` for; `None` for 0 (none kept).
+pub(crate) fn from_micros(us: u64) -> Option<Instant> {
+    let base = BASE.get()?;
+    (us > 0).then(|| *base + std::time::Duration::from_micros(us))
+}
+
+static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
 pub(crate) fn elapsed(since: Instant) -> std::time::Duration {
     now().saturating_duration_since(since)
 }

@@ -35,6 +35,13 @@ pub(crate) struct BodyCount {
     pub(crate) uploading: AtomicBool,
     /// The client sent nothing of its body for `timeouts.request_body`.
     pub(crate) stalled: AtomicBool,
+    /// The body was last asked for a piece the client had not sent yet:
+    /// weir waits on the client, not on a backend that stopped taking it.
+    pub(crate) awaiting_client: AtomicBool,
+    /// When the backend was last handed a piece of the body
+    /// ([`crate::clock::micros`]; 0: never): an upload that moves is not
+    /// a backend slow to answer.
+    pub(crate) moved_at: AtomicU64,
 }
 
 impl BodyCount {

@@ -83,19 +83,39 @@ pub fn strip_identity(headers: &mut HeaderMap, names: &[HeaderName]) {
     for name in names {
         headers.remove(name);
     }
-    let same = |a: &str, b: &str| {
-        a.len() == b.len()
-            && a.bytes()
-                .zip(b.bytes())
-                .all(|(x, y)| x == y || matches!((x, y), (b'_', b'-') | (b'-', b'_')))
-    };
+    // The exact names are gone: any that reads the same is a lookalike.
     let lookalikes: Vec<HeaderName> = headers
         .keys()
-        // The exact names are gone: any that reads the same is a lookalike.
-        .filter(|k| names.iter().any(|n| same(k.as_str(), n.as_str())))
+        .filter(|k| names.iter().any(|n| reads_same(k.as_str(), n.as_str())))
         .cloned()
         .collect();
     for name in lookalikes {
+        headers.remove(&name);
+    }
+}
+
+/// Whether two header names read the same when `_` and `-` are one.
+fn reads_same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .all(|(x, y)| x == y || matches!((x, y), (b'_', b'-') | (b'-', b'_')))
+}
+
+/// Removes the fields named like the forwarding headers and the request id
+/// with `_` for `-` (`X_Forwarded_For`): weir sets those for a client it
+/// does not trust, and a backend that maps both spellings to one variable
+/// would take the client's. Standard names have no `_`: a request without
+/// such a field costs one look at each name and no allocation.
+fn strip_vouched_lookalikes(headers: &mut HeaderMap) {
+    let lookalike = |k: &HeaderName| {
+        k.as_str().contains('_') && VOUCHED.iter().any(|n| reads_same(k.as_str(), n.as_str()))
+    };
+    if !headers.keys().any(lookalike) {
+        return;
+    }
+    let found: Vec<HeaderName> = headers.keys().filter(|k| lookalike(k)).cloned().collect();
+    for name in found {
         headers.remove(&name);
     }
 }
@@ -251,6 +271,7 @@ pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
             headers.insert(X_FORWARDED_HOST, host.clone());
         }
     } else {
+        strip_vouched_lookalikes(headers);
         headers.insert(X_FORWARDED_FOR, f.client_value.clone());
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(f.proto));
         match f.host {
@@ -348,8 +369,10 @@ fn insert_str(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     }
 }
 
+/// RFC 9110 §5.6.2: a host with a port (`app:8080`) is not a token and
+/// goes quoted (RFC 7239 §4).
 fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:".contains(&b)
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// An operator's `request_headers` or `response_headers`, ready to apply.
@@ -728,9 +751,13 @@ mod tests {
     }
 
     fn forward(h: &mut HeaderMap, client: &str, trusted: bool) {
+        forward_for(h, client, trusted, "app.example.com");
+    }
+
+    fn forward_for(h: &mut HeaderMap, client: &str, trusted: bool, host: &'static str) {
         let client: IpAddr = client.parse().expect("ip");
         let value = client_value(client);
-        let host = HeaderValue::from_static("app.example.com");
+        let host = HeaderValue::from_static(host);
         set_forwarding(
             h,
             &Forwarding {
@@ -779,6 +806,45 @@ mod tests {
         assert_eq!(
             get(&h, "forwarded"),
             ["for=203.0.113.9, for=10.0.0.3;proto=http;host=app.example.com"]
+        );
+    }
+
+    #[test]
+    fn an_untrusted_clients_underscore_spellings_are_dropped() {
+        let mut h = map(&[
+            ("x_forwarded_for", "1.2.3.4"),
+            ("x-forwarded_proto", "https"),
+            ("x_request_id", "forged"),
+            ("x_user", "kept"),
+            ("x-forwarded-for", "5.6.7.8"),
+        ]);
+        forward(&mut h, "192.0.2.7", false);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            [
+                "forwarded",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto",
+                "x_user"
+            ]
+        );
+        assert_eq!(get(&h, "x-forwarded-for"), ["192.0.2.7"]);
+        // A trusted proxy's fields are its own business.
+        let mut h = map(&[("x_forwarded_for", "1.2.3.4")]);
+        forward(&mut h, "10.0.0.3", true);
+        assert_eq!(get(&h, "x_forwarded_for"), ["1.2.3.4"]);
+    }
+
+    #[test]
+    fn a_host_with_a_port_is_quoted_in_forwarded() {
+        let mut h = HeaderMap::new();
+        forward_for(&mut h, "192.0.2.7", false, "app:8080");
+        assert_eq!(
+            get(&h, "forwarded"),
+            ["for=192.0.2.7;proto=http;host=\"app:8080\""]
         );
     }
 

@@ -30,7 +30,7 @@ use weir_core::listener::Listener;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::errors;
-use crate::exchange::{Exchange, Facts};
+use crate::exchange::{BodyCount, Exchange, Facts};
 use crate::headers::{self, Forwarding, X_REQUEST_ID};
 use crate::route::{RoutePool, RouteState, Slot};
 use crate::serve::ConnState;
@@ -135,6 +135,17 @@ pub(crate) fn handle(
             Some(a) => HeaderValue::from_str(a.as_str()).ok(),
             None => host_header.clone(),
         };
+        // HTTP/1.1 and HTTP/2 requests name their host (RFC 9112 §3.2, RFC
+        // 9113 §8.3.1); and an HTTP/2 request's `Host` beside `:authority`
+        // names the same one (RFC 9113 §8.3.1: malformed otherwise), or
+        // rules and policies would read one and the backend the other.
+        let unnamed = host.is_none() && req.version() >= Version::HTTP_11;
+        let split = req.version() == Version::HTTP_2
+            && req
+                .uri()
+                .authority()
+                .zip(host_header.as_ref())
+                .is_some_and(|(a, h)| !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()));
         x.host = host_header;
         x.user_agent = req.headers().get(USER_AGENT).cloned();
         let grpc = errors::is_grpc(req.headers());
@@ -191,7 +202,7 @@ pub(crate) fn handle(
             },
             None => (false, None),
         };
-        if two_hosts || odd_host {
+        if two_hosts || odd_host || unnamed || split {
             return Ok(answer(Reason::BadRequest, own!(None), x));
         }
         if let Err(reason) = admissible(&req, state.max_body_bytes) {
@@ -660,15 +671,23 @@ async fn forward(
         let race = replayable && lease.reused && lease.rested >= RACE_REST;
         let mut copy = (race || status_retry).then(|| copy_bodiless(&request));
         let sent_at = crate::clock::now();
-        let outcome = send(&mut lease, request, answer_by(sent_at, state, until)).await;
+        let wait = Wait {
+            from: sent_at,
+            within: state.timeouts.upstream_response,
+            until,
+            body: &x.body,
+        };
+        let outcome = send(&mut lease, request, &wait).await;
         let again = |request, failed| {
             Box::pin(retry_fresh(
                 conns,
                 &target.dialer,
                 request,
-                state,
+                Wait {
+                    from: Instant::now(),
+                    ..wait
+                },
                 failed,
-                until,
             ))
         };
         let outcome = match outcome {
@@ -742,8 +761,14 @@ async fn forward(
                 continue;
             }
             // The client was still sending its body when `upstream_response`
-            // ran out: too slow a client, not a slow backend.
-            Err(Sent::Timeout) if x.body.uploading.load(Relaxed) => Err(Reason::IdleTimeout),
+            // ran out, and weir was waiting for it: too slow a client, not a
+            // slow backend. A backend that stopped taking the body (weir held
+            // a piece it would not read) is the backend's failure.
+            Err(Sent::Timeout)
+                if x.body.uploading.load(Relaxed) && x.body.awaiting_client.load(Relaxed) =>
+            {
+                Err(Reason::IdleTimeout)
+            }
             Err(Sent::Timeout) => {
                 pool.on_http_outcome(i, true);
                 Err(Reason::UpstreamTimeout)
@@ -830,14 +855,28 @@ enum Sent {
     Connect(Reason, Box<Request<RequestBody>>),
 }
 
-/// `within` after `from`, or a date too far to come when that overflows.
-/// When the answer's head to a request sent at `sent_at` must have come:
-/// `upstream_response` later, and not past the request's own deadline.
-fn answer_by(sent_at: Instant, state: &RouteState, until: Option<Instant>) -> Instant {
-    let by = deadline(sent_at, state.timeouts.upstream_response);
-    until.map_or(by, |u| by.min(u))
+/// How long the answer's head to a request may take: `within`
+/// (`upstream_response`) from when it was sent or, while its body goes on,
+/// from the last piece of it the backend took (an upload takes as long as
+/// it moves), and not past the request's own deadline.
+#[derive(Clone, Copy)]
+struct Wait<'a> {
+    from: Instant,
+    within: std::time::Duration,
+    until: Option<Instant>,
+    body: &'a BodyCount,
 }
 
+impl Wait<'_> {
+    fn by(&self) -> Instant {
+        let moved = crate::clock::from_micros(self.body.moved_at.load(Relaxed));
+        let from = moved.map_or(self.from, |m| m.max(self.from));
+        let by = deadline(from, self.within);
+        self.until.map_or(by, |u| by.min(u))
+    }
+}
+
+/// `within` after `from`, or a date too far to come when that overflows.
 fn deadline(from: Instant, within: std::time::Duration) -> Instant {
     from.checked_add(within)
         .or_else(|| from.checked_add(std::time::Duration::from_secs(30 * 365 * 86_400)))
@@ -847,13 +886,23 @@ fn deadline(from: Instant, within: std::time::Duration) -> Instant {
 async fn send(
     lease: &mut Lease,
     req: Box<Request<RequestBody>>,
-    deadline: Instant,
+    wait: &Wait<'_>,
 ) -> Result<Response<Incoming>, Sent> {
-    match tokio::time::timeout_at(deadline, lease.send(req)).await {
-        Err(_) => Err(Sent::Timeout),
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(SendError::NotSent(req))) => Err(Sent::Not(req)),
-        Ok(Err(SendError::Failed(e))) => {
+    let answer = lease.send(req);
+    tokio::pin!(answer);
+    let answered = loop {
+        let by = wait.by();
+        match tokio::time::timeout_at(by, answer.as_mut()).await {
+            Ok(r) => break r,
+            // The body moved meanwhile: the backend is taking it.
+            Err(_) if wait.by() > by => {}
+            Err(_) => return Err(Sent::Timeout),
+        }
+    };
+    match answered {
+        Ok(r) => Ok(r),
+        Err(SendError::NotSent(req)) => Err(Sent::Not(req)),
+        Err(SendError::Failed(e)) => {
             tracing::debug!(error = %e, "request to the backend failed");
             Err(Sent::Failed)
         }
@@ -866,15 +915,14 @@ async fn retry_fresh(
     conns: &Arc<crate::upstream::Conns>,
     dialer: &crate::upstream::Dialer,
     req: Box<Request<RequestBody>>,
-    state: &RouteState,
+    wait: Wait<'_>,
     failed: &Lease,
-    until: Option<Instant>,
 ) -> Result<(Response<Incoming>, Lease), Sent> {
     let mut lease = match Box::pin(conns.fresh(dialer, Some(failed))).await {
         Ok(lease) => lease,
         Err(reason) => return Err(Sent::Connect(reason, req)),
     };
-    let r = send(&mut lease, req, answer_by(Instant::now(), state, until)).await?;
+    let r = send(&mut lease, req, &wait).await?;
     Ok((r, lease))
 }
 
@@ -956,9 +1004,11 @@ fn target_form(
             } else {
                 Scheme::HTTP
             };
+            // No name is made up for an HTTP/1.0 request without `Host`: a
+            // backend could take a guess (`localhost`) for one it trusts.
             let authority: Authority = host
                 .and_then(|h| h.to_str().ok())
-                .unwrap_or("localhost")
+                .ok_or(Reason::BadRequest)?
                 .parse()
                 .map_err(|_| Reason::BadRequest)?;
             parts.uri = Uri::builder()

@@ -5,7 +5,9 @@
 //! The slot is shared by every generation of the route (a reload keeps it by
 //! the route's name), so a request on a connection that is older than the
 //! last reload is still served by the rules and pools that run now. When a
-//! reload removes the route, the slot is retired and its connections drain.
+//! reload removes the route, or changes how its clients are checked (TLS
+//! added or removed, another `client_ca`), the slot is retired and its
+//! connections drain.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -239,12 +241,25 @@ impl Handler {
                 }
             }
         }
+        let tls_before = previous.and_then(|p| p.tls.as_ref());
         let tls = match &b.http.tls {
+            // Only backends changed: the files are as the running route read
+            // them (one being rewritten is no reason to keep DNS's answer
+            // out), and its sessions go on.
+            Some(_) if !b.read_files && tls_before.is_some() => tls_before.cloned(),
             Some(tls) => Some(Arc::new(
-                Terminator::load(tls).map_err(|e| format!("tls: {e}"))?,
+                Terminator::load(tls, tls_before.map(|t| &**t)).map_err(|e| format!("tls: {e}"))?,
             )),
             None => None,
         };
+        // A connection set up under other terms (without TLS, or without the
+        // client certificate now asked for) must not go on under these: the
+        // route then takes a new slot and the old one's connections drain.
+        let same_terms = previous.is_some_and(|p| match (&p.tls, &tls) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.same_clients(b),
+            _ => false,
+        });
         let request_headers = crate::headers::HeaderOps::new(&b.http.request_headers);
         let response_headers = crate::headers::HeaderOps::new(&b.http.response_headers);
         let server_vars = [&request_headers, &response_headers]
@@ -284,8 +299,8 @@ impl Handler {
             backend_tls: b.route.backend_tls.clone(),
         });
         let slot = match before {
-            Some(h) => Arc::clone(&h.slot),
-            None => Arc::new(Slot {
+            Some(h) if same_terms => Arc::clone(&h.slot),
+            _ => Arc::new(Slot {
                 current: ArcSwap::new(Arc::clone(&state)),
                 retired: CancellationToken::new(),
                 retired_at: std::sync::OnceLock::new(),
@@ -299,6 +314,7 @@ impl HttpHandler for Handler {
     fn serve(self: Arc<Self>, listener: Arc<Listener>, route: usize, client: Client) -> Serving {
         Box::pin(crate::serve::serve(
             Arc::clone(&self.slot),
+            Arc::clone(&self.state),
             listener,
             route,
             client,
@@ -325,6 +341,13 @@ impl HttpHandler for Handler {
     fn retire(&self) {
         let _ = self.slot.retired_at.set(tokio::time::Instant::now());
         self.slot.retired.cancel();
+    }
+
+    fn carries_on(&self, older: &dyn HttpHandler) -> bool {
+        older
+            .as_any()
+            .downcast_ref::<Handler>()
+            .is_some_and(|o| Arc::ptr_eq(&o.slot, &self.slot))
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -26,7 +26,7 @@ use weir_core::sync::lock;
 
 use crate::io::{Counted, HeaderDeadline};
 use crate::proxy::{self, Cx};
-use crate::route::Slot;
+use crate::route::{RouteState, Slot};
 
 /// The HTTP/2 connection preface a client opens with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -248,7 +248,16 @@ impl ConnState {
     }
 }
 
-pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize, client: Client) {
+/// Serves a connection a listener of the snapshot of `state` accepted: its
+/// TLS and first timeouts are that snapshot's, even in the moment of a
+/// reload between the new sockets accepting and the slot taking `state`.
+pub(crate) async fn serve(
+    slot: Arc<Slot>,
+    state: Arc<RouteState>,
+    listener: Arc<Listener>,
+    route: usize,
+    client: Client,
+) {
     let deadline = client.handshake_deadline(listener.handshake_timeout);
     let Client {
         stream,
@@ -259,7 +268,6 @@ pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize
         alpn_held,
         ..
     } = client;
-    let state = slot.current.load_full();
     let tls = state.tls.as_ref().map(|t| Arc::clone(&t.config));
     let request_header = state.timeouts.request_header;
     let server = if state.server_vars {
@@ -267,7 +275,6 @@ pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize
     } else {
         None
     };
-    drop(state);
     let Some(tls) = tls else {
         let opens = opens_with_preface(&stream, request_header);
         let http2 = match unless_closed(live.as_deref(), opens).await {
@@ -283,6 +290,7 @@ pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize
         };
         let on = On {
             slot,
+            state,
             listener,
             route,
             peer,
@@ -294,6 +302,15 @@ pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize
         };
         return on.serve(stream, http2).await;
     };
+    // The handshake is timed from its first bytes (already there when the
+    // listener peeked at the ClientHello), not from a silent client's
+    // accept; waiting for them draws on the same deadline (past it, or on
+    // a socket error, the handshake below fails and says so).
+    let first_bytes = tokio::time::timeout_at(deadline, stream.readable());
+    if let Err(why) = unless_closed(live.as_deref(), first_bytes).await {
+        closed(&listener, route, peer, accepted_at, (0, 0), why);
+        return;
+    }
     let began = Instant::now();
     let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
     // What is left of the budget the PROXY header and ClientHello drew on.
@@ -338,13 +355,17 @@ pub(crate) async fn serve(slot: Arc<Slot>, listener: Arc<Listener>, route: usize
     // Only a listener with other routes can misdirect a request.
     let tls = (listener.routes.len() > 1).then(|| {
         Box::new(crate::proxy::TlsName {
-            sni: tls_conn.server_name().map(str::to_ascii_lowercase),
+            // As routes are matched: without a trailing dot.
+            sni: tls_conn
+                .server_name()
+                .map(|n| n.strip_suffix('.').unwrap_or(n).to_ascii_lowercase()),
             alpn: tls_conn.alpn_protocol().map(<[u8]>::to_vec),
             alpn_held,
         })
     });
     let on = On {
         slot,
+        state,
         listener,
         route,
         peer,
@@ -379,6 +400,7 @@ fn tls_failure(e: &std::io::Error) -> TlsEnd {
 /// A client connection, past TLS when there is TLS.
 struct On {
     slot: Arc<Slot>,
+    state: Arc<RouteState>,
     listener: Arc<Listener>,
     route: usize,
     peer: std::net::SocketAddr,
@@ -397,6 +419,7 @@ impl On {
     {
         let On {
             slot,
+            state,
             listener,
             route,
             peer,
@@ -406,7 +429,6 @@ impl On {
             live,
             tls,
         } = self;
-        let state = slot.current.load_full();
         let timeouts = state.timeouts;
         let max_header = state.max_header_bytes;
         let max_streams = state.max_concurrent_streams;

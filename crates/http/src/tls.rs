@@ -6,6 +6,11 @@
 //! first certificate, the default); TLS 1.2 and 1.3, ALPN `h2` and
 //! `http/1.1`, optional client certificates verified against `client_ca`.
 //! rustls parses the ClientHello once and hands it to the resolver here.
+//!
+//! Session tickets and the session cache outlive a reload that keeps the
+//! route's `client_ca` as it was, so returning clients still resume; under
+//! another `client_ca` (or none) they start anew, as a session carries the
+//! client certificate it was made with.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -29,11 +34,16 @@ const SESSION_CACHE: usize = 10_240;
 pub(crate) struct Terminator {
     pub(crate) config: Arc<ServerConfig>,
     pub(crate) certificates: Vec<Certificate>,
+    /// The certificates of `client_ca` as read: whom client certificates
+    /// must come from (`None`: no client certificate is asked for).
+    client_roots: Option<Vec<CertificateDer<'static>>>,
 }
 
 impl Terminator {
     /// Loads the certificates of `tls`; an error names the file and why.
-    pub(crate) fn load(tls: &ServerTls) -> Result<Terminator, String> {
+    /// `before`: the route's terminator until now, whose sessions go on
+    /// when the client certificates are checked as before.
+    pub(crate) fn load(tls: &ServerTls, before: Option<&Terminator>) -> Result<Terminator, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut resolver = SniResolver::default();
         let mut certificates = Vec::with_capacity(tls.certificates.len());
@@ -49,11 +59,15 @@ impl Terminator {
         let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| format!("tls: {e}"))?;
-        let builder = match &tls.client_ca {
+        let client_roots = match &tls.client_ca {
+            None => None,
+            Some(ca) => Some(read_certs(ca)?),
+        };
+        let builder = match tls.client_ca.as_ref().zip(client_roots.as_ref()) {
             None => builder.with_no_client_auth(),
-            Some(ca) => {
+            Some((ca, certs)) => {
                 let mut roots = RootCertStore::empty();
-                for cert in read_certs(ca)? {
+                for cert in certs.iter().cloned() {
                     roots
                         .add(cert)
                         .map_err(|e| format!("client_ca {}: {e}", ca.display()))?;
@@ -69,13 +83,29 @@ impl Terminator {
         };
         let mut config = builder.with_cert_resolver(Arc::new(resolver));
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
-        config.ticketer =
-            rustls::crypto::ring::Ticketer::new().map_err(|e| format!("tls tickets: {e}"))?;
+        match before.filter(|b| b.client_roots == client_roots) {
+            Some(b) => {
+                config.session_storage = Arc::clone(&b.config.session_storage);
+                config.ticketer = Arc::clone(&b.config.ticketer);
+            }
+            None => {
+                config.session_storage =
+                    rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
+                config.ticketer = rustls::crypto::ring::Ticketer::new()
+                    .map_err(|e| format!("tls tickets: {e}"))?;
+            }
+        }
         Ok(Terminator {
             config: Arc::new(config),
             certificates,
+            client_roots,
         })
+    }
+
+    /// Whether both check client certificates alike: a connection set up
+    /// under one may go on under the other.
+    pub(crate) fn same_clients(&self, other: &Terminator) -> bool {
+        self.client_roots == other.client_roots
     }
 }
 
@@ -163,7 +193,9 @@ impl SniResolver {
 
     fn pick(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         if let Some(name) = server_name {
-            let name = name.to_ascii_lowercase();
+            // As the route was picked: one trailing dot (the DNS root) is
+            // not part of the name.
+            let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
             if let Some(k) = self.exact.get(&name) {
                 return Some(Arc::clone(k));
             }
@@ -218,10 +250,13 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let a = pem_pair(&dir, "a", &["a.example.com", "*.a.example.com"]);
         let b = pem_pair(&dir, "b", &["b.example.com"]);
-        let t = Terminator::load(&ServerTls {
-            certificates: vec![a.clone(), b.clone()],
-            client_ca: None,
-        })
+        let t = Terminator::load(
+            &ServerTls {
+                certificates: vec![a.clone(), b.clone()],
+                client_ca: None,
+            },
+            None,
+        )
         .expect("load");
         assert_eq!(t.certificates.len(), 2);
         assert_eq!(t.certificates[0].file, a.0.display().to_string());
@@ -236,10 +271,13 @@ mod tests {
             [b"h2".to_vec(), b"http/1.1".to_vec()]
         );
 
-        let crossed = Terminator::load(&ServerTls {
-            certificates: vec![(a.0.clone(), b.1.clone())],
-            client_ca: None,
-        })
+        let crossed = Terminator::load(
+            &ServerTls {
+                certificates: vec![(a.0.clone(), b.1.clone())],
+                client_ca: None,
+            },
+            None,
+        )
         .expect_err("a key that does not fit");
         assert!(crossed.contains("does not fit"), "{crossed}");
         assert!(crossed.contains(&b.1.display().to_string()), "{crossed}");
@@ -260,18 +298,24 @@ mod tests {
         let (c_crt, c_key) = (dir.join("c.crt"), dir.join("c.key"));
         std::fs::write(&c_crt, format!("{}{}", leaf.pem(), ca.pem())).expect("chain");
         std::fs::write(&c_key, leaf_key.serialize_pem()).expect("key");
-        let chained = Terminator::load(&ServerTls {
-            certificates: vec![(c_crt, c_key)],
-            client_ca: None,
-        })
+        let chained = Terminator::load(
+            &ServerTls {
+                certificates: vec![(c_crt, c_key)],
+                client_ca: None,
+            },
+            None,
+        )
         .expect("a chain");
         // 2030-01-01T00:00:00Z
         assert_eq!(chained.certificates[0].not_after, 1_893_456_000);
 
-        let missing = Terminator::load(&ServerTls {
-            certificates: vec![(dir.join("nope.crt"), a.1)],
-            client_ca: None,
-        })
+        let missing = Terminator::load(
+            &ServerTls {
+                certificates: vec![(dir.join("nope.crt"), a.1)],
+                client_ca: None,
+            },
+            None,
+        )
         .expect_err("a missing file");
         assert!(missing.contains("nope.crt"), "{missing}");
         let _ = std::fs::remove_dir_all(&dir);
@@ -292,5 +336,39 @@ mod tests {
         assert_eq!(tag(r.pick(Some("x.y.example.com"))), Some(1));
         assert_eq!(tag(r.pick(Some("example.com"))), Some(1));
         assert_eq!(tag(r.pick(None)), Some(1));
+        // One trailing dot (the DNS root), as routes are matched.
+        assert_eq!(tag(r.pick(Some("b.example.org."))), Some(2));
+        assert_eq!(tag(r.pick(Some("x.example.com."))), Some(2));
+    }
+
+    #[test]
+    fn sessions_go_on_while_clients_are_checked_as_before() {
+        let dir = std::env::temp_dir().join(format!("weir-http-tls-s-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let a = pem_pair(&dir, "a", &["a.example.com"]);
+        let ca = pem_pair(&dir, "ca", &["ca.example.com"]);
+        let plain = |client_ca: Option<&Path>| ServerTls {
+            certificates: vec![a.clone()],
+            client_ca: client_ca.map(Path::to_path_buf),
+        };
+        let same = |x: &Terminator, y: &Terminator| {
+            std::ptr::addr_eq(
+                Arc::as_ptr(&x.config.ticketer),
+                Arc::as_ptr(&y.config.ticketer),
+            ) && std::ptr::addr_eq(
+                Arc::as_ptr(&x.config.session_storage),
+                Arc::as_ptr(&y.config.session_storage),
+            )
+        };
+        let first = Terminator::load(&plain(None), None).expect("load");
+        let again = Terminator::load(&plain(None), Some(&first)).expect("load");
+        assert!(same(&first, &again) && first.same_clients(&again));
+        let asking = Terminator::load(&plain(Some(&ca.0)), Some(&again)).expect("load");
+        assert!(!same(&again, &asking) && !again.same_clients(&asking));
+        // Another CA under the same file name: new terms too.
+        let other = pem_pair(&dir, "ca", &["other-ca.example.com"]);
+        let moved = Terminator::load(&plain(Some(&other.0)), Some(&asking)).expect("load");
+        assert!(!same(&asking, &moved) && !asking.same_clients(&moved));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

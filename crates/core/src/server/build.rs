@@ -31,11 +31,14 @@ pub(super) struct Staged {
 
 impl Server {
     /// Step 2 of a reload (and of a start): everything that can fail.
+    /// `read_files`: false when only backends changed, so routes keep the
+    /// certificates, keys and CAs they read before.
     pub(super) fn stage(
         &self,
         config: &Config,
         old: Option<&Snapshot>,
         inputs: Inputs,
+        read_files: bool,
     ) -> Result<Staged, StartError> {
         let cx = pool::Context {
             journal: Arc::clone(&self.journal),
@@ -84,15 +87,14 @@ impl Server {
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for (index, l) in config.listeners.iter().enumerate() {
             let before = old.and_then(|o| o.listener(&l.name)).map(|l| &**l);
-            listeners.push(build_listener(
-                index,
-                l,
+            let with = With {
                 config,
-                &pools,
-                before,
-                self.http.as_deref(),
-                &self.firewall_rules,
-            )?);
+                pools: &pools,
+                http: self.http.as_deref(),
+                runtime: &self.firewall_rules,
+                read_files,
+            };
+            listeners.push(build_listener(index, l, before, &with)?);
         }
         let probes = schedule::prepare(&pools).map_err(StartError::Health)?;
         let fresh = super::lock(&self.sockets).bind_new(config)?;
@@ -107,22 +109,43 @@ impl Server {
     }
 }
 
+/// What every listener of a snapshot is built with.
+struct With<'a> {
+    config: &'a Config,
+    /// The snapshot's pools, indexed like `config.pools`.
+    pools: &'a [Arc<Pool>],
+    http: Option<&'a dyn HttpLayer>,
+    runtime: &'a Arc<crate::firewall::RuntimeRules>,
+    /// False when only backends changed: routes keep the TLS files they
+    /// read before.
+    read_files: bool,
+}
+
 /// Builds a listener of `config`, taking counters (and the token that closes
 /// its connections) from `before`, the listener of that name before a reload.
 fn build_listener(
     index: usize,
     l: &weir_config::Listener,
-    config: &Config,
-    pools: &[Arc<Pool>],
     before: Option<&Listener>,
-    http: Option<&dyn HttpLayer>,
-    runtime: &Arc<crate::firewall::RuntimeRules>,
+    with: &With<'_>,
 ) -> Result<Arc<Listener>, StartError> {
+    let &With {
+        config,
+        pools,
+        http,
+        runtime,
+        read_files,
+    } = with;
     let mut routes = Vec::with_capacity(l.routes.len());
     for (ri, r) in l.routes.iter().enumerate() {
         let path = format!("listeners[{index}].routes[{ri}]");
+        let old = before.and_then(|b| b.routes.iter().find(|old| old.name == r.name));
         let tls = match &r.backend_tls {
             None => None,
+            // Only backends changed: the files are as they were read.
+            Some(_) if !read_files && old.is_some_and(|o| o.backend_tls.is_some()) => {
+                old.and_then(|o| o.backend_tls.clone())
+            }
             Some(t) => Some(upstream::tls::backend_config(t).map_err(|message| {
                 StartError::BackendTls {
                     path: format!("{path}.backend_tls"),
@@ -130,13 +153,12 @@ fn build_listener(
                 }
             })?),
         };
-        let old = before.and_then(|b| b.routes.iter().find(|old| old.name == r.name));
         let stats = old.map_or_else(Arc::default, |old| Arc::clone(&old.stats));
         let mode = match &r.mode {
             RouteMode::L4(l4) => Mode::L4(Upstream {
                 pool: Arc::clone(&pools[l4.pool_index]),
                 send_proxy_protocol: l4.send_proxy_protocol,
-                tls: tls.map(|tls| BackendTls {
+                tls: tls.clone().map(|tls| BackendTls {
                     connector: tokio_rustls::TlsConnector::from(tls),
                     sni: r.backend_tls.as_ref().and_then(|t| {
                         t.sni
@@ -164,8 +186,9 @@ fn build_listener(
                         route: r,
                         http: route_http,
                         pools,
-                        backend_tls: tls,
+                        backend_tls: tls.clone(),
                         before,
+                        read_files,
                     })
                     .map_err(|message| StartError::Http { path, message })?;
                 Mode::L7(L7 {
@@ -183,6 +206,7 @@ fn build_listener(
             matcher: r.matcher.clone(),
             mode,
             stats,
+            backend_tls: tls,
         });
     }
     // Shared with the running listener: its refusal-log budget is set when

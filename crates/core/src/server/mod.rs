@@ -376,7 +376,7 @@ impl Server {
         }
         let answered = server.discovery.answered(&config, &plan);
         let inputs = server.inputs(&effective, &answered).await?;
-        let staged = server.stage(&effective, None, inputs)?;
+        let staged = server.stage(&effective, None, inputs, true)?;
         // Nothing can stop a server its caller does not have yet.
         let _ = server.commit(config, effective, staged, None, true).await;
         server.spawn_rule_expiry();

@@ -71,7 +71,7 @@ impl Server {
             Ok(inputs) => inputs,
             Err(e) => return Err(self.reload_failed(e.into())),
         };
-        let staged = match self.stage(&effective, Some(&old), inputs) {
+        let staged = match self.stage(&effective, Some(&old), inputs, true) {
             Ok(staged) => staged,
             Err(e) => return Err(self.reload_failed(e.into())),
         };
@@ -223,7 +223,7 @@ impl Server {
         let inputs = self
             .inputs(&config, &self.discovery.answered(&source, &plan))
             .await?;
-        let staged = self.stage(&config, Some(&old), inputs)?;
+        let staged = self.stage(&config, Some(&old), inputs, false)?;
         self.commit(source, config, staged, Some(&old), false)
             .await
             .map(drop)
@@ -421,7 +421,8 @@ impl Server {
 }
 
 /// Tells the l7 handlers of the new snapshot that it runs, and those of the
-/// routes it no longer has (or no longer serves as HTTP) that they retire.
+/// routes it no longer has (or no longer serves as HTTP, or serves under
+/// other terms for its clients) that they retire.
 fn http_handover(old: Option<&Snapshot>, listeners: &[Arc<Listener>]) {
     fn l7(l: &Listener) -> impl Iterator<Item = (&str, &Arc<dyn crate::l7::HttpHandler>)> {
         l.routes.iter().filter_map(|r| match &r.mode {
@@ -440,9 +441,10 @@ fn http_handover(old: Option<&Snapshot>, listeners: &[Arc<Listener>]) {
     for l in &old.listeners {
         let kept = listeners.iter().find(|n| n.name == l.name);
         for (route, handler) in l7(l) {
-            let still =
-                kept.is_some_and(|n| n.routes.iter().any(|r| r.name == route && r.is_http()));
-            if !still {
+            let carried = kept
+                .and_then(|n| l7(n).find(|(name, _)| *name == route))
+                .is_some_and(|(_, next)| next.carries_on(handler.as_ref()));
+            if !carried {
                 handler.retire();
             }
         }

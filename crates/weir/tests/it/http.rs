@@ -725,6 +725,8 @@ fn hostile_requests_are_refused() {
         // A backslash is a separator to some backends: `/\admin` would
         // pass a policy on `/admin` and reach it.
         b"GET /\\admin HTTP/1.1\r\nHost: x\r\n\r\n",
+        // No host at all in HTTP/1.1 (RFC 9112 §3.2).
+        b"GET /admin HTTP/1.1\r\n\r\n",
     ] {
         let r = raw_exchange(front, bad);
         assert!(
@@ -738,6 +740,15 @@ fn hostile_requests_are_refused() {
         1,
         "a malformed request reached the backend"
     );
+    // HTTP/1.0 may go without a host.
+    let r = raw_exchange(front, b"GET / HTTP/1.0\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.0 200"), "{r}");
+    // HTTP/2: a `Host` beside `:authority` names the same host, in any
+    // case, or the request is refused (RFC 9113 §8.3.1).
+    let mut h2 = H2Client::connect(front);
+    assert_eq!(h2.get_with_host("/", "other.example").expect("answer"), 400);
+    assert_eq!(h2.get_with_host("/", "APP").expect("answer"), 200);
+    assert_eq!(backend.requests.load(SeqCst), 3);
 
     let big = format!(
         "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
@@ -840,6 +851,11 @@ fn one_response(addr: SocketAddr, request: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(DEADLINE)).expect("timeout");
     s.write_all(request.as_bytes()).expect("write");
+    response_on(s)
+}
+
+/// The status and body of the next response on `s`.
+fn response_on(s: TcpStream) -> (u16, String) {
     let mut reader = BufReader::new(s);
     let mut line = String::new();
     reader.read_line(&mut line).expect("status line");
@@ -983,6 +999,211 @@ fn a_client_slow_with_its_body_is_not_the_backends_failure() {
     assert_eq!(status, 504);
     let line = access_line(&out, "/late");
     assert_eq!(line["reason"], "upstream_timeout", "{line}");
+}
+
+/// How a [`body_taker`] backend reads a request body.
+#[derive(Clone, Copy)]
+enum Takes {
+    /// 256 KiB every 10 ms, then answers.
+    Slowly,
+    /// Nothing of it, for 20 s.
+    Nothing,
+    /// Nothing for this long, then all of it at once, then answers.
+    After(Duration),
+}
+
+/// A backend that reads a request's head, then its body as `takes` says,
+/// and answers `got=N` with the bytes it read.
+fn body_taker(takes: Takes) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { break };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(s.try_clone().expect("clone"));
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut chunk = vec![0u8; 256 * 1024];
+                let mut got = 0;
+                match takes {
+                    Takes::Nothing => {
+                        std::thread::sleep(Duration::from_secs(20));
+                        return;
+                    }
+                    Takes::After(pause) => std::thread::sleep(pause),
+                    Takes::Slowly => {}
+                }
+                while got < len {
+                    let want = chunk.len().min(len - got);
+                    match reader.read(&mut chunk[..want]) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got += n,
+                    }
+                    if let Takes::Slowly = takes {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+                let body = format!("got={got}");
+                let mut s = s;
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    addr
+}
+
+/// Uploads `len` zero bytes to `path` as fast as the connection takes
+/// them, reading the answer meanwhile: its status and body.
+fn upload(front: SocketAddr, path: &str, len: usize) -> (u16, String) {
+    let s = TcpStream::connect(front).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut w = s.try_clone().expect("clone");
+    w.set_write_timeout(Some(DEADLINE)).expect("timeout");
+    let head = format!("POST {path} HTTP/1.1\r\nHost: app\r\nContent-Length: {len}\r\n\r\n");
+    std::thread::spawn(move || {
+        let zeros = vec![0u8; 64 * 1024];
+        if w.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        let mut sent = 0;
+        while sent < len {
+            let n = zeros.len().min(len - sent);
+            if w.write_all(&zeros[..n]).is_err() {
+                return;
+            }
+            sent += n;
+        }
+    });
+    response_on(s)
+}
+
+/// `upstream_response` counts from the last piece of the body the backend
+/// took, not from the request's start: an upload that keeps moving takes
+/// as long as it takes (here 64 MiB read at about 25 MB/s, well past the
+/// 1.5 s), while a backend that takes nothing of the body for that long is
+/// answered for with `504` (its failure, not the client's `408`). A backend
+/// that pauses longer than `request_body` (and less than
+/// `upstream_response`) does not make the client, held back by TCP
+/// meanwhile, look silent.
+#[test]
+fn an_upload_that_moves_is_not_timed_out_and_a_backend_that_stops_taking_it_is() {
+    const LEN: usize = 64 << 20;
+    let slowly = body_taker(Takes::Slowly);
+    let stops = body_taker(Takes::Nothing);
+    let pauses = body_taker(Takes::After(Duration::from_secs(1)));
+    let front = free_port();
+    let (_weir, out) = start(
+        "long-upload",
+        &format!(
+            "[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             timeouts = {{ upstream_response = \"1500ms\", request_body = \"500ms\" }}\n\
+             [[listeners.routes.http]]\nname = \"stops\"\npool = \"stops\"\n\
+             match = {{ path_prefix = \"/stops\" }}\n\
+             [[listeners.routes.http]]\nname = \"pauses\"\npool = \"pauses\"\n\
+             match = {{ path_prefix = \"/pauses\" }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"slowly\"\n\
+             [[pools]]\nname = \"slowly\"\n[[pools.backends]]\naddress = \"{slowly}\"\n\
+             [[pools]]\nname = \"stops\"\n[[pools.backends]]\naddress = \"{stops}\"\n\
+             [[pools]]\nname = \"pauses\"\n[[pools.backends]]\naddress = \"{pauses}\"\n"
+        ),
+    );
+    let began = Instant::now();
+    let (status, body) = upload(front, "/slowly", LEN);
+    assert_eq!(
+        (status, body.as_str()),
+        (200, format!("got={LEN}").as_str())
+    );
+    assert!(
+        began.elapsed() > Duration::from_millis(1500),
+        "{:?}",
+        began.elapsed()
+    );
+
+    let (status, body) = upload(front, "/stops", LEN);
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            504,
+            "weir: the backend did not answer in time (upstream_timeout)\n"
+        )
+    );
+    let line = access_line(&out, "/stops");
+    assert_eq!(line["reason"], "upstream_timeout", "{line}");
+
+    let (status, body) = upload(front, "/pauses", LEN);
+    assert_eq!(
+        (status, body.as_str()),
+        (200, format!("got={LEN}").as_str())
+    );
+}
+
+/// A client that reads nothing for longer than `upstream_idle` (while TCP
+/// holds the backend back) does not get the answer cut as a silent
+/// backend's.
+#[test]
+fn a_client_that_pauses_reading_does_not_make_the_backend_look_idle() {
+    const LEN: usize = 64 << 20;
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            std::thread::spawn(move || {
+                let mut head = [0u8; 4096];
+                let _ = s.read(&mut head);
+                let zeros = vec![0u8; 64 * 1024];
+                let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\n\r\n");
+                for _ in 0..LEN / zeros.len() {
+                    if s.write_all(&zeros).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let front = free_port();
+    let (_weir, _out) = start(
+        "paused-reader",
+        &format!(
+            "[[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             timeouts = {{ upstream_idle = \"500ms\" }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
+        ),
+    );
+    let mut s = TcpStream::connect(front).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: app\r\n\r\n")
+        .expect("write");
+    let mut reader = BufReader::new(s);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("status line");
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    // Everything weir and the sockets hold fills up while the client rests.
+    std::thread::sleep(Duration::from_secs(1));
+    let body = framing(&mut reader)
+        .and_then(|f| read_body(&mut reader, f))
+        .expect("the whole body");
+    assert_eq!(body.len(), LEN);
 }
 
 /// Large bodies stream both ways and arrive intact; the access log has one
@@ -1230,6 +1451,36 @@ fn requests_waiting_for_a_failed_http2_open_fail_with_it() {
     );
     let line = access_line(&out, "/5");
     assert_eq!(line["reason"], "tls", "{line}");
+}
+
+/// A backend that cannot be connected to within `connect_timeout` (its
+/// accept queue is full) is a failed connect, nothing of the request sent:
+/// `502` (reason `timeout`), not the `504` of an answer slow to come.
+#[test]
+fn a_connect_that_times_out_is_a_failed_connect() {
+    let (_held, addr) = crate::cli::unanswering_backend();
+    let front = free_port();
+    let (_weir, out) = start(
+        "connect-timeout",
+        &format!(
+            "[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\nconnect_timeout = \"300ms\"\n\
+             [[pools.backends]]\naddress = \"{addr}\"\n"
+        ),
+    );
+    let (status, body) = one_response(front, "GET /hangs HTTP/1.1\r\nHost: app\r\n\r\n");
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            502,
+            "weir: the backend could not be reached in time (timeout)\n"
+        )
+    );
+    let line = access_line(&out, "/hangs");
+    assert_eq!(line["reason"], "timeout", "{line}");
 }
 
 /// A relay between weir and a backend whose connections can be made a black
@@ -1742,9 +1993,12 @@ fn certificates_are_swapped_by_a_reload_and_a_broken_one_changes_nothing() {
     make_ca(&dir);
     make_leaf(&dir, "site", &["one.example"], "");
     let (_nginx, a, _) = echoing_nginx("l7-reload-tls-backend");
-    let front = free_port();
+    let (_nginx2, b, _) = echoing_nginx("l7-reload-tls-backend-2");
+    let (front, grpc) = (free_port(), free_port());
+    std::fs::write(dir.join("token"), "reload-tls-token-0123456789").expect("token");
     let config = format!(
-        "[[listeners]]\nname = \"https\"\nbind = \"{front}\"\n\
+        "[admin]\ngrpc = \"{grpc}\"\ntoken_file = \"{d}/token\"\n\
+         [[listeners]]\nname = \"https\"\nbind = \"{front}\"\n\
          [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
          tls = {{ certificates = [{{ cert = \"{d}/site.crt\", key = \"{d}/site.key\" }}] }}\n\
          [[listeners.routes.http]]\nname = \"all\"\npool = \"a\"\n\
@@ -1753,12 +2007,22 @@ fn certificates_are_swapped_by_a_reload_and_a_broken_one_changes_nothing() {
     );
     let (weir_child, out) = start("reload-tls", &config);
     assert!(served_subject(front, "one.example").contains("one.example"));
+    let session = dir.join("one.session");
+    assert!(
+        !tls12_resumed(front, "one.example", &session),
+        "a first visit"
+    );
 
     // New files under the same names, then SIGHUP.
     make_leaf(&dir, "site", &["two.example"], "");
     crate::cli::signal(&weir_child.0, rustix::process::Signal::HUP);
     wait_line(&out, "config reloaded");
     assert!(served_subject(front, "two.example").contains("two.example"));
+    // Clients checked as before (none): the session made before resumes.
+    assert!(
+        tls12_resumed(front, "one.example", &session),
+        "not resumed after the reload"
+    );
 
     std::fs::write(
         dir.join("site.crt"),
@@ -1770,6 +2034,24 @@ fn certificates_are_swapped_by_a_reload_and_a_broken_one_changes_nothing() {
     assert!(line.contains("site.crt"), "{line}");
     assert!(line.contains("listeners[0].routes[0]"), "{line}");
     assert!(served_subject(front, "two.example").contains("two.example"));
+    // A backend added meanwhile does not read the files again: the
+    // broken one on disk keeps nothing out, and sessions go on.
+    let added = crate::control::ctl(
+        grpc,
+        Some("reload-tls-token-0123456789"),
+        &["backend", "add", "a", &b.to_string(), "--name", "b"],
+    );
+    assert_eq!(
+        added.status.code(),
+        Some(0),
+        "{:?}",
+        crate::control::text(&added)
+    );
+    assert!(served_subject(front, "two.example").contains("two.example"));
+    assert!(
+        tls12_resumed(front, "one.example", &session),
+        "not resumed after the backend came"
+    );
     let (status, _, _) = curl(
         &[
             "--cacert",
@@ -1780,6 +2062,120 @@ fn certificates_are_swapped_by_a_reload_and_a_broken_one_changes_nothing() {
         &format!("https://two.example:{}/", front.port()),
     );
     assert_eq!(status, 200);
+}
+
+/// A TLS 1.2 handshake with `server_name`, resuming the session saved in
+/// `session` when there is one, and saving the one it ends with: whether
+/// it resumed.
+fn tls12_resumed(addr: SocketAddr, server_name: &str, session: &std::path::Path) -> bool {
+    let mut args = vec![
+        "s_client".to_owned(),
+        "-tls1_2".to_owned(),
+        "-connect".to_owned(),
+        addr.to_string(),
+        "-servername".to_owned(),
+        server_name.to_owned(),
+        "-sess_out".to_owned(),
+        session.display().to_string(),
+    ];
+    if session.exists() {
+        args.extend(["-sess_in".to_owned(), session.display().to_string()]);
+    }
+    let out = Command::new(which("openssl").expect("openssl"))
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("TLSv1.2"), "{text}");
+    text.lines().any(|l| l.starts_with("Reused,"))
+}
+
+/// A reload that starts asking for client certificates (or asks another
+/// CA's) ends the connections set up without one: they drain, and do not
+/// go on under the new terms. A reload that checks clients as before keeps
+/// them.
+#[test]
+fn a_reload_that_asks_for_client_certificates_ends_connections_made_without() {
+    let dir = test_dir("l7-mtls-reload");
+    make_ca(&dir);
+    make_leaf(&dir, "app", &["app.example"], "");
+    let (_nginx, a, _) = echoing_nginx("l7-mtls-reload-backend");
+    let front = free_port();
+    let config = |client_ca: &str| {
+        format!(
+            "[[listeners]]\nname = \"https\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             tls = {{ certificates = [{{ cert = \"{d}/app.crt\", key = \"{d}/app.key\" }}]{client_ca} }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"a\"\n\
+             [[pools]]\nname = \"a\"\n[[pools.backends]]\naddress = \"{a}\"\n",
+            d = dir.display()
+        )
+    };
+    let file = temp_config("mtls-reload", &config(""));
+    let (weir_child, out) = crate::cli::run_weir(&file);
+    let mut client = Command::new(which("openssl").expect("openssl"))
+        .args([
+            "s_client",
+            "-quiet",
+            "-connect",
+            &front.to_string(),
+            "-servername",
+            "app.example",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_client");
+    let mut to_weir = client.stdin.take().expect("stdin");
+    let from_weir = client.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(from_weir).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let ask = |to_weir: &mut std::process::ChildStdin| {
+        to_weir
+            .write_all(b"GET / HTTP/1.1\r\nHost: app.example\r\n\r\n")
+            .expect("request");
+        to_weir.flush().expect("flush");
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).expect("an answer");
+            if line.starts_with("HTTP/1.1 ") {
+                return line;
+            }
+        }
+    };
+    assert!(ask(&mut to_weir).starts_with("HTTP/1.1 200"));
+    // Clients checked as before: the connection goes on.
+    std::fs::write(&file, config("")).expect("config");
+    crate::cli::signal(&weir_child.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    assert!(ask(&mut to_weir).starts_with("HTTP/1.1 200"));
+    // Now a client certificate is asked for: the connection, made without
+    // one, is closed.
+    std::fs::write(
+        &file,
+        config(&format!(", client_ca = \"{}/ca.crt\"", dir.display())),
+    )
+    .expect("config");
+    crate::cli::signal(&weir_child.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    let end = Instant::now() + DEADLINE;
+    while client.try_wait().expect("wait").is_none() {
+        assert!(
+            Instant::now() < end,
+            "a connection made without a client certificate goes on"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// With `client_ca`, a client must show a certificate that CA signed.
@@ -1914,6 +2310,25 @@ impl H2Client {
                 text.extend_from_slice(&chunk);
             }
             Ok((status, String::from_utf8_lossy(&text).into_owned()))
+        })
+    }
+
+    /// `GET path` with a `Host` field beside `:authority` (`app`): the
+    /// status.
+    fn get_with_host(&mut self, path: &str, host: &'static str) -> Result<u16, h2::Error> {
+        let send = self.send.clone();
+        let path = path.to_owned();
+        self.rt.block_on(async move {
+            let mut send = send.ready().await?;
+            let req = http::Request::get(format!("http://app{path}"))
+                .header("host", host)
+                .body(())
+                .expect("request");
+            let (response, _) = send.send_request(req, true)?;
+            let response = tokio::time::timeout(DEADLINE, response)
+                .await
+                .map_err(|_| h2::Error::from(h2::Reason::CANCEL))??;
+            Ok(response.status().as_u16())
         })
     }
 
