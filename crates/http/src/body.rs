@@ -95,6 +95,11 @@ impl Body for RequestBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
+        if this.count.is_cut() {
+            this.inner = None;
+            this.count.uploading.store(false, Relaxed);
+            return Poll::Ready(Some(Err(BodyError(Reason::ClientClosed))));
+        }
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(mut frame))) => {
                 // Trailers come last: the upload is over, whatever a
@@ -137,6 +142,13 @@ impl Body for RequestBody {
             }
             Poll::Pending => {
                 this.count.awaiting_client.store(true, Relaxed);
+                this.count.wait(cx.waker());
+                // Cut between the look above and the registration.
+                if this.count.is_cut() {
+                    this.inner = None;
+                    this.count.uploading.store(false, Relaxed);
+                    return Poll::Ready(Some(Err(BodyError(Reason::ClientClosed))));
+                }
                 // A client that trickles its body (or stops) would hold the
                 // backend's connection, past the pool's count once the
                 // response is over, and its own for good.
@@ -235,6 +247,11 @@ impl ResponseBody {
     }
 
     fn end(&mut self, reason: &'static str) {
+        if reason != COMPLETED
+            && let Some(x) = &self.exchange
+        {
+            x.body.cut();
+        }
         if let Source::Upstream { lease, holding, .. } = &mut self.source {
             if let Some(lease) = lease.take() {
                 // A backend that answered before the whole request body came

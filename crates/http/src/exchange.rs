@@ -42,9 +42,33 @@ pub(crate) struct BodyCount {
     /// ([`crate::clock::micros`]; 0: never): an upload that moves is not
     /// a backend slow to answer.
     pub(crate) moved_at: AtomicU64,
+    /// The response ended short (weir cut it, or its client went): what is
+    /// left of the body must not reach the backend, nor its end look like
+    /// the client's (a streaming call would take a cut upload for whole).
+    cut: AtomicBool,
+    /// The body's task, waiting for the client, to wake when cut.
+    waiting: futures_util::task::AtomicWaker,
 }
 
 impl BodyCount {
+    /// Ends what is left of the body: its next poll fails, so the backend's
+    /// stream is reset (HTTP/2) or its connection closed, not ended.
+    pub(crate) fn cut(&self) {
+        if self.uploading.load(Relaxed) {
+            self.cut.store(true, Relaxed);
+            self.waiting.wake();
+        }
+    }
+
+    pub(crate) fn is_cut(&self) -> bool {
+        self.cut.load(Relaxed)
+    }
+
+    /// The body waits for the client with `waker`.
+    pub(crate) fn wait(&self, waker: &std::task::Waker) {
+        self.waiting.register(waker);
+    }
+
     /// The client's body, not the backend, ended the request: over the
     /// limit, or the client failed while sending it.
     pub(crate) fn ended_by_client(&self) -> bool {

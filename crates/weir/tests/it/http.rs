@@ -4839,6 +4839,116 @@ fn h2c_answering(status: u16, body: &'static str, ended: bool) -> (SocketAddr, A
     (addr, seen)
 }
 
+/// A gRPC call from an HTTP/2 client whose backend went quiet ends with
+/// weir's own trailers (`grpc-status: 14`); the client's upload, still
+/// streaming, is cut at the backend with a reset at once: the backend's
+/// stream is not left open (it was, the relay of the upload stalled), and
+/// a client-streaming or bidirectional handler is told its input broke
+/// off rather than ended.
+#[test]
+fn a_grpc_call_weir_ends_resets_the_backends_stream() {
+    // The backend: answers at once with one message, then only reads, and
+    // says how the request body ended.
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.set_nonblocking(true).expect("nonblocking");
+    let backend = l.local_addr().expect("addr");
+    let (tx, ended) = std::sync::mpsc::channel::<&'static str>();
+    std::thread::spawn(move || {
+        client_runtime().block_on(async move {
+            let l = tokio::net::TcpListener::from_std(l).expect("listener");
+            while let Ok((tcp, _)) = l.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                        return;
+                    };
+                    let Some(Ok((req, mut respond))) = conn.accept().await else {
+                        return;
+                    };
+                    tokio::spawn(async move { while conn.accept().await.is_some() {} });
+                    let answer = http::Response::builder()
+                        .status(200)
+                        .header("content-type", "application/grpc")
+                        .body(())
+                        .expect("response");
+                    let Ok(mut send) = respond.send_response(answer, false) else {
+                        return;
+                    };
+                    let _ = send.send_data(bytes::Bytes::from_static(b"\0\0\0\0\0"), false);
+                    let mut body = req.into_body();
+                    let how = loop {
+                        match body.data().await {
+                            Some(Ok(chunk)) => {
+                                let _ = body.flow_control().release_capacity(chunk.len());
+                            }
+                            Some(Err(_)) => break "reset",
+                            None => break "ended",
+                        }
+                    };
+                    let _ = tx.send(how);
+                    drop(send);
+                });
+            }
+        });
+    });
+    let front = free_port();
+    let (_weir, _out) = start(
+        "grpc-cut",
+        &format!(
+            "[[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             timeouts = {{ upstream_idle = \"1s\" }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\nprotocol = \"h2c\"\n\
+             [[pools.backends]]\naddress = \"{backend}\"\n"
+        ),
+    );
+    let rt = client_runtime();
+    let status = rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(front)
+            .await
+            .expect("connect");
+        let (send, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+        tokio::spawn(conn);
+        let mut send = send.ready().await.expect("ready");
+        let req = http::Request::post("http://app/echo.Echo/Stream")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .expect("request");
+        let (response, mut upload) = send.send_request(req, false).expect("send");
+        // A message every 100 ms for 3 s, then the end of the upload.
+        tokio::spawn(async move {
+            for _ in 0..30 {
+                if upload
+                    .send_data(bytes::Bytes::from_static(b"\0\0\0\0\0"), false)
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = upload.send_data(bytes::Bytes::new(), true);
+            tokio::time::sleep(DEADLINE).await;
+        });
+        let response = tokio::time::timeout(DEADLINE, response)
+            .await
+            .expect("in time")
+            .expect("response");
+        let mut body = response.into_body();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.expect("data");
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        let trailers = body.trailers().await.expect("trailers").expect("some");
+        trailers
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap_or("").to_owned())
+    });
+    assert_eq!(status.as_deref(), Some("14"));
+    assert_eq!(ended.recv_timeout(DEADLINE), Ok("reset"));
+}
+
 /// With `retry_on_status`, an HTTP/2 backend's answer put aside is not read
 /// off: its stream is reset at once (its body here never ends; the reset
 /// comes before the next request) and the connection, shared by the
