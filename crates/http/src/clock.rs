@@ -40,15 +40,14 @@ pub(crate) fn now() -> Instant {
     })
 }
 
-/// The time since `since`, by [`now`].
 /// `at` as microseconds since the first time asked, for a time kept in an
-/// atomic; 0 stands for none.
+/// atomic; 0 stands for none, so a time before that first one (a test's
+/// paused clock) reads as the first.
 pub(crate) fn micros(at: Instant) -> u64 {
-    let base = *BASE.get_or_init(|| {
-        at.checked_sub(std::time::Duration::from_micros(1))
-            .unwrap_or(at)
-    });
-    u64::try_from(at.saturating_duration_since(base).as_micros()).unwrap_or(u64::MAX)
+    let base = *BASE.get_or_init(|| at);
+    u64::try_from(at.saturating_duration_since(base).as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// The time [`micros`] gave `us` for; `None` for 0 (none kept).
@@ -59,6 +58,7 @@ pub(crate) fn from_micros(us: u64) -> Option<Instant> {
 
 static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
+/// The time since `since`, by [`now`].
 pub(crate) fn elapsed(since: Instant) -> std::time::Duration {
     now().saturating_duration_since(since)
 }

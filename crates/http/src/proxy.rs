@@ -145,7 +145,14 @@ pub(crate) fn handle(
                 .uri()
                 .authority()
                 .zip(host_header.as_ref())
-                .is_some_and(|(a, h)| !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()));
+                .is_some_and(|(a, h)| {
+                    let default = if req.uri().scheme() == Some(&Scheme::HTTPS) {
+                        &b"443"[..]
+                    } else {
+                        b"80"
+                    };
+                    !same_authority(a.as_str().as_bytes(), h.as_bytes(), default)
+                });
         x.host = host_header;
         x.user_agent = req.headers().get(USER_AGENT).cloned();
         let grpc = errors::is_grpc(req.headers());
@@ -764,12 +771,13 @@ async fn forward(
             // ran out, and weir was waiting for it: too slow a client, not a
             // slow backend. A backend that stopped taking the body (weir held
             // a piece it would not read) is the backend's failure.
-            Err(Sent::Timeout)
-                if x.body.uploading.load(Relaxed) && x.body.awaiting_client.load(Relaxed) =>
-            {
+            // The request's own deadline (`timeouts.request`) passed while
+            // the client still sent its body: the upload took too long,
+            // whoever was slow, and no backend is blamed for it.
+            Err(Sent::Timeout { whole: true }) if x.body.uploading.load(Relaxed) => {
                 Err(Reason::IdleTimeout)
             }
-            Err(Sent::Timeout) => {
+            Err(Sent::Timeout { .. }) => {
                 pool.on_http_outcome(i, true);
                 Err(Reason::UpstreamTimeout)
             }
@@ -849,8 +857,10 @@ enum Sent {
     Not(Box<Request<RequestBody>>),
     /// Written, then the connection failed before a response header.
     Failed,
-    /// No response header within `upstream_response`.
-    Timeout,
+    /// No response header within `upstream_response` (the backend stopped
+    /// taking the body, or did not answer it), or by the request's own
+    /// deadline (`whole`).
+    Timeout { whole: bool },
     /// A fresh connection for a retry could not be made: the request, back.
     Connect(Reason, Box<Request<RequestBody>>),
 }
@@ -868,6 +878,17 @@ struct Wait<'a> {
 }
 
 impl Wait<'_> {
+    /// The client owes the body, and weir waits for it: its silence is
+    /// `request_body`'s business, not a slow backend's.
+    fn client_owes(&self) -> bool {
+        self.body.uploading.load(Relaxed) && self.body.awaiting_client.load(Relaxed)
+    }
+
+    /// The request's own deadline has passed.
+    fn past_until(&self) -> bool {
+        self.until.is_some_and(|u| Instant::now() >= u)
+    }
+
     fn by(&self) -> Instant {
         let moved = crate::clock::from_micros(self.body.moved_at.load(Relaxed));
         let from = moved.map_or(self.from, |m| m.max(self.from));
@@ -890,13 +911,28 @@ async fn send(
 ) -> Result<Response<Incoming>, Sent> {
     let answer = lease.send(req);
     tokio::pin!(answer);
+    let mut by = wait.by();
     let answered = loop {
-        let by = wait.by();
         match tokio::time::timeout_at(by, answer.as_mut()).await {
             Ok(r) => break r,
-            // The body moved meanwhile: the backend is taking it.
-            Err(_) if wait.by() > by => {}
-            Err(_) => return Err(Sent::Timeout),
+            Err(_) if wait.past_until() => return Err(Sent::Timeout { whole: true }),
+            Err(_) => {
+                let moved = wait.by();
+                if moved > by {
+                    // The body moved meanwhile: the backend is taking it.
+                    by = moved;
+                } else if wait.client_owes() {
+                    // Looked at again later; meanwhile the body's own
+                    // timer ends a silence that lasts.
+                    by = Wait {
+                        from: Instant::now(),
+                        ..*wait
+                    }
+                    .by();
+                } else {
+                    return Err(Sent::Timeout { whole: false });
+                }
+            }
         }
     };
     match answered {
@@ -967,6 +1003,22 @@ fn admissible(req: &Request<Incoming>, max_body: Option<u64>) -> Result<(), Reas
         }
     }
     Ok(())
+}
+
+/// Whether two authorities name the same host (in any case, with or
+/// without the trailing dot) and port, `default` standing for a missing
+/// one.
+fn same_authority(a: &[u8], b: &[u8], default: &[u8]) -> bool {
+    fn split<'a>(raw: &'a [u8], default: &'a [u8]) -> Option<(&'a [u8], &'a [u8])> {
+        let (len, _) = weir_wire::name::authority_host(raw)?;
+        let (host, rest) = (raw.get(..len)?, raw.get(len..)?);
+        let rest = rest.strip_prefix(b".").unwrap_or(rest);
+        Some((host, rest.strip_prefix(b":").unwrap_or(default)))
+    }
+    match (split(a, default), split(b, default)) {
+        (Some((ha, pa)), Some((hb, pb))) => ha.eq_ignore_ascii_case(hb) && pa == pb,
+        _ => false,
+    }
 }
 
 /// Makes the request's target what the backend's protocol wants: HTTP/1.1
@@ -1139,5 +1191,21 @@ impl Own<'_> {
         if let Some(rule) = self.rule.filter(|r| r.always()) {
             rule.apply(headers, &facts);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_authority as same;
+
+    #[test]
+    fn authorities_are_the_same_by_host_and_port() {
+        assert!(same(b"app", b"APP", b"80"));
+        assert!(same(b"app:443", b"app", b"443"));
+        assert!(same(b"app.", b"app:80", b"80"));
+        assert!(same(b"[::1]:8080", b"[::1]:8080", b"80"));
+        assert!(!same(b"app:8080", b"app", b"80"));
+        assert!(!same(b"a.example", b"b.example", b"80"));
+        assert!(!same(b"app", b"x@app", b"80"));
     }
 }

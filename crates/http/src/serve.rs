@@ -429,6 +429,21 @@ impl On {
             live,
             tls,
         } = self;
+        // The route was retired while the connection was being set up (a
+        // reload removed it, or changed how its clients are checked): not
+        // served under terms it was not checked by, nor drained after a
+        // first request.
+        if slot.retired.is_cancelled() {
+            closed(
+                &listener,
+                route,
+                peer,
+                accepted_at,
+                (0, 0),
+                Reason::Shutdown,
+            );
+            return;
+        }
         let timeouts = state.timeouts;
         let max_header = state.max_header_bytes;
         let max_streams = state.max_concurrent_streams;

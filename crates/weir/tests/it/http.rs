@@ -944,12 +944,12 @@ fn a_chunked_body_that_grows_past_max_body_bytes_is_cut_with_413() {
     assert_eq!(backend.requests.load(SeqCst), 1);
 }
 
-/// A client still sending its body (or yet to begin it) when
-/// `upstream_response` runs out is
-/// answered 408 (reason `idle_timeout`), and that does not count against the
-/// backend: trickled uploads cannot get a healthy backend ejected (two
-/// failures in a row would here). A backend slow to answer a whole request
-/// still gets 504.
+/// A client that stops sending its body (or never begins it) is answered
+/// 408 (reason `idle_timeout`) when `request_body` runs out, and that does
+/// not count against the backend: trickled uploads cannot get a healthy
+/// backend ejected (two failures in a row would here). A pause shorter than
+/// `request_body` is the client's to take, even past `upstream_response`.
+/// A backend slow to answer a whole request still gets 504.
 #[test]
 fn a_client_slow_with_its_body_is_not_the_backends_failure() {
     let backend = raw_backend(None, Duration::ZERO);
@@ -961,7 +961,7 @@ fn a_client_slow_with_its_body_is_not_the_backends_failure() {
             "[log]\nformat = \"json\"\n\
              [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
              [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
-             timeouts = {{ upstream_response = \"500ms\" }}\n\
+             timeouts = {{ upstream_response = \"500ms\", request_body = \"1500ms\" }}\n\
              [[listeners.routes.http]]\nname = \"slow\"\npool = \"s\"\n\
              match = {{ path_prefix = \"/late\" }}\n\
              [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
@@ -988,6 +988,14 @@ fn a_client_slow_with_its_body_is_not_the_backends_failure() {
     let line = access_line(&out, "/trickle");
     assert_eq!(line["status"], 408, "{line}");
     assert_eq!(line["reason"], "idle_timeout", "{line}");
+    let mut s = TcpStream::connect(front).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    s.write_all(b"POST /paused HTTP/1.1\r\nHost: app\r\nContent-Length: 10\r\n\r\nhello")
+        .expect("write");
+    std::thread::sleep(Duration::from_millis(900));
+    s.write_all(b"world").expect("write");
+    let (status, body) = response_on(s);
+    assert_eq!(status, 200, "{body}");
     // Not ejected: the backend serves the next request.
     let (status, body) = one_response(
         front,
@@ -2159,6 +2167,24 @@ fn a_reload_that_asks_for_client_certificates_ends_connections_made_without() {
     crate::cli::signal(&weir_child.0, rustix::process::Signal::HUP);
     wait_line(&out, "config reloaded");
     assert!(ask(&mut to_weir).starts_with("HTTP/1.1 200"));
+    // A connection accepted now, whose ClientHello waits (in a relay) until
+    // after the next reload.
+    let (late, connected, release) = held_relay(front);
+    let mut late_client = Command::new(which("openssl").expect("openssl"))
+        .args([
+            "s_client",
+            "-quiet",
+            "-connect",
+            &late.to_string(),
+            "-servername",
+            "app.example",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_client");
+    connected.recv_timeout(DEADLINE).expect("relayed");
     // Now a client certificate is asked for: the connection, made without
     // one, is closed.
     std::fs::write(
@@ -2176,6 +2202,61 @@ fn a_reload_that_asks_for_client_certificates_ends_connections_made_without() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The late one handshakes under the terms of its accept (no client
+    // certificate), but is not served: its route was retired meanwhile.
+    // Its request is there as its handshake ends, as a browser's is.
+    let mut to_late = late_client.stdin.take().expect("stdin");
+    let _ = to_late.write_all(b"GET / HTTP/1.1\r\nHost: app.example\r\n\r\n");
+    let _ = to_late.flush();
+    release.send(()).expect("release");
+    let mut answer = String::new();
+    let _ = late_client
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut answer);
+    assert!(!answer.contains("HTTP/1.1 200"), "{answer}");
+    let _ = late_client.wait();
+}
+
+/// A relay to `to` that connects as soon as a client comes and passes
+/// nothing either way until released: weir accepts the connection, its
+/// first bytes come later.
+/// The second value says when weir has the connection.
+fn held_relay(
+    to: SocketAddr,
+) -> (
+    SocketAddr,
+    std::sync::mpsc::Receiver<()>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (connected_tx, connected) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let Ok((client, _)) = l.accept() else { return };
+        let Ok(server) = TcpStream::connect(to) else {
+            return;
+        };
+        let _ = connected_tx.send(());
+        if rx.recv_timeout(DEADLINE).is_err() {
+            return;
+        }
+        let pipe = |mut from: TcpStream, mut to: TcpStream| {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut from, &mut to);
+                let _ = to.shutdown(std::net::Shutdown::Write);
+            })
+        };
+        let (c2, s2) = (
+            client.try_clone().expect("clone"),
+            server.try_clone().expect("clone"),
+        );
+        pipe(client, server);
+        pipe(s2, c2);
+    });
+    (addr, connected, tx)
 }
 
 /// With `client_ca`, a client must show a certificate that CA signed.
@@ -5116,10 +5197,12 @@ fn path_prefixes_are_stripped_and_added_for_the_backend() {
 /// and a body whose pieces keep coming 100 ms apart (well inside
 /// `upstream_idle`) is cut at 1 s, like one that stopped coming; a request
 /// waiting in a full pool's queue (`queue_timeout` 30 s) gets its 504 at
-/// 1 s too; all logged as `upstream_timeout`.
+/// 1 s too; all logged as `upstream_timeout`. An upload still going at
+/// 1 s gets 408, not blamed on its backend.
 #[test]
 fn the_request_timeout_bounds_the_whole_answer() {
     let slow = raw_backend(None, Duration::from_secs(3));
+    let taker = body_taker(Takes::Slowly);
     let (paced, _) = pausing_backend();
     let front = free_port();
     // A listener without the deadline, to fill the queued pool.
@@ -5135,6 +5218,8 @@ fn the_request_timeout_bounds_the_whole_answer() {
              match = {{ path_prefix = \"/slow\" }}\n\
              [[listeners.routes.http]]\nname = \"queued\"\npool = \"queued\"\n\
              match = {{ path_prefix = \"/queued\" }}\n\
+             [[listeners.routes.http]]\nname = \"upload\"\npool = \"taker\"\n\
+             match = {{ path_prefix = \"/upload\" }}\n\
              [[listeners.routes.http]]\nname = \"paced\"\npool = \"paced\"\n\
              [[listeners]]\nname = \"filler\"\nbind = \"{filler}\"\n\
              [[listeners.routes]]\nname = \"fill\"\nmode = \"l7\"\n\
@@ -5142,10 +5227,22 @@ fn the_request_timeout_bounds_the_whole_answer() {
              [[pools]]\nname = \"slow\"\n[[pools.backends]]\naddress = \"{0}\"\n\
              [[pools]]\nname = \"queued\"\nqueue_timeout = \"30s\"\n\
              max_connections_per_backend = 1\n[[pools.backends]]\naddress = \"{0}\"\n\
-             [[pools]]\nname = \"paced\"\n[[pools.backends]]\naddress = \"{paced}\"\n",
+             [[pools]]\nname = \"paced\"\n[[pools.backends]]\naddress = \"{paced}\"\n\
+             [[pools]]\nname = \"taker\"\n[[pools.backends]]\naddress = \"{taker}\"\n",
             slow.addr
         ),
     );
+    // An upload still going at 1 s (its backend reads it slowly): the
+    // client's request took too long, no backend is blamed: 408.
+    let (status, body) = upload(front, "/upload", 64 << 20);
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            408,
+            "weir: the request body did not arrive in time (idle_timeout)\n"
+        )
+    );
+
     let began = Instant::now();
     let (status, _, body) = raw_get(front, "/slow", "");
     let took = began.elapsed();
