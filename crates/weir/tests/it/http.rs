@@ -2122,20 +2122,7 @@ fn a_reload_that_asks_for_client_certificates_ends_connections_made_without() {
     };
     let file = temp_config("mtls-reload", &config(""));
     let (weir_child, out) = crate::cli::run_weir(&file);
-    let mut client = Command::new(which("openssl").expect("openssl"))
-        .args([
-            "s_client",
-            "-quiet",
-            "-connect",
-            &front.to_string(),
-            "-servername",
-            "app.example",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("openssl s_client");
+    let mut client = tls_client(front, "app.example");
     let mut to_weir = client.stdin.take().expect("stdin");
     let from_weir = client.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
@@ -2170,20 +2157,7 @@ fn a_reload_that_asks_for_client_certificates_ends_connections_made_without() {
     // A connection accepted now, whose ClientHello waits (in a relay) until
     // after the next reload.
     let (late, connected, release) = held_relay(front);
-    let mut late_client = Command::new(which("openssl").expect("openssl"))
-        .args([
-            "s_client",
-            "-quiet",
-            "-connect",
-            &late.to_string(),
-            "-servername",
-            "app.example",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("openssl s_client");
+    let mut late_client = tls_client(late, "app.example");
     connected.recv_timeout(DEADLINE).expect("relayed");
     // Now a client certificate is asked for: the connection, made without
     // one, is closed.
@@ -2217,6 +2191,19 @@ fn a_reload_that_asks_for_client_certificates_ends_connections_made_without() {
         .read_to_string(&mut answer);
     assert!(!answer.contains("HTTP/1.1 200"), "{answer}");
     let _ = late_client.wait();
+}
+
+/// `openssl s_client -quiet` to `addr` for `server_name`, its input and
+/// output piped: a TLS connection whose bytes the test writes and reads.
+fn tls_client(addr: SocketAddr, server_name: &str) -> std::process::Child {
+    Command::new(which("openssl").expect("openssl"))
+        .args(["s_client", "-quiet", "-connect", &addr.to_string()])
+        .args(["-servername", server_name])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_client")
 }
 
 /// A relay to `to` that connects as soon as a client comes and passes
