@@ -304,17 +304,37 @@ pub(crate) async fn serve(
     };
     // The handshake is timed from its first bytes (already there when the
     // listener peeked at the ClientHello), not from a silent client's
-    // accept; waiting for them draws on the same deadline (past it, or on
-    // a socket error, the handshake below fails and says so).
+    // accept; waiting for them draws on the same deadline (on a socket
+    // error, the handshake below fails and says so).
     let first_bytes = tokio::time::timeout_at(deadline, stream.readable());
-    if let Err(why) = unless_closed(live.as_deref(), first_bytes).await {
-        closed(&listener, route, peer, accepted_at, (0, 0), why);
-        return;
+    match unless_closed(live.as_deref(), first_bytes).await {
+        Err(why) => {
+            closed(&listener, route, peer, accepted_at, (0, 0), why);
+            return;
+        }
+        Ok(Err(_)) => {
+            // Counted before the socket closes, which the client sees.
+            listener
+                .stats
+                .tls_handshake(TlsEnd::Timeout, Duration::ZERO);
+            end(
+                &listener,
+                route,
+                peer,
+                accepted_at,
+                Some(Reason::HandshakeTimeout),
+            );
+            return;
+        }
+        Ok(Ok(_)) => {}
     }
     let began = Instant::now();
     let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+    // Held here, so that a handshake that runs out of time is counted
+    // before its socket closes.
+    tokio::pin!(accept);
     // What is left of the budget the PROXY header and ClientHello drew on.
-    let handshake = tokio::time::timeout_at(deadline, accept);
+    let handshake = tokio::time::timeout_at(deadline, accept.as_mut());
     let stream = match unless_closed(live.as_deref(), handshake).await {
         Err(why) => {
             closed(&listener, route, peer, accepted_at, (0, 0), why);

@@ -3,7 +3,8 @@
 //! a broken file fails the start or the reload and changes nothing; the
 //! certificate for a handshake chosen by the client's SNI (an exact name of
 //! a certificate's SANs, then a wildcard SAN of the parent domain, then the
-//! first certificate, the default); TLS 1.2 and 1.3, ALPN `h2` and
+//! first certificate, the default; among those for one name, the first
+//! whose key signs with a scheme the client offers); TLS 1.2 and 1.3, ALPN `h2` and
 //! `http/1.1`, optional client certificates verified against `client_ca`.
 //! rustls parses the ClientHello once and hands it to the resolver here.
 //!
@@ -166,18 +167,20 @@ fn describe(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
     Ok((names, parsed.validity().not_after.timestamp()))
 }
 
-/// Picks a certificate by the ClientHello's server name.
+/// Picks a certificate by the ClientHello's server name and, among
+/// certificates for the same name (an RSA and an ECDSA one), by what the
+/// client can verify.
 #[derive(Debug, Default)]
 struct SniResolver {
-    exact: HashMap<String, Arc<CertifiedKey>>,
+    exact: HashMap<String, Vec<Arc<CertifiedKey>>>,
     /// `*.example.com` is kept under `example.com`.
-    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Vec<Arc<CertifiedKey>>>,
     default: Option<Arc<CertifiedKey>>,
 }
 
 impl SniResolver {
     /// Adds a certificate for `names`; the first one added is the default.
-    /// A name two certificates share goes to the first.
+    /// Certificates sharing a name are tried in the order they were added.
     fn add(&mut self, key: &Arc<CertifiedKey>, names: &[String]) {
         if self.default.is_none() {
             self.default = Some(Arc::clone(key));
@@ -187,22 +190,40 @@ impl SniResolver {
                 Some(parent) => self.wildcard.entry(parent.to_owned()),
                 None => self.exact.entry(name.clone()),
             };
-            table.or_insert_with(|| Arc::clone(key));
+            let list = table.or_default();
+            if !list.iter().any(|k| Arc::ptr_eq(k, key)) {
+                list.push(Arc::clone(key));
+            }
         }
     }
 
-    fn pick(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+    /// The certificate for `server_name`: the first of that name whose key
+    /// signs with one of `schemes` (the client's), else the first of that
+    /// name (the handshake then fails as it would have).
+    fn pick(
+        &self,
+        server_name: Option<&str>,
+        schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        let fitting = |list: &Vec<Arc<CertifiedKey>>| {
+            let fits = |k: &&Arc<CertifiedKey>| k.key.choose_scheme(schemes).is_some();
+            // One certificate: nothing to choose (and no signer to make).
+            match list.as_slice() {
+                [one] => Some(Arc::clone(one)),
+                _ => list.iter().find(fits).or(list.first()).cloned(),
+            }
+        };
         if let Some(name) = server_name {
             // As the route was picked: one trailing dot (the DNS root) is
             // not part of the name.
             let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
-            if let Some(k) = self.exact.get(&name) {
-                return Some(Arc::clone(k));
+            if let Some(list) = self.exact.get(&name) {
+                return fitting(list);
             }
             if let Some((_, parent)) = name.split_once('.')
-                && let Some(k) = self.wildcard.get(parent)
+                && let Some(list) = self.wildcard.get(parent)
             {
-                return Some(Arc::clone(k));
+                return fitting(list);
             }
         }
         self.default.clone()
@@ -211,7 +232,7 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.pick(hello.server_name())
+        self.pick(hello.server_name(), hello.signature_schemes())
     }
 }
 
@@ -321,6 +342,50 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    impl SniResolver {
+        /// [`SniResolver::pick`] for a client that verifies any key.
+        fn pick_any(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+            use rustls::SignatureScheme::*;
+            self.pick(
+                server_name,
+                &[ECDSA_NISTP256_SHA256, ED25519, RSA_PSS_SHA256],
+            )
+        }
+    }
+
+    fn key_for(tag: u8, alg: &'static rcgen::SignatureAlgorithm) -> Arc<CertifiedKey> {
+        let provider = rustls::crypto::ring::default_provider();
+        let kp = rcgen::KeyPair::generate_for(alg).expect("key");
+        let der = PrivateKeyDer::try_from(kp.serialize_der()).expect("der");
+        let signer = provider.key_provider.load_private_key(der).expect("signer");
+        Arc::new(CertifiedKey::new(
+            vec![CertificateDer::from(vec![tag])],
+            signer,
+        ))
+    }
+
+    #[test]
+    fn certificates_of_one_name_are_picked_by_what_the_client_verifies() {
+        use rustls::SignatureScheme::*;
+        let (ecdsa, ed) = (
+            key_for(1, &rcgen::PKCS_ECDSA_P256_SHA256),
+            key_for(2, &rcgen::PKCS_ED25519),
+        );
+        let mut r = SniResolver::default();
+        r.add(&ecdsa, &["a.example.com".into(), "*.example.com".into()]);
+        r.add(&ed, &["a.example.com".into(), "*.example.com".into()]);
+        let tag = |k: Option<Arc<CertifiedKey>>| k.map(|k| k.cert[0].as_ref()[0]);
+        for name in ["a.example.com", "x.example.com"] {
+            assert_eq!(tag(r.pick(Some(name), &[ED25519])), Some(2), "{name}");
+            assert_eq!(
+                tag(r.pick(Some(name), &[ECDSA_NISTP256_SHA256, ED25519])),
+                Some(1)
+            );
+            // Neither fits: the first, and the handshake fails as before.
+            assert_eq!(tag(r.pick(Some(name), &[RSA_PSS_SHA256])), Some(1));
+        }
+    }
+
     #[test]
     fn sni_picks_exact_then_wildcard_then_the_default() {
         let (a, b, c) = (key(1), key(2), key(3));
@@ -329,16 +394,16 @@ mod tests {
         r.add(&b, &["*.example.com".into(), "b.example.org".into()]);
         r.add(&c, &["a.example.com".into()]);
         let tag = |k: Option<Arc<CertifiedKey>>| k.map(|k| k.cert[0].as_ref()[0]);
-        assert_eq!(tag(r.pick(Some("A.Example.com"))), Some(1));
-        assert_eq!(tag(r.pick(Some("x.example.com"))), Some(2));
-        assert_eq!(tag(r.pick(Some("b.example.org"))), Some(2));
+        assert_eq!(tag(r.pick_any(Some("A.Example.com"))), Some(1));
+        assert_eq!(tag(r.pick_any(Some("x.example.com"))), Some(2));
+        assert_eq!(tag(r.pick_any(Some("b.example.org"))), Some(2));
         // A wildcard covers one label only.
-        assert_eq!(tag(r.pick(Some("x.y.example.com"))), Some(1));
-        assert_eq!(tag(r.pick(Some("example.com"))), Some(1));
-        assert_eq!(tag(r.pick(None)), Some(1));
+        assert_eq!(tag(r.pick_any(Some("x.y.example.com"))), Some(1));
+        assert_eq!(tag(r.pick_any(Some("example.com"))), Some(1));
+        assert_eq!(tag(r.pick_any(None)), Some(1));
         // One trailing dot (the DNS root), as routes are matched.
-        assert_eq!(tag(r.pick(Some("b.example.org."))), Some(2));
-        assert_eq!(tag(r.pick(Some("x.example.com."))), Some(2));
+        assert_eq!(tag(r.pick_any(Some("b.example.org."))), Some(2));
+        assert_eq!(tag(r.pick_any(Some("x.example.com."))), Some(2));
     }
 
     #[test]

@@ -1324,6 +1324,11 @@ fn make_ca(dir: &std::path::Path) {
 /// A certificate the test CA signed, for the DNS names `sans`, as
 /// `TAG.crt` and `TAG.key`; `extra` adds openssl extension lines.
 fn make_leaf(dir: &std::path::Path, tag: &str, sans: &[&str], extra: &str) {
+    make_leaf_with(dir, tag, sans, extra, &EC);
+}
+
+/// [`make_leaf`] with the key `openssl req` makes by `key_args`.
+fn make_leaf_with(dir: &std::path::Path, tag: &str, sans: &[&str], extra: &str, key_args: &[&str]) {
     let (key, csr, crt) = (
         format!("{tag}.key"),
         format!("{tag}.csr"),
@@ -1332,7 +1337,7 @@ fn make_leaf(dir: &std::path::Path, tag: &str, sans: &[&str], extra: &str) {
     let subject = format!("/CN={}", sans.first().copied().unwrap_or(tag));
     let args = [
         &["req"][..],
-        &EC,
+        key_args,
         &["-subj", &subject, "-keyout", &key, "-out", &csr],
     ]
     .concat();
@@ -1984,13 +1989,18 @@ fn the_handshake_timeout_is_one_budget_for_proxy_header_and_tls() {
         took >= Duration::from_millis(1900) && took < Duration::from_millis(3000),
         "closed after {took:?}"
     );
-    assert_eq!(
-        metric(
-            admin,
-            "weir_tls_handshakes_total{listener=\"https\",result=\"failure\",reason=\"timeout\"}"
-        ),
-        1.0
-    );
+    let end = Instant::now() + DEADLINE;
+    while metric(
+        admin,
+        "weir_tls_handshakes_total{listener=\"https\",result=\"failure\",reason=\"timeout\"}",
+    ) < 1.0
+    {
+        assert!(
+            Instant::now() < end,
+            "the timed-out handshake was not counted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A reload swaps the certificates; a broken one fails the reload, names
@@ -2070,6 +2080,56 @@ fn certificates_are_swapped_by_a_reload_and_a_broken_one_changes_nothing() {
         &format!("https://two.example:{}/", front.port()),
     );
     assert_eq!(status, 200);
+}
+
+/// An ECDSA and an RSA certificate for one name: a client gets the one
+/// whose signatures it verifies (here as `openssl s_client -sigalgs` offers
+/// them), the first listed when it verifies both.
+#[test]
+fn an_ecdsa_and_an_rsa_certificate_serve_one_name() {
+    let dir = test_dir("l7-two-keys");
+    make_ca(&dir);
+    make_leaf(&dir, "ec", &["app.example"], "");
+    make_leaf_with(
+        &dir,
+        "rsa",
+        &["app.example"],
+        "",
+        &["-newkey", "rsa:2048", "-nodes"],
+    );
+    let (_nginx, a, _) = echoing_nginx("l7-two-keys-backend");
+    let front = free_port();
+    let (_weir, _out) = start(
+        "two-keys",
+        &format!(
+            "[[listeners]]\nname = \"https\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             tls = {{ certificates = [{{ cert = \"{d}/ec.crt\", key = \"{d}/ec.key\" }}, \
+             {{ cert = \"{d}/rsa.crt\", key = \"{d}/rsa.key\" }}] }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"a\"\n\
+             [[pools]]\nname = \"a\"\n[[pools.backends]]\naddress = \"{a}\"\n",
+            d = dir.display()
+        ),
+    );
+    let key_bits = |sigalgs: &str| {
+        let out = Command::new(which("openssl").expect("openssl"))
+            .args(["s_client", "-connect", &front.to_string()])
+            .args(["-servername", "app.example", "-sigalgs", sigalgs])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl s_client");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("Server public key is "))
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert_eq!(key_bits("rsa_pss_rsae_sha256"), "2048 bit");
+    assert_eq!(key_bits("ecdsa_secp256r1_sha256"), "256 bit");
+    assert_eq!(
+        key_bits("rsa_pss_rsae_sha256:ecdsa_secp256r1_sha256"),
+        "256 bit"
+    );
 }
 
 /// A TLS 1.2 handshake with `server_name`, resuming the session saved in
