@@ -767,16 +767,14 @@ async fn forward(
                 tried.push(i);
                 continue;
             }
-            // The client was still sending its body when `upstream_response`
-            // ran out, and weir was waiting for it: too slow a client, not a
-            // slow backend. A backend that stopped taking the body (weir held
-            // a piece it would not read) is the backend's failure.
+            // (A client silent mid-body is `request_body`'s: `send` waits on.)
             // The request's own deadline (`timeouts.request`) passed while
             // the client still sent its body: the upload took too long,
             // whoever was slow, and no backend is blamed for it.
             Err(Sent::Timeout { whole: true }) if x.body.uploading.load(Relaxed) => {
                 Err(Reason::IdleTimeout)
             }
+            // No answer, or the backend stopped taking the body: its failure.
             Err(Sent::Timeout { .. }) => {
                 pool.on_http_outcome(i, true);
                 Err(Reason::UpstreamTimeout)

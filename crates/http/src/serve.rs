@@ -314,16 +314,7 @@ pub(crate) async fn serve(
         }
         Ok(Err(_)) => {
             // Counted before the socket closes, which the client sees.
-            listener
-                .stats
-                .tls_handshake(TlsEnd::Timeout, Duration::ZERO);
-            end(
-                &listener,
-                route,
-                peer,
-                accepted_at,
-                Some(Reason::HandshakeTimeout),
-            );
+            handshake_timed_out(&listener, route, peer, accepted_at, Duration::ZERO);
             return;
         }
         Ok(Ok(_)) => {}
@@ -356,16 +347,7 @@ pub(crate) async fn serve(
             return;
         }
         Ok(Err(_)) => {
-            listener
-                .stats
-                .tls_handshake(TlsEnd::Timeout, began.elapsed());
-            end(
-                &listener,
-                route,
-                peer,
-                accepted_at,
-                Some(Reason::HandshakeTimeout),
-            );
+            handshake_timed_out(&listener, route, peer, accepted_at, began.elapsed());
             return;
         }
     };
@@ -398,6 +380,24 @@ pub(crate) async fn serve(
     // Boxed: a TLS connection's state is large, and clear-text connections
     // should not carry it.
     on.serve(Box::new(stream), http2).await;
+}
+
+/// A TLS handshake that did not end within the listener's budget.
+fn handshake_timed_out(
+    listener: &Listener,
+    route: usize,
+    peer: std::net::SocketAddr,
+    accepted_at: Instant,
+    took: Duration,
+) {
+    listener.stats.tls_handshake(TlsEnd::Timeout, took);
+    end(
+        listener,
+        route,
+        peer,
+        accepted_at,
+        Some(Reason::HandshakeTimeout),
+    );
 }
 
 /// How a failed TLS handshake ended.
