@@ -180,7 +180,8 @@ pub(crate) struct RawRoute {
 pub(crate) struct RawAuth {
     pub(crate) url: String,
     pub(crate) timeout: Option<String>,
-    #[serde(default)]
+    /// Also read as `cache_headers`: they key the cached answers too.
+    #[serde(default, alias = "cache_headers")]
     pub(crate) headers: Vec<String>,
     #[serde(default)]
     pub(crate) copy_headers: Vec<String>,

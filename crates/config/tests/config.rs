@@ -2013,7 +2013,39 @@ fn l7_route_mistakes_name_their_key() {
         (
             "path_prefix = \"api\"",
             "path_prefix",
-            "\"api\" is not a path prefix",
+            "\"api\" is not a path in normal form",
+        ),
+        // Forms a request's path never has once normalised: with the form
+        // it has, where there is one.
+        (
+            "path_prefix = \"/%7Eadmin\"",
+            "path_prefix",
+            "\"/%7Eadmin\" is not a path in normal form (write \"/~admin\")",
+        ),
+        (
+            "path_prefix = \"/caf\\u00e9\"",
+            "path_prefix",
+            "\"/café\" is not a path in normal form (write \"/caf%C3%A9\")",
+        ),
+        (
+            "path_prefix = \"/a//b\"",
+            "path_prefix",
+            "\"/a//b\" is not a path in normal form (write \"/a/b\")",
+        ),
+        (
+            "path = [\"/x/./y\"]",
+            "path[0]",
+            "\"/x/./y\" is not a path in normal form (write \"/x/y\")",
+        ),
+        (
+            "headers = { \"x-canary\" = \" 1\" }",
+            "headers.x-canary",
+            "\" 1\" would never match",
+        ),
+        (
+            "headers = { \"Host\" = \"a.example\" }",
+            "headers.Host",
+            "match the request's host with `host`",
         ),
         (
             "methods = [\"get\"]",
@@ -2030,8 +2062,16 @@ fn l7_route_mistakes_name_their_key() {
             "headers",
             "\"x y\" is not a header name",
         ),
-        ("path = [\"/a\", \"b\"]", "path[1]", "\"b\" is not a path"),
-        ("path = [\"/a?b=1\"]", "path[0]", "\"/a?b=1\" is not a path"),
+        (
+            "path = [\"/a\", \"b\"]",
+            "path[1]",
+            "\"b\" is not a path in normal form",
+        ),
+        (
+            "path = [\"/a?b=1\"]",
+            "path[0]",
+            "\"/a?b=1\" is not a path in normal form",
+        ),
         (
             "path_regex = \"(\"",
             "path_regex",
@@ -2430,6 +2470,34 @@ fn policies_are_checked_with_their_key_paths() {
         "listeners[0].routes[0].http[0].policies[0].name",
         "duplicate policy name \"a\"",
     );
+    for (policy, key, message) in [
+        (
+            "block_user_agent = [\"curl\", \"\"]",
+            "block_user_agent[1]",
+            "an empty entry would block every client",
+        ),
+        (
+            "require_header = \"Host\"",
+            "require_header",
+            "every request carries a host",
+        ),
+        (
+            "deny = { path_prefix = [\"/%7eadmin\"] }",
+            "deny.path_prefix[0]",
+            "\"/%7eadmin\" is not a path in normal form (write \"/~admin\")",
+        ),
+        (
+            "allow = { path_prefix = [\"/ok\", \"/a/../b\"] }",
+            "allow.path_prefix[1]",
+            "\"/a/../b\" is not a path in normal form (write \"/b\")",
+        ),
+    ] {
+        assert_one(
+            &l7_with(&format!("policies = [ {{ name = \"a\", {policy} }} ]"), ""),
+            &format!("listeners[0].routes[0].policies[0].{key}"),
+            message,
+        );
+    }
     assert_one(
         &l7_with("policies = [ { name = \"a\", deny = {} } ]", ""),
         "listeners[0].routes[0].policies[0].deny",
@@ -2763,6 +2831,21 @@ fn forward_auth_never_asks_for_nor_copies_framing_headers() {
     assert_eq!(
         auth.map(|a| (a.headers.clone(), a.copy_headers.clone())),
         Some((vec!["authorization".to_owned()], vec!["x-user".to_owned()]))
+    );
+    // `cache_headers` is another name for `headers`.
+    let alias = load(&l7(
+        &format!(
+            "auth = {{ url = \"http://127.0.0.1:9100/check\", cache_headers = [\"Cookie\"] }}\n{RULE}"
+        ),
+        "",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let weir_config::RouteMode::L7(http) = &alias.listeners[0].routes[0].mode else {
+        panic!("an l7 route");
+    };
+    assert_eq!(
+        http.auth.as_ref().map(|a| a.headers.clone()),
+        Some(vec!["cookie".to_owned()])
     );
     for (key, name) in [
         ("copy_headers", "Content-Length"),

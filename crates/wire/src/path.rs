@@ -4,13 +4,17 @@
 //!
 //! 1. percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`) are
 //!    decoded, and every other percent-encoding is written in upper case
-//!    (`%2e%2E` is `..`, `%7e` is `~`, `%c3%a9` becomes `%C3%A9`);
+//!    (`%2e%2E` is `..`, `%7e` is `~`, `%c3%a9` becomes `%C3%A9`), and a
+//!    byte above 0x7f sent as it is (raw UTF-8) is percent-encoded, so that
+//!    `/café` and `/caf%C3%A9`, one path to a backend, are one to a rule;
 //! 2. an encoded slash or backslash (`%2F`, `%5C`), and a backslash as sent
 //!    (a separator to some backends), is refused or kept encoded as
 //!    [`Slashes`] says: a backend that decodes it would see another path;
 //! 3. runs of slashes become one (`//admin` is `/admin`);
 //! 4. dot segments are resolved (`/a/./b/../c` is `/a/c`; `..` never climbs
-//!    above the root).
+//!    above the root), and one carrying parameters (`/..;x/`, `/.;/`) is
+//!    refused: servlet containers drop the parameters and climb, weir would
+//!    not.
 //!
 //! The query, when the caller passes one, is not touched. Pure: `&str` in, a
 //! path out; allocation only when something changes.
@@ -36,6 +40,9 @@ pub enum PathError {
     EncodedSlash,
     /// Does not start with `/` (origin form) or holds a byte a path may not.
     NotAPath,
+    /// A dot segment with parameters (`..;x`): a segment weir keeps as a
+    /// name and a servlet container reads as `..`.
+    DotParameters,
 }
 
 impl std::fmt::Display for PathError {
@@ -44,6 +51,7 @@ impl std::fmt::Display for PathError {
             PathError::BadPercent => "a % not followed by two hex digits",
             PathError::EncodedSlash => "a backslash or an encoded slash (\\, %2F or %5C)",
             PathError::NotAPath => "not an absolute path",
+            PathError::DotParameters => "a dot segment with parameters (such as ..;)",
         })
     }
 }
@@ -56,9 +64,16 @@ pub fn normalize(path: &str, slashes: Slashes) -> Result<Cow<'_, str>, PathError
         return Err(PathError::NotAPath);
     }
     if is_normal(b, slashes)? {
+        // A `;` is rare; the scan for dot parameters runs only then.
+        if b.contains(&b';') {
+            check_dot_parameters(b)?;
+        }
         return Ok(Cow::Borrowed(path));
     }
     let decoded = decode_unreserved(b, slashes)?;
+    if decoded.contains(';') {
+        check_dot_parameters(decoded.as_bytes())?;
+    }
     Ok(Cow::Owned(remove_dot_segments(&decoded)))
 }
 
@@ -107,6 +122,7 @@ fn is_normal(b: &[u8], slashes: Slashes) -> Result<bool, PathError> {
                 }
                 segment_start = i + 1;
             }
+            0x80.. => normal = false,
             _ => {}
         }
         prev = c;
@@ -117,6 +133,19 @@ fn is_normal(b: &[u8], slashes: Slashes) -> Result<bool, PathError> {
         normal = false;
     }
     Ok(normal)
+}
+
+/// Refuses a segment that is a dot segment once its parameters (from the
+/// first `;`) are dropped. Run on the decoded path, so `%2e%2e;` is one too.
+fn check_dot_parameters(path: &[u8]) -> Result<(), PathError> {
+    for seg in path.split(|&c| c == b'/') {
+        if let Some(semi) = seg.iter().position(|&c| c == b';') {
+            if matches!(&seg[..semi], b"." | b"..") {
+                return Err(PathError::DotParameters);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn hex(c: u8) -> u8 {
@@ -154,12 +183,17 @@ fn decode_unreserved(b: &[u8], slashes: Slashes) -> Result<String, PathError> {
                 out.push(char::from(HEX[usize::from(v & 0xf)]));
             }
             i += 3;
+        } else if b[i] >= 0x80 {
+            // Raw UTF-8 (the parsers let it through): encoded as a client
+            // that follows RFC 3986 would have sent it.
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b[i] >> 4)]));
+            out.push(char::from(HEX[usize::from(b[i] & 0xf)]));
+            i += 1;
         } else {
-            // The path is checked to be visible bytes; anything above 0x7f
-            // is kept as it came (hyper has already refused invalid UTF-8
-            // in a &str).
+            // The path is checked to be visible bytes.
             let start = i;
-            while i < b.len() && b[i] != b'%' && b[i] != b'\\' {
+            while i < b.len() && b[i] != b'%' && b[i] != b'\\' && b[i] < 0x80 {
                 i += 1;
             }
             out.push_str(std::str::from_utf8(&b[start..i]).map_err(|_| PathError::NotAPath)?);
@@ -289,6 +323,35 @@ mod tests {
     }
 
     #[test]
+    fn raw_utf8_is_encoded_as_a_client_would_have() {
+        assert_eq!(n("/café/x"), "/caf%C3%A9/x");
+        assert_eq!(n("/caf%c3%a9/x"), n("/café/x"));
+        assert_eq!(n("/é/../admin"), "/admin");
+        assert_eq!(n("/%E7%AE%A1/ü"), "/%E7%AE%A1/%C3%BC");
+    }
+
+    #[test]
+    fn dot_segments_with_parameters_are_refused() {
+        for p in [
+            "/public/..;/admin",
+            "/..;x",
+            "/a/.;/b",
+            "/a/%2e%2e;jsessionid=1/b",
+            "//..;/",
+        ] {
+            assert_eq!(
+                normalize(p, Slashes::Reject),
+                Err(PathError::DotParameters),
+                "{p}"
+            );
+        }
+        // Parameters on other segments, and a `;` that is encoded, are paths.
+        assert_eq!(n("/a;x=1/b"), "/a;x=1/b");
+        assert_eq!(n("/a/...;/b"), "/a/...;/b");
+        assert_eq!(n("/a/..%3B/b"), "/a/..%3B/b");
+    }
+
+    #[test]
     fn malformed_paths_are_refused() {
         assert_eq!(normalize("/a%2", Slashes::Keep), Err(PathError::BadPercent));
         assert_eq!(
@@ -303,7 +366,7 @@ mod tests {
 
     const PIECES: &[&str] = &[
         "/", "//", ".", "..", "%2e", "%2E", "a", "B", "%41", "%7e", "%2f", "%c3", "%A9", "-", "_",
-        "~", "%", "%g1", "%5c", "\\",
+        "~", "%", "%g1", "%5c", "\\", "é", ";", ".;", "%3b",
     ];
 
     proptest::proptest! {

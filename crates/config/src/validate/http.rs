@@ -350,23 +350,47 @@ impl Checker {
     /// weir gives every request's path, so that it means what it says.
     fn path_prefix(&mut self, path: &str, raw: &Option<String>) -> Option<String> {
         let p = raw.as_ref()?;
-        let normal = p.starts_with('/')
+        self.normal_path(path, p);
+        Some(p.clone())
+    }
+
+    /// Checks that `p`, a path or path prefix a request's path is compared
+    /// with, is in the normal form every request's path is given first
+    /// (`weir_wire::path`): one in another form would never match.
+    pub(super) fn normal_path(&mut self, key: &str, p: &str) {
+        if p.starts_with('/')
             && p.len() <= 1024
             && !p.contains(['?', '#'])
             && p.bytes().all(|b| b.is_ascii_graphic())
-            && weir_wire::path::normalize(p, weir_wire::path::Slashes::Reject)
-                .is_ok_and(|n| n == p.as_str());
-        if !normal {
-            self.push(
-                path,
-                format!(
-                    "{p:?} is not a path in normal form: it starts with `/`, has no `?`, \
-                     `#`, `//`, `.` or `..` segments or encoded slashes, and encodes in \
-                     upper case only what must be (at most 1024 bytes)"
-                ),
-            );
+            && weir_wire::path::normalize(p, weir_wire::path::Slashes::Reject).is_ok_and(|n| n == p)
+        {
+            return;
         }
-        Some(p.clone())
+        // Raw UTF-8 and spaces are what a client may send too: the hint
+        // names the form they take once normalised.
+        let normal = p
+            .starts_with('/')
+            .then(|| p.replace(' ', "%20"))
+            .and_then(|q| {
+                weir_wire::path::normalize(&q, weir_wire::path::Slashes::Reject)
+                    .ok()
+                    .map(|n| n.into_owned())
+            })
+            .filter(|n| n.len() <= 1024 && !n.contains(['?', '#']));
+        let hint = match normal {
+            Some(n) => format!(" (write {n:?})"),
+            None => String::new(),
+        };
+        self.push(
+            key,
+            format!(
+                "{p:?} is not a path in normal form{hint}: every request's path is \
+                 normalised before it is compared, so this would never match. A path in \
+                 normal form starts with `/`, has no `?`, `#`, `//`, `.` or `..` segments \
+                 or encoded slashes, and encodes in upper case only what must be (at most \
+                 1024 bytes)"
+            ),
+        );
     }
 
     /// `redirect = { scheme, host, port, status }` of a rule; `moves_path`:
@@ -457,19 +481,7 @@ impl Checker {
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                if !p.starts_with('/')
-                    || !p.bytes().all(|b| b.is_ascii_graphic())
-                    || p.contains('?')
-                {
-                    self.push(
-                        format!("{path}.path[{i}]"),
-                        format!(
-                            "{p:?} is not a path: it starts with \"/\" and holds printable \
-                             characters only, without a query (percent-encode the others), \
-                             e.g. \"/login\""
-                        ),
-                    );
-                }
+                self.normal_path(&format!("{path}.path[{i}]"), p);
                 p.clone()
             })
             .collect();
@@ -493,15 +505,7 @@ impl Checker {
             })
             .collect();
         let path_prefix = raw.path_prefix.as_ref().map(|p| {
-            if !p.starts_with('/') || !p.bytes().all(|b| b.is_ascii_graphic()) {
-                self.push(
-                    format!("{path}.path_prefix"),
-                    format!(
-                        "{p:?} is not a path prefix: it starts with \"/\" and holds printable \
-                         characters only (percent-encode the others), e.g. \"/api/\""
-                    ),
-                );
-            }
+            self.normal_path(&format!("{path}.path_prefix"), p);
             p.clone()
         });
         let methods = raw
@@ -545,6 +549,24 @@ impl Checker {
                     self.push(
                         format!("{path}.headers.{name}"),
                         "a header value here holds printable ASCII characters, spaces and tabs",
+                    );
+                } else if value.starts_with([' ', '\t']) || value.ends_with([' ', '\t']) {
+                    // HTTP/1.1 parsers trim them and HTTP/2 forbids them.
+                    self.push(
+                        format!("{path}.headers.{name}"),
+                        format!(
+                            "{value:?} would never match: a received header value has no \
+                             spaces or tabs at its ends (write {:?})",
+                            value.trim_matches([' ', '\t'])
+                        ),
+                    );
+                }
+                if name.eq_ignore_ascii_case("host") {
+                    // HTTP/2 carries it as `:authority`, not as a header.
+                    self.push(
+                        format!("{path}.headers.{name}"),
+                        "match the request's host with `host`, which reads `Host` and HTTP/2's \
+                         `:authority` alike (a `host` header condition would miss HTTP/2 clients)",
                     );
                 }
                 (name.to_ascii_lowercase(), value.clone())

@@ -68,6 +68,15 @@ impl Checker {
             );
         }
         let check = if kinds[0] {
+            for (i, ua) in p.block_user_agent.iter().flatten().enumerate() {
+                if ua.trim().is_empty() {
+                    // Contained in every user agent: it would refuse them all.
+                    self.push(
+                        format!("{path}.block_user_agent[{i}]"),
+                        "an empty entry would block every client that sends a User-Agent",
+                    );
+                }
+            }
             PolicyCheck::BlockUserAgent {
                 contains: p
                     .block_user_agent
@@ -85,6 +94,14 @@ impl Checker {
                 self.push(
                     format!("{path}.require_header"),
                     format!("{name:?} is not a header name"),
+                );
+            } else if name.eq_ignore_ascii_case("host") {
+                // Every request has a host (weir refuses one without), and
+                // HTTP/2 carries it as `:authority`, not as a header.
+                self.push(
+                    format!("{path}.require_header"),
+                    "every request carries a host, as `Host` or HTTP/2's `:authority`: \
+                     to admit some hosts only, use a policy's `allow = { host = [...] }`",
                 );
             }
             PolicyCheck::RequireHeader {
@@ -137,15 +154,7 @@ impl Checker {
             },
         );
         for (i, p) in m.path_prefix.iter().enumerate() {
-            if !p.starts_with('/') || !p.bytes().all(|b| b.is_ascii_graphic()) {
-                self.push(
-                    format!("{path}.path_prefix[{i}]"),
-                    format!(
-                        "{p:?} is not a path prefix: it starts with \"/\" and holds printable \
-                         characters only, e.g. \"/admin\""
-                    ),
-                );
-            }
+            self.normal_path(&format!("{path}.path_prefix[{i}]"), p);
         }
         PolicyMatch {
             methods: host_match.methods,

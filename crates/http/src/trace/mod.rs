@@ -17,6 +17,10 @@ use weir_config::Tracing;
 use weir_wire::traceparent::{SAMPLED, TraceParent, parse};
 
 pub(crate) const TRACEPARENT: &str = "traceparent";
+/// Trace Context level 2's flag: the trace id's last 7 bytes are random.
+/// It and [`SAMPLED`] are the flags weir knows; the others it must send as
+/// zero.
+const RANDOM: u8 = 0x02;
 pub(crate) const TRACESTATE: &str = "tracestate";
 
 /// A request's place in its trace.
@@ -75,7 +79,7 @@ pub(crate) fn next(t: &Tracing, headers: &HeaderMap) -> Context {
             };
             Context {
                 trace_id: p.trace_id,
-                flags: (p.flags & !SAMPLED) | sampled,
+                flags: (p.flags & RANDOM) | sampled,
                 parent: Some(p.parent_id),
                 span: span_id(),
             }
@@ -141,6 +145,12 @@ mod tests {
         assert!(t.sampled(), "the client's flag is kept");
         let t = next(&cfg(0.0, false), &h);
         assert!(!t.sampled(), "at the edge, the ratio decides");
+        // Flags weir does not know are sent on as zero; `random` is kept.
+        let mut h = HeaderMap::new();
+        let all = PARENT.replace("-01", "-ff");
+        h.insert(TRACEPARENT, HeaderValue::from_str(&all).expect("value"));
+        assert_eq!(next(&cfg(0.0, true), &h).flags, SAMPLED | RANDOM);
+        assert_eq!(next(&cfg(0.0, false), &h).flags, RANDOM);
     }
 
     #[test]

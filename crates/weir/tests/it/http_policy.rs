@@ -76,7 +76,7 @@ fn path_tricks_meet_the_deny_rule_and_the_backend_sees_the_judged_path() {
             "[admin]\nhttp = \"{admin}\"\n[log]\nformat = \"json\"\n\
              [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
              [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
-             policies = [ {{ name = \"no-admin\", deny = {{ path_prefix = [\"/admin\"] }} }} ]\n\
+             policies = [ {{ name = \"no-admin\", deny = {{ path_prefix = [\"/admin\", \"/caf%C3%A9\"] }} }} ]\n\
              [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
              [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n",
             backend.addr
@@ -99,6 +99,9 @@ fn path_tricks_meet_the_deny_rule_and_the_backend_sees_the_judged_path() {
         "/ADMIN",
         "/Admin/x",
         "/admin?x=1",
+        // Raw UTF-8 is the percent-encoded path to a backend: one to the rule.
+        "/café/menu",
+        "/caf%c3%a9",
     ] {
         assert_eq!(
             raw_get(front, trick, ""),
@@ -111,12 +114,17 @@ fn path_tricks_meet_the_deny_rule_and_the_backend_sees_the_judged_path() {
         assert_eq!(raw_get(front, trick, "").0, 400, "{trick}");
     }
     assert_eq!(raw_get(front, "/a%zz", "").0, 400);
+    // A dot segment with parameters climbs in a servlet container.
+    for trick in ["/public/..;/admin", "/x/%2e%2e;a=b/admin", "/.;/admin"] {
+        assert_eq!(raw_get(front, trick, "").0, 400, "{trick}");
+    }
     // What passes reaches the backend normalised, query untouched.
     for (sent, forwarded) in [
         ("/public", "/public"),
         ("/public/../index.html", "/index.html"),
         ("//assets///app.js", "/assets/app.js"),
         ("/%7euser/%c3%a9", "/~user/%C3%A9"),
+        ("/menü;v=1", "/men%C3%BC;v=1"),
         ("/administrator/../a?q=%2e%2e", "/a?q=%2e%2e"),
     ] {
         let (status, body) = raw_get(front, sent, "");
@@ -134,7 +142,7 @@ fn path_tricks_meet_the_deny_rule_and_the_backend_sees_the_judged_path() {
             admin,
             "weir_http_policy_blocked_total{listener=\"web\",route=\"app\",policy=\"no-admin\"}"
         ),
-        15.0
+        17.0
     );
     let line = wait_line(&out, "\"policy\":\"no-admin\"");
     assert!(line.contains("\"status\":403"), "{line}");
