@@ -139,10 +139,10 @@ fn is_normal(b: &[u8], slashes: Slashes) -> Result<bool, PathError> {
 /// first `;`) are dropped. Run on the decoded path, so `%2e%2e;` is one too.
 fn check_dot_parameters(path: &[u8]) -> Result<(), PathError> {
     for seg in path.split(|&c| c == b'/') {
-        if let Some(semi) = seg.iter().position(|&c| c == b';') {
-            if matches!(&seg[..semi], b"." | b"..") {
-                return Err(PathError::DotParameters);
-            }
+        if let Some(semi) = seg.iter().position(|&c| c == b';')
+            && matches!(&seg[..semi], b"." | b"..")
+        {
+            return Err(PathError::DotParameters);
         }
     }
     Ok(())
