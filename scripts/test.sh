@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real peers used by the integration tests: nginx and HAProxy as real backends
-# (HTTP, PROXY protocol), nghttpd as an HTTP/2 backend (h2c and TLS), curl as
+# (HTTP, PROXY protocol), nghttpd as an HTTP/2 backend (h2c and TLS), h2load as
+# a client of many concurrent HTTP/2 streams, curl as
 # a real client (HTTP/1.1 and h2c), and Prometheus (prometheus,
 # promtool) scraping weir and checking the metrics and the alert rules; the
 # upgrade test runs in a network namespace of its own (unshare and nsenter from
@@ -20,6 +21,7 @@ command -v nginx >/dev/null 2>&1 || packages+=(nginx)
 command -v haproxy >/dev/null 2>&1 || packages+=(haproxy)
 command -v curl >/dev/null 2>&1 || packages+=(curl)
 command -v nghttpd >/dev/null 2>&1 || packages+=(nghttp2-server)
+command -v h2load >/dev/null 2>&1 || packages+=(nghttp2-client)
 command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
 command -v python3 >/dev/null 2>&1 || packages+=(python3)
 command -v openssl >/dev/null 2>&1 || packages+=(openssl)

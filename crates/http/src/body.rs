@@ -40,8 +40,9 @@ pub(crate) struct RequestBody {
     count: Arc<BodyCount>,
     limit: Option<u64>,
     /// Runs while the client sends nothing: past `idle_for`
-    /// (`timeouts.request_body`) the upload is cut. Armed at the first
-    /// wait, moved on by every piece.
+    /// (`timeouts.request_body`) the upload is cut, unless the answer moved
+    /// meanwhile (the call is not idle). Armed at the first wait, moved on
+    /// by every piece.
     idle: Option<Pin<Box<Sleep>>>,
     idle_for: Duration,
     /// The route's identity headers (see `RouteState::identity`), when it
@@ -156,15 +157,22 @@ impl Body for RequestBody {
                 let timer = this
                     .idle
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle_for)));
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        this.count.uploading.store(false, Relaxed);
-                        this.count.stalled.store(true, Relaxed);
-                        this.inner = None;
-                        Poll::Ready(Some(Err(BodyError(Reason::IdleTimeout))))
+                loop {
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
                     }
-                    Poll::Pending => Poll::Pending,
+                    // The answer went on meanwhile: silent for as long
+                    // after its last piece.
+                    let answered = crate::clock::from_micros(this.count.answered_at.load(Relaxed));
+                    match answered.map(|a| a + idle_for) {
+                        Some(next) if next > timer.deadline() => timer.as_mut().reset(next),
+                        _ => break,
+                    }
                 }
+                this.count.uploading.store(false, Relaxed);
+                this.count.stalled.store(true, Relaxed);
+                this.inner = None;
+                Poll::Ready(Some(Err(BodyError(Reason::IdleTimeout))))
             }
         }
     }
@@ -210,6 +218,10 @@ enum Source {
         /// with trailers carrying a `grpc-status`, not a reset the client
         /// would read as INTERNAL.
         grpc: bool,
+        /// The backend's next eviction (`drain_timeout`, `close_on_down`),
+        /// which cuts a stream that outlasts it; watched, as `idle`, from
+        /// the first time the body makes the client wait.
+        evicted: Option<crate::exchange::Evicted>,
     },
 }
 
@@ -241,6 +253,7 @@ impl ResponseBody {
                 lease: Some(lease),
                 holding: true,
                 grpc,
+                evicted: None,
             },
             exchange: Some(exchange),
         }
@@ -282,6 +295,10 @@ impl ResponseBody {
     fn sent(&mut self, n: usize) {
         if let Some(x) = self.exchange.as_mut() {
             x.bytes_out += n as u64;
+            if x.body.uploading.load(Relaxed) {
+                let now = crate::clock::micros(crate::clock::now());
+                x.body.answered_at.store(now, Relaxed);
+            }
         }
     }
 }
@@ -339,6 +356,7 @@ impl Body for ResponseBody {
                 idle_for,
                 until,
                 holding,
+                evicted,
                 ..
             } => {
                 let conn = this.exchange.as_ref().map(|x| &x.conn);
@@ -361,13 +379,24 @@ impl Body for ResponseBody {
                         Poll::Ready(Some(Ok(frame)))
                     }
                     Poll::Ready(Some(Err(_))) => {
-                        Poll::Ready(Some(Err(BodyError(Reason::BackendError))))
+                        // A backend's stream reset because weir ended the
+                        // upload is the upload's doing, not the backend's.
+                        let reason = match this.exchange.as_ref().map(|x| &x.body) {
+                            Some(b) if b.stalled.load(Relaxed) => Reason::IdleTimeout,
+                            Some(b) if b.over.load(Relaxed) => Reason::BodyTooLarge,
+                            Some(b) if b.ended_by_client() => Reason::ClientError,
+                            _ => Reason::BackendError,
+                        };
+                        Poll::Ready(Some(Err(BodyError(reason))))
                     }
                     Poll::Ready(None) => Poll::Ready(None),
                     Poll::Pending => {
                         let timer = idle.get_or_insert_with(|| {
                             Box::pin(tokio::time::sleep_until(wake_at(*idle_for, *until)))
                         });
+                        if evicted.is_none() {
+                            *evicted = this.exchange.as_ref().and_then(|x| x.evicted());
+                        }
                         match timer.as_mut().poll(cx) {
                             // The request's own deadline, or the backend's silence.
                             Poll::Ready(()) => Poll::Ready(Some(Err(BodyError(
@@ -377,7 +406,15 @@ impl Body for ResponseBody {
                                     Reason::IdleTimeout
                                 },
                             )))),
-                            Poll::Pending => Poll::Pending,
+                            // The backend left service and its drain ran out.
+                            Poll::Pending => {
+                                match evicted.as_mut().map(|e| e.0.as_mut().poll(cx)) {
+                                    Some(Poll::Ready(why)) => {
+                                        Poll::Ready(Some(Err(BodyError(why))))
+                                    }
+                                    _ => Poll::Pending,
+                                }
+                            }
                         }
                     }
                 }
@@ -398,12 +435,13 @@ impl Body for ResponseBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 let reason = e.0;
+                let client = (this.exchange.as_ref()).is_some_and(|x| x.body.ended_by_client());
                 this.end(reason.as_str());
                 if matches!(this.source, Source::Upstream { grpc: true, .. }) {
                     // The backend's part is over: the client gets the status.
                     this.source = Source::Full(None);
                     return Poll::Ready(Some(Ok(Frame::trailers(crate::errors::grpc_trailers(
-                        reason,
+                        reason, client,
                     )))));
                 }
             }

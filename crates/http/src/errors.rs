@@ -110,9 +110,9 @@ pub fn parts(reason: Reason, grpc: bool) -> (http::response::Parts, Bytes) {
 }
 
 /// The trailers that end a gRPC response weir had to cut (the backend
-/// failed or went quiet mid-stream): the status `reason` maps to, as the
-/// call's end.
-pub fn grpc_trailers(reason: Reason) -> HeaderMap {
+/// failed or went quiet mid-stream, or the client's side of the call was
+/// cut: `client`): the status `reason` maps to, as the call's end.
+pub fn grpc_trailers(reason: Reason, client: bool) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(
         "grpc-status",
@@ -120,7 +120,7 @@ pub fn grpc_trailers(reason: Reason) -> HeaderMap {
     );
     let text = match reason {
         // Inside a response, not the client's body being waited for.
-        Reason::IdleTimeout => {
+        Reason::IdleTimeout if !client => {
             format!(
                 "weir: the backend's response went quiet for too long ({})",
                 reason.as_str()
@@ -172,7 +172,7 @@ mod tests {
         let (p, _) = parts(Reason::UpstreamTimeout, true);
         assert_eq!(p.headers["grpc-status"], "4");
         assert_eq!(grpc_code(StatusCode::BAD_GATEWAY), 14);
-        let t = grpc_trailers(Reason::BackendError);
+        let t = grpc_trailers(Reason::BackendError, false);
         assert_eq!(t["grpc-status"], "14");
         assert_eq!(
             t["grpc-message"],
@@ -190,8 +190,19 @@ mod tests {
         );
         assert!(is_grpc(&h) && !is_native_grpc(&h));
         // A body cut at `timeouts.request`: the call ran out of time.
-        assert_eq!(grpc_trailers(Reason::UpstreamTimeout)["grpc-status"], "4");
-        let t = grpc_trailers(Reason::IdleTimeout);
+        assert_eq!(
+            grpc_trailers(Reason::UpstreamTimeout, false)["grpc-status"],
+            "4"
+        );
+        // A client silent mid-call for `request_body`: its side, said so.
+        let t = grpc_trailers(Reason::IdleTimeout, true);
+        assert!(
+            t["grpc-message"]
+                .to_str()
+                .is_ok_and(|m| m.contains("request%20body")),
+            "{t:?}"
+        );
+        let t = grpc_trailers(Reason::IdleTimeout, false);
         assert_eq!(t["grpc-status"], "14");
         assert!(
             t["grpc-message"]

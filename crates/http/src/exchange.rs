@@ -42,6 +42,10 @@ pub(crate) struct BodyCount {
     /// ([`crate::clock::micros`]; 0: never): an upload that moves is not
     /// a backend slow to answer.
     pub(crate) moved_at: AtomicU64,
+    /// When a piece of the answer last went to the client while the body
+    /// was still coming (as `moved_at`): a call that streams its answer
+    /// is not idle while its client has nothing to send (a gRPC stream).
+    pub(crate) answered_at: AtomicU64,
     /// The response ended short (weir cut it, or its client went): what is
     /// left of the body must not reach the backend, nor its end look like
     /// the client's (a streaming call would take a cut upload for whole).
@@ -73,6 +77,17 @@ impl BodyCount {
     /// limit, or the client failed while sending it.
     pub(crate) fn ended_by_client(&self) -> bool {
         self.over.load(Relaxed) || self.client_failed.load(Relaxed) || self.stalled.load(Relaxed)
+    }
+}
+
+/// See [`Exchange::evicted`].
+pub(crate) struct Evicted(
+    pub(crate) std::pin::Pin<Box<dyn std::future::Future<Output = weir_core::Reason> + Send>>,
+);
+
+impl std::fmt::Debug for Evicted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Evicted")
     }
 }
 
@@ -109,6 +124,9 @@ pub(crate) struct Exchange {
     /// Whether [`Exchange::backend`] holds its slot and counts the request
     /// in flight; one that failed gives both back while another is sought.
     holding: bool,
+    /// The backend's evictions when it was picked: a request that lasts
+    /// (a stream, a WebSocket) ends at the next ([`Exchange::evicted`]).
+    evictions_at: u64,
     /// The backend of the pool the request's sticky cookie names.
     pub(crate) sticky: Option<u32>,
     pub(crate) reason: &'static str,
@@ -155,6 +173,7 @@ impl Exchange {
             upstream: None,
             backend: None,
             holding: false,
+            evictions_at: 0,
             sticky: None,
             reason: COMPLETED,
             finished: false,
@@ -170,7 +189,23 @@ impl Exchange {
             b.stats.http_requests_active.fetch_add(1, Relaxed);
             self.backend = Some((Arc::clone(pool), i));
             self.holding = true;
+            self.evictions_at = b.evictions_so_far();
         }
+    }
+
+    /// Resolves when the backend serving the request closes its
+    /// connections (`drain_timeout` after it left service, `close_on_down`),
+    /// with the reason: what a stream or a WebSocket to it waits for beside
+    /// its own end. `None` without a backend.
+    pub(crate) fn evicted(&self) -> Option<Evicted> {
+        let (pool, i) = self.backend.clone()?;
+        let watch = pool.backends.get(i)?.watch_evictions(self.evictions_at);
+        Some(Evicted(Box::pin(async move {
+            match pool.backends.get(i) {
+                Some(b) => b.evicted(&watch).await,
+                None => std::future::pending().await,
+            }
+        })))
     }
 
     /// The backend no longer serves this request (it failed, or its answer

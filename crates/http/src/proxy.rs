@@ -552,7 +552,8 @@ async fn forward(
         }
         _ => 0,
     };
-    let replayable = is_idempotent(req.method()) && is_bodiless(&req);
+    let bodiless = is_bodiless(&req);
+    let replayable = is_idempotent(req.method()) && bodiless;
     let mut req = Some(req);
     let mut tried: Vec<usize> = Vec::new();
     let mut last = Reason::NoBackend;
@@ -650,8 +651,11 @@ async fn forward(
         };
         let mut lease = match checkout {
             Ok(lease) => lease,
-            Err(reason) => {
-                connect_failed(pool, i, reason);
+            Err(unopened) => {
+                let reason = unopened.reason;
+                if !unopened.shared {
+                    connect_failed(pool, i, reason);
+                }
                 last = reason;
                 if !reason.retry() {
                     break;
@@ -676,7 +680,11 @@ async fn forward(
         // One used a moment ago is not closing, and a busy proxy pays
         // nothing.
         let race = replayable && lease.reused && lease.rested >= RACE_REST;
-        let mut copy = (race || status_retry).then(|| copy_bodiless(&request));
+        // An HTTP/2 backend may refuse a stream it will not process (a
+        // GOAWAY, REFUSED_STREAM), and hyper does not give the request
+        // back then: a bodiless one is kept to go again.
+        let h2 = bodiless && !lease.is_h1();
+        let mut copy = (race || status_retry || h2).then(|| copy_bodiless(&request));
         let sent_at = crate::clock::now();
         let wait = Wait {
             from: sent_at,
@@ -704,6 +712,14 @@ async fn forward(
             Err(Sent::Failed) if race => match &copy {
                 Some(request) => again(copy_bodiless(request), &lease).await,
                 None => Err(Sent::Failed),
+            },
+            // The backend did not process it (RFC 9113 §8.7): once more, on
+            // another connection. A GOAWAY leaves room for doubt when the
+            // connection ended after it, so only an idempotent request goes
+            // again then; a refused stream is certain.
+            Err(Sent::Unprocessed { certain }) if certain || replayable => match &copy {
+                Some(request) => again(copy_bodiless(request), &lease).await,
+                None => Err(Sent::Unprocessed { certain }),
             },
             other => other.map(|r| (r, lease)),
         };
@@ -789,11 +805,18 @@ async fn forward(
                 pool.on_http_outcome(i, true);
                 Err(Reason::BackendError)
             }
+            // Turned away unprocessed, and not sent again: the backend is
+            // going away or busy, which its health check is to judge; a
+            // graceful GOAWAY across many streams must not eject it.
+            Err(Sent::Unprocessed { .. }) => Err(Reason::BackendError),
             // The fresh connection of the race's retry could not be made:
             // a connect failure like any, and nothing of the request was
             // sent, so another backend may take it.
-            Err(Sent::Connect(reason, request)) => {
-                connect_failed(pool, i, reason);
+            Err(Sent::Connect(unopened, request)) => {
+                let reason = unopened.reason;
+                if !unopened.shared {
+                    connect_failed(pool, i, reason);
+                }
                 if !reason.retry() {
                     return settle(Err(reason), kept, target, x);
                 }
@@ -855,12 +878,16 @@ enum Sent {
     Not(Box<Request<RequestBody>>),
     /// Written, then the connection failed before a response header.
     Failed,
+    /// Written, and turned away by an HTTP/2 backend that did not process
+    /// it: `certain` for a refused stream, else a GOAWAY whose last stream
+    /// is below it (processed all the same if the connection then ended).
+    Unprocessed { certain: bool },
     /// No response header within `upstream_response` (the backend stopped
     /// taking the body, or did not answer it), or by the request's own
     /// deadline (`whole`).
     Timeout { whole: bool },
     /// A fresh connection for a retry could not be made: the request, back.
-    Connect(Reason, Box<Request<RequestBody>>),
+    Connect(crate::upstream::Unopened, Box<Request<RequestBody>>),
 }
 
 /// How long the answer's head to a request may take: `within`
@@ -938,9 +965,22 @@ async fn send(
         Err(SendError::NotSent(req)) => Err(Sent::Not(req)),
         Err(SendError::Failed(e)) => {
             tracing::debug!(error = %e, "request to the backend failed");
-            Err(Sent::Failed)
+            Err(unprocessed(&e).map_or(Sent::Failed, |certain| Sent::Unprocessed { certain }))
         }
     }
+}
+
+/// Whether an HTTP/2 backend turned the request away unprocessed: `true`
+/// for a refused stream, `false` for a GOAWAY; `None` for any other failure.
+fn unprocessed(e: &hyper::Error) -> Option<bool> {
+    let h2 = std::error::Error::source(e)?.downcast_ref::<h2::Error>()?;
+    if !h2.is_remote() {
+        return None;
+    }
+    if h2.is_go_away() {
+        return Some(false);
+    }
+    (h2.reason() == Some(h2::Reason::REFUSED_STREAM)).then_some(true)
 }
 
 /// Sends `req` on a new connection to the same backend, in place of
@@ -952,7 +992,15 @@ async fn retry_fresh(
     wait: Wait<'_>,
     failed: &Lease,
 ) -> Result<(Response<Incoming>, Lease), Sent> {
-    let mut lease = match Box::pin(conns.fresh(dialer, Some(failed))).await {
+    let fresh = Box::pin(conns.fresh(dialer, Some(failed)));
+    let connected = match wait.until {
+        Some(u) => match tokio::time::timeout_at(u, fresh).await {
+            Ok(c) => c,
+            Err(_) => return Err(Sent::Timeout { whole: true }),
+        },
+        None => fresh.await,
+    };
+    let mut lease = match connected {
         Ok(lease) => lease,
         Err(reason) => return Err(Sent::Connect(reason, req)),
     };
@@ -1140,7 +1188,8 @@ fn denied(d: &crate::auth::Denial, own: Own<'_>, mut x: Box<Exchange>) -> Respon
             _ => 7,
         };
         parts.headers.insert("grpc-status", HeaderValue::from(code));
-        x.status = parts.status.as_u16();
+        // Counted and logged as the refusal it passes on (see `answer`).
+        x.status = d.status.as_u16();
         own.finish(&mut parts.headers, &x);
         return Response::from_parts(parts, ResponseBody::full(body, Some(x)));
     }
@@ -1155,10 +1204,13 @@ fn denied(d: &crate::auth::Denial, own: Own<'_>, mut x: Box<Exchange>) -> Respon
     Response::from_parts(parts, ResponseBody::full(d.body.clone(), Some(x)))
 }
 
-/// weir's own answer, ending the exchange.
+/// weir's own answer, ending the exchange. A gRPC client gets it as 200
+/// and a `grpc-status`; the metrics and the access log count the status it
+/// stands for (503, 502, 504...), so that a failing gRPC route shows in
+/// `code="5xx"` as any other.
 fn answer(reason: Reason, own: Own<'_>, mut x: Box<Exchange>) -> Response<ResponseBody> {
     let (mut parts, body) = errors::parts(reason, own.grpc);
-    x.status = parts.status.as_u16();
+    x.status = errors::status(reason).as_u16();
     x.reason = reason.as_str();
     own.finish(&mut parts.headers, &x);
     Response::from_parts(parts, ResponseBody::full(body, Some(x)))

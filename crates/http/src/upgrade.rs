@@ -3,8 +3,9 @@
 //! when the backend answers `101 Switching Protocols`, both connections are
 //! handed over by hyper and relayed byte for byte, like a layer-4
 //! connection, until either side closes, nothing moves for
-//! `timeouts.websocket_idle`, or the listener's connections are killed (or
-//! its `shutdown_timeout` passes after a reload removed the route). The
+//! `timeouts.websocket_idle`, the listener's connections are killed (or
+//! its `shutdown_timeout` passes after a reload removed the route), or the
+//! backend's connections are closed (`drain_timeout`, `close_on_down`). The
 //! request's access-log line is written when the relay ends, with the bytes
 //! each way.
 
@@ -66,6 +67,7 @@ pub(crate) fn relay<B>(
 ) -> Response<B> {
     let backend = hyper::upgrade::on(&mut response);
     x.status = 101;
+    let evicted = x.evicted();
     conn.then_run(Box::pin(async move {
         let _backend_conn = backend_conn;
         let (client, backend) = match tokio::join!(client, backend) {
@@ -127,6 +129,17 @@ pub(crate) fn relay<B>(
                 None
             }
             why = weir_core::live::closed(ends.live.as_deref()) => {
+                x.reason = why.as_str();
+                None
+            }
+            // The backend left service and its drain ran out, or it went
+            // down under `close_on_down`: as its l4 connections are.
+            why = async {
+                match evicted {
+                    Some(e) => e.0.await,
+                    None => std::future::pending().await,
+                }
+            } => {
                 x.reason = why.as_str();
                 None
             }

@@ -258,7 +258,7 @@ impl Conns {
         self: &Arc<Self>,
         dialer: &Dialer,
         now: Instant,
-    ) -> Result<Lease, Reason> {
+    ) -> Result<Lease, Unopened> {
         match self.protocol {
             HttpProtocol::Http1 => {
                 if let Some((sender, rested)) = self.reuse_h1(now).await {
@@ -292,7 +292,7 @@ impl Conns {
         self: &Arc<Self>,
         dialer: &Dialer,
         not: Option<u64>,
-    ) -> Result<Lease, Reason> {
+    ) -> Result<Lease, Unopened> {
         let failures = self.h2_failures.load(Relaxed);
         loop {
             let mut shared = self.h2.lock().await;
@@ -322,8 +322,11 @@ impl Conns {
             drop(opened);
             let why = if self.h2_failures.load(Relaxed) != failures {
                 // An open failed while this request waited, and none it
-                // could wait for is left.
-                *lock(&self.h2_why)
+                // could wait for is left: its opener counts the failure.
+                Unopened {
+                    reason: *lock(&self.h2_why),
+                    shared: true,
+                }
             } else {
                 let opening = Counted::up(&self.h2_opening, Some(&self.h2_opened));
                 drop(shared);
@@ -335,7 +338,7 @@ impl Conns {
                 drop(opening);
                 match opened {
                     Ok(lease) => return Ok(lease),
-                    Err(why) => why,
+                    Err(reason) => Unopened::from(reason),
                 }
             };
             return match shared.iter_mut().min_by_key(|c| c.streams.load(Relaxed)) {
@@ -366,7 +369,7 @@ impl Conns {
         self: &Arc<Self>,
         dialer: &Dialer,
         failed: Option<&Lease>,
-    ) -> Result<Lease, Reason> {
+    ) -> Result<Lease, Unopened> {
         match self.protocol {
             HttpProtocol::Http1 => {
                 let io = dial(self.address, dialer).await?;
@@ -395,7 +398,7 @@ impl Conns {
     pub(crate) async fn fresh_upgradeable(
         self: &Arc<Self>,
         dialer: &Dialer,
-    ) -> Result<Lease, Reason> {
+    ) -> Result<Lease, Unopened> {
         let io = dial(self.address, dialer).await?;
         // Counted closed when the socket is: after the relay, if switched.
         let io = Closing {
@@ -530,8 +533,10 @@ impl Conns {
         }
     }
 
-    /// Closes the idle connections past `upstream_keepalive`: HTTP/1.1 ones,
-    /// and HTTP/2 ones but the oldest open one; lets closed HTTP/2 ones go.
+    /// Closes the idle connections past `upstream_keepalive`, HTTP/1.1 and
+    /// HTTP/2 ones alike (a backend closes its side past its own idle
+    /// timeout, and a GOAWAY then may meet a request); lets closed HTTP/2
+    /// ones go.
     pub(crate) fn sweep(&self) {
         let mut idle = self.idle();
         let before = idle.len();
@@ -543,13 +548,10 @@ impl Conns {
             .upstream_idle
             .fetch_sub(i64::try_from(closed).unwrap_or(0), Relaxed);
         if let Ok(mut h2) = self.h2.try_lock() {
-            h2.retain(|c| !c.sender.is_closed());
-            let mut first = true;
             // Dropping the last sender of an idle connection closes it.
             h2.retain(|c| {
-                let keep = first || c.streams.load(Relaxed) > 0 || c.used.elapsed() < keepalive;
-                first = false;
-                keep
+                !c.sender.is_closed()
+                    && (c.streams.load(Relaxed) > 0 || c.used.elapsed() < keepalive)
             });
         }
     }
@@ -581,6 +583,26 @@ pub(crate) struct Lease {
     pub(crate) rested: Duration,
     /// Which shared HTTP/2 connection it is (see `Conns::h2_opens`).
     h2_number: u64,
+}
+
+/// Why no connection could be had for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Unopened {
+    pub(crate) reason: Reason,
+    /// The failure of a shared HTTP/2 open this request waited for: its
+    /// opener counts it, so that one failed connect counts once, not once
+    /// per request that waited (passive health and outlier detection
+    /// would take a burst on a cold backend for many failures).
+    pub(crate) shared: bool,
+}
+
+impl From<Reason> for Unopened {
+    fn from(reason: Reason) -> Unopened {
+        Unopened {
+            reason,
+            shared: false,
+        }
+    }
 }
 
 /// Why a request did not get a response.
@@ -1201,7 +1223,7 @@ mod tests {
             .await
             .expect("not left waiting")
             .expect("join");
-        assert_eq!(got, Err(Reason::Timeout), "it tried itself");
+        assert_eq!(got, Err(Unopened::from(Reason::Timeout)), "it tried itself");
         assert_eq!(conns.h2_opening.load(SeqCst), 0);
         assert_eq!(conns.h2_awaiting.load(SeqCst), 0);
     }
@@ -1216,8 +1238,10 @@ mod tests {
         let _queued = fill_queue(addr);
         let (conns, dialer) = h2c(addr, Duration::from_millis(300));
         let (a, b) = tokio::join!(conns.fresh(&dialer, None), conns.fresh(&dialer, None));
-        assert_eq!(a.err(), Some(Reason::Timeout));
-        assert_eq!(b.err(), Some(Reason::Timeout));
+        // One of them opened, and counts the failure; the other shared it.
+        let (a, b) = (a.expect_err("no connection"), b.expect_err("no connection"));
+        assert_eq!((a.reason, b.reason), (Reason::Timeout, Reason::Timeout));
+        assert!(a.shared != b.shared, "{a:?} {b:?}");
         assert_eq!(conns.h2_failures.load(Relaxed), 1, "one open tried");
     }
 }

@@ -27,6 +27,14 @@ pub enum Eviction {
     DrainTimeout = 2,
 }
 
+/// What [`Backend::watch_evictions`] gives: the evictions so far, and the
+/// token the next one cancels.
+#[derive(Debug, Clone)]
+pub struct EvictionWatch {
+    since: u64,
+    token: Arc<CancellationToken>,
+}
+
 /// The last probe of a backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LastProbe {
@@ -343,6 +351,36 @@ impl Backend {
     pub(crate) fn eviction_watch(&self) -> (u64, Arc<CancellationToken>) {
         let since = self.link.evictions.load(Acquire);
         (since, self.link.evict.load_full())
+    }
+
+    /// The evictions so far: what a request to the backend notes when it
+    /// picks it, to watch from there ([`Backend::watch_evictions`]).
+    pub fn evictions_so_far(&self) -> u64 {
+        self.link.evictions.load(Acquire)
+    }
+
+    /// A watch on the backend's evictions after the `since`-th, for a
+    /// request to it that lasts (an l7 relay or stream): see
+    /// [`Backend::evicted`]. The token is taken after the count was read,
+    /// so an eviction between the two is seen by the count.
+    pub fn watch_evictions(&self, since: u64) -> EvictionWatch {
+        EvictionWatch {
+            since,
+            token: self.link.evict.load_full(),
+        }
+    }
+
+    /// Resolves once the backend has closed its connections
+    /// (`drain_timeout` after it left service, or `close_on_down`) since
+    /// `watch` began, with the reason to log.
+    pub async fn evicted(&self, watch: &EvictionWatch) -> crate::Reason {
+        if self.link.evictions.load(Acquire) == watch.since {
+            watch.token.cancelled().await;
+        }
+        match self.eviction() {
+            Eviction::BackendDown => crate::Reason::BackendDown,
+            Eviction::DrainTimeout => crate::Reason::DrainTimeout,
+        }
     }
 
     /// The count of evictions (see [`Backend::eviction_watch`]).

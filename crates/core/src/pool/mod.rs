@@ -22,7 +22,7 @@ mod outlier;
 mod queue;
 mod stats;
 
-pub use backend::{Backend, BackendView, Eviction, LastProbe, Watch};
+pub use backend::{Backend, BackendView, Eviction, EvictionWatch, LastProbe, Watch};
 pub use budget::{RetryLeave, Retrying};
 pub(crate) use queue::SlotGuard;
 pub use queue::{Queue, QueueResult};

@@ -58,14 +58,14 @@ fn grpc_calls_of_every_kind_and_their_statuses() {
     let backend = free_port();
     let _server = peer_server(&["grpc-server", &backend.port().to_string()]);
     wait_connectable(backend);
-    let (refusing, front) = (free_port(), free_port());
-    let (_weir, _out) = start(
+    let (refusing, front, admin) = (free_port(), free_port(), free_port());
+    let (_weir, out) = start(
         "grpc",
         &format!(
-            "[log]\naccess_log = false\n\
+            "[admin]\nhttp = \"{admin}\"\n[log]\nformat = \"json\"\n\
              [[listeners]]\nname = \"grpc\"\nbind = \"{front}\"\n\
              [[listeners.routes]]\nname = \"api\"\nmode = \"l7\"\n\
-             timeouts = {{ upstream_response = \"1s\", upstream_idle = \"500ms\" }}\n\
+             timeouts = {{ upstream_response = \"1s\", upstream_idle = \"500ms\", request_body = \"1s\" }}\n\
              [[listeners.routes.http]]\nname = \"gone\"\npool = \"gone\"\n\
              match = {{ path_prefix = \"/weir.test.Echo/Gone\" }}\n\
              [[listeners.routes.http]]\nname = \"echo\"\npool = \"echo\"\n\
@@ -92,8 +92,26 @@ fn grpc_calls_of_every_kind_and_their_statuses() {
     assert_eq!(gone["code"], "UNAVAILABLE", "{gone}");
     let slow = peer_client(&["grpc-call", &target, "Slow"]);
     assert_eq!(slow["code"], "DEADLINE_EXCEEDED", "{slow}");
+    // On the wire they are 200 with a grpc-status; counted and logged as the
+    // failures they stand for, so a failing gRPC route shows in 5xx.
+    let failed = "weir_http_requests_total{listener=\"grpc\",route=\"api\",code=\"5xx\"} ";
+    crate::http::wait("two 5xx counted", &|| {
+        crate::cli::http_get(admin, "/metrics")
+            .lines()
+            .any(|l| l.strip_prefix(failed) == Some("2"))
+    });
+    let line = wait_line(&out, "/weir.test.Echo/Gone");
+    assert!(line.contains("\"status\":502"), "{line}");
+    let line = wait_line(&out, "/weir.test.Echo/Slow");
+    assert!(line.contains("\"status\":504"), "{line}");
+    assert!(line.contains("\"reason\":\"upstream_timeout\""), "{line}");
     let ok = peer_client(&["grpc-call", &target, "Unary"]);
     assert_eq!(ok["code"], "OK", "{ok}");
+    // A client with nothing to say for longer than `request_body` while the
+    // answer streams: the call is not idle, and goes on to its end.
+    let quiet = peer_client(&["grpc-quiet", &target]);
+    assert_eq!(quiet["code"], "OK", "{quiet}");
+    assert_eq!(quiet["parts"].as_array().map(Vec::len), Some(10), "{quiet}");
     // A stream the backend stops feeding for longer than `upstream_idle`
     // ends with a gRPC status in trailers, after what had come through.
     let stalled = peer_client(&["grpc-stream", &target, "Stall"]);
@@ -680,4 +698,122 @@ fn expect_continue_does_not_stall_the_upload() {
         "{:?}",
         began.elapsed()
     );
+}
+
+/// A backend that reads one request head and answers `answer`, then
+/// echoes what comes, holding the connection open until its peer closes.
+fn answering_backend(answer: &'static [u8]) -> SocketAddr {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = s.write_all(answer);
+                let mut buf = [0u8; 256];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A WebSocket and a never-ending event stream to backends an operator
+/// disables end at the pools' `drain_timeout`, as their l4 connections
+/// would (reason `drain_timeout`), rather than go on for good.
+#[test]
+fn streams_and_websockets_end_at_the_drain_timeout_of_a_disabled_backend() {
+    use std::io::{Read, Write};
+    let ws = answering_backend(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+    );
+    let sse = answering_backend(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n\
+          f\r\ndata: event 0\n\n\r\n",
+    );
+    let (front, grpc) = (free_port(), free_port());
+    let (_weir, out) = start(
+        "drain-streams",
+        &format!(
+            "[admin]\ngrpc = \"{grpc}\"\n[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"ws\"\npool = \"ws\"\n\
+             match = {{ path_prefix = \"/ws\" }}\n\
+             [[listeners.routes.http]]\nname = \"sse\"\npool = \"sse\"\n\
+             [[pools]]\nname = \"ws\"\ndrain_timeout = \"500ms\"\n[pools.health]\ntype = \"none\"\n\
+             [[pools.backends]]\nname = \"w\"\naddress = \"{ws}\"\n\
+             [[pools]]\nname = \"sse\"\ndrain_timeout = \"500ms\"\n[pools.health]\ntype = \"none\"\n\
+             [[pools.backends]]\nname = \"s\"\naddress = \"{sse}\"\n"
+        ),
+    );
+    let head_of = |c: &mut std::net::TcpStream, ends: &[u8]| {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(ends) {
+            assert_eq!(c.read(&mut byte).expect("head"), 1, "{head:?}");
+            head.push(byte[0]);
+        }
+        String::from_utf8_lossy(&head).into_owned()
+    };
+    let mut w = std::net::TcpStream::connect(front).expect("connect");
+    w.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .expect("request");
+    let head = head_of(&mut w, b"\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    w.write_all(b"ping").expect("send");
+    let mut echo = [0u8; 4];
+    w.read_exact(&mut echo).expect("echo");
+    assert_eq!(&echo, b"ping");
+    let mut s = std::net::TcpStream::connect(front).expect("connect");
+    s.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    let first = head_of(&mut s, b"event 0\n\n");
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+
+    for (pool, backend) in [("ws", "w"), ("sse", "s")] {
+        let (code, _, err) = crate::control::text(&crate::control::ctl(
+            grpc,
+            None,
+            &["backend", "disable", pool, backend],
+        ));
+        assert_eq!(code, 0, "{err}");
+    }
+    // Both are closed by weir, not by the backends (which hold on).
+    for c in [&mut w, &mut s] {
+        c.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut rest = Vec::new();
+        let _ = c.read_to_end(&mut rest);
+        assert!(!rest.ends_with(b"0\r\n\r\n"), "ended as complete: {rest:?}");
+    }
+    // Their lines come in either order.
+    let mut lines = Vec::new();
+    while lines.len() < 2 {
+        lines.push(wait_line(&out, "\"path\":\"/"));
+    }
+    for path in ["/ws", "/events"] {
+        let line = lines
+            .iter()
+            .find(|l| l.contains(&format!("\"path\":\"{path}\"")))
+            .unwrap_or_else(|| panic!("no line for {path}: {lines:?}"));
+        assert!(line.contains("\"reason\":\"drain_timeout\""), "{line}");
+    }
 }

@@ -57,6 +57,12 @@ def grpc_server(port):
         time.sleep(3)
         yield b"part 1"
 
+    def ticker(requests, context):
+        # Ten ticks over 2.5 s, whatever the client sends meanwhile.
+        for i in range(10):
+            yield f"tick {i}".encode()
+            time.sleep(0.25)
+
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
@@ -65,6 +71,7 @@ def grpc_server(port):
         "Fail": grpc.unary_unary_rpc_method_handler(fail),
         "Slow": grpc.unary_unary_rpc_method_handler(slow),
         "Stall": grpc.unary_stream_rpc_method_handler(stall),
+        "Ticker": grpc.stream_stream_rpc_method_handler(ticker),
     }
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
@@ -120,6 +127,26 @@ def grpc_stream(target, method):
     with grpc.insecure_channel(target) as ch:
         try:
             for x in ch.unary_stream(f"/{SERVICE}/{method}")(b"x", timeout=10):
+                parts.append(x.decode())
+            print(json.dumps({"code": "OK", "parts": parts}))
+        except grpc.RpcError as e:
+            print(json.dumps({"code": e.code().name, "details": e.details(), "parts": parts}))
+
+
+def grpc_quiet(target):
+    """A bidirectional call whose client sends one message, then nothing
+    for 2.7 s while the server streams its ticks."""
+    import grpc
+
+    def sends():
+        yield b"start"
+        time.sleep(2.7)
+        yield b"end"
+
+    parts = []
+    with grpc.insecure_channel(target) as ch:
+        try:
+            for x in ch.stream_stream(f"/{SERVICE}/Ticker")(sends(), timeout=10):
                 parts.append(x.decode())
             print(json.dumps({"code": "OK", "parts": parts}))
         except grpc.RpcError as e:
@@ -288,6 +315,8 @@ if __name__ == "__main__":
         grpc_stream(*args)
     elif cmd == "grpc-call":
         grpc_call(args[0], args[1])
+    elif cmd == "grpc-quiet":
+        grpc_quiet(args[0])
     elif cmd == "ws-server":
         ws_server(int(args[0]))
     elif cmd == "ws-client":
