@@ -132,7 +132,7 @@ impl Reason {
     pub const COUNT: usize = Reason::LocalResources as usize + 1;
 
     /// `weir_listener_connections_rejected_total{reason}`.
-    pub const REJECTIONS: [Reason; 11] = [
+    pub const REJECTIONS: [Reason; 13] = [
         Reason::MaxConnections,
         Reason::NoRoute,
         Reason::NoBackend,
@@ -144,6 +144,8 @@ impl Reason {
         Reason::RateLimit,
         Reason::LocalResources,
         Reason::HeaderTimeout,
+        Reason::HeaderTooLarge,
+        Reason::BadRequest,
     ];
 
     /// `weir_route_connections_failed_total{reason}`: why an l4 connection

@@ -571,13 +571,15 @@ impl On {
         let reason = match outcome {
             Ok(()) => None,
             Err(_) if conn.header_timeout.load(Relaxed) => Some(Reason::HeaderTimeout),
+            // hyper answered these itself and closed: the connection is
+            // counted refused, with its access-log line, as a slow header.
             Err(e) if e.is_parse_too_large() => {
                 count_refusal(&listener, route, 431);
-                None
+                Some(Reason::HeaderTooLarge)
             }
             Err(e) if e.is_parse() => {
                 count_refusal(&listener, route, 400);
-                None
+                Some(Reason::BadRequest)
             }
             Err(_) => None,
         };

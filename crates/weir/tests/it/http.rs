@@ -756,6 +756,23 @@ fn hostile_requests_are_refused() {
     );
     let r = raw_exchange(front, big.as_bytes());
     assert!(r.starts_with("HTTP/1.1 431"), "{r}");
+    // What hyper refused before weir saw a request is counted as refused
+    // connections: the header too large, and the five malformed heads above
+    // that hyper's parser refuses (the others are weir's own answers).
+    let rejected = |reason: &str| {
+        metric(
+            admin,
+            &format!(
+                "weir_listener_connections_rejected_total{{listener=\"web\",reason=\"{reason}\"}}"
+            ),
+        )
+    };
+    assert_eq!(rejected("header_too_large"), 1.0);
+    assert!(
+        rejected("bad_request") >= 5.0,
+        "{}",
+        rejected("bad_request")
+    );
 
     let (status, body, _) = curl(&["-d", &"x".repeat(2000)], &format!("http://{front}/"));
     assert_eq!(
