@@ -925,7 +925,9 @@ fn control_status(e: &ControlError) -> Status {
             Status::invalid_argument(e.to_string())
         }
         ControlError::Exists { .. } => Status::already_exists(e.to_string()),
-        ControlError::NotRuntime { .. } => Status::failed_precondition(e.to_string()),
+        ControlError::NotRuntime { .. } | ControlError::Leaving { .. } => {
+            Status::failed_precondition(e.to_string())
+        }
     }
 }
 

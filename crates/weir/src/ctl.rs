@@ -207,6 +207,32 @@ pub(crate) struct ConnectionFilter {
 }
 
 impl ConnectionFilter {
+    /// The conditions written before `close` and after it, together: all of
+    /// them hold for what is closed, as for what is listed. One given on
+    /// both sides with two values is refused rather than one of them
+    /// dropped (which would close more than was asked).
+    pub(crate) fn and(self, before: ConnectionFilter) -> Result<ConnectionFilter, String> {
+        fn one<T: PartialEq + std::fmt::Display>(
+            flag: &str,
+            a: Option<T>,
+            b: Option<T>,
+        ) -> Result<Option<T>, String> {
+            match (a, b) {
+                (Some(a), Some(b)) if a != b => Err(format!(
+                    "--{flag} is given twice, as {b} and as {a}: give it once"
+                )),
+                (a, b) => Ok(a.or(b)),
+            }
+        }
+        Ok(ConnectionFilter {
+            listener: one("listener", self.listener, before.listener)?,
+            pool: one("pool", self.pool, before.pool)?,
+            backend: one("backend", self.backend, before.backend)?,
+            client: one("client", self.client, before.client)?,
+            id: one("id", self.id, before.id)?,
+        })
+    }
+
     fn message(self, limit: u32) -> pb::ConnectionFilter {
         pb::ConnectionFilter {
             listener: self.listener.unwrap_or_default(),
@@ -749,7 +775,11 @@ async fn call(
                 } else {
                     event_text(&event)
                 };
-                out(&format!("{line}\n"));
+                // Whatever read the events is gone (`weir watch | grep -m1`):
+                // done, rather than follow for no one.
+                if !written(&format!("{line}\n")) {
+                    break;
+                }
             }
             Ok(String::new())
         }
@@ -789,10 +819,14 @@ fn fail(message: &str, code: u8) -> ExitCode {
 
 #[allow(clippy::print_stdout)] // these commands report to the terminal by design
 fn out(text: &str) {
+    written(text);
+}
+
+/// Writes `text` to stdout: false when it could not be (a closed pipe).
+fn written(text: &str) -> bool {
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(text.as_bytes());
-    let _ = stdout.flush();
+    stdout.write_all(text.as_bytes()).is_ok() && stdout.flush().is_ok()
 }
 
 /// The innermost cause, which says what actually went wrong (refused, ...).

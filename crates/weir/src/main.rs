@@ -253,6 +253,19 @@ fn main() -> ExitCode {
             limit,
             target,
         } => {
+            // Conditions written before `close` narrow it too.
+            let command = match command {
+                Some(ctl::ConnectionsCommand::Close { filter: after }) => {
+                    match after.and(filter.clone()) {
+                        Ok(filter) => Some(ctl::ConnectionsCommand::Close { filter }),
+                        Err(message) => {
+                            eprintln!("weir: {message}");
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+                other => other,
+            };
             return ctl::run(
                 &target,
                 ctl::Request::Connections {

@@ -124,7 +124,25 @@ pub fn parse_response_at_eof(buf: &[u8]) -> Result<Response, ResponseError> {
     Ok(head.response(body))
 }
 
+/// The final response's head. Interim ones (1xx but `101`: `100 Continue`,
+/// `103 Early Hints`) come before it and are passed over, as RFC 9110
+/// §15.2 asks of every client.
 fn head(buf: &[u8]) -> Result<Option<Head>, ResponseError> {
+    let mut start = 0;
+    loop {
+        let rest = buf.get(start..).unwrap_or_default();
+        match one_head(rest)? {
+            Some(h) if (100..200).contains(&h.status) && h.status != 101 => start += h.body_at,
+            Some(mut h) => {
+                h.body_at += start;
+                return Ok(Some(h));
+            }
+            None => return Ok(None),
+        }
+    }
+}
+
+fn one_head(buf: &[u8]) -> Result<Option<Head>, ResponseError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let body_at = match resp.parse(buf) {

@@ -33,9 +33,14 @@ async fn read_inner(client: &TcpStream) -> Result<Option<(SocketAddr, SocketAddr
     let mut buf = vec![0u8; 256];
     let mut seen = 0;
     loop {
+        // Gone before a byte (a TCP health check from a trusted source):
+        // nothing refused, as on a listener without PROXY headers.
         peek::more(client, &mut buf, &mut seen, 0)
             .await
-            .map_err(|_| Reason::ProxyProtocol)?;
+            .map_err(|why| match why {
+                Reason::ClientClosed if seen == 0 => Reason::ClientClosed,
+                _ => Reason::ProxyProtocol,
+            })?;
         let (addresses, consumed) = match proxy::parse(&buf[..seen]) {
             Ok(ProxyParse::Complete {
                 header,

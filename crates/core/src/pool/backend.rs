@@ -345,14 +345,6 @@ impl Backend {
         self.link.evict.load_full()
     }
 
-    /// What a new connection watches for its backend's next eviction: the
-    /// count of evictions so far, then the token the next one cancels. In
-    /// that order: an eviction between the two is seen by the count.
-    pub(crate) fn eviction_watch(&self) -> (u64, Arc<CancellationToken>) {
-        let since = self.link.evictions.load(Acquire);
-        (since, self.link.evict.load_full())
-    }
-
     /// The evictions so far: what a request to the backend notes when it
     /// picks it, to watch from there ([`Backend::watch_evictions`]).
     pub fn evictions_so_far(&self) -> u64 {
@@ -383,7 +375,7 @@ impl Backend {
         }
     }
 
-    /// The count of evictions (see [`Backend::eviction_watch`]).
+    /// The count of evictions (see [`Backend::evictions_so_far`]).
     pub(crate) fn evictions(&self) -> &AtomicU64 {
         &self.link.evictions
     }

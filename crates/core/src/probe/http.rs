@@ -102,8 +102,9 @@ pub(super) async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 return failed(
                     Reason::Status,
                     format!(
-                        "http status {}, redirected to another server: {location}",
-                        response.status
+                        "http status {}, redirected to another server: {}",
+                        response.status,
+                        short(location)
                     ),
                 );
             };
@@ -111,8 +112,9 @@ pub(super) async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 return failed(
                     Reason::Status,
                     format!(
-                        "http status {}, redirected to {path}, but the server closed the connection",
-                        response.status
+                        "http status {}, redirected to {}, but the server closed the connection",
+                        response.status,
+                        short(&path)
                     ),
                 );
             }
@@ -477,6 +479,44 @@ mod tests {
         )
         .await;
         assert_eq!(report.text, "http status 302");
+    }
+
+    /// Early Hints or a `100 Continue` before the answer: the answer is
+    /// judged, not them (a backend that sends hints was down for good).
+    #[tokio::test]
+    async fn interim_answers_before_the_answer_are_passed_over() {
+        let (report, _) = run(
+            &check(),
+            &[b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\
+                HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"],
+        )
+        .await;
+        assert!(report.ok(), "{report:?}");
+    }
+
+    /// The backend's `Location` is its text: cut short in the reason, which
+    /// goes to the history, the journal and the state file.
+    #[tokio::test]
+    async fn a_long_location_is_cut_in_the_reason() {
+        let c = HttpCheck {
+            follow_redirects: 1,
+            max_response: 64 * 1024,
+            ..check()
+        };
+        let answer = format!(
+            "HTTP/1.1 302 Found\r\nLocation: http://elsewhere.example/{}\r\nContent-Length: 0\r\n\r\n",
+            "a".repeat(20_000)
+        );
+        let (report, _) = run(&c, &[answer.as_bytes()]).await;
+        assert!(!report.ok());
+        assert!(report.text.len() < 200, "{} bytes", report.text.len());
+        assert!(
+            report.text.starts_with(
+                "http status 302, redirected to another server: http://elsewhere.example/aaa"
+            ),
+            "{}",
+            report.text
+        );
     }
 
     #[tokio::test]

@@ -304,9 +304,22 @@ impl Server {
         let running = self
             .pool(pool)
             .ok_or_else(|| ControlError::NoPool(pool.to_owned()))?;
-        let known = lock(&self.runtime)
-            .iter()
-            .any(|b| b.pool == pool && b.name == name && b.leaving.is_none());
+        let (known, leaving) = {
+            let runtime = lock(&self.runtime);
+            let mine = runtime.iter().find(|b| b.pool == pool && b.name == name);
+            (
+                mine.is_some_and(|b| b.leaving.is_none()),
+                mine.is_some_and(|b| b.leaving.is_some()),
+            )
+        };
+        if leaving {
+            // Removed before (a script's retry): said as it is, not taken
+            // for a backend of the config file.
+            return Err(ControlError::Leaving {
+                pool: pool.to_owned(),
+                backend: name.to_owned(),
+            });
+        }
         if !known {
             return Err(if running.backend(name).is_some() {
                 ControlError::NotRuntime {

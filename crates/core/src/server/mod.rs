@@ -170,6 +170,11 @@ pub enum ControlError {
         origin: &'static str,
     },
     #[error(
+        "backend {backend:?} of pool {pool:?} is already leaving: it was removed and drains \
+         (at weight 0) until its connections end or drain_timeout passes"
+    )]
+    Leaving { pool: String, backend: String },
+    #[error(
         "say which connections: --listener, --pool, --backend, --client or --id (to close every \
          connection, stop weir)"
     )]

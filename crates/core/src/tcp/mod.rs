@@ -40,7 +40,7 @@ pub(crate) fn serve<'a>(
             }
         };
         match connected {
-            Ok((i, backend)) => {
+            Ok((i, backend, evictions)) => {
                 let connected = micros(client.accepted_at.elapsed()).saturating_sub(routed);
                 route
                     .stats
@@ -54,7 +54,7 @@ pub(crate) fn serve<'a>(
                 if let Some(live) = &client.live {
                     live.set_backend(i);
                 }
-                relayed(listener, route, b, client, backend).await;
+                relayed(listener, route, b, client, backend, evictions).await;
             }
             Err(failed) => {
                 let took = client.accepted_at.elapsed();
@@ -94,6 +94,7 @@ fn relayed<'a>(
     b: &'a Backend,
     client: &'a mut Client,
     mut backend: Stream,
+    since: u64,
 ) -> impl Future<Output = ()> + Send + 'a {
     async move {
         count(&b.stats.connections_total, 1);
@@ -103,7 +104,9 @@ fn relayed<'a>(
         let Some(live) = client.live.as_deref() else {
             return;
         };
-        let (since, token) = b.eviction_watch();
+        // From the pick: an eviction while the connection was being set
+        // up (TCP, PROXY header, TLS) counts too.
+        let token = b.eviction_token();
         let evict = relay::Evict {
             token: &token,
             count: b.evictions(),

@@ -86,7 +86,14 @@ impl Failed {
     }
 }
 
-pub(crate) async fn connect(up: &Upstream, client: &Client) -> Result<(usize, Stream), Failed> {
+/// Picks a backend and connects to it, moving on within `retries`: the
+/// backend's index, the stream, and the backend's evictions when it was
+/// picked (a connection still being set up when the backend is evicted,
+/// under `close_on_down` or at `drain_timeout`, is closed with the rest).
+pub(crate) async fn connect(
+    up: &Upstream,
+    client: &Client,
+) -> Result<(usize, Stream, u64), Failed> {
     let pool = &up.pool;
     let key = match pool.policy() {
         weir_balance::Policy::Maglev => affinity_key(pool.hash_key, client.peer, client.sni_key),
@@ -117,6 +124,7 @@ pub(crate) async fn connect(up: &Upstream, client: &Client) -> Result<(usize, St
             break;
         };
         b.stats.connections_active.fetch_add(1, Relaxed);
+        let evictions = b.evictions_so_far();
         let mut held = Held {
             pool,
             index: i,
@@ -128,7 +136,7 @@ pub(crate) async fn connect(up: &Upstream, client: &Client) -> Result<(usize, St
                 held.armed = false;
                 b.stats.connect_duration.observe(began.elapsed());
                 pool.on_connect_success(i);
-                return Ok((i, stream));
+                return Ok((i, stream, evictions));
             }
             Err(reason) => {
                 drop(held);

@@ -1458,3 +1458,60 @@ async fn patroni_primaries_replicas_and_standby() {
     .await;
     assert_eq!(within("ro", fetch(ro, None)).await, "b");
 }
+
+/// A connection still being set up when its backend's drain runs out is
+/// closed with the others, not relayed to it for good: the eviction count
+/// is taken when the backend is picked. The backend's accept queue is full,
+/// so weir's connect waits for its SYN to be sent again (about 1 s) while
+/// the backend is disabled and its 100 ms drain ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_set_up_during_an_eviction_is_closed_with_it() {
+    let full =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    full.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    full.listen(0).expect("listen");
+    let backend = full
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("addr");
+    let queued: Vec<_> = (0..4)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&backend, Duration::from_millis(100)).ok()
+        })
+        .collect();
+    let server = start(&format!(
+        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n\
+         [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\nconnect_timeout = \"5s\"\ndrain_timeout = \"100ms\"\n\
+         [pools.health]\ntype = \"none\"\n{}",
+        backend_toml("e", backend, "")
+    ))
+    .await;
+    let mut conn = TcpStream::connect(addr(&server, "l"))
+        .await
+        .expect("connect");
+    let p = server.pool("p").expect("p");
+    wait_until("picked", || {
+        p.view("e").is_some_and(|v| v.active_connections == 1)
+    })
+    .await;
+    assert!(p.set_admin("e", AdminState::Disabled));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The drain is over: the queue empties, and weir's connect gets in.
+    drop(queued);
+    let listener: std::net::TcpListener = full.into();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let listener = TcpListener::from_std(listener).expect("listener");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    assert!(within("closed", closed(&mut conn)).await);
+    server.shutdown();
+}

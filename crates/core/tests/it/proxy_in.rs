@@ -153,6 +153,27 @@ async fn trusted_sources_must_send_a_valid_header() {
         Ok(0) | Err(_)
     ));
     assert_eq!(l.stats.rejected(Reason::HandshakeTimeout), 1);
+    // Connects and closes without a byte (a TCP health check from a trusted
+    // source): nothing refused, as on a listener without PROXY headers.
+    let accepted = l
+        .stats
+        .connections_total
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(IpAddr::V4(trusted), 0))
+        .expect("bind");
+    drop(socket.connect(front).await.expect("connect"));
+    wait_until("accepted", || {
+        l.stats
+            .connections_total
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > accepted
+    })
+    .await;
+    // Its end is seen within a poll of the peek; give it that.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(l.stats.rejected(Reason::ProxyProtocol), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

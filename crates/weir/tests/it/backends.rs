@@ -224,6 +224,14 @@ fn backends_added_at_runtime_serve_persist_yield_to_the_file_and_drain_when_remo
         .0,
         0
     );
+    // Removed again while it drains (a script's retry): said as it is.
+    let (code, _, err) = text(&ctl(
+        grpc,
+        Some(TOKEN),
+        &["backend", "remove", "p", "extra"],
+    ));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is already leaving"), "{err}");
     drop(weir);
     let (_weir, _out) = run_weir(&file);
     let all = json(&ctl(grpc, None, &["backends", "p", "-o", "json"]));

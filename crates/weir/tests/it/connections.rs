@@ -222,6 +222,37 @@ fn ten_thousand_idle_connections_are_listed_and_closed_by_the_cli() {
     assert_ne!(code, 0);
     assert!(err.contains("no pool \"nope\""), "{err}");
 
+    // Conditions written before `close` narrow it as well: on a listener
+    // that has none of them, nothing is closed; one given twice with two
+    // values is refused.
+    let (code, _, err) = text(&ctl(
+        grpc,
+        None,
+        &[
+            "connections",
+            "--listener",
+            "nope",
+            "close",
+            "--client",
+            "127.0.0.3/32",
+        ],
+    ));
+    assert_ne!(code, 0);
+    assert!(err.contains("no listener \"nope\""), "{err}");
+    let (code, _, err) = text(&ctl(
+        grpc,
+        None,
+        &[
+            "connections",
+            "--client",
+            "127.0.0.4/32",
+            "close",
+            "--client",
+            "127.0.0.3/32",
+        ],
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--client is given twice"), "{err}");
     let closed = json(&ctl(
         grpc,
         None,

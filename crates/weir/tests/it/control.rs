@@ -243,6 +243,28 @@ fn a_drain_survives_a_restart_and_shows_in_the_history() {
     assert_eq!(event["backend"], "a");
     assert_eq!(event["transition"]["kind"], "admin");
     assert_eq!(event["transition"]["cause"], "operator");
+    // A watch whose reader is gone (`weir watch | grep -m1 ...` once grep
+    // found its line) ends at the next event, rather than follow for no one.
+    let mut gone = weir()
+        .args(["watch", "--pool", "p"])
+        .env("WEIR_ADMIN", grpc.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("weir watch");
+    drop(gone.stdout.take());
+    let end = std::time::Instant::now() + DEADLINE;
+    while gone.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() >= end {
+            let _ = gone.kill();
+            panic!("weir watch went on with nobody reading");
+        }
+        for state in ["disable", "enable"] {
+            let (code, _, err) = text(&ctl(grpc, None, &["backend", state, "p", "a"]));
+            assert_eq!(code, 0, "{err}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let (code, _, err) = text(&ctl(
         grpc,
         None,

@@ -136,6 +136,28 @@ fn no_body_statuses() {
     );
 }
 
+/// `100 Continue` and `103 Early Hints` come before the answer: passed over,
+/// whole or still arriving; a `101` is an answer (a probe's failure).
+#[test]
+fn interim_answers_are_passed_over() {
+    let full = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\
+                 HTTP/1.1 100 Continue\r\n\r\n\
+                 HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let r = parse_response(full).expect("ok").expect("complete");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
+    for cut in 1..full.len() {
+        assert_eq!(parse_response(&full[..cut]), Ok(None), "{cut}");
+    }
+    assert_eq!(
+        parse_response_at_eof(b"HTTP/1.1 100 Continue\r\n\r\n"),
+        Err(ResponseError::ClosedInHead)
+    );
+    let r = parse_response(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n")
+        .expect("ok")
+        .expect("complete");
+    assert_eq!(r.status, 101);
+}
+
 /// A response in one of its three framings, for the properties below.
 fn response_bytes(status: u16, body: &[u8], framing: u8, chunk: usize) -> Vec<u8> {
     let mut out = format!("HTTP/1.1 {status} X\r\n").into_bytes();
