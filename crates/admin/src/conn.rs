@@ -34,6 +34,10 @@ pub struct Limits {
     pub max_connections_per_client: u32,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    /// The bytes the client must send within `handshake_timeout`: the first
+    /// one for HTTP (hyper times the request header), the whole HTTP/2
+    /// preface for gRPC, whose server times nothing before it.
+    pub handshake_bytes: usize,
 }
 
 impl Limits {
@@ -43,6 +47,7 @@ impl Limits {
             max_connections_per_client: admin.max_connections_per_client,
             handshake_timeout: admin.handshake_timeout,
             idle_timeout: admin.idle_timeout,
+            handshake_bytes: 1,
         }
     }
 }
@@ -310,8 +315,10 @@ pub struct Guarded {
     /// Fires at the deadline; re-armed when it fires early.
     timer: Pin<Box<Sleep>>,
     last_activity: Instant,
-    /// No byte has come from the client yet.
-    handshaking: bool,
+    /// Bytes of the handshake (`Limits::handshake_bytes`) yet to come, and
+    /// when they must have come by (from the accept, however they drip).
+    handshake_left: usize,
+    handshake_by: Instant,
 }
 
 impl Guarded {
@@ -331,7 +338,8 @@ impl Guarded {
             limits,
             timer: Box::pin(tokio::time::sleep(limits.handshake_timeout)),
             last_activity: Instant::now(),
-            handshaking: true,
+            handshake_left: limits.handshake_bytes.max(1),
+            handshake_by: Instant::now() + limits.handshake_timeout,
         }
     }
 
@@ -342,11 +350,8 @@ impl Guarded {
     /// Polls the deadline: an error once it has passed.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         while self.timer.as_mut().poll(cx).is_ready() {
-            let (why, deadline) = if self.handshaking {
-                (
-                    Closed::HandshakeTimeout,
-                    self.last_activity + self.limits.handshake_timeout,
-                )
+            let (why, deadline) = if self.handshake_left > 0 {
+                (Closed::HandshakeTimeout, self.handshake_by)
             } else {
                 (
                     Closed::IdleTimeout,
@@ -383,13 +388,16 @@ impl AsyncRead for Guarded {
         let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    if this.handshaking {
-                        // From the first byte on, the idle timeout applies.
-                        this.handshaking = false;
-                        this.timer
-                            .as_mut()
-                            .reset(Instant::now() + this.limits.idle_timeout);
+                let got = buf.filled().len() - before;
+                if got > 0 {
+                    if this.handshake_left > 0 {
+                        this.handshake_left = this.handshake_left.saturating_sub(got);
+                        if this.handshake_left == 0 {
+                            // The handshake is in: the idle timeout applies.
+                            this.timer
+                                .as_mut()
+                                .reset(Instant::now() + this.limits.idle_timeout);
+                        }
                     }
                     this.moved();
                 }

@@ -117,6 +117,9 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// What an HTTP/2 client sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// Serves the control API on a bound listener, within `limits`, until the
 /// service's `stop`. Connections come through [`conn::accept_loop`] (capped,
 /// timed out, pausing when out of descriptors) rather than tonic's own
@@ -132,6 +135,12 @@ pub async fn serve(
     let (tx, rx) = mpsc::channel::<Result<conn::Guarded, std::io::Error>>(1);
     let accept_stop = stop.clone();
     tokio::spawn(async move {
+        // The whole HTTP/2 preface within `handshake_timeout`: the server
+        // times nothing before it, and one byte would not prove a client.
+        let limits = conn::Limits {
+            handshake_bytes: H2_PREFACE.len(),
+            ..limits
+        };
         conn::accept_loop(listener, limits, endpoint, accept_stop, |io, _| {
             // The server takes connections one by one; a full channel means
             // it is busy starting the previous one, which is brief.

@@ -803,6 +803,15 @@ fn status_failure(addr: SocketAddr, s: &tonic::Status) -> (u8, String) {
     };
     let message = if code == 3 && s.message().is_empty() {
         format!("cannot reach weir at {addr}: {s}")
+    } else if matches!(s.code(), Code::Cancelled | Code::DeadlineExceeded)
+        && s.message() == "Timeout expired"
+    {
+        // The client's own deadline: the daemon may still be at it.
+        format!(
+            "no answer from weir at {addr} within {} s; a change it was making goes on to \
+             its end (see `weir status`)",
+            CALL_TIMEOUT.as_secs()
+        )
     } else {
         s.message().to_owned()
     };
@@ -1527,4 +1536,25 @@ fn explain_text(e: &pb::ExplainResponse) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CLI's own deadline is not a daemon that cannot be reached: the
+    /// message says the change may still finish.
+    #[test]
+    fn a_call_past_its_deadline_says_the_daemon_may_be_at_it() {
+        let addr: SocketAddr = "127.0.0.1:9901".parse().expect("addr");
+        let (code, message) = status_failure(addr, &tonic::Status::cancelled("Timeout expired"));
+        assert_eq!(code, 3);
+        assert!(
+            message.starts_with("no answer from weir at 127.0.0.1:9901 within 60 s"),
+            "{message}"
+        );
+        let (code, message) = status_failure(addr, &tonic::Status::unavailable(""));
+        assert_eq!(code, 3);
+        assert!(message.starts_with("cannot reach weir at"), "{message}");
+    }
 }

@@ -106,6 +106,16 @@ pub(super) enum Out {
     Drain = 3,
 }
 
+impl Link {
+    /// Closes the backend's connections, in every generation of its pool.
+    pub(super) fn evict_now(&self, why: Eviction) {
+        self.eviction.store(why as u8, Relaxed);
+        self.evictions.fetch_add(1, Release);
+        let old = self.evict.swap(Arc::new(CancellationToken::new()));
+        old.cancel();
+    }
+}
+
 impl Default for Link {
     fn default() -> Self {
         Link {
@@ -390,10 +400,7 @@ impl Backend {
     }
 
     pub(super) fn evict_now(&self, why: Eviction) {
-        self.link.eviction.store(why as u8, Relaxed);
-        self.link.evictions.fetch_add(1, Release);
-        let old = self.link.evict.swap(Arc::new(CancellationToken::new()));
-        old.cancel();
+        self.link.evict_now(why);
     }
 
     pub(super) fn view(&self) -> BackendView {

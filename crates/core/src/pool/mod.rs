@@ -417,10 +417,6 @@ impl Pool {
         self.backends.iter().find(|b| b.name == name)
     }
 
-    fn index(&self, name: &str) -> Option<usize> {
-        self.backends.iter().position(|b| b.name == name)
-    }
-
     /// Active-tier changes, oldest first.
     pub fn tier_history(&self) -> Vec<TierChange> {
         lock(&self.tier_history).iter().cloned().collect()
@@ -589,21 +585,27 @@ impl Pool {
         });
     }
 
+    /// Closes `b`'s connections `drain_timeout` from now, unless it went back
+    /// into service meanwhile (its `epoch` moved). The task holds what the
+    /// backend's generations share, not this generation: a pool rebuilt
+    /// often (DNS answers that change at every refresh) would otherwise be
+    /// kept whole in memory by each drain for `drain_timeout`.
     fn schedule_drain(self: &Arc<Self>, b: &Backend, epoch: u64) {
-        let Some(i) = self.index(&b.name) else { return };
-        let pool = Arc::clone(self);
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let (link, stats) = (Arc::clone(&b.link), Arc::clone(&b.stats));
+        let (pool, backend, wait) = (self.name.clone(), b.name.clone(), self.drain_timeout);
         handle.spawn(async move {
-            tokio::time::sleep(pool.drain_timeout).await;
-            let b = &pool.backends[i];
-            if b.link.epoch.load(Relaxed) == epoch && !b.is_serving() {
-                let open = b.stats.connections_active.load(Relaxed);
+            tokio::time::sleep(wait).await;
+            // The epoch moves whenever the backend starts or stops serving:
+            // unchanged, it is still out of service.
+            if link.epoch.load(Relaxed) == epoch {
+                let open = stats.connections_active.load(Relaxed);
                 if open > 0 {
-                    tracing::info!(pool = %pool.name, backend = %b.name, open, "drain_timeout reached; closing connections");
+                    tracing::info!(%pool, %backend, open, "drain_timeout reached; closing connections");
                 }
-                b.evict_now(Eviction::DrainTimeout);
+                link.evict_now(Eviction::DrainTimeout);
             }
         });
     }

@@ -178,10 +178,10 @@ impl Pool {
         let before = s.label();
         let (from, to) = op(&mut s.health)?;
         b.count_transition(before, s.label());
-        if matches!(from, Health::Down | Health::Standby)
-            && to == Health::Up
-            && b.slow_start.is_some()
-        {
+        // Back in service: up, or, with passive health only, on trial
+        // (which serves), as nginx ramps after `fail_timeout`.
+        let back = to == Health::Up || (to == Health::Unknown && b.watch == Watch::Passive);
+        if matches!(from, Health::Down | Health::Standby) && back && b.slow_start.is_some() {
             s.ramp_since = Some(std::time::Instant::now());
         }
         let (change, cause) = (Change::Health { from, to }, cause());

@@ -1,7 +1,15 @@
 //! Live connections across listeners, UDP flows included: the listing and
-//! the close behind `weir connections`.
+//! the close behind `weir connections`. Listeners a reload removed count
+//! while their connections drain (`shutdown_timeout`, maybe an hour for a
+//! database): an operator can see and close those too.
 
+use std::sync::Arc;
+
+use crate::listener::Listener;
 use crate::live::{ConnFilter, Picked};
+
+/// The running snapshot, as loaded for one look.
+type Running = arc_swap::Guard<Arc<super::Snapshot>>;
 
 use super::{ControlError, Server};
 
@@ -10,11 +18,12 @@ impl Server {
     /// then id, and how many match in all. Fails when it names a listener
     /// or pool that does not exist.
     pub fn connections(&self, filter: &ConnFilter, limit: usize) -> Result<Picked, ControlError> {
-        let snapshot = self.check_filter(filter)?;
+        let (snapshot, retiring) = self.check_filter(filter)?;
         let mut picked = Picked::default();
         for l in snapshot
             .listeners
             .iter()
+            .chain(&retiring)
             .filter(|l| filter.listener.as_ref().is_none_or(|n| *n == l.name))
         {
             let keep = limit.saturating_sub(picked.entries.len());
@@ -30,10 +39,11 @@ impl Server {
         if filter.is_empty() {
             return Err(ControlError::NoFilter);
         }
-        let snapshot = self.check_filter(filter)?;
+        let (snapshot, retiring) = self.check_filter(filter)?;
         let closed = snapshot
             .listeners
             .iter()
+            .chain(&retiring)
             .filter(|l| filter.listener.as_ref().is_none_or(|n| *n == l.name))
             .map(|l| l.stats.live.close(filter))
             .sum();
@@ -43,13 +53,17 @@ impl Server {
         Ok(closed)
     }
 
+    /// The running snapshot and the removed listeners still draining, once
+    /// the names `filter` gives are known to one of them.
     fn check_filter(
         &self,
         filter: &ConnFilter,
-    ) -> Result<arc_swap::Guard<std::sync::Arc<super::Snapshot>>, ControlError> {
+    ) -> Result<(Running, Vec<Arc<Listener>>), ControlError> {
         let snapshot = self.current.load();
+        let retiring = self.retiring();
         if let Some(l) = &filter.listener
             && snapshot.listener(l).is_none()
+            && !retiring.iter().any(|r| r.name == *l)
         {
             return Err(ControlError::NoListener(l.clone()));
         }
@@ -58,6 +72,6 @@ impl Server {
         {
             return Err(ControlError::NoPool(p.clone()));
         }
-        Ok(snapshot)
+        Ok((snapshot, retiring))
     }
 }

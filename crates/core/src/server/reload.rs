@@ -24,20 +24,34 @@ impl Server {
     /// changes, and the error says why.
     pub async fn reload(self: &Arc<Self>) -> Result<Reloaded, ReloadError> {
         let path = self.config_path.clone().ok_or(ReloadError::NoFile)?;
+        // The file is read in turn: a reload asked while another waits for
+        // its first probes reads the file as it is once that one is done,
+        // and its outcome (a broken file written meanwhile) is the last
+        // recorded, not overwritten by the earlier one's.
+        let one = self.control.lock().await;
         let loaded = tokio::task::spawn_blocking(move || weir_config::load_file(&path))
             .await
             .map_err(|e| {
                 ReloadError::Start(StartError::Task("reading the config file", e.to_string()))
             })?;
         match loaded {
-            Ok(config) => self.apply(config).await,
+            Ok(config) => self.apply_in_turn(config, one).await,
             Err(e) => Err(self.reload_failed(ReloadError::Config(e))),
         }
     }
 
     /// Applies `config` as a reload.
     pub async fn apply(self: &Arc<Self>, config: Config) -> Result<Reloaded, ReloadError> {
-        let _one = self.control.lock().await;
+        let one = self.control.lock().await;
+        self.apply_in_turn(config, one).await
+    }
+
+    /// [`Server::apply`], the turn of changes (`control`) taken.
+    async fn apply_in_turn(
+        self: &Arc<Self>,
+        config: Config,
+        _one: tokio::sync::MutexGuard<'_, ()>,
+    ) -> Result<Reloaded, ReloadError> {
         if !self.is_ready() {
             return Err(self.reload_failed(ReloadError::ShuttingDown));
         }

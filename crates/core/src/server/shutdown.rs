@@ -70,14 +70,19 @@ impl Server {
     /// of listeners a reload removed included.
     pub fn close_all(&self) {
         self.shutdown();
-        let retiring: Vec<Arc<Listener>> = lock(&self.retiring)
-            .iter()
-            .filter_map(std::sync::Weak::upgrade)
-            .collect();
+        let retiring = self.retiring();
         for l in self.current.load().listeners.iter().chain(&retiring) {
             l.kill.cancel();
             l.stats.live.kill();
         }
+    }
+
+    /// The listeners a reload removed whose connections still drain.
+    pub(super) fn retiring(&self) -> Vec<Arc<Listener>> {
+        lock(&self.retiring)
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect()
     }
 
     /// A listener removed by a reload: its sockets are closed already; its

@@ -1181,6 +1181,34 @@ async fn stoppable_backend(
     stop
 }
 
+/// With passive health only, a backend that comes back (tried again by
+/// traffic after `passive_timeout`) ramps up over `slow_start` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_back_on_passive_health_ramps_up_over_slow_start() {
+    let a = named_backend("a").await;
+    let b_addr = refused_addr();
+    let toml = pool_toml("round_robin", &[("a", a, 10), ("b", b_addr, 10)]).replace(
+        "connect_timeout = \"500ms\"\n",
+        "connect_timeout = \"500ms\"\nslow_start = \"8s\"\n\
+         [pools.health]\ntype = \"none\"\nfall = 1\npassive_timeout = \"300ms\"\n",
+    );
+    let server = start(&toml).await;
+    let front = addr(&server, "l");
+    let view = || server.pool("p").and_then(|p| p.view("b"));
+    // Refused connects to b (each client goes on to a) take it down.
+    for _ in 0..4 {
+        assert_eq!(within("fetch", fetch(front, None)).await, "a");
+    }
+    wait_until("b down", || {
+        view().is_some_and(|v| v.health == weir_core::health::Health::Down)
+    })
+    .await;
+    let _b = stoppable_backend("b", b_addr).await;
+    wait_until("b on trial", || view().is_some_and(|v| v.serving)).await;
+    let first = view().map(|v| v.effective_weight).expect("b");
+    assert!(first <= 3, "right after coming back: weight {first}");
+}
+
 /// `slow_start`: a backend that comes back ramps its weight from a small
 /// share to full over `slow_start`; at the start nothing ramps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -206,3 +206,45 @@ async fn idle_connections_are_listed_and_some_closed() {
     drop((clients, probe));
     wait_until("all gone", || listener.stats.live.is_empty()).await;
 }
+
+/// The connections of a listener a reload removed are listed and closed by
+/// an operator while they drain through its `shutdown_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_listeners_draining_connections_can_be_listed_and_closed() {
+    let backend = echo_backend().await;
+    let pools = format!(
+        "[[pools]]\nname = \"p\"\n[[pools.backends]]\nname = \"echo\"\naddress = \"{backend}\"\n"
+    );
+    let with_old = format!(
+        "[[listeners]]\nname = \"old\"\nbind = [\"127.0.0.1:0\"]\nshutdown_timeout = \"1h\"\n\
+         [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[listeners]]\nname = \"new\"\nbind = [\"127.0.0.1:0\"]\n\
+         [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n{pools}"
+    );
+    let server = start(&with_old).await;
+    let mut held = connect_from(Ipv4Addr::new(127, 0, 0, 5), addr(&server, "old")).await;
+    within("echo", round_trip(&mut held, b'x')).await;
+    let without = with_old.replace(
+        "[[listeners]]\nname = \"old\"\nbind = [\"127.0.0.1:0\"]\nshutdown_timeout = \"1h\"\n\
+         [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n",
+        "",
+    );
+    let config = weir_config::load_str(&without).expect("config");
+    within("reload", server.apply(config))
+        .await
+        .expect("reloaded");
+    assert!(server.listener("old").is_none());
+    within("still relayed", round_trip(&mut held, b'y')).await;
+    let old = ConnFilter {
+        listener: Some("old".into()),
+        ..ConnFilter::default()
+    };
+    let listed = server.connections(&old, 10).expect("listed").views();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(server.close_connections(&old).expect("closed"), 1);
+    let mut b = [0u8; 1];
+    assert!(matches!(
+        within("closed", held.read(&mut b)).await,
+        Ok(0) | Err(_)
+    ));
+}

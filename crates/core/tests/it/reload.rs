@@ -586,6 +586,29 @@ async fn held_reload(
     (server, reloading, dir)
 }
 
+/// A reload asked while another is in its probe round reads the file once
+/// that one is done: the last outcome recorded is that of the file as it
+/// is now (a broken file written meanwhile is reported, not hidden by the
+/// earlier reload's success).
+#[tokio::test]
+async fn a_reload_asked_during_another_reads_the_file_after_it() {
+    let (server, reloading, dir) = held_reload("reload-order").await;
+    std::fs::write(dir.join("weir.toml"), "[[listeners]]\nname = 3\n").expect("write");
+    let second = tokio::spawn({
+        let server = Arc::clone(&server);
+        async move { server.reload().await }
+    });
+    let first = within("first", reloading).await.expect("task");
+    assert!(first.is_ok(), "{first:?}");
+    let second = within("second", second).await.expect("task");
+    assert!(matches!(second, Err(ReloadError::Config(_))), "{second:?}");
+    assert!(
+        server.last_reload().and_then(|r| r.error).is_some(),
+        "the broken file's failure is the last word: {:?}",
+        server.last_reload()
+    );
+}
+
 /// Once the stop began, operator changes are refused and change nothing,
 /// also one that was waiting for its turn behind a reload: nothing is
 /// written or rebuilt while the process drains.
