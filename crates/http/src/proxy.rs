@@ -653,9 +653,7 @@ async fn forward(
             Ok(lease) => lease,
             Err(unopened) => {
                 let reason = unopened.reason;
-                if !unopened.shared {
-                    connect_failed(pool, i, reason);
-                }
+                connect_failed(pool, i, unopened);
                 last = reason;
                 if !reason.retry() {
                     break;
@@ -814,9 +812,7 @@ async fn forward(
             // sent, so another backend may take it.
             Err(Sent::Connect(unopened, request)) => {
                 let reason = unopened.reason;
-                if !unopened.shared {
-                    connect_failed(pool, i, reason);
-                }
+                connect_failed(pool, i, unopened);
                 if !reason.retry() {
                     return settle(Err(reason), kept, target, x);
                 }
@@ -859,8 +855,12 @@ fn settle(
 
 /// A connection to backend `i` could not be made: counted, and told to
 /// passive health (and to outlier detection when the backend is to blame).
-fn connect_failed(pool: &Arc<weir_core::pool::Pool>, i: usize, reason: Reason) {
-    let Some(b) = pool.backends.get(i) else {
+fn connect_failed(pool: &Arc<weir_core::pool::Pool>, i: usize, failed: crate::upstream::Unopened) {
+    // A shared HTTP/2 open that failed is its opener's to count, once.
+    let (reason, Some(b)) = (
+        failed.reason,
+        pool.backends.get(i).filter(|_| !failed.shared),
+    ) else {
         return;
     };
     b.stats.connect_error(reason);

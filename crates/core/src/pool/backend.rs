@@ -27,6 +27,16 @@ pub enum Eviction {
     DrainTimeout = 2,
 }
 
+impl Eviction {
+    /// The reason its connections end with, in the log and the metrics.
+    pub fn reason(self) -> crate::Reason {
+        match self {
+            Eviction::BackendDown => crate::Reason::BackendDown,
+            Eviction::DrainTimeout => crate::Reason::DrainTimeout,
+        }
+    }
+}
+
 /// What [`Backend::watch_evictions`] gives: the evictions so far, and the
 /// token the next one cancels.
 #[derive(Debug, Clone)]
@@ -379,10 +389,7 @@ impl Backend {
         if self.link.evictions.load(Acquire) == watch.since {
             watch.token.cancelled().await;
         }
-        match self.eviction() {
-            Eviction::BackendDown => crate::Reason::BackendDown,
-            Eviction::DrainTimeout => crate::Reason::DrainTimeout,
-        }
+        self.eviction().reason()
     }
 
     /// The count of evictions (see [`Backend::evictions_so_far`]).

@@ -8,7 +8,7 @@ use weir_telemetry::{ActiveGuard, count};
 use crate::Reason;
 use crate::client::Client;
 use crate::listener::{Listener, Route};
-use crate::pool::{Backend, Eviction};
+use crate::pool::Backend;
 use crate::upstream::{self, Stream, Upstream};
 
 /// Serves `client` on `route`, whose mode is layer 4 through `upstream`.
@@ -150,10 +150,7 @@ fn relayed<'a>(
         };
         let reason = match outcome.end {
             relay::End::Done(r) => r,
-            relay::End::Evicted => match b.eviction() {
-                Eviction::BackendDown => Reason::BackendDown,
-                Eviction::DrainTimeout => Reason::DrainTimeout,
-            },
+            relay::End::Evicted => b.eviction().reason(),
         };
         if reason == Reason::ProxyProtocol {
             listener.stats.reject(reason);

@@ -37,7 +37,7 @@ use crate::cancel::Watcher;
 use crate::firewall::ClientSlot;
 use crate::listener::{Listener, Mode};
 use crate::live::{ConnState, Live, LiveGuard};
-use crate::pool::{Eviction, Pool};
+use crate::pool::Pool;
 
 thread_local! {
     /// Where a flow's task reads its backend's replies: one buffer per
@@ -757,10 +757,7 @@ impl Task {
                         continue;
                     }
                     Signal::Ban => break Reason::Firewall,
-                    Signal::Evict => break match b.eviction() {
-                        Eviction::BackendDown => Reason::BackendDown,
-                        Eviction::DrainTimeout => Reason::DrainTimeout,
-                    },
+                    Signal::Evict => break b.eviction().reason(),
                 },
                 () = timer.as_mut() => {
                     let quiet = now_ms().saturating_sub(self.shared.last.load(Relaxed));
