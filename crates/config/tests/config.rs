@@ -1497,6 +1497,12 @@ fn bad_sni_and_alpn_name_their_entry() {
             "sni = [\"-a.example.com\"]",
             "listeners[0].routes[0].match.sni[0]",
         ),
+        // An address is never sent as SNI: the route could never match.
+        (
+            "sni = [\"db.example.com\", \"10.0.0.1\"]",
+            "listeners[0].routes[0].match.sni[1]",
+        ),
+        ("sni = [\"::1\"]", "listeners[0].routes[0].match.sni[0]"),
         ("alpn = [\"\"]", "listeners[0].routes[0].match.alpn[0]"),
         ("alpn = [\"h 2\"]", "listeners[0].routes[0].match.alpn[0]"),
     ] {

@@ -456,7 +456,12 @@ impl ListenerStats {
 
     /// Counts a refusal of the firewall's (`request_rate` from layer 7).
     pub fn blocked(&self, block: Block) {
-        count(&self.firewall_blocked[block as usize], 1);
+        self.blocked_many(block, 1);
+    }
+
+    /// `n` refused for `block` at once (a coalesced batch of datagrams).
+    pub fn blocked_many(&self, block: Block, n: u64) {
+        count(&self.firewall_blocked[block as usize], n);
     }
 
     /// Connections the firewall refused for `block`.

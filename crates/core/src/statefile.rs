@@ -68,7 +68,7 @@ pub(crate) struct Contents {
 }
 
 /// The open state file and its writer thread.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Persistence {
     path: PathBuf,
     store: Arc<Mutex<Store>>,
@@ -159,6 +159,13 @@ impl Persistence {
     pub(crate) async fn delete_rule(&self, net: ipnet::IpNet) -> Result<bool, StoreError> {
         let store = Arc::clone(&self.store);
         self.blocking(move || lock(&store).delete_rule(&net.to_string()))
+            .await
+    }
+
+    /// Deletes the runtime firewall rules that have ended.
+    pub(crate) async fn delete_ended_rules(&self) -> Result<usize, StoreError> {
+        let store = Arc::clone(&self.store);
+        self.blocking(move || lock(&store).delete_ended_rules(millis(SystemTime::now())))
             .await
     }
 

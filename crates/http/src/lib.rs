@@ -77,6 +77,24 @@ impl Layer {
         Layer::default()
     }
 
+    /// Loads every certificate and key the `l7` routes of `config` terminate
+    /// TLS with, as a start or a reload would (each key must fit its
+    /// certificate, `client_ca` must hold usable CAs): `weir check` fails on
+    /// what would fail the reload. The error names the route's key path.
+    pub fn check_files(config: &weir_config::Config) -> Result<(), String> {
+        for (li, l) in config.listeners.iter().enumerate() {
+            for (ri, r) in l.routes.iter().enumerate() {
+                if let weir_config::RouteMode::L7(http) = &r.mode
+                    && let Some(server_tls) = &http.tls
+                {
+                    tls::Terminator::load(server_tls, None)
+                        .map_err(|e| format!("listeners[{li}].routes[{ri}].tls: {e}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Sends the spans waiting for export, bounded by each exporter's
     /// `timeout`: for the end of a graceful shutdown.
     pub async fn flush(&self) {

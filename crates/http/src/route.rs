@@ -65,6 +65,9 @@ pub(crate) struct RouteState {
     /// `[tracing.otlp]`: where the spans of sampled requests go.
     pub(crate) exporter: Option<Arc<crate::trace::export::Exporter>>,
     backend_tls: Option<weir_config::BackendTls>,
+    /// The `match` of the listener's routes up to this one, in order: what
+    /// decides which connections reach it.
+    reached_by: Vec<weir_config::Match>,
 }
 
 /// A pool as an l7 route reaches it.
@@ -255,10 +258,30 @@ impl Handler {
         // A connection set up under other terms (without TLS, or without the
         // client certificate now asked for) must not go on under these: the
         // route then takes a new slot and the old one's connections drain.
-        let same_terms = previous.is_some_and(|p| match (&p.tls, &tls) {
-            (None, None) => true,
-            (Some(a), Some(b)) => a.same_clients(b),
-            _ => false,
+        // So must one that would now reach another route: a route added or
+        // changed before this one (one that asks for a client certificate,
+        // say) takes some of the names or clients this one had.
+        let reached_by: Vec<weir_config::Match> = b
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.name == b.listener)
+            .map(|l| {
+                l.routes
+                    .iter()
+                    .take_while(|r| r.name != b.route.name)
+                    .chain(std::iter::once(b.route))
+                    .map(|r| r.matcher.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let same_terms = previous.is_some_and(|p| {
+            p.reached_by == reached_by
+                && match (&p.tls, &tls) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => a.same_clients(b),
+                    _ => false,
+                }
         });
         let request_headers = crate::headers::HeaderOps::new(&b.http.request_headers);
         let response_headers = crate::headers::HeaderOps::new(&b.http.response_headers);
@@ -297,6 +320,7 @@ impl Handler {
             tracing: b.config.tracing.clone(),
             exporter,
             backend_tls: b.route.backend_tls.clone(),
+            reached_by,
         });
         let slot = match before {
             Some(h) if same_terms => Arc::clone(&h.slot),

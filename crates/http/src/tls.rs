@@ -4,8 +4,8 @@
 //! certificate for a handshake chosen by the client's SNI (an exact name of
 //! a certificate's SANs, then a wildcard SAN of the parent domain, then the
 //! first certificate, the default; among those for one name, the first
-//! whose key signs with a scheme the client offers); TLS 1.2 and 1.3, ALPN `h2` and
-//! `http/1.1`, optional client certificates verified against `client_ca`.
+//! whose key signs with a scheme the client offers); TLS 1.2 and 1.3, ALPN `h2`,
+//! `http/1.1` and `http/1.0`, optional client certificates verified against `client_ca`.
 //! rustls parses the ClientHello once and hands it to the resolver here.
 //!
 //! Session tickets and the session cache outlive a reload that keeps the
@@ -83,7 +83,9 @@ impl Terminator {
             }
         };
         let mut config = builder.with_cert_resolver(Arc::new(resolver));
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // In order of preference; `http/1.0` last, for the clients that offer
+        // it alone (without it rustls refuses them: no protocol in common).
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
         match before.filter(|b| b.client_roots == client_roots) {
             Some(b) => {
                 config.session_storage = Arc::clone(&b.config.session_storage);
@@ -289,7 +291,7 @@ mod tests {
         );
         assert_eq!(
             t.config.alpn_protocols,
-            [b"h2".to_vec(), b"http/1.1".to_vec()]
+            [b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()]
         );
 
         let crossed = Terminator::load(

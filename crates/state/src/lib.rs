@@ -310,6 +310,14 @@ impl Store {
         })
     }
 
+    /// Deletes the rules that ended by `now_ms`; how many.
+    pub fn delete_ended_rules(&self, now_ms: i64) -> Result<usize, StoreError> {
+        self.write(|tx| {
+            tx.prepare_cached("DELETE FROM firewall_rule WHERE until_ms <= ?1")?
+                .execute(params![now_ms])
+        })
+    }
+
     /// Deletes the rules that ended by `now_ms`, then returns the others,
     /// oldest first.
     pub fn load_rules(&self, now_ms: i64) -> Result<Vec<RuleRecord>, StoreError> {

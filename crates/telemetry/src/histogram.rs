@@ -10,7 +10,10 @@ pub struct Histogram {
     bounds: &'static [f64],
     /// Non-cumulative counts; the last one is the +Inf bucket.
     buckets: Box<[AtomicU64]>,
-    sum_nanos: AtomicU64,
+    /// Microseconds: nanoseconds would wrap within weeks in the sum of the
+    /// connection durations of a busy route (10,000 open connections add
+    /// 10,000 s every second); microseconds last millennia.
+    sum_micros: AtomicU64,
 }
 
 /// A read of a [`Histogram`], with cumulative bucket counts.
@@ -27,7 +30,7 @@ impl Histogram {
         Histogram {
             bounds,
             buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_nanos: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
         }
     }
 
@@ -41,8 +44,13 @@ impl Histogram {
         if let Some(bucket) = self.buckets.get(i) {
             bucket.fetch_add(1, Relaxed);
         }
-        self.sum_nanos
-            .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        // Rounded to the nearest microsecond, so that the sum of many short
+        // observations is not biased low.
+        let micros = d
+            .as_secs()
+            .saturating_mul(1_000_000)
+            .saturating_add(u64::from(d.subsec_nanos().saturating_add(500) / 1_000));
+        self.sum_micros.fetch_add(micros, Relaxed);
     }
 
     pub fn snapshot(&self) -> HistogramSnapshot {
@@ -56,7 +64,7 @@ impl Histogram {
         HistogramSnapshot {
             buckets,
             count: total,
-            sum_seconds: self.sum_nanos.load(Relaxed) as f64 / 1e9,
+            sum_seconds: self.sum_micros.load(Relaxed) as f64 / 1e6,
         }
     }
 }
@@ -81,6 +89,25 @@ mod tests {
         assert_eq!(s.buckets, vec![(0.001, 2), (0.01, 4), (0.1, 5)]);
         assert_eq!(s.count, 6);
         assert!((s.sum_seconds - 0.5665).abs() < 1e-9, "{}", s.sum_seconds);
+    }
+
+    /// The sum of long durations does not wrap: 20,000,000,000 s is what
+    /// 10,000 connections open for three weeks add up to.
+    #[cfg(feature = "metrics")]
+    #[test]
+    fn the_sum_holds_long_durations() {
+        let h = Histogram::new(&[1.0]);
+        h.observe(Duration::from_secs(10_000_000_000));
+        h.observe(Duration::from_secs(10_000_000_000));
+        let s = h.snapshot();
+        assert_eq!(s.sum_seconds, 20_000_000_000.0);
+        assert_eq!(s.count, 2);
+        // Short ones are rounded to the nearest microsecond, not truncated.
+        let h = Histogram::new(&[1.0]);
+        for nanos in [600, 600, 400] {
+            h.observe(Duration::from_nanos(nanos));
+        }
+        assert_eq!(h.snapshot().sum_seconds, 0.000_002);
     }
 
     #[cfg(not(feature = "metrics"))]

@@ -1220,7 +1220,10 @@ fn reload_text(r: &pb::ReloadResponse) -> String {
         }
     }
     if r.added.is_empty() && r.removed.is_empty() && r.changed.is_empty() {
-        out.push_str("  no changes\n");
+        // Certificates, keys and the other files were read again all the
+        // same (a renewed certificate under the same name is the commonest
+        // reload), and keys outside listeners and pools may have changed.
+        out.push_str("  no listener, pool or backend changed (files were read again)\n");
     }
     for s in &r.need_restart {
         let _ = writeln!(

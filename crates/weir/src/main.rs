@@ -300,8 +300,21 @@ fn load(path: &Path) -> Result<Config> {
 
 #[allow(clippy::print_stdout)] // `check` reports to the terminal by design.
 fn check(path: &Path) -> ExitCode {
-    match weir_config::load_file(path).and_then(|cfg| resolve(path, &cfg).map(|()| cfg)) {
-        Ok(cfg) => {
+    let checked = weir_config::load_file(path)
+        .and_then(|cfg| resolve(path, &cfg).map(|()| cfg))
+        .map(|cfg| {
+            // The TLS files are read as a start or reload reads them, so that
+            // `weir check && kill -HUP` fails here on what would fail there.
+            let files = weir_core::upstream::check_files(&cfg)
+                .and_then(|()| weir_http::Layer::check_files(&cfg));
+            (cfg, files)
+        });
+    match checked {
+        Ok((_, Err(e))) => {
+            eprintln!("{}: invalid configuration\n{e}", path.display());
+            ExitCode::FAILURE
+        }
+        Ok((cfg, Ok(()))) => {
             let backends: usize = cfg.pools.iter().map(|p| p.backends.len()).sum();
             let routes: usize = cfg.listeners.iter().map(|l| l.routes.len()).sum();
             println!(

@@ -34,9 +34,17 @@ use crate::pb::v1::event::Kind as EventKind;
 
 /// Events queued for one reader before it is cut off.
 const QUEUE: usize = 256;
-/// A comment this often keeps proxies and the idle timeout from closing a
-/// quiet stream.
+/// A comment this often keeps proxies from closing a quiet stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// How often a quiet stream says something: every 15 s, or twice within
+/// `admin.idle_timeout` when that is shorter, so that weir's own idle timeout
+/// never cuts it.
+pub(super) fn keep_alive(idle_timeout: Duration) -> Duration {
+    KEEP_ALIVE
+        .min(idle_timeout / 2)
+        .max(Duration::from_millis(1))
+}
 
 /// The event streams of the JSON API, for `/metrics`.
 #[derive(Debug, Default)]
@@ -171,7 +179,7 @@ pub(super) async fn stream(State(state): State<Arc<AppState>>, extensions: Exten
     });
     let stream = ReceiverStream::new(rx).map(Ok::<_, Infallible>);
     Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .keep_alive(KeepAlive::new().interval(state.keep_alive))
         .into_response()
 }
 

@@ -100,6 +100,7 @@ impl AdminListener {
             max_streams: (limits.max_connections as usize / 2).max(1),
             streaming: Arc::default(),
             body_timeout: limits.handshake_timeout,
+            keep_alive: events::keep_alive(limits.idle_timeout),
         }));
         let connections = TaskTracker::new();
         let endpoint = Arc::clone(&stats.conns.http);
@@ -149,12 +150,12 @@ impl AdminListener {
                             conn.await
                         }
                     };
-                    if ended.as_ref().is_err_and(hyper::Error::is_timeout) {
-                        endpoint.close(if served.load(Relaxed) {
-                            Closed::IdleTimeout
-                        } else {
-                            Closed::HandshakeTimeout
-                        });
+                    // After a request was served, hyper's timeout is the wait
+                    // for the next one on a kept-alive connection: an ordinary
+                    // close (a scrape every 15 s meets it), not a refusal.
+                    if ended.as_ref().is_err_and(hyper::Error::is_timeout) && !served.load(Relaxed)
+                    {
+                        endpoint.close(Closed::HandshakeTimeout);
                     }
                 });
             },
@@ -188,6 +189,8 @@ struct AppState {
     streaming: Arc<crate::conn::Clients>,
     /// A change's body must arrive within this (`handshake_timeout`).
     body_timeout: std::time::Duration,
+    /// How often an event stream says something when no event comes.
+    keep_alive: std::time::Duration,
 }
 
 impl AppState {
@@ -315,6 +318,7 @@ mod tests {
             max_streams: 32,
             streaming: Arc::default(),
             body_timeout: std::time::Duration::from_secs(10),
+            keep_alive: std::time::Duration::from_secs(15),
         }))
     }
 

@@ -244,6 +244,14 @@ impl Checker {
 
 /// A `match.sni` entry: a DNS name or `*.` followed by one, lower-cased.
 fn parse_sni(s: &str) -> Result<String, String> {
+    // RFC 6066 §3: a client names no IP address in SNI (and one that does is
+    // read as sending none), so such a pattern could never match.
+    if s.parse::<std::net::IpAddr>().is_ok() {
+        return Err(format!(
+            "{s:?} is an IP address, which a client never sends as SNI (RFC 6066): a client \
+             that connects by address sends no name, and only a route without `sni` takes it"
+        ));
+    }
     weir_wire::name::sni_pattern(s).ok_or_else(|| {
         format!(
             "{s:?} is not a server name: write a DNS name (\"db.example.com\") or a wildcard \

@@ -114,9 +114,11 @@ impl Server {
         Ok(l)
     }
 
-    /// Ends timed rules when their time comes, until shutdown. Ended rules
-    /// stay in the state file until the next start, which deletes them.
+    /// Ends timed rules when their time comes, until shutdown, and deletes
+    /// them from the state file (a start deletes those that ended while
+    /// weir was stopped).
     pub(super) fn spawn_rule_expiry(&self) {
+        let persist = self.persistence.clone();
         let rules = Arc::clone(&self.firewall_rules);
         let changed = Arc::clone(&self.firewall_changed);
         let journal = Arc::clone(&self.journal);
@@ -132,9 +134,17 @@ impl Server {
                     () = changed.notified() => {}
                     () = sleep_or_forever(wait) => {}
                 }
-                for rule in rules.expire(SystemTime::now()) {
+                let ended = rules.expire(SystemTime::now());
+                for rule in &ended {
                     tracing::info!(network = %rule.net, action = rule.action.as_str(), "firewall rule ended");
-                    journal.firewall(RuleChange::Ended, &rule);
+                    journal.firewall(RuleChange::Ended, rule);
+                }
+                // Only rows whose time has passed: a rule added again for the
+                // network meanwhile ends later and stays.
+                if let Some(persist) = persist.as_ref().filter(|_| !ended.is_empty())
+                    && let Err(e) = persist.delete_ended_rules().await
+                {
+                    tracing::warn!(error = %e, "ended firewall rules stay in the state file until the next start");
                 }
             }
         });

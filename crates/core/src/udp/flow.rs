@@ -329,6 +329,7 @@ impl Opener {
         peer: SocketAddr,
         client: SocketAddr,
         dst_ip: Option<IpAddr>,
+        datagrams: u64,
     ) -> Result<Flow, Drop> {
         let stats = &listener.stats.udp;
         let max = listener.udp.map_or(0, |u| u.max_flows);
@@ -347,7 +348,7 @@ impl Opener {
             Ok(slot) => slot,
             Err(block) => {
                 stats.flows_active.fetch_sub(1, Relaxed);
-                listener.stats.blocked(block);
+                listener.stats.blocked_many(block, datagrams);
                 return Err(Drop::Firewall);
             }
         };
@@ -487,8 +488,10 @@ fn live_flow<'t>(
             if runtime.check(client.ip()) == Some(crate::firewall::Action::Deny) {
                 f.shared.banned.cancel();
                 flows.remove(&key);
-                listener.stats.blocked(crate::firewall::Block::Banned);
-                listener.stats.udp.drop(Drop::Firewall);
+                listener
+                    .stats
+                    .blocked_many(crate::firewall::Block::Banned, count);
+                listener.stats.udp.drop_many(Drop::Firewall, count);
                 return None;
             }
         }
@@ -501,13 +504,13 @@ fn live_flow<'t>(
         .get(&key)
         .is_some_and(|f| f.shared.requests.fetch_add(count, SeqCst) & ENDED == 0);
     if !live {
-        match opener.open(listener, peer, client, dst_ip) {
+        match opener.open(listener, peer, client, dst_ip, count) {
             Ok(flow) => {
                 flow.shared.requests.fetch_add(count, SeqCst);
                 flows.insert(key, flow);
             }
             Err(why) => {
-                listener.stats.udp.drop(why);
+                listener.stats.udp.drop_many(why, count);
                 return None;
             }
         }
@@ -522,9 +525,18 @@ impl Flow {
         if matches!(self.gso, Gso::Untried) {
             let state = UdpSocketState::new(UdpSockRef::from(&*self.upstream)).ok();
             // quinn-udp forbids fragmentation: allowed again, as for the
-            // listening sockets.
-            let state = state
-                .filter(|st| st.max_gso_segments() > 1 && allow_fragments(&self.upstream).is_ok());
+            // listening sockets. It also turns on GRO, which would hand the
+            // flow's plain reads several replies as one: off again.
+            let state = state.filter(|st| {
+                st.max_gso_segments() > 1
+                    && allow_fragments(&self.upstream).is_ok()
+                    && nix::sys::socket::setsockopt(
+                        &*self.upstream,
+                        nix::sys::socket::sockopt::UdpGroSegment,
+                        &false,
+                    )
+                    .is_ok()
+            });
             self.gso = state.map_or(Gso::Off, |st| Gso::On(Box::new(st)));
         }
         let Gso::On(state) = &self.gso else {
@@ -549,12 +561,22 @@ impl Flow {
     }
 }
 
+/// Whether a backend socket's error is a path MTU update, which a connected
+/// UDP socket reports as `EMSGSIZE`.
+fn path_mtu(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(nix::libc::EMSGSIZE)
+}
+
 /// Clears the don't-fragment flag `quinn-udp` sets on a socket.
 pub(super) fn allow_fragments(socket: &impl std::os::fd::AsFd) -> io::Result<()> {
     use rustix::net::sockopt;
     match sockopt::socket_domain(socket)? {
         rustix::net::AddressFamily::INET6 => {
             sockopt::set_ipv6_mtu_discover(socket, sockopt::Ipv6PathMtuDiscovery::DONT)?;
+            // Linux refuses a datagram over the path MTU before it looks at
+            // the discovery mode when this is set (`EMSGSIZE`).
+            nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::Ipv6DontFrag, &false)
+                .map_err(io::Error::from)?;
         }
         _ => sockopt::set_ip_mtu_discover(socket, sockopt::Ipv4PathMtuDiscovery::DONT)?,
     }
@@ -841,8 +863,12 @@ impl Task {
                 self.pool.on_connect_failure(self.backend, Reason::Refused);
                 Some(Reason::Refused)
             }
-            Ok(Some(_)) | Err(_) => Some(Reason::BackendError),
-            Ok(None) => {
+            Ok(Some(e)) if !path_mtu(&e) => Some(Reason::BackendError),
+            Err(_) => Some(Reason::BackendError),
+            // `Some`: a path MTU update (ICMP "fragmentation needed" or
+            // "packet too big"), not the backend's failure: the kernel
+            // fragments the next ones to fit.
+            Ok(Some(_) | None) => {
                 // Gone already: forget the readiness, or it fires again.
                 let _ = self.upstream.try_io(Interest::ERROR, || {
                     Err::<(), _>(io::ErrorKind::WouldBlock.into())
@@ -883,12 +909,13 @@ impl Task {
                             len += m;
                             segments += 1;
                         }
-                        Ok(m) if m < first => {
+                        Ok(m) if m > 0 && m < first => {
                             len += m;
                             segments += 1;
                             break;
                         }
-                        // Longer: sent on its own, after the batch.
+                        // Longer, or empty (a GSO send drops an empty
+                        // segment): sent on its own, after the batch.
                         Ok(m) => {
                             odd = Some(m);
                             break;
@@ -928,6 +955,7 @@ impl Task {
     fn recv_failed(&self, e: &io::Error) -> Option<Reason> {
         match e.kind() {
             io::ErrorKind::WouldBlock => None,
+            _ if path_mtu(e) => None,
             io::ErrorKind::ConnectionRefused => {
                 // As in `error`.
                 self.pool.on_connect_failure(self.backend, Reason::Refused);
@@ -966,10 +994,17 @@ impl Task {
         // An answer: the backend is there (passive health).
         self.pool.on_connect_success(self.backend);
         self.shared.touch();
-        for datagram in data.chunks(size.max(1)) {
-            stats.relayed(TO_CLIENT, datagram.len());
-            count(&b.stats.udp_datagrams[TO_CLIENT], 1);
+        // An empty reply is a datagram too (`chunks` yields none for it).
+        let sent = if data.is_empty() {
+            1
+        } else {
+            data.len().div_ceil(size.max(1))
+        };
+        for i in 0..sent {
+            let len = data.len().saturating_sub(i * size).min(size);
+            stats.relayed(TO_CLIENT, len);
         }
+        count(&b.stats.udp_datagrams[TO_CLIENT], sent as u64);
         self.shared
             .live
             .received

@@ -87,7 +87,12 @@ impl Default for UdpStats {
 
 impl UdpStats {
     pub(crate) fn drop(&self, why: Drop) {
-        count(&self.dropped[why as usize], 1);
+        self.drop_many(why, 1);
+    }
+
+    /// `n` datagrams dropped for `why`: a coalesced batch counts each.
+    pub(crate) fn drop_many(&self, why: Drop, n: u64) {
+        count(&self.dropped[why as usize], n);
     }
 
     /// Datagrams dropped for `why`.

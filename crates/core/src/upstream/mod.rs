@@ -19,6 +19,32 @@ use weir_config::{HashKey, ProxyVersion};
 
 use crate::Reason;
 use crate::client::Client;
+
+/// Loads the files of every route's `backend_tls` (CA bundle, client
+/// certificate and key) and of every health check over TLS, as a start or a
+/// reload would: `weir check` fails on what would fail the reload. The
+/// error names the key path.
+pub fn check_files(config: &weir_config::Config) -> Result<(), String> {
+    for (li, l) in config.listeners.iter().enumerate() {
+        for (ri, r) in l.routes.iter().enumerate() {
+            if let Some(t) = &r.backend_tls {
+                tls::backend_config(t)
+                    .map_err(|e| format!("listeners[{li}].routes[{ri}].backend_tls: {e}"))?;
+            }
+        }
+    }
+    for (pi, p) in config.pools.iter().enumerate() {
+        let (probe_tls, alpn): (_, &[&[u8]]) = match &p.health.check {
+            weir_config::Check::Http(h) => (h.tls.as_ref(), &[b"http/1.1"]),
+            weir_config::Check::Grpc(g) => (g.tls.as_ref(), &[b"h2"]),
+            _ => (None, &[]),
+        };
+        if let Some(t) = probe_tls {
+            tls::client_config(t, alpn).map_err(|e| format!("pools[{pi}].health: {e}"))?;
+        }
+    }
+    Ok(())
+}
 use crate::pool::Pool;
 
 /// How a route reaches its backends.

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
@@ -64,7 +65,7 @@ fn config(
     Ok(Arc::new(config))
 }
 
-fn roots(ca: Option<&Path>) -> Result<RootCertStore, String> {
+fn roots(ca: Option<&Path>) -> Result<Arc<RootCertStore>, String> {
     let mut store = RootCertStore::empty();
     match ca {
         Some(path) => {
@@ -80,17 +81,33 @@ fn roots(ca: Option<&Path>) -> Result<RootCertStore, String> {
                 return Err(format!("ca {}: no certificate found", path.display()));
             }
         }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            let (added, _) = store.add_parsable_certificates(found.certs);
-            if added == 0 {
-                return Err(
-                    "no system CA certificates found; set `ca` or `tls_skip_verify`".into(),
-                );
-            }
-        }
+        None => return system_roots(),
     }
-    Ok(store)
+    Ok(Arc::new(store))
+}
+
+/// The system's CA certificates, read at most once a minute: every probe
+/// target of a rebuild (each reload, DNS change or `weir backend add`) has its
+/// own client configuration, and reading the system bundle for each of a
+/// thousand targets took seconds and as many copies of it.
+fn system_roots() -> Result<Arc<RootCertStore>, String> {
+    static READ: std::sync::Mutex<Option<(Instant, Arc<RootCertStore>)>> =
+        std::sync::Mutex::new(None);
+    let mut read = crate::sync::lock(&READ);
+    if let Some((at, roots)) = &*read
+        && at.elapsed() < Duration::from_secs(60)
+    {
+        return Ok(Arc::clone(roots));
+    }
+    let mut store = RootCertStore::empty();
+    let (added, _) =
+        store.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if added == 0 {
+        return Err("no system CA certificates found; set `ca` or `tls_skip_verify`".into());
+    }
+    let roots = Arc::new(store);
+    *read = Some((Instant::now(), Arc::clone(&roots)));
+    Ok(roots)
 }
 
 /// The name to send as SNI and to verify: `tls_server_name`, else the Host
@@ -169,6 +186,17 @@ impl ServerCertVerifier for SkipVerify {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two configurations that verify against the system roots share one
+    /// read of them (a machine without any fails both alike).
+    #[test]
+    fn the_system_roots_are_read_once_for_many_configurations() {
+        match (roots(None), roots(None)) {
+            (Ok(a), Ok(b)) => assert!(Arc::ptr_eq(&a, &b)),
+            (Err(a), Err(b)) => assert_eq!(a, b),
+            (a, b) => panic!("{a:?} then {b:?}"),
+        }
+    }
 
     #[test]
     fn server_name_prefers_explicit_then_host_then_ip() {

@@ -655,7 +655,8 @@ fn a_reload_names_the_changes_that_take_effect_at_the_next_start() {
     let (code, stdout, err) = text(&ctl(grpc, None, &["reload"]));
     assert_eq!(code, 0, "{err}");
     assert!(
-        stdout.contains("generation 2") && stdout.contains("  no changes\n"),
+        stdout.contains("generation 2")
+            && stdout.contains("  no listener, pool or backend changed (files were read again)\n"),
         "{stdout}"
     );
     assert!(
@@ -775,7 +776,7 @@ impl DbLock {
 
 /// The rows `sql` reads from the SQLite database `db`, one Python `repr` a
 /// line.
-fn query(db: &Path, sql: &str) -> String {
+pub(crate) fn query(db: &Path, sql: &str) -> String {
     let out = std::process::Command::new("python3")
         .arg("-c")
         .arg("import sqlite3, sys\nfor row in sqlite3.connect(sys.argv[1]).execute(sys.argv[2]): print(row)")

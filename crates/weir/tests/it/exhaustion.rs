@@ -319,8 +319,58 @@ fn admin_connections_have_a_handshake_and_an_idle_timeout() {
     let mut buf = [0u8; 512];
     let n = quiet.read(&mut buf).expect("answer");
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
-    // Kept alive, then closed for idleness.
+    // Kept alive, then closed for idleness: an ordinary close after a
+    // request, not a refusal (a scrape every 15 s meets it).
     assert!(closed_within(&mut quiet, Duration::from_secs(5)));
+    let http_idle =
+        "weir_admin_connections_rejected_total{endpoint=\"http\",reason=\"idle_timeout\"}";
+    assert_eq!(metric(&scrape(admin), http_idle), 0.0);
+
+    // An event stream outlives the idle timeout of 2 s: its keep-alive
+    // comments come more often than that.
+    let mut events = TcpStream::connect(admin).expect("connect");
+    write!(
+        events,
+        "GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    .expect("request");
+    events
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let began = Instant::now();
+    let mut said = Vec::new();
+    while began.elapsed() < Duration::from_secs(5) {
+        match events.read(&mut buf) {
+            Ok(0) => panic!(
+                "the event stream ended after {:?}: {}",
+                began.elapsed(),
+                String::from_utf8_lossy(&said)
+            ),
+            Ok(n) => said.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("event stream: {e}"),
+        }
+    }
+    let said = String::from_utf8_lossy(&said);
+    assert!(said.starts_with("HTTP/1.1 200"), "{said}");
+    assert!(said.contains("\r\n:"), "no keep-alive comment: {said}");
+    drop(events);
+
+    // A client that asks and reads nothing leaves the connection quiet both
+    // ways: that is the idle timeout.
+    let mut stuck = TcpStream::connect(admin).expect("connect");
+    let asks = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".repeat(400);
+    stuck.write_all(asks.as_bytes()).expect("requests");
+    let began = Instant::now();
+    while metric(&scrape(admin), http_idle) < 1.0 {
+        assert!(began.elapsed() < DEADLINE, "a stuck reader was never cut");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(stuck);
 
     // A watch that pings outlives the idle timeout; one that does not ping
     // within it is cut.

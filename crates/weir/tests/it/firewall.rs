@@ -549,6 +549,16 @@ fn runtime_rules_ban_expire_survive_a_restart_and_show_in_watch() {
         assert!(std::time::Instant::now() < deadline, "the ban never ended");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // And leaves the state file then, not at the next start: a banning loop
+    // of timed rules does not grow the file without end.
+    let ended = "SELECT count(*) FROM firewall_rule WHERE network = '127.0.8.0/24'";
+    while crate::control::query(&db, ended) != "(0,)\n" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ended rule stays in the file"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // An exception to the configured deny list.
     assert_eq!(

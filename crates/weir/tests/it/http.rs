@@ -1843,6 +1843,11 @@ fn tls_termination_picks_the_certificate_by_sni() {
     assert!(body.contains(" host=app.example:"), "{body}");
     let (status, _, version) = https("app.example", &["--http1.1"]);
     assert_eq!((status, version.as_str()), (200, "1.1"));
+    // A client that offers `http/1.0` alone in ALPN (curl --http1.0) is
+    // served, as nginx does, not refused with `no_application_protocol`.
+    let (status, body, version) = https("app.example", &["--http1.0"]);
+    assert_eq!(status, 200, "{body}");
+    assert!(version.starts_with('1'), "{version}");
     // The wildcard certificate, verified by curl against the CA.
     let (status, body, _) = https("api.svc.example", &[]);
     assert_eq!(status, 200, "{body}");
@@ -2154,6 +2159,18 @@ fn certificates_are_swapped_by_a_reload_and_a_broken_one_changes_nothing() {
 
     // New files under the same names, then SIGHUP.
     make_leaf(&dir, "site", &["two.example"], "");
+    let check_file = crate::cli::temp_config("reload-tls-check", &config);
+    let checked = crate::cli::weir()
+        .args(["check", "--config"])
+        .arg(&*check_file)
+        .output()
+        .expect("weir check");
+    assert_eq!(
+        checked.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
     crate::cli::signal(&weir_child.0, rustix::process::Signal::HUP);
     wait_line(&out, "config reloaded");
     assert!(served_subject(front, "two.example").contains("two.example"));
@@ -2168,6 +2185,17 @@ fn certificates_are_swapped_by_a_reload_and_a_broken_one_changes_nothing() {
         "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
     )
     .expect("break the certificate");
+    // `weir check` reads the files as the reload does, so that `weir check
+    // && kill -HUP` stops here; it passed with the files as they were.
+    let checked = crate::cli::weir()
+        .args(["check", "--config"])
+        .arg(&*check_file)
+        .output()
+        .expect("weir check");
+    let err = String::from_utf8_lossy(&checked.stderr);
+    assert_eq!(checked.status.code(), Some(1), "{err}");
+    assert!(err.contains("listeners[0].routes[0].tls"), "{err}");
+    assert!(err.contains("site.crt"), "{err}");
     crate::cli::signal(&weir_child.0, rustix::process::Signal::HUP);
     let line = wait_line(&out, "reload failed");
     assert!(line.contains("site.crt"), "{line}");
@@ -2303,38 +2331,13 @@ fn a_reload_that_asks_for_client_certificates_ends_connections_made_without() {
     };
     let file = temp_config("mtls-reload", &config(""));
     let (weir_child, out) = crate::cli::run_weir(&file);
-    let mut client = tls_client(front, "app.example");
-    let mut to_weir = client.stdin.take().expect("stdin");
-    let from_weir = client.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(from_weir).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let ask = |to_weir: &mut std::process::ChildStdin| {
-        to_weir
-            .write_all(b"GET / HTTP/1.1\r\nHost: app.example\r\n\r\n")
-            .expect("request");
-        to_weir.flush().expect("flush");
-        let end = Instant::now() + DEADLINE;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).expect("an answer");
-            if line.starts_with("HTTP/1.1 ") {
-                return line;
-            }
-        }
-    };
-    assert!(ask(&mut to_weir).starts_with("HTTP/1.1 200"));
+    let mut client = TlsSession::open(front, "app.example");
+    assert!(client.ask("app.example").starts_with("HTTP/1.1 200"));
     // Clients checked as before: the connection goes on.
     std::fs::write(&file, config("")).expect("config");
     crate::cli::signal(&weir_child.0, rustix::process::Signal::HUP);
     wait_line(&out, "config reloaded");
-    assert!(ask(&mut to_weir).starts_with("HTTP/1.1 200"));
+    assert!(client.ask("app.example").starts_with("HTTP/1.1 200"));
     // A connection accepted now, whose ClientHello waits (in a relay) until
     // after the next reload.
     let (late, connected, release) = held_relay(front);
@@ -2349,14 +2352,10 @@ fn a_reload_that_asks_for_client_certificates_ends_connections_made_without() {
     .expect("config");
     crate::cli::signal(&weir_child.0, rustix::process::Signal::HUP);
     wait_line(&out, "config reloaded");
-    let end = Instant::now() + DEADLINE;
-    while client.try_wait().expect("wait").is_none() {
-        assert!(
-            Instant::now() < end,
-            "a connection made without a client certificate goes on"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        client.ends(),
+        "a connection made without a client certificate goes on"
+    );
     // The late one handshakes under the terms of its accept (no client
     // certificate), but is not served: its route was retired meanwhile.
     // Its request is there as its handshake ends, as a browser's is.
@@ -2372,6 +2371,120 @@ fn a_reload_that_asks_for_client_certificates_ends_connections_made_without() {
         .read_to_string(&mut answer);
     assert!(!answer.contains("HTTP/1.1 200"), "{answer}");
     let _ = late_client.wait();
+}
+
+/// A reload that adds a route before another, taking one of its names
+/// under stricter terms (a client certificate), ends the connections the
+/// other route holds: one made for that name without a certificate does not
+/// go on being served under it.
+#[test]
+fn a_reload_that_gives_a_name_to_another_route_ends_the_old_routes_connections() {
+    let dir = test_dir("l7-route-moved");
+    make_ca(&dir);
+    make_leaf(&dir, "site", &["app.example", "admin.example"], "");
+    let (_nginx, a, _) = echoing_nginx("l7-route-moved-backend");
+    let front = free_port();
+    let public = format!(
+        "[[listeners.routes]]\nname = \"public\"\nmode = \"l7\"\n\
+         tls = {{ certificates = [{{ cert = \"{d}/site.crt\", key = \"{d}/site.key\" }}] }}\n\
+         [[listeners.routes.http]]\nname = \"all\"\npool = \"a\"\n",
+        d = dir.display()
+    );
+    let admin = format!(
+        "[[listeners.routes]]\nname = \"admin\"\nmode = \"l7\"\nmatch = {{ sni = [\"admin.example\"] }}\n\
+         tls = {{ certificates = [{{ cert = \"{d}/site.crt\", key = \"{d}/site.key\" }}], \
+         client_ca = \"{d}/ca.crt\" }}\n\
+         [[listeners.routes.http]]\nname = \"all\"\npool = \"a\"\n",
+        d = dir.display()
+    );
+    let config = |routes: &str| {
+        format!(
+            "[[listeners]]\nname = \"https\"\nbind = \"{front}\"\n{routes}\
+             [[pools]]\nname = \"a\"\n[[pools.backends]]\naddress = \"{a}\"\n"
+        )
+    };
+    let file = temp_config("route-moved", &config(&public));
+    let (weir_child, out) = crate::cli::run_weir(&file);
+    let mut client = TlsSession::open(front, "admin.example");
+    let answer = client.ask("admin.example");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    std::fs::write(&file, config(&format!("{admin}{public}"))).expect("config");
+    crate::cli::signal(&weir_child.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    assert!(
+        client.ends(),
+        "a connection the new route would take goes on under the old one"
+    );
+    // A new one for that name needs the certificate now.
+    let mut fresh = tls_client(front, "admin.example");
+    let mut to_fresh = fresh.stdin.take().expect("stdin");
+    let _ = to_fresh.write_all(b"GET / HTTP/1.1\r\nHost: admin.example\r\n\r\n");
+    let _ = to_fresh.flush();
+    let mut answer = String::new();
+    let _ = fresh
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut answer);
+    assert!(!answer.contains("HTTP/1.1 200"), "{answer}");
+    let _ = fresh.wait();
+}
+
+/// A TLS connection through `openssl s_client` that asks requests one at a
+/// time and reads their status lines.
+struct TlsSession {
+    client: std::process::Child,
+    to_weir: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl TlsSession {
+    fn open(addr: SocketAddr, server_name: &str) -> TlsSession {
+        let mut client = tls_client(addr, server_name);
+        let to_weir = client.stdin.take().expect("stdin");
+        let from_weir = client.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(from_weir).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        TlsSession {
+            client,
+            to_weir,
+            lines,
+        }
+    }
+
+    /// `GET /` for `host`: the answer's status line.
+    fn ask(&mut self, host: &str) -> String {
+        write!(self.to_weir, "GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").expect("request");
+        self.to_weir.flush().expect("flush");
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).expect("an answer");
+            if line.starts_with("HTTP/1.1 ") {
+                return line;
+            }
+        }
+    }
+
+    /// Whether weir ends the connection within `DEADLINE`.
+    fn ends(&mut self) -> bool {
+        let end = Instant::now() + DEADLINE;
+        while self.client.try_wait().expect("wait").is_none() {
+            if Instant::now() >= end {
+                let _ = self.client.kill();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    }
 }
 
 /// `openssl s_client -quiet` to `addr` for `server_name`, its input and

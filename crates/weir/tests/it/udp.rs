@@ -232,6 +232,42 @@ fn echo(proxy: bool) -> (SocketAddr, mpsc::Receiver<SocketAddr>) {
     (addr, rx)
 }
 
+/// weir with one UDP listener on 127.0.0.1 (`listener`: its extra keys) in
+/// front of `backend`: (weir, its output, admin, the listener's port).
+fn udp_weir(
+    tag: &str,
+    listener: &str,
+    backend: &str,
+) -> (Running, mpsc::Receiver<String>, SocketAddr, u16) {
+    let (admin, port) = (free_port(), free_udp_port());
+    let (weir, out) = start(
+        tag,
+        &config(
+            admin,
+            &format!("\"127.0.0.1:{port}\""),
+            listener,
+            "",
+            &format!("[[pools.backends]]\naddress = \"{backend}\""),
+        ),
+    );
+    (weir, out, admin, port)
+}
+
+/// An echo server on `bind`, which also tells whom each datagram came from.
+fn echo_on(bind: &str) -> (SocketAddr, mpsc::Receiver<SocketAddr>) {
+    let s = UdpSocket::bind(bind).expect("bind");
+    let addr = s.local_addr().expect("addr");
+    let (tx, peers) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 70_000];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let _ = tx.send(from);
+            let _ = s.send_to(&buf[..n], from);
+        }
+    });
+    (addr, peers)
+}
+
 /// Sends `payload` from `client` to `to`: the answer, waited for up to
 /// `DEADLINE`.
 fn ask(client: &UdpSocket, to: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
@@ -449,6 +485,38 @@ fn the_firewall_refuses_a_flow_by_its_source() {
         1.0
     );
     assert_eq!(metric(admin, "weir_udp_flows_total{listener=\"dns\"}"), 1.0);
+    // Three datagrams of a denied source sent in one GSO call (handed to
+    // weir as one GRO buffer) are three refused datagrams.
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.bind(('127.0.0.2', 0))\n\
+         s.setsockopt(17, 103, 100)\n\
+         s.sendto(b'z' * 300, ('127.0.0.1', {port}))\n"
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let series = "weir_udp_dropped_total{listener=\"dns\",reason=\"firewall\"}";
+    let end = Instant::now() + DEADLINE;
+    while metric(admin, series) < 4.0 {
+        assert!(Instant::now() < end, "the batch was not counted");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(metric(admin, series), 4.0);
+    assert_eq!(
+        metric(
+            admin,
+            "weir_firewall_blocked_total{listener=\"dns\",reason=\"deny_list\"}"
+        ),
+        4.0
+    );
 }
 
 /// weir with one UDP listener (`idle_timeout` 1h) in front of an echo
@@ -1052,9 +1120,186 @@ fn coalesced_datagrams_stay_datagrams() {
     );
 }
 
+/// Once a client's coalesced datagrams went to the backend in one GSO send,
+/// the backend's replies still reach the client as the datagrams they were,
+/// also when the backend sends them in one GSO call of its own (QUIC
+/// servers do).
+#[test]
+fn replies_sent_in_one_gso_call_stay_datagrams() {
+    let dir = test_dir("udp-gro-replies");
+    let ready = dir.join("ready");
+    let backend_script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.bind(('127.0.0.1', 0))\n\
+         open('{ready}', 'w').write(str(s.getsockname()[1]))\n\
+         s.settimeout(30)\n\
+         seen = 0\n\
+         while True:\n\
+         \x20   data, peer = s.recvfrom(70000)\n\
+         \x20   seen += 1\n\
+         \x20   if seen % 3 == 0:\n\
+         \x20       s.setsockopt(17, 103, 500)\n\
+         \x20       s.sendto(b'x' * 500 + b'y' * 500 + b'z' * 500, peer)\n",
+        ready = ready.display()
+    );
+    let _backend = Running::new(
+        Command::new("python3")
+            .args(["-c", &backend_script])
+            .spawn()
+            .expect("python3"),
+    );
+    let end = Instant::now() + DEADLINE;
+    let backend_port = loop {
+        if let Some(port) = std::fs::read_to_string(&ready)
+            .ok()
+            .and_then(|p| p.trim().parse::<u16>().ok())
+        {
+            break port;
+        }
+        assert!(Instant::now() < end, "the backend never started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (_weir, _, admin, port) =
+        udp_weir("udp-gro-replies", "", &format!("127.0.0.1:{backend_port}"));
+    // Twice: the first batch sets the flow's GSO up, the second goes
+    // through it.
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.settimeout(3)\n\
+         got = []\n\
+         for _ in range(2):\n\
+         \x20   s.setsockopt(17, 103, 1000)\n\
+         \x20   s.sendto(b'a' * 3000, ('127.0.0.1', {port}))\n\
+         \x20   s.setsockopt(17, 103, 0)\n\
+         \x20   for _ in range(3):\n\
+         \x20       r = s.recv(70000)\n\
+         \x20       got.append('%s%d' % (chr(r[0]), len(r)))\n\
+         print(' '.join(got))\n"
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "x500 y500 z500 x500 y500 z500",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "weir_udp_datagrams_total{listener=\"dns\",direction=\"to_backend\"}"
+        ),
+        6.0
+    );
+}
+
+/// An ICMP "fragmentation needed" for a flow's backend is a path MTU update,
+/// not the backend's failure: the flow goes on, on the same socket (the
+/// backend sees the same source port), rather than ending as
+/// `backend_error` and starting again elsewhere.
+#[test]
+fn a_path_mtu_update_does_not_end_a_flow() {
+    let (backend, peers) = echo_on("127.0.0.77:0");
+    let (_weir, out, admin, port) =
+        udp_weir("udp-pmtu", "idle_timeout = \"1h\"", &backend.to_string());
+    let front = SocketAddr::from(([127, 0, 0, 1], port));
+    let client = UdpSocket::bind("127.0.0.1:0").expect("client");
+    assert_eq!(ask(&client, front, b"a").as_deref(), Some(&b"a"[..]));
+    let first = peers.recv_timeout(DEADLINE).expect("the backend's peer");
+    // An ICMP type 3 code 4 (next-hop MTU 60,000) quoting a datagram of
+    // the flow's socket to the backend, as a router on the way would send.
+    let script = format!(
+        "import socket, struct\n\
+         def csum(b):\n\
+         \x20   if len(b) % 2: b += b'\\0'\n\
+         \x20   t = sum(struct.unpack('!%dH' % (len(b) // 2), b))\n\
+         \x20   while t >> 16: t = (t & 0xffff) + (t >> 16)\n\
+         \x20   return ~t & 0xffff\n\
+         ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 1428, 0, 0x4000, 64, 17, 0,\n\
+         \x20   socket.inet_aton('{src_ip}'), socket.inet_aton('{dst_ip}'))\n\
+         ip = ip[:10] + struct.pack('!H', csum(ip)) + ip[12:]\n\
+         quoted = ip + struct.pack('!HHHH', {src_port}, {dst_port}, 1408, 0)\n\
+         icmp = struct.pack('!BBHHH', 3, 4, 0, 0, 60000) + quoted\n\
+         icmp = icmp[:2] + struct.pack('!H', csum(icmp)) + icmp[4:]\n\
+         r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)\n\
+         r.sendto(icmp, ('{src_ip}', 0))\n",
+        src_ip = first.ip(),
+        src_port = first.port(),
+        dst_ip = backend.ip(),
+        dst_port = backend.port(),
+    );
+    let sent = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    // The flow would end at once; a second is plenty to see that it does not.
+    let end = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < end {
+        assert_eq!(
+            metric(admin, "weir_udp_flows_active{listener=\"dns\"}"),
+            1.0,
+            "the flow ended: {:?}",
+            out.try_iter().collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(ask(&client, front, b"b").as_deref(), Some(&b"b"[..]));
+    let second = peers.recv_timeout(DEADLINE).expect("the backend's peer");
+    assert_eq!(first, second, "the flow started again on another socket");
+    assert_eq!(metric(admin, "weir_udp_flows_total{listener=\"dns\"}"), 1.0);
+}
+
+/// An IPv6 client gets answers of any size: over the path MTU the kernel
+/// fragments them (on `[::1]`, whose MTU is 65,536, from 65,489 bytes).
+#[test]
+fn an_ipv6_client_gets_answers_of_any_size() {
+    let (backend, _) = echo_on("[::1]:0");
+    let admin = free_port();
+    let port = {
+        let probe = UdpSocket::bind("[::1]:0").expect("bind [::1]");
+        probe.local_addr().expect("addr").port()
+    };
+    let (_weir, _out) = start(
+        "udp-ipv6-big",
+        &config(
+            admin,
+            &format!("\"[::1]:{port}\""),
+            "",
+            "",
+            &format!("[[pools.backends]]\naddress = \"{backend}\""),
+        ),
+    );
+    let front: SocketAddr = format!("[::1]:{port}").parse().expect("address");
+    let client = UdpSocket::bind("[::1]:0").expect("client");
+    for size in [1_000, 65_488, 65_489, 65_507] {
+        let payload = vec![9u8; size];
+        assert_eq!(
+            ask(&client, front, &payload).map(|r| r.len()),
+            Some(size),
+            "an answer of {size} bytes"
+        );
+    }
+    assert_eq!(
+        metric(
+            admin,
+            "weir_udp_dropped_total{listener=\"dns\",reason=\"send_error\"}"
+        ),
+        0.0
+    );
+}
+
 /// Replies a backend sends back to back reach the client as the datagrams
 /// they were, whether or not weir sends them on in one GSO send: three of
-/// one size, a shorter last one, then a longer one.
+/// one size, a shorter last one, then a longer one and an empty one.
 #[test]
 fn back_to_back_replies_stay_datagrams() {
     let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -1068,6 +1313,7 @@ fn back_to_back_replies_stay_datagrams() {
                 vec![b'c'; 1200],
                 vec![b'd'; 300],
                 vec![b'e'; 1500],
+                vec![],
             ] {
                 let _ = s.send_to(&reply, from);
             }
@@ -1092,9 +1338,9 @@ fn back_to_back_replies_stay_datagrams() {
     client.send_to(b"go", front).expect("send");
     let mut got = Vec::new();
     let mut buf = vec![0u8; 4096];
-    for _ in 0..5 {
+    for _ in 0..6 {
         let n = client.recv(&mut buf).expect("a reply");
-        got.push((buf[0], n));
+        got.push((if n > 0 { buf[0] } else { 0 }, n));
     }
     assert_eq!(
         got,
@@ -1103,17 +1349,18 @@ fn back_to_back_replies_stay_datagrams() {
             (b'b', 1200),
             (b'c', 1200),
             (b'd', 300),
-            (b'e', 1500)
+            (b'e', 1500),
+            (0, 0)
         ]
     );
     // Counted once sent: the client may read the last one a moment before.
     let series = "weir_udp_datagrams_total{listener=\"dns\",direction=\"to_client\"}";
     let end = Instant::now() + DEADLINE;
-    while metric(admin, series) < 5.0 {
-        assert!(Instant::now() < end, "to_client stays below 5");
+    while metric(admin, series) < 6.0 {
+        assert!(Instant::now() < end, "to_client stays below 6");
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(metric(admin, series), 5.0);
+    assert_eq!(metric(admin, series), 6.0);
 }
 
 /// A reload that moves a UDP listener's address: the flows on the old
