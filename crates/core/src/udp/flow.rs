@@ -89,8 +89,11 @@ impl Shared {
     }
 }
 
-/// A flow's key in its table: (sender, client).
-type Key = (SocketAddr, SocketAddr);
+/// A flow's key in its table: (sender, client, the address the sender
+/// wrote to). A client that writes to two addresses of a wildcard listener
+/// from one socket has two flows, each answering from the address it wrote
+/// to.
+type Key = (SocketAddr, SocketAddr, Option<IpAddr>);
 
 /// Sent by a flow's task when it ends, so that the table forgets the flow
 /// (and closes its backend socket) at once, not after a sweep: with a new
@@ -197,8 +200,7 @@ impl Table {
             &mut self.flows,
             &self.opener,
             listener,
-            (peer, client),
-            dst_ip,
+            (peer, client, dst_ip),
             1,
         ) else {
             return;
@@ -278,8 +280,7 @@ impl Table {
             &mut self.flows,
             &self.opener,
             listener,
-            (peer, peer),
-            dst_ip,
+            (peer, peer, dst_ip),
             segments,
         ) else {
             // No flow could be opened: counted as a drop.
@@ -473,10 +474,9 @@ fn live_flow<'t>(
     opener: &Opener,
     listener: &Arc<Listener>,
     key: Key,
-    dst_ip: Option<IpAddr>,
     count: u64,
 ) -> Option<&'t mut Flow> {
-    let (peer, client) = key;
+    let (peer, client, dst_ip) = key;
     // A runtime deny added since the flow was let in ends it at its
     // source's next datagram: one load per datagram, the lookup only after
     // an operator added a deny.
@@ -727,7 +727,7 @@ impl std::ops::Drop for EndNotice<'_> {
         // The table is gone only when its receive task ended: nothing to
         // forget then.
         let _ = t.ended.send(Ended {
-            key: (t.peer, t.client),
+            key: (t.peer, t.client, t.dst_ip),
             shared: Arc::clone(&t.shared),
         });
     }

@@ -152,6 +152,39 @@ fn dns_through_weir_to_dnsmasq() {
     crate::http::assert_documented(admin);
 }
 
+/// On a wildcard address, a client that writes to two addresses of the host
+/// from one socket gets each answer from the address it wrote to (each is
+/// a flow of its own), as a connected client socket needs.
+#[test]
+fn answers_come_from_the_address_each_datagram_went_to() {
+    let (backend, _) = echo_on("127.0.0.1:0");
+    let (admin, any) = (free_port(), free_udp_port());
+    let (_weir, _out) = start(
+        "udp-two-addresses",
+        &config(
+            admin,
+            &format!("\"0.0.0.0:{any}\""),
+            "",
+            "",
+            &format!("[[pools.backends]]\naddress = \"{backend}\""),
+        ),
+    );
+    let client = UdpSocket::bind("127.0.0.1:0").expect("client");
+    client.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut buf = [0u8; 64];
+    for (to, payload) in [
+        ([127, 0, 0, 2], b"a"),
+        ([127, 0, 0, 3], b"b"),
+        ([127, 0, 0, 2], b"c"),
+    ] {
+        let to = SocketAddr::from((to, any));
+        client.send_to(payload, to).expect("send");
+        let (n, from) = client.recv_from(&mut buf).expect("an answer");
+        assert_eq!((&buf[..n], from), (&payload[..], to));
+    }
+    assert_eq!(metric(admin, "weir_udp_flows_total{listener=\"dns\"}"), 2.0);
+}
+
 /// Two DNS backends; one stops. Its port answers with ICMP unreachable, the
 /// flow ends (`refused`), passive health takes the backend out after three,
 /// and every query is answered within its retries.
