@@ -40,6 +40,7 @@ async fn start_with_admin(toml: &str, version: &str, revision: &str) -> (Arc<Ser
         build,
         Arc::default(),
         weir_admin::conn::Limits::from_config(&config.admin),
+        config.admin.clone(),
         CancellationToken::new(),
     ));
     (server, admin_addr)

@@ -707,7 +707,7 @@ impl ProxyAccept {
 }
 
 /// `send_proxy_protocol`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ProxyVersion {
     #[default]
     Off,

@@ -258,7 +258,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Touched<S> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let room = buf.remaining() > 0;
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let r = match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            // A TLS peer that closes its socket without a close_notify
+            // (rustls says `UnexpectedEof`; many servers do): a close, as the
+            // HTTP connection reads it too, not a failure.
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(())),
+            r => r,
+        };
         let n = buf.filled().len() - before;
         if n > 0 {
             self.moved += n as u64;

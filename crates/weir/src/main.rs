@@ -535,7 +535,14 @@ pub(crate) async fn serve(
     if let Some(admin) = admin {
         let stop = admin_stop.clone();
         let (build, stats) = (build.clone(), Arc::clone(&admin_stats));
-        tokio::spawn(admin.serve(Arc::clone(&handle), build, stats, limits, stop));
+        tokio::spawn(admin.serve(
+            Arc::clone(&handle),
+            build,
+            stats,
+            limits,
+            config.admin.clone(),
+            stop,
+        ));
     }
     let layer = Arc::new(weir_http::Layer::new());
     for (name, addr, udp) in inherited.sockets() {

@@ -15,6 +15,8 @@
 //! - **Mixed families when encoding** (one IPv4 and one IPv6 endpoint): the IPv4 one
 //!   is written as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) and the header is
 //!   TCP6 / `AF_INET6`. This keeps the client address, where `UNKNOWN` would lose it.
+//!   Both endpoints IPv4-mapped (an IPv4 client seen through a dual-stack socket)
+//!   are written as IPv4: `TCP4` / `AF_INET`, as a plain IPv4 socket would give.
 //! - **CRC32C**: a `PP2_TYPE_CRC32C` TLV is verified when parsing; when encoding, the
 //!   first one in the list gets its value computed (the given value is ignored).
 
@@ -533,6 +535,7 @@ fn verify_crc(header: &[u8], at: usize) -> Result<(), ProxyError> {
 /// IPv4-mapped IPv6 address. Never longer than [`V1_MAX_LEN`].
 pub fn encode_v1(src: SocketAddr, dst: SocketAddr, out: &mut Vec<u8>) {
     use std::io::Write as _;
+    let (src, dst) = unmapped(src, dst);
     out.reserve(V1_MAX_LEN);
     // Writing to a Vec cannot fail, so the io::Result carries nothing.
     let _ = match (src.ip(), dst.ip()) {
@@ -569,6 +572,7 @@ pub fn encode_v2(
     tlvs: &[Tlv<'_>],
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeError> {
+    let addresses = addresses.map(|(src, dst)| unmapped(src, dst));
     let proto = match (addresses, transport) {
         (None, _) => 0,
         (Some(_), Transport::Stream) => 0x1,
@@ -654,6 +658,22 @@ pub fn encode_v2(
         }
     }
     Ok(())
+}
+
+/// Both endpoints as IPv4 when both are IPv4 or IPv4-mapped IPv6; else as
+/// they are.
+fn unmapped(src: SocketAddr, dst: SocketAddr) -> (SocketAddr, SocketAddr) {
+    let v4 = |a: SocketAddr| match a.ip() {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(ip) => ip.to_ipv4_mapped(),
+    };
+    match (v4(src), v4(dst)) {
+        (Some(s), Some(d)) => (
+            SocketAddr::new(s.into(), src.port()),
+            SocketAddr::new(d.into(), dst.port()),
+        ),
+        _ => (src, dst),
+    }
 }
 
 fn to_v6(ip: IpAddr) -> Ipv6Addr {

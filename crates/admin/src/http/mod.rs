@@ -89,10 +89,12 @@ impl AdminListener {
         build: BuildInfo,
         stats: Arc<Stats>,
         limits: Limits,
+        first: weir_config::Admin,
         stop: CancellationToken,
     ) {
         let app = router(Arc::new(AppState {
             handle,
+            first,
             build,
             stats: Arc::clone(&stats),
             stop: stop.clone(),
@@ -177,6 +179,9 @@ struct Peer(std::net::IpAddr);
 #[derive(Debug)]
 struct AppState {
     handle: Arc<Handle>,
+    /// `[admin]` of the config weir started with: whose `hosts` are answered
+    /// until the first probe round is done and the server's config is there.
+    first: weir_config::Admin,
     build: BuildInfo,
     stats: Arc<Stats>,
     stop: CancellationToken,
@@ -242,9 +247,10 @@ async fn known_hosts_only(
     let probe = matches!(request.uri().path(), "/healthz" | "/readyz");
     let known = match security::addressed(request.headers()) {
         security::Addressed::Directly => true,
-        security::Addressed::ByName(name) => state
-            .server()
-            .is_some_and(|s| s.snapshot().config.admin.answers_host(&name)),
+        security::Addressed::ByName(name) => match state.server() {
+            Some(s) => s.snapshot().config.admin.answers_host(&name),
+            None => state.first.answers_host(&name),
+        },
         security::Addressed::Malformed => false,
     };
     if !probe && !known {
@@ -308,6 +314,10 @@ mod tests {
     fn router_of(handle: Arc<Handle>) -> Router {
         router(Arc::new(AppState {
             handle,
+            first: weir_config::Admin {
+                hosts: vec!["lb1.example.com".to_owned()],
+                ..weir_config::Admin::default()
+            },
             build: BuildInfo {
                 version: "0.0.0".into(),
                 revision: "test".into(),
@@ -419,6 +429,10 @@ mod tests {
             StatusCode::OK,
             "liveness tells nothing"
         );
+        // A name of `admin.hosts` is answered while weir starts (here: 503
+        // until the first probe round is done), not told it is unknown.
+        let (status, _, body) = answer_to("lb1.example.com:9900", "GET", "/metrics").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert_eq!(
             answer_to("localhost:9900", "GET", "/").await.0,
             StatusCode::OK

@@ -99,6 +99,7 @@ async fn an_unread_listing_holds_its_places_on_both_endpoints() {
         build.clone(),
         Arc::clone(&stats),
         limits,
+        weir_config::Admin::default(),
         stop.clone(),
     ));
     let grpc = crate::grpc::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");

@@ -66,6 +66,9 @@ pub(crate) struct Inputs<'a> {
     pub(crate) serves_http: bool,
     /// A route of a UDP listener sends to this pool.
     pub(crate) serves_udp: bool,
+    /// The PROXY header its traffic starts with (an l4 route's
+    /// `send_proxy_protocol`), which probes to the traffic port send too.
+    pub(crate) probe_proxy: config::ProxyVersion,
 }
 
 /// A pool: backends plus how to pick among them.
@@ -96,6 +99,9 @@ pub struct Pool {
     /// A UDP listener's route sends to this pool: its datagram families
     /// are rendered.
     pub serves_udp: bool,
+    /// The PROXY header probes to a backend's traffic port start with (a
+    /// `LOCAL` one), as the traffic does; `Off` without.
+    pub probe_proxy: config::ProxyVersion,
     /// Outlier detection from l7 answers.
     pub outlier: Option<config::Outlier>,
     /// Waiters for a slot, shared by the pool's generations.
@@ -295,6 +301,7 @@ impl Pool {
             protocol: cfg.protocol,
             serves_http: inputs.serves_http,
             serves_udp: inputs.serves_udp,
+            probe_proxy: inputs.probe_proxy,
             outlier: cfg.outlier,
             queue: previous.map_or_else(Arc::default, |p| Arc::clone(&p.queue)),
             max_queue: cfg.max_queue,

@@ -553,8 +553,12 @@ mod tests {
     #[test]
     fn a_probe_future_stays_small() {
         let addr: std::net::SocketAddr = "127.0.0.1:1".parse().expect("an address");
-        let mut prober =
-            crate::probe::Prober::new(crate::probe::Probe::Http(check()), addr).expect("a prober");
+        let mut prober = crate::probe::Prober::new(
+            crate::probe::Probe::Http(check()),
+            addr,
+            weir_config::ProxyVersion::Off,
+        )
+        .expect("a prober");
         let probe = prober.run(addr, std::time::Duration::from_secs(1));
         let size = std::mem::size_of_val(&probe);
         assert!(size <= 2048, "a probe's future takes {size} bytes");

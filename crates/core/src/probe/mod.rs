@@ -47,6 +47,9 @@ pub(crate) struct Prober {
     request: Vec<u8>,
     /// The host the HTTP request names (the check's, else the address).
     host: String,
+    /// What a TCP probe connection starts with: a PROXY header of the
+    /// `LOCAL` kind (the spec's for a proxy's own checks), or nothing.
+    proxy: Vec<u8>,
 }
 
 /// A probe connection kept for the next probe.
@@ -69,12 +72,33 @@ impl Prober {
     /// keeps a probe target keeps its connection. (A TLS one is opened
     /// anew, with the certificates the reload read.)
     pub(crate) fn adopt_connection(&mut self, old: Prober) {
-        if self.tls.is_none() && old.tls.is_none() && self.probe == old.probe {
+        if self.tls.is_none()
+            && old.tls.is_none()
+            && self.probe == old.probe
+            && self.proxy == old.proxy
+        {
             self.conn = old.conn;
         }
     }
 
-    pub(crate) fn new(probe: Probe, addr: SocketAddr) -> Result<Prober, String> {
+    pub(crate) fn new(
+        probe: Probe,
+        addr: SocketAddr,
+        proxy: weir_config::ProxyVersion,
+    ) -> Result<Prober, String> {
+        let mut header = Vec::new();
+        match proxy {
+            weir_config::ProxyVersion::Off => {}
+            weir_config::ProxyVersion::V1 => weir_wire::proxy::encode_v1_unknown(&mut header),
+            weir_config::ProxyVersion::V2 => weir_wire::proxy::encode_v2(
+                weir_wire::proxy::Command::Local,
+                weir_wire::proxy::Transport::Unspec,
+                None,
+                &[],
+                &mut header,
+            )
+            .map_err(|e| format!("PROXY header: {e}"))?,
+        }
         let tls_of = |t: &ProbeTls, host: Option<&str>, alpn: &[&[u8]]| -> Result<_, String> {
             let config = tls::client_config(t, alpn)?;
             Ok((
@@ -111,6 +135,7 @@ impl Prober {
             conn: None,
             request,
             host,
+            proxy: header,
         })
     }
 
@@ -133,8 +158,10 @@ impl Prober {
             conn,
             request,
             host,
+            proxy,
         } = self;
         match probe {
+            // A connect says enough: no header needed before the close.
             Probe::Tcp => match connect(addr).await {
                 Ok(_) => Report::passed("connect ok"),
                 Err(report) => report,
@@ -151,7 +178,7 @@ impl Prober {
                         return outcome.report;
                     }
                 }
-                let mut c = match Box::pin(open(addr, tls.as_ref())).await {
+                let mut c = match Box::pin(open(addr, proxy, tls.as_ref())).await {
                     Ok(c) => c,
                     Err(report) => return report,
                 };
@@ -163,7 +190,7 @@ impl Prober {
             }
             Probe::Dns(check) => datagram::dns(addr, check).await,
             Probe::Udp(check) => datagram::udp(addr, check).await,
-            Probe::Grpc(check) => match Box::pin(open(addr, tls.as_ref())).await {
+            Probe::Grpc(check) => match Box::pin(open(addr, proxy, tls.as_ref())).await {
                 Ok(Conn::Plain(s)) => {
                     Box::pin(grpc::check(s, &addr.to_string(), false, &check.service)).await
                 }
@@ -188,12 +215,21 @@ async fn connect(addr: SocketAddr) -> Result<TcpStream, Report> {
     Ok(stream)
 }
 
-/// Connects and, when the check uses TLS, completes the handshake.
+/// Connects, sends `proxy` (a PROXY header, or nothing) and, when the check
+/// uses TLS, completes the handshake.
 async fn open(
     addr: SocketAddr,
+    proxy: &[u8],
     tls: Option<&(TlsConnector, ServerName<'static>)>,
 ) -> Result<Conn, Report> {
-    let stream = connect(addr).await?;
+    let mut stream = connect(addr).await?;
+    if !proxy.is_empty() {
+        use tokio::io::AsyncWriteExt as _;
+        stream
+            .write_all(proxy)
+            .await
+            .map_err(|e| connect_failure(&e))?;
+    }
     match tls {
         None => Ok(Conn::Plain(stream)),
         Some((connector, name)) => match connector.connect(name.clone(), stream).await {

@@ -66,6 +66,8 @@ fn start_offset(i: usize, n: usize) -> Duration {
 struct Target {
     address: SocketAddr,
     probe: Probe,
+    /// The PROXY header a probe connection starts with.
+    proxy: weir_config::ProxyVersion,
     interval: Duration,
     fast_interval: Duration,
     timeout: Duration,
@@ -149,9 +151,16 @@ pub(crate) fn prepare(pools: &[Arc<Pool>]) -> Result<Prepared, String> {
                 Some(own) => Probe::Http(own.clone()),
                 None => probe.clone(),
             };
+            // Only to the traffic port: a check port is another listener.
+            let proxy = if Some(b.address) == b.probe_address {
+                pool.probe_proxy
+            } else {
+                weir_config::ProxyVersion::Off
+            };
             let target = Target {
                 address,
                 probe,
+                proxy,
                 interval: pool.health.interval,
                 fast_interval: pool.health.fast_interval,
                 timeout: pool.health.timeout,
@@ -168,13 +177,14 @@ pub(crate) fn prepare(pools: &[Arc<Pool>]) -> Result<Prepared, String> {
     }
     let mut ready = Vec::with_capacity(order.len());
     for target in order {
-        let prober = Prober::new(target.probe.clone(), target.address).map_err(|e| {
-            let pool = targets
-                .get(&target)
-                .and_then(|s| s.first())
-                .map_or("?", |s| s.pool.name.as_str());
-            format!("pool {pool:?}: {e}")
-        })?;
+        let prober =
+            Prober::new(target.probe.clone(), target.address, target.proxy).map_err(|e| {
+                let pool = targets
+                    .get(&target)
+                    .and_then(|s| s.first())
+                    .map_or("?", |s| s.pool.name.as_str());
+                format!("pool {pool:?}: {e}")
+            })?;
         let subs = targets.remove(&target).unwrap_or_default();
         ready.push((target, prober, subs));
     }

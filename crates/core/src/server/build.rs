@@ -54,8 +54,20 @@ impl Server {
         } = inputs;
         let mut serves_http = vec![false; config.pools.len()];
         let mut serves_udp = vec![false; config.pools.len()];
+        // A pool whose traffic starts with a PROXY header (an l4 route of a
+        // TCP listener sends one) gets one on its probes to the traffic
+        // port too, as HAProxy's checks do: such a backend refuses anything
+        // else there.
+        let mut probe_proxy = vec![weir_config::ProxyVersion::Off; config.pools.len()];
         for l in &config.listeners {
             for r in &l.routes {
+                if let RouteMode::L4(l4) = &r.mode
+                    && l.udp.is_none()
+                    && let Some(v) = probe_proxy.get_mut(l4.pool_index)
+                    && *v == weir_config::ProxyVersion::Off
+                {
+                    *v = l4.send_proxy_protocol;
+                }
                 for i in r.pool_indices() {
                     if let RouteMode::L7(_) = &r.mode {
                         serves_http[i] = true;
@@ -80,6 +92,7 @@ impl Server {
                     address: &address_of,
                     serves_http: serves_http[pi],
                     serves_udp: serves_udp[pi],
+                    probe_proxy: probe_proxy[pi],
                 };
                 Pool::build(p, inputs, &cx)
             })

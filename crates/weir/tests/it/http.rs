@@ -1319,7 +1319,7 @@ const EC: [&str; 5] = [
 ];
 
 /// A test CA in `dir`: `ca.crt`, `ca.key`.
-fn make_ca(dir: &std::path::Path) {
+pub(crate) fn make_ca(dir: &std::path::Path) {
     let args = [
         &["req", "-x509"][..],
         &EC,
@@ -1340,7 +1340,7 @@ fn make_ca(dir: &std::path::Path) {
 
 /// A certificate the test CA signed, for the DNS names `sans`, as
 /// `TAG.crt` and `TAG.key`; `extra` adds openssl extension lines.
-fn make_leaf(dir: &std::path::Path, tag: &str, sans: &[&str], extra: &str) {
+pub(crate) fn make_leaf(dir: &std::path::Path, tag: &str, sans: &[&str], extra: &str) {
     make_leaf_with(dir, tag, sans, extra, &EC);
 }
 

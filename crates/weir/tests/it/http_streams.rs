@@ -292,7 +292,10 @@ fn a_websocket_ends_with_the_side_that_ended_it() {
             });
         }
     });
-    let (front, admin) = (free_port(), free_port());
+    let (front, admin, secure) = (free_port(), free_port(), free_port());
+    let dir = crate::cli::test_dir("ws-ends-tls");
+    crate::http::make_ca(&dir);
+    crate::http::make_leaf(&dir, "ws", &["ws.example"], "");
     let (_weir, out) = start(
         "ws-ends",
         &format!(
@@ -300,8 +303,13 @@ fn a_websocket_ends_with_the_side_that_ended_it() {
              [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
              [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
              [[listeners.routes.http]]\nname = \"ws\"\npool = \"ws\"\n\
+             [[listeners]]\nname = \"secure\"\nbind = \"{secure}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             tls = {{ certificates = [{{ cert = \"{d}/ws.crt\", key = \"{d}/ws.key\" }}] }}\n\
+             [[listeners.routes.http]]\nname = \"ws\"\npool = \"ws\"\n\
              [[pools]]\nname = \"ws\"\n[pools.health]\ntype = \"none\"\n\
-             [[pools.backends]]\nname = \"raw\"\naddress = \"{backend}\"\n"
+             [[pools.backends]]\nname = \"raw\"\naddress = \"{backend}\"\n",
+            d = dir.display()
         ),
     );
     let series = |state: &str| {
@@ -383,6 +391,36 @@ fn a_websocket_ends_with_the_side_that_ended_it() {
     drop(c);
     assert_eq!(reason("/client-reset"), "client_error");
     settles(0.0, 4.0);
+
+    // Over TLS, a client that closes its socket without a close_notify
+    // (Python's `close()`, as many do) closed; it did not fail.
+    let script = format!(
+        "import socket, ssl\n\
+         ctx = ssl.create_default_context(cafile='{d}/ca.crt')\n\
+         s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', {port})), server_hostname='ws.example')\n\
+         s.sendall(b'GET /tls-close HTTP/1.1\\r\\nHost: ws.example\\r\\nConnection: Upgrade\\r\\n'\n\
+         \x20   b'Upgrade: websocket\\r\\nSec-WebSocket-Version: 13\\r\\n'\n\
+         \x20   b'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\n\\r\\n')\n\
+         head = b''\n\
+         while not head.endswith(b'\\r\\n\\r\\n'):\n\
+         \x20   head += s.recv(1)\n\
+         assert head.startswith(b'HTTP/1.1 101'), head\n\
+         s.sendall(b'ping')\n\
+         assert s.recv(4) == b'ping'\n\
+         s.close()\n",
+        d = dir.display(),
+        port = secure.port()
+    );
+    let ran = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert_eq!(reason("/tls-close"), "client_closed");
 }
 
 /// A WebSocket: upgraded, relayed both ways, logged with status 101 when it

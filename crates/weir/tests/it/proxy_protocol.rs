@@ -81,6 +81,46 @@ fn nginx_reads_the_client_address_from_weirs_v1_and_v2_headers() {
     }
 }
 
+/// A pool whose traffic starts with a PROXY header is probed with one too
+/// (a `LOCAL` one, v1 `UNKNOWN`), as HAProxy's checks are: nginx's
+/// `listen ... proxy_protocol` refuses anything else, which would keep every
+/// backend down.
+#[test]
+fn probes_of_a_backend_that_wants_the_header_send_one() {
+    let (_nginx, backend) = nginx_echoing_proxy_addresses("probes");
+    let (front, admin) = (free_port(), free_port());
+    let pool = |name: &str| {
+        format!(
+            "[[pools]]\nname = \"{name}\"\n[pools.health]\ntype = \"http\"\npath = \"/\"\n\
+             [[pools.backends]]\nname = \"n\"\naddress = \"{backend}\"\n"
+        )
+    };
+    let file = temp_config(
+        "pp-probes",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"l\"\nbind = [\"{front}\"]\n\
+             [[listeners.routes]]\nname = \"v1\"\nmatch = {{ source = [\"127.0.0.3\"] }}\npool = \"a\"\nsend_proxy_protocol = \"v1\"\n\
+             [[listeners.routes]]\nname = \"v2\"\nmatch = {{ source = [\"127.0.0.4\"] }}\npool = \"b\"\nsend_proxy_protocol = \"v2\"\n\
+             {}{}",
+            pool("a"),
+            pool("b")
+        ),
+    );
+    let (_weir, _out) = run_weir(&file);
+    for (client, pool) in [("127.0.0.3", "a"), ("127.0.0.4", "b")] {
+        let passed = crate::http::metric(
+            admin,
+            &format!(
+                "weir_health_checks_total{{pool=\"{pool}\",backend=\"n\",type=\"http\",result=\"success\",reason=\"ok\"}}"
+            ),
+        );
+        assert!(passed >= 1.0, "pool {pool}: {passed}");
+        let answer = curl(&format!("http://{front}/"), client);
+        assert!(answer.starts_with(client), "{answer}");
+    }
+}
+
 /// HAProxy with `accept-proxy` answers with the source address it parsed.
 fn haproxy_echoing_source(tag: &str) -> (Running, SocketAddr) {
     let haproxy =

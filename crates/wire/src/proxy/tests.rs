@@ -564,6 +564,30 @@ fn encode_v1_shapes() {
         Some((addr("[::ffff:192.0.2.7]:5000"), addr("[2001:db8::1]:443")))
     );
 
+    // Both IPv4-mapped (an IPv4 client on a dual-stack socket): plain IPv4,
+    // as the same client through an IPv4 socket; in v2 too.
+    out.clear();
+    let (src, dst) = (
+        addr("[::ffff:192.0.2.7]:5000"),
+        addr("[::ffff:10.0.0.1]:443"),
+    );
+    encode_v1(src, dst, &mut out);
+    assert_eq!(out, b"PROXY TCP4 192.0.2.7 10.0.0.1 5000 443\r\n");
+    out.clear();
+    encode_v2(
+        Command::Proxy,
+        Transport::Stream,
+        Some((src, dst)),
+        &[],
+        &mut out,
+    )
+    .unwrap();
+    let (h, _) = complete(&out);
+    assert_eq!(
+        h.addresses,
+        Some((addr("192.0.2.7:5000"), addr("10.0.0.1:443")))
+    );
+
     out.clear();
     encode_v1_unknown(&mut out);
     assert_eq!(out, V1_UNKNOWN_SHORT);
