@@ -4,6 +4,8 @@
 # (unit, property, real-socket integration) and the doctests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# nginx, haproxy, dnsmasq and sysctl live in /usr/sbin, off a user's PATH.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 # Real peers used by the integration tests: nginx and HAProxy as real backends
 # (HTTP, PROXY protocol), nghttpd as an HTTP/2 backend (h2c and TLS), h2load as
@@ -23,7 +25,7 @@ command -v curl >/dev/null 2>&1 || packages+=(curl)
 command -v nghttpd >/dev/null 2>&1 || packages+=(nghttp2-server)
 command -v h2load >/dev/null 2>&1 || packages+=(nghttp2-client)
 command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
-command -v python3 >/dev/null 2>&1 || packages+=(python3)
+command -v python3 >/dev/null 2>&1 || packages+=(python3 python3-pip)
 command -v openssl >/dev/null 2>&1 || packages+=(openssl)
 command -v nsenter >/dev/null 2>&1 || packages+=(util-linux)
 command -v ip >/dev/null 2>&1 || packages+=(iproute2)
@@ -49,11 +51,13 @@ fi
 # (tests/it/peers.py), a MaxMind-format database writer for the firewall's
 # country rules, and for the admin API and status page (tests/it/admin_peers.py)
 # an OpenAPI and JSON Schema validator and Playwright, which drives Debian's
-# chromium (it downloads no browser of its own).
+# chromium (it downloads no browser of its own). A Debian python3 refuses pip
+# installs outside a virtual environment (PEP 668) unless told otherwise.
 python3 -c 'import grpc, websockets, mmdb_writer, opentelemetry.proto
 import jsonschema, openapi_spec_validator, playwright' 2>/dev/null \
-    || python3 -m pip install -q --disable-pip-version-check grpcio websockets mmdb-writer \
-        opentelemetry-proto jsonschema openapi-spec-validator playwright
+    || PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q --disable-pip-version-check \
+        grpcio websockets mmdb-writer opentelemetry-proto jsonschema openapi-spec-validator \
+        playwright
 
 # cargo-deb builds the Debian package the package test installs.
 command -v cargo-deb >/dev/null 2>&1 || cargo install cargo-deb --locked --quiet

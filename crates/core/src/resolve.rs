@@ -26,10 +26,23 @@ impl Resolved {
 /// each distinct name is looked up once). A name that does not resolve is a
 /// problem at its key path, as a config error would be.
 pub async fn backends(config: &Config) -> Result<Resolved, ConfigError> {
+    backends_knowing(config, &|_, _| None).await
+}
+
+/// [`backends`], taking the address `known` gives for a backend (by pool
+/// and name) instead of looking its name up again: a snapshot rebuilt for
+/// a runtime or discovered backend keeps what the last start or reload
+/// resolved, as the names are resolved only then.
+pub(crate) async fn backends_knowing(
+    config: &Config,
+    known: &(dyn Fn(&str, &str) -> Option<SocketAddr> + Sync),
+) -> Result<Resolved, ConfigError> {
     let mut names: Vec<String> = Vec::new();
     for p in &config.pools {
         for b in &p.backends {
-            if let BackendAddress::Name { .. } = &b.address {
+            if let BackendAddress::Name { .. } = &b.address
+                && known(&p.name, &b.name).is_none()
+            {
                 let spec = b.address.to_string();
                 if !names.contains(&spec) {
                     names.push(spec);
@@ -65,9 +78,10 @@ pub async fn backends(config: &Config) -> Result<Resolved, ConfigError> {
     let mut problems = Vec::new();
     for (pi, p) in config.pools.iter().enumerate() {
         for (bi, b) in p.backends.iter().enumerate() {
-            let addr = match &b.address {
-                BackendAddress::Ip(a) => Ok(*a),
-                name => looked_up
+            let addr = match (&b.address, known(&p.name, &b.name)) {
+                (BackendAddress::Ip(a), _) => Ok(*a),
+                (_, Some(a)) => Ok(a),
+                (name, None) => looked_up
                     .get(&name.to_string())
                     .cloned()
                     .unwrap_or_else(|| Err("not looked up".to_owned())),
@@ -99,4 +113,31 @@ fn lookup(spec: &str) -> Result<SocketAddr, String> {
 
 fn one(path: &str, message: impl std::fmt::Display) -> ConfigError {
     ConfigError::new(vec![Problem::new(path, message.to_string())])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A name whose address is known (what the last start or reload
+    /// resolved) is not looked up again: a snapshot rebuilt for a DNS
+    /// change elsewhere neither moves the backend nor fails on its name.
+    #[tokio::test]
+    async fn a_known_address_is_taken_without_a_lookup() {
+        let config = weir_config::load_str(
+            "[[pools]]\nname = \"p\"\n[[pools.backends]]\nname = \"db\"\n\
+             address = \"nowhere.invalid:5432\"\n",
+        )
+        .expect("config");
+        assert!(
+            backends(&config).await.is_err(),
+            "the name does not resolve"
+        );
+        let kept: SocketAddr = "192.0.2.7:5432".parse().expect("address");
+        let known = |pool: &str, backend: &str| (pool, backend) == ("p", "db");
+        let resolved = backends_knowing(&config, &|p, b| known(p, b).then_some(kept))
+            .await
+            .expect("known");
+        assert_eq!(resolved.get("p", "db"), Some(kept));
+    }
 }

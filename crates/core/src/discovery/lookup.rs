@@ -24,6 +24,11 @@ use super::plan::{Failure, Found, Outcome};
 /// SRV targets resolved per answer at most: a huge answer costs bounded work.
 const MAX_TARGETS: usize = 256;
 
+/// Addresses taken of one answer at most (of a name, of each SRV target's
+/// family, and of an SRV answer's records together); the pool's set takes
+/// `MAX_MEMBERS` of them.
+const MAX_FOUND: usize = super::plan::MAX_PENDING;
+
 /// SRV targets asked about at the same time: more than a DNS answer
 /// usually names (512 bytes hold about 20 records, 4,096 about 150), so
 /// that a few silent ones leave room for the rest.
@@ -223,6 +228,9 @@ impl Lookup {
             std::collections::HashMap::new();
         let mut unresolved = Vec::new();
         let mut kept = Vec::new();
+        // The first target whose lookup failed (not "no address"): with no
+        // address found at all, the answer is that failure, not "empty".
+        let mut target_failure = None;
         let mut whole = left_out == 0;
         for (target, looked) in answers {
             let ips: Vec<IpAddr> = match looked {
@@ -241,6 +249,7 @@ impl Lookup {
                 // had, so that a transient failure drains none of its
                 // backends.
                 Err(e) => {
+                    target_failure.get_or_insert_with(|| failed(&e));
                     let why = match e {
                         NetError::Timeout => "no answer in time".to_owned(),
                         e => e.to_string(),
@@ -252,16 +261,7 @@ impl Lookup {
             };
             addresses.insert(target, ips);
         }
-        let mut found = Vec::new();
-        for r in &records {
-            for ip in addresses.get(r.target.as_str()).into_iter().flatten() {
-                found.push(Found {
-                    addr: SocketAddr::new(*ip, r.port),
-                    tier: u32::from(r.priority),
-                    weight: u32::from(r.weight),
-                });
-            }
-        }
+        let mut found = srv_found(&records, &addresses);
         let before = found.len();
         found.retain(|f| super::plan::usable(f.addr));
         unusable += before - found.len();
@@ -281,7 +281,10 @@ impl Lookup {
                 "records with port 0 or an unspecified, multicast or broadcast address were left out"
             );
         }
-        records_outcome(found, valid_until, whole && kept.is_empty())
+        match target_failure {
+            Some(failure) if found.is_empty() => failure,
+            _ => records_outcome(found, valid_until, whole && kept.is_empty()),
+        }
     }
 
     /// Says when an answer starts and stops naming more targets than are
@@ -350,11 +353,16 @@ impl Lookup {
                 Ok(l) => {
                     let until = l.valid_until();
                     valid_until = Some(valid_until.map_or(until, |v| v.min(until)));
-                    found.extend(l.answers().iter().filter_map(|r| match &r.data {
-                        RData::A(a) if v4 => Some(IpAddr::V4(a.0)),
-                        RData::AAAA(a) if !v4 => Some(IpAddr::V6(a.0)),
-                        _ => None,
-                    }));
+                    found.extend(
+                        l.answers()
+                            .iter()
+                            .filter_map(|r| match &r.data {
+                                RData::A(a) if v4 => Some(IpAddr::V4(a.0)),
+                                RData::AAAA(a) if !v4 => Some(IpAddr::V6(a.0)),
+                                _ => None,
+                            })
+                            .take(MAX_FOUND),
+                    );
                 }
                 Err(e) if matches!(failed(&e), Outcome::Empty { .. }) => {
                     empty.get_or_insert(e);
@@ -466,6 +474,35 @@ impl Lookup {
 /// distinct ones in that order (best priority first), and how many more
 /// there were. The same records in any order give the same targets, on
 /// every instance and at every refresh.
+/// The backends of SRV `records` (sorted, by priority first) whose targets
+/// have `addresses`: one record per target and port (the most preferred),
+/// and at most `MAX_FOUND` in all, so that an answer repeating one target
+/// thousands of times, each with thousands of addresses, costs no more than
+/// the addresses it can give.
+fn srv_found(
+    records: &[SrvRecord],
+    addresses: &std::collections::HashMap<&str, Vec<IpAddr>>,
+) -> Vec<Found> {
+    let mut found = Vec::new();
+    let mut pairs = std::collections::HashSet::new();
+    for r in records {
+        if !pairs.insert((r.target.as_str(), r.port)) {
+            continue;
+        }
+        for ip in addresses.get(r.target.as_str()).into_iter().flatten() {
+            if found.len() >= MAX_FOUND {
+                return found;
+            }
+            found.push(Found {
+                addr: SocketAddr::new(*ip, r.port),
+                tier: u32::from(r.priority),
+                weight: u32::from(r.weight),
+            });
+        }
+    }
+    found
+}
+
 fn pick_targets(records: &mut Vec<SrvRecord>) -> (Vec<String>, usize) {
     records.sort_unstable();
     records.dedup();
@@ -544,10 +581,44 @@ mod tests {
     use std::sync::atomic::{AtomicU8, Ordering};
 
     use hickory_resolver::proto::op::{Message, MessageType, OpCode};
-    use hickory_resolver::proto::rr::rdata::{A, AAAA};
+    use hickory_resolver::proto::rr::rdata::{A, AAAA, SRV};
     use hickory_resolver::proto::rr::{Name, Record};
 
     use super::*;
+
+    /// A hostile SRV answer: one target named 3,000 times (weights apart),
+    /// with 4,000 addresses, gives its 4,000 backends once, not twelve
+    /// million; a second port of it adds its own, up to `MAX_FOUND`.
+    #[test]
+    fn an_srv_answer_repeating_a_target_costs_its_addresses_only() {
+        let mut records: Vec<SrvRecord> = (0..3_000u16)
+            .map(|weight| SrvRecord {
+                priority: 1 + weight % 2,
+                target: "t.test.".to_owned(),
+                port: 80,
+                weight,
+            })
+            .collect();
+        records.push(SrvRecord {
+            priority: 5,
+            target: "t.test.".to_owned(),
+            port: 81,
+            weight: 1,
+        });
+        records.sort_unstable();
+        let ips: Vec<IpAddr> = (0..4_000u32)
+            .map(|i| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)))
+            .collect();
+        let addresses = std::collections::HashMap::from([("t.test.", ips)]);
+        let found = srv_found(&records, &addresses);
+        assert_eq!(found.len(), MAX_FOUND);
+        // The most preferred record of the pair: priority 1, weight 0.
+        assert!(
+            found
+                .iter()
+                .all(|f| f.addr.port() == 80 && f.tier == 1 && f.weight == 0)
+        );
+    }
 
     /// How the test's DNS server answers a family's question.
     const ANSWER: u8 = 0;
@@ -574,6 +645,7 @@ mod tests {
                 let mode = match q.query_type() {
                     RecordType::A => v4.load(Ordering::SeqCst),
                     RecordType::AAAA => v6.load(Ordering::SeqCst),
+                    RecordType::SRV => ANSWER,
                     _ => NONE,
                 };
                 let id = query.metadata.id;
@@ -587,14 +659,15 @@ mod tests {
                 answer.add_query(q.clone());
                 if mode == ANSWER {
                     let name = Name::from_ascii("api.test.").expect("name");
-                    answer.add_answer(Record::from_rdata(
-                        name,
-                        60,
-                        match q.query_type() {
-                            RecordType::A => RData::A(A(Ipv4Addr::LOCALHOST)),
-                            _ => RData::AAAA(AAAA(Ipv6Addr::LOCALHOST)),
-                        },
-                    ));
+                    let (owner, data) = match q.query_type() {
+                        RecordType::A => (name, RData::A(A(Ipv4Addr::LOCALHOST))),
+                        RecordType::SRV => (
+                            Name::from_ascii("_api._tcp.test.").expect("name"),
+                            RData::SRV(SRV::new(1, 1, 80, name)),
+                        ),
+                        _ => (name, RData::AAAA(AAAA(Ipv6Addr::LOCALHOST))),
+                    };
+                    answer.add_answer(Record::from_rdata(owner, 60, data));
                 }
                 if let Ok(bytes) = answer.to_vec() {
                     let _ = socket.send_to(&bytes, from).await;
@@ -605,12 +678,19 @@ mod tests {
     }
 
     fn lookup(resolver: SocketAddr) -> Lookup {
+        asking(
+            resolver,
+            DiscoverQuery::Name {
+                name: "api.test.".into(),
+                port: 80,
+            },
+        )
+    }
+
+    fn asking(resolver: SocketAddr, query: DiscoverQuery) -> Lookup {
         Lookup::new(
             &Discover {
-                query: DiscoverQuery::Name {
-                    name: "api.test.".into(),
-                    port: 80,
-                },
+                query,
                 resolver: Some(resolver),
                 min_interval: Duration::from_secs(1),
                 max_interval: Duration::from_secs(60),
@@ -622,6 +702,26 @@ mod tests {
             Known::default(),
         )
         .expect("lookup")
+    }
+
+    fn server_failure(outcome: &Outcome) -> bool {
+        matches!(
+            outcome,
+            Outcome::Failed {
+                why: Failure::ServerFailure,
+                ..
+            }
+        )
+    }
+
+    /// The test's DNS server, both families answered until told otherwise.
+    async fn answering() -> (Arc<AtomicU8>, Arc<AtomicU8>, SocketAddr) {
+        let (v4, v6) = (
+            Arc::new(AtomicU8::new(ANSWER)),
+            Arc::new(AtomicU8::new(ANSWER)),
+        );
+        let dns = server(Arc::clone(&v4), Arc::clone(&v6)).await;
+        (v4, v6, dns)
     }
 
     fn ips(outcome: &Outcome) -> Vec<String> {
@@ -723,11 +823,7 @@ mod tests {
     /// with nothing to show is a failure, not an empty answer.
     #[tokio::test]
     async fn a_family_whose_question_fails_keeps_its_addresses() {
-        let (v4, v6) = (
-            Arc::new(AtomicU8::new(ANSWER)),
-            Arc::new(AtomicU8::new(ANSWER)),
-        );
-        let dns = server(Arc::clone(&v4), Arc::clone(&v6)).await;
+        let (v4, v6, dns) = answering().await;
         let known = lookup(dns);
         let whole = |o: &Outcome| matches!(o, Outcome::Records { whole: true, .. });
         let answer = known.resolve().await;
@@ -759,16 +855,7 @@ mod tests {
         v6.store(NONE, Ordering::SeqCst);
         assert_eq!(ips(&known.resolve().await), ["127.0.0.1"]);
         let outcome = lookup(dns).resolve().await;
-        assert!(
-            matches!(
-                outcome,
-                Outcome::Failed {
-                    why: Failure::ServerFailure,
-                    ..
-                }
-            ),
-            "{outcome:?}"
-        );
+        assert!(server_failure(&outcome), "{outcome:?}");
         // Both fail: a failure, though addresses are known.
         v6.store(SERVFAIL, Ordering::SeqCst);
         let outcome = known.resolve().await;
@@ -787,5 +874,19 @@ mod tests {
         v4.store(SERVFAIL, Ordering::SeqCst);
         let outcome = known.resolve().await;
         assert!(matches!(outcome, Outcome::Failed { .. }), "{outcome:?}");
+    }
+
+    /// An SRV answer whose one target's questions both fail is that
+    /// failure (counted as a server failure, the last set kept), not an
+    /// empty answer that would drain it.
+    #[tokio::test]
+    async fn srv_targets_whose_lookups_fail_are_a_failure_not_empty() {
+        let (v4, v6, dns) = answering().await;
+        let srv = || asking(dns, DiscoverQuery::Srv("_api._tcp.test.".into()));
+        assert_eq!(ips(&srv().resolve().await), ["127.0.0.1", "::1"]);
+        v4.store(SERVFAIL, Ordering::SeqCst);
+        v6.store(SERVFAIL, Ordering::SeqCst);
+        let outcome = srv().resolve().await;
+        assert!(server_failure(&outcome), "{outcome:?}");
     }
 }

@@ -404,6 +404,26 @@ impl Discovery {
             .collect()
     }
 
+    /// The discovered backends of `source`'s pools that are leaving (gone
+    /// from DNS, draining), as (pool, name), as `plan` would have them.
+    pub(crate) fn leaving(&self, source: &Config, plan: &Plan) -> Vec<(String, String)> {
+        let pools = self.lock();
+        let mut out = Vec::new();
+        for p in &source.pools {
+            if let Some(entry) = entry_of(&p.name, plan, &pools) {
+                out.extend(
+                    entry
+                        .set
+                        .members
+                        .iter()
+                        .filter(|(_, m)| m.leaving.is_some())
+                        .map(|(addr, _)| (p.name.clone(), addr.to_string())),
+                );
+            }
+        }
+        out
+    }
+
     /// `source` with each discovering pool's backends added after its static
     /// ones, in address order; a draining one at weight 0. An address that a
     /// static backend of the pool already has (by name or address) is left

@@ -171,6 +171,9 @@ pub struct Backend {
     pub stats: Arc<BackendStats>,
     /// Where probes go; `None` unless probed.
     pub probe_address: Option<SocketAddr>,
+    /// Removed at runtime or gone from DNS, draining: weight 0 whatever an
+    /// operator set, no sticky client either.
+    pub leaving: bool,
     pub watch: Watch,
     /// Shared with the previous generation when a reload kept the probe target.
     pub(super) status: Arc<Mutex<Status>>,
@@ -232,8 +235,11 @@ impl Backend {
     }
 
     /// The weight it would get if serving.
-    fn weight_now(s: &Status, configured: u32) -> u32 {
-        s.weight_override.unwrap_or(configured)
+    fn weight_now(&self, s: &Status) -> u32 {
+        if self.leaving {
+            return 0;
+        }
+        s.weight_override.unwrap_or(self.weight)
     }
 
     /// How far its slow start has come (`RAMP_FLOOR..1`), or `None` when it
@@ -276,7 +282,7 @@ impl Backend {
     /// passive health only, on trial) and not ejected as an outlier.
     pub(super) fn eligible_weight(&self, s: &Status) -> u32 {
         if s.admin == AdminState::Enabled && self.able(s) {
-            Self::weight_now(s, self.weight)
+            self.weight_now(s)
         } else {
             0
         }
@@ -300,7 +306,7 @@ impl Backend {
     /// DNS) nor one of weight 0: those take no request at all.
     pub(super) fn keeps_its_clients(&self) -> bool {
         let s = self.status();
-        s.admin == AdminState::Drain && self.able(&s)
+        !self.leaving && s.admin == AdminState::Drain && self.able(&s)
     }
 
     pub fn health(&self) -> Health {
@@ -323,7 +329,7 @@ impl Backend {
 
     /// The configured weight, or the operator's override.
     pub fn current_weight(&self) -> u32 {
-        Self::weight_now(&self.status(), self.weight)
+        self.weight_now(&self.status())
     }
 
     pub(super) fn count_transition(&self, before: StateLabel, after: StateLabel) {

@@ -69,6 +69,9 @@ pub(crate) struct Inputs<'a> {
     /// The PROXY header its traffic starts with (an l4 route's
     /// `send_proxy_protocol`), which probes to the traffic port send too.
     pub(crate) probe_proxy: config::ProxyVersion,
+    /// Whether a backend (by name) is leaving: removed at runtime or gone
+    /// from DNS, draining.
+    pub(crate) leaving: &'a dyn Fn(&str) -> bool,
 }
 
 /// A pool: backends plus how to pick among them.
@@ -252,6 +255,7 @@ impl Pool {
                 };
                 Backend {
                     token: weir_balance::hash_bytes(b.name.as_bytes()),
+                    leaving: (inputs.leaving)(&b.name),
                     name: b.name.clone(),
                     address,
                     weight: b.weight,

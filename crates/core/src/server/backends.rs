@@ -123,6 +123,23 @@ impl Server {
         self.discovery.effective(&config, plan)
     }
 
+    /// The runtime and discovered backends that are leaving, by (pool,
+    /// name): whatever an operator set, they take no new connection or
+    /// request (a weight override does not bring them back).
+    pub(crate) fn leaving(
+        &self,
+        source: &Config,
+        plan: &crate::discovery::Plan,
+    ) -> std::collections::HashSet<(String, String)> {
+        let mut out: std::collections::HashSet<(String, String)> = lock(&self.runtime)
+            .iter()
+            .filter(|b| b.leaving.is_some() && shadowed_by(source, b).is_none())
+            .map(|b| (b.pool.clone(), b.name.clone()))
+            .collect();
+        out.extend(self.discovery.leaving(source, plan));
+        out
+    }
+
     /// The runtime backends `source` shadows, each with the reason, as
     /// "POOL/NAME: why".
     pub(crate) fn shadowed(&self, source: &Config) -> Vec<String> {

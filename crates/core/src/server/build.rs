@@ -51,6 +51,7 @@ impl Server {
             resolved,
             orphans,
             gone,
+            leaving,
         } = inputs;
         let mut serves_http = vec![false; config.pools.len()];
         let mut serves_udp = vec![false; config.pools.len()];
@@ -85,6 +86,7 @@ impl Server {
             .map(|(pi, p)| {
                 let saved_of = |b: &str| saved.get(&(p.name.clone(), b.to_owned())).cloned();
                 let address_of = |b: &str| resolved.get(&p.name, b);
+                let leaving_of = |b: &str| leaving.contains(&(p.name.clone(), b.to_owned()));
                 let inputs = pool::Inputs {
                     previous: old.and_then(|o| o.pool(&p.name)).map(|p| &**p),
                     saved: &saved_of,
@@ -93,6 +95,7 @@ impl Server {
                     serves_http: serves_http[pi],
                     serves_udp: serves_udp[pi],
                     probe_proxy: probe_proxy[pi],
+                    leaving: &leaving_of,
                 };
                 Pool::build(p, inputs, &cx)
             })

@@ -55,13 +55,19 @@ impl Server {
         let p = self
             .pool(pool)
             .ok_or_else(|| ControlError::NoPool(pool.to_owned()))?;
-        if p.backend(backend).is_none() {
-            return Err(ControlError::NoBackend {
+        match p.backend(backend) {
+            None => Err(ControlError::NoBackend {
                 pool: pool.to_owned(),
                 backend: backend.to_owned(),
-            });
+            }),
+            // Its weight and state are the drain's now: a change would
+            // say it took while nothing changed.
+            Some(b) if b.leaving => Err(ControlError::Leaving {
+                pool: pool.to_owned(),
+                backend: backend.to_owned(),
+            }),
+            Some(_) => Ok(p),
         }
-        Ok(p)
     }
 }
 

@@ -380,7 +380,8 @@ impl Server {
             tracing::warn!(backend = %shadowed, "a runtime backend of the state file is not applied");
         }
         let answered = server.discovery.answered(&config, &plan);
-        let inputs = server.inputs(&effective, &answered).await?;
+        let mut inputs = server.inputs(&effective, &answered, None).await?;
+        inputs.leaving = server.leaving(&config, &plan);
         let staged = server.stage(&effective, None, inputs, true)?;
         // Nothing can stop a server its caller does not have yet.
         let _ = server.commit(config, effective, staged, None, true).await;
@@ -504,6 +505,8 @@ struct Inputs {
     /// left during their drain, or DNS no longer gives them), forgotten
     /// once the config that found them serves.
     gone: Vec<(String, String, &'static str)>,
+    /// (pool, backend): the runtime and discovered backends leaving.
+    leaving: std::collections::HashSet<(String, String)>,
 }
 
 /// `config` as the process starts it, with `worker_threads = 0` written out

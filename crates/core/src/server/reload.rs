@@ -81,10 +81,11 @@ impl Server {
         let effective = self.effective(&config, &plan);
         let shadowed = self.shadowed(&config);
         let answered = self.discovery.answered(&config, &plan);
-        let inputs = match self.inputs(&effective, &answered).await {
+        let mut inputs = match self.inputs(&effective, &answered, None).await {
             Ok(inputs) => inputs,
             Err(e) => return Err(self.reload_failed(e.into())),
         };
+        inputs.leaving = self.leaving(&config, &plan);
         let staged = match self.stage(&effective, Some(&old), inputs, true) {
             Ok(staged) => staged,
             Err(e) => return Err(self.reload_failed(e.into())),
@@ -234,9 +235,14 @@ impl Server {
         let source = (*old.source).clone();
         let plan = crate::discovery::Plan::default();
         let config = self.effective(&source, &plan);
-        let inputs = self
-            .inputs(&config, &self.discovery.answered(&source, &plan))
+        let mut inputs = self
+            .inputs(
+                &config,
+                &self.discovery.answered(&source, &plan),
+                Some(&old),
+            )
             .await?;
+        inputs.leaving = self.leaving(&source, &plan);
         let staged = self.stage(&config, Some(&old), inputs, false)?;
         self.commit(source, config, staged, Some(&old), false)
             .await
@@ -266,12 +272,20 @@ impl Server {
     /// for the backends and pools of `config`, and notes (and logs) what it
     /// holds for backends `config` does not have. `answered`: the pools
     /// whose discovered backends in `config` are all DNS gives now.
+    /// `keep`: the snapshot whose resolved names a rebuild keeps (names are
+    /// looked up at start and reload only).
     pub(super) async fn inputs(
         &self,
         config: &Config,
         answered: &std::collections::HashSet<String>,
+        keep: Option<&Snapshot>,
     ) -> Result<Inputs, StartError> {
-        let resolved = crate::resolve::backends(config)
+        let known = |pool: &str, backend: &str| {
+            keep.and_then(|s| s.pool(pool))
+                .and_then(|p| p.backend(backend))
+                .map(|b| b.address)
+        };
+        let resolved = crate::resolve::backends_knowing(config, &known)
             .await
             .map_err(StartError::Resolve)?;
         let Some(p) = &self.persistence else {
@@ -324,6 +338,7 @@ impl Server {
             resolved,
             orphans: Some(orphans),
             gone,
+            leaving: std::collections::HashSet::new(),
         })
     }
 

@@ -256,6 +256,24 @@ fn backends_added_at_runtime_serve_persist_yield_to_the_file_and_drain_when_remo
     assert_eq!(again["admin"], "enabled", "{again}");
     let history = again["last_transitions"].as_array().expect("transitions");
     assert!(!history.iter().any(|t| t["to"] == "drain"), "{again}");
+
+    // A weight an operator set does not keep a removed backend taking new
+    // connections: it leaves at weight 0 all the same.
+    assert_eq!(
+        text(&ctl(
+            grpc,
+            Some(TOKEN),
+            &["backend", "weight", "p", "extra", "5"]
+        ))
+        .0,
+        0
+    );
+    let r = json(&ctl(
+        grpc,
+        Some(TOKEN),
+        &["backend", "remove", "p", "extra", "-o", "json"],
+    ));
+    assert_eq!(r["effective_weight"], 0, "{r}");
 }
 
 /// A runtime backend the running config does not apply — the file has its
