@@ -194,6 +194,33 @@ fn the_debian_package_installs_serves_and_goes_away() {
         "root:weir 640"
     );
     assert!(std::fs::read_link(wants).is_ok(), "still enabled");
+    let mode = || {
+        stdout(
+            "stat config",
+            Command::new("stat").args(["-c", "%U:%G %a", "/etc/weir/weir.toml"]),
+        )
+        .trim()
+        .to_owned()
+    };
+    // As dpkg leaves an unmodified conffile it replaced with a new version
+    // (root:root 0644): the upgrade's postinst gives it back to weir alone.
+    stdout(
+        "chown",
+        Command::new("chown").args(["root:root", "/etc/weir/weir.toml"]),
+    );
+    stdout(
+        "chmod",
+        Command::new("chmod").args(["644", "/etc/weir/weir.toml"]),
+    );
+    dpkg(&["-i", deb]);
+    assert_eq!(mode(), "root:weir 640");
+    // A mode an administrator chose stays.
+    stdout(
+        "chmod",
+        Command::new("chmod").args(["600", "/etc/weir/weir.toml"]),
+    );
+    dpkg(&["-i", deb]);
+    assert_eq!(mode(), "root:weir 600");
 
     // Removed: the program goes, the configuration stays; purged: both go.
     dpkg(&["-r", "weir"]);
