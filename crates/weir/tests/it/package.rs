@@ -89,6 +89,7 @@ fn the_debian_package_installs_serves_and_goes_away() {
         "/usr/share/zsh/vendor-completions/_weir",
         "/usr/share/fish/vendor_completions.d/weir.fish",
         "/usr/share/doc/weir/examples/minimal.toml",
+        "/usr/share/doc/weir/examples/blocklist.txt",
     ] {
         assert!(exists(file), "the package did not install {file}");
     }
