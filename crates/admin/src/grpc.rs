@@ -634,6 +634,7 @@ impl AdminApi for ControlService {
                 notes: h.notes,
             }),
             route: e.route.unwrap_or_default(),
+            firewall: e.firewall.unwrap_or_default().to_owned(),
             pools: e
                 .pools
                 .into_iter()

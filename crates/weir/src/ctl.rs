@@ -1473,6 +1473,7 @@ fn format_age(ms: u64) -> String {
 fn explain_json(e: &pb::ExplainResponse) -> Value {
     json!({
         "route": (!e.route.is_empty()).then_some(&e.route),
+        "firewall": (!e.firewall.is_empty()).then_some(&e.firewall),
         "routes": e.routes.iter().map(|r| json!({
             "name": r.name, "matched": r.matched, "why": r.why,
         })).collect::<Vec<_>>(),
@@ -1499,6 +1500,14 @@ fn explain_json(e: &pb::ExplainResponse) -> Value {
 
 fn explain_text(e: &pb::ExplainResponse) -> String {
     let mut out = String::new();
+    if !e.firewall.is_empty() {
+        let _ = writeln!(
+            out,
+            "the listener's firewall refuses this client ({}): no route is looked at",
+            e.firewall
+        );
+        return out;
+    }
     for r in &e.routes {
         let mark = if r.matched { "TAKES" } else { "no" };
         let _ = writeln!(out, "route {:<16} {mark:<5}  {}", r.name, r.why);

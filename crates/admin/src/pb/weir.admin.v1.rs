@@ -107,6 +107,11 @@ pub struct ExplainResponse {
     /// An l7 route given a request: what its rules do with it.
     #[prost(message, optional, tag = "4")]
     pub http: ::core::option::Option<HttpVerdict>,
+    /// The listener's firewall refuses the client by its address, before any
+    /// route: why (`banned`, `deny_list`, `not_allowed`, `country`, as
+    /// weir_firewall_blocked_total names it); empty: it does not.
+    #[prost(string, tag = "5")]
+    pub firewall: ::prost::alloc::string::String,
 }
 #[derive(::serde::Serialize)]
 #[derive(Clone, PartialEq, ::prost::Message)]

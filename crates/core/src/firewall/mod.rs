@@ -143,28 +143,38 @@ impl Firewall {
 
     /// count of open connections, when counted), or says why not.
     pub fn admit(&self, ip: IpAddr) -> Result<Option<ClientSlot>, Block> {
-        match self.runtime.check(ip) {
-            Some(Action::Deny) => return Err(Block::Banned),
-            Some(Action::Allow) => {}
-            None => {
-                if self.deny.contains(ip) {
-                    return Err(Block::DenyList);
-                }
-                if let Some(allow) = &self.allow
-                    && !allow.contains(ip)
-                {
-                    return Err(Block::NotAllowed);
-                }
-                if let Some(c) = &self.countries
-                    && !country_admits(c, ip)
-                {
-                    return Err(Block::Country);
-                }
-            }
+        if let Some(block) = self.listed(ip) {
+            return Err(block);
         }
         match &self.per_client {
             Some((limits, table)) => table.connect(ip, limits, Instant::now()),
             None => Ok(None),
+        }
+    }
+
+    /// What the rules say of `ip` by its address alone (runtime rules, the
+    /// lists, countries), taking nothing: `None` lets it on to the
+    /// per-client limits. `weir explain` asks this.
+    pub fn listed(&self, ip: IpAddr) -> Option<Block> {
+        match self.runtime.check(ip) {
+            Some(Action::Deny) => Some(Block::Banned),
+            Some(Action::Allow) => None,
+            None => {
+                if self.deny.contains(ip) {
+                    return Some(Block::DenyList);
+                }
+                if let Some(allow) = &self.allow
+                    && !allow.contains(ip)
+                {
+                    return Some(Block::NotAllowed);
+                }
+                if let Some(c) = &self.countries
+                    && !country_admits(c, ip)
+                {
+                    return Some(Block::Country);
+                }
+                None
+            }
         }
     }
 

@@ -24,6 +24,10 @@ pub struct Explanation {
     /// The chosen route's pools (an l7 route's rules pick one per request:
     /// with a request to explain, the pool of the rule that takes it).
     pub pools: Vec<PoolVerdict>,
+    /// The listener's firewall refuses the client by its address (a
+    /// runtime ban, a list, its country): why, as the access log and
+    /// `weir_firewall_blocked_total` name it; nothing else applies then.
+    pub firewall: Option<&'static str>,
     /// For an l7 route: what its rules do with the request, when one was
     /// given.
     pub http: Option<crate::l7::RulesExplained>,
@@ -72,6 +76,15 @@ impl Server {
         let l = self
             .listener(listener)
             .ok_or_else(|| ControlError::NoListener(listener.to_owned()))?;
+        if let Some(block) = l.firewall.listed(client.ip()) {
+            return Ok(Explanation {
+                routes: Vec::new(),
+                route: None,
+                pools: Vec::new(),
+                firewall: Some(block.as_str()),
+                http: None,
+            });
+        }
         // As the ClientHello peek reads a server name: lower-cased, one
         // trailing dot dropped, an IP literal is no server name at all, and
         // one that is not a DNS name makes the hello match no route.
@@ -131,6 +144,7 @@ impl Server {
             routes,
             route: chosen.map(|r| r.name.clone()),
             pools,
+            firewall: None,
             http: explained,
         })
     }

@@ -146,6 +146,38 @@ fn explain_names_the_route_the_eligible_backends_and_the_real_pick() {
         "{out}"
     );
     assert!(out.contains("pick: "), "{out}");
+    // A client the listener's firewall refuses reaches no route: said so,
+    // not shown taken by one (the firewall is asked first, as at accept).
+    let (code, _, err) = text(&ctl(grpc, None, &["firewall", "deny", "10.1.2.3"]));
+    assert_eq!(code, 0, "{err}");
+    let v = json(&ctl(
+        grpc,
+        None,
+        &[
+            "explain",
+            "--listener",
+            "front",
+            "--client",
+            "10.1.2.3",
+            "-o",
+            "json",
+        ],
+    ));
+    assert_eq!(v["firewall"], "banned", "{v}");
+    assert!(v["route"].is_null(), "{v}");
+    let (code, out, _) = text(&ctl(
+        grpc,
+        None,
+        &["explain", "--listener", "front", "--client", "10.1.2.3"],
+    ));
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("the listener's firewall refuses this client (banned)"),
+        "{out}"
+    );
+    assert!(!out.contains("TAKES"), "{out}");
+    let (code, _, err) = text(&ctl(grpc, None, &["firewall", "remove", "10.1.2.3"]));
+    assert_eq!(code, 0, "{err}");
     // Mistakes are named.
     let (code, _, err) = text(&ctl(
         grpc,
