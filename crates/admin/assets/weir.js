@@ -8,12 +8,17 @@
 const API = "/api/v1";
 // A full refresh this often, besides the one each event triggers.
 const REFRESH_MS = 5000;
+// A read not answered by then is given up, so that the next refresh runs
+// (a browser holds at most six connections to one host: with that many
+// tabs following events, a read would otherwise wait for good).
+const FETCH_MS = 8000;
 const EVENTS_SHOWN = 50;
 
 const state = {
   listenerTotals: new Map(), // name -> [connections_total, at]
   refreshTimer: null,
   busy: false,
+  source: null, // the EventSource, while the tab is shown
 };
 
 const $ = (id) => document.getElementById(id);
@@ -69,7 +74,7 @@ function nonZero(map) {
 }
 
 async function getJSON(path) {
-  const r = await fetch(API + path, { cache: "no-store" });
+  const r = await fetch(API + path, { cache: "no-store", signal: AbortSignal.timeout(FETCH_MS) });
   const body = await r.json().catch(() => null);
   if (!r.ok) throw new Error((body && body.error && body.error.message) || r.statusText);
   return body;
@@ -329,6 +334,7 @@ function describe(kind, e) {
 function follow() {
   const live = $("live");
   const source = new EventSource(API + "/events");
+  state.source = source;
   source.onopen = () => { live.textContent = "live"; live.className = "badge good"; refreshSoon(); };
   source.onerror = () => { live.textContent = "reconnecting"; live.className = "badge warn"; };
   for (const kind of ["backend", "tier", "reload", "firewall"]) {
@@ -344,9 +350,24 @@ function follow() {
   }
 }
 
+// A hidden tab lets go of its event stream (and stops refreshing), so that
+// tabs left open in the background do not hold the browser's connections to
+// weir; shown again, it follows and refreshes at once.
+function visibility() {
+  if (document.hidden) {
+    if (state.source) { state.source.close(); state.source = null; }
+    $("live").textContent = "paused";
+    $("live").className = "badge warn";
+  } else if (!state.source) {
+    follow();
+    refresh();
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   $("auth").addEventListener("submit", (e) => e.preventDefault());
   refresh();
   follow();
-  setInterval(refresh, REFRESH_MS);
+  setInterval(() => { if (!document.hidden) refresh(); }, REFRESH_MS);
+  document.addEventListener("visibilitychange", visibility);
 });

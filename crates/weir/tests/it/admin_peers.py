@@ -46,6 +46,13 @@ def request(admin, method, path, body=None, headers=None):
     return status, h, parsed
 
 
+def wait_for(cond, what):
+    end = time.monotonic() + TIMEOUT
+    while not cond():
+        check(time.monotonic() < end, what)
+        time.sleep(0.05)
+
+
 def check(cond, what):
     if not cond:
         raise AssertionError(what)
@@ -393,6 +400,23 @@ def browser(admin, token, port_a, port_b, screenshot):
             width = phone.evaluate("document.documentElement.scrollWidth")
             check(width <= 390, f"the page is {width}px wide on a 390px phone")
             out["phone_width"] = width
+            # A tab hidden lets go of its event stream (browsers give one host
+            # six connections: tabs in the background would take them all);
+            # shown again, it follows again.
+            expect(phone.locator("#live")).to_have_text("live", timeout=TIMEOUT * 1000)
+            streams = lambda: int(float(next(
+                l.split()[-1] for l in request(admin, "GET", "/metrics")[2].splitlines()
+                if l.startswith("weir_admin_event_streams_active"))))
+            wait_for(lambda: streams() == 2, "two pages follow the events")
+            hide = "hidden => { Object.defineProperty(document, 'hidden', {value: hidden, configurable: true});" \
+                " document.dispatchEvent(new Event('visibilitychange')); }"
+            phone.evaluate(hide, True)
+            expect(phone.locator("#live")).to_have_text("paused", timeout=TIMEOUT * 1000)
+            wait_for(lambda: streams() == 1, "the hidden page let go of its stream")
+            phone.evaluate(hide, False)
+            expect(phone.locator("#live")).to_have_text("live", timeout=TIMEOUT * 1000)
+            wait_for(lambda: streams() == 2, "the page shown again follows the events")
+            out["hidden_tab_lets_go"] = True
             check(not errors, f"errors in the page: {errors}")
         finally:
             chromium.close()

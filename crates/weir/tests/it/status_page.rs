@@ -111,7 +111,12 @@ fn the_status_page_follows_backends_live_and_changes_need_the_token() {
         &b.port().to_string(),
         &shot.display().to_string(),
     ]);
-    for step in ["saw_down", "saw_up_again", "drained_with_token"] {
+    for step in [
+        "saw_down",
+        "saw_up_again",
+        "drained_with_token",
+        "hidden_tab_lets_go",
+    ] {
         assert_eq!(report[step], true, "{report}");
     }
     let png = std::fs::read(&shot).expect("screenshot");
