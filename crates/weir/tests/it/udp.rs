@@ -286,6 +286,21 @@ fn udp_weir(
     (weir, out, admin, port)
 }
 
+/// Runs `script` with python3 (the tests' GSO and raw-socket peers): what it
+/// printed, trimmed; a script that fails fails the test with its stderr.
+fn python(script: &str) -> String {
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// An echo server on `bind`, which also tells whom each datagram came from.
 fn echo_on(bind: &str) -> (SocketAddr, mpsc::Receiver<SocketAddr>) {
     let s = UdpSocket::bind(bind).expect("bind");
@@ -527,15 +542,7 @@ fn the_firewall_refuses_a_flow_by_its_source() {
          s.setsockopt(17, 103, 100)\n\
          s.sendto(b'z' * 300, ('127.0.0.1', {port}))\n"
     );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python(&script);
     let series = "weir_udp_dropped_total{listener=\"dns\",reason=\"firewall\"}";
     let end = Instant::now() + DEADLINE;
     while metric(admin, series) < 4.0 {
@@ -1129,16 +1136,7 @@ fn coalesced_datagrams_stay_datagrams() {
          s.sendto(b'a' * 1000 + b'b' * 1000 + b'c' * 500, ('127.0.0.1', {port}))\n\
          print(''.join(sorted(s.recv(64).decode() for _ in range(3))))\n"
     );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .expect("python3");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "abc",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(python(&script), "abc");
     let got: Vec<Vec<u8>> = seen.try_iter().collect();
     assert_eq!(
         got,
@@ -1211,16 +1209,7 @@ fn replies_sent_in_one_gso_call_stay_datagrams() {
          \x20       got.append('%s%d' % (chr(r[0]), len(r)))\n\
          print(' '.join(got))\n"
     );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .expect("python3");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "x500 y500 z500 x500 y500 z500",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(python(&script), "x500 y500 z500 x500 y500 z500");
     assert_eq!(
         metric(
             admin,
@@ -1265,15 +1254,7 @@ fn a_path_mtu_update_does_not_end_a_flow() {
         dst_ip = backend.ip(),
         dst_port = backend.port(),
     );
-    let sent = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .expect("python3");
-    assert!(
-        sent.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sent.stderr)
-    );
+    python(&script);
     // The flow would end at once; a second is plenty to see that it does not.
     let end = Instant::now() + Duration::from_secs(1);
     while Instant::now() < end {
