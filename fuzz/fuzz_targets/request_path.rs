@@ -1,6 +1,7 @@
 //! Any string as a request path: `path::normalize` must not panic, a path it
 //! accepts normalises to a fixed point without dot segments or runs of
-//! slashes, and refusing encoded slashes only ever refuses more. The same
+//! slashes, read without its parameters it is still one (and holds no `;`),
+//! and refusing encoded slashes only ever refuses more. The same
 //! bytes as a request's host: `name::authority_host` must not panic, accepts
 //! a name exactly when it is a DNS name with an optional port, and a host it
 //! accepts has no user info, space or slash. The same text as an operator's
@@ -61,6 +62,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(once, &twice);
         assert!(!once.contains("//"));
         assert!(once.split('/').all(|s| s != "." && s != ".."));
+        if let Some(bare) = weir_wire::path::without_parameters(once) {
+            assert!(bare.starts_with('/') && !bare.contains("//") && !bare.contains(';'));
+            assert!(bare.split('/').all(|s| s != "." && s != ".."));
+        }
     }
     if let Ok(strict) = normalize(text, Slashes::Reject) {
         assert_eq!(Ok(strict), kept);

@@ -738,6 +738,10 @@ impl AdminApi for ControlService {
             None => None,
         };
         let pool = request.into_inner().pool;
+        // A misspelt pool would be watched in silence for good.
+        if !pool.is_empty() && self.server.snapshot().pool(&pool).is_none() {
+            return Err(Status::not_found(format!("no pool {pool:?}")));
+        }
         let Ok(watching) = Arc::clone(&self.watchers).try_acquire_owned() else {
             return Err(Status::resource_exhausted(format!(
                 "{MAX_WATCHERS} watchers are open; try again later"
@@ -751,8 +755,14 @@ impl AdminApi for ControlService {
         tokio::spawn(async move {
             let _watching = (watching, client);
             loop {
+                // weir stopping (or handing over) ends the stream with an
+                // error, so that a follower does not take it for a clean end.
+                let stopping = || Status::unavailable("weir is stopping; its events end here");
                 let event = tokio::select! {
-                    () = stop.cancelled() => break,
+                    () = stop.cancelled() => {
+                        let _ = tx.try_send(Err(stopping()));
+                        break;
+                    }
                     () = tx.closed() => break,
                     e = events.recv() => e,
                 };
@@ -765,7 +775,10 @@ impl AdminApi for ControlService {
                         let _ = tx.try_send(Err(status));
                         break;
                     }
-                    Err(broadcast::error::RecvError::Closed) => break,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        let _ = tx.try_send(Err(stopping()));
+                        break;
+                    }
                 };
                 if !pool.is_empty() && event.pool().is_some_and(|p| p != pool) {
                     continue;

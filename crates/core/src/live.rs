@@ -234,7 +234,7 @@ pub async fn closed(live: Option<&Live>) -> Reason {
 /// A live connection as a listing shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnView {
-    /// Unique in this process for its listener.
+    /// Unique in this process.
     pub id: u64,
     pub listener: String,
     pub route: String,
@@ -311,10 +311,14 @@ struct Slab {
     len: usize,
 }
 
+/// The next connection's ID: one count for the process, so that an ID
+/// names one connection whatever its listener (and a listener removed and
+/// added back does not count from 1 again).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 /// The live connections of one listener, kept across reloads.
 #[derive(Debug)]
 pub struct Registry {
-    next_id: AtomicU64,
     shards: Box<[Mutex<Slab>]>,
     /// Set for good by [`Registry::kill`].
     killed: AtomicBool,
@@ -323,7 +327,6 @@ pub struct Registry {
 impl Default for Registry {
     fn default() -> Self {
         Registry {
-            next_id: AtomicU64::new(1),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             killed: AtomicBool::new(false),
         }
@@ -344,7 +347,7 @@ impl Registry {
         client: SocketAddr,
         state: ConnState,
     ) -> LiveGuard {
-        let id = self.next_id.fetch_add(1, Relaxed);
+        let id = NEXT_ID.fetch_add(1, Relaxed);
         let mut shard = lock(self.shard(id));
         let slot = match shard.free.pop() {
             Some(slot) => slot,

@@ -148,6 +148,7 @@ impl Exchange {
         let body = if req.body().is_end_stream() {
             Arc::clone(&conn.no_body)
         } else {
+            conn.carried_body();
             Arc::default()
         };
         conn.request_started();

@@ -49,6 +49,13 @@ pub(crate) fn explain(state: &RouteState, q: &HttpQuestion<'_>) -> RulesExplaine
             "matched, and forwarded, with the normal form of its path: {path:?}"
         ));
     }
+    let bare = weir_wire::path::without_parameters(&path);
+    if let Some(b) = &bare {
+        out.notes.push(format!(
+            "rules and policies read it without its parameters, as a servlet container does: {b:?}"
+        ));
+    }
+    let matching = bare.as_deref().unwrap_or(&path);
     let mut headers = HeaderMap::new();
     for (name, value) in q.headers {
         match (
@@ -70,7 +77,14 @@ pub(crate) fn explain(state: &RouteState, q: &HttpQuestion<'_>) -> RulesExplaine
                 false,
                 format!("not reached: rule {:?} takes the request first", first.name),
             ),
-            None => match r.verdict(&method, host.as_deref(), &path, &headers, q.client, query) {
+            None => match r.verdict(
+                &method,
+                host.as_deref(),
+                matching,
+                &headers,
+                q.client,
+                query,
+            ) {
                 Ok(why) => {
                     chosen = Some(r);
                     (true, why)
@@ -93,7 +107,7 @@ pub(crate) fn explain(state: &RouteState, q: &HttpQuestion<'_>) -> RulesExplaine
     let view = crate::policy::Request {
         method: &method,
         host: host.as_deref(),
-        path: &path,
+        path: matching,
         headers: &headers,
         client: q.client,
     };

@@ -5,6 +5,14 @@
 //! closes the connection (slowloris). The wait between requests is not
 //! bounded here but by the idle timeout (see `serve`), so a kept-alive
 //! connection may rest longer than a header may take to arrive.
+//!
+//! Its close lingers: after weir's last answer and its FIN, what the client
+//! still sends is read and thrown away until it closes too (at most
+//! [`LINGER_QUIET`] of silence and [`LINGER_TOTAL`] in all, nginx's
+//! defaults), when a request of the connection had a body. Closed with
+//! bytes unread, the socket would answer them with a reset, and a client
+//! still uploading a body weir refused early (a `413`) would get the reset
+//! instead of the answer.
 
 use std::cell::RefCell;
 use std::io;
@@ -20,6 +28,11 @@ use crate::serve::ConnState;
 
 /// Vectored writes of at most this many bytes leave as one plain write.
 const FEW: usize = 4096;
+
+/// A lingering close ends after this long without a byte from the client...
+pub(crate) const LINGER_QUIET: Duration = Duration::from_secs(5);
+/// ...and after this long in all.
+pub(crate) const LINGER_TOTAL: Duration = Duration::from_secs(30);
 
 thread_local! {
     /// Where the slices of a small vectored write are put together.
@@ -73,6 +86,15 @@ pub(crate) struct HeaderDeadline<S> {
     /// has begun, that header is whole.
     mark: u64,
     timer: Pin<Box<Sleep>>,
+    /// The close's linger, once weir has sent its FIN (see the module).
+    linger: Option<Linger>,
+}
+
+/// A lingering close under way: when it must end, and whether it has.
+#[derive(Debug)]
+struct Linger {
+    until: Instant,
+    done: bool,
 }
 
 impl<S> HeaderDeadline<S> {
@@ -86,6 +108,7 @@ impl<S> HeaderDeadline<S> {
             since: Some(now),
             mark: 0,
             timer: Box::pin(tokio::time::sleep_until(now + limit)),
+            linger: None,
         }
     }
 
@@ -145,7 +168,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeaderDeadline<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for HeaderDeadline<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeaderDeadline<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -171,7 +194,48 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for HeaderDeadline<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        let this = &mut *self;
+        let linger = match &mut this.linger {
+            Some(l) => l,
+            None => {
+                std::task::ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
+                if !this.state.lingers() {
+                    return Poll::Ready(Ok(()));
+                }
+                // The header timer is done with: it times the linger now.
+                let now = Instant::now();
+                this.timer.as_mut().reset(now + LINGER_QUIET);
+                this.linger.insert(Linger {
+                    until: now + LINGER_TOTAL,
+                    done: false,
+                })
+            }
+        };
+        let mut scratch = [0u8; 8192];
+        // A few reads per turn, so that a fast sender does not hold the thread.
+        for _ in 0..16 {
+            if linger.done {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.stream).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    let quiet = (Instant::now() + LINGER_QUIET).min(linger.until);
+                    this.timer.as_mut().reset(quiet);
+                }
+                // The client closed too, or its socket failed: done.
+                Poll::Ready(_) => linger.done = true,
+                Poll::Pending => {
+                    if this.timer.as_mut().poll(cx).is_ready() {
+                        linger.done = true;
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -318,6 +382,94 @@ mod tests {
         assert_eq!(write(&mut w, &[b"head", &body]), FEW + 4);
         assert!(w.plain.is_empty());
         assert_eq!(w.vectored, vec![vec![b"head".to_vec(), body]]);
+    }
+
+    /// A connection whose close lingers (a request of it had a body), and
+    /// the client's end of it.
+    fn lingering(
+        carried_body: bool,
+    ) -> (
+        HeaderDeadline<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+    ) {
+        let state = Arc::new(ConnState::new());
+        if carried_body {
+            state.carried_body();
+        }
+        let (server, client) = tokio::io::duplex(64);
+        (
+            HeaderDeadline::new(server, state, Duration::from_secs(10)),
+            client,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_reads_what_the_client_still_sends_until_it_closes() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut conn, mut client) = lingering(true);
+        let sender = tokio::spawn(async move {
+            // More than the pipe holds: only a linger that reads lets it in.
+            for _ in 0..100 {
+                client
+                    .write_all(&[b'x'; 1000])
+                    .await
+                    .expect("weir reads it");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            // weir's FIN came first.
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).await.expect("an end");
+            assert!(rest.is_empty());
+        });
+        let began = Instant::now();
+        conn.shutdown().await.expect("a clean close");
+        sender.await.expect("the client sent it all");
+        let took = began.elapsed();
+        assert!(
+            took >= Duration::from_millis(990) && took < LINGER_QUIET,
+            "{took:?}"
+        );
+    }
+
+    /// Closes `conn` and checks that it took `expected` (of paused time).
+    async fn assert_close_takes(
+        conn: &mut HeaderDeadline<tokio::io::DuplexStream>,
+        expected: Duration,
+    ) {
+        use tokio::io::AsyncWriteExt;
+        let began = Instant::now();
+        conn.shutdown().await.expect("a clean close");
+        let took = began.elapsed();
+        assert!(
+            took >= expected && took < expected + Duration::from_millis(50),
+            "{took:?}, not {expected:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_lingers_no_longer_than_its_bounds() {
+        use tokio::io::AsyncWriteExt;
+        // A client that sends a little, then nothing, and does not close.
+        let (mut conn, mut client) = lingering(true);
+        client
+            .write_all(b"the rest of a body")
+            .await
+            .expect("written");
+        assert_close_takes(&mut conn, LINGER_QUIET).await;
+        drop(client);
+
+        // A client that never stops sending: cut at the total.
+        let (mut conn, mut client) = lingering(true);
+        tokio::spawn(async move {
+            while client.write_all(b"more").await.is_ok() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        assert_close_takes(&mut conn, LINGER_TOTAL).await;
+
+        // No request had a body: nothing to linger for.
+        let (mut conn, _client) = lingering(false);
+        assert_close_takes(&mut conn, Duration::ZERO).await;
     }
 
     #[test]

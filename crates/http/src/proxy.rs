@@ -225,11 +225,15 @@ pub(crate) fn handle(
         if name.as_deref().is_some_and(|host| misdirected(&cx, host)) {
             return Ok(answer(Reason::Misdirected, own!(None), x));
         }
+        // Rules and policies read the path as a servlet container does,
+        // without its parameters (`/a;x/admin` is `/a/admin` to Tomcat).
+        let bare = weir_wire::path::without_parameters(req.uri().path());
+        let matching = bare.as_deref().unwrap_or(req.uri().path());
         let matched = crate::rules::first(
             &state.rules,
             req.method(),
             name.as_deref(),
-            req.uri().path(),
+            matching,
             req.headers(),
             cx.client.ip(),
             req.uri().query(),
@@ -241,7 +245,7 @@ pub(crate) fn handle(
         let view = crate::policy::Request {
             method: req.method(),
             host: name.as_deref(),
-            path: req.uri().path(),
+            path: matching,
             headers: req.headers(),
             client: cx.client.ip(),
         };

@@ -95,6 +95,8 @@ pub(crate) struct ConnState {
     abandoned: AtomicU64,
     /// Requests weir answered itself, without a backend.
     local: AtomicU64,
+    /// A request with a body came: its close may leave some of it unread.
+    bodies: AtomicBool,
 }
 
 /// Work left for a connection's task (a WebSocket relay).
@@ -112,7 +114,7 @@ impl std::fmt::Debug for After {
 }
 
 impl ConnState {
-    fn new() -> ConnState {
+    pub(crate) fn new() -> ConnState {
         ConnState {
             in_flight: AtomicUsize::new(0),
             began: Instant::now(),
@@ -126,7 +128,22 @@ impl ConnState {
             no_body: Arc::default(),
             abandoned: AtomicU64::new(0),
             local: AtomicU64::new(0),
+            bodies: AtomicBool::new(false),
         }
+    }
+
+    /// A request with a body arrived on the connection.
+    pub(crate) fn carried_body(&self) {
+        if !self.bodies.load(Relaxed) {
+            self.bodies.store(true, Relaxed);
+        }
+    }
+
+    /// Whether the connection's close is a lingering one (see
+    /// `io::HeaderDeadline`): a request of it had a body, which an early
+    /// answer (a `413`, a refusal) may have left unread.
+    pub(crate) fn lingers(&self) -> bool {
+        self.bodies.load(Relaxed)
     }
 
     /// A request the client cancelled before its answer ended, after `took`.

@@ -333,12 +333,15 @@ async fn once(addr: SocketAddr, target: &Target, request: Request) -> Result<Str
 }
 
 /// The instances `--admin` names: each entry an `IP:port`, or a
-/// `name:port` standing for every address the name resolves to.
+/// `name:port` standing for every address the name resolves to, except a
+/// name that resolves to `::1` and `127.0.0.1` (`localhost` on most
+/// systems), which is this machine's one weir, at the first of the two that
+/// takes a connection.
 fn instances(list: &[String]) -> Result<Vec<SocketAddr>, String> {
     use std::net::ToSocketAddrs as _;
     let mut out = Vec::new();
     for entry in list.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
-        let found: Vec<SocketAddr> = match entry.parse::<SocketAddr>() {
+        let mut found: Vec<SocketAddr> = match entry.parse::<SocketAddr>() {
             Ok(a) => vec![a],
             Err(_) => entry
                 .to_socket_addrs()
@@ -347,6 +350,15 @@ fn instances(list: &[String]) -> Result<Vec<SocketAddr>, String> {
                 })?
                 .collect(),
         };
+        let localhost = |a: &SocketAddr| {
+            a.ip() == std::net::Ipv6Addr::LOCALHOST || a.ip() == std::net::Ipv4Addr::LOCALHOST
+        };
+        if found.len() == 2 && found.iter().all(localhost) && found[0].ip() != found[1].ip() {
+            let answering = found.iter().copied().find(|a| {
+                std::net::TcpStream::connect_timeout(a, std::time::Duration::from_secs(1)).is_ok()
+            });
+            found = vec![answering.unwrap_or(found[0])];
+        }
         for a in found {
             if !out.contains(&a) {
                 out.push(a);
@@ -778,10 +790,14 @@ async fn call(
                 // Whatever read the events is gone (`weir watch | grep -m1`):
                 // done, rather than follow for no one.
                 if !written(&format!("{line}\n")) {
-                    break;
+                    return Ok(String::new());
                 }
             }
-            Ok(String::new())
+            // weir ends a stream only with a status; one that just ends went
+            // away with its daemon.
+            Err(tonic::Status::unavailable(
+                "the event stream ended: weir stopped or handed over",
+            ))
         }
     }
 }
@@ -927,7 +943,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 
 fn status_table(s: &pb::StatusResponse) -> String {
     let mut out = String::new();
-    let by_state = ["up", "down", "unknown", "drain", "disabled"]
+    let by_state = ["up", "standby", "down", "unknown", "drain", "disabled"]
         .iter()
         .filter_map(|k| s.backends_by_state.get(*k).map(|n| format!("{n} {k}")))
         .collect::<Vec<_>>()
@@ -1553,6 +1569,20 @@ fn explain_text(e: &pb::ExplainResponse) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every state a backend can be in has its place in `weir status`.
+    #[test]
+    fn the_status_counts_backends_in_every_state() {
+        let s = pb::StatusResponse {
+            backends_by_state: [("up", 1), ("standby", 2), ("down", 3)]
+                .into_iter()
+                .map(|(k, n)| (k.to_owned(), n))
+                .collect(),
+            ..Default::default()
+        };
+        let table = status_table(&s);
+        assert!(table.contains("1 up, 2 standby, 3 down"), "{table}");
+    }
 
     /// The CLI's own deadline is not a daemon that cannot be reached: the
     /// message says the change may still finish.

@@ -18,6 +18,11 @@
 //!
 //! The query, when the caller passes one, is not touched. Pure: `&str` in, a
 //! path out; allocation only when something changes.
+//!
+//! Rules and policies match the normal path as a servlet container reads
+//! it ([`without_parameters`]): `/a;x=1/admin` and `/;x/admin` are
+//! `/a/admin` and `/admin` to Tomcat, so they must be to a rule guarding
+//! those. The backend still gets the parameters.
 
 use std::borrow::Cow;
 
@@ -75,6 +80,36 @@ pub fn normalize(path: &str, slashes: Slashes) -> Result<Cow<'_, str>, PathError
         check_dot_parameters(decoded.as_bytes())?;
     }
     Ok(Cow::Owned(remove_dot_segments(&decoded)))
+}
+
+/// A normal path (see [`normalize`]) with each segment's parameters (from a
+/// `;` to the segment's end) dropped, and the empty segments that leaves
+/// dropped too, as servlet containers read it: `/a;v=1/b` is `/a/b`,
+/// `/;x/admin` is `/admin`, `/cart;jsessionid=1` is `/cart`. `None` when
+/// the path has no `;` (nearly always): it is its own reading.
+pub fn without_parameters(path: &str) -> Option<String> {
+    if !path.contains(';') {
+        return None;
+    }
+    let mut out = String::with_capacity(path.len());
+    for seg in path.split('/').skip(1) {
+        let name = seg.split(';').next().unwrap_or_default();
+        if !name.is_empty() {
+            out.push('/');
+            out.push_str(name);
+        }
+    }
+    // A trailing slash stays (`/a;x/` is `/a/`), and the root is `/`.
+    if out.is_empty()
+        || path.ends_with('/')
+        || path
+            .rsplit('/')
+            .next()
+            .is_some_and(|last| last.starts_with(';'))
+    {
+        out.push('/');
+    }
+    Some(out)
 }
 
 /// True when nothing would change; checks the percent-encodings on the way.
@@ -352,6 +387,22 @@ mod tests {
     }
 
     #[test]
+    fn rules_read_the_path_without_its_parameters() {
+        let w = |p: &str| without_parameters(p).unwrap_or_else(|| p.to_owned());
+        assert_eq!(w("/a/admin"), "/a/admin");
+        assert_eq!(without_parameters("/a/admin"), None);
+        assert_eq!(w("/a;x=1/admin"), "/a/admin");
+        assert_eq!(w("/;x/admin"), "/admin");
+        assert_eq!(w("/a/;x/b"), "/a/b");
+        assert_eq!(w("/;x;y=2/;/admin;v=3"), "/admin");
+        assert_eq!(w("/cart;jsessionid=1"), "/cart");
+        assert_eq!(w("/a;x/"), "/a/");
+        assert_eq!(w("/a/;x"), "/a/");
+        assert_eq!(w("/;jsessionid=1"), "/");
+        assert_eq!(w("/;"), "/");
+    }
+
+    #[test]
     fn malformed_paths_are_refused() {
         assert_eq!(normalize("/a%2", Slashes::Keep), Err(PathError::BadPercent));
         assert_eq!(
@@ -382,6 +433,13 @@ mod tests {
                 proptest::prop_assert!(!once.contains("//"));
                 proptest::prop_assert!(once.split('/').all(|seg| seg != "." && seg != ".."));
                 proptest::prop_assert!(once.starts_with('/'));
+                // Read without parameters: still a path, with no run of
+                // slashes, no parameter and no dot segment.
+                if let Some(bare) = without_parameters(&once) {
+                    proptest::prop_assert!(bare.starts_with('/'));
+                    proptest::prop_assert!(!bare.contains("//") && !bare.contains(';'));
+                    proptest::prop_assert!(bare.split('/').all(|seg| seg != "." && seg != ".."));
+                }
                 // Rejecting slashes only ever refuses more.
                 if let Ok(strict) = normalize(&p, Slashes::Reject) {
                     proptest::prop_assert_eq!(strict, once);

@@ -698,8 +698,8 @@ fn a_listener_a_reload_removes_closes_its_connections_at_its_shutdown_timeout() 
     assert_eq!(wait_exit(&mut child.0).code(), Some(0));
 }
 
-/// On SIGTERM the gRPC control API stops at once: an operator command then
-/// finds no weir (exit code 3) while an established connection still
+/// On SIGTERM the gRPC control API stops at once: a `weir watch` ends with
+/// exit code 3, an operator command then finds no weir (3 too) while an established connection still
 /// relays and `/healthz` still answers 200.
 #[test]
 fn sigterm_stops_the_control_api_while_connections_drain() {
@@ -725,8 +725,40 @@ fn sigterm_stops_the_control_api_while_connections_drain() {
     let mut buf = [0u8; 4];
     conn.read_exact(&mut buf).expect("echo");
 
+    // A misspelt pool is no pool to watch.
+    let (code, _, err) = crate::control::text(&crate::control::ctl(
+        grpc,
+        None,
+        &["watch", "--pool", "nosuch"],
+    ));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no pool \"nosuch\""), "{err}");
+    // A follower of the events is told that weir stops, not ended as if
+    // all was well.
+    let mut watch = weir()
+        .args(["watch", "--admin", &grpc.to_string()])
+        .env_remove("WEIR_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("weir watch");
+    let said = {
+        let err = watch.stderr.take().expect("stderr piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        rx
+    };
+    let mut watch = Running::new(watch);
+    wait_line(&said, "waiting for events");
+
     signal(&child.0, rustix::process::Signal::TERM);
     wait_line(&out, "SIGTERM received");
+    assert_eq!(wait_exit(&mut watch.0).code(), Some(3));
+    wait_line(&said, "weir is stopping");
     let end = Instant::now() + DEADLINE;
     loop {
         let (code, _, err) = status();

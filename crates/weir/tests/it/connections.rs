@@ -165,6 +165,10 @@ fn ten_thousand_idle_connections_are_listed_and_closed_by_the_cli() {
     assert_eq!(all["total"], L4 + L7, "total");
     let list = all["connections"].as_array().expect("connections");
     assert_eq!(list.len(), L4 + L7);
+    // An ID names one connection, whatever its listener.
+    let ids: std::collections::HashSet<u64> =
+        list.iter().filter_map(|c| c["id"].as_u64()).collect();
+    assert_eq!(ids.len(), L4 + L7, "IDs shared between listeners");
     let relaying = list
         .iter()
         .filter(|c| c["state"] == "relaying" && c["backend"] == "e" && c["pool"] == "echo")
@@ -285,7 +289,7 @@ fn ten_thousand_idle_connections_are_listed_and_closed_by_the_cli() {
     ));
     assert_eq!(left["total"], L4 + L7 - L4 / 6);
 
-    // An l7 connection closed by its ID.
+    // An l7 connection closed by its ID alone.
     let web_one = json(&ctl(
         grpc,
         None,
@@ -303,16 +307,7 @@ fn ten_thousand_idle_connections_are_listed_and_closed_by_the_cli() {
     let closed = json(&ctl(
         grpc,
         None,
-        &[
-            "connections",
-            "close",
-            "--listener",
-            "web",
-            "--id",
-            &id,
-            "-o",
-            "json",
-        ],
+        &["connections", "close", "--id", &id, "-o", "json"],
     ));
     assert_eq!(closed["closed"], 1);
     // Its line says so too.

@@ -330,7 +330,7 @@ fn instances_that_discover_the_same_records_agree_with_a_static_one() {
 
 /// `--admin name:port` stands for every address the name resolves to: here
 /// two instances' gRPC addresses listed under one name in an /etc/hosts that
-/// the command sees (mounted over the system's in a mount namespace of its own).
+/// the command sees.
 #[test]
 fn a_name_that_resolves_to_every_instance_addresses_the_fleet() {
     let b = named_backend("b");
@@ -349,18 +349,11 @@ fn a_name_that_resolves_to_every_instance_addresses_the_fleet() {
             start(&tag, &text).0
         })
         .collect();
-    let dir = test_dir("fleet-name");
-    let hosts = dir.join("hosts");
-    std::fs::write(&hosts, "127.0.0.16 fleet.test\n127.0.0.17 fleet.test\n").expect("hosts");
-    let out = std::process::Command::new("unshare")
-        .args(["--mount", "sh", "-c"])
-        .arg("mount --bind \"$0\" /etc/hosts && exec \"$1\" backend drain p b")
-        .arg(&hosts)
-        .arg(weir().get_program())
-        .env("WEIR_ADMIN", format!("fleet.test:{grpc}"))
-        .env_remove("WEIR_TOKEN")
-        .output()
-        .expect("run weir");
+    let out = drain_under_hosts(
+        "fleet-name",
+        "127.0.0.16 fleet.test\n127.0.0.17 fleet.test\n",
+        &format!("fleet.test:{grpc}"),
+    );
     let (code, out, err) = text(&out);
     assert_eq!(code, 0, "{out}{err}");
     for ip in ips {
@@ -372,6 +365,52 @@ fn a_name_that_resolves_to_every_instance_addresses_the_fleet() {
         ));
         assert_eq!(v[0]["admin"], "drain", "{ip}: {v}");
     }
+}
+
+/// `weir backend drain p b` at `admin`, with `hosts` as the /etc/hosts the
+/// command sees (mounted over the system's in a mount namespace of its own).
+fn drain_under_hosts(tag: &str, hosts: &str, admin: &str) -> std::process::Output {
+    let dir = test_dir(tag);
+    let file = dir.join("hosts");
+    std::fs::write(&file, hosts).expect("hosts");
+    std::process::Command::new("unshare")
+        .args(["--mount", "sh", "-c"])
+        .arg("mount --bind \"$0\" /etc/hosts && exec \"$1\" backend drain p b")
+        .arg(&file)
+        .arg(weir().get_program())
+        .env("WEIR_ADMIN", admin)
+        .env_remove("WEIR_TOKEN")
+        .output()
+        .expect("run weir")
+}
+
+/// A name that resolves to `::1` and `127.0.0.1` (`localhost` on most
+/// systems) is one weir, on whichever of the two it listens on: not a fleet
+/// of two whose IPv6 half cannot be reached.
+#[test]
+fn localhost_under_both_families_is_one_instance() {
+    let b = named_backend("b");
+    let pool = pool_config(&[("b".to_owned(), b)], "");
+    let (front, grpc) = (free_port(), free_port());
+    let _weir = start(
+        "fleet-localhost",
+        &format!(
+            "[admin]\ngrpc = \"{grpc}\"\n\
+             [[listeners]]\nname = \"front\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n{pool}"
+        ),
+    )
+    .0;
+    let out = drain_under_hosts(
+        "fleet-localhost",
+        "::1 weir.test\n127.0.0.1 weir.test\n",
+        &format!("weir.test:{}", grpc.port()),
+    );
+    let (code, out, err) = text(&out);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("=="), "answered as a fleet: {out}");
+    let v = json(&ctl(grpc, None, &["backends", "-o", "json"]));
+    assert_eq!(v[0]["admin"], "drain", "{v}");
 }
 
 /// Instances that fail in different ways: the command still runs on every

@@ -897,7 +897,8 @@ fn access_line(out: &std::sync::mpsc::Receiver<String>, path: &str) -> serde_jso
 /// chunked upload that grows past the limit is cut and answered 413
 /// (reason `body_too_large`, its bytes counted up to the cut), and the
 /// backend never gets it as a whole request; a chunked body within the
-/// limit goes through.
+/// limit goes through. A client that sends its whole body before reading
+/// gets the 413 too (the close lingers).
 #[test]
 fn a_chunked_body_that_grows_past_max_body_bytes_is_cut_with_413() {
     let backend = raw_backend(None, Duration::ZERO);
@@ -958,6 +959,36 @@ fn a_chunked_body_that_grows_past_max_body_bytes_is_cut_with_413() {
     assert_eq!(line["reason"], "completed", "{line}");
     assert_eq!(line["bytes_in"], 900, "{line}");
     // Only the body within the limit reached the backend as a request.
+    assert_eq!(backend.requests.load(SeqCst), 1);
+
+    // A client that sends its whole body before it reads (Python's
+    // http.client, most scripts) gets the 413 too, declared or chunked:
+    // weir reads on what comes after its answer until the client closes,
+    // where a plain close would answer the unread bytes with a reset and
+    // the client would see a broken pipe instead.
+    let big = 8 << 20;
+    for (path, head, body) in [
+        (
+            "/declared",
+            format!("POST /declared HTTP/1.1\r\nHost: app\r\nContent-Length: {big}\r\n\r\n"),
+            vec![b'x'; big],
+        ),
+        (
+            "/chunked",
+            "POST /chunked HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n".to_owned(),
+            format!("{:x}\r\n{}\r\n0\r\n\r\n", big, "x".repeat(big)).into_bytes(),
+        ),
+    ] {
+        let mut s = TcpStream::connect(front).expect("connect");
+        s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        s.set_write_timeout(Some(DEADLINE)).expect("timeout");
+        s.write_all(head.as_bytes()).expect("head");
+        s.write_all(&body)
+            .unwrap_or_else(|e| panic!("{path}: the body could not be sent whole: {e}"));
+        let (status, answer) = response_on(s);
+        assert_eq!(status, 413, "{path}: {answer}");
+        assert_eq!(access_line(&out, path)["reason"], "body_too_large");
+    }
     assert_eq!(backend.requests.load(SeqCst), 1);
 }
 
