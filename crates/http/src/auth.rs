@@ -18,7 +18,7 @@
 
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -49,6 +49,15 @@ const MAX_CACHED_BYTES: usize = 16 * 1024 * 1024;
 const ENTRY_BYTES: usize = 192;
 /// Idle connections to the service kept for reuse.
 const MAX_IDLE: usize = 32;
+/// How long a connection to the service is kept idle: past it, a firewall
+/// or load balancer on the way may have forgotten it (Azure after 4
+/// minutes, GCP after 10) and drop what is sent on it without a word, so
+/// each question on it would wait for all of `timeout` (nginx's
+/// `keepalive_timeout` default).
+const IDLE_FOR: Duration = Duration::from_secs(60);
+/// The least time a connect to one of the service's addresses is given
+/// before the next address is tried.
+const MIN_CONNECT: Duration = Duration::from_millis(100);
 /// Headers of a denial passed on to the client.
 const DENIAL_HEADERS: [HeaderName; 4] = [
     http::header::WWW_AUTHENTICATE,
@@ -202,9 +211,13 @@ pub(crate) struct Gate {
     hashers: [RandomState; 2],
     cache: Mutex<Cache>,
     breaker: Mutex<Breaker>,
-    idle: Mutex<Vec<http1::SendRequest<Empty<Bytes>>>>,
+    /// Kept connections, the newest last, with when each was given back.
+    idle: Mutex<Vec<(http1::SendRequest<Empty<Bytes>>, Instant)>>,
     /// The service's addresses (its host looked up once at a time).
     service: crate::resolve::Name,
+    /// The address (an index into the service's) the last connect reached:
+    /// the next one starts there.
+    reached: AtomicUsize,
     /// `max_calls` places: a call, and its connection, holds one.
     calls: Semaphore,
     pub(crate) stats: Arc<AuthStats>,
@@ -279,6 +292,7 @@ impl Gate {
             breaker: Mutex::new(Breaker::default()),
             idle: Mutex::new(Vec::new()),
             service: crate::resolve::Name::new(&cfg.host, cfg.port),
+            reached: AtomicUsize::new(0),
             calls: Semaphore::new(cfg.max_calls as usize),
             stats,
         }
@@ -318,7 +332,12 @@ impl Gate {
         let took = began.elapsed();
         self.stats.duration.observe(took);
         let (outcome, verdict) = match answer {
-            Err(_) => (Outcome::Timeout, None),
+            Err(_) => {
+                // The service or the way to it stalled: kept connections are
+                // suspect, and the next question gets a new one.
+                lock(&self.idle).clear();
+                (Outcome::Timeout, None)
+            }
             Ok(Err(())) => (Outcome::Error, None),
             // The service's own failure (a 5xx): passed to the client like a
             // denial, never cached, and neither `failure` nor the breaker
@@ -676,9 +695,19 @@ impl Gate {
     /// A kept connection (true) or a new one (false).
     async fn sender(&self) -> Result<(http1::SendRequest<Empty<Bytes>>, bool), ()> {
         loop {
-            let kept = lock(&self.idle).pop();
+            let kept = {
+                let mut idle = lock(&self.idle);
+                match idle.pop() {
+                    // The newest kept too long: all of them were.
+                    Some((_, since)) if since.elapsed() > IDLE_FOR => {
+                        idle.clear();
+                        None
+                    }
+                    other => other,
+                }
+            };
             match kept {
-                Some(mut s) if !s.is_closed() => {
+                Some((mut s, _)) if !s.is_closed() => {
                     if s.ready().await.is_ok() {
                         return Ok((s, true));
                     }
@@ -690,11 +719,29 @@ impl Gate {
         Ok((self.connect().await?, false))
     }
 
+    /// A new connection: the service's addresses in turn, from the one the
+    /// last connect reached, each given a share of `timeout`, so that one
+    /// that drops the handshake (a dead instance, a black-holed IPv6 route)
+    /// does not take the whole call.
     async fn connect(&self) -> Result<http1::SendRequest<Empty<Bytes>>, ()> {
         let addresses = self.service.addresses().await?;
-        let tcp = tokio::net::TcpStream::connect(&addresses[..])
-            .await
-            .map_err(|_| ())?;
+        let n = addresses.len();
+        let each = (self.cfg.timeout / u32::try_from(n).unwrap_or(u32::MAX)).max(MIN_CONNECT);
+        let start = self.reached.load(Relaxed);
+        let mut tcp = None;
+        for i in (0..n).map(|k| (start + k) % n) {
+            let Some(addr) = addresses.get(i) else {
+                continue;
+            };
+            if let Ok(Ok(t)) =
+                tokio::time::timeout(each, tokio::net::TcpStream::connect(addr)).await
+            {
+                self.reached.store(i, Relaxed);
+                tcp = Some(t);
+                break;
+            }
+        }
+        let tcp = tcp.ok_or(())?;
         let _ = tcp.set_nodelay(true);
         let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await.map_err(|_| ())?;
         tokio::spawn(async move {
@@ -706,7 +753,7 @@ impl Gate {
     fn give_back(&self, sender: http1::SendRequest<Empty<Bytes>>) {
         let mut idle = lock(&self.idle);
         if idle.len() < MAX_IDLE {
-            idle.push(sender);
+            idle.push((sender, Instant::now()));
         }
     }
 }
@@ -1400,6 +1447,102 @@ mod tests {
 
     /// The service closes a kept connection as the next question goes out
     /// on it: the question is asked again on a new connection, and answered.
+    /// A loopback address whose listener's queue is full and never taken
+    /// from: a connect to it hears nothing (its SYN is dropped), as one to a
+    /// dead instance. Kept so while the returned values live.
+    fn black_hole() -> (
+        std::net::SocketAddr,
+        socket2::Socket,
+        Vec<std::net::TcpStream>,
+    ) {
+        let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        l.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind");
+        l.listen(0).expect("listen");
+        let addr = l
+            .local_addr()
+            .expect("addr")
+            .as_socket()
+            .expect("an IP address");
+        let mut held = Vec::new();
+        while let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            held.push(s);
+            assert!(held.len() < 16, "the queue never fills");
+        }
+        (addr, l, held)
+    }
+
+    /// The service's first address drops every connect: the next one is
+    /// tried within the call's `timeout`, and the connects after start at
+    /// the one that answered.
+    #[tokio::test]
+    async fn an_address_that_hears_nothing_does_not_take_the_call() {
+        let (hole, _listener, _held) = black_hole();
+        let port = service().await;
+        let good = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut c = cfg(5);
+        c.timeout = Duration::from_secs(1);
+        let mut g = Gate::new(&c, Arc::default());
+        g.service = crate::resolve::Name::with_lookup(
+            "auth.test",
+            port,
+            Arc::new(move |_, _| Box::pin(async move { Ok(vec![hole, good]) })),
+        );
+        let v = ask(&g, "/a").await;
+        assert!(matches!(v, Verdict::Allow(_)), "{v:?}");
+        assert_eq!(g.reached.load(Relaxed), 1);
+        lock(&g.idle).clear();
+        let v = ask(&g, "/b").await;
+        assert!(matches!(v, Verdict::Allow(_)), "{v:?}");
+        let count = |o: Outcome| g.stats.results[o as usize].load(Relaxed);
+        assert_eq!((count(Outcome::Allowed), count(Outcome::Timeout)), (2, 0));
+    }
+
+    /// A connection kept idle past `IDLE_FOR` is not used again (a firewall
+    /// on the way may have forgotten it): the next question opens another.
+    #[tokio::test]
+    async fn a_connection_kept_too_long_is_not_used_again() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                count.fetch_add(1, Relaxed);
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n @ 1..) = s.read(&mut chunk).await {
+                        seen.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+                            if s.write_all(ok).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let mut c = cfg(5);
+        c.port = port;
+        let g = Gate::new(&c, Arc::default());
+        for target in ["/a", "/b"] {
+            assert!(matches!(ask(&g, target).await, Verdict::Allow(_)));
+        }
+        assert_eq!(accepted.load(Relaxed), 1, "kept and used again");
+        for (_, since) in lock(&g.idle).iter_mut() {
+            *since -= IDLE_FOR + Duration::from_secs(1);
+        }
+        assert!(matches!(ask(&g, "/c").await, Verdict::Allow(_)));
+        assert_eq!(accepted.load(Relaxed), 2);
+    }
+
     #[tokio::test]
     async fn a_question_lost_on_a_kept_connection_is_asked_again() {
         let mut c = cfg(1);

@@ -349,7 +349,7 @@ impl Exchange {
             self.uri.path_and_query().map_or("/", |p| p.path()),
         );
         if let Some(q) = self.uri.query() {
-            s.str("url.query", q);
+            s.str("url.query", crate::trace::span::scrubbed_query(q));
         }
         if let Some(host) = self
             .uri

@@ -10,6 +10,39 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::Context;
 use super::export::Exporter;
 
+/// The longest text attribute, in bytes (longer ones are cut).
+pub(crate) const MAX_VALUE: usize = 2048;
+
+/// Query parameters whose values are secrets (a signed URL's signature, a
+/// bearer token in the query): their values are sent as `REDACTED`, as the
+/// OpenTelemetry HTTP conventions ask for `url.query`.
+const SECRET_PARAMETERS: [&str; 5] = [
+    "AWSAccessKeyId",
+    "Signature",
+    "sig",
+    "X-Goog-Signature",
+    "access_token",
+];
+
+/// `query` with the values of [`SECRET_PARAMETERS`] replaced by `REDACTED`.
+pub(crate) fn scrubbed_query(query: &str) -> std::borrow::Cow<'_, str> {
+    let secret = |pair: &str| {
+        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+        SECRET_PARAMETERS.contains(&key)
+    };
+    if !query.split('&').any(|p| p.contains('=') && secret(p)) {
+        return std::borrow::Cow::Borrowed(query);
+    }
+    let pairs: Vec<std::borrow::Cow<'_, str>> = query
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some((k, _)) if secret(p) => format!("{k}=REDACTED").into(),
+            _ => p.into(),
+        })
+        .collect();
+    std::borrow::Cow::Owned(pairs.join("&"))
+}
+
 /// Who is at the other end of a span.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -43,8 +76,19 @@ pub(crate) struct Span {
 }
 
 impl Span {
+    /// A text attribute, cut to [`MAX_VALUE`] bytes: a client's path, query
+    /// or `User-Agent` may be as long as `max_header_bytes`, and a few such
+    /// spans would fill a batch past what a collector takes.
     pub(crate) fn str(&mut self, key: &'static str, value: impl Into<String>) {
-        self.attributes.push((key, Value::Str(value.into())));
+        let mut value = value.into();
+        if value.len() > MAX_VALUE {
+            let mut end = MAX_VALUE;
+            while !value.is_char_boundary(end) {
+                end -= 1;
+            }
+            value.truncate(end);
+        }
+        self.attributes.push((key, Value::Str(value)));
     }
 
     pub(crate) fn int(&mut self, key: &'static str, value: impl Into<i64>) {
@@ -128,5 +172,53 @@ impl Recording {
         s.str("weir.auth.result", result);
         s.error = matches!(result, "error" | "timeout");
         self.exporter.submit(s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_in_a_query_are_redacted() {
+        assert_eq!(scrubbed_query("a=1&b=2"), "a=1&b=2");
+        assert!(matches!(
+            scrubbed_query("a=1&sig"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            scrubbed_query("X-Goog-Signature=s3cret&page=2&sig=abc&access_token=t"),
+            "X-Goog-Signature=REDACTED&page=2&sig=REDACTED&access_token=REDACTED"
+        );
+        assert_eq!(
+            scrubbed_query("AWSAccessKeyId=AK&Signature=x%2By&Expires=1"),
+            "AWSAccessKeyId=REDACTED&Signature=REDACTED&Expires=1"
+        );
+        // Only the names themselves: a longer key is someone else's.
+        assert_eq!(scrubbed_query("signature=x&sigma=1"), "signature=x&sigma=1");
+    }
+
+    #[test]
+    fn long_text_attributes_are_cut_at_a_character() {
+        let mut s = Span {
+            trace_id: [1; 16],
+            span_id: [1; 8],
+            parent: None,
+            flags: 1,
+            kind: Kind::Server,
+            name: "GET r".into(),
+            start: 0,
+            end: 0,
+            error: false,
+            attributes: Vec::new(),
+        };
+        s.str("url.path", "é".repeat(MAX_VALUE));
+        s.str("url.query", "a=1");
+        let Value::Str(path) = &s.attributes[0].1 else {
+            panic!("text")
+        };
+        assert!(path.len() <= MAX_VALUE && path.len() > MAX_VALUE - 2);
+        assert!(path.chars().all(|c| c == 'é'));
+        assert_eq!(s.attributes[1].1, Value::Str("a=1".into()));
     }
 }
