@@ -5,8 +5,10 @@
 
 use std::sync::Arc;
 
-use crate::listener::Listener;
+use crate::listener::ListenerStats;
 use crate::live::{ConnFilter, Picked};
+
+use super::shutdown::Retiring;
 
 /// The running snapshot, as loaded for one look.
 type Running = arc_swap::Guard<Arc<super::Snapshot>>;
@@ -20,14 +22,9 @@ impl Server {
     pub fn connections(&self, filter: &ConnFilter, limit: usize) -> Result<Picked, ControlError> {
         let (snapshot, retiring) = self.check_filter(filter)?;
         let mut picked = Picked::default();
-        for l in snapshot
-            .listeners
-            .iter()
-            .chain(&retiring)
-            .filter(|l| filter.listener.as_ref().is_none_or(|n| *n == l.name))
-        {
+        for (_, stats) in listed(&snapshot, &retiring, filter) {
             let keep = limit.saturating_sub(picked.entries.len());
-            picked.total += l.stats.live.pick(filter, keep, &mut picked.entries);
+            picked.total += stats.live.pick(filter, keep, &mut picked.entries);
         }
         Ok(picked)
     }
@@ -40,12 +37,8 @@ impl Server {
             return Err(ControlError::NoFilter);
         }
         let (snapshot, retiring) = self.check_filter(filter)?;
-        let closed = snapshot
-            .listeners
-            .iter()
-            .chain(&retiring)
-            .filter(|l| filter.listener.as_ref().is_none_or(|n| *n == l.name))
-            .map(|l| l.stats.live.close(filter))
+        let closed = listed(&snapshot, &retiring, filter)
+            .map(|(_, stats)| stats.live.close(filter))
             .sum();
         if closed > 0 {
             tracing::info!(closed, ?filter, "connections closed by an operator");
@@ -55,10 +48,7 @@ impl Server {
 
     /// The running snapshot and the removed listeners still draining, once
     /// the names `filter` gives are known to one of them.
-    fn check_filter(
-        &self,
-        filter: &ConnFilter,
-    ) -> Result<(Running, Vec<Arc<Listener>>), ControlError> {
+    fn check_filter(&self, filter: &ConnFilter) -> Result<(Running, Vec<Retiring>), ControlError> {
         let snapshot = self.current.load();
         let retiring = self.retiring();
         if let Some(l) = &filter.listener
@@ -74,4 +64,19 @@ impl Server {
         }
         Ok((snapshot, retiring))
     }
+}
+
+/// The listeners, running and removed, that `filter` names (all without a
+/// listener condition): their names and stats.
+fn listed<'a>(
+    snapshot: &'a super::Snapshot,
+    retiring: &'a [Retiring],
+    filter: &'a ConnFilter,
+) -> impl Iterator<Item = (&'a str, &'a ListenerStats)> {
+    snapshot
+        .listeners
+        .iter()
+        .map(|l| (l.name.as_str(), &*l.stats))
+        .chain(retiring.iter().map(|r| (r.name.as_str(), &*r.stats)))
+        .filter(|(name, _)| filter.listener.as_deref().is_none_or(|n| n == *name))
 }

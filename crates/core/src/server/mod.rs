@@ -292,9 +292,9 @@ pub struct Server {
     pub(crate) discovery: crate::discovery::Discovery,
     /// Backends added at runtime (`weir backend add`).
     runtime: Mutex<Vec<RuntimeBackend>>,
-    /// Listeners a reload removed whose connections may still run: a
-    /// second signal closes them too. Their connections hold them.
-    retiring: Mutex<Vec<std::sync::Weak<crate::listener::Listener>>>,
+    /// Listeners a reload removed whose connections may still run: listed,
+    /// closed by an operator, and closed by a second signal too.
+    retiring: Mutex<Vec<shutdown::Retiring>>,
 }
 
 impl Server {

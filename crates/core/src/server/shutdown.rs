@@ -70,19 +70,21 @@ impl Server {
     /// of listeners a reload removed included.
     pub fn close_all(&self) {
         self.shutdown();
-        let retiring = self.retiring();
-        for l in self.current.load().listeners.iter().chain(&retiring) {
+        for l in self.current.load().listeners.iter() {
             l.kill.cancel();
             l.stats.live.kill();
+        }
+        for r in self.retiring() {
+            r.kill.cancel();
+            r.stats.live.kill();
         }
     }
 
     /// The listeners a reload removed whose connections still drain.
-    pub(super) fn retiring(&self) -> Vec<Arc<Listener>> {
-        lock(&self.retiring)
-            .iter()
-            .filter_map(std::sync::Weak::upgrade)
-            .collect()
+    pub(super) fn retiring(&self) -> Vec<Retiring> {
+        let mut retiring = lock(&self.retiring);
+        retiring.retain(Retiring::draining);
+        retiring.clone()
     }
 
     /// A listener removed by a reload: its sockets are closed already; its
@@ -93,16 +95,43 @@ impl Server {
         gone.drain.cancel();
         {
             let mut retiring = lock(&self.retiring);
-            retiring.retain(|l| l.strong_count() > 0);
-            retiring.push(Arc::downgrade(gone));
+            retiring.retain(Retiring::draining);
+            retiring.push(Retiring {
+                name: gone.name.clone(),
+                stats: Arc::clone(&gone.stats),
+                kill: gone.kill.clone(),
+            });
         }
         let kill = gone.kill.clone();
-        let stats = Arc::clone(&gone.stats);
+        // Weak: the stats live as long as a connection holds them, not for
+        // the whole grace (see `Retiring::draining`).
+        let stats = Arc::downgrade(&gone.stats);
         let grace = gone.shutdown_timeout;
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
             kill.cancel();
-            stats.live.kill();
+            if let Some(stats) = stats.upgrade() {
+                stats.live.kill();
+            }
         });
+    }
+}
+
+/// A listener a reload removed, as its connections need it: what every
+/// generation of it shares (a reload or a runtime change builds a new
+/// `Listener` each time, and a connection holds the one that accepted it,
+/// so the last generation alone may be gone while older ones still run).
+#[derive(Debug, Clone)]
+pub(super) struct Retiring {
+    pub(super) name: String,
+    pub(super) stats: Arc<crate::listener::ListenerStats>,
+    pub(super) kill: tokio_util::sync::CancellationToken,
+}
+
+impl Retiring {
+    /// Whether some generation of the listener is still held (by one of its
+    /// connections): the stats are shared by all of them and this record.
+    fn draining(&self) -> bool {
+        Arc::strong_count(&self.stats) > 1
     }
 }

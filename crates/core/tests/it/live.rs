@@ -208,7 +208,8 @@ async fn idle_connections_are_listed_and_some_closed() {
 }
 
 /// The connections of a listener a reload removed are listed and closed by
-/// an operator while they drain through its `shutdown_timeout`.
+/// an operator while they drain through its `shutdown_timeout`, whichever
+/// generation of the listener accepted them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_listeners_draining_connections_can_be_listed_and_closed() {
     let backend = echo_backend().await;
@@ -224,6 +225,12 @@ async fn a_removed_listeners_draining_connections_can_be_listed_and_closed() {
     let server = start(&with_old).await;
     let mut held = connect_from(Ipv4Addr::new(127, 0, 0, 5), addr(&server, "old")).await;
     within("echo", round_trip(&mut held, b'x')).await;
+    // A reload that changes nothing still builds the listener anew: the
+    // connection holds the generation before the one the removal retires.
+    let same = weir_config::load_str(&with_old).expect("config");
+    within("reload", server.apply(same))
+        .await
+        .expect("reloaded");
     let without = with_old.replace(
         "[[listeners]]\nname = \"old\"\nbind = [\"127.0.0.1:0\"]\nshutdown_timeout = \"1h\"\n\
          [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n",
@@ -247,4 +254,6 @@ async fn a_removed_listeners_draining_connections_can_be_listed_and_closed() {
         within("closed", held.read(&mut b)).await,
         Ok(0) | Err(_)
     ));
+    // Once its last connection is gone, the removed listener is no more.
+    wait_until("forgotten", || server.connections(&old, 10).is_err()).await;
 }
