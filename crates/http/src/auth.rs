@@ -18,7 +18,7 @@
 
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -55,9 +55,7 @@ const MAX_IDLE: usize = 32;
 /// each question on it would wait for all of `timeout` (nginx's
 /// `keepalive_timeout` default).
 const IDLE_FOR: Duration = Duration::from_secs(60);
-/// The least time a connect to one of the service's addresses is given
-/// before the next address is tried.
-const MIN_CONNECT: Duration = Duration::from_millis(100);
+
 /// Headers of a denial passed on to the client.
 const DENIAL_HEADERS: [HeaderName; 4] = [
     http::header::WWW_AUTHENTICATE,
@@ -213,11 +211,8 @@ pub(crate) struct Gate {
     breaker: Mutex<Breaker>,
     /// Kept connections, the newest last, with when each was given back.
     idle: Mutex<Vec<(http1::SendRequest<Empty<Bytes>>, Instant)>>,
-    /// The service's addresses (its host looked up once at a time).
-    service: crate::resolve::Name,
-    /// The address (an index into the service's) the last connect reached:
-    /// the next one starts there.
-    reached: AtomicUsize,
+    /// The service (its host looked up once at a time).
+    service: crate::resolve::Reach,
     /// `max_calls` places: a call, and its connection, holds one.
     calls: Semaphore,
     pub(crate) stats: Arc<AuthStats>,
@@ -291,8 +286,7 @@ impl Gate {
             }),
             breaker: Mutex::new(Breaker::default()),
             idle: Mutex::new(Vec::new()),
-            service: crate::resolve::Name::new(&cfg.host, cfg.port),
-            reached: AtomicUsize::new(0),
+            service: crate::resolve::Reach::new(crate::resolve::Name::new(&cfg.host, cfg.port)),
             calls: Semaphore::new(cfg.max_calls as usize),
             stats,
         }
@@ -719,30 +713,13 @@ impl Gate {
         Ok((self.connect().await?, false))
     }
 
-    /// A new connection: the service's addresses in turn, from the one the
-    /// last connect reached, each given a share of `timeout`, so that one
-    /// that drops the handshake (a dead instance, a black-holed IPv6 route)
-    /// does not take the whole call.
+    /// A new connection (see `Reach::connect`).
     async fn connect(&self) -> Result<http1::SendRequest<Empty<Bytes>>, ()> {
-        let addresses = self.service.addresses().await?;
-        let n = addresses.len();
-        let each = (self.cfg.timeout / u32::try_from(n).unwrap_or(u32::MAX)).max(MIN_CONNECT);
-        let start = self.reached.load(Relaxed);
-        let mut tcp = None;
-        for i in (0..n).map(|k| (start + k) % n) {
-            let Some(addr) = addresses.get(i) else {
-                continue;
-            };
-            if let Ok(Ok(t)) =
-                tokio::time::timeout(each, tokio::net::TcpStream::connect(addr)).await
-            {
-                self.reached.store(i, Relaxed);
-                tcp = Some(t);
-                break;
-            }
-        }
-        let tcp = tcp.ok_or(())?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = self
+            .service
+            .connect(self.cfg.timeout)
+            .await
+            .map_err(|_| ())?;
         let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await.map_err(|_| ())?;
         tokio::spawn(async move {
             let _ = conn.await;
@@ -1484,14 +1461,14 @@ mod tests {
         let mut c = cfg(5);
         c.timeout = Duration::from_secs(1);
         let mut g = Gate::new(&c, Arc::default());
-        g.service = crate::resolve::Name::with_lookup(
+        g.service = crate::resolve::Reach::new(crate::resolve::Name::with_lookup(
             "auth.test",
             port,
             Arc::new(move |_, _| Box::pin(async move { Ok(vec![hole, good]) })),
-        );
+        ));
         let v = ask(&g, "/a").await;
         assert!(matches!(v, Verdict::Allow(_)), "{v:?}");
-        assert_eq!(g.reached.load(Relaxed), 1);
+        assert_eq!(g.service.reached(), 1);
         lock(&g.idle).clear();
         let v = ask(&g, "/b").await;
         assert!(matches!(v, Verdict::Allow(_)), "{v:?}");
@@ -1508,7 +1485,7 @@ mod tests {
             .await
             .expect("bind");
         let port = l.local_addr().expect("addr").port();
-        let accepted = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = Arc::clone(&accepted);
         tokio::spawn(async move {
             while let Ok((mut s, _)) = l.accept().await {

@@ -1,6 +1,6 @@
 //! The addresses of a host named in the configuration (an auth service's
-//! `url`), looked up by the system resolver at most once at a time and kept
-//! for a while.
+//! `url`, an OTLP collector), looked up by the system resolver at most once
+//! at a time and kept for a while, and connections to them ([`Reach`]).
 //!
 //! The system resolver blocks a thread per lookup, and a call that times out
 //! does not end its lookup: with a slow name service, looking up on every
@@ -20,10 +20,12 @@
 //! is still taken.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use weir_core::sync::lock;
@@ -82,6 +84,68 @@ fn system(host: String, port: u16) -> BoxFuture<'static, std::io::Result<Vec<Soc
             .collect())
     }
     .boxed()
+}
+
+/// The least time a connect to one address is given before the next is
+/// tried.
+const MIN_CONNECT: Duration = Duration::from_millis(100);
+
+/// A host to connect to: its [`Name`], and the address the last connect
+/// reached, where the next one starts.
+#[derive(Debug)]
+pub(crate) struct Reach {
+    pub(crate) name: Name,
+    reached: AtomicUsize,
+}
+
+impl Reach {
+    pub(crate) fn new(name: Name) -> Reach {
+        Reach {
+            name,
+            reached: AtomicUsize::new(0),
+        }
+    }
+
+    /// A TCP connection to one of the host's addresses, tried in turn from
+    /// the one the last connect reached, each for its share of `budget` (at
+    /// least [`MIN_CONNECT`]): an address that drops connects (a dead
+    /// instance, a black-holed IPv6 route) does not take the whole budget.
+    pub(crate) async fn connect(&self, budget: Duration) -> std::io::Result<TcpStream> {
+        let addresses =
+            self.name.addresses().await.map_err(|()| {
+                std::io::Error::other(format!("{} has no address", self.name.host))
+            })?;
+        let n = addresses.len();
+        let each = (budget / u32::try_from(n).unwrap_or(u32::MAX)).max(MIN_CONNECT);
+        let start = self.reached.load(Relaxed);
+        let mut last = std::io::Error::other("no address to connect to");
+        for i in (0..n).map(|k| (start + k) % n) {
+            let Some(addr) = addresses.get(i) else {
+                continue;
+            };
+            match tokio::time::timeout(each, TcpStream::connect(addr)).await {
+                Ok(Ok(t)) => {
+                    self.reached.store(i, Relaxed);
+                    let _ = t.set_nodelay(true);
+                    return Ok(t);
+                }
+                Ok(Err(e)) => last = e,
+                Err(_) => {
+                    last = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("connect to {addr} timed out"),
+                    )
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// The address the last connect reached, as an index into the host's.
+    #[cfg(test)]
+    pub(crate) fn reached(&self) -> usize {
+        self.reached.load(Relaxed)
+    }
 }
 
 impl Name {

@@ -45,6 +45,8 @@ pub(crate) struct ExportStats {
     exports: [AtomicU64; 3],
 }
 
+/// How often an idle gRPC connection to the collector is pinged.
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
 const DROP_REASONS: [&str; 3] = ["queue_full", "export_failed", "rejected"];
 const QUEUE_FULL: usize = 0;
 const EXPORT_FAILED: usize = 1;
@@ -246,18 +248,53 @@ impl Task {
     }
 }
 
-/// The collector's end of the wire.
+/// The collector's end of the wire. Its host is looked up by
+/// `resolve::Name` (one lookup at a time, a stuck one given up), not once
+/// per connect: a hung name service would hold a thread per export.
 enum Client {
-    Grpc(TraceServiceClient<tonic::transport::Channel>),
+    Grpc {
+        client: TraceServiceClient<tonic::transport::Channel>,
+        /// Boxed: an endpoint is large, and kept only to connect again.
+        endpoint: Box<tonic::transport::Endpoint>,
+        dial: Dial,
+    },
     Http {
-        host: String,
-        port: u16,
+        dial: Dial,
         path: String,
         authority: String,
         sender: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
     },
     /// The endpoint could not be made a channel (reported at start).
     Broken(String),
+}
+
+/// Connects to the collector: the gRPC channel's connector, and the HTTP
+/// client's.
+#[derive(Clone)]
+struct Dial {
+    reach: Arc<crate::resolve::Reach>,
+    timeout: Duration,
+}
+
+impl tower::Service<http::Uri> for Dial {
+    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type Future = futures_util::future::BoxFuture<'static, std::io::Result<Self::Response>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let Dial { reach, timeout } = self.clone();
+        Box::pin(async move {
+            let stream = reach.connect(timeout).await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
+    }
 }
 
 impl Client {
@@ -267,18 +304,36 @@ impl Client {
         } else {
             format!("{}:{}", cfg.host, cfg.port)
         };
+        let dial = Dial {
+            reach: Arc::new(crate::resolve::Reach::new(crate::resolve::Name::new(
+                &cfg.host, cfg.port,
+            ))),
+            timeout: cfg.timeout,
+        };
         match cfg.protocol {
             OtlpProtocol::Grpc => {
                 match tonic::transport::Endpoint::from_shared(format!("http://{authority}")) {
-                    Ok(e) => Client::Grpc(TraceServiceClient::new(
-                        e.connect_timeout(cfg.timeout).connect_lazy(),
-                    )),
+                    Ok(e) => {
+                        // Pings find a connection the collector's host lost
+                        // without a word (no FIN, no RST).
+                        let endpoint = e
+                            .connect_timeout(cfg.timeout)
+                            .http2_keep_alive_interval(KEEP_ALIVE)
+                            .keep_alive_timeout(cfg.timeout)
+                            .keep_alive_while_idle(true);
+                        Client::Grpc {
+                            client: TraceServiceClient::new(
+                                endpoint.connect_with_connector_lazy(dial.clone()),
+                            ),
+                            endpoint: Box::new(endpoint),
+                            dial,
+                        }
+                    }
                     Err(e) => Client::Broken(e.to_string()),
                 }
             }
             OtlpProtocol::Http => Client::Http {
-                host: cfg.host.clone(),
-                port: cfg.port,
+                dial,
                 path: cfg.path.clone(),
                 authority,
                 sender: None,
@@ -286,10 +341,20 @@ impl Client {
         }
     }
 
-    /// Forgets a connection that failed or hung.
+    /// Forgets a connection that failed or hung: the next export opens
+    /// another.
     fn reset(&mut self) {
-        if let Client::Http { sender, .. } = self {
-            *sender = None;
+        match self {
+            Client::Http { sender, .. } => *sender = None,
+            Client::Grpc {
+                client,
+                endpoint,
+                dial,
+            } => {
+                *client =
+                    TraceServiceClient::new(endpoint.connect_with_connector_lazy(dial.clone()));
+            }
+            Client::Broken(_) => {}
         }
     }
 
@@ -297,14 +362,13 @@ impl Client {
     async fn export(&mut self, request: ExportTraceServiceRequest) -> Result<u64, String> {
         let response = match self {
             Client::Broken(e) => return Err(e.clone()),
-            Client::Grpc(client) => client
+            Client::Grpc { client, .. } => client
                 .export(request)
                 .await
                 .map_err(|s| format!("{}: {}", s.code(), s.message()))?
                 .into_inner(),
             Client::Http {
-                host,
-                port,
+                dial,
                 path,
                 authority,
                 sender,
@@ -333,7 +397,7 @@ impl Client {
                 let response = match answered {
                     Some(r) => r,
                     None => {
-                        let mut s = connect(host, *port).await?;
+                        let mut s = connect(dial).await?;
                         let r = try_send(&mut s, make()?)
                             .await
                             .map_err(|_| "the collector's connection failed".to_owned())?;
@@ -376,13 +440,13 @@ async fn try_send(
 }
 
 async fn connect(
-    host: &str,
-    port: u16,
+    dial: &Dial,
 ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
-    let stream = tokio::net::TcpStream::connect((host, port))
+    let stream = dial
+        .reach
+        .connect(dial.timeout)
         .await
         .map_err(|e| e.to_string())?;
-    let _ = stream.set_nodelay(true);
     let (sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await

@@ -352,6 +352,50 @@ fn otlp_http_exports_sampled_requests_and_counts_what_a_dead_collector_loses() {
     assert!(metric(admin, "weir_tracing_spans_exported_total") >= 2.0);
 }
 
+/// A gRPC collector that takes the connection and then says nothing (its
+/// host lost, a proxy stuck): each export times out, and the next one is
+/// sent on a new connection rather than on the one that hung.
+#[test]
+fn an_export_that_hung_is_not_sent_on_the_same_grpc_connection_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let backend = trace_backend();
+    let (admin, front) = (free_port(), free_port());
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let receiver = silent.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming().map_while(Result::ok) {
+            count.fetch_add(1, SeqCst);
+            held.push(s);
+        }
+    });
+    let (_weir, _out) = start(
+        "otlp-silent",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+             [tracing]\nsample_ratio = 1.0\n\
+             [tracing.otlp]\nendpoint = \"http://{receiver}\"\n\
+             interval = \"100ms\"\ntimeout = \"300ms\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
+        ),
+    );
+    let end = Instant::now() + DEADLINE;
+    while metric(admin, "weir_tracing_exports_total{result=\"timeout\"}") < 2.0 {
+        assert!(Instant::now() < end, "the exports time out");
+        get(front, "");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        accepted.load(SeqCst) >= 2,
+        "every export went on the connection that hung"
+    );
+}
+
 /// Spans still queued when weir stops are sent before it exits (here the
 /// batch would otherwise wait an hour).
 #[test]
