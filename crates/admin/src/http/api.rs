@@ -435,7 +435,7 @@ async fn pool_history(
 
 async fn firewall_rules(State(state): State<Arc<AppState>>) -> Answer {
     let c = control(&state)?;
-    reply(
+    held_reply(
         c.list_firewall_rules(tonic::Request::new(pb::ListFirewallRulesRequest {}))
             .await,
     )
@@ -566,12 +566,16 @@ async fn connections(State(state): State<Arc<AppState>>, uri: axum::http::Uri) -
         id: whole("id")?,
         limit: u32::try_from(limit).unwrap_or(u32::MAX),
     };
-    let r = c.list_connections(tonic::Request::new(request)).await;
+    held_reply(c.list_connections(tonic::Request::new(request)).await)
+}
+
+/// The JSON of a listing whose answer holds places in the listings' budget
+/// (see `listing`): they go back once the body is sent or given up.
+fn held_reply<T: serde::Serialize>(r: Result<tonic::Response<T>, tonic::Status>) -> Answer {
     let held = r
         .as_ref()
         .ok()
         .and_then(|r| r.extensions().get::<crate::listing::Held>().cloned());
-    // The places go back once the body is sent or given up.
     Ok(reply(r)?.map(|body| axum::body::Body::new(crate::listing::Holding::new(body, held))))
 }
 

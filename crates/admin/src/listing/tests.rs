@@ -10,12 +10,13 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use weir_core::firewall::Action;
 
 use super::Budget;
 use crate::grpc::ControlService;
 use crate::metrics::BuildInfo;
-use crate::pb::v1::ConnectionFilter;
 use crate::pb::v1::admin_client::AdminClient;
+use crate::pb::v1::{ConnectionFilter, ListFirewallRulesRequest};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -174,6 +175,19 @@ async fn an_unread_listing_holds_its_places_on_both_endpoints() {
     let (status, body) = get(http_addr, "/api/v1/connections?limit=5").await;
     assert_eq!(status, "HTTP/1.1 429 Too Many Requests", "{body}");
     assert!(body.contains("resource_exhausted"), "{body}");
+    // Firewall rules are listed from the same budget: up to 100,000 of
+    // them with long reasons make an answer of 100 MB.
+    server
+        .add_firewall_rule("192.0.2.1", Action::Deny, None, "a scanner")
+        .await
+        .expect("a rule");
+    let refused = client
+        .list_firewall_rules(ListFirewallRulesRequest {})
+        .await
+        .expect_err("no place for a rule");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+    let (status, body) = get(http_addr, "/api/v1/firewall/rules").await;
+    assert_eq!(status, "HTTP/1.1 429 Too Many Requests", "{body}");
 
     // Read to its end, the answer gives its places back.
     let mut read = 0;
@@ -200,6 +214,19 @@ async fn an_unread_listing_holds_its_places_on_both_endpoints() {
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
     assert_eq!(body.matches("\"id\"").count(), 100, "{body}");
     until("the JSON answer gives its places back", || {
+        budget.available() == 20
+    })
+    .await;
+    let rules = client
+        .list_firewall_rules(ListFirewallRulesRequest {})
+        .await
+        .expect("the rules")
+        .into_inner();
+    assert_eq!(rules.rules.len(), 1);
+    let (status, body) = get(http_addr, "/api/v1/firewall/rules").await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert!(body.contains("a scanner"), "{body}");
+    until("the rules give their places back", || {
         budget.available() == 20
     })
     .await;
