@@ -32,6 +32,10 @@ pub(crate) fn explain(state: &RouteState, q: &HttpQuestion<'_>) -> RulesExplaine
             }
         },
     };
+    if let Some(refusal) = framing_refusal(q.headers, state.max_body_bytes) {
+        out.notes.push(refusal);
+        return out;
+    }
     let (path, query) = match q.path.split_once('?') {
         Some((p, query)) => (p, Some(query)),
         None => (q.path, None),
@@ -221,4 +225,34 @@ fn sticky_note(
              answer sets the cookie naming it"
         ),
     }
+}
+
+/// What the proxy answers, before any rule, to a request with these headers
+/// for its body (see `proxy::admissible`): both framings or two lengths are
+/// refused (400), and a declared length past `max_body_bytes` is 413.
+fn framing_refusal(headers: &[(String, String)], max_body: Option<u64>) -> Option<String> {
+    let lengths: Vec<&str> = headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.trim())
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding"));
+    if chunked && !lengths.is_empty() {
+        return Some(
+            "Content-Length with Transfer-Encoding (a smuggling attempt): answered 400".to_owned(),
+        );
+    }
+    if lengths.len() > 1 {
+        return Some("two Content-Length headers: answered 400".to_owned());
+    }
+    let declared = lengths.first()?.parse::<u64>().ok()?;
+    let limit = max_body?;
+    (declared > limit).then(|| {
+        format!(
+            "a body of {declared} bytes is past the route's max_body_bytes ({limit}): \
+             answered 413 (body_too_large)"
+        )
+    })
 }

@@ -11,7 +11,7 @@ use weir_config::{HashKey, Policy};
 
 use super::{ControlError, Server};
 use crate::health::{AdminState, Health};
-use crate::listener::Route;
+use crate::listener::{Listener, Route};
 use crate::pool::Pool;
 
 /// The answer of [`Server::explain`].
@@ -126,7 +126,17 @@ impl Server {
             });
         }
         let explained = match (chosen.map(|r| &r.mode), http) {
-            (Some(crate::listener::Mode::L7(l7)), Some(q)) => l7.handler.explain(&q),
+            (Some(crate::listener::Mode::L7(l7)), Some(q)) => {
+                match misdirected(&l, chosen, client.ip(), sni.as_deref(), alpn, q.host) {
+                    Some(note) => Some(crate::l7::RulesExplained {
+                        rules: Vec::new(),
+                        rule: None,
+                        pool: None,
+                        notes: vec![note],
+                    }),
+                    None => l7.handler.explain(&q),
+                }
+            }
             _ => None,
         };
         let pools = chosen.map_or_else(Vec::new, |r| {
@@ -148,6 +158,48 @@ impl Server {
             http: explained,
         })
     }
+}
+
+/// Why a TLS connection that reached `chosen` with `sni` has its request
+/// for `host` answered 421, if it does (see the proxy's check): the host is
+/// another name, which would have led the connection to another route.
+fn misdirected(
+    l: &Listener,
+    chosen: Option<&Route>,
+    ip: IpAddr,
+    sni: Option<&str>,
+    alpn: Option<&str>,
+    host: Option<&str>,
+) -> Option<String> {
+    let (chosen, sni, host) = (chosen?, sni?, host?);
+    let (len, _) = weir_wire::name::authority_host(host.as_bytes())?;
+    let name = host.get(..len)?.to_ascii_lowercase();
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    if name == sni || bare.parse::<IpAddr>().is_ok() {
+        return None;
+    }
+    let held = l
+        .routes
+        .iter()
+        .take(64)
+        .enumerate()
+        .filter(|(_, r)| {
+            r.matcher.alpn.is_empty() || alpn.is_some_and(|p| r.matcher.alpn.iter().any(|a| a == p))
+        })
+        .fold(0, |bits, (i, _)| bits | 1 << i);
+    let mine = l.routes.iter().position(|r| std::ptr::eq(r, chosen));
+    let other = l.route_for_name(ip, &name, held, alpn.map(str::as_bytes));
+    if other == mine {
+        return None;
+    }
+    let there = other
+        .and_then(|i| l.routes.get(i))
+        .map_or_else(|| "no route".to_owned(), |r| format!("route {:?}", r.name));
+    Some(format!(
+        "host {name:?} is not the SNI {sni:?}, and as an SNI it would reach {there}, \
+         not {:?}: answered 421 (misdirected)",
+        chosen.name
+    ))
 }
 
 fn route_verdict(r: &Route, ip: IpAddr, sni: Option<&str>, alpn: Option<&str>) -> (bool, String) {

@@ -252,7 +252,7 @@ fn explain_follows_a_request_through_the_rules_of_an_l7_route() {
         &format!(
             "[admin]\ngrpc = \"{grpc}\"\nhttp = \"{http}\"\n\
              [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
-             [[listeners.routes]]\nname = \"site\"\nmode = \"l7\"\n\
+             [[listeners.routes]]\nname = \"site\"\nmode = \"l7\"\nmax_body_bytes = 100\n\
              [[listeners.routes.http]]\nname = \"admin\"\npool = \"web\"\n\
              match = {{ path_prefix = \"/admin\", source = [\"10.0.0.0/8\"] }}\n\
              [[listeners.routes.http]]\nname = \"moved\"\n\
@@ -387,6 +387,45 @@ fn explain_follows_a_request_through_the_rules_of_an_l7_route() {
         v["http"]["pool"].is_null() && v["pools"] == serde_json::json!([]),
         "{v}"
     );
+
+    // A body refused before any rule: too large, or framed twice.
+    for (headers, answer) in [
+        (
+            &["-H", "Content-Length: 1000"][..],
+            "answered 413 (body_too_large)",
+        ),
+        (
+            &[
+                "-H",
+                "Content-Length: 5",
+                "-H",
+                "Transfer-Encoding: chunked",
+            ][..],
+            "answered 400",
+        ),
+        (
+            &["-H", "Content-Length: 5", "-H", "Content-Length: 6"][..],
+            "answered 400",
+        ),
+    ] {
+        let mut args = vec!["--path", "/", "--method", "POST"];
+        args.extend_from_slice(headers);
+        let v = ask(&args);
+        assert!(
+            v["http"]["notes"].to_string().contains(answer),
+            "{answer}: {v}"
+        );
+        assert!(v["http"]["rule"].is_null(), "{v}");
+    }
+    let v = ask(&[
+        "--path",
+        "/",
+        "--method",
+        "POST",
+        "-H",
+        "Content-Length: 100",
+    ]);
+    assert_eq!(v["http"]["rule"], "rest", "{v}");
 
     // A POST is not the api rule's.
     let v = ask(&["--path", "/api/x", "--method", "POST"]);

@@ -1958,11 +1958,11 @@ fn a_listener_passes_one_name_through_and_terminates_another() {
     );
     wait_connectable(tls_port);
     wait_connectable(plain_port);
-    let front = free_port();
+    let (front, grpc) = (free_port(), free_port());
     let (_weir, _out) = start(
         "mixed",
         &format!(
-            "[log]\naccess_log = false\n\
+            "[admin]\ngrpc = \"{grpc}\"\n[log]\naccess_log = false\n\
              [[listeners]]\nname = \"edge\"\nbind = \"{front}\"\n\
              [[listeners.routes]]\nname = \"pass\"\nmatch = {{ sni = [\"pass.example\"] }}\npool = \"tls\"\n\
              [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\nmatch = {{ sni = [\"app.example\"] }}\n\
@@ -2002,6 +2002,39 @@ fn a_listener_passes_one_name_through_and_terminates_another() {
                 assert!(body.contains("misdirected"), "{body}");
             }
         }
+    }
+    // `weir explain` says so too.
+    for (host, misdirected) in [
+        ("APP.example:443", false),
+        ("pass.example", true),
+        ("other.example", true),
+    ] {
+        let v = crate::control::json(&crate::control::ctl(
+            grpc,
+            None,
+            &[
+                "explain",
+                "--listener",
+                "edge",
+                "--client",
+                "127.0.0.1",
+                "--sni",
+                "app.example",
+                "--host",
+                host,
+                "--path",
+                "/",
+                "-o",
+                "json",
+            ],
+        ));
+        let notes = v["http"]["notes"].to_string();
+        assert_eq!(
+            notes.contains("answered 421 (misdirected)"),
+            misdirected,
+            "{host}: {v}"
+        );
+        assert_eq!(v["http"]["rule"].is_null(), misdirected, "{host}: {v}");
     }
 }
 
