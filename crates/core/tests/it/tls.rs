@@ -394,3 +394,44 @@ async fn backend_tls_presents_a_client_certificate() {
         ""
     );
 }
+
+/// A TLS backend that ends its side without close_notify (a TCP FIN alone,
+/// as many servers do after their last answer) has ended, not failed: the
+/// client gets a FIN, and what it still sends reaches the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_backend_ending_without_close_notify_is_half_closed() {
+    let pki = crate::health::pki("btls-eof");
+    let acceptor = pki.acceptor.clone();
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let backend = l.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        let (s, _) = l.accept().await.expect("accept");
+        let mut tls = acceptor.accept(s).await.expect("handshake");
+        tls.write_all(b"bye").await.expect("write");
+        tls.flush().await.expect("flush");
+        // The FIN on the raw socket: no close_notify.
+        socket2::SockRef::from(tls.get_ref().0)
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while let Ok(n @ 1..) = tls.read(&mut buf).await {
+            got.extend_from_slice(&buf[..n]);
+        }
+        let _ = tx.send(got);
+    });
+    let server = start(&backend_tls_toml(backend, "verify = false")).await;
+    let mut client = TcpStream::connect(addr(&server, "l"))
+        .await
+        .expect("connect");
+    let mut answer = Vec::new();
+    within("the answer and a FIN", client.read_to_end(&mut answer))
+        .await
+        .expect("read");
+    assert_eq!(answer, b"bye");
+    client.write_all(b"late upload").await.expect("write");
+    client.shutdown().await.expect("shutdown");
+    let got = within("the upload at the backend", rx).await.expect("sent");
+    assert_eq!(got, b"late upload");
+}

@@ -26,6 +26,12 @@ use crate::pool::BackendStats;
 
 /// The most one splice moves at a time: the default pipe capacity.
 const SPLICE_CHUNK: usize = 64 * 1024;
+/// The most one direction moves in one poll of the relay: the relay runs
+/// outside tokio's cooperative budget (see `tcp`), so without it a bulk
+/// transfer whose reads never wait would keep its worker thread (probes,
+/// accepts, `/metrics` and every other connection on it) for as long as
+/// it lasts. Some milliseconds of copying; then the task yields its turn.
+const MOVED_PER_POLL: usize = 8 << 20;
 
 /// One direction of a connection.
 struct Pump<'a> {
@@ -176,7 +182,16 @@ impl Pump<'_> {
     /// once one read fills the whole buffer, i.e. for bulk transfers. The first
     /// chunk always goes through the buffer, so the PROXY guard sees it.
     fn poll(&mut self, cx: &mut Context<'_>, progress: &Progress<'_>) -> Poll<Result<(), Reason>> {
+        let mut moved = 0;
         loop {
+            if moved >= MOVED_PER_POLL {
+                // Woken once the runtime has looked for I/O again (tokio's
+                // `yield_now` defers the wake-up until then): a plain
+                // wake-up would be run again before the other connections'
+                // readiness is even read.
+                let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
+                return Poll::Pending;
+            }
             ready!(self.poll_flush(cx))?;
             ready!(self.from.poll_read_ready(cx)).map_err(|_| self.from_error)?;
             let step = if self.splicing {
@@ -186,7 +201,10 @@ impl Pump<'_> {
             };
             match step {
                 // Once a direction splices it keeps splicing: it is a bulk one.
-                Step::Moved(n) => self.splicing |= self.zero_copy && n == COPY_CHUNK,
+                Step::Moved(n) => {
+                    moved += n;
+                    self.splicing |= self.zero_copy && n == COPY_CHUNK;
+                }
                 Step::Eof => return Poll::Ready(self.eof(progress)),
                 Step::Again => {}
                 Step::NoPipe => self.splicing = false,

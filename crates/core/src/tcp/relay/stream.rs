@@ -92,7 +92,13 @@ where
     let mut guard = guard_proxy.then(ProxyGuard::default);
     loop {
         let mut buf = PooledBuf::take();
-        let n = from.read(buf.as_mut()).await.map_err(|_| from_error)?;
+        let n = match from.read(buf.as_mut()).await {
+            Ok(n) => n,
+            // A TLS peer that closed without close_notify (many do, after
+            // their last answer): its end, as a plain peer's FIN would be.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(_) => return Err(from_error),
+        };
         if n == 0 {
             if progress.first_eof() {
                 let _ = to.shutdown().await;
