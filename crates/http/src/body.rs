@@ -228,8 +228,14 @@ enum Source {
 impl ResponseBody {
     /// weir's own answer, which ends `exchange` when sent.
     pub(crate) fn full(bytes: Bytes, exchange: Option<Box<Exchange>>) -> ResponseBody {
+        // An answer to HEAD has no content (RFC 9110 §9.3.2): hyper leaves it
+        // out for HTTP/1.1, but would send it to an HTTP/2 client as data,
+        // which h2 clients refuse as a protocol error.
+        let head = exchange
+            .as_ref()
+            .is_some_and(|x| x.method == http::Method::HEAD);
         ResponseBody {
-            source: Source::Full((!bytes.is_empty()).then_some(bytes)),
+            source: Source::Full((!bytes.is_empty() && !head).then_some(bytes)),
             exchange,
         }
     }
@@ -310,6 +316,17 @@ fn wake_at(idle_for: Duration, until: Option<Instant>) -> Instant {
     until.map_or(idle, |u| idle.min(u))
 }
 
+impl ResponseBody {
+    /// Whether every byte of a body of known length has come, its end not
+    /// yet seen: an HTTP/2 backend may send its last data and its
+    /// END_STREAM in separate frames (Go servers do, for a body of more than
+    /// 4 KiB), and hyper stops polling a body for an HTTP/1.1 client once
+    /// the length it announced is written.
+    fn all_of_it_came(&self) -> bool {
+        matches!(&self.source, Source::Upstream { inner, .. } if inner.size_hint().exact() == Some(0))
+    }
+}
+
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         if self.exchange.is_none() {
@@ -320,7 +337,7 @@ impl Drop for ResponseBody {
         // away (or hyper gave up on it, or weir on a client that read
         // nothing for `timeouts.send`), and the backend's connection cannot
         // be reused mid-body.
-        if self.is_end_stream() {
+        if self.is_end_stream() || self.all_of_it_came() {
             self.end(COMPLETED);
         } else {
             let why = if crate::streams::cutting() {

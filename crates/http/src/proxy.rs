@@ -456,7 +456,11 @@ pub(crate) fn handle(
                 }
                 let status = response.status().as_u16();
                 x.status = status;
-                let (parts, body) = response.into_parts();
+                let (mut parts, body) = response.into_parts();
+                // weir answers in its own version (RFC 9112 §2.3): an
+                // HTTP/1.0 backend's status line would make an HTTP/1.1
+                // client's answer close-delimited and its connection end.
+                parts.version = http::Version::HTTP_11;
                 let body = ResponseBody::upstream(
                     body,
                     state.timeouts.upstream_idle,

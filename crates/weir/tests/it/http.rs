@@ -5637,3 +5637,148 @@ fn the_request_timeout_bounds_the_whole_answer() {
         assert_eq!(line["reason"], "upstream_timeout", "{line}");
     }
 }
+
+/// An h2c backend (the h2 crate) answering every request with `body` and
+/// its `content-length`, the body's end in a frame of its own a little
+/// later, as Go servers send a body of more than 4 KiB.
+fn h2c_ending_apart(body: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.set_nonblocking(true).expect("nonblocking");
+    let addr = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        client_runtime().block_on(async move {
+            let l = tokio::net::TcpListener::from_std(l).expect("listener");
+            while let Ok((tcp, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                        return;
+                    };
+                    while let Some(Ok((_, mut respond))) = conn.accept().await {
+                        tokio::spawn(async move {
+                            let answer = http::Response::builder()
+                                .status(200)
+                                .header("content-length", body.len())
+                                .body(())
+                                .expect("response");
+                            let Ok(mut send) = respond.send_response(answer, false) else {
+                                return;
+                            };
+                            let _ = send.send_data(bytes::Bytes::from(body), false);
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            let _ = send.send_data(bytes::Bytes::new(), true);
+                        });
+                    }
+                });
+            }
+        });
+    });
+    addr
+}
+
+/// An HTTP/1.1 client of an HTTP/2 backend that sends a body's end apart
+/// from its last bytes gets whole answers logged `completed`, and many of
+/// them on one connection are no rapid-reset flood (hyper stops reading a
+/// body of known length at its last byte: the exchange took that for the
+/// client leaving, and after a hundred closed the connection).
+#[test]
+fn an_http2_body_ending_in_a_frame_of_its_own_is_complete() {
+    let backend = h2c_ending_apart("hello");
+    let (front, admin) = (free_port(), free_port());
+    let (_weir, out) = start(
+        "h2-end-apart",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\nprotocol = \"h2c\"\n\
+             [[pools.backends]]\naddress = \"{backend}\"\n"
+        ),
+    );
+    let mut s = TcpStream::connect(front).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    s.set_nodelay(true).expect("nodelay");
+    for i in 0..150 {
+        let body = keepalive_get(&mut s, &format!("/r{i}"))
+            .unwrap_or_else(|e| panic!("request {i} on the kept connection: {e}"));
+        assert_eq!(body, "hello");
+    }
+    let line = access_line(&out, "/r0");
+    assert_eq!(line["reason"], "completed", "{line}");
+    assert_eq!(
+        metric(
+            admin,
+            "weir_http_reset_floods_total{listener=\"web\",route=\"app\"}"
+        ),
+        0.0
+    );
+}
+
+/// weir answers in its own terms: its own answer to HEAD carries no body
+/// over HTTP/2 either (h2 clients refuse one as a protocol error), and an
+/// HTTP/1.0 backend's answer reaches an HTTP/1.1 client as HTTP/1.1, on a
+/// connection that stays open.
+#[test]
+fn answers_to_head_have_no_body_and_speak_http_1_1() {
+    // A backend of HTTP/1.0: one answer per connection, then it closes.
+    let old = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let old_addr = old.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for mut s in old.incoming().map_while(Result::ok) {
+            let mut reader = BufReader::new(s.try_clone().expect("clone"));
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        }
+    });
+    let front = free_port();
+    let (_weir, _out) = start(
+        "own-terms",
+        &format!(
+            "[[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"old\"\npool = \"old\"\n\
+             match = {{ path_prefix = \"/old\" }}\n\
+             [[pools]]\nname = \"old\"\n[[pools.backends]]\naddress = \"{old_addr}\"\n"
+        ),
+    );
+    let h2 = H2Client::connect(front);
+    let send = h2.send.clone();
+    let answer = h2.rt.block_on(async move {
+        let mut send = send.ready().await?;
+        let req = http::Request::head("http://app/nothing")
+            .body(())
+            .expect("request");
+        let (response, _) = send.send_request(req, true)?;
+        let response = tokio::time::timeout(DEADLINE, response)
+            .await
+            .map_err(|_| h2::Error::from(h2::Reason::CANCEL))??;
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        let mut got = 0;
+        while let Some(chunk) = body.data().await {
+            got += chunk?.len();
+        }
+        Ok::<_, h2::Error>((status, got))
+    });
+    assert_eq!(answer.expect("a clean answer"), (404, 0));
+
+    let mut s = TcpStream::connect(front).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    write!(s, "GET /old HTTP/1.1\r\nHost: app\r\n\r\n").expect("write");
+    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    let mut status = String::new();
+    reader.read_line(&mut status).expect("status line");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let mut head = String::new();
+    while reader.read_line(&mut head).is_ok_and(|n| n > 2) {}
+    let mut body = [0u8; 2];
+    reader.read_exact(&mut body).expect("the body");
+    assert_eq!(&body, b"ok");
+    assert_eq!(
+        keepalive_get(&mut s, "/old/again").expect("kept open"),
+        "ok"
+    );
+}
