@@ -204,6 +204,23 @@ enum Strategy {
 }
 
 impl Picker {
+    /// Goes on where `before` (the picker this one replaces) was in its
+    /// turns, rather than at the first member: a pool rebuilt often (every
+    /// step of a slow start, every health change) would otherwise give the
+    /// first members every pick and the later ones none.
+    pub fn resume(&self, before: &Picker) {
+        let at = match &before.strategy {
+            Strategy::RoundRobin(rr) => rr.cursor(),
+            Strategy::LeastConn { cursor } => cursor.load(Ordering::Relaxed),
+            _ => return,
+        };
+        match &self.strategy {
+            Strategy::RoundRobin(rr) => rr.set_cursor(at),
+            Strategy::LeastConn { cursor } => cursor.store(at, Ordering::Relaxed),
+            _ => {}
+        }
+    }
+
     /// Keeps the members of the active tier with weight > 0, in the order given, and
     /// precomputes what `policy` needs (the round robin cycle, the maglev table).
     pub fn new(policy: Policy, members: &[Member<'_>]) -> Picker {
@@ -509,6 +526,41 @@ mod tests {
                 let rest_full = |i: usize| i != 3;
                 assert_eq!(picker.pick_with_room(&req, &[1], &rest_full), Some(3));
             }
+        }
+    }
+
+    /// A picker that replaces another goes on with the turns: rebuilt
+    /// before every pick (a slow start's steps, health changes), round
+    /// robin and least_conn still give every member its share.
+    #[test]
+    fn a_rebuilt_picker_resumes_the_turns() {
+        let names = ["a", "b", "c"];
+        let members: Vec<Member<'_>> = names
+            .iter()
+            .enumerate()
+            .map(|(index, name)| Member {
+                index,
+                name,
+                weight: 1,
+                tier: 0,
+            })
+            .collect();
+        let load = |_: usize| 0;
+        let req = Request {
+            key: 7,
+            random: 11,
+            load: &load,
+        };
+        for policy in [Policy::RoundRobin, Policy::LeastConn] {
+            let mut picker = Picker::new(policy, &members);
+            let mut counts = [0; 3];
+            for _ in 0..30 {
+                let next = Picker::new(policy, &members);
+                next.resume(&picker);
+                picker = next;
+                counts[picker.pick(&req, &[]).expect("a member")] += 1;
+            }
+            assert_eq!(counts, [10, 10, 10], "{policy}");
         }
     }
 

@@ -73,6 +73,23 @@ impl RoundRobin {
         }
     }
 
+    /// How many picks were made (the turn the next one takes).
+    pub(crate) fn cursor(&self) -> usize {
+        match &self.kind {
+            Kind::Cycle { cursor, .. } | Kind::Stepper { cursor, .. } => {
+                cursor.load(Ordering::Relaxed)
+            }
+        }
+    }
+
+    /// Starts at turn `at` of the cycle (`resume`). The stepper's state is
+    /// its own; only a precomputed cycle can be entered anywhere.
+    pub(crate) fn set_cursor(&self, at: usize) {
+        if let Kind::Cycle { cursor, .. } = &self.kind {
+            cursor.store(at, Ordering::Relaxed);
+        }
+    }
+
     /// Whether picks go through the mutex-protected stepper.
     #[cfg(test)]
     pub(crate) fn is_stepper(&self) -> bool {

@@ -500,6 +500,7 @@ impl Pool {
             })
             .collect();
         let picker = Picker::new(self.policy, &members);
+        picker.resume(&self.picker.load());
         let tier = picker.active_tier();
         for (b, &(weight, health, admin, zeroed)) in self.backends.iter().zip(&snapshot) {
             let serving = weight > 0 && Some(b.tier) == tier;
