@@ -58,6 +58,24 @@ pub(crate) async fn route<'l>(
     }
 }
 
+/// The route of a client whose ClientHello did not come within
+/// `handshake_timeout`: when it sent nothing at all (a client of a protocol
+/// whose server speaks first: SMTP, MySQL, FTP), the first route that needs
+/// no ClientHello and takes it, as HAProxy's rules are evaluated once more
+/// when its inspect-delay ends; `None` otherwise.
+pub(crate) fn silent_client_route<'l>(
+    listener: &'l Listener,
+    client: &TcpStream,
+    ip: IpAddr,
+) -> Option<&'l Route> {
+    let mut one = [std::mem::MaybeUninit::uninit(); 1];
+    let nothing_sent = matches!(
+        socket2::SockRef::from(client).peek(&mut one),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+    );
+    listener.route_for(ip, None).filter(|_| nothing_sent)
+}
+
 async fn peek_route<'l>(
     listener: &'l Listener,
     client: &TcpStream,

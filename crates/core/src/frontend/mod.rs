@@ -131,6 +131,12 @@ async fn front<'l>(listener: &'l Listener, client: &mut Client) -> Option<&'l Ro
             // Gone before it said anything (a TCP health check, a port
             // scan): nothing to route, and nothing refused.
             Err(Reason::ClientClosed) => return None,
+            Err(Reason::HandshakeTimeout)
+                if let Some(route) =
+                    client_hello::silent_client_route(listener, &client.stream, peer.ip()) =>
+            {
+                Some(route)
+            }
             Err(reason) => {
                 listener.refuse(peer, reason);
                 return None;

@@ -435,3 +435,53 @@ async fn a_tls_backend_ending_without_close_notify_is_half_closed() {
     let got = within("the upload at the backend", rx).await.expect("sent");
     assert_eq!(got, b"late upload");
 }
+
+/// A client that says nothing (its server speaks first: SMTP, MySQL, FTP)
+/// on a listener that routes by SNI goes, once `handshake_timeout` has
+/// passed, to a route that needs no ClientHello, as HAProxy's
+/// inspect-delay does; without such a route it is refused as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_goes_to_the_route_that_needs_no_hello() {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let banner = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(b"220 ready\r\n").await;
+                let mut rest = Vec::new();
+                let _ = s.read_to_end(&mut rest).await;
+            });
+        }
+    });
+    let listener = |catch_all: bool| {
+        let tail = if catch_all {
+            "[[listeners.routes]]\nname = \"mail\"\npool = \"banner\"\n"
+        } else {
+            ""
+        };
+        format!(
+            "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\nhandshake_timeout = \"300ms\"\n\
+             [[listeners.routes]]\nname = \"tls\"\nmatch = {{ sni = [\"app.example\"] }}\npool = \"banner\"\n\
+             {tail}\
+             [[pools]]\nname = \"banner\"\n[[pools.backends]]\nname = \"b\"\naddress = \"{banner}\"\n"
+        )
+    };
+    let server = start(&listener(true)).await;
+    let mut client = TcpStream::connect(addr(&server, "l"))
+        .await
+        .expect("connect");
+    let mut line = [0u8; 11];
+    within("the banner", client.read_exact(&mut line))
+        .await
+        .expect("read");
+    assert_eq!(&line, b"220 ready\r\n");
+    server.shutdown();
+
+    let server = start(&listener(false)).await;
+    let mut client = TcpStream::connect(addr(&server, "l"))
+        .await
+        .expect("connect");
+    let mut rest = Vec::new();
+    let _ = within("refused", client.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty(), "{rest:?}");
+}
