@@ -488,19 +488,24 @@ mod tests {
         assert_send_sync::<maglev::Table>();
     }
 
-    #[test]
-    fn full_members_are_passed_over_by_every_policy() {
-        let names = ["a", "b", "c", "d"];
-        let members: Vec<Member<'_>> = names
+    /// Members named `names`, in that order, of weight `weight`, all in
+    /// tier 0.
+    fn equal_members<'a>(names: &[&'a str], weight: u32) -> Vec<Member<'a>> {
+        names
             .iter()
             .enumerate()
             .map(|(index, name)| Member {
                 index,
                 name,
-                weight: 10,
+                weight,
                 tier: 0,
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn full_members_are_passed_over_by_every_policy() {
+        let members = equal_members(&["a", "b", "c", "d"], 10);
         let load = |_: usize| 0;
         for policy in Policy::ALL {
             let picker = Picker::new(policy, &members);
@@ -534,17 +539,7 @@ mod tests {
     /// robin and least_conn still give every member its share.
     #[test]
     fn a_rebuilt_picker_resumes_the_turns() {
-        let names = ["a", "b", "c"];
-        let members: Vec<Member<'_>> = names
-            .iter()
-            .enumerate()
-            .map(|(index, name)| Member {
-                index,
-                name,
-                weight: 1,
-                tier: 0,
-            })
-            .collect();
+        let members = equal_members(&["a", "b", "c"], 1);
         let load = |_: usize| 0;
         let req = Request {
             key: 7,
