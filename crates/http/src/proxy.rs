@@ -714,17 +714,19 @@ async fn forward(
         let outcome = match outcome {
             // The keep-alive race: the backend closed a kept-alive
             // connection as the request went out. Once, on a new one.
-            Err(Sent::Not(request)) if lease.reused => again(request, &lease).await,
+            Err(Sent::Not(request)) if lease.reused => again(request, Some(&lease)).await,
             Err(Sent::Failed) if race => match &copy {
-                Some(request) => again(copy_bodiless(request), &lease).await,
+                Some(request) => again(copy_bodiless(request), Some(&lease)).await,
                 None => Err(Sent::Failed),
             },
-            // The backend did not process it (RFC 9113 §8.7): once more, on
-            // another connection. A GOAWAY leaves room for doubt when the
-            // connection ended after it, so only an idempotent request goes
-            // again then; a refused stream is certain.
+            // The backend did not process it (RFC 9113 §8.7): once more. A
+            // GOAWAY leaves room for doubt when the connection ended after
+            // it, so only an idempotent request goes again then, and on
+            // another connection; a refused stream is certain, and its
+            // connection still serves (a backend refuses what is past its
+            // stream limit): it is not given up for a new one per refusal.
             Err(Sent::Unprocessed { certain }) if certain || replayable => match &copy {
-                Some(request) => again(copy_bodiless(request), &lease).await,
+                Some(request) => again(copy_bodiless(request), (!certain).then_some(&lease)).await,
                 None => Err(Sent::Unprocessed { certain }),
             },
             other => other.map(|r| (r, lease)),
@@ -991,16 +993,17 @@ fn unprocessed(e: &hyper::Error) -> Option<bool> {
     (h2.reason() == Some(h2::Reason::REFUSED_STREAM)).then_some(true)
 }
 
-/// Sends `req` on a new connection to the same backend, in place of
-/// `failed`.
+/// Sends `req` again to the same backend: on a new connection in place of
+/// `failed`, or, without one, on any (a shared HTTP/2 connection with room
+/// is taken).
 async fn retry_fresh(
     conns: &Arc<crate::upstream::Conns>,
     dialer: &crate::upstream::Dialer,
     req: Box<Request<RequestBody>>,
     wait: Wait<'_>,
-    failed: &Lease,
+    failed: Option<&Lease>,
 ) -> Result<(Response<Incoming>, Lease), Sent> {
-    let fresh = Box::pin(conns.fresh(dialer, Some(failed)));
+    let fresh = Box::pin(conns.fresh(dialer, failed));
     let connected = match wait.until {
         Some(u) => match tokio::time::timeout_at(u, fresh).await {
             Ok(c) => c,
@@ -1093,7 +1096,15 @@ fn target_form(
             if parts.version == Version::HTTP_2 {
                 headers::join_cookies(&mut parts.headers);
             }
-            parts.version = Version::HTTP_11;
+            // An HTTP/1.1 request must name its host (RFC 9112 §3.2; nginx
+            // answers 400 without): an HTTP/1.0 one that named none goes on
+            // as HTTP/1.0, as HAProxy passes it. Only HTTP/1.0 gets here
+            // without a host.
+            parts.version = if host.is_none() {
+                Version::HTTP_10
+            } else {
+                Version::HTTP_11
+            };
             if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
                 parts.uri = Uri::from(path);
             }

@@ -364,7 +364,8 @@ impl Conns {
     /// keep-alive race, a GOAWAY). For HTTP/2, a new shared one, unless
     /// another request opened one since `failed` was taken: the requests
     /// a GOAWAY sends back then share one new connection, rather than each
-    /// opening its own in turn.
+    /// opening its own in turn. Without `failed` (a refused stream, whose
+    /// connection still serves) any shared connection with room is taken.
     pub(crate) async fn fresh(
         self: &Arc<Self>,
         dialer: &Dialer,

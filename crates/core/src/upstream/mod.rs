@@ -293,13 +293,15 @@ pub fn sni_key(name: &str) -> u64 {
 }
 
 /// `sni` is the hash of the ClientHello's server name (`hash_key = "sni"`);
-/// without one the key is the source IP.
+/// without one the key is the source IP. An IPv4 client seen through an
+/// IPv6 socket (`::ffff:192.0.2.1`) has the key of its IPv4 address, so
+/// listeners on `[::]` and `0.0.0.0` send it to the same backend.
 pub fn affinity_key(kind: HashKey, peer: SocketAddr, sni: Option<u64>) -> u64 {
     if let (HashKey::Sni, Some(key)) = (kind, sni) {
         return key;
     }
     let mut bytes = [0u8; 18];
-    let len = match peer.ip() {
+    let len = match peer.ip().to_canonical() {
         IpAddr::V4(ip) => {
             bytes[..4].copy_from_slice(&ip.octets());
             4
@@ -317,4 +319,35 @@ pub fn affinity_key(kind: HashKey, peer: SocketAddr, sni: Option<u64>) -> u64 {
         }
     };
     weir_balance::hash_bytes(&bytes[..len])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv4_client_has_one_key_through_either_family() {
+        let v4: SocketAddr = "192.0.2.1:5000".parse().expect("address");
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:5000".parse().expect("address");
+        let other: SocketAddr = "[2001:db8::1]:5000".parse().expect("address");
+        for kind in [HashKey::SourceIp, HashKey::SourceAddr, HashKey::Sni] {
+            assert_eq!(
+                affinity_key(kind, v4, None),
+                affinity_key(kind, mapped, None)
+            );
+            assert_ne!(
+                affinity_key(kind, v4, None),
+                affinity_key(kind, other, None)
+            );
+        }
+        let later: SocketAddr = "192.0.2.1:5001".parse().expect("address");
+        assert_eq!(
+            affinity_key(HashKey::SourceIp, v4, None),
+            affinity_key(HashKey::SourceIp, later, None)
+        );
+        assert_ne!(
+            affinity_key(HashKey::SourceAddr, v4, None),
+            affinity_key(HashKey::SourceAddr, later, None)
+        );
+    }
 }

@@ -308,6 +308,17 @@ fn forwarding_headers_and_hop_by_hop() {
     );
     assert!(body.contains(" secret= "), "{body}");
     assert!(body.contains(" ka=\n") || body.ends_with(" ka="), "{body}");
+
+    // An HTTP/1.0 request may name no host; it goes on as HTTP/1.0, since an
+    // HTTP/1.1 request must have one (nginx answers 400 without), then the
+    // pool's next request is served as before.
+    for _ in 0..2 {
+        let r = raw_exchange(open, b"GET /old HTTP/1.0\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.0 200"), "{r}");
+        assert!(r.contains(" GET /old host= "), "{r}");
+        let (_, body, _) = curl(&["-H", "Host: app.example.com"], &format!("http://{open}/"));
+        assert!(body.contains(" host=app.example.com "), "{body}");
+    }
 }
 
 /// A hand-made HTTP/1.1 backend: answers every request with `status` and a
@@ -5262,6 +5273,68 @@ fn h2c_answering(status: u16, body: &'static str, ended: bool) -> (SocketAddr, A
         });
     });
     (addr, seen)
+}
+
+/// An HTTP/2 backend that refuses a stream (`REFUSED_STREAM`: not
+/// processed, RFC 9113 §8.7) has the request again, on the same connection,
+/// which still serves: one refusal does not cost a new connection.
+#[test]
+fn a_refused_stream_goes_again_on_the_connection_that_refused_it() {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.set_nonblocking(true).expect("nonblocking");
+    let backend = l.local_addr().expect("addr");
+    let conns = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let (c, r) = (Arc::clone(&conns), Arc::clone(&refused));
+    std::thread::spawn(move || {
+        client_runtime().block_on(async move {
+            let l = tokio::net::TcpListener::from_std(l).expect("listener");
+            while let Ok((tcp, _)) = l.accept().await {
+                c.fetch_add(1, SeqCst);
+                let r = Arc::clone(&r);
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                        return;
+                    };
+                    // Every other stream is refused, the others answered.
+                    let mut n = 0;
+                    while let Some(Ok((_, mut respond))) = conn.accept().await {
+                        n += 1;
+                        if n % 2 == 1 {
+                            r.fetch_add(1, SeqCst);
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            continue;
+                        }
+                        let answer = http::Response::builder()
+                            .status(200)
+                            .body(())
+                            .expect("response");
+                        if let Ok(mut send) = respond.send_response(answer, false) {
+                            let _ = send.send_data(bytes::Bytes::from_static(b"ok"), true);
+                        }
+                    }
+                });
+            }
+        });
+    });
+    let front = free_port();
+    let (_weir, _out) = start(
+        "h2-backend-refuses",
+        &format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\nprotocol = \"h2c\"\n\
+             [[pools.backends]]\naddress = \"{backend}\"\n"
+        ),
+    );
+    for n in 0..6 {
+        let (status, body, _) = curl(&[], &format!("http://{front}/{n}"));
+        assert_eq!((status, body.as_str()), (200, "ok"), "request {n}");
+    }
+    assert_eq!(refused.load(SeqCst), 6, "each request refused once");
+    assert_eq!(conns.load(SeqCst), 1, "the refusing connection kept");
 }
 
 /// A gRPC call from an HTTP/2 client whose backend went quiet ends with
