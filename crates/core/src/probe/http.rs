@@ -60,18 +60,70 @@ pub(super) fn request(check: &HttpCheck, host: &str, path: &str, method: &str) -
 }
 
 /// The path a redirect's `Location` leads to on the probed server: a path,
-/// or an absolute URL whose authority is `host`; `None` for another server.
-fn same_server(location: &str, host: &str) -> Option<String> {
-    if location.starts_with('/') && !location.starts_with("//") {
+/// a reference relative to `base` (the path just asked for; RFC 9110
+/// §10.2.2, resolved as RFC 3986 §5.2 says), or an absolute URL whose
+/// authority is `host`; `None` for another server.
+fn same_server(location: &str, host: &str, base: &str) -> Option<String> {
+    // A fragment is the client's own; it is never sent.
+    let location = location.split('#').next().unwrap_or_default();
+    let absolute = location
+        .strip_prefix("http://")
+        .or_else(|| location.strip_prefix("https://"))
+        .or_else(|| location.strip_prefix("//"));
+    if let Some(rest) = absolute {
+        let (authority, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
+        return authority
+            .eq_ignore_ascii_case(host)
+            .then(|| path.to_owned());
+    }
+    if location.starts_with('/') {
         return Some(location.to_owned());
     }
-    let rest = location
-        .strip_prefix("http://")
-        .or_else(|| location.strip_prefix("https://"))?;
-    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
-    authority
-        .eq_ignore_ascii_case(host)
-        .then(|| path.to_owned())
+    // Another scheme (`ftp:`, `mailto:`) is another server; a colon after
+    // a slash or `?` is part of a path or query.
+    let scheme_end = location.find([':', '/', '?']);
+    if scheme_end.is_some_and(|i| location.as_bytes()[i] == b':') {
+        return None;
+    }
+    let base = base.split('?').next().unwrap_or("/");
+    Some(if location.is_empty() {
+        base.to_owned()
+    } else if let Some(query) = location.strip_prefix('?') {
+        format!("{base}?{query}")
+    } else {
+        let (path, query) = location
+            .find('?')
+            .map_or((location, ""), |i| location.split_at(i));
+        let dir = base.rfind('/').map_or("/", |i| &base[..=i]);
+        let mut joined = without_dots(&format!("{dir}{path}"));
+        joined.push_str(query);
+        joined
+    })
+}
+
+/// A path with its `.` and `..` segments resolved (RFC 3986 §5.2.4), never
+/// above the root.
+fn without_dots(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    for (i, seg) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *seg {
+            "." => {
+                if last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                out.pop();
+                if last {
+                    out.push("");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    format!("/{}", out.join("/"))
 }
 
 /// Sends `request`, follows redirects to the same server as the check
@@ -86,6 +138,8 @@ pub(super) async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let mut method = check.method.as_str();
     let mut next: Option<Vec<u8>> = None;
     let mut hops = 0;
+    // The path asked for, which a relative `Location` is read against.
+    let mut at = check.path.clone();
     loop {
         let sent = next.as_deref().unwrap_or(request);
         let (response, closed) = match one(stream, sent, check, method == "HEAD").await {
@@ -98,7 +152,7 @@ pub(super) async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             let Some(location) = response.location.as_deref() else {
                 return judged(&response, reusable, check);
             };
-            let Some(path) = same_server(location, host) else {
+            let Some(path) = same_server(location, host, &at) else {
                 return failed(
                     Reason::Status,
                     format!(
@@ -123,6 +177,7 @@ pub(super) async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             }
             hops += 1;
             next = Some(self::request(check, host, &path, method));
+            at = path;
             continue;
         }
         return judged(&response, reusable, check);
@@ -426,15 +481,28 @@ mod tests {
 
     #[test]
     fn redirects_are_followed_only_to_the_same_server() {
-        assert_eq!(same_server("/next", "db:80").as_deref(), Some("/next"));
-        assert_eq!(
-            same_server("http://DB:80/ready?x=1", "db:80").as_deref(),
-            Some("/ready?x=1")
-        );
-        assert_eq!(same_server("https://db:80", "db:80").as_deref(), Some("/"));
-        assert_eq!(same_server("http://other:80/ready", "db:80"), None);
-        assert_eq!(same_server("//other/ready", "db:80"), None);
-        assert_eq!(same_server("ready", "db:80"), None);
+        let at = |location: &str| same_server(location, "db:80", "/health/live?v=1");
+        assert_eq!(at("/next").as_deref(), Some("/next"));
+        assert_eq!(at("http://DB:80/ready?x=1").as_deref(), Some("/ready?x=1"));
+        assert_eq!(at("https://db:80").as_deref(), Some("/"));
+        assert_eq!(at("//db:80/ready").as_deref(), Some("/ready"));
+        assert_eq!(at("http://other:80/ready"), None);
+        assert_eq!(at("//other/ready"), None);
+        assert_eq!(at("ftp://db:80/ready"), None);
+        assert_eq!(at("mailto:ops@example.com"), None);
+        // Relative references, read against the path asked for.
+        assert_eq!(at("ready").as_deref(), Some("/health/ready"));
+        assert_eq!(at("ready?full=1").as_deref(), Some("/health/ready?full=1"));
+        assert_eq!(at("./ready").as_deref(), Some("/health/ready"));
+        assert_eq!(at("../ready").as_deref(), Some("/ready"));
+        assert_eq!(at("../../../ready").as_deref(), Some("/ready"));
+        assert_eq!(at("sub/").as_deref(), Some("/health/sub/"));
+        assert_eq!(at("..").as_deref(), Some("/"));
+        assert_eq!(at("?v=2").as_deref(), Some("/health/live?v=2"));
+        assert_eq!(at("a:b/c"), None, "a scheme");
+        assert_eq!(at("a/b:c").as_deref(), Some("/health/a/b:c"));
+        assert_eq!(at("ready#top").as_deref(), Some("/health/ready"));
+        assert_eq!(at("/next?x#top").as_deref(), Some("/next?x"));
     }
 
     async fn run(check: &HttpCheck, answers: &[&[u8]]) -> (Report, Vec<String>) {

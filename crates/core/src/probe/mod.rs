@@ -190,15 +190,26 @@ impl Prober {
             }
             Probe::Dns(check) => datagram::dns(addr, check).await,
             Probe::Udp(check) => datagram::udp(addr, check).await,
-            Probe::Grpc(check) => match Box::pin(open(addr, proxy, tls.as_ref())).await {
-                Ok(Conn::Plain(s)) => {
-                    Box::pin(grpc::check(s, &addr.to_string(), false, &check.service)).await
+            Probe::Grpc(check) => {
+                // The name the server is asked for by TLS is the one it is
+                // asked for by HTTP/2: a server with virtual hosts answers
+                // for it, not for the address.
+                let authority = match check.tls.as_ref().and_then(|t| t.server_name.as_deref()) {
+                    Some(name) if name.parse::<std::net::IpAddr>().is_err() => {
+                        format!("{name}:{}", addr.port())
+                    }
+                    _ => addr.to_string(),
+                };
+                match Box::pin(open(addr, proxy, tls.as_ref())).await {
+                    Ok(Conn::Plain(s)) => {
+                        Box::pin(grpc::check(s, &authority, false, &check.service)).await
+                    }
+                    Ok(Conn::Tls(s)) => {
+                        Box::pin(grpc::check(*s, &authority, true, &check.service)).await
+                    }
+                    Err(report) => report,
                 }
-                Ok(Conn::Tls(s)) => {
-                    Box::pin(grpc::check(*s, &addr.to_string(), true, &check.service)).await
-                }
-                Err(report) => report,
-            },
+            }
         }
     }
 }

@@ -1156,6 +1156,57 @@ async fn grpc_checks_over_tls() {
     assert!(why.starts_with("tls: "), "{why}");
 }
 
+/// The gRPC probe's `:authority` is `tls_server_name`, with the port, when
+/// one is set: a server with virtual hosts answers for its name, not for
+/// the address. Without one, the address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_check_over_tls_asks_for_the_server_name() {
+    let pki = pki_with_alpn("grpc-authority", &[b"h2"]);
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let front = l.local_addr().expect("addr");
+    let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let acceptor = pki.acceptor.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let Ok(mut conn) = h2::server::handshake(tls).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let authority = req.uri().authority().map(ToString::to_string);
+                    let _ = tx.send(authority.unwrap_or_default());
+                    let head = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(())
+                        .expect("head");
+                    let Ok(mut send) = respond.send_response(head, false) else {
+                        continue;
+                    };
+                    // One message: field 1 (status) = 1 (SERVING).
+                    let message = bytes::Bytes::from_static(&[0, 0, 0, 0, 2, 0x08, 0x01]);
+                    let _ = send.send_data(message, false);
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                    let _ = send.send_trailers(trailers);
+                }
+            });
+        }
+    });
+    let base = "type = \"grpc\"\nhttps = true\ntls_skip_verify = true\ninterval = \"1h\"";
+    let (h, why) = probe_once(base, front.port()).await;
+    assert_eq!((h, why.as_str()), (Health::Up, "grpc SERVING"));
+    assert_eq!(seen.recv().await, Some(front.to_string()));
+    let named = format!("{base}\ntls_server_name = \"grpc.example\"");
+    let (h, why) = probe_once(&named, front.port()).await;
+    assert_eq!((h, why.as_str()), (Health::Up, "grpc SERVING"));
+    let want = format!("grpc.example:{}", front.port());
+    assert_eq!(seen.recv().await, Some(want));
+}
+
 /// A backend that writes its name on `addr`, until `stop` is cancelled (its
 /// port then refuses connections).
 async fn stoppable_backend(
