@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use weir_config::HttpProtocol;
 use weir_core::Reason;
 use weir_core::listener::Listener;
+use weir_core::pool::Replay;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::errors;
@@ -711,12 +712,20 @@ async fn forward(
                 failed,
             ))
         };
+        // Counted as the replay goes (`REPLAY_REASONS`).
+        let replayed = |why: Replay| b.stats.http_replayed[why as usize].fetch_add(1, Relaxed);
         let outcome = match outcome {
             // The keep-alive race: the backend closed a kept-alive
             // connection as the request went out. Once, on a new one.
-            Err(Sent::Not(request)) if lease.reused => again(request, Some(&lease)).await,
+            Err(Sent::Not(request)) if lease.reused => {
+                replayed(Replay::Closed);
+                again(request, Some(&lease)).await
+            }
             Err(Sent::Failed) if race => match &copy {
-                Some(request) => again(copy_bodiless(request), Some(&lease)).await,
+                Some(request) => {
+                    replayed(Replay::Closed);
+                    again(copy_bodiless(request), Some(&lease)).await
+                }
                 None => Err(Sent::Failed),
             },
             // The backend did not process it (RFC 9113 §8.7): once more. A
@@ -726,7 +735,14 @@ async fn forward(
             // connection still serves (a backend refuses what is past its
             // stream limit): it is not given up for a new one per refusal.
             Err(Sent::Unprocessed { certain }) if certain || replayable => match &copy {
-                Some(request) => again(copy_bodiless(request), (!certain).then_some(&lease)).await,
+                Some(request) => {
+                    replayed(if certain {
+                        Replay::RefusedStream
+                    } else {
+                        Replay::GoAway
+                    });
+                    again(copy_bodiless(request), (!certain).then_some(&lease)).await
+                }
                 None => Err(Sent::Unprocessed { certain }),
             },
             other => other.map(|r| (r, lease)),

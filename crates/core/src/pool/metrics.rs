@@ -212,6 +212,22 @@ fn http<'a>(w: &mut Writer, backends: impl Iterator<Item = (&'a Pool, &'a Backen
             b.stats.http_retried.load(Relaxed),
         );
     }
+    w.family(
+        "weir_backend_http_replayed",
+        Kind::Counter,
+        "Requests sent to the backend again, unprocessed the first time: closed (a kept-alive \
+         connection closed as the request went out), refused_stream, goaway.",
+    );
+    for (p, b) in backends.clone() {
+        for (i, reason) in super::stats::REPLAY_REASONS.iter().enumerate() {
+            let [pool, backend] = id(p, b);
+            w.sample(
+                "weir_backend_http_replayed_total",
+                &[pool, backend, ("reason", reason)],
+                b.stats.http_replayed[i].load(Relaxed),
+            );
+        }
+    }
     if backends.clone().any(|(p, _)| p.sticky) {
         w.family(
             "weir_backend_sticky",

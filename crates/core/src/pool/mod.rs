@@ -26,7 +26,7 @@ pub use backend::{Backend, BackendView, Eviction, EvictionWatch, LastProbe, Watc
 pub use budget::{RetryLeave, Retrying};
 pub(crate) use queue::SlotGuard;
 pub use queue::{Queue, QueueResult};
-pub use stats::{BackendStats, LATENCY_SECONDS, StateLabel, UpstreamEvent};
+pub use stats::{BackendStats, LATENCY_SECONDS, Replay, StateLabel, UpstreamEvent};
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

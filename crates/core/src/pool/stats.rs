@@ -10,6 +10,20 @@ use weir_telemetry::{Histogram, count};
 use crate::Reason;
 use crate::health::Report;
 
+/// Why a request went to the same backend again, unanswered the first
+/// time: a kept-alive connection it was sent on closed as it went out
+/// (`closed`), an HTTP/2 backend refused its stream (`refused_stream`) or
+/// sent a GOAWAY it was past (`goaway`).
+pub(super) const REPLAY_REASONS: [&str; 3] = ["closed", "refused_stream", "goaway"];
+
+/// An index into [`REPLAY_REASONS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    Closed,
+    RefusedStream,
+    GoAway,
+}
+
 /// The state of a backend as metrics show it: admin state first, then health.
 /// Label of `weir_backend_state{state}` and `weir_backend_transitions_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -83,6 +97,8 @@ pub struct BackendStats {
     pub http_response_duration: Histogram,
     /// Answers put aside for another backend's (`retry_on_status`).
     pub http_retried: AtomicU64,
+    /// Requests sent to the backend again, by [`REPLAY_REASONS`].
+    pub http_replayed: [AtomicU64; 3],
     /// Requests whose sticky cookie named the backend: sent to it, and sent
     /// elsewhere (it could not take them).
     pub sticky: [AtomicU64; 2],
@@ -135,6 +151,7 @@ impl Default for BackendStats {
             http_responses: Default::default(),
             http_response_duration: Histogram::new(crate::listener::REQUEST_SECONDS),
             http_retried: AtomicU64::new(0),
+            http_replayed: Default::default(),
             sticky: Default::default(),
             upstream_idle: AtomicI64::new(0),
             upstream_active: AtomicI64::new(0),

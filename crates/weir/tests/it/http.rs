@@ -477,6 +477,17 @@ fn kept_alive_upstream_connections_and_the_race() {
     }
     assert_eq!(racing.requests.load(SeqCst), 3);
     assert_eq!(racing.connections.load(SeqCst), 3);
+    let replayed = |reason: &str| {
+        metric(
+            admin,
+            &format!(
+                "weir_backend_http_replayed_total{{pool=\"racing\",backend=\"r\",reason=\"{reason}\"}}"
+            ),
+        )
+    };
+    // The first request found no kept connection; the next two, one that closed.
+    assert_eq!(replayed("closed"), 2.0);
+    assert_eq!(replayed("goaway"), 0.0);
 
     // A POST on a kept-alive connection the backend then drops: it may have
     // been taken, so it is not sent again; the client gets 502.
@@ -5317,16 +5328,16 @@ fn a_refused_stream_goes_again_on_the_connection_that_refused_it() {
             }
         });
     });
-    let front = free_port();
+    let (front, admin) = (free_port(), free_port());
     let (_weir, _out) = start(
         "h2-backend-refuses",
         &format!(
-            "[log]\naccess_log = false\n\
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
              [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
              [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
              [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
              [[pools]]\nname = \"p\"\nprotocol = \"h2c\"\n\
-             [[pools.backends]]\naddress = \"{backend}\"\n"
+             [[pools.backends]]\nname = \"b\"\naddress = \"{backend}\"\n"
         ),
     );
     for n in 0..6 {
@@ -5335,6 +5346,13 @@ fn a_refused_stream_goes_again_on_the_connection_that_refused_it() {
     }
     assert_eq!(refused.load(SeqCst), 6, "each request refused once");
     assert_eq!(conns.load(SeqCst), 1, "the refusing connection kept");
+    assert_eq!(
+        metric(
+            admin,
+            "weir_backend_http_replayed_total{pool=\"p\",backend=\"b\",reason=\"refused_stream\"}"
+        ),
+        6.0
+    );
 }
 
 /// A gRPC call from an HTTP/2 client whose backend went quiet ends with
