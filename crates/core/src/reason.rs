@@ -363,7 +363,8 @@ impl Reason {
 /// socket: file descriptors (EMFILE, ENFILE), socket buffers (ENOBUFS),
 /// memory (ENOMEM), or a local address to connect from (EADDRNOTAVAIL: every
 /// ephemeral port to that backend in use, many in TIME_WAIT, or a source
-/// address this host does not have). Such a failure is weir's, not a peer's:
+/// address this host does not have; EADDRINUSE: no ephemeral port left to
+/// bind a UDP flow's or probe's socket to). Such a failure is weir's, not a peer's:
 /// held against the backend, it would take healthy backends down one after
 /// the other. An accept loop that meets it must pause rather than retry at
 /// once.
@@ -376,6 +377,7 @@ pub fn local_resources(err: &std::io::Error) -> bool {
             Errno::NOBUFS,
             Errno::NOMEM,
             Errno::ADDRNOTAVAIL,
+            Errno::ADDRINUSE,
         ]
         .iter()
         .any(|e| e.raw_os_error() == code)
@@ -467,6 +469,7 @@ mod tests {
             Errno::NOBUFS,
             Errno::NOMEM,
             Errno::ADDRNOTAVAIL,
+            Errno::ADDRINUSE,
         ] {
             let e = std::io::Error::from_raw_os_error(errno.raw_os_error());
             assert!(local_resources(&e), "{errno:?}");

@@ -66,8 +66,9 @@ struct Compiled {
 pub struct RuntimeRules {
     rules: Mutex<Vec<Rule>>,
     compiled: ArcSwap<Compiled>,
-    /// Counts the `deny` rules added: what is open (UDP flows) is looked at
-    /// again when it moved.
+    /// Moves whenever a source let in may be refused now: a `deny` rule
+    /// added, an `allow` rule removed or ended, a reload's new lists. What
+    /// is open (UDP flows) is looked at again when it moved.
     denied: AtomicU64,
 }
 
@@ -111,10 +112,16 @@ impl RuntimeRules {
         old
     }
 
-    /// How many `deny` rules were added so far: when it moved since a flow
-    /// was let in, its source is to be checked again.
+    /// When it moved since a flow was let in, its source is to be checked
+    /// again (see `denied`).
     pub fn deny_generation(&self) -> u64 {
         self.denied.load(Ordering::Acquire)
+    }
+
+    /// Says that the configured lists changed (a reload switched to new
+    /// ones), after the listeners that carry them are in place.
+    pub fn lists_changed(&self) {
+        self.denied.fetch_add(1, Ordering::Release);
     }
 
     /// Removes the rule for `net`; the removed one.
@@ -123,6 +130,9 @@ impl RuntimeRules {
         let i = list.iter().position(|r| r.net == net)?;
         let old = list.remove(i);
         self.compile(&list);
+        if old.action == Action::Allow {
+            self.denied.fetch_add(1, Ordering::Release);
+        }
         Some(old)
     }
 
@@ -146,6 +156,9 @@ impl RuntimeRules {
         *list = kept;
         if !ended.is_empty() {
             self.compile(&list);
+            if ended.iter().any(|r| r.action == Action::Allow) {
+                self.denied.fetch_add(1, Ordering::Release);
+            }
         }
         ended
     }
@@ -212,5 +225,26 @@ mod tests {
         assert!(r.remove("10.0.0.0/8".parse().expect("net")).is_some());
         assert_eq!(r.check(ip), None);
         assert!(r.remove("10.0.0.0/8".parse().expect("net")).is_none());
+    }
+
+    #[test]
+    fn the_generation_moves_when_a_source_may_be_refused_now() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let r = RuntimeRules::new(Vec::new());
+        let g0 = r.deny_generation();
+        r.add(rule("10.0.0.0/8", Action::Allow, None));
+        assert_eq!(r.deny_generation(), g0, "an allow refuses no one");
+        r.remove("10.0.0.0/8".parse().expect("net"));
+        let g1 = r.deny_generation();
+        assert!(g1 > g0, "the allow's sources meet the lists again");
+        r.add(rule("10.0.0.0/8", Action::Allow, Some(t0)));
+        r.expire(t0);
+        let g2 = r.deny_generation();
+        assert!(g2 > g1, "an allow that ended");
+        r.add(rule("10.1.0.0/16", Action::Deny, None));
+        let g3 = r.deny_generation();
+        assert!(g3 > g2);
+        r.lists_changed();
+        assert!(r.deny_generation() > g3);
     }
 }

@@ -127,7 +127,7 @@ impl Pool {
                 what,
                 detail,
                 suppressed,
-                "weir is out of file descriptors or memory; the backend is not at fault and keeps its state"
+                "weir is out of file descriptors, memory or local ports; the backend is not at fault and keeps its state"
             );
         }
     }

@@ -410,6 +410,9 @@ impl Server {
                 connections: &self.connections,
             },
         );
+        // Open UDP flows look at the new lists at their next datagram, once
+        // their sockets hand them the new listeners.
+        self.firewall_rules.lists_changed();
         // When a reload returns, removed addresses refuse connections.
         for closed in switched.closing {
             let _ = tokio::time::timeout(CLOSE_WAIT, closed.cancelled()).await;

@@ -396,8 +396,10 @@ impl Opener {
         let upstream = connected(b.address).map_err(|e| {
             if crate::reason::local_resources(&e) {
                 pool.local_shortage(&b.name, "udp", "cannot create a socket");
+                Drop::LocalResources
+            } else {
+                Drop::SendError
             }
-            Drop::SendError
         })?;
         let local = self
             .endpoint
@@ -477,20 +479,18 @@ fn live_flow<'t>(
     count: u64,
 ) -> Option<&'t mut Flow> {
     let (peer, client, dst_ip) = key;
-    // A runtime deny added since the flow was let in ends it at its
+    // A runtime deny added since the flow was let in, a runtime allow
+    // removed, or a reload's lists that refuse its source end it at its
     // source's next datagram: one load per datagram, the lookup only after
-    // an operator added a deny.
+    // such a change.
     if let Some(f) = flows.get_mut(&key) {
-        let runtime = listener.firewall.runtime();
-        let now = runtime.deny_generation();
+        let now = listener.firewall.runtime().deny_generation();
         if f.checked != now {
             f.checked = now;
-            if runtime.check(client.ip()) == Some(crate::firewall::Action::Deny) {
+            if let Some(block) = listener.firewall.listed(client.ip()) {
                 f.shared.banned.cancel();
                 flows.remove(&key);
-                listener
-                    .stats
-                    .blocked_many(crate::firewall::Block::Banned, count);
+                listener.stats.blocked_many(block, count);
                 listener.stats.udp.drop_many(Drop::Firewall, count);
                 return None;
             }
@@ -744,7 +744,8 @@ impl Task {
         let _backend_active = ActiveGuard::adopt(&b.stats.connections_active);
         let evict = Arc::clone(&self.evict);
         let idle = self.listener.idle_timeout;
-        let mut idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        let full_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        let mut idle_ms = full_ms;
         let limit = self.listener.udp.and_then(|u| u.responses);
         let mut replies = 0u64;
         let mut draining = false;
@@ -784,7 +785,13 @@ impl Task {
                 () = timer.as_mut() => {
                     let quiet = now_ms().saturating_sub(self.shared.last.load(Relaxed));
                     if quiet >= idle_ms {
-                        break Reason::IdleTimeout;
+                        // Ended by the shutdown's shorter wait, not by
+                        // the listener's own `idle_timeout`.
+                        break if idle_ms < full_ms {
+                            Reason::Shutdown
+                        } else {
+                            Reason::IdleTimeout
+                        };
                     }
                     timer.as_mut().reset(self.quiet_until(idle_ms));
                     continue;

@@ -18,15 +18,18 @@ pub enum Drop {
     /// With the PROXY header it would exceed the largest datagram.
     TooLarge,
     /// The kernel did not take it (a full buffer, an unreachable backend),
-    /// or no socket could be made for a new flow.
+    /// or a new flow's socket could not be made for another reason.
     SendError,
     /// A trusted sender's datagram without a valid PROXY v2 header, or
     /// anyone else's with one.
     ProxyProtocol,
+    /// No socket could be made for a new flow: weir is out of descriptors,
+    /// memory or local ports.
+    LocalResources,
 }
 
 impl Drop {
-    pub const ALL: [Drop; 7] = [
+    pub const ALL: [Drop; 8] = [
         Drop::MaxFlows,
         Drop::NoRoute,
         Drop::NoBackend,
@@ -34,6 +37,7 @@ impl Drop {
         Drop::TooLarge,
         Drop::SendError,
         Drop::ProxyProtocol,
+        Drop::LocalResources,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -45,6 +49,7 @@ impl Drop {
             Drop::TooLarge => "too_large",
             Drop::SendError => "send_error",
             Drop::ProxyProtocol => "proxy_protocol",
+            Drop::LocalResources => "local_resources",
         }
     }
 }

@@ -598,7 +598,7 @@ fn running_out_of_descriptors_is_weirs_trouble_not_the_backends() {
         local,
         "each refusal is one failed connect"
     );
-    let warning = wait_line(&out, "out of file descriptors or memory");
+    let warning = wait_line(&out, "out of file descriptors, memory or local ports");
     assert!(warning.contains("\"level\":\"WARN\""), "{warning}");
 }
 

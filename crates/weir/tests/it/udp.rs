@@ -182,7 +182,14 @@ fn answers_come_from_the_address_each_datagram_went_to() {
         let (n, from) = client.recv_from(&mut buf).expect("an answer");
         assert_eq!((&buf[..n], from), (&payload[..], to));
     }
-    assert_eq!(metric(admin, "weir_udp_flows_total{listener=\"dns\"}"), 2.0);
+    assert_eq!(metric(admin, "weir_udp_flows_total{listener=\"dns\"}"), 3.0);
+    assert_eq!(
+        metric(
+            admin,
+            "weir_firewall_blocked_total{listener=\"dns\",reason=\"deny_list\"}"
+        ),
+        1.0
+    );
 }
 
 /// Two DNS backends; one stops. Its port answers with ICMP unreachable, the
@@ -434,7 +441,9 @@ fn flows_end_when_idle_and_max_flows_refuses_more() {
 /// `idle_timeout`), or when `shutdown_timeout` runs out if that comes first.
 #[test]
 fn flows_end_after_a_quiet_moment_or_at_the_shutdown_timeout() {
-    for (grace, reason) in [("10s", "idle_timeout"), ("300ms", "shutdown")] {
+    // Either way the end is the shutdown's: after a second of silence, or
+    // at `shutdown_timeout`; not the listener's hour of `idle_timeout`.
+    for grace in ["10s", "300ms"] {
         let (backend, _) = echo(false);
         let (admin, port) = (free_port(), free_udp_port());
         let (weir, out) = start(
@@ -453,7 +462,7 @@ fn flows_end_after_a_quiet_moment_or_at_the_shutdown_timeout() {
         let stopped = Instant::now();
         crate::cli::signal(&weir.0, rustix::process::Signal::TERM);
         let line = wait_line(&out, "\"bytes_to_backend\":1,");
-        assert!(line.contains(&format!("\"reason\":\"{reason}\"")), "{line}");
+        assert!(line.contains("\"reason\":\"shutdown\""), "{line}");
         assert!(
             stopped.elapsed() < Duration::from_secs(5),
             "ended {:?} after SIGTERM",
@@ -1075,21 +1084,31 @@ fn a_reload_keeps_flows_and_closes_removed_listeners() {
         ask(&elsewhere, removed, b"b").as_deref(),
         Some(&b"one:b"[..])
     );
+    let denied = UdpSocket::bind("127.0.0.3:0").expect("client on 127.0.0.3");
+    assert_eq!(ask(&denied, front, b"x").as_deref(), Some(&b"one:x"[..]));
 
-    // `two` comes first now; `other` goes.
+    // `two` comes first now; `other` goes; 127.0.0.3 is denied, and its
+    // open flow ends at its next datagram (it kept its flow, the backend
+    // hearing it for as long as it talked).
     std::fs::write(
         &file,
-        text(
-            &format!(
-                "[[pools.backends]]\nname = \"two\"\naddress = \"{two}\"\n\
-                 [[pools.backends]]\nname = \"one\"\naddress = \"{one}\""
-            ),
-            "",
+        format!(
+            "[firewall]\ndeny = [\"127.0.0.3\"]\n{}",
+            text(
+                &format!(
+                    "[[pools.backends]]\nname = \"two\"\naddress = \"{two}\"\n\
+                     [[pools.backends]]\nname = \"one\"\naddress = \"{one}\""
+                ),
+                "",
+            )
         ),
     )
     .expect("rewrite");
     crate::cli::signal(&weir.0, rustix::process::Signal::HUP);
     wait_line(&out, "config reloaded");
+    assert_eq!(ask_unanswered(&denied, front, b"y"), None);
+    let line = wait_line(&out, "\"reason\":\"firewall\"");
+    assert!(line.contains("127.0.0.3"), "{line}");
     assert_eq!(ask(&client, front, b"c").as_deref(), Some(&b"one:c"[..]));
     let newcomer = UdpSocket::bind("127.0.0.1:0").expect("client");
     assert_eq!(ask(&newcomer, front, b"d").as_deref(), Some(&b"two:d"[..]));
@@ -1098,7 +1117,14 @@ fn a_reload_keeps_flows_and_closes_removed_listeners() {
         None,
         "no longer listening"
     );
-    assert_eq!(metric(admin, "weir_udp_flows_total{listener=\"dns\"}"), 2.0);
+    assert_eq!(metric(admin, "weir_udp_flows_total{listener=\"dns\"}"), 3.0);
+    assert_eq!(
+        metric(
+            admin,
+            "weir_firewall_blocked_total{listener=\"dns\",reason=\"deny_list\"}"
+        ),
+        1.0
+    );
 }
 
 /// Datagrams a client sent in one GSO call (and the kernel may hand weir as
@@ -1468,5 +1494,83 @@ fn max_flows_is_looked_at_before_the_firewall() {
             "weir_firewall_blocked_total{listener=\"dns\",reason=\"rate_limit\"}"
         ),
         0.0
+    );
+}
+
+/// Each flow holds a local port. In a namespace whose range has 50 ports,
+/// flows that take them all leave the next client's datagram dropped as
+/// `local_resources` (with a warning), not `send_error`, and the UDP probe
+/// that finds no port to bind is skipped: the backend stays up (it went
+/// down, the probe's failure held against it).
+#[test]
+fn flows_that_take_every_local_port_are_weirs_shortage_not_the_backends() {
+    let ns = crate::upgrade::Netns::new();
+    let status = Command::new("nsenter")
+        .arg(format!("--net={}", ns.path.display()))
+        .args(["sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40049"])
+        .status()
+        .expect("nsenter");
+    assert!(status.success(), "cannot narrow the port range: {status}");
+    crate::upgrade::enter(&ns.path);
+    let (backend, _) = echo(false);
+    let admin = free_port();
+    // Outside the namespace's range, so the listener takes none of it.
+    let port = 30_999;
+    let (_weir, out) = start(
+        "udp-ports",
+        &config(
+            admin,
+            &format!("\"127.0.0.1:{port}\""),
+            "idle_timeout = \"1h\"",
+            "",
+            &format!(
+                "[pools.health]\ntype = \"udp\"\nsend = \"ping\"\nexpect = \"ping\"\n\
+                 interval = \"100ms\"\nfast_interval = \"100ms\"\ntimeout = \"300ms\"\nrise = 1\nfall = 1\n\
+                 [[pools.backends]]\nname = \"echo\"\naddress = \"{backend}\""
+            ),
+        ),
+    );
+    let front = SocketAddr::from(([127, 0, 0, 1], port));
+    // Clients on ports outside the range; each starts a flow until none
+    // is left.
+    let clients: Vec<UdpSocket> = (0..60)
+        .map(|i| UdpSocket::bind(("127.0.0.1", 31_000 + i)).expect("client"))
+        .collect();
+    for c in &clients {
+        c.send_to(b"x", front).expect("send");
+    }
+    let dropped = |reason: &str| {
+        metric(
+            admin,
+            &format!("weir_udp_dropped_total{{listener=\"dns\",reason=\"{reason}\"}}"),
+        )
+    };
+    let end = Instant::now() + DEADLINE;
+    while dropped("local_resources") < 1.0 {
+        assert!(Instant::now() < end, "no datagram met the port shortage");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_line(&out, "local ports");
+    // Several probe rounds with no port to bind.
+    let skipped = "weir_health_checks_total{pool=\"dns\",backend=\"echo\",type=\"udp\",result=\"skipped\",reason=\"local_resources\"}";
+    let end = Instant::now() + DEADLINE;
+    // The series appears with the first skipped probe.
+    let skips = || {
+        crate::cli::http_get(admin, "/metrics")
+            .lines()
+            .find_map(|l| l.strip_prefix(skipped)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    while skips() < 3.0 {
+        assert!(Instant::now() < end, "no probe was skipped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(dropped("send_error"), 0.0);
+    assert_eq!(
+        metric(
+            admin,
+            "weir_backend_state{pool=\"dns\",backend=\"echo\",state=\"up\"}"
+        ),
+        1.0
     );
 }
