@@ -49,13 +49,31 @@ impl std::fmt::Debug for Shown<'_> {
     }
 }
 
-/// One SRV record, ordered by priority, then target, port and weight.
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// One SRV record, ordered by priority, then target, port and weight, the
+/// larger weight first (RFC 2782: the more preferred of the same priority).
+#[derive(Debug, PartialEq, Eq)]
 struct SrvRecord {
     priority: u16,
     target: String,
     port: u16,
     weight: u16,
+}
+
+impl Ord for SrvRecord {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.priority, &self.target, self.port, other.weight).cmp(&(
+            other.priority,
+            &other.target,
+            other.port,
+            self.weight,
+        ))
+    }
+}
+
+impl PartialOrd for SrvRecord {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// The addresses each SRV target (or a `name` query's name) last resolved
@@ -612,11 +630,12 @@ mod tests {
         let addresses = std::collections::HashMap::from([("t.test.", ips)]);
         let found = srv_found(&records, &addresses);
         assert_eq!(found.len(), MAX_FOUND);
-        // The most preferred record of the pair: priority 1, weight 0.
+        // The most preferred record of the pair: priority 1, and of those
+        // the largest weight (RFC 2782), not the smallest.
         assert!(
             found
                 .iter()
-                .all(|f| f.addr.port() == 80 && f.tier == 1 && f.weight == 0)
+                .all(|f| f.addr.port() == 80 && f.tier == 1 && f.weight == 2998)
         );
     }
 
