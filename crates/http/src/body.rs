@@ -197,8 +197,12 @@ pub(crate) struct ResponseBody {
 
 #[derive(Debug)]
 enum Source {
-    /// weir's own answer.
-    Full(Option<Bytes>),
+    /// weir's own answer, and whether it holds a piece the client has not
+    /// taken (counted in the client connection's `ConnState`, as the
+    /// backend's `holding` below): an HTTP/2 client that gives it no window
+    /// would otherwise keep its request in flight, and the connection open,
+    /// with no timer running.
+    Full(Option<Bytes>, bool),
     /// The backend's.
     Upstream {
         inner: Incoming,
@@ -234,8 +238,14 @@ impl ResponseBody {
         let head = exchange
             .as_ref()
             .is_some_and(|x| x.method == http::Method::HEAD);
+        let bytes = (!bytes.is_empty() && !head).then_some(bytes);
+        let holding = bytes.is_some() && exchange.is_some();
+        if holding && let Some(x) = &exchange {
+            x.conn.holding();
+            crate::streams::note_holding();
+        }
         ResponseBody {
-            source: Source::Full((!bytes.is_empty() && !head).then_some(bytes)),
+            source: Source::Full(bytes, holding),
             exchange,
         }
     }
@@ -270,6 +280,12 @@ impl ResponseBody {
             && let Some(x) = &self.exchange
         {
             x.body.cut();
+        }
+        if let Source::Full(_, holding) = &mut self.source
+            && std::mem::take(holding)
+            && let Some(x) = &self.exchange
+        {
+            x.conn.let_go();
         }
         if let Source::Upstream { lease, holding, .. } = &mut self.source {
             if let Some(lease) = lease.take() {
@@ -363,10 +379,28 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         let mut polled = match &mut this.source {
-            Source::Full(bytes) => match bytes.take() {
-                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
-                None => Poll::Ready(None),
-            },
+            Source::Full(bytes, holding) => {
+                let conn = this.exchange.as_ref().map(|x| &x.conn);
+                if std::mem::take(holding)
+                    && let Some(conn) = conn
+                {
+                    conn.taken();
+                    crate::streams::note_taken();
+                }
+                match bytes.take() {
+                    Some(b) => {
+                        // Handed on: held until hyper asks for the end,
+                        // which it does once the client has room for it.
+                        if let Some(conn) = conn {
+                            *holding = true;
+                            conn.holding();
+                            crate::streams::note_holding();
+                        }
+                        Poll::Ready(Some(Ok(Frame::data(b))))
+                    }
+                    None => Poll::Ready(None),
+                }
+            }
             Source::Upstream {
                 inner,
                 idle,
@@ -456,7 +490,7 @@ impl Body for ResponseBody {
                 this.end(reason.as_str());
                 if matches!(this.source, Source::Upstream { grpc: true, .. }) {
                     // The backend's part is over: the client gets the status.
-                    this.source = Source::Full(None);
+                    this.source = Source::Full(None, false);
                     return Poll::Ready(Some(Ok(Frame::trailers(crate::errors::grpc_trailers(
                         reason, client,
                     )))));
@@ -470,14 +504,14 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.source {
-            Source::Full(bytes) => bytes.is_none(),
+            Source::Full(bytes, _) => bytes.is_none(),
             Source::Upstream { inner, .. } => inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.source {
-            Source::Full(bytes) => {
+            Source::Full(bytes, _) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
             Source::Upstream { inner, .. } => inner.size_hint(),

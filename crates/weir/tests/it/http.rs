@@ -4556,6 +4556,67 @@ fn a_stream_past_max_concurrent_streams_is_refused() {
     assert_eq!((refused, answered), (vec![5], vec![1, 3]));
 }
 
+/// An HTTP/2 client that gives no window (`SETTINGS_INITIAL_WINDOW_SIZE` 0)
+/// to one of weir's own answers (a 404) and then waits is disconnected after
+/// `timeouts.send`, as one that starves a backend's answer is: the answer
+/// held its request in flight, and the connection open, with no timer.
+#[test]
+fn an_own_answer_the_client_gives_no_window_does_not_hold_the_connection() {
+    let front = free_port();
+    let (_weir, _out) = start(
+        "h2-own-answer-zero-window",
+        &format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             timeouts = {{ idle = \"1s\", send = \"1s\" }}\n\
+             [[listeners.routes.http]]\nname = \"only\"\npool = \"p\"\n\
+             match = {{ path_prefix = \"/only\" }}\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"127.0.0.1:9\"\n"
+        ),
+    );
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let len = u32::try_from(payload.len()).expect("small");
+        let mut f = len.to_be_bytes()[1..].to_vec();
+        f.extend([kind, flags]);
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        f
+    };
+    let mut s = TcpStream::connect(front).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .expect("preface");
+    // SETTINGS_INITIAL_WINDOW_SIZE (4) = 0: no stream may be sent data.
+    s.write_all(&frame(4, 0, 0, &[0, 4, 0, 0, 0, 0]))
+        .expect("settings");
+    // GET /nothing (HPACK: GET, http, path literal, authority "app").
+    let mut get = vec![0x82, 0x86, 0x44, 8];
+    get.extend(b"/nothing");
+    get.extend([0x41, 3, b'a', b'p', b'p']);
+    s.write_all(&frame(1, 0x5, 1, &get)).expect("headers");
+    let began = Instant::now();
+    let mut buf = [0u8; 4096];
+    let mut answered = false;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            // weir's settings and the answer's head (no window is needed
+            // for them).
+            Ok(_) => answered = true,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the connection stayed open: {e}"),
+        }
+    }
+    assert!(answered);
+    assert!(
+        began.elapsed() < Duration::from_secs(15),
+        "closed after {:?}",
+        began.elapsed()
+    );
+}
+
 /// `request_headers` and `response_headers`, the route's then the matched
 /// rule's, change what nginx gets and what the client gets back, over
 /// HTTP/1.1 and h2c alike: removed, set over the client's or the
