@@ -586,8 +586,8 @@ impl On {
             return;
         }
         let reason = match outcome {
+            _ if conn.header_timeout.load(Relaxed) => Some(Reason::HeaderTimeout),
             Ok(()) => None,
-            Err(_) if conn.header_timeout.load(Relaxed) => Some(Reason::HeaderTimeout),
             // hyper answered these itself and closed: the connection is
             // counted refused, with its access-log line, as a slow header.
             Err(e) if e.is_parse_too_large() => {
@@ -718,7 +718,14 @@ where
     let mut drain = std::pin::pin!(listener.drain.cancelled());
     let mut retired = std::pin::pin!(slot.retired.cancelled());
     let mut kill = std::pin::pin!(listener.kill.cancelled());
-    let mut idle_timer = std::pin::pin!(tokio::time::sleep_until(state.idle_since() + idle));
+    // The first request's head must come within `request_header` of the
+    // connection's start, as an HTTP/1.1 one must (`HeaderDeadline`, which
+    // has set the flag by then): an HTTP/2 client that says nothing, or
+    // stalls inside its first HEADERS, is not held for `idle` and `send`.
+    let first_by = state.began + timeouts.request_header;
+    let mut idle_timer = std::pin::pin!(tokio::time::sleep_until(
+        (state.idle_since() + idle).min(first_by)
+    ));
     let mut watcher = weir_core::cancel::Watcher::new();
     let mut draining = false;
     // While requests are in flight the timer looks every `recheck` (for a
@@ -774,6 +781,10 @@ where
             }
             // The timer never sleeps past the stop.
             let until = |t: Instant| stop_at.map_or(t, |s| t.min(s));
+            if state.served() == 0 && first_by <= now {
+                state.header_timed_out();
+                return Poll::Ready(Ok(()));
+            }
             let idle_at = state.idle_since() + idle;
             if state.in_flight() == 0
                 && drained_at.is_some_and(|d| now.saturating_duration_since(d) >= timeouts.send)

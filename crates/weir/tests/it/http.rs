@@ -848,6 +848,47 @@ fn hostile_requests_are_refused() {
         assert!(Instant::now() < end, "the slow header was not counted");
         std::thread::sleep(Duration::from_millis(50));
     }
+
+    // HTTP/2 too: a client that says nothing after the preface, and one
+    // whose first HEADERS never ends (no END_HEADERS, no CONTINUATION), are
+    // cut after request_header, not held for `idle` and `send`.
+    let headers_unended = [0u8, 0, 3, 1, 0x1, 0, 0, 0, 1, 0x82, 0x86, 0x84];
+    for (n, after_preface) in [&[][..], &headers_unended[..]].into_iter().enumerate() {
+        let mut s = TcpStream::connect(front).expect("connect");
+        let began = Instant::now();
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .expect("preface");
+        s.write_all(after_preface).expect("write");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut rest = Vec::new();
+        if let Err(e) = s.read_to_end(&mut rest) {
+            assert!(
+                !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "the silent HTTP/2 client was not cut"
+            );
+        }
+        let took = began.elapsed();
+        assert!(
+            took >= Duration::from_millis(400) && took < Duration::from_millis(2500),
+            "{took:?}"
+        );
+        let end = Instant::now() + DEADLINE;
+        while metric(
+            admin,
+            "weir_listener_connections_rejected_total{listener=\"web\",reason=\"header_timeout\"}",
+        ) < 2.0 + n as f64
+        {
+            assert!(
+                Instant::now() < end,
+                "the silent HTTP/2 client was not counted"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// The rest of a message head after its first line, read up to the blank
