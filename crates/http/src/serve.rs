@@ -38,6 +38,15 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// where the default let whole answers wait (over 1 MiB each). Two full
 /// DATA frames; smaller cost more CPU per byte of a large download.
 const STREAM_SEND_BUFFER: usize = 32 << 10;
+/// What an HTTP/2 client may send of one request's body before weir reads
+/// it, and of all its requests' bodies together. A body weir does not read
+/// (the request waits in a queue, or for a connection, or its backend takes
+/// no more) holds its stream's share, not the connection's whole window:
+/// with the two equal (hyper's default, 1 MiB), one such upload stopped
+/// every other upload on the connection. The connection's is what one
+/// client connection can hold of weir's memory in unread uploads.
+const CLIENT_STREAM_WINDOW: u32 = 256 << 10;
+const CLIENT_CONN_WINDOW: u32 = 2 << 20;
 /// While a request is in flight, how often the idle timer looks again.
 const IDLE_RECHECK: Duration = Duration::from_secs(1);
 
@@ -507,6 +516,8 @@ impl On {
                 .timer(TokioTimer::new())
                 .max_header_list_size(max_header)
                 .max_concurrent_streams(max_streams)
+                .initial_stream_window_size(CLIENT_STREAM_WINDOW)
+                .initial_connection_window_size(CLIENT_CONN_WINDOW)
                 .max_send_buf_size(STREAM_SEND_BUFFER);
             // Responses that are ready together leave in one write.
             let hold = Arc::new(crate::gather::Hold::default());

@@ -4658,6 +4658,75 @@ fn an_own_answer_the_client_gives_no_window_does_not_hold_the_connection() {
     );
 }
 
+/// An upload the backend stops taking holds its stream's window of the
+/// client's HTTP/2 connection, not the whole connection's: another request
+/// on the same connection still sends its body and is answered (it waited
+/// for `request_body` and got 408 when one stream could take every byte of
+/// the connection's window).
+#[test]
+fn an_upload_the_backend_stops_taking_does_not_stall_the_connections_others() {
+    // A backend that reads the request head and then nothing.
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let stuck = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut head = [0u8; 1024];
+            let _ = s.read(&mut head);
+            held.push(s);
+        }
+    });
+    let echo = raw_backend(None, Duration::ZERO);
+    let front = free_port();
+    let (_weir, _out) = start(
+        "h2-upload-window",
+        &format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             timeouts = {{ request_body = \"10s\" }}\n\
+             [[listeners.routes.http]]\nname = \"hold\"\npool = \"stuck\"\n\
+             match = {{ path_prefix = \"/hold\" }}\n\
+             [[listeners.routes.http]]\nname = \"echo\"\npool = \"echo\"\n\
+             [[pools]]\nname = \"stuck\"\n[[pools.backends]]\naddress = \"{stuck}\"\n\
+             [[pools]]\nname = \"echo\"\n[[pools.backends]]\naddress = \"{}\"\n",
+            echo.addr
+        ),
+    );
+    let rt = client_runtime();
+    rt.block_on(async {
+        let (send, _conn) = h2_to(front, 16 << 20, 16 << 20).await;
+        let mut held = send.clone().ready().await.expect("ready");
+        let req = http::Request::post("http://app/hold")
+            .body(())
+            .expect("request");
+        let (_held_answer, mut upload) = held.send_request(req, false).expect("send");
+        // Far more than the backend's socket buffers take: what is left
+        // waits in weir's stream, then at the client.
+        upload.reserve_capacity(64 << 20);
+        upload
+            .send_data(bytes::Bytes::from(vec![b'x'; 64 << 20]), false)
+            .expect("data");
+        // Time for the stuck upload to fill whatever room weir gives it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut other = send.clone().ready().await.expect("ready");
+        let req = http::Request::post("http://app/echo")
+            .body(())
+            .expect("request");
+        let (answer, mut body) = other.send_request(req, false).expect("send");
+        body.send_data(bytes::Bytes::from(vec![b'y'; 1024]), true)
+            .expect("data");
+        // Well before the stuck upload's `request_body` (10 s) would let
+        // go of what it holds.
+        let answer = tokio::time::timeout(Duration::from_secs(3), answer)
+            .await
+            .expect("answered while the other upload is stuck")
+            .expect("an answer");
+        assert_eq!(answer.status(), 200);
+    });
+}
+
 /// `request_headers` and `response_headers`, the route's then the matched
 /// rule's, change what nginx gets and what the client gets back, over
 /// HTTP/1.1 and h2c alike: removed, set over the client's or the
