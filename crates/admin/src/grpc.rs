@@ -427,7 +427,10 @@ impl AdminApi for ControlService {
                 shadowed: r.shadowed,
             })),
             Err(
-                e @ (ReloadError::Config(_) | ReloadError::Start(_) | ReloadError::Unguarded(_)),
+                e @ (ReloadError::Config(_)
+                | ReloadError::Start(_)
+                | ReloadError::Unguarded(_)
+                | ReloadError::AdminAddress { .. }),
             ) => Err(Status::failed_precondition(format!(
                 "reload failed; the running config is unchanged:\n{e}"
             ))),

@@ -694,6 +694,24 @@ fn other_integer_ranges() {
         "pools[0].backends[0].tier",
         "-1 is out of range; must be at least 0",
     );
+    // A typo, not a plan: tokio would panic at the system's thread limit.
+    assert_one(
+        &format!("[runtime]\nworker_threads = 100000\n{OK_LISTENER}{OK_POOL}"),
+        "runtime.worker_threads",
+        "100000 is out of range 0..=1024",
+    );
+}
+
+/// An IPv4-mapped bind cannot be bound by an IPv6-only socket (EINVAL at
+/// start) and would escape the overlap check: refused with the IPv4 form.
+#[test]
+fn an_ipv4_mapped_bind_is_refused() {
+    let text = OK_LISTENER.replace("127.0.0.1:7000", "[::ffff:127.0.0.1]:7000");
+    assert_one(
+        &format!("{text}{OK_POOL}"),
+        "listeners[0].bind[0]",
+        "\"[::ffff:127.0.0.1]:7000\" is an IPv4-mapped address; write it as 127.0.0.1:7000",
+    );
 }
 
 #[test]
@@ -2483,6 +2501,11 @@ fn policies_are_checked_with_their_key_paths() {
             "an empty entry would block every client",
         ),
         (
+            "block_user_agent = []",
+            "block_user_agent",
+            "an empty list blocks nothing",
+        ),
+        (
             "require_header = \"Host\"",
             "require_header",
             "every request carries a host",
@@ -2872,6 +2895,41 @@ fn forward_auth_never_asks_for_nor_copies_framing_headers() {
             &format!("{name:?} is weir's to set"),
         );
     }
+}
+
+/// An `auth.url` whose target the HTTP library would refuse fails the load
+/// (every call would fail, and with `failure = "allow"` let every request
+/// through); `allowed_ttl`/`denied_ttl` of zero keep no decision.
+#[test]
+fn forward_auth_urls_are_targets_and_ttls_may_be_zero() {
+    let with = |extra: &str| {
+        l7(
+            &format!("auth = {{ url = \"http://127.0.0.1:9100/check\"{extra} }}\n{RULE}"),
+            "",
+        )
+    };
+    for url in [
+        "http://127.0.0.1:9100/check?rd=<x>",
+        "http://127.0.0.1:9100/a`b",
+        "http://127.0.0.1:9100/a#b",
+    ] {
+        assert_one(
+            &l7(&format!("auth = {{ url = \"{url}\" }}\n{RULE}"), ""),
+            "listeners[0].routes[0].auth.url",
+            &format!("{url:?} is not an http:// URL"),
+        );
+    }
+    let ttls = |text: &str| {
+        let cfg = load(text).unwrap_or_else(|e| panic!("{e}"));
+        let weir_config::RouteMode::L7(http) = &cfg.listeners[0].routes[0].mode else {
+            panic!("an l7 route");
+        };
+        http.auth.as_ref().map(|a| (a.allowed_ttl, a.denied_ttl))
+    };
+    assert_eq!(
+        ttls(&with(", allowed_ttl = \"30s\", denied_ttl = \"0s\"")),
+        Some((Duration::from_secs(30), Duration::ZERO))
+    );
 }
 
 #[test]

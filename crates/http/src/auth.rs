@@ -436,6 +436,9 @@ impl Gate {
             Verdict::Deny(_) => self.cfg.denied_ttl,
             Verdict::Unavailable | Verdict::Busy => return,
         };
+        if ttl.is_zero() {
+            return;
+        }
         let size = held_bytes(v);
         if size > MAX_CACHED_BYTES {
             return;

@@ -77,7 +77,12 @@ impl Checker {
             AuthFailure::Deny,
             &[("deny", AuthFailure::Deny), ("allow", AuthFailure::Allow)],
         );
+        // Zero is allowed here: decisions of that kind are not cached (an
+        // allow cached, a refusal asked again every time).
         let ttl = |cx: &mut Checker, key: &str, v: Option<&String>, d| {
+            if v.is_some_and(|v| humantime::parse_duration(v).is_ok_and(|d| d.is_zero())) {
+                return std::time::Duration::ZERO;
+            }
             cx.timeout_opt(&format!("{path}.{key}"), v.map(String::as_str))
                 .unwrap_or(d)
         };
@@ -142,7 +147,11 @@ pub(super) fn split_url(url: &str) -> Option<(String, u16, String)> {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    if path.bytes().any(|b| !b.is_ascii_graphic()) {
+    // What the request is sent with must be a target the HTTP library
+    // takes (`<`, `>`, a backtick are not), or every call would fail.
+    if path.bytes().any(|b| !b.is_ascii_graphic() || b == b'#')
+        || path.parse::<http::uri::PathAndQuery>().is_err()
+    {
         return None;
     }
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {

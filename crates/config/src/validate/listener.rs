@@ -268,6 +268,22 @@ impl Checker {
     }
 }
 
+/// The key of a TCP listener's bind that would meet `addr` (an address the
+/// running process holds and a reload does not move, such as the admin
+/// endpoints' until a restart), if one would.
+pub fn bind_meeting(addr: SocketAddr, listeners: &[Listener]) -> Option<String> {
+    listeners.iter().enumerate().find_map(|(l, listener)| {
+        if listener.protocol != Protocol::Tcp {
+            return None;
+        }
+        listener
+            .bind
+            .iter()
+            .position(|&b| b.port() != 0 && overlaps(b, addr))
+            .map(|b| format!("listeners[{l}].bind[{b}]"))
+    })
+}
+
 fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port()
         && a.is_ipv4() == b.is_ipv4()

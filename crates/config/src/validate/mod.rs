@@ -14,6 +14,7 @@ mod header_rules;
 mod health;
 mod http;
 mod listener;
+pub use listener::bind_meeting;
 mod log;
 mod otlp;
 mod policy;
@@ -140,16 +141,30 @@ impl Checker {
     /// A listen address: an IP literal and a port, never a host name (what a
     /// name resolves to can change under a running listener).
     fn bind_addr(&mut self, path: &str, s: &str) -> SocketAddr {
-        s.parse().unwrap_or_else(|_| {
-            self.push(
-                path,
-                format!(
-                    "{s:?} is not a socket address; write IP:port, \
-                     e.g. \"127.0.0.1:5433\" or \"[::1]:5433\""
-                ),
-            );
-            PLACEHOLDER_ADDR
-        })
+        match s.parse::<SocketAddr>() {
+            // IPv6 sockets are IPv6-only: the kernel refuses to bind one to
+            // an IPv4-mapped address (EINVAL at start), and written so it
+            // would escape the overlap check against the IPv4 one.
+            Ok(SocketAddr::V6(v6)) if v6.ip().to_ipv4_mapped().is_some() => {
+                let v4 = SocketAddr::new(v6.ip().to_canonical(), v6.port());
+                self.push(
+                    path,
+                    format!("{s:?} is an IPv4-mapped address; write it as {v4}"),
+                );
+                PLACEHOLDER_ADDR
+            }
+            Ok(addr) => addr,
+            Err(_) => {
+                self.push(
+                    path,
+                    format!(
+                        "{s:?} is not a socket address; write IP:port, \
+                         e.g. \"127.0.0.1:5433\" or \"[::1]:5433\""
+                    ),
+                );
+                PLACEHOLDER_ADDR
+            }
+        }
     }
 
     /// A list of CIDRs or IPs at `path`; a problem per entry that is neither.

@@ -68,6 +68,15 @@ impl Checker {
             );
         }
         let check = if kinds[0] {
+            if p.block_user_agent.as_ref().is_some_and(Vec::is_empty)
+                && p.block_user_agent_regex.is_none()
+            {
+                // Like `deny = {}`: a policy that could never refuse anyone.
+                self.push(
+                    format!("{path}.block_user_agent"),
+                    "an empty list blocks nothing; name at least one user agent",
+                );
+            }
             for (i, ua) in p.block_user_agent.iter().flatten().enumerate() {
                 if ua.trim().is_empty() {
                     // Contained in every user agent: it would refuse them all.

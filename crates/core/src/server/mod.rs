@@ -132,6 +132,14 @@ pub enum ReloadError {
          a reload cannot leave it without a token (set insecure = true and restart to opt out)"
     )]
     Unguarded(std::net::SocketAddr),
+    /// A listener of the new config would bind where a running admin
+    /// endpoint is (its address changes only at a restart): the kernel
+    /// would split their connections.
+    #[error("{path}: {addr} is bound by the running admin endpoint until a restart")]
+    AdminAddress {
+        path: String,
+        addr: std::net::SocketAddr,
+    },
 }
 
 /// Why an operator action was refused.

@@ -67,6 +67,15 @@ impl Server {
         {
             return Err(self.reload_failed(ReloadError::Unguarded(addr)));
         }
+        // Nor may a listener take their addresses: both sockets would bind
+        // (SO_REUSEPORT) and the kernel split the connections between them.
+        if let Some((path, addr)) = [started.http, started.grpc]
+            .into_iter()
+            .flatten()
+            .find_map(|a| weir_config::bind_meeting(a, &config.listeners).map(|p| (p, a)))
+        {
+            return Err(self.reload_failed(ReloadError::AdminAddress { path, addr }));
+        }
         let old = self.current.load_full();
         let mut diff = weir_config::diff(&old.source, &config);
         // Against the start, not the last reload: a setting read only at

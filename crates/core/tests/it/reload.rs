@@ -544,6 +544,51 @@ async fn a_reload_cannot_leave_a_bound_admin_endpoint_without_a_token() {
     assert_eq!(reloaded.diff.need_restart, ["admin"]);
 }
 
+/// A reload that moves the admin endpoint (at the next start) cannot put a
+/// listener on the address it still holds: both would bind, and the kernel
+/// would split connections between the status page and the listener.
+#[tokio::test]
+async fn a_reload_cannot_bind_a_listener_where_the_admin_endpoint_runs() {
+    let dir = Scratch::new("reload-admin-address");
+    let file = dir.join("weir.toml");
+    let a = echo_backend().await;
+    let rest = |bind: &str| {
+        format!(
+            "{}{}{}",
+            listener("l", bind, ""),
+            pool("long", &[("a", a, 1)]),
+            pool("l-pool", &[("a", a, 1)])
+        )
+    };
+    // Core does not bind the admin endpoints: only the addresses count.
+    std::fs::write(
+        &file,
+        format!(
+            "[admin]\nhttp = \"127.0.0.1:19901\"\n{}",
+            rest("127.0.0.1:0")
+        ),
+    )
+    .expect("write");
+    let server = start_file(&file).await;
+    for taken in ["127.0.0.1:19901", "0.0.0.0:19901"] {
+        std::fs::write(
+            &file,
+            format!("[admin]\nhttp = \"127.0.0.1:19902\"\n{}", rest(taken)),
+        )
+        .expect("write");
+        let err = within("reload", server.reload())
+            .await
+            .expect_err("the admin's address");
+        assert!(matches!(err, ReloadError::AdminAddress { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("listeners[0].bind[0]: 127.0.0.1:19901 is bound by the running admin"),
+            "{err}"
+        );
+        assert_eq!(server.generation(), 1);
+    }
+}
+
 /// A server, and a reload of it held in its first probe round (a new
 /// pool whose HTTP check gets no answer for its 2 s timeout): the reload
 /// holds the turn of changes until then.

@@ -778,6 +778,14 @@ fn hostile_requests_are_refused() {
     );
     let r = raw_exchange(front, big.as_bytes());
     assert!(r.starts_with("HTTP/1.1 431"), "{r}");
+    // More than 100 fields, however small (hyper's limit, HAProxy's 101).
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..100 {
+        many.push_str(&format!("X-{i}: 1\r\n"));
+    }
+    many.push_str("\r\n");
+    let r = raw_exchange(front, many.as_bytes());
+    assert!(r.starts_with("HTTP/1.1 431"), "{r}");
     // What hyper refused before weir saw a request is counted as refused
     // connections: the header too large, and the five malformed heads above
     // that hyper's parser refuses (the others are weir's own answers).
@@ -789,7 +797,7 @@ fn hostile_requests_are_refused() {
             ),
         )
     };
-    assert_eq!(rejected("header_too_large"), 1.0);
+    assert_eq!(rejected("header_too_large"), 2.0);
     assert!(
         rejected("bad_request") >= 5.0,
         "{}",
@@ -4725,6 +4733,36 @@ fn an_upload_the_backend_stops_taking_does_not_stall_the_connections_others() {
             .expect("an answer");
         assert_eq!(answer.status(), 200);
     });
+}
+
+/// A backend's HTTP/1.1 answer with more than 100 header fields is one weir
+/// cannot read: the client gets 502, an answer of 100 comes through.
+#[test]
+fn a_backend_answer_past_100_fields_is_a_502() {
+    let (backend, _) = by_path_backend(|line| {
+        let n = if line.contains("/many") { 101 } else { 98 };
+        let mut r = String::from("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n");
+        for i in 0..n {
+            r.push_str(&format!("X-{i}: 1\r\n"));
+        }
+        r.push_str("\r\nok");
+        r.into_bytes()
+    });
+    let front = free_port();
+    let (_weir, _out) = start(
+        "many-fields",
+        &format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
+        ),
+    );
+    let (status, body, _) = curl(&[], &format!("http://{front}/few"));
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    let (status, _, _) = curl(&[], &format!("http://{front}/many"));
+    assert_eq!(status, 502);
 }
 
 /// `request_headers` and `response_headers`, the route's then the matched
