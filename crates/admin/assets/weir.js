@@ -12,6 +12,9 @@ const REFRESH_MS = 5000;
 // (a browser holds at most six connections to one host: with that many
 // tabs following events, a read would otherwise wait for good).
 const FETCH_MS = 8000;
+// How long a refused event stream waits before it is asked for again (weir
+// says Retry-After: 5; the page asks a little sooner, it is one request).
+const FOLLOW_AGAIN_MS = 3000;
 const EVENTS_SHOWN = 50;
 
 const state = {
@@ -336,7 +339,15 @@ function follow() {
   const source = new EventSource(API + "/events");
   state.source = source;
   source.onopen = () => { live.textContent = "live"; live.className = "badge good"; refreshSoon(); };
-  source.onerror = () => { live.textContent = "reconnecting"; live.className = "badge warn"; };
+  source.onerror = () => {
+    live.textContent = "reconnecting"; live.className = "badge warn";
+    // An answer that is no stream (503 while weir starts, or with too many
+    // streams open) closes an EventSource for good: follow again later.
+    if (source.readyState === EventSource.CLOSED && state.source === source) {
+      state.source = null;
+      setTimeout(() => { if (!document.hidden && !state.source) follow(); }, FOLLOW_AGAIN_MS);
+    }
+  };
   for (const kind of ["backend", "tier", "reload", "firewall"]) {
     source.addEventListener(kind, (msg) => {
       let e;

@@ -418,6 +418,31 @@ def browser(admin, token, port_a, port_b, screenshot):
             wait_for(lambda: streams() == 2, "the page shown again follows the events")
             out["hidden_tab_lets_go"] = True
             check(not errors, f"errors in the page: {errors}")
+            phone.close()
+            page.close()
+            wait_for(lambda: streams() == 0, "closed pages let go of their streams")
+
+            # A page refused its event stream (503: this client holds as many
+            # as it may) follows again once there is room: an EventSource
+            # gives up for good after an answer that is no stream.
+            held = []
+            while len(held) < 1000:
+                s = socket.create_connection(tuple(admin.rsplit(":", 1)), timeout=TIMEOUT)
+                s.sendall(f"GET /api/v1/events HTTP/1.1\r\nHost: {admin}\r\n\r\n".encode())
+                status = s.recv(64)
+                if status.startswith(b"HTTP/1.1 200"):
+                    held.append(s)
+                    continue
+                check(status.startswith(b"HTTP/1.1 503"), f"a stream past the limit: {status!r}")
+                s.close()
+                break
+            late = chromium.new_page()
+            late.goto(url, timeout=TIMEOUT * 1000)
+            expect(late.locator("#live")).to_have_text("reconnecting", timeout=TIMEOUT * 1000)
+            for s in held:
+                s.close()
+            expect(late.locator("#live")).to_have_text("live", timeout=TIMEOUT * 1000)
+            out["refused_stream_followed_again"] = True
         finally:
             chromium.close()
     print(json.dumps(out))

@@ -116,6 +116,7 @@ fn the_status_page_follows_backends_live_and_changes_need_the_token() {
         "saw_up_again",
         "drained_with_token",
         "hidden_tab_lets_go",
+        "refused_stream_followed_again",
     ] {
         assert_eq!(report[step], true, "{report}");
     }
