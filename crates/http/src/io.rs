@@ -392,7 +392,7 @@ mod tests {
         HeaderDeadline<tokio::io::DuplexStream>,
         tokio::io::DuplexStream,
     ) {
-        let state = Arc::new(ConnState::new());
+        let state = Arc::new(ConnState::new(tokio::time::Instant::now()));
         if carried_body {
             state.carried_body();
         }

@@ -700,7 +700,7 @@ async fn forward(
             body: &x.body,
         };
         let outcome = send(&mut lease, request, &wait).await;
-        let again = |request, failed| {
+        let again = |request, retire| {
             Box::pin(retry_fresh(
                 conns,
                 &target.dialer,
@@ -709,7 +709,7 @@ async fn forward(
                     from: Instant::now(),
                     ..wait
                 },
-                failed,
+                (&lease, retire),
             ))
         };
         // Counted as the replay goes (`REPLAY_REASONS`).
@@ -719,12 +719,12 @@ async fn forward(
             // connection as the request went out. Once, on a new one.
             Err(Sent::Not(request)) if lease.reused => {
                 replayed(Replay::Closed);
-                again(request, Some(&lease)).await
+                again(request, true).await
             }
             Err(Sent::Failed) if race => match &copy {
                 Some(request) => {
                     replayed(Replay::Closed);
-                    again(copy_bodiless(request), Some(&lease)).await
+                    again(copy_bodiless(request), true).await
                 }
                 None => Err(Sent::Failed),
             },
@@ -741,7 +741,7 @@ async fn forward(
                     } else {
                         Replay::GoAway
                     });
-                    again(copy_bodiless(request), (!certain).then_some(&lease)).await
+                    again(copy_bodiless(request), !certain).await
                 }
                 None => Err(Sent::Unprocessed { certain }),
             },
@@ -1009,17 +1009,23 @@ fn unprocessed(e: &hyper::Error) -> Option<bool> {
     (h2.reason() == Some(h2::Reason::REFUSED_STREAM)).then_some(true)
 }
 
-/// Sends `req` again to the same backend: on a new connection in place of
-/// `failed`, or, without one, on any (a shared HTTP/2 connection with room
-/// is taken).
+/// Sends `req` again to the same backend, on another connection than
+/// `failed`'s: a new one in its place when `retire` (it closed, or sent a
+/// GOAWAY), else any other (it refused a stream and goes on serving).
 async fn retry_fresh(
     conns: &Arc<crate::upstream::Conns>,
     dialer: &crate::upstream::Dialer,
     req: Box<Request<RequestBody>>,
     wait: Wait<'_>,
-    failed: Option<&Lease>,
+    (failed, retire): (&Lease, bool),
 ) -> Result<(Response<Incoming>, Lease), Sent> {
-    let fresh = Box::pin(conns.fresh(dialer, failed));
+    let fresh = Box::pin(async {
+        if retire {
+            conns.fresh(dialer, Some(failed)).await
+        } else {
+            conns.other_h2(dialer, failed).await
+        }
+    });
     let connected = match wait.until {
         Some(u) => match tokio::time::timeout_at(u, fresh).await {
             Ok(c) => c,

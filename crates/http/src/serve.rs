@@ -123,10 +123,12 @@ impl std::fmt::Debug for After {
 }
 
 impl ConnState {
-    pub(crate) fn new() -> ConnState {
+    /// The state of a connection accepted at `began` (its idle time, and
+    /// the first request's deadline, count from then).
+    pub(crate) fn new(began: Instant) -> ConnState {
         ConnState {
             in_flight: AtomicUsize::new(0),
-            began: Instant::now(),
+            began,
             last_end: AtomicU64::new(0),
             header_timeout: AtomicBool::new(false),
             served: AtomicU64::new(0),
@@ -494,7 +496,7 @@ impl On {
         let max_header = state.max_header_bytes;
         let max_streams = state.max_concurrent_streams;
         drop(state);
-        let conn = Arc::new(ConnState::new());
+        let conn = Arc::new(ConnState::new(accepted_at));
         let cx = Arc::new(Cx {
             slot: Arc::clone(&slot),
             listener: Arc::clone(&listener),

@@ -52,6 +52,9 @@ const READY_WAIT: Duration = Duration::from_millis(100);
 /// Requests one HTTP/2 backend connection carries at once; past that,
 /// another is opened (most servers allow 100 or more streams).
 const H2_STREAMS: usize = 100;
+/// Streams a shared HTTP/2 connection may refuse before no request is sent
+/// on it any more (see `Conns::other_h2`).
+const H2_REFUSALS: u32 = 4;
 /// The window of one request's response on an HTTP/2 backend connection:
 /// what a response its client does not read holds in weir's memory (a
 /// client's 256 streams: 64 MiB until `timeouts.send`), and what one
@@ -131,6 +134,8 @@ struct H2Conn {
     allowed: Arc<AtomicUsize>,
     /// When a request last took it.
     used: Instant,
+    /// Streams it refused (`REFUSED_STREAM`): see [`Conns::other_h2`].
+    refused: u32,
 }
 
 impl H2Conn {
@@ -265,7 +270,9 @@ impl Conns {
                     return Ok(self.lease(Sender::H1(sender), true, rested));
                 }
             }
-            HttpProtocol::H2 | HttpProtocol::H2c => return self.shared_h2(dialer, None).await,
+            HttpProtocol::H2 | HttpProtocol::H2c => {
+                return self.shared_h2(dialer, None, None).await;
+            }
         }
         // Boxed, as opening (TCP, TLS, the handshake) is the rare path and
         // by far the largest state: unboxed, every request's future would
@@ -292,6 +299,7 @@ impl Conns {
         self: &Arc<Self>,
         dialer: &Dialer,
         not: Option<u64>,
+        avoid: Option<u64>,
     ) -> Result<Lease, Unopened> {
         let failures = self.h2_failures.load(Relaxed);
         loop {
@@ -299,7 +307,7 @@ impl Conns {
             shared.retain(|c| !c.sender.is_closed() && Some(c.number) != not);
             if let Some(conn) = shared
                 .iter_mut()
-                .find(|c| c.streams.load(Relaxed) < c.room())
+                .find(|c| c.streams.load(Relaxed) < c.room() && Some(c.number) != avoid)
             {
                 return Ok(self.take_h2(conn));
             }
@@ -364,8 +372,7 @@ impl Conns {
     /// keep-alive race, a GOAWAY). For HTTP/2, a new shared one, unless
     /// another request opened one since `failed` was taken: the requests
     /// a GOAWAY sends back then share one new connection, rather than each
-    /// opening its own in turn. Without `failed` (a refused stream, whose
-    /// connection still serves) any shared connection with room is taken.
+    /// opening its own in turn.
     pub(crate) async fn fresh(
         self: &Arc<Self>,
         dialer: &Dialer,
@@ -387,8 +394,38 @@ impl Conns {
                 Ok(self.lease(Sender::H1(sender), false, Duration::ZERO))
             }
             HttpProtocol::H2 | HttpProtocol::H2c => {
-                self.shared_h2(dialer, failed.map(|l| l.h2_number)).await
+                self.shared_h2(dialer, failed.map(|l| l.h2_number), None)
+                    .await
             }
+        }
+    }
+
+    /// Another shared HTTP/2 connection than `refused`'s, which refused a
+    /// stream: one with room, else a new one. The refusing one goes on
+    /// serving (a refusal at its stream limit costs no new connection),
+    /// until it has refused [`H2_REFUSALS`] streams: a backend whose count
+    /// of a connection's streams differs from weir's refuses every new one
+    /// there, and serves on another.
+    pub(crate) async fn other_h2(
+        self: &Arc<Self>,
+        dialer: &Dialer,
+        refused: &Lease,
+    ) -> Result<Lease, Unopened> {
+        let number = refused.h2_number;
+        let retire = {
+            let mut shared = self.h2.lock().await;
+            shared
+                .iter_mut()
+                .find(|c| c.number == number)
+                .is_some_and(|c| {
+                    c.refused += 1;
+                    c.refused >= H2_REFUSALS
+                })
+        };
+        if retire {
+            self.shared_h2(dialer, Some(number), None).await
+        } else {
+            self.shared_h2(dialer, None, Some(number)).await
         }
     }
 
@@ -491,6 +528,7 @@ impl Conns {
             streams,
             allowed,
             used: crate::clock::now(),
+            refused: 0,
         });
         let mut lease = self.lease(Sender::H2(sender, stream), false, Duration::ZERO);
         lease.h2_number = number;

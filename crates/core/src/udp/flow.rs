@@ -140,9 +140,23 @@ pub(super) struct Table {
     scratch: Vec<u8>,
     /// Where flows' tasks say they ended.
     ended: mpsc::UnboundedReceiver<Ended>,
+    /// The firewall's generation as the batch of datagrams being handled
+    /// began, read before its listener was: see [`Table::batch`].
+    generation: u64,
 }
 
 impl Table {
+    /// The listener for a batch of datagrams, with the firewall's generation
+    /// read before it: a reload stores its listener, then moves the
+    /// generation, so a batch that saw the new generation sees the new
+    /// lists, and one that did not looks again at the next batch. (Read
+    /// per datagram, a change landing mid-batch would be marked seen while
+    /// the batch still checked the old lists.)
+    pub(super) fn batch(&mut self, slot: &arc_swap::ArcSwap<Listener>) -> Arc<Listener> {
+        self.generation = slot.load().firewall.runtime().deny_generation();
+        slot.load_full()
+    }
+
     pub(super) fn new(endpoint: Arc<Endpoint>, tracker: TaskTracker) -> Table {
         let (tx, ended) = mpsc::unbounded_channel();
         Table {
@@ -152,6 +166,7 @@ impl Table {
                 ended: tx,
             },
             flows: HashMap::new(),
+            generation: 0,
             scratch: Vec::new(),
             ended,
         }
@@ -199,7 +214,7 @@ impl Table {
         let Some(flow) = live_flow(
             &mut self.flows,
             &self.opener,
-            listener,
+            (listener, self.generation),
             (peer, client, dst_ip),
             1,
         ) else {
@@ -279,7 +294,7 @@ impl Table {
         let Some(flow) = live_flow(
             &mut self.flows,
             &self.opener,
-            listener,
+            (listener, self.generation),
             (peer, peer, dst_ip),
             segments,
         ) else {
@@ -327,9 +342,8 @@ impl Opener {
     fn open(
         &self,
         listener: &Arc<Listener>,
-        peer: SocketAddr,
-        client: SocketAddr,
-        dst_ip: Option<IpAddr>,
+        checked: u64,
+        (peer, client, dst_ip): Key,
         datagrams: u64,
     ) -> Result<Flow, Drop> {
         let stats = &listener.stats.udp;
@@ -342,9 +356,8 @@ impl Opener {
             stats.flows_active.fetch_sub(1, Relaxed);
             return Err(Drop::MaxFlows);
         }
-        // Read before the check: a deny added in between is looked at again
-        // at the flow's next datagram.
-        let checked = listener.firewall.runtime().deny_generation();
+        // `checked` was read before the listener was: a change in between
+        // is looked at again at the flow's next datagram.
         let slot = match listener.firewall.admit(client.ip()) {
             Ok(slot) => slot,
             Err(block) => {
@@ -474,7 +487,7 @@ impl Opener {
 fn live_flow<'t>(
     flows: &'t mut HashMap<Key, Flow>,
     opener: &Opener,
-    listener: &Arc<Listener>,
+    (listener, generation): (&Arc<Listener>, u64),
     key: Key,
     count: u64,
 ) -> Option<&'t mut Flow> {
@@ -483,17 +496,16 @@ fn live_flow<'t>(
     // removed, or a reload's lists that refuse its source end it at its
     // source's next datagram: one load per datagram, the lookup only after
     // such a change.
-    if let Some(f) = flows.get_mut(&key) {
-        let now = listener.firewall.runtime().deny_generation();
-        if f.checked != now {
-            f.checked = now;
-            if let Some(block) = listener.firewall.listed(client.ip()) {
-                f.shared.banned.cancel();
-                flows.remove(&key);
-                listener.stats.blocked_many(block, count);
-                listener.stats.udp.drop_many(Drop::Firewall, count);
-                return None;
-            }
+    if let Some(f) = flows.get_mut(&key)
+        && f.checked != generation
+    {
+        f.checked = generation;
+        if let Some(block) = listener.firewall.listed(client.ip()) {
+            f.shared.banned.cancel();
+            flows.remove(&key);
+            listener.stats.blocked_many(block, count);
+            listener.stats.udp.drop_many(Drop::Firewall, count);
+            return None;
         }
     }
     // Counted in the word that says whether the flow ended: either these
@@ -504,7 +516,7 @@ fn live_flow<'t>(
         .get(&key)
         .is_some_and(|f| f.shared.requests.fetch_add(count, SeqCst) & ENDED == 0);
     if !live {
-        match opener.open(listener, peer, client, dst_ip, count) {
+        match opener.open(listener, generation, (peer, client, dst_ip), count) {
             Ok(flow) => {
                 flow.shared.requests.fetch_add(count, SeqCst);
                 flows.insert(key, flow);
@@ -744,8 +756,7 @@ impl Task {
         let _backend_active = ActiveGuard::adopt(&b.stats.connections_active);
         let evict = Arc::clone(&self.evict);
         let idle = self.listener.idle_timeout;
-        let full_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
-        let mut idle_ms = full_ms;
+        let mut idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
         let limit = self.listener.udp.and_then(|u| u.responses);
         let mut replies = 0u64;
         let mut draining = false;
@@ -785,9 +796,9 @@ impl Task {
                 () = timer.as_mut() => {
                     let quiet = now_ms().saturating_sub(self.shared.last.load(Relaxed));
                     if quiet >= idle_ms {
-                        // Ended by the shutdown's shorter wait, not by
-                        // the listener's own `idle_timeout`.
-                        break if idle_ms < full_ms {
+                        // Ended by the shutdown's wait, not by the
+                        // listener's own `idle_timeout`.
+                        break if draining {
                             Reason::Shutdown
                         } else {
                             Reason::IdleTimeout

@@ -148,7 +148,7 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let listener = slot.load();
+        let listener = table.batch(&slot);
         for (buf, m) in bufs.iter().zip(&meta).take(n) {
             let data = buf.get(..m.len).unwrap_or_default();
             if m.stride == 0 || m.stride >= m.len {

@@ -5496,72 +5496,88 @@ fn h2c_answering(status: u16, body: &'static str, ended: bool) -> (SocketAddr, A
 }
 
 /// An HTTP/2 backend that refuses a stream (`REFUSED_STREAM`: not
-/// processed, RFC 9113 §8.7) has the request again, on the same connection,
-/// which still serves: one refusal does not cost a new connection.
+/// processed, RFC 9113 §8.7) has the request again on another connection,
+/// and the refusing one goes on serving: a refusal or two (a stream limit
+/// met) cost no connection. One that refuses every stream is left after
+/// four refusals, the backend served on another.
 #[test]
-fn a_refused_stream_goes_again_on_the_connection_that_refused_it() {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.set_nonblocking(true).expect("nonblocking");
-    let backend = l.local_addr().expect("addr");
-    let conns = Arc::new(AtomicUsize::new(0));
-    let refused = Arc::new(AtomicUsize::new(0));
-    let (c, r) = (Arc::clone(&conns), Arc::clone(&refused));
-    std::thread::spawn(move || {
-        client_runtime().block_on(async move {
-            let l = tokio::net::TcpListener::from_std(l).expect("listener");
-            while let Ok((tcp, _)) = l.accept().await {
-                c.fetch_add(1, SeqCst);
-                let r = Arc::clone(&r);
-                tokio::spawn(async move {
-                    let Ok(mut conn) = h2::server::handshake(tcp).await else {
-                        return;
-                    };
-                    // Every other stream is refused, the others answered.
-                    let mut n = 0;
-                    while let Some(Ok((_, mut respond))) = conn.accept().await {
-                        n += 1;
-                        if n % 2 == 1 {
-                            r.fetch_add(1, SeqCst);
-                            respond.send_reset(h2::Reason::REFUSED_STREAM);
-                            continue;
+fn a_refused_stream_goes_again_and_its_connection_serves_on() {
+    for (refusing, refused_then, served_first) in [(2, 2.0, true), (usize::MAX, 4.0, false)] {
+        // The first connection refuses its first `refusing` streams; any
+        // other connection serves every stream.
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.set_nonblocking(true).expect("nonblocking");
+        let backend = l.local_addr().expect("addr");
+        let conns = Arc::new(AtomicUsize::new(0));
+        let first_served = Arc::new(AtomicUsize::new(0));
+        let (c, f) = (Arc::clone(&conns), Arc::clone(&first_served));
+        std::thread::spawn(move || {
+            client_runtime().block_on(async move {
+                let l = tokio::net::TcpListener::from_std(l).expect("listener");
+                while let Ok((tcp, _)) = l.accept().await {
+                    let first = c.fetch_add(1, SeqCst) == 0;
+                    let f = Arc::clone(&f);
+                    tokio::spawn(async move {
+                        let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                            return;
+                        };
+                        let mut n = 0;
+                        while let Some(Ok((_, mut respond))) = conn.accept().await {
+                            n += 1;
+                            if first && n <= refusing {
+                                respond.send_reset(h2::Reason::REFUSED_STREAM);
+                                continue;
+                            }
+                            if first {
+                                f.fetch_add(1, SeqCst);
+                            }
+                            let answer = http::Response::builder()
+                                .status(200)
+                                .body(())
+                                .expect("response");
+                            if let Ok(mut send) = respond.send_response(answer, false) {
+                                let _ = send.send_data(bytes::Bytes::from_static(b"ok"), true);
+                            }
                         }
-                        let answer = http::Response::builder()
-                            .status(200)
-                            .body(())
-                            .expect("response");
-                        if let Ok(mut send) = respond.send_response(answer, false) {
-                            let _ = send.send_data(bytes::Bytes::from_static(b"ok"), true);
-                        }
-                    }
-                });
-            }
+                    });
+                }
+            });
         });
-    });
-    let (front, admin) = (free_port(), free_port());
-    let (_weir, _out) = start(
-        "h2-backend-refuses",
-        &format!(
-            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
-             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
-             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
-             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
-             [[pools]]\nname = \"p\"\nprotocol = \"h2c\"\n\
-             [[pools.backends]]\nname = \"b\"\naddress = \"{backend}\"\n"
-        ),
-    );
-    for n in 0..6 {
-        let (status, body, _) = curl(&[], &format!("http://{front}/{n}"));
-        assert_eq!((status, body.as_str()), (200, "ok"), "request {n}");
+        let (front, admin) = (free_port(), free_port());
+        let (_weir, _out) = start(
+            "h2-backend-refuses",
+            &format!(
+                "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+                 [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+                 [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+                 [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+                 [[pools]]\nname = \"p\"\nprotocol = \"h2c\"\n\
+                 [[pools.backends]]\nname = \"b\"\naddress = \"{backend}\"\n"
+            ),
+        );
+        for n in 0..8 {
+            let (status, body, _) = curl(&[], &format!("http://{front}/{n}"));
+            assert_eq!(
+                (status, body.as_str()),
+                (200, "ok"),
+                "{refusing}: request {n}"
+            );
+        }
+        assert_eq!(conns.load(SeqCst), 2, "{refusing}: one more connection");
+        assert_eq!(
+            first_served.load(SeqCst) > 0,
+            served_first,
+            "{refusing}: the refusing connection kept serving"
+        );
+        assert_eq!(
+            metric(
+                admin,
+                "weir_backend_http_replayed_total{pool=\"p\",backend=\"b\",reason=\"refused_stream\"}"
+            ),
+            refused_then,
+            "{refusing}"
+        );
     }
-    assert_eq!(refused.load(SeqCst), 6, "each request refused once");
-    assert_eq!(conns.load(SeqCst), 1, "the refusing connection kept");
-    assert_eq!(
-        metric(
-            admin,
-            "weir_backend_http_replayed_total{pool=\"p\",backend=\"b\",reason=\"refused_stream\"}"
-        ),
-        6.0
-    );
 }
 
 /// A gRPC call from an HTTP/2 client whose backend went quiet ends with
