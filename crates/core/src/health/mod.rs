@@ -165,6 +165,11 @@ pub struct HealthCounter {
     standbys: u32,
     /// Failures in a row.
     fails: u32,
+    /// Failed client connects in a row, in a pool with active probes: a
+    /// successful connect or a passing probe starts it over (HAProxy's
+    /// `observe layer4`). Apart from the probes' count, so that connects
+    /// that succeed never hide a failing check.
+    passive: u32,
     rise: u32,
     fall: u32,
 }
@@ -179,6 +184,7 @@ impl HealthCounter {
             failures: 0,
             standbys: 0,
             fails: 0,
+            passive: 0,
             rise: rise.max(1),
             fall: fall.max(1),
         }
@@ -208,7 +214,7 @@ impl HealthCounter {
         match v {
             Verdict::Pass => {
                 self.successes = bump(self.successes);
-                (self.failures, self.standbys, self.fails) = (0, 0, 0);
+                (self.failures, self.standbys, self.fails, self.passive) = (0, 0, 0, 0);
             }
             Verdict::Fail => {
                 self.successes = 0;
@@ -242,13 +248,25 @@ impl HealthCounter {
         self.change(to)
     }
 
-    /// A failed client connect, in a pool with active probes: a failure
-    /// while `Up`, ignored otherwise.
+    /// A failed client connect, in a pool with active probes: `fall` in a
+    /// row (no connect succeeding, no probe passing in between) take an
+    /// `Up` backend down; ignored in any other state.
     pub fn passive_failure(&mut self) -> Option<(Health, Health)> {
         if self.state != Health::Up {
             return None;
         }
-        self.probe(false)
+        self.passive = self.passive.saturating_add(1);
+        if self.passive < self.fall {
+            return None;
+        }
+        self.change(Health::Down)
+    }
+
+    /// A successful client connect, in a pool with active probes: the
+    /// failed connects in a row start over.
+    pub fn passive_success(&mut self) -> Option<(Health, Health)> {
+        self.passive = 0;
+        None
     }
 
     /// A failed client connect, in a pool without active probes: `fall` in a
@@ -286,7 +304,7 @@ impl HealthCounter {
     pub fn changing(&self) -> bool {
         match self.state {
             Health::Unknown => true,
-            Health::Up => self.failures > 0,
+            Health::Up => self.failures > 0 || self.passive > 0,
             Health::Down => self.successes > 0 || self.standbys > 0,
             Health::Standby => self.successes > 0 || self.fails > 0,
         }
@@ -302,6 +320,7 @@ impl HealthCounter {
         self.failures = 0;
         self.standbys = 0;
         self.fails = 0;
+        self.passive = 0;
         Some((from, to))
     }
 }
@@ -354,6 +373,33 @@ mod tests {
         // down: passive failures change nothing, only probes bring it back.
         assert_eq!(c.passive_failure(), None);
         assert_eq!(run(&mut c, "11"), [Down, Up]);
+    }
+
+    /// Failed connects count in a row: a successful one between them, or a
+    /// passing probe, starts the count over; and connects that succeed do
+    /// not hide a probe that fails.
+    #[test]
+    fn passive_failures_in_a_row_apart_from_the_probes() {
+        let mut c = HealthCounter::new(2, 3, true);
+        c.probe(true);
+        for _ in 0..10 {
+            assert_eq!(c.passive_failure(), None);
+            assert_eq!(c.passive_failure(), None);
+            assert_eq!(c.passive_success(), None);
+        }
+        assert_eq!(c.passive_failure(), None);
+        assert_eq!(c.passive_failure(), None);
+        assert_eq!(run(&mut c, "1"), [Up]);
+        assert_eq!(c.passive_failure(), None);
+        assert_eq!(c.passive_failure(), None);
+        assert_eq!(c.passive_failure(), Some((Up, Down)));
+        assert_eq!(run(&mut c, "11"), [Down, Up]);
+        // Probes that fail take it down whatever the connects do.
+        for _ in 0..2 {
+            c.probe(false);
+            c.passive_success();
+        }
+        assert_eq!(run(&mut c, "0"), [Down]);
     }
 
     #[test]

@@ -74,14 +74,13 @@ impl Pool {
         let changed = {
             let mut s = b.status();
             let cause = || Cause::Passive(format!("connect {}", reason.as_str()));
+            // The next successful connect has a count to start over.
+            b.passive_pending.store(true, Relaxed);
             match b.watch {
                 Watch::Probed => {
                     self.change_health(b, &mut s, HealthCounter::passive_failure, cause)
                 }
-                _ => {
-                    b.passive_pending.store(true, Relaxed);
-                    self.change_health(b, &mut s, HealthCounter::passive_only_failure, cause)
-                }
+                _ => self.change_health(b, &mut s, HealthCounter::passive_only_failure, cause),
             }
         };
         if let Some(why) = changed {
@@ -94,9 +93,9 @@ impl Pool {
         }
     }
 
-    /// A client connect to backend `i` succeeded. Only passive-health
-    /// backends with something to settle take the lock; the common case is
-    /// one relaxed load.
+    /// A client connect to backend `i` succeeded. Only backends with failed
+    /// connects to settle take the lock; the common case is one relaxed
+    /// load.
     pub fn on_connect_success(self: &Arc<Self>, i: usize) {
         let Some(b) = self.backends.get(i) else {
             return;
@@ -107,7 +106,11 @@ impl Pool {
         let changed = {
             let mut s = b.status();
             b.passive_pending.store(false, Relaxed);
-            self.change_health(b, &mut s, HealthCounter::passive_only_success, || {
+            let settle = match b.watch {
+                Watch::Probed => HealthCounter::passive_success,
+                _ => HealthCounter::passive_only_success,
+            };
+            self.change_health(b, &mut s, settle, || {
                 Cause::Passive("connect ok".to_owned())
             })
         };

@@ -1232,6 +1232,51 @@ async fn stoppable_backend(
     stop
 }
 
+/// Failed connects count against a probed backend in a row: one refusal
+/// now and then among good connects never adds up to `fall` (they did: only
+/// a passing probe started the count over, and with probes an hour apart
+/// three refusals in an hour took the backend down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_among_good_connects_do_not_take_a_probed_backend_down() {
+    let a = named_backend("a").await;
+    let b_addr = refused_addr();
+    let mut b = stoppable_backend("b", b_addr).await;
+    let toml = pool_toml("round_robin", &[("a", a, 10), ("b", b_addr, 10)]).replace(
+        "connect_timeout = \"500ms\"\n",
+        "connect_timeout = \"500ms\"\n\
+         [pools.health]\ntype = \"tcp\"\ninterval = \"1h\"\ntimeout = \"1s\"\nrise = 1\nfall = 3\n",
+    );
+    let server = start(&toml).await;
+    let front = addr(&server, "l");
+    let health = || server.pool("p").and_then(|p| p.view("b")).map(|v| v.health);
+    assert_eq!(health(), Some(weir_core::health::Health::Up));
+    for round in 0..4 {
+        // b refuses for a moment: a client or two meet it, and go to a.
+        b.cancel();
+        wait_until("b refuses", || {
+            std::net::TcpStream::connect(b_addr).is_err()
+        })
+        .await;
+        for _ in 0..2 {
+            assert_eq!(within("fetch", fetch(front, None)).await, "a");
+        }
+        // Back: good connects to it in between.
+        b = stoppable_backend("b", b_addr).await;
+        let mut served_b = 0;
+        for _ in 0..6 {
+            if within("fetch", fetch(front, None)).await == "b" {
+                served_b += 1;
+            }
+        }
+        assert!(served_b > 0, "round {round}: b served no client");
+        assert_eq!(
+            health(),
+            Some(weir_core::health::Health::Up),
+            "round {round}"
+        );
+    }
+}
+
 /// With passive health only, a backend that comes back (tried again by
 /// traffic after `passive_timeout`) ramps up over `slow_start` too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
