@@ -139,13 +139,14 @@ impl Default for Link {
 }
 
 /// Outlier detection of a backend, shared by its generations across
-/// reloads: failed answers in a row, whether it is ejected, and how many
-/// times it was (each ejection lasts longer).
+/// reloads: failed answers in a row, whether it is ejected, how many times
+/// it was lately (each ejection lasts longer), and when its last one ended.
 #[derive(Debug, Default)]
 pub(crate) struct OutlierState {
     pub(crate) consecutive: AtomicU32,
     pub(crate) ejected: AtomicBool,
     pub(crate) ejections: AtomicU32,
+    pub(crate) returned: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// How a backend's health is watched.

@@ -471,7 +471,7 @@ impl Pool {
         let now = std::time::Instant::now();
         let mut ramping = false;
         let mut ramps: Vec<Option<f64>> = Vec::with_capacity(self.backends.len());
-        let snapshot: Vec<(u32, Health, AdminState, bool)> = self
+        let snapshot: Vec<(u32, Health, AdminState, bool, bool)> = self
             .backends
             .iter()
             .map(|b| {
@@ -483,7 +483,14 @@ impl Pool {
                 ramping |= s.ramp_since.is_some();
                 ramps.push(ramp);
                 let zeroed = s.weight_override == Some(0);
-                (b.picker_weight(&s, now), s.health.state(), s.admin, zeroed)
+                let ejected = b.outlier.ejected.load(Relaxed);
+                (
+                    b.picker_weight(&s, now),
+                    s.health.state(),
+                    s.admin,
+                    zeroed,
+                    ejected,
+                )
             })
             .collect();
         self.set_limits(&ramps);
@@ -502,7 +509,7 @@ impl Pool {
         let picker = Picker::new(self.policy, &members);
         picker.resume(&self.picker.load());
         let tier = picker.active_tier();
-        for (b, &(weight, health, admin, zeroed)) in self.backends.iter().zip(&snapshot) {
+        for (b, &(weight, health, admin, zeroed, ejected)) in self.backends.iter().zip(&snapshot) {
             let serving = weight > 0 && Some(b.tier) == tier;
             // A backend that went standby (a primary demoted to a replica)
             // is no better than a down one for its connections.
@@ -511,6 +518,10 @@ impl Pool {
                 Out::Serving
             } else if failed && self.close_on_down {
                 Out::Evict
+            } else if ejected && admin == AdminState::Enabled && !zeroed && !failed {
+                // An outlier ejected: no new requests for a while, but what
+                // it carries goes on (Envoy's ejection cuts nothing either).
+                Out::Leave
             } else if admin != AdminState::Enabled || health == Health::Up || zeroed {
                 // Drained, disabled, set to weight 0 (also while on trial) or
                 // demoted: connections may finish within drain_timeout.

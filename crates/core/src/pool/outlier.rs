@@ -1,8 +1,11 @@
 //! Outlier detection (`outlier = { ... }` of a pool): a backend whose
 //! answers to l7 routes fail (`5xx`, a failed connect, a connection lost
 //! before the answer) `consecutive_failures` times in a row is ejected, no
-//! requests for `base_ejection` times the number of its ejections so far
-//! (at most `max_ejection`), and comes back by itself. No more than
+//! requests for `base_ejection` times the number of its recent ejections
+//! (at most `max_ejection`; each `base_ejection` it serves without one
+//! takes one off the count, as Envoy's multiplier decreases), and comes
+//! back by itself. Its connections are not cut: an ejection stops new
+//! requests only. No more than
 //! `max_ejected_percent` of the pool's backends are ejected at once (at least
 //! one may be). Ejections and returns are transitions with their cause: in
 //! the history, the API, `weir watch` and the state file.
@@ -12,6 +15,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::{Pool, describe};
 use crate::health::{Cause, Change};
+use crate::sync::lock;
 
 impl Pool {
     /// The outcome of one answer of backend `i` to an l7 route: `failed` for
@@ -48,7 +52,17 @@ impl Pool {
             return;
         }
         o.consecutive.store(0, Relaxed);
-        let times = o.ejections.fetch_add(1, Relaxed) + 1;
+        let times = {
+            // Forgiven one ejection per `base_ejection` served since the
+            // last one ended: a hiccup a day does not grow to `max_ejection`.
+            let served = lock(&o.returned).take().map_or(0, |t| {
+                t.elapsed().as_nanos() / cfg.base_ejection.as_nanos().max(1)
+            });
+            let before = o.ejections.load(Relaxed);
+            let kept = u32::try_from(u128::from(before).saturating_sub(served)).unwrap_or(0);
+            o.ejections.store(kept + 1, Relaxed);
+            kept + 1
+        };
         let lasts = cfg
             .base_ejection
             .saturating_mul(times)
@@ -88,6 +102,7 @@ impl Pool {
                 return;
             }
             state.consecutive.store(0, Relaxed);
+            *lock(&state.returned) = Some(std::time::Instant::now());
             let change = Change::Outlier {
                 from: true,
                 to: false,

@@ -292,4 +292,95 @@ fn repeated_ejections_grow_up_to_max_ejection() {
             k + 1
         );
     }
+
+    // Serving a while without one (each 200ms takes one off the count),
+    // the next ejection is as short as the first: the count is of recent
+    // ejections, not of every one since the start.
+    std::thread::sleep(Duration::from_millis(1000));
+    within("bad never took the late request", &|| get(front) == 500);
+    within("the late ejection never reached the history", &|| {
+        outliers(&history()) > 2 * LASTS_MS.len()
+    });
+    let v = history();
+    let late = v["transitions"]
+        .as_array()
+        .expect("transitions")
+        .iter()
+        .filter(|t| t["kind"] == "outlier")
+        .nth(2 * LASTS_MS.len())
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        late["cause"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("; ejected for 200ms")),
+        "{late}"
+    );
+}
+
+/// An ejection stops new requests only: an answer the backend is still
+/// sending goes on to its end, past the pool's `drain_timeout` (it was cut
+/// there, as a drain's connections are).
+#[test]
+fn an_ejection_does_not_cut_what_the_backend_is_sending() {
+    // `/slow`: ten bytes, one every 150 ms; anything else: 500.
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { break };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(s.try_clone().expect("clone"));
+                let mut out = s;
+                loop {
+                    let mut first = String::new();
+                    if reader.read_line(&mut first).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                        line.clear();
+                    }
+                    if first.contains("/slow") {
+                        let _ = write!(out, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n");
+                        for _ in 0..10 {
+                            std::thread::sleep(Duration::from_millis(150));
+                            if out.write_all(b"x").is_err() {
+                                return;
+                            }
+                        }
+                    } else if write!(out, "HTTP/1.1 500 X\r\nContent-Length: 2\r\n\r\nno").is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let (admin, front) = (free_port(), free_port());
+    let (_weir, _out) = start(
+        "outlier-keeps-answers",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\ndrain_timeout = \"300ms\"\n\
+             outlier = {{ consecutive_failures = 1, base_ejection = \"5s\", max_ejection = \"5s\", max_ejected_percent = 100 }}\n\
+             [[pools.backends]]\nname = \"a\"\naddress = \"{backend}\"\n"
+        ),
+    );
+    let slow = std::thread::spawn(move || crate::http::curl(&[], &format!("http://{front}/slow")));
+    // Once the slow answer is under way, a 500 ejects the backend.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(get(front), 500);
+    let ejected = || metric(admin, "weir_backend_ejected{pool=\"p\",backend=\"a\"}");
+    let end = Instant::now() + DEADLINE;
+    while ejected() != 1.0 {
+        assert!(Instant::now() < end, "never ejected");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (status, body, _) = slow.join().expect("the slow request");
+    assert_eq!((status, body.as_str()), (200, "xxxxxxxxxx"));
+    assert_eq!(ejected(), 1.0, "the ejection outlasted the answer");
 }
