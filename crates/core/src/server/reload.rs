@@ -303,7 +303,19 @@ impl Server {
                 ..Inputs::default()
             });
         };
-        let contents = p.load().await?;
+        let contents = match p.load().await {
+            Ok(contents) => contents,
+            // Once running (a reload, a DNS change, a runtime backend), the
+            // running backends keep their state without the file; a file
+            // that cannot be read (corrupt, an I/O error) must not stop
+            // every change. At the start it does: what it holds would be
+            // lost without a word.
+            Err(e) if self.current.load().generation > 0 => {
+                tracing::warn!(error = %e, "the state file cannot be read: running backends keep their state, new ones start as the config says");
+                statefile::Contents::default()
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut saved = HashMap::new();
         let mut orphans = Vec::new();
         let mut gone = Vec::new();

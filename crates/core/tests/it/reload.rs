@@ -342,6 +342,44 @@ fn static_pool(backends: &[(&str, SocketAddr)]) -> String {
     t
 }
 
+/// A state file that cannot be read any more does not stop a reload: the running backends keep their state, the new
+/// one starts as the config says, and a warning says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_state_file_does_not_stop_reloads() {
+    let (a, b) = (named_backend("a").await, named_backend("b").await);
+    let dir = Scratch::new("state-broken");
+    let (db, file) = (dir.join("state.db"), dir.join("weir.toml"));
+    let state = format!("[state]\npath = {:?}\n", db.display().to_string());
+    std::fs::write(&file, format!("{state}{}", static_pool(&[("a", a)]))).expect("write");
+    let server = start_file(&file).await;
+    server
+        .set_admin("p", "a", AdminState::Drain)
+        .await
+        .expect("drain");
+    // Broken under weir: a table it reads is gone (another program, a
+    // restore gone wrong).
+    let status = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); \
+             c.execute('DROP TABLE tier_change'); c.commit()",
+        ])
+        .arg(&db)
+        .status()
+        .expect("python3");
+    assert!(status.success(), "cannot break the state file");
+    std::fs::write(
+        &file,
+        format!("{state}{}", static_pool(&[("a", a), ("b", b)])),
+    )
+    .expect("write");
+    let reloaded = within("reload", server.reload()).await;
+    assert!(reloaded.is_ok(), "{reloaded:?}");
+    let p = server.pool("p").expect("p");
+    assert_eq!(p.view("a").map(|v| v.admin), Some(AdminState::Drain));
+    assert_eq!(p.view("b").map(|v| v.admin), Some(AdminState::Enabled));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_state_survives_a_restart() {
     let a = named_backend("a").await;
