@@ -876,8 +876,8 @@ impl std::fmt::Display for DiscoverQuery {
 
 /// `outlier = { ... }`: a backend whose answers to l7 routes fail
 /// (`5xx`, or a failed connect) `consecutive_failures` times in a row is
-/// ejected: no requests for `base_ejection` times the number of its
-/// ejections so far, at most `max_ejection`; never more than
+/// ejected: no new requests for `base_ejection` times the number of its
+/// recent ejections, at most `max_ejection`; never more than
 /// `max_ejected_percent` of the pool's backends at once (at least one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outlier {

@@ -702,6 +702,42 @@ fn other_integer_ranges() {
     );
 }
 
+/// `outlier = {}` takes Envoy's defaults; a `max_ejection` below
+/// `base_ejection` and a percentage outside 1..=100 fail the load.
+#[test]
+fn outlier_defaults_and_bounds() {
+    let with = |outlier: &str| {
+        format!(
+            "{OK_LISTENER}{}",
+            OK_POOL.replace(
+                "name = \"p\"",
+                &format!("name = \"p\"\noutlier = {{ {outlier} }}")
+            )
+        )
+    };
+    let cfg = load(&with("")).unwrap_or_else(|e| panic!("{e}"));
+    let o = cfg.pools[0].outlier.as_ref().expect("outlier");
+    assert_eq!(
+        (
+            o.consecutive_failures,
+            o.base_ejection,
+            o.max_ejection,
+            o.max_ejected_percent
+        ),
+        (5, Duration::from_secs(30), Duration::from_secs(300), 10)
+    );
+    assert_one(
+        &with("base_ejection = \"1m\", max_ejection = \"30s\""),
+        "pools[0].outlier.max_ejection",
+        "must be at least base_ejection",
+    );
+    assert_one(
+        &with("max_ejected_percent = 0"),
+        "pools[0].outlier.max_ejected_percent",
+        "0 is out of range 1..=100",
+    );
+}
+
 /// An IPv4-mapped bind cannot be bound by an IPv6-only socket (EINVAL at
 /// start) and would escape the overlap check: refused with the IPv4 form.
 #[test]

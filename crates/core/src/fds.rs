@@ -15,8 +15,8 @@ const BASE: u64 = 64;
 /// The descriptors `config` may hold at once with `workers` worker threads:
 ///
 /// - per client connection, 2 (the client's socket and the backend's), and
-///   with `zero_copy = true` up to 2 more (a pipe while a bulk chunk waits for
-///   its destination), up to each listener's `max_connections`;
+///   with `zero_copy = true` up to 4 more (a pipe per direction while a bulk
+///   chunk waits for its destination), up to each listener's `max_connections`;
 /// - per UDP flow, 1 (its socket towards the backend), up to `max_flows`;
 /// - one per listening socket;
 /// - per admin endpoint, one per connection up to `admin.max_connections`,
@@ -25,7 +25,9 @@ const BASE: u64 = 64;
 /// - the pipes a worker thread keeps for reuse (zero-copy only);
 /// - a fixed 64 for the process itself.
 pub fn needed(config: &Config, workers: usize) -> u64 {
-    let per_connection: u64 = if config.runtime.zero_copy { 4 } else { 2 };
+    // Zero-copy: each direction may hold a pipe (two descriptors) while
+    // its chunk waits for a full destination.
+    let per_connection: u64 = if config.runtime.zero_copy { 6 } else { 2 };
     let connections: u64 = config
         .listeners
         .iter()
@@ -73,10 +75,10 @@ mod tests {
     }
 
     #[test]
-    fn two_per_connection_four_with_zero_copy() {
+    fn two_per_connection_six_with_zero_copy() {
         // 2 x 1000 + 2 binds + (10 + 1) admin + 1 probe + 64.
         assert_eq!(needed(&config("", false), 2), 2000 + 2 + 11 + 1 + 64);
-        // 4 x 1000 + 2 + 11 + 1 + 2 x 32 pipes x 2 threads + 64.
-        assert_eq!(needed(&config("", true), 2), 4000 + 2 + 11 + 1 + 128 + 64);
+        // 6 x 1000 + 2 + 11 + 1 + 2 x 32 pipes x 2 threads + 64.
+        assert_eq!(needed(&config("", true), 2), 6000 + 2 + 11 + 1 + 128 + 64);
     }
 }

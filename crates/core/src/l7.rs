@@ -137,6 +137,9 @@ pub struct RulesExplained {
     /// path it is matched with, a policy that refuses it, a redirect, an
     /// authentication service asked.
     pub notes: Vec<String>,
+    /// Refused before any rule is read (a malformed method, host, framing
+    /// or path: 400, 413), which comes before a misdirected host's 421.
+    pub refused: bool,
 }
 
 /// What a route's forward authentication did so far.

@@ -15,6 +15,7 @@ pub(crate) fn explain(state: &RouteState, q: &HttpQuestion<'_>) -> RulesExplaine
         rule: None,
         pool: None,
         notes: Vec::new(),
+        refused: true,
     };
     let Ok(method) = Method::from_bytes(q.method.as_bytes()) else {
         out.notes
@@ -59,6 +60,8 @@ pub(crate) fn explain(state: &RouteState, q: &HttpQuestion<'_>) -> RulesExplaine
             "rules and policies read it without its parameters, as a servlet container does: {b:?}"
         ));
     }
+    // Past the refusals that come before a misdirected host's 421.
+    out.refused = false;
     let matching = bare.as_deref().unwrap_or(&path);
     let mut headers = HeaderMap::new();
     for (name, value) in q.headers {

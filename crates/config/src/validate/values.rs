@@ -43,7 +43,14 @@ pub(super) fn check_server_name(name: &str) -> Result<(), String> {
         return Ok(());
     }
     let dns = name.strip_suffix('.').unwrap_or(name);
-    let valid = weir_wire::name::is_dns_name(dns.as_bytes());
+    // A last label of digits only (`10.0.0.300`, `db.1`) is neither an IP
+    // address nor a name TLS takes (RFC 3696 §2; rustls refuses it): the
+    // name would be dropped for the address without a word.
+    let numeric_tld = dns
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| !tld.is_empty() && tld.bytes().all(|b| b.is_ascii_digit()));
+    let valid = weir_wire::name::is_dns_name(dns.as_bytes()) && !numeric_tld;
     if valid {
         Ok(())
     } else {
@@ -255,6 +262,7 @@ mod tests {
         assert_eq!(check_server_name("_svc.example-1.com"), Ok(()));
         assert_eq!(check_server_name("10.0.0.1"), Ok(()));
         assert_eq!(check_server_name("::1"), Ok(()));
+        assert_eq!(check_server_name("1password.example"), Ok(()));
         for bad in [
             "",
             ".",
@@ -263,6 +271,10 @@ mod tests {
             "a b",
             "db.internal:443",
             "bücher.de",
+            // Neither an address nor a name TLS takes.
+            "10.0.0.300",
+            "010.0.0.1",
+            "db.1",
         ] {
             assert!(check_server_name(bad).is_err(), "{bad:?}");
         }

@@ -127,14 +127,22 @@ impl Server {
         }
         let explained = match (chosen.map(|r| &r.mode), http) {
             (Some(crate::listener::Mode::L7(l7)), Some(q)) => {
-                match misdirected(&l, chosen, client.ip(), sni.as_deref(), alpn, q.host) {
+                // In the proxy's order: a malformed request is refused
+                // before its host is found misdirected.
+                let rules = l7.handler.explain(&q);
+                let misdirected = match &rules {
+                    Some(e) if e.refused => None,
+                    _ => misdirected(&l, chosen, client.ip(), sni.as_deref(), alpn, q.host),
+                };
+                match misdirected {
                     Some(note) => Some(crate::l7::RulesExplained {
                         rules: Vec::new(),
                         rule: None,
                         pool: None,
                         notes: vec![note],
+                        refused: true,
                     }),
-                    None => l7.handler.explain(&q),
+                    None => rules,
                 }
             }
             _ => None,

@@ -481,6 +481,31 @@ async fn operator_drain_stops_new_connections_and_closes_after_drain_timeout() {
     assert!(!p.set_admin("nope", AdminState::Drain));
 }
 
+/// A drain taken back before its `drain_timeout` ends leaves the backend's
+/// connections open: the drain's close is for a backend still drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_taken_back_in_time_closes_nothing() {
+    let a = echo_backend().await;
+    let b = named_backend("b").await;
+    let backends = backend_toml("a", a, "") + &backend_toml("b", b, "");
+    let toml = health_toml(
+        "balance = \"first\"\ndrain_timeout = \"600ms\"",
+        "type = \"none\"",
+        &backends,
+    );
+    let server = start(&toml).await;
+    let front = addr(&server, "l");
+    let p = server.pool("p").expect("p");
+    let mut held = TcpStream::connect(front).await.expect("connect");
+    echo_once(&mut held).await;
+    assert!(p.set_admin("a", AdminState::Drain));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(p.set_admin("a", AdminState::Enabled));
+    // Well past the drain's end: still open, still relayed.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    echo_once(&mut held).await;
+}
+
 /// A disabled backend takes no new connections, its open ones are closed
 /// when `drain_timeout` runs out, and no probe reaches its health endpoint
 /// while it is disabled. Enabled again, its health is unknown rather than

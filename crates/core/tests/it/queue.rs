@@ -142,6 +142,33 @@ async fn a_full_backend_queues_connections_and_serves_them_in_order() {
     }
 }
 
+/// `max_queue = 0`: no waiting; a connection that finds the backend full
+/// is refused at once with `queue_full`, not after `queue_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_queue_zero_refuses_at_once() {
+    let (backend, seen) = recording_echo().await;
+    let toml = format!(
+        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\nmax_queue = 0\nqueue_timeout = \"30s\"\n\
+         [[pools.backends]]\nname = \"a\"\naddress = \"{backend}\"\nmax_connections = 1\n"
+    );
+    let server = start(&toml).await;
+    let front = addr(&server, "l");
+    let pool = server.pool("p").expect("p");
+    let mut held = TcpStream::connect(front).await.expect("connect");
+    echoed(&mut held, b'h').await;
+    let began = std::time::Instant::now();
+    closed(TcpStream::connect(front).await.expect("connect")).await;
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "refused only after {:?}",
+        began.elapsed()
+    );
+    assert_eq!(pool.queue.results(QueueResult::Full), 1);
+    assert_eq!(pool.queue.depth(), 0);
+    assert_eq!(seen.lock().expect("seen").as_slice(), b"h");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_gives_up_after_queue_timeout() {
     let (backend, seen) = recording_echo().await;

@@ -2107,6 +2107,45 @@ fn a_listener_passes_one_name_through_and_terminates_another() {
         );
         assert_eq!(v["http"]["rule"].is_null(), misdirected, "{host}: {v}");
     }
+    // A request both misdirected and malformed (an encoded slash) is
+    // refused for its path first, by the proxy and by explain alike.
+    let resolve = format!("app.example:{}:127.0.0.1", front.port());
+    let (status, body, _) = curl(
+        &[
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve,
+            "-H",
+            "Host: other.example",
+        ],
+        &format!("https://app.example:{}/x%2Fy", front.port()),
+    );
+    assert_eq!(status, 400, "{body}");
+    let v = crate::control::json(&crate::control::ctl(
+        grpc,
+        None,
+        &[
+            "explain",
+            "--listener",
+            "edge",
+            "--client",
+            "127.0.0.1",
+            "--sni",
+            "app.example",
+            "--host",
+            "other.example",
+            "--path",
+            "/x%2Fy",
+            "-o",
+            "json",
+        ],
+    ));
+    let notes = v["http"]["notes"].to_string();
+    assert!(
+        notes.contains("is refused") && notes.contains("answered 400") && !notes.contains("421"),
+        "{v}"
+    );
 }
 
 /// Routes told apart by ALPN alone: a request for another name than the
