@@ -147,9 +147,6 @@ pub struct Pool {
 struct Pending {
     /// Health changes of backends whose check changed, for their histories.
     changes: Vec<(String, Change)>,
-    /// Rebuild the balancer (connection limits, tiers, drains) at once: a
-    /// pool that follows another serves at the switch.
-    rebuild: bool,
 }
 
 impl Pool {
@@ -322,17 +319,17 @@ impl Pool {
             newest: previous.map_or_else(Arc::default, |p| Arc::clone(&p.newest)),
             pending: Mutex::new(Some(Pending {
                 changes: reload_changes,
-                rebuild: previous.is_some(),
             })),
             cx: cx.clone(),
         })
     }
 
-    /// Makes this pool the one that serves: its thresholds and history
-    /// length reach the health state it shares with the pool before it, work
-    /// that outlives a reload finds it, and its balancer is built. Called by
-    /// the switch, once everything else of a start or reload is ready;
-    /// again, it does nothing.
+    /// Makes this pool the one that is switched to: its thresholds and
+    /// history length reach the health state it shares with the pool before
+    /// it, and the reload's health changes are recorded. Its balancer is
+    /// built by [`Pool::settle`], after the first probe round. Called by the
+    /// switch, once everything else of a start or reload is ready; again, it
+    /// does nothing.
     pub(crate) fn activate(self: &Arc<Self>) {
         let Some(pending) = lock(&self.pending).take() else {
             return;
@@ -344,7 +341,6 @@ impl Pool {
                 s.history.pop_front();
             }
         }
-        *lock(&self.newest) = Arc::downgrade(self);
         for (name, change) in pending.changes {
             if let Some(b) = self.backend(&name) {
                 let mut s = b.status();
@@ -355,9 +351,6 @@ impl Pool {
                     Cause::Reload("health check changed".to_owned()),
                 );
             }
-        }
-        if pending.rebuild {
-            self.rebuild(|| "reload".to_owned());
         }
     }
 
@@ -376,8 +369,16 @@ impl Pool {
         }
     }
 
-    /// Ends the start-up round: from now on every change rebuilds the picker.
+    /// Ends the first probe round of a start or reload: this generation is
+    /// the one work that outlives a reload rebuilds from now on, every
+    /// change rebuilds its picker, and the picker is built from what the
+    /// round found. Until then a pool that follows another leaves the
+    /// running one to serve as it was: backends whose check changed are
+    /// undecided until their first probe, and a picker built from them
+    /// would record a tier change for nothing and refuse the queue's
+    /// waiters `no_backend`.
     pub(crate) fn settle(self: &Arc<Self>) {
+        *lock(&self.newest) = Arc::downgrade(self);
         self.settled.store(true, Relaxed);
         self.rebuild(|| "first probe round".to_owned());
     }

@@ -54,10 +54,18 @@ impl Pool {
                 || Cause::Probe(text.to_owned()),
             )
         };
-        if let Some(why) = changed
-            && self.settled.load(Relaxed)
-        {
+        let Some(why) = changed else {
+            return;
+        };
+        if self.settled.load(Relaxed) {
             self.rebuild(|| why);
+        } else {
+            // During a reload's probe round the pool before this one serves,
+            // and a backend whose check stays shares its state with it.
+            let serving = self.latest();
+            if !Arc::ptr_eq(&serving, self) {
+                serving.rebuild(|| why);
+            }
         }
     }
 

@@ -780,3 +780,117 @@ async fn a_waiter_of_a_replaced_pool_goes_when_the_newest_serves_none() {
     assert_eq!(retry, Err(Reason::NoBackend));
     assert_eq!(newest.queue.depth(), 0);
 }
+
+/// A reload that changes how a pool's backends are probed (another check
+/// port) starts their health again, and its first probe round decides it
+/// before the new pool serves. Until then the running pool serves as it
+/// was: a waiter in its queue keeps its place (it was refused `no_backend`
+/// while the new backends were undecided), and no tier change is recorded
+/// for that moment (it was: `0 -> none -> 0`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_check_keeps_the_pool_serving_through_its_round() {
+    let (a, b) = (named_backend("a").await, named_backend("b").await);
+    // The kernel completes the probes' handshakes; nothing needs to accept.
+    let side = TcpSocket::new_v4().expect("socket");
+    side.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let port = side.local_addr().expect("addr").port();
+    let _side = side.listen(16).expect("listen");
+    let dir = Scratch::new("reload-check-change");
+    let file = dir.join("weir.toml");
+    let config = |port: &str| {
+        crate::queue::two_slots(
+            a,
+            b,
+            "30s",
+            &format!("[pools.health]\ntype = \"tcp\"\ninterval = \"1h\"\n{port}"),
+        )
+    };
+    std::fs::write(&file, config("")).expect("write");
+    let server = start_file(&file).await;
+    let old = server.pool("p").expect("p");
+    assert_eq!(old.active_tier(), Some(0));
+    let tiers = old.tier_history().len();
+    assert!(old.take(0) && old.take(1));
+    let waiter = tokio::spawn({
+        let old = Arc::clone(&old);
+        async move { old.acquire(1, &[], None).await }
+    });
+    wait_until("a waiter", || old.queue.depth() == 1).await;
+
+    std::fs::write(&file, config(&format!("port = {port}\n"))).expect("write");
+    within("reload", server.reload()).await.expect("reload");
+    let newest = server.pool("p").expect("p");
+    assert!(!Arc::ptr_eq(&old, &newest), "a new generation");
+    let cause = |b: &str| {
+        newest
+            .view(b)
+            .and_then(|v| v.history.last().map(|t| t.cause.clone()))
+    };
+    assert_eq!(
+        cause("a"),
+        Some(Cause::Probe("connect ok".to_owned())),
+        "health started again and one probe decided it"
+    );
+    assert_eq!(newest.active_tier(), Some(0));
+    assert_eq!(newest.queue.depth(), 1, "the waiter kept its place");
+    assert!(!waiter.is_finished());
+    let changes: Vec<_> = newest
+        .tier_history()
+        .into_iter()
+        .skip(tiers)
+        .map(|t| (t.from, t.to, t.cause))
+        .collect();
+    assert!(changes.is_empty(), "no tier change: {changes:?}");
+    newest.release(0);
+    let got = within("the waiter served", waiter).await.expect("join");
+    assert_eq!(got, Ok(0));
+}
+
+/// During a reload's probe round the running pool serves, and a backend
+/// whose check the reload keeps shares its state with it: a probe that
+/// takes the backend down meanwhile takes it out of the serving picker at
+/// once (the picker missed it until the switch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_fails_during_a_reloads_probe_round_leaves_the_serving_pool() {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = a.local_addr().expect("addr");
+    let (silent, probed) = silent_backend().await;
+    let echo = echo_backend().await;
+    let dir = Scratch::new("reload-round-down");
+    let file = dir.join("weir.toml");
+    let rest = format!(
+        "{}{}[[pools]]\nname = \"long\"\n\
+         [pools.health]\ntype = \"tcp\"\ninterval = \"100ms\"\nfall = 1\n\
+         [[pools.backends]]\nname = \"a\"\naddress = \"{addr}\"\n",
+        listener("l", "127.0.0.1:0", ""),
+        pool("l-pool", &[("e", echo, 1)]),
+    );
+    std::fs::write(&file, &rest).expect("write");
+    let server = start_file(&file).await;
+    let serving = server.pool("long").expect("long");
+    assert_eq!(serving.active_tier(), Some(0));
+    // A reload held for 2 s in its first probe round by a silent backend.
+    std::fs::write(
+        &file,
+        format!(
+            "{rest}[[pools]]\nname = \"slow\"\n\
+             [pools.health]\ntype = \"http\"\ntimeout = \"2s\"\ninterval = \"1h\"\n\
+             [[pools.backends]]\nname = \"s\"\naddress = \"{silent}\"\n"
+        ),
+    )
+    .expect("write");
+    let reloading = tokio::spawn({
+        let server = Arc::clone(&server);
+        async move { server.reload().await }
+    });
+    wait_until("the reload's probe", || probed.load(Relaxed) > 0).await;
+    drop(a);
+    wait_until("a out of the serving picker", || {
+        serving.active_tier().is_none()
+    })
+    .await;
+    assert!(!reloading.is_finished(), "still in its probe round");
+    let done = within("reload", reloading).await.expect("task");
+    assert!(done.is_ok(), "{done:?}");
+    assert_eq!(server.pool("long").expect("long").active_tier(), None);
+}
