@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use weir_config::Check;
 
@@ -92,6 +92,8 @@ pub(crate) struct Running {
 struct Handle {
     stop: CancellationToken,
     update: mpsc::UnboundedSender<Update>,
+    /// Asks for a probe at once (a backend an operator enabled again).
+    now: Arc<Notify>,
 }
 
 /// A reload's word to a target it keeps.
@@ -107,6 +109,17 @@ impl Running {
     /// Ends every probe task, and any a later [`Prepared::spawn`] starts.
     pub(crate) fn stop(&self) {
         self.stop.cancel();
+    }
+
+    /// Probes the targets at `address` at once, rather than at their next
+    /// turn: a backend enabled again starts undecided and serves only once
+    /// a probe passes (with an `interval` of a minute, it waited that long).
+    pub(crate) fn probe_now(&self, address: SocketAddr) {
+        for (target, handle) in lock(&self.tasks).iter() {
+            if target.address == address {
+                handle.now.notify_one();
+            }
+        }
     }
 }
 
@@ -247,15 +260,17 @@ impl Prepared {
             };
             let stop = running.stop.child_token();
             let (update, updates) = mpsc::unbounded_channel();
+            let now = Arc::new(Notify::new());
             let task = Task {
                 target: target.clone(),
                 prober,
                 subs,
                 stop: stop.clone(),
                 updates,
+                now: Arc::clone(&now),
             };
             tokio::spawn(task.run(when, tx.clone()));
-            kept.insert(target, Handle { stop, update });
+            kept.insert(target, Handle { stop, update, now });
         }
         *tasks = kept;
         Checkers {
@@ -305,6 +320,7 @@ struct Task {
     subs: Vec<Subscriber>,
     stop: CancellationToken,
     updates: mpsc::UnboundedReceiver<Update>,
+    now: Arc<Notify>,
 }
 
 impl Task {
@@ -343,8 +359,8 @@ impl Task {
     }
 
     /// Waits until `due`, taking a reload's updates meanwhile; sooner when
-    /// one asks for a probe at once (its round's notice is put in `first`).
-    /// False when the task is to end.
+    /// one asks for a probe at once (its round's notice is put in `first`)
+    /// or [`Running::probe_now`] does. False when the task is to end.
     async fn wait(
         &mut self,
         due: tokio::time::Instant,
@@ -354,6 +370,7 @@ impl Task {
             tokio::select! {
                 () = self.stop.cancelled() => return false,
                 () = tokio::time::sleep_until(due) => return true,
+                () = self.now.notified() => return true,
                 u = self.updates.recv() => {
                     let Some(u) = u else { return false };
                     let old = std::mem::replace(&mut self.prober, u.prober);

@@ -24,7 +24,14 @@ impl Server {
                 .await
                 .map_err(|e| ControlError::State(e.to_string()))?;
         }
+        let was = p.backend(backend).map(crate::pool::Backend::admin);
         p.set_admin(backend, admin);
+        if was == Some(AdminState::Disabled) && admin != AdminState::Disabled {
+            // Its health starts again at unknown: probe it now.
+            if let Some(at) = p.backend(backend).and_then(|b| b.probe_address) {
+                self.probes.probe_now(at);
+            }
+        }
         view(&p, backend)
     }
 

@@ -1664,3 +1664,36 @@ async fn a_connection_set_up_during_an_eviction_is_closed_with_it() {
     assert!(within("closed", closed(&mut conn)).await);
     server.shutdown();
 }
+
+/// A backend an operator enables again starts undecided and is probed at
+/// once, not at its next turn: with an `interval` of an hour it served
+/// again only an hour later. Drained from disabled, the same (its probes
+/// go on while it drains).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_enabled_again_is_probed_at_once() {
+    let a = echo_backend().await;
+    let ha = HealthServer::start(200, "").await;
+    let server = start(&health_toml(
+        "",
+        "type = \"http\"\npath = \"/\"\ninterval = \"1h\"\nfast_interval = \"1h\"\nrise = 3",
+        &backend_toml("a", a, &format!("check_port = {}", ha.port())),
+    ))
+    .await;
+    let p = server.pool("p").expect("p");
+    assert_eq!(p.view("a").expect("a").health, Health::Up);
+    for back in [AdminState::Drain, AdminState::Enabled] {
+        let before = ha.requests.load(Ordering::SeqCst);
+        within("disable", server.set_admin("p", "a", AdminState::Disabled))
+            .await
+            .expect("disabled");
+        within("back", server.set_admin("p", "a", back))
+            .await
+            .expect("set");
+        wait_until("a probe decides", || {
+            p.view("a").is_some_and(|v| v.health == Health::Up)
+        })
+        .await;
+        assert_eq!(ha.requests.load(Ordering::SeqCst), before + 1, "{back:?}");
+    }
+    assert!(p.view("a").expect("a").serving);
+}
