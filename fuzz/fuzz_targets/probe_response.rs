@@ -1,18 +1,30 @@
 //! Any bytes as a backend's answer to an HTTP health probe: `http1` must not
-//! panic, a complete response's body is no longer than the input, and a
-//! response complete before EOF reads the same at EOF.
+//! panic, a complete response's body is no longer than the input, a
+//! response complete before EOF reads the same at EOF, and the answer to a
+//! HEAD probe has no body and fails only where the head does.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weir_wire::http1::{parse_response, parse_response_at_eof};
+use weir_wire::http1::{parse_response, parse_response_at_eof, parse_response_to};
 
 fuzz_target!(|data: &[u8]| {
     let at_eof = parse_response_at_eof(data);
-    if let Ok(Some(r)) = parse_response(data) {
+    let get = parse_response(data);
+    if let Ok(Some(r)) = &get {
         assert!(r.body.len() <= data.len());
         assert_eq!(at_eof.as_ref().map(|e| e.status), Ok(r.status));
     }
     if let Ok(r) = at_eof {
         assert!(r.body.len() <= data.len());
+    }
+    match parse_response_to(data, true) {
+        Ok(Some(head)) => {
+            assert!(head.body.is_empty());
+            if let Ok(Some(r)) = &get {
+                assert_eq!(head.status, r.status);
+            }
+        }
+        Ok(None) => assert!(matches!(get, Ok(None))),
+        Err(e) => assert_eq!(get.err(), Some(e)),
     }
 });

@@ -115,6 +115,8 @@ pub(crate) struct Exchange {
     pub(crate) user_agent: Option<HeaderValue>,
     pub(crate) request_id: Option<HeaderValue>,
     pub(crate) started: Instant,
+    /// The time a gRPC client gave the call (`grpc-timeout`).
+    pub(crate) deadline: Option<Duration>,
     pub(crate) body: Arc<BodyCount>,
     pub(crate) bytes_out: u64,
     pub(crate) status: u16,
@@ -168,6 +170,7 @@ impl Exchange {
             user_agent: None,
             request_id: None,
             started: crate::clock::now(),
+            deadline: None,
             body,
             bytes_out: 0,
             status: 0,
@@ -253,7 +256,7 @@ impl Exchange {
         if self.backend.is_none() && self.status != 0 {
             self.conn.answered_locally();
         } else if self.reason == weir_core::Reason::ClientClosed.as_str() {
-            self.conn.cancelled(took);
+            self.conn.cancelled(took, self.deadline);
         }
         let backend = self.backend.as_ref().and_then(|(p, i)| p.backends.get(*i));
         if let Some(r) = recording {

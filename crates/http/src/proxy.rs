@@ -161,6 +161,12 @@ pub(crate) fn handle(
         // client as a status, in trailers.
         let grpc_trailers =
             grpc && req.version() == Version::HTTP_2 && errors::is_native_grpc(req.headers());
+        if grpc_trailers {
+            x.deadline = req
+                .headers()
+                .get("grpc-timeout")
+                .and_then(|v| weir_wire::grpc_timeout::parse(v.as_bytes()));
+        }
         // What weir's own answers need: the route's (and, once one
         // matched, the rule's) `response_headers` marked `always`.
         macro_rules! own {

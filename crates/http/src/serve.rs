@@ -78,6 +78,21 @@ const MAX_ABANDONED: u64 = 100;
 /// client: its backend's work is done and its connection kept.
 const EARLY: Duration = Duration::from_secs(1);
 
+/// A gRPC call the client cancels as the deadline it gave (`grpc-timeout`)
+/// runs out is the client's timeout, not a flood, when that deadline is at
+/// least this: a client with sub-second deadlines through a backend's
+/// slowdown cancels most of its calls. A client that claims a deadline must
+/// wait for it, so it never cancels faster than one that waits for its
+/// answers (`max_concurrent_streams` calls per deadline).
+const MIN_DEADLINE: Duration = Duration::from_millis(50);
+
+/// Whether a request the client cancelled after `took` was cancelled early
+/// (see [`EARLY`]); `deadline` is the time the client gave the call.
+fn cancelled_early(took: Duration, deadline: Option<Duration>) -> bool {
+    // Within a tenth of the deadline: the client counts it from its send.
+    took < EARLY && !deadline.is_some_and(|d| d >= MIN_DEADLINE && took >= d - d / 10)
+}
+
 /// What the requests of one connection share with the connection.
 #[derive(Debug)]
 pub(crate) struct ConnState {
@@ -157,9 +172,10 @@ impl ConnState {
         self.bodies.load(Relaxed)
     }
 
-    /// A request the client cancelled before its answer ended, after `took`.
-    pub(crate) fn cancelled(&self, took: Duration) {
-        if took < EARLY {
+    /// A request the client cancelled before its answer ended, after `took`;
+    /// `deadline` is the time a gRPC client gave the call.
+    pub(crate) fn cancelled(&self, took: Duration, deadline: Option<Duration>) {
+        if cancelled_early(took, deadline) {
             self.abandoned.fetch_add(1, Relaxed);
         }
     }
@@ -887,6 +903,21 @@ enum Stop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_cancelled_at_its_deadline_is_not_cancelled_early() {
+        let ms = Duration::from_millis;
+        assert!(cancelled_early(ms(2), None));
+        assert!(!cancelled_early(ms(1000), None));
+        // Cancelled as its 200 ms ran out (within a tenth), or later.
+        assert!(!cancelled_early(ms(185), Some(ms(200))));
+        assert!(!cancelled_early(ms(400), Some(ms(200))));
+        // Long before its deadline, or a deadline too short to bound a flood.
+        assert!(cancelled_early(ms(20), Some(ms(200))));
+        assert!(cancelled_early(ms(175), Some(ms(200))));
+        assert!(cancelled_early(ms(10), Some(ms(10))));
+        assert!(cancelled_early(Duration::ZERO, Some(Duration::ZERO)));
+    }
 
     /// The thread's voluntary context switches so far: each time it slept.
     fn sleeps() -> u64 {

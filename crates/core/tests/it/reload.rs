@@ -792,7 +792,8 @@ async fn a_reload_that_changes_the_check_keeps_the_pool_serving_through_its_roun
     let (a, b) = (named_backend("a").await, named_backend("b").await);
     // The kernel completes the probes' handshakes; nothing needs to accept.
     let side = TcpSocket::new_v4().expect("socket");
-    side.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    side.bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
     let port = side.local_addr().expect("addr").port();
     let _side = side.listen(16).expect("listen");
     let dir = Scratch::new("reload-check-change");

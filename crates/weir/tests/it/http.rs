@@ -3927,9 +3927,11 @@ fn a_stalled_request_body_is_cut_after_request_body() {
 /// 100 and at least half of its requests, counted in
 /// `weir_http_reset_floods_total`; so has one that hides its resets among
 /// requests weir answers itself (a 404 costs no backend, and counts on
-/// neither side), and one that resets each request as soon as its answer
-/// begins (each costing the backend connection that carried it). A client
-/// that cancels a few stays.
+/// neither side), one that resets each request as soon as its answer
+/// begins (each costing the backend connection that carried it), and a
+/// gRPC client that cancels its calls long before the deadline it gave. A
+/// client that cancels a few stays, and so does a gRPC client whose calls
+/// all run out of their 100 ms deadlines while the backend is slow.
 #[test]
 fn an_http2_rapid_reset_flood_closes_the_connection() {
     let backend = raw_backend(None, Duration::from_millis(500));
@@ -3983,11 +3985,53 @@ fn an_http2_rapid_reset_flood_closes_the_connection() {
             Ok::<(), h2::Error>(())
         })
     };
+    // `n` gRPC calls to the slow backend, `batch` at a time, each giving
+    // the deadline `timeout` (`grpc-timeout`) and cancelled `after` its
+    // send. (Streams reset before hyper took them end the connection in the
+    // h2 crate, uncounted: a batch of calls cancelled at once sends them
+    // one by one.)
+    let calls = |client: &mut H2Client, n: usize, batch_of, timeout: &'static str, after| {
+        let send = client.send.clone();
+        client.rt.block_on(async move {
+            let mut batch = Vec::new();
+            for i in 0..n {
+                let mut send = send.clone().ready().await?;
+                let req = http::Request::post("http://app/slow")
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .header("grpc-timeout", timeout)
+                    .body(())
+                    .expect("request");
+                let (response, mut stream) = send.send_request(req, true)?;
+                batch.push(tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    stream.send_reset(h2::Reason::CANCEL);
+                    drop(response);
+                }));
+                if batch.len() == batch_of || i + 1 == n {
+                    for call in batch.drain(..) {
+                        let _ = call.await;
+                    }
+                }
+            }
+            Ok::<(), h2::Error>(())
+        })
+    };
     // A few cancelled among answered requests: the connection stays.
     let mut polite = H2Client::connect(front);
     let _ = cancel(&mut polite, 20, "/slow", false, 0);
     assert_eq!(polite.get("/x").map(|(status, _)| status).ok(), Some(200));
     assert!(!polite.ended_within(Duration::from_millis(200)));
+    // A gRPC client whose 100 ms deadlines all run out while the backend
+    // is slow: its calls end at their deadline, not as a flood's do.
+    let mut deadlines = H2Client::connect(front);
+    let sent = calls(&mut deadlines, 200, 50, "100m", Duration::from_millis(100));
+    assert!(sent.is_ok(), "{sent:?}");
+    assert_eq!(
+        deadlines.get("/x").map(|(status, _)| status).ok(),
+        Some(200)
+    );
+    assert!(!deadlines.ended_within(Duration::from_millis(200)));
 
     // The third: an answer larger than weir takes from a backend while its
     // client reads nothing, so that each is cancelled before it ended (one
@@ -4009,6 +4053,21 @@ fn an_http2_rapid_reset_flood_closes_the_connection() {
             (n + 1) as f64
         );
     }
+    // A deadline the client does not wait for is no excuse.
+    let mut liar = H2Client::connect(front);
+    let sent = calls(&mut liar, 300, 1, "100m", Duration::from_millis(2));
+    assert!(
+        liar.ended_within(DEADLINE),
+        "cancelled long before their deadline: the connection stayed open ({sent:?})"
+    );
+    assert!(!deadlines.ended_within(Duration::from_millis(50)));
+    assert_eq!(
+        metric(
+            admin,
+            "weir_http_reset_floods_total{listener=\"web\",route=\"app\"}"
+        ),
+        4.0
+    );
 }
 
 /// A backend on loopback answering `/big` with 200,000 bytes, `/huge` with
