@@ -22,7 +22,7 @@ use std::path::Path;
 pub use diff::{Diff, diff, need_restart};
 pub use error::{ConfigError, Problem};
 pub use model::*;
-pub use validate::{bind_meeting, name_problem};
+pub use validate::{bind_meeting, ipv4_if_mapped, name_problem};
 
 /// Parses and validates a configuration. Every problem carries the line and
 /// column of its key when the key is in the text.

@@ -265,11 +265,7 @@ pub struct ConnFilter {
 impl ConnFilter {
     /// An IP address or CIDR, as a client condition.
     pub fn parse_client(text: &str) -> Result<IpNet, crate::server::ControlError> {
-        let t = text.trim();
-        t.parse::<IpNet>()
-            .or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from))
-            .map(|n| n.trunc())
-            .map_err(|_| crate::server::ControlError::Network(text.to_owned()))
+        crate::server::firewall::parse_network(text)
     }
 
     /// True when no condition is given: every connection.
@@ -361,7 +357,9 @@ impl Registry {
             listener: Arc::clone(listener),
             route: u16::try_from(route).unwrap_or(u16::MAX),
             slot,
-            client_ip: client.ip(),
+            // IPv4 also when it came as `::ffff:a.b.c.d`: listed and
+            // matched as the firewall and routes see it.
+            client_ip: client.ip().to_canonical(),
             client_port: client.port(),
             started: Instant::now(),
             state: AtomicU8::new(state as u8),

@@ -432,14 +432,16 @@ impl crate::headers::Vars for Facts<'_> {
         let x = self.x;
         match var {
             Var::ClientIp => {
-                let _ = write!(out, "{}", x.client.ip());
+                // As `X-Forwarded-For` has it: IPv4 also when it came as
+                // `::ffff:a.b.c.d` (a dual-stack socket, a PROXY header).
+                let _ = write!(out, "{}", x.client.ip().to_canonical());
             }
             Var::ClientPort => {
                 let _ = write!(out, "{}", x.client.port());
             }
             Var::ServerIp => {
                 if let Some(s) = self.cx.server {
-                    let _ = write!(out, "{}", s.ip());
+                    let _ = write!(out, "{}", s.ip().to_canonical());
                 }
             }
             Var::ServerPort => {

@@ -247,7 +247,7 @@ pub struct Forwarding<'a> {
 /// A client's address as `X-Forwarded-For` carries it (IPv4-mapped IPv6
 /// addresses as IPv4).
 pub fn client_value(ip: IpAddr) -> HeaderValue {
-    HeaderValue::from_str(&canonical(ip).to_string())
+    HeaderValue::from_str(&ip.to_canonical().to_string())
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
@@ -285,7 +285,7 @@ pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
         headers.remove(FORWARDED);
     }
     if f.rfc7239 {
-        let node = match canonical(f.client) {
+        let node = match f.client.to_canonical() {
             IpAddr::V4(ip) => ip.to_string(),
             // RFC 7239 §6: an IPv6 node is quoted and bracketed.
             IpAddr::V6(ip) => format!("\"[{ip}]\""),
@@ -330,15 +330,6 @@ pub fn new_request_id() -> HeaderValue {
     // Owned by the value: its copies (the access log's) share it.
     HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(digits))
         .unwrap_or_else(|_| HeaderValue::from_static("0"))
-}
-
-/// IPv4 clients of a dual-stack socket show up as `::ffff:a.b.c.d`; headers
-/// carry them as IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 /// Appends `item` to the comma-separated list in `name`, joining several

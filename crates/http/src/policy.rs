@@ -134,7 +134,7 @@ impl Policy {
             }
         }
         if !m.source.is_empty() {
-            let ip = crate::rules::canonical_ip(r.client);
+            let ip = r.client.to_canonical();
             if !m.source.iter().any(|n| n.contains(&ip)) {
                 return false;
             }

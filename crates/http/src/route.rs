@@ -84,7 +84,7 @@ pub(crate) struct RoutePool {
 impl RouteState {
     /// Whether `ip` may send forwarding headers and a request id weir keeps.
     pub(crate) fn trusts(&self, ip: std::net::IpAddr) -> bool {
-        let ip = crate::rules::canonical_ip(ip);
+        let ip = ip.to_canonical();
         self.trusted.iter().any(|net| net.contains(&ip))
     }
 }

@@ -111,7 +111,7 @@ impl Rule {
             return false;
         }
         if !self.source.is_empty() {
-            let ip = canonical_ip(client);
+            let ip = client.to_canonical();
             if !self.source.iter().any(|n| n.contains(&ip)) {
                 return false;
             }
@@ -174,7 +174,7 @@ impl Rule {
             held.push(format!("path {path:?} matches /{}/", re.as_str()));
         }
         if !self.source.is_empty() {
-            let ip = canonical_ip(client);
+            let ip = client.to_canonical();
             let list = self
                 .source
                 .iter()
@@ -241,15 +241,6 @@ pub fn first<'r>(
     rules
         .iter()
         .find(|r| r.matches(method, host, path, headers, client, query))
-}
-
-/// An IPv4 client as an IPv4 address, also when it reached a dual-stack
-/// socket as `::ffff:a.b.c.d`: what lists of networks are compared with.
-pub(crate) fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 /// A request's host for matching: lower case, without the port and a final

@@ -15,6 +15,7 @@ mod health;
 mod http;
 mod listener;
 pub use listener::bind_meeting;
+pub use values::ipv4_if_mapped;
 mod log;
 mod otlp;
 mod policy;

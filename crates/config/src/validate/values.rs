@@ -25,7 +25,7 @@ pub(super) fn parse_source(s: &str) -> Result<IpNet, String> {
 /// it stands for: clients are matched by their IPv4 address (a dual-stack
 /// socket's `::ffff:a.b.c.d` is turned into `a.b.c.d`), so the mapped form
 /// would match none.
-fn ipv4_if_mapped(net: IpNet) -> IpNet {
+pub fn ipv4_if_mapped(net: IpNet) -> IpNet {
     match net {
         IpNet::V6(v6) if v6.prefix_len() >= 96 => v6
             .network()

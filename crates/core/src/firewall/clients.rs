@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use weir_config::PerClient;
 
 use super::Block;
-use super::set::canonical;
 use crate::sync::lock;
 
 const SHARDS: usize = 64;
@@ -169,7 +168,7 @@ impl ClientTable {
     /// The key of a client: its address, or its network of `ipv4_prefix` /
     /// `ipv6_prefix` bits. IPv4 keys live in `::ffff:0:0/96`.
     fn key(&self, ip: IpAddr) -> u128 {
-        match canonical(ip) {
+        match ip.to_canonical() {
             IpAddr::V4(a) => {
                 let mask = u32::MAX
                     .checked_shl(32 - u32::from(self.ipv4_prefix))

@@ -203,7 +203,7 @@ impl Firewall {
 /// database: a lookup allocates nothing.
 fn country_admits(c: &weir_config::Countries, ip: IpAddr) -> bool {
     use maxminddb::PathElement::Key;
-    let found = c.database.reader.lookup(set::canonical(ip)).ok();
+    let found = c.database.reader.lookup(ip.to_canonical()).ok();
     let code = found
         .as_ref()
         .and_then(|f| {

@@ -7,15 +7,6 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-/// IPv4 clients of a dual-stack socket come as `::ffff:a.b.c.d`; they are
-/// looked up as the IPv4 address they are.
-pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct AddrSet {
     v4: Vec<(u32, u32)>,
@@ -60,7 +51,7 @@ impl AddrSet {
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match canonical(ip) {
+        match ip.to_canonical() {
             IpAddr::V4(a) => within(&self.v4, u32::from(a)),
             IpAddr::V6(a) => within(&self.v6, u128::from(a)),
         }
@@ -204,7 +195,7 @@ mod tests {
                     _ if rng.bool() => IpAddr::V4(rng.u32(..).into()),
                     _ => IpAddr::V6(rng.u128(..).into()),
                 };
-                let expected = nets.iter().any(|n| n.contains(&canonical(probe)));
+                let expected = nets.iter().any(|n| n.contains(&probe.to_canonical()));
                 assert_eq!(s.contains(probe), expected, "{probe} in {nets:?}");
             }
         }

@@ -158,12 +158,31 @@ async fn sleep_or_forever(wait: Option<Duration>) {
     }
 }
 
-fn parse_network(s: &str) -> Result<IpNet, ControlError> {
+/// An IP address or CIDR an operator typed; an IPv4-mapped one
+/// (`::ffff:a.b.c.d`) as the IPv4 network it stands for, which is how
+/// clients are matched (and one rule per network).
+pub(crate) fn parse_network(s: &str) -> Result<IpNet, ControlError> {
     let s = s.trim();
-    if let Ok(net) = s.parse::<IpNet>() {
-        return Ok(net.trunc());
-    }
-    s.parse::<std::net::IpAddr>()
-        .map(IpNet::from)
+    s.parse::<IpNet>()
+        .map(|n| n.trunc())
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map(weir_config::ipv4_if_mapped)
         .map_err(|_| ControlError::Network(s.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mapped_network_is_the_ipv4_one_it_stands_for() {
+        let net = |s: &str| parse_network(s).expect(s);
+        assert_eq!(net("::ffff:203.0.113.5"), net("203.0.113.5"));
+        assert_eq!(net("::ffff:203.0.113.5").to_string(), "203.0.113.5/32");
+        assert_eq!(net("::ffff:10.1.2.3/104").to_string(), "10.0.0.0/8");
+        assert_eq!(net(" 2001:db8::1/32 ").to_string(), "2001:db8::/32");
+        assert_eq!(net("::1").to_string(), "::1/128");
+        assert!(parse_network("::ffff:10.0.0.0/300").is_err());
+        assert!(parse_network("example.com").is_err());
+    }
 }

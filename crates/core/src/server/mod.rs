@@ -34,7 +34,7 @@ mod claim;
 mod connections;
 mod control;
 mod explain;
-mod firewall;
+pub(crate) mod firewall;
 mod inherited;
 mod metrics;
 mod reload;

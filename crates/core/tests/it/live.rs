@@ -257,3 +257,60 @@ async fn a_removed_listeners_draining_connections_can_be_listed_and_closed() {
     // Once its last connection is gone, the removed listener is no more.
     wait_until("forgotten", || server.connections(&old, 10).is_err()).await;
 }
+
+/// An IPv4 client that comes as `::ffff:a.b.c.d` (a dual-stack proxy's
+/// PROXY header, a dual-stack socket) is listed, and found by a client
+/// filter, as `a.b.c.d`, also with the filter typed in the mapped form: as
+/// the firewall and routes see it, so that `weir connections close
+/// --client` after `weir firewall deny` finds its connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapped_ipv4_client_is_listed_and_found_as_ipv4() {
+    let backend = echo_backend().await;
+    let toml = format!(
+        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n\
+         proxy_protocol = {{ accept = true, trusted = [\"127.0.0.1\"] }}\n\
+         [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\n[[pools.backends]]\nname = \"echo\"\naddress = \"{backend}\"\n"
+    );
+    let server = start(&toml).await;
+    let front = addr(&server, "l");
+    let mut s = TcpStream::connect(front).await.expect("connect");
+    s.write_all(b"PROXY TCP6 ::ffff:198.51.100.7 ::ffff:10.0.0.1 5000 443\r\n")
+        .await
+        .expect("header");
+    within("echo", round_trip(&mut s, b'x')).await;
+    let by = |text: &str| ConnFilter {
+        client: Some(ConnFilter::parse_client(text).expect("client")),
+        ..ConnFilter::default()
+    };
+    let listed = server
+        .connections(&by("198.51.100.7"), usize::MAX)
+        .expect("list")
+        .views();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        listed[0].client,
+        "198.51.100.7:5000".parse::<SocketAddr>().expect("addr")
+    );
+    for text in [
+        "198.51.100.0/24",
+        "::ffff:198.51.100.7",
+        "::ffff:198.51.100.0/120",
+    ] {
+        let n = server
+            .connections(&by(text), usize::MAX)
+            .expect("list")
+            .views()
+            .len();
+        assert_eq!(n, 1, "{text}");
+    }
+    assert_eq!(
+        server
+            .close_connections(&by("198.51.100.7"))
+            .expect("close"),
+        1
+    );
+    let mut b = [0u8; 1];
+    let end = within("closed", s.read(&mut b)).await;
+    assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
+}

@@ -695,9 +695,12 @@ fn country_db(path: &std::path::Path, networks: &[(&str, &str, &str)]) {
 /// `countries`: the country a MaxMind-format database gives the client
 /// (`country`, else `registered_country`; `--` for none) is denied, or must
 /// be allowed; the database is read again on reload, and a missing or
-/// broken one fails the reload and keeps the rules in force.
+/// broken one fails the reload and keeps the rules in force. A runtime
+/// `allow` lets a source of a denied country in (and a runtime rule typed
+/// in the IPv4-mapped form is the same rule).
 #[test]
 fn country_rules_from_a_maxmind_database() {
+    use crate::control::{ctl, text};
     let dir = test_dir("firewall-geo");
     let db = dir.join("country.mmdb");
     country_db(
@@ -709,11 +712,11 @@ fn country_rules_from_a_maxmind_database() {
         ],
     );
     let backend = counting_backend();
-    let (admin, front, only) = (free_port(), free_port(), free_port());
+    let (admin, grpc, front, only) = (free_port(), free_port(), free_port(), free_port());
     let (weir, out) = start(
         "firewall-geo",
         &format!(
-            "[admin]\nhttp = \"{admin}\"\n[log]\nformat = \"json\"\n\
+            "[admin]\nhttp = \"{admin}\"\ngrpc = \"{grpc}\"\n[log]\nformat = \"json\"\n\
              [firewall]\ncountries = {{ database = {:?}, deny = [\"xx\"] }}\n\
              [[listeners]]\nname = \"l\"\nbind = \"{front}\"\n\
              [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
@@ -768,6 +771,27 @@ fn country_rules_from_a_maxmind_database() {
         Err(ErrorKind::ConnectionReset)
     );
     assert_eq!(ping_from(ip("127.0.21.1"), front), Ok(()));
+    // An operator's exception for one address of a denied country; the
+    // mapped form names the same rule.
+    let (code, _, err) = text(&ctl(grpc, None, &["firewall", "deny", "127.0.20.1"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = text(&ctl(
+        grpc,
+        None,
+        &["firewall", "allow", "::ffff:127.0.20.1"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    let (code, list, err) = text(&ctl(grpc, None, &["firewall", "list"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(list.matches("127.0.20.1/32").count(), 1, "{list}");
+    assert!(!list.contains("ffff"), "{list}");
+    assert_eq!(ping_from(ip("127.0.20.1"), front), Ok(()));
+    let (code, _, err) = text(&ctl(grpc, None, &["firewall", "remove", "127.0.20.1"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        ping_from(ip("127.0.20.1"), front),
+        Err(ErrorKind::ConnectionReset)
+    );
 
     // Broken, then missing: the reload fails, naming the key and the
     // reason, and the rules in force stay.

@@ -4991,6 +4991,17 @@ fn header_values_carry_the_requests_facts() {
         answer.contains("real=192.0.2.7 to=198.51.100.1 8443 via="),
         "{answer}"
     );
+    // IPv4 addresses as a dual-stack proxy sends them: written as IPv4,
+    // as `X-Forwarded-For` has them.
+    let answer = raw_exchange(
+        behind,
+        b"PROXY TCP6 ::ffff:192.0.2.8 ::ffff:198.51.100.1 4000 8443\r\n\
+          GET /behind HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        answer.contains("real=192.0.2.8 to=198.51.100.1 8443 via="),
+        "{answer}"
+    );
 }
 
 /// Rules matching exact paths, a path pattern, query parameters and the
