@@ -70,8 +70,8 @@ pub trait HttpHandler: Send + Sync + fmt::Debug {
     /// `listener.routes`.
     fn serve(self: Arc<Self>, listener: Arc<Listener>, route: usize, client: Client) -> Serving;
 
-    /// The snapshot holding this handler now runs.
-    fn activate(&self);
+    /// The snapshot holding this handler now runs, in `listener`.
+    fn activate(&self, listener: &Listener);
 
     /// A reload removed this route (or changed it to layer 4), or its
     /// successor does not carry its connections on.

@@ -35,7 +35,9 @@ pub struct Listener {
     pub(crate) proxy_accept: Option<weir_config::ProxyAccept>,
     /// Who may connect, and how much: the configured firewall and the
     /// operator's runtime rules.
-    pub firewall: Firewall,
+    /// Shared with the connections of its `l7` routes that a reload
+    /// carries on: their requests follow the running listener's limits.
+    pub firewall: Arc<Firewall>,
     pub stats: Arc<ListenerStats>,
     pub(crate) zero_copy: bool,
     /// Write an access-log line per connection (per request in layer 7).

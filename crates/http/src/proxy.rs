@@ -198,7 +198,11 @@ pub(crate) fn handle(
             )));
         }
 
-        if !cx.listener.firewall.admit_request(cx.client.ip()) {
+        let admitted = match &*cx.slot.firewall.load() {
+            Some(running) => running.admit_request(cx.client.ip()),
+            None => cx.listener.firewall.admit_request(cx.client.ip()),
+        };
+        if !admitted {
             cx.listener
                 .stats
                 .blocked(weir_core::firewall::Block::RequestRate);

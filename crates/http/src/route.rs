@@ -93,6 +93,10 @@ impl RouteState {
 #[derive(Debug)]
 pub(crate) struct Slot {
     pub(crate) current: ArcSwap<RouteState>,
+    /// The firewall of the listener the route runs in now: a request's
+    /// `per_client.requests` limit is the running one, also on a connection
+    /// a reload carried on (set when the route is switched to).
+    pub(crate) firewall: arc_swap::ArcSwapOption<weir_core::firewall::Firewall>,
     /// Cancelled when a reload removed the route.
     pub(crate) retired: CancellationToken,
     /// When the route was removed: set before `retired` fires, so that
@@ -326,6 +330,7 @@ impl Handler {
             Some(h) if same_terms => Arc::clone(&h.slot),
             _ => Arc::new(Slot {
                 current: ArcSwap::new(Arc::clone(&state)),
+                firewall: arc_swap::ArcSwapOption::empty(),
                 retired: CancellationToken::new(),
                 retired_at: std::sync::OnceLock::new(),
             }),
@@ -345,8 +350,11 @@ impl HttpHandler for Handler {
         ))
     }
 
-    fn activate(&self) {
+    fn activate(&self, listener: &Listener) {
         self.slot.current.store(Arc::clone(&self.state));
+        self.slot
+            .firewall
+            .store(Some(Arc::clone(&listener.firewall)));
         // Kept connections follow this configuration's keep-alive from now
         // (not from the build: a reload that fails later changes nothing),
         // and new ones get a sweeper.

@@ -247,11 +247,11 @@ fn build_listener(
                 })
         }),
         proxy_accept: l.proxy_protocol.clone(),
-        firewall: crate::firewall::Firewall::new(
+        firewall: Arc::new(crate::firewall::Firewall::new(
             l.firewall.as_ref(),
             runtime,
-            before.map(|b| &b.firewall),
-        ),
+            before.map(|b| &*b.firewall),
+        )),
         routes,
         stats,
         zero_copy: config.runtime.zero_copy,

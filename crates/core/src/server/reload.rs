@@ -485,7 +485,7 @@ fn http_handover(old: Option<&Snapshot>, listeners: &[Arc<Listener>]) {
     }
     for l in listeners {
         for (_, handler) in l7(l) {
-            handler.activate();
+            handler.activate(l);
         }
     }
     let Some(old) = old else {

@@ -422,23 +422,29 @@ fn a_flood_of_distinct_sources_keeps_the_table_bounded() {
 }
 
 /// `per_client.requests`: HTTP requests over the rate are answered 429 with
-/// the reason, on the same connection, and counted.
+/// the reason, on the same connection, and counted. The limit a reload
+/// sets (or removes) holds for the requests of a connection it carries on
+/// (they kept the limit of the listener they were accepted by).
 #[test]
 fn http_requests_over_the_rate_get_429() {
     let backend = crate::http::raw_backend(None, Duration::ZERO);
     let (admin, front) = (free_port(), free_port());
-    let (_weir, _out) = start(
-        "firewall-requests",
-        &format!(
+    let config = |firewall: &str| {
+        format!(
             "[admin]\nhttp = \"{admin}\"\n[log]\naccess_log = false\n\
-             [firewall]\nper_client = {{ requests = 1, requests_burst = 3 }}\n\
+             {firewall}\
              [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
              [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
              [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
              [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n",
             backend.addr
-        ),
-    );
+        )
+    };
+    let limited = |burst: u32| {
+        format!("[firewall]\nper_client = {{ requests = 1, requests_burst = {burst} }}\n")
+    };
+    let file = crate::cli::temp_config("firewall-requests", &config(&limited(3)));
+    let (weir, out) = crate::cli::run_weir(&file);
     let mut s = TcpStream::connect(front).expect("connect");
     s.set_read_timeout(Some(DEADLINE)).expect("timeout");
     for i in 1..=3 {
@@ -463,6 +469,23 @@ fn http_requests_over_the_rate_get_429() {
         scrape.contains("weir_http_requests_total{listener=\"web\",route=\"app\",code=\"4xx\"} 1"),
         "{scrape}"
     );
+
+    // A reload removes the limit: the same connection is served again.
+    std::fs::write(&file, config("")).expect("write");
+    signal(&weir.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    for _ in 0..3 {
+        let body = crate::http::keepalive_get(&mut s, "/").expect("served");
+        assert!(body.contains("req="), "{body}");
+    }
+    // Another brings a tighter one: it holds on the same connection.
+    std::fs::write(&file, config(&limited(1))).expect("write");
+    signal(&weir.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    let body = crate::http::keepalive_get(&mut s, "/").expect("served");
+    assert!(body.contains("req="), "{body}");
+    let body = crate::http::keepalive_get(&mut s, "/").expect("answered");
+    assert!(body.contains("(rate_limit)"), "{body}");
 }
 
 /// The operator's rules at runtime: `weir firewall deny` bans a source on
