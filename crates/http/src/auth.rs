@@ -293,6 +293,11 @@ impl Gate {
     }
 
     /// The service's URL, as configured.
+    /// The settings the gate was made with.
+    pub(crate) fn settings(&self) -> &Auth {
+        &self.cfg
+    }
+
     pub(crate) fn url(&self) -> &str {
         &self.cfg.url
     }

@@ -45,7 +45,7 @@ pub(crate) struct RouteState {
     /// Checked for every request, before the matched rule's.
     pub(crate) policies: Vec<Policy>,
     /// Forward authentication of the requests whose rule has none.
-    pub(crate) auth: Option<Gate>,
+    pub(crate) auth: Option<Arc<Gate>>,
     /// The operator's header changes, before the matched rule's.
     pub(crate) request_headers: crate::headers::HeaderOps,
     pub(crate) response_headers: crate::headers::HeaderOps,
@@ -211,8 +211,15 @@ impl Handler {
                 .collect()
         };
         let auth_stats = previous.map_or_else(Arc::default, |p| Arc::clone(&p.auth_stats));
-        let gate = |a: &Option<weir_config::Auth>| {
-            a.as_ref().map(|a| Gate::new(a, Arc::clone(&auth_stats)))
+        // When only backends changed (DNS, `weir backend add`), a gate whose
+        // settings stay is kept whole: its cache, breaker, connections and
+        // `max_calls` (a rolling deploy of some pool would otherwise ask the
+        // service again for every client, and close an open breaker).
+        let gate = |a: &Option<weir_config::Auth>, before: Option<&Arc<Gate>>| {
+            a.as_ref().map(|a| match before {
+                Some(old) if !b.read_files && old.settings() == a => Arc::clone(old),
+                _ => Arc::new(Gate::new(a, Arc::clone(&auth_stats))),
+            })
         };
         let rules = b
             .http
@@ -227,7 +234,10 @@ impl Handler {
                 let mut rule = Rule::new(&r.name, &r.matcher, at)
                     .ok_or_else(|| format!("{}.http[{ri}].match: cannot be used", b.path))?;
                 rule.policies = compile(&r.policies);
-                rule.auth = gate(&r.auth);
+                let before = previous
+                    .and_then(|p| p.rules.iter().find(|old| *old.name == *r.name))
+                    .and_then(|old| old.auth.as_ref());
+                rule.auth = gate(&r.auth, before);
                 rule.redirect = r.redirect.as_ref().map(crate::redirect::Redirect::new);
                 rule.rewrite = crate::rewrite::PathRewrite::new(
                     r.strip_prefix.as_deref(),
@@ -239,7 +249,7 @@ impl Handler {
             })
             .collect::<Result<Vec<_>, String>>()?;
         let policies = compile(&b.http.policies);
-        let auth = gate(&b.http.auth);
+        let auth = gate(&b.http.auth, previous.and_then(|p| p.auth.as_ref()));
         let mut identity: Vec<http::HeaderName> = Vec::new();
         for g in rules.iter().filter_map(|r| r.auth.as_ref()).chain(&auth) {
             for name in g.copied_names() {

@@ -26,7 +26,7 @@ pub struct Rule {
     /// Checked after the route's, for the requests this rule takes.
     pub(crate) policies: Vec<crate::policy::Policy>,
     /// This rule's forward authentication, instead of the route's.
-    pub(crate) auth: Option<crate::auth::Gate>,
+    pub(crate) auth: Option<std::sync::Arc<crate::auth::Gate>>,
     /// The path the backend gets (`strip_prefix`, `add_prefix`).
     pub(crate) rewrite: Option<crate::rewrite::PathRewrite>,
     /// Answer with a redirect instead (`pool` is then unused).

@@ -627,3 +627,41 @@ fn an_allowing_decision_is_reused_for_allowed_ttl_only() {
     assert_eq!(raw_get(front, "/a", bad).0, 401);
     assert_eq!(calls(), 4, "the refusal was asked again");
 }
+
+/// A change of backends only (here `weir backend add`, as DNS discovery
+/// makes at every change of its answer) keeps the route's authentication
+/// as it was: its decisions are still reused (every client was asked again
+/// after each such change).
+#[test]
+fn a_change_of_backends_keeps_the_decisions() {
+    use crate::control::{ctl, text};
+    let auth = auth_service();
+    let backend = headers_backend(&["x-user"]);
+    let extra = headers_backend(&["x-user"]);
+    let (front, grpc) = (free_port(), free_port());
+    let (_weir, _out) = start(
+        "auth-backends",
+        &format!(
+            "[admin]\ngrpc = \"{grpc}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             auth = {{ url = \"http://{a}/check\", headers = [\"authorization\"] }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n",
+            a = auth.addr
+        ),
+    );
+    let good = "Authorization: Bearer good\r\n";
+    assert_eq!(raw_get(front, "/a", good).0, 200);
+    assert_eq!(auth.calls.load(Relaxed), 1);
+    let (code, _, err) = text(&ctl(
+        grpc,
+        None,
+        &["backend", "add", "p", &extra.to_string()],
+    ));
+    assert_eq!(code, 0, "{err}");
+    for _ in 0..4 {
+        assert_eq!(raw_get(front, "/a", good).0, 200);
+    }
+    assert_eq!(auth.calls.load(Relaxed), 1, "the decision was kept");
+}
