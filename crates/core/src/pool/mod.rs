@@ -119,8 +119,11 @@ pub struct Pool {
     /// then an empty one says nothing of them.
     pub(super) built: AtomicBool,
     /// Serialises rebuilds so the picker always reflects the latest states;
-    /// holds the active tier the last rebuild decided.
-    rebuild: Mutex<Option<u32>>,
+    /// holds the active tier the last rebuild decided. Shared by the pool's
+    /// generations: an older one's rebuild under way when a reload switches
+    /// finishes before the newest one's begins, rather than after it (its
+    /// limits, tiers and drains would overwrite the newest's).
+    rebuild: Arc<Mutex<Option<u32>>>,
     /// False during the first round of probes: results are recorded and the
     /// picker is built once when the round is complete (no transient tiers).
     settled: AtomicBool,
@@ -284,7 +287,7 @@ impl Pool {
         };
         // A pool new to this process serves no tier until its first probe
         // round: that first decision is recorded as a change too.
-        let last_tier = previous.and_then(Pool::active_tier);
+        let rebuild = previous.map_or_else(Arc::default, |p| Arc::clone(&p.rebuild));
         let limited = backends.iter().any(|b| b.max_connections.is_some());
         Arc::new(Pool {
             name: cfg.name.clone(),
@@ -311,7 +314,7 @@ impl Pool {
             policy: cfg.balance,
             picker: ArcSwap::from_pointee(Picker::new(cfg.balance, &[])),
             built: AtomicBool::new(false),
-            rebuild: Mutex::new(last_tier),
+            rebuild,
             settled: AtomicBool::new(false),
             ramp_task: AtomicBool::new(false),
             tier_history,
@@ -464,11 +467,12 @@ impl Pool {
     /// the old pool), the newest generation is rebuilt instead: the old one's
     /// limits and tiers would overwrite what the backends share with it.
     fn rebuild(self: &Arc<Self>, why: impl FnOnce() -> String) {
+        let mut last_tier = lock(&self.rebuild);
         let latest = self.latest();
         if !Arc::ptr_eq(&latest, self) {
+            drop(last_tier);
             return latest.rebuild(why);
         }
-        let mut last_tier = lock(&self.rebuild);
         let now = std::time::Instant::now();
         let mut ramping = false;
         let mut ramps: Vec<Option<f64>> = Vec::with_capacity(self.backends.len());
@@ -530,12 +534,15 @@ impl Pool {
             } else {
                 Out::Leave
             };
-            let was_serving = b.serving.swap(serving, Relaxed);
+            b.serving.store(serving, Relaxed);
             // Acted on when it changes, serving or not: a backend disabled
             // while it was already down drains too, and one that goes down
-            // while draining is closed at once under close_on_down.
+            // while draining is closed at once under close_on_down. What
+            // the generations share says whether it served: a drain an
+            // older one scheduled is called off by the newest's serving.
             let was = b.link.out.swap(out as u8, Relaxed);
-            if was == out as u8 && was_serving == serving {
+            let was_serving = was == Out::Serving as u8;
+            if was == out as u8 {
                 continue;
             }
             // A drain under way goes on while the backend stays out of
