@@ -4,7 +4,9 @@
 //! relaxed adds; [`Writer`] writes the Prometheus text and OpenMetrics formats,
 //! so each subsystem renders its own families into one scrape; and
 //! [`AccessRecord`] is the one access-log line of a connection or request;
-//! a [`LogBudget`] thins such lines under a flood and counts what it left out.
+//! a [`LogBudget`] thins such lines under a flood and counts what it left out;
+//! a [`LogQueue`] takes log lines to a thread of their own, so that a reader
+//! that stalls costs lines (counted), never a blocked worker.
 //!
 //! There is no registry and no global state: whoever owns a counter renders it.
 //! With the `metrics` feature off, counters and histograms that only feed
@@ -15,9 +17,11 @@ mod budget;
 mod counter;
 mod exposition;
 mod histogram;
+mod log_queue;
 
 pub use access::{AccessRecord, HttpAccessRecord};
 pub use budget::{LogBudget, Verdict};
 pub use counter::{ActiveGuard, count};
 pub use exposition::{Format, Kind, Writer};
 pub use histogram::{Histogram, HistogramSnapshot};
+pub use log_queue::{LogQueue, LogStats, QUEUE_BYTES};

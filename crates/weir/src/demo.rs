@@ -35,15 +35,16 @@ pub(crate) fn run(demo: &Demo) -> Result<()> {
         let toml = demo_config(demo, &backends);
         let config = weir_config::load_str(&toml)
             .map_err(|e| anyhow::anyhow!("demo configuration is invalid:\n{e}"))?;
-        crate::init_logging(&config.log)?;
+        let log = crate::init_logging(&config.log)?;
         let takeover = crate::Takeover::Refuse {
             hint: "Stop it, or choose other addresses with --listen, --admin and --grpc",
         };
-        crate::serve(
+        let served = crate::serve(
             config,
             None,
             takeover,
             weir_core::Inherited::default(),
+            Some(Arc::clone(log.stats())),
             |server, admin| {
                 // With port 0 the kernel chose: show the addresses actually bound.
                 let listen = server
@@ -59,7 +60,9 @@ pub(crate) fn run(demo: &Demo) -> Result<()> {
                 }
             },
         )
-        .await
+        .await;
+        log.flush(crate::LOG_FLUSH);
+        served
     })
 }
 

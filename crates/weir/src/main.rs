@@ -20,6 +20,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use weir_config::{Config, LogFormat};
 use weir_core::Server;
+use weir_telemetry::LogQueue;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -355,20 +356,58 @@ fn resolve(path: &Path, cfg: &Config) -> Result<(), weir_config::ConfigError> {
         })
 }
 
-/// Installs the global tracing subscriber.
-pub(crate) fn init_logging(cfg: &weir_config::Log) -> Result<()> {
+/// Installs the global tracing subscriber, writing to the standard output
+/// through a [`LogQueue`]: a reader that stalls costs lines, counted in
+/// `weir_log_dropped_lines_total`, never a worker blocked in a write.
+pub(crate) fn init_logging(cfg: &weir_config::Log) -> Result<Arc<LogQueue>> {
     let directives = log_directives(&cfg.level);
     let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .with_context(|| format!("log.level: invalid filter {directives:?}"))?;
+    let queue = LogQueue::start(std::io::stdout(), weir_telemetry::QUEUE_BYTES, |n| {
+        tracing::warn!(
+            dropped = n,
+            "log lines were dropped: the standard output did not take them fast enough"
+        );
+    })
+    .context("cannot start the log writer")?;
+    let queue = Arc::new(queue);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stdout().is_terminal())
-        .with_writer(std::io::stdout);
+        .with_writer(LogSink(Arc::clone(&queue)));
     let result = match cfg.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
-    result.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
+    result.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
+    Ok(queue)
+}
+
+/// How long the exit waits for queued log lines to be written.
+pub(crate) const LOG_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The subscriber's writer: each event it formats goes to the queue whole.
+struct LogSink(Arc<LogQueue>);
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogSink {
+    type Writer = LogLine<'a>;
+
+    fn make_writer(&'a self) -> LogLine<'a> {
+        LogLine(&self.0)
+    }
+}
+
+struct LogLine<'a>(&'a LogQueue);
+
+impl std::io::Write for LogLine<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.push(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The filter for `log.level`. Access-log lines (target `weir::access`) stay
@@ -406,9 +445,18 @@ fn run(config: Config, path: PathBuf, takeover: Takeover) -> Result<()> {
     // First: taking the descriptors changes the environment, which only a
     // process without other threads may do.
     let inherited = activation::from_env()?;
-    init_logging(&config.log)?;
+    let log = init_logging(&config.log)?;
     let runtime = build_runtime(config.runtime.threads())?;
-    runtime.block_on(serve(config, Some(path), takeover, inherited, |_, _| {}))
+    let served = runtime.block_on(serve(
+        config,
+        Some(path),
+        takeover,
+        inherited,
+        Some(Arc::clone(log.stats())),
+        |_, _| {},
+    ));
+    log.flush(LOG_FLUSH);
+    served
 }
 
 /// Whether weir may start on addresses another process listens on.
@@ -489,6 +537,7 @@ pub(crate) async fn serve(
     config_path: Option<PathBuf>,
     takeover: Takeover,
     inherited: weir_core::Inherited,
+    log: Option<Arc<weir_telemetry::LogStats>>,
     started: impl FnOnce(&Server, AdminAddrs),
 ) -> Result<()> {
     let notifier = Arc::new(notify::Notifier::from_env());
@@ -556,6 +605,7 @@ pub(crate) async fn serve(
         http: Some(Arc::clone(&layer) as Arc<dyn weir_core::l7::HttpLayer>),
         inherited,
         takeover: takeover == Takeover::Allow,
+        log,
     };
     let server = Server::start_with(config, options).await?;
     handle.set(Arc::clone(&server));

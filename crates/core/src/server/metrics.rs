@@ -28,6 +28,14 @@ impl Server {
         if let Some(http) = &self.http {
             http.render(w);
         }
+        if let Some(log) = &self.log {
+            w.family(
+                "weir_log_dropped_lines",
+                Kind::Counter,
+                "Log lines dropped because the standard output did not take them as fast as they came (8 MiB of lines waited).",
+            );
+            w.sample("weir_log_dropped_lines_total", &[], log.dropped());
+        }
         w.family(
             "weir_config_reloads",
             Kind::Counter,

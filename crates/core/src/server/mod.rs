@@ -226,6 +226,8 @@ pub struct Options {
     /// that one lets it go. Otherwise an address another weir holds (even
     /// one in its first probe round, not listening yet) fails the start.
     pub takeover: bool,
+    /// The log writer's counters (`weir_log_*`), when weir writes its log.
+    pub log: Option<Arc<weir_telemetry::LogStats>>,
 }
 
 /// One complete, immutable runtime configuration.
@@ -303,6 +305,8 @@ pub struct Server {
     /// Listeners a reload removed whose connections may still run: listed,
     /// closed by an operator, and closed by a second signal too.
     retiring: Mutex<Vec<shutdown::Retiring>>,
+    /// The log writer's counters.
+    log: Option<Arc<weir_telemetry::LogStats>>,
 }
 
 impl Server {
@@ -375,6 +379,7 @@ impl Server {
             discovery: crate::discovery::Discovery::default(),
             runtime: Mutex::new(runtime),
             retiring: Mutex::default(),
+            log: options.log,
         };
         let server = Arc::new(server);
         // Pools that discover their backends start with what DNS says now.

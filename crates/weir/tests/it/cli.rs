@@ -1512,8 +1512,9 @@ fn thread_names(pid: u32) -> Vec<String> {
 
 /// `[runtime] worker_threads` is the number of the runtime's threads
 /// (`weir-worker`): 5 runs five beside the main thread; 1 a single-threaded
-/// event loop on the main thread, no other thread at all; 0 one per CPU
-/// the process may run on, so the same under `taskset` to one CPU.
+/// event loop on the main thread, no other worker; 0 one per CPU the
+/// process may run on, so the same under `taskset` to one CPU. Beside them
+/// there is always the thread that writes the log (`weir-log`).
 #[test]
 fn worker_threads_sets_the_number_of_threads() {
     let backend = echo_backend();
@@ -1535,7 +1536,7 @@ fn worker_threads_sets_the_number_of_threads() {
         .expect("Cpus_allowed_list")
         .to_owned();
     // (worker_threads, pinned to one CPU, weir-worker threads, all threads)
-    for (threads, pinned, workers, all) in [(5, false, 5, 6), (1, false, 0, 1), (0, true, 0, 1)] {
+    for (threads, pinned, workers, all) in [(5, false, 5, 7), (1, false, 0, 2), (0, true, 0, 2)] {
         let front = free_port();
         let file = temp_config(&format!("workers-{threads}"), &text(front, threads));
         let mut cmd = if pinned {
@@ -1554,7 +1555,8 @@ fn worker_threads_sets_the_number_of_threads() {
         loop {
             let names = thread_names(pid);
             let named = names.iter().filter(|n| *n == "weir-worker").count();
-            if (named, names.len()) == (workers, all) {
+            let log = names.iter().filter(|n| *n == "weir-log").count();
+            if (named, log, names.len()) == (workers, 1, all) {
                 break;
             }
             assert!(

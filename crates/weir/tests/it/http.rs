@@ -396,11 +396,13 @@ fn serve_raw(
         r.fetch_add(1, SeqCst);
         std::thread::sleep(delay);
         let answer = format!("conn={conn} req={k} body={}\n", body.len());
-        let _ = write!(
-            s,
+        // One write: `write!` makes one per piece, and the pieces after the
+        // first wait for the delayed ACK of the first (Nagle), 40 ms each.
+        let answer = format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{answer}",
             answer.len()
         );
+        let _ = s.write_all(answer.as_bytes());
         if let Some(rest) = rest {
             std::thread::sleep(rest);
             return;

@@ -201,3 +201,78 @@ fn a_real_prometheus_scrapes_weir_and_answers_a_query() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A log reader that stops reading (journald behind, a pipe nobody drains)
+/// costs weir no worker: with the standard output full, requests are still
+/// served and `/metrics` still answers (a worker blocked in its write held
+/// the output's lock, and every other one waited behind it); once the
+/// reader reads again, every line is there (the queue held them), and
+/// `weir_log_dropped_lines_total` says none was lost.
+#[test]
+fn a_stalled_log_reader_blocks_nothing() {
+    let backend = crate::http::raw_backend(None, Duration::ZERO);
+    let (front, admin) = (free_port(), free_port());
+    let file = temp_config(
+        "stalled-log",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n",
+            backend.addr
+        ),
+    );
+    let mut cmd = crate::cli::weir();
+    cmd.args(["run", "--config"]).arg(&*file);
+    // The pipe is read by no one until the end: 64 KiB fill it.
+    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn weir");
+    let stdout = child.stdout.take().expect("stdout");
+    let _weir = Running::new(child).with(file);
+    let end = Instant::now() + DEADLINE;
+    let ready = || {
+        TcpStream::connect(admin)
+            .is_ok_and(|s| crate::cli::http_get_over(s, "/readyz").starts_with("HTTP/1.1 200"))
+    };
+    while !ready() {
+        assert!(Instant::now() < end, "weir did not get ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // About 300 bytes of access log each: far more than the pipe holds.
+    let n = 1_000;
+    let mut s = TcpStream::connect(front).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    s.set_nodelay(true).expect("nodelay");
+    let path = "/a-path-long-enough-to-make-each-access-line-a-little-longer";
+    for i in 0..n {
+        crate::http::keepalive_get(&mut s, path)
+            .unwrap_or_else(|e| panic!("request {i} with the log stalled: {e}"));
+    }
+    let scrape = http_get(admin, "/metrics");
+    assert!(
+        scrape.contains("\nweir_log_dropped_lines_total 0\n"),
+        "{scrape}"
+    );
+    // Read at last: every request's line arrives.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = 0;
+    let end = Instant::now() + DEADLINE;
+    while seen < n {
+        let left = end.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("{seen} of {n} access lines arrived"));
+        if line.contains(path) {
+            seen += 1;
+        }
+    }
+}
