@@ -949,7 +949,9 @@ fn control_status(e: &ControlError) -> Status {
         | ControlError::Reason(_) => Status::invalid_argument(e.to_string()),
         ControlError::TooManyRules => Status::resource_exhausted(e.to_string()),
         ControlError::State(_) => Status::internal(e.to_string()),
-        ControlError::ShuttingDown => Status::unavailable(e.to_string()),
+        ControlError::ShuttingDown | ControlError::SuccessorStarting => {
+            Status::unavailable(e.to_string())
+        }
         ControlError::Address(_) | ControlError::Name(..) => {
             Status::invalid_argument(e.to_string())
         }

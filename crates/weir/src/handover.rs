@@ -69,7 +69,7 @@ impl Successor {
     /// Starts the new version, unless one is starting already. Until it
     /// takes over or is gone, `server` refuses operator changes: the new
     /// version read the state file at its start.
-    pub(crate) fn start(
+    pub(crate) async fn start(
         self: &Arc<Self>,
         config: &Path,
         notifier: &Arc<Notifier>,
@@ -84,12 +84,12 @@ impl Successor {
                 tracing::warn!("{e}; waiting {TAKEOVER_DEADLINE:?} for the new version");
                 TAKEOVER_DEADLINE
             });
-        server.set_successor_starting(true);
+        server.successor_starting().await;
         self.decided.store(false, SeqCst);
         let mut child = match start_successor(config) {
             Ok(child) => child,
             Err(e) => {
-                server.set_successor_starting(false);
+                server.successor_gone();
                 tracing::error!(error = %e, "SIGUSR2: cannot start the new version; this process goes on serving");
                 return;
             }
@@ -113,7 +113,7 @@ impl Successor {
                 if me.handed_over.load(SeqCst) {
                     return;
                 }
-                server.set_successor_starting(false);
+                server.successor_gone();
                 if me.stopped.load(SeqCst) {
                     return;
                 }

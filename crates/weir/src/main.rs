@@ -687,7 +687,7 @@ pub(crate) async fn serve(
                         tracing::error!("SIGUSR2 ignored: the listeners serve on sockets systemd passed, which a new process cannot share; `systemctl restart weir` keeps them open instead");
                         continue;
                     }
-                    successor.start(path, &notifier, &server);
+                    successor.start(path, &notifier, &server).await;
                 }
                 _ = usr1.recv() => {
                     if successor.take_over() {

@@ -155,6 +155,10 @@ pub enum ControlError {
     State(String),
     #[error("weir is stopping: nothing changed")]
     ShuttingDown,
+    #[error(
+        "a new version of weir is starting to take over: nothing changed; send changes once it serves"
+    )]
+    SuccessorStarting,
     #[error("no listener {0:?}")]
     NoListener(String),
     #[error(
@@ -469,8 +473,9 @@ impl Server {
     }
 
     /// The control lock, for an operator change: refused when the stop began
-    /// while the change waited for it, so that nothing is written to the
-    /// state file or rebuilt once the process drains.
+    /// or a new version started to take over while the change waited for
+    /// it, so that nothing is written to the state file or rebuilt once the
+    /// process drains, nor after the new version read the file.
     pub(super) async fn change_lock(
         &self,
     ) -> Result<tokio::sync::MutexGuard<'_, ()>, ControlError> {
@@ -478,12 +483,24 @@ impl Server {
         if !self.is_ready() {
             return Err(ControlError::ShuttingDown);
         }
+        if self.successor_starting.load(Ordering::Relaxed) {
+            return Err(ControlError::SuccessorStarting);
+        }
         Ok(one)
     }
 
-    /// Says that a new version is starting to take over (or no longer is).
-    pub fn set_successor_starting(&self, starting: bool) {
-        self.successor_starting.store(starting, Ordering::Relaxed);
+    /// Says that a new version is starting to take over, once a change under
+    /// way (which may be waiting for its first probes) is done: the new
+    /// version reads the state file as it starts, and a change written after
+    /// that would be applied here, acknowledged, and never there.
+    pub async fn successor_starting(&self) {
+        let _one = self.control.lock().await;
+        self.successor_starting.store(true, Ordering::Relaxed);
+    }
+
+    /// Says that no new version is starting (any longer).
+    pub fn successor_gone(&self) {
+        self.successor_starting.store(false, Ordering::Relaxed);
     }
 
     /// Why an operator change (a backend's state or weight, a runtime

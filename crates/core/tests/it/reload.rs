@@ -726,6 +726,66 @@ async fn operator_changes_are_refused_once_the_stop_began() {
     assert_eq!((view.admin, view.weight), (AdminState::Enabled, 1));
 }
 
+/// A new version that starts to take over (SIGUSR2) is told so once the
+/// changes asked before it are done (a reload in its probe round, a drain
+/// waiting behind it): a change asked after it, waiting for its turn, is
+/// refused and changes nothing (it was applied here and written to the
+/// state file the new version had already read: acknowledged, and lost),
+/// and so is one asked meanwhile; once no new version is starting, changes
+/// go through again.
+#[tokio::test]
+async fn operator_changes_wait_for_no_new_version() {
+    let (server, reloading, _dir) = held_reload("changes-successor").await;
+    let pause = || tokio::time::sleep(std::time::Duration::from_millis(50));
+    // A drain asked before the new version: it goes through first (and is
+    // in the file the new version reads).
+    let before = tokio::spawn({
+        let server = Arc::clone(&server);
+        async move { server.set_admin("l-pool", "a", AdminState::Drain).await }
+    });
+    pause().await;
+    let told = tokio::spawn({
+        let server = Arc::clone(&server);
+        async move { server.successor_starting().await }
+    });
+    pause().await;
+    let waiting = tokio::spawn({
+        let server = Arc::clone(&server);
+        async move { server.set_weight("l-pool", "a", Some(7)).await }
+    });
+    pause().await;
+    assert!(!told.is_finished(), "told while the reload ran");
+    assert!(!waiting.is_finished(), "the change did not wait its turn");
+    let done = within("reload", reloading).await.expect("task");
+    assert!(done.is_ok(), "{done:?}");
+    within("told", told).await.expect("task");
+    let drained = within("drain", before)
+        .await
+        .expect("task")
+        .expect("drained");
+    assert_eq!(drained.admin, AdminState::Drain);
+    let err = within("weight", waiting)
+        .await
+        .expect("task")
+        .expect_err("refused");
+    assert!(matches!(err, ControlError::SuccessorStarting), "{err:?}");
+    assert!(matches!(
+        server.set_admin("l-pool", "a", AdminState::Enabled).await,
+        Err(ControlError::SuccessorStarting)
+    ));
+    let view = server.pool("l-pool").and_then(|p| p.view("a")).expect("a");
+    assert_eq!(
+        (view.admin, view.weight_override),
+        (AdminState::Drain, None)
+    );
+    server.successor_gone();
+    let view = server
+        .set_weight("l-pool", "a", Some(7))
+        .await
+        .expect("goes through");
+    assert_eq!(view.weight_override, Some(7));
+}
+
 /// A reload still in its first probe round when the stop begins switches
 /// nothing: it fails as shutting down and the running config stays (its
 /// new health checks would otherwise run on through the drain).
