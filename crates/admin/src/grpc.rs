@@ -956,9 +956,9 @@ fn control_status(e: &ControlError) -> Status {
             Status::invalid_argument(e.to_string())
         }
         ControlError::Exists { .. } => Status::already_exists(e.to_string()),
-        ControlError::NotRuntime { .. } | ControlError::Leaving { .. } => {
-            Status::failed_precondition(e.to_string())
-        }
+        ControlError::NotRuntime { .. }
+        | ControlError::Leaving { .. }
+        | ControlError::UdpListener(_) => Status::failed_precondition(e.to_string()),
     }
 }
 

@@ -103,6 +103,9 @@ impl Server {
         let l = self
             .listener(listener)
             .ok_or_else(|| ControlError::NoListener(listener.to_owned()))?;
+        if l.udp.is_some() {
+            return Err(ControlError::UdpListener(listener.to_owned()));
+        }
         l.stats
             .max_connections_set
             .store(max.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);

@@ -162,6 +162,10 @@ pub enum ControlError {
     #[error("no listener {0:?}")]
     NoListener(String),
     #[error(
+        "listener {0:?} is a UDP listener: it takes no connections (its flows are bounded by `max_flows`)"
+    )]
+    UdpListener(String),
+    #[error(
         "{0:?} is not an IP address or CIDR (e.g. \"192.0.2.7\", \"10.0.0.0/8\", \"2001:db8::/48\")"
     )]
     Network(String),

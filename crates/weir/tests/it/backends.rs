@@ -232,6 +232,15 @@ fn backends_added_at_runtime_serve_persist_yield_to_the_file_and_drain_when_remo
     ));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("is already leaving"), "{err}");
+    // Its state and weight are the drain's: a change is refused.
+    for change in [
+        &["backend", "enable", "p", "extra"][..],
+        &["backend", "weight", "p", "extra", "3"],
+    ] {
+        let (code, _, err) = text(&ctl(grpc, Some(TOKEN), change));
+        assert_eq!(code, 1, "{change:?}: {err}");
+        assert!(err.contains("leaving"), "{change:?}: {err}");
+    }
     drop(weir);
     let (_weir, _out) = run_weir(&file);
     let all = json(&ctl(grpc, None, &["backends", "p", "-o", "json"]));

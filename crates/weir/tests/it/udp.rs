@@ -622,6 +622,15 @@ fn a_runtime_deny_ends_the_sources_open_flows() {
     }
     // Its datagrams from now on are refused as a new flow would be.
     assert_eq!(ask_unanswered(&banned, front, b"e"), None);
+    // A UDP listener takes no connections: a connection limit is refused
+    // (it was accepted, shown, and changed nothing).
+    let (code, _, err) = crate::control::text(&crate::control::ctl(
+        grpc,
+        None,
+        &["listener", "max-connections", "dns", "1"],
+    ));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("max_flows"), "{err}");
     assert_eq!(
         metric(
             admin,
