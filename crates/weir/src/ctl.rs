@@ -300,7 +300,11 @@ pub(crate) fn run(target: &Target, request: Request) -> ExitCode {
             Ok(list) => list,
             Err(message) => return fail(&message, 2),
         };
-        if let [one] = instances[..] {
+        if let [one] = &instances[..] {
+            let one = match one {
+                Instance::At(a) => *a,
+                Instance::Unresolved { why, .. } => return fail(why, 3),
+            };
             return match once(one, target, request).await {
                 Ok(text) => {
                     out(&text);
@@ -332,23 +336,47 @@ async fn once(addr: SocketAddr, target: &Target, request: Request) -> Result<Str
         .map_err(Failure::Call)
 }
 
+/// One instance `--admin` names: an address, or a name that did not
+/// resolve (unreachable: the others still act).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Instance {
+    At(SocketAddr),
+    Unresolved { entry: String, why: String },
+}
+
 /// The instances `--admin` names: each entry an `IP:port`, or a
 /// `name:port` standing for every address the name resolves to, except a
 /// name that resolves to `::1` and `127.0.0.1` (`localhost` on most
 /// systems), which is this machine's one weir, at the first of the two that
-/// takes a connection.
-fn instances(list: &[String]) -> Result<Vec<SocketAddr>, String> {
+/// takes a connection. An entry without a port is a usage error; a name
+/// that does not resolve is an instance that cannot be reached.
+fn instances(list: &[String]) -> Result<Vec<Instance>, String> {
     use std::net::ToSocketAddrs as _;
     let mut out = Vec::new();
     for entry in list.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
         let mut found: Vec<SocketAddr> = match entry.parse::<SocketAddr>() {
             Ok(a) => vec![a],
-            Err(_) => entry
-                .to_socket_addrs()
-                .map_err(|e| {
-                    format!("--admin {entry:?}: not IP:port, and not a name that resolves ({e})")
-                })?
-                .collect(),
+            Err(_) => {
+                let port = entry.rsplit_once(':').map(|(_, p)| p.parse::<u16>());
+                if !matches!(port, Some(Ok(_))) {
+                    return Err(format!("--admin {entry:?}: not IP:port nor name:port"));
+                }
+                match entry.to_socket_addrs() {
+                    Ok(found) => found.collect(),
+                    Err(e) => {
+                        let unresolved = Instance::Unresolved {
+                            entry: entry.to_owned(),
+                            why: format!(
+                                "cannot reach weir at {entry}: the name does not resolve ({e})"
+                            ),
+                        };
+                        if !out.contains(&unresolved) {
+                            out.push(unresolved);
+                        }
+                        continue;
+                    }
+                }
+            }
         };
         let localhost = |a: &SocketAddr| {
             a.ip() == std::net::Ipv6Addr::LOCALHOST || a.ip() == std::net::Ipv4Addr::LOCALHOST
@@ -359,7 +387,7 @@ fn instances(list: &[String]) -> Result<Vec<SocketAddr>, String> {
             });
             found = vec![answering.unwrap_or(found[0])];
         }
-        for a in found {
+        for a in found.into_iter().map(Instance::At) {
             if !out.contains(&a) {
                 out.push(a);
             }
@@ -374,29 +402,41 @@ fn instances(list: &[String]) -> Result<Vec<SocketAddr>, String> {
 /// Runs `request` on every instance at once; prints each one's answer under
 /// its address (or, with `-o json`, one object listing them). Fails (with
 /// the worst exit code) when any instance did, after reporting them all.
-async fn fleet(instances: &[SocketAddr], target: &Target, request: &Request) -> ExitCode {
+async fn fleet(instances: &[Instance], target: &Target, request: &Request) -> ExitCode {
     // All at once: an unreachable instance costs one connect timeout, not
     // one per instance.
     let mut calls = tokio::task::JoinSet::new();
-    for (i, &addr) in instances.iter().enumerate() {
+    for (i, instance) in instances.iter().enumerate() {
         let (keepalive, json, request) = (
             target.keepalive,
             target.output == Output::Json,
             request.clone(),
         );
+        let instance = instance.clone();
         calls.spawn(async move {
-            let answer = match connect(addr, keepalive).await {
-                Ok(mut client) => call(&mut client, addr, json, request)
-                    .await
-                    .map_err(Failure::Call),
-                Err(m) => Err(Failure::Connect(m)),
+            let (label, answer) = match instance {
+                Instance::At(addr) => (
+                    addr.to_string(),
+                    match connect(addr, keepalive).await {
+                        Ok(mut client) => call(&mut client, addr, json, request)
+                            .await
+                            .map_err(|s| (addr, Failure::Call(s))),
+                        Err(m) => Err((addr, Failure::Connect(m))),
+                    },
+                ),
+                Instance::Unresolved { entry, why } => {
+                    let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
+                    (entry, Err((nowhere, Failure::Connect(why))))
+                }
             };
-            (i, addr, answer)
+            (i, label, answer)
         });
     }
     let mut results = calls.join_all().await;
     results.sort_by_key(|(i, _, _)| *i);
-    let results = results.into_iter().map(|(_, addr, answer)| (addr, answer));
+    let results = results
+        .into_iter()
+        .map(|(_, label, answer)| (label, answer));
     let mut worst = 0u8;
     let mut failed = 0usize;
     let mut report = Vec::new();
@@ -414,10 +454,10 @@ async fn fleet(instances: &[SocketAddr], target: &Target, request: &Request) -> 
                     }
                 }
             }
-            Err(failure) => {
+            Err((at, failure)) => {
                 let (code, message) = match failure {
                     Failure::Connect(m) => (3, m),
-                    Failure::Call(status) => status_failure(addr, &status),
+                    Failure::Call(status) => status_failure(at, &status),
                 };
                 worst = worst.max(code);
                 failed += 1;
@@ -1569,6 +1609,28 @@ fn explain_text(e: &pb::ExplainResponse) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An `--admin` entry is an address or a `name:port`; one without a port
+    /// is a usage error, not an instance.
+    #[test]
+    fn admin_entries_are_addresses_or_names_with_a_port() {
+        let list = |l: &[&str]| instances(&l.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>());
+        let at = |a: &str| Instance::At(a.parse().expect("addr"));
+        assert_eq!(
+            list(&["127.0.0.1:9901", " 127.0.0.1:9901 ", "[::1]:9902", ""]),
+            Ok(vec![at("127.0.0.1:9901"), at("[::1]:9902")])
+        );
+        for bad in [
+            "127.0.0.1",
+            "weir.example",
+            "weir.example:http",
+            "weir.example:70000",
+        ] {
+            let err = list(&[bad]).expect_err(bad);
+            assert!(err.contains("not IP:port nor name:port"), "{bad}: {err}");
+        }
+        assert!(list(&[" "]).is_err());
+    }
 
     /// Every state a backend can be in has its place in `weir status`.
     #[test]

@@ -368,20 +368,73 @@ fn a_name_that_resolves_to_every_instance_addresses_the_fleet() {
 }
 
 /// `weir backend drain p b` at `admin`, with `hosts` as the /etc/hosts the
-/// command sees (mounted over the system's in a mount namespace of its own).
+/// command sees (mounted over the system's in a mount namespace of its own),
+/// and a name server on loopback that answers nothing (a name the file
+/// lacks does not resolve, at once).
 fn drain_under_hosts(tag: &str, hosts: &str, admin: &str) -> std::process::Output {
     let dir = test_dir(tag);
     let file = dir.join("hosts");
     std::fs::write(&file, hosts).expect("hosts");
+    let resolv = dir.join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+    )
+    .expect("resolv.conf");
     std::process::Command::new("unshare")
         .args(["--mount", "sh", "-c"])
-        .arg("mount --bind \"$0\" /etc/hosts && exec \"$1\" backend drain p b")
+        .arg(
+            "mount --bind \"$0\" /etc/hosts && mount --bind \"$2\" /etc/resolv.conf \
+             && exec \"$1\" backend drain p b",
+        )
         .arg(&file)
         .arg(weir().get_program())
+        .arg(&resolv)
         .env("WEIR_ADMIN", admin)
         .env_remove("WEIR_TOKEN")
         .output()
         .expect("run weir")
+}
+
+/// A name that does not resolve is one instance that cannot be reached:
+/// the others still act, and the exit code is 3 (it was 2, a usage error,
+/// and nothing was done anywhere); alone, 3 too.
+#[test]
+fn a_name_that_does_not_resolve_leaves_the_others_acting() {
+    let b = named_backend("b");
+    let pool = pool_config(&[("b".to_owned(), b)], "");
+    let (front, grpc) = (free_port(), free_port());
+    let _weir = start(
+        "fleet-unresolved",
+        &format!(
+            "[admin]\ngrpc = \"{grpc}\"\n\
+             [[listeners]]\nname = \"front\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n{pool}"
+        ),
+    )
+    .0;
+    let out = drain_under_hosts(
+        "fleet-unresolved",
+        "127.0.0.1 localhost\n",
+        &format!("{grpc},missing.test:9901"),
+    );
+    let (code, out, err) = text(&out);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(out.contains(&format!("== {grpc} ==\n")), "{out}");
+    assert!(
+        out.contains("== missing.test:9901 ==\nFAILED: cannot reach weir at missing.test:9901: the name does not resolve"),
+        "{out}"
+    );
+    assert!(err.contains("failed on 1 of 2 instances"), "{err}");
+    let v = json(&ctl(grpc, None, &["backends", "-o", "json"]));
+    assert_eq!(v[0]["admin"], "drain", "{v}");
+    let (code, out, err) = text(&drain_under_hosts(
+        "fleet-unresolved-alone",
+        "127.0.0.1 localhost\n",
+        "missing.test:9901",
+    ));
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("does not resolve"), "{err}");
 }
 
 /// A name that resolves to `::1` and `127.0.0.1` (`localhost` on most
