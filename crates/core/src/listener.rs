@@ -244,9 +244,14 @@ impl Listener {
     }
 
     /// Counts a connection refused before it reached a backend and writes its
-    /// access-log line.
-    pub(crate) fn refuse(&self, client: SocketAddr, reason: Reason) {
-        self.refuse_on(None, client, Duration::ZERO, reason);
+    /// access-log line; its duration counts from `accepted_at`.
+    pub(crate) fn refuse(
+        &self,
+        client: SocketAddr,
+        accepted_at: tokio::time::Instant,
+        reason: Reason,
+    ) {
+        self.refuse_on(None, client, accepted_at.elapsed(), reason);
     }
 
     /// Counts a connection refused on `route` (no backend could take it) and
@@ -543,6 +548,13 @@ impl RouteStats {
     pub fn http_request(&self, status: u16, took: Duration) {
         count(&self.http_requests[status_class(status)], 1);
         self.http_request_duration.observe(took);
+    }
+
+    /// A request refused before its header was read whole (a header too
+    /// large, one that does not parse): counted, but no duration, which
+    /// would be a zero pulling the latency quantiles down.
+    pub fn http_refused(&self, status: u16) {
+        count(&self.http_requests[status_class(status)], 1);
     }
 }
 

@@ -272,8 +272,9 @@ impl Exchange {
         let host = self
             .uri
             .authority()
-            .map(http::uri::Authority::as_str)
+            .map(|a| std::borrow::Cow::Borrowed(a.as_str()))
             .or_else(|| text(&self.host));
+        let (request_id, user_agent) = (text(&self.request_id), text(&self.user_agent));
         HttpAccessRecord {
             listener: &self.listener.name,
             route: route.map_or("-", |r| r.name.as_str()),
@@ -282,7 +283,7 @@ impl Exchange {
             trace_id: trace.as_ref().and_then(|t| std::str::from_utf8(t).ok()),
             client: self.client,
             method: self.method.as_str(),
-            host,
+            host: host.as_deref(),
             path: self.uri.path_and_query().map_or("/", |p| p.as_str()),
             version: self.version,
             status: self.status,
@@ -291,8 +292,8 @@ impl Exchange {
             duration: took,
             upstream: self.upstream,
             backend: backend.map(|b| b.name.as_str()),
-            request_id: text(&self.request_id),
-            user_agent: text(&self.user_agent),
+            request_id: request_id.as_deref(),
+            user_agent: user_agent.as_deref(),
             reason: self.reason,
         }
         .emit();
@@ -354,19 +355,33 @@ impl Exchange {
         if let Some(q) = self.uri.query() {
             s.str("url.query", crate::trace::span::scrubbed_query(q));
         }
-        if let Some(host) = self
-            .uri
-            .authority()
-            .map(http::uri::Authority::as_str)
-            .or_else(|| text(&self.host))
-        {
-            s.str("server.address", host);
+        // The host the client asked for, and its port when it named one,
+        // apart (OpenTelemetry's `server.address` is a host).
+        let asked = self.uri.authority().cloned().or_else(|| {
+            self.host
+                .as_ref()
+                .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+        });
+        if let Some(a) = asked {
+            let host = a.host();
+            let host = host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host);
+            s.str("server.address", host.to_owned());
+            if let Some(port) = a.port_u16() {
+                s.int("server.port", port);
+            }
         }
         s.str("client.address", self.client.ip().to_string());
         s.int("client.port", self.client.port());
-        s.str("network.protocol.version", self.version);
+        // `1.1`, `2`: the version without the protocol's name.
+        s.str(
+            "network.protocol.version",
+            self.version.strip_prefix("HTTP/").unwrap_or(self.version),
+        );
         if let Some(ua) = text(&self.user_agent) {
-            s.str("user_agent.original", ua);
+            s.str("user_agent.original", &*ua);
         }
         if self.status != 0 {
             s.int("http.response.status_code", self.status);
@@ -384,7 +399,7 @@ impl Exchange {
         }
         s.str("weir.reason", self.reason);
         if let Some(id) = text(&self.request_id) {
-            s.str("weir.request_id", id);
+            s.str("weir.request_id", &*id);
         }
         s.int(
             "http.request.body.size",
@@ -400,8 +415,26 @@ impl Exchange {
 }
 
 /// A header value as log text, when it is text.
-fn text(v: &Option<HeaderValue>) -> Option<&str> {
-    v.as_ref().and_then(|v| v.to_str().ok())
+/// A header's value as text for the log and spans: as it is when it is
+/// UTF-8 (most are ASCII), else with each byte that is not written `\xHH`
+/// (a client must not hide its `User-Agent` behind one such byte: the log
+/// said `-`, no header).
+fn text(v: &Option<HeaderValue>) -> Option<std::borrow::Cow<'_, str>> {
+    v.as_ref().map(|v| lossless(v.as_bytes()))
+}
+
+fn lossless(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    if let Ok(s) = std::str::from_utf8(bytes) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            let _ = std::fmt::Write::write_fmt(&mut out, format_args!("\\x{b:02x}"));
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 impl Drop for Exchange {

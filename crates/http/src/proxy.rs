@@ -123,7 +123,11 @@ pub(crate) fn handle(
             Arc::clone(&cx.conn),
             cx.client,
             &req,
-            cx.version,
+            // The request's own (an HTTP/1.0 one on a connection of HTTP/1).
+            match req.version() {
+                Version::HTTP_10 => "HTTP/1.0",
+                _ => cx.version,
+            },
         ));
         // What the host is: `:authority` (HTTP/2, absolute form), else `Host`.
         // Two `Host`s are refused below (RFC 9112 §3.2: answered 400): rules,

@@ -636,7 +636,7 @@ impl On {
 /// Counts an answer hyper gave on its own (a header it could not parse).
 fn count_refusal(listener: &Listener, route: usize, status: u16) {
     if let Some(r) = listener.routes.get(route) {
-        r.stats.http_request(status, Duration::ZERO);
+        r.stats.http_refused(status);
     }
 }
 

@@ -96,24 +96,14 @@ impl HttpAccessRecord<'_> {
             bytes_in = self.bytes_in,
             bytes_out = self.bytes_out,
             duration_ms = self.duration.as_micros() as f64 / 1000.0,
-            upstream_ms = %Millis(self.upstream),
+            // A number (absent without an answer): JSON pipelines type the
+            // field by its values.
+            upstream_ms = self.upstream.map(|d| d.as_micros() as f64 / 1000.0),
             backend = self.backend.unwrap_or("-"),
             request_id = self.request_id.unwrap_or("-"),
             trace_id = self.trace_id.unwrap_or("-"),
             user_agent = self.user_agent.unwrap_or("-"),
             reason = self.reason,
         );
-    }
-}
-
-/// Milliseconds with microsecond precision, or `-`.
-struct Millis(Option<Duration>);
-
-impl std::fmt::Display for Millis {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(d) => write!(f, "{}", d.as_micros() as f64 / 1000.0),
-            None => f.write_str("-"),
-        }
     }
 }

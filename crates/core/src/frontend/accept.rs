@@ -167,7 +167,7 @@ fn admit(
     let active = stats.connections_active.fetch_add(1, Relaxed);
     if active >= i64::from(listener.max_connections()) {
         stats.connections_active.fetch_sub(1, Relaxed);
-        listener.refuse(peer, Reason::MaxConnections);
+        listener.refuse_on(None, peer, Duration::ZERO, Reason::MaxConnections);
         reject_now(stream);
         return;
     }

@@ -101,7 +101,7 @@ async fn front<'l>(listener: &'l Listener, client: &mut Client) -> Option<&'l Ro
                 Ok(None) => {}
                 Err(Reason::ClientClosed) => return None,
                 Err(reason) => {
-                    listener.refuse(client.peer, reason);
+                    listener.refuse(client.peer, client.accepted_at, reason);
                     return None;
                 }
             }
@@ -138,7 +138,7 @@ async fn front<'l>(listener: &'l Listener, client: &mut Client) -> Option<&'l Ro
                 Some(route)
             }
             Err(reason) => {
-                listener.refuse(peer, reason);
+                listener.refuse(peer, client.accepted_at, reason);
                 return None;
             }
         }
@@ -146,7 +146,7 @@ async fn front<'l>(listener: &'l Listener, client: &mut Client) -> Option<&'l Ro
         listener.route_for(peer.ip(), None)
     };
     let Some(route) = routed else {
-        listener.refuse(peer, Reason::NoRoute);
+        listener.refuse(peer, client.accepted_at, Reason::NoRoute);
         return None;
     };
     count(&route.stats.connections_total, 1);

@@ -774,12 +774,35 @@ fn hostile_requests_are_refused() {
     assert_eq!(h2.get_with_host("/", "APP").expect("answer"), 200);
     assert_eq!(backend.requests.load(SeqCst), 3);
 
+    let timed = || {
+        metric(
+            admin,
+            "weir_http_request_duration_seconds_count{listener=\"web\",route=\"app\"}",
+        )
+    };
+    let (timed_before, fours_before) = (
+        timed(),
+        metric(
+            admin,
+            "weir_http_requests_total{listener=\"web\",route=\"app\",code=\"4xx\"}",
+        ),
+    );
     let big = format!(
         "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "a".repeat(10_000)
     );
     let r = raw_exchange(front, big.as_bytes());
     assert!(r.starts_with("HTTP/1.1 431"), "{r}");
+    // Counted as an answer, but with no time: no header was ever read
+    // (a flood of them pulled the latency quantiles to zero).
+    assert_eq!(
+        metric(
+            admin,
+            "weir_http_requests_total{listener=\"web\",route=\"app\",code=\"4xx\"}",
+        ),
+        fours_before + 1.0
+    );
+    assert_eq!(timed(), timed_before);
     // More than 100 fields, however small (hyper's limit, HAProxy's 101).
     let mut many = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
     for i in 0..100 {
@@ -5004,6 +5027,26 @@ fn header_values_carry_the_requests_facts() {
         answer.contains("real=192.0.2.8 to=198.51.100.1 8443 via="),
         "{answer}"
     );
+    // A User-Agent with a byte that is not UTF-8 is logged with that byte
+    // escaped (it was logged `-`, as no header at all).
+    let answer = raw_exchange(
+        front,
+        b"GET /ua HTTP/1.1\r\nHost: app.example\r\nUser-Agent: bot\x80 \xc3\xa9\r\n\
+          Connection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let line = access_line(&out, "/ua");
+    assert_eq!(line["user_agent"], "bot\\x80 \u{e9}", "{line}");
+    assert!(line["upstream_ms"].is_f64(), "{line}");
+    // An HTTP/1.0 request is logged as one (it was logged as its
+    // connection's HTTP/1.1).
+    let answer = raw_exchange(
+        front,
+        b"GET /old HTTP/1.0\r\nHost: app.example:8080\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1."), "{answer}");
+    let line = access_line(&out, "/old");
+    assert_eq!(line["version"], "HTTP/1.0", "{line}");
 }
 
 /// Rules matching exact paths, a path pattern, query parameters and the

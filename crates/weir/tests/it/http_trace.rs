@@ -219,6 +219,14 @@ fn spans_reach_an_otlp_grpc_collector_with_their_links() {
     assert_eq!(a["weir.reason"], "completed");
     assert_eq!(a["http.request.method"], "GET");
     assert_eq!(a["http.response.status_code"], 200);
+    // OpenTelemetry's forms: a host apart from its port, a version number.
+    assert_eq!(a["server.address"], "app.example.com");
+    assert_eq!(
+        a["server.port"],
+        serde_json::Value::Null,
+        "the client named none"
+    );
+    assert_eq!(a["network.protocol.version"], "1.1");
     assert_eq!(request["status"], 0, "unset: no error");
 
     assert_eq!(upstream["kind"], 3, "a client span");

@@ -216,3 +216,27 @@ fn a_client_address_travels_from_haproxy_through_weir_to_nginx() {
         .unwrap_or_else(|| panic!("answer {answer:?}"));
     assert_eq!(addr, "127.0.0.8", "{answer}");
 }
+
+/// A refused connection's access line says how long weir held it: a
+/// trusted source that sends no PROXY header is refused at
+/// `handshake_timeout` (the line said `duration_ms` 0).
+#[test]
+fn a_refusal_after_a_wait_logs_the_time_waited() {
+    let (front, backend) = (free_port(), free_port());
+    let file = temp_config(
+        "pp-refusal-time",
+        &format!(
+            "[log]\nformat = \"json\"\n\
+             [[listeners]]\nname = \"l\"\nbind = \"{front}\"\nhandshake_timeout = \"400ms\"\n\
+             proxy_protocol = {{ accept = true, trusted = [\"127.0.0.1\"] }}\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
+        ),
+    );
+    let (_weir, out) = run_weir(&file);
+    let _silent = std::net::TcpStream::connect(front).expect("connect");
+    let line = crate::cli::wait_line(&out, "\"reason\":\"handshake_timeout\"");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+    let took = v["duration_ms"].as_f64().expect("duration_ms");
+    assert!((350.0..5000.0).contains(&took), "{line}");
+}
