@@ -12,7 +12,7 @@ use http::{HeaderValue, Method, Uri};
 use tokio::time::Instant;
 use weir_core::listener::Listener;
 use weir_core::pool::Pool;
-use weir_telemetry::HttpAccessRecord;
+use weir_telemetry::{HttpAccessRecord, count};
 
 use crate::serve::ConnState;
 use crate::trace::span::{Kind, Recording};
@@ -259,6 +259,12 @@ impl Exchange {
             self.conn.cancelled(took, self.deadline);
         }
         let backend = self.backend.as_ref().and_then(|(p, i)| p.backends.get(*i));
+        if let Some(b) = backend {
+            // The bodies relayed: an l7 backend's share of what its
+            // `sent`/`received` bytes count (an l4 one's are the relay's).
+            count(&b.stats.sent_bytes, self.body.bytes.load(Relaxed));
+            count(&b.stats.received_bytes, self.bytes_out);
+        }
         if let Some(r) = recording {
             self.export_spans(&r, route.map(|r| r.name.as_str()), backend, took);
         }

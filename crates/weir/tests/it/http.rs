@@ -199,6 +199,10 @@ fn rules_pick_the_pool_over_http1_and_h2c() {
     // reached none), and none is left in flight.
     for (backend, n) in [("a", 4.0), ("b", 6.0)] {
         let id = format!("pool=\"{backend}\",backend=\"{backend}\"");
+        // The answers' bodies count as bytes received from it (an l7
+        // backend read 0 here).
+        let received = metric(admin, &format!("weir_backend_received_bytes_total{{{id}}}"));
+        assert!(received >= n * 10.0, "{backend}: {received}");
         assert_eq!(
             metric(
                 admin,
