@@ -130,7 +130,11 @@ pub(crate) async fn accept_loop(
         return;
     };
     let listener = slot.load_full();
-    while let Ok((stream, peer)) = socket.accept() {
+    // At most what the backlog held: clients that keep arriving as fast as
+    // this loop takes them (a flood at the stop) must not hold it, and the
+    // socket, open for good.
+    let backlog = usize::try_from(BACKLOG).unwrap_or(4096);
+    for (stream, peer) in std::iter::from_fn(|| socket.accept().ok()).take(backlog) {
         let stream = stream
             .set_nonblocking(true)
             .and_then(|()| tokio::net::TcpStream::from_std(stream));
