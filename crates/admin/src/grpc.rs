@@ -415,7 +415,7 @@ impl AdminApi for ControlService {
         self.authorize(&request)?;
         let server = self.server();
         match self
-            .to_the_end(async move { server.reload().await })
+            .to_the_end(async move { server.reload_asked().await })
             .await?
         {
             Ok(r) => Ok(Response::new(pb::ReloadResponse {
@@ -435,7 +435,9 @@ impl AdminApi for ControlService {
                 "reload failed; the running config is unchanged:\n{e}"
             ))),
             Err(e @ ReloadError::NoFile) => Err(Status::failed_precondition(e.to_string())),
-            Err(e @ ReloadError::ShuttingDown) => Err(Status::unavailable(e.to_string())),
+            Err(e @ (ReloadError::ShuttingDown | ReloadError::SuccessorStarting)) => {
+                Err(Status::unavailable(e.to_string()))
+            }
         }
     }
 

@@ -33,11 +33,13 @@ pub struct Client {
 }
 
 impl Client {
-    /// A connection just accepted from `peer`.
+    /// A connection just accepted from `peer`: an IPv4 client of a
+    /// dual-stack socket (`::ffff:a.b.c.d`) is `a.b.c.d` from here on, in
+    /// logs, listings and spans as for the firewall and routes.
     pub(crate) fn accepted(stream: TcpStream, peer: SocketAddr) -> Client {
         Client {
             stream,
-            peer,
+            peer: canonical(peer),
             destination: None,
             refuse_proxy_header: false,
             accepted_at: Instant::now(),
@@ -46,6 +48,13 @@ impl Client {
             slot: None,
             live: None,
         }
+    }
+
+    /// The client `src` and the address it reached, `dst`, as a trusted
+    /// PROXY header gave them (IPv4-mapped addresses as IPv4).
+    pub(crate) fn proxied(&mut self, src: SocketAddr, dst: SocketAddr) {
+        self.peer = canonical(src);
+        self.destination = Some(canonical(dst));
     }
 
     /// When the client's handshakes (PROXY header, ClientHello, TLS) must be
@@ -64,4 +73,9 @@ impl Client {
             None => self.stream.local_addr(),
         }
     }
+}
+
+/// `::ffff:a.b.c.d:p` as `a.b.c.d:p`; any other address as it is.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
 }

@@ -222,7 +222,7 @@ impl Listener {
     /// Counts a connection the firewall refused for `block` and writes its
     /// access-log line (reason `firewall` or `rate_limit`, the rule as
     /// `error`), within the refusal lines' budget.
-    pub(crate) fn refuse_blocked(&self, client: SocketAddr, block: Block) {
+    pub(crate) fn refuse_blocked(&self, client: SocketAddr, held: Duration, block: Block) {
         self.stats.blocked(block);
         let reason = block.reason();
         self.stats.reject(reason);
@@ -234,7 +234,7 @@ impl Listener {
                 backend: None,
                 bytes_to_backend: 0,
                 bytes_to_client: 0,
-                duration: Duration::ZERO,
+                duration: held,
                 reason: reason.as_str(),
                 error: Some(block.as_str()),
                 tried: None,

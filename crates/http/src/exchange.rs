@@ -115,6 +115,8 @@ pub(crate) struct Exchange {
     pub(crate) user_agent: Option<HeaderValue>,
     pub(crate) request_id: Option<HeaderValue>,
     pub(crate) started: Instant,
+    /// Whether its line is written (`[log] access_log` when it came).
+    pub(crate) access_log: bool,
     /// The time a gRPC client gave the call (`grpc-timeout`).
     pub(crate) deadline: Option<Duration>,
     pub(crate) body: Arc<BodyCount>,
@@ -154,6 +156,7 @@ impl Exchange {
             Arc::default()
         };
         conn.request_started();
+        let access_log = listener.access_log;
         Exchange {
             listener,
             route,
@@ -170,6 +173,7 @@ impl Exchange {
             user_agent: None,
             request_id: None,
             started: crate::clock::now(),
+            access_log,
             deadline: None,
             body,
             bytes_out: 0,
@@ -259,16 +263,18 @@ impl Exchange {
             self.conn.cancelled(took, self.deadline);
         }
         let backend = self.backend.as_ref().and_then(|(p, i)| p.backends.get(*i));
-        if let Some(b) = backend {
-            // The bodies relayed: an l7 backend's share of what its
-            // `sent`/`received` bytes count (an l4 one's are the relay's).
+        if let Some(b) = backend.filter(|_| self.upstream.is_some()) {
+            // The bodies relayed to and from a backend that answered: an l7
+            // backend's share of what its `sent`/`received` bytes count (an
+            // l4 one's are the relay's). weir's own answer after a failed
+            // try is not the backend's.
             count(&b.stats.sent_bytes, self.body.bytes.load(Relaxed));
             count(&b.stats.received_bytes, self.bytes_out);
         }
         if let Some(r) = recording {
             self.export_spans(&r, route.map(|r| r.name.as_str()), backend, took);
         }
-        if !self.listener.access_log {
+        if !self.access_log {
             return;
         }
         let trace = self

@@ -129,6 +129,7 @@ pub(crate) fn handle(
                 _ => cx.version,
             },
         ));
+        x.access_log = state.access_log;
         // What the host is: `:authority` (HTTP/2, absolute form), else `Host`.
         // Two `Host`s are refused below (RFC 9112 §3.2: answered 400): rules,
         // policies and the log read the first, a backend might read the other.
@@ -202,10 +203,11 @@ pub(crate) fn handle(
             )));
         }
 
-        let admitted = match &*cx.slot.firewall.load() {
-            Some(running) => running.admit_request(cx.client.ip()),
-            None => cx.listener.firewall.admit_request(cx.client.ip()),
-        };
+        let admitted = !cx.slot.requests_limited.load(Relaxed)
+            || match &*cx.slot.firewall.load() {
+                Some(running) => running.admit_request(cx.client.ip()),
+                None => cx.listener.firewall.admit_request(cx.client.ip()),
+            };
         if !admitted {
             cx.listener
                 .stats

@@ -62,6 +62,9 @@ pub(crate) struct RouteState {
     pub(crate) auth_stats: Arc<AuthStats>,
     /// `[tracing]`: W3C Trace Context; `None`: headers pass untouched.
     pub(crate) tracing: Option<weir_config::Tracing>,
+    /// `[log] access_log` of the running config: a request of a connection
+    /// a reload carried on follows it too.
+    pub(crate) access_log: bool,
     /// `[tracing.otlp]`: where the spans of sampled requests go.
     pub(crate) exporter: Option<Arc<crate::trace::export::Exporter>>,
     backend_tls: Option<weir_config::BackendTls>,
@@ -97,6 +100,10 @@ pub(crate) struct Slot {
     /// `per_client.requests` limit is the running one, also on a connection
     /// a reload carried on (set when the route is switched to).
     pub(crate) firewall: arc_swap::ArcSwapOption<weir_core::firewall::Firewall>,
+    /// Some firewall the route ran under limited requests: until then a
+    /// request skips the firewall's load (the common case costs one
+    /// relaxed load, not an `ArcSwap` one).
+    pub(crate) requests_limited: std::sync::atomic::AtomicBool,
     /// Cancelled when a reload removed the route.
     pub(crate) retired: CancellationToken,
     /// When the route was removed: set before `retired` fires, so that
@@ -332,6 +339,7 @@ impl Handler {
             identity: identity.into(),
             auth_stats: Arc::clone(&auth_stats),
             tracing: b.config.tracing.clone(),
+            access_log: b.config.log.access_log,
             exporter,
             backend_tls: b.route.backend_tls.clone(),
             reached_by,
@@ -341,6 +349,7 @@ impl Handler {
             _ => Arc::new(Slot {
                 current: ArcSwap::new(Arc::clone(&state)),
                 firewall: arc_swap::ArcSwapOption::empty(),
+                requests_limited: std::sync::atomic::AtomicBool::new(false),
                 retired: CancellationToken::new(),
                 retired_at: std::sync::OnceLock::new(),
             }),
@@ -365,6 +374,11 @@ impl HttpHandler for Handler {
         self.slot
             .firewall
             .store(Some(Arc::clone(&listener.firewall)));
+        if listener.firewall.limits_requests() {
+            self.slot
+                .requests_limited
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         // Kept connections follow this configuration's keep-alive from now
         // (not from the build: a reload that fails later changes nothing),
         // and new ones get a sweeper.

@@ -357,8 +357,12 @@ fn instances(list: &[String]) -> Result<Vec<Instance>, String> {
         let mut found: Vec<SocketAddr> = match entry.parse::<SocketAddr>() {
             Ok(a) => vec![a],
             Err(_) => {
-                let port = entry.rsplit_once(':').map(|(_, p)| p.parse::<u16>());
-                if !matches!(port, Some(Ok(_))) {
+                // A name, then a port (an IPv6 address without brackets,
+                // `::1`, is not a name with port 1).
+                let named = entry
+                    .rsplit_once(':')
+                    .is_some_and(|(name, port)| !name.contains(':') && port.parse::<u16>().is_ok());
+                if !named {
                     return Err(format!("--admin {entry:?}: not IP:port nor name:port"));
                 }
                 match entry.to_socket_addrs() {
@@ -1622,6 +1626,8 @@ mod tests {
         );
         for bad in [
             "127.0.0.1",
+            "::1",
+            "2001:db8::1:9901",
             "weir.example",
             "weir.example:http",
             "weir.example:70000",

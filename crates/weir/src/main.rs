@@ -687,7 +687,14 @@ pub(crate) async fn serve(
                         tracing::error!("SIGUSR2 ignored: the listeners serve on sockets systemd passed, which a new process cannot share; `systemctl restart weir` keeps them open instead");
                         continue;
                     }
-                    successor.start(path, &notifier, &server).await;
+                    // It waits for the changes under way (a reload in its
+                    // probe round): a stop meanwhile is served, and no new
+                    // version starts.
+                    tokio::select! {
+                        () = successor.start(path, &notifier, &server) => {}
+                        _ = term.recv() => { tracing::info!("SIGTERM received"); break }
+                        _ = int.recv() => { tracing::info!("SIGINT received"); break }
+                    }
                 }
                 _ = usr1.recv() => {
                     if successor.take_over() {

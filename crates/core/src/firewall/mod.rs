@@ -191,6 +191,13 @@ impl Firewall {
         }
     }
 
+    /// Whether HTTP requests are limited (`per_client.requests`).
+    pub fn limits_requests(&self) -> bool {
+        self.per_client
+            .as_ref()
+            .is_some_and(|(limits, _)| limits.requests.is_some())
+    }
+
     /// The per-client table, when there are limits.
     pub fn clients(&self) -> Option<&ClientTable> {
         self.per_client.as_ref().map(|(_, t)| &**t)

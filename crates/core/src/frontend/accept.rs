@@ -162,7 +162,7 @@ fn admit(
             Err(block) => {
                 // Counted before the reset: a client that saw it can read
                 // the count.
-                listener.refuse_blocked(peer, block);
+                listener.refuse_blocked(peer, Duration::ZERO, block);
                 reject_now(stream);
                 return;
             }

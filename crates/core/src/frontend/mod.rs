@@ -97,7 +97,7 @@ async fn front<'l>(listener: &'l Listener, client: &mut Client) -> Option<&'l Ro
         Some(accept) if accept.is_trusted(client.peer.ip()) => {
             let deadline = client.handshake_deadline(listener.handshake_timeout);
             match proxy_in::read(&client.stream, deadline).await {
-                Ok(Some((src, dst))) => (client.peer, client.destination) = (src, Some(dst)),
+                Ok(Some((src, dst))) => client.proxied(src, dst),
                 Ok(None) => {}
                 Err(Reason::ClientClosed) => return None,
                 Err(reason) => {
@@ -112,7 +112,7 @@ async fn front<'l>(listener: &'l Listener, client: &mut Client) -> Option<&'l Ro
                     // A reset, at once, when the client is dropped.
                     let _ = socket2::SockRef::from(&client.stream)
                         .set_linger(Some(std::time::Duration::ZERO));
-                    listener.refuse_blocked(client.peer, block);
+                    listener.refuse_blocked(client.peer, client.accepted_at.elapsed(), block);
                     return None;
                 }
             }

@@ -127,6 +127,9 @@ pub struct Pool {
     /// False during the first round of probes: results are recorded and the
     /// picker is built once when the round is complete (no transient tiers).
     settled: AtomicBool,
+    /// Built by a reload (or a change of backends) from a running pool: a
+    /// tier change at its switch is the reload's.
+    follows: bool,
     /// A task rebuilds the balancer while backends ramp up (slow start).
     ramp_task: AtomicBool,
     /// Kept across reloads, like the backends' histories.
@@ -316,6 +319,7 @@ impl Pool {
             built: AtomicBool::new(false),
             rebuild,
             settled: AtomicBool::new(false),
+            follows: previous.is_some(),
             ramp_task: AtomicBool::new(false),
             tier_history,
             shortage_lines: weir_telemetry::LogBudget::new(1),
@@ -383,7 +387,12 @@ impl Pool {
     pub(crate) fn settle(self: &Arc<Self>) {
         *lock(&self.newest) = Arc::downgrade(self);
         self.settled.store(true, Relaxed);
-        self.rebuild(|| "first probe round".to_owned());
+        let why = if self.follows {
+            "reload"
+        } else {
+            "first probe round"
+        };
+        self.rebuild(|| why.to_owned());
     }
 
     /// The newest generation of this pool (itself unless a reload replaced it).

@@ -124,6 +124,10 @@ pub enum ReloadError {
     Start(#[from] StartError),
     #[error("shutting down")]
     ShuttingDown,
+    #[error(
+        "a new version of weir is starting to take over: nothing changed; reload it once it serves"
+    )]
+    SuccessorStarting,
     /// The new config would leave an admin endpoint that keeps running on
     /// a non-loopback address (its address changes only at a restart)
     /// without a token.

@@ -23,12 +23,26 @@ impl Server {
     /// Reads the config file again and applies it. On any error nothing
     /// changes, and the error says why.
     pub async fn reload(self: &Arc<Self>) -> Result<Reloaded, ReloadError> {
+        self.reload_in_turn(false).await
+    }
+
+    /// [`Server::reload`] asked by an operator through the control API:
+    /// refused, like every operator change, when a new version started to
+    /// take over while it waited for its turn.
+    pub async fn reload_asked(self: &Arc<Self>) -> Result<Reloaded, ReloadError> {
+        self.reload_in_turn(true).await
+    }
+
+    async fn reload_in_turn(self: &Arc<Self>, asked: bool) -> Result<Reloaded, ReloadError> {
         let path = self.config_path.clone().ok_or(ReloadError::NoFile)?;
         // The file is read in turn: a reload asked while another waits for
         // its first probes reads the file as it is once that one is done,
         // and its outcome (a broken file written meanwhile) is the last
         // recorded, not overwritten by the earlier one's.
         let one = self.control.lock().await;
+        if asked && self.changes_refused().is_some() && self.is_ready() {
+            return Err(ReloadError::SuccessorStarting);
+        }
         let loaded = tokio::task::spawn_blocking(move || weir_config::load_file(&path))
             .await
             .map_err(|e| {

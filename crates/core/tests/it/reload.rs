@@ -753,6 +753,10 @@ async fn operator_changes_wait_for_no_new_version() {
         let server = Arc::clone(&server);
         async move { server.set_weight("l-pool", "a", Some(7)).await }
     });
+    let asked = tokio::spawn({
+        let server = Arc::clone(&server);
+        async move { server.reload_asked().await }
+    });
     pause().await;
     assert!(!told.is_finished(), "told while the reload ran");
     assert!(!waiting.is_finished(), "the change did not wait its turn");
@@ -769,6 +773,11 @@ async fn operator_changes_wait_for_no_new_version() {
         .expect("task")
         .expect_err("refused");
     assert!(matches!(err, ControlError::SuccessorStarting), "{err:?}");
+    let refused = within("asked", asked).await.expect("task");
+    assert!(
+        matches!(refused, Err(ReloadError::SuccessorStarting)),
+        "{refused:?}"
+    );
     assert!(matches!(
         server.set_admin("l-pool", "a", AdminState::Enabled).await,
         Err(ControlError::SuccessorStarting)
@@ -954,4 +963,38 @@ async fn a_backend_that_fails_during_a_reloads_probe_round_leaves_the_serving_po
     let done = within("reload", reloading).await.expect("task");
     assert!(done.is_ok(), "{done:?}");
     assert_eq!(server.pool("long").expect("long").active_tier(), None);
+}
+
+/// A tier change a reload makes (here the only backend of tier 0 moved to
+/// tier 2) is recorded with the cause `reload` (it said `first probe
+/// round`, the start's cause).
+#[tokio::test]
+async fn a_tier_change_of_a_reload_says_reload() {
+    let (a, b) = (echo_backend().await, echo_backend().await);
+    let dir = Scratch::new("reload-tier");
+    let file = dir.join("weir.toml");
+    let config = |tier: u32| {
+        format!(
+            "{}{}[[pools]]\nname = \"long\"\n\
+             [[pools.backends]]\nname = \"a\"\naddress = \"{a}\"\ntier = {tier}\n\
+             [[pools.backends]]\nname = \"b\"\naddress = \"{b}\"\ntier = 1\n",
+            listener("l", "127.0.0.1:0", ""),
+            pool("l-pool", &[("e", a, 1)]),
+        )
+    };
+    std::fs::write(&file, config(0)).expect("write");
+    let server = start_file(&file).await;
+    let history = || server.pool("long").expect("long").tier_history();
+    let first = history().last().cloned().expect("the start's");
+    assert_eq!(
+        (first.to, first.cause.as_str()),
+        (Some(0), "first probe round")
+    );
+    std::fs::write(&file, config(2)).expect("write");
+    within("reload", server.reload()).await.expect("reload");
+    let last = history().last().cloned().expect("a change");
+    assert_eq!(
+        (last.from, last.to, last.cause.as_str()),
+        (Some(0), Some(1), "reload")
+    );
 }

@@ -687,6 +687,12 @@ fn failures_get_their_status_and_reason() {
             "weir_http_requests_total{listener=\"web\",route=\"app\",code=\"5xx\"}"
         ) >= 3.0
     );
+    // weir's own answers are no bytes from the backends that failed.
+    for (pool, backend) in [("gone", refusing), ("slow", slow.addr)] {
+        let series =
+            format!("weir_backend_received_bytes_total{{pool=\"{pool}\",backend=\"{backend}\"}}");
+        assert_eq!(metric(admin, &series), 0.0, "{series}");
+    }
 }
 
 /// Writes `request` on a new connection to `addr` and reads what comes back
@@ -750,6 +756,8 @@ fn hostile_requests_are_refused() {
         b"GET / HTTP/1.1\r\nHost: x@admin.example.com\r\n\r\n",
         b"GET http://x@admin.example.com/ HTTP/1.1\r\nHost: admin.example.com\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a b.example.com\r\n\r\n",
+        // A PROXY header where none is taken: a request that does not parse.
+        b"PROXY TCP4 192.0.2.1 192.0.2.2 5000 80\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
         // A backslash is a separator to some backends: `/\admin` would
         // pass a policy on `/admin` and reach it.
         b"GET /\\admin HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -816,7 +824,7 @@ fn hostile_requests_are_refused() {
     let r = raw_exchange(front, many.as_bytes());
     assert!(r.starts_with("HTTP/1.1 431"), "{r}");
     // What hyper refused before weir saw a request is counted as refused
-    // connections: the header too large, and the five malformed heads above
+    // connections: the header too large, and the six malformed heads above
     // that hyper's parser refuses (the others are weir's own answers).
     let rejected = |reason: &str| {
         metric(
@@ -828,7 +836,7 @@ fn hostile_requests_are_refused() {
     };
     assert_eq!(rejected("header_too_large"), 2.0);
     assert!(
-        rejected("bad_request") >= 5.0,
+        rejected("bad_request") >= 6.0,
         "{}",
         rejected("bad_request")
     );
@@ -5025,12 +5033,13 @@ fn header_values_carry_the_requests_facts() {
     let answer = raw_exchange(
         behind,
         b"PROXY TCP6 ::ffff:192.0.2.8 ::ffff:198.51.100.1 4000 8443\r\n\
-          GET /behind HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n",
+          GET /behind6 HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n",
     );
     assert!(
         answer.contains("real=192.0.2.8 to=198.51.100.1 8443 via="),
         "{answer}"
     );
+    assert_eq!(access_line(&out, "/behind6")["client"], "192.0.2.8:4000");
     // A User-Agent with a byte that is not UTF-8 is logged with that byte
     // escaped (it was logged `-`, as no header at all).
     let answer = raw_exchange(
@@ -6224,4 +6233,54 @@ fn answers_to_head_have_no_body_and_speak_http_1_1() {
         keepalive_get(&mut s, "/old/again").expect("kept open"),
         "ok"
     );
+}
+
+/// `[log] access_log` changed by a reload holds for the requests of a
+/// connection opened before it too (they followed the setting of when
+/// their connection was accepted).
+#[test]
+fn a_reload_turns_the_access_log_off_and_on_for_open_connections() {
+    let backend = raw_backend(None, Duration::ZERO);
+    let front = free_port();
+    let config = |on: bool| {
+        format!(
+            "[log]\nformat = \"json\"\naccess_log = {on}\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n",
+            backend.addr
+        )
+    };
+    let file = temp_config("access-log-reload", &config(true));
+    let (weir, out) = crate::cli::run_weir(&file);
+    let mut s = TcpStream::connect(front).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    keepalive_get(&mut s, "/one").expect("served");
+    access_line(&out, "/one");
+    // The lines written until the reload is done (in order: a request's
+    // line comes before the reload it preceded).
+    let reload = |on: bool| {
+        std::fs::write(&file, config(on)).expect("write");
+        crate::cli::signal(&weir.0, rustix::process::Signal::HUP);
+        let end = Instant::now() + DEADLINE;
+        let mut seen = Vec::new();
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            let line = out.recv_timeout(left).expect("config reloaded");
+            if line.contains("config reloaded") {
+                return seen;
+            }
+            seen.push(line);
+        }
+    };
+    reload(false);
+    keepalive_get(&mut s, "/two").expect("served");
+    let seen = reload(true);
+    assert!(
+        !seen.iter().any(|l| l.contains("\"path\":\"/two\"")),
+        "{seen:?}"
+    );
+    keepalive_get(&mut s, "/three").expect("served");
+    access_line(&out, "/three");
 }

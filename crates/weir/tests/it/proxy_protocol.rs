@@ -219,14 +219,15 @@ fn a_client_address_travels_from_haproxy_through_weir_to_nginx() {
 
 /// A refused connection's access line says how long weir held it: a
 /// trusted source that sends no PROXY header is refused at
-/// `handshake_timeout` (the line said `duration_ms` 0).
+/// `handshake_timeout`, and one whose late header names a denied client
+/// when it comes (the lines said `duration_ms` 0).
 #[test]
 fn a_refusal_after_a_wait_logs_the_time_waited() {
     let (front, backend) = (free_port(), free_port());
     let file = temp_config(
         "pp-refusal-time",
         &format!(
-            "[log]\nformat = \"json\"\n\
+            "[log]\nformat = \"json\"\n[firewall]\ndeny = [\"192.0.2.66\"]\n\
              [[listeners]]\nname = \"l\"\nbind = \"{front}\"\nhandshake_timeout = \"400ms\"\n\
              proxy_protocol = {{ accept = true, trusted = [\"127.0.0.1\"] }}\n\
              [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
@@ -239,4 +240,12 @@ fn a_refusal_after_a_wait_logs_the_time_waited() {
     let v: serde_json::Value = serde_json::from_str(&line).expect("json");
     let took = v["duration_ms"].as_f64().expect("duration_ms");
     assert!((350.0..5000.0).contains(&took), "{line}");
+    let mut late = std::net::TcpStream::connect(front).expect("connect");
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    std::io::Write::write_all(&mut late, b"PROXY TCP4 192.0.2.66 192.0.2.1 5000 80\r\n")
+        .expect("header");
+    let line = crate::cli::wait_line(&out, "\"reason\":\"firewall\"");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+    let took = v["duration_ms"].as_f64().expect("duration_ms");
+    assert!((200.0..5000.0).contains(&took), "{line}");
 }
