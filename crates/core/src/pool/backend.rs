@@ -99,6 +99,9 @@ pub(super) struct Link {
     /// What was done for the connections when the backend last changed how
     /// it is out of service ([`Out`] as a number).
     pub(super) out: AtomicU8,
+    /// The `epoch` whose drain ran out (`drain_timeout` closed its
+    /// connections): the drain is over, and sticky clients go elsewhere.
+    pub(super) drained: AtomicU64,
 }
 
 /// How a backend is in or out of service, for its established connections.
@@ -134,6 +137,7 @@ impl Default for Link {
             evictions: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             out: AtomicU8::new(Out::Leave as u8),
+            drained: AtomicU64::new(u64::MAX),
         }
     }
 }
@@ -303,11 +307,17 @@ impl Backend {
     /// Whether the clients a sticky cookie keeps on it may still come,
     /// though the pool picks it for no one new: able to serve and drained
     /// by an operator (HAProxy keeps persistent clients on a drained server
-    /// the same way). Not a backend leaving (removed at runtime, gone from
-    /// DNS) nor one of weight 0: those take no request at all.
+    /// the same way), until the drain's `drain_timeout` runs out (else a
+    /// WebSocket or stream opened after that cut would stay for good, and
+    /// the drain would never end). Not a backend leaving (removed at
+    /// runtime, gone from DNS) nor one of weight 0: those take no request
+    /// at all.
     pub(super) fn keeps_its_clients(&self) -> bool {
         let s = self.status();
-        !self.leaving && s.admin == AdminState::Drain && self.able(&s)
+        !self.leaving
+            && s.admin == AdminState::Drain
+            && self.able(&s)
+            && self.link.drained.load(Relaxed) != self.link.epoch.load(Relaxed)
     }
 
     pub fn health(&self) -> Health {

@@ -645,6 +645,7 @@ impl Pool {
                 if open > 0 {
                     tracing::info!(%pool, %backend, open, "drain_timeout reached; closing connections");
                 }
+                link.drained.store(epoch, Relaxed);
                 link.evict_now(Eviction::DrainTimeout);
             }
         });

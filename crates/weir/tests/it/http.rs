@@ -6284,3 +6284,80 @@ fn a_reload_turns_the_access_log_off_and_on_for_open_connections() {
     keepalive_get(&mut s, "/three").expect("served");
     access_line(&out, "/three");
 }
+
+/// A drained backend keeps its sticky clients until the pool's
+/// `drain_timeout`: then its connections are closed and the drain is over,
+/// and a client whose cookie names it gets another backend and a new
+/// cookie (it stayed on the drained one for good, and so did a WebSocket
+/// or stream it opened after the cut).
+#[test]
+fn a_drained_backend_keeps_its_sticky_clients_until_the_drain_runs_out() {
+    let backends = [
+        raw_backend(None, Duration::ZERO),
+        raw_backend(None, Duration::ZERO),
+    ];
+    let (front, grpc) = (free_port(), free_port());
+    let (_weir, _out) = start(
+        "sticky-drain",
+        &format!(
+            "[admin]\ngrpc = \"{grpc}\"\n[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\ndrain_timeout = \"1s\"\nsticky = {{ cookie = \"srv\" }}\n\
+             [[pools.backends]]\nname = \"b0\"\naddress = \"{}\"\n\
+             [[pools.backends]]\nname = \"b1\"\naddress = \"{}\"\n",
+            backends[0].addr, backends[1].addr
+        ),
+    );
+    let counts = || backends.each_ref().map(|b| b.requests.load(SeqCst));
+    // (the backend that answered, whether a cookie was set)
+    let ask = |cookie: Option<&str>| {
+        let before = counts();
+        let mut args = vec!["-i".to_owned()];
+        if let Some(c) = cookie {
+            args.extend(["-H".to_owned(), format!("Cookie: {c}")]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (status, text, _) = curl(&args, &format!("http://{front}/"));
+        assert_eq!(status, 200, "{text}");
+        let after = counts();
+        let by = (0..2).find(|&k| after[k] > before[k]).expect("answered");
+        let set = text
+            .split("\r\n\r\n")
+            .next()
+            .unwrap_or("")
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("set-cookie: srv=")
+                    .or_else(|| l.strip_prefix("Set-Cookie: srv="))
+            })
+            .map(|v| v.split(';').next().unwrap_or("").to_owned());
+        (by, set)
+    };
+    let (home, token) = ask(None);
+    let cookie = format!("srv={}", token.expect("a cookie"));
+    let (code, _, err) = crate::control::text(&crate::control::ctl(
+        grpc,
+        None,
+        &["backend", "drain", "p", &format!("b{home}")],
+    ));
+    assert_eq!(code, 0, "{err}");
+    let drained = Instant::now();
+    assert_eq!(ask(Some(&cookie)), (home, None), "kept through the drain");
+    let end = drained + DEADLINE;
+    loop {
+        let (by, set) = ask(Some(&cookie));
+        if by != home {
+            assert!(set.is_some(), "moved with a new cookie");
+            assert!(
+                drained.elapsed() >= Duration::from_millis(900),
+                "moved before drain_timeout: {:?}",
+                drained.elapsed()
+            );
+            break;
+        }
+        assert!(Instant::now() < end, "still on the drained backend");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
