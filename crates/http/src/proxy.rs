@@ -744,22 +744,21 @@ async fn forward(
                 }
                 None => Err(Sent::Failed),
             },
-            // The backend did not process it (RFC 9113 §8.7): once more. A
-            // GOAWAY leaves room for doubt when the connection ended after
-            // it, so only an idempotent request goes again then, and on
-            // another connection; a refused stream is certain, and its
-            // connection still serves (a backend refuses what is past its
-            // stream limit): it is not given up for a new one per refusal.
-            Err(Sent::Unprocessed { certain }) if certain || replayable => match &copy {
+            // The backend did not process it (RFC 9113 §8.7, §6.8): once
+            // more, whatever the method. A GOAWAY's connection is done, so
+            // it goes on a new one; a refused stream's connection still
+            // serves (a backend refuses what is past its stream limit): it
+            // is not given up for a new one per refusal.
+            Err(Sent::Unprocessed { refused }) => match &copy {
                 Some(request) => {
-                    replayed(if certain {
+                    replayed(if refused {
                         Replay::RefusedStream
                     } else {
                         Replay::GoAway
                     });
-                    again(copy_bodiless(request), !certain).await
+                    again(copy_bodiless(request), !refused).await
                 }
-                None => Err(Sent::Unprocessed { certain }),
+                None => Err(Sent::Unprocessed { refused }),
             },
             other => other.map(|r| (r, lease)),
         };
@@ -920,10 +919,11 @@ enum Sent {
     Not(Box<Request<RequestBody>>),
     /// Written, then the connection failed before a response header.
     Failed,
-    /// Written, and turned away by an HTTP/2 backend that did not process
-    /// it: `certain` for a refused stream, else a GOAWAY whose last stream
-    /// is below it (processed all the same if the connection then ended).
-    Unprocessed { certain: bool },
+    /// Written (or about to be), and turned away by an HTTP/2 backend that
+    /// did not process it: `refused` for a refused stream, else a GOAWAY
+    /// whose last stream is below it (h2 reports a stream at or below it
+    /// that the connection's end cut as a broken pipe, not as the GOAWAY).
+    Unprocessed { refused: bool },
     /// No response header within `upstream_response` (the backend stopped
     /// taking the body, or did not answer it), or by the request's own
     /// deadline (`whole`).
@@ -1007,13 +1007,14 @@ async fn send(
         Err(SendError::NotSent(req)) => Err(Sent::Not(req)),
         Err(SendError::Failed(e)) => {
             tracing::debug!(error = %e, "request to the backend failed");
-            Err(unprocessed(&e).map_or(Sent::Failed, |certain| Sent::Unprocessed { certain }))
+            Err(unprocessed(&e).map_or(Sent::Failed, |refused| Sent::Unprocessed { refused }))
         }
     }
 }
 
 /// Whether an HTTP/2 backend turned the request away unprocessed: `true`
-/// for a refused stream, `false` for a GOAWAY; `None` for any other failure.
+/// for a refused stream, `false` for a GOAWAY (a stream above its last one,
+/// or one sent after it); `None` for any other failure.
 fn unprocessed(e: &hyper::Error) -> Option<bool> {
     let h2 = std::error::Error::source(e)?.downcast_ref::<h2::Error>()?;
     if !h2.is_remote() {

@@ -1927,6 +1927,23 @@ fn streams_an_http2_backend_turns_away_go_again() {
         series("weir_http_upstream_connections_total{pool=\"p\",backend=\"n\",event=\"created\"}")
             >= 10.0
     );
+    // A POST is no less unprocessed above a GOAWAY's last stream (RFC 9113
+    // §6.8): it goes again too (it was answered 502).
+    let out = Command::new("timeout")
+        .args(["60", "h2load", "-n", "200", "-c", "1", "-m", "5"])
+        .args(["-H", ":method: POST"])
+        .arg(format!("http://{front}/"))
+        .output()
+        .expect("h2load");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("status codes: 200 2xx, 0 3xx, 0 4xx, 0 5xx"),
+        "{text}"
+    );
+    assert!(
+        series("weir_backend_http_replayed_total{pool=\"p\",backend=\"n\",reason=\"goaway\"}")
+            >= 1.0
+    );
 }
 
 /// TLS termination: a certificate chosen by SNI (exact, wildcard, else the
