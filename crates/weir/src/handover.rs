@@ -86,6 +86,9 @@ impl Successor {
             });
         server.successor_starting().await;
         self.decided.store(false, SeqCst);
+        // A stop of an earlier attempt's new version says nothing of this
+        // one: its exit must be reported.
+        self.stopped.store(false, SeqCst);
         let mut child = match start_successor(config) {
             Ok(child) => child,
             Err(e) => {
@@ -157,6 +160,12 @@ impl Successor {
         }
         self.handed_over.store(true, SeqCst);
         true
+    }
+
+    /// Whether a new version is starting (started, not taken over, not
+    /// gone).
+    pub(crate) fn starting(&self) -> bool {
+        self.pid.load(SeqCst) != 0 && !self.handed_over.load(SeqCst)
     }
 
     pub(crate) fn handed_over(&self) -> bool {

@@ -709,6 +709,13 @@ pub(crate) async fn serve(
                 _ = term.recv() => { tracing::info!("SIGTERM received"); break }
                 _ = int.recv() => { tracing::info!("SIGINT received"); break }
                 _ = hup.recv() => {
+                    if successor.starting() {
+                        // The new version read the file at its start: a
+                        // reload here would be applied, and lost at the
+                        // hand-over.
+                        tracing::error!("SIGHUP ignored: a new version of weir is starting to take over and has read the configuration already; reload it once it serves");
+                        continue;
+                    }
                     tracing::info!("SIGHUP received: reloading");
                     // Outcome and reason are logged by the reload itself.
                     let (server, notifier) = (Arc::clone(&server), Arc::clone(&notifier));

@@ -207,12 +207,13 @@ fn post(admin: std::net::SocketAddr, path: &str) -> String {
 /// The new version, stopped while it starts (an operator giving up on a
 /// hung upgrade), says nothing to systemd: a STOPPING=1 from it, accepted
 /// from any process of the unit, would stop the service, the running weir
-/// with it. While it starts, the running one refuses changes (the new one
-/// read the state file already); once it is gone, they are taken again.
+/// with it. While it starts, the running one refuses changes and ignores a
+/// SIGHUP (the new one read the state and config files already); once it
+/// is gone, they are taken again.
 #[test]
 fn a_new_version_stopped_while_it_starts_leaves_the_service_alone() {
     let admin = free_port();
-    let (notify, (old, _out), front, mut seen) = slow_to_start("handover-give-up", Some(admin));
+    let (notify, (old, out), front, mut seen) = slow_to_start("handover-give-up", Some(admin));
     let old_pid = old.0.id();
     signal(&old.0, rustix::process::Signal::USR2);
     let end = Instant::now() + DEADLINE;
@@ -229,6 +230,9 @@ fn a_new_version_stopped_while_it_starts_leaves_the_service_alone() {
         let answer = post(admin, "/api/v1/pools/p/backends/b/drain");
         assert_eq!(answer, "HTTP/1.1 503 Service Unavailable");
     }
+    // A reload too: the new one read the file already.
+    signal(&old.0, rustix::process::Signal::HUP);
+    crate::cli::wait_line(&out, "SIGHUP ignored: a new version of weir is starting");
     let pid = rustix::process::Pid::from_raw(new_pid as i32).expect("pid");
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("kill");
     while !successors(old_pid).is_empty() {
@@ -465,17 +469,23 @@ fn own_weir(dir: &std::path::Path) -> std::path::PathBuf {
 /// Replaces `program` (renamed over, as a package upgrade does) by a "new
 /// version" that only sleeps and never takes over.
 fn make_it_sleep(program: &std::path::Path) {
+    replace_by_script(program, "exec sleep 60");
+}
+
+/// Replaces `program` by a shell script running `body`.
+fn replace_by_script(program: &std::path::Path, body: &str) {
     use std::os::unix::fs::PermissionsExt;
-    let sleeper = program.with_extension("new");
-    std::fs::write(&sleeper, "#!/bin/sh\nexec sleep 60\n").expect("script");
-    std::fs::set_permissions(&sleeper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    std::fs::rename(&sleeper, program).expect("replace the program file");
+    let script = program.with_extension("new");
+    std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::rename(&script, program).expect("replace the program file");
 }
 
 /// A new version that does not take over within `WEIR_UPGRADE_TIMEOUT`
 /// (here the program file is by then a script that only sleeps) is stopped,
 /// the running weir says so in its status and goes on serving, and no
-/// process claims the service.
+/// process claims the service. A later attempt whose new version exits is
+/// reported too (the stop of the first left every later exit unsaid).
 #[test]
 fn a_new_version_that_does_not_take_over_in_time_is_stopped() {
     let notify = NotifySocket::bind("handover-late");
@@ -513,6 +523,12 @@ fn a_new_version_that_does_not_take_over_in_time_is_stopped() {
             .any(|m| m.contains("MAINPID=") || m.contains("STOPPING=1")),
         "{seen:?}"
     );
+    echo_once(front).expect("still serving");
+    replace_by_script(&program, "exit 3");
+    signal(&old.0, rustix::process::Signal::USR2);
+    let failed = wait_for(&notify.socket, "exited", &mut seen);
+    assert!(failed.contains("upgrade failed"), "{failed}");
+    assert!(failed.contains("exit status: 3"), "{failed}");
     echo_once(front).expect("still serving");
 }
 
