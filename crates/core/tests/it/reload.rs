@@ -649,8 +649,22 @@ async fn held_reload(
     );
     std::fs::write(&file, &rest).expect("write");
     let server = start_file(&file).await;
+    let reloading = reload_held_by(&server, &file, &rest, silent, &probed).await;
+    (server, reloading, dir)
+}
+
+/// Starts a reload of `server` to `rest` and a new pool whose one backend,
+/// `silent`, holds the reload's first probe round for the HTTP check's 2 s
+/// timeout; returns once that probe reached it (`probed`).
+async fn reload_held_by(
+    server: &Arc<Server>,
+    file: &Path,
+    rest: &str,
+    silent: SocketAddr,
+    probed: &std::sync::atomic::AtomicUsize,
+) -> tokio::task::JoinHandle<Result<weir_core::Reloaded, ReloadError>> {
     std::fs::write(
-        &file,
+        file,
         format!(
             "{rest}[[pools]]\nname = \"slow\"\n\
              [pools.health]\ntype = \"http\"\ntimeout = \"2s\"\ninterval = \"1h\"\n\
@@ -659,14 +673,14 @@ async fn held_reload(
     )
     .expect("write");
     let reloading = tokio::spawn({
-        let server = Arc::clone(&server);
+        let server = Arc::clone(server);
         async move { server.reload().await }
     });
     wait_until("the reload's probe", || {
         probed.load(std::sync::atomic::Ordering::SeqCst) > 0
     })
     .await;
-    (server, reloading, dir)
+    reloading
 }
 
 /// A reload asked while another is in its probe round reads the file once
@@ -940,20 +954,7 @@ async fn a_backend_that_fails_during_a_reloads_probe_round_leaves_the_serving_po
     let serving = server.pool("long").expect("long");
     assert_eq!(serving.active_tier(), Some(0));
     // A reload held for 2 s in its first probe round by a silent backend.
-    std::fs::write(
-        &file,
-        format!(
-            "{rest}[[pools]]\nname = \"slow\"\n\
-             [pools.health]\ntype = \"http\"\ntimeout = \"2s\"\ninterval = \"1h\"\n\
-             [[pools.backends]]\nname = \"s\"\naddress = \"{silent}\"\n"
-        ),
-    )
-    .expect("write");
-    let reloading = tokio::spawn({
-        let server = Arc::clone(&server);
-        async move { server.reload().await }
-    });
-    wait_until("the reload's probe", || probed.load(Relaxed) > 0).await;
+    let reloading = reload_held_by(&server, &file, &rest, silent, &probed).await;
     drop(a);
     wait_until("a out of the serving picker", || {
         serving.active_tier().is_none()

@@ -396,16 +396,13 @@ fn drain_under_hosts(tag: &str, hosts: &str, admin: &str) -> std::process::Outpu
         .expect("run weir")
 }
 
-/// A name that does not resolve is one instance that cannot be reached:
-/// the others still act, and the exit code is 3 (it was 2, a usage error,
-/// and nothing was done anywhere); alone, 3 too.
-#[test]
-fn a_name_that_does_not_resolve_leaves_the_others_acting() {
+/// One weir with a gRPC admin address and a pool `p` of one backend `b`.
+fn one_instance(tag: &str) -> (Running, SocketAddr) {
     let b = named_backend("b");
     let pool = pool_config(&[("b".to_owned(), b)], "");
     let (front, grpc) = (free_port(), free_port());
-    let _weir = start(
-        "fleet-unresolved",
+    let weir = start(
+        tag,
         &format!(
             "[admin]\ngrpc = \"{grpc}\"\n\
              [[listeners]]\nname = \"front\"\nbind = \"{front}\"\n\
@@ -413,6 +410,15 @@ fn a_name_that_does_not_resolve_leaves_the_others_acting() {
         ),
     )
     .0;
+    (weir, grpc)
+}
+
+/// A name that does not resolve is one instance that cannot be reached:
+/// the others still act, and the exit code is 3 (it was 2, a usage error,
+/// and nothing was done anywhere); alone, 3 too.
+#[test]
+fn a_name_that_does_not_resolve_leaves_the_others_acting() {
+    let (_weir, grpc) = one_instance("fleet-unresolved");
     let out = drain_under_hosts(
         "fleet-unresolved",
         "127.0.0.1 localhost\n",
@@ -442,18 +448,7 @@ fn a_name_that_does_not_resolve_leaves_the_others_acting() {
 /// of two whose IPv6 half cannot be reached.
 #[test]
 fn localhost_under_both_families_is_one_instance() {
-    let b = named_backend("b");
-    let pool = pool_config(&[("b".to_owned(), b)], "");
-    let (front, grpc) = (free_port(), free_port());
-    let _weir = start(
-        "fleet-localhost",
-        &format!(
-            "[admin]\ngrpc = \"{grpc}\"\n\
-             [[listeners]]\nname = \"front\"\nbind = \"{front}\"\n\
-             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n{pool}"
-        ),
-    )
-    .0;
+    let (_weir, grpc) = one_instance("fleet-localhost");
     let out = drain_under_hosts(
         "fleet-localhost",
         "::1 weir.test\n127.0.0.1 weir.test\n",
