@@ -445,13 +445,21 @@ async fn close_on_down_closes_established_connections() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operator_drain_stops_new_connections_and_closes_after_drain_timeout() {
+/// A pool of `a` (an echo backend, picked first) and `b`, without checks,
+/// with `drain_timeout`; a connection to `a` open and echoed once.
+async fn one_held_on_a(
+    drain_timeout: &str,
+) -> (
+    Arc<Server>,
+    SocketAddr,
+    Arc<weir_core::pool::Pool>,
+    TcpStream,
+) {
     let a = echo_backend().await;
     let b = named_backend("b").await;
     let backends = backend_toml("a", a, "") + &backend_toml("b", b, "");
     let toml = health_toml(
-        "balance = \"first\"\ndrain_timeout = \"2s\"",
+        &format!("balance = \"first\"\ndrain_timeout = \"{drain_timeout}\""),
         "type = \"none\"",
         &backends,
     );
@@ -460,6 +468,12 @@ async fn operator_drain_stops_new_connections_and_closes_after_drain_timeout() {
     let p = server.pool("p").expect("p");
     let mut held = TcpStream::connect(front).await.expect("connect");
     echo_once(&mut held).await;
+    (server, front, p, held)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_drain_stops_new_connections_and_closes_after_drain_timeout() {
+    let (_server, front, p, mut held) = one_held_on_a("2s").await;
 
     assert!(p.set_admin("a", AdminState::Drain));
     assert_eq!(within("fetch", fetch(front, None)).await, "b");
@@ -485,19 +499,7 @@ async fn operator_drain_stops_new_connections_and_closes_after_drain_timeout() {
 /// connections open: the drain's close is for a backend still drained.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_taken_back_in_time_closes_nothing() {
-    let a = echo_backend().await;
-    let b = named_backend("b").await;
-    let backends = backend_toml("a", a, "") + &backend_toml("b", b, "");
-    let toml = health_toml(
-        "balance = \"first\"\ndrain_timeout = \"600ms\"",
-        "type = \"none\"",
-        &backends,
-    );
-    let server = start(&toml).await;
-    let front = addr(&server, "l");
-    let p = server.pool("p").expect("p");
-    let mut held = TcpStream::connect(front).await.expect("connect");
-    echo_once(&mut held).await;
+    let (_server, _front, p, mut held) = one_held_on_a("600ms").await;
     assert!(p.set_admin("a", AdminState::Drain));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(p.set_admin("a", AdminState::Enabled));

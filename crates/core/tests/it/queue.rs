@@ -69,6 +69,30 @@ async fn echoed(s: &mut TcpStream, tag: u8) {
     assert_eq!(b[0], tag);
 }
 
+/// A listener in front of pool `p` of one recording echo backend `a` with
+/// `max_connections`, and the pool's `max_queue` and `queue_timeout`.
+async fn one_limited_backend(
+    max_queue: u32,
+    queue_timeout: &str,
+    max_connections: u32,
+) -> (
+    Arc<weir_core::Server>,
+    SocketAddr,
+    Arc<weir_core::pool::Pool>,
+    Arc<std::sync::Mutex<Vec<u8>>>,
+) {
+    let (backend, seen) = recording_echo().await;
+    let toml = format!(
+        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+         [[pools]]\nname = \"p\"\nmax_queue = {max_queue}\nqueue_timeout = \"{queue_timeout}\"\n\
+         [[pools.backends]]\nname = \"a\"\naddress = \"{backend}\"\nmax_connections = {max_connections}\n"
+    );
+    let server = start(&toml).await;
+    let front = addr(&server, "l");
+    let pool = server.pool("p").expect("p");
+    (server, front, pool, seen)
+}
+
 /// Reads until the connection ends: weir closed it.
 async fn closed(mut s: TcpStream) {
     let mut rest = Vec::new();
@@ -78,15 +102,7 @@ async fn closed(mut s: TcpStream) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_backend_queues_connections_and_serves_them_in_order() {
-    let (backend, seen) = recording_echo().await;
-    let toml = format!(
-        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
-         [[pools]]\nname = \"p\"\nmax_queue = 3\nqueue_timeout = \"10s\"\n\
-         [[pools.backends]]\nname = \"a\"\naddress = \"{backend}\"\nmax_connections = 2\n"
-    );
-    let server = start(&toml).await;
-    let front = addr(&server, "l");
-    let pool = server.pool("p").expect("p");
+    let (server, front, pool, seen) = one_limited_backend(3, "10s", 2).await;
 
     // Two connections take the two slots.
     let mut held = Vec::new();
@@ -146,15 +162,7 @@ async fn a_full_backend_queues_connections_and_serves_them_in_order() {
 /// is refused at once with `queue_full`, not after `queue_timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_queue_zero_refuses_at_once() {
-    let (backend, seen) = recording_echo().await;
-    let toml = format!(
-        "[[listeners]]\nname = \"l\"\nbind = [\"127.0.0.1:0\"]\n[[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
-         [[pools]]\nname = \"p\"\nmax_queue = 0\nqueue_timeout = \"30s\"\n\
-         [[pools.backends]]\nname = \"a\"\naddress = \"{backend}\"\nmax_connections = 1\n"
-    );
-    let server = start(&toml).await;
-    let front = addr(&server, "l");
-    let pool = server.pool("p").expect("p");
+    let (_server, front, pool, seen) = one_limited_backend(0, "30s", 1).await;
     let mut held = TcpStream::connect(front).await.expect("connect");
     echoed(&mut held, b'h').await;
     let began = std::time::Instant::now();

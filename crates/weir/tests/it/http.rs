@@ -2112,13 +2112,10 @@ fn a_listener_passes_one_name_through_and_terminates_another() {
             }
         }
     }
-    // `weir explain` says so too.
-    for (host, misdirected) in [
-        ("APP.example:443", false),
-        ("pass.example", true),
-        ("other.example", true),
-    ] {
-        let v = crate::control::json(&crate::control::ctl(
+    // `weir explain` says so too: what it says of a request for `host` and
+    // `path` on a connection that named `app.example`.
+    let explain = |host: &str, path: &str| {
+        crate::control::json(&crate::control::ctl(
             grpc,
             None,
             &[
@@ -2132,11 +2129,18 @@ fn a_listener_passes_one_name_through_and_terminates_another() {
                 "--host",
                 host,
                 "--path",
-                "/",
+                path,
                 "-o",
                 "json",
             ],
-        ));
+        ))
+    };
+    for (host, misdirected) in [
+        ("APP.example:443", false),
+        ("pass.example", true),
+        ("other.example", true),
+    ] {
+        let v = explain(host, "/");
         let notes = v["http"]["notes"].to_string();
         assert_eq!(
             notes.contains("answered 421 (misdirected)"),
@@ -2160,25 +2164,7 @@ fn a_listener_passes_one_name_through_and_terminates_another() {
         &format!("https://app.example:{}/x%2Fy", front.port()),
     );
     assert_eq!(status, 400, "{body}");
-    let v = crate::control::json(&crate::control::ctl(
-        grpc,
-        None,
-        &[
-            "explain",
-            "--listener",
-            "edge",
-            "--client",
-            "127.0.0.1",
-            "--sni",
-            "app.example",
-            "--host",
-            "other.example",
-            "--path",
-            "/x%2Fy",
-            "-o",
-            "json",
-        ],
-    ));
+    let v = explain("other.example", "/x%2Fy");
     let notes = v["http"]["notes"].to_string();
     assert!(
         notes.contains("is refused") && notes.contains("answered 400") && !notes.contains("421"),
