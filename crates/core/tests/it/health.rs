@@ -1594,9 +1594,12 @@ async fn patroni_primaries_replicas_and_standby() {
     })
     .await;
     assert_eq!(within("rw", fetch(rw, None)).await, "b");
-    // With b the primary, the replica pool reads from a.
-    wait_until("a-replica up", || {
+    // With b the primary, the replica pool reads from a (once b's own
+    // replica check has seen the promotion too: the two probe on their own
+    // timers).
+    wait_until("a-replica up, b-replica standby", || {
         health("replicas", "a-replica") == Some(Health::Up)
+            && health("replicas", "b-replica") == Some(Health::Standby)
     })
     .await;
     assert_eq!(within("ro", fetch(ro, None)).await, "a");
