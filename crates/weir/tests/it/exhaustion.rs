@@ -1038,28 +1038,39 @@ fn a_bulk_transfer_shares_the_worker_thread() {
         .collect();
     // Let the transfers get going, then time small round trips.
     std::thread::sleep(Duration::from_millis(300));
-    let mut worst = Duration::ZERO;
+    let mut echoes = Vec::new();
     let end = Instant::now() + Duration::from_secs(3);
     while Instant::now() < end {
         let began = Instant::now();
         pinger.write_all(b"x").expect("write");
         let mut one = [0u8; 1];
         pinger.read_exact(&mut one).expect("an echo");
-        worst = worst.max(began.elapsed());
+        echoes.push(began.elapsed());
         std::thread::sleep(Duration::from_millis(10));
     }
-    let scraped = Instant::now();
-    let _ = scrape(admin);
-    let scrape_took = scraped.elapsed();
+    // The quickest of three scrapes: one may meet a pause of the machine.
+    let scrape_took = (0..3)
+        .map(|_| {
+            let scraped = Instant::now();
+            let _ = scrape(admin);
+            scraped.elapsed()
+        })
+        .min()
+        .expect("three scrapes");
     done.store(true, Relaxed);
     for s in senders {
         let _ = s.join();
     }
     // Generous: here an echo waits some 40 ms at worst (a debug build, with
-    // a core kept busy meanwhile); without the relay's yield, 230-270 ms.
+    // a core kept busy meanwhile); without the relay's yield, 230-270 ms
+    // each. Nine in ten under 150 ms: a loaded machine's odd pause is not
+    // the relay's.
+    echoes.sort();
+    let ninth = echoes[echoes.len() * 9 / 10];
     assert!(
-        worst < Duration::from_millis(150),
-        "an echo waited {worst:?}"
+        ninth < Duration::from_millis(150),
+        "one echo in ten waited {ninth:?} or more (of {})",
+        echoes.len()
     );
     assert!(
         scrape_took < Duration::from_millis(150),

@@ -228,7 +228,7 @@ fn a_refusal_after_a_wait_logs_the_time_waited() {
         "pp-refusal-time",
         &format!(
             "[log]\nformat = \"json\"\n[firewall]\ndeny = [\"192.0.2.66\"]\n\
-             [[listeners]]\nname = \"l\"\nbind = \"{front}\"\nhandshake_timeout = \"400ms\"\n\
+             [[listeners]]\nname = \"l\"\nbind = \"{front}\"\nhandshake_timeout = \"1s\"\n\
              proxy_protocol = {{ accept = true, trusted = [\"127.0.0.1\"] }}\n\
              [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
              [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
@@ -239,7 +239,9 @@ fn a_refusal_after_a_wait_logs_the_time_waited() {
     let line = crate::cli::wait_line(&out, "\"reason\":\"handshake_timeout\"");
     let v: serde_json::Value = serde_json::from_str(&line).expect("json");
     let took = v["duration_ms"].as_f64().expect("duration_ms");
-    assert!((350.0..5000.0).contains(&took), "{line}");
+    assert!((950.0..5000.0).contains(&took), "{line}");
+    // Its header comes well within the handshake timeout, on a loaded
+    // machine too.
     let mut late = std::net::TcpStream::connect(front).expect("connect");
     std::thread::sleep(std::time::Duration::from_millis(250));
     std::io::Write::write_all(&mut late, b"PROXY TCP4 192.0.2.66 192.0.2.1 5000 80\r\n")
