@@ -3,7 +3,8 @@
 //! SNI and ALPN ([`client_hello`]), an HTTP/1 response as a health probe reads it
 //! ([`http1`]), the rules for host names ([`name`]), the normal form of an
 //! HTTP request's path ([`path`]), a parameter of its query ([`query`]), the W3C `traceparent` header
-//! ([`traceparent`]), a gRPC call's `grpc-timeout` ([`grpc_timeout`]), an operator's header value with variables
+//! ([`traceparent`]), a gRPC call's `grpc-timeout` ([`grpc_timeout`]), the messages of a gRPC
+//! health check ([`grpc_health`]), an operator's header value with variables
 //! ([`template`]), one cookie of a `Cookie` header and a sticky cookie's
 //! token ([`cookie`]), and a DNS health check's query and answer ([`dns`],
 //! encoded and decoded by hickory-proto).
@@ -32,6 +33,7 @@
 pub mod client_hello;
 pub mod cookie;
 pub mod dns;
+pub mod grpc_health;
 pub mod grpc_timeout;
 pub mod http1;
 pub mod name;

@@ -1,11 +1,12 @@
 //! The gRPC health probe: one `grpc.health.v1.Health/Check` call over HTTP/2
 //! (h2c with prior knowledge, or TLS with ALPN h2), healthy when the answer is
-//! SERVING. The two tiny protobuf messages are encoded and decoded here by hand:
-//! `HealthCheckRequest { string service = 1; }` and
-//! `HealthCheckResponse { ServingStatus status = 1; }`.
+//! SERVING. The two tiny protobuf messages are encoded and decoded by
+//! [`weir_wire::grpc_health`].
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
+
+use weir_wire::grpc_health::{decode_response, encode_request};
 
 use crate::Reason;
 use crate::health::Report;
@@ -157,72 +158,6 @@ fn serving_status_name(status: u64) -> &'static str {
     }
 }
 
-/// A length-prefixed gRPC message holding `HealthCheckRequest { service }`.
-pub(crate) fn encode_request(service: &str) -> Vec<u8> {
-    let mut msg = Vec::with_capacity(service.len() + 3);
-    if !service.is_empty() {
-        msg.push(0x0a); // field 1, length-delimited
-        put_varint(&mut msg, service.len() as u64);
-        msg.extend_from_slice(service.as_bytes());
-    }
-    let mut out = Vec::with_capacity(5 + msg.len());
-    out.push(0); // not compressed
-    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-    out.extend_from_slice(&msg);
-    out
-}
-
-/// The `status` of a length-prefixed `HealthCheckResponse` (0 when absent, as
-/// protobuf defaults say).
-pub(crate) fn decode_response(buf: &[u8]) -> Result<u64, &'static str> {
-    let [compressed, l0, l1, l2, l3, rest @ ..] = buf else {
-        return Err("truncated message");
-    };
-    if *compressed != 0 {
-        return Err("compressed message");
-    }
-    let len = u32::from_be_bytes([*l0, *l1, *l2, *l3]) as usize;
-    let mut msg = rest.get(..len).ok_or("truncated message")?;
-    let mut status = 0;
-    while !msg.is_empty() {
-        let key = take_varint(&mut msg)?;
-        match (key >> 3, key & 7) {
-            (1, 0) => status = take_varint(&mut msg)?,
-            (_, 0) => {
-                take_varint(&mut msg)?;
-            }
-            (_, 1) => msg = msg.get(8..).ok_or("truncated field")?,
-            (_, 2) => {
-                let n = usize::try_from(take_varint(&mut msg)?).map_err(|_| "bad length")?;
-                msg = msg.get(n..).ok_or("truncated field")?;
-            }
-            (_, 5) => msg = msg.get(4..).ok_or("truncated field")?,
-            _ => return Err("unsupported wire type"),
-        }
-    }
-    Ok(status)
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn take_varint(buf: &mut &[u8]) -> Result<u64, &'static str> {
-    let mut v = 0u64;
-    for (i, &b) in buf.iter().enumerate().take(10) {
-        v |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            *buf = &buf[i + 1..];
-            return Ok(v);
-        }
-    }
-    Err("bad varint")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,41 +179,5 @@ mod tests {
         assert!(reason.len() < 120, "{} bytes", reason.len());
         h.insert("grpc-message", http::HeaderValue::from_static("draining"));
         assert_eq!(grpc_error(14, &h), "grpc-status 14 (UNAVAILABLE): draining");
-    }
-
-    #[test]
-    fn request_encoding() {
-        assert_eq!(encode_request(""), [0, 0, 0, 0, 0]);
-        assert_eq!(
-            encode_request("app"),
-            [0, 0, 0, 0, 5, 0x0a, 3, b'a', b'p', b'p']
-        );
-    }
-
-    #[test]
-    fn response_decoding() {
-        assert_eq!(decode_response(&[0, 0, 0, 0, 2, 0x08, 1]), Ok(1));
-        assert_eq!(decode_response(&[0, 0, 0, 0, 2, 0x08, 2]), Ok(2));
-        // An empty message is status 0 (UNKNOWN); unknown fields are skipped.
-        assert_eq!(decode_response(&[0, 0, 0, 0, 0]), Ok(0));
-        assert_eq!(
-            decode_response(&[0, 0, 0, 0, 6, 0x12, 2, b'x', b'y', 0x08, 1]),
-            Ok(1)
-        );
-        assert!(decode_response(&[0, 0, 0, 0, 3, 0x08]).is_err());
-        assert!(decode_response(&[1, 0, 0, 0, 0]).is_err());
-        assert!(decode_response(&[0, 0]).is_err());
-        assert!(decode_response(&[0, 0, 0, 0, 2, 0x08, 0x80]).is_err());
-    }
-
-    #[test]
-    fn varints_round_trip() {
-        for v in [0u64, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX] {
-            let mut out = Vec::new();
-            put_varint(&mut out, v);
-            let mut slice = &out[..];
-            assert_eq!(take_varint(&mut slice), Ok(v));
-            assert!(slice.is_empty());
-        }
     }
 }
