@@ -345,7 +345,7 @@ impl Reason {
     }
 
     /// The reason of a failed connect or I/O call to a backend.
-    pub(crate) fn from_connect_io(err: &std::io::Error) -> Reason {
+    pub fn from_connect_io(err: &std::io::Error) -> Reason {
         use std::io::ErrorKind::*;
         if local_resources(err) {
             return Self::LocalResources;

@@ -478,7 +478,7 @@ impl Conns {
                 .keep_alive_while_idle(true)
                 .handshake(TokioIo::new(io))
                 .await
-                .map_err(|_| Reason::Protocol),
+                .map_err(|e| h2_handshake_failed(&e)),
             Err(why) => Err(why),
         };
         let (sender, conn) = match opened {
@@ -743,6 +743,21 @@ impl Drop for Lease {
 }
 
 /// Opens a connection to `addr`: TCP, then TLS when the route says so.
+/// Why an HTTP/2 handshake failed. It writes the connection's preface,
+/// the first bytes weir sends: a backend that reset or closed the
+/// connection by then failed a connect like any other (counted, and the
+/// request tried elsewhere), not the protocol.
+fn h2_handshake_failed(e: &hyper::Error) -> Reason {
+    let io = std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<h2::Error>())
+        .and_then(h2::Error::get_io);
+    match io {
+        Some(io) if io.kind() == std::io::ErrorKind::BrokenPipe => Reason::Reset,
+        Some(io) => Reason::from_connect_io(io),
+        None => Reason::Protocol,
+    }
+}
+
 async fn dial(addr: SocketAddr, dialer: &Dialer) -> Result<Io, Reason> {
     let tcp = weir_core::upstream::connect_tcp(addr, dialer.connect_timeout).await?;
     let Some((connector, sni)) = &dialer.tls else {
