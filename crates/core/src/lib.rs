@@ -45,7 +45,7 @@ mod tcp;
 pub mod udp;
 pub mod upstream;
 
-pub use frontend::{accept_pause, bind, in_use, peek_more};
+pub use frontend::{accept_pause, bind, bind_only, in_use, listen, peek_more};
 pub use reason::{Reason, Side};
 pub use server::{
     ControlError, Inherited, LastReload, Options, PassedSocket, ReloadError, Reloaded, Server,

@@ -554,22 +554,32 @@ pub(crate) async fn serve(
     }
     check_descriptors(&config);
     // Both admin ports are bound before the data plane starts, so a taken
-    // port fails the start instead of leaving weir without its controls.
-    let admin = match config.admin.http {
-        Some(addr) => Some(
-            weir_admin::AdminListener::bind(addr)
-                .await
-                .with_context(|| format!("admin.http: cannot listen on {addr}"))?,
-        ),
-        None => None,
+    // port fails the start instead of leaving weir without its controls. A
+    // new version started to take over listens on them only once it serves:
+    // the kernel shares a port's connections among the sockets listening on
+    // it, and until then the running weir alone answers (this one would say
+    // "starting" to half the probes and hold half the commands).
+    let taking_over = takeover == Takeover::Allow || handover::predecessor().is_some();
+    let bind = |addr: SocketAddr, key: &str| {
+        weir_core::bind_only(addr)
+            .and_then(|s| {
+                if !taking_over {
+                    weir_core::listen(&s)?;
+                }
+                Ok(s)
+            })
+            .with_context(|| format!("{key}: cannot listen on {addr}"))
     };
-    let grpc = match config.admin.grpc {
-        Some(addr) => Some(
-            weir_admin::grpc::bind(addr)
-                .with_context(|| format!("admin.grpc: cannot listen on {addr}"))?,
-        ),
-        None => None,
-    };
+    let admin = config
+        .admin
+        .http
+        .map(|addr| bind(addr, "admin.http"))
+        .transpose()?;
+    let grpc = config
+        .admin
+        .grpc
+        .map(|addr| bind(addr, "admin.grpc"))
+        .transpose()?;
     let build = weir_admin::metrics::BuildInfo {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         revision: env!("WEIR_REVISION").to_owned(),
@@ -577,21 +587,27 @@ pub(crate) async fn serve(
     let admin_stats = Arc::new(weir_admin::Stats::default());
     let limits = weir_admin::conn::Limits::from_config(&config.admin);
     let admin_stop = CancellationToken::new();
-    // The HTTP endpoint answers from now on: `/readyz` says 503 until the
-    // first probe round is done.
+    // The HTTP endpoint answers from now on (unless this process is to
+    // take over): `/readyz` says 503 until the first probe round is done.
     let handle = Arc::new(weir_admin::Handle::default());
-    let admin_http = admin.as_ref().map(weir_admin::AdminListener::local_addr);
-    if let Some(admin) = admin {
-        let stop = admin_stop.clone();
-        let (build, stats) = (build.clone(), Arc::clone(&admin_stats));
-        tokio::spawn(admin.serve(
-            Arc::clone(&handle),
-            build,
-            stats,
-            limits,
+    let admin_http = admin.as_ref().and_then(|s| s.local_addr().ok());
+    let serve_admin = {
+        let (handle, stop) = (Arc::clone(&handle), admin_stop.clone());
+        let (build, stats, first) = (
+            build.clone(),
+            Arc::clone(&admin_stats),
             config.admin.clone(),
-            stop,
-        ));
+        );
+        move |socket: std::net::TcpListener| -> Result<()> {
+            let admin =
+                weir_admin::AdminListener::from_std(socket).context("admin.http: cannot listen")?;
+            tokio::spawn(admin.serve(handle, build, stats, limits, first, stop));
+            Ok(())
+        }
+    };
+    let mut admin = admin.map(|socket| (socket, serve_admin));
+    if !taking_over && let Some((socket, serve)) = admin.take() {
+        serve(socket)?;
     }
     let layer = Arc::new(weir_http::Layer::new());
     for (name, addr, udp) in inherited.sockets() {
@@ -609,6 +625,9 @@ pub(crate) async fn serve(
     };
     let server = Server::start_with(config, options).await?;
     handle.set(Arc::clone(&server));
+    if let Some((socket, serve)) = admin {
+        serve(socket)?;
+    }
     // The control API stops taking commands as soon as shutdown begins: during
     // an upgrade they belong to the successor on the same port.
     let grpc_stop = CancellationToken::new();
@@ -616,7 +635,9 @@ pub(crate) async fn serve(
         http: admin_http,
         grpc: grpc.as_ref().and_then(|l| l.local_addr().ok()),
     };
-    if let Some(listener) = grpc {
+    if let Some(socket) = grpc {
+        weir_core::listen(&socket).context("admin.grpc: cannot listen")?;
+        let listener = tokio::net::TcpListener::from_std(socket)?;
         if let Some(addr) = bound.grpc {
             tracing::info!(%addr, "admin gRPC listening");
         }
@@ -672,6 +693,26 @@ pub(crate) async fn serve(
         notifier.spawn_watchdog(every);
     }
 
+    // A reload through the API shows in systemd's status as SIGHUP's does:
+    // the generation it names is the one serving.
+    if notifier.enabled() {
+        let mut events = server.journal().subscribe();
+        let (server, notifier) = (Arc::clone(&server), Arc::clone(&notifier));
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match events.recv().await {
+                    Ok(weir_core::events::Event::Reload { error, .. }) => {
+                        notifier.status(&reload_status(&server, error.as_deref()));
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => notifier.status(&serving_status(&server)),
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        });
+    }
+
     // The new version SIGUSR2 starts, until it takes over (SIGUSR1 from it)
     // or exits.
     let successor = Arc::new(handover::Successor::default());
@@ -722,11 +763,8 @@ pub(crate) async fn serve(
                     notifier.reloading();
                     tokio::spawn(async move {
                         let outcome = server.reload().await;
-                        let status = match outcome {
-                            Ok(_) => serving_status(&server),
-                            Err(e) => format!("reload failed, the previous configuration serves: {e}"),
-                        };
-                        notifier.ready(&status);
+                        let error = outcome.err().map(|e| e.to_string());
+                        notifier.ready(&reload_status(&server, error.as_deref()));
                     });
                 }
             }
@@ -765,6 +803,14 @@ fn serving_status(server: &Server) -> String {
         s.pools.len(),
         s.generation
     )
+}
+
+/// systemd's `STATUS=` after a reload that failed with `error`, or not.
+fn reload_status(server: &Server, error: Option<&str>) -> String {
+    match error {
+        None => serving_status(server),
+        Some(e) => format!("reload failed, the previous configuration serves: {e}"),
+    }
 }
 
 /// Raises the soft limit on open files to the hard one, as HAProxy and nginx

@@ -73,6 +73,8 @@ pub(crate) struct Notifier {
     warned: AtomicBool,
     /// Set once another process is the service's main process.
     silent: AtomicBool,
+    /// Set once weir stops: what it says then stays the unit's status.
+    stopping: AtomicBool,
 }
 
 impl Notifier {
@@ -92,6 +94,7 @@ impl Notifier {
             target,
             warned: AtomicBool::new(false),
             silent: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -128,8 +131,20 @@ impl Notifier {
         self.silent.store(true, Relaxed);
     }
 
+    /// `READY=1` with `what` as the status (at start, and at the end of a
+    /// reload systemd asked for); nothing once weir stops (systemd took
+    /// `STOPPING=1` for the end of the reload too).
     pub(crate) fn ready(&self, what: &str) {
-        self.send(&format!("READY=1\n{}", status(what)));
+        if !self.stopping.load(Relaxed) {
+            self.send(&format!("READY=1\n{}", status(what)));
+        }
+    }
+
+    /// The status alone, unless weir is stopping.
+    pub(crate) fn status(&self, what: &str) {
+        if !self.stopping.load(Relaxed) {
+            self.send(&status(what));
+        }
     }
 
     pub(crate) fn reloading(&self) {
@@ -140,6 +155,7 @@ impl Notifier {
     }
 
     pub(crate) fn stopping(&self, what: &str) {
+        self.stopping.store(true, Relaxed);
         self.send(&format!("STOPPING=1\n{}", status(what)));
     }
 

@@ -72,7 +72,14 @@ impl AdminListener {
     pub async fn bind(addr: SocketAddr) -> std::io::Result<AdminListener> {
         // SO_REUSEPORT, like the listeners: a second weir can start beside a
         // draining one.
-        let listener = tokio::net::TcpListener::from_std(weir_core::bind(addr)?)?;
+        AdminListener::from_std(weir_core::bind(addr)?)
+    }
+
+    /// An admin listener on a socket [`weir_core::bind_only`] bound, made
+    /// to listen now. Call inside a tokio runtime.
+    pub fn from_std(socket: std::net::TcpListener) -> std::io::Result<AdminListener> {
+        weir_core::listen(&socket)?;
+        let listener = tokio::net::TcpListener::from_std(socket)?;
         let addr = listener.local_addr()?;
         Ok(AdminListener { listener, addr })
     }

@@ -32,7 +32,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 }
 
 /// [`bind`] without listening yet (see [`listen`]): a listener's socket.
-pub(crate) fn bind_only(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+pub fn bind_only(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -53,7 +53,7 @@ pub(crate) fn bind_only(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 /// that listen on it, and during an upgrade a new process's socket listening
 /// through its first probe round would hold its share of them unanswered.
 /// A socket systemd passed listens already, with the socket unit's backlog.
-pub(crate) fn listen(socket: &std::net::TcpListener) -> io::Result<()> {
+pub fn listen(socket: &std::net::TcpListener) -> io::Result<()> {
     let socket = socket2::SockRef::from(socket);
     if socket.is_listener()? {
         return Ok(());

@@ -11,8 +11,7 @@ mod peek;
 mod proxy_in;
 
 pub(crate) use accept::accept_loop;
-pub use accept::{accept_pause, bind, in_use};
-pub(crate) use accept::{bind_only, listen};
+pub use accept::{accept_pause, bind, bind_only, in_use, listen};
 pub use peek::more as peek_more;
 
 use std::sync::Arc;

@@ -62,11 +62,12 @@ impl Drop for NotifySocket {
 fn weir_tells_systemd_when_it_is_ready_reloading_and_stopping() {
     let notify = NotifySocket::bind("notify");
     let (path, socket) = (&notify.path, &notify.socket);
-    let (front, backend) = (free_port(), echo_backend());
+    let (front, backend, admin) = (free_port(), echo_backend(), free_port());
     let file = temp_config(
         "notify",
         &format!(
-            "[[listeners]]\nname = \"l\"\nbind = \"{front}\"\n\
+            "[admin]\nhttp = \"{admin}\"\n\
+             [[listeners]]\nname = \"l\"\nbind = \"{front}\"\n\
              [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
              [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
         ),
@@ -108,6 +109,10 @@ fn weir_tells_systemd_when_it_is_ready_reloading_and_stopping() {
     );
     let again = wait_for(socket, "READY=1", &mut seen);
     assert!(again.contains("configuration generation 2"), "{again}");
+    // A reload through the API is no reload systemd asked for: the status
+    // alone follows it.
+    assert!(post(admin, "/api/v1/reload").starts_with("HTTP/1.1 200"));
+    wait_for(socket, "configuration generation 3", &mut seen);
 
     // A broken file: the reload fails, the old configuration serves, and
     // systemd is told so.
@@ -117,6 +122,13 @@ fn weir_tells_systemd_when_it_is_ready_reloading_and_stopping() {
     let failed = wait_for(socket, "READY=1", &mut seen);
     assert!(
         failed.contains("STATUS=reload failed, the previous configuration serves"),
+        "{failed}"
+    );
+    std::fs::write(&file, "[[listeners]]\nname = \"l\"\nbogus_key = 1\n").expect("break");
+    assert!(!post(admin, "/api/v1/reload").starts_with("HTTP/1.1 200"));
+    let failed = wait_for(socket, "bogus_key", &mut seen);
+    assert!(
+        failed.starts_with("STATUS=reload failed, the previous configuration serves"),
         "{failed}"
     );
 
@@ -224,11 +236,17 @@ fn a_new_version_stopped_while_it_starts_leaves_the_service_alone() {
         assert!(Instant::now() < end, "no new version started");
         std::thread::sleep(Duration::from_millis(20));
     };
-    // In its first probe round: changes are refused (by the running one,
-    // or by the starting one, which shares the port), then it is stopped.
+    // In its first probe round the new one does not listen on the admin
+    // port it shares: the running one answers every request, ready, and
+    // refuses changes. Then the new one is stopped.
     for _ in 0..8 {
-        let answer = post(admin, "/api/v1/pools/p/backends/b/drain");
-        assert_eq!(answer, "HTTP/1.1 503 Service Unavailable");
+        let ready = crate::cli::http_get(admin, "/readyz");
+        assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+        let answer = crate::cli::http_post(admin, "/api/v1/pools/p/backends/b/drain");
+        assert!(
+            answer.starts_with("HTTP/1.1 503") && answer.contains("new version"),
+            "{answer}"
+        );
     }
     // A reload too: the new one read the file already.
     signal(&old.0, rustix::process::Signal::HUP);
