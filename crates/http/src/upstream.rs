@@ -742,15 +742,13 @@ impl Drop for Lease {
     }
 }
 
-/// Opens a connection to `addr`: TCP, then TLS when the route says so.
 /// Why an HTTP/2 handshake failed. It writes the connection's preface,
 /// the first bytes weir sends: a backend that reset or closed the
 /// connection by then failed a connect like any other (counted, and the
-/// request tried elsewhere), not the protocol.
+/// request tried elsewhere), not the protocol. (hyper gives h2's I/O
+/// errors as its own I/O errors, with the `io::Error` as their source.)
 fn h2_handshake_failed(e: &hyper::Error) -> Reason {
-    let io = std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<h2::Error>())
-        .and_then(h2::Error::get_io);
+    let io = std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>());
     match io {
         Some(io) if io.kind() == std::io::ErrorKind::BrokenPipe => Reason::Reset,
         Some(io) => Reason::from_connect_io(io),
@@ -758,6 +756,7 @@ fn h2_handshake_failed(e: &hyper::Error) -> Reason {
     }
 }
 
+/// Opens a connection to `addr`: TCP, then TLS when the route says so.
 async fn dial(addr: SocketAddr, dialer: &Dialer) -> Result<Io, Reason> {
     let tcp = weir_core::upstream::connect_tcp(addr, dialer.connect_timeout).await?;
     let Some((connector, sni)) = &dialer.tls else {
@@ -954,6 +953,21 @@ mod tests {
         )
     }
 
+    /// A backend gone before the HTTP/2 preface is written (here the other
+    /// end of the stream, dropped) failed a connect, reset: not the protocol.
+    #[tokio::test]
+    async fn a_handshake_whose_preface_cannot_be_written_is_a_reset() {
+        let (ours, theirs) = tokio::io::duplex(64);
+        drop(theirs);
+        let Err(e) = http2::Builder::new(TokioExecutor::new())
+            .handshake::<_, RequestBody>(TokioIo::new(ours))
+            .await
+        else {
+            panic!("a handshake with nobody");
+        };
+        assert_eq!(h2_handshake_failed(&e), Reason::Reset, "{e:?}");
+    }
+
     /// Every reload activates its routes: connections it keeps have a
     /// sweeper already and get no other one, however many reloads there are.
     #[tokio::test]
@@ -970,7 +984,6 @@ mod tests {
         assert_eq!(kept.keepalive(), Duration::from_secs(4));
     }
 
-    /// Connections to an h2c backend at `addr`, and how to open them.
     /// A loopback listener whose accept queue holds one connection.
     fn backlog_of_one() -> (socket2::Socket, SocketAddr) {
         let full = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
@@ -1021,6 +1034,7 @@ mod tests {
         addr
     }
 
+    /// Connections to an h2c backend at `addr`, and how to open them.
     fn h2c(addr: SocketAddr, connect_timeout: Duration) -> (Arc<Conns>, Dialer) {
         let conns = Conns::new(
             addr,

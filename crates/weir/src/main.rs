@@ -555,18 +555,21 @@ pub(crate) async fn serve(
     check_descriptors(&config);
     // Both admin ports are bound before the data plane starts, so a taken
     // port fails the start instead of leaving weir without its controls. A
-    // new version started to take over listens on them only once it serves:
-    // the kernel shares a port's connections among the sockets listening on
-    // it, and until then the running weir alone answers (this one would say
-    // "starting" to half the probes and hold half the commands).
-    let taking_over = takeover == Takeover::Allow || handover::predecessor().is_some();
+    // weir taking over from one that serves them (a new version SIGUSR2
+    // started, or `--upgrade` beside a running weir) listens on them only
+    // once it serves: the kernel shares a port's connections among the
+    // sockets listening on it, and until then the running weir alone
+    // answers (this one would say "starting" to half the probes and hold
+    // half the commands).
+    let replacing = handover::predecessor().is_some();
     let bind = |addr: SocketAddr, key: &str| {
+        let later = replacing || (takeover == Takeover::Allow && weir_core::in_use(addr));
         weir_core::bind_only(addr)
             .and_then(|s| {
-                if !taking_over {
+                if !later {
                     weir_core::listen(&s)?;
                 }
-                Ok(s)
+                Ok((s, later))
             })
             .with_context(|| format!("{key}: cannot listen on {addr}"))
     };
@@ -587,10 +590,10 @@ pub(crate) async fn serve(
     let admin_stats = Arc::new(weir_admin::Stats::default());
     let limits = weir_admin::conn::Limits::from_config(&config.admin);
     let admin_stop = CancellationToken::new();
-    // The HTTP endpoint answers from now on (unless this process is to
-    // take over): `/readyz` says 503 until the first probe round is done.
+    // The HTTP endpoint answers from now on (unless it waits to take over):
+    // `/readyz` says 503 until the first probe round is done.
     let handle = Arc::new(weir_admin::Handle::default());
-    let admin_http = admin.as_ref().and_then(|s| s.local_addr().ok());
+    let admin_http = admin.as_ref().and_then(|(s, _)| s.local_addr().ok());
     let serve_admin = {
         let (handle, stop) = (Arc::clone(&handle), admin_stop.clone());
         let (build, stats, first) = (
@@ -605,10 +608,14 @@ pub(crate) async fn serve(
             Ok(())
         }
     };
-    let mut admin = admin.map(|socket| (socket, serve_admin));
-    if !taking_over && let Some((socket, serve)) = admin.take() {
-        serve(socket)?;
-    }
+    let admin = match admin {
+        Some((socket, false)) => {
+            serve_admin(socket)?;
+            None
+        }
+        Some((socket, true)) => Some((socket, serve_admin)),
+        None => None,
+    };
     let layer = Arc::new(weir_http::Layer::new());
     for (name, addr, udp) in inherited.sockets() {
         let protocol = if udp { "udp" } else { "tcp" };
@@ -625,7 +632,18 @@ pub(crate) async fn serve(
     };
     let server = Server::start_with(config, options).await?;
     handle.set(Arc::clone(&server));
-    if let Some((socket, serve)) = admin {
+    // The first probe round is done and every listener accepts. A stop asked
+    // for while starting is served first: a new version told to stop must not
+    // take over, nor listen on the admin ports it waited to share.
+    let stop_early = tokio::select! {
+        biased;
+        _ = term.recv() => true,
+        _ = int.recv() => true,
+        () = std::future::ready(()) => false,
+    };
+    if let Some((socket, serve)) = admin
+        && !stop_early
+    {
         serve(socket)?;
     }
     // The control API stops taking commands as soon as shutdown begins: during
@@ -633,9 +651,11 @@ pub(crate) async fn serve(
     let grpc_stop = CancellationToken::new();
     let bound = AdminAddrs {
         http: admin_http,
-        grpc: grpc.as_ref().and_then(|l| l.local_addr().ok()),
+        grpc: grpc.as_ref().and_then(|(l, _)| l.local_addr().ok()),
     };
-    if let Some(socket) = grpc {
+    if let Some((socket, later)) = grpc
+        && !(later && stop_early)
+    {
         weir_core::listen(&socket).context("admin.grpc: cannot listen")?;
         let listener = tokio::net::TcpListener::from_std(socket)?;
         if let Some(addr) = bound.grpc {
@@ -656,15 +676,6 @@ pub(crate) async fn serve(
     }
     started(&server, bound);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "weir started");
-    // The first probe round is done and every listener accepts. A stop asked
-    // for while starting is served first: a new version told to stop must not
-    // take over.
-    let stop_early = tokio::select! {
-        biased;
-        _ = term.recv() => true,
-        _ = int.recv() => true,
-        () = std::future::ready(()) => false,
-    };
     match handover::predecessor() {
         Some(_) if stop_early => {
             // Not a word to systemd: it takes STOPPING=1 from any process of
@@ -693,29 +704,36 @@ pub(crate) async fn serve(
         notifier.spawn_watchdog(every);
     }
 
+    // The new version SIGUSR2 starts, until it takes over (SIGUSR1 from it)
+    // or exits.
+    let successor = Arc::new(handover::Successor::default());
+
     // A reload through the API shows in systemd's status as SIGHUP's does:
-    // the generation it names is the one serving.
+    // the generation it names is the one serving. Not while a new version
+    // starts: the status says so then, and the upgrade script reads it.
     if notifier.enabled() {
         let mut events = server.journal().subscribe();
         let (server, notifier) = (Arc::clone(&server), Arc::clone(&notifier));
+        let successor = Arc::clone(&successor);
         tokio::spawn(async move {
             use tokio::sync::broadcast::error::RecvError;
             loop {
-                match events.recv().await {
-                    Ok(weir_core::events::Event::Reload { error, .. }) => {
-                        notifier.status(&reload_status(&server, error.as_deref()));
-                    }
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(_)) => notifier.status(&serving_status(&server)),
+                let reloaded = match events.recv().await {
+                    Ok(weir_core::events::Event::Reload { error, .. }) => error,
+                    Ok(_) => continue,
+                    // Events were lost: the last reload says.
+                    Err(RecvError::Lagged(_)) => match server.last_reload() {
+                        Some(last) => last.error,
+                        None => continue,
+                    },
                     Err(RecvError::Closed) => break,
+                };
+                if !successor.starting() {
+                    notifier.status(&reload_status(&server, reloaded.as_deref()));
                 }
             }
         });
     }
-
-    // The new version SIGUSR2 starts, until it takes over (SIGUSR1 from it)
-    // or exits.
-    let successor = Arc::new(handover::Successor::default());
     if !stop_early {
         loop {
             tokio::select! {

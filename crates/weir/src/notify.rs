@@ -12,6 +12,7 @@
 
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 /// Where `NOTIFY_SOCKET` points.
@@ -74,7 +75,8 @@ pub(crate) struct Notifier {
     /// Set once another process is the service's main process.
     silent: AtomicBool,
     /// Set once weir stops: what it says then stays the unit's status.
-    stopping: AtomicBool,
+    /// Held while a status is sent, so that none goes after `STOPPING=1`.
+    stopping: Mutex<bool>,
 }
 
 impl Notifier {
@@ -94,7 +96,7 @@ impl Notifier {
             target,
             warned: AtomicBool::new(false),
             silent: AtomicBool::new(false),
-            stopping: AtomicBool::new(false),
+            stopping: Mutex::new(false),
         }
     }
 
@@ -135,15 +137,18 @@ impl Notifier {
     /// reload systemd asked for); nothing once weir stops (systemd took
     /// `STOPPING=1` for the end of the reload too).
     pub(crate) fn ready(&self, what: &str) {
-        if !self.stopping.load(Relaxed) {
-            self.send(&format!("READY=1\n{}", status(what)));
-        }
+        self.unless_stopping(&format!("READY=1\n{}", status(what)));
     }
 
     /// The status alone, unless weir is stopping.
     pub(crate) fn status(&self, what: &str) {
-        if !self.stopping.load(Relaxed) {
-            self.send(&status(what));
+        self.unless_stopping(&status(what));
+    }
+
+    fn unless_stopping(&self, message: &str) {
+        let stopping = self.stopping.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*stopping {
+            self.send(message);
         }
     }
 
@@ -155,7 +160,8 @@ impl Notifier {
     }
 
     pub(crate) fn stopping(&self, what: &str) {
-        self.stopping.store(true, Relaxed);
+        let mut stopping = self.stopping.lock().unwrap_or_else(PoisonError::into_inner);
+        *stopping = true;
         self.send(&format!("STOPPING=1\n{}", status(what)));
     }
 

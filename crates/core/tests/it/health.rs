@@ -1708,3 +1708,83 @@ async fn a_backend_enabled_again_is_probed_at_once() {
     }
     assert!(p.view("a").expect("a").serving);
 }
+
+/// An HTTP health endpoint that keeps the first bytes of every connection
+/// (up to the end of the request's head) and answers 200.
+async fn recording_endpoint() -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let a = l.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let kept = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let kept = Arc::clone(&kept);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut piece = [0u8; 1024];
+                // A v2 header holds CRLF CRLF itself: the head ends after
+                // the request line.
+                let head_ended = |b: &[u8]| {
+                    b.windows(4)
+                        .position(|w| w == b"GET ")
+                        .is_some_and(|at| b[at..].windows(4).any(|w| w == b"\r\n\r\n"))
+                };
+                while !head_ended(&buf) && buf.len() < 4096 {
+                    match s.read(&mut piece).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&piece[..n]),
+                    }
+                }
+                kept.lock().expect("lock").push(buf);
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    (a, seen)
+}
+
+/// The probes of a pool whose routes send a PROXY header start with one
+/// too, of the version of the first route in the file that sends one (here
+/// after a route that sends none); a backend probed on a `check_port` gets
+/// none there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_send_the_first_sending_routes_proxy_header_to_the_traffic_port_only() {
+    for (first, second, expected) in [
+        ("v1", "v2", &b"PROXY UNKNOWN\r\nGET "[..]),
+        ("v2", "v1", &b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00GET "[..]),
+    ] {
+        let (traffic, at_traffic) = recording_endpoint().await;
+        let (other, _) = recording_endpoint().await;
+        let (check, at_check) = recording_endpoint().await;
+        let toml = format!(
+            "[[listeners]]\nname = \"a\"\nbind = [\"127.0.0.1:0\"]\n\
+             [[listeners.routes]]\nname = \"plain\"\npool = \"p\"\n\
+             [[listeners]]\nname = \"b\"\nbind = [\"127.0.0.1:0\"]\n\
+             [[listeners.routes]]\nname = \"first\"\nmatch = {{ source = [\"127.0.0.9\"] }}\npool = \"p\"\nsend_proxy_protocol = \"{first}\"\n\
+             [[listeners.routes]]\nname = \"second\"\npool = \"p\"\nsend_proxy_protocol = \"{second}\"\n\
+             [[pools]]\nname = \"p\"\n[pools.health]\ntype = \"http\"\npath = \"/\"\n\
+             [[pools.backends]]\nname = \"t\"\naddress = \"{traffic}\"\n\
+             [[pools.backends]]\nname = \"c\"\naddress = \"{other}\"\ncheck_port = {}\n",
+            check.port()
+        );
+        let server = start(&toml).await;
+        let pool = server.pool("p").expect("p");
+        assert_eq!(pool.view("t").map(|v| v.health), Some(Health::Up));
+        assert_eq!(pool.view("c").map(|v| v.health), Some(Health::Up));
+        let traffic_probe = at_traffic.lock().expect("lock")[0].clone();
+        assert!(
+            traffic_probe.starts_with(expected),
+            "{first} then {second}: {:?}",
+            String::from_utf8_lossy(&traffic_probe)
+        );
+        let check_probe = at_check.lock().expect("lock")[0].clone();
+        assert!(
+            check_probe.starts_with(b"GET / HTTP/1.1\r\n"),
+            "{:?}",
+            String::from_utf8_lossy(&check_probe)
+        );
+        server.shutdown();
+    }
+}

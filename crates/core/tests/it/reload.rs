@@ -476,8 +476,12 @@ async fn operator_state_survives_a_restart() {
     drop(server);
 
     // Restart without `b`: its saved weight is kept aside, applied to nobody.
-    let config = weir_config::load_str(&format!("{state}{}", static_pool(&[("a", a), ("c", c)])))
-        .expect("config");
+    // With checks now: the disabled `a` is not even probed at start.
+    let checked = static_pool(&[("a", a), ("c", c)]).replace(
+        "name = \"p\"\n",
+        "name = \"p\"\n[pools.health]\ntype = \"tcp\"\ninterval = \"1h\"\n",
+    );
+    let config = weir_config::load_str(&format!("{state}{checked}")).expect("config");
     let server = within("start", Server::start(&config))
         .await
         .expect("restart");
@@ -490,6 +494,11 @@ async fn operator_state_survives_a_restart() {
     assert_eq!(orphans[0].weight_override, Some(3));
     let p = server.pool("p").expect("p");
     assert_eq!(p.view("a").expect("a").admin, AdminState::Disabled);
+    let probes = |name: &str| {
+        p.backend(name)
+            .map(|b| b.stats.checks_passed() + b.stats.checks_failed_total())
+    };
+    assert_eq!((probes("a"), probes("c")), (Some(0), Some(1)));
     let vc = p.view("c").expect("c");
     assert_eq!((vc.admin, vc.weight_override), (AdminState::Enabled, None));
     assert_eq!(tally(addr(&server, "l"), 2).await, ["c", "c"]);

@@ -928,6 +928,43 @@ fn a_second_weir_during_the_first_ones_probe_round_is_refused() {
     drop(first);
 }
 
+/// `weir run --upgrade` with no weir to replace (a unit that always passes
+/// it) listens on its admin port at once, as any start does: `/readyz`
+/// says "starting" through its first probe round.
+#[test]
+fn an_upgrade_with_nothing_to_replace_answers_on_its_admin_port_while_it_starts() {
+    let backend = silent_backend();
+    let (front, admin) = (free_port(), free_port());
+    let file = temp_config(
+        "upgrade-alone",
+        &format!(
+            "[admin]\nhttp = \"{admin}\"\n\
+             [[listeners]]\nname = \"l\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"r\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[pools.health]\ntype = \"http\"\ntimeout = \"8s\"\n\
+             [[pools.backends]]\nname = \"b\"\naddress = \"{backend}\"\n"
+        ),
+    );
+    let mut child = weir()
+        .args(["run", "--upgrade", "--config"])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let out = lines(&mut child);
+    let _weir = Running::new(child);
+    wait_connectable(admin);
+    let ready = http_get(admin, "/readyz");
+    assert!(
+        !out.try_iter().any(|l| l.contains("weir started")),
+        "weir was to be in its probe round still"
+    );
+    assert!(
+        ready.starts_with("HTTP/1.1 503") && ready.contains("starting"),
+        "{ready}"
+    );
+}
+
 /// The demo's failover: its printed command makes demo-b's health check
 /// fail, weir takes demo-b out, and the recover command brings it back.
 #[test]

@@ -1576,3 +1576,76 @@ fn flows_that_take_every_local_port_are_weirs_shortage_not_the_backends() {
         1.0
     );
 }
+
+/// systemd's own tool binds a UDP socket and passes it named, as a socket
+/// unit's `ListenDatagram=` does: weir serves on it (the datagram that made
+/// the tool start weir waits in the socket and is answered), a reload that
+/// keeps the listener serves on the same socket, and one that removes the
+/// listener stops reading it.
+#[test]
+fn a_udp_socket_systemd_passes_is_served_across_reloads() {
+    let activate = which("systemd-socket-activate")
+        .expect("systemd-socket-activate is not installed: scripts/test.sh installs `systemd`");
+    let (one, two) = (tagged("one:"), tagged("two:"));
+    let front = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    let text = |listener: bool, backend: SocketAddr| {
+        let listener = if listener {
+            format!(
+                "[[listeners]]\nname = \"dns\"\nbind = \"{front}\"\nprotocol = \"udp\"\n\
+                 [[listeners.routes]]\nname = \"all\"\npool = \"p\"\n"
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "[log]\nformat = \"json\"\n{listener}\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\nname = \"b\"\naddress = \"{backend}\"\n"
+        )
+    };
+    let file = crate::cli::temp_config("udp-activate", &text(true, one));
+    let mut child = Command::new(activate)
+        .args(["--datagram", "--listen"])
+        .arg(front.to_string())
+        .arg("--fdname=dns")
+        .arg(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "--config"])
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let out = crate::cli::lines(&mut child);
+    // The tool says when it has bound the socket (a datagram before would
+    // find the port closed).
+    let said = {
+        use std::io::BufRead;
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        rx
+    };
+    let weir = Running::new(child);
+    wait_line(&said, &format!("Listening on {front}"));
+    let client = UdpSocket::bind("127.0.0.1:0").expect("client");
+    assert_eq!(ask(&client, front, b"a").as_deref(), Some(&b"one:a"[..]));
+    wait_line(&out, "socket passed by systemd");
+
+    std::fs::write(&file, text(true, two)).expect("rewrite");
+    crate::cli::signal(&weir.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    let newcomer = UdpSocket::bind("127.0.0.1:0").expect("client");
+    assert_eq!(ask(&newcomer, front, b"b").as_deref(), Some(&b"two:b"[..]));
+
+    std::fs::write(&file, text(false, two)).expect("rewrite");
+    crate::cli::signal(&weir.0, rustix::process::Signal::HUP);
+    wait_line(&out, "config reloaded");
+    let late = UdpSocket::bind("127.0.0.1:0").expect("client");
+    assert_eq!(ask_unanswered(&late, front, b"c"), None);
+}
