@@ -120,6 +120,20 @@ fn strip_vouched_lookalikes(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether the message's transfer coding, if any, is `chunked` alone: the
+/// only one weir decodes. hyper frames a message by its last coding, so
+/// `gzip, chunked` (or two fields) would reach the other side stripped of
+/// its gzip and of the header that said so, and `chunked, chunked` with a
+/// second framing left in the body (RFC 9112 §6.1).
+pub fn chunked_only(headers: &HeaderMap) -> bool {
+    let mut codings = headers.get_all(TRANSFER_ENCODING).iter();
+    match (codings.next(), codings.next()) {
+        (None, _) => true,
+        (Some(one), None) => one.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => false,
+    }
+}
+
 /// Removes the hop-by-hop headers of `headers`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names finds which hop-by-hop headers there are
@@ -488,6 +502,24 @@ impl HeaderOps {
 mod tests {
     /// Removed, then set over what came, then added after it; names are
     /// not case-sensitive.
+    #[test]
+    fn only_a_lone_chunked_coding_is_taken() {
+        let with = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(TRANSFER_ENCODING, HeaderValue::from_static(v));
+            }
+            chunked_only(&h)
+        };
+        assert!(with(&[]));
+        assert!(with(&["chunked"]));
+        assert!(with(&[" Chunked "]));
+        assert!(!with(&["gzip, chunked"]));
+        assert!(!with(&["chunked, chunked"]));
+        assert!(!with(&["gzip", "chunked"]));
+        assert!(!with(&["identity"]));
+    }
+
     #[test]
     fn operator_rules_remove_then_set_then_add() {
         let rules = weir_config::HeaderRules {

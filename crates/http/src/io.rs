@@ -143,13 +143,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeaderDeadline<S> {
         let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before
-                    && this.since.is_none()
-                    && this.state.in_flight() == 0
-                {
-                    // The first byte of the next request.
-                    this.since = Some(crate::clock::now());
-                    this.mark = this.state.served();
+                if buf.filled().len() > before && this.state.in_flight() == 0 {
+                    if this.since.is_none() {
+                        // The first byte of the next request.
+                        this.since = Some(crate::clock::now());
+                        this.mark = this.state.served();
+                    }
+                    this.state.header_begun();
                 }
                 Poll::Ready(Ok(()))
             }

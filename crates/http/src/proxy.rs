@@ -583,9 +583,11 @@ async fn forward(
     let mut tried: Vec<usize> = Vec::new();
     let mut last = Reason::NoBackend;
     // `until`: no attempt starts past it, and none waits past it in the
-    // pool's queue, for a connection or for an answer.
+    // pool's queue, for a connection or for an answer. The client is the
+    // slow one only if a backend took some of its body, and the rest had
+    // not come (no backend has read any of it while it waited for one).
     let too_late = |x: &Exchange| {
-        if x.body.uploading.load(Relaxed) {
+        if x.body.uploading.load(Relaxed) && x.body.moved_at.load(Relaxed) != 0 {
             Reason::IdleTimeout
         } else {
             Reason::UpstreamTimeout
@@ -1090,6 +1092,9 @@ fn admissible(req: &Request<Incoming>, max_body: Option<u64>) -> Result<(), Reas
     }
     let mut lengths = h.get_all(CONTENT_LENGTH).iter();
     if let (Some(_), Some(_)) = (lengths.next(), lengths.next()) {
+        return Err(Reason::BadRequest);
+    }
+    if !headers::chunked_only(h) {
         return Err(Reason::BadRequest);
     }
     if let Some(limit) = max_body {

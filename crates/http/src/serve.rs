@@ -103,6 +103,9 @@ pub(crate) struct ConnState {
     /// The request-header deadline passed.
     header_timeout: AtomicBool,
     served: AtomicU64,
+    /// `served` + 1 when the first byte of the next request came (HTTP/1.1):
+    /// its header is under way while `served` has not moved on.
+    header_begun: AtomicU64,
     /// Responses holding a piece of their body that the client has not
     /// taken yet, and how many pieces it took: see `drive`.
     waiting: AtomicUsize,
@@ -147,6 +150,7 @@ impl ConnState {
             last_end: AtomicU64::new(0),
             header_timeout: AtomicBool::new(false),
             served: AtomicU64::new(0),
+            header_begun: AtomicU64::new(0),
             waiting: AtomicUsize::new(0),
             taken: AtomicU64::new(0),
             cut: AtomicU8::new(NOT_CUT),
@@ -205,6 +209,17 @@ impl ConnState {
     /// Requests begun on this connection so far.
     pub(crate) fn served(&self) -> u64 {
         self.served.load(Relaxed)
+    }
+
+    /// The first byte of the next request's header came.
+    pub(crate) fn header_begun(&self) {
+        self.header_begun.store(self.served() + 1, Relaxed);
+    }
+
+    /// A request's header is under way: the connection is not idle, and
+    /// the header's own timeout bounds it.
+    fn header_arriving(&self) -> bool {
+        self.header_begun.load(Relaxed) == self.served() + 1
     }
 
     pub(crate) fn request_started(&self) {
@@ -824,7 +839,11 @@ where
                 state.cut(Reason::IdleTimeout);
                 return Poll::Ready(Ok(()));
             }
-            if state.in_flight() == 0 && idle_at <= now {
+            // A request's header under way is no rest (nginx and HAProxy
+            // also stop the keep-alive timer at its first byte): closing
+            // now would drop it unanswered.
+            let arriving = state.header_arriving();
+            if state.in_flight() == 0 && idle_at <= now && !arriving {
                 if !draining {
                     graceful(conn.as_mut());
                     draining = true;
@@ -848,6 +867,8 @@ where
                 }
                 // Not idle while a request is in flight (a stream may last
                 // hours): looked at again a little later.
+                idle_timer.as_mut().reset(until(now + recheck));
+            } else if arriving && idle_at <= now {
                 idle_timer.as_mut().reset(until(now + recheck));
             } else {
                 rechecking = false;

@@ -152,6 +152,9 @@ impl Lookup {
             None => TokioResolver::builder_tokio()
                 .map_err(|e| format!("the system's resolver configuration: {e}"))?,
         };
+        // weir's own options, EDNS0 on (resolv.conf's `options` line turns
+        // it off unless it names it); its `search` domains are never used,
+        // as questions are absolute (see `absolute`).
         let resolver = builder
             .with_options(options)
             .build()
@@ -193,7 +196,11 @@ impl Lookup {
     /// it nor the number of targets keeps the rest of the answer from
     /// applying.
     async fn srv(&self, name: &str, deadline: tokio::time::Instant) -> Outcome {
-        let lookup = match self.resolver.lookup(name, RecordType::SRV).await {
+        let lookup = match self
+            .resolver
+            .lookup(absolute(name).as_ref(), RecordType::SRV)
+            .await
+        {
             Ok(l) => l,
             Err(e) => return failed(&e),
         };
@@ -343,6 +350,8 @@ impl Lookup {
     /// (hickory's `lookup_ip` would return the half that answered as if it
     /// were the whole.)
     async fn ips(&self, name: &str, until: tokio::time::Instant) -> Result<Ips, NetError> {
+        let name = absolute(name);
+        let name = name.as_ref();
         let ask = |family| async move {
             tokio::time::timeout_at(until, self.resolver.lookup(name, family))
                 .await
@@ -569,6 +578,19 @@ fn records_outcome(found: Vec<Found>, valid_until: Instant, whole: bool) -> Outc
 
 /// An error as an outcome: "no records" (NXDOMAIN, or NOERROR without
 /// records of the type) is an answer; anything else is a failure.
+/// `name` as an absolute name: the question asked is the name written,
+/// never completed by resolv.conf's `search` domains, as HAProxy's and
+/// nginx's resolvers ask (hickory would go on to the next completion after
+/// any failure, and a SERVFAIL of the name would be taken for the NXDOMAIN,
+/// or the records, of a longer one).
+fn absolute(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.ends_with('.') {
+        std::borrow::Cow::Borrowed(name)
+    } else {
+        std::borrow::Cow::Owned(format!("{name}."))
+    }
+}
+
 fn failed(e: &NetError) -> Outcome {
     match e {
         NetError::Dns(DnsError::NoRecordsFound(no)) => Outcome::Empty {

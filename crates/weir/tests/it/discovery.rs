@@ -675,7 +675,7 @@ fn the_system_resolver_is_the_default() {
     let dir = test_dir("discovery-system");
     let ns = Netns::new();
     let resolv = dir.join("resolv.conf");
-    std::fs::write(&resolv, "nameserver 127.0.0.1\n").expect("resolv.conf");
+    std::fs::write(&resolv, "nameserver 127.0.0.1\nsearch search.test\n").expect("resolv.conf");
     let dnsmasq_bin = which("dnsmasq").expect("dnsmasq (scripts/test.sh installs dnsmasq-base)");
     let _dns = Running::new(
         Command::new("nsenter")
@@ -691,6 +691,9 @@ fn the_system_resolver_is_the_default() {
                 "--user=root",
                 "--local=/test/",
                 "--host-record=api.test,127.0.0.31",
+                // What the search domain would make of a name DNS does not
+                // have: never asked.
+                "--host-record=gone.test.search.test,127.0.0.99",
             ])
             .arg(format!(
                 "--pid-file={}",
@@ -709,7 +712,9 @@ fn the_system_resolver_is_the_default() {
              [[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:7500\"\n\
              [[listeners.routes]]\nname = \"r\"\npool = \"db\"\n\
              [[pools]]\nname = \"db\"\n\
-             discover = {{ name = \"api.test\", port = 8080, min_interval = \"100ms\" }}\n"
+             discover = {{ name = \"api.test\", port = 8080, min_interval = \"100ms\" }}\n\
+             [[pools]]\nname = \"gone\"\n\
+             discover = {{ name = \"gone.test\", port = 8080, min_interval = \"100ms\" }}\n"
         ),
     );
     let mut cmd = Command::new("nsenter");
@@ -721,7 +726,7 @@ fn the_system_resolver_is_the_default() {
         .arg(&config);
     let (_weir, _out) = crate::cli::start_weir(cmd);
     // The admin API answers inside the namespace: ask from a thread there.
-    let path = ns.path;
+    let path = ns.path.clone();
     let found = std::thread::spawn(move || {
         enter(&path);
         let end = Instant::now() + DEADLINE;
@@ -737,6 +742,27 @@ fn the_system_resolver_is_the_default() {
     .join()
     .expect("asker");
     assert!(found.contains("\"origin\":\"discovery\""), "{found}");
+    // The name DNS does not have is no such name (resolv.conf's search
+    // domain is not tried): no backend at the longer name's address.
+    let path = ns.path;
+    let (empty, gone) = std::thread::spawn(move || {
+        enter(&path);
+        let series = "weir_discovery_resolutions_total{pool=\"gone\",result=\"empty\"}";
+        let end = Instant::now() + DEADLINE;
+        while metric(admin, series) < 1.0 {
+            assert!(Instant::now() < end, "gone.test was never answered empty");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let ok = metric(
+            admin,
+            "weir_discovery_resolutions_total{pool=\"gone\",result=\"ok\"}",
+        );
+        (ok, http_get(admin, "/api/v1/pools/gone/backends"))
+    })
+    .join()
+    .expect("asker");
+    assert_eq!(empty, 0.0, "{gone}");
+    assert!(!gone.contains("127.0.0.99"), "{gone}");
 }
 
 /// A pool whose question no resolver can be made for (no `resolver`, and

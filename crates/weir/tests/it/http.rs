@@ -747,6 +747,12 @@ fn hostile_requests_are_refused() {
         &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"[..],
         b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nab",
         b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        // Codings before the chunked one, in one field or two, or chunked
+        // twice: hyper reads the last, and the rest would reach the backend
+        // as body with nothing to say so.
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
         b"GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         // Two hosts: rules and policies read one, a backend could read the other.
@@ -3636,6 +3642,41 @@ fn idle_client_connections_are_closed() {
     assert!(began.elapsed() >= Duration::from_millis(250));
 }
 
+/// A request whose header has begun when `timeouts.idle` runs out is not
+/// cut (its header has `request_header` from its first byte, as with nginx
+/// and HAProxy): closing the connection then dropped it unanswered.
+#[test]
+fn a_request_header_under_way_outlasts_the_idle_timeout() {
+    let backend = raw_backend(None, Duration::ZERO);
+    let front = free_port();
+    let (_weir, _out) = start(
+        "l7-idle-header",
+        &format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
+             timeouts = {{ idle = \"2s\" }}\n\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n",
+            backend.addr
+        ),
+    );
+    let mut s = TcpStream::connect(front).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let body = keepalive_get(&mut s, "/").expect("first request");
+    assert!(body.starts_with("conn=1 req=1"), "{body}");
+    // The next header begins a second into the rest and ends past its
+    // 2 s.
+    std::thread::sleep(Duration::from_secs(1));
+    s.write_all(b"GET /second HTTP/1.1\r\nHost: app\r\n")
+        .expect("a header begun");
+    std::thread::sleep(Duration::from_millis(1500));
+    s.write_all(b"\r\n").expect("the header's end");
+    let (status, body) = response_on(s);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("conn=1 req=2"), "{body}");
+}
+
 /// Only `timeouts.idle` ends a rest between requests: a kept-alive client
 /// connection that rests past 30 s (hyper's own header timer, which weir
 /// turns off) is still served at the default 60 s.
@@ -5996,8 +6037,8 @@ fn path_prefixes_are_stripped_and_added_for_the_backend() {
 /// and a body whose pieces keep coming 100 ms apart (well inside
 /// `upstream_idle`) is cut at 1 s, like one that stopped coming; a request
 /// waiting in a full pool's queue (`queue_timeout` 30 s) gets its 504 at
-/// 1 s too; all logged as `upstream_timeout`. An upload still going at
-/// 1 s gets 408, not blamed on its backend.
+/// 1 s too, with a body or without; all logged as `upstream_timeout`. An
+/// upload still going at 1 s gets 408, not blamed on its backend.
 #[test]
 fn the_request_timeout_bounds_the_whole_answer() {
     let slow = raw_backend(None, Duration::from_secs(3));
@@ -6063,6 +6104,14 @@ fn the_request_timeout_bounds_the_whole_answer() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let began = Instant::now();
+    // A request with a body waits in the queue too: no backend took any of
+    // it, so the client is not the slow one (it was a 408).
+    let posted = std::thread::spawn(move || {
+        raw_exchange(
+            front,
+            b"POST /queued-post HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\n\r\nhello",
+        )
+    });
     let (status, _, body) = raw_get(front, "/queued", "");
     let took = began.elapsed();
     assert_eq!(status, 504, "{body}");
@@ -6070,7 +6119,19 @@ fn the_request_timeout_bounds_the_whole_answer() {
         took >= Duration::from_secs(1) && took < Duration::from_millis(2500),
         "{took:?}"
     );
-    assert_eq!(access_line(&out, "/queued")["reason"], "upstream_timeout");
+    let posted = posted.join().expect("post");
+    assert!(posted.starts_with("HTTP/1.1 504"), "{posted}");
+    // The two lines, in either order.
+    let mut reasons = std::collections::BTreeMap::new();
+    while reasons.len() < 2 {
+        let line: serde_json::Value =
+            serde_json::from_str(&wait_line(&out, "\"path\":\"/queued")).expect("json");
+        reasons.insert(line["path"].to_string(), line["reason"].to_string());
+    }
+    assert!(
+        reasons.values().all(|r| r == "\"upstream_timeout\""),
+        "{reasons:?}"
+    );
     assert_eq!(held.join().expect("filler").0, 200);
 
     for path in ["/paced", "/stall-length"] {
