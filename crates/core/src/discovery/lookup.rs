@@ -256,10 +256,13 @@ impl Lookup {
         // The first target whose lookup failed (not "no address"): with no
         // address found at all, the answer is that failure, not "empty".
         let mut target_failure = None;
+        // Targets whose lookup was answered (with addresses or none).
+        let mut answered = 0usize;
         let mut whole = left_out == 0;
         for (target, looked) in answers {
             let ips: Vec<IpAddr> = match looked {
                 Ok(ips) => {
+                    answered += 1;
                     valid_until = valid_until.min(ips.valid_until);
                     whole &= ips.whole;
                     ips.found
@@ -267,6 +270,7 @@ impl Lookup {
                 Err(e) if matches!(failed(&e), Outcome::Empty { .. }) => {
                     // The target has no address: an answer, the target is
                     // left out (and `ips` forgot what it had).
+                    answered += 1;
                     unresolved.push(format!("{target}: {e}"));
                     continue;
                 }
@@ -306,8 +310,11 @@ impl Lookup {
                 "records with port 0 or an unspecified, multicast or broadcast address were left out"
             );
         }
+        // No target answered: the question failed, whatever addresses were
+        // kept (the pool stays as it is, and the failure is counted, not
+        // taken for a success that refreshes `last_success`).
         match target_failure {
-            Some(failure) if found.is_empty() => failure,
+            Some(failure) if found.is_empty() || answered == 0 => failure,
             _ => records_outcome(found, valid_until, whole && kept.is_empty()),
         }
     }

@@ -276,8 +276,9 @@ fn srv_records_become_backends_and_follow_every_change_in_dns() {
 
     // The SRV records stay, but their target's address lookup fails (the
     // name is sent to a server that refuses it): the target keeps its last
-    // addresses, so the pool keeps its backends past the hold while the
-    // answers go on.
+    // addresses, so the pool keeps its backends past the hold; with no
+    // target answered, each question counts as failed, not as `ok` (which
+    // would keep `last_success` fresh and the alert on it quiet).
     stop(dns, dns_port);
     let refusing_port = free_port().port();
     let refusing = spawn_dnsmasq(&dir, refusing_port, &[]);
@@ -291,13 +292,29 @@ fn srv_records_become_backends_and_follow_every_change_in_dns() {
             srv(name, "pg.test", b3.port(), 1, 5),
         ],
     );
-    let answered = |admin| {
+    let counted = |admin, result: &str| {
         metric(
             admin,
-            "weir_discovery_resolutions_total{pool=\"db\",result=\"ok\"}",
+            &format!("weir_discovery_resolutions_total{{pool=\"db\",result=\"{result}\"}}"),
         )
     };
-    wait_growth("answers", || answered(admin), Duration::from_millis(3500));
+    // Once the records of the old server's last answer have expired.
+    wait_growth(
+        "refused target lookups",
+        || counted(admin, "server_failure"),
+        Duration::ZERO,
+    );
+    let answered = counted(admin, "ok");
+    wait_growth(
+        "refused target lookups",
+        || counted(admin, "server_failure"),
+        Duration::from_millis(3500),
+    );
+    assert_eq!(
+        counted(admin, "ok"),
+        answered,
+        "a failed question counted ok"
+    );
     let now = backends(admin, "db");
     assert!(
         find(&now, b2).is_some() && find(&now, b3).is_some(),
