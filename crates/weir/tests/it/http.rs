@@ -3590,25 +3590,30 @@ fn a_removed_routes_endless_responses_end_after_the_shutdown_timeout() {
     );
 }
 
+/// weir with one `l7` route to `backend` (`route`: more of the route's
+/// keys), its access log off; its listener's address.
+fn one_l7_route(tag: &str, backend: SocketAddr, route: &str) -> (Running, SocketAddr) {
+    let front = free_port();
+    let (weir, _out) = start(
+        tag,
+        &format!(
+            "[log]\naccess_log = false\n\
+             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
+             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n{route}\
+             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
+             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{backend}\"\n"
+        ),
+    );
+    (weir, front)
+}
+
 /// A client connection with no request for `timeouts.idle` is closed; one
 /// in the middle of a slow request is not, and waiting for it costs no CPU
 /// (the idle timer once fired again and again while a request outlasted it).
 #[test]
 fn idle_client_connections_are_closed() {
     let slow = raw_backend(None, Duration::from_millis(1500));
-    let front = free_port();
-    let (weir, _out) = start(
-        "l7-idle",
-        &format!(
-            "[log]\naccess_log = false\n\
-             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
-             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
-             timeouts = {{ idle = \"300ms\" }}\n\
-             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
-             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n",
-            slow.addr
-        ),
-    );
+    let (weir, front) = one_l7_route("l7-idle", slow.addr, "timeouts = { idle = \"300ms\" }\n");
     let mut s = TcpStream::connect(front).expect("connect");
     s.set_read_timeout(Some(DEADLINE)).expect("timeout");
     // Longer than the idle timeout, but a request is in flight.
@@ -3648,18 +3653,10 @@ fn idle_client_connections_are_closed() {
 #[test]
 fn a_request_header_under_way_outlasts_the_idle_timeout() {
     let backend = raw_backend(None, Duration::ZERO);
-    let front = free_port();
-    let (_weir, _out) = start(
+    let (_weir, front) = one_l7_route(
         "l7-idle-header",
-        &format!(
-            "[log]\naccess_log = false\n\
-             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
-             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
-             timeouts = {{ idle = \"2s\" }}\n\
-             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
-             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n",
-            backend.addr
-        ),
+        backend.addr,
+        "timeouts = { idle = \"2s\" }\n",
     );
     let mut s = TcpStream::connect(front).expect("connect");
     s.set_read_timeout(Some(DEADLINE)).expect("timeout");
@@ -3683,18 +3680,7 @@ fn a_request_header_under_way_outlasts_the_idle_timeout() {
 #[test]
 fn a_kept_alive_connection_rests_as_long_as_the_idle_timeout_allows() {
     let backend = raw_backend(None, Duration::ZERO);
-    let front = free_port();
-    let (_weir, _out) = start(
-        "l7-rest",
-        &format!(
-            "[log]\naccess_log = false\n\
-             [[listeners]]\nname = \"web\"\nbind = \"{front}\"\n\
-             [[listeners.routes]]\nname = \"app\"\nmode = \"l7\"\n\
-             [[listeners.routes.http]]\nname = \"all\"\npool = \"p\"\n\
-             [[pools]]\nname = \"p\"\n[[pools.backends]]\naddress = \"{}\"\n",
-            backend.addr
-        ),
-    );
+    let (_weir, front) = one_l7_route("l7-rest", backend.addr, "");
     let mut s = TcpStream::connect(front).expect("connect");
     s.set_read_timeout(Some(DEADLINE)).expect("timeout");
     let body = keepalive_get(&mut s, "/").expect("first request");
