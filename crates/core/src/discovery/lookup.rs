@@ -357,10 +357,12 @@ impl Lookup {
     /// (hickory's `lookup_ip` would return the half that answered as if it
     /// were the whole.)
     async fn ips(&self, name: &str, until: tokio::time::Instant) -> Result<Ips, NetError> {
-        let name = absolute(name);
-        let name = name.as_ref();
+        // Asked absolute; what is known of it stays under the name as
+        // written (as `seed` puts it).
+        let question = absolute(name);
+        let question = question.as_ref();
         let ask = |family| async move {
-            tokio::time::timeout_at(until, self.resolver.lookup(name, family))
+            tokio::time::timeout_at(until, self.resolver.lookup(question, family))
                 .await
                 .unwrap_or(Err(NetError::Timeout))
         };
@@ -922,6 +924,24 @@ mod tests {
         v4.store(SERVFAIL, Ordering::SeqCst);
         let outcome = known.resolve().await;
         assert!(matches!(outcome, Outcome::Failed { .. }), "{outcome:?}");
+    }
+
+    /// A name written without its final dot is asked absolute, and what
+    /// the pool serves (seeded before the question) is found under it: a
+    /// family whose question fails keeps those addresses.
+    #[tokio::test]
+    async fn a_name_without_its_dot_keeps_the_seeded_addresses() {
+        let (_v4, v6, dns) = answering().await;
+        let l = asking(
+            dns,
+            DiscoverQuery::Name {
+                name: "api.test".into(),
+                port: 80,
+            },
+        );
+        l.seed(&["127.0.0.1".parse().expect("ip"), "::1".parse().expect("ip")]);
+        v6.store(SERVFAIL, Ordering::SeqCst);
+        assert_eq!(ips(&l.resolve().await), ["127.0.0.1", "::1"]);
     }
 
     /// An SRV answer whose one target's questions both fail is that
